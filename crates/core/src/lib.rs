@@ -3,6 +3,7 @@
 //! randomness are always passed in, so every function can be table-tested.
 
 pub mod classify;
+pub mod delivery;
 pub mod id;
 pub mod retry;
 pub mod routing;

@@ -1,1 +1,151 @@
-//! placeholder
+//! Hookline's durable store: the `Store` trait every backend implements, the records it
+//! keeps, and the embedded SQLite backend. Only this crate knows SQL.
+//!
+//! Every write is durable (committed and synced) when its future resolves; writes are
+//! batched into group commits by each backend.
+
+mod model;
+pub mod sqlite;
+
+pub use model::*;
+
+use async_trait::async_trait;
+use hookline_core::UnixMs;
+
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The storage cannot take writes right now (disk full, IO error, shutting down).
+    /// Callers answer 503: nothing was acknowledged.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Looks a resource up by its id or by its user-given `uid`.
+pub type Key<'a> = &'a str;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Applications.
+    async fn create_app(&self, app: App) -> StoreResult<App>;
+    async fn get_app(&self, key: Key<'_>) -> StoreResult<App>;
+    async fn list_apps(&self, page: Page) -> StoreResult<Listed<App>>;
+    async fn update_app(&self, app: App) -> StoreResult<App>;
+    /// Deletes the application with its endpoints, messages, deliveries and attempts.
+    async fn delete_app(&self, id: &str) -> StoreResult<()>;
+
+    // Event types.
+    async fn create_event_type(&self, event_type: EventType) -> StoreResult<EventType>;
+    async fn get_event_type(&self, name: &str) -> StoreResult<EventType>;
+    async fn list_event_types(
+        &self,
+        page: Page,
+        include_archived: bool,
+    ) -> StoreResult<Listed<EventType>>;
+    async fn update_event_type(&self, event_type: EventType) -> StoreResult<EventType>;
+    async fn delete_event_type(&self, name: &str) -> StoreResult<()>;
+
+    // Endpoints.
+    async fn create_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint>;
+    async fn get_endpoint(&self, app_id: &str, key: Key<'_>) -> StoreResult<Endpoint>;
+    async fn list_endpoints(&self, app_id: &str, page: Page) -> StoreResult<Listed<Endpoint>>;
+    /// Every endpoint of an application, for routing.
+    async fn app_endpoints(&self, app_id: &str) -> StoreResult<Vec<Endpoint>>;
+    async fn update_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint>;
+    async fn delete_endpoint(&self, app_id: &str, id: &str) -> StoreResult<()>;
+
+    // Messages.
+    /// Commits the message and all its deliveries (and the idempotent answer) together.
+    async fn publish(&self, publish: Publish) -> StoreResult<PublishOutcome>;
+    async fn get_message(&self, app_id: &str, key: Key<'_>) -> StoreResult<Message>;
+    async fn message_by_id(&self, id: &str) -> StoreResult<Message>;
+    async fn list_messages(
+        &self,
+        app_id: &str,
+        filter: ListFilter,
+        page: Page,
+    ) -> StoreResult<Listed<Message>>;
+
+    // Deliveries and attempts.
+    /// Every delivery a scheduler must still act on, for rebuilding the due queue at start.
+    async fn pending_deliveries(&self) -> StoreResult<Vec<Delivery>>;
+    async fn get_delivery(&self, id: &str) -> StoreResult<Delivery>;
+    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<()>;
+    /// Makes the delivery of `msg_id` to `endpoint_id` due at `now` (creating it if the
+    /// endpoint never had one), as a manual attempt.
+    async fn resend(
+        &self,
+        app_id: &str,
+        msg_id: &str,
+        endpoint_id: &str,
+        new_id: String,
+        now: UnixMs,
+    ) -> StoreResult<Delivery>;
+    /// Makes every exhausted delivery of the endpoint for messages created in `[since, until)` due at `now`.
+    async fn recover(
+        &self,
+        app_id: &str,
+        endpoint_id: &str,
+        since: UnixMs,
+        until: UnixMs,
+        now: UnixMs,
+    ) -> StoreResult<Vec<Delivery>>;
+    async fn deliveries_of_message(
+        &self,
+        app_id: &str,
+        msg_id: &str,
+        page: Page,
+    ) -> StoreResult<Listed<DeliveryView>>;
+    async fn deliveries_of_endpoint(
+        &self,
+        app_id: &str,
+        endpoint_id: &str,
+        filter: ListFilter,
+        page: Page,
+    ) -> StoreResult<Listed<DeliveryView>>;
+    async fn list_attempts(
+        &self,
+        app_id: &str,
+        scope: AttemptScope<'_>,
+        filter: ListFilter,
+        page: Page,
+    ) -> StoreResult<Listed<Attempt>>;
+    async fn get_attempt(
+        &self,
+        app_id: &str,
+        msg_id: &str,
+        attempt_id: &str,
+    ) -> StoreResult<Attempt>;
+
+    // Idempotency and tokens.
+    async fn idempotent_response(
+        &self,
+        key: &str,
+        since: UnixMs,
+    ) -> StoreResult<Option<IdempotentResponse>>;
+    async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()>;
+    /// SHA-256 hashes of the admin tokens.
+    async fn admin_token_hashes(&self) -> StoreResult<Vec<[u8; 32]>>;
+    async fn add_admin_token_hash(
+        &self,
+        id: String,
+        hash: [u8; 32],
+        now: UnixMs,
+    ) -> StoreResult<()>;
+}
+
+/// Which attempts a listing covers.
+#[derive(Clone, Copy, Debug)]
+pub enum AttemptScope<'a> {
+    Endpoint(&'a str),
+    Message(&'a str),
+}
+
+pub mod conformance;

@@ -1,0 +1,400 @@
+//! The conformance suite every `Store` backend must pass. Backends call
+//! [`run_all`] from their own tests with a fresh, empty store.
+
+use crate::*;
+use hookline_core::delivery::{DeliveryState, Trigger};
+use hookline_core::id::{new_id, prefix};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+static SEQ: AtomicU8 = AtomicU8::new(0);
+
+fn id(kind: &str, now: UnixMs) -> String {
+    new_id(kind, now, [SEQ.fetch_add(1, Ordering::Relaxed); 10])
+}
+
+pub fn app(now: UnixMs, uid: Option<&str>) -> App {
+    App {
+        id: id(prefix::APP, now),
+        uid: uid.map(str::to_owned),
+        name: "Merchant".into(),
+        throttle_rate: None,
+        metadata: Default::default(),
+        retry_policy: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+pub fn endpoint(app_id: &str, now: UnixMs) -> Endpoint {
+    Endpoint {
+        id: id(prefix::ENDPOINT, now),
+        app_id: app_id.into(),
+        uid: None,
+        url: "https://merchant.example/hooks".into(),
+        description: String::new(),
+        disabled: false,
+        event_types: None,
+        channels: None,
+        throttle_rate: None,
+        metadata: Default::default(),
+        headers: Default::default(),
+        secrets: vec![StoredSecret {
+            text: "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
+            expires_at: None,
+        }],
+        signature_scheme: Default::default(),
+        retry_policy: None,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+pub fn publish(
+    app_id: &str,
+    endpoint_ids: &[&str],
+    event_id: Option<&str>,
+    now: UnixMs,
+) -> Publish {
+    let msg_id = id(prefix::MESSAGE, now);
+    let deliveries = endpoint_ids
+        .iter()
+        .map(|ep| Delivery {
+            id: id(prefix::DELIVERY, now),
+            msg_id: msg_id.clone(),
+            app_id: app_id.into(),
+            endpoint_id: Some((*ep).into()),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            next_at: Some(now),
+            first_attempt_at: None,
+            trigger: Trigger::Scheduled,
+            updated_at: now,
+        })
+        .collect();
+    let message = Message {
+        id: msg_id,
+        app_id: app_id.into(),
+        event_id: event_id.map(str::to_owned),
+        event_type: "payment.succeeded".into(),
+        payload: Bytes::from_static(b"{\"amount\": 1000,  \"currency\":\"EUR\"}"),
+        channels: None,
+        tags: None,
+        callback_url: None,
+        deliver_at: None,
+        created_at: now,
+    };
+    Publish {
+        message,
+        deliveries,
+        idempotency: None,
+    }
+}
+
+fn first_page(limit: usize) -> Page {
+    Page {
+        limit,
+        iterator: None,
+        descending: false,
+    }
+}
+
+/// Runs every check against `store`, which must start empty.
+pub async fn run_all(store: &dyn Store) {
+    apps_crud_and_uid_lookup(store).await;
+    pagination_walks_every_item_once(store).await;
+    endpoints_belong_to_their_app(store).await;
+    publish_commits_message_and_deliveries(store).await;
+    attempts_move_deliveries_through_states(store).await;
+    resend_and_recover_restart_deliveries(store).await;
+    idempotent_answers_expire(store).await;
+    deleting_an_app_removes_everything(store).await;
+}
+
+async fn apps_crud_and_uid_lookup(store: &dyn Store) {
+    let created = store
+        .create_app(app(1_000, Some("merchant-1")))
+        .await
+        .unwrap();
+    assert_eq!(store.get_app(&created.id).await.unwrap(), created);
+    assert_eq!(store.get_app("merchant-1").await.unwrap().id, created.id);
+    let clash = store.create_app(app(1_001, Some("merchant-1"))).await;
+    assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
+    let mut renamed = created.clone();
+    renamed.name = "Renamed".into();
+    store.update_app(renamed).await.unwrap();
+    assert_eq!(store.get_app(&created.id).await.unwrap().name, "Renamed");
+    assert_eq!(
+        store.get_app("app_missing").await,
+        Err(StoreError::NotFound)
+    );
+}
+
+async fn pagination_walks_every_item_once(store: &dyn Store) {
+    for n in 0..5 {
+        store.create_app(app(2_000 + n, None)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut page = first_page(2);
+    loop {
+        let listed = store.list_apps(page.clone()).await.unwrap();
+        seen.extend(listed.items.iter().map(|a| a.id.clone()));
+        if listed.done {
+            break;
+        }
+        page.iterator = listed.items.last().map(|a| a.id.clone());
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "ascending, no repeats");
+    assert!(seen.len() >= 5);
+}
+
+async fn endpoints_belong_to_their_app(store: &dyn Store) {
+    let a = store.create_app(app(3_000, None)).await.unwrap();
+    let b = store.create_app(app(3_000, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, 3_001)).await.unwrap();
+    assert_eq!(store.get_endpoint(&a.id, &ep.id).await.unwrap(), ep);
+    assert_eq!(
+        store.get_endpoint(&b.id, &ep.id).await,
+        Err(StoreError::NotFound),
+        "no cross-tenant lookups"
+    );
+    assert_eq!(
+        store.delete_endpoint(&b.id, &ep.id).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(
+        store.create_endpoint(endpoint("app_missing", 3_002)).await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(store.app_endpoints(&a.id).await.unwrap().len(), 1);
+}
+
+async fn publish_commits_message_and_deliveries(store: &dyn Store) {
+    let a = store.create_app(app(4_000, None)).await.unwrap();
+    let e1 = store.create_endpoint(endpoint(&a.id, 4_000)).await.unwrap();
+    let e2 = store.create_endpoint(endpoint(&a.id, 4_000)).await.unwrap();
+    let p = publish(&a.id, &[&e1.id, &e2.id], Some("evt_1"), 4_001);
+    assert!(matches!(
+        store.publish(p.clone()).await.unwrap(),
+        PublishOutcome::Created
+    ));
+    let stored = store.get_message(&a.id, &p.message.id).await.unwrap();
+    assert_eq!(
+        stored.payload, p.message.payload,
+        "payload bytes kept exactly"
+    );
+    assert_eq!(
+        store.get_message(&a.id, "evt_1").await.unwrap().id,
+        p.message.id
+    );
+    let again = publish(&a.id, &[&e1.id], Some("evt_1"), 4_002);
+    match store.publish(again).await.unwrap() {
+        PublishOutcome::Duplicate(existing) => assert_eq!(existing.id, p.message.id),
+        other => panic!("expected duplicate, got {other:?}"),
+    }
+    let pending = store.pending_deliveries().await.unwrap();
+    let ours: Vec<_> = pending
+        .iter()
+        .filter(|d| d.msg_id == p.message.id)
+        .collect();
+    assert_eq!(ours.len(), 2);
+}
+
+async fn attempts_move_deliveries_through_states(store: &dyn Store) {
+    let a = store.create_app(app(5_000, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, 5_000)).await.unwrap();
+    let p = publish(&a.id, &[&ep.id], None, 5_001);
+    store.publish(p.clone()).await.unwrap();
+    let delivery = &p.deliveries[0];
+    let attempt = |state, status: u16, at| Attempt {
+        id: id(prefix::ATTEMPT, at),
+        msg_id: delivery.msg_id.clone(),
+        app_id: a.id.clone(),
+        delivery_id: delivery.id.clone(),
+        endpoint_id: Some(ep.id.clone()),
+        url: ep.url.clone(),
+        status_code: status,
+        response: "busy".into(),
+        duration_ms: 12,
+        error_class: None,
+        state,
+        trigger: Trigger::Scheduled,
+        created_at: at,
+    };
+    let failed = AttemptRecord {
+        attempt: attempt(DeliveryState::Pending, 500, 5_002),
+        state: DeliveryState::Pending,
+        next_at: Some(10_000),
+        first_attempt_at: 5_002,
+        disable_endpoint: false,
+    };
+    store.record_attempt(failed).await.unwrap();
+    let d = store.get_delivery(&delivery.id).await.unwrap();
+    assert_eq!(
+        (d.state, d.attempts, d.next_at, d.first_attempt_at),
+        (DeliveryState::Pending, 1, Some(10_000), Some(5_002))
+    );
+    let gone = AttemptRecord {
+        attempt: attempt(DeliveryState::Exhausted, 410, 10_001),
+        state: DeliveryState::Exhausted,
+        next_at: None,
+        first_attempt_at: 10_001,
+        disable_endpoint: true,
+    };
+    store.record_attempt(gone).await.unwrap();
+    let d = store.get_delivery(&delivery.id).await.unwrap();
+    assert_eq!(
+        (d.state, d.attempts, d.first_attempt_at),
+        (DeliveryState::Exhausted, 2, Some(5_002))
+    );
+    assert!(
+        store.get_endpoint(&a.id, &ep.id).await.unwrap().disabled,
+        "410 disables the endpoint"
+    );
+    let listed = store
+        .list_attempts(
+            &a.id,
+            AttemptScope::Message(&delivery.msg_id),
+            ListFilter::default(),
+            Page {
+                limit: 10,
+                iterator: None,
+                descending: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        listed
+            .items
+            .iter()
+            .map(|a| a.status_code)
+            .collect::<Vec<_>>(),
+        vec![410, 500],
+        "newest first"
+    );
+    assert!(!store
+        .pending_deliveries()
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.id == delivery.id));
+}
+
+async fn resend_and_recover_restart_deliveries(store: &dyn Store) {
+    let a = store.create_app(app(6_000, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, 6_000)).await.unwrap();
+    let other = store.create_endpoint(endpoint(&a.id, 6_000)).await.unwrap();
+    let p = publish(&a.id, &[&ep.id], None, 6_001);
+    store.publish(p.clone()).await.unwrap();
+    let exhausted = AttemptRecord {
+        attempt: Attempt {
+            id: id(prefix::ATTEMPT, 6_002),
+            msg_id: p.message.id.clone(),
+            app_id: a.id.clone(),
+            delivery_id: p.deliveries[0].id.clone(),
+            endpoint_id: Some(ep.id.clone()),
+            url: ep.url.clone(),
+            status_code: 0,
+            response: String::new(),
+            duration_ms: 30_000,
+            error_class: Some("timeout".into()),
+            state: DeliveryState::Exhausted,
+            trigger: Trigger::Scheduled,
+            created_at: 6_002,
+        },
+        state: DeliveryState::Exhausted,
+        next_at: None,
+        first_attempt_at: 6_002,
+        disable_endpoint: false,
+    };
+    store.record_attempt(exhausted).await.unwrap();
+    let recovered = store
+        .recover(&a.id, &ep.id, 6_000, 7_000, 8_000)
+        .await
+        .unwrap();
+    assert_eq!(recovered.len(), 1);
+    assert_eq!(
+        (
+            recovered[0].state,
+            recovered[0].next_at,
+            recovered[0].trigger
+        ),
+        (DeliveryState::Pending, Some(8_000), Trigger::Manual)
+    );
+    assert!(
+        store
+            .recover(&a.id, &ep.id, 7_000, 9_000, 9_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "window excludes the message"
+    );
+    let fresh = store
+        .resend(
+            &a.id,
+            &p.message.id,
+            &other.id,
+            id(prefix::DELIVERY, 9_000),
+            9_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (fresh.endpoint_id.as_deref(), fresh.state),
+        (Some(other.id.as_str()), DeliveryState::Pending)
+    );
+    let b = store.create_app(app(6_000, None)).await.unwrap();
+    let cross = store
+        .resend(
+            &b.id,
+            &p.message.id,
+            &ep.id,
+            id(prefix::DELIVERY, 9_000),
+            9_000,
+        )
+        .await;
+    assert_eq!(
+        cross,
+        Err(StoreError::NotFound),
+        "no resend across applications"
+    );
+}
+
+async fn idempotent_answers_expire(store: &dyn Store) {
+    let answer = IdempotentResponse {
+        key: "k1".into(),
+        status: 201,
+        body: Bytes::from_static(b"{}"),
+        created_at: 100,
+    };
+    store
+        .save_idempotent_response(answer.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.idempotent_response("k1", 50).await.unwrap(),
+        Some(answer)
+    );
+    assert_eq!(store.idempotent_response("k1", 150).await.unwrap(), None);
+}
+
+async fn deleting_an_app_removes_everything(store: &dyn Store) {
+    let a = store.create_app(app(7_000, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, 7_000)).await.unwrap();
+    let p = publish(&a.id, &[&ep.id], None, 7_001);
+    store.publish(p.clone()).await.unwrap();
+    store.delete_app(&a.id).await.unwrap();
+    assert_eq!(
+        store.get_message(&a.id, &p.message.id).await,
+        Err(StoreError::NotFound)
+    );
+    assert!(!store
+        .pending_deliveries()
+        .await
+        .unwrap()
+        .iter()
+        .any(|d| d.app_id == a.id));
+}

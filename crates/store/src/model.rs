@@ -1,0 +1,180 @@
+//! The records the store keeps. Plain data: the server maps them to wire types.
+
+pub use bytes::Bytes;
+use hookline_core::delivery::{DeliveryState, Trigger};
+use hookline_core::retry::RetryPolicy;
+use hookline_core::signature::SignatureScheme;
+use hookline_core::UnixMs;
+use std::collections::BTreeMap;
+
+pub type Metadata = BTreeMap<String, String>;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct App {
+    pub id: String,
+    pub uid: Option<String>,
+    pub name: String,
+    pub throttle_rate: Option<u32>,
+    pub metadata: Metadata,
+    pub retry_policy: Option<RetryPolicy>,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EventType {
+    pub name: String,
+    pub description: String,
+    pub archived: bool,
+    pub deprecated: bool,
+    pub schemas: Option<serde_json::Value>,
+    pub group_name: Option<String>,
+    pub feature_flags: Option<Vec<String>>,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+}
+
+/// A signing secret and, after a rotation, when it stops signing.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoredSecret {
+    pub text: String,
+    pub expires_at: Option<UnixMs>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub id: String,
+    pub app_id: String,
+    pub uid: Option<String>,
+    pub url: String,
+    pub description: String,
+    pub disabled: bool,
+    pub event_types: Option<Vec<String>>,
+    pub channels: Option<Vec<String>>,
+    pub throttle_rate: Option<u32>,
+    pub metadata: Metadata,
+    pub headers: BTreeMap<String, String>,
+    /// Newest first. The first one is the current secret.
+    pub secrets: Vec<StoredSecret>,
+    pub signature_scheme: SignatureScheme,
+    pub retry_policy: Option<RetryPolicy>,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Message {
+    pub id: String,
+    pub app_id: String,
+    pub event_id: Option<String>,
+    pub event_type: String,
+    /// The payload exactly as received: signatures are computed over these bytes.
+    pub payload: Bytes,
+    pub channels: Option<Vec<String>>,
+    pub tags: Option<Vec<String>>,
+    pub callback_url: Option<String>,
+    pub deliver_at: Option<UnixMs>,
+    pub created_at: UnixMs,
+}
+
+/// One message's journey to one destination: an endpoint, or the message's callback URL.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Delivery {
+    pub id: String,
+    pub msg_id: String,
+    pub app_id: String,
+    /// `None` for the per-message callback URL.
+    pub endpoint_id: Option<String>,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub next_at: Option<UnixMs>,
+    pub first_attempt_at: Option<UnixMs>,
+    pub trigger: Trigger,
+    pub updated_at: UnixMs,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Attempt {
+    pub id: String,
+    pub msg_id: String,
+    pub app_id: String,
+    pub delivery_id: String,
+    pub endpoint_id: Option<String>,
+    pub url: String,
+    /// 0 when no response arrived (timeout, connection error).
+    pub status_code: u16,
+    /// A capped excerpt of the response body.
+    pub response: String,
+    pub duration_ms: u64,
+    pub error_class: Option<String>,
+    pub state: DeliveryState,
+    pub trigger: Trigger,
+    pub created_at: UnixMs,
+}
+
+/// The outcome of an attempt, written in one commit: the log row, the delivery's new
+/// state, and whether the endpoint asked to be disabled (410).
+#[derive(Clone, Debug)]
+pub struct AttemptRecord {
+    pub attempt: Attempt,
+    pub state: DeliveryState,
+    pub next_at: Option<UnixMs>,
+    pub first_attempt_at: UnixMs,
+    pub disable_endpoint: bool,
+}
+
+/// A stored API answer for an `Idempotency-Key`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdempotentResponse {
+    pub key: String,
+    pub status: u16,
+    pub body: Bytes,
+    pub created_at: UnixMs,
+}
+
+/// A message with the deliveries it fans out to, committed together.
+#[derive(Clone, Debug)]
+pub struct Publish {
+    pub message: Message,
+    pub deliveries: Vec<Delivery>,
+    pub idempotency: Option<IdempotentResponse>,
+}
+
+#[derive(Clone, Debug)]
+pub enum PublishOutcome {
+    Created,
+    /// A message with the same `eventId` exists in the application; nothing was written.
+    Duplicate(Message),
+}
+
+/// Cursor pagination by id (ids sort by creation time).
+#[derive(Clone, Debug, Default)]
+pub struct Page {
+    pub limit: usize,
+    pub iterator: Option<String>,
+    pub descending: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Listed<T> {
+    pub items: Vec<T>,
+    pub done: bool,
+}
+
+/// Filters of the attempt and message listings.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub status: Option<DeliveryState>,
+    pub event_types: Option<Vec<String>>,
+    pub channel: Option<String>,
+    pub before: Option<UnixMs>,
+    pub after: Option<UnixMs>,
+}
+
+/// A delivery joined with what the API shows beside it.
+#[derive(Clone, Debug)]
+pub struct DeliveryView {
+    pub delivery: Delivery,
+    pub endpoint: Option<Endpoint>,
+    pub message: Option<Message>,
+}

@@ -1,0 +1,425 @@
+//! The embedded SQLite backend: WAL, synchronous commits, one writer thread that batches
+//! every write it finds waiting into one transaction (group commit), and a small pool of
+//! read connections.
+
+mod queue;
+mod resources;
+mod rows;
+mod schema;
+
+use crate::*;
+use rusqlite::{Connection, ErrorCode, OpenFlags};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+
+/// Writes one batch may hold; bounds the time one commit takes.
+const BATCH_JOBS_MAX: usize = 2_048;
+/// Writes waiting for the writer before callers wait for room.
+const QUEUE_JOBS_MAX: usize = 16_384;
+/// Read connections kept open.
+const READERS_MAX: usize = 8;
+
+type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
+
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `hookline.db` in `data_dir` and migrates it.
+    pub fn open(data_dir: &Path) -> StoreResult<SqliteStore> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Unavailable(format!("create {}: {e}", data_dir.display())))?;
+        let path = data_dir.join("hookline.db");
+        let writer = open_connection(&path, true)?;
+        schema::migrate(&writer)?;
+        let (jobs, receiver) = mpsc::channel(QUEUE_JOBS_MAX);
+        std::thread::Builder::new()
+            .name("hookline-writer".into())
+            .spawn(move || run_writer(writer, receiver))
+            .map_err(|e| StoreError::Unavailable(format!("start writer: {e}")))?;
+        Ok(SqliteStore {
+            jobs,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path,
+        })
+    }
+
+    /// Runs `f` inside the next group commit; resolves once the commit is synced.
+    pub(crate) async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit_error| {
+                let outcome = match (result, commit_error) {
+                    (Ok(_), Some(e)) => Err(e.clone()),
+                    (result, _) => result,
+                };
+                let _ = reply.send(outcome);
+            })
+        });
+        self.jobs.send(job).await.map_err(|_| closed())?;
+        answer
+            .await
+            .map_err(|_| StoreError::Unavailable("the write was not committed".into()))?
+    }
+
+    /// Runs `f` on a read connection on the blocking pool.
+    pub(crate) async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().expect("reader pool lock").pop();
+            let conn = match pooled {
+                Some(conn) => conn,
+                None => open_connection(&path, false)?,
+            };
+            let result = f(&conn);
+            let mut pool = readers.lock().expect("reader pool lock");
+            if pool.len() < READERS_MAX {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("the store is shut down".into())
+}
+
+fn open_connection(path: &Path, writer: bool) -> StoreResult<Connection> {
+    let flags = if writer {
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
+    };
+    let conn = Connection::open_with_flags(path, flags).map_err(sql_error)?;
+    // synchronous=FULL: a commit returns only once the WAL is synced, so an acknowledged
+    // write survives power loss, not only a process crash.
+    conn.execute_batch(
+        "PRAGMA busy_timeout = 5000;
+         PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;
+         PRAGMA temp_store = MEMORY;",
+    )
+    .map_err(sql_error)?;
+    Ok(conn)
+}
+
+/// Runs one job so that its failure rolls back only its own changes.
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> StoreResult<T>,
+) -> StoreResult<T> {
+    // SQLite rolls the whole transaction back on some errors (disk full, IO); a job that
+    // ran after that would autocommit on its own, so it must not run at all.
+    if conn.is_autocommit() {
+        return Err(StoreError::Unavailable(
+            "the write batch was aborted by an earlier error".into(),
+        ));
+    }
+    conn.execute_batch("SAVEPOINT job").map_err(sql_error)?;
+    let result = f(conn);
+    let end = if result.is_ok() {
+        "RELEASE job"
+    } else {
+        "ROLLBACK TO job; RELEASE job"
+    };
+    conn.execute_batch(end).map_err(sql_error)?;
+    result
+}
+
+fn run_writer(conn: Connection, mut receiver: mpsc::Receiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(BATCH_JOBS_MAX);
+    while let Some(first) = receiver.blocking_recv() {
+        batch.push(first);
+        while batch.len() < BATCH_JOBS_MAX {
+            match receiver.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&conn, &mut batch);
+    }
+}
+
+fn commit_batch(conn: &Connection, batch: &mut Vec<Job>) {
+    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_error) {
+        // Nothing ran: every caller hears the error and nothing was acknowledged.
+        batch.drain(..).for_each(|job| drop(job));
+        tracing::error!(error = %e, "could not begin a write batch");
+        return;
+    }
+    let finishers: Vec<Finish> = batch.drain(..).map(|job| job(conn)).collect();
+    let commit = conn.execute_batch("COMMIT").map_err(sql_error);
+    if commit.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    let error = commit.err();
+    if let Some(e) = &error {
+        tracing::error!(error = %e, jobs = finishers.len(), "write batch failed to commit");
+    }
+    for finish in finishers {
+        finish(error.as_ref());
+    }
+}
+
+/// Maps SQLite errors to what callers act on: conflicts, absent rows, unavailability.
+pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::ConstraintViolation => StoreError::Conflict(e.to_string()),
+            ErrorCode::DiskFull
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::CannotOpen
+            | ErrorCode::ReadOnly => StoreError::Unavailable(e.to_string()),
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+                StoreError::Unavailable(e.to_string())
+            }
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
+                StoreError::Corrupt(e.to_string())
+            }
+            _ => StoreError::Unavailable(e.to_string()),
+        },
+        rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqliteStore {
+    async fn create_app(&self, app: App) -> StoreResult<App> {
+        self.write(move |c| resources::insert_app(c, &app).map(|_| app))
+            .await
+    }
+    async fn get_app(&self, key: Key<'_>) -> StoreResult<App> {
+        let key = key.to_owned();
+        self.read(move |c| resources::get_app(c, &key)).await
+    }
+    async fn list_apps(&self, page: Page) -> StoreResult<Listed<App>> {
+        self.read(move |c| resources::list_apps(c, &page)).await
+    }
+    async fn update_app(&self, app: App) -> StoreResult<App> {
+        self.write(move |c| resources::update_app(c, &app).map(|_| app))
+            .await
+    }
+    async fn delete_app(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |c| resources::delete_app(c, &id)).await
+    }
+
+    async fn create_event_type(&self, event_type: EventType) -> StoreResult<EventType> {
+        self.write(move |c| resources::insert_event_type(c, &event_type).map(|_| event_type))
+            .await
+    }
+    async fn get_event_type(&self, name: &str) -> StoreResult<EventType> {
+        let name = name.to_owned();
+        self.read(move |c| resources::get_event_type(c, &name))
+            .await
+    }
+    async fn list_event_types(
+        &self,
+        page: Page,
+        include_archived: bool,
+    ) -> StoreResult<Listed<EventType>> {
+        self.read(move |c| resources::list_event_types(c, &page, include_archived))
+            .await
+    }
+    async fn update_event_type(&self, event_type: EventType) -> StoreResult<EventType> {
+        self.write(move |c| resources::update_event_type(c, &event_type).map(|_| event_type))
+            .await
+    }
+    async fn delete_event_type(&self, name: &str) -> StoreResult<()> {
+        let name = name.to_owned();
+        self.write(move |c| resources::delete_event_type(c, &name))
+            .await
+    }
+
+    async fn create_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint> {
+        self.write(move |c| resources::insert_endpoint(c, &endpoint).map(|_| endpoint))
+            .await
+    }
+    async fn get_endpoint(&self, app_id: &str, key: Key<'_>) -> StoreResult<Endpoint> {
+        let (app_id, key) = (app_id.to_owned(), key.to_owned());
+        self.read(move |c| resources::get_endpoint(c, &app_id, &key))
+            .await
+    }
+    async fn list_endpoints(&self, app_id: &str, page: Page) -> StoreResult<Listed<Endpoint>> {
+        let app_id = app_id.to_owned();
+        self.read(move |c| resources::list_endpoints(c, &app_id, &page))
+            .await
+    }
+    async fn app_endpoints(&self, app_id: &str) -> StoreResult<Vec<Endpoint>> {
+        let app_id = app_id.to_owned();
+        self.read(move |c| resources::app_endpoints(c, &app_id))
+            .await
+    }
+    async fn update_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint> {
+        self.write(move |c| resources::update_endpoint(c, &endpoint).map(|_| endpoint))
+            .await
+    }
+    async fn delete_endpoint(&self, app_id: &str, id: &str) -> StoreResult<()> {
+        let (app_id, id) = (app_id.to_owned(), id.to_owned());
+        self.write(move |c| resources::delete_endpoint(c, &app_id, &id))
+            .await
+    }
+
+    async fn publish(&self, publish: Publish) -> StoreResult<PublishOutcome> {
+        self.write(move |c| queue::publish(c, &publish)).await
+    }
+    async fn get_message(&self, app_id: &str, key: Key<'_>) -> StoreResult<Message> {
+        let (app_id, key) = (app_id.to_owned(), key.to_owned());
+        self.read(move |c| queue::get_message(c, &app_id, &key))
+            .await
+    }
+    async fn message_by_id(&self, id: &str) -> StoreResult<Message> {
+        let id = id.to_owned();
+        self.read(move |c| queue::message_by_id(c, &id)).await
+    }
+    async fn list_messages(
+        &self,
+        app_id: &str,
+        filter: ListFilter,
+        page: Page,
+    ) -> StoreResult<Listed<Message>> {
+        let app_id = app_id.to_owned();
+        self.read(move |c| queue::list_messages(c, &app_id, &filter, &page))
+            .await
+    }
+
+    async fn pending_deliveries(&self) -> StoreResult<Vec<Delivery>> {
+        self.read(queue::pending_deliveries).await
+    }
+    async fn get_delivery(&self, id: &str) -> StoreResult<Delivery> {
+        let id = id.to_owned();
+        self.read(move |c| queue::get_delivery(c, &id)).await
+    }
+    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<()> {
+        self.write(move |c| queue::record_attempt(c, &record)).await
+    }
+    async fn resend(
+        &self,
+        app_id: &str,
+        msg_id: &str,
+        endpoint_id: &str,
+        new_id: String,
+        now: UnixMs,
+    ) -> StoreResult<Delivery> {
+        let (app_id, msg_id, endpoint_id) =
+            (app_id.to_owned(), msg_id.to_owned(), endpoint_id.to_owned());
+        self.write(move |c| queue::resend(c, &app_id, &msg_id, &endpoint_id, &new_id, now))
+            .await
+    }
+    async fn recover(
+        &self,
+        app_id: &str,
+        endpoint_id: &str,
+        since: UnixMs,
+        until: UnixMs,
+        now: UnixMs,
+    ) -> StoreResult<Vec<Delivery>> {
+        let (app_id, endpoint_id) = (app_id.to_owned(), endpoint_id.to_owned());
+        self.write(move |c| queue::recover(c, &app_id, &endpoint_id, since, until, now))
+            .await
+    }
+    async fn deliveries_of_message(
+        &self,
+        app_id: &str,
+        msg_id: &str,
+        page: Page,
+    ) -> StoreResult<Listed<DeliveryView>> {
+        let (app_id, msg_id) = (app_id.to_owned(), msg_id.to_owned());
+        self.read(move |c| queue::deliveries_of_message(c, &app_id, &msg_id, &page))
+            .await
+    }
+    async fn deliveries_of_endpoint(
+        &self,
+        app_id: &str,
+        endpoint_id: &str,
+        filter: ListFilter,
+        page: Page,
+    ) -> StoreResult<Listed<DeliveryView>> {
+        let (app_id, endpoint_id) = (app_id.to_owned(), endpoint_id.to_owned());
+        self.read(move |c| queue::deliveries_of_endpoint(c, &app_id, &endpoint_id, &filter, &page))
+            .await
+    }
+    async fn list_attempts(
+        &self,
+        app_id: &str,
+        scope: AttemptScope<'_>,
+        filter: ListFilter,
+        page: Page,
+    ) -> StoreResult<Listed<Attempt>> {
+        let app_id = app_id.to_owned();
+        let (by_endpoint, key) = match scope {
+            AttemptScope::Endpoint(k) => (true, k.to_owned()),
+            AttemptScope::Message(k) => (false, k.to_owned()),
+        };
+        self.read(move |c| {
+            let scope = if by_endpoint {
+                AttemptScope::Endpoint(&key)
+            } else {
+                AttemptScope::Message(&key)
+            };
+            queue::list_attempts(c, &app_id, scope, &filter, &page)
+        })
+        .await
+    }
+    async fn get_attempt(
+        &self,
+        app_id: &str,
+        msg_id: &str,
+        attempt_id: &str,
+    ) -> StoreResult<Attempt> {
+        let (app_id, msg_id, attempt_id) =
+            (app_id.to_owned(), msg_id.to_owned(), attempt_id.to_owned());
+        self.read(move |c| queue::get_attempt(c, &app_id, &msg_id, &attempt_id))
+            .await
+    }
+
+    async fn idempotent_response(
+        &self,
+        key: &str,
+        since: UnixMs,
+    ) -> StoreResult<Option<IdempotentResponse>> {
+        let key = key.to_owned();
+        self.read(move |c| queue::idempotent_response(c, &key, since))
+            .await
+    }
+    async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()> {
+        self.write(move |c| queue::save_idempotent_response(c, &response))
+            .await
+    }
+    async fn admin_token_hashes(&self) -> StoreResult<Vec<[u8; 32]>> {
+        self.read(queue::admin_token_hashes).await
+    }
+    async fn add_admin_token_hash(
+        &self,
+        id: String,
+        hash: [u8; 32],
+        now: UnixMs,
+    ) -> StoreResult<()> {
+        self.write(move |c| queue::add_admin_token_hash(c, &id, &hash, now))
+            .await
+    }
+}

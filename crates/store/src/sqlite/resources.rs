@@ -1,0 +1,253 @@
+//! Applications, event types and endpoints: the configuration a sender manages.
+
+use super::rows::{self, Query};
+use super::sql_error;
+use crate::*;
+use rusqlite::{params, Connection, OptionalExtension};
+
+fn one<T>(result: rusqlite::Result<Option<T>>) -> StoreResult<T> {
+    result.map_err(sql_error)?.ok_or(StoreError::NotFound)
+}
+
+fn changed(rows: usize) -> StoreResult<()> {
+    if rows == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
+pub fn insert_app(conn: &Connection, app: &App) -> StoreResult<()> {
+    conn.prepare_cached(&format!(
+        "INSERT INTO apps ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        rows::APP_COLUMNS
+    ))
+    .and_then(|mut s| {
+        s.execute(params![
+            app.id,
+            app.uid,
+            app.name,
+            app.throttle_rate,
+            rows::to_json(&app.metadata),
+            rows::opt_json(&app.retry_policy),
+            app.created_at,
+            app.updated_at
+        ])
+    })
+    .map_err(sql_error)?;
+    Ok(())
+}
+
+pub fn get_app(conn: &Connection, key: &str) -> StoreResult<App> {
+    let sql = format!(
+        "SELECT {} FROM apps WHERE id = ?1 OR uid = ?1",
+        rows::APP_COLUMNS
+    );
+    one(conn.query_row(&sql, [key], rows::app).optional())
+}
+
+pub fn list_apps(conn: &Connection, page: &Page) -> StoreResult<Listed<App>> {
+    Query::new().page(conn, rows::APP_COLUMNS, "apps", page, rows::app)
+}
+
+pub fn update_app(conn: &Connection, app: &App) -> StoreResult<()> {
+    changed(
+        conn.execute(
+            "UPDATE apps SET uid = ?2, name = ?3, throttle_rate = ?4, metadata = ?5, retry_policy = ?6, updated_at = ?7 WHERE id = ?1",
+            params![app.id, app.uid, app.name, app.throttle_rate, rows::to_json(&app.metadata), rows::opt_json(&app.retry_policy), app.updated_at],
+        )
+        .map_err(sql_error)?,
+    )
+}
+
+pub fn delete_app(conn: &Connection, id: &str) -> StoreResult<()> {
+    changed(
+        conn.execute("DELETE FROM apps WHERE id = ?1", [id])
+            .map_err(sql_error)?,
+    )?;
+    for table in ["endpoints", "messages", "deliveries", "attempts"] {
+        conn.execute(&format!("DELETE FROM {table} WHERE app_id = ?1"), [id])
+            .map_err(sql_error)?;
+    }
+    Ok(())
+}
+
+pub fn insert_event_type(conn: &Connection, t: &EventType) -> StoreResult<()> {
+    conn.execute(
+        &format!(
+            "INSERT INTO event_types ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            rows::EVENT_TYPE_COLUMNS
+        ),
+        params![
+            t.name,
+            t.description,
+            t.archived,
+            t.deprecated,
+            rows::opt_json(&t.schemas),
+            t.group_name,
+            rows::opt_json(&t.feature_flags),
+            t.created_at,
+            t.updated_at
+        ],
+    )
+    .map_err(sql_error)?;
+    Ok(())
+}
+
+pub fn get_event_type(conn: &Connection, name: &str) -> StoreResult<EventType> {
+    let sql = format!(
+        "SELECT {} FROM event_types WHERE name = ?1",
+        rows::EVENT_TYPE_COLUMNS
+    );
+    one(conn.query_row(&sql, [name], rows::event_type).optional())
+}
+
+pub fn list_event_types(
+    conn: &Connection,
+    page: &Page,
+    include_archived: bool,
+) -> StoreResult<Listed<EventType>> {
+    let query = if include_archived {
+        Query::new()
+    } else {
+        Query::new().and("archived = ?", 0)
+    };
+    query.page_by(
+        conn,
+        rows::EVENT_TYPE_COLUMNS,
+        "event_types",
+        "name",
+        page,
+        rows::event_type,
+    )
+}
+
+pub fn update_event_type(conn: &Connection, t: &EventType) -> StoreResult<()> {
+    changed(
+        conn.execute(
+            "UPDATE event_types SET description = ?2, archived = ?3, deprecated = ?4, schemas = ?5, group_name = ?6, \
+             feature_flags = ?7, updated_at = ?8 WHERE name = ?1",
+            params![
+                t.name,
+                t.description,
+                t.archived,
+                t.deprecated,
+                rows::opt_json(&t.schemas),
+                t.group_name,
+                rows::opt_json(&t.feature_flags),
+                t.updated_at
+            ],
+        )
+        .map_err(sql_error)?,
+    )
+}
+
+pub fn delete_event_type(conn: &Connection, name: &str) -> StoreResult<()> {
+    changed(
+        conn.execute("DELETE FROM event_types WHERE name = ?1", [name])
+            .map_err(sql_error)?,
+    )
+}
+
+fn endpoint_values(e: &Endpoint) -> [rusqlite::types::Value; 16] {
+    use rusqlite::types::Value;
+    let text = |s: &str| Value::Text(s.to_owned());
+    let opt = |s: Option<String>| s.map(Value::Text).unwrap_or(Value::Null);
+    [
+        text(&e.id),
+        text(&e.app_id),
+        opt(e.uid.clone()),
+        text(&e.url),
+        text(&e.description),
+        Value::Integer(e.disabled as i64),
+        opt(rows::opt_json(&e.event_types)),
+        opt(rows::opt_json(&e.channels)),
+        e.throttle_rate
+            .map(|r| Value::Integer(r as i64))
+            .unwrap_or(Value::Null),
+        Value::Text(rows::to_json(&e.metadata)),
+        Value::Text(rows::to_json(&e.headers)),
+        Value::Text(rows::to_json(&e.secrets)),
+        Value::Text(rows::to_json(&e.signature_scheme)),
+        opt(rows::opt_json(&e.retry_policy)),
+        Value::Integer(e.created_at),
+        Value::Integer(e.updated_at),
+    ]
+}
+
+const ENDPOINT_PLACEHOLDERS: &str =
+    "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16";
+
+pub fn insert_endpoint(conn: &Connection, e: &Endpoint) -> StoreResult<()> {
+    get_app(conn, &e.app_id)?;
+    let sql = format!(
+        "INSERT INTO endpoints ({}) VALUES ({ENDPOINT_PLACEHOLDERS})",
+        rows::ENDPOINT_COLUMNS
+    );
+    conn.execute(&sql, rusqlite::params_from_iter(endpoint_values(e)))
+        .map_err(sql_error)?;
+    Ok(())
+}
+
+pub fn update_endpoint(conn: &Connection, e: &Endpoint) -> StoreResult<()> {
+    let sql = format!(
+        "REPLACE INTO endpoints ({}) VALUES ({ENDPOINT_PLACEHOLDERS})",
+        rows::ENDPOINT_COLUMNS
+    );
+    get_endpoint(conn, &e.app_id, &e.id)?;
+    conn.execute(&sql, rusqlite::params_from_iter(endpoint_values(e)))
+        .map_err(sql_error)?;
+    Ok(())
+}
+
+pub fn get_endpoint(conn: &Connection, app_id: &str, key: &str) -> StoreResult<Endpoint> {
+    let sql = format!(
+        "SELECT {} FROM endpoints WHERE app_id = ?1 AND (id = ?2 OR uid = ?2)",
+        rows::ENDPOINT_COLUMNS
+    );
+    one(conn
+        .query_row(&sql, [app_id, key], rows::endpoint)
+        .optional())
+}
+
+pub fn list_endpoints(
+    conn: &Connection,
+    app_id: &str,
+    page: &Page,
+) -> StoreResult<Listed<Endpoint>> {
+    Query::new().and("app_id = ?", app_id.to_owned()).page(
+        conn,
+        rows::ENDPOINT_COLUMNS,
+        "endpoints",
+        page,
+        rows::endpoint,
+    )
+}
+
+pub fn app_endpoints(conn: &Connection, app_id: &str) -> StoreResult<Vec<Endpoint>> {
+    let sql = format!(
+        "SELECT {} FROM endpoints WHERE app_id = ?1 ORDER BY id",
+        rows::ENDPOINT_COLUMNS
+    );
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    let endpoints = statement
+        .query_map([app_id], rows::endpoint)
+        .map_err(sql_error)?;
+    endpoints
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .map_err(sql_error)
+}
+
+pub fn delete_endpoint(conn: &Connection, app_id: &str, id: &str) -> StoreResult<()> {
+    changed(
+        conn.execute(
+            "DELETE FROM endpoints WHERE app_id = ?1 AND id = ?2",
+            [app_id, id],
+        )
+        .map_err(sql_error)?,
+    )?;
+    // Open deliveries to a deleted endpoint can never be made: close them.
+    conn.execute("UPDATE deliveries SET state = 4, next_at = NULL WHERE endpoint_id = ?1 AND state IN (1, 3)", [id])
+        .map_err(sql_error)?;
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! Mapping between rows and records: JSON columns, optional columns, page clauses.
+
+use super::sql_error;
+use crate::*;
+use hookline_core::delivery::{DeliveryState, Trigger};
+use rusqlite::types::Value;
+use rusqlite::Row;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("records serialize")
+}
+
+pub fn opt_json<T: Serialize>(value: &Option<T>) -> Option<String> {
+    value.as_ref().map(to_json)
+}
+
+pub fn from_json<T: DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+pub fn from_opt_json<T: DeserializeOwned>(text: Option<String>) -> rusqlite::Result<Option<T>> {
+    text.map(|t| from_json(&t)).transpose()
+}
+
+fn state(code: i64) -> rusqlite::Result<DeliveryState> {
+    DeliveryState::from_code(code).ok_or(rusqlite::Error::IntegralValueOutOfRange(0, code))
+}
+
+pub const APP_COLUMNS: &str =
+    "id, uid, name, throttle_rate, metadata, retry_policy, created_at, updated_at";
+
+pub fn app(row: &Row) -> rusqlite::Result<App> {
+    Ok(App {
+        id: row.get(0)?,
+        uid: row.get(1)?,
+        name: row.get(2)?,
+        throttle_rate: row.get(3)?,
+        metadata: from_json(&row.get::<_, String>(4)?)?,
+        retry_policy: from_opt_json(row.get(5)?)?,
+        created_at: row.get(6)?,
+        updated_at: row.get(7)?,
+    })
+}
+
+pub const EVENT_TYPE_COLUMNS: &str =
+    "name, description, archived, deprecated, schemas, group_name, feature_flags, created_at, updated_at";
+
+pub fn event_type(row: &Row) -> rusqlite::Result<EventType> {
+    Ok(EventType {
+        name: row.get(0)?,
+        description: row.get(1)?,
+        archived: row.get(2)?,
+        deprecated: row.get(3)?,
+        schemas: from_opt_json(row.get(4)?)?,
+        group_name: row.get(5)?,
+        feature_flags: from_opt_json(row.get(6)?)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
+    })
+}
+
+pub const ENDPOINT_COLUMNS: &str =
+    "id, app_id, uid, url, description, disabled, event_types, channels, throttle_rate, \
+     metadata, headers, secrets, signature_scheme, retry_policy, created_at, updated_at";
+
+pub fn endpoint(row: &Row) -> rusqlite::Result<Endpoint> {
+    Ok(Endpoint {
+        id: row.get(0)?,
+        app_id: row.get(1)?,
+        uid: row.get(2)?,
+        url: row.get(3)?,
+        description: row.get(4)?,
+        disabled: row.get(5)?,
+        event_types: from_opt_json(row.get(6)?)?,
+        channels: from_opt_json(row.get(7)?)?,
+        throttle_rate: row.get(8)?,
+        metadata: from_json(&row.get::<_, String>(9)?)?,
+        headers: from_json(&row.get::<_, String>(10)?)?,
+        secrets: from_json(&row.get::<_, String>(11)?)?,
+        signature_scheme: from_json(&row.get::<_, String>(12)?)?,
+        retry_policy: from_opt_json(row.get(13)?)?,
+        created_at: row.get(14)?,
+        updated_at: row.get(15)?,
+    })
+}
+
+pub const MESSAGE_COLUMNS: &str =
+    "id, app_id, event_id, event_type, payload, channels, tags, callback_url, deliver_at, created_at";
+
+pub fn message(row: &Row) -> rusqlite::Result<Message> {
+    Ok(Message {
+        id: row.get(0)?,
+        app_id: row.get(1)?,
+        event_id: row.get(2)?,
+        event_type: row.get(3)?,
+        payload: Bytes::from(row.get::<_, Vec<u8>>(4)?),
+        channels: from_opt_json(row.get(5)?)?,
+        tags: from_opt_json(row.get(6)?)?,
+        callback_url: row.get(7)?,
+        deliver_at: row.get(8)?,
+        created_at: row.get(9)?,
+    })
+}
+
+pub const DELIVERY_COLUMNS: &str =
+    "id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger, updated_at";
+
+pub fn delivery(row: &Row) -> rusqlite::Result<Delivery> {
+    Ok(Delivery {
+        id: row.get(0)?,
+        msg_id: row.get(1)?,
+        app_id: row.get(2)?,
+        endpoint_id: row.get(3)?,
+        state: state(row.get(4)?)?,
+        attempts: row.get(5)?,
+        next_at: row.get(6)?,
+        first_attempt_at: row.get(7)?,
+        trigger: Trigger::from_code(row.get(8)?),
+        updated_at: row.get(9)?,
+    })
+}
+
+pub const ATTEMPT_COLUMNS: &str =
+    "id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, \
+     duration_ms, error_class, state, trigger, created_at";
+
+pub fn attempt(row: &Row) -> rusqlite::Result<Attempt> {
+    Ok(Attempt {
+        id: row.get(0)?,
+        msg_id: row.get(1)?,
+        app_id: row.get(2)?,
+        delivery_id: row.get(3)?,
+        endpoint_id: row.get(4)?,
+        url: row.get(5)?,
+        status_code: row.get(6)?,
+        response: row.get(7)?,
+        duration_ms: row.get(8)?,
+        error_class: row.get(9)?,
+        state: state(row.get(10)?)?,
+        trigger: Trigger::from_code(row.get(11)?),
+        created_at: row.get(12)?,
+    })
+}
+
+/// A query under construction: a WHERE clause and its parameters.
+pub struct Query {
+    pub conditions: Vec<String>,
+    pub params: Vec<Value>,
+}
+
+impl Query {
+    pub fn new() -> Query {
+        Query {
+            conditions: Vec::new(),
+            params: Vec::new(),
+        }
+    }
+
+    pub fn and(mut self, condition: &str, value: impl Into<Value>) -> Query {
+        self.params.push(value.into());
+        self.conditions
+            .push(condition.replace('?', &format!("?{}", self.params.len())));
+        self
+    }
+
+    /// Runs `SELECT columns FROM table WHERE … ORDER BY id LIMIT page.limit + 1` and
+    /// tells whether more rows follow.
+    pub fn page<T>(
+        self,
+        conn: &rusqlite::Connection,
+        columns: &str,
+        table: &str,
+        page: &Page,
+        map: impl Fn(&Row) -> rusqlite::Result<T>,
+    ) -> StoreResult<Listed<T>> {
+        self.page_by(conn, columns, table, "id", page, map)
+    }
+
+    pub fn page_by<T>(
+        mut self,
+        conn: &rusqlite::Connection,
+        columns: &str,
+        table: &str,
+        order_column: &str,
+        page: &Page,
+        map: impl Fn(&Row) -> rusqlite::Result<T>,
+    ) -> StoreResult<Listed<T>> {
+        if let Some(iterator) = &page.iterator {
+            let op = if page.descending { "<" } else { ">" };
+            self = self.and(&format!("{order_column} {op} ?"), iterator.clone());
+        }
+        let filter = if self.conditions.is_empty() {
+            String::new()
+        } else {
+            format!("WHERE {}", self.conditions.join(" AND "))
+        };
+        let direction = if page.descending { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT {columns} FROM {table} {filter} ORDER BY {order_column} {direction} LIMIT {}",
+            page.limit + 1
+        );
+        let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+        let mut items = statement
+            .query_map(rusqlite::params_from_iter(self.params.iter()), map)
+            .map_err(sql_error)?
+            .collect::<rusqlite::Result<Vec<T>>>()
+            .map_err(sql_error)?;
+        let done = items.len() <= page.limit;
+        items.truncate(page.limit);
+        Ok(Listed { items, done })
+    }
+}

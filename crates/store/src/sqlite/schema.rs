@@ -1,0 +1,126 @@
+//! The SQLite schema and its migrations, keyed by `PRAGMA user_version`.
+
+use super::sql_error;
+use crate::{StoreError, StoreResult};
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE apps (
+    id TEXT PRIMARY KEY,
+    uid TEXT UNIQUE,
+    name TEXT NOT NULL,
+    throttle_rate INTEGER,
+    metadata TEXT NOT NULL,
+    retry_policy TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE event_types (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL,
+    archived INTEGER NOT NULL,
+    deprecated INTEGER NOT NULL,
+    schemas TEXT,
+    group_name TEXT,
+    feature_flags TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE endpoints (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    uid TEXT,
+    url TEXT NOT NULL,
+    description TEXT NOT NULL,
+    disabled INTEGER NOT NULL,
+    event_types TEXT,
+    channels TEXT,
+    throttle_rate INTEGER,
+    metadata TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    secrets TEXT NOT NULL,
+    signature_scheme TEXT NOT NULL,
+    retry_policy TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (app_id, uid)
+);
+CREATE INDEX endpoints_by_app ON endpoints (app_id, id);
+CREATE TABLE messages (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    event_id TEXT,
+    event_type TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    channels TEXT,
+    tags TEXT,
+    callback_url TEXT,
+    deliver_at INTEGER,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX messages_by_app ON messages (app_id, id);
+CREATE UNIQUE INDEX messages_by_event_id ON messages (app_id, event_id) WHERE event_id IS NOT NULL;
+CREATE TABLE deliveries (
+    id TEXT PRIMARY KEY,
+    msg_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    endpoint_id TEXT,
+    state INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_at INTEGER,
+    first_attempt_at INTEGER,
+    trigger INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE INDEX deliveries_by_msg ON deliveries (msg_id);
+CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, msg_id);
+CREATE INDEX deliveries_open ON deliveries (state) WHERE state IN (1, 3);
+CREATE TABLE attempts (
+    id TEXT PRIMARY KEY,
+    msg_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    endpoint_id TEXT,
+    url TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    response TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    error_class TEXT,
+    state INTEGER NOT NULL,
+    trigger INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX attempts_by_msg ON attempts (msg_id, id);
+CREATE INDEX attempts_by_endpoint ON attempts (endpoint_id, id);
+CREATE TABLE idempotency (
+    key TEXT PRIMARY KEY,
+    status INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE admin_tokens (
+    id TEXT PRIMARY KEY,
+    hash BLOB NOT NULL,
+    created_at INTEGER NOT NULL
+);
+"#];
+
+pub fn migrate(conn: &Connection) -> StoreResult<()> {
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sql_error)?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this hookline ({known}); upgrade hookline"
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let next = index as i64 + 1;
+        conn.execute_batch(&format!(
+            "BEGIN; {sql}; PRAGMA user_version = {next}; COMMIT;"
+        ))
+        .map_err(sql_error)?;
+    }
+    Ok(())
+}
