@@ -1,1 +1,147 @@
-fn main() {}
+//! The `hookline` binary: parses the command line, builds the configuration, opens the
+//! store and runs the server until SIGTERM or SIGINT.
+
+mod settings;
+
+use clap::{Parser, Subcommand};
+use hookline_server::clock::SystemClock;
+use hookline_store::sqlite::SqliteStore;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+/// Exit code for a bad configuration (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+/// Exit code when the store cannot be opened or the address cannot be bound (EX_UNAVAILABLE).
+const EXIT_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser)]
+#[command(
+    name = "hookline",
+    version,
+    about = "A webhook gateway for payment events"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API and deliver webhooks.
+    Serve {
+        /// Address to listen on [default: 127.0.0.1:8071].
+        #[arg(long)]
+        listen: Option<String>,
+        /// Data directory of the embedded database [default: ./hookline-data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// A TOML config file (see `hookline config-template`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Local development: allow http:// and loopback/private endpoints.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Print the commented default configuration.
+    ConfigTemplate,
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::ConfigTemplate => {
+            print!("{}", include_str!("../hookline.example.toml"));
+            ExitCode::SUCCESS
+        }
+        Command::Serve {
+            listen,
+            data_dir,
+            config,
+            dev,
+        } => {
+            let overrides = settings::Overrides {
+                listen,
+                data_dir,
+                dev,
+            };
+            let env = |name: &str| std::env::var(name).ok();
+            match settings::load(config.as_deref(), &env, overrides) {
+                Ok(config) => serve(config),
+                Err(e) => {
+                    eprintln!("hookline: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(config: &hookline_server::config::Config) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if config.log.format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve(config: hookline_server::config::Config) -> ExitCode {
+    init_logging(&config);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    runtime.block_on(async move {
+        let store = match SqliteStore::open(&config.server.data_dir) {
+            Ok(store) => Arc::new(store),
+            Err(e) => {
+                eprintln!("hookline: cannot open the data directory {}: {e}", config.server.data_dir.display());
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                eprintln!("hookline: cannot listen on {}: {e}", config.server.listen);
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        };
+        let clock = Arc::new(SystemClock);
+        match hookline_server::ensure_admin_token(store.as_ref(), &config, clock.as_ref()).await {
+            Ok(Some(token)) => println!("Admin token (shown once, stored hashed):\n  {token}\nUse it as: Authorization: Bearer {token}"),
+            Ok(None) if config.api.admin_token.is_some() => println!("Using the admin token from the configuration."),
+            Ok(None) => println!("Using the admin token created at first start (stored hashed)."),
+            Err(e) => {
+                eprintln!("hookline: cannot set up the admin token: {e}");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        }
+        if config.server.dev {
+            eprintln!("WARNING: dev mode: plain-http and loopback/private endpoints are allowed. Never use it in production.");
+        }
+        println!("Hookline listening on http://{} (data in {})", config.server.listen, config.server.data_dir.display());
+        let result =
+            hookline_server::run(config, store, clock, listener, shutdown_signal(), hookline_server::RunOptions::default()).await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("hookline: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutdown signal received");
+}

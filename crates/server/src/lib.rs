@@ -1,1 +1,123 @@
-//! placeholder
+//! Hookline's server: the management API, the delivery engine and the SSRF-safe client,
+//! started by one entry point, [`run`], which takes its listener, clock and shutdown
+//! signal from the caller.
+
+pub mod api;
+pub mod clock;
+pub mod config;
+pub mod dispatch;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod wire;
+
+use crate::api::{hash_token, AppState};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::dispatch::Engine;
+use hookline_core::id::{new_id, prefix};
+use hookline_store::{Store, StoreError};
+use std::future::Future;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    #[error("serving HTTP: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Makes sure an admin token exists. Returns a newly generated token (to show once), or
+/// `None` when the store already has one or the config supplies one.
+pub async fn ensure_admin_token(
+    store: &dyn Store,
+    config: &Config,
+    clock: &dyn Clock,
+) -> Result<Option<String>, StoreError> {
+    if config.api.admin_token.is_some() || !store.admin_token_hashes().await?.is_empty() {
+        return Ok(None);
+    }
+    let token = format!("hk_admin_{}", hex::encode(rand::random::<[u8; 24]>()));
+    let now = clock.now_ms();
+    store
+        .add_admin_token_hash(
+            new_id(prefix::TOKEN, now, rand::random()),
+            hash_token(&token),
+            now,
+        )
+        .await?;
+    Ok(Some(token))
+}
+
+/// Options for embedding and tests.
+#[derive(Default)]
+pub struct RunOptions {
+    /// Seeds the retry jitter so schedules are reproducible.
+    pub jitter_seed: Option<u64>,
+}
+
+/// Serves the API on `listener` and delivers until `shutdown` resolves; then stops
+/// accepting, lets in-flight deliveries finish up to the grace period, and returns.
+pub async fn run(
+    config: Config,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    options: RunOptions,
+) -> Result<(), ServerError> {
+    // Install the recorder before anything records, or early metrics are lost.
+    let _ = metrics::handle();
+    let mut admin_token_hashes = store.admin_token_hashes().await?;
+    if let Some(token) = &config.api.admin_token {
+        admin_token_hashes.push(hash_token(token));
+    }
+    let addresses = config.address_policy();
+    let engine = Engine::start(
+        store.clone(),
+        clock.clone(),
+        config.delivery.clone(),
+        addresses.clone(),
+        options.jitter_seed,
+    )
+    .await?;
+    let purge = tokio::spawn(purge_idempotency(
+        store.clone(),
+        clock.clone(),
+        config.api.idempotency_ttl_ms,
+    ));
+    let state = Arc::new(AppState {
+        store,
+        clock,
+        engine: engine.clone(),
+        config,
+        addresses,
+        admin_token_hashes,
+    });
+    let app = api::router(state);
+    tracing::info!(listen = %listener.local_addr()?, "hookline is ready");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!(
+        in_flight = engine.in_flight(),
+        "stopped accepting; finishing in-flight deliveries"
+    );
+    purge.abort();
+    engine.shutdown().await;
+    Ok(())
+}
+
+/// Forgets idempotent answers past their time to live, once an hour.
+async fn purge_idempotency(store: Arc<dyn Store>, clock: Arc<dyn Clock>, ttl_ms: u64) {
+    const EVERY_MS: i64 = 3_600_000;
+    loop {
+        let now = clock.now_ms();
+        if let Err(e) = store.purge_idempotent_responses(now - ttl_ms as i64).await {
+            tracing::warn!(error = %e, "could not purge idempotency keys");
+        }
+        clock.sleep_until(now + EVERY_MS).await;
+    }
+}

@@ -20,6 +20,7 @@ pub fn app(now: UnixMs, uid: Option<&str>) -> App {
         throttle_rate: None,
         metadata: Default::default(),
         retry_policy: None,
+        secret: "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
         created_at: now,
         updated_at: now,
     }
@@ -379,6 +380,8 @@ async fn idempotent_answers_expire(store: &dyn Store) {
         Some(answer)
     );
     assert_eq!(store.idempotent_response("k1", 150).await.unwrap(), None);
+    assert_eq!(store.purge_idempotent_responses(101).await.unwrap(), 1);
+    assert_eq!(store.idempotent_response("k1", 0).await.unwrap(), None);
 }
 
 async fn deleting_an_app_removes_everything(store: &dyn Store) {

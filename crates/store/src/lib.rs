@@ -131,6 +131,8 @@ pub trait Store: Send + Sync + 'static {
         since: UnixMs,
     ) -> StoreResult<Option<IdempotentResponse>>;
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()>;
+    /// Forgets idempotent answers older than `before`; returns how many.
+    async fn purge_idempotent_responses(&self, before: UnixMs) -> StoreResult<usize>;
     /// SHA-256 hashes of the admin tokens.
     async fn admin_token_hashes(&self) -> StoreResult<Vec<[u8; 32]>>;
     async fn add_admin_token_hash(

@@ -17,6 +17,8 @@ pub struct App {
     pub throttle_rate: Option<u32>,
     pub metadata: Metadata,
     pub retry_policy: Option<RetryPolicy>,
+    /// Signs deliveries to per-message callback URLs (`whsec_…`).
+    pub secret: String,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
 }

@@ -410,6 +410,13 @@ impl Store for SqliteStore {
         self.write(move |c| queue::save_idempotent_response(c, &response))
             .await
     }
+    async fn purge_idempotent_responses(&self, before: UnixMs) -> StoreResult<usize> {
+        self.write(move |c| {
+            c.execute("DELETE FROM idempotency WHERE created_at < ?1", [before])
+                .map_err(sql_error)
+        })
+        .await
+    }
     async fn admin_token_hashes(&self) -> StoreResult<Vec<[u8; 32]>> {
         self.read(queue::admin_token_hashes).await
     }

@@ -19,7 +19,7 @@ fn changed(rows: usize) -> StoreResult<()> {
 
 pub fn insert_app(conn: &Connection, app: &App) -> StoreResult<()> {
     conn.prepare_cached(&format!(
-        "INSERT INTO apps ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        "INSERT INTO apps ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         rows::APP_COLUMNS
     ))
     .and_then(|mut s| {
@@ -30,6 +30,7 @@ pub fn insert_app(conn: &Connection, app: &App) -> StoreResult<()> {
             app.throttle_rate,
             rows::to_json(&app.metadata),
             rows::opt_json(&app.retry_policy),
+            app.secret,
             app.created_at,
             app.updated_at
         ])

@@ -31,7 +31,7 @@ fn state(code: i64) -> rusqlite::Result<DeliveryState> {
 }
 
 pub const APP_COLUMNS: &str =
-    "id, uid, name, throttle_rate, metadata, retry_policy, created_at, updated_at";
+    "id, uid, name, throttle_rate, metadata, retry_policy, secret, created_at, updated_at";
 
 pub fn app(row: &Row) -> rusqlite::Result<App> {
     Ok(App {
@@ -41,8 +41,9 @@ pub fn app(row: &Row) -> rusqlite::Result<App> {
         throttle_rate: row.get(3)?,
         metadata: from_json(&row.get::<_, String>(4)?)?,
         retry_policy: from_opt_json(row.get(5)?)?,
-        created_at: row.get(6)?,
-        updated_at: row.get(7)?,
+        secret: row.get(6)?,
+        created_at: row.get(7)?,
+        updated_at: row.get(8)?,
     })
 }
 

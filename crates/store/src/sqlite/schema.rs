@@ -12,6 +12,7 @@ CREATE TABLE apps (
     throttle_rate INTEGER,
     metadata TEXT NOT NULL,
     retry_policy TEXT,
+    secret TEXT NOT NULL,
     created_at INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
 );

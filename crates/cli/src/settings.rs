@@ -1,0 +1,225 @@
+//! Builds the configuration: defaults, then the config file, then `HOOKLINE_*`
+//! environment variables, then command-line flags. Unknown keys and bad values are errors.
+
+use hookline_server::config::Config;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Parse { path: String, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Flags that override everything else.
+#[derive(Default)]
+pub struct Overrides {
+    pub listen: Option<String>,
+    pub data_dir: Option<std::path::PathBuf>,
+    pub dev: bool,
+}
+
+/// Environment shortcuts kept from the command-line reference.
+const SHORTCUTS: &[(&str, &str, &str)] = &[
+    ("HOOKLINE_LISTEN", "server", "listen"),
+    ("HOOKLINE_DATA_DIR", "server", "data_dir"),
+    ("HOOKLINE_ADMIN_TOKEN", "api", "admin_token"),
+];
+
+pub fn load(
+    file: Option<&Path>,
+    env: &dyn Fn(&str) -> Option<String>,
+    overrides: Overrides,
+) -> Result<Config, SettingsError> {
+    let mut table = match file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            text.parse::<toml::Table>()
+                .map_err(|e| SettingsError::Parse {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?
+        }
+        None => toml::Table::new(),
+    };
+    for (section, key) in known_keys() {
+        let name = format!("HOOKLINE_{}_{}", section.to_uppercase(), key.to_uppercase());
+        if let Some(raw) = env(&name) {
+            set(&mut table, &section, &key, env_value(&raw));
+        }
+    }
+    for (name, section, key) in SHORTCUTS {
+        if let Some(raw) = env(name) {
+            set(&mut table, section, key, toml::Value::String(raw));
+        }
+    }
+    if let Some(listen) = overrides.listen {
+        set(&mut table, "server", "listen", toml::Value::String(listen));
+    }
+    if let Some(dir) = overrides.data_dir {
+        set(
+            &mut table,
+            "server",
+            "data_dir",
+            toml::Value::String(dir.display().to_string()),
+        );
+    }
+    if overrides.dev {
+        set(&mut table, "server", "dev", toml::Value::Boolean(true));
+    }
+    let config: Config = table
+        .try_into()
+        .map_err(|e: toml::de::Error| SettingsError::Invalid(e.message().to_owned()))?;
+    config.validate().map_err(SettingsError::Invalid)?;
+    Ok(config)
+}
+
+/// Every `(section, key)` of the config, read off the defaults (plus optional keys).
+fn known_keys() -> Vec<(String, String)> {
+    let defaults = toml::Table::try_from(Config::default()).expect("defaults serialize");
+    let mut keys: Vec<(String, String)> = defaults
+        .iter()
+        .filter_map(|(section, value)| value.as_table().map(|t| (section, t)))
+        .flat_map(|(section, t)| t.keys().map(move |k| (section.clone(), k.clone())))
+        .collect();
+    keys.push(("api".into(), "admin_token".into()));
+    keys
+}
+
+/// An environment value is TOML when it parses as such (`15000`, `true`, `["10.0.0.0/8"]`),
+/// and a plain string otherwise.
+fn env_value(raw: &str) -> toml::Value {
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let entry = table
+        .entry(section.to_owned())
+        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    if let toml::Value::Table(section) = entry {
+        section.insert(key.to_owned(), value);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load_with(
+        file: Option<&str>,
+        vars: &[(&str, &str)],
+        overrides: Overrides,
+    ) -> Result<Config, SettingsError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hookline.toml");
+        if let Some(text) = file {
+            std::fs::write(&path, text).unwrap();
+        }
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        load(
+            file.map(|_| path.as_path()),
+            &|name| vars.get(name).cloned(),
+            overrides,
+        )
+    }
+
+    #[test]
+    fn defaults_match_the_documented_ones() {
+        let c = load_with(None, &[], Overrides::default()).unwrap();
+        assert_eq!(c.server.listen, "127.0.0.1:8071");
+        assert_eq!(
+            c.server.data_dir,
+            std::path::PathBuf::from("./hookline-data")
+        );
+        assert_eq!(c.delivery.request_timeout_ms, 30_000);
+    }
+
+    #[test]
+    fn the_example_file_is_the_defaults() {
+        let example = include_str!("../hookline.example.toml");
+        let from_file = load_with(Some(example), &[], Overrides::default()).unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            toml::to_string(&from_file).unwrap(),
+            toml::to_string(&defaults).unwrap()
+        );
+    }
+
+    #[test]
+    fn layers_apply_in_order_file_env_flags() {
+        let file = "[server]\nlisten = \"127.0.0.1:1\"\n[delivery]\nrequest_timeout_ms = 5000\n";
+        let vars = [
+            ("HOOKLINE_DELIVERY_REQUEST_TIMEOUT_MS", "15000"),
+            ("HOOKLINE_LISTEN", "127.0.0.1:2"),
+            ("HOOKLINE_NETWORK_ALLOW", "[\"10.0.0.0/8\"]"),
+        ];
+        let flags = Overrides {
+            listen: Some("127.0.0.1:3".into()),
+            dev: true,
+            ..Default::default()
+        };
+        let c = load_with(Some(file), &vars, flags).unwrap();
+        assert_eq!(c.delivery.request_timeout_ms, 15_000);
+        assert_eq!(c.server.listen, "127.0.0.1:3");
+        assert!(c.server.dev);
+        assert_eq!(c.network.allow.len(), 1);
+        let token = load_with(
+            None,
+            &[("HOOKLINE_ADMIN_TOKEN", "s3cret")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(token.api.admin_token.as_deref(), Some("s3cret"));
+        let policy = load_with(
+            None,
+            &[("HOOKLINE_DELIVERY_RETRY_POLICY", "stripe")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            policy.delivery.retry_policy,
+            hookline_core::retry::RetryPolicy::Preset(hookline_core::retry::Preset::Stripe)
+        );
+    }
+
+    #[test]
+    fn bad_config_is_an_error_naming_the_problem() {
+        let cases: [(Option<&str>, &[(&str, &str)], &str); 5] = [
+            (Some("[server]\nlisten = 5\n"), &[], "invalid type"),
+            (
+                Some("[server]\nlisen = \"x\"\n"),
+                &[],
+                "unknown field `lisen`",
+            ),
+            (Some("not toml ="), &[], "not valid TOML"),
+            (None, &[("HOOKLINE_LISTEN", "nowhere")], "server.listen"),
+            (None, &[("HOOKLINE_LOG_FORMAT", "xml")], "log.format"),
+        ];
+        for (file, vars, expected) in cases {
+            let error = load_with(file, vars, Overrides::default())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                error.contains(expected),
+                "{error:?} should mention {expected:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! `/api/v1/app/{app_id}/msg` and the attempt log: publishing (one commit for the message
+//! and all its deliveries), listing, resending.
+
+use super::apps::{create_app, find as find_app};
+use super::endpoints::find as find_endpoint;
+use super::{
+    listed, views, AnswerStored, AppState, IdempotencyKey, JsonBody, ListQuery, PathParams,
+    QueryParams, Shared,
+};
+use crate::error::{ApiError, ApiResult};
+use crate::metrics as m;
+use crate::wire::*;
+use axum::extract::Extension;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::Json;
+use hookline_core::delivery::{DeliveryState, Trigger};
+use hookline_core::id::prefix;
+use hookline_core::routing::endpoint_accepts;
+use hookline_core::ssrf::check_url;
+use hookline_store::{
+    App, AttemptScope, Bytes, Delivery, IdempotentResponse, Message, Publish, PublishOutcome,
+    StoreError,
+};
+use std::sync::Arc;
+
+const EVENT_TYPE_BYTES_MAX: usize = 256;
+const EVENT_ID_BYTES_MAX: usize = 256;
+const CHANNELS_MAX: usize = 10;
+
+pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
+    vec![
+        ("/api/v1/app/{app_id}/msg", get(list).post(publish)),
+        ("/api/v1/app/{app_id}/msg/{msg_id}", get(read)),
+        (
+            "/api/v1/app/{app_id}/msg/{msg_id}/attempt/{attempt_id}",
+            get(read_attempt),
+        ),
+        (
+            "/api/v1/app/{app_id}/msg/{msg_id}/endpoint",
+            get(destinations),
+        ),
+        (
+            "/api/v1/app/{app_id}/msg/{msg_id}/endpoint/{endpoint_id}/resend",
+            post(resend),
+        ),
+        (
+            "/api/v1/app/{app_id}/attempt/msg/{msg_id}",
+            get(attempts_of_message),
+        ),
+        (
+            "/api/v1/app/{app_id}/attempt/endpoint/{endpoint_id}",
+            get(attempts_of_endpoint),
+        ),
+        (
+            "/api/v1/app/{app_id}/endpoint/{endpoint_id}/msg",
+            get(messages_of_endpoint),
+        ),
+    ]
+}
+
+fn check(input: &MessageIn) -> ApiResult<()> {
+    let name_ok =
+        |s: &str, max| !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control);
+    if !name_ok(&input.event_type, EVENT_TYPE_BYTES_MAX) {
+        return Err(ApiError::field(
+            "eventType",
+            "eventType must be 1 to 256 printable characters",
+        ));
+    }
+    if input
+        .event_id
+        .as_deref()
+        .is_some_and(|id| !name_ok(id, EVENT_ID_BYTES_MAX))
+    {
+        return Err(ApiError::field(
+            "eventId",
+            "eventId must be 1 to 256 printable characters",
+        ));
+    }
+    if !input.payload.get().trim_start().starts_with('{') {
+        return Err(ApiError::field("payload", "payload must be a JSON object"));
+    }
+    if input
+        .channels
+        .as_ref()
+        .is_some_and(|c| c.len() > CHANNELS_MAX || c.iter().any(|c| c.is_empty()))
+    {
+        return Err(ApiError::field("channels", "at most 10 non-empty channels"));
+    }
+    Ok(())
+}
+
+/// The application a message goes to, created on the fly when the body carries one.
+async fn target_app(
+    state: &AppState,
+    app_key: &str,
+    inline: Option<ApplicationIn>,
+) -> ApiResult<App> {
+    match (find_app(state, app_key).await, inline) {
+        (Ok(app), _) => Ok(app),
+        (Err(ApiError::NotFound(_)), Some(mut inline)) => {
+            inline.uid = inline.uid.or_else(|| Some(app_key.to_owned()));
+            match create_app(state, inline).await {
+                Err(ApiError::Conflict(_)) => find_app(state, app_key).await,
+                other => other,
+            }
+        }
+        (Err(e), _) => Err(e),
+    }
+}
+
+async fn publish(
+    state: Shared,
+    PathParams(app_key): PathParams<String>,
+    QueryParams(query): QueryParams<ListQuery>,
+    idempotency: Option<Extension<IdempotencyKey>>,
+    JsonBody(input): JsonBody<MessageIn>,
+) -> ApiResult<Response> {
+    check(&input)?;
+    let now = state.now();
+    let deliver_at =
+        match input.deliver_at.as_deref() {
+            Some(t) => Some(parse_timestamp(t).ok_or_else(|| {
+                ApiError::field("deliverAt", "deliverAt must be an RFC 3339 time")
+            })?),
+            None => None,
+        };
+    if let Some(url) = &input.callback_url {
+        check_url(url, &state.addresses)
+            .map_err(|e| ApiError::field("callbackUrl", e.to_string()))?;
+    }
+    let app = target_app(&state, &app_key, input.application).await?;
+    let endpoints = state
+        .engine
+        .catalog
+        .endpoints(&app.id)
+        .await
+        .map_err(ApiError::from_store("endpoint"))?;
+    let message = Arc::new(Message {
+        id: state.new_id(prefix::MESSAGE),
+        app_id: app.id.clone(),
+        event_id: input.event_id,
+        event_type: input.event_type,
+        payload: Bytes::copy_from_slice(input.payload.get().as_bytes()),
+        channels: input.channels,
+        tags: input.tags,
+        callback_url: input.callback_url,
+        deliver_at,
+        created_at: now,
+    });
+    let due_at = deliver_at.unwrap_or(now).max(now);
+    let delivery = |endpoint_id: Option<String>| Delivery {
+        id: state.new_id(prefix::DELIVERY),
+        msg_id: message.id.clone(),
+        app_id: app.id.clone(),
+        endpoint_id,
+        state: DeliveryState::Pending,
+        attempts: 0,
+        next_at: Some(due_at),
+        first_attempt_at: None,
+        trigger: Trigger::Scheduled,
+        updated_at: now,
+    };
+    let mut deliveries: Vec<Delivery> = endpoints
+        .iter()
+        .filter(|e| !e.disabled)
+        .filter(|e| {
+            endpoint_accepts(
+                e.event_types.as_deref(),
+                e.channels.as_deref(),
+                &message.event_type,
+                message.channels.as_deref(),
+            )
+        })
+        .map(|e| delivery(Some(e.id.clone())))
+        .collect();
+    if message.callback_url.is_some() {
+        deliveries.push(delivery(None));
+    }
+    let body = serde_json::to_vec(&views::message(
+        (*message).clone(),
+        query.with_content.unwrap_or(true),
+    ))
+    .map_err(|_| ApiError::Internal)?;
+    let answer = idempotency.map(|Extension(IdempotencyKey(key))| IdempotentResponse {
+        key,
+        status: StatusCode::ACCEPTED.as_u16(),
+        body: Bytes::from(body.clone()),
+        created_at: now,
+    });
+    let publish = Publish {
+        message: (*message).clone(),
+        deliveries: deliveries.clone(),
+        idempotency: answer,
+    };
+    match state
+        .store
+        .publish(publish)
+        .await
+        .map_err(ApiError::from_store("message"))?
+    {
+        PublishOutcome::Created => {
+            metrics::counter!(m::PUBLISHED).increment(1);
+            for d in deliveries {
+                state.engine.enqueue(d, Some(message.clone()));
+            }
+            let mut response = (
+                StatusCode::ACCEPTED,
+                [("content-type", "application/json")],
+                body,
+            )
+                .into_response();
+            response.extensions_mut().insert(AnswerStored);
+            Ok(response)
+        }
+        // The same eventId was published before: answer with the stored message, deliver nothing new.
+        PublishOutcome::Duplicate(existing) => {
+            Ok((StatusCode::OK, Json(views::message(existing, true))).into_response())
+        }
+    }
+}
+
+async fn list(
+    state: Shared,
+    PathParams(app_key): PathParams<String>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<ListResponse<MessageOut>>> {
+    let app = find_app(&state, &app_key).await?;
+    let messages = state
+        .store
+        .list_messages(&app.id, query.filter()?, query.page(true)?)
+        .await
+        .map_err(ApiError::from_store("message"))?;
+    let with_content = query.with_content.unwrap_or(true);
+    Ok(Json(listed(
+        messages,
+        |m| m.id.clone(),
+        |m| views::message(m, with_content),
+    )))
+}
+
+async fn find_message(state: &AppState, app_key: &str, msg_id: &str) -> ApiResult<(App, Message)> {
+    let app = find_app(state, app_key).await?;
+    let message = state
+        .store
+        .get_message(&app.id, msg_id)
+        .await
+        .map_err(ApiError::from_store("message"))?;
+    Ok((app, message))
+}
+
+async fn read(
+    state: Shared,
+    PathParams((app_key, msg_id)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<MessageOut>> {
+    let (_, message) = find_message(&state, &app_key, &msg_id).await?;
+    Ok(Json(views::message(
+        message,
+        query.with_content.unwrap_or(true),
+    )))
+}
+
+async fn read_attempt(
+    state: Shared,
+    PathParams((app_key, msg_id, attempt_id)): PathParams<(String, String, String)>,
+) -> ApiResult<Json<MessageAttemptOut>> {
+    let (app, message) = find_message(&state, &app_key, &msg_id).await?;
+    let attempt = state
+        .store
+        .get_attempt(&app.id, &message.id, &attempt_id)
+        .await
+        .map_err(ApiError::from_store("attempt"))?;
+    Ok(Json(views::attempt(attempt)))
+}
+
+async fn attempts_of_message(
+    state: Shared,
+    PathParams((app_key, msg_id)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<ListResponse<MessageAttemptOut>>> {
+    let (app, message) = find_message(&state, &app_key, &msg_id).await?;
+    let attempts = state
+        .store
+        .list_attempts(
+            &app.id,
+            AttemptScope::Message(&message.id),
+            query.filter()?,
+            query.page(true)?,
+        )
+        .await
+        .map_err(ApiError::from_store("message"))?;
+    Ok(Json(listed(attempts, |a| a.id.clone(), views::attempt)))
+}
+
+async fn attempts_of_endpoint(
+    state: Shared,
+    PathParams((app_key, endpoint_id)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<ListResponse<MessageAttemptOut>>> {
+    let endpoint = find_endpoint(&state, &app_key, &endpoint_id).await?;
+    let attempts = state
+        .store
+        .list_attempts(
+            &endpoint.app_id,
+            AttemptScope::Endpoint(&endpoint.id),
+            query.filter()?,
+            query.page(true)?,
+        )
+        .await
+        .map_err(ApiError::from_store("endpoint"))?;
+    Ok(Json(listed(attempts, |a| a.id.clone(), views::attempt)))
+}
+
+/// Where a message went: each endpoint with the delivery's status and next attempt.
+async fn destinations(
+    state: Shared,
+    PathParams((app_key, msg_id)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<ListResponse<MessageEndpointOut>>> {
+    let (app, message) = find_message(&state, &app_key, &msg_id).await?;
+    let views_listed = state
+        .store
+        .deliveries_of_message(&app.id, &message.id, query.page(false)?)
+        .await
+        .map_err(ApiError::from_store("message"))?;
+    let mut out = listed(views_listed, |v| v.delivery.id.clone(), |v| v);
+    let data = out
+        .data
+        .drain(..)
+        .filter_map(|v| {
+            let endpoint = v.endpoint?;
+            Some(MessageEndpointOut {
+                endpoint: views::endpoint(endpoint),
+                status: v.delivery.state.code(),
+                status_text: v.delivery.state.text(),
+                next_attempt: v
+                    .delivery
+                    .next_at
+                    .filter(|_| !v.delivery.state.is_final())
+                    .map(timestamp),
+            })
+        })
+        .collect();
+    Ok(Json(ListResponse {
+        data,
+        iterator: out.iterator,
+        prev_iterator: out.prev_iterator,
+        done: out.done,
+    }))
+}
+
+/// What an endpoint was sent: each message with the delivery's status and next attempt.
+async fn messages_of_endpoint(
+    state: Shared,
+    PathParams((app_key, endpoint_id)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<ListResponse<EndpointMessageOut>>> {
+    let endpoint = find_endpoint(&state, &app_key, &endpoint_id).await?;
+    let with_content = query.with_content.unwrap_or(true);
+    let found = state
+        .store
+        .deliveries_of_endpoint(
+            &endpoint.app_id,
+            &endpoint.id,
+            query.filter()?,
+            query.page(true)?,
+        )
+        .await
+        .map_err(ApiError::from_store("endpoint"))?;
+    let out = listed(found, |v| v.delivery.id.clone(), |v| v);
+    let data = out
+        .data
+        .into_iter()
+        .filter_map(|v| {
+            Some(EndpointMessageOut {
+                message: views::message(v.message?, with_content),
+                status: v.delivery.state.code(),
+                status_text: v.delivery.state.text(),
+                next_attempt: v
+                    .delivery
+                    .next_at
+                    .filter(|_| !v.delivery.state.is_final())
+                    .map(timestamp),
+            })
+        })
+        .collect();
+    Ok(Json(ListResponse {
+        data,
+        iterator: out.iterator,
+        prev_iterator: out.prev_iterator,
+        done: out.done,
+    }))
+}
+
+/// Sends the message to the endpoint again now, with a fresh retry cycle.
+async fn resend(
+    state: Shared,
+    PathParams((app_key, msg_id, endpoint_id)): PathParams<(String, String, String)>,
+) -> ApiResult<StatusCode> {
+    let (app, message) = find_message(&state, &app_key, &msg_id).await?;
+    let endpoint = find_endpoint(&state, &app.id, &endpoint_id).await?;
+    let delivery = state
+        .store
+        .resend(
+            &app.id,
+            &message.id,
+            &endpoint.id,
+            state.new_id(prefix::DELIVERY),
+            state.now(),
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::NotFound("message or endpoint"),
+            other => ApiError::from_store("message")(other),
+        })?;
+    state.engine.enqueue(delivery, Some(Arc::new(message)));
+    Ok(StatusCode::ACCEPTED)
+}

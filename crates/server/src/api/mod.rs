@@ -1,0 +1,360 @@
+//! The management API: Svix v1 compatible routes, bearer auth, `Idempotency-Key`,
+//! pagination, and extractors whose every rejection is a JSON error.
+
+mod apps;
+mod endpoints;
+mod event_types;
+mod messages;
+mod ops;
+mod views;
+
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::dispatch::Engine;
+use crate::error::{ApiError, ApiResult};
+use axum::body::Body;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
+use axum::Router;
+use bytes::Bytes;
+use hookline_core::ssrf::AddressPolicy;
+use hookline_core::UnixMs;
+use hookline_store::{Page, Store};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// List sizes: Svix's default and cap.
+const LIST_LIMIT_DEFAULT: usize = 50;
+const LIST_LIMIT_MAX: usize = 250;
+/// Bytes of a response we keep for an `Idempotency-Key` replay.
+const IDEMPOTENT_BODY_BYTES_MAX: usize = 256 * 1024;
+
+pub struct AppState {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub engine: Arc<Engine>,
+    pub config: Config,
+    pub addresses: AddressPolicy,
+    pub admin_token_hashes: Vec<[u8; 32]>,
+}
+
+pub type Shared = State<Arc<AppState>>;
+
+impl AppState {
+    pub fn now(&self) -> UnixMs {
+        self.clock.now_ms()
+    }
+
+    pub fn new_id(&self, prefix: &str) -> String {
+        hookline_core::id::new_id(prefix, self.now(), rand::random())
+    }
+}
+
+/// Registers a route with and without its trailing slash: the SDKs call without it,
+/// the Svix documentation shows it with.
+fn both(
+    router: Router<Arc<AppState>>,
+    path: &str,
+    handler: MethodRouter<Arc<AppState>>,
+) -> Router<Arc<AppState>> {
+    router
+        .route(path, handler.clone())
+        .route(&format!("{path}/"), handler)
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut api = Router::new();
+    for (path, handler) in apps::routes()
+        .into_iter()
+        .chain(endpoints::routes())
+        .chain(event_types::routes())
+        .chain(messages::routes())
+    {
+        api = both(api, path, handler);
+    }
+    let api = api
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            idempotency,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            authenticate,
+        ));
+    let mut public = Router::new();
+    for (path, handler) in ops::routes() {
+        public = both(public, path, handler);
+    }
+    public
+        .merge(api)
+        .fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(axum::extract::DefaultBodyLimit::max(
+            state.config.api.body_bytes_max,
+        ))
+        .with_state(state)
+}
+
+pub fn hash_token(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+async fn authenticate(State(state): Shared, request: Request, next: Next) -> Response {
+    let given = request
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(|t| hash_token(t.trim()));
+    let Some(given) = given else {
+        return ApiError::Unauthorized.into_response();
+    };
+    // Compare against every token in constant time, without stopping at a match.
+    let matched = state
+        .admin_token_hashes
+        .iter()
+        .fold(0u8, |any, known| any | known.ct_eq(&given).unwrap_u8());
+    if matched == 1 {
+        next.run(request).await
+    } else {
+        ApiError::Unauthorized.into_response()
+    }
+}
+
+/// The scoped key of a POST's `Idempotency-Key`, if it has one.
+#[derive(Clone)]
+pub struct IdempotencyKey(pub String);
+
+/// Set by a handler that stored its own answer in the same commit as its work.
+#[derive(Clone)]
+pub struct AnswerStored;
+
+async fn idempotency(State(state): Shared, mut request: Request, next: Next) -> Response {
+    let key = (request.method() == Method::POST)
+        .then(|| {
+            request
+                .headers()
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+        })
+        .flatten()
+        .map(|key| {
+            let scoped = Sha256::digest(format!(
+                "{} {}",
+                request.uri().path().trim_end_matches('/'),
+                key
+            ));
+            hex::encode(scoped)
+        });
+    let Some(key) = key else {
+        return next.run(request).await;
+    };
+    let since = state.now() - state.config.api.idempotency_ttl_ms as i64;
+    match state.store.idempotent_response(&key, since).await {
+        Ok(Some(stored)) => return replay(stored.status, stored.body),
+        Ok(None) => {}
+        Err(e) => return ApiError::from_store("idempotency key")(e).into_response(),
+    }
+    request.extensions_mut().insert(IdempotencyKey(key.clone()));
+    let response = next.run(request).await;
+    if !response.status().is_success() || response.extensions().get::<AnswerStored>().is_some() {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, IDEMPOTENT_BODY_BYTES_MAX).await else {
+        return ApiError::Internal.into_response();
+    };
+    let answer = hookline_store::IdempotentResponse {
+        key,
+        status: parts.status.as_u16(),
+        body: bytes.clone(),
+        created_at: state.now(),
+    };
+    if let Err(e) = state.store.save_idempotent_response(answer).await {
+        // The work is done and durable; only the replay record is missing. Say so in the log.
+        tracing::warn!(error = %e, "could not store idempotent answer");
+    }
+    Response::from_parts(parts, Body::from(bytes))
+}
+
+fn replay(status: u16, body: Bytes) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+    let mut response = (status, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    response
+}
+
+/// A JSON body: syntax errors are 400 `invalid_json`, wrong fields 422 `validation`,
+/// oversized bodies 413.
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        let limit = state.config.api.body_bytes_max;
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(limit)
+                } else {
+                    ApiError::BadRequest(rejection.body_text())
+                }
+            })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::field("body", e.to_string()),
+        _ => ApiError::InvalidJson(e.to_string()),
+    })
+}
+
+/// Path parameters, with a JSON error when they do not parse.
+pub struct PathParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for PathParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|p| PathParams(p.0))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// Query parameters, with a JSON error when they do not parse.
+pub struct QueryParams<T>(pub T);
+
+impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| QueryParams(q.0))
+            .map_err(|e| ApiError::BadRequest(e.body_text()))
+    }
+}
+
+/// The query parameters of every listing; each route reads the ones it supports.
+#[derive(Debug, Default, Deserialize)]
+pub struct ListQuery {
+    pub limit: Option<usize>,
+    pub iterator: Option<String>,
+    pub order: Option<String>,
+    pub status: Option<i64>,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    pub channel: Option<String>,
+    pub event_types: Option<String>,
+    pub include_archived: Option<bool>,
+    pub with_content: Option<bool>,
+    pub get_if_exists: Option<bool>,
+}
+
+impl ListQuery {
+    pub fn page(&self, newest_first_by_default: bool) -> ApiResult<Page> {
+        let descending = match self.order.as_deref() {
+            None => newest_first_by_default,
+            Some("descending") => true,
+            Some("ascending") => false,
+            Some(other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "order must be `ascending` or `descending`, not `{other}`"
+                )))
+            }
+        };
+        let limit = self
+            .limit
+            .unwrap_or(LIST_LIMIT_DEFAULT)
+            .clamp(1, LIST_LIMIT_MAX);
+        Ok(Page {
+            limit,
+            iterator: self.iterator.clone().filter(|i| !i.is_empty()),
+            descending,
+        })
+    }
+
+    pub fn filter(&self) -> ApiResult<hookline_store::ListFilter> {
+        let time = |name: &str, value: &Option<String>| -> ApiResult<Option<UnixMs>> {
+            value
+                .as_deref()
+                .map(|t| {
+                    crate::wire::parse_timestamp(t).ok_or_else(|| {
+                        ApiError::BadRequest(format!("{name} must be an RFC 3339 time"))
+                    })
+                })
+                .transpose()
+        };
+        let status = self
+            .status
+            .map(|code| {
+                hookline_core::delivery::DeliveryState::from_code(code)
+                    .ok_or_else(|| ApiError::BadRequest("status must be 0 to 4".into()))
+            })
+            .transpose()?;
+        Ok(hookline_store::ListFilter {
+            status,
+            event_types: self.event_types.as_ref().map(|t| {
+                t.split(',')
+                    .map(str::to_owned)
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }),
+            channel: self.channel.clone(),
+            before: time("before", &self.before)?,
+            after: time("after", &self.after)?,
+        })
+    }
+}
+
+/// Builds a Svix list answer; the iterator is the id of the last item.
+pub fn listed<T, O>(
+    listed: hookline_store::Listed<T>,
+    key: impl Fn(&T) -> String,
+    out: impl Fn(T) -> O,
+) -> crate::wire::ListResponse<O> {
+    let iterator = listed.items.last().map(&key);
+    let prev_iterator = listed.items.first().map(&key);
+    crate::wire::ListResponse {
+        data: listed.items.into_iter().map(out).collect(),
+        iterator,
+        prev_iterator,
+        done: listed.done,
+    }
+}
+
+/// Checks a user-given `uid`: Svix allows letters, digits, `-`, `_` and `.`, up to 256.
+pub fn check_uid(uid: &Option<String>) -> ApiResult<()> {
+    if let Some(uid) = uid {
+        let ok = !uid.is_empty()
+            && uid.len() <= 256
+            && uid
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !ok {
+            return Err(ApiError::field(
+                "uid",
+                "uid must be 1 to 256 letters, digits, `-`, `_` or `.`",
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Hookline's configuration: every section and key of the config file, with defaults.
+//! The binary layers a file and `HOOKLINE_<SECTION>_<KEY>` variables over these.
+
+use hookline_core::retry::RetryPolicy;
+use hookline_core::ssrf::AddressPolicy;
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub api: ApiConfig,
+    pub delivery: DeliveryConfig,
+    pub network: NetworkConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    /// Local development: plain-http endpoints and loopback/private targets allowed.
+    pub dev: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: "127.0.0.1:8071".into(),
+            data_dir: PathBuf::from("./hookline-data"),
+            dev: false,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Use this admin token instead of generating one (never logged).
+    pub admin_token: Option<String>,
+    pub body_bytes_max: usize,
+    pub idempotency_ttl_ms: u64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            admin_token: None,
+            body_bytes_max: 1024 * 1024,
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeliveryConfig {
+    pub request_timeout_ms: u64,
+    pub connect_timeout_ms: u64,
+    /// Deliveries in flight at once, over all endpoints.
+    pub max_in_flight: usize,
+    /// Deliveries in flight at once to one endpoint, so a slow one cannot take every slot.
+    pub endpoint_max_in_flight: usize,
+    /// Bytes of each response body kept in the attempt log.
+    pub response_bytes_max: usize,
+    /// The retry policy of applications and endpoints that set none.
+    pub retry_policy: RetryPolicy,
+    /// How long a rotated-out secret keeps signing beside the new one.
+    pub rotation_grace_ms: u64,
+    /// How long shutdown waits for in-flight deliveries.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            request_timeout_ms: 30_000,
+            connect_timeout_ms: 10_000,
+            max_in_flight: 20_000,
+            endpoint_max_in_flight: 2_048,
+            response_bytes_max: 4_096,
+            retry_policy: RetryPolicy::default(),
+            rotation_grace_ms: 24 * 3600 * 1000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Address ranges deliveries may reach although they are private or special
+    /// (e.g. `["10.20.0.0/16"]`).
+    pub allow: Vec<IpNet>,
+    /// Allow `http://` endpoint URLs (always allowed in dev mode).
+    pub allow_http: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info` or `hookline=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Checks what types cannot; the binary exits non-zero with this message.
+    pub fn validate(&self) -> Result<(), String> {
+        let d = &self.delivery;
+        let checks = [
+            (
+                self.api.body_bytes_max >= 1024,
+                "api.body_bytes_max must be at least 1024",
+            ),
+            (
+                d.request_timeout_ms >= 100,
+                "delivery.request_timeout_ms must be at least 100",
+            ),
+            (
+                d.connect_timeout_ms >= 100,
+                "delivery.connect_timeout_ms must be at least 100",
+            ),
+            (
+                d.max_in_flight >= 1,
+                "delivery.max_in_flight must be at least 1",
+            ),
+            (
+                d.endpoint_max_in_flight >= 1,
+                "delivery.endpoint_max_in_flight must be at least 1",
+            ),
+            (
+                matches!(self.log.format.as_str(), "text" | "json"),
+                "log.format must be `text` or `json`",
+            ),
+        ];
+        if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
+            return Err((*message).to_owned());
+        }
+        self.server
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|e| format!("server.listen: {e}"))?;
+        d.retry_policy
+            .validate()
+            .map_err(|e| format!("delivery.retry_policy: {e}"))?;
+        Ok(())
+    }
+
+    pub fn address_policy(&self) -> AddressPolicy {
+        AddressPolicy {
+            allow: self.network.allow.clone(),
+            allow_all_private: self.server.dev,
+            allow_plain_http: self.server.dev || self.network.allow_http,
+        }
+    }
+}

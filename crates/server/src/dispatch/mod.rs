@@ -1,0 +1,504 @@
+//! The delivery engine: an in-memory due queue (rebuilt from the store at start, fed after
+//! each commit) and the dispatcher that signs, sends, classifies and records each attempt.
+//! No database polling in the hot path; a slow endpoint only ever holds its own slots.
+
+mod catalog;
+mod client;
+
+pub use catalog::Catalog;
+pub use client::DeliveryClient;
+
+use crate::clock::Clock;
+use crate::config::DeliveryConfig;
+use crate::metrics as m;
+use hookline_core::classify::{classify, error_class, Verdict};
+use hookline_core::delivery::{DeliveryState, Trigger};
+use hookline_core::id::{new_id, prefix};
+use hookline_core::retry::{next_attempt, RetryPolicy};
+use hookline_core::signature::{sign_headers, Secret, SignatureScheme};
+use hookline_core::ssrf::AddressPolicy;
+use hookline_core::UnixMs;
+use hookline_store::{Attempt, AttemptRecord, Delivery, Message, Store, StoreError};
+use rand::{Rng, SeedableRng};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+
+/// How long to wait before retrying a write of an attempt's outcome that the store refused.
+const RECORD_RETRY_MS: u64 = 1_000;
+
+/// A delivery waiting for its time. The message is carried along when it is at hand
+/// (fresh from a publish) and loaded from the store otherwise (after a restart or a retry).
+pub struct Due {
+    pub at: UnixMs,
+    pub delivery: Delivery,
+    pub message: Option<Arc<Message>>,
+}
+
+struct Queued(Due, u64);
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        (self.0.at, self.1) == (other.0.at, other.1)
+    }
+}
+impl Eq for Queued {}
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.0.at, self.1).cmp(&(other.0.at, other.1))
+    }
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    config: DeliveryConfig,
+    client: DeliveryClient,
+    pub catalog: Catalog,
+    due: mpsc::UnboundedSender<Due>,
+    global_slots: Arc<Semaphore>,
+    endpoint_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    stopping: watch::Sender<bool>,
+    in_flight: AtomicUsize,
+    idle: Notify,
+    jitter: Mutex<rand::rngs::StdRng>,
+}
+
+/// Decrements the in-flight count however a delivery task ends.
+struct InFlight<'a>(&'a Engine);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+        metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+    }
+}
+
+impl Engine {
+    /// Builds the engine, loads every open delivery from the store and starts the scheduler.
+    pub async fn start(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        config: DeliveryConfig,
+        policy: AddressPolicy,
+        jitter_seed: Option<u64>,
+    ) -> Result<Arc<Engine>, StoreError> {
+        let (due, receiver) = mpsc::unbounded_channel();
+        let client = DeliveryClient::new(
+            policy,
+            config.request_timeout_ms,
+            config.connect_timeout_ms,
+            config.response_bytes_max,
+        );
+        let jitter = match jitter_seed {
+            Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
+            None => rand::rngs::StdRng::from_os_rng(),
+        };
+        let engine = Arc::new(Engine {
+            catalog: Catalog::new(store.clone()),
+            global_slots: Arc::new(Semaphore::new(config.max_in_flight)),
+            store,
+            clock,
+            config,
+            client,
+            due,
+            endpoint_slots: Mutex::default(),
+            stopping: watch::channel(false).0,
+            in_flight: AtomicUsize::new(0),
+            idle: Notify::new(),
+            jitter: Mutex::new(jitter),
+        });
+        let open = engine.store.pending_deliveries().await?;
+        tracing::info!(deliveries = open.len(), "loaded open deliveries");
+        for delivery in open {
+            engine.enqueue(delivery, None);
+        }
+        tokio::spawn(engine.clone().schedule(receiver));
+        Ok(engine)
+    }
+
+    /// Hands a committed delivery to the scheduler.
+    pub fn enqueue(&self, delivery: Delivery, message: Option<Arc<Message>>) {
+        let at = delivery.next_at.unwrap_or_else(|| self.clock.now_ms());
+        // Sending fails only after shutdown; the delivery stays open in the store.
+        let _ = self.due.send(Due {
+            at,
+            delivery,
+            message,
+        });
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Stops taking due work and waits up to the configured grace for in-flight deliveries.
+    /// Whatever has not finished stays open in the store for the next start.
+    pub async fn shutdown(&self) {
+        self.stopping.send_replace(true);
+        let grace = Duration::from_millis(self.config.shutdown_grace_ms);
+        let drained = tokio::time::timeout(grace, async {
+            loop {
+                let notified = self.idle.notified();
+                if self.in_flight() == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                in_flight = self.in_flight(),
+                "shutdown grace elapsed; unfinished deliveries resume at next start"
+            );
+        }
+    }
+
+    async fn schedule(self: Arc<Self>, mut receiver: mpsc::UnboundedReceiver<Due>) {
+        let mut queue: BinaryHeap<Reverse<Queued>> = BinaryHeap::new();
+        let mut seq: u64 = 0;
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            metrics::gauge!(m::QUEUE_DEPTH).set(queue.len() as f64);
+            let next_at = queue.peek().map(|Reverse(q)| q.0.at);
+            let wake = async {
+                match next_at {
+                    Some(at) => self.clock.sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stopping.wait_for(|s| *s) => return,
+                received = receiver.recv() => {
+                    let Some(due) = received else { return };
+                    if due.at <= self.clock.now_ms() {
+                        self.dispatch(due);
+                    } else {
+                        seq += 1;
+                        queue.push(Reverse(Queued(due, seq)));
+                    }
+                }
+                _ = wake => {
+                    let now = self.clock.now_ms();
+                    while queue.peek().is_some_and(|Reverse(q)| q.0.at <= now) {
+                        let Reverse(Queued(due, _)) = queue.pop().expect("peeked");
+                        self.dispatch(due);
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, due: Due) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+        tokio::spawn(self.clone().deliver(due));
+    }
+
+    fn endpoint_slots(&self, key: &str) -> Arc<Semaphore> {
+        let mut slots = self.endpoint_slots.lock().expect("slots lock");
+        slots
+            .entry(key.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(self.config.endpoint_max_in_flight)))
+            .clone()
+    }
+
+    /// Waits for a slot, unless shutdown comes first.
+    async fn slot(&self, slots: Arc<Semaphore>) -> Option<OwnedSemaphorePermit> {
+        let mut stopping = self.stopping.subscribe();
+        tokio::select! {
+            permit = slots.acquire_owned() => permit.ok(),
+            _ = stopping.wait_for(|s| *s) => None,
+        }
+    }
+
+    async fn deliver(self: Arc<Self>, due: Due) {
+        let _in_flight = InFlight(&self);
+        let Some(target) = self.resolve_target(&due).await else {
+            return;
+        };
+        let message = match due.message.clone() {
+            Some(message) => message,
+            None => match self.store.message_by_id(&due.delivery.msg_id).await {
+                Ok(message) => Arc::new(message),
+                Err(StoreError::NotFound) => return,
+                Err(_) => return self.retry_later(due),
+            },
+        };
+        if target.disabled {
+            return self.finish(due, &target, &message, None).await;
+        }
+        let Some(_endpoint_slot) = self.slot(self.endpoint_slots(&target.slot_key)).await else {
+            return;
+        };
+        let Some(_global_slot) = self.slot(self.global_slots.clone()).await else {
+            return;
+        };
+        if *self.stopping.borrow() {
+            return;
+        }
+        let now = self.clock.now_ms();
+        let mut headers = sign_headers(
+            &target.scheme,
+            &message.id,
+            now / 1000,
+            &message.payload,
+            &target.secrets,
+        );
+        headers.push(("content-type".into(), "application/json".into()));
+        headers.extend(target.headers.iter().cloned());
+        let sent = self
+            .client
+            .post(&target.url, &headers, message.payload.clone(), now)
+            .await;
+        self.finish(due, &target, &message, Some(sent)).await;
+    }
+
+    /// Records the attempt and schedules what follows. `sent` is `None` when no request
+    /// was made because the endpoint is disabled.
+    async fn finish(
+        &self,
+        due: Due,
+        target: &Target,
+        message: &Message,
+        sent: Option<client::Sent>,
+    ) {
+        let now = self.clock.now_ms();
+        let d = &due.delivery;
+        let first_attempt_at = d.first_attempt_at.unwrap_or(now);
+        let (state, next_at, disable, class) = match &sent {
+            None => (
+                DeliveryState::Exhausted,
+                None,
+                false,
+                Some("endpoint_disabled"),
+            ),
+            Some(sent) => {
+                let class = error_class(&sent.outcome);
+                match classify(&sent.outcome) {
+                    Verdict::Delivered => (DeliveryState::Delivered, None, false, class),
+                    Verdict::DisableEndpoint => (
+                        DeliveryState::Exhausted,
+                        None,
+                        target.endpoint_id.is_some(),
+                        class,
+                    ),
+                    Verdict::Retry { retry_after_ms } => {
+                        let jitter = self.jitter.lock().expect("jitter lock").random::<f64>();
+                        match next_attempt(
+                            &target.policy,
+                            d.attempts + 1,
+                            first_attempt_at,
+                            now,
+                            retry_after_ms,
+                            jitter,
+                        ) {
+                            Some(at) => (DeliveryState::Pending, Some(at), false, class),
+                            None => (DeliveryState::Exhausted, None, false, class),
+                        }
+                    }
+                }
+            }
+        };
+        let attempt_state = if state == DeliveryState::Delivered {
+            state
+        } else {
+            DeliveryState::Exhausted
+        };
+        let record = AttemptRecord {
+            attempt: Attempt {
+                id: new_id(prefix::ATTEMPT, now, rand::random()),
+                msg_id: message.id.clone(),
+                app_id: d.app_id.clone(),
+                delivery_id: d.id.clone(),
+                endpoint_id: d.endpoint_id.clone(),
+                url: target.url.clone(),
+                status_code: sent.as_ref().map_or(0, |s| s.status_code),
+                response: sent.as_ref().map_or_else(
+                    || "endpoint is disabled".into(),
+                    |s| s.response_excerpt.clone(),
+                ),
+                duration_ms: sent.as_ref().map_or(0, |s| s.duration_ms),
+                error_class: class.map(str::to_owned),
+                state: attempt_state,
+                trigger: d.trigger,
+                created_at: now,
+            },
+            state,
+            next_at,
+            first_attempt_at,
+            disable_endpoint: disable,
+        };
+        if !self.record(record).await {
+            return;
+        }
+        if disable {
+            self.catalog.invalidate(&d.app_id);
+        }
+        observe(
+            &target.slot_key,
+            state,
+            class,
+            sent.as_ref(),
+            message.created_at,
+            now,
+        );
+        if let Some(at) = next_at {
+            let mut delivery = due.delivery;
+            delivery.attempts += 1;
+            delivery.first_attempt_at = Some(first_attempt_at);
+            delivery.next_at = Some(at);
+            delivery.trigger = Trigger::Scheduled;
+            self.enqueue(delivery, None);
+        }
+    }
+
+    /// Writes an attempt's outcome, retrying while the store is unavailable. Returns false
+    /// if shutdown came first: the delivery is still open in the store and runs again.
+    async fn record(&self, record: AttemptRecord) -> bool {
+        loop {
+            match self.store.record_attempt(record.clone()).await {
+                Ok(()) => return true,
+                Err(e) => {
+                    tracing::warn!(error = %e, delivery = %record.attempt.delivery_id, "could not record attempt; retrying");
+                    if *self.stopping.borrow() {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(RECORD_RETRY_MS)).await;
+                }
+            }
+        }
+    }
+
+    fn retry_later(&self, mut due: Due) {
+        due.delivery.next_at = Some(self.clock.now_ms() + RECORD_RETRY_MS as i64);
+        self.enqueue(due.delivery, None);
+    }
+
+    /// Where and how to send: the endpoint, or the message's callback URL.
+    async fn resolve_target(&self, due: &Due) -> Option<Target> {
+        let d = &due.delivery;
+        let app = match self.catalog.app(&d.app_id).await {
+            Ok(app) => app,
+            Err(StoreError::NotFound) => return None,
+            Err(_) => {
+                self.retry_later(Due {
+                    at: 0,
+                    delivery: d.clone(),
+                    message: None,
+                });
+                return None;
+            }
+        };
+        let app_policy = app
+            .retry_policy
+            .clone()
+            .unwrap_or_else(|| self.config.retry_policy.clone());
+        match &d.endpoint_id {
+            Some(endpoint_id) => {
+                let endpoint = match self.catalog.endpoint(&d.app_id, endpoint_id).await {
+                    Ok(Some(endpoint)) => endpoint,
+                    Ok(None) => return None,
+                    Err(_) => {
+                        self.retry_later(Due {
+                            at: 0,
+                            delivery: d.clone(),
+                            message: None,
+                        });
+                        return None;
+                    }
+                };
+                let now = self.clock.now_ms();
+                let secrets = endpoint
+                    .secrets
+                    .iter()
+                    .filter(|s| s.expires_at.is_none_or(|at| at > now))
+                    .filter_map(|s| Secret::parse(&s.text).ok())
+                    .collect();
+                Some(Target {
+                    endpoint_id: Some(endpoint.id.clone()),
+                    slot_key: endpoint.id.clone(),
+                    url: endpoint.url.clone(),
+                    scheme: endpoint.signature_scheme.clone(),
+                    secrets,
+                    headers: endpoint
+                        .headers
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    policy: endpoint.retry_policy.clone().unwrap_or(app_policy),
+                    disabled: endpoint.disabled,
+                })
+            }
+            None => {
+                let message = match &due.message {
+                    Some(message) => message.clone(),
+                    None => Arc::new(self.store.message_by_id(&d.msg_id).await.ok()?),
+                };
+                let url = message.callback_url.clone()?;
+                Some(Target {
+                    endpoint_id: None,
+                    slot_key: format!("callback:{}", d.app_id),
+                    url,
+                    scheme: SignatureScheme::StandardWebhooks,
+                    secrets: Secret::parse(&app.secret).into_iter().collect(),
+                    headers: Vec::new(),
+                    policy: app_policy,
+                    disabled: false,
+                })
+            }
+        }
+    }
+}
+
+struct Target {
+    endpoint_id: Option<String>,
+    /// Endpoint id, or one key per application for callback URLs.
+    slot_key: String,
+    url: String,
+    scheme: SignatureScheme,
+    secrets: Vec<Secret>,
+    headers: Vec<(String, String)>,
+    policy: RetryPolicy,
+    disabled: bool,
+}
+
+fn observe(
+    endpoint: &str,
+    state: DeliveryState,
+    class: Option<&'static str>,
+    sent: Option<&client::Sent>,
+    created_at: UnixMs,
+    now: UnixMs,
+) {
+    let endpoint = endpoint.to_owned();
+    let outcome = class.unwrap_or("success");
+    metrics::counter!(m::ATTEMPTS, "endpoint" => endpoint.clone(), "outcome" => outcome)
+        .increment(1);
+    if let Some(sent) = sent {
+        metrics::histogram!(m::ATTEMPT_SECONDS, "endpoint" => endpoint.clone())
+            .record(sent.duration_ms as f64 / 1000.0);
+    }
+    match state {
+        DeliveryState::Delivered => {
+            metrics::counter!(m::SUCCEEDED, "endpoint" => endpoint).increment(1);
+            metrics::histogram!(m::END_TO_END_SECONDS)
+                .record((now - created_at).max(0) as f64 / 1000.0);
+        }
+        DeliveryState::Exhausted => {
+            metrics::counter!(m::EXHAUSTED, "endpoint" => endpoint).increment(1)
+        }
+        _ => metrics::counter!(m::FAILED, "endpoint" => endpoint).increment(1),
+    }
+}

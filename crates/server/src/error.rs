@@ -1,0 +1,123 @@
+//! The API error type: one stable code per kind of failure, one status per code, and a
+//! JSON body `{"code": "...", "detail": "..."}` (422 carries Svix's list of field errors).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use hookline_store::StoreError;
+use serde::Serialize;
+
+/// One invalid field, in Svix's validation-error shape.
+#[derive(Debug, Serialize)]
+pub struct FieldError {
+    pub loc: Vec<String>,
+    pub msg: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("method not allowed on this path")]
+    MethodNotAllowed,
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("validation failed")]
+    Validation(Vec<FieldError>),
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("storage is unavailable; nothing was accepted, retry later")]
+    Unavailable,
+    #[error("internal error")]
+    Internal,
+}
+
+impl ApiError {
+    /// One field failed validation.
+    pub fn field(field: &str, msg: impl Into<String>) -> ApiError {
+        ApiError::Validation(vec![FieldError {
+            loc: vec!["body".into(), field.into()],
+            msg: msg.into(),
+            kind: "value_error",
+        }])
+    }
+
+    /// The exhaustive code → status table.
+    pub fn code_and_status(&self) -> (&'static str, StatusCode) {
+        match self {
+            ApiError::Unauthorized => ("authentication_failed", StatusCode::UNAUTHORIZED),
+            ApiError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
+            ApiError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
+            ApiError::MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+            ApiError::InvalidJson(_) => ("invalid_json", StatusCode::BAD_REQUEST),
+            ApiError::BadRequest(_) => ("bad_request", StatusCode::BAD_REQUEST),
+            ApiError::Validation(_) => ("validation", StatusCode::UNPROCESSABLE_ENTITY),
+            ApiError::PayloadTooLarge(_) => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+            ApiError::Unavailable => ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+            ApiError::Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    }
+
+    /// Maps a store error where the missing thing has a name.
+    pub fn from_store(what: &'static str) -> impl Fn(StoreError) -> ApiError {
+        move |e| match e {
+            StoreError::NotFound => ApiError::NotFound(what),
+            StoreError::Conflict(_) => {
+                ApiError::Conflict(format!("a {what} with this uid or id already exists"))
+            }
+            StoreError::Unavailable(detail) => {
+                tracing::error!(%detail, "storage unavailable");
+                ApiError::Unavailable
+            }
+            StoreError::Corrupt(detail) => {
+                tracing::error!(%detail, "stored data is invalid");
+                ApiError::Internal
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Body<'a, D: Serialize> {
+    code: &'a str,
+    detail: D,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (code, status) = self.code_and_status();
+        let mut response = match &self {
+            ApiError::Validation(fields) => (
+                status,
+                axum::Json(Body {
+                    code,
+                    detail: fields,
+                }),
+            )
+                .into_response(),
+            other => (
+                status,
+                axum::Json(Body {
+                    code,
+                    detail: other.to_string(),
+                }),
+            )
+                .into_response(),
+        };
+        if matches!(self, ApiError::Unavailable) {
+            response
+                .headers_mut()
+                .insert("retry-after", axum::http::HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

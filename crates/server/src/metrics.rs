@@ -1,0 +1,37 @@
+//! Metric names (`hookline_<thing>_<unit>[_total]`) and the Prometheus recorder. Labels
+//! are endpoint ids and outcome classes, never URLs.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+pub const PUBLISHED: &str = "hookline_messages_published_total";
+pub const ATTEMPTS: &str = "hookline_delivery_attempts_total";
+pub const SUCCEEDED: &str = "hookline_deliveries_succeeded_total";
+pub const FAILED: &str = "hookline_deliveries_failed_total";
+pub const EXHAUSTED: &str = "hookline_deliveries_exhausted_total";
+pub const ATTEMPT_SECONDS: &str = "hookline_delivery_attempt_duration_seconds";
+pub const END_TO_END_SECONDS: &str = "hookline_delivery_latency_seconds";
+pub const QUEUE_DEPTH: &str = "hookline_queue_depth";
+pub const IN_FLIGHT: &str = "hookline_deliveries_in_flight";
+
+const BUCKETS_SECONDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The process-wide recorder, installed on first use (a process has one recorder).
+pub fn handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), BUCKETS_SECONDS)
+                .expect("buckets are non-empty")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (an embedding program's); then
+            // ours still renders what it saw, which is nothing, rather than failing.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

@@ -1,0 +1,3 @@
+pub fn document() -> serde_json::Value {
+    serde_json::json!({})
+}
