@@ -15,7 +15,7 @@ use crate::api::{hash_token, AppState};
 use crate::clock::Clock;
 use crate::config::Config;
 use crate::dispatch::Engine;
-use hookline_core::id::{new_id, prefix};
+use hookline_core::id::prefix;
 use hookline_store::{Store, StoreError};
 use std::future::Future;
 use std::sync::Arc;
@@ -27,6 +27,16 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("serving HTTP: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// A new id of kind `prefix`, made at `now`. Ids of one process sort in creation order,
+/// even within one millisecond, so they serve as pagination iterators.
+pub fn new_id(prefix: &str, now: hookline_core::UnixMs) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let random =
+        hookline_core::id::counted_random(COUNTER.fetch_add(1, Ordering::Relaxed), rand::random());
+    hookline_core::id::new_id(prefix, now, random)
 }
 
 /// Makes sure an admin token exists. Returns a newly generated token (to show once), or
@@ -42,11 +52,7 @@ pub async fn ensure_admin_token(
     let token = format!("hk_admin_{}", hex::encode(rand::random::<[u8; 24]>()));
     let now = clock.now_ms();
     store
-        .add_admin_token_hash(
-            new_id(prefix::TOKEN, now, rand::random()),
-            hash_token(&token),
-            now,
-        )
+        .add_admin_token_hash(new_id(prefix::TOKEN, now), hash_token(&token), now)
         .await?;
     Ok(Some(token))
 }

@@ -53,7 +53,7 @@ impl AppState {
     }
 
     pub fn new_id(&self, prefix: &str) -> String {
-        hookline_core::id::new_id(prefix, self.now(), rand::random())
+        crate::new_id(prefix, self.now())
     }
 }
 

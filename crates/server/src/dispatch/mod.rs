@@ -13,7 +13,7 @@ use crate::config::DeliveryConfig;
 use crate::metrics as m;
 use hookline_core::classify::{classify, error_class, Verdict};
 use hookline_core::delivery::{DeliveryState, Trigger};
-use hookline_core::id::{new_id, prefix};
+use hookline_core::id::prefix;
 use hookline_core::retry::{next_attempt, RetryPolicy};
 use hookline_core::signature::{sign_headers, Secret, SignatureScheme};
 use hookline_core::ssrf::AddressPolicy;
@@ -318,7 +318,7 @@ impl Engine {
         };
         let record = AttemptRecord {
             attempt: Attempt {
-                id: new_id(prefix::ATTEMPT, now, rand::random()),
+                id: crate::new_id(prefix::ATTEMPT, now),
                 msg_id: message.id.clone(),
                 app_id: d.app_id.clone(),
                 delivery_id: d.id.clone(),

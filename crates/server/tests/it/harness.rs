@@ -1,0 +1,336 @@
+//! The test harness: a gateway on port 0 with a temp data dir and a manual clock, and a
+//! `Receiver` endpoint whose answers a test scripts.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use hookline_server::clock::{Clock, ManualClock};
+use hookline_server::config::Config;
+use hookline_store::sqlite::SqliteStore;
+use serde_json::{json, Value};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+pub const TOKEN: &str = "test-admin-token";
+/// Start of manual time: 2026-01-01T00:00:00Z.
+pub const T0: i64 = 1_767_225_600_000;
+/// How long a test waits for something that must happen (generous: slow machines pass).
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub struct Gateway {
+    pub url: String,
+    pub http: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    /// Kept so the data dir lives as long as the gateway.
+    _dir: Arc<tempfile::TempDir>,
+}
+
+pub fn dev_config() -> Config {
+    let mut config = Config::default();
+    config.server.dev = true;
+    config.api.admin_token = Some(TOKEN.into());
+    config.delivery.request_timeout_ms = 5_000;
+    config.delivery.shutdown_grace_ms = 2_000;
+    config
+}
+
+pub async fn start_gateway(config: Config) -> Gateway {
+    start_gateway_in(
+        config,
+        Arc::new(tempfile::tempdir().unwrap()),
+        Arc::new(ManualClock::new(T0)),
+    )
+    .await
+}
+
+/// Starts a gateway on an existing data dir and clock (for restarts).
+pub async fn start_gateway_in(
+    config: Config,
+    dir: Arc<tempfile::TempDir>,
+    clock: Arc<ManualClock>,
+) -> Gateway {
+    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let clock_dyn: Arc<dyn Clock> = clock.clone();
+    let options = hookline_server::RunOptions {
+        jitter_seed: Some(7),
+    };
+    let task = tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.await;
+        };
+        hookline_server::run(config, store, clock_dyn, listener, shutdown, options)
+            .await
+            .unwrap();
+    });
+    let gateway = Gateway {
+        url,
+        http: reqwest::Client::new(),
+        clock,
+        stop: Some(stop),
+        task: Some(task),
+        _dir: dir,
+    };
+    gateway.wait_healthy().await;
+    gateway
+}
+
+impl Gateway {
+    async fn wait_healthy(&self) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/api/v1/health", self.url))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("gateway never became healthy");
+    }
+
+    /// Stops serving and waits for the server to finish.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap();
+    }
+
+    pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(TOKEN);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let (status, value) = self.call(method, path, body).await;
+        assert!(
+            (200..300).contains(&status),
+            "{method} {path} answered {status}: {value}"
+        );
+        value
+    }
+
+    pub async fn app(&self, uid: &str) -> String {
+        self.ok(
+            "POST",
+            "/api/v1/app",
+            Some(json!({"name": uid, "uid": uid})),
+        )
+        .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn endpoint(&self, app: &str, body: Value) -> Value {
+        self.ok("POST", &format!("/api/v1/app/{app}/endpoint"), Some(body))
+            .await
+    }
+
+    /// Publishes a body given as text, so its exact bytes reach the gateway.
+    pub async fn publish_raw(&self, app: &str, body: &str) -> String {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/app/{app}/msg", self.url))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202);
+        response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn publish(&self, app: &str, body: Value) -> String {
+        self.ok("POST", &format!("/api/v1/app/{app}/msg"), Some(body))
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn attempts_of(&self, app: &str, msg: &str) -> Vec<Value> {
+        let listed = self
+            .ok(
+                "GET",
+                &format!("/api/v1/app/{app}/attempt/msg/{msg}?order=ascending&limit=250"),
+                None,
+            )
+            .await;
+        listed["data"].as_array().unwrap().clone()
+    }
+
+    /// Waits until the message has `count` attempts; returns them oldest first.
+    pub async fn wait_attempts(&self, app: &str, msg: &str, count: usize) -> Vec<Value> {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let attempts = self.attempts_of(app, msg).await;
+            if attempts.len() >= count {
+                return attempts;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "waited for {count} attempts, saw {}",
+                attempts.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The delivery status of a message at its one endpoint: (status, nextAttempt).
+    pub async fn destination(&self, app: &str, msg: &str) -> (i64, Option<String>) {
+        let listed = self
+            .ok(
+                "GET",
+                &format!("/api/v1/app/{app}/msg/{msg}/endpoint"),
+                None,
+            )
+            .await;
+        let d = &listed["data"][0];
+        (
+            d["status"].as_i64().unwrap(),
+            d["nextAttempt"].as_str().map(str::to_owned),
+        )
+    }
+
+    pub fn advance(&self, ms: i64) {
+        self.clock.advance(ms);
+    }
+}
+
+/// One request the receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap())
+            .unwrap_or("")
+    }
+}
+
+/// A scripted answer: status, extra headers, and an optional gate the request waits on.
+#[derive(Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub gate: Option<Arc<Semaphore>>,
+}
+
+impl Answer {
+    pub fn status(status: u16) -> Answer {
+        Answer {
+            status,
+            headers: Vec::new(),
+            gate: None,
+        }
+    }
+}
+
+struct Script {
+    queue: VecDeque<Answer>,
+    fallback: Answer,
+}
+
+/// An HTTP endpoint on 127.0.0.1:0 that records each request and answers from a script
+/// (then with a fallback answer).
+pub struct Receiver {
+    pub url: String,
+    requests: tokio::sync::Mutex<mpsc::UnboundedReceiver<Received>>,
+    script: Arc<Mutex<Script>>,
+}
+
+impl Receiver {
+    pub async fn start(fallback: Answer) -> Receiver {
+        let (sender, requests) = mpsc::unbounded_channel();
+        let script = Arc::new(Mutex::new(Script {
+            queue: VecDeque::new(),
+            fallback,
+        }));
+        let handler_script = script.clone();
+        let app = axum::Router::new().fallback(
+            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                let script = handler_script.clone();
+                let sender = sender.clone();
+                async move {
+                    let answer = {
+                        let mut s = script.lock().unwrap();
+                        s.queue.pop_front().unwrap_or_else(|| s.fallback.clone())
+                    };
+                    let _ = sender.send(Received {
+                        path: uri.path().to_owned(),
+                        headers,
+                        body,
+                    });
+                    if let Some(gate) = answer.gate {
+                        let _ = gate.acquire().await.map(|p| p.forget());
+                    }
+                    let mut response = axum::response::Response::builder()
+                        .status(StatusCode::from_u16(answer.status).unwrap());
+                    for (k, v) in answer.headers {
+                        response = response.header(k, v);
+                    }
+                    response
+                        .body(axum::body::Body::from("receiver says hi"))
+                        .unwrap()
+                }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver {
+            url,
+            requests: tokio::sync::Mutex::new(requests),
+            script,
+        }
+    }
+
+    pub fn then(&self, answer: Answer) {
+        self.script.lock().unwrap().queue.push_back(answer);
+    }
+
+    /// The next request, waiting for it.
+    pub async fn next(&self) -> Received {
+        tokio::time::timeout(PATIENCE, self.requests.lock().await.recv())
+            .await
+            .expect("the receiver got no request in time")
+            .expect("receiver channel open")
+    }
+
+    /// True if a request arrives within `ms` (used to show that one did not).
+    pub async fn gets_within(&self, ms: u64) -> bool {
+        tokio::time::timeout(Duration::from_millis(ms), self.requests.lock().await.recv())
+            .await
+            .is_ok()
+    }
+}

@@ -1,0 +1,6 @@
+//! Hookline's in-process integration tests: one binary, one harness.
+
+mod api;
+mod delivery;
+mod harness;
+mod signing;
