@@ -76,11 +76,32 @@ pub fn load(
     if overrides.dev {
         set(&mut table, "server", "dev", toml::Value::Boolean(true));
     }
-    let config: Config = table
-        .try_into()
-        .map_err(|e: toml::de::Error| SettingsError::Invalid(e.message().to_owned()))?;
+    // Deserializing from text, not from the table, makes errors point at the key and value.
+    let merged = toml::to_string(&table).map_err(|e| SettingsError::Invalid(e.to_string()))?;
+    let config: Config = toml::from_str(&merged)
+        .map_err(|e: toml::de::Error| SettingsError::Invalid(one_line(&e.to_string())))?;
     config.validate().map_err(SettingsError::Invalid)?;
     Ok(config)
+}
+
+/// A TOML error as one line: the offending `key = value` and the reason. Line numbers
+/// are dropped: they count lines of the merged settings, not of the user's file.
+fn one_line(text: &str) -> String {
+    let mut parts = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty()
+            || line.starts_with("TOML parse error")
+            || line.chars().all(|c| "|^-~ ".contains(c))
+        {
+            continue;
+        }
+        let content = match line.split_once(" | ") {
+            Some((number, rest)) if number.trim().chars().all(|c| c.is_ascii_digit()) => rest,
+            _ => line,
+        };
+        parts.push(content.trim_start_matches('|').trim().to_owned());
+    }
+    parts.join(": ")
 }
 
 /// Every `(section, key)` of the config, read off the defaults (plus optional keys).
