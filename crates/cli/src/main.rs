@@ -16,11 +16,7 @@ const EXIT_CONFIG: u8 = 78;
 const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
-#[command(
-    name = "hookline",
-    version,
-    about = "A webhook gateway for payment events"
-)]
+#[command(name = "hookline", version, about = "A webhook gateway for payment events")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -53,17 +49,8 @@ fn main() -> ExitCode {
             print!("{}", include_str!("../hookline.example.toml"));
             ExitCode::SUCCESS
         }
-        Command::Serve {
-            listen,
-            data_dir,
-            config,
-            dev,
-        } => {
-            let overrides = settings::Overrides {
-                listen,
-                data_dir,
-                dev,
-            };
+        Command::Serve { listen, data_dir, config, dev } => {
+            let overrides = settings::Overrides { listen, data_dir, dev };
             let env = |name: &str| std::env::var(name).ok();
             match settings::load(config.as_deref(), &env, overrides) {
                 Ok(config) => serve(config),
@@ -77,11 +64,8 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(config: &hookline_server::config::Config) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
     } else {
@@ -91,10 +75,7 @@ fn init_logging(config: &hookline_server::config::Config) {
 
 fn serve(config: hookline_server::config::Config) -> ExitCode {
     init_logging(&config);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime starts");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
     runtime.block_on(async move {
         let store = match SqliteStore::open(&config.server.data_dir) {
             Ok(store) => Arc::new(store),
@@ -112,7 +93,9 @@ fn serve(config: hookline_server::config::Config) -> ExitCode {
         };
         let clock = Arc::new(SystemClock);
         match hookline_server::ensure_admin_token(store.as_ref(), &config, clock.as_ref()).await {
-            Ok(Some(token)) => println!("Admin token (shown once, stored hashed):\n  {token}\nUse it as: Authorization: Bearer {token}"),
+            Ok(Some(token)) => println!(
+                "Admin token (shown once, stored hashed):\n  {token}\nUse it as: Authorization: Bearer {token}"
+            ),
             Ok(None) if config.api.admin_token.is_some() => println!("Using the admin token from the configuration."),
             Ok(None) => println!("Using the admin token created at first start (stored hashed)."),
             Err(e) => {
@@ -121,11 +104,24 @@ fn serve(config: hookline_server::config::Config) -> ExitCode {
             }
         }
         if config.server.dev {
-            eprintln!("WARNING: dev mode: plain-http and loopback/private endpoints are allowed. Never use it in production.");
+            eprintln!(
+                "WARNING: dev mode: plain-http and loopback/private endpoints are allowed. Never use it in production."
+            );
         }
-        println!("Hookline listening on http://{} (data in {})", config.server.listen, config.server.data_dir.display());
-        let result =
-            hookline_server::run(config, store, clock, listener, shutdown_signal(), hookline_server::RunOptions::default()).await;
+        println!(
+            "Hookline listening on http://{} (data in {})",
+            config.server.listen,
+            config.server.data_dir.display()
+        );
+        let result = hookline_server::run(
+            config,
+            store,
+            clock,
+            listener,
+            shutdown_signal(),
+            hookline_server::RunOptions::default(),
+        )
+        .await;
         match result {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -137,8 +133,8 @@ fn serve(config: hookline_server::config::Config) -> ExitCode {
 }
 
 async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler installs");
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler installs");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -7,10 +7,7 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("config file {path} is not valid TOML: {message}")]
     Parse { path: String, message: String },
     #[error("invalid configuration: {0}")]
@@ -39,15 +36,10 @@ pub fn load(
 ) -> Result<Config, SettingsError> {
     let mut table = match file {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read {
-                path: path.display().to_string(),
-                source,
-            })?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| SettingsError::Read { path: path.display().to_string(), source })?;
             text.parse::<toml::Table>()
-                .map_err(|e| SettingsError::Parse {
-                    path: path.display().to_string(),
-                    message: e.to_string(),
-                })?
+                .map_err(|e| SettingsError::Parse { path: path.display().to_string(), message: e.to_string() })?
         }
         None => toml::Table::new(),
     };
@@ -66,20 +58,15 @@ pub fn load(
         set(&mut table, "server", "listen", toml::Value::String(listen));
     }
     if let Some(dir) = overrides.data_dir {
-        set(
-            &mut table,
-            "server",
-            "data_dir",
-            toml::Value::String(dir.display().to_string()),
-        );
+        set(&mut table, "server", "data_dir", toml::Value::String(dir.display().to_string()));
     }
     if overrides.dev {
         set(&mut table, "server", "dev", toml::Value::Boolean(true));
     }
     // Deserializing from text, not from the table, makes errors point at the key and value.
     let merged = toml::to_string(&table).map_err(|e| SettingsError::Invalid(e.to_string()))?;
-    let config: Config = toml::from_str(&merged)
-        .map_err(|e: toml::de::Error| SettingsError::Invalid(one_line(&e.to_string())))?;
+    let config: Config =
+        toml::from_str(&merged).map_err(|e: toml::de::Error| SettingsError::Invalid(one_line(&e.to_string())))?;
     config.validate().map_err(SettingsError::Invalid)?;
     Ok(config)
 }
@@ -89,10 +76,7 @@ pub fn load(
 fn one_line(text: &str) -> String {
     let mut parts = Vec::new();
     for line in text.lines().map(str::trim) {
-        if line.is_empty()
-            || line.starts_with("TOML parse error")
-            || line.chars().all(|c| "|^-~ ".contains(c))
-        {
+        if line.is_empty() || line.starts_with("TOML parse error") || line.chars().all(|c| "|^-~ ".contains(c)) {
             continue;
         }
         let content = match line.split_once(" | ") {
@@ -127,9 +111,7 @@ fn env_value(raw: &str) -> toml::Value {
 }
 
 fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
-    let entry = table
-        .entry(section.to_owned())
-        .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    let entry = table.entry(section.to_owned()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
     if let toml::Value::Table(section) = entry {
         section.insert(key.to_owned(), value);
     }
@@ -140,35 +122,21 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn load_with(
-        file: Option<&str>,
-        vars: &[(&str, &str)],
-        overrides: Overrides,
-    ) -> Result<Config, SettingsError> {
+    fn load_with(file: Option<&str>, vars: &[(&str, &str)], overrides: Overrides) -> Result<Config, SettingsError> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("hookline.toml");
         if let Some(text) = file {
             std::fs::write(&path, text).unwrap();
         }
-        let vars: HashMap<String, String> = vars
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        load(
-            file.map(|_| path.as_path()),
-            &|name| vars.get(name).cloned(),
-            overrides,
-        )
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        load(file.map(|_| path.as_path()), &|name| vars.get(name).cloned(), overrides)
     }
 
     #[test]
     fn defaults_match_the_documented_ones() {
         let c = load_with(None, &[], Overrides::default()).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:8071");
-        assert_eq!(
-            c.server.data_dir,
-            std::path::PathBuf::from("./hookline-data")
-        );
+        assert_eq!(c.server.data_dir, std::path::PathBuf::from("./hookline-data"));
         assert_eq!(c.delivery.request_timeout_ms, 30_000);
     }
 
@@ -177,10 +145,7 @@ mod tests {
         let example = include_str!("../hookline.example.toml");
         let from_file = load_with(Some(example), &[], Overrides::default()).unwrap();
         let defaults = Config::default();
-        assert_eq!(
-            toml::to_string(&from_file).unwrap(),
-            toml::to_string(&defaults).unwrap()
-        );
+        assert_eq!(toml::to_string(&from_file).unwrap(), toml::to_string(&defaults).unwrap());
     }
 
     #[test]
@@ -191,29 +156,15 @@ mod tests {
             ("HOOKLINE_LISTEN", "127.0.0.1:2"),
             ("HOOKLINE_NETWORK_ALLOW", "[\"10.0.0.0/8\"]"),
         ];
-        let flags = Overrides {
-            listen: Some("127.0.0.1:3".into()),
-            dev: true,
-            ..Default::default()
-        };
+        let flags = Overrides { listen: Some("127.0.0.1:3".into()), dev: true, ..Default::default() };
         let c = load_with(Some(file), &vars, flags).unwrap();
         assert_eq!(c.delivery.request_timeout_ms, 15_000);
         assert_eq!(c.server.listen, "127.0.0.1:3");
         assert!(c.server.dev);
         assert_eq!(c.network.allow.len(), 1);
-        let token = load_with(
-            None,
-            &[("HOOKLINE_ADMIN_TOKEN", "s3cret")],
-            Overrides::default(),
-        )
-        .unwrap();
+        let token = load_with(None, &[("HOOKLINE_ADMIN_TOKEN", "s3cret")], Overrides::default()).unwrap();
         assert_eq!(token.api.admin_token.as_deref(), Some("s3cret"));
-        let policy = load_with(
-            None,
-            &[("HOOKLINE_DELIVERY_RETRY_POLICY", "stripe")],
-            Overrides::default(),
-        )
-        .unwrap();
+        let policy = load_with(None, &[("HOOKLINE_DELIVERY_RETRY_POLICY", "stripe")], Overrides::default()).unwrap();
         assert_eq!(
             policy.delivery.retry_policy,
             hookline_core::retry::RetryPolicy::Preset(hookline_core::retry::Preset::Stripe)
@@ -224,23 +175,14 @@ mod tests {
     fn bad_config_is_an_error_naming_the_problem() {
         let cases: [(Option<&str>, &[(&str, &str)], &str); 5] = [
             (Some("[server]\nlisten = 5\n"), &[], "invalid type"),
-            (
-                Some("[server]\nlisen = \"x\"\n"),
-                &[],
-                "unknown field `lisen`",
-            ),
+            (Some("[server]\nlisen = \"x\"\n"), &[], "unknown field `lisen`"),
             (Some("not toml ="), &[], "not valid TOML"),
             (None, &[("HOOKLINE_LISTEN", "nowhere")], "server.listen"),
             (None, &[("HOOKLINE_LOG_FORMAT", "xml")], "log.format"),
         ];
         for (file, vars, expected) in cases {
-            let error = load_with(file, vars, Overrides::default())
-                .unwrap_err()
-                .to_string();
-            assert!(
-                error.contains(expected),
-                "{error:?} should mention {expected:?}"
-            );
+            let error = load_with(file, vars, Overrides::default()).unwrap_err().to_string();
+            assert!(error.contains(expected), "{error:?} should mention {expected:?}");
         }
     }
 }

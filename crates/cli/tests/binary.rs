@@ -12,11 +12,7 @@ const TOKEN: &str = "binary-test-token";
 const PATIENCE: Duration = Duration::from_secs(30);
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 struct Hookline {
@@ -29,13 +25,7 @@ impl Hookline {
         let port = free_port();
         let mut command = Command::new(env!("CARGO_BIN_EXE_hookline"));
         command
-            .args([
-                "serve",
-                "--dev",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
+            .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
             .arg(data_dir)
             .env("HOOKLINE_LOG_LEVEL", "warn")
             .stdout(Stdio::piped())
@@ -43,10 +33,7 @@ impl Hookline {
         for (k, v) in extra_env {
             command.env(k, v);
         }
-        Hookline {
-            child: command.spawn().unwrap(),
-            url: format!("http://127.0.0.1:{port}"),
-        }
+        Hookline { child: command.spawn().unwrap(), url: format!("http://127.0.0.1:{port}") }
     }
 
     async fn wait_healthy(&self, http: &reqwest::Client) {
@@ -57,10 +44,7 @@ impl Hookline {
                     return;
                 }
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "hookline never became healthy"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "hookline never became healthy");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -78,19 +62,8 @@ impl Drop for Hookline {
     }
 }
 
-async fn call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    body: Value,
-) -> (u16, Value) {
-    let r = http
-        .request(method, url)
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Value) -> (u16, Value) {
+    let r = http.request(method, url).bearer_auth(TOKEN).json(&body).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
 
@@ -102,11 +75,7 @@ async fn start_sink(hold: Arc<AtomicBool>, seen: Arc<Mutex<HashSet<String>>>) ->
             if hold.load(Ordering::SeqCst) {
                 std::future::pending::<()>().await;
             }
-            let id = headers
-                .get("webhook-id")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
+            let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
             seen.lock().unwrap().insert(id);
             "ok"
         }
@@ -126,40 +95,21 @@ async fn kill_9_mid_delivery_then_restart_delivers_every_acknowledged_message() 
     let sink = start_sink(hold.clone(), seen.clone()).await;
     let mut first = Hookline::start(dir.path(), &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
     first.wait_healthy(&http).await;
-    let (status, _) = call(
-        &http,
-        reqwest::Method::POST,
-        format!("{}/api/v1/app", first.url),
-        json!({"name": "m", "uid": "m"}),
-    )
-    .await;
+    let (status, _) =
+        call(&http, reqwest::Method::POST, format!("{}/api/v1/app", first.url), json!({"name": "m", "uid": "m"})).await;
     assert_eq!(status, 201);
-    let (status, _) = call(
-        &http,
-        reqwest::Method::POST,
-        format!("{}/api/v1/app/m/endpoint", first.url),
-        json!({"url": sink}),
-    )
-    .await;
+    let (status, _) =
+        call(&http, reqwest::Method::POST, format!("{}/api/v1/app/m/endpoint", first.url), json!({"url": sink})).await;
     assert_eq!(status, 201);
     let mut acknowledged = HashSet::new();
     for n in 0..200 {
         let body = json!({"eventType": "payment.succeeded", "payload": {"n": n}});
-        let (status, out) = call(
-            &http,
-            reqwest::Method::POST,
-            format!("{}/api/v1/app/m/msg", first.url),
-            body,
-        )
-        .await;
+        let (status, out) = call(&http, reqwest::Method::POST, format!("{}/api/v1/app/m/msg", first.url), body).await;
         assert_eq!(status, 202);
         acknowledged.insert(out["id"].as_str().unwrap().to_owned());
     }
     first.kill9();
-    assert!(
-        seen.lock().unwrap().is_empty(),
-        "nothing was answered before the kill"
-    );
+    assert!(seen.lock().unwrap().is_empty(), "nothing was answered before the kill");
     hold.store(false, Ordering::SeqCst);
     let second = Hookline::start(dir.path(), &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
     second.wait_healthy(&http).await;
@@ -169,10 +119,7 @@ async fn kill_9_mid_delivery_then_restart_delivers_every_acknowledged_message() 
         if missing == 0 {
             break;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{missing} acknowledged messages never arrived"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "{missing} acknowledged messages never arrived");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -186,45 +133,24 @@ async fn first_start_prints_an_admin_token_that_works_and_is_not_reissued() {
     first.kill9();
     let mut stdout = String::new();
     std::io::Read::read_to_string(first.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    let token = stdout
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("hk_admin_"))
-        .expect("token printed")
-        .to_owned();
+    let token = stdout.lines().map(str::trim).find(|l| l.starts_with("hk_admin_")).expect("token printed").to_owned();
     let mut second = Hookline::start(dir.path(), &[]);
     second.wait_healthy(&http).await;
-    let ok = http
-        .get(format!("{}/api/v1/app", second.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let ok = http.get(format!("{}/api/v1/app", second.url)).bearer_auth(&token).send().await.unwrap();
     assert_eq!(ok.status(), 200);
-    let bad = http
-        .get(format!("{}/api/v1/app", second.url))
-        .bearer_auth("hk_admin_guess")
-        .send()
-        .await
-        .unwrap();
+    let bad = http.get(format!("{}/api/v1/app", second.url)).bearer_auth("hk_admin_guess").send().await.unwrap();
     assert_eq!(bad.status(), 401);
     second.kill9();
     let mut stdout = String::new();
     std::io::Read::read_to_string(second.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    assert!(
-        !stdout.contains("hk_admin_"),
-        "a token is shown only once: {stdout}"
-    );
+    assert!(!stdout.contains("hk_admin_"), "a token is shown only once: {stdout}");
 }
 
 #[test]
 fn invalid_configuration_exits_78_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();
     let cases = [
-        (
-            vec![("HOOKLINE_DELIVERY_REQUEST_TIMEOUT_MS", "soon")],
-            "request_timeout_ms",
-        ),
+        (vec![("HOOKLINE_DELIVERY_REQUEST_TIMEOUT_MS", "soon")], "request_timeout_ms"),
         (vec![("HOOKLINE_LISTEN", "not-an-address")], "server.listen"),
     ];
     for (env, expected) in cases {
@@ -236,10 +162,7 @@ fn invalid_configuration_exits_78_with_a_clear_message() {
         let out = command.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(78), "{stderr}");
-        assert!(
-            stderr.contains(expected),
-            "{stderr:?} should name {expected}"
-        );
+        assert!(stderr.contains(expected), "{stderr:?} should name {expected}");
     }
 }
 
@@ -250,20 +173,13 @@ async fn sigterm_shuts_down_cleanly() {
     let mut hookline = Hookline::start(dir.path(), &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
     hookline.wait_healthy(&http).await;
     let pid = hookline.child.id().to_string();
-    assert!(Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let deadline = std::time::Instant::now() + PATIENCE;
     let status = loop {
         if let Some(status) = hookline.child.try_wait().unwrap() {
             break status;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "did not stop after SIGTERM"
-        );
+        assert!(std::time::Instant::now() < deadline, "did not stop after SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");

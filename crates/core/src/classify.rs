@@ -31,16 +31,9 @@ pub fn classify(outcome: &Outcome) -> Verdict {
     match outcome {
         Outcome::Response { status, .. } if (200..300).contains(status) => Verdict::Delivered,
         Outcome::Response { status: 410, .. } => Verdict::DisableEndpoint,
-        Outcome::Response {
-            status: 429 | 503,
-            retry_after_ms,
-        } => Verdict::Retry {
-            retry_after_ms: *retry_after_ms,
-        },
+        Outcome::Response { status: 429 | 503, retry_after_ms } => Verdict::Retry { retry_after_ms: *retry_after_ms },
         // 3xx is a failure: redirects are never followed.
-        _ => Verdict::Retry {
-            retry_after_ms: None,
-        },
+        _ => Verdict::Retry { retry_after_ms: None },
     }
 }
 
@@ -78,79 +71,29 @@ mod tests {
 
     #[test]
     fn classification_table() {
-        let resp = |status| Outcome::Response {
-            status,
-            retry_after_ms: None,
-        };
+        let resp = |status| Outcome::Response { status, retry_after_ms: None };
         check(resp(200), Verdict::Delivered, None);
         check(resp(204), Verdict::Delivered, None);
         check(resp(299), Verdict::Delivered, None);
-        check(
-            resp(301),
-            Verdict::Retry {
-                retry_after_ms: None,
-            },
-            Some("http_status"),
-        );
-        check(
-            resp(400),
-            Verdict::Retry {
-                retry_after_ms: None,
-            },
-            Some("http_status"),
-        );
+        check(resp(301), Verdict::Retry { retry_after_ms: None }, Some("http_status"));
+        check(resp(400), Verdict::Retry { retry_after_ms: None }, Some("http_status"));
         check(resp(410), Verdict::DisableEndpoint, Some("http_status"));
+        check(resp(500), Verdict::Retry { retry_after_ms: None }, Some("http_status"));
         check(
-            resp(500),
-            Verdict::Retry {
-                retry_after_ms: None,
-            },
+            Outcome::Response { status: 429, retry_after_ms: Some(7_000) },
+            Verdict::Retry { retry_after_ms: Some(7_000) },
             Some("http_status"),
         );
-        check(
-            Outcome::Response {
-                status: 429,
-                retry_after_ms: Some(7_000),
-            },
-            Verdict::Retry {
-                retry_after_ms: Some(7_000),
-            },
-            Some("http_status"),
-        );
-        check(
-            Outcome::Timeout,
-            Verdict::Retry {
-                retry_after_ms: None,
-            },
-            Some("timeout"),
-        );
-        check(
-            Outcome::Connect,
-            Verdict::Retry {
-                retry_after_ms: None,
-            },
-            Some("connect"),
-        );
-        check(
-            Outcome::BlockedAddress,
-            Verdict::Retry {
-                retry_after_ms: None,
-            },
-            Some("blocked_address"),
-        );
+        check(Outcome::Timeout, Verdict::Retry { retry_after_ms: None }, Some("timeout"));
+        check(Outcome::Connect, Verdict::Retry { retry_after_ms: None }, Some("connect"));
+        check(Outcome::BlockedAddress, Verdict::Retry { retry_after_ms: None }, Some("blocked_address"));
     }
 
     #[test]
     fn retry_after_forms() {
         assert_eq!(parse_retry_after("120", 0), Some(120_000));
-        assert_eq!(
-            parse_retry_after("Thu, 01 Jan 1970 00:00:10 GMT", 4_000),
-            Some(6_000)
-        );
-        assert_eq!(
-            parse_retry_after("Thu, 01 Jan 1970 00:00:10 GMT", 99_000),
-            Some(0)
-        );
+        assert_eq!(parse_retry_after("Thu, 01 Jan 1970 00:00:10 GMT", 4_000), Some(6_000));
+        assert_eq!(parse_retry_after("Thu, 01 Jan 1970 00:00:10 GMT", 99_000), Some(0));
         assert_eq!(parse_retry_after("soon", 0), None);
     }
 }

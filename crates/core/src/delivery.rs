@@ -40,10 +40,7 @@ impl DeliveryState {
 
     /// True for states no scheduler acts on.
     pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            DeliveryState::Delivered | DeliveryState::Exhausted | DeliveryState::Canceled
-        )
+        matches!(self, DeliveryState::Delivered | DeliveryState::Exhausted | DeliveryState::Canceled)
     }
 }
 

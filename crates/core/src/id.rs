@@ -54,9 +54,7 @@ pub fn has_prefix(s: &str, prefix: &str) -> bool {
     s.len() == prefix.len() + 1 + ENCODED_LEN
         && s.starts_with(prefix)
         && s.as_bytes()[prefix.len()] == b'_'
-        && s[prefix.len() + 1..]
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric())
+        && s[prefix.len() + 1..].bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
 #[cfg(test)]
@@ -74,9 +72,8 @@ mod tests {
 
     #[test]
     fn counted_ids_sort_within_one_millisecond() {
-        let ids: Vec<String> = (0..100)
-            .map(|n| new_id(prefix::APP, 5, counted_random(n, [(99 - n) as u8; 6])))
-            .collect();
+        let ids: Vec<String> =
+            (0..100).map(|n| new_id(prefix::APP, 5, counted_random(n, [(99 - n) as u8; 6]))).collect();
         let mut sorted = ids.clone();
         sorted.sort();
         assert_eq!(ids, sorted);

@@ -68,11 +68,7 @@ pub enum RetryPolicyError {
 
 /// The concrete shape a policy resolves to.
 enum Shape<'a> {
-    Exponential {
-        first_ms: u64,
-        max_ms: u64,
-        horizon_ms: u64,
-    },
+    Exponential { first_ms: u64, max_ms: u64, horizon_ms: u64 },
     Schedule(&'a [u64]),
 }
 
@@ -97,15 +93,8 @@ const RECHARGE_DELAYS_MS: [u64; 19] = [
     6 * HOUR_MS,
     8 * HOUR_MS,
 ];
-const SVIX_DELAYS_MS: [u64; 7] = [
-    5 * SECOND_MS,
-    5 * MINUTE_MS,
-    30 * MINUTE_MS,
-    2 * HOUR_MS,
-    5 * HOUR_MS,
-    10 * HOUR_MS,
-    10 * HOUR_MS,
-];
+const SVIX_DELAYS_MS: [u64; 7] =
+    [5 * SECOND_MS, 5 * MINUTE_MS, 30 * MINUTE_MS, 2 * HOUR_MS, 5 * HOUR_MS, 10 * HOUR_MS, 10 * HOUR_MS];
 
 impl RetryPolicy {
     pub fn validate(&self) -> Result<(), RetryPolicyError> {
@@ -120,11 +109,7 @@ impl RetryPolicy {
                 }
                 Ok(())
             }
-            RetryPolicy::Exponential {
-                first_delay_ms,
-                max_delay_ms,
-                horizon_ms,
-            } => {
+            RetryPolicy::Exponential { first_delay_ms, max_delay_ms, horizon_ms } => {
                 let ok = *first_delay_ms > 0
                     && first_delay_ms <= max_delay_ms
                     && *max_delay_ms <= DELAY_MS_MAX
@@ -136,28 +121,18 @@ impl RetryPolicy {
 
     fn shape(&self) -> Shape<'_> {
         match self {
-            RetryPolicy::Preset(Preset::Default) => Shape::Exponential {
-                first_ms: 5 * SECOND_MS,
-                max_ms: HOUR_MS,
-                horizon_ms: 3 * DAY_MS,
-            },
-            RetryPolicy::Preset(Preset::Stripe) => Shape::Exponential {
-                first_ms: MINUTE_MS,
-                max_ms: HOUR_MS,
-                horizon_ms: 3 * DAY_MS,
-            },
+            RetryPolicy::Preset(Preset::Default) => {
+                Shape::Exponential { first_ms: 5 * SECOND_MS, max_ms: HOUR_MS, horizon_ms: 3 * DAY_MS }
+            }
+            RetryPolicy::Preset(Preset::Stripe) => {
+                Shape::Exponential { first_ms: MINUTE_MS, max_ms: HOUR_MS, horizon_ms: 3 * DAY_MS }
+            }
             RetryPolicy::Preset(Preset::Recharge) => Shape::Schedule(&RECHARGE_DELAYS_MS),
             RetryPolicy::Preset(Preset::Svix) => Shape::Schedule(&SVIX_DELAYS_MS),
             RetryPolicy::Schedule { delays_ms } => Shape::Schedule(delays_ms),
-            RetryPolicy::Exponential {
-                first_delay_ms,
-                max_delay_ms,
-                horizon_ms,
-            } => Shape::Exponential {
-                first_ms: *first_delay_ms,
-                max_ms: *max_delay_ms,
-                horizon_ms: *horizon_ms,
-            },
+            RetryPolicy::Exponential { first_delay_ms, max_delay_ms, horizon_ms } => {
+                Shape::Exponential { first_ms: *first_delay_ms, max_ms: *max_delay_ms, horizon_ms: *horizon_ms }
+            }
         }
     }
 }
@@ -177,11 +152,7 @@ pub fn next_attempt(
     let step = attempts_made.max(1) - 1;
     let delay_ms = match policy.shape() {
         Shape::Schedule(delays) => *delays.get(step as usize)?,
-        Shape::Exponential {
-            first_ms,
-            max_ms,
-            horizon_ms,
-        } => {
+        Shape::Exponential { first_ms, max_ms, horizon_ms } => {
             let base = first_ms.saturating_mul(1u64 << step.min(40)).min(max_ms);
             let factor = 0.8 + 0.4 * jitter_unit.clamp(0.0, 1.0);
             let delay = ((base as f64 * factor) as u64).min(max_ms);
@@ -225,15 +196,9 @@ mod tests {
         assert_eq!(d[0], 5_000);
         assert_eq!(d[1], 10_000);
         assert!(d.iter().all(|x| *x <= HOUR_MS));
-        assert!(
-            d.windows(2).all(|w| w[0] <= w[1]),
-            "monotone without jitter variation"
-        );
+        assert!(d.windows(2).all(|w| w[0] <= w[1]), "monotone without jitter variation");
         let total: u64 = d.iter().sum();
-        assert!(
-            total <= 3 * DAY_MS && total > 3 * DAY_MS - HOUR_MS,
-            "{total}"
-        );
+        assert!(total <= 3 * DAY_MS && total > 3 * DAY_MS - HOUR_MS, "{total}");
     }
 
     #[test]
@@ -252,12 +217,7 @@ mod tests {
         let stripe = delays(&RetryPolicy::Preset(Preset::Stripe), 0.5);
         assert_eq!(stripe[0], MINUTE_MS);
         assert!(stripe.iter().sum::<u64>() <= 3 * DAY_MS);
-        let explicit = delays(
-            &RetryPolicy::Schedule {
-                delays_ms: vec![1, 2, 3],
-            },
-            0.5,
-        );
+        let explicit = delays(&RetryPolicy::Schedule { delays_ms: vec![1, 2, 3] }, 0.5);
         assert_eq!(explicit, vec![1, 2, 3]);
     }
 
@@ -266,65 +226,35 @@ mod tests {
         let p = RetryPolicy::default();
         assert_eq!(next_attempt(&p, 1, 0, 0, Some(60_000), 0.5), Some(60_000));
         assert_eq!(next_attempt(&p, 1, 0, 0, Some(1), 0.5), Some(5_000));
-        assert_eq!(
-            next_attempt(&p, 1, 0, 0, Some(10 * DAY_MS), 0.5),
-            Some(HOUR_MS as i64)
-        );
+        assert_eq!(next_attempt(&p, 1, 0, 0, Some(10 * DAY_MS), 0.5), Some(HOUR_MS as i64));
         let s = RetryPolicy::Preset(Preset::Svix);
-        assert_eq!(
-            next_attempt(&s, 8, 0, 0, Some(1_000), 0.5),
-            None,
-            "exhausted stays exhausted"
-        );
+        assert_eq!(next_attempt(&s, 8, 0, 0, Some(1_000), 0.5), None, "exhausted stays exhausted");
     }
 
     #[test]
     fn wire_forms_parse() {
         let cases = [
             (r#""stripe""#, RetryPolicy::Preset(Preset::Stripe)),
-            (
-                r#"{"delaysMs":[5000,60000]}"#,
-                RetryPolicy::Schedule {
-                    delays_ms: vec![5000, 60000],
-                },
-            ),
+            (r#"{"delaysMs":[5000,60000]}"#, RetryPolicy::Schedule { delays_ms: vec![5000, 60000] }),
             (
                 r#"{"firstDelayMs":1,"maxDelayMs":2,"horizonMs":3}"#,
-                RetryPolicy::Exponential {
-                    first_delay_ms: 1,
-                    max_delay_ms: 2,
-                    horizon_ms: 3,
-                },
+                RetryPolicy::Exponential { first_delay_ms: 1, max_delay_ms: 2, horizon_ms: 3 },
             ),
         ];
         for (text, expected) in cases {
-            assert_eq!(
-                serde_json::from_str::<RetryPolicy>(text).unwrap(),
-                expected,
-                "{text}"
-            );
+            assert_eq!(serde_json::from_str::<RetryPolicy>(text).unwrap(), expected, "{text}");
         }
         assert!(serde_json::from_str::<RetryPolicy>(r#""weekly""#).is_err());
     }
 
     #[test]
     fn validation_table() {
+        assert_eq!(RetryPolicy::Schedule { delays_ms: vec![] }.validate(), Err(RetryPolicyError::ScheduleLength));
         assert_eq!(
-            RetryPolicy::Schedule { delays_ms: vec![] }.validate(),
-            Err(RetryPolicyError::ScheduleLength)
-        );
-        assert_eq!(
-            RetryPolicy::Schedule {
-                delays_ms: vec![DELAY_MS_MAX + 1]
-            }
-            .validate(),
+            RetryPolicy::Schedule { delays_ms: vec![DELAY_MS_MAX + 1] }.validate(),
             Err(RetryPolicyError::DelayTooLong)
         );
-        let bad = RetryPolicy::Exponential {
-            first_delay_ms: 10,
-            max_delay_ms: 5,
-            horizon_ms: 1,
-        };
+        let bad = RetryPolicy::Exponential { first_delay_ms: 10, max_delay_ms: 5, horizon_ms: 1 };
         assert_eq!(bad.validate(), Err(RetryPolicyError::BadExponential));
         assert_eq!(RetryPolicy::default().validate(), Ok(()));
     }

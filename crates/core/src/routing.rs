@@ -9,9 +9,8 @@ pub fn endpoint_accepts(
     message_channels: Option<&[String]>,
 ) -> bool {
     let type_ok = filter_types.is_none_or(|types| types.iter().any(|t| t == event_type));
-    let channel_ok = endpoint_channels.is_none_or(|wanted| {
-        message_channels.is_some_and(|given| given.iter().any(|c| wanted.contains(c)))
-    });
+    let channel_ok = endpoint_channels
+        .is_none_or(|wanted| message_channels.is_some_and(|given| given.iter().any(|c| wanted.contains(c))));
     type_ok && channel_ok
 }
 
@@ -28,13 +27,7 @@ mod tests {
         let paid = v(&["payment.succeeded"]);
         let eu = v(&["eu"]);
         let us = v(&["us"]);
-        let rows: [(
-            Option<&[String]>,
-            Option<&[String]>,
-            &str,
-            Option<&[String]>,
-            bool,
-        ); 7] = [
+        let rows: [(Option<&[String]>, Option<&[String]>, &str, Option<&[String]>, bool); 7] = [
             (None, None, "payment.succeeded", None, true),
             (Some(&paid), None, "payment.succeeded", None, true),
             (Some(&paid), None, "charge.failed", None, false),

@@ -46,25 +46,17 @@ impl std::fmt::Debug for Secret {
 
 impl Secret {
     pub fn parse(text: &str) -> Result<Secret, SecretError> {
-        let encoded = text
-            .strip_prefix(SECRET_PREFIX)
-            .ok_or(SecretError::MissingPrefix)?;
+        let encoded = text.strip_prefix(SECRET_PREFIX).ok_or(SecretError::MissingPrefix)?;
         let key = B64.decode(encoded).map_err(|_| SecretError::NotBase64)?;
         if !(SECRET_BYTES_MIN..=SECRET_BYTES_MAX).contains(&key.len()) {
             return Err(SecretError::BadLength);
         }
-        Ok(Secret {
-            text: text.to_owned(),
-            key,
-        })
+        Ok(Secret { text: text.to_owned(), key })
     }
 
     /// A secret from fresh random bytes (the caller supplies the randomness).
     pub fn from_key(key: [u8; SECRET_BYTES_GENERATED]) -> Secret {
-        Secret {
-            text: format!("{SECRET_PREFIX}{}", B64.encode(key)),
-            key: key.to_vec(),
-        }
+        Secret { text: format!("{SECRET_PREFIX}{}", B64.encode(key)), key: key.to_vec() }
     }
 
     pub fn as_str(&self) -> &str {
@@ -104,20 +96,13 @@ fn hmac(key: &[u8], parts: &[&[u8]]) -> HmacSha256 {
 /// `v1,<base64>` for one secret, Standard Webhooks style.
 pub fn standard_signature(secret: &Secret, msg_id: &str, timestamp_s: i64, body: &[u8]) -> String {
     let ts = timestamp_s.to_string();
-    let mac = hmac(
-        &secret.key,
-        &[msg_id.as_bytes(), b".", ts.as_bytes(), b".", body],
-    );
+    let mac = hmac(&secret.key, &[msg_id.as_bytes(), b".", ts.as_bytes(), b".", body]);
     format!("v1,{}", B64.encode(mac.finalize().into_bytes()))
 }
 
 fn stripe_hex(secret_text: &str, timestamp_s: i64, body: &[u8]) -> String {
     let ts = timestamp_s.to_string();
-    hex::encode(
-        hmac(secret_text.as_bytes(), &[ts.as_bytes(), b".", body])
-            .finalize()
-            .into_bytes(),
-    )
+    hex::encode(hmac(secret_text.as_bytes(), &[ts.as_bytes(), b".", body]).finalize().into_bytes())
 }
 
 /// `t=<unix>,v1=<hex>[,v1=<hex>…]`, one `v1` per secret, keyed with the secret text.
@@ -140,24 +125,16 @@ pub fn sign_headers(
     body: &[u8],
     secrets: &[Secret],
 ) -> Vec<(String, String)> {
-    let mut headers = vec![
-        ("webhook-id".to_owned(), msg_id.to_owned()),
-        ("webhook-timestamp".to_owned(), timestamp_s.to_string()),
-    ];
+    let mut headers =
+        vec![("webhook-id".to_owned(), msg_id.to_owned()), ("webhook-timestamp".to_owned(), timestamp_s.to_string())];
     match scheme {
         SignatureScheme::StandardWebhooks => {
-            let all: Vec<String> = secrets
-                .iter()
-                .map(|s| standard_signature(s, msg_id, timestamp_s, body))
-                .collect();
+            let all: Vec<String> = secrets.iter().map(|s| standard_signature(s, msg_id, timestamp_s, body)).collect();
             headers.push(("webhook-signature".to_owned(), all.join(" ")));
         }
         SignatureScheme::Stripe => {
             let texts: Vec<&str> = secrets.iter().map(Secret::as_str).collect();
-            headers.push((
-                "Stripe-Signature".to_owned(),
-                stripe_header(&texts, timestamp_s, body),
-            ));
+            headers.push(("Stripe-Signature".to_owned(), stripe_header(&texts, timestamp_s, body)));
         }
         SignatureScheme::HmacSha256Hex { header } => {
             // A bare hex value has no room for a second signature, so the newest secret signs.
@@ -199,10 +176,7 @@ pub fn verify_standard(
     now_s: i64,
     tolerance_s: i64,
 ) -> Result<(), VerifyError> {
-    let ts: i64 = timestamp
-        .trim()
-        .parse()
-        .map_err(|_| VerifyError::MalformedHeader)?;
+    let ts: i64 = timestamp.trim().parse().map_err(|_| VerifyError::MalformedHeader)?;
     check_window(ts, now_s, tolerance_s)?;
     let ts = ts.to_string();
     for candidate in signature_header.split_whitespace() {
@@ -213,10 +187,7 @@ pub fn verify_standard(
             continue;
         };
         for secret in secrets {
-            let mac = hmac(
-                &secret.key,
-                &[msg_id.as_bytes(), b".", ts.as_bytes(), b".", body],
-            );
+            let mac = hmac(&secret.key, &[msg_id.as_bytes(), b".", ts.as_bytes(), b".", body]);
             if mac.verify_slice(&given).is_ok() {
                 return Ok(());
             }
@@ -238,9 +209,7 @@ pub fn verify_stripe(
     let mut signatures = Vec::new();
     for item in signature_header.split(',') {
         match item.trim().split_once('=') {
-            Some(("t", t)) => {
-                timestamp = Some(t.parse::<i64>().map_err(|_| VerifyError::MalformedHeader)?)
-            }
+            Some(("t", t)) => timestamp = Some(t.parse::<i64>().map_err(|_| VerifyError::MalformedHeader)?),
             Some(("v1", sig)) => signatures.push(sig),
             _ => {}
         }

@@ -84,9 +84,7 @@ fn special_v4(ip: Ipv4Addr) -> Option<Forbidden> {
         (10, _, _) | (172, 16..=31, _) | (192, 168, _) => Some(Forbidden::Private),
         (100, 64..=127, _) => Some(Forbidden::CarrierGradeNat),
         (169, 254, _) => Some(Forbidden::LinkLocal),
-        (192, 0, 0) | (192, 0, 2) | (198, 51, 100) | (203, 0, 113) | (198, 18..=19, _) => {
-            Some(Forbidden::Reserved)
-        }
+        (192, 0, 0) | (192, 0, 2) | (198, 51, 100) | (203, 0, 113) | (198, 18..=19, _) => Some(Forbidden::Reserved),
         (224..=239, _, _) => Some(Forbidden::Multicast),
         (240..=255, _, _) if ip.is_broadcast() => Some(Forbidden::Multicast),
         (240..=255, _, _) => Some(Forbidden::Reserved),
@@ -106,8 +104,7 @@ fn special_v6(ip: Ipv6Addr) -> Option<Forbidden> {
     if let Some(v4) = ip.to_ipv4() {
         return special_v4(v4);
     }
-    let embedded =
-        |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    let embedded = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
     match seg[0] {
         // NAT64 well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48.
         0x0064 if seg[1] == 0xff9b => special_v4(embedded(seg[6], seg[7])),
@@ -190,10 +187,7 @@ mod tests {
         check("https://93.184.216.34/hooks", Ok(()));
         check("http://merchant.example/hooks", Err(UrlError::Scheme));
         check("ftp://merchant.example/", Err(UrlError::Scheme));
-        check(
-            "https://user:pw@merchant.example/",
-            Err(UrlError::Credentials),
-        );
+        check("https://user:pw@merchant.example/", Err(UrlError::Credentials));
         check("https://127.0.0.1/", no(Loopback));
         check("https://127.1/", no(Loopback));
         check("https://2130706433/", no(Loopback));
@@ -217,28 +211,15 @@ mod tests {
         check("https://[2002:7f00:1::]/", no(Loopback));
         check("https://[2002:a9fe:a9fe::]/", no(LinkLocal));
         check("https://[2606:4700::1111]/", Ok(()));
-        check(
-            &format!("https://a.example/{}", "x".repeat(URL_BYTES_MAX)),
-            Err(UrlError::TooLong),
-        );
+        check(&format!("https://a.example/{}", "x".repeat(URL_BYTES_MAX)), Err(UrlError::TooLong));
     }
 
     #[test]
     fn allow_list_and_dev_mode_reopen_ranges() {
-        let allow = AddressPolicy {
-            allow: vec!["127.0.0.0/8".parse().unwrap()],
-            ..Default::default()
-        };
+        let allow = AddressPolicy { allow: vec!["127.0.0.0/8".parse().unwrap()], ..Default::default() };
         assert_eq!(allow.check_ip("127.0.0.1".parse().unwrap()), Ok(()));
-        assert_eq!(
-            allow.check_ip("10.0.0.1".parse().unwrap()),
-            Err(Forbidden::Private)
-        );
-        let dev = AddressPolicy {
-            allow_all_private: true,
-            allow_plain_http: true,
-            ..Default::default()
-        };
+        assert_eq!(allow.check_ip("10.0.0.1".parse().unwrap()), Err(Forbidden::Private));
+        let dev = AddressPolicy { allow_all_private: true, allow_plain_http: true, ..Default::default() };
         assert!(check_url("http://127.0.0.1:9000/hook", &dev).is_ok());
     }
 }

@@ -20,17 +20,12 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> UnixMs {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as UnixMs)
-            .unwrap_or(0)
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as UnixMs).unwrap_or(0)
     }
 
     fn sleep_until(&self, at: UnixMs) -> Sleep<'_> {
         let wait_ms = (at - self.now_ms()).max(0) as u64;
-        Box::pin(tokio::time::sleep(std::time::Duration::from_millis(
-            wait_ms,
-        )))
+        Box::pin(tokio::time::sleep(std::time::Duration::from_millis(wait_ms)))
     }
 }
 
@@ -42,10 +37,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start: UnixMs) -> ManualClock {
-        ManualClock {
-            now: AtomicI64::new(start),
-            ticks: watch::channel(start).0,
-        }
+        ManualClock { now: AtomicI64::new(start), ticks: watch::channel(start).0 }
     }
 
     pub fn advance(&self, by_ms: i64) {

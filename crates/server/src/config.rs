@@ -28,11 +28,7 @@ pub struct ServerConfig {
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig {
-            listen: "127.0.0.1:8071".into(),
-            data_dir: PathBuf::from("./hookline-data"),
-            dev: false,
-        }
+        ServerConfig { listen: "127.0.0.1:8071".into(), data_dir: PathBuf::from("./hookline-data"), dev: false }
     }
 }
 
@@ -47,11 +43,7 @@ pub struct ApiConfig {
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig {
-            admin_token: None,
-            body_bytes_max: 1024 * 1024,
-            idempotency_ttl_ms: 24 * 3600 * 1000,
-        }
+        ApiConfig { admin_token: None, body_bytes_max: 1024 * 1024, idempotency_ttl_ms: 24 * 3600 * 1000 }
     }
 }
 
@@ -110,10 +102,7 @@ pub struct LogConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig {
-            format: "text".into(),
-            level: "info".into(),
-        }
+        LogConfig { format: "text".into(), level: "info".into() }
     }
 }
 
@@ -122,41 +111,18 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         let d = &self.delivery;
         let checks = [
-            (
-                self.api.body_bytes_max >= 1024,
-                "api.body_bytes_max must be at least 1024",
-            ),
-            (
-                d.request_timeout_ms >= 100,
-                "delivery.request_timeout_ms must be at least 100",
-            ),
-            (
-                d.connect_timeout_ms >= 100,
-                "delivery.connect_timeout_ms must be at least 100",
-            ),
-            (
-                d.max_in_flight >= 1,
-                "delivery.max_in_flight must be at least 1",
-            ),
-            (
-                d.endpoint_max_in_flight >= 1,
-                "delivery.endpoint_max_in_flight must be at least 1",
-            ),
-            (
-                matches!(self.log.format.as_str(), "text" | "json"),
-                "log.format must be `text` or `json`",
-            ),
+            (self.api.body_bytes_max >= 1024, "api.body_bytes_max must be at least 1024"),
+            (d.request_timeout_ms >= 100, "delivery.request_timeout_ms must be at least 100"),
+            (d.connect_timeout_ms >= 100, "delivery.connect_timeout_ms must be at least 100"),
+            (d.max_in_flight >= 1, "delivery.max_in_flight must be at least 1"),
+            (d.endpoint_max_in_flight >= 1, "delivery.endpoint_max_in_flight must be at least 1"),
+            (matches!(self.log.format.as_str(), "text" | "json"), "log.format must be `text` or `json`"),
         ];
         if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
             return Err((*message).to_owned());
         }
-        self.server
-            .listen
-            .parse::<std::net::SocketAddr>()
-            .map_err(|e| format!("server.listen: {e}"))?;
-        d.retry_policy
-            .validate()
-            .map_err(|e| format!("delivery.retry_policy: {e}"))?;
+        self.server.listen.parse::<std::net::SocketAddr>().map_err(|e| format!("server.listen: {e}"))?;
+        d.retry_policy.validate().map_err(|e| format!("delivery.retry_policy: {e}"))?;
         Ok(())
     }
 

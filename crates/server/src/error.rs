@@ -69,9 +69,7 @@ impl ApiError {
     pub fn from_store(what: &'static str) -> impl Fn(StoreError) -> ApiError {
         move |e| match e {
             StoreError::NotFound => ApiError::NotFound(what),
-            StoreError::Conflict(_) => {
-                ApiError::Conflict(format!("a {what} with this uid or id already exists"))
-            }
+            StoreError::Conflict(_) => ApiError::Conflict(format!("a {what} with this uid or id already exists")),
             StoreError::Unavailable(detail) => {
                 tracing::error!(%detail, "storage unavailable");
                 ApiError::Unavailable
@@ -94,27 +92,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, status) = self.code_and_status();
         let mut response = match &self {
-            ApiError::Validation(fields) => (
-                status,
-                axum::Json(Body {
-                    code,
-                    detail: fields,
-                }),
-            )
-                .into_response(),
-            other => (
-                status,
-                axum::Json(Body {
-                    code,
-                    detail: other.to_string(),
-                }),
-            )
-                .into_response(),
+            ApiError::Validation(fields) => (status, axum::Json(Body { code, detail: fields })).into_response(),
+            other => (status, axum::Json(Body { code, detail: other.to_string() })).into_response(),
         };
         if matches!(self, ApiError::Unavailable) {
-            response
-                .headers_mut()
-                .insert("retry-after", axum::http::HeaderValue::from_static("5"));
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("5"));
         }
         response
     }

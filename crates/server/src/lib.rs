@@ -34,8 +34,7 @@ pub enum ServerError {
 pub fn new_id(prefix: &str, now: hookline_core::UnixMs) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let random =
-        hookline_core::id::counted_random(COUNTER.fetch_add(1, Ordering::Relaxed), rand::random());
+    let random = hookline_core::id::counted_random(COUNTER.fetch_add(1, Ordering::Relaxed), rand::random());
     hookline_core::id::new_id(prefix, now, random)
 }
 
@@ -51,9 +50,7 @@ pub async fn ensure_admin_token(
     }
     let token = format!("hk_admin_{}", hex::encode(rand::random::<[u8; 24]>()));
     let now = clock.now_ms();
-    store
-        .add_admin_token_hash(new_id(prefix::TOKEN, now), hash_token(&token), now)
-        .await?;
+    store.add_admin_token_hash(new_id(prefix::TOKEN, now), hash_token(&token), now).await?;
     Ok(Some(token))
 }
 
@@ -81,36 +78,15 @@ pub async fn run(
         admin_token_hashes.push(hash_token(token));
     }
     let addresses = config.address_policy();
-    let engine = Engine::start(
-        store.clone(),
-        clock.clone(),
-        config.delivery.clone(),
-        addresses.clone(),
-        options.jitter_seed,
-    )
-    .await?;
-    let purge = tokio::spawn(purge_idempotency(
-        store.clone(),
-        clock.clone(),
-        config.api.idempotency_ttl_ms,
-    ));
-    let state = Arc::new(AppState {
-        store,
-        clock,
-        engine: engine.clone(),
-        config,
-        addresses,
-        admin_token_hashes,
-    });
+    let engine =
+        Engine::start(store.clone(), clock.clone(), config.delivery.clone(), addresses.clone(), options.jitter_seed)
+            .await?;
+    let purge = tokio::spawn(purge_idempotency(store.clone(), clock.clone(), config.api.idempotency_ttl_ms));
+    let state = Arc::new(AppState { store, clock, engine: engine.clone(), config, addresses, admin_token_hashes });
     let app = api::router(state);
     tracing::info!(listen = %listener.local_addr()?, "hookline is ready");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
-    tracing::info!(
-        in_flight = engine.in_flight(),
-        "stopped accepting; finishing in-flight deliveries"
-    );
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
+    tracing::info!(in_flight = engine.in_flight(), "stopped accepting; finishing in-flight deliveries");
     purge.abort();
     engine.shutdown().await;
     Ok(())

@@ -14,9 +14,7 @@ pub const END_TO_END_SECONDS: &str = "hookline_delivery_latency_seconds";
 pub const QUEUE_DEPTH: &str = "hookline_queue_depth";
 pub const IN_FLIGHT: &str = "hookline_deliveries_in_flight";
 
-const BUCKETS_SECONDS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
+const BUCKETS_SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// The process-wide recorder, installed on first use (a process has one recorder).
 pub fn handle() -> PrometheusHandle {

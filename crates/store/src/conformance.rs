@@ -39,10 +39,7 @@ pub fn endpoint(app_id: &str, now: UnixMs) -> Endpoint {
         throttle_rate: None,
         metadata: Default::default(),
         headers: Default::default(),
-        secrets: vec![StoredSecret {
-            text: "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
-            expires_at: None,
-        }],
+        secrets: vec![StoredSecret { text: "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(), expires_at: None }],
         signature_scheme: Default::default(),
         retry_policy: None,
         created_at: now,
@@ -50,12 +47,7 @@ pub fn endpoint(app_id: &str, now: UnixMs) -> Endpoint {
     }
 }
 
-pub fn publish(
-    app_id: &str,
-    endpoint_ids: &[&str],
-    event_id: Option<&str>,
-    now: UnixMs,
-) -> Publish {
+pub fn publish(app_id: &str, endpoint_ids: &[&str], event_id: Option<&str>, now: UnixMs) -> Publish {
     let msg_id = id(prefix::MESSAGE, now);
     let deliveries = endpoint_ids
         .iter()
@@ -84,19 +76,11 @@ pub fn publish(
         deliver_at: None,
         created_at: now,
     };
-    Publish {
-        message,
-        deliveries,
-        idempotency: None,
-    }
+    Publish { message, deliveries, idempotency: None }
 }
 
 fn first_page(limit: usize) -> Page {
-    Page {
-        limit,
-        iterator: None,
-        descending: false,
-    }
+    Page { limit, iterator: None, descending: false }
 }
 
 /// Runs every check against `store`, which must start empty.
@@ -112,10 +96,7 @@ pub async fn run_all(store: &dyn Store) {
 }
 
 async fn apps_crud_and_uid_lookup(store: &dyn Store) {
-    let created = store
-        .create_app(app(1_000, Some("merchant-1")))
-        .await
-        .unwrap();
+    let created = store.create_app(app(1_000, Some("merchant-1"))).await.unwrap();
     assert_eq!(store.get_app(&created.id).await.unwrap(), created);
     assert_eq!(store.get_app("merchant-1").await.unwrap().id, created.id);
     let clash = store.create_app(app(1_001, Some("merchant-1"))).await;
@@ -124,10 +105,7 @@ async fn apps_crud_and_uid_lookup(store: &dyn Store) {
     renamed.name = "Renamed".into();
     store.update_app(renamed).await.unwrap();
     assert_eq!(store.get_app(&created.id).await.unwrap().name, "Renamed");
-    assert_eq!(
-        store.get_app("app_missing").await,
-        Err(StoreError::NotFound)
-    );
+    assert_eq!(store.get_app("app_missing").await, Err(StoreError::NotFound));
 }
 
 async fn pagination_walks_every_item_once(store: &dyn Store) {
@@ -156,19 +134,9 @@ async fn endpoints_belong_to_their_app(store: &dyn Store) {
     let b = store.create_app(app(3_000, None)).await.unwrap();
     let ep = store.create_endpoint(endpoint(&a.id, 3_001)).await.unwrap();
     assert_eq!(store.get_endpoint(&a.id, &ep.id).await.unwrap(), ep);
-    assert_eq!(
-        store.get_endpoint(&b.id, &ep.id).await,
-        Err(StoreError::NotFound),
-        "no cross-tenant lookups"
-    );
-    assert_eq!(
-        store.delete_endpoint(&b.id, &ep.id).await,
-        Err(StoreError::NotFound)
-    );
-    assert_eq!(
-        store.create_endpoint(endpoint("app_missing", 3_002)).await,
-        Err(StoreError::NotFound)
-    );
+    assert_eq!(store.get_endpoint(&b.id, &ep.id).await, Err(StoreError::NotFound), "no cross-tenant lookups");
+    assert_eq!(store.delete_endpoint(&b.id, &ep.id).await, Err(StoreError::NotFound));
+    assert_eq!(store.create_endpoint(endpoint("app_missing", 3_002)).await, Err(StoreError::NotFound));
     assert_eq!(store.app_endpoints(&a.id).await.unwrap().len(), 1);
 }
 
@@ -177,29 +145,17 @@ async fn publish_commits_message_and_deliveries(store: &dyn Store) {
     let e1 = store.create_endpoint(endpoint(&a.id, 4_000)).await.unwrap();
     let e2 = store.create_endpoint(endpoint(&a.id, 4_000)).await.unwrap();
     let p = publish(&a.id, &[&e1.id, &e2.id], Some("evt_1"), 4_001);
-    assert!(matches!(
-        store.publish(p.clone()).await.unwrap(),
-        PublishOutcome::Created
-    ));
+    assert!(matches!(store.publish(p.clone()).await.unwrap(), PublishOutcome::Created));
     let stored = store.get_message(&a.id, &p.message.id).await.unwrap();
-    assert_eq!(
-        stored.payload, p.message.payload,
-        "payload bytes kept exactly"
-    );
-    assert_eq!(
-        store.get_message(&a.id, "evt_1").await.unwrap().id,
-        p.message.id
-    );
+    assert_eq!(stored.payload, p.message.payload, "payload bytes kept exactly");
+    assert_eq!(store.get_message(&a.id, "evt_1").await.unwrap().id, p.message.id);
     let again = publish(&a.id, &[&e1.id], Some("evt_1"), 4_002);
     match store.publish(again).await.unwrap() {
         PublishOutcome::Duplicate(existing) => assert_eq!(existing.id, p.message.id),
         other => panic!("expected duplicate, got {other:?}"),
     }
     let pending = store.pending_deliveries().await.unwrap();
-    let ours: Vec<_> = pending
-        .iter()
-        .filter(|d| d.msg_id == p.message.id)
-        .collect();
+    let ours: Vec<_> = pending.iter().filter(|d| d.msg_id == p.message.id).collect();
     assert_eq!(ours.len(), 2);
 }
 
@@ -246,42 +202,19 @@ async fn attempts_move_deliveries_through_states(store: &dyn Store) {
     };
     store.record_attempt(gone).await.unwrap();
     let d = store.get_delivery(&delivery.id).await.unwrap();
-    assert_eq!(
-        (d.state, d.attempts, d.first_attempt_at),
-        (DeliveryState::Exhausted, 2, Some(5_002))
-    );
-    assert!(
-        store.get_endpoint(&a.id, &ep.id).await.unwrap().disabled,
-        "410 disables the endpoint"
-    );
+    assert_eq!((d.state, d.attempts, d.first_attempt_at), (DeliveryState::Exhausted, 2, Some(5_002)));
+    assert!(store.get_endpoint(&a.id, &ep.id).await.unwrap().disabled, "410 disables the endpoint");
     let listed = store
         .list_attempts(
             &a.id,
             AttemptScope::Message(&delivery.msg_id),
             ListFilter::default(),
-            Page {
-                limit: 10,
-                iterator: None,
-                descending: true,
-            },
+            Page { limit: 10, iterator: None, descending: true },
         )
         .await
         .unwrap();
-    assert_eq!(
-        listed
-            .items
-            .iter()
-            .map(|a| a.status_code)
-            .collect::<Vec<_>>(),
-        vec![410, 500],
-        "newest first"
-    );
-    assert!(!store
-        .pending_deliveries()
-        .await
-        .unwrap()
-        .iter()
-        .any(|p| p.id == delivery.id));
+    assert_eq!(listed.items.iter().map(|a| a.status_code).collect::<Vec<_>>(), vec![410, 500], "newest first");
+    assert!(!store.pending_deliveries().await.unwrap().iter().any(|p| p.id == delivery.id));
 }
 
 async fn resend_and_recover_restart_deliveries(store: &dyn Store) {
@@ -312,73 +245,24 @@ async fn resend_and_recover_restart_deliveries(store: &dyn Store) {
         disable_endpoint: false,
     };
     store.record_attempt(exhausted).await.unwrap();
-    let recovered = store
-        .recover(&a.id, &ep.id, 6_000, 7_000, 8_000)
-        .await
-        .unwrap();
+    let recovered = store.recover(&a.id, &ep.id, 6_000, 7_000, 8_000).await.unwrap();
     assert_eq!(recovered.len(), 1);
     assert_eq!(
-        (
-            recovered[0].state,
-            recovered[0].next_at,
-            recovered[0].trigger
-        ),
+        (recovered[0].state, recovered[0].next_at, recovered[0].trigger),
         (DeliveryState::Pending, Some(8_000), Trigger::Manual)
     );
-    assert!(
-        store
-            .recover(&a.id, &ep.id, 7_000, 9_000, 9_000)
-            .await
-            .unwrap()
-            .is_empty(),
-        "window excludes the message"
-    );
-    let fresh = store
-        .resend(
-            &a.id,
-            &p.message.id,
-            &other.id,
-            id(prefix::DELIVERY, 9_000),
-            9_000,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (fresh.endpoint_id.as_deref(), fresh.state),
-        (Some(other.id.as_str()), DeliveryState::Pending)
-    );
+    assert!(store.recover(&a.id, &ep.id, 7_000, 9_000, 9_000).await.unwrap().is_empty(), "window excludes the message");
+    let fresh = store.resend(&a.id, &p.message.id, &other.id, id(prefix::DELIVERY, 9_000), 9_000).await.unwrap();
+    assert_eq!((fresh.endpoint_id.as_deref(), fresh.state), (Some(other.id.as_str()), DeliveryState::Pending));
     let b = store.create_app(app(6_000, None)).await.unwrap();
-    let cross = store
-        .resend(
-            &b.id,
-            &p.message.id,
-            &ep.id,
-            id(prefix::DELIVERY, 9_000),
-            9_000,
-        )
-        .await;
-    assert_eq!(
-        cross,
-        Err(StoreError::NotFound),
-        "no resend across applications"
-    );
+    let cross = store.resend(&b.id, &p.message.id, &ep.id, id(prefix::DELIVERY, 9_000), 9_000).await;
+    assert_eq!(cross, Err(StoreError::NotFound), "no resend across applications");
 }
 
 async fn idempotent_answers_expire(store: &dyn Store) {
-    let answer = IdempotentResponse {
-        key: "k1".into(),
-        status: 201,
-        body: Bytes::from_static(b"{}"),
-        created_at: 100,
-    };
-    store
-        .save_idempotent_response(answer.clone())
-        .await
-        .unwrap();
-    assert_eq!(
-        store.idempotent_response("k1", 50).await.unwrap(),
-        Some(answer)
-    );
+    let answer = IdempotentResponse { key: "k1".into(), status: 201, body: Bytes::from_static(b"{}"), created_at: 100 };
+    store.save_idempotent_response(answer.clone()).await.unwrap();
+    assert_eq!(store.idempotent_response("k1", 50).await.unwrap(), Some(answer));
     assert_eq!(store.idempotent_response("k1", 150).await.unwrap(), None);
     assert_eq!(store.purge_idempotent_responses(101).await.unwrap(), 1);
     assert_eq!(store.idempotent_response("k1", 0).await.unwrap(), None);
@@ -390,14 +274,6 @@ async fn deleting_an_app_removes_everything(store: &dyn Store) {
     let p = publish(&a.id, &[&ep.id], None, 7_001);
     store.publish(p.clone()).await.unwrap();
     store.delete_app(&a.id).await.unwrap();
-    assert_eq!(
-        store.get_message(&a.id, &p.message.id).await,
-        Err(StoreError::NotFound)
-    );
-    assert!(!store
-        .pending_deliveries()
-        .await
-        .unwrap()
-        .iter()
-        .any(|d| d.app_id == a.id));
+    assert_eq!(store.get_message(&a.id, &p.message.id).await, Err(StoreError::NotFound));
+    assert!(!store.pending_deliveries().await.unwrap().iter().any(|d| d.app_id == a.id));
 }

@@ -44,11 +44,7 @@ pub trait Store: Send + Sync + 'static {
     // Event types.
     async fn create_event_type(&self, event_type: EventType) -> StoreResult<EventType>;
     async fn get_event_type(&self, name: &str) -> StoreResult<EventType>;
-    async fn list_event_types(
-        &self,
-        page: Page,
-        include_archived: bool,
-    ) -> StoreResult<Listed<EventType>>;
+    async fn list_event_types(&self, page: Page, include_archived: bool) -> StoreResult<Listed<EventType>>;
     async fn update_event_type(&self, event_type: EventType) -> StoreResult<EventType>;
     async fn delete_event_type(&self, name: &str) -> StoreResult<()>;
 
@@ -66,12 +62,7 @@ pub trait Store: Send + Sync + 'static {
     async fn publish(&self, publish: Publish) -> StoreResult<PublishOutcome>;
     async fn get_message(&self, app_id: &str, key: Key<'_>) -> StoreResult<Message>;
     async fn message_by_id(&self, id: &str) -> StoreResult<Message>;
-    async fn list_messages(
-        &self,
-        app_id: &str,
-        filter: ListFilter,
-        page: Page,
-    ) -> StoreResult<Listed<Message>>;
+    async fn list_messages(&self, app_id: &str, filter: ListFilter, page: Page) -> StoreResult<Listed<Message>>;
 
     // Deliveries and attempts.
     /// Every delivery a scheduler must still act on, for rebuilding the due queue at start.
@@ -97,12 +88,7 @@ pub trait Store: Send + Sync + 'static {
         until: UnixMs,
         now: UnixMs,
     ) -> StoreResult<Vec<Delivery>>;
-    async fn deliveries_of_message(
-        &self,
-        app_id: &str,
-        msg_id: &str,
-        page: Page,
-    ) -> StoreResult<Listed<DeliveryView>>;
+    async fn deliveries_of_message(&self, app_id: &str, msg_id: &str, page: Page) -> StoreResult<Listed<DeliveryView>>;
     async fn deliveries_of_endpoint(
         &self,
         app_id: &str,
@@ -117,30 +103,16 @@ pub trait Store: Send + Sync + 'static {
         filter: ListFilter,
         page: Page,
     ) -> StoreResult<Listed<Attempt>>;
-    async fn get_attempt(
-        &self,
-        app_id: &str,
-        msg_id: &str,
-        attempt_id: &str,
-    ) -> StoreResult<Attempt>;
+    async fn get_attempt(&self, app_id: &str, msg_id: &str, attempt_id: &str) -> StoreResult<Attempt>;
 
     // Idempotency and tokens.
-    async fn idempotent_response(
-        &self,
-        key: &str,
-        since: UnixMs,
-    ) -> StoreResult<Option<IdempotentResponse>>;
+    async fn idempotent_response(&self, key: &str, since: UnixMs) -> StoreResult<Option<IdempotentResponse>>;
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()>;
     /// Forgets idempotent answers older than `before`; returns how many.
     async fn purge_idempotent_responses(&self, before: UnixMs) -> StoreResult<usize>;
     /// SHA-256 hashes of the admin tokens.
     async fn admin_token_hashes(&self) -> StoreResult<Vec<[u8; 32]>>;
-    async fn add_admin_token_hash(
-        &self,
-        id: String,
-        hash: [u8; 32],
-        now: UnixMs,
-    ) -> StoreResult<()>;
+    async fn add_admin_token_hash(&self, id: String, hash: [u8; 32], now: UnixMs) -> StoreResult<()>;
 }
 
 /// Which attempts a listing covers.

@@ -17,14 +17,8 @@ async fn acknowledged_writes_survive_reopening() {
     {
         let store = SqliteStore::open(dir.path()).unwrap();
         store.create_app(app.clone()).await.unwrap();
-        let ep = store
-            .create_endpoint(conformance::endpoint(&app.id, 2))
-            .await
-            .unwrap();
-        store
-            .publish(conformance::publish(&app.id, &[&ep.id], None, 3))
-            .await
-            .unwrap();
+        let ep = store.create_endpoint(conformance::endpoint(&app.id, 2)).await.unwrap();
+        store.publish(conformance::publish(&app.id, &[&ep.id], None, 3)).await.unwrap();
     }
     let reopened = SqliteStore::open(dir.path()).unwrap();
     assert_eq!(reopened.get_app("kept").await.unwrap(), app);
@@ -36,23 +30,12 @@ async fn concurrent_writes_share_commits_and_all_land() {
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(SqliteStore::open(dir.path()).unwrap());
     let app = store.create_app(conformance::app(1, None)).await.unwrap();
-    let ep = store
-        .create_endpoint(conformance::endpoint(&app.id, 1))
-        .await
-        .unwrap();
+    let ep = store.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
     let mut tasks = Vec::new();
     for n in 0..200 {
         let (store, app_id, ep_id) = (store.clone(), app.id.clone(), ep.id.clone());
         tasks.push(tokio::spawn(async move {
-            store
-                .publish(conformance::publish(
-                    &app_id,
-                    &[&ep_id],
-                    Some(&format!("evt_{n}")),
-                    10 + n,
-                ))
-                .await
-                .unwrap();
+            store.publish(conformance::publish(&app_id, &[&ep_id], Some(&format!("evt_{n}")), 10 + n)).await.unwrap();
         }));
     }
     for t in tasks {

@@ -1,16 +1,12 @@
 //! `/api/v1/app`: applications, one per merchant.
 
-use super::{
-    check_uid, listed, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared,
-};
+use super::{check_uid, listed, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
 use crate::error::{ApiError, ApiResult};
-use crate::wire::{
-    ApplicationIn, ApplicationOut, ApplicationPatch, EndpointSecretOut, ListResponse,
-};
+use crate::wire::{ApplicationIn, ApplicationOut, ApplicationPatch, EndpointSecretOut, ListResponse};
 use axum::http::StatusCode;
 use axum::routing::{get, MethodRouter};
 use axum::Json;
-use hookline_core::id::prefix;
+use hookline_core::id::{has_prefix, prefix};
 use hookline_core::signature::{Secret, SECRET_BYTES_GENERATED};
 use hookline_store::{App, StoreError};
 use std::sync::Arc;
@@ -18,10 +14,7 @@ use std::sync::Arc;
 pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
     vec![
         ("/api/v1/app", get(list).post(create)),
-        (
-            "/api/v1/app/{app_id}",
-            get(read).put(replace).patch(patch).delete(remove),
-        ),
+        ("/api/v1/app/{app_id}", get(read).put(replace).patch(patch).delete(remove)),
         ("/api/v1/app/{app_id}/secret", get(secret)),
     ]
 }
@@ -36,9 +29,7 @@ fn check(input: &ApplicationIn) -> ApiResult<()> {
     }
     check_uid(&input.uid)?;
     if let Some(policy) = &input.retry_policy {
-        policy
-            .validate()
-            .map_err(|e| ApiError::field("retryPolicy", e.to_string()))?;
+        policy.validate().map_err(|e| ApiError::field("retryPolicy", e.to_string()))?;
     }
     Ok(())
 }
@@ -58,11 +49,7 @@ pub async fn create_app(state: &AppState, input: ApplicationIn) -> ApiResult<App
         created_at: now,
         updated_at: now,
     };
-    state
-        .store
-        .create_app(app)
-        .await
-        .map_err(ApiError::from_store("application"))
+    state.store.create_app(app).await.map_err(ApiError::from_store("application"))
 }
 
 async fn create(
@@ -87,54 +74,46 @@ async fn list(
     state: Shared,
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<ListResponse<ApplicationOut>>> {
-    let apps = state
-        .store
-        .list_apps(query.page(false)?)
-        .await
-        .map_err(ApiError::from_store("application"))?;
+    let apps = state.store.list_apps(query.page(false)?).await.map_err(ApiError::from_store("application"))?;
     Ok(Json(listed(apps, |a| a.id.clone(), views::app)))
 }
 
 /// Finds an application by id or uid; every app-scoped route starts here.
 pub async fn find(state: &AppState, key: &str) -> ApiResult<App> {
-    state
-        .store
-        .get_app(key)
-        .await
-        .map_err(ApiError::from_store("application"))
+    state.store.get_app(key).await.map_err(ApiError::from_store("application"))
 }
 
-async fn read(
-    state: Shared,
-    PathParams(app_id): PathParams<String>,
-) -> ApiResult<Json<ApplicationOut>> {
+async fn read(state: Shared, PathParams(app_id): PathParams<String>) -> ApiResult<Json<ApplicationOut>> {
     Ok(Json(views::app(find(&state, &app_id).await?)))
 }
 
 async fn save(state: &AppState, app: App) -> ApiResult<Json<ApplicationOut>> {
-    let saved = state
-        .store
-        .update_app(app)
-        .await
-        .map_err(ApiError::from_store("application"))?;
+    let saved = state.store.update_app(app).await.map_err(ApiError::from_store("application"))?;
     state.engine.catalog.invalidate(&saved.id);
     Ok(Json(views::app(saved)))
 }
 
+/// PUT is Svix's upsert: an unknown key that is not an app id creates the app with it as uid.
 async fn replace(
     state: Shared,
     PathParams(app_id): PathParams<String>,
-    JsonBody(input): JsonBody<ApplicationIn>,
-) -> ApiResult<Json<ApplicationOut>> {
+    JsonBody(mut input): JsonBody<ApplicationIn>,
+) -> ApiResult<(StatusCode, Json<ApplicationOut>)> {
     check(&input)?;
-    let mut app = find(&state, &app_id).await?;
+    let mut app = match find(&state, &app_id).await {
+        Err(ApiError::NotFound(_)) if !has_prefix(&app_id, prefix::APP) => {
+            input.uid = Some(app_id);
+            return Ok((StatusCode::CREATED, Json(views::app(create_app(&state, input).await?))));
+        }
+        other => other?,
+    };
     app.name = input.name;
     app.uid = input.uid;
     app.throttle_rate = input.throttle_rate;
     app.metadata = input.metadata.unwrap_or_default();
     app.retry_policy = input.retry_policy;
     app.updated_at = state.now();
-    save(&state, app).await
+    Ok((StatusCode::OK, save(&state, app).await?))
 }
 
 async fn patch(
@@ -172,21 +151,12 @@ async fn patch(
 
 async fn remove(state: Shared, PathParams(app_id): PathParams<String>) -> ApiResult<StatusCode> {
     let app = find(&state, &app_id).await?;
-    state
-        .store
-        .delete_app(&app.id)
-        .await
-        .map_err(ApiError::from_store("application"))?;
+    state.store.delete_app(&app.id).await.map_err(ApiError::from_store("application"))?;
     state.engine.catalog.invalidate(&app.id);
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Hookline: the secret that signs deliveries to per-message callback URLs.
-async fn secret(
-    state: Shared,
-    PathParams(app_id): PathParams<String>,
-) -> ApiResult<Json<EndpointSecretOut>> {
-    Ok(Json(EndpointSecretOut {
-        key: find(&state, &app_id).await?.secret,
-    }))
+async fn secret(state: Shared, PathParams(app_id): PathParams<String>) -> ApiResult<Json<EndpointSecretOut>> {
+    Ok(Json(EndpointSecretOut { key: find(&state, &app_id).await?.secret }))
 }

@@ -1,15 +1,13 @@
 //! `/api/v1/app/{app_id}/endpoint`: merchants' URLs, their subscriptions, secrets and headers.
 
 use super::apps::{find as find_app, new_secret};
-use super::{
-    check_uid, listed, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared,
-};
+use super::{check_uid, listed, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::*;
 use axum::http::StatusCode;
 use axum::routing::{get, post, MethodRouter};
 use axum::Json;
-use hookline_core::id::prefix;
+use hookline_core::id::{has_prefix, prefix};
 use hookline_core::signature::{Secret, SignatureScheme};
 use hookline_core::ssrf::check_url;
 use hookline_store::{Endpoint, StoredSecret};
@@ -32,49 +30,23 @@ const RESERVED_HEADERS: &[&str] = &[
     "stripe-signature",
 ];
 /// Headers whose values the API never shows back.
-const SENSITIVE_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "cookie",
-    "x-api-key",
-];
+const SENSITIVE_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "x-api-key"];
 
 pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
     vec![
         ("/api/v1/app/{app_id}/endpoint", get(list).post(create)),
-        (
-            "/api/v1/app/{app_id}/endpoint/{endpoint_id}",
-            get(read).put(replace).patch(patch).delete(remove),
-        ),
-        (
-            "/api/v1/app/{app_id}/endpoint/{endpoint_id}/secret",
-            get(secret),
-        ),
-        (
-            "/api/v1/app/{app_id}/endpoint/{endpoint_id}/secret/rotate",
-            post(rotate),
-        ),
-        (
-            "/api/v1/app/{app_id}/endpoint/{endpoint_id}/headers",
-            get(headers).put(replace_headers).patch(patch_headers),
-        ),
-        (
-            "/api/v1/app/{app_id}/endpoint/{endpoint_id}/recover",
-            post(recover),
-        ),
+        ("/api/v1/app/{app_id}/endpoint/{endpoint_id}", get(read).put(replace).patch(patch).delete(remove)),
+        ("/api/v1/app/{app_id}/endpoint/{endpoint_id}/secret", get(secret)),
+        ("/api/v1/app/{app_id}/endpoint/{endpoint_id}/secret/rotate", post(rotate)),
+        ("/api/v1/app/{app_id}/endpoint/{endpoint_id}/headers", get(headers).put(replace_headers).patch(patch_headers)),
+        ("/api/v1/app/{app_id}/endpoint/{endpoint_id}/recover", post(recover)),
     ]
 }
 
 fn check_list(field: &str, items: &Option<Vec<String>>) -> ApiResult<()> {
     if let Some(items) = items {
-        if items.is_empty()
-            || items.len() > 256
-            || items.iter().any(|i| i.is_empty() || i.len() > 256)
-        {
-            return Err(ApiError::field(
-                field,
-                format!("{field} must hold 1 to 256 non-empty names"),
-            ));
+        if items.is_empty() || items.len() > 256 || items.iter().any(|i| i.is_empty() || i.len() > 256) {
+            return Err(ApiError::field(field, format!("{field} must hold 1 to 256 non-empty names")));
         }
     }
     Ok(())
@@ -82,25 +54,16 @@ fn check_list(field: &str, items: &Option<Vec<String>>) -> ApiResult<()> {
 
 fn check_headers(headers: &BTreeMap<String, String>) -> ApiResult<()> {
     if headers.len() > HEADERS_MAX {
-        return Err(ApiError::field(
-            "headers",
-            format!("at most {HEADERS_MAX} headers"),
-        ));
+        return Err(ApiError::field("headers", format!("at most {HEADERS_MAX} headers")));
     }
     for (name, value) in headers {
         if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
             || axum::http::HeaderValue::from_str(value).is_err()
         {
-            return Err(ApiError::field(
-                "headers",
-                format!("`{name}` is not a valid header"),
-            ));
+            return Err(ApiError::field("headers", format!("`{name}` is not a valid header")));
         }
         if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
-            return Err(ApiError::field(
-                "headers",
-                format!("`{name}` is set by Hookline and cannot be overridden"),
-            ));
+            return Err(ApiError::field("headers", format!("`{name}` is set by Hookline and cannot be overridden")));
         }
     }
     Ok(())
@@ -114,23 +77,15 @@ fn check(state: &AppState, e: &Endpoint) -> ApiResult<()> {
     check_list("channels", &e.channels)?;
     check_headers(&e.headers)?;
     if e.description.len() > 4096 {
-        return Err(ApiError::field(
-            "description",
-            "description is longer than 4096 bytes",
-        ));
+        return Err(ApiError::field("description", "description is longer than 4096 bytes"));
     }
     if let SignatureScheme::HmacSha256Hex { header } = &e.signature_scheme {
         if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-            return Err(ApiError::field(
-                "signatureScheme",
-                "header must be a valid header name",
-            ));
+            return Err(ApiError::field("signatureScheme", "header must be a valid header name"));
         }
     }
     if let Some(policy) = &e.retry_policy {
-        policy
-            .validate()
-            .map_err(|err| ApiError::field("retryPolicy", err.to_string()))?;
+        policy.validate().map_err(|err| ApiError::field("retryPolicy", err.to_string()))?;
     }
     Ok(())
 }
@@ -147,7 +102,12 @@ async fn create(
     PathParams(app_id): PathParams<String>,
     JsonBody(input): JsonBody<EndpointIn>,
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
-    let app = find_app(&state, &app_id).await?;
+    let created = create_endpoint(&state, &app_id, input).await?;
+    Ok((StatusCode::CREATED, Json(views::endpoint(created))))
+}
+
+async fn create_endpoint(state: &AppState, app_id: &str, input: EndpointIn) -> ApiResult<Endpoint> {
+    let app = find_app(state, app_id).await?;
     let now = state.now();
     let secret = parse_secret(input.secret)?;
     let endpoint = Endpoint {
@@ -162,23 +122,16 @@ async fn create(
         throttle_rate: input.throttle_rate,
         metadata: input.metadata.unwrap_or_default(),
         headers: input.headers.unwrap_or_default(),
-        secrets: vec![StoredSecret {
-            text: secret.as_str().to_owned(),
-            expires_at: None,
-        }],
+        secrets: vec![StoredSecret { text: secret.as_str().to_owned(), expires_at: None }],
         signature_scheme: input.signature_scheme.unwrap_or_default(),
         retry_policy: input.retry_policy,
         created_at: now,
         updated_at: now,
     };
-    check(&state, &endpoint)?;
-    let created = state
-        .store
-        .create_endpoint(endpoint)
-        .await
-        .map_err(ApiError::from_store("endpoint"))?;
+    check(state, &endpoint)?;
+    let created = state.store.create_endpoint(endpoint).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&app.id);
-    Ok((StatusCode::CREATED, Json(views::endpoint(created))))
+    Ok(created)
 }
 
 async fn list(
@@ -187,58 +140,50 @@ async fn list(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<ListResponse<EndpointOut>>> {
     let app = find_app(&state, &app_id).await?;
-    let endpoints = state
-        .store
-        .list_endpoints(&app.id, query.page(false)?)
-        .await
-        .map_err(ApiError::from_store("endpoint"))?;
+    let endpoints =
+        state.store.list_endpoints(&app.id, query.page(false)?).await.map_err(ApiError::from_store("endpoint"))?;
     Ok(Json(listed(endpoints, |e| e.id.clone(), views::endpoint)))
 }
 
 /// Finds an endpoint of an application, both by id or uid.
 pub async fn find(state: &AppState, app_id: &str, endpoint_id: &str) -> ApiResult<Endpoint> {
     let app = find_app(state, app_id).await?;
-    state
-        .store
-        .get_endpoint(&app.id, endpoint_id)
-        .await
-        .map_err(ApiError::from_store("endpoint"))
+    state.store.get_endpoint(&app.id, endpoint_id).await.map_err(ApiError::from_store("endpoint"))
 }
 
 async fn read(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
 ) -> ApiResult<Json<EndpointOut>> {
-    Ok(Json(views::endpoint(
-        find(&state, &app_id, &endpoint_id).await?,
-    )))
+    Ok(Json(views::endpoint(find(&state, &app_id, &endpoint_id).await?)))
 }
 
 async fn save(state: &AppState, mut endpoint: Endpoint) -> ApiResult<Endpoint> {
     check(state, &endpoint)?;
     endpoint.updated_at = state.now();
-    let saved = state
-        .store
-        .update_endpoint(endpoint)
-        .await
-        .map_err(ApiError::from_store("endpoint"))?;
+    let saved = state.store.update_endpoint(endpoint).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&saved.app_id);
     Ok(saved)
 }
 
-/// PUT: Svix's `EndpointUpdate`; the secret is changed only through `/secret/rotate`.
+/// PUT is Svix's upsert: an unknown key that is not an endpoint id creates the endpoint
+/// with it as uid. The secret of an existing endpoint changes only through `/secret/rotate`.
 async fn replace(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
-    JsonBody(input): JsonBody<EndpointIn>,
-) -> ApiResult<Json<EndpointOut>> {
+    JsonBody(mut input): JsonBody<EndpointIn>,
+) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
+    let mut e = match find(&state, &app_id, &endpoint_id).await {
+        Err(ApiError::NotFound("endpoint")) if !has_prefix(&endpoint_id, prefix::ENDPOINT) => {
+            input.uid = Some(endpoint_id);
+            let created = create_endpoint(&state, &app_id, input).await?;
+            return Ok((StatusCode::CREATED, Json(views::endpoint(created))));
+        }
+        other => other?,
+    };
     if input.secret.is_some() {
-        return Err(ApiError::field(
-            "secret",
-            "change a secret with POST …/secret/rotate",
-        ));
+        return Err(ApiError::field("secret", "change a secret with POST …/secret/rotate"));
     }
-    let mut e = find(&state, &app_id, &endpoint_id).await?;
     e.url = input.url;
     e.description = input.description;
     e.disabled = input.disabled.unwrap_or(false);
@@ -252,7 +197,7 @@ async fn replace(
     }
     e.signature_scheme = input.signature_scheme.unwrap_or_default();
     e.retry_policy = input.retry_policy;
-    Ok(Json(views::endpoint(save(&state, e).await?)))
+    Ok((StatusCode::OK, Json(views::endpoint(save(&state, e).await?))))
 }
 
 async fn patch(
@@ -299,11 +244,7 @@ async fn remove(
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let e = find(&state, &app_id, &endpoint_id).await?;
-    state
-        .store
-        .delete_endpoint(&e.app_id, &e.id)
-        .await
-        .map_err(ApiError::from_store("endpoint"))?;
+    state.store.delete_endpoint(&e.app_id, &e.id).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&e.app_id);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -313,73 +254,48 @@ async fn secret(
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
 ) -> ApiResult<Json<EndpointSecretOut>> {
     let e = find(&state, &app_id, &endpoint_id).await?;
-    let current = e
-        .secrets
-        .first()
-        .map(|s| s.text.clone())
-        .ok_or(ApiError::Internal)?;
+    let current = e.secrets.first().map(|s| s.text.clone()).ok_or(ApiError::Internal)?;
     Ok(Json(EndpointSecretOut { key: current }))
 }
 
 /// The new secret signs at once; the previous one keeps signing beside it for the grace
 /// period (24 h by default), so receivers can switch without dropping a delivery.
+/// Answers with the new secret (Svix SDK 2 reads it; older SDKs ignore the body).
 async fn rotate(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
     body: bytes::Bytes,
-) -> ApiResult<StatusCode> {
-    let input: EndpointSecretRotateIn = if body.is_empty() {
-        Default::default()
-    } else {
-        super::parse_json(&body)?
-    };
+) -> ApiResult<Json<EndpointSecretOut>> {
+    let input: EndpointSecretRotateIn = if body.is_empty() { Default::default() } else { super::parse_json(&body)? };
     let mut e = find(&state, &app_id, &endpoint_id).await?;
     let now = state.now();
-    let grace_ms = input
-        .grace_period_seconds
-        .map_or(state.config.delivery.rotation_grace_ms, |s| {
-            s.saturating_mul(1000)
-        });
+    let grace_ms =
+        input.grace_period_seconds.map_or(state.config.delivery.rotation_grace_ms, |s| s.saturating_mul(1000));
     let fresh = parse_secret(input.key)?;
-    let mut secrets = vec![StoredSecret {
-        text: fresh.as_str().to_owned(),
-        expires_at: None,
-    }];
+    let key = fresh.as_str().to_owned();
+    let mut secrets = vec![StoredSecret { text: fresh.as_str().to_owned(), expires_at: None }];
     for (index, old) in e.secrets.into_iter().enumerate() {
-        let expires_at = if index == 0 {
-            Some(now + grace_ms as i64)
-        } else {
-            old.expires_at
-        };
+        let expires_at = if index == 0 { Some(now + grace_ms as i64) } else { old.expires_at };
         if expires_at.is_none_or(|at| at > now) && secrets.len() < SECRETS_MAX {
-            secrets.push(StoredSecret {
-                text: old.text,
-                expires_at,
-            });
+            secrets.push(StoredSecret { text: old.text, expires_at });
         }
     }
     e.secrets = secrets;
     save(&state, e).await?;
-    Ok(StatusCode::NO_CONTENT)
+    Ok(Json(EndpointSecretOut { key }))
 }
 
 fn headers_out(headers: BTreeMap<String, String>) -> EndpointHeadersOut {
-    let (sensitive, shown): (BTreeMap<_, _>, BTreeMap<_, _>) = headers
-        .into_iter()
-        .partition(|(name, _)| SENSITIVE_HEADERS.contains(&name.to_ascii_lowercase().as_str()));
-    EndpointHeadersOut {
-        headers: shown,
-        sensitive: sensitive.into_keys().collect(),
-    }
+    let (sensitive, shown): (BTreeMap<_, _>, BTreeMap<_, _>) =
+        headers.into_iter().partition(|(name, _)| SENSITIVE_HEADERS.contains(&name.to_ascii_lowercase().as_str()));
+    EndpointHeadersOut { headers: shown, sensitive: sensitive.into_keys().collect() }
 }
 
 async fn headers(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
 ) -> ApiResult<Json<EndpointHeadersOut>> {
-    Ok(Json(headers_out(
-        find(&state, &app_id, &endpoint_id).await?.headers,
-    )))
+    Ok(Json(headers_out(find(&state, &app_id, &endpoint_id).await?.headers)))
 }
 
 async fn replace_headers(
@@ -416,18 +332,14 @@ async fn recover(
 ) -> ApiResult<(StatusCode, Json<RecoverOut>)> {
     let e = find(&state, &app_id, &endpoint_id).await?;
     let now = state.now();
-    let since = parse_timestamp(&input.since)
-        .ok_or_else(|| ApiError::field("since", "since must be an RFC 3339 time"))?;
+    let since =
+        parse_timestamp(&input.since).ok_or_else(|| ApiError::field("since", "since must be an RFC 3339 time"))?;
     let until = match input.until.as_deref() {
-        Some(t) => parse_timestamp(t)
-            .ok_or_else(|| ApiError::field("until", "until must be an RFC 3339 time"))?,
+        Some(t) => parse_timestamp(t).ok_or_else(|| ApiError::field("until", "until must be an RFC 3339 time"))?,
         None => now + 1,
     };
-    let restarted = state
-        .store
-        .recover(&e.app_id, &e.id, since, until, now)
-        .await
-        .map_err(ApiError::from_store("endpoint"))?;
+    let restarted =
+        state.store.recover(&e.app_id, &e.id, since, until, now).await.map_err(ApiError::from_store("endpoint"))?;
     let count = restarted.len();
     for delivery in restarted {
         state.engine.enqueue(delivery, None);

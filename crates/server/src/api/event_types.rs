@@ -12,36 +12,23 @@ use std::sync::Arc;
 pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
     vec![
         ("/api/v1/event-type", get(list).post(create)),
-        (
-            "/api/v1/event-type/{event_type_name}",
-            get(read).put(replace).patch(patch).delete(remove),
-        ),
+        ("/api/v1/event-type/{event_type_name}", get(read).put(replace).patch(patch).delete(remove)),
     ]
 }
 
 /// Event type names: letters, digits, `-`, `_` and `.`, up to 256 (`payment.succeeded`).
 fn check_name(name: &str) -> ApiResult<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 256
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    ok.then_some(()).ok_or_else(|| {
-        ApiError::field(
-            "name",
-            "event type names are 1 to 256 letters, digits, `-`, `_` or `.`",
-        )
-    })
+    let ok =
+        !name.is_empty() && name.len() <= 256 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    ok.then_some(())
+        .ok_or_else(|| ApiError::field("name", "event type names are 1 to 256 letters, digits, `-`, `_` or `.`"))
 }
 
 fn flags(many: Option<Vec<String>>, one: Option<String>) -> Option<Vec<String>> {
     many.or_else(|| one.map(|f| vec![f]))
 }
 
-async fn create(
-    state: Shared,
-    JsonBody(input): JsonBody<EventTypeIn>,
-) -> ApiResult<(StatusCode, Json<EventTypeOut>)> {
+async fn create(state: Shared, JsonBody(input): JsonBody<EventTypeIn>) -> ApiResult<(StatusCode, Json<EventTypeOut>)> {
     check_name(&input.name)?;
     let now = state.now();
     let event_type = EventType {
@@ -55,11 +42,7 @@ async fn create(
         created_at: now,
         updated_at: now,
     };
-    let created = state
-        .store
-        .create_event_type(event_type)
-        .await
-        .map_err(ApiError::from_store("event type"))?;
+    let created = state.store.create_event_type(event_type).await.map_err(ApiError::from_store("event type"))?;
     Ok((StatusCode::CREATED, Json(views::event_type(created))))
 }
 
@@ -77,27 +60,16 @@ async fn list(
 }
 
 async fn find(state: &AppState, name: &str) -> ApiResult<EventType> {
-    state
-        .store
-        .get_event_type(name)
-        .await
-        .map_err(ApiError::from_store("event type"))
+    state.store.get_event_type(name).await.map_err(ApiError::from_store("event type"))
 }
 
-async fn read(
-    state: Shared,
-    PathParams(name): PathParams<String>,
-) -> ApiResult<Json<EventTypeOut>> {
+async fn read(state: Shared, PathParams(name): PathParams<String>) -> ApiResult<Json<EventTypeOut>> {
     Ok(Json(views::event_type(find(&state, &name).await?)))
 }
 
 async fn save(state: &AppState, mut event_type: EventType) -> ApiResult<Json<EventTypeOut>> {
     event_type.updated_at = state.now();
-    let saved = state
-        .store
-        .update_event_type(event_type)
-        .await
-        .map_err(ApiError::from_store("event type"))?;
+    let saved = state.store.update_event_type(event_type).await.map_err(ApiError::from_store("event type"))?;
     Ok(Json(views::event_type(saved)))
 }
 
@@ -109,16 +81,11 @@ async fn replace(
 ) -> ApiResult<(StatusCode, Json<EventTypeOut>)> {
     let mut body = input;
     if let Some(map) = body.as_object_mut() {
-        map.entry("name")
-            .or_insert_with(|| serde_json::Value::String(name.clone()));
+        map.entry("name").or_insert_with(|| serde_json::Value::String(name.clone()));
     }
-    let input: EventTypeIn =
-        serde_json::from_value(body).map_err(|e| ApiError::field("body", e.to_string()))?;
+    let input: EventTypeIn = serde_json::from_value(body).map_err(|e| ApiError::field("body", e.to_string()))?;
     if input.name != name {
-        return Err(ApiError::field(
-            "name",
-            "the body's name must match the path",
-        ));
+        return Err(ApiError::field("name", "the body's name must match the path"));
     }
     match find(&state, &name).await {
         Ok(mut existing) => {
@@ -172,11 +139,7 @@ async fn remove(
 ) -> ApiResult<StatusCode> {
     let mut t = find(&state, &name).await?;
     if query.get("expunge").map(String::as_str) == Some("true") {
-        state
-            .store
-            .delete_event_type(&t.name)
-            .await
-            .map_err(ApiError::from_store("event type"))?;
+        state.store.delete_event_type(&t.name).await.map_err(ApiError::from_store("event type"))?;
     } else {
         t.archived = true;
         let _ = save(&state, t).await?;

@@ -4,8 +4,7 @@
 use super::apps::{create_app, find as find_app};
 use super::endpoints::find as find_endpoint;
 use super::{
-    listed, views, AnswerStored, AppState, IdempotencyKey, JsonBody, ListQuery, PathParams,
-    QueryParams, Shared,
+    listed, views, AnswerStored, AppState, IdempotencyKey, JsonBody, ListQuery, PathParams, QueryParams, Shared,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::metrics as m;
@@ -20,8 +19,7 @@ use hookline_core::id::prefix;
 use hookline_core::routing::endpoint_accepts;
 use hookline_core::ssrf::check_url;
 use hookline_store::{
-    App, AttemptScope, Bytes, Delivery, IdempotentResponse, Message, Publish, PublishOutcome,
-    StoreError,
+    App, AttemptScope, Bytes, Delivery, IdempotentResponse, Message, Publish, PublishOutcome, StoreError,
 };
 use std::sync::Arc;
 
@@ -33,71 +31,34 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
     vec![
         ("/api/v1/app/{app_id}/msg", get(list).post(publish)),
         ("/api/v1/app/{app_id}/msg/{msg_id}", get(read)),
-        (
-            "/api/v1/app/{app_id}/msg/{msg_id}/attempt/{attempt_id}",
-            get(read_attempt),
-        ),
-        (
-            "/api/v1/app/{app_id}/msg/{msg_id}/endpoint",
-            get(destinations),
-        ),
-        (
-            "/api/v1/app/{app_id}/msg/{msg_id}/endpoint/{endpoint_id}/resend",
-            post(resend),
-        ),
-        (
-            "/api/v1/app/{app_id}/attempt/msg/{msg_id}",
-            get(attempts_of_message),
-        ),
-        (
-            "/api/v1/app/{app_id}/attempt/endpoint/{endpoint_id}",
-            get(attempts_of_endpoint),
-        ),
-        (
-            "/api/v1/app/{app_id}/endpoint/{endpoint_id}/msg",
-            get(messages_of_endpoint),
-        ),
+        ("/api/v1/app/{app_id}/msg/{msg_id}/attempt/{attempt_id}", get(read_attempt)),
+        ("/api/v1/app/{app_id}/msg/{msg_id}/endpoint", get(destinations)),
+        ("/api/v1/app/{app_id}/msg/{msg_id}/endpoint/{endpoint_id}/resend", post(resend)),
+        ("/api/v1/app/{app_id}/attempt/msg/{msg_id}", get(attempts_of_message)),
+        ("/api/v1/app/{app_id}/attempt/endpoint/{endpoint_id}", get(attempts_of_endpoint)),
+        ("/api/v1/app/{app_id}/endpoint/{endpoint_id}/msg", get(messages_of_endpoint)),
     ]
 }
 
 fn check(input: &MessageIn) -> ApiResult<()> {
-    let name_ok =
-        |s: &str, max| !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control);
+    let name_ok = |s: &str, max| !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control);
     if !name_ok(&input.event_type, EVENT_TYPE_BYTES_MAX) {
-        return Err(ApiError::field(
-            "eventType",
-            "eventType must be 1 to 256 printable characters",
-        ));
+        return Err(ApiError::field("eventType", "eventType must be 1 to 256 printable characters"));
     }
-    if input
-        .event_id
-        .as_deref()
-        .is_some_and(|id| !name_ok(id, EVENT_ID_BYTES_MAX))
-    {
-        return Err(ApiError::field(
-            "eventId",
-            "eventId must be 1 to 256 printable characters",
-        ));
+    if input.event_id.as_deref().is_some_and(|id| !name_ok(id, EVENT_ID_BYTES_MAX)) {
+        return Err(ApiError::field("eventId", "eventId must be 1 to 256 printable characters"));
     }
     if !input.payload.get().trim_start().starts_with('{') {
         return Err(ApiError::field("payload", "payload must be a JSON object"));
     }
-    if input
-        .channels
-        .as_ref()
-        .is_some_and(|c| c.len() > CHANNELS_MAX || c.iter().any(|c| c.is_empty()))
-    {
+    if input.channels.as_ref().is_some_and(|c| c.len() > CHANNELS_MAX || c.iter().any(|c| c.is_empty())) {
         return Err(ApiError::field("channels", "at most 10 non-empty channels"));
     }
     Ok(())
 }
 
 /// The application a message goes to, created on the fly when the body carries one.
-async fn target_app(
-    state: &AppState,
-    app_key: &str,
-    inline: Option<ApplicationIn>,
-) -> ApiResult<App> {
+async fn target_app(state: &AppState, app_key: &str, inline: Option<ApplicationIn>) -> ApiResult<App> {
     match (find_app(state, app_key).await, inline) {
         (Ok(app), _) => Ok(app),
         (Err(ApiError::NotFound(_)), Some(mut inline)) => {
@@ -120,24 +81,17 @@ async fn publish(
 ) -> ApiResult<Response> {
     check(&input)?;
     let now = state.now();
-    let deliver_at =
-        match input.deliver_at.as_deref() {
-            Some(t) => Some(parse_timestamp(t).ok_or_else(|| {
-                ApiError::field("deliverAt", "deliverAt must be an RFC 3339 time")
-            })?),
-            None => None,
-        };
+    let deliver_at = match input.deliver_at.as_deref() {
+        Some(t) => {
+            Some(parse_timestamp(t).ok_or_else(|| ApiError::field("deliverAt", "deliverAt must be an RFC 3339 time"))?)
+        }
+        None => None,
+    };
     if let Some(url) = &input.callback_url {
-        check_url(url, &state.addresses)
-            .map_err(|e| ApiError::field("callbackUrl", e.to_string()))?;
+        check_url(url, &state.addresses).map_err(|e| ApiError::field("callbackUrl", e.to_string()))?;
     }
     let app = target_app(&state, &app_key, input.application).await?;
-    let endpoints = state
-        .engine
-        .catalog
-        .endpoints(&app.id)
-        .await
-        .map_err(ApiError::from_store("endpoint"))?;
+    let endpoints = state.engine.catalog.endpoints(&app.id).await.map_err(ApiError::from_store("endpoint"))?;
     let message = Arc::new(Message {
         id: state.new_id(prefix::MESSAGE),
         app_id: app.id.clone(),
@@ -179,39 +133,22 @@ async fn publish(
     if message.callback_url.is_some() {
         deliveries.push(delivery(None));
     }
-    let body = serde_json::to_vec(&views::message(
-        (*message).clone(),
-        query.with_content.unwrap_or(true),
-    ))
-    .map_err(|_| ApiError::Internal)?;
+    let body = serde_json::to_vec(&views::message((*message).clone(), query.with_content.unwrap_or(true)))
+        .map_err(|_| ApiError::Internal)?;
     let answer = idempotency.map(|Extension(IdempotencyKey(key))| IdempotentResponse {
         key,
         status: StatusCode::ACCEPTED.as_u16(),
         body: Bytes::from(body.clone()),
         created_at: now,
     });
-    let publish = Publish {
-        message: (*message).clone(),
-        deliveries: deliveries.clone(),
-        idempotency: answer,
-    };
-    match state
-        .store
-        .publish(publish)
-        .await
-        .map_err(ApiError::from_store("message"))?
-    {
+    let publish = Publish { message: (*message).clone(), deliveries: deliveries.clone(), idempotency: answer };
+    match state.store.publish(publish).await.map_err(ApiError::from_store("message"))? {
         PublishOutcome::Created => {
             metrics::counter!(m::PUBLISHED).increment(1);
             for d in deliveries {
                 state.engine.enqueue(d, Some(message.clone()));
             }
-            let mut response = (
-                StatusCode::ACCEPTED,
-                [("content-type", "application/json")],
-                body,
-            )
-                .into_response();
+            let mut response = (StatusCode::ACCEPTED, [("content-type", "application/json")], body).into_response();
             response.extensions_mut().insert(AnswerStored);
             Ok(response)
         }
@@ -234,20 +171,12 @@ async fn list(
         .await
         .map_err(ApiError::from_store("message"))?;
     let with_content = query.with_content.unwrap_or(true);
-    Ok(Json(listed(
-        messages,
-        |m| m.id.clone(),
-        |m| views::message(m, with_content),
-    )))
+    Ok(Json(listed(messages, |m| m.id.clone(), |m| views::message(m, with_content))))
 }
 
 async fn find_message(state: &AppState, app_key: &str, msg_id: &str) -> ApiResult<(App, Message)> {
     let app = find_app(state, app_key).await?;
-    let message = state
-        .store
-        .get_message(&app.id, msg_id)
-        .await
-        .map_err(ApiError::from_store("message"))?;
+    let message = state.store.get_message(&app.id, msg_id).await.map_err(ApiError::from_store("message"))?;
     Ok((app, message))
 }
 
@@ -257,10 +186,7 @@ async fn read(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<MessageOut>> {
     let (_, message) = find_message(&state, &app_key, &msg_id).await?;
-    Ok(Json(views::message(
-        message,
-        query.with_content.unwrap_or(true),
-    )))
+    Ok(Json(views::message(message, query.with_content.unwrap_or(true))))
 }
 
 async fn read_attempt(
@@ -268,11 +194,8 @@ async fn read_attempt(
     PathParams((app_key, msg_id, attempt_id)): PathParams<(String, String, String)>,
 ) -> ApiResult<Json<MessageAttemptOut>> {
     let (app, message) = find_message(&state, &app_key, &msg_id).await?;
-    let attempt = state
-        .store
-        .get_attempt(&app.id, &message.id, &attempt_id)
-        .await
-        .map_err(ApiError::from_store("attempt"))?;
+    let attempt =
+        state.store.get_attempt(&app.id, &message.id, &attempt_id).await.map_err(ApiError::from_store("attempt"))?;
     Ok(Json(views::attempt(attempt)))
 }
 
@@ -284,12 +207,7 @@ async fn attempts_of_message(
     let (app, message) = find_message(&state, &app_key, &msg_id).await?;
     let attempts = state
         .store
-        .list_attempts(
-            &app.id,
-            AttemptScope::Message(&message.id),
-            query.filter()?,
-            query.page(true)?,
-        )
+        .list_attempts(&app.id, AttemptScope::Message(&message.id), query.filter()?, query.page(true)?)
         .await
         .map_err(ApiError::from_store("message"))?;
     Ok(Json(listed(attempts, |a| a.id.clone(), views::attempt)))
@@ -303,12 +221,7 @@ async fn attempts_of_endpoint(
     let endpoint = find_endpoint(&state, &app_key, &endpoint_id).await?;
     let attempts = state
         .store
-        .list_attempts(
-            &endpoint.app_id,
-            AttemptScope::Endpoint(&endpoint.id),
-            query.filter()?,
-            query.page(true)?,
-        )
+        .list_attempts(&endpoint.app_id, AttemptScope::Endpoint(&endpoint.id), query.filter()?, query.page(true)?)
         .await
         .map_err(ApiError::from_store("endpoint"))?;
     Ok(Json(listed(attempts, |a| a.id.clone(), views::attempt)))
@@ -336,20 +249,11 @@ async fn destinations(
                 endpoint: views::endpoint(endpoint),
                 status: v.delivery.state.code(),
                 status_text: v.delivery.state.text(),
-                next_attempt: v
-                    .delivery
-                    .next_at
-                    .filter(|_| !v.delivery.state.is_final())
-                    .map(timestamp),
+                next_attempt: v.delivery.next_at.filter(|_| !v.delivery.state.is_final()).map(timestamp),
             })
         })
         .collect();
-    Ok(Json(ListResponse {
-        data,
-        iterator: out.iterator,
-        prev_iterator: out.prev_iterator,
-        done: out.done,
-    }))
+    Ok(Json(ListResponse { data, iterator: out.iterator, prev_iterator: out.prev_iterator, done: out.done }))
 }
 
 /// What an endpoint was sent: each message with the delivery's status and next attempt.
@@ -362,12 +266,7 @@ async fn messages_of_endpoint(
     let with_content = query.with_content.unwrap_or(true);
     let found = state
         .store
-        .deliveries_of_endpoint(
-            &endpoint.app_id,
-            &endpoint.id,
-            query.filter()?,
-            query.page(true)?,
-        )
+        .deliveries_of_endpoint(&endpoint.app_id, &endpoint.id, query.filter()?, query.page(true)?)
         .await
         .map_err(ApiError::from_store("endpoint"))?;
     let out = listed(found, |v| v.delivery.id.clone(), |v| v);
@@ -379,43 +278,28 @@ async fn messages_of_endpoint(
                 message: views::message(v.message?, with_content),
                 status: v.delivery.state.code(),
                 status_text: v.delivery.state.text(),
-                next_attempt: v
-                    .delivery
-                    .next_at
-                    .filter(|_| !v.delivery.state.is_final())
-                    .map(timestamp),
+                next_attempt: v.delivery.next_at.filter(|_| !v.delivery.state.is_final()).map(timestamp),
             })
         })
         .collect();
-    Ok(Json(ListResponse {
-        data,
-        iterator: out.iterator,
-        prev_iterator: out.prev_iterator,
-        done: out.done,
-    }))
+    Ok(Json(ListResponse { data, iterator: out.iterator, prev_iterator: out.prev_iterator, done: out.done }))
 }
 
 /// Sends the message to the endpoint again now, with a fresh retry cycle.
 async fn resend(
     state: Shared,
     PathParams((app_key, msg_id, endpoint_id)): PathParams<(String, String, String)>,
-) -> ApiResult<StatusCode> {
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let (app, message) = find_message(&state, &app_key, &msg_id).await?;
     let endpoint = find_endpoint(&state, &app.id, &endpoint_id).await?;
     let delivery = state
         .store
-        .resend(
-            &app.id,
-            &message.id,
-            &endpoint.id,
-            state.new_id(prefix::DELIVERY),
-            state.now(),
-        )
+        .resend(&app.id, &message.id, &endpoint.id, state.new_id(prefix::DELIVERY), state.now())
         .await
         .map_err(|e| match e {
             StoreError::NotFound => ApiError::NotFound("message or endpoint"),
             other => ApiError::from_store("message")(other),
         })?;
     state.engine.enqueue(delivery, Some(Arc::new(message)));
-    Ok(StatusCode::ACCEPTED)
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({}))))
 }

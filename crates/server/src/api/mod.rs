@@ -59,35 +59,20 @@ impl AppState {
 
 /// Registers a route with and without its trailing slash: the SDKs call without it,
 /// the Svix documentation shows it with.
-fn both(
-    router: Router<Arc<AppState>>,
-    path: &str,
-    handler: MethodRouter<Arc<AppState>>,
-) -> Router<Arc<AppState>> {
-    router
-        .route(path, handler.clone())
-        .route(&format!("{path}/"), handler)
+fn both(router: Router<Arc<AppState>>, path: &str, handler: MethodRouter<Arc<AppState>>) -> Router<Arc<AppState>> {
+    router.route(path, handler.clone()).route(&format!("{path}/"), handler)
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
     let mut api = Router::new();
-    for (path, handler) in apps::routes()
-        .into_iter()
-        .chain(endpoints::routes())
-        .chain(event_types::routes())
-        .chain(messages::routes())
+    for (path, handler) in
+        apps::routes().into_iter().chain(endpoints::routes()).chain(event_types::routes()).chain(messages::routes())
     {
         api = both(api, path, handler);
     }
     let api = api
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            idempotency,
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            authenticate,
-        ));
+        .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let mut public = Router::new();
     for (path, handler) in ops::routes() {
         public = both(public, path, handler);
@@ -96,9 +81,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(api)
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
-        .layer(axum::extract::DefaultBodyLimit::max(
-            state.config.api.body_bytes_max,
-        ))
+        .layer(axum::extract::DefaultBodyLimit::max(state.config.api.body_bytes_max))
         .with_state(state)
 }
 
@@ -111,19 +94,13 @@ async fn authenticate(State(state): Shared, request: Request, next: Next) -> Res
         .headers()
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|t| hash_token(t.trim()));
     let Some(given) = given else {
         return ApiError::Unauthorized.into_response();
     };
     // Compare against every token in constant time, without stopping at a match.
-    let matched = state
-        .admin_token_hashes
-        .iter()
-        .fold(0u8, |any, known| any | known.ct_eq(&given).unwrap_u8());
+    let matched = state.admin_token_hashes.iter().fold(0u8, |any, known| any | known.ct_eq(&given).unwrap_u8());
     if matched == 1 {
         next.run(request).await
     } else {
@@ -141,19 +118,10 @@ pub struct AnswerStored;
 
 async fn idempotency(State(state): Shared, mut request: Request, next: Next) -> Response {
     let key = (request.method() == Method::POST)
-        .then(|| {
-            request
-                .headers()
-                .get("idempotency-key")
-                .and_then(|v| v.to_str().ok())
-        })
+        .then(|| request.headers().get("idempotency-key").and_then(|v| v.to_str().ok()))
         .flatten()
         .map(|key| {
-            let scoped = Sha256::digest(format!(
-                "{} {}",
-                request.uri().path().trim_end_matches('/'),
-                key
-            ));
+            let scoped = Sha256::digest(format!("{} {}", request.uri().path().trim_end_matches('/'), key));
             hex::encode(scoped)
         });
     let Some(key) = key else {
@@ -205,15 +173,13 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let limit = state.config.api.body_bytes_max;
-        let bytes = Bytes::from_request(request, state)
-            .await
-            .map_err(|rejection| {
-                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge(limit)
-                } else {
-                    ApiError::BadRequest(rejection.body_text())
-                }
-            })?;
+        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge(limit)
+            } else {
+                ApiError::BadRequest(rejection.body_text())
+            }
+        })?;
         parse_json(&bytes).map(JsonBody)
     }
 }
@@ -276,20 +242,11 @@ impl ListQuery {
             Some("descending") => true,
             Some("ascending") => false,
             Some(other) => {
-                return Err(ApiError::BadRequest(format!(
-                    "order must be `ascending` or `descending`, not `{other}`"
-                )))
+                return Err(ApiError::BadRequest(format!("order must be `ascending` or `descending`, not `{other}`")))
             }
         };
-        let limit = self
-            .limit
-            .unwrap_or(LIST_LIMIT_DEFAULT)
-            .clamp(1, LIST_LIMIT_MAX);
-        Ok(Page {
-            limit,
-            iterator: self.iterator.clone().filter(|i| !i.is_empty()),
-            descending,
-        })
+        let limit = self.limit.unwrap_or(LIST_LIMIT_DEFAULT).clamp(1, LIST_LIMIT_MAX);
+        Ok(Page { limit, iterator: self.iterator.clone().filter(|i| !i.is_empty()), descending })
     }
 
     pub fn filter(&self) -> ApiResult<hookline_store::ListFilter> {
@@ -297,9 +254,8 @@ impl ListQuery {
             value
                 .as_deref()
                 .map(|t| {
-                    crate::wire::parse_timestamp(t).ok_or_else(|| {
-                        ApiError::BadRequest(format!("{name} must be an RFC 3339 time"))
-                    })
+                    crate::wire::parse_timestamp(t)
+                        .ok_or_else(|| ApiError::BadRequest(format!("{name} must be an RFC 3339 time")))
                 })
                 .transpose()
         };
@@ -312,12 +268,10 @@ impl ListQuery {
             .transpose()?;
         Ok(hookline_store::ListFilter {
             status,
-            event_types: self.event_types.as_ref().map(|t| {
-                t.split(',')
-                    .map(str::to_owned)
-                    .filter(|s| !s.is_empty())
-                    .collect()
-            }),
+            event_types: self
+                .event_types
+                .as_ref()
+                .map(|t| t.split(',').map(str::to_owned).filter(|s| !s.is_empty()).collect()),
             channel: self.channel.clone(),
             before: time("before", &self.before)?,
             after: time("after", &self.after)?,
@@ -344,16 +298,10 @@ pub fn listed<T, O>(
 /// Checks a user-given `uid`: Svix allows letters, digits, `-`, `_` and `.`, up to 256.
 pub fn check_uid(uid: &Option<String>) -> ApiResult<()> {
     if let Some(uid) = uid {
-        let ok = !uid.is_empty()
-            && uid.len() <= 256
-            && uid
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        let ok =
+            !uid.is_empty() && uid.len() <= 256 && uid.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !ok {
-            return Err(ApiError::field(
-                "uid",
-                "uid must be 1 to 256 letters, digits, `-`, `_` or `.`",
-            ));
+            return Err(ApiError::field("uid", "uid must be 1 to 256 letters, digits, `-`, `_` or `.`"));
         }
     }
     Ok(())

@@ -8,17 +8,8 @@ use std::sync::Arc;
 
 pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
     vec![
-        (
-            "/api/v1/health",
-            get(|| async { Json(HealthOut { status: "ok" }) }),
-        ),
-        (
-            "/metrics",
-            get(|| async { crate::metrics::handle().render() }),
-        ),
-        (
-            "/api/v1/openapi.json",
-            get(|| async { Json(crate::openapi::document()) }),
-        ),
+        ("/api/v1/health", get(|| async { Json(HealthOut { status: "ok" }) })),
+        ("/metrics", get(|| async { crate::metrics::handle().render() })),
+        ("/api/v1/openapi.json", get(|| async { Json(crate::openapi::document()) })),
     ]
 }

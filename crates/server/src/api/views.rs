@@ -57,9 +57,7 @@ pub fn event_type(t: EventType) -> EventTypeOut {
 /// The payload as stored; `{}` when content is not requested.
 pub fn message(m: Message, with_content: bool) -> MessageOut {
     let payload = if with_content {
-        String::from_utf8(m.payload.to_vec())
-            .ok()
-            .and_then(|text| RawValue::from_string(text).ok())
+        String::from_utf8(m.payload.to_vec()).ok().and_then(|text| RawValue::from_string(text).ok())
     } else {
         None
     };

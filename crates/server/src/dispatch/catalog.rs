@@ -13,11 +13,7 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn new(store: Arc<dyn Store>) -> Catalog {
-        Catalog {
-            store,
-            apps: RwLock::default(),
-            endpoints: RwLock::default(),
-        }
+        Catalog { store, apps: RwLock::default(), endpoints: RwLock::default() }
     }
 
     /// The application by id (not uid).
@@ -26,10 +22,7 @@ impl Catalog {
             return Ok(app.clone());
         }
         let app = Arc::new(self.store.get_app(app_id).await?);
-        self.apps
-            .write()
-            .expect("catalog lock")
-            .insert(app.id.clone(), app.clone());
+        self.apps.write().expect("catalog lock").insert(app.id.clone(), app.clone());
         Ok(app)
     }
 
@@ -37,32 +30,14 @@ impl Catalog {
         if let Some(list) = self.endpoints.read().expect("catalog lock").get(app_id) {
             return Ok(list.clone());
         }
-        let loaded: Vec<Arc<Endpoint>> = self
-            .store
-            .app_endpoints(app_id)
-            .await?
-            .into_iter()
-            .map(Arc::new)
-            .collect();
+        let loaded: Vec<Arc<Endpoint>> = self.store.app_endpoints(app_id).await?.into_iter().map(Arc::new).collect();
         let list = Arc::new(loaded);
-        self.endpoints
-            .write()
-            .expect("catalog lock")
-            .insert(app_id.to_owned(), list.clone());
+        self.endpoints.write().expect("catalog lock").insert(app_id.to_owned(), list.clone());
         Ok(list)
     }
 
-    pub async fn endpoint(
-        &self,
-        app_id: &str,
-        endpoint_id: &str,
-    ) -> StoreResult<Option<Arc<Endpoint>>> {
-        Ok(self
-            .endpoints(app_id)
-            .await?
-            .iter()
-            .find(|e| e.id == endpoint_id)
-            .cloned())
+    pub async fn endpoint(&self, app_id: &str, endpoint_id: &str) -> StoreResult<Option<Arc<Endpoint>>> {
+        Ok(self.endpoints(app_id).await?.iter().find(|e| e.id == endpoint_id).cloned())
     }
 
     /// Forgets everything cached about one application.

@@ -25,8 +25,7 @@ impl Resolve for GuardedResolver {
         let policy = self.policy.clone();
         Box::pin(async move {
             let found = tokio::net::lookup_host((name.as_str(), 0)).await?;
-            let allowed: Vec<SocketAddr> =
-                found.filter(|a| policy.check_ip(a.ip()).is_ok()).collect();
+            let allowed: Vec<SocketAddr> = found.filter(|a| policy.check_ip(a.ip()).is_ok()).collect();
             if allowed.is_empty() {
                 return Err(Box::new(Blocked) as Box<dyn std::error::Error + Send + Sync>);
             }
@@ -60,45 +59,26 @@ impl DeliveryClient {
         let policy = Arc::new(policy);
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver {
-                policy: policy.clone(),
-            }))
+            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
             .connect_timeout(Duration::from_millis(connect_timeout_ms))
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .user_agent(concat!("Hookline/", env!("CARGO_PKG_VERSION")))
             .build()
             .expect("the HTTP client configuration is valid");
-        DeliveryClient {
-            http,
-            policy,
-            timeout: Duration::from_millis(request_timeout_ms),
-            response_bytes_max,
-        }
+        DeliveryClient { http, policy, timeout: Duration::from_millis(request_timeout_ms), response_bytes_max }
     }
 
     /// POSTs `body` to `url`; never fails, it reports what happened.
-    pub async fn post(
-        &self,
-        url: &str,
-        headers: &[(String, String)],
-        body: Bytes,
-        now: UnixMs,
-    ) -> Sent {
+    pub async fn post(&self, url: &str, headers: &[(String, String)], body: Bytes, now: UnixMs) -> Sent {
         let started = tokio::time::Instant::now();
-        let result =
-            tokio::time::timeout(self.timeout, self.exchange(url, headers, body, now)).await;
+        let result = tokio::time::timeout(self.timeout, self.exchange(url, headers, body, now)).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         let (outcome, status_code, response_excerpt) = match result {
             Ok(answer) => answer,
             Err(_) => (Outcome::Timeout, 0, String::new()),
         };
-        Sent {
-            outcome,
-            status_code,
-            response_excerpt,
-            duration_ms,
-        }
+        Sent { outcome, status_code, response_excerpt, duration_ms }
     }
 
     async fn exchange(
@@ -118,11 +98,7 @@ impl DeliveryClient {
         };
         if let Some(ip) = literal {
             if let Err(reason) = self.policy.check_ip(ip) {
-                return (
-                    Outcome::BlockedAddress,
-                    0,
-                    format!("address refused: {reason}"),
-                );
+                return (Outcome::BlockedAddress, 0, format!("address refused: {reason}"));
             }
         }
         let mut request = self.http.post(parsed).body(body);
@@ -142,20 +118,13 @@ impl DeliveryClient {
         let mut excerpt = Vec::new();
         while excerpt.len() < self.response_bytes_max {
             match response.chunk().await {
-                Ok(Some(chunk)) => excerpt.extend_from_slice(
-                    &chunk[..chunk.len().min(self.response_bytes_max - excerpt.len())],
-                ),
+                Ok(Some(chunk)) => {
+                    excerpt.extend_from_slice(&chunk[..chunk.len().min(self.response_bytes_max - excerpt.len())])
+                }
                 _ => break,
             }
         }
-        (
-            Outcome::Response {
-                status,
-                retry_after_ms,
-            },
-            status,
-            String::from_utf8_lossy(&excerpt).into_owned(),
-        )
+        (Outcome::Response { status, retry_after_ms }, status, String::from_utf8_lossy(&excerpt).into_owned())
     }
 }
 

@@ -131,11 +131,7 @@ impl Engine {
     pub fn enqueue(&self, delivery: Delivery, message: Option<Arc<Message>>) {
         let at = delivery.next_at.unwrap_or_else(|| self.clock.now_ms());
         // Sending fails only after shutdown; the delivery stays open in the store.
-        let _ = self.due.send(Due {
-            at,
-            delivery,
-            message,
-        });
+        let _ = self.due.send(Due { at, delivery, message });
     }
 
     pub fn in_flight(&self) -> usize {
@@ -249,51 +245,26 @@ impl Engine {
             return;
         }
         let now = self.clock.now_ms();
-        let mut headers = sign_headers(
-            &target.scheme,
-            &message.id,
-            now / 1000,
-            &message.payload,
-            &target.secrets,
-        );
+        let mut headers = sign_headers(&target.scheme, &message.id, now / 1000, &message.payload, &target.secrets);
         headers.push(("content-type".into(), "application/json".into()));
         headers.extend(target.headers.iter().cloned());
-        let sent = self
-            .client
-            .post(&target.url, &headers, message.payload.clone(), now)
-            .await;
+        let sent = self.client.post(&target.url, &headers, message.payload.clone(), now).await;
         self.finish(due, &target, &message, Some(sent)).await;
     }
 
     /// Records the attempt and schedules what follows. `sent` is `None` when no request
     /// was made because the endpoint is disabled.
-    async fn finish(
-        &self,
-        due: Due,
-        target: &Target,
-        message: &Message,
-        sent: Option<client::Sent>,
-    ) {
+    async fn finish(&self, due: Due, target: &Target, message: &Message, sent: Option<client::Sent>) {
         let now = self.clock.now_ms();
         let d = &due.delivery;
         let first_attempt_at = d.first_attempt_at.unwrap_or(now);
         let (state, next_at, disable, class) = match &sent {
-            None => (
-                DeliveryState::Exhausted,
-                None,
-                false,
-                Some("endpoint_disabled"),
-            ),
+            None => (DeliveryState::Exhausted, None, false, Some("endpoint_disabled")),
             Some(sent) => {
                 let class = error_class(&sent.outcome);
                 match classify(&sent.outcome) {
                     Verdict::Delivered => (DeliveryState::Delivered, None, false, class),
-                    Verdict::DisableEndpoint => (
-                        DeliveryState::Exhausted,
-                        None,
-                        target.endpoint_id.is_some(),
-                        class,
-                    ),
+                    Verdict::DisableEndpoint => (DeliveryState::Exhausted, None, target.endpoint_id.is_some(), class),
                     Verdict::Retry { retry_after_ms } => {
                         let jitter = self.jitter.lock().expect("jitter lock").random::<f64>();
                         match next_attempt(
@@ -311,11 +282,7 @@ impl Engine {
                 }
             }
         };
-        let attempt_state = if state == DeliveryState::Delivered {
-            state
-        } else {
-            DeliveryState::Exhausted
-        };
+        let attempt_state = if state == DeliveryState::Delivered { state } else { DeliveryState::Exhausted };
         let record = AttemptRecord {
             attempt: Attempt {
                 id: crate::new_id(prefix::ATTEMPT, now),
@@ -325,10 +292,7 @@ impl Engine {
                 endpoint_id: d.endpoint_id.clone(),
                 url: target.url.clone(),
                 status_code: sent.as_ref().map_or(0, |s| s.status_code),
-                response: sent.as_ref().map_or_else(
-                    || "endpoint is disabled".into(),
-                    |s| s.response_excerpt.clone(),
-                ),
+                response: sent.as_ref().map_or_else(|| "endpoint is disabled".into(), |s| s.response_excerpt.clone()),
                 duration_ms: sent.as_ref().map_or(0, |s| s.duration_ms),
                 error_class: class.map(str::to_owned),
                 state: attempt_state,
@@ -346,14 +310,7 @@ impl Engine {
         if disable {
             self.catalog.invalidate(&d.app_id);
         }
-        observe(
-            &target.slot_key,
-            state,
-            class,
-            sent.as_ref(),
-            message.created_at,
-            now,
-        );
+        observe(&target.slot_key, state, class, sent.as_ref(), message.created_at, now);
         if let Some(at) = next_at {
             let mut delivery = due.delivery;
             delivery.attempts += 1;
@@ -393,29 +350,18 @@ impl Engine {
             Ok(app) => app,
             Err(StoreError::NotFound) => return None,
             Err(_) => {
-                self.retry_later(Due {
-                    at: 0,
-                    delivery: d.clone(),
-                    message: None,
-                });
+                self.retry_later(Due { at: 0, delivery: d.clone(), message: None });
                 return None;
             }
         };
-        let app_policy = app
-            .retry_policy
-            .clone()
-            .unwrap_or_else(|| self.config.retry_policy.clone());
+        let app_policy = app.retry_policy.clone().unwrap_or_else(|| self.config.retry_policy.clone());
         match &d.endpoint_id {
             Some(endpoint_id) => {
                 let endpoint = match self.catalog.endpoint(&d.app_id, endpoint_id).await {
                     Ok(Some(endpoint)) => endpoint,
                     Ok(None) => return None,
                     Err(_) => {
-                        self.retry_later(Due {
-                            at: 0,
-                            delivery: d.clone(),
-                            message: None,
-                        });
+                        self.retry_later(Due { at: 0, delivery: d.clone(), message: None });
                         return None;
                     }
                 };
@@ -432,11 +378,7 @@ impl Engine {
                     url: endpoint.url.clone(),
                     scheme: endpoint.signature_scheme.clone(),
                     secrets,
-                    headers: endpoint
-                        .headers
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
+                    headers: endpoint.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     policy: endpoint.retry_policy.clone().unwrap_or(app_policy),
                     disabled: endpoint.disabled,
                 })
@@ -484,8 +426,7 @@ fn observe(
 ) {
     let endpoint = endpoint.to_owned();
     let outcome = class.unwrap_or("success");
-    metrics::counter!(m::ATTEMPTS, "endpoint" => endpoint.clone(), "outcome" => outcome)
-        .increment(1);
+    metrics::counter!(m::ATTEMPTS, "endpoint" => endpoint.clone(), "outcome" => outcome).increment(1);
     if let Some(sent) = sent {
         metrics::histogram!(m::ATTEMPT_SECONDS, "endpoint" => endpoint.clone())
             .record(sent.duration_ms as f64 / 1000.0);
@@ -493,12 +434,9 @@ fn observe(
     match state {
         DeliveryState::Delivered => {
             metrics::counter!(m::SUCCEEDED, "endpoint" => endpoint).increment(1);
-            metrics::histogram!(m::END_TO_END_SECONDS)
-                .record((now - created_at).max(0) as f64 / 1000.0);
+            metrics::histogram!(m::END_TO_END_SECONDS).record((now - created_at).max(0) as f64 / 1000.0);
         }
-        DeliveryState::Exhausted => {
-            metrics::counter!(m::EXHAUSTED, "endpoint" => endpoint).increment(1)
-        }
+        DeliveryState::Exhausted => metrics::counter!(m::EXHAUSTED, "endpoint" => endpoint).increment(1),
         _ => metrics::counter!(m::FAILED, "endpoint" => endpoint).increment(1),
     }
 }

@@ -3,17 +3,8 @@
 use crate::harness::*;
 use serde_json::{json, Value};
 
-async fn raw(
-    gw: &Gateway,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body: Vec<u8>,
-) -> (u16, Value) {
-    let mut request = gw
-        .http
-        .request(method.parse().unwrap(), format!("{}{path}", gw.url))
-        .body(body);
+async fn raw(gw: &Gateway, method: &str, path: &str, token: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+    let mut request = gw.http.request(method.parse().unwrap(), format!("{}{path}", gw.url)).body(body);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -30,75 +21,16 @@ async fn bad_input_gets_a_json_error_with_a_stable_code() {
     let app = gw.app("merchant").await;
     let msg_path = format!("/api/v1/app/{app}/msg");
     let ep_path = format!("/api/v1/app/{app}/endpoint");
-    let big = format!(
-        r#"{{"eventType":"x","payload":{{"pad":"{}"}}}}"#,
-        "x".repeat(5000)
-    );
+    let big = format!(r#"{{"eventType":"x","payload":{{"pad":"{}"}}}}"#, "x".repeat(5000));
     let cases: Vec<(&str, String, Option<&str>, Vec<u8>, u16, &str)> = vec![
-        (
-            "GET",
-            "/api/v1/app".into(),
-            None,
-            vec![],
-            401,
-            "authentication_failed",
-        ),
-        (
-            "GET",
-            "/api/v1/app".into(),
-            Some("wrong"),
-            vec![],
-            401,
-            "authentication_failed",
-        ),
-        (
-            "POST",
-            msg_path.clone(),
-            Some(TOKEN),
-            b"{not json".to_vec(),
-            400,
-            "invalid_json",
-        ),
-        (
-            "POST",
-            msg_path.clone(),
-            Some(TOKEN),
-            b"".to_vec(),
-            400,
-            "invalid_json",
-        ),
-        (
-            "POST",
-            msg_path.clone(),
-            Some(TOKEN),
-            b"\xff\xfe".to_vec(),
-            400,
-            "invalid_json",
-        ),
-        (
-            "POST",
-            msg_path.clone(),
-            Some(TOKEN),
-            big.into_bytes(),
-            413,
-            "payload_too_large",
-        ),
-        (
-            "POST",
-            msg_path.clone(),
-            Some(TOKEN),
-            br#"{"eventType":"x"}"#.to_vec(),
-            422,
-            "validation",
-        ),
-        (
-            "POST",
-            msg_path.clone(),
-            Some(TOKEN),
-            br#"{"eventType":"x","payload":[1]}"#.to_vec(),
-            422,
-            "validation",
-        ),
+        ("GET", "/api/v1/app".into(), None, vec![], 401, "authentication_failed"),
+        ("GET", "/api/v1/app".into(), Some("wrong"), vec![], 401, "authentication_failed"),
+        ("POST", msg_path.clone(), Some(TOKEN), b"{not json".to_vec(), 400, "invalid_json"),
+        ("POST", msg_path.clone(), Some(TOKEN), b"".to_vec(), 400, "invalid_json"),
+        ("POST", msg_path.clone(), Some(TOKEN), b"\xff\xfe".to_vec(), 400, "invalid_json"),
+        ("POST", msg_path.clone(), Some(TOKEN), big.into_bytes(), 413, "payload_too_large"),
+        ("POST", msg_path.clone(), Some(TOKEN), br#"{"eventType":"x"}"#.to_vec(), 422, "validation"),
+        ("POST", msg_path.clone(), Some(TOKEN), br#"{"eventType":"x","payload":[1]}"#.to_vec(), 422, "validation"),
         (
             "POST",
             msg_path.clone(),
@@ -107,14 +39,7 @@ async fn bad_input_gets_a_json_error_with_a_stable_code() {
             422,
             "validation",
         ),
-        (
-            "POST",
-            msg_path.clone(),
-            Some(TOKEN),
-            br#"{"eventType":"","payload":{}}"#.to_vec(),
-            422,
-            "validation",
-        ),
+        ("POST", msg_path.clone(), Some(TOKEN), br#"{"eventType":"","payload":{}}"#.to_vec(), 422, "validation"),
         (
             "POST",
             msg_path.clone(),
@@ -123,14 +48,7 @@ async fn bad_input_gets_a_json_error_with_a_stable_code() {
             422,
             "validation",
         ),
-        (
-            "POST",
-            ep_path.clone(),
-            Some(TOKEN),
-            br#"{"url":"not a url"}"#.to_vec(),
-            422,
-            "validation",
-        ),
+        ("POST", ep_path.clone(), Some(TOKEN), br#"{"url":"not a url"}"#.to_vec(), 422, "validation"),
         (
             "POST",
             ep_path.clone(),
@@ -155,89 +73,22 @@ async fn bad_input_gets_a_json_error_with_a_stable_code() {
             422,
             "validation",
         ),
-        (
-            "POST",
-            "/api/v1/app".into(),
-            Some(TOKEN),
-            br#"{"name":"x","uid":"has space"}"#.to_vec(),
-            422,
-            "validation",
-        ),
-        (
-            "POST",
-            "/api/v1/app".into(),
-            Some(TOKEN),
-            br#"{"name":"x","uid":"merchant"}"#.to_vec(),
-            409,
-            "conflict",
-        ),
-        (
-            "GET",
-            "/api/v1/app/app_missing".into(),
-            Some(TOKEN),
-            vec![],
-            404,
-            "not_found",
-        ),
-        (
-            "GET",
-            format!("{msg_path}/msg_missing"),
-            Some(TOKEN),
-            vec![],
-            404,
-            "not_found",
-        ),
-        (
-            "GET",
-            "/api/v1/app?limit=abc".into(),
-            Some(TOKEN),
-            vec![],
-            400,
-            "bad_request",
-        ),
-        (
-            "GET",
-            "/api/v1/app?order=sideways".into(),
-            Some(TOKEN),
-            vec![],
-            400,
-            "bad_request",
-        ),
-        (
-            "DELETE",
-            "/api/v1/health".into(),
-            None,
-            vec![],
-            405,
-            "method_not_allowed",
-        ),
-        (
-            "GET",
-            "/api/v1/nowhere".into(),
-            Some(TOKEN),
-            vec![],
-            404,
-            "not_found",
-        ),
+        ("POST", "/api/v1/app".into(), Some(TOKEN), br#"{"name":"x","uid":"has space"}"#.to_vec(), 422, "validation"),
+        ("POST", "/api/v1/app".into(), Some(TOKEN), br#"{"name":"x","uid":"merchant"}"#.to_vec(), 409, "conflict"),
+        ("GET", "/api/v1/app/app_missing".into(), Some(TOKEN), vec![], 404, "not_found"),
+        ("GET", format!("{msg_path}/msg_missing"), Some(TOKEN), vec![], 404, "not_found"),
+        ("GET", "/api/v1/app?limit=abc".into(), Some(TOKEN), vec![], 400, "bad_request"),
+        ("GET", "/api/v1/app?order=sideways".into(), Some(TOKEN), vec![], 400, "bad_request"),
+        ("DELETE", "/api/v1/health".into(), None, vec![], 405, "method_not_allowed"),
+        ("GET", "/api/v1/nowhere".into(), Some(TOKEN), vec![], 404, "not_found"),
     ];
     for (method, path, token, body, status, code) in cases {
         let (got, value) = raw(&gw, method, &path, token, body).await;
-        assert_eq!(
-            (got, value["code"].as_str()),
-            (status, Some(code)),
-            "{method} {path}: {value}"
-        );
-        assert!(
-            value["detail"].is_string() || value["detail"].is_array(),
-            "{value}"
-        );
+        assert_eq!((got, value["code"].as_str()), (status, Some(code)), "{method} {path}: {value}");
+        assert!(value["detail"].is_string() || value["detail"].is_array(), "{value}");
     }
     let listed = gw.ok("GET", &msg_path, None).await;
-    assert_eq!(
-        listed["data"].as_array().unwrap().len(),
-        0,
-        "nothing was accepted"
-    );
+    assert_eq!(listed["data"].as_array().unwrap().len(), 0, "nothing was accepted");
     gw.stop().await;
 }
 
@@ -256,13 +107,7 @@ async fn private_and_plain_http_targets_are_refused_outside_dev_mode() {
         "https://[::1]/hook",
         "https://2130706433/hook",
     ] {
-        let (status, body) = gw
-            .call(
-                "POST",
-                &format!("/api/v1/app/{app}/endpoint"),
-                Some(json!({"url": url})),
-            )
-            .await;
+        let (status, body) = gw.call("POST", &format!("/api/v1/app/{app}/endpoint"), Some(json!({"url": url}))).await;
         assert_eq!(status, 422, "{url}: {body}");
     }
     let (status, _) = gw
@@ -273,8 +118,7 @@ async fn private_and_plain_http_targets_are_refused_outside_dev_mode() {
         )
         .await;
     assert_eq!(status, 422);
-    gw.endpoint(&app, json!({"url": "https://merchant.example/hook"}))
-        .await;
+    gw.endpoint(&app, json!({"url": "https://merchant.example/hook"})).await;
     gw.stop().await;
 }
 
@@ -294,24 +138,12 @@ async fn idempotency_keys_and_event_ids_publish_once() {
             (r.status().as_u16(), r.json::<Value>().await.unwrap())
         }
     };
-    let first = post(
-        "k-1",
-        json!({"eventType": "payment.succeeded", "payload": {"a": 1}}),
-    )
-    .await;
-    let again = post(
-        "k-1",
-        json!({"eventType": "payment.succeeded", "payload": {"a": 1}}),
-    )
-    .await;
+    let first = post("k-1", json!({"eventType": "payment.succeeded", "payload": {"a": 1}})).await;
+    let again = post("k-1", json!({"eventType": "payment.succeeded", "payload": {"a": 1}})).await;
     assert_eq!(first, again, "same key, same answer");
     assert_eq!(first.0, 202);
-    let with_event = gw
-        .publish(
-            &app,
-            json!({"eventType": "payment.succeeded", "eventId": "evt_9", "payload": {}}),
-        )
-        .await;
+    let with_event =
+        gw.publish(&app, json!({"eventType": "payment.succeeded", "eventId": "evt_9", "payload": {}})).await;
     let (status, dup) = gw
         .call(
             "POST",
@@ -319,10 +151,7 @@ async fn idempotency_keys_and_event_ids_publish_once() {
             Some(json!({"eventType": "payment.succeeded", "eventId": "evt_9", "payload": {}})),
         )
         .await;
-    assert_eq!(
-        (status, dup["id"].as_str()),
-        (200, Some(with_event.as_str()))
-    );
+    assert_eq!((status, dup["id"].as_str()), (200, Some(with_event.as_str())));
     let listed = gw.ok("GET", &format!("/api/v1/app/{app}/msg"), None).await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 2);
     gw.stop().await;
@@ -337,13 +166,7 @@ async fn pagination_iterates_without_gaps_or_repeats() {
     let mut seen = Vec::new();
     let mut iterator = String::new();
     loop {
-        let page = gw
-            .ok(
-                "GET",
-                &format!("/api/v1/app?limit=3&iterator={iterator}"),
-                None,
-            )
-            .await;
+        let page = gw.ok("GET", &format!("/api/v1/app?limit=3&iterator={iterator}"), None).await;
         let data = page["data"].as_array().unwrap();
         assert!(data.len() <= 3);
         seen.extend(data.iter().map(|a| a["uid"].as_str().unwrap().to_owned()));
@@ -361,13 +184,9 @@ async fn one_application_cannot_reach_another_applications_resources() {
     let gw = start_gateway(dev_config()).await;
     let a = gw.app("merchant-a").await;
     let b = gw.app("merchant-b").await;
-    let ep = gw
-        .endpoint(&a, json!({"url": "https://a.example/hook"}))
-        .await;
+    let ep = gw.endpoint(&a, json!({"url": "https://a.example/hook"})).await;
     let ep = ep["id"].as_str().unwrap();
-    let msg = gw
-        .publish(&a, json!({"eventType": "x", "payload": {}}))
-        .await;
+    let msg = gw.publish(&a, json!({"eventType": "x", "payload": {}})).await;
     for (method, path) in [
         ("GET", format!("/api/v1/app/{b}/endpoint/{ep}")),
         ("DELETE", format!("/api/v1/app/{b}/endpoint/{ep}")),
@@ -375,10 +194,7 @@ async fn one_application_cannot_reach_another_applications_resources() {
         ("GET", format!("/api/v1/app/{b}/msg/{msg}")),
         ("GET", format!("/api/v1/app/{b}/attempt/msg/{msg}")),
         ("GET", format!("/api/v1/app/{b}/attempt/endpoint/{ep}")),
-        (
-            "POST",
-            format!("/api/v1/app/{b}/msg/{msg}/endpoint/{ep}/resend"),
-        ),
+        ("POST", format!("/api/v1/app/{b}/msg/{msg}/endpoint/{ep}/resend")),
     ] {
         let (status, _) = gw.call(method, &path, None).await;
         assert_eq!(status, 404, "{method} {path}");
@@ -390,34 +206,17 @@ async fn one_application_cannot_reach_another_applications_resources() {
 async fn svix_field_names_old_and_new_are_both_understood() {
     let gw = start_gateway(dev_config()).await;
     let app = gw.app("merchant").await;
-    let old = gw.endpoint(&app, json!({"url": "https://a.example/h", "filterTypes": ["a.b"], "rateLimit": 5, "version": 1})).await;
+    let old = gw
+        .endpoint(&app, json!({"url": "https://a.example/h", "filterTypes": ["a.b"], "rateLimit": 5, "version": 1}))
+        .await;
     assert_eq!(
-        (
-            old["eventTypes"].clone(),
-            old["filterTypes"].clone(),
-            old["throttleRate"].clone()
-        ),
+        (old["eventTypes"].clone(), old["filterTypes"].clone(), old["throttleRate"].clone()),
         (json!(["a.b"]), json!(["a.b"]), json!(5))
     );
     let id = old["id"].as_str().unwrap();
-    let patched = gw
-        .ok(
-            "PATCH",
-            &format!("/api/v1/app/{app}/endpoint/{id}/"),
-            Some(json!({"eventTypes": null})),
-        )
-        .await;
-    assert_eq!(
-        patched["eventTypes"],
-        Value::Null,
-        "null clears; trailing slash works"
-    );
-    let health = gw
-        .http
-        .get(format!("{}/api/v1/health/", gw.url))
-        .send()
-        .await
-        .unwrap();
+    let patched = gw.ok("PATCH", &format!("/api/v1/app/{app}/endpoint/{id}/"), Some(json!({"eventTypes": null}))).await;
+    assert_eq!(patched["eventTypes"], Value::Null, "null clears; trailing slash works");
+    let health = gw.http.get(format!("{}/api/v1/health/", gw.url)).send().await.unwrap();
     assert_eq!(health.status(), 200);
     gw.stop().await;
 }

@@ -17,17 +17,8 @@ async fn explicit_schedule_retries_exactly_on_time() {
     rx.then(Answer::status(500));
     rx.then(Answer::status(503));
     let app = gw.app("merchant").await;
-    gw.endpoint(
-        &app,
-        json!({"url": rx.url, "retryPolicy": {"delaysMs": [1000, 60000]}}),
-    )
-    .await;
-    let msg = gw
-        .publish(
-            &app,
-            json!({"eventType": "payment.succeeded", "payload": {"id": "pay_1"}}),
-        )
-        .await;
+    gw.endpoint(&app, json!({"url": rx.url, "retryPolicy": {"delaysMs": [1000, 60000]}})).await;
+    let msg = gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {"id": "pay_1"}})).await;
     rx.next().await;
     gw.wait_attempts(&app, &msg, 1).await;
     gw.advance(999);
@@ -40,10 +31,7 @@ async fn explicit_schedule_retries_exactly_on_time() {
     gw.advance(1);
     rx.next().await;
     let attempts = gw.wait_attempts(&app, &msg, 3).await;
-    let codes: Vec<i64> = attempts
-        .iter()
-        .map(|a| a["responseStatusCode"].as_i64().unwrap())
-        .collect();
+    let codes: Vec<i64> = attempts.iter().map(|a| a["responseStatusCode"].as_i64().unwrap()).collect();
     assert_eq!(codes, vec![500, 503, 200]);
     assert_eq!(gw.destination(&app, &msg).await.0, 0, "delivered");
     gw.stop().await;
@@ -55,9 +43,7 @@ async fn default_policy_backs_off_exponentially_and_gives_up_after_three_days() 
     let rx = Receiver::start(Answer::status(500)).await;
     let app = gw.app("merchant").await;
     gw.endpoint(&app, json!({"url": rx.url})).await;
-    let msg = gw
-        .publish(&app, json!({"eventType": "charge.failed", "payload": {}}))
-        .await;
+    let msg = gw.publish(&app, json!({"eventType": "charge.failed", "payload": {}})).await;
     let mut now = T0;
     let mut delays = Vec::new();
     for n in 1.. {
@@ -73,36 +59,15 @@ async fn default_policy_backs_off_exponentially_and_gives_up_after_three_days() 
         now = next;
         assert!(n < 100, "never gave up");
     }
-    assert!(
-        (4_000..=6_000).contains(&delays[0]),
-        "first retry after about 5 s: {delays:?}"
-    );
-    assert!(
-        delays.iter().all(|d| *d <= 3_600_000),
-        "capped at 1 h: {delays:?}"
-    );
-    assert!(
-        delays[1] > delays[0] && delays[2] > delays[1],
-        "grows: {delays:?}"
-    );
+    assert!((4_000..=6_000).contains(&delays[0]), "first retry after about 5 s: {delays:?}");
+    assert!(delays.iter().all(|d| *d <= 3_600_000), "capped at 1 h: {delays:?}");
+    assert!(delays[1] > delays[0] && delays[2] > delays[1], "grows: {delays:?}");
     let total: i64 = delays.iter().sum();
-    assert!(
-        total <= 3 * 86_400_000 && total > 3 * 86_400_000 - 3_600_000,
-        "ends near the 3-day horizon: {total}"
-    );
+    assert!(total <= 3 * 86_400_000 && total > 3 * 86_400_000 - 3_600_000, "ends near the 3-day horizon: {total}");
     // Exhausted deliveries are kept and can be resent.
-    let endpoint = gw
-        .ok("GET", &format!("/api/v1/app/{app}/endpoint"), None)
-        .await["data"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    gw.ok(
-        "POST",
-        &format!("/api/v1/app/{app}/msg/{msg}/endpoint/{endpoint}/resend"),
-        None,
-    )
-    .await;
+    let endpoint =
+        gw.ok("GET", &format!("/api/v1/app/{app}/endpoint"), None).await["data"][0]["id"].as_str().unwrap().to_owned();
+    gw.ok("POST", &format!("/api/v1/app/{app}/msg/{msg}/endpoint/{endpoint}/resend"), None).await;
     gw.wait_attempts(&app, &msg, delays.len() + 2).await;
     gw.stop().await;
 }
@@ -111,45 +76,22 @@ async fn default_policy_backs_off_exponentially_and_gives_up_after_three_days() 
 async fn retry_after_is_honoured_and_410_disables_the_endpoint() {
     let gw = start_gateway(dev_config()).await;
     let rx = Receiver::start(Answer::status(410)).await;
-    rx.then(Answer {
-        status: 429,
-        headers: vec![("retry-after".into(), "120".into())],
-        gate: None,
-    });
+    rx.then(Answer { status: 429, headers: vec![("retry-after".into(), "120".into())], gate: None });
     let app = gw.app("merchant").await;
     let ep = gw.endpoint(&app, json!({"url": rx.url})).await;
-    let msg = gw
-        .publish(
-            &app,
-            json!({"eventType": "payment.succeeded", "payload": {}}),
-        )
-        .await;
+    let msg = gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
     rx.next().await;
     gw.wait_attempts(&app, &msg, 1).await;
     let (_, next) = gw.destination(&app, &msg).await;
-    assert_eq!(
-        iso_ms(&next.unwrap()) - T0,
-        120_000,
-        "Retry-After: 120 beats the 5 s backoff"
-    );
+    assert_eq!(iso_ms(&next.unwrap()) - T0, 120_000, "Retry-After: 120 beats the 5 s backoff");
     gw.advance(120_000);
     rx.next().await;
     gw.wait_attempts(&app, &msg, 2).await;
-    let endpoint = gw
-        .ok(
-            "GET",
-            &format!("/api/v1/app/{app}/endpoint/{}", ep["id"].as_str().unwrap()),
-            None,
-        )
-        .await;
+    let endpoint = gw.ok("GET", &format!("/api/v1/app/{app}/endpoint/{}", ep["id"].as_str().unwrap()), None).await;
     assert_eq!(endpoint["disabled"], true);
     assert_eq!(gw.destination(&app, &msg).await.0, 2);
     // A disabled endpoint gets no new deliveries.
-    gw.publish(
-        &app,
-        json!({"eventType": "payment.succeeded", "payload": {}}),
-    )
-    .await;
+    gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
     assert!(!rx.gets_within(300).await);
     gw.stop().await;
 }
@@ -160,32 +102,17 @@ async fn routing_follows_event_types_channels_and_deliver_at() {
     let paid = Receiver::start(Answer::status(200)).await;
     let eu = Receiver::start(Answer::status(200)).await;
     let app = gw.app("merchant").await;
-    gw.endpoint(
-        &app,
-        json!({"url": paid.url, "filterTypes": ["payment.succeeded"]}),
-    )
-    .await;
-    gw.endpoint(&app, json!({"url": eu.url, "channels": ["eu"]}))
-        .await;
-    gw.publish_raw(
-        &app,
-        r#"{"eventType": "charge.failed", "payload": {"n": 1}}"#,
-    )
-    .await;
-    gw.publish_raw(
-        &app,
-        r#"{"eventType": "payment.succeeded", "payload": {"n": 2}, "channels": ["eu"]}"#,
-    )
-    .await;
+    gw.endpoint(&app, json!({"url": paid.url, "filterTypes": ["payment.succeeded"]})).await;
+    gw.endpoint(&app, json!({"url": eu.url, "channels": ["eu"]})).await;
+    gw.publish_raw(&app, r#"{"eventType": "charge.failed", "payload": {"n": 1}}"#).await;
+    gw.publish_raw(&app, r#"{"eventType": "payment.succeeded", "payload": {"n": 2}, "channels": ["eu"]}"#).await;
     assert_eq!(&paid.next().await.body[..], br#"{"n": 2}"#);
     assert_eq!(&eu.next().await.body[..], br#"{"n": 2}"#);
     assert!(!paid.gets_within(200).await && !eu.gets_within(1).await);
     let later = hookline_server::wire::timestamp(T0 + 3_600_000);
     gw.publish_raw(
         &app,
-        &format!(
-            r#"{{"eventType": "payment.succeeded", "payload": {{"n": 3}}, "deliverAt": "{later}"}}"#
-        ),
+        &format!(r#"{{"eventType": "payment.succeeded", "payload": {{"n": 3}}, "deliverAt": "{later}"}}"#),
     )
     .await;
     assert!(!paid.gets_within(300).await, "not before deliverAt");
@@ -200,41 +127,24 @@ async fn a_stuck_endpoint_does_not_delay_another() {
     config.delivery.endpoint_max_in_flight = 4;
     let gw = start_gateway(config).await;
     let gate = Arc::new(Semaphore::new(0));
-    let stuck = Receiver::start(Answer {
-        status: 200,
-        headers: vec![],
-        gate: Some(gate.clone()),
-    })
-    .await;
+    let stuck = Receiver::start(Answer { status: 200, headers: vec![], gate: Some(gate.clone()) }).await;
     let fast = Receiver::start(Answer::status(200)).await;
     let slow_app = gw.app("slow-merchant").await;
     let fast_app = gw.app("fast-merchant").await;
     gw.endpoint(&slow_app, json!({"url": stuck.url})).await;
     gw.endpoint(&fast_app, json!({"url": fast.url})).await;
     for n in 0..20 {
-        gw.publish(
-            &slow_app,
-            json!({"eventType": "payment.succeeded", "payload": {"n": n}}),
-        )
-        .await;
+        gw.publish(&slow_app, json!({"eventType": "payment.succeeded", "payload": {"n": n}})).await;
     }
     for _ in 0..4 {
         stuck.next().await;
     }
     for n in 0..20 {
-        let msg = gw
-            .publish(
-                &fast_app,
-                json!({"eventType": "payment.succeeded", "payload": {"n": n}}),
-            )
-            .await;
+        let msg = gw.publish(&fast_app, json!({"eventType": "payment.succeeded", "payload": {"n": n}})).await;
         fast.next().await;
         gw.wait_attempts(&fast_app, &msg, 1).await;
     }
-    assert!(
-        !stuck.gets_within(100).await,
-        "the stuck endpoint holds at most its own 4 slots"
-    );
+    assert!(!stuck.gets_within(100).await, "the stuck endpoint holds at most its own 4 slots");
     gate.add_permits(1000);
     for _ in 4..20 {
         stuck.next().await;
@@ -250,25 +160,13 @@ async fn open_deliveries_survive_a_restart() {
     rx.then(Answer::status(500));
     let gw = start_gateway_in(dev_config(), dir.clone(), clock.clone()).await;
     let app = gw.app("merchant").await;
-    gw.endpoint(
-        &app,
-        json!({"url": rx.url, "retryPolicy": {"delaysMs": [60000]}}),
-    )
-    .await;
-    let msg = gw
-        .publish(
-            &app,
-            json!({"eventType": "payment.succeeded", "payload": {}}),
-        )
-        .await;
+    gw.endpoint(&app, json!({"url": rx.url, "retryPolicy": {"delaysMs": [60000]}})).await;
+    let msg = gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
     rx.next().await;
     gw.wait_attempts(&app, &msg, 1).await;
     gw.stop().await;
     let gw = start_gateway_in(dev_config(), dir, clock).await;
-    assert!(
-        !rx.gets_within(200).await,
-        "the schedule continues where it was: not early"
-    );
+    assert!(!rx.gets_within(200).await, "the schedule continues where it was: not early");
     gw.advance(60_000);
     rx.next().await;
     let attempts = gw.wait_attempts(&app, &msg, 2).await;
@@ -281,19 +179,9 @@ async fn recover_resends_what_failed_since_a_time() {
     let gw = start_gateway(dev_config()).await;
     let rx = Receiver::start(Answer::status(500)).await;
     let app = gw.app("merchant").await;
-    let ep = gw
-        .endpoint(
-            &app,
-            json!({"url": rx.url, "retryPolicy": {"delaysMs": [1000]}}),
-        )
-        .await;
+    let ep = gw.endpoint(&app, json!({"url": rx.url, "retryPolicy": {"delaysMs": [1000]}})).await;
     let ep = ep["id"].as_str().unwrap();
-    let msg = gw
-        .publish(
-            &app,
-            json!({"eventType": "payment.succeeded", "payload": {}}),
-        )
-        .await;
+    let msg = gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
     rx.next().await;
     gw.wait_attempts(&app, &msg, 1).await;
     gw.advance(1000);
@@ -302,23 +190,11 @@ async fn recover_resends_what_failed_since_a_time() {
     assert_eq!(gw.destination(&app, &msg).await.0, 2, "exhausted");
     rx.then(Answer::status(200));
     let since = hookline_server::wire::timestamp(T0 - 1000);
-    let out = gw
-        .ok(
-            "POST",
-            &format!("/api/v1/app/{app}/endpoint/{ep}/recover"),
-            Some(json!({"since": since})),
-        )
-        .await;
+    let out = gw.ok("POST", &format!("/api/v1/app/{app}/endpoint/{ep}/recover"), Some(json!({"since": since}))).await;
     assert_eq!(out["recovered"], 1);
     rx.next().await;
     let attempts = gw.wait_attempts(&app, &msg, 3).await;
-    assert_eq!(
-        (
-            attempts[2]["responseStatusCode"].as_i64(),
-            attempts[2]["triggerType"].as_i64()
-        ),
-        (Some(200), Some(1))
-    );
+    assert_eq!((attempts[2]["responseStatusCode"].as_i64(), attempts[2]["triggerType"].as_i64()), (Some(200), Some(1)));
     gw.stop().await;
 }
 

@@ -38,44 +38,24 @@ pub fn dev_config() -> Config {
 }
 
 pub async fn start_gateway(config: Config) -> Gateway {
-    start_gateway_in(
-        config,
-        Arc::new(tempfile::tempdir().unwrap()),
-        Arc::new(ManualClock::new(T0)),
-    )
-    .await
+    start_gateway_in(config, Arc::new(tempfile::tempdir().unwrap()), Arc::new(ManualClock::new(T0))).await
 }
 
 /// Starts a gateway on an existing data dir and clock (for restarts).
-pub async fn start_gateway_in(
-    config: Config,
-    dir: Arc<tempfile::TempDir>,
-    clock: Arc<ManualClock>,
-) -> Gateway {
+pub async fn start_gateway_in(config: Config, dir: Arc<tempfile::TempDir>, clock: Arc<ManualClock>) -> Gateway {
     let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let clock_dyn: Arc<dyn Clock> = clock.clone();
-    let options = hookline_server::RunOptions {
-        jitter_seed: Some(7),
-    };
+    let options = hookline_server::RunOptions { jitter_seed: Some(7) };
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.await;
         };
-        hookline_server::run(config, store, clock_dyn, listener, shutdown, options)
-            .await
-            .unwrap();
+        hookline_server::run(config, store, clock_dyn, listener, shutdown, options).await.unwrap();
     });
-    let gateway = Gateway {
-        url,
-        http: reqwest::Client::new(),
-        clock,
-        stop: Some(stop),
-        task: Some(task),
-        _dir: dir,
-    };
+    let gateway = Gateway { url, http: reqwest::Client::new(), clock, stop: Some(stop), task: Some(task), _dir: dir };
     gateway.wait_healthy().await;
     gateway
 }
@@ -84,12 +64,7 @@ impl Gateway {
     async fn wait_healthy(&self) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
         while tokio::time::Instant::now() < deadline {
-            if let Ok(r) = self
-                .http
-                .get(format!("{}/api/v1/health", self.url))
-                .send()
-                .await
-            {
+            if let Ok(r) = self.http.get(format!("{}/api/v1/health", self.url)).send().await {
                 if r.status() == 200 {
                     return;
                 }
@@ -107,10 +82,7 @@ impl Gateway {
 
     pub async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.url))
-            .bearer_auth(TOKEN);
+        let mut request = self.http.request(method, format!("{}{path}", self.url)).bearer_auth(TOKEN);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -122,28 +94,16 @@ impl Gateway {
 
     pub async fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Value {
         let (status, value) = self.call(method, path, body).await;
-        assert!(
-            (200..300).contains(&status),
-            "{method} {path} answered {status}: {value}"
-        );
+        assert!((200..300).contains(&status), "{method} {path} answered {status}: {value}");
         value
     }
 
     pub async fn app(&self, uid: &str) -> String {
-        self.ok(
-            "POST",
-            "/api/v1/app",
-            Some(json!({"name": uid, "uid": uid})),
-        )
-        .await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        self.ok("POST", "/api/v1/app", Some(json!({"name": uid, "uid": uid}))).await["id"].as_str().unwrap().to_owned()
     }
 
     pub async fn endpoint(&self, app: &str, body: Value) -> Value {
-        self.ok("POST", &format!("/api/v1/app/{app}/endpoint"), Some(body))
-            .await
+        self.ok("POST", &format!("/api/v1/app/{app}/endpoint"), Some(body)).await
     }
 
     /// Publishes a body given as text, so its exact bytes reach the gateway.
@@ -158,28 +118,16 @@ impl Gateway {
             .await
             .unwrap();
         assert_eq!(response.status(), 202);
-        response.json::<Value>().await.unwrap()["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        response.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned()
     }
 
     pub async fn publish(&self, app: &str, body: Value) -> String {
-        self.ok("POST", &format!("/api/v1/app/{app}/msg"), Some(body))
-            .await["id"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        self.ok("POST", &format!("/api/v1/app/{app}/msg"), Some(body)).await["id"].as_str().unwrap().to_owned()
     }
 
     pub async fn attempts_of(&self, app: &str, msg: &str) -> Vec<Value> {
-        let listed = self
-            .ok(
-                "GET",
-                &format!("/api/v1/app/{app}/attempt/msg/{msg}?order=ascending&limit=250"),
-                None,
-            )
-            .await;
+        let listed =
+            self.ok("GET", &format!("/api/v1/app/{app}/attempt/msg/{msg}?order=ascending&limit=250"), None).await;
         listed["data"].as_array().unwrap().clone()
     }
 
@@ -191,29 +139,16 @@ impl Gateway {
             if attempts.len() >= count {
                 return attempts;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "waited for {count} attempts, saw {}",
-                attempts.len()
-            );
+            assert!(tokio::time::Instant::now() < deadline, "waited for {count} attempts, saw {}", attempts.len());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
     /// The delivery status of a message at its one endpoint: (status, nextAttempt).
     pub async fn destination(&self, app: &str, msg: &str) -> (i64, Option<String>) {
-        let listed = self
-            .ok(
-                "GET",
-                &format!("/api/v1/app/{app}/msg/{msg}/endpoint"),
-                None,
-            )
-            .await;
+        let listed = self.ok("GET", &format!("/api/v1/app/{app}/msg/{msg}/endpoint"), None).await;
         let d = &listed["data"][0];
-        (
-            d["status"].as_i64().unwrap(),
-            d["nextAttempt"].as_str().map(str::to_owned),
-        )
+        (d["status"].as_i64().unwrap(), d["nextAttempt"].as_str().map(str::to_owned))
     }
 
     pub fn advance(&self, ms: i64) {
@@ -231,10 +166,7 @@ pub struct Received {
 
 impl Received {
     pub fn header(&self, name: &str) -> &str {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().unwrap())
-            .unwrap_or("")
+        self.headers.get(name).map(|v| v.to_str().unwrap()).unwrap_or("")
     }
 }
 
@@ -248,11 +180,7 @@ pub struct Answer {
 
 impl Answer {
     pub fn status(status: u16) -> Answer {
-        Answer {
-            status,
-            headers: Vec::new(),
-            gate: None,
-        }
+        Answer { status, headers: Vec::new(), gate: None }
     }
 }
 
@@ -272,47 +200,32 @@ pub struct Receiver {
 impl Receiver {
     pub async fn start(fallback: Answer) -> Receiver {
         let (sender, requests) = mpsc::unbounded_channel();
-        let script = Arc::new(Mutex::new(Script {
-            queue: VecDeque::new(),
-            fallback,
-        }));
+        let script = Arc::new(Mutex::new(Script { queue: VecDeque::new(), fallback }));
         let handler_script = script.clone();
-        let app = axum::Router::new().fallback(
-            move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
-                let script = handler_script.clone();
-                let sender = sender.clone();
-                async move {
-                    let answer = {
-                        let mut s = script.lock().unwrap();
-                        s.queue.pop_front().unwrap_or_else(|| s.fallback.clone())
-                    };
-                    let _ = sender.send(Received {
-                        path: uri.path().to_owned(),
-                        headers,
-                        body,
-                    });
-                    if let Some(gate) = answer.gate {
-                        let _ = gate.acquire().await.map(|p| p.forget());
-                    }
-                    let mut response = axum::response::Response::builder()
-                        .status(StatusCode::from_u16(answer.status).unwrap());
-                    for (k, v) in answer.headers {
-                        response = response.header(k, v);
-                    }
-                    response
-                        .body(axum::body::Body::from("receiver says hi"))
-                        .unwrap()
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+            let script = handler_script.clone();
+            let sender = sender.clone();
+            async move {
+                let answer = {
+                    let mut s = script.lock().unwrap();
+                    s.queue.pop_front().unwrap_or_else(|| s.fallback.clone())
+                };
+                let _ = sender.send(Received { path: uri.path().to_owned(), headers, body });
+                if let Some(gate) = answer.gate {
+                    let _ = gate.acquire().await.map(|p| p.forget());
                 }
-            },
-        );
+                let mut response =
+                    axum::response::Response::builder().status(StatusCode::from_u16(answer.status).unwrap());
+                for (k, v) in answer.headers {
+                    response = response.header(k, v);
+                }
+                response.body(axum::body::Body::from("receiver says hi")).unwrap()
+            }
+        });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Receiver {
-            url,
-            requests: tokio::sync::Mutex::new(requests),
-            script,
-        }
+        Receiver { url, requests: tokio::sync::Mutex::new(requests), script }
     }
 
     pub fn then(&self, answer: Answer) {
@@ -329,8 +242,6 @@ impl Receiver {
 
     /// True if a request arrives within `ms` (used to show that one did not).
     pub async fn gets_within(&self, ms: u64) -> bool {
-        tokio::time::timeout(Duration::from_millis(ms), self.requests.lock().await.recv())
-            .await
-            .is_ok()
+        tokio::time::timeout(Duration::from_millis(ms), self.requests.lock().await.recv()).await.is_ok()
     }
 }

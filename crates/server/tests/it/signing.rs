@@ -9,11 +9,7 @@ fn secret_of(value: &serde_json::Value) -> String {
     value["key"].as_str().unwrap().to_owned()
 }
 
-fn verify(
-    received: &Received,
-    secrets: &[&str],
-    now_s: i64,
-) -> Result<(), hookline_core::signature::VerifyError> {
+fn verify(received: &Received, secrets: &[&str], now_s: i64) -> Result<(), hookline_core::signature::VerifyError> {
     let secrets: Vec<Secret> = secrets.iter().map(|s| Secret::parse(s).unwrap()).collect();
     verify_standard(
         received.header("webhook-id"),
@@ -31,81 +27,30 @@ async fn standard_webhooks_signature_and_rotation() {
     let gw = start_gateway(dev_config()).await;
     let rx = Receiver::start(Answer::status(204)).await;
     let app = gw.app("merchant").await;
-    let ep = gw
-        .endpoint(
-            &app,
-            json!({"url": rx.url, "headers": {"X-Merchant": "42"}}),
-        )
-        .await;
+    let ep = gw.endpoint(&app, json!({"url": rx.url, "headers": {"X-Merchant": "42"}})).await;
     let ep = ep["id"].as_str().unwrap();
-    let old = secret_of(
-        &gw.ok(
-            "GET",
-            &format!("/api/v1/app/{app}/endpoint/{ep}/secret"),
-            None,
-        )
-        .await,
-    );
+    let old = secret_of(&gw.ok("GET", &format!("/api/v1/app/{app}/endpoint/{ep}/secret"), None).await);
     let body = r#"{"amount":  1000, "note": "spacing kept"}"#;
-    let msg = gw
-        .publish_raw(
-            &app,
-            &format!(r#"{{"eventType":"payment.succeeded","payload":{body}}}"#),
-        )
-        .await;
+    let msg = gw.publish_raw(&app, &format!(r#"{{"eventType":"payment.succeeded","payload":{body}}}"#)).await;
     let got = rx.next().await;
-    assert_eq!(
-        std::str::from_utf8(&got.body).unwrap(),
-        body,
-        "the payload bytes are sent exactly as published"
-    );
-    assert_eq!(
-        (got.header("webhook-id"), got.header("x-merchant")),
-        (msg.as_str(), "42")
-    );
+    assert_eq!(std::str::from_utf8(&got.body).unwrap(), body, "the payload bytes are sent exactly as published");
+    assert_eq!((got.header("webhook-id"), got.header("x-merchant")), (msg.as_str(), "42"));
     verify(&got, &[&old], T0 / 1000).unwrap();
 
-    gw.ok(
-        "POST",
-        &format!("/api/v1/app/{app}/endpoint/{ep}/secret/rotate"),
-        Some(json!({})),
-    )
-    .await;
-    let new = secret_of(
-        &gw.ok(
-            "GET",
-            &format!("/api/v1/app/{app}/endpoint/{ep}/secret"),
-            None,
-        )
-        .await,
-    );
+    gw.ok("POST", &format!("/api/v1/app/{app}/endpoint/{ep}/secret/rotate"), Some(json!({}))).await;
+    let new = secret_of(&gw.ok("GET", &format!("/api/v1/app/{app}/endpoint/{ep}/secret"), None).await);
     assert_ne!(new, old);
-    gw.publish(
-        &app,
-        json!({"eventType": "payment.succeeded", "payload": {}}),
-    )
-    .await;
+    gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
     let during = rx.next().await;
-    assert_eq!(
-        during.header("webhook-signature").split(' ').count(),
-        2,
-        "both secrets sign during the grace period"
-    );
+    assert_eq!(during.header("webhook-signature").split(' ').count(), 2, "both secrets sign during the grace period");
     verify(&during, &[&old], T0 / 1000).unwrap();
     verify(&during, &[&new], T0 / 1000).unwrap();
 
     gw.advance(24 * 3_600_000 + 1);
-    gw.publish(
-        &app,
-        json!({"eventType": "payment.succeeded", "payload": {}}),
-    )
-    .await;
+    gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
     let after = rx.next().await;
     let now_s = (T0 + 24 * 3_600_000) / 1000;
-    assert!(
-        verify(&after, &[&old], now_s).is_err(),
-        "the old secret stops signing after 24 h"
-    );
+    assert!(verify(&after, &[&old], now_s).is_err(), "the old secret stops signing after 24 h");
     verify(&after, &[&new], now_s).unwrap();
     gw.stop().await;
 }
@@ -115,39 +60,29 @@ async fn stripe_and_hex_schemes_sign_what_merchants_verify() {
     let gw = start_gateway(dev_config()).await;
     let rx = Receiver::start(Answer::status(200)).await;
     let app = gw.app("merchant").await;
-    let stripe = gw.endpoint(&app, json!({"url": format!("{}/stripe", rx.url), "signatureScheme": {"type": "stripe"}, "filterTypes": ["s"]})).await;
+    let stripe = gw
+        .endpoint(
+            &app,
+            json!({"url": format!("{}/stripe", rx.url), "signatureScheme": {"type": "stripe"}, "filterTypes": ["s"]}),
+        )
+        .await;
     let hex_ep = gw
         .endpoint(&app, json!({"url": format!("{}/hex", rx.url), "signatureScheme": {"type": "hmac-sha256-hex", "header": "X-Signature"}, "filterTypes": ["h"]}))
         .await;
     let secret = |ep: &serde_json::Value| {
-        let path = format!(
-            "/api/v1/app/{app}/endpoint/{}/secret",
-            ep["id"].as_str().unwrap()
-        );
+        let path = format!("/api/v1/app/{app}/endpoint/{}/secret", ep["id"].as_str().unwrap());
         let gw = &gw;
         async move { secret_of(&gw.ok("GET", &path, None).await) }
     };
     let (stripe_secret, hex_secret) = (secret(&stripe).await, secret(&hex_ep).await);
-    gw.publish(&app, json!({"eventType": "s", "payload": {"id": "evt_1"}}))
-        .await;
+    gw.publish(&app, json!({"eventType": "s", "payload": {"id": "evt_1"}})).await;
     let got = rx.next().await;
-    verify_stripe(
-        got.header("stripe-signature"),
-        &got.body,
-        &[&stripe_secret],
-        T0 / 1000,
-        300,
-    )
-    .unwrap();
-    gw.publish(&app, json!({"eventType": "h", "payload": {"id": "evt_2"}}))
-        .await;
+    verify_stripe(got.header("stripe-signature"), &got.body, &[&stripe_secret], T0 / 1000, 300).unwrap();
+    gw.publish(&app, json!({"eventType": "h", "payload": {"id": "evt_2"}})).await;
     let got = rx.next().await;
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(hex_secret.as_bytes()).unwrap();
     mac.update(&got.body);
-    assert_eq!(
-        got.header("x-signature"),
-        hex::encode(mac.finalize().into_bytes())
-    );
+    assert_eq!(got.header("x-signature"), hex::encode(mac.finalize().into_bytes()));
     gw.stop().await;
 }
 
@@ -156,12 +91,11 @@ async fn callback_urls_are_signed_with_the_application_secret() {
     let gw = start_gateway(dev_config()).await;
     let rx = Receiver::start(Answer::status(200)).await;
     let app = gw.app("checkout").await;
-    let app_secret = secret_of(
-        &gw.ok("GET", &format!("/api/v1/app/{app}/secret"), None)
-            .await,
-    );
+    let app_secret = secret_of(&gw.ok("GET", &format!("/api/v1/app/{app}/secret"), None).await);
     let callback = format!("{}/checkout/cs_123", rx.url);
-    let msg = gw.publish(&app, json!({"eventType": "payment.expired", "payload": {"id": "cs_123"}, "callbackUrl": callback})).await;
+    let msg = gw
+        .publish(&app, json!({"eventType": "payment.expired", "payload": {"id": "cs_123"}, "callbackUrl": callback}))
+        .await;
     let got = rx.next().await;
     assert_eq!(got.path, "/checkout/cs_123");
     verify(&got, &[&app_secret], T0 / 1000).unwrap();

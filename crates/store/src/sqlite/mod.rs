@@ -42,11 +42,7 @@ impl SqliteStore {
             .name("hookline-writer".into())
             .spawn(move || run_writer(writer, receiver))
             .map_err(|e| StoreError::Unavailable(format!("start writer: {e}")))?;
-        Ok(SqliteStore {
-            jobs,
-            readers: Arc::new(Mutex::new(Vec::new())),
-            path,
-        })
+        Ok(SqliteStore { jobs, readers: Arc::new(Mutex::new(Vec::new())), path })
     }
 
     /// Runs `f` inside the next group commit; resolves once the commit is synced.
@@ -67,9 +63,7 @@ impl SqliteStore {
             })
         });
         self.jobs.send(job).await.map_err(|_| closed())?;
-        answer
-            .await
-            .map_err(|_| StoreError::Unavailable("the write was not committed".into()))?
+        answer.await.map_err(|_| StoreError::Unavailable("the write was not committed".into()))?
     }
 
     /// Runs `f` on a read connection on the blocking pool.
@@ -104,9 +98,7 @@ fn closed() -> StoreError {
 
 fn open_connection(path: &Path, writer: bool) -> StoreResult<Connection> {
     let flags = if writer {
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX
     } else {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
@@ -124,24 +116,15 @@ fn open_connection(path: &Path, writer: bool) -> StoreResult<Connection> {
 }
 
 /// Runs one job so that its failure rolls back only its own changes.
-fn in_savepoint<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> StoreResult<T>,
-) -> StoreResult<T> {
+fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> StoreResult<T>) -> StoreResult<T> {
     // SQLite rolls the whole transaction back on some errors (disk full, IO); a job that
     // ran after that would autocommit on its own, so it must not run at all.
     if conn.is_autocommit() {
-        return Err(StoreError::Unavailable(
-            "the write batch was aborted by an earlier error".into(),
-        ));
+        return Err(StoreError::Unavailable("the write batch was aborted by an earlier error".into()));
     }
     conn.execute_batch("SAVEPOINT job").map_err(sql_error)?;
     let result = f(conn);
-    let end = if result.is_ok() {
-        "RELEASE job"
-    } else {
-        "ROLLBACK TO job; RELEASE job"
-    };
+    let end = if result.is_ok() { "RELEASE job" } else { "ROLLBACK TO job; RELEASE job" };
     conn.execute_batch(end).map_err(sql_error)?;
     result
 }
@@ -187,16 +170,11 @@ pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
         rusqlite::Error::QueryReturnedNoRows => StoreError::NotFound,
         rusqlite::Error::SqliteFailure(f, _) => match f.code {
             ErrorCode::ConstraintViolation => StoreError::Conflict(e.to_string()),
-            ErrorCode::DiskFull
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::CannotOpen
-            | ErrorCode::ReadOnly => StoreError::Unavailable(e.to_string()),
-            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => {
+            ErrorCode::DiskFull | ErrorCode::SystemIoFailure | ErrorCode::CannotOpen | ErrorCode::ReadOnly => {
                 StoreError::Unavailable(e.to_string())
             }
-            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => {
-                StoreError::Corrupt(e.to_string())
-            }
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Unavailable(e.to_string()),
+            ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase => StoreError::Corrupt(e.to_string()),
             _ => StoreError::Unavailable(e.to_string()),
         },
         rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..) => {
@@ -209,8 +187,7 @@ pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn create_app(&self, app: App) -> StoreResult<App> {
-        self.write(move |c| resources::insert_app(c, &app).map(|_| app))
-            .await
+        self.write(move |c| resources::insert_app(c, &app).map(|_| app)).await
     }
     async fn get_app(&self, key: Key<'_>) -> StoreResult<App> {
         let key = key.to_owned();
@@ -220,8 +197,7 @@ impl Store for SqliteStore {
         self.read(move |c| resources::list_apps(c, &page)).await
     }
     async fn update_app(&self, app: App) -> StoreResult<App> {
-        self.write(move |c| resources::update_app(c, &app).map(|_| app))
-            .await
+        self.write(move |c| resources::update_app(c, &app).map(|_| app)).await
     }
     async fn delete_app(&self, id: &str) -> StoreResult<()> {
         let id = id.to_owned();
@@ -229,59 +205,44 @@ impl Store for SqliteStore {
     }
 
     async fn create_event_type(&self, event_type: EventType) -> StoreResult<EventType> {
-        self.write(move |c| resources::insert_event_type(c, &event_type).map(|_| event_type))
-            .await
+        self.write(move |c| resources::insert_event_type(c, &event_type).map(|_| event_type)).await
     }
     async fn get_event_type(&self, name: &str) -> StoreResult<EventType> {
         let name = name.to_owned();
-        self.read(move |c| resources::get_event_type(c, &name))
-            .await
+        self.read(move |c| resources::get_event_type(c, &name)).await
     }
-    async fn list_event_types(
-        &self,
-        page: Page,
-        include_archived: bool,
-    ) -> StoreResult<Listed<EventType>> {
-        self.read(move |c| resources::list_event_types(c, &page, include_archived))
-            .await
+    async fn list_event_types(&self, page: Page, include_archived: bool) -> StoreResult<Listed<EventType>> {
+        self.read(move |c| resources::list_event_types(c, &page, include_archived)).await
     }
     async fn update_event_type(&self, event_type: EventType) -> StoreResult<EventType> {
-        self.write(move |c| resources::update_event_type(c, &event_type).map(|_| event_type))
-            .await
+        self.write(move |c| resources::update_event_type(c, &event_type).map(|_| event_type)).await
     }
     async fn delete_event_type(&self, name: &str) -> StoreResult<()> {
         let name = name.to_owned();
-        self.write(move |c| resources::delete_event_type(c, &name))
-            .await
+        self.write(move |c| resources::delete_event_type(c, &name)).await
     }
 
     async fn create_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint> {
-        self.write(move |c| resources::insert_endpoint(c, &endpoint).map(|_| endpoint))
-            .await
+        self.write(move |c| resources::insert_endpoint(c, &endpoint).map(|_| endpoint)).await
     }
     async fn get_endpoint(&self, app_id: &str, key: Key<'_>) -> StoreResult<Endpoint> {
         let (app_id, key) = (app_id.to_owned(), key.to_owned());
-        self.read(move |c| resources::get_endpoint(c, &app_id, &key))
-            .await
+        self.read(move |c| resources::get_endpoint(c, &app_id, &key)).await
     }
     async fn list_endpoints(&self, app_id: &str, page: Page) -> StoreResult<Listed<Endpoint>> {
         let app_id = app_id.to_owned();
-        self.read(move |c| resources::list_endpoints(c, &app_id, &page))
-            .await
+        self.read(move |c| resources::list_endpoints(c, &app_id, &page)).await
     }
     async fn app_endpoints(&self, app_id: &str) -> StoreResult<Vec<Endpoint>> {
         let app_id = app_id.to_owned();
-        self.read(move |c| resources::app_endpoints(c, &app_id))
-            .await
+        self.read(move |c| resources::app_endpoints(c, &app_id)).await
     }
     async fn update_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint> {
-        self.write(move |c| resources::update_endpoint(c, &endpoint).map(|_| endpoint))
-            .await
+        self.write(move |c| resources::update_endpoint(c, &endpoint).map(|_| endpoint)).await
     }
     async fn delete_endpoint(&self, app_id: &str, id: &str) -> StoreResult<()> {
         let (app_id, id) = (app_id.to_owned(), id.to_owned());
-        self.write(move |c| resources::delete_endpoint(c, &app_id, &id))
-            .await
+        self.write(move |c| resources::delete_endpoint(c, &app_id, &id)).await
     }
 
     async fn publish(&self, publish: Publish) -> StoreResult<PublishOutcome> {
@@ -289,22 +250,15 @@ impl Store for SqliteStore {
     }
     async fn get_message(&self, app_id: &str, key: Key<'_>) -> StoreResult<Message> {
         let (app_id, key) = (app_id.to_owned(), key.to_owned());
-        self.read(move |c| queue::get_message(c, &app_id, &key))
-            .await
+        self.read(move |c| queue::get_message(c, &app_id, &key)).await
     }
     async fn message_by_id(&self, id: &str) -> StoreResult<Message> {
         let id = id.to_owned();
         self.read(move |c| queue::message_by_id(c, &id)).await
     }
-    async fn list_messages(
-        &self,
-        app_id: &str,
-        filter: ListFilter,
-        page: Page,
-    ) -> StoreResult<Listed<Message>> {
+    async fn list_messages(&self, app_id: &str, filter: ListFilter, page: Page) -> StoreResult<Listed<Message>> {
         let app_id = app_id.to_owned();
-        self.read(move |c| queue::list_messages(c, &app_id, &filter, &page))
-            .await
+        self.read(move |c| queue::list_messages(c, &app_id, &filter, &page)).await
     }
 
     async fn pending_deliveries(&self) -> StoreResult<Vec<Delivery>> {
@@ -325,10 +279,8 @@ impl Store for SqliteStore {
         new_id: String,
         now: UnixMs,
     ) -> StoreResult<Delivery> {
-        let (app_id, msg_id, endpoint_id) =
-            (app_id.to_owned(), msg_id.to_owned(), endpoint_id.to_owned());
-        self.write(move |c| queue::resend(c, &app_id, &msg_id, &endpoint_id, &new_id, now))
-            .await
+        let (app_id, msg_id, endpoint_id) = (app_id.to_owned(), msg_id.to_owned(), endpoint_id.to_owned());
+        self.write(move |c| queue::resend(c, &app_id, &msg_id, &endpoint_id, &new_id, now)).await
     }
     async fn recover(
         &self,
@@ -339,18 +291,11 @@ impl Store for SqliteStore {
         now: UnixMs,
     ) -> StoreResult<Vec<Delivery>> {
         let (app_id, endpoint_id) = (app_id.to_owned(), endpoint_id.to_owned());
-        self.write(move |c| queue::recover(c, &app_id, &endpoint_id, since, until, now))
-            .await
+        self.write(move |c| queue::recover(c, &app_id, &endpoint_id, since, until, now)).await
     }
-    async fn deliveries_of_message(
-        &self,
-        app_id: &str,
-        msg_id: &str,
-        page: Page,
-    ) -> StoreResult<Listed<DeliveryView>> {
+    async fn deliveries_of_message(&self, app_id: &str, msg_id: &str, page: Page) -> StoreResult<Listed<DeliveryView>> {
         let (app_id, msg_id) = (app_id.to_owned(), msg_id.to_owned());
-        self.read(move |c| queue::deliveries_of_message(c, &app_id, &msg_id, &page))
-            .await
+        self.read(move |c| queue::deliveries_of_message(c, &app_id, &msg_id, &page)).await
     }
     async fn deliveries_of_endpoint(
         &self,
@@ -360,8 +305,7 @@ impl Store for SqliteStore {
         page: Page,
     ) -> StoreResult<Listed<DeliveryView>> {
         let (app_id, endpoint_id) = (app_id.to_owned(), endpoint_id.to_owned());
-        self.read(move |c| queue::deliveries_of_endpoint(c, &app_id, &endpoint_id, &filter, &page))
-            .await
+        self.read(move |c| queue::deliveries_of_endpoint(c, &app_id, &endpoint_id, &filter, &page)).await
     }
     async fn list_attempts(
         &self,
@@ -376,57 +320,31 @@ impl Store for SqliteStore {
             AttemptScope::Message(k) => (false, k.to_owned()),
         };
         self.read(move |c| {
-            let scope = if by_endpoint {
-                AttemptScope::Endpoint(&key)
-            } else {
-                AttemptScope::Message(&key)
-            };
+            let scope = if by_endpoint { AttemptScope::Endpoint(&key) } else { AttemptScope::Message(&key) };
             queue::list_attempts(c, &app_id, scope, &filter, &page)
         })
         .await
     }
-    async fn get_attempt(
-        &self,
-        app_id: &str,
-        msg_id: &str,
-        attempt_id: &str,
-    ) -> StoreResult<Attempt> {
-        let (app_id, msg_id, attempt_id) =
-            (app_id.to_owned(), msg_id.to_owned(), attempt_id.to_owned());
-        self.read(move |c| queue::get_attempt(c, &app_id, &msg_id, &attempt_id))
-            .await
+    async fn get_attempt(&self, app_id: &str, msg_id: &str, attempt_id: &str) -> StoreResult<Attempt> {
+        let (app_id, msg_id, attempt_id) = (app_id.to_owned(), msg_id.to_owned(), attempt_id.to_owned());
+        self.read(move |c| queue::get_attempt(c, &app_id, &msg_id, &attempt_id)).await
     }
 
-    async fn idempotent_response(
-        &self,
-        key: &str,
-        since: UnixMs,
-    ) -> StoreResult<Option<IdempotentResponse>> {
+    async fn idempotent_response(&self, key: &str, since: UnixMs) -> StoreResult<Option<IdempotentResponse>> {
         let key = key.to_owned();
-        self.read(move |c| queue::idempotent_response(c, &key, since))
-            .await
+        self.read(move |c| queue::idempotent_response(c, &key, since)).await
     }
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()> {
-        self.write(move |c| queue::save_idempotent_response(c, &response))
-            .await
+        self.write(move |c| queue::save_idempotent_response(c, &response)).await
     }
     async fn purge_idempotent_responses(&self, before: UnixMs) -> StoreResult<usize> {
-        self.write(move |c| {
-            c.execute("DELETE FROM idempotency WHERE created_at < ?1", [before])
-                .map_err(sql_error)
-        })
-        .await
+        self.write(move |c| c.execute("DELETE FROM idempotency WHERE created_at < ?1", [before]).map_err(sql_error))
+            .await
     }
     async fn admin_token_hashes(&self) -> StoreResult<Vec<[u8; 32]>> {
         self.read(queue::admin_token_hashes).await
     }
-    async fn add_admin_token_hash(
-        &self,
-        id: String,
-        hash: [u8; 32],
-        now: UnixMs,
-    ) -> StoreResult<()> {
-        self.write(move |c| queue::add_admin_token_hash(c, &id, &hash, now))
-            .await
+    async fn add_admin_token_hash(&self, id: String, hash: [u8; 32], now: UnixMs) -> StoreResult<()> {
+        self.write(move |c| queue::add_admin_token_hash(c, &id, &hash, now)).await
     }
 }

@@ -10,22 +10,15 @@ use rusqlite::{params, Connection, OptionalExtension};
 pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutcome> {
     let m = &publish.message;
     if let Some(event_id) = &m.event_id {
-        let sql = format!(
-            "SELECT {} FROM messages WHERE app_id = ?1 AND event_id = ?2",
-            rows::MESSAGE_COLUMNS
-        );
-        if let Some(existing) = conn
-            .query_row(&sql, [&m.app_id, event_id], rows::message)
-            .optional()
-            .map_err(sql_error)?
+        let sql = format!("SELECT {} FROM messages WHERE app_id = ?1 AND event_id = ?2", rows::MESSAGE_COLUMNS);
+        if let Some(existing) =
+            conn.query_row(&sql, [&m.app_id, event_id], rows::message).optional().map_err(sql_error)?
         {
             return Ok(PublishOutcome::Duplicate(existing));
         }
     }
-    let sql = format!(
-        "INSERT INTO messages ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        rows::MESSAGE_COLUMNS
-    );
+    let sql =
+        format!("INSERT INTO messages ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", rows::MESSAGE_COLUMNS);
     conn.prepare_cached(&sql)
         .and_then(|mut s| {
             s.execute(params![
@@ -42,10 +35,8 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
             ])
         })
         .map_err(sql_error)?;
-    let sql = format!(
-        "INSERT INTO deliveries ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        rows::DELIVERY_COLUMNS
-    );
+    let sql =
+        format!("INSERT INTO deliveries ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", rows::DELIVERY_COLUMNS);
     let mut insert = conn.prepare_cached(&sql).map_err(sql_error)?;
     for d in &publish.deliveries {
         insert
@@ -70,22 +61,14 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
 }
 
 pub fn get_message(conn: &Connection, app_id: &str, key: &str) -> StoreResult<Message> {
-    let sql = format!(
-        "SELECT {} FROM messages WHERE app_id = ?1 AND (id = ?2 OR event_id = ?2)",
-        rows::MESSAGE_COLUMNS
-    );
-    conn.query_row(&sql, [app_id, key], rows::message)
-        .map_err(sql_error)
+    let sql =
+        format!("SELECT {} FROM messages WHERE app_id = ?1 AND (id = ?2 OR event_id = ?2)", rows::MESSAGE_COLUMNS);
+    conn.query_row(&sql, [app_id, key], rows::message).map_err(sql_error)
 }
 
 pub fn message_by_id(conn: &Connection, id: &str) -> StoreResult<Message> {
-    let sql = format!(
-        "SELECT {} FROM messages WHERE id = ?1",
-        rows::MESSAGE_COLUMNS
-    );
-    conn.prepare_cached(&sql)
-        .and_then(|mut s| s.query_row([id], rows::message))
-        .map_err(sql_error)
+    let sql = format!("SELECT {} FROM messages WHERE id = ?1", rows::MESSAGE_COLUMNS);
+    conn.prepare_cached(&sql).and_then(|mut s| s.query_row([id], rows::message)).map_err(sql_error)
 }
 
 fn with_filter(mut query: Query, filter: &ListFilter, time_column: &str) -> Query {
@@ -109,47 +92,28 @@ pub fn list_messages(
 ) -> StoreResult<Listed<Message>> {
     let mut query = with_filter(
         Query::new().and("app_id = ?", app_id.to_owned()),
-        &ListFilter {
-            status: None,
-            ..filter.clone()
-        },
+        &ListFilter { status: None, ..filter.clone() },
         "created_at",
     );
     if let Some(channel) = &filter.channel {
-        query = query.and(
-            "EXISTS (SELECT 1 FROM json_each(messages.channels) WHERE value = ?)",
-            channel.clone(),
-        );
+        query = query.and("EXISTS (SELECT 1 FROM json_each(messages.channels) WHERE value = ?)", channel.clone());
     }
     if let Some(types) = &filter.event_types {
-        query = query.and(
-            "event_type IN (SELECT value FROM json_each(?))",
-            rows::to_json(types),
-        );
+        query = query.and("event_type IN (SELECT value FROM json_each(?))", rows::to_json(types));
     }
     query.page(conn, rows::MESSAGE_COLUMNS, "messages", page, rows::message)
 }
 
 pub fn pending_deliveries(conn: &Connection) -> StoreResult<Vec<Delivery>> {
-    let sql = format!(
-        "SELECT {} FROM deliveries WHERE state IN (1, 3)",
-        rows::DELIVERY_COLUMNS
-    );
+    let sql = format!("SELECT {} FROM deliveries WHERE state IN (1, 3)", rows::DELIVERY_COLUMNS);
     let mut statement = conn.prepare(&sql).map_err(sql_error)?;
     let found = statement.query_map([], rows::delivery).map_err(sql_error)?;
-    found
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(sql_error)
+    found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
 }
 
 pub fn get_delivery(conn: &Connection, id: &str) -> StoreResult<Delivery> {
-    let sql = format!(
-        "SELECT {} FROM deliveries WHERE id = ?1",
-        rows::DELIVERY_COLUMNS
-    );
-    conn.prepare_cached(&sql)
-        .and_then(|mut s| s.query_row([id], rows::delivery))
-        .map_err(sql_error)
+    let sql = format!("SELECT {} FROM deliveries WHERE id = ?1", rows::DELIVERY_COLUMNS);
+    conn.prepare_cached(&sql).and_then(|mut s| s.query_row([id], rows::delivery)).map_err(sql_error)
 }
 
 pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<()> {
@@ -181,7 +145,9 @@ pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<
         "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_at = ?3, \
          first_attempt_at = COALESCE(first_attempt_at, ?4), trigger = 0, updated_at = ?5 WHERE id = ?1",
     )
-    .and_then(|mut s| s.execute(params![a.delivery_id, record.state.code(), record.next_at, record.first_attempt_at, a.created_at]))
+    .and_then(|mut s| {
+        s.execute(params![a.delivery_id, record.state.code(), record.next_at, record.first_attempt_at, a.created_at])
+    })
     .map_err(sql_error)?;
     if record.disable_endpoint {
         if let Some(endpoint_id) = &a.endpoint_id {
@@ -196,8 +162,7 @@ pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<
 }
 
 /// Restarting a delivery: due now, a fresh retry cycle, marked manual.
-const RESTART: &str =
-    "state = 1, next_at = ?1, attempts = 0, first_attempt_at = NULL, trigger = 1, updated_at = ?1";
+const RESTART: &str = "state = 1, next_at = ?1, attempts = 0, first_attempt_at = NULL, trigger = 1, updated_at = ?1";
 
 pub fn resend(
     conn: &Connection,
@@ -213,10 +178,8 @@ pub fn resend(
         "UPDATE deliveries SET {RESTART} WHERE msg_id = ?2 AND endpoint_id = ?3 RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
-    let updated = conn
-        .query_row(&sql, params![now, message.id, endpoint.id], rows::delivery)
-        .optional()
-        .map_err(sql_error)?;
+    let updated =
+        conn.query_row(&sql, params![now, message.id, endpoint.id], rows::delivery).optional().map_err(sql_error)?;
     if let Some(delivery) = updated {
         return Ok(delivery);
     }
@@ -232,24 +195,11 @@ pub fn resend(
         trigger: Trigger::Manual,
         updated_at: now,
     };
-    let sql = format!(
-        "INSERT INTO deliveries ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        rows::DELIVERY_COLUMNS
-    );
+    let sql =
+        format!("INSERT INTO deliveries ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", rows::DELIVERY_COLUMNS);
     conn.execute(
         &sql,
-        params![
-            delivery.id,
-            delivery.msg_id,
-            delivery.app_id,
-            delivery.endpoint_id,
-            1,
-            0,
-            now,
-            None::<i64>,
-            1,
-            now
-        ],
+        params![delivery.id, delivery.msg_id, delivery.app_id, delivery.endpoint_id, 1, 0, now, None::<i64>, 1, now],
     )
     .map_err(sql_error)?;
     Ok(delivery)
@@ -270,34 +220,18 @@ pub fn recover(
         rows::DELIVERY_COLUMNS
     );
     let mut statement = conn.prepare(&sql).map_err(sql_error)?;
-    let found = statement
-        .query_map(
-            params![now, endpoint.id, app_id, since, until],
-            rows::delivery,
-        )
-        .map_err(sql_error)?;
-    found
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(sql_error)
+    let found =
+        statement.query_map(params![now, endpoint.id, app_id, since, until], rows::delivery).map_err(sql_error)?;
+    found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
 }
 
 fn view(conn: &Connection, delivery: Delivery, with_endpoint: bool) -> StoreResult<DeliveryView> {
     let endpoint = match (&delivery.endpoint_id, with_endpoint) {
-        (Some(id), true) => get_endpoint(conn, &delivery.app_id, id)
-            .map(Some)
-            .or_else(absent)?,
+        (Some(id), true) => get_endpoint(conn, &delivery.app_id, id).map(Some).or_else(absent)?,
         _ => None,
     };
-    let message = if with_endpoint {
-        None
-    } else {
-        Some(message_by_id(conn, &delivery.msg_id)?)
-    };
-    Ok(DeliveryView {
-        delivery,
-        endpoint,
-        message,
-    })
+    let message = if with_endpoint { None } else { Some(message_by_id(conn, &delivery.msg_id)?) };
+    Ok(DeliveryView { delivery, endpoint, message })
 }
 
 fn absent<T>(e: StoreError) -> StoreResult<Option<T>> {
@@ -315,25 +249,15 @@ pub fn deliveries_of_message(
     page: &Page,
 ) -> StoreResult<Listed<DeliveryView>> {
     let message = get_message(conn, app_id, msg_id)?;
-    let listed = Query::new()
-        .and("app_id = ?", app_id.to_owned())
-        .and("msg_id = ?", message.id)
-        .page(
-            conn,
-            rows::DELIVERY_COLUMNS,
-            "deliveries",
-            page,
-            rows::delivery,
-        )?;
-    let items = listed
-        .items
-        .into_iter()
-        .map(|d| view(conn, d, true))
-        .collect::<StoreResult<Vec<_>>>()?;
-    Ok(Listed {
-        items,
-        done: listed.done,
-    })
+    let listed = Query::new().and("app_id = ?", app_id.to_owned()).and("msg_id = ?", message.id).page(
+        conn,
+        rows::DELIVERY_COLUMNS,
+        "deliveries",
+        page,
+        rows::delivery,
+    )?;
+    let items = listed.items.into_iter().map(|d| view(conn, d, true)).collect::<StoreResult<Vec<_>>>()?;
+    Ok(Listed { items, done: listed.done })
 }
 
 pub fn deliveries_of_endpoint(
@@ -344,9 +268,7 @@ pub fn deliveries_of_endpoint(
     page: &Page,
 ) -> StoreResult<Listed<DeliveryView>> {
     let endpoint = get_endpoint(conn, app_id, endpoint_id)?;
-    let query = Query::new()
-        .and("app_id = ?", app_id.to_owned())
-        .and("endpoint_id = ?", endpoint.id);
+    let query = Query::new().and("app_id = ?", app_id.to_owned()).and("endpoint_id = ?", endpoint.id);
     let listed = with_filter(query, filter, "updated_at").page(
         conn,
         rows::DELIVERY_COLUMNS,
@@ -354,15 +276,8 @@ pub fn deliveries_of_endpoint(
         page,
         rows::delivery,
     )?;
-    let items = listed
-        .items
-        .into_iter()
-        .map(|d| view(conn, d, false))
-        .collect::<StoreResult<Vec<_>>>()?;
-    Ok(Listed {
-        items,
-        done: listed.done,
-    })
+    let items = listed.items.into_iter().map(|d| view(conn, d, false)).collect::<StoreResult<Vec<_>>>()?;
+    Ok(Listed { items, done: listed.done })
 }
 
 pub fn list_attempts(
@@ -374,40 +289,19 @@ pub fn list_attempts(
 ) -> StoreResult<Listed<Attempt>> {
     let query = Query::new().and("app_id = ?", app_id.to_owned());
     let query = match scope {
-        AttemptScope::Endpoint(key) => {
-            query.and("endpoint_id = ?", get_endpoint(conn, app_id, key)?.id)
-        }
+        AttemptScope::Endpoint(key) => query.and("endpoint_id = ?", get_endpoint(conn, app_id, key)?.id),
         AttemptScope::Message(key) => query.and("msg_id = ?", get_message(conn, app_id, key)?.id),
     };
-    with_filter(query, filter, "created_at").page(
-        conn,
-        rows::ATTEMPT_COLUMNS,
-        "attempts",
-        page,
-        rows::attempt,
-    )
+    with_filter(query, filter, "created_at").page(conn, rows::ATTEMPT_COLUMNS, "attempts", page, rows::attempt)
 }
 
-pub fn get_attempt(
-    conn: &Connection,
-    app_id: &str,
-    msg_id: &str,
-    attempt_id: &str,
-) -> StoreResult<Attempt> {
+pub fn get_attempt(conn: &Connection, app_id: &str, msg_id: &str, attempt_id: &str) -> StoreResult<Attempt> {
     let message = get_message(conn, app_id, msg_id)?;
-    let sql = format!(
-        "SELECT {} FROM attempts WHERE app_id = ?1 AND msg_id = ?2 AND id = ?3",
-        rows::ATTEMPT_COLUMNS
-    );
-    conn.query_row(&sql, [app_id, &message.id, attempt_id], rows::attempt)
-        .map_err(sql_error)
+    let sql = format!("SELECT {} FROM attempts WHERE app_id = ?1 AND msg_id = ?2 AND id = ?3", rows::ATTEMPT_COLUMNS);
+    conn.query_row(&sql, [app_id, &message.id, attempt_id], rows::attempt).map_err(sql_error)
 }
 
-pub fn idempotent_response(
-    conn: &Connection,
-    key: &str,
-    since: i64,
-) -> StoreResult<Option<IdempotentResponse>> {
+pub fn idempotent_response(conn: &Connection, key: &str, since: i64) -> StoreResult<Option<IdempotentResponse>> {
     conn.query_row(
         "SELECT key, status, body, created_at FROM idempotency WHERE key = ?1 AND created_at >= ?2",
         params![key, since],
@@ -432,31 +326,18 @@ pub fn save_idempotent_response(conn: &Connection, answer: &IdempotentResponse) 
 }
 
 pub fn admin_token_hashes(conn: &Connection) -> StoreResult<Vec<[u8; 32]>> {
-    let mut statement = conn
-        .prepare("SELECT hash FROM admin_tokens")
-        .map_err(sql_error)?;
-    let hashes = statement
-        .query_map([], |r| r.get::<_, Vec<u8>>(0))
-        .map_err(sql_error)?;
+    let mut statement = conn.prepare("SELECT hash FROM admin_tokens").map_err(sql_error)?;
+    let hashes = statement.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(sql_error)?;
     hashes
         .map(|h| {
             let h = h.map_err(sql_error)?;
-            h.try_into()
-                .map_err(|_| StoreError::Corrupt("admin token hash is not 32 bytes".into()))
+            h.try_into().map_err(|_| StoreError::Corrupt("admin token hash is not 32 bytes".into()))
         })
         .collect()
 }
 
-pub fn add_admin_token_hash(
-    conn: &Connection,
-    id: &str,
-    hash: &[u8; 32],
-    now: i64,
-) -> StoreResult<()> {
-    conn.execute(
-        "INSERT INTO admin_tokens (id, hash, created_at) VALUES (?1, ?2, ?3)",
-        params![id, &hash[..], now],
-    )
-    .map_err(sql_error)?;
+pub fn add_admin_token_hash(conn: &Connection, id: &str, hash: &[u8; 32], now: i64) -> StoreResult<()> {
+    conn.execute("INSERT INTO admin_tokens (id, hash, created_at) VALUES (?1, ?2, ?3)", params![id, &hash[..], now])
+        .map_err(sql_error)?;
     Ok(())
 }

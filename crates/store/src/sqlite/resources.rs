@@ -40,10 +40,7 @@ pub fn insert_app(conn: &Connection, app: &App) -> StoreResult<()> {
 }
 
 pub fn get_app(conn: &Connection, key: &str) -> StoreResult<App> {
-    let sql = format!(
-        "SELECT {} FROM apps WHERE id = ?1 OR uid = ?1",
-        rows::APP_COLUMNS
-    );
+    let sql = format!("SELECT {} FROM apps WHERE id = ?1 OR uid = ?1", rows::APP_COLUMNS);
     one(conn.query_row(&sql, [key], rows::app).optional())
 }
 
@@ -62,23 +59,16 @@ pub fn update_app(conn: &Connection, app: &App) -> StoreResult<()> {
 }
 
 pub fn delete_app(conn: &Connection, id: &str) -> StoreResult<()> {
-    changed(
-        conn.execute("DELETE FROM apps WHERE id = ?1", [id])
-            .map_err(sql_error)?,
-    )?;
+    changed(conn.execute("DELETE FROM apps WHERE id = ?1", [id]).map_err(sql_error)?)?;
     for table in ["endpoints", "messages", "deliveries", "attempts"] {
-        conn.execute(&format!("DELETE FROM {table} WHERE app_id = ?1"), [id])
-            .map_err(sql_error)?;
+        conn.execute(&format!("DELETE FROM {table} WHERE app_id = ?1"), [id]).map_err(sql_error)?;
     }
     Ok(())
 }
 
 pub fn insert_event_type(conn: &Connection, t: &EventType) -> StoreResult<()> {
     conn.execute(
-        &format!(
-            "INSERT INTO event_types ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            rows::EVENT_TYPE_COLUMNS
-        ),
+        &format!("INSERT INTO event_types ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", rows::EVENT_TYPE_COLUMNS),
         params![
             t.name,
             t.description,
@@ -96,31 +86,13 @@ pub fn insert_event_type(conn: &Connection, t: &EventType) -> StoreResult<()> {
 }
 
 pub fn get_event_type(conn: &Connection, name: &str) -> StoreResult<EventType> {
-    let sql = format!(
-        "SELECT {} FROM event_types WHERE name = ?1",
-        rows::EVENT_TYPE_COLUMNS
-    );
+    let sql = format!("SELECT {} FROM event_types WHERE name = ?1", rows::EVENT_TYPE_COLUMNS);
     one(conn.query_row(&sql, [name], rows::event_type).optional())
 }
 
-pub fn list_event_types(
-    conn: &Connection,
-    page: &Page,
-    include_archived: bool,
-) -> StoreResult<Listed<EventType>> {
-    let query = if include_archived {
-        Query::new()
-    } else {
-        Query::new().and("archived = ?", 0)
-    };
-    query.page_by(
-        conn,
-        rows::EVENT_TYPE_COLUMNS,
-        "event_types",
-        "name",
-        page,
-        rows::event_type,
-    )
+pub fn list_event_types(conn: &Connection, page: &Page, include_archived: bool) -> StoreResult<Listed<EventType>> {
+    let query = if include_archived { Query::new() } else { Query::new().and("archived = ?", 0) };
+    query.page_by(conn, rows::EVENT_TYPE_COLUMNS, "event_types", "name", page, rows::event_type)
 }
 
 pub fn update_event_type(conn: &Connection, t: &EventType) -> StoreResult<()> {
@@ -144,10 +116,7 @@ pub fn update_event_type(conn: &Connection, t: &EventType) -> StoreResult<()> {
 }
 
 pub fn delete_event_type(conn: &Connection, name: &str) -> StoreResult<()> {
-    changed(
-        conn.execute("DELETE FROM event_types WHERE name = ?1", [name])
-            .map_err(sql_error)?,
-    )
+    changed(conn.execute("DELETE FROM event_types WHERE name = ?1", [name]).map_err(sql_error)?)
 }
 
 fn endpoint_values(e: &Endpoint) -> [rusqlite::types::Value; 16] {
@@ -163,9 +132,7 @@ fn endpoint_values(e: &Endpoint) -> [rusqlite::types::Value; 16] {
         Value::Integer(e.disabled as i64),
         opt(rows::opt_json(&e.event_types)),
         opt(rows::opt_json(&e.channels)),
-        e.throttle_rate
-            .map(|r| Value::Integer(r as i64))
-            .unwrap_or(Value::Null),
+        e.throttle_rate.map(|r| Value::Integer(r as i64)).unwrap_or(Value::Null),
         Value::Text(rows::to_json(&e.metadata)),
         Value::Text(rows::to_json(&e.headers)),
         Value::Text(rows::to_json(&e.secrets)),
@@ -176,46 +143,28 @@ fn endpoint_values(e: &Endpoint) -> [rusqlite::types::Value; 16] {
     ]
 }
 
-const ENDPOINT_PLACEHOLDERS: &str =
-    "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16";
+const ENDPOINT_PLACEHOLDERS: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16";
 
 pub fn insert_endpoint(conn: &Connection, e: &Endpoint) -> StoreResult<()> {
     get_app(conn, &e.app_id)?;
-    let sql = format!(
-        "INSERT INTO endpoints ({}) VALUES ({ENDPOINT_PLACEHOLDERS})",
-        rows::ENDPOINT_COLUMNS
-    );
-    conn.execute(&sql, rusqlite::params_from_iter(endpoint_values(e)))
-        .map_err(sql_error)?;
+    let sql = format!("INSERT INTO endpoints ({}) VALUES ({ENDPOINT_PLACEHOLDERS})", rows::ENDPOINT_COLUMNS);
+    conn.execute(&sql, rusqlite::params_from_iter(endpoint_values(e))).map_err(sql_error)?;
     Ok(())
 }
 
 pub fn update_endpoint(conn: &Connection, e: &Endpoint) -> StoreResult<()> {
-    let sql = format!(
-        "REPLACE INTO endpoints ({}) VALUES ({ENDPOINT_PLACEHOLDERS})",
-        rows::ENDPOINT_COLUMNS
-    );
+    let sql = format!("REPLACE INTO endpoints ({}) VALUES ({ENDPOINT_PLACEHOLDERS})", rows::ENDPOINT_COLUMNS);
     get_endpoint(conn, &e.app_id, &e.id)?;
-    conn.execute(&sql, rusqlite::params_from_iter(endpoint_values(e)))
-        .map_err(sql_error)?;
+    conn.execute(&sql, rusqlite::params_from_iter(endpoint_values(e))).map_err(sql_error)?;
     Ok(())
 }
 
 pub fn get_endpoint(conn: &Connection, app_id: &str, key: &str) -> StoreResult<Endpoint> {
-    let sql = format!(
-        "SELECT {} FROM endpoints WHERE app_id = ?1 AND (id = ?2 OR uid = ?2)",
-        rows::ENDPOINT_COLUMNS
-    );
-    one(conn
-        .query_row(&sql, [app_id, key], rows::endpoint)
-        .optional())
+    let sql = format!("SELECT {} FROM endpoints WHERE app_id = ?1 AND (id = ?2 OR uid = ?2)", rows::ENDPOINT_COLUMNS);
+    one(conn.query_row(&sql, [app_id, key], rows::endpoint).optional())
 }
 
-pub fn list_endpoints(
-    conn: &Connection,
-    app_id: &str,
-    page: &Page,
-) -> StoreResult<Listed<Endpoint>> {
+pub fn list_endpoints(conn: &Connection, app_id: &str, page: &Page) -> StoreResult<Listed<Endpoint>> {
     Query::new().and("app_id = ?", app_id.to_owned()).page(
         conn,
         rows::ENDPOINT_COLUMNS,
@@ -226,27 +175,14 @@ pub fn list_endpoints(
 }
 
 pub fn app_endpoints(conn: &Connection, app_id: &str) -> StoreResult<Vec<Endpoint>> {
-    let sql = format!(
-        "SELECT {} FROM endpoints WHERE app_id = ?1 ORDER BY id",
-        rows::ENDPOINT_COLUMNS
-    );
+    let sql = format!("SELECT {} FROM endpoints WHERE app_id = ?1 ORDER BY id", rows::ENDPOINT_COLUMNS);
     let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
-    let endpoints = statement
-        .query_map([app_id], rows::endpoint)
-        .map_err(sql_error)?;
-    endpoints
-        .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(sql_error)
+    let endpoints = statement.query_map([app_id], rows::endpoint).map_err(sql_error)?;
+    endpoints.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
 }
 
 pub fn delete_endpoint(conn: &Connection, app_id: &str, id: &str) -> StoreResult<()> {
-    changed(
-        conn.execute(
-            "DELETE FROM endpoints WHERE app_id = ?1 AND id = ?2",
-            [app_id, id],
-        )
-        .map_err(sql_error)?,
-    )?;
+    changed(conn.execute("DELETE FROM endpoints WHERE app_id = ?1 AND id = ?2", [app_id, id]).map_err(sql_error)?)?;
     // Open deliveries to a deleted endpoint can never be made: close them.
     conn.execute("UPDATE deliveries SET state = 4, next_at = NULL WHERE endpoint_id = ?1 AND state IN (1, 3)", [id])
         .map_err(sql_error)?;

@@ -17,9 +17,8 @@ pub fn opt_json<T: Serialize>(value: &Option<T>) -> Option<String> {
 }
 
 pub fn from_json<T: DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
-    serde_json::from_str(text).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
-    })
+    serde_json::from_str(text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 pub fn from_opt_json<T: DeserializeOwned>(text: Option<String>) -> rusqlite::Result<Option<T>> {
@@ -30,8 +29,7 @@ fn state(code: i64) -> rusqlite::Result<DeliveryState> {
     DeliveryState::from_code(code).ok_or(rusqlite::Error::IntegralValueOutOfRange(0, code))
 }
 
-pub const APP_COLUMNS: &str =
-    "id, uid, name, throttle_rate, metadata, retry_policy, secret, created_at, updated_at";
+pub const APP_COLUMNS: &str = "id, uid, name, throttle_rate, metadata, retry_policy, secret, created_at, updated_at";
 
 pub fn app(row: &Row) -> rusqlite::Result<App> {
     Ok(App {
@@ -125,8 +123,7 @@ pub fn delivery(row: &Row) -> rusqlite::Result<Delivery> {
     })
 }
 
-pub const ATTEMPT_COLUMNS: &str =
-    "id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, \
+pub const ATTEMPT_COLUMNS: &str = "id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, \
      duration_ms, error_class, state, trigger, created_at";
 
 pub fn attempt(row: &Row) -> rusqlite::Result<Attempt> {
@@ -155,16 +152,12 @@ pub struct Query {
 
 impl Query {
     pub fn new() -> Query {
-        Query {
-            conditions: Vec::new(),
-            params: Vec::new(),
-        }
+        Query { conditions: Vec::new(), params: Vec::new() }
     }
 
     pub fn and(mut self, condition: &str, value: impl Into<Value>) -> Query {
         self.params.push(value.into());
-        self.conditions
-            .push(condition.replace('?', &format!("?{}", self.params.len())));
+        self.conditions.push(condition.replace('?', &format!("?{}", self.params.len())));
         self
     }
 
@@ -194,11 +187,8 @@ impl Query {
             let op = if page.descending { "<" } else { ">" };
             self = self.and(&format!("{order_column} {op} ?"), iterator.clone());
         }
-        let filter = if self.conditions.is_empty() {
-            String::new()
-        } else {
-            format!("WHERE {}", self.conditions.join(" AND "))
-        };
+        let filter =
+            if self.conditions.is_empty() { String::new() } else { format!("WHERE {}", self.conditions.join(" AND ")) };
         let direction = if page.descending { "DESC" } else { "ASC" };
         let sql = format!(
             "SELECT {columns} FROM {table} {filter} ORDER BY {order_column} {direction} LIMIT {}",

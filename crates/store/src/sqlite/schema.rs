@@ -107,9 +107,7 @@ CREATE TABLE admin_tokens (
 "#];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .map_err(sql_error)?;
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql_error)?;
     let known = MIGRATIONS.len() as i64;
     if version > known {
         return Err(StoreError::Corrupt(format!(
@@ -118,10 +116,7 @@ pub fn migrate(conn: &Connection) -> StoreResult<()> {
     }
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
         let next = index as i64 + 1;
-        conn.execute_batch(&format!(
-            "BEGIN; {sql}; PRAGMA user_version = {next}; COMMIT;"
-        ))
-        .map_err(sql_error)?;
+        conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {next}; COMMIT;")).map_err(sql_error)?;
     }
     Ok(())
 }
