@@ -17,7 +17,7 @@ pub const DELAY_MS_MAX: u64 = 7 * DAY_MS;
 pub const HORIZON_MS_MAX: u64 = 30 * DAY_MS;
 
 /// A named preset, as accepted in config and in the API (`"retryPolicy": "stripe"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
     /// Exponential with jitter: first retry after about 5 s, interval capped at 1 h, 3 days.
@@ -32,7 +32,7 @@ pub enum Preset {
 
 /// How a failed delivery is retried. Serialized as a preset name, a list of delays,
 /// or exponential parameters.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum RetryPolicy {
     Preset(Preset),

@@ -65,7 +65,7 @@ impl Secret {
 }
 
 /// How an endpoint wants its deliveries signed.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum SignatureScheme {
     #[default]

@@ -6,6 +6,7 @@ use hookline_core::retry::RetryPolicy;
 use hookline_core::signature::SignatureScheme;
 use hookline_core::UnixMs;
 use hookline_store::Metadata;
+use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -24,7 +25,7 @@ pub fn parse_timestamp(text: &str) -> Option<UnixMs> {
     chrono::DateTime::parse_from_rfc3339(text).ok().map(|t| t.timestamp_millis())
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ListResponse<T> {
     pub data: Vec<T>,
@@ -33,7 +34,7 @@ pub struct ListResponse<T> {
     pub done: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplicationIn {
     pub name: String,
@@ -44,7 +45,7 @@ pub struct ApplicationIn {
     pub retry_policy: Option<RetryPolicy>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplicationPatch {
     pub name: Option<String>,
@@ -57,7 +58,7 @@ pub struct ApplicationPatch {
     pub retry_policy: Option<Option<RetryPolicy>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ApplicationOut {
     pub id: String,
@@ -71,7 +72,7 @@ pub struct ApplicationOut {
     pub updated_at: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointIn {
     pub url: String,
@@ -92,7 +93,7 @@ pub struct EndpointIn {
     pub retry_policy: Option<RetryPolicy>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointPatch {
     pub url: Option<String>,
@@ -113,7 +114,7 @@ pub struct EndpointPatch {
     pub retry_policy: Option<Option<RetryPolicy>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointOut {
     pub id: String,
@@ -134,45 +135,45 @@ pub struct EndpointOut {
     pub updated_at: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub struct EndpointSecretOut {
     pub key: String,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointSecretRotateIn {
     pub key: Option<String>,
     pub grace_period_seconds: Option<u64>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointHeadersIn {
     pub headers: BTreeMap<String, String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointHeadersPatchIn {
     pub headers: BTreeMap<String, String>,
     pub delete_headers: Option<Vec<String>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub struct EndpointHeadersOut {
     pub headers: BTreeMap<String, String>,
     pub sensitive: Vec<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecoverIn {
     pub since: String,
     pub until: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RecoverOut {
     pub id: String,
@@ -183,7 +184,7 @@ pub struct RecoverOut {
     pub recovered: usize,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventTypeIn {
     pub name: String,
@@ -197,7 +198,7 @@ pub struct EventTypeIn {
     pub feature_flag: Option<String>,
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventTypePatch {
     pub description: Option<String>,
@@ -213,7 +214,7 @@ pub struct EventTypePatch {
     pub feature_flag: Option<Option<String>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventTypeOut {
     pub name: String,
@@ -228,11 +229,12 @@ pub struct EventTypeOut {
     pub updated_at: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MessageIn {
     pub event_type: String,
     /// Kept as the exact bytes received: never re-serialized.
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub payload: Box<RawValue>,
     pub event_id: Option<String>,
     pub channels: Option<Vec<String>>,
@@ -245,12 +247,13 @@ pub struct MessageIn {
     pub payload_retention_hours: Option<i64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageOut {
     pub id: String,
     pub event_id: Option<String>,
     pub event_type: String,
+    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub payload: Box<RawValue>,
     pub channels: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
@@ -259,7 +262,7 @@ pub struct MessageOut {
     pub callback_url: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageAttemptOut {
     pub id: String,
@@ -277,7 +280,7 @@ pub struct MessageAttemptOut {
     pub error_class: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MessageEndpointOut {
     #[serde(flatten)]
@@ -287,7 +290,7 @@ pub struct MessageEndpointOut {
     pub next_attempt: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointMessageOut {
     #[serde(flatten)]
@@ -297,7 +300,7 @@ pub struct EndpointMessageOut {
     pub next_attempt: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, JsonSchema)]
 pub struct HealthOut {
     pub status: &'static str,
 }

@@ -63,11 +63,19 @@ fn both(router: Router<Arc<AppState>>, path: &str, handler: MethodRouter<Arc<App
     router.route(path, handler.clone()).route(&format!("{path}/"), handler)
 }
 
+fn authenticated_routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
+    let groups = [apps::routes(), endpoints::routes(), event_types::routes(), messages::routes()];
+    groups.into_iter().flatten().collect()
+}
+
+/// Every path the router serves (without the trailing-slash twins).
+pub fn route_paths() -> Vec<&'static str> {
+    authenticated_routes().into_iter().chain(ops::routes()).map(|(path, _)| path).collect()
+}
+
 pub fn router(state: Arc<AppState>) -> Router {
     let mut api = Router::new();
-    for (path, handler) in
-        apps::routes().into_iter().chain(endpoints::routes()).chain(event_types::routes()).chain(messages::routes())
-    {
+    for (path, handler) in authenticated_routes() {
         api = both(api, path, handler);
     }
     let api = api
