@@ -173,7 +173,8 @@ mod tests {
 
     #[test]
     fn bad_config_is_an_error_naming_the_problem() {
-        let cases: [(Option<&str>, &[(&str, &str)], &str); 5] = [
+        type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
+        let cases: [Case; 5] = [
             (Some("[server]\nlisten = 5\n"), &[], "invalid type"),
             (Some("[server]\nlisen = \"x\"\n"), &[], "unknown field `lisen`"),
             (Some("not toml ="), &[], "not valid TOML"),

@@ -27,7 +27,9 @@ mod tests {
         let paid = v(&["payment.succeeded"]);
         let eu = v(&["eu"]);
         let us = v(&["us"]);
-        let rows: [(Option<&[String]>, Option<&[String]>, &str, Option<&[String]>, bool); 7] = [
+        // (filter types, endpoint channels, event type, message channels, accepted)
+        type Row<'a> = (Option<&'a [String]>, Option<&'a [String]>, &'a str, Option<&'a [String]>, bool);
+        let rows: [Row; 7] = [
             (None, None, "payment.succeeded", None, true),
             (Some(&paid), None, "payment.succeeded", None, true),
             (Some(&paid), None, "charge.failed", None, false),

@@ -146,7 +146,7 @@ pub struct Publish {
 pub enum PublishOutcome {
     Created,
     /// A message with the same `eventId` exists in the application; nothing was written.
-    Duplicate(Message),
+    Duplicate(Box<Message>),
 }
 
 /// Cursor pagination by id (ids sort by creation time).

@@ -154,7 +154,7 @@ async fn publish(
         }
         // The same eventId was published before: answer with the stored message, deliver nothing new.
         PublishOutcome::Duplicate(existing) => {
-            Ok((StatusCode::OK, Json(views::message(existing, true))).into_response())
+            Ok((StatusCode::OK, Json(views::message(*existing, true))).into_response())
         }
     }
 }

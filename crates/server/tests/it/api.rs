@@ -22,7 +22,9 @@ async fn bad_input_gets_a_json_error_with_a_stable_code() {
     let msg_path = format!("/api/v1/app/{app}/msg");
     let ep_path = format!("/api/v1/app/{app}/endpoint");
     let big = format!(r#"{{"eventType":"x","payload":{{"pad":"{}"}}}}"#, "x".repeat(5000));
-    let cases: Vec<(&str, String, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (method, path, token, body, expected status, expected code)
+    type Case<'a> = (&'a str, String, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("GET", "/api/v1/app".into(), None, vec![], 401, "authentication_failed"),
         ("GET", "/api/v1/app".into(), Some("wrong"), vec![], 401, "authentication_failed"),
         ("POST", msg_path.clone(), Some(TOKEN), b"{not json".to_vec(), 400, "invalid_json"),

@@ -14,7 +14,7 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
         if let Some(existing) =
             conn.query_row(&sql, [&m.app_id, event_id], rows::message).optional().map_err(sql_error)?
         {
-            return Ok(PublishOutcome::Duplicate(existing));
+            return Ok(PublishOutcome::Duplicate(Box::new(existing)));
         }
     }
     let sql =
@@ -242,6 +242,13 @@ fn absent<T>(e: StoreError) -> StoreResult<Option<T>> {
     }
 }
 
+/// A page of deliveries matching `query`, each with its endpoint or its message beside it.
+fn views_page(conn: &Connection, query: Query, page: &Page, with_endpoint: bool) -> StoreResult<Listed<DeliveryView>> {
+    let listed = query.page(conn, rows::DELIVERY_COLUMNS, "deliveries", page, rows::delivery)?;
+    let items = listed.items.into_iter().map(|d| view(conn, d, with_endpoint)).collect::<StoreResult<Vec<_>>>()?;
+    Ok(Listed { items, done: listed.done })
+}
+
 pub fn deliveries_of_message(
     conn: &Connection,
     app_id: &str,
@@ -249,15 +256,8 @@ pub fn deliveries_of_message(
     page: &Page,
 ) -> StoreResult<Listed<DeliveryView>> {
     let message = get_message(conn, app_id, msg_id)?;
-    let listed = Query::new().and("app_id = ?", app_id.to_owned()).and("msg_id = ?", message.id).page(
-        conn,
-        rows::DELIVERY_COLUMNS,
-        "deliveries",
-        page,
-        rows::delivery,
-    )?;
-    let items = listed.items.into_iter().map(|d| view(conn, d, true)).collect::<StoreResult<Vec<_>>>()?;
-    Ok(Listed { items, done: listed.done })
+    let query = Query::new().and("app_id = ?", app_id.to_owned()).and("msg_id = ?", message.id);
+    views_page(conn, query, page, true)
 }
 
 pub fn deliveries_of_endpoint(
@@ -269,15 +269,7 @@ pub fn deliveries_of_endpoint(
 ) -> StoreResult<Listed<DeliveryView>> {
     let endpoint = get_endpoint(conn, app_id, endpoint_id)?;
     let query = Query::new().and("app_id = ?", app_id.to_owned()).and("endpoint_id = ?", endpoint.id);
-    let listed = with_filter(query, filter, "updated_at").page(
-        conn,
-        rows::DELIVERY_COLUMNS,
-        "deliveries",
-        page,
-        rows::delivery,
-    )?;
-    let items = listed.items.into_iter().map(|d| view(conn, d, false)).collect::<StoreResult<Vec<_>>>()?;
-    Ok(Listed { items, done: listed.done })
+    views_page(conn, with_filter(query, filter, "updated_at"), page, false)
 }
 
 pub fn list_attempts(
