@@ -159,3 +159,80 @@ fn short_error(e: &reqwest::Error) -> String {
         parts.join(": ")
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A one-line HTTP server on 127.0.0.1 that answers every request with `answer`.
+    async fn serve(answer: &'static str) -> u16 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut buffer = [0u8; 4096];
+                let _ = socket.read(&mut buffer).await;
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        port
+    }
+
+    fn client(policy: AddressPolicy) -> DeliveryClient {
+        DeliveryClient::new(policy, 5_000, 1_000, 64)
+    }
+
+    const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+
+    #[tokio::test]
+    async fn names_and_literals_resolving_to_loopback_are_refused_at_connect_time() {
+        let port = serve(OK).await;
+        let strict = client(AddressPolicy::default());
+        for url in [
+            format!("http://localhost:{port}/"),
+            format!("http://127.0.0.1:{port}/"),
+            format!("http://[::ffff:127.0.0.1]:{port}/"),
+        ] {
+            let sent = strict.post(&url, &[], Bytes::from_static(b"{}"), 0).await;
+            assert_eq!(sent.outcome, Outcome::BlockedAddress, "{url}");
+        }
+        let allowed = client(AddressPolicy { allow: vec!["127.0.0.0/8".parse().unwrap()], ..Default::default() });
+        let sent = allowed.post(&format!("http://localhost:{port}/"), &[], Bytes::from_static(b"{}"), 0).await;
+        assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
+        assert_eq!(sent.response_excerpt, "ok");
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed_and_bodies_are_capped() {
+        let dev = AddressPolicy { allow_all_private: true, allow_plain_http: true, ..Default::default() };
+        let redirect = serve(
+            "HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        )
+        .await;
+        let sent = client(dev.clone()).post(&format!("http://127.0.0.1:{redirect}/"), &[], Bytes::new(), 0).await;
+        assert_eq!(sent.outcome, Outcome::Response { status: 302, retry_after_ms: None });
+        let big = serve("HTTP/1.1 500 Oops\r\nretry-after: 7\r\nconnection: close\r\n\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx").await;
+        let sent = client(dev).post(&format!("http://127.0.0.1:{big}/"), &[], Bytes::new(), 0).await;
+        assert_eq!(sent.outcome, Outcome::Response { status: 500, retry_after_ms: Some(7_000) });
+        assert_eq!(sent.response_excerpt.len(), 64, "the excerpt is capped");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_and_a_silent_server_are_classified() {
+        let dev = AddressPolicy { allow_all_private: true, allow_plain_http: true, ..Default::default() };
+        let closed = free_closed_port();
+        let sent = client(dev.clone()).post(&format!("http://127.0.0.1:{closed}/"), &[], Bytes::new(), 0).await;
+        assert_eq!(sent.outcome, Outcome::Connect);
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = silent.local_addr().unwrap().port();
+        let quick = DeliveryClient::new(dev, 200, 1_000, 64);
+        let sent = quick.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+        assert_eq!(sent.outcome, Outcome::Timeout);
+        drop(silent);
+    }
+
+    fn free_closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    }
+}
