@@ -1,0 +1,70 @@
+//! The sink: an HTTP server that records when each `webhook-id` arrives, and answers after
+//! a delay and with a status chosen by the path: `/s/{delay_ms}/{status}`.
+
+use axum::extract::Path;
+use axum::http::{HeaderMap, StatusCode};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub struct Arrivals {
+    /// Arrival times per message id (more than one means duplicates).
+    pub by_id: Mutex<HashMap<String, Vec<Instant>>>,
+    pub in_flight: AtomicUsize,
+    pub in_flight_max: AtomicUsize,
+    pub total: AtomicUsize,
+}
+
+impl Arrivals {
+    pub fn count(&self) -> usize {
+        self.total.load(Ordering::SeqCst)
+    }
+
+    pub fn clear(&self) {
+        self.by_id.lock().unwrap().clear();
+        self.total.store(0, Ordering::SeqCst);
+        self.in_flight_max.store(0, Ordering::SeqCst);
+    }
+}
+
+pub struct Sink {
+    pub url: String,
+    pub arrivals: Arc<Arrivals>,
+}
+
+impl Sink {
+    pub async fn start() -> anyhow::Result<Sink> {
+        let arrivals = Arc::new(Arrivals::default());
+        let recorder = arrivals.clone();
+        let app = axum::Router::new().route(
+            "/s/{delay_ms}/{status}",
+            axum::routing::post(move |Path((delay_ms, status)): Path<(u64, u16)>, headers: HeaderMap| {
+                let arrivals = recorder.clone();
+                async move {
+                    let now = Instant::now();
+                    let current = arrivals.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    arrivals.in_flight_max.fetch_max(current, Ordering::SeqCst);
+                    if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
+                        arrivals.by_id.lock().unwrap().entry(id.to_owned()).or_default().push(now);
+                    }
+                    if delay_ms > 0 {
+                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                    }
+                    arrivals.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    arrivals.total.fetch_add(1, Ordering::SeqCst);
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Sink { url, arrivals })
+    }
+
+    pub fn path(&self, delay_ms: u64, status: u16) -> String {
+        format!("{}/s/{delay_ms}/{status}", self.url)
+    }
+}
