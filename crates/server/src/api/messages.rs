@@ -59,7 +59,9 @@ fn check(input: &MessageIn) -> ApiResult<()> {
 
 /// The application a message goes to, created on the fly when the body carries one.
 async fn target_app(state: &AppState, app_key: &str, inline: Option<ApplicationIn>) -> ApiResult<App> {
-    match (find_app(state, app_key).await, inline) {
+    let cached =
+        state.engine.catalog.app(app_key).await.map(|app| (*app).clone()).map_err(ApiError::from_store("application"));
+    match (cached, inline) {
         (Ok(app), _) => Ok(app),
         (Err(ApiError::NotFound(_)), Some(mut inline)) => {
             inline.uid = inline.uid.or_else(|| Some(app_key.to_owned()));

@@ -1,28 +1,39 @@
-//! An in-memory cache of applications and their endpoints, so publishing and dispatching
-//! do not read the database for configuration. API writes invalidate it.
+//! An in-memory cache of applications (by id and by uid) and their endpoints, so publishing
+//! and dispatching do not read the database for configuration. API writes invalidate it;
+//! a generation counter keeps a load that raced an invalidation from caching stale data.
 
 use hookline_store::{App, Endpoint, Store, StoreResult};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 pub struct Catalog {
     store: Arc<dyn Store>,
+    /// Keyed by id and, where set, by uid too.
     apps: RwLock<HashMap<String, Arc<App>>>,
     endpoints: RwLock<HashMap<String, Arc<Vec<Arc<Endpoint>>>>>,
+    generation: AtomicU64,
 }
 
 impl Catalog {
     pub fn new(store: Arc<dyn Store>) -> Catalog {
-        Catalog { store, apps: RwLock::default(), endpoints: RwLock::default() }
+        Catalog { store, apps: RwLock::default(), endpoints: RwLock::default(), generation: AtomicU64::new(0) }
     }
 
-    /// The application by id (not uid).
-    pub async fn app(&self, app_id: &str) -> StoreResult<Arc<App>> {
-        if let Some(app) = self.apps.read().expect("catalog lock").get(app_id) {
+    /// The application by id or uid.
+    pub async fn app(&self, key: &str) -> StoreResult<Arc<App>> {
+        if let Some(app) = self.apps.read().expect("catalog lock").get(key) {
             return Ok(app.clone());
         }
-        let app = Arc::new(self.store.get_app(app_id).await?);
-        self.apps.write().expect("catalog lock").insert(app.id.clone(), app.clone());
+        let generation = self.generation.load(Ordering::SeqCst);
+        let app = Arc::new(self.store.get_app(key).await?);
+        let mut apps = self.apps.write().expect("catalog lock");
+        if self.generation.load(Ordering::SeqCst) == generation {
+            apps.insert(app.id.clone(), app.clone());
+            if let Some(uid) = &app.uid {
+                apps.insert(uid.clone(), app.clone());
+            }
+        }
         Ok(app)
     }
 
@@ -30,9 +41,13 @@ impl Catalog {
         if let Some(list) = self.endpoints.read().expect("catalog lock").get(app_id) {
             return Ok(list.clone());
         }
+        let generation = self.generation.load(Ordering::SeqCst);
         let loaded: Vec<Arc<Endpoint>> = self.store.app_endpoints(app_id).await?.into_iter().map(Arc::new).collect();
         let list = Arc::new(loaded);
-        self.endpoints.write().expect("catalog lock").insert(app_id.to_owned(), list.clone());
+        let mut endpoints = self.endpoints.write().expect("catalog lock");
+        if self.generation.load(Ordering::SeqCst) == generation {
+            endpoints.insert(app_id.to_owned(), list.clone());
+        }
         Ok(list)
     }
 
@@ -40,9 +55,16 @@ impl Catalog {
         Ok(self.endpoints(app_id).await?.iter().find(|e| e.id == endpoint_id).cloned())
     }
 
-    /// Forgets everything cached about one application.
+    /// Forgets everything cached about one application (by its id).
     pub fn invalidate(&self, app_id: &str) {
-        self.apps.write().expect("catalog lock").remove(app_id);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let mut apps = self.apps.write().expect("catalog lock");
+        if let Some(app) = apps.remove(app_id) {
+            if let Some(uid) = &app.uid {
+                apps.remove(uid);
+            }
+        }
+        drop(apps);
         self.endpoints.write().expect("catalog lock").remove(app_id);
     }
 }
