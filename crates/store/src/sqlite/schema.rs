@@ -72,7 +72,7 @@ CREATE TABLE deliveries (
     first_attempt_at INTEGER,
     trigger INTEGER NOT NULL,
     updated_at INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX deliveries_by_msg ON deliveries (msg_id);
 CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, msg_id);
 CREATE INDEX deliveries_open ON deliveries (state) WHERE state IN (1, 3);
@@ -90,7 +90,7 @@ CREATE TABLE attempts (
     state INTEGER NOT NULL,
     trigger INTEGER NOT NULL,
     created_at INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE INDEX attempts_by_msg ON attempts (msg_id, id);
 CREATE INDEX attempts_by_endpoint ON attempts (endpoint_id, id);
 CREATE TABLE idempotency (
@@ -98,7 +98,7 @@ CREATE TABLE idempotency (
     status INTEGER NOT NULL,
     body BLOB NOT NULL,
     created_at INTEGER NOT NULL
-);
+) WITHOUT ROWID;
 CREATE TABLE admin_tokens (
     id TEXT PRIMARY KEY,
     hash BLOB NOT NULL,
