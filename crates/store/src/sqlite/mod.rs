@@ -9,24 +9,59 @@ mod schema;
 
 use crate::*;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::Condvar;
 use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Semaphore};
 
 /// Writes one batch may hold; bounds the time one commit takes.
 const BATCH_JOBS_MAX: usize = 2_048;
-/// Writes waiting for the writer before callers wait for room.
+/// Writes waiting in one lane before callers wait for room.
 const QUEUE_JOBS_MAX: usize = 16_384;
+/// Background writes one batch takes while acknowledged writes wait, so a backlog of
+/// attempt records never delays a publisher's 2xx by more than one such batch.
+const BACKGROUND_JOBS_PER_BUSY_BATCH: usize = 256;
 /// Read connections kept open.
 const READERS_MAX: usize = 8;
 
 type Finish = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> Finish + Send>;
 
+/// Which queue a write waits in. Acknowledged writes (a caller is waiting to answer a
+/// client) go first; background writes (attempt records) fill the rest of each batch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lane {
+    Acknowledged = 0,
+    Background = 1,
+}
+
+#[derive(Default)]
+struct Queues {
+    lanes: [VecDeque<Job>; 2],
+    closed: bool,
+}
+
+/// The writer's two queues and the bell that wakes it.
+#[derive(Default)]
+struct Inbox {
+    queues: Mutex<Queues>,
+    bell: Condvar,
+}
+
 pub struct SqliteStore {
-    jobs: mpsc::Sender<Job>,
+    inbox: Arc<Inbox>,
+    room: [Arc<Semaphore>; 2],
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        // The writer finishes what is queued, then stops.
+        self.inbox.queues.lock().expect("writer inbox lock").closed = true;
+        self.inbox.bell.notify_all();
+    }
 }
 
 impl SqliteStore {
@@ -37,12 +72,14 @@ impl SqliteStore {
         let path = data_dir.join("hookline.db");
         let writer = open_connection(&path, true)?;
         schema::migrate(&writer)?;
-        let (jobs, receiver) = mpsc::channel(QUEUE_JOBS_MAX);
+        let inbox = Arc::new(Inbox::default());
+        let writer_inbox = inbox.clone();
         std::thread::Builder::new()
             .name("hookline-writer".into())
-            .spawn(move || run_writer(writer, receiver))
+            .spawn(move || run_writer(writer, &writer_inbox))
             .map_err(|e| StoreError::Unavailable(format!("start writer: {e}")))?;
-        Ok(SqliteStore { jobs, readers: Arc::new(Mutex::new(Vec::new())), path })
+        let room = [Arc::new(Semaphore::new(QUEUE_JOBS_MAX)), Arc::new(Semaphore::new(QUEUE_JOBS_MAX))];
+        Ok(SqliteStore { inbox, room, readers: Arc::new(Mutex::new(Vec::new())), path })
     }
 
     /// Runs `f` inside the next group commit; resolves once the commit is synced.
@@ -51,10 +88,20 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
     {
+        self.write_in(Lane::Acknowledged, f).await
+    }
+
+    pub(crate) async fn write_in<T, F>(&self, lane: Lane, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> StoreResult<T> + Send + 'static,
+    {
+        let permit = self.room[lane as usize].clone().acquire_owned().await.map_err(|_| closed())?;
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move |conn| {
             let result = in_savepoint(conn, f);
             Box::new(move |commit_error| {
+                drop(permit);
                 let outcome = match (result, commit_error) {
                     (Ok(_), Some(e)) => Err(e.clone()),
                     (result, _) => result,
@@ -62,7 +109,14 @@ impl SqliteStore {
                 let _ = reply.send(outcome);
             })
         });
-        self.jobs.send(job).await.map_err(|_| closed())?;
+        {
+            let mut queues = self.inbox.queues.lock().expect("writer inbox lock");
+            if queues.closed {
+                return Err(closed());
+            }
+            queues.lanes[lane as usize].push_back(job);
+        }
+        self.inbox.bell.notify_one();
         answer.await.map_err(|_| StoreError::Unavailable("the write was not committed".into()))?
     }
 
@@ -129,15 +183,23 @@ fn in_savepoint<T>(conn: &Connection, f: impl FnOnce(&Connection) -> StoreResult
     result
 }
 
-fn run_writer(conn: Connection, mut receiver: mpsc::Receiver<Job>) {
+fn run_writer(conn: Connection, inbox: &Inbox) {
     let mut batch: Vec<Job> = Vec::with_capacity(BATCH_JOBS_MAX);
-    while let Some(first) = receiver.blocking_recv() {
-        batch.push(first);
-        while batch.len() < BATCH_JOBS_MAX {
-            match receiver.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+    loop {
+        {
+            let mut queues = inbox.queues.lock().expect("writer inbox lock");
+            while queues.lanes.iter().all(VecDeque::is_empty) {
+                if queues.closed {
+                    return;
+                }
+                queues = inbox.bell.wait(queues).expect("writer inbox lock");
             }
+            let [acknowledged, background] = &mut queues.lanes;
+            let take = acknowledged.len().min(BATCH_JOBS_MAX);
+            batch.extend(acknowledged.drain(..take));
+            let room = if batch.is_empty() { BATCH_JOBS_MAX } else { BACKGROUND_JOBS_PER_BUSY_BATCH };
+            let take = background.len().min(room);
+            batch.extend(background.drain(..take));
         }
         commit_batch(&conn, &mut batch);
     }
@@ -269,7 +331,7 @@ impl Store for SqliteStore {
         self.read(move |c| queue::get_delivery(c, &id)).await
     }
     async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<()> {
-        self.write(move |c| queue::record_attempt(c, &record)).await
+        self.write_in(Lane::Background, move |c| queue::record_attempt(c, &record)).await
     }
     async fn resend(
         &self,
