@@ -21,7 +21,7 @@ use hookline_core::UnixMs;
 use hookline_store::{Attempt, AttemptRecord, Delivery, Message, Store, StoreError};
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,11 +65,41 @@ pub struct Engine {
     pub catalog: Catalog,
     due: mpsc::UnboundedSender<Due>,
     global_slots: Arc<Semaphore>,
-    endpoint_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// Per endpoint: deliveries running, and those due but waiting for a turn. Waiting ones
+    /// are parked here as small records, not as tasks, so an endpoint that comes back after
+    /// a long outage with 100,000 due retries costs memory for 100,000 records only.
+    endpoint_lanes: Mutex<HashMap<String, EndpointLane>>,
     stopping: watch::Sender<bool>,
     in_flight: AtomicUsize,
     idle: Notify,
     jitter: Mutex<rand::rngs::StdRng>,
+}
+
+#[derive(Default)]
+struct EndpointLane {
+    running: usize,
+    parked: VecDeque<Due>,
+}
+
+/// The key of the lane a delivery waits in: its endpoint, or one per application for
+/// per-message callback URLs.
+fn lane_key(delivery: &Delivery) -> String {
+    match &delivery.endpoint_id {
+        Some(endpoint_id) => endpoint_id.clone(),
+        None => format!("callback:{}", delivery.app_id),
+    }
+}
+
+/// Hands an endpoint's turn to its next parked delivery however a delivery task ends.
+struct Turn {
+    engine: Arc<Engine>,
+    key: String,
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        self.engine.release(&self.key);
+    }
 }
 
 /// Decrements the in-flight count however a delivery task ends.
@@ -112,7 +142,7 @@ impl Engine {
             config,
             client,
             due,
-            endpoint_slots: Mutex::default(),
+            endpoint_lanes: Mutex::default(),
             stopping: watch::channel(false).0,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
@@ -196,18 +226,47 @@ impl Engine {
         }
     }
 
+    /// Starts a due delivery if its endpoint has a free turn, or parks it.
     fn dispatch(self: &Arc<Self>, due: Due) {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-        metrics::gauge!(m::IN_FLIGHT).increment(1.0);
-        tokio::spawn(self.clone().deliver(due));
+        let key = lane_key(&due.delivery);
+        {
+            let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
+            let lane = lanes.entry(key.clone()).or_default();
+            if lane.running >= self.config.endpoint_max_in_flight {
+                lane.parked.push_back(due);
+                return;
+            }
+            lane.running += 1;
+        }
+        self.spawn_delivery(key, due);
     }
 
-    fn endpoint_slots(&self, key: &str) -> Arc<Semaphore> {
-        let mut slots = self.endpoint_slots.lock().expect("slots lock");
-        slots
-            .entry(key.to_owned())
-            .or_insert_with(|| Arc::new(Semaphore::new(self.config.endpoint_max_in_flight)))
-            .clone()
+    fn spawn_delivery(self: &Arc<Self>, key: String, due: Due) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+        tokio::spawn(self.clone().deliver(key, due));
+    }
+
+    /// A delivery to `key` ended: its turn goes to the next parked delivery, if any.
+    /// During shutdown nothing new starts; parked deliveries stay open in the store.
+    fn release(self: &Arc<Self>, key: &str) {
+        let next = {
+            let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
+            let Some(lane) = lanes.get_mut(key) else { return };
+            match lane.parked.pop_front().filter(|_| !*self.stopping.borrow()) {
+                Some(due) => Some(due),
+                None => {
+                    lane.running -= 1;
+                    if lane.running == 0 && lane.parked.is_empty() {
+                        lanes.remove(key);
+                    }
+                    None
+                }
+            }
+        };
+        if let Some(due) = next {
+            self.spawn_delivery(key.to_owned(), due);
+        }
     }
 
     /// Waits for a slot, unless shutdown comes first.
@@ -219,7 +278,8 @@ impl Engine {
         }
     }
 
-    async fn deliver(self: Arc<Self>, due: Due) {
+    async fn deliver(self: Arc<Self>, key: String, due: Due) {
+        let _turn = Turn { engine: self.clone(), key };
         let _in_flight = InFlight(&self);
         let Some(target) = self.resolve_target(&due).await else {
             return;
@@ -235,9 +295,6 @@ impl Engine {
         if target.disabled {
             return self.finish(due, &target, &message, None).await;
         }
-        let Some(_endpoint_slot) = self.slot(self.endpoint_slots(&target.slot_key)).await else {
-            return;
-        };
         let Some(_global_slot) = self.slot(self.global_slots.clone()).await else {
             return;
         };
