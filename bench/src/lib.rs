@@ -344,7 +344,8 @@ pub async fn run(name: &str, options: &Options) -> anyhow::Result<Vec<Report>> {
     })
 }
 
-/// The median of each figure over several runs of the same variants.
+/// The median of each figure over several runs of the same variants; for losses and
+/// duplicates, the worst run.
 pub fn median(runs: &[Vec<Report>]) -> Vec<Report> {
     let Some(first) = runs.first() else { return Vec::new() };
     (0..first.len())
@@ -353,6 +354,8 @@ pub fn median(runs: &[Vec<Report>]) -> Vec<Report> {
                 let values = sorted(runs.iter().filter_map(|r| r.get(i)).map(f).collect());
                 values[values.len() / 2]
             };
+            // Losses and duplicates are never averaged away: the worst run counts.
+            let worst = |f: fn(&Report) -> usize| runs.iter().filter_map(|r| r.get(i)).map(f).max().unwrap_or(0);
             Report {
                 scenario: first[i].scenario.clone(),
                 variant: first[i].variant.clone(),
@@ -365,8 +368,8 @@ pub fn median(runs: &[Vec<Report>]) -> Vec<Report> {
                 e2e_p50_ms: column(|r| r.e2e_p50_ms),
                 e2e_p99_ms: column(|r| r.e2e_p99_ms),
                 e2e_max_ms: column(|r| r.e2e_max_ms),
-                duplicates: column(|r| r.duplicates as f64) as usize,
-                lost: column(|r| r.lost as f64) as usize,
+                duplicates: worst(|r| r.duplicates),
+                lost: worst(|r| r.lost),
                 total_s: column(|r| r.total_s),
                 sink_in_flight_max: column(|r| r.sink_in_flight_max as f64) as usize,
                 peak_rss_mb: column(|r| r.peak_rss_mb),
