@@ -58,9 +58,19 @@ impl Sink {
                 }
             }),
         );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        // The sink runs on its own runtime and threads, as a separate server would: sharing
+        // the load generator's runtime would make the generator's publishes queue behind
+        // the sink's work and inflate the publish latencies it measures.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
         let url = format!("http://{}", listener.local_addr()?);
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        std::thread::Builder::new().name("bench-sink".into()).spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("sink runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("sink listener");
+                let _ = axum::serve(listener, app).await;
+            });
+        })?;
         Ok(Sink { url, arrivals })
     }
 
