@@ -65,7 +65,11 @@ impl Sink {
         listener.set_nonblocking(true)?;
         let url = format!("http://{}", listener.local_addr()?);
         std::thread::Builder::new().name("bench-sink".into()).spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("sink runtime");
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("sink runtime");
             runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("sink listener");
                 let _ = axum::serve(listener, app).await;

@@ -5,6 +5,7 @@
 pub mod classify;
 pub mod delivery;
 pub mod id;
+pub mod inbound;
 pub mod retry;
 pub mod routing;
 pub mod signature;

@@ -1,0 +1,267 @@
+//! Verifying provider webhooks (Stripe, Standard Webhooks/Svix, GitHub, Shopify, Recharge,
+//! generic HMAC) over the exact raw body, and finding each event's id and type.
+//! Pure: headers are looked up through a function, time is an argument.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256, Sha512};
+use subtle::ConstantTimeEq;
+
+use crate::signature::{verify_standard, verify_stripe, Secret, VerifyError};
+
+/// Default replay window of presets that sign a timestamp.
+pub const TOLERANCE_S_DEFAULT: i64 = 300;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Preset {
+    Stripe,
+    StandardWebhooks,
+    Github,
+    Shopify,
+    Recharge,
+    Hmac,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    #[default]
+    Hex,
+    Base64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Algorithm {
+    #[default]
+    Sha256,
+    Sha512,
+}
+
+/// Options of a source's preset. Every field is optional; presets fill in their defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Replay window in seconds for presets that sign a timestamp (Stripe, Standard Webhooks, hmac with a timestamp header).
+    pub tolerance_seconds: Option<i64>,
+    /// Where the event id is: a header name...
+    pub event_id_header: Option<String>,
+    /// ...or a JSON pointer into the body (`/id`).
+    pub event_id_pointer: Option<String>,
+    /// Where the event type is: a header name or a JSON pointer.
+    pub event_type_header: Option<String>,
+    pub event_type_pointer: Option<String>,
+    /// hmac: the signature header (default `X-Signature`).
+    pub signature_header: Option<String>,
+    /// hmac: a prefix before the signature, such as `sha256=`.
+    pub signature_prefix: Option<String>,
+    /// hmac: `hex` (default) or `base64`.
+    pub encoding: Option<Encoding>,
+    /// hmac: `sha256` (default) or `sha512`.
+    pub algorithm: Option<Algorithm>,
+    /// hmac: the header carrying the signed timestamp, if any.
+    pub timestamp_header: Option<String>,
+    /// hmac: what is signed, with `{timestamp}` and `{body}` (default `{body}`).
+    pub template: Option<String>,
+}
+
+/// What verification learned about an accepted request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+}
+
+/// Why a request was refused; the codes are stable (API errors, metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    #[error("the signature header is missing")]
+    MissingSignature,
+    #[error("the signature header is malformed")]
+    MalformedSignature,
+    #[error("the signature does not match any active secret")]
+    BadSignature,
+    #[error("the timestamp is outside the replay window")]
+    StaleTimestamp,
+}
+
+impl Rejection {
+    pub fn code(self) -> &'static str {
+        match self {
+            Rejection::MissingSignature => "missing_signature",
+            Rejection::MalformedSignature => "malformed_signature",
+            Rejection::BadSignature => "bad_signature",
+            Rejection::StaleTimestamp => "stale_timestamp",
+        }
+    }
+}
+
+impl From<VerifyError> for Rejection {
+    fn from(e: VerifyError) -> Rejection {
+        match e {
+            VerifyError::MissingHeader => Rejection::MissingSignature,
+            VerifyError::MalformedHeader => Rejection::MalformedSignature,
+            VerifyError::StaleTimestamp => Rejection::StaleTimestamp,
+            VerifyError::NoMatch => Rejection::BadSignature,
+        }
+    }
+}
+
+type Headers<'a> = &'a dyn Fn(&str) -> Option<&'a str>;
+
+/// Verifies a request for `preset` and finds its event id and type.
+/// `secrets` are the source's active secrets as given (`whsec_…` for Stripe and Standard
+/// Webhooks, the shared secret for the others).
+pub fn verify(
+    preset: Preset,
+    config: &SourceConfig,
+    headers: Headers<'_>,
+    body: &[u8],
+    secrets: &[&str],
+    now_s: i64,
+) -> Result<Verified, Rejection> {
+    let tolerance = config.tolerance_seconds.unwrap_or(TOLERANCE_S_DEFAULT);
+    let need = |name: &str| headers(name).ok_or(Rejection::MissingSignature);
+    let (default_id, default_type): (Locator, Locator) = match preset {
+        Preset::Stripe => {
+            verify_stripe(need("stripe-signature")?, body, secrets, now_s, tolerance)?;
+            (Locator::Pointer("/id"), Locator::Pointer("/type"))
+        }
+        Preset::StandardWebhooks => {
+            let prefix = if headers("webhook-signature").is_some() { "webhook" } else { "svix" };
+            let id = need(&format!("{prefix}-id"))?;
+            let keys: Vec<Secret> = secrets.iter().filter_map(|s| Secret::parse(s).ok()).collect();
+            let (ts, sig) = (need(&format!("{prefix}-timestamp"))?, need(&format!("{prefix}-signature"))?);
+            verify_standard(id, ts, sig, body, &keys, now_s, tolerance)?;
+            (Locator::Header(if prefix == "webhook" { "webhook-id" } else { "svix-id" }), Locator::Pointer("/type"))
+        }
+        Preset::Github => {
+            let sig = need("x-hub-signature-256")?.strip_prefix("sha256=").ok_or(Rejection::MalformedSignature)?;
+            let given = hex::decode(sig).map_err(|_| Rejection::MalformedSignature)?;
+            any_hmac::<Hmac<Sha256>>(secrets, &[body], &given)?;
+            (Locator::Header("x-github-delivery"), Locator::Header("x-github-event"))
+        }
+        Preset::Shopify => {
+            let given = B64.decode(need("x-shopify-hmac-sha256")?.trim()).map_err(|_| Rejection::MalformedSignature)?;
+            any_hmac::<Hmac<Sha256>>(secrets, &[body], &given)?;
+            let id =
+                if headers("x-shopify-event-id").is_some() { "x-shopify-event-id" } else { "x-shopify-webhook-id" };
+            (Locator::Header(id), Locator::Header("x-shopify-topic"))
+        }
+        Preset::Recharge => {
+            // Recharge signs with a plain SHA-256 of the client secret followed by the body.
+            let given =
+                hex::decode(need("x-recharge-hmac-sha256")?.trim()).map_err(|_| Rejection::MalformedSignature)?;
+            let matched = secrets.iter().any(|s| {
+                let digest = Sha256::new().chain_update(s.as_bytes()).chain_update(body).finalize();
+                digest.as_slice().ct_eq(&given).into()
+            });
+            if !matched {
+                return Err(Rejection::BadSignature);
+            }
+            (Locator::None, Locator::Header("x-recharge-topic"))
+        }
+        Preset::Hmac => {
+            verify_generic(config, headers, body, secrets, now_s, tolerance)?;
+            (Locator::None, Locator::None)
+        }
+    };
+    let id = locate(config.event_id_header.as_deref(), config.event_id_pointer.as_deref(), default_id, headers, body);
+    let kind =
+        locate(config.event_type_header.as_deref(), config.event_type_pointer.as_deref(), default_type, headers, body);
+    Ok(Verified { event_id: id, event_type: kind })
+}
+
+fn verify_generic(
+    config: &SourceConfig,
+    headers: Headers<'_>,
+    body: &[u8],
+    secrets: &[&str],
+    now_s: i64,
+    tolerance: i64,
+) -> Result<(), Rejection> {
+    let header = config.signature_header.as_deref().unwrap_or("x-signature").to_ascii_lowercase();
+    let raw = headers(&header).ok_or(Rejection::MissingSignature)?.trim();
+    let sig = match &config.signature_prefix {
+        Some(prefix) => raw.strip_prefix(prefix.as_str()).ok_or(Rejection::MalformedSignature)?,
+        None => raw,
+    };
+    let given = match config.encoding.unwrap_or_default() {
+        Encoding::Hex => hex::decode(sig).map_err(|_| Rejection::MalformedSignature)?,
+        Encoding::Base64 => B64.decode(sig).map_err(|_| Rejection::MalformedSignature)?,
+    };
+    let timestamp = match &config.timestamp_header {
+        Some(name) => {
+            let text = headers(&name.to_ascii_lowercase()).ok_or(Rejection::MissingSignature)?.trim();
+            let ts: i64 = text.parse().map_err(|_| Rejection::MalformedSignature)?;
+            if (now_s - ts).abs() > tolerance {
+                return Err(Rejection::StaleTimestamp);
+            }
+            text.to_owned()
+        }
+        None => String::new(),
+    };
+    let template = config.template.as_deref().unwrap_or("{body}");
+    let (before, after) = template.split_once("{body}").unwrap_or((template, ""));
+    let (before, after) = (before.replace("{timestamp}", &timestamp), after.replace("{timestamp}", &timestamp));
+    let parts: [&[u8]; 3] = [before.as_bytes(), body, after.as_bytes()];
+    match config.algorithm.unwrap_or_default() {
+        Algorithm::Sha256 => any_hmac::<Hmac<Sha256>>(secrets, &parts, &given),
+        Algorithm::Sha512 => any_hmac::<Hmac<Sha512>>(secrets, &parts, &given),
+    }
+}
+
+/// Does any secret's HMAC of `parts` equal `given`? Each comparison is constant time.
+fn any_hmac<M: Mac + KeyInit>(secrets: &[&str], parts: &[&[u8]], given: &[u8]) -> Result<(), Rejection> {
+    let matches = |secret: &&str| {
+        let mut mac = <M as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+        for part in parts {
+            mac.update(part);
+        }
+        mac.verify_slice(given).is_ok()
+    };
+    if secrets.iter().any(matches) {
+        Ok(())
+    } else {
+        Err(Rejection::BadSignature)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Locator {
+    Header(&'static str),
+    Pointer(&'static str),
+    None,
+}
+
+fn locate(
+    header: Option<&str>,
+    pointer: Option<&str>,
+    default: Locator,
+    headers: Headers<'_>,
+    body: &[u8],
+) -> Option<String> {
+    let from_pointer = |p: &str| {
+        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+        match value.pointer(p)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let found = match (header, pointer, default) {
+        (Some(h), _, _) => headers(&h.to_ascii_lowercase()).map(str::to_owned),
+        (None, Some(p), _) => from_pointer(p),
+        (None, None, Locator::Header(h)) => headers(h).map(str::to_owned),
+        (None, None, Locator::Pointer(p)) => from_pointer(p),
+        (None, None, Locator::None) => None,
+    };
+    found.filter(|s| !s.is_empty() && s.len() <= 256)
+}
+
+#[cfg(test)]
+mod tests;
