@@ -97,6 +97,7 @@ fn known_keys() -> Vec<(String, String)> {
         .flat_map(|(section, t)| t.keys().map(move |k| (section.clone(), k.clone())))
         .collect();
     keys.push(("api".into(), "admin_token".into()));
+    keys.push(("api".into(), "public_url".into()));
     keys
 }
 

@@ -15,6 +15,7 @@ pub mod prefix {
     pub const DELIVERY: &str = "dlv";
     pub const TASK: &str = "qtask";
     pub const TOKEN: &str = "tok";
+    pub const SOURCE: &str = "src";
 }
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";

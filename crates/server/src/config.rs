@@ -13,6 +13,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub api: ApiConfig,
     pub delivery: DeliveryConfig,
+    pub inbound: InboundConfig,
     pub network: NetworkConfig,
     pub log: LogConfig,
 }
@@ -39,11 +40,19 @@ pub struct ApiConfig {
     pub admin_token: Option<String>,
     pub body_bytes_max: usize,
     pub idempotency_ttl_ms: u64,
+    /// The URL providers and clients reach Hookline at (shown as sources' `ingestUrl`);
+    /// default `http://{server.listen}`.
+    pub public_url: Option<String>,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { admin_token: None, body_bytes_max: 1024 * 1024, idempotency_ttl_ms: 24 * 3600 * 1000 }
+        ApiConfig {
+            admin_token: None,
+            body_bytes_max: 1024 * 1024,
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+            public_url: None,
+        }
     }
 }
 
@@ -78,6 +87,22 @@ impl Default for DeliveryConfig {
             rotation_grace_ms: 24 * 3600 * 1000,
             shutdown_grace_ms: 10_000,
         }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboundConfig {
+    /// How long a provider's event id is remembered to drop its retries (7 days: longer
+    /// than Stripe's and Shopify's retry horizons).
+    pub dedupe_window_ms: u64,
+    /// Refused requests kept per source for `GET /api/v1/source/{id}/rejection`.
+    pub rejections_kept: usize,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig { dedupe_window_ms: 7 * 24 * 3600 * 1000, rejections_kept: 50 }
     }
 }
 

@@ -81,8 +81,17 @@ pub async fn run(
     let engine =
         Engine::start(store.clone(), clock.clone(), config.delivery.clone(), addresses.clone(), options.jitter_seed)
             .await?;
-    let purge = tokio::spawn(purge_idempotency(store.clone(), clock.clone(), config.api.idempotency_ttl_ms));
-    let state = Arc::new(AppState { store, clock, engine: engine.clone(), config, addresses, admin_token_hashes });
+    let windows = (config.api.idempotency_ttl_ms, config.inbound.dedupe_window_ms);
+    let purge = tokio::spawn(purge_expired(store.clone(), clock.clone(), windows));
+    let state = Arc::new(AppState {
+        store,
+        clock,
+        engine: engine.clone(),
+        config,
+        addresses,
+        admin_token_hashes,
+        rejections: Default::default(),
+    });
     let app = api::router(state);
     tracing::info!(listen = %listener.local_addr()?, "hookline is ready");
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
@@ -92,13 +101,17 @@ pub async fn run(
     Ok(())
 }
 
-/// Forgets idempotent answers past their time to live, once an hour.
-async fn purge_idempotency(store: Arc<dyn Store>, clock: Arc<dyn Clock>, ttl_ms: u64) {
+/// Once an hour, forgets idempotent answers past their time to live and provider event
+/// ids past the dedupe window.
+async fn purge_expired(store: Arc<dyn Store>, clock: Arc<dyn Clock>, (idempotency_ms, dedupe_ms): (u64, u64)) {
     const EVERY_MS: i64 = 3_600_000;
     loop {
         let now = clock.now_ms();
-        if let Err(e) = store.purge_idempotent_responses(now - ttl_ms as i64).await {
+        if let Err(e) = store.purge_idempotent_responses(now - idempotency_ms as i64).await {
             tracing::warn!(error = %e, "could not purge idempotency keys");
+        }
+        if let Err(e) = store.purge_inbound_keys(now - dedupe_ms as i64).await {
+            tracing::warn!(error = %e, "could not purge inbound event ids");
         }
         clock.sleep_until(now + EVERY_MS).await;
     }

@@ -13,6 +13,8 @@ pub const ATTEMPT_SECONDS: &str = "hookline_delivery_attempt_duration_seconds";
 pub const END_TO_END_SECONDS: &str = "hookline_delivery_latency_seconds";
 pub const QUEUE_DEPTH: &str = "hookline_queue_depth";
 pub const IN_FLIGHT: &str = "hookline_deliveries_in_flight";
+/// Inbound requests by source and outcome: accepted, duplicate, filtered, or a rejection code.
+pub const INBOUND: &str = "hookline_inbound_requests_total";
 
 const BUCKETS_SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 

@@ -56,7 +56,7 @@ impl Doc {
         if let Some(schema) = request {
             operation["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema}}});
         }
-        if !path.ends_with("/health") && !path.ends_with("/openapi.json") {
+        if !path.ends_with("/health") && !path.ends_with("/openapi.json") && !path.starts_with("/in/") {
             operation["security"] = json!([{"bearer": []}]);
         }
         let entry = self.paths.entry(path.to_owned()).or_insert_with(|| json!({}));
@@ -312,6 +312,94 @@ pub fn document() -> Value {
         "listAttemptedMessages",
         "Attempt",
         "What an endpoint was sent, with each delivery's status.",
+        None,
+        200,
+        s,
+    );
+
+    let srcs = "/api/v1/source";
+    let src = "/api/v1/source/{source_id}";
+    let s = Some(d.schema::<ListResponse<SourceOut>>());
+    d.op("get", srcs, "listSources", "Inbound source", "List inbound sources.", None, 200, s);
+    let (r, s) = (Some(d.schema::<SourceIn>()), Some(d.schema::<SourceOut>()));
+    d.op(
+        "post",
+        srcs,
+        "createSource",
+        "Inbound source",
+        "Create a source; give its ingestUrl to the provider.",
+        r,
+        201,
+        s,
+    );
+    let s = Some(d.schema::<SourceOut>());
+    d.op(
+        "get",
+        src,
+        "getSource",
+        "Inbound source",
+        "Get a source by id or uid (secrets are never shown).",
+        None,
+        200,
+        s,
+    );
+    let (r, s) = (Some(d.schema::<SourceIn>()), Some(d.schema::<SourceOut>()));
+    d.op("put", src, "replaceSource", "Inbound source", "Replace a source.", r, 200, s);
+    let (r, s) = (Some(d.schema::<SourcePatch>()), Some(d.schema::<SourceOut>()));
+    d.op(
+        "patch",
+        src,
+        "patchSource",
+        "Inbound source",
+        "Change some fields of a source (e.g. add a rotated secret).",
+        r,
+        200,
+        s,
+    );
+    d.op("delete", src, "deleteSource", "Inbound source", "Delete a source.", None, 204, None);
+    let s = Some(d.schema::<ListResponse<MessageOut>>());
+    d.op(
+        "get",
+        &format!("{src}/event"),
+        "listSourceEvents",
+        "Inbound source",
+        "Events the source received and accepted.",
+        None,
+        200,
+        s,
+    );
+    d.op(
+        "post",
+        &format!("{src}/event/{{msg_id}}/replay"),
+        "replaySourceEvent",
+        "Inbound source",
+        "Deliver a received event again.",
+        None,
+        202,
+        None,
+    );
+    let s = Some(d.schema::<Vec<RejectionOut>>());
+    d.op(
+        "get",
+        &format!("{src}/rejection"),
+        "listSourceRejections",
+        "Inbound source",
+        "Recently refused requests, for debugging a setup.",
+        None,
+        200,
+        s,
+    );
+    let s = Some(d.schema::<IngestOut>());
+    let ingest = "Where the provider sends webhooks (no bearer token; the provider's signature is checked). \
+        200 when stored (or a duplicate, or filtered); 401 with the reason when unverified; 404 unknown source; 413 oversized; 503 storage unavailable.";
+    d.op("post", "/in/{source}", "ingest", "Inbound source", ingest, None, 200, s);
+    let s = Some(d.schema::<IngestOut>());
+    d.op(
+        "post",
+        "/in/{source}/{rest}",
+        "ingestWithPath",
+        "Inbound source",
+        "The same, for providers that append a path.",
         None,
         200,
         s,

@@ -304,3 +304,86 @@ pub struct EndpointMessageOut {
 pub struct HealthOut {
     pub status: &'static str,
 }
+
+/// A source secret as given: a string, or one with an expiry (for a provider's rotation).
+#[derive(Deserialize, Clone, JsonSchema)]
+#[serde(untagged)]
+pub enum SourceSecretIn {
+    Value(String),
+    WithExpiry {
+        value: String,
+        #[serde(rename = "expiresAt")]
+        expires_at: Option<String>,
+    },
+}
+
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceIn {
+    pub name: String,
+    pub uid: Option<String>,
+    pub preset: hookline_core::inbound::Preset,
+    pub secrets: Vec<SourceSecretIn>,
+    pub event_types: Option<Vec<String>>,
+    pub config: Option<hookline_core::inbound::SourceConfig>,
+    /// The application whose endpoints receive the events (id or uid).
+    pub app_id: String,
+}
+
+#[derive(Deserialize, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourcePatch {
+    pub name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    pub uid: Option<Option<String>>,
+    pub preset: Option<hookline_core::inbound::Preset>,
+    pub secrets: Option<Vec<SourceSecretIn>>,
+    #[serde(default, deserialize_with = "present")]
+    pub event_types: Option<Option<Vec<String>>>,
+    pub config: Option<hookline_core::inbound::SourceConfig>,
+    pub app_id: Option<String>,
+}
+
+/// A secret as shown back: never the value, only its last characters and expiry.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSecretOut {
+    pub ends_with: String,
+    pub expires_at: Option<String>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceOut {
+    pub id: String,
+    pub uid: Option<String>,
+    pub name: String,
+    pub preset: hookline_core::inbound::Preset,
+    pub secrets: Vec<SourceSecretOut>,
+    pub event_types: Option<Vec<String>>,
+    pub config: hookline_core::inbound::SourceConfig,
+    pub app_id: String,
+    /// The URL to give the provider.
+    pub ingest_url: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// What `POST /in/{source}` answers when it accepts, filters or recognises a duplicate.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngestOut {
+    /// `accepted`, `duplicate` or `filtered`.
+    pub status: &'static str,
+    pub message_id: Option<String>,
+}
+
+/// A request a source refused, kept in a short in-memory log for debugging a setup.
+#[derive(Serialize, Clone, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RejectionOut {
+    pub timestamp: String,
+    pub code: &'static str,
+    pub detail: String,
+    pub body_bytes: usize,
+}

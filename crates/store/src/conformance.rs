@@ -74,9 +74,11 @@ pub fn publish(app_id: &str, endpoint_ids: &[&str], event_id: Option<&str>, now:
         tags: None,
         callback_url: None,
         deliver_at: None,
+        source_id: None,
+        headers: None,
         created_at: now,
     };
-    Publish { message, deliveries, idempotency: None }
+    Publish { message, deliveries, idempotency: None, dedupe: None }
 }
 
 fn first_page(limit: usize) -> Page {
@@ -93,6 +95,49 @@ pub async fn run_all(store: &dyn Store) {
     resend_and_recover_restart_deliveries(store).await;
     idempotent_answers_expire(store).await;
     deleting_an_app_removes_everything(store).await;
+    sources_and_inbound_dedupe(store).await;
+}
+
+async fn sources_and_inbound_dedupe(store: &dyn Store) {
+    use hookline_core::inbound::{Preset, SourceConfig};
+    let a = store.create_app(app(8_000, None)).await.unwrap();
+    let source = Source {
+        id: id(prefix::SOURCE, 8_000),
+        uid: Some("stripe-live".into()),
+        name: "Stripe".into(),
+        app_id: a.id.clone(),
+        preset: Preset::Stripe,
+        secrets: vec![SourceSecret { value: "whsec_x".into(), expires_at: None }],
+        event_types: Some(vec!["charge.succeeded".into()]),
+        config: SourceConfig { tolerance_seconds: Some(600), ..Default::default() },
+        created_at: 8_000,
+        updated_at: 8_000,
+    };
+    store.create_source(source.clone()).await.unwrap();
+    assert_eq!(store.get_source("stripe-live").await.unwrap(), source);
+    let mut orphan = source.clone();
+    orphan.id = id(prefix::SOURCE, 8_000);
+    orphan.uid = None;
+    orphan.app_id = "app_missing".into();
+    assert_eq!(store.create_source(orphan).await, Err(StoreError::NotFound), "a source needs its app");
+
+    let mut first = publish(&a.id, &[], None, 8_001);
+    first.message.source_id = Some(source.id.clone());
+    first.dedupe = Some((source.id.clone(), "evt_1".into()));
+    assert!(matches!(store.publish(first.clone()).await.unwrap(), PublishOutcome::Created));
+    let mut retry = publish(&a.id, &[], None, 8_002);
+    retry.dedupe = Some((source.id.clone(), "evt_1".into()));
+    match store.publish(retry.clone()).await.unwrap() {
+        PublishOutcome::Duplicate(existing) => assert_eq!(existing.id, first.message.id),
+        other => panic!("a provider retry must be a duplicate, got {other:?}"),
+    }
+    assert_eq!(store.get_message(&a.id, &retry.message.id).await, Err(StoreError::NotFound), "nothing written");
+    let received = store.list_source_messages(&source.id, first_page(10)).await.unwrap();
+    assert_eq!(received.items.iter().map(|m| m.id.clone()).collect::<Vec<_>>(), vec![first.message.id.clone()]);
+    assert_eq!(store.purge_inbound_keys(8_002).await.unwrap(), 1);
+    assert!(matches!(store.publish(retry).await.unwrap(), PublishOutcome::Created), "outside the window it is new");
+    store.delete_source(&source.id).await.unwrap();
+    assert_eq!(store.get_source(&source.id).await, Err(StoreError::NotFound));
 }
 
 async fn apps_crud_and_uid_lookup(store: &dyn Store) {

@@ -105,6 +105,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Listed<Attempt>>;
     async fn get_attempt(&self, app_id: &str, msg_id: &str, attempt_id: &str) -> StoreResult<Attempt>;
 
+    // Inbound sources.
+    async fn create_source(&self, source: Source) -> StoreResult<Source>;
+    async fn get_source(&self, key: Key<'_>) -> StoreResult<Source>;
+    async fn list_sources(&self, page: Page) -> StoreResult<Listed<Source>>;
+    async fn update_source(&self, source: Source) -> StoreResult<Source>;
+    async fn delete_source(&self, id: &str) -> StoreResult<()>;
+    /// Messages a source received, newest first by default.
+    async fn list_source_messages(&self, source_id: &str, page: Page) -> StoreResult<Listed<Message>>;
+    /// Forgets provider event ids first seen before `before` (the dedupe window).
+    async fn purge_inbound_keys(&self, before: UnixMs) -> StoreResult<usize>;
+
     // Idempotency and tokens.
     async fn idempotent_response(&self, key: &str, since: UnixMs) -> StoreResult<Option<IdempotentResponse>>;
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()>;

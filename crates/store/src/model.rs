@@ -76,6 +76,11 @@ pub struct Message {
     pub tags: Option<Vec<String>>,
     pub callback_url: Option<String>,
     pub deliver_at: Option<UnixMs>,
+    /// The inbound source that received it, for messages from providers.
+    pub source_id: Option<String>,
+    /// Headers sent with every delivery of this message (for inbound messages: the
+    /// provider's content type and its original request, see the README).
+    pub headers: Option<BTreeMap<String, String>>,
     pub created_at: UnixMs,
 }
 
@@ -140,6 +145,32 @@ pub struct Publish {
     pub message: Message,
     pub deliveries: Vec<Delivery>,
     pub idempotency: Option<IdempotentResponse>,
+    /// For inbound messages: `(source id, provider event id)`. A message already stored
+    /// under the same pair makes this publish a duplicate, and nothing is written.
+    pub dedupe: Option<(String, String)>,
+}
+
+/// A signing secret of an inbound source; several may be active during a rotation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceSecret {
+    pub value: String,
+    pub expires_at: Option<UnixMs>,
+}
+
+/// An inbound source: where a provider sends its webhooks, and how they are verified.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Source {
+    pub id: String,
+    pub uid: Option<String>,
+    pub name: String,
+    /// The application whose endpoints receive the events.
+    pub app_id: String,
+    pub preset: hookline_core::inbound::Preset,
+    pub secrets: Vec<SourceSecret>,
+    pub event_types: Option<Vec<String>>,
+    pub config: hookline_core::inbound::SourceConfig,
+    pub created_at: UnixMs,
+    pub updated_at: UnixMs,
 }
 
 #[derive(Clone, Debug)]

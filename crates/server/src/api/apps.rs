@@ -153,6 +153,7 @@ async fn remove(state: Shared, PathParams(app_id): PathParams<String>) -> ApiRes
     let app = find(&state, &app_id).await?;
     state.store.delete_app(&app.id).await.map_err(ApiError::from_store("application"))?;
     state.engine.catalog.invalidate(&app.id);
+    state.engine.catalog.invalidate_sources();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -104,6 +104,8 @@ async fn publish(
         tags: input.tags,
         callback_url: input.callback_url,
         deliver_at,
+        source_id: None,
+        headers: None,
         created_at: now,
     });
     let due_at = deliver_at.unwrap_or(now).max(now);
@@ -143,7 +145,8 @@ async fn publish(
         body: Bytes::from(body.clone()),
         created_at: now,
     });
-    let publish = Publish { message: (*message).clone(), deliveries: deliveries.clone(), idempotency: answer };
+    let publish =
+        Publish { message: (*message).clone(), deliveries: deliveries.clone(), idempotency: answer, dedupe: None };
     match state.store.publish(publish).await.map_err(ApiError::from_store("message"))? {
         PublishOutcome::Created => {
             metrics::counter!(m::PUBLISHED).increment(1);

@@ -6,6 +6,7 @@ mod endpoints;
 mod event_types;
 mod messages;
 mod ops;
+mod sources;
 mod views;
 
 use crate::clock::Clock;
@@ -43,6 +44,9 @@ pub struct AppState {
     pub config: Config,
     pub addresses: AddressPolicy,
     pub admin_token_hashes: Vec<[u8; 32]>,
+    /// Recent refused inbound requests per source, for debugging a provider's setup.
+    pub rejections:
+        std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<crate::wire::RejectionOut>>>,
 }
 
 pub type Shared = State<Arc<AppState>>;
@@ -60,17 +64,26 @@ impl AppState {
 /// Registers a route with and without its trailing slash: the SDKs call without it,
 /// the Svix documentation shows it with.
 fn both(router: Router<Arc<AppState>>, path: &str, handler: MethodRouter<Arc<AppState>>) -> Router<Arc<AppState>> {
+    if path.contains("{*") {
+        // A catch-all already matches the trailing slash.
+        return router.route(path, handler);
+    }
     router.route(path, handler.clone()).route(&format!("{path}/"), handler)
 }
 
 fn authenticated_routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
-    let groups = [apps::routes(), endpoints::routes(), event_types::routes(), messages::routes()];
+    let groups = [apps::routes(), endpoints::routes(), event_types::routes(), messages::routes(), sources::routes()];
     groups.into_iter().flatten().collect()
 }
 
 /// Every path the router serves (without the trailing-slash twins).
 pub fn route_paths() -> Vec<&'static str> {
-    authenticated_routes().into_iter().chain(ops::routes()).map(|(path, _)| path).collect()
+    authenticated_routes()
+        .into_iter()
+        .chain(ops::routes())
+        .chain(sources::ingest_routes())
+        .map(|(path, _)| path)
+        .collect()
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -82,7 +95,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let mut public = Router::new();
-    for (path, handler) in ops::routes() {
+    for (path, handler) in ops::routes().into_iter().chain(sources::ingest_routes()) {
         public = both(public, path, handler);
     }
     public

@@ -2,7 +2,7 @@
 //! and dispatching do not read the database for configuration. API writes invalidate it;
 //! a generation counter keeps a load that raced an invalidation from caching stale data.
 
-use hookline_store::{App, Endpoint, Store, StoreResult};
+use hookline_store::{App, Endpoint, Source, Store, StoreResult};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -12,12 +12,20 @@ pub struct Catalog {
     /// Keyed by id and, where set, by uid too.
     apps: RwLock<HashMap<String, Arc<App>>>,
     endpoints: RwLock<HashMap<String, Arc<Vec<Arc<Endpoint>>>>>,
+    /// Inbound sources, keyed by id and, where set, by uid.
+    sources: RwLock<HashMap<String, Arc<Source>>>,
     generation: AtomicU64,
 }
 
 impl Catalog {
     pub fn new(store: Arc<dyn Store>) -> Catalog {
-        Catalog { store, apps: RwLock::default(), endpoints: RwLock::default(), generation: AtomicU64::new(0) }
+        Catalog {
+            store,
+            apps: RwLock::default(),
+            endpoints: RwLock::default(),
+            sources: RwLock::default(),
+            generation: AtomicU64::new(0),
+        }
     }
 
     /// The application by id or uid.
@@ -53,6 +61,29 @@ impl Catalog {
 
     pub async fn endpoint(&self, app_id: &str, endpoint_id: &str) -> StoreResult<Option<Arc<Endpoint>>> {
         Ok(self.endpoints(app_id).await?.iter().find(|e| e.id == endpoint_id).cloned())
+    }
+
+    /// An inbound source by id or uid.
+    pub async fn source(&self, key: &str) -> StoreResult<Arc<Source>> {
+        if let Some(source) = self.sources.read().expect("catalog lock").get(key) {
+            return Ok(source.clone());
+        }
+        let generation = self.generation.load(Ordering::SeqCst);
+        let source = Arc::new(self.store.get_source(key).await?);
+        let mut sources = self.sources.write().expect("catalog lock");
+        if self.generation.load(Ordering::SeqCst) == generation {
+            sources.insert(source.id.clone(), source.clone());
+            if let Some(uid) = &source.uid {
+                sources.insert(uid.clone(), source.clone());
+            }
+        }
+        Ok(source)
+    }
+
+    /// Forgets every cached source (sources change rarely; this keeps uid keys simple).
+    pub fn invalidate_sources(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.sources.write().expect("catalog lock").clear();
     }
 
     /// Forgets everything cached about one application (by its id).

@@ -303,7 +303,11 @@ impl Engine {
         }
         let now = self.clock.now_ms();
         let mut headers = sign_headers(&target.scheme, &message.id, now / 1000, &message.payload, &target.secrets);
-        headers.push(("content-type".into(), "application/json".into()));
+        // Inbound messages carry the provider's content type and original request headers.
+        let forwarded = message.headers.iter().flatten();
+        let content_type = forwarded.clone().find(|(k, _)| *k == "content-type").map(|(_, v)| v.as_str());
+        headers.push(("content-type".into(), content_type.unwrap_or("application/json").into()));
+        headers.extend(forwarded.filter(|(k, _)| *k != "content-type").map(|(k, v)| (k.clone(), v.clone())));
         headers.extend(target.headers.iter().cloned());
         let sent = self.client.post(&target.url, &headers, message.payload.clone(), now).await;
         self.finish(due, &target, &message, Some(sent)).await;

@@ -3,4 +3,5 @@
 mod api;
 mod delivery;
 mod harness;
+mod inbound;
 mod signing;

@@ -392,6 +392,31 @@ impl Store for SqliteStore {
         self.read(move |c| queue::get_attempt(c, &app_id, &msg_id, &attempt_id)).await
     }
 
+    async fn create_source(&self, source: Source) -> StoreResult<Source> {
+        self.write(move |c| resources::insert_source(c, &source).map(|_| source)).await
+    }
+    async fn get_source(&self, key: Key<'_>) -> StoreResult<Source> {
+        let key = key.to_owned();
+        self.read(move |c| resources::get_source(c, &key)).await
+    }
+    async fn list_sources(&self, page: Page) -> StoreResult<Listed<Source>> {
+        self.read(move |c| resources::list_sources(c, &page)).await
+    }
+    async fn update_source(&self, source: Source) -> StoreResult<Source> {
+        self.write(move |c| resources::update_source(c, &source).map(|_| source)).await
+    }
+    async fn delete_source(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |c| resources::delete_source(c, &id)).await
+    }
+    async fn list_source_messages(&self, source_id: &str, page: Page) -> StoreResult<Listed<Message>> {
+        let source_id = source_id.to_owned();
+        self.read(move |c| queue::list_source_messages(c, &source_id, &page)).await
+    }
+    async fn purge_inbound_keys(&self, before: UnixMs) -> StoreResult<usize> {
+        self.write(move |c| queue::purge_inbound_keys(c, before)).await
+    }
+
     async fn idempotent_response(&self, key: &str, since: UnixMs) -> StoreResult<Option<IdempotentResponse>> {
         let key = key.to_owned();
         self.read(move |c| queue::idempotent_response(c, &key, since)).await

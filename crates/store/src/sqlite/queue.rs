@@ -9,6 +9,23 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutcome> {
     let m = &publish.message;
+    if let Some((source_id, key)) = &publish.dedupe {
+        let earlier: Option<String> = conn
+            .prepare_cached("SELECT msg_id FROM inbound_keys WHERE source_id = ?1 AND event_key = ?2")
+            .and_then(|mut s| s.query_row([source_id, key], |r| r.get(0)).optional())
+            .map_err(sql_error)?;
+        if let Some(msg_id) = earlier {
+            // The earlier message may have been deleted with its app; then accept anew.
+            if let Some(existing) = message_by_id(conn, &msg_id).map(Some).or_else(absent)? {
+                return Ok(PublishOutcome::Duplicate(Box::new(existing)));
+            }
+        }
+        conn.prepare_cached(
+            "INSERT OR REPLACE INTO inbound_keys (source_id, event_key, msg_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .and_then(|mut s| s.execute(params![source_id, key, m.id, m.created_at]))
+        .map_err(sql_error)?;
+    }
     if let Some(event_id) = &m.event_id {
         let sql = format!("SELECT {} FROM messages WHERE app_id = ?1 AND event_id = ?2", rows::MESSAGE_COLUMNS);
         if let Some(existing) =
@@ -17,8 +34,10 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
             return Ok(PublishOutcome::Duplicate(Box::new(existing)));
         }
     }
-    let sql =
-        format!("INSERT INTO messages ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", rows::MESSAGE_COLUMNS);
+    let sql = format!(
+        "INSERT INTO messages ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        rows::MESSAGE_COLUMNS
+    );
     conn.prepare_cached(&sql)
         .and_then(|mut s| {
             s.execute(params![
@@ -31,6 +50,8 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
                 rows::opt_json(&m.tags),
                 m.callback_url,
                 m.deliver_at,
+                m.source_id,
+                rows::opt_json(&m.headers),
                 m.created_at
             ])
         })
@@ -332,4 +353,18 @@ pub fn add_admin_token_hash(conn: &Connection, id: &str, hash: &[u8; 32], now: i
     conn.execute("INSERT INTO admin_tokens (id, hash, created_at) VALUES (?1, ?2, ?3)", params![id, &hash[..], now])
         .map_err(sql_error)?;
     Ok(())
+}
+
+pub fn list_source_messages(conn: &Connection, source_id: &str, page: &Page) -> StoreResult<Listed<Message>> {
+    Query::new().and("source_id = ?", source_id.to_owned()).page(
+        conn,
+        rows::MESSAGE_COLUMNS,
+        "messages",
+        page,
+        rows::message,
+    )
+}
+
+pub fn purge_inbound_keys(conn: &Connection, before: i64) -> StoreResult<usize> {
+    conn.execute("DELETE FROM inbound_keys WHERE created_at < ?1", [before]).map_err(sql_error)
 }

@@ -60,7 +60,7 @@ pub fn update_app(conn: &Connection, app: &App) -> StoreResult<()> {
 
 pub fn delete_app(conn: &Connection, id: &str) -> StoreResult<()> {
     changed(conn.execute("DELETE FROM apps WHERE id = ?1", [id]).map_err(sql_error)?)?;
-    for table in ["endpoints", "messages", "deliveries", "attempts"] {
+    for table in ["endpoints", "messages", "deliveries", "attempts", "sources"] {
         conn.execute(&format!("DELETE FROM {table} WHERE app_id = ?1"), [id]).map_err(sql_error)?;
     }
     Ok(())
@@ -186,5 +186,53 @@ pub fn delete_endpoint(conn: &Connection, app_id: &str, id: &str) -> StoreResult
     // Open deliveries to a deleted endpoint can never be made: close them.
     conn.execute("UPDATE deliveries SET state = 4, next_at = NULL WHERE endpoint_id = ?1 AND state IN (1, 3)", [id])
         .map_err(sql_error)?;
+    Ok(())
+}
+
+fn source_values(s: &Source) -> [rusqlite::types::Value; 10] {
+    use rusqlite::types::Value;
+    [
+        Value::Text(s.id.clone()),
+        s.uid.clone().map(Value::Text).unwrap_or(Value::Null),
+        Value::Text(s.name.clone()),
+        Value::Text(s.app_id.clone()),
+        Value::Text(rows::to_json(&s.preset)),
+        Value::Text(rows::to_json(&s.secrets)),
+        rows::opt_json(&s.event_types).map(Value::Text).unwrap_or(Value::Null),
+        Value::Text(rows::to_json(&s.config)),
+        Value::Integer(s.created_at),
+        Value::Integer(s.updated_at),
+    ]
+}
+
+pub fn insert_source(conn: &Connection, source: &Source) -> StoreResult<()> {
+    get_app(conn, &source.app_id)?;
+    let sql =
+        format!("INSERT INTO sources ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", rows::SOURCE_COLUMNS);
+    conn.execute(&sql, rusqlite::params_from_iter(source_values(source))).map_err(sql_error)?;
+    Ok(())
+}
+
+pub fn update_source(conn: &Connection, source: &Source) -> StoreResult<()> {
+    get_source(conn, &source.id)?;
+    get_app(conn, &source.app_id)?;
+    let sql =
+        format!("REPLACE INTO sources ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", rows::SOURCE_COLUMNS);
+    conn.execute(&sql, rusqlite::params_from_iter(source_values(source))).map_err(sql_error)?;
+    Ok(())
+}
+
+pub fn get_source(conn: &Connection, key: &str) -> StoreResult<Source> {
+    let sql = format!("SELECT {} FROM sources WHERE id = ?1 OR uid = ?1", rows::SOURCE_COLUMNS);
+    one(conn.query_row(&sql, [key], rows::source).optional())
+}
+
+pub fn list_sources(conn: &Connection, page: &Page) -> StoreResult<Listed<Source>> {
+    Query::new().page(conn, rows::SOURCE_COLUMNS, "sources", page, rows::source)
+}
+
+pub fn delete_source(conn: &Connection, id: &str) -> StoreResult<()> {
+    changed(conn.execute("DELETE FROM sources WHERE id = ?1", [id]).map_err(sql_error)?)?;
+    conn.execute("DELETE FROM inbound_keys WHERE source_id = ?1", [id]).map_err(sql_error)?;
     Ok(())
 }

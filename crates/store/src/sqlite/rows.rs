@@ -88,7 +88,7 @@ pub fn endpoint(row: &Row) -> rusqlite::Result<Endpoint> {
 }
 
 pub const MESSAGE_COLUMNS: &str =
-    "id, app_id, event_id, event_type, payload, channels, tags, callback_url, deliver_at, created_at";
+    "id, app_id, event_id, event_type, payload, channels, tags, callback_url, deliver_at, source_id, headers, created_at";
 
 pub fn message(row: &Row) -> rusqlite::Result<Message> {
     Ok(Message {
@@ -101,7 +101,26 @@ pub fn message(row: &Row) -> rusqlite::Result<Message> {
         tags: from_opt_json(row.get(6)?)?,
         callback_url: row.get(7)?,
         deliver_at: row.get(8)?,
-        created_at: row.get(9)?,
+        source_id: row.get(9)?,
+        headers: from_opt_json(row.get(10)?)?,
+        created_at: row.get(11)?,
+    })
+}
+
+pub const SOURCE_COLUMNS: &str = "id, uid, name, app_id, preset, secrets, event_types, config, created_at, updated_at";
+
+pub fn source(row: &Row) -> rusqlite::Result<Source> {
+    Ok(Source {
+        id: row.get(0)?,
+        uid: row.get(1)?,
+        name: row.get(2)?,
+        app_id: row.get(3)?,
+        preset: from_json(&row.get::<_, String>(4)?)?,
+        secrets: from_json(&row.get::<_, String>(5)?)?,
+        event_types: from_opt_json(row.get(6)?)?,
+        config: from_json(&row.get::<_, String>(7)?)?,
+        created_at: row.get(8)?,
+        updated_at: row.get(9)?,
     })
 }
 

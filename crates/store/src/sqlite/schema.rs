@@ -57,9 +57,12 @@ CREATE TABLE messages (
     tags TEXT,
     callback_url TEXT,
     deliver_at INTEGER,
+    source_id TEXT,
+    headers TEXT,
     created_at INTEGER NOT NULL
 );
 CREATE INDEX messages_by_app ON messages (app_id, id);
+CREATE INDEX messages_by_source ON messages (source_id, id) WHERE source_id IS NOT NULL;
 CREATE UNIQUE INDEX messages_by_event_id ON messages (app_id, event_id) WHERE event_id IS NOT NULL;
 CREATE TABLE deliveries (
     id TEXT PRIMARY KEY,
@@ -98,6 +101,25 @@ CREATE TABLE idempotency (
     status INTEGER NOT NULL,
     body BLOB NOT NULL,
     created_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE sources (
+    id TEXT PRIMARY KEY,
+    uid TEXT UNIQUE,
+    name TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    preset TEXT NOT NULL,
+    secrets TEXT NOT NULL,
+    event_types TEXT,
+    config TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE inbound_keys (
+    source_id TEXT NOT NULL,
+    event_key TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (source_id, event_key)
 ) WITHOUT ROWID;
 CREATE TABLE admin_tokens (
     id TEXT PRIMARY KEY,

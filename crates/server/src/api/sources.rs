@@ -1,0 +1,377 @@
+//! Inbound sources: `/api/v1/source` to manage them, and `POST /in/{source}` where providers
+//! (Stripe, Shopify, GitHub, ...) send webhooks. A request is verified over its raw bytes,
+//! deduplicated on the provider's event id, filtered by event type, stored with its
+//! deliveries in one synced commit, and only then acknowledged.
+
+use super::apps::find as find_app;
+use super::{check_uid, listed, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
+use crate::error::{ApiError, ApiResult};
+use crate::metrics as m;
+use crate::wire::*;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::routing::{get, post, MethodRouter};
+use axum::Json;
+use hookline_core::delivery::{DeliveryState, Trigger};
+use hookline_core::id::prefix;
+use hookline_core::inbound::{verify, Rejection};
+use hookline_core::routing::endpoint_accepts;
+use hookline_store::{Bytes, Delivery, Message, Publish, PublishOutcome, Source, SourceSecret};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+/// Secrets a source may hold at once.
+const SECRETS_MAX: usize = 5;
+/// Provider headers forwarded with an inbound event, at most.
+const FORWARDED_HEADERS_MAX: usize = 64;
+/// Headers never forwarded: transport details and credentials meant for Hookline only.
+const NOT_FORWARDED: &[&str] =
+    &["host", "content-length", "connection", "transfer-encoding", "authorization", "cookie"];
+/// The prefix of forwarded provider headers on deliveries.
+pub const FORWARDED_PREFIX: &str = "x-hookline-forwarded-";
+
+pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
+    vec![
+        ("/api/v1/source", get(list).post(create)),
+        ("/api/v1/source/{source_id}", get(read).put(replace).patch(patch).delete(remove)),
+        ("/api/v1/source/{source_id}/event", get(events)),
+        ("/api/v1/source/{source_id}/event/{msg_id}/replay", post(replay)),
+        ("/api/v1/source/{source_id}/rejection", get(rejections)),
+    ]
+}
+
+/// The provider-facing routes; no bearer token: the signature is the credential.
+pub fn ingest_routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
+    vec![("/in/{source}", post(ingest)), ("/in/{source}/{*rest}", post(ingest))]
+}
+
+fn secrets_from(input: Vec<SourceSecretIn>) -> ApiResult<Vec<SourceSecret>> {
+    if input.is_empty() || input.len() > SECRETS_MAX {
+        return Err(ApiError::field("secrets", format!("a source needs 1 to {SECRETS_MAX} secrets")));
+    }
+    input
+        .into_iter()
+        .map(|s| {
+            let (value, expires) = match s {
+                SourceSecretIn::Value(value) => (value, None),
+                SourceSecretIn::WithExpiry { value, expires_at } => (value, expires_at),
+            };
+            if value.is_empty() || value.len() > 1024 {
+                return Err(ApiError::field("secrets", "a secret must be 1 to 1024 bytes"));
+            }
+            let expires_at = match expires {
+                Some(t) => Some(
+                    parse_timestamp(&t)
+                        .ok_or_else(|| ApiError::field("secrets", "expiresAt must be an RFC 3339 time"))?,
+                ),
+                None => None,
+            };
+            Ok(SourceSecret { value, expires_at })
+        })
+        .collect()
+}
+
+fn view(state: &AppState, s: Source) -> SourceOut {
+    let base = state.config.api.public_url.clone().unwrap_or_else(|| format!("http://{}", state.config.server.listen));
+    SourceOut {
+        ingest_url: format!("{}/in/{}", base.trim_end_matches('/'), s.id),
+        secrets: s
+            .secrets
+            .iter()
+            .map(|secret| SourceSecretOut {
+                ends_with: secret.value.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect(),
+                expires_at: secret.expires_at.map(timestamp),
+            })
+            .collect(),
+        id: s.id,
+        uid: s.uid,
+        name: s.name,
+        preset: s.preset,
+        event_types: s.event_types,
+        config: s.config,
+        app_id: s.app_id,
+        created_at: timestamp(s.created_at),
+        updated_at: timestamp(s.updated_at),
+    }
+}
+
+fn check(source: &Source) -> ApiResult<()> {
+    if source.name.trim().is_empty() {
+        return Err(ApiError::field("name", "name must not be empty"));
+    }
+    check_uid(&source.uid)?;
+    if let Some(types) = &source.event_types {
+        if types.is_empty() || types.iter().any(|t| t.is_empty() || t.len() > 256) {
+            return Err(ApiError::field("eventTypes", "eventTypes must hold 1 or more names of 1 to 256 bytes"));
+        }
+    }
+    let tolerance = source.config.tolerance_seconds;
+    if tolerance.is_some_and(|t| !(1..=86_400).contains(&t)) {
+        return Err(ApiError::field("config", "toleranceSeconds must be 1 to 86400"));
+    }
+    Ok(())
+}
+
+async fn create(state: Shared, JsonBody(input): JsonBody<SourceIn>) -> ApiResult<(StatusCode, Json<SourceOut>)> {
+    let app = find_app(&state, &input.app_id).await?;
+    let now = state.now();
+    let source = Source {
+        id: state.new_id(prefix::SOURCE),
+        uid: input.uid,
+        name: input.name,
+        app_id: app.id,
+        preset: input.preset,
+        secrets: secrets_from(input.secrets)?,
+        event_types: input.event_types,
+        config: input.config.unwrap_or_default(),
+        created_at: now,
+        updated_at: now,
+    };
+    check(&source)?;
+    let created = state.store.create_source(source).await.map_err(ApiError::from_store("source"))?;
+    state.engine.catalog.invalidate_sources();
+    Ok((StatusCode::CREATED, Json(view(&state, created))))
+}
+
+async fn list(state: Shared, QueryParams(query): QueryParams<ListQuery>) -> ApiResult<Json<ListResponse<SourceOut>>> {
+    let sources = state.store.list_sources(query.page(false)?).await.map_err(ApiError::from_store("source"))?;
+    Ok(Json(listed(sources, |s| s.id.clone(), |s| view(&state, s))))
+}
+
+async fn find(state: &AppState, key: &str) -> ApiResult<Source> {
+    state.store.get_source(key).await.map_err(ApiError::from_store("source"))
+}
+
+async fn read(state: Shared, PathParams(key): PathParams<String>) -> ApiResult<Json<SourceOut>> {
+    Ok(Json(view(&state, find(&state, &key).await?)))
+}
+
+async fn save(state: &AppState, mut source: Source) -> ApiResult<Json<SourceOut>> {
+    check(&source)?;
+    source.updated_at = state.now();
+    let saved = state.store.update_source(source).await.map_err(ApiError::from_store("source"))?;
+    state.engine.catalog.invalidate_sources();
+    Ok(Json(view(state, saved)))
+}
+
+async fn replace(
+    state: Shared,
+    PathParams(key): PathParams<String>,
+    JsonBody(input): JsonBody<SourceIn>,
+) -> ApiResult<Json<SourceOut>> {
+    let mut source = find(&state, &key).await?;
+    source.app_id = find_app(&state, &input.app_id).await?.id;
+    source.name = input.name;
+    source.uid = input.uid;
+    source.preset = input.preset;
+    source.secrets = secrets_from(input.secrets)?;
+    source.event_types = input.event_types;
+    source.config = input.config.unwrap_or_default();
+    save(&state, source).await
+}
+
+async fn patch(
+    state: Shared,
+    PathParams(key): PathParams<String>,
+    JsonBody(input): JsonBody<SourcePatch>,
+) -> ApiResult<Json<SourceOut>> {
+    let mut source = find(&state, &key).await?;
+    if let Some(app_id) = input.app_id {
+        source.app_id = find_app(&state, &app_id).await?.id;
+    }
+    if let Some(name) = input.name {
+        source.name = name;
+    }
+    if let Some(uid) = input.uid {
+        source.uid = uid;
+    }
+    if let Some(preset) = input.preset {
+        source.preset = preset;
+    }
+    if let Some(secrets) = input.secrets {
+        source.secrets = secrets_from(secrets)?;
+    }
+    if let Some(types) = input.event_types {
+        source.event_types = types;
+    }
+    if let Some(config) = input.config {
+        source.config = config;
+    }
+    save(&state, source).await
+}
+
+async fn remove(state: Shared, PathParams(key): PathParams<String>) -> ApiResult<StatusCode> {
+    let source = find(&state, &key).await?;
+    state.store.delete_source(&source.id).await.map_err(ApiError::from_store("source"))?;
+    state.engine.catalog.invalidate_sources();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// What a source received and accepted (verified), newest first.
+async fn events(
+    state: Shared,
+    PathParams(key): PathParams<String>,
+    QueryParams(query): QueryParams<ListQuery>,
+) -> ApiResult<Json<ListResponse<MessageOut>>> {
+    let source = find(&state, &key).await?;
+    let received = state
+        .store
+        .list_source_messages(&source.id, query.page(true)?)
+        .await
+        .map_err(ApiError::from_store("source"))?;
+    Ok(Json(listed(received, |m| m.id.clone(), |m| views::message(m, query.with_content.unwrap_or(true)))))
+}
+
+/// Delivers a received event again to every endpoint of the source's application.
+async fn replay(
+    state: Shared,
+    PathParams((key, msg_id)): PathParams<(String, String)>,
+) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+    let source = find(&state, &key).await?;
+    let message = state.store.get_message(&source.app_id, &msg_id).await.map_err(ApiError::from_store("message"))?;
+    if message.source_id.as_deref() != Some(source.id.as_str()) {
+        return Err(ApiError::NotFound("message"));
+    }
+    let endpoints = state.engine.catalog.endpoints(&source.app_id).await.map_err(ApiError::from_store("endpoint"))?;
+    let message = Arc::new(message);
+    let mut replayed = 0;
+    for endpoint in endpoints.iter().filter(|e| !e.disabled) {
+        let delivery = state
+            .store
+            .resend(&source.app_id, &message.id, &endpoint.id, state.new_id(prefix::DELIVERY), state.now())
+            .await
+            .map_err(ApiError::from_store("message"))?;
+        state.engine.enqueue(delivery, Some(message.clone()));
+        replayed += 1;
+    }
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "replayed": replayed }))))
+}
+
+/// The source's most recent refused requests (in memory, newest last).
+async fn rejections(state: Shared, PathParams(key): PathParams<String>) -> ApiResult<Json<Vec<RejectionOut>>> {
+    let source = find(&state, &key).await?;
+    let log = state.rejections.lock().expect("rejections lock");
+    Ok(Json(log.get(&source.id).map(|l| l.iter().cloned().collect()).unwrap_or_default()))
+}
+
+fn count(source: &str, outcome: &'static str) {
+    metrics::counter!(m::INBOUND, "source" => source.to_owned(), "outcome" => outcome).increment(1);
+}
+
+fn reject(state: &AppState, source: &Source, rejection: Rejection, body_bytes: usize) -> ApiError {
+    count(&source.id, rejection.code());
+    let mut log = state.rejections.lock().expect("rejections lock");
+    let entries = log.entry(source.id.clone()).or_insert_with(VecDeque::new);
+    entries.push_back(RejectionOut {
+        timestamp: timestamp(state.now()),
+        code: rejection.code(),
+        detail: rejection.to_string(),
+        body_bytes,
+    });
+    while entries.len() > state.config.inbound.rejections_kept {
+        entries.pop_front();
+    }
+    ApiError::Unverified(rejection)
+}
+
+/// The headers a delivery of an inbound event carries: the provider's content type, the
+/// source, the original method and path, and the provider's own headers under a prefix.
+fn forwarded_headers(source: &Source, method: &Method, uri: &Uri, headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    out.insert("x-hookline-source".to_owned(), source.id.clone());
+    out.insert("x-hookline-original-method".to_owned(), method.to_string());
+    out.insert("x-hookline-original-path".to_owned(), uri.path_and_query().map(|p| p.to_string()).unwrap_or_default());
+    if let Some(content_type) = headers.get("content-type").and_then(|v| v.to_str().ok()) {
+        out.insert("content-type".to_owned(), content_type.to_owned());
+    }
+    let provider = headers
+        .iter()
+        .filter(|(name, _)| !NOT_FORWARDED.contains(&name.as_str()) && name.as_str() != "content-type")
+        .filter_map(|(name, value)| Some((format!("{FORWARDED_PREFIX}{name}"), value.to_str().ok()?.to_owned())))
+        .take(FORWARDED_HEADERS_MAX);
+    out.extend(provider);
+    out
+}
+
+async fn ingest(
+    State(state): Shared,
+    PathParams(params): PathParams<BTreeMap<String, String>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<IngestOut>> {
+    let key = params.get("source").cloned().unwrap_or_default();
+    let source = state.engine.catalog.source(&key).await.map_err(ApiError::from_store("source"))?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            count(&source.id, "oversized");
+            ApiError::PayloadTooLarge(state.config.api.body_bytes_max)
+        } else {
+            ApiError::BadRequest(rejection.body_text())
+        }
+    })?;
+    let now = state.now();
+    let secrets: Vec<&str> =
+        source.secrets.iter().filter(|s| s.expires_at.is_none_or(|at| at > now)).map(|s| s.value.as_str()).collect();
+    let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let verified = verify(source.preset, &source.config, &lookup, &body, &secrets, now / 1000)
+        .map_err(|rejection| reject(&state, &source, rejection, body.len()))?;
+    let event_type = verified.event_type.clone().unwrap_or_else(|| format!("{}.event", preset_name(&source)));
+    if source.event_types.as_ref().is_some_and(|accepted| !accepted.contains(&event_type)) {
+        count(&source.id, "filtered");
+        return Ok(Json(IngestOut { status: "filtered", message_id: None }));
+    }
+    let endpoints = state.engine.catalog.endpoints(&source.app_id).await.map_err(ApiError::from_store("endpoint"))?;
+    let message = Arc::new(Message {
+        id: state.new_id(prefix::MESSAGE),
+        app_id: source.app_id.clone(),
+        event_id: None,
+        event_type,
+        payload: Bytes::copy_from_slice(&body),
+        channels: None,
+        tags: None,
+        callback_url: None,
+        deliver_at: None,
+        source_id: Some(source.id.clone()),
+        headers: Some(forwarded_headers(&source, &method, &uri, &headers)),
+        created_at: now,
+    });
+    let deliveries: Vec<Delivery> = endpoints
+        .iter()
+        .filter(|e| {
+            !e.disabled && endpoint_accepts(e.event_types.as_deref(), e.channels.as_deref(), &message.event_type, None)
+        })
+        .map(|e| Delivery {
+            id: state.new_id(prefix::DELIVERY),
+            msg_id: message.id.clone(),
+            app_id: source.app_id.clone(),
+            endpoint_id: Some(e.id.clone()),
+            state: DeliveryState::Pending,
+            attempts: 0,
+            next_at: Some(now),
+            first_attempt_at: None,
+            trigger: Trigger::Scheduled,
+            updated_at: now,
+        })
+        .collect();
+    let dedupe = verified.event_id.map(|id| (source.id.clone(), id));
+    let publish = Publish { message: (*message).clone(), deliveries: deliveries.clone(), idempotency: None, dedupe };
+    match state.store.publish(publish).await.map_err(ApiError::from_store("message"))? {
+        PublishOutcome::Created => {
+            count(&source.id, "accepted");
+            for d in deliveries {
+                state.engine.enqueue(d, Some(message.clone()));
+            }
+            Ok(Json(IngestOut { status: "accepted", message_id: Some(message.id.clone()) }))
+        }
+        PublishOutcome::Duplicate(existing) => {
+            count(&source.id, "duplicate");
+            Ok(Json(IngestOut { status: "duplicate", message_id: Some(existing.id) }))
+        }
+    }
+}
+
+fn preset_name(source: &Source) -> String {
+    serde_json::to_value(source.preset).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}

@@ -1,0 +1,223 @@
+//! Inbound sources end to end: every preset's vectors through `POST /in/{source}`, then
+//! forwarding, dedupe across a restart, filtering, limits and the rejection log.
+
+use crate::harness::*;
+use hookline_core::signature::{stripe_header, verify_standard, Secret};
+use hookline_server::clock::ManualClock;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Vector {
+    name: String,
+    preset: String,
+    secrets: Vec<String>,
+    headers: HashMap<String, String>,
+    body: String,
+    now: i64,
+    config: Value,
+    expect: String,
+    event_id: Option<String>,
+}
+
+async fn post_in(gw: &Gateway, path: &str, headers: &[(String, String)], body: &str) -> (u16, Value) {
+    let mut request = gw.http.post(format!("{}{path}", gw.url)).body(body.to_owned());
+    for (k, v) in headers {
+        request = request.header(k.as_str(), v.as_str());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn source(gw: &Gateway, app: &str, preset: &str, secrets: Value, config: Value) -> Value {
+    gw.ok(
+        "POST",
+        "/api/v1/source",
+        Some(json!({"name": "provider", "preset": preset, "secrets": secrets, "config": config, "appId": app})),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn every_preset_vector_is_accepted_or_refused_over_http() {
+    let mut vectors: Vec<Vector> =
+        serde_json::from_str(include_str!("../../../core/tests/vectors/inbound.json")).unwrap();
+    vectors.sort_by_key(|v| v.now);
+    let start = vectors[0].now * 1000;
+    let gw =
+        start_gateway_in(dev_config(), Arc::new(tempfile::tempdir().unwrap()), Arc::new(ManualClock::new(start))).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    let ep = gw.endpoint(&app, json!({"url": rx.url})).await;
+    let ep_secret =
+        gw.ok("GET", &format!("/api/v1/app/{app}/endpoint/{}/secret", ep["id"].as_str().unwrap()), None).await;
+    let ep_secret = Secret::parse(ep_secret["key"].as_str().unwrap()).unwrap();
+    let mut now = start;
+    for v in vectors {
+        gw.advance(v.now * 1000 - now);
+        now = v.now * 1000;
+        let src = source(&gw, &app, &v.preset, json!(v.secrets), v.config.clone()).await;
+        let path = format!("/in/{}", src["id"].as_str().unwrap());
+        let headers: Vec<(String, String)> = v.headers.clone().into_iter().collect();
+        let (status, answer) = post_in(&gw, &path, &headers, &v.body).await;
+        if v.expect != "ok" {
+            assert_eq!((status, answer["code"].as_str()), (401, Some(v.expect.as_str())), "{}: {answer}", v.name);
+            continue;
+        }
+        assert_eq!((status, answer["status"].as_str()), (200, Some("accepted")), "{}: {answer}", v.name);
+        let got = rx.next().await;
+        assert_eq!(std::str::from_utf8(&got.body).unwrap(), v.body, "{}: the original bytes are forwarded", v.name);
+        assert_eq!(got.header("x-hookline-source"), src["id"].as_str().unwrap(), "{}", v.name);
+        for (name, value) in &v.headers {
+            assert_eq!(
+                got.header(&format!("x-hookline-forwarded-{name}")),
+                value,
+                "{}: provider header {name}",
+                v.name
+            );
+        }
+        let ts = got.header("webhook-timestamp");
+        let resigned = verify_standard(
+            got.header("webhook-id"),
+            ts,
+            got.header("webhook-signature"),
+            &got.body,
+            &[ep_secret.clone()],
+            v.now,
+            300,
+        );
+        assert_eq!(resigned, Ok(()), "{}: re-signed with the endpoint's secret", v.name);
+        let (status, again) = post_in(&gw, &path, &headers, &v.body).await;
+        let expected = if v.event_id.is_some() { "duplicate" } else { "accepted" };
+        assert_eq!((status, again["status"].as_str()), (200, Some(expected)), "{}: the provider's retry", v.name);
+        if v.event_id.is_some() {
+            assert!(!rx.gets_within(100).await, "{}: a duplicate is not delivered again", v.name);
+        } else {
+            rx.next().await;
+        }
+    }
+    gw.stop().await;
+}
+
+fn stripe_request(secret: &str, body: &str, now_s: i64) -> Vec<(String, String)> {
+    vec![
+        ("stripe-signature".into(), stripe_header(&[secret], now_s, body.as_bytes())),
+        ("content-type".into(), "application/json; charset=utf-8".into()),
+    ]
+}
+
+#[tokio::test]
+async fn a_provider_retry_after_a_restart_is_not_delivered_twice() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let clock = Arc::new(ManualClock::new(T0));
+    let rx = Receiver::start(Answer::status(200)).await;
+    let gw = start_gateway_in(dev_config(), dir.clone(), clock.clone()).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let src = source(&gw, &app, "stripe", json!(["whsec_live"]), json!({})).await;
+    let path = format!("/in/{}/stripe/webhooks?x=1", src["id"].as_str().unwrap());
+    let body = r#"{"id":"evt_restart","type":"charge.succeeded"}"#;
+    let (status, first) = post_in(&gw, &path, &stripe_request("whsec_live", body, T0 / 1000), body).await;
+    assert_eq!((status, first["status"].as_str()), (200, Some("accepted")));
+    let got = rx.next().await;
+    assert_eq!(got.header("content-type"), "application/json; charset=utf-8", "the provider's content type is kept");
+    assert_eq!(got.header("x-hookline-original-path"), format!("{path}"));
+    assert_eq!(got.header("x-hookline-original-method"), "POST");
+    gw.stop().await;
+    let gw = start_gateway_in(dev_config(), dir, clock).await;
+    let (status, retry) = post_in(&gw, &path, &stripe_request("whsec_live", body, T0 / 1000), body).await;
+    assert_eq!(
+        (status, retry["status"].as_str(), retry["messageId"].as_str()),
+        (200, Some("duplicate"), first["messageId"].as_str())
+    );
+    assert!(!rx.gets_within(300).await, "no second delivery");
+    let events = gw.ok("GET", &format!("/api/v1/source/{}/event", src["id"].as_str().unwrap()), None).await;
+    assert_eq!(events["data"].as_array().unwrap().len(), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn filters_limits_rotation_and_the_rejection_log() {
+    let mut config = dev_config();
+    config.api.body_bytes_max = 2048;
+    let gw = start_gateway(config).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let secrets =
+        json!(["whsec_new", {"value": "whsec_old", "expiresAt": hookline_server::wire::timestamp(T0 + 60_000)}]);
+    let src = gw
+        .ok("POST", "/api/v1/source", Some(json!({"name": "stripe", "uid": "stripe-live", "preset": "stripe", "secrets": secrets, "eventTypes": ["charge.succeeded"], "appId": "merchant"})))
+        .await;
+    assert!(src["ingestUrl"].as_str().unwrap().ends_with(&format!("/in/{}", src["id"].as_str().unwrap())));
+    assert!(!src.to_string().contains("whsec_new"), "secrets are never shown back");
+    let now_s = T0 / 1000;
+    let charge = r#"{"id":"evt_1","type":"charge.succeeded"}"#;
+    let refund = r#"{"id":"evt_2","type":"charge.refunded"}"#;
+    // Both secrets of a rotation are accepted, and the uid works in the URL.
+    let (status, _) = post_in(&gw, "/in/stripe-live", &stripe_request("whsec_old", charge, now_s), charge).await;
+    assert_eq!(status, 200);
+    rx.next().await;
+    let other = r#"{"id":"evt_3","type":"charge.succeeded"}"#;
+    let (status, _) = post_in(&gw, "/in/stripe-live", &stripe_request("whsec_new", other, now_s), other).await;
+    assert_eq!(status, 200);
+    rx.next().await;
+    let (status, filtered) = post_in(&gw, "/in/stripe-live", &stripe_request("whsec_new", refund, now_s), refund).await;
+    assert_eq!((status, filtered["status"].as_str()), (200, Some("filtered")));
+    assert!(!rx.gets_within(200).await, "filtered events are not forwarded");
+    // After its expiry the old secret no longer verifies.
+    gw.advance(60_001);
+    let late = r#"{"id":"evt_4","type":"charge.succeeded"}"#;
+    let (status, refused) = post_in(&gw, "/in/stripe-live", &stripe_request("whsec_old", late, now_s + 60), late).await;
+    assert_eq!((status, refused["code"].as_str()), (401, Some("bad_signature")));
+    let (status, stale) = post_in(&gw, "/in/stripe-live", &stripe_request("whsec_new", late, now_s - 600), late).await;
+    assert_eq!((status, stale["code"].as_str()), (401, Some("stale_timestamp")));
+    let (status, missing) = post_in(&gw, "/in/stripe-live", &[], late).await;
+    assert_eq!((status, missing["code"].as_str()), (401, Some("missing_signature")));
+    let big = format!(r#"{{"id":"evt_5","pad":"{}"}}"#, "x".repeat(3000));
+    let (status, oversized) =
+        post_in(&gw, "/in/stripe-live", &stripe_request("whsec_new", &big, now_s + 60), &big).await;
+    assert_eq!((status, oversized["code"].as_str()), (413, Some("payload_too_large")));
+    let (status, unknown) = post_in(&gw, "/in/src_nothing", &[], "{}").await;
+    assert_eq!((status, unknown["code"].as_str()), (404, Some("not_found")));
+    let log = gw.ok("GET", "/api/v1/source/stripe-live/rejection", None).await;
+    let codes: Vec<&str> = log.as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
+    assert_eq!(codes, vec!["bad_signature", "stale_timestamp", "missing_signature"]);
+    let metrics = gw.http.get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
+    let source_id = src["id"].as_str().unwrap();
+    for outcome in ["accepted", "filtered", "bad_signature", "stale_timestamp", "oversized"] {
+        let line = format!("hookline_inbound_requests_total{{source=\"{source_id}\",outcome=\"{outcome}\"}}");
+        let alt = format!("hookline_inbound_requests_total{{outcome=\"{outcome}\",source=\"{source_id}\"}}");
+        assert!(metrics.contains(&line) || metrics.contains(&alt), "metrics count {outcome}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn received_events_can_be_replayed() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let src = source(&gw, &app, "github", json!(["It's a Secret to Everybody"]), json!({})).await;
+    let headers = vec![
+        (
+            "x-hub-signature-256".to_owned(),
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17".to_owned(),
+        ),
+        ("x-github-delivery".to_owned(), "d-1".to_owned()),
+        ("x-github-event".to_owned(), "push".to_owned()),
+    ];
+    let src_id = src["id"].as_str().unwrap();
+    let (status, accepted) = post_in(&gw, &format!("/in/{src_id}"), &headers, "Hello, World!").await;
+    assert_eq!(status, 200);
+    assert_eq!(&rx.next().await.body[..], b"Hello, World!");
+    let msg = accepted["messageId"].as_str().unwrap();
+    let out = gw.ok("POST", &format!("/api/v1/source/{src_id}/event/{msg}/replay"), None).await;
+    assert_eq!(out["replayed"], 1);
+    assert_eq!(&rx.next().await.body[..], b"Hello, World!");
+    gw.stop().await;
+}
