@@ -2,6 +2,7 @@
 //! store and runs the server until SIGTERM or SIGINT.
 
 mod settings;
+mod verify;
 
 use clap::{Parser, Subcommand};
 use hookline_server::clock::SystemClock;
@@ -10,6 +11,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// Exit code for a bad command line (sysexits EX_USAGE).
+const EXIT_USAGE: u8 = 64;
 /// Exit code for a bad configuration (sysexits EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
 /// Exit code when the store cannot be opened or the address cannot be bound (EX_UNAVAILABLE).
@@ -41,6 +44,28 @@ enum Command {
     },
     /// Print the commented default configuration.
     ConfigTemplate,
+    /// Check a provider's webhook signature the way an inbound source would, and say why
+    /// it fails: `hookline verify --preset stripe --secret whsec_... --body event.json -H 'Stripe-Signature: t=...'`.
+    Verify {
+        /// stripe, standard-webhooks, github, shopify, recharge or hmac.
+        #[arg(long)]
+        preset: String,
+        /// A signing secret; repeat for several (a rotation).
+        #[arg(long = "secret", required = true)]
+        secrets: Vec<String>,
+        /// The raw request body, as a file (`-` for standard input).
+        #[arg(long)]
+        body: PathBuf,
+        /// A request header, `Name: value`; repeat as needed.
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// Preset options as JSON, e.g. '{"toleranceSeconds": 600}'.
+        #[arg(long)]
+        config: Option<String>,
+        /// Check as of this Unix time (default: now), e.g. to test an old capture.
+        #[arg(long)]
+        now: Option<i64>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +73,22 @@ fn main() -> ExitCode {
         Command::ConfigTemplate => {
             print!("{}", include_str!("../hookline.example.toml"));
             ExitCode::SUCCESS
+        }
+        Command::Verify { preset, secrets, body, headers, config, now } => {
+            match verify::run(&preset, &secrets, &body, &headers, config.as_deref(), now) {
+                Ok(verdict) => {
+                    println!("{}", verdict.message);
+                    if verdict.valid {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("hookline verify: {e}");
+                    ExitCode::from(EXIT_USAGE)
+                }
+            }
         }
         Command::Serve { listen, data_dir, config, dev } => {
             let overrides = settings::Overrides { listen, data_dir, dev };

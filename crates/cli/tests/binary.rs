@@ -184,3 +184,35 @@ async fn sigterm_shuts_down_cleanly() {
     };
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn verify_explains_why_a_signature_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = dir.path().join("body.txt");
+    std::fs::write(&body, "Hello, World!").unwrap();
+    let run = |secret: &str| {
+        Command::new(env!("CARGO_BIN_EXE_hookline"))
+            .args(["verify", "--preset", "github", "--secret", secret, "--body"])
+            .arg(&body)
+            .args([
+                "-H",
+                "X-Hub-Signature-256: sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+            ])
+            .args(["-H", "X-GitHub-Delivery: d-1", "-H", "X-GitHub-Event: push"])
+            .output()
+            .unwrap()
+    };
+    let valid = run("It's a Secret to Everybody");
+    assert_eq!(valid.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&valid.stdout).trim(), "valid: event id d-1, event type push");
+    let invalid = run("wrong");
+    assert_eq!(invalid.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&invalid.stdout).starts_with("invalid: bad_signature"));
+    let usage = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["verify", "--preset", "paypal", "--secret", "x", "--body"])
+        .arg(&body)
+        .output()
+        .unwrap();
+    assert_eq!(usage.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&usage.stderr).contains("unknown preset `paypal`"));
+}
