@@ -1,6 +1,6 @@
 //! Hookline's benchmark harness. Everything runs on 127.0.0.1: a sink, the gateway from a
 //! given binary with a fresh data dir, and a closed-loop load generator with keep-alive
-//! connections. Scenarios: `e2e`, `fanout`, `slow`, `isolation` (see `bench/README.md`).
+//! connections. Scenarios: `e2e`, `fanout`, `slow`, `isolation`, `inbound` (see `bench/README.md`).
 
 pub mod gateway;
 pub mod sink;
@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: &[&str] = &["e2e", "fanout", "slow", "isolation"];
+pub const SCENARIOS: &[&str] = &["e2e", "fanout", "slow", "isolation", "inbound"];
 
 /// How big and how slow: `scale` multiplies message counts, `delay_scale` the sink's delays
 /// (the tests smoke-run with both small).
@@ -111,36 +111,66 @@ async fn publish(
     count: usize,
     concurrency: usize,
 ) -> anyhow::Result<Published> {
+    let request: MakeRequest = Arc::new(move |n: usize| Request {
+        body: format!(
+            r#"{{"eventType":"payment.succeeded","payload":{{"id":"pay_{n}","amount":1000,"currency":"EUR"}}}}"#
+        ),
+        headers: vec![("authorization".into(), format!("Bearer {TOKEN}"))],
+    });
+    let target = Target { url: format!("{}/api/v1/app/{app_id}/msg", gw.url), status: 202, id_field: "id" };
+    closed_loop(http, target, request, count, concurrency).await
+}
+
+/// One request of a closed loop.
+pub struct Request {
+    body: String,
+    headers: Vec<(String, String)>,
+}
+
+/// Where a closed loop sends, what it expects back, and where the answer names the message.
+struct Target {
+    url: String,
+    status: u16,
+    id_field: &'static str,
+}
+
+type MakeRequest = Arc<dyn Fn(usize) -> Request + Send + Sync>;
+
+/// Sends `count` requests made by `request(n)` with `concurrency` workers, each waiting
+/// for its answer before sending the next.
+async fn closed_loop(
+    http: &reqwest::Client,
+    target: Target,
+    request: MakeRequest,
+    count: usize,
+    concurrency: usize,
+) -> anyhow::Result<Published> {
     let next = Arc::new(AtomicUsize::new(0));
     let sent_at = Arc::new(Mutex::new(HashMap::with_capacity(count)));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(count)));
-    let url = format!("{}/api/v1/app/{app_id}/msg", gw.url);
+    let target = Arc::new(target);
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (http, next, sent_at, latencies, url) =
-            (http.clone(), next.clone(), sent_at.clone(), latencies.clone(), url.clone());
+        let (http, next, sent_at, latencies) = (http.clone(), next.clone(), sent_at.clone(), latencies.clone());
+        let (target, request) = (target.clone(), request.clone());
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::SeqCst);
                 if n >= count {
                     return Ok::<(), anyhow::Error>(());
                 }
-                let body = format!(
-                    r#"{{"eventType":"payment.succeeded","payload":{{"id":"pay_{n}","amount":1000,"currency":"EUR"}}}}"#
-                );
+                let Request { body, headers } = request(n);
                 let start = Instant::now();
-                let r = http
-                    .post(&url)
-                    .bearer_auth(TOKEN)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await?;
-                anyhow::ensure!(r.status().as_u16() == 202, "publish answered {}", r.status());
+                let mut builder = http.post(&target.url).header("content-type", "application/json").body(body);
+                for (k, v) in headers {
+                    builder = builder.header(k, v);
+                }
+                let r = builder.send().await?;
+                anyhow::ensure!(r.status().as_u16() == target.status, "{} answered {}", target.url, r.status());
                 let out: Value = r.json().await?;
                 latencies.lock().unwrap().push(start.elapsed().as_secs_f64() * 1000.0);
-                sent_at.lock().unwrap().insert(out["id"].as_str().unwrap_or_default().to_owned(), start);
+                sent_at.lock().unwrap().insert(out[target.id_field].as_str().unwrap_or_default().to_owned(), start);
             }
         }));
     }
@@ -330,6 +360,36 @@ pub async fn isolation(options: &Options) -> anyhow::Result<(Report, Report)> {
     Ok((alone, beside))
 }
 
+/// `inbound`: Stripe-signed requests to an inbound source, forwarded to one endpoint.
+/// Acknowledgements are the `publish` figures; forwarding is the delivery figures.
+pub async fn inbound(options: &Options) -> anyhow::Result<Report> {
+    const SECRET: &str = "whsec_bench_inbound_secret";
+    let count = options.count(20_000);
+    let (http, sink) = (client(), Sink::start().await?);
+    let mut report = Report { scenario: "inbound".into(), variant: "stripe, c16".into(), ..Default::default() };
+    report.ceiling_per_s = ceiling(&http, &sink, count, 16).await?;
+    let gw = Gateway::start(&options.binary, &[]).await?;
+    report.idle_rss_mb = gw.rss_mb();
+    let app = app_with_endpoints(&http, &gw, &[sink.path(0, 200)]).await?;
+    let body = json!({"name": "stripe", "preset": "stripe", "secrets": [SECRET], "appId": app});
+    let source = api(&http, &gw, "/api/v1/source", body).await?;
+    let url = format!("{}/in/{}", gw.url, source["id"].as_str().unwrap_or_default());
+    let request: MakeRequest = Arc::new(|n: usize| {
+        let body = format!(r#"{{"id":"evt_{n}","object":"event","type":"payment_intent.succeeded"}}"#);
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
+        let signature = hookline_core::signature::stripe_header(&[SECRET], now, body.as_bytes());
+        Request { body, headers: vec![("stripe-signature".into(), signature)] }
+    });
+    let target = Target { url, status: 200, id_field: "messageId" };
+    let published = closed_loop(&http, target, request, count, 16).await?;
+    wait_answered(&sink, count, Duration::from_secs(120)).await;
+    deliveries(&mut report, &sink, &published, 1);
+    report.total_s = published.started.elapsed().as_secs_f64();
+    finish(&mut report, &gw);
+    Ok(report)
+}
+
 /// Runs one scenario by name, returning one report per variant.
 pub async fn run(name: &str, options: &Options) -> anyhow::Result<Vec<Report>> {
     Ok(match name {
@@ -340,6 +400,7 @@ pub async fn run(name: &str, options: &Options) -> anyhow::Result<Vec<Report>> {
             let (alone, beside) = isolation(options).await?;
             vec![alone, beside]
         }
+        "inbound" => vec![inbound(options).await?],
         other => anyhow::bail!("unknown scenario {other}; known: {}", SCENARIOS.join(", ")),
     })
 }

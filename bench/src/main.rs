@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(about = "Benchmark Hookline on loopback")]
 struct Args {
-    /// Scenarios to run: e2e, fanout, slow, isolation, or all.
+    /// Scenarios to run: e2e, fanout, slow, isolation, inbound, or all.
     #[arg(long, default_value = "all", value_delimiter = ',')]
     scenario: Vec<String>,
     /// Runs of each scenario; figures are medians.
