@@ -87,4 +87,13 @@ case("hmac generic stale", "hmac", [gen_secret], gen_headers, gen_body, "stale_t
 plain_sig = hmac.new(gen_secret.encode(), gen_body.encode(), hashlib.sha256).hexdigest()
 case("hmac generic defaults", "hmac", [gen_secret], {"x-signature": plain_sig}, gen_body, "ok")
 
+# Every valid case, varied the three ways a provider setup goes wrong or rotates.
+for valid in [c for c in cases if c["expect"] == "ok"]:
+    other = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo=" if valid["preset"] in ("stripe", "standard-webhooks") else "not-the-secret"
+    cases.append({**valid, "name": valid["name"] + " / tampered body", "body": valid["body"] + " ", "expect": "bad_signature",
+                  "eventId": None, "eventType": None})
+    cases.append({**valid, "name": valid["name"] + " / wrong secret", "secrets": [other], "expect": "bad_signature",
+                  "eventId": None, "eventType": None})
+    cases.append({**valid, "name": valid["name"] + " / rotation, both secrets active", "secrets": [other] + valid["secrets"]})
+
 print(json.dumps(cases, indent=2, ensure_ascii=False))
