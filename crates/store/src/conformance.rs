@@ -49,21 +49,6 @@ pub fn endpoint(app_id: &str, now: UnixMs) -> Endpoint {
 
 pub fn publish(app_id: &str, endpoint_ids: &[&str], event_id: Option<&str>, now: UnixMs) -> Publish {
     let msg_id = id(prefix::MESSAGE, now);
-    let deliveries = endpoint_ids
-        .iter()
-        .map(|ep| Delivery {
-            id: id(prefix::DELIVERY, now),
-            msg_id: msg_id.clone(),
-            app_id: app_id.into(),
-            endpoint_id: Some((*ep).into()),
-            state: DeliveryState::Pending,
-            attempts: 0,
-            next_at: Some(now),
-            first_attempt_at: None,
-            trigger: Trigger::Scheduled,
-            updated_at: now,
-        })
-        .collect();
     let message = Message {
         id: msg_id,
         app_id: app_id.into(),
@@ -78,6 +63,10 @@ pub fn publish(app_id: &str, endpoint_ids: &[&str], event_id: Option<&str>, now:
         headers: None,
         created_at: now,
     };
+    let deliveries = endpoint_ids
+        .iter()
+        .map(|ep| Delivery::pending(id(prefix::DELIVERY, now), &message, Some((*ep).into()), now, now))
+        .collect();
     Publish { message, deliveries, idempotency: None, dedupe: None }
 }
 

@@ -84,6 +84,31 @@ pub struct Message {
     pub created_at: UnixMs,
 }
 
+impl Delivery {
+    /// A new delivery of `message` to an endpoint (or, with `None`, to its callback URL),
+    /// due at `due_at`.
+    pub fn pending(
+        id: String,
+        message: &Message,
+        endpoint_id: Option<String>,
+        due_at: UnixMs,
+        now: UnixMs,
+    ) -> Delivery {
+        Delivery {
+            id,
+            msg_id: message.id.clone(),
+            app_id: message.app_id.clone(),
+            endpoint_id,
+            state: DeliveryState::Pending,
+            attempts: 0,
+            next_at: Some(due_at),
+            first_attempt_at: None,
+            trigger: Trigger::Scheduled,
+            updated_at: now,
+        }
+    }
+}
+
 /// One message's journey to one destination: an endpoint, or the message's callback URL.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delivery {

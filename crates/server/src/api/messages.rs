@@ -14,12 +14,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, MethodRouter};
 use axum::Json;
-use hookline_core::delivery::{DeliveryState, Trigger};
 use hookline_core::id::prefix;
 use hookline_core::routing::endpoint_accepts;
 use hookline_core::ssrf::check_url;
+use hookline_core::UnixMs;
 use hookline_store::{
-    App, AttemptScope, Bytes, Delivery, IdempotentResponse, Message, Publish, PublishOutcome, StoreError,
+    App, AttemptScope, Bytes, Delivery, Endpoint, IdempotentResponse, Message, Publish, PublishOutcome, StoreError,
 };
 use std::sync::Arc;
 
@@ -109,33 +109,9 @@ async fn publish(
         created_at: now,
     });
     let due_at = deliver_at.unwrap_or(now).max(now);
-    let delivery = |endpoint_id: Option<String>| Delivery {
-        id: state.new_id(prefix::DELIVERY),
-        msg_id: message.id.clone(),
-        app_id: app.id.clone(),
-        endpoint_id,
-        state: DeliveryState::Pending,
-        attempts: 0,
-        next_at: Some(due_at),
-        first_attempt_at: None,
-        trigger: Trigger::Scheduled,
-        updated_at: now,
-    };
-    let mut deliveries: Vec<Delivery> = endpoints
-        .iter()
-        .filter(|e| !e.disabled)
-        .filter(|e| {
-            endpoint_accepts(
-                e.event_types.as_deref(),
-                e.channels.as_deref(),
-                &message.event_type,
-                message.channels.as_deref(),
-            )
-        })
-        .map(|e| delivery(Some(e.id.clone())))
-        .collect();
+    let mut deliveries = route(&state, &endpoints, &message, due_at);
     if message.callback_url.is_some() {
-        deliveries.push(delivery(None));
+        deliveries.push(Delivery::pending(state.new_id(prefix::DELIVERY), &message, None, due_at, now));
     }
     let body = serde_json::to_vec(&views::message((*message).clone(), query.with_content.unwrap_or(true)))
         .map_err(|_| ApiError::Internal)?;
@@ -162,6 +138,20 @@ async fn publish(
             Ok((StatusCode::OK, Json(views::message(*existing, true))).into_response())
         }
     }
+}
+
+/// One pending delivery for each enabled endpoint of the application that takes the message.
+pub fn route(state: &AppState, endpoints: &[Arc<Endpoint>], message: &Message, due_at: UnixMs) -> Vec<Delivery> {
+    let now = state.now();
+    endpoints
+        .iter()
+        .filter(|e| !e.disabled)
+        .filter(|e| {
+            let (types, channels) = (e.event_types.as_deref(), e.channels.as_deref());
+            endpoint_accepts(types, channels, &message.event_type, message.channels.as_deref())
+        })
+        .map(|e| Delivery::pending(state.new_id(prefix::DELIVERY), message, Some(e.id.clone()), due_at, now))
+        .collect()
 }
 
 async fn list(

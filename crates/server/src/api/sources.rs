@@ -12,12 +12,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::routing::{get, post, MethodRouter};
 use axum::Json;
-use hookline_core::delivery::{DeliveryState, Trigger};
 use hookline_core::id::prefix;
 use hookline_core::inbound::{verify, Rejection};
-use hookline_core::routing::endpoint_accepts;
-use hookline_store::{Bytes, Delivery, Message, Publish, PublishOutcome, Source, SourceSecret};
-use std::collections::{BTreeMap, VecDeque};
+use hookline_store::{Bytes, Message, Publish, PublishOutcome, Source, SourceSecret};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Secrets a source may hold at once.
@@ -261,7 +259,7 @@ fn count(source: &str, outcome: &'static str) {
 fn reject(state: &AppState, source: &Source, rejection: Rejection, body_bytes: usize) -> ApiError {
     count(&source.id, rejection.code());
     let mut log = state.rejections.lock().expect("rejections lock");
-    let entries = log.entry(source.id.clone()).or_insert_with(VecDeque::new);
+    let entries = log.entry(source.id.clone()).or_default();
     entries.push_back(RejectionOut {
         timestamp: timestamp(state.now()),
         code: rejection.code(),
@@ -337,24 +335,7 @@ async fn ingest(
         headers: Some(forwarded_headers(&source, &method, &uri, &headers)),
         created_at: now,
     });
-    let deliveries: Vec<Delivery> = endpoints
-        .iter()
-        .filter(|e| {
-            !e.disabled && endpoint_accepts(e.event_types.as_deref(), e.channels.as_deref(), &message.event_type, None)
-        })
-        .map(|e| Delivery {
-            id: state.new_id(prefix::DELIVERY),
-            msg_id: message.id.clone(),
-            app_id: source.app_id.clone(),
-            endpoint_id: Some(e.id.clone()),
-            state: DeliveryState::Pending,
-            attempts: 0,
-            next_at: Some(now),
-            first_attempt_at: None,
-            trigger: Trigger::Scheduled,
-            updated_at: now,
-        })
-        .collect();
+    let deliveries = super::messages::route(&state, &endpoints, &message, now);
     let dedupe = verified.event_id.map(|id| (source.id.clone(), id));
     let publish = Publish { message: (*message).clone(), deliveries: deliveries.clone(), idempotency: None, dedupe };
     match state.store.publish(publish).await.map_err(ApiError::from_store("message"))? {

@@ -30,19 +30,7 @@ impl Catalog {
 
     /// The application by id or uid.
     pub async fn app(&self, key: &str) -> StoreResult<Arc<App>> {
-        if let Some(app) = self.apps.read().expect("catalog lock").get(key) {
-            return Ok(app.clone());
-        }
-        let generation = self.generation.load(Ordering::SeqCst);
-        let app = Arc::new(self.store.get_app(key).await?);
-        let mut apps = self.apps.write().expect("catalog lock");
-        if self.generation.load(Ordering::SeqCst) == generation {
-            apps.insert(app.id.clone(), app.clone());
-            if let Some(uid) = &app.uid {
-                apps.insert(uid.clone(), app.clone());
-            }
-        }
-        Ok(app)
+        self.by_id_or_uid(&self.apps, key, self.store.get_app(key), |a| (&a.id, a.uid.as_deref())).await
     }
 
     pub async fn endpoints(&self, app_id: &str) -> StoreResult<Arc<Vec<Arc<Endpoint>>>> {
@@ -65,19 +53,32 @@ impl Catalog {
 
     /// An inbound source by id or uid.
     pub async fn source(&self, key: &str) -> StoreResult<Arc<Source>> {
-        if let Some(source) = self.sources.read().expect("catalog lock").get(key) {
-            return Ok(source.clone());
+        self.by_id_or_uid(&self.sources, key, self.store.get_source(key), |s| (&s.id, s.uid.as_deref())).await
+    }
+
+    /// Looks `key` up in `cache`, or loads it and caches it under both its id and uid,
+    /// unless an invalidation happened while it loaded.
+    async fn by_id_or_uid<T>(
+        &self,
+        cache: &RwLock<HashMap<String, Arc<T>>>,
+        key: &str,
+        load: impl std::future::Future<Output = StoreResult<T>>,
+        keys: impl Fn(&T) -> (&str, Option<&str>),
+    ) -> StoreResult<Arc<T>> {
+        if let Some(found) = cache.read().expect("catalog lock").get(key) {
+            return Ok(found.clone());
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let source = Arc::new(self.store.get_source(key).await?);
-        let mut sources = self.sources.write().expect("catalog lock");
+        let loaded = Arc::new(load.await?);
+        let mut entries = cache.write().expect("catalog lock");
         if self.generation.load(Ordering::SeqCst) == generation {
-            sources.insert(source.id.clone(), source.clone());
-            if let Some(uid) = &source.uid {
-                sources.insert(uid.clone(), source.clone());
+            let (id, uid) = keys(&loaded);
+            entries.insert(id.to_owned(), loaded.clone());
+            if let Some(uid) = uid {
+                entries.insert(uid.to_owned(), loaded.clone());
             }
         }
-        Ok(source)
+        Ok(loaded)
     }
 
     /// Forgets every cached source (sources change rarely; this keeps uid keys simple).

@@ -85,7 +85,7 @@ async fn every_preset_vector_is_accepted_or_refused_over_http() {
             ts,
             got.header("webhook-signature"),
             &got.body,
-            &[ep_secret.clone()],
+            std::slice::from_ref(&ep_secret),
             v.now,
             300,
         );
