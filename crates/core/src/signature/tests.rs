@@ -85,6 +85,11 @@ fn stripe_verification_table() {
     assert_eq!(verify_stripe(&header, body, &["whsec_other"], 100, 300), Err(VerifyError::NoMatch));
     assert_eq!(verify_stripe(&header, b"{}", &["whsec_new"], 100, 300), Err(VerifyError::NoMatch));
     assert_eq!(verify_stripe(&header, body, &["whsec_new"], 401, 300), Err(VerifyError::StaleTimestamp));
+    assert_eq!(
+        verify_stripe(&header, body, &["whsec_new"], -1000, 300),
+        Ok(()),
+        "like Stripe's libraries: only stale is refused"
+    );
     assert_eq!(verify_stripe("v1=abc", body, &["whsec_new"], 100, 300), Err(VerifyError::MalformedHeader));
     assert_eq!(verify_stripe("t=100,v0=abc", body, &["whsec_new"], 100, 300), Err(VerifyError::NoMatch));
 }
