@@ -164,3 +164,149 @@ async fn a_full_disk_refuses_with_503_loses_nothing_and_recovers() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Deliveries the sink answered 2xx, per `(path, webhook-id)`: more than one is a duplicate.
+type Delivered = Arc<Mutex<std::collections::HashMap<(String, String), usize>>>;
+
+/// `/fast` answers at once, `/slow` after 150 ms, `/flaky` fails every other request.
+async fn mixed_sink(delivered: Delivered) -> String {
+    let flips = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+        let (delivered, flips) = (delivered.clone(), flips.clone());
+        async move {
+            let path = uri.path().to_owned();
+            if path == "/slow" {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+            }
+            if path == "/flaky" && flips.fetch_add(1, std::sync::atomic::Ordering::SeqCst) % 2 == 0 {
+                return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            *delivered.lock().unwrap().entry((path, id)).or_default() += 1;
+            axum::http::StatusCode::OK
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+fn start(data_dir: &std::path::Path, port: u16) -> Hookline {
+    Hookline(
+        Command::new(env!("CARGO_BIN_EXE_hookline"))
+            .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(data_dir)
+            .env("HOOKLINE_ADMIN_TOKEN", TOKEN)
+            .env("HOOKLINE_LOG_LEVEL", "error")
+            .env("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "32")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+async fn wait_healthy(http: &reqwest::Client, url: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while http.get(format!("{url}/api/v1/health")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
+        assert!(tokio::time::Instant::now() < deadline, "hookline did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes (and sends signed inbound requests) until the server stops answering;
+/// returns the ids of the messages that were acknowledged.
+async fn load_until_killed(http: reqwest::Client, url: String, worker: usize) -> Vec<String> {
+    let mut acknowledged = Vec::new();
+    for n in 0.. {
+        let inbound = n % 3 == 2;
+        let request = if inbound {
+            let body = format!(r#"{{"id":"evt_{worker}_{n}_{}","type":"charge.succeeded"}}"#, std::process::id());
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+            let signature = hookline_core::signature::stripe_header(&["whsec_faults"], now, body.as_bytes());
+            http.post(format!("{url}/in/stripe")).header("stripe-signature", signature).body(body)
+        } else {
+            let body = json!({"eventType": "payment.succeeded", "payload": {"worker": worker, "n": n}});
+            http.post(format!("{url}/api/v1/app/m/msg")).bearer_auth(TOKEN).json(&body)
+        };
+        let Ok(response) = request.send().await else { return acknowledged };
+        let status = response.status().as_u16();
+        let Ok(out) = response.json::<Value>().await else { return acknowledged };
+        if (inbound && status == 200) || (!inbound && status == 202) {
+            let key = if inbound { "messageId" } else { "id" };
+            acknowledged.push(out[key].as_str().unwrap().to_owned());
+        }
+    }
+    acknowledged
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_at_random_moments_under_load_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let delivered: Delivered = Arc::default();
+    let sink = mixed_sink(delivered.clone()).await;
+    let mut hookline = start(dir.path(), port);
+    wait_healthy(&http, &url).await;
+    let setup = [
+        ("/api/v1/app", json!({"name": "m", "uid": "m"})),
+        ("/api/v1/app/m/endpoint", json!({"url": format!("{sink}/fast")})),
+        ("/api/v1/app/m/endpoint", json!({"url": format!("{sink}/slow")})),
+        ("/api/v1/app/m/endpoint", json!({"url": format!("{sink}/flaky"), "retryPolicy": {"delaysMs": vec![100; 40]}})),
+        (
+            "/api/v1/source",
+            json!({"name": "stripe", "uid": "stripe", "preset": "stripe", "secrets": ["whsec_faults"], "appId": "m"}),
+        ),
+    ];
+    for (path, body) in setup {
+        let r = http.post(format!("{url}{path}")).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 201, "{path}");
+    }
+    let mut acknowledged: HashSet<String> = HashSet::new();
+    // Kill moments vary with the clock's nanoseconds: each run kills at different points.
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
+    let kills = 4;
+    for round in 0..kills {
+        let workers: Vec<_> =
+            (0..8).map(|w| tokio::spawn(load_until_killed(http.clone(), url.clone(), round * 100 + w))).collect();
+        let wait_ms =
+            300 + (seed.wrapping_mul(6364136223846793005).wrapping_add(round as u64 * 1442695040888963407) >> 33) % 900;
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        hookline.0.kill().unwrap();
+        hookline.0.wait().unwrap();
+        for w in workers {
+            acknowledged.extend(w.await.unwrap());
+        }
+        hookline = start(dir.path(), port);
+        wait_healthy(&http, &url).await;
+    }
+    assert!(acknowledged.len() > 100, "the load was too light to mean anything: {}", acknowledged.len());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let missing: usize = {
+            let delivered = delivered.lock().unwrap();
+            ["/fast", "/slow", "/flaky"]
+                .iter()
+                .map(|path| {
+                    acknowledged.iter().filter(|id| !delivered.contains_key(&(path.to_string(), (*id).clone()))).count()
+                })
+                .sum()
+        };
+        if missing == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{missing} acknowledged deliveries never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let duplicates: usize = delivered.lock().unwrap().values().map(|n| n - 1).sum();
+    // A duplicate needs an attempt in flight at a kill: at most 3 endpoints x 32 slots each time.
+    let bound = kills * 3 * 32;
+    eprintln!(
+        "kill -9 x{kills}: {} messages acknowledged, 0 lost, {duplicates} duplicate deliveries (bound {bound})",
+        acknowledged.len()
+    );
+    assert!(duplicates <= bound, "{duplicates} duplicates exceed what could have been in flight ({bound})");
+    drop(hookline);
+}
