@@ -310,3 +310,59 @@ async fn kill_9_at_random_moments_under_load_loses_nothing_acknowledged() {
     assert!(duplicates <= bound, "{duplicates} duplicates exceed what could have been in flight ({bound})");
     drop(hookline);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_finishes_in_flight_work_and_the_rest_follows_after_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let delivered: Delivered = Arc::default();
+    let sink = mixed_sink(delivered.clone()).await;
+    let mut hookline = start(dir.path(), port);
+    wait_healthy(&http, &url).await;
+    for (path, body) in [
+        ("/api/v1/app", json!({"name": "m", "uid": "m"})),
+        ("/api/v1/app/m/endpoint", json!({"url": format!("{sink}/slow")})),
+    ] {
+        let r = http.post(format!("{url}{path}")).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    let mut acknowledged = HashSet::new();
+    for n in 0..200 {
+        let body = json!({"eventType": "payment.succeeded", "payload": {"n": n}});
+        let r = http.post(format!("{url}/api/v1/app/m/msg")).bearer_auth(TOKEN).json(&body).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        acknowledged.insert(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    // 200 deliveries at 150 ms each through 32 slots: about a second of work is in flight.
+    let pid = hookline.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let status = loop {
+        if let Some(status) = hookline.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "no exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let before_restart = delivered.lock().unwrap().len();
+    assert!(before_restart > 0, "in-flight deliveries finished during shutdown");
+    hookline = start(dir.path(), port);
+    wait_healthy(&http, &url).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let missing = {
+            let delivered = delivered.lock().unwrap();
+            acknowledged.iter().filter(|id| !delivered.contains_key(&("/slow".to_owned(), (*id).clone()))).count()
+        };
+        if missing == 0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{missing} messages never arrived after the restart");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("SIGTERM: {before_restart} of 200 delivered before exit, the rest after restart");
+    drop(hookline);
+}
