@@ -204,3 +204,79 @@ fn the_engine_and_core_agree_on_the_default_first_delay() {
     let at = next_attempt(&RetryPolicy::default(), 1, 0, 0, None, 0.5).unwrap();
     assert_eq!(at, 5_000);
 }
+
+#[tokio::test]
+async fn a_day_long_outage_follows_the_schedule_and_then_delivers_everything() {
+    let mut config = dev_config();
+    config.delivery.request_timeout_ms = 300;
+    let gw = start_gateway(config).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let rx = Receiver::start(Answer::status(200)).await;
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let app = gw.app("merchant").await;
+    let ep = gw.endpoint(&app, json!({"url": format!("http://{refused}/down")})).await;
+    let ep = ep["id"].as_str().unwrap().to_owned();
+    let msgs: Vec<String> = futures_publish(&gw, &app, 3).await;
+    let hour = 3_600_000;
+    let (mut now, mut phase) = (T0, 0);
+    let mut classes = Vec::new();
+    loop {
+        // Phases of the outage by elapsed time: refused, then 500s, then timeouts, then back.
+        let elapsed = now - T0;
+        let wanted = match elapsed {
+            e if e < 6 * hour => 0,
+            e if e < 12 * hour => 1,
+            e if e < 24 * hour => 2,
+            _ => 3,
+        };
+        if wanted != phase {
+            phase = wanted;
+            let answer = match phase {
+                1 => Answer::status(500),
+                2 => Answer { status: 200, headers: vec![], gate: Some(gate.clone()) },
+                _ => Answer::status(200),
+            };
+            rx.set_fallback(answer);
+            if phase == 1 {
+                gw.ok("PATCH", &format!("/api/v1/app/{app}/endpoint/{ep}"), Some(json!({"url": rx.url}))).await;
+            }
+        }
+        let before = gw.attempts_of(&app, &msgs[0]).await.len();
+        let (status, next) = gw.destination(&app, &msgs[0]).await;
+        if status == 0 {
+            break;
+        }
+        let next = iso_ms(&next.expect("pending deliveries have a next attempt"));
+        assert!(next >= now, "attempts are never scheduled in the past");
+        gw.advance(next - now);
+        now = next;
+        let attempts = gw.wait_attempts(&app, &msgs[0], before + 1).await;
+        let last = attempts.last().unwrap();
+        assert_eq!(iso_ms(last["timestamp"].as_str().unwrap()), now, "each attempt runs at its scheduled time");
+        classes.push(last["errorClass"].as_str().unwrap_or("success").to_owned());
+        assert!(now - T0 < 3 * 24 * hour, "still failing after the retry horizon");
+    }
+    for class in ["connect", "http_status", "timeout", "success"] {
+        assert!(classes.iter().any(|c| c == class), "the outage showed {class}: {classes:?}");
+    }
+    assert!(now - T0 >= 24 * hour, "delivered only after the day-long outage");
+    // The other messages keep their own (jittered) schedules: let one more interval pass.
+    gw.advance(hour + 1);
+    for msg in &msgs {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while gw.destination(&app, msg).await.0 != 0 {
+            assert!(tokio::time::Instant::now() < deadline, "{msg} never delivered");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    gate.add_permits(1000);
+    gw.stop().await;
+}
+
+async fn futures_publish(gw: &Gateway, app: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(gw.publish(app, json!({"eventType": "payment.succeeded", "payload": {"i": i}})).await);
+    }
+    ids
+}

@@ -228,6 +228,11 @@ impl Receiver {
         Receiver { url, requests: tokio::sync::Mutex::new(requests), script }
     }
 
+    /// Changes the answer given once the script runs out.
+    pub fn set_fallback(&self, answer: Answer) {
+        self.script.lock().unwrap().fallback = answer;
+    }
+
     pub fn then(&self, answer: Answer) {
         self.script.lock().unwrap().queue.push_back(answer);
     }
