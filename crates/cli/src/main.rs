@@ -118,7 +118,18 @@ fn serve(config: hookline_server::config::Config) -> ExitCode {
     init_logging(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
     runtime.block_on(async move {
-        let store = match SqliteStore::open(&config.server.data_dir) {
+        let key = match &config.security.secret_key {
+            Some(text) => hookline_store::sqlite::decode_key(text).map_err(|e| format!("security.secret_key: {e}")),
+            None => hookline_store::sqlite::load_or_create_key(&config.server.data_dir).map_err(|e| e.to_string()),
+        };
+        let key = match key {
+            Ok(key) => key,
+            Err(e) => {
+                eprintln!("hookline: {e}");
+                return ExitCode::from(EXIT_CONFIG);
+            }
+        };
+        let store = match SqliteStore::open(&config.server.data_dir, &key) {
             Ok(store) => Arc::new(store),
             Err(e) => {
                 eprintln!("hookline: cannot open the data directory {}: {e}", config.server.data_dir.display());

@@ -98,6 +98,7 @@ fn known_keys() -> Vec<(String, String)> {
         .collect();
     keys.push(("api".into(), "admin_token".into()));
     keys.push(("api".into(), "public_url".into()));
+    keys.push(("security".into(), "secret_key".into()));
     keys
 }
 

@@ -15,7 +15,16 @@ pub struct Config {
     pub delivery: DeliveryConfig,
     pub inbound: InboundConfig,
     pub network: NetworkConfig,
+    pub security: SecurityConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SecurityConfig {
+    /// Base64 of 32 bytes: the key that seals secrets at rest. When absent, Hookline keeps
+    /// one in `secret.key` in the data dir (created on first start, mode 0600).
+    pub secret_key: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

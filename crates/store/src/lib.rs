@@ -5,6 +5,7 @@
 //! batched into group commits by each backend.
 
 mod model;
+pub mod sealed;
 pub mod sqlite;
 
 pub use model::*;

@@ -1,12 +1,14 @@
 //! The SQLite backend against the conformance suite, plus what only SQLite has: files.
 
 use hookline_store::sqlite::SqliteStore;
-use hookline_store::{conformance, Store};
+use hookline_store::{conformance, Store, StoreError};
+
+const KEY: [u8; 32] = [3; 32];
 
 #[tokio::test]
 async fn sqlite_passes_the_conformance_suite() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(dir.path()).unwrap();
+    let store = SqliteStore::open(dir.path(), &KEY).unwrap();
     conformance::run_all(&store).await;
 }
 
@@ -15,12 +17,12 @@ async fn acknowledged_writes_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let app = conformance::app(1, Some("kept"));
     {
-        let store = SqliteStore::open(dir.path()).unwrap();
+        let store = SqliteStore::open(dir.path(), &KEY).unwrap();
         store.create_app(app.clone()).await.unwrap();
         let ep = store.create_endpoint(conformance::endpoint(&app.id, 2)).await.unwrap();
         store.publish(conformance::publish(&app.id, &[&ep.id], None, 3)).await.unwrap();
     }
-    let reopened = SqliteStore::open(dir.path()).unwrap();
+    let reopened = SqliteStore::open(dir.path(), &KEY).unwrap();
     assert_eq!(reopened.get_app("kept").await.unwrap(), app);
     assert_eq!(reopened.pending_deliveries().await.unwrap().len(), 1);
 }
@@ -28,7 +30,7 @@ async fn acknowledged_writes_survive_reopening() {
 #[tokio::test]
 async fn concurrent_writes_share_commits_and_all_land() {
     let dir = tempfile::tempdir().unwrap();
-    let store = std::sync::Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let store = std::sync::Arc::new(SqliteStore::open(dir.path(), &KEY).unwrap());
     let app = store.create_app(conformance::app(1, None)).await.unwrap();
     let ep = store.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
     let mut tasks = Vec::new();
@@ -42,4 +44,36 @@ async fn concurrent_writes_share_commits_and_all_land() {
         t.await.unwrap();
     }
     assert_eq!(store.pending_deliveries().await.unwrap().len(), 200);
+}
+
+#[tokio::test]
+async fn secrets_are_sealed_at_rest_and_need_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = conformance::app(1, None);
+    let endpoint = conformance::endpoint(&app.id, 2);
+    {
+        let store = SqliteStore::open(dir.path(), &KEY).unwrap();
+        store.create_app(app.clone()).await.unwrap();
+        store.create_endpoint(endpoint.clone()).await.unwrap();
+        assert_eq!(store.get_endpoint(&app.id, &endpoint.id).await.unwrap().secrets, endpoint.secrets);
+    }
+    let raw = std::fs::read(dir.path().join("hookline.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("hookline.db-wal")).unwrap_or_default();
+    let needle = endpoint.secrets[0].text.as_bytes();
+    for bytes in [&raw, &wal] {
+        assert!(!bytes.windows(needle.len()).any(|w| w == needle), "a secret is readable in the database files");
+    }
+    let wrong = SqliteStore::open(dir.path(), &[4; 32]).unwrap();
+    assert!(matches!(wrong.get_endpoint(&app.id, &endpoint.id).await, Err(StoreError::Corrupt(_))));
+}
+
+#[test]
+fn the_key_file_is_created_once_and_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let first = hookline_store::sqlite::load_or_create_key(dir.path()).unwrap();
+    let again = hookline_store::sqlite::load_or_create_key(dir.path()).unwrap();
+    assert_eq!(first, again);
+    let mode = std::fs::metadata(dir.path().join("secret.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
 }

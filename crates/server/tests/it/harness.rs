@@ -43,7 +43,7 @@ pub async fn start_gateway(config: Config) -> Gateway {
 
 /// Starts a gateway on an existing data dir and clock (for restarts).
 pub async fn start_gateway_in(config: Config, dir: Arc<tempfile::TempDir>, clock: Arc<ManualClock>) -> Gateway {
-    let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+    let store = Arc::new(SqliteStore::open(dir.path(), &[9; 32]).unwrap());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();

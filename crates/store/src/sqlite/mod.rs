@@ -7,6 +7,7 @@ mod resources;
 mod rows;
 mod schema;
 
+use crate::sealed::KEY_BYTES;
 use crate::*;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use std::collections::VecDeque;
@@ -50,6 +51,7 @@ struct Inbox {
 }
 
 pub struct SqliteStore {
+    sealer: crate::sealed::Sealer,
     inbox: Arc<Inbox>,
     room: [Arc<Semaphore>; 2],
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -65,8 +67,9 @@ impl Drop for SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) `hookline.db` in `data_dir` and migrates it.
-    pub fn open(data_dir: &Path) -> StoreResult<SqliteStore> {
+    /// Opens (creating if needed) `hookline.db` in `data_dir` and migrates it. Secrets are
+    /// sealed with `secret_key` (see [`load_or_create_key`]).
+    pub fn open(data_dir: &Path, secret_key: &[u8; KEY_BYTES]) -> StoreResult<SqliteStore> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Unavailable(format!("create {}: {e}", data_dir.display())))?;
         let path = data_dir.join("hookline.db");
@@ -79,7 +82,8 @@ impl SqliteStore {
             .spawn(move || run_writer(writer, &writer_inbox))
             .map_err(|e| StoreError::Unavailable(format!("start writer: {e}")))?;
         let room = [Arc::new(Semaphore::new(QUEUE_JOBS_MAX)), Arc::new(Semaphore::new(QUEUE_JOBS_MAX))];
-        Ok(SqliteStore { inbox, room, readers: Arc::new(Mutex::new(Vec::new())), path })
+        let sealer = crate::sealed::Sealer::new(secret_key);
+        Ok(SqliteStore { sealer, inbox, room, readers: Arc::new(Mutex::new(Vec::new())), path })
     }
 
     /// Runs `f` inside the next group commit; resolves once the commit is synced.
@@ -144,6 +148,45 @@ impl SqliteStore {
         .await
         .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
     }
+}
+
+/// The key that seals secrets: read from `secret.key` in `data_dir`, or created there (mode
+/// 0600) on first start. Operators who keep the key elsewhere pass it in config instead.
+pub fn load_or_create_key(data_dir: &Path) -> StoreResult<[u8; KEY_BYTES]> {
+    use base64::Engine;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let unavailable =
+        |what: &str, e: std::io::Error| StoreError::Unavailable(format!("{what} {}: {e}", data_dir.display()));
+    std::fs::create_dir_all(data_dir).map_err(|e| unavailable("create", e))?;
+    let path = data_dir.join("secret.key");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => decode_key(text.trim()).map_err(StoreError::Corrupt),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key: [u8; KEY_BYTES] = rand::random();
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| unavailable("create secret.key in", e))?;
+            let text = base64::engine::general_purpose::STANDARD.encode(key);
+            file.write_all(text.as_bytes())
+                .and_then(|_| file.sync_all())
+                .map_err(|e| unavailable("write secret.key in", e))?;
+            Ok(key)
+        }
+        Err(e) => Err(unavailable("read secret.key in", e)),
+    }
+}
+
+/// A key given as base64 of 32 bytes.
+pub fn decode_key(text: &str) -> Result<[u8; KEY_BYTES], String> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| "the secret key is not base64".to_owned())?;
+    bytes.try_into().map_err(|_| format!("the secret key must be {KEY_BYTES} bytes"))
 }
 
 fn closed() -> StoreError {
@@ -246,20 +289,69 @@ pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Sealing on the way in and opening on the way out, per record kind.
+impl SqliteStore {
+    fn seal_app(&self, mut app: App) -> App {
+        app.secret = self.sealer.seal(&app.id, &app.secret);
+        app
+    }
+
+    fn open_app(&self, mut app: App) -> StoreResult<App> {
+        app.secret = self.sealer.open(&app.id, &app.secret)?;
+        Ok(app)
+    }
+
+    fn seal_endpoint(&self, mut endpoint: Endpoint) -> Endpoint {
+        for secret in &mut endpoint.secrets {
+            secret.text = self.sealer.seal(&endpoint.id, &secret.text);
+        }
+        endpoint
+    }
+
+    fn open_endpoint(&self, mut endpoint: Endpoint) -> StoreResult<Endpoint> {
+        for secret in &mut endpoint.secrets {
+            secret.text = self.sealer.open(&endpoint.id, &secret.text)?;
+        }
+        Ok(endpoint)
+    }
+
+    fn seal_source(&self, mut source: Source) -> Source {
+        for secret in &mut source.secrets {
+            secret.value = self.sealer.seal(&source.id, &secret.value);
+        }
+        source
+    }
+
+    fn open_source(&self, mut source: Source) -> StoreResult<Source> {
+        for secret in &mut source.secrets {
+            secret.value = self.sealer.open(&source.id, &secret.value)?;
+        }
+        Ok(source)
+    }
+
+    fn open_all<T>(&self, listed: Listed<T>, open: impl Fn(&Self, T) -> StoreResult<T>) -> StoreResult<Listed<T>> {
+        let items = listed.items.into_iter().map(|item| open(self, item)).collect::<StoreResult<Vec<_>>>()?;
+        Ok(Listed { items, done: listed.done })
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn create_app(&self, app: App) -> StoreResult<App> {
-        self.write(move |c| resources::insert_app(c, &app).map(|_| app)).await
+        let sealed = self.seal_app(app.clone());
+        self.write(move |c| resources::insert_app(c, &sealed)).await.map(|_| app)
     }
     async fn get_app(&self, key: Key<'_>) -> StoreResult<App> {
         let key = key.to_owned();
-        self.read(move |c| resources::get_app(c, &key)).await
+        self.read(move |c| resources::get_app(c, &key)).await.and_then(|a| self.open_app(a))
     }
     async fn list_apps(&self, page: Page) -> StoreResult<Listed<App>> {
-        self.read(move |c| resources::list_apps(c, &page)).await
+        let listed = self.read(move |c| resources::list_apps(c, &page)).await?;
+        self.open_all(listed, Self::open_app)
     }
     async fn update_app(&self, app: App) -> StoreResult<App> {
-        self.write(move |c| resources::update_app(c, &app).map(|_| app)).await
+        let sealed = self.seal_app(app.clone());
+        self.write(move |c| resources::update_app(c, &sealed)).await.map(|_| app)
     }
     async fn delete_app(&self, id: &str) -> StoreResult<()> {
         let id = id.to_owned();
@@ -285,22 +377,26 @@ impl Store for SqliteStore {
     }
 
     async fn create_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint> {
-        self.write(move |c| resources::insert_endpoint(c, &endpoint).map(|_| endpoint)).await
+        let sealed = self.seal_endpoint(endpoint.clone());
+        self.write(move |c| resources::insert_endpoint(c, &sealed)).await.map(|_| endpoint)
     }
     async fn get_endpoint(&self, app_id: &str, key: Key<'_>) -> StoreResult<Endpoint> {
         let (app_id, key) = (app_id.to_owned(), key.to_owned());
-        self.read(move |c| resources::get_endpoint(c, &app_id, &key)).await
+        self.read(move |c| resources::get_endpoint(c, &app_id, &key)).await.and_then(|e| self.open_endpoint(e))
     }
     async fn list_endpoints(&self, app_id: &str, page: Page) -> StoreResult<Listed<Endpoint>> {
         let app_id = app_id.to_owned();
-        self.read(move |c| resources::list_endpoints(c, &app_id, &page)).await
+        let listed = self.read(move |c| resources::list_endpoints(c, &app_id, &page)).await?;
+        self.open_all(listed, Self::open_endpoint)
     }
     async fn app_endpoints(&self, app_id: &str) -> StoreResult<Vec<Endpoint>> {
         let app_id = app_id.to_owned();
-        self.read(move |c| resources::app_endpoints(c, &app_id)).await
+        let endpoints = self.read(move |c| resources::app_endpoints(c, &app_id)).await?;
+        endpoints.into_iter().map(|e| self.open_endpoint(e)).collect()
     }
     async fn update_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint> {
-        self.write(move |c| resources::update_endpoint(c, &endpoint).map(|_| endpoint)).await
+        let sealed = self.seal_endpoint(endpoint.clone());
+        self.write(move |c| resources::update_endpoint(c, &sealed)).await.map(|_| endpoint)
     }
     async fn delete_endpoint(&self, app_id: &str, id: &str) -> StoreResult<()> {
         let (app_id, id) = (app_id.to_owned(), id.to_owned());
@@ -357,7 +453,11 @@ impl Store for SqliteStore {
     }
     async fn deliveries_of_message(&self, app_id: &str, msg_id: &str, page: Page) -> StoreResult<Listed<DeliveryView>> {
         let (app_id, msg_id) = (app_id.to_owned(), msg_id.to_owned());
-        self.read(move |c| queue::deliveries_of_message(c, &app_id, &msg_id, &page)).await
+        let listed = self.read(move |c| queue::deliveries_of_message(c, &app_id, &msg_id, &page)).await?;
+        self.open_all(listed, |store, mut view: DeliveryView| {
+            view.endpoint = view.endpoint.map(|e| store.open_endpoint(e)).transpose()?;
+            Ok(view)
+        })
     }
     async fn deliveries_of_endpoint(
         &self,
@@ -393,17 +493,20 @@ impl Store for SqliteStore {
     }
 
     async fn create_source(&self, source: Source) -> StoreResult<Source> {
-        self.write(move |c| resources::insert_source(c, &source).map(|_| source)).await
+        let sealed = self.seal_source(source.clone());
+        self.write(move |c| resources::insert_source(c, &sealed)).await.map(|_| source)
     }
     async fn get_source(&self, key: Key<'_>) -> StoreResult<Source> {
         let key = key.to_owned();
-        self.read(move |c| resources::get_source(c, &key)).await
+        self.read(move |c| resources::get_source(c, &key)).await.and_then(|s| self.open_source(s))
     }
     async fn list_sources(&self, page: Page) -> StoreResult<Listed<Source>> {
-        self.read(move |c| resources::list_sources(c, &page)).await
+        let listed = self.read(move |c| resources::list_sources(c, &page)).await?;
+        self.open_all(listed, Self::open_source)
     }
     async fn update_source(&self, source: Source) -> StoreResult<Source> {
-        self.write(move |c| resources::update_source(c, &source).map(|_| source)).await
+        let sealed = self.seal_source(source.clone());
+        self.write(move |c| resources::update_source(c, &sealed)).await.map(|_| source)
     }
     async fn delete_source(&self, id: &str) -> StoreResult<()> {
         let id = id.to_owned();
