@@ -19,6 +19,8 @@ pub struct FieldError {
 pub enum ApiError {
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("this token may not do that")]
+    Forbidden,
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -55,6 +57,7 @@ impl ApiError {
     pub fn code_and_status(&self) -> (&'static str, StatusCode) {
         match self {
             ApiError::Unauthorized => ("authentication_failed", StatusCode::UNAUTHORIZED),
+            ApiError::Forbidden => ("forbidden", StatusCode::FORBIDDEN),
             ApiError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
             ApiError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
             ApiError::MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),

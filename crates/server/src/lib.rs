@@ -45,12 +45,19 @@ pub async fn ensure_admin_token(
     config: &Config,
     clock: &dyn Clock,
 ) -> Result<Option<String>, StoreError> {
-    if config.api.admin_token.is_some() || !store.admin_token_hashes().await?.is_empty() {
+    let has_admin = store.tokens().await?.iter().any(|t| t.app_id.is_none());
+    if config.api.admin_token.is_some() || has_admin {
         return Ok(None);
     }
     let token = format!("hk_admin_{}", hex::encode(rand::random::<[u8; 24]>()));
     let now = clock.now_ms();
-    store.add_admin_token_hash(new_id(prefix::TOKEN, now), hash_token(&token), now).await?;
+    let record = hookline_store::Token {
+        id: new_id(prefix::TOKEN, now),
+        hash: hash_token(&token),
+        app_id: None,
+        created_at: now,
+    };
+    store.add_token(record).await?;
     Ok(Some(token))
 }
 
@@ -73,9 +80,14 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     // Install the recorder before anything records, or early metrics are lost.
     let _ = metrics::handle();
-    let mut admin_token_hashes = store.admin_token_hashes().await?;
+    let mut tokens = store.tokens().await?;
     if let Some(token) = &config.api.admin_token {
-        admin_token_hashes.push(hash_token(token));
+        tokens.push(hookline_store::Token {
+            id: "tok_config".into(),
+            hash: hash_token(token),
+            app_id: None,
+            created_at: 0,
+        });
     }
     let addresses = config.address_policy();
     let engine =
@@ -89,7 +101,7 @@ pub async fn run(
         engine: engine.clone(),
         config,
         addresses,
-        admin_token_hashes,
+        tokens: std::sync::RwLock::new(tokens),
         rejections: Default::default(),
     });
     let app = api::router(state);

@@ -134,6 +134,32 @@ pub fn document() -> Value {
         s,
     );
 
+    let s = Some(d.schema::<ListResponse<TokenOut>>());
+    d.op(
+        "get",
+        &format!("{app}/token"),
+        "listApplicationTokens",
+        "Application",
+        "Hookline: the application's scoped tokens (never their values).",
+        None,
+        200,
+        s,
+    );
+    let s = Some(d.schema::<TokenOut>());
+    let summary =
+        "Hookline: a token that reaches only this application (for a merchant portal); its value is shown once.";
+    d.op("post", &format!("{app}/token"), "createApplicationToken", "Application", summary, None, 201, s);
+    d.op(
+        "delete",
+        &format!("{app}/token/{{token_id}}"),
+        "deleteApplicationToken",
+        "Application",
+        "Revoke a scoped token.",
+        None,
+        204,
+        None,
+    );
+
     let eps = "/api/v1/app/{app_id}/endpoint";
     let s = Some(d.schema::<ListResponse<EndpointOut>>());
     d.op("get", eps, "listEndpoints", "Endpoint", "List an application's endpoints.", None, 200, s);

@@ -387,3 +387,14 @@ pub struct RejectionOut {
     pub detail: String,
     pub body_bytes: usize,
 }
+
+/// An application-scoped API token. `token` is present only in the answer that creates it.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenOut {
+    pub id: String,
+    pub app_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    pub created_at: String,
+}

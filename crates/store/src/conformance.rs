@@ -85,6 +85,25 @@ pub async fn run_all(store: &dyn Store) {
     idempotent_answers_expire(store).await;
     deleting_an_app_removes_everything(store).await;
     sources_and_inbound_dedupe(store).await;
+    tokens_belong_to_an_app_or_to_the_admin(store).await;
+}
+
+async fn tokens_belong_to_an_app_or_to_the_admin(store: &dyn Store) {
+    let a = store.create_app(app(9_000, None)).await.unwrap();
+    let admin = Token { id: id(prefix::TOKEN, 9_000), hash: [1; 32], app_id: None, created_at: 9_000 };
+    let scoped = Token { id: id(prefix::TOKEN, 9_001), hash: [2; 32], app_id: Some(a.id.clone()), created_at: 9_001 };
+    store.add_token(admin.clone()).await.unwrap();
+    store.add_token(scoped.clone()).await.unwrap();
+    let all = store.tokens().await.unwrap();
+    assert!(all.contains(&admin) && all.contains(&scoped));
+    assert!(matches!(
+        store.add_token(Token { id: id(prefix::TOKEN, 9_002), ..scoped.clone() }).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store.delete_app(&a.id).await.unwrap();
+    assert!(!store.tokens().await.unwrap().contains(&scoped), "an app's tokens go with it");
+    store.delete_token(&admin.id).await.unwrap();
+    assert_eq!(store.delete_token(&admin.id).await, Err(StoreError::NotFound));
 }
 
 async fn sources_and_inbound_dedupe(store: &dyn Store) {

@@ -122,9 +122,10 @@ pub trait Store: Send + Sync + 'static {
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()>;
     /// Forgets idempotent answers older than `before`; returns how many.
     async fn purge_idempotent_responses(&self, before: UnixMs) -> StoreResult<usize>;
-    /// SHA-256 hashes of the admin tokens.
-    async fn admin_token_hashes(&self) -> StoreResult<Vec<[u8; 32]>>;
-    async fn add_admin_token_hash(&self, id: String, hash: [u8; 32], now: UnixMs) -> StoreResult<()>;
+    /// Every API token (hashes only).
+    async fn tokens(&self) -> StoreResult<Vec<Token>>;
+    async fn add_token(&self, token: Token) -> StoreResult<()>;
+    async fn delete_token(&self, id: &str) -> StoreResult<()>;
 }
 
 /// Which attempts a listing covers.

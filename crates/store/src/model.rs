@@ -236,3 +236,13 @@ pub struct DeliveryView {
     pub endpoint: Option<Endpoint>,
     pub message: Option<Message>,
 }
+
+/// An API token, stored as the SHA-256 of its value. Admin tokens have no application;
+/// application tokens can reach only their application's resources.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Token {
+    pub id: String,
+    pub hash: [u8; 32],
+    pub app_id: Option<String>,
+    pub created_at: UnixMs,
+}

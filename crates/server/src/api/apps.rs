@@ -1,14 +1,17 @@
 //! `/api/v1/app`: applications, one per merchant.
 
+use super::hash_token;
 use super::{check_uid, listed, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
 use crate::error::{ApiError, ApiResult};
-use crate::wire::{ApplicationIn, ApplicationOut, ApplicationPatch, EndpointSecretOut, ListResponse};
+use crate::wire::{
+    timestamp, ApplicationIn, ApplicationOut, ApplicationPatch, EndpointSecretOut, ListResponse, TokenOut,
+};
 use axum::http::StatusCode;
 use axum::routing::{get, MethodRouter};
 use axum::Json;
 use hookline_core::id::{has_prefix, prefix};
 use hookline_core::signature::{Secret, SECRET_BYTES_GENERATED};
-use hookline_store::{App, StoreError};
+use hookline_store::{App, StoreError, Token};
 use std::sync::Arc;
 
 pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
@@ -16,6 +19,8 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
         ("/api/v1/app", get(list).post(create)),
         ("/api/v1/app/{app_id}", get(read).put(replace).patch(patch).delete(remove)),
         ("/api/v1/app/{app_id}/secret", get(secret)),
+        ("/api/v1/app/{app_id}/token", get(list_tokens).post(create_token)),
+        ("/api/v1/app/{app_id}/token/{token_id}", axum::routing::delete(delete_token)),
     ]
 }
 
@@ -154,10 +159,67 @@ async fn remove(state: Shared, PathParams(app_id): PathParams<String>) -> ApiRes
     state.store.delete_app(&app.id).await.map_err(ApiError::from_store("application"))?;
     state.engine.catalog.invalidate(&app.id);
     state.engine.catalog.invalidate_sources();
+    state.tokens.write().expect("tokens lock").retain(|t| t.app_id.as_deref() != Some(app.id.as_str()));
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// Hookline: the secret that signs deliveries to per-message callback URLs.
 async fn secret(state: Shared, PathParams(app_id): PathParams<String>) -> ApiResult<Json<EndpointSecretOut>> {
     Ok(Json(EndpointSecretOut { key: find(&state, &app_id).await?.secret }))
+}
+
+fn token_view(token: &hookline_store::Token, value: Option<String>) -> TokenOut {
+    TokenOut {
+        id: token.id.clone(),
+        app_id: token.app_id.clone().unwrap_or_default(),
+        token: value,
+        created_at: timestamp(token.created_at),
+    }
+}
+
+/// Hookline: a token that can reach only this application (for a merchant portal). The
+/// value is shown once; only its hash is kept.
+async fn create_token(
+    state: Shared,
+    PathParams(app_id): PathParams<String>,
+) -> ApiResult<(StatusCode, Json<TokenOut>)> {
+    let app = find(&state, &app_id).await?;
+    let value = format!("hk_app_{}", hex::encode(rand::random::<[u8; 24]>()));
+    let token = Token {
+        id: state.new_id(prefix::TOKEN),
+        hash: hash_token(&value),
+        app_id: Some(app.id),
+        created_at: state.now(),
+    };
+    state.store.add_token(token.clone()).await.map_err(ApiError::from_store("token"))?;
+    let out = token_view(&token, Some(value));
+    state.tokens.write().expect("tokens lock").push(token);
+    Ok((StatusCode::CREATED, Json(out)))
+}
+
+async fn list_tokens(state: Shared, PathParams(app_id): PathParams<String>) -> ApiResult<Json<ListResponse<TokenOut>>> {
+    let app = find(&state, &app_id).await?;
+    let tokens = state.tokens.read().expect("tokens lock");
+    let data: Vec<TokenOut> =
+        tokens.iter().filter(|t| t.app_id.as_deref() == Some(app.id.as_str())).map(|t| token_view(t, None)).collect();
+    Ok(Json(ListResponse { iterator: data.last().map(|t| t.id.clone()), prev_iterator: None, data, done: true }))
+}
+
+async fn delete_token(
+    state: Shared,
+    PathParams((app_id, token_id)): PathParams<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let app = find(&state, &app_id).await?;
+    let belongs = state
+        .tokens
+        .read()
+        .expect("tokens lock")
+        .iter()
+        .any(|t| t.id == token_id && t.app_id.as_deref() == Some(app.id.as_str()));
+    if !belongs {
+        return Err(ApiError::NotFound("token"));
+    }
+    state.store.delete_token(&token_id).await.map_err(ApiError::from_store("token"))?;
+    state.tokens.write().expect("tokens lock").retain(|t| t.id != token_id);
+    Ok(StatusCode::NO_CONTENT)
 }

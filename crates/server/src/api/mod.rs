@@ -43,7 +43,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     pub config: Config,
     pub addresses: AddressPolicy,
-    pub admin_token_hashes: Vec<[u8; 32]>,
+    /// Every API token (hashes), admin and application-scoped; changed by the token routes.
+    pub tokens: std::sync::RwLock<Vec<hookline_store::Token>>,
     /// Recent refused inbound requests per source, for debugging a provider's setup.
     pub rejections:
         std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<crate::wire::RejectionOut>>>,
@@ -110,7 +111,22 @@ pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
-async fn authenticate(State(state): Shared, request: Request, next: Next) -> Response {
+/// Who is calling: the operator, or a merchant holding a token for one application.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Principal {
+    Admin { token_id: String },
+    App { token_id: String, app_id: String },
+}
+
+impl Principal {
+    fn token_id(&self) -> &str {
+        match self {
+            Principal::Admin { token_id } | Principal::App { token_id, .. } => token_id,
+        }
+    }
+}
+
+async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
     let given = request
         .headers()
         .get("authorization")
@@ -121,12 +137,50 @@ async fn authenticate(State(state): Shared, request: Request, next: Next) -> Res
         return ApiError::Unauthorized.into_response();
     };
     // Compare against every token in constant time, without stopping at a match.
-    let matched = state.admin_token_hashes.iter().fold(0u8, |any, known| any | known.ct_eq(&given).unwrap_u8());
-    if matched == 1 {
-        next.run(request).await
-    } else {
-        ApiError::Unauthorized.into_response()
+    let principal = {
+        let tokens = state.tokens.read().expect("tokens lock");
+        let mut found = None;
+        for token in tokens.iter() {
+            if bool::from(token.hash.ct_eq(&given)) {
+                found = Some(match &token.app_id {
+                    None => Principal::Admin { token_id: token.id.clone() },
+                    Some(app_id) => Principal::App { token_id: token.id.clone(), app_id: app_id.clone() },
+                });
+            }
+        }
+        found
+    };
+    let Some(principal) = principal else {
+        return ApiError::Unauthorized.into_response();
+    };
+    if let Principal::App { app_id, .. } = &principal {
+        if let Err(e) = confine(&state, app_id, request.method(), request.uri().path()).await {
+            return e.into_response();
+        }
     }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// What an application-scoped token may do: read the global event-type catalog, and act
+/// within its own application's subtree, except managing the application itself and its
+/// tokens. Another application's ids answer 404, as if they did not exist.
+async fn confine(state: &AppState, own_app: &str, method: &Method, path: &str) -> ApiResult<()> {
+    let path = path.trim_end_matches('/');
+    if path.starts_with("/api/v1/event-type") {
+        return if method == Method::GET { Ok(()) } else { Err(ApiError::Forbidden) };
+    }
+    let Some(rest) = path.strip_prefix("/api/v1/app/") else { return Err(ApiError::Forbidden) };
+    let (key, below) = rest.split_once('/').unwrap_or((rest, ""));
+    let app = state.engine.catalog.app(key).await.map_err(ApiError::from_store("application"))?;
+    if app.id != own_app {
+        return Err(ApiError::NotFound("application"));
+    }
+    let manages_app = below.is_empty() && method != Method::GET;
+    if manages_app || below == "token" || below.starts_with("token/") {
+        return Err(ApiError::Forbidden);
+    }
+    Ok(())
 }
 
 /// The scoped key of a POST's `Idempotency-Key`, if it has one.
@@ -142,7 +196,9 @@ async fn idempotency(State(state): Shared, mut request: Request, next: Next) -> 
         .then(|| request.headers().get("idempotency-key").and_then(|v| v.to_str().ok()))
         .flatten()
         .map(|key| {
-            let scoped = Sha256::digest(format!("{} {}", request.uri().path().trim_end_matches('/'), key));
+            // Scoped by caller and route: two tenants' keys never collide.
+            let caller = request.extensions().get::<Principal>().map(Principal::token_id).unwrap_or_default();
+            let scoped = Sha256::digest(format!("{caller} {} {key}", request.uri().path().trim_end_matches('/')));
             hex::encode(scoped)
         });
     let Some(key) = key else {

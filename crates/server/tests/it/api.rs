@@ -257,3 +257,93 @@ async fn the_openapi_document_and_the_router_agree() {
     assert!(doc["components"]["schemas"]["EndpointIn"]["properties"]["signatureScheme"].is_object());
     gw.stop().await;
 }
+
+/// Application B's data as the admin sees it, to show that A's token changed nothing.
+async fn snapshot(gw: &Gateway, app: &str, ep: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    for path in [
+        format!("/api/v1/app/{app}"),
+        format!("/api/v1/app/{app}/endpoint"),
+        format!("/api/v1/app/{app}/endpoint/{ep}/secret"),
+        format!("/api/v1/app/{app}/endpoint/{ep}/headers"),
+        format!("/api/v1/app/{app}/msg"),
+        format!("/api/v1/app/{app}/token"),
+        "/api/v1/source".to_owned(),
+        "/api/v1/event-type?include_archived=true".to_owned(),
+    ] {
+        out.push(gw.ok("GET", &path, None).await);
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_application_token_reaches_only_its_own_application_on_every_route() {
+    let gw = start_gateway(dev_config()).await;
+    let a = gw.app("merchant-a").await;
+    let b = gw.app("merchant-b").await;
+    let ep_b = gw.endpoint(&b, json!({"url": "https://b.example/hook", "headers": {"X-B": "1"}})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let msg_b = gw.publish(&b, json!({"eventType": "payment.succeeded", "payload": {"tenant": "b"}})).await;
+    let attempt_b = "atmpt_0000000000000000000000";
+    gw.ok("POST", "/api/v1/event-type", Some(json!({"name": "tenancy.test", "description": "x"}))).await;
+    let source = gw
+        .ok("POST", "/api/v1/source", Some(json!({"name": "s", "preset": "github", "secrets": ["x"], "appId": b})))
+        .await;
+    let token_b = gw.ok("POST", &format!("/api/v1/app/{b}/token"), None).await["id"].as_str().unwrap().to_owned();
+    let token_a = gw.ok("POST", &format!("/api/v1/app/{a}/token"), None).await["token"].as_str().unwrap().to_owned();
+    let as_a = |method: &str, path: &str, body: Option<Value>| {
+        let mut request = gw.http.request(method.parse().unwrap(), format!("{}{path}", gw.url)).bearer_auth(&token_a);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    // What A may do.
+    assert_eq!(
+        as_a("POST", &format!("/api/v1/app/{a}/endpoint"), Some(json!({"url": "https://a.example/hook"}))).await.0,
+        201
+    );
+    assert_eq!(as_a("POST", "/api/v1/app/merchant-a/msg", Some(json!({"eventType": "x", "payload": {}}))).await.0, 202);
+    assert_eq!(as_a("GET", &format!("/api/v1/app/{a}/msg"), None).await.0, 200);
+    assert_eq!(as_a("GET", "/api/v1/event-type", None).await.0, 200);
+    assert_eq!(as_a("DELETE", &format!("/api/v1/app/{a}"), None).await.0, 403, "an app token cannot delete its app");
+    assert_eq!(as_a("POST", &format!("/api/v1/app/{a}/token"), None).await.0, 403, "nor mint tokens");
+
+    let before = snapshot(&gw, &b, &ep_b).await;
+    let mut tried = 0;
+    for (method, path) in hookline_server::openapi::operations() {
+        if path.starts_with("/in/") || path == "/api/v1/health" {
+            continue; // public by design: the provider's signature or nothing is the credential
+        }
+        let concrete = path
+            .replace("{app_id}", &b)
+            .replace("{endpoint_id}", &ep_b)
+            .replace("{msg_id}", &msg_b)
+            .replace("{attempt_id}", attempt_b)
+            .replace("{event_type_name}", "tenancy.test")
+            .replace("{source_id}", source["id"].as_str().unwrap())
+            .replace("{token_id}", &token_b);
+        let body = (method != "get" && method != "delete").then(
+            || json!({"name": "x", "url": "https://evil.example", "eventType": "x", "payload": {}, "description": "x"}),
+        );
+        let (status, answer) = as_a(&method.to_uppercase(), &concrete, body).await;
+        tried += 1;
+        let catalog_read = method == "get" && path.starts_with("/api/v1/event-type");
+        if catalog_read {
+            assert_eq!(status, 200, "{method} {path}: the event-type catalog is shared");
+        } else {
+            assert!(
+                status == 403 || status == 404,
+                "{method} {path} answered {status} to another app's token: {answer}"
+            );
+        }
+    }
+    assert!(tried >= 45, "every documented route was tried ({tried})");
+    assert_eq!(snapshot(&gw, &b, &ep_b).await, before, "application B is unchanged");
+    gw.stop().await;
+}

@@ -531,10 +531,14 @@ impl Store for SqliteStore {
         self.write(move |c| c.execute("DELETE FROM idempotency WHERE created_at < ?1", [before]).map_err(sql_error))
             .await
     }
-    async fn admin_token_hashes(&self) -> StoreResult<Vec<[u8; 32]>> {
-        self.read(queue::admin_token_hashes).await
+    async fn tokens(&self) -> StoreResult<Vec<Token>> {
+        self.read(queue::tokens).await
     }
-    async fn add_admin_token_hash(&self, id: String, hash: [u8; 32], now: UnixMs) -> StoreResult<()> {
-        self.write(move |c| queue::add_admin_token_hash(c, &id, &hash, now)).await
+    async fn add_token(&self, token: Token) -> StoreResult<()> {
+        self.write(move |c| queue::add_token(c, &token)).await
+    }
+    async fn delete_token(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |c| queue::delete_token(c, &id)).await
     }
 }

@@ -338,20 +338,36 @@ pub fn save_idempotent_response(conn: &Connection, answer: &IdempotentResponse) 
     Ok(())
 }
 
-pub fn admin_token_hashes(conn: &Connection) -> StoreResult<Vec<[u8; 32]>> {
-    let mut statement = conn.prepare("SELECT hash FROM admin_tokens").map_err(sql_error)?;
-    let hashes = statement.query_map([], |r| r.get::<_, Vec<u8>>(0)).map_err(sql_error)?;
-    hashes
-        .map(|h| {
-            let h = h.map_err(sql_error)?;
-            h.try_into().map_err(|_| StoreError::Corrupt("admin token hash is not 32 bytes".into()))
+pub fn tokens(conn: &Connection) -> StoreResult<Vec<Token>> {
+    let mut statement =
+        conn.prepare("SELECT id, hash, app_id, created_at FROM tokens ORDER BY id").map_err(sql_error)?;
+    let rows = statement
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, i64>(3)?))
         })
-        .collect()
+        .map_err(sql_error)?;
+    rows.map(|row| {
+        let (id, hash, app_id, created_at) = row.map_err(sql_error)?;
+        let hash = hash.try_into().map_err(|_| StoreError::Corrupt("a token hash is not 32 bytes".into()))?;
+        Ok(Token { id, hash, app_id, created_at })
+    })
+    .collect()
 }
 
-pub fn add_admin_token_hash(conn: &Connection, id: &str, hash: &[u8; 32], now: i64) -> StoreResult<()> {
-    conn.execute("INSERT INTO admin_tokens (id, hash, created_at) VALUES (?1, ?2, ?3)", params![id, &hash[..], now])
-        .map_err(sql_error)?;
+pub fn add_token(conn: &Connection, token: &Token) -> StoreResult<()> {
+    conn.execute(
+        "INSERT INTO tokens (id, hash, app_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![token.id, &token.hash[..], token.app_id, token.created_at],
+    )
+    .map_err(sql_error)?;
+    Ok(())
+}
+
+pub fn delete_token(conn: &Connection, id: &str) -> StoreResult<()> {
+    let deleted = conn.execute("DELETE FROM tokens WHERE id = ?1", [id]).map_err(sql_error)?;
+    if deleted == 0 {
+        return Err(StoreError::NotFound);
+    }
     Ok(())
 }
 

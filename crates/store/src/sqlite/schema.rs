@@ -121,9 +121,10 @@ CREATE TABLE inbound_keys (
     created_at INTEGER NOT NULL,
     PRIMARY KEY (source_id, event_key)
 ) WITHOUT ROWID;
-CREATE TABLE admin_tokens (
+CREATE TABLE tokens (
     id TEXT PRIMARY KEY,
-    hash BLOB NOT NULL,
+    hash BLOB NOT NULL UNIQUE,
+    app_id TEXT,
     created_at INTEGER NOT NULL
 );
 "#];
