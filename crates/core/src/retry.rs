@@ -15,6 +15,8 @@ pub const RETRY_AFTER_MAX_MS: u64 = HOUR_MS;
 pub const SCHEDULE_STEPS_MAX: usize = 50;
 pub const DELAY_MS_MAX: u64 = 7 * DAY_MS;
 pub const HORIZON_MS_MAX: u64 = 30 * DAY_MS;
+/// Attempts one delivery may make, whatever its policy says.
+pub const ATTEMPTS_MAX: u32 = 1_000;
 
 /// A named preset, as accepted in config and in the API (`"retryPolicy": "stripe"`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -149,13 +151,17 @@ pub fn next_attempt(
     retry_after_ms: Option<u64>,
     jitter_unit: f64,
 ) -> Option<UnixMs> {
+    if attempts_made >= ATTEMPTS_MAX {
+        return None;
+    }
     let step = attempts_made.max(1) - 1;
     let delay_ms = match policy.shape() {
         Shape::Schedule(delays) => *delays.get(step as usize)?,
         Shape::Exponential { first_ms, max_ms, horizon_ms } => {
             let base = first_ms.saturating_mul(1u64 << step.min(40)).min(max_ms);
             let factor = 0.8 + 0.4 * jitter_unit.clamp(0.0, 1.0);
-            let delay = ((base as f64 * factor) as u64).min(max_ms);
+            // At least 1 ms: a delay rounded down to 0 would retry at the same instant forever.
+            let delay = ((base as f64 * factor) as u64).clamp(1, max_ms);
             let delay = honour_retry_after(delay, retry_after_ms);
             let at = now.saturating_add(delay as i64);
             return (at - first_attempt_at <= horizon_ms as i64).then_some(at);
@@ -185,7 +191,7 @@ mod tests {
             out.push((at - now) as u64);
             now = at;
             n += 1;
-            assert!(n < 1000, "policy never ends");
+            assert!(n <= ATTEMPTS_MAX, "policy never ends");
         }
         out
     }
@@ -219,6 +225,13 @@ mod tests {
         assert!(stripe.iter().sum::<u64>() <= 3 * DAY_MS);
         let explicit = delays(&RetryPolicy::Schedule { delays_ms: vec![1, 2, 3] }, 0.5);
         assert_eq!(explicit, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn tiny_delays_still_move_forward_and_attempts_are_capped() {
+        let tiny = RetryPolicy::Exponential { first_delay_ms: 1, max_delay_ms: 1, horizon_ms: HORIZON_MS_MAX };
+        assert_eq!(next_attempt(&tiny, 1, 0, 0, None, 0.0), Some(1), "rounded down to 0 it would never advance");
+        assert_eq!(delays(&tiny, 0.0).len(), ATTEMPTS_MAX as usize - 1);
     }
 
     #[test]
