@@ -52,6 +52,11 @@ pub struct ApiConfig {
     /// The URL providers and clients reach Hookline at (shown as sources' `ingestUrl`);
     /// default `http://{server.listen}`.
     pub public_url: Option<String>,
+    /// Requests per second one application-scoped token may make (bursts up to twice that);
+    /// over it: 429 with Retry-After. The admin token is not limited. 0 turns it off.
+    pub token_rate_limit_per_s: u32,
+    /// Endpoints one application may have.
+    pub endpoints_per_app_max: usize,
 }
 
 impl Default for ApiConfig {
@@ -61,6 +66,8 @@ impl Default for ApiConfig {
             body_bytes_max: 1024 * 1024,
             idempotency_ttl_ms: 24 * 3600 * 1000,
             public_url: None,
+            token_rate_limit_per_s: 100,
+            endpoints_per_app_max: 256,
         }
     }
 }

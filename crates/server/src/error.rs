@@ -21,6 +21,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("this token may not do that")]
     Forbidden,
+    #[error("too many requests for this token; retry after {0} s")]
+    RateLimited(u64),
     #[error("{0} not found")]
     NotFound(&'static str),
     #[error("{0}")]
@@ -58,6 +60,7 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => ("authentication_failed", StatusCode::UNAUTHORIZED),
             ApiError::Forbidden => ("forbidden", StatusCode::FORBIDDEN),
+            ApiError::RateLimited(_) => ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
             ApiError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
             ApiError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
             ApiError::MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
@@ -101,8 +104,13 @@ impl IntoResponse for ApiError {
             ApiError::Validation(fields) => (status, axum::Json(Body { code, detail: fields })).into_response(),
             other => (status, axum::Json(Body { code, detail: other.to_string() })).into_response(),
         };
-        if matches!(self, ApiError::Unavailable) {
-            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("5"));
+        let retry_after = match self {
+            ApiError::Unavailable => Some(5),
+            ApiError::RateLimited(seconds) => Some(seconds),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
+            response.headers_mut().insert("retry-after", axum::http::HeaderValue::from(seconds));
         }
         response
     }

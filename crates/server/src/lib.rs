@@ -103,6 +103,7 @@ pub async fn run(
         addresses,
         tokens: std::sync::RwLock::new(tokens),
         rejections: Default::default(),
+        rate_buckets: Default::default(),
     });
     let app = api::router(state);
     tracing::info!(listen = %listener.local_addr()?, "hookline is ready");

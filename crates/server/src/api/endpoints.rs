@@ -108,6 +108,11 @@ async fn create(
 
 async fn create_endpoint(state: &AppState, app_id: &str, input: EndpointIn) -> ApiResult<Endpoint> {
     let app = find_app(state, app_id).await?;
+    let existing = state.engine.catalog.endpoints(&app.id).await.map_err(ApiError::from_store("endpoint"))?.len();
+    let limit = state.config.api.endpoints_per_app_max;
+    if existing >= limit {
+        return Err(ApiError::field("url", format!("an application may have at most {limit} endpoints")));
+    }
     let now = state.now();
     let secret = parse_secret(input.secret)?;
     let endpoint = Endpoint {

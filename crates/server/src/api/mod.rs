@@ -45,6 +45,8 @@ pub struct AppState {
     pub addresses: AddressPolicy,
     /// Every API token (hashes), admin and application-scoped; changed by the token routes.
     pub tokens: std::sync::RwLock<Vec<hookline_store::Token>>,
+    /// Request budgets of application-scoped tokens: (tokens left, when last refilled).
+    pub rate_buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, UnixMs)>>,
     /// Recent refused inbound requests per source, for debugging a provider's setup.
     pub rejections:
         std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<crate::wire::RejectionOut>>>,
@@ -153,13 +155,35 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
     let Some(principal) = principal else {
         return ApiError::Unauthorized.into_response();
     };
-    if let Principal::App { app_id, .. } = &principal {
+    if let Principal::App { app_id, token_id } = &principal {
+        if let Err(e) = take_from_budget(&state, token_id) {
+            return e.into_response();
+        }
         if let Err(e) = confine(&state, app_id, request.method(), request.uri().path()).await {
             return e.into_response();
         }
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// A token bucket per application token, refilled on the server's clock.
+fn take_from_budget(state: &AppState, token_id: &str) -> ApiResult<()> {
+    let rate = f64::from(state.config.api.token_rate_limit_per_s);
+    if rate == 0.0 {
+        return Ok(());
+    }
+    let (burst, now) = (2.0 * rate, state.now());
+    let mut buckets = state.rate_buckets.lock().expect("rate buckets lock");
+    let (left, last) = buckets.entry(token_id.to_owned()).or_insert((burst, now));
+    *left = (*left + (now - *last).max(0) as f64 / 1000.0 * rate).min(burst);
+    *last = now;
+    if *left < 1.0 {
+        let wait_s = ((1.0 - *left) / rate).ceil().max(1.0) as u64;
+        return Err(ApiError::RateLimited(wait_s));
+    }
+    *left -= 1.0;
+    Ok(())
 }
 
 /// What an application-scoped token may do: read the global event-type catalog, and act
@@ -261,7 +285,40 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     }
 }
 
+/// Deepest JSON nesting accepted anywhere in a body, payloads included: the payload is
+/// kept raw (no recursion limit applies to it) and merchants' parsers must not choke on it.
+pub const JSON_DEPTH_MAX: usize = 64;
+
+/// The deepest nesting of arrays and objects in `bytes`, not counting brackets in strings.
+fn json_depth(bytes: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in bytes {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    if json_depth(bytes) > JSON_DEPTH_MAX {
+        return Err(ApiError::InvalidJson(format!("nesting deeper than {JSON_DEPTH_MAX} levels")));
+    }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::field("body", e.to_string()),
         _ => ApiError::InvalidJson(e.to_string()),
@@ -382,4 +439,24 @@ pub fn check_uid(uid: &Option<String>) -> ApiResult<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_depth;
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        let cases: [(&str, usize); 6] = [
+            ("{}", 1),
+            (r#"{"a":[1,{"b":[]}]}"#, 4),
+            (r#"{"a":"[[[[{{{{"}"#, 1),
+            (r#"{"a":"\"[["}"#, 1),
+            ("12", 0),
+            ("[[[]]][[]]", 3),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(json_depth(text.as_bytes()), expected, "{text}");
+        }
+    }
 }

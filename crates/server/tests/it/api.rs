@@ -347,3 +347,54 @@ async fn an_application_token_reaches_only_its_own_application_on_every_route() 
     assert_eq!(snapshot(&gw, &b, &ep_b).await, before, "application B is unchanged");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn limits_rate_per_token_endpoints_per_app_and_json_depth() {
+    let mut config = dev_config();
+    config.api.token_rate_limit_per_s = 5;
+    config.api.endpoints_per_app_max = 2;
+    let gw = start_gateway(config).await;
+    let app = gw.app("merchant").await;
+    let token = gw.ok("POST", &format!("/api/v1/app/{app}/token"), None).await["token"].as_str().unwrap().to_owned();
+    let get = |token: String| {
+        let request = gw.http.get(format!("{}/api/v1/app/{app}/msg", gw.url)).bearer_auth(token);
+        async move {
+            let r = request.send().await.unwrap();
+            let retry_after = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), retry_after, r.json::<Value>().await.unwrap())
+        }
+    };
+    for n in 0..10 {
+        assert_eq!(get(token.clone()).await.0, 200, "request {n} is within the burst of 10");
+    }
+    let (status, retry_after, body) = get(token.clone()).await;
+    assert_eq!((status, body["code"].as_str(), retry_after.as_deref()), (429, Some("rate_limited"), Some("1")));
+    gw.advance(1_000);
+    for n in 0..5 {
+        assert_eq!(get(token.clone()).await.0, 200, "refilled by 5 after a second ({n})");
+    }
+    assert_eq!(get(token.clone()).await.0, 429);
+    for _ in 0..30 {
+        assert_eq!(get(TOKEN.to_owned()).await.0, 200, "the admin token is not limited");
+    }
+
+    gw.endpoint(&app, json!({"url": "https://a.example/1"})).await;
+    gw.endpoint(&app, json!({"url": "https://a.example/2"})).await;
+    let (status, body) =
+        gw.call("POST", &format!("/api/v1/app/{app}/endpoint"), Some(json!({"url": "https://a.example/3"}))).await;
+    assert_eq!((status, body["code"].as_str()), (422, Some("validation")), "{body}");
+
+    let deep = format!(r#"{{"eventType":"x","payload":{{"a":{}1{}}}}}"#, "[".repeat(300), "]".repeat(300));
+    let response = gw
+        .http
+        .post(format!("{}/api/v1/app/{app}/msg", gw.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(response.json::<Value>().await.unwrap()["code"], "invalid_json");
+    gw.stop().await;
+}
