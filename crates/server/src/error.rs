@@ -29,6 +29,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("method not allowed on this path")]
     MethodNotAllowed,
+    #[error("the body must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("{0}")]
@@ -64,6 +66,7 @@ impl ApiError {
             ApiError::NotFound(_) => ("not_found", StatusCode::NOT_FOUND),
             ApiError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
             ApiError::MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+            ApiError::UnsupportedMediaType => ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
             ApiError::InvalidJson(_) => ("invalid_json", StatusCode::BAD_REQUEST),
             ApiError::BadRequest(_) => ("bad_request", StatusCode::BAD_REQUEST),
             ApiError::Validation(_) => ("validation", StatusCode::UNPROCESSABLE_ENTITY),

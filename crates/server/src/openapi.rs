@@ -203,6 +203,8 @@ pub fn document() -> Value {
         200,
         s,
     );
+    // The body is optional: without one, Hookline generates the new secret.
+    d.paths[&format!("{ep}/secret/rotate")]["post"]["requestBody"]["required"] = json!(false);
     let s = Some(d.schema::<EndpointHeadersOut>());
     d.op(
         "get",

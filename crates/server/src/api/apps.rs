@@ -32,6 +32,7 @@ fn check(input: &ApplicationIn) -> ApiResult<()> {
     if input.name.trim().is_empty() {
         return Err(ApiError::field("name", "name must not be empty"));
     }
+    super::check_text("name", &input.name, 256)?;
     check_uid(&input.uid)?;
     if let Some(policy) = &input.retry_policy {
         policy.validate().map_err(|e| ApiError::field("retryPolicy", e.to_string()))?;

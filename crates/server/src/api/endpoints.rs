@@ -76,9 +76,7 @@ fn check(state: &AppState, e: &Endpoint) -> ApiResult<()> {
     check_list("eventTypes", &e.event_types)?;
     check_list("channels", &e.channels)?;
     check_headers(&e.headers)?;
-    if e.description.len() > 4096 {
-        return Err(ApiError::field("description", "description is longer than 4096 bytes"));
-    }
+    super::check_text("description", &e.description, 4096)?;
     if let SignatureScheme::HmacSha256Hex { header } = &e.signature_scheme {
         if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
             return Err(ApiError::field("signatureScheme", "header must be a valid header name"));
@@ -269,8 +267,10 @@ async fn secret(
 async fn rotate(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: bytes::Bytes,
 ) -> ApiResult<Json<EndpointSecretOut>> {
+    super::check_content_type(&headers)?;
     let input: EndpointSecretRotateIn = if body.is_empty() { Default::default() } else { super::parse_json(&body)? };
     let mut e = find(&state, &app_id, &endpoint_id).await?;
     let now = state.now();

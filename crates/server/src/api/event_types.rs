@@ -42,6 +42,7 @@ async fn create(state: Shared, JsonBody(input): JsonBody<EventTypeIn>) -> ApiRes
         created_at: now,
         updated_at: now,
     };
+    check_texts(&event_type)?;
     let created = state.store.create_event_type(event_type).await.map_err(ApiError::from_store("event type"))?;
     Ok((StatusCode::CREATED, Json(views::event_type(created))))
 }
@@ -67,7 +68,16 @@ async fn read(state: Shared, PathParams(name): PathParams<String>) -> ApiResult<
     Ok(Json(views::event_type(find(&state, &name).await?)))
 }
 
+fn check_texts(t: &EventType) -> ApiResult<()> {
+    super::check_text("description", &t.description, 4096)?;
+    if let Some(group) = &t.group_name {
+        super::check_text("groupName", group, 256)?;
+    }
+    Ok(())
+}
+
 async fn save(state: &AppState, mut event_type: EventType) -> ApiResult<Json<EventTypeOut>> {
+    check_texts(&event_type)?;
     event_type.updated_at = state.now();
     let saved = state.store.update_event_type(event_type).await.map_err(ApiError::from_store("event type"))?;
     Ok(Json(views::event_type(saved)))

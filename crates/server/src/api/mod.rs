@@ -273,6 +273,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
+        check_content_type(request.headers())?;
         let limit = state.config.api.body_bytes_max;
         let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -283,6 +284,32 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
         })?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// A body declared as something other than JSON is refused; an undeclared one is read as JSON.
+pub fn check_content_type(headers: &axum::http::HeaderMap) -> ApiResult<()> {
+    match headers.get("content-type").map(|v| v.to_str().unwrap_or("")) {
+        None => Ok(()),
+        Some(value) => {
+            let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+            if essence == "application/json" || essence.ends_with("+json") {
+                Ok(())
+            } else {
+                Err(ApiError::UnsupportedMediaType)
+            }
+        }
+    }
+}
+
+/// Human text (names, descriptions): bounded, and no control characters such as NUL.
+pub fn check_text(field: &str, value: &str, bytes_max: usize) -> ApiResult<()> {
+    if value.len() > bytes_max || value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+        return Err(ApiError::field(
+            field,
+            format!("{field} must be at most {bytes_max} bytes without control characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// Deepest JSON nesting accepted anywhere in a body, payloads included: the payload is

@@ -97,6 +97,7 @@ fn check(source: &Source) -> ApiResult<()> {
     if source.name.trim().is_empty() {
         return Err(ApiError::field("name", "name must not be empty"));
     }
+    super::check_text("name", &source.name, 256)?;
     check_uid(&source.uid)?;
     if let Some(types) = &source.event_types {
         if types.is_empty() || types.iter().any(|t| t.is_empty() || t.len() > 256) {

@@ -398,3 +398,91 @@ async fn limits_rate_per_token_endpoints_per_app_and_json_depth() {
     assert_eq!(response.json::<Value>().await.unwrap()["code"], "invalid_json");
     gw.stop().await;
 }
+
+/// Hostile bodies, each refused by every route that takes a body.
+fn hostile_bodies() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let nul = r#"{"name":"a\u0000","description":"d\u0000","url":"https://a.example/\u0000","eventType":"e\u0000","payload":{},"since":"\u0000","headers":{"a\u0000":"b"},"key":"\u0000","preset":"stripe","secrets":["\u0000"],"appId":"\u0000","uid":"\u0000"}"#;
+    let sql = r#"{"name":"x","uid":"'; DROP TABLE apps; --","url":"https://a.example/' OR 1=1 --","eventType":"x' OR '1'='1","payload":{},"since":"' OR 1=1","headers":{"x' --":"y"},"key":"whsec_'--","appId":"' OR 1=1 --","preset":"stripe'","secrets":[]}"#;
+    vec![
+        ("invalid JSON", b"{not json".to_vec(), "application/json"),
+        ("empty body", Vec::new(), "application/json"),
+        ("invalid UTF-8", b"{\"name\": \"\xff\xfe\"}".to_vec(), "application/json"),
+        ("wrong types", br#"{"name":5,"url":5,"eventType":5,"payload":5,"since":5,"headers":5,"key":5,"description":5,"preset":5,"appId":5}"#.to_vec(), "application/json"),
+        ("huge numbers", br#"{"name":1e999,"url":1e999,"eventType":1e999,"payload":1e999,"since":1e999,"headers":1e999,"description":1e999}"#.to_vec(), "application/json"),
+        ("NUL bytes", nul.as_bytes().to_vec(), "application/json"),
+        ("unknown fields only", br#"{"zzz":1,"yyy":[true]}"#.to_vec(), "application/json"),
+        ("SQL metacharacters", sql.as_bytes().to_vec(), "application/json"),
+        ("wrong content type", br#"{"name":"x","url":"https://a.example","eventType":"x","payload":{}}"#.to_vec(), "text/plain"),
+        ("a JSON array", b"[]".to_vec(), "application/json"),
+        ("deep nesting", format!("{}{}", "[".repeat(100), "]".repeat(100)).into_bytes(), "application/json"),
+    ]
+}
+
+#[tokio::test]
+async fn hostile_input_on_every_route_gets_a_json_4xx_and_changes_nothing() {
+    let gw = start_gateway(dev_config()).await;
+    let app = gw.app("merchant").await;
+    let ep = gw.endpoint(&app, json!({"url": "https://a.example/hook"})).await["id"].as_str().unwrap().to_owned();
+    let msg = gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
+    gw.ok("POST", "/api/v1/event-type", Some(json!({"name": "hostile.test", "description": "x"}))).await;
+    let source = gw
+        .ok("POST", "/api/v1/source", Some(json!({"name": "s", "preset": "github", "secrets": ["x"], "appId": app})))
+        .await;
+    let source_id = source["id"].as_str().unwrap().to_owned();
+    let doc = hookline_server::openapi::document();
+    let before = snapshot(&gw, &app, &ep).await;
+    let (mut tried, mut traversals) = (0, 0);
+    for (method, path) in hookline_server::openapi::operations() {
+        if path.starts_with("/in/") || path == "/api/v1/health" {
+            continue;
+        }
+        let concrete = path
+            .replace("{app_id}", &app)
+            .replace("{endpoint_id}", &ep)
+            .replace("{msg_id}", &msg)
+            .replace("{attempt_id}", "atmpt_0000000000000000000000")
+            .replace("{event_type_name}", "hostile.test")
+            .replace("{source_id}", &source_id)
+            .replace("{token_id}", "tok_0000000000000000000000");
+        let request_body = &doc["paths"][&path][&method]["requestBody"];
+        if request_body.is_object() {
+            let optional = request_body["required"] == false;
+            for (name, body, content_type) in hostile_bodies() {
+                if optional && body.is_empty() {
+                    continue; // an optional body may be absent
+                }
+                let response = gw
+                    .http
+                    .request(method.to_uppercase().parse().unwrap(), format!("{}{concrete}", gw.url))
+                    .bearer_auth(TOKEN)
+                    .header("content-type", content_type)
+                    .body(body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                let answer: Value = response.json().await.unwrap_or(Value::Null);
+                assert!((400..500).contains(&status), "{method} {path} with {name} answered {status}: {answer}");
+                assert!(answer["code"].is_string(), "{method} {path} with {name}: not a JSON error: {answer}");
+                tried += 1;
+            }
+        }
+        // Path traversal and SQL in ids: never found, never a 5xx.
+        for evil in ["..%2F..%2Fetc%2Fpasswd", "%27%20OR%201%3D1%20--", "app_%00"] {
+            let attacked = concrete.replacen(&app, evil, 1).replacen(&ep, evil, 1).replacen(&msg, evil, 1);
+            if attacked == concrete {
+                continue;
+            }
+            let (status, answer) = gw.call(&method.to_uppercase(), &attacked, None).await;
+            assert!(
+                (400..500).contains(&status) && answer["code"].is_string(),
+                "{method} {attacked} answered {status}: {answer}"
+            );
+            traversals += 1;
+        }
+    }
+    assert!(tried >= 180 && traversals >= 80, "coverage: {tried} hostile bodies, {traversals} hostile ids");
+    assert_eq!(snapshot(&gw, &app, &ep).await, before, "hostile input changed stored data");
+    eprintln!("hostile input: {tried} bodies and {traversals} ids refused");
+    gw.stop().await;
+}
