@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust unit, conformance and integration tests, the real-binary tests,
-# and the Svix SDK acceptance test in Python. Installs what it needs on a fresh machine.
+# The whole test suite: Rust unit, conformance, property and integration tests, the
+# real-binary fault tests, short fuzz runs, and the Svix SDK acceptance test in Python.
+# Installs what it needs on a fresh machine (python3-venv, the Python libraries, cargo-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
@@ -16,6 +17,9 @@ fi
 
 echo "== cargo test"
 cargo test --workspace --locked
+
+echo "== fuzzing (short runs from the seed corpus)"
+./scripts/fuzz.sh
 
 echo "== Svix SDK acceptance test"
 cargo build --locked -p hookline
