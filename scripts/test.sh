@@ -22,5 +22,6 @@ echo "== fuzzing (short runs from the seed corpus)"
 ./scripts/fuzz.sh
 
 echo "== Svix SDK acceptance test"
-cargo build --locked -p hookline
+# `cargo test` built the binary already (the real-binary tests use it).
+test -x target/debug/hookline || cargo build --locked -p hookline
 HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk

@@ -37,16 +37,7 @@ impl Hookline {
     }
 
     async fn wait_healthy(&self, http: &reqwest::Client) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
-            if let Ok(r) = http.get(format!("{}/api/v1/health", self.url)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            assert!(tokio::time::Instant::now() < deadline, "hookline never became healthy");
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_healthy(http, &self.url).await;
     }
 
     fn kill9(&mut self) {
@@ -59,6 +50,19 @@ impl Drop for Hookline {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+async fn wait_healthy(http: &reqwest::Client, url: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(r) = http.get(format!("{url}/api/v1/health")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "hookline never became healthy");
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
@@ -215,4 +219,52 @@ fn verify_explains_why_a_signature_fails() {
         .unwrap();
     assert_eq!(usage.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&usage.stderr).contains("unknown preset `paypal`"));
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("hookline.log");
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir.path().join("data"))
+        .env("HOOKLINE_ADMIN_TOKEN", TOKEN)
+        .env("HOOKLINE_LOG_LEVEL", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    wait_healthy(&http, &url).await;
+    let endpoint_secret = "whsec_c2VjcmV0LW5ldmVyLWxvZ2dlZC1lbmRwb2ludA==";
+    let source_secret = "source-secret-never-logged";
+    let post = |path: &str, body: Value| call(&http, reqwest::Method::POST, format!("{url}{path}"), body);
+    assert_eq!(post("/api/v1/app", json!({"name": "m", "uid": "m"})).await.0, 201);
+    let sink = start_sink(Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(HashSet::new()))).await;
+    assert_eq!(post("/api/v1/app/m/endpoint", json!({"url": sink, "secret": endpoint_secret})).await.0, 201);
+    assert_eq!(
+        post(
+            "/api/v1/source",
+            json!({"name": "s", "uid": "s", "preset": "github", "secrets": [source_secret], "appId": "m"})
+        )
+        .await
+        .0,
+        201
+    );
+    assert_eq!(post("/api/v1/app/m/msg", json!({"eventType": "x", "payload": {}})).await.0, 202);
+    let refused =
+        http.post(format!("{url}/in/s")).header("x-hub-signature-256", "sha256=00").body("{}").send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let wrong_token = http.get(format!("{url}/api/v1/app")).bearer_auth("not-the-token").send().await.unwrap();
+    assert_eq!(wrong_token.status(), 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let written = std::fs::read_to_string(&log).unwrap();
+    assert!(written.contains("DEBUG") || written.contains("INFO"), "the log was written at debug level");
+    for secret in [endpoint_secret, source_secret, TOKEN, "not-the-token"] {
+        assert!(!written.contains(secret), "a secret reached the log: {secret}");
+    }
 }
