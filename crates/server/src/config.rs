@@ -34,11 +34,27 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Local development: plain-http endpoints and loopback/private targets allowed.
     pub dev: bool,
+    /// Client connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Request headers accepted per request (more: 431).
+    pub headers_max: usize,
+    /// Bytes of request head accepted (at least 8192; more: 431).
+    pub header_bytes_max: usize,
+    /// How long a client may take to send its request head (slowloris defence).
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: "127.0.0.1:8071".into(), data_dir: PathBuf::from("./hookline-data"), dev: false }
+        ServerConfig {
+            listen: "127.0.0.1:8071".into(),
+            data_dir: PathBuf::from("./hookline-data"),
+            dev: false,
+            max_connections: 10_000,
+            headers_max: 64,
+            header_bytes_max: 16_384,
+            header_read_timeout_ms: 10_000,
+        }
     }
 }
 
@@ -157,6 +173,10 @@ impl Config {
             (d.connect_timeout_ms >= 100, "delivery.connect_timeout_ms must be at least 100"),
             (d.max_in_flight >= 1, "delivery.max_in_flight must be at least 1"),
             (d.endpoint_max_in_flight >= 1, "delivery.endpoint_max_in_flight must be at least 1"),
+            (self.server.max_connections >= 1, "server.max_connections must be at least 1"),
+            (self.server.headers_max >= 8, "server.headers_max must be at least 8"),
+            (self.server.header_bytes_max >= 8_192, "server.header_bytes_max must be at least 8192"),
+            (self.server.header_read_timeout_ms >= 100, "server.header_read_timeout_ms must be at least 100"),
             (matches!(self.log.format.as_str(), "text" | "json"), "log.format must be `text` or `json`"),
         ];
         if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {

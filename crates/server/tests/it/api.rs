@@ -486,3 +486,66 @@ async fn hostile_input_on_every_route_gets_a_json_4xx_and_changes_nothing() {
     eprintln!("hostile input: {tried} bodies and {traversals} ids refused");
     gw.stop().await;
 }
+
+async fn raw_request(addr: &str, bytes: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection; returns what it sent.
+async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ =
+        tokio::time::timeout(PATIENCE, stream.read_to_end(&mut out)).await.expect("the server closed the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn transport_limits_slow_heads_too_many_headers_and_connections() {
+    let mut config = dev_config();
+    config.server.header_read_timeout_ms = 300;
+    config.server.headers_max = 16;
+    let gw = start_gateway(config).await;
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    // A client that never finishes its request head is cut off.
+    let mut slow = raw_request(&addr, b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
+    let answered = read_to_close(&mut slow).await;
+    assert!(!answered.contains("200 OK"), "a half-sent request is never served: {answered}");
+    // More headers than allowed: 431.
+    let many: String = (0..40).map(|n| format!("X-H{n}: v\r\n")).collect();
+    let head = format!("GET /api/v1/health HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n");
+    let mut crowded = raw_request(&addr, head.as_bytes()).await;
+    let answered = read_to_close(&mut crowded).await;
+    assert!(answered.starts_with("HTTP/1.1 431"), "{answered}");
+    gw.stop().await;
+
+    // Three slots: the harness's own keep-alive connection (from its health check) holds one.
+    let mut config = dev_config();
+    config.server.max_connections = 3;
+    let gw = start_gateway(config).await;
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let (first, second) = (raw_request(&addr, b"").await, raw_request(&addr, b"").await);
+    let fresh = || {
+        reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .timeout(std::time::Duration::from_millis(500))
+            .build()
+            .unwrap()
+    };
+    let waiting = fresh().get(format!("{}/api/v1/health", gw.url)).send().await;
+    assert!(waiting.is_err(), "a new connection waits while the others hold every slot");
+    drop(first);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if let Ok(served) = fresh().get(format!("{}/api/v1/health", gw.url)).send().await {
+            assert_eq!(served.status(), 200);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "a freed slot never served a new connection");
+    }
+    drop(second);
+    gw.stop().await;
+}
