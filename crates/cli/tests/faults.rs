@@ -107,7 +107,23 @@ async fn a_full_disk_refuses_with_503_loses_nothing_and_recovers() {
     };
     assert_eq!(post("/api/v1/app".into(), json!({"name": "m", "uid": "m"})).await.0, 201);
     assert_eq!(post("/api/v1/app/m/endpoint".into(), json!({"url": hook})).await.0, 201);
+    let source =
+        json!({"name": "stripe", "uid": "stripe", "preset": "stripe", "secrets": ["whsec_disk"], "appId": "m"});
+    assert_eq!(post("/api/v1/source".into(), source).await.0, 201);
+    let inbound = |n: usize| {
+        let body = format!(r#"{{"id":"evt_disk_{n}","type":"charge.succeeded","pad":"{}"}}"#, "y".repeat(2000));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let signature = hookline_core::signature::stripe_header(&["whsec_disk"], now, body.as_bytes());
+        let request = http.post(format!("{url}/in/stripe")).header("stripe-signature", signature).body(body);
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
     let mut acknowledged = HashSet::new();
+    let (status, accepted) = inbound(0).await;
+    assert_eq!(status, 200, "{accepted}");
+    acknowledged.insert(accepted["messageId"].as_str().unwrap().to_owned());
     let payload = json!({"eventType": "payment.succeeded", "payload": {"pad": "x".repeat(2000)}});
     for _ in 0..20 {
         let (status, out) = post("/api/v1/app/m/msg".into(), payload.clone()).await;
@@ -134,6 +150,12 @@ async fn a_full_disk_refuses_with_503_loses_nothing_and_recovers() {
         }
     }
     assert!(refused >= 5, "the disk never filled up: no 503 after 2,000 publishes");
+    let (status, out) = inbound(1).await;
+    assert_eq!(
+        (status, out["code"].as_str()),
+        (503, Some("storage_unavailable")),
+        "a provider is told to retry: {out}"
+    );
     eprintln!("full disk: {} acknowledged, {refused} refused with 503", acknowledged.len());
     let health = http.get(format!("{url}/api/v1/health")).send().await.unwrap();
     assert_eq!(health.status(), 200, "the server survives a full disk");

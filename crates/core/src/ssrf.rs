@@ -6,7 +6,7 @@
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Longest endpoint URL accepted.
+/// Longest endpoint URL accepted by default.
 pub const URL_BYTES_MAX: usize = 2_048;
 
 /// Why an address is refused. The names are stable: they appear in API errors.
@@ -47,11 +47,23 @@ impl Forbidden {
 
 /// The address rules in force. `allow` re-enables chosen ranges; `allow_all_private`
 /// (the `--dev` mode) turns the special-range rules off entirely.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct AddressPolicy {
     pub allow: Vec<IpNet>,
     pub allow_all_private: bool,
     pub allow_plain_http: bool,
+    pub url_bytes_max: usize,
+}
+
+impl Default for AddressPolicy {
+    fn default() -> Self {
+        AddressPolicy {
+            allow: Vec::new(),
+            allow_all_private: false,
+            allow_plain_http: false,
+            url_bytes_max: URL_BYTES_MAX,
+        }
+    }
 }
 
 impl AddressPolicy {
@@ -124,8 +136,8 @@ fn special_v6(ip: Ipv6Addr) -> Option<Forbidden> {
 pub enum UrlError {
     #[error("URL is not valid: {0}")]
     Invalid(String),
-    #[error("URL is longer than {URL_BYTES_MAX} bytes")]
-    TooLong,
+    #[error("URL is longer than {0} bytes")]
+    TooLong(usize),
     #[error("URL scheme must be https (http only in dev mode)")]
     Scheme,
     #[error("URL must not carry credentials")]
@@ -138,8 +150,8 @@ pub enum UrlError {
 /// (in any spelling the URL standard accepts: `2130706433`, `0x7f.1`, `127.1`, `[::1]`)
 /// is checked here; names are checked again on every resolved address at connect time.
 pub fn check_url(text: &str, policy: &AddressPolicy) -> Result<url::Url, UrlError> {
-    if text.len() > URL_BYTES_MAX {
-        return Err(UrlError::TooLong);
+    if text.len() > policy.url_bytes_max {
+        return Err(UrlError::TooLong(policy.url_bytes_max));
     }
     let parsed = url::Url::parse(text).map_err(|e| UrlError::Invalid(e.to_string()))?;
     match parsed.scheme() {
@@ -211,7 +223,7 @@ mod tests {
         check("https://[2002:7f00:1::]/", no(Loopback));
         check("https://[2002:a9fe:a9fe::]/", no(LinkLocal));
         check("https://[2606:4700::1111]/", Ok(()));
-        check(&format!("https://a.example/{}", "x".repeat(URL_BYTES_MAX)), Err(UrlError::TooLong));
+        check(&format!("https://a.example/{}", "x".repeat(URL_BYTES_MAX)), Err(UrlError::TooLong(URL_BYTES_MAX)));
     }
 
     #[test]

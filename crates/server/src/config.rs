@@ -73,6 +73,8 @@ pub struct ApiConfig {
     pub token_rate_limit_per_s: u32,
     /// Endpoints one application may have.
     pub endpoints_per_app_max: usize,
+    /// Deepest JSON nesting accepted in any request body, payloads included.
+    pub json_depth_max: usize,
 }
 
 impl Default for ApiConfig {
@@ -84,6 +86,7 @@ impl Default for ApiConfig {
             public_url: None,
             token_rate_limit_per_s: 100,
             endpoints_per_app_max: 256,
+            json_depth_max: 64,
         }
     }
 }
@@ -138,7 +141,7 @@ impl Default for InboundConfig {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NetworkConfig {
     /// Address ranges deliveries may reach although they are private or special
@@ -146,6 +149,14 @@ pub struct NetworkConfig {
     pub allow: Vec<IpNet>,
     /// Allow `http://` endpoint URLs (always allowed in dev mode).
     pub allow_http: bool,
+    /// Longest endpoint or callback URL accepted.
+    pub url_bytes_max: usize,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig { allow: Vec::new(), allow_http: false, url_bytes_max: hookline_core::ssrf::URL_BYTES_MAX }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -174,6 +185,8 @@ impl Config {
             (d.max_in_flight >= 1, "delivery.max_in_flight must be at least 1"),
             (d.endpoint_max_in_flight >= 1, "delivery.endpoint_max_in_flight must be at least 1"),
             (self.server.max_connections >= 1, "server.max_connections must be at least 1"),
+            (self.api.json_depth_max >= 2, "api.json_depth_max must be at least 2"),
+            (self.network.url_bytes_max >= 64, "network.url_bytes_max must be at least 64"),
             (self.server.headers_max >= 8, "server.headers_max must be at least 8"),
             (self.server.header_bytes_max >= 8_192, "server.header_bytes_max must be at least 8192"),
             (self.server.header_read_timeout_ms >= 100, "server.header_read_timeout_ms must be at least 100"),
@@ -192,6 +205,7 @@ impl Config {
             allow: self.network.allow.clone(),
             allow_all_private: self.server.dev,
             allow_plain_http: self.server.dev || self.network.allow_http,
+            url_bytes_max: self.network.url_bytes_max,
         }
     }
 }

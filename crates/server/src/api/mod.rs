@@ -282,7 +282,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
                 ApiError::BadRequest(rejection.body_text())
             }
         })?;
-        parse_json(&bytes).map(JsonBody)
+        parse_json_within(&bytes, state.config.api.json_depth_max).map(JsonBody)
     }
 }
 
@@ -312,8 +312,9 @@ pub fn check_text(field: &str, value: &str, bytes_max: usize) -> ApiResult<()> {
     Ok(())
 }
 
-/// Deepest JSON nesting accepted anywhere in a body, payloads included: the payload is
-/// kept raw (no recursion limit applies to it) and merchants' parsers must not choke on it.
+/// Deepest JSON nesting accepted by default anywhere in a body, payloads included: the
+/// payload is kept raw (no recursion limit applies to it) and merchants' parsers must not
+/// choke on it. `api.json_depth_max` sets it.
 pub const JSON_DEPTH_MAX: usize = 64;
 
 /// The deepest nesting of arrays and objects in `bytes`, not counting brackets in strings.
@@ -342,9 +343,14 @@ fn json_depth(bytes: &[u8]) -> usize {
     deepest
 }
 
+/// Parses a body with the default depth limit.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
-    if json_depth(bytes) > JSON_DEPTH_MAX {
-        return Err(ApiError::InvalidJson(format!("nesting deeper than {JSON_DEPTH_MAX} levels")));
+    parse_json_within(bytes, JSON_DEPTH_MAX)
+}
+
+pub fn parse_json_within<T: DeserializeOwned>(bytes: &[u8], depth_max: usize) -> ApiResult<T> {
+    if json_depth(bytes) > depth_max {
+        return Err(ApiError::InvalidJson(format!("nesting deeper than {depth_max} levels")));
     }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::field("body", e.to_string()),

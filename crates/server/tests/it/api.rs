@@ -353,6 +353,8 @@ async fn limits_rate_per_token_endpoints_per_app_and_json_depth() {
     let mut config = dev_config();
     config.api.token_rate_limit_per_s = 5;
     config.api.endpoints_per_app_max = 2;
+    config.api.json_depth_max = 4;
+    config.network.url_bytes_max = 64;
     let gw = start_gateway(config).await;
     let app = gw.app("merchant").await;
     let token = gw.ok("POST", &format!("/api/v1/app/{app}/token"), None).await["token"].as_str().unwrap().to_owned();
@@ -384,6 +386,26 @@ async fn limits_rate_per_token_endpoints_per_app_and_json_depth() {
         gw.call("POST", &format!("/api/v1/app/{app}/endpoint"), Some(json!({"url": "https://a.example/3"}))).await;
     assert_eq!((status, body["code"].as_str()), (422, Some("validation")), "{body}");
 
+    let too_long = format!("https://a.example/{}", "x".repeat(100));
+    let (status, body) = gw
+        .call(
+            "POST",
+            &format!("/api/v1/app/{app}/msg"),
+            Some(json!({"eventType": "x", "payload": {}, "callbackUrl": too_long})),
+        )
+        .await;
+    assert_eq!((status, body["code"].as_str()), (422, Some("validation")), "network.url_bytes_max: {body}");
+    let five_deep = r#"{"eventType":"x","payload":{"a":[[[1]]]}}"#;
+    let response = gw
+        .http
+        .post(format!("{}/api/v1/app/{app}/msg", gw.url))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(five_deep)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400, "api.json_depth_max = 4 refuses 5 levels");
     let deep = format!(r#"{{"eventType":"x","payload":{{"a":{}1{}}}}}"#, "[".repeat(300), "]".repeat(300));
     let response = gw
         .http
@@ -433,7 +455,7 @@ async fn hostile_input_on_every_route_gets_a_json_4xx_and_changes_nothing() {
     let before = snapshot(&gw, &app, &ep).await;
     let (mut tried, mut traversals) = (0, 0);
     for (method, path) in hookline_server::openapi::operations() {
-        if path.starts_with("/in/") || path == "/api/v1/health" {
+        if path == "/api/v1/health" {
             continue;
         }
         let concrete = path
@@ -443,9 +465,11 @@ async fn hostile_input_on_every_route_gets_a_json_4xx_and_changes_nothing() {
             .replace("{attempt_id}", "atmpt_0000000000000000000000")
             .replace("{event_type_name}", "hostile.test")
             .replace("{source_id}", &source_id)
-            .replace("{token_id}", "tok_0000000000000000000000");
+            .replace("{token_id}", "tok_0000000000000000000000")
+            .replace("{source}", &source_id)
+            .replace("{rest}", "x");
         let request_body = &doc["paths"][&path][&method]["requestBody"];
-        if request_body.is_object() {
+        if request_body.is_object() || path.starts_with("/in/") {
             let optional = request_body["required"] == false;
             for (name, body, content_type) in hostile_bodies() {
                 if optional && body.is_empty() {
@@ -519,6 +543,12 @@ async fn transport_limits_slow_heads_too_many_headers_and_connections() {
     let head = format!("GET /api/v1/health HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n");
     let mut crowded = raw_request(&addr, head.as_bytes()).await;
     let answered = read_to_close(&mut crowded).await;
+    assert!(answered.starts_with("HTTP/1.1 431"), "{answered}");
+    // A request head larger than header_bytes_max (default 16 KiB): 431.
+    let head =
+        format!("GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "b".repeat(40_000));
+    let mut bloated = raw_request(&addr, head.as_bytes()).await;
+    let answered = read_to_close(&mut bloated).await;
     assert!(answered.starts_with("HTTP/1.1 431"), "{answered}");
     gw.stop().await;
 
