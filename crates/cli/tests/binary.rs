@@ -8,12 +8,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-const TOKEN: &str = "binary-test-token";
-const PATIENCE: Duration = Duration::from_secs(30);
+mod support;
+use support::{free_port, recording_sink, wait_healthy, PATIENCE};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+const TOKEN: &str = "binary-test-token";
 
 struct Hookline {
     child: Child,
@@ -53,41 +51,9 @@ impl Drop for Hookline {
     }
 }
 
-async fn wait_healthy(http: &reqwest::Client, url: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if let Ok(r) = http.get(format!("{url}/api/v1/health")).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "hookline never became healthy");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Value) -> (u16, Value) {
     let r = http.request(method, url).bearer_auth(TOKEN).json(&body).send().await.unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
-/// Records the `webhook-id` of every request; while `hold` is set it never answers.
-async fn start_sink(hold: Arc<AtomicBool>, seen: Arc<Mutex<HashSet<String>>>) -> String {
-    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
-        let (hold, seen) = (hold.clone(), seen.clone());
-        async move {
-            if hold.load(Ordering::SeqCst) {
-                std::future::pending::<()>().await;
-            }
-            let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-            seen.lock().unwrap().insert(id);
-            "ok"
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
 }
 
 #[tokio::test]
@@ -96,7 +62,7 @@ async fn kill_9_mid_delivery_then_restart_delivers_every_acknowledged_message() 
     let http = reqwest::Client::new();
     let hold = Arc::new(AtomicBool::new(true));
     let seen = Arc::new(Mutex::new(HashSet::new()));
-    let sink = start_sink(hold.clone(), seen.clone()).await;
+    let sink = recording_sink(hold.clone(), seen.clone()).await;
     let mut first = Hookline::start(dir.path(), &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
     first.wait_healthy(&http).await;
     let (status, _) =
@@ -242,7 +208,7 @@ async fn secrets_never_reach_the_logs() {
     let source_secret = "source-secret-never-logged";
     let post = |path: &str, body: Value| call(&http, reqwest::Method::POST, format!("{url}{path}"), body);
     assert_eq!(post("/api/v1/app", json!({"name": "m", "uid": "m"})).await.0, 201);
-    let sink = start_sink(Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(HashSet::new()))).await;
+    let sink = recording_sink(Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(HashSet::new()))).await;
     assert_eq!(post("/api/v1/app/m/endpoint", json!({"url": sink, "secret": endpoint_secret})).await.0, 201);
     assert_eq!(
         post(

@@ -8,8 +8,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+mod support;
+use support::{free_port, recording_sink, wait_healthy, PATIENCE};
+
 const TOKEN: &str = "faults-test-token";
-const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A tmpfs of a few MB, unmounted when dropped.
 struct SmallDisk {
@@ -60,25 +62,10 @@ impl Drop for Hookline {
     }
 }
 
-async fn sink(seen: Arc<Mutex<HashSet<String>>>) -> String {
-    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
-        let seen = seen.clone();
-        async move {
-            let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-            seen.lock().unwrap().insert(id);
-            "ok"
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/hook", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
-}
-
 #[tokio::test]
 async fn a_full_disk_refuses_with_503_loses_nothing_and_recovers() {
     let disk = SmallDisk::mount("4m");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let _hookline = Hookline(
         Command::new(env!("CARGO_BIN_EXE_hookline"))
@@ -91,13 +78,9 @@ async fn a_full_disk_refuses_with_503_loses_nothing_and_recovers() {
             .unwrap(),
     );
     let http = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while http.get(format!("{url}/api/v1/health")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(tokio::time::Instant::now() < deadline, "hookline did not start");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    wait_healthy(&http, &url).await;
     let seen = Arc::new(Mutex::new(HashSet::new()));
-    let hook = sink(seen.clone()).await;
+    let hook = recording_sink(Arc::new(std::sync::atomic::AtomicBool::new(false)), seen.clone()).await;
     let post = |path: String, body: Value| {
         let request = http.post(format!("{url}{path}")).bearer_auth(TOKEN).json(&body);
         async move {
@@ -228,14 +211,6 @@ fn start(data_dir: &std::path::Path, port: u16) -> Hookline {
     )
 }
 
-async fn wait_healthy(http: &reqwest::Client, url: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    while http.get(format!("{url}/api/v1/health")).send().await.map(|r| r.status() != 200).unwrap_or(true) {
-        assert!(tokio::time::Instant::now() < deadline, "hookline did not start");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Publishes (and sends signed inbound requests) until the server stops answering;
 /// returns the ids of the messages that were acknowledged.
 async fn load_until_killed(http: reqwest::Client, url: String, worker: usize) -> Vec<String> {
@@ -265,7 +240,7 @@ async fn load_until_killed(http: reqwest::Client, url: String, worker: usize) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_under_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let delivered: Delivered = Arc::default();
@@ -336,7 +311,7 @@ async fn kill_9_at_random_moments_under_load_loses_nothing_acknowledged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_finishes_in_flight_work_and_the_rest_follows_after_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
     let delivered: Delivered = Arc::default();
