@@ -121,14 +121,9 @@ async fn publish(
         body: Bytes::from(body.clone()),
         created_at: now,
     });
-    let publish =
-        Publish { message: (*message).clone(), deliveries: deliveries.clone(), idempotency: answer, dedupe: None };
-    match state.store.publish(publish).await.map_err(ApiError::from_store("message"))? {
+    match commit(&state, &message, deliveries, answer, None).await? {
         PublishOutcome::Created => {
             metrics::counter!(m::PUBLISHED).increment(1);
-            for d in deliveries {
-                state.engine.enqueue(d, Some(message.clone()));
-            }
             let mut response = (StatusCode::ACCEPTED, [("content-type", "application/json")], body).into_response();
             response.extensions_mut().insert(AnswerStored);
             Ok(response)
@@ -138,6 +133,26 @@ async fn publish(
             Ok((StatusCode::OK, Json(views::message(*existing, true))).into_response())
         }
     }
+}
+
+/// Commits a message with its deliveries (and its idempotent answer or inbound dedupe key)
+/// in one synced transaction, then hands the deliveries to the engine. Publishing and
+/// inbound ingest both end here.
+pub async fn commit(
+    state: &AppState,
+    message: &Arc<Message>,
+    deliveries: Vec<Delivery>,
+    idempotency: Option<IdempotentResponse>,
+    dedupe: Option<(String, String)>,
+) -> ApiResult<PublishOutcome> {
+    let publish = Publish { message: (**message).clone(), deliveries, idempotency, dedupe };
+    let outcome = state.store.publish(publish.clone()).await.map_err(ApiError::from_store("message"))?;
+    if let PublishOutcome::Created = outcome {
+        for delivery in publish.deliveries {
+            state.engine.enqueue(delivery, Some(message.clone()));
+        }
+    }
+    Ok(outcome)
 }
 
 /// One pending delivery for each enabled endpoint of the application that takes the message.

@@ -14,7 +14,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Json;
 use hookline_core::id::prefix;
 use hookline_core::inbound::{verify, Rejection};
-use hookline_store::{Bytes, Message, Publish, PublishOutcome, Source, SourceSecret};
+use hookline_store::{Bytes, Message, PublishOutcome, Source, SourceSecret};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -338,13 +338,9 @@ async fn ingest(
     });
     let deliveries = super::messages::route(&state, &endpoints, &message, now);
     let dedupe = verified.event_id.map(|id| (source.id.clone(), id));
-    let publish = Publish { message: (*message).clone(), deliveries: deliveries.clone(), idempotency: None, dedupe };
-    match state.store.publish(publish).await.map_err(ApiError::from_store("message"))? {
+    match super::messages::commit(&state, &message, deliveries, None, dedupe).await? {
         PublishOutcome::Created => {
             count(&source.id, "accepted");
-            for d in deliveries {
-                state.engine.enqueue(d, Some(message.clone()));
-            }
             Ok(Json(IngestOut { status: "accepted", message_id: Some(message.id.clone()) }))
         }
         PublishOutcome::Duplicate(existing) => {

@@ -30,7 +30,7 @@ impl Catalog {
 
     /// The application by id or uid.
     pub async fn app(&self, key: &str) -> StoreResult<Arc<App>> {
-        self.by_id_or_uid(&self.apps, key, self.store.get_app(key), |a| (&a.id, a.uid.as_deref())).await
+        self.by_id_or_uid(&self.apps, key, || self.store.get_app(key), |a| (&a.id, a.uid.as_deref())).await
     }
 
     pub async fn endpoints(&self, app_id: &str) -> StoreResult<Arc<Vec<Arc<Endpoint>>>> {
@@ -53,23 +53,26 @@ impl Catalog {
 
     /// An inbound source by id or uid.
     pub async fn source(&self, key: &str) -> StoreResult<Arc<Source>> {
-        self.by_id_or_uid(&self.sources, key, self.store.get_source(key), |s| (&s.id, s.uid.as_deref())).await
+        self.by_id_or_uid(&self.sources, key, || self.store.get_source(key), |s| (&s.id, s.uid.as_deref())).await
     }
 
     /// Looks `key` up in `cache`, or loads it and caches it under both its id and uid,
-    /// unless an invalidation happened while it loaded.
-    async fn by_id_or_uid<T>(
+    /// unless an invalidation happened while it loaded. `load` runs only on a miss.
+    async fn by_id_or_uid<T, F>(
         &self,
         cache: &RwLock<HashMap<String, Arc<T>>>,
         key: &str,
-        load: impl std::future::Future<Output = StoreResult<T>>,
+        load: impl FnOnce() -> F,
         keys: impl Fn(&T) -> (&str, Option<&str>),
-    ) -> StoreResult<Arc<T>> {
+    ) -> StoreResult<Arc<T>>
+    where
+        F: std::future::Future<Output = StoreResult<T>>,
+    {
         if let Some(found) = cache.read().expect("catalog lock").get(key) {
             return Ok(found.clone());
         }
         let generation = self.generation.load(Ordering::SeqCst);
-        let loaded = Arc::new(load.await?);
+        let loaded = Arc::new(load().await?);
         let mut entries = cache.write().expect("catalog lock");
         if self.generation.load(Ordering::SeqCst) == generation {
             let (id, uid) = keys(&loaded);

@@ -279,21 +279,21 @@ impl Engine {
     }
 
     async fn deliver(self: Arc<Self>, key: String, due: Due) {
-        let _turn = Turn { engine: self.clone(), key };
+        let turn = Turn { engine: self.clone(), key };
         let _in_flight = InFlight(&self);
-        let Some(target) = self.resolve_target(&due).await else {
-            return;
-        };
         let message = match due.message.clone() {
             Some(message) => message,
             None => match self.store.message_by_id(&due.delivery.msg_id).await {
                 Ok(message) => Arc::new(message),
                 Err(StoreError::NotFound) => return,
-                Err(_) => return self.retry_later(due),
+                Err(_) => return self.retry_later(due.delivery),
             },
         };
+        let Some(target) = self.resolve_target(&due.delivery, &message).await else {
+            return;
+        };
         if target.disabled {
-            return self.finish(due, &target, &message, None).await;
+            return self.finish(due, &turn.key, &target, &message, None).await;
         }
         let Some(_global_slot) = self.slot(self.global_slots.clone()).await else {
             return;
@@ -310,12 +310,12 @@ impl Engine {
         headers.extend(forwarded.filter(|(k, _)| *k != "content-type").map(|(k, v)| (k.clone(), v.clone())));
         headers.extend(target.headers.iter().cloned());
         let sent = self.client.post(&target.url, &headers, message.payload.clone(), now).await;
-        self.finish(due, &target, &message, Some(sent)).await;
+        self.finish(due, &turn.key, &target, &message, Some(sent)).await;
     }
 
     /// Records the attempt and schedules what follows. `sent` is `None` when no request
     /// was made because the endpoint is disabled.
-    async fn finish(&self, due: Due, target: &Target, message: &Message, sent: Option<client::Sent>) {
+    async fn finish(&self, due: Due, lane: &str, target: &Target, message: &Message, sent: Option<client::Sent>) {
         let now = self.clock.now_ms();
         let d = &due.delivery;
         let first_attempt_at = d.first_attempt_at.unwrap_or(now);
@@ -371,7 +371,7 @@ impl Engine {
         if disable {
             self.catalog.invalidate(&d.app_id);
         }
-        observe(&target.slot_key, state, class, sent.as_ref(), message.created_at, now);
+        observe(lane, state, class, sent.as_ref(), message.created_at, now);
         if let Some(at) = next_at {
             let mut delivery = due.delivery;
             delivery.attempts += 1;
@@ -399,19 +399,20 @@ impl Engine {
         }
     }
 
-    fn retry_later(&self, mut due: Due) {
-        due.delivery.next_at = Some(self.clock.now_ms() + RECORD_RETRY_MS as i64);
-        self.enqueue(due.delivery, None);
+    /// Tries a delivery again shortly, when the store could not be read for it.
+    fn retry_later(&self, mut delivery: Delivery) {
+        delivery.next_at = Some(self.clock.now_ms() + RECORD_RETRY_MS as i64);
+        self.enqueue(delivery, None);
     }
 
-    /// Where and how to send: the endpoint, or the message's callback URL.
-    async fn resolve_target(&self, due: &Due) -> Option<Target> {
-        let d = &due.delivery;
+    /// Where and how to send: the endpoint, or the message's callback URL. `None` when there
+    /// is nowhere to send any more (deleted) or the store could not say (retried later).
+    async fn resolve_target(&self, d: &Delivery, message: &Message) -> Option<Target> {
         let app = match self.catalog.app(&d.app_id).await {
             Ok(app) => app,
             Err(StoreError::NotFound) => return None,
             Err(_) => {
-                self.retry_later(Due { at: 0, delivery: d.clone(), message: None });
+                self.retry_later(d.clone());
                 return None;
             }
         };
@@ -422,7 +423,7 @@ impl Engine {
                     Ok(Some(endpoint)) => endpoint,
                     Ok(None) => return None,
                     Err(_) => {
-                        self.retry_later(Due { at: 0, delivery: d.clone(), message: None });
+                        self.retry_later(d.clone());
                         return None;
                     }
                 };
@@ -435,7 +436,6 @@ impl Engine {
                     .collect();
                 Some(Target {
                     endpoint_id: Some(endpoint.id.clone()),
-                    slot_key: endpoint.id.clone(),
                     url: endpoint.url.clone(),
                     scheme: endpoint.signature_scheme.clone(),
                     secrets,
@@ -444,31 +444,21 @@ impl Engine {
                     disabled: endpoint.disabled,
                 })
             }
-            None => {
-                let message = match &due.message {
-                    Some(message) => message.clone(),
-                    None => Arc::new(self.store.message_by_id(&d.msg_id).await.ok()?),
-                };
-                let url = message.callback_url.clone()?;
-                Some(Target {
-                    endpoint_id: None,
-                    slot_key: format!("callback:{}", d.app_id),
-                    url,
-                    scheme: SignatureScheme::StandardWebhooks,
-                    secrets: Secret::parse(&app.secret).into_iter().collect(),
-                    headers: Vec::new(),
-                    policy: app_policy,
-                    disabled: false,
-                })
-            }
+            None => Some(Target {
+                endpoint_id: None,
+                url: message.callback_url.clone()?,
+                scheme: SignatureScheme::StandardWebhooks,
+                secrets: Secret::parse(&app.secret).into_iter().collect(),
+                headers: Vec::new(),
+                policy: app_policy,
+                disabled: false,
+            }),
         }
     }
 }
 
 struct Target {
     endpoint_id: Option<String>,
-    /// Endpoint id, or one key per application for callback URLs.
-    slot_key: String,
     url: String,
     scheme: SignatureScheme,
     secrets: Vec<Secret>,
