@@ -34,6 +34,21 @@ async fn explicit_schedule_retries_exactly_on_time() {
     let codes: Vec<i64> = attempts.iter().map(|a| a["responseStatusCode"].as_i64().unwrap()).collect();
     assert_eq!(codes, vec![500, 503, 200]);
     assert_eq!(gw.destination(&app, &msg).await.0, 0, "delivered");
+    let metrics = gw.http.get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
+    let endpoint = attempts[0]["endpointId"].as_str().unwrap();
+    for series in [
+        "hookline_messages_published_total ".to_owned(),
+        format!("hookline_delivery_attempts_total{{endpoint=\"{endpoint}\",outcome=\"http_status\"}} 2"),
+        format!("hookline_delivery_attempts_total{{endpoint=\"{endpoint}\",outcome=\"success\"}} 1"),
+        format!("hookline_deliveries_succeeded_total{{endpoint=\"{endpoint}\"}} 1"),
+        format!("hookline_deliveries_failed_total{{endpoint=\"{endpoint}\"}} 2"),
+        format!("hookline_delivery_attempt_duration_seconds_count{{endpoint=\"{endpoint}\"}} 3"),
+        "hookline_delivery_latency_seconds_bucket".to_owned(),
+        "hookline_queue_depth ".to_owned(),
+        "hookline_deliveries_in_flight ".to_owned(),
+    ] {
+        assert!(metrics.contains(&series), "/metrics lacks {series}");
+    }
     gw.stop().await;
 }
 
