@@ -2,43 +2,143 @@
 //! connect time: names through a guarded resolver, IP literals before the request, so DNS
 //! rebinding cannot reach a private network. Redirects are never followed.
 
+use super::http1::{self, Failure};
 use bytes::Bytes;
 use hookline_core::classify::{parse_retry_after, Outcome};
 use hookline_core::ssrf::AddressPolicy;
 use hookline_core::UnixMs;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::rustls;
 
-/// The resolver refused every address of a name.
-#[derive(Debug, thiserror::Error)]
-#[error("every resolved address is refused by the address rules")]
-struct Blocked;
+/// Idle connections kept per origin.
+const IDLE_PER_ORIGIN_MAX: usize = 256;
+/// An idle connection older than this is closed rather than reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// How often the pool looks for expired idle connections.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
-struct GuardedResolver {
-    policy: Arc<AddressPolicy>,
+const USER_AGENT: &str = concat!("Hookline/", env!("CARGO_PKG_VERSION"));
+
+/// A connection to an endpoint, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
-impl Resolve for GuardedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let policy = self.policy.clone();
-        Box::pin(async move {
-            let found = tokio::net::lookup_host((name.as_str(), 0)).await?;
-            let allowed: Vec<SocketAddr> = found.filter(|a| policy.check_ip(a.ip()).is_ok()).collect();
-            if allowed.is_empty() {
-                return Err(Box::new(Blocked) as Box<dyn std::error::Error + Send + Sync>);
-            }
-            Ok(Box::new(allowed.into_iter()) as Addrs)
-        })
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(tcp) => tcp,
+            Stream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// Whether an idle connection can carry a request: the server has neither closed it nor
+    /// sent anything unasked (a TLS close_notify, a stray response).
+    fn is_idle_open(&self) -> bool {
+        let mut byte = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(self.tcp().poll_peek(&mut cx, &mut buf), Poll::Pending)
     }
 }
 
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Keep-alive connections waiting for their next request, by origin.
+#[derive(Default)]
+struct Pool {
+    idle: HashMap<String, Vec<(Stream, Instant)>>,
+    swept: Option<Instant>,
+}
+
+impl Pool {
+    /// The most recently used open connection to `origin`.
+    fn take(&mut self, origin: &str) -> Option<Stream> {
+        self.sweep();
+        let list = self.idle.get_mut(origin)?;
+        let mut found = None;
+        while let Some((stream, since)) = list.pop() {
+            if since.elapsed() < IDLE_TIMEOUT && stream.is_idle_open() {
+                found = Some(stream);
+                break;
+            }
+        }
+        if list.is_empty() {
+            self.idle.remove(origin);
+        }
+        found
+    }
+
+    fn put(&mut self, origin: String, stream: Stream) {
+        let list = self.idle.entry(origin).or_default();
+        if list.len() < IDLE_PER_ORIGIN_MAX {
+            list.push((stream, Instant::now()));
+        }
+    }
+
+    /// Closes expired idle connections, including those of origins no longer sent to.
+    fn sweep(&mut self) {
+        if self.swept.is_some_and(|at| at.elapsed() < SWEEP_EVERY) {
+            return;
+        }
+        self.swept = Some(Instant::now());
+        self.idle.retain(|_, list| {
+            list.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+    }
+}
+
+/// Why no response came back, before it is classified.
+enum Problem {
+    Blocked(String),
+    Connect(String),
+    ConnectTimeout,
+    Other(String),
+}
+
 pub struct DeliveryClient {
-    http: reqwest::Client,
-    policy: Arc<AddressPolicy>,
+    policy: AddressPolicy,
     timeout: Duration,
+    connect_timeout: Duration,
     response_bytes_max: usize,
+    pool: Mutex<Pool>,
 }
 
 /// What one attempt produced.
@@ -56,113 +156,147 @@ impl DeliveryClient {
         connect_timeout_ms: u64,
         response_bytes_max: usize,
     ) -> DeliveryClient {
-        let policy = Arc::new(policy);
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(Arc::new(GuardedResolver { policy: policy.clone() }))
-            .connect_timeout(Duration::from_millis(connect_timeout_ms))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .user_agent(concat!("Hookline/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("the HTTP client configuration is valid");
-        DeliveryClient { http, policy, timeout: Duration::from_millis(request_timeout_ms), response_bytes_max }
+        DeliveryClient {
+            policy,
+            timeout: Duration::from_millis(request_timeout_ms),
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            response_bytes_max,
+            pool: Mutex::default(),
+        }
     }
 
     /// POSTs `body` to `url`; never fails, it reports what happened.
     pub async fn post(&self, url: &str, headers: &[(String, String)], body: Bytes, now: UnixMs) -> Sent {
         let started = tokio::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.exchange(url, headers, body, now)).await;
+        let result = tokio::time::timeout(self.timeout, self.exchange(url, headers, body)).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         let (outcome, status_code, response_excerpt) = match result {
-            Ok(answer) => answer,
+            Ok(Ok(response)) => {
+                let retry_after_ms = response.retry_after.as_deref().and_then(|v| parse_retry_after(v, now));
+                let excerpt = String::from_utf8_lossy(&response.excerpt).into_owned();
+                (Outcome::Response { status: response.status, retry_after_ms }, response.status, excerpt)
+            }
+            Ok(Err(Problem::Blocked(why))) => (Outcome::BlockedAddress, 0, format!("address refused: {why}")),
+            Ok(Err(Problem::Connect(why))) => (Outcome::Connect, 0, why),
+            Ok(Err(Problem::ConnectTimeout)) => (Outcome::Timeout, 0, "connect timed out".into()),
+            Ok(Err(Problem::Other(why))) => (Outcome::Other, 0, why),
             Err(_) => (Outcome::Timeout, 0, String::new()),
         };
         Sent { outcome, status_code, response_excerpt, duration_ms }
     }
 
-    async fn exchange(
-        &self,
-        url: &str,
-        headers: &[(String, String)],
-        body: Bytes,
-        now: UnixMs,
-    ) -> (Outcome, u16, String) {
-        let Ok(parsed) = reqwest::Url::parse(url) else {
-            return (Outcome::Other, 0, "invalid URL".into());
+    async fn exchange(&self, url: &str, headers: &[(String, String)], body: Bytes) -> Result<http1::Response, Problem> {
+        let parsed = url::Url::parse(url).map_err(|_| Problem::Other("invalid URL".into()))?;
+        let https = match parsed.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(Problem::Other("the URL is neither http nor https".into())),
         };
-        let literal = match parsed.host() {
-            Some(url::Host::Ipv4(ip)) => Some(IpAddr::V4(ip)),
-            Some(url::Host::Ipv6(ip)) => Some(IpAddr::V6(ip)),
-            _ => None,
+        let (Some(host), Some(port)) = (parsed.host(), parsed.port_or_known_default()) else {
+            return Err(Problem::Other("the URL has no host".into()));
         };
-        if let Some(ip) = literal {
-            if let Err(reason) = self.policy.check_ip(ip) {
-                return (Outcome::BlockedAddress, 0, format!("address refused: {reason}"));
-            }
+        let host_header = match parsed.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        let origin = format!("{}://{host}:{port}", parsed.scheme());
+        let path = &parsed[url::Position::BeforePath..url::Position::AfterQuery];
+        let path = if path.is_empty() { "/" } else { path };
+        let head = http1::request_head(path, &host_header, USER_AGENT, headers, body.len()).map_err(Problem::Other)?;
+        let pooled = self.pool.lock().expect("pool lock").take(&origin);
+        let reused = pooled.is_some();
+        let mut stream = match pooled {
+            Some(stream) => stream,
+            None => self.connect(&host, port, https).await?,
+        };
+        let mut answer = http1::exchange(&mut stream, head.clone(), &body, self.response_bytes_max).await;
+        if reused && matches!(answer, Err(Failure::ClosedBeforeResponse(_))) {
+            // The server closed the idle connection as the request went out: once more on a
+            // fresh one (delivery is at least once; this is what every HTTP client does).
+            stream = self.connect(&host, port, https).await?;
+            answer = http1::exchange(&mut stream, head, &body, self.response_bytes_max).await;
         }
-        let mut request = self.http.post(parsed).body(body);
-        for (name, value) in headers {
-            request = request.header(name.as_str(), value.as_str());
-        }
-        let mut response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => return (error_outcome(&e), 0, short_error(&e)),
-        };
-        let status = response.status().as_u16();
-        let retry_after_ms = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| parse_retry_after(v, now));
-        let mut excerpt = Vec::new();
-        while excerpt.len() < self.response_bytes_max {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    excerpt.extend_from_slice(&chunk[..chunk.len().min(self.response_bytes_max - excerpt.len())])
+        match answer {
+            Ok(response) => {
+                if response.reusable {
+                    self.pool.lock().expect("pool lock").put(origin, stream);
                 }
-                _ => break,
+                Ok(response)
+            }
+            Err(Failure::ClosedBeforeResponse(e)) => Err(Problem::Other(format!("connection closed: {e}"))),
+            Err(Failure::Protocol(why)) => Err(Problem::Other(why)),
+        }
+    }
+
+    /// Connects to the first address the rules allow, checked at connect time so a name
+    /// cannot be re-pointed at a private address after the endpoint was saved.
+    async fn connect(&self, host: &url::Host<&str>, port: u16, https: bool) -> Result<Stream, Problem> {
+        let addresses: Vec<SocketAddr> = match host {
+            url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(*ip), port)],
+            url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(*ip), port)],
+            url::Host::Domain(name) => tokio::net::lookup_host((*name, port))
+                .await
+                .map_err(|e| Problem::Connect(format!("resolving the host: {e}")))?
+                .collect(),
+        };
+        let mut refusal = None;
+        let mut last_error = None;
+        for address in addresses {
+            if let Err(reason) = self.policy.check_ip(address.ip()) {
+                refusal.get_or_insert(reason.to_string());
+                continue;
+            }
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
+                Ok(Ok(tcp)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return if https { tls_handshake(host, tcp).await } else { Ok(Stream::Plain(tcp)) };
+                }
+                Ok(Err(e)) => last_error = Some(Problem::Connect(e.to_string())),
+                Err(_) => last_error = Some(Problem::ConnectTimeout),
             }
         }
-        (Outcome::Response { status, retry_after_ms }, status, String::from_utf8_lossy(&excerpt).into_owned())
+        Err(match (last_error, refusal) {
+            (Some(error), _) => error,
+            (None, Some(reason)) => Problem::Blocked(reason),
+            (None, None) => Problem::Connect("the host has no address".into()),
+        })
     }
 }
 
-fn error_outcome(e: &reqwest::Error) -> Outcome {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if err.is::<Blocked>() {
-            return Outcome::BlockedAddress;
-        }
-        source = err.source();
-    }
-    if e.is_timeout() {
-        Outcome::Timeout
-    } else if e.is_connect() {
-        Outcome::Connect
-    } else {
-        Outcome::Other
-    }
+/// The TLS client configuration: Mozilla's roots (webpki-roots), built on first use so a
+/// gateway that only delivers over plain HTTP in development never pays for it.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    static CONNECTOR: OnceLock<tokio_rustls::TlsConnector> = OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+            let mut config =
+                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                    .with_safe_default_protocol_versions()
+                    .expect("ring supports the default TLS versions")
+                    .with_root_certificates(roots)
+                    .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            tokio_rustls::TlsConnector::from(Arc::new(config))
+        })
+        .clone()
 }
 
-/// The error chain as one line, without the URL (it may carry tokens in its query).
-fn short_error(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        parts.push(err.to_string());
-        source = err.source();
-    }
-    if parts.is_empty() {
-        "request failed".into()
-    } else {
-        parts.join(": ")
-    }
+async fn tls_handshake(host: &url::Host<&str>, tcp: TcpStream) -> Result<Stream, Problem> {
+    let name = match host {
+        url::Host::Domain(name) => rustls::pki_types::ServerName::try_from(name.to_string())
+            .map_err(|_| Problem::Other("the host is not a valid TLS name".into()))?,
+        url::Host::Ipv4(ip) => rustls::pki_types::ServerName::IpAddress(IpAddr::V4(*ip).into()),
+        url::Host::Ipv6(ip) => rustls::pki_types::ServerName::IpAddress(IpAddr::V6(*ip).into()),
+    };
+    let tls = tls_connector().connect(name, tcp).await.map_err(|e| Problem::Connect(format!("TLS: {e}")))?;
+    Ok(Stream::Tls(Box::new(tls)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A one-line HTTP server on 127.0.0.1 that answers every request with `answer`.
@@ -230,6 +364,86 @@ mod tests {
         let sent = quick.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
         assert_eq!(sent.outcome, Outcome::Timeout);
         drop(silent);
+    }
+
+    /// A keep-alive server: answers each request on a connection with `OK_KEPT`, closing the
+    /// connection after `answers_per_connection` answers (silently: no `connection: close`),
+    /// or, with `drop_unanswered`, reading the next request and closing without an answer.
+    /// Returns its port and a count of accepted connections.
+    async fn keep_alive(answers_per_connection: usize, drop_unanswered: bool) -> (u16, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    for _ in 0..answers_per_connection {
+                        if socket.read(&mut buffer).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let _ = socket.write_all(OK_KEPT.as_bytes()).await;
+                    }
+                    if drop_unanswered {
+                        let _ = socket.read(&mut buffer).await;
+                    }
+                });
+            }
+        });
+        (port, accepted)
+    }
+
+    const OK_KEPT: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+    fn dev() -> AddressPolicy {
+        AddressPolicy { allow_all_private: true, allow_plain_http: true, ..Default::default() }
+    }
+
+    #[tokio::test]
+    async fn connections_are_kept_alive_and_reused() {
+        let (port, accepted) = keep_alive(usize::MAX, false).await;
+        let client = client(dev());
+        for _ in 0..5 {
+            let sent = client.post(&format!("http://127.0.0.1:{port}/a"), &[], Bytes::from_static(b"{}"), 0).await;
+            assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "five requests on one connection");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_not_used() {
+        let (port, accepted) = keep_alive(1, false).await;
+        let client = client(dev());
+        for _ in 0..3 {
+            let sent = client.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+            assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
+            // Give the server's close time to arrive, as an idle timeout would.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_request_lost_on_a_reused_connection_goes_again_on_a_fresh_one() {
+        // The server takes the second request of each connection and closes without an
+        // answer, as a server does when its idle timeout races the request.
+        let (port, accepted) = keep_alive(1, true).await;
+        let client = client(dev());
+        for _ in 0..3 {
+            let sent = client.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+            assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 3, "each retry went on a fresh connection");
+    }
+
+    #[tokio::test]
+    async fn https_to_a_server_without_tls_is_a_connect_failure() {
+        let port = serve(OK).await;
+        let sent = client(dev()).post(&format!("https://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+        assert_eq!(sent.outcome, Outcome::Connect);
+        assert!(sent.response_excerpt.starts_with("TLS"), "{}", sent.response_excerpt);
     }
 
     fn free_closed_port() -> u16 {

@@ -4,6 +4,7 @@
 
 mod catalog;
 mod client;
+mod http1;
 
 pub use catalog::Catalog;
 pub use client::DeliveryClient;

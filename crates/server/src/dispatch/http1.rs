@@ -1,0 +1,455 @@
+//! One HTTP/1.1 exchange on a connection the caller owns: write a POST, read the answer.
+//!
+//! Written here rather than taken from hyper's client because a webhook gateway holds
+//! thousands of connections open to slow endpoints: hyper's client costs a connection task,
+//! a request channel and two 8 KiB buffers per connection (about 30 KiB measured), where this
+//! costs the delivery task's own state and a read buffer that starts at 1 KiB. Parsing is
+//! `httparse`'s (hyper's parser); framing follows RFC 9112 section 6.
+
+use bytes::Bytes;
+use std::io;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// A response head larger than this is refused.
+const HEAD_BYTES_MAX: usize = 64 * 1024;
+/// Headers a response head may have.
+const HEADERS_MAX: usize = 100;
+/// Body bytes read past the kept excerpt before giving up on the connection: draining lets
+/// it be reused, but not at any price.
+const DRAIN_BYTES_MAX: u64 = 64 * 1024;
+/// The read buffer's first size and growth step.
+const READ_CHUNK: usize = 1024;
+
+/// What went wrong, in the terms the caller acts on.
+#[derive(Debug)]
+pub enum Failure {
+    /// The connection ended before any byte of a response: on a reused connection, the
+    /// server most likely closed it while idle, and the request can go on a fresh one.
+    ClosedBeforeResponse(io::Error),
+    /// Anything else: a broken or malformed response, or an IO error mid-way.
+    Protocol(String),
+}
+
+/// What came back.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub excerpt: Vec<u8>,
+    /// The response was read to its end and the server keeps the connection open.
+    pub reusable: bool,
+}
+
+/// The request head for a POST of `body_len` bytes. Header names and values are checked
+/// again here (the API checks them when they are saved) so nothing can split the head;
+/// framing headers are Hookline's own.
+pub fn request_head(
+    path_and_query: &str,
+    host: &str,
+    user_agent: &str,
+    headers: &[(String, String)],
+    body_len: usize,
+) -> Result<Vec<u8>, String> {
+    let mut head = Vec::with_capacity(256 + headers.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>());
+    head.extend_from_slice(b"POST ");
+    head.extend_from_slice(path_and_query.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+    head.extend_from_slice(host.as_bytes());
+    head.extend_from_slice(b"\r\nuser-agent: ");
+    head.extend_from_slice(user_agent.as_bytes());
+    head.extend_from_slice(b"\r\ncontent-length: ");
+    head.extend_from_slice(body_len.to_string().as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
+            || axum::http::HeaderValue::from_str(value).is_err()
+        {
+            return Err(format!("`{name}` is not a valid header"));
+        }
+        let framing = ["host", "content-length", "transfer-encoding", "connection", "user-agent"];
+        if framing.iter().any(|f| name.eq_ignore_ascii_case(f)) {
+            continue;
+        }
+        head.extend_from_slice(name.as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    Ok(head)
+}
+
+/// Sends `head` and `body` and reads the response, keeping at most `excerpt_max` body bytes.
+pub async fn exchange<S>(
+    stream: &mut S,
+    mut head: Vec<u8>,
+    body: &Bytes,
+    excerpt_max: usize,
+) -> Result<Response, Failure>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // One write for head and body when the body is small, which it nearly always is.
+    let sent = if body.len() <= 16 * 1024 {
+        head.extend_from_slice(body);
+        stream.write_all(&head).await
+    } else {
+        match stream.write_all(&head).await {
+            Ok(()) => stream.write_all(body).await,
+            Err(e) => Err(e),
+        }
+    };
+    drop(head);
+    sent.and(stream.flush().await).map_err(Failure::ClosedBeforeResponse)?;
+    let mut reader = Reader { stream, buf: Vec::new(), start: 0 };
+    let head = reader.head().await?;
+    let mut excerpt = Vec::new();
+    let complete = match head.framing {
+        Framing::Empty => true,
+        Framing::Length(length) => reader.fixed(length, &mut excerpt, excerpt_max).await?,
+        Framing::Chunked => reader.chunked(&mut excerpt, excerpt_max).await?,
+        Framing::UntilClose => {
+            reader.until_close(&mut excerpt, excerpt_max).await?;
+            false
+        }
+    };
+    let leftover = reader.start < reader.buf.len();
+    Ok(Response {
+        status: head.status,
+        retry_after: head.retry_after,
+        excerpt,
+        reusable: complete && head.keep_alive && !leftover,
+    })
+}
+
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    UntilClose,
+}
+
+struct Head {
+    status: u16,
+    retry_after: Option<String>,
+    keep_alive: bool,
+    framing: Framing,
+}
+
+struct Reader<'a, S> {
+    stream: &'a mut S,
+    buf: Vec<u8>,
+    /// Bytes before this were consumed.
+    start: usize,
+}
+
+impl<S: AsyncRead + Unpin> Reader<'_, S> {
+    fn available(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+    }
+
+    /// Reads more bytes; 0 at the end of the stream.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.start > 0 && self.buf.len() == self.buf.capacity() {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    async fn fill_or_fail(&mut self, what: &str) -> Result<(), Failure> {
+        match self.fill().await {
+            Ok(0) => Err(Failure::Protocol(format!("the connection closed in the middle of the {what}"))),
+            Ok(_) => Ok(()),
+            Err(e) => Err(Failure::Protocol(format!("reading the {what}: {e}"))),
+        }
+    }
+
+    /// Reads the final response head, skipping interim (1xx) responses.
+    async fn head(&mut self) -> Result<Head, Failure> {
+        let mut received_any = false;
+        loop {
+            let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+            let mut response = httparse::Response::new(&mut headers);
+            let parsed = response
+                .parse(self.available())
+                .map_err(|e| Failure::Protocol(format!("malformed response head: {e}")))?;
+            match parsed {
+                httparse::Status::Complete(length) => {
+                    let status = response.code.unwrap_or(0);
+                    let head = read_head(&response)?;
+                    self.consume(length);
+                    if (100..200).contains(&status) && status != 101 {
+                        continue;
+                    }
+                    return Ok(head);
+                }
+                httparse::Status::Partial => {
+                    if self.available().len() >= HEAD_BYTES_MAX {
+                        return Err(Failure::Protocol("the response head is too large".into()));
+                    }
+                    match self.fill().await {
+                        Ok(0) if !received_any => {
+                            return Err(Failure::ClosedBeforeResponse(io::ErrorKind::UnexpectedEof.into()))
+                        }
+                        Ok(0) => return Err(Failure::Protocol("the connection closed in the response head".into())),
+                        Ok(_) => received_any = true,
+                        Err(e) if !received_any => return Err(Failure::ClosedBeforeResponse(e)),
+                        Err(e) => return Err(Failure::Protocol(format!("reading the response head: {e}"))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads `length` body bytes. False when the body was too large to drain.
+    async fn fixed(&mut self, length: u64, excerpt: &mut Vec<u8>, excerpt_max: usize) -> Result<bool, Failure> {
+        let mut remaining = length;
+        let mut drained = 0u64;
+        while remaining > 0 {
+            if self.available().is_empty() {
+                self.fill_or_fail("response body").await?;
+            }
+            let take = (self.available().len() as u64).min(remaining) as usize;
+            let keep = take.min(excerpt_max.saturating_sub(excerpt.len()));
+            excerpt.extend_from_slice(&self.available()[..keep]);
+            drained += (take - keep) as u64;
+            self.consume(take);
+            remaining -= take as u64;
+            if drained > DRAIN_BYTES_MAX && remaining > 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Reads a chunked body to its end. False when it was too large to drain.
+    async fn chunked(&mut self, excerpt: &mut Vec<u8>, excerpt_max: usize) -> Result<bool, Failure> {
+        let mut total = 0u64;
+        loop {
+            let size = loop {
+                match httparse::parse_chunk_size(self.available()) {
+                    Ok(httparse::Status::Complete((length, size))) => {
+                        self.consume(length);
+                        break size;
+                    }
+                    Ok(httparse::Status::Partial) if self.available().len() < 4096 => {
+                        self.fill_or_fail("chunk size").await?
+                    }
+                    _ => return Err(Failure::Protocol("malformed chunk size".into())),
+                }
+            };
+            if size == 0 {
+                return self.trailers().await.map(|_| true);
+            }
+            total += size;
+            if total > excerpt_max as u64 + DRAIN_BYTES_MAX {
+                return Ok(false);
+            }
+            if !self.fixed(size, excerpt, excerpt_max).await? {
+                return Ok(false);
+            }
+            while self.available().len() < 2 {
+                self.fill_or_fail("chunk").await?;
+            }
+            if &self.available()[..2] != b"\r\n" {
+                return Err(Failure::Protocol("a chunk does not end with CRLF".into()));
+            }
+            self.consume(2);
+        }
+    }
+
+    /// Skips the trailer section after the last chunk, up to its empty line.
+    async fn trailers(&mut self) -> Result<(), Failure> {
+        loop {
+            match self.available().windows(2).position(|w| w == b"\r\n") {
+                Some(0) => {
+                    self.consume(2);
+                    return Ok(());
+                }
+                Some(end) => self.consume(end + 2),
+                None if self.available().len() < 4096 => self.fill_or_fail("trailers").await?,
+                None => return Err(Failure::Protocol("the trailers are too large".into())),
+            }
+        }
+    }
+
+    /// Reads until the server closes, up to the excerpt plus the drain limit.
+    async fn until_close(&mut self, excerpt: &mut Vec<u8>, excerpt_max: usize) -> Result<(), Failure> {
+        let mut total = 0u64;
+        loop {
+            let available = self.available().len();
+            let keep = available.min(excerpt_max.saturating_sub(excerpt.len()));
+            excerpt.extend_from_slice(&self.available()[..keep]);
+            total += available as u64;
+            self.consume(available);
+            if total > excerpt_max as u64 + DRAIN_BYTES_MAX {
+                return Ok(());
+            }
+            match self.fill().await {
+                Ok(0) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(Failure::Protocol(format!("reading the response body: {e}"))),
+            }
+        }
+    }
+}
+
+/// The parts of a response head the delivery needs, and the body's framing.
+fn read_head(response: &httparse::Response) -> Result<Head, Failure> {
+    let status = response.code.unwrap_or(0);
+    let mut retry_after = None;
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = response.version != Some(1);
+    for header in response.headers.iter() {
+        let value = || String::from_utf8_lossy(header.value);
+        if header.name.eq_ignore_ascii_case("retry-after") {
+            retry_after = Some(value().into_owned());
+        } else if header.name.eq_ignore_ascii_case("content-length") {
+            let parsed = value().trim().parse::<u64>().map_err(|_| Failure::Protocol("bad content-length".into()))?;
+            if length.is_some_and(|l| l != parsed) {
+                return Err(Failure::Protocol("conflicting content-length headers".into()));
+            }
+            length = Some(parsed);
+        } else if header.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value().rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            if !chunked {
+                close = true;
+            }
+        } else if header.name.eq_ignore_ascii_case("connection") {
+            let value = value();
+            if value.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
+                close = true;
+            } else if response.version == Some(0)
+                && value.split(',').any(|t| t.trim().eq_ignore_ascii_case("keep-alive"))
+            {
+                close = false;
+            }
+        }
+    }
+    let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(length) = length {
+        Framing::Length(length)
+    } else {
+        Framing::UntilClose
+    };
+    Ok(Head { status, retry_after, keep_alive: !close, framing })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs one exchange against `answer`, given in pieces written one by one.
+    async fn exchange_with(pieces: &[&[u8]], excerpt_max: usize) -> (Result<Response, Failure>, Vec<u8>) {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        let pieces: Vec<Vec<u8>> = pieces.iter().map(|p| p.to_vec()).collect();
+        let server_task = tokio::spawn(async move {
+            let mut request = vec![0u8; 4096];
+            let n = server.read(&mut request).await.unwrap();
+            for piece in pieces {
+                // The client may stop reading (a head or body too large): then writes fail.
+                let _ = server.write_all(&piece).await;
+                let _ = server.flush().await;
+                tokio::task::yield_now().await;
+            }
+            request.truncate(n);
+            request
+        });
+        let head = request_head("/hook?x=1", "example.com", "Hookline/test", &[("x-a".into(), "1".into())], 2).unwrap();
+        let result = exchange(&mut client, head, &Bytes::from_static(b"{}"), excerpt_max).await;
+        drop(client);
+        (result, server_task.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_request_is_framed_by_hookline() {
+        let (result, request) = exchange_with(&[b"HTTP/1.1 204 No Content\r\n\r\n"], 64).await;
+        assert_eq!(
+            String::from_utf8(request).unwrap(),
+            "POST /hook?x=1 HTTP/1.1\r\nhost: example.com\r\nuser-agent: Hookline/test\r\ncontent-length: 2\r\n\
+             x-a: 1\r\n\r\n{}"
+        );
+        let response = result.unwrap();
+        assert_eq!((response.status, response.reusable), (204, true));
+        let refused = request_head("/", "h", "ua", &[("x-a".into(), "1\r\nx-b: 2".into())], 0);
+        assert!(refused.is_err(), "a header value cannot split the head");
+        let framing = request_head("/", "h", "ua", &[("Content-Length".into(), "99".into())], 0).unwrap();
+        assert!(!String::from_utf8(framing).unwrap().contains("99"), "framing headers are Hookline's");
+    }
+
+    #[tokio::test]
+    async fn bodies_are_read_by_length_chunks_or_close() {
+        let cases: &[(&[&[u8]], u16, &str, bool)] = &[
+            (&[b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhel", b"lo"], 200, "hel", true),
+            (
+                &[
+                    b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n2\r\nab\r\n",
+                    b"3;x=y\r\ncde\r\n0\r\nt: 1\r\n\r\n",
+                ],
+                201,
+                "abc",
+                true,
+            ),
+            (&[b"HTTP/1.1 500 Oops\r\nretry-after: 7\r\n\r\nbody until close"], 500, "bod", false),
+            (&[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n"], 202, "", true),
+            (&[b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"], 200, "ok", false),
+            (&[b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"], 200, "ok", false),
+            (&[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA"], 200, "ok", false),
+        ];
+        for (pieces, status, excerpt, reusable) in cases {
+            let (result, _) = exchange_with(pieces, 3).await;
+            let response = result.unwrap_or_else(|e| panic!("{pieces:?}: {e:?}"));
+            assert_eq!(response.status, *status, "{pieces:?}");
+            assert_eq!(String::from_utf8(response.excerpt).unwrap(), *excerpt, "{pieces:?}");
+            assert_eq!(response.reusable, *reusable, "{pieces:?}");
+        }
+        let (result, _) =
+            exchange_with(&[b"HTTP/1.1 503 Busy\r\nRetry-After: 30\r\ncontent-length: 0\r\n\r\n"], 3).await;
+        assert_eq!(result.unwrap().retry_after.as_deref(), Some("30"));
+    }
+
+    #[tokio::test]
+    async fn broken_responses_are_errors_and_silence_is_told_apart() {
+        let (result, _) = exchange_with(&[], 64).await;
+        assert!(matches!(result, Err(Failure::ClosedBeforeResponse(_))), "{result:?}");
+        for broken in [
+            &b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"[..],
+            b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabXX",
+            b"NOT HTTP\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-le",
+        ] {
+            let (result, _) = exchange_with(&[broken], 64).await;
+            assert!(matches!(result, Err(Failure::Protocol(_))), "{:?}: {result:?}", String::from_utf8_lossy(broken));
+        }
+        let huge = format!("HTTP/1.1 200 OK\r\nx: {}\r\n\r\n", "a".repeat(HEAD_BYTES_MAX));
+        let (result, _) = exchange_with(&[huge.as_bytes()], 64).await;
+        assert!(matches!(result, Err(Failure::Protocol(ref m)) if m.contains("too large")), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_too_large_to_drain_leaves_the_connection_unusable() {
+        let body = "x".repeat(DRAIN_BYTES_MAX as usize + 10_000);
+        let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        let (result, _) = exchange_with(&[answer.as_bytes()], 8).await;
+        let response = result.unwrap();
+        assert_eq!((response.excerpt.len(), response.reusable), (8, false));
+    }
+}
