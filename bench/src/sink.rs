@@ -29,6 +29,9 @@ impl Arrivals {
     }
 }
 
+/// The sink's listen backlog; the kernel caps it at `net.core.somaxconn`.
+const SINK_BACKLOG: u32 = 65_535;
+
 pub struct Sink {
     pub url: String,
     pub arrivals: Arc<Arrivals>,
@@ -61,9 +64,10 @@ impl Sink {
         // The sink runs on its own runtime and threads, as a separate server would: sharing
         // the load generator's runtime would make the generator's publishes queue behind
         // the sink's work and inflate the publish latencies it measures.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.set_nonblocking(true)?;
-        let url = format!("http://{}", listener.local_addr()?);
+        // A backlog as deep as the system allows (somaxconn), as a production server sets it:
+        // a burst of new connections from the gateway must not meet SYN drops and the
+        // one-second retransmission that follows, which would measure the sink, not Hookline.
+        let (bound, address) = std::sync::mpsc::channel();
         std::thread::Builder::new().name("bench-sink".into()).spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -71,10 +75,17 @@ impl Sink {
                 .build()
                 .expect("sink runtime");
             runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener).expect("sink listener");
+                let listener = tokio::net::TcpSocket::new_v4()
+                    .and_then(|socket| {
+                        socket.bind("127.0.0.1:0".parse().expect("an address"))?;
+                        socket.listen(SINK_BACKLOG)
+                    })
+                    .expect("sink listener");
+                let _ = bound.send(listener.local_addr().expect("sink address"));
                 let _ = axum::serve(listener, app).await;
             });
         })?;
+        let url = format!("http://{}", address.recv()?);
         Ok(Sink { url, arrivals })
     }
 

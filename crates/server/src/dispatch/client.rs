@@ -18,7 +18,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::rustls;
 
 /// Idle connections kept per origin.
-const IDLE_PER_ORIGIN_MAX: usize = 256;
+const IDLE_PER_ORIGIN_MAX: usize = 1024;
 /// An idle connection older than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often the pool looks for expired idle connections.
