@@ -139,6 +139,9 @@ pub struct DeliveryClient {
     connect_timeout: Duration,
     response_bytes_max: usize,
     pool: Mutex<Pool>,
+    /// Built on first use, so a gateway that only delivers over plain HTTP in development
+    /// never pays for the root store.
+    tls: OnceLock<tokio_rustls::TlsConnector>,
 }
 
 /// What one attempt produced.
@@ -162,7 +165,15 @@ impl DeliveryClient {
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             response_bytes_max,
             pool: Mutex::default(),
+            tls: OnceLock::new(),
         }
+    }
+
+    /// Trusts `roots` instead of Mozilla's (tests, with their own certificate authority).
+    #[cfg(test)]
+    fn trusting(self, roots: rustls::RootCertStore) -> DeliveryClient {
+        let _ = self.tls.set(tls_connector(roots));
+        self
     }
 
     /// POSTs `body` to `url`; never fails, it reports what happened.
@@ -249,7 +260,7 @@ impl DeliveryClient {
             match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
                 Ok(Ok(tcp)) => {
                     let _ = tcp.set_nodelay(true);
-                    return if https { tls_handshake(host, tcp).await } else { Ok(Stream::Plain(tcp)) };
+                    return if https { self.tls_handshake(host, tcp).await } else { Ok(Stream::Plain(tcp)) };
                 }
                 Ok(Err(e)) => last_error = Some(Problem::Connect(e.to_string())),
                 Err(_) => last_error = Some(Problem::ConnectTimeout),
@@ -261,36 +272,31 @@ impl DeliveryClient {
             (None, None) => Problem::Connect("the host has no address".into()),
         })
     }
+
+    async fn tls_handshake(&self, host: &url::Host<&str>, tcp: TcpStream) -> Result<Stream, Problem> {
+        let name = match host {
+            url::Host::Domain(name) => rustls::pki_types::ServerName::try_from(name.to_string())
+                .map_err(|_| Problem::Other("the host is not a valid TLS name".into()))?,
+            url::Host::Ipv4(ip) => rustls::pki_types::ServerName::IpAddress(IpAddr::V4(*ip).into()),
+            url::Host::Ipv6(ip) => rustls::pki_types::ServerName::IpAddress(IpAddr::V6(*ip).into()),
+        };
+        let connector = self
+            .tls
+            .get_or_init(|| tls_connector(rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }));
+        let tls = connector.connect(name, tcp).await.map_err(|e| Problem::Connect(format!("TLS: {e}")))?;
+        Ok(Stream::Tls(Box::new(tls)))
+    }
 }
 
-/// The TLS client configuration: Mozilla's roots (webpki-roots), built on first use so a
-/// gateway that only delivers over plain HTTP in development never pays for it.
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    static CONNECTOR: OnceLock<tokio_rustls::TlsConnector> = OnceLock::new();
-    CONNECTOR
-        .get_or_init(|| {
-            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-            let mut config =
-                rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                    .with_safe_default_protocol_versions()
-                    .expect("ring supports the default TLS versions")
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            tokio_rustls::TlsConnector::from(Arc::new(config))
-        })
-        .clone()
-}
-
-async fn tls_handshake(host: &url::Host<&str>, tcp: TcpStream) -> Result<Stream, Problem> {
-    let name = match host {
-        url::Host::Domain(name) => rustls::pki_types::ServerName::try_from(name.to_string())
-            .map_err(|_| Problem::Other("the host is not a valid TLS name".into()))?,
-        url::Host::Ipv4(ip) => rustls::pki_types::ServerName::IpAddress(IpAddr::V4(*ip).into()),
-        url::Host::Ipv6(ip) => rustls::pki_types::ServerName::IpAddress(IpAddr::V6(*ip).into()),
-    };
-    let tls = tls_connector().connect(name, tcp).await.map_err(|e| Problem::Connect(format!("TLS: {e}")))?;
-    Ok(Stream::Tls(Box::new(tls)))
+/// The TLS client configuration: rustls with ring, HTTP/1.1 offered by ALPN.
+fn tls_connector(roots: rustls::RootCertStore) -> tokio_rustls::TlsConnector {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 #[cfg(test)]
@@ -444,6 +450,80 @@ mod tests {
         let sent = client(dev()).post(&format!("https://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
         assert_eq!(sent.outcome, Outcome::Connect);
         assert!(sent.response_excerpt.starts_with("TLS"), "{}", sent.response_excerpt);
+    }
+
+    /// A TLS server for `localhost` under a fresh certificate authority, answering every
+    /// request on a kept-alive connection. Returns its port, the authority as a root store,
+    /// the count of accepted connections and the ALPN protocols clients asked for.
+    async fn tls_server() -> (u16, rustls::RootCertStore, Arc<AtomicUsize>, Arc<Mutex<Vec<Vec<u8>>>>) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert =
+            rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![cert.der().clone()], key_der)
+                .unwrap();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let alpn = Arc::new(Mutex::new(Vec::new()));
+        let (counter, offered) = (accepted.clone(), alpn.clone());
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let (acceptor, offered) = (acceptor.clone(), offered.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(socket).await else { return };
+                    offered.lock().unwrap().extend(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
+                    let mut buffer = [0u8; 4096];
+                    while tls.read(&mut buffer).await.unwrap_or(0) > 0 {
+                        let _ = tls.write_all(OK_KEPT.as_bytes()).await;
+                    }
+                });
+            }
+        });
+        (port, roots, accepted, alpn)
+    }
+
+    #[tokio::test]
+    async fn https_deliveries_verify_the_certificate_and_keep_the_connection() {
+        let (port, roots, accepted, alpn) = tls_server().await;
+        let allowed = AddressPolicy { allow: vec!["127.0.0.0/8".parse().unwrap()], ..Default::default() };
+        let trusting = DeliveryClient::new(allowed.clone(), 5_000, 1_000, 64).trusting(roots);
+        for _ in 0..3 {
+            let sent =
+                trusting.post(&format!("https://localhost:{port}/hook"), &[], Bytes::from_static(b"{}"), 0).await;
+            assert_eq!(
+                sent.outcome,
+                Outcome::Response { status: 200, retry_after_ms: None },
+                "{}",
+                sent.response_excerpt
+            );
+            assert_eq!(sent.response_excerpt, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "three requests on one TLS connection");
+        assert_eq!(alpn.lock().unwrap().as_slice(), [b"http/1.1".to_vec()]);
+        // Mozilla's roots do not know this authority; the name must match the certificate.
+        let sent = client(allowed.clone()).post(&format!("https://localhost:{port}/"), &[], Bytes::new(), 0).await;
+        assert_eq!(sent.outcome, Outcome::Connect);
+        assert!(sent.response_excerpt.contains("certificate"), "{}", sent.response_excerpt);
+        let (port, roots, _, _) = tls_server().await;
+        let by_ip = DeliveryClient::new(allowed, 5_000, 1_000, 64).trusting(roots);
+        let sent = by_ip.post(&format!("https://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+        assert_eq!(sent.outcome, Outcome::Connect, "the certificate names localhost, not 127.0.0.1");
     }
 
     fn free_closed_port() -> u16 {

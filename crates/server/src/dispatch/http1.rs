@@ -339,6 +339,14 @@ fn read_head(response: &httparse::Response) -> Result<Head, Failure> {
             }
         }
     }
+    if chunked && length.is_some() {
+        // Both framings: chunked wins, and the connection is not trusted with another request.
+        close = true;
+    }
+    if status == 101 {
+        // The server switched protocols; the connection no longer speaks HTTP/1.1.
+        close = true;
+    }
     let framing = if (100..200).contains(&status) || status == 204 || status == 304 {
         Framing::Empty
     } else if chunked {
@@ -411,6 +419,13 @@ mod tests {
             (&[b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"], 200, "ok", false),
             (&[b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok"], 200, "ok", false),
             (&[b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nokEXTRA"], 200, "ok", false),
+            (
+                &[b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"],
+                200,
+                "ok",
+                false,
+            ),
+            (&[b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n"], 101, "", false),
         ];
         for (pieces, status, excerpt, reusable) in cases {
             let (result, _) = exchange_with(pieces, 3).await;
