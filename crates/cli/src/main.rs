@@ -136,7 +136,8 @@ fn serve(config: hookline_server::config::Config) -> ExitCode {
                 return ExitCode::from(EXIT_UNAVAILABLE);
             }
         };
-        let listener = match tokio::net::TcpListener::bind(&config.server.listen).await {
+        let address = config.server.listen.parse().expect("validated with the configuration");
+        let listener = match hookline_server::serve::bind(address) {
             Ok(listener) => listener,
             Err(e) => {
                 eprintln!("hookline: cannot listen on {}: {e}", config.server.listen);

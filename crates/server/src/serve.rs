@@ -8,9 +8,10 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 
 /// Transport limits; see the `[server]` section of the configuration.
@@ -26,6 +27,20 @@ pub struct Limits {
 
 /// hyper refuses a read buffer smaller than this.
 const BUFFER_BYTES_MIN: usize = 8_192;
+
+/// Connections the kernel completes and queues before they are accepted; it caps this at
+/// `net.core.somaxconn` (4,096 on current Linux). tokio's `bind` asks for 128: a burst of
+/// publishers or a provider's retry storm beyond that meets dropped SYNs and a one-second
+/// retransmission instead of an answer.
+const LISTEN_BACKLOG: u32 = 4_096;
+
+/// Binds the API listener with a deep accept queue.
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
 
 /// Serves `app` on `listener` until `shutdown` resolves, then stops accepting and lets
 /// open requests finish for up to `limits.drain_ms`.
@@ -75,4 +90,31 @@ pub async fn serve(
     drop(listener);
     let _ = tokio::time::timeout(Duration::from_millis(limits.drain_ms), graceful.shutdown()).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 300 clients connect while nothing accepts: with tokio's backlog of 128 the rest would
+    /// wait on SYN retransmissions; with ours every handshake completes.
+    #[tokio::test]
+    async fn a_burst_beyond_tokios_backlog_is_queued_not_dropped() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut connects = tokio::task::JoinSet::new();
+        for _ in 0..300 {
+            connects.spawn(tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(address)));
+        }
+        let mut open = Vec::new();
+        while let Some(result) = connects.join_next().await {
+            if let Ok(Ok(stream)) = result.unwrap() {
+                open.push(stream);
+            }
+        }
+        // The kernel caps the queue at somaxconn (4,096 by default since Linux 5.4).
+        let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|v| v.trim().parse().ok());
+        assert_eq!(open.len(), cap.map_or(300, |cap: usize| 300.min(cap + 1)));
+        drop(listener);
+    }
 }
