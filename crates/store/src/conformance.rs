@@ -241,7 +241,7 @@ async fn attempts_move_deliveries_through_states(store: &dyn Store) {
         disable_endpoint: false,
     };
     store.record_attempt(failed).await.unwrap();
-    let d = store.get_delivery(&delivery.id).await.unwrap();
+    let d = store.get_delivery(&delivery.msg_id, &delivery.id).await.unwrap();
     assert_eq!(
         (d.state, d.attempts, d.next_at, d.first_attempt_at),
         (DeliveryState::Pending, 1, Some(10_000), Some(5_002))
@@ -254,7 +254,7 @@ async fn attempts_move_deliveries_through_states(store: &dyn Store) {
         disable_endpoint: true,
     };
     store.record_attempt(gone).await.unwrap();
-    let d = store.get_delivery(&delivery.id).await.unwrap();
+    let d = store.get_delivery(&delivery.msg_id, &delivery.id).await.unwrap();
     assert_eq!((d.state, d.attempts, d.first_attempt_at), (DeliveryState::Exhausted, 2, Some(5_002)));
     assert!(store.get_endpoint(&a.id, &ep.id).await.unwrap().disabled, "410 disables the endpoint");
     let listed = store

@@ -68,7 +68,7 @@ pub trait Store: Send + Sync + 'static {
     // Deliveries and attempts.
     /// Every delivery a scheduler must still act on, for rebuilding the due queue at start.
     async fn pending_deliveries(&self) -> StoreResult<Vec<Delivery>>;
-    async fn get_delivery(&self, id: &str) -> StoreResult<Delivery>;
+    async fn get_delivery(&self, msg_id: &str, id: &str) -> StoreResult<Delivery>;
     async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<()>;
     /// Makes the delivery of `msg_id` to `endpoint_id` due at `now` (creating it if the
     /// endpoint never had one), as a manual attempt.

@@ -480,9 +480,9 @@ impl Store for SqliteStore {
     async fn pending_deliveries(&self) -> StoreResult<Vec<Delivery>> {
         self.read(queue::pending_deliveries).await
     }
-    async fn get_delivery(&self, id: &str) -> StoreResult<Delivery> {
-        let id = id.to_owned();
-        self.read(move |c| queue::get_delivery(c, &id)).await
+    async fn get_delivery(&self, msg_id: &str, id: &str) -> StoreResult<Delivery> {
+        let (msg_id, id) = (msg_id.to_owned(), id.to_owned());
+        self.read(move |c| queue::get_delivery(c, &msg_id, &id)).await
     }
     async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<()> {
         self.write_in(Lane::Background, move |c| queue::record_attempt(c, &record)).await

@@ -132,9 +132,9 @@ pub fn pending_deliveries(conn: &Connection) -> StoreResult<Vec<Delivery>> {
     found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
 }
 
-pub fn get_delivery(conn: &Connection, id: &str) -> StoreResult<Delivery> {
-    let sql = format!("SELECT {} FROM deliveries WHERE id = ?1", rows::DELIVERY_COLUMNS);
-    conn.prepare_cached(&sql).and_then(|mut s| s.query_row([id], rows::delivery)).map_err(sql_error)
+pub fn get_delivery(conn: &Connection, msg_id: &str, id: &str) -> StoreResult<Delivery> {
+    let sql = format!("SELECT {} FROM deliveries WHERE msg_id = ?1 AND id = ?2", rows::DELIVERY_COLUMNS);
+    conn.prepare_cached(&sql).and_then(|mut s| s.query_row([msg_id, id], rows::delivery)).map_err(sql_error)
 }
 
 pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<()> {
@@ -164,10 +164,18 @@ pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<
         .map_err(sql_error)?;
     conn.prepare_cached(
         "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_at = ?3, \
-         first_attempt_at = COALESCE(first_attempt_at, ?4), trigger = 0, updated_at = ?5 WHERE id = ?1",
+         first_attempt_at = COALESCE(first_attempt_at, ?4), trigger = 0, updated_at = ?5 \
+         WHERE msg_id = ?6 AND id = ?1",
     )
     .and_then(|mut s| {
-        s.execute(params![a.delivery_id, record.state.code(), record.next_at, record.first_attempt_at, a.created_at])
+        s.execute(params![
+            a.delivery_id,
+            record.state.code(),
+            record.next_at,
+            record.first_attempt_at,
+            a.created_at,
+            a.msg_id
+        ])
     })
     .map_err(sql_error)?;
     if record.disable_endpoint {

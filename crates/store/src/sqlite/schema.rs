@@ -4,7 +4,8 @@ use super::sql_error;
 use crate::{StoreError, StoreResult};
 use rusqlite::Connection;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE apps (
     id TEXT PRIMARY KEY,
     uid TEXT UNIQUE,
@@ -127,7 +128,52 @@ CREATE TABLE tokens (
     app_id TEXT,
     created_at INTEGER NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Deliveries and attempts keyed by (msg_id, id): the key serves the by-message lookups the
+-- separate msg_id indexes served, and each commit writes two B-trees fewer.
+CREATE TABLE deliveries_v2 (
+    id TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    endpoint_id TEXT,
+    state INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_at INTEGER,
+    first_attempt_at INTEGER,
+    trigger INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (msg_id, id)
+) WITHOUT ROWID;
+INSERT INTO deliveries_v2 SELECT id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at,
+    trigger, updated_at FROM deliveries;
+DROP TABLE deliveries;
+ALTER TABLE deliveries_v2 RENAME TO deliveries;
+CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, msg_id);
+CREATE INDEX deliveries_open ON deliveries (state) WHERE state IN (1, 3);
+CREATE TABLE attempts_v2 (
+    id TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    endpoint_id TEXT,
+    url TEXT NOT NULL,
+    status_code INTEGER NOT NULL,
+    response TEXT NOT NULL,
+    duration_ms INTEGER NOT NULL,
+    error_class TEXT,
+    state INTEGER NOT NULL,
+    trigger INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (msg_id, id)
+) WITHOUT ROWID;
+INSERT INTO attempts_v2 SELECT id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response,
+    duration_ms, error_class, state, trigger, created_at FROM attempts;
+DROP TABLE attempts;
+ALTER TABLE attempts_v2 RENAME TO attempts;
+CREATE INDEX attempts_by_endpoint ON attempts (endpoint_id, id);
+"#,
+];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql_error)?;
@@ -142,4 +188,50 @@ pub fn migrate(conn: &Connection) -> StoreResult<()> {
         conn.execute_batch(&format!("BEGIN; {sql}; PRAGMA user_version = {next}; COMMIT;")).map_err(sql_error)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written by the first schema keeps its deliveries and attempts, and finds
+    /// them by message and by id, after the later migrations.
+    #[test]
+    fn version_1_data_survives_the_migrations() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(&format!("{} PRAGMA user_version = 1;", MIGRATIONS[0])).unwrap();
+        conn.execute_batch(
+            "INSERT INTO deliveries VALUES ('dlv_1', 'msg_1', 'app_1', 'ep_1', 3, 1, 500, 100, 0, 100);
+             INSERT INTO attempts VALUES ('atm_1', 'msg_1', 'app_1', 'dlv_1', 'ep_1', 'https://x.test/', 500,
+                 'oops', 12, 'http_status', 3, 0, 100);",
+        )
+        .unwrap();
+        migrate(&conn).unwrap();
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        let delivery: (String, i64, i64) = conn
+            .query_row(
+                "SELECT endpoint_id, state, next_at FROM deliveries WHERE msg_id = 'msg_1' AND id = 'dlv_1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(delivery, ("ep_1".into(), 3, 500));
+        let attempt: (String, i64, String) = conn
+            .query_row(
+                "SELECT delivery_id, status_code, response FROM attempts WHERE msg_id = 'msg_1' AND id = 'atm_1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!(attempt, ("dlv_1".into(), 500, "oops".into()));
+        let open: i64 =
+            conn.query_row("SELECT count(*) FROM deliveries WHERE state IN (1, 3)", [], |r| r.get(0)).unwrap();
+        assert_eq!(open, 1);
+        let plan: String = conn
+            .query_row("EXPLAIN QUERY PLAN SELECT * FROM attempts WHERE msg_id = 'msg_1' ORDER BY id", [], |r| r.get(3))
+            .unwrap();
+        assert!(plan.contains("PRIMARY KEY"), "by-message reads use the key: {plan}");
+        migrate(&conn).unwrap();
+    }
 }
