@@ -104,6 +104,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Every in-flight delivery and every client connection holds a file descriptor; the usual
+/// soft limit of 1,024 would refuse the 1,025th. The soft limit goes up to the hard limit
+/// (what servers such as Go's runtime do), and a warning names what is still short.
+fn raise_file_limit(config: &hookline_server::config::Config) {
+    let needed = (config.delivery.max_in_flight + config.server.max_connections + 256) as u64;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < needed => tracing::warn!(
+            limit,
+            needed,
+            "the open-file limit is below delivery.max_in_flight + server.max_connections; \
+             raise it (ulimit -n, or LimitNOFILE= in a systemd unit) or lower those settings"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+}
+
 fn init_logging(config: &hookline_server::config::Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
@@ -116,6 +133,7 @@ fn init_logging(config: &hookline_server::config::Config) {
 
 fn serve(config: hookline_server::config::Config) -> ExitCode {
     init_logging(&config);
+    raise_file_limit(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
     runtime.block_on(async move {
         let key = match &config.security.secret_key {

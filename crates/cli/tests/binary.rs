@@ -155,6 +155,31 @@ async fn sigterm_shuts_down_cleanly() {
     assert!(status.success(), "{status:?}");
 }
 
+/// Started with a soft open-file limit of 256, the server raises it to the hard limit: each
+/// in-flight delivery holds a descriptor, and 10,000 of them must fit.
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(format!("ulimit -Sn 256 && exec \"$0\" serve --dev --listen 127.0.0.1:{port} --data-dir \"$1\""))
+        .arg(env!("CARGO_BIN_EXE_hookline"))
+        .arg(dir.path())
+        .env("HOOKLINE_ADMIN_TOKEN", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let hookline = Hookline { child, url: format!("http://127.0.0.1:{port}") };
+    hookline.wait_healthy(&http).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", hookline.child.id())).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[3], fields[4], "soft limit raised to the hard limit: {line}");
+}
+
 #[test]
 fn verify_explains_why_a_signature_fails() {
     let dir = tempfile::tempdir().unwrap();

@@ -19,6 +19,9 @@ use tokio_rustls::rustls;
 
 /// Idle connections kept per origin.
 const IDLE_PER_ORIGIN_MAX: usize = 1024;
+/// Idle connections kept in all: a gateway sending to many hosts must keep file
+/// descriptors for its in-flight deliveries.
+const IDLE_MAX: usize = 4096;
 /// An idle connection older than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// How often the pool looks for expired idle connections.
@@ -84,6 +87,8 @@ impl AsyncWrite for Stream {
 #[derive(Default)]
 struct Pool {
     idle: HashMap<String, Vec<(Stream, Instant)>>,
+    /// Connections in `idle`, all origins together.
+    count: usize,
     swept: Option<Instant>,
 }
 
@@ -94,6 +99,7 @@ impl Pool {
         let list = self.idle.get_mut(origin)?;
         let mut found = None;
         while let Some((stream, since)) = list.pop() {
+            self.count -= 1;
             if since.elapsed() < IDLE_TIMEOUT && stream.is_idle_open() {
                 found = Some(stream);
                 break;
@@ -106,9 +112,13 @@ impl Pool {
     }
 
     fn put(&mut self, origin: String, stream: Stream) {
+        if self.count >= IDLE_MAX {
+            return;
+        }
         let list = self.idle.entry(origin).or_default();
         if list.len() < IDLE_PER_ORIGIN_MAX {
             list.push((stream, Instant::now()));
+            self.count += 1;
         }
     }
 
@@ -122,6 +132,7 @@ impl Pool {
             list.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
             !list.is_empty()
         });
+        self.count = self.idle.values().map(Vec::len).sum();
     }
 }
 
