@@ -76,6 +76,9 @@ pub(crate) enum Lane {
 struct Queues {
     lanes: [VecDeque<Box<dyn Job>>; 2],
     closed: bool,
+    /// The writer is waiting for the bell. Ringing it is a syscall, so writers ring only
+    /// then: a busy writer finds new jobs when its commit is done.
+    idle: bool,
 }
 
 /// The writer's two queues and the bell that wakes it.
@@ -138,14 +141,17 @@ impl SqliteStore {
         let room = self.room[lane as usize].clone().acquire_owned().await.map_err(|_| closed())?;
         let (reply, answer) = oneshot::channel();
         let job: Box<dyn Job> = Box::new(Write { f, result: None, reply, _room: room });
-        {
+        let ring = {
             let mut queues = self.inbox.queues.lock().expect("writer inbox lock");
             if queues.closed {
                 return Err(closed());
             }
             queues.lanes[lane as usize].push_back(job);
+            std::mem::take(&mut queues.idle)
+        };
+        if ring {
+            self.inbox.bell.notify_one();
         }
-        self.inbox.bell.notify_one();
         answer.await.map_err(|_| StoreError::Unavailable("the write was not committed".into()))?
     }
 
@@ -260,8 +266,10 @@ fn run_writer(conn: Connection, inbox: &Inbox) {
                 if queues.closed {
                     return;
                 }
+                queues.idle = true;
                 queues = inbox.bell.wait(queues).expect("writer inbox lock");
             }
+            queues.idle = false;
             let [acknowledged, background] = &mut queues.lanes;
             let take = acknowledged.len().min(BATCH_JOBS_MAX);
             batch.extend(acknowledged.drain(..take));
