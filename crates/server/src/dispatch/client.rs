@@ -84,12 +84,19 @@ impl AsyncWrite for Stream {
 }
 
 /// Keep-alive connections waiting for their next request, by origin.
-#[derive(Default)]
 struct Pool {
     idle: HashMap<String, Vec<(Stream, Instant)>>,
     /// Connections in `idle`, all origins together.
     count: usize,
+    per_origin_max: usize,
+    total_max: usize,
     swept: Option<Instant>,
+}
+
+impl Default for Pool {
+    fn default() -> Pool {
+        Pool { idle: HashMap::new(), count: 0, per_origin_max: IDLE_PER_ORIGIN_MAX, total_max: IDLE_MAX, swept: None }
+    }
 }
 
 impl Pool {
@@ -112,11 +119,11 @@ impl Pool {
     }
 
     fn put(&mut self, origin: String, stream: Stream) {
-        if self.count >= IDLE_MAX {
+        if self.count >= self.total_max {
             return;
         }
         let list = self.idle.entry(origin).or_default();
-        if list.len() < IDLE_PER_ORIGIN_MAX {
+        if list.len() < self.per_origin_max {
             list.push((stream, Instant::now()));
             self.count += 1;
         }
@@ -535,6 +542,36 @@ mod tests {
         let by_ip = DeliveryClient::new(allowed, 5_000, 1_000, 64).trusting(roots);
         let sent = by_ip.post(&format!("https://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
         assert_eq!(sent.outcome, Outcome::Connect, "the certificate names localhost, not 127.0.0.1");
+    }
+
+    /// Idle connections are kept up to the per-origin and the total caps, handed out most
+    /// recent first, and one the server closed is never handed out.
+    #[tokio::test]
+    async fn the_pool_keeps_what_its_caps_allow_and_only_open_connections() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut accepted = Vec::new();
+        let mut pool = Pool { per_origin_max: 2, total_max: 3, ..Pool::default() };
+        for origin in ["a", "a", "a", "b", "b"] {
+            let stream = TcpStream::connect(address).await.unwrap();
+            accepted.push(listener.accept().await.unwrap().0);
+            pool.put(origin.to_owned(), Stream::Plain(stream));
+        }
+        assert_eq!(
+            (pool.idle["a"].len(), pool.idle["b"].len(), pool.count),
+            (2, 1, 3),
+            "caps of 2 per origin, 3 in all"
+        );
+        let newest = pool.idle["a"][1].0.tcp().local_addr().unwrap();
+        assert_eq!(pool.take("a").unwrap().tcp().local_addr().unwrap(), newest, "most recent first");
+        // The server closes the other connection of `a`: the pool drops it instead.
+        drop(accepted.remove(0));
+        pool.idle["a"][0].0.tcp().readable().await.unwrap();
+        assert!(pool.take("a").is_none());
+        assert!(!pool.idle.contains_key("a"));
+        assert_eq!(pool.count, 1);
+        assert!(pool.take("b").is_some());
+        assert_eq!(pool.count, 0);
     }
 
     fn free_closed_port() -> u16 {
