@@ -1,0 +1,248 @@
+//! Tests of the delivery client against real sockets: keep-alive, address rules, TLS.
+
+use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A one-line HTTP server on 127.0.0.1 that answers every request with `answer`.
+async fn serve(answer: &'static str) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let mut buffer = [0u8; 4096];
+            let _ = socket.read(&mut buffer).await;
+            let _ = socket.write_all(answer.as_bytes()).await;
+        }
+    });
+    port
+}
+
+fn client(policy: AddressPolicy) -> DeliveryClient {
+    DeliveryClient::new(policy, 5_000, 1_000, 64)
+}
+
+const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
+
+#[tokio::test]
+async fn names_and_literals_resolving_to_loopback_are_refused_at_connect_time() {
+    let port = serve(OK).await;
+    let strict = client(AddressPolicy::default());
+    for url in [
+        format!("http://localhost:{port}/"),
+        format!("http://127.0.0.1:{port}/"),
+        format!("http://[::ffff:127.0.0.1]:{port}/"),
+    ] {
+        let sent = strict.post(&url, &[], Bytes::from_static(b"{}"), 0).await;
+        assert_eq!(sent.outcome, Outcome::BlockedAddress, "{url}");
+    }
+    let allowed = client(AddressPolicy { allow: vec!["127.0.0.0/8".parse().unwrap()], ..Default::default() });
+    let sent = allowed.post(&format!("http://localhost:{port}/"), &[], Bytes::from_static(b"{}"), 0).await;
+    assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
+    assert_eq!(sent.response_excerpt, "ok");
+}
+
+#[tokio::test]
+async fn redirects_are_not_followed_and_bodies_are_capped() {
+    let dev = AddressPolicy { allow_all_private: true, allow_plain_http: true, ..Default::default() };
+    let redirect = serve(
+        "HTTP/1.1 302 Found\r\nlocation: http://169.254.169.254/\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    let sent = client(dev.clone()).post(&format!("http://127.0.0.1:{redirect}/"), &[], Bytes::new(), 0).await;
+    assert_eq!(sent.outcome, Outcome::Response { status: 302, retry_after_ms: None });
+    let big = serve("HTTP/1.1 500 Oops\r\nretry-after: 7\r\nconnection: close\r\n\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx").await;
+    let sent = client(dev).post(&format!("http://127.0.0.1:{big}/"), &[], Bytes::new(), 0).await;
+    assert_eq!(sent.outcome, Outcome::Response { status: 500, retry_after_ms: Some(7_000) });
+    assert_eq!(sent.response_excerpt.len(), 64, "the excerpt is capped");
+}
+
+#[tokio::test]
+async fn a_refused_connection_and_a_silent_server_are_classified() {
+    let dev = AddressPolicy { allow_all_private: true, allow_plain_http: true, ..Default::default() };
+    let closed = free_closed_port();
+    let sent = client(dev.clone()).post(&format!("http://127.0.0.1:{closed}/"), &[], Bytes::new(), 0).await;
+    assert_eq!(sent.outcome, Outcome::Connect);
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let quick = DeliveryClient::new(dev, 200, 1_000, 64);
+    let sent = quick.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+    assert_eq!(sent.outcome, Outcome::Timeout);
+    drop(silent);
+}
+
+/// A keep-alive server: answers each request on a connection with `OK_KEPT`, closing the
+/// connection after `answers_per_connection` answers (silently: no `connection: close`),
+/// or, with `drop_unanswered`, reading the next request and closing without an answer.
+/// Returns its port and a count of accepted connections.
+async fn keep_alive(answers_per_connection: usize, drop_unanswered: bool) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                for _ in 0..answers_per_connection {
+                    if socket.read(&mut buffer).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let _ = socket.write_all(OK_KEPT.as_bytes()).await;
+                }
+                if drop_unanswered {
+                    let _ = socket.read(&mut buffer).await;
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+const OK_KEPT: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
+fn dev() -> AddressPolicy {
+    AddressPolicy { allow_all_private: true, allow_plain_http: true, ..Default::default() }
+}
+
+#[tokio::test]
+async fn connections_are_kept_alive_and_reused() {
+    let (port, accepted) = keep_alive(usize::MAX, false).await;
+    let client = client(dev());
+    for _ in 0..5 {
+        let sent = client.post(&format!("http://127.0.0.1:{port}/a"), &[], Bytes::from_static(b"{}"), 0).await;
+        assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "five requests on one connection");
+}
+
+#[tokio::test]
+async fn a_connection_the_server_closed_while_idle_is_not_used() {
+    let (port, accepted) = keep_alive(1, false).await;
+    let client = client(dev());
+    for _ in 0..3 {
+        let sent = client.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+        assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
+        // Give the server's close time to arrive, as an idle timeout would.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_request_lost_on_a_reused_connection_goes_again_on_a_fresh_one() {
+    // The server takes the second request of each connection and closes without an
+    // answer, as a server does when its idle timeout races the request.
+    let (port, accepted) = keep_alive(1, true).await;
+    let client = client(dev());
+    for _ in 0..3 {
+        let sent = client.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+        assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "each retry went on a fresh connection");
+}
+
+#[tokio::test]
+async fn https_to_a_server_without_tls_is_a_connect_failure() {
+    let port = serve(OK).await;
+    let sent = client(dev()).post(&format!("https://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+    assert_eq!(sent.outcome, Outcome::Connect);
+    assert!(sent.response_excerpt.starts_with("TLS"), "{}", sent.response_excerpt);
+}
+
+/// A TLS server for `localhost` under a fresh certificate authority, answering every
+/// request on a kept-alive connection. Returns its port, the authority as a root store,
+/// the count of accepted connections and the ALPN protocols clients asked for.
+async fn tls_server() -> (u16, rustls::RootCertStore, Arc<AtomicUsize>, Arc<Mutex<Vec<Vec<u8>>>>) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).unwrap();
+    let key_der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key_der)
+        .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let alpn = Arc::new(Mutex::new(Vec::new()));
+    let (counter, offered) = (accepted.clone(), alpn.clone());
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let (acceptor, offered) = (acceptor.clone(), offered.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(socket).await else { return };
+                offered.lock().unwrap().extend(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec));
+                let mut buffer = [0u8; 4096];
+                while tls.read(&mut buffer).await.unwrap_or(0) > 0 {
+                    let _ = tls.write_all(OK_KEPT.as_bytes()).await;
+                }
+            });
+        }
+    });
+    (port, roots, accepted, alpn)
+}
+
+#[tokio::test]
+async fn https_deliveries_verify_the_certificate_and_keep_the_connection() {
+    let (port, roots, accepted, alpn) = tls_server().await;
+    let allowed = AddressPolicy { allow: vec!["127.0.0.0/8".parse().unwrap()], ..Default::default() };
+    let trusting = DeliveryClient::new(allowed.clone(), 5_000, 1_000, 64).trusting(roots);
+    for _ in 0..3 {
+        let sent = trusting.post(&format!("https://localhost:{port}/hook"), &[], Bytes::from_static(b"{}"), 0).await;
+        assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None }, "{}", sent.response_excerpt);
+        assert_eq!(sent.response_excerpt, "ok");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "three requests on one TLS connection");
+    assert_eq!(alpn.lock().unwrap().as_slice(), [b"http/1.1".to_vec()]);
+    // Mozilla's roots do not know this authority; the name must match the certificate.
+    let sent = client(allowed.clone()).post(&format!("https://localhost:{port}/"), &[], Bytes::new(), 0).await;
+    assert_eq!(sent.outcome, Outcome::Connect);
+    assert!(sent.response_excerpt.contains("certificate"), "{}", sent.response_excerpt);
+    let (port, roots, _, _) = tls_server().await;
+    let by_ip = DeliveryClient::new(allowed, 5_000, 1_000, 64).trusting(roots);
+    let sent = by_ip.post(&format!("https://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+    assert_eq!(sent.outcome, Outcome::Connect, "the certificate names localhost, not 127.0.0.1");
+}
+
+/// Idle connections are kept up to the per-origin and the total caps, handed out most
+/// recent first, and one the server closed is never handed out.
+#[tokio::test]
+async fn the_pool_keeps_what_its_caps_allow_and_only_open_connections() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut accepted = Vec::new();
+    let mut pool = Pool { per_origin_max: 2, total_max: 3, ..Pool::default() };
+    for origin in ["a", "a", "a", "b", "b"] {
+        let stream = TcpStream::connect(address).await.unwrap();
+        accepted.push(listener.accept().await.unwrap().0);
+        pool.put(origin.to_owned(), Stream::Plain(stream));
+    }
+    assert_eq!((pool.idle["a"].len(), pool.idle["b"].len(), pool.count), (2, 1, 3), "caps of 2 per origin, 3 in all");
+    let newest = pool.idle["a"][1].0.tcp().local_addr().unwrap();
+    assert_eq!(pool.take("a").unwrap().tcp().local_addr().unwrap(), newest, "most recent first");
+    // The server closes the other connection of `a`: the pool drops it instead.
+    drop(accepted.remove(0));
+    pool.idle["a"][0].0.tcp().readable().await.unwrap();
+    assert!(pool.take("a").is_none());
+    assert!(!pool.idle.contains_key("a"));
+    assert_eq!(pool.count, 1);
+    assert!(pool.take("b").is_some());
+    assert_eq!(pool.count, 0);
+}
+
+fn free_closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
