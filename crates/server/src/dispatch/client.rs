@@ -69,6 +69,22 @@ impl AsyncWrite for Stream {
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
@@ -238,12 +254,12 @@ impl DeliveryClient {
             Some(stream) => stream,
             None => self.connect(&host, port, https).await?,
         };
-        let mut answer = http1::exchange(&mut stream, head.clone(), &body, self.response_bytes_max).await;
+        let mut answer = http1::exchange(&mut stream, &head, &body, self.response_bytes_max).await;
         if reused && matches!(answer, Err(Failure::ClosedBeforeResponse(_))) {
             // The server closed the idle connection as the request went out: once more on a
             // fresh one (delivery is at least once; this is what every HTTP client does).
             stream = self.connect(&host, port, https).await?;
-            answer = http1::exchange(&mut stream, head, &body, self.response_bytes_max).await;
+            answer = http1::exchange(&mut stream, &head, &body, self.response_bytes_max).await;
         }
         match answer {
             Ok(response) => {

@@ -6,7 +6,7 @@
 //! costs the delivery task's own state and a read buffer that starts at 1 KiB. Parsing is
 //! `httparse`'s (hyper's parser); framing follows RFC 9112 section 6.
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use std::io;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -80,36 +80,26 @@ pub fn request_head(
 }
 
 /// Sends `head` and `body` and reads the response, keeping at most `excerpt_max` body bytes.
-pub async fn exchange<S>(
-    stream: &mut S,
-    mut head: Vec<u8>,
-    body: &Bytes,
-    excerpt_max: usize,
-) -> Result<Response, Failure>
+pub async fn exchange<S>(stream: &mut S, head: &[u8], body: &Bytes, excerpt_max: usize) -> Result<Response, Failure>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    // One write for head and body when the body is small, which it nearly always is.
-    let sent = if body.len() <= 16 * 1024 {
-        head.extend_from_slice(body);
-        stream.write_all(&head).await
-    } else {
-        match stream.write_all(&head).await {
-            Ok(()) => stream.write_all(body).await,
-            Err(e) => Err(e),
-        }
+    // Head and body go out together (one vectored write on a TCP stream), without copying.
+    let mut request = Buf::chain(head, &body[..]);
+    let sent = async {
+        stream.write_all_buf(&mut request).await?;
+        stream.flush().await
     };
-    drop(head);
-    sent.and(stream.flush().await).map_err(Failure::ClosedBeforeResponse)?;
+    sent.await.map_err(Failure::ClosedBeforeResponse)?;
     let mut reader = Reader { stream, buf: Vec::new(), start: 0 };
     let head = reader.head().await?;
-    let mut excerpt = Vec::new();
+    let mut body = Excerpt { kept: Vec::new(), max: excerpt_max, seen: 0 };
     let complete = match head.framing {
         Framing::Empty => true,
-        Framing::Length(length) => reader.fixed(length, &mut excerpt, excerpt_max).await?,
-        Framing::Chunked => reader.chunked(&mut excerpt, excerpt_max).await?,
+        Framing::Length(length) => reader.fixed(length, &mut body).await?,
+        Framing::Chunked => reader.chunked(&mut body).await?,
         Framing::UntilClose => {
-            reader.until_close(&mut excerpt, excerpt_max).await?;
+            reader.until_close(&mut body).await?;
             false
         }
     };
@@ -117,9 +107,30 @@ where
     Ok(Response {
         status: head.status,
         retry_after: head.retry_after,
-        excerpt,
+        excerpt: body.kept,
         reusable: complete && head.keep_alive && !leftover,
     })
+}
+
+/// A response body as it is read: its first `max` bytes kept, the rest only counted.
+struct Excerpt {
+    kept: Vec<u8>,
+    max: usize,
+    seen: u64,
+}
+
+impl Excerpt {
+    /// Takes in `bytes`; false once more has been read than is worth draining.
+    fn add(&mut self, bytes: &[u8]) -> bool {
+        let room = self.max.saturating_sub(self.kept.len());
+        self.kept.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.seen += bytes.len() as u64;
+        self.within_budget()
+    }
+
+    fn within_budget(&self) -> bool {
+        self.seen <= self.max as u64 + DRAIN_BYTES_MAX
+    }
 }
 
 enum Framing {
@@ -214,20 +225,17 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
     }
 
     /// Reads `length` body bytes. False when the body was too large to drain.
-    async fn fixed(&mut self, length: u64, excerpt: &mut Vec<u8>, excerpt_max: usize) -> Result<bool, Failure> {
+    async fn fixed(&mut self, length: u64, body: &mut Excerpt) -> Result<bool, Failure> {
         let mut remaining = length;
-        let mut drained = 0u64;
         while remaining > 0 {
             if self.available().is_empty() {
                 self.fill_or_fail("response body").await?;
             }
             let take = (self.available().len() as u64).min(remaining) as usize;
-            let keep = take.min(excerpt_max.saturating_sub(excerpt.len()));
-            excerpt.extend_from_slice(&self.available()[..keep]);
-            drained += (take - keep) as u64;
+            let within_budget = body.add(&self.available()[..take]);
             self.consume(take);
             remaining -= take as u64;
-            if drained > DRAIN_BYTES_MAX && remaining > 0 {
+            if !within_budget && remaining > 0 {
                 return Ok(false);
             }
         }
@@ -235,8 +243,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
     }
 
     /// Reads a chunked body to its end. False when it was too large to drain.
-    async fn chunked(&mut self, excerpt: &mut Vec<u8>, excerpt_max: usize) -> Result<bool, Failure> {
-        let mut total = 0u64;
+    async fn chunked(&mut self, body: &mut Excerpt) -> Result<bool, Failure> {
         loop {
             let size = loop {
                 match httparse::parse_chunk_size(self.available()) {
@@ -253,11 +260,7 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
             if size == 0 {
                 return self.trailers().await.map(|_| true);
             }
-            total += size;
-            if total > excerpt_max as u64 + DRAIN_BYTES_MAX {
-                return Ok(false);
-            }
-            if !self.fixed(size, excerpt, excerpt_max).await? {
+            if !self.fixed(size, body).await? || !body.within_budget() {
                 return Ok(false);
             }
             while self.available().len() < 2 {
@@ -286,15 +289,12 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
     }
 
     /// Reads until the server closes, up to the excerpt plus the drain limit.
-    async fn until_close(&mut self, excerpt: &mut Vec<u8>, excerpt_max: usize) -> Result<(), Failure> {
-        let mut total = 0u64;
+    async fn until_close(&mut self, body: &mut Excerpt) -> Result<(), Failure> {
         loop {
             let available = self.available().len();
-            let keep = available.min(excerpt_max.saturating_sub(excerpt.len()));
-            excerpt.extend_from_slice(&self.available()[..keep]);
-            total += available as u64;
+            let within_budget = body.add(&self.available()[..available]);
             self.consume(available);
-            if total > excerpt_max as u64 + DRAIN_BYTES_MAX {
+            if !within_budget {
                 return Ok(());
             }
             match self.fill().await {

@@ -19,7 +19,7 @@ async fn exchange_with(pieces: &[&[u8]], excerpt_max: usize) -> (Result<Response
         request
     });
     let head = request_head("/hook?x=1", "example.com", "Hookline/test", &[("x-a".into(), "1".into())], 2).unwrap();
-    let result = exchange(&mut client, head, &Bytes::from_static(b"{}"), excerpt_max).await;
+    let result = exchange(&mut client, &head, &Bytes::from_static(b"{}"), excerpt_max).await;
     drop(client);
     (result, server_task.await.unwrap())
 }
