@@ -67,7 +67,7 @@ pub fn publish(app_id: &str, endpoint_ids: &[&str], event_id: Option<&str>, now:
         .iter()
         .map(|ep| Delivery::pending(id(prefix::DELIVERY, now), &message, Some((*ep).into()), now, now))
         .collect();
-    Publish { message, deliveries, idempotency: None, dedupe: None }
+    Publish { message: std::sync::Arc::new(message), deliveries, idempotency: None, dedupe: None }
 }
 
 fn first_page(limit: usize) -> Page {
@@ -130,7 +130,7 @@ async fn sources_and_inbound_dedupe(store: &dyn Store) {
     assert_eq!(store.create_source(orphan).await, Err(StoreError::NotFound), "a source needs its app");
 
     let mut first = publish(&a.id, &[], None, 8_001);
-    first.message.source_id = Some(source.id.clone());
+    std::sync::Arc::make_mut(&mut first.message).source_id = Some(source.id.clone());
     first.dedupe = Some((source.id.clone(), "evt_1".into()));
     assert!(matches!(store.publish(first.clone()).await.unwrap(), PublishOutcome::Created));
     let mut retry = publish(&a.id, &[], None, 8_002);

@@ -167,7 +167,8 @@ pub struct IdempotentResponse {
 /// A message with the deliveries it fans out to, committed together.
 #[derive(Clone, Debug)]
 pub struct Publish {
-    pub message: Message,
+    /// Shared with the deliveries handed to the engine after the commit.
+    pub message: std::sync::Arc<Message>,
     pub deliveries: Vec<Delivery>,
     pub idempotency: Option<IdempotentResponse>,
     /// For inbound messages: `(source id, provider event id)`. A message already stored

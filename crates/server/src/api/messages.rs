@@ -58,16 +58,15 @@ fn check(input: &MessageIn) -> ApiResult<()> {
 }
 
 /// The application a message goes to, created on the fly when the body carries one.
-async fn target_app(state: &AppState, app_key: &str, inline: Option<ApplicationIn>) -> ApiResult<App> {
-    let cached =
-        state.engine.catalog.app(app_key).await.map(|app| (*app).clone()).map_err(ApiError::from_store("application"));
+async fn target_app(state: &AppState, app_key: &str, inline: Option<ApplicationIn>) -> ApiResult<Arc<App>> {
+    let cached = state.engine.catalog.app(app_key).await.map_err(ApiError::from_store("application"));
     match (cached, inline) {
         (Ok(app), _) => Ok(app),
         (Err(ApiError::NotFound(_)), Some(mut inline)) => {
             inline.uid = inline.uid.or_else(|| Some(app_key.to_owned()));
             match create_app(state, inline).await {
-                Err(ApiError::Conflict(_)) => find_app(state, app_key).await,
-                other => other,
+                Err(ApiError::Conflict(_)) => find_app(state, app_key).await.map(Arc::new),
+                other => other.map(Arc::new),
             }
         }
         (Err(e), _) => Err(e),
@@ -145,10 +144,10 @@ pub async fn commit(
     idempotency: Option<IdempotentResponse>,
     dedupe: Option<(String, String)>,
 ) -> ApiResult<PublishOutcome> {
-    let publish = Publish { message: (**message).clone(), deliveries, idempotency, dedupe };
-    let outcome = state.store.publish(publish.clone()).await.map_err(ApiError::from_store("message"))?;
+    let publish = Publish { message: message.clone(), deliveries: deliveries.clone(), idempotency, dedupe };
+    let outcome = state.store.publish(publish).await.map_err(ApiError::from_store("message"))?;
     if let PublishOutcome::Created = outcome {
-        for delivery in publish.deliveries {
+        for delivery in deliveries {
             state.engine.enqueue(delivery, Some(message.clone()));
         }
     }

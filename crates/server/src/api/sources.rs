@@ -14,7 +14,7 @@ use axum::routing::{get, post, MethodRouter};
 use axum::Json;
 use hookline_core::id::prefix;
 use hookline_core::inbound::{verify, Rejection};
-use hookline_store::{Bytes, Message, PublishOutcome, Source, SourceSecret};
+use hookline_store::{Message, PublishOutcome, Source, SourceSecret};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -327,7 +327,7 @@ async fn ingest(
         app_id: source.app_id.clone(),
         event_id: None,
         event_type,
-        payload: Bytes::copy_from_slice(&body),
+        payload: body,
         channels: None,
         tags: None,
         callback_url: None,
