@@ -1,14 +1,16 @@
 //! API bodies (message envelope, endpoint, source) through the API's own JSON parsing.
 #![no_main]
 use hookline_server::api::parse_json;
+use hookline_server::config::ApiConfig;
 use hookline_server::wire::{EndpointIn, MessageIn, SourceIn};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(message) = parse_json::<MessageIn>(data) {
+    let depth_max = ApiConfig::default().json_depth_max;
+    if let Ok(message) = parse_json::<MessageIn>(data, depth_max) {
         // The raw payload is kept as given: it must still be valid JSON.
         assert!(serde_json::from_str::<serde_json::Value>(message.payload.get()).is_ok());
     }
-    let _ = parse_json::<EndpointIn>(data);
-    let _ = parse_json::<SourceIn>(data);
+    let _ = parse_json::<EndpointIn>(data, depth_max);
+    let _ = parse_json::<SourceIn>(data, depth_max);
 });

@@ -91,7 +91,13 @@ pub async fn run(
         });
     }
     let addresses = config.address_policy();
-    let (state_limits, shutdown_grace_ms) = (config.server.clone(), config.delivery.shutdown_grace_ms);
+    let limits = serve::Limits {
+        max_connections: config.server.max_connections,
+        headers_max: config.server.headers_max,
+        header_bytes_max: config.server.header_bytes_max,
+        header_read_timeout_ms: config.server.header_read_timeout_ms,
+        drain_ms: config.delivery.shutdown_grace_ms,
+    };
     let engine =
         Engine::start(store.clone(), clock.clone(), config.delivery.clone(), addresses.clone(), options.jitter_seed)
             .await?;
@@ -109,13 +115,6 @@ pub async fn run(
     });
     let app = api::router(state);
     tracing::info!(listen = %listener.local_addr()?, "hookline is ready");
-    let limits = serve::Limits {
-        max_connections: state_limits.max_connections,
-        headers_max: state_limits.headers_max,
-        header_bytes_max: state_limits.header_bytes_max,
-        header_read_timeout_ms: state_limits.header_read_timeout_ms,
-        drain_ms: shutdown_grace_ms,
-    };
     serve::serve(listener, app, limits, shutdown).await?;
     tracing::info!(in_flight = engine.in_flight(), "stopped accepting; finishing in-flight deliveries");
     purge.abort();

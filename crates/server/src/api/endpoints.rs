@@ -271,11 +271,8 @@ async fn rotate(
     body: bytes::Bytes,
 ) -> ApiResult<Json<EndpointSecretOut>> {
     super::check_content_type(&headers)?;
-    let input: EndpointSecretRotateIn = if body.is_empty() {
-        Default::default()
-    } else {
-        super::parse_json_within(&body, state.config.api.json_depth_max)?
-    };
+    let input: EndpointSecretRotateIn =
+        if body.is_empty() { Default::default() } else { super::parse_json(&body, state.config.api.json_depth_max)? };
     let mut e = find(&state, &app_id, &endpoint_id).await?;
     let now = state.now();
     let grace_ms =

@@ -282,7 +282,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
                 ApiError::BadRequest(rejection.body_text())
             }
         })?;
-        parse_json_within(&bytes, state.config.api.json_depth_max).map(JsonBody)
+        parse_json(&bytes, state.config.api.json_depth_max).map(JsonBody)
     }
 }
 
@@ -312,11 +312,6 @@ pub fn check_text(field: &str, value: &str, bytes_max: usize) -> ApiResult<()> {
     Ok(())
 }
 
-/// Deepest JSON nesting accepted by default anywhere in a body, payloads included: the
-/// payload is kept raw (no recursion limit applies to it) and merchants' parsers must not
-/// choke on it. `api.json_depth_max` sets it.
-pub const JSON_DEPTH_MAX: usize = 64;
-
 /// The deepest nesting of arrays and objects in `bytes`, not counting brackets in strings.
 fn json_depth(bytes: &[u8]) -> usize {
     let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
@@ -343,12 +338,10 @@ fn json_depth(bytes: &[u8]) -> usize {
     deepest
 }
 
-/// Parses a body with the default depth limit.
-pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
-    parse_json_within(bytes, JSON_DEPTH_MAX)
-}
-
-pub fn parse_json_within<T: DeserializeOwned>(bytes: &[u8], depth_max: usize) -> ApiResult<T> {
+/// Parses a body nested at most `depth_max` deep (`api.json_depth_max`), payloads included:
+/// a payload is kept raw, where no recursion limit applies, and merchants' parsers must not
+/// choke on it.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], depth_max: usize) -> ApiResult<T> {
     if json_depth(bytes) > depth_max {
         return Err(ApiError::InvalidJson(format!("nesting deeper than {depth_max} levels")));
     }
