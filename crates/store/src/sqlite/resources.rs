@@ -143,20 +143,29 @@ fn endpoint_values(e: &Endpoint) -> [rusqlite::types::Value; 16] {
     ]
 }
 
-const ENDPOINT_PLACEHOLDERS: &str = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16";
-
-pub fn insert_endpoint(conn: &Connection, e: &Endpoint) -> StoreResult<()> {
-    get_app(conn, &e.app_id)?;
-    let sql = format!("INSERT INTO endpoints ({}) VALUES ({ENDPOINT_PLACEHOLDERS})", rows::ENDPOINT_COLUMNS);
-    conn.execute(&sql, rusqlite::params_from_iter(endpoint_values(e))).map_err(sql_error)?;
+/// Writes one whole row, `verb` being `INSERT` or `REPLACE`; `values` in column order.
+fn put_row(
+    conn: &Connection,
+    verb: &str,
+    table: &str,
+    columns: &str,
+    values: &[rusqlite::types::Value],
+) -> StoreResult<()> {
+    let placeholders = (1..=values.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+    conn.prepare_cached(&format!("{verb} INTO {table} ({columns}) VALUES ({placeholders})"))
+        .and_then(|mut statement| statement.execute(rusqlite::params_from_iter(values)))
+        .map_err(sql_error)?;
     Ok(())
 }
 
+pub fn insert_endpoint(conn: &Connection, e: &Endpoint) -> StoreResult<()> {
+    get_app(conn, &e.app_id)?;
+    put_row(conn, "INSERT", "endpoints", rows::ENDPOINT_COLUMNS, &endpoint_values(e))
+}
+
 pub fn update_endpoint(conn: &Connection, e: &Endpoint) -> StoreResult<()> {
-    let sql = format!("REPLACE INTO endpoints ({}) VALUES ({ENDPOINT_PLACEHOLDERS})", rows::ENDPOINT_COLUMNS);
     get_endpoint(conn, &e.app_id, &e.id)?;
-    conn.execute(&sql, rusqlite::params_from_iter(endpoint_values(e))).map_err(sql_error)?;
-    Ok(())
+    put_row(conn, "REPLACE", "endpoints", rows::ENDPOINT_COLUMNS, &endpoint_values(e))
 }
 
 pub fn get_endpoint(conn: &Connection, app_id: &str, key: &str) -> StoreResult<Endpoint> {
@@ -207,19 +216,13 @@ fn source_values(s: &Source) -> [rusqlite::types::Value; 10] {
 
 pub fn insert_source(conn: &Connection, source: &Source) -> StoreResult<()> {
     get_app(conn, &source.app_id)?;
-    let sql =
-        format!("INSERT INTO sources ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", rows::SOURCE_COLUMNS);
-    conn.execute(&sql, rusqlite::params_from_iter(source_values(source))).map_err(sql_error)?;
-    Ok(())
+    put_row(conn, "INSERT", "sources", rows::SOURCE_COLUMNS, &source_values(source))
 }
 
 pub fn update_source(conn: &Connection, source: &Source) -> StoreResult<()> {
     get_source(conn, &source.id)?;
     get_app(conn, &source.app_id)?;
-    let sql =
-        format!("REPLACE INTO sources ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", rows::SOURCE_COLUMNS);
-    conn.execute(&sql, rusqlite::params_from_iter(source_values(source))).map_err(sql_error)?;
-    Ok(())
+    put_row(conn, "REPLACE", "sources", rows::SOURCE_COLUMNS, &source_values(source))
 }
 
 pub fn get_source(conn: &Connection, key: &str) -> StoreResult<Source> {
