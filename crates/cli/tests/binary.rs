@@ -1,60 +1,17 @@
 //! The real `hookline` binary: start-up, configuration errors, SIGTERM, and kill -9 in the
 //! middle of deliveries followed by a restart on the same data directory.
 
-use serde_json::{json, Value};
+use serde_json::json;
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod support;
-use support::{free_port, recording_sink, wait_healthy, PATIENCE};
+use support::{create_all, free_port, post, recording_sink, serve_command, until_none_missing, Hookline, PATIENCE};
 
 const TOKEN: &str = "binary-test-token";
-
-struct Hookline {
-    child: Child,
-    url: String,
-}
-
-impl Hookline {
-    fn start(data_dir: &std::path::Path, extra_env: &[(&str, &str)]) -> Hookline {
-        let port = free_port();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_hookline"));
-        command
-            .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(data_dir)
-            .env("HOOKLINE_LOG_LEVEL", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (k, v) in extra_env {
-            command.env(k, v);
-        }
-        Hookline { child: command.spawn().unwrap(), url: format!("http://127.0.0.1:{port}") }
-    }
-
-    async fn wait_healthy(&self, http: &reqwest::Client) {
-        wait_healthy(http, &self.url).await;
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Hookline {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn call(http: &reqwest::Client, method: reqwest::Method, url: String, body: Value) -> (u16, Value) {
-    let r = http.request(method, url).bearer_auth(TOKEN).json(&body).send().await.unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test]
 async fn kill_9_mid_delivery_then_restart_delivers_every_acknowledged_message() {
@@ -63,48 +20,42 @@ async fn kill_9_mid_delivery_then_restart_delivers_every_acknowledged_message() 
     let hold = Arc::new(AtomicBool::new(true));
     let seen = Arc::new(Mutex::new(HashSet::new()));
     let sink = recording_sink(hold.clone(), seen.clone()).await;
-    let mut first = Hookline::start(dir.path(), &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
+    let port = free_port();
+    let mut first = Hookline::start(dir.path(), port, &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
     first.wait_healthy(&http).await;
-    let (status, _) =
-        call(&http, reqwest::Method::POST, format!("{}/api/v1/app", first.url), json!({"name": "m", "uid": "m"})).await;
-    assert_eq!(status, 201);
-    let (status, _) =
-        call(&http, reqwest::Method::POST, format!("{}/api/v1/app/m/endpoint", first.url), json!({"url": sink})).await;
-    assert_eq!(status, 201);
+    let resources =
+        [("/api/v1/app", json!({"name": "m", "uid": "m"})), ("/api/v1/app/m/endpoint", json!({"url": sink}))];
+    create_all(&http, &first.url, TOKEN, &resources).await;
     let mut acknowledged = HashSet::new();
     for n in 0..200 {
         let body = json!({"eventType": "payment.succeeded", "payload": {"n": n}});
-        let (status, out) = call(&http, reqwest::Method::POST, format!("{}/api/v1/app/m/msg", first.url), body).await;
+        let (status, out) = post(&http, format!("{}/api/v1/app/m/msg", first.url), TOKEN, &body).await;
         assert_eq!(status, 202);
         acknowledged.insert(out["id"].as_str().unwrap().to_owned());
     }
     first.kill9();
     assert!(seen.lock().unwrap().is_empty(), "nothing was answered before the kill");
     hold.store(false, Ordering::SeqCst);
-    let second = Hookline::start(dir.path(), &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
+    let second = Hookline::start(dir.path(), port, &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
     second.wait_healthy(&http).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let missing = acknowledged.difference(&seen.lock().unwrap()).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{missing} acknowledged messages never arrived");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_none_missing(PATIENCE, "acknowledged messages never arrived", || {
+        acknowledged.difference(&seen.lock().unwrap()).count()
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn first_start_prints_an_admin_token_that_works_and_is_not_reissued() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let mut first = Hookline::start(dir.path(), &[]);
+    let port = free_port();
+    let mut first = Hookline::start(dir.path(), port, &[]);
     first.wait_healthy(&http).await;
     first.kill9();
     let mut stdout = String::new();
     std::io::Read::read_to_string(first.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
     let token = stdout.lines().map(str::trim).find(|l| l.starts_with("hk_admin_")).expect("token printed").to_owned();
-    let mut second = Hookline::start(dir.path(), &[]);
+    let mut second = Hookline::start(dir.path(), port, &[]);
     second.wait_healthy(&http).await;
     let ok = http.get(format!("{}/api/v1/app", second.url)).bearer_auth(&token).send().await.unwrap();
     assert_eq!(ok.status(), 200);
@@ -140,18 +91,9 @@ fn invalid_configuration_exits_78_with_a_clear_message() {
 async fn sigterm_shuts_down_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
-    let mut hookline = Hookline::start(dir.path(), &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
+    let mut hookline = Hookline::start(dir.path(), free_port(), &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
     hookline.wait_healthy(&http).await;
-    let pid = hookline.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = hookline.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "did not stop after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = hookline.terminate();
     assert!(status.success(), "{status:?}");
 }
 
@@ -162,17 +104,16 @@ async fn the_open_file_limit_is_raised_to_the_hard_limit() {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let port = free_port();
-    let child = Command::new("sh")
+    let mut command = Command::new("sh");
+    command
         .arg("-c")
         .arg(format!("ulimit -Sn 256 && exec \"$0\" serve --dev --listen 127.0.0.1:{port} --data-dir \"$1\""))
         .arg(env!("CARGO_BIN_EXE_hookline"))
         .arg(dir.path())
         .env("HOOKLINE_ADMIN_TOKEN", TOKEN)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let hookline = Hookline { child, url: format!("http://127.0.0.1:{port}") };
+        .stderr(Stdio::null());
+    let hookline = Hookline::spawn(command, port);
     hookline.wait_healthy(&http).await;
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", hookline.child.id())).unwrap();
     let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
@@ -217,42 +158,35 @@ async fn secrets_never_reach_the_logs() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("hookline.log");
     let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hookline"))
-        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-        .arg(dir.path().join("data"))
-        .env("HOOKLINE_ADMIN_TOKEN", TOKEN)
-        .env("HOOKLINE_LOG_LEVEL", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let mut command = serve_command(
+        &dir.path().join("data"),
+        port,
+        &[("HOOKLINE_ADMIN_TOKEN", TOKEN), ("HOOKLINE_LOG_LEVEL", "debug")],
+    );
+    command.stderr(std::fs::File::create(&log).unwrap());
+    let mut hookline = Hookline::spawn(command, port);
     let http = reqwest::Client::new();
-    wait_healthy(&http, &url).await;
+    hookline.wait_healthy(&http).await;
+    let url = hookline.url.clone();
     let endpoint_secret = "whsec_c2VjcmV0LW5ldmVyLWxvZ2dlZC1lbmRwb2ludA==";
     let source_secret = "source-secret-never-logged";
-    let post = |path: &str, body: Value| call(&http, reqwest::Method::POST, format!("{url}{path}"), body);
-    assert_eq!(post("/api/v1/app", json!({"name": "m", "uid": "m"})).await.0, 201);
     let sink = recording_sink(Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(HashSet::new()))).await;
-    assert_eq!(post("/api/v1/app/m/endpoint", json!({"url": sink, "secret": endpoint_secret})).await.0, 201);
-    assert_eq!(
-        post(
-            "/api/v1/source",
-            json!({"name": "s", "uid": "s", "preset": "github", "secrets": [source_secret], "appId": "m"})
-        )
-        .await
-        .0,
-        201
-    );
-    assert_eq!(post("/api/v1/app/m/msg", json!({"eventType": "x", "payload": {}})).await.0, 202);
+    let source = json!({"name": "s", "uid": "s", "preset": "github", "secrets": [source_secret], "appId": "m"});
+    let resources = [
+        ("/api/v1/app", json!({"name": "m", "uid": "m"})),
+        ("/api/v1/app/m/endpoint", json!({"url": sink, "secret": endpoint_secret})),
+        ("/api/v1/source", source),
+    ];
+    create_all(&http, &url, TOKEN, &resources).await;
+    let message = json!({"eventType": "x", "payload": {}});
+    assert_eq!(post(&http, format!("{url}/api/v1/app/m/msg"), TOKEN, &message).await.0, 202);
     let refused =
         http.post(format!("{url}/in/s")).header("x-hub-signature-256", "sha256=00").body("{}").send().await.unwrap();
     assert_eq!(refused.status(), 401);
     let wrong_token = http.get(format!("{url}/api/v1/app")).bearer_auth("not-the-token").send().await.unwrap();
     assert_eq!(wrong_token.status(), 401);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    hookline.kill9();
     let written = std::fs::read_to_string(&log).unwrap();
     assert!(written.contains("DEBUG") || written.contains("INFO"), "the log was written at debug level");
     for secret in [endpoint_secret, source_secret, TOKEN, "not-the-token"] {

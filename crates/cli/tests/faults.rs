@@ -4,12 +4,12 @@
 
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod support;
-use support::{free_port, recording_sink, wait_healthy, PATIENCE};
+use support::{create_all, free_port, recording_sink, until_none_missing, wait_healthy, Hookline, PATIENCE};
 
 const TOKEN: &str = "faults-test-token";
 
@@ -53,30 +53,12 @@ impl Drop for SmallDisk {
     }
 }
 
-struct Hookline(Child);
-
-impl Drop for Hookline {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn a_full_disk_refuses_with_503_loses_nothing_and_recovers() {
     let disk = SmallDisk::mount("4m");
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let _hookline = Hookline(
-        Command::new(env!("CARGO_BIN_EXE_hookline"))
-            .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(disk.path().join("data"))
-            .env("HOOKLINE_ADMIN_TOKEN", TOKEN)
-            .env("HOOKLINE_LOG_LEVEL", "error")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _hookline = Hookline::start(&disk.path().join("data"), port, &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
     let http = reqwest::Client::new();
     wait_healthy(&http, &url).await;
     let seen = Arc::new(Mutex::new(HashSet::new()));
@@ -155,19 +137,8 @@ async fn a_full_disk_refuses_with_503_loses_nothing_and_recovers() {
         assert!(tokio::time::Instant::now() < deadline, "publishing did not resume after space returned");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let missing = acknowledged.difference(&seen.lock().unwrap()).count();
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{missing} of {} acknowledged messages were never delivered",
-            acknowledged.len()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("of {} acknowledged messages were never delivered", acknowledged.len());
+    until_none_missing(PATIENCE, &what, || acknowledged.difference(&seen.lock().unwrap()).count()).await;
 }
 
 /// Deliveries the sink answered 2xx, per `(path, webhook-id)`: more than one is a duplicate.
@@ -197,18 +168,15 @@ async fn mixed_sink(delivered: Delivered) -> String {
     url
 }
 
+/// The gateway for the load tests: quiet, and at most 32 deliveries per endpoint at once,
+/// which bounds the duplicates a kill can cause.
 fn start(data_dir: &std::path::Path, port: u16) -> Hookline {
-    Hookline(
-        Command::new(env!("CARGO_BIN_EXE_hookline"))
-            .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(data_dir)
-            .env("HOOKLINE_ADMIN_TOKEN", TOKEN)
-            .env("HOOKLINE_LOG_LEVEL", "error")
-            .env("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "32")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap(),
-    )
+    let env = [
+        ("HOOKLINE_ADMIN_TOKEN", TOKEN),
+        ("HOOKLINE_LOG_LEVEL", "error"),
+        ("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "32"),
+    ];
+    Hookline::start(data_dir, port, &env)
 }
 
 /// Publishes (and sends signed inbound requests) until the server stops answering;
@@ -257,10 +225,7 @@ async fn kill_9_at_random_moments_under_load_loses_nothing_acknowledged() {
             json!({"name": "stripe", "uid": "stripe", "preset": "stripe", "secrets": ["whsec_faults"], "appId": "m"}),
         ),
     ];
-    for (path, body) in setup {
-        let r = http.post(format!("{url}{path}")).bearer_auth(TOKEN).json(&body).send().await.unwrap();
-        assert_eq!(r.status(), 201, "{path}");
-    }
+    create_all(&http, &url, TOKEN, &setup).await;
     let mut acknowledged: HashSet<String> = HashSet::new();
     // Kill moments vary with the clock's nanoseconds: each run kills at different points.
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64;
@@ -271,8 +236,7 @@ async fn kill_9_at_random_moments_under_load_loses_nothing_acknowledged() {
         let wait_ms =
             300 + (seed.wrapping_mul(6364136223846793005).wrapping_add(round as u64 * 1442695040888963407) >> 33) % 900;
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-        hookline.0.kill().unwrap();
-        hookline.0.wait().unwrap();
+        hookline.kill9();
         for w in workers {
             acknowledged.extend(w.await.unwrap());
         }
@@ -280,23 +244,16 @@ async fn kill_9_at_random_moments_under_load_loses_nothing_acknowledged() {
         wait_healthy(&http, &url).await;
     }
     assert!(acknowledged.len() > 100, "the load was too light to mean anything: {}", acknowledged.len());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
-    loop {
-        let missing: usize = {
-            let delivered = delivered.lock().unwrap();
-            ["/fast", "/slow", "/flaky"]
-                .iter()
-                .map(|path| {
-                    acknowledged.iter().filter(|id| !delivered.contains_key(&(path.to_string(), (*id).clone()))).count()
-                })
-                .sum()
-        };
-        if missing == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{missing} acknowledged deliveries never arrived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_none_missing(Duration::from_secs(120), "acknowledged deliveries never arrived", || {
+        let delivered = delivered.lock().unwrap();
+        ["/fast", "/slow", "/flaky"]
+            .iter()
+            .map(|path| {
+                acknowledged.iter().filter(|id| !delivered.contains_key(&(path.to_string(), (*id).clone()))).count()
+            })
+            .sum()
+    })
+    .await;
     let duplicates: usize = delivered.lock().unwrap().values().map(|n| n - 1).sum();
     // A duplicate needs an attempt in flight at a kill: at most 3 endpoints x 32 slots each time.
     let bound = kills * 3 * 32;
@@ -318,13 +275,11 @@ async fn sigterm_under_load_finishes_in_flight_work_and_the_rest_follows_after_r
     let sink = mixed_sink(delivered.clone()).await;
     let mut hookline = start(dir.path(), port);
     wait_healthy(&http, &url).await;
-    for (path, body) in [
+    let setup = [
         ("/api/v1/app", json!({"name": "m", "uid": "m"})),
         ("/api/v1/app/m/endpoint", json!({"url": format!("{sink}/slow")})),
-    ] {
-        let r = http.post(format!("{url}{path}")).bearer_auth(TOKEN).json(&body).send().await.unwrap();
-        assert_eq!(r.status(), 201);
-    }
+    ];
+    create_all(&http, &url, TOKEN, &setup).await;
     let mut acknowledged = HashSet::new();
     for n in 0..200 {
         let body = json!({"eventType": "payment.succeeded", "payload": {"n": n}});
@@ -333,33 +288,17 @@ async fn sigterm_under_load_finishes_in_flight_work_and_the_rest_follows_after_r
         acknowledged.insert(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
     }
     // 200 deliveries at 150 ms each through 32 slots: about a second of work is in flight.
-    let pid = hookline.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = hookline.0.try_wait().unwrap() {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "no exit after SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = hookline.terminate();
     assert!(status.success(), "{status:?}");
     let before_restart = delivered.lock().unwrap().len();
     assert!(before_restart > 0, "in-flight deliveries finished during shutdown");
     hookline = start(dir.path(), port);
     wait_healthy(&http, &url).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let missing = {
-            let delivered = delivered.lock().unwrap();
-            acknowledged.iter().filter(|id| !delivered.contains_key(&("/slow".to_owned(), (*id).clone()))).count()
-        };
-        if missing == 0 {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "{missing} messages never arrived after the restart");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    until_none_missing(PATIENCE, "messages never arrived after the restart", || {
+        let delivered = delivered.lock().unwrap();
+        acknowledged.iter().filter(|id| !delivered.contains_key(&("/slow".to_owned(), (*id).clone()))).count()
+    })
+    .await;
     eprintln!("SIGTERM: {before_restart} of 200 delivered before exit, the rest after restart");
     drop(hookline);
 }

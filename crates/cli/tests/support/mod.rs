@@ -1,14 +1,107 @@
-//! Helpers shared by the real-binary test files: a free port, waiting for health, and a
-//! sink that records each delivery's `webhook-id`.
+//! Helpers shared by the real-binary test files: starting and stopping `hookline serve`, a
+//! free port, waiting for health or for deliveries, and a sink that records each delivery's
+//! `webhook-id`.
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+use serde_json::Value;
 use std::collections::HashSet;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// `hookline serve --dev` on 127.0.0.1:`port` with its data in `data_dir`, logging warnings
+/// only; `env` is added last, so it can override that. Stdout is piped (the admin token is
+/// printed there); stderr is dropped unless the caller sets it.
+pub fn serve_command(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hookline"));
+    command
+        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(data_dir)
+        .env("HOOKLINE_LOG_LEVEL", "warn")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    command
+}
+
+/// A running `hookline serve`, killed when dropped.
+pub struct Hookline {
+    pub child: Child,
+    pub url: String,
+}
+
+impl Hookline {
+    /// Starts `command`, which serves on 127.0.0.1:`port`.
+    pub fn spawn(mut command: Command, port: u16) -> Hookline {
+        Hookline { child: command.spawn().unwrap(), url: format!("http://127.0.0.1:{port}") }
+    }
+
+    pub fn start(data_dir: &Path, port: u16, env: &[(&str, &str)]) -> Hookline {
+        Hookline::spawn(serve_command(data_dir, port, env), port)
+    }
+
+    pub async fn wait_healthy(&self, http: &reqwest::Client) {
+        wait_healthy(http, &self.url).await;
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and waits (at most `PATIENCE`) for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = std::time::Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(std::time::Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Hookline {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `missing()` is 0; fails after `patience` with the count and `what` it is.
+pub async fn until_none_missing(patience: Duration, what: &str, mut missing: impl FnMut() -> usize) {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        let count = missing();
+        if count == 0 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{count} {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// POSTs `body` to `url` with `token`; the status and the JSON answer (`Null` if none).
+pub async fn post(http: &reqwest::Client, url: String, token: &str, body: &Value) -> (u16, Value) {
+    let r = http.post(url).bearer_auth(token).json(body).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Creates each `(path, body)` under `url` and expects 201 for every one.
+pub async fn create_all(http: &reqwest::Client, url: &str, token: &str, resources: &[(&str, Value)]) {
+    for (path, body) in resources {
+        let (status, answer) = post(http, format!("{url}{path}"), token, body).await;
+        assert_eq!(status, 201, "{path}: {answer}");
+    }
+}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
