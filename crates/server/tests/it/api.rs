@@ -395,29 +395,13 @@ async fn limits_rate_per_token_endpoints_per_app_and_json_depth() {
         )
         .await;
     assert_eq!((status, body["code"].as_str()), (422, Some("validation")), "network.url_bytes_max: {body}");
-    let five_deep = r#"{"eventType":"x","payload":{"a":[[[1]]]}}"#;
-    let response = gw
-        .http
-        .post(format!("{}/api/v1/app/{app}/msg", gw.url))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body(five_deep)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400, "api.json_depth_max = 4 refuses 5 levels");
+    let msg_path = format!("/api/v1/app/{app}/msg");
+    let five_deep = br#"{"eventType":"x","payload":{"a":[[[1]]]}}"#.to_vec();
+    let (status, body) = raw(&gw, "POST", &msg_path, Some(TOKEN), five_deep).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_json")), "api.json_depth_max = 4 refuses 5 levels");
     let deep = format!(r#"{{"eventType":"x","payload":{{"a":{}1{}}}}}"#, "[".repeat(300), "]".repeat(300));
-    let response = gw
-        .http
-        .post(format!("{}/api/v1/app/{app}/msg", gw.url))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body(deep)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
-    assert_eq!(response.json::<Value>().await.unwrap()["code"], "invalid_json");
+    let (status, body) = raw(&gw, "POST", &msg_path, Some(TOKEN), deep.into_bytes()).await;
+    assert_eq!((status, body["code"].as_str()), (400, Some("invalid_json")));
     gw.stop().await;
 }
 
