@@ -168,15 +168,39 @@ async fn mixed_sink(delivered: Delivered) -> String {
     url
 }
 
-/// The gateway for the load tests: quiet, and at most 32 deliveries per endpoint at once,
-/// which bounds the duplicates a kill can cause.
-fn start(data_dir: &std::path::Path, port: u16) -> Hookline {
-    let env = [
-        ("HOOKLINE_ADMIN_TOKEN", TOKEN),
-        ("HOOKLINE_LOG_LEVEL", "error"),
-        ("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "32"),
-    ];
-    Hookline::start(data_dir, port, &env)
+/// A gateway for the load tests with the mixed sink, restartable on the same data and port.
+/// At most 32 deliveries per endpoint run at once, which bounds what a kill can duplicate.
+struct LoadRig {
+    dir: tempfile::TempDir,
+    port: u16,
+    http: reqwest::Client,
+    delivered: Delivered,
+    sink: String,
+    hookline: Hookline,
+}
+
+impl LoadRig {
+    async fn start() -> LoadRig {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let delivered: Delivered = Arc::default();
+        let sink = mixed_sink(delivered.clone()).await;
+        let hookline = LoadRig::gateway(dir.path(), port);
+        let http = reqwest::Client::new();
+        hookline.wait_healthy(&http).await;
+        LoadRig { dir, port, http, delivered, sink, hookline }
+    }
+
+    fn gateway(data_dir: &std::path::Path, port: u16) -> Hookline {
+        let env = [("HOOKLINE_ADMIN_TOKEN", TOKEN), ("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "32")];
+        Hookline::start(data_dir, port, &env)
+    }
+
+    /// Starts the gateway again on the same data, after a kill or SIGTERM.
+    async fn restart(&mut self) {
+        self.hookline = LoadRig::gateway(self.dir.path(), self.port);
+        self.hookline.wait_healthy(&self.http).await;
+    }
 }
 
 /// Publishes (and sends signed inbound requests) until the server stops answering;
@@ -207,14 +231,9 @@ async fn load_until_killed(http: reqwest::Client, url: String, worker: usize) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_at_random_moments_under_load_loses_nothing_acknowledged() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let delivered: Delivered = Arc::default();
-    let sink = mixed_sink(delivered.clone()).await;
-    let mut hookline = start(dir.path(), port);
-    wait_healthy(&http, &url).await;
+    let mut rig = LoadRig::start().await;
+    let (url, http, delivered, sink) =
+        (rig.hookline.url.clone(), rig.http.clone(), rig.delivered.clone(), rig.sink.clone());
     let setup = [
         ("/api/v1/app", json!({"name": "m", "uid": "m"})),
         ("/api/v1/app/m/endpoint", json!({"url": format!("{sink}/fast")})),
@@ -236,12 +255,11 @@ async fn kill_9_at_random_moments_under_load_loses_nothing_acknowledged() {
         let wait_ms =
             300 + (seed.wrapping_mul(6364136223846793005).wrapping_add(round as u64 * 1442695040888963407) >> 33) % 900;
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-        hookline.kill9();
+        rig.hookline.kill9();
         for w in workers {
             acknowledged.extend(w.await.unwrap());
         }
-        hookline = start(dir.path(), port);
-        wait_healthy(&http, &url).await;
+        rig.restart().await;
     }
     assert!(acknowledged.len() > 100, "the load was too light to mean anything: {}", acknowledged.len());
     until_none_missing(Duration::from_secs(120), "acknowledged deliveries never arrived", || {
@@ -262,19 +280,13 @@ async fn kill_9_at_random_moments_under_load_loses_nothing_acknowledged() {
         acknowledged.len()
     );
     assert!(duplicates <= bound, "{duplicates} duplicates exceed what could have been in flight ({bound})");
-    drop(hookline);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_finishes_in_flight_work_and_the_rest_follows_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let delivered: Delivered = Arc::default();
-    let sink = mixed_sink(delivered.clone()).await;
-    let mut hookline = start(dir.path(), port);
-    wait_healthy(&http, &url).await;
+    let mut rig = LoadRig::start().await;
+    let (url, http, delivered, sink) =
+        (rig.hookline.url.clone(), rig.http.clone(), rig.delivered.clone(), rig.sink.clone());
     let setup = [
         ("/api/v1/app", json!({"name": "m", "uid": "m"})),
         ("/api/v1/app/m/endpoint", json!({"url": format!("{sink}/slow")})),
@@ -288,17 +300,15 @@ async fn sigterm_under_load_finishes_in_flight_work_and_the_rest_follows_after_r
         acknowledged.insert(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
     }
     // 200 deliveries at 150 ms each through 32 slots: about a second of work is in flight.
-    let status = hookline.terminate();
+    let status = rig.hookline.terminate();
     assert!(status.success(), "{status:?}");
     let before_restart = delivered.lock().unwrap().len();
     assert!(before_restart > 0, "in-flight deliveries finished during shutdown");
-    hookline = start(dir.path(), port);
-    wait_healthy(&http, &url).await;
+    rig.restart().await;
     until_none_missing(PATIENCE, "messages never arrived after the restart", || {
         let delivered = delivered.lock().unwrap();
         acknowledged.iter().filter(|id| !delivered.contains_key(&("/slow".to_owned(), (*id).clone()))).count()
     })
     .await;
     eprintln!("SIGTERM: {before_restart} of 200 delivered before exit, the rest after restart");
-    drop(hookline);
 }
