@@ -13,6 +13,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub api: ApiConfig,
     pub delivery: DeliveryConfig,
+    pub database: DatabaseConfig,
+    pub cluster: ClusterConfig,
+    pub retention: RetentionConfig,
     pub inbound: InboundConfig,
     pub network: NetworkConfig,
     pub security: SecurityConfig,
@@ -127,6 +130,79 @@ impl Default for DeliveryConfig {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `postgres://user@host:5432/db` to keep everything in PostgreSQL, shared by several
+    /// nodes; empty: embedded SQLite in `server.data_dir`.
+    pub url: String,
+    /// Connections each node keeps to PostgreSQL.
+    pub pool_max: usize,
+    /// Longest wait for one database call (a connection, a statement) before the request
+    /// is answered 503.
+    pub timeout_ms: u64,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig { url: String::new(), pool_max: 16, timeout_ms: 5_000 }
+    }
+}
+
+/// How nodes share due work: each claims batches of due deliveries under a lease it
+/// renews; a node that stops renewing loses its claims to the others.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name in logs and the nodes table; default: host name and process id.
+    pub node_name: Option<String>,
+    /// How long a node's claims last without renewal: after a crash, the others take its
+    /// deliveries over within this time. Renewed every third of it.
+    pub lease_ms: u64,
+    /// How often a node looks for due work in the store (and is woken sooner by a
+    /// notification when another node frees some).
+    pub poll_ms: u64,
+    /// Deliveries claimed in one batch.
+    pub claim_batch_max: usize,
+    /// Deliveries one node holds in memory (queued, waiting for their endpoint, in
+    /// flight) before it stops claiming: memory follows this, not the backlog.
+    pub held_max: usize,
+    /// Cached configuration is reloaded at least this often, even if a change
+    /// notification was missed.
+    pub cache_ttl_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_name: None,
+            lease_ms: 30_000,
+            poll_ms: 500,
+            claim_batch_max: 500,
+            held_max: 20_000,
+            cache_ttl_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Messages, their deliveries and attempts are deleted this many days after they were
+    /// created (unless the message set its own `payloadRetentionPeriod`). 0 keeps them.
+    pub days: u32,
+    /// Messages deleted per batch; batches are small so deletes never stall publishing.
+    pub batch_max: usize,
+    /// How often the leader node looks for expired data.
+    pub interval_ms: u64,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig { days: 30, batch_max: 500, interval_ms: 60_000 }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct InboundConfig {
     /// How long a provider's event id is remembered to drop its retries (7 days: longer
     /// than Stripe's and Shopify's retry horizons).
@@ -191,11 +267,31 @@ impl Config {
             (self.server.header_bytes_max >= 8_192, "server.header_bytes_max must be at least 8192"),
             (self.server.header_read_timeout_ms >= 100, "server.header_read_timeout_ms must be at least 100"),
             (matches!(self.log.format.as_str(), "text" | "json"), "log.format must be `text` or `json`"),
+            (self.cluster.lease_ms >= 1_000, "cluster.lease_ms must be at least 1000"),
+            (self.cluster.poll_ms >= 10, "cluster.poll_ms must be at least 10"),
+            (
+                self.cluster.poll_ms * 3 <= self.cluster.lease_ms,
+                "cluster.poll_ms must be at most a third of cluster.lease_ms",
+            ),
+            (self.cluster.claim_batch_max >= 1, "cluster.claim_batch_max must be at least 1"),
+            (
+                self.cluster.held_max >= self.cluster.claim_batch_max,
+                "cluster.held_max must be at least cluster.claim_batch_max",
+            ),
+            (self.cluster.cache_ttl_ms >= 100, "cluster.cache_ttl_ms must be at least 100"),
+            (self.database.pool_max >= 2, "database.pool_max must be at least 2"),
+            (self.database.timeout_ms >= 100, "database.timeout_ms must be at least 100"),
+            (self.retention.batch_max >= 1, "retention.batch_max must be at least 1"),
+            (self.retention.interval_ms >= 1_000, "retention.interval_ms must be at least 1000"),
         ];
         if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
             return Err((*message).to_owned());
         }
         self.server.listen.parse::<std::net::SocketAddr>().map_err(|e| format!("server.listen: {e}"))?;
+        let url = &self.database.url;
+        if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            return Err("database.url must start with postgres:// (or be empty for SQLite)".into());
+        }
         d.retry_policy.validate().map_err(|e| format!("delivery.retry_policy: {e}"))?;
         Ok(())
     }

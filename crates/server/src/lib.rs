@@ -7,6 +7,7 @@ pub mod clock;
 pub mod config;
 pub mod dispatch;
 pub mod error;
+pub mod housekeeping;
 pub mod metrics;
 pub mod openapi;
 pub mod serve;
@@ -81,15 +82,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     // Install the recorder before anything records, or early metrics are lost.
     let _ = metrics::handle();
-    let mut tokens = store.tokens().await?;
-    if let Some(token) = &config.api.admin_token {
-        tokens.push(hookline_store::Token {
-            id: "tok_config".into(),
-            hash: hash_token(token),
-            app_id: None,
-            created_at: 0,
-        });
-    }
+    let tokens = housekeeping::load_tokens(store.as_ref(), &config).await?;
     let addresses = config.address_policy();
     let limits = serve::Limits {
         max_connections: config.server.max_connections,
@@ -98,11 +91,15 @@ pub async fn run(
         header_read_timeout_ms: config.server.header_read_timeout_ms,
         drain_ms: config.delivery.shutdown_grace_ms,
     };
-    let engine =
-        Engine::start(store.clone(), clock.clone(), config.delivery.clone(), addresses.clone(), options.jitter_seed)
-            .await?;
-    let windows = (config.api.idempotency_ttl_ms, config.inbound.dedupe_window_ms);
-    let purge = tokio::spawn(purge_expired(store.clone(), clock.clone(), windows));
+    let engine = Engine::start(
+        store.clone(),
+        clock.clone(),
+        config.delivery.clone(),
+        config.cluster.clone(),
+        addresses.clone(),
+        options.jitter_seed,
+    )
+    .await?;
     let state = Arc::new(AppState {
         store,
         clock,
@@ -113,27 +110,17 @@ pub async fn run(
         rejections: Default::default(),
         rate_buckets: Default::default(),
     });
+    let background = [
+        tokio::spawn(housekeeping::follow_changes(state.clone())),
+        tokio::spawn(housekeeping::lead_and_retain(state.clone())),
+    ];
     let app = api::router(state);
     tracing::info!(listen = %listener.local_addr()?, "hookline is ready");
     serve::serve(listener, app, limits, shutdown).await?;
     tracing::info!(in_flight = engine.in_flight(), "stopped accepting; finishing in-flight deliveries");
-    purge.abort();
+    for task in background {
+        task.abort();
+    }
     engine.shutdown().await;
     Ok(())
-}
-
-/// Once an hour, forgets idempotent answers past their time to live and provider event
-/// ids past the dedupe window.
-async fn purge_expired(store: Arc<dyn Store>, clock: Arc<dyn Clock>, (idempotency_ms, dedupe_ms): (u64, u64)) {
-    const EVERY_MS: i64 = 3_600_000;
-    loop {
-        let now = clock.now_ms();
-        if let Err(e) = store.purge_idempotent_responses(now - idempotency_ms as i64).await {
-            tracing::warn!(error = %e, "could not purge idempotency keys");
-        }
-        if let Err(e) = store.purge_inbound_keys(now - dedupe_ms as i64).await {
-            tracing::warn!(error = %e, "could not purge inbound event ids");
-        }
-        clock.sleep_until(now + EVERY_MS).await;
-    }
 }

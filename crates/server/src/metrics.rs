@@ -13,6 +13,8 @@ pub const ATTEMPT_SECONDS: &str = "hookline_delivery_attempt_duration_seconds";
 pub const END_TO_END_SECONDS: &str = "hookline_delivery_latency_seconds";
 pub const QUEUE_DEPTH: &str = "hookline_queue_depth";
 pub const IN_FLIGHT: &str = "hookline_deliveries_in_flight";
+/// Deliveries this node holds in memory: queued, waiting for their endpoint or in flight.
+pub const HELD: &str = "hookline_deliveries_held";
 /// Inbound requests by source and outcome: accepted, duplicate, filtered, or a rejection code.
 pub const INBOUND: &str = "hookline_inbound_requests_total";
 

@@ -61,31 +61,151 @@ pub fn publish(app_id: &str, endpoint_ids: &[&str], event_id: Option<&str>, now:
         deliver_at: None,
         source_id: None,
         headers: None,
+        retain_until: None,
         created_at: now,
     };
     let deliveries = endpoint_ids
         .iter()
         .map(|ep| Delivery::pending(id(prefix::DELIVERY, now), &message, Some((*ep).into()), now, now))
         .collect();
-    Publish { message: std::sync::Arc::new(message), deliveries, idempotency: None, dedupe: None }
+    Publish { message: std::sync::Arc::new(message), deliveries, idempotency: None, dedupe: None, claim: None }
 }
 
 fn first_page(limit: usize) -> Page {
     Page { limit, iterator: None, descending: false }
 }
 
+/// A lease long enough for every check but the lease checks themselves.
+const LONG_LEASE_MS: u64 = 1_000_000_000_000;
+
 /// Runs every check against `store`, which must start empty.
 pub async fn run_all(store: &dyn Store) {
     apps_crud_and_uid_lookup(store).await;
     pagination_walks_every_item_once(store).await;
     endpoints_belong_to_their_app(store).await;
-    publish_commits_message_and_deliveries(store).await;
-    attempts_move_deliveries_through_states(store).await;
-    resend_and_recover_restart_deliveries(store).await;
+    let node = store.register_node("conformance", 1, LONG_LEASE_MS).await.unwrap().token;
+    publish_commits_message_and_deliveries(store, node).await;
+    attempts_move_deliveries_through_states(store, node).await;
+    resend_and_recover_restart_deliveries(store, node).await;
     idempotent_answers_expire(store).await;
-    deleting_an_app_removes_everything(store).await;
+    deleting_an_app_removes_everything(store, node).await;
     sources_and_inbound_dedupe(store).await;
     tokens_belong_to_an_app_or_to_the_admin(store).await;
+    retention_deletes_old_messages_in_batches(store).await;
+    claims_are_leased_fenced_and_taken_over(store).await;
+}
+
+/// Every open delivery claimable now (claims them for `node`).
+async fn claim_all(store: &dyn Store, node: i64, now: UnixMs) -> Vec<Delivery> {
+    store.claim_due(node, UnixMs::MAX / 2, now, 100_000).await.unwrap()
+}
+
+async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
+    let a = store.create_app(app(20_000, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, 20_000)).await.unwrap();
+    let node = store.register_node("node-a", 20_000, 30_000).await.unwrap();
+    assert_eq!(node.lease_until, 50_000);
+    // Open deliveries the earlier checks left (free again on a single-node store, where a
+    // registration voids the earlier ones) are swept up first.
+    claim_all(store, node.token, 20_000).await;
+    let now_due = publish(&a.id, &[&ep.id], None, 20_000);
+    let mut later = publish(&a.id, &[&ep.id], None, 20_000);
+    later.deliveries[0].next_at = Some(45_000);
+    let mut held = publish(&a.id, &[&ep.id], None, 20_000);
+    held.claim = Some(node.token);
+    for p in [&now_due, &later, &held] {
+        store.publish(p.clone()).await.unwrap();
+    }
+    let ids = |found: &[Delivery]| {
+        let mut ids: Vec<String> = found.iter().filter(|d| d.app_id == a.id).map(|d| d.id.clone()).collect();
+        ids.sort();
+        ids
+    };
+    let claimed = store.claim_due(node.token, 30_000, 20_000, 10).await.unwrap();
+    assert_eq!(ids(&claimed), vec![now_due.deliveries[0].id.clone()], "due within the horizon, not yet held");
+    assert!(store.claim_due(node.token, 30_000, 20_000, 10).await.unwrap().is_empty(), "a claim holds");
+
+    let record = |claim: i64, keep_claim: bool, next_at: i64| AttemptRecord {
+        attempt: Attempt {
+            id: id(prefix::ATTEMPT, 20_001),
+            msg_id: now_due.message.id.clone(),
+            app_id: a.id.clone(),
+            delivery_id: now_due.deliveries[0].id.clone(),
+            endpoint_id: Some(ep.id.clone()),
+            url: ep.url.clone(),
+            status_code: 503,
+            response: String::new(),
+            duration_ms: 3,
+            error_class: Some("http_status".into()),
+            state: DeliveryState::Exhausted,
+            trigger: Trigger::Scheduled,
+            created_at: 20_001,
+        },
+        state: DeliveryState::Pending,
+        next_at: Some(next_at),
+        first_attempt_at: 20_001,
+        disable_endpoint: false,
+        claim,
+        keep_claim,
+    };
+    assert!(!store.record_attempt(record(node.token + 1_000, false, 21_000)).await.unwrap(), "fenced: not its claim");
+    let d = store.get_delivery(&now_due.message.id, &now_due.deliveries[0].id).await.unwrap();
+    assert_eq!((d.attempts, d.next_at), (0, Some(20_000)), "a fenced write leaves the delivery as it was");
+    assert!(store.record_attempt(record(node.token, true, 21_000)).await.unwrap());
+    assert!(store.claim_due(node.token, 30_000, 20_001, 10).await.unwrap().is_empty(), "kept claims stay held");
+    assert!(store.record_attempt(record(node.token, false, 22_000)).await.unwrap());
+    let again = store.claim_due(node.token, 30_000, 20_002, 10).await.unwrap();
+    assert_eq!(ids(&again), vec![now_due.deliveries[0].id.clone()], "a released retry is claimable when due");
+
+    assert!(store.renew_node(node.token, 40_000, 30_000).await.unwrap());
+    assert!(!store.renew_node(node.token, 70_001, 30_000).await.unwrap(), "an expired lease is not renewed");
+    assert!(store.claim_due(node.token, 100_000, 70_001, 10).await.unwrap().is_empty(), "no claims on a dead lease");
+    let next = store.register_node("node-b", 70_001, 30_000).await.unwrap();
+    assert_ne!(next.token, node.token, "every registration has its own token");
+    let taken = ids(&store.claim_due(next.token, 100_000, 70_001, 100).await.unwrap());
+    let mut expected =
+        vec![now_due.deliveries[0].id.clone(), later.deliveries[0].id.clone(), held.deliveries[0].id.clone()];
+    expected.sort();
+    assert_eq!(taken, expected, "the claims of an expired lease are taken over");
+    store.retire_node(next.token).await.unwrap();
+    let last = store.register_node("node-c", 70_002, 30_000).await.unwrap();
+    assert_eq!(ids(&claim_all(store, last.token, 70_002).await).len(), 3, "a retired node's claims are free at once");
+
+    assert!(store.lead(last.token, 70_002, 10_000).await.unwrap());
+    assert!(store.lead(last.token, 75_000, 10_000).await.unwrap(), "the leader keeps its lease");
+    let rival = store.register_node("node-d", 75_000, 30_000).await.unwrap();
+    assert!(!store.lead(rival.token, 75_001, 10_000).await.unwrap(), "one leader while its lease lasts");
+    assert!(store.lead(rival.token, 85_001, 10_000).await.unwrap(), "an expired leader is replaced");
+    store.delete_app(&a.id).await.unwrap();
+}
+
+async fn retention_deletes_old_messages_in_batches(store: &dyn Store) {
+    let a = store.create_app(app(30_000, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, 30_000)).await.unwrap();
+    let old: Vec<Publish> = (0..5).map(|n| publish(&a.id, &[&ep.id], None, 30_000 + n)).collect();
+    let mut short = publish(&a.id, &[&ep.id], None, 40_000);
+    std::sync::Arc::make_mut(&mut short.message).retain_until = Some(41_000);
+    let recent = publish(&a.id, &[&ep.id], None, 40_000);
+    for p in old.iter().chain([&short, &recent]) {
+        store.publish(p.clone()).await.unwrap();
+    }
+    let mut deleted = 0;
+    loop {
+        let n = store.purge_messages(35_000, 42_000, 2).await.unwrap();
+        assert!(n <= 2, "batches are bounded");
+        deleted += n;
+        if n < 2 {
+            break;
+        }
+    }
+    assert!(deleted >= 6, "the five old messages and the one past its own retention");
+    for p in old.iter().chain([&short]) {
+        assert_eq!(store.message_by_id(&p.message.id).await, Err(StoreError::NotFound));
+        assert_eq!(store.get_delivery(&p.message.id, &p.deliveries[0].id).await, Err(StoreError::NotFound));
+    }
+    store.message_by_id(&recent.message.id).await.unwrap();
+    store.get_delivery(&recent.message.id, &recent.deliveries[0].id).await.unwrap();
+    store.delete_app(&a.id).await.unwrap();
 }
 
 async fn tokens_belong_to_an_app_or_to_the_admin(store: &dyn Store) {
@@ -193,7 +313,7 @@ async fn endpoints_belong_to_their_app(store: &dyn Store) {
     assert_eq!(store.app_endpoints(&a.id).await.unwrap().len(), 1);
 }
 
-async fn publish_commits_message_and_deliveries(store: &dyn Store) {
+async fn publish_commits_message_and_deliveries(store: &dyn Store, node: i64) {
     let a = store.create_app(app(4_000, None)).await.unwrap();
     let e1 = store.create_endpoint(endpoint(&a.id, 4_000)).await.unwrap();
     let e2 = store.create_endpoint(endpoint(&a.id, 4_000)).await.unwrap();
@@ -207,15 +327,16 @@ async fn publish_commits_message_and_deliveries(store: &dyn Store) {
         PublishOutcome::Duplicate(existing) => assert_eq!(existing.id, p.message.id),
         other => panic!("expected duplicate, got {other:?}"),
     }
-    let pending = store.pending_deliveries().await.unwrap();
+    let pending = claim_all(store, node, 4_002).await;
     let ours: Vec<_> = pending.iter().filter(|d| d.msg_id == p.message.id).collect();
     assert_eq!(ours.len(), 2);
 }
 
-async fn attempts_move_deliveries_through_states(store: &dyn Store) {
+async fn attempts_move_deliveries_through_states(store: &dyn Store, node: i64) {
     let a = store.create_app(app(5_000, None)).await.unwrap();
     let ep = store.create_endpoint(endpoint(&a.id, 5_000)).await.unwrap();
-    let p = publish(&a.id, &[&ep.id], None, 5_001);
+    let mut p = publish(&a.id, &[&ep.id], None, 5_001);
+    p.claim = Some(node);
     store.publish(p.clone()).await.unwrap();
     let delivery = &p.deliveries[0];
     let attempt = |state, status: u16, at| Attempt {
@@ -239,8 +360,10 @@ async fn attempts_move_deliveries_through_states(store: &dyn Store) {
         next_at: Some(10_000),
         first_attempt_at: 5_002,
         disable_endpoint: false,
+        claim: node,
+        keep_claim: true,
     };
-    store.record_attempt(failed).await.unwrap();
+    assert!(store.record_attempt(failed).await.unwrap());
     let d = store.get_delivery(&delivery.msg_id, &delivery.id).await.unwrap();
     assert_eq!(
         (d.state, d.attempts, d.next_at, d.first_attempt_at),
@@ -252,8 +375,10 @@ async fn attempts_move_deliveries_through_states(store: &dyn Store) {
         next_at: None,
         first_attempt_at: 10_001,
         disable_endpoint: true,
+        claim: node,
+        keep_claim: false,
     };
-    store.record_attempt(gone).await.unwrap();
+    assert!(store.record_attempt(gone).await.unwrap());
     let d = store.get_delivery(&delivery.msg_id, &delivery.id).await.unwrap();
     assert_eq!((d.state, d.attempts, d.first_attempt_at), (DeliveryState::Exhausted, 2, Some(5_002)));
     assert!(store.get_endpoint(&a.id, &ep.id).await.unwrap().disabled, "410 disables the endpoint");
@@ -267,14 +392,15 @@ async fn attempts_move_deliveries_through_states(store: &dyn Store) {
         .await
         .unwrap();
     assert_eq!(listed.items.iter().map(|a| a.status_code).collect::<Vec<_>>(), vec![410, 500], "newest first");
-    assert!(!store.pending_deliveries().await.unwrap().iter().any(|p| p.id == delivery.id));
+    assert!(!claim_all(store, node, 10_002).await.iter().any(|p| p.id == delivery.id), "exhausted is not open");
 }
 
-async fn resend_and_recover_restart_deliveries(store: &dyn Store) {
+async fn resend_and_recover_restart_deliveries(store: &dyn Store, node: i64) {
     let a = store.create_app(app(6_000, None)).await.unwrap();
     let ep = store.create_endpoint(endpoint(&a.id, 6_000)).await.unwrap();
     let other = store.create_endpoint(endpoint(&a.id, 6_000)).await.unwrap();
-    let p = publish(&a.id, &[&ep.id], None, 6_001);
+    let mut p = publish(&a.id, &[&ep.id], None, 6_001);
+    p.claim = Some(node);
     store.publish(p.clone()).await.unwrap();
     let exhausted = AttemptRecord {
         attempt: Attempt {
@@ -296,8 +422,10 @@ async fn resend_and_recover_restart_deliveries(store: &dyn Store) {
         next_at: None,
         first_attempt_at: 6_002,
         disable_endpoint: false,
+        claim: node,
+        keep_claim: false,
     };
-    store.record_attempt(exhausted).await.unwrap();
+    assert!(store.record_attempt(exhausted).await.unwrap());
     let recovered = store.recover(&a.id, &ep.id, 6_000, 7_000, 8_000).await.unwrap();
     assert_eq!(recovered.len(), 1);
     assert_eq!(
@@ -305,10 +433,13 @@ async fn resend_and_recover_restart_deliveries(store: &dyn Store) {
         (DeliveryState::Pending, Some(8_000), Trigger::Manual)
     );
     assert!(store.recover(&a.id, &ep.id, 7_000, 9_000, 9_000).await.unwrap().is_empty(), "window excludes the message");
-    let fresh = store.resend(&a.id, &p.message.id, &other.id, id(prefix::DELIVERY, 9_000), 9_000).await.unwrap();
+    let claimable = claim_all(store, node, 8_000).await;
+    assert!(claimable.iter().any(|d| d.id == p.deliveries[0].id), "recovered deliveries are left for any node");
+    let fresh = store.resend(&a.id, &p.message.id, &other.id, id(prefix::DELIVERY, 9_000), 9_000, node).await.unwrap();
     assert_eq!((fresh.endpoint_id.as_deref(), fresh.state), (Some(other.id.as_str()), DeliveryState::Pending));
+    assert!(!claim_all(store, node, 9_000).await.iter().any(|d| d.id == fresh.id), "a resend is claimed by its node");
     let b = store.create_app(app(6_000, None)).await.unwrap();
-    let cross = store.resend(&b.id, &p.message.id, &ep.id, id(prefix::DELIVERY, 9_000), 9_000).await;
+    let cross = store.resend(&b.id, &p.message.id, &ep.id, id(prefix::DELIVERY, 9_000), 9_000, node).await;
     assert_eq!(cross, Err(StoreError::NotFound), "no resend across applications");
 }
 
@@ -321,12 +452,12 @@ async fn idempotent_answers_expire(store: &dyn Store) {
     assert_eq!(store.idempotent_response("k1", 0).await.unwrap(), None);
 }
 
-async fn deleting_an_app_removes_everything(store: &dyn Store) {
+async fn deleting_an_app_removes_everything(store: &dyn Store, node: i64) {
     let a = store.create_app(app(7_000, None)).await.unwrap();
     let ep = store.create_endpoint(endpoint(&a.id, 7_000)).await.unwrap();
     let p = publish(&a.id, &[&ep.id], None, 7_001);
     store.publish(p.clone()).await.unwrap();
     store.delete_app(&a.id).await.unwrap();
     assert_eq!(store.get_message(&a.id, &p.message.id).await, Err(StoreError::NotFound));
-    assert!(!store.pending_deliveries().await.unwrap().iter().any(|d| d.app_id == a.id));
+    assert!(!claim_all(store, node, 7_002).await.iter().any(|d| d.app_id == a.id));
 }

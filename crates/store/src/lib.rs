@@ -65,13 +65,36 @@ pub trait Store: Send + Sync + 'static {
     async fn message_by_id(&self, id: &str) -> StoreResult<Message>;
     async fn list_messages(&self, app_id: &str, filter: ListFilter, page: Page) -> StoreResult<Listed<Message>>;
 
+    // Nodes, leases and due work. A node registers, renews its lease while it lives, and
+    // claims due deliveries in batches under its token; claims under a token whose lease
+    // has expired are void, so another node takes the work over.
+    /// Registers a node process (a fresh token). A single-node store voids every earlier
+    /// token at once: the process before this one is gone.
+    async fn register_node(&self, name: &str, now: UnixMs, lease_ms: u64) -> StoreResult<NodeLease>;
+    /// Extends a live lease to `now + lease_ms`; false if it had expired (the node must
+    /// drop what it holds and register again).
+    async fn renew_node(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool>;
+    /// Ends a lease at once (clean shutdown): its claims are free for other nodes now.
+    async fn retire_node(&self, token: i64) -> StoreResult<()>;
+    /// Claims up to `limit` open deliveries due at or before `horizon`, earliest first,
+    /// that no live node holds. Nothing is claimed if the token's own lease has expired.
+    async fn claim_due(&self, token: i64, horizon: UnixMs, now: UnixMs, limit: usize) -> StoreResult<Vec<Delivery>>;
+    /// Takes or keeps the leader lease (one node runs retention); true while this node leads.
+    async fn lead(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool>;
+    /// Open deliveries (pending or sending), claimed or not.
+    async fn count_open_deliveries(&self) -> StoreResult<u64>;
+    /// Changes made by other nodes (and this one) to follow in caches; `None` for a store
+    /// only one node uses.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>>;
+
     // Deliveries and attempts.
-    /// Every delivery a scheduler must still act on, for rebuilding the due queue at start.
-    async fn pending_deliveries(&self) -> StoreResult<Vec<Delivery>>;
     async fn get_delivery(&self, msg_id: &str, id: &str) -> StoreResult<Delivery>;
-    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<()>;
+    /// Writes the attempt and the delivery's next state. Returns false when the delivery
+    /// was no longer claimed under `record.claim` (another node took it over): the attempt
+    /// is logged, the delivery is left as the other node has it.
+    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<bool>;
     /// Makes the delivery of `msg_id` to `endpoint_id` due at `now` (creating it if the
-    /// endpoint never had one), as a manual attempt.
+    /// endpoint never had one), as a manual attempt, claimed by the node holding `claim`.
     async fn resend(
         &self,
         app_id: &str,
@@ -79,8 +102,10 @@ pub trait Store: Send + Sync + 'static {
         endpoint_id: &str,
         new_id: String,
         now: UnixMs,
+        claim: i64,
     ) -> StoreResult<Delivery>;
-    /// Makes every exhausted delivery of the endpoint for messages created in `[since, until)` due at `now`.
+    /// Makes every exhausted delivery of the endpoint for messages created in
+    /// `[since, until)` due at `now`, unclaimed: whichever node claims next sends them.
     async fn recover(
         &self,
         app_id: &str,
@@ -114,6 +139,10 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_source(&self, id: &str) -> StoreResult<()>;
     /// Messages a source received, newest first by default.
     async fn list_source_messages(&self, source_id: &str, page: Page) -> StoreResult<Listed<Message>>;
+    /// Deletes up to `limit` messages, with their deliveries and attempts, created before
+    /// `created_before` or kept past their own retention (`retain_until < now`). Small
+    /// batches: the caller loops while it returns `limit`.
+    async fn purge_messages(&self, created_before: UnixMs, now: UnixMs, limit: usize) -> StoreResult<usize>;
     /// Forgets provider event ids first seen before `before` (the dedupe window).
     async fn purge_inbound_keys(&self, before: UnixMs) -> StoreResult<usize>;
 
@@ -126,6 +155,12 @@ pub trait Store: Send + Sync + 'static {
     async fn tokens(&self) -> StoreResult<Vec<Token>>;
     async fn add_token(&self, token: Token) -> StoreResult<()>;
     async fn delete_token(&self, id: &str) -> StoreResult<()>;
+}
+
+/// The smallest message id made at `created_before`: ids sort by creation time, so every
+/// message created earlier has a smaller id and retention walks the primary key.
+pub fn retention_cutoff_id(created_before: UnixMs) -> String {
+    hookline_core::id::new_id(hookline_core::id::prefix::MESSAGE, created_before, [0; 10])
 }
 
 /// Which attempts a listing covers.

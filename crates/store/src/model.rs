@@ -81,6 +81,9 @@ pub struct Message {
     /// Headers sent with every delivery of this message (for inbound messages: the
     /// provider's content type and its original request, see the README).
     pub headers: Option<BTreeMap<String, String>>,
+    /// When the message may be deleted before the store-wide retention window ends
+    /// (Svix's `payloadRetentionPeriod`); `None`: kept for the whole window.
+    pub retain_until: Option<UnixMs>,
     pub created_at: UnixMs,
 }
 
@@ -153,6 +156,12 @@ pub struct AttemptRecord {
     pub next_at: Option<UnixMs>,
     pub first_attempt_at: UnixMs,
     pub disable_endpoint: bool,
+    /// The node token the delivery was claimed under: the write applies only while the
+    /// delivery is still claimed under it (a node that lost its lease changes nothing).
+    pub claim: i64,
+    /// Keep the claim (the node holds the retry in memory because it is due soon), or
+    /// give the delivery back to the store for whichever node claims it when it is due.
+    pub keep_claim: bool,
 }
 
 /// A stored API answer for an `Idempotency-Key`.
@@ -174,6 +183,10 @@ pub struct Publish {
     /// For inbound messages: `(source id, provider event id)`. A message already stored
     /// under the same pair makes this publish a duplicate, and nothing is written.
     pub dedupe: Option<(String, String)>,
+    /// The token of the node that commits it: its deliveries are claimed by that node from
+    /// the start (it delivers them from memory). `None` leaves them for any node to claim
+    /// when due (messages scheduled for later).
+    pub claim: Option<i64>,
 }
 
 /// A signing secret of an inbound source; several may be active during a rotation.
@@ -246,4 +259,29 @@ pub struct Token {
     pub hash: [u8; 32],
     pub app_id: Option<String>,
     pub created_at: UnixMs,
+}
+
+/// A node's lease on the work it claims. The token is unique per registration and fences
+/// every claim: claims under a token whose lease expired are void, and any node may take
+/// the deliveries over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeLease {
+    pub token: i64,
+    pub lease_until: UnixMs,
+}
+
+/// A change to configuration or due work, told to every node sharing the store so its
+/// caches follow (PostgreSQL `LISTEN/NOTIFY`). A single-node store tells nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// An application, its endpoints or its secrets changed (by application id).
+    App(String),
+    /// Some inbound source changed.
+    Sources,
+    /// An API token was added or revoked.
+    Tokens,
+    /// Due work was given back to the store or made due (recover, release): claim now.
+    Due,
+    /// Notifications may have been missed (a reconnect): forget every cached thing.
+    Flush,
 }

@@ -24,7 +24,7 @@ async fn acknowledged_writes_survive_reopening() {
     }
     let reopened = SqliteStore::open(dir.path(), &KEY).unwrap();
     assert_eq!(reopened.get_app("kept").await.unwrap(), app);
-    assert_eq!(reopened.pending_deliveries().await.unwrap().len(), 1);
+    assert_eq!(reopened.count_open_deliveries().await.unwrap(), 1);
 }
 
 #[tokio::test]
@@ -43,7 +43,7 @@ async fn concurrent_writes_share_commits_and_all_land() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert_eq!(store.pending_deliveries().await.unwrap().len(), 200);
+    assert_eq!(store.count_open_deliveries().await.unwrap(), 200);
 }
 
 /// Jobs in one commit run without savepoints; one that fails halfway (here a publish whose
@@ -82,7 +82,7 @@ async fn a_write_failing_halfway_leaves_nothing_and_spares_its_batch() {
         }
     }
     assert_eq!(kept, 294);
-    assert_eq!(store.pending_deliveries().await.unwrap().len(), 294, "no stray delivery of a failed publish");
+    assert_eq!(store.count_open_deliveries().await.unwrap(), 294, "no stray delivery of a failed publish");
 }
 
 #[tokio::test]

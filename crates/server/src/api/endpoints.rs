@@ -347,9 +347,8 @@ async fn recover(
     let restarted =
         state.store.recover(&e.app_id, &e.id, since, until, now).await.map_err(ApiError::from_store("endpoint"))?;
     let count = restarted.len();
-    for delivery in restarted {
-        state.engine.enqueue(delivery, None);
-    }
+    // Left unclaimed in the store: the next claim (on any node) takes them in batches.
+    state.engine.wake();
     let out = RecoverOut {
         id: state.new_id(prefix::TASK),
         status: "finished",

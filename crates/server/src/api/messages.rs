@@ -91,6 +91,7 @@ async fn publish(
     if let Some(url) = &input.callback_url {
         check_url(url, &state.addresses).map_err(|e| ApiError::field("callbackUrl", e.to_string()))?;
     }
+    let retain_until = retain_until(&input, now);
     let app = target_app(&state, &app_key, input.application).await?;
     let endpoints = state.engine.catalog.endpoints(&app.id).await.map_err(ApiError::from_store("endpoint"))?;
     let message = Arc::new(Message {
@@ -105,6 +106,7 @@ async fn publish(
         deliver_at,
         source_id: None,
         headers: None,
+        retain_until,
         created_at: now,
     });
     let due_at = deliver_at.unwrap_or(now).max(now);
@@ -144,14 +146,30 @@ pub async fn commit(
     idempotency: Option<IdempotentResponse>,
     dedupe: Option<(String, String)>,
 ) -> ApiResult<PublishOutcome> {
-    let publish = Publish { message: message.clone(), deliveries: deliveries.clone(), idempotency, dedupe };
+    // Deliveries due soon are claimed by this node in the same commit and sent from
+    // memory; later ones wait in the store for whichever node claims them when due.
+    let due_at = deliveries.iter().filter_map(|d| d.next_at).min();
+    let token = state.engine.token();
+    let claim = due_at.filter(|at| state.engine.holds_at(*at)).map(|_| token);
+    let publish = Publish { message: message.clone(), deliveries: deliveries.clone(), idempotency, dedupe, claim };
     let outcome = state.store.publish(publish).await.map_err(ApiError::from_store("message"))?;
-    if let PublishOutcome::Created = outcome {
+    if let (PublishOutcome::Created, Some(claim)) = (&outcome, claim) {
         for delivery in deliveries {
-            state.engine.enqueue(delivery, Some(message.clone()));
+            state.engine.enqueue(delivery, Some(message.clone()), claim);
         }
     }
     Ok(outcome)
+}
+
+/// When the message may be deleted, if it asked for a retention of its own (Svix's
+/// `payloadRetentionPeriod` in days, or `payloadRetentionHours`).
+fn retain_until(input: &MessageIn, now: UnixMs) -> Option<UnixMs> {
+    const HOUR_MS: i64 = 3_600_000;
+    match (input.payload_retention_hours, input.payload_retention_period) {
+        (Some(hours), _) => Some(now.saturating_add(hours.saturating_mul(HOUR_MS))),
+        (None, Some(days)) => Some(now.saturating_add(days.saturating_mul(24 * HOUR_MS))),
+        (None, None) => None,
+    }
 }
 
 /// One pending delivery for each enabled endpoint of the application that takes the message.
@@ -301,14 +319,15 @@ async fn resend(
 ) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
     let (app, message) = find_message(&state, &app_key, &msg_id).await?;
     let endpoint = find_endpoint(&state, &app.id, &endpoint_id).await?;
+    let claim = state.engine.token();
     let delivery = state
         .store
-        .resend(&app.id, &message.id, &endpoint.id, state.new_id(prefix::DELIVERY), state.now())
+        .resend(&app.id, &message.id, &endpoint.id, state.new_id(prefix::DELIVERY), state.now(), claim)
         .await
         .map_err(|e| match e {
             StoreError::NotFound => ApiError::NotFound("message or endpoint"),
             other => ApiError::from_store("message")(other),
         })?;
-    state.engine.enqueue(delivery, Some(Arc::new(message)));
+    state.engine.enqueue(delivery, Some(Arc::new(message)), claim);
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({}))))
 }

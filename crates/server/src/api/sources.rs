@@ -235,12 +235,13 @@ async fn replay(
     let message = Arc::new(message);
     let mut replayed = 0;
     for endpoint in endpoints.iter().filter(|e| !e.disabled) {
+        let claim = state.engine.token();
         let delivery = state
             .store
-            .resend(&source.app_id, &message.id, &endpoint.id, state.new_id(prefix::DELIVERY), state.now())
+            .resend(&source.app_id, &message.id, &endpoint.id, state.new_id(prefix::DELIVERY), state.now(), claim)
             .await
             .map_err(ApiError::from_store("message"))?;
-        state.engine.enqueue(delivery, Some(message.clone()));
+        state.engine.enqueue(delivery, Some(message.clone()), claim);
         replayed += 1;
     }
     Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "replayed": replayed }))))
@@ -334,6 +335,7 @@ async fn ingest(
         deliver_at: None,
         source_id: Some(source.id.clone()),
         headers: Some(forwarded_headers(&source, &method, &uri, &headers)),
+        retain_until: None,
         created_at: now,
     });
     let deliveries = super::messages::route(&state, &endpoints, &message, now);

@@ -84,6 +84,14 @@ impl Catalog {
         Ok(loaded)
     }
 
+    /// Forgets everything cached (a missed notification, or the TTL backstop).
+    pub fn flush(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.apps.write().expect("catalog lock").clear();
+        self.endpoints.write().expect("catalog lock").clear();
+        self.sources.write().expect("catalog lock").clear();
+    }
+
     /// Forgets every cached source (sources change rarely; this keeps uid keys simple).
     pub fn invalidate_sources(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);

@@ -1,8 +1,10 @@
-//! The delivery engine: an in-memory due queue (rebuilt from the store at start, fed after
-//! each commit) and the dispatcher that signs, sends, classifies and records each attempt.
-//! No database polling in the hot path; a slow endpoint only ever holds its own slots.
+//! The delivery engine: an in-memory due queue (fed by this node's own commits and by
+//! batches it claims from the store, see `claims.rs`) and the dispatcher that signs,
+//! sends, classifies and records each attempt. A slow endpoint only ever holds its own
+//! slots.
 
 mod catalog;
+mod claims;
 mod client;
 mod http1;
 
@@ -10,7 +12,7 @@ pub use catalog::Catalog;
 pub use client::DeliveryClient;
 
 use crate::clock::Clock;
-use crate::config::DeliveryConfig;
+use crate::config::{ClusterConfig, DeliveryConfig};
 use crate::metrics as m;
 use hookline_core::classify::{classify, error_class, Verdict};
 use hookline_core::delivery::{DeliveryState, Trigger};
@@ -23,7 +25,7 @@ use hookline_store::{Attempt, AttemptRecord, Delivery, Message, Store, StoreErro
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -31,12 +33,15 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 /// How long to wait before retrying a write of an attempt's outcome that the store refused.
 const RECORD_RETRY_MS: u64 = 1_000;
 
-/// A delivery waiting for its time. The message is carried along when it is at hand
-/// (fresh from a publish) and loaded from the store otherwise (after a restart or a retry).
+/// A delivery this node holds, waiting for its time. The message is carried along when it
+/// is at hand (fresh from a publish) and loaded from the store otherwise (claimed work).
 pub struct Due {
     pub at: UnixMs,
     pub delivery: Delivery,
     pub message: Option<Arc<Message>>,
+    /// The node token it was claimed under; work of an earlier token is dropped.
+    claim: i64,
+    _hold: claims::Hold,
 }
 
 struct Queued(Due, u64);
@@ -62,6 +67,13 @@ pub struct Engine {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     config: DeliveryConfig,
+    cluster: ClusterConfig,
+    /// This node's current lease token (a new one after a lost lease).
+    token: AtomicI64,
+    /// Deliveries held in memory: the claimer stops claiming at `cluster.held_max`.
+    held: Arc<AtomicUsize>,
+    /// Wakes the claimer before its next poll (work was freed or made due).
+    claim_now: Notify,
     client: DeliveryClient,
     pub catalog: Catalog,
     due: mpsc::UnboundedSender<Due>,
@@ -116,11 +128,13 @@ impl Drop for InFlight<'_> {
 }
 
 impl Engine {
-    /// Builds the engine, loads every open delivery from the store and starts the scheduler.
+    /// Builds the engine, registers this node with the store and starts the scheduler and
+    /// the claimer, which loads due work in batches as room allows.
     pub async fn start(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         config: DeliveryConfig,
+        cluster: ClusterConfig,
         policy: AddressPolicy,
         jitter_seed: Option<u64>,
     ) -> Result<Arc<Engine>, StoreError> {
@@ -135,12 +149,18 @@ impl Engine {
             Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),
             None => rand::rngs::StdRng::from_os_rng(),
         };
+        let lease = store.register_node(&claims::node_name(&cluster), clock.now_ms(), cluster.lease_ms).await?;
+        tracing::info!(token = lease.token, "registered this node");
         let engine = Arc::new(Engine {
             catalog: Catalog::new(store.clone()),
             global_slots: Arc::new(Semaphore::new(config.max_in_flight)),
             store,
             clock,
             config,
+            cluster,
+            token: AtomicI64::new(lease.token),
+            held: Arc::default(),
+            claim_now: Notify::new(),
             client,
             due,
             endpoint_lanes: Mutex::default(),
@@ -149,20 +169,43 @@ impl Engine {
             idle: Notify::new(),
             jitter: Mutex::new(jitter),
         });
-        let open = engine.store.pending_deliveries().await?;
-        tracing::info!(deliveries = open.len(), "loaded open deliveries");
-        for delivery in open {
-            engine.enqueue(delivery, None);
-        }
         tokio::spawn(engine.clone().schedule(receiver));
+        tokio::spawn(engine.clone().claim_loop(lease));
         Ok(engine)
     }
 
-    /// Hands a committed delivery to the scheduler.
-    pub fn enqueue(&self, delivery: Delivery, message: Option<Arc<Message>>) {
-        let at = delivery.next_at.unwrap_or_else(|| self.clock.now_ms());
+    /// The token this node claims under: publishes and resends made here are claimed with
+    /// it, so the node that committed them delivers them from memory.
+    pub fn token(&self) -> i64 {
+        self.token.load(Ordering::SeqCst)
+    }
+
+    /// Whether a delivery due at `at` is held in memory by the committing node (claimed at
+    /// commit) or left in the store to be claimed nearer its time.
+    pub fn holds_at(&self, at: UnixMs) -> bool {
+        at <= self.clock.now_ms() + self.horizon_ms()
+    }
+
+    /// How far ahead claims reach: two polls, so due work is in memory before its time.
+    fn horizon_ms(&self) -> i64 {
+        2 * self.cluster.poll_ms as i64
+    }
+
+    /// Hands a committed delivery claimed under `claim` to the scheduler.
+    pub fn enqueue(&self, delivery: Delivery, message: Option<Arc<Message>>, claim: i64) {
+        let hold = claims::Hold::new(&self.held);
+        self.requeue(Due { at: 0, delivery, message, claim, _hold: hold });
+    }
+
+    fn requeue(&self, mut due: Due) {
+        due.at = due.delivery.next_at.unwrap_or_else(|| self.clock.now_ms());
         // Sending fails only after shutdown; the delivery stays open in the store.
-        let _ = self.due.send(Due { at, delivery, message });
+        let _ = self.due.send(due);
+    }
+
+    /// Looks for due work now rather than at the next poll (after a recover, say).
+    pub fn wake(&self) {
+        self.claim_now.notify_one();
     }
 
     pub fn in_flight(&self) -> usize {
@@ -189,6 +232,10 @@ impl Engine {
                 in_flight = self.in_flight(),
                 "shutdown grace elapsed; unfinished deliveries resume at next start"
             );
+        }
+        // Everything this node still holds is free for the other nodes at once.
+        if let Err(e) = self.store.retire_node(self.token()).await {
+            tracing::warn!(error = %e, "could not retire this node's lease; its claims free up when it expires");
         }
     }
 
@@ -227,8 +274,12 @@ impl Engine {
         }
     }
 
-    /// Starts a due delivery if its endpoint has a free turn, or parks it.
+    /// Starts a due delivery if its endpoint has a free turn, or parks it. Work claimed
+    /// under a lost lease is dropped: it is free in the store and claimed again.
     fn dispatch(self: &Arc<Self>, due: Due) {
+        if due.claim != self.token() {
+            return;
+        }
         let key = lane_key(&due.delivery);
         {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
@@ -287,11 +338,13 @@ impl Engine {
             None => match self.store.message_by_id(&due.delivery.msg_id).await {
                 Ok(message) => Arc::new(message),
                 Err(StoreError::NotFound) => return,
-                Err(_) => return self.retry_later(due.delivery),
+                Err(_) => return self.retry_later(due),
             },
         };
-        let Some(target) = self.resolve_target(&due.delivery, &message).await else {
-            return;
+        let target = match self.resolve_target(&due.delivery, &message).await {
+            Ok(Some(target)) => target,
+            Ok(None) => return,
+            Err(_) => return self.retry_later(due),
         };
         if target.disabled {
             return self.finish(due, &turn.key, &target, &message, None).await;
@@ -365,34 +418,42 @@ impl Engine {
             next_at,
             first_attempt_at,
             disable_endpoint: disable,
+            claim: due.claim,
+            keep_claim: next_at.is_some_and(|at| self.holds_at(at)) && due.claim == self.token(),
         };
-        if !self.record(record).await {
-            return;
+        let keep = record.keep_claim;
+        match self.record(record).await {
+            // Shutdown came first, or another node took the delivery over.
+            None | Some(false) => return,
+            Some(true) => {}
         }
         if disable {
             self.catalog.invalidate(&d.app_id);
         }
         observe(lane, state, class, sent.as_ref(), message.created_at, now);
-        if let Some(at) = next_at {
-            let mut delivery = due.delivery;
+        if keep {
+            let mut due = due;
+            let delivery = &mut due.delivery;
             delivery.attempts += 1;
             delivery.first_attempt_at = Some(first_attempt_at);
-            delivery.next_at = Some(at);
+            delivery.next_at = next_at;
             delivery.trigger = Trigger::Scheduled;
-            self.enqueue(delivery, None);
+            due.message = None;
+            self.requeue(due);
         }
     }
 
-    /// Writes an attempt's outcome, retrying while the store is unavailable. Returns false
-    /// if shutdown came first: the delivery is still open in the store and runs again.
-    async fn record(&self, record: AttemptRecord) -> bool {
+    /// Writes an attempt's outcome, retrying while the store is unavailable. `None` if
+    /// shutdown came first (the delivery is still open in the store and runs again);
+    /// otherwise whether the write applied under this node's claim.
+    async fn record(&self, record: AttemptRecord) -> Option<bool> {
         loop {
             match self.store.record_attempt(record.clone()).await {
-                Ok(()) => return true,
+                Ok(applied) => return Some(applied),
                 Err(e) => {
                     tracing::warn!(error = %e, delivery = %record.attempt.delivery_id, "could not record attempt; retrying");
                     if *self.stopping.borrow() {
-                        return false;
+                        return None;
                     }
                     tokio::time::sleep(Duration::from_millis(RECORD_RETRY_MS)).await;
                 }
@@ -401,32 +462,24 @@ impl Engine {
     }
 
     /// Tries a delivery again shortly, when the store could not be read for it.
-    fn retry_later(&self, mut delivery: Delivery) {
-        delivery.next_at = Some(self.clock.now_ms() + RECORD_RETRY_MS as i64);
-        self.enqueue(delivery, None);
+    fn retry_later(&self, mut due: Due) {
+        due.delivery.next_at = Some(self.clock.now_ms() + RECORD_RETRY_MS as i64);
+        self.requeue(due);
     }
 
     /// Where and how to send: the endpoint, or the message's callback URL. `None` when there
-    /// is nowhere to send any more (deleted) or the store could not say (retried later).
-    async fn resolve_target(&self, d: &Delivery, message: &Message) -> Option<Target> {
+    /// is nowhere to send any more (deleted); an error when the store could not say.
+    async fn resolve_target(&self, d: &Delivery, message: &Message) -> Result<Option<Target>, StoreError> {
         let app = match self.catalog.app(&d.app_id).await {
             Ok(app) => app,
-            Err(StoreError::NotFound) => return None,
-            Err(_) => {
-                self.retry_later(d.clone());
-                return None;
-            }
+            Err(StoreError::NotFound) => return Ok(None),
+            Err(e) => return Err(e),
         };
         let app_policy = app.retry_policy.clone().unwrap_or_else(|| self.config.retry_policy.clone());
         match &d.endpoint_id {
             Some(endpoint_id) => {
-                let endpoint = match self.catalog.endpoint(&d.app_id, endpoint_id).await {
-                    Ok(Some(endpoint)) => endpoint,
-                    Ok(None) => return None,
-                    Err(_) => {
-                        self.retry_later(d.clone());
-                        return None;
-                    }
+                let Some(endpoint) = self.catalog.endpoint(&d.app_id, endpoint_id).await? else {
+                    return Ok(None);
                 };
                 let now = self.clock.now_ms();
                 let secrets = endpoint
@@ -435,7 +488,7 @@ impl Engine {
                     .filter(|s| s.expires_at.is_none_or(|at| at > now))
                     .filter_map(|s| Secret::parse(&s.text).ok())
                     .collect();
-                Some(Target {
+                Ok(Some(Target {
                     endpoint_id: Some(endpoint.id.clone()),
                     url: endpoint.url.clone(),
                     scheme: endpoint.signature_scheme.clone(),
@@ -443,17 +496,17 @@ impl Engine {
                     headers: endpoint.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     policy: endpoint.retry_policy.clone().unwrap_or(app_policy),
                     disabled: endpoint.disabled,
-                })
+                }))
             }
-            None => Some(Target {
+            None => Ok(message.callback_url.clone().map(|url| Target {
                 endpoint_id: None,
-                url: message.callback_url.clone()?,
+                url,
                 scheme: SignatureScheme::StandardWebhooks,
                 secrets: Secret::parse(&app.secret).into_iter().collect(),
                 headers: Vec::new(),
                 policy: app_policy,
                 disabled: false,
-            }),
+            })),
         }
     }
 }

@@ -34,6 +34,8 @@ pub fn dev_config() -> Config {
     config.api.admin_token = Some(TOKEN.into());
     config.delivery.request_timeout_ms = 5_000;
     config.delivery.shutdown_grace_ms = 2_000;
+    // Released retries are claimed back within a poll; keep tests quick.
+    config.cluster.poll_ms = 50;
     config
 }
 

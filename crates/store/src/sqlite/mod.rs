@@ -485,14 +485,33 @@ impl Store for SqliteStore {
         self.read(move |c| queue::list_messages(c, &app_id, &filter, &page)).await
     }
 
-    async fn pending_deliveries(&self) -> StoreResult<Vec<Delivery>> {
-        self.read(queue::pending_deliveries).await
+    async fn register_node(&self, name: &str, now: UnixMs, lease_ms: u64) -> StoreResult<NodeLease> {
+        let name = name.to_owned();
+        self.write(move |c| queue::register_node(c, &name, now, lease_ms)).await
+    }
+    async fn renew_node(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool> {
+        self.write_in(Lane::Background, move |c| queue::renew_node(c, token, now, lease_ms)).await
+    }
+    async fn retire_node(&self, token: i64) -> StoreResult<()> {
+        self.write(move |c| queue::retire_node(c, token)).await
+    }
+    async fn claim_due(&self, token: i64, horizon: UnixMs, now: UnixMs, limit: usize) -> StoreResult<Vec<Delivery>> {
+        self.write_in(Lane::Background, move |c| queue::claim_due(c, token, horizon, now, limit)).await
+    }
+    async fn lead(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool> {
+        self.write_in(Lane::Background, move |c| queue::lead(c, token, now, lease_ms)).await
+    }
+    async fn count_open_deliveries(&self) -> StoreResult<u64> {
+        self.read(queue::count_open_deliveries).await
+    }
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
     }
     async fn get_delivery(&self, msg_id: &str, id: &str) -> StoreResult<Delivery> {
         let (msg_id, id) = (msg_id.to_owned(), id.to_owned());
         self.read(move |c| queue::get_delivery(c, &msg_id, &id)).await
     }
-    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<()> {
+    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<bool> {
         self.write_in(Lane::Background, move |c| queue::record_attempt(c, &record)).await
     }
     async fn resend(
@@ -502,9 +521,10 @@ impl Store for SqliteStore {
         endpoint_id: &str,
         new_id: String,
         now: UnixMs,
+        claim: i64,
     ) -> StoreResult<Delivery> {
         let (app_id, msg_id, endpoint_id) = (app_id.to_owned(), msg_id.to_owned(), endpoint_id.to_owned());
-        self.write(move |c| queue::resend(c, &app_id, &msg_id, &endpoint_id, &new_id, now)).await
+        self.write(move |c| queue::resend(c, &app_id, &msg_id, &endpoint_id, &new_id, now, claim)).await
     }
     async fn recover(
         &self,
@@ -581,6 +601,9 @@ impl Store for SqliteStore {
     async fn list_source_messages(&self, source_id: &str, page: Page) -> StoreResult<Listed<Message>> {
         let source_id = source_id.to_owned();
         self.read(move |c| queue::list_source_messages(c, &source_id, &page)).await
+    }
+    async fn purge_messages(&self, created_before: UnixMs, now: UnixMs, limit: usize) -> StoreResult<usize> {
+        self.write_in(Lane::Background, move |c| queue::purge_messages(c, created_before, now, limit)).await
     }
     async fn purge_inbound_keys(&self, before: UnixMs) -> StoreResult<usize> {
         self.write(move |c| queue::purge_inbound_keys(c, before)).await

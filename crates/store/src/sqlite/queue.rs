@@ -7,6 +7,9 @@ use crate::*;
 use hookline_core::delivery::{DeliveryState, Trigger};
 use rusqlite::{params, Connection, OptionalExtension};
 
+const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, \
+     first_attempt_at, trigger, updated_at, claimed_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
 pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutcome> {
     let m = &publish.message;
     if let Some((source_id, key)) = &publish.dedupe {
@@ -35,7 +38,7 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
         }
     }
     let sql = format!(
-        "INSERT INTO messages ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "INSERT INTO messages ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
         rows::MESSAGE_COLUMNS
     );
     conn.prepare_cached(&sql)
@@ -52,13 +55,12 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
                 m.deliver_at,
                 m.source_id,
                 rows::opt_json(&m.headers),
+                m.retain_until,
                 m.created_at
             ])
         })
         .map_err(sql_error)?;
-    let sql =
-        format!("INSERT INTO deliveries ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", rows::DELIVERY_COLUMNS);
-    let mut insert = conn.prepare_cached(&sql).map_err(sql_error)?;
+    let mut insert = conn.prepare_cached(INSERT_DELIVERY).map_err(sql_error)?;
     for d in &publish.deliveries {
         insert
             .execute(params![
@@ -71,7 +73,8 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
                 d.next_at,
                 d.first_attempt_at,
                 d.trigger as i64,
-                d.updated_at
+                d.updated_at,
+                publish.claim
             ])
             .map_err(sql_error)?;
     }
@@ -125,11 +128,91 @@ pub fn list_messages(
     query.page(conn, rows::MESSAGE_COLUMNS, "messages", page, rows::message)
 }
 
-pub fn pending_deliveries(conn: &Connection) -> StoreResult<Vec<Delivery>> {
-    let sql = format!("SELECT {} FROM deliveries WHERE state IN (1, 3)", rows::DELIVERY_COLUMNS);
-    let mut statement = conn.prepare(&sql).map_err(sql_error)?;
-    let found = statement.query_map([], rows::delivery).map_err(sql_error)?;
+/// A single-node store: the process registering now is the only one, so every earlier
+/// registration is gone and its claims are void at once.
+pub fn register_node(conn: &Connection, name: &str, now: i64, lease_ms: u64) -> StoreResult<NodeLease> {
+    conn.execute("DELETE FROM nodes", []).map_err(sql_error)?;
+    let lease_until = now + lease_ms as i64;
+    let token = conn
+        .query_row(
+            "INSERT INTO nodes (name, lease_until, started_at) VALUES (?1, ?2, ?3) RETURNING token",
+            params![name, lease_until, now],
+            |r| r.get(0),
+        )
+        .map_err(sql_error)?;
+    Ok(NodeLease { token, lease_until })
+}
+
+pub fn renew_node(conn: &Connection, token: i64, now: i64, lease_ms: u64) -> StoreResult<bool> {
+    let renewed = conn
+        .prepare_cached("UPDATE nodes SET lease_until = ?2 WHERE token = ?1 AND lease_until >= ?3")
+        .and_then(|mut s| s.execute(params![token, now + lease_ms as i64, now]))
+        .map_err(sql_error)?;
+    Ok(renewed == 1)
+}
+
+pub fn retire_node(conn: &Connection, token: i64) -> StoreResult<()> {
+    conn.execute("UPDATE nodes SET lease_until = 0 WHERE token = ?1", [token]).map_err(sql_error)?;
+    conn.execute("UPDATE leader SET lease_until = 0 WHERE token = ?1", [token]).map_err(sql_error)?;
+    Ok(())
+}
+
+pub fn claim_due(conn: &Connection, token: i64, horizon: i64, now: i64, limit: usize) -> StoreResult<Vec<Delivery>> {
+    let sql = format!(
+        "UPDATE deliveries SET claimed_by = ?1 WHERE (msg_id, id) IN ( \
+             SELECT msg_id, id FROM deliveries WHERE state IN (1, 3) AND next_at <= ?2 \
+             AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= ?3)) \
+             ORDER BY next_at LIMIT ?4) \
+         AND EXISTS (SELECT 1 FROM nodes WHERE token = ?1 AND lease_until >= ?3) \
+         RETURNING {}",
+        rows::DELIVERY_COLUMNS
+    );
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    let found = statement.query_map(params![token, horizon, now, limit as i64], rows::delivery).map_err(sql_error)?;
     found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
+}
+
+pub fn lead(conn: &Connection, token: i64, now: i64, lease_ms: u64) -> StoreResult<bool> {
+    conn.prepare_cached(
+        "INSERT INTO leader (id, token, lease_until) VALUES (1, ?1, ?2) ON CONFLICT (id) DO UPDATE \
+         SET token = excluded.token, lease_until = excluded.lease_until \
+         WHERE leader.token = excluded.token OR leader.lease_until < ?3",
+    )
+    .and_then(|mut s| s.execute(params![token, now + lease_ms as i64, now]))
+    .map_err(sql_error)?;
+    let leader: i64 = conn.query_row("SELECT token FROM leader WHERE id = 1", [], |r| r.get(0)).map_err(sql_error)?;
+    Ok(leader == token)
+}
+
+pub fn count_open_deliveries(conn: &Connection) -> StoreResult<u64> {
+    conn.query_row("SELECT count(*) FROM deliveries WHERE state IN (1, 3)", [], |r| r.get::<_, i64>(0))
+        .map(|n| n as u64)
+        .map_err(sql_error)
+}
+
+/// Deletes a batch of messages past retention with their deliveries and attempts.
+pub fn purge_messages(conn: &Connection, created_before: i64, now: i64, limit: usize) -> StoreResult<usize> {
+    let cutoff = crate::retention_cutoff_id(created_before);
+    let mut ids: Vec<String> = Vec::with_capacity(limit);
+    for (sql, bound) in [
+        ("SELECT id FROM messages WHERE id < ?1 AND retain_until IS NULL ORDER BY id LIMIT ?2", cutoff.into()),
+        ("SELECT id FROM messages WHERE retain_until < ?1 LIMIT ?2", rusqlite::types::Value::Integer(now)),
+    ] {
+        let room = (limit - ids.len()) as i64;
+        let mut statement = conn.prepare_cached(sql).map_err(sql_error)?;
+        let found = statement.query_map(params![bound, room], |r| r.get(0)).map_err(sql_error)?;
+        ids.extend(found.collect::<rusqlite::Result<Vec<String>>>().map_err(sql_error)?);
+    }
+    for id in &ids {
+        for sql in [
+            "DELETE FROM attempts WHERE msg_id = ?1",
+            "DELETE FROM deliveries WHERE msg_id = ?1",
+            "DELETE FROM messages WHERE id = ?1",
+        ] {
+            conn.prepare_cached(sql).and_then(|mut s| s.execute([id])).map_err(sql_error)?;
+        }
+    }
+    Ok(ids.len())
 }
 
 pub fn get_delivery(conn: &Connection, msg_id: &str, id: &str) -> StoreResult<Delivery> {
@@ -137,7 +220,7 @@ pub fn get_delivery(conn: &Connection, msg_id: &str, id: &str) -> StoreResult<De
     conn.prepare_cached(&sql).and_then(|mut s| s.query_row([msg_id, id], rows::delivery)).map_err(sql_error)
 }
 
-pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<()> {
+pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<bool> {
     let a = &record.attempt;
     let sql = format!(
         "INSERT INTO attempts ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -162,23 +245,28 @@ pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<
             ])
         })
         .map_err(sql_error)?;
-    conn.prepare_cached(
-        "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_at = ?3, \
-         first_attempt_at = COALESCE(first_attempt_at, ?4), trigger = 0, updated_at = ?5 \
-         WHERE msg_id = ?6 AND id = ?1",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            a.delivery_id,
-            record.state.code(),
-            record.next_at,
-            record.first_attempt_at,
-            a.created_at,
-            a.msg_id
-        ])
-    })
-    .map_err(sql_error)?;
-    if record.disable_endpoint {
+    let applied = conn
+        .prepare_cached(
+            "UPDATE deliveries SET state = ?2, attempts = attempts + 1, next_at = ?3, \
+             first_attempt_at = COALESCE(first_attempt_at, ?4), trigger = 0, updated_at = ?5, \
+             claimed_by = CASE WHEN ?7 THEN claimed_by END \
+             WHERE msg_id = ?6 AND id = ?1 AND claimed_by = ?8",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                a.delivery_id,
+                record.state.code(),
+                record.next_at,
+                record.first_attempt_at,
+                a.created_at,
+                a.msg_id,
+                record.keep_claim,
+                record.claim
+            ])
+        })
+        .map_err(sql_error)?
+        == 1;
+    if applied && record.disable_endpoint {
         if let Some(endpoint_id) = &a.endpoint_id {
             conn.execute(
                 "UPDATE endpoints SET disabled = 1, updated_at = ?2 WHERE id = ?1",
@@ -187,11 +275,13 @@ pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<
             .map_err(sql_error)?;
         }
     }
-    Ok(())
+    Ok(applied)
 }
 
-/// Restarting a delivery: due now, a fresh retry cycle, marked manual.
-const RESTART: &str = "state = 1, next_at = ?1, attempts = 0, first_attempt_at = NULL, trigger = 1, updated_at = ?1";
+/// Restarting a delivery: due now, a fresh retry cycle, marked manual, claimed by `?2`
+/// (the node that sends it) or by nobody.
+const RESTART: &str = "state = 1, next_at = ?1, attempts = 0, first_attempt_at = NULL, trigger = 1, \
+     updated_at = ?1, claimed_by = ?2";
 
 pub fn resend(
     conn: &Connection,
@@ -200,15 +290,18 @@ pub fn resend(
     endpoint_id: &str,
     new_id: &str,
     now: i64,
+    claim: i64,
 ) -> StoreResult<Delivery> {
     let message = get_message(conn, app_id, msg_id)?;
     let endpoint = get_endpoint(conn, app_id, endpoint_id)?;
     let sql = format!(
-        "UPDATE deliveries SET {RESTART} WHERE msg_id = ?2 AND endpoint_id = ?3 RETURNING {}",
+        "UPDATE deliveries SET {RESTART} WHERE msg_id = ?3 AND endpoint_id = ?4 RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
-    let updated =
-        conn.query_row(&sql, params![now, message.id, endpoint.id], rows::delivery).optional().map_err(sql_error)?;
+    let updated = conn
+        .query_row(&sql, params![now, claim, message.id, endpoint.id], rows::delivery)
+        .optional()
+        .map_err(sql_error)?;
     if let Some(delivery) = updated {
         return Ok(delivery);
     }
@@ -224,11 +317,10 @@ pub fn resend(
         trigger: Trigger::Manual,
         updated_at: now,
     };
-    let sql =
-        format!("INSERT INTO deliveries ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", rows::DELIVERY_COLUMNS);
+    let d = &delivery;
     conn.execute(
-        &sql,
-        params![delivery.id, delivery.msg_id, delivery.app_id, delivery.endpoint_id, 1, 0, now, None::<i64>, 1, now],
+        INSERT_DELIVERY,
+        params![d.id, d.msg_id, d.app_id, d.endpoint_id, 1, 0, now, None::<i64>, 1, now, claim],
     )
     .map_err(sql_error)?;
     Ok(delivery)
@@ -244,13 +336,14 @@ pub fn recover(
 ) -> StoreResult<Vec<Delivery>> {
     let endpoint = get_endpoint(conn, app_id, endpoint_id)?;
     let sql = format!(
-        "UPDATE deliveries SET {RESTART} WHERE endpoint_id = ?2 AND state = 2 AND msg_id IN \
-         (SELECT id FROM messages WHERE app_id = ?3 AND created_at >= ?4 AND created_at < ?5) RETURNING {}",
+        "UPDATE deliveries SET {RESTART} WHERE endpoint_id = ?3 AND state = 2 AND msg_id IN \
+         (SELECT id FROM messages WHERE app_id = ?4 AND created_at >= ?5 AND created_at < ?6) RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
     let mut statement = conn.prepare(&sql).map_err(sql_error)?;
-    let found =
-        statement.query_map(params![now, endpoint.id, app_id, since, until], rows::delivery).map_err(sql_error)?;
+    let found = statement
+        .query_map(params![now, None::<i64>, endpoint.id, app_id, since, until], rows::delivery)
+        .map_err(sql_error)?;
     found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
 }
 

@@ -193,8 +193,11 @@ pub fn app_endpoints(conn: &Connection, app_id: &str) -> StoreResult<Vec<Endpoin
 pub fn delete_endpoint(conn: &Connection, app_id: &str, id: &str) -> StoreResult<()> {
     changed(conn.execute("DELETE FROM endpoints WHERE app_id = ?1 AND id = ?2", [app_id, id]).map_err(sql_error)?)?;
     // Open deliveries to a deleted endpoint can never be made: close them.
-    conn.execute("UPDATE deliveries SET state = 4, next_at = NULL WHERE endpoint_id = ?1 AND state IN (1, 3)", [id])
-        .map_err(sql_error)?;
+    conn.execute(
+        "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL WHERE endpoint_id = ?1 AND state IN (1, 3)",
+        [id],
+    )
+    .map_err(sql_error)?;
     Ok(())
 }
 

@@ -87,8 +87,8 @@ pub fn endpoint(row: &Row) -> rusqlite::Result<Endpoint> {
     })
 }
 
-pub const MESSAGE_COLUMNS: &str =
-    "id, app_id, event_id, event_type, payload, channels, tags, callback_url, deliver_at, source_id, headers, created_at";
+pub const MESSAGE_COLUMNS: &str = "id, app_id, event_id, event_type, payload, channels, tags, callback_url, \
+     deliver_at, source_id, headers, retain_until, created_at";
 
 pub fn message(row: &Row) -> rusqlite::Result<Message> {
     Ok(Message {
@@ -103,7 +103,8 @@ pub fn message(row: &Row) -> rusqlite::Result<Message> {
         deliver_at: row.get(8)?,
         source_id: row.get(9)?,
         headers: from_opt_json(row.get(10)?)?,
-        created_at: row.get(11)?,
+        retain_until: row.get(11)?,
+        created_at: row.get(12)?,
     })
 }
 

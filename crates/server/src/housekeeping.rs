@@ -1,0 +1,127 @@
+//! Background duties of a running node: following changes other nodes make (cache
+//! invalidation, with a TTL as a backstop), and, on the one node holding the leader
+//! lease, retention: old messages, expired idempotent answers and provider event ids.
+
+use crate::api::AppState;
+use crate::config::Config;
+use hookline_store::{Change, Store, StoreError, Token};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+
+const DAY_MS: i64 = 24 * 3_600_000;
+
+/// Every API token: the stored ones (hashes) and the one the configuration names.
+pub async fn load_tokens(store: &dyn Store, config: &Config) -> Result<Vec<Token>, StoreError> {
+    let mut tokens = store.tokens().await?;
+    if let Some(token) = &config.api.admin_token {
+        tokens.push(Token {
+            id: "tok_config".into(),
+            hash: crate::api::hash_token(token),
+            app_id: None,
+            created_at: 0,
+        });
+    }
+    Ok(tokens)
+}
+
+/// Applies changes told by the store to this node's caches; flushes them whole every
+/// `cache_ttl_ms` and whenever notifications may have been missed.
+pub async fn follow_changes(state: Arc<AppState>) {
+    let ttl = Duration::from_millis(state.config.cluster.cache_ttl_ms);
+    let mut changes = state.store.changes();
+    let mut flush_at = tokio::time::Instant::now() + ttl;
+    loop {
+        let change = async {
+            match changes.as_mut() {
+                Some(receiver) => receiver.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            received = change => match received {
+                Ok(change) => apply(&state, change).await,
+                Err(RecvError::Lagged(_)) => apply(&state, Change::Flush).await,
+                Err(RecvError::Closed) => changes = None,
+            },
+            _ = tokio::time::sleep_until(flush_at) => {
+                apply(&state, Change::Flush).await;
+                flush_at = tokio::time::Instant::now() + ttl;
+            }
+        }
+    }
+}
+
+async fn apply(state: &AppState, change: Change) {
+    let catalog = &state.engine.catalog;
+    match change {
+        Change::App(app_id) => catalog.invalidate(&app_id),
+        Change::Sources => catalog.invalidate_sources(),
+        Change::Tokens => reload_tokens(state).await,
+        Change::Due => state.engine.wake(),
+        Change::Flush => {
+            catalog.flush();
+            reload_tokens(state).await;
+            state.engine.wake();
+        }
+    }
+}
+
+async fn reload_tokens(state: &AppState) {
+    match load_tokens(state.store.as_ref(), &state.config).await {
+        Ok(tokens) => *state.tokens.write().expect("tokens lock") = tokens,
+        Err(e) => tracing::warn!(error = %e, "could not reload API tokens; keeping the cached ones"),
+    }
+}
+
+/// On the leader node, every `retention.interval_ms`: deletes messages past retention in
+/// small batches, idempotent answers past their time to live and provider event ids past
+/// the dedupe window. Other nodes only keep asking for the lease.
+pub async fn lead_and_retain(state: Arc<AppState>) {
+    let config = &state.config;
+    let every = config.retention.interval_ms as i64;
+    loop {
+        let now = state.clock.now_ms();
+        match state.store.lead(state.engine.token(), now, 3 * every as u64).await {
+            Ok(true) => retain(&state, now).await,
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "could not take or keep the leader lease"),
+        }
+        state.clock.sleep_until(now + every).await;
+    }
+}
+
+async fn retain(state: &AppState, now: i64) {
+    let (store, config) = (state.store.as_ref(), &state.config);
+    if let Err(e) = store.purge_idempotent_responses(now - config.api.idempotency_ttl_ms as i64).await {
+        tracing::warn!(error = %e, "could not purge idempotency keys");
+    }
+    if let Err(e) = store.purge_inbound_keys(now - config.inbound.dedupe_window_ms as i64).await {
+        tracing::warn!(error = %e, "could not purge inbound event ids");
+    }
+    let batch = config.retention.batch_max;
+    let created_before = match config.retention.days {
+        0 => i64::MIN,
+        days => now - days as i64 * DAY_MS,
+    };
+    let mut deleted = 0;
+    loop {
+        match store.purge_messages(created_before, now, batch).await {
+            Ok(n) => {
+                deleted += n;
+                if n < batch {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not delete messages past retention");
+                break;
+            }
+        }
+        // Between batches, publishes and attempt records have the store to themselves.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    if deleted > 0 {
+        tracing::info!(deleted, "deleted messages past retention");
+    }
+}
