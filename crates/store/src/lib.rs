@@ -1,10 +1,13 @@
 //! Hookline's durable store: the `Store` trait every backend implements, the records it
-//! keeps, and the embedded SQLite backend. Only this crate knows SQL.
+//! keeps, the embedded SQLite backend and the PostgreSQL backend for several nodes. Only
+//! this crate knows SQL.
 //!
 //! Every write is durable (committed and synced) when its future resolves; writes are
 //! batched into group commits by each backend.
 
+mod columns;
 mod model;
+pub mod postgres;
 pub mod sealed;
 pub mod sqlite;
 

@@ -2,7 +2,7 @@
 //! XChaCha20-Poly1305 before they reach the database, bound to their row's id, so a dump
 //! of the database alone does not reveal them. The key lives outside the database.
 
-use crate::{StoreError, StoreResult};
+use crate::{App, Endpoint, Listed, Source, StoreError, StoreResult};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -53,6 +53,53 @@ impl Sealer {
             .decrypt(XNonce::from_slice(nonce), Payload { msg: sealed, aad: row_id.as_bytes() })
             .map_err(|_| corrupt())?;
         String::from_utf8(plain).map_err(|_| corrupt())
+    }
+}
+
+/// Sealing on the way in and opening on the way out, per record kind; every backend
+/// applies these on every write and read.
+impl Sealer {
+    pub fn seal_app(&self, mut app: App) -> App {
+        app.secret = self.seal(&app.id, &app.secret);
+        app
+    }
+
+    pub fn open_app(&self, mut app: App) -> StoreResult<App> {
+        app.secret = self.open(&app.id, &app.secret)?;
+        Ok(app)
+    }
+
+    pub fn seal_endpoint(&self, mut endpoint: Endpoint) -> Endpoint {
+        for secret in &mut endpoint.secrets {
+            secret.text = self.seal(&endpoint.id, &secret.text);
+        }
+        endpoint
+    }
+
+    pub fn open_endpoint(&self, mut endpoint: Endpoint) -> StoreResult<Endpoint> {
+        for secret in &mut endpoint.secrets {
+            secret.text = self.open(&endpoint.id, &secret.text)?;
+        }
+        Ok(endpoint)
+    }
+
+    pub fn seal_source(&self, mut source: Source) -> Source {
+        for secret in &mut source.secrets {
+            secret.value = self.seal(&source.id, &secret.value);
+        }
+        source
+    }
+
+    pub fn open_source(&self, mut source: Source) -> StoreResult<Source> {
+        for secret in &mut source.secrets {
+            secret.value = self.open(&source.id, &secret.value)?;
+        }
+        Ok(source)
+    }
+
+    pub fn open_all<T>(&self, listed: Listed<T>, open: impl Fn(&Self, T) -> StoreResult<T>) -> StoreResult<Listed<T>> {
+        let items = listed.items.into_iter().map(|item| open(self, item)).collect::<StoreResult<Vec<_>>>()?;
+        Ok(Listed { items, done: listed.done })
     }
 }
 

@@ -7,7 +7,7 @@ mod resources;
 mod rows;
 mod schema;
 
-use crate::sealed::KEY_BYTES;
+use crate::sealed::{Sealer, KEY_BYTES};
 use crate::*;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 use std::collections::VecDeque;
@@ -89,7 +89,7 @@ struct Inbox {
 }
 
 pub struct SqliteStore {
-    sealer: crate::sealed::Sealer,
+    sealer: Sealer,
     inbox: Arc<Inbox>,
     room: [Arc<Semaphore>; 2],
     readers: Arc<Mutex<Vec<Connection>>>,
@@ -120,7 +120,7 @@ impl SqliteStore {
             .spawn(move || run_writer(writer, &writer_inbox))
             .map_err(|e| StoreError::Unavailable(format!("start writer: {e}")))?;
         let room = [Arc::new(Semaphore::new(QUEUE_JOBS_MAX)), Arc::new(Semaphore::new(QUEUE_JOBS_MAX))];
-        let sealer = crate::sealed::Sealer::new(secret_key);
+        let sealer = Sealer::new(secret_key);
         Ok(SqliteStore { sealer, inbox, room, readers: Arc::new(Mutex::new(Vec::new())), path })
     }
 
@@ -353,68 +353,22 @@ pub(crate) fn sql_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// Sealing on the way in and opening on the way out, per record kind.
-impl SqliteStore {
-    fn seal_app(&self, mut app: App) -> App {
-        app.secret = self.sealer.seal(&app.id, &app.secret);
-        app
-    }
-
-    fn open_app(&self, mut app: App) -> StoreResult<App> {
-        app.secret = self.sealer.open(&app.id, &app.secret)?;
-        Ok(app)
-    }
-
-    fn seal_endpoint(&self, mut endpoint: Endpoint) -> Endpoint {
-        for secret in &mut endpoint.secrets {
-            secret.text = self.sealer.seal(&endpoint.id, &secret.text);
-        }
-        endpoint
-    }
-
-    fn open_endpoint(&self, mut endpoint: Endpoint) -> StoreResult<Endpoint> {
-        for secret in &mut endpoint.secrets {
-            secret.text = self.sealer.open(&endpoint.id, &secret.text)?;
-        }
-        Ok(endpoint)
-    }
-
-    fn seal_source(&self, mut source: Source) -> Source {
-        for secret in &mut source.secrets {
-            secret.value = self.sealer.seal(&source.id, &secret.value);
-        }
-        source
-    }
-
-    fn open_source(&self, mut source: Source) -> StoreResult<Source> {
-        for secret in &mut source.secrets {
-            secret.value = self.sealer.open(&source.id, &secret.value)?;
-        }
-        Ok(source)
-    }
-
-    fn open_all<T>(&self, listed: Listed<T>, open: impl Fn(&Self, T) -> StoreResult<T>) -> StoreResult<Listed<T>> {
-        let items = listed.items.into_iter().map(|item| open(self, item)).collect::<StoreResult<Vec<_>>>()?;
-        Ok(Listed { items, done: listed.done })
-    }
-}
-
 #[async_trait::async_trait]
 impl Store for SqliteStore {
     async fn create_app(&self, app: App) -> StoreResult<App> {
-        let sealed = self.seal_app(app.clone());
+        let sealed = self.sealer.seal_app(app.clone());
         self.write(move |c| resources::insert_app(c, &sealed)).await.map(|_| app)
     }
     async fn get_app(&self, key: Key<'_>) -> StoreResult<App> {
         let key = key.to_owned();
-        self.read(move |c| resources::get_app(c, &key)).await.and_then(|a| self.open_app(a))
+        self.read(move |c| resources::get_app(c, &key)).await.and_then(|a| self.sealer.open_app(a))
     }
     async fn list_apps(&self, page: Page) -> StoreResult<Listed<App>> {
         let listed = self.read(move |c| resources::list_apps(c, &page)).await?;
-        self.open_all(listed, Self::open_app)
+        self.sealer.open_all(listed, Sealer::open_app)
     }
     async fn update_app(&self, app: App) -> StoreResult<App> {
-        let sealed = self.seal_app(app.clone());
+        let sealed = self.sealer.seal_app(app.clone());
         self.write(move |c| resources::update_app(c, &sealed)).await.map(|_| app)
     }
     async fn delete_app(&self, id: &str) -> StoreResult<()> {
@@ -443,25 +397,25 @@ impl Store for SqliteStore {
     }
 
     async fn create_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint> {
-        let sealed = self.seal_endpoint(endpoint.clone());
+        let sealed = self.sealer.seal_endpoint(endpoint.clone());
         self.write(move |c| resources::insert_endpoint(c, &sealed)).await.map(|_| endpoint)
     }
     async fn get_endpoint(&self, app_id: &str, key: Key<'_>) -> StoreResult<Endpoint> {
         let (app_id, key) = (app_id.to_owned(), key.to_owned());
-        self.read(move |c| resources::get_endpoint(c, &app_id, &key)).await.and_then(|e| self.open_endpoint(e))
+        self.read(move |c| resources::get_endpoint(c, &app_id, &key)).await.and_then(|e| self.sealer.open_endpoint(e))
     }
     async fn list_endpoints(&self, app_id: &str, page: Page) -> StoreResult<Listed<Endpoint>> {
         let app_id = app_id.to_owned();
         let listed = self.read(move |c| resources::list_endpoints(c, &app_id, &page)).await?;
-        self.open_all(listed, Self::open_endpoint)
+        self.sealer.open_all(listed, Sealer::open_endpoint)
     }
     async fn app_endpoints(&self, app_id: &str) -> StoreResult<Vec<Endpoint>> {
         let app_id = app_id.to_owned();
         let endpoints = self.read(move |c| resources::app_endpoints(c, &app_id)).await?;
-        endpoints.into_iter().map(|e| self.open_endpoint(e)).collect()
+        endpoints.into_iter().map(|e| self.sealer.open_endpoint(e)).collect()
     }
     async fn update_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint> {
-        let sealed = self.seal_endpoint(endpoint.clone());
+        let sealed = self.sealer.seal_endpoint(endpoint.clone());
         self.write(move |c| resources::update_endpoint(c, &sealed)).await.map(|_| endpoint)
     }
     async fn delete_endpoint(&self, app_id: &str, id: &str) -> StoreResult<()> {
@@ -540,8 +494,8 @@ impl Store for SqliteStore {
     async fn deliveries_of_message(&self, app_id: &str, msg_id: &str, page: Page) -> StoreResult<Listed<DeliveryView>> {
         let (app_id, msg_id) = (app_id.to_owned(), msg_id.to_owned());
         let listed = self.read(move |c| queue::deliveries_of_message(c, &app_id, &msg_id, &page)).await?;
-        self.open_all(listed, |store, mut view: DeliveryView| {
-            view.endpoint = view.endpoint.map(|e| store.open_endpoint(e)).transpose()?;
+        self.sealer.open_all(listed, |sealer, mut view: DeliveryView| {
+            view.endpoint = view.endpoint.map(|e| sealer.open_endpoint(e)).transpose()?;
             Ok(view)
         })
     }
@@ -579,19 +533,19 @@ impl Store for SqliteStore {
     }
 
     async fn create_source(&self, source: Source) -> StoreResult<Source> {
-        let sealed = self.seal_source(source.clone());
+        let sealed = self.sealer.seal_source(source.clone());
         self.write(move |c| resources::insert_source(c, &sealed)).await.map(|_| source)
     }
     async fn get_source(&self, key: Key<'_>) -> StoreResult<Source> {
         let key = key.to_owned();
-        self.read(move |c| resources::get_source(c, &key)).await.and_then(|s| self.open_source(s))
+        self.read(move |c| resources::get_source(c, &key)).await.and_then(|s| self.sealer.open_source(s))
     }
     async fn list_sources(&self, page: Page) -> StoreResult<Listed<Source>> {
         let listed = self.read(move |c| resources::list_sources(c, &page)).await?;
-        self.open_all(listed, Self::open_source)
+        self.sealer.open_all(listed, Sealer::open_source)
     }
     async fn update_source(&self, source: Source) -> StoreResult<Source> {
-        let sealed = self.seal_source(source.clone());
+        let sealed = self.sealer.seal_source(source.clone());
         self.write(move |c| resources::update_source(c, &sealed)).await.map(|_| source)
     }
     async fn delete_source(&self, id: &str) -> StoreResult<()> {

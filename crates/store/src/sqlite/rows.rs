@@ -6,15 +6,8 @@ use hookline_core::delivery::{DeliveryState, Trigger};
 use rusqlite::types::Value;
 use rusqlite::Row;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
-pub fn to_json<T: Serialize>(value: &T) -> String {
-    serde_json::to_string(value).expect("records serialize")
-}
-
-pub fn opt_json<T: Serialize>(value: &Option<T>) -> Option<String> {
-    value.as_ref().map(to_json)
-}
+pub use crate::columns::*;
 
 pub fn from_json<T: DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
     serde_json::from_str(text)
@@ -28,8 +21,6 @@ pub fn from_opt_json<T: DeserializeOwned>(text: Option<String>) -> rusqlite::Res
 fn state(code: i64) -> rusqlite::Result<DeliveryState> {
     DeliveryState::from_code(code).ok_or(rusqlite::Error::IntegralValueOutOfRange(0, code))
 }
-
-pub const APP_COLUMNS: &str = "id, uid, name, throttle_rate, metadata, retry_policy, secret, created_at, updated_at";
 
 pub fn app(row: &Row) -> rusqlite::Result<App> {
     Ok(App {
@@ -45,9 +36,6 @@ pub fn app(row: &Row) -> rusqlite::Result<App> {
     })
 }
 
-pub const EVENT_TYPE_COLUMNS: &str =
-    "name, description, archived, deprecated, schemas, group_name, feature_flags, created_at, updated_at";
-
 pub fn event_type(row: &Row) -> rusqlite::Result<EventType> {
     Ok(EventType {
         name: row.get(0)?,
@@ -61,10 +49,6 @@ pub fn event_type(row: &Row) -> rusqlite::Result<EventType> {
         updated_at: row.get(8)?,
     })
 }
-
-pub const ENDPOINT_COLUMNS: &str =
-    "id, app_id, uid, url, description, disabled, event_types, channels, throttle_rate, \
-     metadata, headers, secrets, signature_scheme, retry_policy, created_at, updated_at";
 
 pub fn endpoint(row: &Row) -> rusqlite::Result<Endpoint> {
     Ok(Endpoint {
@@ -87,9 +71,6 @@ pub fn endpoint(row: &Row) -> rusqlite::Result<Endpoint> {
     })
 }
 
-pub const MESSAGE_COLUMNS: &str = "id, app_id, event_id, event_type, payload, channels, tags, callback_url, \
-     deliver_at, source_id, headers, retain_until, created_at";
-
 pub fn message(row: &Row) -> rusqlite::Result<Message> {
     Ok(Message {
         id: row.get(0)?,
@@ -108,8 +89,6 @@ pub fn message(row: &Row) -> rusqlite::Result<Message> {
     })
 }
 
-pub const SOURCE_COLUMNS: &str = "id, uid, name, app_id, preset, secrets, event_types, config, created_at, updated_at";
-
 pub fn source(row: &Row) -> rusqlite::Result<Source> {
     Ok(Source {
         id: row.get(0)?,
@@ -125,9 +104,6 @@ pub fn source(row: &Row) -> rusqlite::Result<Source> {
     })
 }
 
-pub const DELIVERY_COLUMNS: &str =
-    "id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger, updated_at";
-
 pub fn delivery(row: &Row) -> rusqlite::Result<Delivery> {
     Ok(Delivery {
         id: row.get(0)?,
@@ -142,9 +118,6 @@ pub fn delivery(row: &Row) -> rusqlite::Result<Delivery> {
         updated_at: row.get(9)?,
     })
 }
-
-pub const ATTEMPT_COLUMNS: &str = "id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, \
-     duration_ms, error_class, state, trigger, created_at";
 
 pub fn attempt(row: &Row) -> rusqlite::Result<Attempt> {
     Ok(Attempt {

@@ -1,0 +1,32 @@
+//! What both backends share about rows: the column lists (in the order every mapper
+//! reads them) and the JSON encoding of structured columns.
+
+use serde::Serialize;
+
+pub fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("records serialize")
+}
+
+pub fn opt_json<T: Serialize>(value: &Option<T>) -> Option<String> {
+    value.as_ref().map(to_json)
+}
+
+pub const APP_COLUMNS: &str = "id, uid, name, throttle_rate, metadata, retry_policy, secret, created_at, updated_at";
+
+pub const EVENT_TYPE_COLUMNS: &str =
+    "name, description, archived, deprecated, schemas, group_name, feature_flags, created_at, updated_at";
+
+pub const ENDPOINT_COLUMNS: &str =
+    "id, app_id, uid, url, description, disabled, event_types, channels, throttle_rate, \
+     metadata, headers, secrets, signature_scheme, retry_policy, created_at, updated_at";
+
+pub const MESSAGE_COLUMNS: &str = "id, app_id, event_id, event_type, payload, channels, tags, callback_url, \
+     deliver_at, source_id, headers, retain_until, created_at";
+
+pub const SOURCE_COLUMNS: &str = "id, uid, name, app_id, preset, secrets, event_types, config, created_at, updated_at";
+
+pub const DELIVERY_COLUMNS: &str =
+    "id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger, updated_at";
+
+pub const ATTEMPT_COLUMNS: &str = "id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, \
+     duration_ms, error_class, state, trigger, created_at";

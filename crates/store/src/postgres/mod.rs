@@ -1,0 +1,409 @@
+//! The PostgreSQL backend, for several nodes on one database: a pool of connections
+//! (`deadpool-postgres`; `tokio-postgres` pipelines the statements of one connection),
+//! every write a transaction with `synchronous_commit` on, versioned migrations under an
+//! advisory lock, and a dedicated `LISTEN` connection that turns other nodes'
+//! notifications into [`Change`]s.
+
+mod listen;
+mod queue;
+mod resources;
+mod rows;
+mod schema;
+pub mod scratch;
+
+use crate::sealed::{Sealer, KEY_BYTES};
+use crate::*;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use std::future::Future;
+use std::time::Duration;
+use tokio::sync::broadcast;
+use tokio_postgres::NoTls;
+
+/// The channel every node listens on; payloads are `app:<id>`, `sources`, `tokens`, `due`.
+pub(crate) const CHANNEL: &str = "hookline_changes";
+
+pub struct PgStore {
+    sealer: Sealer,
+    pool: Pool,
+    timeout: Duration,
+    changes: broadcast::Sender<Change>,
+    listener: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+/// Options beyond the URL.
+#[derive(Clone, Debug)]
+pub struct PgOptions {
+    pub pool_max: usize,
+    /// Longest wait for a connection or a statement; past it the call is `Unavailable`.
+    pub timeout_ms: u64,
+}
+
+impl PgStore {
+    /// Connects, migrates (one node at a time, under an advisory lock) and starts
+    /// listening for changes.
+    pub async fn open(url: &str, secret_key: &[u8; KEY_BYTES], options: PgOptions) -> StoreResult<PgStore> {
+        let config = parse_url(url, options.timeout_ms)?;
+        schema::migrate(&config).await?;
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let timeout = Duration::from_millis(options.timeout_ms);
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_max)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(timeout))
+            .create_timeout(Some(timeout))
+            .recycle_timeout(Some(timeout))
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("database pool: {e}")))?;
+        let (changes, _) = broadcast::channel(1_024);
+        let listener = tokio::spawn(listen::run(config, changes.clone()));
+        Ok(PgStore { sealer: Sealer::new(secret_key), pool, timeout, changes, listener })
+    }
+
+    /// Migrates the schema and returns its version, without opening a store
+    /// (`hookline migrate`).
+    pub async fn migrate(url: &str, timeout_ms: u64) -> StoreResult<i64> {
+        schema::migrate(&parse_url(url, timeout_ms)?).await
+    }
+
+    /// Runs `f` with a pooled connection, bounded by the timeout.
+    async fn with<T, F, Fut>(&self, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(deadpool_postgres::Object) -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
+        let work = async {
+            let client = self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("database: {e}")))?;
+            f(client).await
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| StoreError::Unavailable("the database did not answer in time".into()))?
+    }
+}
+
+/// Runs `$body` (an async block using `$tx`) in one transaction on a pooled connection,
+/// committing when it succeeds.
+macro_rules! in_tx {
+    ($store:expr, |$tx:ident| $body:expr) => {
+        $store
+            .with(|mut client| async move {
+                let $tx = client.transaction().await.map_err($crate::postgres::pg_error)?;
+                let value = { $body }.await?;
+                $tx.commit().await.map_err($crate::postgres::pg_error)?;
+                Ok(value)
+            })
+            .await
+    };
+}
+
+/// Runs `$body` (an async block using `$c`) on a pooled connection, outside a transaction.
+macro_rules! on_conn {
+    ($store:expr, |$c:ident| $body:expr) => {
+        $store.with(|$c| async move { { $body }.await }).await
+    };
+}
+
+fn parse_url(url: &str, timeout_ms: u64) -> StoreResult<tokio_postgres::Config> {
+    let mut config: tokio_postgres::Config =
+        url.parse().map_err(|e| StoreError::Unavailable(format!("database.url is not a PostgreSQL URL: {e}")))?;
+    config.application_name("hookline");
+    config.connect_timeout(Duration::from_millis(timeout_ms));
+    config.keepalives_idle(Duration::from_secs(30));
+    Ok(config)
+}
+
+/// Maps PostgreSQL errors to what callers act on.
+pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
+    use tokio_postgres::error::SqlState;
+    match e.code() {
+        Some(code) if *code == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(e.to_string()),
+        Some(code) if *code == SqlState::DATA_CORRUPTED => StoreError::Corrupt(e.to_string()),
+        _ if e.as_db_error().is_none() && e.to_string().contains("error deserializing") => {
+            StoreError::Corrupt(e.to_string())
+        }
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// Tells every node (this one included) about a change, inside the writing transaction:
+/// PostgreSQL delivers it only if the transaction commits, and once per distinct payload.
+pub(crate) async fn notify(tx: &impl deadpool_postgres::GenericClient, change: &Change) -> StoreResult<()> {
+    let payload = match change {
+        Change::App(id) => format!("app:{id}"),
+        Change::Sources => "sources".into(),
+        Change::Tokens => "tokens".into(),
+        Change::Due => "due".into(),
+        Change::Flush => "flush".into(),
+    };
+    tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload]).await.map_err(pg_error)?;
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn create_app(&self, app: App) -> StoreResult<App> {
+        let sealed = self.sealer.seal_app(app.clone());
+        on_conn!(self, |c| resources::insert_app(&c, &sealed)).map(|_| app)
+    }
+    async fn get_app(&self, key: Key<'_>) -> StoreResult<App> {
+        let found = on_conn!(self, |c| resources::get_app(&c, key))?;
+        self.sealer.open_app(found)
+    }
+    async fn list_apps(&self, page: Page) -> StoreResult<Listed<App>> {
+        let listed = on_conn!(self, |c| resources::list_apps(&c, &page))?;
+        self.sealer.open_all(listed, Sealer::open_app)
+    }
+    async fn update_app(&self, app: App) -> StoreResult<App> {
+        let sealed = self.sealer.seal_app(app.clone());
+        in_tx!(self, |tx| async {
+            resources::update_app(&tx, &sealed).await?;
+            notify(&tx, &Change::App(sealed.id.clone())).await
+        })
+        .map(|_| app)
+    }
+    async fn delete_app(&self, id: &str) -> StoreResult<()> {
+        in_tx!(self, |tx| async {
+            resources::delete_app(&tx, id).await?;
+            notify(&tx, &Change::App(id.to_owned())).await?;
+            notify(&tx, &Change::Sources).await?;
+            notify(&tx, &Change::Tokens).await
+        })
+    }
+
+    async fn create_event_type(&self, event_type: EventType) -> StoreResult<EventType> {
+        let kept = &event_type;
+        on_conn!(self, |c| resources::insert_event_type(&c, kept))?;
+        Ok(event_type)
+    }
+    async fn get_event_type(&self, name: &str) -> StoreResult<EventType> {
+        on_conn!(self, |c| resources::get_event_type(&c, name))
+    }
+    async fn list_event_types(&self, page: Page, include_archived: bool) -> StoreResult<Listed<EventType>> {
+        on_conn!(self, |c| resources::list_event_types(&c, &page, include_archived))
+    }
+    async fn update_event_type(&self, event_type: EventType) -> StoreResult<EventType> {
+        let kept = &event_type;
+        on_conn!(self, |c| resources::update_event_type(&c, kept))?;
+        Ok(event_type)
+    }
+    async fn delete_event_type(&self, name: &str) -> StoreResult<()> {
+        on_conn!(self, |c| resources::delete_event_type(&c, name))
+    }
+
+    async fn create_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint> {
+        let sealed = self.sealer.seal_endpoint(endpoint.clone());
+        in_tx!(self, |tx| async {
+            resources::insert_endpoint(&tx, &sealed).await?;
+            notify(&tx, &Change::App(sealed.app_id.clone())).await
+        })
+        .map(|_| endpoint)
+    }
+    async fn get_endpoint(&self, app_id: &str, key: Key<'_>) -> StoreResult<Endpoint> {
+        let found = on_conn!(self, |c| resources::get_endpoint(&c, app_id, key))?;
+        self.sealer.open_endpoint(found)
+    }
+    async fn list_endpoints(&self, app_id: &str, page: Page) -> StoreResult<Listed<Endpoint>> {
+        let listed = on_conn!(self, |c| resources::list_endpoints(&c, app_id, &page))?;
+        self.sealer.open_all(listed, Sealer::open_endpoint)
+    }
+    async fn app_endpoints(&self, app_id: &str) -> StoreResult<Vec<Endpoint>> {
+        let found = on_conn!(self, |c| resources::app_endpoints(&c, app_id))?;
+        found.into_iter().map(|e| self.sealer.open_endpoint(e)).collect()
+    }
+    async fn update_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint> {
+        let sealed = self.sealer.seal_endpoint(endpoint.clone());
+        in_tx!(self, |tx| async {
+            resources::update_endpoint(&tx, &sealed).await?;
+            notify(&tx, &Change::App(sealed.app_id.clone())).await
+        })
+        .map(|_| endpoint)
+    }
+    async fn delete_endpoint(&self, app_id: &str, id: &str) -> StoreResult<()> {
+        in_tx!(self, |tx| async {
+            resources::delete_endpoint(&tx, app_id, id).await?;
+            notify(&tx, &Change::App(app_id.to_owned())).await
+        })
+    }
+
+    async fn publish(&self, publish: Publish) -> StoreResult<PublishOutcome> {
+        in_tx!(self, |tx| queue::publish(&tx, &publish))
+    }
+    async fn get_message(&self, app_id: &str, key: Key<'_>) -> StoreResult<Message> {
+        on_conn!(self, |c| queue::get_message(&c, app_id, key))
+    }
+    async fn message_by_id(&self, id: &str) -> StoreResult<Message> {
+        on_conn!(self, |c| queue::message_by_id(&c, id))
+    }
+    async fn list_messages(&self, app_id: &str, filter: ListFilter, page: Page) -> StoreResult<Listed<Message>> {
+        on_conn!(self, |c| queue::list_messages(&c, app_id, &filter, &page))
+    }
+
+    async fn register_node(&self, name: &str, now: UnixMs, lease_ms: u64) -> StoreResult<NodeLease> {
+        on_conn!(self, |c| queue::register_node(&c, name, now, lease_ms))
+    }
+    async fn renew_node(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool> {
+        on_conn!(self, |c| queue::renew_node(&c, token, now, lease_ms))
+    }
+    async fn retire_node(&self, token: i64) -> StoreResult<()> {
+        in_tx!(self, |tx| async {
+            queue::retire_node(&tx, token).await?;
+            notify(&tx, &Change::Due).await
+        })
+    }
+    async fn claim_due(&self, token: i64, horizon: UnixMs, now: UnixMs, limit: usize) -> StoreResult<Vec<Delivery>> {
+        on_conn!(self, |c| queue::claim_due(&c, token, horizon, now, limit))
+    }
+    async fn lead(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool> {
+        on_conn!(self, |c| queue::lead(&c, token, now, lease_ms))
+    }
+    async fn count_open_deliveries(&self) -> StoreResult<u64> {
+        on_conn!(self, |c| queue::count_open_deliveries(&c))
+    }
+    fn changes(&self) -> Option<broadcast::Receiver<Change>> {
+        Some(self.changes.subscribe())
+    }
+
+    async fn get_delivery(&self, msg_id: &str, id: &str) -> StoreResult<Delivery> {
+        on_conn!(self, |c| queue::get_delivery(&c, msg_id, id))
+    }
+    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<bool> {
+        in_tx!(self, |tx| async {
+            let applied = queue::record_attempt(&tx, &record).await?;
+            if applied && record.disable_endpoint {
+                notify(&tx, &Change::App(record.attempt.app_id.clone())).await?;
+            }
+            Ok(applied)
+        })
+    }
+    async fn resend(
+        &self,
+        app_id: &str,
+        msg_id: &str,
+        endpoint_id: &str,
+        new_id: String,
+        now: UnixMs,
+        claim: i64,
+    ) -> StoreResult<Delivery> {
+        in_tx!(self, |tx| queue::resend(&tx, app_id, msg_id, endpoint_id, &new_id, now, claim))
+    }
+    async fn recover(
+        &self,
+        app_id: &str,
+        endpoint_id: &str,
+        since: UnixMs,
+        until: UnixMs,
+        now: UnixMs,
+    ) -> StoreResult<Vec<Delivery>> {
+        in_tx!(self, |tx| async {
+            let recovered = queue::recover(&tx, app_id, endpoint_id, since, until, now).await?;
+            notify(&tx, &Change::Due).await?;
+            Ok(recovered)
+        })
+    }
+    async fn deliveries_of_message(&self, app_id: &str, msg_id: &str, page: Page) -> StoreResult<Listed<DeliveryView>> {
+        let listed = on_conn!(self, |c| queue::deliveries_of_message(&c, app_id, msg_id, &page))?;
+        self.sealer.open_all(listed, |sealer, mut view: DeliveryView| {
+            view.endpoint = view.endpoint.map(|e| sealer.open_endpoint(e)).transpose()?;
+            Ok(view)
+        })
+    }
+    async fn deliveries_of_endpoint(
+        &self,
+        app_id: &str,
+        endpoint_id: &str,
+        filter: ListFilter,
+        page: Page,
+    ) -> StoreResult<Listed<DeliveryView>> {
+        on_conn!(self, |c| queue::deliveries_of_endpoint(&c, app_id, endpoint_id, &filter, &page))
+    }
+    async fn list_attempts(
+        &self,
+        app_id: &str,
+        scope: AttemptScope<'_>,
+        filter: ListFilter,
+        page: Page,
+    ) -> StoreResult<Listed<Attempt>> {
+        on_conn!(self, |c| queue::list_attempts(&c, app_id, scope, &filter, &page))
+    }
+    async fn get_attempt(&self, app_id: &str, msg_id: &str, attempt_id: &str) -> StoreResult<Attempt> {
+        on_conn!(self, |c| queue::get_attempt(&c, app_id, msg_id, attempt_id))
+    }
+
+    async fn create_source(&self, source: Source) -> StoreResult<Source> {
+        let sealed = self.sealer.seal_source(source.clone());
+        in_tx!(self, |tx| async {
+            resources::insert_source(&tx, &sealed).await?;
+            notify(&tx, &Change::Sources).await
+        })
+        .map(|_| source)
+    }
+    async fn get_source(&self, key: Key<'_>) -> StoreResult<Source> {
+        let found = on_conn!(self, |c| resources::get_source(&c, key))?;
+        self.sealer.open_source(found)
+    }
+    async fn list_sources(&self, page: Page) -> StoreResult<Listed<Source>> {
+        let listed = on_conn!(self, |c| resources::list_sources(&c, &page))?;
+        self.sealer.open_all(listed, Sealer::open_source)
+    }
+    async fn update_source(&self, source: Source) -> StoreResult<Source> {
+        let sealed = self.sealer.seal_source(source.clone());
+        in_tx!(self, |tx| async {
+            resources::update_source(&tx, &sealed).await?;
+            notify(&tx, &Change::Sources).await
+        })
+        .map(|_| source)
+    }
+    async fn delete_source(&self, id: &str) -> StoreResult<()> {
+        in_tx!(self, |tx| async {
+            resources::delete_source(&tx, id).await?;
+            notify(&tx, &Change::Sources).await
+        })
+    }
+    async fn list_source_messages(&self, source_id: &str, page: Page) -> StoreResult<Listed<Message>> {
+        on_conn!(self, |c| queue::list_source_messages(&c, source_id, &page))
+    }
+    async fn purge_messages(&self, created_before: UnixMs, now: UnixMs, limit: usize) -> StoreResult<usize> {
+        in_tx!(self, |tx| queue::purge_messages(&tx, created_before, now, limit))
+    }
+    async fn purge_inbound_keys(&self, before: UnixMs) -> StoreResult<usize> {
+        on_conn!(self, |c| async {
+            let n = c.execute("DELETE FROM inbound_keys WHERE created_at < $1", &[&before]).await.map_err(pg_error)?;
+            Ok(n as usize)
+        })
+    }
+
+    async fn idempotent_response(&self, key: &str, since: UnixMs) -> StoreResult<Option<IdempotentResponse>> {
+        on_conn!(self, |c| resources::idempotent_response(&c, key, since))
+    }
+    async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()> {
+        on_conn!(self, |c| resources::save_idempotent_response(&c, &response))
+    }
+    async fn purge_idempotent_responses(&self, before: UnixMs) -> StoreResult<usize> {
+        on_conn!(self, |c| async {
+            let n = c.execute("DELETE FROM idempotency WHERE created_at < $1", &[&before]).await.map_err(pg_error)?;
+            Ok(n as usize)
+        })
+    }
+    async fn tokens(&self) -> StoreResult<Vec<Token>> {
+        on_conn!(self, |c| resources::tokens(&c))
+    }
+    async fn add_token(&self, token: Token) -> StoreResult<()> {
+        in_tx!(self, |tx| async {
+            resources::add_token(&tx, &token).await?;
+            notify(&tx, &Change::Tokens).await
+        })
+    }
+    async fn delete_token(&self, id: &str) -> StoreResult<()> {
+        in_tx!(self, |tx| async {
+            resources::delete_token(&tx, id).await?;
+            notify(&tx, &Change::Tokens).await
+        })
+    }
+}

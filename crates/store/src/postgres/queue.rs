@@ -1,0 +1,409 @@
+//! Messages, deliveries, attempts, node leases and claims on PostgreSQL: the shared queue.
+//! Due work is claimed with `FOR UPDATE SKIP LOCKED`, so nodes claiming at once take
+//! different rows; completions are fenced on the claiming node's token.
+
+use super::pg_error;
+use super::resources::{get_endpoint, one, run};
+use super::rows::{self, Query};
+use crate::*;
+use deadpool_postgres::GenericClient;
+use hookline_core::delivery::{DeliveryState, Trigger};
+use tokio_postgres::types::ToSql;
+
+/// Writes whose loss in a database crash costs at most a repeated delivery (attempt
+/// records, claims, lease renewals) skip waiting for the WAL flush.
+const RELAXED: &str = "SET LOCAL synchronous_commit = off";
+
+fn absent<T>(result: StoreResult<T>) -> StoreResult<Option<T>> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(StoreError::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn publish(c: &impl GenericClient, publish: &Publish) -> StoreResult<PublishOutcome> {
+    let m = &publish.message;
+    if let Some((source_id, key)) = &publish.dedupe {
+        // Inserted, or taken over from a message since deleted (with its app); otherwise
+        // the provider sent this event before.
+        let sql = "INSERT INTO inbound_keys (source_id, event_key, msg_id, created_at) VALUES ($1, $2, $3, $4) \
+                   ON CONFLICT (source_id, event_key) DO UPDATE SET msg_id = excluded.msg_id, created_at = excluded.created_at \
+                   WHERE NOT EXISTS (SELECT 1 FROM messages WHERE id = inbound_keys.msg_id)";
+        if run(c, sql, &[source_id, key, &m.id, &m.created_at]).await? == 0 {
+            let sql = "SELECT m.* FROM inbound_keys k JOIN messages m ON m.id = k.msg_id \
+                       WHERE k.source_id = $1 AND k.event_key = $2";
+            let sql = sql.replace("m.*", &prefixed("m", rows::MESSAGE_COLUMNS));
+            let existing = one(c, &sql, &[source_id, key], rows::message).await?;
+            return Ok(PublishOutcome::Duplicate(Box::new(existing)));
+        }
+    }
+    let (channels, tags, headers) = (rows::opt_json(&m.channels), rows::opt_json(&m.tags), rows::opt_json(&m.headers));
+    let sql = format!(
+        "INSERT INTO messages ({}) VALUES ({}) ON CONFLICT (app_id, event_id) WHERE event_id IS NOT NULL DO NOTHING",
+        rows::MESSAGE_COLUMNS,
+        super::resources::placeholders(13)
+    );
+    let params: [&(dyn ToSql + Sync); 13] = [
+        &m.id,
+        &m.app_id,
+        &m.event_id,
+        &m.event_type,
+        &&m.payload[..],
+        &channels,
+        &tags,
+        &m.callback_url,
+        &m.deliver_at,
+        &m.source_id,
+        &headers,
+        &m.retain_until,
+        &m.created_at,
+    ];
+    if run(c, &sql, &params).await? == 0 {
+        if publish.dedupe.is_some() {
+            // The dedupe key above is already written: roll the whole publish back.
+            return Err(StoreError::Conflict("a message with this eventId exists".into()));
+        }
+        let event_id = m.event_id.as_deref().unwrap_or_default();
+        let existing = get_message(c, &m.app_id, event_id).await?;
+        return Ok(PublishOutcome::Duplicate(Box::new(existing)));
+    }
+    insert_deliveries(c, &publish.deliveries, publish.claim).await?;
+    if let Some(answer) = &publish.idempotency {
+        super::resources::save_idempotent_response(c, answer).await?;
+    }
+    Ok(PublishOutcome::Created)
+}
+
+/// `m.a, m.b, …` for a column list.
+fn prefixed(alias: &str, columns: &str) -> String {
+    columns.split(',').map(|col| format!("{alias}.{}", col.trim())).collect::<Vec<_>>().join(", ")
+}
+
+/// Every delivery of a publish in one statement (`UNNEST` of one array per column).
+async fn insert_deliveries(c: &impl GenericClient, deliveries: &[Delivery], claim: Option<i64>) -> StoreResult<()> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
+    let msg_ids: Vec<&str> = deliveries.iter().map(|d| d.msg_id.as_str()).collect();
+    let app_ids: Vec<&str> = deliveries.iter().map(|d| d.app_id.as_str()).collect();
+    let endpoint_ids: Vec<Option<&str>> = deliveries.iter().map(|d| d.endpoint_id.as_deref()).collect();
+    let states: Vec<i64> = deliveries.iter().map(|d| d.state.code()).collect();
+    let attempts: Vec<i64> = deliveries.iter().map(|d| i64::from(d.attempts)).collect();
+    let next_at: Vec<Option<i64>> = deliveries.iter().map(|d| d.next_at).collect();
+    let first: Vec<Option<i64>> = deliveries.iter().map(|d| d.first_attempt_at).collect();
+    let triggers: Vec<i64> = deliveries.iter().map(|d| d.trigger as i64).collect();
+    let updated: Vec<i64> = deliveries.iter().map(|d| d.updated_at).collect();
+    let sql = "INSERT INTO deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, \
+               trigger, updated_at, claimed_by) \
+               SELECT *, $11::int8 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
+               $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[])";
+    run(
+        c,
+        sql,
+        &[&ids, &msg_ids, &app_ids, &endpoint_ids, &states, &attempts, &next_at, &first, &triggers, &updated, &claim],
+    )
+    .await
+    .map(|_| ())
+}
+
+pub async fn get_message(c: &impl GenericClient, app_id: &str, key: &str) -> StoreResult<Message> {
+    let sql =
+        format!("SELECT {} FROM messages WHERE app_id = $1 AND (id = $2 OR event_id = $2)", rows::MESSAGE_COLUMNS);
+    one(c, &sql, &[&app_id, &key], rows::message).await
+}
+
+pub async fn message_by_id(c: &impl GenericClient, id: &str) -> StoreResult<Message> {
+    let sql = format!("SELECT {} FROM messages WHERE id = $1", rows::MESSAGE_COLUMNS);
+    one(c, &sql, &[&id], rows::message).await
+}
+
+fn with_filter(mut query: Query, filter: &ListFilter, time_column: &str) -> Query {
+    if let Some(before) = filter.before {
+        query = query.and(&format!("{time_column} < ?"), before);
+    }
+    if let Some(after) = filter.after {
+        query = query.and(&format!("{time_column} > ?"), after);
+    }
+    if let Some(status) = filter.status {
+        query = query.and("state = ?", status.code());
+    }
+    query
+}
+
+pub async fn list_messages(
+    c: &impl GenericClient,
+    app_id: &str,
+    filter: &ListFilter,
+    page: &Page,
+) -> StoreResult<Listed<Message>> {
+    let mut query = with_filter(
+        Query::new().and("app_id = ?", app_id.to_owned()),
+        &ListFilter { status: None, ..filter.clone() },
+        "created_at",
+    );
+    if let Some(channel) = &filter.channel {
+        query = query.and("jsonb_exists(channels::jsonb, ?)", channel.clone());
+    }
+    if let Some(types) = &filter.event_types {
+        query = query.and("event_type = ANY(?)", types.clone());
+    }
+    query.page(c, rows::MESSAGE_COLUMNS, "messages", page, rows::message).await
+}
+
+pub async fn register_node(c: &impl GenericClient, name: &str, now: i64, lease_ms: u64) -> StoreResult<NodeLease> {
+    let lease_until = now + lease_ms as i64;
+    let sql = "INSERT INTO nodes (name, lease_until, started_at) VALUES ($1, $2, $3) RETURNING token";
+    let token = one(c, sql, &[&name, &lease_until, &now], |r| r.try_get(0).map_err(pg_error)).await?;
+    // Nodes gone for a day are forgotten; their claims were void long before.
+    run(c, "DELETE FROM nodes WHERE lease_until < $1", &[&(now - 86_400_000)]).await?;
+    Ok(NodeLease { token, lease_until })
+}
+
+pub async fn renew_node(c: &impl GenericClient, token: i64, now: i64, lease_ms: u64) -> StoreResult<bool> {
+    let sql = "UPDATE nodes SET lease_until = $2 WHERE token = $1 AND lease_until >= $3";
+    Ok(run(c, sql, &[&token, &(now + lease_ms as i64), &now]).await? == 1)
+}
+
+pub async fn retire_node(c: &impl GenericClient, token: i64) -> StoreResult<()> {
+    run(c, "UPDATE nodes SET lease_until = 0 WHERE token = $1", &[&token]).await?;
+    run(c, "UPDATE leader SET lease_until = 0 WHERE token = $1", &[&token]).await.map(|_| ())
+}
+
+pub async fn claim_due(
+    c: &impl GenericClient,
+    token: i64,
+    horizon: i64,
+    now: i64,
+    limit: usize,
+) -> StoreResult<Vec<Delivery>> {
+    let sql = format!(
+        "WITH picked AS ( \
+             SELECT msg_id, id FROM deliveries \
+             WHERE state IN (1, 3) AND next_at <= $2 \
+               AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= $3)) \
+               AND EXISTS (SELECT 1 FROM nodes WHERE token = $1 AND lease_until >= $3) \
+             ORDER BY next_at LIMIT $4 \
+             FOR UPDATE OF deliveries SKIP LOCKED) \
+         UPDATE deliveries d SET claimed_by = $1 FROM picked \
+         WHERE d.msg_id = picked.msg_id AND d.id = picked.id RETURNING {}",
+        prefixed("d", rows::DELIVERY_COLUMNS)
+    );
+    let statement = c.prepare_cached(&sql).await.map_err(pg_error)?;
+    let found = c.query(&statement, &[&token, &horizon, &now, &(limit as i64)]).await.map_err(pg_error)?;
+    rows::all(&found, rows::delivery)
+}
+
+pub async fn lead(c: &impl GenericClient, token: i64, now: i64, lease_ms: u64) -> StoreResult<bool> {
+    let sql = "INSERT INTO leader (id, token, lease_until) VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE \
+               SET token = excluded.token, lease_until = excluded.lease_until \
+               WHERE leader.token = excluded.token OR leader.lease_until < $3";
+    Ok(run(c, sql, &[&token, &(now + lease_ms as i64), &now]).await? == 1)
+}
+
+pub async fn count_open_deliveries(c: &impl GenericClient) -> StoreResult<u64> {
+    let n: i64 =
+        one(c, "SELECT count(*) FROM deliveries WHERE state IN (1, 3)", &[], |r| r.try_get(0).map_err(pg_error))
+            .await?;
+    Ok(n as u64)
+}
+
+pub async fn get_delivery(c: &impl GenericClient, msg_id: &str, id: &str) -> StoreResult<Delivery> {
+    let sql = format!("SELECT {} FROM deliveries WHERE msg_id = $1 AND id = $2", rows::DELIVERY_COLUMNS);
+    one(c, &sql, &[&msg_id, &id], rows::delivery).await
+}
+
+pub async fn record_attempt(c: &impl GenericClient, record: &AttemptRecord) -> StoreResult<bool> {
+    c.batch_execute(RELAXED).await.map_err(pg_error)?;
+    let a = &record.attempt;
+    let sql =
+        format!("INSERT INTO attempts ({}) VALUES ({})", rows::ATTEMPT_COLUMNS, super::resources::placeholders(13));
+    let (status, duration) = (i64::from(a.status_code), a.duration_ms as i64);
+    let (state, trigger) = (a.state.code(), a.trigger as i64);
+    let params: [&(dyn ToSql + Sync); 13] = [
+        &a.id,
+        &a.msg_id,
+        &a.app_id,
+        &a.delivery_id,
+        &a.endpoint_id,
+        &a.url,
+        &status,
+        &a.response,
+        &duration,
+        &a.error_class,
+        &state,
+        &trigger,
+        &a.created_at,
+    ];
+    run(c, &sql, &params).await?;
+    let sql = "UPDATE deliveries SET state = $2, attempts = attempts + 1, next_at = $3, \
+               first_attempt_at = COALESCE(first_attempt_at, $4), trigger = 0, updated_at = $5, \
+               claimed_by = CASE WHEN $7::boolean THEN claimed_by END \
+               WHERE msg_id = $6 AND id = $1 AND claimed_by = $8";
+    let next_state = record.state.code();
+    let params: [&(dyn ToSql + Sync); 8] = [
+        &a.delivery_id,
+        &next_state,
+        &record.next_at,
+        &record.first_attempt_at,
+        &a.created_at,
+        &a.msg_id,
+        &record.keep_claim,
+        &record.claim,
+    ];
+    let applied = run(c, sql, &params).await? == 1;
+    if applied && record.disable_endpoint {
+        if let Some(endpoint_id) = &a.endpoint_id {
+            let sql = "UPDATE endpoints SET disabled = true, updated_at = $2 WHERE id = $1";
+            run(c, sql, &[endpoint_id, &a.created_at]).await?;
+        }
+    }
+    Ok(applied)
+}
+
+/// Restarting a delivery: due now, a fresh retry cycle, marked manual, claimed by `$2`.
+const RESTART: &str = "state = 1, next_at = $1, attempts = 0, first_attempt_at = NULL, trigger = 1, \
+     updated_at = $1, claimed_by = $2";
+
+pub async fn resend(
+    c: &impl GenericClient,
+    app_id: &str,
+    msg_id: &str,
+    endpoint_id: &str,
+    new_id: &str,
+    now: i64,
+    claim: i64,
+) -> StoreResult<Delivery> {
+    let message = get_message(c, app_id, msg_id).await?;
+    let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
+    let sql = format!(
+        "UPDATE deliveries SET {RESTART} WHERE msg_id = $3 AND endpoint_id = $4 RETURNING {}",
+        rows::DELIVERY_COLUMNS
+    );
+    if let Some(delivery) = absent(one(c, &sql, &[&now, &claim, &message.id, &endpoint.id], rows::delivery).await)? {
+        return Ok(delivery);
+    }
+    let delivery = Delivery {
+        id: new_id.to_owned(),
+        msg_id: message.id,
+        app_id: app_id.to_owned(),
+        endpoint_id: Some(endpoint.id),
+        state: DeliveryState::Pending,
+        attempts: 0,
+        next_at: Some(now),
+        first_attempt_at: None,
+        trigger: Trigger::Manual,
+        updated_at: now,
+    };
+    insert_deliveries(c, std::slice::from_ref(&delivery), Some(claim)).await?;
+    Ok(delivery)
+}
+
+pub async fn recover(
+    c: &impl GenericClient,
+    app_id: &str,
+    endpoint_id: &str,
+    since: i64,
+    until: i64,
+    now: i64,
+) -> StoreResult<Vec<Delivery>> {
+    let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
+    let sql = format!(
+        "UPDATE deliveries SET {RESTART} WHERE endpoint_id = $3 AND state = 2 AND msg_id IN \
+         (SELECT id FROM messages WHERE app_id = $4 AND created_at >= $5 AND created_at < $6) RETURNING {}",
+        rows::DELIVERY_COLUMNS
+    );
+    let found = c.query(&sql, &[&now, &None::<i64>, &endpoint.id, &app_id, &since, &until]).await.map_err(pg_error)?;
+    rows::all(&found, rows::delivery)
+}
+
+async fn view(c: &impl GenericClient, delivery: Delivery, with_endpoint: bool) -> StoreResult<DeliveryView> {
+    let endpoint = match (&delivery.endpoint_id, with_endpoint) {
+        (Some(id), true) => absent(get_endpoint(c, &delivery.app_id, id).await)?,
+        _ => None,
+    };
+    let message = if with_endpoint { None } else { Some(message_by_id(c, &delivery.msg_id).await?) };
+    Ok(DeliveryView { delivery, endpoint, message })
+}
+
+async fn views_page(
+    c: &impl GenericClient,
+    query: Query,
+    page: &Page,
+    with_endpoint: bool,
+) -> StoreResult<Listed<DeliveryView>> {
+    let listed = query.page(c, rows::DELIVERY_COLUMNS, "deliveries", page, rows::delivery).await?;
+    let mut items = Vec::with_capacity(listed.items.len());
+    for delivery in listed.items {
+        items.push(view(c, delivery, with_endpoint).await?);
+    }
+    Ok(Listed { items, done: listed.done })
+}
+
+pub async fn deliveries_of_message(
+    c: &impl GenericClient,
+    app_id: &str,
+    msg_id: &str,
+    page: &Page,
+) -> StoreResult<Listed<DeliveryView>> {
+    let message = get_message(c, app_id, msg_id).await?;
+    let query = Query::new().and("app_id = ?", app_id.to_owned()).and("msg_id = ?", message.id);
+    views_page(c, query, page, true).await
+}
+
+pub async fn deliveries_of_endpoint(
+    c: &impl GenericClient,
+    app_id: &str,
+    endpoint_id: &str,
+    filter: &ListFilter,
+    page: &Page,
+) -> StoreResult<Listed<DeliveryView>> {
+    let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
+    let query = Query::new().and("app_id = ?", app_id.to_owned()).and("endpoint_id = ?", endpoint.id);
+    views_page(c, with_filter(query, filter, "updated_at"), page, false).await
+}
+
+pub async fn list_attempts(
+    c: &impl GenericClient,
+    app_id: &str,
+    scope: AttemptScope<'_>,
+    filter: &ListFilter,
+    page: &Page,
+) -> StoreResult<Listed<Attempt>> {
+    let query = Query::new().and("app_id = ?", app_id.to_owned());
+    let query = match scope {
+        AttemptScope::Endpoint(key) => query.and("endpoint_id = ?", get_endpoint(c, app_id, key).await?.id),
+        AttemptScope::Message(key) => query.and("msg_id = ?", get_message(c, app_id, key).await?.id),
+    };
+    with_filter(query, filter, "created_at").page(c, rows::ATTEMPT_COLUMNS, "attempts", page, rows::attempt).await
+}
+
+pub async fn get_attempt(c: &impl GenericClient, app_id: &str, msg_id: &str, attempt_id: &str) -> StoreResult<Attempt> {
+    let message = get_message(c, app_id, msg_id).await?;
+    let sql = format!("SELECT {} FROM attempts WHERE app_id = $1 AND msg_id = $2 AND id = $3", rows::ATTEMPT_COLUMNS);
+    one(c, &sql, &[&app_id, &message.id, &attempt_id], rows::attempt).await
+}
+
+pub async fn list_source_messages(
+    c: &impl GenericClient,
+    source_id: &str,
+    page: &Page,
+) -> StoreResult<Listed<Message>> {
+    Query::new()
+        .and("source_id = ?", source_id.to_owned())
+        .page(c, rows::MESSAGE_COLUMNS, "messages", page, rows::message)
+        .await
+}
+
+/// One batch of retention in one statement: the messages, then what hangs off them.
+pub async fn purge_messages(c: &impl GenericClient, created_before: i64, now: i64, limit: usize) -> StoreResult<usize> {
+    let cutoff = crate::retention_cutoff_id(created_before);
+    let sql = "WITH doomed AS ( \
+                   (SELECT id FROM messages WHERE id < $1 AND retain_until IS NULL ORDER BY id LIMIT $3) \
+                   UNION (SELECT id FROM messages WHERE retain_until < $2 LIMIT $3) LIMIT $3), \
+               gone_attempts AS (DELETE FROM attempts WHERE msg_id IN (SELECT id FROM doomed)), \
+               gone_deliveries AS (DELETE FROM deliveries WHERE msg_id IN (SELECT id FROM doomed)) \
+               DELETE FROM messages WHERE id IN (SELECT id FROM doomed)";
+    Ok(run(c, sql, &[&cutoff, &now, &(limit as i64)]).await? as usize)
+}

@@ -1,0 +1,301 @@
+//! Applications, event types, endpoints, sources, tokens and idempotent answers: the
+//! configuration, on PostgreSQL.
+
+use super::pg_error;
+use super::rows::{self, Query};
+use crate::*;
+use deadpool_postgres::GenericClient;
+use tokio_postgres::types::ToSql;
+
+type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+/// `$1, $2, …, $n`.
+pub fn placeholders(n: usize) -> String {
+    (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+fn changed(rows: u64) -> StoreResult<()> {
+    if rows == 0 {
+        Err(StoreError::NotFound)
+    } else {
+        Ok(())
+    }
+}
+
+/// Runs `sql` and maps its single row, or `NotFound`.
+pub async fn one<T>(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &Params<'_>,
+    map: fn(&tokio_postgres::Row) -> StoreResult<T>,
+) -> StoreResult<T> {
+    let statement = c.prepare_cached(sql).await.map_err(pg_error)?;
+    match c.query_opt(&statement, params).await.map_err(pg_error)? {
+        Some(row) => map(&row),
+        None => Err(StoreError::NotFound),
+    }
+}
+
+/// Runs a write on a cached statement; returns the rows it changed.
+pub async fn run(c: &impl GenericClient, sql: &str, params: &Params<'_>) -> StoreResult<u64> {
+    let statement = c.prepare_cached(sql).await.map_err(pg_error)?;
+    c.execute(&statement, params).await.map_err(pg_error)
+}
+
+fn insert_sql(table: &str, columns: &str) -> String {
+    format!("INSERT INTO {table} ({columns}) VALUES ({})", placeholders(columns.split(',').count()))
+}
+
+pub async fn insert_app(c: &impl GenericClient, app: &App) -> StoreResult<()> {
+    let throttle = app.throttle_rate.map(i64::from);
+    let (metadata, policy) = (rows::to_json(&app.metadata), rows::opt_json(&app.retry_policy));
+    let sql = insert_sql("apps", rows::APP_COLUMNS);
+    run(
+        c,
+        &sql,
+        &[&app.id, &app.uid, &app.name, &throttle, &metadata, &policy, &app.secret, &app.created_at, &app.updated_at],
+    )
+    .await
+    .map(|_| ())
+}
+
+pub async fn get_app(c: &impl GenericClient, key: &str) -> StoreResult<App> {
+    let sql = format!("SELECT {} FROM apps WHERE id = $1 OR uid = $1", rows::APP_COLUMNS);
+    one(c, &sql, &[&key], rows::app).await
+}
+
+pub async fn list_apps(c: &impl GenericClient, page: &Page) -> StoreResult<Listed<App>> {
+    Query::new().page(c, rows::APP_COLUMNS, "apps", page, rows::app).await
+}
+
+pub async fn update_app(c: &impl GenericClient, app: &App) -> StoreResult<()> {
+    let throttle = app.throttle_rate.map(i64::from);
+    let (metadata, policy) = (rows::to_json(&app.metadata), rows::opt_json(&app.retry_policy));
+    let sql = "UPDATE apps SET uid = $2, name = $3, throttle_rate = $4, metadata = $5, retry_policy = $6, \
+               updated_at = $7 WHERE id = $1";
+    changed(run(c, sql, &[&app.id, &app.uid, &app.name, &throttle, &metadata, &policy, &app.updated_at]).await?)
+}
+
+pub async fn delete_app(c: &impl GenericClient, id: &str) -> StoreResult<()> {
+    changed(run(c, "DELETE FROM apps WHERE id = $1", &[&id]).await?)?;
+    for table in ["endpoints", "messages", "deliveries", "attempts", "sources", "tokens"] {
+        run(c, &format!("DELETE FROM {table} WHERE app_id = $1"), &[&id]).await?;
+    }
+    Ok(())
+}
+
+pub async fn insert_event_type(c: &impl GenericClient, t: &EventType) -> StoreResult<()> {
+    let (schemas, flags) = (rows::opt_json(&t.schemas), rows::opt_json(&t.feature_flags));
+    let sql = insert_sql("event_types", rows::EVENT_TYPE_COLUMNS);
+    let params: [&(dyn ToSql + Sync); 9] = [
+        &t.name,
+        &t.description,
+        &t.archived,
+        &t.deprecated,
+        &schemas,
+        &t.group_name,
+        &flags,
+        &t.created_at,
+        &t.updated_at,
+    ];
+    run(c, &sql, &params).await.map(|_| ())
+}
+
+pub async fn get_event_type(c: &impl GenericClient, name: &str) -> StoreResult<EventType> {
+    let sql = format!("SELECT {} FROM event_types WHERE name = $1", rows::EVENT_TYPE_COLUMNS);
+    one(c, &sql, &[&name], rows::event_type).await
+}
+
+pub async fn list_event_types(
+    c: &impl GenericClient,
+    page: &Page,
+    include_archived: bool,
+) -> StoreResult<Listed<EventType>> {
+    let query = if include_archived { Query::new() } else { Query::new().and("archived = ?", false) };
+    query.page_by(c, rows::EVENT_TYPE_COLUMNS, "event_types", "name", page, rows::event_type).await
+}
+
+pub async fn update_event_type(c: &impl GenericClient, t: &EventType) -> StoreResult<()> {
+    let (schemas, flags) = (rows::opt_json(&t.schemas), rows::opt_json(&t.feature_flags));
+    let sql = "UPDATE event_types SET description = $2, archived = $3, deprecated = $4, schemas = $5, \
+               group_name = $6, feature_flags = $7, updated_at = $8 WHERE name = $1";
+    let params: [&(dyn ToSql + Sync); 8] =
+        [&t.name, &t.description, &t.archived, &t.deprecated, &schemas, &t.group_name, &flags, &t.updated_at];
+    changed(run(c, sql, &params).await?)
+}
+
+pub async fn delete_event_type(c: &impl GenericClient, name: &str) -> StoreResult<()> {
+    changed(run(c, "DELETE FROM event_types WHERE name = $1", &[&name]).await?)
+}
+
+/// Writes a whole endpoint row; `upsert` replaces an existing one.
+async fn put_endpoint(c: &impl GenericClient, e: &Endpoint, upsert: bool) -> StoreResult<()> {
+    let throttle = e.throttle_rate.map(i64::from);
+    let (event_types, channels) = (rows::opt_json(&e.event_types), rows::opt_json(&e.channels));
+    let (metadata, headers, secrets) =
+        (rows::to_json(&e.metadata), rows::to_json(&e.headers), rows::to_json(&e.secrets));
+    let (scheme, policy) = (rows::to_json(&e.signature_scheme), rows::opt_json(&e.retry_policy));
+    let mut sql = insert_sql("endpoints", rows::ENDPOINT_COLUMNS);
+    if upsert {
+        sql.push_str(&format!(" ON CONFLICT (id) DO UPDATE SET {}", excluded(rows::ENDPOINT_COLUMNS)));
+    }
+    let params: [&(dyn ToSql + Sync); 16] = [
+        &e.id,
+        &e.app_id,
+        &e.uid,
+        &e.url,
+        &e.description,
+        &e.disabled,
+        &event_types,
+        &channels,
+        &throttle,
+        &metadata,
+        &headers,
+        &secrets,
+        &scheme,
+        &policy,
+        &e.created_at,
+        &e.updated_at,
+    ];
+    run(c, &sql, &params).await.map(|_| ())
+}
+
+/// `a = excluded.a, b = excluded.b, …` for every column but the first (the key).
+fn excluded(columns: &str) -> String {
+    columns
+        .split(',')
+        .skip(1)
+        .map(str::trim)
+        .map(|col| format!("{col} = excluded.{col}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+pub async fn insert_endpoint(c: &impl GenericClient, e: &Endpoint) -> StoreResult<()> {
+    get_app(c, &e.app_id).await?;
+    put_endpoint(c, e, false).await
+}
+
+pub async fn update_endpoint(c: &impl GenericClient, e: &Endpoint) -> StoreResult<()> {
+    get_endpoint(c, &e.app_id, &e.id).await?;
+    put_endpoint(c, e, true).await
+}
+
+pub async fn get_endpoint(c: &impl GenericClient, app_id: &str, key: &str) -> StoreResult<Endpoint> {
+    let sql = format!("SELECT {} FROM endpoints WHERE app_id = $1 AND (id = $2 OR uid = $2)", rows::ENDPOINT_COLUMNS);
+    one(c, &sql, &[&app_id, &key], rows::endpoint).await
+}
+
+pub async fn list_endpoints(c: &impl GenericClient, app_id: &str, page: &Page) -> StoreResult<Listed<Endpoint>> {
+    Query::new()
+        .and("app_id = ?", app_id.to_owned())
+        .page(c, rows::ENDPOINT_COLUMNS, "endpoints", page, rows::endpoint)
+        .await
+}
+
+pub async fn app_endpoints(c: &impl GenericClient, app_id: &str) -> StoreResult<Vec<Endpoint>> {
+    let sql = format!("SELECT {} FROM endpoints WHERE app_id = $1 ORDER BY id", rows::ENDPOINT_COLUMNS);
+    let statement = c.prepare_cached(&sql).await.map_err(pg_error)?;
+    rows::all(&c.query(&statement, &[&app_id]).await.map_err(pg_error)?, rows::endpoint)
+}
+
+pub async fn delete_endpoint(c: &impl GenericClient, app_id: &str, id: &str) -> StoreResult<()> {
+    changed(run(c, "DELETE FROM endpoints WHERE app_id = $1 AND id = $2", &[&app_id, &id]).await?)?;
+    // Open deliveries to a deleted endpoint can never be made: close them.
+    let sql = "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL \
+               WHERE endpoint_id = $1 AND state IN (1, 3)";
+    run(c, sql, &[&id]).await.map(|_| ())
+}
+
+async fn put_source(c: &impl GenericClient, s: &Source, upsert: bool) -> StoreResult<()> {
+    let (preset, secrets) = (rows::to_json(&s.preset), rows::to_json(&s.secrets));
+    let (event_types, config) = (rows::opt_json(&s.event_types), rows::to_json(&s.config));
+    let mut sql = insert_sql("sources", rows::SOURCE_COLUMNS);
+    if upsert {
+        sql.push_str(&format!(" ON CONFLICT (id) DO UPDATE SET {}", excluded(rows::SOURCE_COLUMNS)));
+    }
+    let params: [&(dyn ToSql + Sync); 10] =
+        [&s.id, &s.uid, &s.name, &s.app_id, &preset, &secrets, &event_types, &config, &s.created_at, &s.updated_at];
+    run(c, &sql, &params).await.map(|_| ())
+}
+
+pub async fn insert_source(c: &impl GenericClient, source: &Source) -> StoreResult<()> {
+    get_app(c, &source.app_id).await?;
+    put_source(c, source, false).await
+}
+
+pub async fn update_source(c: &impl GenericClient, source: &Source) -> StoreResult<()> {
+    get_source(c, &source.id).await?;
+    get_app(c, &source.app_id).await?;
+    put_source(c, source, true).await
+}
+
+pub async fn get_source(c: &impl GenericClient, key: &str) -> StoreResult<Source> {
+    let sql = format!("SELECT {} FROM sources WHERE id = $1 OR uid = $1", rows::SOURCE_COLUMNS);
+    one(c, &sql, &[&key], rows::source).await
+}
+
+pub async fn list_sources(c: &impl GenericClient, page: &Page) -> StoreResult<Listed<Source>> {
+    Query::new().page(c, rows::SOURCE_COLUMNS, "sources", page, rows::source).await
+}
+
+pub async fn delete_source(c: &impl GenericClient, id: &str) -> StoreResult<()> {
+    changed(run(c, "DELETE FROM sources WHERE id = $1", &[&id]).await?)?;
+    run(c, "DELETE FROM inbound_keys WHERE source_id = $1", &[&id]).await.map(|_| ())
+}
+
+pub async fn idempotent_response(
+    c: &impl GenericClient,
+    key: &str,
+    since: i64,
+) -> StoreResult<Option<IdempotentResponse>> {
+    let sql = "SELECT key, status, body, created_at FROM idempotency WHERE key = $1 AND created_at >= $2";
+    let found = one(c, sql, &[&key, &since], |r| {
+        Ok(IdempotentResponse {
+            key: r.try_get(0).map_err(pg_error)?,
+            status: u16::try_from(r.try_get::<_, i64>(1).map_err(pg_error)?)
+                .map_err(|_| StoreError::Corrupt("an idempotent status is out of range".into()))?,
+            body: Bytes::from(r.try_get::<_, Vec<u8>>(2).map_err(pg_error)?),
+            created_at: r.try_get(3).map_err(pg_error)?,
+        })
+    })
+    .await;
+    match found {
+        Ok(answer) => Ok(Some(answer)),
+        Err(StoreError::NotFound) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn save_idempotent_response(c: &impl GenericClient, answer: &IdempotentResponse) -> StoreResult<()> {
+    let sql = "INSERT INTO idempotency (key, status, body, created_at) VALUES ($1, $2, $3, $4) \
+               ON CONFLICT (key) DO UPDATE SET status = excluded.status, body = excluded.body, created_at = excluded.created_at";
+    let status = i64::from(answer.status);
+    run(c, sql, &[&answer.key, &status, &&answer.body[..], &answer.created_at]).await.map(|_| ())
+}
+
+pub async fn tokens(c: &impl GenericClient) -> StoreResult<Vec<Token>> {
+    let found = c.query("SELECT id, hash, app_id, created_at FROM tokens ORDER BY id", &[]).await.map_err(pg_error)?;
+    found
+        .iter()
+        .map(|r| {
+            let hash: Vec<u8> = r.try_get(1).map_err(pg_error)?;
+            let hash = hash.try_into().map_err(|_| StoreError::Corrupt("a token hash is not 32 bytes".into()))?;
+            Ok(Token {
+                id: r.try_get(0).map_err(pg_error)?,
+                hash,
+                app_id: r.try_get(2).map_err(pg_error)?,
+                created_at: r.try_get(3).map_err(pg_error)?,
+            })
+        })
+        .collect()
+}
+
+pub async fn add_token(c: &impl GenericClient, token: &Token) -> StoreResult<()> {
+    let sql = "INSERT INTO tokens (id, hash, app_id, created_at) VALUES ($1, $2, $3, $4)";
+    run(c, sql, &[&token.id, &&token.hash[..], &token.app_id, &token.created_at]).await.map(|_| ())
+}
+
+pub async fn delete_token(c: &impl GenericClient, id: &str) -> StoreResult<()> {
+    changed(run(c, "DELETE FROM tokens WHERE id = $1", &[&id]).await?)
+}

@@ -1,0 +1,194 @@
+//! The PostgreSQL schema and its migrations. Several nodes may start at once: each
+//! migrates under a session advisory lock, so exactly one applies each version and the
+//! others find it done.
+
+use super::pg_error;
+use crate::{StoreError, StoreResult};
+use tokio_postgres::NoTls;
+
+/// Any fixed number; all Hookline nodes take the same lock ("hookline" in ASCII).
+const MIGRATION_LOCK: i64 = 0x686f_6f6b_6c69_6e65;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE apps (
+    id TEXT PRIMARY KEY,
+    uid TEXT UNIQUE,
+    name TEXT NOT NULL,
+    throttle_rate BIGINT,
+    metadata TEXT NOT NULL,
+    retry_policy TEXT,
+    secret TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE event_types (
+    name TEXT PRIMARY KEY,
+    description TEXT NOT NULL,
+    archived BOOLEAN NOT NULL,
+    deprecated BOOLEAN NOT NULL,
+    schemas TEXT,
+    group_name TEXT,
+    feature_flags TEXT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE endpoints (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    uid TEXT,
+    url TEXT NOT NULL,
+    description TEXT NOT NULL,
+    disabled BOOLEAN NOT NULL,
+    event_types TEXT,
+    channels TEXT,
+    throttle_rate BIGINT,
+    metadata TEXT NOT NULL,
+    headers TEXT NOT NULL,
+    secrets TEXT NOT NULL,
+    signature_scheme TEXT NOT NULL,
+    retry_policy TEXT,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    UNIQUE (app_id, uid)
+);
+CREATE INDEX endpoints_by_app ON endpoints (app_id, id);
+CREATE TABLE messages (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    event_id TEXT,
+    event_type TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    channels TEXT,
+    tags TEXT,
+    callback_url TEXT,
+    deliver_at BIGINT,
+    source_id TEXT,
+    headers TEXT,
+    retain_until BIGINT,
+    created_at BIGINT NOT NULL
+);
+CREATE INDEX messages_by_app ON messages (app_id, id);
+CREATE INDEX messages_by_source ON messages (source_id, id) WHERE source_id IS NOT NULL;
+CREATE UNIQUE INDEX messages_by_event_id ON messages (app_id, event_id) WHERE event_id IS NOT NULL;
+CREATE INDEX messages_retained ON messages (retain_until) WHERE retain_until IS NOT NULL;
+-- Claims change claimed_by only, which no index covers: those updates stay HOT (room on
+-- the page from the fill factor), so a claim rewrites no index entry.
+CREATE TABLE deliveries (
+    id TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    endpoint_id TEXT,
+    state BIGINT NOT NULL,
+    attempts BIGINT NOT NULL,
+    next_at BIGINT,
+    first_attempt_at BIGINT,
+    trigger BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    claimed_by BIGINT,
+    PRIMARY KEY (msg_id, id)
+) WITH (fillfactor = 80);
+CREATE INDEX deliveries_by_endpoint ON deliveries (endpoint_id, msg_id);
+CREATE INDEX deliveries_due ON deliveries (next_at) WHERE state IN (1, 3);
+CREATE TABLE attempts (
+    id TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    delivery_id TEXT NOT NULL,
+    endpoint_id TEXT,
+    url TEXT NOT NULL,
+    status_code BIGINT NOT NULL,
+    response TEXT NOT NULL,
+    duration_ms BIGINT NOT NULL,
+    error_class TEXT,
+    state BIGINT NOT NULL,
+    trigger BIGINT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (msg_id, id)
+);
+CREATE INDEX attempts_by_endpoint ON attempts (endpoint_id, id);
+CREATE TABLE idempotency (
+    key TEXT PRIMARY KEY,
+    status BIGINT NOT NULL,
+    body BYTEA NOT NULL,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE sources (
+    id TEXT PRIMARY KEY,
+    uid TEXT UNIQUE,
+    name TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    preset TEXT NOT NULL,
+    secrets TEXT NOT NULL,
+    event_types TEXT,
+    config TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE TABLE inbound_keys (
+    source_id TEXT NOT NULL,
+    event_key TEXT NOT NULL,
+    msg_id TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    PRIMARY KEY (source_id, event_key)
+);
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    hash BYTEA NOT NULL UNIQUE,
+    app_id TEXT,
+    created_at BIGINT NOT NULL
+);
+CREATE TABLE nodes (
+    token BIGSERIAL PRIMARY KEY,
+    name TEXT NOT NULL,
+    lease_until BIGINT NOT NULL,
+    started_at BIGINT NOT NULL
+);
+CREATE TABLE leader (
+    id BIGINT PRIMARY KEY CHECK (id = 1),
+    token BIGINT NOT NULL,
+    lease_until BIGINT NOT NULL
+);
+"#];
+
+/// Applies every migration the database lacks, one node at a time; returns the version
+/// the schema is at.
+pub async fn migrate(config: &tokio_postgres::Config) -> StoreResult<i64> {
+    let (mut client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
+    let connection = tokio::spawn(connection);
+    let result = migrate_locked(&mut client).await;
+    drop(client);
+    let _ = connection.await;
+    result
+}
+
+async fn migrate_locked(client: &mut tokio_postgres::Client) -> StoreResult<i64> {
+    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await.map_err(pg_error)?;
+    let result = apply(client).await;
+    let unlocked = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await.map_err(pg_error);
+    let version = result?;
+    unlocked.map(|_| version)
+}
+
+async fn apply(client: &mut tokio_postgres::Client) -> StoreResult<i64> {
+    client
+        .batch_execute("CREATE TABLE IF NOT EXISTS hookline_schema (version BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        .await
+        .map_err(pg_error)?;
+    let version: i64 =
+        client.query_one("SELECT COALESCE(max(version), 0) FROM hookline_schema", &[]).await.map_err(pg_error)?.get(0);
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this hookline ({known}); upgrade hookline"
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let next = index as i64 + 1;
+        let tx = client.transaction().await.map_err(pg_error)?;
+        tx.batch_execute(sql).await.map_err(pg_error)?;
+        tx.execute("INSERT INTO hookline_schema (version) VALUES ($1)", &[&next]).await.map_err(pg_error)?;
+        tx.commit().await.map_err(pg_error)?;
+        tracing::info!(version = next, "migrated the PostgreSQL schema");
+    }
+    Ok(known)
+}

@@ -1,0 +1,124 @@
+//! The PostgreSQL backend against the conformance suite, on a real server, plus what only
+//! a shared database has: concurrent migrations, claims racing across nodes, notifications.
+
+use hookline_core::delivery::DeliveryState;
+use hookline_store::postgres::{scratch, PgOptions, PgStore};
+use hookline_store::{conformance, Change, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+const KEY: [u8; 32] = [3; 32];
+
+fn options() -> PgOptions {
+    PgOptions { pool_max: 8, timeout_ms: 10_000 }
+}
+
+async fn fresh() -> (String, PgStore) {
+    let url = scratch::fresh_database().await.expect("a PostgreSQL server for the tests (see scripts/test.sh)");
+    let store = PgStore::open(&url, &KEY, options()).await.unwrap();
+    (url, store)
+}
+
+#[tokio::test]
+async fn postgres_passes_the_conformance_suite() {
+    let (_url, store) = fresh().await;
+    conformance::run_all(&store).await;
+}
+
+#[tokio::test]
+async fn nodes_migrating_at_once_do_not_race() {
+    let url = scratch::fresh_database().await.unwrap();
+    let starts: Vec<_> = (0..4).map(|_| PgStore::migrate(&url, 10_000)).collect();
+    for version in futures_util::future::join_all(starts).await {
+        assert_eq!(version.unwrap(), 1);
+    }
+    PgStore::open(&url, &KEY, options()).await.unwrap();
+}
+
+/// Two live nodes claiming the same due work at once never both get a delivery, and
+/// together they get all of it.
+#[tokio::test]
+async fn concurrent_claims_split_the_work() {
+    let (url, a) = fresh().await;
+    let b = PgStore::open(&url, &KEY, options()).await.unwrap();
+    let app = a.create_app(conformance::app(1, None)).await.unwrap();
+    let ep = a.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
+    for n in 0..400 {
+        a.publish(conformance::publish(&app.id, &[&ep.id], None, 10 + n)).await.unwrap();
+    }
+    let (node_a, node_b) = (
+        a.register_node("a", 1_000, 60_000).await.unwrap().token,
+        b.register_node("b", 1_000, 60_000).await.unwrap().token,
+    );
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let mut tasks = Vec::new();
+    for (store, node) in [(a.clone(), node_a), (b.clone(), node_b), (a.clone(), node_a), (b.clone(), node_b)] {
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = store.claim_due(node, 1_000, 1_000, 37).await.unwrap();
+                if claimed.is_empty() {
+                    return mine;
+                }
+                mine.extend(claimed.into_iter().map(|d| d.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((count, all.len()), (400, 400), "every delivery claimed exactly once");
+    assert_eq!(a.count_open_deliveries().await.unwrap(), 400);
+}
+
+/// A change committed through one store reaches the listeners of another.
+#[tokio::test]
+async fn changes_reach_other_nodes() {
+    let (url, a) = fresh().await;
+    let b = PgStore::open(&url, &KEY, options()).await.unwrap();
+    let mut heard = b.changes().expect("PostgreSQL tells changes");
+    // The listener connects in the background; keep changing until one is heard.
+    let app = a.create_app(conformance::app(1, None)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut renamed = app.clone();
+        renamed.name = format!("renamed {:?}", tokio::time::Instant::now());
+        a.update_app(renamed).await.unwrap();
+        match tokio::time::timeout(Duration::from_millis(200), heard.recv()).await {
+            Ok(Ok(Change::App(id))) if id == app.id => break,
+            Ok(Ok(Change::Flush)) | Err(_) => {}
+            Ok(other) => panic!("unexpected change {other:?}"),
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no change notification arrived");
+    }
+    let ep = a.create_endpoint(conformance::endpoint(&app.id, 2)).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await.unwrap().unwrap();
+    assert_eq!(next, Change::App(app.id.clone()), "endpoint changes name their app");
+    let mut p = conformance::publish(&app.id, &[&ep.id], None, 3);
+    p.deliveries[0].state = DeliveryState::Exhausted;
+    a.publish(p).await.unwrap();
+    a.recover(&app.id, &ep.id, 0, 10, 10).await.unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await.unwrap().unwrap();
+    assert_eq!(next, Change::Due, "recovered work wakes the claimers");
+}
+
+/// Secrets are sealed in PostgreSQL exactly as in SQLite: a dump shows none.
+#[tokio::test]
+async fn secrets_are_sealed_at_rest() {
+    let (url, store) = fresh().await;
+    let app = store.create_app(conformance::app(1, None)).await.unwrap();
+    let ep = store.create_endpoint(conformance::endpoint(&app.id, 2)).await.unwrap();
+    let (client, connection) =
+        url.parse::<tokio_postgres::Config>().unwrap().connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let raw: String = client.query_one("SELECT secrets FROM endpoints", &[]).await.unwrap().get(0);
+    assert!(!raw.contains(&ep.secrets[0].text), "an endpoint secret is readable in the database: {raw}");
+    let raw: String = client.query_one("SELECT secret FROM apps", &[]).await.unwrap().get(0);
+    assert!(raw.starts_with("sealed:v1:"), "{raw}");
+    let wrong = PgStore::open(&url, &[4; 32], options()).await.unwrap();
+    assert!(matches!(wrong.get_endpoint(&app.id, &ep.id).await, Err(hookline_store::StoreError::Corrupt(_))));
+}
