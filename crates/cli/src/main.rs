@@ -6,7 +6,10 @@ mod verify;
 
 use clap::{Parser, Subcommand};
 use hookline_server::clock::SystemClock;
-use hookline_store::sqlite::SqliteStore;
+use hookline_server::config::Config;
+use hookline_store::postgres::{PgOptions, PgStore};
+use hookline_store::sqlite::{decode_key, load_or_create_key, SqliteStore};
+use hookline_store::Store;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -41,6 +44,19 @@ enum Command {
         /// Local development: allow http:// and loopback/private endpoints.
         #[arg(long)]
         dev: bool,
+        /// Keep everything in PostgreSQL (shared by several nodes) instead of SQLite:
+        /// postgres://user@host:5432/db [env: HOOKLINE_DATABASE_URL].
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+    /// Create or upgrade the PostgreSQL schema, then exit (`serve` also does it at start).
+    Migrate {
+        /// postgres://user@host:5432/db [env: HOOKLINE_DATABASE_URL].
+        #[arg(long)]
+        database_url: Option<String>,
+        /// A TOML config file (its `database.url` is used when no flag is given).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Print the commented default configuration.
     ConfigTemplate,
@@ -90,11 +106,22 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Serve { listen, data_dir, config, dev } => {
-            let overrides = settings::Overrides { listen, data_dir, dev };
+        Command::Serve { listen, data_dir, config, dev, database_url } => {
+            let overrides = settings::Overrides { listen, data_dir, dev, database_url };
             let env = |name: &str| std::env::var(name).ok();
             match settings::load(config.as_deref(), &env, overrides) {
                 Ok(config) => serve(config),
+                Err(e) => {
+                    eprintln!("hookline: {e}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
+            }
+        }
+        Command::Migrate { database_url, config } => {
+            let overrides = settings::Overrides { database_url, ..Default::default() };
+            let env = |name: &str| std::env::var(name).ok();
+            match settings::load(config.as_deref(), &env, overrides) {
+                Ok(config) => migrate(&config),
                 Err(e) => {
                     eprintln!("hookline: {e}");
                     ExitCode::from(EXIT_CONFIG)
@@ -107,7 +134,7 @@ fn main() -> ExitCode {
 /// Every in-flight delivery and every client connection holds a file descriptor; the usual
 /// soft limit of 1,024 would refuse the 1,025th. The soft limit goes up to the hard limit
 /// (what servers such as Go's runtime do), and a warning names what is still short.
-fn raise_file_limit(config: &hookline_server::config::Config) {
+fn raise_file_limit(config: &Config) {
     let needed = (config.delivery.max_in_flight + config.server.max_connections + 256) as u64;
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) if limit < needed => tracing::warn!(
@@ -121,7 +148,7 @@ fn raise_file_limit(config: &hookline_server::config::Config) {
     }
 }
 
-fn init_logging(config: &hookline_server::config::Config) {
+fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if config.log.format == "json" {
@@ -131,27 +158,16 @@ fn init_logging(config: &hookline_server::config::Config) {
     }
 }
 
-fn serve(config: hookline_server::config::Config) -> ExitCode {
+fn serve(config: Config) -> ExitCode {
     init_logging(&config);
     raise_file_limit(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
     runtime.block_on(async move {
-        let key = match &config.security.secret_key {
-            Some(text) => hookline_store::sqlite::decode_key(text).map_err(|e| format!("security.secret_key: {e}")),
-            None => hookline_store::sqlite::load_or_create_key(&config.server.data_dir).map_err(|e| e.to_string()),
-        };
-        let key = match key {
-            Ok(key) => key,
-            Err(e) => {
-                eprintln!("hookline: {e}");
-                return ExitCode::from(EXIT_CONFIG);
-            }
-        };
-        let store = match SqliteStore::open(&config.server.data_dir, &key) {
-            Ok(store) => Arc::new(store),
-            Err(e) => {
-                eprintln!("hookline: cannot open the data directory {}: {e}", config.server.data_dir.display());
-                return ExitCode::from(EXIT_UNAVAILABLE);
+        let store = match open_store(&config).await {
+            Ok(store) => store,
+            Err((code, message)) => {
+                eprintln!("hookline: {message}");
+                return ExitCode::from(code);
             }
         };
         let address = config.server.listen.parse().expect("validated with the configuration");
@@ -179,11 +195,11 @@ fn serve(config: hookline_server::config::Config) -> ExitCode {
                 "WARNING: dev mode: plain-http and loopback/private endpoints are allowed. Never use it in production."
             );
         }
-        println!(
-            "Hookline listening on http://{} (data in {})",
-            config.server.listen,
-            config.server.data_dir.display()
-        );
+        let data = match config.database.url.is_empty() {
+            true => config.server.data_dir.display().to_string(),
+            false => "PostgreSQL".to_owned(),
+        };
+        println!("Hookline listening on http://{} (data in {data})", config.server.listen);
         let result = hookline_server::run(
             config,
             store,
@@ -201,6 +217,55 @@ fn serve(config: hookline_server::config::Config) -> ExitCode {
             }
         }
     })
+}
+
+/// Opens the configured store: PostgreSQL when `database.url` is set, else SQLite in the
+/// data directory. Errors carry the exit code.
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, (u8, String)> {
+    let url = &config.database.url;
+    let key = match &config.security.secret_key {
+        Some(text) => decode_key(text).map_err(|e| (EXIT_CONFIG, format!("security.secret_key: {e}")))?,
+        // Every node must seal with the same key, so a shared database needs it given.
+        None if !url.is_empty() => {
+            return Err((
+                EXIT_CONFIG,
+                "security.secret_key (HOOKLINE_SECURITY_SECRET_KEY) is required with database.url: \
+                 every node must seal secrets with the same key (make one with `openssl rand -base64 32`)"
+                    .into(),
+            ))
+        }
+        None => load_or_create_key(&config.server.data_dir).map_err(|e| (EXIT_CONFIG, e.to_string()))?,
+    };
+    if url.is_empty() {
+        let store = SqliteStore::open(&config.server.data_dir, &key).map_err(|e| {
+            (EXIT_UNAVAILABLE, format!("cannot open the data directory {}: {e}", config.server.data_dir.display()))
+        })?;
+        return Ok(Arc::new(store));
+    }
+    let options = PgOptions { pool_max: config.database.pool_max, timeout_ms: config.database.timeout_ms };
+    let store = PgStore::open(url, &key, options)
+        .await
+        .map_err(|e| (EXIT_UNAVAILABLE, format!("cannot open the PostgreSQL database: {e}")))?;
+    Ok(Arc::new(store))
+}
+
+fn migrate(config: &Config) -> ExitCode {
+    init_logging(config);
+    if config.database.url.is_empty() {
+        eprintln!("hookline migrate: give --database-url (SQLite migrates itself at start)");
+        return ExitCode::from(EXIT_USAGE);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime starts");
+    match runtime.block_on(PgStore::migrate(&config.database.url, config.database.timeout_ms)) {
+        Ok(version) => {
+            println!("The PostgreSQL schema is at version {version}.");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hookline migrate: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
 }
 
 async fn shutdown_signal() {

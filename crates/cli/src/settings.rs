@@ -20,6 +20,7 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub data_dir: Option<std::path::PathBuf>,
     pub dev: bool,
+    pub database_url: Option<String>,
 }
 
 /// Environment shortcuts kept from the command-line reference.
@@ -60,6 +61,9 @@ pub fn load(
     if let Some(dir) = overrides.data_dir {
         set(&mut table, "server", "data_dir", toml::Value::String(dir.display().to_string()));
     }
+    if let Some(url) = overrides.database_url {
+        set(&mut table, "database", "url", toml::Value::String(url));
+    }
     if overrides.dev {
         set(&mut table, "server", "dev", toml::Value::Boolean(true));
     }
@@ -99,6 +103,7 @@ fn known_keys() -> Vec<(String, String)> {
     keys.push(("api".into(), "admin_token".into()));
     keys.push(("api".into(), "public_url".into()));
     keys.push(("security".into(), "secret_key".into()));
+    keys.push(("cluster".into(), "node_name".into()));
     keys
 }
 

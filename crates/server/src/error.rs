@@ -82,6 +82,9 @@ impl ApiError {
         move |e| match e {
             StoreError::NotFound => ApiError::NotFound(what),
             StoreError::Conflict(_) => ApiError::Conflict(format!("a {what} with this uid or id already exists")),
+            StoreError::Invalid(detail) => {
+                ApiError::Validation(vec![FieldError { loc: vec!["body".into()], msg: detail, kind: "value_error" }])
+            }
             StoreError::Unavailable(detail) => {
                 tracing::error!(%detail, "storage unavailable");
                 ApiError::Unavailable

@@ -279,6 +279,8 @@ async fn apps_crud_and_uid_lookup(store: &dyn Store) {
     store.update_app(renamed).await.unwrap();
     assert_eq!(store.get_app(&created.id).await.unwrap().name, "Renamed");
     assert_eq!(store.get_app("app_missing").await, Err(StoreError::NotFound));
+    assert_eq!(store.get_app("app_\0").await, Err(StoreError::NotFound), "a key no backend can hold names nothing");
+    assert_eq!(store.delete_app("app_\0").await, Err(StoreError::NotFound));
 }
 
 async fn pagination_walks_every_item_once(store: &dyn Store) {

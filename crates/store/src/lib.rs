@@ -22,6 +22,9 @@ pub enum StoreError {
     NotFound,
     #[error("conflict: {0}")]
     Conflict(String),
+    /// The value cannot be stored by this backend (PostgreSQL text cannot hold NUL).
+    #[error("invalid value: {0}")]
+    Invalid(String),
     /// The storage cannot take writes right now (disk full, IO error, shutting down).
     /// Callers answer 503: nothing was acknowledged.
     #[error("storage unavailable: {0}")]

@@ -5,7 +5,9 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, StatusCode};
 use hookline_server::clock::{Clock, ManualClock};
 use hookline_server::config::Config;
+use hookline_store::postgres::{scratch, PgOptions, PgStore};
 use hookline_store::sqlite::SqliteStore;
+use hookline_store::Store;
 use serde_json::{json, Value};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -44,8 +46,27 @@ pub async fn start_gateway(config: Config) -> Gateway {
 }
 
 /// Starts a gateway on an existing data dir and clock (for restarts).
+/// The store the suite runs on: SQLite in `dir`, or with `HOOKLINE_TEST_BACKEND=postgres`
+/// a fresh PostgreSQL database remembered in `dir` (so a restart finds the same data).
+pub async fn open_store(dir: &std::path::Path) -> Arc<dyn Store> {
+    const KEY: [u8; 32] = [9; 32];
+    if std::env::var("HOOKLINE_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return Arc::new(SqliteStore::open(dir, &KEY).unwrap());
+    }
+    let remembered = dir.join("postgres-url");
+    let url = match std::fs::read_to_string(&remembered) {
+        Ok(url) => url,
+        Err(_) => {
+            let url = scratch::fresh_database().await.expect("a PostgreSQL server (see scripts/test.sh)");
+            std::fs::write(&remembered, &url).unwrap();
+            url
+        }
+    };
+    Arc::new(PgStore::open(&url, &KEY, PgOptions { pool_max: 8, timeout_ms: 10_000 }).await.unwrap())
+}
+
 pub async fn start_gateway_in(config: Config, dir: Arc<tempfile::TempDir>, clock: Arc<ManualClock>) -> Gateway {
-    let store = Arc::new(SqliteStore::open(dir.path(), &[9; 32]).unwrap());
+    let store = open_store(dir.path()).await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();

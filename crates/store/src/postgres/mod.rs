@@ -125,6 +125,9 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
     match e.code() {
         Some(code) if *code == SqlState::UNIQUE_VIOLATION => StoreError::Conflict(e.to_string()),
         Some(code) if *code == SqlState::DATA_CORRUPTED => StoreError::Corrupt(e.to_string()),
+        Some(code) if *code == SqlState::CHARACTER_NOT_IN_REPERTOIRE || *code == SqlState::UNTRANSLATABLE_CHARACTER => {
+            StoreError::Invalid("text values may not contain NUL characters".into())
+        }
         _ if e.as_db_error().is_none() && e.to_string().contains("error deserializing") => {
             StoreError::Corrupt(e.to_string())
         }

@@ -220,6 +220,8 @@ pub async fn record_attempt(c: &impl GenericClient, record: &AttemptRecord) -> S
     let sql =
         format!("INSERT INTO attempts ({}) VALUES ({})", rows::ATTEMPT_COLUMNS, super::resources::placeholders(13));
     let (status, duration) = (i64::from(a.status_code), a.duration_ms as i64);
+    // A merchant's answer may hold NUL bytes, which PostgreSQL text cannot: keep the rest.
+    let response = a.response.replace('\0', "\u{FFFD}");
     let (state, trigger) = (a.state.code(), a.trigger as i64);
     let params: [&(dyn ToSql + Sync); 13] = [
         &a.id,
@@ -229,7 +231,7 @@ pub async fn record_attempt(c: &impl GenericClient, record: &AttemptRecord) -> S
         &a.endpoint_id,
         &a.url,
         &status,
-        &a.response,
+        &response,
         &duration,
         &a.error_class,
         &state,

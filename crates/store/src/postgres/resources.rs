@@ -22,6 +22,14 @@ fn changed(rows: u64) -> StoreResult<()> {
     }
 }
 
+/// Deletes by key: a key PostgreSQL cannot hold (a NUL) names nothing stored.
+async fn delete_by(c: &impl GenericClient, sql: &str, params: &Params<'_>) -> StoreResult<()> {
+    match run(c, sql, params).await {
+        Err(StoreError::Invalid(_)) => Err(StoreError::NotFound),
+        other => changed(other?),
+    }
+}
+
 /// Runs `sql` and maps its single row, or `NotFound`.
 pub async fn one<T>(
     c: &impl GenericClient,
@@ -30,9 +38,11 @@ pub async fn one<T>(
     map: fn(&tokio_postgres::Row) -> StoreResult<T>,
 ) -> StoreResult<T> {
     let statement = c.prepare_cached(sql).await.map_err(pg_error)?;
-    match c.query_opt(&statement, params).await.map_err(pg_error)? {
-        Some(row) => map(&row),
-        None => Err(StoreError::NotFound),
+    match c.query_opt(&statement, params).await.map_err(pg_error) {
+        Ok(Some(row)) => map(&row),
+        // A key PostgreSQL cannot even hold (a NUL) names nothing stored.
+        Ok(None) | Err(StoreError::Invalid(_)) => Err(StoreError::NotFound),
+        Err(e) => Err(e),
     }
 }
 
@@ -77,7 +87,7 @@ pub async fn update_app(c: &impl GenericClient, app: &App) -> StoreResult<()> {
 }
 
 pub async fn delete_app(c: &impl GenericClient, id: &str) -> StoreResult<()> {
-    changed(run(c, "DELETE FROM apps WHERE id = $1", &[&id]).await?)?;
+    delete_by(c, "DELETE FROM apps WHERE id = $1", &[&id]).await?;
     for table in ["endpoints", "messages", "deliveries", "attempts", "sources", "tokens"] {
         run(c, &format!("DELETE FROM {table} WHERE app_id = $1"), &[&id]).await?;
     }
@@ -125,7 +135,7 @@ pub async fn update_event_type(c: &impl GenericClient, t: &EventType) -> StoreRe
 }
 
 pub async fn delete_event_type(c: &impl GenericClient, name: &str) -> StoreResult<()> {
-    changed(run(c, "DELETE FROM event_types WHERE name = $1", &[&name]).await?)
+    delete_by(c, "DELETE FROM event_types WHERE name = $1", &[&name]).await
 }
 
 /// Writes a whole endpoint row; `upsert` replaces an existing one.
@@ -200,7 +210,7 @@ pub async fn app_endpoints(c: &impl GenericClient, app_id: &str) -> StoreResult<
 }
 
 pub async fn delete_endpoint(c: &impl GenericClient, app_id: &str, id: &str) -> StoreResult<()> {
-    changed(run(c, "DELETE FROM endpoints WHERE app_id = $1 AND id = $2", &[&app_id, &id]).await?)?;
+    delete_by(c, "DELETE FROM endpoints WHERE app_id = $1 AND id = $2", &[&app_id, &id]).await?;
     // Open deliveries to a deleted endpoint can never be made: close them.
     let sql = "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL \
                WHERE endpoint_id = $1 AND state IN (1, 3)";
@@ -240,7 +250,7 @@ pub async fn list_sources(c: &impl GenericClient, page: &Page) -> StoreResult<Li
 }
 
 pub async fn delete_source(c: &impl GenericClient, id: &str) -> StoreResult<()> {
-    changed(run(c, "DELETE FROM sources WHERE id = $1", &[&id]).await?)?;
+    delete_by(c, "DELETE FROM sources WHERE id = $1", &[&id]).await?;
     run(c, "DELETE FROM inbound_keys WHERE source_id = $1", &[&id]).await.map(|_| ())
 }
 
@@ -297,5 +307,5 @@ pub async fn add_token(c: &impl GenericClient, token: &Token) -> StoreResult<()>
 }
 
 pub async fn delete_token(c: &impl GenericClient, id: &str) -> StoreResult<()> {
-    changed(run(c, "DELETE FROM tokens WHERE id = $1", &[&id]).await?)
+    delete_by(c, "DELETE FROM tokens WHERE id = $1", &[&id]).await
 }
