@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite: Rust unit, conformance, property and integration tests, the
-# real-binary fault tests, short fuzz runs, and the Svix SDK acceptance test in Python.
-# Installs what it needs on a fresh machine (python3-venv, the Python libraries, cargo-fuzz).
+# The whole test suite: Rust unit, conformance, property and integration tests on SQLite and
+# on PostgreSQL, the real-binary fault and cluster tests, short fuzz runs, and the Svix SDK
+# acceptance test in Python on both backends. Installs what it needs on a fresh machine
+# (PostgreSQL, python3-venv, the Python libraries, cargo-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
@@ -15,8 +16,15 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
 
+./scripts/ensure-postgres.sh
+# Each test makes its own database on this server (see crates/store/src/postgres/scratch.rs).
+export HOOKLINE_TEST_PG_URL="${HOOKLINE_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
+
 echo "== cargo test"
 cargo test --workspace --locked
+
+echo "== the server suite again, on PostgreSQL"
+HOOKLINE_TEST_BACKEND=postgres cargo test --locked -p hookline-server --test it
 
 echo "== fuzzing (short runs from the seed corpus)"
 ./scripts/fuzz.sh
@@ -24,4 +32,12 @@ echo "== fuzzing (short runs from the seed corpus)"
 echo "== Svix SDK acceptance test"
 # `cargo test` built the binary already (the real-binary tests use it).
 test -x target/debug/hookline || cargo build --locked -p hookline
+HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk
+
+echo "== Svix SDK acceptance test, on PostgreSQL"
+sdk_db="hookline_sdk_$$"
+psql -q "$HOOKLINE_TEST_PG_URL" -c "CREATE DATABASE $sdk_db"
+trap 'psql -q "$HOOKLINE_TEST_PG_URL" -c "DROP DATABASE IF EXISTS $sdk_db WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
+HOOKLINE_DATABASE_URL="${HOOKLINE_TEST_PG_URL%/*}/$sdk_db" \
+HOOKLINE_SECURITY_SECRET_KEY="$(head -c 32 /dev/urandom | base64)" \
 HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk

@@ -139,3 +139,41 @@ pub async fn recording_sink(hold: Arc<AtomicBool>, seen: Arc<Mutex<HashSet<Strin
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     url
 }
+
+/// Every delivery's `webhook-id` with how often it arrived, and the raw requests.
+pub type Arrivals = Arc<Mutex<std::collections::HashMap<String, u32>>>;
+
+/// An endpoint that answers each delivery after `delay_ms` and counts arrivals by
+/// `webhook-id`, so a test can tell lost from duplicated.
+pub async fn counting_sink(delay_ms: u64) -> (String, Arrivals) {
+    let arrivals: Arrivals = Arc::default();
+    let counted = arrivals.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let counted = counted.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+            *counted.lock().unwrap().entry(id).or_default() += 1;
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, arrivals)
+}
+
+/// Settings of a node on a shared PostgreSQL database, with a short lease so takeovers
+/// happen within a test's patience.
+pub fn cluster_env(database_url: &str, name: &str) -> Vec<(String, String)> {
+    [
+        ("HOOKLINE_DATABASE_URL", database_url),
+        ("HOOKLINE_SECURITY_SECRET_KEY", "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM="),
+        ("HOOKLINE_CLUSTER_NODE_NAME", name),
+        ("HOOKLINE_CLUSTER_LEASE_MS", "3000"),
+        ("HOOKLINE_CLUSTER_POLL_MS", "100"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}

@@ -1,0 +1,363 @@
+//! Several real `hookline serve` nodes on one PostgreSQL database: publishing through all
+//! of them while one is killed with `kill -9`, changes made on one node obeyed by the
+//! others, and PostgreSQL itself restarted under load. Each test counts what was
+//! acknowledged, delivered, lost (must be 0) and duplicated (bounded), and prints it.
+
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+mod support;
+use support::{cluster_env, counting_sink, create_all, free_port, until_none_missing, Arrivals, Hookline};
+
+const TOKEN: &str = "cluster-test-token";
+
+/// A node of the cluster, with its own (unused) data dir.
+struct Node {
+    process: Hookline,
+    _dir: tempfile::TempDir,
+}
+
+fn start_node(database_url: &str, name: &str, extra: &[(&str, &str)]) -> Node {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut env: Vec<(String, String)> = cluster_env(database_url, name);
+    env.push(("HOOKLINE_ADMIN_TOKEN".into(), TOKEN.into()));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Node { process: Hookline::start(dir.path(), port, &env), _dir: dir }
+}
+
+/// Publishes one message through `url`; its id when acknowledged (202).
+async fn publish(http: &reqwest::Client, url: &str, n: usize) -> Result<String, String> {
+    let body = json!({"eventType": "payment.succeeded", "payload": {"n": n}});
+    let sent = http.post(format!("{url}/api/v1/app/m/msg")).bearer_auth(TOKEN).json(&body).send().await;
+    let response = sent.map_err(|e| format!("transport: {e}"))?;
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    match status {
+        202 => Ok(answer["id"].as_str().unwrap().to_owned()),
+        _ => Err(format!("{status}: {answer}")),
+    }
+}
+
+/// Acknowledged ids that never arrived, and how many extra copies arrived.
+fn lost_and_duplicated(acknowledged: &[String], arrivals: &Arrivals) -> (usize, u32) {
+    let seen = arrivals.lock().unwrap();
+    let lost = acknowledged.iter().filter(|id| !seen.contains_key(*id)).count();
+    let duplicates = seen.values().map(|n| n - 1).sum();
+    (lost, duplicates)
+}
+
+async fn counter(http: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let text = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|line| line.starts_with(name))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_share_the_work_and_a_killed_node_loses_nothing() {
+    let database = hookline_store::postgres::scratch::fresh_database().await.unwrap();
+    // All three start at once: their migrations must not race.
+    let limits = [("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "32")];
+    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|name| start_node(&database, name, &limits)).collect();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    for node in &nodes {
+        node.process.wait_healthy(&http).await;
+    }
+    let urls: Vec<String> = nodes.iter().map(|n| n.process.url.clone()).collect();
+    let (hook, arrivals) = counting_sink(20).await;
+    create_all(
+        &http,
+        &urls[0],
+        TOKEN,
+        &[("/api/v1/app", json!({"name": "m", "uid": "m"})), ("/api/v1/app/m/endpoint", json!({"url": hook}))],
+    )
+    .await;
+
+    // Four publishers spread over the three nodes; node b dies halfway.
+    const MESSAGES: usize = 1_200;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let (http, urls) = (http.clone(), urls.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut refused = 0;
+            for n in (worker..MESSAGES).step_by(4) {
+                match publish(&http, &urls[n % 3], n).await {
+                    Ok(id) => acknowledged.push(id),
+                    Err(_) => refused += 1,
+                }
+            }
+            (acknowledged, refused)
+        }));
+    }
+    until_none_missing(support::PATIENCE, "deliveries before the kill", || {
+        usize::from(arrivals.lock().unwrap().len() < MESSAGES / 3)
+    })
+    .await;
+    nodes[1].process.kill9();
+    let killed_at = Instant::now();
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for task in tasks {
+        let (ids, not_taken) = task.await.unwrap();
+        acknowledged.extend(ids);
+        refused += not_taken;
+    }
+    until_none_missing(support::PATIENCE, "acknowledged messages not delivered", || {
+        lost_and_duplicated(&acknowledged, &arrivals).0
+    })
+    .await;
+    let (lost, duplicates) = lost_and_duplicated(&acknowledged, &arrivals);
+    eprintln!(
+        "cluster kill -9: acknowledged {}, refused (sent to the dead node) {refused}, delivered {}, lost {lost}, \
+         duplicates {duplicates}, all delivered {:.1} s after the kill ({:.1} s in all)",
+        acknowledged.len(),
+        arrivals.lock().unwrap().len(),
+        killed_at.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(lost, 0);
+    assert!(acknowledged.len() >= MESSAGES * 2 / 3, "the live nodes kept acknowledging");
+    // Only what the dead node had in flight (at most its endpoint cap) may arrive twice.
+    assert!(duplicates <= 32, "{duplicates} duplicates");
+    for url in [&urls[0], &urls[2]] {
+        assert!(counter(&http, url, "hookline_deliveries_succeeded_total").await > 0.0, "{url} delivered nothing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_node_is_obeyed_by_the_others_within_a_second() {
+    let database = hookline_store::postgres::scratch::fresh_database().await.unwrap();
+    // The cache TTL is far longer than the test: only notifications can explain a prompt change.
+    let ttl = [("HOOKLINE_CLUSTER_CACHE_TTL_MS", "600000")];
+    let (a, b) = (start_node(&database, "a", &ttl), start_node(&database, "b", &ttl));
+    let http = reqwest::Client::new();
+    a.process.wait_healthy(&http).await;
+    b.process.wait_healthy(&http).await;
+    let (a_url, b_url) = (a.process.url.clone(), b.process.url.clone());
+    let (first, first_arrivals) = counting_sink(0).await;
+    let (second, second_arrivals) = counting_sink(0).await;
+    create_all(
+        &http,
+        &a_url,
+        TOKEN,
+        &[
+            ("/api/v1/app", json!({"name": "m", "uid": "m"})),
+            ("/api/v1/app/m/endpoint", json!({"url": first, "uid": "ep"})),
+        ],
+    )
+    .await;
+    let delivered = |arrivals: &Arrivals, id: &str| arrivals.lock().unwrap().contains_key(id);
+    let id = publish(&http, &b_url, 0).await.unwrap();
+    until_none_missing(support::PATIENCE, "first delivery", || usize::from(!delivered(&first_arrivals, &id))).await;
+
+    // URL changed on a: b sends to the new one.
+    let patch =
+        |body: Value| http.patch(format!("{a_url}/api/v1/app/m/endpoint/ep")).bearer_auth(TOKEN).json(&body).send();
+    assert_eq!(patch(json!({"url": second})).await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let id = publish(&http, &b_url, 1).await.unwrap();
+    until_none_missing(support::PATIENCE, "delivery to the new URL", || usize::from(!delivered(&second_arrivals, &id)))
+        .await;
+    assert!(!delivered(&first_arrivals, &id), "b used the old URL");
+
+    // Disabled on a: nothing published on b reaches the endpoint.
+    assert_eq!(patch(json!({"disabled": true})).await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = second_arrivals.lock().unwrap().len();
+    let quiet: Vec<String> = futures_util::future::join_all((2..12).map(|n| publish(&http, &b_url, n)))
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(second_arrivals.lock().unwrap().len(), before, "a disabled endpoint got deliveries from b");
+    assert!(quiet.iter().all(|id| !delivered(&second_arrivals, id)));
+
+    // Enabled and its secret rotated on a: b signs with the new secret.
+    assert_eq!(patch(json!({"disabled": false})).await.unwrap().status(), 200);
+    let rotate = http
+        .post(format!("{a_url}/api/v1/app/m/endpoint/ep/secret/rotate"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"key": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(rotate.status().is_success(), "{}", rotate.status());
+    let secret: Value = http
+        .get(format!("{b_url}/api/v1/app/m/endpoint/ep/secret"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(secret["key"], "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "b reads the rotated secret");
+
+    // Deleted on a: b delivers nothing more.
+    let deleted = http.delete(format!("{a_url}/api/v1/app/m/endpoint/ep")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = second_arrivals.lock().unwrap().len();
+    let (status, _) = support::post(
+        &http,
+        format!("{b_url}/api/v1/app/m/msg"),
+        TOKEN,
+        &json!({"eventType": "payment.succeeded", "payload": {}}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(second_arrivals.lock().unwrap().len(), before, "a deleted endpoint got a delivery from b");
+}
+
+/// A PostgreSQL server of the test's own (so restarting it disturbs no other test), in a
+/// temporary directory owned by the `postgres` user.
+struct PrivatePostgres {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    fn start() -> PrivatePostgres {
+        let versions =
+            std::fs::read_dir("/usr/lib/postgresql").expect("PostgreSQL is installed (scripts/ensure-postgres.sh)");
+        let mut versions: Vec<_> = versions.filter_map(|v| v.ok()).map(|v| v.path()).collect();
+        versions.sort();
+        let bin = versions.pop().unwrap().join("bin");
+        let dir = tempfile::tempdir().unwrap();
+        assert!(Command::new("chown").args(["-R", "postgres:postgres"]).arg(dir.path()).status().unwrap().success());
+        let data = dir.path().join("data");
+        let initdb = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args(["--auth=trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(initdb.status.success(), "initdb: {}", String::from_utf8_lossy(&initdb.stderr));
+        let server = PrivatePostgres { bin, dir, port: free_port() };
+        server.pg_ctl("start");
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn pg_ctl(&self, action: &str) {
+        let data = self.dir.path().join("data");
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1", self.port, self.dir.path().display());
+        let mut command = Command::new("runuser");
+        command
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-w", "-m", "fast"]);
+        if action == "start" {
+            command.args(["-o", &options, "-l"]).arg(self.dir.path().join("log"));
+        }
+        let out = command.arg(action).output().unwrap();
+        assert!(out.status.success(), "pg_ctl {action}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let _ = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_restart_under_load_answers_503_and_loses_nothing() {
+    let postgres = PrivatePostgres::start();
+    let timeout = [("HOOKLINE_DATABASE_TIMEOUT_MS", "2000")];
+    let (a, b) = (start_node(&postgres.url(), "a", &timeout), start_node(&postgres.url(), "b", &timeout));
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    a.process.wait_healthy(&http).await;
+    b.process.wait_healthy(&http).await;
+    let urls = [a.process.url.clone(), b.process.url.clone()];
+    let (hook, arrivals) = counting_sink(5).await;
+    create_all(
+        &http,
+        &urls[0],
+        TOKEN,
+        &[("/api/v1/app", json!({"name": "m", "uid": "m"})), ("/api/v1/app/m/endpoint", json!({"url": hook}))],
+    )
+    .await;
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for worker in 0..4 {
+        let (http, urls, stop) = (http.clone(), urls.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut statuses: HashMap<String, usize> = HashMap::new();
+            let mut slowest = Duration::ZERO;
+            let mut n = worker;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let sent = Instant::now();
+                match publish(&http, &urls[n % 2], n).await {
+                    Ok(id) => acknowledged.push(id),
+                    Err(e) => *statuses.entry(e.chars().take(3).collect()).or_default() += 1,
+                }
+                slowest = slowest.max(sent.elapsed());
+                n += 4;
+            }
+            (acknowledged, statuses, slowest)
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    postgres.pg_ctl("stop");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    postgres.pg_ctl("start");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut acknowledged = Vec::new();
+    let mut refused: HashMap<String, usize> = HashMap::new();
+    let mut slowest = Duration::ZERO;
+    for task in tasks {
+        let (ids, statuses, slow) = task.await.unwrap();
+        acknowledged.extend(ids);
+        for (status, count) in statuses {
+            *refused.entry(status).or_default() += count;
+        }
+        slowest = slowest.max(slow);
+    }
+    until_none_missing(support::PATIENCE, "acknowledged messages not delivered", || {
+        lost_and_duplicated(&acknowledged, &arrivals).0
+    })
+    .await;
+    let (lost, duplicates) = lost_and_duplicated(&acknowledged, &arrivals);
+    eprintln!(
+        "PostgreSQL restart: acknowledged {}, refused {refused:?}, lost {lost}, duplicates {duplicates}, \
+         slowest answer {:.2} s",
+        acknowledged.len(),
+        slowest.as_secs_f64()
+    );
+    assert_eq!(lost, 0);
+    assert!(refused.keys().all(|status| status == "503"), "while PostgreSQL was down only 503s: {refused:?}");
+    assert!(refused.get("503").is_some_and(|n| *n > 0), "the outage was seen");
+    assert!(slowest < Duration::from_secs(10), "an answer took {slowest:?}");
+    // Both nodes came back by themselves: each acknowledges again.
+    for url in &urls {
+        publish(&http, url, 1_000_000).await.unwrap();
+    }
+}
