@@ -4,4 +4,5 @@ mod api;
 mod delivery;
 mod harness;
 mod inbound;
+mod retention;
 mod signing;

@@ -1,0 +1,83 @@
+//! Retention and the bound on held work, on a manual clock: old messages go (with their
+//! deliveries and attempts), recent ones stay, a message's own retention is honoured, and
+//! a backlog is taken into memory only `cluster.held_max` at a time.
+
+use crate::harness::*;
+use serde_json::json;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+const DAY_MS: i64 = 24 * 3_600_000;
+
+async fn wait_gone(gw: &Gateway, app: &str, msg: &str) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (status, _) = gw.call("GET", &format!("/api/v1/app/{app}/msg/{msg}"), None).await;
+        if status == 404 {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "message {msg} outlived its retention");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn messages_past_retention_go_and_recent_ones_stay() {
+    let mut config = dev_config();
+    config.retention.days = 30;
+    config.retention.batch_max = 7;
+    let gw = start_gateway(config).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let mut old = Vec::new();
+    for n in 0..20 {
+        old.push(gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {"n": n}})).await);
+    }
+    for msg in &old {
+        gw.wait_attempts(&app, msg, 1).await;
+    }
+    gw.advance(29 * DAY_MS);
+    let recent = gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {"n": "recent"}})).await;
+    let short = gw
+        .publish(&app, json!({"eventType": "payment.succeeded", "payload": {"n": "short"}, "payloadRetentionHours": 1}))
+        .await;
+    gw.advance(DAY_MS + 1);
+    for msg in old.iter().chain([&short]) {
+        wait_gone(&gw, &app, msg).await;
+        let (status, _) = gw.call("GET", &format!("/api/v1/app/{app}/attempt/msg/{msg}"), None).await;
+        assert_eq!(status, 404, "attempts go with their message");
+    }
+    let (status, _) = gw.call("GET", &format!("/api/v1/app/{app}/msg/{recent}"), None).await;
+    assert_eq!(status, 200, "a message inside the window stays");
+    assert_eq!(gw.attempts_of(&app, &recent).await.len(), 1, "with its attempts");
+    // Publishing goes on while retention runs.
+    gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {"n": "after"}})).await;
+}
+
+#[tokio::test]
+async fn a_backlog_is_held_in_memory_only_held_max_at_a_time() {
+    let mut config = dev_config();
+    config.cluster.held_max = 40;
+    config.cluster.claim_batch_max = 10;
+    let gw = start_gateway(config).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let rx = Receiver::start(Answer { gate: Some(gate.clone()), ..Answer::status(200) }).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    // Scheduled an hour ahead: committed unclaimed, so the claimer takes them when due.
+    let later = hookline_server::wire::timestamp(T0 + 3_600_000);
+    for n in 0..200 {
+        gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {"n": n}, "deliverAt": later})).await;
+    }
+    assert!(!rx.gets_within(300).await, "nothing before its time");
+    gw.advance(3_600_000);
+    for _ in 0..40 {
+        rx.next().await;
+    }
+    assert!(!rx.gets_within(500).await, "more than held_max taken into memory");
+    gate.add_permits(10_000);
+    for _ in 40..200 {
+        rx.next().await;
+    }
+}
