@@ -1,5 +1,6 @@
-//! Runs `hookline serve` from a given binary on 127.0.0.1 with a fresh data dir, and reads
-//! its peak memory and CPU time from /proc.
+//! Runs `hookline serve` from a given binary on 127.0.0.1 with a fresh data dir (and, with
+//! `--database-url`, a fresh PostgreSQL database), and reads its peak memory and CPU time
+//! from /proc.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -10,38 +11,41 @@ pub struct Gateway {
     child: Child,
     pub url: String,
     pub ready_after: Duration,
-    _dir: tempfile::TempDir,
+    port: u16,
+    env: Vec<(String, String)>,
+    binary: std::path::PathBuf,
+    dir: tempfile::TempDir,
 }
 
+/// The key every benchmark node seals secrets with (nodes of one database must share it).
+const SECRET_KEY: &str = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
+
 impl Gateway {
-    pub async fn start(binary: &std::path::Path, extra_env: &[(&str, String)]) -> anyhow::Result<Gateway> {
-        let dir = tempfile::tempdir()?;
+    /// Starts a gateway; on PostgreSQL when `database` is the URL of a fresh database.
+    pub async fn start(
+        binary: &std::path::Path,
+        database: Option<&str>,
+        extra_env: &[(&str, String)],
+    ) -> anyhow::Result<Gateway> {
+        let mut env: Vec<(String, String)> = extra_env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        if let Some(url) = database {
+            env.push(("HOOKLINE_DATABASE_URL".into(), url.to_owned()));
+            env.push(("HOOKLINE_SECURITY_SECRET_KEY".into(), SECRET_KEY.into()));
+        }
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let dir = tempfile::tempdir()?;
+        let (child, ready_after) = spawn(binary, dir.path(), port, &env).await?;
         let url = format!("http://127.0.0.1:{port}");
-        let started = Instant::now();
-        let mut command = Command::new(binary);
-        command
-            .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
-            .arg(dir.path())
-            .env("HOOKLINE_ADMIN_TOKEN", TOKEN)
-            .env("HOOKLINE_LOG_LEVEL", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        for (k, v) in extra_env {
-            command.env(k, v);
-        }
-        let child = command.spawn()?;
-        let http = reqwest::Client::new();
-        loop {
-            if let Ok(r) = http.get(format!("{url}/api/v1/health")).send().await {
-                if r.status().is_success() {
-                    break;
-                }
-            }
-            anyhow::ensure!(started.elapsed() < Duration::from_secs(30), "hookline did not become healthy");
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        Ok(Gateway { child, url, ready_after: started.elapsed(), _dir: dir })
+        Ok(Gateway { child, url, ready_after, port, env, binary: binary.to_owned(), dir })
+    }
+
+    /// Kills the process (`kill -9`) and starts it again on the same data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, ready_after) = spawn(&self.binary, self.dir.path(), self.port, &self.env).await?;
+        (self.child, self.ready_after) = (child, ready_after);
+        Ok(())
     }
 
     fn proc_status_kb(&self, field: &str) -> u64 {
@@ -72,6 +76,37 @@ impl Gateway {
         let fields: Vec<&str> = after.split_whitespace().collect();
         let ticks: f64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<f64>().ok()).sum();
         ticks / 100.0
+    }
+}
+
+/// Starts `hookline serve` and waits until it answers its health check.
+async fn spawn(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    port: u16,
+    env: &[(String, String)],
+) -> anyhow::Result<(Child, Duration)> {
+    let url = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let mut command = Command::new(binary);
+    command
+        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .env("HOOKLINE_ADMIN_TOKEN", TOKEN)
+        .env("HOOKLINE_LOG_LEVEL", "warn")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let child = command.spawn()?;
+    let http = reqwest::Client::new();
+    loop {
+        if let Ok(r) = http.get(format!("{url}/api/v1/health")).send().await {
+            if r.status().is_success() {
+                return Ok((child, started.elapsed()));
+            }
+        }
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(60), "hookline did not become healthy");
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 

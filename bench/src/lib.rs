@@ -1,7 +1,9 @@
 //! Hookline's benchmark harness. Everything runs on 127.0.0.1: a sink, the gateway from a
 //! given binary with a fresh data dir, and a closed-loop load generator with keep-alive
-//! connections. Scenarios: `e2e`, `fanout`, `slow`, `isolation`, `inbound` (see `bench/README.md`).
+//! connections. Scenarios: `e2e`, `fanout`, `slow`, `isolation`, `inbound`, `backlog` (see
+//! `bench/README.md`).
 
+mod backlog;
 pub mod gateway;
 pub mod sink;
 
@@ -15,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: &[&str] = &["e2e", "fanout", "slow", "isolation", "inbound"];
+pub const SCENARIOS: &[&str] = &["e2e", "fanout", "slow", "isolation", "inbound", "backlog"];
 
 /// How big and how slow: `scale` multiplies message counts, `delay_scale` the sink's delays
 /// (the tests smoke-run with both small).
@@ -24,6 +26,9 @@ pub struct Options {
     pub binary: PathBuf,
     pub scale: f64,
     pub delay_scale: f64,
+    /// A PostgreSQL server (URL of any database on it): each gateway gets a fresh database
+    /// there. `None`: SQLite in a fresh data dir.
+    pub database_url: Option<String>,
 }
 
 impl Options {
@@ -33,6 +38,15 @@ impl Options {
 
     fn delay_ms(&self, ms: u64) -> u64 {
         ((ms as f64 * self.delay_scale).round() as u64).max(1)
+    }
+
+    /// A gateway on this run's backend, with `env` added.
+    async fn gateway(&self, env: &[(&str, String)]) -> anyhow::Result<Gateway> {
+        let database = match &self.database_url {
+            Some(server) => Some(hookline_store::postgres::scratch::fresh_database_on(server).await?),
+            None => None,
+        };
+        Gateway::start(&self.binary, database.as_deref(), env).await
     }
 }
 
@@ -258,7 +272,7 @@ pub async fn e2e(options: &Options, concurrency: usize) -> anyhow::Result<Report
     let (http, sink) = (client(), Sink::start().await?);
     let mut report = Report { scenario: "e2e".into(), variant: format!("c{concurrency}"), ..Default::default() };
     report.ceiling_per_s = ceiling(&http, &sink, count, concurrency).await?;
-    let gw = Gateway::start(&options.binary, &[]).await?;
+    let gw = options.gateway(&[]).await?;
     report.idle_rss_mb = gw.rss_mb();
     let app = app_with_endpoints(&http, &gw, &[sink.path(0, 200)]).await?;
     let published = publish(&http, &gw, &app, count, concurrency).await?;
@@ -275,7 +289,7 @@ pub async fn fanout(options: &Options) -> anyhow::Result<Report> {
     let (http, sink) = (client(), Sink::start().await?);
     let mut report = Report { scenario: "fanout".into(), variant: "100 endpoints, c16".into(), ..Default::default() };
     report.ceiling_per_s = ceiling(&http, &sink, count * endpoints, 16).await?;
-    let gw = Gateway::start(&options.binary, &[]).await?;
+    let gw = options.gateway(&[]).await?;
     report.idle_rss_mb = gw.rss_mb();
     let urls: Vec<String> = (0..endpoints).map(|_| sink.path(0, 200)).collect();
     let app = app_with_endpoints(&http, &gw, &urls).await?;
@@ -293,7 +307,7 @@ pub async fn slow(options: &Options, messages: usize, delay_ms: u64, endpoints: 
     let (http, sink) = (client(), Sink::start().await?);
     let variant = format!("{count} msgs, {delay} ms answers, {endpoints} endpoints");
     let mut report = Report { scenario: "slow".into(), variant, ..Default::default() };
-    let gw = Gateway::start(&options.binary, &[]).await?;
+    let gw = options.gateway(&[]).await?;
     report.idle_rss_mb = gw.rss_mb();
     let mut published_all = Published {
         sent_at: HashMap::new(),
@@ -325,7 +339,7 @@ pub async fn isolation(options: &Options) -> anyhow::Result<(Report, Report)> {
     let stuck = options.count(1_000);
     let delay = options.delay_ms(15_000);
     let (http, sink) = (client(), Sink::start().await?);
-    let gw = Gateway::start(&options.binary, &[]).await?;
+    let gw = options.gateway(&[]).await?;
     let fast_app = app_with_endpoints(&http, &gw, &[sink.path(0, 200)]).await?;
     let slow_app = app_with_endpoints(&http, &gw, &[sink.path(delay, 200)]).await?;
     let mut alone =
@@ -368,7 +382,7 @@ pub async fn inbound(options: &Options) -> anyhow::Result<Report> {
     let (http, sink) = (client(), Sink::start().await?);
     let mut report = Report { scenario: "inbound".into(), variant: "stripe, c16".into(), ..Default::default() };
     report.ceiling_per_s = ceiling(&http, &sink, count, 16).await?;
-    let gw = Gateway::start(&options.binary, &[]).await?;
+    let gw = options.gateway(&[]).await?;
     report.idle_rss_mb = gw.rss_mb();
     let app = app_with_endpoints(&http, &gw, &[sink.path(0, 200)]).await?;
     let body = json!({"name": "stripe", "preset": "stripe", "secrets": [SECRET], "appId": app});
@@ -401,6 +415,7 @@ pub async fn run(name: &str, options: &Options) -> anyhow::Result<Vec<Report>> {
             vec![alone, beside]
         }
         "inbound" => vec![inbound(options).await?],
+        "backlog" => vec![backlog::backlog(options).await?],
         other => anyhow::bail!("unknown scenario {other}; known: {}", SCENARIOS.join(", ")),
     })
 }

@@ -26,13 +26,22 @@ struct Args {
     /// Also write the figures as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Run on PostgreSQL: an URL to any database of the server (each gateway gets a fresh
+    /// database there), e.g. postgres://postgres@127.0.0.1:5432/postgres.
+    #[arg(long)]
+    database_url: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(args.binary.exists(), "{} not found: build it with `cargo build --release`", args.binary.display());
-    let options = Options { binary: args.binary, scale: args.scale, delay_scale: args.delay_scale };
+    let options = Options {
+        binary: args.binary,
+        scale: args.scale,
+        delay_scale: args.delay_scale,
+        database_url: args.database_url,
+    };
     let names: Vec<String> = if args.scenario.iter().any(|s| s == "all") {
         SCENARIOS.iter().map(|s| s.to_string()).collect()
     } else {

@@ -5,7 +5,8 @@ use hookline_bench::{run, Options, SCENARIOS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_and_loses_nothing() {
-    let options = Options { binary: env!("CARGO_BIN_EXE_hookline").into(), scale: 0.01, delay_scale: 0.02 };
+    let options =
+        Options { binary: env!("CARGO_BIN_EXE_hookline").into(), scale: 0.01, delay_scale: 0.02, database_url: None };
     for name in SCENARIOS {
         let reports = run(name, &options).await.unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(!reports.is_empty(), "{name}");

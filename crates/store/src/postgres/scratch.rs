@@ -15,10 +15,14 @@ pub fn server_url() -> String {
     std::env::var("HOOKLINE_TEST_PG_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-/// Creates an empty database and returns its URL.
+/// Creates an empty database on the tests' server and returns its URL.
 pub async fn fresh_database() -> StoreResult<String> {
+    fresh_database_on(&server_url()).await
+}
+
+/// Creates an empty database on the server of `server` (an URL to any database there).
+pub async fn fresh_database_on(server: &str) -> StoreResult<String> {
     static COUNT: AtomicU32 = AtomicU32::new(0);
-    let server = server_url();
     let (client, connection) =
         server.parse::<tokio_postgres::Config>().map_err(pg_error)?.connect(NoTls).await.map_err(pg_error)?;
     tokio::spawn(connection);
@@ -26,7 +30,7 @@ pub async fn fresh_database() -> StoreResult<String> {
     let name =
         format!("{PREFIX}{}_{}_{}", std::process::id(), COUNT.fetch_add(1, Ordering::SeqCst), rand::random::<u32>());
     client.batch_execute(&format!("CREATE DATABASE {name}")).await.map_err(pg_error)?;
-    let base = server.rsplit_once('/').map_or(server.as_str(), |(base, _)| base);
+    let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
     Ok(format!("{base}/{name}"))
 }
 
