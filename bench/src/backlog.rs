@@ -24,7 +24,7 @@ pub async fn backlog(options: &Options) -> anyhow::Result<Report> {
         body: format!(r#"{{"eventType":"payment.succeeded","deliverAt":"{deliver_at}","payload":{{"id":"pay_{n}"}}}}"#),
         headers: vec![("authorization".into(), format!("Bearer {TOKEN}"))],
     });
-    let target = Target { url: format!("{}/api/v1/app/{dead}/msg", gw.url), status: 202, id_field: "id" };
+    let target = Target::one(format!("{}/api/v1/app/{dead}/msg", gw.url), 202, "id");
     let loaded = closed_loop(&http, target, request, count, 64).await?;
     eprintln!("backlog: {count} pending in {:.1} s", loaded.elapsed.as_secs_f64());
     gw.restart().await?;

@@ -39,6 +39,12 @@ impl Gateway {
         Ok(Gateway { child, url, ready_after, port, env, binary: binary.to_owned(), dir })
     }
 
+    /// Kills the process (`kill -9`).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Kills the process (`kill -9`) and starts it again on the same data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
         let _ = self.child.kill();

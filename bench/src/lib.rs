@@ -1,9 +1,10 @@
 //! Hookline's benchmark harness. Everything runs on 127.0.0.1: a sink, the gateway from a
 //! given binary with a fresh data dir, and a closed-loop load generator with keep-alive
-//! connections. Scenarios: `e2e`, `fanout`, `slow`, `isolation`, `inbound`, `backlog` (see
-//! `bench/README.md`).
+//! connections. Scenarios: `e2e`, `fanout`, `slow`, `isolation`, `inbound`, `backlog`, and on
+//! PostgreSQL `cluster` (see `bench/README.md`).
 
 mod backlog;
+mod cluster;
 pub mod gateway;
 pub mod sink;
 
@@ -18,6 +19,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const SCENARIOS: &[&str] = &["e2e", "fanout", "slow", "isolation", "inbound", "backlog"];
+/// Scenarios that need `--database-url` (several nodes on one database); not in `all`.
+pub const POSTGRES_SCENARIOS: &[&str] = &["cluster"];
 
 /// How big and how slow: `scale` multiplies message counts, `delay_scale` the sink's delays
 /// (the tests smoke-run with both small).
@@ -74,6 +77,8 @@ pub struct Report {
     pub ready_ms: f64,
     /// The load generator straight against the sink in the same run: the loopback ceiling.
     pub ceiling_per_s: f64,
+    /// `cluster` with a kill: from the kill until every acknowledged message had arrived.
+    pub takeover_s: f64,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -131,7 +136,7 @@ async fn publish(
         ),
         headers: vec![("authorization".into(), format!("Bearer {TOKEN}"))],
     });
-    let target = Target { url: format!("{}/api/v1/app/{app_id}/msg", gw.url), status: 202, id_field: "id" };
+    let target = Target::one(format!("{}/api/v1/app/{app_id}/msg", gw.url), 202, "id");
     closed_loop(http, target, request, count, concurrency).await
 }
 
@@ -141,11 +146,21 @@ pub struct Request {
     headers: Vec<(String, String)>,
 }
 
-/// Where a closed loop sends, what it expects back, and where the answer names the message.
+/// Where a closed loop sends (request `n` to `urls[n % len]`), what it expects back, and
+/// where the answer names the message.
 struct Target {
-    url: String,
+    urls: Vec<String>,
     status: u16,
     id_field: &'static str,
+    /// Requests that fail or get another answer are left out instead of ending the run
+    /// (a node is killed on purpose).
+    tolerate_failures: bool,
+}
+
+impl Target {
+    fn one(url: String, status: u16, id_field: &'static str) -> Target {
+        Target { urls: vec![url], status, id_field, tolerate_failures: false }
+    }
 }
 
 type MakeRequest = Arc<dyn Fn(usize) -> Request + Send + Sync>;
@@ -176,13 +191,21 @@ async fn closed_loop(
                 }
                 let Request { body, headers } = request(n);
                 let start = Instant::now();
-                let mut builder = http.post(&target.url).header("content-type", "application/json").body(body);
+                let url = &target.urls[n % target.urls.len()];
+                let mut builder = http.post(url).header("content-type", "application/json").body(body);
                 for (k, v) in headers {
                     builder = builder.header(k, v);
                 }
-                let r = builder.send().await?;
-                anyhow::ensure!(r.status().as_u16() == target.status, "{} answered {}", target.url, r.status());
-                let out: Value = r.json().await?;
+                let answer = match builder.send().await {
+                    Ok(r) if r.status().as_u16() == target.status => r.json::<Value>().await.map_err(Into::into),
+                    Ok(r) => Err(anyhow::anyhow!("{url} answered {}", r.status())),
+                    Err(e) => Err(e.into()),
+                };
+                let out = match answer {
+                    Ok(out) => out,
+                    Err(_) if target.tolerate_failures => continue,
+                    Err(e) => return Err(e),
+                };
                 latencies.lock().unwrap().push(start.elapsed().as_secs_f64() * 1000.0);
                 sent_at.lock().unwrap().insert(out[target.id_field].as_str().unwrap_or_default().to_owned(), start);
             }
@@ -395,7 +418,7 @@ pub async fn inbound(options: &Options) -> anyhow::Result<Report> {
         let signature = hookline_core::signature::stripe_header(&[SECRET], now, body.as_bytes());
         Request { body, headers: vec![("stripe-signature".into(), signature)] }
     });
-    let target = Target { url, status: 200, id_field: "messageId" };
+    let target = Target::one(url, 200, "messageId");
     let published = closed_loop(&http, target, request, count, 16).await?;
     wait_answered(&sink, count, Duration::from_secs(120)).await;
     deliveries(&mut report, &sink, &published, 1);
@@ -416,6 +439,7 @@ pub async fn run(name: &str, options: &Options) -> anyhow::Result<Vec<Report>> {
         }
         "inbound" => vec![inbound(options).await?],
         "backlog" => vec![backlog::backlog(options).await?],
+        "cluster" => cluster::cluster(options).await?,
         other => anyhow::bail!("unknown scenario {other}; known: {}", SCENARIOS.join(", ")),
     })
 }
@@ -453,6 +477,7 @@ pub fn median(runs: &[Vec<Report>]) -> Vec<Report> {
                 cpu_s: column(|r| r.cpu_s),
                 ready_ms: column(|r| r.ready_ms),
                 ceiling_per_s: column(|r| r.ceiling_per_s),
+                takeover_s: column(|r| r.takeover_s),
             }
         })
         .collect()
@@ -461,11 +486,11 @@ pub fn median(runs: &[Vec<Report>]) -> Vec<Report> {
 /// A plain-text table of reports.
 pub fn table(reports: &[Report]) -> String {
     let mut out = String::from(
-        "scenario   variant                                   msgs  deliv/s  e2e p50  e2e p99  e2e max  pub/s    pub p99  dup  lost  total s  inflight  RSS MB  CPU s  ceiling/s\n",
+        "scenario   variant                                   msgs  deliv/s  e2e p50  e2e p99  e2e max  pub/s    pub p99  dup  lost  total s  inflight  RSS MB  CPU s  ceiling/s  ready ms  takeover s\n",
     );
     for r in reports {
         out.push_str(&format!(
-            "{:<10} {:<40} {:>5} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>8.1} {:>4} {:>5} {:>8.2} {:>9} {:>7.1} {:>6.1} {:>10.0}\n",
+            "{:<10} {:<40} {:>5} {:>8.0} {:>8.1} {:>8.1} {:>8.1} {:>8.0} {:>8.1} {:>4} {:>5} {:>8.2} {:>9} {:>7.1} {:>6.1} {:>10.0} {:>9.0} {:>11.1}\n",
             r.scenario,
             r.variant,
             r.messages,
@@ -481,7 +506,9 @@ pub fn table(reports: &[Report]) -> String {
             r.sink_in_flight_max,
             r.peak_rss_mb,
             r.cpu_s,
-            r.ceiling_per_s
+            r.ceiling_per_s,
+            r.ready_ms,
+            r.takeover_s
         ));
     }
     out

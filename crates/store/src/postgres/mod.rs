@@ -4,6 +4,7 @@
 //! advisory lock, and a dedicated `LISTEN` connection that turns other nodes'
 //! notifications into [`Change`]s.
 
+mod attempts;
 mod listen;
 mod queue;
 mod resources;
@@ -27,12 +28,19 @@ pub struct PgStore {
     pool: Pool,
     timeout: Duration,
     changes: broadcast::Sender<Change>,
-    listener: tokio::task::JoinHandle<()>,
+    /// Attempt records wait here for the batch writer (`attempts.rs`).
+    attempts: tokio::sync::mpsc::Sender<(AttemptRecord, attempts::Reply)>,
+    background: [tokio::task::JoinHandle<()>; 2],
 }
+
+/// Attempt records waiting for the batch writer before recorders wait for room.
+const ATTEMPTS_QUEUED_MAX: usize = 16_384;
 
 impl Drop for PgStore {
     fn drop(&mut self) {
-        self.listener.abort();
+        for task in &self.background {
+            task.abort();
+        }
     }
 }
 
@@ -62,8 +70,12 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Unavailable(format!("database pool: {e}")))?;
         let (changes, _) = broadcast::channel(1_024);
-        let listener = tokio::spawn(listen::run(config, changes.clone()));
-        Ok(PgStore { sealer: Sealer::new(secret_key), pool, timeout, changes, listener })
+        let (attempts, inbox) = tokio::sync::mpsc::channel(ATTEMPTS_QUEUED_MAX);
+        let background = [
+            tokio::spawn(listen::run(config, changes.clone())),
+            tokio::spawn(attempts::run(pool.clone(), inbox, timeout)),
+        ];
+        Ok(PgStore { sealer: Sealer::new(secret_key), pool, timeout, changes, attempts, background })
     }
 
     /// Migrates the schema and returns its version, without opening a store
@@ -277,13 +289,10 @@ impl Store for PgStore {
         on_conn!(self, |c| queue::get_delivery(&c, msg_id, id))
     }
     async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<bool> {
-        in_tx!(self, |tx| async {
-            let applied = queue::record_attempt(&tx, &record).await?;
-            if applied && record.disable_endpoint {
-                notify(&tx, &Change::App(record.attempt.app_id.clone())).await?;
-            }
-            Ok(applied)
-        })
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let lost = || StoreError::Unavailable("the attempt writer stopped".into());
+        self.attempts.send((record, reply)).await.map_err(|_| lost())?;
+        answer.await.map_err(|_| lost())?
     }
     async fn resend(
         &self,

@@ -10,10 +10,6 @@ use deadpool_postgres::GenericClient;
 use hookline_core::delivery::{DeliveryState, Trigger};
 use tokio_postgres::types::ToSql;
 
-/// Writes whose loss in a database crash costs at most a repeated delivery (attempt
-/// records, claims, lease renewals) skip waiting for the WAL flush.
-const RELAXED: &str = "SET LOCAL synchronous_commit = off";
-
 fn absent<T>(result: StoreResult<T>) -> StoreResult<Option<T>> {
     match result {
         Ok(value) => Ok(Some(value)),
@@ -212,56 +208,6 @@ pub async fn count_open_deliveries(c: &impl GenericClient) -> StoreResult<u64> {
 pub async fn get_delivery(c: &impl GenericClient, msg_id: &str, id: &str) -> StoreResult<Delivery> {
     let sql = format!("SELECT {} FROM deliveries WHERE msg_id = $1 AND id = $2", rows::DELIVERY_COLUMNS);
     one(c, &sql, &[&msg_id, &id], rows::delivery).await
-}
-
-pub async fn record_attempt(c: &impl GenericClient, record: &AttemptRecord) -> StoreResult<bool> {
-    c.batch_execute(RELAXED).await.map_err(pg_error)?;
-    let a = &record.attempt;
-    let sql =
-        format!("INSERT INTO attempts ({}) VALUES ({})", rows::ATTEMPT_COLUMNS, super::resources::placeholders(13));
-    let (status, duration) = (i64::from(a.status_code), a.duration_ms as i64);
-    // A merchant's answer may hold NUL bytes, which PostgreSQL text cannot: keep the rest.
-    let response = a.response.replace('\0', "\u{FFFD}");
-    let (state, trigger) = (a.state.code(), a.trigger as i64);
-    let params: [&(dyn ToSql + Sync); 13] = [
-        &a.id,
-        &a.msg_id,
-        &a.app_id,
-        &a.delivery_id,
-        &a.endpoint_id,
-        &a.url,
-        &status,
-        &response,
-        &duration,
-        &a.error_class,
-        &state,
-        &trigger,
-        &a.created_at,
-    ];
-    run(c, &sql, &params).await?;
-    let sql = "UPDATE deliveries SET state = $2, attempts = attempts + 1, next_at = $3, \
-               first_attempt_at = COALESCE(first_attempt_at, $4), trigger = 0, updated_at = $5, \
-               claimed_by = CASE WHEN $7::boolean THEN claimed_by END \
-               WHERE msg_id = $6 AND id = $1 AND claimed_by = $8";
-    let next_state = record.state.code();
-    let params: [&(dyn ToSql + Sync); 8] = [
-        &a.delivery_id,
-        &next_state,
-        &record.next_at,
-        &record.first_attempt_at,
-        &a.created_at,
-        &a.msg_id,
-        &record.keep_claim,
-        &record.claim,
-    ];
-    let applied = run(c, sql, &params).await? == 1;
-    if applied && record.disable_endpoint {
-        if let Some(endpoint_id) = &a.endpoint_id {
-            let sql = "UPDATE endpoints SET disabled = true, updated_at = $2 WHERE id = $1";
-            run(c, sql, &[endpoint_id, &a.created_at]).await?;
-        }
-    }
-    Ok(applied)
 }
 
 /// Restarting a delivery: due now, a fresh retry cycle, marked manual, claimed by `$2`.

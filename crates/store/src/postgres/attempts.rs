@@ -1,0 +1,171 @@
+//! Attempt records on PostgreSQL, batched: every record waiting when the writer is free
+//! goes into one statement (`UNNEST` of one array per column), fenced per row on its
+//! claim, in a transaction with `synchronous_commit = off` (losing the last of them in a
+//! database crash costs a repeated delivery, never a lost one). Like SQLite's background
+//! lane, a flood of attempt records costs one round trip per batch, not per record.
+
+use super::{notify, pg_error};
+use crate::*;
+use deadpool_postgres::{GenericClient, Pool};
+use std::collections::HashSet;
+use tokio::sync::{mpsc, oneshot};
+
+/// Records one statement writes at most.
+const BATCH_MAX: usize = 512;
+
+pub type Reply = oneshot::Sender<StoreResult<bool>>;
+
+/// Takes records from `inbox` and writes them in batches until every sender is gone.
+pub async fn run(pool: Pool, mut inbox: mpsc::Receiver<(AttemptRecord, Reply)>, timeout: std::time::Duration) {
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while inbox.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        let records: Vec<&AttemptRecord> = batch.iter().map(|(record, _)| record).collect();
+        let written = tokio::time::timeout(timeout, write(&pool, &records)).await;
+        let outcome = written.unwrap_or_else(|_| Err(StoreError::Unavailable("the database did not answer in time".into())));
+        match outcome {
+            Ok(applied) => {
+                for (record, reply) in batch.drain(..) {
+                    let key = (record.attempt.msg_id.clone(), record.attempt.delivery_id.clone());
+                    let _ = reply.send(Ok(applied.contains(&key)));
+                }
+            }
+            Err(e) => {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// Writes a batch; returns the `(msg_id, delivery_id)` of the deliveries the writes applied
+/// to (still claimed under the record's token).
+async fn write(pool: &Pool, records: &[&AttemptRecord]) -> StoreResult<HashSet<(String, String)>> {
+    let mut client = pool.get().await.map_err(|e| StoreError::Unavailable(format!("database: {e}")))?;
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.batch_execute("SET LOCAL synchronous_commit = off").await.map_err(pg_error)?;
+    let columns = Columns::of(records);
+    let statement = tx.prepare_cached(BATCH_SQL).await.map_err(pg_error)?;
+    let found = tx.query(&statement, &columns.params()).await.map_err(pg_error)?;
+    let mut applied = HashSet::with_capacity(found.len());
+    let mut disabled_apps = HashSet::new();
+    for row in &found {
+        let (msg_id, id): (String, String) = (row.try_get(0).map_err(pg_error)?, row.try_get(1).map_err(pg_error)?);
+        if let Some(app_id) = row.try_get::<_, Option<String>>(2).map_err(pg_error)? {
+            disabled_apps.insert(app_id);
+        }
+        applied.insert((msg_id, id));
+    }
+    for app_id in disabled_apps {
+        notify(&tx, &Change::App(app_id)).await?;
+    }
+    tx.commit().await.map_err(pg_error)?;
+    Ok(applied)
+}
+
+/// The attempt rows, the fenced delivery updates and the endpoints a 410 disables, in one
+/// statement. Returns each applied delivery, with its app when it disabled an endpoint.
+const BATCH_SQL: &str = "\
+WITH input AS (
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
+        $8::text[], $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::int8[], $14::int8[], $15::int8[],
+        $16::int8[], $17::bool[], $18::int8[], $19::bool[])
+    AS t(id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, duration_ms, error_class,
+        state, trigger, created_at, next_state, next_at, first_attempt_at, keep_claim, claim, disable)
+),
+logged AS (
+    INSERT INTO attempts (id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, duration_ms,
+        error_class, state, trigger, created_at)
+    SELECT id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, duration_ms, error_class,
+        state, trigger, created_at FROM input
+),
+updated AS (
+    UPDATE deliveries d SET state = i.next_state, attempts = d.attempts + 1, next_at = i.next_at,
+        first_attempt_at = COALESCE(d.first_attempt_at, i.first_attempt_at), trigger = 0, updated_at = i.created_at,
+        claimed_by = CASE WHEN i.keep_claim THEN d.claimed_by END
+    FROM input i
+    WHERE d.msg_id = i.msg_id AND d.id = i.delivery_id AND d.claimed_by = i.claim
+    RETURNING d.msg_id, d.id, i.disable, i.endpoint_id, i.created_at
+),
+disabled AS (
+    UPDATE endpoints e SET disabled = true, updated_at = u.created_at
+    FROM updated u WHERE u.disable AND e.id = u.endpoint_id
+    RETURNING e.id, e.app_id
+)
+SELECT u.msg_id, u.id, (SELECT x.app_id FROM disabled x WHERE x.id = u.endpoint_id LIMIT 1)
+FROM updated u";
+
+/// One array per column of a batch.
+struct Columns<'a> {
+    ids: Vec<&'a str>,
+    msg_ids: Vec<&'a str>,
+    app_ids: Vec<&'a str>,
+    delivery_ids: Vec<&'a str>,
+    endpoint_ids: Vec<Option<&'a str>>,
+    urls: Vec<&'a str>,
+    statuses: Vec<i64>,
+    responses: Vec<String>,
+    durations: Vec<i64>,
+    error_classes: Vec<Option<&'a str>>,
+    states: Vec<i64>,
+    triggers: Vec<i64>,
+    created: Vec<i64>,
+    next_states: Vec<i64>,
+    next_at: Vec<Option<i64>>,
+    first_attempt_at: Vec<i64>,
+    keep_claims: Vec<bool>,
+    claims: Vec<i64>,
+    disables: Vec<bool>,
+}
+
+impl<'a> Columns<'a> {
+    fn of(records: &[&'a AttemptRecord]) -> Columns<'a> {
+        let attempts = || records.iter().map(|r| &r.attempt);
+        Columns {
+            ids: attempts().map(|a| a.id.as_str()).collect(),
+            msg_ids: attempts().map(|a| a.msg_id.as_str()).collect(),
+            app_ids: attempts().map(|a| a.app_id.as_str()).collect(),
+            delivery_ids: attempts().map(|a| a.delivery_id.as_str()).collect(),
+            endpoint_ids: attempts().map(|a| a.endpoint_id.as_deref()).collect(),
+            urls: attempts().map(|a| a.url.as_str()).collect(),
+            statuses: attempts().map(|a| i64::from(a.status_code)).collect(),
+            // A merchant's answer may hold NUL bytes, which PostgreSQL text cannot: keep the rest.
+            responses: attempts().map(|a| a.response.replace('\0', "\u{FFFD}")).collect(),
+            durations: attempts().map(|a| a.duration_ms as i64).collect(),
+            error_classes: attempts().map(|a| a.error_class.as_deref()).collect(),
+            states: attempts().map(|a| a.state.code()).collect(),
+            triggers: attempts().map(|a| a.trigger as i64).collect(),
+            created: attempts().map(|a| a.created_at).collect(),
+            next_states: records.iter().map(|r| r.state.code()).collect(),
+            next_at: records.iter().map(|r| r.next_at).collect(),
+            first_attempt_at: records.iter().map(|r| r.first_attempt_at).collect(),
+            keep_claims: records.iter().map(|r| r.keep_claim).collect(),
+            claims: records.iter().map(|r| r.claim).collect(),
+            disables: records.iter().map(|r| r.disable_endpoint).collect(),
+        }
+    }
+
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 19] {
+        [
+            &self.ids,
+            &self.msg_ids,
+            &self.app_ids,
+            &self.delivery_ids,
+            &self.endpoint_ids,
+            &self.urls,
+            &self.statuses,
+            &self.responses,
+            &self.durations,
+            &self.error_classes,
+            &self.states,
+            &self.triggers,
+            &self.created,
+            &self.next_states,
+            &self.next_at,
+            &self.first_attempt_at,
+            &self.keep_claims,
+            &self.claims,
+            &self.disables,
+        ]
+    }
+}
