@@ -92,6 +92,7 @@ pub async fn run_all(store: &dyn Store) {
     sources_and_inbound_dedupe(store).await;
     tokens_belong_to_an_app_or_to_the_admin(store).await;
     retention_deletes_old_messages_in_batches(store).await;
+    a_write_failing_halfway_leaves_nothing_and_spares_its_batch(store).await;
     claims_are_leased_fenced_and_taken_over(store).await;
 }
 
@@ -177,6 +178,43 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
     assert!(!store.lead(rival.token, 75_001, 10_000).await.unwrap(), "one leader while its lease lasts");
     assert!(store.lead(rival.token, 85_001, 10_000).await.unwrap(), "an expired leader is replaced");
     store.delete_app(&a.id).await.unwrap();
+}
+
+/// Writes are committed in shared batches on both backends; one that fails halfway (here
+/// a publish whose second delivery repeats the first's id, after its message and first
+/// delivery were written) must leave nothing behind, and every other write of its batch
+/// must still land.
+async fn a_write_failing_halfway_leaves_nothing_and_spares_its_batch(store: &dyn Store) {
+    let app = store.create_app(app(40_000, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&app.id, 40_000)).await.unwrap();
+    let publishes: Vec<(bool, Publish)> = (0..300)
+        .map(|n| {
+            let mut publish = publish(&app.id, &[&ep.id], Some(&format!("evt_batch_{n}")), 40_010 + n);
+            let broken = n % 50 == 7;
+            if broken {
+                let again = publish.deliveries[0].clone();
+                publish.deliveries.push(again);
+            }
+            (broken, publish)
+        })
+        .collect();
+    let outcomes = futures_util::future::join_all(publishes.iter().map(|(_, p)| store.publish(p.clone()))).await;
+    let mut kept = 0;
+    for ((broken, publish), outcome) in publishes.iter().zip(outcomes) {
+        if *broken {
+            assert!(matches!(outcome, Err(StoreError::Conflict(_))), "{outcome:?}");
+            let found = store.message_by_id(&publish.message.id).await;
+            assert_eq!(found, Err(StoreError::NotFound), "no half-written message");
+        } else {
+            assert!(matches!(outcome, Ok(PublishOutcome::Created)), "{outcome:?}");
+            store.message_by_id(&publish.message.id).await.unwrap();
+            kept += 1;
+        }
+    }
+    assert_eq!(kept, 294);
+    let listed = store.deliveries_of_endpoint(&app.id, &ep.id, ListFilter::default(), first_page(1_000)).await.unwrap();
+    assert_eq!(listed.items.len(), 294, "no stray delivery of a failed publish");
+    store.delete_app(&app.id).await.unwrap();
 }
 
 async fn retention_deletes_old_messages_in_batches(store: &dyn Store) {

@@ -6,6 +6,7 @@
 
 mod attempts;
 mod listen;
+mod publishes;
 mod queue;
 mod resources;
 mod rows;
@@ -26,15 +27,24 @@ pub(crate) const CHANNEL: &str = "hookline_changes";
 pub struct PgStore {
     sealer: Sealer,
     pool: Pool,
+    /// Connections with `synchronous_commit = off`, for writes that may be lost in a
+    /// database crash at the cost of a repeated delivery.
+    relaxed: Pool,
     timeout: Duration,
     changes: broadcast::Sender<Change>,
     /// Attempt records wait here for the batch writer (`attempts.rs`).
     attempts: tokio::sync::mpsc::Sender<(AttemptRecord, attempts::Reply)>,
-    background: [tokio::task::JoinHandle<()>; 2],
+    /// Publishes wait here for the group-commit writers (`publishes.rs`).
+    publishes: tokio::sync::mpsc::Sender<(Publish, publishes::Reply)>,
+    background: Vec<tokio::task::JoinHandle<()>>,
 }
 
 /// Attempt records waiting for the batch writer before recorders wait for room.
 const ATTEMPTS_QUEUED_MAX: usize = 16_384;
+/// Connections of the relaxed pool (the attempt writer, claims, lease renewals).
+const RELAXED_POOL_MAX: usize = 4;
+/// Publishes waiting for a writer before publishers wait for room.
+const PUBLISHES_QUEUED_MAX: usize = 16_384;
 
 impl Drop for PgStore {
     fn drop(&mut self) {
@@ -58,24 +68,34 @@ impl PgStore {
     pub async fn open(url: &str, secret_key: &[u8; KEY_BYTES], options: PgOptions) -> StoreResult<PgStore> {
         let config = parse_url(url, options.timeout_ms)?;
         schema::migrate(&config).await?;
-        let manager =
-            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let timeout = Duration::from_millis(options.timeout_ms);
-        let pool = Pool::builder(manager)
-            .max_size(options.pool_max)
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .wait_timeout(Some(timeout))
-            .create_timeout(Some(timeout))
-            .recycle_timeout(Some(timeout))
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("database pool: {e}")))?;
+        let pool = make_pool(config.clone(), options.pool_max, timeout)?;
+        // Writes whose loss in a database crash costs at most a repeated delivery (attempt
+        // records, claims, lease renewals) do not wait for the WAL flush.
+        let mut relaxed_config = config.clone();
+        relaxed_config.options("-c synchronous_commit=off");
+        let relaxed = make_pool(relaxed_config, RELAXED_POOL_MAX, timeout)?;
         let (changes, _) = broadcast::channel(1_024);
         let (attempts, inbox) = tokio::sync::mpsc::channel(ATTEMPTS_QUEUED_MAX);
-        let background = [
+        let (publishes, waiting) = tokio::sync::mpsc::channel(PUBLISHES_QUEUED_MAX);
+        let waiting: publishes::Inbox = std::sync::Arc::new(tokio::sync::Mutex::new(waiting));
+        let mut background = vec![
             tokio::spawn(listen::run(config, changes.clone())),
-            tokio::spawn(attempts::run(pool.clone(), inbox, timeout)),
+            tokio::spawn(attempts::run(relaxed.clone(), inbox, timeout)),
         ];
-        Ok(PgStore { sealer: Sealer::new(secret_key), pool, timeout, changes, attempts, background })
+        for _ in 0..publishes::WRITERS {
+            background.push(tokio::spawn(publishes::run(pool.clone(), waiting.clone(), timeout)));
+        }
+        Ok(PgStore {
+            sealer: Sealer::new(secret_key),
+            pool,
+            relaxed,
+            timeout,
+            changes,
+            attempts,
+            publishes,
+            background,
+        })
     }
 
     /// Migrates the schema and returns its version, without opening a store
@@ -90,8 +110,17 @@ impl PgStore {
         F: FnOnce(deadpool_postgres::Object) -> Fut,
         Fut: Future<Output = StoreResult<T>>,
     {
+        self.on(&self.pool, f).await
+    }
+
+    /// Runs `f` with a connection of `pool`, bounded by the timeout.
+    async fn on<T, F, Fut>(&self, pool: &Pool, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(deadpool_postgres::Object) -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
         let work = async {
-            let client = self.pool.get().await.map_err(|e| StoreError::Unavailable(format!("database: {e}")))?;
+            let client = pool.get().await.map_err(|e| StoreError::Unavailable(format!("database: {e}")))?;
             f(client).await
         };
         tokio::time::timeout(self.timeout, work)
@@ -120,6 +149,18 @@ macro_rules! on_conn {
     ($store:expr, |$c:ident| $body:expr) => {
         $store.with(|$c| async move { { $body }.await }).await
     };
+}
+
+fn make_pool(config: tokio_postgres::Config, max_size: usize, timeout: Duration) -> StoreResult<Pool> {
+    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager)
+        .max_size(max_size)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(timeout))
+        .create_timeout(Some(timeout))
+        .recycle_timeout(Some(timeout))
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("database pool: {e}")))
 }
 
 fn parse_url(url: &str, timeout_ms: u64) -> StoreResult<tokio_postgres::Config> {
@@ -248,7 +289,10 @@ impl Store for PgStore {
     }
 
     async fn publish(&self, publish: Publish) -> StoreResult<PublishOutcome> {
-        in_tx!(self, |tx| queue::publish(&tx, &publish))
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let lost = || StoreError::Unavailable("the publish writers stopped".into());
+        self.publishes.send((publish, reply)).await.map_err(|_| lost())?;
+        answer.await.map_err(|_| lost())?
     }
     async fn get_message(&self, app_id: &str, key: Key<'_>) -> StoreResult<Message> {
         on_conn!(self, |c| queue::get_message(&c, app_id, key))
@@ -264,7 +308,7 @@ impl Store for PgStore {
         on_conn!(self, |c| queue::register_node(&c, name, now, lease_ms))
     }
     async fn renew_node(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool> {
-        on_conn!(self, |c| queue::renew_node(&c, token, now, lease_ms))
+        self.on(&self.relaxed, |c| async move { queue::renew_node(&c, token, now, lease_ms).await }).await
     }
     async fn retire_node(&self, token: i64) -> StoreResult<()> {
         in_tx!(self, |tx| async {
@@ -273,7 +317,7 @@ impl Store for PgStore {
         })
     }
     async fn claim_due(&self, token: i64, horizon: UnixMs, now: UnixMs, limit: usize) -> StoreResult<Vec<Delivery>> {
-        on_conn!(self, |c| queue::claim_due(&c, token, horizon, now, limit))
+        self.on(&self.relaxed, |c| async move { queue::claim_due(&c, token, horizon, now, limit).await }).await
     }
     async fn lead(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool> {
         on_conn!(self, |c| queue::lead(&c, token, now, lease_ms))

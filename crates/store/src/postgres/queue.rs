@@ -18,57 +18,21 @@ fn absent<T>(result: StoreResult<T>) -> StoreResult<Option<T>> {
     }
 }
 
-pub async fn publish(c: &impl GenericClient, publish: &Publish) -> StoreResult<PublishOutcome> {
+/// The message an earlier publish stored for what `publish` repeats: the same provider
+/// event (its dedupe key) or the same `eventId`.
+pub async fn earlier_message(c: &impl GenericClient, publish: &Publish) -> StoreResult<Message> {
     let m = &publish.message;
     if let Some((source_id, key)) = &publish.dedupe {
-        // Inserted, or taken over from a message since deleted (with its app); otherwise
-        // the provider sent this event before.
-        let sql = "INSERT INTO inbound_keys (source_id, event_key, msg_id, created_at) VALUES ($1, $2, $3, $4) \
-                   ON CONFLICT (source_id, event_key) DO UPDATE SET msg_id = excluded.msg_id, created_at = excluded.created_at \
-                   WHERE NOT EXISTS (SELECT 1 FROM messages WHERE id = inbound_keys.msg_id)";
-        if run(c, sql, &[source_id, key, &m.id, &m.created_at]).await? == 0 {
-            let sql = "SELECT m.* FROM inbound_keys k JOIN messages m ON m.id = k.msg_id \
-                       WHERE k.source_id = $1 AND k.event_key = $2";
-            let sql = sql.replace("m.*", &prefixed("m", rows::MESSAGE_COLUMNS));
-            let existing = one(c, &sql, &[source_id, key], rows::message).await?;
-            return Ok(PublishOutcome::Duplicate(Box::new(existing)));
-        }
+        let sql = format!(
+            "SELECT {} FROM inbound_keys k JOIN messages m ON m.id = k.msg_id WHERE k.source_id = $1 AND k.event_key = $2",
+            prefixed("m", rows::MESSAGE_COLUMNS)
+        );
+        return one(c, &sql, &[source_id, key], rows::message).await;
     }
-    let (channels, tags, headers) = (rows::opt_json(&m.channels), rows::opt_json(&m.tags), rows::opt_json(&m.headers));
-    let sql = format!(
-        "INSERT INTO messages ({}) VALUES ({}) ON CONFLICT (app_id, event_id) WHERE event_id IS NOT NULL DO NOTHING",
-        rows::MESSAGE_COLUMNS,
-        super::resources::placeholders(13)
-    );
-    let params: [&(dyn ToSql + Sync); 13] = [
-        &m.id,
-        &m.app_id,
-        &m.event_id,
-        &m.event_type,
-        &&m.payload[..],
-        &channels,
-        &tags,
-        &m.callback_url,
-        &m.deliver_at,
-        &m.source_id,
-        &headers,
-        &m.retain_until,
-        &m.created_at,
-    ];
-    if run(c, &sql, &params).await? == 0 {
-        if publish.dedupe.is_some() {
-            // The dedupe key above is already written: roll the whole publish back.
-            return Err(StoreError::Conflict("a message with this eventId exists".into()));
-        }
-        let event_id = m.event_id.as_deref().unwrap_or_default();
-        let existing = get_message(c, &m.app_id, event_id).await?;
-        return Ok(PublishOutcome::Duplicate(Box::new(existing)));
+    match &m.event_id {
+        Some(event_id) => get_message(c, &m.app_id, event_id).await,
+        None => Err(StoreError::Unavailable("a new message was not written".into())),
     }
-    insert_deliveries(c, &publish.deliveries, publish.claim).await?;
-    if let Some(answer) = &publish.idempotency {
-        super::resources::save_idempotent_response(c, answer).await?;
-    }
-    Ok(PublishOutcome::Created)
 }
 
 /// `m.a, m.b, …` for a column list.
@@ -76,32 +40,66 @@ fn prefixed(alias: &str, columns: &str) -> String {
     columns.split(',').map(|col| format!("{alias}.{}", col.trim())).collect::<Vec<_>>().join(", ")
 }
 
-/// Every delivery of a publish in one statement (`UNNEST` of one array per column).
-async fn insert_deliveries(c: &impl GenericClient, deliveries: &[Delivery], claim: Option<i64>) -> StoreResult<()> {
-    if deliveries.is_empty() {
-        return Ok(());
+/// The deliveries of a write as one array per column (for `UNNEST`), each with the node
+/// token claiming it.
+pub struct DeliveryColumns<'a> {
+    ids: Vec<&'a str>,
+    msg_ids: Vec<&'a str>,
+    app_ids: Vec<&'a str>,
+    endpoint_ids: Vec<Option<&'a str>>,
+    states: Vec<i64>,
+    attempts: Vec<i64>,
+    next_at: Vec<Option<i64>>,
+    first: Vec<Option<i64>>,
+    triggers: Vec<i64>,
+    updated: Vec<i64>,
+    claims: Vec<Option<i64>>,
+}
+
+impl<'a> DeliveryColumns<'a> {
+    pub fn of(deliveries: &[(&'a Delivery, Option<i64>)]) -> DeliveryColumns<'a> {
+        let all = || deliveries.iter().map(|(d, _)| *d);
+        DeliveryColumns {
+            ids: all().map(|d| d.id.as_str()).collect(),
+            msg_ids: all().map(|d| d.msg_id.as_str()).collect(),
+            app_ids: all().map(|d| d.app_id.as_str()).collect(),
+            endpoint_ids: all().map(|d| d.endpoint_id.as_deref()).collect(),
+            states: all().map(|d| d.state.code()).collect(),
+            attempts: all().map(|d| i64::from(d.attempts)).collect(),
+            next_at: all().map(|d| d.next_at).collect(),
+            first: all().map(|d| d.first_attempt_at).collect(),
+            triggers: all().map(|d| d.trigger as i64).collect(),
+            updated: all().map(|d| d.updated_at).collect(),
+            claims: deliveries.iter().map(|(_, claim)| *claim).collect(),
+        }
     }
-    let ids: Vec<&str> = deliveries.iter().map(|d| d.id.as_str()).collect();
-    let msg_ids: Vec<&str> = deliveries.iter().map(|d| d.msg_id.as_str()).collect();
-    let app_ids: Vec<&str> = deliveries.iter().map(|d| d.app_id.as_str()).collect();
-    let endpoint_ids: Vec<Option<&str>> = deliveries.iter().map(|d| d.endpoint_id.as_deref()).collect();
-    let states: Vec<i64> = deliveries.iter().map(|d| d.state.code()).collect();
-    let attempts: Vec<i64> = deliveries.iter().map(|d| i64::from(d.attempts)).collect();
-    let next_at: Vec<Option<i64>> = deliveries.iter().map(|d| d.next_at).collect();
-    let first: Vec<Option<i64>> = deliveries.iter().map(|d| d.first_attempt_at).collect();
-    let triggers: Vec<i64> = deliveries.iter().map(|d| d.trigger as i64).collect();
-    let updated: Vec<i64> = deliveries.iter().map(|d| d.updated_at).collect();
+
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+        [
+            &self.ids,
+            &self.msg_ids,
+            &self.app_ids,
+            &self.endpoint_ids,
+            &self.states,
+            &self.attempts,
+            &self.next_at,
+            &self.first,
+            &self.triggers,
+            &self.updated,
+            &self.claims,
+        ]
+    }
+}
+
+/// Inserts deliveries in one statement (`UNNEST` of one array per column).
+async fn insert_deliveries(c: &impl GenericClient, deliveries: &[Delivery], claim: Option<i64>) -> StoreResult<()> {
+    let claimed: Vec<(&Delivery, Option<i64>)> = deliveries.iter().map(|d| (d, claim)).collect();
+    let columns = DeliveryColumns::of(&claimed);
     let sql = "INSERT INTO deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, \
                trigger, updated_at, claimed_by) \
-               SELECT *, $11::int8 FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], \
-               $6::int8[], $7::int8[], $8::int8[], $9::int8[], $10::int8[])";
-    run(
-        c,
-        sql,
-        &[&ids, &msg_ids, &app_ids, &endpoint_ids, &states, &attempts, &next_at, &first, &triggers, &updated, &claim],
-    )
-    .await
-    .map(|_| ())
+               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
+               $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])";
+    run(c, sql, &columns.params()).await.map(|_| ())
 }
 
 pub async fn get_message(c: &impl GenericClient, app_id: &str, key: &str) -> StoreResult<Message> {
