@@ -73,6 +73,9 @@ fn invalid_configuration_exits_78_with_a_clear_message() {
     let cases = [
         (vec![("HOOKLINE_DELIVERY_REQUEST_TIMEOUT_MS", "soon")], "request_timeout_ms"),
         (vec![("HOOKLINE_LISTEN", "not-an-address")], "server.listen"),
+        (vec![("HOOKLINE_DATABASE_URL", "mysql://db/hookline")], "database.url"),
+        // A shared database needs the one key every node seals with.
+        (vec![("HOOKLINE_DATABASE_URL", "postgres://127.0.0.1:1/hookline")], "security.secret_key"),
     ];
     for (env, expected) in cases {
         let mut command = Command::new(env!("CARGO_BIN_EXE_hookline"));
@@ -85,6 +88,28 @@ fn invalid_configuration_exits_78_with_a_clear_message() {
         assert_eq!(out.status.code(), Some(78), "{stderr}");
         assert!(stderr.contains(expected), "{stderr:?} should name {expected}");
     }
+}
+
+#[tokio::test]
+async fn migrate_creates_the_postgres_schema_and_exits() {
+    let url = hookline_store::postgres::scratch::fresh_database().await.unwrap();
+    let migrate = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_hookline")).args(["migrate", "--database-url", url]).output().unwrap()
+    };
+    for _ in 0..2 {
+        let out = migrate(&url);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains("schema is at version 1"), "{stdout}");
+    }
+    let out = migrate("postgres://postgres@127.0.0.1:1/nowhere");
+    assert_eq!(out.status.code(), Some(69), "an unreachable database is EX_UNAVAILABLE");
+    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .arg("migrate")
+        .env_remove("HOOKLINE_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "migrate needs a database URL");
 }
 
 #[tokio::test]

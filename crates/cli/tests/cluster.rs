@@ -43,6 +43,22 @@ async fn publish(http: &reqwest::Client, url: &str, n: usize) -> Result<String, 
     }
 }
 
+/// Sends one Stripe-signed event to the `stripe` source through `url`; the id of the message
+/// it became when acknowledged (200).
+async fn inbound(http: &reqwest::Client, url: &str, n: usize) -> Result<String, String> {
+    let body = format!(r#"{{"id":"evt_{n}_{}","type":"charge.succeeded"}}"#, std::process::id());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let signature = hookline_core::signature::stripe_header(&["whsec_cluster"], now, body.as_bytes());
+    let sent = http.post(format!("{url}/in/stripe")).header("stripe-signature", signature).body(body).send().await;
+    let response = sent.map_err(|e| format!("transport: {e}"))?;
+    let status = response.status().as_u16();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    match (status, answer["messageId"].as_str()) {
+        (200, Some(id)) => Ok(id.to_owned()),
+        _ => Err(format!("{status}: {answer}")),
+    }
+}
+
 /// Acknowledged ids that never arrived, and how many extra copies arrived.
 fn lost_and_duplicated(acknowledged: &[String], arrivals: &Arrivals) -> (usize, u32) {
     let seen = arrivals.lock().unwrap();
@@ -295,13 +311,14 @@ async fn a_postgres_restart_under_load_answers_503_and_loses_nothing() {
     b.process.wait_healthy(&http).await;
     let urls = [a.process.url.clone(), b.process.url.clone()];
     let (hook, arrivals) = counting_sink(5).await;
-    create_all(
-        &http,
-        &urls[0],
-        TOKEN,
-        &[("/api/v1/app", json!({"name": "m", "uid": "m"})), ("/api/v1/app/m/endpoint", json!({"url": hook}))],
-    )
-    .await;
+    let source =
+        json!({"name": "stripe", "uid": "stripe", "preset": "stripe", "secrets": ["whsec_cluster"], "appId": "m"});
+    let setup = [
+        ("/api/v1/app", json!({"name": "m", "uid": "m"})),
+        ("/api/v1/app/m/endpoint", json!({"url": hook})),
+        ("/api/v1/source", source),
+    ];
+    create_all(&http, &urls[0], TOKEN, &setup).await;
 
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -314,7 +331,12 @@ async fn a_postgres_restart_under_load_answers_503_and_loses_nothing() {
             let mut n = worker;
             while !stop.load(std::sync::atomic::Ordering::SeqCst) {
                 let sent = Instant::now();
-                match publish(&http, &urls[n % 2], n).await {
+                // Every third request is a provider's webhook to the inbound source.
+                let answer = match n % 3 {
+                    2 => inbound(&http, &urls[n % 2], n).await,
+                    _ => publish(&http, &urls[n % 2], n).await,
+                };
+                match answer {
                     Ok(id) => acknowledged.push(id),
                     Err(e) => *statuses.entry(e.chars().take(3).collect()).or_default() += 1,
                 }
@@ -353,7 +375,10 @@ async fn a_postgres_restart_under_load_answers_503_and_loses_nothing() {
         slowest.as_secs_f64()
     );
     assert_eq!(lost, 0);
-    assert!(refused.keys().all(|status| status == "503"), "while PostgreSQL was down only 503s: {refused:?}");
+    assert!(
+        refused.keys().all(|status| status == "503"),
+        "while PostgreSQL was down only 503s (publish and inbound): {refused:?}"
+    );
     assert!(refused.get("503").is_some_and(|n| *n > 0), "the outage was seen");
     assert!(slowest < Duration::from_secs(10), "an answer took {slowest:?}");
     // Both nodes came back by themselves: each acknowledges again.
