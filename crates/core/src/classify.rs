@@ -49,6 +49,15 @@ pub fn error_class(outcome: &Outcome) -> Option<&'static str> {
     }
 }
 
+/// Consecutive attempts an endpoint may fail to be reached (nothing accepted the
+/// connection) before its deliveries are paced: one at a time, a pause between them.
+pub const PACE_AFTER_UNREACHABLE: u32 = 5;
+
+/// True when the attempt never reached the endpoint: it is down, not erring.
+pub fn unreachable(outcome: &Outcome) -> bool {
+    matches!(outcome, Outcome::Connect)
+}
+
 /// Parses `Retry-After` (delta seconds or an HTTP date) into milliseconds from `now`.
 pub fn parse_retry_after(value: &str, now: UnixMs) -> Option<u64> {
     let value = value.trim();

@@ -8,6 +8,7 @@
 mod columns;
 mod model;
 pub mod postgres;
+mod query;
 pub mod sealed;
 pub mod sqlite;
 

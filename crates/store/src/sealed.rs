@@ -2,7 +2,7 @@
 //! XChaCha20-Poly1305 before they reach the database, bound to their row's id, so a dump
 //! of the database alone does not reveal them. The key lives outside the database.
 
-use crate::{App, Endpoint, Listed, Source, StoreError, StoreResult};
+use crate::{App, DeliveryView, Endpoint, Listed, Source, StoreError, StoreResult};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
@@ -95,6 +95,14 @@ impl Sealer {
             secret.value = self.open(&source.id, &secret.value)?;
         }
         Ok(source)
+    }
+
+    /// Opens the endpoints shown beside a page of deliveries.
+    pub fn open_views(&self, listed: Listed<DeliveryView>) -> StoreResult<Listed<DeliveryView>> {
+        self.open_all(listed, |sealer, mut view: DeliveryView| {
+            view.endpoint = view.endpoint.map(|e| sealer.open_endpoint(e)).transpose()?;
+            Ok(view)
+        })
     }
 
     pub fn open_all<T>(&self, listed: Listed<T>, open: impl Fn(&Self, T) -> StoreResult<T>) -> StoreResult<Listed<T>> {

@@ -1,7 +1,7 @@
-//! The claimer: this node's lease and its windows of due work. Every poll (or sooner when
-//! woken) it renews the lease when a third of it has passed, and claims batches of due
-//! deliveries from the store while it holds fewer than `cluster.held_max`, so memory
-//! follows the work in flight, not the backlog. A lost lease (the node was cut off longer
+//! The claimer: this node's lease and its windows of due work. A heartbeat renews the lease
+//! when a third of it has passed; every poll (or sooner when woken) the claimer takes
+//! batches of due deliveries from the store while the node holds fewer than
+//! `cluster.held_max`, so memory follows the work in flight, not the backlog. A lost lease (the node was cut off longer
 //! than the lease) means a new registration; work held under the old token is dropped
 //! as it comes due, and claimed again from the store.
 
@@ -40,14 +40,30 @@ pub fn node_name(cluster: &ClusterConfig) -> String {
 }
 
 impl Engine {
-    pub(super) async fn claim_loop(self: Arc<Self>, mut lease: NodeLease) {
+    /// Claims due work every poll (or sooner when woken) while there is room.
+    pub(super) async fn claim_loop(self: Arc<Self>) {
         let mut stopping = self.stopping.subscribe();
         let poll = Duration::from_millis(self.cluster.poll_ms);
-        let mut renewed_at = self.clock.now_ms();
         loop {
             if *stopping.borrow() {
                 return;
             }
+            self.claim_while_room(self.token()).await;
+            tokio::select! {
+                _ = stopping.wait_for(|s| *s) => return,
+                _ = self.claim_now.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// Renews the lease when a third of it has passed (checked every poll, on the engine's
+    /// clock), in a task of its own so that slow claims never starve the renewal.
+    pub(super) async fn heartbeat(self: Arc<Self>, mut lease: NodeLease) {
+        let mut stopping = self.stopping.subscribe();
+        let poll = Duration::from_millis(self.cluster.poll_ms);
+        let mut renewed_at = self.clock.now_ms();
+        loop {
             let now = self.clock.now_ms();
             if now - renewed_at >= self.cluster.lease_ms as i64 / 3 {
                 if let Some(fresh) = self.renew(lease, now).await {
@@ -55,10 +71,8 @@ impl Engine {
                     renewed_at = now;
                 }
             }
-            self.claim_while_room(lease.token).await;
             tokio::select! {
                 _ = stopping.wait_for(|s| *s) => return,
-                _ = self.claim_now.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
             }
         }

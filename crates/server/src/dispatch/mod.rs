@@ -14,7 +14,7 @@ pub use client::DeliveryClient;
 use crate::clock::Clock;
 use crate::config::{ClusterConfig, DeliveryConfig};
 use crate::metrics as m;
-use hookline_core::classify::{classify, error_class, Verdict};
+use hookline_core::classify::{classify, error_class, unreachable, Verdict, PACE_AFTER_UNREACHABLE};
 use hookline_core::delivery::{DeliveryState, Trigger};
 use hookline_core::id::prefix;
 use hookline_core::retry::{next_attempt, RetryPolicy};
@@ -32,6 +32,10 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// How long to wait before retrying a write of an attempt's outcome that the store refused.
 const RECORD_RETRY_MS: u64 = 1_000;
+/// The pause between attempts to an endpoint that cannot be reached (see
+/// `PACE_AFTER_UNREACHABLE`): a merchant down with a million deliveries due costs one
+/// connection attempt a second, not the machine.
+const UNREACHABLE_PAUSE_MS: u64 = 1_000;
 
 /// A delivery this node holds, waiting for its time. The message is carried along when it
 /// is at hand (fresh from a publish) and loaded from the store otherwise (claimed work).
@@ -92,6 +96,15 @@ pub struct Engine {
 struct EndpointLane {
     running: usize,
     parked: VecDeque<Due>,
+    /// Attempts in a row that did not reach the endpoint; from `PACE_AFTER_UNREACHABLE`
+    /// on, its deliveries run one at a time with a pause between them, until one reaches it.
+    unreachable: u32,
+}
+
+impl EndpointLane {
+    fn paced(&self) -> bool {
+        self.unreachable >= PACE_AFTER_UNREACHABLE
+    }
 }
 
 /// The key of the lane a delivery waits in: its endpoint, or one per application for
@@ -170,7 +183,8 @@ impl Engine {
             jitter: Mutex::new(jitter),
         });
         tokio::spawn(engine.clone().schedule(receiver));
-        tokio::spawn(engine.clone().claim_loop(lease));
+        tokio::spawn(engine.clone().heartbeat(lease));
+        tokio::spawn(engine.clone().claim_loop());
         Ok(engine)
     }
 
@@ -281,16 +295,31 @@ impl Engine {
             return;
         }
         let key = lane_key(&due.delivery);
-        {
+        let paced = {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
             let lane = lanes.entry(key.clone()).or_default();
-            if lane.running >= self.config.endpoint_max_in_flight {
+            let cap = if lane.paced() { 1 } else { self.config.endpoint_max_in_flight };
+            if lane.running >= cap {
                 lane.parked.push_back(due);
                 return;
             }
             lane.running += 1;
+            lane.paced()
+        };
+        self.start_turn(key, due, paced);
+    }
+
+    /// Starts a delivery that holds a turn of its lane; after a pause when the lane is paced
+    /// (the turn stays taken meanwhile, so the endpoint sees one attempt at a time).
+    fn start_turn(self: &Arc<Self>, key: String, due: Due, paced: bool) {
+        if !paced {
+            return self.spawn_delivery(key, due);
         }
-        self.spawn_delivery(key, due);
+        let engine = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(UNREACHABLE_PAUSE_MS)).await;
+            engine.spawn_delivery(key, due);
+        });
     }
 
     fn spawn_delivery(self: &Arc<Self>, key: String, due: Due) {
@@ -299,25 +328,45 @@ impl Engine {
         tokio::spawn(self.clone().deliver(key, due));
     }
 
-    /// A delivery to `key` ended: its turn goes to the next parked delivery, if any.
+    /// A delivery to `key` ended: its turn goes to the next parked delivery, if any (after
+    /// a pause, and only as the lane's one delivery, while the endpoint cannot be reached).
     /// During shutdown nothing new starts; parked deliveries stay open in the store.
     fn release(self: &Arc<Self>, key: &str) {
-        let next = {
+        let (next, paced) = {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
             let Some(lane) = lanes.get_mut(key) else { return };
-            match lane.parked.pop_front().filter(|_| !*self.stopping.borrow()) {
-                Some(due) => Some(due),
+            let paced = lane.paced();
+            let next = if paced && lane.running > 1 { None } else { lane.parked.pop_front() };
+            match next.filter(|_| !*self.stopping.borrow()) {
+                Some(due) => (Some(due), paced),
                 None => {
                     lane.running -= 1;
-                    if lane.running == 0 && lane.parked.is_empty() {
+                    if lane.running == 0 && lane.parked.is_empty() && lane.unreachable == 0 {
                         lanes.remove(key);
                     }
-                    None
+                    (None, paced)
                 }
             }
         };
         if let Some(due) = next {
-            self.spawn_delivery(key.to_owned(), due);
+            self.start_turn(key.to_owned(), due, paced);
+        }
+    }
+
+    /// Counts attempts in a row that did not reach the endpoint of `key`.
+    fn note_reach(&self, key: &str, reached: bool) {
+        let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
+        let Some(lane) = lanes.get_mut(key) else { return };
+        if reached {
+            if lane.paced() {
+                tracing::info!(lane = key, "endpoint reachable again; its deliveries run at full speed");
+            }
+            lane.unreachable = 0;
+        } else {
+            lane.unreachable = lane.unreachable.saturating_add(1);
+            if lane.unreachable == PACE_AFTER_UNREACHABLE {
+                tracing::warn!(lane = key, "endpoint cannot be reached; pacing its deliveries");
+            }
         }
     }
 
@@ -373,6 +422,9 @@ impl Engine {
         let now = self.clock.now_ms();
         let d = &due.delivery;
         let first_attempt_at = d.first_attempt_at.unwrap_or(now);
+        if let Some(sent) = &sent {
+            self.note_reach(lane, !unreachable(&sent.outcome));
+        }
         let (state, next_at, disable, class) = match &sent {
             None => (DeliveryState::Exhausted, None, false, Some("endpoint_disabled")),
             Some(sent) => {

@@ -295,3 +295,35 @@ async fn futures_publish(gw: &Gateway, app: &str, n: usize) -> Vec<String> {
     }
     ids
 }
+
+/// An endpoint nobody listens on: after a few attempts that cannot reach it, its deliveries
+/// are paced (one at a time, a pause between) instead of hammering it and the store; when
+/// it listens again, what waited goes through at once, and the rest on its schedule.
+#[tokio::test]
+async fn an_unreachable_endpoint_is_paced_and_drains_when_it_returns() {
+    let gw = start_gateway(dev_config()).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let app = gw.app("merchant").await;
+    let url = format!("http://127.0.0.1:{port}/hook");
+    gw.endpoint(&app, json!({"url": url, "retryPolicy": {"delaysMs": [3_600_000]}})).await;
+    let mut messages = Vec::new();
+    for n in 0..40 {
+        messages.push(gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {"n": n}})).await);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(1_500)).await;
+    let mut attempted = 0;
+    for msg in &messages {
+        attempted += usize::from(!gw.attempts_of(&app, msg).await.is_empty());
+    }
+    let paced_after = hookline_core::classify::PACE_AFTER_UNREACHABLE as usize;
+    assert!(attempted >= paced_after, "the first attempts run at once: {attempted}");
+    assert!(attempted <= paced_after + 3, "{attempted} of 40 attempted in 1.5 s: not paced");
+    let rx = Receiver::start_at(Answer::status(200), &format!("127.0.0.1:{port}")).await;
+    for _ in attempted..40 {
+        rx.next().await;
+    }
+    gw.advance(3_600_000);
+    for _ in 0..attempted {
+        rx.next().await;
+    }
+}

@@ -222,6 +222,11 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start(fallback: Answer) -> Receiver {
+        Receiver::start_at(fallback, "127.0.0.1:0").await
+    }
+
+    /// A receiver on a given address (to bring an endpoint back where it was).
+    pub async fn start_at(fallback: Answer, address: &str) -> Receiver {
         let (sender, requests) = mpsc::unbounded_channel();
         let script = Arc::new(Mutex::new(Script { queue: VecDeque::new(), fallback }));
         let handler_script = script.clone();
@@ -245,7 +250,7 @@ impl Receiver {
                 response.body(axum::body::Body::from("receiver says hi")).unwrap()
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Receiver { url, requests: tokio::sync::Mutex::new(requests), script }

@@ -365,10 +365,7 @@ impl Store for PgStore {
     }
     async fn deliveries_of_message(&self, app_id: &str, msg_id: &str, page: Page) -> StoreResult<Listed<DeliveryView>> {
         let listed = on_conn!(self, |c| queue::deliveries_of_message(&c, app_id, msg_id, &page))?;
-        self.sealer.open_all(listed, |sealer, mut view: DeliveryView| {
-            view.endpoint = view.endpoint.map(|e| sealer.open_endpoint(e)).transpose()?;
-            Ok(view)
-        })
+        self.sealer.open_views(listed)
     }
     async fn deliveries_of_endpoint(
         &self,

@@ -4,7 +4,8 @@
 
 use super::pg_error;
 use super::resources::{get_endpoint, one, run};
-use super::rows::{self, Query};
+use super::rows;
+use crate::query::Query;
 use crate::*;
 use deadpool_postgres::GenericClient;
 use hookline_core::delivery::{DeliveryState, Trigger};
@@ -113,37 +114,14 @@ pub async fn message_by_id(c: &impl GenericClient, id: &str) -> StoreResult<Mess
     one(c, &sql, &[&id], rows::message).await
 }
 
-fn with_filter(mut query: Query, filter: &ListFilter, time_column: &str) -> Query {
-    if let Some(before) = filter.before {
-        query = query.and(&format!("{time_column} < ?"), before);
-    }
-    if let Some(after) = filter.after {
-        query = query.and(&format!("{time_column} > ?"), after);
-    }
-    if let Some(status) = filter.status {
-        query = query.and("state = ?", status.code());
-    }
-    query
-}
-
 pub async fn list_messages(
     c: &impl GenericClient,
     app_id: &str,
     filter: &ListFilter,
     page: &Page,
 ) -> StoreResult<Listed<Message>> {
-    let mut query = with_filter(
-        Query::new().and("app_id = ?", app_id.to_owned()),
-        &ListFilter { status: None, ..filter.clone() },
-        "created_at",
-    );
-    if let Some(channel) = &filter.channel {
-        query = query.and("jsonb_exists(channels::jsonb, ?)", channel.clone());
-    }
-    if let Some(types) = &filter.event_types {
-        query = query.and("event_type = ANY(?)", types.clone());
-    }
-    query.page(c, rows::MESSAGE_COLUMNS, "messages", page, rows::message).await
+    let query = Query::messages(app_id, filter, &rows::DIALECT);
+    rows::page(c, query, rows::MESSAGE_COLUMNS, "messages", page, rows::message).await
 }
 
 pub async fn register_node(c: &impl GenericClient, name: &str, now: i64, lease_ms: u64) -> StoreResult<NodeLease> {
@@ -279,7 +257,7 @@ async fn views_page(
     page: &Page,
     with_endpoint: bool,
 ) -> StoreResult<Listed<DeliveryView>> {
-    let listed = query.page(c, rows::DELIVERY_COLUMNS, "deliveries", page, rows::delivery).await?;
+    let listed = rows::page(c, query, rows::DELIVERY_COLUMNS, "deliveries", page, rows::delivery).await?;
     let mut items = Vec::with_capacity(listed.items.len());
     for delivery in listed.items {
         items.push(view(c, delivery, with_endpoint).await?);
@@ -307,7 +285,7 @@ pub async fn deliveries_of_endpoint(
 ) -> StoreResult<Listed<DeliveryView>> {
     let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
     let query = Query::new().and("app_id = ?", app_id.to_owned()).and("endpoint_id = ?", endpoint.id);
-    views_page(c, with_filter(query, filter, "updated_at"), page, false).await
+    views_page(c, query.filtered(filter, "updated_at"), page, false).await
 }
 
 pub async fn list_attempts(
@@ -322,7 +300,7 @@ pub async fn list_attempts(
         AttemptScope::Endpoint(key) => query.and("endpoint_id = ?", get_endpoint(c, app_id, key).await?.id),
         AttemptScope::Message(key) => query.and("msg_id = ?", get_message(c, app_id, key).await?.id),
     };
-    with_filter(query, filter, "created_at").page(c, rows::ATTEMPT_COLUMNS, "attempts", page, rows::attempt).await
+    rows::page(c, query.filtered(filter, "created_at"), rows::ATTEMPT_COLUMNS, "attempts", page, rows::attempt).await
 }
 
 pub async fn get_attempt(c: &impl GenericClient, app_id: &str, msg_id: &str, attempt_id: &str) -> StoreResult<Attempt> {
@@ -336,10 +314,8 @@ pub async fn list_source_messages(
     source_id: &str,
     page: &Page,
 ) -> StoreResult<Listed<Message>> {
-    Query::new()
-        .and("source_id = ?", source_id.to_owned())
-        .page(c, rows::MESSAGE_COLUMNS, "messages", page, rows::message)
-        .await
+    let query = Query::new().and("source_id = ?", source_id.to_owned());
+    rows::page(c, query, rows::MESSAGE_COLUMNS, "messages", page, rows::message).await
 }
 
 /// One batch of retention in one statement: the messages, then what hangs off them.

@@ -2,7 +2,8 @@
 //! configuration, on PostgreSQL.
 
 use super::pg_error;
-use super::rows::{self, Query};
+use super::rows;
+use crate::query::Query;
 use crate::*;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
@@ -75,7 +76,7 @@ pub async fn get_app(c: &impl GenericClient, key: &str) -> StoreResult<App> {
 }
 
 pub async fn list_apps(c: &impl GenericClient, page: &Page) -> StoreResult<Listed<App>> {
-    Query::new().page(c, rows::APP_COLUMNS, "apps", page, rows::app).await
+    rows::page(c, Query::new(), rows::APP_COLUMNS, "apps", page, rows::app).await
 }
 
 pub async fn update_app(c: &impl GenericClient, app: &App) -> StoreResult<()> {
@@ -122,7 +123,7 @@ pub async fn list_event_types(
     include_archived: bool,
 ) -> StoreResult<Listed<EventType>> {
     let query = if include_archived { Query::new() } else { Query::new().and("archived = ?", false) };
-    query.page_by(c, rows::EVENT_TYPE_COLUMNS, "event_types", "name", page, rows::event_type).await
+    rows::page_by(c, query, rows::EVENT_TYPE_COLUMNS, "event_types", "name", page, rows::event_type).await
 }
 
 pub async fn update_event_type(c: &impl GenericClient, t: &EventType) -> StoreResult<()> {
@@ -197,10 +198,8 @@ pub async fn get_endpoint(c: &impl GenericClient, app_id: &str, key: &str) -> St
 }
 
 pub async fn list_endpoints(c: &impl GenericClient, app_id: &str, page: &Page) -> StoreResult<Listed<Endpoint>> {
-    Query::new()
-        .and("app_id = ?", app_id.to_owned())
-        .page(c, rows::ENDPOINT_COLUMNS, "endpoints", page, rows::endpoint)
-        .await
+    let query = Query::new().and("app_id = ?", app_id.to_owned());
+    rows::page(c, query, rows::ENDPOINT_COLUMNS, "endpoints", page, rows::endpoint).await
 }
 
 pub async fn app_endpoints(c: &impl GenericClient, app_id: &str) -> StoreResult<Vec<Endpoint>> {
@@ -246,7 +245,7 @@ pub async fn get_source(c: &impl GenericClient, key: &str) -> StoreResult<Source
 }
 
 pub async fn list_sources(c: &impl GenericClient, page: &Page) -> StoreResult<Listed<Source>> {
-    Query::new().page(c, rows::SOURCE_COLUMNS, "sources", page, rows::source).await
+    rows::page(c, Query::new(), rows::SOURCE_COLUMNS, "sources", page, rows::source).await
 }
 
 pub async fn delete_source(c: &impl GenericClient, id: &str) -> StoreResult<()> {

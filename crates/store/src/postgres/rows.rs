@@ -10,6 +10,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::Row;
 
 pub use crate::columns::*;
+use crate::query::{self, Dialect, Query};
 
 fn from_json<T: DeserializeOwned>(text: &str) -> StoreResult<T> {
     serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("a stored JSON column: {e}")))
@@ -151,65 +152,51 @@ pub fn all<T>(rows: &[Row], map: fn(&Row) -> StoreResult<T>) -> StoreResult<Vec<
     rows.iter().map(map).collect()
 }
 
-pub type Param = Box<dyn ToSql + Sync + Send>;
+/// How PostgreSQL spells what the backends do not share.
+pub const DIALECT: Dialect = Dialect {
+    channel_contains: "jsonb_exists(channels::jsonb, ?)",
+    event_type_in: "event_type = ANY(?)",
+    placeholder: numbered,
+};
 
-/// A query under construction: a WHERE clause and its parameters.
-#[derive(Default)]
-pub struct Query {
-    conditions: Vec<String>,
-    params: Vec<Param>,
+fn numbered(n: usize) -> String {
+    format!("${n}")
 }
 
-impl Query {
-    pub fn new() -> Query {
-        Query::default()
+fn bind(value: query::Value) -> Box<dyn ToSql + Sync + Send> {
+    match value {
+        query::Value::Text(text) => Box::new(text),
+        query::Value::Int(n) => Box::new(n),
+        query::Value::Bool(b) => Box::new(b),
+        query::Value::Texts(texts) => Box::new(texts),
     }
+}
 
-    /// Adds a condition whose one `?` stands for `value`.
-    pub fn and(mut self, condition: &str, value: impl ToSql + Sync + Send + 'static) -> Query {
-        self.params.push(Box::new(value));
-        self.conditions.push(condition.replace('?', &format!("${}", self.params.len())));
-        self
-    }
+/// A page of `query` over `table`, ordered by id.
+pub async fn page<T>(
+    client: &impl GenericClient,
+    query: Query,
+    columns: &str,
+    table: &str,
+    page: &Page,
+    map: fn(&Row) -> StoreResult<T>,
+) -> StoreResult<Listed<T>> {
+    page_by(client, query, columns, table, "id", page, map).await
+}
 
-    pub async fn page<T>(
-        self,
-        client: &impl GenericClient,
-        columns: &str,
-        table: &str,
-        page: &Page,
-        map: fn(&Row) -> StoreResult<T>,
-    ) -> StoreResult<Listed<T>> {
-        self.page_by(client, columns, table, "id", page, map).await
-    }
-
-    /// `SELECT columns FROM table WHERE … ORDER BY order_column LIMIT page.limit + 1`,
-    /// telling whether more rows follow.
-    pub async fn page_by<T>(
-        mut self,
-        client: &impl GenericClient,
-        columns: &str,
-        table: &str,
-        order_column: &str,
-        page: &Page,
-        map: fn(&Row) -> StoreResult<T>,
-    ) -> StoreResult<Listed<T>> {
-        if let Some(iterator) = &page.iterator {
-            let op = if page.descending { "<" } else { ">" };
-            self = self.and(&format!("{order_column} {op} ?"), iterator.clone());
-        }
-        let filter =
-            if self.conditions.is_empty() { String::new() } else { format!("WHERE {}", self.conditions.join(" AND ")) };
-        let direction = if page.descending { "DESC" } else { "ASC" };
-        let sql = format!(
-            "SELECT {columns} FROM {table} {filter} ORDER BY {order_column} {direction} LIMIT {}",
-            page.limit + 1
-        );
-        let params: Vec<&(dyn ToSql + Sync)> = self.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
-        let found = client.query(&sql, &params).await.map_err(pg_error)?;
-        let mut items = all(&found, map)?;
-        let done = items.len() <= page.limit;
-        items.truncate(page.limit);
-        Ok(Listed { items, done })
-    }
+/// A page of `query` over `table`, ordered by `order_column`.
+pub async fn page_by<T>(
+    client: &impl GenericClient,
+    query: Query,
+    columns: &str,
+    table: &str,
+    order_column: &str,
+    page: &Page,
+    map: fn(&Row) -> StoreResult<T>,
+) -> StoreResult<Listed<T>> {
+    let (sql, values) = query.page_sql(&DIALECT, columns, table, order_column, page);
+    let bound: Vec<Box<dyn ToSql + Sync + Send>> = values.into_iter().map(bind).collect();
+    let params: Vec<&(dyn ToSql + Sync)> = bound.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect();
+    let found = client.query(&sql, &params).await.map_err(pg_error)?;
+    Ok(query::listed(all(&found, map)?, page))
 }

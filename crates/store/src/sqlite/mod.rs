@@ -494,10 +494,7 @@ impl Store for SqliteStore {
     async fn deliveries_of_message(&self, app_id: &str, msg_id: &str, page: Page) -> StoreResult<Listed<DeliveryView>> {
         let (app_id, msg_id) = (app_id.to_owned(), msg_id.to_owned());
         let listed = self.read(move |c| queue::deliveries_of_message(c, &app_id, &msg_id, &page)).await?;
-        self.sealer.open_all(listed, |sealer, mut view: DeliveryView| {
-            view.endpoint = view.endpoint.map(|e| sealer.open_endpoint(e)).transpose()?;
-            Ok(view)
-        })
+        self.sealer.open_views(listed)
     }
     async fn deliveries_of_endpoint(
         &self,

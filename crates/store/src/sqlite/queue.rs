@@ -1,8 +1,9 @@
 //! Messages, their deliveries and the attempt log: the durable queue.
 
 use super::resources::get_endpoint;
-use super::rows::{self, Query};
+use super::rows;
 use super::sql_error;
+use crate::query::Query;
 use crate::*;
 use hookline_core::delivery::{DeliveryState, Trigger};
 use rusqlite::{params, Connection, OptionalExtension};
@@ -95,37 +96,14 @@ pub fn message_by_id(conn: &Connection, id: &str) -> StoreResult<Message> {
     conn.prepare_cached(&sql).and_then(|mut s| s.query_row([id], rows::message)).map_err(sql_error)
 }
 
-fn with_filter(mut query: Query, filter: &ListFilter, time_column: &str) -> Query {
-    if let Some(before) = filter.before {
-        query = query.and(&format!("{time_column} < ?"), before);
-    }
-    if let Some(after) = filter.after {
-        query = query.and(&format!("{time_column} > ?"), after);
-    }
-    if let Some(status) = filter.status {
-        query = query.and("state = ?", status.code());
-    }
-    query
-}
-
 pub fn list_messages(
     conn: &Connection,
     app_id: &str,
     filter: &ListFilter,
     page: &Page,
 ) -> StoreResult<Listed<Message>> {
-    let mut query = with_filter(
-        Query::new().and("app_id = ?", app_id.to_owned()),
-        &ListFilter { status: None, ..filter.clone() },
-        "created_at",
-    );
-    if let Some(channel) = &filter.channel {
-        query = query.and("EXISTS (SELECT 1 FROM json_each(messages.channels) WHERE value = ?)", channel.clone());
-    }
-    if let Some(types) = &filter.event_types {
-        query = query.and("event_type IN (SELECT value FROM json_each(?))", rows::to_json(types));
-    }
-    query.page(conn, rows::MESSAGE_COLUMNS, "messages", page, rows::message)
+    let query = Query::messages(app_id, filter, &rows::DIALECT);
+    rows::page(conn, query, rows::MESSAGE_COLUMNS, "messages", page, rows::message)
 }
 
 /// A single-node store: the process registering now is the only one, so every earlier
@@ -366,7 +344,7 @@ fn absent<T>(e: StoreError) -> StoreResult<Option<T>> {
 
 /// A page of deliveries matching `query`, each with its endpoint or its message beside it.
 fn views_page(conn: &Connection, query: Query, page: &Page, with_endpoint: bool) -> StoreResult<Listed<DeliveryView>> {
-    let listed = query.page(conn, rows::DELIVERY_COLUMNS, "deliveries", page, rows::delivery)?;
+    let listed = rows::page(conn, query, rows::DELIVERY_COLUMNS, "deliveries", page, rows::delivery)?;
     let items = listed.items.into_iter().map(|d| view(conn, d, with_endpoint)).collect::<StoreResult<Vec<_>>>()?;
     Ok(Listed { items, done: listed.done })
 }
@@ -391,7 +369,7 @@ pub fn deliveries_of_endpoint(
 ) -> StoreResult<Listed<DeliveryView>> {
     let endpoint = get_endpoint(conn, app_id, endpoint_id)?;
     let query = Query::new().and("app_id = ?", app_id.to_owned()).and("endpoint_id = ?", endpoint.id);
-    views_page(conn, with_filter(query, filter, "updated_at"), page, false)
+    views_page(conn, query.filtered(filter, "updated_at"), page, false)
 }
 
 pub fn list_attempts(
@@ -406,7 +384,7 @@ pub fn list_attempts(
         AttemptScope::Endpoint(key) => query.and("endpoint_id = ?", get_endpoint(conn, app_id, key)?.id),
         AttemptScope::Message(key) => query.and("msg_id = ?", get_message(conn, app_id, key)?.id),
     };
-    with_filter(query, filter, "created_at").page(conn, rows::ATTEMPT_COLUMNS, "attempts", page, rows::attempt)
+    rows::page(conn, query.filtered(filter, "created_at"), rows::ATTEMPT_COLUMNS, "attempts", page, rows::attempt)
 }
 
 pub fn get_attempt(conn: &Connection, app_id: &str, msg_id: &str, attempt_id: &str) -> StoreResult<Attempt> {
@@ -473,13 +451,8 @@ pub fn delete_token(conn: &Connection, id: &str) -> StoreResult<()> {
 }
 
 pub fn list_source_messages(conn: &Connection, source_id: &str, page: &Page) -> StoreResult<Listed<Message>> {
-    Query::new().and("source_id = ?", source_id.to_owned()).page(
-        conn,
-        rows::MESSAGE_COLUMNS,
-        "messages",
-        page,
-        rows::message,
-    )
+    let query = Query::new().and("source_id = ?", source_id.to_owned());
+    rows::page(conn, query, rows::MESSAGE_COLUMNS, "messages", page, rows::message)
 }
 
 pub fn purge_inbound_keys(conn: &Connection, before: i64) -> StoreResult<usize> {

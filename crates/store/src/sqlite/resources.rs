@@ -1,7 +1,8 @@
 //! Applications, event types and endpoints: the configuration a sender manages.
 
-use super::rows::{self, Query};
+use super::rows;
 use super::sql_error;
+use crate::query::Query;
 use crate::*;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -45,7 +46,7 @@ pub fn get_app(conn: &Connection, key: &str) -> StoreResult<App> {
 }
 
 pub fn list_apps(conn: &Connection, page: &Page) -> StoreResult<Listed<App>> {
-    Query::new().page(conn, rows::APP_COLUMNS, "apps", page, rows::app)
+    rows::page(conn, Query::new(), rows::APP_COLUMNS, "apps", page, rows::app)
 }
 
 pub fn update_app(conn: &Connection, app: &App) -> StoreResult<()> {
@@ -91,8 +92,8 @@ pub fn get_event_type(conn: &Connection, name: &str) -> StoreResult<EventType> {
 }
 
 pub fn list_event_types(conn: &Connection, page: &Page, include_archived: bool) -> StoreResult<Listed<EventType>> {
-    let query = if include_archived { Query::new() } else { Query::new().and("archived = ?", 0) };
-    query.page_by(conn, rows::EVENT_TYPE_COLUMNS, "event_types", "name", page, rows::event_type)
+    let query = if include_archived { Query::new() } else { Query::new().and("archived = ?", false) };
+    rows::page_by(conn, query, rows::EVENT_TYPE_COLUMNS, "event_types", "name", page, rows::event_type)
 }
 
 pub fn update_event_type(conn: &Connection, t: &EventType) -> StoreResult<()> {
@@ -174,13 +175,8 @@ pub fn get_endpoint(conn: &Connection, app_id: &str, key: &str) -> StoreResult<E
 }
 
 pub fn list_endpoints(conn: &Connection, app_id: &str, page: &Page) -> StoreResult<Listed<Endpoint>> {
-    Query::new().and("app_id = ?", app_id.to_owned()).page(
-        conn,
-        rows::ENDPOINT_COLUMNS,
-        "endpoints",
-        page,
-        rows::endpoint,
-    )
+    let query = Query::new().and("app_id = ?", app_id.to_owned());
+    rows::page(conn, query, rows::ENDPOINT_COLUMNS, "endpoints", page, rows::endpoint)
 }
 
 pub fn app_endpoints(conn: &Connection, app_id: &str) -> StoreResult<Vec<Endpoint>> {
@@ -234,7 +230,7 @@ pub fn get_source(conn: &Connection, key: &str) -> StoreResult<Source> {
 }
 
 pub fn list_sources(conn: &Connection, page: &Page) -> StoreResult<Listed<Source>> {
-    Query::new().page(conn, rows::SOURCE_COLUMNS, "sources", page, rows::source)
+    rows::page(conn, Query::new(), rows::SOURCE_COLUMNS, "sources", page, rows::source)
 }
 
 pub fn delete_source(conn: &Connection, id: &str) -> StoreResult<()> {

@@ -8,6 +8,7 @@ use rusqlite::Row;
 use serde::de::DeserializeOwned;
 
 pub use crate::columns::*;
+use crate::query::{self, Dialect, Query};
 
 pub fn from_json<T: DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
     serde_json::from_str(text)
@@ -137,64 +138,54 @@ pub fn attempt(row: &Row) -> rusqlite::Result<Attempt> {
     })
 }
 
-/// A query under construction: a WHERE clause and its parameters.
-pub struct Query {
-    pub conditions: Vec<String>,
-    pub params: Vec<Value>,
+/// How SQLite spells what the backends do not share.
+pub const DIALECT: Dialect = Dialect {
+    channel_contains: "EXISTS (SELECT 1 FROM json_each(messages.channels) WHERE value = ?)",
+    event_type_in: "event_type IN (SELECT value FROM json_each(?))",
+    placeholder: numbered,
+};
+
+fn numbered(n: usize) -> String {
+    format!("?{n}")
 }
 
-impl Query {
-    pub fn new() -> Query {
-        Query { conditions: Vec::new(), params: Vec::new() }
+fn bind(value: query::Value) -> Value {
+    match value {
+        query::Value::Text(text) => Value::Text(text),
+        query::Value::Int(n) => Value::Integer(n),
+        query::Value::Bool(b) => Value::Integer(b.into()),
+        query::Value::Texts(texts) => Value::Text(to_json(&texts)),
     }
+}
 
-    pub fn and(mut self, condition: &str, value: impl Into<Value>) -> Query {
-        self.params.push(value.into());
-        self.conditions.push(condition.replace('?', &format!("?{}", self.params.len())));
-        self
-    }
+/// A page of `query` over `table`, ordered by id.
+pub fn page<T>(
+    conn: &rusqlite::Connection,
+    query: Query,
+    columns: &str,
+    table: &str,
+    page: &Page,
+    map: impl Fn(&Row) -> rusqlite::Result<T>,
+) -> StoreResult<Listed<T>> {
+    page_by(conn, query, columns, table, "id", page, map)
+}
 
-    /// Runs `SELECT columns FROM table WHERE … ORDER BY id LIMIT page.limit + 1` and
-    /// tells whether more rows follow.
-    pub fn page<T>(
-        self,
-        conn: &rusqlite::Connection,
-        columns: &str,
-        table: &str,
-        page: &Page,
-        map: impl Fn(&Row) -> rusqlite::Result<T>,
-    ) -> StoreResult<Listed<T>> {
-        self.page_by(conn, columns, table, "id", page, map)
-    }
-
-    pub fn page_by<T>(
-        mut self,
-        conn: &rusqlite::Connection,
-        columns: &str,
-        table: &str,
-        order_column: &str,
-        page: &Page,
-        map: impl Fn(&Row) -> rusqlite::Result<T>,
-    ) -> StoreResult<Listed<T>> {
-        if let Some(iterator) = &page.iterator {
-            let op = if page.descending { "<" } else { ">" };
-            self = self.and(&format!("{order_column} {op} ?"), iterator.clone());
-        }
-        let filter =
-            if self.conditions.is_empty() { String::new() } else { format!("WHERE {}", self.conditions.join(" AND ")) };
-        let direction = if page.descending { "DESC" } else { "ASC" };
-        let sql = format!(
-            "SELECT {columns} FROM {table} {filter} ORDER BY {order_column} {direction} LIMIT {}",
-            page.limit + 1
-        );
-        let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
-        let mut items = statement
-            .query_map(rusqlite::params_from_iter(self.params.iter()), map)
-            .map_err(sql_error)?
-            .collect::<rusqlite::Result<Vec<T>>>()
-            .map_err(sql_error)?;
-        let done = items.len() <= page.limit;
-        items.truncate(page.limit);
-        Ok(Listed { items, done })
-    }
+/// A page of `query` over `table`, ordered by `order_column`.
+pub fn page_by<T>(
+    conn: &rusqlite::Connection,
+    query: Query,
+    columns: &str,
+    table: &str,
+    order_column: &str,
+    page: &Page,
+    map: impl Fn(&Row) -> rusqlite::Result<T>,
+) -> StoreResult<Listed<T>> {
+    let (sql, values) = query.page_sql(&DIALECT, columns, table, order_column, page);
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    let items = statement
+        .query_map(rusqlite::params_from_iter(values.into_iter().map(bind)), map)
+        .map_err(sql_error)?
+        .collect::<rusqlite::Result<Vec<T>>>()
+        .map_err(sql_error)?;
+    Ok(crate::query::listed(items, page))
 }

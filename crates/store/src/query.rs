@@ -1,0 +1,162 @@
+//! Listing queries both backends run: conditions with `?` placeholders and their values,
+//! the filters the message, delivery and attempt listings share, and the page statement.
+//! Each backend spells placeholders and a few conditions its own way ([`Dialect`]) and
+//! binds the values.
+
+use crate::{ListFilter, Listed, Page};
+
+/// A value a condition compares with.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    Text(String),
+    Int(i64),
+    Bool(bool),
+    /// A list (SQLite binds it as JSON text, PostgreSQL as an array).
+    Texts(Vec<String>),
+}
+
+impl From<String> for Value {
+    fn from(text: String) -> Value {
+        Value::Text(text)
+    }
+}
+
+impl From<i64> for Value {
+    fn from(n: i64) -> Value {
+        Value::Int(n)
+    }
+}
+
+impl From<bool> for Value {
+    fn from(b: bool) -> Value {
+        Value::Bool(b)
+    }
+}
+
+impl From<Vec<String>> for Value {
+    fn from(texts: Vec<String>) -> Value {
+        Value::Texts(texts)
+    }
+}
+
+/// What the backends spell differently.
+pub struct Dialect {
+    /// True when the JSON list column `channels` holds the one value `?`.
+    pub channel_contains: &'static str,
+    /// True when `event_type` is one of the list `?`.
+    pub event_type_in: &'static str,
+    /// The placeholder of the n-th value, from 1.
+    pub placeholder: fn(usize) -> String,
+}
+
+/// A query under construction: a WHERE clause and its values.
+#[derive(Default)]
+pub struct Query {
+    conditions: Vec<String>,
+    values: Vec<Value>,
+}
+
+impl Query {
+    pub fn new() -> Query {
+        Query::default()
+    }
+
+    /// Adds a condition whose one `?` stands for `value`.
+    pub fn and(mut self, condition: &str, value: impl Into<Value>) -> Query {
+        self.conditions.push(condition.to_owned());
+        self.values.push(value.into());
+        self
+    }
+
+    /// The time window and status of a listing, on `time_column`.
+    pub fn filtered(mut self, filter: &ListFilter, time_column: &str) -> Query {
+        if let Some(before) = filter.before {
+            self = self.and(&format!("{time_column} < ?"), before);
+        }
+        if let Some(after) = filter.after {
+            self = self.and(&format!("{time_column} > ?"), after);
+        }
+        if let Some(status) = filter.status {
+            self = self.and("state = ?", status.code());
+        }
+        self
+    }
+
+    /// An application's messages as the message listing filters them.
+    pub fn messages(app_id: &str, filter: &ListFilter, dialect: &Dialect) -> Query {
+        let mut query = Query::new()
+            .and("app_id = ?", app_id.to_owned())
+            .filtered(&ListFilter { status: None, ..filter.clone() }, "created_at");
+        if let Some(channel) = &filter.channel {
+            query = query.and(dialect.channel_contains, channel.clone());
+        }
+        if let Some(types) = &filter.event_types {
+            query = query.and(dialect.event_type_in, types.clone());
+        }
+        query
+    }
+
+    /// `SELECT columns FROM table WHERE … ORDER BY order_column LIMIT page.limit + 1` (one row
+    /// more than the page, to tell whether more follow) and its values in order.
+    pub fn page_sql(
+        self,
+        dialect: &Dialect,
+        columns: &str,
+        table: &str,
+        order_column: &str,
+        page: &Page,
+    ) -> (String, Vec<Value>) {
+        let mut query = self;
+        if let Some(iterator) = &page.iterator {
+            let op = if page.descending { "<" } else { ">" };
+            query = query.and(&format!("{order_column} {op} ?"), iterator.clone());
+        }
+        let mut filter = String::new();
+        for (n, condition) in query.conditions.iter().enumerate() {
+            filter.push_str(if n == 0 { "WHERE " } else { " AND " });
+            filter.push_str(&condition.replacen('?', &(dialect.placeholder)(n + 1), 1));
+        }
+        let direction = if page.descending { "DESC" } else { "ASC" };
+        let sql = format!(
+            "SELECT {columns} FROM {table} {filter} ORDER BY {order_column} {direction} LIMIT {}",
+            page.limit + 1
+        );
+        (sql, query.values)
+    }
+}
+
+/// A page of at most `page.limit` of `items` (fetched one beyond it), and whether it ends.
+pub fn listed<T>(mut items: Vec<T>, page: &Page) -> Listed<T> {
+    let done = items.len() <= page.limit;
+    items.truncate(page.limit);
+    Listed { items, done }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NUMBERED: Dialect =
+        Dialect { channel_contains: "ch(?)", event_type_in: "et(?)", placeholder: |n| format!("${n}") };
+
+    #[test]
+    fn page_statements_table() {
+        let page =
+            |iterator: Option<&str>, descending| Page { limit: 2, iterator: iterator.map(str::to_owned), descending };
+        let filter = ListFilter { channel: Some("eu".into()), after: Some(5), ..Default::default() };
+        let cases = [
+            (Query::new(), page(None, false), "SELECT a FROM t  ORDER BY id ASC LIMIT 3", vec![]),
+            (
+                Query::messages("app_1", &filter, &NUMBERED),
+                page(Some("msg_9"), true),
+                "SELECT a FROM t WHERE app_id = $1 AND created_at > $2 AND ch($3) AND id < $4 ORDER BY id DESC LIMIT 3",
+                vec![Value::Text("app_1".into()), Value::Int(5), Value::Text("eu".into()), Value::Text("msg_9".into())],
+            ),
+        ];
+        for (query, page, sql, values) in cases {
+            assert_eq!(query.page_sql(&NUMBERED, "a", "t", "id", &page), (sql.to_owned(), values));
+        }
+        let listed = listed(vec![1, 2, 3], &page(None, false));
+        assert_eq!((listed.items, listed.done), (vec![1, 2], false));
+    }
+}
