@@ -111,6 +111,11 @@ pub struct DeliveryConfig {
     pub rotation_grace_ms: u64,
     /// How long shutdown waits for in-flight deliveries.
     pub shutdown_grace_ms: u64,
+    /// After five attempts in a row that cannot reach an endpoint (nothing accepts the
+    /// connection), its deliveries run one at a time, at most one per this many ms, until
+    /// one reaches it: a merchant down with a million deliveries due costs one connection
+    /// attempt a second, not the machine. 0 turns pacing off.
+    pub unreachable_pause_ms: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -124,6 +129,7 @@ impl Default for DeliveryConfig {
             retry_policy: RetryPolicy::default(),
             rotation_grace_ms: 24 * 3600 * 1000,
             shutdown_grace_ms: 10_000,
+            unreachable_pause_ms: 1_000,
         }
     }
 }

@@ -32,10 +32,6 @@ use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// How long to wait before retrying a write of an attempt's outcome that the store refused.
 const RECORD_RETRY_MS: u64 = 1_000;
-/// The pause between attempts to an endpoint that cannot be reached (see
-/// `PACE_AFTER_UNREACHABLE`): a merchant down with a million deliveries due costs one
-/// connection attempt a second, not the machine.
-const UNREACHABLE_PAUSE_MS: u64 = 1_000;
 
 /// A delivery this node holds, waiting for its time. The message is carried along when it
 /// is at hand (fresh from a publish) and loaded from the store otherwise (claimed work).
@@ -99,11 +95,21 @@ struct EndpointLane {
     /// Attempts in a row that did not reach the endpoint; from `PACE_AFTER_UNREACHABLE`
     /// on, its deliveries run one at a time with a pause between them, until one reaches it.
     unreachable: u32,
+    /// When the lane's last delivery started (or is due to start), on the engine's clock.
+    last_start: UnixMs,
 }
 
 impl EndpointLane {
     fn paced(&self) -> bool {
         self.unreachable >= PACE_AFTER_UNREACHABLE
+    }
+
+    /// When a delivery taking a turn now may start: at once, or, while paced, `pause_ms`
+    /// after the one before.
+    fn take_start(&mut self, now: UnixMs, pause_ms: u64) -> UnixMs {
+        let at = if self.paced() { now.max(self.last_start + pause_ms as i64) } else { now };
+        self.last_start = at;
+        at
     }
 }
 
@@ -295,29 +301,30 @@ impl Engine {
             return;
         }
         let key = lane_key(&due.delivery);
-        let paced = {
+        let at = {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
             let lane = lanes.entry(key.clone()).or_default();
-            let cap = if lane.paced() { 1 } else { self.config.endpoint_max_in_flight };
+            let paced = lane.paced() && self.config.unreachable_pause_ms > 0;
+            let cap = if paced { 1 } else { self.config.endpoint_max_in_flight };
             if lane.running >= cap {
                 lane.parked.push_back(due);
                 return;
             }
             lane.running += 1;
-            lane.paced()
+            lane.take_start(self.clock.now_ms(), self.config.unreachable_pause_ms)
         };
-        self.start_turn(key, due, paced);
+        self.start_turn(key, due, at);
     }
 
-    /// Starts a delivery that holds a turn of its lane; after a pause when the lane is paced
-    /// (the turn stays taken meanwhile, so the endpoint sees one attempt at a time).
-    fn start_turn(self: &Arc<Self>, key: String, due: Due, paced: bool) {
-        if !paced {
+    /// Starts a delivery that holds a turn of its lane, at `at` (a paced lane's pause; the
+    /// turn stays taken meanwhile, so the endpoint sees one attempt at a time).
+    fn start_turn(self: &Arc<Self>, key: String, due: Due, at: UnixMs) {
+        if at <= self.clock.now_ms() {
             return self.spawn_delivery(key, due);
         }
         let engine = self.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(UNREACHABLE_PAUSE_MS)).await;
+            engine.clock.sleep_until(at).await;
             engine.spawn_delivery(key, due);
         });
     }
@@ -332,24 +339,24 @@ impl Engine {
     /// a pause, and only as the lane's one delivery, while the endpoint cannot be reached).
     /// During shutdown nothing new starts; parked deliveries stay open in the store.
     fn release(self: &Arc<Self>, key: &str) {
-        let (next, paced) = {
+        let next = {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
             let Some(lane) = lanes.get_mut(key) else { return };
-            let paced = lane.paced();
+            let paced = lane.paced() && self.config.unreachable_pause_ms > 0;
             let next = if paced && lane.running > 1 { None } else { lane.parked.pop_front() };
             match next.filter(|_| !*self.stopping.borrow()) {
-                Some(due) => (Some(due), paced),
+                Some(due) => Some((due, lane.take_start(self.clock.now_ms(), self.config.unreachable_pause_ms))),
                 None => {
                     lane.running -= 1;
                     if lane.running == 0 && lane.parked.is_empty() && lane.unreachable == 0 {
                         lanes.remove(key);
                     }
-                    (None, paced)
+                    None
                 }
             }
         };
-        if let Some(due) = next {
-            self.start_turn(key.to_owned(), due, paced);
+        if let Some((due, at)) = next {
+            self.start_turn(key.to_owned(), due, at);
         }
     }
 
