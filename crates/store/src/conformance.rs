@@ -109,6 +109,14 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
     // Open deliveries the earlier checks left (free again on a single-node store, where a
     // registration voids the earlier ones) are swept up first.
     claim_all(store, node.token, 20_000).await;
+    let open = store.count_open_deliveries().await.unwrap();
+    // In an app of their own, so the claim checks below see only their own deliveries.
+    let other = store.create_app(app(20_000, None)).await.unwrap();
+    let other_ep = store.create_endpoint(endpoint(&other.id, 20_000)).await.unwrap();
+    let counted = publish(&other.id, &[&other_ep.id, &other_ep.id], None, 20_000);
+    store.publish(counted).await.unwrap();
+    assert_eq!(store.count_open_deliveries().await.unwrap(), open + 2, "open deliveries are counted, claimed or not");
+    claim_all(store, node.token, 20_000).await;
     let now_due = publish(&a.id, &[&ep.id], None, 20_000);
     let mut later = publish(&a.id, &[&ep.id], None, 20_000);
     later.deliveries[0].next_at = Some(45_000);

@@ -112,6 +112,14 @@ impl Delivery {
     }
 }
 
+impl Delivery {
+    /// A new delivery of `message` to an endpoint that never had one, due at `now` as a
+    /// manual attempt (a resend).
+    pub fn resent(id: String, message: &Message, endpoint_id: String, now: UnixMs) -> Delivery {
+        Delivery { trigger: Trigger::Manual, ..Delivery::pending(id, message, Some(endpoint_id), now, now) }
+    }
+}
+
 /// One message's journey to one destination: an endpoint, or the message's callback URL.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Delivery {

@@ -100,14 +100,15 @@ struct EndpointLane {
 }
 
 impl EndpointLane {
-    fn paced(&self) -> bool {
-        self.unreachable >= PACE_AFTER_UNREACHABLE
+    /// Whether the lane runs one delivery at a time, `pause_ms` apart (0 turns pacing off).
+    fn paced(&self, pause_ms: u64) -> bool {
+        pause_ms > 0 && self.unreachable >= PACE_AFTER_UNREACHABLE
     }
 
     /// When a delivery taking a turn now may start: at once, or, while paced, `pause_ms`
     /// after the one before.
     fn take_start(&mut self, now: UnixMs, pause_ms: u64) -> UnixMs {
-        let at = if self.paced() { now.max(self.last_start + pause_ms as i64) } else { now };
+        let at = if self.paced(pause_ms) { now.max(self.last_start + pause_ms as i64) } else { now };
         self.last_start = at;
         at
     }
@@ -304,8 +305,7 @@ impl Engine {
         let at = {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
             let lane = lanes.entry(key.clone()).or_default();
-            let paced = lane.paced() && self.config.unreachable_pause_ms > 0;
-            let cap = if paced { 1 } else { self.config.endpoint_max_in_flight };
+            let cap = if lane.paced(self.config.unreachable_pause_ms) { 1 } else { self.config.endpoint_max_in_flight };
             if lane.running >= cap {
                 lane.parked.push_back(due);
                 return;
@@ -342,7 +342,7 @@ impl Engine {
         let next = {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
             let Some(lane) = lanes.get_mut(key) else { return };
-            let paced = lane.paced() && self.config.unreachable_pause_ms > 0;
+            let paced = lane.paced(self.config.unreachable_pause_ms);
             let next = if paced && lane.running > 1 { None } else { lane.parked.pop_front() };
             match next.filter(|_| !*self.stopping.borrow()) {
                 Some(due) => Some((due, lane.take_start(self.clock.now_ms(), self.config.unreachable_pause_ms))),
@@ -365,7 +365,7 @@ impl Engine {
         let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
         let Some(lane) = lanes.get_mut(key) else { return };
         if reached {
-            if lane.paced() {
+            if lane.unreachable >= PACE_AFTER_UNREACHABLE {
                 tracing::info!(lane = key, "endpoint reachable again; its deliveries run at full speed");
             }
             lane.unreachable = 0;

@@ -8,7 +8,6 @@ use super::rows;
 use crate::query::Query;
 use crate::*;
 use deadpool_postgres::GenericClient;
-use hookline_core::delivery::{DeliveryState, Trigger};
 use tokio_postgres::types::ToSql;
 
 fn absent<T>(result: StoreResult<T>) -> StoreResult<Option<T>> {
@@ -208,18 +207,7 @@ pub async fn resend(
     if let Some(delivery) = absent(one(c, &sql, &[&now, &claim, &message.id, &endpoint.id], rows::delivery).await)? {
         return Ok(delivery);
     }
-    let delivery = Delivery {
-        id: new_id.to_owned(),
-        msg_id: message.id,
-        app_id: app_id.to_owned(),
-        endpoint_id: Some(endpoint.id),
-        state: DeliveryState::Pending,
-        attempts: 0,
-        next_at: Some(now),
-        first_attempt_at: None,
-        trigger: Trigger::Manual,
-        updated_at: now,
-    };
+    let delivery = Delivery::resent(new_id.to_owned(), &message, endpoint.id, now);
     insert_deliveries(c, std::slice::from_ref(&delivery), Some(claim)).await?;
     Ok(delivery)
 }

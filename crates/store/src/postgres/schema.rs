@@ -171,7 +171,8 @@ async fn migrate_locked(client: &mut tokio_postgres::Client) -> StoreResult<i64>
 
 async fn apply(client: &mut tokio_postgres::Client) -> StoreResult<i64> {
     client
-        .batch_execute("CREATE TABLE IF NOT EXISTS hookline_schema (version BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
+        // `IF NOT EXISTS` would otherwise log a notice at every start.
+        .batch_execute("SET client_min_messages = warning; CREATE TABLE IF NOT EXISTS hookline_schema (version BIGINT NOT NULL, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())")
         .await
         .map_err(pg_error)?;
     let version: i64 =

@@ -5,7 +5,6 @@ use super::rows;
 use super::sql_error;
 use crate::query::Query;
 use crate::*;
-use hookline_core::delivery::{DeliveryState, Trigger};
 use rusqlite::{params, Connection, OptionalExtension};
 
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, \
@@ -283,18 +282,7 @@ pub fn resend(
     if let Some(delivery) = updated {
         return Ok(delivery);
     }
-    let delivery = Delivery {
-        id: new_id.to_owned(),
-        msg_id: message.id,
-        app_id: app_id.to_owned(),
-        endpoint_id: Some(endpoint.id),
-        state: DeliveryState::Pending,
-        attempts: 0,
-        next_at: Some(now),
-        first_attempt_at: None,
-        trigger: Trigger::Manual,
-        updated_at: now,
-    };
+    let delivery = Delivery::resent(new_id.to_owned(), &message, endpoint.id, now);
     let d = &delivery;
     conn.execute(
         INSERT_DELIVERY,
