@@ -100,7 +100,7 @@ async fn migrate_creates_the_postgres_schema_and_exits() {
         let out = migrate(&url);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("schema is at version 1"), "{stdout}");
+        assert!(stdout.contains("schema is at version 2"), "{stdout}");
     }
     let out = migrate("postgres://postgres@127.0.0.1:1/nowhere");
     assert_eq!(out.status.code(), Some(69), "an unreachable database is EX_UNAVAILABLE");
@@ -122,28 +122,48 @@ async fn sigterm_shuts_down_cleanly() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Started with a soft open-file limit of 256, the server raises it to the hard limit: each
-/// in-flight delivery holds a descriptor, and 10,000 of them must fit.
+/// Started with a soft open-file limit of 256 under a hard limit of 4,096, the server raises
+/// the soft limit to the hard one, sizes the connection and delivery caps nobody set to fit
+/// it, and starts without a warning; caps someone set beyond the limit are warned about.
 #[tokio::test]
-async fn the_open_file_limit_is_raised_to_the_hard_limit() {
-    let dir = tempfile::tempdir().unwrap();
+async fn the_open_file_limit_is_raised_and_unset_caps_fit_it() {
     let http = reqwest::Client::new();
-    let port = free_port();
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(format!("ulimit -Sn 256 && exec \"$0\" serve --dev --listen 127.0.0.1:{port} --data-dir \"$1\""))
-        .arg(env!("CARGO_BIN_EXE_hookline"))
-        .arg(dir.path())
-        .env("HOOKLINE_ADMIN_TOKEN", TOKEN)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let hookline = Hookline::spawn(command, port);
-    hookline.wait_healthy(&http).await;
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", hookline.child.id())).unwrap();
+    let start = |extra: &[(&str, &str)]| {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = dir.path().join("stderr.log");
+        let mut command = Command::new("sh");
+        command
+            .arg("-c")
+            .arg(format!(
+                "ulimit -Sn 256 && ulimit -Hn 4096 && exec \"$0\" serve --dev --listen 127.0.0.1:{port} --data-dir \"$1\""
+            ))
+            .arg(env!("CARGO_BIN_EXE_hookline"))
+            .arg(dir.path().join("data"))
+            .env("HOOKLINE_ADMIN_TOKEN", TOKEN)
+            .env("HOOKLINE_LOG_LEVEL", "info")
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        (Hookline::spawn(command, port), log, dir)
+    };
+    let (mut quiet, log, _dir) = start(&[]);
+    quiet.wait_healthy(&http).await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", quiet.child.id())).unwrap();
     let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
     let fields: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(fields[3], fields[4], "soft limit raised to the hard limit: {line}");
+    assert_eq!((fields[3], fields[4]), ("4096", "4096"), "soft limit raised to the hard limit: {line}");
+    quiet.terminate();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    let warnings: Vec<&str> =
+        stderr.lines().filter(|l| l.contains("WARN") && !l.contains("WARNING: dev mode")).collect();
+    assert!(warnings.is_empty(), "a start on defaults is quiet: {warnings:?}");
+
+    let (mut loud, log, _dir) = start(&[("HOOKLINE_DELIVERY_MAX_IN_FLIGHT", "20000")]);
+    loud.wait_healthy(&http).await;
+    loud.terminate();
+    let stderr = std::fs::read_to_string(&log).unwrap();
+    assert!(stderr.contains("open-file limit is below"), "a configured cap beyond the limit is named: {stderr}");
 }
 
 #[test]

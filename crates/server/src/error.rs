@@ -29,8 +29,15 @@ pub enum ApiError {
     Conflict(String),
     #[error("method not allowed on this path")]
     MethodNotAllowed,
-    #[error("the body must be JSON (Content-Type: application/json)")]
+    #[error(
+        "the body must be JSON sent as Content-Type: application/json \
+         (curl: --json, or -H 'Content-Type: application/json'; curl -d alone sends a form)"
+    )]
     UnsupportedMediaType,
+    #[error("this Idempotency-Key was used with a different request (method, path or body); use a new key")]
+    IdempotencyKeyReused,
+    #[error("a request with this Idempotency-Key is still in progress; retry when it has finished")]
+    IdempotencyInProgress,
     #[error("request body is not valid JSON: {0}")]
     InvalidJson(String),
     #[error("{0}")]
@@ -67,6 +74,8 @@ impl ApiError {
             ApiError::Conflict(_) => ("conflict", StatusCode::CONFLICT),
             ApiError::MethodNotAllowed => ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
             ApiError::UnsupportedMediaType => ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+            ApiError::IdempotencyKeyReused => ("idempotency_key_reused", StatusCode::UNPROCESSABLE_ENTITY),
+            ApiError::IdempotencyInProgress => ("idempotency_key_in_use", StatusCode::CONFLICT),
             ApiError::InvalidJson(_) => ("invalid_json", StatusCode::BAD_REQUEST),
             ApiError::BadRequest(_) => ("bad_request", StatusCode::BAD_REQUEST),
             ApiError::Validation(_) => ("validation", StatusCode::UNPROCESSABLE_ENTITY),

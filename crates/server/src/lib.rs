@@ -109,6 +109,7 @@ pub async fn run(
         tokens: std::sync::RwLock::new(tokens),
         rejections: Default::default(),
         rate_buckets: Default::default(),
+        idempotency_in_flight: Default::default(),
     });
     let background = [
         tokio::spawn(housekeeping::follow_changes(state.clone())),

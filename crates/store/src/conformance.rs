@@ -492,7 +492,13 @@ async fn resend_and_recover_restart_deliveries(store: &dyn Store, node: i64) {
 }
 
 async fn idempotent_answers_expire(store: &dyn Store) {
-    let answer = IdempotentResponse { key: "k1".into(), status: 201, body: Bytes::from_static(b"{}"), created_at: 100 };
+    let answer = IdempotentResponse {
+        key: "k1".into(),
+        fingerprint: [7; 32],
+        status: 201,
+        body: Bytes::from_static(b"{}"),
+        created_at: 100,
+    };
     store.save_idempotent_response(answer.clone()).await.unwrap();
     assert_eq!(store.idempotent_response("k1", 50).await.unwrap(), Some(answer));
     assert_eq!(store.idempotent_response("k1", 150).await.unwrap(), None);

@@ -176,6 +176,9 @@ pub struct AttemptRecord {
 #[derive(Clone, Debug, PartialEq)]
 pub struct IdempotentResponse {
     pub key: String,
+    /// What the request was (method, route, body, hashed): the same key with another
+    /// request is refused, not answered with this one's answer.
+    pub fingerprint: [u8; 32],
     pub status: u16,
     pub body: Bytes,
     pub created_at: UnixMs,

@@ -116,12 +116,7 @@ async fn publish(
     }
     let body = serde_json::to_vec(&views::message((*message).clone(), query.with_content.unwrap_or(true)))
         .map_err(|_| ApiError::Internal)?;
-    let answer = idempotency.map(|Extension(IdempotencyKey(key))| IdempotentResponse {
-        key,
-        status: StatusCode::ACCEPTED.as_u16(),
-        body: Bytes::from(body.clone()),
-        created_at: now,
-    });
+    let answer = idempotency.map(|Extension(key)| key.answer(StatusCode::ACCEPTED, Bytes::from(body.clone()), now));
     match commit(&state, &message, deliveries, answer, None).await? {
         PublishOutcome::Created => {
             metrics::counter!(m::PUBLISHED).increment(1);

@@ -47,6 +47,8 @@ pub struct AppState {
     pub tokens: std::sync::RwLock<Vec<hookline_store::Token>>,
     /// Request budgets of application-scoped tokens: (tokens left, when last refilled).
     pub rate_buckets: std::sync::Mutex<std::collections::HashMap<String, (f64, UnixMs)>>,
+    /// `Idempotency-Key`s (scoped) whose first request is running on this node.
+    pub idempotency_in_flight: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Recent refused inbound requests per source, for debugging a provider's setup.
     pub rejections:
         std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<crate::wire::RejectionOut>>>,
@@ -207,34 +209,89 @@ async fn confine(state: &AppState, own_app: &str, method: &Method, path: &str) -
     Ok(())
 }
 
-/// The scoped key of a POST's `Idempotency-Key`, if it has one.
+/// A POST's `Idempotency-Key`, scoped by caller, with the fingerprint of its request.
 #[derive(Clone)]
-pub struct IdempotencyKey(pub String);
+pub struct IdempotencyKey {
+    pub key: String,
+    pub fingerprint: [u8; 32],
+}
+
+impl IdempotencyKey {
+    /// The answer to keep for this key.
+    pub fn answer(&self, status: StatusCode, body: Bytes, now: UnixMs) -> hookline_store::IdempotentResponse {
+        hookline_store::IdempotentResponse {
+            key: self.key.clone(),
+            fingerprint: self.fingerprint,
+            status: status.as_u16(),
+            body,
+            created_at: now,
+        }
+    }
+}
 
 /// Set by a handler that stored its own answer in the same commit as its work.
 #[derive(Clone)]
 pub struct AnswerStored;
 
-async fn idempotency(State(state): Shared, mut request: Request, next: Next) -> Response {
-    let key = (request.method() == Method::POST)
-        .then(|| request.headers().get("idempotency-key").and_then(|v| v.to_str().ok()))
-        .flatten()
-        .map(|key| {
-            // Scoped by caller and route: two tenants' keys never collide.
-            let caller = request.extensions().get::<Principal>().map(Principal::token_id).unwrap_or_default();
-            let scoped = Sha256::digest(format!("{caller} {} {key}", request.uri().path().trim_end_matches('/')));
-            hex::encode(scoped)
-        });
-    let Some(key) = key else {
+/// Keys whose first request is still running on this node; removed when it ends, however
+/// it ends (the guard is dropped with the request's future).
+struct InFlight<'a> {
+    keys: &'a std::sync::Mutex<std::collections::HashSet<String>>,
+    key: String,
+}
+
+impl<'a> InFlight<'a> {
+    fn take(keys: &'a std::sync::Mutex<std::collections::HashSet<String>>, key: &str) -> Option<InFlight<'a>> {
+        keys.lock().expect("idempotency lock").insert(key.to_owned()).then(|| InFlight { keys, key: key.to_owned() })
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.keys.lock().expect("idempotency lock").remove(&self.key);
+    }
+}
+
+/// `Idempotency-Key` as the IETF draft and Stripe define it: the same key with the same
+/// request (method, route, body) replays the first answer; with another request it is a 422;
+/// while the first request runs, a 409.
+async fn idempotency(State(state): Shared, request: Request, next: Next) -> Response {
+    let given = (request.method() == Method::POST)
+        .then(|| request.headers().get("idempotency-key").map(|v| v.as_bytes().to_vec()))
+        .flatten();
+    let Some(given) = given else {
         return next.run(request).await;
     };
+    // Scoped by caller: two tenants' keys never collide.
+    let caller = request.extensions().get::<Principal>().map(Principal::token_id).unwrap_or_default();
+    let key = hex::encode(Sha256::new().chain_update(caller).chain_update(b" ").chain_update(&given).finalize());
+    // Taken before the body is read: from its first byte on, the request is in progress.
+    let Some(_running) = InFlight::take(&state.idempotency_in_flight, &key) else {
+        return ApiError::IdempotencyInProgress.into_response();
+    };
+    let (parts, body) = request.into_parts();
+    let limit = state.config.api.body_bytes_max;
+    let Ok(body) = axum::body::to_bytes(body, limit).await else {
+        return ApiError::PayloadTooLarge(limit).into_response();
+    };
+    let fingerprint: [u8; 32] = Sha256::new()
+        .chain_update(parts.method.as_str())
+        .chain_update(b" ")
+        .chain_update(parts.uri.path().trim_end_matches('/'))
+        .chain_update(b"\n")
+        .chain_update(&body)
+        .finalize()
+        .into();
     let since = state.now() - state.config.api.idempotency_ttl_ms as i64;
     match state.store.idempotent_response(&key, since).await {
-        Ok(Some(stored)) => return replay(stored.status, stored.body),
+        Ok(Some(stored)) if stored.fingerprint == fingerprint => return replay(stored.status, stored.body),
+        Ok(Some(_)) => return ApiError::IdempotencyKeyReused.into_response(),
         Ok(None) => {}
         Err(e) => return ApiError::from_store("idempotency key")(e).into_response(),
     }
-    request.extensions_mut().insert(IdempotencyKey(key.clone()));
+    let idempotency = IdempotencyKey { key, fingerprint };
+    let mut request = Request::from_parts(parts, Body::from(body));
+    request.extensions_mut().insert(idempotency.clone());
     let response = next.run(request).await;
     if !response.status().is_success() || response.extensions().get::<AnswerStored>().is_some() {
         return response;
@@ -243,12 +300,7 @@ async fn idempotency(State(state): Shared, mut request: Request, next: Next) -> 
     let Ok(bytes) = axum::body::to_bytes(body, IDEMPOTENT_BODY_BYTES_MAX).await else {
         return ApiError::Internal.into_response();
     };
-    let answer = hookline_store::IdempotentResponse {
-        key,
-        status: parts.status.as_u16(),
-        body: bytes.clone(),
-        created_at: state.now(),
-    };
+    let answer = idempotency.answer(parts.status, bytes.clone(), state.now());
     if let Err(e) = state.store.save_idempotent_response(answer).await {
         // The work is done and durable; only the replay record is missing. Say so in the log.
         tracing::warn!(error = %e, "could not store idempotent answer");

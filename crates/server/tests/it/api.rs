@@ -159,6 +159,101 @@ async fn idempotency_keys_and_event_ids_publish_once() {
     gw.stop().await;
 }
 
+/// The IETF Idempotency-Key draft, as Stripe applies it: one key names one request. The same
+/// request replays the answer; another body or route is a 422 and executes nothing; while the
+/// first request runs, the key answers 409.
+#[tokio::test]
+async fn an_idempotency_key_names_one_request() {
+    use tokio::io::AsyncWriteExt;
+    let gw = start_gateway(dev_config()).await;
+    let app = gw.app("merchant").await;
+    let send = |method: &'static str, path: String, key: &'static str, body: Value| {
+        let request = gw
+            .http
+            .request(method.parse().unwrap(), format!("{}{path}", gw.url))
+            .bearer_auth(TOKEN)
+            .header("idempotency-key", key)
+            .json(&body);
+        async move {
+            let r = request.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let msgs = format!("/api/v1/app/{app}/msg");
+    let paid = json!({"eventType": "payment.succeeded", "payload": {"amount": 100}});
+    let first = send("POST", msgs.clone(), "k-1", paid.clone()).await;
+    assert_eq!(first.0, 202);
+    // (method, path, body, expected status, expected code)
+    let cases = [
+        ("POST", format!("{msgs}/"), paid.clone(), 202, None),
+        (
+            "POST",
+            msgs.clone(),
+            json!({"eventType": "payment.succeeded", "payload": {"amount": 999}}),
+            422,
+            Some("idempotency_key_reused"),
+        ),
+        ("POST", "/api/v1/app".to_owned(), json!({"name": "other"}), 422, Some("idempotency_key_reused")),
+        (
+            "POST",
+            "/api/v1/event-type".to_owned(),
+            json!({"name": "x.y", "description": "d"}),
+            422,
+            Some("idempotency_key_reused"),
+        ),
+    ];
+    for (method, path, body, status, code) in cases {
+        let (got, answer) = send(method, path.clone(), "k-1", body).await;
+        assert_eq!(got, status, "{method} {path}: {answer}");
+        match code {
+            Some(code) => assert_eq!(answer["code"], code, "{answer}"),
+            None => assert_eq!((got, answer), first, "the same request replays the first answer"),
+        }
+    }
+    let listed = gw.ok("GET", &msgs, None).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1, "only the first request was executed");
+    let (status, _) = gw.call("GET", "/api/v1/app/other", None).await;
+    assert_eq!(status, 404, "the refused request created nothing");
+
+    // A request whose body is still arriving is in progress: its key answers 409 meanwhile.
+    // The competing request may reach the server before the slow one's head does; then it
+    // runs first, the slow one is refused as another request (422), and a new key is tried.
+    let slow_body = serde_json::to_vec(&json!({"eventType": "payment.failed", "payload": {}})).unwrap();
+    let competing = json!({"eventType": "payment.failed", "payload": {"other": true}});
+    let keys = ["k-2", "k-3", "k-4", "k-5", "k-6", "k-7", "k-8", "k-9"];
+    let mut refused_while_running = None;
+    for (n, key) in keys.into_iter().enumerate() {
+        let mut slow = tokio::net::TcpStream::connect(gw.url.trim_start_matches("http://")).await.unwrap();
+        let head = format!(
+            "POST {msgs} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nIdempotency-Key: {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            slow_body.len()
+        );
+        slow.write_all(head.as_bytes()).await.unwrap();
+        slow.write_all(&slow_body[..5]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10 << n)).await;
+        let busy = send("POST", msgs.clone(), key, competing.clone()).await;
+        slow.write_all(&slow_body[5..]).await.unwrap();
+        let mut answer = vec![0u8; 4096];
+        let read = tokio::io::AsyncReadExt::read(&mut slow, &mut answer).await.unwrap();
+        let answer = String::from_utf8_lossy(&answer[..read]).to_string();
+        if busy.0 == 409 {
+            assert_eq!(busy.1["code"], "idempotency_key_in_use", "{busy:?}");
+            assert!(answer.starts_with("HTTP/1.1 202"), "the first request went on: {answer}");
+            refused_while_running = Some((key, answer));
+            break;
+        }
+        assert_eq!(busy.0, 202, "{busy:?}");
+        assert!(answer.starts_with("HTTP/1.1 422"), "ran second, so refused as another request: {answer}");
+    }
+    let (key, answer) = refused_while_running.expect("a request with a running key's key was refused with 409");
+    let slow_request: Value = serde_json::from_slice(&slow_body).unwrap();
+    let replayed = send("POST", msgs.clone(), key, slow_request).await;
+    assert_eq!(replayed.0, 202, "once it has finished, the key replays: {replayed:?}");
+    assert!(answer.contains(replayed.1["id"].as_str().unwrap()), "{answer} vs {replayed:?}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn pagination_iterates_without_gaps_or_repeats() {
     let gw = start_gateway(dev_config()).await;

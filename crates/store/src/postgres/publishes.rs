@@ -131,11 +131,13 @@ delivered AS (
     WHERE d.msg_id IN (SELECT id FROM inserted)
 ),
 remembered AS (
-    INSERT INTO idempotency (key, status, body, created_at)
-    SELECT key, status, body, created_at FROM UNNEST($27::text[], $28::int8[], $29::bytea[], $30::int8[], $31::text[])
-    AS i(key, status, body, created_at, msg_id)
+    INSERT INTO idempotency (key, status, body, created_at, fingerprint)
+    SELECT key, status, body, created_at, fingerprint
+    FROM UNNEST($27::text[], $28::int8[], $29::bytea[], $30::int8[], $31::text[], $32::bytea[])
+    AS i(key, status, body, created_at, msg_id, fingerprint)
     WHERE i.msg_id IN (SELECT id FROM inserted)
-    ON CONFLICT (key) DO UPDATE SET status = excluded.status, body = excluded.body, created_at = excluded.created_at
+    ON CONFLICT (key) DO UPDATE SET status = excluded.status, body = excluded.body, created_at = excluded.created_at,
+        fingerprint = excluded.fingerprint
 )
 SELECT id FROM inserted";
 
@@ -162,6 +164,7 @@ struct Columns<'a> {
     answer_bodies: Vec<&'a [u8]>,
     answer_created: Vec<i64>,
     answer_msg_ids: Vec<&'a str>,
+    answer_fingerprints: Vec<&'a [u8]>,
 }
 
 impl<'a> Columns<'a> {
@@ -193,6 +196,7 @@ impl<'a> Columns<'a> {
             answer_bodies: answers.iter().map(|(a, _)| &a.body[..]).collect(),
             answer_created: answers.iter().map(|(a, _)| a.created_at).collect(),
             answer_msg_ids: answers.iter().map(|(_, msg_id)| *msg_id).collect(),
+            answer_fingerprints: answers.iter().map(|(a, _)| &a.fingerprint[..]).collect(),
         }
     }
 
@@ -221,6 +225,7 @@ impl<'a> Columns<'a> {
             &self.answer_bodies,
             &self.answer_created,
             &self.answer_msg_ids,
+            &self.answer_fingerprints,
         ]);
         params
     }

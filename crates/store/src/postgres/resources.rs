@@ -258,7 +258,7 @@ pub async fn idempotent_response(
     key: &str,
     since: i64,
 ) -> StoreResult<Option<IdempotentResponse>> {
-    let sql = "SELECT key, status, body, created_at FROM idempotency WHERE key = $1 AND created_at >= $2";
+    let sql = "SELECT key, status, body, created_at, fingerprint FROM idempotency WHERE key = $1 AND created_at >= $2";
     let found = one(c, sql, &[&key, &since], |r| {
         Ok(IdempotentResponse {
             key: r.try_get(0).map_err(pg_error)?,
@@ -266,6 +266,7 @@ pub async fn idempotent_response(
                 .map_err(|_| StoreError::Corrupt("an idempotent status is out of range".into()))?,
             body: Bytes::from(r.try_get::<_, Vec<u8>>(2).map_err(pg_error)?),
             created_at: r.try_get(3).map_err(pg_error)?,
+            fingerprint: r.try_get::<_, Vec<u8>>(4).map_err(pg_error)?.try_into().unwrap_or_default(),
         })
     })
     .await;
@@ -277,10 +278,13 @@ pub async fn idempotent_response(
 }
 
 pub async fn save_idempotent_response(c: &impl GenericClient, answer: &IdempotentResponse) -> StoreResult<()> {
-    let sql = "INSERT INTO idempotency (key, status, body, created_at) VALUES ($1, $2, $3, $4) \
-               ON CONFLICT (key) DO UPDATE SET status = excluded.status, body = excluded.body, created_at = excluded.created_at";
+    let sql = "INSERT INTO idempotency (key, status, body, created_at, fingerprint) VALUES ($1, $2, $3, $4, $5) \
+               ON CONFLICT (key) DO UPDATE SET status = excluded.status, body = excluded.body, \
+               created_at = excluded.created_at, fingerprint = excluded.fingerprint";
     let status = i64::from(answer.status);
-    run(c, sql, &[&answer.key, &status, &&answer.body[..], &answer.created_at]).await.map(|_| ())
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&answer.key, &status, &&answer.body[..], &answer.created_at, &&answer.fingerprint[..]];
+    run(c, sql, &params).await.map(|_| ())
 }
 
 pub async fn tokens(c: &impl GenericClient) -> StoreResult<Vec<Token>> {

@@ -9,7 +9,8 @@ use tokio_postgres::NoTls;
 /// Any fixed number; all Hookline nodes take the same lock ("hookline" in ASCII).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_6c69_6e65;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE apps (
     id TEXT PRIMARY KEY,
     uid TEXT UNIQUE,
@@ -148,7 +149,13 @@ CREATE TABLE leader (
     token BIGINT NOT NULL,
     lease_until BIGINT NOT NULL
 );
-"#];
+"#,
+    r#"
+-- Idempotency keys remember what request they answered; keys stored before this version
+-- were scoped differently and are never looked up again (they expire with their TTL).
+ALTER TABLE idempotency ADD COLUMN fingerprint BYTEA NOT NULL DEFAULT '\x'::bytea;
+"#,
+];
 
 /// Applies every migration the database lacks, one node at a time; returns the version
 /// the schema is at.

@@ -383,7 +383,7 @@ pub fn get_attempt(conn: &Connection, app_id: &str, msg_id: &str, attempt_id: &s
 
 pub fn idempotent_response(conn: &Connection, key: &str, since: i64) -> StoreResult<Option<IdempotentResponse>> {
     conn.query_row(
-        "SELECT key, status, body, created_at FROM idempotency WHERE key = ?1 AND created_at >= ?2",
+        "SELECT key, status, body, created_at, fingerprint FROM idempotency WHERE key = ?1 AND created_at >= ?2",
         params![key, since],
         |r| {
             Ok(IdempotentResponse {
@@ -391,6 +391,7 @@ pub fn idempotent_response(conn: &Connection, key: &str, since: i64) -> StoreRes
                 status: r.get(1)?,
                 body: Bytes::from(r.get::<_, Vec<u8>>(2)?),
                 created_at: r.get(3)?,
+                fingerprint: r.get::<_, Vec<u8>>(4)?.try_into().unwrap_or_default(),
             })
         },
     )
@@ -399,8 +400,12 @@ pub fn idempotent_response(conn: &Connection, key: &str, since: i64) -> StoreRes
 }
 
 pub fn save_idempotent_response(conn: &Connection, answer: &IdempotentResponse) -> StoreResult<()> {
-    conn.prepare_cached("INSERT OR REPLACE INTO idempotency (key, status, body, created_at) VALUES (?1, ?2, ?3, ?4)")
-        .and_then(|mut s| s.execute(params![answer.key, answer.status, &answer.body[..], answer.created_at]))
+    let sql =
+        "INSERT OR REPLACE INTO idempotency (key, status, body, created_at, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)";
+    conn.prepare_cached(sql)
+        .and_then(|mut s| {
+            s.execute(params![answer.key, answer.status, &answer.body[..], answer.created_at, &answer.fingerprint[..]])
+        })
         .map_err(sql_error)?;
     Ok(())
 }

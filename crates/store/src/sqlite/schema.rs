@@ -194,6 +194,11 @@ CREATE TABLE leader (
 ALTER TABLE messages ADD COLUMN retain_until INTEGER;
 CREATE INDEX messages_retained ON messages (retain_until) WHERE retain_until IS NOT NULL;
 "#,
+    r#"
+-- Idempotency keys remember what request they answered; keys stored before this version
+-- were scoped differently and are never looked up again (they expire with their TTL).
+ALTER TABLE idempotency ADD COLUMN fingerprint BLOB NOT NULL DEFAULT x'';
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
