@@ -107,10 +107,16 @@ fn main() -> ExitCode {
             }
         }
         Command::Serve { listen, data_dir, config, dev, database_url } => {
-            let overrides = settings::Overrides { listen, data_dir, dev, database_url };
+            // Every in-flight delivery and every client connection holds a file descriptor;
+            // the usual soft limit of 1,024 would refuse the 1,025th. The soft limit goes up
+            // to the hard limit (as Go's runtime does), and what nobody configured is sized
+            // to fit it.
+            let raised = rlimit::increase_nofile_limit(u64::MAX);
+            let open_files = raised.as_ref().ok().copied();
+            let overrides = settings::Overrides { listen, data_dir, dev, database_url, open_files };
             let env = |name: &str| std::env::var(name).ok();
             match settings::load(config.as_deref(), &env, overrides) {
-                Ok(config) => serve(config),
+                Ok(config) => serve(config, raised),
                 Err(e) => {
                     eprintln!("hookline: {e}");
                     ExitCode::from(EXIT_CONFIG)
@@ -131,19 +137,23 @@ fn main() -> ExitCode {
     }
 }
 
-/// Every in-flight delivery and every client connection holds a file descriptor; the usual
-/// soft limit of 1,024 would refuse the 1,025th. The soft limit goes up to the hard limit
-/// (what servers such as Go's runtime do), and a warning names what is still short.
-fn raise_file_limit(config: &Config) {
-    let needed = (config.delivery.max_in_flight + config.server.max_connections + 256) as u64;
-    match rlimit::increase_nofile_limit(u64::MAX) {
+/// Says, once logging is up, whether the open-file limit holds what was configured. Only
+/// values someone set can exceed it: unset ones were sized to fit (`settings::sized_for`).
+fn report_file_limit(config: &Config, raised: std::io::Result<u64>) {
+    let needed = (config.delivery.max_in_flight + config.server.max_connections) as u64 + settings::FILES_RESERVED;
+    match raised {
         Ok(limit) if limit < needed => tracing::warn!(
             limit,
             needed,
-            "the open-file limit is below delivery.max_in_flight + server.max_connections; \
+            "the open-file limit is below delivery.max_in_flight + server.max_connections as configured; \
              raise it (ulimit -n, or LimitNOFILE= in a systemd unit) or lower those settings"
         ),
-        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Ok(limit) => tracing::debug!(
+            limit,
+            max_connections = config.server.max_connections,
+            max_in_flight = config.delivery.max_in_flight,
+            "open-file limit"
+        ),
         Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
     }
 }
@@ -158,9 +168,9 @@ fn init_logging(config: &Config) {
     }
 }
 
-fn serve(config: Config) -> ExitCode {
+fn serve(config: Config, raised: std::io::Result<u64>) -> ExitCode {
     init_logging(&config);
-    raise_file_limit(&config);
+    report_file_limit(&config, raised);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
     runtime.block_on(async move {
         let store = match open_store(&config).await {

@@ -21,6 +21,23 @@ pub struct Overrides {
     pub data_dir: Option<std::path::PathBuf>,
     pub dev: bool,
     pub database_url: Option<String>,
+    /// The open-file limit the process has (after raising it): `server.max_connections`
+    /// and `delivery.max_in_flight` that nobody set are sized to fit it.
+    pub open_files: Option<u64>,
+}
+
+/// File descriptors kept back from connections and deliveries: the database, the log, the
+/// listener, the resolver.
+pub const FILES_RESERVED: u64 = 256;
+
+/// `(server.max_connections, delivery.max_in_flight)` that fit `open_files` descriptors: at
+/// most the defaults (10,000 and 20,000), a third of what is left to connections, the
+/// rest to deliveries.
+pub fn sized_for(open_files: u64) -> (usize, usize) {
+    let budget = open_files.saturating_sub(FILES_RESERVED);
+    let connections = (budget / 3).clamp(1, 10_000);
+    let in_flight = budget.saturating_sub(connections).clamp(1, 20_000);
+    (connections as usize, in_flight as usize)
 }
 
 /// Environment shortcuts kept from the command-line reference.
@@ -66,6 +83,11 @@ pub fn load(
     }
     if overrides.dev {
         set(&mut table, "server", "dev", toml::Value::Boolean(true));
+    }
+    if let Some(open_files) = overrides.open_files {
+        let (connections, in_flight) = sized_for(open_files);
+        set_default(&mut table, "server", "max_connections", toml::Value::Integer(connections as i64));
+        set_default(&mut table, "delivery", "max_in_flight", toml::Value::Integer(in_flight as i64));
     }
     // Deserializing from text, not from the table, makes errors point at the key and value.
     let merged = toml::to_string(&table).map_err(|e| SettingsError::Invalid(e.to_string()))?;
@@ -115,6 +137,14 @@ fn env_value(raw: &str) -> toml::Value {
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+/// Sets a key that no layer set.
+fn set_default(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
+    let given = table.get(section).and_then(|s| s.as_table()).is_some_and(|s| s.contains_key(key));
+    if !given {
+        set(table, section, key, value);
+    }
 }
 
 fn set(table: &mut toml::Table, section: &str, key: &str, value: toml::Value) {
@@ -176,6 +206,34 @@ mod tests {
             policy.delivery.retry_policy,
             hookline_core::retry::RetryPolicy::Preset(hookline_core::retry::Preset::Stripe)
         );
+    }
+
+    #[test]
+    fn unset_connection_and_delivery_caps_fit_the_open_file_limit() {
+        // (open files, expected (max_connections, max_in_flight))
+        let cases = [
+            (1_048_576, (10_000, 20_000)),
+            (30_256, (10_000, 20_000)),
+            (20_000, (6_581, 13_163)),
+            (4_096, (1_280, 2_560)),
+            (1_024, (256, 512)),
+            (100, (1, 1)),
+        ];
+        for (open_files, expected) in cases {
+            let (connections, in_flight) = sized_for(open_files);
+            assert_eq!((connections, in_flight), expected, "{open_files}");
+            assert!(open_files < 258 || (connections + in_flight) as u64 + FILES_RESERVED <= open_files);
+            let sized = Overrides { open_files: Some(open_files), ..Default::default() };
+            let c = load_with(None, &[], sized).unwrap();
+            assert_eq!((c.server.max_connections, c.delivery.max_in_flight), expected);
+        }
+        // What a person set is kept, whatever the limit: the start-up warning is then theirs.
+        let file = "[server]\nmax_connections = 50\n";
+        let vars = [("HOOKLINE_DELIVERY_MAX_IN_FLIGHT", "30000")];
+        let c = load_with(Some(file), &vars, Overrides { open_files: Some(4_096), ..Default::default() }).unwrap();
+        assert_eq!((c.server.max_connections, c.delivery.max_in_flight), (50, 30_000));
+        let defaults = load_with(None, &[], Overrides::default()).unwrap();
+        assert_eq!((defaults.server.max_connections, defaults.delivery.max_in_flight), (10_000, 20_000));
     }
 
     #[test]
