@@ -29,15 +29,15 @@ HOOKLINE_TEST_BACKEND=postgres cargo test --locked -p hookline-server --test it
 echo "== fuzzing (short runs from the seed corpus)"
 ./scripts/fuzz.sh
 
-echo "== Svix SDK acceptance test"
+echo "== Svix SDK acceptance test and the README's walkthroughs (run as printed)"
 # `cargo test` built the binary already (the real-binary tests use it).
 test -x target/debug/hookline || cargo build --locked -p hookline
-HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk
+HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk tests/readme
 
-echo "== Svix SDK acceptance test, on PostgreSQL"
+echo "== Svix SDK acceptance test and the README's walkthroughs, on PostgreSQL"
 sdk_db="hookline_sdk_$$"
 psql -q "$HOOKLINE_TEST_PG_URL" -c "CREATE DATABASE $sdk_db"
 trap 'psql -q "$HOOKLINE_TEST_PG_URL" -c "DROP DATABASE IF EXISTS $sdk_db WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
 HOOKLINE_DATABASE_URL="${HOOKLINE_TEST_PG_URL%/*}/$sdk_db" \
 HOOKLINE_SECURITY_SECRET_KEY="$(head -c 32 /dev/urandom | base64)" \
-HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk
+HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk tests/readme

@@ -1,0 +1,188 @@
+"""The README's walkthroughs, run as printed: every shell block of "Five minutes" and of
+"Receiving Stripe webhooks", command by command, against a real `hookline serve`, with each
+`# ...` line under a command checked as that command's expected output.
+
+Three things differ from a person at a terminal, and only these:
+- `cargo run --release --` is the binary the test suite built (`HOOKLINE_BIN`), so the test
+  needs no release build; it runs in a scratch directory, so `./hookline-data` is fresh;
+- a placeholder the README asks the reader to fill in (`whsec_...`) is replaced by the value
+  an earlier command printed where the README shows that placeholder;
+- a command whose expected output depends on a delivery that has not happened yet is asked
+  again for a few seconds, as a person would look again.
+The README's ports (8071, 9000) are used as printed; the test says so if one is taken.
+"""
+import os
+import re
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+BINARY = Path(os.environ.get("HOOKLINE_BIN", ROOT / "target/debug/hookline")).resolve()
+PLACEHOLDER = re.compile(r"\b([a-z]+_)\.\.\.")
+LONG_RUNNING = ("cargo run", "scripts/receiver.py")
+
+
+def section(heading: str) -> str:
+    text = README.read_text()
+    start = text.index(f"\n## {heading}")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def commands(markdown: str) -> list[tuple[str, list[str]]]:
+    """Each shell command of the section's ```sh blocks (continuation lines joined), with the
+    `# ` comment lines printed under it, which show its output."""
+    out: list[tuple[str, list[str]]] = []
+    for block in re.findall(r"```sh\n(.*?)```", markdown, re.S):
+        pending = ""
+        for line in block.splitlines():
+            stripped = line.strip()
+            if stripped.startswith("# ") and not pending:
+                out[-1][1].append(stripped[2:])
+            elif stripped.endswith("\\"):
+                pending += stripped[:-1] + " "
+            elif stripped:
+                out.append((pending + stripped, []))
+                pending = ""
+    return out
+
+
+def expected_pattern(shown: str) -> re.Pattern:
+    """The README's `...` is "anything"; `whsec_...` is a value to remember (and, shown again
+    on the same line, the same value)."""
+    pattern, position, named = "", 0, set()
+    for match in re.finditer(r"([a-z]+_)?\.\.\.", shown):
+        pattern += re.escape(shown[position : match.start()])
+        if match.group(1):
+            name = match.group(1)[:-1]
+            # The same placeholder twice on a line is the same value twice.
+            pattern += f"(?P={name})" if name in named else f"(?P<{name}>{re.escape(match.group(1))}[A-Za-z0-9+/=_-]+)"
+            named.add(name)
+        else:
+            pattern += ".*?"
+        position = match.end()
+    return re.compile(pattern + re.escape(shown[position:]), re.S)
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+class Terminal:
+    """Runs the README's commands: exports carry over from one command to the next, as in one
+    shell; long-running commands (the server, the receiver) stay in the background."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.exports: list[str] = []
+        self.values: dict[str, str] = {}
+        self.background: list[tuple[subprocess.Popen, Path]] = []
+
+    def fill_in(self, command: str) -> str:
+        command = command.replace("cargo run --release --", f'"{BINARY}"')
+        return PLACEHOLDER.sub(lambda m: self.values.get(m.group(1)[:-1], m.group(0)), command)
+
+    def start(self, command: str) -> Path:
+        log = self.workdir / f"background-{len(self.background)}.log"
+        script = "\n".join(self.exports + [self.fill_in(command)])
+        # The server keeps its data in ./hookline-data: a scratch directory; the receiver is
+        # started from the repository, as the README's relative path says.
+        cwd = self.workdir if "cargo run" in command else ROOT
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        process = subprocess.Popen(
+            ["bash", "-c", script], cwd=cwd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
+            start_new_session=True,
+        )
+        self.background.append((process, log))
+        return log
+
+    def run(self, command: str) -> str:
+        if command.startswith("export "):
+            self.exports.append(command)
+        script = "\n".join(self.exports + [self.fill_in(command)])
+        # curl's own config (not the command) makes an HTTP error a failed command, as a
+        # person would see the error printed.
+        env = dict(os.environ, CURL_HOME=str(self.workdir))
+        result = subprocess.run(["bash", "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=30, env=env)
+        assert result.returncode == 0, f"{command!r} failed: {result.stdout} {result.stderr}"
+        return result.stdout
+
+    def check(self, command: str, shown: list[str]) -> None:
+        pattern = expected_pattern("\n".join(shown))
+        deadline = time.time() + 15
+        while True:
+            output = self.run(command).strip()
+            match = pattern.fullmatch(output)
+            if match or time.time() > deadline:
+                break
+            time.sleep(0.3)
+        assert match, f"{command!r} printed {output!r}; the README shows {shown!r}"
+        self.values.update({k: v for k, v in match.groupdict().items() if v})
+
+    def stop(self) -> None:
+        for process, _ in self.background:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=30)
+
+
+def wait_for(what: str, ready, seconds: float = 60) -> None:
+    deadline = time.time() + seconds
+    while not ready():
+        assert time.time() < deadline, f"{what} did not happen within {seconds} s"
+        time.sleep(0.1)
+
+
+@pytest.fixture
+def terminal():
+    for port in (8071, 9000):
+        assert port_is_free(port), f"port {port} is taken; the README's walkthrough needs it"
+    with tempfile.TemporaryDirectory(prefix="hookline-readme-") as workdir:
+        (Path(workdir) / ".curlrc").write_text("fail-with-body\n")
+        t = Terminal(Path(workdir))
+        yield t
+        t.stop()
+
+
+def run_all(terminal: Terminal, steps: list[tuple[str, list[str]]]) -> list[Path]:
+    """Runs the steps in order; returns the logs of the long-running ones."""
+    logs = []
+    for command, shown in steps:
+        if any(marker in command for marker in LONG_RUNNING):
+            log = terminal.start(command)
+            logs.append(log)
+            port = 9000 if "receiver.py" in command else 8071
+            process = terminal.background[-1][0]
+            wait_for(f"{command!r} listening ({log.read_text()})", lambda: process.poll() is None and not port_is_free(port))
+            assert process.poll() is None, f"{command!r} exited: {log.read_text()}"
+        elif shown:
+            terminal.check(command, shown)
+        else:
+            terminal.run(command)
+    return logs
+
+
+def test_five_minutes_walkthrough_runs_as_printed(terminal):
+    steps = commands(section("Five minutes"))
+    assert any("receiver.py" in c for c, _ in steps) and any("/msg" in c for c, _ in steps), steps
+    logs = run_all(terminal, steps)
+    receiver_log = logs[1]
+    assert "signature valid: True" in receiver_log.read_text(), receiver_log.read_text()
+    assert "signature valid: False" not in receiver_log.read_text()
+    assert '"pay_123"' in receiver_log.read_text()
+
+
+def test_stripe_walkthrough_runs_as_printed(terminal):
+    five = commands(section("Five minutes"))
+    server = [step for step in five if "cargo run" in step[0]]
+    exports = [step for step in five if step[0].startswith("export ")]
+    steps = commands(section("Receiving Stripe webhooks"))
+    assert any("/api/v1/source" in c for c, _ in steps), steps
+    run_all(terminal, server + exports + steps)
