@@ -46,6 +46,8 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the request head is over {headers_max} headers or {bytes_max} bytes")]
+    HeadTooLarge { headers_max: usize, bytes_max: usize },
     #[error("request refused: {0}")]
     Unverified(hookline_core::inbound::Rejection),
     #[error("storage is unavailable; nothing was accepted, retry later")]
@@ -80,6 +82,7 @@ impl ApiError {
             ApiError::BadRequest(_) => ("bad_request", StatusCode::BAD_REQUEST),
             ApiError::Validation(_) => ("validation", StatusCode::UNPROCESSABLE_ENTITY),
             ApiError::PayloadTooLarge(_) => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+            ApiError::HeadTooLarge { .. } => ("headers_too_large", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
             ApiError::Unverified(rejection) => (rejection.code(), StatusCode::UNAUTHORIZED),
             ApiError::Unavailable => ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE),
             ApiError::Internal => ("internal", StatusCode::INTERNAL_SERVER_ERROR),

@@ -28,6 +28,11 @@ pub struct Limits {
 /// hyper refuses a read buffer smaller than this.
 const BUFFER_BYTES_MIN: usize = 8_192;
 
+/// hyper's own head limits are this many times the configured ones: the API answers heads
+/// over the configured limits with a JSON 431 (`api::check_head`), and hyper's bodiless 431
+/// only bounds the memory a head can take.
+const HEAD_BACKSTOP_FACTOR: usize = 4;
+
 /// Connections the kernel completes and queues before they are accepted; it caps this at
 /// `net.core.somaxconn` (4,096 on current Linux). tokio's `bind` asks for 128: a burst of
 /// publishers or a provider's retry storm beyond that meets dropped SYNs and a one-second
@@ -55,8 +60,8 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
-        .max_headers(limits.headers_max)
-        .max_buf_size(limits.header_bytes_max.max(BUFFER_BYTES_MIN));
+        .max_headers(limits.headers_max * HEAD_BACKSTOP_FACTOR)
+        .max_buf_size((limits.header_bytes_max * HEAD_BACKSTOP_FACTOR).max(BUFFER_BYTES_MIN));
     let graceful = GracefulShutdown::new();
     // A connection over the limit waits in the kernel's backlog until a slot frees up.
     let slots = Arc::new(Semaphore::new(limits.max_connections));

@@ -617,17 +617,24 @@ async fn transport_limits_slow_heads_too_many_headers_and_connections() {
     let mut slow = raw_request(&addr, b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
     let answered = read_to_close(&mut slow).await;
     assert!(!answered.contains("200 OK"), "a half-sent request is never served: {answered}");
-    // More headers than allowed: 431.
+    // More headers than allowed, or a head larger than header_bytes_max (default 16 KiB):
+    // a JSON 431, on public and authenticated routes alike.
     let many: String = (0..40).map(|n| format!("X-H{n}: v\r\n")).collect();
-    let head = format!("GET /api/v1/health HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n");
-    let mut crowded = raw_request(&addr, head.as_bytes()).await;
-    let answered = read_to_close(&mut crowded).await;
-    assert!(answered.starts_with("HTTP/1.1 431"), "{answered}");
-    // A request head larger than header_bytes_max (default 16 KiB): 431.
-    let head =
-        format!("GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n", "b".repeat(40_000));
-    let mut bloated = raw_request(&addr, head.as_bytes()).await;
-    let answered = read_to_close(&mut bloated).await;
+    let big = format!("X-Big: {}\r\n", "b".repeat(40_000));
+    for (path, extra) in [("/api/v1/health", &many), ("/api/v1/app", &many), ("/in/src_x", &big), ("/api/v1/app", &big)]
+    {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{extra}Connection: close\r\n\r\n");
+        let mut crowded = raw_request(&addr, head.as_bytes()).await;
+        let answered = read_to_close(&mut crowded).await;
+        assert!(answered.starts_with("HTTP/1.1 431"), "{answered}");
+        let body: Value = serde_json::from_str(answered.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["code"], "headers_too_large", "{answered}");
+    }
+    // Beyond four times the limit the HTTP layer itself refuses the head, before any of it
+    // is kept: still a 431, without a body.
+    let head = format!("GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(70_000));
+    let mut huge = raw_request(&addr, head.as_bytes()).await;
+    let answered = read_to_close(&mut huge).await;
     assert!(answered.starts_with("HTTP/1.1 431"), "{answered}");
     gw.stop().await;
 
