@@ -29,10 +29,11 @@ HOOKLINE_TEST_BACKEND=postgres cargo test --locked -p hookline-server --test it
 echo "== fuzzing (short runs from the seed corpus)"
 ./scripts/fuzz.sh
 
-echo "== Svix SDK acceptance test and the README's walkthroughs (run as printed)"
+echo "== Svix SDK acceptance test, the README's walkthroughs (run as printed), and schemathesis"
+echo "   against the OpenAPI document (every check, ${HOOKLINE_SCHEMATHESIS_SECONDS:-120} s)"
 # `cargo test` built the binary already (the real-binary tests use it).
 test -x target/debug/hookline || cargo build --locked -p hookline
-HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk tests/readme
+HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk tests/readme tests/openapi
 
 echo "== Svix SDK acceptance test and the README's walkthroughs, on PostgreSQL"
 sdk_db="hookline_sdk_$$"

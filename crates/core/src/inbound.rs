@@ -47,6 +47,8 @@ pub enum Algorithm {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceConfig {
     /// Replay window in seconds for presets that sign a timestamp (Stripe, Standard Webhooks, hmac with a timestamp header).
+    #[serde(default, deserialize_with = "crate::exact::integer_option")]
+    #[schemars(range(min = 1, max = 86_400))]
     pub tolerance_seconds: Option<i64>,
     /// Where the event id is: a header name...
     pub event_id_header: Option<String>,

@@ -4,6 +4,7 @@
 
 pub mod classify;
 pub mod delivery;
+pub mod exact;
 pub mod id;
 pub mod inbound;
 pub mod retry;

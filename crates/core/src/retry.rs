@@ -38,16 +38,23 @@ pub enum Preset {
 #[serde(untagged)]
 pub enum RetryPolicy {
     Preset(Preset),
+    /// The delay before each retry, in order; the delivery is given up after the last.
     Schedule {
-        #[serde(rename = "delaysMs")]
+        #[serde(rename = "delaysMs", deserialize_with = "crate::exact::integers")]
+        #[schemars(length(min = 1, max = SCHEDULE_STEPS_MAX), inner(range(max = DELAY_MS_MAX)))]
         delays_ms: Vec<u64>,
     },
+    /// Doubling delays from `firstDelayMs`, each at most `maxDelayMs` (a first delay above it
+    /// is that maximum), ±20% jitter, given up `horizonMs` after the first attempt.
     Exponential {
-        #[serde(rename = "firstDelayMs")]
+        #[serde(rename = "firstDelayMs", deserialize_with = "crate::exact::integer")]
+        #[schemars(range(min = 1, max = DELAY_MS_MAX))]
         first_delay_ms: u64,
-        #[serde(rename = "maxDelayMs")]
+        #[serde(rename = "maxDelayMs", deserialize_with = "crate::exact::integer")]
+        #[schemars(range(min = 1, max = DELAY_MS_MAX))]
         max_delay_ms: u64,
-        #[serde(rename = "horizonMs")]
+        #[serde(rename = "horizonMs", deserialize_with = "crate::exact::integer")]
+        #[schemars(range(max = HORIZON_MS_MAX))]
         horizon_ms: u64,
     },
 }
@@ -64,7 +71,7 @@ pub enum RetryPolicyError {
     ScheduleLength,
     #[error("each retry delay must be at most 7 days")]
     DelayTooLong,
-    #[error("exponential backoff needs 0 < firstDelayMs <= maxDelayMs <= 7 days and horizonMs <= 30 days")]
+    #[error("exponential backoff needs firstDelayMs and maxDelayMs of 1 ms to 7 days and horizonMs up to 30 days")]
     BadExponential,
 }
 
@@ -112,10 +119,9 @@ impl RetryPolicy {
                 Ok(())
             }
             RetryPolicy::Exponential { first_delay_ms, max_delay_ms, horizon_ms } => {
-                let ok = *first_delay_ms > 0
-                    && first_delay_ms <= max_delay_ms
-                    && *max_delay_ms <= DELAY_MS_MAX
-                    && *horizon_ms <= HORIZON_MS_MAX;
+                let delay = 1..=DELAY_MS_MAX;
+                let ok =
+                    delay.contains(first_delay_ms) && delay.contains(max_delay_ms) && *horizon_ms <= HORIZON_MS_MAX;
                 ok.then_some(()).ok_or(RetryPolicyError::BadExponential)
             }
         }
@@ -267,8 +273,11 @@ mod tests {
             RetryPolicy::Schedule { delays_ms: vec![DELAY_MS_MAX + 1] }.validate(),
             Err(RetryPolicyError::DelayTooLong)
         );
-        let bad = RetryPolicy::Exponential { first_delay_ms: 10, max_delay_ms: 5, horizon_ms: 1 };
+        let bad = RetryPolicy::Exponential { first_delay_ms: 0, max_delay_ms: 5, horizon_ms: 1 };
         assert_eq!(bad.validate(), Err(RetryPolicyError::BadExponential));
+        let capped = RetryPolicy::Exponential { first_delay_ms: 10, max_delay_ms: 5, horizon_ms: 100 };
+        assert_eq!(capped.validate(), Ok(()), "a first delay above the maximum is the maximum");
+        assert_eq!(next_attempt(&capped, 1, 0, 0, None, 0.5), Some(5));
         assert_eq!(RetryPolicy::default().validate(), Ok(()));
     }
 }

@@ -76,7 +76,9 @@ pub enum SignatureScheme {
     /// Hex HMAC-SHA256 of the body, keyed with the secret string as given.
     #[serde(rename = "hmac-sha256-hex")]
     HmacSha256Hex {
+        /// A header name (an RFC 9110 token).
         #[serde(default = "default_hmac_header")]
+        #[schemars(regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))]
         header: String,
     },
 }

@@ -149,9 +149,21 @@ pub enum UrlError {
 /// Validates an endpoint or callback URL at creation. A host that is an IP literal
 /// (in any spelling the URL standard accepts: `2130706433`, `0x7f.1`, `127.1`, `[::1]`)
 /// is checked here; names are checked again on every resolved address at connect time.
+/// The characters of an RFC 3986 URI besides letters and digits.
+const URI_PUNCTUATION: &str = "-._~:/?#[]@!$&'()*+,;=%";
+
 pub fn check_url(text: &str, policy: &AddressPolicy) -> Result<url::Url, UrlError> {
     if text.len() > policy.url_bytes_max {
         return Err(UrlError::TooLong(policy.url_bytes_max));
+    }
+    // Spelled as the API documents it, lowercase: `url` would also take `HTTPS://`.
+    if !text.starts_with("https://") && !text.starts_with("http://") {
+        return Err(UrlError::Scheme);
+    }
+    // An RFC 3986 URI, as documented: `url` would also take spaces, raw non-ASCII (IRIs) and
+    // the like, and quietly encode them. International names are given in punycode.
+    if let Some(c) = text.chars().find(|c| !c.is_ascii_alphanumeric() && !URI_PUNCTUATION.contains(*c)) {
+        return Err(UrlError::Invalid(format!("{c:?} is not allowed in a URI; percent-encode it")));
     }
     let parsed = url::Url::parse(text).map_err(|e| UrlError::Invalid(e.to_string()))?;
     match parsed.scheme() {

@@ -2,6 +2,7 @@
 //! current names with older aliases such as `filterTypes` and `rateLimit`); Hookline's own
 //! additions are optional fields.
 
+use hookline_core::exact;
 use hookline_core::retry::RetryPolicy;
 use hookline_core::signature::SignatureScheme;
 use hookline_core::UnixMs;
@@ -10,6 +11,17 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
+
+/// Free text (names, descriptions): no control characters but newline and tab, as
+/// `api::check_text` enforces. Lengths are counted in characters, as JSON Schema counts them.
+pub const TEXT_PATTERN: &str = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$";
+/// Uids and event type names: letters, digits, `-`, `_` and `.` (Svix's rule).
+pub const NAME_PATTERN: &str = r"^[a-zA-Z0-9\-_.]+$";
+/// Endpoint and callback URLs: `http://` or `https://`, as `ssrf::check_url` requires.
+pub const URL_PATTERN: &str = r"^https?://";
+pub const NAME_CHARS_MAX: usize = 256;
+pub const DESCRIPTION_CHARS_MAX: usize = 4096;
+pub const URL_BYTES_MAX: usize = 2048;
 
 /// Distinguishes an absent field (`None`) from an explicit `null` (`Some(None)`) in patches.
 fn present<'de, T: Deserialize<'de>, D: Deserializer<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
@@ -37,24 +49,31 @@ pub struct ListResponse<T> {
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplicationIn {
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub name: String,
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
     pub uid: Option<String>,
-    #[serde(alias = "rateLimit")]
+    #[serde(alias = "rateLimit", default, deserialize_with = "exact::integer_option")]
+    #[schemars(range(max = u32::MAX))]
     pub throttle_rate: Option<u32>,
     pub metadata: Option<Metadata>,
+    #[serde(default, deserialize_with = "exact::object_option")]
     pub retry_policy: Option<RetryPolicy>,
 }
 
 #[derive(Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplicationPatch {
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
     pub uid: Option<Option<String>>,
-    #[serde(default, alias = "rateLimit", deserialize_with = "present")]
+    #[serde(default, alias = "rateLimit", deserialize_with = "exact::integer_present")]
+    #[schemars(range(max = u32::MAX))]
     pub throttle_rate: Option<Option<u32>>,
     pub metadata: Option<Metadata>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "exact::object_present")]
     pub retry_policy: Option<Option<RetryPolicy>>,
 }
 
@@ -75,42 +94,62 @@ pub struct ApplicationOut {
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointIn {
+    #[schemars(length(min = 1, max = URL_BYTES_MAX), regex(pattern = URL_PATTERN), extend("format" = "uri"))]
     pub url: String,
     #[serde(default)]
+    #[schemars(length(max = DESCRIPTION_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub description: String,
+    #[serde(default, deserialize_with = "exact::integer_option")]
+    #[schemars(range(max = u32::MAX))]
     pub version: Option<u32>,
     pub disabled: Option<bool>,
     #[serde(alias = "filterTypes")]
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = NAME_CHARS_MAX)))]
     pub event_types: Option<Vec<String>>,
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = NAME_CHARS_MAX)))]
     pub channels: Option<Vec<String>>,
-    #[serde(alias = "rateLimit")]
+    #[serde(alias = "rateLimit", default, deserialize_with = "exact::integer_option")]
+    #[schemars(range(max = u32::MAX))]
     pub throttle_rate: Option<u32>,
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
     pub uid: Option<String>,
+    #[schemars(regex(pattern = SECRET_PATTERN))]
     pub secret: Option<String>,
     pub metadata: Option<Metadata>,
+    #[serde(default)]
+    #[schemars(schema_with = "optional_headers_schema")]
     pub headers: Option<BTreeMap<String, String>>,
     pub signature_scheme: Option<SignatureScheme>,
+    #[serde(default, deserialize_with = "exact::object_option")]
     pub retry_policy: Option<RetryPolicy>,
 }
 
 #[derive(Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointPatch {
+    #[schemars(length(min = 1, max = URL_BYTES_MAX), regex(pattern = URL_PATTERN), extend("format" = "uri"))]
     pub url: Option<String>,
+    #[schemars(length(max = DESCRIPTION_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub description: Option<String>,
+    #[serde(default, deserialize_with = "exact::integer_option")]
+    #[schemars(range(max = u32::MAX))]
     pub version: Option<u32>,
     pub disabled: Option<bool>,
     #[serde(default, alias = "filterTypes", deserialize_with = "present")]
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = NAME_CHARS_MAX)))]
     pub event_types: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
+    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = NAME_CHARS_MAX)))]
     pub channels: Option<Option<Vec<String>>>,
-    #[serde(default, alias = "rateLimit", deserialize_with = "present")]
+    #[serde(default, alias = "rateLimit", deserialize_with = "exact::integer_present")]
+    #[schemars(range(max = u32::MAX))]
     pub throttle_rate: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
     pub uid: Option<Option<String>>,
     pub metadata: Option<Metadata>,
     pub signature_scheme: Option<SignatureScheme>,
-    #[serde(default, deserialize_with = "present")]
+    #[serde(default, deserialize_with = "exact::object_present")]
     pub retry_policy: Option<Option<RetryPolicy>>,
 }
 
@@ -143,19 +182,33 @@ pub struct EndpointSecretOut {
 #[derive(Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointSecretRotateIn {
+    #[schemars(regex(pattern = SECRET_PATTERN))]
     pub key: Option<String>,
+    /// How long the previous secret keeps signing (default `delivery.rotation_grace_ms`).
+    #[serde(default, deserialize_with = "exact::integer_option")]
+    #[schemars(range(max = GRACE_PERIOD_SECONDS_MAX))]
     pub grace_period_seconds: Option<u64>,
 }
+
+/// The longest grace period of a rotated-out secret: 30 days.
+pub const GRACE_PERIOD_SECONDS_MAX: u64 = 30 * 24 * 3600;
+/// `whsec_` and the canonical base64 (padded, no stray bits) of 24 to 64 bytes, as
+/// `signature::Secret::parse` reads it.
+pub const SECRET_PATTERN: &str =
+    "^whsec_(?:(?:[A-Za-z0-9+/]{4}){8,20}(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?\
+    |(?:[A-Za-z0-9+/]{4}){21}(?:[A-Za-z0-9+/][AQgw]==)?)$";
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointHeadersIn {
+    #[schemars(schema_with = "headers_schema")]
     pub headers: BTreeMap<String, String>,
 }
 
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointHeadersPatchIn {
+    #[schemars(schema_with = "headers_schema")]
     pub headers: BTreeMap<String, String>,
     pub delete_headers: Option<Vec<String>>,
 }
@@ -169,7 +222,9 @@ pub struct EndpointHeadersOut {
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecoverIn {
+    #[schemars(extend("format" = "date-time"))]
     pub since: String,
+    #[schemars(extend("format" = "date-time"))]
     pub until: Option<String>,
 }
 
@@ -187,12 +242,31 @@ pub struct RecoverOut {
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventTypeIn {
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
     pub name: String,
     #[serde(default)]
+    #[schemars(length(max = DESCRIPTION_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub description: String,
     pub archived: Option<bool>,
     pub deprecated: Option<bool>,
     pub schemas: Option<serde_json::Value>,
+    #[schemars(length(max = NAME_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
+    pub group_name: Option<String>,
+    pub feature_flags: Option<Vec<String>>,
+    pub feature_flag: Option<String>,
+}
+
+/// An event type's fields but its name, which the path gives (`PUT /event-type/{name}`).
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventTypeUpdate {
+    #[serde(default)]
+    #[schemars(length(max = DESCRIPTION_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
+    pub description: String,
+    pub archived: Option<bool>,
+    pub deprecated: Option<bool>,
+    pub schemas: Option<serde_json::Value>,
+    #[schemars(length(max = NAME_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub group_name: Option<String>,
     pub feature_flags: Option<Vec<String>>,
     pub feature_flag: Option<String>,
@@ -201,12 +275,14 @@ pub struct EventTypeIn {
 #[derive(Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EventTypePatch {
+    #[schemars(length(max = DESCRIPTION_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub description: Option<String>,
     pub archived: Option<bool>,
     pub deprecated: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     pub schemas: Option<Option<serde_json::Value>>,
     #[serde(default, deserialize_with = "present")]
+    #[schemars(length(max = NAME_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub group_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     pub feature_flags: Option<Option<Vec<String>>>,
@@ -232,20 +308,39 @@ pub struct EventTypeOut {
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MessageIn {
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = PRINTABLE_PATTERN))]
     pub event_type: String,
     /// Kept as the exact bytes received: never re-serialized.
     #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
     pub payload: Box<RawValue>,
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = PRINTABLE_PATTERN))]
     pub event_id: Option<String>,
+    #[schemars(length(max = CHANNELS_MAX), inner(length(min = 1)))]
     pub channels: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "exact::object_option")]
     pub application: Option<ApplicationIn>,
+    #[schemars(extend("format" = "date-time"))]
     pub deliver_at: Option<String>,
+    #[schemars(length(min = 1, max = URL_BYTES_MAX), regex(pattern = URL_PATTERN), extend("format" = "uri"))]
     pub callback_url: Option<String>,
     pub transformations_params: Option<serde_json::Value>,
+    /// Days to keep this message instead of `retention.days`.
+    #[serde(default, deserialize_with = "exact::integer_option")]
+    #[schemars(range(min = 1, max = RETENTION_DAYS_MAX))]
     pub payload_retention_period: Option<i64>,
+    /// Hours to keep this message (wins over `payloadRetentionPeriod`).
+    #[serde(default, deserialize_with = "exact::integer_option")]
+    #[schemars(range(min = 1, max = RETENTION_DAYS_MAX * 24))]
     pub payload_retention_hours: Option<i64>,
 }
+
+/// Event types and event ids: no control characters at all.
+pub const PRINTABLE_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
+/// Channels a message may name.
+pub const CHANNELS_MAX: usize = 10;
+/// The longest a message may ask to be kept: 100 years.
+pub const RETENTION_DAYS_MAX: i64 = 36_500;
 
 #[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -300,6 +395,18 @@ pub struct EndpointMessageOut {
     pub next_attempt: Option<String>,
 }
 
+/// An answer with nothing to say beyond its status (Svix answers `{}`).
+#[derive(Serialize, JsonSchema)]
+#[schemars(deny_unknown_fields)]
+pub struct EmptyOut {}
+
+/// What a replay of a received event did.
+#[derive(Serialize, JsonSchema)]
+pub struct ReplayOut {
+    /// How many deliveries were made due again.
+    pub replayed: usize,
+}
+
 #[derive(Serialize, JsonSchema)]
 pub struct HealthOut {
     pub status: &'static str,
@@ -309,22 +416,34 @@ pub struct HealthOut {
 #[derive(Deserialize, Clone, JsonSchema)]
 #[serde(untagged)]
 pub enum SourceSecretIn {
-    Value(String),
+    Value(#[schemars(length(min = 1, max = SOURCE_SECRET_CHARS_MAX))] String),
     WithExpiry {
+        #[schemars(length(min = 1, max = SOURCE_SECRET_CHARS_MAX))]
         value: String,
         #[serde(rename = "expiresAt")]
+        #[schemars(extend("format" = "date-time"))]
         expires_at: Option<String>,
     },
 }
 
+pub const SOURCE_SECRET_CHARS_MAX: usize = 1024;
+/// Secrets a source holds at once (a provider's rotation).
+pub const SOURCE_SECRETS_MAX: usize = 5;
+
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceIn {
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub name: String,
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
     pub uid: Option<String>,
     pub preset: hookline_core::inbound::Preset,
+    #[serde(deserialize_with = "exact::objects")]
+    #[schemars(length(min = 1, max = SOURCE_SECRETS_MAX))]
     pub secrets: Vec<SourceSecretIn>,
+    #[schemars(length(min = 1), inner(length(min = 1, max = NAME_CHARS_MAX)))]
     pub event_types: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "exact::object_option")]
     pub config: Option<hookline_core::inbound::SourceConfig>,
     /// The application whose endpoints receive the events (id or uid).
     pub app_id: String,
@@ -333,13 +452,19 @@ pub struct SourceIn {
 #[derive(Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourcePatch {
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
     pub uid: Option<Option<String>>,
     pub preset: Option<hookline_core::inbound::Preset>,
+    #[serde(default, deserialize_with = "exact::objects_option")]
+    #[schemars(length(min = 1, max = SOURCE_SECRETS_MAX))]
     pub secrets: Option<Vec<SourceSecretIn>>,
     #[serde(default, deserialize_with = "present")]
+    #[schemars(length(min = 1), inner(length(min = 1, max = NAME_CHARS_MAX)))]
     pub event_types: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "exact::object_option")]
     pub config: Option<hookline_core::inbound::SourceConfig>,
     pub app_id: Option<String>,
 }
@@ -397,4 +522,52 @@ pub struct TokenOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     pub created_at: String,
+}
+
+/// Request header names (RFC 9110 tokens) that Hookline does not set itself.
+pub const HEADER_NAME_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+/// Header values: no control characters but tab.
+pub const HEADER_VALUE_PATTERN: &str = r"^[^\u0000-\u0008\u000A-\u001F\u007F]*$";
+/// Custom headers an endpoint may send.
+pub const ENDPOINT_HEADERS_MAX: usize = 32;
+/// Headers Hookline sets on every delivery; an endpoint cannot override them.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "stripe-signature",
+];
+
+/// An endpoint's custom headers: at most 32, valid names other than the reserved ones (in any
+/// case), valid values.
+fn headers_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    headers_json_schema("object")
+}
+
+fn optional_headers_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    headers_json_schema(["object", "null"])
+}
+
+fn headers_json_schema(kind: impl serde::Serialize) -> schemars::Schema {
+    let any_case = |name: &str| -> String {
+        name.chars()
+            .map(|c| match c {
+                c if c.is_ascii_alphabetic() => format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase()),
+                '-' => "-".to_owned(),
+                c => c.to_string(),
+            })
+            .collect()
+    };
+    let reserved: Vec<String> = RESERVED_HEADERS.iter().map(|name| any_case(name)).collect();
+    schemars::json_schema!({
+        "type": kind,
+        "maxProperties": ENDPOINT_HEADERS_MAX,
+        "propertyNames": {"pattern": HEADER_NAME_PATTERN, "not": {"pattern": format!("^(?:{})$", reserved.join("|"))}},
+        "additionalProperties": {"type": "string", "pattern": HEADER_VALUE_PATTERN},
+    })
 }

@@ -1,38 +1,75 @@
 //! `/api/v1/app`: applications, one per merchant.
 
 use super::hash_token;
-use super::{check_uid, listed, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
+use super::route::{tagged, Route};
+use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{
     timestamp, ApplicationIn, ApplicationOut, ApplicationPatch, EndpointSecretOut, ListResponse, TokenOut,
+    NAME_CHARS_MAX,
 };
 use axum::http::StatusCode;
-use axum::routing::{get, MethodRouter};
 use axum::Json;
 use hookline_core::id::{has_prefix, prefix};
 use hookline_core::signature::{Secret, SECRET_BYTES_GENERATED};
 use hookline_store::{App, StoreError, Token};
-use std::sync::Arc;
 
-pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
-    vec![
-        ("/api/v1/app", get(list).post(create)),
-        ("/api/v1/app/{app_id}", get(read).put(replace).patch(patch).delete(remove)),
-        ("/api/v1/app/{app_id}/secret", get(secret)),
-        ("/api/v1/app/{app_id}/token", get(list_tokens).post(create_token)),
-        ("/api/v1/app/{app_id}/token/{token_id}", axum::routing::delete(delete_token)),
-    ]
+pub fn routes() -> Vec<Route> {
+    let (apps, app) = ("/api/v1/app", "/api/v1/app/{app_id}");
+    let tokens = "/api/v1/app/{app_id}/token";
+    tagged(
+        "Application",
+        vec![
+            Route::get(apps, list)
+                .doc("listApplications", "List applications.")
+                .query(&query::PAGE)
+                .answers::<ListResponse<ApplicationOut>>(200, "A page of applications."),
+            Route::post(apps, create)
+                .doc("createApplication", "Create an application.")
+                .query(&[query::GET_IF_EXISTS])
+                .body::<ApplicationIn>()
+                .answers::<ApplicationOut>(201, "Created.")
+                .answers::<ApplicationOut>(200, "`get_if_exists=true` and the uid exists: that application."),
+            Route::get(app, read)
+                .doc("getApplication", "Get an application by id or uid.")
+                .answers::<ApplicationOut>(200, "The application."),
+            Route::put(app, replace)
+                .doc("upsertApplication", "Replace an application, or create it with this uid.")
+                .body::<ApplicationIn>()
+                .answers::<ApplicationOut>(200, "Replaced.")
+                .answers::<ApplicationOut>(201, "Created with the path's key as uid."),
+            Route::patch(app, patch)
+                .doc("patchApplication", "Change some fields of an application.")
+                .body::<ApplicationPatch>()
+                .answers::<ApplicationOut>(200, "The changed application."),
+            Route::delete(app, remove)
+                .doc("deleteApplication", "Delete an application and everything in it.")
+                .empty(204, "Deleted."),
+            Route::get("/api/v1/app/{app_id}/secret", secret)
+                .doc("getApplicationSecret", "Hookline: the secret that signs per-message callback URLs.")
+                .answers::<EndpointSecretOut>(200, "The secret."),
+            Route::get(tokens, list_tokens)
+                .doc("listApplicationTokens", "Hookline: the application's scoped tokens (never their values).")
+                .answers::<ListResponse<TokenOut>>(200, "The tokens."),
+            Route::post(tokens, create_token)
+                .doc(
+                    "createApplicationToken",
+                    "Hookline: a token that reaches only this application (for a merchant portal); its value is shown once.",
+                )
+                .answers::<TokenOut>(201, "The token, with its value."),
+            Route::delete("/api/v1/app/{app_id}/token/{token_id}", delete_token)
+                .doc("deleteApplicationToken", "Revoke a scoped token.")
+                .empty(204, "Revoked."),
+        ],
+    )
 }
 
 pub fn new_secret() -> Secret {
     Secret::from_key(rand::random::<[u8; SECRET_BYTES_GENERATED]>())
 }
 
-fn check(input: &ApplicationIn) -> ApiResult<()> {
-    if input.name.trim().is_empty() {
-        return Err(ApiError::field("name", "name must not be empty"));
-    }
-    super::check_text("name", &input.name, 256)?;
+pub fn check(input: &ApplicationIn) -> ApiResult<()> {
+    super::check_text("name", &input.name, 1, NAME_CHARS_MAX)?;
     check_uid(&input.uid)?;
     if let Some(policy) = &input.retry_policy {
         policy.validate().map_err(|e| ApiError::field("retryPolicy", e.to_string()))?;
@@ -63,6 +100,7 @@ async fn create(
     QueryParams(query): QueryParams<ListQuery>,
     JsonBody(input): JsonBody<ApplicationIn>,
 ) -> ApiResult<(StatusCode, Json<ApplicationOut>)> {
+    check(&input)?;
     if query.get_if_exists == Some(true) {
         if let Some(uid) = &input.uid {
             match state.store.get_app(uid).await {

@@ -1,51 +1,86 @@
 //! `/api/v1/app/{app_id}/endpoint`: merchants' URLs, their subscriptions, secrets and headers.
 
 use super::apps::{find as find_app, new_secret};
-use super::{check_uid, listed, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
+use super::route::{tagged, Route};
+use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::*;
 use axum::http::StatusCode;
-use axum::routing::{get, post, MethodRouter};
 use axum::Json;
 use hookline_core::id::{has_prefix, prefix};
 use hookline_core::signature::{Secret, SignatureScheme};
 use hookline_core::ssrf::check_url;
 use hookline_store::{Endpoint, StoredSecret};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 /// Secrets an endpoint may hold at once (the current one and those still in their grace).
 const SECRETS_MAX: usize = 5;
-const HEADERS_MAX: usize = 32;
-/// Headers Hookline sets itself; an endpoint cannot override them.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "stripe-signature",
-];
 /// Headers whose values the API never shows back.
 const SENSITIVE_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "x-api-key"];
 
-pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
-    vec![
-        ("/api/v1/app/{app_id}/endpoint", get(list).post(create)),
-        ("/api/v1/app/{app_id}/endpoint/{endpoint_id}", get(read).put(replace).patch(patch).delete(remove)),
-        ("/api/v1/app/{app_id}/endpoint/{endpoint_id}/secret", get(secret)),
-        ("/api/v1/app/{app_id}/endpoint/{endpoint_id}/secret/rotate", post(rotate)),
-        ("/api/v1/app/{app_id}/endpoint/{endpoint_id}/headers", get(headers).put(replace_headers).patch(patch_headers)),
-        ("/api/v1/app/{app_id}/endpoint/{endpoint_id}/recover", post(recover)),
-    ]
+pub fn routes() -> Vec<Route> {
+    let (eps, ep) = ("/api/v1/app/{app_id}/endpoint", "/api/v1/app/{app_id}/endpoint/{endpoint_id}");
+    let headers_path = "/api/v1/app/{app_id}/endpoint/{endpoint_id}/headers";
+    tagged(
+        "Endpoint",
+        vec![
+            Route::get(eps, list)
+                .doc("listEndpoints", "List an application's endpoints.")
+                .query(&query::PAGE)
+                .answers::<ListResponse<EndpointOut>>(200, "A page of endpoints."),
+            Route::post(eps, create)
+                .doc("createEndpoint", "Create an endpoint.")
+                .body::<EndpointIn>()
+                .answers::<EndpointOut>(201, "Created."),
+            Route::get(ep, read)
+                .doc("getEndpoint", "Get an endpoint by id or uid.")
+                .answers::<EndpointOut>(200, "The endpoint."),
+            Route::put(ep, replace)
+                .doc("upsertEndpoint", "Replace an endpoint, or create it with this uid.")
+                .body::<EndpointIn>()
+                .answers::<EndpointOut>(200, "Replaced.")
+                .answers::<EndpointOut>(201, "Created with the path's key as uid."),
+            Route::patch(ep, patch)
+                .doc("patchEndpoint", "Change some fields of an endpoint.")
+                .body::<EndpointPatch>()
+                .answers::<EndpointOut>(200, "The changed endpoint."),
+            Route::delete(ep, remove)
+                .doc("deleteEndpoint", "Delete an endpoint; its open deliveries are canceled.")
+                .empty(204, "Deleted."),
+            Route::get("/api/v1/app/{app_id}/endpoint/{endpoint_id}/secret", secret)
+                .doc("getEndpointSecret", "The endpoint's current signing secret.")
+                .answers::<EndpointSecretOut>(200, "The secret."),
+            Route::post("/api/v1/app/{app_id}/endpoint/{endpoint_id}/secret/rotate", rotate)
+                .doc(
+                    "rotateEndpointSecret",
+                    "Rotate the secret; the old one keeps signing for the grace period (24 h). \
+                     Without a body, Hookline generates the new secret.",
+                )
+                .optional_body::<EndpointSecretRotateIn>()
+                .answers::<EndpointSecretOut>(200, "The new secret."),
+            Route::get(headers_path, headers)
+                .doc("getEndpointHeaders", "Custom headers sent with each delivery.")
+                .answers::<EndpointHeadersOut>(200, "The headers (sensitive ones by name only)."),
+            Route::put(headers_path, replace_headers)
+                .doc("setEndpointHeaders", "Replace the custom headers.")
+                .body::<EndpointHeadersIn>()
+                .empty(204, "Replaced."),
+            Route::patch(headers_path, patch_headers)
+                .doc("patchEndpointHeaders", "Add, change or delete custom headers.")
+                .body::<EndpointHeadersPatchIn>()
+                .empty(204, "Changed."),
+            Route::post("/api/v1/app/{app_id}/endpoint/{endpoint_id}/recover", recover)
+                .doc("recoverEndpoint", "Resend every exhausted delivery since a time.")
+                .body::<RecoverIn>()
+                .answers::<RecoverOut>(202, "Done: the deliveries are due again."),
+        ],
+    )
 }
 
 fn check_list(field: &str, items: &Option<Vec<String>>) -> ApiResult<()> {
     if let Some(items) = items {
-        if items.is_empty() || items.len() > 256 || items.iter().any(|i| i.is_empty() || i.len() > 256) {
+        let bad = |i: &String| i.is_empty() || i.chars().count() > NAME_CHARS_MAX;
+        if items.is_empty() || items.len() > 256 || items.iter().any(bad) {
             return Err(ApiError::field(field, format!("{field} must hold 1 to 256 non-empty names")));
         }
     }
@@ -53,8 +88,8 @@ fn check_list(field: &str, items: &Option<Vec<String>>) -> ApiResult<()> {
 }
 
 fn check_headers(headers: &BTreeMap<String, String>) -> ApiResult<()> {
-    if headers.len() > HEADERS_MAX {
-        return Err(ApiError::field("headers", format!("at most {HEADERS_MAX} headers")));
+    if headers.len() > ENDPOINT_HEADERS_MAX {
+        return Err(ApiError::field("headers", format!("at most {ENDPOINT_HEADERS_MAX} headers")));
     }
     for (name, value) in headers {
         if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
@@ -76,7 +111,7 @@ fn check(state: &AppState, e: &Endpoint) -> ApiResult<()> {
     check_list("eventTypes", &e.event_types)?;
     check_list("channels", &e.channels)?;
     check_headers(&e.headers)?;
-    super::check_text("description", &e.description, 4096)?;
+    super::check_text("description", &e.description, 0, DESCRIPTION_CHARS_MAX)?;
     if let SignatureScheme::HmacSha256Hex { header } = &e.signature_scheme {
         if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
             return Err(ApiError::field("signatureScheme", "header must be a valid header name"));
@@ -170,7 +205,8 @@ async fn save(state: &AppState, mut endpoint: Endpoint) -> ApiResult<Endpoint> {
 }
 
 /// PUT is Svix's upsert: an unknown key that is not an endpoint id creates the endpoint
-/// with it as uid. The secret of an existing endpoint changes only through `/secret/rotate`.
+/// with it as uid. A `secret` other than the current one rotates to it, as `/secret/rotate`
+/// would: the previous one keeps signing for the grace period.
 async fn replace(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
@@ -184,8 +220,9 @@ async fn replace(
         }
         other => other?,
     };
-    if input.secret.is_some() {
-        return Err(ApiError::field("secret", "change a secret with POST …/secret/rotate"));
+    if let Some(text) = input.secret.filter(|text| e.secrets.first().is_none_or(|current| current.text != *text)) {
+        let fresh = parse_secret(Some(text))?;
+        e.secrets = rotated(e.secrets, &fresh, state.now(), state.config.delivery.rotation_grace_ms);
     }
     e.url = input.url;
     e.description = input.description;
@@ -275,20 +312,28 @@ async fn rotate(
         if body.is_empty() { Default::default() } else { super::parse_json(&body, state.config.api.json_depth_max)? };
     let mut e = find(&state, &app_id, &endpoint_id).await?;
     let now = state.now();
-    let grace_ms =
-        input.grace_period_seconds.map_or(state.config.delivery.rotation_grace_ms, |s| s.saturating_mul(1000));
+    if input.grace_period_seconds.is_some_and(|s| s > GRACE_PERIOD_SECONDS_MAX) {
+        let detail = format!("gracePeriodSeconds must be at most {GRACE_PERIOD_SECONDS_MAX}");
+        return Err(ApiError::field("gracePeriodSeconds", detail));
+    }
+    let grace_ms = input.grace_period_seconds.map_or(state.config.delivery.rotation_grace_ms, |s| s * 1000);
     let fresh = parse_secret(input.key)?;
-    let key = fresh.as_str().to_owned();
+    e.secrets = rotated(e.secrets, &fresh, now, grace_ms);
+    save(&state, e).await?;
+    Ok(Json(EndpointSecretOut { key: fresh.as_str().to_owned() }))
+}
+
+/// `fresh` signs from now on; the current secret keeps signing for `grace_ms`, older ones
+/// until their own expiry; at most `SECRETS_MAX` are kept.
+fn rotated(old: Vec<StoredSecret>, fresh: &Secret, now: i64, grace_ms: u64) -> Vec<StoredSecret> {
     let mut secrets = vec![StoredSecret { text: fresh.as_str().to_owned(), expires_at: None }];
-    for (index, old) in e.secrets.into_iter().enumerate() {
+    for (index, old) in old.into_iter().enumerate() {
         let expires_at = if index == 0 { Some(now + grace_ms as i64) } else { old.expires_at };
         if expires_at.is_none_or(|at| at > now) && secrets.len() < SECRETS_MAX {
             secrets.push(StoredSecret { text: old.text, expires_at });
         }
     }
-    e.secrets = secrets;
-    save(&state, e).await?;
-    Ok(Json(EndpointSecretOut { key }))
+    secrets
 }
 
 fn headers_out(headers: BTreeMap<String, String>) -> EndpointHeadersOut {

@@ -1,19 +1,50 @@
 //! `/api/v1/event-type`: the catalog of event types merchants subscribe to.
 
-use super::{listed, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
+use super::route::{tagged, Route};
+use super::{listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
 use crate::error::{ApiError, ApiResult};
-use crate::wire::{EventTypeIn, EventTypeOut, EventTypePatch, ListResponse};
+use crate::wire::{EventTypeIn, EventTypeOut, EventTypePatch, EventTypeUpdate, ListResponse};
 use axum::http::StatusCode;
-use axum::routing::{get, MethodRouter};
 use axum::Json;
 use hookline_store::EventType;
-use std::sync::Arc;
+use serde::Deserialize;
 
-pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
-    vec![
-        ("/api/v1/event-type", get(list).post(create)),
-        ("/api/v1/event-type/{event_type_name}", get(read).put(replace).patch(patch).delete(remove)),
-    ]
+pub fn routes() -> Vec<Route> {
+    let (types, one) = ("/api/v1/event-type", "/api/v1/event-type/{event_type_name}");
+    tagged(
+        "Event type",
+        vec![
+            Route::get(types, list)
+                .doc("listEventTypes", "List event types (archived ones with `include_archived=true`).")
+                .query(&[query::LIMIT, query::ITERATOR, query::ORDER, query::INCLUDE_ARCHIVED])
+                .answers::<ListResponse<EventTypeOut>>(200, "A page of event types."),
+            Route::post(types, create)
+                .doc("createEventType", "Create an event type; creating an archived one's name restores it.")
+                .body::<EventTypeIn>()
+                .answers::<EventTypeOut>(201, "Created (or restored from the archive)."),
+            Route::get(one, read)
+                .doc("getEventType", "Get an event type, archived or not (`archived` says which).")
+                .answers::<EventTypeOut>(200, "The event type."),
+            Route::put(one, replace)
+                .doc("upsertEventType", "Replace an event type, or create it with the path's name.")
+                .body::<EventTypeUpdate>()
+                .answers::<EventTypeOut>(200, "Replaced.")
+                .answers::<EventTypeOut>(201, "Created."),
+            Route::patch(one, patch)
+                .doc("patchEventType", "Change some fields of an event type.")
+                .body::<EventTypePatch>()
+                .answers::<EventTypeOut>(200, "The changed event type."),
+            Route::delete(one, remove)
+                .doc(
+                    "deleteEventType",
+                    "Archive an event type, as Svix does: it stays readable with `archived: true`, \
+                     leaves the list, and comes back by create, PUT or PATCH `archived: false`. \
+                     `expunge=true` deletes it for good.",
+                )
+                .query(&[query::EXPUNGE])
+                .empty(204, "Archived (or, with `expunge=true`, deleted)."),
+        ],
+    )
 }
 
 /// Event type names: letters, digits, `-`, `_` and `.`, up to 256 (`payment.succeeded`).
@@ -28,9 +59,12 @@ fn flags(many: Option<Vec<String>>, one: Option<String>) -> Option<Vec<String>> 
     many.or_else(|| one.map(|f| vec![f]))
 }
 
+/// Creates an event type. A name that is archived is restored with the new fields, as Svix
+/// does; a name in use is a 409.
 async fn create(state: Shared, JsonBody(input): JsonBody<EventTypeIn>) -> ApiResult<(StatusCode, Json<EventTypeOut>)> {
     check_name(&input.name)?;
     let now = state.now();
+    let name = input.name.clone();
     let event_type = EventType {
         name: input.name,
         description: input.description,
@@ -43,8 +77,17 @@ async fn create(state: Shared, JsonBody(input): JsonBody<EventTypeIn>) -> ApiRes
         updated_at: now,
     };
     check_texts(&event_type)?;
-    let created = state.store.create_event_type(event_type).await.map_err(ApiError::from_store("event type"))?;
-    Ok((StatusCode::CREATED, Json(views::event_type(created))))
+    match state.store.create_event_type(event_type.clone()).await {
+        Ok(created) => Ok((StatusCode::CREATED, Json(views::event_type(created)))),
+        Err(hookline_store::StoreError::Conflict(_)) => match find(&state, &name).await? {
+            archived if archived.archived => {
+                let restored = EventType { created_at: archived.created_at, ..event_type };
+                Ok((StatusCode::CREATED, save(&state, restored).await?))
+            }
+            _ => Err(ApiError::Conflict("an event type with this name already exists".into())),
+        },
+        Err(e) => Err(ApiError::from_store("event type")(e)),
+    }
 }
 
 async fn list(
@@ -69,9 +112,9 @@ async fn read(state: Shared, PathParams(name): PathParams<String>) -> ApiResult<
 }
 
 fn check_texts(t: &EventType) -> ApiResult<()> {
-    super::check_text("description", &t.description, 4096)?;
+    super::check_text("description", &t.description, 0, crate::wire::DESCRIPTION_CHARS_MAX)?;
     if let Some(group) = &t.group_name {
-        super::check_text("groupName", group, 256)?;
+        super::check_text("groupName", group, 0, crate::wire::NAME_CHARS_MAX)?;
     }
     Ok(())
 }
@@ -83,20 +126,22 @@ async fn save(state: &AppState, mut event_type: EventType) -> ApiResult<Json<Eve
     Ok(Json(views::event_type(saved)))
 }
 
-/// PUT takes the full type; the name comes from the path (a body `name` must match it).
+/// PUT takes every field but the name, which is the path's (Svix's `EventTypeUpdate`).
 async fn replace(
     state: Shared,
     PathParams(name): PathParams<String>,
-    JsonBody(input): JsonBody<serde_json::Value>,
+    JsonBody(update): JsonBody<EventTypeUpdate>,
 ) -> ApiResult<(StatusCode, Json<EventTypeOut>)> {
-    let mut body = input;
-    if let Some(map) = body.as_object_mut() {
-        map.entry("name").or_insert_with(|| serde_json::Value::String(name.clone()));
-    }
-    let input: EventTypeIn = serde_json::from_value(body).map_err(|e| ApiError::field("body", e.to_string()))?;
-    if input.name != name {
-        return Err(ApiError::field("name", "the body's name must match the path"));
-    }
+    let input = EventTypeIn {
+        name: name.clone(),
+        description: update.description,
+        archived: update.archived,
+        deprecated: update.deprecated,
+        schemas: update.schemas,
+        group_name: update.group_name,
+        feature_flags: update.feature_flags,
+        feature_flag: update.feature_flag,
+    };
     match find(&state, &name).await {
         Ok(mut existing) => {
             existing.description = input.description;
@@ -141,14 +186,19 @@ async fn patch(
     save(&state, t).await
 }
 
+#[derive(Deserialize)]
+struct RemoveQuery {
+    expunge: Option<bool>,
+}
+
 /// Svix archives on delete unless `expunge=true`; archiving keeps history readable.
 async fn remove(
     state: Shared,
     PathParams(name): PathParams<String>,
-    QueryParams(query): QueryParams<std::collections::HashMap<String, String>>,
+    QueryParams(query): QueryParams<RemoveQuery>,
 ) -> ApiResult<StatusCode> {
     let mut t = find(&state, &name).await?;
-    if query.get("expunge").map(String::as_str) == Some("true") {
+    if query.expunge == Some(true) {
         state.store.delete_event_type(&t.name).await.map_err(ApiError::from_store("event type"))?;
     } else {
         t.archived = true;

@@ -3,8 +3,9 @@
 
 use super::apps::{create_app, find as find_app};
 use super::endpoints::find as find_endpoint;
+use super::route::{tagged, Route};
 use super::{
-    listed, views, AnswerStored, AppState, IdempotencyKey, JsonBody, ListQuery, PathParams, QueryParams, Shared,
+    listed, query, views, AnswerStored, AppState, IdempotencyKey, JsonBody, ListQuery, PathParams, QueryParams, Shared,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::metrics as m;
@@ -12,7 +13,6 @@ use crate::wire::*;
 use axum::extract::Extension;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, MethodRouter};
 use axum::Json;
 use hookline_core::id::prefix;
 use hookline_core::routing::endpoint_accepts;
@@ -23,36 +23,77 @@ use hookline_store::{
 };
 use std::sync::Arc;
 
-const EVENT_TYPE_BYTES_MAX: usize = 256;
-const EVENT_ID_BYTES_MAX: usize = 256;
-const CHANNELS_MAX: usize = 10;
-
-pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
-    vec![
-        ("/api/v1/app/{app_id}/msg", get(list).post(publish)),
-        ("/api/v1/app/{app_id}/msg/{msg_id}", get(read)),
-        ("/api/v1/app/{app_id}/msg/{msg_id}/attempt/{attempt_id}", get(read_attempt)),
-        ("/api/v1/app/{app_id}/msg/{msg_id}/endpoint", get(destinations)),
-        ("/api/v1/app/{app_id}/msg/{msg_id}/endpoint/{endpoint_id}/resend", post(resend)),
-        ("/api/v1/app/{app_id}/attempt/msg/{msg_id}", get(attempts_of_message)),
-        ("/api/v1/app/{app_id}/attempt/endpoint/{endpoint_id}", get(attempts_of_endpoint)),
-        ("/api/v1/app/{app_id}/endpoint/{endpoint_id}/msg", get(messages_of_endpoint)),
-    ]
+pub fn routes() -> Vec<Route> {
+    let msgs = "/api/v1/app/{app_id}/msg";
+    let listing = [&query::PAGE[..], &query::FILTER[..]].concat();
+    let messages = vec![
+        Route::get(msgs, list)
+            .doc("listMessages", "List messages, newest first.")
+            .query(&listing)
+            .query(&[query::WITH_CONTENT])
+            .answers::<ListResponse<MessageOut>>(200, "A page of messages."),
+        Route::post(msgs, publish)
+            .doc("createMessage", "Publish a message; answered once it and its deliveries are durable.")
+            .query(&[query::WITH_CONTENT])
+            .body::<MessageIn>()
+            .answers::<MessageOut>(202, "Stored with its deliveries, synced to disk.")
+            .answers::<MessageOut>(200, "A message with this `eventId` exists: that message; nothing new is sent."),
+        Route::get("/api/v1/app/{app_id}/msg/{msg_id}", read)
+            .doc("getMessage", "Get a message by id or eventId.")
+            .query(&[query::WITH_CONTENT])
+            .answers::<MessageOut>(200, "The message."),
+    ];
+    let attempts = vec![
+        Route::get("/api/v1/app/{app_id}/msg/{msg_id}/attempt/{attempt_id}", read_attempt)
+            .doc("getAttempt", "Get one attempt.")
+            .answers::<MessageAttemptOut>(200, "The attempt."),
+        Route::get("/api/v1/app/{app_id}/msg/{msg_id}/endpoint", destinations)
+            .doc("listAttemptedDestinations", "Where a message went, with each delivery's status.")
+            .query(&query::PAGE)
+            .answers::<ListResponse<MessageEndpointOut>>(200, "A page of destinations."),
+        Route::post("/api/v1/app/{app_id}/msg/{msg_id}/endpoint/{endpoint_id}/resend", resend)
+            .doc("resendMessage", "Send a message to an endpoint again now.")
+            .answers::<EmptyOut>(202, "Due again at once."),
+        Route::get("/api/v1/app/{app_id}/attempt/msg/{msg_id}", attempts_of_message)
+            .doc("listAttemptsByMessage", "A message's attempts.")
+            .query(&listing)
+            .answers::<ListResponse<MessageAttemptOut>>(200, "A page of attempts."),
+        Route::get("/api/v1/app/{app_id}/attempt/endpoint/{endpoint_id}", attempts_of_endpoint)
+            .doc("listAttemptsByEndpoint", "An endpoint's attempts.")
+            .query(&listing)
+            .answers::<ListResponse<MessageAttemptOut>>(200, "A page of attempts."),
+        Route::get("/api/v1/app/{app_id}/endpoint/{endpoint_id}/msg", messages_of_endpoint)
+            .doc("listAttemptedMessages", "What an endpoint was sent, with each delivery's status.")
+            .query(&listing)
+            .query(&[query::WITH_CONTENT])
+            .answers::<ListResponse<EndpointMessageOut>>(200, "A page of messages."),
+    ];
+    tagged("Message", messages).into_iter().chain(tagged("Attempt", attempts)).collect()
 }
 
 fn check(input: &MessageIn) -> ApiResult<()> {
-    let name_ok = |s: &str, max| !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control);
-    if !name_ok(&input.event_type, EVENT_TYPE_BYTES_MAX) {
-        return Err(ApiError::field("eventType", "eventType must be 1 to 256 printable characters"));
+    super::check_printable("eventType", &input.event_type, 1, NAME_CHARS_MAX)?;
+    if let Some(id) = &input.event_id {
+        super::check_printable("eventId", id, 1, NAME_CHARS_MAX)?;
     }
-    if input.event_id.as_deref().is_some_and(|id| !name_ok(id, EVENT_ID_BYTES_MAX)) {
-        return Err(ApiError::field("eventId", "eventId must be 1 to 256 printable characters"));
+    // Checked whether or not it is needed: an inline application that exists is not used.
+    if let Some(app) = &input.application {
+        super::apps::check(app)?;
     }
     if !input.payload.get().trim_start().starts_with('{') {
         return Err(ApiError::field("payload", "payload must be a JSON object"));
     }
     if input.channels.as_ref().is_some_and(|c| c.len() > CHANNELS_MAX || c.iter().any(|c| c.is_empty())) {
-        return Err(ApiError::field("channels", "at most 10 non-empty channels"));
+        return Err(ApiError::field("channels", format!("at most {CHANNELS_MAX} non-empty channels")));
+    }
+    let retention = [
+        ("payloadRetentionPeriod", input.payload_retention_period, RETENTION_DAYS_MAX),
+        ("payloadRetentionHours", input.payload_retention_hours, RETENTION_DAYS_MAX * 24),
+    ];
+    for (field, value, max) in retention {
+        if value.is_some_and(|v| !(1..=max).contains(&v)) {
+            return Err(ApiError::field(field, format!("{field} must be 1 to {max}")));
+        }
     }
     Ok(())
 }
@@ -311,7 +352,7 @@ async fn messages_of_endpoint(
 async fn resend(
     state: Shared,
     PathParams((app_key, msg_id, endpoint_id)): PathParams<(String, String, String)>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<EmptyOut>)> {
     let (app, message) = find_message(&state, &app_key, &msg_id).await?;
     let endpoint = find_endpoint(&state, &app.id, &endpoint_id).await?;
     let claim = state.engine.token();
@@ -324,5 +365,5 @@ async fn resend(
             other => ApiError::from_store("message")(other),
         })?;
     state.engine.enqueue(delivery, Some(Arc::new(message)), claim);
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({}))))
+    Ok((StatusCode::ACCEPTED, Json(EmptyOut {})))
 }

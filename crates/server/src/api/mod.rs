@@ -6,6 +6,7 @@ mod endpoints;
 mod event_types;
 mod messages;
 mod ops;
+pub mod route;
 mod sources;
 mod views;
 
@@ -34,6 +35,8 @@ use subtle::ConstantTimeEq;
 /// List sizes: Svix's default and cap.
 const LIST_LIMIT_DEFAULT: usize = 50;
 const LIST_LIMIT_MAX: usize = 250;
+/// The longest `Idempotency-Key` (Stripe's limit).
+const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 /// Bytes of a response we keep for an `Idempotency-Key` replay.
 const IDEMPOTENT_BODY_BYTES_MAX: usize = 256 * 1024;
 
@@ -76,33 +79,32 @@ fn both(router: Router<Arc<AppState>>, path: &str, handler: MethodRouter<Arc<App
     router.route(path, handler.clone()).route(&format!("{path}/"), handler)
 }
 
-fn authenticated_routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
-    let groups = [apps::routes(), endpoints::routes(), event_types::routes(), messages::routes(), sources::routes()];
+/// Every operation of the API, as the OpenAPI document lists it (`/metrics` is not in it).
+pub fn routes() -> Vec<route::Route> {
+    let groups = [
+        ops::routes(),
+        apps::routes(),
+        endpoints::routes(),
+        event_types::routes(),
+        messages::routes(),
+        sources::routes(),
+        sources::ingest_routes(),
+    ];
     groups.into_iter().flatten().collect()
 }
 
-/// Every path the router serves (without the trailing-slash twins).
-pub fn route_paths() -> Vec<&'static str> {
-    authenticated_routes()
-        .into_iter()
-        .chain(ops::routes())
-        .chain(sources::ingest_routes())
-        .map(|(path, _)| path)
-        .collect()
-}
-
 pub fn router(state: Arc<AppState>) -> Router {
-    let mut api = Router::new();
-    for (path, handler) in authenticated_routes() {
-        api = both(api, path, handler);
+    let (mut api, mut public) = (Router::new(), Router::new());
+    for route in routes().into_iter().chain([ops::metrics()]) {
+        if route.public {
+            public = both(public, route.path, route.handler);
+        } else {
+            api = both(api, route.path, route.handler);
+        }
     }
     let api = api
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
-    let mut public = Router::new();
-    for (path, handler) in ops::routes().into_iter().chain(sources::ingest_routes()) {
-        public = both(public, path, handler);
-    }
     public
         .merge(api)
         .fallback(|| async { ApiError::NotFound("route") })
@@ -278,6 +280,10 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
     let Some(given) = given else {
         return next.run(request).await;
     };
+    if given.is_empty() || given.len() > IDEMPOTENCY_KEY_BYTES_MAX || !given.iter().all(|b| (0x21..=0x7e).contains(b)) {
+        let detail = format!("Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_BYTES_MAX} visible ASCII characters");
+        return ApiError::BadRequest(detail).into_response();
+    }
     // Scoped by caller: two tenants' keys never collide.
     let caller = request.extensions().get::<Principal>().map(Principal::token_id).unwrap_or_default();
     let key = hex::encode(Sha256::new().chain_update(caller).chain_update(b" ").chain_update(&given).finalize());
@@ -369,13 +375,24 @@ pub fn check_content_type(headers: &axum::http::HeaderMap) -> ApiResult<()> {
     }
 }
 
-/// Human text (names, descriptions): bounded, and no control characters such as NUL.
-pub fn check_text(field: &str, value: &str, bytes_max: usize) -> ApiResult<()> {
-    if value.len() > bytes_max || value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+/// Human text (names, descriptions): `chars_min` to `chars_max` characters and no control
+/// characters but newline and tab (`wire::TEXT_PATTERN`).
+pub fn check_text(field: &str, value: &str, chars_min: usize, chars_max: usize) -> ApiResult<()> {
+    let chars = value.chars().count();
+    if chars < chars_min || chars > chars_max || value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
         return Err(ApiError::field(
             field,
-            format!("{field} must be at most {bytes_max} bytes without control characters"),
+            format!("{field} must be {chars_min} to {chars_max} characters without control characters"),
         ));
+    }
+    Ok(())
+}
+
+/// `chars_min` to `chars_max` characters, none a control character (`wire::PRINTABLE_PATTERN`).
+pub fn check_printable(field: &str, value: &str, chars_min: usize, chars_max: usize) -> ApiResult<()> {
+    let chars = value.chars().count();
+    if chars < chars_min || chars > chars_max || value.chars().any(char::is_control) {
+        return Err(ApiError::field(field, format!("{field} must be {chars_min} to {chars_max} printable characters")));
     }
     Ok(())
 }
@@ -412,6 +429,10 @@ fn json_depth(bytes: &[u8]) -> usize {
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8], depth_max: usize) -> ApiResult<T> {
     if json_depth(bytes) > depth_max {
         return Err(ApiError::InvalidJson(format!("nesting deeper than {depth_max} levels")));
+    }
+    // Every body is an object; serde's derived structs would also read an array by position.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        return Err(ApiError::field("body", "the body must be a JSON object, not an array"));
     }
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
         serde_json::error::Category::Data => ApiError::field("body", e.to_string()),
@@ -505,6 +526,75 @@ impl ListQuery {
             after: time("after", &self.after)?,
         })
     }
+}
+
+/// The query parameters of [`ListQuery`] as the OpenAPI document describes them.
+pub mod query {
+    use super::route::QueryParam;
+    use serde_json::json;
+
+    pub const LIMIT: QueryParam = QueryParam {
+        name: "limit",
+        description: "Items per page, at most 250 (larger is read as 250, 0 as 1). Default 50.",
+        schema: || json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}),
+    };
+    pub const ITERATOR: QueryParam = QueryParam {
+        name: "iterator",
+        description: "Where to continue: the `iterator` (or `prevIterator`) of the previous page.",
+        schema: || json!({"type": "string"}),
+    };
+    pub const ORDER: QueryParam = QueryParam {
+        name: "order",
+        description: "`descending` (newest first) or `ascending`.",
+        schema: || json!({"type": "string", "enum": ["ascending", "descending"]}),
+    };
+    pub const STATUS: QueryParam = QueryParam {
+        name: "status",
+        description: "Only deliveries in this state: 0 success, 1 pending, 2 fail, 3 sending, 4 canceled.",
+        schema: || json!({"type": "integer", "minimum": 0, "maximum": 4}),
+    };
+    pub const BEFORE: QueryParam = QueryParam {
+        name: "before",
+        description: "Only what was created before this time (RFC 3339).",
+        schema: || json!({"type": "string", "format": "date-time"}),
+    };
+    pub const AFTER: QueryParam = QueryParam {
+        name: "after",
+        description: "Only what was created after this time (RFC 3339).",
+        schema: || json!({"type": "string", "format": "date-time"}),
+    };
+    pub const CHANNEL: QueryParam = QueryParam {
+        name: "channel",
+        description: "Only messages on this channel.",
+        schema: || json!({"type": "string"}),
+    };
+    pub const EVENT_TYPES: QueryParam = QueryParam {
+        name: "event_types",
+        description: "Only these event types, comma-separated.",
+        schema: || json!({"type": "string"}),
+    };
+    pub const WITH_CONTENT: QueryParam = QueryParam {
+        name: "with_content",
+        description: "Include payloads (default true).",
+        schema: || json!({"type": "boolean"}),
+    };
+    pub const INCLUDE_ARCHIVED: QueryParam = QueryParam {
+        name: "include_archived",
+        description: "Include archived event types (default false).",
+        schema: || json!({"type": "boolean"}),
+    };
+    pub const GET_IF_EXISTS: QueryParam = QueryParam {
+        name: "get_if_exists",
+        description: "If an application with the body's uid exists, answer it (200) instead of a 409.",
+        schema: || json!({"type": "boolean"}),
+    };
+    pub const EXPUNGE: QueryParam = QueryParam {
+        name: "expunge",
+        description: "Delete for good instead of archiving.",
+        schema: || json!({"type": "boolean"}),
+    };
+    pub const PAGE: [QueryParam; 3] = [LIMIT, ITERATOR, ORDER];
+    pub const FILTER: [QueryParam; 5] = [STATUS, BEFORE, AFTER, CHANNEL, EVENT_TYPES];
 }
 
 /// Builds a Svix list answer; the iterator is the id of the last item.

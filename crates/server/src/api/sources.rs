@@ -4,13 +4,13 @@
 //! deliveries in one synced commit, and only then acknowledged.
 
 use super::apps::find as find_app;
-use super::{check_uid, listed, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
+use super::route::{tagged, Route};
+use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics as m;
 use crate::wire::*;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
-use axum::routing::{get, post, MethodRouter};
 use axum::Json;
 use hookline_core::id::prefix;
 use hookline_core::inbound::{verify, Rejection};
@@ -18,8 +18,6 @@ use hookline_store::{Message, PublishOutcome, Source, SourceSecret};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Secrets a source may hold at once.
-const SECRETS_MAX: usize = 5;
 /// Provider headers forwarded with an inbound event, at most.
 const FORWARDED_HEADERS_MAX: usize = 64;
 /// Headers never forwarded: transport details and credentials meant for Hookline only.
@@ -28,24 +26,67 @@ const NOT_FORWARDED: &[&str] =
 /// The prefix of forwarded provider headers on deliveries.
 pub const FORWARDED_PREFIX: &str = "x-hookline-forwarded-";
 
-pub fn routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
-    vec![
-        ("/api/v1/source", get(list).post(create)),
-        ("/api/v1/source/{source_id}", get(read).put(replace).patch(patch).delete(remove)),
-        ("/api/v1/source/{source_id}/event", get(events)),
-        ("/api/v1/source/{source_id}/event/{msg_id}/replay", post(replay)),
-        ("/api/v1/source/{source_id}/rejection", get(rejections)),
-    ]
+pub fn routes() -> Vec<Route> {
+    let (sources, source) = ("/api/v1/source", "/api/v1/source/{source_id}");
+    tagged(
+        "Inbound source",
+        vec![
+            Route::get(sources, list)
+                .doc("listSources", "List inbound sources.")
+                .query(&query::PAGE)
+                .answers::<ListResponse<SourceOut>>(200, "A page of sources."),
+            Route::post(sources, create)
+                .doc("createSource", "Create a source; give its ingestUrl to the provider.")
+                .body::<SourceIn>()
+                .answers::<SourceOut>(201, "Created."),
+            Route::get(source, read)
+                .doc("getSource", "Get a source by id or uid (secrets are never shown).")
+                .answers::<SourceOut>(200, "The source."),
+            Route::put(source, replace)
+                .doc("replaceSource", "Replace a source.")
+                .body::<SourceIn>()
+                .answers::<SourceOut>(200, "Replaced."),
+            Route::patch(source, patch)
+                .doc("patchSource", "Change some fields of a source (e.g. add a rotated secret).")
+                .body::<SourcePatch>()
+                .answers::<SourceOut>(200, "The changed source."),
+            Route::delete(source, remove).doc("deleteSource", "Delete a source.").empty(204, "Deleted."),
+            Route::get("/api/v1/source/{source_id}/event", events)
+                .doc("listSourceEvents", "Events the source received and accepted.")
+                .query(&[query::LIMIT, query::ITERATOR, query::ORDER, query::WITH_CONTENT])
+                .answers::<ListResponse<MessageOut>>(200, "A page of events."),
+            Route::post("/api/v1/source/{source_id}/event/{msg_id}/replay", replay)
+                .doc("replaySourceEvent", "Deliver a received event again.")
+                .answers::<ReplayOut>(202, "Due again at once."),
+            Route::get("/api/v1/source/{source_id}/rejection", rejections)
+                .doc("listSourceRejections", "Recently refused requests, for debugging a setup.")
+                .answers::<Vec<RejectionOut>>(200, "The refusals, newest first."),
+        ],
+    )
 }
 
 /// The provider-facing routes; no bearer token: the signature is the credential.
-pub fn ingest_routes() -> Vec<(&'static str, MethodRouter<Arc<AppState>>)> {
-    vec![("/in/{source}", post(ingest)), ("/in/{source}/{*rest}", post(ingest))]
+pub fn ingest_routes() -> Vec<Route> {
+    let summary = "Where the provider sends webhooks (no bearer token; the provider's signature is checked). \
+        401 with the reason when unverified; 404 unknown source; 413 oversized; 503 storage unavailable.";
+    tagged(
+        "Inbound source",
+        vec![
+            Route::post("/in/{source}", ingest)
+                .doc("ingest", summary)
+                .public()
+                .answers::<IngestOut>(200, "Stored, a duplicate, or filtered (`status` says which)."),
+            Route::post("/in/{source}/{*rest}", ingest)
+                .doc("ingestWithPath", "The same, for providers that append a path.")
+                .public()
+                .answers::<IngestOut>(200, "Stored, a duplicate, or filtered (`status` says which)."),
+        ],
+    )
 }
 
 fn secrets_from(input: Vec<SourceSecretIn>) -> ApiResult<Vec<SourceSecret>> {
-    if input.is_empty() || input.len() > SECRETS_MAX {
-        return Err(ApiError::field("secrets", format!("a source needs 1 to {SECRETS_MAX} secrets")));
+    if input.is_empty() || input.len() > SOURCE_SECRETS_MAX {
+        return Err(ApiError::field("secrets", format!("a source needs 1 to {SOURCE_SECRETS_MAX} secrets")));
     }
     input
         .into_iter()
@@ -54,8 +95,9 @@ fn secrets_from(input: Vec<SourceSecretIn>) -> ApiResult<Vec<SourceSecret>> {
                 SourceSecretIn::Value(value) => (value, None),
                 SourceSecretIn::WithExpiry { value, expires_at } => (value, expires_at),
             };
-            if value.is_empty() || value.len() > 1024 {
-                return Err(ApiError::field("secrets", "a secret must be 1 to 1024 bytes"));
+            if value.is_empty() || value.chars().count() > SOURCE_SECRET_CHARS_MAX {
+                let detail = format!("a secret must be 1 to {SOURCE_SECRET_CHARS_MAX} characters");
+                return Err(ApiError::field("secrets", detail));
             }
             let expires_at = match expires {
                 Some(t) => Some(
@@ -94,13 +136,10 @@ fn view(state: &AppState, s: Source) -> SourceOut {
 }
 
 fn check(source: &Source) -> ApiResult<()> {
-    if source.name.trim().is_empty() {
-        return Err(ApiError::field("name", "name must not be empty"));
-    }
-    super::check_text("name", &source.name, 256)?;
+    super::check_text("name", &source.name, 1, NAME_CHARS_MAX)?;
     check_uid(&source.uid)?;
     if let Some(types) = &source.event_types {
-        if types.is_empty() || types.iter().any(|t| t.is_empty() || t.len() > 256) {
+        if types.is_empty() || types.iter().any(|t| t.is_empty() || t.chars().count() > NAME_CHARS_MAX) {
             return Err(ApiError::field("eventTypes", "eventTypes must hold 1 or more names of 1 to 256 bytes"));
         }
     }
@@ -225,7 +264,7 @@ async fn events(
 async fn replay(
     state: Shared,
     PathParams((key, msg_id)): PathParams<(String, String)>,
-) -> ApiResult<(StatusCode, Json<serde_json::Value>)> {
+) -> ApiResult<(StatusCode, Json<ReplayOut>)> {
     let source = find(&state, &key).await?;
     let message = state.store.get_message(&source.app_id, &msg_id).await.map_err(ApiError::from_store("message"))?;
     if message.source_id.as_deref() != Some(source.id.as_str()) {
@@ -244,7 +283,7 @@ async fn replay(
         state.engine.enqueue(delivery, Some(message.clone()), claim);
         replayed += 1;
     }
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "replayed": replayed }))))
+    Ok((StatusCode::ACCEPTED, Json(ReplayOut { replayed })))
 }
 
 /// The source's most recent refused requests (in memory, newest last).
