@@ -1,47 +1,17 @@
 """Fixtures for the Svix SDK acceptance test: a real `hookline serve` and a receiver."""
 import http.server
-import os
 import queue
-import socket
-import subprocess
-import tempfile
 import threading
-import time
 
-import httpx
 import pytest
+from hookline_process import start_hookline
 
 TOKEN = "sdk-test-admin-token"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def hookline_url():
-    binary = os.environ.get("HOOKLINE_BIN", "target/debug/hookline")
-    port = free_port()
-    data_dir = tempfile.mkdtemp(prefix="hookline-sdk-")
-    env = dict(os.environ, HOOKLINE_ADMIN_TOKEN=TOKEN, HOOKLINE_LOG_LEVEL="warn")
-    process = subprocess.Popen(
-        [binary, "serve", "--dev", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir],
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/api/v1/health").status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.05)
-    else:
-        process.kill()
-        raise RuntimeError("hookline did not become healthy")
+    process, url, _ = start_hookline(TOKEN)
     yield url
     process.terminate()
     process.wait(timeout=30)

@@ -119,7 +119,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// the wire: request line, each `name: value` line, the blank line.
 async fn check_head(State(state): Shared, request: Request, next: Next) -> Response {
     let headers = request.headers();
-    let line = request.method().as_str().len() + request.uri().to_string().len() + "  HTTP/1.1\r\n".len();
+    let target = request.uri().path_and_query().map_or(1, |target| target.as_str().len());
+    let line = request.method().as_str().len() + target + "  HTTP/1.1\r\n".len();
     let bytes = line + headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>() + 2;
     let limits = &state.config.server;
     if headers.len() > limits.headers_max || bytes > limits.header_bytes_max {

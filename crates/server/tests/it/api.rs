@@ -124,22 +124,19 @@ async fn private_and_plain_http_targets_are_refused_outside_dev_mode() {
     gw.stop().await;
 }
 
+/// A request with an `Idempotency-Key`; its status and JSON answer.
+async fn keyed(gw: &Gateway, method: &str, path: String, key: &str, body: Value) -> (u16, Value) {
+    let request = gw.http.request(method.parse().unwrap(), format!("{}{path}", gw.url)).bearer_auth(TOKEN);
+    let r = request.header("idempotency-key", key).json(&body).send().await.unwrap();
+    (r.status().as_u16(), r.json::<Value>().await.unwrap())
+}
+
 #[tokio::test]
 async fn idempotency_keys_and_event_ids_publish_once() {
     let gw = start_gateway(dev_config()).await;
     let app = gw.app("merchant").await;
-    let post = |key: &'static str, body: Value| {
-        let request = gw
-            .http
-            .post(format!("{}/api/v1/app/{app}/msg", gw.url))
-            .bearer_auth(TOKEN)
-            .header("idempotency-key", key)
-            .json(&body);
-        async move {
-            let r = request.send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    };
+    let msgs = format!("/api/v1/app/{app}/msg");
+    let post = |key: &'static str, body: Value| keyed(&gw, "POST", msgs.clone(), key, body);
     let first = post("k-1", json!({"eventType": "payment.succeeded", "payload": {"a": 1}})).await;
     let again = post("k-1", json!({"eventType": "payment.succeeded", "payload": {"a": 1}})).await;
     assert_eq!(first, again, "same key, same answer");
@@ -235,18 +232,7 @@ async fn an_idempotency_key_names_one_request() {
     use tokio::io::AsyncWriteExt;
     let gw = start_gateway(dev_config()).await;
     let app = gw.app("merchant").await;
-    let send = |method: &'static str, path: String, key: &'static str, body: Value| {
-        let request = gw
-            .http
-            .request(method.parse().unwrap(), format!("{}{path}", gw.url))
-            .bearer_auth(TOKEN)
-            .header("idempotency-key", key)
-            .json(&body);
-        async move {
-            let r = request.send().await.unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    };
+    let send = |method: &'static str, path: String, key: &'static str, body: Value| keyed(&gw, method, path, key, body);
     let msgs = format!("/api/v1/app/{app}/msg");
     let paid = json!({"eventType": "payment.succeeded", "payload": {"amount": 100}});
     let first = send("POST", msgs.clone(), "k-1", paid.clone()).await;
