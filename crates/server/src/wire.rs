@@ -53,8 +53,9 @@ pub struct ApplicationIn {
     pub name: String,
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
     pub uid: Option<String>,
+    /// Deliveries per second at most to each of its endpoints that sets none (the cluster's, not each node's); more wait their turn.
     #[serde(alias = "rateLimit", default, deserialize_with = "exact::integer_option")]
-    #[schemars(range(max = u32::MAX))]
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub throttle_rate: Option<u32>,
     pub metadata: Option<Metadata>,
     #[serde(default, deserialize_with = "exact::object_option")]
@@ -69,8 +70,9 @@ pub struct ApplicationPatch {
     #[serde(default, deserialize_with = "present")]
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
     pub uid: Option<Option<String>>,
+    /// Deliveries per second at most to each of its endpoints that sets none (the cluster's, not each node's); more wait their turn.
     #[serde(default, alias = "rateLimit", deserialize_with = "exact::integer_present")]
-    #[schemars(range(max = u32::MAX))]
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub throttle_rate: Option<Option<u32>>,
     pub metadata: Option<Metadata>,
     #[serde(default, deserialize_with = "exact::object_present")]
@@ -108,8 +110,9 @@ pub struct EndpointIn {
     pub event_types: Option<Vec<String>>,
     #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = NAME_CHARS_MAX)))]
     pub channels: Option<Vec<String>>,
+    /// Deliveries per second at most to this endpoint (the cluster's, not each node's); more wait their turn, never dropped or failed.
     #[serde(alias = "rateLimit", default, deserialize_with = "exact::integer_option")]
-    #[schemars(range(max = u32::MAX))]
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub throttle_rate: Option<u32>,
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
     pub uid: Option<String>,
@@ -141,8 +144,9 @@ pub struct EndpointPatch {
     #[serde(default, deserialize_with = "present")]
     #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = NAME_CHARS_MAX)))]
     pub channels: Option<Option<Vec<String>>>,
+    /// Deliveries per second at most to this endpoint (the cluster's, not each node's); more wait their turn, never dropped or failed.
     #[serde(default, alias = "rateLimit", deserialize_with = "exact::integer_present")]
-    #[schemars(range(max = u32::MAX))]
+    #[schemars(range(min = 1, max = u32::MAX))]
     pub throttle_rate: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]

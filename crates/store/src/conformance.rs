@@ -185,6 +185,12 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
     let rival = store.register_node("node-d", 75_000, 30_000).await.unwrap();
     assert!(!store.lead(rival.token, 75_001, 10_000).await.unwrap(), "one leader while its lease lasts");
     assert!(store.lead(rival.token, 85_001, 10_000).await.unwrap(), "an expired leader is replaced");
+    // Live nodes share rate limits. A single-node store counts only its latest registration.
+    let live = store.live_nodes(85_001).await.unwrap();
+    assert!(live >= 1, "the rival is live");
+    store.retire_node(rival.token).await.unwrap();
+    assert_eq!(store.live_nodes(85_001).await.unwrap(), live - 1, "a retired node is not live");
+    assert_eq!(store.live_nodes(UnixMs::MAX / 2).await.unwrap(), 0, "leases expire");
     store.delete_app(&a.id).await.unwrap();
 }
 

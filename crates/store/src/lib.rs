@@ -83,6 +83,8 @@ pub trait Store: Send + Sync + 'static {
     async fn renew_node(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool>;
     /// Ends a lease at once (clean shutdown): its claims are free for other nodes now.
     async fn retire_node(&self, token: i64) -> StoreResult<()>;
+    /// How many nodes hold a live lease at `now` (each shares per-endpoint rate limits).
+    async fn live_nodes(&self, now: UnixMs) -> StoreResult<usize>;
     /// Claims up to `limit` open deliveries due at or before `horizon`, earliest first,
     /// that no live node holds. Nothing is claimed if the token's own lease has expired.
     async fn claim_due(&self, token: i64, horizon: UnixMs, now: UnixMs, limit: usize) -> StoreResult<Vec<Delivery>>;

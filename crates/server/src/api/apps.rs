@@ -69,6 +69,7 @@ pub fn new_secret() -> Secret {
 }
 
 pub fn check(input: &ApplicationIn) -> ApiResult<()> {
+    super::check_rate(input.throttle_rate)?;
     super::check_text("name", &input.name, 1, NAME_CHARS_MAX)?;
     check_uid(&input.uid)?;
     if let Some(policy) = &input.retry_policy {

@@ -107,6 +107,7 @@ fn check_headers(headers: &BTreeMap<String, String>) -> ApiResult<()> {
 /// Checks an endpoint as it would be saved.
 fn check(state: &AppState, e: &Endpoint) -> ApiResult<()> {
     check_url(&e.url, &state.addresses).map_err(|err| ApiError::field("url", err.to_string()))?;
+    super::check_rate(e.throttle_rate)?;
     check_uid(&e.uid)?;
     check_list("eventTypes", &e.event_types)?;
     check_list("channels", &e.channels)?;

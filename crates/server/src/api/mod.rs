@@ -614,6 +614,14 @@ pub fn listed<T, O>(
     }
 }
 
+/// `throttleRate`: deliveries per second to an endpoint, at least 1 (absent: no limit).
+pub fn check_rate(rate: Option<u32>) -> ApiResult<()> {
+    if rate == Some(0) {
+        return Err(ApiError::field("throttleRate", "throttleRate must be at least 1 delivery per second"));
+    }
+    Ok(())
+}
+
 /// Checks a user-given `uid`: Svix allows letters, digits, `-`, `_` and `.`, up to 256.
 pub fn check_uid(uid: &Option<String>) -> ApiResult<()> {
     if let Some(uid) = uid {

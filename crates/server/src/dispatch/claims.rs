@@ -63,18 +63,28 @@ impl Engine {
         let mut stopping = self.stopping.subscribe();
         let poll = Duration::from_millis(self.cluster.poll_ms);
         let mut renewed_at = self.clock.now_ms();
+        self.count_nodes(renewed_at).await;
         loop {
             let now = self.clock.now_ms();
             if now - renewed_at >= self.cluster.lease_ms as i64 / 3 {
                 if let Some(fresh) = self.renew(lease, now).await {
                     lease = fresh;
                     renewed_at = now;
+                    self.count_nodes(now).await;
                 }
             }
             tokio::select! {
                 _ = stopping.wait_for(|s| *s) => return,
                 _ = tokio::time::sleep(poll) => {}
             }
+        }
+    }
+
+    /// Counts the live nodes, which share each endpoint's rate limit (kept as it was when the
+    /// store cannot say).
+    async fn count_nodes(&self, now: i64) {
+        if let Ok(nodes) = self.store.live_nodes(now).await {
+            self.live_nodes.store(nodes.max(1), Ordering::Relaxed);
         }
     }
 

@@ -28,7 +28,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// How long to wait before retrying a write of an attempt's outcome that the store refused.
 const RECORD_RETRY_MS: u64 = 1_000;
@@ -70,6 +70,8 @@ pub struct Engine {
     cluster: ClusterConfig,
     /// This node's current lease token (a new one after a lost lease).
     token: AtomicI64,
+    /// Nodes with a live lease, as the heartbeat last counted them: rate limits are shared.
+    live_nodes: AtomicUsize,
     /// Deliveries held in memory: the claimer stops claiming at `cluster.held_max`.
     held: Arc<AtomicUsize>,
     /// Wakes the claimer before its next poll (work was freed or made due).
@@ -97,6 +99,12 @@ struct EndpointLane {
     unreachable: u32,
     /// When the lane's last delivery started (or is due to start), on the engine's clock.
     last_start: UnixMs,
+    /// With a rate limit: when the next delivery may start (ms, fractional so that rates
+    /// that do not divide a second stay exact), and the deliveries waiting for a start, in
+    /// order. One timer task per lane hands out starts while any wait (`rate_timer`).
+    next_rate_start: f64,
+    rate_waiters: VecDeque<oneshot::Sender<()>>,
+    rate_timer: bool,
 }
 
 impl EndpointLane {
@@ -179,6 +187,7 @@ impl Engine {
             config,
             cluster,
             token: AtomicI64::new(lease.token),
+            live_nodes: AtomicUsize::new(1),
             held: Arc::default(),
             claim_now: Notify::new(),
             client,
@@ -348,7 +357,8 @@ impl Engine {
                 Some(due) => Some((due, lane.take_start(self.clock.now_ms(), self.config.unreachable_pause_ms))),
                 None => {
                     lane.running -= 1;
-                    if lane.running == 0 && lane.parked.is_empty() && lane.unreachable == 0 {
+                    let rate_spent = lane.next_rate_start <= self.clock.now_ms() as f64 && !lane.rate_timer;
+                    if lane.running == 0 && lane.parked.is_empty() && lane.unreachable == 0 && rate_spent {
                         lanes.remove(key);
                     }
                     None
@@ -357,6 +367,59 @@ impl Engine {
         };
         if let Some((due, at)) = next {
             self.start_turn(key.to_owned(), due, at);
+        }
+    }
+
+    /// Waits for a start on a lane limited to `rate_per_s`. The limit is the endpoint's,
+    /// shared by the live nodes: each node starts that lane's deliveries `nodes / rate`
+    /// seconds apart, counted from the start before, so a stalled node catches up without
+    /// a burst and no second sees more than the rate. Nothing is dropped, only delayed.
+    /// False if shutdown came first.
+    async fn rate_turn(self: &Arc<Self>, key: &str, rate_per_s: u32) -> bool {
+        let nodes = self.live_nodes.load(Ordering::Relaxed).max(1) as f64;
+        let interval_ms = 1000.0 * nodes / f64::from(rate_per_s.max(1));
+        let waiting = {
+            let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
+            let lane = lanes.entry(key.to_owned()).or_default();
+            let now = self.clock.now_ms() as f64;
+            if lane.rate_waiters.is_empty() && lane.next_rate_start <= now {
+                lane.next_rate_start = now + interval_ms;
+                return true;
+            }
+            let (sender, receiver) = oneshot::channel();
+            lane.rate_waiters.push_back(sender);
+            if !lane.rate_timer {
+                lane.rate_timer = true;
+                tokio::spawn(self.clone().hand_out_starts(key.to_owned(), interval_ms));
+            }
+            receiver
+        };
+        let mut stopping = self.stopping.subscribe();
+        tokio::select! {
+            started = waiting => started.is_ok(),
+            _ = stopping.wait_for(|s| *s) => false,
+        }
+    }
+
+    /// A rate-limited lane's timer: one start per interval to the waiting deliveries, in
+    /// order, until none waits.
+    async fn hand_out_starts(self: Arc<Self>, key: String, interval_ms: f64) {
+        loop {
+            let at = {
+                let lanes = self.endpoint_lanes.lock().expect("lanes lock");
+                lanes.get(&key).map_or(0.0, |lane| lane.next_rate_start)
+            };
+            self.clock.sleep_until(at.ceil() as UnixMs).await;
+            let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
+            let Some(lane) = lanes.get_mut(&key) else { return };
+            // A waiter that went away (shutdown) gives its start to the next.
+            let next = std::iter::from_fn(|| lane.rate_waiters.pop_front()).find(|w| !w.is_closed());
+            let Some(waiter) = next else {
+                lane.rate_timer = false;
+                return;
+            };
+            let _ = waiter.send(());
+            lane.next_rate_start = self.clock.now_ms() as f64 + interval_ms;
         }
     }
 
@@ -404,6 +467,13 @@ impl Engine {
         };
         if target.disabled {
             return self.finish(due, &turn.key, &target, &message, None).await;
+        }
+        // Waits holding the lane's turn, not a global slot: a throttled endpoint's backlog
+        // never slows another endpoint.
+        if let Some(rate) = target.rate_per_s {
+            if !self.rate_turn(&turn.key, rate).await {
+                return;
+            }
         }
         let Some(_global_slot) = self.slot(self.global_slots.clone()).await else {
             return;
@@ -555,6 +625,7 @@ impl Engine {
                     headers: endpoint.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                     policy: endpoint.retry_policy.clone().unwrap_or(app_policy),
                     disabled: endpoint.disabled,
+                    rate_per_s: endpoint.throttle_rate.or(app.throttle_rate).filter(|rate| *rate > 0),
                 }))
             }
             None => Ok(message.callback_url.clone().map(|url| Target {
@@ -565,6 +636,7 @@ impl Engine {
                 headers: Vec::new(),
                 policy: app_policy,
                 disabled: false,
+                rate_per_s: None,
             })),
         }
     }
@@ -578,6 +650,8 @@ struct Target {
     headers: Vec<(String, String)>,
     policy: RetryPolicy,
     disabled: bool,
+    /// The endpoint's `throttleRate`, or its application's: deliveries per second at most.
+    rate_per_s: Option<u32>,
 }
 
 fn observe(

@@ -340,3 +340,50 @@ async fn an_unreachable_endpoint_is_paced_and_drains_when_it_returns() {
         rx.next().await;
     }
 }
+
+/// An endpoint's `throttleRate` is a ceiling: its deliveries start 1/rate apart on the
+/// engine's clock, so no second sees more than the rate; nothing is dropped or counted as a
+/// failure; and a neighbour without a limit is not slowed. An application's rate is the
+/// default of its endpoints.
+#[tokio::test]
+async fn a_throttled_endpoint_gets_at_most_its_rate_and_its_neighbour_is_not_slowed() {
+    let gw = start_gateway(dev_config()).await;
+    let (limited_rx, free_rx) =
+        (Receiver::start(Answer::status(200)).await, Receiver::start(Answer::status(200)).await);
+    let limited = gw.ok("POST", "/api/v1/app", Some(json!({"name": "limited", "throttleRate": 50}))).await;
+    let limited = limited["id"].as_str().unwrap().to_owned();
+    let free = gw.app("free").await;
+    gw.endpoint(&limited, json!({"url": format!("{}/hook", limited_rx.url)})).await;
+    gw.endpoint(&free, json!({"url": format!("{}/hook", free_rx.url)})).await;
+    for n in 0..200 {
+        gw.publish(&limited, json!({"eventType": "payment.succeeded", "payload": {"n": n}})).await;
+    }
+    for n in 0..20 {
+        gw.publish(&free, json!({"eventType": "payment.succeeded", "payload": {"n": n}})).await;
+    }
+    // While the engine's clock stands still: the neighbour gets everything, the throttled
+    // endpoint its first delivery only.
+    for _ in 0..20 {
+        free_rx.next().await;
+    }
+    limited_rx.next().await;
+    assert!(!limited_rx.gets_within(300).await, "a second delivery before its time");
+    // 50 per second: one start each 20 ms of the engine's clock, never more. (A jump of the
+    // clock is a stalled node to the limiter: it starts one, then spaces the rest again.)
+    for step in 1..=50 {
+        gw.advance(20);
+        limited_rx.next().await;
+        assert!(!limited_rx.gets_within(50).await, "more than one start in the 20 ms step {step}");
+    }
+    for _ in 51..200 {
+        gw.advance(20);
+        limited_rx.next().await;
+    }
+    let listed = gw.ok("GET", &format!("/api/v1/app/{limited}/msg?limit=250"), None).await;
+    for msg in listed["data"].as_array().unwrap() {
+        let attempts = gw.wait_attempts(&limited, msg["id"].as_str().unwrap(), 1).await;
+        assert_eq!(attempts.len(), 1, "one attempt each: waiting is not failing");
+        assert_eq!(attempts[0]["status"], 0);
+    }
+    gw.stop().await;
+}

@@ -316,6 +316,9 @@ impl Store for PgStore {
             notify(&tx, &Change::Due).await
         })
     }
+    async fn live_nodes(&self, now: UnixMs) -> StoreResult<usize> {
+        self.on(&self.relaxed, |c| async move { queue::live_nodes(&c, now).await }).await
+    }
     async fn claim_due(&self, token: i64, horizon: UnixMs, now: UnixMs, limit: usize) -> StoreResult<Vec<Delivery>> {
         self.on(&self.relaxed, |c| async move { queue::claim_due(&c, token, horizon, now, limit).await }).await
     }

@@ -137,6 +137,11 @@ pub async fn renew_node(c: &impl GenericClient, token: i64, now: i64, lease_ms: 
     Ok(run(c, sql, &[&token, &(now + lease_ms as i64), &now]).await? == 1)
 }
 
+pub async fn live_nodes(c: &impl GenericClient, now: i64) -> StoreResult<usize> {
+    let row = c.query_one("SELECT count(*) FROM nodes WHERE lease_until >= $1", &[&now]).await.map_err(pg_error)?;
+    Ok(row.get::<_, i64>(0) as usize)
+}
+
 pub async fn retire_node(c: &impl GenericClient, token: i64) -> StoreResult<()> {
     run(c, "UPDATE nodes SET lease_until = 0 WHERE token = $1", &[&token]).await?;
     run(c, "UPDATE leader SET lease_until = 0 WHERE token = $1", &[&token]).await.map(|_| ())

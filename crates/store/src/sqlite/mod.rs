@@ -449,6 +449,9 @@ impl Store for SqliteStore {
     async fn retire_node(&self, token: i64) -> StoreResult<()> {
         self.write(move |c| queue::retire_node(c, token)).await
     }
+    async fn live_nodes(&self, now: UnixMs) -> StoreResult<usize> {
+        self.read(move |c| queue::live_nodes(c, now)).await
+    }
     async fn claim_due(&self, token: i64, horizon: UnixMs, now: UnixMs, limit: usize) -> StoreResult<Vec<Delivery>> {
         self.write_in(Lane::Background, move |c| queue::claim_due(c, token, horizon, now, limit)).await
     }

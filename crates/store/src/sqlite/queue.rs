@@ -128,6 +128,12 @@ pub fn renew_node(conn: &Connection, token: i64, now: i64, lease_ms: u64) -> Sto
     Ok(renewed == 1)
 }
 
+pub fn live_nodes(conn: &Connection, now: i64) -> StoreResult<usize> {
+    let sql = "SELECT count(*) FROM nodes WHERE lease_until >= ?1";
+    let count: i64 = conn.prepare_cached(sql).and_then(|mut s| s.query_row([now], |r| r.get(0))).map_err(sql_error)?;
+    Ok(count as usize)
+}
+
 pub fn retire_node(conn: &Connection, token: i64) -> StoreResult<()> {
     conn.execute("UPDATE nodes SET lease_until = 0 WHERE token = ?1", [token]).map_err(sql_error)?;
     conn.execute("UPDATE leader SET lease_until = 0 WHERE token = ?1", [token]).map_err(sql_error)?;
