@@ -110,24 +110,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::NotFound("route") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(state.config.api.body_bytes_max))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), check_head))
         .with_state(state)
-}
-
-/// Request heads within `server.headers_max` headers and `server.header_bytes_max` bytes;
-/// larger ones answer a JSON 431 like every other error. The bytes are counted as sent on
-/// the wire: request line, each `name: value` line, the blank line.
-async fn check_head(State(state): Shared, request: Request, next: Next) -> Response {
-    let headers = request.headers();
-    let target = request.uri().path_and_query().map_or(1, |target| target.as_str().len());
-    let line = request.method().as_str().len() + target + "  HTTP/1.1\r\n".len();
-    let bytes = line + headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>() + 2;
-    let limits = &state.config.server;
-    if headers.len() > limits.headers_max || bytes > limits.header_bytes_max {
-        return ApiError::HeadTooLarge { headers_max: limits.headers_max, bytes_max: limits.header_bytes_max }
-            .into_response();
-    }
-    next.run(request).await
 }
 
 pub fn hash_token(token: &str) -> [u8; 32] {
