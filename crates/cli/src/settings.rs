@@ -126,6 +126,7 @@ fn known_keys() -> Vec<(String, String)> {
     keys.push(("api".into(), "public_url".into()));
     keys.push(("security".into(), "secret_key".into()));
     keys.push(("cluster".into(), "node_name".into()));
+    keys.push(("metrics".into(), "token".into()));
     keys
 }
 

@@ -19,7 +19,16 @@ pub struct Config {
     pub inbound: InboundConfig,
     pub network: NetworkConfig,
     pub security: SecurityConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// When set, `GET /metrics` answers only `Authorization: Bearer <token>` (a scraper's
+    /// `bearer_token`); when absent, it is open, as Prometheus endpoints usually are.
+    pub token: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

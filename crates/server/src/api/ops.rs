@@ -1,8 +1,13 @@
 //! Routes without auth: health, Prometheus metrics, the OpenAPI document.
 
 use super::route::{tagged, Route};
+use super::{hash_token, Shared};
+use crate::error::ApiError;
 use crate::wire::HealthOut;
+use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::Json;
+use subtle::ConstantTimeEq;
 
 pub fn routes() -> Vec<Route> {
     tagged(
@@ -20,7 +25,22 @@ pub fn routes() -> Vec<Route> {
     )
 }
 
-/// Prometheus metrics: text, not part of the JSON API or its document.
+/// Prometheus metrics: text, not part of the JSON API or its document. Behind a bearer
+/// token when `metrics.token` is set (compared in constant time).
 pub fn metrics() -> Route {
-    Route::get("/metrics", || async { crate::metrics::handle().render() }).public()
+    Route::get("/metrics", render_metrics).public()
+}
+
+async fn render_metrics(State(state): Shared, headers: HeaderMap) -> Result<String, ApiError> {
+    if let Some(token) = &state.config.metrics.token {
+        let given = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+            .unwrap_or_default();
+        if !bool::from(hash_token(given.trim()).ct_eq(&hash_token(token))) {
+            return Err(ApiError::Unauthorized);
+        }
+    }
+    Ok(crate::metrics::handle().render())
 }

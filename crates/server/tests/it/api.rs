@@ -716,3 +716,34 @@ async fn transport_limits_slow_heads_too_many_headers_and_connections() {
     drop(second);
     gw.stop().await;
 }
+
+/// `/metrics` is open by default and behind a bearer token when `metrics.token` is set.
+#[tokio::test]
+async fn metrics_can_require_a_token() {
+    let scrape = |gw: &Gateway, token: Option<&'static str>| {
+        let mut request = gw.http.get(format!("{}/metrics", gw.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let open = start_gateway(dev_config()).await;
+    assert_eq!(scrape(&open, None).await.0, 200);
+    open.stop().await;
+    let mut config = dev_config();
+    config.metrics.token = Some("scrape-token".into());
+    let gw = start_gateway(config).await;
+    gw.publish(&gw.app("merchant").await, json!({"eventType": "x", "payload": {}})).await;
+    for token in [None, Some("wrong"), Some(TOKEN)] {
+        let (status, body) = scrape(&gw, token).await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert!(body.contains("authentication_failed"), "{body}");
+    }
+    let (status, body) = scrape(&gw, Some("scrape-token")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("hookline_messages_published_total"), "{body}");
+    gw.stop().await;
+}
