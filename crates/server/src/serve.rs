@@ -36,7 +36,7 @@ const HEAD_BACKSTOP_FACTOR: usize = 4;
 /// hyper parses headers into a vector of `max_headers` slots, initialized for every
 /// request and kept inline up to this many; a larger count costs a heap allocation and
 /// the initialization of every slot per request (1,500 instructions at 256), so its count
-/// limit is the configured one or this, whichever is more.
+/// limit is one over the configured one (answered in JSON here) or this, whichever is more.
 const HYPER_INLINE_HEADERS: usize = 100;
 
 /// Connections the kernel completes and queues before they are accepted; it caps this at
@@ -83,7 +83,7 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
-        .max_headers(limits.headers_max.max(HYPER_INLINE_HEADERS))
+        .max_headers((limits.headers_max + 1).max(HYPER_INLINE_HEADERS))
         .max_buf_size((limits.header_bytes_max * HEAD_BACKSTOP_FACTOR).max(BUFFER_BYTES_MIN));
     let graceful = GracefulShutdown::new();
     // A connection over the limit waits in the kernel's backlog until a slot frees up.

@@ -105,8 +105,10 @@ fn check_headers(headers: &BTreeMap<String, String>) -> ApiResult<()> {
 }
 
 /// Checks an endpoint as it would be saved.
-fn check(state: &AppState, e: &Endpoint) -> ApiResult<()> {
-    check_url(&e.url, &state.addresses).map_err(|err| ApiError::field("url", err.to_string()))?;
+fn check(state: &AppState, e: &Endpoint, url_changed: bool) -> ApiResult<()> {
+    if url_changed {
+        check_url(&e.url, &state.addresses).map_err(|err| ApiError::field("url", err.to_string()))?;
+    }
     super::check_rate(e.throttle_rate)?;
     check_uid(&e.uid)?;
     check_list("eventTypes", &e.event_types)?;
@@ -167,7 +169,7 @@ async fn create_endpoint(state: &AppState, app_id: &str, input: EndpointIn) -> A
         created_at: now,
         updated_at: now,
     };
-    check(state, &endpoint)?;
+    check(state, &endpoint, true)?;
     let created = state.store.create_endpoint(endpoint).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&app.id);
     Ok(created)
@@ -197,8 +199,12 @@ async fn read(
     Ok(Json(views::endpoint(find(&state, &app_id, &endpoint_id).await?)))
 }
 
+/// Saves a changed endpoint. Its URL is checked again only if it changed: one stored under
+/// older rules stays as it is through other changes (disabling it, say).
 async fn save(state: &AppState, mut endpoint: Endpoint) -> ApiResult<Endpoint> {
-    check(state, &endpoint)?;
+    let stored = state.engine.catalog.endpoint(&endpoint.app_id, &endpoint.id).await;
+    let url_unchanged = matches!(&stored, Ok(Some(stored)) if stored.url == endpoint.url);
+    check(state, &endpoint, !url_unchanged)?;
     endpoint.updated_at = state.now();
     let saved = state.store.update_endpoint(endpoint).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&saved.app_id);
@@ -221,7 +227,9 @@ async fn replace(
         }
         other => other?,
     };
-    if let Some(text) = input.secret.filter(|text| e.secrets.first().is_none_or(|current| current.text != *text)) {
+    // A secret the endpoint already holds (current, or still signing after a rotation)
+    // changes nothing: re-applying an old configuration must not roll a rotation back.
+    if let Some(text) = input.secret.filter(|text| e.secrets.iter().all(|held| held.text != *text)) {
         let fresh = parse_secret(Some(text))?;
         e.secrets = rotated(e.secrets, &fresh, state.now(), state.config.delivery.rotation_grace_ms);
     }
@@ -306,9 +314,10 @@ async fn rotate(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
     headers: axum::http::HeaderMap,
-    body: bytes::Bytes,
+    body: axum::body::Body,
 ) -> ApiResult<Json<EndpointSecretOut>> {
     super::check_content_type(&headers)?;
+    let body = super::read_body(body, state.config.api.body_bytes_max).await?;
     let input: EndpointSecretRotateIn =
         if body.is_empty() { Default::default() } else { super::parse_json(&body, state.config.api.json_depth_max)? };
     let mut e = find(&state, &app_id, &endpoint_id).await?;

@@ -277,13 +277,16 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
     };
     let (parts, body) = request.into_parts();
     let limit = state.config.api.body_bytes_max;
-    let Ok(body) = axum::body::to_bytes(body, limit).await else {
-        return ApiError::PayloadTooLarge(limit).into_response();
+    let body = match read_body(body, limit).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
     };
     let fingerprint: [u8; 32] = Sha256::new()
         .chain_update(parts.method.as_str())
         .chain_update(b" ")
         .chain_update(parts.uri.path().trim_end_matches('/'))
+        .chain_update(b"?")
+        .chain_update(parts.uri.query().unwrap_or_default())
         .chain_update(b"\n")
         .chain_update(&body)
         .finalize()
@@ -312,6 +315,19 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
         tracing::warn!(error = %e, "could not store idempotent answer");
     }
     Response::from_parts(parts, Body::from(bytes))
+}
+
+/// Reads a whole body of at most `limit` bytes: 413 above it, 400 when the client broke off.
+pub async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|source| source.downcast_ref::<http_body_util::LengthLimitError>().is_some());
+        if too_large {
+            ApiError::PayloadTooLarge(limit)
+        } else {
+            ApiError::BadRequest(format!("the body could not be read: {e}"))
+        }
+    })
 }
 
 fn replay(status: u16, body: Bytes) -> Response {

@@ -105,6 +105,8 @@ struct EndpointLane {
     next_rate_start: f64,
     rate_waiters: VecDeque<oneshot::Sender<()>>,
     rate_timer: bool,
+    /// The spacing of starts, as the latest delivery found the rate and the node count.
+    rate_interval_ms: f64,
 }
 
 impl EndpointLane {
@@ -381,6 +383,7 @@ impl Engine {
         let waiting = {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
             let lane = lanes.entry(key.to_owned()).or_default();
+            lane.rate_interval_ms = interval_ms;
             let now = self.clock.now_ms() as f64;
             if lane.rate_waiters.is_empty() && lane.next_rate_start <= now {
                 lane.next_rate_start = now + interval_ms;
@@ -390,7 +393,7 @@ impl Engine {
             lane.rate_waiters.push_back(sender);
             if !lane.rate_timer {
                 lane.rate_timer = true;
-                tokio::spawn(self.clone().hand_out_starts(key.to_owned(), interval_ms));
+                tokio::spawn(self.clone().hand_out_starts(key.to_owned()));
             }
             receiver
         };
@@ -402,8 +405,9 @@ impl Engine {
     }
 
     /// A rate-limited lane's timer: one start per interval to the waiting deliveries, in
-    /// order, until none waits.
-    async fn hand_out_starts(self: Arc<Self>, key: String, interval_ms: f64) {
+    /// order, until none waits. The interval is read at each start, so a changed rate or
+    /// node count applies to the deliveries already waiting.
+    async fn hand_out_starts(self: Arc<Self>, key: String) {
         loop {
             let at = {
                 let lanes = self.endpoint_lanes.lock().expect("lanes lock");
@@ -419,7 +423,7 @@ impl Engine {
                 return;
             };
             let _ = waiter.send(());
-            lane.next_rate_start = self.clock.now_ms() as f64 + interval_ms;
+            lane.next_rate_start = self.clock.now_ms() as f64 + lane.rate_interval_ms;
         }
     }
 
@@ -460,20 +464,26 @@ impl Engine {
                 Err(_) => return self.retry_later(due),
             },
         };
-        let target = match self.resolve_target(&due.delivery, &message).await {
+        let mut target = match self.resolve_target(&due.delivery, &message).await {
             Ok(Some(target)) => target,
             Ok(None) => return,
             Err(_) => return self.retry_later(due),
         };
-        if target.disabled {
-            return self.finish(due, &turn.key, &target, &message, None).await;
-        }
         // Waits holding the lane's turn, not a global slot: a throttled endpoint's backlog
-        // never slows another endpoint.
+        // never slows another endpoint. The wait can be long, so afterwards the claim is
+        // checked and the endpoint read again (deleted, disabled, re-pointed meanwhile).
         if let Some(rate) = target.rate_per_s {
-            if !self.rate_turn(&turn.key, rate).await {
+            if !self.rate_turn(&turn.key, rate).await || due.claim != self.token() {
                 return;
             }
+            target = match self.resolve_target(&due.delivery, &message).await {
+                Ok(Some(target)) => target,
+                Ok(None) => return,
+                Err(_) => return self.retry_later(due),
+            };
+        }
+        if target.disabled {
+            return self.finish(due, &turn.key, &target, &message, None).await;
         }
         let Some(_global_slot) = self.slot(self.global_slots.clone()).await else {
             return;

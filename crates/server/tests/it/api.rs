@@ -220,7 +220,13 @@ async fn the_api_accepts_exactly_what_its_document_says() {
     assert_eq!(gw.call("PUT", &format!("{eps}/{ep}"), Some(put.clone())).await.0, 200);
     assert_eq!(gw.ok("GET", &format!("{eps}/{ep}/secret"), None).await["key"], new);
     assert_eq!(gw.call("PUT", &format!("{eps}/{ep}"), Some(put)).await.0, 200, "the same secret again changes nothing");
-    assert_ne!(old, new);
+    let stale = json!({"url": "https://r.example/", "secret": old});
+    assert_eq!(gw.call("PUT", &format!("{eps}/{ep}"), Some(stale)).await.0, 200);
+    assert_eq!(
+        gw.ok("GET", &format!("{eps}/{ep}/secret"), None).await["key"],
+        new,
+        "a secret still signing after the rotation does not roll it back"
+    );
     gw.stop().await;
 }
 
@@ -255,6 +261,7 @@ async fn an_idempotency_key_names_one_request() {
             422,
             Some("idempotency_key_reused"),
         ),
+        ("POST", format!("{msgs}?with_content=false"), paid.clone(), 422, Some("idempotency_key_reused")),
     ];
     for (method, path, body, status, code) in cases {
         let (got, answer) = send(method, path.clone(), "k-1", body).await;
