@@ -498,18 +498,26 @@ async fn resend_and_recover_restart_deliveries(store: &dyn Store, node: i64) {
 }
 
 async fn idempotent_answers_expire(store: &dyn Store) {
-    let answer = IdempotentResponse {
-        key: "k1".into(),
-        fingerprint: [7; 32],
-        status: 201,
+    let answer = |key: &str, fingerprint: u8, created_at: UnixMs| IdempotentResponse {
+        key: key.into(),
+        fingerprint: [fingerprint; 32],
+        status: 202,
         body: Bytes::from_static(b"{}"),
-        created_at: 100,
+        created_at,
     };
-    store.save_idempotent_response(answer.clone()).await.unwrap();
-    assert_eq!(store.idempotent_response("k1", 50).await.unwrap(), Some(answer));
+    store.save_idempotent_response(answer("k1", 7, 100)).await.unwrap();
+    assert_eq!(store.idempotent_response("k1", 50).await.unwrap(), Some(answer("k1", 7, 100)));
     assert_eq!(store.idempotent_response("k1", 150).await.unwrap(), None);
     assert_eq!(store.purge_idempotent_responses(101).await.unwrap(), 1);
     assert_eq!(store.idempotent_response("k1", 0).await.unwrap(), None);
+
+    // An answer stored by a publish, in the publish's commit, keeps its fingerprint too.
+    let a = store.create_app(app(200, None)).await.unwrap();
+    let mut keyed = publish(&a.id, &[], None, 200);
+    keyed.idempotency = Some(answer("k2", 9, 200));
+    store.publish(keyed).await.unwrap();
+    assert_eq!(store.idempotent_response("k2", 150).await.unwrap(), Some(answer("k2", 9, 200)));
+    store.delete_app(&a.id).await.unwrap();
 }
 
 async fn deleting_an_app_removes_everything(store: &dyn Store, node: i64) {
