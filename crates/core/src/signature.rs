@@ -64,6 +64,9 @@ impl Secret {
     }
 }
 
+/// A header name: an RFC 9110 token, what `http::HeaderName` accepts.
+pub const HEADER_NAME_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+
 /// How an endpoint wants its deliveries signed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -78,7 +81,7 @@ pub enum SignatureScheme {
     HmacSha256Hex {
         /// A header name (an RFC 9110 token).
         #[serde(default = "default_hmac_header")]
-        #[schemars(regex(pattern = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"))]
+        #[schemars(regex(pattern = HEADER_NAME_PATTERN))]
         header: String,
     },
 }

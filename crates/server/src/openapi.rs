@@ -36,7 +36,7 @@ fn error_statuses(route: &Route) -> Vec<(u16, &'static str)> {
         out.push((401, "The provider's signature does not verify; `code` says why."));
         out.push((404, "No such source (`not_found`)."));
     }
-    if route.method == Method::POST || (!route.public && writes) {
+    if !route.public && writes {
         out.push((409, "The uid is taken, or a request with this Idempotency-Key is still running (`conflict`, `idempotency_key_in_use`)."));
     }
     if route.body.is_some() || route.method == Method::POST {
@@ -125,7 +125,13 @@ fn operation(route: &Route, generator: &mut schemars::SchemaGenerator) -> Value 
     op
 }
 
-pub fn document() -> Value {
+/// The document, built once: it depends only on the code.
+pub fn document() -> &'static Value {
+    static DOCUMENT: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    DOCUMENT.get_or_init(build)
+}
+
+fn build() -> Value {
     // OpenAPI 3.1: its schemas are JSON Schema 2020-12, which can say what a header map's
     // keys may be (`propertyNames`); 3.0 cannot.
     let settings = SchemaSettings::draft2020_12().with(|s| {

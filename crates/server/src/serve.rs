@@ -28,9 +28,9 @@ pub struct Limits {
 /// hyper refuses a read buffer smaller than this.
 const BUFFER_BYTES_MIN: usize = 8_192;
 
-/// hyper's own limit on head bytes is this many times the configured one: the API answers
-/// heads over the configured limits with a JSON 431 (`api::check_head`), and hyper's
-/// bodiless 431 only bounds the memory a head can take.
+/// hyper's own limit on head bytes is this many times the configured one: heads over the
+/// configured limits get a JSON 431 (`head_too_large`), and hyper's bodiless 431 only
+/// bounds the memory a head can take.
 const HEAD_BACKSTOP_FACTOR: usize = 4;
 
 /// hyper parses headers into a vector of `max_headers` slots, initialized for every

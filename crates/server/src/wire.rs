@@ -20,6 +20,8 @@ pub const NAME_PATTERN: &str = r"^[a-zA-Z0-9\-_.]+$";
 /// Endpoint and callback URLs: `http://` or `https://`, as `ssrf::check_url` requires.
 pub const URL_PATTERN: &str = r"^https?://";
 pub const NAME_CHARS_MAX: usize = 256;
+/// Event types or channels an endpoint may list.
+pub const LIST_ITEMS_MAX: usize = 256;
 pub const DESCRIPTION_CHARS_MAX: usize = 4096;
 pub const URL_BYTES_MAX: usize = 2048;
 
@@ -106,9 +108,9 @@ pub struct EndpointIn {
     pub version: Option<u32>,
     pub disabled: Option<bool>,
     #[serde(alias = "filterTypes")]
-    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = NAME_CHARS_MAX)))]
+    #[schemars(length(min = 1, max = LIST_ITEMS_MAX), inner(length(min = 1, max = NAME_CHARS_MAX)))]
     pub event_types: Option<Vec<String>>,
-    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = NAME_CHARS_MAX)))]
+    #[schemars(length(min = 1, max = LIST_ITEMS_MAX), inner(length(min = 1, max = NAME_CHARS_MAX)))]
     pub channels: Option<Vec<String>>,
     /// Deliveries per second at most to this endpoint (the cluster's, not each node's); more wait their turn, never dropped or failed.
     #[serde(alias = "rateLimit", default, deserialize_with = "exact::integer_option")]
@@ -139,10 +141,10 @@ pub struct EndpointPatch {
     pub version: Option<u32>,
     pub disabled: Option<bool>,
     #[serde(default, alias = "filterTypes", deserialize_with = "present")]
-    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = NAME_CHARS_MAX)))]
+    #[schemars(length(min = 1, max = LIST_ITEMS_MAX), inner(length(min = 1, max = NAME_CHARS_MAX)))]
     pub event_types: Option<Option<Vec<String>>>,
     #[serde(default, deserialize_with = "present")]
-    #[schemars(length(min = 1, max = 256), inner(length(min = 1, max = NAME_CHARS_MAX)))]
+    #[schemars(length(min = 1, max = LIST_ITEMS_MAX), inner(length(min = 1, max = NAME_CHARS_MAX)))]
     pub channels: Option<Option<Vec<String>>>,
     /// Deliveries per second at most to this endpoint (the cluster's, not each node's); more wait their turn, never dropped or failed.
     #[serde(default, alias = "rateLimit", deserialize_with = "exact::integer_present")]
@@ -528,8 +530,7 @@ pub struct TokenOut {
     pub created_at: String,
 }
 
-/// Request header names (RFC 9110 tokens) that Hookline does not set itself.
-pub const HEADER_NAME_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
+pub use hookline_core::signature::HEADER_NAME_PATTERN;
 /// Header values: no control characters but tab.
 pub const HEADER_VALUE_PATTERN: &str = r"^[^\u0000-\u0008\u000A-\u001F\u007F]*$";
 /// Custom headers an endpoint may send.

@@ -2,7 +2,7 @@
 
 use super::hash_token;
 use super::route::{tagged, Route};
-use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
+use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{
     timestamp, ApplicationIn, ApplicationOut, ApplicationPatch, EndpointSecretOut, ListResponse, TokenOut,
@@ -70,7 +70,7 @@ pub fn new_secret() -> Secret {
 
 pub fn check(input: &ApplicationIn) -> ApiResult<()> {
     super::check_rate(input.throttle_rate)?;
-    super::check_text("name", &input.name, 1, NAME_CHARS_MAX)?;
+    super::check_text("name", &input.name, Text::Prose, 1, NAME_CHARS_MAX)?;
     check_uid(&input.uid)?;
     if let Some(policy) = &input.retry_policy {
         policy.validate().map_err(|e| ApiError::field("retryPolicy", e.to_string()))?;

@@ -2,7 +2,7 @@
 
 use super::apps::{find as find_app, new_secret};
 use super::route::{tagged, Route};
-use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
+use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::*;
 use axum::http::StatusCode;
@@ -80,8 +80,11 @@ pub fn routes() -> Vec<Route> {
 fn check_list(field: &str, items: &Option<Vec<String>>) -> ApiResult<()> {
     if let Some(items) = items {
         let bad = |i: &String| i.is_empty() || i.chars().count() > NAME_CHARS_MAX;
-        if items.is_empty() || items.len() > 256 || items.iter().any(bad) {
-            return Err(ApiError::field(field, format!("{field} must hold 1 to 256 non-empty names")));
+        if items.is_empty() || items.len() > LIST_ITEMS_MAX || items.iter().any(bad) {
+            return Err(ApiError::field(
+                field,
+                format!("{field} must hold 1 to {LIST_ITEMS_MAX} names of 1 to {NAME_CHARS_MAX} characters"),
+            ));
         }
     }
     Ok(())
@@ -114,7 +117,7 @@ fn check(state: &AppState, e: &Endpoint, url_changed: bool) -> ApiResult<()> {
     check_list("eventTypes", &e.event_types)?;
     check_list("channels", &e.channels)?;
     check_headers(&e.headers)?;
-    super::check_text("description", &e.description, 0, DESCRIPTION_CHARS_MAX)?;
+    super::check_text("description", &e.description, Text::Prose, 0, DESCRIPTION_CHARS_MAX)?;
     if let SignatureScheme::HmacSha256Hex { header } = &e.signature_scheme {
         if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
             return Err(ApiError::field("signatureScheme", "header must be a valid header name"));
@@ -199,12 +202,10 @@ async fn read(
     Ok(Json(views::endpoint(find(&state, &app_id, &endpoint_id).await?)))
 }
 
-/// Saves a changed endpoint. Its URL is checked again only if it changed: one stored under
-/// older rules stays as it is through other changes (disabling it, say).
-async fn save(state: &AppState, mut endpoint: Endpoint) -> ApiResult<Endpoint> {
-    let stored = state.engine.catalog.endpoint(&endpoint.app_id, &endpoint.id).await;
-    let url_unchanged = matches!(&stored, Ok(Some(stored)) if stored.url == endpoint.url);
-    check(state, &endpoint, !url_unchanged)?;
+/// Saves a changed endpoint. Its URL is checked again only if the change set a new one: one
+/// stored under older rules stays as it is through other changes (disabling it, say).
+async fn save(state: &AppState, mut endpoint: Endpoint, url_changed: bool) -> ApiResult<Endpoint> {
+    check(state, &endpoint, url_changed)?;
     endpoint.updated_at = state.now();
     let saved = state.store.update_endpoint(endpoint).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&saved.app_id);
@@ -233,6 +234,7 @@ async fn replace(
         let fresh = parse_secret(Some(text))?;
         e.secrets = rotated(e.secrets, &fresh, state.now(), state.config.delivery.rotation_grace_ms);
     }
+    let url_changed = e.url != input.url;
     e.url = input.url;
     e.description = input.description;
     e.disabled = input.disabled.unwrap_or(false);
@@ -246,7 +248,7 @@ async fn replace(
     }
     e.signature_scheme = input.signature_scheme.unwrap_or_default();
     e.retry_policy = input.retry_policy;
-    Ok((StatusCode::OK, Json(views::endpoint(save(&state, e).await?))))
+    Ok((StatusCode::OK, Json(views::endpoint(save(&state, e, url_changed).await?))))
 }
 
 async fn patch(
@@ -255,6 +257,7 @@ async fn patch(
     JsonBody(input): JsonBody<EndpointPatch>,
 ) -> ApiResult<Json<EndpointOut>> {
     let mut e = find(&state, &app_id, &endpoint_id).await?;
+    let url_changed = input.url.as_ref().is_some_and(|url| *url != e.url);
     if let Some(url) = input.url {
         e.url = url;
     }
@@ -285,7 +288,7 @@ async fn patch(
     if let Some(policy) = input.retry_policy {
         e.retry_policy = policy;
     }
-    Ok(Json(views::endpoint(save(&state, e).await?)))
+    Ok(Json(views::endpoint(save(&state, e, url_changed).await?)))
 }
 
 async fn remove(
@@ -329,7 +332,7 @@ async fn rotate(
     let grace_ms = input.grace_period_seconds.map_or(state.config.delivery.rotation_grace_ms, |s| s * 1000);
     let fresh = parse_secret(input.key)?;
     e.secrets = rotated(e.secrets, &fresh, now, grace_ms);
-    save(&state, e).await?;
+    save(&state, e, false).await?;
     Ok(Json(EndpointSecretOut { key: fresh.as_str().to_owned() }))
 }
 
@@ -366,7 +369,7 @@ async fn replace_headers(
 ) -> ApiResult<StatusCode> {
     let mut e = find(&state, &app_id, &endpoint_id).await?;
     e.headers = input.headers;
-    save(&state, e).await?;
+    save(&state, e, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -380,7 +383,7 @@ async fn patch_headers(
     for name in input.delete_headers.unwrap_or_default() {
         e.headers.remove(&name);
     }
-    save(&state, e).await?;
+    save(&state, e, false).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,7 +1,7 @@
 //! `/api/v1/event-type`: the catalog of event types merchants subscribe to.
 
 use super::route::{tagged, Route};
-use super::{listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
+use super::{listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{EventTypeIn, EventTypeOut, EventTypePatch, EventTypeUpdate, ListResponse};
 use axum::http::StatusCode;
@@ -47,14 +47,6 @@ pub fn routes() -> Vec<Route> {
     )
 }
 
-/// Event type names: letters, digits, `-`, `_` and `.`, up to 256 (`payment.succeeded`).
-fn check_name(name: &str) -> ApiResult<()> {
-    let ok =
-        !name.is_empty() && name.len() <= 256 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    ok.then_some(())
-        .ok_or_else(|| ApiError::field("name", "event type names are 1 to 256 letters, digits, `-`, `_` or `.`"))
-}
-
 fn flags(many: Option<Vec<String>>, one: Option<String>) -> Option<Vec<String>> {
     many.or_else(|| one.map(|f| vec![f]))
 }
@@ -62,7 +54,7 @@ fn flags(many: Option<Vec<String>>, one: Option<String>) -> Option<Vec<String>> 
 /// Creates an event type. A name that is archived is restored with the new fields, as Svix
 /// does; a name in use is a 409.
 async fn create(state: Shared, JsonBody(input): JsonBody<EventTypeIn>) -> ApiResult<(StatusCode, Json<EventTypeOut>)> {
-    check_name(&input.name)?;
+    super::check_name("name", &input.name)?;
     let now = state.now();
     let name = input.name.clone();
     let event_type = EventType {
@@ -112,9 +104,9 @@ async fn read(state: Shared, PathParams(name): PathParams<String>) -> ApiResult<
 }
 
 fn check_texts(t: &EventType) -> ApiResult<()> {
-    super::check_text("description", &t.description, 0, crate::wire::DESCRIPTION_CHARS_MAX)?;
+    super::check_text("description", &t.description, Text::Prose, 0, crate::wire::DESCRIPTION_CHARS_MAX)?;
     if let Some(group) = &t.group_name {
-        super::check_text("groupName", group, 0, crate::wire::NAME_CHARS_MAX)?;
+        super::check_text("groupName", group, Text::Prose, 0, crate::wire::NAME_CHARS_MAX)?;
     }
     Ok(())
 }

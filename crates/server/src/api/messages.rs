@@ -6,6 +6,7 @@ use super::endpoints::find as find_endpoint;
 use super::route::{tagged, Route};
 use super::{
     listed, query, views, AnswerStored, AppState, IdempotencyKey, JsonBody, ListQuery, PathParams, QueryParams, Shared,
+    Text,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::metrics as m;
@@ -72,9 +73,9 @@ pub fn routes() -> Vec<Route> {
 }
 
 fn check(input: &MessageIn) -> ApiResult<()> {
-    super::check_printable("eventType", &input.event_type, 1, NAME_CHARS_MAX)?;
+    super::check_text("eventType", &input.event_type, Text::Printable, 1, NAME_CHARS_MAX)?;
     if let Some(id) = &input.event_id {
-        super::check_printable("eventId", id, 1, NAME_CHARS_MAX)?;
+        super::check_text("eventId", id, Text::Printable, 1, NAME_CHARS_MAX)?;
     }
     // Checked whether or not it is needed: an inline application that exists is not used.
     if let Some(app) = &input.application {

@@ -113,6 +113,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// The token of an `Authorization: Bearer <token>` header.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get("authorization")?.to_str().ok()?;
+    value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")).map(str::trim)
+}
+
 pub fn hash_token(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
@@ -133,12 +139,7 @@ impl Principal {
 }
 
 async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
-    let given = request
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(|t| hash_token(t.trim()));
+    let given = bearer(request.headers()).map(hash_token);
     let Some(given) = given else {
         return ApiError::Unauthorized.into_response();
     };
@@ -375,24 +376,25 @@ pub fn check_content_type(headers: &axum::http::HeaderMap) -> ApiResult<()> {
     }
 }
 
-/// Human text (names, descriptions): `chars_min` to `chars_max` characters and no control
-/// characters but newline and tab (`wire::TEXT_PATTERN`).
-pub fn check_text(field: &str, value: &str, chars_min: usize, chars_max: usize) -> ApiResult<()> {
+/// Which control characters a text may hold.
+#[derive(Clone, Copy)]
+pub enum Text {
+    /// Names and descriptions: newline and tab only (`wire::TEXT_PATTERN`).
+    Prose,
+    /// Event types and ids: none (`wire::PRINTABLE_PATTERN`).
+    Printable,
+}
+
+/// `chars_min` to `chars_max` characters (counted as JSON Schema counts them), without the
+/// control characters `kind` refuses.
+pub fn check_text(field: &str, value: &str, kind: Text, chars_min: usize, chars_max: usize) -> ApiResult<()> {
+    let allowed = |c: char| !c.is_control() || matches!((kind, c), (Text::Prose, '\n' | '\t'));
     let chars = value.chars().count();
-    if chars < chars_min || chars > chars_max || value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if chars < chars_min || chars > chars_max || !value.chars().all(allowed) {
         return Err(ApiError::field(
             field,
             format!("{field} must be {chars_min} to {chars_max} characters without control characters"),
         ));
-    }
-    Ok(())
-}
-
-/// `chars_min` to `chars_max` characters, none a control character (`wire::PRINTABLE_PATTERN`).
-pub fn check_printable(field: &str, value: &str, chars_min: usize, chars_max: usize) -> ApiResult<()> {
-    let chars = value.chars().count();
-    if chars < chars_min || chars > chars_max || value.chars().any(char::is_control) {
-        return Err(ApiError::field(field, format!("{field} must be {chars_min} to {chars_max} printable characters")));
     }
     Ok(())
 }
@@ -538,11 +540,8 @@ pub mod query {
         description: "Items per page, at most 250 (larger is read as 250, 0 as 1). Default 50.",
         schema: || json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}),
     };
-    pub const ITERATOR: QueryParam = QueryParam {
-        name: "iterator",
-        description: "Where to continue: the `iterator` (or `prevIterator`) of the previous page.",
-        schema: || json!({"type": "string"}),
-    };
+    pub const ITERATOR: QueryParam =
+        QueryParam::string("iterator", "Where to continue: the `iterator` (or `prevIterator`) of the previous page.");
     pub const ORDER: QueryParam = QueryParam {
         name: "order",
         description: "`descending` (newest first) or `ascending`.",
@@ -563,36 +562,16 @@ pub mod query {
         description: "Only what was created after this time (RFC 3339).",
         schema: || json!({"type": "string", "format": "date-time"}),
     };
-    pub const CHANNEL: QueryParam = QueryParam {
-        name: "channel",
-        description: "Only messages on this channel.",
-        schema: || json!({"type": "string"}),
-    };
-    pub const EVENT_TYPES: QueryParam = QueryParam {
-        name: "event_types",
-        description: "Only these event types, comma-separated.",
-        schema: || json!({"type": "string"}),
-    };
-    pub const WITH_CONTENT: QueryParam = QueryParam {
-        name: "with_content",
-        description: "Include payloads (default true).",
-        schema: || json!({"type": "boolean"}),
-    };
-    pub const INCLUDE_ARCHIVED: QueryParam = QueryParam {
-        name: "include_archived",
-        description: "Include archived event types (default false).",
-        schema: || json!({"type": "boolean"}),
-    };
-    pub const GET_IF_EXISTS: QueryParam = QueryParam {
-        name: "get_if_exists",
-        description: "If an application with the body's uid exists, answer it (200) instead of a 409.",
-        schema: || json!({"type": "boolean"}),
-    };
-    pub const EXPUNGE: QueryParam = QueryParam {
-        name: "expunge",
-        description: "Delete for good instead of archiving.",
-        schema: || json!({"type": "boolean"}),
-    };
+    pub const CHANNEL: QueryParam = QueryParam::string("channel", "Only messages on this channel.");
+    pub const EVENT_TYPES: QueryParam = QueryParam::string("event_types", "Only these event types, comma-separated.");
+    pub const WITH_CONTENT: QueryParam = QueryParam::boolean("with_content", "Include payloads (default true).");
+    pub const INCLUDE_ARCHIVED: QueryParam =
+        QueryParam::boolean("include_archived", "Include archived event types (default false).");
+    pub const GET_IF_EXISTS: QueryParam = QueryParam::boolean(
+        "get_if_exists",
+        "If an application with the body's uid exists, answer it (200) instead of a 409.",
+    );
+    pub const EXPUNGE: QueryParam = QueryParam::boolean("expunge", "Delete for good instead of archiving.");
     pub const PAGE: [QueryParam; 3] = [LIMIT, ITERATOR, ORDER];
     pub const FILTER: [QueryParam; 5] = [STATUS, BEFORE, AFTER, CHANNEL, EVENT_TYPES];
 }
@@ -623,14 +602,19 @@ pub fn check_rate(rate: Option<u32>) -> ApiResult<()> {
 
 /// Checks a user-given `uid`: Svix allows letters, digits, `-`, `_` and `.`, up to 256.
 pub fn check_uid(uid: &Option<String>) -> ApiResult<()> {
-    if let Some(uid) = uid {
-        let ok =
-            !uid.is_empty() && uid.len() <= 256 && uid.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !ok {
-            return Err(ApiError::field("uid", "uid must be 1 to 256 letters, digits, `-`, `_` or `.`"));
-        }
+    match uid {
+        Some(uid) => check_name("uid", uid),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Uids and event type names (`wire::NAME_PATTERN`): 1 to 256 letters, digits, `-`, `_`, `.`.
+pub fn check_name(field: &str, name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= crate::wire::NAME_CHARS_MAX
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    ok.then_some(())
+        .ok_or_else(|| ApiError::field(field, format!("{field} must be 1 to 256 letters, digits, `-`, `_` or `.`")))
 }
 
 #[cfg(test)]

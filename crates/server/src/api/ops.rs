@@ -1,7 +1,7 @@
 //! Routes without auth: health, Prometheus metrics, the OpenAPI document.
 
 use super::route::{tagged, Route};
-use super::{hash_token, Shared};
+use super::{bearer, hash_token, Shared};
 use crate::error::ApiError;
 use crate::wire::HealthOut;
 use axum::extract::State;
@@ -17,7 +17,7 @@ pub fn routes() -> Vec<Route> {
                 .doc("health", "Answers 200 once the server is ready.")
                 .public()
                 .answers::<HealthOut>(200, "Ready."),
-            Route::get("/api/v1/openapi.json", || async { Json(crate::openapi::document()) })
+            Route::get("/api/v1/openapi.json", || async { Json(crate::openapi::document().clone()) })
                 .doc("openapi", "This document.")
                 .public()
                 .answers::<serde_json::Value>(200, "The OpenAPI document."),
@@ -33,12 +33,8 @@ pub fn metrics() -> Route {
 
 async fn render_metrics(State(state): Shared, headers: HeaderMap) -> Result<String, ApiError> {
     if let Some(token) = &state.config.metrics.token {
-        let given = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-            .unwrap_or_default();
-        if !bool::from(hash_token(given.trim()).ct_eq(&hash_token(token))) {
+        let given = bearer(&headers).unwrap_or_default();
+        if !bool::from(hash_token(given).ct_eq(&hash_token(token))) {
             return Err(ApiError::Unauthorized);
         }
     }

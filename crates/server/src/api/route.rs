@@ -24,6 +24,16 @@ pub struct QueryParam {
     pub schema: fn() -> serde_json::Value,
 }
 
+impl QueryParam {
+    pub const fn boolean(name: &'static str, description: &'static str) -> QueryParam {
+        QueryParam { name, description, schema: || serde_json::json!({"type": "boolean"}) }
+    }
+
+    pub const fn string(name: &'static str, description: &'static str) -> QueryParam {
+        QueryParam { name, description, schema: || serde_json::json!({"type": "string"}) }
+    }
+}
+
 /// A successful answer: status, description, body schema (none for `204`).
 pub struct Answer {
     pub status: u16,

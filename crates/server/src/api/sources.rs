@@ -5,7 +5,7 @@
 
 use super::apps::find as find_app;
 use super::route::{tagged, Route};
-use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared};
+use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics as m;
 use crate::wire::*;
@@ -136,7 +136,7 @@ fn view(state: &AppState, s: Source) -> SourceOut {
 }
 
 fn check(source: &Source) -> ApiResult<()> {
-    super::check_text("name", &source.name, 1, NAME_CHARS_MAX)?;
+    super::check_text("name", &source.name, Text::Prose, 1, NAME_CHARS_MAX)?;
     check_uid(&source.uid)?;
     if let Some(types) = &source.event_types {
         if types.is_empty() || types.iter().any(|t| t.is_empty() || t.chars().count() > NAME_CHARS_MAX) {

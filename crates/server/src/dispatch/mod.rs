@@ -376,10 +376,10 @@ impl Engine {
     /// shared by the live nodes: each node starts that lane's deliveries `nodes / rate`
     /// seconds apart, counted from the start before, so a stalled node catches up without
     /// a burst and no second sees more than the rate. Nothing is dropped, only delayed.
-    /// False if shutdown came first.
+    /// False if shutdown came first. `rate_per_s` is at least 1 (`Target::rate_per_s`).
     async fn rate_turn(self: &Arc<Self>, key: &str, rate_per_s: u32) -> bool {
         let nodes = self.live_nodes.load(Ordering::Relaxed).max(1) as f64;
-        let interval_ms = 1000.0 * nodes / f64::from(rate_per_s.max(1));
+        let interval_ms = 1000.0 * nodes / f64::from(rate_per_s);
         let waiting = {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
             let lane = lanes.entry(key.to_owned()).or_default();
