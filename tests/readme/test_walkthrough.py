@@ -4,13 +4,15 @@
 
 Three things differ from a person at a terminal, and only these:
 - `cargo run --release --` is the binary the test suite built (`HOOKLINE_BIN`), so the test
-  needs no release build; it runs in a scratch directory, so `./hookline-data` is fresh;
+  needs no release build (that `cargo run` picks that binary is checked on its own, from
+  cargo's metadata); it runs in a scratch directory, so `./hookline-data` is fresh;
 - a placeholder the README asks the reader to fill in (`whsec_...`) is replaced by the value
   an earlier command printed where the README shows that placeholder;
 - a command whose expected output depends on a delivery that has not happened yet is asked
   again for a few seconds, as a person would look again.
 The README's ports (8071, 9000) are used as printed; the test says so if one is taken.
 """
+import json
 import os
 import re
 import signal
@@ -167,6 +169,25 @@ def run_all(terminal: Terminal, steps: list[tuple[str, list[str]]]) -> list[Path
         else:
             terminal.run(command)
     return logs
+
+
+def test_cargo_run_runs_hookline():
+    """`cargo run` with no `--bin` needs exactly one binary among the workspace's default
+    members; with two it refuses, and the README's first command fails."""
+    metadata = json.loads(
+        subprocess.run(
+            ["cargo", "metadata", "--format-version", "1", "--no-deps"], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+    )
+    defaults = set(metadata["workspace_default_members"])
+    binaries = [
+        target["name"]
+        for package in metadata["packages"]
+        if package["id"] in defaults
+        for target in package["targets"]
+        if "bin" in target["kind"]
+    ]
+    assert binaries == ["hookline"], binaries
 
 
 def test_five_minutes_walkthrough_runs_as_printed(terminal):
