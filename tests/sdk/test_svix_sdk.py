@@ -20,6 +20,10 @@ from svix.api import (
     EventTypeIn,
     EventTypePatch,
     MessageIn,
+    OperationalWebhookEndpointHeadersIn,
+    OperationalWebhookEndpointIn,
+    OperationalWebhookEndpointSecretIn,
+    OperationalWebhookEndpointUpsertIn,
     RecoverIn,
     Svix,
     SvixOptions,
@@ -192,3 +196,49 @@ def wait_for(read, timeout: float = 30):
             return found
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_operational_webhook_endpoints(svix, receiver):
+    ops = svix.operational_webhook.endpoint
+    uid = unique("on-call")
+    created = ops.create(OperationalWebhookEndpointIn(
+        url=receiver.url, uid=uid, description="pager", event_types=["endpoint.created", "endpoint.disabled"],
+        metadata={"team": "payments"},
+    ))
+    assert created.id.startswith("ep_") and created.uid == uid and created.metadata == {"team": "payments"}
+    assert ops.get(uid).id == created.id
+    assert created.id in [e.id for e in ops.list().data]
+    updated = ops.upsert(created.id, OperationalWebhookEndpointUpsertIn(
+        url=receiver.url, uid=uid, description="pager duty", throttle_rate=20,
+        event_types=["endpoint.created", "endpoint.disabled"],
+    ))
+    assert (updated.description, updated.throttle_rate) == ("pager duty", 20)
+    old_secret = ops.get_secret(created.id).key
+    ops.rotate_secret(created.id, OperationalWebhookEndpointSecretIn())
+    secret = ops.get_secret(created.id).key
+    assert secret.startswith("whsec_") and secret != old_secret
+    ops.set_headers(created.id, OperationalWebhookEndpointHeadersIn(headers={"X-Team": "payments"}))
+    assert ops.get_headers(created.id).headers == {"X-Team": "payments"}
+    with pytest.raises(HTTPValidationError) as refused:
+        ops.create(OperationalWebhookEndpointIn(url=receiver.url, event_types=["payment.succeeded"]))
+    assert refused.value.detail[0].loc == ["body", "eventTypes"]
+
+    # A merchant's endpoint is created and disabled: the operational endpoint hears both,
+    # signed with its own secret.
+    app = svix.application.create(ApplicationIn(name="Merchant"))
+    merchant = svix.endpoint.create(app.id, EndpointIn(url="https://merchant.example/hooks", uid="main"))
+    svix.endpoint.patch(app.id, merchant.id, EndpointPatch(disabled=True))
+    seen = {}
+    for _ in range(2):
+        _, headers, body = receiver.next()
+        event = Webhook(secret).verify(body, headers)
+        assert headers["x-team"] == "payments"
+        seen[event["type"]] = event["data"]
+    assert seen["endpoint.created"] == {
+        "appId": app.id, "appUid": None, "endpointId": merchant.id, "endpointUid": "main",
+    }
+    assert seen["endpoint.disabled"]["trigger"] == "manual"
+    ops.delete(created.id)
+    with pytest.raises(HttpError) as gone:
+        ops.get(created.id)
+    assert gone.value.status_code == 404

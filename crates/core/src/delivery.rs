@@ -1,5 +1,6 @@
 //! Delivery states. The numbers are Svix's `MessageStatus` codes, so the API can show
-//! them unchanged: `Pending → Sending → Delivered | Pending(next_at) | Exhausted`.
+//! them unchanged: `Pending → Sending → Delivered | Pending(next_at) | Exhausted`; `Skipped`
+//! (5) is ours: published to a disabled endpoint, kept until a recover sends it.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeliveryState {
@@ -9,6 +10,8 @@ pub enum DeliveryState {
     Exhausted = 2,
     Sending = 3,
     Canceled = 4,
+    /// Published while its endpoint was disabled: never attempted, sent by a recover.
+    Skipped = 5,
 }
 
 impl DeliveryState {
@@ -23,6 +26,7 @@ impl DeliveryState {
             2 => DeliveryState::Exhausted,
             3 => DeliveryState::Sending,
             4 => DeliveryState::Canceled,
+            5 => DeliveryState::Skipped,
             _ => return None,
         })
     }
@@ -35,13 +39,28 @@ impl DeliveryState {
             DeliveryState::Exhausted => "fail",
             DeliveryState::Sending => "sending",
             DeliveryState::Canceled => "canceled",
+            DeliveryState::Skipped => "skipped",
         }
     }
 
     /// True for states no scheduler acts on.
     pub fn is_final(self) -> bool {
-        matches!(self, DeliveryState::Delivered | DeliveryState::Exhausted | DeliveryState::Canceled)
+        matches!(
+            self,
+            DeliveryState::Delivered | DeliveryState::Exhausted | DeliveryState::Canceled | DeliveryState::Skipped
+        )
     }
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Whether an endpoint whose attempts have all failed since `fail_since` has failed long
+/// enough at `now` to be disabled: for `disable_after_ms` (0 never), and on at least two
+/// separate days (UTC), so that one bad night is not enough with a short setting.
+pub fn failing_too_long(fail_since: i64, now: i64, disable_after_ms: u64) -> bool {
+    disable_after_ms > 0
+        && now.saturating_sub(fail_since) >= disable_after_ms as i64
+        && fail_since.div_euclid(DAY_MS) != now.div_euclid(DAY_MS)
 }
 
 /// Why an attempt was made: on schedule, or because someone asked (resend, recover).
@@ -67,11 +86,21 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for code in 0..=4 {
+        for code in 0..=5 {
             let state = DeliveryState::from_code(code).unwrap();
             assert_eq!(state.code(), code);
         }
         assert_eq!(DeliveryState::from_code(9), None);
         assert_eq!(DeliveryState::Exhausted.text(), "fail");
+    }
+
+    #[test]
+    fn failing_too_long_needs_the_time_and_two_days() {
+        let day = DAY_MS;
+        assert!(!failing_too_long(0, 10 * day, 0), "0 turns it off");
+        assert!(!failing_too_long(day, 2 * day - 1, 1000), "same day");
+        assert!(failing_too_long(day, 2 * day, 1000));
+        assert!(!failing_too_long(day, 5 * day, 5 * day as u64));
+        assert!(failing_too_long(day, 6 * day, 5 * day as u64));
     }
 }

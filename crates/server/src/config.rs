@@ -125,6 +125,10 @@ pub struct DeliveryConfig {
     /// one reaches it: a merchant down with a million deliveries due costs one connection
     /// attempt a second, not the machine. 0 turns pacing off.
     pub unreachable_pause_ms: u64,
+    /// An endpoint whose attempts have all failed for this long, on at least two separate
+    /// days, with no success between, is disabled (`endpoint.disabled`, trigger
+    /// `automatic`). 0 never disables.
+    pub disable_after_ms: u64,
 }
 
 impl Default for DeliveryConfig {
@@ -139,6 +143,7 @@ impl Default for DeliveryConfig {
             rotation_grace_ms: 24 * 3600 * 1000,
             shutdown_grace_ms: 10_000,
             unreachable_pause_ms: 1_000,
+            disable_after_ms: 5 * 24 * 3600 * 1000,
         }
     }
 }

@@ -63,6 +63,31 @@ pub async fn ensure_admin_token(
     Ok(Some(token))
 }
 
+/// Makes sure the internal application that holds the operational webhook endpoints
+/// exists (several nodes starting at once: whichever creates it first wins).
+pub async fn ensure_operational_app(store: &dyn Store, clock: &dyn Clock) -> Result<(), StoreError> {
+    match store.get_app(hookline_store::OPERATIONAL_APP_ID).await {
+        Err(StoreError::NotFound) => {}
+        other => return other.map(|_| ()),
+    }
+    let now = clock.now_ms();
+    let app = hookline_store::App {
+        id: hookline_store::OPERATIONAL_APP_ID.to_owned(),
+        uid: None,
+        name: "Hookline operational webhooks".to_owned(),
+        throttle_rate: None,
+        metadata: Default::default(),
+        retry_policy: None,
+        secret: api::new_secret().as_str().to_owned(),
+        created_at: now,
+        updated_at: now,
+    };
+    match store.create_app(app).await {
+        Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Options for embedding and tests.
 #[derive(Default)]
 pub struct RunOptions {
@@ -83,6 +108,7 @@ pub async fn run(
     // Install the recorder before anything records, or early metrics are lost.
     let _ = metrics::handle();
     let tokens = housekeeping::load_tokens(store.as_ref(), &config).await?;
+    ensure_operational_app(store.as_ref(), clock.as_ref()).await?;
     let addresses = config.address_policy();
     let limits = serve::Limits {
         max_connections: config.server.max_connections,

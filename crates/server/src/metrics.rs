@@ -17,6 +17,11 @@ pub const IN_FLIGHT: &str = "hookline_deliveries_in_flight";
 pub const HELD: &str = "hookline_deliveries_held";
 /// Inbound requests by source and outcome: accepted, duplicate, filtered, or a rejection code.
 pub const INBOUND: &str = "hookline_inbound_requests_total";
+/// Operational events stored, by type (only those some operational endpoint takes).
+pub const OPERATIONAL_EVENTS: &str = "hookline_operational_events_total";
+/// Operational events that could not be stored (the store refused them for good, or
+/// shutdown came while it was down).
+pub const OPERATIONAL_EVENTS_LOST: &str = "hookline_operational_events_lost_total";
 
 const BUCKETS_SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 

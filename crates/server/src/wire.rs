@@ -178,6 +178,107 @@ pub struct EndpointOut {
     pub retry_policy: Option<RetryPolicy>,
     pub created_at: String,
     pub updated_at: String,
+    /// Hookline's: whether the endpoint's latest attempts succeed.
+    pub health: EndpointHealth,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointHealth {
+    /// `healthy` (its latest attempt succeeded, or none was made), `failing` (every attempt
+    /// since `failSince` failed), or `disabled`.
+    pub status: HealthStatus,
+    /// When the first of the failed attempts since the last success was made.
+    pub fail_since: Option<String>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum HealthStatus {
+    Healthy,
+    Failing,
+    Disabled,
+}
+
+/// An operational webhook endpoint (Svix's `OperationalWebhookEndpointIn`): where Hookline
+/// sends its own events about endpoints and failing deliveries.
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OperationalEndpointIn {
+    #[schemars(length(min = 1, max = URL_BYTES_MAX), regex(pattern = URL_PATTERN), extend("format" = "uri"))]
+    pub url: String,
+    #[serde(default)]
+    #[schemars(length(max = DESCRIPTION_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
+    pub description: String,
+    /// Deliveries per second at most to this endpoint.
+    #[serde(alias = "rateLimit", default, deserialize_with = "exact::integer_option")]
+    #[schemars(range(min = 1, max = u32::MAX))]
+    pub throttle_rate: Option<u32>,
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
+    pub uid: Option<String>,
+    pub disabled: Option<bool>,
+    /// The operational events it receives (all when absent).
+    #[serde(alias = "filterTypes")]
+    #[schemars(schema_with = "operational_types_schema")]
+    pub event_types: Option<Vec<String>>,
+    #[schemars(regex(pattern = SECRET_PATTERN))]
+    pub secret: Option<String>,
+    pub metadata: Option<Metadata>,
+    #[serde(default)]
+    #[schemars(schema_with = "optional_headers_schema")]
+    pub headers: Option<BTreeMap<String, String>>,
+}
+
+/// `PUT` of an operational webhook endpoint (Svix's `OperationalWebhookEndpointUpsertIn`).
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OperationalEndpointUpsertIn {
+    #[schemars(length(min = 1, max = URL_BYTES_MAX), regex(pattern = URL_PATTERN), extend("format" = "uri"))]
+    pub url: String,
+    #[serde(default)]
+    #[schemars(length(max = DESCRIPTION_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
+    pub description: String,
+    /// Deliveries per second at most to this endpoint.
+    #[serde(alias = "rateLimit", default, deserialize_with = "exact::integer_option")]
+    #[schemars(range(min = 1, max = u32::MAX))]
+    pub throttle_rate: Option<u32>,
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
+    pub uid: Option<String>,
+    pub disabled: Option<bool>,
+    /// The operational events it receives (all when absent).
+    #[serde(alias = "filterTypes")]
+    #[schemars(schema_with = "operational_types_schema")]
+    pub event_types: Option<Vec<String>>,
+    pub metadata: Option<Metadata>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OperationalEndpointOut {
+    pub id: String,
+    pub uid: Option<String>,
+    pub url: String,
+    pub description: String,
+    pub disabled: bool,
+    pub event_types: Option<Vec<String>>,
+    pub filter_types: Option<Vec<String>>,
+    pub throttle_rate: Option<u32>,
+    pub rate_limit: Option<u32>,
+    pub metadata: Metadata,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// The operational event types, as the list an operational endpoint may take.
+pub const OPERATIONAL_EVENT_TYPES: &[&str] = crate::dispatch::notices::EVENT_TYPES;
+
+fn operational_types_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["array", "null"],
+        "minItems": 1,
+        "maxItems": OPERATIONAL_EVENT_TYPES.len(),
+        "items": { "type": "string", "enum": OPERATIONAL_EVENT_TYPES },
+    })
 }
 
 #[derive(Serialize, JsonSchema)]

@@ -18,7 +18,7 @@ pub const EVENT_TYPE_COLUMNS: &str =
 
 pub const ENDPOINT_COLUMNS: &str =
     "id, app_id, uid, url, description, disabled, event_types, channels, throttle_rate, \
-     metadata, headers, secrets, signature_scheme, retry_policy, created_at, updated_at";
+     metadata, headers, secrets, signature_scheme, retry_policy, created_at, updated_at, fail_since";
 
 pub const MESSAGE_COLUMNS: &str = "id, app_id, event_id, event_type, payload, channels, tags, callback_url, \
      deliver_at, source_id, headers, retain_until, created_at";

@@ -44,6 +44,7 @@ pub fn endpoint(app_id: &str, now: UnixMs) -> Endpoint {
         retry_policy: None,
         created_at: now,
         updated_at: now,
+        fail_since: None,
     }
 }
 
@@ -87,6 +88,7 @@ pub async fn run_all(store: &dyn Store) {
     publish_commits_message_and_deliveries(store, node).await;
     attempts_move_deliveries_through_states(store, node).await;
     resend_and_recover_restart_deliveries(store, node).await;
+    endpoint_health_and_automatic_disabling(store, node).await;
     idempotent_answers_expire(store).await;
     deleting_an_app_removes_everything(store, node).await;
     sources_and_inbound_dedupe(store).await;
@@ -154,15 +156,19 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
         next_at: Some(next_at),
         first_attempt_at: 20_001,
         disable_endpoint: false,
+        disable_after_ms: 0,
         claim,
         keep_claim,
     };
-    assert!(!store.record_attempt(record(node.token + 1_000, false, 21_000)).await.unwrap(), "fenced: not its claim");
+    assert!(
+        !store.record_attempt(record(node.token + 1_000, false, 21_000)).await.unwrap().applied,
+        "fenced: not its claim"
+    );
     let d = store.get_delivery(&now_due.message.id, &now_due.deliveries[0].id).await.unwrap();
     assert_eq!((d.attempts, d.next_at), (0, Some(20_000)), "a fenced write leaves the delivery as it was");
-    assert!(store.record_attempt(record(node.token, true, 21_000)).await.unwrap());
+    assert!(store.record_attempt(record(node.token, true, 21_000)).await.unwrap().applied);
     assert!(store.claim_due(node.token, 30_000, 20_001, 10).await.unwrap().is_empty(), "kept claims stay held");
-    assert!(store.record_attempt(record(node.token, false, 22_000)).await.unwrap());
+    assert!(store.record_attempt(record(node.token, false, 22_000)).await.unwrap().applied);
     let again = store.claim_due(node.token, 30_000, 20_002, 10).await.unwrap();
     assert_eq!(ids(&again), vec![now_due.deliveries[0].id.clone()], "a released retry is claimable when due");
 
@@ -339,6 +345,9 @@ async fn pagination_walks_every_item_once(store: &dyn Store) {
     for n in 0..5 {
         store.create_app(app(2_000 + n, None)).await.unwrap();
     }
+    let internal = App { id: OPERATIONAL_APP_ID.into(), ..app(2_000, None) };
+    store.create_app(internal).await.unwrap();
+    assert_eq!(store.get_app(OPERATIONAL_APP_ID).await.unwrap().id, OPERATIONAL_APP_ID);
     let mut seen = Vec::new();
     let mut page = first_page(2);
     loop {
@@ -354,6 +363,7 @@ async fn pagination_walks_every_item_once(store: &dyn Store) {
     sorted.dedup();
     assert_eq!(seen, sorted, "ascending, no repeats");
     assert!(seen.len() >= 5);
+    assert!(!seen.iter().any(|id| id == OPERATIONAL_APP_ID), "the operational application is never listed");
 }
 
 async fn endpoints_belong_to_their_app(store: &dyn Store) {
@@ -414,10 +424,11 @@ async fn attempts_move_deliveries_through_states(store: &dyn Store, node: i64) {
         next_at: Some(10_000),
         first_attempt_at: 5_002,
         disable_endpoint: false,
+        disable_after_ms: 0,
         claim: node,
         keep_claim: true,
     };
-    assert!(store.record_attempt(failed).await.unwrap());
+    assert!(store.record_attempt(failed).await.unwrap().applied);
     let d = store.get_delivery(&delivery.msg_id, &delivery.id).await.unwrap();
     assert_eq!(
         (d.state, d.attempts, d.next_at, d.first_attempt_at),
@@ -429,10 +440,11 @@ async fn attempts_move_deliveries_through_states(store: &dyn Store, node: i64) {
         next_at: None,
         first_attempt_at: 10_001,
         disable_endpoint: true,
+        disable_after_ms: 0,
         claim: node,
         keep_claim: false,
     };
-    assert!(store.record_attempt(gone).await.unwrap());
+    assert!(store.record_attempt(gone).await.unwrap().applied);
     let d = store.get_delivery(&delivery.msg_id, &delivery.id).await.unwrap();
     assert_eq!((d.state, d.attempts, d.first_attempt_at), (DeliveryState::Exhausted, 2, Some(5_002)));
     assert!(store.get_endpoint(&a.id, &ep.id).await.unwrap().disabled, "410 disables the endpoint");
@@ -476,10 +488,11 @@ async fn resend_and_recover_restart_deliveries(store: &dyn Store, node: i64) {
         next_at: None,
         first_attempt_at: 6_002,
         disable_endpoint: false,
+        disable_after_ms: 0,
         claim: node,
         keep_claim: false,
     };
-    assert!(store.record_attempt(exhausted).await.unwrap());
+    assert!(store.record_attempt(exhausted).await.unwrap().applied);
     let recovered = store.recover(&a.id, &ep.id, 6_000, 7_000, 8_000).await.unwrap();
     assert_eq!(recovered.len(), 1);
     assert_eq!(
@@ -495,6 +508,86 @@ async fn resend_and_recover_restart_deliveries(store: &dyn Store, node: i64) {
     let b = store.create_app(app(6_000, None)).await.unwrap();
     let cross = store.resend(&b.id, &p.message.id, &ep.id, id(prefix::DELIVERY, 9_000), 9_000, node).await;
     assert_eq!(cross, Err(StoreError::NotFound), "no resend across applications");
+}
+
+/// A failure starts `fail_since`, a success clears it; failing too long disables the endpoint
+/// once (reported by the write that did it); skipped deliveries leave health alone and are
+/// sent again by a recover.
+async fn endpoint_health_and_automatic_disabling(store: &dyn Store, node: i64) {
+    const DAY: i64 = 86_400_000;
+    let a = store.create_app(app(DAY, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, DAY)).await.unwrap();
+    let record = |p: &Publish, state: DeliveryState, at: i64| AttemptRecord {
+        attempt: Attempt {
+            id: id(prefix::ATTEMPT, at),
+            msg_id: p.message.id.clone(),
+            app_id: a.id.clone(),
+            delivery_id: p.deliveries[0].id.clone(),
+            endpoint_id: Some(ep.id.clone()),
+            url: ep.url.clone(),
+            status_code: if state == DeliveryState::Delivered { 200 } else { 500 },
+            response: String::new(),
+            duration_ms: 5,
+            error_class: None,
+            state: if state == DeliveryState::Delivered { state } else { DeliveryState::Exhausted },
+            trigger: Trigger::Scheduled,
+            created_at: at,
+        },
+        state,
+        next_at: (state == DeliveryState::Pending).then_some(at + 1_000),
+        first_attempt_at: at,
+        disable_endpoint: false,
+        disable_after_ms: 2 * DAY as u64,
+        claim: node,
+        keep_claim: true,
+    };
+    let mut p = publish(&a.id, &[&ep.id], None, DAY);
+    p.claim = Some(node);
+    store.publish(p.clone()).await.unwrap();
+    let first = store.record_attempt(record(&p, DeliveryState::Pending, DAY + 10)).await.unwrap();
+    assert_eq!(first, Recorded { applied: true, disabled: None });
+    assert_eq!(
+        store.get_endpoint(&a.id, &ep.id).await.unwrap().fail_since,
+        Some(DAY + 10),
+        "the first failure starts the clock"
+    );
+    store.record_attempt(record(&p, DeliveryState::Pending, DAY + 20)).await.unwrap();
+    assert_eq!(store.get_endpoint(&a.id, &ep.id).await.unwrap().fail_since, Some(DAY + 10), "later failures keep it");
+    store.record_attempt(record(&p, DeliveryState::Delivered, DAY + 30)).await.unwrap();
+    assert_eq!(store.get_endpoint(&a.id, &ep.id).await.unwrap().fail_since, None, "a success resets it");
+
+    let mut q = publish(&a.id, &[&ep.id], None, 2 * DAY);
+    q.claim = Some(node);
+    store.publish(q.clone()).await.unwrap();
+    store.record_attempt(record(&q, DeliveryState::Pending, 2 * DAY)).await.unwrap();
+    let early = store.record_attempt(record(&q, DeliveryState::Pending, 4 * DAY - 1)).await.unwrap();
+    assert_eq!(early.disabled, None, "not failing long enough yet");
+    let skipped = record(&q, DeliveryState::Skipped, 4 * DAY);
+    assert_eq!(store.record_attempt(skipped).await.unwrap().disabled, None, "a skip is not a failure");
+    assert!(!store.get_endpoint(&a.id, &ep.id).await.unwrap().disabled);
+    let mut r = publish(&a.id, &[&ep.id], None, 4 * DAY);
+    r.claim = Some(node);
+    store.publish(r.clone()).await.unwrap();
+    let late = store.record_attempt(record(&r, DeliveryState::Exhausted, 4 * DAY + 1)).await.unwrap();
+    assert_eq!(late, Recorded { applied: true, disabled: Some(2 * DAY) }, "two days of failures disable it");
+    let e = store.get_endpoint(&a.id, &ep.id).await.unwrap();
+    assert!(e.disabled);
+    assert_eq!(e.updated_at, 4 * DAY + 1);
+    let again = store.record_attempt(record(&r, DeliveryState::Exhausted, 4 * DAY + 2)).await.unwrap();
+    assert_eq!(again.disabled, None, "disabling is reported once");
+
+    // Published while disabled: recorded as skipped, never claimed, sent by a recover.
+    let mut s = publish(&a.id, &[&ep.id], None, 5 * DAY);
+    s.deliveries[0].state = DeliveryState::Skipped;
+    s.deliveries[0].next_at = None;
+    store.publish(s.clone()).await.unwrap();
+    assert!(!claim_all(store, node, 5 * DAY).await.iter().any(|d| d.id == s.deliveries[0].id), "skipped is not due");
+    let d = store.get_delivery(&s.message.id, &s.deliveries[0].id).await.unwrap();
+    assert_eq!((d.state, d.next_at), (DeliveryState::Skipped, None));
+    let recovered = store.recover(&a.id, &ep.id, 5 * DAY, 5 * DAY + 1, 6 * DAY).await.unwrap();
+    assert_eq!(recovered.iter().map(|d| d.id.clone()).collect::<Vec<_>>(), vec![s.deliveries[0].id.clone()]);
+    assert_eq!(recovered[0].state, DeliveryState::Pending);
+    store.delete_app(&a.id).await.unwrap();
 }
 
 async fn idempotent_answers_expire(store: &dyn Store) {

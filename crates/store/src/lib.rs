@@ -98,10 +98,11 @@ pub trait Store: Send + Sync + 'static {
 
     // Deliveries and attempts.
     async fn get_delivery(&self, msg_id: &str, id: &str) -> StoreResult<Delivery>;
-    /// Writes the attempt and the delivery's next state. Returns false when the delivery
-    /// was no longer claimed under `record.claim` (another node took it over): the attempt
-    /// is logged, the delivery is left as the other node has it.
-    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<bool>;
+    /// Writes the attempt, the delivery's next state and its endpoint's health (disabling
+    /// it when the record says so). Not applied when the delivery was no longer claimed
+    /// under `record.claim` (another node took it over): the attempt is logged, the
+    /// delivery and endpoint are left as they are.
+    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<Recorded>;
     /// Makes the delivery of `msg_id` to `endpoint_id` due at `now` (creating it if the
     /// endpoint never had one), as a manual attempt, claimed by the node holding `claim`.
     async fn resend(
@@ -113,7 +114,7 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMs,
         claim: i64,
     ) -> StoreResult<Delivery>;
-    /// Makes every exhausted delivery of the endpoint for messages created in
+    /// Makes every exhausted or skipped delivery of the endpoint for messages created in
     /// `[since, until)` due at `now`, unclaimed: whichever node claims next sends them.
     async fn recover(
         &self,
@@ -165,6 +166,10 @@ pub trait Store: Send + Sync + 'static {
     async fn add_token(&self, token: Token) -> StoreResult<()>;
     async fn delete_token(&self, id: &str) -> StoreResult<()>;
 }
+
+/// The internal application whose endpoints are the operational webhook endpoints and
+/// whose messages are the operational events. The API never shows it as an application.
+pub const OPERATIONAL_APP_ID: &str = "app_00000000000operational";
 
 /// The smallest message id made at `created_before`: ids sort by creation time, so every
 /// message created earlier has a smaller id and retention walks the primary key.

@@ -62,6 +62,10 @@ pub struct Endpoint {
     pub retry_policy: Option<RetryPolicy>,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+    /// When the first of the failed attempts since the last success was made (`None`: the
+    /// last attempt succeeded, or none failed). Kept by `record_attempt`; cleared when an
+    /// operator enables the endpoint.
+    pub fail_since: Option<UnixMs>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -156,20 +160,34 @@ pub struct Attempt {
 }
 
 /// The outcome of an attempt, written in one commit: the log row, the delivery's new
-/// state, and whether the endpoint asked to be disabled (410).
+/// state, the endpoint's health (when it started failing), and whether the endpoint is
+/// disabled now: it asked to be (410), or it has failed for `disable_after_ms`.
 #[derive(Clone, Debug)]
 pub struct AttemptRecord {
     pub attempt: Attempt,
+    /// `Skipped` when no request was made (the endpoint was disabled): health is unchanged.
     pub state: DeliveryState,
     pub next_at: Option<UnixMs>,
     pub first_attempt_at: UnixMs,
     pub disable_endpoint: bool,
+    /// Disable the endpoint when this attempt failed and every attempt has failed for this
+    /// long (`hookline_core::delivery::failing_too_long`); 0 never does.
+    pub disable_after_ms: u64,
     /// The node token the delivery was claimed under: the write applies only while the
     /// delivery is still claimed under it (a node that lost its lease changes nothing).
     pub claim: i64,
     /// Keep the claim (the node holds the retry in memory because it is due soon), or
     /// give the delivery back to the store for whichever node claims it when it is due.
     pub keep_claim: bool,
+}
+
+/// What writing an attempt's outcome did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// The write applied: the delivery was still claimed under the record's token.
+    pub applied: bool,
+    /// This write disabled the endpoint (it was enabled before): when it started failing.
+    pub disabled: Option<UnixMs>,
 }
 
 /// A stored API answer for an `Idempotency-Key`.

@@ -57,6 +57,11 @@ pub struct Query {
 }
 
 impl Query {
+    /// The applications a listing shows: all but the internal operational one.
+    pub fn apps_shown() -> Query {
+        Query::new().and("id <> ?", crate::OPERATIONAL_APP_ID.to_owned())
+    }
+
     pub fn new() -> Query {
         Query::default()
     }

@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use hookline_core::id::{has_prefix, prefix};
 use hookline_core::signature::{Secret, SECRET_BYTES_GENERATED};
-use hookline_store::{App, StoreError, Token};
+use hookline_store::{App, StoreError, Token, OPERATIONAL_APP_ID};
 
 pub fn routes() -> Vec<Route> {
     let (apps, app) = ("/api/v1/app", "/api/v1/app/{app_id}");
@@ -72,6 +72,9 @@ pub fn check(input: &ApplicationIn) -> ApiResult<()> {
     super::check_rate(input.throttle_rate)?;
     super::check_text("name", &input.name, Text::Prose, 1, NAME_CHARS_MAX)?;
     check_uid(&input.uid)?;
+    if input.uid.as_deref() == Some(OPERATIONAL_APP_ID) {
+        return Err(ApiError::field("uid", "this uid is reserved"));
+    }
     if let Some(policy) = &input.retry_policy {
         policy.validate().map_err(|e| ApiError::field("retryPolicy", e.to_string()))?;
     }
@@ -123,8 +126,12 @@ async fn list(
     Ok(Json(listed(apps, |a| a.id.clone(), views::app)))
 }
 
-/// Finds an application by id or uid; every app-scoped route starts here.
+/// Finds an application by id or uid; every app-scoped route starts here. The internal
+/// operational application is not one: its endpoints have routes of their own.
 pub async fn find(state: &AppState, key: &str) -> ApiResult<App> {
+    if key == OPERATIONAL_APP_ID {
+        return Err(ApiError::NotFound("application"));
+    }
     state.store.get_app(key).await.map_err(ApiError::from_store("application"))
 }
 

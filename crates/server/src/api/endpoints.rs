@@ -3,6 +3,7 @@
 use super::apps::{find as find_app, new_secret};
 use super::route::{tagged, Route};
 use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
+use crate::dispatch::notices::{self, Notice};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::*;
 use axum::http::StatusCode;
@@ -10,7 +11,7 @@ use axum::Json;
 use hookline_core::id::{has_prefix, prefix};
 use hookline_core::signature::{Secret, SignatureScheme};
 use hookline_core::ssrf::check_url;
-use hookline_store::{Endpoint, StoredSecret};
+use hookline_store::{App, Endpoint, StoredSecret};
 use std::collections::BTreeMap;
 
 /// Secrets an endpoint may hold at once (the current one and those still in their grace).
@@ -70,7 +71,11 @@ pub fn routes() -> Vec<Route> {
                 .body::<EndpointHeadersPatchIn>()
                 .empty(204, "Changed."),
             Route::post("/api/v1/app/{app_id}/endpoint/{endpoint_id}/recover", recover)
-                .doc("recoverEndpoint", "Resend every exhausted delivery since a time.")
+                .doc(
+                    "recoverEndpoint",
+                    "Resend every exhausted delivery, and every delivery skipped while the endpoint was \
+                     disabled, for messages created since a time.",
+                )
                 .body::<RecoverIn>()
                 .answers::<RecoverOut>(202, "Done: the deliveries are due again."),
         ],
@@ -141,12 +146,13 @@ async fn create(
     PathParams(app_id): PathParams<String>,
     JsonBody(input): JsonBody<EndpointIn>,
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
-    let created = create_endpoint(&state, &app_id, input).await?;
+    let app = find_app(&state, &app_id).await?;
+    let created = create_endpoint(&state, &app, input).await?;
     Ok((StatusCode::CREATED, Json(views::endpoint(created))))
 }
 
-async fn create_endpoint(state: &AppState, app_id: &str, input: EndpointIn) -> ApiResult<Endpoint> {
-    let app = find_app(state, app_id).await?;
+/// Creates an endpoint of `app` and announces it (`endpoint.created`).
+pub async fn create_endpoint(state: &AppState, app: &App, input: EndpointIn) -> ApiResult<Endpoint> {
     let existing = state.engine.catalog.endpoints(&app.id).await.map_err(ApiError::from_store("endpoint"))?.len();
     let limit = state.config.api.endpoints_per_app_max;
     if existing >= limit {
@@ -171,10 +177,12 @@ async fn create_endpoint(state: &AppState, app_id: &str, input: EndpointIn) -> A
         retry_policy: input.retry_policy,
         created_at: now,
         updated_at: now,
+        fail_since: None,
     };
     check(state, &endpoint, true)?;
     let created = state.store.create_endpoint(endpoint).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&app.id);
+    state.engine.notify(&app.id, Notice::endpoint(notices::ENDPOINT_CREATED, app, &created)).await;
     Ok(created)
 }
 
@@ -192,6 +200,11 @@ async fn list(
 /// Finds an endpoint of an application, both by id or uid.
 pub async fn find(state: &AppState, app_id: &str, endpoint_id: &str) -> ApiResult<Endpoint> {
     let app = find_app(state, app_id).await?;
+    find_in(state, &app, endpoint_id).await
+}
+
+/// Finds an endpoint of `app` by id or uid.
+pub async fn find_in(state: &AppState, app: &App, endpoint_id: &str) -> ApiResult<Endpoint> {
     state.store.get_endpoint(&app.id, endpoint_id).await.map_err(ApiError::from_store("endpoint"))
 }
 
@@ -202,13 +215,39 @@ async fn read(
     Ok(Json(views::endpoint(find(&state, &app_id, &endpoint_id).await?)))
 }
 
-/// Saves a changed endpoint. Its URL is checked again only if the change set a new one: one
-/// stored under older rules stays as it is through other changes (disabling it, say).
-async fn save(state: &AppState, mut endpoint: Endpoint, url_changed: bool) -> ApiResult<Endpoint> {
-    check(state, &endpoint, url_changed)?;
+/// What a save changes, for its checks and announcements.
+pub struct Change {
+    /// The change set a new URL: it is checked again. One stored under older rules stays as
+    /// it is through other changes (disabling it, say).
+    pub url_changed: bool,
+    /// Whether the endpoint was disabled before the change.
+    pub was_disabled: bool,
+    /// Announce `endpoint.updated` (a change of its configuration, not of its secret).
+    pub announce: bool,
+}
+
+/// Saves a changed endpoint of `app`. Enabling it restarts its failure clock. Announces
+/// `endpoint.updated` when asked, and `endpoint.disabled` (manual) or `endpoint.enabled`
+/// when the change flipped it.
+pub async fn save(state: &AppState, app: &App, mut endpoint: Endpoint, change: Change) -> ApiResult<Endpoint> {
+    check(state, &endpoint, change.url_changed)?;
     endpoint.updated_at = state.now();
+    if change.was_disabled && !endpoint.disabled {
+        endpoint.fail_since = None;
+    }
     let saved = state.store.update_endpoint(endpoint).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&saved.app_id);
+    if change.announce {
+        state.engine.notify(&app.id, Notice::endpoint(notices::ENDPOINT_UPDATED, app, &saved)).await;
+    }
+    match (change.was_disabled, saved.disabled) {
+        (false, true) => {
+            let notice = Notice::disabled(app, &saved, saved.fail_since, notices::Trigger::Manual);
+            state.engine.notify(&app.id, notice).await;
+        }
+        (true, false) => state.engine.notify(&app.id, Notice::endpoint(notices::ENDPOINT_ENABLED, app, &saved)).await,
+        _ => {}
+    }
     Ok(saved)
 }
 
@@ -218,16 +257,28 @@ async fn save(state: &AppState, mut endpoint: Endpoint, url_changed: bool) -> Ap
 async fn replace(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
-    JsonBody(mut input): JsonBody<EndpointIn>,
+    JsonBody(input): JsonBody<EndpointIn>,
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
-    let mut e = match find(&state, &app_id, &endpoint_id).await {
-        Err(ApiError::NotFound("endpoint")) if !has_prefix(&endpoint_id, prefix::ENDPOINT) => {
-            input.uid = Some(endpoint_id);
-            let created = create_endpoint(&state, &app_id, input).await?;
-            return Ok((StatusCode::CREATED, Json(views::endpoint(created))));
+    let app = find_app(&state, &app_id).await?;
+    let (status, saved) = upsert(&state, &app, &endpoint_id, input).await?;
+    Ok((status, Json(views::endpoint(saved))))
+}
+
+/// Replaces the endpoint of `app` under `key`, or creates it with `key` as its uid.
+pub async fn upsert(
+    state: &AppState,
+    app: &App,
+    key: &str,
+    mut input: EndpointIn,
+) -> ApiResult<(StatusCode, Endpoint)> {
+    let mut e = match find_in(state, app, key).await {
+        Err(ApiError::NotFound("endpoint")) if !has_prefix(key, prefix::ENDPOINT) => {
+            input.uid = Some(key.to_owned());
+            return Ok((StatusCode::CREATED, create_endpoint(state, app, input).await?));
         }
         other => other?,
     };
+    let was_disabled = e.disabled;
     // A secret the endpoint already holds (current, or still signing after a rotation)
     // changes nothing: re-applying an old configuration must not roll a rotation back.
     if let Some(text) = input.secret.filter(|text| e.secrets.iter().all(|held| held.text != *text)) {
@@ -248,7 +299,7 @@ async fn replace(
     }
     e.signature_scheme = input.signature_scheme.unwrap_or_default();
     e.retry_policy = input.retry_policy;
-    Ok((StatusCode::OK, Json(views::endpoint(save(&state, e, url_changed).await?))))
+    Ok((StatusCode::OK, save(state, app, e, Change { url_changed, was_disabled, announce: true }).await?))
 }
 
 async fn patch(
@@ -256,7 +307,9 @@ async fn patch(
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
     JsonBody(input): JsonBody<EndpointPatch>,
 ) -> ApiResult<Json<EndpointOut>> {
-    let mut e = find(&state, &app_id, &endpoint_id).await?;
+    let app = find_app(&state, &app_id).await?;
+    let mut e = find_in(&state, &app, &endpoint_id).await?;
+    let was_disabled = e.disabled;
     let url_changed = input.url.as_ref().is_some_and(|url| *url != e.url);
     if let Some(url) = input.url {
         e.url = url;
@@ -288,26 +341,37 @@ async fn patch(
     if let Some(policy) = input.retry_policy {
         e.retry_policy = policy;
     }
-    Ok(Json(views::endpoint(save(&state, e, url_changed).await?)))
+    Ok(Json(views::endpoint(save(&state, &app, e, Change { url_changed, was_disabled, announce: true }).await?)))
 }
 
 async fn remove(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let e = find(&state, &app_id, &endpoint_id).await?;
+    let app = find_app(&state, &app_id).await?;
+    delete_endpoint(&state, &app, &endpoint_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Deletes the endpoint of `app` under `key` and announces it (`endpoint.deleted`).
+pub async fn delete_endpoint(state: &AppState, app: &App, key: &str) -> ApiResult<()> {
+    let e = find_in(state, app, key).await?;
     state.store.delete_endpoint(&e.app_id, &e.id).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&e.app_id);
-    Ok(StatusCode::NO_CONTENT)
+    state.engine.notify(&app.id, Notice::endpoint(notices::ENDPOINT_DELETED, app, &e)).await;
+    Ok(())
 }
 
 async fn secret(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
 ) -> ApiResult<Json<EndpointSecretOut>> {
-    let e = find(&state, &app_id, &endpoint_id).await?;
-    let current = e.secrets.first().map(|s| s.text.clone()).ok_or(ApiError::Internal)?;
-    Ok(Json(EndpointSecretOut { key: current }))
+    Ok(Json(EndpointSecretOut { key: current_secret(&find(&state, &app_id, &endpoint_id).await?)? }))
+}
+
+/// The secret an endpoint is signed with now.
+pub fn current_secret(e: &Endpoint) -> ApiResult<String> {
+    e.secrets.first().map(|s| s.text.clone()).ok_or(ApiError::Internal)
 }
 
 /// The new secret signs at once; the previous one keeps signing beside it for the grace
@@ -319,11 +383,28 @@ async fn rotate(
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<Json<EndpointSecretOut>> {
-    super::check_content_type(&headers)?;
+    let input = rotate_input(&state, &headers, body).await?;
+    let app = find_app(&state, &app_id).await?;
+    Ok(Json(EndpointSecretOut { key: rotate_secret(&state, &app, &endpoint_id, input).await? }))
+}
+
+/// A rotation's body, which may be absent (Hookline then generates the secret).
+pub async fn rotate_input(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<EndpointSecretRotateIn> {
+    super::check_content_type(headers)?;
     let body = super::read_body(body, state.config.api.body_bytes_max).await?;
-    let input: EndpointSecretRotateIn =
-        if body.is_empty() { Default::default() } else { super::parse_json(&body, state.config.api.json_depth_max)? };
-    let mut e = find(&state, &app_id, &endpoint_id).await?;
+    if body.is_empty() {
+        return Ok(Default::default());
+    }
+    super::parse_json(&body, state.config.api.json_depth_max)
+}
+
+/// Rotates the secret of the endpoint of `app` under `key`; returns the new secret.
+pub async fn rotate_secret(state: &AppState, app: &App, key: &str, input: EndpointSecretRotateIn) -> ApiResult<String> {
+    let mut e = find_in(state, app, key).await?;
     let now = state.now();
     if input.grace_period_seconds.is_some_and(|s| s > GRACE_PERIOD_SECONDS_MAX) {
         let detail = format!("gracePeriodSeconds must be at most {GRACE_PERIOD_SECONDS_MAX}");
@@ -332,8 +413,9 @@ async fn rotate(
     let grace_ms = input.grace_period_seconds.map_or(state.config.delivery.rotation_grace_ms, |s| s * 1000);
     let fresh = parse_secret(input.key)?;
     e.secrets = rotated(e.secrets, &fresh, now, grace_ms);
-    save(&state, e, false).await?;
-    Ok(Json(EndpointSecretOut { key: fresh.as_str().to_owned() }))
+    let was_disabled = e.disabled;
+    save(state, app, e, Change { url_changed: false, was_disabled, announce: false }).await?;
+    Ok(fresh.as_str().to_owned())
 }
 
 /// `fresh` signs from now on; the current secret keeps signing for `grace_ms`, older ones
@@ -349,7 +431,7 @@ fn rotated(old: Vec<StoredSecret>, fresh: &Secret, now: i64, grace_ms: u64) -> V
     secrets
 }
 
-fn headers_out(headers: BTreeMap<String, String>) -> EndpointHeadersOut {
+pub fn headers_out(headers: BTreeMap<String, String>) -> EndpointHeadersOut {
     let (sensitive, shown): (BTreeMap<_, _>, BTreeMap<_, _>) =
         headers.into_iter().partition(|(name, _)| SENSITIVE_HEADERS.contains(&name.to_ascii_lowercase().as_str()));
     EndpointHeadersOut { headers: shown, sensitive: sensitive.into_keys().collect() }
@@ -367,10 +449,17 @@ async fn replace_headers(
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
     JsonBody(input): JsonBody<EndpointHeadersIn>,
 ) -> ApiResult<StatusCode> {
-    let mut e = find(&state, &app_id, &endpoint_id).await?;
-    e.headers = input.headers;
-    save(&state, e, false).await?;
+    let app = find_app(&state, &app_id).await?;
+    set_headers(&state, &app, &endpoint_id, input.headers).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Replaces the custom headers of the endpoint of `app` under `key`.
+pub async fn set_headers(state: &AppState, app: &App, key: &str, headers: BTreeMap<String, String>) -> ApiResult<()> {
+    let mut e = find_in(state, app, key).await?;
+    e.headers = headers;
+    let was_disabled = e.disabled;
+    save(state, app, e, Change { url_changed: false, was_disabled, announce: true }).await.map(|_| ())
 }
 
 async fn patch_headers(
@@ -378,17 +467,19 @@ async fn patch_headers(
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
     JsonBody(input): JsonBody<EndpointHeadersPatchIn>,
 ) -> ApiResult<StatusCode> {
-    let mut e = find(&state, &app_id, &endpoint_id).await?;
+    let app = find_app(&state, &app_id).await?;
+    let mut e = find_in(&state, &app, &endpoint_id).await?;
     e.headers.extend(input.headers);
     for name in input.delete_headers.unwrap_or_default() {
         e.headers.remove(&name);
     }
-    save(&state, e, false).await?;
+    let was_disabled = e.disabled;
+    save(&state, &app, e, Change { url_changed: false, was_disabled, announce: true }).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Re-sends every delivery to this endpoint that was exhausted, for messages created in
-/// `[since, until)`. Runs at once; the answer reports it finished.
+/// Re-sends every delivery to this endpoint that was exhausted or skipped (published while
+/// it was disabled), for messages created in `[since, until)`. Runs at once; the answer reports it finished.
 async fn recover(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,

@@ -16,12 +16,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hookline_core::id::prefix;
-use hookline_core::routing::endpoint_accepts;
 use hookline_core::ssrf::check_url;
 use hookline_core::UnixMs;
-use hookline_store::{
-    App, AttemptScope, Bytes, Delivery, Endpoint, IdempotentResponse, Message, Publish, PublishOutcome, StoreError,
-};
+use hookline_store::{App, AttemptScope, Bytes, Delivery, Message, PublishOutcome, StoreError};
 use std::sync::Arc;
 
 pub fn routes() -> Vec<Route> {
@@ -152,14 +149,14 @@ async fn publish(
         created_at: now,
     });
     let due_at = deliver_at.unwrap_or(now).max(now);
-    let mut deliveries = route(&state, &endpoints, &message, due_at);
+    let mut deliveries = state.engine.route(&endpoints, &message, due_at);
     if message.callback_url.is_some() {
         deliveries.push(Delivery::pending(state.new_id(prefix::DELIVERY), &message, None, due_at, now));
     }
     let body = serde_json::to_vec(&views::message((*message).clone(), query.with_content.unwrap_or(true)))
         .map_err(|_| ApiError::Internal)?;
     let answer = idempotency.map(|Extension(key)| key.answer(StatusCode::ACCEPTED, Bytes::from(body.clone()), now));
-    match commit(&state, &message, deliveries, answer, None).await? {
+    match state.engine.commit(&message, deliveries, answer, None).await.map_err(ApiError::from_store("message"))? {
         PublishOutcome::Created => {
             metrics::counter!(m::PUBLISHED).increment(1);
             let mut response = (StatusCode::ACCEPTED, [("content-type", "application/json")], body).into_response();
@@ -173,31 +170,6 @@ async fn publish(
     }
 }
 
-/// Commits a message with its deliveries (and its idempotent answer or inbound dedupe key)
-/// in one synced transaction, then hands the deliveries to the engine. Publishing and
-/// inbound ingest both end here.
-pub async fn commit(
-    state: &AppState,
-    message: &Arc<Message>,
-    deliveries: Vec<Delivery>,
-    idempotency: Option<IdempotentResponse>,
-    dedupe: Option<(String, String)>,
-) -> ApiResult<PublishOutcome> {
-    // Deliveries due soon are claimed by this node in the same commit and sent from
-    // memory; later ones wait in the store for whichever node claims them when due.
-    let due_at = deliveries.iter().filter_map(|d| d.next_at).min();
-    let token = state.engine.token();
-    let claim = due_at.filter(|at| state.engine.holds_at(*at)).map(|_| token);
-    let publish = Publish { message: message.clone(), deliveries: deliveries.clone(), idempotency, dedupe, claim };
-    let outcome = state.store.publish(publish).await.map_err(ApiError::from_store("message"))?;
-    if let (PublishOutcome::Created, Some(claim)) = (&outcome, claim) {
-        for delivery in deliveries {
-            state.engine.enqueue(delivery, Some(message.clone()), claim);
-        }
-    }
-    Ok(outcome)
-}
-
 /// When the message may be deleted, if it asked for a retention of its own (Svix's
 /// `payloadRetentionPeriod` in days, or `payloadRetentionHours`).
 fn retain_until(input: &MessageIn, now: UnixMs) -> Option<UnixMs> {
@@ -207,20 +179,6 @@ fn retain_until(input: &MessageIn, now: UnixMs) -> Option<UnixMs> {
         (None, Some(days)) => Some(now.saturating_add(days.saturating_mul(24 * HOUR_MS))),
         (None, None) => None,
     }
-}
-
-/// One pending delivery for each enabled endpoint of the application that takes the message.
-pub fn route(state: &AppState, endpoints: &[Arc<Endpoint>], message: &Message, due_at: UnixMs) -> Vec<Delivery> {
-    let now = state.now();
-    endpoints
-        .iter()
-        .filter(|e| !e.disabled)
-        .filter(|e| {
-            let (types, channels) = (e.event_types.as_deref(), e.channels.as_deref());
-            endpoint_accepts(types, channels, &message.event_type, message.channels.as_deref())
-        })
-        .map(|e| Delivery::pending(state.new_id(prefix::DELIVERY), message, Some(e.id.clone()), due_at, now))
-        .collect()
 }
 
 async fn list(

@@ -2,9 +2,11 @@
 //! pagination, and extractors whose every rejection is a JSON error.
 
 mod apps;
+pub use apps::new_secret;
 mod endpoints;
 mod event_types;
 mod messages;
+mod operational;
 mod ops;
 pub mod route;
 mod sources;
@@ -85,6 +87,7 @@ pub fn routes() -> Vec<route::Route> {
         ops::routes(),
         apps::routes(),
         endpoints::routes(),
+        operational::routes(),
         event_types::routes(),
         messages::routes(),
         sources::routes(),
@@ -549,8 +552,8 @@ pub mod query {
     };
     pub const STATUS: QueryParam = QueryParam {
         name: "status",
-        description: "Only deliveries in this state: 0 success, 1 pending, 2 fail, 3 sending, 4 canceled.",
-        schema: || json!({"type": "integer", "minimum": 0, "maximum": 4}),
+        description: "Only deliveries in this state: 0 success, 1 pending, 2 fail, 3 sending, 4 canceled, 5 skipped (published while the endpoint was disabled).",
+        schema: || json!({"type": "integer", "minimum": 0, "maximum": 5}),
     };
     pub const BEFORE: QueryParam = QueryParam {
         name: "before",

@@ -377,9 +377,9 @@ async fn ingest(
         retain_until: None,
         created_at: now,
     });
-    let deliveries = super::messages::route(&state, &endpoints, &message, now);
+    let deliveries = state.engine.route(&endpoints, &message, now);
     let dedupe = verified.event_id.map(|id| (source.id.clone(), id));
-    match super::messages::commit(&state, &message, deliveries, None, dedupe).await? {
+    match state.engine.commit(&message, deliveries, None, dedupe).await.map_err(ApiError::from_store("message"))? {
         PublishOutcome::Created => {
             count(&source.id, "accepted");
             Ok(Json(IngestOut { status: "accepted", message_id: Some(message.id.clone()) }))

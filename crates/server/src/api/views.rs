@@ -36,6 +36,31 @@ pub fn endpoint(e: Endpoint) -> EndpointOut {
         retry_policy: e.retry_policy,
         created_at: timestamp(e.created_at),
         updated_at: timestamp(e.updated_at),
+        health: EndpointHealth {
+            status: match (e.disabled, e.fail_since) {
+                (true, _) => HealthStatus::Disabled,
+                (false, Some(_)) => HealthStatus::Failing,
+                (false, None) => HealthStatus::Healthy,
+            },
+            fail_since: e.fail_since.map(timestamp),
+        },
+    }
+}
+
+pub fn operational_endpoint(e: Endpoint) -> OperationalEndpointOut {
+    OperationalEndpointOut {
+        id: e.id,
+        uid: e.uid,
+        url: e.url,
+        description: e.description,
+        disabled: e.disabled,
+        filter_types: e.event_types.clone(),
+        event_types: e.event_types,
+        throttle_rate: e.throttle_rate,
+        rate_limit: e.throttle_rate,
+        metadata: e.metadata,
+        created_at: timestamp(e.created_at),
+        updated_at: timestamp(e.updated_at),
     }
 }
 

@@ -7,6 +7,8 @@ mod catalog;
 mod claims;
 mod client;
 mod http1;
+pub mod notices;
+mod publish;
 
 pub use catalog::Catalog;
 pub use client::DeliveryClient;
@@ -21,7 +23,8 @@ use hookline_core::retry::{next_attempt, RetryPolicy};
 use hookline_core::signature::{sign_headers, Secret, SignatureScheme};
 use hookline_core::ssrf::AddressPolicy;
 use hookline_core::UnixMs;
-use hookline_store::{Attempt, AttemptRecord, Delivery, Message, Store, StoreError};
+use hookline_store::{App, Attempt, AttemptRecord, Delivery, Endpoint, Message, Recorded, Store, StoreError};
+use notices::Notice;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -513,7 +516,7 @@ impl Engine {
             self.note_reach(lane, !unreachable(&sent.outcome));
         }
         let (state, next_at, disable, class) = match &sent {
-            None => (DeliveryState::Exhausted, None, false, Some("endpoint_disabled")),
+            None => (DeliveryState::Skipped, None, false, Some("endpoint_disabled")),
             Some(sent) => {
                 let class = error_class(&sent.outcome);
                 match classify(&sent.outcome) {
@@ -557,19 +560,26 @@ impl Engine {
             next_at,
             first_attempt_at,
             disable_endpoint: disable,
+            disable_after_ms: self.config.disable_after_ms,
             claim: due.claim,
             keep_claim: next_at.is_some_and(|at| self.holds_at(at)) && due.claim == self.token(),
         };
         let keep = record.keep_claim;
-        match self.record(record).await {
+        let attempt = record.attempt.clone();
+        let recorded = match self.record(record).await {
             // Shutdown came first, or another node took the delivery over.
-            None | Some(false) => return,
-            Some(true) => {}
-        }
-        if disable {
+            None | Some(Recorded { applied: false, .. }) => return,
+            Some(recorded) => recorded,
+        };
+        if recorded.disabled.is_some() {
             self.catalog.invalidate(&d.app_id);
         }
         observe(lane, state, class, sent.as_ref(), message.created_at, now);
+        if let (Some(_), Some(endpoint)) = (&sent, &target.endpoint) {
+            for notice in attempt_notices(&target.app, endpoint, message, &attempt, d.attempts, state, recorded) {
+                self.notify(&d.app_id, notice).await;
+            }
+        }
         if keep {
             let mut due = due;
             let delivery = &mut due.delivery;
@@ -584,11 +594,11 @@ impl Engine {
 
     /// Writes an attempt's outcome, retrying while the store is unavailable. `None` if
     /// shutdown came first (the delivery is still open in the store and runs again);
-    /// otherwise whether the write applied under this node's claim.
-    async fn record(&self, record: AttemptRecord) -> Option<bool> {
+    /// otherwise what the write did (whether it applied under this node's claim).
+    async fn record(&self, record: AttemptRecord) -> Option<Recorded> {
         loop {
             match self.store.record_attempt(record.clone()).await {
-                Ok(applied) => return Some(applied),
+                Ok(recorded) => return Some(recorded),
                 Err(e) => {
                     tracing::warn!(error = %e, delivery = %record.attempt.delivery_id, "could not record attempt; retrying");
                     if *self.stopping.borrow() {
@@ -628,6 +638,8 @@ impl Engine {
                     .filter_map(|s| Secret::parse(&s.text).ok())
                     .collect();
                 Ok(Some(Target {
+                    app: app.clone(),
+                    endpoint: Some(endpoint.clone()),
                     endpoint_id: Some(endpoint.id.clone()),
                     url: endpoint.url.clone(),
                     scheme: endpoint.signature_scheme.clone(),
@@ -639,6 +651,8 @@ impl Engine {
                 }))
             }
             None => Ok(message.callback_url.clone().map(|url| Target {
+                app: app.clone(),
+                endpoint: None,
                 endpoint_id: None,
                 url,
                 scheme: SignatureScheme::StandardWebhooks,
@@ -653,6 +667,9 @@ impl Engine {
 }
 
 struct Target {
+    app: Arc<App>,
+    /// The endpoint as the catalog has it; `None` for a callback URL.
+    endpoint: Option<Arc<Endpoint>>,
     endpoint_id: Option<String>,
     url: String,
     scheme: SignatureScheme,
@@ -662,6 +679,40 @@ struct Target {
     disabled: bool,
     /// The endpoint's `throttleRate`, or its application's: deliveries per second at most.
     rate_per_s: Option<u32>,
+}
+
+/// The operational events an attempt makes: `failed` for every failure, `failing` on the
+/// fourth failure in a row, `exhausted` when retries ran out, `recovered` on a success
+/// after `failing` was sent, and `endpoint.disabled` when this attempt disabled the endpoint.
+fn attempt_notices(
+    app: &App,
+    endpoint: &Endpoint,
+    message: &Message,
+    attempt: &Attempt,
+    failed_before: u32,
+    state: DeliveryState,
+    recorded: Recorded,
+) -> Vec<Notice> {
+    use notices::*;
+    let about = |event_type| Notice::attempt(event_type, app, endpoint, message, attempt);
+    let mut made = Vec::new();
+    if state == DeliveryState::Delivered {
+        if failed_before >= FAILING_AFTER {
+            made.push(about(ATTEMPT_RECOVERED));
+        }
+    } else {
+        made.push(about(ATTEMPT_FAILED));
+        if failed_before + 1 == FAILING_AFTER {
+            made.push(about(ATTEMPT_FAILING));
+        }
+        if state == DeliveryState::Exhausted {
+            made.push(about(ATTEMPT_EXHAUSTED));
+        }
+    }
+    if let Some(fail_since) = recorded.disabled {
+        made.push(Notice::disabled(app, endpoint, Some(fail_since), Trigger::Automatic));
+    }
+    made
 }
 
 fn observe(
@@ -685,6 +736,7 @@ fn observe(
             metrics::histogram!(m::END_TO_END_SECONDS).record((now - created_at).max(0) as f64 / 1000.0);
         }
         DeliveryState::Exhausted => metrics::counter!(m::EXHAUSTED, "endpoint" => endpoint).increment(1),
+        DeliveryState::Skipped => {}
         _ => metrics::counter!(m::FAILED, "endpoint" => endpoint).increment(1),
     }
 }

@@ -4,5 +4,6 @@ mod api;
 mod delivery;
 mod harness;
 mod inbound;
+mod operational;
 mod retention;
 mod signing;

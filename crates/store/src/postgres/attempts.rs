@@ -7,13 +7,14 @@
 use super::{notify, pg_error};
 use crate::*;
 use deadpool_postgres::{GenericClient, Pool};
-use std::collections::HashSet;
+use hookline_core::UnixMs;
+use std::collections::{HashMap, HashSet};
 use tokio::sync::{mpsc, oneshot};
 
 /// Records one statement writes at most.
 const BATCH_MAX: usize = 512;
 
-pub type Reply = oneshot::Sender<StoreResult<bool>>;
+pub type Reply = oneshot::Sender<StoreResult<Recorded>>;
 
 /// Takes records from `inbox` and writes them in batches until every sender is gone.
 /// `pool` is the relaxed pool (`synchronous_commit = off`).
@@ -28,7 +29,11 @@ pub async fn run(pool: Pool, mut inbox: mpsc::Receiver<(AttemptRecord, Reply)>, 
             Ok(applied) => {
                 for (record, reply) in batch.drain(..) {
                     let key = (record.attempt.msg_id.clone(), record.attempt.delivery_id.clone());
-                    let _ = reply.send(Ok(applied.contains(&key)));
+                    let recorded = match applied.get(&key) {
+                        Some(disabled) => Recorded { applied: true, disabled: *disabled },
+                        None => Recorded::default(),
+                    };
+                    let _ = reply.send(Ok(recorded));
                 }
             }
             Err(e) => {
@@ -41,20 +46,22 @@ pub async fn run(pool: Pool, mut inbox: mpsc::Receiver<(AttemptRecord, Reply)>, 
 }
 
 /// Writes a batch; returns the `(msg_id, delivery_id)` of the deliveries the writes applied
-/// to (still claimed under the record's token).
-async fn write(pool: &Pool, records: &[&AttemptRecord]) -> StoreResult<HashSet<(String, String)>> {
+/// to (still claimed under the record's token), each with when its endpoint started
+/// failing if that write disabled the endpoint.
+async fn write(pool: &Pool, records: &[&AttemptRecord]) -> StoreResult<HashMap<(String, String), Option<UnixMs>>> {
     let client = pool.get().await.map_err(|e| StoreError::Unavailable(format!("database: {e}")))?;
     let columns = Columns::of(records);
     let statement = client.prepare_cached(BATCH_SQL).await.map_err(pg_error)?;
     let found = client.query(&statement, &columns.params()).await.map_err(pg_error)?;
-    let mut applied = HashSet::with_capacity(found.len());
+    let mut applied = HashMap::with_capacity(found.len());
     let mut disabled_apps = HashSet::new();
     for row in &found {
         let (msg_id, id): (String, String) = (row.try_get(0).map_err(pg_error)?, row.try_get(1).map_err(pg_error)?);
-        if let Some(app_id) = row.try_get::<_, Option<String>>(2).map_err(pg_error)? {
+        let disabled: Option<UnixMs> = row.try_get(3).map_err(pg_error)?;
+        if let (Some(app_id), Some(_)) = (row.try_get::<_, Option<String>>(2).map_err(pg_error)?, disabled) {
             disabled_apps.insert(app_id);
         }
-        applied.insert((msg_id, id));
+        applied.insert((msg_id, id), disabled);
     }
     // After the commit: a node that misses it still drops the endpoint within the cache TTL.
     for app_id in disabled_apps {
@@ -63,15 +70,21 @@ async fn write(pool: &Pool, records: &[&AttemptRecord]) -> StoreResult<HashSet<(
     Ok(applied)
 }
 
-/// The attempt rows, the fenced delivery updates and the endpoints a 410 disables, in one
-/// statement. Returns each applied delivery, with its app when it disabled an endpoint.
+/// The attempt rows, the fenced delivery updates and the endpoints' health in one
+/// statement. An endpoint's health follows the latest applied attempt of the batch that
+/// made a request (a success clears `fail_since`, a failure sets it if unset); it is
+/// disabled by a 410 or by failing too long (the rule of
+/// `hookline_core::delivery::failing_too_long`, written again in SQL), only if it is still
+/// enabled when the row is locked, so two nodes never both report disabling it. Returns
+/// each applied delivery, with its app and `fail_since` when its write disabled the endpoint.
 const BATCH_SQL: &str = "\
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
         $8::text[], $9::int8[], $10::text[], $11::int8[], $12::int8[], $13::int8[], $14::int8[], $15::int8[],
-        $16::int8[], $17::bool[], $18::int8[], $19::bool[])
+        $16::int8[], $17::bool[], $18::int8[], $19::bool[], $20::int8[])
     AS t(id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, duration_ms, error_class,
-        state, trigger, created_at, next_state, next_at, first_attempt_at, keep_claim, claim, disable)
+        state, trigger, created_at, next_state, next_at, first_attempt_at, keep_claim, claim, disable,
+        disable_after)
 ),
 logged AS (
     INSERT INTO attempts (id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, duration_ms,
@@ -85,15 +98,39 @@ updated AS (
         claimed_by = CASE WHEN i.keep_claim THEN d.claimed_by END
     FROM input i
     WHERE d.msg_id = i.msg_id AND d.id = i.delivery_id AND d.claimed_by = i.claim
-    RETURNING d.msg_id, d.id, i.disable, i.endpoint_id, i.created_at
+    RETURNING d.msg_id, d.id
 ),
-disabled AS (
-    UPDATE endpoints e SET disabled = true, updated_at = u.created_at
-    FROM updated u WHERE u.disable AND e.id = u.endpoint_id
-    RETURNING e.id, e.app_id
+made AS (
+    SELECT i.* FROM input i JOIN updated u ON u.msg_id = i.msg_id AND u.id = i.delivery_id
+    WHERE i.endpoint_id IS NOT NULL AND i.next_state <> 5
+),
+latest AS (
+    SELECT DISTINCT ON (m.endpoint_id) m.endpoint_id, m.msg_id, m.delivery_id, m.next_state = 0 AS ok,
+        m.created_at, m.disable_after,
+        (SELECT bool_or(x.disable) FROM made x WHERE x.endpoint_id = m.endpoint_id) AS gone
+    FROM made m ORDER BY m.endpoint_id, m.created_at DESC, m.id DESC
+),
+judged AS (
+    SELECT l.*, o.app_id, COALESCE(o.fail_since, l.created_at) AS since,
+        NOT o.disabled AND (l.gone OR (NOT l.ok AND l.disable_after > 0
+            AND l.created_at - COALESCE(o.fail_since, l.created_at) >= l.disable_after
+            AND floor(COALESCE(o.fail_since, l.created_at) / 86400000.0)
+                <> floor(l.created_at / 86400000.0))) AS disabling
+    FROM latest l JOIN endpoints o ON o.id = l.endpoint_id
+),
+changed AS (
+    UPDATE endpoints e SET fail_since = CASE WHEN j.ok THEN NULL ELSE j.since END,
+        disabled = e.disabled OR j.disabling,
+        updated_at = CASE WHEN j.disabling THEN j.created_at ELSE e.updated_at END
+    FROM judged j
+    WHERE e.id = j.endpoint_id AND ((j.disabling AND NOT e.disabled)
+        OR (NOT j.disabling AND ((j.ok AND e.fail_since IS NOT NULL) OR (NOT j.ok AND e.fail_since IS NULL))))
+    RETURNING e.id, j.disabling
 )
-SELECT u.msg_id, u.id, (SELECT x.app_id FROM disabled x WHERE x.id = u.endpoint_id LIMIT 1)
-FROM updated u";
+SELECT u.msg_id, u.id, j.app_id, j.since
+FROM updated u
+LEFT JOIN judged j ON j.msg_id = u.msg_id AND j.delivery_id = u.id
+    AND EXISTS (SELECT 1 FROM changed c WHERE c.id = j.endpoint_id AND c.disabling)";
 
 /// One array per column of a batch.
 struct Columns<'a> {
@@ -116,6 +153,7 @@ struct Columns<'a> {
     keep_claims: Vec<bool>,
     claims: Vec<i64>,
     disables: Vec<bool>,
+    disable_after: Vec<i64>,
 }
 
 impl<'a> Columns<'a> {
@@ -142,10 +180,11 @@ impl<'a> Columns<'a> {
             keep_claims: records.iter().map(|r| r.keep_claim).collect(),
             claims: records.iter().map(|r| r.claim).collect(),
             disables: records.iter().map(|r| r.disable_endpoint).collect(),
+            disable_after: records.iter().map(|r| r.disable_after_ms as i64).collect(),
         }
     }
 
-    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 19] {
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 20] {
         [
             &self.ids,
             &self.msg_ids,
@@ -166,6 +205,7 @@ impl<'a> Columns<'a> {
             &self.keep_claims,
             &self.claims,
             &self.disables,
+            &self.disable_after,
         ]
     }
 }

@@ -335,7 +335,7 @@ impl Store for PgStore {
     async fn get_delivery(&self, msg_id: &str, id: &str) -> StoreResult<Delivery> {
         on_conn!(self, |c| queue::get_delivery(&c, msg_id, id))
     }
-    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<bool> {
+    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<Recorded> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let lost = || StoreError::Unavailable("the attempt writer stopped".into());
         self.attempts.send((record, reply)).await.map_err(|_| lost())?;

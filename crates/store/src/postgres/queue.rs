@@ -227,7 +227,7 @@ pub async fn recover(
 ) -> StoreResult<Vec<Delivery>> {
     let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
     let sql = format!(
-        "UPDATE deliveries SET {RESTART} WHERE endpoint_id = $3 AND state = 2 AND msg_id IN \
+        "UPDATE deliveries SET {RESTART} WHERE endpoint_id = $3 AND state IN (2, 5) AND msg_id IN \
          (SELECT id FROM messages WHERE app_id = $4 AND created_at >= $5 AND created_at < $6) RETURNING {}",
         rows::DELIVERY_COLUMNS
     );

@@ -76,7 +76,7 @@ pub async fn get_app(c: &impl GenericClient, key: &str) -> StoreResult<App> {
 }
 
 pub async fn list_apps(c: &impl GenericClient, page: &Page) -> StoreResult<Listed<App>> {
-    rows::page(c, Query::new(), rows::APP_COLUMNS, "apps", page, rows::app).await
+    rows::page(c, Query::apps_shown(), rows::APP_COLUMNS, "apps", page, rows::app).await
 }
 
 pub async fn update_app(c: &impl GenericClient, app: &App) -> StoreResult<()> {
@@ -150,7 +150,7 @@ async fn put_endpoint(c: &impl GenericClient, e: &Endpoint, upsert: bool) -> Sto
     if upsert {
         sql.push_str(&format!(" ON CONFLICT (id) DO UPDATE SET {}", excluded(rows::ENDPOINT_COLUMNS)));
     }
-    let params: [&(dyn ToSql + Sync); 16] = [
+    let params: [&(dyn ToSql + Sync); 17] = [
         &e.id,
         &e.app_id,
         &e.uid,
@@ -167,6 +167,7 @@ async fn put_endpoint(c: &impl GenericClient, e: &Endpoint, upsert: bool) -> Sto
         &policy,
         &e.created_at,
         &e.updated_at,
+        &e.fail_since,
     ];
     run(c, &sql, &params).await.map(|_| ())
 }

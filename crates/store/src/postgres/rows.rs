@@ -79,6 +79,7 @@ pub fn endpoint(row: &Row) -> StoreResult<Endpoint> {
         retry_policy: from_opt_json(get(row, 13)?)?,
         created_at: get(row, 14)?,
         updated_at: get(row, 15)?,
+        fail_since: get(row, 16)?,
     })
 }
 

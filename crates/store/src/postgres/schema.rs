@@ -155,6 +155,10 @@ CREATE TABLE leader (
 -- were scoped differently and are never looked up again (they expire with their TTL).
 ALTER TABLE idempotency ADD COLUMN fingerprint BYTEA NOT NULL DEFAULT '\x'::bytea;
 "#,
+    r#"
+-- Endpoint health: the first failed attempt since the last success (automatic disabling).
+ALTER TABLE endpoints ADD COLUMN fail_since BIGINT;
+"#,
 ];
 
 /// Applies every migration the database lacks, one node at a time; returns the version

@@ -468,7 +468,7 @@ impl Store for SqliteStore {
         let (msg_id, id) = (msg_id.to_owned(), id.to_owned());
         self.read(move |c| queue::get_delivery(c, &msg_id, &id)).await
     }
-    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<bool> {
+    async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<Recorded> {
         self.write_in(Lane::Background, move |c| queue::record_attempt(c, &record)).await
     }
     async fn resend(

@@ -5,6 +5,8 @@ use super::rows;
 use super::sql_error;
 use crate::query::Query;
 use crate::*;
+use hookline_core::delivery::DeliveryState;
+use hookline_core::UnixMs;
 use rusqlite::{params, Connection, OptionalExtension};
 
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, \
@@ -203,7 +205,7 @@ pub fn get_delivery(conn: &Connection, msg_id: &str, id: &str) -> StoreResult<De
     conn.prepare_cached(&sql).and_then(|mut s| s.query_row([msg_id, id], rows::delivery)).map_err(sql_error)
 }
 
-pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<bool> {
+pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<Recorded> {
     let a = &record.attempt;
     let sql = format!(
         "INSERT INTO attempts ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
@@ -249,16 +251,44 @@ pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<
         })
         .map_err(sql_error)?
         == 1;
-    if applied && record.disable_endpoint {
-        if let Some(endpoint_id) = &a.endpoint_id {
-            conn.execute(
-                "UPDATE endpoints SET disabled = 1, updated_at = ?2 WHERE id = ?1",
-                params![endpoint_id, a.created_at],
-            )
-            .map_err(sql_error)?;
+    let disabled = match &a.endpoint_id {
+        Some(endpoint_id) if applied && record.state != DeliveryState::Skipped => {
+            endpoint_health(conn, endpoint_id, record)?
         }
+        _ => None,
+    };
+    Ok(Recorded { applied, disabled })
+}
+
+/// Keeps the endpoint's `fail_since` (cleared by a success, set by the first failure after
+/// one) and disables it when the record asks or it has failed too long. Returns when it
+/// started failing if this write disabled it.
+fn endpoint_health(conn: &Connection, endpoint_id: &str, record: &AttemptRecord) -> StoreResult<Option<UnixMs>> {
+    let now = record.attempt.created_at;
+    if record.state == DeliveryState::Delivered {
+        conn.prepare_cached("UPDATE endpoints SET fail_since = NULL WHERE id = ?1 AND fail_since IS NOT NULL")
+            .and_then(|mut s| s.execute([endpoint_id]))
+            .map_err(sql_error)?;
+        return Ok(None);
     }
-    Ok(applied)
+    let found = conn
+        .prepare_cached("SELECT disabled, fail_since FROM endpoints WHERE id = ?1")
+        .and_then(|mut s| s.query_row([endpoint_id], |r| Ok((r.get::<_, bool>(0)?, r.get::<_, Option<i64>>(1)?))))
+        .optional()
+        .map_err(sql_error)?;
+    let Some((was_disabled, fail_since)) = found else { return Ok(None) };
+    let since = fail_since.unwrap_or(now);
+    let disable = !was_disabled
+        && (record.disable_endpoint || hookline_core::delivery::failing_too_long(since, now, record.disable_after_ms));
+    if disable || fail_since.is_none() {
+        conn.prepare_cached(
+            "UPDATE endpoints SET fail_since = ?2, disabled = disabled OR ?3, \
+             updated_at = CASE WHEN ?3 THEN ?4 ELSE updated_at END WHERE id = ?1",
+        )
+        .and_then(|mut s| s.execute(params![endpoint_id, since, disable, now]))
+        .map_err(sql_error)?;
+    }
+    Ok(disable.then_some(since))
 }
 
 /// Restarting a delivery: due now, a fresh retry cycle, marked manual, claimed by `?2`
@@ -308,7 +338,7 @@ pub fn recover(
 ) -> StoreResult<Vec<Delivery>> {
     let endpoint = get_endpoint(conn, app_id, endpoint_id)?;
     let sql = format!(
-        "UPDATE deliveries SET {RESTART} WHERE endpoint_id = ?3 AND state = 2 AND msg_id IN \
+        "UPDATE deliveries SET {RESTART} WHERE endpoint_id = ?3 AND state IN (2, 5) AND msg_id IN \
          (SELECT id FROM messages WHERE app_id = ?4 AND created_at >= ?5 AND created_at < ?6) RETURNING {}",
         rows::DELIVERY_COLUMNS
     );

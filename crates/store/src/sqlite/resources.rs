@@ -46,7 +46,7 @@ pub fn get_app(conn: &Connection, key: &str) -> StoreResult<App> {
 }
 
 pub fn list_apps(conn: &Connection, page: &Page) -> StoreResult<Listed<App>> {
-    rows::page(conn, Query::new(), rows::APP_COLUMNS, "apps", page, rows::app)
+    rows::page(conn, Query::apps_shown(), rows::APP_COLUMNS, "apps", page, rows::app)
 }
 
 pub fn update_app(conn: &Connection, app: &App) -> StoreResult<()> {
@@ -120,7 +120,7 @@ pub fn delete_event_type(conn: &Connection, name: &str) -> StoreResult<()> {
     changed(conn.execute("DELETE FROM event_types WHERE name = ?1", [name]).map_err(sql_error)?)
 }
 
-fn endpoint_values(e: &Endpoint) -> [rusqlite::types::Value; 16] {
+fn endpoint_values(e: &Endpoint) -> [rusqlite::types::Value; 17] {
     use rusqlite::types::Value;
     let text = |s: &str| Value::Text(s.to_owned());
     let opt = |s: Option<String>| s.map(Value::Text).unwrap_or(Value::Null);
@@ -141,6 +141,7 @@ fn endpoint_values(e: &Endpoint) -> [rusqlite::types::Value; 16] {
         opt(rows::opt_json(&e.retry_policy)),
         Value::Integer(e.created_at),
         Value::Integer(e.updated_at),
+        e.fail_since.map_or(Value::Null, Value::Integer),
     ]
 }
 

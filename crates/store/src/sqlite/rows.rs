@@ -69,6 +69,7 @@ pub fn endpoint(row: &Row) -> rusqlite::Result<Endpoint> {
         retry_policy: from_opt_json(row.get(13)?)?,
         created_at: row.get(14)?,
         updated_at: row.get(15)?,
+        fail_since: row.get(16)?,
     })
 }
 

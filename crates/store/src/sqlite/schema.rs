@@ -199,6 +199,10 @@ CREATE INDEX messages_retained ON messages (retain_until) WHERE retain_until IS 
 -- were scoped differently and are never looked up again (they expire with their TTL).
 ALTER TABLE idempotency ADD COLUMN fingerprint BLOB NOT NULL DEFAULT x'';
 "#,
+    r#"
+-- Endpoint health: the first failed attempt since the last success (automatic disabling).
+ALTER TABLE endpoints ADD COLUMN fail_since INTEGER;
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {

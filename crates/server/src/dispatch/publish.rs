@@ -1,0 +1,57 @@
+//! Where a message goes and how it is committed: one delivery per endpoint that takes it,
+//! the message and all its deliveries in one synced commit, then the due ones handed to
+//! this node's scheduler. Publishing, inbound ingest and operational events all end here.
+
+use super::Engine;
+use hookline_core::delivery::DeliveryState;
+use hookline_core::id::prefix;
+use hookline_core::routing::endpoint_accepts;
+use hookline_core::UnixMs;
+use hookline_store::{Delivery, Endpoint, IdempotentResponse, Message, Publish, PublishOutcome, StoreResult};
+use std::sync::Arc;
+
+impl Engine {
+    /// One delivery for each endpoint that takes the message: pending at `due_at` to an
+    /// enabled endpoint; skipped to a disabled one, kept so that a recover sends it later.
+    pub fn route(&self, endpoints: &[Arc<Endpoint>], message: &Message, due_at: UnixMs) -> Vec<Delivery> {
+        let now = self.clock.now_ms();
+        endpoints
+            .iter()
+            .filter(|e| {
+                let (types, channels) = (e.event_types.as_deref(), e.channels.as_deref());
+                endpoint_accepts(types, channels, &message.event_type, message.channels.as_deref())
+            })
+            .map(|e| {
+                let delivery =
+                    Delivery::pending(crate::new_id(prefix::DELIVERY, now), message, Some(e.id.clone()), due_at, now);
+                match e.disabled {
+                    false => delivery,
+                    true => Delivery { state: DeliveryState::Skipped, next_at: None, ..delivery },
+                }
+            })
+            .collect()
+    }
+
+    /// Commits a message with its deliveries (and its idempotent answer or inbound dedupe
+    /// key) in one synced transaction, then hands the open deliveries to the scheduler.
+    /// Deliveries due soon are claimed by this node in the same commit and sent from
+    /// memory; later ones wait in the store for whichever node claims them when due.
+    pub async fn commit(
+        &self,
+        message: &Arc<Message>,
+        deliveries: Vec<Delivery>,
+        idempotency: Option<IdempotentResponse>,
+        dedupe: Option<(String, String)>,
+    ) -> StoreResult<PublishOutcome> {
+        let due_at = deliveries.iter().filter_map(|d| d.next_at).min();
+        let claim = due_at.filter(|at| self.holds_at(*at)).map(|_| self.token());
+        let publish = Publish { message: message.clone(), deliveries: deliveries.clone(), idempotency, dedupe, claim };
+        let outcome = self.store.publish(publish).await?;
+        if let (PublishOutcome::Created, Some(claim)) = (&outcome, claim) {
+            for delivery in deliveries.into_iter().filter(|d| !d.state.is_final()) {
+                self.enqueue(delivery, Some(message.clone()), claim);
+            }
+        }
+        Ok(outcome)
+    }
+}
