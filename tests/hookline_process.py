@@ -18,13 +18,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_hookline(token: str, log_level: str = "warn") -> tuple[subprocess.Popen, str, str]:
+def start_hookline(token: str, log_level: str = "warn", env: dict | None = None) -> tuple[subprocess.Popen, str, str]:
     """`hookline serve --dev` with `token` as the admin token; its process, URL and data dir.
-    Inherits the environment, so `HOOKLINE_DATABASE_URL` puts it on PostgreSQL."""
+    Inherits the environment (so `HOOKLINE_DATABASE_URL` puts it on PostgreSQL), plus `env`."""
     binary = os.environ.get("HOOKLINE_BIN", str(ROOT / "target/debug/hookline"))
     port = free_port()
     data_dir = tempfile.mkdtemp(prefix="hookline-py-")
-    env = dict(os.environ, HOOKLINE_ADMIN_TOKEN=token, HOOKLINE_LOG_LEVEL=log_level)
+    env = dict(os.environ, HOOKLINE_ADMIN_TOKEN=token, HOOKLINE_LOG_LEVEL=log_level, **(env or {}))
     process = subprocess.Popen(
         [binary, "serve", "--dev", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir],
         env=env,

@@ -127,6 +127,7 @@ fn known_keys() -> Vec<(String, String)> {
     keys.push(("security".into(), "secret_key".into()));
     keys.push(("cluster".into(), "node_name".into()));
     keys.push(("metrics".into(), "token".into()));
+    keys.push(("alerts".into(), "smtp_url".into()));
     keys
 }
 

@@ -20,7 +20,36 @@ pub struct Config {
     pub network: NetworkConfig,
     pub security: SecurityConfig,
     pub metrics: MetricsConfig,
+    pub alerts: AlertsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// The SMTP server alert emails go through: `smtp://host:25` (plain, or STARTTLS with
+    /// `?tls=required`), `smtps://user:pass@host:465` (TLS). Absent: no emails.
+    pub smtp_url: Option<String>,
+    /// The sender of alert emails.
+    pub from: String,
+    /// At most one summary of failing and exhausted messages per endpoint per this window.
+    pub digest_ms: u64,
+    /// How long the first failure of a window waits for others, so one email counts a flood.
+    pub gather_ms: u64,
+    /// How long one SMTP exchange may take.
+    pub timeout_ms: u64,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            smtp_url: None,
+            from: "Hookline <hookline@localhost>".into(),
+            digest_ms: 3_600_000,
+            gather_ms: 60_000,
+            timeout_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -303,6 +332,7 @@ impl Config {
             (self.database.timeout_ms >= 100, "database.timeout_ms must be at least 100"),
             (self.retention.batch_max >= 1, "retention.batch_max must be at least 1"),
             (self.retention.interval_ms >= 1_000, "retention.interval_ms must be at least 1000"),
+            (self.alerts.timeout_ms >= 100, "alerts.timeout_ms must be at least 100"),
         ];
         if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
             return Err((*message).to_owned());
@@ -313,6 +343,13 @@ impl Config {
             return Err("database.url must start with postgres:// (or be empty for SQLite)".into());
         }
         d.retry_policy.validate().map_err(|e| format!("delivery.retry_policy: {e}"))?;
+        if let Some(url) = &self.alerts.smtp_url {
+            // The error never repeats the URL, which may hold a password.
+            lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url).map_err(|_| {
+                "alerts.smtp_url must be smtp://host[:port] or smtps://[user:pass@]host[:port]".to_owned()
+            })?;
+            self.alerts.from.parse::<lettre::message::Mailbox>().map_err(|e| format!("alerts.from: {e}"))?;
+        }
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! started by one entry point, [`run`], which takes its listener, clock and shutdown
 //! signal from the caller.
 
+pub mod alerts;
 pub mod api;
 pub mod clock;
 pub mod config;
@@ -29,6 +30,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("serving HTTP: {0}")]
     Io(#[from] std::io::Error),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// A new id of kind `prefix`, made at `now`. Ids of one process sort in creation order,
@@ -81,6 +84,7 @@ pub async fn ensure_operational_app(store: &dyn Store, clock: &dyn Clock) -> Res
         secret: api::new_secret().as_str().to_owned(),
         created_at: now,
         updated_at: now,
+        alert_email: None,
     };
     match store.create_app(app).await {
         Ok(_) | Err(StoreError::Conflict(_)) => Ok(()),
@@ -124,6 +128,7 @@ pub async fn run(
         config.cluster.clone(),
         addresses.clone(),
         options.jitter_seed,
+        alerts::Mailer::new(&config.alerts, clock.clone()).map_err(ServerError::Config)?,
     )
     .await?;
     let state = Arc::new(AppState {

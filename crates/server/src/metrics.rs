@@ -22,6 +22,9 @@ pub const OPERATIONAL_EVENTS: &str = "hookline_operational_events_total";
 /// Operational events that could not be stored (the store refused them for good, or
 /// shutdown came while it was down).
 pub const OPERATIONAL_EVENTS_LOST: &str = "hookline_operational_events_lost_total";
+/// Alert emails by outcome: `sent`, `failed` (a try that failed; it is tried again),
+/// `dropped` (an unusable address, or the outbox full).
+pub const ALERT_EMAILS: &str = "hookline_alert_emails_total";
 
 const BUCKETS_SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 

@@ -62,7 +62,18 @@ pub struct ApplicationIn {
     pub metadata: Option<Metadata>,
     #[serde(default, deserialize_with = "exact::object_option")]
     pub retry_policy: Option<RetryPolicy>,
+    /// Where alert emails about its endpoints go (Hookline's; Svix reads the metadata key
+    /// `svix.email`, which is used when this is absent).
+    #[schemars(length(min = 3, max = EMAIL_BYTES_MAX), regex(pattern = EMAIL_PATTERN))]
+    pub alert_email: Option<String>,
 }
+
+/// The longest email address accepted (RFC 5321's path limit).
+pub const EMAIL_BYTES_MAX: usize = 254;
+/// The email addresses accepted: dot-atom local parts of letters, digits, `_`, `+` and
+/// `-`, at a domain of two or more labels (`api::check_email` spells the same rule).
+pub const EMAIL_PATTERN: &str = "^[A-Za-z0-9_+-]+(\\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\
+    (\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$";
 
 #[derive(Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -79,6 +90,10 @@ pub struct ApplicationPatch {
     pub metadata: Option<Metadata>,
     #[serde(default, deserialize_with = "exact::object_present")]
     pub retry_policy: Option<Option<RetryPolicy>>,
+    /// Where alert emails about its endpoints go.
+    #[serde(default, deserialize_with = "present")]
+    #[schemars(length(min = 3, max = EMAIL_BYTES_MAX), regex(pattern = EMAIL_PATTERN))]
+    pub alert_email: Option<Option<String>>,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -93,6 +108,7 @@ pub struct ApplicationOut {
     pub retry_policy: Option<RetryPolicy>,
     pub created_at: String,
     pub updated_at: String,
+    pub alert_email: Option<String>,
 }
 
 #[derive(Deserialize, JsonSchema)]

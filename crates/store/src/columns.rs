@@ -11,7 +11,8 @@ pub fn opt_json<T: Serialize>(value: &Option<T>) -> Option<String> {
     value.as_ref().map(to_json)
 }
 
-pub const APP_COLUMNS: &str = "id, uid, name, throttle_rate, metadata, retry_policy, secret, created_at, updated_at";
+pub const APP_COLUMNS: &str =
+    "id, uid, name, throttle_rate, metadata, retry_policy, secret, created_at, updated_at, alert_email";
 
 pub const EVENT_TYPE_COLUMNS: &str =
     "name, description, archived, deprecated, schemas, group_name, feature_flags, created_at, updated_at";

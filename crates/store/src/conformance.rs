@@ -23,6 +23,7 @@ pub fn app(now: UnixMs, uid: Option<&str>) -> App {
         secret: "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into(),
         created_at: now,
         updated_at: now,
+        alert_email: None,
     }
 }
 
@@ -334,8 +335,9 @@ async fn apps_crud_and_uid_lookup(store: &dyn Store) {
     assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
     let mut renamed = created.clone();
     renamed.name = "Renamed".into();
-    store.update_app(renamed).await.unwrap();
-    assert_eq!(store.get_app(&created.id).await.unwrap().name, "Renamed");
+    renamed.alert_email = Some("ops@merchant.example".into());
+    store.update_app(renamed.clone()).await.unwrap();
+    assert_eq!(store.get_app(&created.id).await.unwrap(), renamed);
     assert_eq!(store.get_app("app_missing").await, Err(StoreError::NotFound));
     assert_eq!(store.get_app("app_\0").await, Err(StoreError::NotFound), "a key no backend can hold names nothing");
     assert_eq!(store.delete_app("app_\0").await, Err(StoreError::NotFound));

@@ -21,6 +21,8 @@ pub struct App {
     pub secret: String,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+    /// Where alert emails about its endpoints go (else its metadata's `svix.email`).
+    pub alert_email: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]

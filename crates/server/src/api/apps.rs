@@ -75,6 +75,9 @@ pub fn check(input: &ApplicationIn) -> ApiResult<()> {
     if input.uid.as_deref() == Some(OPERATIONAL_APP_ID) {
         return Err(ApiError::field("uid", "this uid is reserved"));
     }
+    if let Some(email) = &input.alert_email {
+        super::check_email("alertEmail", email)?;
+    }
     if let Some(policy) = &input.retry_policy {
         policy.validate().map_err(|e| ApiError::field("retryPolicy", e.to_string()))?;
     }
@@ -95,6 +98,7 @@ pub async fn create_app(state: &AppState, input: ApplicationIn) -> ApiResult<App
         secret: new_secret().as_str().to_owned(),
         created_at: now,
         updated_at: now,
+        alert_email: input.alert_email,
     };
     state.store.create_app(app).await.map_err(ApiError::from_store("application"))
 }
@@ -164,6 +168,7 @@ async fn replace(
     app.throttle_rate = input.throttle_rate;
     app.metadata = input.metadata.unwrap_or_default();
     app.retry_policy = input.retry_policy;
+    app.alert_email = input.alert_email;
     app.updated_at = state.now();
     Ok((StatusCode::OK, save(&state, app).await?))
 }
@@ -189,12 +194,16 @@ async fn patch(
     if let Some(policy) = input.retry_policy {
         app.retry_policy = policy;
     }
+    if let Some(email) = input.alert_email {
+        app.alert_email = email;
+    }
     let as_input = ApplicationIn {
         name: app.name.clone(),
         uid: app.uid.clone(),
         throttle_rate: app.throttle_rate,
         metadata: None,
         retry_policy: app.retry_policy.clone(),
+        alert_email: app.alert_email.clone(),
     };
     check(&as_input)?;
     app.updated_at = state.now();

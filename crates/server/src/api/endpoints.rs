@@ -182,7 +182,7 @@ pub async fn create_endpoint(state: &AppState, app: &App, input: EndpointIn) -> 
     check(state, &endpoint, true)?;
     let created = state.store.create_endpoint(endpoint).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&app.id);
-    state.engine.notify(&app.id, Notice::endpoint(notices::ENDPOINT_CREATED, app, &created)).await;
+    state.engine.notify(app, Notice::endpoint(notices::ENDPOINT_CREATED, app, &created)).await;
     Ok(created)
 }
 
@@ -238,14 +238,14 @@ pub async fn save(state: &AppState, app: &App, mut endpoint: Endpoint, change: C
     let saved = state.store.update_endpoint(endpoint).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&saved.app_id);
     if change.announce {
-        state.engine.notify(&app.id, Notice::endpoint(notices::ENDPOINT_UPDATED, app, &saved)).await;
+        state.engine.notify(app, Notice::endpoint(notices::ENDPOINT_UPDATED, app, &saved)).await;
     }
     match (change.was_disabled, saved.disabled) {
         (false, true) => {
             let notice = Notice::disabled(app, &saved, saved.fail_since, notices::Trigger::Manual);
-            state.engine.notify(&app.id, notice).await;
+            state.engine.notify(app, notice).await;
         }
-        (true, false) => state.engine.notify(&app.id, Notice::endpoint(notices::ENDPOINT_ENABLED, app, &saved)).await,
+        (true, false) => state.engine.notify(app, Notice::endpoint(notices::ENDPOINT_ENABLED, app, &saved)).await,
         _ => {}
     }
     Ok(saved)
@@ -358,7 +358,7 @@ pub async fn delete_endpoint(state: &AppState, app: &App, key: &str) -> ApiResul
     let e = find_in(state, app, key).await?;
     state.store.delete_endpoint(&e.app_id, &e.id).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&e.app_id);
-    state.engine.notify(&app.id, Notice::endpoint(notices::ENDPOINT_DELETED, app, &e)).await;
+    state.engine.notify(app, Notice::endpoint(notices::ENDPOINT_DELETED, app, &e)).await;
     Ok(())
 }
 

@@ -611,6 +611,24 @@ pub fn check_uid(uid: &Option<String>) -> ApiResult<()> {
     }
 }
 
+/// An email address as `wire::EMAIL_PATTERN` describes it (and as lettre reads it).
+pub fn check_email(field: &str, email: &str) -> ApiResult<()> {
+    let atom = |part: &str| !part.is_empty() && part.bytes().all(|b| b.is_ascii_alphanumeric() || b"_+-".contains(&b));
+    let label = |l: &str| {
+        (1..=63).contains(&l.len())
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let ok = email.len() <= crate::wire::EMAIL_BYTES_MAX
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            local.split('.').all(atom) && domain.split('.').count() >= 2 && domain.split('.').all(label)
+        })
+        && email.parse::<lettre::Address>().is_ok();
+    ok.then_some(())
+        .ok_or_else(|| ApiError::field(field, format!("{field} must be an email address such as ops@example.com")))
+}
+
 /// Uids and event type names (`wire::NAME_PATTERN`): 1 to 256 letters, digits, `-`, `_`, `.`.
 pub fn check_name(field: &str, name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()

@@ -15,6 +15,7 @@ pub fn app(a: App) -> ApplicationOut {
         retry_policy: a.retry_policy,
         created_at: timestamp(a.created_at),
         updated_at: timestamp(a.updated_at),
+        alert_email: a.alert_email,
     }
 }
 

@@ -88,6 +88,8 @@ pub struct Engine {
     /// a long outage with 100,000 due retries costs memory for 100,000 records only.
     endpoint_lanes: Mutex<HashMap<String, EndpointLane>>,
     stopping: watch::Sender<bool>,
+    /// Sends alert emails, when an SMTP server is configured.
+    mailer: Option<Arc<crate::alerts::Mailer>>,
     in_flight: AtomicUsize,
     idle: Notify,
     jitter: Mutex<rand::rngs::StdRng>,
@@ -170,6 +172,7 @@ impl Engine {
         cluster: ClusterConfig,
         policy: AddressPolicy,
         jitter_seed: Option<u64>,
+        mailer: Option<Arc<crate::alerts::Mailer>>,
     ) -> Result<Arc<Engine>, StoreError> {
         let (due, receiver) = mpsc::unbounded_channel();
         let client = DeliveryClient::new(
@@ -199,6 +202,7 @@ impl Engine {
             due,
             endpoint_lanes: Mutex::default(),
             stopping: watch::channel(false).0,
+            mailer,
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             jitter: Mutex::new(jitter),
@@ -577,7 +581,7 @@ impl Engine {
         observe(lane, state, class, sent.as_ref(), message.created_at, now);
         if let (Some(_), Some(endpoint)) = (&sent, &target.endpoint) {
             for notice in attempt_notices(&target.app, endpoint, message, &attempt, d.attempts, state, recorded) {
-                self.notify(&d.app_id, notice).await;
+                self.notify(&target.app, notice).await;
             }
         }
         if keep {

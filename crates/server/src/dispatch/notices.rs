@@ -52,17 +52,18 @@ pub enum Trigger {
     Automatic,
 }
 
-/// One operational event: its type and its `data`.
+/// One operational event: its type and its `data` (and, for emails, the endpoint's URL).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Notice {
     pub event_type: &'static str,
     pub data: Value,
+    pub url: String,
 }
 
 impl Notice {
     /// `endpoint.created|updated|deleted|enabled` about `endpoint` of `app`.
     pub fn endpoint(event_type: &'static str, app: &App, endpoint: &Endpoint) -> Notice {
-        Notice { event_type, data: subject(app, endpoint) }
+        Notice { event_type, data: subject(app, endpoint), url: endpoint.url.clone() }
     }
 
     /// `endpoint.disabled`, with when it started failing (if it was) and who disabled it.
@@ -74,7 +75,7 @@ impl Notice {
             Trigger::Automatic => "automatic",
         }
         .into();
-        Notice { event_type: ENDPOINT_DISABLED, data }
+        Notice { event_type: ENDPOINT_DISABLED, data, url: endpoint.url.clone() }
     }
 
     /// `message.attempt.*` about an attempt of `message` to `endpoint`.
@@ -96,7 +97,7 @@ impl Notice {
             "responseStatusCode": attempt.status_code,
             "timestamp": timestamp(attempt.created_at),
         });
-        Notice { event_type, data }
+        Notice { event_type, data, url: endpoint.url.clone() }
     }
 
     /// The payload sent: Svix's envelope.
@@ -112,13 +113,17 @@ fn subject(app: &App, endpoint: &Endpoint) -> Value {
 }
 
 impl Engine {
-    /// Commits an operational event for every operational endpoint that takes its type
-    /// (nothing is stored when none does), retrying while the store refuses writes, and
-    /// hands the deliveries to the scheduler. Events about the operational application
-    /// itself are dropped here, so its endpoints' failures never make events.
-    pub async fn notify(&self, about_app: &str, notice: Notice) {
-        if about_app == OPERATIONAL_APP_ID {
+    /// Tells the owner about an endpoint of `app`: notes the event for the alert emails,
+    /// and commits it for every operational endpoint that takes its type (nothing is
+    /// stored when none does), retrying while the store refuses writes, then hands the
+    /// deliveries to the scheduler. Events about the operational application itself are
+    /// dropped here, so its endpoints' failures never make events.
+    pub async fn notify(&self, app: &App, notice: Notice) {
+        if app.id == OPERATIONAL_APP_ID {
             return;
+        }
+        if let Some(mailer) = &self.mailer {
+            mailer.observe(app, &notice.url, &notice);
         }
         loop {
             match self.try_notify(&notice).await {

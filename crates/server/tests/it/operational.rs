@@ -237,3 +237,44 @@ async fn an_endpoint_failing_for_days_is_disabled_and_what_it_missed_is_kept() {
     assert_eq!(bodies, vec![&b"{\"n\":1}"[..], &b"{\"n\":2}"[..]]);
     gw.stop().await;
 }
+
+/// A provider's webhook that the merchant's application keeps refusing: the events name
+/// the inbound source it came from.
+#[tokio::test]
+async fn events_about_inbound_messages_name_their_source() {
+    let gw = start_gateway(dev_config()).await;
+    let ops_rx = Receiver::start(Answer::status(204)).await;
+    let (_, secret) = operational_endpoint(&gw, &ops_rx, Some(&["message.attempt.failing"])).await;
+    let app_rx = Receiver::start(Answer::status(502)).await;
+    let app = gw.app("payments-service").await;
+    gw.endpoint(&app, json!({"url": app_rx.url, "retryPolicy": {"delaysMs": [1000, 1000, 1000, 1000]}})).await;
+    let body = json!({"preset": "stripe", "secrets": ["whsec_stripe_test"], "appId": app, "name": "stripe"});
+    let source = gw.ok("POST", "/api/v1/source", Some(body)).await;
+    let source_id = source["id"].as_str().unwrap();
+    let payload = r#"{"id":"evt_1","type":"payment_intent.succeeded"}"#;
+    let signature = hookline_core::signature::stripe_header(&["whsec_stripe_test"], T0 / 1000, payload.as_bytes());
+    let response = gw
+        .http
+        .post(format!("{}/in/{source_id}", gw.url))
+        .header("stripe-signature", signature)
+        .header("content-type", "application/json")
+        .body(payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let msg = response.json::<Value>().await.unwrap()["messageId"].as_str().unwrap().to_owned();
+    for n in 1..=4 {
+        app_rx.next().await;
+        gw.wait_attempts(&app, &msg, n).await;
+        gw.advance(1000);
+    }
+    let failing = events(&gw, &ops_rx, &secret, 1).await;
+    assert_eq!(failing[0].0, "message.attempt.failing");
+    assert_eq!(
+        (failing[0].1["sourceId"].as_str(), failing[0].1["msgId"].as_str()),
+        (Some(source_id), Some(msg.as_str()))
+    );
+    assert_eq!(failing[0].1["lastAttempt"]["responseStatusCode"], 502);
+    gw.stop().await;
+}

@@ -64,7 +64,18 @@ pub async fn insert_app(c: &impl GenericClient, app: &App) -> StoreResult<()> {
     run(
         c,
         &sql,
-        &[&app.id, &app.uid, &app.name, &throttle, &metadata, &policy, &app.secret, &app.created_at, &app.updated_at],
+        &[
+            &app.id,
+            &app.uid,
+            &app.name,
+            &throttle,
+            &metadata,
+            &policy,
+            &app.secret,
+            &app.created_at,
+            &app.updated_at,
+            &app.alert_email,
+        ],
     )
     .await
     .map(|_| ())
@@ -83,8 +94,10 @@ pub async fn update_app(c: &impl GenericClient, app: &App) -> StoreResult<()> {
     let throttle = app.throttle_rate.map(i64::from);
     let (metadata, policy) = (rows::to_json(&app.metadata), rows::opt_json(&app.retry_policy));
     let sql = "UPDATE apps SET uid = $2, name = $3, throttle_rate = $4, metadata = $5, retry_policy = $6, \
-               updated_at = $7 WHERE id = $1";
-    changed(run(c, sql, &[&app.id, &app.uid, &app.name, &throttle, &metadata, &policy, &app.updated_at]).await?)
+               updated_at = $7, alert_email = $8 WHERE id = $1";
+    let params: &Params =
+        &[&app.id, &app.uid, &app.name, &throttle, &metadata, &policy, &app.updated_at, &app.alert_email];
+    changed(run(c, sql, params).await?)
 }
 
 pub async fn delete_app(c: &impl GenericClient, id: &str) -> StoreResult<()> {

@@ -44,6 +44,7 @@ pub fn app(row: &Row) -> StoreResult<App> {
         secret: get(row, 6)?,
         created_at: get(row, 7)?,
         updated_at: get(row, 8)?,
+        alert_email: get(row, 9)?,
     })
 }
 

@@ -159,6 +159,10 @@ ALTER TABLE idempotency ADD COLUMN fingerprint BYTEA NOT NULL DEFAULT '\x'::byte
 -- Endpoint health: the first failed attempt since the last success (automatic disabling).
 ALTER TABLE endpoints ADD COLUMN fail_since BIGINT;
 "#,
+    r#"
+-- Where alert emails about an application's endpoints go.
+ALTER TABLE apps ADD COLUMN alert_email TEXT;
+"#,
 ];
 
 /// Applies every migration the database lacks, one node at a time; returns the version

@@ -20,7 +20,7 @@ fn changed(rows: usize) -> StoreResult<()> {
 
 pub fn insert_app(conn: &Connection, app: &App) -> StoreResult<()> {
     conn.prepare_cached(&format!(
-        "INSERT INTO apps ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        "INSERT INTO apps ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         rows::APP_COLUMNS
     ))
     .and_then(|mut s| {
@@ -33,7 +33,8 @@ pub fn insert_app(conn: &Connection, app: &App) -> StoreResult<()> {
             rows::opt_json(&app.retry_policy),
             app.secret,
             app.created_at,
-            app.updated_at
+            app.updated_at,
+            app.alert_email
         ])
     })
     .map_err(sql_error)?;
@@ -52,8 +53,18 @@ pub fn list_apps(conn: &Connection, page: &Page) -> StoreResult<Listed<App>> {
 pub fn update_app(conn: &Connection, app: &App) -> StoreResult<()> {
     changed(
         conn.execute(
-            "UPDATE apps SET uid = ?2, name = ?3, throttle_rate = ?4, metadata = ?5, retry_policy = ?6, updated_at = ?7 WHERE id = ?1",
-            params![app.id, app.uid, app.name, app.throttle_rate, rows::to_json(&app.metadata), rows::opt_json(&app.retry_policy), app.updated_at],
+            "UPDATE apps SET uid = ?2, name = ?3, throttle_rate = ?4, metadata = ?5, retry_policy = ?6, updated_at = ?7, \
+             alert_email = ?8 WHERE id = ?1",
+            params![
+                app.id,
+                app.uid,
+                app.name,
+                app.throttle_rate,
+                rows::to_json(&app.metadata),
+                rows::opt_json(&app.retry_policy),
+                app.updated_at,
+                app.alert_email
+            ],
         )
         .map_err(sql_error)?,
     )

@@ -34,6 +34,7 @@ pub fn app(row: &Row) -> rusqlite::Result<App> {
         secret: row.get(6)?,
         created_at: row.get(7)?,
         updated_at: row.get(8)?,
+        alert_email: row.get(9)?,
     })
 }
 

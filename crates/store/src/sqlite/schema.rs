@@ -203,6 +203,10 @@ ALTER TABLE idempotency ADD COLUMN fingerprint BLOB NOT NULL DEFAULT x'';
 -- Endpoint health: the first failed attempt since the last success (automatic disabling).
 ALTER TABLE endpoints ADD COLUMN fail_since INTEGER;
 "#,
+    r#"
+-- Where alert emails about an application's endpoints go.
+ALTER TABLE apps ADD COLUMN alert_email TEXT;
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {

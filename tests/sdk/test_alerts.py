@@ -1,0 +1,155 @@
+"""Alert emails, received by a real SMTP server (aiosmtpd) from the real binary."""
+import email
+import email.policy
+import http.server
+import queue
+import re
+import threading
+import time
+
+import httpx
+import pytest
+from aiosmtpd.controller import Controller
+from hookline_process import free_port, start_hookline
+
+TOKEN = "alerts-test-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+GATHER_MS, DIGEST_MS = 1_000, 5_000
+
+
+class Inbox:
+    """An aiosmtpd handler keeping every message it is given."""
+
+    def __init__(self):
+        self.messages: "queue.Queue[email.message.EmailMessage]" = queue.Queue()
+
+    async def handle_DATA(self, server, session, envelope):
+        self.messages.put(email.message_from_bytes(envelope.content, policy=email.policy.default))
+        return "250 OK"
+
+    def next(self, timeout: float = 30) -> email.message.EmailMessage:
+        return self.messages.get(timeout=timeout)
+
+
+class Failing:
+    """An endpoint that answers 500 to everything."""
+
+    def __init__(self):
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("content-length", 0)))
+                self.send_response(500)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+class Smtp:
+    """An SMTP server on a port of its own, which can be stopped and started again there."""
+
+    def __init__(self):
+        self.inbox, self.port = Inbox(), free_port()
+        self.start()
+
+    def start(self):
+        self.controller = Controller(self.inbox, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    def stop(self):
+        self.controller.stop()
+
+
+@pytest.fixture(scope="module")
+def smtp():
+    server = Smtp()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def hookline(smtp):
+    process, url, _ = start_hookline(TOKEN, env={
+        "HOOKLINE_ALERTS_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}",
+        "HOOKLINE_ALERTS_FROM": "Hookline <alerts@hookline.example>",
+        "HOOKLINE_ALERTS_GATHER_MS": str(GATHER_MS),
+        "HOOKLINE_ALERTS_DIGEST_MS": str(DIGEST_MS),
+    })
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def api(url, method, path, body=None):
+    response = httpx.request(method, f"{url}/api/v1{path}", headers=AUTH, json=body)
+    assert response.status_code < 300, response.text
+    return response.json() if response.content else None
+
+
+def test_ten_messages_failing_at_once_make_one_summary(hookline, smtp):
+    inbox = smtp.inbox
+    failing = Failing()
+    app = api(hookline, "POST", "/app", {"name": "Acme", "uid": "acme-digest", "alertEmail": "ops@acme.example"})
+    policy = {"delaysMs": [100, 100, 100, 100]}
+    ep = api(hookline, "POST", f"/app/{app['id']}/endpoint", {"url": failing.url, "uid": "main", "retryPolicy": policy})
+    started = time.time()
+    for n in range(10):
+        api(hookline, "POST", f"/app/{app['id']}/msg", {"eventType": "charge.failed", "payload": {"n": n}})
+    failing_count = exhausted_count = 0
+    summaries = []
+    while exhausted_count < 10:
+        message = inbox.next()
+        assert message["To"] == "ops@acme.example" and message["From"] == "Hookline <alerts@hookline.example>"
+        assert message["Subject"] == "[Hookline] Deliveries to endpoint main of Acme (acme-digest) are failing"
+        body = message.get_content()
+        assert failing.url in body
+        summaries.append(time.time() - started)
+        found = re.search(r"(\d+) messages? failed 4 attempts in a row", body)
+        failing_count += int(found.group(1)) if found else 0
+        found = re.search(r"(\d+) messages? ran out of retries", body)
+        exhausted_count += int(found.group(1)) if found else 0
+    assert (failing_count, exhausted_count) == (10, 10)
+    # One summary per window: the first after the gathering pause, a second (if some
+    # failures came after it) only a whole window later; never one per message.
+    assert len(summaries) <= 2, summaries
+    assert summaries[0] >= GATHER_MS / 1000
+    if len(summaries) == 2:
+        assert summaries[1] - summaries[0] >= DIGEST_MS / 1000 - 0.5, summaries
+    with pytest.raises(queue.Empty):
+        inbox.next(timeout=2)
+    metrics = httpx.get(f"{hookline}/metrics").text
+    assert re.search(r'hookline_alert_emails_total\{outcome="sent"\} [1-9]', metrics), metrics
+    api(hookline, "DELETE", f"/app/{app['id']}/endpoint/{ep['id']}")
+
+
+def test_disabling_and_enabling_email_at_once_and_a_down_smtp_server_is_retried(hookline, smtp):
+    inbox = smtp.inbox
+    # Svix's place for the address: the application's metadata `svix.email`.
+    app = api(hookline, "POST", "/app", {"name": "Globex", "metadata": {"svix.email": "pay@globex.example"}})
+    ep = api(hookline, "POST", f"/app/{app['id']}/endpoint", {"url": "https://globex.example/hooks"})
+    path = f"/app/{app['id']}/endpoint/{ep['id']}"
+    api(hookline, "PATCH", path, {"disabled": True})
+    disabled = inbox.next()
+    assert disabled["To"] == "pay@globex.example"
+    assert disabled["Subject"] == f"[Hookline] Endpoint {ep['id']} of Globex ({app['id']}) is disabled"
+    assert "It was disabled through the API" in disabled.get_content()
+
+    smtp.stop()
+    try:
+        api(hookline, "PATCH", path, {"disabled": False})
+        time.sleep(1.5)  # at least one try fails while the server is down
+    finally:
+        smtp.start()
+    enabled = inbox.next()
+    assert enabled["Subject"] == f"[Hookline] Endpoint {ep['id']} of Globex ({app['id']}) is enabled"
+    metrics = httpx.get(f"{hookline}/metrics").text
+    assert re.search(r'hookline_alert_emails_total\{outcome="failed"\} [1-9]', metrics), metrics
+
+
+def test_alert_addresses_are_checked(hookline):
+    refused = httpx.post(f"{hookline}/api/v1/app", headers=AUTH, json={"name": "x", "alertEmail": "not an address"})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "alertEmail"]
