@@ -30,6 +30,7 @@ from svix.api import (
 )
 from svix.api.message import MessageListOptions
 from svix.api.application import ApplicationListOptions
+from svix.api.endpoint import EndpointGetAttemptStatsOptions
 from svix.api.errors.http_error import HttpError
 from svix.api.errors.http_validation_error import HTTPValidationError
 
@@ -134,10 +135,15 @@ def test_publish_deliver_verify_and_inspect(svix, receiver):
     assert destinations[0].id == ep.id and destinations[0].status == 0
     assert [m.id for m in svix.message_attempt.list_attempted_messages(app.id, ep.id).data] == [msg.id]
 
+    since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
     svix.message_attempt.resend(app.id, msg.id, ep.id)
     _, again, again_body = receiver.next()
     assert again["webhook-id"] == msg.id and Webhook(secret).verify(again_body, again)
-    since = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(hours=1)
+    wait_for(lambda: len(svix.message_attempt.list_by_msg(app.id, msg.id).data) == 2 or None)
+    stats = svix.endpoint.get_stats(app.id, ep.id)
+    assert (stats.success, stats.pending, stats.fail) == (1, 0, 0)
+    attempt_stats = svix.endpoint.get_attempt_stats(app.id, ep.id, EndpointGetAttemptStatsOptions(since=since))
+    assert (attempt_stats.success, attempt_stats.fail) == (2, 0)
     recovered = svix.endpoint.recover(app.id, ep.id, RecoverIn(since=since))
     assert recovered.status == "finished"
 

@@ -1,6 +1,7 @@
 //! Background duties of a running node: following changes other nodes make (cache
 //! invalidation, with a TTL as a backstop), and, on the one node holding the leader
-//! lease, retention: old messages, expired idempotent answers and provider event ids.
+//! lease, retention: old messages, expired idempotent answers and provider event ids, and
+//! statistics rolled up from minutes to hours and expired.
 
 use crate::api::AppState;
 use crate::config::Config;
@@ -123,5 +124,26 @@ async fn retain(state: &AppState, now: i64) {
     }
     if deleted > 0 {
         tracing::info!(deleted, "deleted messages past retention");
+    }
+    roll_up_stats(store, now, batch).await;
+}
+
+/// Minute statistics are kept for a day, then summed into hours.
+pub const STATS_MINUTES_KEPT_MS: i64 = DAY_MS;
+/// Statistics older than this go.
+pub const STATS_KEPT_MS: i64 = 90 * DAY_MS;
+
+/// Rolls statistics a day old up into hours and deletes those past 90 days, a batch at a
+/// time with pauses between, as the message retention does.
+async fn roll_up_stats(store: &dyn Store, now: i64, batch: usize) {
+    loop {
+        match store.roll_up_stats(now - STATS_MINUTES_KEPT_MS, now - STATS_KEPT_MS, batch).await {
+            Ok(0) => break,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not roll up statistics");
+                break;
+            }
+        }
     }
 }

@@ -12,6 +12,7 @@ pub mod housekeeping;
 pub mod metrics;
 pub mod openapi;
 pub mod serve;
+pub mod stats;
 pub mod wire;
 
 use crate::api::{hash_token, AppState};

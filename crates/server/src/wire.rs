@@ -70,9 +70,12 @@ pub struct ApplicationIn {
 
 /// The longest email address accepted (RFC 5321's path limit).
 pub const EMAIL_BYTES_MAX: usize = 254;
-/// The email addresses accepted: dot-atom local parts of letters, digits, `_`, `+` and
-/// `-`, at a domain of two or more labels (`api::check_email` spells the same rule).
-pub const EMAIL_PATTERN: &str = "^[A-Za-z0-9_+-]+(\\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\
+/// The email addresses accepted: a local part of letters, digits, `_`, `+` and `-`, either
+/// one run of up to 64 or two or three dot-separated runs (the first up to 21, the others up
+/// to 20, so never past SMTP's 64), at a domain of two or more labels. `api::check_email`
+/// spells the same rule; the bounded runs keep the pattern free of look-aheads, which
+/// generators of test data cannot honour.
+pub const EMAIL_PATTERN: &str = "^([A-Za-z0-9_+-]{1,64}|[A-Za-z0-9_+-]{1,21}(\\.[A-Za-z0-9_+-]{1,20}){1,2})@[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\
     (\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$";
 
 #[derive(Deserialize, Default, JsonSchema)]
@@ -692,4 +695,80 @@ fn headers_json_schema(kind: impl serde::Serialize) -> schemars::Schema {
         "propertyNames": {"pattern": HEADER_NAME_PATTERN, "not": {"pattern": format!("^(?:{})$", reserved.join("|"))}},
         "additionalProperties": {"type": "string", "pattern": HEADER_VALUE_PATTERN},
     })
+}
+
+/// Svix's endpoint stats: deliveries of messages created in the range, by status.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointStatsOut {
+    /// Delivered.
+    pub success: u64,
+    /// Waiting for their first attempt or a retry.
+    pub pending: u64,
+    /// Being attempted now.
+    pub sending: u64,
+    /// Given up on (retries exhausted, or the endpoint answered `410 Gone`).
+    pub fail: u64,
+    pub canceled: u64,
+    /// Recorded while the endpoint was disabled, never attempted (`recover` sends them).
+    pub skipped: u64,
+}
+
+/// Attempts to an endpoint in the range, by outcome, with latency from a histogram (the
+/// upper bound of the bucket the quantile falls in: 50, 100, 250, 500, 1000, 2500 or
+/// 10000 ms; null without attempts).
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointAttemptStatsOut {
+    pub success: u64,
+    pub fail: u64,
+    pub canceled: u64,
+    pub latency_p50_ms: Option<u64>,
+    pub latency_p99_ms: Option<u64>,
+}
+
+/// Attempts per period, one array element per point.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptSeries {
+    pub success_count: Vec<u64>,
+    pub failure_count: Vec<u64>,
+    /// Null where a point has no attempts (see `EndpointAttemptStatsOut` for the buckets).
+    pub latency_p50_ms: Vec<Option<u64>>,
+    pub latency_p99_ms: Vec<Option<u64>>,
+}
+
+/// A time series of attempts (Svix's hosted `AppAttemptStats` shape, plus latency).
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptSeriesOut {
+    pub data: AttemptSeries,
+    /// `FiveMinutes`, `OneHour` or `OneDay`.
+    pub period: &'static str,
+    /// The first point's start.
+    pub start_date: String,
+    /// The end of the last point.
+    pub end_date: String,
+}
+
+/// An inbound source per period: requests, and the attempts forwarding its events.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSeries {
+    /// Requests verified and stored (or verified and filtered out by event type).
+    pub accepted: Vec<u64>,
+    /// Requests refused: signature, replay window, size or shape.
+    pub refused: Vec<u64>,
+    /// Requests carrying an event id already received.
+    pub duplicate: Vec<u64>,
+    pub forwarded: AttemptSeries,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceSeriesOut {
+    pub data: SourceSeries,
+    pub period: &'static str,
+    pub start_date: String,
+    pub end_date: String,
 }

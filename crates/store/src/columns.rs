@@ -31,3 +31,20 @@ pub const DELIVERY_COLUMNS: &str =
 
 pub const ATTEMPT_COLUMNS: &str = "id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, \
      duration_ms, error_class, state, trigger, created_at";
+
+pub const STAT_COLUMNS: &str = "scope, app_id, width_ms, bucket, succeeded, failed, l0, l1, l2, l3, l4, l5, l6, l7, \
+     accepted, refused, duplicate";
+
+/// The counters of a statistics row (the columns after its four key columns).
+pub const STAT_COUNTERS: usize = 13;
+
+/// `c = <table>.c + excluded.c` for every counter: an upsert that adds.
+pub fn stat_counter_sums(table: &str) -> String {
+    STAT_COLUMNS
+        .split(',')
+        .skip(4)
+        .map(str::trim)
+        .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -90,6 +90,7 @@ pub async fn run_all(store: &dyn Store) {
     attempts_move_deliveries_through_states(store, node).await;
     resend_and_recover_restart_deliveries(store, node).await;
     endpoint_health_and_automatic_disabling(store, node).await;
+    statistics_add_up_roll_up_and_expire(store).await;
     idempotent_answers_expire(store).await;
     deleting_an_app_removes_everything(store, node).await;
     sources_and_inbound_dedupe(store).await;
@@ -623,4 +624,77 @@ async fn deleting_an_app_removes_everything(store: &dyn Store, node: i64) {
     store.delete_app(&a.id).await.unwrap();
     assert_eq!(store.get_message(&a.id, &p.message.id).await, Err(StoreError::NotFound));
     assert!(!claim_all(store, node, 7_002).await.iter().any(|d| d.app_id == a.id));
+}
+
+fn stat(scope: &str, app_id: &str, bucket: UnixMs, succeeded: u64, failed: u64, slow_ms: u64) -> StatRow {
+    let mut counts = StatCounts::default();
+    (0..succeeded).for_each(|_| counts.record_attempt(true, 40));
+    (0..failed).for_each(|_| counts.record_attempt(false, slow_ms));
+    StatRow { scope: scope.into(), app_id: app_id.into(), width_ms: MINUTE_MS, bucket, counts }
+}
+
+async fn statistics_add_up_roll_up_and_expire(store: &dyn Store) {
+    const DAY: UnixMs = 24 * HOUR_MS;
+    let t0 = 400 * DAY;
+    let a = store.create_app(app(t0, None)).await.unwrap();
+    let e1 = store.create_endpoint(endpoint(&a.id, t0)).await.unwrap();
+    let e2 = store.create_endpoint(endpoint(&a.id, t0)).await.unwrap();
+    let source = "src_0000000000000000000000";
+    store
+        .add_stats(vec![
+            stat(&e1.id, &a.id, t0, 3, 1, 2_000),
+            stat(&e1.id, &a.id, t0 + MINUTE_MS, 0, 2, 20_000),
+            stat(&e2.id, &a.id, t0, 5, 0, 0),
+            stat(source, &a.id, t0, 1, 0, 0),
+            stat(&e1.id, &a.id, t0 - 100 * DAY, 7, 0, 0),
+        ])
+        .await
+        .unwrap();
+    // Adding to an existing bucket sums into it.
+    store.add_stats(vec![stat(&e1.id, &a.id, t0, 1, 1, 60)]).await.unwrap();
+    let e1_rows = store.stats_of(StatScope::One(&e1.id), t0, t0 + HOUR_MS).await.unwrap();
+    assert_eq!(e1_rows.len(), 2);
+    assert_eq!((e1_rows[0].bucket, e1_rows[0].counts.succeeded, e1_rows[0].counts.failed), (t0, 4, 2));
+    assert_eq!(e1_rows[0].counts.latency, [4, 1, 0, 0, 0, 1, 0, 0], "40 ms ×4, 60 ms, 2 s");
+    assert_eq!(e1_rows[1].counts.latency[7], 2, "over 10 s lands in the last bucket");
+    let app_rows = store.stats_of(StatScope::EndpointsOf(&a.id), t0, t0 + HOUR_MS).await.unwrap();
+    let mut scopes: Vec<&str> = app_rows.iter().map(|r| r.scope.as_str()).collect();
+    scopes.sort();
+    let mut expected = vec![e1.id.as_str(), e1.id.as_str(), e2.id.as_str()];
+    expected.sort();
+    assert_eq!(scopes, expected, "an application's series holds its endpoints, not its sources");
+    assert_eq!(store.stats_of(StatScope::One(source), t0, t0 + 1).await.unwrap()[0].counts.succeeded, 1);
+
+    // Minutes older than the cut roll up into their hours, a few rows at a time; rows older
+    // than the retention go.
+    let mut handled = 0;
+    loop {
+        let n = store.roll_up_stats(t0 + HOUR_MS, t0 - 90 * DAY, 2).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        handled += n;
+    }
+    assert_eq!(handled, 5 + 1, "five minute rows rolled up, one old hour row dropped");
+    let hours = store.stats_of(StatScope::One(&e1.id), 0, t0 + HOUR_MS).await.unwrap();
+    assert_eq!(hours.len(), 1, "{hours:?}");
+    let hour = &hours[0];
+    assert_eq!((hour.width_ms, hour.bucket, hour.counts.succeeded, hour.counts.failed), (HOUR_MS, t0, 4, 4));
+    assert_eq!(hour.counts.latency, [4, 1, 0, 0, 0, 1, 0, 2]);
+    assert_eq!(hour.app_id, a.id);
+    let e2_hour = store.stats_of(StatScope::One(&e2.id), t0, t0 + HOUR_MS).await.unwrap();
+    assert_eq!((e2_hour.len(), e2_hour[0].width_ms, e2_hour[0].counts.succeeded), (1, HOUR_MS, 5));
+
+    // Deliveries by state, for messages created in the range.
+    let p = publish(&a.id, &[&e1.id], None, t0 + 5);
+    store.publish(p).await.unwrap();
+    let counts = store.delivery_counts(&e1.id, t0, t0 + 10).await.unwrap();
+    assert_eq!(counts, vec![(DeliveryState::Pending, 1)]);
+    assert!(store.delivery_counts(&e1.id, t0 + 10, t0 + 20).await.unwrap().is_empty());
+    assert!(store.delivery_counts(&e2.id, t0, t0 + 10).await.unwrap().is_empty());
+
+    // An application's statistics go with it.
+    store.delete_app(&a.id).await.unwrap();
+    assert!(store.stats_of(StatScope::EndpointsOf(&a.id), 0, UnixMs::MAX).await.unwrap().is_empty());
+    assert!(store.stats_of(StatScope::One(source), 0, UnixMs::MAX).await.unwrap().is_empty());
 }

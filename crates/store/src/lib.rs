@@ -156,6 +156,24 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets provider event ids first seen before `before` (the dedupe window).
     async fn purge_inbound_keys(&self, before: UnixMs) -> StoreResult<usize>;
 
+    // Statistics.
+    /// Adds each row's counters to its bucket (creating it). At most one row per
+    /// (scope, width, bucket) in one call.
+    async fn add_stats(&self, rows: Vec<StatRow>) -> StoreResult<()>;
+    /// The rows of `scope` whose buckets start in `[since, until)`, oldest first.
+    async fn stats_of(&self, scope: StatScope<'_>, since: UnixMs, until: UnixMs) -> StoreResult<Vec<StatRow>>;
+    /// Rolls up to `limit` minute rows older than `minutes_before` into hour rows, and
+    /// deletes up to `limit` rows older than `drop_before`. Returns how many rows it
+    /// rolled up or deleted: the caller repeats until that is 0.
+    async fn roll_up_stats(&self, minutes_before: UnixMs, drop_before: UnixMs, limit: usize) -> StoreResult<usize>;
+    /// The deliveries to an endpoint of messages created in `[since, until)`, by state.
+    async fn delivery_counts(
+        &self,
+        endpoint_id: &str,
+        since: UnixMs,
+        until: UnixMs,
+    ) -> StoreResult<Vec<(hookline_core::delivery::DeliveryState, u64)>>;
+
     // Idempotency and tokens.
     async fn idempotent_response(&self, key: &str, since: UnixMs) -> StoreResult<Option<IdempotentResponse>>;
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()>;

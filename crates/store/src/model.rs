@@ -316,3 +316,102 @@ pub enum Change {
     /// Notifications may have been missed (a reconnect): forget every cached thing.
     Flush,
 }
+
+pub const MINUTE_MS: i64 = 60_000;
+pub const HOUR_MS: i64 = 3_600_000;
+/// Upper bounds (ms) of the latency histogram's buckets; a last bucket holds the slower.
+pub const LATENCY_BOUNDS_MS: [u64; 7] = [50, 100, 250, 500, 1_000, 2_500, 10_000];
+pub const LATENCY_BUCKETS: usize = LATENCY_BOUNDS_MS.len() + 1;
+
+/// Counters of one scope (an endpoint, or an inbound source) over one bucket of time.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatCounts {
+    /// Attempts that delivered, and attempts that failed.
+    pub succeeded: u64,
+    pub failed: u64,
+    /// Attempts by duration: bucket `i` holds those up to `LATENCY_BOUNDS_MS[i]`.
+    pub latency: [u64; LATENCY_BUCKETS],
+    /// Requests to an inbound source: stored, refused (signature, replay, limits), and
+    /// answered as duplicates.
+    pub accepted: u64,
+    pub refused: u64,
+    pub duplicate: u64,
+}
+
+impl StatCounts {
+    pub fn record_attempt(&mut self, ok: bool, duration_ms: u64) {
+        if ok {
+            self.succeeded += 1;
+        } else {
+            self.failed += 1;
+        }
+        let bucket =
+            LATENCY_BOUNDS_MS.iter().position(|bound| duration_ms <= *bound).unwrap_or(LATENCY_BOUNDS_MS.len());
+        self.latency[bucket] += 1;
+    }
+
+    pub fn add(&mut self, other: &StatCounts) {
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        for (mine, theirs) in self.latency.iter_mut().zip(other.latency) {
+            *mine += theirs;
+        }
+        self.accepted += other.accepted;
+        self.refused += other.refused;
+        self.duplicate += other.duplicate;
+    }
+
+    /// The latency under which a share `q` of the attempts finished, as the upper bound of
+    /// its histogram bucket (`None` with no attempts; the last bound for the slowest bucket).
+    pub fn latency_quantile_ms(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.latency.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((q * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (i, n) in self.latency.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return Some(LATENCY_BOUNDS_MS[i.min(LATENCY_BOUNDS_MS.len() - 1)]);
+            }
+        }
+        LATENCY_BOUNDS_MS.last().copied()
+    }
+
+    /// The counters in the order of `columns::STAT_COLUMNS` after its key columns.
+    pub fn in_column_order(&self) -> impl Iterator<Item = u64> + '_ {
+        [self.succeeded, self.failed].into_iter().chain(self.latency).chain([
+            self.accepted,
+            self.refused,
+            self.duplicate,
+        ])
+    }
+
+    pub fn from_column_order(c: [u64; crate::columns::STAT_COUNTERS]) -> StatCounts {
+        let mut latency = [0; LATENCY_BUCKETS];
+        latency.copy_from_slice(&c[2..2 + LATENCY_BUCKETS]);
+        StatCounts { succeeded: c[0], failed: c[1], latency, accepted: c[10], refused: c[11], duplicate: c[12] }
+    }
+}
+
+/// One scope's counters over one bucket: a minute (`MINUTE_MS`) or, after roll-up, an hour.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatRow {
+    /// An endpoint id or an inbound source id.
+    pub scope: String,
+    pub app_id: String,
+    pub width_ms: i64,
+    /// The bucket's start.
+    pub bucket: UnixMs,
+    pub counts: StatCounts,
+}
+
+/// Which statistics rows a read takes.
+#[derive(Clone, Copy, Debug)]
+pub enum StatScope<'a> {
+    /// One endpoint's or one source's.
+    One(&'a str),
+    /// Those of every endpoint of an application.
+    EndpointsOf(&'a str),
+}

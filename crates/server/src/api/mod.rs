@@ -10,6 +10,7 @@ mod operational;
 mod ops;
 pub mod route;
 mod sources;
+mod stats;
 mod views;
 
 use crate::clock::Clock;
@@ -92,6 +93,7 @@ pub fn routes() -> Vec<route::Route> {
         messages::routes(),
         sources::routes(),
         sources::ingest_routes(),
+        stats::routes(),
     ];
     groups.into_iter().flatten().collect()
 }
@@ -202,7 +204,9 @@ async fn confine(state: &AppState, own_app: &str, method: &Method, path: &str) -
     if path.starts_with("/api/v1/event-type") {
         return if method == Method::GET { Ok(()) } else { Err(ApiError::Forbidden) };
     }
-    let Some(rest) = path.strip_prefix("/api/v1/app/") else { return Err(ApiError::Forbidden) };
+    // An application's own statistics, as its endpoints' (`/api/v1/stats/app/{app}/…`).
+    let rest = path.strip_prefix("/api/v1/app/").or_else(|| path.strip_prefix("/api/v1/stats/app/"));
+    let Some(rest) = rest else { return Err(ApiError::Forbidden) };
     let (key, below) = rest.split_once('/').unwrap_or((rest, ""));
     let app = state.engine.catalog.app(key).await.map_err(ApiError::from_store("application"))?;
     if app.id != own_app {
@@ -489,6 +493,17 @@ pub struct ListQuery {
     pub get_if_exists: Option<bool>,
 }
 
+/// An optional RFC 3339 time from a query parameter.
+pub fn query_time(name: &str, value: &Option<String>) -> ApiResult<Option<UnixMs>> {
+    value
+        .as_deref()
+        .map(|t| {
+            crate::wire::parse_timestamp(t)
+                .ok_or_else(|| ApiError::BadRequest(format!("{name} must be an RFC 3339 time")))
+        })
+        .transpose()
+}
+
 impl ListQuery {
     pub fn page(&self, newest_first_by_default: bool) -> ApiResult<Page> {
         let descending = match self.order.as_deref() {
@@ -504,20 +519,11 @@ impl ListQuery {
     }
 
     pub fn filter(&self) -> ApiResult<hookline_store::ListFilter> {
-        let time = |name: &str, value: &Option<String>| -> ApiResult<Option<UnixMs>> {
-            value
-                .as_deref()
-                .map(|t| {
-                    crate::wire::parse_timestamp(t)
-                        .ok_or_else(|| ApiError::BadRequest(format!("{name} must be an RFC 3339 time")))
-                })
-                .transpose()
-        };
         let status = self
             .status
             .map(|code| {
                 hookline_core::delivery::DeliveryState::from_code(code)
-                    .ok_or_else(|| ApiError::BadRequest("status must be 0 to 4".into()))
+                    .ok_or_else(|| ApiError::BadRequest("status must be 0 to 5".into()))
             })
             .transpose()?;
         Ok(hookline_store::ListFilter {
@@ -527,8 +533,8 @@ impl ListQuery {
                 .as_ref()
                 .map(|t| t.split(',').map(str::to_owned).filter(|s| !s.is_empty()).collect()),
             channel: self.channel.clone(),
-            before: time("before", &self.before)?,
-            after: time("after", &self.after)?,
+            before: query_time("before", &self.before)?,
+            after: query_time("after", &self.after)?,
         })
     }
 }
@@ -622,7 +628,14 @@ pub fn check_email(field: &str, email: &str) -> ApiResult<()> {
     };
     let ok = email.len() <= crate::wire::EMAIL_BYTES_MAX
         && email.split_once('@').is_some_and(|(local, domain)| {
-            local.split('.').all(atom) && domain.split('.').count() >= 2 && domain.split('.').all(label)
+            let atoms: Vec<&str> = local.split('.').collect();
+            let short = |(i, a): (usize, &&str)| a.len() <= if i == 0 { 21 } else { 20 };
+            let sized = match atoms.len() {
+                1 => local.len() <= 64,
+                2 | 3 => atoms.iter().enumerate().all(short),
+                _ => false,
+            };
+            sized && atoms.iter().all(|a| atom(a)) && domain.split('.').count() >= 2 && domain.split('.').all(label)
         })
         && email.parse::<lettre::Address>().is_ok();
     ok.then_some(())
@@ -640,7 +653,39 @@ pub fn check_name(field: &str, name: &str) -> ApiResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::json_depth;
+    use super::{check_email, json_depth};
+
+    #[test]
+    fn email_addresses_are_what_the_documented_pattern_says_and_smtp_takes() {
+        let long_run = "a".repeat(64);
+        let accepted = [
+            "ops@example.com".to_owned(),
+            "first.last+alerts@pay-ments.example.co".into(),
+            format!("{long_run}@example.com"),
+            format!("{}.{}.{}@example.com", "a".repeat(21), "b".repeat(20), "c".repeat(20)),
+            "x@3.m.LRk-CyTsX.4".into(),
+        ];
+        for email in &accepted {
+            assert!(check_email("alertEmail", email).is_ok(), "{email}");
+            assert!(email.parse::<lettre::Address>().is_ok(), "lettre takes {email}");
+        }
+        let refused = [
+            format!("{long_run}a@example.com"),
+            format!("{}.b@example.com", "a".repeat(22)),
+            "a.b.c.d@example.com".into(),
+            "a..b@example.com".into(),
+            ".a@example.com".into(),
+            "ops@localhost".into(),
+            "ops@-example.com".into(),
+            "ops@example..com".into(),
+            "o ps@example.com".into(),
+            // Found by schemathesis: a schema-valid address once, and over SMTP's 64 bytes.
+            "hFs2L-OJW9.TXLt6ID.5SS.Y6zkQ-YFCOaaWle7d-.XT.ffCF5.99HLPkefVAn0eGZ._oXHb.00g9@3.m.LRk-CyTsX.4".into(),
+        ];
+        for email in &refused {
+            assert!(check_email("alertEmail", email).is_err(), "{email}");
+        }
+    }
 
     #[test]
     fn depth_counts_brackets_outside_strings_only() {

@@ -8,6 +8,7 @@ use super::route::{tagged, Route};
 use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
 use crate::error::{ApiError, ApiResult};
 use crate::metrics as m;
+use crate::stats::Inbound;
 use crate::wire::*;
 use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
@@ -176,7 +177,7 @@ async fn list(state: Shared, QueryParams(query): QueryParams<ListQuery>) -> ApiR
     Ok(Json(listed(sources, |s| s.id.clone(), |s| view(&state, s))))
 }
 
-async fn find(state: &AppState, key: &str) -> ApiResult<Source> {
+pub async fn find(state: &AppState, key: &str) -> ApiResult<Source> {
     state.store.get_source(key).await.map_err(ApiError::from_store("source"))
 }
 
@@ -293,12 +294,20 @@ async fn rejections(state: Shared, PathParams(key): PathParams<String>) -> ApiRe
     Ok(Json(log.get(&source.id).map(|l| l.iter().cloned().collect()).unwrap_or_default()))
 }
 
-fn count(source: &str, outcome: &'static str) {
-    metrics::counter!(m::INBOUND, "source" => source.to_owned(), "outcome" => outcome).increment(1);
+/// Counts an answered request in the metrics and in the source's statistics (`filtered`
+/// counts as accepted there: the request was good, its event type unwanted).
+fn count(state: &AppState, source: &Source, outcome: &'static str) {
+    metrics::counter!(m::INBOUND, "source" => source.id.clone(), "outcome" => outcome).increment(1);
+    let kind = match outcome {
+        "accepted" | "filtered" => Inbound::Accepted,
+        "duplicate" => Inbound::Duplicate,
+        _ => Inbound::Refused,
+    };
+    state.engine.stats.inbound(&source.id, &source.app_id, kind, state.now());
 }
 
 fn reject(state: &AppState, source: &Source, rejection: Rejection, body_bytes: usize) -> ApiError {
-    count(&source.id, rejection.code());
+    count(state, source, rejection.code());
     let mut log = state.rejections.lock().expect("rejections lock");
     let entries = log.entry(source.id.clone()).or_default();
     entries.push_back(RejectionOut {
@@ -344,7 +353,7 @@ async fn ingest(
     let source = state.engine.catalog.source(&key).await.map_err(ApiError::from_store("source"))?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            count(&source.id, "oversized");
+            count(&state, &source, "oversized");
             ApiError::PayloadTooLarge(state.config.api.body_bytes_max)
         } else {
             ApiError::BadRequest(rejection.body_text())
@@ -358,7 +367,7 @@ async fn ingest(
         .map_err(|rejection| reject(&state, &source, rejection, body.len()))?;
     let event_type = verified.event_type.clone().unwrap_or_else(|| format!("{}.event", preset_name(&source)));
     if source.event_types.as_ref().is_some_and(|accepted| !accepted.contains(&event_type)) {
-        count(&source.id, "filtered");
+        count(&state, &source, "filtered");
         return Ok(Json(IngestOut { status: "filtered", message_id: None }));
     }
     let endpoints = state.engine.catalog.endpoints(&source.app_id).await.map_err(ApiError::from_store("endpoint"))?;
@@ -381,11 +390,11 @@ async fn ingest(
     let dedupe = verified.event_id.map(|id| (source.id.clone(), id));
     match state.engine.commit(&message, deliveries, None, dedupe).await.map_err(ApiError::from_store("message"))? {
         PublishOutcome::Created => {
-            count(&source.id, "accepted");
+            count(&state, &source, "accepted");
             Ok(Json(IngestOut { status: "accepted", message_id: Some(message.id.clone()) }))
         }
         PublishOutcome::Duplicate(existing) => {
-            count(&source.id, "duplicate");
+            count(&state, &source, "duplicate");
             Ok(Json(IngestOut { status: "duplicate", message_id: Some(existing.id) }))
         }
     }

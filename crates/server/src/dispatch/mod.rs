@@ -90,6 +90,8 @@ pub struct Engine {
     stopping: watch::Sender<bool>,
     /// Sends alert emails, when an SMTP server is configured.
     mailer: Option<Arc<crate::alerts::Mailer>>,
+    /// Counts attempts per endpoint and source per minute, written in the background.
+    pub stats: Arc<crate::stats::Recorder>,
     in_flight: AtomicUsize,
     idle: Notify,
     jitter: Mutex<rand::rngs::StdRng>,
@@ -203,6 +205,7 @@ impl Engine {
             endpoint_lanes: Mutex::default(),
             stopping: watch::channel(false).0,
             mailer,
+            stats: Arc::default(),
             in_flight: AtomicUsize::new(0),
             idle: Notify::new(),
             jitter: Mutex::new(jitter),
@@ -210,6 +213,7 @@ impl Engine {
         tokio::spawn(engine.clone().schedule(receiver));
         tokio::spawn(engine.clone().heartbeat(lease));
         tokio::spawn(engine.clone().claim_loop());
+        tokio::spawn(engine.stats.clone().flush_loop(engine.store.clone()));
         Ok(engine)
     }
 
@@ -272,6 +276,7 @@ impl Engine {
                 "shutdown grace elapsed; unfinished deliveries resume at next start"
             );
         }
+        self.stats.flush(self.store.as_ref()).await;
         // Everything this node still holds is free for the other nodes at once.
         if let Err(e) = self.store.retire_node(self.token()).await {
             tracing::warn!(error = %e, "could not retire this node's lease; its claims free up when it expires");
@@ -579,6 +584,11 @@ impl Engine {
             self.catalog.invalidate(&d.app_id);
         }
         observe(lane, state, class, sent.as_ref(), message.created_at, now);
+        if let (Some(sent), Some(endpoint_id)) = (&sent, &target.endpoint_id) {
+            let ok = state == DeliveryState::Delivered;
+            let source = message.source_id.as_deref();
+            self.stats.attempt(endpoint_id, source, &d.app_id, ok, sent.duration_ms, now);
+        }
         if let (Some(_), Some(endpoint)) = (&sent, &target.endpoint) {
             for notice in attempt_notices(&target.app, endpoint, message, &attempt, d.attempts, state, recorded) {
                 self.notify(&target.app, notice).await;

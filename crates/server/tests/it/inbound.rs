@@ -22,7 +22,7 @@ struct Vector {
     event_id: Option<String>,
 }
 
-async fn post_in(gw: &Gateway, path: &str, headers: &[(String, String)], body: &str) -> (u16, Value) {
+pub async fn post_in(gw: &Gateway, path: &str, headers: &[(String, String)], body: &str) -> (u16, Value) {
     let mut request = gw.http.post(format!("{}{path}", gw.url)).body(body.to_owned());
     for (k, v) in headers {
         request = request.header(k.as_str(), v.as_str());
@@ -32,7 +32,7 @@ async fn post_in(gw: &Gateway, path: &str, headers: &[(String, String)], body: &
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
-async fn source(gw: &Gateway, app: &str, preset: &str, secrets: Value, config: Value) -> Value {
+pub async fn source(gw: &Gateway, app: &str, preset: &str, secrets: Value, config: Value) -> Value {
     gw.ok(
         "POST",
         "/api/v1/source",
@@ -102,7 +102,7 @@ async fn every_preset_vector_is_accepted_or_refused_over_http() {
     gw.stop().await;
 }
 
-fn stripe_request(secret: &str, body: &str, now_s: i64) -> Vec<(String, String)> {
+pub fn stripe_request(secret: &str, body: &str, now_s: i64) -> Vec<(String, String)> {
     vec![
         ("stripe-signature".into(), stripe_header(&[secret], now_s, body.as_bytes())),
         ("content-type".into(), "application/json; charset=utf-8".into()),

@@ -7,3 +7,4 @@ mod inbound;
 mod operational;
 mod retention;
 mod signing;
+mod statistics;

@@ -12,6 +12,7 @@ mod resources;
 mod rows;
 mod schema;
 pub mod scratch;
+mod stats;
 
 use crate::sealed::{Sealer, KEY_BYTES};
 use crate::*;
@@ -427,6 +428,23 @@ impl Store for PgStore {
     }
     async fn purge_messages(&self, created_before: UnixMs, now: UnixMs, limit: usize) -> StoreResult<usize> {
         in_tx!(self, |tx| queue::purge_messages(&tx, created_before, now, limit))
+    }
+    async fn add_stats(&self, rows: Vec<StatRow>) -> StoreResult<()> {
+        self.on(&self.relaxed, |c| async move { stats::add(&c, &rows).await }).await
+    }
+    async fn stats_of(&self, scope: StatScope<'_>, since: UnixMs, until: UnixMs) -> StoreResult<Vec<StatRow>> {
+        on_conn!(self, |c| stats::of(&c, scope, since, until))
+    }
+    async fn roll_up_stats(&self, minutes_before: UnixMs, drop_before: UnixMs, limit: usize) -> StoreResult<usize> {
+        on_conn!(self, |c| stats::roll_up(&c, minutes_before, drop_before, limit))
+    }
+    async fn delivery_counts(
+        &self,
+        endpoint_id: &str,
+        since: UnixMs,
+        until: UnixMs,
+    ) -> StoreResult<Vec<(hookline_core::delivery::DeliveryState, u64)>> {
+        on_conn!(self, |c| stats::delivery_counts(&c, endpoint_id, since, until))
     }
     async fn purge_inbound_keys(&self, before: UnixMs) -> StoreResult<usize> {
         on_conn!(self, |c| async {

@@ -163,6 +163,22 @@ ALTER TABLE endpoints ADD COLUMN fail_since BIGINT;
 -- Where alert emails about an application's endpoints go.
 ALTER TABLE apps ADD COLUMN alert_email TEXT;
 "#,
+    r#"
+-- Statistics: counters per endpoint or inbound source per minute (hours after a day).
+CREATE TABLE stats (
+    scope TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    width_ms BIGINT NOT NULL,
+    bucket BIGINT NOT NULL,
+    succeeded BIGINT NOT NULL, failed BIGINT NOT NULL,
+    l0 BIGINT NOT NULL, l1 BIGINT NOT NULL, l2 BIGINT NOT NULL, l3 BIGINT NOT NULL,
+    l4 BIGINT NOT NULL, l5 BIGINT NOT NULL, l6 BIGINT NOT NULL, l7 BIGINT NOT NULL,
+    accepted BIGINT NOT NULL, refused BIGINT NOT NULL, duplicate BIGINT NOT NULL,
+    PRIMARY KEY (scope, width_ms, bucket)
+);
+CREATE INDEX stats_by_app ON stats (app_id, bucket);
+CREATE INDEX stats_by_age ON stats (width_ms, bucket);
+"#,
 ];
 
 /// Applies every migration the database lacks, one node at a time; returns the version

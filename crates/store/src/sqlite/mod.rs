@@ -6,6 +6,7 @@ mod queue;
 mod resources;
 mod rows;
 mod schema;
+mod stats;
 
 use crate::sealed::{Sealer, KEY_BYTES};
 use crate::*;
@@ -561,6 +562,33 @@ impl Store for SqliteStore {
     }
     async fn purge_inbound_keys(&self, before: UnixMs) -> StoreResult<usize> {
         self.write(move |c| queue::purge_inbound_keys(c, before)).await
+    }
+
+    async fn add_stats(&self, rows: Vec<StatRow>) -> StoreResult<()> {
+        self.write_in(Lane::Background, move |c| stats::add(c, &rows)).await
+    }
+    async fn stats_of(&self, scope: StatScope<'_>, since: UnixMs, until: UnixMs) -> StoreResult<Vec<StatRow>> {
+        let scope = match scope {
+            StatScope::One(id) => (true, id.to_owned()),
+            StatScope::EndpointsOf(app_id) => (false, app_id.to_owned()),
+        };
+        self.read(move |c| {
+            let scope = if scope.0 { StatScope::One(&scope.1) } else { StatScope::EndpointsOf(&scope.1) };
+            stats::of(c, scope, since, until)
+        })
+        .await
+    }
+    async fn roll_up_stats(&self, minutes_before: UnixMs, drop_before: UnixMs, limit: usize) -> StoreResult<usize> {
+        self.write_in(Lane::Background, move |c| stats::roll_up(c, minutes_before, drop_before, limit)).await
+    }
+    async fn delivery_counts(
+        &self,
+        endpoint_id: &str,
+        since: UnixMs,
+        until: UnixMs,
+    ) -> StoreResult<Vec<(hookline_core::delivery::DeliveryState, u64)>> {
+        let endpoint_id = endpoint_id.to_owned();
+        self.read(move |c| stats::delivery_counts(c, &endpoint_id, since, until)).await
     }
 
     async fn idempotent_response(&self, key: &str, since: UnixMs) -> StoreResult<Option<IdempotentResponse>> {

@@ -207,6 +207,22 @@ ALTER TABLE endpoints ADD COLUMN fail_since INTEGER;
 -- Where alert emails about an application's endpoints go.
 ALTER TABLE apps ADD COLUMN alert_email TEXT;
 "#,
+    r#"
+-- Statistics: counters per endpoint or inbound source per minute (hours after a day).
+CREATE TABLE stats (
+    scope TEXT NOT NULL,
+    app_id TEXT NOT NULL,
+    width_ms INTEGER NOT NULL,
+    bucket INTEGER NOT NULL,
+    succeeded INTEGER NOT NULL, failed INTEGER NOT NULL,
+    l0 INTEGER NOT NULL, l1 INTEGER NOT NULL, l2 INTEGER NOT NULL, l3 INTEGER NOT NULL,
+    l4 INTEGER NOT NULL, l5 INTEGER NOT NULL, l6 INTEGER NOT NULL, l7 INTEGER NOT NULL,
+    accepted INTEGER NOT NULL, refused INTEGER NOT NULL, duplicate INTEGER NOT NULL,
+    PRIMARY KEY (scope, width_ms, bucket)
+);
+CREATE INDEX stats_by_app ON stats (app_id, bucket);
+CREATE INDEX stats_by_age ON stats (width_ms, bucket);
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
