@@ -455,3 +455,142 @@ async fn a_rate_limit_holds_across_nodes() {
     assert!(busiest <= 55, "{busiest} deliveries in one second to an endpoint limited to 50/s");
     assert_eq!(times.len(), MESSAGES, "nothing dropped, nothing twice");
 }
+
+/// What an ordering receiver saw: per key the events it accepted in order, requests that
+/// came out of order, and the most requests of one key it had in flight at once.
+#[derive(Default)]
+struct Lanes {
+    accepted: HashMap<String, Vec<u64>>,
+    out_of_order: Vec<String>,
+    attempts: HashMap<(String, u64), u32>,
+    in_flight: HashMap<String, Vec<u64>>,
+    /// Requests that came while another of their key was in flight: `key: n beside [m]`.
+    overlaps: Vec<String>,
+}
+
+struct InFlight {
+    lanes: Arc<std::sync::Mutex<Lanes>>,
+    key: String,
+    n: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.lanes.lock().unwrap();
+        let in_flight = s.in_flight.get_mut(&self.key).unwrap();
+        let at = in_flight.iter().position(|m| *m == self.n).unwrap();
+        in_flight.remove(at);
+    }
+}
+
+/// An endpoint that fails about 30% of requests (a hash of key, event and attempt) and
+/// checks that each key's requests come one at a time and in order. A repeat of the event
+/// it accepted last is a redelivery (at least once), not a breach.
+async fn ordering_sink() -> (String, Arc<std::sync::Mutex<Lanes>>) {
+    use std::hash::{Hash, Hasher};
+    let lanes: Arc<std::sync::Mutex<Lanes>> = Arc::default();
+    let state = lanes.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let state = state.clone();
+        async move {
+            let event: Value = serde_json::from_slice(&body).unwrap();
+            let (key, n) = (event["key"].as_str().unwrap().to_owned(), event["n"].as_u64().unwrap());
+            let fail = {
+                let mut s = state.lock().unwrap();
+                let in_flight = s.in_flight.entry(key.clone()).or_default();
+                let overlap = (!in_flight.is_empty()).then(|| format!("{key}: {n} beside {in_flight:?}"));
+                in_flight.push(n);
+                s.overlaps.extend(overlap);
+                let attempt = s.attempts.entry((key.clone(), n)).or_default();
+                *attempt += 1;
+                let mut hasher = std::collections::hash_map::DefaultHasher::new();
+                (&key, n, *attempt).hash(&mut hasher);
+                hasher.finish() % 10 < 3
+            };
+            // Leaves the in-flight list however the request ends: answered, or dropped
+            // when the node sending it is killed.
+            let done = InFlight { lanes: state.clone(), key: key.clone(), n };
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            drop(done);
+            let mut s = state.lock().unwrap();
+            let accepted = s.accepted.get(&key).map_or(0, |a| a.len() as u64);
+            if n + 1 == accepted {
+                return axum::http::StatusCode::NO_CONTENT; // a redelivery of the last one
+            }
+            if n != accepted {
+                s.out_of_order.push(format!("{key}: got {n}, expected {accepted}"));
+            }
+            if fail {
+                return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            }
+            s.accepted.entry(key).or_default().push(n);
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, lanes)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_holds_across_nodes_and_a_killed_node() {
+    const KEYS: usize = 200;
+    const EVENTS: u64 = 10;
+    let database = hookline_store::postgres::scratch::fresh_database().await.unwrap();
+    let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|name| start_node(&database, name, &[])).collect();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    for node in &nodes {
+        node.process.wait_healthy(&http).await;
+    }
+    let urls: Vec<String> = nodes.iter().map(|n| n.process.url.clone()).collect();
+    let (hook, lanes) = ordering_sink().await;
+    let policy = json!({"delaysMs": vec![100; 40]});
+    create_all(
+        &http,
+        &urls[0],
+        TOKEN,
+        &[
+            ("/api/v1/app", json!({"name": "m", "uid": "m"})),
+            ("/api/v1/app/m/endpoint", json!({"url": hook, "retryPolicy": policy})),
+        ],
+    )
+    .await;
+    let delivered = || lanes.lock().unwrap().accepted.values().map(Vec::len).sum::<usize>();
+
+    // Round n publishes event n of every key, spread over the nodes, and is acknowledged
+    // whole before round n + 1: each key's events are published in order. Node b dies
+    // after the third round; its share of later rounds goes to the others.
+    for n in 0..EVENTS {
+        if n == 3 {
+            until_none_missing(support::PATIENCE, "deliveries before the kill", || usize::from(delivered() < KEYS))
+                .await;
+            nodes[1].process.kill9();
+        }
+        let mut round = tokio::task::JoinSet::new();
+        for k in 0..KEYS {
+            let live: Vec<&String> =
+                urls.iter().enumerate().filter(|(i, _)| n < 3 || *i != 1).map(|(_, u)| u).collect();
+            let url = live[k % live.len()].clone();
+            let http = http.clone();
+            round.spawn(async move {
+                let key = format!("pay_{k}");
+                let body = json!({"eventType": "payment.updated", "orderingKey": key, "payload": {"key": key, "n": n}});
+                let sent = http.post(format!("{url}/api/v1/app/m/msg")).bearer_auth(TOKEN).json(&body).send().await;
+                sent.map(|r| r.status().as_u16()).unwrap_or(0)
+            });
+        }
+        while let Some(status) = round.join_next().await {
+            assert_eq!(status.unwrap(), 202, "every publish to a live node is acknowledged");
+        }
+    }
+    let total = KEYS * EVENTS as usize;
+    until_none_missing(support::PATIENCE * 3, "events not delivered", || total - delivered()).await;
+    let lanes = lanes.lock().unwrap();
+    let shown = &lanes.out_of_order[..lanes.out_of_order.len().min(10)];
+    assert!(lanes.out_of_order.is_empty(), "out of order: {shown:?}");
+    for (key, accepted) in &lanes.accepted {
+        assert_eq!(accepted, &(0..EVENTS).collect::<Vec<_>>(), "{key}");
+    }
+    assert!(lanes.overlaps.is_empty(), "never two requests of one key at once: {:?}", lanes.overlaps);
+}

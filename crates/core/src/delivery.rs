@@ -1,6 +1,8 @@
 //! Delivery states. The numbers are Svix's `MessageStatus` codes, so the API can show
 //! them unchanged: `Pending → Sending → Delivered | Pending(next_at) | Exhausted`; `Skipped`
-//! (5) is ours: published to a disabled endpoint, kept until a recover sends it.
+//! (5) is ours: published to a disabled endpoint (or skipped by an operator), kept until a
+//! recover sends it; so is `Waiting` (6): behind an earlier delivery with the same ordering
+//! key, made `Pending` when that one is done.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum DeliveryState {
@@ -10,8 +12,11 @@ pub enum DeliveryState {
     Exhausted = 2,
     Sending = 3,
     Canceled = 4,
-    /// Published while its endpoint was disabled: never attempted, sent by a recover.
+    /// Published while its endpoint was disabled, or skipped by an operator: not attempted
+    /// (again) unless a recover sends it.
     Skipped = 5,
+    /// Behind the open delivery of its ordering key to the same endpoint.
+    Waiting = 6,
 }
 
 impl DeliveryState {
@@ -27,6 +32,7 @@ impl DeliveryState {
             3 => DeliveryState::Sending,
             4 => DeliveryState::Canceled,
             5 => DeliveryState::Skipped,
+            6 => DeliveryState::Waiting,
             _ => return None,
         })
     }
@@ -40,6 +46,7 @@ impl DeliveryState {
             DeliveryState::Sending => "sending",
             DeliveryState::Canceled => "canceled",
             DeliveryState::Skipped => "skipped",
+            DeliveryState::Waiting => "waiting",
         }
     }
 

@@ -126,6 +126,16 @@ async fn retain(state: &AppState, now: i64) {
         tracing::info!(deleted, "deleted messages past retention");
     }
     roll_up_stats(store, now, batch).await;
+    // Lanes whose head was made due by nobody (a node died between a commit and the
+    // promotion after it, or the head's message was deleted) move on here.
+    match store.promote_lanes(None, now).await {
+        Ok(0) => {}
+        Ok(moved) => {
+            tracing::info!(moved, "made the heads of stalled ordering lanes due");
+            state.engine.wake();
+        }
+        Err(e) => tracing::warn!(error = %e, "could not sweep the ordering lanes"),
+    }
 }
 
 /// Minute statistics are kept for a day, then summed into hours.

@@ -146,6 +146,19 @@ pub struct EndpointIn {
     pub signature_scheme: Option<SignatureScheme>,
     #[serde(default, deserialize_with = "exact::object_option")]
     pub retry_policy: Option<RetryPolicy>,
+    /// Hookline's: `fifo` delivers everything sent to this endpoint strictly in publish
+    /// order, each delivery waiting until the one before it is done.
+    pub ordering: Option<EndpointOrdering>,
+}
+
+/// How an endpoint orders its deliveries: `none` (messages with an `orderingKey` still
+/// keep their key's order) or `fifo` (everything in publish order).
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointOrdering {
+    #[default]
+    None,
+    Fifo,
 }
 
 #[derive(Deserialize, Default, JsonSchema)]
@@ -176,6 +189,7 @@ pub struct EndpointPatch {
     pub signature_scheme: Option<SignatureScheme>,
     #[serde(default, deserialize_with = "exact::object_present")]
     pub retry_policy: Option<Option<RetryPolicy>>,
+    pub ordering: Option<EndpointOrdering>,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -199,6 +213,7 @@ pub struct EndpointOut {
     pub updated_at: String,
     /// Hookline's: whether the endpoint's latest attempts succeed.
     pub health: EndpointHealth,
+    pub ordering: EndpointOrdering,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -459,7 +474,16 @@ pub struct MessageIn {
     #[serde(default, deserialize_with = "exact::integer_option")]
     #[schemars(range(min = 1, max = RETENTION_DAYS_MAX * 24))]
     pub payload_retention_hours: Option<i64>,
+    /// Hookline's: messages with one key (a payment, order or subscription id) reach each
+    /// endpoint in publish order, each waiting until the one before it succeeded, was
+    /// exhausted or was skipped. Visible ASCII, at most 256.
+    #[schemars(length(min = 1, max = ORDERING_KEY_BYTES_MAX), regex(pattern = ORDERING_KEY_PATTERN))]
+    pub ordering_key: Option<String>,
 }
+
+/// Ordering keys: visible ASCII (so characters are bytes), 1 to 256.
+pub const ORDERING_KEY_PATTERN: &str = "^[!-~]+$";
+pub const ORDERING_KEY_BYTES_MAX: usize = 256;
 
 /// Event types and event ids: no control characters at all.
 pub const PRINTABLE_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
@@ -481,6 +505,7 @@ pub struct MessageOut {
     pub timestamp: String,
     pub deliver_at: Option<String>,
     pub callback_url: Option<String>,
+    pub ordering_key: Option<String>,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -771,4 +796,43 @@ pub struct SourceSeriesOut {
     pub period: &'static str,
     pub start_date: String,
     pub end_date: String,
+}
+
+/// An endpoint's ordering lanes: the deliveries of one key (or of a FIFO endpoint) wait
+/// behind the open one.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderingOut {
+    pub data: Vec<OrderingLaneOut>,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderingLaneOut {
+    /// The ordering key (`""`: a FIFO endpoint's one lane).
+    pub key: String,
+    /// The delivery the others wait for (being attempted, or waiting for its retry); null
+    /// when none is open.
+    pub head: Option<OrderingHeadOut>,
+    /// How many deliveries wait behind it.
+    pub waiting: u64,
+}
+
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderingHeadOut {
+    pub msg_id: String,
+    pub status: i64,
+    pub status_text: &'static str,
+    /// Attempts made so far in this retry cycle.
+    pub attempts: u32,
+    pub next_attempt: Option<String>,
+}
+
+/// A delivery's state after an operator's call.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeliveryStatusOut {
+    pub status: i64,
+    pub status_text: &'static str,
 }

@@ -19,15 +19,15 @@ pub const EVENT_TYPE_COLUMNS: &str =
 
 pub const ENDPOINT_COLUMNS: &str =
     "id, app_id, uid, url, description, disabled, event_types, channels, throttle_rate, \
-     metadata, headers, secrets, signature_scheme, retry_policy, created_at, updated_at, fail_since";
+     metadata, headers, secrets, signature_scheme, retry_policy, created_at, updated_at, fail_since, fifo";
 
 pub const MESSAGE_COLUMNS: &str = "id, app_id, event_id, event_type, payload, channels, tags, callback_url, \
-     deliver_at, source_id, headers, retain_until, created_at";
+     deliver_at, source_id, headers, retain_until, created_at, ordering_key";
 
 pub const SOURCE_COLUMNS: &str = "id, uid, name, app_id, preset, secrets, event_types, config, created_at, updated_at";
 
 pub const DELIVERY_COLUMNS: &str =
-    "id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger, updated_at";
+    "id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger, updated_at, order_key";
 
 pub const ATTEMPT_COLUMNS: &str = "id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, \
      duration_ms, error_class, state, trigger, created_at";

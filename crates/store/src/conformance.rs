@@ -46,6 +46,7 @@ pub fn endpoint(app_id: &str, now: UnixMs) -> Endpoint {
         created_at: now,
         updated_at: now,
         fail_since: None,
+        fifo: false,
     }
 }
 
@@ -64,6 +65,7 @@ pub fn publish(app_id: &str, endpoint_ids: &[&str], event_id: Option<&str>, now:
         source_id: None,
         headers: None,
         retain_until: None,
+        ordering_key: None,
         created_at: now,
     };
     let deliveries = endpoint_ids
@@ -91,6 +93,7 @@ pub async fn run_all(store: &dyn Store) {
     resend_and_recover_restart_deliveries(store, node).await;
     endpoint_health_and_automatic_disabling(store, node).await;
     statistics_add_up_roll_up_and_expire(store).await;
+    ordering_lanes_hold_later_deliveries_back(store, node).await;
     idempotent_answers_expire(store).await;
     deleting_an_app_removes_everything(store, node).await;
     sources_and_inbound_dedupe(store).await;
@@ -697,4 +700,150 @@ async fn statistics_add_up_roll_up_and_expire(store: &dyn Store) {
     store.delete_app(&a.id).await.unwrap();
     assert!(store.stats_of(StatScope::EndpointsOf(&a.id), 0, UnixMs::MAX).await.unwrap().is_empty());
     assert!(store.stats_of(StatScope::One(source), 0, UnixMs::MAX).await.unwrap().is_empty());
+}
+
+/// A publish to `ep` in the lane `key` (as the engine routes it: waiting).
+fn ordered(app_id: &str, ep: &str, key: &str, now: UnixMs) -> Publish {
+    let mut p = publish(app_id, &[ep], None, now);
+    std::sync::Arc::get_mut(&mut p.message).unwrap().ordering_key = Some(key.into());
+    for d in &mut p.deliveries {
+        d.order_key = Some(key.into());
+        d.state = DeliveryState::Waiting;
+        d.next_at = None;
+    }
+    p
+}
+
+async fn state_of(store: &dyn Store, p: &Publish) -> DeliveryState {
+    store.get_delivery(&p.message.id, &p.deliveries[0].id).await.unwrap().state
+}
+
+/// Ends a claimed delivery's attempt in `state` (a retry later when `Pending`).
+async fn finish(store: &dyn Store, node: i64, p: &Publish, state: DeliveryState, now: UnixMs) -> Recorded {
+    let d = &p.deliveries[0];
+    let record = AttemptRecord {
+        attempt: Attempt {
+            id: id(prefix::ATTEMPT, now),
+            msg_id: d.msg_id.clone(),
+            app_id: d.app_id.clone(),
+            delivery_id: d.id.clone(),
+            endpoint_id: d.endpoint_id.clone(),
+            url: "https://merchant.example/hooks".into(),
+            status_code: if state == DeliveryState::Delivered { 200 } else { 500 },
+            response: String::new(),
+            duration_ms: 5,
+            error_class: None,
+            state: if state == DeliveryState::Delivered { state } else { DeliveryState::Exhausted },
+            trigger: Trigger::Scheduled,
+            created_at: now,
+        },
+        state,
+        next_at: (state == DeliveryState::Pending).then_some(now + 1_000_000),
+        first_attempt_at: now,
+        disable_endpoint: false,
+        disable_after_ms: 0,
+        claim: node,
+        keep_claim: false,
+    };
+    store.record_attempt(record).await.unwrap()
+}
+
+async fn ordering_lanes_hold_later_deliveries_back(store: &dyn Store, node: i64) {
+    use DeliveryState::{Delivered, Exhausted, Pending, Skipped, Waiting};
+    let t = 50_000_000;
+    let a = store.create_app(app(t, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, t)).await.unwrap();
+    let fifo = store.create_endpoint(Endpoint { fifo: true, ..endpoint(&a.id, t) }).await.unwrap();
+    assert!(store.get_endpoint(&a.id, &fifo.id).await.unwrap().fifo);
+    let p1 = ordered(&a.id, &ep.id, "pay_1", t + 1);
+    let p2 = ordered(&a.id, &ep.id, "pay_1", t + 2);
+    let p3 = ordered(&a.id, &ep.id, "pay_1", t + 3);
+    let other = ordered(&a.id, &ep.id, "pay_2", t + 4);
+    let free = publish(&a.id, &[&ep.id], None, t + 5);
+    for p in [&p1, &p2, &p3, &other, &free] {
+        assert!(matches!(store.publish(p.clone()).await.unwrap(), PublishOutcome::Created));
+    }
+    let stored = store.get_message(&a.id, &p1.message.id).await.unwrap();
+    assert_eq!(stored.ordering_key.as_deref(), Some("pay_1"));
+    // Each lane's first delivery is due; the rest of a lane waits; other lanes and
+    // messages without a key never wait.
+    assert_eq!(
+        [state_of(store, &p1).await, state_of(store, &p2).await, state_of(store, &p3).await],
+        [Pending, Waiting, Waiting]
+    );
+    assert_eq!(state_of(store, &other).await, Pending);
+    let claimed: Vec<String> =
+        claim_all(store, node, t + 10).await.into_iter().filter(|d| d.app_id == a.id).map(|d| d.msg_id).collect();
+    let mut expected = vec![p1.message.id.clone(), other.message.id.clone(), free.message.id.clone()];
+    expected.sort();
+    let mut claimed_sorted = claimed.clone();
+    claimed_sorted.sort();
+    assert_eq!(claimed_sorted, expected, "only the heads and the unordered message are claimed");
+    let lanes = store.ordering_lanes(&ep.id, None, 10).await.unwrap();
+    assert_eq!(lanes.len(), 1, "only pay_1 has deliveries waiting: {lanes:?}");
+    assert_eq!((lanes[0].key.as_str(), lanes[0].waiting), ("pay_1", 2));
+    assert_eq!(lanes[0].head.as_ref().map(|d| d.msg_id.as_str()), Some(p1.message.id.as_str()));
+
+    // A failed attempt with a retry to come keeps the lane; a success moves it on.
+    finish(store, node, &p1, Pending, t + 11).await;
+    assert_eq!(store.promote_lanes(Some(vec![(ep.id.clone(), "pay_1".into())]), t + 12).await.unwrap(), 0);
+    assert_eq!(state_of(store, &p2).await, Waiting);
+    let retry = claim_all(store, node, t + 2_000_000).await;
+    assert!(retry.iter().any(|d| d.msg_id == p1.message.id), "the head is retried");
+    finish(store, node, &p1, Delivered, t + 13).await;
+    assert_eq!(store.promote_lanes(Some(vec![(ep.id.clone(), "pay_1".into())]), t + 14).await.unwrap(), 1);
+    let p2_now = store.get_delivery(&p2.message.id, &p2.deliveries[0].id).await.unwrap();
+    assert_eq!((p2_now.state, p2_now.next_at), (Pending, Some(t + 14)));
+    assert_eq!(state_of(store, &p3).await, Waiting);
+    // Promoting again does nothing: the lane has its open delivery.
+    assert_eq!(store.promote_lanes(None, t + 15).await.unwrap(), 0);
+
+    // An exhausted head lets the next go, too.
+    assert!(claim_all(store, node, t + 20).await.iter().any(|d| d.msg_id == p2.message.id));
+    finish(store, node, &p2, Exhausted, t + 21).await;
+    assert_eq!(store.promote_lanes(None, t + 22).await.unwrap(), 1, "the sweep finds the lane");
+    assert_eq!(state_of(store, &p3).await, Pending);
+
+    // An operator skips the head: the one behind it goes ahead.
+    let p4 = ordered(&a.id, &ep.id, "pay_1", t + 30);
+    store.publish(p4.clone()).await.unwrap();
+    assert_eq!(state_of(store, &p4).await, Waiting);
+    let skipped = store.skip_delivery(&a.id, &p3.message.id, &ep.id, t + 31).await.unwrap();
+    assert_eq!(skipped.state, Skipped);
+    assert_eq!(state_of(store, &p4).await, Pending, "skipping the head moves the lane on");
+    let done = store.skip_delivery(&a.id, &p1.message.id, &ep.id, t + 32).await.unwrap();
+    assert_eq!(done.state, Delivered, "a delivery already done is left as it is");
+
+    // Recovering the exhausted and the skipped ones puts them back in the lane at their
+    // places: they wait behind the open head, then go before the later ones.
+    let recovered = store.recover(&a.id, &ep.id, t, t + 100, t + 40).await.unwrap();
+    assert_eq!(recovered.len(), 2, "{recovered:?}");
+    assert_eq!([state_of(store, &p2).await, state_of(store, &p3).await], [Waiting, Waiting]);
+    let lane = store.ordering_lanes(&ep.id, Some("pay_1"), 10).await.unwrap();
+    assert_eq!(lane[0].waiting, 2);
+    assert_eq!(lane[0].head.as_ref().map(|d| d.msg_id.as_str()), Some(p4.message.id.as_str()));
+    assert!(claim_all(store, node, t + 41).await.iter().any(|d| d.msg_id == p4.message.id));
+    finish(store, node, &p4, Delivered, t + 42).await;
+    store.promote_lanes(None, t + 43).await.unwrap();
+    assert_eq!([state_of(store, &p2).await, state_of(store, &p3).await], [Pending, Waiting], "p2 was published first");
+
+    // A resend of a delivered message waits in its lane too.
+    let resent = store.resend(&a.id, &p1.message.id, &ep.id, id(prefix::DELIVERY, t), t + 44, node).await.unwrap();
+    assert_eq!((resent.state, resent.order_key.as_deref()), (Waiting, Some("pay_1")));
+
+    // A FIFO endpoint orders every message, keyed or not, in one lane.
+    let f1 = publish(&a.id, &[&fifo.id], None, t + 50);
+    let f2 = publish(&a.id, &[&fifo.id], None, t + 51);
+    for p in [&f1, &f2] {
+        let mut p = p.clone();
+        for d in &mut p.deliveries {
+            d.order_key = Some(String::new());
+            d.state = Waiting;
+            d.next_at = None;
+        }
+        store.publish(p).await.unwrap();
+    }
+    assert_eq!([state_of(store, &f1).await, state_of(store, &f2).await], [Pending, Waiting]);
+    let fifo_lane = store.ordering_lanes(&fifo.id, Some(""), 10).await.unwrap();
+    assert_eq!((fifo_lane[0].key.as_str(), fifo_lane[0].waiting), ("", 1));
 }

@@ -124,6 +124,22 @@ pub trait Store: Send + Sync + 'static {
         until: UnixMs,
         now: UnixMs,
     ) -> StoreResult<Vec<Delivery>>;
+    /// Makes the first waiting delivery of each lane `(endpoint_id, key)` due at `now` when
+    /// the lane has no open delivery (`None`: every lane with waiting deliveries). Returns
+    /// how many it made due.
+    async fn promote_lanes(&self, lanes: Option<Vec<(String, String)>>, now: UnixMs) -> StoreResult<usize>;
+    /// Skips the delivery of a message to an endpoint: an open or waiting one becomes
+    /// `Skipped` (never attempted again unless recovered) and the next in its lane is made
+    /// due. One already done is returned unchanged.
+    async fn skip_delivery(&self, app_id: &str, msg_id: &str, endpoint_id: &str, now: UnixMs) -> StoreResult<Delivery>;
+    /// An endpoint's ordering lanes with waiting deliveries, most first (at most `limit`),
+    /// or the one lane `key`; each with its open head.
+    async fn ordering_lanes(
+        &self,
+        endpoint_id: &str,
+        key: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<OrderingLane>>;
     async fn deliveries_of_message(&self, app_id: &str, msg_id: &str, page: Page) -> StoreResult<Listed<DeliveryView>>;
     async fn deliveries_of_endpoint(
         &self,

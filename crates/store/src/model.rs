@@ -68,6 +68,8 @@ pub struct Endpoint {
     /// last attempt succeeded, or none failed). Kept by `record_attempt`; cleared when an
     /// operator enables the endpoint.
     pub fail_since: Option<UnixMs>,
+    /// Every delivery to this endpoint waits for the one published before it.
+    pub fifo: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -90,6 +92,8 @@ pub struct Message {
     /// When the message may be deleted before the store-wide retention window ends
     /// (Svix's `payloadRetentionPeriod`); `None`: kept for the whole window.
     pub retain_until: Option<UnixMs>,
+    /// Deliveries of messages with one key reach each endpoint in publish order.
+    pub ordering_key: Option<String>,
     pub created_at: UnixMs,
 }
 
@@ -114,15 +118,26 @@ impl Delivery {
             first_attempt_at: None,
             trigger: Trigger::Scheduled,
             updated_at: now,
+            order_key: None,
         }
     }
 }
 
 impl Delivery {
     /// A new delivery of `message` to an endpoint that never had one, due at `now` as a
-    /// manual attempt (a resend).
-    pub fn resent(id: String, message: &Message, endpoint_id: String, now: UnixMs) -> Delivery {
-        Delivery { trigger: Trigger::Manual, ..Delivery::pending(id, message, Some(endpoint_id), now, now) }
+    /// manual attempt (a resend); an ordered one waits in its lane.
+    pub fn resent(id: String, message: &Message, endpoint: &Endpoint, now: UnixMs) -> Delivery {
+        let delivery = Delivery::pending(id, message, Some(endpoint.id.clone()), now, now);
+        match endpoint.lane_for(message) {
+            None => Delivery { trigger: Trigger::Manual, ..delivery },
+            lane => Delivery {
+                trigger: Trigger::Manual,
+                state: DeliveryState::Waiting,
+                next_at: None,
+                order_key: lane,
+                ..delivery
+            },
+        }
     }
 }
 
@@ -140,6 +155,9 @@ pub struct Delivery {
     pub first_attempt_at: Option<UnixMs>,
     pub trigger: Trigger,
     pub updated_at: UnixMs,
+    /// The ordering lane this delivery waits in at its endpoint: the message's ordering
+    /// key, or `""` for every delivery to a FIFO endpoint. `None`: never waits.
+    pub order_key: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -414,4 +432,26 @@ pub enum StatScope<'a> {
     One(&'a str),
     /// Those of every endpoint of an application.
     EndpointsOf(&'a str),
+}
+
+impl Endpoint {
+    /// The ordering lane a message's delivery to this endpoint waits in: every delivery to
+    /// a FIFO endpoint shares the lane `""`; otherwise the message's ordering key, if any.
+    pub fn lane_for(&self, message: &Message) -> Option<String> {
+        if self.fifo {
+            Some(String::new())
+        } else {
+            message.ordering_key.clone()
+        }
+    }
+}
+
+/// An ordering lane of an endpoint: its open delivery (the one the others wait for, if
+/// any) and how many wait behind it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OrderingLane {
+    /// The ordering key (`""` for a FIFO endpoint's one lane).
+    pub key: String,
+    pub head: Option<Delivery>,
+    pub waiting: u64,
 }

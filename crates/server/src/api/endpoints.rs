@@ -175,6 +175,7 @@ pub async fn create_endpoint(state: &AppState, app: &App, input: EndpointIn) -> 
         secrets: vec![StoredSecret { text: secret.as_str().to_owned(), expires_at: None }],
         signature_scheme: input.signature_scheme.unwrap_or_default(),
         retry_policy: input.retry_policy,
+        fifo: input.ordering == Some(EndpointOrdering::Fifo),
         created_at: now,
         updated_at: now,
         fail_since: None,
@@ -299,6 +300,7 @@ pub async fn upsert(
     }
     e.signature_scheme = input.signature_scheme.unwrap_or_default();
     e.retry_policy = input.retry_policy;
+    e.fifo = input.ordering == Some(EndpointOrdering::Fifo);
     Ok((StatusCode::OK, save(state, app, e, Change { url_changed, was_disabled, announce: true }).await?))
 }
 
@@ -337,6 +339,9 @@ async fn patch(
     }
     if let Some(scheme) = input.signature_scheme {
         e.signature_scheme = scheme;
+    }
+    if let Some(ordering) = input.ordering {
+        e.fifo = ordering == EndpointOrdering::Fifo;
     }
     if let Some(policy) = input.retry_policy {
         e.retry_policy = policy;

@@ -74,6 +74,12 @@ fn check(input: &MessageIn) -> ApiResult<()> {
     if let Some(id) = &input.event_id {
         super::check_text("eventId", id, Text::Printable, 1, NAME_CHARS_MAX)?;
     }
+    if let Some(key) = &input.ordering_key {
+        let visible = key.bytes().all(|b| b.is_ascii_graphic());
+        if key.is_empty() || key.len() > ORDERING_KEY_BYTES_MAX || !visible {
+            return Err(ApiError::field("orderingKey", "orderingKey must be 1 to 256 visible ASCII characters"));
+        }
+    }
     // Checked whether or not it is needed: an inline application that exists is not used.
     if let Some(app) = &input.application {
         super::apps::check(app)?;
@@ -146,6 +152,7 @@ async fn publish(
         source_id: None,
         headers: None,
         retain_until,
+        ordering_key: input.ordering_key,
         created_at: now,
     });
     let due_at = deliver_at.unwrap_or(now).max(now);
@@ -196,7 +203,7 @@ async fn list(
     Ok(Json(listed(messages, |m| m.id.clone(), |m| views::message(m, with_content))))
 }
 
-async fn find_message(state: &AppState, app_key: &str, msg_id: &str) -> ApiResult<(App, Message)> {
+pub async fn find_message(state: &AppState, app_key: &str, msg_id: &str) -> ApiResult<(App, Message)> {
     let app = find_app(state, app_key).await?;
     let message = state.store.get_message(&app.id, msg_id).await.map_err(ApiError::from_store("message"))?;
     Ok((app, message))
@@ -323,6 +330,10 @@ async fn resend(
             StoreError::NotFound => ApiError::NotFound("message or endpoint"),
             other => ApiError::from_store("message")(other),
         })?;
-    state.engine.enqueue(delivery, Some(Arc::new(message)), claim);
+    match delivery.order_key {
+        // An ordered delivery waits its turn in its lane; the store made the lane's head due.
+        Some(_) => state.engine.wake(),
+        None => state.engine.enqueue(delivery, Some(Arc::new(message)), claim),
+    }
     Ok((StatusCode::ACCEPTED, Json(EmptyOut {})))
 }

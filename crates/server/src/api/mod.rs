@@ -8,6 +8,7 @@ mod event_types;
 mod messages;
 mod operational;
 mod ops;
+mod ordering;
 pub mod route;
 mod sources;
 mod stats;
@@ -91,6 +92,7 @@ pub fn routes() -> Vec<route::Route> {
         operational::routes(),
         event_types::routes(),
         messages::routes(),
+        ordering::routes(),
         sources::routes(),
         sources::ingest_routes(),
         stats::routes(),
@@ -523,7 +525,7 @@ impl ListQuery {
             .status
             .map(|code| {
                 hookline_core::delivery::DeliveryState::from_code(code)
-                    .ok_or_else(|| ApiError::BadRequest("status must be 0 to 5".into()))
+                    .ok_or_else(|| ApiError::BadRequest("status must be 0 to 6".into()))
             })
             .transpose()?;
         Ok(hookline_store::ListFilter {
@@ -558,8 +560,8 @@ pub mod query {
     };
     pub const STATUS: QueryParam = QueryParam {
         name: "status",
-        description: "Only deliveries in this state: 0 success, 1 pending, 2 fail, 3 sending, 4 canceled, 5 skipped (published while the endpoint was disabled).",
-        schema: || json!({"type": "integer", "minimum": 0, "maximum": 5}),
+        description: "Only deliveries in this state: 0 success, 1 pending, 2 fail, 3 sending, 4 canceled, 5 skipped (published while the endpoint was disabled, or skipped by an operator), 6 waiting (behind an earlier delivery of its ordering key).",
+        schema: || json!({"type": "integer", "minimum": 0, "maximum": 6}),
     };
     pub const BEFORE: QueryParam = QueryParam {
         name: "before",

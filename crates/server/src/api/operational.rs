@@ -99,6 +99,7 @@ impl From<OperationalEndpointIn> for EndpointIn {
             headers: input.headers,
             signature_scheme: None,
             retry_policy: None,
+            ordering: None,
         }
     }
 }

@@ -384,6 +384,7 @@ async fn ingest(
         source_id: Some(source.id.clone()),
         headers: Some(forwarded_headers(&source, &method, &uri, &headers)),
         retain_until: None,
+        ordering_key: None,
         created_at: now,
     });
     let deliveries = state.engine.route(&endpoints, &message, now);

@@ -45,6 +45,7 @@ pub fn endpoint(e: Endpoint) -> EndpointOut {
             },
             fail_since: e.fail_since.map(timestamp),
         },
+        ordering: if e.fifo { EndpointOrdering::Fifo } else { EndpointOrdering::None },
     }
 }
 
@@ -97,6 +98,7 @@ pub fn message(m: Message, with_content: bool) -> MessageOut {
         timestamp: timestamp(m.created_at),
         deliver_at: m.deliver_at.map(timestamp),
         callback_url: m.callback_url,
+        ordering_key: m.ordering_key,
     }
 }
 

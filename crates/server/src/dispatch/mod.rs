@@ -494,6 +494,15 @@ impl Engine {
                 Err(_) => return self.retry_later(due),
             };
         }
+        // An ordered delivery is sent only while it is its lane's open one: an operator may
+        // have skipped it (and the next has gone ahead) while this node held it.
+        if due.delivery.order_key.is_some() {
+            match self.store.get_delivery(&due.delivery.msg_id, &due.delivery.id).await {
+                Ok(d) if matches!(d.state, DeliveryState::Pending | DeliveryState::Sending) => {}
+                Ok(_) | Err(StoreError::NotFound) => return,
+                Err(_) => return self.retry_later(due),
+            }
+        }
         if target.disabled {
             return self.finish(due, &turn.key, &target, &message, None).await;
         }
@@ -583,6 +592,9 @@ impl Engine {
         if recorded.disabled.is_some() {
             self.catalog.invalidate(&d.app_id);
         }
+        if let Some(lane) = publish::lane(d).filter(|_| state.is_final()) {
+            self.next_in_lane(lane, now).await;
+        }
         observe(lane, state, class, sent.as_ref(), message.created_at, now);
         if let (Some(sent), Some(endpoint_id)) = (&sent, &target.endpoint_id) {
             let ok = state == DeliveryState::Delivered;
@@ -603,6 +615,16 @@ impl Engine {
             delivery.trigger = Trigger::Scheduled;
             due.message = None;
             self.requeue(due);
+        }
+    }
+
+    /// Makes the next delivery of an ordering lane due after its head is done. If the store
+    /// cannot be written now, the leader's sweep of every lane does it later.
+    async fn next_in_lane(&self, lane: (String, String), now: UnixMs) {
+        match self.store.promote_lanes(Some(vec![lane]), now).await {
+            Ok(0) => {}
+            Ok(_) => self.wake(),
+            Err(e) => tracing::warn!(error = %e, "could not move an ordering lane on; the leader's sweep will"),
         }
     }
 

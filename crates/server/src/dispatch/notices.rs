@@ -160,6 +160,7 @@ impl Engine {
             source_id: None,
             headers: None,
             retain_until: None,
+            ordering_key: None,
             created_at: now,
         });
         let deliveries = self.route(&endpoints, &message, now);

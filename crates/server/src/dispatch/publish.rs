@@ -13,6 +13,8 @@ use std::sync::Arc;
 impl Engine {
     /// One delivery for each endpoint that takes the message: pending at `due_at` to an
     /// enabled endpoint; skipped to a disabled one, kept so that a recover sends it later.
+    /// A delivery in an ordering lane (the message's key, or a FIFO endpoint) waits: the
+    /// store makes each lane's head due once the delivery before it is done.
     pub fn route(&self, endpoints: &[Arc<Endpoint>], message: &Message, due_at: UnixMs) -> Vec<Delivery> {
         let now = self.clock.now_ms();
         endpoints
@@ -24,9 +26,11 @@ impl Engine {
             .map(|e| {
                 let delivery =
                     Delivery::pending(crate::new_id(prefix::DELIVERY, now), message, Some(e.id.clone()), due_at, now);
-                match e.disabled {
-                    false => delivery,
-                    true => Delivery { state: DeliveryState::Skipped, next_at: None, ..delivery },
+                let delivery = Delivery { order_key: e.lane_for(message), ..delivery };
+                match (e.disabled, &delivery.order_key) {
+                    (true, _) => Delivery { state: DeliveryState::Skipped, next_at: None, ..delivery },
+                    (false, Some(_)) => Delivery { state: DeliveryState::Waiting, next_at: None, ..delivery },
+                    (false, None) => delivery,
                 }
             })
             .collect()
@@ -47,11 +51,26 @@ impl Engine {
         let claim = due_at.filter(|at| self.holds_at(*at)).map(|_| self.token());
         let publish = Publish { message: message.clone(), deliveries: deliveries.clone(), idempotency, dedupe, claim };
         let outcome = self.store.publish(publish).await?;
-        if let (PublishOutcome::Created, Some(claim)) = (&outcome, claim) {
-            for delivery in deliveries.into_iter().filter(|d| !d.state.is_final()) {
+        if !matches!(outcome, PublishOutcome::Created) {
+            return Ok(outcome);
+        }
+        // Ordered deliveries are not claimed at commit: the store made each lane's head due
+        // (if the lane had no open delivery), and whichever node claims next sends it.
+        let (ordered, free): (Vec<Delivery>, Vec<Delivery>) =
+            deliveries.into_iter().filter(|d| !d.state.is_final()).partition(|d| d.order_key.is_some());
+        if let Some(claim) = claim {
+            for delivery in free {
                 self.enqueue(delivery, Some(message.clone()), claim);
             }
         }
+        if !ordered.is_empty() {
+            self.wake();
+        }
         Ok(outcome)
     }
+}
+
+/// A delivery's ordering lane, `(endpoint_id, key)`.
+pub fn lane(d: &Delivery) -> Option<(String, String)> {
+    Some((d.endpoint_id.clone()?, d.order_key.clone()?))
 }

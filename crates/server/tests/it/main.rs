@@ -5,6 +5,7 @@ mod delivery;
 mod harness;
 mod inbound;
 mod operational;
+mod ordering;
 mod retention;
 mod signing;
 mod statistics;

@@ -290,10 +290,21 @@ impl Store for PgStore {
     }
 
     async fn publish(&self, publish: Publish) -> StoreResult<PublishOutcome> {
+        let lanes: Vec<(String, String)> =
+            publish.deliveries.iter().filter_map(|d| Some((d.endpoint_id.clone()?, d.order_key.clone()?))).collect();
+        let now = publish.message.created_at;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let lost = || StoreError::Unavailable("the publish writers stopped".into());
         self.publishes.send((publish, reply)).await.map_err(|_| lost())?;
-        answer.await.map_err(|_| lost())?
+        let outcome = answer.await.map_err(|_| lost())??;
+        // Each lane this publish added to gets a due head, if it had no open delivery. The
+        // message is committed already: if this fails, the leader's sweep does it later.
+        if matches!(outcome, PublishOutcome::Created) && !lanes.is_empty() {
+            if let Err(e) = on_conn!(self, |c| queue::promote_lanes(&c, Some(lanes), now)) {
+                tracing::warn!(error = %e, "could not make an ordering lane's head due; the sweep will");
+            }
+        }
+        Ok(outcome)
     }
     async fn get_message(&self, app_id: &str, key: Key<'_>) -> StoreResult<Message> {
         on_conn!(self, |c| queue::get_message(&c, app_id, key))
@@ -366,6 +377,20 @@ impl Store for PgStore {
             notify(&tx, &Change::Due).await?;
             Ok(recovered)
         })
+    }
+    async fn promote_lanes(&self, lanes: Option<Vec<(String, String)>>, now: UnixMs) -> StoreResult<usize> {
+        on_conn!(self, |c| queue::promote_lanes(&c, lanes, now))
+    }
+    async fn skip_delivery(&self, app_id: &str, msg_id: &str, endpoint_id: &str, now: UnixMs) -> StoreResult<Delivery> {
+        in_tx!(self, |tx| queue::skip(&tx, app_id, msg_id, endpoint_id, now))
+    }
+    async fn ordering_lanes(
+        &self,
+        endpoint_id: &str,
+        key: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<OrderingLane>> {
+        on_conn!(self, |c| queue::ordering_lanes(&c, endpoint_id, key, limit))
     }
     async fn deliveries_of_message(&self, app_id: &str, msg_id: &str, page: Page) -> StoreResult<Listed<DeliveryView>> {
         let listed = on_conn!(self, |c| queue::deliveries_of_message(&c, app_id, msg_id, &page))?;

@@ -102,9 +102,10 @@ async fn write(pool: &Pool, publishes: &[&Publish]) -> StoreResult<Vec<StoreResu
 const BATCH_SQL: &str = "\
 WITH pub AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::text[],
-        $8::text[], $9::int8[], $10::text[], $11::text[], $12::int8[], $13::int8[], $14::text[], $15::text[])
+        $8::text[], $9::int8[], $10::text[], $11::text[], $12::int8[], $13::int8[], $14::text[], $15::text[],
+        $33::text[])
     AS t(id, app_id, event_id, event_type, payload, channels, tags, callback_url, deliver_at, source_id, headers,
-        retain_until, created_at, dedupe_source, dedupe_key)
+        retain_until, created_at, dedupe_source, dedupe_key, ordering_key)
 ),
 keyed AS (
     INSERT INTO inbound_keys (source_id, event_key, msg_id, created_at)
@@ -115,19 +116,21 @@ keyed AS (
 ),
 inserted AS (
     INSERT INTO messages (id, app_id, event_id, event_type, payload, channels, tags, callback_url, deliver_at,
-        source_id, headers, retain_until, created_at)
+        source_id, headers, retain_until, created_at, ordering_key)
     SELECT id, app_id, event_id, event_type, payload, channels, tags, callback_url, deliver_at, source_id, headers,
-        retain_until, created_at
+        retain_until, created_at, ordering_key
     FROM pub WHERE dedupe_key IS NULL OR id IN (SELECT msg_id FROM keyed)
     ON CONFLICT (app_id, event_id) WHERE event_id IS NOT NULL DO NOTHING
     RETURNING id
 ),
 delivered AS (
     INSERT INTO deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger,
-        updated_at, claimed_by)
-    SELECT * FROM UNNEST($16::text[], $17::text[], $18::text[], $19::text[], $20::int8[], $21::int8[], $22::int8[],
-        $23::int8[], $24::int8[], $25::int8[], $26::int8[])
-    AS d(id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger, updated_at, claimed_by)
+        updated_at, claimed_by, order_key, order_seq)
+    SELECT d.*, CASE WHEN d.order_key IS NOT NULL THEN nextval('order_seq') END
+    FROM UNNEST($16::text[], $17::text[], $18::text[], $19::text[], $20::int8[], $21::int8[], $22::int8[],
+        $23::int8[], $24::int8[], $25::int8[], $26::int8[], $34::text[])
+    AS d(id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger, updated_at, claimed_by,
+        order_key)
     WHERE d.msg_id IN (SELECT id FROM inserted)
 ),
 remembered AS (
@@ -165,6 +168,7 @@ struct Columns<'a> {
     answer_created: Vec<i64>,
     answer_msg_ids: Vec<&'a str>,
     answer_fingerprints: Vec<&'a [u8]>,
+    ordering_keys: Vec<Option<&'a str>>,
 }
 
 impl<'a> Columns<'a> {
@@ -197,6 +201,7 @@ impl<'a> Columns<'a> {
             answer_created: answers.iter().map(|(a, _)| a.created_at).collect(),
             answer_msg_ids: answers.iter().map(|(_, msg_id)| *msg_id).collect(),
             answer_fingerprints: answers.iter().map(|(a, _)| &a.fingerprint[..]).collect(),
+            ordering_keys: messages().map(|m| m.ordering_key.as_deref()).collect(),
         }
     }
 
@@ -226,6 +231,8 @@ impl<'a> Columns<'a> {
             &self.answer_created,
             &self.answer_msg_ids,
             &self.answer_fingerprints,
+            &self.ordering_keys,
+            self.deliveries.order_keys(),
         ]);
         params
     }

@@ -54,6 +54,7 @@ pub struct DeliveryColumns<'a> {
     triggers: Vec<i64>,
     updated: Vec<i64>,
     claims: Vec<Option<i64>>,
+    order_keys: Vec<Option<&'a str>>,
 }
 
 impl<'a> DeliveryColumns<'a> {
@@ -70,8 +71,15 @@ impl<'a> DeliveryColumns<'a> {
             first: all().map(|d| d.first_attempt_at).collect(),
             triggers: all().map(|d| d.trigger as i64).collect(),
             updated: all().map(|d| d.updated_at).collect(),
-            claims: deliveries.iter().map(|(_, claim)| *claim).collect(),
+            // An ordered delivery is never claimed at commit: it waits for its lane's turn.
+            claims: deliveries.iter().map(|(d, claim)| claim.filter(|_| d.order_key.is_none())).collect(),
+            order_keys: all().map(|d| d.order_key.as_deref()).collect(),
         }
+    }
+
+    /// The deliveries' lanes (the array after `params`).
+    pub fn order_keys(&self) -> &(dyn ToSql + Sync) {
+        &self.order_keys
     }
 
     pub fn params(&self) -> [&(dyn ToSql + Sync); 11] {
@@ -96,10 +104,15 @@ async fn insert_deliveries(c: &impl GenericClient, deliveries: &[Delivery], clai
     let claimed: Vec<(&Delivery, Option<i64>)> = deliveries.iter().map(|d| (d, claim)).collect();
     let columns = DeliveryColumns::of(&claimed);
     let sql = "INSERT INTO deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, \
-               trigger, updated_at, claimed_by) \
-               SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
-               $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[])";
-    run(c, sql, &columns.params()).await.map(|_| ())
+               trigger, updated_at, claimed_by, order_key, order_seq) \
+               SELECT d.*, CASE WHEN d.order_key IS NOT NULL THEN nextval('order_seq') END \
+               FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[], \
+               $7::int8[], $8::int8[], $9::int8[], $10::int8[], $11::int8[], $12::text[]) \
+               AS d(id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger, \
+               updated_at, claimed_by, order_key)";
+    let mut params = columns.params().to_vec();
+    params.push(columns.order_keys());
+    run(c, sql, &params).await.map(|_| ())
 }
 
 pub async fn get_message(c: &impl GenericClient, app_id: &str, key: &str) -> StoreResult<Message> {
@@ -191,8 +204,11 @@ pub async fn get_delivery(c: &impl GenericClient, msg_id: &str, id: &str) -> Sto
 }
 
 /// Restarting a delivery: due now, a fresh retry cycle, marked manual, claimed by `$2`.
-const RESTART: &str = "state = 1, next_at = $1, attempts = 0, first_attempt_at = NULL, trigger = 1, \
-     updated_at = $1, claimed_by = $2";
+/// An ordered one goes back to waiting in its lane (at its old place), and the lane's head
+/// is made due after.
+const RESTART: &str = "state = CASE WHEN order_key IS NULL THEN 1 ELSE 6 END, \
+     next_at = CASE WHEN order_key IS NULL THEN $1::int8 END, attempts = 0, first_attempt_at = NULL, trigger = 1, \
+     updated_at = $1, claimed_by = CASE WHEN order_key IS NULL THEN $2::int8 END";
 
 pub async fn resend(
     c: &impl GenericClient,
@@ -209,12 +225,21 @@ pub async fn resend(
         "UPDATE deliveries SET {RESTART} WHERE msg_id = $3 AND endpoint_id = $4 RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
-    if let Some(delivery) = absent(one(c, &sql, &[&now, &claim, &message.id, &endpoint.id], rows::delivery).await)? {
-        return Ok(delivery);
+    let delivery = match absent(one(c, &sql, &[&now, &claim, &message.id, &endpoint.id], rows::delivery).await)? {
+        Some(delivery) => delivery,
+        None => {
+            let delivery = Delivery::resent(new_id.to_owned(), &message, &endpoint, now);
+            insert_deliveries(c, std::slice::from_ref(&delivery), Some(claim)).await?;
+            delivery
+        }
+    };
+    match &delivery.order_key {
+        None => Ok(delivery),
+        Some(key) => {
+            promote_lane(c, &endpoint.id, key, now).await?;
+            get_delivery(c, &delivery.msg_id, &delivery.id).await
+        }
     }
-    let delivery = Delivery::resent(new_id.to_owned(), &message, endpoint.id, now);
-    insert_deliveries(c, std::slice::from_ref(&delivery), Some(claim)).await?;
-    Ok(delivery)
 }
 
 pub async fn recover(
@@ -232,7 +257,119 @@ pub async fn recover(
         rows::DELIVERY_COLUMNS
     );
     let found = c.query(&sql, &[&now, &None::<i64>, &endpoint.id, &app_id, &since, &until]).await.map_err(pg_error)?;
-    rows::all(&found, rows::delivery)
+    let recovered = rows::all(&found, rows::delivery)?;
+    let lanes: std::collections::BTreeSet<&str> = recovered.iter().filter_map(|d| d.order_key.as_deref()).collect();
+    for key in lanes {
+        promote_lane(c, &endpoint.id, key, now).await?;
+    }
+    Ok(recovered)
+}
+
+/// Makes the first waiting delivery of a lane due at `now`, if the lane has no open one.
+/// Two nodes promoting one lane at once pick the same row (the first waiting one, seen
+/// from either snapshot); `state = 6` is checked again on the row's newest version, so
+/// only one of them changes it.
+pub async fn promote_lane(c: &impl GenericClient, endpoint_id: &str, key: &str, now: i64) -> StoreResult<bool> {
+    let sql = "UPDATE deliveries SET state = 1, next_at = $3, updated_at = $3, claimed_by = NULL \
+               WHERE state = 6 AND (msg_id, id) IN ( \
+                   SELECT w.msg_id, w.id FROM deliveries w \
+                   WHERE w.endpoint_id = $1 AND w.order_key = $2 AND w.state = 6 \
+                   AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.endpoint_id = $1 AND o.order_key = $2 \
+                       AND o.order_key IS NOT NULL AND o.state IN (1, 3)) \
+                   ORDER BY w.order_seq LIMIT 1)";
+    Ok(run(c, sql, &[&endpoint_id, &key, &now]).await? == 1)
+}
+
+/// Promotes the head of each lane given, or of every lane with waiting deliveries.
+pub async fn promote_lanes(
+    c: &impl GenericClient,
+    lanes: Option<Vec<(String, String)>>,
+    now: i64,
+) -> StoreResult<usize> {
+    let lanes = match lanes {
+        Some(lanes) => lanes,
+        None => {
+            let found = c
+                .query("SELECT DISTINCT endpoint_id, order_key FROM deliveries WHERE state = 6", &[])
+                .await
+                .map_err(pg_error)?;
+            found
+                .iter()
+                .map(|r| Ok((r.try_get(0).map_err(pg_error)?, r.try_get(1).map_err(pg_error)?)))
+                .collect::<StoreResult<Vec<(String, String)>>>()?
+        }
+    };
+    let mut promoted = 0;
+    for (endpoint_id, key) in &lanes {
+        promoted += usize::from(promote_lane(c, endpoint_id, key, now).await?);
+    }
+    Ok(promoted)
+}
+
+/// Skips the delivery of a message to an endpoint (see `sqlite::queue::skip`).
+pub async fn skip(
+    c: &impl GenericClient,
+    app_id: &str,
+    msg_id: &str,
+    endpoint_id: &str,
+    now: i64,
+) -> StoreResult<Delivery> {
+    let message = get_message(c, app_id, msg_id).await?;
+    let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
+    let sql = format!(
+        "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = $3 \
+         WHERE msg_id = $1 AND endpoint_id = $2 AND state IN (1, 3, 6) RETURNING {}",
+        rows::DELIVERY_COLUMNS
+    );
+    match absent(one(c, &sql, &[&message.id, &endpoint.id, &now], rows::delivery).await)? {
+        Some(delivery) => {
+            if let Some(key) = &delivery.order_key {
+                promote_lane(c, &endpoint.id, key, now).await?;
+            }
+            Ok(delivery)
+        }
+        None => {
+            let sql =
+                format!("SELECT {} FROM deliveries WHERE msg_id = $1 AND endpoint_id = $2", rows::DELIVERY_COLUMNS);
+            one(c, &sql, &[&message.id, &endpoint.id], rows::delivery).await
+        }
+    }
+}
+
+/// An endpoint's lanes with waiting deliveries, or the one lane `key`, with their heads.
+pub async fn ordering_lanes(
+    c: &impl GenericClient,
+    endpoint_id: &str,
+    key: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<OrderingLane>> {
+    let lanes: Vec<(String, u64)> = match key {
+        Some(key) => {
+            let sql = "SELECT count(*) FROM deliveries WHERE endpoint_id = $1 AND order_key = $2 AND state = 6";
+            let waiting: i64 = one(c, sql, &[&endpoint_id, &key], |r| r.try_get(0).map_err(pg_error)).await?;
+            vec![(key.to_owned(), waiting as u64)]
+        }
+        None => {
+            let sql = "SELECT order_key, count(*) FROM deliveries WHERE endpoint_id = $1 AND state = 6 \
+                       GROUP BY order_key ORDER BY count(*) DESC, order_key LIMIT $2";
+            let found = c.query(sql, &[&endpoint_id, &(limit as i64)]).await.map_err(pg_error)?;
+            found
+                .iter()
+                .map(|r| Ok((r.try_get(0).map_err(pg_error)?, r.try_get::<_, i64>(1).map_err(pg_error)? as u64)))
+                .collect::<StoreResult<_>>()?
+        }
+    };
+    let head_sql = format!(
+        "SELECT {} FROM deliveries WHERE endpoint_id = $1 AND order_key = $2 AND order_key IS NOT NULL \
+         AND state IN (1, 3) LIMIT 1",
+        rows::DELIVERY_COLUMNS
+    );
+    let mut out = Vec::with_capacity(lanes.len());
+    for (key, waiting) in lanes {
+        let head = absent(one(c, &head_sql, &[&endpoint_id, &key], rows::delivery).await)?;
+        out.push(OrderingLane { key, head, waiting });
+    }
+    Ok(out)
 }
 
 async fn view(c: &impl GenericClient, delivery: Delivery, with_endpoint: bool) -> StoreResult<DeliveryView> {

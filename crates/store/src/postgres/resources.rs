@@ -163,7 +163,7 @@ async fn put_endpoint(c: &impl GenericClient, e: &Endpoint, upsert: bool) -> Sto
     if upsert {
         sql.push_str(&format!(" ON CONFLICT (id) DO UPDATE SET {}", excluded(rows::ENDPOINT_COLUMNS)));
     }
-    let params: [&(dyn ToSql + Sync); 17] = [
+    let params: [&(dyn ToSql + Sync); 18] = [
         &e.id,
         &e.app_id,
         &e.uid,
@@ -181,6 +181,7 @@ async fn put_endpoint(c: &impl GenericClient, e: &Endpoint, upsert: bool) -> Sto
         &e.created_at,
         &e.updated_at,
         &e.fail_since,
+        &e.fifo,
     ];
     run(c, &sql, &params).await.map(|_| ())
 }

@@ -81,6 +81,7 @@ pub fn endpoint(row: &Row) -> StoreResult<Endpoint> {
         created_at: get(row, 14)?,
         updated_at: get(row, 15)?,
         fail_since: get(row, 16)?,
+        fifo: get(row, 17)?,
     })
 }
 
@@ -99,6 +100,7 @@ pub fn message(row: &Row) -> StoreResult<Message> {
         headers: from_opt_json(get(row, 10)?)?,
         retain_until: get(row, 11)?,
         created_at: get(row, 12)?,
+        ordering_key: get(row, 13)?,
     })
 }
 
@@ -129,6 +131,7 @@ pub fn delivery(row: &Row) -> StoreResult<Delivery> {
         first_attempt_at: get(row, 7)?,
         trigger: Trigger::from_code(get(row, 8)?),
         updated_at: get(row, 9)?,
+        order_key: get(row, 10)?,
     })
 }
 

@@ -179,6 +179,18 @@ CREATE TABLE stats (
 CREATE INDEX stats_by_app ON stats (app_id, bucket);
 CREATE INDEX stats_by_age ON stats (width_ms, bucket);
 "#,
+    r#"
+-- Ordering: a message's key, FIFO endpoints, and each ordered delivery's lane (endpoint,
+-- key) and place in it. A lane has at most one open delivery (1, 3); the rest wait (6).
+ALTER TABLE messages ADD COLUMN ordering_key TEXT;
+ALTER TABLE endpoints ADD COLUMN fifo BOOLEAN NOT NULL DEFAULT false;
+ALTER TABLE deliveries ADD COLUMN order_key TEXT;
+ALTER TABLE deliveries ADD COLUMN order_seq BIGINT;
+CREATE SEQUENCE order_seq;
+CREATE INDEX deliveries_lane_open ON deliveries (endpoint_id, order_key)
+    WHERE order_key IS NOT NULL AND state IN (1, 3);
+CREATE INDEX deliveries_waiting ON deliveries (endpoint_id, order_key, order_seq) WHERE state = 6;
+"#,
 ];
 
 /// Applies every migration the database lacks, one node at a time; returns the version

@@ -495,6 +495,22 @@ impl Store for SqliteStore {
         let (app_id, endpoint_id) = (app_id.to_owned(), endpoint_id.to_owned());
         self.write(move |c| queue::recover(c, &app_id, &endpoint_id, since, until, now)).await
     }
+    async fn promote_lanes(&self, lanes: Option<Vec<(String, String)>>, now: UnixMs) -> StoreResult<usize> {
+        self.write_in(Lane::Background, move |c| queue::promote_lanes(c, lanes.as_deref(), now)).await
+    }
+    async fn skip_delivery(&self, app_id: &str, msg_id: &str, endpoint_id: &str, now: UnixMs) -> StoreResult<Delivery> {
+        let (app_id, msg_id, endpoint_id) = (app_id.to_owned(), msg_id.to_owned(), endpoint_id.to_owned());
+        self.write(move |c| queue::skip(c, &app_id, &msg_id, &endpoint_id, now)).await
+    }
+    async fn ordering_lanes(
+        &self,
+        endpoint_id: &str,
+        key: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<OrderingLane>> {
+        let (endpoint_id, key) = (endpoint_id.to_owned(), key.map(str::to_owned));
+        self.read(move |c| queue::ordering_lanes(c, &endpoint_id, key.as_deref(), limit)).await
+    }
     async fn deliveries_of_message(&self, app_id: &str, msg_id: &str, page: Page) -> StoreResult<Listed<DeliveryView>> {
         let (app_id, msg_id) = (app_id.to_owned(), msg_id.to_owned());
         let listed = self.read(move |c| queue::deliveries_of_message(c, &app_id, &msg_id, &page)).await?;

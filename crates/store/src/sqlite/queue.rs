@@ -10,7 +10,46 @@ use hookline_core::UnixMs;
 use rusqlite::{params, Connection, OptionalExtension};
 
 const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, \
-     first_attempt_at, trigger, updated_at, claimed_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+     first_attempt_at, trigger, updated_at, claimed_by, order_key, order_seq) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
+/// The next place in the ordering lanes (one counter for all: only the order within a
+/// lane matters, and the single writer makes it the commit order).
+fn next_order_seq(conn: &Connection) -> StoreResult<i64> {
+    conn.prepare_cached("UPDATE order_seq SET value = value + 1 WHERE id = 1 RETURNING value")
+        .and_then(|mut s| s.query_row([], |r| r.get(0)))
+        .map_err(sql_error)
+}
+
+/// Inserts a delivery; an ordered one gets the next place in its lane and is never claimed
+/// at commit (it waits, and `promote_lanes` makes the head of each lane due).
+fn insert_delivery(conn: &Connection, d: &Delivery, claim: Option<i64>) -> StoreResult<()> {
+    let order_seq = match &d.order_key {
+        Some(_) => Some(next_order_seq(conn)?),
+        None => None,
+    };
+    let claim = if d.order_key.is_some() { None } else { claim };
+    conn.prepare_cached(INSERT_DELIVERY)
+        .and_then(|mut s| {
+            s.execute(params![
+                d.id,
+                d.msg_id,
+                d.app_id,
+                d.endpoint_id,
+                d.state.code(),
+                d.attempts,
+                d.next_at,
+                d.first_attempt_at,
+                d.trigger as i64,
+                d.updated_at,
+                claim,
+                d.order_key,
+                order_seq
+            ])
+        })
+        .map(|_| ())
+        .map_err(sql_error)
+}
 
 pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutcome> {
     let m = &publish.message;
@@ -40,7 +79,7 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
         }
     }
     let sql = format!(
-        "INSERT INTO messages ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        "INSERT INTO messages ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         rows::MESSAGE_COLUMNS
     );
     conn.prepare_cached(&sql)
@@ -58,27 +97,19 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
                 m.source_id,
                 rows::opt_json(&m.headers),
                 m.retain_until,
-                m.created_at
+                m.created_at,
+                m.ordering_key
             ])
         })
         .map_err(sql_error)?;
-    let mut insert = conn.prepare_cached(INSERT_DELIVERY).map_err(sql_error)?;
     for d in &publish.deliveries {
-        insert
-            .execute(params![
-                d.id,
-                d.msg_id,
-                d.app_id,
-                d.endpoint_id,
-                d.state.code(),
-                d.attempts,
-                d.next_at,
-                d.first_attempt_at,
-                d.trigger as i64,
-                d.updated_at,
-                publish.claim
-            ])
-            .map_err(sql_error)?;
+        insert_delivery(conn, d, publish.claim)?;
+    }
+    // Each lane this publish added to gets a due head, if it had no open delivery.
+    for d in &publish.deliveries {
+        if let (Some(endpoint_id), Some(key)) = (&d.endpoint_id, &d.order_key) {
+            promote_lane(conn, endpoint_id, key, d.updated_at)?;
+        }
     }
     if let Some(answer) = &publish.idempotency {
         save_idempotent_response(conn, answer)?;
@@ -292,9 +323,11 @@ fn endpoint_health(conn: &Connection, endpoint_id: &str, record: &AttemptRecord)
 }
 
 /// Restarting a delivery: due now, a fresh retry cycle, marked manual, claimed by `?2`
-/// (the node that sends it) or by nobody.
-const RESTART: &str = "state = 1, next_at = ?1, attempts = 0, first_attempt_at = NULL, trigger = 1, \
-     updated_at = ?1, claimed_by = ?2";
+/// (the node that sends it) or by nobody. An ordered one goes back to waiting in its lane
+/// (at its old place), and the lane's head is made due after.
+const RESTART: &str = "state = CASE WHEN order_key IS NULL THEN 1 ELSE 6 END, \
+     next_at = CASE WHEN order_key IS NULL THEN ?1 END, attempts = 0, first_attempt_at = NULL, trigger = 1, \
+     updated_at = ?1, claimed_by = CASE WHEN order_key IS NULL THEN ?2 END";
 
 pub fn resend(
     conn: &Connection,
@@ -315,17 +348,21 @@ pub fn resend(
         .query_row(&sql, params![now, claim, message.id, endpoint.id], rows::delivery)
         .optional()
         .map_err(sql_error)?;
-    if let Some(delivery) = updated {
-        return Ok(delivery);
+    let delivery = match updated {
+        Some(delivery) => delivery,
+        None => {
+            let delivery = Delivery::resent(new_id.to_owned(), &message, &endpoint, now);
+            insert_delivery(conn, &delivery, Some(claim))?;
+            delivery
+        }
+    };
+    match &delivery.order_key {
+        None => Ok(delivery),
+        Some(key) => {
+            promote_lane(conn, &endpoint.id, key, now)?;
+            get_delivery(conn, &delivery.msg_id, &delivery.id)
+        }
     }
-    let delivery = Delivery::resent(new_id.to_owned(), &message, endpoint.id, now);
-    let d = &delivery;
-    conn.execute(
-        INSERT_DELIVERY,
-        params![d.id, d.msg_id, d.app_id, d.endpoint_id, 1, 0, now, None::<i64>, 1, now, claim],
-    )
-    .map_err(sql_error)?;
-    Ok(delivery)
 }
 
 pub fn recover(
@@ -346,7 +383,124 @@ pub fn recover(
     let found = statement
         .query_map(params![now, None::<i64>, endpoint.id, app_id, since, until], rows::delivery)
         .map_err(sql_error)?;
-    found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
+    let recovered = found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)?;
+    let lanes: std::collections::BTreeSet<&str> = recovered.iter().filter_map(|d| d.order_key.as_deref()).collect();
+    for key in lanes {
+        promote_lane(conn, &endpoint.id, key, now)?;
+    }
+    Ok(recovered)
+}
+
+/// Makes the first waiting delivery of a lane due at `now`, if the lane has no open one.
+/// Returns whether it did.
+pub fn promote_lane(conn: &Connection, endpoint_id: &str, key: &str, now: i64) -> StoreResult<bool> {
+    let promoted = conn
+        .prepare_cached(
+            "UPDATE deliveries SET state = 1, next_at = ?3, updated_at = ?3, claimed_by = NULL WHERE (msg_id, id) IN ( \
+                 SELECT w.msg_id, w.id FROM deliveries w \
+                 WHERE w.endpoint_id = ?1 AND w.order_key = ?2 AND w.state = 6 \
+                 AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.endpoint_id = ?1 AND o.order_key = ?2 \
+                     AND o.order_key IS NOT NULL AND o.state IN (1, 3)) \
+                 ORDER BY w.order_seq LIMIT 1)",
+        )
+        .and_then(|mut s| s.execute(params![endpoint_id, key, now]))
+        .map_err(sql_error)?;
+    Ok(promoted == 1)
+}
+
+/// Promotes the head of each lane given, or of every lane with waiting deliveries.
+pub fn promote_lanes(conn: &Connection, lanes: Option<&[(String, String)]>, now: i64) -> StoreResult<usize> {
+    let all;
+    let lanes = match lanes {
+        Some(lanes) => lanes,
+        None => {
+            let mut statement = conn
+                .prepare_cached("SELECT DISTINCT endpoint_id, order_key FROM deliveries WHERE state = 6")
+                .map_err(sql_error)?;
+            let found = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(sql_error)?;
+            all = found.collect::<rusqlite::Result<Vec<(String, String)>>>().map_err(sql_error)?;
+            &all[..]
+        }
+    };
+    let mut promoted = 0;
+    for (endpoint_id, key) in lanes {
+        promoted += usize::from(promote_lane(conn, endpoint_id, key, now)?);
+    }
+    Ok(promoted)
+}
+
+/// Skips the delivery of a message to an endpoint (an operator's call): an open or
+/// waiting one becomes `Skipped` and the next in its lane is made due. A delivery already
+/// done is returned unchanged.
+pub fn skip(conn: &Connection, app_id: &str, msg_id: &str, endpoint_id: &str, now: i64) -> StoreResult<Delivery> {
+    let message = get_message(conn, app_id, msg_id)?;
+    let endpoint = get_endpoint(conn, app_id, endpoint_id)?;
+    let sql = format!(
+        "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = ?3 \
+         WHERE msg_id = ?1 AND endpoint_id = ?2 AND state IN (1, 3, 6) RETURNING {}",
+        rows::DELIVERY_COLUMNS
+    );
+    let skipped =
+        conn.query_row(&sql, params![message.id, endpoint.id, now], rows::delivery).optional().map_err(sql_error)?;
+    match skipped {
+        Some(delivery) => {
+            if let Some(key) = &delivery.order_key {
+                promote_lane(conn, &endpoint.id, key, now)?;
+            }
+            Ok(delivery)
+        }
+        None => {
+            let sql =
+                format!("SELECT {} FROM deliveries WHERE msg_id = ?1 AND endpoint_id = ?2", rows::DELIVERY_COLUMNS);
+            conn.query_row(&sql, params![message.id, endpoint.id], rows::delivery).map_err(sql_error)
+        }
+    }
+}
+
+/// The lanes of an endpoint with deliveries waiting (most waiting first), or the one lane
+/// `key`, each with its open head.
+pub fn ordering_lanes(
+    conn: &Connection,
+    endpoint_id: &str,
+    key: Option<&str>,
+    limit: usize,
+) -> StoreResult<Vec<OrderingLane>> {
+    let lanes: Vec<(String, u64)> = match key {
+        Some(key) => {
+            let waiting: i64 = conn
+                .prepare_cached(
+                    "SELECT count(*) FROM deliveries WHERE endpoint_id = ?1 AND order_key = ?2 AND state = 6",
+                )
+                .and_then(|mut s| s.query_row(params![endpoint_id, key], |r| r.get(0)))
+                .map_err(sql_error)?;
+            vec![(key.to_owned(), waiting as u64)]
+        }
+        None => {
+            let mut statement = conn
+                .prepare_cached(
+                    "SELECT order_key, count(*) FROM deliveries WHERE endpoint_id = ?1 AND state = 6 \
+                     GROUP BY order_key ORDER BY count(*) DESC, order_key LIMIT ?2",
+                )
+                .map_err(sql_error)?;
+            let found = statement
+                .query_map(params![endpoint_id, limit as i64], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+                .map_err(sql_error)?;
+            found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)?
+        }
+    };
+    let head_sql = format!(
+        "SELECT {} FROM deliveries WHERE endpoint_id = ?1 AND order_key = ?2 AND order_key IS NOT NULL \
+         AND state IN (1, 3) LIMIT 1",
+        rows::DELIVERY_COLUMNS
+    );
+    let mut heads = conn.prepare_cached(&head_sql).map_err(sql_error)?;
+    lanes
+        .into_iter()
+        .map(|(key, waiting)| {
+            let head = heads.query_row(params![endpoint_id, key], rows::delivery).optional().map_err(sql_error)?;
+            Ok(OrderingLane { key, head, waiting })
+        })
+        .collect()
 }
 
 fn view(conn: &Connection, delivery: Delivery, with_endpoint: bool) -> StoreResult<DeliveryView> {

@@ -131,7 +131,7 @@ pub fn delete_event_type(conn: &Connection, name: &str) -> StoreResult<()> {
     changed(conn.execute("DELETE FROM event_types WHERE name = ?1", [name]).map_err(sql_error)?)
 }
 
-fn endpoint_values(e: &Endpoint) -> [rusqlite::types::Value; 17] {
+fn endpoint_values(e: &Endpoint) -> [rusqlite::types::Value; 18] {
     use rusqlite::types::Value;
     let text = |s: &str| Value::Text(s.to_owned());
     let opt = |s: Option<String>| s.map(Value::Text).unwrap_or(Value::Null);
@@ -153,6 +153,7 @@ fn endpoint_values(e: &Endpoint) -> [rusqlite::types::Value; 17] {
         Value::Integer(e.created_at),
         Value::Integer(e.updated_at),
         e.fail_since.map_or(Value::Null, Value::Integer),
+        Value::Integer(e.fifo as i64),
     ]
 }
 

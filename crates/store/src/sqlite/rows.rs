@@ -71,6 +71,7 @@ pub fn endpoint(row: &Row) -> rusqlite::Result<Endpoint> {
         created_at: row.get(14)?,
         updated_at: row.get(15)?,
         fail_since: row.get(16)?,
+        fifo: row.get(17)?,
     })
 }
 
@@ -89,6 +90,7 @@ pub fn message(row: &Row) -> rusqlite::Result<Message> {
         headers: from_opt_json(row.get(10)?)?,
         retain_until: row.get(11)?,
         created_at: row.get(12)?,
+        ordering_key: row.get(13)?,
     })
 }
 
@@ -119,6 +121,7 @@ pub fn delivery(row: &Row) -> rusqlite::Result<Delivery> {
         first_attempt_at: row.get(7)?,
         trigger: Trigger::from_code(row.get(8)?),
         updated_at: row.get(9)?,
+        order_key: row.get(10)?,
     })
 }
 

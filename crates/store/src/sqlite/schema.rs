@@ -223,6 +223,19 @@ CREATE TABLE stats (
 CREATE INDEX stats_by_app ON stats (app_id, bucket);
 CREATE INDEX stats_by_age ON stats (width_ms, bucket);
 "#,
+    r#"
+-- Ordering: a message's key, FIFO endpoints, and each ordered delivery's lane (endpoint,
+-- key) and place in it. A lane has at most one open delivery (1, 3); the rest wait (6).
+ALTER TABLE messages ADD COLUMN ordering_key TEXT;
+ALTER TABLE endpoints ADD COLUMN fifo INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE deliveries ADD COLUMN order_key TEXT;
+ALTER TABLE deliveries ADD COLUMN order_seq INTEGER;
+CREATE TABLE order_seq (id INTEGER PRIMARY KEY CHECK (id = 1), value INTEGER NOT NULL);
+INSERT INTO order_seq (id, value) VALUES (1, 0);
+CREATE INDEX deliveries_lane_open ON deliveries (endpoint_id, order_key)
+    WHERE order_key IS NOT NULL AND state IN (1, 3);
+CREATE INDEX deliveries_waiting ON deliveries (endpoint_id, order_key, order_seq) WHERE state = 6;
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {

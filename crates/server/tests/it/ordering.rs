@@ -1,0 +1,197 @@
+//! Ordering: messages with one `orderingKey` reach an endpoint strictly in publish order,
+//! each waiting until the one before it succeeded, was exhausted or was skipped; other
+//! keys never wait. FIFO endpoints order everything sent to them.
+
+use crate::harness::*;
+use axum::body::Bytes;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// What an ordered receiver saw, per key: the successes in arrival order, and every
+/// attempt that came out of order (none, if ordering holds).
+#[derive(Default)]
+struct Seen {
+    delivered: HashMap<String, Vec<u64>>,
+    out_of_order: Vec<String>,
+    requests: u64,
+}
+
+/// An endpoint that fails a share of requests at random (seeded), and checks that each
+/// request for a key is for the event right after the last one it accepted.
+async fn ordered_receiver(fail_share: f64, seed: u64) -> (String, Arc<Mutex<Seen>>) {
+    use rand::{Rng, SeedableRng};
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
+    let handler_seen = seen.clone();
+    let app = axum::Router::new().fallback(move |body: Bytes| {
+        let (seen, rng) = (handler_seen.clone(), rng.clone());
+        async move {
+            let event: Value = serde_json::from_slice(&body).unwrap();
+            let (key, n) = (event["key"].as_str().unwrap().to_owned(), event["n"].as_u64().unwrap());
+            let fail = rng.lock().unwrap().random::<f64>() < fail_share;
+            let mut seen = seen.lock().unwrap();
+            seen.requests += 1;
+            let next = seen.delivered.get(&key).map_or(0, |d| d.len() as u64);
+            if n != next {
+                seen.out_of_order.push(format!("{key}: got {n}, expected {next}"));
+            }
+            if fail {
+                return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+            }
+            seen.delivered.entry(key).or_default().push(n);
+            axum::http::StatusCode::NO_CONTENT
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+/// Moves the clock a second at a time (retries are a second apart) until `done`.
+async fn advance_until(gw: &Gateway, seen: &Mutex<Seen>, done: impl Fn(&Seen) -> bool) {
+    let deadline = tokio::time::Instant::now() + 6 * PATIENCE;
+    while !done(&seen.lock().unwrap()) {
+        assert!(tokio::time::Instant::now() < deadline, "not everything arrived in time");
+        gw.advance(1_000);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// Publishes event `n` of every key, 50 requests at a time, and waits for every answer.
+async fn publish_round(gw: &Gateway, app: &str, keys: impl Iterator<Item = String>, n: u64) {
+    let keys: Vec<String> = keys.collect();
+    for chunk in keys.chunks(50) {
+        let mut requests = tokio::task::JoinSet::new();
+        for key in chunk {
+            let body = json!({"eventType": "payment.updated", "orderingKey": key, "payload": {"key": key, "n": n}});
+            let request = gw.http.post(format!("{}/api/v1/app/{app}/msg", gw.url)).bearer_auth(TOKEN).json(&body);
+            requests.spawn(async move { request.send().await.unwrap().status().as_u16() });
+        }
+        while let Some(status) = requests.join_next().await {
+            assert_eq!(status.unwrap(), 202);
+        }
+    }
+}
+
+const RETRIES: &str = r#"{"delaysMs": [1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000,
+    1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000]}"#;
+
+#[tokio::test]
+async fn every_key_arrives_in_order_through_random_failures() {
+    const KEYS: u64 = 1_000;
+    const EVENTS: u64 = 10;
+    let gw = start_gateway(dev_config()).await;
+    let (url, seen) = ordered_receiver(0.3, 42).await;
+    let app = gw.app("merchant").await;
+    let policy: Value = serde_json::from_str(RETRIES).unwrap();
+    gw.endpoint(&app, json!({"url": url, "retryPolicy": policy})).await;
+    // Event n of every key, then n + 1: the keys interleave as a busy platform's would.
+    // Each round is acknowledged whole before the next starts, so each key's events are
+    // published in order; within a round, the keys go 50 at a time.
+    for n in 0..EVENTS {
+        publish_round(&gw, &app, (0..KEYS).map(|k| format!("pay_{k}")), n).await;
+    }
+    advance_until(&gw, &seen, |s| s.delivered.values().map(Vec::len).sum::<usize>() as u64 == KEYS * EVENTS).await;
+    {
+        let seen = seen.lock().unwrap();
+        let shown = &seen.out_of_order[..seen.out_of_order.len().min(10)];
+        assert!(seen.out_of_order.is_empty(), "out of order: {shown:?}");
+        assert_eq!(seen.delivered.len() as u64, KEYS);
+        for (key, got) in &seen.delivered {
+            assert_eq!(got, &(0..EVENTS).collect::<Vec<_>>(), "{key}");
+        }
+        assert!(seen.requests > KEYS * EVENTS, "some attempts failed and were retried: {}", seen.requests);
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_blocked_key_is_visible_and_skipping_its_head_lets_the_rest_go() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(500)).await;
+    let app = gw.app("merchant").await;
+    let policy: Value = serde_json::from_str(RETRIES).unwrap();
+    let ep = gw.endpoint(&app, json!({"url": rx.url, "uid": "main", "retryPolicy": policy})).await;
+    assert_eq!(ep["ordering"], "none");
+    let publish = |n: u64| {
+        let body = json!({"eventType": "payment.updated", "orderingKey": "pay_7", "payload": {"key": "pay_7", "n": n}});
+        gw.publish(&app, body)
+    };
+    let first = publish(0).await;
+    let second = publish(1).await;
+    let third = publish(2).await;
+    let free = gw.publish(&app, json!({"eventType": "payment.updated", "payload": {"key": "none", "n": 0}})).await;
+    let message = gw.ok("GET", &format!("/api/v1/app/{app}/msg/{first}"), None).await;
+    assert_eq!(message["orderingKey"], "pay_7");
+    // The head fails; the unordered message does not wait for it.
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let got = rx.next().await;
+        seen.push(serde_json::from_slice::<Value>(&got.body).unwrap()["key"].as_str().unwrap().to_owned());
+    }
+    seen.sort();
+    assert_eq!(seen, vec!["none", "pay_7"]);
+    gw.wait_attempts(&app, &first, 1).await;
+    let lanes = gw.ok("GET", &format!("/api/v1/app/{app}/endpoint/main/ordering"), None).await;
+    let lane = &lanes["data"][0];
+    assert_eq!((lane["key"].as_str(), lane["waiting"].as_u64()), (Some("pay_7"), Some(2)), "{lanes}");
+    assert_eq!((lane["head"]["msgId"].as_str(), lane["head"]["attempts"].as_u64()), (Some(first.as_str()), Some(1)));
+    assert_eq!(lane["head"]["statusText"], "pending");
+    let (status, _) = gw.destination(&app, &second).await;
+    assert_eq!(status, 6, "waiting behind the head");
+    assert!(!rx.gets_within(300).await, "nothing behind a failing head is attempted");
+
+    // The operator skips the failing head: the next goes at once, and so on in order.
+    rx.set_fallback(Answer::status(204));
+    let skipped = gw.ok("POST", &format!("/api/v1/app/{app}/msg/{first}/endpoint/main/skip"), None).await;
+    assert_eq!(skipped, json!({"status": 5, "statusText": "skipped"}));
+    for n in 1..=2 {
+        let got: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
+        assert_eq!(got["n"], n);
+    }
+    gw.wait_attempts(&app, &third, 1).await;
+    let (status, error) = gw.call("POST", &format!("/api/v1/app/{app}/msg/{second}/endpoint/main/skip"), None).await;
+    assert_eq!((status, error["code"].as_str()), (409, Some("conflict")), "{error}");
+    let lanes = gw.ok("GET", &format!("/api/v1/app/{app}/endpoint/main/ordering"), None).await;
+    assert_eq!(lanes["data"], json!([]), "nothing waits any more");
+    let _ = free;
+
+    // Bad keys are refused.
+    for key in [json!(""), json!("pay 7"), json!("x".repeat(257))] {
+        let body = json!({"eventType": "payment.updated", "orderingKey": key, "payload": {}});
+        let (status, error) = gw.call("POST", &format!("/api/v1/app/{app}/msg"), Some(body)).await;
+        assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{key}: {error}");
+    }
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_fifo_endpoint_orders_everything_sent_to_it() {
+    let gw = start_gateway(dev_config()).await;
+    let (url, seen) = ordered_receiver(0.3, 7).await;
+    let app = gw.app("merchant").await;
+    let policy: Value = serde_json::from_str(RETRIES).unwrap();
+    let ep = gw.endpoint(&app, json!({"url": url, "ordering": "fifo", "retryPolicy": policy})).await;
+    assert_eq!(ep["ordering"], "fifo");
+    // No keys at all: the endpoint's one lane orders them; the receiver sees one "key".
+    for n in 0..40 {
+        gw.publish(&app, json!({"eventType": "payment.updated", "payload": {"key": "all", "n": n}})).await;
+    }
+    advance_until(&gw, &seen, |s| s.delivered.get("all").map_or(0, Vec::len) == 40).await;
+    {
+        let seen = seen.lock().unwrap();
+        assert!(seen.out_of_order.is_empty(), "{:?}", seen.out_of_order);
+        assert_eq!(seen.delivered["all"], (0..40).collect::<Vec<u64>>());
+    }
+    let patched = gw
+        .ok(
+            "PATCH",
+            &format!("/api/v1/app/{app}/endpoint/{}", ep["id"].as_str().unwrap()),
+            Some(json!({"ordering": "none"})),
+        )
+        .await;
+    assert_eq!(patched["ordering"], "none");
+    gw.stop().await;
+}
