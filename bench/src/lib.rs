@@ -130,10 +130,29 @@ async fn publish(
     count: usize,
     concurrency: usize,
 ) -> anyhow::Result<Published> {
+    publish_keyed(http, gw, app_id, count, concurrency, None).await
+}
+
+/// Publishes as `publish` does; with `keys`, message `n` carries the ordering key
+/// `pay_{n % keys}`, so each key's messages wait for each other at the endpoint.
+async fn publish_keyed(
+    http: &reqwest::Client,
+    gw: &Gateway,
+    app_id: &str,
+    count: usize,
+    concurrency: usize,
+    keys: Option<usize>,
+) -> anyhow::Result<Published> {
     let request: MakeRequest = Arc::new(move |n: usize| Request {
-        body: format!(
-            r#"{{"eventType":"payment.succeeded","payload":{{"id":"pay_{n}","amount":1000,"currency":"EUR"}}}}"#
-        ),
+        body: match keys {
+            None => format!(
+                r#"{{"eventType":"payment.succeeded","payload":{{"id":"pay_{n}","amount":1000,"currency":"EUR"}}}}"#
+            ),
+            Some(keys) => format!(
+                r#"{{"eventType":"payment.succeeded","orderingKey":"pay_{}","payload":{{"id":"pay_{n}","amount":1000,"currency":"EUR"}}}}"#,
+                n % keys
+            ),
+        },
         headers: vec![("authorization".into(), format!("Bearer {TOKEN}"))],
     });
     let target = Target::one(format!("{}/api/v1/app/{app_id}/msg", gw.url), 202, "id");
@@ -289,16 +308,21 @@ fn finish(report: &mut Report, gw: &Gateway) {
     report.ready_ms = gw.ready_after.as_secs_f64() * 1000.0;
 }
 
-/// `e2e`: one endpoint, closed-loop publishing at the given concurrency.
-pub async fn e2e(options: &Options, concurrency: usize) -> anyhow::Result<Report> {
+/// `e2e`: one endpoint, closed-loop publishing at the given concurrency; with `keys`,
+/// the messages spread over that many ordering keys.
+pub async fn e2e(options: &Options, concurrency: usize, keys: Option<usize>) -> anyhow::Result<Report> {
     let count = options.count(20_000);
     let (http, sink) = (client(), Sink::start().await?);
-    let mut report = Report { scenario: "e2e".into(), variant: format!("c{concurrency}"), ..Default::default() };
+    let variant = match keys {
+        None => format!("c{concurrency}"),
+        Some(keys) => format!("c{concurrency}, {keys} ordering keys"),
+    };
+    let mut report = Report { scenario: "e2e".into(), variant, ..Default::default() };
     report.ceiling_per_s = ceiling(&http, &sink, count, concurrency).await?;
     let gw = options.gateway(&[]).await?;
     report.idle_rss_mb = gw.rss_mb();
     let app = app_with_endpoints(&http, &gw, &[sink.path(0, 200)]).await?;
-    let published = publish(&http, &gw, &app, count, concurrency).await?;
+    let published = publish_keyed(&http, &gw, &app, count, concurrency, keys).await?;
     wait_answered(&sink, count, Duration::from_secs(120)).await;
     deliveries(&mut report, &sink, &published, 1);
     report.total_s = published.started.elapsed().as_secs_f64();
@@ -430,7 +454,11 @@ pub async fn inbound(options: &Options) -> anyhow::Result<Report> {
 /// Runs one scenario by name, returning one report per variant.
 pub async fn run(name: &str, options: &Options) -> anyhow::Result<Vec<Report>> {
     Ok(match name {
-        "e2e" => vec![e2e(options, 16).await?, e2e(options, 64).await?],
+        "e2e" => vec![
+            e2e(options, 16, None).await?,
+            e2e(options, 64, None).await?,
+            e2e(options, 16, Some(options.count(10_000))).await?,
+        ],
         "fanout" => vec![fanout(options).await?],
         "slow" => vec![slow(options, 2_000, 2_000, 1).await?, slow(options, 10_000, 15_000, 10).await?],
         "isolation" => {
