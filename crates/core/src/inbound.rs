@@ -54,6 +54,13 @@ pub struct SourceConfig {
     pub event_id_header: Option<String>,
     /// ...or a JSON pointer into the body (`/id`).
     pub event_id_pointer: Option<String>,
+    /// ...or keys built from the request, tried in order: the first whose every placeholder
+    /// is found is the event id. Placeholders: `{/json/pointer}` (a non-empty string or a
+    /// number), `{header:Name}`, and `{body}` (the SHA-256 of the raw body, hex); other
+    /// text is kept as written. A key over 256 bytes becomes `sha256:<hex of it>`.
+    /// Takes precedence over the header, the pointer and the preset's own event id.
+    #[schemars(length(min = 1, max = 8), inner(length(min = 1, max = 512)))]
+    pub event_id_templates: Option<Vec<String>>,
     /// Where the event type is: a header name or a JSON pointer.
     pub event_type_header: Option<String>,
     pub event_type_pointer: Option<String>,
@@ -172,7 +179,12 @@ pub fn verify(
             (Locator::None, Locator::None)
         }
     };
-    let id = locate(config.event_id_header.as_deref(), config.event_id_pointer.as_deref(), default_id, headers, body);
+    let id = match &config.event_id_templates {
+        Some(templates) => from_templates(templates, headers, body),
+        None => {
+            locate(config.event_id_header.as_deref(), config.event_id_pointer.as_deref(), default_id, headers, body)
+        }
+    };
     let kind =
         locate(config.event_type_header.as_deref(), config.event_type_pointer.as_deref(), default_type, headers, body);
     Ok(Verified { event_id: id, event_type: kind })
@@ -263,6 +275,80 @@ fn locate(
         (None, None, Locator::None) => None,
     };
     found.filter(|s| !s.is_empty() && s.len() <= 256)
+}
+
+/// One part of an event-id template: text kept as written, a JSON pointer into the body,
+/// a request header, or the SHA-256 of the whole body.
+#[derive(Debug, PartialEq, Eq)]
+enum Part<'a> {
+    Text(&'a str),
+    Pointer(&'a str),
+    Header(&'a str),
+    BodyHash,
+}
+
+/// Splits a template into its parts: `{/json/pointer}`, `{header:Name}` and `{body}` are
+/// placeholders; anything else, braces included, is text.
+fn parts(template: &str) -> Vec<Part<'_>> {
+    let mut out = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        let Some(close) = rest[open..].find('}').map(|c| open + c) else { break };
+        let inner = &rest[open + 1..close];
+        let placeholder = if inner.starts_with('/') {
+            Some(Part::Pointer(inner))
+        } else if let Some(name) = inner.strip_prefix("header:").filter(|n| !n.is_empty()) {
+            Some(Part::Header(name))
+        } else if inner == "body" {
+            Some(Part::BodyHash)
+        } else {
+            None
+        };
+        match placeholder {
+            Some(part) => {
+                if open > 0 {
+                    out.push(Part::Text(&rest[..open]));
+                }
+                out.push(part);
+                rest = &rest[close + 1..];
+            }
+            None => {
+                out.push(Part::Text(&rest[..=open]));
+                rest = &rest[open + 1..];
+            }
+        }
+    }
+    if !rest.is_empty() {
+        out.push(Part::Text(rest));
+    }
+    out
+}
+
+/// The event id from the first template whose every placeholder is found (a non-empty
+/// string or a number); a key longer than 256 bytes becomes `sha256:<hex of it>`.
+fn from_templates(templates: &[String], headers: Headers<'_>, body: &[u8]) -> Option<String> {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let pointer = |p: &str| match parsed.as_ref()?.pointer(p)? {
+        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let key = templates.iter().find_map(|template| {
+        parts(template).into_iter().try_fold(String::new(), |mut key, part| {
+            match part {
+                Part::Text(text) => key.push_str(text),
+                Part::Pointer(p) => key.push_str(&pointer(p)?),
+                Part::Header(name) => key.push_str(headers(&name.to_ascii_lowercase()).filter(|v| !v.is_empty())?),
+                Part::BodyHash => key.push_str(&hex::encode(Sha256::digest(body))),
+            }
+            Some(key)
+        })
+    })?;
+    match key.len() {
+        0 => None,
+        1..=256 => Some(key),
+        _ => Some(format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))),
+    }
 }
 
 #[cfg(test)]

@@ -61,3 +61,47 @@ fn config_names_are_stable() {
     let preset: Preset = serde_json::from_str(r#""standard-webhooks""#).unwrap();
     assert_eq!(preset, Preset::StandardWebhooks);
 }
+
+#[test]
+fn event_id_templates_take_the_first_alternative_found() {
+    let templates: Vec<String> =
+        ["{/event}-{/session_id}", "{/event}-{/data/customer_id}-{/data/detected_at}", "{/event}-{body}"]
+            .map(String::from)
+            .to_vec();
+    let none = |_: &str| -> Option<&str> { None };
+    let key = |body: &str| from_templates(&templates, &none, body.as_bytes());
+    assert_eq!(key(r#"{"event":"paid","session_id":"cs_1","data":{"customer_id":"c"}}"#).as_deref(), Some("paid-cs_1"));
+    assert_eq!(
+        key(r#"{"event":"seen","data":{"customer_id":"cus_9","detected_at":1767225600}}"#).as_deref(),
+        Some("seen-cus_9-1767225600"),
+        "numbers are written as JSON writes them"
+    );
+    let body = r#"{"event":"pending","session_id":"","data":{}}"#;
+    let expected = format!("pending-{}", hex::encode(Sha256::digest(body.as_bytes())));
+    assert_eq!(key(body), Some(expected), "an empty session id does not count");
+    assert_eq!(key("not json"), None, "nothing found: no key, no dedupe");
+    // Headers, text around placeholders, and braces that are not placeholders.
+    let headers = |name: &str| (name == "x-delivery").then_some("d-7");
+    let mixed = vec!["id:{header:X-Delivery}/{nope}{/n}".to_owned()];
+    assert_eq!(from_templates(&mixed, &headers, br#"{"n": 5}"#).as_deref(), Some("id:d-7/{nope}5"));
+    // A key longer than 256 bytes is hashed.
+    let long = format!(r#"{{"event":"x","session_id":"{}"}}"#, "s".repeat(300));
+    let hashed = key(&long).unwrap();
+    assert!(hashed.starts_with("sha256:") && hashed.len() == 7 + 64, "{hashed}");
+}
+
+#[test]
+fn templates_win_over_the_presets_event_id() {
+    let config = SourceConfig { event_id_templates: Some(vec!["{/event}-{/session_id}".into()]), ..Default::default() };
+    let body = br#"{"event":"paid","session_id":"cs_1"}"#;
+    let signature = hmac_hex("s", body);
+    let headers = |name: &str| (name == "x-signature").then_some(signature.as_str());
+    let verified = verify(Preset::Hmac, &config, &headers, body, &["s"], 0).unwrap();
+    assert_eq!(verified.event_id.as_deref(), Some("paid-cs_1"));
+}
+
+fn hmac_hex(secret: &str, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body);
+    hex::encode(mac.finalize().into_bytes())
+}

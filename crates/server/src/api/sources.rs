@@ -148,6 +148,15 @@ fn check(source: &Source) -> ApiResult<()> {
     if tolerance.is_some_and(|t| !(1..=86_400).contains(&t)) {
         return Err(ApiError::field("config", "toleranceSeconds must be 1 to 86400"));
     }
+    if let Some(templates) = &source.config.event_id_templates {
+        let sized = |t: &String| (1..=512).contains(&t.chars().count());
+        if !(1..=8).contains(&templates.len()) || !templates.iter().all(sized) {
+            return Err(ApiError::field(
+                "config",
+                "eventIdTemplates must hold 1 to 8 templates of 1 to 512 characters",
+            ));
+        }
+    }
     Ok(())
 }
 

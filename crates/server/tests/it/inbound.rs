@@ -221,3 +221,72 @@ async fn received_events_can_be_replayed() {
     assert_eq!(&rx.next().await.body[..], b"Hello, World!");
     gw.stop().await;
 }
+
+/// The generic HMAC preset's headers for `body`: hex HMAC-SHA256 in `X-Signature`.
+fn hmac_request(secret: &str, body: &str) -> Vec<(String, String)> {
+    use hmac::Mac;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as Mac>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    vec![
+        ("x-signature".into(), hex::encode(mac.finalize().into_bytes())),
+        ("content-type".into(), "application/json".into()),
+    ]
+}
+
+/// A provider with no event id dedupes on a key built from the body, with fallbacks (the
+/// crypto payment provider's guide): `<event>-<session_id>`, else
+/// `<event>-<data.customer_id>-<data.detected_at>`, else the event and the whole body.
+#[tokio::test]
+async fn dedupe_keys_built_from_the_body_with_fallbacks() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let templates =
+        json!(["{/event}-{/session_id}", "{/event}-{/data/customer_id}-{/data/detected_at}", "{/event}-{body}"]);
+    let src = source(
+        &gw,
+        &app,
+        "hmac",
+        json!(["crypto_secret"]),
+        json!({"eventIdTemplates": templates, "eventTypePointer": "/event"}),
+    )
+    .await;
+    let path = format!("/in/{}", src["id"].as_str().unwrap());
+    let cases = [
+        // The same session twice (the detail differs: still one event).
+        (
+            r#"{"event":"payment.confirmed","session_id":"cs_1","data":{"amount":10}}"#,
+            r#"{"event":"payment.confirmed","session_id":"cs_1","data":{"amount":10,"retry":true}}"#,
+        ),
+        // No session: the customer and the detection time.
+        (
+            r#"{"event":"payment.detected","data":{"customer_id":"cus_9","detected_at":1767225600}}"#,
+            r#"{"data":{"detected_at":1767225600,"customer_id":"cus_9"},"event":"payment.detected"}"#,
+        ),
+        // Neither: the event and the whole body, byte for byte.
+        (
+            r#"{"event":"payment.pending","data":{"customer_id":"cus_9"}}"#,
+            r#"{"event":"payment.pending","data":{"customer_id":"cus_9"}}"#,
+        ),
+    ];
+    for (first, again) in cases {
+        let (status, accepted) = post_in(&gw, &path, &hmac_request("crypto_secret", first), first).await;
+        assert_eq!((status, accepted["status"].as_str()), (200, Some("accepted")), "{first}: {accepted}");
+        let got = rx.next().await;
+        assert_eq!(std::str::from_utf8(&got.body).unwrap(), first);
+        let (status, repeated) = post_in(&gw, &path, &hmac_request("crypto_secret", again), again).await;
+        assert_eq!(
+            (status, repeated["status"].as_str(), repeated["messageId"].as_str()),
+            (200, Some("duplicate"), accepted["messageId"].as_str()),
+            "{again}: {repeated}"
+        );
+        assert!(!rx.gets_within(200).await, "a duplicate is not forwarded: {again}");
+    }
+    // A body that differs under the last template is a new event.
+    let other = r#"{"event":"payment.pending","data":{"customer_id":"cus_10"}}"#;
+    let (_, answer) = post_in(&gw, &path, &hmac_request("crypto_secret", other), other).await;
+    assert_eq!(answer["status"], "accepted");
+    rx.next().await;
+    gw.stop().await;
+}
