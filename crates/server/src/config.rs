@@ -258,11 +258,24 @@ pub struct InboundConfig {
     pub dedupe_window_ms: u64,
     /// Refused requests kept per source for `GET /api/v1/source/{id}/rejection`.
     pub rejections_kept: usize,
+    /// How often the leader reconciles each source that has an API key (15 min; 0: only
+    /// on demand).
+    pub reconcile_interval_ms: u64,
+    /// How far back a reconciliation lists the provider's events (3 days).
+    pub reconcile_window_ms: u64,
+    /// Stripe's API (set by the operator, never by a tenant; tests point it elsewhere).
+    pub stripe_api_base: String,
 }
 
 impl Default for InboundConfig {
     fn default() -> Self {
-        InboundConfig { dedupe_window_ms: 7 * 24 * 3600 * 1000, rejections_kept: 50 }
+        InboundConfig {
+            dedupe_window_ms: 7 * 24 * 3600 * 1000,
+            rejections_kept: 50,
+            reconcile_interval_ms: 15 * 60 * 1000,
+            reconcile_window_ms: 3 * 24 * 3600 * 1000,
+            stripe_api_base: "https://api.stripe.com".into(),
+        }
     }
 }
 

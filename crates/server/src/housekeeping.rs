@@ -81,10 +81,19 @@ async fn reload_tokens(state: &AppState) {
 pub async fn lead_and_retain(state: Arc<AppState>) {
     let config = &state.config;
     let every = config.retention.interval_ms as i64;
+    let reconcile_every = config.inbound.reconcile_interval_ms as i64;
+    let mut reconciled_at = i64::MIN;
     loop {
         let now = state.clock.now_ms();
         match state.store.lead(state.engine.token(), now, 3 * every as u64).await {
-            Ok(true) => retain(&state, now).await,
+            Ok(true) => {
+                retain(&state, now).await;
+                if reconcile_every > 0 && now.saturating_sub(reconciled_at) >= reconcile_every {
+                    reconciled_at = now;
+                    let state = state.clone();
+                    tokio::spawn(async move { crate::reconcile::all(&state).await });
+                }
+            }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not take or keep the leader lease"),
         }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod housekeeping;
 pub mod metrics;
 pub mod openapi;
+pub mod reconcile;
 pub mod serve;
 pub mod stats;
 pub mod wire;

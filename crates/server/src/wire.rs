@@ -598,7 +598,15 @@ pub struct SourceIn {
     pub config: Option<hookline_core::inbound::SourceConfig>,
     /// The application whose endpoints receive the events (id or uid).
     pub app_id: String,
+    /// A key for the provider's events API (Stripe: a restricted key with read access to
+    /// events): Hookline then reconciles, ingesting events it never received. Sealed at
+    /// rest, never shown.
+    #[schemars(length(min = 1, max = SOURCE_SECRET_CHARS_MAX), regex(pattern = API_KEY_PATTERN))]
+    pub api_key: Option<String>,
 }
+
+/// API keys: visible ASCII (they go in an `Authorization` header).
+pub const API_KEY_PATTERN: &str = "^[!-~]+$";
 
 #[derive(Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -618,6 +626,10 @@ pub struct SourcePatch {
     #[serde(default, deserialize_with = "exact::object_option")]
     pub config: Option<hookline_core::inbound::SourceConfig>,
     pub app_id: Option<String>,
+    /// A new API key, or null to stop reconciling.
+    #[serde(default, deserialize_with = "present")]
+    #[schemars(length(min = 1, max = SOURCE_SECRET_CHARS_MAX), regex(pattern = API_KEY_PATTERN))]
+    pub api_key: Option<Option<String>>,
 }
 
 /// A secret as shown back: never the value, only its last characters and expiry.
@@ -638,6 +650,8 @@ pub struct SourceOut {
     pub secrets: Vec<SourceSecretOut>,
     pub event_types: Option<Vec<String>>,
     pub config: hookline_core::inbound::SourceConfig,
+    /// Whether the source has an API key and is reconciled.
+    pub reconciles: bool,
     pub app_id: String,
     /// The URL to give the provider.
     pub ingest_url: String,
@@ -835,4 +849,24 @@ pub struct OrderingHeadOut {
 pub struct DeliveryStatusOut {
     pub status: i64,
     pub status_text: &'static str,
+}
+
+/// One reconciliation of a source against its provider's events API.
+#[derive(Serialize, Deserialize, JsonSchema, Clone, Debug, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReconcileRunOut {
+    pub started_at: String,
+    pub finished_at: String,
+    /// Events listed from this time on.
+    pub since: String,
+    /// Events the provider listed.
+    pub found: u64,
+    /// Of those, events Hookline had received already.
+    pub already_had: u64,
+    /// Events it had missed, now stored and forwarded.
+    pub ingested: u64,
+    /// Events the source's `eventTypes` does not take.
+    pub filtered: u64,
+    /// What went wrong (the run stops at the first failed page; the next run starts over).
+    pub errors: Vec<String>,
 }

@@ -24,7 +24,8 @@ pub const ENDPOINT_COLUMNS: &str =
 pub const MESSAGE_COLUMNS: &str = "id, app_id, event_id, event_type, payload, channels, tags, callback_url, \
      deliver_at, source_id, headers, retain_until, created_at, ordering_key";
 
-pub const SOURCE_COLUMNS: &str = "id, uid, name, app_id, preset, secrets, event_types, config, created_at, updated_at";
+pub const SOURCE_COLUMNS: &str =
+    "id, uid, name, app_id, preset, secrets, event_types, config, created_at, updated_at, api_key";
 
 pub const DELIVERY_COLUMNS: &str =
     "id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger, updated_at, order_key";

@@ -303,9 +303,15 @@ async fn sources_and_inbound_dedupe(store: &dyn Store) {
         config: SourceConfig { tolerance_seconds: Some(600), ..Default::default() },
         created_at: 8_000,
         updated_at: 8_000,
+        api_key: Some("rk_live_reads_events".into()),
     };
     store.create_source(source.clone()).await.unwrap();
-    assert_eq!(store.get_source("stripe-live").await.unwrap(), source);
+    assert_eq!(store.get_source("stripe-live").await.unwrap(), source, "the API key is opened again on reading");
+    // Reconciliation runs: newest first, gone with their source.
+    for (at, run) in [(8_010, r#"{"n":1}"#), (8_020, r#"{"n":2}"#)] {
+        store.save_reconcile_run(&source.id, at, run.into()).await.unwrap();
+    }
+    assert_eq!(store.reconcile_runs(&source.id, 10).await.unwrap(), vec![r#"{"n":2}"#, r#"{"n":1}"#]);
     let mut orphan = source.clone();
     orphan.id = id(prefix::SOURCE, 8_000);
     orphan.uid = None;
@@ -328,6 +334,7 @@ async fn sources_and_inbound_dedupe(store: &dyn Store) {
     assert_eq!(store.purge_inbound_keys(8_002).await.unwrap(), 1);
     assert!(matches!(store.publish(retry).await.unwrap(), PublishOutcome::Created), "outside the window it is new");
     store.delete_source(&source.id).await.unwrap();
+    assert!(store.reconcile_runs(&source.id, 10).await.unwrap().is_empty());
     assert_eq!(store.get_source(&source.id).await, Err(StoreError::NotFound));
 }
 

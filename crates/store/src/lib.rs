@@ -169,6 +169,11 @@ pub trait Store: Send + Sync + 'static {
     /// `created_before` or kept past their own retention (`retain_until < now`). Small
     /// batches: the caller loops while it returns `limit`.
     async fn purge_messages(&self, created_before: UnixMs, now: UnixMs, limit: usize) -> StoreResult<usize>;
+    /// Keeps the result of a reconciliation run (JSON the caller wrote), the 100 newest
+    /// per source.
+    async fn save_reconcile_run(&self, source_id: &str, started_at: UnixMs, run: String) -> StoreResult<()>;
+    /// A source's reconciliation runs, newest first.
+    async fn reconcile_runs(&self, source_id: &str, limit: usize) -> StoreResult<Vec<String>>;
     /// Forgets provider event ids first seen before `before` (the dedupe window).
     async fn purge_inbound_keys(&self, before: UnixMs) -> StoreResult<usize>;
 

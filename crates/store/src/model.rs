@@ -259,6 +259,9 @@ pub struct Source {
     pub config: hookline_core::inbound::SourceConfig,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
+    /// A key for the provider's events API (Stripe: a restricted key that reads events),
+    /// for reconciliation; sealed at rest like the secrets.
+    pub api_key: Option<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -87,6 +87,7 @@ impl Sealer {
         for secret in &mut source.secrets {
             secret.value = self.seal(&source.id, &secret.value);
         }
+        source.api_key = source.api_key.map(|key| self.seal(&source.id, &key));
         source
     }
 
@@ -94,6 +95,7 @@ impl Sealer {
         for secret in &mut source.secrets {
             secret.value = self.open(&source.id, &secret.value)?;
         }
+        source.api_key = source.api_key.map(|key| self.open(&source.id, &key)).transpose()?;
         Ok(source)
     }
 

@@ -30,7 +30,7 @@ async fn nodes_migrating_at_once_do_not_race() {
     let url = scratch::fresh_database().await.unwrap();
     let starts: Vec<_> = (0..4).map(|_| PgStore::migrate(&url, 10_000)).collect();
     for version in futures_util::future::join_all(starts).await {
-        assert_eq!(version.unwrap(), 6, "the latest schema version");
+        assert_eq!(version.unwrap(), 7, "the latest schema version");
     }
     PgStore::open(&url, &KEY, options()).await.unwrap();
 }
@@ -119,6 +119,22 @@ async fn secrets_are_sealed_at_rest() {
     assert!(!raw.contains(&ep.secrets[0].text), "an endpoint secret is readable in the database: {raw}");
     let raw: String = client.query_one("SELECT secret FROM apps", &[]).await.unwrap().get(0);
     assert!(raw.starts_with("sealed:v1:"), "{raw}");
+    let source = hookline_store::Source {
+        id: "src_0000000000000000000001".into(),
+        uid: None,
+        name: "Stripe".into(),
+        app_id: app.id.clone(),
+        preset: hookline_core::inbound::Preset::Stripe,
+        secrets: vec![],
+        event_types: None,
+        config: Default::default(),
+        created_at: 3,
+        updated_at: 3,
+        api_key: Some("rk_live_secret_reader".into()),
+    };
+    store.create_source(source).await.unwrap();
+    let raw: String = client.query_one("SELECT api_key FROM sources", &[]).await.unwrap().get(0);
+    assert!(raw.starts_with("sealed:v1:") && !raw.contains("rk_live"), "{raw}");
     let wrong = PgStore::open(&url, &[4; 32], options()).await.unwrap();
     assert!(matches!(wrong.get_endpoint(&app.id, &ep.id).await, Err(hookline_store::StoreError::Corrupt(_))));
 }

@@ -10,7 +10,7 @@ mod operational;
 mod ops;
 mod ordering;
 pub mod route;
-mod sources;
+pub mod sources;
 mod stats;
 mod views;
 

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Json;
 use hookline_core::id::prefix;
 use hookline_core::inbound::{verify, Rejection};
-use hookline_store::{Message, PublishOutcome, Source, SourceSecret};
+use hookline_store::{Bytes, Message, PublishOutcome, Source, SourceSecret};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -59,6 +59,16 @@ pub fn routes() -> Vec<Route> {
             Route::post("/api/v1/source/{source_id}/event/{msg_id}/replay", replay)
                 .doc("replaySourceEvent", "Deliver a received event again.")
                 .answers::<ReplayOut>(202, "Due again at once."),
+            Route::post("/api/v1/source/{source_id}/reconcile", reconcile_now)
+                .doc(
+                    "reconcileSource",
+                    "List the provider's events (Stripe sources with an apiKey) and ingest those never received; \
+                     answers when the run is done.",
+                )
+                .answers::<ReconcileRunOut>(200, "The run's result."),
+            Route::get("/api/v1/source/{source_id}/reconcile", reconcile_runs)
+                .doc("listSourceReconciliations", "The source's reconciliation runs, newest first (the last 100).")
+                .answers::<ListResponse<ReconcileRunOut>>(200, "The runs."),
             Route::get("/api/v1/source/{source_id}/rejection", rejections)
                 .doc("listSourceRejections", "Recently refused requests, for debugging a setup.")
                 .answers::<Vec<RejectionOut>>(200, "The refusals, newest first."),
@@ -130,6 +140,7 @@ fn view(state: &AppState, s: Source) -> SourceOut {
         preset: s.preset,
         event_types: s.event_types,
         config: s.config,
+        reconciles: s.api_key.is_some(),
         app_id: s.app_id,
         created_at: timestamp(s.created_at),
         updated_at: timestamp(s.updated_at),
@@ -174,6 +185,7 @@ async fn create(state: Shared, JsonBody(input): JsonBody<SourceIn>) -> ApiResult
         config: input.config.unwrap_or_default(),
         created_at: now,
         updated_at: now,
+        api_key: input.api_key,
     };
     check(&source)?;
     let created = state.store.create_source(source).await.map_err(ApiError::from_store("source"))?;
@@ -215,6 +227,7 @@ async fn replace(
     source.secrets = secrets_from(input.secrets)?;
     source.event_types = input.event_types;
     source.config = input.config.unwrap_or_default();
+    source.api_key = input.api_key;
     save(&state, source).await
 }
 
@@ -235,6 +248,9 @@ async fn patch(
     }
     if let Some(preset) = input.preset {
         source.preset = preset;
+    }
+    if let Some(api_key) = input.api_key {
+        source.api_key = api_key;
     }
     if let Some(secrets) = input.secrets {
         source.secrets = secrets_from(secrets)?;
@@ -379,26 +395,9 @@ async fn ingest(
         count(&state, &source, "filtered");
         return Ok(Json(IngestOut { status: "filtered", message_id: None }));
     }
-    let endpoints = state.engine.catalog.endpoints(&source.app_id).await.map_err(ApiError::from_store("endpoint"))?;
-    let message = Arc::new(Message {
-        id: state.new_id(prefix::MESSAGE),
-        app_id: source.app_id.clone(),
-        event_id: None,
-        event_type,
-        payload: body,
-        channels: None,
-        tags: None,
-        callback_url: None,
-        deliver_at: None,
-        source_id: Some(source.id.clone()),
-        headers: Some(forwarded_headers(&source, &method, &uri, &headers)),
-        retain_until: None,
-        ordering_key: None,
-        created_at: now,
-    });
-    let deliveries = state.engine.route(&endpoints, &message, now);
-    let dedupe = verified.event_id.map(|id| (source.id.clone(), id));
-    match state.engine.commit(&message, deliveries, None, dedupe).await.map_err(ApiError::from_store("message"))? {
+    let forwarded = forwarded_headers(&source, &method, &uri, &headers);
+    let (message, outcome) = accept(&state, &source, body, event_type, verified.event_id, forwarded).await?;
+    match outcome {
         PublishOutcome::Created => {
             count(&state, &source, "accepted");
             Ok(Json(IngestOut { status: "accepted", message_id: Some(message.id.clone()) }))
@@ -408,6 +407,60 @@ async fn ingest(
             Ok(Json(IngestOut { status: "duplicate", message_id: Some(existing.id) }))
         }
     }
+}
+
+async fn reconcile_now(state: Shared, PathParams(key): PathParams<String>) -> ApiResult<Json<ReconcileRunOut>> {
+    let source = find(&state, &key).await?;
+    if !crate::reconcile::reconcilable(&source) {
+        return Err(ApiError::field("apiKey", "reconciliation needs a stripe source with an apiKey"));
+    }
+    Ok(Json(crate::reconcile::run(&state, &source).await))
+}
+
+async fn reconcile_runs(
+    state: Shared,
+    PathParams(key): PathParams<String>,
+) -> ApiResult<Json<ListResponse<ReconcileRunOut>>> {
+    let source = find(&state, &key).await?;
+    let runs = state.store.reconcile_runs(&source.id, 100).await.map_err(ApiError::from_store("source"))?;
+    let data = runs.iter().filter_map(|text| serde_json::from_str(text).ok()).collect();
+    Ok(Json(ListResponse { data, iterator: None, prev_iterator: None, done: true }))
+}
+
+/// Stores a verified event of `source` as a message for its application's endpoints, in
+/// one commit with its dedupe key (so a provider's retry, or an event reconciliation finds
+/// again, is a duplicate). Requests and reconciliation both end here.
+pub async fn accept(
+    state: &AppState,
+    source: &Source,
+    payload: Bytes,
+    event_type: String,
+    event_id: Option<String>,
+    headers: BTreeMap<String, String>,
+) -> ApiResult<(Arc<Message>, PublishOutcome)> {
+    let now = state.now();
+    let endpoints = state.engine.catalog.endpoints(&source.app_id).await.map_err(ApiError::from_store("endpoint"))?;
+    let message = Arc::new(Message {
+        id: state.new_id(prefix::MESSAGE),
+        app_id: source.app_id.clone(),
+        event_id: None,
+        event_type,
+        payload,
+        channels: None,
+        tags: None,
+        callback_url: None,
+        deliver_at: None,
+        source_id: Some(source.id.clone()),
+        headers: Some(headers),
+        retain_until: None,
+        ordering_key: None,
+        created_at: now,
+    });
+    let deliveries = state.engine.route(&endpoints, &message, now);
+    let dedupe = event_id.map(|id| (source.id.clone(), id));
+    let outcome =
+        state.engine.commit(&message, deliveries, None, dedupe).await.map_err(ApiError::from_store("message"))?;
+    Ok((message, outcome))
 }
 
 fn preset_name(source: &Source) -> String {

@@ -290,3 +290,107 @@ async fn dedupe_keys_built_from_the_body_with_fallbacks() {
     rx.next().await;
     gw.stop().await;
 }
+
+/// A stand-in for Stripe's `GET /v1/events`: two pages, newest first, after one `429`;
+/// records each request's query and `Authorization`.
+async fn stripe_events_api(events: Vec<Value>) -> (String, Arc<std::sync::Mutex<Vec<(String, String)>>>) {
+    let seen: Arc<std::sync::Mutex<Vec<(String, String)>>> = Arc::default();
+    let recorded = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/events",
+        axum::routing::get(move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+            let (recorded, events) = (recorded.clone(), events.clone());
+            async move {
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+                let query = uri.query().unwrap_or_default().to_owned();
+                let first = {
+                    let mut seen = recorded.lock().unwrap();
+                    seen.push((query.clone(), auth));
+                    seen.len() == 1
+                };
+                if first {
+                    let limited = axum::http::StatusCode::TOO_MANY_REQUESTS;
+                    return (limited, [("retry-after", "0")], String::from(r#"{"error":{"type":"rate_limit"}}"#));
+                }
+                let page = if query.contains("starting_after=evt_2") { &events[2..] } else { &events[..2] };
+                let body = json!({"object": "list", "url": "/v1/events", "has_more": !query.contains("starting_after"), "data": page});
+                (axum::http::StatusCode::OK, [("retry-after", "")], body.to_string())
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn reconciliation_ingests_what_the_provider_gave_up_on() {
+    let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 60 + n as i64, "data": {"object": {"id": format!("ch_{n}")}}});
+    let (api, requests) = stripe_events_api(vec![event(3), event(2), event(1)]).await;
+    let mut config = dev_config();
+    config.inbound.stripe_api_base = api;
+    config.inbound.reconcile_interval_ms = 0;
+    let gw = start_gateway(config).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let body = json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app, "apiKey": "rk_test_reads_events"});
+    let src = gw.ok("POST", "/api/v1/source", Some(body)).await;
+    assert_eq!(src["reconciles"], true);
+    assert!(!src.to_string().contains("rk_test"), "the API key is never shown: {src}");
+    let id = src["id"].as_str().unwrap().to_owned();
+
+    // evt_1 arrived as a webhook; evt_2 and evt_3 never did.
+    let webhook = serde_json::to_string(&event(1)).unwrap();
+    let (status, _) =
+        post_in(&gw, &format!("/in/{id}"), &stripe_request("whsec_live", &webhook, T0 / 1000), &webhook).await;
+    assert_eq!(status, 200);
+    rx.next().await;
+
+    let run = gw.ok("POST", &format!("/api/v1/source/{id}/reconcile"), None).await;
+    assert_eq!(
+        (run["found"].as_u64(), run["alreadyHad"].as_u64(), run["ingested"].as_u64(), run["errors"].clone()),
+        (Some(3), Some(1), Some(2), json!([])),
+        "{run}"
+    );
+    assert_eq!(run["since"], "2025-12-29T00:00:00.000Z", "three days back");
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let delivered = rx.next().await;
+        assert_eq!(delivered.header("x-hookline-reconciled"), "true");
+        let payload: Value = serde_json::from_slice(&delivered.body).unwrap();
+        got.push(payload["id"].as_str().unwrap().to_owned());
+    }
+    got.sort();
+    assert_eq!(got, vec!["evt_2", "evt_3"]);
+    assert!(!rx.gets_within(200).await, "evt_1 is not delivered twice");
+
+    // A minute later, again: everything is known now. Both runs are listed, newest first.
+    gw.advance(60_000);
+    let again = gw.ok("POST", &format!("/api/v1/source/{id}/reconcile"), None).await;
+    assert_eq!((again["alreadyHad"].as_u64(), again["ingested"].as_u64()), (Some(3), Some(0)), "{again}");
+    let runs = gw.ok("GET", &format!("/api/v1/source/{id}/reconcile"), None).await;
+    assert_eq!(runs["data"].as_array().unwrap().len(), 2);
+    assert_eq!(runs["data"][0]["alreadyHad"], 3);
+
+    // The requests: the key as a bearer token, the window, Stripe's page size, and the
+    // next page after the last event listed; the first, rate limited, was asked again.
+    let requests = requests.lock().unwrap().clone();
+    assert_eq!(requests.len(), 1 + 2 + 2, "{requests:?}");
+    let since = (T0 - 3 * 86_400_000) / 1000;
+    assert_eq!(requests[1].0, format!("created%5Bgte%5D={since}&limit=100"));
+    assert_eq!(requests[2].0, format!("created%5Bgte%5D={since}&limit=100&starting_after=evt_2"));
+    assert!(requests.iter().all(|(_, auth)| auth == "Bearer rk_test_reads_events"));
+
+    // A source without a key is refused, and a key can be taken away.
+    let plain = gw
+        .ok("POST", "/api/v1/source", Some(json!({"name": "gh", "preset": "github", "secrets": ["x"], "appId": app})))
+        .await;
+    let (status, error) =
+        gw.call("POST", &format!("/api/v1/source/{}/reconcile", plain["id"].as_str().unwrap()), None).await;
+    assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{error}");
+    let patched = gw.ok("PATCH", &format!("/api/v1/source/{id}"), Some(json!({"apiKey": null}))).await;
+    assert_eq!(patched["reconciles"], false);
+    gw.stop().await;
+}

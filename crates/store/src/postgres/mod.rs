@@ -454,6 +454,12 @@ impl Store for PgStore {
     async fn purge_messages(&self, created_before: UnixMs, now: UnixMs, limit: usize) -> StoreResult<usize> {
         in_tx!(self, |tx| queue::purge_messages(&tx, created_before, now, limit))
     }
+    async fn save_reconcile_run(&self, source_id: &str, started_at: UnixMs, run: String) -> StoreResult<()> {
+        on_conn!(self, |c| resources::save_reconcile_run(&c, source_id, started_at, &run))
+    }
+    async fn reconcile_runs(&self, source_id: &str, limit: usize) -> StoreResult<Vec<String>> {
+        on_conn!(self, |c| resources::reconcile_runs(&c, source_id, limit))
+    }
     async fn add_stats(&self, rows: Vec<StatRow>) -> StoreResult<()> {
         self.on(&self.relaxed, |c| async move { stats::add(&c, &rows).await }).await
     }

@@ -238,8 +238,19 @@ async fn put_source(c: &impl GenericClient, s: &Source, upsert: bool) -> StoreRe
     if upsert {
         sql.push_str(&format!(" ON CONFLICT (id) DO UPDATE SET {}", excluded(rows::SOURCE_COLUMNS)));
     }
-    let params: [&(dyn ToSql + Sync); 10] =
-        [&s.id, &s.uid, &s.name, &s.app_id, &preset, &secrets, &event_types, &config, &s.created_at, &s.updated_at];
+    let params: [&(dyn ToSql + Sync); 11] = [
+        &s.id,
+        &s.uid,
+        &s.name,
+        &s.app_id,
+        &preset,
+        &secrets,
+        &event_types,
+        &config,
+        &s.created_at,
+        &s.updated_at,
+        &s.api_key,
+    ];
     run(c, &sql, &params).await.map(|_| ())
 }
 
@@ -265,7 +276,29 @@ pub async fn list_sources(c: &impl GenericClient, page: &Page) -> StoreResult<Li
 
 pub async fn delete_source(c: &impl GenericClient, id: &str) -> StoreResult<()> {
     delete_by(c, "DELETE FROM sources WHERE id = $1", &[&id]).await?;
-    run(c, "DELETE FROM inbound_keys WHERE source_id = $1", &[&id]).await.map(|_| ())
+    run(c, "DELETE FROM inbound_keys WHERE source_id = $1", &[&id]).await?;
+    run(c, "DELETE FROM reconcile_runs WHERE source_id = $1", &[&id]).await.map(|_| ())
+}
+
+pub async fn save_reconcile_run(
+    c: &impl GenericClient,
+    source_id: &str,
+    started_at: i64,
+    run_json: &str,
+) -> StoreResult<()> {
+    let sql = "INSERT INTO reconcile_runs (source_id, started_at, run) VALUES ($1, $2, $3) \
+               ON CONFLICT (source_id, started_at) DO UPDATE SET run = excluded.run";
+    run(c, sql, &[&source_id, &started_at, &run_json]).await?;
+    // The 100 newest runs of a source are kept.
+    let sql = "DELETE FROM reconcile_runs WHERE source_id = $1 AND started_at < (SELECT min(started_at) FROM \
+               (SELECT started_at FROM reconcile_runs WHERE source_id = $1 ORDER BY started_at DESC LIMIT 100) newest)";
+    run(c, sql, &[&source_id]).await.map(|_| ())
+}
+
+pub async fn reconcile_runs(c: &impl GenericClient, source_id: &str, limit: usize) -> StoreResult<Vec<String>> {
+    let sql = "SELECT run FROM reconcile_runs WHERE source_id = $1 ORDER BY started_at DESC LIMIT $2";
+    let found = c.query(sql, &[&source_id, &(limit as i64)]).await.map_err(pg_error)?;
+    found.iter().map(|r| r.try_get(0).map_err(pg_error)).collect()
 }
 
 pub async fn idempotent_response(

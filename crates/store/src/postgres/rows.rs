@@ -116,6 +116,7 @@ pub fn source(row: &Row) -> StoreResult<Source> {
         config: from_json(&get::<String>(row, 7)?)?,
         created_at: get(row, 8)?,
         updated_at: get(row, 9)?,
+        api_key: get(row, 10)?,
     })
 }
 

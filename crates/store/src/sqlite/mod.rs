@@ -580,6 +580,14 @@ impl Store for SqliteStore {
         self.write(move |c| queue::purge_inbound_keys(c, before)).await
     }
 
+    async fn save_reconcile_run(&self, source_id: &str, started_at: UnixMs, run: String) -> StoreResult<()> {
+        let source_id = source_id.to_owned();
+        self.write_in(Lane::Background, move |c| resources::save_reconcile_run(c, &source_id, started_at, &run)).await
+    }
+    async fn reconcile_runs(&self, source_id: &str, limit: usize) -> StoreResult<Vec<String>> {
+        let source_id = source_id.to_owned();
+        self.read(move |c| resources::reconcile_runs(c, &source_id, limit)).await
+    }
     async fn add_stats(&self, rows: Vec<StatRow>) -> StoreResult<()> {
         self.write_in(Lane::Background, move |c| stats::add(c, &rows)).await
     }

@@ -210,7 +210,7 @@ pub fn delete_endpoint(conn: &Connection, app_id: &str, id: &str) -> StoreResult
     Ok(())
 }
 
-fn source_values(s: &Source) -> [rusqlite::types::Value; 10] {
+fn source_values(s: &Source) -> [rusqlite::types::Value; 11] {
     use rusqlite::types::Value;
     [
         Value::Text(s.id.clone()),
@@ -223,6 +223,7 @@ fn source_values(s: &Source) -> [rusqlite::types::Value; 10] {
         Value::Text(rows::to_json(&s.config)),
         Value::Integer(s.created_at),
         Value::Integer(s.updated_at),
+        s.api_key.clone().map(Value::Text).unwrap_or(Value::Null),
     ]
 }
 
@@ -249,5 +250,30 @@ pub fn list_sources(conn: &Connection, page: &Page) -> StoreResult<Listed<Source
 pub fn delete_source(conn: &Connection, id: &str) -> StoreResult<()> {
     changed(conn.execute("DELETE FROM sources WHERE id = ?1", [id]).map_err(sql_error)?)?;
     conn.execute("DELETE FROM inbound_keys WHERE source_id = ?1", [id]).map_err(sql_error)?;
+    conn.execute("DELETE FROM reconcile_runs WHERE source_id = ?1", [id]).map_err(sql_error)?;
     Ok(())
+}
+
+pub fn save_reconcile_run(conn: &Connection, source_id: &str, started_at: i64, run: &str) -> StoreResult<()> {
+    conn.execute(
+        "INSERT OR REPLACE INTO reconcile_runs (source_id, started_at, run) VALUES (?1, ?2, ?3)",
+        rusqlite::params![source_id, started_at, run],
+    )
+    .map_err(sql_error)?;
+    // The 100 newest runs of a source are kept.
+    conn.execute(
+        "DELETE FROM reconcile_runs WHERE source_id = ?1 AND started_at < (SELECT min(started_at) FROM \
+         (SELECT started_at FROM reconcile_runs WHERE source_id = ?1 ORDER BY started_at DESC LIMIT 100))",
+        [source_id],
+    )
+    .map_err(sql_error)?;
+    Ok(())
+}
+
+pub fn reconcile_runs(conn: &Connection, source_id: &str, limit: usize) -> StoreResult<Vec<String>> {
+    let mut statement = conn
+        .prepare_cached("SELECT run FROM reconcile_runs WHERE source_id = ?1 ORDER BY started_at DESC LIMIT ?2")
+        .map_err(sql_error)?;
+    let found = statement.query_map(rusqlite::params![source_id, limit as i64], |r| r.get(0)).map_err(sql_error)?;
+    found.collect::<rusqlite::Result<Vec<String>>>().map_err(sql_error)
 }

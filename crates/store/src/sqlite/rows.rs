@@ -106,6 +106,7 @@ pub fn source(row: &Row) -> rusqlite::Result<Source> {
         config: from_json(&row.get::<_, String>(7)?)?,
         created_at: row.get(8)?,
         updated_at: row.get(9)?,
+        api_key: row.get(10)?,
     })
 }
 

@@ -236,6 +236,16 @@ CREATE INDEX deliveries_lane_open ON deliveries (endpoint_id, order_key)
     WHERE order_key IS NOT NULL AND state IN (1, 3);
 CREATE INDEX deliveries_waiting ON deliveries (endpoint_id, order_key, order_seq) WHERE state = 6;
 "#,
+    r#"
+-- Reconciliation: a key for the provider's events API (sealed), and each run's result.
+ALTER TABLE sources ADD COLUMN api_key TEXT;
+CREATE TABLE reconcile_runs (
+    source_id TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    run TEXT NOT NULL,
+    PRIMARY KEY (source_id, started_at)
+);
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {

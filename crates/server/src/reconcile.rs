@@ -1,0 +1,163 @@
+//! Reconciliation: catching up on events a provider gave up sending. For a Stripe source
+//! with an API key, Hookline lists the provider's events (`GET /v1/events?created[gte]=…`,
+//! page by page, as the `stripe` library's `Event.list` asks) and stores every event it
+//! never received, deduplicated against what it has by the same key its webhooks use (the
+//! event id). Runs on the leader every `inbound.reconcile_interval_ms`, and on demand
+//! through `POST /api/v1/source/{src}/reconcile`.
+
+use crate::api::sources::accept;
+use crate::api::AppState;
+use crate::wire::{timestamp, ReconcileRunOut};
+use hookline_core::inbound::Preset;
+use hookline_store::{Bytes, PublishOutcome, Source};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Events per page (Stripe's most).
+const PAGE_LIMIT: u32 = 100;
+/// Pages a run reads at most (10,000 events); the next run goes on from there.
+const PAGES_MAX: usize = 100;
+/// Pause between pages: 10 requests a second, well under Stripe's limits (25/s in test
+/// mode, 100/s live), which the same key may be spending elsewhere.
+const PAGE_PAUSE_MS: u64 = 100;
+/// A page refused with `429` is asked again after `Retry-After` (or a second), this often.
+const RATE_LIMITED_RETRIES: u32 = 5;
+
+#[derive(Deserialize)]
+struct Page<'a> {
+    #[serde(borrow)]
+    data: Vec<&'a RawValue>,
+    has_more: bool,
+}
+
+#[derive(Deserialize)]
+struct EventHead {
+    id: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+/// Whether a source can be reconciled: Stripe, with an API key.
+pub fn reconcilable(source: &Source) -> bool {
+    source.preset == Preset::Stripe && source.api_key.is_some()
+}
+
+/// Reconciles one source and keeps the run's result in the store.
+pub async fn run(state: &AppState, source: &Source) -> ReconcileRunOut {
+    let started = state.now();
+    let since = started - state.config.inbound.reconcile_window_ms as i64;
+    let mut out = ReconcileRunOut { started_at: timestamp(started), since: timestamp(since), ..Default::default() };
+    if let Err(e) = list_and_ingest(state, source, since, &mut out).await {
+        tracing::warn!(source = %source.id, error = %e, "reconciliation stopped");
+        out.errors.push(e);
+    }
+    out.finished_at = timestamp(state.now());
+    let text = serde_json::to_string(&out).expect("runs serialize");
+    if let Err(e) = state.store.save_reconcile_run(&source.id, started, text).await {
+        tracing::warn!(source = %source.id, error = %e, "could not keep a reconciliation's result");
+    }
+    tracing::info!(source = %source.id, found = out.found, ingested = out.ingested, "reconciled");
+    out
+}
+
+async fn list_and_ingest(
+    state: &AppState,
+    source: &Source,
+    since: i64,
+    out: &mut ReconcileRunOut,
+) -> Result<(), String> {
+    let key = source.api_key.as_deref().ok_or("the source has no API key")?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let url = format!("{}/v1/events", state.config.inbound.stripe_api_base.trim_end_matches('/'));
+    let mut after: Option<String> = None;
+    for page in 0..PAGES_MAX {
+        if page > 0 {
+            tokio::time::sleep(Duration::from_millis(PAGE_PAUSE_MS)).await;
+        }
+        let mut query = vec![("created[gte]", (since / 1000).to_string()), ("limit", PAGE_LIMIT.to_string())];
+        if let Some(last) = &after {
+            query.push(("starting_after", last.clone()));
+        }
+        let body = fetch(&client, &url, key, &query).await?;
+        let page: Page = serde_json::from_slice(&body).map_err(|e| format!("the events list does not parse: {e}"))?;
+        for event in &page.data {
+            let head: EventHead =
+                serde_json::from_str(event.get()).map_err(|e| format!("an event does not parse: {e}"))?;
+            out.found += 1;
+            after = Some(head.id.clone());
+            if source.event_types.as_ref().is_some_and(|accepted| !accepted.contains(&head.kind)) {
+                out.filtered += 1;
+                continue;
+            }
+            let headers = BTreeMap::from([
+                ("content-type".to_owned(), "application/json".to_owned()),
+                ("x-hookline-reconciled".to_owned(), "true".to_owned()),
+            ]);
+            let payload = Bytes::copy_from_slice(event.get().as_bytes());
+            match accept(state, source, payload, head.kind, Some(head.id), headers).await {
+                Ok((_, PublishOutcome::Created)) => out.ingested += 1,
+                Ok((_, PublishOutcome::Duplicate(_))) => out.already_had += 1,
+                Err(e) => return Err(format!("could not store an event: {e:?}")),
+            }
+        }
+        if !page.has_more || page.data.is_empty() {
+            return Ok(());
+        }
+    }
+    Err(format!("stopped after {PAGES_MAX} pages; the next run goes on"))
+}
+
+/// One page, asked again after `Retry-After` when rate limited.
+async fn fetch(client: &reqwest::Client, url: &str, key: &str, query: &[(&str, String)]) -> Result<Bytes, String> {
+    for _ in 0..=RATE_LIMITED_RETRIES {
+        let response = client
+            .get(url)
+            .query(query)
+            .bearer_auth(key)
+            .send()
+            .await
+            .map_err(|e| format!("the events API cannot be reached: {e}"))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+            let wait = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                .unwrap_or(1)
+                .min(60);
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            continue;
+        }
+        let body = response.bytes().await.map_err(|e| format!("the events API broke off: {e}"))?;
+        if !status.is_success() {
+            let excerpt: String = String::from_utf8_lossy(&body).chars().take(200).collect();
+            return Err(format!("the events API answered {status}: {excerpt}"));
+        }
+        return Ok(body);
+    }
+    Err("the events API kept answering 429".into())
+}
+
+/// Reconciles every source that can be, one after another (the leader's duty).
+pub async fn all(state: &AppState) {
+    let mut page = hookline_store::Page { limit: 250, iterator: None, descending: false };
+    loop {
+        let listed = match state.store.list_sources(page.clone()).await {
+            Ok(listed) => listed,
+            Err(e) => return tracing::warn!(error = %e, "could not list sources to reconcile"),
+        };
+        for source in listed.items.iter().filter(|s| reconcilable(s)) {
+            run(state, source).await;
+        }
+        match (listed.done, listed.items.last()) {
+            (false, Some(last)) => page.iterator = Some(last.id.clone()),
+            _ => return,
+        }
+    }
+}
