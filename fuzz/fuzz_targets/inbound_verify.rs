@@ -22,9 +22,32 @@ fuzz_target!(|data: &[u8]| {
         timestamp_header: Some("x-ts".into()),
         template: Some("{timestamp}.{body}.{timestamp}".into()),
         event_id_pointer: Some("/a/0/b".into()),
+        notification_url: Some("https://hooks.example/in/square".into()),
+        public_key: Some("pk".into()),
         ..Default::default()
     };
-    for preset in [Preset::Stripe, Preset::StandardWebhooks, Preset::Github, Preset::Shopify, Preset::Recharge, Preset::Hmac] {
+    let templated = SourceConfig {
+        event_id_templates: Some(vec!["{/a}-{header:x-ts}-{body}{".into(), "{/a/0/b}{{/}".into()]),
+        ..generic.clone()
+    };
+    let presets = [
+        Preset::Stripe,
+        Preset::StandardWebhooks,
+        Preset::Github,
+        Preset::Shopify,
+        Preset::Recharge,
+        Preset::Hmac,
+        Preset::Adyen,
+        Preset::Square,
+        Preset::Paddle,
+        Preset::Razorpay,
+        Preset::Gocardless,
+        Preset::Braintree,
+        Preset::Checkout,
+        Preset::CoinbaseCommerce,
+    ];
+    for preset in presets {
+        let _ = verify(preset, &templated, &lookup, body, &[secret.as_str()], 1_700_000_000);
         let _ = verify(preset, &SourceConfig::default(), &lookup, body, &[secret.as_str()], 1_700_000_000);
         let _ = verify(preset, &generic, &lookup, body, &[secret.as_str(), "whsec_x"], 1_700_000_000);
     }

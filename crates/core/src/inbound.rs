@@ -24,7 +24,18 @@ pub enum Preset {
     Shopify,
     Recharge,
     Hmac,
+    Adyen,
+    Square,
+    Paddle,
+    Razorpay,
+    Gocardless,
+    Braintree,
+    Checkout,
+    CoinbaseCommerce,
 }
+
+/// Paddle's SDK refuses a signed timestamp more than 5 s away.
+pub const PADDLE_TOLERANCE_S_DEFAULT: i64 = 5;
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +87,12 @@ pub struct SourceConfig {
     pub timestamp_header: Option<String>,
     /// hmac: what is signed, with `{timestamp}` and `{body}` (default `{body}`).
     pub template: Option<String>,
+    /// square: the notification URL exactly as registered with Square (it is signed).
+    #[schemars(length(min = 1, max = 2048))]
+    pub notification_url: Option<String>,
+    /// braintree: the merchant's public key (the private key is the source's secret).
+    #[schemars(length(min = 1, max = 256))]
+    pub public_key: Option<String>,
 }
 
 /// What verification learned about an accepted request.
@@ -96,6 +113,10 @@ pub enum Rejection {
     BadSignature,
     #[error("the timestamp is outside the replay window")]
     StaleTimestamp,
+    #[error(
+        "the source lacks an option its preset needs (square: config.notificationUrl; braintree: config.publicKey)"
+    )]
+    Misconfigured,
 }
 
 impl Rejection {
@@ -105,6 +126,7 @@ impl Rejection {
             Rejection::MalformedSignature => "malformed_signature",
             Rejection::BadSignature => "bad_signature",
             Rejection::StaleTimestamp => "stale_timestamp",
+            Rejection::Misconfigured => "source_misconfigured",
         }
     }
 }
@@ -178,6 +200,42 @@ pub fn verify(
             verify_generic(config, headers, body, secrets, now_s, tolerance)?;
             (Locator::None, Locator::None)
         }
+        Preset::Adyen => {
+            verify_adyen(body, secrets)?;
+            let item = "/notificationItems/0/NotificationRequestItem";
+            (Locator::Templates(ADYEN_EVENT_ID), Locator::Found(pointer_text(body, &format!("{item}/eventCode"))))
+        }
+        Preset::Square => {
+            let given =
+                B64.decode(need("x-square-hmacsha256-signature")?.trim()).map_err(|_| Rejection::MalformedSignature)?;
+            let url = config.notification_url.as_deref().ok_or(Rejection::Misconfigured)?;
+            any_hmac::<Hmac<Sha256>>(secrets, &[url.as_bytes(), body], &given)?;
+            (Locator::Pointer("/event_id"), Locator::Pointer("/type"))
+        }
+        Preset::Paddle => {
+            verify_paddle(need("paddle-signature")?, body, secrets, now_s, config.tolerance_seconds)?;
+            (Locator::Pointer("/event_id"), Locator::Pointer("/event_type"))
+        }
+        Preset::Razorpay => {
+            hex_hmac_of_body(need("x-razorpay-signature")?, body, secrets)?;
+            (Locator::Header("x-razorpay-event-id"), Locator::Pointer("/event"))
+        }
+        Preset::Gocardless => {
+            hex_hmac_of_body(need("webhook-signature")?, body, secrets)?;
+            (Locator::Pointer("/meta/webhook_id"), Locator::None)
+        }
+        Preset::Braintree => {
+            let kind = verify_braintree(config.public_key.as_deref(), body, secrets)?;
+            (Locator::None, Locator::Found(kind))
+        }
+        Preset::Checkout => {
+            hex_hmac_of_body(need("cko-signature")?, body, secrets)?;
+            (Locator::Pointer("/id"), Locator::Pointer("/type"))
+        }
+        Preset::CoinbaseCommerce => {
+            hex_hmac_of_body(need("x-cc-webhook-signature")?, body, secrets)?;
+            (Locator::Pointer("/event/id"), Locator::Pointer("/event/type"))
+        }
     };
     let id = match &config.event_id_templates {
         Some(templates) => from_templates(templates, headers, body),
@@ -245,11 +303,161 @@ fn any_hmac<M: Mac + KeyInit>(secrets: &[&str], parts: &[&[u8]], given: &[u8]) -
     }
 }
 
-#[derive(Clone, Copy)]
 enum Locator {
     Header(&'static str),
     Pointer(&'static str),
+    /// The first of these templates that resolves (see `from_templates`).
+    Templates(&'static [&'static str]),
+    /// Found while verifying.
+    Found(Option<String>),
     None,
+}
+
+/// Adyen sends no event id: its event code, PSP reference and outcome name one event
+/// (a chargeback reuses the payment's PSP reference, so the reference alone does not).
+const ADYEN_EVENT_ID: &[&str] = &[
+    "{/notificationItems/0/NotificationRequestItem/eventCode}:\
+    {/notificationItems/0/NotificationRequestItem/pspReference}:{/notificationItems/0/NotificationRequestItem/success}",
+];
+
+/// A string (or number) at a JSON pointer of the body.
+fn pointer_text(body: &[u8], pointer: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    match value.pointer(pointer)? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// A hex HMAC-SHA256 of the raw body, keyed with the secret as written (Razorpay,
+/// GoCardless, Checkout.com, Coinbase Commerce).
+/// Their libraries compare lowercase hex text, so uppercase hex does not match.
+fn hex_hmac_of_body(header: &str, body: &[u8], secrets: &[&str]) -> Result<(), Rejection> {
+    let header = header.trim();
+    let given = hex::decode(header).map_err(|_| Rejection::MalformedSignature)?;
+    if header.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(Rejection::BadSignature);
+    }
+    any_hmac::<Hmac<Sha256>>(secrets, &[body], &given)
+}
+
+/// Adyen signs fields of the notification item, not the bytes: HMAC-SHA256 (hex key) of
+/// `pspReference:originalReference:merchantAccountCode:merchantReference:value:currency:
+/// eventCode:success`, base64, in the item's `additionalData.hmacSignature`. Values are
+/// written as Adyen's library writes them (Python's `str`); a missing one is empty.
+fn verify_adyen(body: &[u8], secrets: &[&str]) -> Result<(), Rejection> {
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| Rejection::MissingSignature)?;
+    let item = value.pointer("/notificationItems/0/NotificationRequestItem").ok_or(Rejection::MissingSignature)?;
+    let signature =
+        item.pointer("/additionalData/hmacSignature").and_then(|s| s.as_str()).ok_or(Rejection::MissingSignature)?;
+    let given = B64.decode(signature.trim()).map_err(|_| Rejection::MalformedSignature)?;
+    let text = |v: Option<&serde_json::Value>| match v {
+        None => String::new(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Bool(b)) => if *b { "True" } else { "False" }.to_owned(),
+        Some(serde_json::Value::Null) => "None".to_owned(),
+        Some(other) => other.to_string(),
+    };
+    let fields = [
+        text(item.get("pspReference")),
+        text(item.get("originalReference")),
+        text(item.get("merchantAccountCode")),
+        text(item.get("merchantReference")),
+        text(item.pointer("/amount/value")),
+        text(item.pointer("/amount/currency")),
+        text(item.get("eventCode")),
+        text(item.get("success")),
+    ];
+    let signed = fields.join(":");
+    let keys: Vec<Vec<u8>> = secrets.iter().filter_map(|s| hex::decode(s.trim()).ok()).collect();
+    let matches = |key: &Vec<u8>| {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
+        mac.update(signed.as_bytes());
+        mac.verify_slice(&given).is_ok()
+    };
+    if keys.iter().any(matches) {
+        Ok(())
+    } else {
+        Err(Rejection::BadSignature)
+    }
+}
+
+/// Paddle Billing: `Paddle-Signature: ts=<unix>;h1=<hex>[;h1=…]`, hex HMAC-SHA256 of
+/// `<ts>:<body>` keyed with the whole secret (`pdl_ntfset_…`) as written.
+fn verify_paddle(
+    header: &str,
+    body: &[u8],
+    secrets: &[&str],
+    now_s: i64,
+    tolerance: Option<i64>,
+) -> Result<(), Rejection> {
+    let mut ts = None;
+    let mut signatures = Vec::new();
+    for part in header.split(';') {
+        match part.trim().split_once('=') {
+            Some(("ts", value)) => ts = Some(value),
+            // A value that is not hex matches nothing, as in Paddle's SDK.
+            Some(("h1", value)) => signatures.extend(hex::decode(value).ok()),
+            _ => return Err(Rejection::MalformedSignature),
+        }
+    }
+    let ts_text = ts.ok_or(Rejection::MalformedSignature)?;
+    let ts: i64 = ts_text.parse().map_err(|_| Rejection::MalformedSignature)?;
+    if !header.contains("h1=") {
+        return Err(Rejection::MalformedSignature);
+    }
+    if (now_s - ts).abs() > tolerance.unwrap_or(PADDLE_TOLERANCE_S_DEFAULT) {
+        return Err(Rejection::StaleTimestamp);
+    }
+    let prefix = format!("{ts_text}:");
+    let parts: [&[u8]; 2] = [prefix.as_bytes(), body];
+    if signatures.iter().any(|given| any_hmac::<Hmac<Sha256>>(secrets, &parts, given).is_ok()) {
+        Ok(())
+    } else {
+        Err(Rejection::BadSignature)
+    }
+}
+
+/// Braintree posts a form with `bt_signature` (`public_key|hex` pairs joined by `&`) and
+/// `bt_payload` (base64 XML): hex HMAC-SHA1 of the payload (or the payload and a newline),
+/// keyed with the SHA-1 of the private key (the source's secret). Returns the `<kind>`.
+fn verify_braintree(public_key: Option<&str>, body: &[u8], secrets: &[&str]) -> Result<Option<String>, Rejection> {
+    let public_key = public_key.ok_or(Rejection::Misconfigured)?;
+    let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
+    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let (signature, payload) = (field("bt_signature"), field("bt_payload"));
+    let (signature, payload) =
+        (signature.ok_or(Rejection::MissingSignature)?, payload.ok_or(Rejection::MissingSignature)?);
+    if !payload.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=/\n".contains(&b)) {
+        return Err(Rejection::MalformedSignature);
+    }
+    let given = signature
+        .split('&')
+        .filter_map(|pair| pair.split_once('|'))
+        .find(|(key, _)| *key == public_key)
+        .ok_or(Rejection::BadSignature)?
+        .1;
+    let given = hex::decode(given).map_err(|_| Rejection::MalformedSignature)?;
+    let with_newline = format!("{payload}\n");
+    let matched = secrets.iter().any(|secret| {
+        let key = sha1::Sha1::digest(secret.as_bytes());
+        [payload, with_newline.as_str()].iter().any(|signed| {
+            let mut mac = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(&key).expect("HMAC takes any key length");
+            mac.update(signed.as_bytes());
+            mac.verify_slice(&given).is_ok()
+        })
+    });
+    if !matched {
+        return Err(Rejection::BadSignature);
+    }
+    let xml = B64.decode(payload.replace('\n', "")).map_err(|_| Rejection::MalformedSignature)?;
+    let xml = String::from_utf8_lossy(&xml);
+    let kind = xml
+        .split_once("<kind>")
+        .and_then(|(_, rest)| rest.split_once("</kind>"))
+        .map(|(kind, _)| kind.trim().to_owned());
+    Ok(kind)
 }
 
 fn locate(
@@ -272,6 +480,11 @@ fn locate(
         (None, Some(p), _) => from_pointer(p),
         (None, None, Locator::Header(h)) => headers(h).map(str::to_owned),
         (None, None, Locator::Pointer(p)) => from_pointer(p),
+        (None, None, Locator::Templates(templates)) => {
+            let templates: Vec<String> = templates.iter().map(|t| (*t).to_owned()).collect();
+            from_templates(&templates, headers, body)
+        }
+        (None, None, Locator::Found(value)) => value,
         (None, None, Locator::None) => None,
     };
     found.filter(|s| !s.is_empty() && s.len() <= 256)

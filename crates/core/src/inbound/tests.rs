@@ -45,9 +45,22 @@ fn every_inbound_vector_verifies_as_recorded() {
 #[test]
 fn every_preset_is_covered_by_a_valid_and_a_rejected_vector() {
     let all = vectors();
-    for preset in
-        [Preset::Stripe, Preset::StandardWebhooks, Preset::Github, Preset::Shopify, Preset::Recharge, Preset::Hmac]
-    {
+    for preset in [
+        Preset::Stripe,
+        Preset::StandardWebhooks,
+        Preset::Github,
+        Preset::Shopify,
+        Preset::Recharge,
+        Preset::Hmac,
+        Preset::Adyen,
+        Preset::Square,
+        Preset::Paddle,
+        Preset::Razorpay,
+        Preset::Gocardless,
+        Preset::Braintree,
+        Preset::Checkout,
+        Preset::CoinbaseCommerce,
+    ] {
         assert!(all.iter().any(|v| v.preset == preset && v.expect == "ok"), "{preset:?} valid");
         assert!(all.iter().any(|v| v.preset == preset && v.expect != "ok"), "{preset:?} rejected");
     }
@@ -104,4 +117,14 @@ fn hmac_hex(secret: &str, body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())
+}
+
+#[test]
+fn presets_that_need_an_option_say_so() {
+    let none = |_: &str| -> Option<&str> { Some("c2lnbmF0dXJl") };
+    let square = verify(Preset::Square, &SourceConfig::default(), &none, b"{}", &["key"], 0);
+    assert_eq!(square.map_err(Rejection::code), Err("source_misconfigured"));
+    let form = b"bt_signature=pk%7Cabc&bt_payload=YQ%3D%3D";
+    let braintree = verify(Preset::Braintree, &SourceConfig::default(), &none, form, &["private"], 0);
+    assert_eq!(braintree.map_err(Rejection::code), Err("source_misconfigured"));
 }

@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 from datetime import datetime, timezone
 
 import stripe
@@ -98,5 +99,9 @@ for valid in [c for c in cases if c["expect"] == "ok"]:
     cases.append({**valid, "name": valid["name"] + " / wrong secret", "secrets": [other], "expect": "bad_signature",
                   "eventId": None, "eventType": None})
     cases.append({**valid, "name": valid["name"] + " / rotation, both secrets active", "secrets": [other] + valid["secrets"]})
+
+# The payment providers' vectors, proven by their official libraries (generate_payments.py).
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "payments.json"), encoding="utf-8") as f:
+    cases += json.load(f)
 
 print(json.dumps(cases, indent=2, ensure_ascii=False))
