@@ -30,23 +30,7 @@ fuzz_target!(|data: &[u8]| {
         event_id_templates: Some(vec!["{/a}-{header:x-ts}-{body}{".into(), "{/a/0/b}{{/}".into()]),
         ..generic.clone()
     };
-    let presets = [
-        Preset::Stripe,
-        Preset::StandardWebhooks,
-        Preset::Github,
-        Preset::Shopify,
-        Preset::Recharge,
-        Preset::Hmac,
-        Preset::Adyen,
-        Preset::Square,
-        Preset::Paddle,
-        Preset::Razorpay,
-        Preset::Gocardless,
-        Preset::Braintree,
-        Preset::Checkout,
-        Preset::CoinbaseCommerce,
-    ];
-    for preset in presets {
+    for preset in Preset::ALL {
         let _ = verify(preset, &templated, &lookup, body, &[secret.as_str()], 1_700_000_000);
         let _ = verify(preset, &SourceConfig::default(), &lookup, body, &[secret.as_str()], 1_700_000_000);
         let _ = verify(preset, &generic, &lookup, body, &[secret.as_str(), "whsec_x"], 1_700_000_000);

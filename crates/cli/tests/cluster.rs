@@ -535,7 +535,7 @@ async fn ordering_sink() -> (String, Arc<std::sync::Mutex<Lanes>>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ordering_holds_across_nodes_and_a_killed_node() {
-    const KEYS: usize = 200;
+    const KEYS: usize = 1_000;
     const EVENTS: u64 = 10;
     let database = hookline_store::postgres::scratch::fresh_database().await.unwrap();
     let mut nodes: Vec<Node> = ["a", "b", "c"].iter().map(|name| start_node(&database, name, &[])).collect();

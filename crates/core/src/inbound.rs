@@ -34,6 +34,25 @@ pub enum Preset {
     CoinbaseCommerce,
 }
 
+impl Preset {
+    pub const ALL: [Preset; 14] = [
+        Preset::Stripe,
+        Preset::StandardWebhooks,
+        Preset::Github,
+        Preset::Shopify,
+        Preset::Recharge,
+        Preset::Hmac,
+        Preset::Adyen,
+        Preset::Square,
+        Preset::Paddle,
+        Preset::Razorpay,
+        Preset::Gocardless,
+        Preset::Braintree,
+        Preset::Checkout,
+        Preset::CoinbaseCommerce,
+    ];
+}
+
 /// Paddle's SDK refuses a signed timestamp more than 5 s away.
 pub const PADDLE_TOLERANCE_S_DEFAULT: i64 = 5;
 
