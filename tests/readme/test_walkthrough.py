@@ -207,3 +207,15 @@ def test_stripe_walkthrough_runs_as_printed(terminal):
     steps = commands(section("Receiving Stripe webhooks"))
     assert any("/api/v1/source" in c for c, _ in steps), steps
     run_all(terminal, server + exports + steps)
+
+
+def test_ordering_and_statistics_run_as_printed(terminal):
+    """After both walkthroughs (the acme endpoint and the stripe source exist), the Ordering
+    and Endpoint health sections' commands work as printed. (Reconciliation needs Stripe.)"""
+    five = commands(section("Five minutes"))
+    stripe_steps = commands(section("Receiving Stripe webhooks"))
+    ordering = commands(section("Ordering"))
+    health = commands(section("Endpoint health"))
+    assert any("orderingKey" in c for c, _ in ordering), ordering
+    assert any("/stats/app/acme/attempt" in c for c, _ in health) and any("/stats/source/" in c for c, _ in health)
+    run_all(terminal, five + stripe_steps + ordering + health)
