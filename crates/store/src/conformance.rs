@@ -531,28 +531,9 @@ async fn endpoint_health_and_automatic_disabling(store: &dyn Store, node: i64) {
     let a = store.create_app(app(DAY, None)).await.unwrap();
     let ep = store.create_endpoint(endpoint(&a.id, DAY)).await.unwrap();
     let record = |p: &Publish, state: DeliveryState, at: i64| AttemptRecord {
-        attempt: Attempt {
-            id: id(prefix::ATTEMPT, at),
-            msg_id: p.message.id.clone(),
-            app_id: a.id.clone(),
-            delivery_id: p.deliveries[0].id.clone(),
-            endpoint_id: Some(ep.id.clone()),
-            url: ep.url.clone(),
-            status_code: if state == DeliveryState::Delivered { 200 } else { 500 },
-            response: String::new(),
-            duration_ms: 5,
-            error_class: None,
-            state: if state == DeliveryState::Delivered { state } else { DeliveryState::Exhausted },
-            trigger: Trigger::Scheduled,
-            created_at: at,
-        },
-        state,
-        next_at: (state == DeliveryState::Pending).then_some(at + 1_000),
-        first_attempt_at: at,
-        disable_endpoint: false,
         disable_after_ms: 2 * DAY as u64,
-        claim: node,
         keep_claim: true,
+        ..attempt_record(p, state, at, node)
     };
     let mut p = publish(&a.id, &[&ep.id], None, DAY);
     p.claim = Some(node);
@@ -725,34 +706,40 @@ async fn state_of(store: &dyn Store, p: &Publish) -> DeliveryState {
     store.get_delivery(&p.message.id, &p.deliveries[0].id).await.unwrap().state
 }
 
-/// Ends a claimed delivery's attempt in `state` (a retry later when `Pending`).
-async fn finish(store: &dyn Store, node: i64, p: &Publish, state: DeliveryState, now: UnixMs) -> Recorded {
+/// The record of an attempt of a publish's first delivery, claimed by `node`, ending in
+/// `state` (a retry a second later when `Pending`).
+fn attempt_record(p: &Publish, state: DeliveryState, at: UnixMs, node: i64) -> AttemptRecord {
     let d = &p.deliveries[0];
-    let record = AttemptRecord {
+    let delivered = state == DeliveryState::Delivered;
+    AttemptRecord {
         attempt: Attempt {
-            id: id(prefix::ATTEMPT, now),
+            id: id(prefix::ATTEMPT, at),
             msg_id: d.msg_id.clone(),
             app_id: d.app_id.clone(),
             delivery_id: d.id.clone(),
             endpoint_id: d.endpoint_id.clone(),
             url: "https://merchant.example/hooks".into(),
-            status_code: if state == DeliveryState::Delivered { 200 } else { 500 },
+            status_code: if delivered { 200 } else { 500 },
             response: String::new(),
             duration_ms: 5,
             error_class: None,
-            state: if state == DeliveryState::Delivered { state } else { DeliveryState::Exhausted },
+            state: if delivered { state } else { DeliveryState::Exhausted },
             trigger: Trigger::Scheduled,
-            created_at: now,
+            created_at: at,
         },
         state,
-        next_at: (state == DeliveryState::Pending).then_some(now + 1_000_000),
-        first_attempt_at: now,
+        next_at: (state == DeliveryState::Pending).then_some(at + 1_000),
+        first_attempt_at: at,
         disable_endpoint: false,
         disable_after_ms: 0,
         claim: node,
         keep_claim: false,
-    };
-    store.record_attempt(record).await.unwrap()
+    }
+}
+
+/// Ends a claimed delivery's attempt in `state`.
+async fn finish(store: &dyn Store, node: i64, p: &Publish, state: DeliveryState, now: UnixMs) -> Recorded {
+    store.record_attempt(attempt_record(p, state, now, node)).await.unwrap()
 }
 
 async fn ordering_lanes_hold_later_deliveries_back(store: &dyn Store, node: i64) {
@@ -819,6 +806,9 @@ async fn ordering_lanes_hold_later_deliveries_back(store: &dyn Store, node: i64)
     assert_eq!(skipped.state, Skipped);
     assert_eq!(state_of(store, &p4).await, Pending, "skipping the head moves the lane on");
     let done = store.skip_delivery(&a.id, &p1.message.id, &ep.id, t + 32).await.unwrap();
+    let elsewhere = store.skip_delivery("app_other", &p4.message.id, &ep.id, t + 32).await;
+    assert_eq!(elsewhere, Err(StoreError::NotFound), "no skip across applications");
+    assert_eq!(state_of(store, &p4).await, Pending);
     assert_eq!(done.state, Delivered, "a delivery already done is left as it is");
 
     // Recovering the exhausted and the skipped ones puts them back in the lane at their

@@ -130,7 +130,8 @@ pub trait Store: Send + Sync + 'static {
     async fn promote_lanes(&self, lanes: Option<Vec<(String, String)>>, now: UnixMs) -> StoreResult<usize>;
     /// Skips the delivery of a message to an endpoint: an open or waiting one becomes
     /// `Skipped` (never attempted again unless recovered) and the next in its lane is made
-    /// due. One already done is returned unchanged.
+    /// due. One already done is returned unchanged. Takes ids (the caller resolved uids);
+    /// another application's delivery is `NotFound`.
     async fn skip_delivery(&self, app_id: &str, msg_id: &str, endpoint_id: &str, now: UnixMs) -> StoreResult<Delivery>;
     /// An endpoint's ordering lanes with waiting deliveries, most first (at most `limit`),
     /// or the one lane `key`; each with its open head.

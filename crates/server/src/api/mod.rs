@@ -563,16 +563,9 @@ pub mod query {
         description: "Only deliveries in this state: 0 success, 1 pending, 2 fail, 3 sending, 4 canceled, 5 skipped (published while the endpoint was disabled, or skipped by an operator), 6 waiting (behind an earlier delivery of its ordering key).",
         schema: || json!({"type": "integer", "minimum": 0, "maximum": 6}),
     };
-    pub const BEFORE: QueryParam = QueryParam {
-        name: "before",
-        description: "Only what was created before this time (RFC 3339).",
-        schema: || json!({"type": "string", "format": "date-time"}),
-    };
-    pub const AFTER: QueryParam = QueryParam {
-        name: "after",
-        description: "Only what was created after this time (RFC 3339).",
-        schema: || json!({"type": "string", "format": "date-time"}),
-    };
+    pub const BEFORE: QueryParam =
+        QueryParam::date_time("before", "Only what was created before this time (RFC 3339).");
+    pub const AFTER: QueryParam = QueryParam::date_time("after", "Only what was created after this time (RFC 3339).");
     pub const CHANNEL: QueryParam = QueryParam::string("channel", "Only messages on this channel.");
     pub const EVENT_TYPES: QueryParam = QueryParam::string("event_types", "Only these event types, comma-separated.");
     pub const WITH_CONTENT: QueryParam = QueryParam::boolean("with_content", "Include payloads (default true).");

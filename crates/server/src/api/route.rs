@@ -32,6 +32,11 @@ impl QueryParam {
     pub const fn string(name: &'static str, description: &'static str) -> QueryParam {
         QueryParam { name, description, schema: || serde_json::json!({"type": "string"}) }
     }
+
+    /// An RFC 3339 time.
+    pub const fn date_time(name: &'static str, description: &'static str) -> QueryParam {
+        QueryParam { name, description, schema: || serde_json::json!({"type": "string", "format": "date-time"}) }
+    }
 }
 
 /// A successful answer: status, description, body schema (none for `204`).

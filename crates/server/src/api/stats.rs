@@ -63,31 +63,21 @@ pub fn routes() -> Vec<Route> {
     )
 }
 
-const SINCE: QueryParam = QueryParam {
-    name: "since",
-    description: "Start of the range (RFC 3339).",
-    schema: || json!({"type": "string", "format": "date-time"}),
-};
-const UNTIL: QueryParam = QueryParam {
-    name: "until",
-    description: "End of the range (RFC 3339, default now).",
-    schema: || json!({"type": "string", "format": "date-time"}),
-};
+const SINCE: QueryParam = QueryParam::date_time("since", "Start of the range (RFC 3339).");
+const UNTIL: QueryParam = QueryParam::date_time("until", "End of the range (RFC 3339, default now).");
 const PERIOD: QueryParam = QueryParam {
     name: "period",
     description: "The width of each point: `FiveMinutes`, `OneHour` (default) or `OneDay`.",
     schema: || json!({"type": "string", "enum": ["FiveMinutes", "OneHour", "OneDay"]}),
 };
-const START_DATE: QueryParam = QueryParam {
-    name: "startDate",
-    description: "Start of the series (RFC 3339, rounded down to the period; default a day before endDate).",
-    schema: || json!({"type": "string", "format": "date-time"}),
-};
-const END_DATE: QueryParam = QueryParam {
-    name: "endDate",
-    description: "End of the series (RFC 3339, default now). At most 2016 points: a longer range keeps its last 2016.",
-    schema: || json!({"type": "string", "format": "date-time"}),
-};
+const START_DATE: QueryParam = QueryParam::date_time(
+    "startDate",
+    "Start of the series (RFC 3339, rounded down to the period; default a day before endDate).",
+);
+const END_DATE: QueryParam = QueryParam::date_time(
+    "endDate",
+    "End of the series (RFC 3339, default now). At most 2016 points: a longer range keeps its last 2016.",
+);
 const ENDPOINT_ID: QueryParam = QueryParam::string("endpointId", "Only this endpoint (id or uid).");
 
 #[derive(Debug, Default, Deserialize)]

@@ -592,7 +592,7 @@ impl Engine {
         if recorded.disabled.is_some() {
             self.catalog.invalidate(&d.app_id);
         }
-        if let Some(lane) = publish::lane(d).filter(|_| state.is_final()) {
+        if let Some(lane) = state.is_final().then(|| publish::lane(d)).flatten() {
             self.next_in_lane(lane, now).await;
         }
         observe(lane, state, class, sent.as_ref(), message.created_at, now);

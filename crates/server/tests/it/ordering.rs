@@ -195,3 +195,32 @@ async fn a_fifo_endpoint_orders_everything_sent_to_it() {
     assert_eq!(patched["ordering"], "none");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_lane_keeps_its_order_across_a_restart() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let clock = Arc::new(hookline_server::clock::ManualClock::new(T0));
+    let gw = start_gateway_in(dev_config(), dir.clone(), clock.clone()).await;
+    let rx = Receiver::start(Answer::status(500)).await;
+    let app = gw.app("merchant").await;
+    let policy: Value = serde_json::from_str(RETRIES).unwrap();
+    gw.endpoint(&app, json!({"url": rx.url, "retryPolicy": policy})).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let body = json!({"eventType": "payment.updated", "orderingKey": "pay_1", "payload": {"n": n}});
+        ids.push(gw.publish(&app, body).await);
+    }
+    rx.next().await;
+    gw.wait_attempts(&app, &ids[0], 1).await;
+    gw.stop().await;
+
+    // After the restart the head is retried first (a second on), then the others in order.
+    rx.set_fallback(Answer::status(204));
+    let gw = start_gateway_in(dev_config(), dir, clock).await;
+    gw.advance(1_000);
+    for n in 0..3 {
+        let got: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
+        assert_eq!(got["n"], n);
+    }
+    gw.stop().await;
+}

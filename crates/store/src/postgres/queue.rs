@@ -314,24 +314,24 @@ pub async fn skip(
     endpoint_id: &str,
     now: i64,
 ) -> StoreResult<Delivery> {
-    let message = get_message(c, app_id, msg_id).await?;
-    let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
     let sql = format!(
-        "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = $3 \
-         WHERE msg_id = $1 AND endpoint_id = $2 AND state IN (1, 3, 6) RETURNING {}",
+        "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = $4 \
+         WHERE msg_id = $1 AND endpoint_id = $2 AND app_id = $3 AND state IN (1, 3, 6) RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
-    match absent(one(c, &sql, &[&message.id, &endpoint.id, &now], rows::delivery).await)? {
+    match absent(one(c, &sql, &[&msg_id, &endpoint_id, &app_id, &now], rows::delivery).await)? {
         Some(delivery) => {
             if let Some(key) = &delivery.order_key {
-                promote_lane(c, &endpoint.id, key, now).await?;
+                promote_lane(c, endpoint_id, key, now).await?;
             }
             Ok(delivery)
         }
         None => {
-            let sql =
-                format!("SELECT {} FROM deliveries WHERE msg_id = $1 AND endpoint_id = $2", rows::DELIVERY_COLUMNS);
-            one(c, &sql, &[&message.id, &endpoint.id], rows::delivery).await
+            let sql = format!(
+                "SELECT {} FROM deliveries WHERE msg_id = $1 AND endpoint_id = $2 AND app_id = $3",
+                rows::DELIVERY_COLUMNS
+            );
+            one(c, &sql, &[&msg_id, &endpoint_id, &app_id], rows::delivery).await
         }
     }
 }

@@ -431,28 +431,30 @@ pub fn promote_lanes(conn: &Connection, lanes: Option<&[(String, String)]>, now:
 
 /// Skips the delivery of a message to an endpoint (an operator's call): an open or
 /// waiting one becomes `Skipped` and the next in its lane is made due. A delivery already
-/// done is returned unchanged.
+/// done is returned unchanged. Ids, not uids; only the application's own.
 pub fn skip(conn: &Connection, app_id: &str, msg_id: &str, endpoint_id: &str, now: i64) -> StoreResult<Delivery> {
-    let message = get_message(conn, app_id, msg_id)?;
-    let endpoint = get_endpoint(conn, app_id, endpoint_id)?;
     let sql = format!(
-        "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = ?3 \
-         WHERE msg_id = ?1 AND endpoint_id = ?2 AND state IN (1, 3, 6) RETURNING {}",
+        "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = ?4 \
+         WHERE msg_id = ?1 AND endpoint_id = ?2 AND app_id = ?3 AND state IN (1, 3, 6) RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
-    let skipped =
-        conn.query_row(&sql, params![message.id, endpoint.id, now], rows::delivery).optional().map_err(sql_error)?;
+    let skipped = conn
+        .query_row(&sql, params![msg_id, endpoint_id, app_id, now], rows::delivery)
+        .optional()
+        .map_err(sql_error)?;
     match skipped {
         Some(delivery) => {
             if let Some(key) = &delivery.order_key {
-                promote_lane(conn, &endpoint.id, key, now)?;
+                promote_lane(conn, endpoint_id, key, now)?;
             }
             Ok(delivery)
         }
         None => {
-            let sql =
-                format!("SELECT {} FROM deliveries WHERE msg_id = ?1 AND endpoint_id = ?2", rows::DELIVERY_COLUMNS);
-            conn.query_row(&sql, params![message.id, endpoint.id], rows::delivery).map_err(sql_error)
+            let sql = format!(
+                "SELECT {} FROM deliveries WHERE msg_id = ?1 AND endpoint_id = ?2 AND app_id = ?3",
+                rows::DELIVERY_COLUMNS
+            );
+            conn.query_row(&sql, params![msg_id, endpoint_id, app_id], rows::delivery).map_err(sql_error)
         }
     }
 }
