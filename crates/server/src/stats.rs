@@ -25,17 +25,39 @@ pub const FLUSH_MS: u64 = 5_000;
 
 #[derive(Default)]
 pub struct Recorder {
-    /// Counts not yet written, by (scope, minute), with their application.
-    pending: Mutex<HashMap<(String, UnixMs), (String, StatCounts)>>,
+    /// Rows not yet written, by scope: found without allocating on the attempt path (one
+    /// row per minute; a scope spans two minutes at most between flushes).
+    pending: Mutex<HashMap<String, Vec<StatRow>>>,
+}
+
+/// Adds `count` to the row of `scope` for `minute`, creating it (with `app_id`) if missing.
+fn add_to(
+    pending: &mut HashMap<String, Vec<StatRow>>,
+    scope: &str,
+    app_id: &str,
+    minute: UnixMs,
+    count: impl FnOnce(&mut StatCounts),
+) {
+    if !pending.contains_key(scope) {
+        pending.insert(scope.to_owned(), Vec::new());
+    }
+    let rows = pending.get_mut(scope).expect("inserted above");
+    let at = match rows.iter().position(|r| r.bucket == minute) {
+        Some(at) => at,
+        None => {
+            let counts = StatCounts::default();
+            let (scope, app_id) = (scope.to_owned(), app_id.to_owned());
+            rows.push(StatRow { scope, app_id, width_ms: MINUTE_MS, bucket: minute, counts });
+            rows.len() - 1
+        }
+    };
+    count(&mut rows[at].counts);
 }
 
 impl Recorder {
     fn add(&self, scope: &str, app_id: &str, now: UnixMs, count: impl FnOnce(&mut StatCounts)) {
         let minute = now - now.rem_euclid(MINUTE_MS);
-        let mut pending = self.pending.lock().expect("stats lock");
-        let (_, counts) =
-            pending.entry((scope.to_owned(), minute)).or_insert_with(|| (app_id.to_owned(), StatCounts::default()));
-        count(counts);
+        add_to(&mut self.pending.lock().expect("stats lock"), scope, app_id, minute, count);
     }
 
     /// An attempt to an endpoint finished (`ok`: delivered). Attempts of messages from an
@@ -67,24 +89,15 @@ impl Recorder {
     /// Writes what was counted. On failure the counts are kept for the next flush.
     pub async fn flush(&self, store: &dyn Store) {
         let taken = std::mem::take(&mut *self.pending.lock().expect("stats lock"));
-        if taken.is_empty() {
+        let rows: Vec<StatRow> = taken.into_values().flatten().collect();
+        if rows.is_empty() {
             return;
         }
-        let rows: Vec<StatRow> = taken
-            .iter()
-            .map(|((scope, minute), (app_id, counts))| StatRow {
-                scope: scope.clone(),
-                app_id: app_id.clone(),
-                width_ms: MINUTE_MS,
-                bucket: *minute,
-                counts: counts.clone(),
-            })
-            .collect();
-        if let Err(e) = store.add_stats(rows).await {
+        if let Err(e) = store.add_stats(rows.clone()).await {
             tracing::warn!(error = %e, "could not write statistics; keeping them for the next try");
             let mut pending = self.pending.lock().expect("stats lock");
-            for (key, (app_id, counts)) in taken {
-                pending.entry(key).or_insert_with(|| (app_id, StatCounts::default())).1.add(&counts);
+            for row in rows {
+                add_to(&mut pending, &row.scope, &row.app_id, row.bucket, |c| c.add(&row.counts));
             }
         }
     }
