@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit, conformance, property and integration tests on SQLite and
 # on PostgreSQL, the real-binary fault and cluster tests, short fuzz runs, and the Svix SDK
-# acceptance test in Python on both backends. Installs what it needs on a fresh machine
-# (PostgreSQL, python3-venv, the Python libraries, cargo-fuzz).
+# acceptance test in Python on both backends, and the queue tests against real Redis,
+# RabbitMQ and NATS. Installs what it needs on a fresh machine (PostgreSQL, the brokers,
+# python3-venv, the Python libraries, cargo-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
@@ -17,6 +18,9 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
 
 ./scripts/ensure-postgres.sh
+# Redis, RabbitMQ and NATS for the queue tests (each run uses streams, queues and subjects
+# of its own; see crates/cli/tests/queues.rs).
+./scripts/ensure-brokers.sh
 # Each test makes its own database on this server (see crates/store/src/postgres/scratch.rs).
 export HOOKLINE_TEST_PG_URL="${HOOKLINE_TEST_PG_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
 

@@ -9,6 +9,8 @@ pub enum Outcome {
         status: u16,
         retry_after_ms: Option<u64>,
     },
+    /// A queue destination's broker confirmed the message.
+    Published,
     Timeout,
     Connect,
     /// The resolved address was refused by the address rules (SSRF protection).
@@ -30,6 +32,7 @@ pub enum Verdict {
 pub fn classify(outcome: &Outcome) -> Verdict {
     match outcome {
         Outcome::Response { status, .. } if (200..300).contains(status) => Verdict::Delivered,
+        Outcome::Published => Verdict::Delivered,
         Outcome::Response { status: 410, .. } => Verdict::DisableEndpoint,
         Outcome::Response { status: 429 | 503, retry_after_ms } => Verdict::Retry { retry_after_ms: *retry_after_ms },
         // 3xx is a failure: redirects are never followed.
@@ -41,6 +44,7 @@ pub fn classify(outcome: &Outcome) -> Verdict {
 pub fn error_class(outcome: &Outcome) -> Option<&'static str> {
     match outcome {
         Outcome::Response { status, .. } if (200..300).contains(status) => None,
+        Outcome::Published => None,
         Outcome::Response { .. } => Some("http_status"),
         Outcome::Timeout => Some("timeout"),
         Outcome::Connect => Some("connect"),
@@ -93,6 +97,7 @@ mod tests {
             Verdict::Retry { retry_after_ms: Some(7_000) },
             Some("http_status"),
         );
+        check(Outcome::Published, Verdict::Delivered, None);
         check(Outcome::Timeout, Verdict::Retry { retry_after_ms: None }, Some("timeout"));
         check(Outcome::Connect, Verdict::Retry { retry_after_ms: None }, Some("connect"));
         check(Outcome::BlockedAddress, Verdict::Retry { retry_after_ms: None }, Some("blocked_address"));

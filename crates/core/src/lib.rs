@@ -7,6 +7,7 @@ pub mod delivery;
 pub mod exact;
 pub mod id;
 pub mod inbound;
+pub mod queue_url;
 pub mod retry;
 pub mod routing;
 pub mod signature;

@@ -138,7 +138,7 @@ pub enum UrlError {
     Invalid(String),
     #[error("URL is longer than {0} bytes")]
     TooLong(usize),
-    #[error("URL scheme must be https (http only in dev mode)")]
+    #[error("URL scheme must be https (http only in dev mode), or redis, amqp or nats for a queue")]
     Scheme,
     #[error("URL must not carry credentials")]
     Credentials,
@@ -157,7 +157,8 @@ pub fn check_url(text: &str, policy: &AddressPolicy) -> Result<url::Url, UrlErro
         return Err(UrlError::TooLong(policy.url_bytes_max));
     }
     // Spelled as the API documents it, lowercase: `url` would also take `HTTPS://`.
-    if !text.starts_with("https://") && !text.starts_with("http://") {
+    let queue = ["redis://", "amqp://", "nats://"].iter().any(|s| text.starts_with(s));
+    if !text.starts_with("https://") && !text.starts_with("http://") && !queue {
         return Err(UrlError::Scheme);
     }
     // An RFC 3986 URI, as documented: `url` would also take spaces, raw non-ASCII (IRIs) and
@@ -169,12 +170,19 @@ pub fn check_url(text: &str, policy: &AddressPolicy) -> Result<url::Url, UrlErro
     match parsed.scheme() {
         "https" => {}
         "http" if policy.allow_plain_http => {}
+        _ if queue => {
+            crate::queue_url::QueueUrl::parse(&parsed).transpose().map_err(UrlError::Invalid)?;
+        }
         _ => return Err(UrlError::Scheme),
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(UrlError::Credentials);
     }
-    let ip = match parsed.host() {
+    let host = match queue {
+        true => crate::queue_url::web_host(&parsed),
+        false => parsed.host().map(|h| h.to_owned()),
+    };
+    let ip = match host {
         Some(url::Host::Ipv4(v4)) => IpAddr::V4(v4),
         Some(url::Host::Ipv6(v6)) => IpAddr::V6(v6),
         Some(url::Host::Domain(name)) => {
@@ -211,6 +219,12 @@ mod tests {
         check("https://93.184.216.34/hooks", Ok(()));
         check("http://merchant.example/hooks", Err(UrlError::Scheme));
         check("ftp://merchant.example/", Err(UrlError::Scheme));
+        check("redis://queue.example/payments", Ok(()));
+        check("nats://93.184.216.34/payments.in", Ok(()));
+        check("amqp://127.0.0.1/events?routingKey=payment", no(Loopback));
+        check("nats://2130706433/payments", no(Loopback));
+        check("redis://10.0.0.5/payments", no(Private));
+        check("amqp://guest:guest@queue.example/events", Err(UrlError::Credentials));
         check("https://user:pw@merchant.example/", Err(UrlError::Credentials));
         check("https://127.0.0.1/", no(Loopback));
         check("https://127.1/", no(Loopback));

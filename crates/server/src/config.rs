@@ -21,7 +21,99 @@ pub struct Config {
     pub security: SecurityConfig,
     pub metrics: MetricsConfig,
     pub alerts: AlertsConfig,
+    pub ingest: IngestConfig,
     pub log: LogConfig,
+}
+
+/// Queues Hookline consumes messages from (`[[ingest.redis]]`, `[[ingest.amqp]]`,
+/// `[[ingest.nats]]`): each message is a publish body plus its `app`, acknowledged to the
+/// broker only once it and its deliveries are committed.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    pub redis: Vec<RedisIngest>,
+    pub amqp: Vec<AmqpIngest>,
+    pub nats: Vec<NatsIngest>,
+}
+
+/// A Redis stream read through a consumer group.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisIngest {
+    /// `redis://[user:pass@]host:port[/db]`.
+    pub url: String,
+    pub stream: String,
+    /// Created (from the stream's start, `MKSTREAM`) if missing.
+    pub group: String,
+    /// Default: the node's name (`cluster.node_name`, else the host name).
+    pub consumer: Option<String>,
+    /// The entry field holding the message's JSON.
+    #[serde(default = "default_redis_field")]
+    pub field: String,
+    /// Entries read at once, and committed concurrently.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    /// Entries another consumer has held this long unacknowledged (it died, or the store
+    /// was down) are taken over with `XAUTOCLAIM`.
+    #[serde(default = "default_claim_idle_ms")]
+    pub claim_idle_ms: u64,
+}
+
+/// A RabbitMQ (AMQP 0.9.1) queue.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpIngest {
+    /// `amqp://[user:pass@]host:port/[vhost]` (or `amqps://`).
+    pub url: String,
+    pub queue: String,
+    /// Unacknowledged messages the broker sends at once.
+    #[serde(default = "default_batch")]
+    pub prefetch: usize,
+    /// Required: where refused messages go (`requeue=false` without one discards them).
+    /// Hookline declares the queue with it; if the exchange is missing, it creates it
+    /// (fanout) with a queue `<queue>.dlq` bound to it.
+    pub dead_letter_exchange: Option<String>,
+}
+
+/// A NATS JetStream stream read through a durable pull consumer.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsIngest {
+    /// `nats://host:port`.
+    pub url: String,
+    pub stream: String,
+    /// The durable consumer's name (created if missing).
+    pub durable: String,
+    /// Only these subjects of the stream (default: all).
+    pub filter_subject: Option<String>,
+    /// How long a message may go unacknowledged before JetStream redelivers it.
+    #[serde(default = "default_ack_wait_ms")]
+    pub ack_wait_ms: u64,
+    /// Deliveries of one message at most; -1 (the default) is unlimited, so a long store
+    /// outage never makes JetStream give up on a message.
+    #[serde(default = "default_max_deliver")]
+    pub max_deliver: i64,
+    /// Where refused messages are published (it must be captured by a stream); default
+    /// `hookline.dlq.<stream>`.
+    pub dlq_subject: Option<String>,
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+fn default_redis_field() -> String {
+    "message".into()
+}
+fn default_batch() -> usize {
+    256
+}
+fn default_claim_idle_ms() -> u64 {
+    30_000
+}
+fn default_ack_wait_ms() -> u64 {
+    30_000
+}
+fn default_max_deliver() -> i64 {
+    -1
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -356,6 +448,7 @@ impl Config {
             return Err("database.url must start with postgres:// (or be empty for SQLite)".into());
         }
         d.retry_policy.validate().map_err(|e| format!("delivery.retry_policy: {e}"))?;
+        self.ingest.validate()?;
         if let Some(url) = &self.alerts.smtp_url {
             // The error never repeats the URL, which may hold a password.
             lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url).map_err(|_| {
@@ -373,5 +466,66 @@ impl Config {
             allow_plain_http: self.server.dev || self.network.allow_http,
             url_bytes_max: self.network.url_bytes_max,
         }
+    }
+}
+
+impl IngestConfig {
+    fn validate(&self) -> Result<(), String> {
+        let mut names = std::collections::HashSet::new();
+        for r in &self.redis {
+            prefixed("ingest.redis.url", &r.url, &["redis://"])?;
+            required("ingest.redis.stream", &r.stream)?;
+            required("ingest.redis.group", &r.group)?;
+            batch("ingest.redis.batch", r.batch)?;
+            if !names.insert(format!("redis:{}:{}", r.stream, r.group)) {
+                return Err(format!("ingest.redis: stream {} and group {} are listed twice", r.stream, r.group));
+            }
+        }
+        for a in &self.amqp {
+            prefixed("ingest.amqp.url", &a.url, &["amqp://", "amqps://"])?;
+            required("ingest.amqp.queue", &a.queue)?;
+            batch("ingest.amqp.prefetch", a.prefetch)?;
+            if a.dead_letter_exchange.as_deref().is_none_or(str::is_empty) {
+                return Err(format!(
+                    "ingest.amqp queue {}: dead_letter_exchange is required (refused messages would be discarded)",
+                    a.queue
+                ));
+            }
+        }
+        for n in &self.nats {
+            prefixed("ingest.nats.url", &n.url, &["nats://"])?;
+            required("ingest.nats.stream", &n.stream)?;
+            required("ingest.nats.durable", &n.durable)?;
+            batch("ingest.nats.batch", n.batch)?;
+            if n.ack_wait_ms < 1_000 {
+                return Err("ingest.nats.ack_wait_ms must be at least 1000".into());
+            }
+            if n.max_deliver == 0 || n.max_deliver < -1 {
+                return Err("ingest.nats.max_deliver must be -1 (unlimited) or at least 1".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn prefixed(key: &str, url: &str, schemes: &[&str]) -> Result<(), String> {
+    // The error never repeats the URL, which may hold a password.
+    match schemes.iter().any(|s| url.starts_with(s)) {
+        true => Ok(()),
+        false => Err(format!("{key} must start with {}", schemes.join(" or "))),
+    }
+}
+
+fn required(key: &str, value: &str) -> Result<(), String> {
+    match value.is_empty() {
+        true => Err(format!("{key} must not be empty")),
+        false => Ok(()),
+    }
+}
+
+fn batch(key: &str, value: usize) -> Result<(), String> {
+    match (1..=10_000).contains(&value) {
+        true => Ok(()),
+        false => Err(format!("{key} must be 1 to 10000")),
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dispatch;
 pub mod error;
 pub mod housekeeping;
+pub mod ingest;
 pub mod metrics;
 pub mod openapi;
 pub mod reconcile;
@@ -116,6 +117,7 @@ pub async fn run(
     let tokens = housekeeping::load_tokens(store.as_ref(), &config).await?;
     ensure_operational_app(store.as_ref(), clock.as_ref()).await?;
     let addresses = config.address_policy();
+    let state_grace_ms = config.delivery.shutdown_grace_ms;
     let limits = serve::Limits {
         max_connections: config.server.max_connections,
         headers_max: config.server.headers_max,
@@ -133,6 +135,8 @@ pub async fn run(
         alerts::Mailer::new(&config.alerts, clock.clone()).map_err(ServerError::Config)?,
     )
     .await?;
+    let consumers =
+        ingest::queue::Consumers::start(&config, ingest::queue::Ingestor::new(&config, engine.clone(), clock.clone()));
     let state = Arc::new(AppState {
         store,
         clock,
@@ -143,6 +147,7 @@ pub async fn run(
         rejections: Default::default(),
         rate_buckets: Default::default(),
         idempotency_in_flight: Default::default(),
+        queues: consumers.statuses.clone(),
     });
     let background = [
         tokio::spawn(housekeeping::follow_changes(state.clone())),
@@ -152,6 +157,9 @@ pub async fn run(
     tracing::info!(listen = %listener.local_addr()?, "hookline is ready");
     serve::serve(listener, app, limits, shutdown).await?;
     tracing::info!(in_flight = engine.in_flight(), "stopped accepting; finishing in-flight deliveries");
+    // Consumers stop first: what they are storing is committed and acknowledged while
+    // the engine still runs.
+    consumers.shutdown(std::time::Duration::from_millis(state_grace_ms)).await;
     for task in background {
         task.abort();
     }

@@ -17,8 +17,10 @@ use std::collections::BTreeMap;
 pub const TEXT_PATTERN: &str = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$";
 /// Uids and event type names: letters, digits, `-`, `_` and `.` (Svix's rule).
 pub const NAME_PATTERN: &str = r"^[a-zA-Z0-9\-_.]+$";
-/// Endpoint and callback URLs: `http://` or `https://`, as `ssrf::check_url` requires.
-pub const URL_PATTERN: &str = r"^https?://";
+/// Endpoint and callback URLs: `http://` or `https://`, or a queue destination
+/// (`redis://host/stream`, `amqp://host/exchange?routingKey=...`, `nats://host/subject`), as
+/// `ssrf::check_url` requires.
+pub const URL_PATTERN: &str = r"^(https?|redis|amqp|nats)://";
 pub const NAME_CHARS_MAX: usize = 256;
 /// Event types or channels an endpoint may list.
 pub const LIST_ITEMS_MAX: usize = 256;
@@ -117,6 +119,10 @@ pub struct ApplicationOut {
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointIn {
+    /// Where deliveries go: an `https://` URL (`http://` in dev mode or with
+    /// `network.allow_http`), or a queue the delivery is published to:
+    /// `redis://host[:port]/<stream>`, `amqp://host[:port]/<exchange>?routingKey=<key>`,
+    /// `nats://host[:port]/<subject>` (JetStream).
     #[schemars(length(min = 1, max = URL_BYTES_MAX), regex(pattern = URL_PATTERN), extend("format" = "uri"))]
     pub url: String,
     #[serde(default)]
@@ -449,6 +455,10 @@ pub struct EventTypeOut {
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MessageIn {
+    /// A queue message's application (id or uid); the publish route takes it from the path
+    /// and refuses it here.
+    #[schemars(skip)]
+    pub app: Option<String>,
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = PRINTABLE_PATTERN))]
     pub event_type: String,
     /// Kept as the exact bytes received: never re-serialized.

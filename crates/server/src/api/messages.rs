@@ -6,9 +6,9 @@ use super::endpoints::find as find_endpoint;
 use super::route::{tagged, Route};
 use super::{
     listed, query, views, AnswerStored, AppState, IdempotencyKey, JsonBody, ListQuery, PathParams, QueryParams, Shared,
-    Text,
 };
 use crate::error::{ApiError, ApiResult};
+use crate::ingest;
 use crate::metrics as m;
 use crate::wire::*;
 use axum::extract::Extension;
@@ -16,9 +16,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hookline_core::id::prefix;
-use hookline_core::ssrf::check_url;
-use hookline_core::UnixMs;
-use hookline_store::{App, AttemptScope, Bytes, Delivery, Message, PublishOutcome, StoreError};
+use hookline_store::{App, AttemptScope, Bytes, Message, PublishOutcome, StoreError};
 use std::sync::Arc;
 
 pub fn routes() -> Vec<Route> {
@@ -69,39 +67,6 @@ pub fn routes() -> Vec<Route> {
     tagged("Message", messages).into_iter().chain(tagged("Attempt", attempts)).collect()
 }
 
-fn check(input: &MessageIn) -> ApiResult<()> {
-    super::check_text("eventType", &input.event_type, Text::Printable, 1, NAME_CHARS_MAX)?;
-    if let Some(id) = &input.event_id {
-        super::check_text("eventId", id, Text::Printable, 1, NAME_CHARS_MAX)?;
-    }
-    if let Some(key) = &input.ordering_key {
-        let visible = key.bytes().all(|b| b.is_ascii_graphic());
-        if key.is_empty() || key.len() > ORDERING_KEY_BYTES_MAX || !visible {
-            return Err(ApiError::field("orderingKey", "orderingKey must be 1 to 256 visible ASCII characters"));
-        }
-    }
-    // Checked whether or not it is needed: an inline application that exists is not used.
-    if let Some(app) = &input.application {
-        super::apps::check(app)?;
-    }
-    if !input.payload.get().trim_start().starts_with('{') {
-        return Err(ApiError::field("payload", "payload must be a JSON object"));
-    }
-    if input.channels.as_ref().is_some_and(|c| c.len() > CHANNELS_MAX || c.iter().any(|c| c.is_empty())) {
-        return Err(ApiError::field("channels", format!("at most {CHANNELS_MAX} non-empty channels")));
-    }
-    let retention = [
-        ("payloadRetentionPeriod", input.payload_retention_period, RETENTION_DAYS_MAX),
-        ("payloadRetentionHours", input.payload_retention_hours, RETENTION_DAYS_MAX * 24),
-    ];
-    for (field, value, max) in retention {
-        if value.is_some_and(|v| !(1..=max).contains(&v)) {
-            return Err(ApiError::field(field, format!("{field} must be 1 to {max}")));
-        }
-    }
-    Ok(())
-}
-
 /// The application a message goes to, created on the fly when the body carries one.
 async fn target_app(state: &AppState, app_key: &str, inline: Option<ApplicationIn>) -> ApiResult<Arc<App>> {
     let cached = state.engine.catalog.app(app_key).await.map_err(ApiError::from_store("application"));
@@ -123,47 +88,19 @@ async fn publish(
     PathParams(app_key): PathParams<String>,
     QueryParams(query): QueryParams<ListQuery>,
     idempotency: Option<Extension<IdempotencyKey>>,
-    JsonBody(input): JsonBody<MessageIn>,
+    JsonBody(mut input): JsonBody<MessageIn>,
 ) -> ApiResult<Response> {
-    check(&input)?;
+    if input.app.is_some() {
+        return Err(ApiError::field("app", "app is for queue messages; here the application is in the path"));
+    }
+    ingest::check(&input)?;
     let now = state.now();
-    let deliver_at = match input.deliver_at.as_deref() {
-        Some(t) => {
-            Some(parse_timestamp(t).ok_or_else(|| ApiError::field("deliverAt", "deliverAt must be an RFC 3339 time"))?)
-        }
-        None => None,
-    };
-    if let Some(url) = &input.callback_url {
-        check_url(url, &state.addresses).map_err(|e| ApiError::field("callbackUrl", e.to_string()))?;
-    }
-    let retain_until = retain_until(&input, now);
-    let app = target_app(&state, &app_key, input.application).await?;
-    let endpoints = state.engine.catalog.endpoints(&app.id).await.map_err(ApiError::from_store("endpoint"))?;
-    let message = Arc::new(Message {
-        id: state.new_id(prefix::MESSAGE),
-        app_id: app.id.clone(),
-        event_id: input.event_id,
-        event_type: input.event_type,
-        payload: Bytes::copy_from_slice(input.payload.get().as_bytes()),
-        channels: input.channels,
-        tags: input.tags,
-        callback_url: input.callback_url,
-        deliver_at,
-        source_id: None,
-        headers: None,
-        retain_until,
-        ordering_key: input.ordering_key,
-        created_at: now,
-    });
-    let due_at = deliver_at.unwrap_or(now).max(now);
-    let mut deliveries = state.engine.route(&endpoints, &message, due_at);
-    if message.callback_url.is_some() {
-        deliveries.push(Delivery::pending(state.new_id(prefix::DELIVERY), &message, None, due_at, now));
-    }
+    let app = target_app(&state, &app_key, input.application.take()).await?;
+    let message = Arc::new(ingest::message(input, app.id.clone(), &state.addresses, now)?);
     let body = serde_json::to_vec(&views::message((*message).clone(), query.with_content.unwrap_or(true)))
         .map_err(|_| ApiError::Internal)?;
     let answer = idempotency.map(|Extension(key)| key.answer(StatusCode::ACCEPTED, Bytes::from(body.clone()), now));
-    match state.engine.commit(&message, deliveries, answer, None).await.map_err(ApiError::from_store("message"))? {
+    match ingest::submit(&state.engine, message, answer, None).await? {
         PublishOutcome::Created => {
             metrics::counter!(m::PUBLISHED).increment(1);
             let mut response = (StatusCode::ACCEPTED, [("content-type", "application/json")], body).into_response();
@@ -174,17 +111,6 @@ async fn publish(
         PublishOutcome::Duplicate(existing) => {
             Ok((StatusCode::OK, Json(views::message(*existing, true))).into_response())
         }
-    }
-}
-
-/// When the message may be deleted, if it asked for a retention of its own (Svix's
-/// `payloadRetentionPeriod` in days, or `payloadRetentionHours`).
-fn retain_until(input: &MessageIn, now: UnixMs) -> Option<UnixMs> {
-    const HOUR_MS: i64 = 3_600_000;
-    match (input.payload_retention_hours, input.payload_retention_period) {
-        (Some(hours), _) => Some(now.saturating_add(hours.saturating_mul(HOUR_MS))),
-        (None, Some(days)) => Some(now.saturating_add(days.saturating_mul(24 * HOUR_MS))),
-        (None, None) => None,
     }
 }
 

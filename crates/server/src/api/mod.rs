@@ -1,7 +1,7 @@
 //! The management API: Svix v1 compatible routes, bearer auth, `Idempotency-Key`,
 //! pagination, and extractors whose every rejection is a JSON error.
 
-mod apps;
+pub(crate) mod apps;
 pub use apps::new_secret;
 mod endpoints;
 mod event_types;
@@ -9,6 +9,7 @@ mod messages;
 mod operational;
 mod ops;
 mod ordering;
+mod queues;
 pub mod route;
 pub mod sources;
 mod stats;
@@ -59,6 +60,8 @@ pub struct AppState {
     /// Recent refused inbound requests per source, for debugging a provider's setup.
     pub rejections:
         std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<crate::wire::RejectionOut>>>,
+    /// The queue consumers this node runs (`[ingest]`), for `GET /api/v1/ingest-queue`.
+    pub queues: Vec<Arc<crate::ingest::queue::ConsumerStatus>>,
 }
 
 pub type Shared = State<Arc<AppState>>;
@@ -96,6 +99,7 @@ pub fn routes() -> Vec<route::Route> {
         sources::routes(),
         sources::ingest_routes(),
         stats::routes(),
+        queues::routes(),
     ];
     groups.into_iter().flatten().collect()
 }

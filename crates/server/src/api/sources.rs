@@ -7,6 +7,7 @@ use super::apps::find as find_app;
 use super::route::{tagged, Route};
 use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
 use crate::error::{ApiError, ApiResult};
+use crate::ingest;
 use crate::metrics as m;
 use crate::stats::Inbound;
 use crate::wire::*;
@@ -439,7 +440,6 @@ pub async fn accept(
     headers: BTreeMap<String, String>,
 ) -> ApiResult<(Arc<Message>, PublishOutcome)> {
     let now = state.now();
-    let endpoints = state.engine.catalog.endpoints(&source.app_id).await.map_err(ApiError::from_store("endpoint"))?;
     let message = Arc::new(Message {
         id: state.new_id(prefix::MESSAGE),
         app_id: source.app_id.clone(),
@@ -456,10 +456,8 @@ pub async fn accept(
         ordering_key: None,
         created_at: now,
     });
-    let deliveries = state.engine.route(&endpoints, &message, now);
     let dedupe = event_id.map(|id| (source.id.clone(), id));
-    let outcome =
-        state.engine.commit(&message, deliveries, None, dedupe).await.map_err(ApiError::from_store("message"))?;
+    let outcome = ingest::submit(&state.engine, message.clone(), None, dedupe).await?;
     Ok((message, outcome))
 }
 

@@ -4,11 +4,12 @@
 //! slots.
 
 mod catalog;
-mod claims;
+pub(crate) mod claims;
 mod client;
 mod http1;
 pub mod notices;
 mod publish;
+mod queues;
 
 pub use catalog::Catalog;
 pub use client::DeliveryClient;
@@ -80,6 +81,8 @@ pub struct Engine {
     /// Wakes the claimer before its next poll (work was freed or made due).
     claim_now: Notify,
     client: DeliveryClient,
+    /// Deliveries to `redis://`, `amqp://` and `nats://` endpoints.
+    queues: queues::QueuePublisher,
     pub catalog: Catalog,
     due: mpsc::UnboundedSender<Due>,
     global_slots: Arc<Semaphore>,
@@ -177,6 +180,7 @@ impl Engine {
         mailer: Option<Arc<crate::alerts::Mailer>>,
     ) -> Result<Arc<Engine>, StoreError> {
         let (due, receiver) = mpsc::unbounded_channel();
+        let queues = queues::QueuePublisher::new(policy.clone(), config.request_timeout_ms, config.connect_timeout_ms);
         let client = DeliveryClient::new(
             policy,
             config.request_timeout_ms,
@@ -201,6 +205,7 @@ impl Engine {
             held: Arc::default(),
             claim_now: Notify::new(),
             client,
+            queues,
             due,
             endpoint_lanes: Mutex::default(),
             stopping: watch::channel(false).0,
@@ -520,7 +525,10 @@ impl Engine {
         headers.push(("content-type".into(), content_type.unwrap_or("application/json").into()));
         headers.extend(forwarded.filter(|(k, _)| *k != "content-type").map(|(k, v)| (k.clone(), v.clone())));
         headers.extend(target.headers.iter().cloned());
-        let sent = self.client.post(&target.url, &headers, message.payload.clone(), now).await;
+        let sent = match queues::QueuePublisher::handles(&target.url) {
+            true => self.queues.publish(&target.url, &message.id, &headers, message.payload.clone()).await,
+            false => self.client.post(&target.url, &headers, message.payload.clone(), now).await,
+        };
         self.finish(due, &turn.key, &target, &message, Some(sent)).await;
     }
 

@@ -1,0 +1,831 @@
+//! Queues in and out, against real brokers: Redis Streams, RabbitMQ and NATS JetStream.
+//!
+//! Consumers: 1,000 messages in make 1,000 deliveries out; the broker delivering every
+//! message again makes none; malformed messages land in the dead letter with their reason
+//! and the rest flow on; `kill -9` of Hookline while it consumes loses nothing; a broker
+//! restarted under it is consumed again. Destinations: deliveries arrive on the queue with
+//! signatures that verify, and a stopped broker is retried until it is back.
+//!
+//! The consumer tests use the machine's brokers (`scripts/ensure-brokers.sh`), each run
+//! with streams, queues and subjects of its own; the restart and destination tests start
+//! private brokers they can stop.
+
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+mod support;
+use support::{create_all, free_port, serve_command, until_none_missing, Hookline, PATIENCE};
+
+const TOKEN: &str = "queues-test-token";
+const APP: &str = "shop";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Redis,
+    Amqp,
+    Nats,
+}
+
+/// A name no other run or test uses.
+fn unique(what: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    format!("hk-{what}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// One broker, and the stream or queue this test consumes from on it.
+struct Broker {
+    kind: Kind,
+    url: String,
+    /// The stream (Redis, NATS) or queue (RabbitMQ).
+    name: String,
+}
+
+impl Broker {
+    /// The machine's broker of `kind`.
+    fn shared(kind: Kind) -> Broker {
+        let url = match kind {
+            Kind::Redis => env_or("HOOKLINE_TEST_REDIS_URL", "redis://127.0.0.1:6379"),
+            Kind::Amqp => env_or("HOOKLINE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+            Kind::Nats => env_or("HOOKLINE_TEST_NATS_URL", "nats://127.0.0.1:4222"),
+        };
+        Broker::on(kind, url)
+    }
+
+    fn on(kind: Kind, url: String) -> Broker {
+        // NATS stream names allow no dots; RabbitMQ and Redis take anything.
+        let name = unique(&format!("{kind:?}").to_lowercase()).replace('.', "-");
+        Broker { kind, url, name }
+    }
+
+    fn subject(&self) -> String {
+        format!("{}.in", self.name)
+    }
+
+    fn dlq_stream(&self) -> String {
+        format!("{}-dlq", self.name)
+    }
+
+    /// The `[[ingest.*]]` table that consumes from this broker.
+    fn consumer_config(&self) -> String {
+        let (url, name) = (&self.url, &self.name);
+        match self.kind {
+            Kind::Redis => format!(
+                "[[ingest.redis]]\nurl = \"{url}\"\nstream = \"{name}\"\ngroup = \"hookline\"\nclaim_idle_ms = 2000\n"
+            ),
+            Kind::Amqp => {
+                format!("[[ingest.amqp]]\nurl = \"{url}\"\nqueue = \"{name}\"\ndead_letter_exchange = \"{name}.dlx\"\n")
+            }
+            Kind::Nats => format!(
+                "[[ingest.nats]]\nurl = \"{url}\"\nstream = \"{name}\"\ndurable = \"hookline\"\nack_wait_ms = 2000\n\
+                 dlq_subject = \"{name}.dlq\"\n"
+            ),
+        }
+    }
+
+    /// What the broker needs before Hookline starts: NATS streams belong to their team, so
+    /// the test creates the stream and one capturing the dead letters.
+    async fn prepare(&self) {
+        if self.kind == Kind::Nats {
+            let js = async_nats::jetstream::new(async_nats::connect(&self.url).await.unwrap());
+            for (name, subject) in
+                [(self.name.clone(), self.subject()), (self.dlq_stream(), format!("{}.dlq", self.name))]
+            {
+                let config = async_nats::jetstream::stream::Config {
+                    name,
+                    subjects: vec![subject],
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    ..Default::default()
+                };
+                js.create_stream(config).await.unwrap();
+            }
+        }
+    }
+
+    /// Puts each `(body, broker message id)` on the queue, confirmed by the broker. Redis
+    /// ids are the entries' own.
+    async fn put_all(&self, items: &[(Vec<u8>, String)]) {
+        match self.kind {
+            Kind::Redis => {
+                let mut conn = redis_connection(&self.url).await;
+                for chunk in items.chunks(500) {
+                    let mut pipe = redis::pipe();
+                    for (body, _) in chunk {
+                        pipe.cmd("XADD").arg(&self.name).arg("*").arg("message").arg(body).ignore();
+                    }
+                    let _: () = pipe.query_async(&mut conn).await.unwrap();
+                }
+            }
+            Kind::Amqp => {
+                let (connection, channel) = amqp_channel(&self.url).await;
+                let mut confirms = Vec::new();
+                for (body, id) in items {
+                    let properties = lapin::BasicProperties::default().with_message_id(id.as_str().into());
+                    let options = lapin::options::BasicPublishOptions::default();
+                    let name = self.name.as_str().into();
+                    confirms.push(channel.basic_publish("".into(), name, options, body, properties).await.unwrap());
+                }
+                for confirm in confirms {
+                    assert!(matches!(confirm.await.unwrap(), lapin::Confirmation::Ack(None)));
+                }
+                connection.close(200, "".into()).await.unwrap();
+            }
+            Kind::Nats => {
+                let js = async_nats::jetstream::new(async_nats::connect(&self.url).await.unwrap());
+                let mut acks = Vec::new();
+                for (body, id) in items {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert("Nats-Msg-Id", id.as_str());
+                    acks.push(js.publish_with_headers(self.subject(), headers, body.clone().into()).await.unwrap());
+                }
+                for ack in acks {
+                    ack.await.unwrap();
+                }
+            }
+        }
+    }
+
+    /// Makes the broker deliver the same messages again: the Redis group is rewound to
+    /// the stream's start, the NATS durable consumer is deleted (Hookline creates it again,
+    /// from the stream's start), and for RabbitMQ, which forgets acknowledged messages,
+    /// the same messages with the same message ids are put again.
+    async fn redeliver(&self, items: &[(Vec<u8>, String)]) {
+        match self.kind {
+            Kind::Redis => {
+                let mut conn = redis_connection(&self.url).await;
+                let _: () = redis::cmd("XGROUP")
+                    .arg("SETID")
+                    .arg(&self.name)
+                    .arg("hookline")
+                    .arg("0")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            Kind::Amqp => self.put_all(items).await,
+            Kind::Nats => {
+                let js = async_nats::jetstream::new(async_nats::connect(&self.url).await.unwrap());
+                js.get_stream(&self.name).await.unwrap().delete_consumer("hookline").await.unwrap();
+            }
+        }
+    }
+
+    /// The dead letters: each one's code and body.
+    async fn dead_letters(&self) -> Vec<(String, Vec<u8>)> {
+        match self.kind {
+            Kind::Redis => {
+                let mut conn = redis_connection(&self.url).await;
+                let entries: redis::streams::StreamRangeReply = redis::cmd("XRANGE")
+                    .arg(format!("{}:dlq", self.name))
+                    .arg("-")
+                    .arg("+")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                entries
+                    .ids
+                    .iter()
+                    .map(|e| {
+                        let code: String = e.get("code").unwrap();
+                        let reason: String = e.get("reason").unwrap();
+                        assert!(!reason.is_empty());
+                        (code, e.get("message").unwrap())
+                    })
+                    .collect()
+            }
+            Kind::Amqp => {
+                let (connection, channel) = amqp_channel(&self.url).await;
+                let mut out = Vec::new();
+                let queue = format!("{}.dlq", self.name);
+                let options = lapin::options::BasicGetOptions { no_ack: true };
+                while let Some(got) = channel.basic_get(queue.as_str().into(), options).await.unwrap() {
+                    let headers = got.delivery.properties.headers().clone().unwrap();
+                    let header = |name: &str| match headers.inner().get(name) {
+                        Some(lapin::types::AMQPValue::LongString(s)) => s.to_string(),
+                        other => panic!("{name}: {other:?}"),
+                    };
+                    assert!(!header("x-hookline-reason").is_empty());
+                    out.push((header("x-hookline-code"), got.delivery.data.clone()));
+                }
+                connection.close(200, "".into()).await.unwrap();
+                out
+            }
+            Kind::Nats => {
+                let js = async_nats::jetstream::new(async_nats::connect(&self.url).await.unwrap());
+                nats_messages(&js, &self.dlq_stream())
+                    .await
+                    .into_iter()
+                    .map(|m| {
+                        assert!(!m.headers.get("Hookline-Reason").unwrap().as_str().is_empty());
+                        (m.headers.get("Hookline-Code").unwrap().to_string(), m.payload.to_vec())
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+async fn redis_connection(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+async fn amqp_channel(url: &str) -> (lapin::Connection, lapin::Channel) {
+    let connection = lapin::Connection::connect(url, lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel.confirm_select(lapin::options::ConfirmSelectOptions::default()).await.unwrap();
+    (connection, channel)
+}
+
+/// Every message in a JetStream stream, in order.
+async fn nats_messages(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let mut stream = js.get_stream(stream).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for sequence in 1..=last {
+        if let Ok(message) = stream.get_raw_message(sequence).await {
+            out.push(message);
+        }
+    }
+    out
+}
+
+/// A publish body for the queue: payment `n` of the test's application.
+fn message(n: u64) -> Vec<u8> {
+    json!({"app": APP, "eventType": "payment.succeeded", "payload": {"n": n}}).to_string().into_bytes()
+}
+
+/// `count` valid messages (payload `n` from `from`), each with a broker message id.
+fn messages(from: u64, count: u64) -> Vec<(Vec<u8>, String)> {
+    (from..from + count).map(|n| (message(n), format!("m-{n}"))).collect()
+}
+
+/// Deliveries by the payload's `n`, so a test can tell lost from duplicated.
+type Arrivals = Arc<Mutex<HashMap<u64, u32>>>;
+
+async fn payload_sink() -> (String, Arrivals) {
+    let arrivals: Arrivals = Arc::default();
+    let counted = arrivals.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let counted = counted.clone();
+        async move {
+            let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            if let Some(n) = payload["n"].as_u64() {
+                *counted.lock().unwrap().entry(n).or_default() += 1;
+            }
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, arrivals)
+}
+
+/// Payloads `0..count` that never arrived, and extra copies of any that did.
+fn lost_and_duplicated(arrivals: &Arrivals, count: u64) -> (usize, u32) {
+    let seen = arrivals.lock().unwrap();
+    let lost = (0..count).filter(|n| !seen.contains_key(n)).count();
+    (lost, seen.values().map(|n| n - 1).sum())
+}
+
+/// `hookline serve` with `config` as its config file, in `dir`.
+struct Gateway {
+    process: Hookline,
+    port: u16,
+}
+
+impl Gateway {
+    fn start(dir: &Path, config: &str) -> Gateway {
+        Gateway::start_on(dir, config, free_port())
+    }
+
+    fn start_on(dir: &Path, config: &str, port: u16) -> Gateway {
+        let file = dir.join("hookline.toml");
+        let retries = "[delivery]\nretry_policy = { firstDelayMs = 200, maxDelayMs = 1000, horizonMs = 600000 }\n";
+        std::fs::write(&file, format!("{retries}{config}")).unwrap();
+        let mut command = serve_command(&dir.join("data"), port, &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
+        command.arg("--config").arg(&file);
+        Gateway { process: Hookline::spawn(command, port), port }
+    }
+
+    fn url(&self) -> &str {
+        &self.process.url
+    }
+
+    /// The test's application, with one endpoint at `endpoint_url`; the endpoint's id.
+    async fn setup(&self, http: &reqwest::Client, endpoint_url: &str) -> String {
+        self.process.wait_healthy(http).await;
+        create_all(http, self.url(), TOKEN, &[("/api/v1/app", json!({"name": "Shop", "uid": APP}))]).await;
+        let (status, endpoint) = support::post(
+            http,
+            format!("{}/api/v1/app/{APP}/endpoint", self.url()),
+            TOKEN,
+            &json!({"url": endpoint_url}),
+        )
+        .await;
+        assert_eq!(status, 201, "{endpoint}");
+        endpoint["id"].as_str().unwrap().to_owned()
+    }
+
+    /// The one consumer's view at `GET /api/v1/ingest-queue`.
+    async fn consumer(&self, http: &reqwest::Client) -> Value {
+        let list: Value = http
+            .get(format!("{}/api/v1/ingest-queue", self.url()))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["data"][0].clone()
+    }
+
+    /// Waits until the consumer's `field` count reaches `at_least`.
+    async fn until_counted(&self, http: &reqwest::Client, field: &str, at_least: u64) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let consumer = self.consumer(http).await;
+            if consumer[field].as_u64().unwrap_or(0) >= at_least {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{field} never reached {at_least}: {consumer}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn until_all_arrived(arrivals: &Arrivals, count: u64) {
+    until_none_missing(PATIENCE, "messages not delivered", || {
+        let seen = arrivals.lock().unwrap();
+        (0..count).filter(|n| !seen.contains_key(n)).count()
+    })
+    .await;
+}
+
+/// 1,000 messages in, 1,000 deliveries out; two malformed ones dead-lettered with their
+/// reasons; then the broker delivers everything again, and nothing new is delivered.
+async fn consumes_each_message_once(kind: Kind) {
+    let http = reqwest::Client::new();
+    let broker = Broker::shared(kind);
+    broker.prepare().await;
+    let (sink, arrivals) = payload_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(dir.path(), &broker.consumer_config());
+    gateway.setup(&http, &sink).await;
+
+    let valid = messages(0, 1_000);
+    let mut items = valid.clone();
+    items.insert(500, (b"not json".to_vec(), "bad-1".into()));
+    let stranger = json!({"app": "no-such-app", "eventType": "payment.succeeded", "payload": {"n": 5000}});
+    items.insert(700, (stranger.to_string().into_bytes(), "bad-2".into()));
+    broker.put_all(&items).await;
+
+    until_all_arrived(&arrivals, 1_000).await;
+    gateway.until_counted(&http, "deadLettered", 2).await;
+    let mut codes: Vec<String> = broker.dead_letters().await.into_iter().map(|(code, _)| code).collect();
+    codes.sort();
+    assert_eq!(codes, ["invalid_json", "unknown_application"]);
+
+    broker.redeliver(&valid).await;
+    gateway.until_counted(&http, "duplicates", 1_000).await;
+    // A duplicate is counted once its commit found the earlier message: nothing more to send.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (lost, duplicated) = lost_and_duplicated(&arrivals, 1_000);
+    let consumer = gateway.consumer(&http).await;
+    println!("{kind:?}: 1000 in, lost {lost}, duplicated {duplicated}, consumer {consumer}");
+    assert_eq!((lost, duplicated), (0, 0));
+    assert_eq!(arrivals.lock().unwrap().len(), 1_000, "only the test's payloads arrive");
+    assert_eq!(consumer["stored"], 1_000, "{consumer}");
+    assert_eq!(consumer["connected"], true, "{consumer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_consumer_stores_each_message_once() {
+    consumes_each_message_once(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_consumer_stores_each_message_once() {
+    consumes_each_message_once(Kind::Amqp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_consumer_stores_each_message_once() {
+    consumes_each_message_once(Kind::Nats).await;
+}
+
+/// `kill -9` of Hookline while it consumes 2,000 messages: after a restart every message
+/// arrives; copies are bounded by what was in flight to the endpoint at the kill.
+async fn survives_kill_9(kind: Kind) {
+    let http = reqwest::Client::new();
+    let broker = Broker::shared(kind);
+    broker.prepare().await;
+    let (sink, arrivals) = payload_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut gateway = Gateway::start(dir.path(), &broker.consumer_config());
+    gateway.setup(&http, &sink).await;
+    broker.put_all(&messages(0, 2_000)).await;
+    until_none_missing(PATIENCE, "deliveries before the kill", || {
+        300usize.saturating_sub(arrivals.lock().unwrap().len())
+    })
+    .await;
+    gateway.process.kill9();
+    let before = arrivals.lock().unwrap().len();
+    let gateway = Gateway::start_on(dir.path(), &broker.consumer_config(), gateway.port);
+    gateway.process.wait_healthy(&http).await;
+    until_all_arrived(&arrivals, 2_000).await;
+    let (lost, duplicated) = lost_and_duplicated(&arrivals, 2_000);
+    println!("{kind:?} kill -9: {before} delivered before the kill, lost {lost}, duplicated {duplicated}");
+    assert_eq!(lost, 0);
+    // Only deliveries sent and not yet recorded at the kill can arrive twice.
+    assert!(duplicated <= 512, "{duplicated} copies");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_consumer_survives_kill_9() {
+    survives_kill_9(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_consumer_survives_kill_9() {
+    survives_kill_9(Kind::Amqp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_consumer_survives_kill_9() {
+    survives_kill_9(Kind::Nats).await;
+}
+
+/// A broker of the test's own, on a free port with its data in a temporary directory, so
+/// it can be stopped and started again.
+struct PrivateBroker {
+    kind: Kind,
+    port: u16,
+    dir: tempfile::TempDir,
+    node: String,
+    child: Option<Child>,
+}
+
+impl PrivateBroker {
+    async fn start(kind: Kind) -> PrivateBroker {
+        let dir = tempfile::tempdir().unwrap();
+        if kind == Kind::Amqp {
+            // RabbitMQ's server script runs the node as the `rabbitmq` user.
+            std::fs::write(dir.path().join("plugins"), "[].").unwrap();
+            let chown = Command::new("chown").arg("-R").arg("rabbitmq").arg(dir.path()).status().unwrap();
+            assert!(chown.success());
+        }
+        let node = format!("hookline-test-{}-{}@localhost", std::process::id(), free_port());
+        let mut broker = PrivateBroker { kind, port: free_port(), dir, node, child: None };
+        broker.run().await;
+        broker
+    }
+
+    fn url(&self) -> String {
+        match self.kind {
+            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Amqp => format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port),
+            Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
+        }
+    }
+
+    /// Starts the server and waits until it takes connections.
+    async fn run(&mut self) {
+        let (dir, port) = (self.dir.path(), self.port.to_string());
+        let mut command = match self.kind {
+            Kind::Redis => {
+                let mut c = Command::new("redis-server");
+                c.args(["--bind", "127.0.0.1", "--port", &port, "--save", "", "--appendonly", "yes"])
+                    .args(["--appendfsync", "always", "--dir"])
+                    .arg(dir);
+                c
+            }
+            Kind::Nats => {
+                let mut c = Command::new("nats-server");
+                c.args(["-js", "-a", "127.0.0.1", "-p", &port, "-sd"]).arg(dir);
+                c
+            }
+            Kind::Amqp => {
+                let mut c = Command::new("rabbitmq-server");
+                c.env("RABBITMQ_NODENAME", &self.node)
+                    .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+                    .env("RABBITMQ_NODE_PORT", &port)
+                    .env("RABBITMQ_DIST_PORT", free_port().to_string())
+                    .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+                    .env("RABBITMQ_LOG_BASE", dir.join("log"))
+                    .env("RABBITMQ_FEATURE_FLAGS_FILE", dir.join("feature_flags"))
+                    .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("plugins"))
+                    .env("RABBITMQ_CONFIG_FILE", dir.join("none"));
+                c
+            }
+        };
+        self.child = Some(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "{:?} never started", self.kind);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the server cleanly (its data stays) and waits for it to exit.
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else { return };
+        if self.kind == Kind::Amqp {
+            let _ = Command::new("rabbitmqctl").args(["-n", &self.node, "stop"]).stdout(Stdio::null()).status();
+        } else {
+            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+        }
+        let _ = child.wait();
+    }
+
+    async fn restart(&mut self) {
+        self.stop();
+        self.run().await;
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A broker restarted under a consuming Hookline: what was put before and after arrives.
+async fn resumes_after_broker_restart(kind: Kind) {
+    let http = reqwest::Client::new();
+    let mut private = PrivateBroker::start(kind).await;
+    let broker = Broker::on(kind, private.url());
+    broker.prepare().await;
+    let (sink, arrivals) = payload_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(dir.path(), &broker.consumer_config());
+    gateway.setup(&http, &sink).await;
+    broker.put_all(&messages(0, 100)).await;
+    until_all_arrived(&arrivals, 100).await;
+    private.restart().await;
+    broker.put_all(&messages(100, 100)).await;
+    until_all_arrived(&arrivals, 200).await;
+    let consumer = gateway.consumer(&http).await;
+    assert_eq!(consumer["connected"], true, "{consumer}");
+    assert_eq!(lost_and_duplicated(&arrivals, 200), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_consumer_resumes_after_a_broker_restart() {
+    resumes_after_broker_restart(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_consumer_resumes_after_a_broker_restart() {
+    resumes_after_broker_restart(Kind::Amqp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_consumer_resumes_after_a_broker_restart() {
+    resumes_after_broker_restart(Kind::Nats).await;
+}
+
+/// One message as it arrived on a destination queue.
+struct Published {
+    payload: Vec<u8>,
+    headers: HashMap<String, String>,
+}
+
+/// Where a destination test's endpoint points, and what arrived there.
+struct Destination {
+    kind: Kind,
+    broker_url: String,
+    name: String,
+}
+
+impl Destination {
+    async fn prepare(kind: Kind, broker_url: String) -> Destination {
+        let name = unique("dest");
+        match kind {
+            Kind::Redis => {}
+            Kind::Amqp => {
+                let (connection, channel) = amqp_channel(&broker_url).await;
+                let options = lapin::options::QueueDeclareOptions::durable();
+                channel.queue_declare(name.as_str().into(), options, Default::default()).await.unwrap();
+                connection.close(200, "".into()).await.unwrap();
+            }
+            Kind::Nats => {
+                let js = async_nats::jetstream::new(async_nats::connect(&broker_url).await.unwrap());
+                let config = async_nats::jetstream::stream::Config {
+                    name: name.clone(),
+                    subjects: vec![format!("{name}.out")],
+                    storage: async_nats::jetstream::stream::StorageType::File,
+                    ..Default::default()
+                };
+                js.create_stream(config).await.unwrap();
+            }
+        }
+        Destination { kind, broker_url, name }
+    }
+
+    /// The endpoint URL: the broker's address with the stream, queue or subject.
+    fn endpoint_url(&self) -> String {
+        let address =
+            self.broker_url.rsplit('@').next().unwrap().trim_start_matches("redis://").trim_start_matches("nats://");
+        let address = address.split('/').next().unwrap();
+        match self.kind {
+            Kind::Redis => format!("redis://{address}/{}", self.name),
+            Kind::Amqp => format!("amqp://{address}/?routingKey={}", self.name),
+            Kind::Nats => format!("nats://{address}/{}.out", self.name),
+        }
+    }
+
+    /// Everything published so far (RabbitMQ: taken off the queue).
+    async fn received(&self) -> Vec<Published> {
+        match self.kind {
+            Kind::Redis => {
+                let mut conn = redis_connection(&self.broker_url).await;
+                let entries: redis::streams::StreamRangeReply =
+                    redis::cmd("XRANGE").arg(&self.name).arg("-").arg("+").query_async(&mut conn).await.unwrap();
+                entries
+                    .ids
+                    .iter()
+                    .map(|e| {
+                        let headers = ["webhook-id", "webhook-timestamp", "webhook-signature", "content-type"]
+                            .iter()
+                            .filter_map(|h| Some((h.to_string(), e.get::<String>(h)?)))
+                            .collect();
+                        Published { payload: e.get("payload").unwrap(), headers }
+                    })
+                    .collect()
+            }
+            Kind::Amqp => {
+                let (connection, channel) = amqp_channel(&self.broker_url).await;
+                let mut out = Vec::new();
+                let options = lapin::options::BasicGetOptions { no_ack: true };
+                while let Some(got) = channel.basic_get(self.name.as_str().into(), options).await.unwrap() {
+                    let properties = &got.delivery.properties;
+                    let mut headers: HashMap<String, String> = properties
+                        .headers()
+                        .clone()
+                        .unwrap()
+                        .inner()
+                        .iter()
+                        .filter_map(|(k, v)| match v {
+                            lapin::types::AMQPValue::LongString(s) => Some((k.to_string(), s.to_string())),
+                            _ => None,
+                        })
+                        .collect();
+                    let message_id = properties.message_id().as_ref().unwrap().to_string();
+                    assert_eq!(headers["webhook-id"], message_id, "message_id is the message's id");
+                    headers.insert("content-type".into(), properties.content_type().as_ref().unwrap().to_string());
+                    out.push(Published { payload: got.delivery.data.clone(), headers });
+                }
+                connection.close(200, "".into()).await.unwrap();
+                out
+            }
+            Kind::Nats => {
+                let js = async_nats::jetstream::new(async_nats::connect(&self.broker_url).await.unwrap());
+                nats_messages(&js, &self.name)
+                    .await
+                    .into_iter()
+                    .map(|m| {
+                        let headers = m.headers.iter().map(|(k, v)| (k.to_string(), v[0].to_string())).collect();
+                        Published { payload: m.payload.to_vec(), headers }
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Verifies a Standard Webhooks signature: HMAC-SHA256 over `id.timestamp.payload`.
+fn signature_valid(secret: &str, published: &Published) -> bool {
+    let key = base64::engine::general_purpose::STANDARD.decode(secret.trim_start_matches("whsec_")).unwrap();
+    let (id, timestamp) = (&published.headers["webhook-id"], &published.headers["webhook-timestamp"]);
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(&published.payload);
+    let expected = format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()));
+    published.headers["webhook-signature"].split(' ').any(|s| s == expected)
+}
+
+async fn publish(http: &reqwest::Client, gateway: &Gateway, n: u64) -> String {
+    let body = json!({"eventType": "payment.succeeded", "payload": {"n": n}});
+    let (status, answer) = support::post(http, format!("{}/api/v1/app/{APP}/msg", gateway.url()), TOKEN, &body).await;
+    assert_eq!(status, 202, "{answer}");
+    answer["id"].as_str().unwrap().to_owned()
+}
+
+/// Deliveries to a queue endpoint arrive with the payload unchanged and a signature that
+/// verifies; while the broker is down attempts fail, and once it is back they arrive.
+async fn delivers_to_a_queue(kind: Kind) {
+    let http = reqwest::Client::new();
+    let mut private = PrivateBroker::start(kind).await;
+    let destination = Destination::prepare(kind, private.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(dir.path(), "");
+    let endpoint = gateway.setup(&http, &destination.endpoint_url()).await;
+    let secret: Value = http
+        .get(format!("{}/api/v1/app/{APP}/endpoint/{endpoint}/secret", gateway.url()))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = secret["key"].as_str().unwrap().to_owned();
+
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(publish(&http, &gateway, n).await);
+    }
+    let mut arrived: Vec<Published> = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while arrived.len() < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "{} of 20 published", arrived.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let received = destination.received().await;
+        match kind {
+            Kind::Amqp => arrived.extend(received),
+            _ => arrived = received,
+        }
+    }
+    for (n, published) in arrived.iter().enumerate() {
+        assert!(signature_valid(&secret, published), "{kind:?}: the signature of message {n} does not verify");
+        assert_eq!(published.headers["content-type"], "application/json");
+        let payload: Value = serde_json::from_slice(&published.payload).unwrap();
+        assert!(ids.contains(&published.headers["webhook-id"]));
+        assert!(payload["n"].as_u64().unwrap() < 20);
+    }
+
+    // The broker goes away: attempts fail and are retried, then delivered once it is back.
+    private.stop();
+    let late = publish(&http, &gateway, 20).await;
+    let attempts = format!("{}/api/v1/app/{APP}/attempt/msg/{late}", gateway.url());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let list: Value = http.get(&attempts).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+        if list["data"].as_array().is_some_and(|a| !a.is_empty()) {
+            assert_ne!(list["data"][0]["status"], 0, "a stopped broker cannot take a message: {list}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no attempt while the broker was down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    private.run().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let received = destination.received().await;
+        if let Some(published) = received.iter().find(|p| p.headers["webhook-id"] == late) {
+            assert!(signature_valid(&secret, published));
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never delivered after the broker came back");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_reach_a_redis_stream() {
+    delivers_to_a_queue(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_reach_a_rabbitmq_queue() {
+    delivers_to_a_queue(Kind::Amqp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_reach_a_nats_stream() {
+    delivers_to_a_queue(Kind::Nats).await;
+}
+
+/// A consumer for RabbitMQ refuses to start without a dead-letter exchange: `requeue=false`
+/// would otherwise discard refused messages.
+#[test]
+fn an_amqp_consumer_without_a_dead_letter_exchange_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hookline.toml");
+    std::fs::write(&file, "[[ingest.amqp]]\nurl = \"amqp://127.0.0.1:5672/%2f\"\nqueue = \"payments\"\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["serve", "--dev", "--listen", &format!("127.0.0.1:{}", free_port()), "--config"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("dead_letter_exchange is required"), "{stderr}");
+}

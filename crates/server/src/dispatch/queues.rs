@@ -1,0 +1,245 @@
+//! Queue destinations: a delivery to a `redis://`, `amqp://` or `nats://` endpoint is
+//! published to that broker instead of POSTed. The payload bytes go unchanged, with the
+//! same signature headers an HTTP delivery carries: as stream fields (the payload under
+//! `payload`), as AMQP headers (persistent, `message_id` = the message id, published
+//! `mandatory` with publisher confirms), or as NATS headers on a JetStream publish
+//! (`Nats-Msg-Id` = the message id, so the broker drops a repeat within its duplicate
+//! window). It counts as delivered once the broker acknowledged it: the XADD answered,
+//! the publish confirmed (and routed to a queue), or JetStream's ack. A refused or
+//! unreachable broker fails the attempt, which is retried on the endpoint's policy.
+//!
+//! The broker's host meets the same address rules as an HTTP endpoint's, on every
+//! resolved address at connect time; the connection is made to the checked address.
+//! Connections are kept per broker and dropped after a failure.
+
+use super::client::Sent;
+use hookline_core::classify::Outcome;
+use hookline_core::queue_url::{Broker, QueueUrl};
+use hookline_core::ssrf::AddressPolicy;
+use hookline_store::Bytes;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Confirmation};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// One open connection to a broker.
+enum Link {
+    Redis(redis::aio::MultiplexedConnection),
+    Amqp { _connection: lapin::Connection, channel: lapin::Channel },
+    Nats(async_nats::jetstream::Context),
+}
+
+/// Why an attempt failed, before it becomes an [`Outcome`].
+enum Problem {
+    Blocked(String),
+    Connect(String),
+    Refused(String),
+}
+
+pub struct QueuePublisher {
+    policy: AddressPolicy,
+    timeout: Duration,
+    connect_timeout: Duration,
+    links: Mutex<HashMap<String, Arc<Link>>>,
+}
+
+impl QueuePublisher {
+    pub fn new(policy: AddressPolicy, request_timeout_ms: u64, connect_timeout_ms: u64) -> QueuePublisher {
+        QueuePublisher {
+            policy,
+            timeout: Duration::from_millis(request_timeout_ms),
+            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            links: Mutex::default(),
+        }
+    }
+
+    /// Whether `url` is a queue destination rather than an HTTP one.
+    pub fn handles(url: &str) -> bool {
+        !url.starts_with("http")
+    }
+
+    /// Publishes `body` with `headers` to the queue `url` names; never fails, it reports
+    /// what happened as an attempt.
+    pub async fn publish(&self, url: &str, msg_id: &str, headers: &[(String, String)], body: Bytes) -> Sent {
+        let started = tokio::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, self.try_publish(url, msg_id, headers, body)).await;
+        let duration_ms = started.elapsed().as_millis() as u64;
+        let (outcome, response_excerpt) = match result {
+            Ok(Ok(receipt)) => (Outcome::Published, receipt),
+            Ok(Err(Problem::Blocked(why))) => (Outcome::BlockedAddress, format!("address refused: {why}")),
+            Ok(Err(Problem::Connect(why))) => (Outcome::Connect, why),
+            Ok(Err(Problem::Refused(why))) => (Outcome::Other, why),
+            Err(_) => (Outcome::Timeout, "the broker did not answer in time".to_owned()),
+        };
+        Sent { outcome, status_code: 0, response_excerpt, duration_ms }
+    }
+
+    async fn try_publish(
+        &self,
+        url: &str,
+        msg_id: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<String, Problem> {
+        let parsed = url::Url::parse(url).map_err(|_| Problem::Refused("invalid URL".into()))?;
+        let queue = match QueueUrl::parse(&parsed) {
+            Some(Ok(queue)) => queue,
+            Some(Err(why)) => return Err(Problem::Refused(why)),
+            None => return Err(Problem::Refused("not a queue URL".into())),
+        };
+        let key = format!("{:?}://{}:{}/{}", queue.broker, queue.host, queue.port, queue.vhost);
+        let cached = self.links.lock().expect("links lock").get(&key).cloned();
+        let link = match cached {
+            Some(link) => link,
+            None => {
+                let link = Arc::new(self.connect(&queue).await?);
+                self.links.lock().expect("links lock").insert(key.clone(), link.clone());
+                link
+            }
+        };
+        let result = send(&link, &queue, msg_id, headers, body).await;
+        if matches!(result, Err(Problem::Connect(_))) {
+            let mut links = self.links.lock().expect("links lock");
+            if links.get(&key).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+                links.remove(&key);
+            }
+        }
+        result
+    }
+
+    /// Connects to the first resolved address the rules allow.
+    async fn connect(&self, queue: &QueueUrl) -> Result<Link, Problem> {
+        let addresses: Vec<SocketAddr> = match &queue.host {
+            url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(*ip), queue.port)],
+            url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(*ip), queue.port)],
+            url::Host::Domain(name) => tokio::net::lookup_host((name.as_str(), queue.port))
+                .await
+                .map_err(|e| Problem::Connect(format!("resolving the host: {e}")))?
+                .collect(),
+        };
+        let mut refusal = None;
+        let mut last_error = None;
+        for address in addresses {
+            if let Err(reason) = self.policy.check_ip(address.ip()) {
+                refusal.get_or_insert(reason.to_string());
+                continue;
+            }
+            match tokio::time::timeout(self.connect_timeout, self.open(queue, address)).await {
+                Ok(Ok(link)) => return Ok(link),
+                Ok(Err(why)) => last_error = Some(why),
+                Err(_) => last_error = Some("connect timed out".to_owned()),
+            }
+        }
+        Err(match (last_error, refusal) {
+            (Some(error), _) => Problem::Connect(error),
+            (None, Some(reason)) => Problem::Blocked(reason),
+            (None, None) => Problem::Connect("the host has no address".into()),
+        })
+    }
+
+    async fn open(&self, queue: &QueueUrl, address: SocketAddr) -> Result<Link, String> {
+        match queue.broker {
+            Broker::Redis => {
+                let client = redis::Client::open(format!("redis://{address}/")).map_err(|e| e.to_string())?;
+                let options = redis::AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(self.connect_timeout))
+                    .set_response_timeout(Some(self.timeout));
+                let connection =
+                    client.get_multiplexed_async_connection_with_config(&options).await.map_err(|e| e.to_string())?;
+                Ok(Link::Redis(connection))
+            }
+            Broker::Amqp => {
+                let vhost = percent_encoding::utf8_percent_encode(&queue.vhost, percent_encoding::NON_ALPHANUMERIC);
+                let uri = format!("amqp://{address}/{vhost}");
+                let connection = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
+                channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| e.to_string())?;
+                Ok(Link::Amqp { _connection: connection, channel })
+            }
+            Broker::Nats => {
+                let client = async_nats::ConnectOptions::new()
+                    .connection_timeout(self.connect_timeout)
+                    .connect(format!("nats://{address}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(Link::Nats(async_nats::jetstream::new(client)))
+            }
+        }
+    }
+}
+
+/// Publishes on an open link; the receipt is what the broker answered.
+async fn send(
+    link: &Link,
+    queue: &QueueUrl,
+    msg_id: &str,
+    headers: &[(String, String)],
+    body: Bytes,
+) -> Result<String, Problem> {
+    match link {
+        Link::Redis(connection) => {
+            let mut cmd = redis::cmd("XADD");
+            cmd.arg(&queue.target).arg("*").arg("payload").arg(body.as_ref());
+            for (name, value) in headers {
+                cmd.arg(name).arg(value);
+            }
+            let id: String = cmd.query_async(&mut connection.clone()).await.map_err(|e| match e.is_io_error() {
+                true => Problem::Connect(e.to_string()),
+                false => Problem::Refused(e.to_string()),
+            })?;
+            Ok(format!("XADD {}: {id}", queue.target))
+        }
+        Link::Amqp { channel, .. } => {
+            let mut table = FieldTable::default();
+            let mut content_type = "application/json";
+            for (name, value) in headers {
+                match name.as_str() {
+                    "content-type" => content_type = value,
+                    _ => {
+                        table.insert(name.as_str().into(), AMQPValue::LongString(value.as_str().into()));
+                    }
+                }
+            }
+            let properties = BasicProperties::default()
+                .with_message_id(msg_id.into())
+                .with_content_type(content_type.into())
+                .with_delivery_mode(2)
+                .with_headers(table);
+            let options = BasicPublishOptions { mandatory: true, ..Default::default() };
+            let exchange = queue.target.as_str().into();
+            let routing_key = queue.routing_key.as_str().into();
+            let confirm = channel
+                .basic_publish(exchange, routing_key, options, &body, properties)
+                .await
+                .map_err(|e| Problem::Connect(e.to_string()))?;
+            match confirm.await.map_err(|e| Problem::Connect(e.to_string()))? {
+                Confirmation::Ack(None) => Ok(format!("confirmed by the broker (exchange {:?})", queue.target)),
+                Confirmation::Ack(Some(_)) => Err(Problem::Refused(format!(
+                    "unroutable: no queue is bound to exchange {:?} for routing key {:?}",
+                    queue.target, queue.routing_key
+                ))),
+                Confirmation::Nack(_) => Err(Problem::Refused("the broker refused the message (nack)".into())),
+                Confirmation::NotRequested => Err(Problem::Refused("publisher confirms are off".into())),
+            }
+        }
+        Link::Nats(context) => {
+            let mut map = async_nats::HeaderMap::new();
+            for (name, value) in headers {
+                map.insert(name.as_str(), value.as_str());
+            }
+            map.insert("Nats-Msg-Id", msg_id);
+            let ack = context
+                .publish_with_headers(queue.target.clone(), map, body)
+                .await
+                .map_err(|e| Problem::Connect(e.to_string()))?;
+            let ack = ack.await.map_err(|e| Problem::Refused(format!("JetStream did not store it: {e}")))?;
+            let repeat = if ack.duplicate { " (a repeat the stream already had)" } else { "" };
+            Ok(format!("stored in stream {} at {}{repeat}", ack.stream, ack.sequence))
+        }
+    }
+}

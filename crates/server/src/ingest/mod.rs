@@ -1,0 +1,113 @@
+//! One pipeline for every way an event comes in. The publish API (`api/messages.rs`),
+//! inbound provider webhooks (`api/sources.rs`, and reconciliation) and the queue
+//! consumers (`ingest/queue`) each turn what they received into a [`Message`]; they all
+//! end in [`submit`]: route to the application's endpoints, commit the message with its
+//! deliveries (and its idempotent answer or dedupe key) in one synced transaction, then
+//! hand the due deliveries to the engine. No source reaches into another's code.
+
+pub mod queue;
+
+use crate::api::Text;
+use crate::dispatch::Engine;
+use crate::error::{ApiError, ApiResult};
+use crate::wire::{
+    parse_timestamp, MessageIn, CHANNELS_MAX, NAME_CHARS_MAX, ORDERING_KEY_BYTES_MAX, RETENTION_DAYS_MAX,
+};
+use hookline_core::id::prefix;
+use hookline_core::ssrf::{check_url, AddressPolicy};
+use hookline_core::UnixMs;
+use hookline_store::{Bytes, Delivery, IdempotentResponse, Message, PublishOutcome};
+use std::sync::Arc;
+
+/// Checks a publish body: the API's, and a queue message's (the same shape).
+pub fn check(input: &MessageIn) -> ApiResult<()> {
+    crate::api::check_text("eventType", &input.event_type, Text::Printable, 1, NAME_CHARS_MAX)?;
+    if let Some(id) = &input.event_id {
+        crate::api::check_text("eventId", id, Text::Printable, 1, NAME_CHARS_MAX)?;
+    }
+    if let Some(key) = &input.ordering_key {
+        let visible = key.bytes().all(|b| b.is_ascii_graphic());
+        if key.is_empty() || key.len() > ORDERING_KEY_BYTES_MAX || !visible {
+            return Err(ApiError::field("orderingKey", "orderingKey must be 1 to 256 visible ASCII characters"));
+        }
+    }
+    // Checked whether or not it is needed: an inline application that exists is not used.
+    if let Some(app) = &input.application {
+        crate::api::apps::check(app)?;
+    }
+    if !input.payload.get().trim_start().starts_with('{') {
+        return Err(ApiError::field("payload", "payload must be a JSON object"));
+    }
+    if input.channels.as_ref().is_some_and(|c| c.len() > CHANNELS_MAX || c.iter().any(|c| c.is_empty())) {
+        return Err(ApiError::field("channels", format!("at most {CHANNELS_MAX} non-empty channels")));
+    }
+    let retention = [
+        ("payloadRetentionPeriod", input.payload_retention_period, RETENTION_DAYS_MAX),
+        ("payloadRetentionHours", input.payload_retention_hours, RETENTION_DAYS_MAX * 24),
+    ];
+    for (field, value, max) in retention {
+        if value.is_some_and(|v| !(1..=max).contains(&v)) {
+            return Err(ApiError::field(field, format!("{field} must be 1 to {max}")));
+        }
+    }
+    Ok(())
+}
+
+/// The message a checked publish body describes, for application `app_id`.
+pub fn message(input: MessageIn, app_id: String, addresses: &AddressPolicy, now: UnixMs) -> ApiResult<Message> {
+    let deliver_at = match input.deliver_at.as_deref() {
+        Some(t) => {
+            Some(parse_timestamp(t).ok_or_else(|| ApiError::field("deliverAt", "deliverAt must be an RFC 3339 time"))?)
+        }
+        None => None,
+    };
+    if let Some(url) = &input.callback_url {
+        check_url(url, addresses).map_err(|e| ApiError::field("callbackUrl", e.to_string()))?;
+    }
+    Ok(Message {
+        id: crate::new_id(prefix::MESSAGE, now),
+        app_id,
+        retain_until: retain_until(&input, now),
+        event_id: input.event_id,
+        event_type: input.event_type,
+        payload: Bytes::copy_from_slice(input.payload.get().as_bytes()),
+        channels: input.channels,
+        tags: input.tags,
+        callback_url: input.callback_url,
+        deliver_at,
+        source_id: None,
+        headers: None,
+        ordering_key: input.ordering_key,
+        created_at: now,
+    })
+}
+
+/// When the message may be deleted, if it asked for a retention of its own (Svix's
+/// `payloadRetentionPeriod` in days, or `payloadRetentionHours`).
+fn retain_until(input: &MessageIn, now: UnixMs) -> Option<UnixMs> {
+    const HOUR_MS: i64 = 3_600_000;
+    match (input.payload_retention_hours, input.payload_retention_period) {
+        (Some(hours), _) => Some(now.saturating_add(hours.saturating_mul(HOUR_MS))),
+        (None, Some(days)) => Some(now.saturating_add(days.saturating_mul(24 * HOUR_MS))),
+        (None, None) => None,
+    }
+}
+
+/// Routes `message` to its application's endpoints (and its callback URL) and commits it
+/// with its deliveries and its idempotent answer or dedupe key `(scope, key)`; answered
+/// once durable. A duplicate (same `eventId`, or same dedupe key) commits nothing.
+pub async fn submit(
+    engine: &Engine,
+    message: Arc<Message>,
+    answer: Option<IdempotentResponse>,
+    dedupe: Option<(String, String)>,
+) -> ApiResult<PublishOutcome> {
+    let endpoints = engine.catalog.endpoints(&message.app_id).await.map_err(ApiError::from_store("endpoint"))?;
+    let due_at = message.deliver_at.unwrap_or(message.created_at).max(message.created_at);
+    let mut deliveries = engine.route(&endpoints, &message, due_at);
+    if message.callback_url.is_some() {
+        let id = crate::new_id(prefix::DELIVERY, message.created_at);
+        deliveries.push(Delivery::pending(id, &message, None, due_at, message.created_at));
+    }
+    engine.commit(&message, deliveries, answer, dedupe).await.map_err(ApiError::from_store("message"))
+}

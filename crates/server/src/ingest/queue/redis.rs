@@ -1,0 +1,226 @@
+//! Redis Streams: a consumer group read with `XREADGROUP`; entries are acknowledged with
+//! `XACK` once stored. A refused entry is added to `<stream>:dlq` (with its id, code and
+//! reason) in the same `MULTI` as its `XACK`. Entries left unacknowledged (a dead node, or
+//! the store down) are taken over with `XAUTOCLAIM` once idle for `claim_idle_ms`; after a
+//! restart, a consumer first reads its own pending entries again.
+
+use super::{Consumer, ConsumerStatus, Handled, Ingestor, STORE_BACKOFF};
+use crate::config::RedisIngest;
+use redis::aio::MultiplexedConnection;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::{AsyncConnectionConfig, Value};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How long one `XREADGROUP` waits for new entries.
+const BLOCK_MS: u64 = 1_000;
+/// How often the group's lag is read.
+const LAG_EVERY: Duration = Duration::from_secs(2);
+
+pub struct Redis {
+    config: RedisIngest,
+    consumer: String,
+    status: Arc<ConsumerStatus>,
+}
+
+impl Redis {
+    pub fn new(config: &RedisIngest, node: &str) -> Redis {
+        let name = format!("redis:{}:{}", config.stream, config.group);
+        let source = format!("stream {} group {}", config.stream, config.group);
+        Redis {
+            consumer: config.consumer.clone().unwrap_or_else(|| node.to_owned()),
+            status: ConsumerStatus::new("redis", name, &config.url, source),
+            config: config.clone(),
+        }
+    }
+
+    async fn connect(&self) -> Result<(MultiplexedConnection, MultiplexedConnection), String> {
+        let client = redis::Client::open(self.config.url.as_str()).map_err(|e| format!("the URL: {e}"))?;
+        let blocking = Duration::from_millis(BLOCK_MS) + Duration::from_secs(5);
+        let options = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_response_timeout(Some(blocking));
+        // Blocking reads get a connection of their own: commands queue behind them.
+        let reader = client.get_multiplexed_async_connection_with_config(&options).await.map_err(text)?;
+        let writer = client.get_multiplexed_async_connection_with_config(&options).await.map_err(text)?;
+        Ok((reader, writer))
+    }
+
+    /// Entries from `XREADGROUP` (`start` `>` for new ones, `0` for this consumer's pending).
+    async fn read(&self, conn: &mut MultiplexedConnection, start: &str, block: bool) -> Result<Vec<StreamId>, String> {
+        let mut cmd = redis::cmd("XREADGROUP");
+        cmd.arg("GROUP").arg(&self.config.group).arg(&self.consumer).arg("COUNT").arg(self.config.batch);
+        if block {
+            cmd.arg("BLOCK").arg(BLOCK_MS);
+        }
+        cmd.arg("STREAMS").arg(&self.config.stream).arg(start);
+        let reply: Option<StreamReadReply> = cmd.query_async(conn).await.map_err(text)?;
+        Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default())
+    }
+
+    /// Takes over entries idle past `claim_idle_ms` from any consumer of the group.
+    async fn autoclaim(&self, conn: &mut MultiplexedConnection, cursor: &mut String) -> Result<Vec<StreamId>, String> {
+        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.config.stream)
+            .arg(&self.config.group)
+            .arg(&self.consumer)
+            .arg(self.config.claim_idle_ms)
+            .arg(cursor.as_str())
+            .arg("COUNT")
+            .arg(self.config.batch)
+            .query_async(conn)
+            .await
+            .map_err(text)?;
+        *cursor = reply.next_stream_id;
+        Ok(reply.claimed)
+    }
+
+    /// Stores a batch concurrently (so the store commits it together), then acknowledges
+    /// what was stored or refused in one `MULTI`. Returns whether the store was unavailable.
+    async fn handle(
+        &self,
+        ingestor: &Ingestor,
+        conn: &mut MultiplexedConnection,
+        entries: Vec<StreamId>,
+    ) -> Result<bool, String> {
+        let field = self.config.field.as_str();
+        let handled = futures_util::future::join_all(entries.iter().map(|entry| async move {
+            match entry.map.get(field) {
+                Some(Value::BulkString(body)) => ingestor.handle(&self.status.name, Some(&entry.id), body).await,
+                _ => Handled::Refused {
+                    code: "invalid_message",
+                    reason: format!("the entry has no `{field}` field holding the message's JSON"),
+                },
+            }
+        }))
+        .await;
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut acked = Vec::new();
+        let mut unavailable = false;
+        let dlq = format!("{}:dlq", self.config.stream);
+        for (entry, handled) in entries.iter().zip(&handled) {
+            self.status.count(handled);
+            match handled {
+                Handled::Stored { .. } => acked.push(entry.id.as_str()),
+                Handled::Refused { code, reason } => {
+                    let body = match entry.map.get(field) {
+                        Some(Value::BulkString(body)) => body.as_slice(),
+                        _ => &[],
+                    };
+                    pipe.cmd("XADD")
+                        .arg(&dlq)
+                        .arg("*")
+                        .arg("id")
+                        .arg(&entry.id)
+                        .arg("code")
+                        .arg(*code)
+                        .arg("reason")
+                        .arg(reason)
+                        .arg(field)
+                        .arg(body)
+                        .ignore();
+                    acked.push(entry.id.as_str());
+                }
+                Handled::Unavailable => unavailable = true,
+            }
+        }
+        if !acked.is_empty() {
+            pipe.cmd("XACK").arg(&self.config.stream).arg(&self.config.group).arg(&acked).ignore();
+            let _: () = pipe.query_async(conn).await.map_err(text)?;
+        }
+        Ok(unavailable)
+    }
+
+    /// Waiting entries plus entries read and not acknowledged (`XINFO GROUPS`).
+    async fn lag(&self, conn: &mut MultiplexedConnection) -> Result<u64, String> {
+        let groups: Vec<Vec<Value>> =
+            redis::cmd("XINFO").arg("GROUPS").arg(&self.config.stream).query_async(conn).await.map_err(text)?;
+        let group = groups.iter().find(|g| {
+            field_of(g, "name").is_some_and(|n| n == Value::BulkString(self.config.group.clone().into_bytes()))
+        });
+        let number = |name| match group.and_then(|g| field_of(g, name)) {
+            Some(Value::Int(n)) => n.max(0) as u64,
+            _ => 0,
+        };
+        Ok(number("lag") + number("pending"))
+    }
+}
+
+/// The value after `name` in a flat `[name, value, ...]` reply.
+fn field_of(flat: &[Value], name: &str) -> Option<Value> {
+    flat.chunks(2).find_map(|pair| match pair {
+        [Value::BulkString(key), value] if key == name.as_bytes() => Some(value.clone()),
+        [Value::SimpleString(key), value] if key == name => Some(value.clone()),
+        _ => None,
+    })
+}
+
+fn text(e: redis::RedisError) -> String {
+    e.to_string()
+}
+
+#[async_trait::async_trait]
+impl Consumer for Redis {
+    fn status(&self) -> &Arc<ConsumerStatus> {
+        &self.status
+    }
+
+    async fn run(&self, ingestor: &Arc<Ingestor>, mut stopping: watch::Receiver<bool>) -> Result<(), String> {
+        let (mut reader, mut writer) = self.connect().await?;
+        let created: Result<(), _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.config.stream)
+            .arg(&self.config.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut writer)
+            .await;
+        if let Err(e) = created {
+            if e.code() != Some("BUSYGROUP") {
+                return Err(format!("creating the group: {e}"));
+            }
+        }
+        self.status.connected();
+        // This consumer's own pending entries first (it may have died holding some).
+        let mut own_pending = true;
+        let mut cursor = "0-0".to_owned();
+        let claim_every = Duration::from_millis(self.config.claim_idle_ms / 2).max(Duration::from_millis(100));
+        let mut next_claim = Instant::now() + claim_every;
+        let mut next_lag = Instant::now();
+        while !*stopping.borrow() {
+            let now = Instant::now();
+            if now >= next_lag {
+                self.status.set_lag(self.lag(&mut writer).await?);
+                next_lag = now + LAG_EVERY;
+            }
+            let entries = if now >= next_claim {
+                let entries = self.autoclaim(&mut writer, &mut cursor).await?;
+                if cursor == "0-0" {
+                    next_claim = now + claim_every;
+                }
+                entries
+            } else if own_pending {
+                let entries = self.read(&mut writer, "0", false).await?;
+                own_pending = !entries.is_empty();
+                entries
+            } else {
+                tokio::select! {
+                    entries = self.read(&mut reader, ">", true) => entries?,
+                    _ = stopping.changed() => continue,
+                }
+            };
+            if entries.is_empty() {
+                continue;
+            }
+            if self.handle(ingestor, &mut writer, entries).await? {
+                // The store is down or full: what was not stored stays pending here.
+                tokio::time::sleep(STORE_BACKOFF).await;
+                own_pending = true;
+            }
+        }
+        Ok(())
+    }
+}
