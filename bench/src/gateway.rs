@@ -54,6 +54,12 @@ impl Gateway {
         Ok(())
     }
 
+    /// Stops the process (`kill -9`) and starts it again on the same data with `env` added.
+    pub async fn restart_with(&mut self, env: &[(&str, String)]) -> anyhow::Result<()> {
+        self.env.extend(env.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        self.restart().await
+    }
+
     fn proc_status_kb(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status

@@ -1,11 +1,13 @@
 //! Hookline's benchmark harness. Everything runs on 127.0.0.1: a sink, the gateway from a
 //! given binary with a fresh data dir, and a closed-loop load generator with keep-alive
-//! connections. Scenarios: `e2e`, `fanout`, `slow`, `isolation`, `inbound`, `backlog`, and on
+//! connections. Scenarios: `e2e`, `fanout`, `slow`, `isolation`, `inbound`, `ingest-redis`,
+//! `backlog`, and on
 //! PostgreSQL `cluster` (see `bench/README.md`).
 
 mod backlog;
 mod cluster;
 pub mod gateway;
+mod ingest;
 pub mod sink;
 
 use gateway::{Gateway, TOKEN};
@@ -18,7 +20,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-pub const SCENARIOS: &[&str] = &["e2e", "fanout", "slow", "isolation", "inbound", "backlog"];
+pub const SCENARIOS: &[&str] = &["e2e", "fanout", "slow", "isolation", "inbound", "ingest-redis", "backlog"];
 /// Scenarios that need `--database-url` (several nodes on one database); not in `all`.
 pub const POSTGRES_SCENARIOS: &[&str] = &["cluster"];
 
@@ -466,6 +468,7 @@ pub async fn run(name: &str, options: &Options) -> anyhow::Result<Vec<Report>> {
             vec![alone, beside]
         }
         "inbound" => vec![inbound(options).await?],
+        "ingest-redis" => vec![ingest::at_rate(options).await?, ingest::drain(options).await?],
         "backlog" => vec![backlog::backlog(options).await?],
         "cluster" => cluster::cluster(options).await?,
         other => anyhow::bail!("unknown scenario {other}; known: {}", SCENARIOS.join(", ")),

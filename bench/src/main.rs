@@ -8,7 +8,8 @@ use std::path::PathBuf;
 #[derive(Parser)]
 #[command(about = "Benchmark Hookline on loopback")]
 struct Args {
-    /// Scenarios to run: e2e, fanout, slow, isolation, inbound, or all.
+    /// Scenarios to run: e2e, fanout, slow, isolation, inbound, ingest-redis, backlog, or all
+    /// (and cluster, on PostgreSQL).
     #[arg(long, default_value = "all", value_delimiter = ',')]
     scenario: Vec<String>,
     /// Runs of each scenario; figures are medians.

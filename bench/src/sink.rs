@@ -1,5 +1,6 @@
 //! The sink: an HTTP server that records when each `webhook-id` arrives, and answers after
-//! a delay and with a status chosen by the path: `/s/{delay_ms}/{status}`.
+//! a delay and with a status chosen by the path: `/s/{delay_ms}/{status}` (or `/p/...`,
+//! which records the payload's `id` instead).
 
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
@@ -40,27 +41,23 @@ pub struct Sink {
 impl Sink {
     pub async fn start() -> anyhow::Result<Sink> {
         let arrivals = Arc::new(Arrivals::default());
-        let recorder = arrivals.clone();
-        let app = axum::Router::new().route(
-            "/s/{delay_ms}/{status}",
-            axum::routing::post(move |Path((delay_ms, status)): Path<(u64, u16)>, headers: HeaderMap| {
-                let arrivals = recorder.clone();
-                async move {
-                    let now = Instant::now();
-                    let current = arrivals.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                    arrivals.in_flight_max.fetch_max(current, Ordering::SeqCst);
-                    if let Some(id) = headers.get("webhook-id").and_then(|v| v.to_str().ok()) {
-                        arrivals.by_id.lock().unwrap().entry(id.to_owned()).or_default().push(now);
-                    }
-                    if delay_ms > 0 {
-                        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
-                    }
-                    arrivals.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    arrivals.total.fetch_add(1, Ordering::SeqCst);
-                    StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
-                }
-            }),
-        );
+        let (by_header, by_payload) = (arrivals.clone(), arrivals.clone());
+        let app = axum::Router::new()
+            .route(
+                "/s/{delay_ms}/{status}",
+                axum::routing::post(move |Path((delay_ms, status)): Path<(u64, u16)>, headers: HeaderMap| {
+                    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    answer(by_header.clone(), id, delay_ms, status)
+                }),
+            )
+            .route(
+                "/p/{delay_ms}/{status}",
+                axum::routing::post(move |Path((delay_ms, status)): Path<(u64, u16)>, body: axum::body::Bytes| {
+                    let payload: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                    let id = payload["id"].as_str().map(str::to_owned);
+                    answer(by_payload.clone(), id, delay_ms, status)
+                }),
+            );
         // The sink runs on its own runtime and threads, as a separate server would: sharing
         // the load generator's runtime would make the generator's publishes queue behind
         // the sink's work and inflate the publish latencies it measures.
@@ -92,4 +89,26 @@ impl Sink {
     pub fn path(&self, delay_ms: u64, status: u16) -> String {
         format!("{}/s/{delay_ms}/{status}", self.url)
     }
+
+    /// Like `path`, but arrivals are recorded by the payload's `id` field rather than the
+    /// `webhook-id` header (messages whose Hookline id the load generator never sees).
+    pub fn payload_path(&self, delay_ms: u64, status: u16) -> String {
+        format!("{}/p/{delay_ms}/{status}", self.url)
+    }
+}
+
+/// Records one arrival under `id`, answers after `delay_ms` with `status`.
+async fn answer(arrivals: Arc<Arrivals>, id: Option<String>, delay_ms: u64, status: u16) -> StatusCode {
+    let now = Instant::now();
+    let current = arrivals.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    arrivals.in_flight_max.fetch_max(current, Ordering::SeqCst);
+    if let Some(id) = id {
+        arrivals.by_id.lock().unwrap().entry(id).or_default().push(now);
+    }
+    if delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    }
+    arrivals.in_flight.fetch_sub(1, Ordering::SeqCst);
+    arrivals.total.fetch_add(1, Ordering::SeqCst);
+    StatusCode::from_u16(status).unwrap_or(StatusCode::OK)
 }

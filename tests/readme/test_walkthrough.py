@@ -9,7 +9,10 @@ Three things differ from a person at a terminal, and only these:
 - a placeholder the README asks the reader to fill in (`whsec_...`) is replaced by the value
   an earlier command printed where the README shows that placeholder;
 - a command whose expected output depends on a delivery that has not happened yet is asked
-  again for a few seconds, as a person would look again.
+  again for a few seconds, as a person would look again;
+- the queue sections' Redis is a private one on a free port (the README's 6379 is the
+  machine's, which other runs share): its address in the config file, the endpoint URL and
+  `redis-cli`'s commands is rewritten to it.
 The README's ports (8071, 9000) are used as printed; the test says so if one is taken.
 """
 import json
@@ -131,8 +134,16 @@ class Terminal:
 
     def stop(self) -> None:
         for process, _ in self.background:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=30)
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                process.wait(timeout=30)
+
+    def stop_server(self) -> None:
+        """Stops the first long-running command, the server (as Ctrl-C would)."""
+        process, _ = self.background[0]
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        wait_for("the server to let go of port 8071", lambda: port_is_free(8071))
 
 
 def wait_for(what: str, ready, seconds: float = 60) -> None:
@@ -199,7 +210,41 @@ def statistics_steps(of_sources: bool) -> list[tuple[str, list[str]]]:
     return chosen
 
 
-def test_five_minutes_walkthrough_runs_as_printed(terminal):
+@pytest.fixture
+def redis_port():
+    """A private Redis for the queue sections, with nothing in it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--save", ""],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(f"redis-server on {port}", lambda: not port_is_free(port))
+    yield port
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def on_private_redis(text: str, port: int) -> str:
+    return text.replace("127.0.0.1:6379", f"127.0.0.1:{port}").replace("redis-cli ", f"redis-cli -p {port} ")
+
+
+def queue_steps(terminal: Terminal, port: int) -> list[tuple[str, list[str]]]:
+    """The queue sections: the config file's Redis table written to ./hookline.toml, then
+    the commands of "Consuming from a queue" (a restart with that file) and "Delivering to a
+    queue"."""
+    consuming = section("Consuming from a queue")
+    table = re.search(r"```toml\n(.*?)```", consuming, re.S).group(1).split("\n\n")[0]
+    assert table.startswith("[[ingest.redis]]"), table
+    (terminal.workdir / "hookline.toml").write_text(on_private_redis(table, port))
+    steps = commands(consuming) + commands(section("Delivering to a queue"))
+    assert any("XADD" in c for c, _ in steps) and any("XRANGE" in c for c, _ in steps), steps
+    return [(on_private_redis(command, port), shown) for command, shown in steps]
+
+
+def test_five_minutes_walkthrough_runs_as_printed(terminal, redis_port):
     steps = commands(section("Five minutes"))
     assert any("receiver.py" in c for c, _ in steps) and any("/msg" in c for c, _ in steps), steps
     # Then, on the same server, the Ordering section and the endpoint's statistics.
@@ -210,6 +255,12 @@ def test_five_minutes_walkthrough_runs_as_printed(terminal):
     assert "signature valid: True" in receiver_log.read_text(), receiver_log.read_text()
     assert "signature valid: False" not in receiver_log.read_text()
     assert '"pay_123"' in receiver_log.read_text()
+    # Then the queue sections, on the same data: the server restarted with the config file.
+    terminal.stop_server()
+    run_all(terminal, queue_steps(terminal, redis_port))
+    # The message put on the stream reached the receiver, signed like any other.
+    wait_for("the queued payment at the receiver", lambda: '"pay_1"' in receiver_log.read_text(), 15)
+    assert "signature valid: False" not in receiver_log.read_text()
 
 
 def test_stripe_walkthrough_runs_as_printed(terminal):

@@ -5,56 +5,15 @@
 
 use serde_json::{json, Value};
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod support;
 use support::{
-    cluster_env, create_all, free_port, recording_sink, until_none_missing, wait_healthy, Hookline, PATIENCE,
+    cluster_env, create_all, free_port, recording_sink, until_none_missing, wait_healthy, Hookline, SmallDisk, PATIENCE,
 };
 
 const TOKEN: &str = "faults-test-token";
-
-/// A tmpfs of a few MB, unmounted when dropped.
-struct SmallDisk {
-    dir: tempfile::TempDir,
-}
-
-impl SmallDisk {
-    fn mount(size: &str) -> SmallDisk {
-        let dir = tempfile::tempdir().unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir.path())
-            .status();
-        assert!(status.is_ok_and(|s| s.success()), "mounting a tmpfs needs root (CI runs as root)");
-        SmallDisk { dir }
-    }
-
-    fn path(&self) -> &std::path::Path {
-        self.dir.path()
-    }
-
-    /// Writes a filler file until the disk is full.
-    fn fill(&self) {
-        use std::io::Write;
-        let mut file = std::fs::File::create(self.path().join("filler")).unwrap();
-        let chunk = vec![0u8; 64 * 1024];
-        while file.write_all(&chunk).is_ok() {}
-        let _ = file.sync_all();
-    }
-
-    fn free(&self) {
-        std::fs::remove_file(self.path().join("filler")).unwrap();
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
-    }
-}
 
 #[tokio::test]
 async fn a_full_disk_refuses_with_503_loses_nothing_and_recovers() {

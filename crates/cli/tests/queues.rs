@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 mod support;
-use support::{create_all, free_port, serve_command, until_none_missing, Hookline, PATIENCE};
+use support::{cluster_env, create_all, free_port, serve_command, until_none_missing, Hookline, SmallDisk, PATIENCE};
 
 const TOKEN: &str = "queues-test-token";
 const APP: &str = "shop";
@@ -272,6 +272,17 @@ fn messages(from: u64, count: u64) -> Vec<(Vec<u8>, String)> {
     (from..from + count).map(|n| (message(n), format!("m-{n}"))).collect()
 }
 
+/// Like `messages`, each with 2 KB of padding in its payload.
+fn padded_messages(from: u64, count: u64) -> Vec<(Vec<u8>, String)> {
+    let pad = "x".repeat(2_000);
+    (from..from + count)
+        .map(|n| {
+            let body = json!({"app": APP, "eventType": "payment.succeeded", "payload": {"n": n, "pad": pad}});
+            (body.to_string().into_bytes(), format!("m-{n}"))
+        })
+        .collect()
+}
+
 /// Deliveries by the payload's `n`, so a test can tell lost from duplicated.
 type Arrivals = Arc<Mutex<HashMap<u64, u32>>>;
 
@@ -313,10 +324,17 @@ impl Gateway {
     }
 
     fn start_on(dir: &Path, config: &str, port: u16) -> Gateway {
+        Gateway::start_with(dir, config, port, &[])
+    }
+
+    /// Starts with `env` added (a node of a cluster).
+    fn start_with(dir: &Path, config: &str, port: u16, env: &[(String, String)]) -> Gateway {
         let file = dir.join("hookline.toml");
         let retries = "[delivery]\nretry_policy = { firstDelayMs = 200, maxDelayMs = 1000, horizonMs = 600000 }\n";
         std::fs::write(&file, format!("{retries}{config}")).unwrap();
-        let mut command = serve_command(&dir.join("data"), port, &[("HOOKLINE_ADMIN_TOKEN", TOKEN)]);
+        let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.push(("HOOKLINE_ADMIN_TOKEN", TOKEN));
+        let mut command = serve_command(&dir.join("data"), port, &env);
         command.arg("--config").arg(&file);
         Gateway { process: Hookline::spawn(command, port), port }
     }
@@ -470,11 +488,78 @@ async fn nats_consumer_survives_kill_9() {
     survives_kill_9(Kind::Nats).await;
 }
 
+/// The store fails under a consumer (its disk is full): nothing is acknowledged, the
+/// broker keeps the messages, and once there is room again every one is delivered.
+async fn a_full_disk_leaves_messages_with_the_broker(kind: Kind) {
+    let http = reqwest::Client::new();
+    let disk = SmallDisk::mount("8m");
+    let broker = Broker::shared(kind);
+    broker.prepare().await;
+    let (sink, arrivals) = payload_sink().await;
+    let gateway = Gateway::start(disk.path(), &broker.consumer_config());
+    gateway.setup(&http, &sink).await;
+    broker.put_all(&padded_messages(0, 20)).await;
+    until_all_arrived(&arrivals, 20).await;
+    // Their attempts recorded before the disk fills.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    disk.fill();
+    broker.put_all(&padded_messages(20, 300)).await;
+    gateway.until_counted(&http, "retried", 1).await;
+    disk.free();
+    until_all_arrived(&arrivals, 320).await;
+    let (lost, duplicated) = lost_and_duplicated(&arrivals, 320);
+    let consumer = gateway.consumer(&http).await;
+    println!("{kind:?} full disk: lost {lost}, duplicated {duplicated}, consumer {consumer}");
+    assert_eq!(lost, 0);
+    assert!(duplicated <= 20, "{duplicated} copies");
+    assert_eq!(consumer["deadLettered"], 0, "a full disk is not the message's fault: {consumer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_consumer_waits_out_a_full_disk() {
+    a_full_disk_leaves_messages_with_the_broker(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_consumer_waits_out_a_full_disk() {
+    a_full_disk_leaves_messages_with_the_broker(Kind::Amqp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_consumer_waits_out_a_full_disk() {
+    a_full_disk_leaves_messages_with_the_broker(Kind::Nats).await;
+}
+
+/// Two nodes on one PostgreSQL database consume one Redis group: each message is taken by
+/// one node (each is a consumer of the group under its own name) and delivered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_postgresql_share_a_redis_group() {
+    let http = reqwest::Client::new();
+    let database = hookline_store::postgres::scratch::fresh_database().await.unwrap();
+    let broker = Broker::shared(Kind::Redis);
+    let (sink, arrivals) = payload_sink().await;
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Gateway::start_with(dir_a.path(), &broker.consumer_config(), free_port(), &cluster_env(&database, "a"));
+    let b = Gateway::start_with(dir_b.path(), &broker.consumer_config(), free_port(), &cluster_env(&database, "b"));
+    a.setup(&http, &sink).await;
+    b.process.wait_healthy(&http).await;
+    broker.put_all(&messages(0, 1_000)).await;
+    until_all_arrived(&arrivals, 1_000).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (by_a, by_b) = (a.consumer(&http).await, b.consumer(&http).await);
+    println!("two nodes: a {by_a}, b {by_b}");
+    assert_eq!(lost_and_duplicated(&arrivals, 1_000), (0, 0));
+    let stored = by_a["stored"].as_u64().unwrap() + by_b["stored"].as_u64().unwrap();
+    assert_eq!(stored, 1_000, "each message stored by one node");
+}
+
 /// A broker of the test's own, on a free port with its data in a temporary directory, so
 /// it can be stopped and started again.
 struct PrivateBroker {
     kind: Kind,
     port: u16,
+    /// Redis only: its `requirepass`.
+    password: Option<&'static str>,
     dir: tempfile::TempDir,
     node: String,
     child: Option<Child>,
@@ -482,6 +567,10 @@ struct PrivateBroker {
 
 impl PrivateBroker {
     async fn start(kind: Kind) -> PrivateBroker {
+        PrivateBroker::start_with(kind, None).await
+    }
+
+    async fn start_with(kind: Kind, password: Option<&'static str>) -> PrivateBroker {
         let dir = tempfile::tempdir().unwrap();
         if kind == Kind::Amqp {
             // RabbitMQ's server script runs the node as the `rabbitmq` user.
@@ -490,14 +579,17 @@ impl PrivateBroker {
             assert!(chown.success());
         }
         let node = format!("hookline-test-{}-{}@localhost", std::process::id(), free_port());
-        let mut broker = PrivateBroker { kind, port: free_port(), dir, node, child: None };
+        let mut broker = PrivateBroker { kind, port: free_port(), password, dir, node, child: None };
         broker.run().await;
         broker
     }
 
     fn url(&self) -> String {
         match self.kind {
-            Kind::Redis => format!("redis://127.0.0.1:{}", self.port),
+            Kind::Redis => match self.password {
+                Some(password) => format!("redis://:{password}@127.0.0.1:{}", self.port),
+                None => format!("redis://127.0.0.1:{}", self.port),
+            },
             Kind::Amqp => format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port),
             Kind::Nats => format!("nats://127.0.0.1:{}", self.port),
         }
@@ -512,6 +604,9 @@ impl PrivateBroker {
                 c.args(["--bind", "127.0.0.1", "--port", &port, "--save", "", "--appendonly", "yes"])
                     .args(["--appendfsync", "always", "--dir"])
                     .arg(dir);
+                if let Some(password) = self.password {
+                    c.args(["--requirepass", password]);
+                }
                 c
             }
             Kind::Nats => {
@@ -730,10 +825,17 @@ async fn publish(http: &reqwest::Client, gateway: &Gateway, n: u64) -> String {
 /// verifies; while the broker is down attempts fail, and once it is back they arrive.
 async fn delivers_to_a_queue(kind: Kind) {
     let http = reqwest::Client::new();
-    let mut private = PrivateBroker::start(kind).await;
+    // The Redis one wants a password, which the endpoint URL cannot carry: the gateway has
+    // it in `delivery.broker_credentials`.
+    let password = (kind == Kind::Redis).then_some("s3cret-queue-password");
+    let mut private = PrivateBroker::start_with(kind, password).await;
     let destination = Destination::prepare(kind, private.url()).await;
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start(dir.path(), "");
+    let credentials = match password {
+        Some(password) => format!("[delivery.broker_credentials]\n\"127.0.0.1:{}\" = \":{password}\"\n", private.port),
+        None => String::new(),
+    };
+    let gateway = Gateway::start(dir.path(), &credentials);
     let endpoint = gateway.setup(&http, &destination.endpoint_url()).await;
     let secret: Value = http
         .get(format!("{}/api/v1/app/{APP}/endpoint/{endpoint}/secret", gateway.url()))

@@ -250,6 +250,10 @@ pub struct DeliveryConfig {
     /// days, with no success between, is disabled (`endpoint.disabled`, trigger
     /// `automatic`). 0 never disables.
     pub disable_after_ms: u64,
+    /// Credentials for queue destinations, by the `host:port` their endpoint URLs name
+    /// (URLs never carry credentials: tenants see their endpoints' URLs). The value is
+    /// `user:password` (RabbitMQ, NATS, Redis ACL users) or `:password` (Redis `requirepass`).
+    pub broker_credentials: std::collections::BTreeMap<String, String>,
 }
 
 impl Default for DeliveryConfig {
@@ -265,6 +269,7 @@ impl Default for DeliveryConfig {
             shutdown_grace_ms: 10_000,
             unreachable_pause_ms: 1_000,
             disable_after_ms: 5 * 24 * 3600 * 1000,
+            broker_credentials: Default::default(),
         }
     }
 }

@@ -180,7 +180,7 @@ impl Engine {
         mailer: Option<Arc<crate::alerts::Mailer>>,
     ) -> Result<Arc<Engine>, StoreError> {
         let (due, receiver) = mpsc::unbounded_channel();
-        let queues = queues::QueuePublisher::new(policy.clone(), config.request_timeout_ms, config.connect_timeout_ms);
+        let queues = queues::QueuePublisher::new(policy.clone(), &config);
         let client = DeliveryClient::new(
             policy,
             config.request_timeout_ms,

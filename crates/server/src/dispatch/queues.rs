@@ -41,19 +41,33 @@ enum Problem {
 
 pub struct QueuePublisher {
     policy: AddressPolicy,
+    /// `delivery.broker_credentials`: `user:password` by the URL's `host:port`.
+    credentials: std::collections::BTreeMap<String, String>,
     timeout: Duration,
     connect_timeout: Duration,
     links: Mutex<HashMap<String, Arc<Link>>>,
 }
 
 impl QueuePublisher {
-    pub fn new(policy: AddressPolicy, request_timeout_ms: u64, connect_timeout_ms: u64) -> QueuePublisher {
+    pub fn new(policy: AddressPolicy, config: &crate::config::DeliveryConfig) -> QueuePublisher {
         QueuePublisher {
             policy,
-            timeout: Duration::from_millis(request_timeout_ms),
-            connect_timeout: Duration::from_millis(connect_timeout_ms),
+            credentials: config.broker_credentials.clone(),
+            timeout: Duration::from_millis(config.request_timeout_ms),
+            connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             links: Mutex::default(),
         }
+    }
+
+    /// `user:password@` for the broker at `host:port` as its URL names it, percent-encoded,
+    /// or nothing.
+    fn userinfo(&self, queue: &QueueUrl) -> String {
+        let Some(credentials) = self.credentials.get(&format!("{}:{}", queue.host, queue.port)) else {
+            return String::new();
+        };
+        let (user, password) = credentials.split_once(':').unwrap_or((credentials.as_str(), ""));
+        let encode = |s| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC);
+        format!("{}:{}@", encode(user), encode(password))
     }
 
     /// Whether `url` is a queue destination rather than an HTTP one.
@@ -143,7 +157,8 @@ impl QueuePublisher {
     async fn open(&self, queue: &QueueUrl, address: SocketAddr) -> Result<Link, String> {
         match queue.broker {
             Broker::Redis => {
-                let client = redis::Client::open(format!("redis://{address}/")).map_err(|e| e.to_string())?;
+                let userinfo = self.userinfo(queue);
+                let client = redis::Client::open(format!("redis://{userinfo}{address}/")).map_err(|e| e.to_string())?;
                 let options = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_response_timeout(Some(self.timeout));
@@ -153,7 +168,7 @@ impl QueuePublisher {
             }
             Broker::Amqp => {
                 let vhost = percent_encoding::utf8_percent_encode(&queue.vhost, percent_encoding::NON_ALPHANUMERIC);
-                let uri = format!("amqp://{address}/{vhost}");
+                let uri = format!("amqp://{}{address}/{vhost}", self.userinfo(queue));
                 let connection = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
                     .await
                     .map_err(|e| e.to_string())?;
@@ -164,7 +179,7 @@ impl QueuePublisher {
             Broker::Nats => {
                 let client = async_nats::ConnectOptions::new()
                     .connection_timeout(self.connect_timeout)
-                    .connect(format!("nats://{address}"))
+                    .connect(format!("nats://{}{address}", self.userinfo(queue)))
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Link::Nats(async_nats::jetstream::new(client)))
