@@ -112,6 +112,35 @@ impl Broker {
         }
     }
 
+    /// Removes what the test made on a shared broker.
+    async fn remove(&self) {
+        match self.kind {
+            Kind::Redis => {
+                let mut conn = redis_connection(&self.url).await;
+                let _: () = redis::cmd("DEL")
+                    .arg(&self.name)
+                    .arg(format!("{}:dlq", self.name))
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+            Kind::Amqp => {
+                let (connection, channel) = amqp_channel(&self.url).await;
+                for queue in [self.name.clone(), format!("{}.dlq", self.name)] {
+                    channel.queue_delete(queue.as_str().into(), Default::default()).await.unwrap();
+                }
+                let exchange = format!("{}.dlx", self.name);
+                channel.exchange_delete(exchange.as_str().into(), Default::default()).await.unwrap();
+                connection.close(200, "".into()).await.unwrap();
+            }
+            Kind::Nats => {
+                let js = async_nats::jetstream::new(async_nats::connect(&self.url).await.unwrap());
+                js.delete_stream(&self.name).await.unwrap();
+                js.delete_stream(self.dlq_stream()).await.unwrap();
+            }
+        }
+    }
+
     /// Puts each `(body, broker message id)` on the queue, confirmed by the broker. Redis
     /// ids are the entries' own.
     async fn put_all(&self, items: &[(Vec<u8>, String)]) {
@@ -429,6 +458,8 @@ async fn consumes_each_message_once(kind: Kind) {
     assert_eq!(arrivals.lock().unwrap().len(), 1_000, "only the test's payloads arrive");
     assert_eq!(consumer["stored"], 1_000, "{consumer}");
     assert_eq!(consumer["connected"], true, "{consumer}");
+    drop(gateway);
+    broker.remove().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -471,6 +502,8 @@ async fn survives_kill_9(kind: Kind) {
     assert_eq!(lost, 0);
     // Only deliveries sent and not yet recorded at the kill can arrive twice.
     assert!(duplicated <= 512, "{duplicated} copies");
+    drop(gateway);
+    broker.remove().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -513,6 +546,8 @@ async fn a_full_disk_leaves_messages_with_the_broker(kind: Kind) {
     assert_eq!(lost, 0);
     assert!(duplicated <= 20, "{duplicated} copies");
     assert_eq!(consumer["deadLettered"], 0, "a full disk is not the message's fault: {consumer}");
+    drop(gateway);
+    broker.remove().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -551,6 +586,8 @@ async fn two_nodes_on_postgresql_share_a_redis_group() {
     assert_eq!(lost_and_duplicated(&arrivals, 1_000), (0, 0));
     let stored = by_a["stored"].as_u64().unwrap() + by_b["stored"].as_u64().unwrap();
     assert_eq!(stored, 1_000, "each message stored by one node");
+    drop((a, b));
+    broker.remove().await;
 }
 
 /// A broker of the test's own, on a free port with its data in a temporary directory, so
