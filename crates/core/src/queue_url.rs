@@ -4,6 +4,11 @@
 //! the default one, which routes by queue name), `nats://host[:port]/<subject>` (a
 //! JetStream publish). The host is subject to the same address rules as an HTTP URL.
 
+/// Whether `text` names a queue destination (by its scheme, spelled lowercase).
+pub fn is_queue_url(text: &str) -> bool {
+    ["redis://", "amqp://", "nats://"].iter().any(|scheme| text.starts_with(scheme))
+}
+
 /// The brokers a delivery can be published to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Broker {
@@ -67,8 +72,10 @@ impl QueueUrl {
             Broker::Redis if target.is_empty() || !valid_name(&target) => {
                 return Err("redis:// URLs name a stream: redis://host[:port]/<stream>".into());
             }
-            Broker::Nats if target.is_empty() || target.contains(['*', '>']) || !valid_name(&target) => {
-                return Err("nats:// URLs name a subject without wildcards: nats://host[:port]/<subject>".into());
+            Broker::Nats if !valid_subject(&target) => {
+                return Err("nats:// URLs name a subject without wildcards, not one of the server's own ($..., \
+                            _INBOX...): nats://host[:port]/<subject>"
+                    .into());
             }
             Broker::Amqp if target.is_empty() && routing_key.is_empty() => {
                 return Err("amqp:// URLs name an exchange, or the queue as routingKey: \
@@ -89,6 +96,18 @@ pub fn web_host(url: &url::Url) -> Option<url::Host<String>> {
     let rest = &url.as_str()[url.scheme().len()..];
     let web = url::Url::parse(&format!("http{rest}")).ok()?;
     web.host().map(|h| h.to_owned())
+}
+
+/// A plain subject: dot-separated non-empty tokens of visible characters, no wildcards, and
+/// none of the server's own (`$JS.API...`, `$SYS...`, `_INBOX...`), which would make a
+/// delivery a request to the broker itself.
+fn valid_subject(subject: &str) -> bool {
+    subject.len() <= 255
+        && !subject.starts_with('$')
+        && !subject.starts_with("_INBOX")
+        && subject.split('.').all(|token| {
+            !token.is_empty() && token != "*" && token != ">" && token.chars().all(|c| c.is_ascii_graphic())
+        })
 }
 
 fn percent_decoded(text: &str) -> Result<String, String> {
@@ -117,7 +136,18 @@ mod tests {
         let nats = parse("nats://nats.internal/payments.in").unwrap().unwrap();
         assert_eq!((nats.port, nats.target.as_str()), (4222, "payments.in"));
         assert_eq!(parse("nats://n/a%2Eb").unwrap().unwrap().target, "a.b");
-        for invalid in ["redis://r/", "nats://n/", "nats://n/a.*", "nats://n/a.>", "amqp://m/", "redis://r/s?x=1"] {
+        let invalid = [
+            "redis://r/",
+            "nats://n/",
+            "nats://n/a.*",
+            "nats://n/a.>",
+            "nats://n/$JS.API.STREAM.DELETE.ORDERS",
+            "nats://n/_INBOX.x",
+            "nats://n/a..b",
+            "amqp://m/",
+            "redis://r/s?x=1",
+        ];
+        for invalid in invalid {
             assert!(parse(invalid).unwrap().is_err(), "{invalid}");
         }
     }

@@ -157,7 +157,7 @@ pub fn check_url(text: &str, policy: &AddressPolicy) -> Result<url::Url, UrlErro
         return Err(UrlError::TooLong(policy.url_bytes_max));
     }
     // Spelled as the API documents it, lowercase: `url` would also take `HTTPS://`.
-    let queue = ["redis://", "amqp://", "nats://"].iter().any(|s| text.starts_with(s));
+    let queue = crate::queue_url::is_queue_url(text);
     if !text.starts_with("https://") && !text.starts_with("http://") && !queue {
         return Err(UrlError::Scheme);
     }

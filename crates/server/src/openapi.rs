@@ -30,7 +30,10 @@ fn error_statuses(route: &Route) -> Vec<(u16, &'static str)> {
     }
     if !route.public {
         out.push((401, "No valid bearer token (`authentication_failed`)."));
-        out.push((403, "An application token reaching outside its application (`forbidden`)."));
+        out.push((
+            403,
+            "An application token reaching outside its application, or pointing an endpoint at a queue (`forbidden`).",
+        ));
         out.push((404, "An id in the path or body names nothing this token can see (`not_found`)."));
     } else if route.path.starts_with("/in/") {
         out.push((401, "The provider's signature does not verify; `code` says why."));

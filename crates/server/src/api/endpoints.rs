@@ -2,13 +2,17 @@
 
 use super::apps::{find as find_app, new_secret};
 use super::route::{tagged, Route};
-use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
+use super::{
+    check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, Principal, QueryParams, Shared, Text,
+};
 use crate::dispatch::notices::{self, Notice};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::*;
+use axum::extract::Extension;
 use axum::http::StatusCode;
 use axum::Json;
 use hookline_core::id::{has_prefix, prefix};
+use hookline_core::queue_url::is_queue_url;
 use hookline_core::signature::{Secret, SignatureScheme};
 use hookline_core::ssrf::check_url;
 use hookline_store::{App, Endpoint, StoredSecret};
@@ -141,11 +145,22 @@ fn parse_secret(text: Option<String>) -> ApiResult<Secret> {
     }
 }
 
+/// Queue destinations publish with the operator's broker credentials, on the operator's
+/// network: only the admin token may point an endpoint at one.
+fn queue_needs_admin(principal: &Principal, url: Option<&str>) -> ApiResult<()> {
+    match (principal, url) {
+        (Principal::App { .. }, Some(url)) if is_queue_url(url) => Err(ApiError::Forbidden),
+        _ => Ok(()),
+    }
+}
+
 async fn create(
     state: Shared,
     PathParams(app_id): PathParams<String>,
+    Extension(principal): Extension<Principal>,
     JsonBody(input): JsonBody<EndpointIn>,
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
+    queue_needs_admin(&principal, Some(&input.url))?;
     let app = find_app(&state, &app_id).await?;
     let created = create_endpoint(&state, &app, input).await?;
     Ok((StatusCode::CREATED, Json(views::endpoint(created))))
@@ -258,8 +273,10 @@ pub async fn save(state: &AppState, app: &App, mut endpoint: Endpoint, change: C
 async fn replace(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
+    Extension(principal): Extension<Principal>,
     JsonBody(input): JsonBody<EndpointIn>,
 ) -> ApiResult<(StatusCode, Json<EndpointOut>)> {
+    queue_needs_admin(&principal, Some(&input.url))?;
     let app = find_app(&state, &app_id).await?;
     let (status, saved) = upsert(&state, &app, &endpoint_id, input).await?;
     Ok((status, Json(views::endpoint(saved))))
@@ -307,8 +324,10 @@ pub async fn upsert(
 async fn patch(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
+    Extension(principal): Extension<Principal>,
     JsonBody(input): JsonBody<EndpointPatch>,
 ) -> ApiResult<Json<EndpointOut>> {
+    queue_needs_admin(&principal, input.url.as_deref())?;
     let app = find_app(&state, &app_id).await?;
     let mut e = find_in(&state, &app, &endpoint_id).await?;
     let was_disabled = e.disabled;

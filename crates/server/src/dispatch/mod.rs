@@ -526,7 +526,10 @@ impl Engine {
         headers.extend(forwarded.filter(|(k, _)| *k != "content-type").map(|(k, v)| (k.clone(), v.clone())));
         headers.extend(target.headers.iter().cloned());
         let sent = match queues::QueuePublisher::handles(&target.url) {
-            true => self.queues.publish(&target.url, &message.id, &headers, message.payload.clone()).await,
+            true => {
+                let endpoint = due.delivery.endpoint_id.as_deref().unwrap_or("callback");
+                self.queues.publish(&target.url, &message.id, endpoint, &headers, message.payload.clone()).await
+            }
             false => self.client.post(&target.url, &headers, message.payload.clone(), now).await,
         };
         self.finish(due, &turn.key, &target, &message, Some(sent)).await;

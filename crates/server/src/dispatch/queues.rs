@@ -3,8 +3,8 @@
 //! same signature headers an HTTP delivery carries: as stream fields (the payload under
 //! `payload`), as AMQP headers (persistent, `message_id` = the message id, published
 //! `mandatory` with publisher confirms), or as NATS headers on a JetStream publish
-//! (`Nats-Msg-Id` = the message id, so the broker drops a repeat within its duplicate
-//! window). It counts as delivered once the broker acknowledged it: the XADD answered,
+//! (`Nats-Msg-Id` = the message and endpoint ids, so the broker drops a repeat within its
+//! duplicate window). It counts as delivered once the broker acknowledged it: the XADD answered,
 //! the publish confirmed (and routed to a queue), or JetStream's ack. A refused or
 //! unreachable broker fails the attempt, which is retried on the endpoint's policy.
 //!
@@ -37,6 +37,7 @@ enum Problem {
     Blocked(String),
     Connect(String),
     Refused(String),
+    Timeout,
 }
 
 pub struct QueuePublisher {
@@ -59,15 +60,11 @@ impl QueuePublisher {
         }
     }
 
-    /// `user:password@` for the broker at `host:port` as its URL names it, percent-encoded,
-    /// or nothing.
-    fn userinfo(&self, queue: &QueueUrl) -> String {
-        let Some(credentials) = self.credentials.get(&format!("{}:{}", queue.host, queue.port)) else {
-            return String::new();
-        };
+    /// The configured `(user, password)` of the broker at `host:port` as its URL names it.
+    fn credentials(&self, queue: &QueueUrl) -> Option<(String, String)> {
+        let credentials = self.credentials.get(&format!("{}:{}", queue.host, queue.port))?;
         let (user, password) = credentials.split_once(':').unwrap_or((credentials.as_str(), ""));
-        let encode = |s| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC);
-        format!("{}:{}@", encode(user), encode(password))
+        Some((user.to_owned(), password.to_owned()))
     }
 
     /// Whether `url` is a queue destination rather than an HTTP one.
@@ -77,16 +74,26 @@ impl QueuePublisher {
 
     /// Publishes `body` with `headers` to the queue `url` names; never fails, it reports
     /// what happened as an attempt.
-    pub async fn publish(&self, url: &str, msg_id: &str, headers: &[(String, String)], body: Bytes) -> Sent {
+    /// `msg_id` is the message's id (AMQP `message_id`); JetStream's `Nats-Msg-Id` is it with
+    /// `endpoint_id`, so two endpoints of one message on one stream are not taken as repeats.
+    pub async fn publish(
+        &self,
+        url: &str,
+        msg_id: &str,
+        endpoint_id: &str,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Sent {
         let started = tokio::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.try_publish(url, msg_id, headers, body)).await;
+        let ids = (msg_id, endpoint_id);
+        let result = tokio::time::timeout(self.timeout, self.try_publish(url, ids, headers, body)).await;
         let duration_ms = started.elapsed().as_millis() as u64;
-        let (outcome, response_excerpt) = match result {
-            Ok(Ok(receipt)) => (Outcome::Published, receipt),
-            Ok(Err(Problem::Blocked(why))) => (Outcome::BlockedAddress, format!("address refused: {why}")),
-            Ok(Err(Problem::Connect(why))) => (Outcome::Connect, why),
-            Ok(Err(Problem::Refused(why))) => (Outcome::Other, why),
-            Err(_) => (Outcome::Timeout, "the broker did not answer in time".to_owned()),
+        let (outcome, response_excerpt) = match result.unwrap_or(Err(Problem::Timeout)) {
+            Ok(receipt) => (Outcome::Published, receipt),
+            Err(Problem::Blocked(why)) => (Outcome::BlockedAddress, format!("address refused: {why}")),
+            Err(Problem::Connect(why)) => (Outcome::Connect, why),
+            Err(Problem::Refused(why)) => (Outcome::Other, why),
+            Err(Problem::Timeout) => (Outcome::Timeout, "the broker did not answer in time".to_owned()),
         };
         Sent { outcome, status_code: 0, response_excerpt, duration_ms }
     }
@@ -94,7 +101,7 @@ impl QueuePublisher {
     async fn try_publish(
         &self,
         url: &str,
-        msg_id: &str,
+        ids: (&str, &str),
         headers: &[(String, String)],
         body: Bytes,
     ) -> Result<String, Problem> {
@@ -114,8 +121,11 @@ impl QueuePublisher {
                 link
             }
         };
-        let result = send(&link, &queue, msg_id, headers, body).await;
-        if matches!(result, Err(Problem::Connect(_))) {
+        let sent = tokio::time::timeout(self.timeout, send(&link, &queue, ids, headers, body)).await;
+        let result = sent.unwrap_or(Err(Problem::Timeout));
+        // A link that failed or hung is not used again (Redis has no heartbeat: a
+        // half-open connection would time out every publish).
+        if matches!(result, Err(Problem::Connect(_) | Problem::Timeout)) {
             let mut links = self.links.lock().expect("links lock");
             if links.get(&key).is_some_and(|l| Arc::ptr_eq(l, &link)) {
                 links.remove(&key);
@@ -154,11 +164,22 @@ impl QueuePublisher {
         })
     }
 
+    /// Connects to `address`, the checked one, never to a name the broker library would
+    /// resolve (or, for NATS, to servers the broker advertises) on its own.
     async fn open(&self, queue: &QueueUrl, address: SocketAddr) -> Result<Link, String> {
+        let credentials = self.credentials(queue);
         match queue.broker {
             Broker::Redis => {
-                let userinfo = self.userinfo(queue);
-                let client = redis::Client::open(format!("redis://{userinfo}{address}/")).map_err(|e| e.to_string())?;
+                let mut info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(
+                    redis::ConnectionAddr::Tcp(address.ip().to_string(), address.port()),
+                )
+                .map_err(|e| e.to_string())?;
+                if let Some((user, password)) = credentials {
+                    let settings = info.redis_settings().clone();
+                    let settings = if user.is_empty() { settings } else { settings.set_username(user) };
+                    info = info.set_redis_settings(settings.set_password(password));
+                }
+                let client = redis::Client::open(info).map_err(|e| e.to_string())?;
                 let options = redis::AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(self.connect_timeout))
                     .set_response_timeout(Some(self.timeout));
@@ -167,9 +188,18 @@ impl QueuePublisher {
                 Ok(Link::Redis(connection))
             }
             Broker::Amqp => {
-                let vhost = percent_encoding::utf8_percent_encode(&queue.vhost, percent_encoding::NON_ALPHANUMERIC);
-                let uri = format!("amqp://{}{address}/{vhost}", self.userinfo(queue));
-                let connection = lapin::Connection::connect(&uri, lapin::ConnectionProperties::default())
+                use lapin::uri::{AMQPAuthority, AMQPScheme, AMQPUri, AMQPUserInfo};
+                let mut userinfo = AMQPUserInfo::default();
+                if let Some((user, password)) = credentials {
+                    userinfo = AMQPUserInfo { username: user, password };
+                }
+                let uri = AMQPUri {
+                    scheme: AMQPScheme::AMQP,
+                    authority: AMQPAuthority { userinfo, host: address.ip().to_string(), port: address.port() },
+                    vhost: queue.vhost.clone(),
+                    query: Default::default(),
+                };
+                let connection = lapin::Connection::connect_uri(uri, lapin::ConnectionProperties::default())
                     .await
                     .map_err(|e| e.to_string())?;
                 let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
@@ -177,9 +207,14 @@ impl QueuePublisher {
                 Ok(Link::Amqp { _connection: connection, channel })
             }
             Broker::Nats => {
-                let client = async_nats::ConnectOptions::new()
+                let options = match credentials {
+                    Some((user, password)) => async_nats::ConnectOptions::with_user_and_password(user, password),
+                    None => async_nats::ConnectOptions::new(),
+                };
+                let client = options
                     .connection_timeout(self.connect_timeout)
-                    .connect(format!("nats://{}{address}", self.userinfo(queue)))
+                    .ignore_discovered_servers()
+                    .connect(format!("nats://{address}"))
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok(Link::Nats(async_nats::jetstream::new(client)))
@@ -192,7 +227,7 @@ impl QueuePublisher {
 async fn send(
     link: &Link,
     queue: &QueueUrl,
-    msg_id: &str,
+    (msg_id, endpoint_id): (&str, &str),
     headers: &[(String, String)],
     body: Bytes,
 ) -> Result<String, Problem> {
@@ -247,7 +282,7 @@ async fn send(
             for (name, value) in headers {
                 map.insert(name.as_str(), value.as_str());
             }
-            map.insert("Nats-Msg-Id", msg_id);
+            map.insert("Nats-Msg-Id", format!("{msg_id}.{endpoint_id}").as_str());
             let ack = context
                 .publish_with_headers(queue.target.clone(), map, body)
                 .await

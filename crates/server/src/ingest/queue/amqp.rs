@@ -3,10 +3,11 @@
 //! to start: `requeue=false` would discard). A refused message is published to that
 //! exchange with its reason in the headers (`x-hookline-code`, `x-hookline-reason`),
 //! confirmed by the broker, then acknowledged; if that publish fails, it is rejected
-//! with `requeue=false`, which dead-letters it without the reason. A message that could
-//! not be stored (the store down) is handed back with `requeue=true` after a backoff.
+//! with `requeue=false`, which dead-letters it without the reason. While the store is
+//! down a message is kept and stored again with backoff (a requeue would count towards a
+//! quorum queue's delivery limit); at shutdown it is handed back with `requeue=true`.
 
-use super::{Consumer, ConsumerStatus, Handled, Ingestor, STORE_BACKOFF};
+use super::{Consumer, ConsumerStatus, Handled, Ingestor, Lanes, Prepared, Turn, STORE_BACKOFF};
 use crate::config::AmqpIngest;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -17,23 +18,29 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Confirmation;
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
 const LAG_EVERY: Duration = Duration::from_secs(2);
+/// The heartbeat asked for when the URL sets none.
+const HEARTBEAT_S: u16 = 10;
 
 pub struct Amqp {
     config: AmqpIngest,
     status: Arc<ConsumerStatus>,
+    lanes: Arc<Lanes>,
 }
 
 impl Amqp {
     pub fn new(config: &AmqpIngest) -> Amqp {
         let name = format!("amqp:{}", config.queue);
         let source = format!("queue {}", config.queue);
-        Amqp { status: ConsumerStatus::new("amqp", name, &config.url, source), config: config.clone() }
+        Amqp {
+            status: ConsumerStatus::new("amqp", name, &config.url, source),
+            config: config.clone(),
+            lanes: Arc::default(),
+        }
     }
 
     fn dead_letter_exchange(&self) -> &str {
@@ -98,51 +105,68 @@ impl Amqp {
     }
 }
 
-/// Stores one delivery and answers the broker.
-async fn settle(ingestor: &Ingestor, status: &ConsumerStatus, dead_letters: &Channel, dlx: &str, delivery: Delivery) {
-    let id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
-    let handled = ingestor.handle(&status.name, id.as_deref(), &delivery.data).await;
-    status.count(&handled);
+/// What a settling delivery needs besides itself.
+struct Settle {
+    ingestor: Arc<Ingestor>,
+    status: Arc<ConsumerStatus>,
+    dead_letters: Channel,
+    dlx: String,
+    stopping: watch::Receiver<bool>,
+}
+
+/// Stores one delivery, in its lane's turn, and answers the broker.
+async fn settle(settle: Arc<Settle>, prepared: Prepared, mut turn: Turn, delivery: Delivery) {
+    turn.wait().await;
+    let handled = settle.ingestor.store_patiently(&settle.status, &prepared, &settle.stopping, || async {}).await;
+    drop(turn);
     // A failed ack or nack means the channel is gone: the broker redelivers the message,
     // and its dedupe key makes that harmless.
     match handled {
-        Handled::Stored { .. } => {
+        Some(Handled::Stored { .. }) => {
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
-        Handled::Refused { code, reason } => {
-            tracing::warn!(consumer = %status.name, code, %reason, "queue message refused; dead-lettered");
-            if dead_letter(dead_letters, dlx, &delivery, code, &reason).await {
-                let _ = delivery.ack(BasicAckOptions::default()).await;
-            } else {
-                let _ = delivery.nack(BasicNackOptions { requeue: false, multiple: false }).await;
+        Some(Handled::Refused { code, reason }) => {
+            tracing::warn!(consumer = %settle.status.name, code, %reason, "queue message refused; dead-lettered");
+            match dead_letter(&settle.dead_letters, &settle.dlx, &delivery, code, &reason).await {
+                Ok(()) => {
+                    let _ = delivery.ack(BasicAckOptions::default()).await;
+                }
+                Err(why) => {
+                    // Never acknowledged without its dead letter: offered again later.
+                    settle.status.note(format!("dead-lettering a refused message: {why}"));
+                    tokio::time::sleep(STORE_BACKOFF).await;
+                    let _ = delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                }
             }
         }
-        Handled::Unavailable => {
-            tokio::time::sleep(STORE_BACKOFF).await;
+        Some(Handled::Unavailable) | None => {
             let _ = delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await;
         }
     }
 }
 
-/// Publishes a refused message to the dead-letter exchange with its reason; true once the
-/// broker confirmed it.
-async fn dead_letter(channel: &Channel, dlx: &str, delivery: &Delivery, code: &str, reason: &str) -> bool {
+/// Publishes a refused message to the dead-letter exchange with its reason, `mandatory`:
+/// done once the broker confirmed it and routed it to a queue.
+async fn dead_letter(
+    channel: &Channel,
+    dlx: &str,
+    delivery: &Delivery,
+    code: &str,
+    reason: &str,
+) -> Result<(), String> {
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert("x-hookline-code".into(), AMQPValue::LongString(code.into()));
     headers.insert("x-hookline-reason".into(), AMQPValue::LongString(reason.into()));
     let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
+    let options = BasicPublishOptions { mandatory: true, ..Default::default() };
     let confirm = channel
-        .basic_publish(
-            dlx.into(),
-            delivery.routing_key.clone(),
-            BasicPublishOptions::default(),
-            &delivery.data,
-            properties,
-        )
-        .await;
-    match confirm {
-        Ok(confirm) => matches!(confirm.await, Ok(Confirmation::Ack(_))),
-        Err(_) => false,
+        .basic_publish(dlx.into(), delivery.routing_key.clone(), options, &delivery.data, properties)
+        .await
+        .map_err(text)?;
+    match confirm.await.map_err(text)? {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(format!("the dead-letter exchange {dlx} routes it to no queue")),
+        Confirmation::Nack(_) | Confirmation::NotRequested => Err("the broker did not confirm it".to_owned()),
     }
 }
 
@@ -156,10 +180,28 @@ impl Consumer for Amqp {
         &self.status
     }
 
-    async fn run(&self, ingestor: &Arc<Ingestor>, mut stopping: watch::Receiver<bool>) -> Result<(), String> {
-        let connection = Connection::connect(&self.config.url, ConnectionProperties::default()).await.map_err(text)?;
+    async fn run(&self, ingestor: &Arc<Ingestor>, stopping: watch::Receiver<bool>) -> Result<(), String> {
+        let mut uri: lapin::uri::AMQPUri = self.config.url.parse().map_err(|e| format!("the URL: {e}"))?;
+        // Heartbeats find a broker gone without a word (a machine lost) in seconds, not minutes.
+        uri.query.heartbeat = uri.query.heartbeat.or(Some(HEARTBEAT_S));
+        let connection = Connection::connect_uri(uri, ConnectionProperties::default()).await.map_err(text)?;
+        let outcome = self.consume(&connection, ingestor, stopping).await;
+        // Closed whatever happened: a connection left open would hold its unacknowledged
+        // messages from every other consumer.
+        let _ = connection.close(200, "".into()).await;
+        outcome
+    }
+}
+
+impl Amqp {
+    async fn consume(
+        &self,
+        connection: &Connection,
+        ingestor: &Arc<Ingestor>,
+        mut stopping: watch::Receiver<bool>,
+    ) -> Result<(), String> {
         let channel = connection.create_channel().await.map_err(text)?;
-        self.declare(&connection, &channel).await?;
+        self.declare(connection, &channel).await?;
         let prefetch = u16::try_from(self.config.prefetch).unwrap_or(u16::MAX);
         channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(text)?;
         let dead_letters = connection.create_channel().await.map_err(text)?;
@@ -174,36 +216,45 @@ impl Consumer for Amqp {
             .await
             .map_err(text)?;
         self.status.connected();
-        let unacked = Arc::new(AtomicU64::new(0));
+        let settle_with = Arc::new(Settle {
+            ingestor: ingestor.clone(),
+            status: self.status.clone(),
+            dead_letters,
+            dlx: self.dead_letter_exchange().to_owned(),
+            stopping: stopping.clone(),
+        });
         let mut settling = tokio::task::JoinSet::new();
         let mut lag = tokio::time::interval(LAG_EVERY);
         let outcome = loop {
             tokio::select! {
                 next = consumer.next() => match next {
                     Some(Ok(delivery)) => {
-                        // Deliveries are stored concurrently (the prefetch bounds how many), so
-                        // the store commits them together.
-                        let (ingestor, status, dead_letters) = (ingestor.clone(), self.status.clone(), dead_letters.clone());
-                        let (dlx, unacked) = (self.dead_letter_exchange().to_owned(), unacked.clone());
-                        unacked.fetch_add(1, Ordering::Relaxed);
-                        settling.spawn(async move {
-                            settle(&ingestor, &status, &dead_letters, &dlx, delivery).await;
-                            unacked.fetch_sub(1, Ordering::Relaxed);
-                        });
+                        // Prepared and given its lane's turn here, in the queue's order; stored
+                        // concurrently (the prefetch bounds how many), so the store commits
+                        // them together.
+                        let id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
+                        let prepared = ingestor.prepare(id.as_deref(), &delivery.data);
+                        let turn = self.lanes.turn(prepared.lane());
+                        settling.spawn(settle(settle_with.clone(), prepared, turn, delivery));
                     }
                     Some(Err(e)) => break Err(text(e)),
                     None => break Err("the broker cancelled the consumer".to_owned()),
                 },
                 Some(_) = settling.join_next() => {}
-                _ = lag.tick() => {
-                    let waiting = self.waiting(&channel).await?;
-                    self.status.set_lag(waiting + unacked.load(Ordering::Relaxed));
-                }
+                // Bounded: an answer lost with its connection must not stall the loop.
+                _ = lag.tick() => match tokio::time::timeout(LAG_EVERY * 2, self.waiting(&channel)).await {
+                    Ok(Ok(waiting)) => self.status.set_lag(waiting + settling.len() as u64),
+                    Ok(Err(e)) => self.status.note(format!("reading the lag: {e}")),
+                    Err(_) => break Err("the broker did not answer in time".to_owned()),
+                },
                 _ = stopping.changed() => break Ok(()),
             }
         };
-        while settling.join_next().await.is_some() {}
-        let _ = connection.close(200, "".into()).await;
+        if outcome.is_ok() {
+            // Stopping: what is being stored finishes and is answered.
+            while settling.join_next().await.is_some() {}
+        }
+        // Otherwise the channel is gone: the broker hands the unanswered messages out again.
         outcome
     }
 }

@@ -4,10 +4,14 @@
 //! Every broker follows one rule, the HTTP publish's: a message is acknowledged only once
 //! it and its deliveries are committed and synced. A message that can never be stored
 //! (not JSON, the wrong shape, an unknown application, too large) goes to the broker's
-//! dead letter with the reason, then is acknowledged: it never loops. A store that is down
-//! or full leaves the message unacknowledged, and the broker redelivers it later.
+//! dead letter with the reason, then is acknowledged: it never loops. While the store is
+//! down or full, the consumer keeps the message and tries again (with backoff, telling
+//! the broker it is still working where the broker would otherwise hand it out again); at
+//! shutdown what is unstored is left unacknowledged, and the broker redelivers it later.
 //! Redeliveries are harmless: the message's `eventId`, or else the broker's message id, is
-//! its dedupe key, so a merchant never gets one message twice.
+//! its dedupe key (scoped to the broker, the stream or queue and the application), so a
+//! merchant never gets one message twice. Messages with one `orderingKey` are stored in
+//! the broker's order: each waits for the one before it ([`Lanes`]).
 //!
 //! A broker module implements [`Consumer`]; [`supervise`] reconnects it with backoff. A
 //! Kafka consumer would be one more implementation.
@@ -25,16 +29,21 @@ use crate::wire::MessageIn;
 use hookline_core::ssrf::AddressPolicy;
 use hookline_store::PublishOutcome;
 use serde::Serialize;
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 /// Messages taken from queues, by consumer and outcome: `stored`, `duplicate`, `refused`
-/// (dead-lettered), `retried` (the store was unavailable; left to the broker).
+/// (dead-lettered), `retried` (a try while the store was unavailable).
 pub const INGESTED: &str = "hookline_ingest_messages_total";
 /// Messages waiting in a consumer's queue or taken and not yet acknowledged.
 pub const LAG: &str = "hookline_ingest_lag";
+
+/// The longest broker message id used as a dedupe key; a longer one is refused.
+const BROKER_ID_BYTES_MAX: usize = 256;
 
 /// What became of one queue message; each broker acknowledges accordingly.
 #[derive(Debug, PartialEq, Eq)]
@@ -47,6 +56,33 @@ pub enum Handled {
     Unavailable,
 }
 
+impl Handled {
+    fn refused(code: &'static str, reason: impl Into<String>) -> Handled {
+        // Into broker headers and logs: no control characters (NATS headers refuse CR/LF).
+        let reason = reason.into().chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+        Handled::Refused { code, reason }
+    }
+}
+
+/// A queue message parsed and checked, before any IO: its lane, or why it is refused.
+pub struct Prepared {
+    body: Vec<u8>,
+    broker_id: Option<String>,
+    /// `(application, orderingKey)` when it has a key: stored after the lane's earlier ones.
+    lane: Option<String>,
+    refused: Option<Handled>,
+}
+
+impl Prepared {
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    pub fn lane(&self) -> Option<&str> {
+        self.lane.as_deref()
+    }
+}
+
 /// Turns queue messages into committed messages: the ingest pipeline for the consumers.
 pub struct Ingestor {
     pub engine: Arc<Engine>,
@@ -55,6 +91,11 @@ pub struct Ingestor {
     pub body_bytes_max: usize,
     pub json_depth_max: usize,
 }
+
+/// The first wait before storing a message again while the store is unavailable; it
+/// doubles up to [`STORE_BACKOFF_MAX`].
+pub const STORE_BACKOFF: Duration = Duration::from_millis(200);
+const STORE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 impl Ingestor {
     pub fn new(config: &Config, engine: Arc<Engine>, clock: Arc<dyn Clock>) -> Ingestor {
@@ -67,57 +108,167 @@ impl Ingestor {
         }
     }
 
-    /// Stores one message received by consumer `scope`. `broker_id` (the broker's message
-    /// id) is the dedupe key when the message has no `eventId`.
-    pub async fn handle(&self, scope: &str, broker_id: Option<&str>, body: &[u8]) -> Handled {
+    /// Parses and checks a message without IO (so the receive loop can call it in the
+    /// broker's order): the refusal, if it can never be stored, and its ordering lane.
+    pub fn prepare(&self, broker_id: Option<&str>, body: &[u8]) -> Prepared {
+        let mut prepared =
+            Prepared { body: body.to_vec(), broker_id: broker_id.map(str::to_owned), lane: None, refused: None };
         if body.len() > self.body_bytes_max {
             let reason = format!("the message is {} bytes; at most {} are accepted", body.len(), self.body_bytes_max);
-            return Handled::Refused { code: "payload_too_large", reason };
-        }
-        match self.store(scope, broker_id, body).await {
-            Ok(PublishOutcome::Created) => Handled::Stored { duplicate: false },
-            Ok(PublishOutcome::Duplicate(_)) => Handled::Stored { duplicate: true },
-            Err(ApiError::NotFound(_)) => {
-                let reason = "no application has this id or uid".to_owned();
-                Handled::Refused { code: "unknown_application", reason }
+            prepared.refused = Some(Handled::refused("payload_too_large", reason));
+        } else if broker_id.is_some_and(|id| id.len() > BROKER_ID_BYTES_MAX) {
+            let reason = format!("the broker's message id is over {BROKER_ID_BYTES_MAX} bytes");
+            prepared.refused = Some(Handled::refused("invalid_message", reason));
+        } else {
+            match self.parse(body) {
+                Ok(input) => {
+                    prepared.lane = input.ordering_key.map(|key| format!("{}\n{key}", input.app.unwrap_or_default()))
+                }
+                Err(e) => prepared.refused = Some(refusal(&e)),
             }
-            Err(e) => match e.code_and_status() {
-                (code, status) if status.is_client_error() => Handled::Refused { code, reason: reason(&e) },
-                _ => Handled::Unavailable,
-            },
         }
+        prepared
     }
 
-    async fn store(&self, scope: &str, broker_id: Option<&str>, body: &[u8]) -> Result<PublishOutcome, ApiError> {
+    fn parse(&self, body: &[u8]) -> Result<MessageIn, ApiError> {
         let input: MessageIn = crate::api::parse_json(body, self.json_depth_max)?;
         check(&input)?;
         if input.application.is_some() {
             let detail = "an inline application is for the publish API; create the application first";
             return Err(ApiError::field("application", detail));
         }
-        let Some(app_key) = input.app.as_deref() else {
+        if input.app.is_none() {
             return Err(ApiError::field("app", "app (the application's id or uid) is required"));
-        };
-        let app = self.engine.catalog.app(app_key).await.map_err(ApiError::from_store("application"))?;
+        }
+        Ok(input)
+    }
+
+    /// Stores a prepared message of consumer `scope` once: stored, refused, or unavailable.
+    pub async fn store(&self, scope: &str, prepared: &Prepared) -> Handled {
+        if let Some(refused) = &prepared.refused {
+            return match refused {
+                Handled::Refused { code, reason } => Handled::Refused { code, reason: reason.clone() },
+                _ => Handled::Unavailable,
+            };
+        }
+        match self.commit(scope, prepared).await {
+            Ok(PublishOutcome::Created) => Handled::Stored { duplicate: false },
+            Ok(PublishOutcome::Duplicate(_)) => Handled::Stored { duplicate: true },
+            Err(e) => refusal(&e),
+        }
+    }
+
+    /// Stores a prepared message, trying again while the store is unavailable (calling
+    /// `still_working` before each wait), until it is stored or refused; `None` if the
+    /// node is stopping first (the message is left to the broker).
+    pub async fn store_patiently<F, Fut>(
+        &self,
+        status: &ConsumerStatus,
+        prepared: &Prepared,
+        stopping: &watch::Receiver<bool>,
+        mut still_working: F,
+    ) -> Option<Handled>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        let mut backoff = STORE_BACKOFF;
+        loop {
+            let handled = self.store(&status.scope, prepared).await;
+            status.count(&handled);
+            if handled != Handled::Unavailable {
+                return Some(handled);
+            }
+            still_working().await;
+            let mut stop = stopping.clone();
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.wait_for(|s| *s) => return None,
+            }
+            backoff = (backoff * 2).min(STORE_BACKOFF_MAX);
+        }
+    }
+
+    async fn commit(&self, scope: &str, prepared: &Prepared) -> Result<PublishOutcome, ApiError> {
+        let input = self.parse(&prepared.body)?;
+        let app_key = input.app.clone().unwrap_or_default();
+        let app = self.engine.catalog.app(&app_key).await.map_err(ApiError::from_store("application"))?;
         let message = message(input, app.id.clone(), &self.addresses, self.clock.now_ms())?;
-        // With an eventId the store dedupes on it; without, on the broker's id.
-        let dedupe = match (&message.event_id, broker_id) {
-            (None, Some(id)) => Some((format!("queue:{scope}"), id.to_owned())),
+        // With an eventId the store dedupes on it; without, on the broker's id, which the
+        // publisher may choose: scoped to the application, so apps never collide.
+        let dedupe = match (&message.event_id, &prepared.broker_id) {
+            (None, Some(id)) => Some((format!("queue:{scope}:{}", app.id), id.clone())),
             _ => None,
         };
         submit(&self.engine, Arc::new(message), None, dedupe).await
     }
 }
 
-/// An error's whole text, with each invalid field named.
-fn reason(e: &ApiError) -> String {
+/// What an error storing a message means: a refusal (the message's fault: it would fail
+/// again) or unavailable (the store's: try again).
+fn refusal(e: &ApiError) -> Handled {
     match e {
-        ApiError::Validation(fields) => fields
-            .iter()
-            .map(|f| format!("{}: {}", f.loc.last().map_or("body", |s| s), f.msg))
-            .collect::<Vec<_>>()
-            .join("; "),
-        other => other.to_string(),
+        ApiError::NotFound(_) => Handled::refused("unknown_application", "no application has this id or uid"),
+        ApiError::InvalidJson(detail) => Handled::refused("invalid_json", format!("not valid JSON: {detail}")),
+        ApiError::Validation(fields) => {
+            let reason = fields.iter().map(|f| format!("{}: {}", f.loc.last().map_or("body", |s| s), f.msg));
+            Handled::refused("invalid_message", reason.collect::<Vec<_>>().join("; "))
+        }
+        other => match other.code_and_status() {
+            (code, status) if status.is_client_error() => Handled::refused(code, other.to_string()),
+            _ => Handled::Unavailable,
+        },
+    }
+}
+
+/// Keeps messages of one ordering lane in the broker's order: a turn is taken in the
+/// receive loop, in the order messages arrive, and waits until every earlier turn of its
+/// lane has ended (been stored, refused, or given up at shutdown).
+#[derive(Default)]
+pub struct Lanes {
+    tails: Mutex<HashMap<String, (u64, oneshot::Receiver<()>)>>,
+    taken: AtomicU64,
+}
+
+/// One message's place in its lane; dropping it lets the next one go.
+pub struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    _done: Option<oneshot::Sender<()>>,
+    release: Option<(Arc<Lanes>, String, u64)>,
+}
+
+impl Lanes {
+    pub fn turn(self: &Arc<Self>, lane: Option<&str>) -> Turn {
+        let Some(lane) = lane else { return Turn { after: None, _done: None, release: None } };
+        let (done, next) = oneshot::channel();
+        let number = self.taken.fetch_add(1, Ordering::Relaxed);
+        let before = self.tails.lock().expect("lanes lock").insert(lane.to_owned(), (number, next));
+        Turn {
+            after: before.map(|(_, r)| r),
+            _done: Some(done),
+            release: Some((self.clone(), lane.to_owned(), number)),
+        }
+    }
+}
+
+impl Turn {
+    /// Waits until the earlier messages of the lane are done.
+    pub async fn wait(&mut self) {
+        if let Some(after) = self.after.take() {
+            // The sender is dropped, not sent on: an error is the signal.
+            let _ = after.await;
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if let Some((lanes, lane, number)) = self.release.take() {
+            let mut tails = lanes.tails.lock().expect("lanes lock");
+            if tails.get(&lane).is_some_and(|(last, _)| *last == number) {
+                tails.remove(&lane);
+            }
+        }
     }
 }
 
@@ -126,8 +277,11 @@ fn reason(e: &ApiError) -> String {
 pub struct ConsumerStatus {
     /// `redis`, `amqp` or `nats`.
     pub kind: &'static str,
-    /// Unique per consumer: the dedupe scope of its broker ids and its metrics label.
+    /// Its metrics label.
     pub name: String,
+    /// The dedupe scope of its broker ids: the broker's address and what it reads, so two
+    /// brokers with a queue of one name never share ids.
+    pub scope: String,
     /// The broker's URL, password masked.
     pub url: String,
     /// What it reads: the stream and group, the queue, the stream and durable consumer.
@@ -161,8 +315,11 @@ pub struct ConsumerOut {
 
 impl ConsumerStatus {
     pub fn new(kind: &'static str, name: String, url: &str, source: String) -> Arc<ConsumerStatus> {
+        let address =
+            url::Url::parse(url).ok().map(|u| format!("{}:{}", u.host_str().unwrap_or(""), u.port().unwrap_or(0)));
         Arc::new(ConsumerStatus {
             kind,
+            scope: format!("{name}@{}", address.unwrap_or_default()),
             name,
             url: masked(url),
             source,
@@ -198,6 +355,11 @@ impl ConsumerStatus {
         self.connected.store(true, Ordering::Relaxed);
     }
 
+    /// Notes a problem that did not end the connection (a lag read that failed, say).
+    pub fn note(&self, error: String) {
+        *self.last_error.lock().expect("status lock") = Some(error);
+    }
+
     fn failed(&self, error: String) {
         self.connected.store(false, Ordering::Relaxed);
         *self.last_error.lock().expect("status lock") = Some(error);
@@ -220,11 +382,12 @@ impl ConsumerStatus {
     }
 }
 
-/// A URL with its password replaced by `***`.
+/// A URL with its user and password (or token) replaced by `***`.
 pub fn masked(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("***"));
+        Ok(mut parsed) if !parsed.username().is_empty() || parsed.password().is_some() => {
+            let _ = parsed.set_username("***");
+            let _ = parsed.set_password(None);
             parsed.to_string()
         }
         Ok(_) => url.to_owned(),
@@ -243,9 +406,6 @@ pub trait Consumer: Send + Sync + 'static {
 
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
-
-/// How long to wait before handing a message back while the store is unavailable.
-pub const STORE_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Runs `consumer` until shutdown, reconnecting after each failure with a backoff that
 /// doubles up to 10 s and starts over after a connection that lasted a minute.
@@ -300,11 +460,23 @@ impl Consumers {
         Consumers { statuses, tasks, stop }
     }
 
-    /// Stops taking messages; what is being stored finishes and is acknowledged first.
-    pub async fn shutdown(self, grace: Duration) {
+    /// Stops taking messages; what is being stored finishes and is acknowledged first,
+    /// within one `grace` for all; what is left is aborted (and left to the brokers).
+    pub async fn shutdown(mut self, grace: Duration) {
         self.stop.send_replace(true);
-        for task in self.tasks {
-            let _ = tokio::time::timeout(grace, task).await;
+        let deadline = tokio::time::Instant::now() + grace;
+        for task in &mut self.tasks {
+            let _ = tokio::time::timeout_at(deadline, task).await;
+        }
+    }
+}
+
+impl Drop for Consumers {
+    /// Whatever way `run` ends, no consumer outlives it.
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+        for task in &self.tasks {
+            task.abort();
         }
     }
 }

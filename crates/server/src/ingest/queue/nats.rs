@@ -2,10 +2,10 @@
 //! acknowledged with a double ack (the server confirms it). A refused one is published to
 //! the dead-letter subject with its reason in headers (`Hookline-Code`,
 //! `Hookline-Reason`), the publish acknowledged by JetStream, then terminated (`Term`):
-//! never redelivered. A message that could not be stored (the store down) is `Nak`ed with
-//! a delay and redelivered.
+//! never redelivered. While the store is down a message is kept and stored again with
+//! backoff, its ack deadline extended (`Progress`) at each try; at shutdown it is `Nak`ed.
 
-use super::{Consumer, ConsumerStatus, Handled, Ingestor, STORE_BACKOFF};
+use super::{Consumer, ConsumerStatus, Handled, Ingestor, Lanes, Prepared, Turn, STORE_BACKOFF};
 use crate::config::NatsIngest;
 use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
 use async_nats::jetstream::{self, AckKind};
@@ -19,21 +19,67 @@ const LAG_EVERY: Duration = Duration::from_secs(2);
 pub struct Nats {
     config: NatsIngest,
     status: Arc<ConsumerStatus>,
+    lanes: Arc<Lanes>,
+}
+
+/// Connection options for `url` with its credentials (`user:password@`, or a token as
+/// `token@`) taken out of it, as async-nats reads none from the URL; and the URL without.
+pub fn connect_options(url: &str) -> Result<(async_nats::ConnectOptions, String), String> {
+    let mut parsed = url::Url::parse(url).map_err(|e| format!("the URL: {e}"))?;
+    let decode = |s: &str| percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned();
+    let (user, password) = (decode(parsed.username()), parsed.password().map(decode));
+    let options = match (user.is_empty(), password) {
+        (true, None) => async_nats::ConnectOptions::new(),
+        (false, None) => async_nats::ConnectOptions::with_token(user),
+        (_, Some(password)) => async_nats::ConnectOptions::with_user_and_password(user, password),
+    };
+    let _ = parsed.set_username("");
+    let _ = parsed.set_password(None);
+    Ok((options.connection_timeout(Duration::from_secs(5)), parsed.to_string()))
+}
+
+/// Whether NATS subject `pattern` (with `*` and `>` wildcards) takes `subject`.
+fn subject_matches(pattern: &str, subject: &str) -> bool {
+    let mut pattern = pattern.split('.');
+    let mut subject = subject.split('.');
+    loop {
+        match (pattern.next(), subject.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(p), Some(s)) if p == s => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
 }
 
 impl Nats {
     pub fn new(config: &NatsIngest) -> Nats {
         let name = format!("nats:{}:{}", config.stream, config.durable);
         let source = format!("stream {} consumer {}", config.stream, config.durable);
-        Nats { status: ConsumerStatus::new("nats", name, &config.url, source), config: config.clone() }
+        Nats {
+            status: ConsumerStatus::new("nats", name, &config.url, source),
+            config: config.clone(),
+            lanes: Arc::default(),
+        }
     }
 
     fn dlq_subject(&self) -> String {
         self.config.dlq_subject.clone().unwrap_or_else(|| format!("hookline.dlq.{}", self.config.stream))
     }
 
-    async fn consumer(&self, context: &jetstream::Context) -> Result<PullConsumer, String> {
-        let stream = context.get_stream(&self.config.stream).await.map_err(|e| format!("the stream: {e}"))?;
+    /// The durable consumer, and the stream's creation time (part of the dedupe key of
+    /// messages without `Nats-Msg-Id`: a stream made again starts its sequence over).
+    async fn consumer(&self, context: &jetstream::Context) -> Result<(PullConsumer, i128), String> {
+        let mut stream = context.get_stream(&self.config.stream).await.map_err(|e| format!("the stream: {e}"))?;
+        let info = stream.info().await.map_err(|e| format!("the stream: {e}"))?;
+        let dlq = self.dlq_subject();
+        if info.config.subjects.iter().any(|pattern| subject_matches(pattern, &dlq)) {
+            return Err(format!(
+                "the dead-letter subject {dlq} is one of the stream's own: refused messages would loop"
+            ));
+        }
+        let created = info.created.unix_timestamp_nanos();
         let config = pull::Config {
             durable_name: Some(self.config.durable.clone()),
             ack_policy: AckPolicy::Explicit,
@@ -42,55 +88,84 @@ impl Nats {
             filter_subject: self.config.filter_subject.clone().unwrap_or_default(),
             ..Default::default()
         };
-        stream
+        let consumer = stream
             .get_or_create_consumer(&self.config.durable, config)
             .await
-            .map_err(|e| format!("the durable consumer: {e}"))
+            .map_err(|e| format!("the durable consumer: {e}"))?;
+        Ok((consumer, created))
     }
 }
 
-/// Stores one message and answers JetStream.
-async fn settle(
-    ingestor: &Ingestor,
-    status: &ConsumerStatus,
-    context: &jetstream::Context,
-    dlq: &str,
-    message: jetstream::Message,
-) {
-    // The publisher's `Nats-Msg-Id`, else the stream sequence: the same on every redelivery.
-    let id = match message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
-        Some(id) => Some(id.to_string()),
-        None => message.info().ok().map(|info| format!("seq:{}", info.stream_sequence)),
+/// What a settling message needs besides itself.
+struct Settle {
+    ingestor: Arc<Ingestor>,
+    status: Arc<ConsumerStatus>,
+    context: jetstream::Context,
+    dlq: String,
+    stopping: watch::Receiver<bool>,
+}
+
+/// Stores one message, in its lane's turn, and answers JetStream.
+async fn settle(settle: Arc<Settle>, prepared: Prepared, mut turn: Turn, message: jetstream::Message) {
+    turn.wait().await;
+    // Each try while the store is down tells JetStream the message is still being worked
+    // on, so it is not handed to another consumer meanwhile.
+    let progress = || async {
+        let _ = message.ack_with(AckKind::Progress).await;
     };
-    let handled = ingestor.handle(&status.name, id.as_deref(), &message.payload).await;
-    status.count(&handled);
+    let handled = settle.ingestor.store_patiently(&settle.status, &prepared, &settle.stopping, progress).await;
+    drop(turn);
     // A failed ack means the connection is gone: JetStream redelivers after ack_wait, and
     // the dedupe key makes that harmless.
     match handled {
-        Handled::Stored { .. } => {
+        Some(Handled::Stored { .. }) => {
             let _ = message.double_ack().await;
         }
-        Handled::Refused { code, reason } => {
-            tracing::warn!(consumer = %status.name, code, %reason, "queue message refused; dead-lettered");
-            let mut headers = message.headers.clone().unwrap_or_default();
-            headers.insert("Hookline-Code", code);
-            headers.insert("Hookline-Reason", reason.as_str());
-            headers.insert("Hookline-Subject", message.subject.as_str());
-            let published = match context.publish_with_headers(dlq.to_owned(), headers, message.payload.clone()).await {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
-            };
-            let answer = match published {
-                true => AckKind::Term,
-                // Not in the dead letter: offered again later rather than lost.
-                false => AckKind::Nak(Some(STORE_BACKOFF)),
-            };
-            let _ = message.ack_with(answer).await;
+        Some(Handled::Refused { code, reason }) => {
+            tracing::warn!(consumer = %settle.status.name, code, %reason, "queue message refused; dead-lettered");
+            match dead_letter(&settle.context, &settle.dlq, &message, code, &reason).await {
+                Ok(()) => {
+                    let _ = message.ack_with(AckKind::Term).await;
+                }
+                Err(why) => {
+                    // Not in the dead letter: offered again later rather than lost.
+                    settle.status.note(format!("dead-lettering a refused message: {why}"));
+                    let _ = message.ack_with(AckKind::Nak(Some(STORE_BACKOFF))).await;
+                }
+            }
         }
-        Handled::Unavailable => {
-            let _ = message.ack_with(AckKind::Nak(Some(STORE_BACKOFF))).await;
+        Some(Handled::Unavailable) | None => {
+            let _ = message.ack_with(AckKind::Nak(None)).await;
         }
     }
+}
+
+/// Publishes a refused message to the dead-letter subject with its reason; done once
+/// JetStream acknowledged it. The original headers go along, but for JetStream's own
+/// (`Nats-*`), which would act on the dead-letter stream.
+async fn dead_letter(
+    context: &jetstream::Context,
+    dlq: &str,
+    message: &jetstream::Message,
+    code: &str,
+    reason: &str,
+) -> Result<(), String> {
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, values) in message.headers.iter().flat_map(|h| h.iter()) {
+        if !name.to_string().to_ascii_lowercase().starts_with("nats-") {
+            for value in values {
+                headers.append(name.to_string().as_str(), value.as_str());
+            }
+        }
+    }
+    headers.insert("Hookline-Code", code);
+    headers.insert("Hookline-Reason", reason);
+    headers.insert("Hookline-Subject", message.subject.as_str());
+    let ack = context
+        .publish_with_headers(dlq.to_owned(), headers, message.payload.clone())
+        .await
+        .map_err(|e| e.to_string())?;
+    ack.await.map(|_| ()).map_err(|e| e.to_string())
 }
 
 #[async_trait::async_trait]
@@ -100,39 +175,54 @@ impl Consumer for Nats {
     }
 
     async fn run(&self, ingestor: &Arc<Ingestor>, mut stopping: watch::Receiver<bool>) -> Result<(), String> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(self.config.url.as_str())
-            .await
-            .map_err(|e| e.to_string())?;
+        let (options, url) = connect_options(&self.config.url)?;
+        let client = options.connect(url.as_str()).await.map_err(|e| e.to_string())?;
         let context = jetstream::new(client);
-        let consumer = self.consumer(&context).await?;
+        let (consumer, created) = self.consumer(&context).await?;
         let mut messages =
             consumer.stream().max_messages_per_batch(self.config.batch).messages().await.map_err(|e| e.to_string())?;
         self.status.connected();
-        let dlq = self.dlq_subject();
+        let settle_with = Arc::new(Settle {
+            ingestor: ingestor.clone(),
+            status: self.status.clone(),
+            context,
+            dlq: self.dlq_subject(),
+            stopping: stopping.clone(),
+        });
         let mut settling = tokio::task::JoinSet::new();
         let mut lag = tokio::time::interval(LAG_EVERY);
         let outcome = loop {
             tokio::select! {
                 next = messages.next(), if settling.len() < self.config.batch => match next {
                     Some(Ok(message)) => {
-                        // Stored concurrently (the batch bounds how many): committed together.
-                        let (ingestor, status, context, dlq) = (ingestor.clone(), self.status.clone(), context.clone(), dlq.clone());
-                        settling.spawn(async move { settle(&ingestor, &status, &context, &dlq, message).await });
+                        // The publisher's `Nats-Msg-Id`, else the stream sequence (with the
+                        // stream's creation time): the same on every redelivery.
+                        let id = match message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
+                            Some(id) => Some(id.to_string()),
+                            None => message.info().ok().map(|info| format!("seq:{created}:{}", info.stream_sequence)),
+                        };
+                        // Prepared and given its lane's turn here, in the stream's order; stored
+                        // concurrently (the batch bounds how many): committed together.
+                        let prepared = ingestor.prepare(id.as_deref(), &message.payload);
+                        let turn = self.lanes.turn(prepared.lane());
+                        settling.spawn(settle(settle_with.clone(), prepared, turn, message));
                     }
                     Some(Err(e)) => break Err(e.to_string()),
                     None => break Err("the consumer's message stream ended".to_owned()),
                 },
                 Some(_) = settling.join_next() => {}
-                _ = lag.tick() => {
-                    let info = consumer.get_info().await.map_err(|e| e.to_string())?;
-                    self.status.set_lag(info.num_pending + info.num_ack_pending as u64);
-                }
+                _ = lag.tick() => match tokio::time::timeout(LAG_EVERY * 2, consumer.get_info()).await {
+                    Ok(Ok(info)) => self.status.set_lag(info.num_pending + info.num_ack_pending as u64),
+                    Ok(Err(e)) => self.status.note(format!("reading the lag: {e}")),
+                    Err(_) => self.status.note("reading the lag: no answer in time".to_owned()),
+                },
                 _ = stopping.changed() => break Ok(()),
             }
         };
-        while settling.join_next().await.is_some() {}
+        if outcome.is_ok() {
+            // Stopping: what is being stored finishes and is answered.
+            while settling.join_next().await.is_some() {}
+        }
         outcome
     }
 }

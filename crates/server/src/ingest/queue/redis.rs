@@ -1,10 +1,11 @@
 //! Redis Streams: a consumer group read with `XREADGROUP`; entries are acknowledged with
 //! `XACK` once stored. A refused entry is added to `<stream>:dlq` (with its id, code and
-//! reason) in the same `MULTI` as its `XACK`. Entries left unacknowledged (a dead node, or
-//! the store down) are taken over with `XAUTOCLAIM` once idle for `claim_idle_ms`; after a
-//! restart, a consumer first reads its own pending entries again.
+//! reason) and acknowledged by one script, which stops before the `XACK` if the `XADD`
+//! fails (a `MULTI` would run the `XACK` anyway). Entries left unacknowledged (a node that
+//! died, or stopped while the store was down) are taken over with `XAUTOCLAIM` once idle
+//! for `claim_idle_ms`; after a restart, a consumer first reads its own pending entries.
 
-use super::{Consumer, ConsumerStatus, Handled, Ingestor, STORE_BACKOFF};
+use super::{Consumer, ConsumerStatus, Handled, Ingestor, Lanes};
 use crate::config::RedisIngest;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
@@ -19,10 +20,19 @@ const BLOCK_MS: u64 = 1_000;
 /// How often the group's lag is read.
 const LAG_EVERY: Duration = Duration::from_secs(2);
 
+/// Dead-letters one entry and acknowledges it, atomically: `XADD` to the dead-letter
+/// stream, and only if that worked, `XACK`. KEYS: stream, dead-letter stream. ARGV: group,
+/// entry id, code, reason, the message field's name, its body.
+const DEAD_LETTER: &str = r"
+redis.call('XADD', KEYS[2], '*', 'id', ARGV[2], 'code', ARGV[3], 'reason', ARGV[4], ARGV[5], ARGV[6])
+return redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+";
+
 pub struct Redis {
     config: RedisIngest,
     consumer: String,
     status: Arc<ConsumerStatus>,
+    lanes: Arc<Lanes>,
 }
 
 impl Redis {
@@ -33,6 +43,7 @@ impl Redis {
             consumer: config.consumer.clone().unwrap_or_else(|| node.to_owned()),
             status: ConsumerStatus::new("redis", name, &config.url, source),
             config: config.clone(),
+            lanes: Arc::default(),
         }
     }
 
@@ -77,61 +88,66 @@ impl Redis {
         Ok(reply.claimed)
     }
 
-    /// Stores a batch concurrently (so the store commits it together), then acknowledges
-    /// what was stored or refused in one `MULTI`. Returns whether the store was unavailable.
+    /// Stores a batch concurrently (so the store commits it together, each message after
+    /// the earlier ones of its ordering lane), then acknowledges what was stored in one
+    /// `XACK` and dead-letters what was refused. Entries still unstored at shutdown stay
+    /// pending.
     async fn handle(
         &self,
         ingestor: &Ingestor,
         conn: &mut MultiplexedConnection,
         entries: Vec<StreamId>,
-    ) -> Result<bool, String> {
+        stopping: &watch::Receiver<bool>,
+    ) -> Result<(), String> {
         let field = self.config.field.as_str();
-        let handled = futures_util::future::join_all(entries.iter().map(|entry| async move {
-            match entry.map.get(field) {
-                Some(Value::BulkString(body)) => ingestor.handle(&self.status.name, Some(&entry.id), body).await,
-                _ => Handled::Refused {
-                    code: "invalid_message",
-                    reason: format!("the entry has no `{field}` field holding the message's JSON"),
-                },
-            }
-        }))
-        .await;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let mut acked = Vec::new();
-        let mut unavailable = false;
-        let dlq = format!("{}:dlq", self.config.stream);
-        for (entry, handled) in entries.iter().zip(&handled) {
-            self.status.count(handled);
+        let prepared: Vec<_> = entries
+            .iter()
+            .map(|entry| match entry.map.get(field) {
+                Some(Value::BulkString(body)) => ingestor.prepare(Some(&entry.id), body),
+                _ => ingestor.prepare(Some(&entry.id), b"(no message field)"),
+            })
+            .collect();
+        let turns: Vec<_> = prepared.iter().map(|p| self.lanes.turn(p.lane())).collect();
+        let handled =
+            futures_util::future::join_all(prepared.iter().zip(turns).map(|(prepared, mut turn)| async move {
+                turn.wait().await;
+                ingestor.store_patiently(&self.status, prepared, stopping, || async {}).await
+            }))
+            .await;
+        let mut stored = Vec::new();
+        for ((entry, prepared), handled) in entries.iter().zip(&prepared).zip(handled) {
             match handled {
-                Handled::Stored { .. } => acked.push(entry.id.as_str()),
-                Handled::Refused { code, reason } => {
-                    let body = match entry.map.get(field) {
-                        Some(Value::BulkString(body)) => body.as_slice(),
-                        _ => &[],
-                    };
-                    pipe.cmd("XADD")
-                        .arg(&dlq)
-                        .arg("*")
-                        .arg("id")
+                Some(Handled::Stored { .. }) => stored.push(entry.id.as_str()),
+                Some(Handled::Refused { code, reason }) => {
+                    tracing::warn!(consumer = %self.status.name, entry = %entry.id, code, %reason, "queue message refused; dead-lettered");
+                    let _: i64 = redis::cmd("EVAL")
+                        .arg(DEAD_LETTER)
+                        .arg(2)
+                        .arg(&self.config.stream)
+                        .arg(format!("{}:dlq", self.config.stream))
+                        .arg(&self.config.group)
                         .arg(&entry.id)
-                        .arg("code")
-                        .arg(*code)
-                        .arg("reason")
+                        .arg(code)
                         .arg(reason)
                         .arg(field)
-                        .arg(body)
-                        .ignore();
-                    acked.push(entry.id.as_str());
+                        .arg(prepared.body())
+                        .query_async(conn)
+                        .await
+                        .map_err(text)?;
                 }
-                Handled::Unavailable => unavailable = true,
+                Some(Handled::Unavailable) | None => {}
             }
         }
-        if !acked.is_empty() {
-            pipe.cmd("XACK").arg(&self.config.stream).arg(&self.config.group).arg(&acked).ignore();
-            let _: () = pipe.query_async(conn).await.map_err(text)?;
+        if !stored.is_empty() {
+            let _: i64 = redis::cmd("XACK")
+                .arg(&self.config.stream)
+                .arg(&self.config.group)
+                .arg(&stored)
+                .query_async(conn)
+                .await
+                .map_err(text)?;
         }
-        Ok(unavailable)
+        Ok(())
     }
 
     /// Waiting entries plus entries read and not acknowledged (`XINFO GROUPS`).
@@ -193,7 +209,10 @@ impl Consumer for Redis {
         while !*stopping.borrow() {
             let now = Instant::now();
             if now >= next_lag {
-                self.status.set_lag(self.lag(&mut writer).await?);
+                match self.lag(&mut writer).await {
+                    Ok(lag) => self.status.set_lag(lag),
+                    Err(e) => self.status.note(format!("reading the lag: {e}")),
+                }
                 next_lag = now + LAG_EVERY;
             }
             let entries = if now >= next_claim {
@@ -209,16 +228,12 @@ impl Consumer for Redis {
             } else {
                 tokio::select! {
                     entries = self.read(&mut reader, ">", true) => entries?,
-                    _ = stopping.changed() => continue,
+                    // A dropped sender is a stop too.
+                    _ = stopping.changed() => return Ok(()),
                 }
             };
-            if entries.is_empty() {
-                continue;
-            }
-            if self.handle(ingestor, &mut writer, entries).await? {
-                // The store is down or full: what was not stored stays pending here.
-                tokio::time::sleep(STORE_BACKOFF).await;
-                own_pending = true;
+            if !entries.is_empty() {
+                self.handle(ingestor, &mut writer, entries, &stopping).await?;
             }
         }
         Ok(())
