@@ -516,6 +516,67 @@ async fn nats_consumer_stores_each_message_once() {
     consumes_each_message_once(Kind::Nats).await;
 }
 
+/// Messages of one `orderingKey` reach the endpoint in the order they were put on the
+/// queue, although the consumer stores a batch concurrently.
+async fn keeps_the_order_of_each_key(kind: Kind) {
+    let http = reqwest::Client::new();
+    let broker = Broker::shared(kind);
+    broker.prepare().await;
+    let arrived: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let recorded = arrived.clone();
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let recorded = recorded.clone();
+        async move {
+            let payload: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            recorded.lock().unwrap().extend(payload["n"].as_u64());
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(dir.path(), &broker.consumer_config());
+    gateway.setup(&http, &sink).await;
+    gateway.until_consuming(&http).await;
+    const KEYS: u64 = 10;
+    let items: Vec<(Vec<u8>, String)> = (0..500)
+        .map(|n| {
+            let body = json!({"app": APP, "eventType": "payment.succeeded", "orderingKey": format!("pay_{}", n % KEYS), "payload": {"n": n}});
+            (body.to_string().into_bytes(), format!("m-{n}"))
+        })
+        .collect();
+    broker.put_all(&items).await;
+    until_none_missing(PATIENCE, "ordered messages not delivered", || {
+        500usize.saturating_sub(arrived.lock().unwrap().len())
+    })
+    .await;
+    let arrived = arrived.lock().unwrap().clone();
+    for key in 0..KEYS {
+        let of_key: Vec<u64> = arrived.iter().copied().filter(|n| n % KEYS == key).collect();
+        let mut sorted = of_key.clone();
+        sorted.sort();
+        assert_eq!(of_key, sorted, "{kind:?}: key pay_{key} arrived out of order");
+    }
+    drop(gateway);
+    broker.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_consumer_keeps_the_order_of_each_key() {
+    keeps_the_order_of_each_key(Kind::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_consumer_keeps_the_order_of_each_key() {
+    keeps_the_order_of_each_key(Kind::Amqp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_consumer_keeps_the_order_of_each_key() {
+    keeps_the_order_of_each_key(Kind::Nats).await;
+}
+
 /// `kill -9` of Hookline while it consumes 2,000 messages: after a restart every message
 /// arrives; copies are bounded by what was in flight to the endpoint at the kill.
 async fn survives_kill_9(kind: Kind) {
