@@ -25,6 +25,27 @@ use support::{cluster_env, create_all, free_port, serve_command, until_none_miss
 const TOKEN: &str = "queues-test-token";
 const APP: &str = "shop";
 
+/// One test per broker for a scenario: `on_every_broker!(scenario => redis_test, amqp_test,
+/// nats_test)`.
+macro_rules! on_every_broker {
+    ($scenario:ident => $redis:ident, $amqp:ident, $nats:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $redis() {
+            $scenario(Kind::Redis).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $amqp() {
+            $scenario(Kind::Amqp).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $nats() {
+            $scenario(Kind::Nats).await;
+        }
+    };
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
     Redis,
@@ -501,20 +522,12 @@ async fn consumes_each_message_once(kind: Kind) {
     broker.remove().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_consumer_stores_each_message_once() {
-    consumes_each_message_once(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amqp_consumer_stores_each_message_once() {
-    consumes_each_message_once(Kind::Amqp).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_consumer_stores_each_message_once() {
-    consumes_each_message_once(Kind::Nats).await;
-}
+on_every_broker!(
+    consumes_each_message_once =>
+    redis_consumer_stores_each_message_once,
+    amqp_consumer_stores_each_message_once,
+    nats_consumer_stores_each_message_once
+);
 
 /// Messages of one `orderingKey` reach the endpoint in the order they were put on the
 /// queue, although the consumer stores a batch concurrently.
@@ -562,20 +575,12 @@ async fn keeps_the_order_of_each_key(kind: Kind) {
     broker.remove().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_consumer_keeps_the_order_of_each_key() {
-    keeps_the_order_of_each_key(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amqp_consumer_keeps_the_order_of_each_key() {
-    keeps_the_order_of_each_key(Kind::Amqp).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_consumer_keeps_the_order_of_each_key() {
-    keeps_the_order_of_each_key(Kind::Nats).await;
-}
+on_every_broker!(
+    keeps_the_order_of_each_key =>
+    redis_consumer_keeps_the_order_of_each_key,
+    amqp_consumer_keeps_the_order_of_each_key,
+    nats_consumer_keeps_the_order_of_each_key
+);
 
 /// `kill -9` of Hookline while it consumes 2,000 messages: after a restart every message
 /// arrives; copies are bounded by what was in flight to the endpoint at the kill.
@@ -607,20 +612,12 @@ async fn survives_kill_9(kind: Kind) {
     broker.remove().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_consumer_survives_kill_9() {
-    survives_kill_9(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amqp_consumer_survives_kill_9() {
-    survives_kill_9(Kind::Amqp).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_consumer_survives_kill_9() {
-    survives_kill_9(Kind::Nats).await;
-}
+on_every_broker!(
+    survives_kill_9 =>
+    redis_consumer_survives_kill_9,
+    amqp_consumer_survives_kill_9,
+    nats_consumer_survives_kill_9
+);
 
 /// The store fails under a consumer (its disk is full): nothing is acknowledged, the
 /// broker keeps the messages, and once there is room again every one is delivered.
@@ -652,20 +649,12 @@ async fn a_full_disk_leaves_messages_with_the_broker(kind: Kind) {
     broker.remove().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_consumer_waits_out_a_full_disk() {
-    a_full_disk_leaves_messages_with_the_broker(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amqp_consumer_waits_out_a_full_disk() {
-    a_full_disk_leaves_messages_with_the_broker(Kind::Amqp).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_consumer_waits_out_a_full_disk() {
-    a_full_disk_leaves_messages_with_the_broker(Kind::Nats).await;
-}
+on_every_broker!(
+    a_full_disk_leaves_messages_with_the_broker =>
+    redis_consumer_waits_out_a_full_disk,
+    amqp_consumer_waits_out_a_full_disk,
+    nats_consumer_waits_out_a_full_disk
+);
 
 /// Two nodes on one PostgreSQL database consume one Redis group: each message is taken by
 /// one node (each is a consumer of the group under its own name) and delivered once.
@@ -826,20 +815,12 @@ async fn resumes_after_broker_restart(kind: Kind) {
     assert_eq!(lost_and_duplicated(&arrivals, 200), (0, 0));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_consumer_resumes_after_a_broker_restart() {
-    resumes_after_broker_restart(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn amqp_consumer_resumes_after_a_broker_restart() {
-    resumes_after_broker_restart(Kind::Amqp).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nats_consumer_resumes_after_a_broker_restart() {
-    resumes_after_broker_restart(Kind::Nats).await;
-}
+on_every_broker!(
+    resumes_after_broker_restart =>
+    redis_consumer_resumes_after_a_broker_restart,
+    amqp_consumer_resumes_after_a_broker_restart,
+    nats_consumer_resumes_after_a_broker_restart
+);
 
 /// One message as it arrived on a destination queue.
 struct Published {
@@ -1054,20 +1035,12 @@ async fn delivers_to_a_queue(kind: Kind) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_reach_a_redis_stream() {
-    delivers_to_a_queue(Kind::Redis).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_reach_a_rabbitmq_queue() {
-    delivers_to_a_queue(Kind::Amqp).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn deliveries_reach_a_nats_stream() {
-    delivers_to_a_queue(Kind::Nats).await;
-}
+on_every_broker!(
+    delivers_to_a_queue =>
+    deliveries_reach_a_redis_stream,
+    deliveries_reach_a_rabbitmq_queue,
+    deliveries_reach_a_nats_stream
+);
 
 /// A consumer for RabbitMQ refuses to start without a dead-letter exchange: `requeue=false`
 /// would otherwise discard refused messages.

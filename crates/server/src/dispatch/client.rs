@@ -276,35 +276,21 @@ impl DeliveryClient {
     /// Connects to the first address the rules allow, checked at connect time so a name
     /// cannot be re-pointed at a private address after the endpoint was saved.
     async fn connect(&self, host: &url::Host<&str>, port: u16, https: bool) -> Result<Stream, Problem> {
-        let addresses: Vec<SocketAddr> = match host {
-            url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(*ip), port)],
-            url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(*ip), port)],
-            url::Host::Domain(name) => tokio::net::lookup_host((*name, port))
-                .await
-                .map_err(|e| Problem::Connect(format!("resolving the host: {e}")))?
-                .collect(),
-        };
-        let mut refusal = None;
-        let mut last_error = None;
-        for address in addresses {
-            if let Err(reason) = self.policy.check_ip(address.ip()) {
-                refusal.get_or_insert(reason.to_string());
-                continue;
-            }
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(address)).await {
-                Ok(Ok(tcp)) => {
-                    let _ = tcp.set_nodelay(true);
-                    return if https { self.tls_handshake(host, tcp).await } else { Ok(Stream::Plain(tcp)) };
-                }
-                Ok(Err(e)) => last_error = Some(Problem::Connect(e.to_string())),
-                Err(_) => last_error = Some(Problem::ConnectTimeout),
-            }
-        }
-        Err(match (last_error, refusal) {
-            (Some(error), _) => error,
-            (None, Some(reason)) => Problem::Blocked(reason),
-            (None, None) => Problem::Connect("the host has no address".into()),
+        let tcp = connect_allowed(&self.policy, host, port, self.connect_timeout, |address| async move {
+            TcpStream::connect(address).await.map_err(|e| e.to_string())
         })
+        .await
+        .map_err(|unreached| match unreached {
+            Unreached::Blocked(reason) => Problem::Blocked(reason),
+            Unreached::Connect(why) => Problem::Connect(why),
+            Unreached::Timeout => Problem::ConnectTimeout,
+        })?;
+        let _ = tcp.set_nodelay(true);
+        if https {
+            self.tls_handshake(host, tcp).await
+        } else {
+            Ok(Stream::Plain(tcp))
+        }
     }
 
     async fn tls_handshake(&self, host: &url::Host<&str>, tcp: TcpStream) -> Result<Stream, Problem> {
@@ -320,6 +306,59 @@ impl DeliveryClient {
         let tls = connector.connect(name, tcp).await.map_err(|e| Problem::Connect(format!("TLS: {e}")))?;
         Ok(Stream::Tls(Box::new(tls)))
     }
+}
+
+/// Why no address the rules allow took a connection.
+pub enum Unreached {
+    /// Every resolved address is refused by the rules (the first reason).
+    Blocked(String),
+    /// The last allowed address failed to connect.
+    Connect(String),
+    Timeout,
+}
+
+/// Resolves `host` and calls `connect` on each address the address rules allow, in order,
+/// each within `timeout`: the first connection made, or why none was. Every resolved
+/// address is checked here, at connect time, and `connect` is given the checked address
+/// (never the name): HTTP endpoints and queue destinations both connect through this.
+pub async fn connect_allowed<S, T, F, Fut>(
+    policy: &AddressPolicy,
+    host: &url::Host<S>,
+    port: u16,
+    timeout: Duration,
+    mut connect: F,
+) -> Result<T, Unreached>
+where
+    S: AsRef<str>,
+    F: FnMut(SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let addresses: Vec<SocketAddr> = match host {
+        url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(*ip), port)],
+        url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(*ip), port)],
+        url::Host::Domain(name) => tokio::net::lookup_host((name.as_ref(), port))
+            .await
+            .map_err(|e| Unreached::Connect(format!("resolving the host: {e}")))?
+            .collect(),
+    };
+    let mut refusal = None;
+    let mut last_error = None;
+    for address in addresses {
+        if let Err(reason) = policy.check_ip(address.ip()) {
+            refusal.get_or_insert(reason.to_string());
+            continue;
+        }
+        match tokio::time::timeout(timeout, connect(address)).await {
+            Ok(Ok(connected)) => return Ok(connected),
+            Ok(Err(why)) => last_error = Some(Unreached::Connect(why)),
+            Err(_) => last_error = Some(Unreached::Timeout),
+        }
+    }
+    Err(match (last_error, refusal) {
+        (Some(error), _) => error,
+        (None, Some(reason)) => Unreached::Blocked(reason),
+        (None, None) => Unreached::Connect("the host has no address".into()),
+    })
 }
 
 /// The TLS client configuration: rustls with ring, HTTP/1.1 offered by ALPN.

@@ -12,7 +12,7 @@
 //! resolved address at connect time; the connection is made to the checked address.
 //! Connections are kept per broker and dropped after a failure.
 
-use super::client::Sent;
+use super::client::{connect_allowed, Sent, Unreached};
 use hookline_core::classify::Outcome;
 use hookline_core::queue_url::{Broker, QueueUrl};
 use hookline_core::ssrf::AddressPolicy;
@@ -21,7 +21,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Confirmation};
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -136,31 +136,13 @@ impl QueuePublisher {
 
     /// Connects to the first resolved address the rules allow.
     async fn connect(&self, queue: &QueueUrl) -> Result<Link, Problem> {
-        let addresses: Vec<SocketAddr> = match &queue.host {
-            url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(*ip), queue.port)],
-            url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(*ip), queue.port)],
-            url::Host::Domain(name) => tokio::net::lookup_host((name.as_str(), queue.port))
-                .await
-                .map_err(|e| Problem::Connect(format!("resolving the host: {e}")))?
-                .collect(),
-        };
-        let mut refusal = None;
-        let mut last_error = None;
-        for address in addresses {
-            if let Err(reason) = self.policy.check_ip(address.ip()) {
-                refusal.get_or_insert(reason.to_string());
-                continue;
+        let open = |address| self.open(queue, address);
+        connect_allowed(&self.policy, &queue.host, queue.port, self.connect_timeout, open).await.map_err(|unreached| {
+            match unreached {
+                Unreached::Blocked(reason) => Problem::Blocked(reason),
+                Unreached::Connect(why) => Problem::Connect(why),
+                Unreached::Timeout => Problem::Connect("connect timed out".to_owned()),
             }
-            match tokio::time::timeout(self.connect_timeout, self.open(queue, address)).await {
-                Ok(Ok(link)) => return Ok(link),
-                Ok(Err(why)) => last_error = Some(why),
-                Err(_) => last_error = Some("connect timed out".to_owned()),
-            }
-        }
-        Err(match (last_error, refusal) {
-            (Some(error), _) => Problem::Connect(error),
-            (None, Some(reason)) => Problem::Blocked(reason),
-            (None, None) => Problem::Connect("the host has no address".into()),
         })
     }
 
