@@ -467,17 +467,24 @@ async fn until_all_arrived(arrivals: &Arrivals, count: u64) {
     .await;
 }
 
+/// A gateway in `dir` delivering to `sink`, consuming a fresh stream or queue of the
+/// machine's broker of `kind`; returned once its consumer is connected.
+async fn consuming(http: &reqwest::Client, kind: Kind, dir: &Path, sink: &str) -> (Broker, Gateway) {
+    let broker = Broker::shared(kind);
+    broker.prepare().await;
+    let gateway = Gateway::start(dir, &broker.consumer_config());
+    gateway.setup(http, sink).await;
+    gateway.until_consuming(http).await;
+    (broker, gateway)
+}
+
 /// 1,000 messages in, 1,000 deliveries out; two malformed ones dead-lettered with their
 /// reasons; then the broker delivers everything again, and nothing new is delivered.
 async fn consumes_each_message_once(kind: Kind) {
     let http = reqwest::Client::new();
-    let broker = Broker::shared(kind);
-    broker.prepare().await;
     let (sink, arrivals) = payload_sink().await;
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start(dir.path(), &broker.consumer_config());
-    gateway.setup(&http, &sink).await;
-    gateway.until_consuming(&http).await;
+    let (broker, gateway) = consuming(&http, kind, dir.path(), &sink).await;
 
     let mut valid = messages(0, 1_000);
     if kind == Kind::Nats {
@@ -533,8 +540,6 @@ on_every_broker!(
 /// queue, although the consumer stores a batch concurrently.
 async fn keeps_the_order_of_each_key(kind: Kind) {
     let http = reqwest::Client::new();
-    let broker = Broker::shared(kind);
-    broker.prepare().await;
     let arrived: Arc<Mutex<Vec<u64>>> = Arc::default();
     let recorded = arrived.clone();
     let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
@@ -549,9 +554,7 @@ async fn keeps_the_order_of_each_key(kind: Kind) {
     let sink = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start(dir.path(), &broker.consumer_config());
-    gateway.setup(&http, &sink).await;
-    gateway.until_consuming(&http).await;
+    let (broker, gateway) = consuming(&http, kind, dir.path(), &sink).await;
     const KEYS: u64 = 10;
     let items: Vec<(Vec<u8>, String)> = (0..500)
         .map(|n| {
@@ -586,13 +589,9 @@ on_every_broker!(
 /// arrives; copies are bounded by what was in flight to the endpoint at the kill.
 async fn survives_kill_9(kind: Kind) {
     let http = reqwest::Client::new();
-    let broker = Broker::shared(kind);
-    broker.prepare().await;
     let (sink, arrivals) = payload_sink().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut gateway = Gateway::start(dir.path(), &broker.consumer_config());
-    gateway.setup(&http, &sink).await;
-    gateway.until_consuming(&http).await;
+    let (broker, mut gateway) = consuming(&http, kind, dir.path(), &sink).await;
     broker.put_all(&messages(0, 2_000)).await;
     until_none_missing(PATIENCE, "deliveries before the kill", || {
         300usize.saturating_sub(arrivals.lock().unwrap().len())
@@ -624,12 +623,8 @@ on_every_broker!(
 async fn a_full_disk_leaves_messages_with_the_broker(kind: Kind) {
     let http = reqwest::Client::new();
     let disk = SmallDisk::mount("8m");
-    let broker = Broker::shared(kind);
-    broker.prepare().await;
     let (sink, arrivals) = payload_sink().await;
-    let gateway = Gateway::start(disk.path(), &broker.consumer_config());
-    gateway.setup(&http, &sink).await;
-    gateway.until_consuming(&http).await;
+    let (broker, gateway) = consuming(&http, kind, disk.path(), &sink).await;
     broker.put_all(&padded_messages(0, 20)).await;
     until_all_arrived(&arrivals, 20).await;
     // Their attempts recorded before the disk fills.
