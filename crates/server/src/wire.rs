@@ -50,7 +50,7 @@ pub struct ListResponse<T> {
     pub done: bool,
 }
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplicationIn {
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
@@ -452,7 +452,7 @@ pub struct EventTypeOut {
     pub updated_at: String,
 }
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MessageIn {
     /// A queue message's application (id or uid); the publish route takes it from the path

@@ -312,6 +312,13 @@ async fn sources_and_inbound_dedupe(store: &dyn Store) {
         store.save_reconcile_run(&source.id, at, run.into()).await.unwrap();
     }
     assert_eq!(store.reconcile_runs(&source.id, 10).await.unwrap(), vec![r#"{"n":2}"#, r#"{"n":1}"#]);
+    // Only the newest are kept: the first two go as the later ones come.
+    for n in 0..crate::RECONCILE_RUNS_KEPT as i64 {
+        store.save_reconcile_run(&source.id, 8_100 + n, format!(r#"{{"later":{n}}}"#)).await.unwrap();
+    }
+    let kept = store.reconcile_runs(&source.id, 1_000).await.unwrap();
+    assert_eq!(kept.len(), crate::RECONCILE_RUNS_KEPT);
+    assert_eq!(kept.last().map(String::as_str), Some(r#"{"later":0}"#), "the oldest kept is the first later one");
     let mut orphan = source.clone();
     orphan.id = id(prefix::SOURCE, 8_000);
     orphan.uid = None;

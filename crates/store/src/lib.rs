@@ -39,6 +39,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Looks a resource up by its id or by its user-given `uid`.
 pub type Key<'a> = &'a str;
 
+/// Reconciliation runs kept per source; older ones are deleted as new ones are saved.
+pub const RECONCILE_RUNS_KEPT: usize = 100;
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Applications.
@@ -170,8 +173,8 @@ pub trait Store: Send + Sync + 'static {
     /// `created_before` or kept past their own retention (`retain_until < now`). Small
     /// batches: the caller loops while it returns `limit`.
     async fn purge_messages(&self, created_before: UnixMs, now: UnixMs, limit: usize) -> StoreResult<usize>;
-    /// Keeps the result of a reconciliation run (JSON the caller wrote), the 100 newest
-    /// per source.
+    /// Keeps the result of a reconciliation run (JSON the caller wrote), the
+    /// [`RECONCILE_RUNS_KEPT`] newest per source.
     async fn save_reconcile_run(&self, source_id: &str, started_at: UnixMs, run: String) -> StoreResult<()>;
     /// A source's reconciliation runs, newest first.
     async fn reconcile_runs(&self, source_id: &str, limit: usize) -> StoreResult<Vec<String>>;

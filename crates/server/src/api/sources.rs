@@ -423,7 +423,11 @@ async fn reconcile_runs(
     PathParams(key): PathParams<String>,
 ) -> ApiResult<Json<ListResponse<ReconcileRunOut>>> {
     let source = find(&state, &key).await?;
-    let runs = state.store.reconcile_runs(&source.id, 100).await.map_err(ApiError::from_store("source"))?;
+    let runs = state
+        .store
+        .reconcile_runs(&source.id, hookline_store::RECONCILE_RUNS_KEPT)
+        .await
+        .map_err(ApiError::from_store("source"))?;
     let data = runs.iter().filter_map(|text| serde_json::from_str(text).ok()).collect();
     Ok(Json(ListResponse { data, iterator: None, prev_iterator: None, done: true }))
 }

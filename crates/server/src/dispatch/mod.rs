@@ -525,7 +525,7 @@ impl Engine {
         headers.push(("content-type".into(), content_type.unwrap_or("application/json").into()));
         headers.extend(forwarded.filter(|(k, _)| *k != "content-type").map(|(k, v)| (k.clone(), v.clone())));
         headers.extend(target.headers.iter().cloned());
-        let sent = match queues::QueuePublisher::handles(&target.url) {
+        let sent = match hookline_core::queue_url::is_queue_url(&target.url) {
             true => {
                 let endpoint = due.delivery.endpoint_id.as_deref().unwrap_or("callback");
                 self.queues.publish(&target.url, &message.id, endpoint, &headers, message.payload.clone()).await

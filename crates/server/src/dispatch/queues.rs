@@ -67,13 +67,6 @@ impl QueuePublisher {
         Some((user.to_owned(), password.to_owned()))
     }
 
-    /// Whether `url` is a queue destination rather than an HTTP one.
-    pub fn handles(url: &str) -> bool {
-        !url.starts_with("http")
-    }
-
-    /// Publishes `body` with `headers` to the queue `url` names; never fails, it reports
-    /// what happened as an attempt.
     /// `msg_id` is the message's id (AMQP `message_id`); JetStream's `Nats-Msg-Id` is it with
     /// `endpoint_id`, so two endpoints of one message on one stream are not taken as repeats.
     pub async fn publish(

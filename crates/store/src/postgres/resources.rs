@@ -289,10 +289,10 @@ pub async fn save_reconcile_run(
     let sql = "INSERT INTO reconcile_runs (source_id, started_at, run) VALUES ($1, $2, $3) \
                ON CONFLICT (source_id, started_at) DO UPDATE SET run = excluded.run";
     run(c, sql, &[&source_id, &started_at, &run_json]).await?;
-    // The 100 newest runs of a source are kept.
+    // The newest runs of a source are kept.
     let sql = "DELETE FROM reconcile_runs WHERE source_id = $1 AND started_at < (SELECT min(started_at) FROM \
-               (SELECT started_at FROM reconcile_runs WHERE source_id = $1 ORDER BY started_at DESC LIMIT 100) newest)";
-    run(c, sql, &[&source_id]).await.map(|_| ())
+               (SELECT started_at FROM reconcile_runs WHERE source_id = $1 ORDER BY started_at DESC LIMIT $2) newest)";
+    run(c, sql, &[&source_id, &(crate::RECONCILE_RUNS_KEPT as i64)]).await.map(|_| ())
 }
 
 pub async fn reconcile_runs(c: &impl GenericClient, source_id: &str, limit: usize) -> StoreResult<Vec<String>> {

@@ -260,11 +260,11 @@ pub fn save_reconcile_run(conn: &Connection, source_id: &str, started_at: i64, r
         rusqlite::params![source_id, started_at, run],
     )
     .map_err(sql_error)?;
-    // The 100 newest runs of a source are kept.
+    // The newest runs of a source are kept.
     conn.execute(
         "DELETE FROM reconcile_runs WHERE source_id = ?1 AND started_at < (SELECT min(started_at) FROM \
-         (SELECT started_at FROM reconcile_runs WHERE source_id = ?1 ORDER BY started_at DESC LIMIT 100))",
-        [source_id],
+         (SELECT started_at FROM reconcile_runs WHERE source_id = ?1 ORDER BY started_at DESC LIMIT ?2))",
+        rusqlite::params![source_id, crate::RECONCILE_RUNS_KEPT as i64],
     )
     .map_err(sql_error)?;
     Ok(())

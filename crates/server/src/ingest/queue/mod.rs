@@ -46,7 +46,7 @@ pub const LAG: &str = "hookline_ingest_lag";
 const BROKER_ID_BYTES_MAX: usize = 256;
 
 /// What became of one queue message; each broker acknowledges accordingly.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Handled {
     /// Committed with its deliveries, or it had been (`duplicate`): acknowledge.
     Stored { duplicate: bool },
@@ -64,20 +64,16 @@ impl Handled {
     }
 }
 
-/// A queue message parsed and checked, before any IO: its lane, or why it is refused.
+/// A queue message parsed and checked, before any IO: what to store (parsed once, however
+/// often the store must be tried), or why it never can be; and its ordering lane.
 pub struct Prepared {
-    body: Vec<u8>,
+    input: Result<MessageIn, Handled>,
     broker_id: Option<String>,
     /// `(application, orderingKey)` when it has a key: stored after the lane's earlier ones.
     lane: Option<String>,
-    refused: Option<Handled>,
 }
 
 impl Prepared {
-    pub fn body(&self) -> &[u8] {
-        &self.body
-    }
-
     pub fn lane(&self) -> Option<&str> {
         self.lane.as_deref()
     }
@@ -111,23 +107,20 @@ impl Ingestor {
     /// Parses and checks a message without IO (so the receive loop can call it in the
     /// broker's order): the refusal, if it can never be stored, and its ordering lane.
     pub fn prepare(&self, broker_id: Option<&str>, body: &[u8]) -> Prepared {
-        let mut prepared =
-            Prepared { body: body.to_vec(), broker_id: broker_id.map(str::to_owned), lane: None, refused: None };
-        if body.len() > self.body_bytes_max {
+        let input = if body.len() > self.body_bytes_max {
             let reason = format!("the message is {} bytes; at most {} are accepted", body.len(), self.body_bytes_max);
-            prepared.refused = Some(Handled::refused("payload_too_large", reason));
+            Err(Handled::refused("payload_too_large", reason))
         } else if broker_id.is_some_and(|id| id.len() > BROKER_ID_BYTES_MAX) {
             let reason = format!("the broker's message id is over {BROKER_ID_BYTES_MAX} bytes");
-            prepared.refused = Some(Handled::refused("invalid_message", reason));
+            Err(Handled::refused("invalid_message", reason))
         } else {
-            match self.parse(body) {
-                Ok(input) => {
-                    prepared.lane = input.ordering_key.map(|key| format!("{}\n{key}", input.app.unwrap_or_default()))
-                }
-                Err(e) => prepared.refused = Some(refusal(&e)),
-            }
-        }
-        prepared
+            self.parse(body).map_err(|e| refusal(&e))
+        };
+        let lane = input.as_ref().ok().and_then(|i| {
+            let key = i.ordering_key.as_ref()?;
+            Some(format!("{}\n{key}", i.app.as_deref().unwrap_or_default()))
+        });
+        Prepared { input, broker_id: broker_id.map(str::to_owned), lane }
     }
 
     fn parse(&self, body: &[u8]) -> Result<MessageIn, ApiError> {
@@ -145,13 +138,11 @@ impl Ingestor {
 
     /// Stores a prepared message of consumer `scope` once: stored, refused, or unavailable.
     pub async fn store(&self, scope: &str, prepared: &Prepared) -> Handled {
-        if let Some(refused) = &prepared.refused {
-            return match refused {
-                Handled::Refused { code, reason } => Handled::Refused { code, reason: reason.clone() },
-                _ => Handled::Unavailable,
-            };
-        }
-        match self.commit(scope, prepared).await {
+        let input = match &prepared.input {
+            Ok(input) => input.clone(),
+            Err(refused) => return refused.clone(),
+        };
+        match self.commit(scope, input, prepared.broker_id.as_deref()).await {
             Ok(PublishOutcome::Created) => Handled::Stored { duplicate: false },
             Ok(PublishOutcome::Duplicate(_)) => Handled::Stored { duplicate: true },
             Err(e) => refusal(&e),
@@ -189,15 +180,14 @@ impl Ingestor {
         }
     }
 
-    async fn commit(&self, scope: &str, prepared: &Prepared) -> Result<PublishOutcome, ApiError> {
-        let input = self.parse(&prepared.body)?;
+    async fn commit(&self, scope: &str, input: MessageIn, broker_id: Option<&str>) -> Result<PublishOutcome, ApiError> {
         let app_key = input.app.clone().unwrap_or_default();
         let app = self.engine.catalog.app(&app_key).await.map_err(ApiError::from_store("application"))?;
         let message = message(input, app.id.clone(), &self.addresses, self.clock.now_ms())?;
         // With an eventId the store dedupes on it; without, on the broker's id, which the
         // publisher may choose: scoped to the application, so apps never collide.
-        let dedupe = match (&message.event_id, &prepared.broker_id) {
-            (None, Some(id)) => Some((format!("queue:{scope}:{}", app.id), id.clone())),
+        let dedupe = match (&message.event_id, broker_id) {
+            (None, Some(id)) => Some((format!("queue:{scope}:{}", app.id), id.to_owned())),
             _ => None,
         };
         submit(&self.engine, Arc::new(message), None, dedupe).await

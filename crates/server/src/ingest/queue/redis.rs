@@ -100,13 +100,8 @@ impl Redis {
         stopping: &watch::Receiver<bool>,
     ) -> Result<(), String> {
         let field = self.config.field.as_str();
-        let prepared: Vec<_> = entries
-            .iter()
-            .map(|entry| match entry.map.get(field) {
-                Some(Value::BulkString(body)) => ingestor.prepare(Some(&entry.id), body),
-                _ => ingestor.prepare(Some(&entry.id), b"(no message field)"),
-            })
-            .collect();
+        let prepared: Vec<_> =
+            entries.iter().map(|entry| ingestor.prepare(Some(&entry.id), body(entry, field))).collect();
         let turns: Vec<_> = prepared.iter().map(|p| self.lanes.turn(p.lane())).collect();
         let handled =
             futures_util::future::join_all(prepared.iter().zip(turns).map(|(prepared, mut turn)| async move {
@@ -115,7 +110,7 @@ impl Redis {
             }))
             .await;
         let mut stored = Vec::new();
-        for ((entry, prepared), handled) in entries.iter().zip(&prepared).zip(handled) {
+        for (entry, handled) in entries.iter().zip(handled) {
             match handled {
                 Some(Handled::Stored { .. }) => stored.push(entry.id.as_str()),
                 Some(Handled::Refused { code, reason }) => {
@@ -130,7 +125,7 @@ impl Redis {
                         .arg(code)
                         .arg(reason)
                         .arg(field)
-                        .arg(prepared.body())
+                        .arg(body(entry, field))
                         .query_async(conn)
                         .await
                         .map_err(text)?;
@@ -162,6 +157,14 @@ impl Redis {
             _ => 0,
         };
         Ok(number("lag") + number("pending"))
+    }
+}
+
+/// An entry's message: the bytes of its `field` (none if it has no such field).
+fn body<'a>(entry: &'a StreamId, field: &str) -> &'a [u8] {
+    match entry.map.get(field) {
+        Some(Value::BulkString(body)) => body,
+        _ => &[],
     }
 }
 
