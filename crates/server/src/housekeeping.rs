@@ -109,6 +109,9 @@ async fn retain(state: &AppState, now: i64) {
     if let Err(e) = store.purge_inbound_keys(now - config.inbound.dedupe_window_ms as i64).await {
         tracing::warn!(error = %e, "could not purge inbound event ids");
     }
+    if let Err(e) = store.purge_sessions(now).await {
+        tracing::warn!(error = %e, "could not purge expired dashboard sessions");
+    }
     let batch = config.retention.batch_max;
     let created_before = match config.retention.days {
         0 => i64::MIN,

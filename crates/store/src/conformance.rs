@@ -98,6 +98,7 @@ pub async fn run_all(store: &dyn Store) {
     deleting_an_app_removes_everything(store, node).await;
     sources_and_inbound_dedupe(store).await;
     tokens_belong_to_an_app_or_to_the_admin(store).await;
+    dashboard_sessions_links_and_failing_endpoints(store).await;
     retention_deletes_old_messages_in_batches(store).await;
     a_write_failing_halfway_leaves_nothing_and_spares_its_batch(store).await;
     claims_are_leased_fenced_and_taken_over(store).await;
@@ -287,6 +288,53 @@ async fn tokens_belong_to_an_app_or_to_the_admin(store: &dyn Store) {
     assert!(!store.tokens().await.unwrap().contains(&scoped), "an app's tokens go with it");
     store.delete_token(&admin.id).await.unwrap();
     assert_eq!(store.delete_token(&admin.id).await, Err(StoreError::NotFound));
+}
+
+async fn dashboard_sessions_links_and_failing_endpoints(store: &dyn Store) {
+    let a = store.create_app(app(30_000, None)).await.unwrap();
+    let session = DashboardSession {
+        id: [7; 32],
+        link: false,
+        token_id: "tok_x".into(),
+        app_id: Some(a.id.clone()),
+        created_at: 30_000,
+        expires_at: 40_000,
+    };
+    let link = DashboardSession { id: [8; 32], link: true, expires_at: 31_000, ..session.clone() };
+    store.add_session(session.clone()).await.unwrap();
+    store.add_session(link.clone()).await.unwrap();
+    assert_eq!(store.session([7; 32], 39_999).await.unwrap(), Some(session.clone()));
+    assert_eq!(store.session([7; 32], 40_000).await.unwrap(), None, "expired");
+    assert_eq!(store.session([8; 32], 30_000).await.unwrap(), None, "a link is not a session");
+    assert_eq!(store.take_link([7; 32], 30_000).await.unwrap(), None, "a session is not a link");
+    assert_eq!(store.take_link([8; 32], 30_500).await.unwrap(), Some(link.clone()));
+    assert_eq!(store.take_link([8; 32], 30_500).await.unwrap(), None, "a link signs in once");
+    let expired = DashboardSession { id: [9; 32], ..link.clone() };
+    store.add_session(expired).await.unwrap();
+    assert_eq!(store.take_link([9; 32], 31_000).await.unwrap(), None, "an expired link signs no one in");
+    store.add_session(DashboardSession { id: [10; 32], expires_at: 35_000, ..session.clone() }).await.unwrap();
+    assert_eq!(store.purge_sessions(35_000).await.unwrap(), 1);
+    assert!(store.session([7; 32], 30_000).await.unwrap().is_some(), "a live session stays");
+    store.delete_session([7; 32]).await.unwrap();
+    store.delete_session([7; 32]).await.unwrap();
+    assert_eq!(store.session([7; 32], 30_000).await.unwrap(), None, "signed out");
+
+    // Failing endpoints, longest failing first; healthy ones and operational ones are not listed.
+    let before: Vec<String> = store.failing_endpoints(1_000).await.unwrap().into_iter().map(|e| e.id).collect();
+    let since = |at| Endpoint { fail_since: Some(at), ..endpoint(&a.id, 30_000) };
+    let (late, early) = (since(2), since(1));
+    store.create_endpoint(late.clone()).await.unwrap();
+    store.create_endpoint(early.clone()).await.unwrap();
+    store.create_endpoint(endpoint(&a.id, 30_000)).await.unwrap();
+    let op = Endpoint { fail_since: Some(0), ..endpoint(OPERATIONAL_APP_ID, 30_000) };
+    // (The operational application was made by `pagination_walks_every_item_once`.)
+    store.create_endpoint(op).await.unwrap();
+    let failing = store.failing_endpoints(1_000).await.unwrap();
+    let ids: Vec<&str> = failing.iter().map(|e| e.id.as_str()).filter(|id| !before.iter().any(|b| b == id)).collect();
+    assert_eq!(ids, [early.id.as_str(), late.id.as_str()]);
+    assert_eq!(failing.iter().find(|e| e.id == late.id).unwrap().secrets, late.secrets, "secrets come back open");
+    assert_eq!(store.failing_endpoints(1).await.unwrap().len(), 1);
+    store.delete_app(&a.id).await.unwrap();
 }
 
 async fn sources_and_inbound_dedupe(store: &dyn Store) {
@@ -662,6 +710,12 @@ async fn statistics_add_up_roll_up_and_expire(store: &dyn Store) {
     expected.sort();
     assert_eq!(scopes, expected, "an application's series holds its endpoints, not its sources");
     assert_eq!(store.stats_of(StatScope::One(source), t0, t0 + 1).await.unwrap()[0].counts.succeeded, 1);
+    // Every application's endpoints, but not the operational application's nor sources.
+    store.add_stats(vec![stat("ep_00000000000000operational", OPERATIONAL_APP_ID, t0, 9, 9, 0)]).await.unwrap();
+    let all_rows = store.stats_of(StatScope::Endpoints, t0, t0 + HOUR_MS).await.unwrap();
+    let mut scopes: Vec<&str> = all_rows.iter().map(|r| r.scope.as_str()).collect();
+    scopes.sort();
+    assert_eq!(scopes, expected, "every endpoint's series, without sources and operational endpoints");
 
     // Minutes older than the cut roll up into their hours, a few rows at a time; rows older
     // than the retention go.
@@ -673,7 +727,7 @@ async fn statistics_add_up_roll_up_and_expire(store: &dyn Store) {
         }
         handled += n;
     }
-    assert_eq!(handled, 5 + 1, "five minute rows rolled up, one old hour row dropped");
+    assert_eq!(handled, 6 + 1, "six minute rows rolled up, one old hour row dropped");
     let hours = store.stats_of(StatScope::One(&e1.id), 0, t0 + HOUR_MS).await.unwrap();
     assert_eq!(hours.len(), 1, "{hours:?}");
     let hour = &hours[0];

@@ -208,6 +208,21 @@ pub trait Store: Send + Sync + 'static {
     async fn tokens(&self) -> StoreResult<Vec<Token>>;
     async fn add_token(&self, token: Token) -> StoreResult<()>;
     async fn delete_token(&self, id: &str) -> StoreResult<()>;
+
+    // The dashboard.
+    /// Endpoints failing now (every attempt since `fail_since` failed), of every application
+    /// but the operational one, longest failing first.
+    async fn failing_endpoints(&self, limit: usize) -> StoreResult<Vec<Endpoint>>;
+    async fn add_session(&self, session: DashboardSession) -> StoreResult<()>;
+    /// The session (not a link) with this id, unless it expired by `now`.
+    async fn session(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>>;
+    /// Uses a sign-in link up: deletes it and returns it, in one statement, so a link signs
+    /// in once whichever node is asked; `None` when it is unknown, used or expired.
+    async fn take_link(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>>;
+    /// Ends a session (sign-out); unknown ids are not an error.
+    async fn delete_session(&self, id: [u8; 32]) -> StoreResult<()>;
+    /// Forgets sessions and links that expired before `now`; returns how many.
+    async fn purge_sessions(&self, now: UnixMs) -> StoreResult<usize>;
 }
 
 /// The internal application whose endpoints are the operational webhook endpoints and

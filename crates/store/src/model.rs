@@ -435,6 +435,23 @@ pub enum StatScope<'a> {
     One(&'a str),
     /// Those of every endpoint of an application.
     EndpointsOf(&'a str),
+    /// Those of every endpoint of every application but the operational one.
+    Endpoints,
+}
+
+/// A dashboard sign-in: a session, or a portal link not used yet. The browser holds a
+/// random secret; the store keeps only its SHA-256.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DashboardSession {
+    pub id: [u8; 32],
+    /// A single-use sign-in link rather than a session.
+    pub link: bool,
+    /// The API token signed in with (its id), or the link a session came from.
+    pub token_id: String,
+    /// The one application it may see; `None` for the operator.
+    pub app_id: Option<String>,
+    pub created_at: UnixMs,
+    pub expires_at: UnixMs,
 }
 
 impl Endpoint {

@@ -511,4 +511,28 @@ impl Store for PgStore {
             notify(&tx, &Change::Tokens).await
         })
     }
+    async fn failing_endpoints(&self, limit: usize) -> StoreResult<Vec<Endpoint>> {
+        let found = on_conn!(self, |c| resources::failing_endpoints(&c, limit))?;
+        found.into_iter().map(|e| self.sealer.open_endpoint(e)).collect()
+    }
+    async fn add_session(&self, session: DashboardSession) -> StoreResult<()> {
+        on_conn!(self, |c| resources::add_session(&c, &session))
+    }
+    async fn session(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
+        on_conn!(self, |c| resources::session(&c, &id, now))
+    }
+    async fn take_link(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
+        on_conn!(self, |c| resources::take_link(&c, &id, now))
+    }
+    async fn delete_session(&self, id: [u8; 32]) -> StoreResult<()> {
+        on_conn!(self, |c| async {
+            resources::run(&c, "DELETE FROM dashboard_sessions WHERE id = $1", &[&&id[..]]).await.map(|_| ())
+        })
+    }
+    async fn purge_sessions(&self, now: UnixMs) -> StoreResult<usize> {
+        on_conn!(self, |c| async {
+            let n = resources::run(&c, "DELETE FROM dashboard_sessions WHERE expires_at <= $1", &[&now]).await?;
+            Ok(n as usize)
+        })
+    }
 }

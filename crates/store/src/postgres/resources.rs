@@ -223,6 +223,50 @@ pub async fn app_endpoints(c: &impl GenericClient, app_id: &str) -> StoreResult<
     rows::all(&c.query(&statement, &[&app_id]).await.map_err(pg_error)?, rows::endpoint)
 }
 
+pub async fn failing_endpoints(c: &impl GenericClient, limit: usize) -> StoreResult<Vec<Endpoint>> {
+    let sql = format!(
+        "SELECT {} FROM endpoints WHERE fail_since IS NOT NULL AND app_id <> $1 ORDER BY fail_since, id LIMIT $2",
+        rows::ENDPOINT_COLUMNS
+    );
+    let statement = c.prepare_cached(&sql).await.map_err(pg_error)?;
+    let found = c.query(&statement, &[&crate::OPERATIONAL_APP_ID, &(limit as i64)]).await.map_err(pg_error)?;
+    rows::all(&found, rows::endpoint)
+}
+
+const SESSION_COLUMNS: &str = "id, link, token_id, app_id, created_at, expires_at";
+
+fn session_row(r: &tokio_postgres::Row) -> StoreResult<DashboardSession> {
+    let id: Vec<u8> = r.try_get(0).map_err(pg_error)?;
+    Ok(DashboardSession {
+        id: id.try_into().map_err(|_| StoreError::Corrupt("a dashboard session id is not 32 bytes".into()))?,
+        link: r.try_get(1).map_err(pg_error)?,
+        token_id: r.try_get(2).map_err(pg_error)?,
+        app_id: r.try_get(3).map_err(pg_error)?,
+        created_at: r.try_get(4).map_err(pg_error)?,
+        expires_at: r.try_get(5).map_err(pg_error)?,
+    })
+}
+
+pub async fn add_session(c: &impl GenericClient, s: &DashboardSession) -> StoreResult<()> {
+    let sql = format!("INSERT INTO dashboard_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)");
+    run(c, &sql, &[&&s.id[..], &s.link, &s.token_id, &s.app_id, &s.created_at, &s.expires_at]).await.map(|_| ())
+}
+
+pub async fn session(c: &impl GenericClient, id: &[u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM dashboard_sessions WHERE id = $1 AND NOT link AND expires_at > $2");
+    let statement = c.prepare_cached(&sql).await.map_err(pg_error)?;
+    let found = c.query_opt(&statement, &[&&id[..], &now]).await.map_err(pg_error)?;
+    found.as_ref().map(session_row).transpose()
+}
+
+pub async fn take_link(c: &impl GenericClient, id: &[u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
+    // Deleted whether or not it expired: an expired link is of no further use either.
+    let sql = format!("DELETE FROM dashboard_sessions WHERE id = $1 AND link RETURNING {SESSION_COLUMNS}");
+    let statement = c.prepare_cached(&sql).await.map_err(pg_error)?;
+    let taken = c.query_opt(&statement, &[&&id[..]]).await.map_err(pg_error)?;
+    Ok(taken.as_ref().map(session_row).transpose()?.filter(|link| link.expires_at > now))
+}
+
 pub async fn delete_endpoint(c: &impl GenericClient, app_id: &str, id: &str) -> StoreResult<()> {
     delete_by(c, "DELETE FROM endpoints WHERE app_id = $1 AND id = $2", &[&app_id, &id]).await?;
     // Open deliveries to a deleted endpoint can never be made: close them.

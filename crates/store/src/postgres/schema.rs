@@ -201,6 +201,20 @@ CREATE TABLE reconcile_runs (
     PRIMARY KEY (source_id, started_at)
 );
 "#,
+    r#"
+-- The dashboard: sessions and single-use portal links, by the SHA-256 of their secret.
+CREATE TABLE dashboard_sessions (
+    id BYTEA PRIMARY KEY,
+    link BOOLEAN NOT NULL,
+    token_id TEXT NOT NULL,
+    app_id TEXT,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions (expires_at);
+-- Failing endpoints across applications, longest failing first.
+CREATE INDEX endpoints_failing ON endpoints (fail_since) WHERE fail_since IS NOT NULL;
+"#,
 ];
 
 /// Applies every migration the database lacks, one node at a time; returns the version

@@ -44,6 +44,10 @@ pub async fn of(
     let (condition, key) = match scope {
         StatScope::One(id) => ("scope = $1", id),
         StatScope::EndpointsOf(app_id) => ("app_id = $1 AND scope LIKE 'ep\\_%'", app_id),
+        // By width first, so the age index serves the range.
+        StatScope::Endpoints => {
+            ("width_ms IN (60000, 3600000) AND app_id <> $1 AND scope LIKE 'ep\\_%'", crate::OPERATIONAL_APP_ID)
+        }
     };
     let sql =
         format!("SELECT {STAT_COLUMNS} FROM stats WHERE {condition} AND bucket >= $2 AND bucket < $3 ORDER BY bucket");

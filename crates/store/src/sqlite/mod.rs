@@ -592,12 +592,18 @@ impl Store for SqliteStore {
         self.write_in(Lane::Background, move |c| stats::add(c, &rows)).await
     }
     async fn stats_of(&self, scope: StatScope<'_>, since: UnixMs, until: UnixMs) -> StoreResult<Vec<StatRow>> {
-        let scope = match scope {
-            StatScope::One(id) => (true, id.to_owned()),
-            StatScope::EndpointsOf(app_id) => (false, app_id.to_owned()),
+        // The read runs on another thread: the scope goes there owned.
+        let (kind, key) = match scope {
+            StatScope::One(id) => (0, id.to_owned()),
+            StatScope::EndpointsOf(app_id) => (1, app_id.to_owned()),
+            StatScope::Endpoints => (2, String::new()),
         };
         self.read(move |c| {
-            let scope = if scope.0 { StatScope::One(&scope.1) } else { StatScope::EndpointsOf(&scope.1) };
+            let scope = match kind {
+                0 => StatScope::One(&key),
+                1 => StatScope::EndpointsOf(&key),
+                _ => StatScope::Endpoints,
+            };
             stats::of(c, scope, since, until)
         })
         .await
@@ -635,5 +641,28 @@ impl Store for SqliteStore {
     async fn delete_token(&self, id: &str) -> StoreResult<()> {
         let id = id.to_owned();
         self.write(move |c| queue::delete_token(c, &id)).await
+    }
+    async fn failing_endpoints(&self, limit: usize) -> StoreResult<Vec<Endpoint>> {
+        let endpoints = self.read(move |c| resources::failing_endpoints(c, limit)).await?;
+        endpoints.into_iter().map(|e| self.sealer.open_endpoint(e)).collect()
+    }
+    async fn add_session(&self, session: DashboardSession) -> StoreResult<()> {
+        self.write(move |c| resources::add_session(c, &session)).await
+    }
+    async fn session(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
+        self.read(move |c| resources::session(c, &id, now)).await
+    }
+    async fn take_link(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
+        self.write(move |c| resources::take_link(c, &id, now)).await
+    }
+    async fn delete_session(&self, id: [u8; 32]) -> StoreResult<()> {
+        self.write(move |c| {
+            c.execute("DELETE FROM dashboard_sessions WHERE id = ?1", [&id[..]]).map_err(sql_error).map(|_| ())
+        })
+        .await
+    }
+    async fn purge_sessions(&self, now: UnixMs) -> StoreResult<usize> {
+        self.write(move |c| c.execute("DELETE FROM dashboard_sessions WHERE expires_at <= ?1", [now]).map_err(sql_error))
+            .await
     }
 }

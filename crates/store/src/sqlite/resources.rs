@@ -199,6 +199,56 @@ pub fn app_endpoints(conn: &Connection, app_id: &str) -> StoreResult<Vec<Endpoin
     endpoints.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
 }
 
+pub fn failing_endpoints(conn: &Connection, limit: usize) -> StoreResult<Vec<Endpoint>> {
+    let sql = format!(
+        "SELECT {} FROM endpoints WHERE fail_since IS NOT NULL AND app_id <> ?1 ORDER BY fail_since, id LIMIT ?2",
+        rows::ENDPOINT_COLUMNS
+    );
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    let endpoints = statement
+        .query_map(rusqlite::params![crate::OPERATIONAL_APP_ID, limit as i64], rows::endpoint)
+        .map_err(sql_error)?;
+    endpoints.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
+}
+
+const SESSION_COLUMNS: &str = "id, link, token_id, app_id, created_at, expires_at";
+
+fn session_row(r: &rusqlite::Row) -> rusqlite::Result<DashboardSession> {
+    let id: Vec<u8> = r.get(0)?;
+    let id = id.try_into().map_err(|_| {
+        let problem = "a dashboard session id is not 32 bytes".into();
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, problem)
+    })?;
+    Ok(DashboardSession {
+        id,
+        link: r.get(1)?,
+        token_id: r.get(2)?,
+        app_id: r.get(3)?,
+        created_at: r.get(4)?,
+        expires_at: r.get(5)?,
+    })
+}
+
+pub fn add_session(conn: &Connection, s: &DashboardSession) -> StoreResult<()> {
+    let sql = format!("INSERT INTO dashboard_sessions ({SESSION_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)");
+    conn.execute(&sql, rusqlite::params![&s.id[..], s.link, s.token_id, s.app_id, s.created_at, s.expires_at])
+        .map_err(sql_error)?;
+    Ok(())
+}
+
+pub fn session(conn: &Connection, id: &[u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
+    let sql = format!("SELECT {SESSION_COLUMNS} FROM dashboard_sessions WHERE id = ?1 AND NOT link AND expires_at > ?2");
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    statement.query_row(rusqlite::params![&id[..], now], session_row).optional().map_err(sql_error)
+}
+
+pub fn take_link(conn: &Connection, id: &[u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
+    // Deleted whether or not it expired: an expired link is of no further use either.
+    let sql = format!("DELETE FROM dashboard_sessions WHERE id = ?1 AND link RETURNING {SESSION_COLUMNS}");
+    let taken = conn.query_row(&sql, [&id[..]], session_row).optional().map_err(sql_error)?;
+    Ok(taken.filter(|link| link.expires_at > now))
+}
+
 pub fn delete_endpoint(conn: &Connection, app_id: &str, id: &str) -> StoreResult<()> {
     changed(conn.execute("DELETE FROM endpoints WHERE app_id = ?1 AND id = ?2", [app_id, id]).map_err(sql_error)?)?;
     // Open deliveries to a deleted endpoint can never be made: close them.

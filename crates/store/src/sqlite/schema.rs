@@ -246,6 +246,20 @@ CREATE TABLE reconcile_runs (
     PRIMARY KEY (source_id, started_at)
 );
 "#,
+    r#"
+-- The dashboard: sessions and single-use portal links, by the SHA-256 of their secret.
+CREATE TABLE dashboard_sessions (
+    id BLOB PRIMARY KEY,
+    link INTEGER NOT NULL,
+    token_id TEXT NOT NULL,
+    app_id TEXT,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions (expires_at);
+-- Failing endpoints across applications, longest failing first.
+CREATE INDEX endpoints_failing ON endpoints (fail_since) WHERE fail_since IS NOT NULL;
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
