@@ -20,6 +20,7 @@ pub struct Config {
     pub network: NetworkConfig,
     pub security: SecurityConfig,
     pub metrics: MetricsConfig,
+    pub dashboard: DashboardConfig,
     pub alerts: AlertsConfig,
     pub ingest: IngestConfig,
     pub log: LogConfig,
@@ -141,6 +142,26 @@ impl Default for AlertsConfig {
             gather_ms: 60_000,
             timeout_ms: 10_000,
         }
+    }
+}
+
+/// The dashboard at `/dashboard`: the operator console and the merchant portal.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DashboardConfig {
+    /// Serve it (off: `/dashboard` answers 404 and portal links cannot be made).
+    pub enabled: bool,
+    /// How long a dashboard session lasts after signing in.
+    pub session_ttl_ms: u64,
+    /// How long a portal link may wait before it is opened (it signs in once).
+    pub link_ttl_ms: u64,
+    /// How often open pages refresh their figures.
+    pub refresh_ms: u64,
+}
+
+impl Default for DashboardConfig {
+    fn default() -> Self {
+        DashboardConfig { enabled: true, session_ttl_ms: 12 * 3_600_000, link_ttl_ms: 600_000, refresh_ms: 5_000 }
     }
 }
 
@@ -427,6 +448,9 @@ impl Config {
             (self.server.header_read_timeout_ms >= 100, "server.header_read_timeout_ms must be at least 100"),
             (matches!(self.log.format.as_str(), "text" | "json"), "log.format must be `text` or `json`"),
             (self.cluster.lease_ms >= 1_000, "cluster.lease_ms must be at least 1000"),
+            (self.dashboard.session_ttl_ms >= 60_000, "dashboard.session_ttl_ms must be at least 60000"),
+            (self.dashboard.link_ttl_ms >= 10_000, "dashboard.link_ttl_ms must be at least 10000"),
+            (self.dashboard.refresh_ms >= 1_000, "dashboard.refresh_ms must be at least 1000"),
             (self.cluster.poll_ms >= 10, "cluster.poll_ms must be at least 10"),
             (
                 self.cluster.poll_ms * 3 <= self.cluster.lease_ms,

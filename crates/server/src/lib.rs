@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod api;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod dispatch;
 pub mod error;
 pub mod housekeeping;

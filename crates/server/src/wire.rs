@@ -792,12 +792,46 @@ pub struct AttemptSeries {
 #[serde(rename_all = "camelCase")]
 pub struct AttemptSeriesOut {
     pub data: AttemptSeries,
-    /// `FiveMinutes`, `OneHour` or `OneDay`.
+    /// `OneMinute`, `FiveMinutes`, `OneHour` or `OneDay`.
     pub period: &'static str,
     /// The first point's start.
     pub start_date: String,
     /// The end of the last point.
     pub end_date: String,
+}
+
+/// The delivery queue: deliveries not finished, across the cluster, and in flight here.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueStatsOut {
+    /// Deliveries waiting for their next attempt or being attempted, on every node.
+    pub open: u64,
+    /// Attempts in flight on the node that answered.
+    pub in_flight: u64,
+}
+
+/// An endpoint failing now, with its application.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailingEndpointOut {
+    pub app_id: String,
+    pub endpoint: EndpointOut,
+}
+
+/// A portal link's options: none yet (Svix's `featureFlags`, `readOnly` and `expiry` are
+/// refused rather than ignored; the session lasts `dashboard.session_ttl_ms`).
+#[derive(Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppPortalAccessIn {}
+
+/// A single-use link that signs a merchant in to the dashboard's portal for one application.
+#[derive(Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppPortalAccessOut {
+    /// Open it in a browser within `dashboard.link_ttl_ms` (default 10 minutes); it works once.
+    pub url: String,
+    /// The link's secret (the `code` in `url`).
+    pub token: String,
 }
 
 /// An inbound source per period: requests, and the attempts forwarding its events.

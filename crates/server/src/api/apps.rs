@@ -5,8 +5,8 @@ use super::route::{tagged, Route};
 use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{
-    timestamp, ApplicationIn, ApplicationOut, ApplicationPatch, EndpointSecretOut, ListResponse, TokenOut,
-    NAME_CHARS_MAX,
+    timestamp, AppPortalAccessIn, AppPortalAccessOut, ApplicationIn, ApplicationOut, ApplicationPatch,
+    EndpointSecretOut, ListResponse, TokenOut, NAME_CHARS_MAX,
 };
 use axum::http::StatusCode;
 use axum::Json;
@@ -60,8 +60,38 @@ pub fn routes() -> Vec<Route> {
             Route::delete("/api/v1/app/{app_id}/token/{token_id}", delete_token)
                 .doc("deleteApplicationToken", "Revoke a scoped token.")
                 .empty(204, "Revoked."),
+            Route::post("/api/v1/auth/app-portal-access/{app_id}", portal_access)
+                .doc(
+                    "getAppPortalAccess",
+                    "A single-use link that signs a merchant in to the dashboard's portal for this application \
+                     (admin token). It must be opened within `dashboard.link_ttl_ms` (default 10 minutes).",
+                )
+                .optional_body::<AppPortalAccessIn>()
+                .answers::<AppPortalAccessOut>(200, "The link."),
         ],
     )
+}
+
+async fn portal_access(
+    state: Shared,
+    PathParams(app_id): PathParams<String>,
+    axum::Extension(principal): axum::Extension<super::Principal>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<Json<AppPortalAccessOut>> {
+    let AppPortalAccessIn {} = super::optional_json(&state, &headers, body).await?;
+    if !state.config.dashboard.enabled {
+        return Err(ApiError::Conflict("the dashboard is off (dashboard.enabled = false)".into()));
+    }
+    let app = find(&state, &app_id).await?;
+    let minted_by = match &principal {
+        super::Principal::Admin { token_id } => token_id,
+        super::Principal::App { .. } => return Err(ApiError::Forbidden),
+    };
+    let code =
+        crate::dashboard::mint_link(&state, minted_by, &app.id).await.map_err(ApiError::from_store("application"))?;
+    let url = format!("{}/dashboard/portal?code={code}", state.public_url());
+    Ok(Json(AppPortalAccessOut { url, token: code }))
 }
 
 pub fn new_secret() -> Secret {

@@ -418,12 +418,7 @@ pub async fn rotate_input(
     headers: &axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<EndpointSecretRotateIn> {
-    super::check_content_type(headers)?;
-    let body = super::read_body(body, state.config.api.body_bytes_max).await?;
-    if body.is_empty() {
-        return Ok(Default::default());
-    }
-    super::parse_json(&body, state.config.api.json_depth_max)
+    super::optional_json(state, headers, body).await
 }
 
 /// Rotates the secret of the endpoint of `app` under `key`; returns the new secret.

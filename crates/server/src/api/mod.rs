@@ -38,8 +38,8 @@ use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// List sizes: Svix's default and cap.
-const LIST_LIMIT_DEFAULT: usize = 50;
-const LIST_LIMIT_MAX: usize = 250;
+pub(crate) const LIST_LIMIT_DEFAULT: usize = 50;
+pub(crate) const LIST_LIMIT_MAX: usize = 250;
 /// The longest `Idempotency-Key` (Stripe's limit).
 const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
 /// Bytes of a response we keep for an `Idempotency-Key` replay.
@@ -73,6 +73,14 @@ impl AppState {
 
     pub fn new_id(&self, prefix: &str) -> String {
         crate::new_id(prefix, self.now())
+    }
+
+    /// Where clients reach this server (`api.public_url`, default `http://{server.listen}`),
+    /// without a trailing slash.
+    pub fn public_url(&self) -> String {
+        let config = &self.config;
+        let base = config.api.public_url.clone().unwrap_or_else(|| format!("http://{}", config.server.listen));
+        base.trim_end_matches('/').to_owned()
     }
 }
 
@@ -116,12 +124,16 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = api
         .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
-    public
+    let api = public
         .merge(api)
-        .fallback(|| async { ApiError::NotFound("route") })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(axum::extract::DefaultBodyLimit::max(state.config.api.body_bytes_max))
-        .with_state(state)
+        .with_state(state.clone());
+    let all = match state.config.dashboard.enabled {
+        true => api.clone().merge(crate::dashboard::router(state, api)),
+        false => api,
+    };
+    all.fallback(|| async { ApiError::NotFound("route") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
@@ -149,24 +161,36 @@ impl Principal {
     }
 }
 
-async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
-    let given = bearer(request.headers()).map(hash_token);
-    let Some(given) = given else {
-        return ApiError::Unauthorized.into_response();
-    };
-    // Compare against every token in constant time, without stopping at a match.
-    let principal = {
-        let tokens = state.tokens.read().expect("tokens lock");
-        let mut found = None;
-        for token in tokens.iter() {
-            if bool::from(token.hash.ct_eq(&given)) {
-                found = Some(match &token.app_id {
-                    None => Principal::Admin { token_id: token.id.clone() },
-                    Some(app_id) => Principal::App { token_id: token.id.clone(), app_id: app_id.clone() },
-                });
-            }
+/// The caller of a request the dashboard makes to the API on behalf of a signed-in person
+/// (set only in-process: no client can send it). It then passes the same checks as a token.
+#[derive(Clone, Debug)]
+pub(crate) struct OnBehalfOf(pub Principal);
+
+/// Who holds `token`, comparing against every token in constant time without stopping at a
+/// match.
+pub(crate) fn principal_of(state: &AppState, token: &str) -> Option<Principal> {
+    let given = hash_token(token);
+    let tokens = state.tokens.read().expect("tokens lock");
+    let mut found = None;
+    for token in tokens.iter() {
+        if bool::from(token.hash.ct_eq(&given)) {
+            found = Some(principal_of_token(token));
         }
-        found
+    }
+    found
+}
+
+pub(crate) fn principal_of_token(token: &hookline_store::Token) -> Principal {
+    match &token.app_id {
+        None => Principal::Admin { token_id: token.id.clone() },
+        Some(app_id) => Principal::App { token_id: token.id.clone(), app_id: app_id.clone() },
+    }
+}
+
+async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
+    let principal = match request.extensions().get::<OnBehalfOf>() {
+        Some(OnBehalfOf(principal)) => Some(principal.clone()),
+        None => bearer(request.headers()).and_then(|token| principal_of(&state, token)),
     };
     let Some(principal) = principal else {
         return ApiError::Unauthorized.into_response();
@@ -329,6 +353,20 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
         tracing::warn!(error = %e, "could not store idempotent answer");
     }
     Response::from_parts(parts, Body::from(bytes))
+}
+
+/// A JSON body that may be left out altogether (read as `T::default()`).
+pub async fn optional_json<T: DeserializeOwned + Default>(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> ApiResult<T> {
+    check_content_type(headers)?;
+    let body = read_body(body, state.config.api.body_bytes_max).await?;
+    if body.is_empty() {
+        return Ok(T::default());
+    }
+    parse_json(&body, state.config.api.json_depth_max)
 }
 
 /// Reads a whole body of at most `limit` bytes: 413 above it, 400 when the client broke off.

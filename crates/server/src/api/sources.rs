@@ -124,9 +124,8 @@ fn secrets_from(input: Vec<SourceSecretIn>) -> ApiResult<Vec<SourceSecret>> {
 }
 
 fn view(state: &AppState, s: Source) -> SourceOut {
-    let base = state.config.api.public_url.clone().unwrap_or_else(|| format!("http://{}", state.config.server.listen));
     SourceOut {
-        ingest_url: format!("{}/in/{}", base.trim_end_matches('/'), s.id),
+        ingest_url: format!("{}/in/{}", state.public_url(), s.id),
         secrets: s
             .secrets
             .iter()

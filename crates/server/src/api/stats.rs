@@ -51,6 +51,29 @@ pub fn routes() -> Vec<Route> {
                 .query(&series)
                 .query(&[ENDPOINT_ID])
                 .answers::<AttemptSeriesOut>(200, "The series."),
+            Route::get("/api/v1/stats/attempt", all_attempts)
+                .doc(
+                    "getAttemptStats",
+                    "Attempts to every application's endpoints per period: successes, failures and latency \
+                     (admin token).",
+                )
+                .query(&series)
+                .answers::<AttemptSeriesOut>(200, "The series."),
+            Route::get("/api/v1/stats/queue", queue)
+                .doc(
+                    "getQueueStats",
+                    "Deliveries waiting or being attempted across the cluster, and in flight on the node that \
+                     answers (admin token).",
+                )
+                .answers::<QueueStatsOut>(200, "The counts."),
+            Route::get("/api/v1/stats/failing-endpoint", failing)
+                .doc(
+                    "listFailingEndpoints",
+                    "Endpoints whose every attempt failed since some time, of every application, longest failing \
+                     first (admin token).",
+                )
+                .query(&[super::query::LIMIT])
+                .answers::<ListResponse<FailingEndpointOut>>(200, "One page, the worst first."),
             Route::get("/api/v1/stats/source/{source_id}", source_series)
                 .doc(
                     "getSourceStats",
@@ -67,9 +90,10 @@ const SINCE: QueryParam = QueryParam::date_time("since", "Start of the range (RF
 const UNTIL: QueryParam = QueryParam::date_time("until", "End of the range (RFC 3339, default now).");
 const PERIOD: QueryParam = QueryParam {
     name: "period",
-    description: "The width of each point: `FiveMinutes`, `OneHour` (default) or `OneDay`.",
-    schema: || json!({"type": "string", "enum": ["FiveMinutes", "OneHour", "OneDay"]}),
+    description: "The width of each point: `OneMinute`, `FiveMinutes`, `OneHour` (default) or `OneDay`.",
+    schema: || json!({"type": "string", "enum": ["OneMinute", "FiveMinutes", "OneHour", "OneDay"]}),
 };
+
 const START_DATE: QueryParam = QueryParam::date_time(
     "startDate",
     "Start of the series (RFC 3339, rounded down to the period; default a day before endDate).",
@@ -89,6 +113,7 @@ pub struct StatsQuery {
     start_date: Option<String>,
     end_date: Option<String>,
     endpoint_id: Option<String>,
+    limit: Option<usize>,
 }
 
 /// `[since, until)`, by default the last 28 days; empty when `since` is after `until`.
@@ -101,6 +126,7 @@ fn range(state: &AppState, query: &StatsQuery) -> ApiResult<(UnixMs, UnixMs)> {
 /// The series' period, its first bucket and its number of buckets.
 fn buckets(state: &AppState, query: &StatsQuery) -> ApiResult<(&'static str, i64, UnixMs, usize)> {
     let (name, period_ms) = match query.period.as_deref() {
+        Some("OneMinute") => ("OneMinute", 60_000),
         Some("FiveMinutes") => ("FiveMinutes", 300_000),
         None | Some("OneHour") => ("OneHour", 3_600_000),
         Some("OneDay") => ("OneDay", DAY_MS),
@@ -211,6 +237,39 @@ async fn app_attempts(
         start_date: timestamp(start),
         end_date: timestamp(end),
     }))
+}
+
+async fn all_attempts(state: Shared, QueryParams(query): QueryParams<StatsQuery>) -> ApiResult<Json<AttemptSeriesOut>> {
+    let (period, period_ms, start, count) = buckets(&state, &query)?;
+    let end = start + period_ms * count as i64;
+    state.engine.stats.flush(state.store.as_ref()).await;
+    let rows =
+        state.store.stats_of(StatScope::Endpoints, start, end).await.map_err(ApiError::from_store("statistics"))?;
+    let points = series(&rows, start, period_ms, count);
+    Ok(Json(AttemptSeriesOut {
+        data: attempts_series(&points),
+        period,
+        start_date: timestamp(start),
+        end_date: timestamp(end),
+    }))
+}
+
+async fn queue(state: Shared) -> ApiResult<Json<QueueStatsOut>> {
+    let open = state.store.count_open_deliveries().await.map_err(ApiError::from_store("deliveries"))?;
+    Ok(Json(QueueStatsOut { open, in_flight: state.engine.in_flight() as u64 }))
+}
+
+async fn failing(
+    state: Shared,
+    QueryParams(query): QueryParams<StatsQuery>,
+) -> ApiResult<Json<ListResponse<FailingEndpointOut>>> {
+    let limit = query.limit.unwrap_or(super::LIST_LIMIT_DEFAULT).clamp(1, super::LIST_LIMIT_MAX);
+    let found = state.store.failing_endpoints(limit).await.map_err(ApiError::from_store("endpoints"))?;
+    let data = found
+        .into_iter()
+        .map(|e| FailingEndpointOut { app_id: e.app_id.clone(), endpoint: super::views::endpoint(e) })
+        .collect();
+    Ok(Json(ListResponse { data, iterator: None, prev_iterator: None, done: true }))
 }
 
 async fn source_series(

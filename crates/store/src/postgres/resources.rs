@@ -253,7 +253,8 @@ pub async fn add_session(c: &impl GenericClient, s: &DashboardSession) -> StoreR
 }
 
 pub async fn session(c: &impl GenericClient, id: &[u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
-    let sql = format!("SELECT {SESSION_COLUMNS} FROM dashboard_sessions WHERE id = $1 AND NOT link AND expires_at > $2");
+    let sql =
+        format!("SELECT {SESSION_COLUMNS} FROM dashboard_sessions WHERE id = $1 AND NOT link AND expires_at > $2");
     let statement = c.prepare_cached(&sql).await.map_err(pg_error)?;
     let found = c.query_opt(&statement, &[&&id[..], &now]).await.map_err(pg_error)?;
     found.as_ref().map(session_row).transpose()

@@ -662,7 +662,9 @@ impl Store for SqliteStore {
         .await
     }
     async fn purge_sessions(&self, now: UnixMs) -> StoreResult<usize> {
-        self.write(move |c| c.execute("DELETE FROM dashboard_sessions WHERE expires_at <= ?1", [now]).map_err(sql_error))
-            .await
+        self.write(move |c| {
+            c.execute("DELETE FROM dashboard_sessions WHERE expires_at <= ?1", [now]).map_err(sql_error)
+        })
+        .await
     }
 }

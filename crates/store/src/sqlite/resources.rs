@@ -237,7 +237,8 @@ pub fn add_session(conn: &Connection, s: &DashboardSession) -> StoreResult<()> {
 }
 
 pub fn session(conn: &Connection, id: &[u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
-    let sql = format!("SELECT {SESSION_COLUMNS} FROM dashboard_sessions WHERE id = ?1 AND NOT link AND expires_at > ?2");
+    let sql =
+        format!("SELECT {SESSION_COLUMNS} FROM dashboard_sessions WHERE id = ?1 AND NOT link AND expires_at > ?2");
     let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
     statement.query_row(rusqlite::params![&id[..], now], session_row).optional().map_err(sql_error)
 }
