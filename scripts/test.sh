@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite: Rust unit, conformance, property and integration tests on SQLite and
 # on PostgreSQL, the real-binary fault and cluster tests, short fuzz runs, and the Svix SDK
-# acceptance test in Python on both backends, and the queue tests against real Redis,
-# RabbitMQ and NATS. Installs what it needs on a fresh machine (PostgreSQL, the brokers,
-# python3-venv, the Python libraries, cargo-fuzz).
+# acceptance test in Python on both backends, the dashboard in a real Chromium on both
+# backends, and the queue tests against real Redis, RabbitMQ and NATS. Installs what it
+# needs on a fresh machine (PostgreSQL, the brokers, Chromium, python3-venv, the Python
+# libraries, cargo-fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
@@ -18,6 +19,12 @@ fi
 .venv/bin/pip install -q --disable-pip-version-check -r tests/sdk/requirements.txt
 
 ./scripts/ensure-postgres.sh
+# Debian's Chromium for the dashboard's browser tests (Playwright drives it; it never
+# downloads a browser of its own).
+if ! command -v chromium >/dev/null; then
+    echo "== installing chromium"
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+fi
 # Redis, RabbitMQ and NATS for the queue tests (each run uses streams, queues and subjects
 # of its own; see crates/cli/tests/queues.rs).
 ./scripts/ensure-brokers.sh
@@ -33,16 +40,16 @@ HOOKLINE_TEST_BACKEND=postgres cargo test --locked -p hookline-server --test it
 echo "== fuzzing (short runs from the seed corpus)"
 ./scripts/fuzz.sh
 
-echo "== Svix SDK acceptance test, the README's walkthroughs (run as printed), and schemathesis"
+echo "== Svix SDK acceptance test, the README's walkthroughs (run as printed), the dashboard in Chromium, and schemathesis"
 echo "   against the OpenAPI document (every check, ${HOOKLINE_SCHEMATHESIS_SECONDS:-120} s)"
 # `cargo test` built the binary already (the real-binary tests use it).
 test -x target/debug/hookline || cargo build --locked -p hookline
-HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk tests/readme tests/openapi
+HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk tests/readme tests/dashboard tests/openapi
 
-echo "== Svix SDK acceptance test and the README's walkthroughs, on PostgreSQL"
+echo "== Svix SDK acceptance test, the README's walkthroughs and the dashboard, on PostgreSQL"
 sdk_db="hookline_sdk_$$"
 psql -q "$HOOKLINE_TEST_PG_URL" -c "CREATE DATABASE $sdk_db"
 trap 'psql -q "$HOOKLINE_TEST_PG_URL" -c "DROP DATABASE IF EXISTS $sdk_db WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
 HOOKLINE_DATABASE_URL="${HOOKLINE_TEST_PG_URL%/*}/$sdk_db" \
 HOOKLINE_SECURITY_SECRET_KEY="$(head -c 32 /dev/urandom | base64)" \
-HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk tests/readme
+HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk tests/readme tests/dashboard

@@ -92,6 +92,21 @@ pub struct ActionForm {
     since: String,
     #[serde(default)]
     endpoint: String,
+    /// The page the form was on, to go back to.
+    #[serde(default)]
+    back: String,
+}
+
+impl ActionForm {
+    /// `back` when it is a dashboard page of this server (never another site), else `default`.
+    fn back_or(&self, default: String) -> String {
+        let local = self.back.starts_with("/dashboard/") && !self.back.contains("//") && !self.back.contains('\\');
+        if local {
+            self.back.clone()
+        } else {
+            default
+        }
+    }
 }
 
 pub async fn overview(dash: DashState, visitor: Visitor, Query(query): Query<PageQuery>) -> Response {
@@ -400,7 +415,7 @@ async fn endpoint_page(
                             td {
                                 a href={ (app_base(app_key)) "/msg/" (segment(text(a, "msgId"))) } { "view" }
                                 " "
-                                (action(visitor, &format!("{}/msg/{}/resend", app_base(app_key), segment(text(a, "msgId"))), "Resend", &[("endpoint", text(&e, "id"))]))
+                                (action(visitor, &format!("{}/msg/{}/resend", app_base(app_key), segment(text(a, "msgId"))), "Resend", &[("endpoint", text(&e, "id")), ("back", &base)]))
                             }
                         }
                     }
@@ -667,7 +682,7 @@ pub async fn resend(
     }
     let api = visitor.api(&dash);
     let (app_seg, msg_seg) = (segment(&app_key), segment(&msg_key));
-    let back = format!("{}/msg/{msg_seg}", app_base(&app_key));
+    let back = form.back_or(format!("{}/msg/{msg_seg}", app_base(&app_key)));
     let endpoints: Vec<String> = match form.endpoint.as_str() {
         "all" => match api.get(&format!("/api/v1/app/{app_seg}/msg/{msg_seg}/endpoint?limit=250")).await {
             Ok(list) => items(&list).iter().map(|d| text(&d["endpoint"], "id").to_owned()).collect(),
