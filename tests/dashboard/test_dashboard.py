@@ -290,3 +290,43 @@ def test_signing_out_ends_the_session(world):
     assert replay.status_code == 303 and replay.headers["location"] == "/dashboard/sign-in"
     wrong = signed_in(world, "not-a-token")
     expect(wrong.locator(".error")).to_contain_text("not valid")
+
+
+def test_skipped_messages_are_recovered_and_a_test_event_is_sent(world):
+    api, shop, merchant = world["api"], world["shop"], world["merchant"]
+    late = api.post(
+        f"/api/v1/app/{shop['id']}/endpoint", json={"url": f"{merchant.url}/late", "disabled": True}
+    ).json()
+    api.post(f"/api/v1/app/{shop['id']}/msg", json={"eventType": "payment.expired", "payload": {"late": True}})
+    page = signed_in(world)
+    page.goto(f"{world['url']}/dashboard/app/{shop['id']}/endpoint/{late['id']}")
+    page.locator("button", has_text="Enable").click()
+    expect(page.locator(".notice")).to_contain_text("Enabled")
+    assert merchant.received.get("/late", 0) == 0, "skipped while disabled"
+    hour_ago = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(time.time() - 3600))
+    page.fill("input[name=since]", hour_ago)
+    page.locator("button", has_text="Recover").click()
+    expect(page.locator(".notice")).to_contain_text("Recovery started")
+    wait_until(lambda: merchant.received.get("/late", 0) >= 1, what="the skipped message to be delivered")
+
+    page.locator("button", has_text="Send test event").click()
+    expect(page.locator(".notice")).to_contain_text("Test message sent")
+    wait_until(lambda: merchant.received.get("/late", 0) >= 2, what="the test message")
+    sent = api.get(f"/api/v1/app/{shop['id']}/endpoint/{late['id']}/msg").json()["data"]
+    assert any(m["eventType"] == "hookline.test" for m in sent)
+    # Only this endpoint got it.
+    flaky_msgs = api.get(f"/api/v1/app/{shop['id']}/endpoint/{world['flaky']['id']}/msg").json()["data"]
+    assert not any(m["eventType"] == "hookline.test" for m in flaky_msgs)
+
+    # The test message's page lists its one delivery; resending it to every endpoint works.
+    test_msg = next(m for m in sent if m["eventType"] == "hookline.test")
+    page.goto(f"{world['url']}/dashboard/app/{shop['id']}/msg/{test_msg['id']}")
+    expect(page.locator("#deliveries")).to_contain_text(late["url"])
+    expect(page.locator("#deliveries tbody tr")).to_have_count(1)
+    page.locator("button", has_text="Resend to every endpoint").click()
+    expect(page.locator(".notice")).to_contain_text("Resent")
+    wait_until(lambda: merchant.received.get("/late", 0) >= 3, what="the resent test message")
+    # Messages filtered by endpoint and status.
+    page.goto(f"{world['url']}/dashboard/app/{shop['id']}/msg?endpoint={late['id']}&status=0")
+    expect(page.locator("#messages")).to_contain_text(test_msg["id"])
+    expect(page.locator("#messages .badge").first).to_contain_text("success")

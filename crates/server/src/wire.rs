@@ -818,6 +818,14 @@ pub struct FailingEndpointOut {
     pub endpoint: EndpointOut,
 }
 
+/// A test message's event type (Svix's `EventExampleIn`).
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EventExampleIn {
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = PRINTABLE_PATTERN))]
+    pub event_type: String,
+}
+
 /// A portal link's options: none yet (Svix's `featureFlags`, `readOnly` and `expiry` are
 /// refused rather than ignored; the session lasts `dashboard.session_ttl_ms`).
 #[derive(Default, Deserialize, JsonSchema)]

@@ -82,8 +82,53 @@ pub fn routes() -> Vec<Route> {
                 )
                 .body::<RecoverIn>()
                 .answers::<RecoverOut>(202, "Done: the deliveries are due again."),
+            Route::post("/api/v1/app/{app_id}/endpoint/{endpoint_id}/send-example", send_example)
+                .doc(
+                    "sendEventTypeExample",
+                    "Send a test message to this endpoint only, whatever event types it takes: its payload \
+                     is `{\"type\": <eventType>, \"test\": true, \"timestamp\": <now>}`, signed and retried \
+                     like any message.",
+                )
+                .body::<EventExampleIn>()
+                .answers::<MessageOut>(202, "The test message, on its way to this endpoint."),
         ],
     )
+}
+
+async fn send_example(
+    state: Shared,
+    PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
+    JsonBody(input): JsonBody<EventExampleIn>,
+) -> ApiResult<(StatusCode, Json<MessageOut>)> {
+    super::check_text("eventType", &input.event_type, super::Text::Printable, 1, NAME_CHARS_MAX)?;
+    let app = find_app(&state, &app_id).await?;
+    let endpoint = find_in(&state, &app, &endpoint_id).await?;
+    if endpoint.disabled {
+        return Err(ApiError::Conflict("the endpoint is disabled; enable it to send it a test message".into()));
+    }
+    let now = state.now();
+    let payload = serde_json::json!({"type": input.event_type, "test": true, "timestamp": timestamp(now)});
+    let message = hookline_store::Message {
+        id: state.new_id(prefix::MESSAGE),
+        app_id: app.id.clone(),
+        event_id: None,
+        event_type: input.event_type,
+        payload: bytes::Bytes::from(payload.to_string()),
+        channels: None,
+        tags: Some(vec!["test".into()]),
+        callback_url: None,
+        deliver_at: None,
+        source_id: None,
+        headers: None,
+        ordering_key: None,
+        retain_until: None,
+        created_at: now,
+    };
+    let delivery =
+        hookline_store::Delivery::pending(state.new_id(prefix::DELIVERY), &message, Some(endpoint.id), now, now);
+    let message = std::sync::Arc::new(message);
+    state.engine.commit(&message, vec![delivery], None, None).await.map_err(ApiError::from_store("message"))?;
+    Ok((StatusCode::ACCEPTED, Json(super::views::message((*message).clone(), true))))
 }
 
 fn check_list(field: &str, items: &Option<Vec<String>>) -> ApiResult<()> {

@@ -95,6 +95,8 @@ pub struct ActionForm {
     /// The page the form was on, to go back to.
     #[serde(default)]
     back: String,
+    #[serde(default, rename = "eventType")]
+    event_type: String,
 }
 
 impl ActionForm {
@@ -381,6 +383,11 @@ async fn endpoint_page(
             }
         }
         @if let Some(secret) = &secret { p { "Signing secret: " span.secret #secret { (text(secret, "key")) } } }
+        form.search method="post" action={ (base) "/test" } {
+            (render::csrf(visitor))
+            label { "Test event type " input type="text" name="eventType" value="hookline.test" required; }
+            button type="submit" { "Send test event" }
+        }
         form.search method="post" action={ (base) "/recover" } {
             (render::csrf(visitor))
             label { "Resend failed and skipped deliveries since (UTC) "
@@ -454,6 +461,10 @@ pub async fn endpoint_action(
             .post(&format!("{path}/secret/rotate"), None)
             .await
             .map(|_| done(&format!("{back}?reveal=1"), "Secret rotated; the previous one works for 24 hours.")),
+        "test" => api
+            .post(&format!("{path}/send-example"), Some(json!({ "eventType": form.event_type })))
+            .await
+            .map(|_| done(&back, "Test message sent to this endpoint; its attempt appears below.")),
         "recover" => {
             // `datetime-local` sends minutes without a zone; the form says UTC.
             let since = match form.since.len() {
@@ -523,7 +534,8 @@ async fn messages_page(
             }
             let path = format!("/api/v1/app/{app_seg}/endpoint/{}/msg?{}", segment(ep), params.join("&"));
             let list = api.get(&path).await?;
-            items(&list).iter().map(|m| (m["message"].clone(), Some(text(m, "statusText").to_owned()))).collect()
+            // Each item is the message with its delivery's status beside its fields.
+            items(&list).iter().map(|m| (m.clone(), Some(text(m, "statusText").to_owned()))).collect()
         }
         None => {
             let list = api.get(&format!("/api/v1/app/{app_seg}/msg?{}", params.join("&"))).await?;
@@ -636,12 +648,12 @@ async fn message_page(
             table {
                 thead { tr { th { "Endpoint" } th { "Status" } th.hide-small { "Next attempt" } th { "" } } }
                 tbody {
-                    @for d in items(&deliveries) {
-                        @let e = &d["endpoint"];
+                    // Each item is the endpoint with the delivery's status beside its fields.
+                    @for e in items(&deliveries) {
                         tr {
                             td.wrap { a href={ (base) "/endpoint/" (segment(text(e, "id"))) } { (text(e, "url")) } }
-                            td { (status_badge(text(d, "statusText"))) }
-                            td.hide-small { (when(text(d, "nextAttempt"))) }
+                            td { (status_badge(text(e, "statusText"))) }
+                            td.hide-small { (when(text(e, "nextAttempt"))) }
                             td { (action(visitor, &resend, "Resend", &[("endpoint", text(e, "id"))])) }
                         }
                     }
@@ -685,7 +697,7 @@ pub async fn resend(
     let back = form.back_or(format!("{}/msg/{msg_seg}", app_base(&app_key)));
     let endpoints: Vec<String> = match form.endpoint.as_str() {
         "all" => match api.get(&format!("/api/v1/app/{app_seg}/msg/{msg_seg}/endpoint?limit=250")).await {
-            Ok(list) => items(&list).iter().map(|d| text(&d["endpoint"], "id").to_owned()).collect(),
+            Ok(list) => items(&list).iter().map(|d| text(d, "id").to_owned()).collect(),
             Err(failure) => return failure.into_response(),
         },
         one => vec![one.to_owned()],
