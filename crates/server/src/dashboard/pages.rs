@@ -316,7 +316,7 @@ pub async fn portal_link(
     Path(app_key): Path<String>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(refused) = visitor.check_csrf(&form.csrf) {
+    if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
         return refused;
     }
     let api = visitor.api(&dash);
@@ -448,7 +448,7 @@ pub async fn endpoint_action(
     Path((app_key, endpoint_key, act)): Path<(String, String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(refused) = visitor.check_csrf(&form.csrf) {
+    if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
         return refused;
     }
     let api = visitor.api(&dash);
@@ -689,7 +689,7 @@ pub async fn resend(
     Path((app_key, msg_key)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(refused) = visitor.check_csrf(&form.csrf) {
+    if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
         return refused;
     }
     let api = visitor.api(&dash);
@@ -812,7 +812,7 @@ pub async fn replay(
     Path((source_key, msg_key)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
-    if let Err(refused) = visitor.check_csrf(&form.csrf) {
+    if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
         return refused;
     }
     let (src, msg) = (segment(&source_key), segment(&msg_key));

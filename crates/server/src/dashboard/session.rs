@@ -44,12 +44,13 @@ impl Visitor {
         self.app_id().is_none()
     }
 
-    /// A form's CSRF token must be this session's: a page of another site cannot know it.
-    pub fn check_csrf(&self, given: &str) -> Result<(), Response> {
+    /// A form's CSRF token must be this session's (a page of another site cannot know it):
+    /// the refusal when it is not.
+    pub fn refuse_without_csrf(&self, given: &str) -> Option<Response> {
         if bool::from(given.as_bytes().ct_eq(self.csrf.as_bytes())) {
-            Ok(())
+            None
         } else {
-            Err(render::refused(StatusCode::FORBIDDEN, "This form is out of date or did not come from this dashboard (CSRF token missing or wrong). Reload the page and try again."))
+            Some(render::refused(StatusCode::FORBIDDEN, "This form is out of date or did not come from this dashboard (CSRF token missing or wrong). Reload the page and try again."))
         }
     }
 }
@@ -192,7 +193,7 @@ pub struct CsrfForm {
 }
 
 pub async fn sign_out(dash: DashState, visitor: Visitor, Form(form): Form<CsrfForm>) -> Response {
-    if let Err(refused) = visitor.check_csrf(&form.csrf) {
+    if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
         return refused;
     }
     if let Err(e) = dash.state.store.delete_session(visitor.session_id).await {

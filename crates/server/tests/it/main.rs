@@ -1,6 +1,7 @@
 //! Hookline's in-process integration tests: one binary, one harness.
 
 mod api;
+mod dashboard;
 mod delivery;
 mod harness;
 mod inbound;

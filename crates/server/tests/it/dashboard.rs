@@ -1,0 +1,193 @@
+//! What the dashboard stands on, over HTTP: the operator's statistics routes, portal links
+//! (single use, expiring, one application), sessions (ended with their token, expiring),
+//! test messages to one endpoint, and the dashboard turned off. The pages themselves are
+//! tested in Chromium (`tests/dashboard`).
+
+use crate::harness::*;
+use serde_json::{json, Value};
+
+const MINUTE: i64 = 60_000;
+
+/// A client that does not follow redirects, so a test sees where the dashboard sends it.
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+}
+
+fn sum(series: &Value, field: &str) -> u64 {
+    series["data"][field].as_array().unwrap().iter().map(|n| n.as_u64().unwrap()).sum()
+}
+
+/// The session cookie (`name=value`) a dashboard answer sets.
+fn session_cookie(response: &reqwest::Response) -> String {
+    let set = response.headers().get("set-cookie").expect("a session cookie").to_str().unwrap();
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict") && set.contains("Path=/dashboard"), "{set}");
+    set.split(';').next().unwrap().to_owned()
+}
+
+async fn app_token(gw: &Gateway, app: &str) -> String {
+    gw.ok("POST", &format!("/api/v1/app/{app}/token"), None).await["token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_operator_sees_every_application_and_merchants_do_not() {
+    let gw = start_gateway(dev_config()).await;
+    let good_rx = Receiver::start(Answer::status(200)).await;
+    let bad_rx = Receiver::start(Answer::status(500)).await;
+    let (shop, other) = (gw.app("shop").await, gw.app("other").await);
+    gw.endpoint(&shop, json!({"url": good_rx.url})).await;
+    let policy = json!({"delaysMs": [3_600_000]});
+    let bad =
+        gw.endpoint(&other, json!({"url": bad_rx.url, "retryPolicy": policy})).await["id"].as_str().unwrap().to_owned();
+    let msg = gw.publish(&shop, json!({"eventType": "charge.succeeded", "payload": {}})).await;
+    good_rx.next().await;
+    gw.wait_attempts(&shop, &msg, 1).await;
+    gw.advance(MINUTE);
+    let msg = gw.publish(&other, json!({"eventType": "charge.succeeded", "payload": {}})).await;
+    bad_rx.next().await;
+    gw.wait_attempts(&other, &msg, 1).await;
+
+    // Attempts of every application, per minute: one success, then a failure a minute later.
+    let series = gw
+        .ok(
+            "GET",
+            "/api/v1/stats/attempt?period=OneMinute&startDate=2026-01-01T00:00:00Z&endDate=2026-01-01T00:09:59Z",
+            None,
+        )
+        .await;
+    assert_eq!(series["period"], "OneMinute");
+    assert_eq!(series["data"]["successCount"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        (series["data"]["successCount"][0].as_u64(), series["data"]["failureCount"][1].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!((sum(&series, "successCount"), sum(&series, "failureCount")), (1, 1), "{series}");
+
+    // The failed delivery waits for its retry: open; nothing is being attempted.
+    let queue = gw.ok("GET", "/api/v1/stats/queue", None).await;
+    assert_eq!(queue, json!({"open": 1, "inFlight": 0}));
+    let failing = gw.ok("GET", "/api/v1/stats/failing-endpoint", None).await;
+    let listed: Vec<&str> =
+        failing["data"].as_array().unwrap().iter().map(|f| f["endpoint"]["id"].as_str().unwrap()).collect();
+    assert_eq!(listed, [bad.as_str()], "{failing}");
+    assert_eq!(failing["data"][0]["appId"], other);
+    assert_eq!(failing["data"][0]["endpoint"]["health"]["status"], "failing");
+
+    // A merchant's token reads none of it.
+    let token = app_token(&gw, &shop).await;
+    for path in ["/api/v1/stats/attempt", "/api/v1/stats/queue", "/api/v1/stats/failing-endpoint"] {
+        let answer = gw.http.get(format!("{}{path}", gw.url)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(answer.status(), 403, "{path}");
+    }
+    gw.stop().await;
+}
+
+/// Uses a portal link as a browser would: the form post that signs in.
+async fn use_link(gw: &Gateway, code: &str) -> reqwest::Response {
+    browser().post(format!("{}/dashboard/portal", gw.url)).form(&[("code", code)]).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_portal_link_signs_in_once_to_one_application_before_it_expires() {
+    let mut config = dev_config();
+    config.api.public_url = Some("https://hooks.example.com/".into());
+    let gw = start_gateway(config).await;
+    let (shop, other) = (gw.app("shop").await, gw.app("other").await);
+    let link = gw.ok("POST", "/api/v1/auth/app-portal-access/shop", None).await;
+    let code = link["token"].as_str().unwrap();
+    assert_eq!(link["url"], format!("https://hooks.example.com/dashboard/portal?code={code}"));
+
+    // Only the operator mints links, for an application that exists, with no options it
+    // would silently ignore.
+    let token = app_token(&gw, &shop).await;
+    let path = format!("{}/api/v1/auth/app-portal-access/{shop}", gw.url);
+    assert_eq!(gw.http.post(&path).bearer_auth(&token).send().await.unwrap().status(), 403);
+    assert_eq!(gw.call("POST", "/api/v1/auth/app-portal-access/nope", None).await.0, 404);
+    let (status, error) = gw.call("POST", "/api/v1/auth/app-portal-access/shop", Some(json!({"readOnly": true}))).await;
+    assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{error}");
+
+    // Opening the link shows a button and uses nothing up (a link previewer may fetch it).
+    let page = browser().get(format!("{}/dashboard/portal?code={code}", gw.url)).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let signed_in = use_link(&gw, code).await;
+    assert_eq!(signed_in.status(), 303);
+    assert_eq!(signed_in.headers()["location"], format!("/dashboard/app/{shop}"));
+    let cookie = session_cookie(&signed_in);
+    let visit = |path: String| browser().get(format!("{}{path}", gw.url)).header("cookie", cookie.clone()).send();
+    assert_eq!(visit(format!("/dashboard/app/{shop}")).await.unwrap().status(), 200);
+    assert_eq!(visit(format!("/dashboard/app/{other}")).await.unwrap().status(), 404);
+    assert_eq!(visit("/dashboard/source".into()).await.unwrap().status(), 404);
+    // Once.
+    assert_eq!(use_link(&gw, code).await.status(), 410);
+    assert_eq!(use_link(&gw, "made-up").await.status(), 410);
+
+    // A link not used within `dashboard.link_ttl_ms` (10 minutes) signs no one in.
+    let late = gw.ok("POST", "/api/v1/auth/app-portal-access/shop", None).await;
+    gw.advance(10 * MINUTE);
+    assert_eq!(use_link(&gw, late["token"].as_str().unwrap()).await.status(), 410);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_session_lasts_while_its_token_does_and_until_it_expires() {
+    let gw = start_gateway(dev_config()).await;
+    let shop = gw.app("shop").await;
+    let token = app_token(&gw, &shop).await;
+    let sign_in =
+        |token: String| browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token)]).send();
+    assert_eq!(sign_in("wrong".into()).await.unwrap().status(), 401);
+    let merchant = session_cookie(&sign_in(token.clone()).await.unwrap());
+    let admin = session_cookie(&sign_in(TOKEN.into()).await.unwrap());
+    let visit = |cookie: &str| {
+        browser().get(format!("{}/dashboard/app/{shop}", gw.url)).header("cookie", cookie.to_owned()).send()
+    };
+    assert_eq!(visit(&merchant).await.unwrap().status(), 200);
+    assert_eq!(visit(&admin).await.unwrap().status(), 200);
+    // Revoking the token ends its sessions.
+    let tokens = gw.ok("GET", &format!("/api/v1/app/{shop}/token"), None).await;
+    let token_id = tokens["data"][0]["id"].as_str().unwrap();
+    gw.ok("DELETE", &format!("/api/v1/app/{shop}/token/{token_id}"), None).await;
+    let after = visit(&merchant).await.unwrap();
+    assert_eq!((after.status().as_u16(), after.headers()["location"].to_str().unwrap()), (303, "/dashboard/sign-in"));
+    // Sessions expire after `dashboard.session_ttl_ms` (12 hours).
+    gw.advance(12 * 60 * MINUTE);
+    assert_eq!(visit(&admin).await.unwrap().status(), 303);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_test_message_goes_to_one_endpoint_only() {
+    let gw = start_gateway(dev_config()).await;
+    let (one_rx, other_rx) = (Receiver::start(Answer::status(200)).await, Receiver::start(Answer::status(200)).await);
+    let shop = gw.app("shop").await;
+    let filtered = json!({"url": one_rx.url, "filterTypes": ["charge.refunded"]});
+    let one = gw.endpoint(&shop, filtered).await["id"].as_str().unwrap().to_owned();
+    gw.endpoint(&shop, json!({"url": other_rx.url})).await;
+    let path = format!("/api/v1/app/{shop}/endpoint/{one}/send-example");
+    let (status, message) = gw.call("POST", &path, Some(json!({"eventType": "hookline.test"}))).await;
+    assert_eq!(status, 202, "{message}");
+    assert_eq!(message["eventType"], "hookline.test");
+    // Sent though the endpoint filters other types; signed like any message.
+    let received = one_rx.next().await;
+    let payload: Value = serde_json::from_slice(&received.body).unwrap();
+    assert_eq!((payload["type"].as_str(), payload["test"].as_bool()), (Some("hookline.test"), Some(true)));
+    assert_eq!(received.header("webhook-id"), message["id"].as_str().unwrap());
+    assert!(!other_rx.gets_within(300).await, "only the chosen endpoint");
+
+    let (status, error) = gw.call("POST", &path, Some(json!({"eventType": ""}))).await;
+    assert_eq!((status, error["code"].as_str()), (422, Some("validation")));
+    gw.ok("PATCH", &format!("/api/v1/app/{shop}/endpoint/{one}"), Some(json!({"disabled": true}))).await;
+    assert_eq!(gw.call("POST", &path, Some(json!({"eventType": "hookline.test"}))).await.0, 409);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_dashboard_can_be_turned_off() {
+    let mut config = dev_config();
+    config.dashboard.enabled = false;
+    let gw = start_gateway(config).await;
+    gw.app("shop").await;
+    let (status, error) = gw.call("GET", "/dashboard", None).await;
+    assert_eq!((status, error["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(gw.call("POST", "/api/v1/auth/app-portal-access/shop", None).await.0, 409);
+    gw.stop().await;
+}
