@@ -91,6 +91,8 @@ def world():
         json={"url": f"{merchant.url}/flaky", "description": "<i>flaky</i> <script>window.__xss = 3</script>"},
     ).json()
     theirs = api.post(f"/api/v1/app/{other['id']}/endpoint", json={"url": f"{merchant.url}/ok"}).json()
+    custom = {"headers": {"X-Shop": "shop-7", "Authorization": "Bearer merchant-private"}}
+    assert api.put(f"/api/v1/app/{shop['id']}/endpoint/{ok['id']}/headers", json=custom).status_code == 204
     for n in range(3):
         api.post(f"/api/v1/app/{shop['id']}/msg", json={"eventType": "payment.succeeded", "payload": {"n": n}})
     xss = api.post(f"/api/v1/app/{shop['id']}/msg", json={"eventType": "payment.failed", "payload": XSS_PAYLOAD})
@@ -119,9 +121,9 @@ def world():
     process.wait(timeout=30)
 
 
-def signed_in(world, token=TOKEN) -> Page:
+def signed_in(world, token=TOKEN, viewport=(1280, 900)) -> Page:
     """A new browser (its own cookies) signed in with `token`. Any dialog fails the test."""
-    context = world["browser"].new_context(viewport={"width": 1280, "height": 900})
+    context = world["browser"].new_context(viewport={"width": viewport[0], "height": viewport[1]})
     page = context.new_page()
     page.on("dialog", lambda dialog: pytest.fail(f"a dialog opened: {dialog.message}"))
     page.goto(f"{world['url']}/dashboard")
@@ -190,6 +192,14 @@ def test_payloads_are_shown_as_text_and_run_nothing(world):
     assert page.locator("img").count() == 0, "no element was made from the payload"
     assert page.locator("main script").count() == 0
     assert page.evaluate("window.__xss") is None, "nothing from the payload ran"
+    # Each attempt's request headers, secrets masked.
+    row = page.locator(f"#attempts tr[data-attempt]", has_text="200").first
+    row.locator("summary", has_text="Request headers").click()
+    sent = row.locator("pre.headers").inner_text()
+    assert f"webhook-id: {msg['id']}" in sent and "webhook-timestamp: " in sent, sent
+    assert "webhook-signature: •••••• (masked)" in sent and "v1," not in sent, sent
+    assert "X-Shop: shop-7" in sent and "Authorization: •••••• (masked)" in sent, sent
+    assert "merchant-private" not in page.content()
     # The messages list shows it too, as text.
     page.goto(f"{world['url']}/dashboard/app/{shop['id']}/msg?eventType=payment.failed")
     expect(page.locator("#messages")).to_contain_text(msg["id"])
@@ -330,3 +340,21 @@ def test_skipped_messages_are_recovered_and_a_test_event_is_sent(world):
     page.goto(f"{world['url']}/dashboard/app/{shop['id']}/msg?endpoint={late['id']}&status=0")
     expect(page.locator("#messages")).to_contain_text(test_msg["id"])
     expect(page.locator("#messages .badge").first).to_contain_text("success")
+
+
+def test_pages_fit_a_phone(world):
+    page = signed_in(world, viewport=(390, 844))
+    shop = world["shop"]
+    for path in [
+        "/dashboard",
+        "/dashboard/app",
+        f"/dashboard/app/{shop['id']}",
+        f"/dashboard/app/{shop['id']}/endpoint/{world['flaky']['id']}",
+        f"/dashboard/app/{shop['id']}/msg",
+        f"/dashboard/app/{shop['id']}/msg/{world['xss_msg']['id']}",
+        "/dashboard/source",
+    ]:
+        assert page.goto(world["url"] + path).status == 200, path
+        # Nothing sticks out sideways: wide tables scroll inside their own box.
+        overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"{path} is {overflow} px wider than the phone"

@@ -628,6 +628,12 @@ async fn message_page(
     let id = text(&m, "id");
     let deliveries = api.get(&format!("/api/v1/app/{app_seg}/msg/{}/endpoint?limit=250", segment(id))).await?;
     let attempts = api.get(&format!("/api/v1/app/{app_seg}/attempt/msg/{}?limit=250", segment(id))).await?;
+    let mut custom = Vec::new();
+    for e in items(&deliveries) {
+        let endpoint_id = text(e, "id");
+        let headers = api.get(&format!("/api/v1/app/{app_seg}/endpoint/{}/headers", segment(endpoint_id))).await?;
+        custom.push((endpoint_id.to_owned(), headers));
+    }
     let base = app_base(app_key);
     let resend = format!("{base}/msg/{}/resend", segment(id));
     let body = html! {
@@ -672,7 +678,16 @@ async fn message_page(
                             td { (number(a, "responseStatusCode")) }
                             td.hide-small { (number(a, "responseDurationMs")) }
                             td.hide-small { (text(a, "errorClass")) }
-                            td.wrap { code { (excerpt(text(a, "response"))) } }
+                            td.wrap {
+                                code { (excerpt(text(a, "response"))) }
+                                @if let Some(sent) = request_headers(a, id, &deliveries, &custom) {
+                                    details {
+                                        summary { "Request headers" }
+                                        pre.headers { @for (name, value) in &sent { (name) ": " (value) "\n" } }
+                                        small { "Signatures masked; custom headers as the endpoint has them now." }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
@@ -681,6 +696,43 @@ async fn message_page(
         }
     };
     Ok(page(dash, "Message", visitor, body))
+}
+
+/// The headers an attempt was sent with: the signing headers of the endpoint's scheme (the
+/// timestamp is the attempt's start; signatures masked), the content type, and the
+/// endpoint's custom headers (`custom`: per endpoint id, the API's headers answer, where
+/// sensitive values are never shown).
+fn request_headers(
+    attempt: &Value,
+    msg_id: &str,
+    deliveries: &Value,
+    custom: &[(String, Value)],
+) -> Option<Vec<(String, String)>> {
+    use hookline_core::signature::{sign_headers, Secret, SignatureScheme, SECRET_BYTES_GENERATED};
+    const MASKED: &str = "•••••• (masked)";
+    let endpoint_id = text(attempt, "endpointId");
+    let endpoint = items(deliveries).iter().find(|e| text(e, "id") == endpoint_id)?;
+    let scheme: SignatureScheme = serde_json::from_value(endpoint["signatureScheme"].clone()).unwrap_or_default();
+    let sent_at =
+        crate::wire::parse_timestamp(text(attempt, "timestamp"))? - number(attempt, "responseDurationMs") as i64;
+    let any_secret = Secret::from_key([0; SECRET_BYTES_GENERATED]);
+    let mut headers: Vec<(String, String)> = sign_headers(&scheme, msg_id, sent_at / 1000, b"", &[any_secret])
+        .into_iter()
+        .map(|(name, value)| match name.as_str() {
+            "webhook-id" | "webhook-timestamp" => (name, value),
+            _ => (name, MASKED.to_owned()),
+        })
+        .collect();
+    headers.push(("content-type".into(), "application/json".into()));
+    if let Some((_, set)) = custom.iter().find(|(id, _)| id == endpoint_id) {
+        if let Some(shown) = set["headers"].as_object() {
+            headers.extend(shown.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())));
+        }
+        for name in set["sensitive"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+            headers.push((name.to_owned(), MASKED.to_owned()));
+        }
+    }
+    Some(headers)
 }
 
 pub async fn resend(
