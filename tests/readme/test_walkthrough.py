@@ -250,7 +250,10 @@ def test_five_minutes_walkthrough_runs_as_printed(terminal, redis_port):
     # Then, on the same server, the Ordering section and the endpoint's statistics.
     ordering = commands(section("Ordering"))
     assert any("orderingKey" in c for c, _ in ordering), ordering
-    logs = run_all(terminal, steps + ordering + statistics_steps(of_sources=False))
+    # And the Dashboard section's portal link for the same application.
+    portal = commands(section("Dashboard"))
+    assert any("app-portal-access" in c for c, _ in portal), portal
+    logs = run_all(terminal, steps + ordering + statistics_steps(of_sources=False) + portal)
     receiver_log = logs[1]
     assert "signature valid: True" in receiver_log.read_text(), receiver_log.read_text()
     assert "signature valid: False" not in receiver_log.read_text()
