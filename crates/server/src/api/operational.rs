@@ -73,6 +73,11 @@ async fn operational_app(state: &AppState) -> ApiResult<Arc<App>> {
 
 /// Operational endpoints take only operational event types.
 fn check_types(types: &Option<Vec<String>>) -> ApiResult<()> {
+    let count = types.as_ref().map_or(1, Vec::len);
+    if !(1..=OPERATIONAL_EVENT_TYPES.len()).contains(&count) {
+        let detail = format!("eventTypes must list 1 to {} operational event types", OPERATIONAL_EVENT_TYPES.len());
+        return Err(ApiError::field("eventTypes", detail));
+    }
     let unknown = types.iter().flatten().find(|t| !OPERATIONAL_EVENT_TYPES.contains(&t.as_str()));
     match unknown {
         Some(t) => Err(ApiError::field(

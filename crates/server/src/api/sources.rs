@@ -412,7 +412,9 @@ async fn ingest(
 async fn reconcile_now(state: Shared, PathParams(key): PathParams<String>) -> ApiResult<Json<ReconcileRunOut>> {
     let source = find(&state, &key).await?;
     if !crate::reconcile::reconcilable(&source) {
-        return Err(ApiError::field("apiKey", "reconciliation needs a stripe source with an apiKey"));
+        // The source's state, not the request, is what is missing: a conflict, as a
+        // schema-valid request it is not the request's fault (422 would say it is).
+        return Err(ApiError::Conflict("reconciliation needs a stripe source with an apiKey".into()));
     }
     Ok(Json(crate::reconcile::run(&state, &source).await))
 }

@@ -389,7 +389,7 @@ async fn reconciliation_ingests_what_the_provider_gave_up_on() {
         .await;
     let (status, error) =
         gw.call("POST", &format!("/api/v1/source/{}/reconcile", plain["id"].as_str().unwrap()), None).await;
-    assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{error}");
+    assert_eq!((status, error["code"].as_str()), (409, Some("conflict")), "{error}");
     let patched = gw.ok("PATCH", &format!("/api/v1/source/{id}"), Some(json!({"apiKey": null}))).await;
     assert_eq!(patched["reconciles"], false);
     gw.stop().await;

@@ -63,6 +63,10 @@ async fn operational_endpoints_hear_endpoint_changes_and_failing_messages() {
     let (status, refused) =
         gw.call("POST", OPS, Some(json!({"url": ops_rx.url, "eventTypes": ["payment.done"]}))).await;
     assert_eq!((status, refused["code"].as_str()), (422, Some("validation")), "{refused}");
+    // At most one of each of the nine types, as the document says (`maxItems`).
+    let ten = vec!["endpoint.created"; 10];
+    let (status, refused) = gw.call("POST", OPS, Some(json!({"url": ops_rx.url, "eventTypes": ten}))).await;
+    assert_eq!((status, refused["code"].as_str()), (422, Some("validation")), "{refused}");
     let listed = gw.ok("GET", OPS, None).await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 2);
     let apps = gw.ok("GET", "/api/v1/app", None).await;
