@@ -186,7 +186,9 @@ def test_operator_sees_real_figures_and_resends_a_failing_endpoint(world):
 def test_payloads_are_shown_as_text_and_run_nothing(world):
     page = signed_in(world)
     shop, msg = world["shop"], world["xss_msg"]
-    page.goto(f"{world['url']}/dashboard/app/{shop['id']}/msg/{msg['id']}")
+    answer = page.goto(f"{world['url']}/dashboard/app/{shop['id']}/msg/{msg['id']}")
+    csp = answer.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "style-src 'self'" in csp and "unsafe" not in csp, csp
     payload = page.locator("#payload").inner_text()
     assert XSS_PAYLOAD["note"] in payload and '"\\"><img src=x onerror=\\"window.__xss = 2\\">"' in payload
     assert page.locator("img").count() == 0, "no element was made from the payload"
@@ -358,3 +360,28 @@ def test_pages_fit_a_phone(world):
         # Nothing sticks out sideways: wide tables scroll inside their own box.
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} is {overflow} px wider than the phone"
+
+
+def test_inbound_pages_show_refused_requests_and_their_reasons(world):
+    api, shop = world["api"], world["shop"]
+    source = api.post(
+        "/api/v1/source",
+        json={"name": "Stripe live", "preset": "stripe", "secrets": ["whsec_dashboardtest"], "appId": shop["id"]},
+    ).json()
+    forged = httpx.post(
+        f"{world['url']}/in/{source['id']}",
+        content=b'{"id":"evt_1","type":"charge.succeeded"}',
+        headers={"Stripe-Signature": f"t={int(time.time())},v1={'0' * 64}", "Content-Type": "application/json"},
+    )
+    assert forged.status_code == 401, forged.text
+    page = signed_in(world)
+    page.goto(f"{world['url']}/dashboard/source/{source['id']}")
+    rejections = page.locator("#rejections tbody tr")
+    expect(rejections).to_have_count(1)
+    expect(rejections.first).to_contain_text(forged.json()["code"])
+    page.goto(f"{world['url']}/dashboard")
+    row = page.locator("#inbound tr", has_text="Stripe live")
+    expect(row.locator("td").nth(2)).to_have_text("1")
+    # A notice is one of the dashboard's own lines, never text from the link.
+    page.goto(f"{world['url']}/dashboard/app/{shop['id']}?done=Your+account+is+locked")
+    expect(page.locator(".notice")).to_have_count(0)

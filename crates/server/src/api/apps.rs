@@ -78,7 +78,7 @@ async fn portal_access(
     axum::Extension(principal): axum::Extension<super::Principal>,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
-) -> ApiResult<Json<AppPortalAccessOut>> {
+) -> ApiResult<(axum::Extension<super::AnswerNotKept>, Json<AppPortalAccessOut>)> {
     let AppPortalAccessIn {} = super::optional_json(&state, &headers, body).await?;
     if !state.config.dashboard.enabled {
         return Err(ApiError::Conflict("the dashboard is off (dashboard.enabled = false)".into()));
@@ -91,7 +91,7 @@ async fn portal_access(
     let code =
         crate::dashboard::mint_link(&state, minted_by, &app.id).await.map_err(ApiError::from_store("application"))?;
     let url = format!("{}/dashboard/portal?code={code}", state.public_url());
-    Ok(Json(AppPortalAccessOut { url, token: code }))
+    Ok((axum::Extension(super::AnswerNotKept), Json(AppPortalAccessOut { url, token: code })))
 }
 
 pub fn new_secret() -> Secret {
@@ -268,7 +268,7 @@ fn token_view(token: &hookline_store::Token, value: Option<String>) -> TokenOut 
 async fn create_token(
     state: Shared,
     PathParams(app_id): PathParams<String>,
-) -> ApiResult<(StatusCode, Json<TokenOut>)> {
+) -> ApiResult<(StatusCode, axum::Extension<super::AnswerNotKept>, Json<TokenOut>)> {
     let app = find(&state, &app_id).await?;
     let value = format!("hk_app_{}", hex::encode(rand::random::<[u8; 24]>()));
     let token = Token {
@@ -280,7 +280,7 @@ async fn create_token(
     state.store.add_token(token.clone()).await.map_err(ApiError::from_store("token"))?;
     let out = token_view(&token, Some(value));
     state.tokens.write().expect("tokens lock").push(token);
-    Ok((StatusCode::CREATED, Json(out)))
+    Ok((StatusCode::CREATED, axum::Extension(super::AnswerNotKept), Json(out)))
 }
 
 async fn list_tokens(state: Shared, PathParams(app_id): PathParams<String>) -> ApiResult<Json<ListResponse<TokenOut>>> {

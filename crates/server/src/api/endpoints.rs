@@ -124,8 +124,8 @@ async fn send_example(
         retain_until: None,
         created_at: now,
     };
-    let delivery =
-        hookline_store::Delivery::pending(state.new_id(prefix::DELIVERY), &message, Some(endpoint.id), now, now);
+    // As any message to it: in its ordering lane when it is a FIFO endpoint.
+    let delivery = state.engine.delivery_to(&endpoint, &message, now, now);
     let message = std::sync::Arc::new(message);
     state.engine.commit(&message, vec![delivery], None, None).await.map_err(ApiError::from_store("message"))?;
     Ok((StatusCode::ACCEPTED, Json(super::views::message((*message).clone(), true))))
@@ -451,10 +451,11 @@ async fn rotate(
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
-) -> ApiResult<Json<EndpointSecretOut>> {
+) -> ApiResult<(Extension<super::AnswerNotKept>, Json<EndpointSecretOut>)> {
     let input = rotate_input(&state, &headers, body).await?;
     let app = find_app(&state, &app_id).await?;
-    Ok(Json(EndpointSecretOut { key: rotate_secret(&state, &app, &endpoint_id, input).await? }))
+    let key = rotate_secret(&state, &app, &endpoint_id, input).await?;
+    Ok((Extension(super::AnswerNotKept), Json(EndpointSecretOut { key })))
 }
 
 /// A rotation's body, which may be absent (Hookline then generates the secret).

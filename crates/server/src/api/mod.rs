@@ -188,16 +188,19 @@ pub(crate) fn principal_of_token(token: &hookline_store::Token) -> Principal {
 }
 
 async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
-    let principal = match request.extensions().get::<OnBehalfOf>() {
-        Some(OnBehalfOf(principal)) => Some(principal.clone()),
-        None => bearer(request.headers()).and_then(|token| principal_of(&state, token)),
+    // The dashboard's calls were charged once, for the page that makes them.
+    let (principal, charged) = match request.extensions().get::<OnBehalfOf>() {
+        Some(OnBehalfOf(principal)) => (Some(principal.clone()), true),
+        None => (bearer(request.headers()).and_then(|token| principal_of(&state, token)), false),
     };
     let Some(principal) = principal else {
         return ApiError::Unauthorized.into_response();
     };
     if let Principal::App { app_id, token_id } = &principal {
-        if let Err(e) = take_from_budget(&state, token_id) {
-            return e.into_response();
+        if !charged {
+            if let Err(e) = take_from_budget(&state, token_id) {
+                return e.into_response();
+            }
         }
         if let Err(e) = confine(&state, app_id, request.method(), request.uri().path()).await {
             return e.into_response();
@@ -207,14 +210,22 @@ async fn authenticate(State(state): Shared, mut request: Request, next: Next) ->
     next.run(request).await
 }
 
-/// A token bucket per application token, refilled on the server's clock.
-fn take_from_budget(state: &AppState, token_id: &str) -> ApiResult<()> {
+/// Buckets kept before idle ones are forgotten (a dashboard portal session is a bucket).
+const RATE_BUCKETS_KEPT: usize = 10_000;
+
+/// A token bucket per application token (or portal session), refilled on the server's clock.
+pub(crate) fn take_from_budget(state: &AppState, token_id: &str) -> ApiResult<()> {
     let rate = f64::from(state.config.api.token_rate_limit_per_s);
     if rate == 0.0 {
         return Ok(());
     }
     let (burst, now) = (2.0 * rate, state.now());
     let mut buckets = state.rate_buckets.lock().expect("rate buckets lock");
+    if buckets.len() >= RATE_BUCKETS_KEPT {
+        // A bucket idle long enough to be full again is the same as no bucket.
+        let refilled_ms = (burst / rate * 1000.0) as i64;
+        buckets.retain(|_, (_, last)| now - *last < refilled_ms);
+    }
     let (left, last) = buckets.entry(token_id.to_owned()).or_insert((burst, now));
     *left = (*left + (now - *last).max(0) as f64 / 1000.0 * rate).min(burst);
     *last = now;
@@ -272,6 +283,12 @@ impl IdempotencyKey {
 /// Set by a handler that stored its own answer in the same commit as its work.
 #[derive(Clone)]
 pub struct AnswerStored;
+
+/// Set on an answer that carries a secret (a token, a signing secret, a portal link): it is
+/// never kept for an `Idempotency-Key` replay, since the store keeps secrets only sealed or
+/// hashed. The same key sent again runs the request again.
+#[derive(Clone)]
+pub struct AnswerNotKept;
 
 /// Keys whose first request is still running on this node; removed when it ends, however
 /// it ends (the guard is dropped with the request's future).
@@ -340,7 +357,9 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
     let mut request = Request::from_parts(parts, Body::from(body));
     request.extensions_mut().insert(idempotency.clone());
     let response = next.run(request).await;
-    if !response.status().is_success() || response.extensions().get::<AnswerStored>().is_some() {
+    let kept_elsewhere_or_secret =
+        response.extensions().get::<AnswerStored>().is_some() || response.extensions().get::<AnswerNotKept>().is_some();
+    if !response.status().is_success() || kept_elsewhere_or_secret {
         return response;
     }
     let (parts, body) = response.into_parts();

@@ -131,7 +131,8 @@ fn buckets(state: &AppState, query: &StatsQuery) -> ApiResult<(&'static str, i64
         None | Some("OneHour") => ("OneHour", 3_600_000),
         Some("OneDay") => ("OneDay", DAY_MS),
         Some(other) => {
-            return Err(ApiError::BadRequest(format!("period must be FiveMinutes, OneHour or OneDay, not `{other}`")))
+            let detail = format!("period must be OneMinute, FiveMinutes, OneHour or OneDay, not `{other}`");
+            return Err(ApiError::BadRequest(detail));
         }
     };
     let end = time("endDate", &query.end_date)?.unwrap_or_else(|| state.now());

@@ -78,10 +78,68 @@ fn app_base(app: &str) -> String {
     format!("/dashboard/app/{}", segment(app))
 }
 
-/// After an action: back to `to` with a line saying what was done.
-fn done(to: &str, what: &str) -> Response {
+/// What an action did, said on the page it returns to (`?done=<code>`): a fixed set, so a
+/// link cannot make a page say anything else.
+#[derive(Clone, Copy)]
+pub enum Done {
+    Enabled,
+    Disabled,
+    Rotated,
+    Tested,
+    Recovered,
+    Resent,
+    ResentAll,
+    Replayed,
+}
+
+impl Done {
+    const ALL: [Done; 8] = [
+        Done::Enabled,
+        Done::Disabled,
+        Done::Rotated,
+        Done::Tested,
+        Done::Recovered,
+        Done::Resent,
+        Done::ResentAll,
+        Done::Replayed,
+    ];
+
+    fn code(self) -> &'static str {
+        match self {
+            Done::Enabled => "enabled",
+            Done::Disabled => "disabled",
+            Done::Rotated => "rotated",
+            Done::Tested => "tested",
+            Done::Recovered => "recovered",
+            Done::Resent => "resent",
+            Done::ResentAll => "resent-all",
+            Done::Replayed => "replayed",
+        }
+    }
+
+    fn text(self) -> &'static str {
+        match self {
+            Done::Enabled => "Enabled.",
+            Done::Disabled => "Disabled.",
+            Done::Rotated => "Secret rotated; the previous one keeps signing for 24 hours.",
+            Done::Tested => "Test message sent to this endpoint; its attempt appears below.",
+            Done::Recovered => "Recovery started: failed and skipped deliveries are due again.",
+            Done::Resent => "Resent; the new attempt appears below.",
+            Done::ResentAll => "Resent to every endpoint.",
+            Done::Replayed => "Replayed: the event is due again at the application's endpoints.",
+        }
+    }
+
+    /// The line for a `?done=` code; nothing for an unknown one.
+    pub fn line(code: Option<&str>) -> Option<&'static str> {
+        Done::ALL.iter().find(|d| Some(d.code()) == code).map(|d| d.text())
+    }
+}
+
+/// After an action: back to `to`, saying what was done.
+fn done(to: &str, what: Done) -> Response {
     let join = if to.contains('?') { '&' } else { '?' };
-    Redirect::to(&format!("{to}{join}done={}", q(what))).into_response()
+    Redirect::to(&format!("{to}{join}done={}", what.code())).into_response()
 }
 
 #[derive(Deserialize)]
@@ -102,7 +160,8 @@ pub struct ActionForm {
 impl ActionForm {
     /// `back` when it is a dashboard page of this server (never another site), else `default`.
     fn back_or(&self, default: String) -> String {
-        let local = self.back.starts_with("/dashboard/") && !self.back.contains("//") && !self.back.contains('\\');
+        let safe = |c: char| c.is_ascii_alphanumeric() || "/-_.~%".contains(c);
+        let local = self.back.starts_with("/dashboard/") && !self.back.contains("//") && self.back.chars().all(safe);
         if local {
             self.back.clone()
         } else {
@@ -269,7 +328,7 @@ async fn app_page(dash: &super::Dash, visitor: &Visitor, key: &str, query: &Page
     let endpoints = api.get(&format!("/api/v1/app/{}/endpoint?limit=250", segment(id))).await?;
     let series = api.get(&format!("/api/v1/stats/app/{}/attempt?{}", segment(id), series_query(dash, range))).await?;
     let body = html! {
-        (render::notice(query.done.as_deref()))
+        (render::notice(Done::line(query.done.as_deref())))
         h1 { (text(&app, "name")) }
         p { code { (id) } @if !text(&app, "uid").is_empty() { " · uid " code { (text(&app, "uid")) } } }
         p.actions {
@@ -367,7 +426,7 @@ async fn endpoint_page(
     let base = format!("{}/endpoint/{ep_seg}", app_base(app_key));
     let disabled = e["disabled"].as_bool() == Some(true);
     let body = html! {
-        (render::notice(query.done.as_deref()))
+        (render::notice(Done::line(query.done.as_deref())))
         p { a href=(app_base(app_key)) { "← Application" } }
         h1.wrap { (text(&e, "url")) }
         p #health data-live { (health_badge(&e)) " " @if disabled { span.badge.muted { "disabled" } } }
@@ -403,7 +462,7 @@ async fn endpoint_page(
             dt { "Description" } dd { (text(&e, "description")) }
             dt { "Event types" } dd { (event_types(&e)) }
             dt { "Rate limit" } dd { @match e["rateLimit"].as_u64() { Some(n) => { (n) " per second" } None => { "none" } } }
-            dt { "Ordered delivery" } dd { @if e["fifo"].as_bool() == Some(true) { "yes" } @else { "no" } }
+            dt { "Ordered delivery" } dd { @if e["ordering"] == "fifo" { "every message in publish order (fifo)" } @else { "by orderingKey only" } }
             dt { "Created" } dd { (when(text(&e, "createdAt"))) }
         }
         h2 { "Recent attempts" }
@@ -455,16 +514,16 @@ pub async fn endpoint_action(
     let path = format!("/api/v1/app/{}/endpoint/{}", segment(&app_key), segment(&endpoint_key));
     let back = format!("{}/endpoint/{}", app_base(&app_key), segment(&endpoint_key));
     let result = match act.as_str() {
-        "enable" => api.patch(&path, json!({"disabled": false})).await.map(|_| done(&back, "Enabled.")),
-        "disable" => api.patch(&path, json!({"disabled": true})).await.map(|_| done(&back, "Disabled.")),
+        "enable" => api.patch(&path, json!({"disabled": false})).await.map(|_| done(&back, Done::Enabled)),
+        "disable" => api.patch(&path, json!({"disabled": true})).await.map(|_| done(&back, Done::Disabled)),
         "rotate" => api
             .post(&format!("{path}/secret/rotate"), None)
             .await
-            .map(|_| done(&format!("{back}?reveal=1"), "Secret rotated; the previous one works for 24 hours.")),
+            .map(|_| done(&format!("{back}?reveal=1"), Done::Rotated)),
         "test" => api
             .post(&format!("{path}/send-example"), Some(json!({ "eventType": form.event_type })))
             .await
-            .map(|_| done(&back, "Test message sent to this endpoint; its attempt appears below.")),
+            .map(|_| done(&back, Done::Tested)),
         "recover" => {
             // `datetime-local` sends minutes without a zone; the form says UTC.
             let since = match form.since.len() {
@@ -473,7 +532,7 @@ pub async fn endpoint_action(
             };
             api.post(&format!("{path}/recover"), Some(json!({ "since": since })))
                 .await
-                .map(|_| done(&back, "Recovery started: failed and skipped deliveries are due again."))
+                .map(|_| done(&back, Done::Recovered))
         }
         _ => return render::not_found(),
     };
@@ -637,7 +696,7 @@ async fn message_page(
     let base = app_base(app_key);
     let resend = format!("{base}/msg/{}/resend", segment(id));
     let body = html! {
-        (render::notice(query.done.as_deref()))
+        (render::notice(Done::line(query.done.as_deref())))
         p { a href={ (base) "/msg" } { "← Messages" } }
         h1.wrap { (text(&m, "eventType")) }
         dl.settings {
@@ -760,11 +819,7 @@ pub async fn resend(
             return failure.into_response();
         }
     }
-    let what = match endpoints.len() {
-        1 => "Resent; the new attempt appears below.".to_owned(),
-        n => format!("Resent to {n} endpoints."),
-    };
-    done(&back, &what)
+    done(&back, if form.endpoint == "all" { Done::ResentAll } else { Done::Resent })
 }
 
 pub async fn sources(dash: DashState, visitor: Visitor) -> Response {
@@ -812,7 +867,7 @@ async fn source_page(dash: &super::Dash, visitor: &Visitor, key: &str, query: &P
     let rejections = api.get(&format!("/api/v1/source/{seg}/rejection")).await?;
     let base = format!("/dashboard/source/{seg}");
     let body = html! {
-        (render::notice(query.done.as_deref()))
+        (render::notice(Done::line(query.done.as_deref())))
         p { a href="/dashboard/source" { "← Inbound" } }
         h1 { (text(&s, "name")) }
         dl.settings {
@@ -842,7 +897,7 @@ async fn source_page(dash: &super::Dash, visitor: &Visitor, key: &str, query: &P
             table {
                 thead { tr { th { "Time" } th { "Reason" } th { "Detail" } th.hide-small { "Bytes" } } }
                 tbody {
-                    @for r in items(&rejections) {
+                    @for r in rejections.as_array().map(Vec::as_slice).unwrap_or_default() {
                         tr {
                             td { (when(text(r, "timestamp"))) }
                             td { code { (text(r, "code")) } }
@@ -852,7 +907,7 @@ async fn source_page(dash: &super::Dash, visitor: &Visitor, key: &str, query: &P
                     }
                 }
             }
-            @if items(&rejections).is_empty() { p { "No refused requests." } }
+            @if rejections.as_array().is_none_or(Vec::is_empty) { p { "No refused requests." } }
         }
     };
     Ok(page(dash, text(&s, "name"), visitor, body))
@@ -869,9 +924,7 @@ pub async fn replay(
     }
     let (src, msg) = (segment(&source_key), segment(&msg_key));
     match visitor.api(&dash).post(&format!("/api/v1/source/{src}/event/{msg}/replay"), None).await {
-        Ok(out) => {
-            done(&format!("/dashboard/source/{src}"), &format!("Replayed to {} endpoints.", number(&out, "replayed")))
-        }
+        Ok(_) => done(&format!("/dashboard/source/{src}"), Done::Replayed),
         Err(failure) => failure.into_response(),
     }
 }
@@ -889,13 +942,13 @@ async fn operational_page(dash: &super::Dash, visitor: &Visitor) -> Result<Respo
             code { "/api/v1/operational-webhook/endpoint" } ")." }
         div.scroll {
             table {
-                thead { tr { th { "URL" } th { "Event types" } th { "Health" } th.hide-small { "Description" } } }
+                thead { tr { th { "URL" } th { "Event types" } th { "State" } th.hide-small { "Description" } } }
                 tbody {
                     @for e in items(&list) {
                         tr {
                             td.wrap { (text(e, "url")) }
                             td { (event_types(e)) }
-                            td { (health_badge(e)) }
+                            td { @if e["disabled"] == true { span.badge.muted { "disabled" } } @else { span.badge.ok { "enabled" } } }
                             td.hide-small { (text(e, "description")) }
                         }
                     }

@@ -112,6 +112,14 @@ impl FromRequestParts<Arc<Dash>> for Visitor {
                 }
             }
         };
+        // A merchant's page costs one request of its token's budget, however many API
+        // calls make it.
+        if let Principal::App { token_id, .. } = &principal {
+            if crate::api::take_from_budget(&dash.state, token_id).is_err() {
+                let detail = "Too many requests for this token just now; wait a moment and reload.";
+                return Err(render::refused(StatusCode::TOO_MANY_REQUESTS, detail));
+            }
+        }
         Ok(Visitor { principal, csrf: csrf_of(secret), session_id })
     }
 }

@@ -23,17 +23,21 @@ impl Engine {
                 let (types, channels) = (e.event_types.as_deref(), e.channels.as_deref());
                 endpoint_accepts(types, channels, &message.event_type, message.channels.as_deref())
             })
-            .map(|e| {
-                let delivery =
-                    Delivery::pending(crate::new_id(prefix::DELIVERY, now), message, Some(e.id.clone()), due_at, now);
-                let delivery = Delivery { order_key: e.lane_for(message), ..delivery };
-                match (e.disabled, &delivery.order_key) {
-                    (true, _) => Delivery { state: DeliveryState::Skipped, next_at: None, ..delivery },
-                    (false, Some(_)) => Delivery { state: DeliveryState::Waiting, next_at: None, ..delivery },
-                    (false, None) => delivery,
-                }
-            })
+            .map(|e| self.delivery_to(e, message, due_at, now))
             .collect()
+    }
+
+    /// The delivery of `message` to `endpoint`: pending at `due_at`, skipped if the endpoint
+    /// is disabled, waiting if it goes in an ordering lane.
+    pub fn delivery_to(&self, endpoint: &Endpoint, message: &Message, due_at: UnixMs, now: UnixMs) -> Delivery {
+        let delivery =
+            Delivery::pending(crate::new_id(prefix::DELIVERY, now), message, Some(endpoint.id.clone()), due_at, now);
+        let delivery = Delivery { order_key: endpoint.lane_for(message), ..delivery };
+        match (endpoint.disabled, &delivery.order_key) {
+            (true, _) => Delivery { state: DeliveryState::Skipped, next_at: None, ..delivery },
+            (false, Some(_)) => Delivery { state: DeliveryState::Waiting, next_at: None, ..delivery },
+            (false, None) => delivery,
+        }
     }
 
     /// Commits a message with its deliveries (and its idempotent answer or inbound dedupe

@@ -120,6 +120,17 @@ async fn a_portal_link_signs_in_once_to_one_application_before_it_expires() {
     assert_eq!(use_link(&gw, code).await.status(), 410);
     assert_eq!(use_link(&gw, "made-up").await.status(), 410);
 
+    // An answer holding a secret (a link, a token, a rotated signing secret) is never kept for
+    // an Idempotency-Key replay: the same key runs the request again.
+    for path in ["/api/v1/auth/app-portal-access/shop".to_owned(), format!("/api/v1/app/{shop}/token")] {
+        let keyed =
+            || gw.http.post(format!("{}{path}", gw.url)).bearer_auth(TOKEN).header("idempotency-key", "k-1").send();
+        let (first, second) = (keyed().await.unwrap(), keyed().await.unwrap());
+        assert!(first.status().is_success() && second.status().is_success(), "{path}");
+        assert!(second.headers().get("idempotent-replayed").is_none(), "{path}");
+        assert_ne!(first.text().await.unwrap(), second.text().await.unwrap(), "{path}: a new secret each time");
+    }
+
     // A link not used within `dashboard.link_ttl_ms` (10 minutes) signs no one in.
     let late = gw.ok("POST", "/api/v1/auth/app-portal-access/shop", None).await;
     gw.advance(10 * MINUTE);
@@ -161,7 +172,7 @@ async fn a_test_message_goes_to_one_endpoint_only() {
     let shop = gw.app("shop").await;
     let filtered = json!({"url": one_rx.url, "filterTypes": ["charge.refunded"]});
     let one = gw.endpoint(&shop, filtered).await["id"].as_str().unwrap().to_owned();
-    gw.endpoint(&shop, json!({"url": other_rx.url})).await;
+    let other = gw.endpoint(&shop, json!({"url": other_rx.url})).await["id"].as_str().unwrap().to_owned();
     let path = format!("/api/v1/app/{shop}/endpoint/{one}/send-example");
     let (status, message) = gw.call("POST", &path, Some(json!({"eventType": "hookline.test"}))).await;
     assert_eq!(status, 202, "{message}");
@@ -171,6 +182,8 @@ async fn a_test_message_goes_to_one_endpoint_only() {
     let payload: Value = serde_json::from_slice(&received.body).unwrap();
     assert_eq!((payload["type"].as_str(), payload["test"].as_bool()), (Some("hookline.test"), Some(true)));
     assert_eq!(received.header("webhook-id"), message["id"].as_str().unwrap());
+    let sent_to_other = gw.ok("GET", &format!("/api/v1/app/{shop}/endpoint/{other}/msg"), None).await;
+    assert_eq!(sent_to_other["data"], json!([]), "only the chosen endpoint has a delivery");
     assert!(!other_rx.gets_within(300).await, "only the chosen endpoint");
 
     let (status, error) = gw.call("POST", &path, Some(json!({"eventType": ""}))).await;
