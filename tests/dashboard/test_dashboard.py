@@ -364,9 +364,11 @@ def test_pages_fit_a_phone(world):
 
 def test_inbound_pages_show_refused_requests_and_their_reasons(world):
     api, shop = world["api"], world["shop"]
+    # Named uniquely: on PostgreSQL the other Python tests' sources share the database.
+    name = f"Stripe live {secrets.token_hex(4)}"
     source = api.post(
         "/api/v1/source",
-        json={"name": "Stripe live", "preset": "stripe", "secrets": ["whsec_dashboardtest"], "appId": shop["id"]},
+        json={"name": name, "preset": "stripe", "secrets": ["whsec_dashboardtest"], "appId": shop["id"]},
     ).json()
     forged = httpx.post(
         f"{world['url']}/in/{source['id']}",
@@ -380,7 +382,7 @@ def test_inbound_pages_show_refused_requests_and_their_reasons(world):
     expect(rejections).to_have_count(1)
     expect(rejections.first).to_contain_text(forged.json()["code"])
     page.goto(f"{world['url']}/dashboard")
-    row = page.locator("#inbound tr", has_text="Stripe live")
+    row = page.locator("#inbound tr", has_text=name)
     expect(row.locator("td").nth(2)).to_have_text("1")
     # A notice is one of the dashboard's own lines, never text from the link.
     page.goto(f"{world['url']}/dashboard/app/{shop['id']}?done=Your+account+is+locked")
