@@ -163,6 +163,10 @@ def test_operator_sees_real_figures_and_resends_a_failing_endpoint(world):
     page.locator(f"#failing a[href$='/endpoint/{world['flaky']['id']}']").click()
     expect(page.locator("#health [data-health=failing]")).to_be_visible()
     expect(page.locator("#attempt-strip rect.fail").first).to_be_attached()
+    # Latency too: the 500s were answered, so the series has a p99.
+    latency = page.locator("#chart-latency")
+    assert int(latency.get_attribute("data-p99-max")) > 0
+    expect(latency.locator("circle.p99").first).to_be_attached()
     failures = page.locator("#attempts tr[data-attempt]").count()
     assert failures >= 4
     expect(page.locator("#attempts .badge.ok")).to_have_count(0)

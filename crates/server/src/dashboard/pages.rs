@@ -455,6 +455,7 @@ async fn endpoint_page(
         }
         (range_links(&base, range))
         (render::attempts_chart("chart-attempts", &series, range.label))
+        (render::latency_chart("chart-latency", &series, range.label))
         (render::attempt_strip(items(&attempts)))
         h2 { "Settings" }
         dl.settings {

@@ -240,6 +240,64 @@ pub fn attempts_chart(id: &str, series: &Value, period_label: &str) -> Markup {
     }
 }
 
+/// The latency of a series' attempts per period: p99 as a solid line, p50 dashed (so the
+/// two read apart without colour), in milliseconds as the histogram bound each falls under;
+/// a period without attempts leaves a gap.
+pub fn latency_chart(id: &str, series: &Value, period_label: &str) -> Markup {
+    let column = |key: &str| -> Vec<Option<u64>> {
+        series["data"][key].as_array().map(|a| a.iter().map(Value::as_u64).collect()).unwrap_or_default()
+    };
+    let (p50, p99) = (column("latencyP50Ms"), column("latencyP99Ms"));
+    let (width, height, left, bottom) = (720.0_f64, 120.0_f64, 44.0_f64, 6.0_f64);
+    let count = p99.len().max(1);
+    let slot = (width - left) / count as f64;
+    let peak = p99.iter().chain(&p50).flatten().copied().max().unwrap_or(0);
+    let scale = (height - bottom - 8.0) / peak.max(1) as f64;
+    // Runs of consecutive points with a value, as polyline point lists.
+    let runs = |values: &[Option<u64>]| -> Vec<String> {
+        let mut runs: Vec<String> = Vec::new();
+        let mut current = Vec::new();
+        for (i, v) in values.iter().enumerate() {
+            match v {
+                Some(v) => {
+                    let (x, y) = (left + (i as f64 + 0.5) * slot, height - bottom - *v as f64 * scale);
+                    current.push(format!("{x:.1},{y:.1}"));
+                }
+                None if !current.is_empty() => runs.push(std::mem::take(&mut current).join(" ")),
+                None => {}
+            }
+        }
+        if !current.is_empty() {
+            runs.push(current.join(" "));
+        }
+        runs
+    };
+    let worst = p99.iter().flatten().max();
+    html! {
+        figure.chart #(id) data-live data-p99-max=[worst] {
+            svg viewBox={ "0 0 " (width) " " (height) } role="img" aria-label={ "Latency " (period_label) ": p99 up to " (worst.map_or("–".to_owned(), |w| format!("{w} ms"))) } {
+                line.axis x1=(left) y1=(height - bottom) x2=(width) y2=(height - bottom) {}
+                text.tick x="0" y="14" { (peak) " ms" }
+                @for points in runs(&p99) { polyline.p99 points=(points) {} }
+                @for points in runs(&p50) { polyline.p50 points=(points) {} }
+                // A mark on every point, so a lone minute with attempts shows too.
+                @for (i, v) in p99.iter().enumerate() {
+                    @if let Some(v) = v {
+                        circle.p99 cx=(format!("{:.1}", left + (i as f64 + 0.5) * slot)) cy=(format!("{:.1}", height - bottom - *v as f64 * scale)) r="3" {
+                            title { "p99 " (v) " ms, p50 " (p50.get(i).copied().flatten().unwrap_or(0)) " ms" }
+                        }
+                    }
+                }
+            }
+            figcaption {
+                span.key.p99 { "━ p99" } " " span.key.p50 { "┅ p50" }
+                " · latency in ms (the histogram bound each falls under) · " (period_label)
+                @if let Some(worst) = worst { " · worst p99 " strong { (worst) " ms" } }
+            }
+        }
+    }
+}
+
 /// The last attempts as a strip, oldest on the left: a tall cell for a success, a short
 /// one for a failure (so it reads without colour), each with its time and answer.
 pub fn attempt_strip(attempts: &[Value]) -> Markup {
