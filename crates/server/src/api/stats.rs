@@ -219,8 +219,6 @@ async fn app_attempts(
     QueryParams(query): QueryParams<StatsQuery>,
 ) -> ApiResult<Json<AttemptSeriesOut>> {
     let app = find_app(&state, &app_key).await?;
-    let (period, period_ms, start, count) = buckets(&state, &query)?;
-    let end = start + period_ms * count as i64;
     let endpoint = match &query.endpoint_id {
         Some(key) => Some(find_endpoint(&state, &app, key).await?),
         None => None,
@@ -229,30 +227,26 @@ async fn app_attempts(
         Some(e) => StatScope::One(&e.id),
         None => StatScope::EndpointsOf(&app.id),
     };
-    state.engine.stats.flush(state.store.as_ref()).await;
-    let rows = state.store.stats_of(scope, start, end).await.map_err(ApiError::from_store("application"))?;
-    let points = series(&rows, start, period_ms, count);
-    Ok(Json(AttemptSeriesOut {
-        data: attempts_series(&points),
-        period,
-        start_date: timestamp(start),
-        end_date: timestamp(end),
-    }))
+    attempt_series_of(&state, scope, &query).await.map(Json)
 }
 
 async fn all_attempts(state: Shared, QueryParams(query): QueryParams<StatsQuery>) -> ApiResult<Json<AttemptSeriesOut>> {
-    let (period, period_ms, start, count) = buckets(&state, &query)?;
+    attempt_series_of(&state, StatScope::Endpoints, &query).await.map(Json)
+}
+
+/// The attempts of `scope` per period of the query's series.
+async fn attempt_series_of(state: &AppState, scope: StatScope<'_>, query: &StatsQuery) -> ApiResult<AttemptSeriesOut> {
+    let (period, period_ms, start, count) = buckets(state, query)?;
     let end = start + period_ms * count as i64;
     state.engine.stats.flush(state.store.as_ref()).await;
-    let rows =
-        state.store.stats_of(StatScope::Endpoints, start, end).await.map_err(ApiError::from_store("statistics"))?;
+    let rows = state.store.stats_of(scope, start, end).await.map_err(ApiError::from_store("statistics"))?;
     let points = series(&rows, start, period_ms, count);
-    Ok(Json(AttemptSeriesOut {
+    Ok(AttemptSeriesOut {
         data: attempts_series(&points),
         period,
         start_date: timestamp(start),
         end_date: timestamp(end),
-    }))
+    })
 }
 
 async fn queue(state: Shared) -> ApiResult<Json<QueueStatsOut>> {

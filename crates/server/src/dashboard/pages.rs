@@ -525,16 +525,10 @@ pub async fn endpoint_action(
             .post(&format!("{path}/send-example"), Some(json!({ "eventType": form.event_type })))
             .await
             .map(|_| done(&back, Done::Tested)),
-        "recover" => {
-            // `datetime-local` sends minutes without a zone; the form says UTC.
-            let since = match form.since.len() {
-                16 => format!("{}:00Z", form.since),
-                _ => form.since.clone(),
-            };
-            api.post(&format!("{path}/recover"), Some(json!({ "since": since })))
-                .await
-                .map(|_| done(&back, Done::Recovered))
-        }
+        "recover" => api
+            .post(&format!("{path}/recover"), Some(json!({ "since": utc(&form.since) })))
+            .await
+            .map(|_| done(&back, Done::Recovered)),
         _ => return render::not_found(),
     };
     show(result)
@@ -553,7 +547,7 @@ fn filled(value: &Option<String>) -> Option<&str> {
     value.as_deref().map(str::trim).filter(|v| !v.is_empty())
 }
 
-/// A `datetime-local` value (UTC) as RFC 3339.
+/// A `datetime-local` value (minutes, no zone; the forms say UTC) as RFC 3339.
 fn utc(value: &str) -> String {
     if value.len() == 16 {
         format!("{value}:00Z")
