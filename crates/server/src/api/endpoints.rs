@@ -336,6 +336,8 @@ pub async fn upsert(
 ) -> ApiResult<(StatusCode, Endpoint)> {
     let mut e = match find_in(state, app, key).await {
         Err(ApiError::NotFound("endpoint")) if !has_prefix(key, prefix::ENDPOINT) => {
+            // The body's uid is checked even though the path's key takes its place.
+            super::check_uid(&input.uid)?;
             input.uid = Some(key.to_owned());
             return Ok((StatusCode::CREATED, create_endpoint(state, app, input).await?));
         }

@@ -195,6 +195,8 @@ async fn the_api_accepts_exactly_what_its_document_says() {
         ("PUT", "/api/v1/event-type/a.b".to_owned(), json!({"name": "a.b", "description": "d"}), 422),
         ("PUT", "/api/v1/event-type/a.b".to_owned(), json!({"description": "d"}), 201),
         ("PUT", "/api/v1/event-type/a.b".to_owned(), json!({"description": "e"}), 200),
+        // An upsert creating the endpoint under the path's key still checks the body's uid.
+        ("PUT", format!("/api/v1/app/{app}/endpoint/new-one"), json!({"url": "https://a.example", "uid": "×ø"}), 422),
     ];
     for (method, path, body, status) in cases {
         let (got, answer) = gw.call(method, &path, Some(body.clone())).await;
