@@ -102,6 +102,7 @@ pub async fn run_all(store: &dyn Store) {
     retention_deletes_old_messages_in_batches(store).await;
     a_write_failing_halfway_leaves_nothing_and_spares_its_batch(store).await;
     claims_are_leased_fenced_and_taken_over(store).await;
+    a_fan_out_is_read_attempted_and_taken_over_delivery_by_delivery(store).await;
 }
 
 /// Every open delivery claimable now (claims them for `node`).
@@ -904,4 +905,94 @@ async fn ordering_lanes_hold_later_deliveries_back(store: &dyn Store, node: i64)
     assert_eq!([state_of(store, &f1).await, state_of(store, &f2).await], [Pending, Waiting]);
     let fifo_lane = store.ordering_lanes(&fifo.id, Some(""), 10).await.unwrap();
     assert_eq!((fifo_lane[0].key.as_str(), fifo_lane[0].waiting), ("", 1));
+}
+
+/// A publish to many endpoints, claimed by the node that commits it (the SQLite backend
+/// keeps it as one row until its deliveries are attempted or read): each delivery is
+/// attempted, fenced, read, counted, resent, closed with its endpoint, deleted with its
+/// application and taken over when its node dies, exactly as a delivery of its own row.
+async fn a_fan_out_is_read_attempted_and_taken_over_delivery_by_delivery(store: &dyn Store) {
+    use DeliveryState::*;
+    let a = store.create_app(app(90_000, None)).await.unwrap();
+    let mut eps = Vec::new();
+    for _ in 0..6 {
+        eps.push(store.create_endpoint(endpoint(&a.id, 90_000)).await.unwrap());
+    }
+    let all: Vec<&str> = eps.iter().map(|e| e.id.as_str()).collect();
+    let node = store.register_node("fan-out-a", 90_000, 30_000).await.unwrap().token;
+    let open_before = store.count_open_deliveries().await.unwrap();
+    let fan_out = |endpoints: &[&str], at: UnixMs| {
+        let mut p = publish(&a.id, endpoints, None, at);
+        p.claim = Some(node);
+        p
+    };
+    let p = fan_out(&all, 90_001);
+    store.publish(p.clone()).await.unwrap();
+    // `finish` and `state_of` act on a publish's first delivery.
+    let nth = |n: usize| Publish { deliveries: vec![p.deliveries[n].clone()], ..p.clone() };
+    let get = |n: usize| store.get_delivery(&p.message.id, &p.deliveries[n].id);
+
+    // Attempts recorded before anything read the deliveries.
+    assert!(finish(store, node, &nth(0), Delivered, 90_010).await.applied);
+    assert!(finish(store, node, &nth(1), Pending, 90_011).await.applied, "a retry, given back to the store");
+    assert!(!finish(store, node + 1_000, &nth(2), Delivered, 90_012).await.applied, "fenced: not its claim");
+    assert!(!finish(store, node, &nth(1), Delivered, 90_013).await.applied, "given back: not held any more");
+    let d = get(0).await.unwrap();
+    assert_eq!((d.state, d.attempts, d.first_attempt_at), (Delivered, 1, Some(90_010)));
+    let d = get(1).await.unwrap();
+    assert_eq!((d.state, d.attempts, d.next_at), (Pending, 1, Some(91_011)));
+    let d = get(2).await.unwrap();
+    assert_eq!((d.state, d.attempts, d.next_at), (Pending, 0, Some(90_001)), "a fenced write changes nothing");
+    assert_eq!(store.count_open_deliveries().await.unwrap(), open_before + 5);
+    let listed = store.deliveries_of_message(&a.id, &p.message.id, first_page(50)).await.unwrap();
+    let mut listed: Vec<(String, DeliveryState)> =
+        listed.items.into_iter().map(|v| (v.delivery.id, v.delivery.state)).collect();
+    listed.sort_by(|x, y| x.0.cmp(&y.0));
+    let mut expected: Vec<(String, DeliveryState)> = p
+        .deliveries
+        .iter()
+        .enumerate()
+        .map(|(n, d)| (d.id.clone(), if n == 0 { Delivered } else { Pending }))
+        .collect();
+    expected.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(listed, expected, "every delivery listed, in its state");
+
+    // A later fan-out: its endpoint's deletion closes its delivery; a resend restarts one.
+    let q = fan_out(&all, 90_100);
+    store.publish(q.clone()).await.unwrap();
+    store.delete_endpoint(&a.id, &eps[3].id).await.unwrap();
+    let closed = store.get_delivery(&q.message.id, &q.deliveries[3].id).await.unwrap();
+    assert_eq!(closed.state, Canceled, "open deliveries to a deleted endpoint are closed");
+    let r = fan_out(&all, 90_200);
+    store.publish(r.clone()).await.unwrap();
+    let resent = store.resend(&a.id, &r.message.id, &eps[4].id, id(prefix::DELIVERY, 90_300), 90_300, node).await;
+    let resent = resent.unwrap();
+    assert_eq!((resent.id.as_str(), resent.trigger), (r.deliveries[4].id.as_str(), Trigger::Manual));
+
+    // A fan-out nothing has read or attempted yet, when its node dies: another node takes
+    // over every open delivery of the three (its own is held by the dead node too).
+    let s = fan_out(&all, 90_400);
+    store.publish(s.clone()).await.unwrap();
+    let next = store.register_node("fan-out-b", 130_001, 30_000).await.unwrap().token;
+    let mut taken: Vec<String> =
+        claim_all(store, next, 130_001).await.into_iter().filter(|d| d.app_id == a.id).map(|d| d.id).collect();
+    taken.sort();
+    let open_to_a_live_endpoint = |d: &&Delivery| d.endpoint_id.as_deref() != Some(eps[3].id.as_str());
+    let mut expected: Vec<String> = p.deliveries[1..]
+        .iter()
+        .chain(q.deliveries.iter())
+        .filter(open_to_a_live_endpoint)
+        .chain(r.deliveries.iter())
+        .chain(s.deliveries.iter())
+        .map(|d| d.id.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(taken, expected, "every open delivery of the dead node's fan-outs is claimed");
+
+    // An application deleted with a fan-out nothing has touched leaves nothing behind.
+    let t = Publish { claim: Some(next), ..fan_out(&all, 130_100) };
+    store.publish(t.clone()).await.unwrap();
+    store.delete_app(&a.id).await.unwrap();
+    assert_eq!(store.get_delivery(&t.message.id, &t.deliveries[0].id).await, Err(StoreError::NotFound));
+    assert!(!claim_all(store, next, 130_200).await.iter().any(|d| d.app_id == a.id));
 }

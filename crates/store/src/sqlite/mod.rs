@@ -2,6 +2,7 @@
 //! every write it finds waiting into one transaction (group commit), and a small pool of
 //! read connections.
 
+mod fanout;
 mod queue;
 mod resources;
 mod rows;
@@ -156,6 +157,15 @@ impl SqliteStore {
         answer.await.map_err(|_| StoreError::Unavailable("the write was not committed".into()))?
     }
 
+    /// Writes out unwritten fan-outs before a read of deliveries, so the read sees every
+    /// delivery as a row. Costs one lookup when there are none.
+    async fn write_out_fanouts(&self) -> StoreResult<()> {
+        if self.read(fanout::any).await? {
+            self.write(|c| fanout::write_out(c, fanout::Which::All)).await?;
+        }
+        Ok(())
+    }
+
     /// Runs `f` on a read connection on the blocking pool.
     pub(crate) async fn read<T, F>(&self, f: F) -> StoreResult<T>
     where
@@ -260,7 +270,9 @@ fn in_savepoint<T>(conn: &Connection, f: impl Fn(&Connection) -> StoreResult<T>)
 
 fn run_writer(conn: Connection, inbox: &Inbox) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(BATCH_JOBS_MAX);
+    let mut synced = Synced::new(&conn);
     loop {
+        let acknowledged_jobs;
         {
             let mut queues = inbox.queues.lock().expect("writer inbox lock");
             while queues.lanes.iter().all(VecDeque::is_empty) {
@@ -272,13 +284,45 @@ fn run_writer(conn: Connection, inbox: &Inbox) {
             }
             queues.idle = false;
             let [acknowledged, background] = &mut queues.lanes;
-            let take = acknowledged.len().min(BATCH_JOBS_MAX);
-            batch.extend(acknowledged.drain(..take));
+            acknowledged_jobs = acknowledged.len().min(BATCH_JOBS_MAX);
+            batch.extend(acknowledged.drain(..acknowledged_jobs));
             let room = if batch.is_empty() { BATCH_JOBS_MAX } else { BACKGROUND_JOBS_PER_BUSY_BATCH };
             let take = background.len().min(room);
             batch.extend(background.drain(..take));
         }
+        if let Err(e) = synced.set(&conn, acknowledged_jobs > 0) {
+            tracing::error!(error = %e, "could not set the writer's synchronous mode");
+            for job in batch.drain(..) {
+                job.finish(Some(&e));
+            }
+            continue;
+        }
         commit_batch(&conn, &mut batch);
+    }
+}
+
+/// Whether commits wait for the WAL to reach the disk (`synchronous = FULL`). A batch
+/// holding an acknowledged write does; a batch of background writes only (attempt records,
+/// claims, leases, statistics, retention) does not: its frames reach the disk with the next
+/// synced commit or checkpoint, since the WAL is synced as a whole, in order. A power loss
+/// in between loses at most those background writes, which costs a delivery sent again,
+/// never an acknowledged message. A process crash loses nothing: the frames are written.
+struct Synced(bool);
+
+impl Synced {
+    fn new(conn: &Connection) -> Synced {
+        let full: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap_or(0);
+        Synced(full == 2)
+    }
+
+    /// Sets the mode for the next batch; the batch must not run if this fails.
+    fn set(&mut self, conn: &Connection, full: bool) -> StoreResult<()> {
+        if self.0 != full {
+            let pragma = if full { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
+            conn.execute_batch(pragma).map_err(sql_error)?;
+            self.0 = full;
+        }
+        Ok(())
     }
 }
 
@@ -460,6 +504,7 @@ impl Store for SqliteStore {
         self.write_in(Lane::Background, move |c| queue::lead(c, token, now, lease_ms)).await
     }
     async fn count_open_deliveries(&self) -> StoreResult<u64> {
+        self.write_out_fanouts().await?;
         self.read(queue::count_open_deliveries).await
     }
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
@@ -467,7 +512,15 @@ impl Store for SqliteStore {
     }
     async fn get_delivery(&self, msg_id: &str, id: &str) -> StoreResult<Delivery> {
         let (msg_id, id) = (msg_id.to_owned(), id.to_owned());
-        self.read(move |c| queue::get_delivery(c, &msg_id, &id)).await
+        let (m, i) = (msg_id.clone(), id.clone());
+        match self.read(move |c| queue::get_delivery(c, &m, &i)).await {
+            // It may be one of a fan-out not yet written out.
+            Err(StoreError::NotFound) => {
+                self.write_out_fanouts().await?;
+                self.read(move |c| queue::get_delivery(c, &msg_id, &id)).await
+            }
+            found => found,
+        }
     }
     async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<Recorded> {
         self.write_in(Lane::Background, move |c| queue::record_attempt(c, &record)).await
@@ -513,6 +566,7 @@ impl Store for SqliteStore {
     }
     async fn deliveries_of_message(&self, app_id: &str, msg_id: &str, page: Page) -> StoreResult<Listed<DeliveryView>> {
         let (app_id, msg_id) = (app_id.to_owned(), msg_id.to_owned());
+        self.write_out_fanouts().await?;
         let listed = self.read(move |c| queue::deliveries_of_message(c, &app_id, &msg_id, &page)).await?;
         self.sealer.open_views(listed)
     }
@@ -524,6 +578,7 @@ impl Store for SqliteStore {
         page: Page,
     ) -> StoreResult<Listed<DeliveryView>> {
         let (app_id, endpoint_id) = (app_id.to_owned(), endpoint_id.to_owned());
+        self.write_out_fanouts().await?;
         self.read(move |c| queue::deliveries_of_endpoint(c, &app_id, &endpoint_id, &filter, &page)).await
     }
     async fn list_attempts(
@@ -618,6 +673,7 @@ impl Store for SqliteStore {
         until: UnixMs,
     ) -> StoreResult<Vec<(hookline_core::delivery::DeliveryState, u64)>> {
         let endpoint_id = endpoint_id.to_owned();
+        self.write_out_fanouts().await?;
         self.read(move |c| stats::delivery_counts(c, &endpoint_id, since, until)).await
     }
 
@@ -666,5 +722,29 @@ impl Store for SqliteStore {
             c.execute("DELETE FROM dashboard_sessions WHERE expires_at <= ?1", [now]).map_err(sql_error)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn synchronous(c: &Connection) -> StoreResult<i64> {
+        c.query_row("PRAGMA synchronous", [], |r| r.get(0)).map_err(sql_error)
+    }
+
+    /// An acknowledged write commits with the WAL synced (FULL, 2), alone or beside
+    /// background writes; background writes alone commit without waiting (NORMAL, 1).
+    #[tokio::test]
+    async fn only_acknowledged_writes_wait_for_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), &[7; KEY_BYTES]).unwrap();
+        assert_eq!(store.write_in(Lane::Background, synchronous).await.unwrap(), 1);
+        assert_eq!(store.write(synchronous).await.unwrap(), 2);
+        assert_eq!(store.write_in(Lane::Background, synchronous).await.unwrap(), 1);
+        let (acknowledged, background) =
+            tokio::join!(store.write(synchronous), store.write_in(Lane::Background, synchronous));
+        assert_eq!(acknowledged.unwrap(), 2);
+        assert!(matches!(background.unwrap(), 1 | 2), "in the acknowledged write's batch, or in one after it");
     }
 }

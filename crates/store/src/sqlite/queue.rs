@@ -1,5 +1,6 @@
 //! Messages, their deliveries and the attempt log: the durable queue.
 
+use super::fanout;
 use super::resources::get_endpoint;
 use super::rows;
 use super::sql_error;
@@ -9,7 +10,7 @@ use hookline_core::delivery::DeliveryState;
 use hookline_core::UnixMs;
 use rusqlite::{params, Connection, OptionalExtension};
 
-const INSERT_DELIVERY: &str = "INSERT INTO deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, \
+const DELIVERY_VALUES: &str = "deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, \
      first_attempt_at, trigger, updated_at, claimed_by, order_key, order_seq) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
@@ -22,14 +23,16 @@ fn next_order_seq(conn: &Connection) -> StoreResult<i64> {
 }
 
 /// Inserts a delivery; an ordered one gets the next place in its lane and is never claimed
-/// at commit (it waits, and `promote_lanes` makes the head of each lane due).
-fn insert_delivery(conn: &Connection, d: &Delivery, claim: Option<i64>) -> StoreResult<()> {
+/// at commit (it waits, and `promote_lanes` makes the head of each lane due). With
+/// `if_absent`, a delivery that has a row already is left as it is.
+pub(super) fn insert_delivery(conn: &Connection, d: &Delivery, claim: Option<i64>, if_absent: bool) -> StoreResult<()> {
     let order_seq = match &d.order_key {
         Some(_) => Some(next_order_seq(conn)?),
         None => None,
     };
     let claim = if d.order_key.is_some() { None } else { claim };
-    conn.prepare_cached(INSERT_DELIVERY)
+    let verb = if if_absent { "INSERT OR IGNORE INTO" } else { "INSERT INTO" };
+    conn.prepare_cached(&format!("{verb} {DELIVERY_VALUES}"))
         .and_then(|mut s| {
             s.execute(params![
                 d.id,
@@ -102,8 +105,10 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
             ])
         })
         .map_err(sql_error)?;
-    for d in &publish.deliveries {
-        insert_delivery(conn, d, publish.claim)?;
+    if !fanout::insert(conn, publish)? {
+        for d in &publish.deliveries {
+            insert_delivery(conn, d, publish.claim, false)?;
+        }
     }
     // Each lane this publish added to gets a due head, if it had no open delivery.
     for d in &publish.deliveries {
@@ -174,6 +179,8 @@ pub fn retire_node(conn: &Connection, token: i64) -> StoreResult<()> {
 }
 
 pub fn claim_due(conn: &Connection, token: i64, horizon: i64, now: i64, limit: usize) -> StoreResult<Vec<Delivery>> {
+    // A dead node's fan-outs become rows here, so they are claimed below like any other.
+    fanout::write_out(conn, fanout::Which::Stale { before: now - fanout::WRITE_OUT_AFTER_MS, now })?;
     let sql = format!(
         "UPDATE deliveries SET claimed_by = ?1 WHERE (msg_id, id) IN ( \
              SELECT msg_id, id FROM deliveries WHERE state IN (1, 3) AND next_at <= ?2 \
@@ -223,6 +230,7 @@ pub fn purge_messages(conn: &Connection, created_before: i64, now: i64, limit: u
         for sql in [
             "DELETE FROM attempts WHERE msg_id = ?1",
             "DELETE FROM deliveries WHERE msg_id = ?1",
+            "DELETE FROM fanouts WHERE msg_id = ?1",
             "DELETE FROM messages WHERE id = ?1",
         ] {
             conn.prepare_cached(sql).and_then(|mut s| s.execute([id])).map_err(sql_error)?;
@@ -282,6 +290,7 @@ pub fn record_attempt(conn: &Connection, record: &AttemptRecord) -> StoreResult<
         })
         .map_err(sql_error)?
         == 1;
+    let applied = applied || fanout::record_unwritten(conn, record)?;
     let disabled = match &a.endpoint_id {
         Some(endpoint_id) if applied && record.state != DeliveryState::Skipped => {
             endpoint_health(conn, endpoint_id, record)?
@@ -340,6 +349,7 @@ pub fn resend(
 ) -> StoreResult<Delivery> {
     let message = get_message(conn, app_id, msg_id)?;
     let endpoint = get_endpoint(conn, app_id, endpoint_id)?;
+    fanout::write_out(conn, fanout::Which::Message(&message.id))?;
     let sql = format!(
         "UPDATE deliveries SET {RESTART} WHERE msg_id = ?3 AND endpoint_id = ?4 RETURNING {}",
         rows::DELIVERY_COLUMNS
@@ -352,7 +362,7 @@ pub fn resend(
         Some(delivery) => delivery,
         None => {
             let delivery = Delivery::resent(new_id.to_owned(), &message, &endpoint, now);
-            insert_delivery(conn, &delivery, Some(claim))?;
+            insert_delivery(conn, &delivery, Some(claim), false)?;
             delivery
         }
     };

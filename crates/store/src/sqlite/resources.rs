@@ -72,7 +72,7 @@ pub fn update_app(conn: &Connection, app: &App) -> StoreResult<()> {
 
 pub fn delete_app(conn: &Connection, id: &str) -> StoreResult<()> {
     changed(conn.execute("DELETE FROM apps WHERE id = ?1", [id]).map_err(sql_error)?)?;
-    for table in ["endpoints", "messages", "deliveries", "attempts", "sources", "tokens", "stats"] {
+    for table in ["endpoints", "messages", "deliveries", "fanouts", "attempts", "sources", "tokens", "stats"] {
         conn.execute(&format!("DELETE FROM {table} WHERE app_id = ?1"), [id]).map_err(sql_error)?;
     }
     Ok(())
@@ -253,6 +253,7 @@ pub fn take_link(conn: &Connection, id: &[u8; 32], now: UnixMs) -> StoreResult<O
 pub fn delete_endpoint(conn: &Connection, app_id: &str, id: &str) -> StoreResult<()> {
     changed(conn.execute("DELETE FROM endpoints WHERE app_id = ?1 AND id = ?2", [app_id, id]).map_err(sql_error)?)?;
     // Open deliveries to a deleted endpoint can never be made: close them.
+    super::fanout::write_out(conn, super::fanout::Which::All)?;
     conn.execute(
         "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL WHERE endpoint_id = ?1 AND state IN (1, 3)",
         [id],

@@ -260,6 +260,22 @@ CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions (expires_at);
 -- Failing endpoints across applications, longest failing first.
 CREATE INDEX endpoints_failing ON endpoints (fail_since) WHERE fail_since IS NOT NULL;
 "#,
+    r#"
+-- Fan-outs kept as one row until their deliveries are attempted (see sqlite/fanout.rs):
+-- the deliveries' common columns, and a `<id>\t<endpoint id>\n` line per delivery.
+CREATE TABLE fanouts (
+    msg_id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_at INTEGER,
+    first_attempt_at INTEGER,
+    trigger INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    claimed_by INTEGER,
+    entries TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
