@@ -171,8 +171,26 @@ fn init_logging(config: &Config) {
 fn serve(config: Config, raised: std::io::Result<u64>) -> ExitCode {
     init_logging(&config);
     report_file_limit(&config, raised);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime starts");
-    runtime.block_on(async move {
+    // Deliveries run on threads of their own, so the API's threads are free to answer at
+    // once however many deliveries are being sent.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (api_threads, delivery_threads) = config.threads(cores);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(api_threads)
+        .thread_name("hookline-api")
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    let deliveries = (delivery_threads > 0).then(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(delivery_threads)
+            .thread_name("hookline-deliver")
+            .enable_all()
+            .build()
+            .expect("delivery runtime starts")
+    });
+    let delivery_runtime = deliveries.as_ref().map(|r| r.handle().clone());
+    let code = runtime.block_on(async move {
         let store = match open_store(&config).await {
             Ok(store) => store,
             Err((code, message)) => {
@@ -216,7 +234,7 @@ fn serve(config: Config, raised: std::io::Result<u64>) -> ExitCode {
             clock,
             listener,
             shutdown_signal(),
-            hookline_server::RunOptions::default(),
+            hookline_server::RunOptions { delivery_runtime, ..Default::default() },
         )
         .await;
         match result {
@@ -226,7 +244,12 @@ fn serve(config: Config, raised: std::io::Result<u64>) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // The engine has stopped; what is left on its runtime (idle loops) is dropped.
+    if let Some(deliveries) = deliveries {
+        deliveries.shutdown_timeout(std::time::Duration::from_secs(1));
+    }
+    code
 }
 
 /// Opens the configured store: PostgreSQL when `database.url` is set, else SQLite in the

@@ -196,6 +196,9 @@ pub struct ServerConfig {
     pub header_bytes_max: usize,
     /// How long a client may take to send its request head (slowloris defence).
     pub header_read_timeout_ms: u64,
+    /// Threads that serve the API, inbound sources and queue consumers. Unset: half the
+    /// cores, at least one.
+    pub threads: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -208,6 +211,7 @@ impl Default for ServerConfig {
             headers_max: 64,
             header_bytes_max: 16_384,
             header_read_timeout_ms: 10_000,
+            threads: None,
         }
     }
 }
@@ -275,6 +279,10 @@ pub struct DeliveryConfig {
     /// (URLs never carry credentials: tenants see their endpoints' URLs). The value is
     /// `user:password` (RabbitMQ, NATS, Redis ACL users) or `:password` (Redis `requirepass`).
     pub broker_credentials: std::collections::BTreeMap<String, String>,
+    /// Threads that send deliveries, apart from the API's, so the API answers at once
+    /// however much is being delivered. Unset: one per core. 0: deliveries share the API's
+    /// threads.
+    pub threads: Option<usize>,
 }
 
 impl Default for DeliveryConfig {
@@ -291,6 +299,7 @@ impl Default for DeliveryConfig {
             unreachable_pause_ms: 1_000,
             disable_after_ms: 5 * 24 * 3600 * 1000,
             broker_credentials: Default::default(),
+            threads: None,
         }
     }
 }
@@ -431,6 +440,13 @@ impl Default for LogConfig {
 }
 
 impl Config {
+    /// Worker threads for the API and for deliveries (0: deliveries run on the API's), on a
+    /// machine with `cores` cores.
+    pub fn threads(&self, cores: usize) -> (usize, usize) {
+        let api = self.server.threads.unwrap_or(cores / 2).max(1);
+        (api, self.delivery.threads.unwrap_or(cores.max(1)))
+    }
+
     /// Checks what types cannot; the binary exits non-zero with this message.
     pub fn validate(&self) -> Result<(), String> {
         let d = &self.delivery;
@@ -441,6 +457,7 @@ impl Config {
             (d.max_in_flight >= 1, "delivery.max_in_flight must be at least 1"),
             (d.endpoint_max_in_flight >= 1, "delivery.endpoint_max_in_flight must be at least 1"),
             (self.server.max_connections >= 1, "server.max_connections must be at least 1"),
+            (self.server.threads != Some(0), "server.threads must be at least 1"),
             (self.api.json_depth_max >= 2, "api.json_depth_max must be at least 2"),
             (self.network.url_bytes_max >= 64, "network.url_bytes_max must be at least 64"),
             (self.server.headers_max >= 8, "server.headers_max must be at least 8"),
@@ -556,5 +573,23 @@ fn batch(key: &str, value: usize) -> Result<(), String> {
     match (1..=10_000).contains(&value) {
         true => Ok(()),
         false => Err(format!("{key} must be 1 to 10000")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_are_sized_from_the_cores_unless_set() {
+        let mut config = Config::default();
+        assert_eq!(config.threads(1), (1, 1));
+        assert_eq!(config.threads(2), (1, 2));
+        assert_eq!(config.threads(8), (4, 8));
+        config.server.threads = Some(3);
+        config.delivery.threads = Some(0);
+        assert_eq!(config.threads(8), (3, 0), "0: deliveries share the API's threads");
+        config.server.threads = Some(0);
+        assert!(config.validate().unwrap_err().contains("server.threads"));
     }
 }

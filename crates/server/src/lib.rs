@@ -101,6 +101,11 @@ pub async fn ensure_operational_app(store: &dyn Store, clock: &dyn Clock) -> Res
 pub struct RunOptions {
     /// Seeds the retry jitter so schedules are reproducible.
     pub jitter_seed: Option<u64>,
+    /// A runtime for the delivery engine (its scheduler and every delivery), apart from the
+    /// API's, so that however much is being delivered, requests are answered at once.
+    /// `hookline serve` makes one (`delivery.threads`); without it the engine shares the
+    /// caller's runtime.
+    pub delivery_runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Serves the API on `listener` and delivers until `shutdown` resolves; then stops
@@ -126,7 +131,7 @@ pub async fn run(
         header_read_timeout_ms: config.server.header_read_timeout_ms,
         drain_ms: config.delivery.shutdown_grace_ms,
     };
-    let engine = Engine::start(
+    let start = Engine::start(
         store.clone(),
         clock.clone(),
         config.delivery.clone(),
@@ -134,8 +139,15 @@ pub async fn run(
         addresses.clone(),
         options.jitter_seed,
         alerts::Mailer::new(&config.alerts, clock.clone()).map_err(ServerError::Config)?,
-    )
-    .await?;
+    );
+    let engine = match options.delivery_runtime {
+        // Started there, the engine's tasks (its scheduler, every delivery) live there.
+        Some(runtime) => match runtime.spawn(start).await {
+            Ok(started) => started?,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        },
+        None => start.await?,
+    };
     let consumers =
         ingest::queue::Consumers::start(&config, ingest::queue::Ingestor::new(&config, engine.clone(), clock.clone()));
     let state = Arc::new(AppState {

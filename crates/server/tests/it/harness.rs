@@ -71,7 +71,7 @@ pub async fn start_gateway_in(config: Config, dir: Arc<tempfile::TempDir>, clock
     let url = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let clock_dyn: Arc<dyn Clock> = clock.clone();
-    let options = hookline_server::RunOptions { jitter_seed: Some(7) };
+    let options = hookline_server::RunOptions { jitter_seed: Some(7), ..Default::default() };
     let task = tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.await;
