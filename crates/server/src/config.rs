@@ -197,7 +197,7 @@ pub struct ServerConfig {
     /// How long a client may take to send its request head (slowloris defence).
     pub header_read_timeout_ms: u64,
     /// Threads that serve the API, inbound sources and queue consumers. Unset: half the
-    /// cores, at least one.
+    /// cores, at least one (every core when deliveries share them: `delivery.threads = 0`).
     pub threads: Option<usize>,
 }
 
@@ -443,8 +443,9 @@ impl Config {
     /// Worker threads for the API and for deliveries (0: deliveries run on the API's), on a
     /// machine with `cores` cores.
     pub fn threads(&self, cores: usize) -> (usize, usize) {
-        let api = self.server.threads.unwrap_or(cores / 2).max(1);
-        (api, self.delivery.threads.unwrap_or(cores.max(1)))
+        let delivery = self.delivery.threads.unwrap_or(cores.max(1));
+        let api = self.server.threads.unwrap_or(if delivery == 0 { cores } else { cores / 2 });
+        (api.max(1), delivery)
     }
 
     /// Checks what types cannot; the binary exits non-zero with this message.
@@ -586,9 +587,10 @@ mod tests {
         assert_eq!(config.threads(1), (1, 1));
         assert_eq!(config.threads(2), (1, 2));
         assert_eq!(config.threads(8), (4, 8));
-        config.server.threads = Some(3);
         config.delivery.threads = Some(0);
-        assert_eq!(config.threads(8), (3, 0), "0: deliveries share the API's threads");
+        assert_eq!(config.threads(8), (8, 0), "0: deliveries share the API's threads, every core");
+        config.server.threads = Some(3);
+        assert_eq!(config.threads(8), (3, 0));
         config.server.threads = Some(0);
         assert!(config.validate().unwrap_err().contains("server.threads"));
     }
