@@ -585,6 +585,9 @@ async fn hostile_input_on_every_route_gets_a_json_4xx_and_changes_nothing() {
     let app = gw.app("merchant").await;
     let ep = gw.endpoint(&app, json!({"url": "https://a.example/hook"})).await["id"].as_str().unwrap().to_owned();
     let msg = gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
+    // Its first attempt (which fails) marks the endpoint failing; the snapshot comes after
+    // it, and the manual clock holds the retry back, so only hostile input could change it.
+    gw.wait_attempts(&app, &msg, 1).await;
     gw.ok("POST", "/api/v1/event-type", Some(json!({"name": "hostile.test", "description": "x"}))).await;
     let source = gw
         .ok("POST", "/api/v1/source", Some(json!({"name": "s", "preset": "github", "secrets": ["x"], "appId": app})))
