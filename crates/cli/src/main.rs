@@ -245,9 +245,10 @@ fn serve(config: Config, raised: std::io::Result<u64>) -> ExitCode {
             }
         }
     });
-    // The engine has stopped; what is left on its runtime (idle loops) is dropped.
+    // The engine has stopped (its grace is over): whatever is left on its runtime ends now,
+    // as it would with one runtime, and sends nothing more after the node retired.
     if let Some(deliveries) = deliveries {
-        deliveries.shutdown_timeout(std::time::Duration::from_secs(1));
+        deliveries.shutdown_background();
     }
     code
 }

@@ -144,7 +144,8 @@ pub async fn run(
         // Started there, the engine's tasks (its scheduler, every delivery) live there.
         Some(runtime) => match runtime.spawn(start).await {
             Ok(started) => started?,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => return Err(ServerError::Config(format!("the delivery runtime stopped: {e}"))),
         },
         None => start.await?,
     };

@@ -10,8 +10,8 @@
 //! the publish would have written them, and the `fanouts` row deleted. That happens when
 //! it is [`WRITE_OUT_AFTER_MS`] old or its node's lease has ended (before every claim, so
 //! a dead node's deliveries are claimed like any other), before any write that works on
-//! deliveries by message or endpoint, and before reads of deliveries (the store asks
-//! [`any`] first). Everything outside this module sees rows only.
+//! deliveries by message or endpoint (resend, skip, endpoint deletion), and before reads of
+//! deliveries (the store asks [`any`] first). Everything outside this module sees rows only.
 
 use super::queue::insert_delivery;
 use super::rows;

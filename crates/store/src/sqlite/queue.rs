@@ -443,6 +443,7 @@ pub fn promote_lanes(conn: &Connection, lanes: Option<&[(String, String)]>, now:
 /// waiting one becomes `Skipped` and the next in its lane is made due. A delivery already
 /// done is returned unchanged. Ids, not uids; only the application's own.
 pub fn skip(conn: &Connection, app_id: &str, msg_id: &str, endpoint_id: &str, now: i64) -> StoreResult<Delivery> {
+    fanout::write_out(conn, fanout::Which::Message(msg_id))?;
     let sql = format!(
         "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = ?4 \
          WHERE msg_id = ?1 AND endpoint_id = ?2 AND app_id = ?3 AND state IN (1, 3, 6) RETURNING {}",
