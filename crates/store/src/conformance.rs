@@ -928,7 +928,7 @@ async fn a_fan_out_is_read_attempted_and_taken_over_delivery_by_delivery(store: 
     };
     let p = fan_out(&all, 90_001);
     store.publish(p.clone()).await.unwrap();
-    // `finish` and `state_of` act on a publish's first delivery.
+    // `finish` acts on a publish's first delivery.
     let nth = |n: usize| Publish { deliveries: vec![p.deliveries[n].clone()], ..p.clone() };
     let get = |n: usize| store.get_delivery(&p.message.id, &p.deliveries[n].id);
 

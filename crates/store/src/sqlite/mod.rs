@@ -270,7 +270,8 @@ fn in_savepoint<T>(conn: &Connection, f: impl Fn(&Connection) -> StoreResult<T>)
 
 fn run_writer(conn: Connection, inbox: &Inbox) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(BATCH_JOBS_MAX);
-    let mut synced = Synced::new(&conn);
+    // `open_connection` opens every connection with FULL.
+    let mut synced = Synced(true);
     loop {
         let acknowledged_jobs;
         {
@@ -310,11 +311,6 @@ fn run_writer(conn: Connection, inbox: &Inbox) {
 struct Synced(bool);
 
 impl Synced {
-    fn new(conn: &Connection) -> Synced {
-        let full: i64 = conn.query_row("PRAGMA synchronous", [], |r| r.get(0)).unwrap_or(0);
-        Synced(full == 2)
-    }
-
     /// Sets the mode for the next batch; the batch must not run if this fails.
     fn set(&mut self, conn: &Connection, full: bool) -> StoreResult<()> {
         if self.0 != full {
@@ -511,13 +507,13 @@ impl Store for SqliteStore {
         None
     }
     async fn get_delivery(&self, msg_id: &str, id: &str) -> StoreResult<Delivery> {
-        let (msg_id, id) = (msg_id.to_owned(), id.to_owned());
-        let (m, i) = (msg_id.clone(), id.clone());
-        match self.read(move |c| queue::get_delivery(c, &m, &i)).await {
+        let get = |(msg_id, id): (String, String)| self.read(move |c| queue::get_delivery(c, &msg_id, &id));
+        let key = (msg_id.to_owned(), id.to_owned());
+        match get(key.clone()).await {
             // It may be one of a fan-out not yet written out.
             Err(StoreError::NotFound) => {
                 self.write_out_fanouts().await?;
-                self.read(move |c| queue::get_delivery(c, &msg_id, &id)).await
+                get(key).await
             }
             found => found,
         }

@@ -10,9 +10,14 @@ use hookline_core::delivery::DeliveryState;
 use hookline_core::UnixMs;
 use rusqlite::{params, Connection, OptionalExtension};
 
-const DELIVERY_VALUES: &str = "deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, \
-     first_attempt_at, trigger, updated_at, claimed_by, order_key, order_seq) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+macro_rules! delivery_values {
+    () => {
+        "deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger, \
+         updated_at, claimed_by, order_key, order_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+    };
+}
+const INSERT_DELIVERY: &str = concat!("INSERT INTO ", delivery_values!());
+const INSERT_DELIVERY_IF_ABSENT: &str = concat!("INSERT OR IGNORE INTO ", delivery_values!());
 
 /// The next place in the ordering lanes (one counter for all: only the order within a
 /// lane matters, and the single writer makes it the commit order).
@@ -31,8 +36,7 @@ pub(super) fn insert_delivery(conn: &Connection, d: &Delivery, claim: Option<i64
         None => None,
     };
     let claim = if d.order_key.is_some() { None } else { claim };
-    let verb = if if_absent { "INSERT OR IGNORE INTO" } else { "INSERT INTO" };
-    conn.prepare_cached(&format!("{verb} {DELIVERY_VALUES}"))
+    conn.prepare_cached(if if_absent { INSERT_DELIVERY_IF_ABSENT } else { INSERT_DELIVERY })
         .and_then(|mut s| {
             s.execute(params![
                 d.id,
