@@ -146,21 +146,18 @@ pub fn write_out(conn: &Connection, which: Which) -> StoreResult<usize> {
     let read = |r: &rusqlite::Row| -> rusqlite::Result<Unwritten> {
         Ok(Unwritten { template: rows::delivery(r)?, claim: r.get(11)?, entries: r.get(12)? })
     };
-    let found = match which {
-        Which::All => conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM fanouts"))
-            .and_then(|mut s| s.query_map([], read)?.collect::<rusqlite::Result<Vec<_>>>()),
-        Which::Message(id) => conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM fanouts WHERE msg_id = ?1"))
-            .and_then(|mut s| s.query_map([id], read)?.collect::<rusqlite::Result<Vec<_>>>()),
-        Which::Stale { before, now } => conn
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM fanouts WHERE updated_at <= ?1 \
-                 OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= ?2)"
-            ))
-            .and_then(|mut s| s.query_map([before, now], read)?.collect::<rusqlite::Result<Vec<_>>>()),
-    }
-    .map_err(sql_error)?;
+    let (filter, values): (&str, Vec<rusqlite::types::Value>) = match which {
+        Which::All => ("", vec![]),
+        Which::Message(id) => ("WHERE msg_id = ?1", vec![id.to_owned().into()]),
+        Which::Stale { before, now } => (
+            "WHERE updated_at <= ?1 OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= ?2)",
+            vec![before.into(), now.into()],
+        ),
+    };
+    let found = conn
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM fanouts {filter}"))
+        .and_then(|mut s| s.query_map(rusqlite::params_from_iter(values), read)?.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(sql_error)?;
     for fanout in &found {
         for line in fanout.entries.split('\n').filter(|l| !l.is_empty()) {
             let Some((id, endpoint_id)) = line.split_once('\t') else { continue };
