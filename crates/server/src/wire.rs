@@ -832,6 +832,20 @@ pub struct EventExampleIn {
 #[serde(deny_unknown_fields)]
 pub struct AppPortalAccessIn {}
 
+/// Svix's `ApplicationTokenExpireIn`: when an application's portal sessions and unused portal
+/// links end. Svix's `sessionIds` is refused (Hookline's portal sessions have no ids to give).
+#[derive(Default, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AppTokenExpireIn {
+    /// Seconds from now until they end, at most three days; none or 0: at once.
+    #[serde(default, deserialize_with = "exact::integer_option")]
+    #[schemars(range(min = 0, max = EXPIRE_SECONDS_MAX))]
+    pub expiry: Option<i64>,
+}
+
+/// The longest `expiry` of `AppTokenExpireIn`, Svix's limit.
+pub const EXPIRE_SECONDS_MAX: i64 = 259_200;
+
 /// A single-use link that signs a merchant in to the dashboard's portal for one application.
 #[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

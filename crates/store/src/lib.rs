@@ -223,6 +223,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_session(&self, id: [u8; 32]) -> StoreResult<()>;
     /// Forgets sessions and links that expired before `now`; returns how many.
     async fn purge_sessions(&self, now: UnixMs) -> StoreResult<usize>;
+    /// Ends application `app_id`'s portal sessions and unused links at `at` (those ending
+    /// sooner keep their time); returns how many were shortened.
+    async fn expire_sessions(&self, app_id: &str, at: UnixMs) -> StoreResult<usize>;
 }
 
 /// The internal application whose endpoints are the operational webhook endpoints and

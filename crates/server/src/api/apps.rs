@@ -5,8 +5,8 @@ use super::route::{tagged, Route};
 use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{
-    timestamp, AppPortalAccessIn, AppPortalAccessOut, ApplicationIn, ApplicationOut, ApplicationPatch,
-    EndpointSecretOut, ListResponse, TokenOut, NAME_CHARS_MAX,
+    timestamp, AppPortalAccessIn, AppPortalAccessOut, AppTokenExpireIn, ApplicationIn, ApplicationOut,
+    ApplicationPatch, EndpointSecretOut, ListResponse, TokenOut, EXPIRE_SECONDS_MAX, NAME_CHARS_MAX,
 };
 use axum::http::StatusCode;
 use axum::Json;
@@ -68,6 +68,15 @@ pub fn routes() -> Vec<Route> {
                 )
                 .optional_body::<AppPortalAccessIn>()
                 .answers::<AppPortalAccessOut>(200, "The link."),
+            Route::post("/api/v1/auth/app/{app_id}/expire-all", expire_all)
+                .doc(
+                    "expireAllApplicationSessions",
+                    "Ends every dashboard session of this application (from portal links or its scoped tokens) \
+                     and its portal links not yet used, at once or after `expiry` seconds (admin token). \
+                     Sessions ending sooner keep their time. The scoped tokens themselves stay valid.",
+                )
+                .optional_body::<AppTokenExpireIn>()
+                .empty(204, "Expired (also when the application had no sessions)."),
         ],
     )
 }
@@ -92,6 +101,30 @@ async fn portal_access(
         crate::dashboard::mint_link(&state, minted_by, &app.id).await.map_err(ApiError::from_store("application"))?;
     let url = format!("{}/dashboard/portal?code={code}", state.public_url());
     Ok((axum::Extension(super::AnswerNotKept), Json(AppPortalAccessOut { url, token: code })))
+}
+
+/// Svix's expire-all: the application's portal sessions and links end, every node at once
+/// (each request reads its session from the store).
+async fn expire_all(
+    state: Shared,
+    PathParams(app_id): PathParams<String>,
+    axum::Extension(principal): axum::Extension<super::Principal>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<StatusCode> {
+    let AppTokenExpireIn { expiry } = super::optional_json(&state, &headers, body).await?;
+    let seconds = expiry.unwrap_or(0);
+    if !(0..=EXPIRE_SECONDS_MAX).contains(&seconds) {
+        return Err(ApiError::field("expiry", format!("expiry must be 0 to {EXPIRE_SECONDS_MAX} seconds")));
+    }
+    if let super::Principal::App { .. } = principal {
+        return Err(ApiError::Forbidden);
+    }
+    let app = find(&state, &app_id).await?;
+    let at = state.now() + seconds * 1_000;
+    let ended = state.store.expire_sessions(&app.id, at).await.map_err(ApiError::from_store("application"))?;
+    tracing::info!(app_id = %app.id, sessions = ended, expiry = seconds, "portal sessions expired");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub fn new_secret() -> Secret {

@@ -139,6 +139,52 @@ async fn a_portal_link_signs_in_once_to_one_application_before_it_expires() {
 }
 
 #[tokio::test]
+async fn expire_all_ends_an_applications_portal_sessions_and_links_and_no_others() {
+    let gateway = start_gateway(dev_config()).await;
+    let gw = &gateway;
+    let (shop, other) = (gw.app("shop").await, gw.app("other").await);
+    let mint = move |app: String| async move {
+        let link = gw.ok("POST", &format!("/api/v1/auth/app-portal-access/{app}"), None).await;
+        link["token"].as_str().unwrap().to_owned()
+    };
+    let signed_in = move |code: String| async move { session_cookie(&use_link(gw, &code).await) };
+    let visit = |cookie: String, app: String| {
+        browser().get(format!("{}/dashboard/app/{app}", gw.url)).header("cookie", cookie).send()
+    };
+    let (first, later) = (signed_in(mint(shop.clone()).await).await, signed_in(mint(shop.clone()).await).await);
+    let theirs = signed_in(mint(other.clone()).await).await;
+    assert_eq!(visit(first.clone(), shop.clone()).await.unwrap().status(), 200);
+
+    // Only the operator expires them, for an application that exists, within Svix's limits,
+    // and Svix's `sessionIds` (which Hookline has no use for) is refused, not ignored.
+    let path = format!("/api/v1/auth/app/{shop}/expire-all");
+    let token = app_token(gw, &shop).await;
+    assert_eq!(gw.http.post(format!("{}{path}", gw.url)).bearer_auth(&token).send().await.unwrap().status(), 403);
+    assert_eq!(gw.call("POST", "/api/v1/auth/app/nope/expire-all", None).await.0, 404);
+    for refused in [json!({"expiry": -1}), json!({"expiry": 259_201}), json!({"sessionIds": ["s"]})] {
+        let (status, error) = gw.call("POST", &path, Some(refused.clone())).await;
+        assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{refused}: {error}");
+    }
+    assert_eq!(visit(first.clone(), shop.clone()).await.unwrap().status(), 200, "refused calls change nothing");
+
+    // With an expiry the sessions last that long; without one they end at once, and so does
+    // a link not yet used. Another application's session stays.
+    assert_eq!(gw.call("POST", &path, Some(json!({"expiry": 60}))).await.0, 204);
+    gw.advance(59_000);
+    assert_eq!(visit(first.clone(), shop.clone()).await.unwrap().status(), 200, "within the expiry");
+    gw.advance(1_000);
+    let after = visit(first.clone(), shop.clone()).await.unwrap();
+    assert_eq!((after.status().as_u16(), after.headers()["location"].to_str().unwrap()), (303, "/dashboard/sign-in"));
+    assert_eq!(visit(later.clone(), shop.clone()).await.unwrap().status(), 303);
+    let (fresh, unused) = (signed_in(mint(shop.clone()).await).await, mint(shop.clone()).await);
+    assert_eq!(gw.call("POST", &path, None).await.0, 204);
+    assert_eq!(visit(fresh, shop.clone()).await.unwrap().status(), 303, "ended at once");
+    assert_eq!(use_link(gw, &unused).await.status(), 410, "the unused link is spent");
+    assert_eq!(visit(theirs, other.clone()).await.unwrap().status(), 200, "another application's session");
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn a_session_lasts_while_its_token_does_and_until_it_expires() {
     let gw = start_gateway(dev_config()).await;
     let shop = gw.app("shop").await;

@@ -535,4 +535,10 @@ impl Store for PgStore {
             Ok(n as usize)
         })
     }
+    async fn expire_sessions(&self, app_id: &str, at: UnixMs) -> StoreResult<usize> {
+        on_conn!(self, |c| async {
+            let sql = "UPDATE dashboard_sessions SET expires_at = $2 WHERE app_id = $1 AND expires_at > $2";
+            Ok(resources::run(&c, sql, &[&app_id, &at]).await? as usize)
+        })
+    }
 }

@@ -719,6 +719,17 @@ impl Store for SqliteStore {
         })
         .await
     }
+    async fn expire_sessions(&self, app_id: &str, at: UnixMs) -> StoreResult<usize> {
+        let app_id = app_id.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE dashboard_sessions SET expires_at = ?2 WHERE app_id = ?1 AND expires_at > ?2",
+                rusqlite::params![app_id, at],
+            )
+            .map_err(sql_error)
+        })
+        .await
+    }
 }
 
 #[cfg(test)]
