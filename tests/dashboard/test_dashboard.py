@@ -297,6 +297,14 @@ def test_a_portal_link_signs_a_merchant_in_once(world):
     expect(again.locator(".error")).to_contain_text("already used")
     assert again.goto(f"{world['url']}/dashboard/app/{shop['id']}").url.endswith("/dashboard/sign-in")
 
+    # The admin ends the application's portal sessions: the merchant's next page is the
+    # sign-in, and the admin's own session goes on.
+    admin.goto(f"{world['url']}/dashboard/app/{shop['id']}")
+    admin.locator("button", has_text="End portal sessions").click()
+    expect(admin.locator(".notice")).to_contain_text("has ended")
+    assert merchant.goto(f"{world['url']}/dashboard/app/{shop['id']}").url.endswith("/dashboard/sign-in")
+    expect(admin.locator("#endpoints")).to_contain_text(world["flaky"]["url"])
+
 
 def test_signing_out_ends_the_session(world):
     page = signed_in(world)

@@ -45,6 +45,7 @@ pub fn router(state: Arc<AppState>, api: Router) -> Router {
         .route("/dashboard/app", get(pages::apps))
         .route("/dashboard/app/{app}", get(pages::app))
         .route("/dashboard/app/{app}/portal-link", post(pages::portal_link))
+        .route("/dashboard/app/{app}/expire-sessions", post(pages::expire_sessions))
         .route("/dashboard/app/{app}/endpoint/{endpoint}", get(pages::endpoint))
         .route("/dashboard/app/{app}/endpoint/{endpoint}/{action}", post(pages::endpoint_action))
         .route("/dashboard/app/{app}/msg", get(pages::messages))

@@ -90,10 +90,11 @@ pub enum Done {
     Resent,
     ResentAll,
     Replayed,
+    Expired,
 }
 
 impl Done {
-    const ALL: [Done; 8] = [
+    const ALL: [Done; 9] = [
         Done::Enabled,
         Done::Disabled,
         Done::Rotated,
@@ -102,6 +103,7 @@ impl Done {
         Done::Resent,
         Done::ResentAll,
         Done::Replayed,
+        Done::Expired,
     ];
 
     fn code(self) -> &'static str {
@@ -114,6 +116,7 @@ impl Done {
             Done::Resent => "resent",
             Done::ResentAll => "resent-all",
             Done::Replayed => "replayed",
+            Done::Expired => "expired",
         }
     }
 
@@ -127,6 +130,9 @@ impl Done {
             Done::Resent => "Resent; the new attempt appears below.",
             Done::ResentAll => "Resent to every endpoint.",
             Done::Replayed => "Replayed: the event is due again at the application's endpoints.",
+            Done::Expired => {
+                "Every dashboard session of this application, and every portal link not yet used, has ended."
+            }
         }
     }
 
@@ -336,6 +342,8 @@ async fn app_page(dash: &super::Dash, visitor: &Visitor, key: &str, query: &Page
             @if visitor.is_admin() {
                 " · "
                 (action(visitor, &format!("{base}/portal-link"), "Make a portal link", &[]))
+                " · "
+                (action(visitor, &format!("{base}/expire-sessions"), "End portal sessions", &[]))
             }
         }
         @if let Some(email) = app["alertEmail"].as_str() { p { "Alert emails go to " (email) "." } }
@@ -393,6 +401,23 @@ pub async fn portal_link(
         p { a href=(app_base(&app_key)) { "Back to the application" } }
     };
     page(&dash, "Portal link", &visitor, body)
+}
+
+/// Ends the application's dashboard sessions and unused portal links (the API's expire-all).
+pub async fn expire_sessions(
+    dash: DashState,
+    visitor: Visitor,
+    Path(app_key): Path<String>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
+        return refused;
+    }
+    let api = visitor.api(&dash);
+    match api.post(&format!("/api/v1/auth/app/{}/expire-all", segment(&app_key)), None).await {
+        Ok(_) => done(&app_base(&app_key), Done::Expired),
+        Err(failure) => failure.into_response(),
+    }
 }
 
 pub async fn endpoint(
