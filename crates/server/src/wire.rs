@@ -837,7 +837,8 @@ pub struct AppPortalAccessIn {}
 #[derive(Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppTokenExpireIn {
-    /// Seconds from now until they end, at most three days; none or 0: at once.
+    /// Seconds from now until the sessions end, at most three days; none or 0: at once.
+    /// Portal links not yet used end at once whatever this says.
     #[serde(default, deserialize_with = "exact::integer_option")]
     #[schemars(range(min = 0, max = EXPIRE_SECONDS_MAX))]
     pub expiry: Option<i64>,

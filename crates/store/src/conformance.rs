@@ -320,7 +320,8 @@ async fn dashboard_sessions_links_and_failing_endpoints(store: &dyn Store) {
     store.delete_session([7; 32]).await.unwrap();
     assert_eq!(store.session([7; 32], 30_000).await.unwrap(), None, "signed out");
 
-    // Expiring an application's sessions and links ends them at the time given, and only theirs.
+    // Expiring an application's sessions ends them at the time given, its unused links at
+    // once, and nothing of another application's.
     let b = store.create_app(app(30_000, None)).await.unwrap();
     let (soon, late, link, other) = ([11; 32], [12; 32], [13; 32], [14; 32]);
     store.add_session(DashboardSession { id: soon, expires_at: 32_000, ..session.clone() }).await.unwrap();
@@ -328,11 +329,11 @@ async fn dashboard_sessions_links_and_failing_endpoints(store: &dyn Store) {
     store.add_session(DashboardSession { id: link, link: true, expires_at: 90_000, ..session.clone() }).await.unwrap();
     let theirs = DashboardSession { id: other, app_id: Some(b.id.clone()), expires_at: 90_000, ..session.clone() };
     store.add_session(theirs).await.unwrap();
-    assert_eq!(store.expire_sessions(&a.id, 33_000).await.unwrap(), 2, "the late session and the link");
+    assert_eq!(store.expire_sessions(&a.id, 31_500, 33_000).await.unwrap(), 2, "the late session and the link");
     assert_eq!(store.session(late, 32_999).await.unwrap().map(|s| s.expires_at), Some(33_000));
     assert_eq!(store.session(late, 33_000).await.unwrap(), None, "ended at the time given");
     assert_eq!(store.session(soon, 31_999).await.unwrap().map(|s| s.expires_at), Some(32_000), "sooner kept");
-    assert_eq!(store.take_link(link, 33_000).await.unwrap(), None, "the link is spent");
+    assert_eq!(store.take_link(link, 31_500).await.unwrap(), None, "the link ended at once");
     assert!(store.session(other, 80_000).await.unwrap().is_some(), "another application's session stays");
 
     // Failing endpoints, longest failing first; healthy ones and operational ones are not listed.

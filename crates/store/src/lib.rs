@@ -223,9 +223,10 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_session(&self, id: [u8; 32]) -> StoreResult<()>;
     /// Forgets sessions and links that expired before `now`; returns how many.
     async fn purge_sessions(&self, now: UnixMs) -> StoreResult<usize>;
-    /// Ends application `app_id`'s portal sessions and unused links at `at` (those ending
-    /// sooner keep their time); returns how many were shortened.
-    async fn expire_sessions(&self, app_id: &str, at: UnixMs) -> StoreResult<usize>;
+    /// Ends application `app_id`'s sessions at `at` and its unused links at `now` (a link
+    /// used later would open a session that outlives `at`); those ending sooner keep their
+    /// time. Returns how many were shortened.
+    async fn expire_sessions(&self, app_id: &str, now: UnixMs, at: UnixMs) -> StoreResult<usize>;
 }
 
 /// The internal application whose endpoints are the operational webhook endpoints and

@@ -72,8 +72,8 @@ pub fn routes() -> Vec<Route> {
                 .doc(
                     "expireAllApplicationSessions",
                     "Ends every dashboard session of this application (from portal links or its scoped tokens) \
-                     and its portal links not yet used, at once or after `expiry` seconds (admin token). \
-                     Sessions ending sooner keep their time. The scoped tokens themselves stay valid.",
+                     at once or after `expiry` seconds, and its portal links not yet used at once (admin \
+                     token). Sessions ending sooner keep their time. The scoped tokens themselves stay valid.",
                 )
                 .optional_body::<AppTokenExpireIn>()
                 .empty(204, "Expired (also when the application had no sessions)."),
@@ -121,8 +121,12 @@ async fn expire_all(
         return Err(ApiError::Forbidden);
     }
     let app = find(&state, &app_id).await?;
-    let at = state.now() + seconds * 1_000;
-    let ended = state.store.expire_sessions(&app.id, at).await.map_err(ApiError::from_store("application"))?;
+    let now = state.now();
+    let ended = state
+        .store
+        .expire_sessions(&app.id, now, now + seconds * 1_000)
+        .await
+        .map_err(ApiError::from_store("application"))?;
     tracing::info!(app_id = %app.id, sessions = ended, expiry = seconds, "portal sessions expired");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -535,10 +535,11 @@ impl Store for PgStore {
             Ok(n as usize)
         })
     }
-    async fn expire_sessions(&self, app_id: &str, at: UnixMs) -> StoreResult<usize> {
+    async fn expire_sessions(&self, app_id: &str, now: UnixMs, at: UnixMs) -> StoreResult<usize> {
         on_conn!(self, |c| async {
-            let sql = "UPDATE dashboard_sessions SET expires_at = $2 WHERE app_id = $1 AND expires_at > $2";
-            Ok(resources::run(&c, sql, &[&app_id, &at]).await? as usize)
+            let sql = "UPDATE dashboard_sessions SET expires_at = CASE WHEN link THEN $2::BIGINT ELSE $3::BIGINT END \
+                       WHERE app_id = $1 AND expires_at > CASE WHEN link THEN $2::BIGINT ELSE $3::BIGINT END";
+            Ok(resources::run(&c, sql, &[&app_id, &now, &at]).await? as usize)
         })
     }
 }

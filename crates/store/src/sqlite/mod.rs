@@ -719,12 +719,13 @@ impl Store for SqliteStore {
         })
         .await
     }
-    async fn expire_sessions(&self, app_id: &str, at: UnixMs) -> StoreResult<usize> {
+    async fn expire_sessions(&self, app_id: &str, now: UnixMs, at: UnixMs) -> StoreResult<usize> {
         let app_id = app_id.to_owned();
         self.write(move |c| {
             c.execute(
-                "UPDATE dashboard_sessions SET expires_at = ?2 WHERE app_id = ?1 AND expires_at > ?2",
-                rusqlite::params![app_id, at],
+                "UPDATE dashboard_sessions SET expires_at = CASE WHEN link THEN ?2 ELSE ?3 END \
+                 WHERE app_id = ?1 AND expires_at > CASE WHEN link THEN ?2 ELSE ?3 END",
+                rusqlite::params![app_id, now, at],
             )
             .map_err(sql_error)
         })
