@@ -579,8 +579,24 @@ async fn ordering_holds_across_nodes_and_a_killed_node() {
                 let _turn = publishers.acquire_owned().await.unwrap();
                 let key = format!("pay_{k}");
                 let body = json!({"eventType": "payment.updated", "orderingKey": key, "payload": {"key": key, "n": n}});
-                let sent = http.post(format!("{url}/api/v1/app/m/msg")).bearer_auth(TOKEN).json(&body).send().await;
-                sent.map(|r| r.status().as_u16()).map_err(|e| format!("{url}: {e}"))
+                // As a platform publishes: with an idempotency key, sent again when the
+                // connection failed (a pooled keep-alive connection can be closed by the
+                // server just as a request goes out), so an event is never published twice.
+                let mut tries = 0;
+                loop {
+                    let sent = http
+                        .post(format!("{url}/api/v1/app/m/msg"))
+                        .bearer_auth(TOKEN)
+                        .header("idempotency-key", format!("{key}-{n}"))
+                        .json(&body)
+                        .send()
+                        .await;
+                    tries += 1;
+                    match sent {
+                        Err(e) if tries < 3 => eprintln!("{url}: {e}; sending again"),
+                        sent => break sent.map(|r| r.status().as_u16()).map_err(|e| format!("{url}: {e}")),
+                    }
+                }
             });
         }
         while let Some(status) = round.join_next().await {
