@@ -93,10 +93,7 @@ async fn portal_access(
         return Err(ApiError::Conflict("the dashboard is off (dashboard.enabled = false)".into()));
     }
     let app = find(&state, &app_id).await?;
-    let minted_by = match &principal {
-        super::Principal::Admin { token_id } => token_id,
-        super::Principal::App { .. } => return Err(ApiError::Forbidden),
-    };
+    let minted_by = principal.admin_token_id()?;
     let code =
         crate::dashboard::mint_link(&state, minted_by, &app.id).await.map_err(ApiError::from_store("application"))?;
     let url = format!("{}/dashboard/portal?code={code}", state.public_url());
@@ -117,9 +114,7 @@ async fn expire_all(
     if !(0..=EXPIRE_SECONDS_MAX).contains(&seconds) {
         return Err(ApiError::field("expiry", format!("expiry must be 0 to {EXPIRE_SECONDS_MAX} seconds")));
     }
-    if let super::Principal::App { .. } = principal {
-        return Err(ApiError::Forbidden);
-    }
+    principal.admin_token_id()?;
     let app = find(&state, &app_id).await?;
     let now = state.now();
     let ended = state

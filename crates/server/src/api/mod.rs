@@ -159,6 +159,14 @@ impl Principal {
             Principal::Admin { token_id } | Principal::App { token_id, .. } => token_id,
         }
     }
+
+    /// The admin's token id; an application's token is refused (403).
+    fn admin_token_id(&self) -> ApiResult<&str> {
+        match self {
+            Principal::Admin { token_id } => Ok(token_id),
+            Principal::App { .. } => Err(ApiError::Forbidden),
+        }
+    }
 }
 
 /// The caller of a request the dashboard makes to the API on behalf of a signed-in person

@@ -377,47 +377,43 @@ fn event_types(endpoint: &Value) -> String {
     }
 }
 
-pub async fn portal_link(
+/// An admin's action on an application: a portal link (shown on a page of its own), or
+/// the end of its portal sessions and unused links (the API's expire-all).
+pub async fn app_action(
     dash: DashState,
     visitor: Visitor,
-    Path(app_key): Path<String>,
+    Path((app_key, act)): Path<(String, String)>,
     Form(form): Form<ActionForm>,
 ) -> Response {
     if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
         return refused;
     }
     let api = visitor.api(&dash);
-    let minted = api.post(&format!("/api/v1/auth/app-portal-access/{}", segment(&app_key)), None).await;
-    let link = match minted {
-        Ok(link) => link,
-        Err(failure) => return failure.into_response(),
-    };
+    let app = segment(&app_key);
+    match act.as_str() {
+        "portal-link" => match api.post(&format!("/api/v1/auth/app-portal-access/{app}"), None).await {
+            Ok(link) => portal_link_page(&dash, &visitor, &app_key, &link),
+            Err(failure) => failure.into_response(),
+        },
+        "expire-sessions" => show(
+            api.post(&format!("/api/v1/auth/app/{app}/expire-all"), None)
+                .await
+                .map(|_| done(&app_base(&app_key), Done::Expired)),
+        ),
+        _ => render::not_found(),
+    }
+}
+
+fn portal_link_page(dash: &super::Dash, visitor: &Visitor, app_key: &str, link: &Value) -> Response {
     let minutes = dash.state.config.dashboard.link_ttl_ms / 60_000;
     let body = html! {
         h1 { "Portal link" }
         p { "Send this link to the merchant. It signs in once, to this application only, and must be opened within "
             (minutes) " minutes." }
-        p { span.secret #portal-link { (text(&link, "url")) } }
-        p { a href=(app_base(&app_key)) { "Back to the application" } }
+        p { span.secret #portal-link { (text(link, "url")) } }
+        p { a href=(app_base(app_key)) { "Back to the application" } }
     };
-    page(&dash, "Portal link", &visitor, body)
-}
-
-/// Ends the application's dashboard sessions and unused portal links (the API's expire-all).
-pub async fn expire_sessions(
-    dash: DashState,
-    visitor: Visitor,
-    Path(app_key): Path<String>,
-    Form(form): Form<ActionForm>,
-) -> Response {
-    if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
-        return refused;
-    }
-    let api = visitor.api(&dash);
-    match api.post(&format!("/api/v1/auth/app/{}/expire-all", segment(&app_key)), None).await {
-        Ok(_) => done(&app_base(&app_key), Done::Expired),
-        Err(failure) => failure.into_response(),
-    }
+    page(dash, "Portal link", visitor, body)
 }
 
 pub async fn endpoint(
