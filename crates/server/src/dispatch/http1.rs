@@ -191,22 +191,15 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
     async fn head(&mut self) -> Result<Head, Failure> {
         let mut received_any = false;
         loop {
-            let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
-            let mut response = httparse::Response::new(&mut headers);
-            let parsed = response
-                .parse(self.available())
-                .map_err(|e| Failure::Protocol(format!("malformed response head: {e}")))?;
-            match parsed {
-                httparse::Status::Complete(length) => {
-                    let status = response.code.unwrap_or(0);
-                    let head = read_head(&response)?;
+            match parse_head(self.available())? {
+                Some((length, head)) => {
                     self.consume(length);
-                    if (100..200).contains(&status) && status != 101 {
+                    if (100..200).contains(&head.status) && head.status != 101 {
                         continue;
                     }
                     return Ok(head);
                 }
-                httparse::Status::Partial => {
+                None => {
                     if self.available().len() >= HEAD_BYTES_MAX {
                         return Err(Failure::Protocol("the response head is too large".into()));
                     }
@@ -303,6 +296,18 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
                 Err(e) => return Err(Failure::Protocol(format!("reading the response body: {e}"))),
             }
         }
+    }
+}
+
+/// Parses a response head at the start of `bytes`: its length and what it says, or `None`
+/// while it is incomplete. Not async on purpose: the parser's header array (3 KiB) then
+/// lives on the stack for the call, not in every delivery task's state.
+fn parse_head(bytes: &[u8]) -> Result<Option<(usize, Head)>, Failure> {
+    let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(bytes).map_err(|e| Failure::Protocol(format!("malformed response head: {e}")))? {
+        httparse::Status::Complete(length) => Ok(Some((length, read_head(&response)?))),
+        httparse::Status::Partial => Ok(None),
     }
 }
 

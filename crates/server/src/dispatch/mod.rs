@@ -528,7 +528,10 @@ impl Engine {
         let sent = match hookline_core::queue_url::is_queue_url(&target.url) {
             true => {
                 let endpoint = due.delivery.endpoint_id.as_deref().unwrap_or("callback");
-                self.queues.publish(&target.url, &message.id, endpoint, &headers, message.payload.clone()).await
+                // Boxed: a broker's connect is kilobytes of state that every HTTP delivery
+                // task would carry otherwise.
+                Box::pin(self.queues.publish(&target.url, &message.id, endpoint, &headers, message.payload.clone()))
+                    .await
             }
             false => self.client.post(&target.url, &headers, message.payload.clone(), now).await,
         };
