@@ -252,13 +252,15 @@ impl DeliveryClient {
         let reused = pooled.is_some();
         let mut stream = match pooled {
             Some(stream) => stream,
-            None => self.connect(&host, port, https).await?,
+            // Boxed, as is the reconnect below: a connect (with TLS) is kilobytes of state
+            // that every exchange on a pooled connection would carry otherwise.
+            None => Box::pin(self.connect(&host, port, https)).await?,
         };
         let mut answer = http1::exchange(&mut stream, &head, &body, self.response_bytes_max).await;
         if reused && matches!(answer, Err(Failure::ClosedBeforeResponse(_))) {
             // The server closed the idle connection as the request went out: once more on a
             // fresh one (delivery is at least once; this is what every HTTP client does).
-            stream = self.connect(&host, port, https).await?;
+            stream = Box::pin(self.connect(&host, port, https)).await?;
             answer = http1::exchange(&mut stream, &head, &body, self.response_bytes_max).await;
         }
         match answer {

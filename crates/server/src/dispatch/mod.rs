@@ -597,8 +597,7 @@ impl Engine {
             keep_claim: next_at.is_some_and(|at| self.holds_at(at)) && due.claim == self.token(),
         };
         let keep = record.keep_claim;
-        let attempt = record.attempt.clone();
-        let recorded = match self.record(record).await {
+        let recorded = match self.record(&record).await {
             // Shutdown came first, or another node took the delivery over.
             None | Some(Recorded { applied: false, .. }) => return,
             Some(recorded) => recorded,
@@ -607,7 +606,7 @@ impl Engine {
             self.catalog.invalidate(&d.app_id);
         }
         if let Some(lane) = state.is_final().then(|| publish::lane(d)).flatten() {
-            self.next_in_lane(lane, now).await;
+            Box::pin(self.next_in_lane(lane, now)).await;
         }
         observe(lane, state, class, sent.as_ref(), message.created_at, now);
         if let (Some(sent), Some(endpoint_id)) = (&sent, &target.endpoint_id) {
@@ -616,8 +615,11 @@ impl Engine {
             self.stats.attempt(endpoint_id, source, &d.app_id, ok, sent.duration_ms, now);
         }
         if let (Some(_), Some(endpoint)) = (&sent, &target.endpoint) {
-            for notice in attempt_notices(&target.app, endpoint, message, &attempt, d.attempts, state, recorded) {
-                self.notify(&target.app, notice).await;
+            let notices = attempt_notices(&target.app, endpoint, message, &record.attempt, d.attempts, state, recorded);
+            for notice in notices {
+                // Boxed, like the ordering lane's step above: rare paths, whose state every
+                // delivery task would carry otherwise.
+                Box::pin(self.notify(&target.app, notice)).await;
             }
         }
         if keep {
@@ -645,7 +647,7 @@ impl Engine {
     /// Writes an attempt's outcome, retrying while the store is unavailable. `None` if
     /// shutdown came first (the delivery is still open in the store and runs again);
     /// otherwise what the write did (whether it applied under this node's claim).
-    async fn record(&self, record: AttemptRecord) -> Option<Recorded> {
+    async fn record(&self, record: &AttemptRecord) -> Option<Recorded> {
         loop {
             match self.store.record_attempt(record.clone()).await {
                 Ok(recorded) => return Some(recorded),
