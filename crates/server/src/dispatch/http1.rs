@@ -61,9 +61,7 @@ pub fn request_head(
     head.extend_from_slice(body_len.to_string().as_bytes());
     head.extend_from_slice(b"\r\n");
     for (name, value) in headers {
-        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
-            || axum::http::HeaderValue::from_str(value).is_err()
-        {
+        if !valid_header_name(name) || !valid_header_value(value) {
             return Err(format!("`{name}` is not a valid header"));
         }
         let framing = ["host", "content-length", "transfer-encoding", "connection", "user-agent"];
@@ -77,6 +75,18 @@ pub fn request_head(
     }
     head.extend_from_slice(b"\r\n");
     Ok(head)
+}
+
+/// A header name is a token (RFC 9110 section 5.1); checked without building an
+/// `http::HeaderName`, which copies every name it does not know.
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// A header value holds no control character but tab (what `http::HeaderValue` accepts:
+/// nothing can end the line or the head early).
+fn valid_header_value(value: &str) -> bool {
+    value.bytes().all(|b| (b >= 32 && b != 127) || b == b'\t')
 }
 
 /// Sends `head` and `body` and reads the response, keeping at most `excerpt_max` body bytes.

@@ -96,6 +96,10 @@ pub struct Engine {
     /// Counts attempts per endpoint and source per minute, written in the background.
     pub stats: Arc<crate::stats::Recorder>,
     in_flight: AtomicUsize,
+    /// The in-flight gauge and the end-to-end histogram, and each lane's metrics.
+    in_flight_gauge: metrics::Gauge,
+    end_to_end_seconds: metrics::Histogram,
+    lane_metrics: Mutex<HashMap<String, Arc<LaneMetrics>>>,
     idle: Notify,
     jitter: Mutex<rand::rngs::StdRng>,
 }
@@ -163,7 +167,7 @@ impl Drop for InFlight<'_> {
         if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             self.0.idle.notify_waiters();
         }
-        metrics::gauge!(m::IN_FLIGHT).decrement(1.0);
+        self.0.in_flight_gauge.decrement(1.0);
     }
 }
 
@@ -212,6 +216,9 @@ impl Engine {
             mailer,
             stats: Arc::default(),
             in_flight: AtomicUsize::new(0),
+            in_flight_gauge: metrics::gauge!(m::IN_FLIGHT),
+            end_to_end_seconds: metrics::histogram!(m::END_TO_END_SECONDS),
+            lane_metrics: Mutex::default(),
             idle: Notify::new(),
             jitter: Mutex::new(jitter),
         });
@@ -359,7 +366,7 @@ impl Engine {
 
     fn spawn_delivery(self: &Arc<Self>, key: String, due: Due) {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
-        metrics::gauge!(m::IN_FLIGHT).increment(1.0);
+        self.in_flight_gauge.increment(1.0);
         tokio::spawn(self.clone().deliver(key, due));
     }
 
@@ -608,7 +615,7 @@ impl Engine {
         if let Some(lane) = state.is_final().then(|| publish::lane(d)).flatten() {
             Box::pin(self.next_in_lane(lane, now)).await;
         }
-        observe(lane, state, class, sent.as_ref(), message.created_at, now);
+        self.observe(lane, state, class, sent.as_ref(), message.created_at, now);
         if let (Some(sent), Some(endpoint_id)) = (&sent, &target.endpoint_id) {
             let ok = state == DeliveryState::Delivered;
             let source = message.source_id.as_deref();
@@ -767,28 +774,70 @@ fn attempt_notices(
     made
 }
 
-fn observe(
-    endpoint: &str,
-    state: DeliveryState,
-    class: Option<&'static str>,
-    sent: Option<&client::Sent>,
-    created_at: UnixMs,
-    now: UnixMs,
-) {
-    let endpoint = endpoint.to_owned();
-    let outcome = class.unwrap_or("success");
-    metrics::counter!(m::ATTEMPTS, "endpoint" => endpoint.clone(), "outcome" => outcome).increment(1);
-    if let Some(sent) = sent {
-        metrics::histogram!(m::ATTEMPT_SECONDS, "endpoint" => endpoint.clone())
-            .record(sent.duration_ms as f64 / 1000.0);
-    }
-    match state {
-        DeliveryState::Delivered => {
-            metrics::counter!(m::SUCCEEDED, "endpoint" => endpoint).increment(1);
-            metrics::histogram!(m::END_TO_END_SECONDS).record((now - created_at).max(0) as f64 / 1000.0);
+/// A lane's metric handles, made at its first attempt and kept (as the recorder keeps every
+/// series it has seen): recording through a handle skips building a labelled key and
+/// looking it up in the registry, which cost several allocations on every attempt.
+struct LaneMetrics {
+    attempt_seconds: metrics::Histogram,
+    succeeded: metrics::Counter,
+    failed: metrics::Counter,
+    exhausted: metrics::Counter,
+    /// Attempts by outcome (`success` or an error class), each made when first seen.
+    attempts: Mutex<Vec<(&'static str, metrics::Counter)>>,
+}
+
+impl LaneMetrics {
+    fn new(lane: &str) -> LaneMetrics {
+        let endpoint = || ("endpoint", lane.to_owned());
+        LaneMetrics {
+            attempt_seconds: metrics::histogram!(m::ATTEMPT_SECONDS, &[endpoint()]),
+            succeeded: metrics::counter!(m::SUCCEEDED, &[endpoint()]),
+            failed: metrics::counter!(m::FAILED, &[endpoint()]),
+            exhausted: metrics::counter!(m::EXHAUSTED, &[endpoint()]),
+            attempts: Mutex::default(),
         }
-        DeliveryState::Exhausted => metrics::counter!(m::EXHAUSTED, "endpoint" => endpoint).increment(1),
-        DeliveryState::Skipped => {}
-        _ => metrics::counter!(m::FAILED, "endpoint" => endpoint).increment(1),
+    }
+
+    fn attempts(&self, lane: &str, outcome: &'static str) -> metrics::Counter {
+        let mut attempts = self.attempts.lock().expect("lane metrics lock");
+        if let Some((_, counter)) = attempts.iter().find(|(o, _)| *o == outcome) {
+            return counter.clone();
+        }
+        let counter = metrics::counter!(m::ATTEMPTS, "endpoint" => lane.to_owned(), "outcome" => outcome);
+        attempts.push((outcome, counter.clone()));
+        counter
+    }
+}
+
+impl Engine {
+    fn observe(
+        &self,
+        lane: &str,
+        state: DeliveryState,
+        class: Option<&'static str>,
+        sent: Option<&client::Sent>,
+        created_at: UnixMs,
+        now: UnixMs,
+    ) {
+        let handles = {
+            let mut lanes = self.lane_metrics.lock().expect("lane metrics lock");
+            match lanes.get(lane) {
+                Some(handles) => handles.clone(),
+                None => lanes.entry(lane.to_owned()).or_insert_with(|| Arc::new(LaneMetrics::new(lane))).clone(),
+            }
+        };
+        handles.attempts(lane, class.unwrap_or("success")).increment(1);
+        if let Some(sent) = sent {
+            handles.attempt_seconds.record(sent.duration_ms as f64 / 1000.0);
+        }
+        match state {
+            DeliveryState::Delivered => {
+                handles.succeeded.increment(1);
+                self.end_to_end_seconds.record((now - created_at).max(0) as f64 / 1000.0);
+            }
+            DeliveryState::Exhausted => handles.exhausted.increment(1),
+            DeliveryState::Skipped => {}
+            _ => handles.failed.increment(1),
+        }
     }
 }

@@ -105,3 +105,21 @@ async fn a_body_too_large_to_drain_leaves_the_connection_unusable() {
     let response = result.unwrap();
     assert_eq!((response.excerpt.len(), response.reusable), (8, false));
 }
+
+#[test]
+fn header_checks_agree_with_the_http_crate() {
+    // Every character, alone and inside a name and a value: the hand-written checks accept
+    // exactly what `http::HeaderName` and `http::HeaderValue` accept.
+    for c in (0u32..=0x7f).chain([0xa0, 0xe9, 0x2603]).filter_map(char::from_u32) {
+        for name in [format!("{c}"), format!("x-{c}-y")] {
+            let http = axum::http::HeaderName::from_bytes(name.as_bytes()).is_ok();
+            assert_eq!(super::valid_header_name(&name), http, "name {name:?}");
+        }
+        for value in [format!("{c}"), format!("a{c}b")] {
+            let http = axum::http::HeaderValue::from_str(&value).is_ok();
+            assert_eq!(super::valid_header_value(&value), http, "value {value:?}");
+        }
+    }
+    assert!(!super::valid_header_name(""));
+    assert!(super::valid_header_value(""));
+}
