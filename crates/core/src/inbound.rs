@@ -176,6 +176,7 @@ pub fn verify(
 ) -> Result<Verified, Rejection> {
     let tolerance = config.tolerance_seconds.unwrap_or(TOLERANCE_S_DEFAULT);
     let need = |name: &str| headers(name).ok_or(Rejection::MissingSignature);
+    let json = Json::new(body);
     let (default_id, default_type): (Locator, Locator) = match preset {
         Preset::Stripe => {
             verify_stripe(need("stripe-signature")?, body, secrets, now_s, tolerance)?;
@@ -222,7 +223,7 @@ pub fn verify(
         Preset::Adyen => {
             verify_adyen(body, secrets)?;
             let item = "/notificationItems/0/NotificationRequestItem";
-            (Locator::Templates(ADYEN_EVENT_ID), Locator::Found(pointer_text(body, &format!("{item}/eventCode"))))
+            (Locator::Templates(ADYEN_EVENT_ID), Locator::Found(json.text_at(&format!("{item}/eventCode"))))
         }
         Preset::Square => {
             let given =
@@ -257,13 +258,13 @@ pub fn verify(
         }
     };
     let id = match &config.event_id_templates {
-        Some(templates) => from_templates(templates, headers, body),
+        Some(templates) => from_templates(templates, headers, &json),
         None => {
-            locate(config.event_id_header.as_deref(), config.event_id_pointer.as_deref(), default_id, headers, body)
+            locate(config.event_id_header.as_deref(), config.event_id_pointer.as_deref(), default_id, headers, &json)
         }
     };
     let kind =
-        locate(config.event_type_header.as_deref(), config.event_type_pointer.as_deref(), default_type, headers, body);
+        locate(config.event_type_header.as_deref(), config.event_type_pointer.as_deref(), default_type, headers, &json);
     Ok(Verified { event_id: id, event_type: kind })
 }
 
@@ -339,13 +340,26 @@ const ADYEN_EVENT_ID: &[&str] = &[
     {/notificationItems/0/NotificationRequestItem/pspReference}:{/notificationItems/0/NotificationRequestItem/success}",
 ];
 
-/// A string (or number) at a JSON pointer of the body.
-fn pointer_text(body: &[u8], pointer: &str) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    match value.pointer(pointer)? {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
+/// A request body, parsed as JSON at most once however many pointers are read from it
+/// (an event's id and its type are two).
+struct Json<'a> {
+    body: &'a [u8],
+    parsed: std::cell::OnceCell<Option<serde_json::Value>>,
+}
+
+impl<'a> Json<'a> {
+    fn new(body: &'a [u8]) -> Json<'a> {
+        Json { body, parsed: std::cell::OnceCell::new() }
+    }
+
+    /// The string (or number, as text) at a JSON pointer; `None` if the body is not JSON.
+    fn text_at(&self, pointer: &str) -> Option<String> {
+        let parsed = self.parsed.get_or_init(|| serde_json::from_slice(self.body).ok());
+        match parsed.as_ref()?.pointer(pointer)? {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
     }
 }
 
@@ -484,16 +498,9 @@ fn locate(
     pointer: Option<&str>,
     default: Locator,
     headers: Headers<'_>,
-    body: &[u8],
+    json: &Json<'_>,
 ) -> Option<String> {
-    let from_pointer = |p: &str| {
-        let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-        match value.pointer(p)? {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        }
-    };
+    let from_pointer = |p: &str| json.text_at(p);
     let found = match (header, pointer, default) {
         (Some(h), _, _) => headers(&h.to_ascii_lowercase()).map(str::to_owned),
         (None, Some(p), _) => from_pointer(p),
@@ -501,7 +508,7 @@ fn locate(
         (None, None, Locator::Pointer(p)) => from_pointer(p),
         (None, None, Locator::Templates(templates)) => {
             let templates: Vec<String> = templates.iter().map(|t| (*t).to_owned()).collect();
-            from_templates(&templates, headers, body)
+            from_templates(&templates, headers, json)
         }
         (None, None, Locator::Found(value)) => value,
         (None, None, Locator::None) => None,
@@ -558,20 +565,15 @@ fn parts(template: &str) -> Vec<Part<'_>> {
 
 /// The event id from the first template whose every placeholder is found (a non-empty
 /// string or a number); a key longer than 256 bytes becomes `sha256:<hex of it>`.
-fn from_templates(templates: &[String], headers: Headers<'_>, body: &[u8]) -> Option<String> {
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let pointer = |p: &str| match parsed.as_ref()?.pointer(p)? {
-        serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
-    };
+fn from_templates(templates: &[String], headers: Headers<'_>, json: &Json<'_>) -> Option<String> {
+    let pointer = |p: &str| json.text_at(p).filter(|text| !text.is_empty());
     let key = templates.iter().find_map(|template| {
         parts(template).into_iter().try_fold(String::new(), |mut key, part| {
             match part {
                 Part::Text(text) => key.push_str(text),
                 Part::Pointer(p) => key.push_str(&pointer(p)?),
                 Part::Header(name) => key.push_str(headers(&name.to_ascii_lowercase()).filter(|v| !v.is_empty())?),
-                Part::BodyHash => key.push_str(&hex::encode(Sha256::digest(body))),
+                Part::BodyHash => key.push_str(&hex::encode(Sha256::digest(json.body))),
             }
             Some(key)
         })
