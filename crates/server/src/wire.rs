@@ -469,6 +469,8 @@ pub struct MessageIn {
     #[schemars(length(max = CHANNELS_MAX), inner(length(min = 1)))]
     pub channels: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
+    /// Creates the application when the path names none: it takes the key in the path as
+    /// its `uid` (a different `uid` here is refused with 422).
     #[serde(default, deserialize_with = "exact::object_option")]
     pub application: Option<ApplicationIn>,
     #[schemars(extend("format" = "date-time"))]

@@ -73,7 +73,15 @@ async fn target_app(state: &AppState, app_key: &str, inline: Option<ApplicationI
     match (cached, inline) {
         (Ok(app), _) => Ok(app),
         (Err(ApiError::NotFound(_)), Some(mut inline)) => {
-            inline.uid = inline.uid.or_else(|| Some(app_key.to_owned()));
+            // Created under the path's key, so the next publish there finds it: another uid
+            // would leave the path naming nothing (and its key unchecked).
+            if inline.uid.as_deref().is_some_and(|uid| uid != app_key) {
+                return Err(ApiError::field(
+                    "application.uid",
+                    "an application created on publish takes the uid in the path; leave application.uid out or make it the same",
+                ));
+            }
+            inline.uid = Some(app_key.to_owned());
             match create_app(state, inline).await {
                 Err(ApiError::Conflict(_)) => find_app(state, app_key).await.map(Arc::new),
                 other => other.map(Arc::new),

@@ -759,3 +759,32 @@ async fn metrics_can_require_a_token() {
     assert!(body.contains("hookline_messages_published_total"), "{body}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_publish_creates_its_application_under_the_key_in_the_path() {
+    let gw = start_gateway(dev_config()).await;
+    let publish = |key: &str, application: Value| {
+        let (gw, path) = (&gw, format!("/api/v1/app/{key}/msg"));
+        let body = json!({"eventType": "charge.succeeded", "payload": {}, "application": application});
+        async move { raw(gw, "POST", &path, Some(TOKEN), body.to_string().into_bytes()).await }
+    };
+    // A different uid in the body would create an application the path does not name.
+    let (status, error) = publish("shop-7", json!({"name": "Shop", "uid": "shop-8"})).await;
+    assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{error}");
+    // A key no uid may be is refused, not used to create an application under another uid.
+    let (status, _) = publish("sh%C3%B6p", json!({"name": "Shop"})).await;
+    assert_eq!(status, 422);
+    let (status, _) = raw(&gw, "GET", "/api/v1/app/shop-8", Some(TOKEN), vec![]).await;
+    assert_eq!(status, 404, "nothing was created by the refusals");
+    // Created under the path's key (with or without the same uid in the body), and found
+    // there by the next publish.
+    let (status, first) = publish("shop-7", json!({"name": "Shop", "uid": "shop-7"})).await;
+    assert_eq!(status, 202, "{first}");
+    let (status, second) = publish("shop-7", json!({"name": "Shop"})).await;
+    assert_eq!(status, 202, "{second}");
+    let (status, app) = raw(&gw, "GET", "/api/v1/app/shop-7", Some(TOKEN), vec![]).await;
+    assert_eq!((status, app["uid"].as_str()), (200, Some("shop-7")));
+    let (_, apps) = raw(&gw, "GET", "/api/v1/app", Some(TOKEN), vec![]).await;
+    let named_shop = apps["data"].as_array().unwrap().iter().filter(|a| a["name"] == "Shop").count();
+    assert_eq!(named_shop, 1, "one application, made once: {apps}");
+}
