@@ -70,6 +70,15 @@ pub struct ApplicationIn {
     pub alert_email: Option<String>,
 }
 
+/// `MessageIn.application`: an `ApplicationIn` without its `uid` (the path gives it), or null.
+fn application_on_publish(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut application = <ApplicationIn as JsonSchema>::json_schema(generator);
+    if let Some(properties) = application.get_mut("properties").and_then(|p| p.as_object_mut()) {
+        properties.remove("uid");
+    }
+    schemars::json_schema!({"anyOf": [application, {"type": "null"}]})
+}
+
 /// The longest email address accepted (RFC 5321's path limit).
 pub const EMAIL_BYTES_MAX: usize = 254;
 /// The email addresses accepted: a local part of letters, digits, `_`, `+` and `-`, either
@@ -469,9 +478,11 @@ pub struct MessageIn {
     #[schemars(length(max = CHANNELS_MAX), inner(length(min = 1)))]
     pub channels: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,
-    /// Creates the application when the path names none: it takes the key in the path as
-    /// its `uid` (a different `uid` here is refused with 422).
+    /// Creates the application when the path names none, under the key in the path as its
+    /// `uid`; a `uid` here is therefore not documented, and one that differs from the path's
+    /// is refused with 422.
     #[serde(default, deserialize_with = "exact::object_option")]
+    #[schemars(schema_with = "application_on_publish")]
     pub application: Option<ApplicationIn>,
     #[schemars(extend("format" = "date-time"))]
     pub deliver_at: Option<String>,
