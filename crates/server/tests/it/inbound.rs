@@ -154,6 +154,19 @@ async fn filters_limits_rotation_and_the_rejection_log() {
         .await;
     assert!(src["ingestUrl"].as_str().unwrap().ends_with(&format!("/in/{}", src["id"].as_str().unwrap())));
     assert!(!src.to_string().contains("whsec_new"), "secrets are never shown back");
+    // An appId that names no application answers 404 on every route that takes one (as the
+    // document says of any id in a body), and changes nothing.
+    let nowhere = json!({"name": "s", "preset": "stripe", "secrets": ["whsec_x"], "appId": "app_nowhere"});
+    for (method, path, body) in [
+        ("POST", "/api/v1/source", nowhere.clone()),
+        ("PUT", "/api/v1/source/stripe-live", nowhere),
+        ("PATCH", "/api/v1/source/stripe-live", json!({"appId": "app_nowhere"})),
+    ] {
+        let (status, error) = gw.call(method, path, Some(body)).await;
+        assert_eq!((status, error["detail"].as_str()), (404, Some("application not found")), "{method}");
+    }
+    let unchanged = gw.ok("GET", "/api/v1/source/stripe-live", None).await;
+    assert_eq!(unchanged["appId"], src["appId"], "a refused change changes nothing");
     let now_s = T0 / 1000;
     let charge = r#"{"id":"evt_1","type":"charge.succeeded"}"#;
     let refund = r#"{"id":"evt_2","type":"charge.refunded"}"#;
