@@ -267,7 +267,9 @@ pub struct OperationalEndpointIn {
     pub uid: Option<String>,
     pub disabled: Option<bool>,
     /// The operational events it receives (all when absent).
-    #[serde(alias = "filterTypes")]
+    // `default` says what serde does for a missing `Option` anyway; it is spelled out so
+    // the schema, which `schema_with` writes, does not list the field as required.
+    #[serde(alias = "filterTypes", default)]
     #[schemars(schema_with = "operational_types_schema")]
     pub event_types: Option<Vec<String>>,
     #[schemars(regex(pattern = SECRET_PATTERN))]
@@ -295,7 +297,9 @@ pub struct OperationalEndpointUpsertIn {
     pub uid: Option<String>,
     pub disabled: Option<bool>,
     /// The operational events it receives (all when absent).
-    #[serde(alias = "filterTypes")]
+    // `default` says what serde does for a missing `Option` anyway; it is spelled out so
+    // the schema, which `schema_with` writes, does not list the field as required.
+    #[serde(alias = "filterTypes", default)]
     #[schemars(schema_with = "operational_types_schema")]
     pub event_types: Option<Vec<String>>,
     pub metadata: Option<Metadata>,

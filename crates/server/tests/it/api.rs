@@ -410,6 +410,17 @@ async fn the_openapi_document_and_the_router_agree() {
         "aliases are input-only"
     );
     assert!(doc["components"]["schemas"]["EndpointIn"]["properties"]["signatureScheme"].is_object());
+    // Fields whose schema is written by hand are required only when the server requires
+    // them: an operational endpoint without eventTypes takes every event.
+    for name in ["OperationalEndpointIn", "OperationalEndpointUpsertIn"] {
+        assert_eq!(doc["components"]["schemas"][name]["required"], json!(["url"]), "{name}");
+    }
+    let (status, created) =
+        gw.call("POST", "/api/v1/operational-webhook/endpoint", Some(json!({"url": "https://ops.example"}))).await;
+    assert_eq!((status, &created["eventTypes"]), (201, &Value::Null), "{created}");
+    // A publish's inline application takes its uid from the path, so none is documented.
+    let inline = &doc["components"]["schemas"]["MessageIn"]["properties"]["application"]["anyOf"][0];
+    assert!(inline["properties"]["name"].is_object() && inline["properties"]["uid"].is_null(), "{inline}");
     gw.stop().await;
 }
 
