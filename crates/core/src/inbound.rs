@@ -500,12 +500,11 @@ fn locate(
     headers: Headers<'_>,
     json: &Json<'_>,
 ) -> Option<String> {
-    let from_pointer = |p: &str| json.text_at(p);
     let found = match (header, pointer, default) {
         (Some(h), _, _) => headers(&h.to_ascii_lowercase()).map(str::to_owned),
-        (None, Some(p), _) => from_pointer(p),
+        (None, Some(p), _) => json.text_at(p),
         (None, None, Locator::Header(h)) => headers(h).map(str::to_owned),
-        (None, None, Locator::Pointer(p)) => from_pointer(p),
+        (None, None, Locator::Pointer(p)) => json.text_at(p),
         (None, None, Locator::Templates(templates)) => {
             let templates: Vec<String> = templates.iter().map(|t| (*t).to_owned()).collect();
             from_templates(&templates, headers, json)
