@@ -65,14 +65,15 @@ async fn the_operator_sees_every_application_and_merchants_do_not() {
     // The failed delivery waits for its retry: open; nothing is being attempted. The
     // attempt is listed once its record commits, a moment before its task ends and leaves
     // the in-flight count, so the count is waited for.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let queue = loop {
+    let queue = eventually("a delivery stayed in flight", async || {
         let queue = gw.ok("GET", "/api/v1/stats/queue", None).await;
-        if queue["inFlight"] == 0 || tokio::time::Instant::now() >= deadline {
-            break queue;
+        if queue["inFlight"] == 0 {
+            Ok(queue)
+        } else {
+            Err(queue.to_string())
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    };
+    })
+    .await;
     assert_eq!(queue, json!({"open": 1, "inFlight": 0}));
     let failing = gw.ok("GET", "/api/v1/stats/failing-endpoint", None).await;
     let listed: Vec<&str> =

@@ -20,6 +20,28 @@ pub const T0: i64 = 1_767_225_600_000;
 /// How long a test waits for something that must happen (generous: slow machines pass).
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// Asks `probe` every 20 ms, for at most [`PATIENCE`], until it answers `Ok`; an `Err` says
+/// what it saw instead. Panics with `what` (what never happened) and the last thing seen.
+pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Result<T, String>) -> T {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        match probe().await {
+            Ok(found) => return found,
+            Err(seen) => assert!(tokio::time::Instant::now() < deadline, "{what}; last seen: {seen}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `Ok` when `done`, else what was seen: a probe's answer for [`eventually`].
+pub fn done_or(done: bool, seen: impl std::fmt::Display) -> Result<(), String> {
+    if done {
+        Ok(())
+    } else {
+        Err(seen.to_string())
+    }
+}
+
 pub struct Gateway {
     pub url: String,
     pub http: reqwest::Client,
@@ -85,16 +107,12 @@ pub async fn start_gateway_in(config: Config, dir: Arc<tempfile::TempDir>, clock
 
 impl Gateway {
     async fn wait_healthy(&self) {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(r) = self.http.get(format!("{}/api/v1/health", self.url)).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("gateway never became healthy");
+        let health = format!("{}/api/v1/health", self.url);
+        eventually("gateway never became healthy", async || {
+            let answer = self.http.get(&health).send().await.map_err(|e| e.to_string())?;
+            done_or(answer.status() == 200, answer.status())
+        })
+        .await;
     }
 
     /// Stops serving and waits for the server to finish.
@@ -156,15 +174,15 @@ impl Gateway {
 
     /// Waits until the message has `count` attempts; returns them oldest first.
     pub async fn wait_attempts(&self, app: &str, msg: &str, count: usize) -> Vec<Value> {
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        loop {
+        eventually(&format!("waited for {count} attempts"), async || {
             let attempts = self.attempts_of(app, msg).await;
             if attempts.len() >= count {
-                return attempts;
+                Ok(attempts)
+            } else {
+                Err(format!("{} attempts", attempts.len()))
             }
-            assert!(tokio::time::Instant::now() < deadline, "waited for {count} attempts, saw {}", attempts.len());
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await
     }
 
     /// The delivery status of a message at its one endpoint: (status, nextAttempt).

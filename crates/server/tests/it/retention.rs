@@ -10,15 +10,12 @@ use tokio::sync::Semaphore;
 const DAY_MS: i64 = 24 * 3_600_000;
 
 async fn wait_gone(gw: &Gateway, app: &str, msg: &str) {
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (status, _) = gw.call("GET", &format!("/api/v1/app/{app}/msg/{msg}"), None).await;
-        if status == 404 {
-            return;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "message {msg} outlived its retention");
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let (path, what) = (format!("/api/v1/app/{app}/msg/{msg}"), format!("message {msg} outlived its retention"));
+    eventually(&what, async || {
+        let (status, _) = gw.call("GET", &path, None).await;
+        done_or(status == 404, format!("status {status}"))
+    })
+    .await;
 }
 
 #[tokio::test]
