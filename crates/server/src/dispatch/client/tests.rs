@@ -217,29 +217,41 @@ async fn https_deliveries_verify_the_certificate_and_keep_the_connection() {
     assert_eq!(sent.outcome, Outcome::Connect, "the certificate names localhost, not 127.0.0.1");
 }
 
-/// Idle connections are kept up to the per-origin and the total caps, handed out most
-/// recent first, and one the server closed is never handed out.
+/// Idle connections are kept up to the pool's size, one origin alone may fill it, a
+/// connection returned to a full pool displaces the oldest of the origin holding the most,
+/// connections are handed out most recent first, and one the server closed never is.
 #[tokio::test]
-async fn the_pool_keeps_what_its_caps_allow_and_only_open_connections() {
+async fn the_pool_shares_its_room_and_hands_out_only_open_connections() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let mut accepted = Vec::new();
-    let mut pool = Pool { per_origin_max: 2, total_max: 3, ..Pool::default() };
+    let mut pool = Pool { max: 3, ..Pool::default() };
+    let mut local = Vec::new();
+    let mut displaced = Vec::new();
     for origin in ["a", "a", "a", "b", "b"] {
         let stream = TcpStream::connect(address).await.unwrap();
+        local.push(stream.local_addr().unwrap());
         accepted.push(listener.accept().await.unwrap().0);
-        pool.put(origin.to_owned(), Stream::Plain(stream));
+        displaced.extend(pool.put(origin.to_owned(), Stream::Plain(stream)).map(|s| s.tcp().local_addr().unwrap()));
     }
-    assert_eq!((pool.idle["a"].len(), pool.idle["b"].len(), pool.count), (2, 1, 3), "caps of 2 per origin, 3 in all");
-    let newest = pool.idle["a"][1].0.tcp().local_addr().unwrap();
-    assert_eq!(pool.take("a").unwrap().tcp().local_addr().unwrap(), newest, "most recent first");
-    // The server closes the other connection of `a`: the pool drops it instead.
-    drop(accepted.remove(0));
+    assert_eq!(displaced, [local[0], local[1]], "a's two oldest made room for b's");
+    let held = |pool: &Pool, origin: &str| pool.idle.get(origin).map_or(0, VecDeque::len);
+    assert_eq!((held(&pool, "a"), held(&pool, "b"), pool.count), (1, 2, 3));
+    // One more of b's: b holds the most now, so its own oldest makes room.
+    let stream = TcpStream::connect(address).await.unwrap();
+    accepted.push(listener.accept().await.unwrap().0);
+    let sixth = stream.local_addr().unwrap();
+    let out = pool.put("b".to_owned(), Stream::Plain(stream)).map(|s| s.tcp().local_addr().unwrap());
+    assert_eq!(out, Some(local[3]));
+    assert_eq!((held(&pool, "a"), held(&pool, "b"), pool.count), (1, 2, 3));
+    assert_eq!(pool.take("b").unwrap().tcp().local_addr().unwrap(), sixth, "most recent first");
+    // The server closes a's connection: the pool drops it instead of handing it out.
+    drop(accepted.remove(2));
     pool.idle["a"][0].0.tcp().readable().await.unwrap();
     assert!(pool.take("a").is_none());
     assert!(!pool.idle.contains_key("a"));
     assert_eq!(pool.count, 1);
-    assert!(pool.take("b").is_some());
+    assert_eq!(pool.take("b").unwrap().tcp().local_addr().unwrap(), local[4]);
     assert_eq!(pool.count, 0);
 }
 
