@@ -242,6 +242,10 @@ fn open_connection(path: &Path, writer: bool) -> StoreResult<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(sql_error)?;
+    // rusqlite keeps 16 prepared statements by default; the writer's working set (publish,
+    // attempt records, fan-outs, lanes, claims, statistics) is larger, and a statement
+    // pushed out is compiled again on its next use.
+    conn.set_prepared_statement_cache_capacity(64);
     // synchronous=FULL: a commit returns only once the WAL is synced, so an acknowledged
     // write survives power loss, not only a process crash.
     conn.execute_batch(
@@ -315,7 +319,7 @@ impl Synced {
     fn set(&mut self, conn: &Connection, full: bool) -> StoreResult<()> {
         if self.0 != full {
             let pragma = if full { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
-            conn.execute_batch(pragma).map_err(sql_error)?;
+            control(conn, pragma)?;
             self.0 = full;
         }
         Ok(())
@@ -352,7 +356,7 @@ fn commit_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) {
 }
 
 fn run_pass(conn: &Connection, batch: &mut [Box<dyn Job>], isolated: bool) -> Pass {
-    if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE").map_err(sql_error) {
+    if let Err(e) = control(conn, "BEGIN IMMEDIATE") {
         // Nothing ran: every caller hears the error and nothing was acknowledged.
         tracing::error!(error = %e, "could not begin a write batch");
         return Pass::Ended(Some(e));
@@ -363,7 +367,7 @@ fn run_pass(conn: &Connection, batch: &mut [Box<dyn Job>], isolated: bool) -> Pa
             return Pass::JobFailed(index);
         }
     }
-    let commit = conn.execute_batch("COMMIT").map_err(sql_error);
+    let commit = control(conn, "COMMIT");
     if commit.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }
@@ -372,6 +376,13 @@ fn run_pass(conn: &Connection, batch: &mut [Box<dyn Job>], isolated: bool) -> Pa
         tracing::error!(error = %e, jobs = batch.len(), "write batch failed to commit");
     }
     Pass::Ended(error)
+}
+
+/// Runs a statement the writer runs with every batch (`BEGIN`, `COMMIT`, the sync mode),
+/// prepared once: `execute_batch` compiled them afresh each time, two or three compiles per
+/// commit.
+fn control(conn: &Connection, sql: &str) -> StoreResult<()> {
+    conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).map_err(sql_error)
 }
 
 /// Maps SQLite errors to what callers act on: conflicts, absent rows, unavailability.

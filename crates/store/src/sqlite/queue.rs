@@ -78,9 +78,12 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
         .map_err(sql_error)?;
     }
     if let Some(event_id) = &m.event_id {
+        // Cached: this runs on the writer for every publish that names an `eventId`.
         let sql = format!("SELECT {} FROM messages WHERE app_id = ?1 AND event_id = ?2", rows::MESSAGE_COLUMNS);
-        if let Some(existing) =
-            conn.query_row(&sql, [&m.app_id, event_id], rows::message).optional().map_err(sql_error)?
+        if let Some(existing) = conn
+            .prepare_cached(&sql)
+            .and_then(|mut s| s.query_row([&m.app_id, event_id], rows::message).optional())
+            .map_err(sql_error)?
         {
             return Ok(PublishOutcome::Duplicate(Box::new(existing)));
         }
@@ -129,7 +132,7 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
 pub fn get_message(conn: &Connection, app_id: &str, key: &str) -> StoreResult<Message> {
     let sql =
         format!("SELECT {} FROM messages WHERE app_id = ?1 AND (id = ?2 OR event_id = ?2)", rows::MESSAGE_COLUMNS);
-    conn.query_row(&sql, [app_id, key], rows::message).map_err(sql_error)
+    conn.prepare_cached(&sql).and_then(|mut s| s.query_row([app_id, key], rows::message)).map_err(sql_error)
 }
 
 pub fn message_by_id(conn: &Connection, id: &str) -> StoreResult<Message> {
