@@ -159,14 +159,16 @@ impl Pool {
         Some(stream)
     }
 
-    /// Closes expired idle connections, including those of origins no longer sent to.
+    /// Closes expired idle connections, including those of origins no longer sent to, and
+    /// those their server has closed (merchants' servers often close idle connections after
+    /// 5-75 s; kept, each would hold a descriptor until it expired here).
     fn sweep(&mut self) {
         if self.swept.is_some_and(|at| at.elapsed() < SWEEP_EVERY) {
             return;
         }
         self.swept = Some(Instant::now());
         self.idle.retain(|_, list| {
-            list.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
+            list.retain(|(stream, since)| since.elapsed() < IDLE_TIMEOUT && stream.is_idle_open());
             !list.is_empty()
         });
         self.count = self.idle.values().map(VecDeque::len).sum();

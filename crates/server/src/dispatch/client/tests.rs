@@ -255,6 +255,30 @@ async fn the_pool_shares_its_room_and_hands_out_only_open_connections() {
     assert_eq!(pool.count, 0);
 }
 
+/// The periodic sweep closes idle connections their server has closed, not only old ones.
+#[tokio::test]
+async fn the_sweep_closes_connections_the_server_closed() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut pool = Pool::default();
+    let mut accepted = Vec::new();
+    for origin in ["a", "b", "b"] {
+        let stream = TcpStream::connect(address).await.unwrap();
+        accepted.push(listener.accept().await.unwrap().0);
+        assert!(pool.put(origin.to_owned(), Stream::Plain(stream)).is_none());
+    }
+    let kept = pool.idle["b"][1].0.tcp().local_addr().unwrap();
+    drop(accepted.remove(0));
+    drop(accepted.remove(0));
+    pool.idle["a"][0].0.tcp().readable().await.unwrap();
+    pool.idle["b"][0].0.tcp().readable().await.unwrap();
+    pool.swept = None;
+    pool.sweep();
+    assert!(!pool.idle.contains_key("a"));
+    assert_eq!(pool.count, 1);
+    assert_eq!(pool.idle["b"][0].0.tcp().local_addr().unwrap(), kept);
+}
+
 fn free_closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
