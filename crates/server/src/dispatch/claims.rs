@@ -73,6 +73,7 @@ impl Engine {
                     self.count_nodes(now).await;
                 }
             }
+            self.client.sweep_idle();
             tokio::select! {
                 _ = stopping.wait_for(|s| *s) => return,
                 _ = tokio::time::sleep(poll) => {}

@@ -226,6 +226,13 @@ impl DeliveryClient {
         self
     }
 
+    /// Lets go of idle connections that expired or that their server closed (at most once
+    /// per 30 s). Taking a connection does this too; the engine's heartbeat calls it so that
+    /// a gateway with nothing to send lets them go as well.
+    pub fn sweep_idle(&self) {
+        self.pool.lock().expect("pool lock").sweep();
+    }
+
     /// POSTs `body` to `url`; never fails, it reports what happened.
     pub async fn post(&self, url: &str, headers: &[(String, String)], body: Bytes, now: UnixMs) -> Sent {
         let started = tokio::time::Instant::now();
