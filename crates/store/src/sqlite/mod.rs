@@ -242,9 +242,9 @@ fn open_connection(path: &Path, writer: bool) -> StoreResult<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(sql_error)?;
-    // rusqlite keeps 16 prepared statements by default; the writer's working set (publish,
-    // attempt records, fan-outs, lanes, claims, statistics) is larger, and a statement
-    // pushed out is compiled again on its next use.
+    // rusqlite keeps 16 prepared statements by default; the writer prepares more than that
+    // across its paths (publish, fan-outs, ordering lanes, attempt records, claims,
+    // statistics, retention), and a statement pushed out is compiled again on its next use.
     conn.set_prepared_statement_cache_capacity(64);
     // synchronous=FULL: a commit returns only once the WAL is synced, so an acknowledged
     // write survives power loss, not only a process crash.
