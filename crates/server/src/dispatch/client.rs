@@ -10,6 +10,7 @@ use hookline_core::UnixMs;
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -175,6 +176,22 @@ impl Pool {
     }
 }
 
+/// One exchange counted as running while it lives (its future may be dropped at a timeout).
+struct Running<'a>(&'a AtomicUsize);
+
+impl<'a> Running<'a> {
+    fn enter(count: &'a AtomicUsize) -> Running<'a> {
+        count.fetch_add(1, Ordering::Relaxed);
+        Running(count)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Why no response came back, before it is classified.
 enum Problem {
     Blocked(String),
@@ -189,6 +206,11 @@ pub struct DeliveryClient {
     connect_timeout: Duration,
     response_bytes_max: usize,
     pool: Mutex<Pool>,
+    /// Exchanges running now, each on a connection of its own.
+    running: AtomicUsize,
+    /// Connections open at most, running and idle together: `delivery.max_in_flight`, the
+    /// share of the open-file limit deliveries were given (`settings::sized_for`).
+    open_max: usize,
     /// Built on first use, so a gateway that only delivers over plain HTTP in development
     /// never pays for the root store.
     tls: OnceLock<tokio_rustls::TlsConnector>,
@@ -208,6 +230,7 @@ impl DeliveryClient {
         request_timeout_ms: u64,
         connect_timeout_ms: u64,
         response_bytes_max: usize,
+        open_max: usize,
     ) -> DeliveryClient {
         DeliveryClient {
             policy,
@@ -215,6 +238,8 @@ impl DeliveryClient {
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             response_bytes_max,
             pool: Mutex::default(),
+            running: AtomicUsize::new(0),
+            open_max,
             tls: OnceLock::new(),
         }
     }
@@ -271,7 +296,16 @@ impl DeliveryClient {
         let path = &parsed[url::Position::BeforePath..url::Position::AfterQuery];
         let path = if path.is_empty() { "/" } else { path };
         let head = http1::request_head(path, &host_header, USER_AGENT, headers, body.len()).map_err(Problem::Other)?;
-        let pooled = self.pool.lock().expect("pool lock").take(&origin);
+        let _running = Running::enter(&self.running);
+        let (pooled, displaced) = {
+            let mut pool = self.pool.lock().expect("pool lock");
+            let pooled = pool.take(&origin);
+            // Opening a connection: idle ones make room, so that running and idle
+            // connections together stay within the descriptors deliveries were given.
+            let over = pooled.is_none() && self.running.load(Ordering::Relaxed) + pool.count > self.open_max;
+            (pooled, if over { pool.displace() } else { None })
+        };
+        drop(displaced);
         let reused = pooled.is_some();
         let mut stream = match pooled {
             Some(stream) => stream,

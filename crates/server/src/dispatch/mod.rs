@@ -190,6 +190,7 @@ impl Engine {
             config.request_timeout_ms,
             config.connect_timeout_ms,
             config.response_bytes_max,
+            config.max_in_flight,
         );
         let jitter = match jitter_seed {
             Some(seed) => rand::rngs::StdRng::seed_from_u64(seed),

@@ -19,7 +19,7 @@ async fn serve(answer: &'static str) -> u16 {
 }
 
 fn client(policy: AddressPolicy) -> DeliveryClient {
-    DeliveryClient::new(policy, 5_000, 1_000, 64)
+    DeliveryClient::new(policy, 5_000, 1_000, 64, 1_000)
 }
 
 const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok";
@@ -65,7 +65,7 @@ async fn a_refused_connection_and_a_silent_server_are_classified() {
     assert_eq!(sent.outcome, Outcome::Connect);
     let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = silent.local_addr().unwrap().port();
-    let quick = DeliveryClient::new(dev, 200, 1_000, 64);
+    let quick = DeliveryClient::new(dev, 200, 1_000, 64, 1_000);
     let sent = quick.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
     assert_eq!(sent.outcome, Outcome::Timeout);
     drop(silent);
@@ -199,7 +199,7 @@ async fn tls_server() -> (u16, rustls::RootCertStore, Arc<AtomicUsize>, Arc<Mute
 async fn https_deliveries_verify_the_certificate_and_keep_the_connection() {
     let (port, roots, accepted, alpn) = tls_server().await;
     let allowed = AddressPolicy { allow: vec!["127.0.0.0/8".parse().unwrap()], ..Default::default() };
-    let trusting = DeliveryClient::new(allowed.clone(), 5_000, 1_000, 64).trusting(roots);
+    let trusting = DeliveryClient::new(allowed.clone(), 5_000, 1_000, 64, 1_000).trusting(roots);
     for _ in 0..3 {
         let sent = trusting.post(&format!("https://localhost:{port}/hook"), &[], Bytes::from_static(b"{}"), 0).await;
         assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None }, "{}", sent.response_excerpt);
@@ -212,7 +212,7 @@ async fn https_deliveries_verify_the_certificate_and_keep_the_connection() {
     assert_eq!(sent.outcome, Outcome::Connect);
     assert!(sent.response_excerpt.contains("certificate"), "{}", sent.response_excerpt);
     let (port, roots, _, _) = tls_server().await;
-    let by_ip = DeliveryClient::new(allowed, 5_000, 1_000, 64).trusting(roots);
+    let by_ip = DeliveryClient::new(allowed, 5_000, 1_000, 64, 1_000).trusting(roots);
     let sent = by_ip.post(&format!("https://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
     assert_eq!(sent.outcome, Outcome::Connect, "the certificate names localhost, not 127.0.0.1");
 }
@@ -253,6 +253,24 @@ async fn the_pool_shares_its_room_and_hands_out_only_open_connections() {
     assert_eq!(pool.count, 1);
     assert_eq!(pool.take("b").unwrap().tcp().local_addr().unwrap(), local[4]);
     assert_eq!(pool.count, 0);
+}
+
+/// Running and idle connections together stay within the client's budget of descriptors:
+/// a request that must open a connection first closes an idle one when the budget is spent.
+#[tokio::test]
+async fn idle_connections_make_room_for_a_new_one_within_the_budget() {
+    let client = DeliveryClient::new(dev(), 5_000, 1_000, 64, 2);
+    let mut accepted = Vec::new();
+    for _ in 0..3 {
+        let (port, count) = keep_alive(usize::MAX, false).await;
+        let sent = client.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+        assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
+        accepted.push(count);
+        assert!(client.pool.lock().unwrap().count <= 2, "more connections open than the budget of 2");
+    }
+    assert_eq!(client.pool.lock().unwrap().count, 2, "the third origin's connection took an idle one's place");
+    assert_eq!(client.running.load(Ordering::SeqCst), 0);
+    assert!(accepted.iter().all(|count| count.load(Ordering::SeqCst) == 1));
 }
 
 /// The periodic sweep closes idle connections their server has closed, not only old ones.
