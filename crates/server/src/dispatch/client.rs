@@ -28,7 +28,7 @@ use tokio_rustls::rustls;
 const IDLE_MAX: usize = 4096;
 /// An idle connection older than this is closed rather than reused.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// How often the pool looks for expired idle connections.
+/// How often the pool looks for idle connections that expired or that their server closed.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 const USER_AGENT: &str = concat!("Hookline/", env!("CARGO_PKG_VERSION"));
@@ -150,8 +150,9 @@ impl Pool {
     }
 
     /// Takes out the oldest idle connection of the origin holding the most. The scan runs
-    /// only while the pool is full, over at most `max` origins, and costs less than the
-    /// connection it saves from closing and opening again.
+    /// only when room is needed (a full pool, or a connection to open beyond the budget),
+    /// over the origins in the pool (an origin's list emptied here stays until the next
+    /// sweep), and costs less than a connection closed and opened again.
     fn displace(&mut self) -> Option<Stream> {
         let list = self.idle.values_mut().max_by_key(|list| list.len())?;
         let (stream, _) = list.pop_front()?;
@@ -296,7 +297,7 @@ impl DeliveryClient {
         let path = &parsed[url::Position::BeforePath..url::Position::AfterQuery];
         let path = if path.is_empty() { "/" } else { path };
         let head = http1::request_head(path, &host_header, USER_AGENT, headers, body.len()).map_err(Problem::Other)?;
-        let _running = Running::enter(&self.running);
+        let running = Running::enter(&self.running);
         let (pooled, displaced) = {
             let mut pool = self.pool.lock().expect("pool lock");
             let pooled = pool.take(&origin);
@@ -323,6 +324,8 @@ impl DeliveryClient {
         match answer {
             Ok(response) => {
                 if response.reusable {
+                    // Idle from here on: counted once, in the pool, not also as running.
+                    drop(running);
                     let displaced = self.pool.lock().expect("pool lock").put(origin, stream);
                     drop(displaced);
                 }

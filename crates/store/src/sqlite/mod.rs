@@ -242,9 +242,10 @@ fn open_connection(path: &Path, writer: bool) -> StoreResult<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX
     };
     let conn = Connection::open_with_flags(path, flags).map_err(sql_error)?;
-    // rusqlite keeps 16 prepared statements by default; the writer prepares more than that
+    // rusqlite keeps 16 prepared statements by default. The writer prepares more than that
     // across its paths (publish, fan-outs, ordering lanes, attempt records, claims,
-    // statistics, retention), and a statement pushed out is compiled again on its next use.
+    // statistics, retention), and a statement pushed out is compiled again on its next use;
+    // readers get the same setting.
     conn.set_prepared_statement_cache_capacity(64);
     // synchronous=FULL: a commit returns only once the WAL is synced, so an acknowledged
     // write survives power loss, not only a process crash.
@@ -378,9 +379,11 @@ fn run_pass(conn: &Connection, batch: &mut [Box<dyn Job>], isolated: bool) -> Pa
     Pass::Ended(error)
 }
 
-/// Runs a statement the writer runs with every batch (`BEGIN`, `COMMIT`, the sync mode),
-/// prepared once: `execute_batch` compiled them afresh each time, two or three compiles per
-/// commit.
+/// Runs a statement the writer runs with every batch (`BEGIN`, `COMMIT`, the sync mode)
+/// from the statement cache: `execute_batch` compiled `BEGIN` and `COMMIT` afresh for every
+/// commit. (SQLite compiles a `PRAGMA` again at each run whatever the cache holds, so the
+/// sync-mode switch still costs a compile; the switch happens only when a batch's kind
+/// changes.)
 fn control(conn: &Connection, sql: &str) -> StoreResult<()> {
     conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).map_err(sql_error)
 }
