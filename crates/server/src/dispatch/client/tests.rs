@@ -68,6 +68,7 @@ async fn a_refused_connection_and_a_silent_server_are_classified() {
     let quick = DeliveryClient::new(dev, 200, 1_000, 64, 1_000);
     let sent = quick.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
     assert_eq!(sent.outcome, Outcome::Timeout);
+    assert_eq!(quick.running.load(Ordering::SeqCst), 0, "an exchange cut off by its timeout no longer counts");
     drop(silent);
 }
 
