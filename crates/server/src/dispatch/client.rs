@@ -157,7 +157,6 @@ impl Pool {
         let list = self.idle.values_mut().max_by_key(|list| list.len())?;
         let (stream, _) = list.pop_front()?;
         self.count -= 1;
-        // An origin's list left empty here is removed by `take` or the next sweep.
         Some(stream)
     }
 

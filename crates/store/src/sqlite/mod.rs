@@ -320,7 +320,7 @@ impl Synced {
     fn set(&mut self, conn: &Connection, full: bool) -> StoreResult<()> {
         if self.0 != full {
             let pragma = if full { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" };
-            control(conn, pragma)?;
+            conn.execute_batch(pragma).map_err(sql_error)?;
             self.0 = full;
         }
         Ok(())
@@ -379,11 +379,9 @@ fn run_pass(conn: &Connection, batch: &mut [Box<dyn Job>], isolated: bool) -> Pa
     Pass::Ended(error)
 }
 
-/// Runs a statement the writer runs with every batch (`BEGIN`, `COMMIT`, the sync mode)
-/// from the statement cache: `execute_batch` compiled `BEGIN` and `COMMIT` afresh for every
-/// commit. (SQLite compiles a `PRAGMA` again at each run whatever the cache holds, so the
-/// sync-mode switch still costs a compile; the switch happens only when a batch's kind
-/// changes.)
+/// Runs `BEGIN IMMEDIATE` or `COMMIT` from the statement cache: `execute_batch` compiled
+/// them afresh for every commit. (The sync-mode switch stays on `execute_batch`: SQLite
+/// compiles a `PRAGMA` again at each run whatever the cache holds.)
 fn control(conn: &Connection, sql: &str) -> StoreResult<()> {
     conn.prepare_cached(sql).and_then(|mut s| s.execute([])).map(|_| ()).map_err(sql_error)
 }
