@@ -233,7 +233,7 @@ async fn the_pool_shares_its_room_and_hands_out_only_open_connections() {
         let stream = TcpStream::connect(address).await.unwrap();
         local.push(stream.local_addr().unwrap());
         accepted.push(listener.accept().await.unwrap().0);
-        displaced.extend(pool.put(origin.to_owned(), Stream::Plain(stream)).map(|s| s.tcp().local_addr().unwrap()));
+        displaced.extend(pool.put(origin, Stream::Plain(stream)).map(|s| s.tcp().local_addr().unwrap()));
     }
     assert_eq!(displaced, [local[0], local[1]], "a's two oldest made room for b's");
     let held = |pool: &Pool, origin: &str| pool.idle.get(origin).map_or(0, VecDeque::len);
@@ -242,7 +242,7 @@ async fn the_pool_shares_its_room_and_hands_out_only_open_connections() {
     let stream = TcpStream::connect(address).await.unwrap();
     accepted.push(listener.accept().await.unwrap().0);
     let sixth = stream.local_addr().unwrap();
-    let out = pool.put("b".to_owned(), Stream::Plain(stream)).map(|s| s.tcp().local_addr().unwrap());
+    let out = pool.put("b", Stream::Plain(stream)).map(|s| s.tcp().local_addr().unwrap());
     assert_eq!(out, Some(local[3]));
     assert_eq!((held(&pool, "a"), held(&pool, "b"), pool.count), (1, 2, 3));
     assert_eq!(pool.take("b").unwrap().tcp().local_addr().unwrap(), sixth, "most recent first");
@@ -284,7 +284,7 @@ async fn the_sweep_closes_connections_the_server_closed() {
     for origin in ["a", "b", "b"] {
         let stream = TcpStream::connect(address).await.unwrap();
         accepted.push(listener.accept().await.unwrap().0);
-        assert!(pool.put(origin.to_owned(), Stream::Plain(stream)).is_none());
+        assert!(pool.put(origin, Stream::Plain(stream)).is_none());
     }
     let kept = pool.idle["b"][1].0.tcp().local_addr().unwrap();
     drop(accepted.remove(0));
@@ -296,6 +296,104 @@ async fn the_sweep_closes_connections_the_server_closed() {
     assert!(!pool.idle.contains_key("a"));
     assert_eq!(pool.count, 1);
     assert_eq!(pool.idle["b"][0].0.tcp().local_addr().unwrap(), kept);
+}
+
+/// A keep-alive HTTP server that answers each request after `delay`; counts connections.
+async fn answering_after(delay: Duration) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while socket.read(&mut buffer).await.unwrap_or(0) > 0 {
+                    tokio::time::sleep(delay).await;
+                    let _ = socket.write_all(OK_KEPT.as_bytes()).await;
+                }
+            });
+        }
+    });
+    (port, accepted)
+}
+
+/// Sends `count` requests to `port` at once; all must be answered 200.
+async fn burst(client: &Arc<DeliveryClient>, port: u16, count: usize) {
+    let sends: Vec<_> = (0..count)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move { client.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await })
+        })
+        .collect();
+    for send in sends {
+        assert_eq!(send.await.unwrap().outcome, Outcome::Response { status: 200, retry_after_ms: None });
+    }
+}
+
+/// A burst to an origin that answers quickly reuses the origin's share of connections: the
+/// requests beyond it wait for a connection to come back rather than opening their own.
+#[tokio::test]
+async fn a_burst_to_a_quick_origin_reuses_its_share_of_connections() {
+    let (port, accepted) = answering_after(Duration::from_millis(5)).await;
+    // A stall far longer than the exchanges, so a slow test machine cannot trip it.
+    let client = Arc::new(client(dev()).sharing(2, Duration::from_secs(30)));
+    burst(&client, port, 12).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 2, "twelve requests on the share of two connections");
+    let pool = client.pool.lock().unwrap();
+    assert_eq!(pool.demand.values().map(|d| d.running).sum::<usize>(), 0, "every exchange ended");
+    assert_eq!(pool.count, 2);
+}
+
+/// When no connection comes back within the stall, every waiting request opens its own: a
+/// slow endpoint's burst is all in flight, not sent a share at a time.
+#[tokio::test]
+async fn requests_to_an_origin_that_gives_nothing_back_open_their_own() {
+    let (port, accepted) = answering_after(Duration::from_secs(2)).await;
+    let client = Arc::new(client(dev()).sharing(2, Duration::from_millis(50)));
+    burst(&client, port, 6).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 6, "each request had a connection of its own");
+}
+
+/// An origin whose every recent exchange took longer than the stall is not held to its
+/// share; one that answered quickly is.
+#[tokio::test]
+async fn only_an_origin_that_answers_quickly_is_held_to_its_share() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stall = Duration::from_millis(100);
+    let mut pool = Pool::default();
+    let mut accepted = Vec::new();
+    for (origin, took) in [("quick", Duration::from_millis(5)), ("slow", Duration::from_millis(400))] {
+        pool.start(origin);
+        assert!(pool.must_wait(origin, 1, stall), "{origin}: nothing known yet, the share holds");
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        accepted.push(listener.accept().await.unwrap().0);
+        assert!(pool.give_back(origin, Stream::Plain(stream), took).is_none());
+        assert_eq!(pool.demand[origin].running, 0);
+        pool.start(origin);
+    }
+    assert!(pool.must_wait("quick", 1, stall));
+    assert!(!pool.must_wait("slow", 1, stall));
+}
+
+/// A connection handed to a waiting request stays counted as running on its origin; if that
+/// request is dropped (its timeout) before it takes the connection, the count comes down.
+#[tokio::test]
+async fn a_waiting_request_dropped_after_a_handover_ends_that_exchange() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pool = Mutex::new(Pool::default());
+    let (sender, receiver) = oneshot::channel();
+    let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+    {
+        let mut pool = pool.lock().unwrap();
+        pool.start("a");
+        pool.demand.get_mut("a").unwrap().waiting.push_back(sender);
+        assert!(pool.give_back("a", Stream::Plain(stream), Duration::from_millis(1)).is_none());
+        assert_eq!((pool.demand["a"].running, pool.count), (1, 0), "handed over, not pooled");
+    }
+    drop(Waiting { receiver, pool: &pool, origin: "a" });
+    assert_eq!(pool.lock().unwrap().demand["a"].running, 0);
 }
 
 fn free_closed_port() -> u16 {
