@@ -38,10 +38,13 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// one platform) then reuses about this many connections instead of opening one per
 /// delivery: `fanout` 1.3x deliveries/s (bench/README.md).
 const ORIGIN_SHARE: usize = 1024;
-/// Requests waiting for a connection to an origin that gives none back for this long open
-/// their own; so does every request to an origin whose quickest recent exchange took longer
-/// (a slow endpoint gets the connections it needs, `STALL` late at most).
+/// How often the requests waiting for connections to an origin are looked at (`watch_stalls`).
+/// An origin whose quickest recent exchange took longer than this is not held to its share:
+/// more connections are how a slow endpoint gets more done.
 const STALL: Duration = Duration::from_millis(100);
+/// A request waits for a connection to come back only while the connections coming back
+/// would reach it within this many looks (1 s), and never longer than that.
+const WAIT_LOOKS: u32 = 10;
 /// The quickest exchange is kept per window of this length, this one and the one before.
 const QUICKEST_WINDOW: Duration = Duration::from_secs(1);
 
@@ -140,10 +143,10 @@ impl Default for Pool {
 struct Demand {
     /// Exchanges running on the origin's connections, or opening one.
     running: usize,
-    /// Requests waiting for a connection to come back, oldest first.
-    waiting: VecDeque<oneshot::Sender<Stream>>,
-    /// When a connection last came back.
-    returned: Option<Instant>,
+    /// Requests waiting for a connection to come back, oldest first, with when each began.
+    waiting: VecDeque<(Instant, oneshot::Sender<Stream>)>,
+    /// Connections that came back since the watcher last looked.
+    returns: usize,
     /// The quickest exchange that gave its connection back in the current window (which
     /// started at `window`) and in the one before: the origin's own time to answer, which the
     /// queueing of a busy gateway lengthens for most exchanges but not for all.
@@ -155,21 +158,49 @@ struct Demand {
 }
 
 impl Demand {
-    /// Whether every recent exchange took longer than `stall`: more connections are then how
-    /// the origin gets more done, so no request waits for one to come back.
+    /// Whether every exchange that gave its connection back over the last one or two windows
+    /// took longer than `stall`: more connections are then how the origin gets more done, so
+    /// no request waits for one to come back.
     fn slow(&self, stall: Duration) -> bool {
         self.window.is_some() && self.quickest.min(self.quickest_before) > stall
     }
 
     fn answered_in(&mut self, took: Duration) {
         let now = Instant::now();
-        self.returned = Some(now);
-        match self.window {
-            Some(start) if now.duration_since(start) < QUICKEST_WINDOW => self.quickest = self.quickest.min(took),
-            window => {
-                self.quickest_before = if window.is_some() { self.quickest } else { Duration::MAX };
+        self.returns += 1;
+        match self.window.map(|start| now.duration_since(start)) {
+            Some(age) if age < QUICKEST_WINDOW => self.quickest = self.quickest.min(took),
+            age => {
+                // The window before counts only if it ended just now.
+                let recent = age.is_some_and(|age| age < 2 * QUICKEST_WINDOW);
+                self.quickest_before = if recent { self.quickest } else { Duration::MAX };
                 self.quickest = took;
                 self.window = Some(now);
+            }
+        }
+    }
+
+    /// One look of the watcher (`watch_stalls`) at the requests waiting: those the
+    /// connections that came back since the last look would not reach within `WAIT_LOOKS`
+    /// looks (the newest), those waiting longer than that, and all when the origin is slow,
+    /// open their own. Returns whether any still waits.
+    fn look(&mut self, stall: Duration) -> bool {
+        self.waiting.retain(|(_, waiter)| !waiter.is_closed());
+        let reach = if self.slow(stall) { 0 } else { self.returns * WAIT_LOOKS as usize };
+        self.returns = 0;
+        // Dropped, a waiting request's sender wakes it to connect.
+        while self.waiting.front().is_some_and(|(since, _)| since.elapsed() >= stall * WAIT_LOOKS) {
+            self.waiting.pop_front();
+        }
+        self.waiting.truncate(reach);
+        !self.waiting.is_empty()
+    }
+
+    /// Lets the oldest waiting request open its own connection (dropped, its sender wakes it).
+    fn release_oldest(&mut self) {
+        while let Some((_, waiter)) = self.waiting.pop_front() {
+            if !waiter.is_closed() {
+                break;
             }
         }
     }
@@ -206,10 +237,12 @@ impl Pool {
         }
     }
 
-    /// An exchange to `origin` ended without giving its connection back.
+    /// An exchange to `origin` ended without giving its connection back: the oldest waiting
+    /// request opens one in its place.
     fn finish(&mut self, origin: &str) {
         if let Some(demand) = self.demand.get_mut(origin) {
             demand.running = demand.running.saturating_sub(1);
+            demand.release_oldest();
         }
     }
 
@@ -225,7 +258,7 @@ impl Pool {
     fn give_back(&mut self, origin: &str, mut stream: Stream, took: Duration) -> Option<Stream> {
         if let Some(demand) = self.demand.get_mut(origin) {
             demand.answered_in(took);
-            while let Some(waiter) = demand.waiting.pop_front() {
+            while let Some((_, waiter)) = demand.waiting.pop_front() {
                 match waiter.send(stream) {
                     Ok(()) => return None,
                     Err(back) => stream = back,
@@ -444,7 +477,7 @@ impl DeliveryClient {
         let path = &parsed[url::Position::BeforePath..url::Position::AfterQuery];
         let path = if path.is_empty() { "/" } else { path };
         let head = http1::request_head(path, &host_header, USER_AGENT, headers, body.len()).map_err(Problem::Other)?;
-        let running = Running::enter(&self.running);
+        let mut running = Some(Running::enter(&self.running));
         let (pooled, waiting, displaced) = {
             let mut pool = self.pool.lock().expect("pool lock");
             let pooled = pool.take(&origin);
@@ -452,8 +485,11 @@ impl DeliveryClient {
                 None if pool.must_wait(&origin, self.origin_share, self.stall) => {
                     let (sender, receiver) = oneshot::channel();
                     let demand = pool.demand.get_mut(&origin).expect("counted");
-                    demand.waiting.push_back(sender);
+                    demand.waiting.push_back((Instant::now(), sender));
                     let watch = !std::mem::replace(&mut demand.watched, true);
+                    if watch {
+                        demand.returns = 0;
+                    }
                     Some((receiver, watch))
                 }
                 _ => None,
@@ -473,9 +509,21 @@ impl DeliveryClient {
         let pooled = match waiting {
             None => pooled,
             Some((receiver, watch)) => {
+                // Not counted as running while it waits: it holds no descriptor.
+                drop(running.take());
                 // Boxed: most exchanges never wait, and would carry this state otherwise.
                 let handed = Box::pin(self.wait_for_connection(&origin, receiver, watch)).await;
+                running = Some(Running::enter(&self.running));
                 on_origin.counted = true;
+                if handed.is_none() {
+                    // Let go: opens its own, counted from here.
+                    let displaced = {
+                        let mut pool = self.pool.lock().expect("pool lock");
+                        pool.start(&origin);
+                        self.room(&mut pool)
+                    };
+                    drop(displaced);
+                }
                 reused = handed.is_some();
                 handed
             }
@@ -486,12 +534,13 @@ impl DeliveryClient {
             // that every exchange on a pooled connection would carry otherwise.
             None => Box::pin(self.connect(&host, port, https)).await?,
         };
-        let took = Instant::now();
+        let mut took = Instant::now();
         let mut answer = http1::exchange(&mut stream, &head, &body, self.response_bytes_max).await;
         if reused && matches!(answer, Err(Failure::ClosedBeforeResponse(_))) {
             // The server closed the idle connection as the request went out: once more on a
             // fresh one (delivery is at least once; this is what every HTTP client does).
             stream = Box::pin(self.connect(&host, port, https)).await?;
+            took = Instant::now();
             answer = http1::exchange(&mut stream, &head, &body, self.response_bytes_max).await;
         }
         match answer {
@@ -511,7 +560,7 @@ impl DeliveryClient {
     }
 
     /// Waits for a connection to `origin` to come back (counted as running, `Pool::give_back`),
-    /// or for the watcher to let this request open its own (`None`, counted from here).
+    /// or for the watcher or an exchange that ended to let this request open its own (`None`).
     async fn wait_for_connection(
         &self,
         origin: &str,
@@ -522,16 +571,7 @@ impl DeliveryClient {
             tokio::spawn(watch_stalls(self.pool.clone(), origin.to_owned(), self.stall));
         }
         let mut waiting = Waiting { receiver, pool: &self.pool, origin };
-        let handed = (&mut waiting.receiver).await.ok();
-        if handed.is_none() {
-            let displaced = {
-                let mut pool = self.pool.lock().expect("pool lock");
-                pool.start(origin);
-                self.room(&mut pool)
-            };
-            drop(displaced);
-        }
-        handed
+        (&mut waiting.receiver).await.ok()
     }
 
     /// Opening a connection: an idle one makes room when running and idle connections
@@ -580,20 +620,15 @@ impl DeliveryClient {
     }
 }
 
-/// Watches the requests waiting for a connection to `origin` to come back: every `stall`,
-/// if none came back meanwhile, or the origin has turned out slow, each of them opens its
-/// own (a slow endpoint's burst goes out at most `stall` late).
+/// Looks at the requests waiting for a connection to `origin` every `stall`
+/// (`Demand::look`) until none waits. A slow endpoint's burst, which gives nothing back,
+/// goes out one look late at most.
 async fn watch_stalls(pool: Arc<Mutex<Pool>>, origin: String, stall: Duration) {
     loop {
         tokio::time::sleep(stall).await;
         let mut pool = pool.lock().expect("pool lock");
         let Some(demand) = pool.demand.get_mut(&origin) else { return };
-        demand.waiting.retain(|waiter| !waiter.is_closed());
-        if demand.returned.is_none_or(|at| at.elapsed() >= stall) || demand.slow(stall) {
-            // Dropped, a waiting request's sender wakes it to connect.
-            demand.waiting.clear();
-        }
-        if demand.waiting.is_empty() {
+        if !demand.look(stall) {
             demand.watched = false;
             return;
         }

@@ -388,12 +388,80 @@ async fn a_waiting_request_dropped_after_a_handover_ends_that_exchange() {
     {
         let mut pool = pool.lock().unwrap();
         pool.start("a");
-        pool.demand.get_mut("a").unwrap().waiting.push_back(sender);
+        pool.demand.get_mut("a").unwrap().waiting.push_back((Instant::now(), sender));
         assert!(pool.give_back("a", Stream::Plain(stream), Duration::from_millis(1)).is_none());
         assert_eq!((pool.demand["a"].running, pool.count), (1, 0), "handed over, not pooled");
     }
     drop(Waiting { receiver, pool: &pool, origin: "a" });
     assert_eq!(pool.lock().unwrap().demand["a"].running, 0);
+}
+
+/// An exchange that ends without giving its connection back (an error, a timeout, a server
+/// that closes after each answer) lets the oldest waiting request open one in its place.
+#[tokio::test]
+async fn an_exchange_that_keeps_its_connection_lets_the_oldest_waiting_request_open_one() {
+    let mut pool = Pool::default();
+    pool.start("a");
+    let (older, mut older_receiver) = oneshot::channel();
+    let (newer, mut newer_receiver) = oneshot::channel();
+    let waiting = &mut pool.demand.get_mut("a").unwrap().waiting;
+    waiting.push_back((Instant::now(), older));
+    waiting.push_back((Instant::now(), newer));
+    pool.finish("a");
+    assert!(matches!(older_receiver.try_recv(), Err(oneshot::error::TryRecvError::Closed)), "let go");
+    assert!(matches!(newer_receiver.try_recv(), Err(oneshot::error::TryRecvError::Empty)), "still waits");
+    assert_eq!(pool.demand["a"].running, 0);
+}
+
+/// Each look of the watcher keeps waiting only the requests the connections that came back
+/// meanwhile would reach within `WAIT_LOOKS` looks (the oldest first), and none that waited
+/// longer than that or, when nothing came back, any at all.
+#[tokio::test]
+async fn the_watcher_lets_go_the_requests_returns_would_not_reach_soon() {
+    let stall = Duration::from_millis(100);
+    let mut demand = Demand::default();
+    let mut receivers: Vec<_> = (0..25)
+        .map(|_| {
+            let (sender, receiver) = oneshot::channel::<Stream>();
+            demand.waiting.push_back((Instant::now(), sender));
+            receiver
+        })
+        .collect();
+    let let_go = |receivers: &mut Vec<oneshot::Receiver<Stream>>| {
+        receivers
+            .iter_mut()
+            .map(|r| matches!(r.try_recv(), Err(oneshot::error::TryRecvError::Closed)))
+            .collect::<Vec<_>>()
+    };
+    // Two came back since the last look: twenty are within reach, the five newest are not.
+    demand.returns = 2;
+    assert!(demand.look(stall));
+    assert_eq!(let_go(&mut receivers), [vec![false; 20], vec![true; 5]].concat());
+    // One waiting longer than WAIT_LOOKS looks goes whatever comes back.
+    demand.waiting[0].0 = Instant::now() - stall * WAIT_LOOKS;
+    demand.returns = 100;
+    assert!(demand.look(stall));
+    assert_eq!(demand.waiting.len(), 19);
+    // Nothing came back: all go.
+    assert!(!demand.look(stall));
+    assert!(let_go(&mut receivers).iter().all(|gone| *gone));
+}
+
+/// However an exchange ends, it stops counting against its origin's share.
+#[tokio::test]
+async fn every_way_an_exchange_ends_gives_its_place_in_the_share_back() {
+    let closing = serve(OK).await;
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let quick = DeliveryClient::new(dev(), 200, 1_000, 64, 1_000);
+    for url in [
+        format!("http://127.0.0.1:{closing}/"),
+        format!("http://127.0.0.1:{}/", free_closed_port()),
+        format!("http://127.0.0.1:{}/", silent.local_addr().unwrap().port()),
+    ] {
+        quick.post(&url, &[], Bytes::new(), 0).await;
+        let pool = quick.pool.lock().unwrap();
+        assert_eq!(pool.demand.values().map(|d| d.running).sum::<usize>(), 0, "{url}");
+    }
 }
 
 fn free_closed_port() -> u16 {
