@@ -464,6 +464,47 @@ async fn every_way_an_exchange_ends_gives_its_place_in_the_share_back() {
     }
 }
 
+/// Requests waiting for a connection get the connections that come back in the order they
+/// began to wait.
+#[tokio::test]
+async fn connections_come_back_to_waiting_requests_oldest_first() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let order = Arc::new(Mutex::new(Vec::new()));
+    let seen = order.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while let Ok(read) = socket.read(&mut buffer).await {
+                    if read == 0 {
+                        return;
+                    }
+                    let head = String::from_utf8_lossy(&buffer[..read]).into_owned();
+                    let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                    seen.lock().unwrap().push(path);
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    let _ = socket.write_all(OK_KEPT.as_bytes()).await;
+                }
+            });
+        }
+    });
+    let client = Arc::new(client(dev()).sharing(1, Duration::from_secs(30)));
+    let mut sends = Vec::new();
+    for path in ["first", "second", "third", "fourth"] {
+        let client = client.clone();
+        let url = format!("http://127.0.0.1:{port}/{path}");
+        sends.push(tokio::spawn(async move { client.post(&url, &[], Bytes::new(), 0).await }));
+        // Each request in turn reaches the pool before the next is sent.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for send in sends {
+        assert_eq!(send.await.unwrap().outcome, Outcome::Response { status: 200, retry_after_ms: None });
+    }
+    assert_eq!(*order.lock().unwrap(), ["/first", "/second", "/third", "/fourth"]);
+}
+
 fn free_closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
