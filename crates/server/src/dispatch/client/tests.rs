@@ -72,24 +72,37 @@ async fn a_refused_connection_and_a_silent_server_are_classified() {
     drop(silent);
 }
 
-/// A keep-alive server: answers each request on a connection with `OK_KEPT`, closing the
-/// connection after `answers_per_connection` answers (silently: no `connection: close`),
-/// or, with `drop_unanswered`, reading the next request and closing without an answer.
-/// Returns its port and a count of accepted connections.
-async fn keep_alive(answers_per_connection: usize, drop_unanswered: bool) -> (u16, Arc<AtomicUsize>) {
+/// A keep-alive server's port, the connections it accepted, and the paths it was asked for
+/// in the order the requests came.
+struct KeptAlive {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    paths: Arc<Mutex<Vec<String>>>,
+}
+
+/// A keep-alive server: answers each request on a connection with `OK_KEPT` after `delay`,
+/// closing the connection after `answers_per_connection` answers (silently: no
+/// `connection: close`), or, with `drop_unanswered`, reading the next request and closing
+/// without an answer.
+async fn keep_alive(answers_per_connection: usize, drop_unanswered: bool, delay: Duration) -> KeptAlive {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
+    let server =
+        KeptAlive { port: listener.local_addr().unwrap().port(), accepted: Arc::default(), paths: Arc::default() };
+    let (accepted, paths) = (server.accepted.clone(), server.paths.clone());
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let paths = paths.clone();
             tokio::spawn(async move {
                 let mut buffer = [0u8; 4096];
                 for _ in 0..answers_per_connection {
-                    if socket.read(&mut buffer).await.unwrap_or(0) == 0 {
+                    let read = socket.read(&mut buffer).await.unwrap_or(0);
+                    if read == 0 {
                         return;
                     }
+                    let head = String::from_utf8_lossy(&buffer[..read]);
+                    paths.lock().unwrap().push(head.split(' ').nth(1).unwrap_or_default().to_owned());
+                    tokio::time::sleep(delay).await;
                     let _ = socket.write_all(OK_KEPT.as_bytes()).await;
                 }
                 if drop_unanswered {
@@ -98,7 +111,7 @@ async fn keep_alive(answers_per_connection: usize, drop_unanswered: bool) -> (u1
             });
         }
     });
-    (port, accepted)
+    server
 }
 
 const OK_KEPT: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
@@ -109,7 +122,7 @@ fn dev() -> AddressPolicy {
 
 #[tokio::test]
 async fn connections_are_kept_alive_and_reused() {
-    let (port, accepted) = keep_alive(usize::MAX, false).await;
+    let KeptAlive { port, accepted, .. } = keep_alive(usize::MAX, false, Duration::ZERO).await;
     let client = client(dev());
     for _ in 0..5 {
         let sent = client.post(&format!("http://127.0.0.1:{port}/a"), &[], Bytes::from_static(b"{}"), 0).await;
@@ -120,7 +133,7 @@ async fn connections_are_kept_alive_and_reused() {
 
 #[tokio::test]
 async fn a_connection_the_server_closed_while_idle_is_not_used() {
-    let (port, accepted) = keep_alive(1, false).await;
+    let KeptAlive { port, accepted, .. } = keep_alive(1, false, Duration::ZERO).await;
     let client = client(dev());
     for _ in 0..3 {
         let sent = client.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
@@ -135,7 +148,7 @@ async fn a_connection_the_server_closed_while_idle_is_not_used() {
 async fn a_request_lost_on_a_reused_connection_goes_again_on_a_fresh_one() {
     // The server takes the second request of each connection and closes without an
     // answer, as a server does when its idle timeout races the request.
-    let (port, accepted) = keep_alive(1, true).await;
+    let KeptAlive { port, accepted, .. } = keep_alive(1, true, Duration::ZERO).await;
     let client = client(dev());
     for _ in 0..3 {
         let sent = client.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
@@ -263,7 +276,7 @@ async fn idle_connections_make_room_for_a_new_one_within_the_budget() {
     let client = DeliveryClient::new(dev(), 5_000, 1_000, 64, 2);
     let mut accepted = Vec::new();
     for _ in 0..3 {
-        let (port, count) = keep_alive(usize::MAX, false).await;
+        let KeptAlive { port, accepted: count, .. } = keep_alive(usize::MAX, false, Duration::ZERO).await;
         let sent = client.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
         assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
         accepted.push(count);
@@ -298,27 +311,6 @@ async fn the_sweep_closes_connections_the_server_closed() {
     assert_eq!(pool.idle["b"][0].0.tcp().local_addr().unwrap(), kept);
 }
 
-/// A keep-alive HTTP server that answers each request after `delay`; counts connections.
-async fn answering_after(delay: Duration) -> (u16, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buffer = [0u8; 4096];
-                while socket.read(&mut buffer).await.unwrap_or(0) > 0 {
-                    tokio::time::sleep(delay).await;
-                    let _ = socket.write_all(OK_KEPT.as_bytes()).await;
-                }
-            });
-        }
-    });
-    (port, accepted)
-}
-
 /// Sends `count` requests to `port` at once; all must be answered 200.
 async fn burst(client: &Arc<DeliveryClient>, port: u16, count: usize) {
     let sends: Vec<_> = (0..count)
@@ -336,7 +328,7 @@ async fn burst(client: &Arc<DeliveryClient>, port: u16, count: usize) {
 /// requests beyond it wait for a connection to come back rather than opening their own.
 #[tokio::test]
 async fn a_burst_to_a_quick_origin_reuses_its_share_of_connections() {
-    let (port, accepted) = answering_after(Duration::from_millis(5)).await;
+    let KeptAlive { port, accepted, .. } = keep_alive(usize::MAX, false, Duration::from_millis(5)).await;
     // A stall far longer than the exchanges, so a slow test machine cannot trip it.
     let client = Arc::new(client(dev()).sharing(2, Duration::from_secs(30)));
     burst(&client, port, 12).await;
@@ -350,7 +342,7 @@ async fn a_burst_to_a_quick_origin_reuses_its_share_of_connections() {
 /// slow endpoint's burst is all in flight, not sent a share at a time.
 #[tokio::test]
 async fn requests_to_an_origin_that_gives_nothing_back_open_their_own() {
-    let (port, accepted) = answering_after(Duration::from_secs(2)).await;
+    let KeptAlive { port, accepted, .. } = keep_alive(usize::MAX, false, Duration::from_secs(2)).await;
     let client = Arc::new(client(dev()).sharing(2, Duration::from_millis(50)));
     burst(&client, port, 6).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 6, "each request had a connection of its own");
@@ -468,28 +460,7 @@ async fn every_way_an_exchange_ends_gives_its_place_in_the_share_back() {
 /// began to wait.
 #[tokio::test]
 async fn connections_come_back_to_waiting_requests_oldest_first() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let order = Arc::new(Mutex::new(Vec::new()));
-    let seen = order.clone();
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                let mut buffer = [0u8; 4096];
-                while let Ok(read) = socket.read(&mut buffer).await {
-                    if read == 0 {
-                        return;
-                    }
-                    let head = String::from_utf8_lossy(&buffer[..read]).into_owned();
-                    let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-                    seen.lock().unwrap().push(path);
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                    let _ = socket.write_all(OK_KEPT.as_bytes()).await;
-                }
-            });
-        }
-    });
+    let KeptAlive { port, paths, .. } = keep_alive(usize::MAX, false, Duration::from_millis(30)).await;
     let client = Arc::new(client(dev()).sharing(1, Duration::from_secs(30)));
     let mut sends = Vec::new();
     for path in ["first", "second", "third", "fourth"] {
@@ -502,7 +473,7 @@ async fn connections_come_back_to_waiting_requests_oldest_first() {
     for send in sends {
         assert_eq!(send.await.unwrap().outcome, Outcome::Response { status: 200, retry_after_ms: None });
     }
-    assert_eq!(*order.lock().unwrap(), ["/first", "/second", "/third", "/fourth"]);
+    assert_eq!(*paths.lock().unwrap(), ["/first", "/second", "/third", "/fourth"]);
 }
 
 fn free_closed_port() -> u16 {
