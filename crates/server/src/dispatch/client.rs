@@ -36,7 +36,7 @@ const SWEEP_EVERY: Duration = Duration::from_secs(30);
 /// waits for one to come back rather than opening another, while the origin answers
 /// quickly. A burst of thousands of deliveries to one host (a fan-out to many endpoints on
 /// one platform) then reuses about this many connections instead of opening one per
-/// delivery: `fanout` 1.3x deliveries/s (bench/README.md).
+/// delivery: `fanout` 1.25-1.33x deliveries/s (bench/README.md).
 const ORIGIN_SHARE: usize = 1024;
 /// How often the requests waiting for connections to an origin are looked at (`watch_stalls`).
 /// An origin whose quickest recent exchange took longer than this is not held to its share:
@@ -494,13 +494,14 @@ impl DeliveryClient {
                 }
                 _ => None,
             };
-            let mut displaced = None;
-            if waiting.is_none() {
-                pool.start(&origin);
-                if pooled.is_none() {
-                    displaced = self.room(&mut pool);
+            let displaced = match (&pooled, &waiting) {
+                (Some(_), _) => {
+                    pool.start(&origin);
+                    None
                 }
-            }
+                (None, None) => self.opening(&mut pool, &origin),
+                (None, Some(_)) => None,
+            };
             (pooled, waiting, displaced)
         };
         drop(displaced);
@@ -516,12 +517,8 @@ impl DeliveryClient {
                 running = Some(Running::enter(&self.running));
                 on_origin.counted = true;
                 if handed.is_none() {
-                    // Let go: opens its own, counted from here.
-                    let displaced = {
-                        let mut pool = self.pool.lock().expect("pool lock");
-                        pool.start(&origin);
-                        self.room(&mut pool)
-                    };
+                    // Let go: opens its own.
+                    let displaced = self.opening(&mut self.pool.lock().expect("pool lock"), &origin);
                     drop(displaced);
                 }
                 reused = handed.is_some();
@@ -574,9 +571,12 @@ impl DeliveryClient {
         (&mut waiting.receiver).await.ok()
     }
 
-    /// Opening a connection: an idle one makes room when running and idle connections
-    /// together would exceed the descriptors deliveries were given.
-    fn room(&self, pool: &mut Pool) -> Option<Stream> {
+    /// A request to `origin` opens a connection: it counts as running there from now, and an
+    /// idle connection makes room when running and idle connections together would exceed
+    /// the descriptors deliveries were given (returned, to be closed once the pool is
+    /// unlocked).
+    fn opening(&self, pool: &mut Pool, origin: &str) -> Option<Stream> {
+        pool.start(origin);
         let over = self.running.load(Ordering::Relaxed) + pool.count > self.open_max;
         if over {
             pool.displace()
