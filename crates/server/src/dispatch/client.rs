@@ -165,8 +165,8 @@ impl Demand {
         self.window.is_some() && self.quickest.min(self.quickest_before) > stall
     }
 
-    fn answered_in(&mut self, took: Duration) {
-        let now = Instant::now();
+    /// A connection came back `now` from an exchange that took `took`.
+    fn answered_in(&mut self, now: Instant, took: Duration) {
         self.returns += 1;
         match self.window.map(|start| now.duration_since(start)) {
             Some(age) if age < QUICKEST_WINDOW => self.quickest = self.quickest.min(took),
@@ -252,12 +252,13 @@ impl Pool {
         self.demand.get(origin).is_some_and(|demand| demand.running >= share && !demand.slow(stall))
     }
 
-    /// Gives back the connection of an exchange to `origin` that took `took`: to the oldest
+    /// Gives back the connection of an exchange to `origin` sent at `sent_at`: to the oldest
     /// request waiting for one (its exchange runs on), or to the pool. Returns the connection
     /// it displaced from a full pool, for the caller to close once the pool is unlocked.
-    fn give_back(&mut self, origin: &str, mut stream: Stream, took: Duration) -> Option<Stream> {
+    fn give_back(&mut self, origin: &str, mut stream: Stream, sent_at: Instant) -> Option<Stream> {
         if let Some(demand) = self.demand.get_mut(origin) {
-            demand.answered_in(took);
+            let now = Instant::now();
+            demand.answered_in(now, now.saturating_duration_since(sent_at));
             while let Some((_, waiter)) = demand.waiting.pop_front() {
                 match waiter.send(stream) {
                     Ok(()) => return None,
@@ -531,13 +532,13 @@ impl DeliveryClient {
             // that every exchange on a pooled connection would carry otherwise.
             None => Box::pin(self.connect(&host, port, https)).await?,
         };
-        let mut took = Instant::now();
+        let mut sent_at = Instant::now();
         let mut answer = http1::exchange(&mut stream, &head, &body, self.response_bytes_max).await;
         if reused && matches!(answer, Err(Failure::ClosedBeforeResponse(_))) {
             // The server closed the idle connection as the request went out: once more on a
             // fresh one (delivery is at least once; this is what every HTTP client does).
             stream = Box::pin(self.connect(&host, port, https)).await?;
-            took = Instant::now();
+            sent_at = Instant::now();
             answer = http1::exchange(&mut stream, &head, &body, self.response_bytes_max).await;
         }
         match answer {
@@ -546,7 +547,7 @@ impl DeliveryClient {
                     // Idle from here on: counted once, in the pool, not also as running.
                     drop(running);
                     on_origin.counted = false;
-                    let displaced = self.pool.lock().expect("pool lock").give_back(&origin, stream, took.elapsed());
+                    let displaced = self.pool.lock().expect("pool lock").give_back(&origin, stream, sent_at);
                     drop(displaced);
                 }
                 Ok(response)
