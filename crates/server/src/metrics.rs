@@ -2,7 +2,9 @@
 //! are endpoint ids and outcome classes, never URLs.
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 pub const PUBLISHED: &str = "hookline_messages_published_total";
 pub const ATTEMPTS: &str = "hookline_delivery_attempts_total";
@@ -28,6 +30,14 @@ pub const ALERT_EMAILS: &str = "hookline_alert_emails_total";
 
 const BUCKETS_SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
+/// How often the samples recorded into histograms are counted into their buckets. The
+/// recorder keeps each sample (two per delivery attempt) until then or until a scrape, so
+/// a gateway nobody scrapes would otherwise grow by them without end.
+const UPKEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Upkeep passes run so far (tests wait on it).
+static UPKEEPS: AtomicU64 = AtomicU64::new(0);
+
 /// The process-wide recorder, installed on first use (a process has one recorder).
 pub fn handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -41,7 +51,34 @@ pub fn handle() -> PrometheusHandle {
             // Another recorder may already be installed (an embedding program's); then
             // ours still renders what it saw, which is nothing, rather than failing.
             let _ = metrics::set_global_recorder(recorder);
+            let upkept = handle.clone();
+            let upkeep = move || loop {
+                std::thread::sleep(UPKEEP_EVERY);
+                upkept.run_upkeep();
+                UPKEEPS.fetch_add(1, Ordering::Relaxed);
+            };
+            if let Err(e) = std::thread::Builder::new().name("hookline-metrics".into()).spawn(upkeep) {
+                tracing::error!(error = %e, "could not start the metrics upkeep; histograms grow until scraped");
+            }
             handle
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The recorder is kept up without a scrape: histogram samples are counted into their
+    /// buckets by the upkeep thread, not held until someone renders the metrics.
+    #[test]
+    fn histograms_are_upkept_without_a_scrape() {
+        let _ = handle();
+        let before = UPKEEPS.load(Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while UPKEEPS.load(Ordering::Relaxed) < before + 2 {
+            assert!(std::time::Instant::now() < deadline, "no upkeep ran in 60 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
