@@ -168,22 +168,6 @@ fn init_logging(config: &Config) {
     }
 }
 
-/// Lowers the calling thread's priority to `nice` (a delivery thread's): when the cores are
-/// short, publishes and inbound webhooks are answered and committed first, and deliveries
-/// wait a little longer. Measured with deliveries/publishes competing for two cores:
-/// `inbound` 1.12x acknowledgements/s at nice 5, 0.96x of that at 10 (bench/README.md).
-fn yield_to_acknowledging(nice: i32) {
-    #[cfg(target_os = "linux")]
-    if nice > 0 {
-        // On Linux the nice value is a thread's own, set by its thread id.
-        if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
-            tracing::warn!(error = %e, nice, "could not lower a delivery thread's priority");
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = nice;
-}
-
 fn serve(config: Config, raised: std::io::Result<u64>) -> ExitCode {
     init_logging(&config);
     report_file_limit(&config, raised);
@@ -197,12 +181,10 @@ fn serve(config: Config, raised: std::io::Result<u64>) -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime starts");
-    let nice = config.delivery.nice;
     let deliveries = (delivery_threads > 0).then(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(delivery_threads)
             .thread_name("hookline-deliver")
-            .on_thread_start(move || yield_to_acknowledging(nice))
             .enable_all()
             .build()
             .expect("delivery runtime starts")

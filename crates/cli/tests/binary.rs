@@ -166,43 +166,6 @@ async fn the_open_file_limit_is_raised_and_unset_caps_fit_it() {
     assert!(stderr.contains("open-file limit is below"), "a configured cap beyond the limit is named: {stderr}");
 }
 
-/// The nice value of each thread of process `pid` named `name` (`comm`, at most 15 bytes).
-fn nice_of_threads(pid: u32, name: &str) -> Vec<i64> {
-    let mut nices = Vec::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let task = task.unwrap().path();
-        if std::fs::read_to_string(task.join("comm")).unwrap().trim() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(task.join("stat")).unwrap();
-        // Fields after the command's closing parenthesis start at field 3; nice is field 19.
-        let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
-        nices.push(fields[16].parse().unwrap());
-    }
-    nices
-}
-
-/// Delivery threads run at `delivery.nice` (5 unless set), the threads that answer and
-/// commit at the process's own priority; `delivery.nice = 0` leaves them all alike.
-#[tokio::test]
-async fn delivery_threads_yield_to_the_ones_that_answer() {
-    let http = reqwest::Client::new();
-    for (env, expected) in [(vec![], 5), (vec![("HOOKLINE_DELIVERY_NICE", "0")], 0)] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut hookline = Hookline::start(dir.path(), free_port(), &env);
-        hookline.wait_healthy(&http).await;
-        let pid = hookline.child.id();
-        let delivering = nice_of_threads(pid, "hookline-delive");
-        assert!(!delivering.is_empty(), "delivery threads are named");
-        assert!(delivering.iter().all(|n| *n == expected), "delivery threads at {expected}: {delivering:?}");
-        for name in ["hookline-api", "hookline-writer"] {
-            let answering = nice_of_threads(pid, name);
-            assert!(!answering.is_empty() && answering.iter().all(|n| *n == 0), "{name} at 0: {answering:?}");
-        }
-        hookline.terminate();
-    }
-}
-
 #[test]
 fn verify_explains_why_a_signature_fails() {
     let dir = tempfile::tempdir().unwrap();

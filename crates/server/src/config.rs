@@ -283,10 +283,6 @@ pub struct DeliveryConfig {
     /// however much is being delivered. Unset: one per core. 0: deliveries share the API's
     /// threads.
     pub threads: Option<usize>,
-    /// The delivery threads' nice value (Linux, 0 to 19): while the cores are busy, the
-    /// threads that answer publishes and inbound webhooks and commit them run before
-    /// deliveries, which only wait a little longer. 0: all threads alike.
-    pub nice: i32,
 }
 
 impl Default for DeliveryConfig {
@@ -302,7 +298,6 @@ impl Default for DeliveryConfig {
             shutdown_grace_ms: 10_000,
             unreachable_pause_ms: 1_000,
             disable_after_ms: 5 * 24 * 3600 * 1000,
-            nice: 5,
             broker_credentials: Default::default(),
             threads: None,
         }
@@ -462,7 +457,6 @@ impl Config {
             (d.connect_timeout_ms >= 100, "delivery.connect_timeout_ms must be at least 100"),
             (d.max_in_flight >= 1, "delivery.max_in_flight must be at least 1"),
             (d.endpoint_max_in_flight >= 1, "delivery.endpoint_max_in_flight must be at least 1"),
-            ((0..=19).contains(&d.nice), "delivery.nice must be 0 to 19"),
             (self.server.max_connections >= 1, "server.max_connections must be at least 1"),
             (self.server.threads != Some(0), "server.threads must be at least 1"),
             (self.api.json_depth_max >= 2, "api.json_depth_max must be at least 2"),
@@ -599,10 +593,5 @@ mod tests {
         assert_eq!(config.threads(8), (3, 0));
         config.server.threads = Some(0);
         assert!(config.validate().unwrap_err().contains("server.threads"));
-        let mut config = Config::default();
-        config.delivery.nice = 20;
-        assert!(config.validate().unwrap_err().contains("delivery.nice must be 0 to 19"));
-        config.delivery.nice = 0;
-        assert!(config.validate().is_ok());
     }
 }
