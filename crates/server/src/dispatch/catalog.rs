@@ -7,11 +7,34 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
+/// An application's endpoints as cached: in the store's order (by id), and found by id
+/// without a scan (a delivery looks its endpoint up; a fan-out's application may have
+/// hundreds).
+pub struct AppEndpoints {
+    list: Vec<Arc<Endpoint>>,
+    by_id: HashMap<String, Arc<Endpoint>>,
+}
+
+impl AppEndpoints {
+    fn new(list: Vec<Arc<Endpoint>>) -> AppEndpoints {
+        let by_id = list.iter().map(|e| (e.id.clone(), e.clone())).collect();
+        AppEndpoints { list, by_id }
+    }
+}
+
+impl std::ops::Deref for AppEndpoints {
+    type Target = [Arc<Endpoint>];
+
+    fn deref(&self) -> &[Arc<Endpoint>] {
+        &self.list
+    }
+}
+
 pub struct Catalog {
     store: Arc<dyn Store>,
     /// Keyed by id and, where set, by uid too.
     apps: RwLock<HashMap<String, Arc<App>>>,
-    endpoints: RwLock<HashMap<String, Arc<Vec<Arc<Endpoint>>>>>,
+    endpoints: RwLock<HashMap<String, Arc<AppEndpoints>>>,
     /// Inbound sources, keyed by id and, where set, by uid.
     sources: RwLock<HashMap<String, Arc<Source>>>,
     generation: AtomicU64,
@@ -33,13 +56,13 @@ impl Catalog {
         self.by_id_or_uid(&self.apps, key, || self.store.get_app(key), |a| (&a.id, a.uid.as_deref())).await
     }
 
-    pub async fn endpoints(&self, app_id: &str) -> StoreResult<Arc<Vec<Arc<Endpoint>>>> {
+    pub async fn endpoints(&self, app_id: &str) -> StoreResult<Arc<AppEndpoints>> {
         if let Some(list) = self.endpoints.read().expect("catalog lock").get(app_id) {
             return Ok(list.clone());
         }
         let generation = self.generation.load(Ordering::SeqCst);
         let loaded: Vec<Arc<Endpoint>> = self.store.app_endpoints(app_id).await?.into_iter().map(Arc::new).collect();
-        let list = Arc::new(loaded);
+        let list = Arc::new(AppEndpoints::new(loaded));
         let mut endpoints = self.endpoints.write().expect("catalog lock");
         if self.generation.load(Ordering::SeqCst) == generation {
             endpoints.insert(app_id.to_owned(), list.clone());
@@ -48,7 +71,7 @@ impl Catalog {
     }
 
     pub async fn endpoint(&self, app_id: &str, endpoint_id: &str) -> StoreResult<Option<Arc<Endpoint>>> {
-        Ok(self.endpoints(app_id).await?.iter().find(|e| e.id == endpoint_id).cloned())
+        Ok(self.endpoints(app_id).await?.by_id.get(endpoint_id).cloned())
     }
 
     /// An inbound source by id or uid.
