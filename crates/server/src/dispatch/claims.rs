@@ -13,21 +13,34 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The deliveries this node holds in memory: a count, and its gauge's handle (made once,
+/// not looked up in the registry twice per delivery).
+pub struct Held {
+    pub count: AtomicUsize,
+    gauge: metrics::Gauge,
+}
+
+impl Held {
+    pub fn new() -> Held {
+        Held { count: AtomicUsize::new(0), gauge: metrics::gauge!(m::HELD) }
+    }
+}
+
 /// One delivery held in memory; counted while it lives, however it leaves.
-pub struct Hold(Arc<AtomicUsize>);
+pub struct Hold(Arc<Held>);
 
 impl Hold {
-    pub fn new(held: &Arc<AtomicUsize>) -> Hold {
-        held.fetch_add(1, Ordering::SeqCst);
-        metrics::gauge!(m::HELD).increment(1.0);
+    pub fn new(held: &Arc<Held>) -> Hold {
+        held.count.fetch_add(1, Ordering::SeqCst);
+        held.gauge.increment(1.0);
         Hold(held.clone())
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-        metrics::gauge!(m::HELD).decrement(1.0);
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+        self.0.gauge.decrement(1.0);
     }
 }
 
@@ -121,7 +134,7 @@ impl Engine {
     async fn claim_while_room(&self, token: i64) {
         let batch = self.cluster.claim_batch_max;
         loop {
-            let room = self.cluster.held_max.saturating_sub(self.held.load(Ordering::SeqCst));
+            let room = self.cluster.held_max.saturating_sub(self.held.count.load(Ordering::SeqCst));
             if room == 0 || token != self.token() {
                 return;
             }

@@ -77,7 +77,7 @@ pub struct Engine {
     /// Nodes with a live lease, as the heartbeat last counted them: rate limits are shared.
     live_nodes: AtomicUsize,
     /// Deliveries held in memory: the claimer stops claiming at `cluster.held_max`.
-    held: Arc<AtomicUsize>,
+    held: Arc<claims::Held>,
     /// Wakes the claimer before its next poll (work was freed or made due).
     claim_now: Notify,
     client: DeliveryClient,
@@ -207,7 +207,7 @@ impl Engine {
             cluster,
             token: AtomicI64::new(lease.token),
             live_nodes: AtomicUsize::new(1),
-            held: Arc::default(),
+            held: Arc::new(claims::Held::new()),
             claim_now: Notify::new(),
             client,
             queues,
