@@ -314,6 +314,13 @@ impl Pool {
     }
 }
 
+/// The pool, locked. A panic while it was locked (none is known) leaves it as it was:
+/// deliveries go on, rather than every later one panicking on a poisoned lock, and a
+/// guard dropped while a task unwinds does not panic again and abort the process.
+fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
+    pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// One exchange counted as running while it lives (its future may be dropped at a timeout).
 struct Running<'a>(&'a AtomicUsize);
 
@@ -342,7 +349,7 @@ struct OnOrigin<'a> {
 impl Drop for OnOrigin<'_> {
     fn drop(&mut self) {
         if self.counted {
-            self.pool.lock().expect("pool lock").finish(self.origin);
+            lock(&self.pool).finish(self.origin);
         }
     }
 }
@@ -359,7 +366,7 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.receiver.close();
         if self.receiver.try_recv().is_ok() {
-            self.pool.lock().expect("pool lock").finish(self.origin);
+            lock(&self.pool).finish(self.origin);
         }
     }
 }
@@ -480,7 +487,7 @@ impl DeliveryClient {
     /// per 30 s). Taking a connection does this too; the engine's heartbeat calls it so that
     /// a gateway with nothing to send lets them go as well.
     pub fn sweep_idle(&self) {
-        self.pool.lock().expect("pool lock").sweep();
+        lock(&self.pool).sweep();
     }
 
     /// POSTs `body` to `url`; never fails, it reports what happened.
@@ -525,7 +532,7 @@ impl DeliveryClient {
             .map_err(Problem::Other)?;
         let mut running = Some(Running::enter(&self.running));
         let (pooled, waiting, displaced) = {
-            let mut pool = self.pool.lock().expect("pool lock");
+            let mut pool = lock(&self.pool);
             let pooled = pool.take(origin);
             let waiting = match pooled {
                 None if pool.must_wait(origin, self.origin_share, self.stall) => {
@@ -564,7 +571,7 @@ impl DeliveryClient {
                 on_origin.counted = true;
                 if handed.is_none() {
                     // Let go: opens its own.
-                    let displaced = self.opening(&mut self.pool.lock().expect("pool lock"), origin);
+                    let displaced = self.opening(&mut lock(&self.pool), origin);
                     drop(displaced);
                 }
                 reused = handed.is_some();
@@ -592,7 +599,7 @@ impl DeliveryClient {
                     // Idle from here on: counted once, in the pool, not also as running.
                     drop(running);
                     on_origin.counted = false;
-                    let displaced = self.pool.lock().expect("pool lock").give_back(origin, stream, sent_at);
+                    let displaced = lock(&self.pool).give_back(origin, stream, sent_at);
                     drop(displaced);
                 }
                 Ok(response)
@@ -672,7 +679,7 @@ impl DeliveryClient {
 async fn watch_stalls(pool: Arc<Mutex<Pool>>, origin: String, stall: Duration) {
     loop {
         tokio::time::sleep(stall).await;
-        let mut pool = pool.lock().expect("pool lock");
+        let mut pool = lock(&pool);
         let Some(demand) = pool.demand.get_mut(&origin) else { return };
         if !demand.look(stall) {
             demand.watched = false;

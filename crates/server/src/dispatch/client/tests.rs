@@ -501,3 +501,23 @@ fn destinations_are_parsed_once_per_url() {
     assert!(matches!(client.destination("ftp://merchant.test/"), Err(Problem::Other(why)) if why.contains("neither")));
     assert!(matches!(client.destination("not a url"), Err(Problem::Other(why)) if why == "invalid URL"));
 }
+
+/// A panic while the pool was locked poisons its mutex; the client goes on delivering (and
+/// keeping connections) rather than panicking on every later request.
+#[tokio::test]
+async fn a_poisoned_pool_keeps_delivering() {
+    let KeptAlive { port, accepted, .. } = keep_alive(usize::MAX, false, Duration::ZERO).await;
+    let client = client(dev());
+    let pool = client.pool.clone();
+    let panicked = std::thread::spawn(move || {
+        let _locked = pool.lock().unwrap();
+        panic!("a panic while the pool is locked");
+    })
+    .join();
+    assert!(panicked.is_err() && client.pool.is_poisoned());
+    for _ in 0..3 {
+        let sent = client.post(&format!("http://127.0.0.1:{port}/a"), &[], Bytes::from_static(b"{}"), 0).await;
+        assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the connection is still kept and reused");
+}
