@@ -349,7 +349,7 @@ struct OnOrigin<'a> {
 impl Drop for OnOrigin<'_> {
     fn drop(&mut self) {
         if self.counted {
-            lock(&self.pool).finish(self.origin);
+            lock(self.pool).finish(self.origin);
         }
     }
 }
@@ -366,7 +366,7 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.receiver.close();
         if self.receiver.try_recv().is_ok() {
-            lock(&self.pool).finish(self.origin);
+            lock(self.pool).finish(self.origin);
         }
     }
 }
