@@ -31,8 +31,8 @@ pub const ALERT_EMAILS: &str = "hookline_alert_emails_total";
 const BUCKETS_SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
 
 /// How often the samples recorded into histograms are counted into their buckets. The
-/// recorder keeps each sample (two per delivery attempt) until then or until a scrape, so
-/// a gateway nobody scrapes would otherwise grow by them without end.
+/// recorder keeps each sample (up to two per delivery attempt) until then or until a
+/// scrape, so a gateway nobody scrapes would otherwise grow by them without end.
 const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Upkeep passes run so far (tests wait on it).
@@ -69,10 +69,10 @@ pub fn handle() -> PrometheusHandle {
 mod tests {
     use super::*;
 
-    /// The recorder is kept up without a scrape: histogram samples are counted into their
-    /// buckets by the upkeep thread, not held until someone renders the metrics.
+    /// The upkeep thread runs without a scrape (what each pass does is the exporter's
+    /// `run_upkeep`: histogram samples counted into their buckets).
     #[test]
-    fn histograms_are_upkept_without_a_scrape() {
+    fn the_upkeep_runs_without_a_scrape() {
         let _ = handle();
         let before = UPKEEPS.load(Ordering::Relaxed);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);

@@ -314,11 +314,16 @@ impl Pool {
     }
 }
 
-/// The pool, locked. A panic while it was locked (none is known) leaves it as it was:
-/// deliveries go on, rather than every later one panicking on a poisoned lock, and a
-/// guard dropped while a task unwinds does not panic again and abort the process.
+/// The pool, locked. After a panic while it was locked (none is known), its counts may be
+/// off by what that step left undone, yet deliveries go on, rather than every later one
+/// panicking on the poisoned lock, and a guard dropped while a task unwinds does not panic
+/// again and abort the process. The first such lock is logged as an error.
 fn lock(pool: &Mutex<Pool>) -> std::sync::MutexGuard<'_, Pool> {
-    pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    pool.lock().unwrap_or_else(|poisoned| {
+        static LOGGED: std::sync::Once = std::sync::Once::new();
+        LOGGED.call_once(|| tracing::error!("the delivery client's pool lock was poisoned by a panic; going on"));
+        poisoned.into_inner()
+    })
 }
 
 /// One exchange counted as running while it lives (its future may be dropped at a timeout).
@@ -371,12 +376,13 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// URLs whose destination is kept parsed; past this many the cache starts again.
+/// Endpoint URLs whose destination is kept parsed; past this many the cache starts again.
 const DESTINATIONS_MAX: usize = 4096;
 
-/// Where a URL's requests go, parsed once per URL and kept (`DeliveryClient::destination`)
-/// rather than at every attempt: parsing the URL and formatting its origin and `Host`
-/// header were about 2% of a `fanout` run's samples.
+/// Where a URL's requests go. An endpoint's URL is parsed once and kept
+/// (`DeliveryClient::destination`) rather than at every attempt: parsing it and formatting
+/// its origin and `Host` header were about 2% of a `fanout` run's samples. A callback URL,
+/// one per message, is parsed for its attempt and not kept.
 struct Destination {
     https: bool,
     host: url::Host<String>,
@@ -425,7 +431,7 @@ pub struct DeliveryClient {
     connect_timeout: Duration,
     response_bytes_max: usize,
     pool: Arc<Mutex<Pool>>,
-    /// Parsed URLs, by URL.
+    /// Endpoints' parsed URLs, by URL.
     destinations: Mutex<HashMap<String, Arc<Destination>>>,
     /// `ORIGIN_SHARE` and `STALL`, or others in tests.
     origin_share: usize,
@@ -492,8 +498,23 @@ impl DeliveryClient {
 
     /// POSTs `body` to `url`; never fails, it reports what happened.
     pub async fn post(&self, url: &str, headers: &[(String, String)], body: Bytes, now: UnixMs) -> Sent {
+        self.send(Destination::parse(url).map(Arc::new), headers, body, now).await
+    }
+
+    /// As `post`, to an endpoint's URL, whose parsed form is kept for its next deliveries.
+    pub async fn post_to_endpoint(&self, url: &str, headers: &[(String, String)], body: Bytes, now: UnixMs) -> Sent {
+        self.send(self.destination(url), headers, body, now).await
+    }
+
+    async fn send(
+        &self,
+        destination: Result<Arc<Destination>, Problem>,
+        headers: &[(String, String)],
+        body: Bytes,
+        now: UnixMs,
+    ) -> Sent {
         let started = tokio::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.exchange(url, headers, body)).await;
+        let result = tokio::time::timeout(self.timeout, self.exchange(destination, headers, body)).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         let (outcome, status_code, response_excerpt) = match result {
             Ok(Ok(response)) => {
@@ -517,15 +538,21 @@ impl DeliveryClient {
         }
         let parsed = Arc::new(Destination::parse(url)?);
         let mut destinations = self.destinations.lock().expect("destinations lock");
-        if destinations.len() >= DESTINATIONS_MAX {
-            destinations.clear();
-        }
+        // A full cache is emptied, and the old entries freed once the lock is let go.
+        let dropped = (destinations.len() >= DESTINATIONS_MAX).then(|| std::mem::take(&mut *destinations));
         destinations.insert(url.to_owned(), parsed.clone());
+        drop(destinations);
+        drop(dropped);
         Ok(parsed)
     }
 
-    async fn exchange(&self, url: &str, headers: &[(String, String)], body: Bytes) -> Result<http1::Response, Problem> {
-        let destination = self.destination(url)?;
+    async fn exchange(
+        &self,
+        destination: Result<Arc<Destination>, Problem>,
+        headers: &[(String, String)],
+        body: Bytes,
+    ) -> Result<http1::Response, Problem> {
+        let destination = destination?;
         let (https, host, port) = (destination.https, &destination.host, destination.port);
         let origin = destination.origin.as_str();
         let head = http1::request_head(&destination.path, &destination.host_header, USER_AGENT, headers, body.len())
