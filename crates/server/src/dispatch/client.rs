@@ -376,47 +376,6 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Endpoint URLs whose destination is kept parsed; past this many the cache starts again.
-const DESTINATIONS_MAX: usize = 4096;
-
-/// Where a URL's requests go. An endpoint's URL is parsed once and kept
-/// (`DeliveryClient::destination`) rather than at every attempt: parsing it and formatting
-/// its origin and `Host` header were about 2% of a `fanout` run's samples. A callback URL,
-/// one per message, is parsed for its attempt and not kept.
-struct Destination {
-    https: bool,
-    host: url::Host<String>,
-    port: u16,
-    /// The `Host` header: the host, with the port when the URL names one.
-    host_header: String,
-    /// `scheme://host:port`: the pool's key.
-    origin: String,
-    /// The path and query; `/` when the URL has neither.
-    path: String,
-}
-
-impl Destination {
-    fn parse(url: &str) -> Result<Destination, Problem> {
-        let parsed = url::Url::parse(url).map_err(|_| Problem::Other("invalid URL".into()))?;
-        let https = match parsed.scheme() {
-            "https" => true,
-            "http" => false,
-            _ => return Err(Problem::Other("the URL is neither http nor https".into())),
-        };
-        let (Some(host), Some(port)) = (parsed.host(), parsed.port_or_known_default()) else {
-            return Err(Problem::Other("the URL has no host".into()));
-        };
-        let host_header = match parsed.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.to_string(),
-        };
-        let origin = format!("{}://{host}:{port}", parsed.scheme());
-        let path = &parsed[url::Position::BeforePath..url::Position::AfterQuery];
-        let path = if path.is_empty() { "/" } else { path }.to_owned();
-        Ok(Destination { https, host: host.to_owned(), port, host_header, origin, path })
-    }
-}
-
 /// Why no response came back, before it is classified.
 enum Problem {
     Blocked(String),
@@ -431,8 +390,6 @@ pub struct DeliveryClient {
     connect_timeout: Duration,
     response_bytes_max: usize,
     pool: Arc<Mutex<Pool>>,
-    /// Endpoints' parsed URLs, by URL.
-    destinations: Mutex<HashMap<String, Arc<Destination>>>,
     /// `ORIGIN_SHARE` and `STALL`, or others in tests.
     origin_share: usize,
     stall: Duration,
@@ -468,7 +425,6 @@ impl DeliveryClient {
             connect_timeout: Duration::from_millis(connect_timeout_ms),
             response_bytes_max,
             pool: Arc::default(),
-            destinations: Mutex::default(),
             origin_share: ORIGIN_SHARE,
             stall: STALL,
             running: AtomicUsize::new(0),
@@ -498,23 +454,8 @@ impl DeliveryClient {
 
     /// POSTs `body` to `url`; never fails, it reports what happened.
     pub async fn post(&self, url: &str, headers: &[(String, String)], body: Bytes, now: UnixMs) -> Sent {
-        self.send(Destination::parse(url).map(Arc::new), headers, body, now).await
-    }
-
-    /// As `post`, to an endpoint's URL, whose parsed form is kept for its next deliveries.
-    pub async fn post_to_endpoint(&self, url: &str, headers: &[(String, String)], body: Bytes, now: UnixMs) -> Sent {
-        self.send(self.destination(url), headers, body, now).await
-    }
-
-    async fn send(
-        &self,
-        destination: Result<Arc<Destination>, Problem>,
-        headers: &[(String, String)],
-        body: Bytes,
-        now: UnixMs,
-    ) -> Sent {
         let started = tokio::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, self.exchange(destination, headers, body)).await;
+        let result = tokio::time::timeout(self.timeout, self.exchange(url, headers, body)).await;
         let duration_ms = started.elapsed().as_millis() as u64;
         let (outcome, status_code, response_excerpt) = match result {
             Ok(Ok(response)) => {
@@ -531,32 +472,24 @@ impl DeliveryClient {
         Sent { outcome, status_code, response_excerpt, duration_ms }
     }
 
-    /// `url` parsed, from the cache or parsed now and kept.
-    fn destination(&self, url: &str) -> Result<Arc<Destination>, Problem> {
-        if let Some(found) = self.destinations.lock().expect("destinations lock").get(url) {
-            return Ok(found.clone());
-        }
-        let parsed = Arc::new(Destination::parse(url)?);
-        let mut destinations = self.destinations.lock().expect("destinations lock");
-        // A full cache is emptied, and the old entries freed once the lock is let go.
-        let dropped = (destinations.len() >= DESTINATIONS_MAX).then(|| std::mem::take(&mut *destinations));
-        destinations.insert(url.to_owned(), parsed.clone());
-        drop(destinations);
-        drop(dropped);
-        Ok(parsed)
-    }
-
-    async fn exchange(
-        &self,
-        destination: Result<Arc<Destination>, Problem>,
-        headers: &[(String, String)],
-        body: Bytes,
-    ) -> Result<http1::Response, Problem> {
-        let destination = destination?;
-        let (https, host, port) = (destination.https, &destination.host, destination.port);
-        let origin = destination.origin.as_str();
-        let head = http1::request_head(&destination.path, &destination.host_header, USER_AGENT, headers, body.len())
-            .map_err(Problem::Other)?;
+    async fn exchange(&self, url: &str, headers: &[(String, String)], body: Bytes) -> Result<http1::Response, Problem> {
+        let parsed = url::Url::parse(url).map_err(|_| Problem::Other("invalid URL".into()))?;
+        let https = match parsed.scheme() {
+            "https" => true,
+            "http" => false,
+            _ => return Err(Problem::Other("the URL is neither http nor https".into())),
+        };
+        let (Some(host), Some(port)) = (parsed.host(), parsed.port_or_known_default()) else {
+            return Err(Problem::Other("the URL has no host".into()));
+        };
+        let host_header = match parsed.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        let origin = &format!("{}://{host}:{port}", parsed.scheme());
+        let path = &parsed[url::Position::BeforePath..url::Position::AfterQuery];
+        let path = if path.is_empty() { "/" } else { path };
+        let head = http1::request_head(path, &host_header, USER_AGENT, headers, body.len()).map_err(Problem::Other)?;
         let mut running = Some(Running::enter(&self.running));
         let (pooled, waiting, displaced) = {
             let mut pool = lock(&self.pool);
@@ -609,14 +542,14 @@ impl DeliveryClient {
             Some(stream) => stream,
             // Boxed, as is the reconnect below: a connect (with TLS) is about 800 bytes of state
             // that every exchange on a pooled connection would carry otherwise.
-            None => Box::pin(self.connect(host, port, https)).await?,
+            None => Box::pin(self.connect(&host, port, https)).await?,
         };
         let mut sent_at = Instant::now();
         let mut answer = http1::exchange(&mut stream, &head, &body, self.response_bytes_max).await;
         if reused && matches!(answer, Err(Failure::ClosedBeforeResponse(_))) {
             // The server closed the idle connection as the request went out: once more on a
             // fresh one (delivery is at least once; this is what every HTTP client does).
-            stream = Box::pin(self.connect(host, port, https)).await?;
+            stream = Box::pin(self.connect(&host, port, https)).await?;
             sent_at = Instant::now();
             answer = http1::exchange(&mut stream, &head, &body, self.response_bytes_max).await;
         }
@@ -667,7 +600,7 @@ impl DeliveryClient {
 
     /// Connects to the first address the rules allow, checked at connect time so a name
     /// cannot be re-pointed at a private address after the endpoint was saved.
-    async fn connect(&self, host: &url::Host<String>, port: u16, https: bool) -> Result<Stream, Problem> {
+    async fn connect(&self, host: &url::Host<&str>, port: u16, https: bool) -> Result<Stream, Problem> {
         let tcp = connect_allowed(&self.policy, host, port, self.connect_timeout, |address| async move {
             TcpStream::connect(address).await.map_err(|e| e.to_string())
         })
@@ -685,9 +618,9 @@ impl DeliveryClient {
         }
     }
 
-    async fn tls_handshake(&self, host: &url::Host<String>, tcp: TcpStream) -> Result<Stream, Problem> {
+    async fn tls_handshake(&self, host: &url::Host<&str>, tcp: TcpStream) -> Result<Stream, Problem> {
         let name = match host {
-            url::Host::Domain(name) => rustls::pki_types::ServerName::try_from(name.clone())
+            url::Host::Domain(name) => rustls::pki_types::ServerName::try_from(name.to_string())
                 .map_err(|_| Problem::Other("the host is not a valid TLS name".into()))?,
             url::Host::Ipv4(ip) => rustls::pki_types::ServerName::IpAddress(IpAddr::V4(*ip).into()),
             url::Host::Ipv6(ip) => rustls::pki_types::ServerName::IpAddress(IpAddr::V6(*ip).into()),

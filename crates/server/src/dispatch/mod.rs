@@ -541,9 +541,6 @@ impl Engine {
                 Box::pin(self.queues.publish(&target.url, &message.id, endpoint, &headers, message.payload.clone()))
                     .await
             }
-            false if target.endpoint_id.is_some() => {
-                self.client.post_to_endpoint(&target.url, &headers, message.payload.clone(), now).await
-            }
             false => self.client.post(&target.url, &headers, message.payload.clone(), now).await,
         };
         self.finish(due, &turn.key, &target, &message, Some(sent)).await;

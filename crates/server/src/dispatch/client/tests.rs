@@ -480,30 +480,6 @@ fn free_closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// An endpoint's URL is parsed once: its origin, `Host` header and path as a request needs
-/// them, the same parsed destination for every later request to it, and a clear problem for
-/// a URL that cannot be sent to; a kept one is used by `post_to_endpoint`.
-#[tokio::test]
-async fn destinations_are_parsed_once_per_url() {
-    let client = client(AddressPolicy::default());
-    let named = client.destination("http://merchant.test:8080/hooks?k=1").ok().unwrap();
-    assert_eq!(
-        (named.origin.as_str(), named.host_header.as_str(), named.path.as_str(), named.https),
-        ("http://merchant.test:8080", "merchant.test:8080", "/hooks?k=1", false)
-    );
-    let default_port = client.destination("https://merchant.test").ok().unwrap();
-    assert_eq!(
-        (default_port.origin.as_str(), default_port.host_header.as_str(), default_port.path.as_str()),
-        ("https://merchant.test:443", "merchant.test", "/")
-    );
-    let again = client.destination("http://merchant.test:8080/hooks?k=1").ok().unwrap();
-    assert!(Arc::ptr_eq(&named, &again), "the second request reuses the parsed destination");
-    assert!(matches!(client.destination("ftp://merchant.test/"), Err(Problem::Other(why)) if why.contains("neither")));
-    assert!(matches!(client.destination("not a url"), Err(Problem::Other(why)) if why == "invalid URL"));
-    let sent = client.post_to_endpoint("ftp://merchant.test/", &[], Bytes::new(), 0).await;
-    assert_eq!((sent.outcome, sent.response_excerpt.as_str()), (Outcome::Other, "the URL is neither http nor https"));
-}
-
 /// A panic while the pool was locked poisons its mutex; the client goes on delivering (and
 /// keeping connections) rather than panicking on every later request.
 #[tokio::test]
