@@ -396,7 +396,12 @@ async fn ingest(
         return Ok(Json(IngestOut { status: "filtered", message_id: None }));
     }
     let forwarded = forwarded_headers(&source, &method, &uri, &headers);
-    let (message, outcome) = accept(&state, &source, body, event_type, verified.event_id, forwarded).await?;
+    // The body is a slice of the connection's read buffer (8 KiB): kept as the message's
+    // payload, it would pin that buffer until the delivery is done, and the connection
+    // would allocate a new one for its next request. A copy frees it for reuse.
+    let payload = Bytes::copy_from_slice(&body);
+    drop(body);
+    let (message, outcome) = accept(&state, &source, payload, event_type, verified.event_id, forwarded).await?;
     match outcome {
         PublishOutcome::Created => {
             count(&state, &source, "accepted");
