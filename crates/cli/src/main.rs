@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-/// mimalloc in place of glibc's malloc: the gateway spent about an eighth of its CPU in
-/// malloc and free; with mimalloc, paired runs gave `inbound` 1.20x and 1.05x, `fanout`
+/// mimalloc in place of glibc's malloc: an `inbound` profile put about an eighth of the
+/// gateway's CPU in malloc and free; with mimalloc, paired runs gave `inbound` 1.20x and 1.05x, `fanout`
 /// 1.32x and 1.17x (bench/README, 2026-12-05). Its arenas are committed on demand
 /// (`.cargo/config.toml`): committed up front, peak memory was tens of MB higher.
 #[global_allocator]

@@ -396,11 +396,10 @@ async fn ingest(
         return Ok(Json(IngestOut { status: "filtered", message_id: None }));
     }
     let forwarded = forwarded_headers(&source, &method, &uri, &headers);
-    // The body is a slice of the connection's read buffer (8 KiB): kept as the message's
-    // payload, it would pin that buffer until the delivery is done, and the connection
-    // would allocate a new one for its next request. A copy frees it for reuse.
+    // The body is a slice of the connection's read buffer: kept as the message's payload,
+    // it would pin that whole buffer until the delivery is done. A copy lets the buffer go
+    // once this request is answered.
     let payload = Bytes::copy_from_slice(&body);
-    drop(body);
     let (message, outcome) = accept(&state, &source, payload, event_type, verified.event_id, forwarded).await?;
     match outcome {
         PublishOutcome::Created => {
