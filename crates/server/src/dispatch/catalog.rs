@@ -3,7 +3,7 @@
 //! a generation counter keeps a load that raced an invalidation from caching stale data.
 //! Misses for one key at once share one load (see [`Flights`]).
 
-use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::future::{BoxFuture, FutureExt, Shared, WeakShared};
 use hookline_store::{App, Endpoint, Source, Store, StoreResult};
 use std::collections::HashMap;
 use std::future::Future;
@@ -35,14 +35,21 @@ impl std::ops::Deref for AppEndpoints {
 
 /// One load from the store, awaited by every miss that joined it.
 type Load<T> = Shared<BoxFuture<'static, StoreResult<Arc<T>>>>;
+/// The loads running: for each key, the generation its load started at, and the load.
+type Running<T> = HashMap<String, (u64, WeakShared<BoxFuture<'static, StoreResult<Arc<T>>>>)>;
 
 /// The loads running, by key. Without them, every request that misses a key loads it on its
-/// own: the first publishes to an application after a start, or the deliveries of a fan-out
-/// in flight when one of its endpoints changes (hundreds to thousands at once), would each
-/// read and decode all its endpoints. A load is joined only by misses of the same
-/// generation, so nothing that started before an invalidation answers a miss after it.
+/// own: the first publishes to an application after a start, or every delivery of a
+/// fan-out in flight when one of its endpoints changes, would each read and decode all its
+/// endpoints. A miss joins a load only if it started no earlier than the miss's generation,
+/// so nothing that started before an invalidation answers a miss after it.
+///
+/// The list holds its loads weakly: a load lives as long as a miss awaits it, as before, so
+/// when they are all cancelled the store's read goes too (on PostgreSQL it holds a pooled
+/// connection), and a load that panicked is not found again. Dead entries are dropped when
+/// a load is added, so the list holds no more than the loads alive then.
 struct Flights<T> {
-    running: Mutex<HashMap<String, (u64, Load<T>)>>,
+    running: Mutex<Running<T>>,
 }
 
 impl<T: Send + Sync + 'static> Flights<T> {
@@ -50,30 +57,40 @@ impl<T: Send + Sync + 'static> Flights<T> {
         Flights { running: Mutex::default() }
     }
 
-    /// The result of the load of `key` running for `generation`, or of `load()` started now.
+    /// The result of a load of `key` started at `generation` or later, or of `load()`.
     async fn join<F>(&self, key: &str, generation: u64, load: impl FnOnce() -> F) -> StoreResult<Arc<T>>
     where
         F: Future<Output = StoreResult<Arc<T>>> + Send + 'static,
     {
-        let flight = {
-            let mut running = self.running.lock().expect("catalog flights lock");
-            match running.get(key) {
-                Some((started, flight)) if *started == generation => flight.clone(),
+        let flight: Load<T> = {
+            let mut running = self.lock();
+            let alive = running.get(key).and_then(|(started, weak)| Some((*started, weak.upgrade()?)));
+            match alive {
+                Some((started, flight)) if started >= generation => flight,
                 _ => {
                     let flight = load().boxed().shared();
-                    running.insert(key.to_owned(), (generation, flight.clone()));
+                    running.retain(|_, (_, weak)| weak.upgrade().is_some());
+                    if let Some(weak) = flight.downgrade() {
+                        running.insert(key.to_owned(), (generation, weak));
+                    }
                     flight
                 }
             }
         };
+        // Awaited through a clone: a `Shared` that has finished no longer compares equal.
         let result = flight.clone().await;
-        // The first one back takes the load off the list, unless a newer one replaced it. (A
-        // load whose every waiter was cancelled stays until the next miss of its key.)
-        let mut running = self.running.lock().expect("catalog flights lock");
-        if running.get(key).is_some_and(|(_, current)| current.ptr_eq(&flight)) {
+        // The first one back takes the load off the list, unless a newer one replaced it.
+        let mut running = self.lock();
+        let ours = running.get(key).and_then(|(_, weak)| weak.upgrade()).is_some_and(|current| current.ptr_eq(&flight));
+        if ours {
             running.remove(key);
         }
         result
+    }
+
+    /// The list, even after a panic while it was held: it only ever holds whole entries.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Running<T>> {
+        self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -201,71 +218,119 @@ impl Catalog {
 mod tests {
     use super::*;
     use hookline_store::StoreError;
-    use std::sync::atomic::AtomicUsize;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    use std::time::Duration;
     use tokio::sync::Semaphore;
 
-    /// A load that counts its runs and finishes only when `gate` lets it.
-    fn gated(
-        runs: &Arc<AtomicUsize>,
-        gate: &Arc<Semaphore>,
-        value: u32,
-    ) -> impl Future<Output = StoreResult<Arc<u32>>> {
-        let (runs, gate) = (runs.clone(), gate.clone());
-        async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            let _permit = gate.acquire().await.expect("gate open");
-            Ok(Arc::new(value))
+    /// A load that counts its runs, finishes only when `gate` lets it, and says when it was
+    /// dropped.
+    struct Gated {
+        runs: Arc<AtomicUsize>,
+        gate: Arc<Semaphore>,
+        dropped: Arc<AtomicBool>,
+    }
+
+    impl Gated {
+        fn new() -> Gated {
+            Gated { runs: Arc::default(), gate: Arc::new(Semaphore::new(0)), dropped: Arc::default() }
         }
+
+        fn load(&self, value: u32) -> impl Future<Output = StoreResult<Arc<u32>>> {
+            struct OnDrop(Arc<AtomicBool>);
+            impl Drop for OnDrop {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let (runs, gate, dropped) = (self.runs.clone(), self.gate.clone(), OnDrop(self.dropped.clone()));
+            async move {
+                let _dropped = dropped;
+                runs.fetch_add(1, Ordering::SeqCst);
+                // Each load takes one permit for good, so letting one finish lets no other.
+                gate.acquire().await.expect("gate open").forget();
+                Ok(Arc::new(value))
+            }
+        }
+
+        fn runs(&self) -> usize {
+            self.runs.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Waits (a bounded while) until `done`: a broken mechanism fails the test, not hangs it.
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        let waited = tokio::time::timeout(Duration::from_secs(5), async {
+            while !done() {
+                tokio::task::yield_now().await;
+            }
+        });
+        waited.await.unwrap_or_else(|_| panic!("{what} did not happen"));
+    }
+
+    fn spawn_join(
+        flights: &Arc<Flights<u32>>,
+        gated: &Gated,
+        generation: u64,
+        value: u32,
+    ) -> tokio::task::JoinHandle<StoreResult<Arc<u32>>> {
+        let (flights, load) = (flights.clone(), gated.load(value));
+        tokio::spawn(async move { flights.join("app_1", generation, || load).await })
     }
 
     #[tokio::test]
     async fn misses_of_one_key_share_one_load() {
-        let flights = Arc::new(Flights::<u32>::new());
-        let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
-        let mut waiters = Vec::new();
-        for n in 0..16 {
-            let (flights, runs, gate) = (flights.clone(), runs.clone(), gate.clone());
-            waiters.push(tokio::spawn(async move { flights.join("app_1", 7, || gated(&runs, &gate, n)).await }));
-        }
-        // Every waiter has joined before the load may finish.
-        while flights.running.lock().unwrap().is_empty() || runs.load(Ordering::SeqCst) == 0 {
+        let (flights, gated) = (Arc::new(Flights::<u32>::new()), Gated::new());
+        let waiters: Vec<_> = (0..16).map(|n| spawn_join(&flights, &gated, 7, n)).collect();
+        // Every spawned waiter reaches its await within a turn of this single-threaded
+        // runtime; a few turns more, and only then may the load finish.
+        until("the load starting", || gated.runs() > 0).await;
+        for _ in 0..16 {
             tokio::task::yield_now().await;
         }
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-        gate.add_permits(1);
+        gated.gate.add_permits(1);
         let mut values = Vec::new();
         for waiter in waiters {
             values.push(*waiter.await.unwrap().unwrap());
         }
-        assert_eq!(runs.load(Ordering::SeqCst), 1, "one load for 16 misses");
+        assert_eq!(gated.runs(), 1, "one load for 16 misses");
         assert!(values.iter().all(|v| *v == values[0]), "every waiter got the one load's value: {values:?}");
-        assert!(flights.running.lock().unwrap().is_empty(), "a finished load is taken off the list");
+        assert!(flights.lock().is_empty(), "a finished load is taken off the list");
     }
 
     #[tokio::test]
     async fn a_miss_after_an_invalidation_does_not_join_an_older_load() {
-        let flights = Arc::new(Flights::<u32>::new());
-        let (runs, gate) = (Arc::new(AtomicUsize::new(0)), Arc::new(Semaphore::new(0)));
-        let older = {
-            let (flights, runs, gate) = (flights.clone(), runs.clone(), gate.clone());
-            tokio::spawn(async move { flights.join("app_1", 1, || gated(&runs, &gate, 1)).await })
-        };
-        while runs.load(Ordering::SeqCst) == 0 {
+        let (flights, gated) = (Arc::new(Flights::<u32>::new()), Gated::new());
+        let older = spawn_join(&flights, &gated, 1, 1);
+        until("the older load starting", || gated.runs() == 1).await;
+        let newer = spawn_join(&flights, &gated, 2, 2);
+        until("the newer load starting", || gated.runs() == 2).await;
+        // A miss from before the invalidation may join the newer load: it is fresher.
+        let late = spawn_join(&flights, &gated, 1, 3);
+        for _ in 0..16 {
             tokio::task::yield_now().await;
         }
-        let newer = {
-            let (flights, runs, gate) = (flights.clone(), runs.clone(), gate.clone());
-            tokio::spawn(async move { flights.join("app_1", 2, || gated(&runs, &gate, 2)).await })
-        };
-        while runs.load(Ordering::SeqCst) < 2 {
-            tokio::task::yield_now().await;
-        }
-        gate.add_permits(2);
+        assert_eq!(gated.runs(), 2, "the late miss joined the newer load");
+        gated.gate.add_permits(1);
         assert_eq!(*older.await.unwrap().unwrap(), 1);
+        assert_eq!(flights.lock().get("app_1").map(|(started, _)| *started), Some(2), "the newer load stays listed");
+        gated.gate.add_permits(1);
         assert_eq!(*newer.await.unwrap().unwrap(), 2, "the newer generation's miss loaded again");
-        assert!(flights.running.lock().unwrap().is_empty());
+        assert_eq!(*late.await.unwrap().unwrap(), 2);
+        assert!(flights.lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_load_whose_misses_are_all_cancelled_is_dropped() {
+        let (flights, gated) = (Arc::new(Flights::<u32>::new()), Gated::new());
+        let cancelled = spawn_join(&flights, &gated, 0, 1);
+        until("the load starting", || gated.runs() == 1).await;
+        cancelled.abort();
+        until("the load being dropped", || gated.dropped.load(Ordering::SeqCst)).await;
+        let again = spawn_join(&flights, &gated, 0, 2);
+        until("a new load starting", || gated.runs() == 2).await;
+        gated.gate.add_permits(1);
+        assert_eq!(*again.await.unwrap().unwrap(), 2, "the next miss did not join the dropped load");
+        assert!(flights.lock().is_empty());
     }
 
     #[tokio::test]
