@@ -333,6 +333,37 @@ mod tests {
         assert!(flights.lock().is_empty());
     }
 
+    /// The catalog over a real store: misses at once get the one list a shared load made
+    /// (separate loads would each have made their own), and a miss after an invalidation a
+    /// new one.
+    #[tokio::test]
+    async fn the_catalog_shares_a_load_and_loads_again_after_an_invalidation() {
+        use hookline_store::conformance;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(hookline_store::sqlite::SqliteStore::open(dir.path(), &[9; 32]).unwrap());
+        let app = store.create_app(conformance::app(1, None)).await.unwrap();
+        for _ in 0..3 {
+            store.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
+        }
+        let catalog = Arc::new(Catalog::new(store));
+        let misses: Vec<_> = (0..16)
+            .map(|_| {
+                let (catalog, app_id) = (catalog.clone(), app.id.clone());
+                tokio::spawn(async move { catalog.endpoints(&app_id).await.unwrap() })
+            })
+            .collect();
+        let mut lists = Vec::new();
+        for miss in misses {
+            lists.push(miss.await.unwrap());
+        }
+        assert_eq!(lists[0].len(), 3);
+        assert!(lists.iter().all(|list| Arc::ptr_eq(list, &lists[0])), "16 misses at once, one list");
+        catalog.invalidate(&app.id);
+        let fresh = catalog.endpoints(&app.id).await.unwrap();
+        assert!(!Arc::ptr_eq(&fresh, &lists[0]), "loaded again after the invalidation");
+        assert_eq!(fresh.len(), 3);
+    }
+
     #[tokio::test]
     async fn a_failed_load_is_not_kept() {
         let flights = Flights::<u32>::new();
