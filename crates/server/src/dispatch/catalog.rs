@@ -124,25 +124,15 @@ impl Catalog {
     /// The application by id or uid.
     pub async fn app(&self, key: &str) -> StoreResult<Arc<App>> {
         let load = |store: Arc<dyn Store>, key: String| async move { store.get_app(&key).await };
-        self.by_id_or_uid(&self.apps, &self.app_loads, key, load, |a| (&a.id, a.uid.as_deref())).await
+        self.cached(&self.apps, &self.app_loads, key, load, |a| [Some(&a.id), a.uid.as_deref()]).await
     }
 
     pub async fn endpoints(&self, app_id: &str) -> StoreResult<Arc<AppEndpoints>> {
-        if let Some(list) = self.endpoints.read().expect("catalog lock").get(app_id) {
-            return Ok(list.clone());
-        }
-        let generation = self.generation.load(Ordering::SeqCst);
-        let (store, key) = (self.store.clone(), app_id.to_owned());
-        let load = || async move {
-            let loaded = store.app_endpoints(&key).await?;
-            Ok(Arc::new(AppEndpoints::new(loaded.into_iter().map(Arc::new).collect())))
+        let load = |store: Arc<dyn Store>, app_id: String| async move {
+            let loaded = store.app_endpoints(&app_id).await?;
+            Ok(AppEndpoints::new(loaded.into_iter().map(Arc::new).collect()))
         };
-        let list = self.endpoint_loads.join(app_id, generation, load).await?;
-        let mut endpoints = self.endpoints.write().expect("catalog lock");
-        if self.generation.load(Ordering::SeqCst) == generation {
-            endpoints.insert(app_id.to_owned(), list.clone());
-        }
-        Ok(list)
+        self.cached(&self.endpoints, &self.endpoint_loads, app_id, load, |_| [None, None]).await
     }
 
     pub async fn endpoint(&self, app_id: &str, endpoint_id: &str) -> StoreResult<Option<Arc<Endpoint>>> {
@@ -152,18 +142,19 @@ impl Catalog {
     /// An inbound source by id or uid.
     pub async fn source(&self, key: &str) -> StoreResult<Arc<Source>> {
         let load = |store: Arc<dyn Store>, key: String| async move { store.get_source(&key).await };
-        self.by_id_or_uid(&self.sources, &self.source_loads, key, load, |s| (&s.id, s.uid.as_deref())).await
+        self.cached(&self.sources, &self.source_loads, key, load, |s| [Some(&s.id), s.uid.as_deref()]).await
     }
 
     /// Looks `key` up in `cache`, or loads it (sharing a load running for it) and caches it
-    /// under both its id and uid, unless an invalidation happened while it loaded.
-    async fn by_id_or_uid<T, F>(
+    /// under `key` and the other keys `aliases` names (an app's id and uid), unless an
+    /// invalidation happened while it loaded.
+    async fn cached<T, F>(
         &self,
         cache: &RwLock<HashMap<String, Arc<T>>>,
         flights: &Flights<T>,
         key: &str,
         load: impl FnOnce(Arc<dyn Store>, String) -> F,
-        keys: impl Fn(&T) -> (&str, Option<&str>),
+        aliases: impl Fn(&T) -> [Option<&str>; 2],
     ) -> StoreResult<Arc<T>>
     where
         T: Send + Sync + 'static,
@@ -177,10 +168,8 @@ impl Catalog {
         let loaded = flights.join(key, generation, || load(store, owned).map(|r| r.map(Arc::new))).await?;
         let mut entries = cache.write().expect("catalog lock");
         if self.generation.load(Ordering::SeqCst) == generation {
-            let (id, uid) = keys(&loaded);
-            entries.insert(id.to_owned(), loaded.clone());
-            if let Some(uid) = uid {
-                entries.insert(uid.to_owned(), loaded.clone());
+            for alias in std::iter::once(key).chain(aliases(&loaded).into_iter().flatten()) {
+                entries.insert(alias.to_owned(), loaded.clone());
             }
         }
         Ok(loaded)
