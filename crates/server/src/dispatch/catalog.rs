@@ -33,10 +33,10 @@ impl std::ops::Deref for AppEndpoints {
     }
 }
 
-/// One load from the store, awaited by every miss that joined it.
-type Load<T> = Shared<BoxFuture<'static, StoreResult<Arc<T>>>>;
+/// One load from the store.
+type Loading<T> = BoxFuture<'static, StoreResult<Arc<T>>>;
 /// The loads running: for each key, the generation its load started at, and the load.
-type Running<T> = HashMap<String, (u64, WeakShared<BoxFuture<'static, StoreResult<Arc<T>>>>)>;
+type Running<T> = HashMap<String, (u64, WeakShared<Loading<T>>)>;
 
 /// The loads running, by key. Without them, every request that misses a key loads it on its
 /// own: the first publishes to an application after a start, or every delivery of a
@@ -62,7 +62,7 @@ impl<T: Send + Sync + 'static> Flights<T> {
     where
         F: Future<Output = StoreResult<Arc<T>>> + Send + 'static,
     {
-        let flight: Load<T> = {
+        let flight: Shared<Loading<T>> = {
             let mut running = self.lock();
             let alive = running.get(key).and_then(|(started, weak)| Some((*started, weak.upgrade()?)));
             match alive {
