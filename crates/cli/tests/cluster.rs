@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod support;
-use support::{cluster_env, counting_sink, create_all, free_port, until_none_missing, Arrivals, Hookline};
+use support::{cluster_env, counter, counting_sink, create_all, free_port, until_none_missing, Arrivals, Hookline};
 
 const TOKEN: &str = "cluster-test-token";
 
@@ -65,14 +65,6 @@ fn lost_and_duplicated(acknowledged: &[String], arrivals: &Arrivals) -> (usize, 
     let lost = acknowledged.iter().filter(|id| !seen.contains_key(*id)).count();
     let duplicates = seen.values().map(|n| n - 1).sum();
     (lost, duplicates)
-}
-
-async fn counter(http: &reqwest::Client, url: &str, name: &str) -> f64 {
-    let text = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
-    text.lines()
-        .filter(|line| line.starts_with(name))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

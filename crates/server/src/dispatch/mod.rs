@@ -247,6 +247,26 @@ impl Engine {
         2 * self.cluster.poll_ms as i64
     }
 
+    /// The endpoints among `deliveries` whose lane at this node already parks as many
+    /// deliveries as may run at once (`delivery.endpoint_max_in_flight`): a publish leaves
+    /// its deliveries to them unclaimed, in the store, for a claim with room, so a slow or
+    /// throttled endpoint's backlog does not grow this node's memory without bound. The
+    /// lanes are not looked at while the node holds fewer deliveries than that in all.
+    fn full_lanes(&self, deliveries: &[Delivery]) -> Vec<String> {
+        let cap = self.config.endpoint_max_in_flight;
+        if self.held.count.load(Ordering::Relaxed) < cap {
+            return Vec::new();
+        }
+        let lanes = self.endpoint_lanes.lock().expect("lanes lock");
+        let mut full: Vec<String> = Vec::new();
+        for id in deliveries.iter().filter_map(|d| d.endpoint_id.as_ref()) {
+            if !full.contains(id) && lanes.get(id).is_some_and(|lane| lane.parked.len() >= cap) {
+                full.push(id.clone());
+            }
+        }
+        full
+    }
+
     /// Hands a committed delivery claimed under `claim` to the scheduler.
     pub fn enqueue(&self, delivery: Delivery, message: Option<Arc<Message>>, claim: i64) {
         let hold = claims::Hold::new(&self.held);

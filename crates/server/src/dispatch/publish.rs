@@ -43,7 +43,8 @@ impl Engine {
     /// Commits a message with its deliveries (and its idempotent answer or inbound dedupe
     /// key) in one synced transaction, then hands the open deliveries to the scheduler.
     /// Deliveries due soon are claimed by this node in the same commit and sent from
-    /// memory; later ones wait in the store for whichever node claims them when due.
+    /// memory; later ones wait in the store for whichever node claims them when due, and
+    /// so do those to an endpoint whose lane here is full (`full_lanes`).
     pub async fn commit(
         &self,
         message: &Arc<Message>,
@@ -53,7 +54,16 @@ impl Engine {
     ) -> StoreResult<PublishOutcome> {
         let due_at = deliveries.iter().filter_map(|d| d.next_at).min();
         let claim = due_at.filter(|at| self.holds_at(*at)).map(|_| self.token());
-        let publish = Publish { message: message.clone(), deliveries: deliveries.clone(), idempotency, dedupe, claim };
+        let unclaimed = if claim.is_some() { self.full_lanes(&deliveries) } else { Vec::new() };
+        let held = |d: &Delivery| d.endpoint_id.as_ref().is_none_or(|id| !unclaimed.contains(id));
+        let publish = Publish {
+            message: message.clone(),
+            deliveries: deliveries.clone(),
+            idempotency,
+            dedupe,
+            claim,
+            unclaimed: unclaimed.clone(),
+        };
         let outcome = self.store.publish(publish).await?;
         if !matches!(outcome, PublishOutcome::Created) {
             return Ok(outcome);
@@ -63,7 +73,7 @@ impl Engine {
         let (ordered, free): (Vec<Delivery>, Vec<Delivery>) =
             deliveries.into_iter().filter(|d| !d.state.is_final()).partition(|d| d.order_key.is_some());
         if let Some(claim) = claim {
-            for delivery in free {
+            for delivery in free.into_iter().filter(held) {
                 self.enqueue(delivery, Some(message.clone()), claim);
             }
         }

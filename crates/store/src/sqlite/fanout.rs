@@ -1,4 +1,4 @@
-//! Fan-outs kept as one row. A publish whose deliveries are alike (claimed by the node that
+//! Fan-outs kept as one row. A publish whose deliveries are alike (all claimed by the node that
 //! commits it, unordered, in one state, none to the callback URL) writes one `fanouts` row
 //! listing each delivery's id and endpoint instead of a row per delivery. The node delivers
 //! them from memory, and each delivery's row is written once, when its first attempt is
@@ -47,7 +47,7 @@ fn plain(id: &str) -> bool {
 /// Stores the publish's deliveries as one fan-out row if they qualify; false if they must
 /// be written as rows.
 pub fn insert(conn: &Connection, publish: &Publish) -> StoreResult<bool> {
-    let Some(claim) = publish.claim else { return Ok(false) };
+    let Some(claim) = publish.claim.filter(|_| publish.unclaimed.is_empty()) else { return Ok(false) };
     let [first, ..] = &publish.deliveries[..] else { return Ok(false) };
     let alike = |d: &Delivery| {
         d.order_key.is_none()

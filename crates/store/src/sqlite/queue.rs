@@ -114,7 +114,7 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
         .map_err(sql_error)?;
     if !fanout::insert(conn, publish)? {
         for d in &publish.deliveries {
-            insert_delivery(conn, d, publish.claim, false)?;
+            insert_delivery(conn, d, publish.claim_of(d), false)?;
         }
     }
     // Each lane this publish added to gets a due head, if it had no open delivery.
