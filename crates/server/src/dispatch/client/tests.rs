@@ -144,6 +144,33 @@ async fn a_connection_the_server_closed_while_idle_is_not_used() {
     assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
+/// The sweep the engine's heartbeat runs, with no delivery taking a connection: it lets go
+/// of an idle connection its server closed and keeps an open one, at most once per
+/// `SWEEP_EVERY`.
+#[tokio::test]
+async fn the_idle_sweep_lets_go_of_connections_their_server_closed() {
+    let closing = keep_alive(1, false, Duration::ZERO).await;
+    let open = keep_alive(usize::MAX, false, Duration::ZERO).await;
+    let client = client(dev());
+    for port in [closing.port, open.port] {
+        let sent = client.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+        assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lock(&client.pool).idle.values().flatten().all(|(stream, _)| stream.is_idle_open()) {
+        assert!(Instant::now() < deadline, "the server never closed its connection");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    client.sweep_idle();
+    assert_eq!(lock(&client.pool).count, 2, "the last take swept just now: none again before SWEEP_EVERY");
+    lock(&client.pool).swept = Instant::now().checked_sub(SWEEP_EVERY);
+    client.sweep_idle();
+    let pool = lock(&client.pool);
+    let origins: Vec<&String> = pool.idle.keys().collect();
+    assert_eq!(pool.count, 1);
+    assert_eq!(origins, [&format!("http://127.0.0.1:{}", open.port)], "the open connection is kept");
+}
+
 #[tokio::test]
 async fn a_request_lost_on_a_reused_connection_goes_again_on_a_fresh_one() {
     // The server takes the second request of each connection and closes without an
