@@ -11,7 +11,7 @@ pub mod notices;
 mod publish;
 mod queues;
 
-pub use catalog::Catalog;
+pub use catalog::{AppEndpoints, Catalog};
 pub use client::DeliveryClient;
 
 use crate::clock::Clock;
