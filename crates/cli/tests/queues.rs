@@ -990,6 +990,11 @@ async fn delivers_to_a_queue(kind: Kind) {
     let (status, refused) =
         support::post(&http, format!("{}/api/v1/app/{APP}/endpoint", gateway.url()), scoped, &body).await;
     assert_eq!((status, refused["code"].as_str()), (403, Some("forbidden")), "{refused}");
+    // Nor as a message's callback URL.
+    let body = json!({"eventType": "payment.succeeded", "payload": {}, "callbackUrl": destination.endpoint_url()});
+    let (status, refused) =
+        support::post(&http, format!("{}/api/v1/app/{APP}/msg", gateway.url()), scoped, &body).await;
+    assert_eq!((status, refused["code"].as_str()), (403, Some("forbidden")), "{refused}");
 
     let mut ids = Vec::new();
     for n in 0..20 {

@@ -32,7 +32,7 @@ fn error_statuses(route: &Route) -> Vec<(u16, &'static str)> {
         out.push((401, "No valid bearer token (`authentication_failed`)."));
         out.push((
             403,
-            "An application token reaching outside its application, or pointing an endpoint at a queue (`forbidden`).",
+            "An application token reaching outside its application, or pointing an endpoint or a message's `callbackUrl` at a queue (`forbidden`).",
         ));
         out.push((404, "An id in the path or body names nothing this token can see (`not_found`)."));
     } else if route.path.starts_with("/in/") {

@@ -191,8 +191,8 @@ fn parse_secret(text: Option<String>) -> ApiResult<Secret> {
 }
 
 /// Queue destinations publish with the operator's broker credentials, on the operator's
-/// network: only the admin token may point an endpoint at one.
-fn queue_needs_admin(principal: &Principal, url: Option<&str>) -> ApiResult<()> {
+/// network: only the admin token may point an endpoint (or a message's callback) at one.
+pub(crate) fn queue_needs_admin(principal: &Principal, url: Option<&str>) -> ApiResult<()> {
     match (principal, url) {
         (Principal::App { .. }, Some(url)) if is_queue_url(url) => Err(ApiError::Forbidden),
         _ => Ok(()),

@@ -2,10 +2,11 @@
 //! and all its deliveries), listing, resending.
 
 use super::apps::{create_app, find as find_app};
-use super::endpoints::find as find_endpoint;
+use super::endpoints::{find as find_endpoint, queue_needs_admin};
 use super::route::{tagged, Route};
 use super::{
-    listed, query, views, AnswerStored, AppState, IdempotencyKey, JsonBody, ListQuery, PathParams, QueryParams, Shared,
+    listed, query, views, AnswerStored, AppState, IdempotencyKey, JsonBody, ListQuery, PathParams, Principal,
+    QueryParams, Shared,
 };
 use crate::error::{ApiError, ApiResult};
 use crate::ingest;
@@ -96,11 +97,13 @@ async fn publish(
     PathParams(app_key): PathParams<String>,
     QueryParams(query): QueryParams<ListQuery>,
     idempotency: Option<Extension<IdempotencyKey>>,
+    Extension(principal): Extension<Principal>,
     JsonBody(mut input): JsonBody<MessageIn>,
 ) -> ApiResult<Response> {
     if input.app.is_some() {
         return Err(ApiError::field("app", "app is for queue messages; here the application is in the path"));
     }
+    queue_needs_admin(&principal, input.callback_url.as_deref())?;
     ingest::check(&input)?;
     let now = state.now();
     let app = target_app(&state, &app_key, input.application.take()).await?;
