@@ -59,24 +59,26 @@ async fn a_slow_endpoints_backlog_waits_in_the_store_not_in_memory_on_postgres()
 }
 
 /// Publishes outrun a slow endpoint (4 at a time, 50 ms each: 80 a second) beside a fast
-/// one. The node holds at most `cluster.held_max` deliveries it claimed plus, per endpoint,
-/// as many parked as may run: the rest of the slow endpoint's backlog waits in the store,
-/// while the fast endpoint's deliveries of the same messages go on from memory. Every
-/// message reaches both endpoints exactly once.
+/// one. Once the slow endpoint's lane parks 4 deliveries and the oldest has waited two
+/// polls (20 ms), its new deliveries wait in the store, and the node holds at most
+/// `cluster.held_max` deliveries it claimed besides those it published; the fast
+/// endpoint's deliveries of the same messages go on from memory. Every message reaches
+/// both endpoints exactly once.
 async fn backlog_waits_in_the_store(backend: Vec<(String, String)>) {
-    const MESSAGES: usize = 400;
+    const MESSAGES: usize = 600;
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let ((slow, slow_arrivals), (fast, fast_arrivals)) = (counting_sink(50).await, counting_sink(0).await);
     let port = free_port();
-    let mut env = vec![
+    // After the backend's settings, so that these win.
+    let mut env: Vec<(&str, &str)> = backend.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend([
         ("HOOKLINE_ADMIN_TOKEN", TOKEN),
         ("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "4"),
         ("HOOKLINE_CLUSTER_CLAIM_BATCH_MAX", "8"),
         ("HOOKLINE_CLUSTER_HELD_MAX", "16"),
-        ("HOOKLINE_CLUSTER_POLL_MS", "50"),
-    ];
-    env.extend(backend.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        ("HOOKLINE_CLUSTER_POLL_MS", "10"),
+    ]);
     let gateway = Hookline::start(dir.path(), port, &env);
     gateway.wait_healthy(&http).await;
     let resources = [
@@ -94,9 +96,10 @@ async fn backlog_waits_in_the_store(backend: Vec<(String, String)>) {
             most_held = most_held.max(counter(&http, &gateway.url, "hookline_deliveries_held").await);
         }
     }
-    // 16 claimed, and per endpoint 4 running and 4 parked from publishes, with slack for
-    // the publish in progress; before this bound a node held the whole backlog (about 360).
-    assert!(most_held <= 40.0, "held {most_held} deliveries while the slow endpoint fell behind");
+    // At most 16 claimed, and what the publishes parked in the 20 ms before the lane
+    // counted as behind (one publish at a time here, a few dozen); a node that keeps the
+    // whole backlog in memory holds hundreds.
+    assert!(most_held <= 150.0, "held {most_held} deliveries while the slow endpoint fell behind");
     for (arrivals, which) in [(&fast_arrivals, "fast"), (&slow_arrivals, "slow")] {
         until_none_missing(PATIENCE, &format!("messages never reached the {which} endpoint"), || {
             MESSAGES - arrivals.lock().unwrap().len()

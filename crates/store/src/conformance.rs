@@ -138,12 +138,14 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
     later.deliveries[0].next_at = Some(45_000);
     let mut held = publish(&a.id, &[&ep.id], None, 20_000);
     held.claim = Some(node.token);
-    // Claimed at commit but for one endpoint (its lane is full at the node): that delivery
-    // waits in the store for a claim. On SQLite it must not go into a fan-out row.
+    // Claimed at commit but for one endpoint and the callback URL (their lanes are full at
+    // the node): those deliveries wait in the store for a claim. On SQLite they must not go
+    // into a fan-out row.
     let full = store.create_endpoint(endpoint(&a.id, 20_000)).await.unwrap();
     let mut split = publish(&a.id, &[&ep.id, &full.id], None, 20_000);
+    split.deliveries.push(Delivery::pending(id(prefix::DELIVERY, 20_000), &split.message, None, 20_000, 20_000));
     split.claim = Some(node.token);
-    split.unclaimed = vec![full.id.clone()];
+    split.unclaimed = vec![Some(full.id.clone()), None];
     for p in [&now_due, &later, &held, &split] {
         store.publish(p.clone()).await.unwrap();
     }
@@ -153,7 +155,8 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
         ids
     };
     let claimed = store.claim_due(node.token, 30_000, 20_000, 10).await.unwrap();
-    let mut expected = vec![now_due.deliveries[0].id.clone(), split.deliveries[1].id.clone()];
+    let mut expected =
+        vec![now_due.deliveries[0].id.clone(), split.deliveries[1].id.clone(), split.deliveries[2].id.clone()];
     expected.sort();
     assert_eq!(ids(&claimed), expected, "due within the horizon, not yet held");
     assert!(store.claim_due(node.token, 30_000, 20_000, 10).await.unwrap().is_empty(), "a claim holds");
@@ -206,7 +209,7 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
     assert_eq!(taken, expected, "the claims of an expired lease are taken over");
     store.retire_node(next.token).await.unwrap();
     let last = store.register_node("node-c", 70_002, 30_000).await.unwrap();
-    assert_eq!(ids(&claim_all(store, last.token, 70_002).await).len(), 5, "a retired node's claims are free at once");
+    assert_eq!(ids(&claim_all(store, last.token, 70_002).await).len(), 6, "a retired node's claims are free at once");
 
     assert!(store.lead(last.token, 70_002, 10_000).await.unwrap());
     assert!(store.lead(last.token, 75_000, 10_000).await.unwrap(), "the leader keeps its lease");

@@ -236,17 +236,17 @@ pub struct Publish {
     /// the start (it delivers them from memory). `None` leaves them for any node to claim
     /// when due (messages scheduled for later).
     pub claim: Option<i64>,
-    /// Endpoints whose deliveries are left unclaimed even so: the committing node already
-    /// holds all it will of theirs (a slow or throttled endpoint's backlog), so these wait in
-    /// the store until a claim has room for them. Usually empty.
-    pub unclaimed: Vec<String>,
+    /// Endpoints (`None`: the message's callback URL) whose deliveries are left unclaimed
+    /// even so: the committing node holds all it will of theirs (a slow or throttled
+    /// endpoint's backlog), so these wait in the store until a claim has room for them.
+    /// Usually empty.
+    pub unclaimed: Vec<Option<String>>,
 }
 
 impl Publish {
     /// The token `delivery` is claimed under at commit, if any.
     pub fn claim_of(&self, delivery: &Delivery) -> Option<i64> {
-        let left = delivery.endpoint_id.as_ref().is_some_and(|id| self.unclaimed.contains(id));
-        self.claim.filter(|_| !left)
+        self.claim.filter(|_| !self.unclaimed.contains(&delivery.endpoint_id))
     }
 }
 

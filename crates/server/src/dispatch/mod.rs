@@ -247,24 +247,35 @@ impl Engine {
         2 * self.cluster.poll_ms as i64
     }
 
-    /// The endpoints among `deliveries` whose lane at this node already parks as many
-    /// deliveries as may run at once (`delivery.endpoint_max_in_flight`): a publish leaves
-    /// its deliveries to them unclaimed, in the store, for a claim with room, so a slow or
-    /// throttled endpoint's backlog does not grow this node's memory without bound. The
-    /// lanes are not looked at while the node holds fewer deliveries than that in all.
-    fn full_lanes(&self, deliveries: &[Delivery]) -> Vec<String> {
+    /// The endpoints (`None`: the callback URL) among `deliveries` whose lane at this node is
+    /// behind: it parks as many deliveries as may run at once
+    /// (`delivery.endpoint_max_in_flight`), and the oldest has been due for longer than the
+    /// claims look ahead (two polls). A publish leaves its deliveries to them unclaimed, in
+    /// the store, for a claim with room, so a slow or throttled endpoint's backlog does not
+    /// grow this node's memory without bound, while a quick endpoint's burst, parked for
+    /// less than that, is sent from memory. The lanes are not looked at while the node
+    /// holds fewer deliveries than one endpoint may run at once.
+    fn lanes_behind(&self, deliveries: &[Delivery]) -> Vec<Option<String>> {
         let cap = self.config.endpoint_max_in_flight;
         if self.held.count.load(Ordering::Relaxed) < cap {
             return Vec::new();
         }
+        let overdue = self.clock.now_ms() - self.horizon_ms();
         let lanes = self.endpoint_lanes.lock().expect("lanes lock");
-        let mut full: Vec<String> = Vec::new();
-        for id in deliveries.iter().filter_map(|d| d.endpoint_id.as_ref()) {
-            if !full.contains(id) && lanes.get(id).is_some_and(|lane| lane.parked.len() >= cap) {
-                full.push(id.clone());
+        let behind =
+            |lane: &EndpointLane| lane.parked.len() >= cap && lane.parked.front().is_some_and(|due| due.at < overdue);
+        let mut found: Vec<Option<String>> = Vec::new();
+        for d in deliveries {
+            // Looked up without making the key, but for the callback URL's.
+            let lane = match &d.endpoint_id {
+                Some(id) => lanes.get(id.as_str()),
+                None => lanes.get(&lane_key(d)),
+            };
+            if lane.is_some_and(behind) && !found.contains(&d.endpoint_id) {
+                found.push(d.endpoint_id.clone());
             }
         }
-        full
+        found
     }
 
     /// Hands a committed delivery claimed under `claim` to the scheduler.

@@ -44,7 +44,7 @@ impl Engine {
     /// key) in one synced transaction, then hands the open deliveries to the scheduler.
     /// Deliveries due soon are claimed by this node in the same commit and sent from
     /// memory; later ones wait in the store for whichever node claims them when due, and
-    /// so do those to an endpoint whose lane here is full (`full_lanes`).
+    /// so do those to an endpoint whose lane here is behind (`lanes_behind`).
     pub async fn commit(
         &self,
         message: &Arc<Message>,
@@ -54,30 +54,25 @@ impl Engine {
     ) -> StoreResult<PublishOutcome> {
         let due_at = deliveries.iter().filter_map(|d| d.next_at).min();
         let claim = due_at.filter(|at| self.holds_at(*at)).map(|_| self.token());
-        let unclaimed = if claim.is_some() { self.full_lanes(&deliveries) } else { Vec::new() };
-        let held = |d: &Delivery| d.endpoint_id.as_ref().is_none_or(|id| !unclaimed.contains(id));
-        let publish = Publish {
-            message: message.clone(),
-            deliveries: deliveries.clone(),
-            idempotency,
-            dedupe,
-            claim,
-            unclaimed: unclaimed.clone(),
-        };
+        let unclaimed = if claim.is_some() { self.lanes_behind(&deliveries) } else { Vec::new() };
+        let publish =
+            Publish { message: message.clone(), deliveries: deliveries.clone(), idempotency, dedupe, claim, unclaimed };
+        let claims: Vec<Option<i64>> = publish.deliveries.iter().map(|d| publish.claim_of(d)).collect();
         let outcome = self.store.publish(publish).await?;
         if !matches!(outcome, PublishOutcome::Created) {
             return Ok(outcome);
         }
         // Ordered deliveries are not claimed at commit: the store made each lane's head due
         // (if the lane had no open delivery), and whichever node claims next sends it.
-        let (ordered, free): (Vec<Delivery>, Vec<Delivery>) =
-            deliveries.into_iter().filter(|d| !d.state.is_final()).partition(|d| d.order_key.is_some());
-        if let Some(claim) = claim {
-            for delivery in free.into_iter().filter(held) {
-                self.enqueue(delivery, Some(message.clone()), claim);
+        let mut ordered = false;
+        for (delivery, claim) in deliveries.into_iter().zip(claims).filter(|(d, _)| !d.state.is_final()) {
+            match (&delivery.order_key, claim) {
+                (Some(_), _) => ordered = true,
+                (None, Some(claim)) => self.enqueue(delivery, Some(message.clone()), claim),
+                (None, None) => {}
             }
         }
-        if !ordered.is_empty() {
+        if ordered {
             self.wake();
         }
         Ok(outcome)
