@@ -77,21 +77,26 @@ async fn reload_tokens(state: &AppState) {
 
 /// On the leader node, every `retention.interval_ms`: deletes messages past retention in
 /// small batches, idempotent answers past their time to live and provider event ids past
-/// the dedupe window. Other nodes only keep asking for the lease.
+/// the dedupe window; and every `inbound.reconcile_interval_ms` reconciles the sources,
+/// unless the last reconciliation is still running (a provider's rate limits can stretch
+/// one over hours; runs piling up would only add to them). Other nodes only keep asking
+/// for the lease.
 pub async fn lead_and_retain(state: Arc<AppState>) {
     let config = &state.config;
     let every = config.retention.interval_ms as i64;
     let reconcile_every = config.inbound.reconcile_interval_ms as i64;
     let mut reconciled_at = i64::MIN;
+    let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let now = state.clock.now_ms();
         match state.store.lead(state.engine.token(), now, 3 * every as u64).await {
             Ok(true) => {
                 retain(&state, now).await;
-                if reconcile_every > 0 && now.saturating_sub(reconciled_at) >= reconcile_every {
+                let due = reconcile_every > 0 && now.saturating_sub(reconciled_at) >= reconcile_every;
+                if due && reconciling.as_ref().is_none_or(|run| run.is_finished()) {
                     reconciled_at = now;
                     let state = state.clone();
-                    tokio::spawn(async move { crate::reconcile::all(&state).await });
+                    reconciling = Some(tokio::spawn(async move { crate::reconcile::all(&state).await }));
                 }
             }
             Ok(false) => {}

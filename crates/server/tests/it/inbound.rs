@@ -407,3 +407,47 @@ async fn reconciliation_ingests_what_the_provider_gave_up_on() {
     assert_eq!(patched["reconciles"], false);
     gw.stop().await;
 }
+
+/// The leader reconciles every `inbound.reconcile_interval_ms`, but starts no run while the
+/// last is still going: a provider that does not answer is asked once, not once per
+/// interval.
+#[tokio::test]
+async fn a_reconciliation_still_running_is_not_started_again() {
+    let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = asked.clone();
+    let silent = axum::Router::new().route(
+        "/v1/events",
+        axum::routing::get(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::pending::<String>()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, silent).await.unwrap() });
+    let mut config = dev_config();
+    config.inbound.stripe_api_base = api;
+    config.inbound.reconcile_interval_ms = 1_000;
+    config.retention.interval_ms = 1_000;
+    let gw = start_gateway(config).await;
+    let app = gw.app("merchant").await;
+    let body =
+        json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app, "apiKey": "rk_test_x"});
+    gw.ok("POST", "/api/v1/source", Some(body)).await;
+    let asked_now = || asked.load(std::sync::atomic::Ordering::SeqCst);
+    // The leader's clock moves a second at a time, so each turn of its loop finds a
+    // reconciliation due; the first run to find the source asks and never hears back.
+    let mut turns = 0;
+    while asked_now() == 0 {
+        assert!(turns < 200, "no reconciliation asked the provider");
+        gw.advance(1_000);
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        turns += 1;
+    }
+    for _ in 0..10 {
+        gw.advance(1_000);
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(asked_now(), 1, "a run was started while the last was still waiting for the provider");
+    gw.stop().await;
+}
