@@ -268,6 +268,8 @@ async fn remove(state: Shared, PathParams(key): PathParams<String>) -> ApiResult
     let source = find(&state, &key).await?;
     state.store.delete_source(&source.id).await.map_err(ApiError::from_store("source"))?;
     state.engine.catalog.invalidate_sources();
+    // Its refused requests can never be listed again (ids are not reused).
+    state.rejections.lock().expect("rejections lock").remove(&source.id);
     Ok(StatusCode::NO_CONTENT)
 }
 
