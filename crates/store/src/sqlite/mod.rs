@@ -25,7 +25,9 @@ const QUEUE_JOBS_MAX: usize = 16_384;
 /// Background writes one batch takes while acknowledged writes wait, so a backlog of
 /// attempt records never delays a publisher's 2xx by more than one such batch.
 const BACKGROUND_JOBS_PER_BUSY_BATCH: usize = 256;
-/// Read connections kept open.
+/// Read connections, kept open, and reads run at once: a storm of API reads waits for one
+/// of them rather than opening a connection (with its own page cache) and taking a
+/// blocking thread per read.
 const READERS_MAX: usize = 8;
 
 /// One queued write. It may run twice (see [`commit_batch`]), so it is a `Fn`.
@@ -95,6 +97,8 @@ pub struct SqliteStore {
     inbox: Arc<Inbox>,
     room: [Arc<Semaphore>; 2],
     readers: Arc<Mutex<Vec<Connection>>>,
+    /// `READERS_MAX` permits: one per read running.
+    reading: Arc<Semaphore>,
     path: PathBuf,
 }
 
@@ -123,7 +127,8 @@ impl SqliteStore {
             .map_err(|e| StoreError::Unavailable(format!("start writer: {e}")))?;
         let room = [Arc::new(Semaphore::new(QUEUE_JOBS_MAX)), Arc::new(Semaphore::new(QUEUE_JOBS_MAX))];
         let sealer = Sealer::new(secret_key);
-        Ok(SqliteStore { sealer, inbox, room, readers: Arc::new(Mutex::new(Vec::new())), path })
+        let (readers, reading) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Semaphore::new(READERS_MAX)));
+        Ok(SqliteStore { sealer, inbox, room, readers, reading, path })
     }
 
     /// Runs `f` inside the next group commit; resolves once the commit is synced.
@@ -174,7 +179,9 @@ impl SqliteStore {
     {
         let readers = self.readers.clone();
         let path = self.path.clone();
+        let permit = self.reading.clone().acquire_owned().await.map_err(|_| closed())?;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let pooled = readers.lock().expect("reader pool lock").pop();
             let conn = match pooled {
                 Some(conn) => conn,
@@ -766,5 +773,35 @@ mod tests {
             tokio::join!(store.write(synchronous), store.write_in(Lane::Background, synchronous));
         assert_eq!(acknowledged.unwrap(), 2);
         assert!(matches!(background.unwrap(), 1 | 2), "in the acknowledged write's batch, or in one after it");
+    }
+
+    /// 64 reads at once run at most `READERS_MAX` at a time (so on the pooled connections,
+    /// never one opened per read), and all of them finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_storm_of_reads_runs_on_the_pooled_connections() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path(), &[7; KEY_BYTES]).unwrap());
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let reads: Vec<_> = (0..64)
+            .map(|_| {
+                let (store, running, most) = (store.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    store
+                        .read(move |_| {
+                            most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                            running.fetch_sub(1, Ordering::SeqCst);
+                            Ok(())
+                        })
+                        .await
+                })
+            })
+            .collect();
+        for read in reads {
+            read.await.unwrap().unwrap();
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= READERS_MAX, "{most} reads at once");
     }
 }
