@@ -196,6 +196,9 @@ pub struct ServerConfig {
     pub header_bytes_max: usize,
     /// How long a client may take to send its request head (slowloris defence).
     pub header_read_timeout_ms: u64,
+    /// How long a client may take to send its request body, from the end of its head (the
+    /// same defence for bodies; over it: 408).
+    pub body_read_timeout_ms: u64,
     /// Threads that serve the API, inbound sources and queue consumers. Unset: half the
     /// cores, at least one (every core when deliveries share them: `delivery.threads = 0`).
     pub threads: Option<usize>,
@@ -211,6 +214,7 @@ impl Default for ServerConfig {
             headers_max: 64,
             header_bytes_max: 16_384,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
             threads: None,
         }
     }
@@ -464,6 +468,7 @@ impl Config {
             (self.server.headers_max >= 8, "server.headers_max must be at least 8"),
             (self.server.header_bytes_max >= 8_192, "server.header_bytes_max must be at least 8192"),
             (self.server.header_read_timeout_ms >= 100, "server.header_read_timeout_ms must be at least 100"),
+            (self.server.body_read_timeout_ms >= 100, "server.body_read_timeout_ms must be at least 100"),
             (matches!(self.log.format.as_str(), "text" | "json"), "log.format must be `text` or `json`"),
             (self.cluster.lease_ms >= 1_000, "cluster.lease_ms must be at least 1000"),
             (self.dashboard.session_ttl_ms >= 60_000, "dashboard.session_ttl_ms must be at least 60000"),

@@ -46,6 +46,8 @@ pub enum ApiError {
     Validation(Vec<FieldError>),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the request body did not arrive within {0} ms")]
+    RequestTimeout(u64),
     #[error("the request head is over {headers_max} headers or {bytes_max} bytes")]
     HeadTooLarge { headers_max: usize, bytes_max: usize },
     #[error("request refused: {0}")]
@@ -82,6 +84,7 @@ impl ApiError {
             ApiError::BadRequest(_) => ("bad_request", StatusCode::BAD_REQUEST),
             ApiError::Validation(_) => ("validation", StatusCode::UNPROCESSABLE_ENTITY),
             ApiError::PayloadTooLarge(_) => ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+            ApiError::RequestTimeout(_) => ("request_timeout", StatusCode::REQUEST_TIMEOUT),
             ApiError::HeadTooLarge { .. } => ("headers_too_large", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
             ApiError::Unverified(rejection) => (rejection.code(), StatusCode::UNAUTHORIZED),
             ApiError::Unavailable => ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE),

@@ -39,6 +39,12 @@ fn error_statuses(route: &Route) -> Vec<(u16, &'static str)> {
         out.push((401, "The provider's signature does not verify; `code` says why."));
         out.push((404, "No such source (`not_found`)."));
     }
+    if route.body.is_some() || route.method == Method::POST {
+        out.push((
+            408,
+            "The body did not arrive within `server.body_read_timeout_ms` of the head (`request_timeout`).",
+        ));
+    }
     if !route.public && writes {
         out.push((409, "The resource's state does not allow it (a uid taken, a delivery already done, a disabled endpoint, a source without an apiKey), or a request with this Idempotency-Key is still running (`conflict`, `idempotency_key_in_use`)."));
     }

@@ -1,6 +1,6 @@
 //! The HTTP server loop. Hookline runs its own accept loop on hyper-util so the transport
 //! limits are its own to set: connections at once, header count and bytes, and how long a
-//! client may take to send its request head (a slowloris defence).
+//! client may take to send its request head and its body (a slowloris defence).
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -21,6 +21,7 @@ pub struct Limits {
     pub headers_max: usize,
     pub header_bytes_max: usize,
     pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
     /// How long shutdown waits for open requests to finish.
     pub drain_ms: u64,
 }
@@ -108,10 +109,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
+        let body_time = Duration::from_millis(limits.body_read_timeout_ms);
         // Checked here, before routing, at the cost of a header walk: a tower layer on the
         // router cost a boxed clone of the route per request (7,000 instructions a publish).
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let refused = head_too_large(&request, &limits);
+            let request = request.map(|body| Deadline::new(body, tokio::time::Instant::now() + body_time));
             let routed = TowerToHyperService::new(app.clone());
             async move {
                 match refused {
@@ -156,5 +159,59 @@ mod tests {
         let cap = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|v| v.trim().parse().ok());
         assert_eq!(open.len(), cap.map_or(300, |cap: usize| 300.min(cap + 1)));
         drop(listener);
+    }
+}
+
+/// A request body that fails with [`BodyTimedOut`] once `deadline` passes before its end:
+/// a client dribbling a body would otherwise hold its connection, and its slot, for good.
+/// The timer is made only if the body is not all there at once, which a publish's usually is.
+pub struct Deadline<B> {
+    inner: B,
+    deadline: tokio::time::Instant,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> Deadline<B> {
+    fn new(inner: B, deadline: tokio::time::Instant) -> Deadline<B> {
+        Deadline { inner, deadline, timer: None }
+    }
+}
+
+/// The error a body read past its deadline ends with (answered 408 `request_timeout`).
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive in time")]
+pub struct BodyTimedOut;
+
+impl<B> hyper::body::Body for Deadline<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, axum::BoxError>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let deadline = this.deadline;
+        let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }

@@ -340,7 +340,7 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
     };
     let (parts, body) = request.into_parts();
     let limit = state.config.api.body_bytes_max;
-    let body = match read_body(body, limit).await {
+    let body = match read_body(body, limit, &state.config).await {
         Ok(body) => body,
         Err(e) => return e.into_response(),
     };
@@ -389,24 +389,30 @@ pub async fn optional_json<T: DeserializeOwned + Default>(
     body: Body,
 ) -> ApiResult<T> {
     check_content_type(headers)?;
-    let body = read_body(body, state.config.api.body_bytes_max).await?;
+    let body = read_body(body, state.config.api.body_bytes_max, &state.config).await?;
     if body.is_empty() {
         return Ok(T::default());
     }
     parse_json(&body, state.config.api.json_depth_max)
 }
 
-/// Reads a whole body of at most `limit` bytes: 413 above it, 400 when the client broke off.
-pub async fn read_body(body: Body, limit: usize) -> ApiResult<Bytes> {
+/// Reads a whole body of at most `limit` bytes: 413 above it, 408 when it did not arrive in
+/// `server.body_read_timeout_ms`, 400 when the client broke off.
+pub async fn read_body(body: Body, limit: usize, config: &Config) -> ApiResult<Bytes> {
     axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|source| source.downcast_ref::<http_body_util::LengthLimitError>().is_some());
-        if too_large {
+        if caused_by::<http_body_util::LengthLimitError>(&e) {
             ApiError::PayloadTooLarge(limit)
+        } else if caused_by::<crate::serve::BodyTimedOut>(&e) {
+            ApiError::RequestTimeout(config.server.body_read_timeout_ms)
         } else {
             ApiError::BadRequest(format!("the body could not be read: {e}"))
         }
     })
+}
+
+/// Whether `error` or an error it wraps is a `T`.
+fn caused_by<T: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<T>())
 }
 
 fn replay(status: u16, body: Bytes) -> Response {
@@ -419,7 +425,7 @@ fn replay(status: u16, body: Bytes) -> Response {
 }
 
 /// A JSON body: syntax errors are 400 `invalid_json`, wrong fields 422 `validation`,
-/// oversized bodies 413.
+/// oversized bodies 413, slow ones 408 (`read_body`).
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
@@ -427,14 +433,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         check_content_type(request.headers())?;
-        let limit = state.config.api.body_bytes_max;
-        let bytes = Bytes::from_request(request, state).await.map_err(|rejection| {
-            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::PayloadTooLarge(limit)
-            } else {
-                ApiError::BadRequest(rejection.body_text())
-            }
-        })?;
+        let bytes = read_body(request.into_body(), state.config.api.body_bytes_max, &state.config).await?;
         parse_json(&bytes, state.config.api.json_depth_max).map(JsonBody)
     }
 }

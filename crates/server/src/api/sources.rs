@@ -374,16 +374,13 @@ async fn ingest(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
-    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    body: axum::body::Body,
 ) -> ApiResult<Json<IngestOut>> {
     let key = params.get("source").cloned().unwrap_or_default();
     let source = state.engine.catalog.source(&key).await.map_err(ApiError::from_store("source"))?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+    let body = super::read_body(body, state.config.api.body_bytes_max, &state.config).await.inspect_err(|e| {
+        if matches!(e, ApiError::PayloadTooLarge(_)) {
             count(&state, &source, "oversized");
-            ApiError::PayloadTooLarge(state.config.api.body_bytes_max)
-        } else {
-            ApiError::BadRequest(rejection.body_text())
         }
     })?;
     let now = state.now();

@@ -680,6 +680,44 @@ async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A body that has not arrived `server.body_read_timeout_ms` after its head gets a JSON 408
+/// and its connection is closed, on an authenticated route and on a provider's
+/// (unauthenticated) inbound route alike; a body sent in pieces within the time is served.
+#[tokio::test]
+async fn a_body_sent_too_slowly_is_refused_with_408() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = dev_config();
+    config.server.body_read_timeout_ms = 300;
+    let gw = start_gateway(config).await;
+    let addr = gw.url.trim_start_matches("http://").to_owned();
+    let app = gw.app("merchant").await;
+    let source = json!({"name": "stripe", "uid": "slow", "preset": "stripe", "secrets": ["whsec_x"], "appId": app});
+    gw.ok("POST", "/api/v1/source", Some(source)).await;
+    let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
+    for (path, auth) in [("/api/v1/app", bearer.as_str()), ("/in/slow", "")] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"na"
+        );
+        let mut slow = raw_request(&addr, head.as_bytes()).await;
+        let answered = read_to_close(&mut slow).await;
+        assert!(answered.starts_with("HTTP/1.1 408"), "{path}: {answered}");
+        let body: Value = serde_json::from_str(answered.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(body["code"], "request_timeout", "{path}: {answered}");
+    }
+    let body = r#"{"name": "sent in pieces"}"#;
+    let head = format!(
+        "POST /api/v1/app HTTP/1.1\r\nHost: x\r\n{bearer}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+        body.len(),
+        &body[..5]
+    );
+    let mut pieces = raw_request(&addr, head.as_bytes()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    pieces.write_all(&body.as_bytes()[5..]).await.unwrap();
+    let answered = read_to_close(&mut pieces).await;
+    assert!(answered.starts_with("HTTP/1.1 201"), "{answered}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn transport_limits_slow_heads_too_many_headers_and_connections() {
     let mut config = dev_config();
