@@ -23,6 +23,10 @@ pub enum Inbound {
 /// How often counts are written (wall time: a batch of upserts, one per scope and minute).
 pub const FLUSH_MS: u64 = 5_000;
 
+/// Minutes of counts kept per scope while the store cannot take them: a longer outage
+/// loses its oldest minutes' counts rather than growing memory for as long as it lasts.
+const PENDING_MINUTES_MAX: usize = 60;
+
 #[derive(Default)]
 pub struct Recorder {
     /// Rows not yet written, by scope: found without allocating on the attempt path (one
@@ -95,11 +99,27 @@ impl Recorder {
         }
         if let Err(e) = store.add_stats(rows.clone()).await {
             tracing::warn!(error = %e, "could not write statistics; keeping them for the next try");
-            let mut pending = self.pending.lock().expect("stats lock");
-            for row in rows {
-                add_to(&mut pending, &row.scope, &row.app_id, row.bucket, |c| c.add(&row.counts));
+            let dropped = self.put_back(rows);
+            if dropped > 0 {
+                tracing::warn!(dropped, "statistics not written for over an hour: their oldest minutes are dropped");
             }
         }
+    }
+
+    /// Keeps rows that could not be written, with what was counted since, at most
+    /// `PENDING_MINUTES_MAX` minutes per scope (the latest). Returns the rows dropped.
+    fn put_back(&self, rows: Vec<StatRow>) -> usize {
+        let mut pending = self.pending.lock().expect("stats lock");
+        for row in rows {
+            add_to(&mut pending, &row.scope, &row.app_id, row.bucket, |c| c.add(&row.counts));
+        }
+        let mut dropped = 0;
+        for rows in pending.values_mut().filter(|rows| rows.len() > PENDING_MINUTES_MAX) {
+            rows.sort_unstable_by_key(|r| r.bucket);
+            dropped += rows.len() - PENDING_MINUTES_MAX;
+            rows.drain(..rows.len() - PENDING_MINUTES_MAX);
+        }
+        dropped
     }
 
     /// Flushes every `FLUSH_MS` until the process ends (the engine flushes once more at
@@ -109,5 +129,33 @@ impl Recorder {
             tokio::time::sleep(Duration::from_millis(FLUSH_MS)).await;
             self.flush(store.as_ref()).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows put back after failed writes, with what was counted since, stay at most
+    /// `PENDING_MINUTES_MAX` minutes per scope: the latest, their counts added up.
+    #[test]
+    fn counts_kept_through_an_outage_are_bounded() {
+        let recorder = Recorder::default();
+        let minute = |n: i64| n * MINUTE_MS;
+        for n in 0..70 {
+            recorder.inbound("src_a", "app_1", Inbound::Accepted, minute(n));
+        }
+        recorder.inbound("src_b", "app_1", Inbound::Refused, minute(3));
+        let failed: Vec<StatRow> =
+            std::mem::take(&mut *recorder.pending.lock().unwrap()).into_values().flatten().collect();
+        recorder.inbound("src_a", "app_1", Inbound::Duplicate, minute(69));
+        assert_eq!(recorder.put_back(failed), 10);
+        let pending = recorder.pending.lock().unwrap();
+        let a = &pending["src_a"];
+        assert_eq!(a.len(), PENDING_MINUTES_MAX);
+        assert_eq!(a.iter().map(|r| r.bucket).min(), Some(minute(10)), "the oldest minutes went");
+        let last = a.iter().find(|r| r.bucket == minute(69)).unwrap();
+        assert_eq!((last.counts.accepted, last.counts.duplicate), (1, 1), "counted since, added up");
+        assert_eq!(pending["src_b"].len(), 1, "another scope keeps its minute");
     }
 }
