@@ -3,8 +3,9 @@
 //! accepted, refused and duplicate. Counted in memory as attempts finish and requests
 //! arrive, and written to the store by a background task every `FLUSH_MS` (before each
 //! statistics read on this node, and at shutdown): never on the publish path. A crash loses
-//! at most the last interval's counts; with several nodes, a read shows the others' counts
-//! up to `FLUSH_MS` late.
+//! at most the last interval's counts, and a store outage over an hour its oldest minutes'
+//! (`PENDING_MINUTES_MAX`); with several nodes, a read shows the others' counts up to
+//! `FLUSH_MS` late.
 
 use hookline_core::UnixMs;
 use hookline_store::{StatCounts, StatRow, Store, MINUTE_MS};
