@@ -196,8 +196,8 @@ pub struct ServerConfig {
     pub header_bytes_max: usize,
     /// How long a client may take to send its request head (slowloris defence).
     pub header_read_timeout_ms: u64,
-    /// How long a client may take to send its request body, from the end of its head (the
-    /// same defence for bodies; over it: 408).
+    /// How long a client may take to send its request body, from when the server first
+    /// waits for it (the same defence for bodies; over it: 408).
     pub body_read_timeout_ms: u64,
     /// Threads that serve the API, inbound sources and queue consumers. Unset: half the
     /// cores, at least one (every core when deliveries share them: `delivery.threads = 0`).

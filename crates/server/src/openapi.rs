@@ -42,7 +42,7 @@ fn error_statuses(route: &Route) -> Vec<(u16, &'static str)> {
     if route.body.is_some() || route.method == Method::POST {
         out.push((
             408,
-            "The body did not arrive within `server.body_read_timeout_ms` of the head (`request_timeout`).",
+            "The body did not arrive within `server.body_read_timeout_ms` of the server starting to wait for it (`request_timeout`).",
         ));
     }
     if !route.public && writes {

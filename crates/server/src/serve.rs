@@ -114,7 +114,7 @@ pub async fn serve(
         // router cost a boxed clone of the route per request (7,000 instructions a publish).
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let refused = head_too_large(&request, &limits);
-            let request = request.map(|body| Deadline::new(body, tokio::time::Instant::now() + body_time));
+            let request = request.map(|body| Deadline::new(body, body_time));
             let routed = TowerToHyperService::new(app.clone());
             async move {
                 match refused {
@@ -162,18 +162,20 @@ mod tests {
     }
 }
 
-/// A request body that fails with [`BodyTimedOut`] once `deadline` passes before its end:
-/// a client dribbling a body would otherwise hold its connection, and its slot, for good.
-/// The timer is made only if the body is not all there at once, which a publish's usually is.
+/// A request body that fails with [`BodyTimedOut`] if it has not ended `limit` after the
+/// server first had to wait for it: a client dribbling a body would otherwise hold its
+/// connection, and its slot, for good. The clock starts then, not at the head, so time the
+/// server takes before reading is not the client's; and a body all there at once (a
+/// publish's usually is) never makes a timer.
 pub struct Deadline<B> {
     inner: B,
-    deadline: tokio::time::Instant,
+    limit: Duration,
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<B> Deadline<B> {
-    fn new(inner: B, deadline: tokio::time::Instant) -> Deadline<B> {
-        Deadline { inner, deadline, timer: None }
+    fn new(inner: B, limit: Duration) -> Deadline<B> {
+        Deadline { inner, limit, timer: None }
     }
 }
 
@@ -199,8 +201,8 @@ where
         if let Poll::Ready(frame) = std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
             return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
         }
-        let deadline = this.deadline;
-        let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let limit = this.limit;
+        let timer = this.timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut)))),
             Poll::Pending => Poll::Pending,

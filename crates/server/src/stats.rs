@@ -102,7 +102,10 @@ impl Recorder {
             tracing::warn!(error = %e, "could not write statistics; keeping them for the next try");
             let dropped = self.put_back(rows);
             if dropped > 0 {
-                tracing::warn!(dropped, "statistics not written for over an hour: their oldest minutes are dropped");
+                tracing::warn!(
+                    dropped,
+                    "statistics not written for over an hour: rows of their oldest minutes dropped"
+                );
             }
         }
     }

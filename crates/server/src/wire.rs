@@ -490,8 +490,8 @@ pub struct MessageIn {
     pub application: Option<ApplicationIn>,
     #[schemars(extend("format" = "date-time"))]
     pub deliver_at: Option<String>,
-    /// Also sent this message, signed with the application's secret; a queue URL only with
-    /// the admin token.
+    /// Also send this message to this URL, signed with the application's secret; a queue
+    /// URL only with the admin token.
     #[schemars(length(min = 1, max = URL_BYTES_MAX), regex(pattern = URL_PATTERN), extend("format" = "uri"))]
     pub callback_url: Option<String>,
     pub transformations_params: Option<serde_json::Value>,

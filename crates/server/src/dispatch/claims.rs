@@ -71,19 +71,25 @@ impl Engine {
     }
 
     /// Renews the lease when a third of it has passed (checked every poll, on the engine's
-    /// clock), in a task of its own so that slow claims never starve the renewal.
+    /// clock), in a task of its own so that slow claims never starve the renewal. The live
+    /// nodes are counted after each renewal in a task of their own too: the count is a
+    /// read, which may queue behind the API's on SQLite, and must not delay the next renewal.
     pub(super) async fn heartbeat(self: Arc<Self>, mut lease: NodeLease) {
         let mut stopping = self.stopping.subscribe();
         let poll = Duration::from_millis(self.cluster.poll_ms);
         let mut renewed_at = self.clock.now_ms();
         self.count_nodes(renewed_at).await;
+        let mut counting: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let now = self.clock.now_ms();
             if now - renewed_at >= self.cluster.lease_ms as i64 / 3 {
                 if let Some(fresh) = self.renew(lease, now).await {
                     lease = fresh;
                     renewed_at = now;
-                    self.count_nodes(now).await;
+                    if counting.as_ref().is_none_or(|count| count.is_finished()) {
+                        let engine = self.clone();
+                        counting = Some(tokio::spawn(async move { engine.count_nodes(now).await }));
+                    }
                 }
             }
             self.client.sweep_idle();

@@ -40,6 +40,7 @@ const RECORD_RETRY_MS: u64 = 1_000;
 /// A delivery this node holds, waiting for its time. The message is carried along when it
 /// is at hand (fresh from a publish) and loaded from the store otherwise (claimed work).
 pub struct Due {
+    /// When it is due; once parked in its lane, when it was parked.
     pub at: UnixMs,
     pub delivery: Delivery,
     pub message: Option<Arc<Message>>,
@@ -247,14 +248,14 @@ impl Engine {
         2 * self.cluster.poll_ms as i64
     }
 
-    /// The endpoints (`None`: the callback URL) among `deliveries` whose lane at this node is
-    /// behind: it parks as many deliveries as may run at once
-    /// (`delivery.endpoint_max_in_flight`), and the oldest has been due for longer than the
-    /// claims look ahead (two polls). A publish leaves its deliveries to them unclaimed, in
-    /// the store, for a claim with room, so a slow or throttled endpoint's backlog does not
-    /// grow this node's memory without bound, while a quick endpoint's burst, parked for
-    /// less than that, is sent from memory. The lanes are not looked at while the node
-    /// holds fewer deliveries than one endpoint may run at once.
+    /// The endpoints (`None`: the application's callback URLs, which share a lane) among
+    /// `deliveries` whose lane at this node is behind: it parks as many deliveries as may
+    /// run at once (`delivery.endpoint_max_in_flight`), and the first of them has waited
+    /// longer than the claims look ahead (two polls). A publish leaves its deliveries to
+    /// them unclaimed, in the store, for a claim with room, so a slow or throttled
+    /// endpoint's backlog does not grow this node's memory without bound, while a quick
+    /// endpoint's burst, parked for less than that, is sent from memory. The lanes are not
+    /// looked at while the node holds fewer deliveries than one endpoint may run at once.
     fn lanes_behind(&self, deliveries: &[Delivery]) -> Vec<Option<String>> {
         let cap = self.config.endpoint_max_in_flight;
         if self.held.count.load(Ordering::Relaxed) < cap {
@@ -364,7 +365,7 @@ impl Engine {
 
     /// Starts a due delivery if its endpoint has a free turn, or parks it. Work claimed
     /// under a lost lease is dropped: it is free in the store and claimed again.
-    fn dispatch(self: &Arc<Self>, due: Due) {
+    fn dispatch(self: &Arc<Self>, mut due: Due) {
         if due.claim != self.token() {
             return;
         }
@@ -374,6 +375,7 @@ impl Engine {
             let lane = lanes.entry(key.clone()).or_default();
             let cap = if lane.paced(self.config.unreachable_pause_ms) { 1 } else { self.config.endpoint_max_in_flight };
             if lane.running >= cap {
+                due.at = self.clock.now_ms();
                 lane.parked.push_back(due);
                 return;
             }

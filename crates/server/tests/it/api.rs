@@ -692,7 +692,7 @@ async fn a_body_sent_too_slowly_is_refused_with_408() {
     let addr = gw.url.trim_start_matches("http://").to_owned();
     let app = gw.app("merchant").await;
     let source = json!({"name": "stripe", "uid": "slow", "preset": "stripe", "secrets": ["whsec_x"], "appId": app});
-    gw.ok("POST", "/api/v1/source", Some(source)).await;
+    let source_id = gw.ok("POST", "/api/v1/source", Some(source)).await["id"].as_str().unwrap().to_owned();
     let bearer = format!("Authorization: Bearer {TOKEN}\r\n");
     for (path, auth) in [("/api/v1/app", bearer.as_str()), ("/in/slow", "")] {
         let head = format!(
@@ -704,6 +704,14 @@ async fn a_body_sent_too_slowly_is_refused_with_408() {
         let body: Value = serde_json::from_str(answered.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(body["code"], "request_timeout", "{path}: {answered}");
     }
+    // Counted for the source, as its other refusals are.
+    let metrics = gw.http.get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
+    let counted = [("source", source_id.as_str()), ("outcome", "body_timeout")];
+    let labels = |[a, b]: [(&str, &str); 2]| {
+        format!("hookline_inbound_requests_total{{{}=\"{}\",{}=\"{}\"}} 1", a.0, a.1, b.0, b.1)
+    };
+    let (line, alt) = (labels(counted), labels([counted[1], counted[0]]));
+    assert!(metrics.contains(&line) || metrics.contains(&alt), "the 408 is counted for the source");
     let body = r#"{"name": "sent in pieces"}"#;
     let head = format!(
         "POST /api/v1/app HTTP/1.1\r\nHost: x\r\n{bearer}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
