@@ -339,8 +339,7 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
         return ApiError::IdempotencyInProgress.into_response();
     };
     let (parts, body) = request.into_parts();
-    let limit = state.config.api.body_bytes_max;
-    let body = match read_body(body, limit, &state.config).await {
+    let body = match read_body(body, &state.config).await {
         Ok(body) => body,
         Err(e) => return e.into_response(),
     };
@@ -389,16 +388,17 @@ pub async fn optional_json<T: DeserializeOwned + Default>(
     body: Body,
 ) -> ApiResult<T> {
     check_content_type(headers)?;
-    let body = read_body(body, state.config.api.body_bytes_max, &state.config).await?;
+    let body = read_body(body, &state.config).await?;
     if body.is_empty() {
         return Ok(T::default());
     }
     parse_json(&body, state.config.api.json_depth_max)
 }
 
-/// Reads a whole body of at most `limit` bytes: 413 above it, 408 when it did not arrive in
-/// `server.body_read_timeout_ms`, 400 when the client broke off.
-pub async fn read_body(body: Body, limit: usize, config: &Config) -> ApiResult<Bytes> {
+/// Reads a whole body of at most `api.body_bytes_max` bytes: 413 above it, 408 when it did
+/// not arrive in `server.body_read_timeout_ms`, 400 when the client broke off.
+pub async fn read_body(body: Body, config: &Config) -> ApiResult<Bytes> {
+    let limit = config.api.body_bytes_max;
     axum::body::to_bytes(body, limit).await.map_err(|e| {
         if caused_by::<http_body_util::LengthLimitError>(&e) {
             ApiError::PayloadTooLarge(limit)
@@ -433,7 +433,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 
     async fn from_request(request: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         check_content_type(request.headers())?;
-        let bytes = read_body(request.into_body(), state.config.api.body_bytes_max, &state.config).await?;
+        let bytes = read_body(request.into_body(), &state.config).await?;
         parse_json(&bytes, state.config.api.json_depth_max).map(JsonBody)
     }
 }

@@ -378,12 +378,11 @@ async fn ingest(
 ) -> ApiResult<Json<IngestOut>> {
     let key = params.get("source").cloned().unwrap_or_default();
     let source = state.engine.catalog.source(&key).await.map_err(ApiError::from_store("source"))?;
-    let body =
-        super::read_body(body, state.config.api.body_bytes_max, &state.config).await.inspect_err(|e| match e {
-            ApiError::PayloadTooLarge(_) => count(&state, &source, "oversized"),
-            ApiError::RequestTimeout(_) => count(&state, &source, "body_timeout"),
-            _ => {}
-        })?;
+    let body = super::read_body(body, &state.config).await.inspect_err(|e| match e {
+        ApiError::PayloadTooLarge(_) => count(&state, &source, "oversized"),
+        ApiError::RequestTimeout(_) => count(&state, &source, "body_timeout"),
+        _ => {}
+    })?;
     let now = state.now();
     let secrets: Vec<&str> =
         source.secrets.iter().filter(|s| s.expires_at.is_none_or(|at| at > now)).map(|s| s.value.as_str()).collect();
