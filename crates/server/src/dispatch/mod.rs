@@ -137,14 +137,20 @@ impl EndpointLane {
         self.last_start = at;
         at
     }
+
+    /// Whether the lane is behind: it parks `cap` deliveries or more, and the first of them
+    /// was parked before `overdue`.
+    fn behind(&self, cap: usize, overdue: UnixMs) -> bool {
+        self.parked.len() >= cap && self.parked.front().is_some_and(|due| due.at < overdue)
+    }
 }
 
 /// The key of the lane a delivery waits in: its endpoint, or one per application for
-/// per-message callback URLs.
-fn lane_key(delivery: &Delivery) -> String {
+/// per-message callback URLs. Borrowed for an endpoint, so a lookup makes no string.
+fn lane_key(delivery: &Delivery) -> std::borrow::Cow<'_, str> {
     match &delivery.endpoint_id {
-        Some(endpoint_id) => endpoint_id.clone(),
-        None => format!("callback:{}", delivery.app_id),
+        Some(endpoint_id) => endpoint_id.into(),
+        None => format!("callback:{}", delivery.app_id).into(),
     }
 }
 
@@ -263,16 +269,10 @@ impl Engine {
         }
         let overdue = self.clock.now_ms() - self.horizon_ms();
         let lanes = self.endpoint_lanes.lock().expect("lanes lock");
-        let behind =
-            |lane: &EndpointLane| lane.parked.len() >= cap && lane.parked.front().is_some_and(|due| due.at < overdue);
         let mut found: Vec<Option<String>> = Vec::new();
         for d in deliveries {
-            // Looked up without making the key, but for the callback URL's.
-            let lane = match &d.endpoint_id {
-                Some(id) => lanes.get(id.as_str()),
-                None => lanes.get(&lane_key(d)),
-            };
-            if lane.is_some_and(behind) && !found.contains(&d.endpoint_id) {
+            let behind = lanes.get(lane_key(d).as_ref()).is_some_and(|lane| lane.behind(cap, overdue));
+            if behind && !found.contains(&d.endpoint_id) {
                 found.push(d.endpoint_id.clone());
             }
         }
@@ -369,7 +369,7 @@ impl Engine {
         if due.claim != self.token() {
             return;
         }
-        let key = lane_key(&due.delivery);
+        let key = lane_key(&due.delivery).into_owned();
         let at = {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
             let lane = lanes.entry(key.clone()).or_default();
@@ -873,5 +873,37 @@ impl Engine {
             DeliveryState::Skipped => {}
             _ => handles.failed.increment(1),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A lane parking `count` deliveries, the first parked at `first_at`.
+    fn lane(count: usize, first_at: UnixMs) -> EndpointLane {
+        let held = Arc::new(claims::Held::new());
+        let publish = hookline_store::conformance::publish("app_1", &["ep_1"], None, 0);
+        let mut lane = EndpointLane::default();
+        for n in 0..count {
+            let delivery = publish.deliveries[0].clone();
+            let due =
+                Due { at: first_at + n as i64, delivery, message: None, claim: 1, _hold: claims::Hold::new(&held) };
+            lane.parked.push_back(due);
+        }
+        lane
+    }
+
+    /// A lane is behind only when it parks its cap and its first delivery has waited past
+    /// the mark: a quick endpoint's burst, however long its queue, is not (its publishes are
+    /// claimed and sent from memory), nor is a short queue however old.
+    #[test]
+    fn a_lane_is_behind_when_full_and_its_first_parked_has_waited() {
+        let (cap, overdue) = (4, 1_000);
+        assert!(lane(4, 999).behind(cap, overdue), "full, and waiting since before the mark");
+        assert!(lane(40, 999).behind(cap, overdue));
+        assert!(!lane(40, 1_000).behind(cap, overdue), "a burst parked since the mark only");
+        assert!(!lane(3, 0).behind(cap, overdue), "under the cap, however long it waited");
+        assert!(!lane(0, 0).behind(cap, overdue));
     }
 }
