@@ -111,6 +111,94 @@ async fn backlog_waits_in_the_store(backend: Vec<(String, String)>) {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoints_backlog_does_not_hold_back_another_endpoints_retry() {
+    retry_beside_a_backlog(Vec::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoints_backlog_does_not_hold_back_another_endpoints_retry_on_postgres() {
+    let database = hookline_store::postgres::scratch::fresh_database().await.unwrap();
+    retry_beside_a_backlog(cluster_env(&database, "beside")).await;
+}
+
+/// A slow endpoint (4 at a time, 50 ms each: 80 a second) has hundreds of deliveries
+/// waiting in the store when another application's endpoint fails a first attempt. Its
+/// retry, due 100 ms later, goes out while most of that backlog still waits: the backlog is
+/// deferred, so it does not stand before other due work. (Claimed oldest first with the
+/// rest, the retry waited until nearly all of the backlog had been claimed.) The backlog
+/// still arrives, every message exactly once.
+async fn retry_beside_a_backlog(backend: Vec<(String, String)>) {
+    const MESSAGES: usize = 600;
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let (slow, slow_arrivals) = counting_sink(50).await;
+    // Answers 500 first, then 200, noting how many deliveries the slow endpoint had then.
+    let slow_seen_at_retry: Arc<Mutex<Option<usize>>> = Arc::default();
+    let flaky = {
+        let (answered, seen, slow_arrivals) =
+            (Arc::new(AtomicBool::new(false)), slow_seen_at_retry.clone(), slow_arrivals.clone());
+        let app = axum::Router::new().fallback(move || {
+            let (answered, seen, slow_arrivals) = (answered.clone(), seen.clone(), slow_arrivals.clone());
+            async move {
+                if !answered.swap(true, Ordering::SeqCst) {
+                    return axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+                }
+                seen.lock().unwrap().get_or_insert(slow_arrivals.lock().unwrap().len());
+                axum::http::StatusCode::OK
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        url
+    };
+    let port = free_port();
+    let mut env: Vec<(&str, &str)> = backend.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend([
+        ("HOOKLINE_ADMIN_TOKEN", TOKEN),
+        ("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "4"),
+        ("HOOKLINE_CLUSTER_CLAIM_BATCH_MAX", "8"),
+        ("HOOKLINE_CLUSTER_HELD_MAX", "16"),
+        ("HOOKLINE_CLUSTER_POLL_MS", "10"),
+    ]);
+    let gateway = Hookline::start(dir.path(), port, &env);
+    gateway.wait_healthy(&http).await;
+    let resources = [
+        ("/api/v1/app", json!({"name": "m", "uid": "m"})),
+        ("/api/v1/app/m/endpoint", json!({"url": slow})),
+        ("/api/v1/app", json!({"name": "n", "uid": "n"})),
+        ("/api/v1/app/n/endpoint", json!({"url": flaky, "retryPolicy": {"delaysMs": [100]}})),
+    ];
+    create_all(&http, &gateway.url, TOKEN, &resources).await;
+    for n in 0..MESSAGES {
+        let body = json!({"eventType": "payment.succeeded", "payload": {"n": n}});
+        let (status, _) = post(&http, format!("{}/api/v1/app/m/msg", gateway.url), TOKEN, &body).await;
+        assert_eq!(status, 202);
+    }
+    let before = slow_arrivals.lock().unwrap().len();
+    let body = json!({"eventType": "payment.failed", "payload": {}});
+    let (status, _) = post(&http, format!("{}/api/v1/app/n/msg", gateway.url), TOKEN, &body).await;
+    assert_eq!(status, 202);
+    until_none_missing(PATIENCE, "the retry never arrived", || {
+        usize::from(slow_seen_at_retry.lock().unwrap().is_none())
+    })
+    .await;
+    let at_retry = slow_seen_at_retry.lock().unwrap().expect("seen");
+    let waiting = MESSAGES - before;
+    assert!(
+        at_retry - before < waiting / 2,
+        "the retry went out only after {} of the {waiting} deliveries waiting before it had arrived",
+        at_retry - before
+    );
+    until_none_missing(PATIENCE, "messages never reached the slow endpoint", || {
+        MESSAGES - slow_arrivals.lock().unwrap().len()
+    })
+    .await;
+    let twice = slow_arrivals.lock().unwrap().values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "deliveries made more than once");
+}
+
 #[tokio::test]
 async fn first_start_prints_an_admin_token_that_works_and_is_not_reissued() {
     let dir = tempfile::tempdir().unwrap();
@@ -167,7 +255,7 @@ async fn migrate_creates_the_postgres_schema_and_exits() {
         let out = migrate(&url);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("schema is at version 8"), "{stdout}");
+        assert!(stdout.contains("schema is at version 9"), "{stdout}");
     }
     let out = migrate("postgres://postgres@127.0.0.1:1/nowhere");
     assert_eq!(out.status.code(), Some(69), "an unreachable database is EX_UNAVAILABLE");

@@ -30,6 +30,9 @@ pub const SOURCE_COLUMNS: &str =
 pub const DELIVERY_COLUMNS: &str =
     "id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger, updated_at, order_key";
 
+/// How many columns `DELIVERY_COLUMNS` names (a statement may return more after them).
+pub const DELIVERY_COLUMN_COUNT: usize = 11;
+
 pub const ATTEMPT_COLUMNS: &str = "id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, \
      duration_ms, error_class, state, trigger, created_at";
 
@@ -48,4 +51,12 @@ pub fn stat_counter_sums(table: &str) -> String {
         .map(|c| format!("{c} = {table}.{c} + excluded.{c}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_delivery_column_count_is_the_columns_named() {
+        assert_eq!(super::DELIVERY_COLUMNS.split(',').count(), super::DELIVERY_COLUMN_COUNT);
+    }
 }

@@ -110,11 +110,19 @@ pub async fn run_all(store: &dyn Store) {
     a_write_failing_halfway_leaves_nothing_and_spares_its_batch(store).await;
     claims_are_leased_fenced_and_taken_over(store).await;
     a_fan_out_is_read_attempted_and_taken_over_delivery_by_delivery(store).await;
+    a_lane_behind_defers_its_due_work(store).await;
 }
 
 /// Every open delivery claimable now (claims them for `node`).
 async fn claim_all(store: &dyn Store, node: i64, now: UnixMs) -> Vec<Delivery> {
-    store.claim_due(node, UnixMs::MAX / 2, now, 100_000).await.unwrap()
+    claim(store, node, UnixMs::MAX / 2, now, 100_000).await
+}
+
+/// The deliveries a claim with no lane behind takes.
+async fn claim(store: &dyn Store, node: i64, horizon: UnixMs, now: UnixMs, limit: usize) -> Vec<Delivery> {
+    let claimed = store.claim_due(node, horizon, now, limit, Vec::new()).await.unwrap();
+    assert_eq!(claimed.deferred, 0, "nothing is deferred when no lane is behind");
+    claimed.deliveries
 }
 
 async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
@@ -139,8 +147,8 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
     let mut held = publish(&a.id, &[&ep.id], None, 20_000);
     held.claim = Some(node.token);
     // Claimed at commit but for one endpoint and the callback URL (their lanes are full at
-    // the node): those deliveries wait in the store for a claim. On SQLite they must not go
-    // into a fan-out row.
+    // the node): those deliveries are deferred in the store, and are no due work for any
+    // claim. On SQLite they must not go into a fan-out row.
     let full = store.create_endpoint(endpoint(&a.id, 20_000)).await.unwrap();
     let mut split = publish(&a.id, &[&ep.id, &full.id], None, 20_000);
     split.deliveries.push(Delivery::pending(id(prefix::DELIVERY, 20_000), &split.message, None, 20_000, 20_000));
@@ -154,12 +162,14 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
         ids.sort();
         ids
     };
-    let claimed = store.claim_due(node.token, 30_000, 20_000, 10).await.unwrap();
-    let mut expected =
-        vec![now_due.deliveries[0].id.clone(), split.deliveries[1].id.clone(), split.deliveries[2].id.clone()];
-    expected.sort();
-    assert_eq!(ids(&claimed), expected, "due within the horizon, not yet held");
-    assert!(store.claim_due(node.token, 30_000, 20_000, 10).await.unwrap().is_empty(), "a claim holds");
+    let claimed = claim(store, node.token, 30_000, 20_000, 10).await;
+    assert_eq!(ids(&claimed), vec![now_due.deliveries[0].id.clone()], "due within the horizon, not yet held");
+    assert!(claim(store, node.token, 30_000, 20_000, 10).await.is_empty(), "a claim holds");
+    let mut lanes: Vec<DeferredLane> =
+        store.deferred_lanes(1_000).await.unwrap().into_iter().filter(|l| l.app_id == a.id).collect();
+    lanes.sort_by(|x, y| x.endpoint_id.cmp(&y.endpoint_id));
+    let lane = |endpoint_id: Option<&String>| DeferredLane { app_id: a.id.clone(), endpoint_id: endpoint_id.cloned() };
+    assert_eq!(lanes, vec![lane(None), lane(Some(&full.id))], "the split publish's deferred lanes");
 
     let record = |claim: i64, keep_claim: bool, next_at: i64| AttemptRecord {
         attempt: Attempt {
@@ -192,21 +202,31 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
     let d = store.get_delivery(&now_due.message.id, &now_due.deliveries[0].id).await.unwrap();
     assert_eq!((d.attempts, d.next_at), (0, Some(20_000)), "a fenced write leaves the delivery as it was");
     assert!(store.record_attempt(record(node.token, true, 21_000)).await.unwrap().applied);
-    assert!(store.claim_due(node.token, 30_000, 20_001, 10).await.unwrap().is_empty(), "kept claims stay held");
+    assert!(claim(store, node.token, 30_000, 20_001, 10).await.is_empty(), "kept claims stay held");
     assert!(store.record_attempt(record(node.token, false, 22_000)).await.unwrap().applied);
-    let again = store.claim_due(node.token, 30_000, 20_002, 10).await.unwrap();
+    let again = claim(store, node.token, 30_000, 20_002, 10).await;
     assert_eq!(ids(&again), vec![now_due.deliveries[0].id.clone()], "a released retry is claimable when due");
 
     assert!(store.renew_node(node.token, 40_000, 30_000).await.unwrap());
     assert!(!store.renew_node(node.token, 70_001, 30_000).await.unwrap(), "an expired lease is not renewed");
-    assert!(store.claim_due(node.token, 100_000, 70_001, 10).await.unwrap().is_empty(), "no claims on a dead lease");
+    assert!(claim(store, node.token, 100_000, 70_001, 10).await.is_empty(), "no claims on a dead lease");
+    let dead = store.claim_deferred(node.token, lane(Some(&full.id)), 70_001, 10).await.unwrap();
+    assert!(dead.is_empty(), "no claims of deferred deliveries on a dead lease");
     let next = store.register_node("node-b", 70_001, 30_000).await.unwrap();
     assert_ne!(next.token, node.token, "every registration has its own token");
-    let taken = ids(&store.claim_due(next.token, 100_000, 70_001, 100).await.unwrap());
+    let taken = ids(&claim(store, next.token, 100_000, 70_001, 100).await);
     let mut expected: Vec<String> =
-        [&now_due, &later, &held, &split].iter().flat_map(|p| &p.deliveries).map(|d| d.id.clone()).collect();
+        [&now_due, &later, &held].iter().flat_map(|p| &p.deliveries).map(|d| d.id.clone()).collect();
+    expected.push(split.deliveries[0].id.clone());
     expected.sort();
     assert_eq!(taken, expected, "the claims of an expired lease are taken over");
+    // A deferred delivery is nobody's claim: the next node takes it from its lane.
+    for (endpoint_id, delivery) in [(Some(&full.id), &split.deliveries[1]), (None, &split.deliveries[2])] {
+        let taken = store.claim_deferred(next.token, lane(endpoint_id), 70_001, 10).await.unwrap();
+        assert_eq!(ids(&taken), vec![delivery.id.clone()], "the lane's deferred delivery");
+        assert_eq!(taken[0].state, DeliveryState::Pending);
+    }
+    assert!(store.deferred_lanes(1_000).await.unwrap().iter().all(|l| l.app_id != a.id), "no deferred lane left");
     store.retire_node(next.token).await.unwrap();
     let last = store.register_node("node-c", 70_002, 30_000).await.unwrap();
     assert_eq!(ids(&claim_all(store, last.token, 70_002).await).len(), 6, "a retired node's claims are free at once");
@@ -1036,4 +1056,62 @@ async fn a_fan_out_is_read_attempted_and_taken_over_delivery_by_delivery(store: 
     store.delete_app(&a.id).await.unwrap();
     assert_eq!(store.get_delivery(&t.message.id, &t.deliveries[0].id).await, Err(StoreError::NotFound));
     assert!(!claim_all(store, next, 130_200).await.iter().any(|d| d.app_id == a.id));
+}
+
+/// A claim defers the due work of a lane the node reports behind (unordered deliveries
+/// only), so the next batch reaches other endpoints' work; deferred deliveries read as
+/// pending, count as open, are listed and counted as pending, come back by their lane in
+/// due order, and are skipped and canceled like pending ones.
+async fn a_lane_behind_defers_its_due_work(store: &dyn Store) {
+    let now = 90_000;
+    let a = store.create_app(app(now, None)).await.unwrap();
+    let slow = store.create_endpoint(endpoint(&a.id, now)).await.unwrap();
+    let quick = store.create_endpoint(endpoint(&a.id, now)).await.unwrap();
+    let node = store.register_node("node-d", now, LONG_LEASE_MS).await.unwrap().token;
+    claim_all(store, node, now).await;
+    let open = store.count_open_deliveries().await.unwrap();
+    let to_slow: Vec<Publish> = (0..3).map(|n| publish(&a.id, &[&slow.id], None, now + n)).collect();
+    let mut ordered = publish(&a.id, &[&slow.id], None, now + 3);
+    ordered.deliveries[0].order_key = Some("pay_1".into());
+    ordered.deliveries[0].state = DeliveryState::Waiting;
+    ordered.deliveries[0].next_at = None;
+    let to_quick = publish(&a.id, &[&quick.id], None, now + 4);
+    for p in to_slow.iter().chain([&ordered, &to_quick]) {
+        store.publish(p.clone()).await.unwrap();
+    }
+    let id_of = |p: &Publish| p.deliveries[0].id.clone();
+    let ids = |found: &[Delivery]| found.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
+    let behind = vec![slow.id.clone()];
+    let first = store.claim_due(node, now + 100, now + 10, 2, behind.clone()).await.unwrap();
+    assert_eq!((first.deliveries.len(), first.deferred), (0, 2), "the two earliest, both the slow endpoint's");
+    let second = store.claim_due(node, now + 100, now + 10, 3, behind.clone()).await.unwrap();
+    let expected = vec![id_of(&ordered), id_of(&to_quick)];
+    assert_eq!((ids(&second.deliveries), second.deferred), (expected, 1), "an ordered head is claimed, not deferred");
+    assert_eq!(store.count_open_deliveries().await.unwrap(), open + 5, "deferred deliveries are open");
+    let deferred = store.get_delivery(&to_slow[2].message.id, &id_of(&to_slow[2])).await.unwrap();
+    assert_eq!((deferred.state, deferred.next_at), (DeliveryState::Pending, Some(now + 2)));
+    let counts = store.delivery_counts(&slow.id, 0, now + 1_000).await.unwrap();
+    let pending: u64 = counts.iter().filter(|(s, _)| *s == DeliveryState::Pending).map(|(_, n)| n).sum();
+    assert_eq!(pending, 4, "three deferred and the ordered head read as pending");
+    let filter = ListFilter { status: Some(DeliveryState::Pending), ..Default::default() };
+    let listed = store.deliveries_of_endpoint(&a.id, &slow.id, filter, first_page(10)).await.unwrap();
+    assert_eq!(listed.items.len(), 4, "deferred deliveries are listed as pending");
+
+    let lane = DeferredLane { app_id: a.id.clone(), endpoint_id: Some(slow.id.clone()) };
+    assert!(store.deferred_lanes(1_000).await.unwrap().contains(&lane));
+    let back = store.claim_deferred(node, lane.clone(), now + 20, 2).await.unwrap();
+    assert_eq!(ids(&back), vec![id_of(&to_slow[0]), id_of(&to_slow[1])], "in due order");
+    assert!(claim(store, node, now + 100, now + 20, 10).await.is_empty(), "claimed again by their lane only");
+    let skipped = store.skip_delivery(&a.id, &to_slow[2].message.id, &slow.id, now + 30).await.unwrap();
+    assert_eq!(skipped.state, DeliveryState::Skipped, "a deferred delivery can be skipped");
+    assert!(!store.deferred_lanes(1_000).await.unwrap().contains(&lane));
+
+    let last = publish(&a.id, &[&slow.id], None, now + 40);
+    store.publish(last.clone()).await.unwrap();
+    let taken = store.claim_due(node, now + 100, now + 40, 10, behind).await.unwrap();
+    assert_eq!((taken.deliveries.len(), taken.deferred), (0, 1));
+    store.delete_endpoint(&a.id, &slow.id).await.unwrap();
+    let canceled = store.get_delivery(&last.message.id, &id_of(&last)).await.unwrap();
+    assert_eq!(canceled.state, DeliveryState::Canceled, "a deleted endpoint's deferred delivery is canceled");
+    assert!(store.claim_deferred(node, lane, now + 50, 10).await.unwrap().is_empty());
 }

@@ -88,12 +88,34 @@ pub trait Store: Send + Sync + 'static {
     async fn retire_node(&self, token: i64) -> StoreResult<()>;
     /// How many nodes hold a live lease at `now` (each shares per-endpoint rate limits).
     async fn live_nodes(&self, now: UnixMs) -> StoreResult<usize>;
-    /// Claims up to `limit` open deliveries due at or before `horizon`, earliest first,
-    /// that no live node holds. Nothing is claimed if the token's own lease has expired.
-    async fn claim_due(&self, token: i64, horizon: UnixMs, now: UnixMs, limit: usize) -> StoreResult<Vec<Delivery>>;
+    /// Takes up to `limit` open deliveries due at or before `horizon`, earliest first, that
+    /// no live node holds. Those to an endpoint in `behind` (its lane at this node has all
+    /// it can take) are deferred unless ordered: they wait for [`Store::claim_deferred`], so
+    /// that one endpoint's backlog does not stand before every other endpoint's due work.
+    /// The rest are claimed under `token`. Nothing is taken if the token's lease has expired.
+    async fn claim_due(
+        &self,
+        token: i64,
+        horizon: UnixMs,
+        now: UnixMs,
+        limit: usize,
+        behind: Vec<String>,
+    ) -> StoreResult<Claimed>;
+    /// Claims up to `limit` of the lane's deferred deliveries under `token`, earliest due
+    /// first; they become pending. Nothing is claimed if the token's lease has expired.
+    async fn claim_deferred(
+        &self,
+        token: i64,
+        lane: DeferredLane,
+        now: UnixMs,
+        limit: usize,
+    ) -> StoreResult<Vec<Delivery>>;
+    /// Lanes with deferred deliveries, at most `limit` (each node looks now and then, so a
+    /// lane another node deferred, or a node before a restart, is taken up).
+    async fn deferred_lanes(&self, limit: usize) -> StoreResult<Vec<DeferredLane>>;
     /// Takes or keeps the leader lease (one node runs retention); true while this node leads.
     async fn lead(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool>;
-    /// Open deliveries (pending or sending), claimed or not.
+    /// Open deliveries (pending, deferred or sending), claimed or not.
     async fn count_open_deliveries(&self) -> StoreResult<u64>;
     /// Changes made by other nodes (and this one) to follow in caches; `None` for a store
     /// only one node uses.

@@ -236,10 +236,11 @@ pub struct Publish {
     /// the start (it delivers them from memory). `None` leaves them for any node to claim
     /// when due (messages scheduled for later).
     pub claim: Option<i64>,
-    /// Endpoints (`None`: the message's callback URL) whose deliveries are left unclaimed
+    /// Endpoints (`None`: the message's callback URLs) whose deliveries are left unclaimed
     /// even so: the committing node holds all it will of theirs (a slow or throttled
-    /// endpoint's backlog), so these wait in the store until a claim has room for them.
-    /// Usually empty.
+    /// endpoint's backlog). Those due now are stored deferred ([`Publish::stored_state`]):
+    /// they wait for their lane to have room ([`crate::Store::claim_deferred`]), not among the due
+    /// work every claim looks at. Usually empty.
     pub unclaimed: Vec<Option<String>>,
 }
 
@@ -248,6 +249,49 @@ impl Publish {
     pub fn claim_of(&self, delivery: &Delivery) -> Option<i64> {
         self.claim.filter(|_| !self.unclaimed.contains(&delivery.endpoint_id))
     }
+
+    /// The state code `delivery` is stored with: [`DEFERRED`] for a pending, unordered
+    /// delivery left unclaimed although due now (its lane is behind), its own otherwise.
+    pub fn stored_state(&self, delivery: &Delivery) -> i64 {
+        let deferred = self.claim.is_some()
+            && self.claim_of(delivery).is_none()
+            && delivery.state == DeliveryState::Pending
+            && delivery.order_key.is_none();
+        if deferred {
+            DEFERRED
+        } else {
+            delivery.state.code()
+        }
+    }
+}
+
+/// The stored state of a pending delivery that waits for its lane (endpoint, or an
+/// application's callback URLs) to have room, outside the due work `claim_due` looks at.
+/// It reads as `Pending` everywhere ([`state_of_code`]): deferring is how the store queues,
+/// not a state of the delivery.
+pub const DEFERRED: i64 = 7;
+
+/// The delivery state a stored code stands for (a deferred delivery is pending).
+pub fn state_of_code(code: i64) -> Option<DeliveryState> {
+    match code {
+        DEFERRED => Some(DeliveryState::Pending),
+        code => DeliveryState::from_code(code),
+    }
+}
+
+/// What a claim took: the deliveries claimed, and how many it deferred instead.
+#[derive(Clone, Debug, Default)]
+pub struct Claimed {
+    pub deliveries: Vec<Delivery>,
+    pub deferred: usize,
+}
+
+/// A lane with deferred deliveries: an endpoint, or (`endpoint_id` `None`) an application's
+/// callback URLs.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DeferredLane {
+    pub app_id: String,
+    pub endpoint_id: Option<String>,
 }
 
 /// A signing secret of an inbound source; several may be active during a rotation.

@@ -4,6 +4,7 @@
 //! binds the values.
 
 use crate::{ListFilter, Listed, Page};
+use hookline_core::delivery::DeliveryState;
 
 /// A value a condition compares with.
 #[derive(Clone, Debug, PartialEq)]
@@ -82,7 +83,12 @@ impl Query {
             self = self.and(&format!("{time_column} > ?"), after);
         }
         if let Some(status) = filter.status {
-            self = self.and("state = ?", status.code());
+            // A deferred delivery is pending (`crate::DEFERRED`).
+            let condition = match status {
+                DeliveryState::Pending => format!("state IN (?, {})", crate::DEFERRED),
+                _ => "state = ?".to_owned(),
+            };
+            self = self.and(&condition, status.code());
         }
         self
     }

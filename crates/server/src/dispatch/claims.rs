@@ -1,17 +1,27 @@
 //! The claimer: this node's lease and its windows of due work. A heartbeat renews the lease
 //! when a third of it has passed; every poll (or sooner when woken) the claimer takes
 //! batches of due deliveries from the store while the node holds fewer than
-//! `cluster.held_max`, so memory follows the work in flight, not the backlog. A lost lease (the node was cut off longer
-//! than the lease) means a new registration; work held under the old token is dropped
-//! as it comes due, and claimed again from the store.
+//! `cluster.held_max`, so memory follows the work in flight, not the backlog. A lost lease
+//! (the node was cut off longer than the lease) means a new registration; work held under
+//! the old token is dropped as it comes due, and claimed again from the store.
+//!
+//! Due work of an endpoint whose lane here is behind is deferred, not claimed (and so is a
+//! publish's, see `lanes_behind`): it waits in the store outside the due work every claim
+//! reads, so one endpoint's backlog never stands before another endpoint's retries or
+//! scheduled messages. Each lane takes its deferred deliveries back as it has room: up to
+//! twice what it may run at once, running and parked together.
 
-use super::Engine;
+use super::{lane_key, Engine};
 use crate::config::ClusterConfig;
 use crate::metrics as m;
-use hookline_store::NodeLease;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use hookline_store::{DeferredLane, NodeLease};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// Lanes with deferred deliveries a look at the store lists at most.
+const DEFERRED_LANES_LISTED: usize = 10_000;
 
 /// The deliveries this node holds in memory: a count, and its gauge's handle (made once,
 /// not looked up in the registry twice per delivery).
@@ -41,6 +51,47 @@ impl Drop for Hold {
     fn drop(&mut self) {
         self.0.count.fetch_sub(1, Ordering::SeqCst);
         self.0.gauge.decrement(1.0);
+    }
+}
+
+/// The lanes with deliveries deferred in the store, as this node knows them: those it
+/// deferred, and those a look at the store found (another node's, or from before a restart).
+/// Each remembers when it was last noted, so that a claim which found a lane empty forgets
+/// it only if nothing was deferred to it meanwhile.
+#[derive(Default)]
+pub struct Deferred {
+    lanes: Mutex<HashMap<String, (DeferredLane, u64)>>,
+    notes: AtomicU64,
+    /// When the store was last asked for lanes with deferred deliveries (engine clock).
+    looked_at: AtomicI64,
+}
+
+impl Deferred {
+    fn note(&self, found: impl IntoIterator<Item = DeferredLane>) {
+        let mut lanes = self.lanes.lock().expect("deferred lock");
+        for lane in found {
+            let note = self.notes.fetch_add(1, Ordering::Relaxed) + 1;
+            let key = lane_key(&lane.app_id, lane.endpoint_id.as_deref()).into_owned();
+            lanes.insert(key, (lane, note));
+        }
+    }
+
+    /// Whether the lane `key` has deliveries deferred, as far as this node knows.
+    pub fn has(&self, key: &str) -> bool {
+        self.lanes.lock().expect("deferred lock").contains_key(key)
+    }
+
+    fn all(&self) -> Vec<(String, DeferredLane, u64)> {
+        let lanes = self.lanes.lock().expect("deferred lock");
+        lanes.iter().map(|(key, (lane, note))| (key.clone(), lane.clone(), *note)).collect()
+    }
+
+    /// Forgets `key` unless it was noted again after `note`.
+    fn forget(&self, key: &str, note: u64) {
+        let mut lanes = self.lanes.lock().expect("deferred lock");
+        if lanes.get(key).is_some_and(|(_, last)| *last == note) {
+            lanes.remove(key);
+        }
     }
 }
 
@@ -136,32 +187,132 @@ impl Engine {
         }
     }
 
-    /// Claims batches of due work while this node holds less than `held_max`.
+    /// Claims batches of due work while this node holds less than `held_max`, then its
+    /// lanes' deferred deliveries as they have room.
     async fn claim_while_room(&self, token: i64) {
+        self.look_for_deferred().await;
+        if self.claim_due_work(token).await {
+            self.claim_deferred_work(token).await;
+        }
+    }
+
+    /// How many more deliveries this node may hold.
+    fn room(&self) -> usize {
+        self.cluster.held_max.saturating_sub(self.held.count.load(Ordering::SeqCst))
+    }
+
+    /// Claims due work in batches while there is room; a batch's deliveries to an endpoint
+    /// whose lane is behind are deferred instead. Deferring is bounded by `held_max` a round,
+    /// so a large backlog is set aside over a few polls, not in one long write. False when
+    /// the store could not be reached (nothing more is tried this round).
+    async fn claim_due_work(&self, token: i64) -> bool {
         let batch = self.cluster.claim_batch_max;
+        let mut deferred = 0;
         loop {
-            let room = self.cluster.held_max.saturating_sub(self.held.count.load(Ordering::SeqCst));
+            let room = self.room();
             if room == 0 || token != self.token() {
-                return;
+                return true;
             }
             let now = self.clock.now_ms();
             let limit = room.min(batch);
-            let claimed = match self.store.claim_due(token, now + self.horizon_ms(), now, limit).await {
+            let behind = self.endpoints_behind();
+            let endpoints = behind.iter().filter_map(|lane| lane.endpoint_id.clone()).collect();
+            let claimed = match self.store.claim_due(token, now + self.horizon_ms(), now, limit, endpoints).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not claim due deliveries");
-                    return;
+                    return false;
                 }
             };
-            let full = claimed.len() == limit;
-            if !claimed.is_empty() {
-                tracing::debug!(claimed = claimed.len(), "claimed due deliveries");
+            let full = claimed.deliveries.len() + claimed.deferred == limit;
+            if !claimed.deliveries.is_empty() || claimed.deferred > 0 {
+                tracing::debug!(
+                    claimed = claimed.deliveries.len(),
+                    deferred = claimed.deferred,
+                    "claimed due deliveries"
+                );
             }
-            for delivery in claimed {
+            if claimed.deferred > 0 {
+                self.deferred.note(behind);
+                deferred += claimed.deferred;
+            }
+            for delivery in claimed.deliveries {
                 self.enqueue(delivery, None, token);
             }
-            if !full {
-                return;
+            if !full || deferred >= self.cluster.held_max {
+                return true;
+            }
+        }
+    }
+
+    /// The endpoints (not callback lanes) whose lanes here are behind (see `lanes_behind`).
+    fn endpoints_behind(&self) -> Vec<DeferredLane> {
+        let Some((cap, overdue)) = self.behind_rule() else { return Vec::new() };
+        let lanes = self.endpoint_lanes.lock().expect("lanes lock");
+        let behind = lanes.values().filter(|lane| lane.behind(cap, overdue)).filter_map(|lane| lane.parked.front());
+        behind
+            .filter_map(|due| {
+                let endpoint_id = due.delivery.endpoint_id.clone()?;
+                Some(DeferredLane { app_id: due.delivery.app_id.clone(), endpoint_id: Some(endpoint_id) })
+            })
+            .collect()
+    }
+
+    /// Notes lanes whose deliveries were deferred (by a publish), for the claimer.
+    pub(super) fn note_deferred(&self, lanes: impl IntoIterator<Item = DeferredLane>) {
+        self.deferred.note(lanes);
+    }
+
+    /// Asks the store which lanes have deferred deliveries, every third of a lease: those
+    /// another node deferred, or this node before a restart.
+    async fn look_for_deferred(&self) {
+        let now = self.clock.now_ms();
+        let looked_at = self.deferred.looked_at.load(Ordering::Relaxed);
+        if looked_at != 0 && now - looked_at < self.cluster.lease_ms as i64 / 3 {
+            return;
+        }
+        self.deferred.looked_at.store(now, Ordering::Relaxed);
+        match self.store.deferred_lanes(DEFERRED_LANES_LISTED).await {
+            Ok(found) => self.deferred.note(found),
+            Err(e) => tracing::warn!(error = %e, "could not list lanes with deferred deliveries"),
+        }
+    }
+
+    /// Claims each lane's deferred deliveries while it has room: up to twice what it may
+    /// run at once (one at a time while it cannot be reached), running and parked together,
+    /// and while the node holds less than `held_max`.
+    async fn claim_deferred_work(&self, token: i64) {
+        for (key, lane, note) in self.deferred.all() {
+            let room = self.lane_room(&key).min(self.room()).min(self.cluster.claim_batch_max);
+            if room == 0 || token != self.token() {
+                continue;
+            }
+            match self.store.claim_deferred(token, lane, self.clock.now_ms(), room).await {
+                Ok(claimed) => {
+                    if claimed.len() < room {
+                        self.deferred.forget(&key, note);
+                    }
+                    for delivery in claimed {
+                        self.enqueue(delivery, None, token);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not claim deferred deliveries");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// How many more deliveries the lane `key` takes from the store.
+    fn lane_room(&self, key: &str) -> usize {
+        let lanes = self.endpoint_lanes.lock().expect("lanes lock");
+        let pause_ms = self.config.unreachable_pause_ms;
+        match lanes.get(key) {
+            None => 2 * self.config.endpoint_max_in_flight,
+            Some(lane) => {
+                let cap = if lane.paced(pause_ms) { 1 } else { self.config.endpoint_max_in_flight };
+                (2 * cap).saturating_sub(lane.running + lane.parked.len())
             }
         }
     }

@@ -79,6 +79,8 @@ pub struct Engine {
     live_nodes: AtomicUsize,
     /// Deliveries held in memory: the claimer stops claiming at `cluster.held_max`.
     held: Arc<claims::Held>,
+    /// Lanes with deliveries deferred in the store, which the claimer takes as they have room.
+    deferred: claims::Deferred,
     /// Wakes the claimer before its next poll (work was freed or made due).
     claim_now: Notify,
     client: DeliveryClient,
@@ -145,13 +147,19 @@ impl EndpointLane {
     }
 }
 
-/// The key of the lane a delivery waits in: its endpoint, or one per application for
-/// per-message callback URLs. Borrowed for an endpoint, so a lookup makes no string.
-fn lane_key(delivery: &Delivery) -> std::borrow::Cow<'_, str> {
-    match &delivery.endpoint_id {
+/// The key of the lane a delivery to `endpoint_id` of `app_id` waits in: its endpoint, or
+/// one per application for per-message callback URLs. Borrowed for an endpoint, so a
+/// lookup makes no string.
+fn lane_key<'a>(app_id: &str, endpoint_id: Option<&'a str>) -> std::borrow::Cow<'a, str> {
+    match endpoint_id {
         Some(endpoint_id) => endpoint_id.into(),
-        None => format!("callback:{}", delivery.app_id).into(),
+        None => format!("callback:{app_id}").into(),
     }
+}
+
+/// The key of the lane `delivery` waits in.
+fn delivery_lane(delivery: &Delivery) -> std::borrow::Cow<'_, str> {
+    lane_key(&delivery.app_id, delivery.endpoint_id.as_deref())
 }
 
 /// Hands an endpoint's turn to its next parked delivery however a delivery task ends.
@@ -215,6 +223,7 @@ impl Engine {
             token: AtomicI64::new(lease.token),
             live_nodes: AtomicUsize::new(1),
             held: Arc::new(claims::Held::new()),
+            deferred: claims::Deferred::default(),
             claim_now: Notify::new(),
             client,
             queues,
@@ -263,20 +272,24 @@ impl Engine {
     /// endpoint's burst, parked for less than that, is sent from memory. The lanes are not
     /// looked at while the node holds fewer deliveries than one endpoint may run at once.
     fn lanes_behind(&self, deliveries: &[Delivery]) -> Vec<Option<String>> {
-        let cap = self.config.endpoint_max_in_flight;
-        if self.held.count.load(Ordering::Relaxed) < cap {
-            return Vec::new();
-        }
-        let overdue = self.clock.now_ms() - self.horizon_ms();
+        let Some((cap, overdue)) = self.behind_rule() else { return Vec::new() };
         let lanes = self.endpoint_lanes.lock().expect("lanes lock");
         let mut found: Vec<Option<String>> = Vec::new();
         for d in deliveries {
-            let behind = lanes.get(lane_key(d).as_ref()).is_some_and(|lane| lane.behind(cap, overdue));
+            let behind = lanes.get(delivery_lane(d).as_ref()).is_some_and(|lane| lane.behind(cap, overdue));
             if behind && !found.contains(&d.endpoint_id) {
                 found.push(d.endpoint_id.clone());
             }
         }
         found
+    }
+
+    /// The cap and mark a lane is behind by now (`EndpointLane::behind`); `None` while the
+    /// node holds fewer deliveries than one endpoint may run at once (no lane is behind).
+    fn behind_rule(&self) -> Option<(usize, UnixMs)> {
+        let cap = self.config.endpoint_max_in_flight;
+        let held = self.held.count.load(Ordering::Relaxed);
+        (held >= cap).then(|| (cap, self.clock.now_ms() - self.horizon_ms()))
     }
 
     /// Hands a committed delivery claimed under `claim` to the scheduler.
@@ -369,7 +382,7 @@ impl Engine {
         if due.claim != self.token() {
             return;
         }
-        let key = lane_key(&due.delivery).into_owned();
+        let key = delivery_lane(&due.delivery).into_owned();
         let at = {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
             let lane = lanes.entry(key.clone()).or_default();
@@ -414,7 +427,10 @@ impl Engine {
             let paced = lane.paced(self.config.unreachable_pause_ms);
             let next = if paced && lane.running > 1 { None } else { lane.parked.pop_front() };
             match next.filter(|_| !*self.stopping.borrow()) {
-                Some(due) => Some((due, lane.take_start(self.clock.now_ms(), self.config.unreachable_pause_ms))),
+                Some(due) => {
+                    let at = lane.take_start(self.clock.now_ms(), self.config.unreachable_pause_ms);
+                    Some((due, at, lane.parked.len() == self.config.endpoint_max_in_flight / 2))
+                }
                 None => {
                     lane.running -= 1;
                     let rate_spent = lane.next_rate_start <= self.clock.now_ms() as f64 && !lane.rate_timer;
@@ -425,8 +441,13 @@ impl Engine {
                 }
             }
         };
-        if let Some((due, at)) = next {
+        if let Some((due, at, half_gone)) = next {
             self.start_turn(key.to_owned(), due, at);
+            // Half its parked deliveries gone: a lane with more deferred in the store takes
+            // them now rather than at the next poll.
+            if half_gone && self.deferred.has(key) {
+                self.wake();
+            }
         }
     }
 

@@ -7,7 +7,9 @@ use hookline_core::delivery::DeliveryState;
 use hookline_core::id::prefix;
 use hookline_core::routing::endpoint_accepts;
 use hookline_core::UnixMs;
-use hookline_store::{Delivery, Endpoint, IdempotentResponse, Message, Publish, PublishOutcome, StoreResult};
+use hookline_store::{
+    DeferredLane, Delivery, Endpoint, IdempotentResponse, Message, Publish, PublishOutcome, StoreResult, DEFERRED,
+};
 use std::sync::Arc;
 
 impl Engine {
@@ -43,8 +45,9 @@ impl Engine {
     /// Commits a message with its deliveries (and its idempotent answer or inbound dedupe
     /// key) in one synced transaction, then hands the open deliveries to the scheduler.
     /// Deliveries due soon are claimed by this node in the same commit and sent from
-    /// memory; later ones wait in the store for whichever node claims them when due, and
-    /// so do those to an endpoint whose lane here is behind (`lanes_behind`).
+    /// memory; later ones wait in the store for whichever node claims them when due. Those
+    /// to an endpoint whose lane here is behind (`lanes_behind`) are deferred in the store,
+    /// for the lane to take back as it has room.
     pub async fn commit(
         &self,
         message: &Arc<Message>,
@@ -58,9 +61,17 @@ impl Engine {
         let publish =
             Publish { message: message.clone(), deliveries: deliveries.clone(), idempotency, dedupe, claim, unclaimed };
         let claims: Vec<Option<i64>> = publish.deliveries.iter().map(|d| publish.claim_of(d)).collect();
+        let deferred: Vec<DeferredLane> = deliveries
+            .iter()
+            .filter(|d| publish.stored_state(d) == DEFERRED)
+            .map(|d| DeferredLane { app_id: d.app_id.clone(), endpoint_id: d.endpoint_id.clone() })
+            .collect();
         let outcome = self.store.publish(publish).await?;
         if !matches!(outcome, PublishOutcome::Created) {
             return Ok(outcome);
+        }
+        if !deferred.is_empty() {
+            self.note_deferred(deferred);
         }
         // Ordered deliveries are not claimed at commit: the store made each lane's head due
         // (if the lane had no open delivery), and whichever node claims next sends it.

@@ -176,8 +176,10 @@ impl<'a> Columns<'a> {
         let messages = || publishes.iter().map(|p| &*p.message);
         let answers: Vec<(&IdempotentResponse, &str)> =
             publishes.iter().filter_map(|p| Some((p.idempotency.as_ref()?, p.message.id.as_str()))).collect();
-        let deliveries: Vec<(&Delivery, Option<i64>)> =
-            publishes.iter().flat_map(|p| p.deliveries.iter().map(move |d| (d, p.claim_of(d)))).collect();
+        let deliveries: Vec<(&Delivery, Option<i64>, i64)> = publishes
+            .iter()
+            .flat_map(|p| p.deliveries.iter().map(move |d| (d, p.claim_of(d), p.stored_state(d))))
+            .collect();
         Columns {
             ids: messages().map(|m| m.id.as_str()).collect(),
             app_ids: messages().map(|m| m.app_id.as_str()).collect(),

@@ -41,7 +41,7 @@ fn prefixed(alias: &str, columns: &str) -> String {
 }
 
 /// The deliveries of a write as one array per column (for `UNNEST`), each with the node
-/// token claiming it.
+/// token claiming it and the state it is stored with (see `Publish::stored_state`).
 pub struct DeliveryColumns<'a> {
     ids: Vec<&'a str>,
     msg_ids: Vec<&'a str>,
@@ -58,21 +58,21 @@ pub struct DeliveryColumns<'a> {
 }
 
 impl<'a> DeliveryColumns<'a> {
-    pub fn of(deliveries: &[(&'a Delivery, Option<i64>)]) -> DeliveryColumns<'a> {
-        let all = || deliveries.iter().map(|(d, _)| *d);
+    pub fn of(deliveries: &[(&'a Delivery, Option<i64>, i64)]) -> DeliveryColumns<'a> {
+        let all = || deliveries.iter().map(|(d, _, _)| *d);
         DeliveryColumns {
             ids: all().map(|d| d.id.as_str()).collect(),
             msg_ids: all().map(|d| d.msg_id.as_str()).collect(),
             app_ids: all().map(|d| d.app_id.as_str()).collect(),
             endpoint_ids: all().map(|d| d.endpoint_id.as_deref()).collect(),
-            states: all().map(|d| d.state.code()).collect(),
+            states: deliveries.iter().map(|(_, _, state)| *state).collect(),
             attempts: all().map(|d| i64::from(d.attempts)).collect(),
             next_at: all().map(|d| d.next_at).collect(),
             first: all().map(|d| d.first_attempt_at).collect(),
             triggers: all().map(|d| d.trigger as i64).collect(),
             updated: all().map(|d| d.updated_at).collect(),
             // An ordered delivery is never claimed at commit: it waits for its lane's turn.
-            claims: deliveries.iter().map(|(d, claim)| claim.filter(|_| d.order_key.is_none())).collect(),
+            claims: deliveries.iter().map(|(d, claim, _)| claim.filter(|_| d.order_key.is_none())).collect(),
             order_keys: all().map(|d| d.order_key.as_deref()).collect(),
         }
     }
@@ -101,7 +101,7 @@ impl<'a> DeliveryColumns<'a> {
 
 /// Inserts deliveries in one statement (`UNNEST` of one array per column).
 async fn insert_deliveries(c: &impl GenericClient, deliveries: &[Delivery], claim: Option<i64>) -> StoreResult<()> {
-    let claimed: Vec<(&Delivery, Option<i64>)> = deliveries.iter().map(|d| (d, claim)).collect();
+    let claimed: Vec<(&Delivery, Option<i64>, i64)> = deliveries.iter().map(|d| (d, claim, d.state.code())).collect();
     let columns = DeliveryColumns::of(&claimed);
     let sql = "INSERT INTO deliveries (id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, \
                trigger, updated_at, claimed_by, order_key, order_seq) \
@@ -166,7 +166,9 @@ pub async fn claim_due(
     horizon: i64,
     now: i64,
     limit: usize,
-) -> StoreResult<Vec<Delivery>> {
+    behind: &[String],
+) -> StoreResult<Claimed> {
+    let defer = "d.order_key IS NULL AND d.endpoint_id = ANY($5)";
     let sql = format!(
         "WITH picked AS ( \
              SELECT msg_id, id FROM deliveries \
@@ -175,13 +177,59 @@ pub async fn claim_due(
                AND EXISTS (SELECT 1 FROM nodes WHERE token = $1 AND lease_until >= $3) \
              ORDER BY next_at LIMIT $4 \
              FOR UPDATE OF deliveries SKIP LOCKED) \
-         UPDATE deliveries d SET claimed_by = $1 FROM picked \
-         WHERE d.msg_id = picked.msg_id AND d.id = picked.id RETURNING {}",
+         UPDATE deliveries d SET claimed_by = CASE WHEN {defer} THEN NULL ELSE $1 END, \
+             state = CASE WHEN {defer} THEN {DEFERRED} ELSE d.state END \
+         FROM picked WHERE d.msg_id = picked.msg_id AND d.id = picked.id RETURNING {}, d.state",
         prefixed("d", rows::DELIVERY_COLUMNS)
     );
     let statement = c.prepare_cached(&sql).await.map_err(pg_error)?;
-    let found = c.query(&statement, &[&token, &horizon, &now, &(limit as i64)]).await.map_err(pg_error)?;
+    let found = c.query(&statement, &[&token, &horizon, &now, &(limit as i64), &behind]).await.map_err(pg_error)?;
+    let mut claimed = Claimed::default();
+    for row in &found {
+        match row.try_get::<_, i64>(rows::DELIVERY_COLUMN_COUNT).map_err(pg_error)? {
+            DEFERRED => claimed.deferred += 1,
+            _ => claimed.deliveries.push(rows::delivery(row)?),
+        }
+    }
+    Ok(claimed)
+}
+
+pub async fn claim_deferred(
+    c: &impl GenericClient,
+    token: i64,
+    lane: &DeferredLane,
+    now: i64,
+    limit: usize,
+) -> StoreResult<Vec<Delivery>> {
+    // Two spellings, so that each finds the lane by the `deliveries_deferred` index
+    // (`IS NOT DISTINCT FROM` would not).
+    let endpoint =
+        if lane.endpoint_id.is_some() { "endpoint_id = $3" } else { "endpoint_id IS NULL AND $3::text IS NULL" };
+    let sql = format!(
+        "WITH picked AS ( \
+             SELECT msg_id, id FROM deliveries WHERE state = 7 AND app_id = $2 AND {endpoint} \
+               AND EXISTS (SELECT 1 FROM nodes WHERE token = $1 AND lease_until >= $5) \
+             ORDER BY next_at LIMIT $4 \
+             FOR UPDATE OF deliveries SKIP LOCKED) \
+         UPDATE deliveries d SET state = 1, claimed_by = $1 FROM picked \
+         WHERE d.msg_id = picked.msg_id AND d.id = picked.id AND d.state = 7 RETURNING {}",
+        prefixed("d", rows::DELIVERY_COLUMNS)
+    );
+    let statement = c.prepare_cached(&sql).await.map_err(pg_error)?;
+    let params: [&(dyn ToSql + Sync); 5] = [&token, &lane.app_id, &lane.endpoint_id, &(limit as i64), &now];
+    let found = c.query(&statement, &params).await.map_err(pg_error)?;
     rows::all(&found, rows::delivery)
+}
+
+pub async fn deferred_lanes(c: &impl GenericClient, limit: usize) -> StoreResult<Vec<DeferredLane>> {
+    let sql = "SELECT DISTINCT app_id, endpoint_id FROM deliveries WHERE state = 7 LIMIT $1";
+    let found = c.query(sql, &[&(limit as i64)]).await.map_err(pg_error)?;
+    found
+        .iter()
+        .map(|r| {
+            Ok(DeferredLane { app_id: r.try_get(0).map_err(pg_error)?, endpoint_id: r.try_get(1).map_err(pg_error)? })
+        })
+        .collect()
 }
 
 pub async fn lead(c: &impl GenericClient, token: i64, now: i64, lease_ms: u64) -> StoreResult<bool> {
@@ -193,7 +241,7 @@ pub async fn lead(c: &impl GenericClient, token: i64, now: i64, lease_ms: u64) -
 
 pub async fn count_open_deliveries(c: &impl GenericClient) -> StoreResult<u64> {
     let n: i64 =
-        one(c, "SELECT count(*) FROM deliveries WHERE state IN (1, 3)", &[], |r| r.try_get(0).map_err(pg_error))
+        one(c, "SELECT count(*) FROM deliveries WHERE state IN (1, 3, 7)", &[], |r| r.try_get(0).map_err(pg_error))
             .await?;
     Ok(n as u64)
 }
@@ -316,7 +364,7 @@ pub async fn skip(
 ) -> StoreResult<Delivery> {
     let sql = format!(
         "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = $4 \
-         WHERE msg_id = $1 AND endpoint_id = $2 AND app_id = $3 AND state IN (1, 3, 6) RETURNING {}",
+         WHERE msg_id = $1 AND endpoint_id = $2 AND app_id = $3 AND state IN (1, 3, 6, 7) RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
     match absent(one(c, &sql, &[&msg_id, &endpoint_id, &app_id, &now], rows::delivery).await)? {

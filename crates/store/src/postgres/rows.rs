@@ -26,7 +26,7 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, index: usize) ->
 }
 
 fn state(code: i64) -> StoreResult<DeliveryState> {
-    DeliveryState::from_code(code).ok_or_else(|| StoreError::Corrupt(format!("delivery state {code}")))
+    state_of_code(code).ok_or_else(|| StoreError::Corrupt(format!("delivery state {code}")))
 }
 
 fn small<T: TryFrom<i64>>(value: i64) -> StoreResult<T> {

@@ -215,6 +215,11 @@ CREATE INDEX dashboard_sessions_expiry ON dashboard_sessions (expires_at);
 -- Failing endpoints across applications, longest failing first.
 CREATE INDEX endpoints_failing ON endpoints (fail_since) WHERE fail_since IS NOT NULL;
 "#,
+    r#"
+-- Deferred deliveries (state 7): due, but waiting for their lane (an endpoint, or an
+-- application's callback URLs) to have room, outside the due index every claim reads.
+CREATE INDEX deliveries_deferred ON deliveries (app_id, endpoint_id, next_at) WHERE state = 7;
+"#,
 ];
 
 /// Applies every migration the database lacks, one node at a time; returns the version

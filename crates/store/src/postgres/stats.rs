@@ -130,7 +130,7 @@ pub async fn delivery_counts(
     let mut counts = Vec::new();
     for r in &found {
         let (code, n): (i64, i64) = (r.try_get(0).map_err(pg_error)?, r.try_get(1).map_err(pg_error)?);
-        if let Some(state) = DeliveryState::from_code(code) {
+        if let Some(state) = crate::state_of_code(code) {
             counts.push((state, n.max(0) as u64));
         }
     }

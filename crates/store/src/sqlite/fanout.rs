@@ -162,7 +162,7 @@ pub fn write_out(conn: &Connection, which: Which) -> StoreResult<usize> {
         for line in fanout.entries.split('\n').filter(|l| !l.is_empty()) {
             let Some((id, endpoint_id)) = line.split_once('\t') else { continue };
             let delivery = Delivery { id: id.into(), endpoint_id: Some(endpoint_id.into()), ..fanout.template.clone() };
-            insert_delivery(conn, &delivery, fanout.claim, true)?;
+            insert_delivery(conn, &delivery, fanout.claim, delivery.state.code(), true)?;
         }
         conn.prepare_cached("DELETE FROM fanouts WHERE msg_id = ?1")
             .and_then(|mut s| s.execute([&fanout.template.msg_id]))

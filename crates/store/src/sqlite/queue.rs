@@ -27,10 +27,17 @@ fn next_order_seq(conn: &Connection) -> StoreResult<i64> {
         .map_err(sql_error)
 }
 
-/// Inserts a delivery; an ordered one gets the next place in its lane and is never claimed
-/// at commit (it waits, and `promote_lanes` makes the head of each lane due). With
-/// `if_absent`, a delivery that has a row already is left as it is.
-pub(super) fn insert_delivery(conn: &Connection, d: &Delivery, claim: Option<i64>, if_absent: bool) -> StoreResult<()> {
+/// Inserts a delivery with its stored state (`d.state`'s code, or [`DEFERRED`]); an ordered
+/// one gets the next place in its lane and is never claimed at commit (it waits, and
+/// `promote_lanes` makes the head of each lane due). With `if_absent`, a delivery that has
+/// a row already is left as it is.
+pub(super) fn insert_delivery(
+    conn: &Connection,
+    d: &Delivery,
+    claim: Option<i64>,
+    state: i64,
+    if_absent: bool,
+) -> StoreResult<()> {
     let order_seq = match &d.order_key {
         Some(_) => Some(next_order_seq(conn)?),
         None => None,
@@ -43,7 +50,7 @@ pub(super) fn insert_delivery(conn: &Connection, d: &Delivery, claim: Option<i64
                 d.msg_id,
                 d.app_id,
                 d.endpoint_id,
-                d.state.code(),
+                state,
                 d.attempts,
                 d.next_at,
                 d.first_attempt_at,
@@ -114,7 +121,7 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
         .map_err(sql_error)?;
     if !fanout::insert(conn, publish)? {
         for d in &publish.deliveries {
-            insert_delivery(conn, d, publish.claim_of(d), false)?;
+            insert_delivery(conn, d, publish.claim_of(d), publish.stored_state(d), false)?;
         }
     }
     // Each lane this publish added to gets a due head, if it had no open delivery.
@@ -185,20 +192,76 @@ pub fn retire_node(conn: &Connection, token: i64) -> StoreResult<()> {
     Ok(())
 }
 
-pub fn claim_due(conn: &Connection, token: i64, horizon: i64, now: i64, limit: usize) -> StoreResult<Vec<Delivery>> {
+pub fn claim_due(
+    conn: &Connection,
+    token: i64,
+    horizon: i64,
+    now: i64,
+    limit: usize,
+    behind: &[String],
+) -> StoreResult<Claimed> {
     // A dead node's fan-outs become rows here, so they are claimed below like any other.
     fanout::write_out(conn, fanout::Which::Stale { before: now - fanout::WRITE_OUT_AFTER_MS, now })?;
+    let defer = "order_key IS NULL AND endpoint_id IN (SELECT value FROM json_each(?5))";
     let sql = format!(
-        "UPDATE deliveries SET claimed_by = ?1 WHERE (msg_id, id) IN ( \
+        "UPDATE deliveries SET claimed_by = CASE WHEN {defer} THEN NULL ELSE ?1 END, \
+             state = CASE WHEN {defer} THEN {DEFERRED} ELSE state END \
+         WHERE (msg_id, id) IN ( \
              SELECT msg_id, id FROM deliveries WHERE state IN (1, 3) AND next_at <= ?2 \
              AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= ?3)) \
              ORDER BY next_at LIMIT ?4) \
          AND EXISTS (SELECT 1 FROM nodes WHERE token = ?1 AND lease_until >= ?3) \
+         RETURNING {}, state",
+        rows::DELIVERY_COLUMNS
+    );
+    let behind = serde_json::to_string(behind).expect("a list of strings is JSON");
+    let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
+    let taken = statement
+        .query_map(params![token, horizon, now, limit as i64, behind], |r| {
+            Ok((rows::delivery(r)?, r.get::<_, i64>(rows::DELIVERY_COLUMN_COUNT)?))
+        })
+        .map_err(sql_error)?;
+    let mut claimed = Claimed::default();
+    for row in taken {
+        match row.map_err(sql_error)? {
+            (_, DEFERRED) => claimed.deferred += 1,
+            (delivery, _) => claimed.deliveries.push(delivery),
+        }
+    }
+    Ok(claimed)
+}
+
+/// The condition on a deferred lane's rows: `?2` its application, `?3` its endpoint (both
+/// found by the `deliveries_deferred` index; `IS` matches the callback lane's NULL).
+const DEFERRED_LANE: &str = "state = 7 AND app_id = ?2 AND endpoint_id IS ?3";
+
+pub fn claim_deferred(
+    conn: &Connection,
+    token: i64,
+    lane: &DeferredLane,
+    now: i64,
+    limit: usize,
+) -> StoreResult<Vec<Delivery>> {
+    let sql = format!(
+        "UPDATE deliveries SET state = 1, claimed_by = ?1 WHERE (msg_id, id) IN ( \
+             SELECT msg_id, id FROM deliveries WHERE {DEFERRED_LANE} ORDER BY next_at LIMIT ?4) \
+         AND EXISTS (SELECT 1 FROM nodes WHERE token = ?1 AND lease_until >= ?5) \
          RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
     let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
-    let found = statement.query_map(params![token, horizon, now, limit as i64], rows::delivery).map_err(sql_error)?;
+    let found = statement
+        .query_map(params![token, lane.app_id, lane.endpoint_id, limit as i64, now], rows::delivery)
+        .map_err(sql_error)?;
+    found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
+}
+
+pub fn deferred_lanes(conn: &Connection, limit: usize) -> StoreResult<Vec<DeferredLane>> {
+    let sql = "SELECT DISTINCT app_id, endpoint_id FROM deliveries WHERE state = 7 LIMIT ?1";
+    let mut statement = conn.prepare_cached(sql).map_err(sql_error)?;
+    let found = statement
+        .query_map([limit as i64], |r| Ok(DeferredLane { app_id: r.get(0)?, endpoint_id: r.get(1)? }))
+        .map_err(sql_error)?;
     found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
 }
 
@@ -215,7 +278,7 @@ pub fn lead(conn: &Connection, token: i64, now: i64, lease_ms: u64) -> StoreResu
 }
 
 pub fn count_open_deliveries(conn: &Connection) -> StoreResult<u64> {
-    conn.query_row("SELECT count(*) FROM deliveries WHERE state IN (1, 3)", [], |r| r.get::<_, i64>(0))
+    conn.query_row("SELECT count(*) FROM deliveries WHERE state IN (1, 3, 7)", [], |r| r.get::<_, i64>(0))
         .map(|n| n as u64)
         .map_err(sql_error)
 }
@@ -369,7 +432,7 @@ pub fn resend(
         Some(delivery) => delivery,
         None => {
             let delivery = Delivery::resent(new_id.to_owned(), &message, &endpoint, now);
-            insert_delivery(conn, &delivery, Some(claim), false)?;
+            insert_delivery(conn, &delivery, Some(claim), delivery.state.code(), false)?;
             delivery
         }
     };
@@ -453,7 +516,7 @@ pub fn skip(conn: &Connection, app_id: &str, msg_id: &str, endpoint_id: &str, no
     fanout::write_out(conn, fanout::Which::Message(msg_id))?;
     let sql = format!(
         "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = ?4 \
-         WHERE msg_id = ?1 AND endpoint_id = ?2 AND app_id = ?3 AND state IN (1, 3, 6) RETURNING {}",
+         WHERE msg_id = ?1 AND endpoint_id = ?2 AND app_id = ?3 AND state IN (1, 3, 6, 7) RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
     let skipped = conn

@@ -20,7 +20,7 @@ pub fn from_opt_json<T: DeserializeOwned>(text: Option<String>) -> rusqlite::Res
 }
 
 fn state(code: i64) -> rusqlite::Result<DeliveryState> {
-    DeliveryState::from_code(code).ok_or(rusqlite::Error::IntegralValueOutOfRange(0, code))
+    state_of_code(code).ok_or(rusqlite::Error::IntegralValueOutOfRange(0, code))
 }
 
 pub fn app(row: &Row) -> rusqlite::Result<App> {

@@ -276,6 +276,11 @@ CREATE TABLE fanouts (
     entries TEXT NOT NULL
 ) WITHOUT ROWID;
 "#,
+    r#"
+-- Deferred deliveries (state 7): due, but waiting for their lane (an endpoint, or an
+-- application's callback URLs) to have room, outside the due index every claim reads.
+CREATE INDEX deliveries_deferred ON deliveries (app_id, endpoint_id, next_at) WHERE state = 7;
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {

@@ -107,7 +107,7 @@ pub fn delivery_counts(
     let mut counts = Vec::new();
     for found in rows {
         let (code, n) = found.map_err(sql_error)?;
-        if let Some(state) = hookline_core::delivery::DeliveryState::from_code(code) {
+        if let Some(state) = crate::state_of_code(code) {
             counts.push((state, n.max(0) as u64));
         }
     }
