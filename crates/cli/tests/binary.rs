@@ -199,6 +199,68 @@ async fn retry_beside_a_backlog(backend: Vec<(String, String)>) {
     assert_eq!(twice, 0, "deliveries made more than once");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_work_of_one_endpoint_is_claimed_no_faster_than_its_lane_takes_it() {
+    due_backlog_is_claimed_as_its_lane_takes_it(Vec::new()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn due_work_of_one_endpoint_is_claimed_no_faster_than_its_lane_takes_it_on_postgres() {
+    let database = hookline_store::postgres::scratch::fresh_database().await.unwrap();
+    due_backlog_is_claimed_as_its_lane_takes_it(cluster_env(&database, "due")).await;
+}
+
+/// 400 messages scheduled for one moment to a slow endpoint (4 at a time, 50 ms each) come
+/// due together, in the store. The node may hold 1,000, but it claims for that endpoint
+/// only what its lane takes (twice its cap, and what a window of 8 adds) and defers the
+/// rest: it holds a few dozen, not the 400 a claim of everything due would take.
+async fn due_backlog_is_claimed_as_its_lane_takes_it(backend: Vec<(String, String)>) {
+    const MESSAGES: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let (slow, slow_arrivals) = counting_sink(50).await;
+    let port = free_port();
+    let mut env: Vec<(&str, &str)> = backend.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend([
+        ("HOOKLINE_ADMIN_TOKEN", TOKEN),
+        ("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "4"),
+        ("HOOKLINE_CLUSTER_CLAIM_BATCH_MAX", "8"),
+        ("HOOKLINE_CLUSTER_HELD_MAX", "1000"),
+        ("HOOKLINE_CLUSTER_POLL_MS", "10"),
+    ]);
+    let gateway = Hookline::start(dir.path(), port, &env);
+    gateway.wait_healthy(&http).await;
+    let resources =
+        [("/api/v1/app", json!({"name": "m", "uid": "m"})), ("/api/v1/app/m/endpoint", json!({"url": slow}))];
+    create_all(&http, &gateway.url, TOKEN, &resources).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let due_at = hookline_server::wire::timestamp(now + 3_000);
+    for chunk in (0..MESSAGES).collect::<Vec<_>>().chunks(16) {
+        let bodies: Vec<_> = chunk
+            .iter()
+            .map(|n| json!({"eventType": "payment.succeeded", "payload": {"n": n}, "deliverAt": due_at}))
+            .collect();
+        let publishes = bodies.iter().map(|body| post(&http, format!("{}/api/v1/app/m/msg", gateway.url), TOKEN, body));
+        for (status, out) in futures_util::future::join_all(publishes).await {
+            assert_eq!(status, 202, "{out}");
+        }
+    }
+    assert!(slow_arrivals.lock().unwrap().is_empty(), "published before their time came");
+    let (mut most_held, deadline) = (0.0f64, tokio::time::Instant::now() + PATIENCE);
+    while slow_arrivals.lock().unwrap().len() < MESSAGES / 2 {
+        assert!(tokio::time::Instant::now() < deadline, "the scheduled messages never went out");
+        most_held = most_held.max(counter(&http, &gateway.url, "hookline_deliveries_held").await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(most_held <= 40.0, "held {most_held} deliveries of one slow endpoint");
+    until_none_missing(PATIENCE, "messages never reached the slow endpoint", || {
+        MESSAGES - slow_arrivals.lock().unwrap().len()
+    })
+    .await;
+    let twice = slow_arrivals.lock().unwrap().values().filter(|n| **n > 1).count();
+    assert_eq!(twice, 0, "deliveries made more than once");
+}
+
 #[tokio::test]
 async fn first_start_prints_an_admin_token_that_works_and_is_not_reissued() {
     let dir = tempfile::tempdir().unwrap();

@@ -120,7 +120,8 @@ async fn claim_all(store: &dyn Store, node: i64, now: UnixMs) -> Vec<Delivery> {
 
 /// The deliveries a claim with no lane behind takes.
 async fn claim(store: &dyn Store, node: i64, horizon: UnixMs, now: UnixMs, limit: usize) -> Vec<Delivery> {
-    let claimed = store.claim_due(node, horizon, now, limit, Vec::new()).await.unwrap();
+    let claim = ClaimDue { token: node, horizon, now, window: limit, limit, behind: Vec::new() };
+    let claimed = store.claim_due(claim).await.unwrap();
     assert_eq!(claimed.deferred, 0, "nothing is deferred when no lane is behind");
     claimed.deliveries
 }
@@ -166,10 +167,16 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
     assert_eq!(ids(&claimed), vec![now_due.deliveries[0].id.clone()], "due within the horizon, not yet held");
     assert!(claim(store, node.token, 30_000, 20_000, 10).await.is_empty(), "a claim holds");
     let mut lanes: Vec<DeferredLane> =
-        store.deferred_lanes(1_000).await.unwrap().into_iter().filter(|l| l.app_id == a.id).collect();
+        store.deferred_lanes(None, 1_000).await.unwrap().into_iter().filter(|l| l.app_id == a.id).collect();
     lanes.sort_by(|x, y| x.endpoint_id.cmp(&y.endpoint_id));
     let lane = |endpoint_id: Option<&String>| DeferredLane { app_id: a.id.clone(), endpoint_id: endpoint_id.cloned() };
     assert_eq!(lanes, vec![lane(None), lane(Some(&full.id))], "the split publish's deferred lanes");
+    let all = store.deferred_lanes(None, 1_000).await.unwrap();
+    let mut walked: Vec<DeferredLane> = Vec::new();
+    while let Some(next) = store.deferred_lanes(walked.last().cloned(), 1).await.unwrap().pop() {
+        walked.push(next);
+    }
+    assert_eq!(walked, all, "a walk one lane at a time finds every lane, in order");
 
     let record = |claim: i64, keep_claim: bool, next_at: i64| AttemptRecord {
         attempt: Attempt {
@@ -226,7 +233,7 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
         assert_eq!(ids(&taken), vec![delivery.id.clone()], "the lane's deferred delivery");
         assert_eq!(taken[0].state, DeliveryState::Pending);
     }
-    assert!(store.deferred_lanes(1_000).await.unwrap().iter().all(|l| l.app_id != a.id), "no deferred lane left");
+    assert!(store.deferred_lanes(None, 1_000).await.unwrap().iter().all(|l| l.app_id != a.id), "no deferred lane left");
     store.retire_node(next.token).await.unwrap();
     let last = store.register_node("node-c", 70_002, 30_000).await.unwrap();
     assert_eq!(ids(&claim_all(store, last.token, 70_002).await).len(), 6, "a retired node's claims are free at once");
@@ -1081,12 +1088,23 @@ async fn a_lane_behind_defers_its_due_work(store: &dyn Store) {
     }
     let id_of = |p: &Publish| p.deliveries[0].id.clone();
     let ids = |found: &[Delivery]| found.iter().map(|d| d.id.clone()).collect::<Vec<_>>();
-    let behind = vec![slow.id.clone()];
-    let first = store.claim_due(node, now + 100, now + 10, 2, behind.clone()).await.unwrap();
+    let lane = DeferredLane { app_id: a.id.clone(), endpoint_id: Some(slow.id.clone()) };
+    let behind = |window, limit| ClaimDue {
+        token: node,
+        horizon: now + 100,
+        now: now + 10,
+        window,
+        limit,
+        behind: vec![slow.id.clone()],
+    };
+    let first = store.claim_due(behind(2, 2)).await.unwrap();
     assert_eq!((first.deliveries.len(), first.deferred), (0, 2), "the two earliest, both the slow endpoint's");
-    let second = store.claim_due(node, now + 100, now + 10, 3, behind.clone()).await.unwrap();
-    let expected = vec![id_of(&ordered), id_of(&to_quick)];
-    assert_eq!((ids(&second.deliveries), second.deferred), (expected, 1), "an ordered head is claimed, not deferred");
+    assert_eq!(first.deferred_lanes, vec![lane.clone()]);
+    let second = store.claim_due(behind(3, 1)).await.unwrap();
+    let claimed = (ids(&second.deliveries), second.deferred);
+    assert_eq!(claimed, (vec![id_of(&ordered)], 1), "an ordered head is claimed, not deferred; one claimed at most");
+    let third = claim(store, node, now + 100, now + 10, 10).await;
+    assert_eq!(ids(&third), vec![id_of(&to_quick)], "left for the limit, claimed by the next claim");
     assert_eq!(store.count_open_deliveries().await.unwrap(), open + 5, "deferred deliveries are open");
     let deferred = store.get_delivery(&to_slow[2].message.id, &id_of(&to_slow[2])).await.unwrap();
     assert_eq!((deferred.state, deferred.next_at), (DeliveryState::Pending, Some(now + 2)));
@@ -1097,18 +1115,19 @@ async fn a_lane_behind_defers_its_due_work(store: &dyn Store) {
     let listed = store.deliveries_of_endpoint(&a.id, &slow.id, filter, first_page(10)).await.unwrap();
     assert_eq!(listed.items.len(), 4, "deferred deliveries are listed as pending");
 
-    let lane = DeferredLane { app_id: a.id.clone(), endpoint_id: Some(slow.id.clone()) };
-    assert!(store.deferred_lanes(1_000).await.unwrap().contains(&lane));
+    assert!(store.deferred_lanes(None, 1_000).await.unwrap().contains(&lane));
+    let after = store.deferred_lanes(Some(lane.clone()), 1_000).await.unwrap();
+    assert!(after.iter().all(|l| (&l.app_id, &l.endpoint_id) > (&lane.app_id, &lane.endpoint_id)), "{after:?}");
     let back = store.claim_deferred(node, lane.clone(), now + 20, 2).await.unwrap();
     assert_eq!(ids(&back), vec![id_of(&to_slow[0]), id_of(&to_slow[1])], "in due order");
     assert!(claim(store, node, now + 100, now + 20, 10).await.is_empty(), "claimed again by their lane only");
     let skipped = store.skip_delivery(&a.id, &to_slow[2].message.id, &slow.id, now + 30).await.unwrap();
     assert_eq!(skipped.state, DeliveryState::Skipped, "a deferred delivery can be skipped");
-    assert!(!store.deferred_lanes(1_000).await.unwrap().contains(&lane));
+    assert!(!store.deferred_lanes(None, 1_000).await.unwrap().contains(&lane));
 
     let last = publish(&a.id, &[&slow.id], None, now + 40);
     store.publish(last.clone()).await.unwrap();
-    let taken = store.claim_due(node, now + 100, now + 40, 10, behind).await.unwrap();
+    let taken = store.claim_due(ClaimDue { now: now + 40, ..behind(10, 10) }).await.unwrap();
     assert_eq!((taken.deliveries.len(), taken.deferred), (0, 1));
     store.delete_endpoint(&a.id, &slow.id).await.unwrap();
     let canceled = store.get_delivery(&last.message.id, &id_of(&last)).await.unwrap();

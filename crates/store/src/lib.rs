@@ -88,19 +88,13 @@ pub trait Store: Send + Sync + 'static {
     async fn retire_node(&self, token: i64) -> StoreResult<()>;
     /// How many nodes hold a live lease at `now` (each shares per-endpoint rate limits).
     async fn live_nodes(&self, now: UnixMs) -> StoreResult<usize>;
-    /// Takes up to `limit` open deliveries due at or before `horizon`, earliest first, that
-    /// no live node holds. Those to an endpoint in `behind` (its lane at this node has all
-    /// it can take) are deferred unless ordered: they wait for [`Store::claim_deferred`], so
-    /// that one endpoint's backlog does not stand before every other endpoint's due work.
-    /// The rest are claimed under `token`. Nothing is taken if the token's lease has expired.
-    async fn claim_due(
-        &self,
-        token: i64,
-        horizon: UnixMs,
-        now: UnixMs,
-        limit: usize,
-        behind: Vec<String>,
-    ) -> StoreResult<Claimed>;
+    /// Looks at the `window` earliest open deliveries due at or before `horizon` that no live
+    /// node holds. Those to an endpoint in `behind` (its lane at the node has all it may
+    /// take) are deferred unless ordered: they wait for [`Store::claim_deferred`], so that
+    /// one endpoint's backlog does not stand before every other endpoint's due work. Of the
+    /// rest, the `limit` earliest are claimed under the token. Nothing is taken if the
+    /// token's lease has expired.
+    async fn claim_due(&self, claim: ClaimDue) -> StoreResult<Claimed>;
     /// Claims up to `limit` of the lane's deferred deliveries under `token`, earliest due
     /// first; they become pending. Nothing is claimed if the token's lease has expired.
     async fn claim_deferred(
@@ -110,9 +104,11 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMs,
         limit: usize,
     ) -> StoreResult<Vec<Delivery>>;
-    /// Lanes with deferred deliveries, at most `limit` (each node looks now and then, so a
-    /// lane another node deferred, or a node before a restart, is taken up).
-    async fn deferred_lanes(&self, limit: usize) -> StoreResult<Vec<DeferredLane>>;
+    /// Lanes with deferred deliveries after `after` (in `(app_id, endpoint_id)` order, a
+    /// callback lane first in its application), at most `limit`: each node looks now and
+    /// then, so that a lane another node deferred, or a node before a restart, is taken up.
+    /// Each lane found costs one index seek, however many deliveries it defers.
+    async fn deferred_lanes(&self, after: Option<DeferredLane>, limit: usize) -> StoreResult<Vec<DeferredLane>>;
     /// Takes or keeps the leader lease (one node runs retention); true while this node leads.
     async fn lead(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool>;
     /// Open deliveries (pending, deferred or sending), claimed or not.

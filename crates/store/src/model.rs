@@ -279,11 +279,52 @@ pub fn state_of_code(code: i64) -> Option<DeliveryState> {
     }
 }
 
-/// What a claim took: the deliveries claimed, and how many it deferred instead.
+/// A claim of due work (`Store::claim_due`).
+#[derive(Clone, Debug)]
+pub struct ClaimDue {
+    /// The claiming node's token.
+    pub token: i64,
+    /// Deliveries due at or before this are due work.
+    pub horizon: UnixMs,
+    pub now: UnixMs,
+    /// How many of the earliest due deliveries are looked at.
+    pub window: usize,
+    /// How many of them are claimed at most (the node's room).
+    pub limit: usize,
+    /// Endpoints whose due deliveries are deferred instead.
+    pub behind: Vec<String>,
+}
+
+/// What a claim took: the deliveries claimed, how many it deferred, and their lanes.
 #[derive(Clone, Debug, Default)]
 pub struct Claimed {
     pub deliveries: Vec<Delivery>,
     pub deferred: usize,
+    pub deferred_lanes: Vec<DeferredLane>,
+}
+
+impl Claimed {
+    /// Sorts rows a claim returned into claimed and deferred, by their stored state.
+    pub fn sort(rows: impl IntoIterator<Item = (Delivery, i64)>) -> Claimed {
+        let mut claimed = Claimed::default();
+        for (delivery, state) in rows {
+            if state != DEFERRED {
+                claimed.deliveries.push(delivery);
+                continue;
+            }
+            claimed.deferred += 1;
+            let lane = DeferredLane { app_id: delivery.app_id, endpoint_id: delivery.endpoint_id };
+            if !claimed.deferred_lanes.contains(&lane) {
+                claimed.deferred_lanes.push(lane);
+            }
+        }
+        claimed
+    }
+
+    /// How many rows of the window the claim used (claimed or deferred).
+    pub fn taken(&self) -> usize {
+        self.deliveries.len() + self.deferred
+    }
 }
 
 /// A lane with deferred deliveries: an endpoint, or (`endpoint_id` `None`) an application's
@@ -292,6 +333,15 @@ pub struct Claimed {
 pub struct DeferredLane {
     pub app_id: String,
     pub endpoint_id: Option<String>,
+}
+
+impl DeferredLane {
+    /// The lane of `app_id` whose endpoint the stores index as `endpoint` ('' for the
+    /// callback lane).
+    pub fn from_key(app_id: &str, endpoint: &str) -> DeferredLane {
+        let endpoint_id = Some(endpoint.to_owned()).filter(|e| !e.is_empty());
+        DeferredLane { app_id: app_id.to_owned(), endpoint_id }
+    }
 }
 
 /// A signing secret of an inbound source; several may be active during a rotation.

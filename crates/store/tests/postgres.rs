@@ -3,7 +3,7 @@
 
 use hookline_core::delivery::DeliveryState;
 use hookline_store::postgres::{scratch, PgOptions, PgStore};
-use hookline_store::{conformance, Change, Store};
+use hookline_store::{conformance, Change, ClaimDue, Store};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +56,9 @@ async fn concurrent_claims_split_the_work() {
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let claimed = store.claim_due(node, 1_000, 1_000, 37, Vec::new()).await.unwrap().deliveries;
+                let claim =
+                    ClaimDue { token: node, horizon: 1_000, now: 1_000, window: 37, limit: 37, behind: Vec::new() };
+                let claimed = store.claim_due(claim).await.unwrap().deliveries;
                 if claimed.is_empty() {
                     return mine;
                 }

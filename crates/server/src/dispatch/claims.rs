@@ -11,10 +11,10 @@
 //! scheduled messages. Each lane takes its deferred deliveries back as it has room: up to
 //! twice what it may run at once, running and parked together.
 
-use super::{lane_key, Engine};
+use super::{delivery_lane, lane_key, EndpointLane, Engine, CALLBACK_LANE};
 use crate::config::ClusterConfig;
 use crate::metrics as m;
-use hookline_store::{DeferredLane, NodeLease};
+use hookline_store::{ClaimDue, DeferredLane, NodeLease};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,8 +62,12 @@ impl Drop for Hold {
 pub struct Deferred {
     lanes: Mutex<HashMap<String, (DeferredLane, u64)>>,
     notes: AtomicU64,
-    /// When the store was last asked for lanes with deferred deliveries (engine clock).
+    /// When the store was last asked for lanes with deferred deliveries (engine clock), and
+    /// the lane the next look goes on from (`None`: from the first).
     looked_at: AtomicI64,
+    looked_after: Mutex<Option<DeferredLane>>,
+    /// Which lane comes first in the next round of claims of deferred deliveries.
+    turn: AtomicUsize,
 }
 
 impl Deferred {
@@ -201,42 +205,38 @@ impl Engine {
         self.cluster.held_max.saturating_sub(self.held.count.load(Ordering::SeqCst))
     }
 
-    /// Claims due work in batches while there is room; a batch's deliveries to an endpoint
-    /// whose lane is behind are deferred instead. Deferring is bounded by `held_max` a round,
-    /// so a large backlog is set aside over a few polls, not in one long write. False when
-    /// the store could not be reached (nothing more is tried this round).
+    /// Claims due work in windows of `claim_batch_max` while there is room: in each, the
+    /// deliveries to an endpoint whose lane has all it may take (`lane_room`, counting what
+    /// this round claimed for it) are deferred, and of the rest as many as there is room
+    /// for are claimed. Deferring is bounded by `held_max` a round, so a large backlog is
+    /// set aside over several polls, a window per statement. False when the store could not
+    /// be reached (nothing more is tried this round).
     async fn claim_due_work(&self, token: i64) -> bool {
-        let batch = self.cluster.claim_batch_max;
-        let mut deferred = 0;
+        let window = self.cluster.claim_batch_max;
+        let (mut deferred, mut this_round) = (0, HashMap::new());
         loop {
             let room = self.room();
             if room == 0 || token != self.token() {
                 return true;
             }
             let now = self.clock.now_ms();
-            let limit = room.min(batch);
-            let behind = self.endpoints_behind();
-            let endpoints = behind.iter().filter_map(|lane| lane.endpoint_id.clone()).collect();
-            let claimed = match self.store.claim_due(token, now + self.horizon_ms(), now, limit, endpoints).await {
+            let behind = self.endpoints_full(&this_round);
+            let claim = ClaimDue { token, horizon: now + self.horizon_ms(), now, window, limit: room, behind };
+            let claimed = match self.store.claim_due(claim).await {
                 Ok(claimed) => claimed,
                 Err(e) => {
                     tracing::warn!(error = %e, "could not claim due deliveries");
                     return false;
                 }
             };
-            let full = claimed.deliveries.len() + claimed.deferred == limit;
-            if !claimed.deliveries.is_empty() || claimed.deferred > 0 {
-                tracing::debug!(
-                    claimed = claimed.deliveries.len(),
-                    deferred = claimed.deferred,
-                    "claimed due deliveries"
-                );
+            let full = claimed.taken() == window;
+            if claimed.taken() > 0 {
+                tracing::debug!(claimed = claimed.deliveries.len(), deferred = claimed.deferred, "claimed due work");
             }
-            if claimed.deferred > 0 {
-                self.deferred.note(behind);
-                deferred += claimed.deferred;
-            }
+            deferred += claimed.deferred;
+            self.deferred.note(claimed.deferred_lanes);
             for delivery in claimed.deliveries {
+                *this_round.entry(delivery_lane(&delivery).into_owned()).or_insert(0) += 1;
                 self.enqueue(delivery, None, token);
             }
             if !full || deferred >= self.cluster.held_max {
@@ -245,17 +245,18 @@ impl Engine {
         }
     }
 
-    /// The endpoints (not callback lanes) whose lanes here are behind (see `lanes_behind`).
-    fn endpoints_behind(&self) -> Vec<DeferredLane> {
-        let Some((cap, overdue)) = self.behind_rule() else { return Vec::new() };
+    /// The endpoints (not callback lanes) whose lanes have no room for more deliveries from
+    /// the store, counting `this_round`'s claims, which are on their way to the lanes.
+    fn endpoints_full(&self, this_round: &HashMap<String, usize>) -> Vec<String> {
         let lanes = self.endpoint_lanes.lock().expect("lanes lock");
-        let behind = lanes.values().filter(|lane| lane.behind(cap, overdue)).filter_map(|lane| lane.parked.front());
-        behind
-            .filter_map(|due| {
-                let endpoint_id = due.delivery.endpoint_id.clone()?;
-                Some(DeferredLane { app_id: due.delivery.app_id.clone(), endpoint_id: Some(endpoint_id) })
-            })
-            .collect()
+        let claimed = |key: &str| this_round.get(key).copied().unwrap_or(0);
+        let full_lane =
+            lanes.iter().filter(|(key, lane)| self.lane_room(Some(lane)) <= claimed(key.as_str())).map(|(key, _)| key);
+        let full_by_claims = this_round
+            .iter()
+            .filter(|(key, n)| !lanes.contains_key(*key) && self.lane_room(None) <= **n)
+            .map(|(key, _)| key);
+        full_lane.chain(full_by_claims).filter(|key| !key.starts_with(CALLBACK_LANE)).cloned().collect()
     }
 
     /// Notes lanes whose deliveries were deferred (by a publish), for the claimer.
@@ -263,8 +264,9 @@ impl Engine {
         self.deferred.note(lanes);
     }
 
-    /// Asks the store which lanes have deferred deliveries, every third of a lease: those
-    /// another node deferred, or this node before a restart.
+    /// Asks the store for lanes with deferred deliveries every third of a lease: those
+    /// another node deferred, or this node before a restart. Each look goes on from the
+    /// lane the last one ended at, so every lane is found however many there are.
     async fn look_for_deferred(&self) {
         let now = self.clock.now_ms();
         let looked_at = self.deferred.looked_at.load(Ordering::Relaxed);
@@ -272,18 +274,34 @@ impl Engine {
             return;
         }
         self.deferred.looked_at.store(now, Ordering::Relaxed);
-        match self.store.deferred_lanes(DEFERRED_LANES_LISTED).await {
-            Ok(found) => self.deferred.note(found),
+        let after = self.deferred.looked_after.lock().expect("deferred lock").clone();
+        match self.store.deferred_lanes(after, DEFERRED_LANES_LISTED).await {
+            Ok(found) => {
+                let last = (found.len() == DEFERRED_LANES_LISTED).then(|| found.last().cloned()).flatten();
+                *self.deferred.looked_after.lock().expect("deferred lock") = last;
+                self.deferred.note(found);
+            }
             Err(e) => tracing::warn!(error = %e, "could not list lanes with deferred deliveries"),
         }
     }
 
-    /// Claims each lane's deferred deliveries while it has room: up to twice what it may
-    /// run at once (one at a time while it cannot be reached), running and parked together,
-    /// and while the node holds less than `held_max`.
+    /// Claims each lane's deferred deliveries while it has room (`lane_room`) and the node
+    /// holds less than `held_max`, starting each round one lane further on, so that when
+    /// room runs out first, no lane is always last.
     async fn claim_deferred_work(&self, token: i64) {
-        for (key, lane, note) in self.deferred.all() {
-            let room = self.lane_room(&key).min(self.room()).min(self.cluster.claim_batch_max);
+        let mut lanes = self.deferred.all();
+        lanes.sort_by(|a, b| a.0.cmp(&b.0));
+        if !lanes.is_empty() {
+            let turn = self.deferred.turn.fetch_add(1, Ordering::Relaxed);
+            let first = turn % lanes.len();
+            lanes.rotate_left(first);
+        }
+        for (key, lane, note) in lanes {
+            let lane_room = {
+                let lanes = self.endpoint_lanes.lock().expect("lanes lock");
+                self.lane_room(lanes.get(&key))
+            };
+            let room = lane_room.min(self.room()).min(self.cluster.claim_batch_max);
             if room == 0 || token != self.token() {
                 continue;
             }
@@ -304,14 +322,14 @@ impl Engine {
         }
     }
 
-    /// How many more deliveries the lane `key` takes from the store.
-    fn lane_room(&self, key: &str) -> usize {
-        let lanes = self.endpoint_lanes.lock().expect("lanes lock");
-        let pause_ms = self.config.unreachable_pause_ms;
-        match lanes.get(key) {
-            None => 2 * self.config.endpoint_max_in_flight,
+    /// How many more deliveries a lane takes from the store: up to twice what it may run at
+    /// once (one at a time while paced), running and parked together. `None`: no lane yet.
+    fn lane_room(&self, lane: Option<&EndpointLane>) -> usize {
+        let cap = self.config.endpoint_max_in_flight;
+        match lane {
+            None => 2 * cap,
             Some(lane) => {
-                let cap = if lane.paced(pause_ms) { 1 } else { self.config.endpoint_max_in_flight };
+                let cap = if lane.paced(self.config.unreachable_pause_ms) { 1 } else { cap };
                 (2 * cap).saturating_sub(lane.running + lane.parked.len())
             }
         }

@@ -153,9 +153,12 @@ impl EndpointLane {
 fn lane_key<'a>(app_id: &str, endpoint_id: Option<&'a str>) -> std::borrow::Cow<'a, str> {
     match endpoint_id {
         Some(endpoint_id) => endpoint_id.into(),
-        None => format!("callback:{app_id}").into(),
+        None => format!("{CALLBACK_LANE}{app_id}").into(),
     }
 }
+
+/// How the key of an application's callback lane starts (endpoint ids never do).
+const CALLBACK_LANE: &str = "callback:";
 
 /// The key of the lane `delivery` waits in.
 fn delivery_lane(delivery: &Delivery) -> std::borrow::Cow<'_, str> {
@@ -272,7 +275,11 @@ impl Engine {
     /// endpoint's burst, parked for less than that, is sent from memory. The lanes are not
     /// looked at while the node holds fewer deliveries than one endpoint may run at once.
     fn lanes_behind(&self, deliveries: &[Delivery]) -> Vec<Option<String>> {
-        let Some((cap, overdue)) = self.behind_rule() else { return Vec::new() };
+        let cap = self.config.endpoint_max_in_flight;
+        if self.held.count.load(Ordering::Relaxed) < cap {
+            return Vec::new();
+        }
+        let overdue = self.clock.now_ms() - self.horizon_ms();
         let lanes = self.endpoint_lanes.lock().expect("lanes lock");
         let mut found: Vec<Option<String>> = Vec::new();
         for d in deliveries {
@@ -282,14 +289,6 @@ impl Engine {
             }
         }
         found
-    }
-
-    /// The cap and mark a lane is behind by now (`EndpointLane::behind`); `None` while the
-    /// node holds fewer deliveries than one endpoint may run at once (no lane is behind).
-    fn behind_rule(&self) -> Option<(usize, UnixMs)> {
-        let cap = self.config.endpoint_max_in_flight;
-        let held = self.held.count.load(Ordering::Relaxed);
-        (held >= cap).then(|| (cap, self.clock.now_ms() - self.horizon_ms()))
     }
 
     /// Hands a committed delivery claimed under `claim` to the scheduler.

@@ -331,16 +331,9 @@ impl Store for PgStore {
     async fn live_nodes(&self, now: UnixMs) -> StoreResult<usize> {
         self.on(&self.relaxed, |c| async move { queue::live_nodes(&c, now).await }).await
     }
-    async fn claim_due(
-        &self,
-        token: i64,
-        horizon: UnixMs,
-        now: UnixMs,
-        limit: usize,
-        behind: Vec<String>,
-    ) -> StoreResult<Claimed> {
-        let behind = &behind;
-        self.on(&self.relaxed, |c| async move { queue::claim_due(&c, token, horizon, now, limit, behind).await }).await
+    async fn claim_due(&self, claim: ClaimDue) -> StoreResult<Claimed> {
+        let claim = &claim;
+        self.on(&self.relaxed, |c| async move { queue::claim_due(&c, claim).await }).await
     }
     async fn claim_deferred(
         &self,
@@ -352,8 +345,9 @@ impl Store for PgStore {
         let lane = &lane;
         self.on(&self.relaxed, |c| async move { queue::claim_deferred(&c, token, lane, now, limit).await }).await
     }
-    async fn deferred_lanes(&self, limit: usize) -> StoreResult<Vec<DeferredLane>> {
-        self.on(&self.relaxed, |c| async move { queue::deferred_lanes(&c, limit).await }).await
+    async fn deferred_lanes(&self, after: Option<DeferredLane>, limit: usize) -> StoreResult<Vec<DeferredLane>> {
+        let after = after.as_ref();
+        self.on(&self.relaxed, |c| async move { queue::deferred_lanes(&c, after, limit).await }).await
     }
     async fn lead(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool> {
         on_conn!(self, |c| queue::lead(&c, token, now, lease_ms))

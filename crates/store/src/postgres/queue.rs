@@ -160,39 +160,42 @@ pub async fn retire_node(c: &impl GenericClient, token: i64) -> StoreResult<()> 
     run(c, "UPDATE leader SET lease_until = 0 WHERE token = $1", &[&token]).await.map(|_| ())
 }
 
-pub async fn claim_due(
-    c: &impl GenericClient,
-    token: i64,
-    horizon: i64,
-    now: i64,
-    limit: usize,
-    behind: &[String],
-) -> StoreResult<Claimed> {
-    let defer = "d.order_key IS NULL AND d.endpoint_id = ANY($5)";
+pub async fn claim_due(c: &impl GenericClient, claim: &ClaimDue) -> StoreResult<Claimed> {
+    // The window's rows to lanes behind are deferred; of the others, the `$6` earliest are
+    // claimed (numbered apart from the deferred ones).
     let sql = format!(
-        "WITH picked AS ( \
-             SELECT msg_id, id FROM deliveries \
+        "WITH due AS ( \
+             SELECT msg_id, id, next_at, \
+                 (order_key IS NULL AND endpoint_id IS NOT NULL AND endpoint_id = ANY($5)) AS deferred \
+             FROM deliveries \
              WHERE state IN (1, 3) AND next_at <= $2 \
                AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= $3)) \
                AND EXISTS (SELECT 1 FROM nodes WHERE token = $1 AND lease_until >= $3) \
              ORDER BY next_at LIMIT $4 \
-             FOR UPDATE OF deliveries SKIP LOCKED) \
-         UPDATE deliveries d SET claimed_by = CASE WHEN {defer} THEN NULL ELSE $1 END, \
-             state = CASE WHEN {defer} THEN {DEFERRED} ELSE d.state END \
+             FOR UPDATE OF deliveries SKIP LOCKED), \
+         picked AS ( \
+             SELECT msg_id, id, deferred FROM ( \
+                 SELECT msg_id, id, deferred, row_number() OVER (PARTITION BY deferred ORDER BY next_at) AS n \
+                 FROM due) numbered \
+             WHERE deferred OR n <= $6) \
+         UPDATE deliveries d SET claimed_by = CASE WHEN picked.deferred THEN NULL ELSE $1 END, \
+             state = CASE WHEN picked.deferred THEN {DEFERRED} ELSE d.state END \
          FROM picked WHERE d.msg_id = picked.msg_id AND d.id = picked.id RETURNING {}, d.state",
         prefixed("d", rows::DELIVERY_COLUMNS)
     );
     let statement = c.prepare_cached(&sql).await.map_err(pg_error)?;
-    let found = c.query(&statement, &[&token, &horizon, &now, &(limit as i64), &behind]).await.map_err(pg_error)?;
-    let mut claimed = Claimed::default();
+    let (window, limit) = (claim.window as i64, claim.limit as i64);
+    let params: [&(dyn ToSql + Sync); 6] = [&claim.token, &claim.horizon, &claim.now, &window, &claim.behind, &limit];
+    let found = c.query(&statement, &params).await.map_err(pg_error)?;
+    let mut taken = Vec::with_capacity(found.len());
     for row in &found {
-        match row.try_get::<_, i64>(rows::DELIVERY_COLUMN_COUNT).map_err(pg_error)? {
-            DEFERRED => claimed.deferred += 1,
-            _ => claimed.deliveries.push(rows::delivery(row)?),
-        }
+        taken.push((rows::delivery(row)?, row.try_get::<_, i64>(rows::DELIVERY_COLUMN_COUNT).map_err(pg_error)?));
     }
-    Ok(claimed)
+    Ok(Claimed::sort(taken))
 }
+
+/// A lane's endpoint as `deliveries_deferred` indexes it: '' for the callback lane.
+const LANE_ENDPOINT: &str = "coalesce(endpoint_id, '')";
 
 pub async fn claim_deferred(
     c: &impl GenericClient,
@@ -201,13 +204,9 @@ pub async fn claim_deferred(
     now: i64,
     limit: usize,
 ) -> StoreResult<Vec<Delivery>> {
-    // Two spellings, so that each finds the lane by the `deliveries_deferred` index
-    // (`IS NOT DISTINCT FROM` would not).
-    let endpoint =
-        if lane.endpoint_id.is_some() { "endpoint_id = $3" } else { "endpoint_id IS NULL AND $3::text IS NULL" };
     let sql = format!(
         "WITH picked AS ( \
-             SELECT msg_id, id FROM deliveries WHERE state = 7 AND app_id = $2 AND {endpoint} \
+             SELECT msg_id, id FROM deliveries WHERE state = 7 AND app_id = $2 AND {LANE_ENDPOINT} = $3 \
                AND EXISTS (SELECT 1 FROM nodes WHERE token = $1 AND lease_until >= $5) \
              ORDER BY next_at LIMIT $4 \
              FOR UPDATE OF deliveries SKIP LOCKED) \
@@ -216,18 +215,43 @@ pub async fn claim_deferred(
         prefixed("d", rows::DELIVERY_COLUMNS)
     );
     let statement = c.prepare_cached(&sql).await.map_err(pg_error)?;
-    let params: [&(dyn ToSql + Sync); 5] = [&token, &lane.app_id, &lane.endpoint_id, &(limit as i64), &now];
+    let endpoint = lane.endpoint_id.as_deref().unwrap_or_default();
+    let params: [&(dyn ToSql + Sync); 5] = [&token, &lane.app_id, &endpoint, &(limit as i64), &now];
     let found = c.query(&statement, &params).await.map_err(pg_error)?;
     rows::all(&found, rows::delivery)
 }
 
-pub async fn deferred_lanes(c: &impl GenericClient, limit: usize) -> StoreResult<Vec<DeferredLane>> {
-    let sql = "SELECT DISTINCT app_id, endpoint_id FROM deliveries WHERE state = 7 LIMIT $1";
-    let found = c.query(sql, &[&(limit as i64)]).await.map_err(pg_error)?;
+/// One index seek per lane (a recursive walk over `deliveries_deferred`): the next
+/// `(app_id, endpoint)` after the one before.
+pub async fn deferred_lanes(
+    c: &impl GenericClient,
+    after: Option<&DeferredLane>,
+    limit: usize,
+) -> StoreResult<Vec<DeferredLane>> {
+    let next = |app: &str, endpoint: &str| {
+        format!(
+            "SELECT app_id, {LANE_ENDPOINT} AS endpoint FROM deliveries \
+             WHERE state = 7 AND (app_id, {LANE_ENDPOINT}) > ({app}, {endpoint}) \
+             ORDER BY app_id, {LANE_ENDPOINT} LIMIT 1"
+        )
+    };
+    let sql = format!(
+        "WITH RECURSIVE lanes AS ( \
+             ({}) \
+             UNION ALL \
+             SELECT n.app_id, n.endpoint FROM lanes l CROSS JOIN LATERAL ({}) n) \
+         SELECT app_id, endpoint FROM lanes LIMIT $3",
+        next("$1", "$2"),
+        next("l.app_id", "l.endpoint")
+    );
+    let (app, endpoint) =
+        after.map_or(("", ""), |lane| (&lane.app_id, lane.endpoint_id.as_deref().unwrap_or_default()));
+    let found = c.query(&sql, &[&app, &endpoint, &(limit as i64)]).await.map_err(pg_error)?;
     found
         .iter()
         .map(|r| {
-            Ok(DeferredLane { app_id: r.try_get(0).map_err(pg_error)?, endpoint_id: r.try_get(1).map_err(pg_error)? })
+            let (app, endpoint): (String, String) = (r.try_get(0).map_err(pg_error)?, r.try_get(1).map_err(pg_error)?);
+            Ok(DeferredLane::from_key(&app, &endpoint))
         })
         .collect()
 }
@@ -241,7 +265,14 @@ pub async fn lead(c: &impl GenericClient, token: i64, now: i64, lease_ms: u64) -
 
 pub async fn count_open_deliveries(c: &impl GenericClient) -> StoreResult<u64> {
     let n: i64 =
-        one(c, "SELECT count(*) FROM deliveries WHERE state IN (1, 3, 7)", &[], |r| r.try_get(0).map_err(pg_error))
+        // Two counts, each from its partial index (`deliveries_due`, `deliveries_deferred`).
+        one(
+            c,
+            "SELECT (SELECT count(*) FROM deliveries WHERE state IN (1, 3)) \
+             + (SELECT count(*) FROM deliveries WHERE state = 7)",
+            &[],
+            |r| r.try_get(0).map_err(pg_error),
+        )
             .await?;
     Ok(n as u64)
 }

@@ -218,7 +218,8 @@ CREATE INDEX endpoints_failing ON endpoints (fail_since) WHERE fail_since IS NOT
     r#"
 -- Deferred deliveries (state 7): due, but waiting for their lane (an endpoint, or an
 -- application's callback URLs) to have room, outside the due index every claim reads.
-CREATE INDEX deliveries_deferred ON deliveries (app_id, endpoint_id, next_at) WHERE state = 7;
+-- The callback lane's endpoint is '' in it, so that each lane's rows are in due order.
+CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''), next_at) WHERE state = 7;
 "#,
 ];
 

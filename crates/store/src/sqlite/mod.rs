@@ -512,15 +512,8 @@ impl Store for SqliteStore {
     async fn live_nodes(&self, now: UnixMs) -> StoreResult<usize> {
         self.read(move |c| queue::live_nodes(c, now)).await
     }
-    async fn claim_due(
-        &self,
-        token: i64,
-        horizon: UnixMs,
-        now: UnixMs,
-        limit: usize,
-        behind: Vec<String>,
-    ) -> StoreResult<Claimed> {
-        self.write_in(Lane::Background, move |c| queue::claim_due(c, token, horizon, now, limit, &behind)).await
+    async fn claim_due(&self, claim: ClaimDue) -> StoreResult<Claimed> {
+        self.write_in(Lane::Background, move |c| queue::claim_due(c, &claim)).await
     }
     async fn claim_deferred(
         &self,
@@ -531,8 +524,8 @@ impl Store for SqliteStore {
     ) -> StoreResult<Vec<Delivery>> {
         self.write_in(Lane::Background, move |c| queue::claim_deferred(c, token, &lane, now, limit)).await
     }
-    async fn deferred_lanes(&self, limit: usize) -> StoreResult<Vec<DeferredLane>> {
-        self.read(move |c| queue::deferred_lanes(c, limit)).await
+    async fn deferred_lanes(&self, after: Option<DeferredLane>, limit: usize) -> StoreResult<Vec<DeferredLane>> {
+        self.read(move |c| queue::deferred_lanes(c, after.as_ref(), limit)).await
     }
     async fn lead(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool> {
         self.write_in(Lane::Background, move |c| queue::lead(c, token, now, lease_ms)).await

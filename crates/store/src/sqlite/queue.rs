@@ -192,48 +192,46 @@ pub fn retire_node(conn: &Connection, token: i64) -> StoreResult<()> {
     Ok(())
 }
 
-pub fn claim_due(
-    conn: &Connection,
-    token: i64,
-    horizon: i64,
-    now: i64,
-    limit: usize,
-    behind: &[String],
-) -> StoreResult<Claimed> {
+pub fn claim_due(conn: &Connection, claim: &ClaimDue) -> StoreResult<Claimed> {
     // A dead node's fan-outs become rows here, so they are claimed below like any other.
+    let now = claim.now;
     fanout::write_out(conn, fanout::Which::Stale { before: now - fanout::WRITE_OUT_AFTER_MS, now })?;
-    let defer = "order_key IS NULL AND endpoint_id IN (SELECT value FROM json_each(?5))";
+    let defer = "order_key IS NULL AND endpoint_id IS NOT NULL AND endpoint_id IN (SELECT value FROM json_each(?5))";
+    // The window's rows to lanes behind are deferred; of the others, the `?6` earliest are
+    // claimed (numbered apart from the deferred ones).
     let sql = format!(
         "UPDATE deliveries SET claimed_by = CASE WHEN {defer} THEN NULL ELSE ?1 END, \
              state = CASE WHEN {defer} THEN {DEFERRED} ELSE state END \
          WHERE (msg_id, id) IN ( \
-             SELECT msg_id, id FROM deliveries WHERE state IN (1, 3) AND next_at <= ?2 \
-             AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= ?3)) \
-             ORDER BY next_at LIMIT ?4) \
+             SELECT msg_id, id FROM ( \
+                 SELECT msg_id, id, deferred, row_number() OVER (PARTITION BY deferred ORDER BY next_at) AS n \
+                 FROM ( \
+                     SELECT msg_id, id, next_at, {defer} AS deferred FROM deliveries \
+                     WHERE state IN (1, 3) AND next_at <= ?2 \
+                     AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= ?3)) \
+                     ORDER BY next_at LIMIT ?4)) \
+             WHERE deferred OR n <= ?6) \
          AND EXISTS (SELECT 1 FROM nodes WHERE token = ?1 AND lease_until >= ?3) \
          RETURNING {}, state",
         rows::DELIVERY_COLUMNS
     );
-    let behind = serde_json::to_string(behind).expect("a list of strings is JSON");
+    let behind = serde_json::to_string(&claim.behind).expect("a list of strings is JSON");
+    let (window, limit) = (claim.window as i64, claim.limit as i64);
     let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
     let taken = statement
-        .query_map(params![token, horizon, now, limit as i64, behind], |r| {
+        .query_map(params![claim.token, claim.horizon, now, window, behind, limit], |r| {
             Ok((rows::delivery(r)?, r.get::<_, i64>(rows::DELIVERY_COLUMN_COUNT)?))
         })
         .map_err(sql_error)?;
-    let mut claimed = Claimed::default();
-    for row in taken {
-        match row.map_err(sql_error)? {
-            (_, DEFERRED) => claimed.deferred += 1,
-            (delivery, _) => claimed.deliveries.push(delivery),
-        }
-    }
-    Ok(claimed)
+    Ok(Claimed::sort(taken.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)?))
 }
 
-/// The condition on a deferred lane's rows: `?2` its application, `?3` its endpoint (both
-/// found by the `deliveries_deferred` index; `IS` matches the callback lane's NULL).
-const DEFERRED_LANE: &str = "state = 7 AND app_id = ?2 AND endpoint_id IS ?3";
+/// A lane's endpoint as `deliveries_deferred` indexes it: '' for the callback lane.
+const LANE_ENDPOINT: &str = "coalesce(endpoint_id, '')";
+
+/// The condition on a deferred lane's rows: `?2` its application, `?3` its endpoint as
+/// `LANE_ENDPOINT` has it (both in the `deliveries_deferred` index, in due order after them).
+const DEFERRED_LANE: &str = "state = 7 AND app_id = ?2 AND coalesce(endpoint_id, '') = ?3";
 
 pub fn claim_deferred(
     conn: &Connection,
@@ -249,20 +247,43 @@ pub fn claim_deferred(
          RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
+    let endpoint = lane.endpoint_id.as_deref().unwrap_or_default();
     let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
     let found = statement
-        .query_map(params![token, lane.app_id, lane.endpoint_id, limit as i64, now], rows::delivery)
+        .query_map(params![token, lane.app_id, endpoint, limit as i64, now], rows::delivery)
         .map_err(sql_error)?;
     found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
 }
 
-pub fn deferred_lanes(conn: &Connection, limit: usize) -> StoreResult<Vec<DeferredLane>> {
-    let sql = "SELECT DISTINCT app_id, endpoint_id FROM deliveries WHERE state = 7 LIMIT ?1";
-    let mut statement = conn.prepare_cached(sql).map_err(sql_error)?;
-    let found = statement
-        .query_map([limit as i64], |r| Ok(DeferredLane { app_id: r.get(0)?, endpoint_id: r.get(1)? }))
-        .map_err(sql_error)?;
-    found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
+/// One or two index seeks per lane: the next endpoint of the same application, or else
+/// the first of the next application. (SQLite seeks a row-value comparison by its first
+/// column only, which would read through every deferred row of the application's lanes.)
+pub fn deferred_lanes(conn: &Connection, after: Option<&DeferredLane>, limit: usize) -> StoreResult<Vec<DeferredLane>> {
+    let same_app = format!(
+        "SELECT app_id, {LANE_ENDPOINT} FROM deliveries WHERE state = 7 AND app_id = ?1 AND {LANE_ENDPOINT} > ?2 \
+         ORDER BY {LANE_ENDPOINT} LIMIT 1"
+    );
+    let next_app = format!(
+        "SELECT app_id, {LANE_ENDPOINT} FROM deliveries WHERE state = 7 AND app_id > ?1 \
+         ORDER BY app_id, {LANE_ENDPOINT} LIMIT 1"
+    );
+    let mut same_app = conn.prepare_cached(&same_app).map_err(sql_error)?;
+    let mut next_app = conn.prepare_cached(&next_app).map_err(sql_error)?;
+    let pair = |r: &rusqlite::Row| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
+    let mut cursor = after.map_or((String::new(), String::new()), |lane| {
+        (lane.app_id.clone(), lane.endpoint_id.clone().unwrap_or_default())
+    });
+    let mut found = Vec::new();
+    while found.len() < limit {
+        let next = match same_app.query_row(params![cursor.0, cursor.1], pair).optional().map_err(sql_error)? {
+            Some(next) => Some(next),
+            None => next_app.query_row(params![cursor.0], pair).optional().map_err(sql_error)?,
+        };
+        let Some(next) = next else { break };
+        found.push(DeferredLane::from_key(&next.0, &next.1));
+        cursor = next;
+    }
+    Ok(found)
 }
 
 pub fn lead(conn: &Connection, token: i64, now: i64, lease_ms: u64) -> StoreResult<bool> {
@@ -278,9 +299,15 @@ pub fn lead(conn: &Connection, token: i64, now: i64, lease_ms: u64) -> StoreResu
 }
 
 pub fn count_open_deliveries(conn: &Connection) -> StoreResult<u64> {
-    conn.query_row("SELECT count(*) FROM deliveries WHERE state IN (1, 3, 7)", [], |r| r.get::<_, i64>(0))
-        .map(|n| n as u64)
-        .map_err(sql_error)
+    // Two counts, each from its partial index (`deliveries_due`, `deliveries_deferred`).
+    conn.query_row(
+        "SELECT (SELECT count(*) FROM deliveries WHERE state IN (1, 3)) \
+         + (SELECT count(*) FROM deliveries WHERE state = 7)",
+        [],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n as u64)
+    .map_err(sql_error)
 }
 
 /// Deletes a batch of messages past retention with their deliveries and attempts.
