@@ -605,3 +605,41 @@ async fn ordering_holds_across_nodes_and_a_killed_node() {
     }
     assert!(lanes.overlaps.is_empty(), "never two requests of one key at once: {:?}", lanes.overlaps);
 }
+
+/// A node paused past its lease (`SIGSTOP`) holds an endpoint's deliveries, one in flight
+/// and the rest parked behind it. The other node takes them all over and sends them. When
+/// the paused node resumes, its delivery in flight ends, and the parked ones behind it are
+/// dropped, not sent: the node no longer holds them. (They used to go out again, one after
+/// another, on the ended delivery's turn.) Every message arrives; at most the one in
+/// flight at the pause arrives twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_lease_does_not_send_what_it_had_parked() {
+    let database = hookline_store::postgres::scratch::fresh_database().await.unwrap();
+    let one_at_a_time = [("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "1")];
+    let mut nodes: Vec<Node> = ["a", "b"].iter().map(|name| start_node(&database, name, &one_at_a_time)).collect();
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    for node in &nodes {
+        node.process.wait_healthy(&http).await;
+    }
+    let (hook, arrivals) = counting_sink(300).await;
+    let resources =
+        [("/api/v1/app", json!({"name": "m", "uid": "m"})), ("/api/v1/app/m/endpoint", json!({"url": hook}))];
+    create_all(&http, &nodes[0].process.url, TOKEN, &resources).await;
+    const MESSAGES: usize = 12;
+    for n in 0..MESSAGES {
+        let id = publish(&http, &nodes[0].process.url, n).await.unwrap();
+        assert!(!id.is_empty());
+    }
+    let pid = nodes[0].process.child.id().to_string();
+    assert!(Command::new("kill").args(["-STOP", &pid]).status().unwrap().success());
+    // The lease is 3 s: node b takes the work over and sends it, 300 ms a delivery.
+    tokio::time::sleep(Duration::from_millis(5_000)).await;
+    assert!(Command::new("kill").args(["-CONT", &pid]).status().unwrap().success());
+    until_none_missing(support::PATIENCE, "messages never arrived", || MESSAGES - arrivals.lock().unwrap().len()).await;
+    // Long enough for node a to have sent its parked deliveries, one after another.
+    tokio::time::sleep(Duration::from_millis(300 * MESSAGES as u64)).await;
+    let twice = arrivals.lock().unwrap().values().filter(|n| **n > 1).count();
+    println!("paused node: {MESSAGES} messages, {twice} arrived twice");
+    assert!(twice <= 1, "{twice} of {MESSAGES} messages arrived twice");
+    nodes[0].process.kill9();
+}

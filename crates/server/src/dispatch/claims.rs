@@ -140,6 +140,7 @@ impl Engine {
             if now - renewed_at >= self.cluster.lease_ms as i64 / 3 {
                 if let Some(fresh) = self.renew(lease, now).await {
                     lease = fresh;
+                    self.lease_until.store(lease.lease_until, Ordering::SeqCst);
                     renewed_at = now;
                     if counting.as_ref().is_none_or(|count| count.is_finished()) {
                         let engine = self.clone();

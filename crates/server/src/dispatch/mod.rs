@@ -73,8 +73,10 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     config: DeliveryConfig,
     cluster: ClusterConfig,
-    /// This node's current lease token (a new one after a lost lease).
+    /// This node's current lease token (a new one after a lost lease), and when its lease
+    /// ends unless renewed (engine clock): past that, other nodes may take its work over.
     token: AtomicI64,
+    lease_until: AtomicI64,
     /// Nodes with a live lease, as the heartbeat last counted them: rate limits are shared.
     live_nodes: AtomicUsize,
     /// Deliveries held in memory: the claimer stops claiming at `cluster.held_max`.
@@ -224,6 +226,7 @@ impl Engine {
             config,
             cluster,
             token: AtomicI64::new(lease.token),
+            lease_until: AtomicI64::new(lease.lease_until),
             live_nodes: AtomicUsize::new(1),
             held: Arc::new(claims::Held::new()),
             deferred: claims::Deferred::default(),
@@ -375,10 +378,17 @@ impl Engine {
         }
     }
 
-    /// Starts a due delivery if its endpoint has a free turn, or parks it. Work claimed
-    /// under a lost lease is dropped: it is free in the store and claimed again.
+    /// Whether this node still holds `due`: claimed under its current token, and its lease
+    /// not past its end. Work it no longer holds is dropped from memory (not sent): other
+    /// nodes may have taken it over, and this node claims it again after registering anew.
+    fn holds(&self, due: &Due) -> bool {
+        due.claim == self.token() && self.clock.now_ms() < self.lease_until.load(Ordering::SeqCst)
+    }
+
+    /// Starts a due delivery if its endpoint has a free turn, or parks it. Work this node no
+    /// longer holds is dropped (`holds`).
     fn dispatch(self: &Arc<Self>, mut due: Due) {
-        if due.claim != self.token() {
+        if !self.holds(&due) {
             return;
         }
         let key = delivery_lane(&due.delivery).into_owned();
@@ -534,6 +544,11 @@ impl Engine {
     async fn deliver(self: Arc<Self>, key: String, due: Due) {
         let turn = Turn { engine: self.clone(), key };
         let _in_flight = InFlight(&self);
+        // Parked before the lease was lost (a node paused past its lease, say), and started
+        // by the turn of a delivery that ended after: another node may be sending it.
+        if !self.holds(&due) {
+            return;
+        }
         let message = match due.message.clone() {
             Some(message) => message,
             None => match self.store.message_by_id(&due.delivery.msg_id).await {
@@ -551,7 +566,7 @@ impl Engine {
         // never slows another endpoint. The wait can be long, so afterwards the claim is
         // checked and the endpoint read again (deleted, disabled, re-pointed meanwhile).
         if let Some(rate) = target.rate_per_s {
-            if !self.rate_turn(&turn.key, rate).await || due.claim != self.token() {
+            if !self.rate_turn(&turn.key, rate).await || !self.holds(&due) {
                 return;
             }
             target = match self.resolve_target(&due.delivery, &message).await {
