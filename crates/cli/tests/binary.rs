@@ -58,6 +58,32 @@ async fn a_slow_endpoints_backlog_waits_in_the_store_not_in_memory_on_postgres()
     backlog_waits_in_the_store(cluster_env(&database, "backlog")).await;
 }
 
+/// A gateway whose lanes are small and whose claims are quick: 4 deliveries at a time per
+/// endpoint, windows of 8, `held_max` as given, polls of 10 ms (after the backend's
+/// settings, so that these win).
+fn small_lanes(dir: &std::path::Path, backend: &[(String, String)], held_max: &str) -> Hookline {
+    let mut env: Vec<(&str, &str)> = backend.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.extend([
+        ("HOOKLINE_ADMIN_TOKEN", TOKEN),
+        ("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "4"),
+        ("HOOKLINE_CLUSTER_CLAIM_BATCH_MAX", "8"),
+        ("HOOKLINE_CLUSTER_HELD_MAX", held_max),
+        ("HOOKLINE_CLUSTER_POLL_MS", "10"),
+    ]);
+    Hookline::start(dir, free_port(), &env)
+}
+
+/// Waits until `messages` messages reached the endpoint counting `arrivals`, and checks
+/// that none arrived twice.
+async fn all_arrive_once(arrivals: &support::Arrivals, messages: usize, which: &str) {
+    until_none_missing(PATIENCE, &format!("messages never reached the {which} endpoint"), || {
+        messages - arrivals.lock().unwrap().len()
+    })
+    .await;
+    let twice: Vec<_> = arrivals.lock().unwrap().iter().filter(|(_, n)| **n > 1).map(|(id, _)| id.clone()).collect();
+    assert!(twice.is_empty(), "delivered more than once to the {which} endpoint: {twice:?}");
+}
+
 /// Publishes outrun a slow endpoint (4 at a time, 50 ms each: 80 a second) beside a fast
 /// one. Once the slow endpoint's lane parks 4 deliveries and the oldest has waited two
 /// polls (20 ms), its new deliveries wait in the store, and the node holds at most
@@ -69,17 +95,7 @@ async fn backlog_waits_in_the_store(backend: Vec<(String, String)>) {
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let ((slow, slow_arrivals), (fast, fast_arrivals)) = (counting_sink(50).await, counting_sink(0).await);
-    let port = free_port();
-    // After the backend's settings, so that these win.
-    let mut env: Vec<(&str, &str)> = backend.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.extend([
-        ("HOOKLINE_ADMIN_TOKEN", TOKEN),
-        ("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "4"),
-        ("HOOKLINE_CLUSTER_CLAIM_BATCH_MAX", "8"),
-        ("HOOKLINE_CLUSTER_HELD_MAX", "16"),
-        ("HOOKLINE_CLUSTER_POLL_MS", "10"),
-    ]);
-    let gateway = Hookline::start(dir.path(), port, &env);
+    let gateway = small_lanes(dir.path(), &backend, "16");
     gateway.wait_healthy(&http).await;
     let resources = [
         ("/api/v1/app", json!({"name": "m", "uid": "m"})),
@@ -100,15 +116,8 @@ async fn backlog_waits_in_the_store(backend: Vec<(String, String)>) {
     // counted as behind (one publish at a time here, a few dozen); a node that keeps the
     // whole backlog in memory holds hundreds.
     assert!(most_held <= 150.0, "held {most_held} deliveries while the slow endpoint fell behind");
-    for (arrivals, which) in [(&fast_arrivals, "fast"), (&slow_arrivals, "slow")] {
-        until_none_missing(PATIENCE, &format!("messages never reached the {which} endpoint"), || {
-            MESSAGES - arrivals.lock().unwrap().len()
-        })
-        .await;
-        let twice: Vec<_> =
-            arrivals.lock().unwrap().iter().filter(|(_, n)| **n > 1).map(|(id, _)| id.clone()).collect();
-        assert!(twice.is_empty(), "delivered more than once to the {which} endpoint: {twice:?}");
-    }
+    all_arrive_once(&fast_arrivals, MESSAGES, "fast").await;
+    all_arrive_once(&slow_arrivals, MESSAGES, "slow").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,16 +162,7 @@ async fn retry_beside_a_backlog(backend: Vec<(String, String)>) {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         url
     };
-    let port = free_port();
-    let mut env: Vec<(&str, &str)> = backend.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.extend([
-        ("HOOKLINE_ADMIN_TOKEN", TOKEN),
-        ("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "4"),
-        ("HOOKLINE_CLUSTER_CLAIM_BATCH_MAX", "8"),
-        ("HOOKLINE_CLUSTER_HELD_MAX", "16"),
-        ("HOOKLINE_CLUSTER_POLL_MS", "10"),
-    ]);
-    let gateway = Hookline::start(dir.path(), port, &env);
+    let gateway = small_lanes(dir.path(), &backend, "16");
     gateway.wait_healthy(&http).await;
     let resources = [
         ("/api/v1/app", json!({"name": "m", "uid": "m"})),
@@ -191,12 +191,7 @@ async fn retry_beside_a_backlog(backend: Vec<(String, String)>) {
         "the retry went out only after {} of the {waiting} deliveries waiting before it had arrived",
         at_retry - before
     );
-    until_none_missing(PATIENCE, "messages never reached the slow endpoint", || {
-        MESSAGES - slow_arrivals.lock().unwrap().len()
-    })
-    .await;
-    let twice = slow_arrivals.lock().unwrap().values().filter(|n| **n > 1).count();
-    assert_eq!(twice, 0, "deliveries made more than once");
+    all_arrive_once(&slow_arrivals, MESSAGES, "slow").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,16 +214,7 @@ async fn due_backlog_is_claimed_as_its_lane_takes_it(backend: Vec<(String, Strin
     let dir = tempfile::tempdir().unwrap();
     let http = reqwest::Client::new();
     let (slow, slow_arrivals) = counting_sink(50).await;
-    let port = free_port();
-    let mut env: Vec<(&str, &str)> = backend.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    env.extend([
-        ("HOOKLINE_ADMIN_TOKEN", TOKEN),
-        ("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "4"),
-        ("HOOKLINE_CLUSTER_CLAIM_BATCH_MAX", "8"),
-        ("HOOKLINE_CLUSTER_HELD_MAX", "1000"),
-        ("HOOKLINE_CLUSTER_POLL_MS", "10"),
-    ]);
-    let gateway = Hookline::start(dir.path(), port, &env);
+    let gateway = small_lanes(dir.path(), &backend, "1000");
     gateway.wait_healthy(&http).await;
     let resources =
         [("/api/v1/app", json!({"name": "m", "uid": "m"})), ("/api/v1/app/m/endpoint", json!({"url": slow}))];
@@ -253,12 +239,7 @@ async fn due_backlog_is_claimed_as_its_lane_takes_it(backend: Vec<(String, Strin
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(most_held <= 40.0, "held {most_held} deliveries of one slow endpoint");
-    until_none_missing(PATIENCE, "messages never reached the slow endpoint", || {
-        MESSAGES - slow_arrivals.lock().unwrap().len()
-    })
-    .await;
-    let twice = slow_arrivals.lock().unwrap().values().filter(|n| **n > 1).count();
-    assert_eq!(twice, 0, "deliveries made more than once");
+    all_arrive_once(&slow_arrivals, MESSAGES, "slow").await;
 }
 
 #[tokio::test]
