@@ -643,3 +643,41 @@ async fn a_node_paused_past_its_lease_does_not_send_what_it_had_parked() {
     assert!(twice <= 1, "{twice} of {MESSAGES} messages arrived twice");
     nodes[0].process.kill9();
 }
+
+/// A lease renewal that comes back only after the lease has ended here (its `UPDATE` waited
+/// on a lock in PostgreSQL): meanwhile the node dropped the deliveries it had parked, as it
+/// no longer held them, while its token, renewed after all, kept them claimed in the
+/// store. The node registers anew and retires the old token, so they are claimed again and
+/// delivered. (Kept under a live token, they were never sent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_comes_back_after_the_lease_ended_strands_nothing() {
+    let database = hookline_store::postgres::scratch::fresh_database().await.unwrap();
+    let one_at_a_time = [("HOOKLINE_DELIVERY_ENDPOINT_MAX_IN_FLIGHT", "1")];
+    let node = start_node(&database, "a", &one_at_a_time);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    node.process.wait_healthy(&http).await;
+    let (hook, arrivals) = counting_sink(200).await;
+    let resources =
+        [("/api/v1/app", json!({"name": "m", "uid": "m"})), ("/api/v1/app/m/endpoint", json!({"url": hook}))];
+    create_all(&http, &node.process.url, TOKEN, &resources).await;
+    const MESSAGES: usize = 40;
+    for n in 0..MESSAGES {
+        publish(&http, &node.process.url, n).await.unwrap();
+    }
+    // Right after a renewal (at p; the lease then ends at p + 3 s), the node's row is
+    // locked for 3.5 s: the next renewal (p + 1 s) waits and comes back at about p + 3.5 s,
+    // after the lease ended here but before the end it sets in the store (p + 4 s).
+    let lock = "DO $$ DECLARE seen bigint; BEGIN \
+        SELECT lease_until INTO seen FROM nodes WHERE name = 'a'; \
+        LOOP PERFORM pg_sleep(0.005); EXIT WHEN (SELECT lease_until FROM nodes WHERE name = 'a') <> seen; END LOOP; \
+        PERFORM token FROM nodes WHERE name = 'a' FOR UPDATE; PERFORM pg_sleep(3.5); END $$;";
+    let url = database.clone();
+    let locked = tokio::task::spawn_blocking(move || Command::new("psql").args([&url, "-qc", lock]).output().unwrap());
+    let out = locked.await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    until_none_missing(Duration::from_secs(30), "messages never arrived", || MESSAGES - arrivals.lock().unwrap().len())
+        .await;
+    let count = "SELECT count(*) FROM nodes WHERE name = 'a'";
+    let out = Command::new("psql").args([&database, "-tAc", count]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "the node registered anew");
+}

@@ -11,10 +11,10 @@
 //! scheduled messages. Each lane takes its deferred deliveries back as it has room: up to
 //! twice what it may run at once, running and parked together.
 
-use super::{delivery_lane, lane_key, EndpointLane, Engine, CALLBACK_LANE};
+use super::{delivery_lane, lane_key, Due, EndpointLane, Engine, CALLBACK_LANE};
 use crate::config::ClusterConfig;
 use crate::metrics as m;
-use hookline_store::{ClaimDue, DeferredLane, NodeLease};
+use hookline_store::{ClaimDue, DeferredLane, Delivery, NodeLease};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -169,24 +169,39 @@ impl Engine {
     async fn renew(&self, lease: NodeLease, now: i64) -> Option<NodeLease> {
         let lease_ms = self.cluster.lease_ms;
         match self.store.renew_node(lease.token, now, lease_ms).await {
+            // Renewed, but only after the lease had ended here: this node may have dropped
+            // work meanwhile (`Engine::holds`), which its token would keep claimed.
+            Ok(true) if self.clock.now_ms() > lease.lease_until => {
+                tracing::warn!(token = lease.token, "this node's lease ended before its renewal came back");
+                self.register_again(lease.token).await
+            }
             Ok(true) => Some(NodeLease { token: lease.token, lease_until: now + lease_ms as i64 }),
             Ok(false) => {
                 tracing::warn!(token = lease.token, "this node's lease expired; its claims go to other nodes");
-                let fresh = self.store.register_node(&node_name(&self.cluster), now, lease_ms).await;
-                match fresh {
-                    Ok(fresh) => {
-                        self.token.store(fresh.token, Ordering::SeqCst);
-                        tracing::info!(token = fresh.token, "registered this node again");
-                        Some(fresh)
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "could not register this node again");
-                        None
-                    }
-                }
+                self.register_again(lease.token).await
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not renew this node's lease");
+                None
+            }
+        }
+    }
+
+    /// Registers this node anew (work held under the old token is dropped as it comes due)
+    /// and retires the old token, so that what it still claims in the store is free at once.
+    async fn register_again(&self, old_token: i64) -> Option<NodeLease> {
+        let (lease_ms, now) = (self.cluster.lease_ms, self.clock.now_ms());
+        match self.store.register_node(&node_name(&self.cluster), now, lease_ms).await {
+            Ok(fresh) => {
+                self.token.store(fresh.token, Ordering::SeqCst);
+                tracing::info!(token = fresh.token, "registered this node again");
+                if let Err(e) = self.store.retire_node(old_token).await {
+                    tracing::warn!(error = %e, "could not retire the old token; its claims free up when it expires");
+                }
+                Some(fresh)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not register this node again");
                 None
             }
         }
@@ -214,14 +229,14 @@ impl Engine {
     /// be reached (nothing more is tried this round).
     async fn claim_due_work(&self, token: i64) -> bool {
         let window = self.cluster.claim_batch_max;
-        let (mut deferred, mut this_round) = (0, HashMap::new());
+        let mut deferred = 0;
         loop {
             let room = self.room();
             if room == 0 || token != self.token() {
                 return true;
             }
             let now = self.clock.now_ms();
-            let behind = self.endpoints_full(&this_round);
+            let behind = self.endpoints_full();
             let claim = ClaimDue { token, horizon: now + self.horizon_ms(), now, window, limit: room, behind };
             let claimed = match self.store.claim_due(claim).await {
                 Ok(claimed) => claimed,
@@ -236,10 +251,7 @@ impl Engine {
             }
             deferred += claimed.deferred;
             self.deferred.note(claimed.deferred_lanes);
-            for delivery in claimed.deliveries {
-                *this_round.entry(delivery_lane(&delivery).into_owned()).or_insert(0) += 1;
-                self.enqueue(delivery, None, token);
-            }
+            self.enqueue_claimed(claimed.deliveries, token);
             if !full || deferred >= self.cluster.held_max {
                 return true;
             }
@@ -247,17 +259,27 @@ impl Engine {
     }
 
     /// The endpoints (not callback lanes) whose lanes have no room for more deliveries from
-    /// the store, counting `this_round`'s claims, which are on their way to the lanes.
-    fn endpoints_full(&self, this_round: &HashMap<String, usize>) -> Vec<String> {
+    /// the store (`lane_room`).
+    fn endpoints_full(&self) -> Vec<String> {
         let lanes = self.endpoint_lanes.lock().expect("lanes lock");
-        let claimed = |key: &str| this_round.get(key).copied().unwrap_or(0);
-        let full_lane =
-            lanes.iter().filter(|(key, lane)| self.lane_room(Some(lane)) <= claimed(key.as_str())).map(|(key, _)| key);
-        let full_by_claims = this_round
-            .iter()
-            .filter(|(key, n)| !lanes.contains_key(*key) && self.lane_room(None) <= **n)
-            .map(|(key, _)| key);
-        full_lane.chain(full_by_claims).filter(|key| !key.starts_with(CALLBACK_LANE)).cloned().collect()
+        let full =
+            lanes.iter().filter(|(key, lane)| !key.starts_with(CALLBACK_LANE) && self.lane_room(Some(lane)) == 0);
+        full.map(|(key, _)| key.clone()).collect()
+    }
+
+    /// Hands deliveries claimed from the store to the scheduler, each counted in its lane's
+    /// `incoming` until dispatched, so that the next claim sees what the lane was given.
+    fn enqueue_claimed(&self, deliveries: Vec<Delivery>, token: i64) {
+        {
+            let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
+            for delivery in &deliveries {
+                lanes.entry(delivery_lane(delivery).into_owned()).or_default().incoming += 1;
+            }
+        }
+        for delivery in deliveries {
+            let hold = Hold::new(&self.held);
+            self.requeue(Due { at: 0, delivery, message: None, claim: token, incoming: true, _hold: hold });
+        }
     }
 
     /// Notes lanes whose deliveries were deferred (by a publish), for the claimer.
@@ -311,9 +333,7 @@ impl Engine {
                     if claimed.len() < room {
                         self.deferred.forget(&key, note);
                     }
-                    for delivery in claimed {
-                        self.enqueue(delivery, None, token);
-                    }
+                    self.enqueue_claimed(claimed, token);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not claim deferred deliveries");
@@ -324,14 +344,15 @@ impl Engine {
     }
 
     /// How many more deliveries a lane takes from the store: up to twice what it may run at
-    /// once (one at a time while paced), running and parked together. `None`: no lane yet.
+    /// once (one at a time while paced), running, parked and on their way together. `None`:
+    /// no lane yet.
     fn lane_room(&self, lane: Option<&EndpointLane>) -> usize {
         let cap = self.config.endpoint_max_in_flight;
         match lane {
             None => 2 * cap,
             Some(lane) => {
                 let cap = if lane.paced(self.config.unreachable_pause_ms) { 1 } else { cap };
-                (2 * cap).saturating_sub(lane.running + lane.parked.len())
+                (2 * cap).saturating_sub(lane.running + lane.parked.len() + lane.incoming)
             }
         }
     }

@@ -46,6 +46,8 @@ pub struct Due {
     pub message: Option<Arc<Message>>,
     /// The node token it was claimed under; work of an earlier token is dropped.
     claim: i64,
+    /// Claimed from the store and counted in its lane's `incoming` until dispatched.
+    incoming: bool,
     _hold: claims::Hold,
 }
 
@@ -113,6 +115,9 @@ pub struct Engine {
 struct EndpointLane {
     running: usize,
     parked: VecDeque<Due>,
+    /// Deliveries claimed from the store for this lane and not yet dispatched (in the
+    /// scheduler's channel or waiting for their time): the claimer counts them as taken.
+    incoming: usize,
     /// Attempts in a row that did not reach the endpoint; from `PACE_AFTER_UNREACHABLE`
     /// on, its deliveries run one at a time with a pause between them, until one reaches it.
     unreachable: u32,
@@ -297,7 +302,7 @@ impl Engine {
     /// Hands a committed delivery claimed under `claim` to the scheduler.
     pub fn enqueue(&self, delivery: Delivery, message: Option<Arc<Message>>, claim: i64) {
         let hold = claims::Hold::new(&self.held);
-        self.requeue(Due { at: 0, delivery, message, claim, _hold: hold });
+        self.requeue(Due { at: 0, delivery, message, claim, incoming: false, _hold: hold });
     }
 
     fn requeue(&self, mut due: Due) {
@@ -382,12 +387,18 @@ impl Engine {
     /// not past its end. Work it no longer holds is dropped from memory (not sent): other
     /// nodes may have taken it over, and this node claims it again after registering anew.
     fn holds(&self, due: &Due) -> bool {
-        due.claim == self.token() && self.clock.now_ms() < self.lease_until.load(Ordering::SeqCst)
+        due.claim == self.token() && self.clock.now_ms() <= self.lease_until.load(Ordering::SeqCst)
     }
 
     /// Starts a due delivery if its endpoint has a free turn, or parks it. Work this node no
     /// longer holds is dropped (`holds`).
     fn dispatch(self: &Arc<Self>, mut due: Due) {
+        if std::mem::take(&mut due.incoming) {
+            let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
+            if let Some(lane) = lanes.get_mut(delivery_lane(&due.delivery).as_ref()) {
+                lane.incoming = lane.incoming.saturating_sub(1);
+            }
+        }
         if !self.holds(&due) {
             return;
         }
@@ -443,7 +454,8 @@ impl Engine {
                 None => {
                     lane.running -= 1;
                     let rate_spent = lane.next_rate_start <= self.clock.now_ms() as f64 && !lane.rate_timer;
-                    if lane.running == 0 && lane.parked.is_empty() && lane.unreachable == 0 && rate_spent {
+                    let empty = lane.running == 0 && lane.parked.is_empty() && lane.incoming == 0;
+                    if empty && lane.unreachable == 0 && rate_spent {
                         lanes.remove(key);
                     }
                     None
@@ -590,7 +602,8 @@ impl Engine {
         let Some(_global_slot) = self.slot(self.global_slots.clone()).await else {
             return;
         };
-        if *self.stopping.borrow() {
+        // The waits above can be long (a slot, the store): held still, right before sending?
+        if *self.stopping.borrow() || !self.holds(&due) {
             return;
         }
         let now = self.clock.now_ms();
@@ -670,7 +683,7 @@ impl Engine {
             disable_endpoint: disable,
             disable_after_ms: self.config.disable_after_ms,
             claim: due.claim,
-            keep_claim: next_at.is_some_and(|at| self.holds_at(at)) && due.claim == self.token(),
+            keep_claim: next_at.is_some_and(|at| self.holds_at(at)) && self.holds(&due),
         };
         let keep = record.keep_claim;
         let recorded = match self.record(&record).await {
@@ -922,8 +935,14 @@ mod tests {
         let mut lane = EndpointLane::default();
         for n in 0..count {
             let delivery = publish.deliveries[0].clone();
-            let due =
-                Due { at: first_at + n as i64, delivery, message: None, claim: 1, _hold: claims::Hold::new(&held) };
+            let due = Due {
+                at: first_at + n as i64,
+                delivery,
+                message: None,
+                claim: 1,
+                incoming: false,
+                _hold: claims::Hold::new(&held),
+            };
             lane.parked.push_back(due);
         }
         lane
