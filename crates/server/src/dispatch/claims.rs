@@ -193,6 +193,10 @@ impl Engine {
         let (lease_ms, now) = (self.cluster.lease_ms, self.clock.now_ms());
         match self.store.register_node(&node_name(&self.cluster), now, lease_ms).await {
             Ok(fresh) => {
+                // The lease first: work claimed under the new token must never meet the old
+                // lease's end in `holds` (it would be dropped, and stay claimed by a live
+                // token). Old work may pass `holds` in between; it was due anyway.
+                self.lease_until.store(fresh.lease_until, Ordering::SeqCst);
                 self.token.store(fresh.token, Ordering::SeqCst);
                 tracing::info!(token = fresh.token, "registered this node again");
                 if let Err(e) = self.store.retire_node(old_token).await {
