@@ -33,6 +33,15 @@ pub const DELIVERY_COLUMNS: &str =
 /// How many columns `DELIVERY_COLUMNS` names (a statement may return more after them).
 pub const DELIVERY_COLUMN_COUNT: usize = 11;
 
+/// A deferred lane's endpoint as the `deliveries_deferred` index has it: '' for an
+/// application's callback lane, so that each lane's rows are in due order after it.
+pub const LANE_ENDPOINT: &str = "coalesce(endpoint_id, '')";
+
+/// Open deliveries (pending, sending, deferred): two counts, each from its partial index
+/// (`deliveries_due`, `deliveries_deferred`).
+pub const COUNT_OPEN_DELIVERIES: &str = "SELECT (SELECT count(*) FROM deliveries WHERE state IN (1, 3)) \
+     + (SELECT count(*) FROM deliveries WHERE state = 7)";
+
 pub const ATTEMPT_COLUMNS: &str = "id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, \
      duration_ms, error_class, state, trigger, created_at";
 

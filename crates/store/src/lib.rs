@@ -107,7 +107,7 @@ pub trait Store: Send + Sync + 'static {
     /// Lanes with deferred deliveries after `after` (in `(app_id, endpoint_id)` order, a
     /// callback lane first in its application), at most `limit`: each node looks now and
     /// then, so that a lane another node deferred, or a node before a restart, is taken up.
-    /// Each lane found costs one index seek, however many deliveries it defers.
+    /// Each lane found costs an index seek or two, however many deliveries it defers.
     async fn deferred_lanes(&self, after: Option<DeferredLane>, limit: usize) -> StoreResult<Vec<DeferredLane>>;
     /// Takes or keeps the leader lease (one node runs retention); true while this node leads.
     async fn lead(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool>;

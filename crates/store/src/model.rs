@@ -254,7 +254,7 @@ impl Publish {
     /// delivery left unclaimed although due now (its lane is behind), its own otherwise.
     pub fn stored_state(&self, delivery: &Delivery) -> i64 {
         let deferred = self.claim.is_some()
-            && self.claim_of(delivery).is_none()
+            && self.unclaimed.contains(&delivery.endpoint_id)
             && delivery.state == DeliveryState::Pending
             && delivery.order_key.is_none();
         if deferred {
@@ -341,6 +341,11 @@ impl DeferredLane {
     pub fn from_key(app_id: &str, endpoint: &str) -> DeferredLane {
         let endpoint_id = Some(endpoint.to_owned()).filter(|e| !e.is_empty());
         DeferredLane { app_id: app_id.to_owned(), endpoint_id }
+    }
+
+    /// The lane's endpoint as the stores index it (`from_key`'s `endpoint`).
+    pub fn endpoint_key(&self) -> &str {
+        self.endpoint_id.as_deref().unwrap_or_default()
     }
 }
 

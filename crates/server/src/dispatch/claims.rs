@@ -5,11 +5,12 @@
 //! (the node was cut off longer than the lease) means a new registration; work held under
 //! the old token is dropped as it comes due, and claimed again from the store.
 //!
-//! Due work of an endpoint whose lane here is behind is deferred, not claimed (and so is a
-//! publish's, see `lanes_behind`): it waits in the store outside the due work every claim
-//! reads, so one endpoint's backlog never stands before another endpoint's retries or
-//! scheduled messages. Each lane takes its deferred deliveries back as it has room: up to
-//! twice what it may run at once, running and parked together.
+//! Due work of an endpoint whose lane here has no room is deferred, not claimed (and so is a
+//! publish's to a lane that is behind, see `lanes_behind`): it waits in the store outside
+//! the due work every claim reads, so one endpoint's backlog does not stand before another
+//! endpoint's retries or scheduled messages. Each lane takes its deferred deliveries back
+//! as it has room (`lane_room`): up to twice what it may run at once, running, parked and
+//! on their way together.
 
 use super::{delivery_lane, lane_key, Due, EndpointLane, Engine, CALLBACK_LANE};
 use crate::config::ClusterConfig;
@@ -71,7 +72,8 @@ pub struct Deferred {
 }
 
 impl Deferred {
-    fn note(&self, found: impl IntoIterator<Item = DeferredLane>) {
+    /// Notes lanes deferred to (by a claim or a publish) or found in the store.
+    pub(super) fn note(&self, found: impl IntoIterator<Item = DeferredLane>) {
         let mut lanes = self.lanes.lock().expect("deferred lock");
         for lane in found {
             let note = self.notes.fetch_add(1, Ordering::Relaxed) + 1;
@@ -226,9 +228,8 @@ impl Engine {
     }
 
     /// Claims due work in windows of `claim_batch_max` while there is room: in each, the
-    /// deliveries to an endpoint whose lane has all it may take (`lane_room`, counting what
-    /// this round claimed for it) are deferred, and of the rest as many as there is room
-    /// for are claimed. Deferring is bounded by `held_max` a round, so a large backlog is
+    /// deliveries to an endpoint whose lane has all it may take (`lane_room`) are deferred,
+    /// and of the rest as many as there is room for are claimed. Deferring is bounded by `held_max` a round, so a large backlog is
     /// set aside over several polls, a window per statement. False when the store could not
     /// be reached (nothing more is tried this round).
     async fn claim_due_work(&self, token: i64) -> bool {
@@ -284,11 +285,6 @@ impl Engine {
             let hold = Hold::new(&self.held);
             self.requeue(Due { at: 0, delivery, message: None, claim: token, incoming: true, _hold: hold });
         }
-    }
-
-    /// Notes lanes whose deliveries were deferred (by a publish), for the claimer.
-    pub(super) fn note_deferred(&self, lanes: impl IntoIterator<Item = DeferredLane>) {
-        self.deferred.note(lanes);
     }
 
     /// Asks the store for lanes with deferred deliveries every third of a lease: those

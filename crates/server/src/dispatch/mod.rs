@@ -393,18 +393,18 @@ impl Engine {
     /// Starts a due delivery if its endpoint has a free turn, or parks it. Work this node no
     /// longer holds is dropped (`holds`).
     fn dispatch(self: &Arc<Self>, mut due: Due) {
-        if std::mem::take(&mut due.incoming) {
-            let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
-            if let Some(lane) = lanes.get_mut(delivery_lane(&due.delivery).as_ref()) {
-                lane.incoming = lane.incoming.saturating_sub(1);
-            }
-        }
-        if !self.holds(&due) {
-            return;
-        }
         let key = delivery_lane(&due.delivery).into_owned();
         let at = {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
+            // Claimed work is no longer on its way: parked or running below, or dropped.
+            if std::mem::take(&mut due.incoming) {
+                if let Some(lane) = lanes.get_mut(&key) {
+                    lane.incoming = lane.incoming.saturating_sub(1);
+                }
+            }
+            if !self.holds(&due) {
+                return;
+            }
             let lane = lanes.entry(key.clone()).or_default();
             let cap = if lane.paced(self.config.unreachable_pause_ms) { 1 } else { self.config.endpoint_max_in_flight };
             if lane.running >= cap {
@@ -556,11 +556,6 @@ impl Engine {
     async fn deliver(self: Arc<Self>, key: String, due: Due) {
         let turn = Turn { engine: self.clone(), key };
         let _in_flight = InFlight(&self);
-        // Parked before the lease was lost (a node paused past its lease, say), and started
-        // by the turn of a delivery that ended after: another node may be sending it.
-        if !self.holds(&due) {
-            return;
-        }
         let message = match due.message.clone() {
             Some(message) => message,
             None => match self.store.message_by_id(&due.delivery.msg_id).await {
@@ -602,7 +597,9 @@ impl Engine {
         let Some(_global_slot) = self.slot(self.global_slots.clone()).await else {
             return;
         };
-        // The waits above can be long (a slot, the store): held still, right before sending?
+        // Held still, right before sending? The waits above can be long (the store, a rate
+        // limit, a slot), and a parked delivery's turn may have come after the lease was
+        // lost (a node paused past its lease): another node may be sending it.
         if *self.stopping.borrow() || !self.holds(&due) {
             return;
         }

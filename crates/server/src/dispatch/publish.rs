@@ -8,7 +8,7 @@ use hookline_core::id::prefix;
 use hookline_core::routing::endpoint_accepts;
 use hookline_core::UnixMs;
 use hookline_store::{
-    DeferredLane, Delivery, Endpoint, IdempotentResponse, Message, Publish, PublishOutcome, StoreResult, DEFERRED,
+    DeferredLane, Delivery, Endpoint, IdempotentResponse, Message, Publish, PublishOutcome, StoreResult,
 };
 use std::sync::Arc;
 
@@ -61,17 +61,19 @@ impl Engine {
         let publish =
             Publish { message: message.clone(), deliveries: deliveries.clone(), idempotency, dedupe, claim, unclaimed };
         let claims: Vec<Option<i64>> = publish.deliveries.iter().map(|d| publish.claim_of(d)).collect();
-        let deferred: Vec<DeferredLane> = deliveries
+        // The lanes the store defers this publish's deliveries to (an ordered or skipped one
+        // stays as it is: noting its lane costs the claimer one empty look).
+        let deferred: Vec<DeferredLane> = publish
+            .unclaimed
             .iter()
-            .filter(|d| publish.stored_state(d) == DEFERRED)
-            .map(|d| DeferredLane { app_id: d.app_id.clone(), endpoint_id: d.endpoint_id.clone() })
+            .map(|endpoint_id| DeferredLane { app_id: message.app_id.clone(), endpoint_id: endpoint_id.clone() })
             .collect();
         let outcome = self.store.publish(publish).await?;
         if !matches!(outcome, PublishOutcome::Created) {
             return Ok(outcome);
         }
         if !deferred.is_empty() {
-            self.note_deferred(deferred);
+            self.deferred.note(deferred);
         }
         // Ordered deliveries are not claimed at commit: the store made each lane's head due
         // (if the lane had no open delivery), and whichever node claims next sends it.

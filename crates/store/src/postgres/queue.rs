@@ -194,9 +194,6 @@ pub async fn claim_due(c: &impl GenericClient, claim: &ClaimDue) -> StoreResult<
     Ok(Claimed::sort(taken))
 }
 
-/// A lane's endpoint as `deliveries_deferred` indexes it: '' for the callback lane.
-const LANE_ENDPOINT: &str = "coalesce(endpoint_id, '')";
-
 pub async fn claim_deferred(
     c: &impl GenericClient,
     token: i64,
@@ -204,9 +201,10 @@ pub async fn claim_deferred(
     now: i64,
     limit: usize,
 ) -> StoreResult<Vec<Delivery>> {
+    let lane_endpoint = rows::LANE_ENDPOINT;
     let sql = format!(
         "WITH picked AS ( \
-             SELECT msg_id, id FROM deliveries WHERE state = 7 AND app_id = $2 AND {LANE_ENDPOINT} = $3 \
+             SELECT msg_id, id FROM deliveries WHERE state = 7 AND app_id = $2 AND {lane_endpoint} = $3 \
                AND EXISTS (SELECT 1 FROM nodes WHERE token = $1 AND lease_until >= $5) \
              ORDER BY next_at LIMIT $4 \
              FOR UPDATE OF deliveries SKIP LOCKED) \
@@ -215,7 +213,7 @@ pub async fn claim_deferred(
         prefixed("d", rows::DELIVERY_COLUMNS)
     );
     let statement = c.prepare_cached(&sql).await.map_err(pg_error)?;
-    let endpoint = lane.endpoint_id.as_deref().unwrap_or_default();
+    let endpoint = lane.endpoint_key();
     let params: [&(dyn ToSql + Sync); 5] = [&token, &lane.app_id, &endpoint, &(limit as i64), &now];
     let found = c.query(&statement, &params).await.map_err(pg_error)?;
     rows::all(&found, rows::delivery)
@@ -228,11 +226,12 @@ pub async fn deferred_lanes(
     after: Option<&DeferredLane>,
     limit: usize,
 ) -> StoreResult<Vec<DeferredLane>> {
+    let lane_endpoint = rows::LANE_ENDPOINT;
     let next = |app: &str, endpoint: &str| {
         format!(
-            "SELECT app_id, {LANE_ENDPOINT} AS endpoint FROM deliveries \
-             WHERE state = 7 AND (app_id, {LANE_ENDPOINT}) > ({app}, {endpoint}) \
-             ORDER BY app_id, {LANE_ENDPOINT} LIMIT 1"
+            "SELECT app_id, {lane_endpoint} AS endpoint FROM deliveries \
+             WHERE state = 7 AND (app_id, {lane_endpoint}) > ({app}, {endpoint}) \
+             ORDER BY app_id, {lane_endpoint} LIMIT 1"
         )
     };
     let sql = format!(
@@ -244,8 +243,7 @@ pub async fn deferred_lanes(
         next("$1", "$2"),
         next("l.app_id", "l.endpoint")
     );
-    let (app, endpoint) =
-        after.map_or(("", ""), |lane| (&lane.app_id, lane.endpoint_id.as_deref().unwrap_or_default()));
+    let (app, endpoint) = after.map_or(("", ""), |lane| (lane.app_id.as_str(), lane.endpoint_key()));
     let found = c.query(&sql, &[&app, &endpoint, &(limit as i64)]).await.map_err(pg_error)?;
     found
         .iter()
@@ -264,16 +262,7 @@ pub async fn lead(c: &impl GenericClient, token: i64, now: i64, lease_ms: u64) -
 }
 
 pub async fn count_open_deliveries(c: &impl GenericClient) -> StoreResult<u64> {
-    let n: i64 =
-        // Two counts, each from its partial index (`deliveries_due`, `deliveries_deferred`).
-        one(
-            c,
-            "SELECT (SELECT count(*) FROM deliveries WHERE state IN (1, 3)) \
-             + (SELECT count(*) FROM deliveries WHERE state = 7)",
-            &[],
-            |r| r.try_get(0).map_err(pg_error),
-        )
-            .await?;
+    let n: i64 = one(c, rows::COUNT_OPEN_DELIVERIES, &[], |r| r.try_get(0).map_err(pg_error)).await?;
     Ok(n as u64)
 }
 

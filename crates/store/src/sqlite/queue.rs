@@ -226,13 +226,6 @@ pub fn claim_due(conn: &Connection, claim: &ClaimDue) -> StoreResult<Claimed> {
     Ok(Claimed::sort(taken.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)?))
 }
 
-/// A lane's endpoint as `deliveries_deferred` indexes it: '' for the callback lane.
-const LANE_ENDPOINT: &str = "coalesce(endpoint_id, '')";
-
-/// The condition on a deferred lane's rows: `?2` its application, `?3` its endpoint as
-/// `LANE_ENDPOINT` has it (both in the `deliveries_deferred` index, in due order after them).
-const DEFERRED_LANE: &str = "state = 7 AND app_id = ?2 AND coalesce(endpoint_id, '') = ?3";
-
 pub fn claim_deferred(
     conn: &Connection,
     token: i64,
@@ -240,14 +233,16 @@ pub fn claim_deferred(
     now: i64,
     limit: usize,
 ) -> StoreResult<Vec<Delivery>> {
+    let lane_endpoint = rows::LANE_ENDPOINT;
     let sql = format!(
         "UPDATE deliveries SET state = 1, claimed_by = ?1 WHERE (msg_id, id) IN ( \
-             SELECT msg_id, id FROM deliveries WHERE {DEFERRED_LANE} ORDER BY next_at LIMIT ?4) \
+             SELECT msg_id, id FROM deliveries WHERE state = 7 AND app_id = ?2 AND {lane_endpoint} = ?3 \
+             ORDER BY next_at LIMIT ?4) \
          AND EXISTS (SELECT 1 FROM nodes WHERE token = ?1 AND lease_until >= ?5) \
          RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
-    let endpoint = lane.endpoint_id.as_deref().unwrap_or_default();
+    let endpoint = lane.endpoint_key();
     let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
     let found = statement
         .query_map(params![token, lane.app_id, endpoint, limit as i64, now], rows::delivery)
@@ -259,20 +254,20 @@ pub fn claim_deferred(
 /// the first of the next application. (SQLite seeks a row-value comparison by its first
 /// column only, which would read through every deferred row of the application's lanes.)
 pub fn deferred_lanes(conn: &Connection, after: Option<&DeferredLane>, limit: usize) -> StoreResult<Vec<DeferredLane>> {
+    let lane_endpoint = rows::LANE_ENDPOINT;
     let same_app = format!(
-        "SELECT app_id, {LANE_ENDPOINT} FROM deliveries WHERE state = 7 AND app_id = ?1 AND {LANE_ENDPOINT} > ?2 \
-         ORDER BY {LANE_ENDPOINT} LIMIT 1"
+        "SELECT app_id, {lane_endpoint} FROM deliveries WHERE state = 7 AND app_id = ?1 AND {lane_endpoint} > ?2 \
+         ORDER BY {lane_endpoint} LIMIT 1"
     );
     let next_app = format!(
-        "SELECT app_id, {LANE_ENDPOINT} FROM deliveries WHERE state = 7 AND app_id > ?1 \
-         ORDER BY app_id, {LANE_ENDPOINT} LIMIT 1"
+        "SELECT app_id, {lane_endpoint} FROM deliveries WHERE state = 7 AND app_id > ?1 \
+         ORDER BY app_id, {lane_endpoint} LIMIT 1"
     );
     let mut same_app = conn.prepare_cached(&same_app).map_err(sql_error)?;
     let mut next_app = conn.prepare_cached(&next_app).map_err(sql_error)?;
     let pair = |r: &rusqlite::Row| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?));
-    let mut cursor = after.map_or((String::new(), String::new()), |lane| {
-        (lane.app_id.clone(), lane.endpoint_id.clone().unwrap_or_default())
-    });
+    let mut cursor =
+        after.map_or((String::new(), String::new()), |lane| (lane.app_id.clone(), lane.endpoint_key().to_owned()));
     let mut found = Vec::new();
     while found.len() < limit {
         let next = match same_app.query_row(params![cursor.0, cursor.1], pair).optional().map_err(sql_error)? {
@@ -299,15 +294,7 @@ pub fn lead(conn: &Connection, token: i64, now: i64, lease_ms: u64) -> StoreResu
 }
 
 pub fn count_open_deliveries(conn: &Connection) -> StoreResult<u64> {
-    // Two counts, each from its partial index (`deliveries_due`, `deliveries_deferred`).
-    conn.query_row(
-        "SELECT (SELECT count(*) FROM deliveries WHERE state IN (1, 3)) \
-         + (SELECT count(*) FROM deliveries WHERE state = 7)",
-        [],
-        |r| r.get::<_, i64>(0),
-    )
-    .map(|n| n as u64)
-    .map_err(sql_error)
+    conn.query_row(rows::COUNT_OPEN_DELIVERIES, [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(sql_error)
 }
 
 /// Deletes a batch of messages past retention with their deliveries and attempts.
