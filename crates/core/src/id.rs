@@ -19,7 +19,8 @@ pub mod prefix {
 }
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-const ENCODED_LEN: usize = 22;
+/// Characters after an id's prefix and `_`.
+pub const ENCODED_LEN: usize = 22;
 
 /// Builds an id from its prefix, creation time and 10 random bytes.
 pub fn new_id(prefix: &str, now: UnixMs, random: [u8; 10]) -> String {

@@ -17,6 +17,13 @@ use std::collections::BTreeMap;
 pub const TEXT_PATTERN: &str = r"^[^\u0000-\u0008\u000B-\u001F\u007F-\u009F]*$";
 /// Uids and event type names: letters, digits, `-`, `_` and `.` (Svix's rule).
 pub const NAME_PATTERN: &str = r"^[a-zA-Z0-9\-_.]+$";
+/// A uid is a name not in the form of an id of its kind (`hookline_core::id::has_prefix`):
+/// a path's key names a resource by either, so a uid that took a deleted resource's id
+/// would answer for it. `api::check_uid` enforces it; `uid_patterns_name_their_kinds` holds
+/// each pattern to its prefix.
+pub const APP_UID_PATTERN: &str = r"^(?!app_[0-9A-Za-z]{22}$)[a-zA-Z0-9\-_.]+$";
+pub const ENDPOINT_UID_PATTERN: &str = r"^(?!ep_[0-9A-Za-z]{22}$)[a-zA-Z0-9\-_.]+$";
+pub const SOURCE_UID_PATTERN: &str = r"^(?!src_[0-9A-Za-z]{22}$)[a-zA-Z0-9\-_.]+$";
 /// Endpoint and callback URLs: `http://` or `https://`, or a queue destination
 /// (`redis://host/stream`, `amqp://host/exchange?routingKey=...`, `nats://host/subject`), as
 /// `ssrf::check_url` requires.
@@ -55,7 +62,8 @@ pub struct ListResponse<T> {
 pub struct ApplicationIn {
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub name: String,
-    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
+    /// Your own key, which paths take in place of the id; not in the form of an application id (`app_` and 22 letters or digits).
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = APP_UID_PATTERN))]
     pub uid: Option<String>,
     /// Deliveries per second at most to each of its endpoints that sets none (the cluster's, not each node's); more wait their turn.
     #[serde(alias = "rateLimit", default, deserialize_with = "exact::integer_option")]
@@ -95,7 +103,8 @@ pub struct ApplicationPatch {
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
+    /// Your own key, which paths take in place of the id; not in the form of an application id (`app_` and 22 letters or digits).
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = APP_UID_PATTERN))]
     pub uid: Option<Option<String>>,
     /// Deliveries per second at most to each of its endpoints that sets none (the cluster's, not each node's); more wait their turn.
     #[serde(default, alias = "rateLimit", deserialize_with = "exact::integer_present")]
@@ -150,7 +159,8 @@ pub struct EndpointIn {
     #[serde(alias = "rateLimit", default, deserialize_with = "exact::integer_option")]
     #[schemars(range(min = 1, max = u32::MAX))]
     pub throttle_rate: Option<u32>,
-    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
+    /// Your own key, which paths take in place of the id; not in the form of an endpoint id (`ep_` and 22 letters or digits).
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = ENDPOINT_UID_PATTERN))]
     pub uid: Option<String>,
     #[schemars(regex(pattern = SECRET_PATTERN))]
     pub secret: Option<String>,
@@ -198,7 +208,8 @@ pub struct EndpointPatch {
     #[schemars(range(min = 1, max = u32::MAX))]
     pub throttle_rate: Option<Option<u32>>,
     #[serde(default, deserialize_with = "present")]
-    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
+    /// Your own key, which paths take in place of the id; not in the form of an endpoint id (`ep_` and 22 letters or digits).
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = ENDPOINT_UID_PATTERN))]
     pub uid: Option<Option<String>>,
     pub metadata: Option<Metadata>,
     pub signature_scheme: Option<SignatureScheme>,
@@ -263,7 +274,8 @@ pub struct OperationalEndpointIn {
     #[serde(alias = "rateLimit", default, deserialize_with = "exact::integer_option")]
     #[schemars(range(min = 1, max = u32::MAX))]
     pub throttle_rate: Option<u32>,
-    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
+    /// Your own key, which paths take in place of the id; not in the form of an endpoint id (`ep_` and 22 letters or digits).
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = ENDPOINT_UID_PATTERN))]
     pub uid: Option<String>,
     pub disabled: Option<bool>,
     /// The operational events it receives (all when absent).
@@ -293,7 +305,8 @@ pub struct OperationalEndpointUpsertIn {
     #[serde(alias = "rateLimit", default, deserialize_with = "exact::integer_option")]
     #[schemars(range(min = 1, max = u32::MAX))]
     pub throttle_rate: Option<u32>,
-    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
+    /// Your own key, which paths take in place of the id; not in the form of an endpoint id (`ep_` and 22 letters or digits).
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = ENDPOINT_UID_PATTERN))]
     pub uid: Option<String>,
     pub disabled: Option<bool>,
     /// The operational events it receives (all when absent).
@@ -615,7 +628,8 @@ pub const SOURCE_SECRETS_MAX: usize = 5;
 pub struct SourceIn {
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub name: String,
-    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
+    /// Your own key, which paths take in place of the id; not in the form of a source id (`src_` and 22 letters or digits).
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = SOURCE_UID_PATTERN))]
     pub uid: Option<String>,
     pub preset: hookline_core::inbound::Preset,
     #[serde(deserialize_with = "exact::objects")]
@@ -643,7 +657,8 @@ pub struct SourcePatch {
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = TEXT_PATTERN))]
     pub name: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = NAME_PATTERN))]
+    /// Your own key, which paths take in place of the id; not in the form of a source id (`src_` and 22 letters or digits).
+    #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = SOURCE_UID_PATTERN))]
     pub uid: Option<Option<String>>,
     pub preset: Option<hookline_core::inbound::Preset>,
     #[serde(default, deserialize_with = "exact::objects_option")]

@@ -133,7 +133,7 @@ pub fn new_secret() -> Secret {
 pub fn check(input: &ApplicationIn) -> ApiResult<()> {
     super::check_rate(input.throttle_rate)?;
     super::check_text("name", &input.name, Text::Prose, 1, NAME_CHARS_MAX)?;
-    check_uid(&input.uid)?;
+    check_uid(&input.uid, prefix::APP)?;
     if input.uid.as_deref() == Some(OPERATIONAL_APP_ID) {
         return Err(ApiError::field("uid", "this uid is reserved"));
     }

@@ -167,7 +167,7 @@ fn check(state: &AppState, e: &Endpoint, url_changed: bool) -> ApiResult<()> {
         check_url(&e.url, &state.addresses).map_err(|err| ApiError::field("url", err.to_string()))?;
     }
     super::check_rate(e.throttle_rate)?;
-    check_uid(&e.uid)?;
+    check_uid(&e.uid, prefix::ENDPOINT)?;
     check_list("eventTypes", &e.event_types)?;
     check_list("channels", &e.channels)?;
     check_headers(&e.headers)?;
@@ -337,7 +337,7 @@ pub async fn upsert(
     let mut e = match find_in(state, app, key).await {
         Err(ApiError::NotFound("endpoint")) if !has_prefix(key, prefix::ENDPOINT) => {
             // The body's uid is checked even though the path's key takes its place.
-            super::check_uid(&input.uid)?;
+            super::check_uid(&input.uid, prefix::ENDPOINT)?;
             input.uid = Some(key.to_owned());
             return Ok((StatusCode::CREATED, create_endpoint(state, app, input).await?));
         }

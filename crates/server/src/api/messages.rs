@@ -16,7 +16,7 @@ use axum::extract::Extension;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use hookline_core::id::prefix;
+use hookline_core::id::{has_prefix, prefix};
 use hookline_store::{App, AttemptScope, Bytes, Message, PublishOutcome, StoreError};
 use std::sync::Arc;
 
@@ -73,7 +73,9 @@ async fn target_app(state: &AppState, app_key: &str, inline: Option<ApplicationI
     let cached = state.engine.catalog.app(app_key).await.map_err(ApiError::from_store("application"));
     match (cached, inline) {
         (Ok(app), _) => Ok(app),
-        (Err(ApiError::NotFound(_)), Some(mut inline)) => {
+        // A key in the form of an application id names the application Hookline gave it to,
+        // as for PUT: none has it, and none is created with it as uid.
+        (Err(ApiError::NotFound(_)), Some(mut inline)) if !has_prefix(app_key, prefix::APP) => {
             // Created under the path's key, so the next publish there finds it: another uid
             // would leave the path naming nothing (and its key unchecked).
             if inline.uid.as_deref().is_some_and(|uid| uid != app_key) {

@@ -672,12 +672,22 @@ pub fn check_rate(rate: Option<u32>) -> ApiResult<()> {
     Ok(())
 }
 
-/// Checks a user-given `uid`: Svix allows letters, digits, `-`, `_` and `.`, up to 256.
-pub fn check_uid(uid: &Option<String>) -> ApiResult<()> {
-    match uid {
-        Some(uid) => check_name("uid", uid),
-        None => Ok(()),
+/// Checks a user-given `uid` of a resource whose ids start with `kind`: Svix allows letters,
+/// digits, `-`, `_` and `.`, up to 256; Hookline also refuses the form of an id of that kind
+/// (`wire::APP_UID_PATTERN` and its siblings), since a path's key names a resource by either.
+pub fn check_uid(uid: &Option<String>, kind: &str) -> ApiResult<()> {
+    let Some(uid) = uid else { return Ok(()) };
+    check_name("uid", uid)?;
+    if hookline_core::id::has_prefix(uid, kind) {
+        return Err(ApiError::field(
+            "uid",
+            format!(
+                "uid must not have the form of an id (`{kind}_` and {} letters or digits)",
+                hookline_core::id::ENCODED_LEN
+            ),
+        ));
     }
+    Ok(())
 }
 
 /// An email address as `wire::EMAIL_PATTERN` describes it (and as lettre reads it).
@@ -716,7 +726,28 @@ pub fn check_name(field: &str, name: &str) -> ApiResult<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{check_email, json_depth};
+    use super::{check_email, check_uid, json_depth};
+    use crate::wire::{APP_UID_PATTERN, ENDPOINT_UID_PATTERN, NAME_PATTERN, SOURCE_UID_PATTERN};
+    use hookline_core::id::{new_id, prefix, ENCODED_LEN};
+
+    #[test]
+    fn uid_patterns_name_their_kinds() {
+        for (pattern, kind) in [
+            (APP_UID_PATTERN, prefix::APP),
+            (ENDPOINT_UID_PATTERN, prefix::ENDPOINT),
+            (SOURCE_UID_PATTERN, prefix::SOURCE),
+        ] {
+            let name = NAME_PATTERN.strip_prefix('^').expect("anchored");
+            assert_eq!(pattern, format!("^(?!{kind}_[0-9A-Za-z]{{{ENCODED_LEN}}}$){name}"));
+            let id = new_id(kind, 1_700_000_000_000, [9; 10]);
+            assert!(check_uid(&Some(id.clone()), kind).is_err(), "{id} is refused as a uid");
+            for fine in [format!("{id}x"), format!("x{id}"), format!("{kind}_merchant-42"), "merchant-42".into()] {
+                assert!(check_uid(&Some(fine.clone()), kind).is_ok(), "{fine} is a uid");
+            }
+        }
+        let endpoint_id = new_id(prefix::ENDPOINT, 1, [1; 10]);
+        assert!(check_uid(&Some(endpoint_id), prefix::APP).is_ok(), "another kind's id names no application");
+    }
 
     #[test]
     fn email_addresses_are_what_the_documented_pattern_says_and_smtp_takes() {

@@ -149,7 +149,7 @@ fn view(state: &AppState, s: Source) -> SourceOut {
 
 fn check(source: &Source) -> ApiResult<()> {
     super::check_text("name", &source.name, Text::Prose, 1, NAME_CHARS_MAX)?;
-    check_uid(&source.uid)?;
+    check_uid(&source.uid, prefix::SOURCE)?;
     if let Some(types) = &source.event_types {
         if types.is_empty() || types.iter().any(|t| t.is_empty() || t.chars().count() > NAME_CHARS_MAX) {
             return Err(ApiError::field("eventTypes", "eventTypes must hold 1 or more names of 1 to 256 bytes"));

@@ -845,3 +845,76 @@ async fn a_publish_creates_its_application_under_the_key_in_the_path() {
     let named_shop = apps["data"].as_array().unwrap().iter().filter(|a| a["name"] == "Shop").count();
     assert_eq!(named_shop, 1, "one application, made once: {apps}");
 }
+
+/// A path's key names a resource by its id or its uid, so a uid in the form of an id of its
+/// kind is refused: one that took another's id would answer for it once that one is deleted
+/// (schemathesis's use-after-free check found an application's secret served that way). A
+/// key in that form names nothing when no resource has it; no upsert or publish creates one.
+#[tokio::test]
+async fn a_uid_never_takes_the_form_of_an_id() {
+    let gw = start_gateway(dev_config()).await;
+    let first = gw.app("first").await;
+    let second = gw.app("second").await;
+    let eps = format!("/api/v1/app/{second}/endpoint");
+    let endpoint = gw.endpoint(&second, json!({"url": "https://a.example/"})).await["id"].as_str().unwrap().to_owned();
+    let (_, source) = gw
+        .call(
+            "POST",
+            "/api/v1/source",
+            Some(json!({"name": "s", "preset": "stripe", "secrets": ["whsec_x"], "appId": second})),
+        )
+        .await;
+    let source = source["id"].as_str().unwrap().to_owned();
+    let app_form = |n: u8| format!("app_{}", ((b'A' + n) as char).to_string().repeat(22));
+    let refused = [
+        ("POST", "/api/v1/app".to_owned(), json!({"name": "b", "uid": first})),
+        ("PUT", format!("/api/v1/app/{second}"), json!({"name": "b", "uid": first})),
+        ("PATCH", format!("/api/v1/app/{second}"), json!({"uid": first})),
+        ("POST", "/api/v1/app".to_owned(), json!({"name": "b", "uid": app_form(0)})),
+        ("POST", eps.clone(), json!({"url": "https://b.example/", "uid": endpoint})),
+        ("PATCH", format!("{eps}/{endpoint}"), json!({"uid": endpoint})),
+        ("PUT", format!("{eps}/new-one"), json!({"url": "https://b.example/", "uid": endpoint})),
+        (
+            "POST",
+            "/api/v1/operational-webhook/endpoint".to_owned(),
+            json!({"url": "https://o.example/", "uid": endpoint}),
+        ),
+        (
+            "POST",
+            "/api/v1/source".to_owned(),
+            json!({"name": "t", "preset": "stripe", "secrets": ["whsec_x"], "appId": second, "uid": source}),
+        ),
+        ("PATCH", format!("/api/v1/source/{source}"), json!({"uid": source})),
+    ];
+    for (method, path, body) in refused {
+        let (status, error) = gw.call(method, &path, Some(body.clone())).await;
+        assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{method} {path} {body}: {error}");
+        assert!(error["detail"].to_string().contains("form of an id"), "{error}");
+    }
+    // Another kind's id is a fine uid: it cannot be mistaken for this kind's.
+    let (status, other_kind) = gw.call("POST", "/api/v1/app", Some(json!({"name": "c", "uid": endpoint}))).await;
+    assert_eq!((status, other_kind["uid"].as_str()), (201, Some(endpoint.as_str())), "{other_kind}");
+
+    // A key in the form of an id that names nothing creates nothing.
+    let absent = app_form(1);
+    let (status, _) = gw.call("PUT", &format!("/api/v1/app/{absent}"), Some(json!({"name": "d"}))).await;
+    assert_eq!(status, 404);
+    let inline = json!({"eventType": "e", "payload": {}, "application": {"name": "d"}});
+    let (status, error) = gw.call("POST", &format!("/api/v1/app/{absent}/msg"), Some(inline)).await;
+    assert_eq!((status, error["code"].as_str()), (404, Some("not_found")), "{error}");
+    let absent_endpoint = endpoint.replacen("ep_", "ep_0", 1)[..endpoint.len()].to_owned();
+    let (status, _) =
+        gw.call("PUT", &format!("{eps}/{absent_endpoint}"), Some(json!({"url": "https://b.example/"}))).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        gw.ok("GET", "/api/v1/app?limit=250", None).await["data"].as_array().unwrap().len(),
+        3,
+        "first, second, c"
+    );
+
+    // A deleted application's id names nothing afterwards.
+    assert_eq!(gw.call("DELETE", &format!("/api/v1/app/{first}"), None).await.0, 204);
+    assert_eq!(gw.call("GET", &format!("/api/v1/app/{first}/secret"), None).await.0, 404);
+    assert_eq!(gw.call("GET", &format!("/api/v1/app/{first}"), None).await.0, 404);
+    gw.stop().await;
+}
