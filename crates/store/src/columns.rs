@@ -42,6 +42,13 @@ pub const LANE_ENDPOINT: &str = "coalesce(endpoint_id, '')";
 pub const COUNT_OPEN_DELIVERIES: &str = "SELECT (SELECT count(*) FROM deliveries WHERE state IN (1, 3)) \
      + (SELECT count(*) FROM deliveries WHERE state = 7)";
 
+/// Retention keeps a message while any of its deliveries is open (pending, sending, waiting
+/// behind its ordering key, deferred), whatever its age: an acknowledged event goes once it
+/// is delivered or visibly failed, never before. SQLite adds its `fanouts` rows (a fan-out
+/// not yet attempted) to this.
+pub const NO_OPEN_DELIVERY: &str =
+    "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg_id = messages.id AND d.state IN (1, 3, 6, 7))";
+
 pub const ATTEMPT_COLUMNS: &str = "id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, \
      duration_ms, error_class, state, trigger, created_at";
 

@@ -292,11 +292,31 @@ async fn a_write_failing_halfway_leaves_nothing_and_spares_its_batch(store: &dyn
 async fn retention_deletes_old_messages_in_batches(store: &dyn Store) {
     let a = store.create_app(app(30_000, None)).await.unwrap();
     let ep = store.create_endpoint(endpoint(&a.id, 30_000)).await.unwrap();
-    let old: Vec<Publish> = (0..5).map(|n| publish(&a.id, &[&ep.id], None, 30_000 + n)).collect();
-    let mut short = publish(&a.id, &[&ep.id], None, 40_000);
+    let other = store.create_endpoint(endpoint(&a.id, 30_000)).await.unwrap();
+    let in_state = |mut p: Publish, state: DeliveryState| {
+        p.deliveries.iter_mut().for_each(|d| d.state = state);
+        p
+    };
+    // Closed: delivered, exhausted, skipped, canceled.
+    let closed = [DeliveryState::Delivered, DeliveryState::Exhausted, DeliveryState::Skipped, DeliveryState::Canceled];
+    let old: Vec<Publish> =
+        (0..5).map(|n| in_state(publish(&a.id, &[&ep.id], None, 30_000 + n), closed[n as usize % 4])).collect();
+    let mut short = in_state(publish(&a.id, &[&ep.id], None, 40_000), DeliveryState::Delivered);
     std::sync::Arc::make_mut(&mut short.message).retain_until = Some(41_000);
     let recent = publish(&a.id, &[&ep.id], None, 40_000);
-    for p in old.iter().chain([&short, &recent]) {
+    // Open, however old: pending (alone, and as a fan-out), sending, waiting, and one
+    // delivery of two still pending; and one past its own retention, still pending.
+    let held = [
+        publish(&a.id, &[&ep.id], None, 30_010),
+        publish(&a.id, &[&ep.id, &other.id], None, 30_011),
+        in_state(publish(&a.id, &[&ep.id], None, 30_012), DeliveryState::Sending),
+        in_state(publish(&a.id, &[&ep.id], None, 30_013), DeliveryState::Waiting),
+    ];
+    let mut half_open = in_state(publish(&a.id, &[&ep.id, &other.id], None, 30_014), DeliveryState::Delivered);
+    half_open.deliveries[1].state = DeliveryState::Pending;
+    let mut short_held = publish(&a.id, &[&ep.id], None, 40_001);
+    std::sync::Arc::make_mut(&mut short_held.message).retain_until = Some(41_000);
+    for p in old.iter().chain([&short, &recent, &half_open, &short_held]).chain(&held) {
         store.publish(p.clone()).await.unwrap();
     }
     let mut deleted = 0;
@@ -312,6 +332,11 @@ async fn retention_deletes_old_messages_in_batches(store: &dyn Store) {
     for p in old.iter().chain([&short]) {
         assert_eq!(store.message_by_id(&p.message.id).await, Err(StoreError::NotFound));
         assert_eq!(store.get_delivery(&p.message.id, &p.deliveries[0].id).await, Err(StoreError::NotFound));
+    }
+    for p in held.iter().chain([&half_open, &short_held]) {
+        store.message_by_id(&p.message.id).await.expect("a message with an open delivery is kept");
+        let open = p.deliveries.iter().find(|d| d.state != DeliveryState::Delivered).unwrap();
+        store.get_delivery(&p.message.id, &open.id).await.expect("and its open delivery");
     }
     store.message_by_id(&recent.message.id).await.unwrap();
     store.get_delivery(&recent.message.id, &recent.deliveries[0].id).await.unwrap();
@@ -434,6 +459,18 @@ async fn sources_and_inbound_dedupe(store: &dyn Store) {
     orphan.uid = None;
     orphan.app_id = "app_missing".into();
     assert_eq!(store.create_source(orphan).await, Err(StoreError::NotFound), "a source needs its app");
+    // Source uids are unique across applications: an update taking one is a conflict, even
+    // from another application, and changes neither source.
+    let b = store.create_app(app(8_000, None)).await.unwrap();
+    let other =
+        Source { id: id(prefix::SOURCE, 8_000), uid: Some("other".into()), app_id: b.id.clone(), ..source.clone() };
+    store.create_source(other.clone()).await.unwrap();
+    let taking = Source { uid: Some("stripe-live".into()), name: "Taking".into(), ..other.clone() };
+    let clash = store.update_source(taking).await;
+    assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
+    assert_eq!(store.get_source(&source.id).await.unwrap(), source, "the source with that uid is still there");
+    assert_eq!(store.get_source(&other.id).await.unwrap(), other, "the update was not applied");
+    store.delete_source(&other.id).await.unwrap();
 
     let mut first = publish(&a.id, &[], None, 8_001);
     std::sync::Arc::make_mut(&mut first.message).source_id = Some(source.id.clone());
@@ -505,6 +542,17 @@ async fn endpoints_belong_to_their_app(store: &dyn Store) {
     assert_eq!(store.delete_endpoint(&b.id, &ep.id).await, Err(StoreError::NotFound));
     assert_eq!(store.create_endpoint(endpoint("app_missing", 3_002)).await, Err(StoreError::NotFound));
     assert_eq!(store.app_endpoints(&a.id).await.unwrap().len(), 1);
+
+    // An update that takes a sibling's uid is a conflict and changes neither.
+    let named = |uid: &str, now| Endpoint { uid: Some(uid.into()), ..endpoint(&a.id, now) };
+    let first = store.create_endpoint(named("first", 3_003)).await.unwrap();
+    let second = store.create_endpoint(named("second", 3_004)).await.unwrap();
+    let taking = Endpoint { uid: Some("second".into()), url: "https://taking.example/".into(), ..first.clone() };
+    let clash = store.update_endpoint(taking).await;
+    assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
+    assert_eq!(store.get_endpoint(&a.id, &second.id).await.unwrap(), second, "the sibling is still there");
+    assert_eq!(store.get_endpoint(&a.id, &first.id).await.unwrap(), first, "the update was not applied");
+    assert_eq!(store.app_endpoints(&a.id).await.unwrap().len(), 3);
 }
 
 async fn publish_commits_message_and_deliveries(store: &dyn Store, node: i64) {

@@ -516,14 +516,18 @@ pub async fn list_source_messages(
     rows::page(c, query, rows::MESSAGE_COLUMNS, "messages", page, rows::message).await
 }
 
-/// One batch of retention in one statement: the messages, then what hangs off them.
+/// One batch of retention in one statement: the messages, then what hangs off them; a
+/// message with an open delivery stays until it closes.
 pub async fn purge_messages(c: &impl GenericClient, created_before: i64, now: i64, limit: usize) -> StoreResult<usize> {
     let cutoff = crate::retention_cutoff_id(created_before);
-    let sql = "WITH doomed AS ( \
-                   (SELECT id FROM messages WHERE id < $1 AND retain_until IS NULL ORDER BY id LIMIT $3) \
-                   UNION (SELECT id FROM messages WHERE retain_until < $2 LIMIT $3) LIMIT $3), \
-               gone_attempts AS (DELETE FROM attempts WHERE msg_id IN (SELECT id FROM doomed)), \
-               gone_deliveries AS (DELETE FROM deliveries WHERE msg_id IN (SELECT id FROM doomed)) \
-               DELETE FROM messages WHERE id IN (SELECT id FROM doomed)";
-    Ok(run(c, sql, &[&cutoff, &now, &(limit as i64)]).await? as usize)
+    let closed = crate::columns::NO_OPEN_DELIVERY;
+    let sql = format!(
+        "WITH doomed AS ( \
+             (SELECT id FROM messages WHERE id < $1 AND retain_until IS NULL AND {closed} ORDER BY id LIMIT $3) \
+             UNION (SELECT id FROM messages WHERE retain_until < $2 AND {closed} LIMIT $3) LIMIT $3), \
+         gone_attempts AS (DELETE FROM attempts WHERE msg_id IN (SELECT id FROM doomed)), \
+         gone_deliveries AS (DELETE FROM deliveries WHERE msg_id IN (SELECT id FROM doomed)) \
+         DELETE FROM messages WHERE id IN (SELECT id FROM doomed)"
+    );
+    Ok(run(c, &sql, &[&cutoff, &now, &(limit as i64)]).await? as usize)
 }

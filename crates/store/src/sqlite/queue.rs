@@ -297,16 +297,27 @@ pub fn count_open_deliveries(conn: &Connection) -> StoreResult<u64> {
     conn.query_row(rows::COUNT_OPEN_DELIVERIES, [], |r| r.get::<_, i64>(0)).map(|n| n as u64).map_err(sql_error)
 }
 
-/// Deletes a batch of messages past retention with their deliveries and attempts.
+/// Deletes a batch of messages past retention with their deliveries and attempts; a
+/// message with an open delivery (or a fan-out not yet attempted) stays until it closes.
 pub fn purge_messages(conn: &Connection, created_before: i64, now: i64, limit: usize) -> StoreResult<usize> {
     let cutoff = crate::retention_cutoff_id(created_before);
+    let closed = format!(
+        "{} AND NOT EXISTS (SELECT 1 FROM fanouts f WHERE f.msg_id = messages.id AND f.state IN (1, 3, 6, 7))",
+        crate::columns::NO_OPEN_DELIVERY
+    );
     let mut ids: Vec<String> = Vec::with_capacity(limit);
     for (sql, bound) in [
-        ("SELECT id FROM messages WHERE id < ?1 AND retain_until IS NULL ORDER BY id LIMIT ?2", cutoff.into()),
-        ("SELECT id FROM messages WHERE retain_until < ?1 LIMIT ?2", rusqlite::types::Value::Integer(now)),
+        (
+            format!("SELECT id FROM messages WHERE id < ?1 AND retain_until IS NULL AND {closed} ORDER BY id LIMIT ?2"),
+            cutoff.into(),
+        ),
+        (
+            format!("SELECT id FROM messages WHERE retain_until < ?1 AND {closed} LIMIT ?2"),
+            rusqlite::types::Value::Integer(now),
+        ),
     ] {
         let room = (limit - ids.len()) as i64;
-        let mut statement = conn.prepare_cached(sql).map_err(sql_error)?;
+        let mut statement = conn.prepare_cached(&sql).map_err(sql_error)?;
         let found = statement.query_map(params![bound, room], |r| r.get(0)).map_err(sql_error)?;
         ids.extend(found.collect::<rusqlite::Result<Vec<String>>>().map_err(sql_error)?);
     }

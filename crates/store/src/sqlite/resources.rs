@@ -157,29 +157,41 @@ fn endpoint_values(e: &Endpoint) -> [rusqlite::types::Value; 18] {
     ]
 }
 
-/// Writes one whole row, `verb` being `INSERT` or `REPLACE`; `values` in column order.
+/// How `put_row` writes. An update rewrites the row in place, found by its id (the first
+/// column): not `REPLACE`, which would delete another row holding a unique value this one
+/// takes (a sibling's uid), where the update must be refused as a conflict.
+enum Put {
+    Insert,
+    Update,
+}
+
+/// Writes one whole row; `values` in column order.
 fn put_row(
     conn: &Connection,
-    verb: &str,
+    put: Put,
     table: &str,
     columns: &str,
     values: &[rusqlite::types::Value],
 ) -> StoreResult<()> {
     let placeholders = (1..=values.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
-    conn.prepare_cached(&format!("{verb} INTO {table} ({columns}) VALUES ({placeholders})"))
+    let sql = match put {
+        Put::Insert => format!("INSERT INTO {table} ({columns}) VALUES ({placeholders})"),
+        Put::Update => format!("UPDATE {table} SET ({columns}) = ({placeholders}) WHERE id = ?1"),
+    };
+    conn.prepare_cached(&sql)
         .and_then(|mut statement| statement.execute(rusqlite::params_from_iter(values)))
-        .map_err(sql_error)?;
-    Ok(())
+        .map_err(sql_error)
+        .and_then(changed)
 }
 
 pub fn insert_endpoint(conn: &Connection, e: &Endpoint) -> StoreResult<()> {
     get_app(conn, &e.app_id)?;
-    put_row(conn, "INSERT", "endpoints", rows::ENDPOINT_COLUMNS, &endpoint_values(e))
+    put_row(conn, Put::Insert, "endpoints", rows::ENDPOINT_COLUMNS, &endpoint_values(e))
 }
 
 pub fn update_endpoint(conn: &Connection, e: &Endpoint) -> StoreResult<()> {
     get_endpoint(conn, &e.app_id, &e.id)?;
-    put_row(conn, "REPLACE", "endpoints", rows::ENDPOINT_COLUMNS, &endpoint_values(e))
+    put_row(conn, Put::Update, "endpoints", rows::ENDPOINT_COLUMNS, &endpoint_values(e))
 }
 
 pub fn get_endpoint(conn: &Connection, app_id: &str, key: &str) -> StoreResult<Endpoint> {
@@ -281,13 +293,13 @@ fn source_values(s: &Source) -> [rusqlite::types::Value; 11] {
 
 pub fn insert_source(conn: &Connection, source: &Source) -> StoreResult<()> {
     get_app(conn, &source.app_id)?;
-    put_row(conn, "INSERT", "sources", rows::SOURCE_COLUMNS, &source_values(source))
+    put_row(conn, Put::Insert, "sources", rows::SOURCE_COLUMNS, &source_values(source))
 }
 
 pub fn update_source(conn: &Connection, source: &Source) -> StoreResult<()> {
     get_source(conn, &source.id)?;
     get_app(conn, &source.app_id)?;
-    put_row(conn, "REPLACE", "sources", rows::SOURCE_COLUMNS, &source_values(source))
+    put_row(conn, Put::Update, "sources", rows::SOURCE_COLUMNS, &source_values(source))
 }
 
 pub fn get_source(conn: &Connection, key: &str) -> StoreResult<Source> {
