@@ -140,3 +140,33 @@ async fn secrets_are_sealed_at_rest() {
     let wrong = PgStore::open(&url, &[4; 32], options()).await.unwrap();
     assert!(matches!(wrong.get_endpoint(&app.id, &ep.id).await, Err(hookline_store::StoreError::Corrupt(_))));
 }
+
+/// A batch whose commit landed but whose answer was lost (a timeout, a dropped connection)
+/// runs each publish again alone: a publish finding its own message committed is Created,
+/// with its deliveries as it claimed them, not a duplicate or an error whose caller would
+/// leave them claimed by this live node and never sent.
+#[tokio::test]
+async fn a_publish_tried_again_after_its_commit_landed_is_created() {
+    let (_url, store) = fresh().await;
+    let app = store.create_app(conformance::app(1, None)).await.unwrap();
+    let ep = store.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
+    let token = store.register_node("a", 1_000, 60_000).await.unwrap().token;
+    let plain = conformance::publish(&app.id, &[&ep.id], None, 10);
+    let with_event_id = conformance::publish(&app.id, &[&ep.id], Some("evt_7"), 11);
+    let mut with_dedupe = conformance::publish(&app.id, &[&ep.id], None, 12);
+    with_dedupe.dedupe = Some(("src_x".into(), "evt_8".into()));
+    for mut publish in [plain, with_event_id, with_dedupe] {
+        publish.claim = Some(token);
+        for try_number in 1..=2 {
+            let outcome = store.publish(publish.clone()).await;
+            assert!(matches!(outcome, Ok(hookline_store::PublishOutcome::Created)), "try {try_number}: {outcome:?}");
+        }
+        let delivery = store.get_delivery(&publish.message.id, &publish.deliveries[0].id).await.unwrap();
+        assert_eq!(delivery.state, DeliveryState::Pending);
+    }
+    // Another publish of the same event is still a duplicate of the first.
+    let again = conformance::publish(&app.id, &[&ep.id], Some("evt_7"), 13);
+    let outcome = store.publish(again).await.unwrap();
+    assert!(matches!(outcome, hookline_store::PublishOutcome::Duplicate(_)), "{outcome:?}");
+    assert_eq!(store.count_open_deliveries().await.unwrap(), 3, "each delivery stored once");
+}

@@ -73,7 +73,8 @@ async fn within<T>(timeout: Duration, work: impl std::future::Future<Output = St
 }
 
 /// Writes every publish in one statement (atomic on its own, synchronous commit on).
-/// Publishes the statement did not insert are duplicates: their earlier message is looked up.
+/// Publishes the statement did not insert are duplicates (their earlier message is looked
+/// up), or were committed by an earlier try of the same publish (its message id is there).
 async fn write(pool: &Pool, publishes: &[&Publish]) -> StoreResult<Vec<StoreResult<PublishOutcome>>> {
     let client = pool.get().await.map_err(|e| StoreError::Unavailable(format!("database: {e}")))?;
     let columns = Columns::of(publishes);
@@ -89,7 +90,13 @@ async fn write(pool: &Pool, publishes: &[&Publish]) -> StoreResult<Vec<StoreResu
     for publish in publishes {
         outcomes.push(match inserted.contains(&publish.message.id) {
             true => Ok(PublishOutcome::Created),
-            false => queue::earlier_message(&client, publish).await.map(|m| PublishOutcome::Duplicate(Box::new(m))),
+            false => queue::earlier_message(&client, publish).await.map(|m| match m.id == publish.message.id {
+                // This very publish, committed by an earlier try whose answer was lost (a
+                // timeout, a dropped connection): that commit is its outcome, deliveries
+                // claimed as this publish asked.
+                true => PublishOutcome::Created,
+                false => PublishOutcome::Duplicate(Box::new(m)),
+            }),
         });
     }
     Ok(outcomes)
@@ -120,7 +127,7 @@ inserted AS (
     SELECT id, app_id, event_id, event_type, payload, channels, tags, callback_url, deliver_at, source_id, headers,
         retain_until, created_at, ordering_key
     FROM pub WHERE dedupe_key IS NULL OR id IN (SELECT msg_id FROM keyed)
-    ON CONFLICT (app_id, event_id) WHERE event_id IS NOT NULL DO NOTHING
+    ON CONFLICT DO NOTHING
     RETURNING id
 ),
 delivered AS (
