@@ -626,7 +626,14 @@ impl Engine {
 
     /// Records the attempt and schedules what follows. `sent` is `None` when no request
     /// was made because the endpoint is disabled.
-    async fn finish(&self, due: Due, lane: &str, target: &Target, message: &Message, sent: Option<client::Sent>) {
+    async fn finish(
+        self: &Arc<Self>,
+        due: Due,
+        lane: &str,
+        target: &Target,
+        message: &Message,
+        sent: Option<client::Sent>,
+    ) {
         let now = self.clock.now_ms();
         let d = &due.delivery;
         let first_attempt_at = d.first_attempt_at.unwrap_or(now);

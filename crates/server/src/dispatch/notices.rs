@@ -118,7 +118,7 @@ impl Engine {
     /// stored when none does), retrying while the store refuses writes, then hands the
     /// deliveries to the scheduler. Events about the operational application itself are
     /// dropped here, so its endpoints' failures never make events.
-    pub async fn notify(&self, app: &App, notice: Notice) {
+    pub async fn notify(self: &Arc<Self>, app: &App, notice: Notice) {
         if app.id == OPERATIONAL_APP_ID {
             return;
         }
@@ -144,7 +144,7 @@ impl Engine {
         }
     }
 
-    async fn try_notify(&self, notice: &Notice) -> Result<(), StoreError> {
+    async fn try_notify(self: &Arc<Self>, notice: &Notice) -> Result<(), StoreError> {
         let endpoints = self.catalog.endpoints(OPERATIONAL_APP_ID).await?;
         let now = self.clock.now_ms();
         let message = Arc::new(Message {

@@ -8,7 +8,7 @@ use hookline_core::id::prefix;
 use hookline_core::routing::endpoint_accepts;
 use hookline_core::UnixMs;
 use hookline_store::{
-    DeferredLane, Delivery, Endpoint, IdempotentResponse, Message, Publish, PublishOutcome, StoreResult,
+    DeferredLane, Delivery, Endpoint, IdempotentResponse, Message, Publish, PublishOutcome, StoreError, StoreResult,
 };
 use std::sync::Arc;
 
@@ -48,8 +48,12 @@ impl Engine {
     /// memory; later ones wait in the store for whichever node claims them when due. Those
     /// to an endpoint whose lane here is behind (`lanes_behind`) are deferred in the store,
     /// for the lane to take back as it has room.
+    ///
+    /// The commit and the hand-off run as a task of their own when the commit claims: a
+    /// caller that stops waiting (a client gone, a broker connection lost) cannot leave
+    /// deliveries claimed by this live node and never handed to it.
     pub async fn commit(
-        &self,
+        self: &Arc<Self>,
         message: &Arc<Message>,
         deliveries: Vec<Delivery>,
         idempotency: Option<IdempotentResponse>,
@@ -68,10 +72,42 @@ impl Engine {
             .iter()
             .map(|endpoint_id| DeferredLane { app_id: message.app_id.clone(), endpoint_id: endpoint_id.clone() })
             .collect();
-        let outcome = self.store.publish(publish).await?;
-        if !matches!(outcome, PublishOutcome::Created) {
-            return Ok(outcome);
+        let claimed = publish.claim.is_some();
+        let work = self.clone().publish_and_hand_over(publish, message.clone(), deliveries, claims, deferred);
+        if !claimed {
+            return work.await;
         }
+        match tokio::spawn(work).await {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => Err(StoreError::Unavailable("shutting down".into())),
+        }
+    }
+
+    async fn publish_and_hand_over(
+        self: Arc<Self>,
+        publish: Publish,
+        message: Arc<Message>,
+        deliveries: Vec<Delivery>,
+        claims: Vec<Option<i64>>,
+        deferred: Vec<DeferredLane>,
+    ) -> StoreResult<PublishOutcome> {
+        let outcome = self.store.publish(publish).await?;
+        if matches!(outcome, PublishOutcome::Created) {
+            self.hand_over(&message, deliveries, claims, deferred);
+        }
+        Ok(outcome)
+    }
+
+    /// Hands a committed publish's claimed deliveries to this node's scheduler and notes
+    /// the lanes the store deferred.
+    fn hand_over(
+        &self,
+        message: &Arc<Message>,
+        deliveries: Vec<Delivery>,
+        claims: Vec<Option<i64>>,
+        deferred: Vec<DeferredLane>,
+    ) {
         if !deferred.is_empty() {
             self.deferred.note(deferred);
         }
@@ -88,7 +124,6 @@ impl Engine {
         if ordered {
             self.wake();
         }
-        Ok(outcome)
     }
 }
 

@@ -97,7 +97,7 @@ fn retain_until(input: &MessageIn, now: UnixMs) -> Option<UnixMs> {
 /// with its deliveries and its idempotent answer or dedupe key `(scope, key)`; answered
 /// once durable. A duplicate (same `eventId`, or same dedupe key) commits nothing.
 pub async fn submit(
-    engine: &Engine,
+    engine: &Arc<Engine>,
     message: Arc<Message>,
     answer: Option<IdempotentResponse>,
     dedupe: Option<(String, String)>,

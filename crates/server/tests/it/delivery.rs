@@ -388,3 +388,43 @@ async fn a_throttled_endpoint_gets_at_most_its_rate_and_its_neighbour_is_not_slo
     }
     gw.stop().await;
 }
+
+/// A publisher that stops waiting while its commit runs (a client gone, a broker connection
+/// lost) strands nothing: the commit claims the deliveries for this node, and the hand-off
+/// to its scheduler finishes without the caller, so the delivery is sent.
+#[tokio::test]
+async fn a_publish_whose_caller_stops_waiting_is_still_delivered() {
+    use hookline_server::dispatch::Engine;
+    use hookline_store::conformance;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path()).await;
+    let clock = Arc::new(hookline_server::clock::ManualClock::new(T0));
+    let config = dev_config();
+    let engine = Engine::start(
+        store.clone(),
+        clock.clone(),
+        config.delivery.clone(),
+        config.cluster.clone(),
+        config.address_policy(),
+        Some(7),
+        None,
+    )
+    .await
+    .unwrap();
+    let rx = Receiver::start(Answer::status(204)).await;
+    let app = store.create_app(conformance::app(T0, None)).await.unwrap();
+    let endpoint = hookline_store::Endpoint { url: rx.url.clone(), ..conformance::endpoint(&app.id, T0) };
+    let endpoint = Arc::new(store.create_endpoint(endpoint).await.unwrap());
+    let message = conformance::publish(&app.id, &[], None, T0).message;
+    let deliveries = engine.route(&[endpoint], &message, T0);
+    assert_eq!(deliveries.len(), 1);
+
+    let commit = engine.commit(&message, deliveries, None, None);
+    futures_util::pin_mut!(commit);
+    let first_poll = futures_util::poll!(commit.as_mut());
+    assert!(first_poll.is_pending(), "the commit waits for the store");
+    drop(commit);
+    let received = rx.next().await;
+    assert_eq!(received.header("webhook-id"), message.id);
+    engine.shutdown().await;
+}
