@@ -419,8 +419,7 @@ async fn a_publish_whose_caller_stops_waiting_is_still_delivered() {
     let deliveries = engine.route(&[endpoint], &message, T0);
     assert_eq!(deliveries.len(), 1);
 
-    let commit = engine.commit(&message, deliveries, None, None);
-    futures_util::pin_mut!(commit);
+    let mut commit = Box::pin(engine.commit(&message, deliveries, None, None));
     let first_poll = futures_util::poll!(commit.as_mut());
     assert!(first_poll.is_pending(), "the commit waits for the store");
     drop(commit);
