@@ -82,7 +82,7 @@ pub fn publish(app_id: &str, endpoint_ids: &[&str], event_id: Option<&str>, now:
     }
 }
 
-fn first_page(limit: usize) -> Page {
+pub fn first_page(limit: usize) -> Page {
     Page { limit, iterator: None, descending: false }
 }
 

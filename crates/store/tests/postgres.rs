@@ -170,3 +170,53 @@ async fn a_publish_tried_again_after_its_commit_landed_is_created() {
     assert!(matches!(outcome, hookline_store::PublishOutcome::Duplicate(_)), "{outcome:?}");
     assert_eq!(store.count_open_deliveries().await.unwrap(), 3, "each delivery stored once");
 }
+
+/// An attempt batch whose commit landed but whose answer was lost is written again: the
+/// attempt is not written twice (the first version failed the whole batch on the primary
+/// key, every second, so the node could record no attempt again), nor counted twice, and
+/// the delivery's write still applies under its claim.
+#[tokio::test]
+async fn an_attempt_written_again_is_written_once() {
+    use hookline_core::delivery::Trigger;
+    use hookline_store::{Attempt, AttemptRecord, AttemptScope, ListFilter};
+    let (_url, store) = fresh().await;
+    let app = store.create_app(conformance::app(1, None)).await.unwrap();
+    let ep = store.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
+    let token = store.register_node("a", 1_000, 60_000).await.unwrap().token;
+    let mut publish = conformance::publish(&app.id, &[&ep.id], None, 10);
+    publish.claim = Some(token);
+    store.publish(publish.clone()).await.unwrap();
+    let record = AttemptRecord {
+        attempt: Attempt {
+            id: "atmpt_written_twice".into(),
+            msg_id: publish.message.id.clone(),
+            app_id: app.id.clone(),
+            delivery_id: publish.deliveries[0].id.clone(),
+            endpoint_id: Some(ep.id.clone()),
+            url: ep.url.clone(),
+            status_code: 503,
+            response: String::new(),
+            duration_ms: 3,
+            error_class: Some("http_status".into()),
+            state: DeliveryState::Pending,
+            trigger: Trigger::Scheduled,
+            created_at: 20,
+        },
+        state: DeliveryState::Pending,
+        next_at: Some(1_020),
+        first_attempt_at: 20,
+        disable_endpoint: false,
+        disable_after_ms: 0,
+        claim: token,
+        keep_claim: true,
+    };
+    for try_number in 1..=2 {
+        let recorded = store.record_attempt(record.clone()).await;
+        assert!(recorded.as_ref().is_ok_and(|r| r.applied), "try {try_number}: {recorded:?}");
+    }
+    let delivery = store.get_delivery(&publish.message.id, &publish.deliveries[0].id).await.unwrap();
+    assert_eq!((delivery.attempts, delivery.next_at), (1, Some(1_020)), "counted once");
+    let scope = AttemptScope::Message(&publish.message.id);
+    let attempts = store.list_attempts(&app.id, scope, ListFilter::default(), conformance::first_page(10)).await;
+    assert_eq!(attempts.unwrap().items.len(), 1, "written once");
+}

@@ -71,7 +71,9 @@ async fn write(pool: &Pool, records: &[&AttemptRecord]) -> StoreResult<HashMap<(
 }
 
 /// The attempt rows, the fenced delivery updates and the endpoints' health in one
-/// statement. An endpoint's health follows the latest applied attempt of the batch that
+/// statement. It may run twice for one batch (a commit whose answer was lost to the
+/// timeout is sent again): an attempt already written is not written again nor counted
+/// twice, and the rest writes the same values again. An endpoint's health follows the latest applied attempt of the batch that
 /// made a request (a success clears `fail_since`, a failure sets it if unset); it is
 /// disabled by a 410 or by failing too long (the rule of
 /// `hookline_core::delivery::failing_too_long`, written again in SQL), only if it is still
@@ -91,9 +93,14 @@ logged AS (
         error_class, state, trigger, created_at)
     SELECT id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, duration_ms, error_class,
         state, trigger, created_at FROM input
+    ON CONFLICT DO NOTHING
+    RETURNING msg_id, id
 ),
 updated AS (
-    UPDATE deliveries d SET state = i.next_state, attempts = d.attempts + 1, next_at = i.next_at,
+    UPDATE deliveries d SET state = i.next_state,
+        attempts = d.attempts + CASE WHEN EXISTS (SELECT 1 FROM logged l WHERE l.msg_id = i.msg_id AND l.id = i.id)
+            THEN 1 ELSE 0 END,
+        next_at = i.next_at,
         first_attempt_at = COALESCE(d.first_attempt_at, i.first_attempt_at), trigger = 0, updated_at = i.created_at,
         claimed_by = CASE WHEN i.keep_claim THEN d.claimed_by END
     FROM input i
