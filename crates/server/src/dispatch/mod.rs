@@ -772,8 +772,20 @@ impl Engine {
         let app_policy = app.retry_policy.clone().unwrap_or_else(|| self.config.retry_policy.clone());
         match &d.endpoint_id {
             Some(endpoint_id) => {
-                let Some(endpoint) = self.catalog.endpoint(&d.app_id, endpoint_id).await? else {
-                    return Ok(None);
+                let endpoint = match self.catalog.endpoint(&d.app_id, endpoint_id).await? {
+                    Some(endpoint) => endpoint,
+                    // Not in this node's copy of the app's endpoints: deleted, or created
+                    // after the copy was taken, its change not heard yet (another node's
+                    // notification missed while reconnecting). The store says which; a
+                    // delivery claimed here and dropped would stay claimed, never sent.
+                    None => match self.store.get_endpoint(&d.app_id, endpoint_id).await {
+                        Ok(endpoint) => {
+                            self.catalog.invalidate(&d.app_id);
+                            Arc::new(endpoint)
+                        }
+                        Err(StoreError::NotFound) => return Ok(None),
+                        Err(e) => return Err(e),
+                    },
                 };
                 let now = self.clock.now_ms();
                 let secrets = endpoint

@@ -389,20 +389,22 @@ async fn a_throttled_endpoint_gets_at_most_its_rate_and_its_neighbour_is_not_slo
     gw.stop().await;
 }
 
-/// A publisher that stops waiting while its commit runs (a client gone, a broker connection
-/// lost) strands nothing: the commit claims the deliveries for this node, and the hand-off
-/// to its scheduler finishes without the caller, so the delivery is sent.
-#[tokio::test]
-async fn a_publish_whose_caller_stops_waiting_is_still_delivered() {
-    use hookline_server::dispatch::Engine;
-    use hookline_store::conformance;
+/// An engine of its own on a store of its own (in the directory returned), and an
+/// application with no endpoint yet: for tests that hand the engine work directly.
+struct BareEngine {
+    engine: Arc<hookline_server::dispatch::Engine>,
+    store: Arc<dyn hookline_store::Store>,
+    app: hookline_store::App,
+    _dir: tempfile::TempDir,
+}
+
+async fn bare_engine() -> BareEngine {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
-    let clock = Arc::new(hookline_server::clock::ManualClock::new(T0));
     let config = dev_config();
-    let engine = Engine::start(
+    let engine = hookline_server::dispatch::Engine::start(
         store.clone(),
-        clock.clone(),
+        Arc::new(hookline_server::clock::ManualClock::new(T0)),
         config.delivery.clone(),
         config.cluster.clone(),
         config.address_policy(),
@@ -411,11 +413,21 @@ async fn a_publish_whose_caller_stops_waiting_is_still_delivered() {
     )
     .await
     .unwrap();
+    let app = store.create_app(hookline_store::conformance::app(T0, None)).await.unwrap();
+    BareEngine { engine, store, app, _dir: dir }
+}
+
+/// A publisher that stops waiting while its commit runs (a client gone, a broker connection
+/// lost) strands nothing: the commit claims the deliveries for this node, and the hand-off
+/// to its scheduler finishes without the caller, so the delivery is sent.
+#[tokio::test]
+async fn a_publish_whose_caller_stops_waiting_is_still_delivered() {
+    let BareEngine { engine, store, app, _dir } = bare_engine().await;
     let rx = Receiver::start(Answer::status(204)).await;
-    let app = store.create_app(conformance::app(T0, None)).await.unwrap();
-    let endpoint = hookline_store::Endpoint { url: rx.url.clone(), ..conformance::endpoint(&app.id, T0) };
+    let endpoint =
+        hookline_store::Endpoint { url: rx.url.clone(), ..hookline_store::conformance::endpoint(&app.id, T0) };
     let endpoint = Arc::new(store.create_endpoint(endpoint).await.unwrap());
-    let message = conformance::publish(&app.id, &[], None, T0).message;
+    let message = hookline_store::conformance::publish(&app.id, &[], None, T0).message;
     let deliveries = engine.route(&[endpoint], &message, T0);
     assert_eq!(deliveries.len(), 1);
 
@@ -423,6 +435,25 @@ async fn a_publish_whose_caller_stops_waiting_is_still_delivered() {
     let first_poll = futures_util::poll!(commit.as_mut());
     assert!(first_poll.is_pending(), "the commit waits for the store");
     drop(commit);
+    let received = rx.next().await;
+    assert_eq!(received.header("webhook-id"), message.id);
+    engine.shutdown().await;
+}
+
+/// A delivery to an endpoint this node's cache has not heard of yet (created after the
+/// cache took the application's endpoints, its change not heard: a notification missed
+/// while reconnecting) is sent, not dropped while claimed by this node.
+#[tokio::test]
+async fn a_delivery_to_an_endpoint_the_cache_has_not_heard_of_is_sent() {
+    let BareEngine { engine, store, app, _dir } = bare_engine().await;
+    assert!(engine.catalog.endpoints(&app.id).await.unwrap().is_empty(), "cached without the endpoint");
+    let rx = Receiver::start(Answer::status(204)).await;
+    let endpoint =
+        hookline_store::Endpoint { url: rx.url.clone(), ..hookline_store::conformance::endpoint(&app.id, T0) };
+    let endpoint = store.create_endpoint(endpoint).await.unwrap();
+    let message = hookline_store::conformance::publish(&app.id, &[], None, T0).message;
+    let delivery = engine.delivery_to(&endpoint, &message, T0, T0);
+    engine.commit(&message, vec![delivery], None, None).await.unwrap();
     let received = rx.next().await;
     assert_eq!(received.header("webhook-id"), message.id);
     engine.shutdown().await;
