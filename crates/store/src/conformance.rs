@@ -553,6 +553,30 @@ async fn endpoints_belong_to_their_app(store: &dyn Store) {
     assert_eq!(store.get_endpoint(&a.id, &second.id).await.unwrap(), second, "the sibling is still there");
     assert_eq!(store.get_endpoint(&a.id, &first.id).await.unwrap(), first, "the update was not applied");
     assert_eq!(store.app_endpoints(&a.id).await.unwrap().len(), 3);
+
+    // Deleting an endpoint closes its ordered deliveries, those waiting behind the open one
+    // included (left waiting, one would become its lane's head and be claimed for nothing).
+    let ordered = |now| {
+        let mut p = publish(&a.id, &[&first.id], None, now);
+        std::sync::Arc::make_mut(&mut p.message).ordering_key = Some("pay_1".into());
+        for d in &mut p.deliveries {
+            (d.order_key, d.state, d.next_at) = (Some("pay_1".into()), DeliveryState::Waiting, None);
+        }
+        p
+    };
+    let (head, behind) = (ordered(3_010), ordered(3_011));
+    store.publish(head.clone()).await.unwrap();
+    store.publish(behind.clone()).await.unwrap();
+    let states = async || {
+        let mut states = Vec::new();
+        for p in [&head, &behind] {
+            states.push(store.get_delivery(&p.message.id, &p.deliveries[0].id).await.unwrap().state);
+        }
+        states
+    };
+    assert_eq!(states().await, [DeliveryState::Pending, DeliveryState::Waiting]);
+    store.delete_endpoint(&a.id, &first.id).await.unwrap();
+    assert_eq!(states().await, [DeliveryState::Canceled, DeliveryState::Canceled]);
 }
 
 async fn publish_commits_message_and_deliveries(store: &dyn Store, node: i64) {
