@@ -680,6 +680,8 @@ pub struct SourcePatch {
 #[derive(Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SourceSecretOut {
+    /// The secret's last 4 characters, to tell secrets apart; empty for a secret under 16
+    /// characters, of which they would give away too much.
     pub ends_with: String,
     pub expires_at: Option<String>,
 }

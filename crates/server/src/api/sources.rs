@@ -123,6 +123,15 @@ fn secrets_from(input: Vec<SourceSecretIn>) -> ApiResult<Vec<SourceSecret>> {
         .collect()
 }
 
+/// What `SourceSecretOut::ends_with` shows of a secret.
+fn shown_end(secret: &str) -> String {
+    let chars: Vec<char> = secret.chars().collect();
+    match chars.len() {
+        0..16 => String::new(),
+        n => chars[n - 4..].iter().collect(),
+    }
+}
+
 fn view(state: &AppState, s: Source) -> SourceOut {
     SourceOut {
         ingest_url: format!("{}/in/{}", state.public_url(), s.id),
@@ -130,7 +139,7 @@ fn view(state: &AppState, s: Source) -> SourceOut {
             .secrets
             .iter()
             .map(|secret| SourceSecretOut {
-                ends_with: secret.value.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect(),
+                ends_with: shown_end(&secret.value),
                 expires_at: secret.expires_at.map(timestamp),
             })
             .collect(),

@@ -918,3 +918,21 @@ async fn a_uid_never_takes_the_form_of_an_id() {
     assert_eq!(gw.call("GET", &format!("/api/v1/app/{first}"), None).await.0, 404);
     gw.stop().await;
 }
+
+/// A source's secrets are never shown: only the last 4 characters of one long enough that
+/// they give little away (a short secret shows nothing).
+#[tokio::test]
+async fn a_source_shows_only_the_end_of_a_long_secret() {
+    let gw = start_gateway(dev_config()).await;
+    let app = gw.app("merchant").await;
+    let body = json!({"name": "s", "preset": "stripe", "secrets": ["abcd", "whsec_0123456789abcdef"], "appId": app});
+    let created = gw.ok("POST", "/api/v1/source", Some(body)).await;
+    let read = gw.ok("GET", &format!("/api/v1/source/{}", created["id"].as_str().unwrap()), None).await;
+    for source in [&created, &read] {
+        let shown: Vec<&str> =
+            source["secrets"].as_array().unwrap().iter().map(|s| s["endsWith"].as_str().unwrap()).collect();
+        assert_eq!(shown, ["", "cdef"], "{source}");
+        assert!(!source.to_string().contains("abcd"), "{source}");
+    }
+    gw.stop().await;
+}
