@@ -51,7 +51,7 @@ pub async fn backlog(options: &Options) -> anyhow::Result<Report> {
 
 /// Attempts that did not succeed so far (the dead endpoint's), from `/metrics`.
 async fn failed_attempts(http: &reqwest::Client, gw: &Gateway) -> anyhow::Result<f64> {
-    let text = http.get(format!("{}/metrics", gw.url)).send().await?.text().await?;
+    let text = http.get(format!("{}/metrics", gw.url)).bearer_auth(TOKEN).send().await?.text().await?;
     Ok(text
         .lines()
         .filter(|line| line.starts_with("hookline_delivery_attempts_total") && !line.contains("outcome=\"success\""))

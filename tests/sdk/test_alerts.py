@@ -121,7 +121,7 @@ def test_ten_messages_failing_at_once_make_one_summary(hookline, smtp):
         assert summaries[1] - summaries[0] >= DIGEST_MS / 1000 - 0.5, summaries
     with pytest.raises(queue.Empty):
         inbox.next(timeout=2)
-    metrics = httpx.get(f"{hookline}/metrics").text
+    metrics = httpx.get(f"{hookline}/metrics", headers=AUTH).text
     assert re.search(r'hookline_alert_emails_total\{outcome="sent"\} [1-9]', metrics), metrics
     api(hookline, "DELETE", f"/app/{app['id']}/endpoint/{ep['id']}")
 
@@ -146,7 +146,7 @@ def test_disabling_and_enabling_email_at_once_and_a_down_smtp_server_is_retried(
         smtp.start()
     enabled = inbox.next()
     assert enabled["Subject"] == f"[Hookline] Endpoint {ep['id']} of Globex ({app['id']}) is enabled"
-    metrics = httpx.get(f"{hookline}/metrics").text
+    metrics = httpx.get(f"{hookline}/metrics", headers=AUTH).text
     assert re.search(r'hookline_alert_emails_total\{outcome="failed"\} [1-9]', metrics), metrics
 
 

@@ -109,7 +109,7 @@ async fn backlog_waits_in_the_store(backend: Vec<(String, String)>) {
         let (status, _) = post(&http, format!("{}/api/v1/app/m/msg", gateway.url), TOKEN, &body).await;
         assert_eq!(status, 202);
         if n % 10 == 0 {
-            most_held = most_held.max(counter(&http, &gateway.url, "hookline_deliveries_held").await);
+            most_held = most_held.max(counter(&http, &gateway.url, TOKEN, "hookline_deliveries_held").await);
         }
     }
     // At most 16 claimed, and what the publishes parked in the 20 ms before the lane
@@ -235,7 +235,7 @@ async fn due_backlog_is_claimed_as_its_lane_takes_it(backend: Vec<(String, Strin
     let (mut most_held, deadline) = (0.0f64, tokio::time::Instant::now() + PATIENCE);
     while slow_arrivals.lock().unwrap().len() < MESSAGES / 2 {
         assert!(tokio::time::Instant::now() < deadline, "the scheduled messages never went out");
-        most_held = most_held.max(counter(&http, &gateway.url, "hookline_deliveries_held").await);
+        most_held = most_held.max(counter(&http, &gateway.url, TOKEN, "hookline_deliveries_held").await);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(most_held <= 40.0, "held {most_held} deliveries of one slow endpoint");

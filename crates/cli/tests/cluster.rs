@@ -136,7 +136,10 @@ async fn three_nodes_share_the_work_and_a_killed_node_loses_nothing() {
     // Only what the dead node had in flight (at most its endpoint cap) may arrive twice.
     assert!(duplicates <= 32, "{duplicates} duplicates");
     for url in [&urls[0], &urls[2]] {
-        assert!(counter(&http, url, "hookline_deliveries_succeeded_total").await > 0.0, "{url} delivered nothing");
+        assert!(
+            counter(&http, url, TOKEN, "hookline_deliveries_succeeded_total").await > 0.0,
+            "{url} delivered nothing"
+        );
     }
 }
 

@@ -168,8 +168,8 @@ impl Default for DashboardConfig {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// When set, `GET /metrics` answers only `Authorization: Bearer <token>` (a scraper's
-    /// `bearer_token`); when absent, it is open, as Prometheus endpoints usually are.
+    /// A token for scrapers (their `bearer_token`): `GET /metrics` answers it, or an admin
+    /// token, and nothing else (the metrics name every application's endpoints).
     pub token: Option<String>,
 }
 

@@ -1,4 +1,5 @@
-//! Secrets at rest: endpoint, application and source secrets are sealed with
+//! Secrets at rest: endpoint, application and source secrets, sources' API keys and the
+//! values of endpoints' custom headers (which often carry credentials) are sealed with
 //! XChaCha20-Poly1305 before they reach the database, bound to their row's id, so a dump
 //! of the database alone does not reveal them. The key lives outside the database.
 
@@ -73,12 +74,18 @@ impl Sealer {
         for secret in &mut endpoint.secrets {
             secret.text = self.seal(&endpoint.id, &secret.text);
         }
+        for value in endpoint.headers.values_mut() {
+            *value = self.seal(&endpoint.id, value);
+        }
         endpoint
     }
 
     pub fn open_endpoint(&self, mut endpoint: Endpoint) -> StoreResult<Endpoint> {
         for secret in &mut endpoint.secrets {
             secret.text = self.open(&endpoint.id, &secret.text)?;
+        }
+        for value in endpoint.headers.values_mut() {
+            *value = self.open(&endpoint.id, value)?;
         }
         Ok(endpoint)
     }

@@ -113,12 +113,20 @@ async fn changes_reach_other_nodes() {
 async fn secrets_are_sealed_at_rest() {
     let (url, store) = fresh().await;
     let app = store.create_app(conformance::app(1, None)).await.unwrap();
-    let ep = store.create_endpoint(conformance::endpoint(&app.id, 2)).await.unwrap();
+    let mut ep = conformance::endpoint(&app.id, 2);
+    ep.headers.insert("Authorization".into(), "Bearer merchant-credential".into());
+    let ep = store.create_endpoint(ep).await.unwrap();
+    assert_eq!(
+        store.get_endpoint(&app.id, &ep.id).await.unwrap().headers["Authorization"],
+        "Bearer merchant-credential"
+    );
     let (client, connection) =
         url.parse::<tokio_postgres::Config>().unwrap().connect(tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
     let raw: String = client.query_one("SELECT secrets FROM endpoints", &[]).await.unwrap().get(0);
     assert!(!raw.contains(&ep.secrets[0].text), "an endpoint secret is readable in the database: {raw}");
+    let raw: String = client.query_one("SELECT headers FROM endpoints", &[]).await.unwrap().get(0);
+    assert!(raw.contains("Authorization") && !raw.contains("merchant-credential"), "{raw}");
     let raw: String = client.query_one("SELECT secret FROM apps", &[]).await.unwrap().get(0);
     assert!(raw.starts_with("sealed:v1:"), "{raw}");
     let source = hookline_store::Source {

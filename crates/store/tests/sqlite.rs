@@ -50,18 +50,20 @@ async fn concurrent_writes_share_commits_and_all_land() {
 async fn secrets_are_sealed_at_rest_and_need_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let app = conformance::app(1, None);
-    let endpoint = conformance::endpoint(&app.id, 2);
+    let mut endpoint = conformance::endpoint(&app.id, 2);
+    endpoint.headers.insert("Authorization".into(), "Bearer merchant-credential".into());
     {
         let store = SqliteStore::open(dir.path(), &KEY).unwrap();
         store.create_app(app.clone()).await.unwrap();
         store.create_endpoint(endpoint.clone()).await.unwrap();
-        assert_eq!(store.get_endpoint(&app.id, &endpoint.id).await.unwrap().secrets, endpoint.secrets);
+        assert_eq!(store.get_endpoint(&app.id, &endpoint.id).await.unwrap(), endpoint);
     }
     let raw = std::fs::read(dir.path().join("hookline.db")).unwrap();
     let wal = std::fs::read(dir.path().join("hookline.db-wal")).unwrap_or_default();
-    let needle = endpoint.secrets[0].text.as_bytes();
-    for bytes in [&raw, &wal] {
-        assert!(!bytes.windows(needle.len()).any(|w| w == needle), "a secret is readable in the database files");
+    for needle in [endpoint.secrets[0].text.as_bytes(), b"merchant-credential"] {
+        for bytes in [&raw, &wal] {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle), "a secret is readable in the database files");
+        }
     }
     let wrong = SqliteStore::open(dir.path(), &[4; 32]).unwrap();
     assert!(matches!(wrong.get_endpoint(&app.id, &endpoint.id).await, Err(StoreError::Corrupt(_))));

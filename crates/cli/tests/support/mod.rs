@@ -103,9 +103,10 @@ pub async fn create_all(http: &reqwest::Client, url: &str, token: &str, resource
     }
 }
 
-/// The sum of the gateway at `url`'s metric samples whose line starts with `name`.
-pub async fn counter(http: &reqwest::Client, url: &str, name: &str) -> f64 {
-    let text = http.get(format!("{url}/metrics")).send().await.unwrap().text().await.unwrap();
+/// The sum of the gateway at `url`'s metric samples whose line starts with `name`, read
+/// with the admin token `token`.
+pub async fn counter(http: &reqwest::Client, url: &str, token: &str, name: &str) -> f64 {
+    let text = http.get(format!("{url}/metrics")).bearer_auth(token).send().await.unwrap().text().await.unwrap();
     text.lines()
         .filter(|line| line.starts_with(name))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())

@@ -1,4 +1,5 @@
-//! Routes without auth: health, Prometheus metrics, the OpenAPI document.
+//! Routes outside the API's token check: health, the OpenAPI document, and Prometheus
+//! metrics (which check a token of their own).
 
 use super::route::{tagged, Route};
 use super::{bearer, hash_token, Shared};
@@ -25,18 +26,21 @@ pub fn routes() -> Vec<Route> {
     )
 }
 
-/// Prometheus metrics: text, not part of the JSON API or its document. Behind a bearer
-/// token when `metrics.token` is set (compared in constant time).
+/// Prometheus metrics: text, not part of the JSON API or its document. Their labels name
+/// every application's endpoints and sources, so they answer only a bearer token: an admin
+/// token, or `metrics.token` when set (a scraper's, which reaches nothing else); both
+/// compared in constant time.
 pub fn metrics() -> Route {
     Route::get("/metrics", render_metrics).public()
 }
 
 async fn render_metrics(State(state): Shared, headers: HeaderMap) -> Result<String, ApiError> {
-    if let Some(token) = &state.config.metrics.token {
-        let given = bearer(&headers).unwrap_or_default();
-        if !bool::from(hash_token(given).ct_eq(&hash_token(token))) {
-            return Err(ApiError::Unauthorized);
-        }
+    let given = bearer(&headers).unwrap_or_default();
+    let scraper =
+        state.config.metrics.token.as_ref().is_some_and(|t| bool::from(hash_token(given).ct_eq(&hash_token(t))));
+    let admin = matches!(super::principal_of(&state, given), Some(super::Principal::Admin { .. }));
+    if !(scraper || admin) {
+        return Err(ApiError::Unauthorized);
     }
     Ok(crate::metrics::handle().render())
 }

@@ -705,7 +705,7 @@ async fn a_body_sent_too_slowly_is_refused_with_408() {
         assert_eq!(body["code"], "request_timeout", "{path}: {answered}");
     }
     // Counted for the source, as its other refusals are.
-    let metrics = gw.http.get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
+    let metrics = gw.metrics().await;
     let counted = [("source", source_id.as_str()), ("outcome", "body_timeout")];
     let labels = |[a, b]: [(&str, &str); 2]| {
         format!("hookline_inbound_requests_total{{{}=\"{}\",{}=\"{}\"}} 1", a.0, a.1, b.0, b.1)
@@ -786,10 +786,12 @@ async fn transport_limits_slow_heads_too_many_headers_and_connections() {
     gw.stop().await;
 }
 
-/// `/metrics` is open by default and behind a bearer token when `metrics.token` is set.
+/// `/metrics` names every application's endpoints and sources: it answers an admin token,
+/// or the scrapers' `metrics.token` when set, and nothing else (no token, another token,
+/// an application's token).
 #[tokio::test]
-async fn metrics_can_require_a_token() {
-    let scrape = |gw: &Gateway, token: Option<&'static str>| {
+async fn metrics_need_an_admin_or_a_scraper_token() {
+    let scrape = |gw: &Gateway, token: Option<String>| {
         let mut request = gw.http.get(format!("{}/metrics", gw.url));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -799,22 +801,27 @@ async fn metrics_can_require_a_token() {
             (response.status().as_u16(), response.text().await.unwrap())
         }
     };
-    let open = start_gateway(dev_config()).await;
-    assert_eq!(scrape(&open, None).await.0, 200);
-    open.stop().await;
-    let mut config = dev_config();
-    config.metrics.token = Some("scrape-token".into());
-    let gw = start_gateway(config).await;
-    gw.publish(&gw.app("merchant").await, json!({"eventType": "x", "payload": {}})).await;
-    for token in [None, Some("wrong"), Some(TOKEN)] {
-        let (status, body) = scrape(&gw, token).await;
-        assert_eq!(status, 401, "{token:?}: {body}");
-        assert!(body.contains("authentication_failed"), "{body}");
+    for scraper in [None, Some("scrape-token")] {
+        let mut config = dev_config();
+        config.metrics.token = scraper.map(str::to_owned);
+        let gw = start_gateway(config).await;
+        let app = gw.app("merchant").await;
+        gw.publish(&app, json!({"eventType": "x", "payload": {}})).await;
+        let app_token = gw.ok("POST", &format!("/api/v1/app/{app}/token"), Some(json!({}))).await;
+        let app_token = app_token["token"].as_str().unwrap().to_owned();
+        let refused = [None, Some("wrong".to_owned()), Some("scrape-token".to_owned()), Some(app_token)];
+        for token in refused.into_iter().filter(|t| t.as_deref() != scraper) {
+            let (status, body) = scrape(&gw, token.clone()).await;
+            assert_eq!(status, 401, "{scraper:?}, {token:?}: {body}");
+            assert!(body.contains("authentication_failed"), "{body}");
+        }
+        for token in [Some(TOKEN), scraper].into_iter().flatten() {
+            let (status, body) = scrape(&gw, Some(token.to_owned())).await;
+            assert_eq!(status, 200, "{token}");
+            assert!(body.contains("hookline_messages_published_total"), "{body}");
+        }
+        gw.stop().await;
     }
-    let (status, body) = scrape(&gw, Some("scrape-token")).await;
-    assert_eq!(status, 200);
-    assert!(body.contains("hookline_messages_published_total"), "{body}");
-    gw.stop().await;
 }
 
 #[tokio::test]

@@ -34,7 +34,7 @@ async fn explicit_schedule_retries_exactly_on_time() {
     let codes: Vec<i64> = attempts.iter().map(|a| a["responseStatusCode"].as_i64().unwrap()).collect();
     assert_eq!(codes, vec![500, 503, 200]);
     assert_eq!(gw.destination(&app, &msg).await.0, 0, "delivered");
-    let metrics = gw.http.get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
+    let metrics = gw.metrics().await;
     let endpoint = attempts[0]["endpointId"].as_str().unwrap();
     for series in [
         "hookline_messages_published_total ".to_owned(),

@@ -139,6 +139,13 @@ impl Gateway {
         value
     }
 
+    /// The Prometheus metrics, read with the admin token.
+    pub async fn metrics(&self) -> String {
+        let response = self.http.get(format!("{}/metrics", self.url)).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     pub async fn app(&self, uid: &str) -> String {
         self.ok("POST", "/api/v1/app", Some(json!({"name": uid, "uid": uid}))).await["id"].as_str().unwrap().to_owned()
     }

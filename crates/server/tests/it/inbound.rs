@@ -199,7 +199,7 @@ async fn filters_limits_rotation_and_the_rejection_log() {
     let log = gw.ok("GET", "/api/v1/source/stripe-live/rejection", None).await;
     let codes: Vec<&str> = log.as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
     assert_eq!(codes, vec!["bad_signature", "stale_timestamp", "missing_signature"]);
-    let metrics = gw.http.get(format!("{}/metrics", gw.url)).send().await.unwrap().text().await.unwrap();
+    let metrics = gw.metrics().await;
     let source_id = src["id"].as_str().unwrap();
     for outcome in ["accepted", "filtered", "bad_signature", "stale_timestamp", "oversized"] {
         let line = format!("hookline_inbound_requests_total{{source=\"{source_id}\",outcome=\"{outcome}\"}}");
