@@ -684,3 +684,40 @@ async fn a_renewal_that_comes_back_after_the_lease_ended_strands_nothing() {
     let out = Command::new("psql").args([&database, "-tAc", count]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2", "the node registered anew");
 }
+
+/// A database server that restarted (a crash, a replica taking over) may have lost what was
+/// committed with `synchronous_commit = off`, claims a node gave back among it; the node's
+/// live token would hold those for ever. So a node whose renewal finds the server started
+/// anew registers anew (its old token retired, its claims free), well within its lease,
+/// and goes on delivering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_registers_anew_when_the_database_server_restarted() {
+    let postgres = PrivatePostgres::start();
+    // A lease far longer than the outage: the restart alone must make the node register.
+    let node = start_node(&postgres.url(), "a", &[("HOOKLINE_CLUSTER_LEASE_MS", "30000")]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+    node.process.wait_healthy(&http).await;
+    let (hook, arrivals) = counting_sink(0).await;
+    let setup = [("/api/v1/app", json!({"name": "m", "uid": "m"})), ("/api/v1/app/m/endpoint", json!({"url": hook}))];
+    create_all(&http, &node.process.url, TOKEN, &setup).await;
+    let url = postgres.url();
+    let registrations = || {
+        let out = Command::new("psql").args([&url, "-tAc", "SELECT count(*) FROM nodes WHERE name = 'a'"]).output();
+        String::from_utf8_lossy(&out.unwrap().stdout).trim().parse::<u32>().unwrap_or(0)
+    };
+    assert_eq!(registrations(), 1);
+    let started = Instant::now();
+    postgres.pg_ctl("stop");
+    postgres.pg_ctl("start");
+    // Renewals come every third of the lease (10 s); the outage is far shorter than the lease.
+    while registrations() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(28), "the node never registered anew within its lease");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("registered anew {:.1} s after the restart began", started.elapsed().as_secs_f64());
+    let id = publish(&http, &node.process.url, 1).await.unwrap();
+    until_none_missing(support::PATIENCE, "the message after the restart never arrived", || {
+        usize::from(!arrivals.lock().unwrap().contains_key(&id))
+    })
+    .await;
+}

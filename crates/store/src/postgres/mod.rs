@@ -38,6 +38,11 @@ pub struct PgStore {
     /// Publishes wait here for the group-commit writers (`publishes.rs`).
     publishes: tokio::sync::mpsc::Sender<(Publish, publishes::Reply)>,
     background: Vec<tokio::task::JoinHandle<()>>,
+    /// The database server's start time when each node token was registered here. A
+    /// renewal that finds another lost the lease: the server restarted (or a replica took
+    /// over), and writes made with `synchronous_commit = off` may be gone, among them claims
+    /// this node gave back, which its live token would otherwise hold for ever.
+    server_started: std::sync::Mutex<std::collections::HashMap<i64, String>>,
 }
 
 /// Attempt records waiting for the batch writer before recorders wait for room.
@@ -96,6 +101,7 @@ impl PgStore {
             attempts,
             publishes,
             background,
+            server_started: Default::default(),
         })
     }
 
@@ -317,12 +323,30 @@ impl Store for PgStore {
     }
 
     async fn register_node(&self, name: &str, now: UnixMs, lease_ms: u64) -> StoreResult<NodeLease> {
-        on_conn!(self, |c| queue::register_node(&c, name, now, lease_ms))
+        let (lease, started) = on_conn!(self, |c| queue::register_node(&c, name, now, lease_ms))?;
+        self.server_started.lock().expect("server start lock").insert(lease.token, started);
+        Ok(lease)
     }
     async fn renew_node(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool> {
-        self.on(&self.relaxed, |c| async move { queue::renew_node(&c, token, now, lease_ms).await }).await
+        let renewed =
+            self.on(&self.relaxed, |c| async move { queue::renew_node(&c, token, now, lease_ms).await }).await?;
+        let Some(started) = renewed else { return Ok(false) };
+        let mut known = self.server_started.lock().expect("server start lock");
+        match known.get(&token) {
+            Some(at_registration) if *at_registration != started => {
+                tracing::warn!(token, "the database server restarted since this node registered; registering anew");
+                known.remove(&token);
+                Ok(false)
+            }
+            Some(_) => Ok(true),
+            None => {
+                known.insert(token, started);
+                Ok(true)
+            }
+        }
     }
     async fn retire_node(&self, token: i64) -> StoreResult<()> {
+        self.server_started.lock().expect("server start lock").remove(&token);
         in_tx!(self, |tx| async {
             queue::retire_node(&tx, token).await?;
             notify(&tx, &Change::Due).await

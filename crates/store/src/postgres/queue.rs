@@ -139,18 +139,36 @@ pub async fn list_messages(
     rows::page(c, query, rows::MESSAGE_COLUMNS, "messages", page, rows::message).await
 }
 
-pub async fn register_node(c: &impl GenericClient, name: &str, now: i64, lease_ms: u64) -> StoreResult<NodeLease> {
+/// The database server's start time, as text: it changes when the server restarts (or a
+/// replica takes over), which may have lost commits made with `synchronous_commit = off`.
+const SERVER_STARTED: &str = "pg_postmaster_start_time()::text";
+
+/// Registers a node; returns its lease and the database server's start time.
+pub async fn register_node(
+    c: &impl GenericClient,
+    name: &str,
+    now: i64,
+    lease_ms: u64,
+) -> StoreResult<(NodeLease, String)> {
     let lease_until = now + lease_ms as i64;
-    let sql = "INSERT INTO nodes (name, lease_until, started_at) VALUES ($1, $2, $3) RETURNING token";
-    let token = one(c, sql, &[&name, &lease_until, &now], |r| r.try_get(0).map_err(pg_error)).await?;
+    let sql = format!(
+        "INSERT INTO nodes (name, lease_until, started_at) VALUES ($1, $2, $3) RETURNING token, {SERVER_STARTED}"
+    );
+    let (token, started) = one(c, &sql, &[&name, &lease_until, &now], |r| {
+        Ok((r.try_get(0).map_err(pg_error)?, r.try_get(1).map_err(pg_error)?))
+    })
+    .await?;
     // Nodes gone for a day are forgotten; their claims were void long before.
     run(c, "DELETE FROM nodes WHERE lease_until < $1", &[&(now - 86_400_000)]).await?;
-    Ok(NodeLease { token, lease_until })
+    Ok((NodeLease { token, lease_until }, started))
 }
 
-pub async fn renew_node(c: &impl GenericClient, token: i64, now: i64, lease_ms: u64) -> StoreResult<bool> {
-    let sql = "UPDATE nodes SET lease_until = $2 WHERE token = $1 AND lease_until >= $3";
-    Ok(run(c, sql, &[&token, &(now + lease_ms as i64), &now]).await? == 1)
+/// Renews a node's lease; the database server's start time if it was renewed.
+pub async fn renew_node(c: &impl GenericClient, token: i64, now: i64, lease_ms: u64) -> StoreResult<Option<String>> {
+    let sql =
+        format!("UPDATE nodes SET lease_until = $2 WHERE token = $1 AND lease_until >= $3 RETURNING {SERVER_STARTED}");
+    let rows = c.query(&sql, &[&token, &(now + lease_ms as i64), &now]).await.map_err(pg_error)?;
+    rows.first().map(|r| r.try_get(0).map_err(pg_error)).transpose()
 }
 
 pub async fn live_nodes(c: &impl GenericClient, now: i64) -> StoreResult<usize> {
