@@ -75,12 +75,11 @@ impl PgStore {
         let config = parse_url(url, options.timeout_ms)?;
         schema::migrate(&config).await?;
         let timeout = Duration::from_millis(options.timeout_ms);
-        let pool = make_pool(config.clone(), options.pool_max, timeout)?;
+        // Acknowledged writes wait for the WAL flush whatever the server's or role's default.
+        let pool = make_pool(with_setting(&config, "synchronous_commit=on"), options.pool_max, timeout)?;
         // Writes whose loss in a database crash costs at most a repeated delivery (attempt
-        // records, claims, lease renewals) do not wait for the WAL flush.
-        let mut relaxed_config = config.clone();
-        relaxed_config.options("-c synchronous_commit=off");
-        let relaxed = make_pool(relaxed_config, RELAXED_POOL_MAX, timeout)?;
+        // records, claims, lease renewals) do not.
+        let relaxed = make_pool(with_setting(&config, "synchronous_commit=off"), RELAXED_POOL_MAX, timeout)?;
         let (changes, _) = broadcast::channel(1_024);
         let (attempts, inbox) = tokio::sync::mpsc::channel(ATTEMPTS_QUEUED_MAX);
         let (publishes, waiting) = tokio::sync::mpsc::channel(PUBLISHES_QUEUED_MAX);
@@ -156,6 +155,16 @@ macro_rules! on_conn {
     ($store:expr, |$c:ident| $body:expr) => {
         $store.with(|$c| async move { { $body }.await }).await
     };
+}
+
+/// `config` with `-c <setting>` after the options it has (a URL's `options` are kept).
+fn with_setting(config: &tokio_postgres::Config, setting: &str) -> tokio_postgres::Config {
+    let mut with = config.clone();
+    match config.get_options().filter(|o| !o.trim().is_empty()) {
+        Some(options) => with.options(format!("{options} -c {setting}")),
+        None => with.options(format!("-c {setting}")),
+    };
+    with
 }
 
 fn make_pool(config: tokio_postgres::Config, max_size: usize, timeout: Duration) -> StoreResult<Pool> {
@@ -580,5 +589,23 @@ impl Store for PgStore {
                        WHERE app_id = $1 AND expires_at > CASE WHEN link THEN $2::BIGINT ELSE $3::BIGINT END";
             Ok(resources::run(&c, sql, &[&app_id, &now, &at]).await? as usize)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_setting_goes_after_the_urls_options() {
+        let plain: tokio_postgres::Config = "postgres://u@h/db".parse().unwrap();
+        let with = super::with_setting(&plain, "synchronous_commit=on");
+        assert_eq!(with.get_options(), Some("-c synchronous_commit=on"));
+        let optioned: tokio_postgres::Config =
+            "postgres://u@h/db?options=-c%20search_path%3Dhl%20-c%20synchronous_commit%3Doff".parse().unwrap();
+        let with = super::with_setting(&optioned, "synchronous_commit=on");
+        let options = with.get_options().unwrap();
+        assert_eq!(
+            options, "-c search_path=hl -c synchronous_commit=off -c synchronous_commit=on",
+            "the last one wins"
+        );
     }
 }
