@@ -50,6 +50,43 @@ pub fn endpoint(app_id: &str, now: UnixMs) -> Endpoint {
     }
 }
 
+/// When and how `failed_attempt` asks for a retry.
+pub struct Retry {
+    pub claim: i64,
+    pub keep_claim: bool,
+    pub at: UnixMs,
+    pub next_at: UnixMs,
+}
+
+/// A 503 answered to the first delivery of `p` (to an endpoint at `url`), to be retried.
+pub fn failed_attempt(p: &Publish, url: &str, retry: Retry) -> AttemptRecord {
+    let delivery = &p.deliveries[0];
+    AttemptRecord {
+        attempt: Attempt {
+            id: id(prefix::ATTEMPT, retry.at),
+            msg_id: p.message.id.clone(),
+            app_id: p.message.app_id.clone(),
+            delivery_id: delivery.id.clone(),
+            endpoint_id: delivery.endpoint_id.clone(),
+            url: url.into(),
+            status_code: 503,
+            response: String::new(),
+            duration_ms: 3,
+            error_class: Some("http_status".into()),
+            state: DeliveryState::Pending,
+            trigger: Trigger::Scheduled,
+            created_at: retry.at,
+        },
+        state: DeliveryState::Pending,
+        next_at: Some(retry.next_at),
+        first_attempt_at: retry.at,
+        disable_endpoint: false,
+        disable_after_ms: 0,
+        claim: retry.claim,
+        keep_claim: retry.keep_claim,
+    }
+}
+
 pub fn publish(app_id: &str, endpoint_ids: &[&str], event_id: Option<&str>, now: UnixMs) -> Publish {
     let msg_id = id(prefix::MESSAGE, now);
     let message = Message {
@@ -178,29 +215,8 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
     }
     assert_eq!(walked, all, "a walk one lane at a time finds every lane, in order");
 
-    let record = |claim: i64, keep_claim: bool, next_at: i64| AttemptRecord {
-        attempt: Attempt {
-            id: id(prefix::ATTEMPT, 20_001),
-            msg_id: now_due.message.id.clone(),
-            app_id: a.id.clone(),
-            delivery_id: now_due.deliveries[0].id.clone(),
-            endpoint_id: Some(ep.id.clone()),
-            url: ep.url.clone(),
-            status_code: 503,
-            response: String::new(),
-            duration_ms: 3,
-            error_class: Some("http_status".into()),
-            state: DeliveryState::Exhausted,
-            trigger: Trigger::Scheduled,
-            created_at: 20_001,
-        },
-        state: DeliveryState::Pending,
-        next_at: Some(next_at),
-        first_attempt_at: 20_001,
-        disable_endpoint: false,
-        disable_after_ms: 0,
-        claim,
-        keep_claim,
+    let record = |claim: i64, keep_claim: bool, next_at: i64| {
+        failed_attempt(&now_due, &ep.url, Retry { claim, keep_claim, at: 20_001, next_at })
     };
     assert!(
         !store.record_attempt(record(node.token + 1_000, false, 21_000)).await.unwrap().applied,

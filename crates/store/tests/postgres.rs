@@ -185,8 +185,7 @@ async fn a_publish_tried_again_after_its_commit_landed_is_created() {
 /// the delivery's write still applies under its claim.
 #[tokio::test]
 async fn an_attempt_written_again_is_written_once() {
-    use hookline_core::delivery::Trigger;
-    use hookline_store::{Attempt, AttemptRecord, AttemptScope, ListFilter};
+    use hookline_store::{AttemptScope, ListFilter};
     let (_url, store) = fresh().await;
     let app = store.create_app(conformance::app(1, None)).await.unwrap();
     let ep = store.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
@@ -194,30 +193,8 @@ async fn an_attempt_written_again_is_written_once() {
     let mut publish = conformance::publish(&app.id, &[&ep.id], None, 10);
     publish.claim = Some(token);
     store.publish(publish.clone()).await.unwrap();
-    let record = AttemptRecord {
-        attempt: Attempt {
-            id: "atmpt_written_twice".into(),
-            msg_id: publish.message.id.clone(),
-            app_id: app.id.clone(),
-            delivery_id: publish.deliveries[0].id.clone(),
-            endpoint_id: Some(ep.id.clone()),
-            url: ep.url.clone(),
-            status_code: 503,
-            response: String::new(),
-            duration_ms: 3,
-            error_class: Some("http_status".into()),
-            state: DeliveryState::Pending,
-            trigger: Trigger::Scheduled,
-            created_at: 20,
-        },
-        state: DeliveryState::Pending,
-        next_at: Some(1_020),
-        first_attempt_at: 20,
-        disable_endpoint: false,
-        disable_after_ms: 0,
-        claim: token,
-        keep_claim: true,
-    };
+    let retry = conformance::Retry { claim: token, keep_claim: true, at: 20, next_at: 1_020 };
+    let record = conformance::failed_attempt(&publish, &ep.url, retry);
     for try_number in 1..=2 {
         let recorded = store.record_attempt(record.clone()).await;
         assert!(recorded.as_ref().is_ok_and(|r| r.applied), "try {try_number}: {recorded:?}");
