@@ -1,6 +1,7 @@
 //! Retention and the bound on held work, on a manual clock: old messages go (with their
-//! deliveries and attempts), recent ones stay, a message's own retention is honoured, and
-//! a backlog is taken into memory only `cluster.held_max` at a time.
+//! deliveries and attempts), recent ones and those with an open delivery stay, a message's
+//! own retention is honoured, and a backlog is taken into memory only `cluster.held_max`
+//! at a time.
 
 use crate::harness::*;
 use serde_json::json;
@@ -34,11 +35,18 @@ async fn messages_past_retention_go_and_recent_ones_stay() {
     for msg in &old {
         gw.wait_attempts(&app, msg, 1).await;
     }
+    // As old, but its delivery is still open (scheduled for later than the retention).
+    let later = hookline_server::wire::timestamp(T0 + 60 * DAY_MS);
+    let scheduled = gw
+        .publish(&app, json!({"eventType": "payment.succeeded", "payload": {"n": "later"}, "deliverAt": later}))
+        .await;
     gw.advance(29 * DAY_MS);
     let recent = gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {"n": "recent"}})).await;
     let short = gw
         .publish(&app, json!({"eventType": "payment.succeeded", "payload": {"n": "short"}, "payloadRetentionHours": 1}))
         .await;
+    gw.wait_attempts(&app, &recent, 1).await;
+    gw.wait_attempts(&app, &short, 1).await;
     gw.advance(DAY_MS + 1);
     for msg in old.iter().chain([&short]) {
         wait_gone(&gw, &app, msg).await;
@@ -48,6 +56,8 @@ async fn messages_past_retention_go_and_recent_ones_stay() {
     let (status, _) = gw.call("GET", &format!("/api/v1/app/{app}/msg/{recent}"), None).await;
     assert_eq!(status, 200, "a message inside the window stays");
     assert_eq!(gw.attempts_of(&app, &recent).await.len(), 1, "with its attempts");
+    let (status, _) = gw.call("GET", &format!("/api/v1/app/{app}/msg/{scheduled}"), None).await;
+    assert_eq!(status, 200, "a message whose delivery is still open stays, whatever its age");
     // Publishing goes on while retention runs.
     gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {"n": "after"}})).await;
 }
