@@ -30,7 +30,7 @@ async fn nodes_migrating_at_once_do_not_race() {
     let url = scratch::fresh_database().await.unwrap();
     let starts: Vec<_> = (0..4).map(|_| PgStore::migrate(&url, 10_000)).collect();
     for version in futures_util::future::join_all(starts).await {
-        assert_eq!(version.unwrap(), 9, "the latest schema version");
+        assert_eq!(version.unwrap(), 10, "the latest schema version");
     }
     PgStore::open(&url, &KEY, options()).await.unwrap();
 }
@@ -190,18 +190,32 @@ async fn an_attempt_written_again_is_written_once() {
     let app = store.create_app(conformance::app(1, None)).await.unwrap();
     let ep = store.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
     let token = store.register_node("a", 1_000, 60_000).await.unwrap().token;
-    let mut publish = conformance::publish(&app.id, &[&ep.id], None, 10);
-    publish.claim = Some(token);
-    store.publish(publish.clone()).await.unwrap();
-    let retry = conformance::Retry { claim: token, keep_claim: true, at: 20, next_at: 1_020 };
-    let record = conformance::failed_attempt(&publish, &ep.url, retry);
-    for try_number in 1..=2 {
-        let recorded = store.record_attempt(record.clone()).await;
-        assert!(recorded.as_ref().is_ok_and(|r| r.applied), "try {try_number}: {recorded:?}");
+    // A retry kept in memory (the claim kept) and one given back to the store.
+    for keep_claim in [true, false] {
+        let mut publish = conformance::publish(&app.id, &[&ep.id], None, 10);
+        publish.claim = Some(token);
+        store.publish(publish.clone()).await.unwrap();
+        let retry = conformance::Retry { claim: token, keep_claim, at: 20, next_at: 1_020 };
+        let record = conformance::failed_attempt(&publish, &ep.url, retry);
+        for try_number in 1..=2 {
+            let recorded = store.record_attempt(record.clone()).await;
+            assert!(recorded.as_ref().is_ok_and(|r| r.applied), "{keep_claim}, try {try_number}: {recorded:?}");
+        }
+        let delivery = store.get_delivery(&publish.message.id, &publish.deliveries[0].id).await.unwrap();
+        assert_eq!((delivery.attempts, delivery.next_at), (1, Some(1_020)), "counted once");
+        let scope = AttemptScope::Message(&publish.message.id);
+        let attempts = store.list_attempts(&app.id, scope, ListFilter::default(), conformance::first_page(10)).await;
+        assert_eq!(attempts.unwrap().items.len(), 1, "written once");
+        // A write fenced off the first time (another node's claim) is not applied the second.
+        let mut fenced = conformance::failed_attempt(
+            &publish,
+            &ep.url,
+            conformance::Retry { claim: token + 1, keep_claim, at: 30, next_at: 2_000 },
+        );
+        fenced.state = hookline_core::delivery::DeliveryState::Exhausted;
+        for try_number in 1..=2 {
+            let recorded = store.record_attempt(fenced.clone()).await;
+            assert!(recorded.as_ref().is_ok_and(|r| !r.applied), "{keep_claim}, fenced try {try_number}: {recorded:?}");
+        }
     }
-    let delivery = store.get_delivery(&publish.message.id, &publish.deliveries[0].id).await.unwrap();
-    assert_eq!((delivery.attempts, delivery.next_at), (1, Some(1_020)), "counted once");
-    let scope = AttemptScope::Message(&publish.message.id);
-    let attempts = store.list_attempts(&app.id, scope, ListFilter::default(), conformance::first_page(10)).await;
-    assert_eq!(attempts.unwrap().items.len(), 1, "written once");
 }

@@ -72,8 +72,10 @@ async fn write(pool: &Pool, records: &[&AttemptRecord]) -> StoreResult<HashMap<(
 
 /// The attempt rows, the fenced delivery updates and the endpoints' health in one
 /// statement. It may run twice for one batch (a commit whose answer was lost to the
-/// timeout is sent again): an attempt already written is not written again nor counted
-/// twice, and the rest writes the same values again. An endpoint's health follows the latest applied attempt of the batch that
+/// timeout is sent again): an attempt already written (its id is random, so by that run) is
+/// not written, counted or applied again, and counts as applied when its delivery is as
+/// that write left it (`again`; the statement sees the tables as they were before it). What
+/// the first run's answer said of a disabled endpoint is not said again. An endpoint's health follows the latest applied attempt of the batch that
 /// made a request (a success clears `fail_since`, a failure sets it if unset); it is
 /// disabled by a 410 or by failing too long (the rule of
 /// `hookline_core::delivery::failing_too_long`, written again in SQL), only if it is still
@@ -97,15 +99,19 @@ logged AS (
     RETURNING msg_id, id
 ),
 updated AS (
-    UPDATE deliveries d SET state = i.next_state,
-        attempts = d.attempts + CASE WHEN EXISTS (SELECT 1 FROM logged l WHERE l.msg_id = i.msg_id AND l.id = i.id)
-            THEN 1 ELSE 0 END,
-        next_at = i.next_at,
+    UPDATE deliveries d SET state = i.next_state, attempts = d.attempts + 1, next_at = i.next_at,
         first_attempt_at = COALESCE(d.first_attempt_at, i.first_attempt_at), trigger = 0, updated_at = i.created_at,
         claimed_by = CASE WHEN i.keep_claim THEN d.claimed_by END
     FROM input i
     WHERE d.msg_id = i.msg_id AND d.id = i.delivery_id AND d.claimed_by = i.claim
+        AND EXISTS (SELECT 1 FROM logged l WHERE l.msg_id = i.msg_id AND l.id = i.id)
     RETURNING d.msg_id, d.id
+),
+again AS (
+    SELECT i.msg_id, i.delivery_id FROM input i JOIN deliveries d ON d.msg_id = i.msg_id AND d.id = i.delivery_id
+    WHERE EXISTS (SELECT 1 FROM attempts a WHERE a.msg_id = i.msg_id AND a.id = i.id)
+        AND d.state = i.next_state AND d.next_at IS NOT DISTINCT FROM i.next_at
+        AND d.claimed_by IS NOT DISTINCT FROM (CASE WHEN i.keep_claim THEN i.claim END)
 ),
 made AS (
     SELECT i.* FROM input i JOIN updated u ON u.msg_id = i.msg_id AND u.id = i.delivery_id
@@ -137,7 +143,9 @@ changed AS (
 SELECT u.msg_id, u.id, j.app_id, j.since
 FROM updated u
 LEFT JOIN judged j ON j.msg_id = u.msg_id AND j.delivery_id = u.id
-    AND EXISTS (SELECT 1 FROM changed c WHERE c.id = j.endpoint_id AND c.disabling)";
+    AND EXISTS (SELECT 1 FROM changed c WHERE c.id = j.endpoint_id AND c.disabling)
+UNION ALL
+SELECT msg_id, delivery_id, NULL, NULL FROM again";
 
 /// One array per column of a batch.
 struct Columns<'a> {
