@@ -342,9 +342,10 @@ impl Store for PgStore {
         let Some(started) = renewed else { return Ok(false) };
         let mut known = self.server_started.lock().expect("server start lock");
         match known.get(&token) {
+            // Kept until the token is retired: every renewal of it fails from now on, even
+            // if registering anew fails once and the old token is renewed again.
             Some(at_registration) if *at_registration != started => {
                 tracing::warn!(token, "the database server restarted since this node registered; registering anew");
-                known.remove(&token);
                 Ok(false)
             }
             Some(_) => Ok(true),

@@ -3,7 +3,9 @@
 //! each an `UNNEST` of one array per column, tied together by data-modifying CTEs), so one
 //! round trip and one synced commit acknowledge them all. Two writers take turns, so one
 //! batch fills while the other commits. If the statement fails, each of its publishes runs
-//! again alone, so a failing one never takes the others down with it.
+//! again alone, so a failing one never takes the others down with it; so does a publish
+//! alone whose answer was lost, which may have committed (a publish that finds its own
+//! message is `Created`).
 
 use super::{pg_error, queue, rows};
 use crate::*;
@@ -50,8 +52,11 @@ async fn commit_batch(pool: &Pool, batch: Vec<Job>, timeout: Duration) {
     let publishes: Vec<&Publish> = batch.iter().map(|(publish, _)| publish).collect();
     let outcomes = match within(timeout, write(pool, &publishes)).await {
         Ok(outcomes) => outcomes,
-        Err(e) if publishes.len() == 1 => vec![Err(e)],
-        // One failed (or the transaction did): each runs again alone and hears its own fate.
+        // A publish alone that the database refused fails; one whose answer did not come
+        // (a timeout, a connection lost) may have committed, and runs again to find out.
+        Err(e) if publishes.len() == 1 && !matches!(e, StoreError::Unavailable(_)) => vec![Err(e)],
+        // One failed (or the transaction did, or its answer was lost): each runs again
+        // alone and hears its own fate.
         Err(_) => {
             let mut outcomes = Vec::with_capacity(publishes.len());
             for publish in &publishes {
