@@ -282,6 +282,14 @@ CREATE TABLE fanouts (
 -- The callback lane's endpoint is '' in it, so that each lane's rows are in due order.
 CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''), next_at) WHERE state = 7;
 "#,
+    r#"
+-- Deliveries left open to endpoints deleted before a deletion closed ordered deliveries
+-- waiting behind the open one: never sendable, they would keep their messages from
+-- retention for ever (it keeps messages with an open delivery).
+UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL
+WHERE endpoint_id IS NOT NULL AND state IN (1, 3, 6, 7)
+    AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.id = deliveries.endpoint_id);
+"#,
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
@@ -310,7 +318,10 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(&format!("{} PRAGMA user_version = 1;", MIGRATIONS[0])).unwrap();
         conn.execute_batch(
-            "INSERT INTO deliveries VALUES ('dlv_1', 'msg_1', 'app_1', 'ep_1', 3, 1, 500, 100, 0, 100);
+            "INSERT INTO endpoints VALUES ('ep_1', 'app_1', NULL, 'https://x.test/', '', 0, NULL, NULL, NULL,
+                 '{}', '{}', '[]', '\"standard_webhooks\"', NULL, 100, 100);
+             INSERT INTO deliveries VALUES ('dlv_1', 'msg_1', 'app_1', 'ep_1', 3, 1, 500, 100, 0, 100);
+             INSERT INTO deliveries VALUES ('dlv_2', 'msg_1', 'app_1', 'ep_gone', 1, 0, 500, NULL, 0, 100);
              INSERT INTO attempts VALUES ('atm_1', 'msg_1', 'app_1', 'dlv_1', 'ep_1', 'https://x.test/', 500,
                  'oops', 12, 'http_status', 3, 0, 100);",
         )
@@ -338,6 +349,8 @@ mod tests {
             .query_row("SELECT count(*) FROM deliveries WHERE state IN (1, 3) AND claimed_by IS NULL", [], |r| r.get(0))
             .unwrap();
         assert_eq!(open, 1, "open deliveries of an earlier version are unclaimed: any node takes them");
+        let gone: i64 = conn.query_row("SELECT state FROM deliveries WHERE id = 'dlv_2'", [], |r| r.get(0)).unwrap();
+        assert_eq!(gone, 4, "an open delivery to an endpoint deleted before is canceled");
         let plan: String = conn
             .query_row("EXPLAIN QUERY PLAN SELECT * FROM attempts WHERE msg_id = 'msg_1' ORDER BY id", [], |r| r.get(3))
             .unwrap();
