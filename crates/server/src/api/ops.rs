@@ -36,8 +36,10 @@ pub fn metrics() -> Route {
 
 async fn render_metrics(State(state): Shared, headers: HeaderMap) -> Result<String, ApiError> {
     let given = bearer(&headers).unwrap_or_default();
-    let scraper =
-        state.config.metrics.token.as_ref().is_some_and(|t| bool::from(hash_token(given).ct_eq(&hash_token(t))));
+    // An empty `metrics.token` is no token (it would match a request without one).
+    let scraper = (state.config.metrics.token.as_deref())
+        .filter(|t| !t.is_empty())
+        .is_some_and(|t| bool::from(hash_token(given).ct_eq(&hash_token(t))));
     let admin = matches!(super::principal_of(&state, given), Some(super::Principal::Admin { .. }));
     if !(scraper || admin) {
         return Err(ApiError::Unauthorized);

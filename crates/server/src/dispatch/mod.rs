@@ -779,11 +779,13 @@ impl Engine {
                     // notification missed while reconnecting). The store says which; a
                     // delivery claimed here and dropped would stay claimed, never sent.
                     None => match self.store.get_endpoint(&d.app_id, endpoint_id).await {
-                        Ok(endpoint) => {
+                        // By id: a key matches a uid too (one stored before uids could not
+                        // take an id's form), which would be another endpoint.
+                        Ok(endpoint) if endpoint.id == *endpoint_id => {
                             self.catalog.invalidate(&d.app_id);
                             Arc::new(endpoint)
                         }
-                        Err(StoreError::NotFound) => return Ok(None),
+                        Ok(_) | Err(StoreError::NotFound) => return Ok(None),
                         Err(e) => return Err(e),
                     },
                 };
