@@ -261,6 +261,15 @@ async fn confine(state: &AppState, own_app: &str, method: &Method, path: &str) -
     if app.id != own_app {
         return Err(ApiError::NotFound("application"));
     }
+    // A uid in the path: handlers find the application through the cache (a publish) or
+    // the store (the rest), and on several nodes the cache may not have heard yet that an
+    // admin moved this uid to another application. Both must name the token's own.
+    if key != own_app {
+        let stored = state.store.get_app(key).await.map_err(ApiError::from_store("application"))?;
+        if stored.id != own_app {
+            return Err(ApiError::NotFound("application"));
+        }
+    }
     let manages_app = below.is_empty() && method != Method::GET;
     if manages_app || below == "token" || below.starts_with("token/") {
         return Err(ApiError::Forbidden);

@@ -943,3 +943,43 @@ async fn a_source_shows_only_the_end_of_a_long_secret() {
     }
     gw.stop().await;
 }
+
+/// An application's token may name its application by uid in paths. When an admin has moved
+/// that uid to another application and this node's cache has not heard yet (another node
+/// made the change; its notification has not arrived), the token still reaches only its own
+/// application: the tenant check asks the store as well as the cache.
+#[tokio::test]
+async fn a_moved_uid_never_lets_a_token_reach_another_application() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let clock = std::sync::Arc::new(hookline_server::clock::ManualClock::new(T0));
+    let gw = start_gateway_in(dev_config(), dir.clone(), clock).await;
+    let a = gw.app("shop").await;
+    let b = gw.app("other").await;
+    gw.endpoint(&b, json!({"url": "https://b.example/"})).await;
+    let token =
+        gw.ok("POST", &format!("/api/v1/app/{a}/token"), Some(json!({}))).await["token"].as_str().unwrap().to_owned();
+    let as_a = |path: &str| {
+        let request = gw.http.get(format!("{}{path}", gw.url)).bearer_auth(&token);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, listed) = as_a("/api/v1/app/shop/endpoint").await;
+    assert_eq!((status, listed["data"].as_array().map(Vec::len)), (200, Some(0)), "its own, through its uid: {listed}");
+    // Another node moves the uid: written to the store behind this node's cache.
+    let other_node = open_store(dir.path()).await;
+    let mut first = other_node.get_app(&a).await.unwrap();
+    first.uid = None;
+    other_node.update_app(first).await.unwrap();
+    let mut second = other_node.get_app(&b).await.unwrap();
+    second.uid = Some("shop".into());
+    other_node.update_app(second).await.unwrap();
+    for path in ["/api/v1/app/shop/endpoint", "/api/v1/app/shop"] {
+        let (status, answer) = as_a(path).await;
+        assert_eq!(status, 404, "{path}: {answer}");
+    }
+    let (status, _) = as_a(&format!("/api/v1/app/{a}/endpoint")).await;
+    assert_eq!(status, 200, "its own, by id");
+    gw.stop().await;
+}
