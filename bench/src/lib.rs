@@ -430,14 +430,16 @@ pub async fn isolation(options: &Options) -> anyhow::Result<(Report, Report)> {
     Ok((alone, beside))
 }
 
-/// `inbound`: Stripe-signed requests to an inbound source, forwarded to one endpoint.
-/// Acknowledgements are the `publish` figures; forwarding is the delivery figures.
-pub async fn inbound(options: &Options) -> anyhow::Result<Report> {
+/// `inbound`: Stripe-signed requests to an inbound source, forwarded to one endpoint, from
+/// `concurrency` connections (a provider sends many at once). Acknowledgements are the
+/// `publish` figures; forwarding is the delivery figures.
+pub async fn inbound(options: &Options, concurrency: usize) -> anyhow::Result<Report> {
     const SECRET: &str = "whsec_bench_inbound_secret";
     let count = options.count(20_000);
     let (http, sink) = (client(), Sink::start().await?);
-    let mut report = Report { scenario: "inbound".into(), variant: "stripe, c16".into(), ..Default::default() };
-    report.ceiling_per_s = ceiling(&http, &sink, count, 16).await?;
+    let variant = format!("stripe, c{concurrency}");
+    let mut report = Report { scenario: "inbound".into(), variant, ..Default::default() };
+    report.ceiling_per_s = ceiling(&http, &sink, count, concurrency).await?;
     let gw = options.gateway(&[]).await?;
     report.idle_rss_mb = gw.rss_mb();
     let app = app_with_endpoints(&http, &gw, &[sink.path(0, 200)]).await?;
@@ -452,7 +454,7 @@ pub async fn inbound(options: &Options) -> anyhow::Result<Report> {
         Request { body, headers: vec![("stripe-signature".into(), signature)] }
     });
     let target = Target::one(url, 200, "messageId");
-    let published = closed_loop(&http, target, request, count, 16).await?;
+    let published = closed_loop(&http, target, request, count, concurrency).await?;
     wait_answered(&sink, count, Duration::from_secs(120)).await;
     deliveries(&mut report, &sink, &published, 1);
     report.total_s = published.started.elapsed().as_secs_f64();
@@ -474,7 +476,7 @@ pub async fn run(name: &str, options: &Options) -> anyhow::Result<Vec<Report>> {
             let (alone, beside) = isolation(options).await?;
             vec![alone, beside]
         }
-        "inbound" => vec![inbound(options).await?],
+        "inbound" => vec![inbound(options, 16).await?, inbound(options, 32).await?, inbound(options, 64).await?],
         "ingest-redis" => vec![ingest::at_rate(options).await?, ingest::drain(options).await?],
         "backlog" => vec![backlog::backlog(options).await?],
         "cluster" => cluster::cluster(options).await?,
