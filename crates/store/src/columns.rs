@@ -42,12 +42,33 @@ pub const LANE_ENDPOINT: &str = "coalesce(endpoint_id, '')";
 pub const COUNT_OPEN_DELIVERIES: &str = "SELECT (SELECT count(*) FROM deliveries WHERE state IN (1, 3)) \
      + (SELECT count(*) FROM deliveries WHERE state = 7)";
 
-/// Retention keeps a message while any of its deliveries is open (pending, sending, waiting
-/// behind its ordering key, deferred), whatever its age: an acknowledged event goes once it
-/// is delivered or visibly failed, never before. SQLite adds its `fanouts` rows (a fan-out
-/// not yet attempted) to this.
-pub const NO_OPEN_DELIVERY: &str =
-    "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg_id = messages.id AND d.state IN (1, 3, 6, 7))";
+/// The stored states of an open delivery, for `state IN (…)`: pending, sending, waiting
+/// behind its ordering key, deferred. A macro, so that constant statements can `concat!` it.
+macro_rules! open_states {
+    () => {
+        "1, 3, 6, 7"
+    };
+}
+pub(crate) use open_states;
+
+/// Retention keeps a message while any of its deliveries is open, whatever its age: an
+/// acknowledged event goes once it is delivered or visibly failed, never before. SQLite
+/// adds its `fanouts` rows (a fan-out not yet attempted) to this.
+pub const NO_OPEN_DELIVERY: &str = concat!(
+    "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.msg_id = messages.id AND d.state IN (",
+    open_states!(),
+    "))"
+);
+
+/// A migration of both backends: deliveries left open to endpoints deleted before a
+/// deletion closed ordered deliveries waiting behind the open one. Never sendable, they
+/// would keep their messages from retention for ever.
+pub const CLOSE_ORPHANED_DELIVERIES: &str = concat!(
+    "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL \
+     WHERE endpoint_id IS NOT NULL AND state IN (",
+    open_states!(),
+    ") AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.id = deliveries.endpoint_id);"
+);
 
 pub const ATTEMPT_COLUMNS: &str = "id, msg_id, app_id, delivery_id, endpoint_id, url, status_code, response, \
      duration_ms, error_class, state, trigger, created_at";

@@ -404,8 +404,12 @@ pub async fn skip(
     now: i64,
 ) -> StoreResult<Delivery> {
     let sql = format!(
-        "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = $4 \
-         WHERE msg_id = $1 AND endpoint_id = $2 AND app_id = $3 AND state IN (1, 3, 6, 7) RETURNING {}",
+        concat!(
+            "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = $4 \
+             WHERE msg_id = $1 AND endpoint_id = $2 AND app_id = $3 AND state IN (",
+            crate::columns::open_states!(),
+            ") RETURNING {}"
+        ),
         rows::DELIVERY_COLUMNS
     );
     match absent(one(c, &sql, &[&msg_id, &endpoint_id, &app_id, &now], rows::delivery).await)? {

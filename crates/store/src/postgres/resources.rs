@@ -271,8 +271,11 @@ pub async fn take_link(c: &impl GenericClient, id: &[u8; 32], now: UnixMs) -> St
 pub async fn delete_endpoint(c: &impl GenericClient, app_id: &str, id: &str) -> StoreResult<()> {
     delete_by(c, "DELETE FROM endpoints WHERE app_id = $1 AND id = $2", &[&app_id, &id]).await?;
     // Open deliveries to a deleted endpoint can never be made: close them.
-    let sql = "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL \
-               WHERE endpoint_id = $1 AND state IN (1, 3, 6, 7)";
+    let sql = concat!(
+        "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL WHERE endpoint_id = $1 AND state IN (",
+        crate::columns::open_states!(),
+        ")"
+    );
     run(c, sql, &[&id]).await.map(|_| ())
 }
 

@@ -302,7 +302,11 @@ pub fn count_open_deliveries(conn: &Connection) -> StoreResult<u64> {
 pub fn purge_messages(conn: &Connection, created_before: i64, now: i64, limit: usize) -> StoreResult<usize> {
     let cutoff = crate::retention_cutoff_id(created_before);
     let closed = format!(
-        "{} AND NOT EXISTS (SELECT 1 FROM fanouts f WHERE f.msg_id = messages.id AND f.state IN (1, 3, 6, 7))",
+        concat!(
+            "{} AND NOT EXISTS (SELECT 1 FROM fanouts f WHERE f.msg_id = messages.id AND f.state IN (",
+            crate::columns::open_states!(),
+            "))"
+        ),
         crate::columns::NO_OPEN_DELIVERY
     );
     let mut ids: Vec<String> = Vec::with_capacity(limit);
@@ -540,8 +544,12 @@ pub fn promote_lanes(conn: &Connection, lanes: Option<&[(String, String)]>, now:
 pub fn skip(conn: &Connection, app_id: &str, msg_id: &str, endpoint_id: &str, now: i64) -> StoreResult<Delivery> {
     fanout::write_out(conn, fanout::Which::Message(msg_id))?;
     let sql = format!(
-        "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = ?4 \
-         WHERE msg_id = ?1 AND endpoint_id = ?2 AND app_id = ?3 AND state IN (1, 3, 6, 7) RETURNING {}",
+        concat!(
+            "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = ?4 \
+             WHERE msg_id = ?1 AND endpoint_id = ?2 AND app_id = ?3 AND state IN (",
+            crate::columns::open_states!(),
+            ") RETURNING {}"
+        ),
         rows::DELIVERY_COLUMNS
     );
     let skipped = conn

@@ -267,7 +267,11 @@ pub fn delete_endpoint(conn: &Connection, app_id: &str, id: &str) -> StoreResult
     // Open deliveries to a deleted endpoint can never be made: close them.
     super::fanout::write_out(conn, super::fanout::Which::All)?;
     conn.execute(
-        "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL WHERE endpoint_id = ?1 AND state IN (1, 3, 6, 7)",
+        concat!(
+            "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL WHERE endpoint_id = ?1 AND state IN (",
+            crate::columns::open_states!(),
+            ")"
+        ),
         [id],
     )
     .map_err(sql_error)?;

@@ -282,14 +282,7 @@ CREATE TABLE fanouts (
 -- The callback lane's endpoint is '' in it, so that each lane's rows are in due order.
 CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''), next_at) WHERE state = 7;
 "#,
-    r#"
--- Deliveries left open to endpoints deleted before a deletion closed ordered deliveries
--- waiting behind the open one: never sendable, they would keep their messages from
--- retention for ever (it keeps messages with an open delivery).
-UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL
-WHERE endpoint_id IS NOT NULL AND state IN (1, 3, 6, 7)
-    AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.id = deliveries.endpoint_id);
-"#,
+    crate::columns::CLOSE_ORPHANED_DELIVERIES,
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
