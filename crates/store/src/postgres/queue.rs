@@ -18,13 +18,11 @@ fn absent<T>(result: StoreResult<T>) -> StoreResult<Option<T>> {
     }
 }
 
-/// The message an earlier publish stored for what `publish` repeats: itself (an earlier try
-/// of it committed), the same provider event (its dedupe key) or the same `eventId`.
+/// The message an earlier publish stored for what `publish` repeats: the same provider
+/// event (its dedupe key), the same `eventId`, or, with neither, itself (an earlier try of
+/// it committed). A try of a publish with a key finds itself through the key.
 pub async fn earlier_message(c: &impl GenericClient, publish: &Publish) -> StoreResult<Message> {
     let m = &publish.message;
-    if let Some(itself) = absent(message_by_id(c, &m.id).await)? {
-        return Ok(itself);
-    }
     if let Some((source_id, key)) = &publish.dedupe {
         let sql = format!(
             "SELECT {} FROM inbound_keys k JOIN messages m ON m.id = k.msg_id WHERE k.source_id = $1 AND k.event_key = $2",
@@ -34,7 +32,10 @@ pub async fn earlier_message(c: &impl GenericClient, publish: &Publish) -> Store
     }
     match &m.event_id {
         Some(event_id) => get_message(c, &m.app_id, event_id).await,
-        None => Err(StoreError::Unavailable("a new message was not written".into())),
+        None => message_by_id(c, &m.id).await.map_err(|e| match e {
+            StoreError::NotFound => StoreError::Unavailable("a new message was not written".into()),
+            other => other,
+        }),
     }
 }
 
