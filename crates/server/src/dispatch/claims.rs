@@ -229,8 +229,9 @@ impl Engine {
 
     /// Claims due work in windows of `claim_batch_max` while there is room: in each, the
     /// deliveries to an endpoint whose lane has all it may take (`lane_room`) are deferred,
-    /// and of the rest as many as there is room for are claimed. Deferring is bounded by `held_max` a round, so a large backlog is
-    /// set aside over several polls, a window per statement. False when the store could not
+    /// and of the rest as many as there is room for are claimed. Deferring is bounded by
+    /// `held_max` a round, so a large backlog is set aside over several polls, a window per
+    /// statement. False when the store could not
     /// be reached (nothing more is tried this round).
     async fn claim_due_work(&self, token: i64) -> bool {
         let window = self.cluster.claim_batch_max;

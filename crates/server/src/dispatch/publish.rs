@@ -83,6 +83,8 @@ impl Engine {
         Finished(Some(Box::pin(work))).await
     }
 
+    /// Commits `publish`, then hands its claimed deliveries to this node's scheduler and
+    /// notes the lanes the store deferred.
     async fn publish_and_hand_over(
         self: Arc<Self>,
         publish: Publish,
@@ -92,21 +94,9 @@ impl Engine {
         deferred: Vec<DeferredLane>,
     ) -> StoreResult<PublishOutcome> {
         let outcome = self.store.publish(publish).await?;
-        if matches!(outcome, PublishOutcome::Created) {
-            self.hand_over(&message, deliveries, claims, deferred);
+        if !matches!(outcome, PublishOutcome::Created) {
+            return Ok(outcome);
         }
-        Ok(outcome)
-    }
-
-    /// Hands a committed publish's claimed deliveries to this node's scheduler and notes
-    /// the lanes the store deferred.
-    fn hand_over(
-        &self,
-        message: &Arc<Message>,
-        deliveries: Vec<Delivery>,
-        claims: Vec<Option<i64>>,
-        deferred: Vec<DeferredLane>,
-    ) {
         if !deferred.is_empty() {
             self.deferred.note(deferred);
         }
@@ -123,6 +113,7 @@ impl Engine {
         if ordered {
             self.wake();
         }
+        Ok(outcome)
     }
 }
 

@@ -75,12 +75,14 @@ async fn write(pool: &Pool, records: &[&AttemptRecord]) -> StoreResult<HashMap<(
 /// timeout is sent again): an attempt already written (its id is random, so by that run) is
 /// not written, counted or applied again, and counts as applied when its delivery is as
 /// that write left it (`again`; the statement sees the tables as they were before it). What
-/// the first run's answer said of a disabled endpoint is not said again. An endpoint's health follows the latest applied attempt of the batch that
-/// made a request (a success clears `fail_since`, a failure sets it if unset); it is
-/// disabled by a 410 or by failing too long (the rule of
-/// `hookline_core::delivery::failing_too_long`, written again in SQL), only if it is still
-/// enabled when the row is locked, so two nodes never both report disabling it. Returns
-/// each applied delivery, with its app and `fail_since` when its write disabled the endpoint.
+/// the first run's answer said of a disabled endpoint is not said again.
+///
+/// An endpoint's health follows the latest applied attempt of the batch that made a request
+/// (a success clears `fail_since`, a failure sets it if unset); it is disabled by a 410 or
+/// by failing too long (the rule of `hookline_core::delivery::failing_too_long`, written
+/// again in SQL), only if it is still enabled when the row is locked, so two nodes never
+/// both report disabling it. Returns each applied delivery, with its app and `fail_since`
+/// when its write disabled the endpoint.
 const BATCH_SQL: &str = "\
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[],
