@@ -149,16 +149,22 @@ async fn secrets_are_sealed_at_rest() {
     assert!(matches!(wrong.get_endpoint(&app.id, &ep.id).await, Err(hookline_store::StoreError::Corrupt(_))));
 }
 
+/// A fresh store with an application, an endpoint of it, and a registered node's token.
+async fn one_node_one_endpoint() -> (PgStore, hookline_store::App, hookline_store::Endpoint, i64) {
+    let (_url, store) = fresh().await;
+    let app = store.create_app(conformance::app(1, None)).await.unwrap();
+    let ep = store.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
+    let token = store.register_node("a", 1_000, 60_000).await.unwrap().token;
+    (store, app, ep, token)
+}
+
 /// A batch whose commit landed but whose answer was lost (a timeout, a dropped connection)
 /// runs each publish again alone: a publish finding its own message committed is Created,
 /// with its deliveries as it claimed them, not a duplicate or an error whose caller would
 /// leave them claimed by this live node and never sent.
 #[tokio::test]
 async fn a_publish_tried_again_after_its_commit_landed_is_created() {
-    let (_url, store) = fresh().await;
-    let app = store.create_app(conformance::app(1, None)).await.unwrap();
-    let ep = store.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
-    let token = store.register_node("a", 1_000, 60_000).await.unwrap().token;
+    let (store, app, ep, token) = one_node_one_endpoint().await;
     let plain = conformance::publish(&app.id, &[&ep.id], None, 10);
     let with_event_id = conformance::publish(&app.id, &[&ep.id], Some("evt_7"), 11);
     let mut with_dedupe = conformance::publish(&app.id, &[&ep.id], None, 12);
@@ -186,10 +192,7 @@ async fn a_publish_tried_again_after_its_commit_landed_is_created() {
 #[tokio::test]
 async fn an_attempt_written_again_is_written_once() {
     use hookline_store::{AttemptScope, ListFilter};
-    let (_url, store) = fresh().await;
-    let app = store.create_app(conformance::app(1, None)).await.unwrap();
-    let ep = store.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
-    let token = store.register_node("a", 1_000, 60_000).await.unwrap().token;
+    let (store, app, ep, token) = one_node_one_endpoint().await;
     // A retry kept in memory (the claim kept) and one given back to the store.
     for keep_claim in [true, false] {
         let mut publish = conformance::publish(&app.id, &[&ep.id], None, 10);
