@@ -788,7 +788,7 @@ async fn transport_limits_slow_heads_too_many_headers_and_connections() {
 
 /// `/metrics` names every application's endpoints and sources: it answers an admin token,
 /// or the scrapers' `metrics.token` when set, and nothing else (no token, another token,
-/// an application's token).
+/// an application's token). An empty `metrics.token` is no token.
 #[tokio::test]
 async fn metrics_need_an_admin_or_a_scraper_token() {
     let scrape = |gw: &Gateway, token: Option<String>| {
@@ -801,7 +801,7 @@ async fn metrics_need_an_admin_or_a_scraper_token() {
             (response.status().as_u16(), response.text().await.unwrap())
         }
     };
-    for scraper in [None, Some("scrape-token")] {
+    for scraper in [None, Some(""), Some("scrape-token")] {
         let mut config = dev_config();
         config.metrics.token = scraper.map(str::to_owned);
         let gw = start_gateway(config).await;
@@ -809,7 +809,9 @@ async fn metrics_need_an_admin_or_a_scraper_token() {
         gw.publish(&app, json!({"eventType": "x", "payload": {}})).await;
         let app_token = gw.ok("POST", &format!("/api/v1/app/{app}/token"), Some(json!({}))).await;
         let app_token = app_token["token"].as_str().unwrap().to_owned();
-        let refused = [None, Some("wrong".to_owned()), Some("scrape-token".to_owned()), Some(app_token)];
+        let refused =
+            [None, Some(String::new()), Some("wrong".to_owned()), Some("scrape-token".to_owned()), Some(app_token)];
+        let scraper = scraper.filter(|t| !t.is_empty());
         for token in refused.into_iter().filter(|t| t.as_deref() != scraper) {
             let (status, body) = scrape(&gw, token.clone()).await;
             assert_eq!(status, 401, "{scraper:?}, {token:?}: {body}");
