@@ -17,6 +17,9 @@ pub const QUEUE_DEPTH: &str = "hookline_queue_depth";
 pub const IN_FLIGHT: &str = "hookline_deliveries_in_flight";
 /// Deliveries this node holds in memory: queued, waiting for their endpoint or in flight.
 pub const HELD: &str = "hookline_deliveries_held";
+/// Claims this node held in the store on deliveries it no longer held in memory, freed by
+/// its sweep (each is a defect: it would have kept a delivery from being sent).
+pub const STRAY_CLAIMS_FREED: &str = "hookline_stray_claims_freed_total";
 /// Inbound requests by source and outcome: accepted, duplicate, filtered, or a rejection code.
 pub const INBOUND: &str = "hookline_inbound_requests_total";
 /// Operational events stored, by type (only those some operational endpoint takes).

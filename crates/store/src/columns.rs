@@ -42,6 +42,15 @@ pub const LANE_ENDPOINT: &str = "coalesce(endpoint_id, '')";
 pub const COUNT_OPEN_DELIVERIES: &str = "SELECT (SELECT count(*) FROM deliveries WHERE state IN (1, 3)) \
      + (SELECT count(*) FROM deliveries WHERE state = 7)";
 
+/// [`crate::Store::overdue_claims`]: `$1` due before, `$2` the window, `$3` the token.
+/// SQLite numbers `$n` parameters in the order they first appear, so both backends bind
+/// the same list. SQLite reads the window from `deliveries_due` alone (it holds
+/// `claimed_by`); PostgreSQL's index has `next_at` only, so the window is bounded.
+pub const OVERDUE_CLAIMS: &str = "SELECT msg_id, id FROM ( \
+         SELECT msg_id, id, claimed_by, next_at FROM deliveries \
+         WHERE state IN (1, 3) AND next_at < $1 ORDER BY next_at LIMIT $2) AS due \
+     WHERE claimed_by = $3 ORDER BY next_at";
+
 /// The stored states of an open delivery, for `state IN (…)`: pending, sending, waiting
 /// behind its ordering key, deferred. A macro, so that constant statements can `concat!` it.
 macro_rules! open_states {

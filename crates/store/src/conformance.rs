@@ -148,6 +148,7 @@ pub async fn run_all(store: &dyn Store) {
     claims_are_leased_fenced_and_taken_over(store).await;
     a_fan_out_is_read_attempted_and_taken_over_delivery_by_delivery(store).await;
     a_lane_behind_defers_its_due_work(store).await;
+    stray_claims_are_listed_and_freed(store).await;
 }
 
 /// Every open delivery claimable now (claims them for `node`).
@@ -265,6 +266,57 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
     store.retire_node(rival.token).await.unwrap();
     assert_eq!(store.live_nodes(85_001).await.unwrap(), live - 1, "a retired node is not live");
     assert_eq!(store.live_nodes(UnixMs::MAX / 2).await.unwrap(), 0, "leases expire");
+    store.delete_app(&a.id).await.unwrap();
+}
+
+/// A node's claims on deliveries it no longer holds in memory can be listed (its open
+/// claims overdue, earliest first) and freed; nobody else's, and no closed delivery.
+async fn stray_claims_are_listed_and_freed(store: &dyn Store) {
+    const AT: UnixMs = 90_000_000;
+    let a = store.create_app(app(AT, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, AT)).await.unwrap();
+    let node = store.register_node("strays", AT, LONG_LEASE_MS).await.unwrap().token;
+    let someone_else = node + 1_000;
+    // One delivery each (a fan-out row on SQLite is no delivery row yet), claimed under
+    // `claim` and due at `next_at`.
+    let publish_at = |next_at: UnixMs, claim: Option<i64>| {
+        let mut p = publish(&a.id, &[&ep.id], None, AT);
+        p.deliveries[0].next_at = Some(next_at);
+        p.claim = claim;
+        p
+    };
+    let earliest = publish_at(0, Some(node));
+    let second = publish_at(AT + 2, Some(node));
+    let third = publish_at(AT + 3, Some(node));
+    let others = publish_at(AT + 1, Some(someone_else));
+    let unclaimed = publish_at(AT + 4, None);
+    let done = publish_at(AT + 5, Some(node));
+    let not_due = publish_at(AT + 20, Some(node));
+    for p in [&earliest, &second, &third, &others, &unclaimed, &done, &not_due] {
+        store.publish(p.clone()).await.unwrap();
+    }
+    assert!(finish(store, node, &done, DeliveryState::Delivered, AT + 6).await.applied);
+    let key = |p: &Publish| DeliveryKey { msg_id: p.message.id.clone(), id: p.deliveries[0].id.clone() };
+    let overdue = |token: i64, window: usize| store.overdue_claims(token, AT + 10, window);
+    assert_eq!(
+        overdue(node, 100_000).await.unwrap(),
+        vec![key(&earliest), key(&second), key(&third)],
+        "open, claimed by the node, due before the time given, earliest first"
+    );
+    assert_eq!(overdue(node, 1).await.unwrap(), vec![key(&earliest)], "only within the window of earliest due");
+    assert_eq!(overdue(someone_else, 100_000).await.unwrap(), vec![key(&others)]);
+
+    let asked = vec![key(&earliest), key(&second), key(&others), key(&unclaimed), key(&done)];
+    assert_eq!(store.free_claims(node, asked).await.unwrap(), 2, "only the node's own open claims are freed");
+    assert_eq!(overdue(node, 100_000).await.unwrap(), vec![key(&third)]);
+    assert_eq!(overdue(someone_else, 100_000).await.unwrap(), vec![key(&others)], "another node's claim stays");
+    let claimed = claim(store, node, AT + 10, AT + 10, 100_000).await;
+    let mut taken: Vec<&str> = claimed.iter().filter(|d| d.app_id == a.id).map(|d| d.id.as_str()).collect();
+    taken.sort();
+    let mut freed = vec![earliest.deliveries[0].id.as_str(), second.deliveries[0].id.as_str()];
+    freed.extend([&unclaimed, &others].iter().map(|p| p.deliveries[0].id.as_str()));
+    freed.sort();
+    assert_eq!(taken, freed, "freed claims are due work again (and an unknown token's claim is free)");
     store.delete_app(&a.id).await.unwrap();
 }
 

@@ -109,6 +109,14 @@ pub trait Store: Send + Sync + 'static {
     /// then, so that a lane another node deferred, or a node before a restart, is taken up.
     /// Each lane found costs an index seek or two, however many deliveries it defers.
     async fn deferred_lanes(&self, after: Option<DeferredLane>, limit: usize) -> StoreResult<Vec<DeferredLane>>;
+    /// The open deliveries claimed under `token` that were due before `due_before`, earliest
+    /// first, among the `window` earliest due open deliveries (whoever holds them): a node
+    /// compares them with what it holds in memory, to free claims it lost track of
+    /// ([`Store::free_claims`]). Stray claims are old, so they stand early in that order.
+    async fn overdue_claims(&self, token: i64, due_before: UnixMs, window: usize) -> StoreResult<Vec<DeliveryKey>>;
+    /// Frees `token`'s claims on these deliveries where they are still open and claimed under
+    /// it, so that any node claims them as due work; how many it freed.
+    async fn free_claims(&self, token: i64, deliveries: Vec<DeliveryKey>) -> StoreResult<usize>;
     /// Takes or keeps the leader lease (one node runs retention); true while this node leads.
     async fn lead(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool>;
     /// Open deliveries (pending, deferred or sending), claimed or not.

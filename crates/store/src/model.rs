@@ -349,6 +349,13 @@ impl DeferredLane {
     }
 }
 
+/// A delivery by its key: its message's id and its own.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct DeliveryKey {
+    pub msg_id: String,
+    pub id: String,
+}
+
 /// A signing secret of an inbound source; several may be active during a rotation.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceSecret {

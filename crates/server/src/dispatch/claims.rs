@@ -15,8 +15,8 @@
 use super::{delivery_lane, lane_key, Due, EndpointLane, Engine, CALLBACK_LANE};
 use crate::config::ClusterConfig;
 use crate::metrics as m;
-use hookline_store::{ClaimDue, DeferredLane, Delivery, NodeLease};
-use std::collections::HashMap;
+use hookline_store::{ClaimDue, DeferredLane, Delivery, DeliveryKey, NodeLease};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,34 +24,66 @@ use std::time::Duration;
 /// Lanes with deferred deliveries a look at the store lists at most.
 const DEFERRED_LANES_LISTED: usize = 10_000;
 
-/// The deliveries this node holds in memory: a count, and its gauge's handle (made once,
-/// not looked up in the registry twice per delivery).
+/// The earliest due open deliveries a sweep of stray claims looks among (a stray claim is
+/// never sent, so it stays among the earliest while other work moves on).
+const STRAY_WINDOW: usize = 10_000;
+
+/// The deliveries this node holds in memory: a count, its gauge's handle (made once, not
+/// looked up in the registry twice per delivery), and the ids held (as hashes, each with
+/// its number of holds) for the sweep of stray claims.
 pub struct Held {
     pub count: AtomicUsize,
     gauge: metrics::Gauge,
+    ids: Mutex<HashMap<u64, u32>>,
 }
 
 impl Held {
     pub fn new() -> Held {
-        Held { count: AtomicUsize::new(0), gauge: metrics::gauge!(m::HELD) }
+        Held { count: AtomicUsize::new(0), gauge: metrics::gauge!(m::HELD), ids: Mutex::new(HashMap::new()) }
+    }
+
+    /// Whether a delivery of this id is held (or, rarely, one whose id hashes alike: a
+    /// stray claim then waits for the next sweep; nothing held is ever taken for stray).
+    fn has(&self, delivery_id: &str) -> bool {
+        self.ids.lock().expect("held lock").contains_key(&id_hash(delivery_id))
     }
 }
 
+fn id_hash(delivery_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    delivery_id.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// One delivery held in memory; counted while it lives, however it leaves.
-pub struct Hold(Arc<Held>);
+pub struct Hold {
+    held: Arc<Held>,
+    id: u64,
+}
 
 impl Hold {
-    pub fn new(held: &Arc<Held>) -> Hold {
+    pub fn new(held: &Arc<Held>, delivery_id: &str) -> Hold {
+        let id = id_hash(delivery_id);
+        *held.ids.lock().expect("held lock").entry(id).or_default() += 1;
         held.count.fetch_add(1, Ordering::SeqCst);
         held.gauge.increment(1.0);
-        Hold(held.clone())
+        Hold { held: held.clone(), id }
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::SeqCst);
-        self.0.gauge.decrement(1.0);
+        let mut ids = self.held.ids.lock().expect("held lock");
+        if let Some(holds) = ids.get_mut(&self.id) {
+            *holds -= 1;
+            if *holds == 0 {
+                ids.remove(&self.id);
+            }
+        }
+        drop(ids);
+        self.held.count.fetch_sub(1, Ordering::SeqCst);
+        self.held.gauge.decrement(1.0);
     }
 }
 
@@ -154,6 +186,57 @@ impl Engine {
             tokio::select! {
                 _ = stopping.wait_for(|s| *s) => return,
                 _ = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+
+    /// Frees this node's claims in the store on deliveries it does not hold in memory. No
+    /// known path leaves such a claim, but one would keep its delivery from being sent for
+    /// as long as the node lives (its lease stays renewed). Every lease (on the engine's
+    /// clock) the sweep lists the node's open claims due a lease ago or earlier
+    /// ([`hookline_store::Store::overdue_claims`]); one it does not hold at two sweeps in a
+    /// row, under the same token, is freed and claimed again as due work. Two sweeps a lease
+    /// apart, so that work on its way into memory (a commit's or a claim's, a moment) is never
+    /// taken for stray.
+    pub(super) async fn sweep_stray_claims(self: Arc<Self>) {
+        let mut stopping = self.stopping.subscribe();
+        let every = self.cluster.lease_ms as i64;
+        let (mut token, mut suspects) = (self.token(), HashSet::new());
+        loop {
+            let at = self.clock.now_ms() + every;
+            tokio::select! {
+                _ = stopping.wait_for(|s| *s) => return,
+                _ = self.clock.sleep_until(at) => {}
+            }
+            if token != self.token() {
+                (token, suspects) = (self.token(), HashSet::new());
+            }
+            let overdue = match self.store.overdue_claims(token, self.clock.now_ms() - every, STRAY_WINDOW).await {
+                Ok(overdue) => overdue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not look for stray claims");
+                    continue;
+                }
+            };
+            let stray: HashSet<DeliveryKey> = overdue.into_iter().filter(|k| !self.held.has(&k.id)).collect();
+            let lost: Vec<DeliveryKey> = stray.iter().filter(|k| suspects.contains(*k)).cloned().collect();
+            suspects = stray;
+            if lost.is_empty() {
+                continue;
+            }
+            match self.store.free_claims(token, lost.clone()).await {
+                Ok(freed) => {
+                    tracing::warn!(
+                        freed,
+                        "freed claims on deliveries this node no longer held; they are claimed again"
+                    );
+                    metrics::counter!(m::STRAY_CLAIMS_FREED).increment(freed as u64);
+                    for key in &lost {
+                        suspects.remove(key);
+                    }
+                    self.wake();
+                }
+                Err(e) => tracing::warn!(error = %e, "could not free stray claims"),
             }
         }
     }
@@ -283,7 +366,7 @@ impl Engine {
             }
         }
         for delivery in deliveries {
-            let hold = Hold::new(&self.held);
+            let hold = Hold::new(&self.held, &delivery.id);
             self.requeue(Due { at: 0, delivery, message: None, claim: token, incoming: true, _hold: hold });
         }
     }

@@ -253,6 +253,7 @@ impl Engine {
         tokio::spawn(engine.clone().schedule(receiver));
         tokio::spawn(engine.clone().heartbeat(lease));
         tokio::spawn(engine.clone().claim_loop());
+        tokio::spawn(engine.clone().sweep_stray_claims());
         tokio::spawn(engine.stats.clone().flush_loop(engine.store.clone()));
         Ok(engine)
     }
@@ -301,7 +302,7 @@ impl Engine {
 
     /// Hands a committed delivery claimed under `claim` to the scheduler.
     pub fn enqueue(&self, delivery: Delivery, message: Option<Arc<Message>>, claim: i64) {
-        let hold = claims::Hold::new(&self.held);
+        let hold = claims::Hold::new(&self.held, &delivery.id);
         self.requeue(Due { at: 0, delivery, message, claim, incoming: false, _hold: hold });
     }
 
@@ -953,14 +954,8 @@ mod tests {
         let mut lane = EndpointLane::default();
         for n in 0..count {
             let delivery = publish.deliveries[0].clone();
-            let due = Due {
-                at: first_at + n as i64,
-                delivery,
-                message: None,
-                claim: 1,
-                incoming: false,
-                _hold: claims::Hold::new(&held),
-            };
+            let _hold = claims::Hold::new(&held, &delivery.id);
+            let due = Due { at: first_at + n as i64, delivery, message: None, claim: 1, incoming: false, _hold };
             lane.parked.push_back(due);
         }
         lane

@@ -395,6 +395,7 @@ struct BareEngine {
     engine: Arc<hookline_server::dispatch::Engine>,
     store: Arc<dyn hookline_store::Store>,
     app: hookline_store::App,
+    clock: Arc<hookline_server::clock::ManualClock>,
     _dir: tempfile::TempDir,
 }
 
@@ -402,9 +403,10 @@ async fn bare_engine() -> BareEngine {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
     let config = dev_config();
+    let clock = Arc::new(hookline_server::clock::ManualClock::new(T0));
     let engine = hookline_server::dispatch::Engine::start(
         store.clone(),
-        Arc::new(hookline_server::clock::ManualClock::new(T0)),
+        clock.clone(),
         config.delivery.clone(),
         config.cluster.clone(),
         config.address_policy(),
@@ -414,7 +416,7 @@ async fn bare_engine() -> BareEngine {
     .await
     .unwrap();
     let app = store.create_app(hookline_store::conformance::app(T0, None)).await.unwrap();
-    BareEngine { engine, store, app, _dir: dir }
+    BareEngine { engine, store, app, clock, _dir: dir }
 }
 
 /// A publisher that stops waiting while its commit runs (a client gone, a broker connection
@@ -422,7 +424,7 @@ async fn bare_engine() -> BareEngine {
 /// to its scheduler finishes without the caller, so the delivery is sent.
 #[tokio::test]
 async fn a_publish_whose_caller_stops_waiting_is_still_delivered() {
-    let BareEngine { engine, store, app, _dir } = bare_engine().await;
+    let BareEngine { engine, store, app, _dir, .. } = bare_engine().await;
     let rx = Receiver::start(Answer::status(204)).await;
     let endpoint =
         hookline_store::Endpoint { url: rx.url.clone(), ..hookline_store::conformance::endpoint(&app.id, T0) };
@@ -445,7 +447,7 @@ async fn a_publish_whose_caller_stops_waiting_is_still_delivered() {
 /// while reconnecting) is sent, not dropped while claimed by this node.
 #[tokio::test]
 async fn a_delivery_to_an_endpoint_the_cache_has_not_heard_of_is_sent() {
-    let BareEngine { engine, store, app, _dir } = bare_engine().await;
+    let BareEngine { engine, store, app, _dir, .. } = bare_engine().await;
     assert!(engine.catalog.endpoints(&app.id).await.unwrap().is_empty(), "cached without the endpoint");
     let rx = Receiver::start(Answer::status(204)).await;
     let endpoint =
@@ -456,5 +458,48 @@ async fn a_delivery_to_an_endpoint_the_cache_has_not_heard_of_is_sent() {
     engine.commit(&message, vec![delivery], None, None).await.unwrap();
     let received = rx.next().await;
     assert_eq!(received.header("webhook-id"), message.id);
+    engine.shutdown().await;
+}
+
+/// A claim this node holds in the store on a delivery it does not hold in memory (left by a
+/// path that drops work while claimed; none is known) is freed by the sweep of stray claims
+/// at its second look, a lease after the first, and the delivery is sent. A delivery in
+/// memory, as overdue (in flight, its endpoint slow to answer), keeps its claim.
+#[tokio::test]
+async fn a_claim_this_node_lost_track_of_is_freed_and_sent() {
+    let BareEngine { engine, store, app, clock, _dir } = bare_engine().await;
+    let endpoint_at =
+        |url: &str| hookline_store::Endpoint { url: url.into(), ..hookline_store::conformance::endpoint(&app.id, T0) };
+    let rx = Receiver::start(Answer::status(204)).await;
+    let stray_endpoint = store.create_endpoint(endpoint_at(&rx.url)).await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let slow_rx = Receiver::start(Answer { gate: Some(gate.clone()), ..Answer::status(204) }).await;
+    let slow_endpoint = store.create_endpoint(endpoint_at(&slow_rx.url)).await.unwrap();
+    let held = hookline_store::conformance::publish(&app.id, &[], None, T0).message;
+    let delivery = engine.delivery_to(&slow_endpoint, &held, T0, T0);
+    let held_key = hookline_store::DeliveryKey { msg_id: held.id.clone(), id: delivery.id.clone() };
+    engine.commit(&held, vec![delivery], None, None).await.unwrap();
+    slow_rx.next().await;
+    // Claimed under this node's token in the store, never handed to its scheduler.
+    let mut stray = hookline_store::conformance::publish(&app.id, &[&stray_endpoint.id], None, T0);
+    stray.claim = Some(engine.token());
+    store.publish(stray.clone()).await.unwrap();
+    assert!(!rx.gets_within(300).await, "work claimed by a live node is no other claim's due work");
+
+    // Sweeps run a lease apart from the engine's start; the stray claim is overdue (due a
+    // lease ago) at the second and freed at the third. A sixth of a lease at a time, so
+    // that the lease is renewed on the way.
+    let lease = dev_config().cluster.lease_ms as i64;
+    for _ in 0..20 {
+        clock.advance(lease / 6);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let received = rx.next().await;
+    assert_eq!(received.header("webhook-id"), stray.message.id);
+    let now = hookline_server::clock::Clock::now_ms(clock.as_ref());
+    let overdue = store.overdue_claims(engine.token(), now - lease, 1_000).await.unwrap();
+    assert_eq!(overdue, vec![held_key], "the delivery in flight keeps its claim");
+    gate.add_permits(1);
+    assert!(!slow_rx.gets_within(500).await, "sent once");
     engine.shutdown().await;
 }

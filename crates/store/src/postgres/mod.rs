@@ -386,6 +386,17 @@ impl Store for PgStore {
     async fn lead(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool> {
         on_conn!(self, |c| queue::lead(&c, token, now, lease_ms))
     }
+    async fn overdue_claims(&self, token: i64, due_before: UnixMs, window: usize) -> StoreResult<Vec<DeliveryKey>> {
+        on_conn!(self, |c| queue::overdue_claims(&c, token, due_before, window))
+    }
+    async fn free_claims(&self, token: i64, deliveries: Vec<DeliveryKey>) -> StoreResult<usize> {
+        let deliveries = &deliveries;
+        in_tx!(self, |tx| async {
+            let freed = queue::free_claims(&tx, token, deliveries).await?;
+            notify(&tx, &Change::Due).await?;
+            Ok(freed)
+        })
+    }
     async fn count_open_deliveries(&self) -> StoreResult<u64> {
         on_conn!(self, |c| queue::count_open_deliveries(&c))
     }

@@ -182,6 +182,25 @@ pub async fn retire_node(c: &impl GenericClient, token: i64) -> StoreResult<()> 
     run(c, "UPDATE leader SET lease_until = 0 WHERE token = $1", &[&token]).await.map(|_| ())
 }
 
+pub async fn overdue_claims(
+    c: &impl GenericClient,
+    token: i64,
+    due_before: i64,
+    window: usize,
+) -> StoreResult<Vec<DeliveryKey>> {
+    let statement = c.prepare_cached(rows::OVERDUE_CLAIMS).await.map_err(pg_error)?;
+    let found = c.query(&statement, &[&due_before, &(window as i64), &token]).await.map_err(pg_error)?;
+    Ok(found.iter().map(|r| DeliveryKey { msg_id: r.get(0), id: r.get(1) }).collect())
+}
+
+pub async fn free_claims(c: &impl GenericClient, token: i64, deliveries: &[DeliveryKey]) -> StoreResult<usize> {
+    let msg_ids: Vec<&str> = deliveries.iter().map(|k| k.msg_id.as_str()).collect();
+    let ids: Vec<&str> = deliveries.iter().map(|k| k.id.as_str()).collect();
+    let sql = "UPDATE deliveries d SET claimed_by = NULL FROM unnest($1::text[], $2::text[]) AS k(msg_id, id) \
+               WHERE d.msg_id = k.msg_id AND d.id = k.id AND d.claimed_by = $3 AND d.state IN (1, 3)";
+    run(c, sql, &[&msg_ids, &ids, &token]).await.map(|n| n as usize)
+}
+
 pub async fn claim_due(c: &impl GenericClient, claim: &ClaimDue) -> StoreResult<Claimed> {
     // The window's rows to lanes behind are deferred; of the others, the `$6` earliest are
     // claimed (numbered apart from the deferred ones).

@@ -530,6 +530,12 @@ impl Store for SqliteStore {
     async fn lead(&self, token: i64, now: UnixMs, lease_ms: u64) -> StoreResult<bool> {
         self.write_in(Lane::Background, move |c| queue::lead(c, token, now, lease_ms)).await
     }
+    async fn overdue_claims(&self, token: i64, due_before: UnixMs, window: usize) -> StoreResult<Vec<DeliveryKey>> {
+        self.read(move |c| queue::overdue_claims(c, token, due_before, window)).await
+    }
+    async fn free_claims(&self, token: i64, deliveries: Vec<DeliveryKey>) -> StoreResult<usize> {
+        self.write_in(Lane::Background, move |c| queue::free_claims(c, token, &deliveries)).await
+    }
     async fn count_open_deliveries(&self) -> StoreResult<u64> {
         self.write_out_fanouts().await?;
         self.read(queue::count_open_deliveries).await

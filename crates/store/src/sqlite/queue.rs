@@ -192,6 +192,28 @@ pub fn retire_node(conn: &Connection, token: i64) -> StoreResult<()> {
     Ok(())
 }
 
+pub fn overdue_claims(conn: &Connection, token: i64, due_before: i64, window: usize) -> StoreResult<Vec<DeliveryKey>> {
+    let mut statement = conn.prepare_cached(rows::OVERDUE_CLAIMS).map_err(sql_error)?;
+    let found = statement
+        .query_map(params![due_before, window as i64, token], |r| Ok(DeliveryKey { msg_id: r.get(0)?, id: r.get(1)? }))
+        .map_err(sql_error)?;
+    found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
+}
+
+pub fn free_claims(conn: &Connection, token: i64, deliveries: &[DeliveryKey]) -> StoreResult<usize> {
+    let mut statement = conn
+        .prepare_cached(
+            "UPDATE deliveries SET claimed_by = NULL \
+             WHERE msg_id = ?1 AND id = ?2 AND claimed_by = ?3 AND state IN (1, 3)",
+        )
+        .map_err(sql_error)?;
+    let mut freed = 0;
+    for key in deliveries {
+        freed += statement.execute(params![key.msg_id, key.id, token]).map_err(sql_error)?;
+    }
+    Ok(freed)
+}
+
 pub fn claim_due(conn: &Connection, claim: &ClaimDue) -> StoreResult<Claimed> {
     // A dead node's fan-outs become rows here, so they are claimed below like any other.
     let now = claim.now;
