@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
-use crate::signature::{verify_standard, verify_stripe, Secret, VerifyError};
+use crate::signature::{verify_standard, verify_stripe, within_tolerance, Secret, VerifyError};
 
 /// Default replay window of presets that sign a timestamp.
 pub const TOLERANCE_S_DEFAULT: i64 = 300;
@@ -290,7 +290,7 @@ fn verify_generic(
         Some(name) => {
             let text = headers(&name.to_ascii_lowercase()).ok_or(Rejection::MissingSignature)?.trim();
             let ts: i64 = text.parse().map_err(|_| Rejection::MalformedSignature)?;
-            if (now_s - ts).abs() > tolerance {
+            if !within_tolerance(ts, now_s, tolerance) {
                 return Err(Rejection::StaleTimestamp);
             }
             text.to_owned()
@@ -375,13 +375,27 @@ fn hex_hmac_of_body(header: &str, body: &[u8], secrets: &[&str]) -> Result<(), R
     any_hmac::<Hmac<Sha256>>(secrets, &[body], &given)
 }
 
-/// Adyen signs fields of the notification item, not the bytes: HMAC-SHA256 (hex key) of
+/// Adyen signs fields of each notification item, not the bytes: HMAC-SHA256 (hex key) of
 /// `pspReference:originalReference:merchantAccountCode:merchantReference:value:currency:
 /// eventCode:success`, base64, in the item's `additionalData.hmacSignature`. Values are
-/// written as Adyen's library writes them (Python's `str`); a missing one is empty.
+/// written as Adyen's library writes them (Python's `str`); a missing one is empty. Every
+/// item must be signed: the whole body is forwarded, so one unsigned item beside a signed
+/// one (replayed, Adyen's items carry no timestamp) would pass unverified.
 fn verify_adyen(body: &[u8], secrets: &[&str]) -> Result<(), Rejection> {
     let value: serde_json::Value = serde_json::from_slice(body).map_err(|_| Rejection::MissingSignature)?;
-    let item = value.pointer("/notificationItems/0/NotificationRequestItem").ok_or(Rejection::MissingSignature)?;
+    let items = value.get("notificationItems").and_then(|items| items.as_array()).ok_or(Rejection::MissingSignature)?;
+    if items.is_empty() {
+        return Err(Rejection::MissingSignature);
+    }
+    let keys: Vec<Vec<u8>> = secrets.iter().filter_map(|s| hex::decode(s.trim()).ok()).collect();
+    for item in items {
+        let item = item.get("NotificationRequestItem").ok_or(Rejection::MissingSignature)?;
+        verify_adyen_item(item, &keys)?;
+    }
+    Ok(())
+}
+
+fn verify_adyen_item(item: &serde_json::Value, keys: &[Vec<u8>]) -> Result<(), Rejection> {
     let signature =
         item.pointer("/additionalData/hmacSignature").and_then(|s| s.as_str()).ok_or(Rejection::MissingSignature)?;
     let given = B64.decode(signature.trim()).map_err(|_| Rejection::MalformedSignature)?;
@@ -403,7 +417,6 @@ fn verify_adyen(body: &[u8], secrets: &[&str]) -> Result<(), Rejection> {
         text(item.get("success")),
     ];
     let signed = fields.join(":");
-    let keys: Vec<Vec<u8>> = secrets.iter().filter_map(|s| hex::decode(s.trim()).ok()).collect();
     let matches = |key: &Vec<u8>| {
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
         mac.update(signed.as_bytes());
@@ -440,7 +453,7 @@ fn verify_paddle(
     if !header.contains("h1=") {
         return Err(Rejection::MalformedSignature);
     }
-    if (now_s - ts).abs() > tolerance.unwrap_or(PADDLE_TOLERANCE_S_DEFAULT) {
+    if !within_tolerance(ts, now_s, tolerance.unwrap_or(PADDLE_TOLERANCE_S_DEFAULT)) {
         return Err(Rejection::StaleTimestamp);
     }
     let prefix = format!("{ts_text}:");
@@ -458,10 +471,17 @@ fn verify_paddle(
 fn verify_braintree(public_key: Option<&str>, body: &[u8], secrets: &[&str]) -> Result<Option<String>, Rejection> {
     let public_key = public_key.ok_or(Rejection::Misconfigured)?;
     let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
-    let field = |name: &str| form.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
-    let (signature, payload) = (field("bt_signature"), field("bt_payload"));
-    let (signature, payload) =
-        (signature.ok_or(Rejection::MissingSignature)?, payload.ok_or(Rejection::MissingSignature)?);
+    // A field given twice is refused: the raw body is forwarded, and a receiver's form
+    // parser may read the copy that was not verified (many take the last).
+    let field = |name: &str| {
+        let mut found = form.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        match (found.next(), found.next()) {
+            (Some(value), None) => Ok(value),
+            (None, _) => Err(Rejection::MissingSignature),
+            (Some(_), Some(_)) => Err(Rejection::MalformedSignature),
+        }
+    };
+    let (signature, payload) = (field("bt_signature")?, field("bt_payload")?);
     if !payload.bytes().all(|b| b.is_ascii_alphanumeric() || b"+=/\n".contains(&b)) {
         return Err(Rejection::MalformedSignature);
     }

@@ -164,11 +164,17 @@ pub enum VerifyError {
     NoMatch,
 }
 
+/// Whether a timestamp is within `tolerance_s` of now, either way. Any `i64` a header
+/// carries is compared without overflow.
+pub fn within_tolerance(timestamp_s: i64, now_s: i64, tolerance_s: i64) -> bool {
+    now_s.abs_diff(timestamp_s) <= tolerance_s.max(0) as u64
+}
+
 fn check_window(timestamp_s: i64, now_s: i64, tolerance_s: i64) -> Result<(), VerifyError> {
-    if (now_s - timestamp_s).abs() > tolerance_s {
-        return Err(VerifyError::StaleTimestamp);
+    match within_tolerance(timestamp_s, now_s, tolerance_s) {
+        true => Ok(()),
+        false => Err(VerifyError::StaleTimestamp),
     }
-    Ok(())
 }
 
 /// Verifies a Standard Webhooks signature header (space-separated `v1,<base64>` list).
@@ -224,7 +230,7 @@ pub fn verify_stripe(
         return Err(VerifyError::NoMatch);
     }
     // Stripe's libraries refuse only timestamps older than the tolerance, not future ones.
-    if now_s - ts > tolerance_s {
+    if now_s.saturating_sub(ts) > tolerance_s {
         return Err(VerifyError::StaleTimestamp);
     }
     let ts_text = ts.to_string();

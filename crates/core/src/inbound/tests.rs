@@ -113,3 +113,72 @@ fn presets_that_need_an_option_say_so() {
     let braintree = verify(Preset::Braintree, &SourceConfig::default(), &none, form, &["private"], 0);
     assert_eq!(braintree.map_err(Rejection::code), Err("source_misconfigured"));
 }
+
+/// The first valid vector of a preset.
+fn valid(preset: Preset) -> Vector {
+    vectors().into_iter().find(|v| v.preset == preset && v.expect == "ok").expect("a valid vector")
+}
+
+fn verify_vector(v: &Vector) -> Result<Verified, Rejection> {
+    let headers = |name: &str| v.headers.get(name).map(String::as_str);
+    let secrets: Vec<&str> = v.secrets.iter().map(String::as_str).collect();
+    verify(v.preset, &v.config, &headers, v.body.as_bytes(), &secrets, v.now)
+}
+
+#[test]
+fn every_adyen_item_must_be_signed() {
+    let mut v = valid(Preset::Adyen);
+    assert!(verify_vector(&v).is_ok());
+    let mut body: serde_json::Value = serde_json::from_str(&v.body).unwrap();
+    let items = body["notificationItems"].as_array_mut().unwrap();
+    let mut forged = items[0].clone();
+    forged["NotificationRequestItem"]["pspReference"] = "8816178952380553".into();
+    items.push(forged);
+    v.body = body.to_string();
+    assert_eq!(verify_vector(&v).map_err(Rejection::code), Err("bad_signature"), "a second item, not signed");
+    let items = body["notificationItems"].as_array_mut().unwrap();
+    items.pop();
+    items.push(serde_json::json!({"NotificationRequestItem": {"pspReference": "8816178952380553"}}));
+    v.body = body.to_string();
+    assert_eq!(verify_vector(&v).map_err(Rejection::code), Err("missing_signature"), "a second item, no signature");
+    body["notificationItems"] = serde_json::json!([]);
+    v.body = body.to_string();
+    assert_eq!(verify_vector(&v).map_err(Rejection::code), Err("missing_signature"), "no item");
+}
+
+#[test]
+fn a_braintree_field_given_twice_is_refused() {
+    let mut v = valid(Preset::Braintree);
+    assert!(verify_vector(&v).is_ok());
+    let signed = v.body.clone();
+    v.body = format!("{signed}&bt_payload=PGtpbmQ%2Bc3Vic2NyaXB0aW9uX2NhbmNlbGVkPC9raW5kPg%3D%3D");
+    assert_eq!(verify_vector(&v).map_err(Rejection::code), Err("malformed_signature"), "bt_payload twice");
+    v.body = format!("{signed}&bt_signature=pk%7C00");
+    assert_eq!(verify_vector(&v).map_err(Rejection::code), Err("malformed_signature"), "bt_signature twice");
+}
+
+/// A timestamp at either end of `i64` is out of the window, never an overflow (a panic in
+/// a debug build).
+#[test]
+fn extreme_timestamps_are_stale() {
+    let forms: [(Preset, &str, fn(i64) -> String); 4] = [
+        (Preset::Stripe, "stripe-signature", |t| format!("t={t},v1=00")),
+        (Preset::StandardWebhooks, "webhook-timestamp", |t| t.to_string()),
+        (Preset::Paddle, "paddle-signature", |t| format!("ts={t};h1=00")),
+        (Preset::Hmac, "x-ts", |t| t.to_string()),
+    ];
+    for (preset, header, at) in forms {
+        let mut v = valid(preset);
+        if preset == Preset::Hmac {
+            v.config.timestamp_header = Some("X-Ts".into());
+            v.config.template = Some("{timestamp}.{body}".into());
+        }
+        for t in [i64::MIN, i64::MAX] {
+            v.headers.insert(header.into(), at(t));
+            let got = verify_vector(&v).map_err(Rejection::code);
+            // Stripe's libraries refuse only old timestamps; a future one fails on its signature.
+            let expected = if preset == Preset::Stripe && t == i64::MAX { "bad_signature" } else { "stale_timestamp" };
+            assert_eq!(got, Err(expected), "{preset:?} at {t}");
+        }
+    }
+}

@@ -451,3 +451,27 @@ async fn a_reconciliation_still_running_is_not_started_again() {
     assert_eq!(asked_now(), 1, "a run was started while the last was still waiting for the provider");
     gw.stop().await;
 }
+
+/// A generic HMAC source whose timestamp header is checked but not signed would take a
+/// captured request again with a fresh timestamp: the two go together, or neither.
+#[tokio::test]
+async fn a_generic_source_signs_the_timestamp_it_checks() {
+    let gw = start_gateway(dev_config()).await;
+    let app = gw.app("merchant").await;
+    let body = |config: Value| json!({"name": "p", "preset": "hmac", "secrets": ["s"], "config": config, "appId": app});
+    for config in [
+        json!({"timestampHeader": "X-Ts"}),
+        json!({"timestampHeader": "X-Ts", "template": "{body}"}),
+        json!({"template": "{timestamp}.{body}"}),
+    ] {
+        let (status, error) = gw.call("POST", "/api/v1/source", Some(body(config.clone()))).await;
+        assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{config}: {error}");
+        assert!(error["detail"].to_string().contains("timestampHeader"), "{error}");
+    }
+    let signed = json!({"timestampHeader": "X-Ts", "template": "{timestamp}.{body}"});
+    let created = gw.ok("POST", "/api/v1/source", Some(body(signed))).await;
+    let path = format!("/api/v1/source/{}", created["id"].as_str().unwrap());
+    let (status, _) = gw.call("PATCH", &path, Some(json!({"config": {"timestampHeader": "X-Ts"}}))).await;
+    assert_eq!(status, 422, "an update is held to it too");
+    gw.ok("PATCH", &path, Some(json!({"config": {}}))).await;
+}
