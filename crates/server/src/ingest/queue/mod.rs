@@ -183,6 +183,10 @@ impl Ingestor {
     async fn commit(&self, scope: &str, input: MessageIn, broker_id: Option<&str>) -> Result<PublishOutcome, ApiError> {
         let app_key = input.app.clone().unwrap_or_default();
         let app = self.engine.catalog.app(&app_key).await.map_err(ApiError::from_store("application"))?;
+        // The internal application of the operational webhooks is not one (as in the API).
+        if app.id == hookline_store::OPERATIONAL_APP_ID {
+            return Err(ApiError::NotFound("application"));
+        }
         let message = message(input, app.id.clone(), &self.addresses, self.clock.now_ms())?;
         // With an eventId the store dedupes on it; without, on the broker's id, which the
         // publisher may choose: scoped to the application, so apps never collide.
