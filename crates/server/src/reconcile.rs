@@ -102,7 +102,7 @@ async fn list_and_ingest(
             let payload = Bytes::copy_from_slice(event.get().as_bytes());
             match accept(state, source, payload, head.kind, Some(head.id), headers).await {
                 Ok((_, PublishOutcome::Created)) => out.ingested += 1,
-                Ok((_, PublishOutcome::Duplicate(_))) => out.already_had += 1,
+                Ok((_, PublishOutcome::Duplicate(_) | PublishOutcome::DuplicateOfPurged(_))) => out.already_had += 1,
                 Err(e) => return Err(format!("could not store an event: {e:?}")),
             }
         }

@@ -385,8 +385,12 @@ pub struct Source {
 #[derive(Clone, Debug)]
 pub enum PublishOutcome {
     Created,
-    /// A message with the same `eventId` exists in the application; nothing was written.
+    /// A message with the same `eventId` exists in the application, or one with the same
+    /// dedupe key (a provider's event, a broker's message id); nothing was written.
     Duplicate(Box<Message>),
+    /// A repeat of an event (its dedupe key) whose message retention has deleted since: the
+    /// id that message had. The event was taken then; nothing was written.
+    DuplicateOfPurged(String),
 }
 
 /// Cursor pagination by id (ids sort by creation time).

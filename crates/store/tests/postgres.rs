@@ -222,3 +222,46 @@ async fn an_attempt_written_again_is_written_once() {
         }
     }
 }
+
+/// Two publishes of one provider event at once (a node's two writers, two nodes, a
+/// reconciliation beside the provider's retry): the statement that meets the other's key
+/// not yet committed waits, and is a duplicate of it once it commits, never a second
+/// message. The first version took the key over when its message was not to be seen,
+/// which a statement that began before the other's commit could not see: both were
+/// Created, and the event was delivered twice.
+#[tokio::test]
+async fn a_provider_event_published_twice_at_once_is_stored_once() {
+    let (url, store) = fresh().await;
+    let app = store.create_app(conformance::app(1, None)).await.unwrap();
+    let ep = store.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
+    let first = conformance::publish(&app.id, &[], None, 10);
+    let (mut client, connection) =
+        url.parse::<tokio_postgres::Config>().unwrap().connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    // The first publish, as its statement leaves things before its commit.
+    let tx = client.transaction().await.unwrap();
+    tx.execute(
+        "INSERT INTO inbound_keys (source_id, event_key, msg_id, created_at) VALUES ('src_x', 'evt_9', $1, 10)",
+        &[&first.message.id],
+    )
+    .await
+    .unwrap();
+    tx.execute(
+        "INSERT INTO messages (id, app_id, event_type, payload, created_at) VALUES ($1, $2, 'charge.succeeded', '{}', 10)",
+        &[&first.message.id, &app.id],
+    )
+    .await
+    .unwrap();
+    let mut second = conformance::publish(&app.id, &[&ep.id], None, 11);
+    second.dedupe = Some(("src_x".into(), "evt_9".into()));
+    let racing = tokio::spawn(async move { store.publish(second).await.map(|outcome| (outcome, store)) });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!racing.is_finished(), "the second publish waits for the first's key");
+    tx.commit().await.unwrap();
+    let (outcome, store) = racing.await.unwrap().unwrap();
+    match outcome {
+        hookline_store::PublishOutcome::Duplicate(earlier) => assert_eq!(earlier.id, first.message.id),
+        other => panic!("the second publish of the event must be its duplicate, got {other:?}"),
+    }
+    assert_eq!(store.count_open_deliveries().await.unwrap(), 0, "nothing of the second publish is stored");
+}

@@ -124,6 +124,8 @@ async fn publish(
         PublishOutcome::Duplicate(existing) => {
             Ok((StatusCode::OK, Json(views::message(*existing, true))).into_response())
         }
+        // Only a dedupe key finds a message retention deleted; the API's publishes have none.
+        PublishOutcome::DuplicateOfPurged(_) => Err(ApiError::Internal),
     }
 }
 

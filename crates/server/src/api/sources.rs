@@ -419,16 +419,16 @@ async fn ingest(
     // once this request is answered.
     let payload = Bytes::copy_from_slice(&body);
     let (message, outcome) = accept(&state, &source, payload, event_type, verified.event_id, forwarded).await?;
-    match outcome {
+    let earlier = match outcome {
         PublishOutcome::Created => {
             count(&state, &source, "accepted");
-            Ok(Json(IngestOut { status: "accepted", message_id: Some(message.id.clone()) }))
+            return Ok(Json(IngestOut { status: "accepted", message_id: Some(message.id.clone()) }));
         }
-        PublishOutcome::Duplicate(existing) => {
-            count(&state, &source, "duplicate");
-            Ok(Json(IngestOut { status: "duplicate", message_id: Some(existing.id) }))
-        }
-    }
+        PublishOutcome::Duplicate(existing) => existing.id,
+        PublishOutcome::DuplicateOfPurged(msg_id) => msg_id,
+    };
+    count(&state, &source, "duplicate");
+    Ok(Json(IngestOut { status: "duplicate", message_id: Some(earlier) }))
 }
 
 async fn reconcile_now(state: Shared, PathParams(key): PathParams<String>) -> ApiResult<Json<ReconcileRunOut>> {

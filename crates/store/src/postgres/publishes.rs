@@ -95,21 +95,23 @@ async fn write(pool: &Pool, publishes: &[&Publish]) -> StoreResult<Vec<StoreResu
     for publish in publishes {
         outcomes.push(match inserted.contains(&publish.message.id) {
             true => Ok(PublishOutcome::Created),
-            false => queue::earlier_message(&client, publish).await.map(|m| match m.id == publish.message.id {
+            false => queue::earlier_message(&client, publish).await.map(|earlier| match earlier {
                 // This very publish, committed by an earlier try whose answer was lost (a
                 // timeout, a dropped connection): that commit is its outcome, deliveries
                 // claimed as this publish asked.
-                true => PublishOutcome::Created,
-                false => PublishOutcome::Duplicate(Box::new(m)),
+                PublishOutcome::Duplicate(m) if m.id == publish.message.id => PublishOutcome::Created,
+                other => other,
             }),
         });
     }
     Ok(outcomes)
 }
 
-/// A batch of publishes in one statement. Dedupe keys are taken first (or taken over from
-/// a message since deleted); a message is inserted only if it needs no key or got its key,
-/// and only if its `eventId` is new; deliveries and idempotent answers follow the messages
+/// A batch of publishes in one statement. Dedupe keys are taken first; a message is
+/// inserted only if it needs no key or got its key, and only if its `eventId` is new (a
+/// statement that meets another's key or `eventId` not yet committed waits for it, and
+/// then takes nothing: no condition here reads another table, whose rows committed since
+/// the statement began it would not see); deliveries and idempotent answers follow the messages
 /// inserted. Returns the ids of the messages inserted.
 const BATCH_SQL: &str = "\
 WITH pub AS (
@@ -122,8 +124,7 @@ WITH pub AS (
 keyed AS (
     INSERT INTO inbound_keys (source_id, event_key, msg_id, created_at)
     SELECT dedupe_source, dedupe_key, id, created_at FROM pub WHERE dedupe_key IS NOT NULL
-    ON CONFLICT (source_id, event_key) DO UPDATE SET msg_id = excluded.msg_id, created_at = excluded.created_at
-    WHERE NOT EXISTS (SELECT 1 FROM messages WHERE id = inbound_keys.msg_id)
+    ON CONFLICT (source_id, event_key) DO NOTHING
     RETURNING msg_id
 ),
 inserted AS (

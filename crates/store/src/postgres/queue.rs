@@ -18,25 +18,29 @@ fn absent<T>(result: StoreResult<T>) -> StoreResult<Option<T>> {
     }
 }
 
-/// The message an earlier publish stored for what `publish` repeats: the same provider
-/// event (its dedupe key), the same `eventId`, or, with neither, itself (an earlier try of
-/// it committed). A try of a publish with a key finds itself through the key.
-pub async fn earlier_message(c: &impl GenericClient, publish: &Publish) -> StoreResult<Message> {
+/// The message an earlier publish stored for what `publish` repeats (as a `Duplicate`): the
+/// same provider event (its dedupe key; `DuplicateOfPurged` if retention has deleted its
+/// message since), the same `eventId`, or, with neither, itself (an earlier try of it
+/// committed). A try of a publish with a key finds itself through the key.
+pub async fn earlier_message(c: &impl GenericClient, publish: &Publish) -> StoreResult<PublishOutcome> {
     let m = &publish.message;
-    if let Some((source_id, key)) = &publish.dedupe {
-        let sql = format!(
-            "SELECT {} FROM inbound_keys k JOIN messages m ON m.id = k.msg_id WHERE k.source_id = $1 AND k.event_key = $2",
-            prefixed("m", rows::MESSAGE_COLUMNS)
-        );
-        return one(c, &sql, &[source_id, key], rows::message).await;
-    }
-    match &m.event_id {
-        Some(event_id) => get_message(c, &m.app_id, event_id).await,
-        None => message_by_id(c, &m.id).await.map_err(|e| match e {
+    let found = match (&publish.dedupe, &m.event_id) {
+        (Some((source_id, key)), _) => {
+            let sql = "SELECT msg_id FROM inbound_keys WHERE source_id = $1 AND event_key = $2";
+            let msg_id = one(c, sql, &[source_id, key], |r| Ok(r.get::<_, String>(0))).await?;
+            return match message_by_id(c, &msg_id).await {
+                Ok(earlier) => Ok(PublishOutcome::Duplicate(Box::new(earlier))),
+                Err(StoreError::NotFound) => Ok(PublishOutcome::DuplicateOfPurged(msg_id)),
+                Err(e) => Err(e),
+            };
+        }
+        (None, Some(event_id)) => get_message(c, &m.app_id, event_id).await,
+        (None, None) => message_by_id(c, &m.id).await.map_err(|e| match e {
             StoreError::NotFound => StoreError::Unavailable("a new message was not written".into()),
             other => other,
         }),
-    }
+    };
+    found.map(|earlier| PublishOutcome::Duplicate(Box::new(earlier)))
 }
 
 /// `m.a, m.b, …` for a column list.

@@ -73,13 +73,15 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
             .and_then(|mut s| s.query_row([source_id, key], |r| r.get(0)).optional())
             .map_err(sql_error)?;
         if let Some(msg_id) = earlier {
-            // The earlier message may have been deleted with its app; then accept anew.
-            if let Some(existing) = message_by_id(conn, &msg_id).map(Some).or_else(absent)? {
-                return Ok(PublishOutcome::Duplicate(Box::new(existing)));
-            }
+            // Retention may have deleted the earlier message (its key lives as long as the
+            // dedupe window): the event was taken all the same.
+            return Ok(match message_by_id(conn, &msg_id).map(Some).or_else(absent)? {
+                Some(existing) => PublishOutcome::Duplicate(Box::new(existing)),
+                None => PublishOutcome::DuplicateOfPurged(msg_id),
+            });
         }
         conn.prepare_cached(
-            "INSERT OR REPLACE INTO inbound_keys (source_id, event_key, msg_id, created_at) VALUES (?1, ?2, ?3, ?4)",
+            "INSERT INTO inbound_keys (source_id, event_key, msg_id, created_at) VALUES (?1, ?2, ?3, ?4)",
         )
         .and_then(|mut s| s.execute(params![source_id, key, m.id, m.created_at]))
         .map_err(sql_error)?;

@@ -144,7 +144,9 @@ impl Ingestor {
         };
         match self.commit(scope, input, prepared.broker_id.as_deref()).await {
             Ok(PublishOutcome::Created) => Handled::Stored { duplicate: false },
-            Ok(PublishOutcome::Duplicate(_)) => Handled::Stored { duplicate: true },
+            Ok(PublishOutcome::Duplicate(_) | PublishOutcome::DuplicateOfPurged(_)) => {
+                Handled::Stored { duplicate: true }
+            }
             Err(e) => refusal(&e),
         }
     }
