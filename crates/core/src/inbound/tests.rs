@@ -161,7 +161,8 @@ fn a_braintree_field_given_twice_is_refused() {
 /// a debug build).
 #[test]
 fn extreme_timestamps_are_stale() {
-    let forms: [(Preset, &str, fn(i64) -> String); 4] = [
+    type Form = fn(i64) -> String;
+    let forms: [(Preset, &str, Form); 4] = [
         (Preset::Stripe, "stripe-signature", |t| format!("t={t},v1=00")),
         (Preset::StandardWebhooks, "webhook-timestamp", |t| t.to_string()),
         (Preset::Paddle, "paddle-signature", |t| format!("ts={t};h1=00")),
