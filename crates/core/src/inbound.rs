@@ -180,7 +180,7 @@ pub fn verify(
     let (default_id, default_type): (Locator, Locator) = match preset {
         Preset::Stripe => {
             verify_stripe(need("stripe-signature")?, body, secrets, now_s, tolerance)?;
-            (Locator::Pointer("/id"), Locator::Pointer("/type"))
+            STRIPE_EVENT
         }
         Preset::StandardWebhooks => {
             let prefix = if headers("webhook-signature").is_some() { "webhook" } else { "svix" };
@@ -257,15 +257,31 @@ pub fn verify(
             (Locator::Pointer("/event/id"), Locator::Pointer("/event/type"))
         }
     };
+    Ok(identify(config, (default_id, default_type), headers, &json))
+}
+
+/// Where a Stripe event's id and type are: its body's `id` and `type`.
+const STRIPE_EVENT: (Locator, Locator) = (Locator::Pointer("/id"), Locator::Pointer("/type"));
+
+/// A Stripe event read from Stripe's events API (no request, no signature): its id and type
+/// as a webhook carrying it would have them under `config`, so that reconciliation dedupes
+/// against the webhooks by the same key. A setting that reads a header finds nothing here.
+pub fn stripe_event_identity(config: &SourceConfig, event: &[u8]) -> Verified {
+    identify(config, STRIPE_EVENT, &|_| None, &Json::new(event))
+}
+
+/// The event id and type: the source's settings, else the preset's `defaults`.
+fn identify(config: &SourceConfig, defaults: (Locator, Locator), headers: Headers<'_>, json: &Json<'_>) -> Verified {
+    let (default_id, default_type) = defaults;
     let id = match &config.event_id_templates {
-        Some(templates) => from_templates(templates, headers, &json),
+        Some(templates) => from_templates(templates, headers, json),
         None => {
-            locate(config.event_id_header.as_deref(), config.event_id_pointer.as_deref(), default_id, headers, &json)
+            locate(config.event_id_header.as_deref(), config.event_id_pointer.as_deref(), default_id, headers, json)
         }
     };
     let kind =
-        locate(config.event_type_header.as_deref(), config.event_type_pointer.as_deref(), default_type, headers, &json);
-    Ok(Verified { event_id: id, event_type: kind })
+        locate(config.event_type_header.as_deref(), config.event_type_pointer.as_deref(), default_type, headers, json);
+    Verified { event_id: id, event_type: kind }
 }
 
 fn verify_generic(

@@ -394,6 +394,9 @@ pub struct InboundConfig {
     pub reconcile_interval_ms: u64,
     /// How far back a reconciliation lists the provider's events (3 days).
     pub reconcile_window_ms: u64,
+    /// Pages of 100 events a reconciliation reads at most (100: 10,000 events); one that
+    /// stops there leaves where it stopped, and the next run goes on from there.
+    pub reconcile_pages_max: usize,
     /// Stripe's API (set by the operator, never by a tenant; tests point it elsewhere).
     pub stripe_api_base: String,
 }
@@ -405,6 +408,7 @@ impl Default for InboundConfig {
             rejections_kept: 50,
             reconcile_interval_ms: 15 * 60 * 1000,
             reconcile_window_ms: 3 * 24 * 3600 * 1000,
+            reconcile_pages_max: 100,
             stripe_api_base: "https://api.stripe.com".into(),
         }
     }

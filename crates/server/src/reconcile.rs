@@ -2,13 +2,15 @@
 //! with an API key, Hookline lists the provider's events (`GET /v1/events?created[gte]=…`,
 //! page by page, as the `stripe` library's `Event.list` asks) and stores every event it
 //! never received, deduplicated against what it has by the same key its webhooks use (the
-//! event id). Runs on the leader every `inbound.reconcile_interval_ms`, and on demand
-//! through `POST /api/v1/source/{src}/reconcile`.
+//! source's event id settings, else the event id). A run reads at most
+//! `inbound.reconcile_pages_max` pages; one stopped there is gone on with by the next run.
+//! Runs on the leader every `inbound.reconcile_interval_ms`, and on demand through
+//! `POST /api/v1/source/{src}/reconcile`.
 
 use crate::api::sources::accept;
 use crate::api::AppState;
 use crate::wire::{timestamp, ReconcileRunOut};
-use hookline_core::inbound::Preset;
+use hookline_core::inbound::{stripe_event_identity, Preset};
 use hookline_store::{Bytes, PublishOutcome, Source};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -17,8 +19,6 @@ use std::time::Duration;
 
 /// Events per page (Stripe's most).
 const PAGE_LIMIT: u32 = 100;
-/// Pages a run reads at most (10,000 events); the next run goes on from there.
-const PAGES_MAX: usize = 100;
 /// Pause between pages: 10 requests a second, well under Stripe's limits (25/s in test
 /// mode, 100/s live), which the same key may be spending elsewhere.
 const PAGE_PAUSE_MS: u64 = 100;
@@ -39,6 +39,12 @@ struct EventHead {
     kind: String,
 }
 
+/// Where the last run stopped at its page limit, if it did: this run goes on from there.
+async fn resume_point(state: &AppState, source: &Source) -> Option<String> {
+    let last = state.store.reconcile_runs(&source.id, 1).await.ok()?.into_iter().next()?;
+    serde_json::from_str::<ReconcileRunOut>(&last).ok()?.resume_after
+}
+
 /// Whether a source can be reconciled: Stripe, with an API key.
 pub fn reconcilable(source: &Source) -> bool {
     source.preset == Preset::Stripe && source.api_key.is_some()
@@ -49,6 +55,7 @@ pub async fn run(state: &AppState, source: &Source) -> ReconcileRunOut {
     let started = state.now();
     let since = started - state.config.inbound.reconcile_window_ms as i64;
     let mut out = ReconcileRunOut { started_at: timestamp(started), since: timestamp(since), ..Default::default() };
+    out.resumed_after = resume_point(state, source).await;
     if let Err(e) = list_and_ingest(state, source, since, &mut out).await {
         tracing::warn!(source = %source.id, error = %e, "reconciliation stopped");
         out.errors.push(e);
@@ -75,8 +82,8 @@ async fn list_and_ingest(
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
     let url = format!("{}/v1/events", state.config.inbound.stripe_api_base.trim_end_matches('/'));
-    let mut after: Option<String> = None;
-    for page in 0..PAGES_MAX {
+    let mut after = out.resumed_after.clone();
+    for page in 0..state.config.inbound.reconcile_pages_max {
         if page > 0 {
             tokio::time::sleep(Duration::from_millis(PAGE_PAUSE_MS)).await;
         }
@@ -91,7 +98,16 @@ async fn list_and_ingest(
                 serde_json::from_str(event.get()).map_err(|e| format!("an event does not parse: {e}"))?;
             out.found += 1;
             after = Some(head.id.clone());
-            if source.event_types.as_ref().is_some_and(|accepted| !accepted.contains(&head.kind)) {
+            // Keyed as its webhook was (the source's event id settings, if any), or every
+            // event the webhooks brought would be taken again.
+            let identity = stripe_event_identity(&source.config, event.get().as_bytes());
+            let Some(event_id) = identity.event_id else {
+                return Err("the source's event id settings find no id in an event of the events API (they read a \
+                     header, which it has not), so its events cannot be matched with the webhooks'"
+                    .into());
+            };
+            let kind = identity.event_type.unwrap_or(head.kind);
+            if source.event_types.as_ref().is_some_and(|accepted| !accepted.contains(&kind)) {
                 out.filtered += 1;
                 continue;
             }
@@ -100,7 +116,7 @@ async fn list_and_ingest(
                 ("x-hookline-reconciled".to_owned(), "true".to_owned()),
             ]);
             let payload = Bytes::copy_from_slice(event.get().as_bytes());
-            match accept(state, source, payload, head.kind, Some(head.id), headers).await {
+            match accept(state, source, payload, kind, Some(event_id), headers).await {
                 Ok((_, PublishOutcome::Created)) => out.ingested += 1,
                 Ok((_, PublishOutcome::Duplicate(_) | PublishOutcome::DuplicateOfPurged(_))) => out.already_had += 1,
                 Err(e) => return Err(format!("could not store an event: {e:?}")),
@@ -110,7 +126,8 @@ async fn list_and_ingest(
             return Ok(());
         }
     }
-    Err(format!("stopped after {PAGES_MAX} pages; the next run goes on"))
+    out.resume_after = after;
+    Ok(())
 }
 
 /// One page, asked again after `Retry-After` when rate limited.

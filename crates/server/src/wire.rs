@@ -972,4 +972,13 @@ pub struct ReconcileRunOut {
     pub filtered: u64,
     /// What went wrong (the run stops at the first failed page; the next run starts over).
     pub errors: Vec<String>,
+    /// The event this run went on after: where the run before stopped at its page limit
+    /// (older events than those it read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_after: Option<String>,
+    /// The last event listed when the run stopped at its page limit
+    /// (`inbound.reconcile_pages_max`): the next run goes on after it, the run after that
+    /// starts again from the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_after: Option<String>,
 }

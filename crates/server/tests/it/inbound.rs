@@ -408,6 +408,77 @@ async fn reconciliation_ingests_what_the_provider_gave_up_on() {
     gw.stop().await;
 }
 
+/// A stand-in for Stripe's `GET /v1/events` over `events` (newest first), two a page,
+/// going on after `starting_after`.
+async fn paged_events_api(events: Vec<Value>) -> String {
+    let app = axum::Router::new().route(
+        "/v1/events",
+        axum::routing::get(move |uri: axum::http::Uri| {
+            let events = events.clone();
+            async move {
+                let query = uri.query().unwrap_or_default().to_owned();
+                let after = query.split('&').find_map(|pair| pair.strip_prefix("starting_after="));
+                let from = after.map_or(0, |id| events.iter().position(|e| e["id"] == id).unwrap() + 1);
+                let page = &events[from..(from + 2).min(events.len())];
+                json!({"object": "list", "has_more": from + 2 < events.len(), "data": page}).to_string()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
+/// Reconciliation keys an event as the source keys its webhooks (here an `eventIdTemplates`
+/// setting: the first version keyed it by the bare event id, and so took every event the
+/// webhooks brought again); and a run that stops at its page limit leaves where it stopped,
+/// so older events are reached by the next run (the first version started every run from
+/// the newest, so events past the newest 10,000 were never reconciled).
+#[tokio::test]
+async fn reconciliation_keys_events_as_the_webhooks_and_goes_on_where_it_stopped() {
+    let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 60 + n as i64});
+    let mut config = dev_config();
+    config.inbound.stripe_api_base = paged_events_api((1..=5).rev().map(event).collect()).await;
+    config.inbound.reconcile_interval_ms = 0;
+    config.inbound.reconcile_pages_max = 2;
+    let gw = start_gateway(config).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let body = json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app,
+        "apiKey": "rk_test_reads_events", "config": {"eventIdTemplates": ["stripe:{/id}"]}});
+    let id = gw.ok("POST", "/api/v1/source", Some(body)).await["id"].as_str().unwrap().to_owned();
+    let webhook = serde_json::to_string(&event(5)).unwrap();
+    let (status, _) =
+        post_in(&gw, &format!("/in/{id}"), &stripe_request("whsec_live", &webhook, T0 / 1000), &webhook).await;
+    assert_eq!(status, 200);
+    rx.next().await;
+
+    let path = format!("/api/v1/source/{id}/reconcile");
+    let reconcile = || gw.ok("POST", &path, None);
+    let figures = |run: &Value| {
+        let n = |name: &str| run[name].as_u64().unwrap();
+        (n("found"), n("alreadyHad"), n("ingested"), run["resumedAfter"].clone(), run["resumeAfter"].clone())
+    };
+    let first = reconcile().await;
+    assert_eq!(figures(&first), (4, 1, 3, Value::Null, json!("evt_2")), "two pages, then stopped: {first}");
+    let second = reconcile().await;
+    assert_eq!(figures(&second), (1, 0, 1, json!("evt_2"), Value::Null), "on from evt_2, to the end: {second}");
+    let third = reconcile().await;
+    assert_eq!(figures(&third), (4, 4, 0, Value::Null, json!("evt_2")), "from the newest again: {third}");
+    assert_eq!(third["errors"], json!([]));
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let payload: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
+        got.push(payload["id"].as_str().unwrap().to_owned());
+    }
+    got.sort();
+    assert_eq!(got, ["evt_1", "evt_2", "evt_3", "evt_4"]);
+    assert!(!rx.gets_within(200).await, "evt_5, which came as a webhook, is not delivered again");
+    gw.stop().await;
+}
+
 /// The leader reconciles every `inbound.reconcile_interval_ms`, but starts no run while the
 /// last is still going: a provider that does not answer is asked once, not once per
 /// interval.
