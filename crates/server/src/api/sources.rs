@@ -307,7 +307,8 @@ async fn events(
     Ok(Json(listed(received, |m| m.id.clone(), |m| views::message(m, query.with_content.unwrap_or(true)))))
 }
 
-/// Delivers a received event again to every endpoint of the source's application.
+/// Delivers a received event again to every enabled endpoint of the source's application
+/// that takes it (its event types and channels, as when it was received).
 async fn replay(
     state: Shared,
     PathParams((key, msg_id)): PathParams<(String, String)>,
@@ -320,7 +321,7 @@ async fn replay(
     let endpoints = state.engine.catalog.endpoints(&source.app_id).await.map_err(ApiError::from_store("endpoint"))?;
     let message = Arc::new(message);
     let mut replayed = 0;
-    for endpoint in endpoints.iter().filter(|e| !e.disabled) {
+    for endpoint in endpoints.iter().filter(|e| !e.disabled && crate::dispatch::takes(e, &message)) {
         let claim = state.engine.token();
         let delivery = state
             .store

@@ -13,6 +13,7 @@ mod queues;
 
 pub use catalog::{AppEndpoints, Catalog};
 pub use client::DeliveryClient;
+pub use publish::takes;
 
 use crate::clock::Clock;
 use crate::config::{ClusterConfig, DeliveryConfig};

@@ -22,14 +22,7 @@ impl Engine {
     /// store makes each lane's head due once the delivery before it is done.
     pub fn route(&self, endpoints: &[Arc<Endpoint>], message: &Message, due_at: UnixMs) -> Vec<Delivery> {
         let now = self.clock.now_ms();
-        endpoints
-            .iter()
-            .filter(|e| {
-                let (types, channels) = (e.event_types.as_deref(), e.channels.as_deref());
-                endpoint_accepts(types, channels, &message.event_type, message.channels.as_deref())
-            })
-            .map(|e| self.delivery_to(e, message, due_at, now))
-            .collect()
+        endpoints.iter().filter(|e| takes(e, message)).map(|e| self.delivery_to(e, message, due_at, now)).collect()
     }
 
     /// The delivery of `message` to `endpoint`: pending at `due_at`, skipped if the endpoint
@@ -153,6 +146,12 @@ where
 }
 
 /// A delivery's ordering lane, `(endpoint_id, key)`.
+/// Whether an endpoint takes a message: its event types and channels, if it names any.
+pub fn takes(endpoint: &Endpoint, message: &Message) -> bool {
+    let (types, channels) = (endpoint.event_types.as_deref(), endpoint.channels.as_deref());
+    endpoint_accepts(types, channels, &message.event_type, message.channels.as_deref())
+}
+
 pub fn lane(d: &Delivery) -> Option<(String, String)> {
     Some((d.endpoint_id.clone()?, d.order_key.clone()?))
 }

@@ -215,6 +215,9 @@ async fn received_events_can_be_replayed() {
     let rx = Receiver::start(Answer::status(200)).await;
     let app = gw.app("merchant").await;
     gw.endpoint(&app, json!({"url": rx.url})).await;
+    // An endpoint that takes other events gets none of this one, replayed or not.
+    let other_rx = Receiver::start(Answer::status(200)).await;
+    gw.endpoint(&app, json!({"url": other_rx.url, "filterTypes": ["issues"]})).await;
     let src = source(&gw, &app, "github", json!(["It's a Secret to Everybody"]), json!({})).await;
     let headers = vec![
         (
@@ -232,6 +235,7 @@ async fn received_events_can_be_replayed() {
     let out = gw.ok("POST", &format!("/api/v1/source/{src_id}/event/{msg}/replay"), None).await;
     assert_eq!(out["replayed"], 1);
     assert_eq!(&rx.next().await.body[..], b"Hello, World!");
+    assert!(!other_rx.gets_within(300).await, "the filtering endpoint got the event");
     gw.stop().await;
 }
 
