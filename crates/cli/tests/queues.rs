@@ -1057,6 +1057,62 @@ on_every_broker!(
     deliveries_reach_a_nats_stream
 );
 
+/// RabbitMQ closes a channel whose publish names a missing exchange: a consumer whose
+/// dead-letter exchange was deleted under it connects again (declaring the exchange anew)
+/// and dead-letters what it refused. The first version kept the closed channel, and the
+/// refused message went round the queue every 200 ms until a restart.
+#[tokio::test]
+async fn an_amqp_consumer_declares_its_dead_letter_exchange_again() {
+    let http = reqwest::Client::new();
+    let (sink, _arrivals) = payload_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, gateway) = consuming(&http, Kind::Amqp, dir.path(), &sink).await;
+    let (connection, channel) = amqp_channel(&broker.url).await;
+    let dlx = format!("{}.dlx", broker.name);
+    channel.exchange_delete(dlx.as_str().into(), Default::default()).await.unwrap();
+    connection.close(200, "".into()).await.unwrap();
+    broker.put_all(&[(b"not json".to_vec(), "bad-1".into())]).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let codes: Vec<String> = broker.dead_letters().await.into_iter().map(|(code, _)| code).collect();
+        if codes.iter().any(|code| code == "invalid_json") {
+            break;
+        }
+        let consumer = gateway.consumer(&http).await;
+        assert!(tokio::time::Instant::now() < deadline, "never dead-lettered: {codes:?}, {consumer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(gateway);
+    broker.remove().await;
+}
+
+/// A NATS consumer does not start while no stream captures its dead-letter subject, and says
+/// why: a refused message could be kept nowhere, and was offered again every 200 ms for
+/// ever (or dropped by JetStream at `max_deliver`).
+#[tokio::test]
+async fn a_nats_consumer_without_a_dead_letter_stream_says_so() {
+    let http = reqwest::Client::new();
+    let broker = Broker::shared(Kind::Nats);
+    broker.prepare().await;
+    let js = async_nats::jetstream::new(async_nats::connect(&broker.url).await.unwrap());
+    js.delete_stream(broker.dlq_stream()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start_with(dir.path(), &broker.consumer_config(), free_port(), &[]);
+    gateway.process.wait_healthy(&http).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let consumer = loop {
+        let consumer = gateway.consumer(&http).await;
+        if consumer["lastError"].as_str().is_some_and(|e| e.contains("no stream captures")) {
+            break consumer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no word of the missing dead-letter stream: {consumer}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(consumer["connected"], false, "{consumer}");
+    drop(gateway);
+    js.delete_stream(&broker.name).await.unwrap();
+}
+
 /// A consumer for RabbitMQ refuses to start without a dead-letter exchange: `requeue=false`
 /// would otherwise discard refused messages.
 #[test]

@@ -2,8 +2,10 @@
 //! The queue is declared with its dead-letter exchange (a consumer without one refuses
 //! to start: `requeue=false` would discard). A refused message is published to that
 //! exchange with its reason in the headers (`x-hookline-code`, `x-hookline-reason`),
-//! confirmed by the broker, then acknowledged; if that publish fails, it is rejected
-//! with `requeue=false`, which dead-letters it without the reason. While the store is
+//! confirmed by the broker, then acknowledged; if that publish fails, it is handed back
+//! (`requeue=true`, after a pause) and offered again, never acknowledged without its dead
+//! letter; a dead-letter channel the broker closed (the exchange deleted, say) ends the
+//! session, and the next one declares the exchange again. While the store is
 //! down a message is kept and stored again with backoff (a requeue would count towards a
 //! quorum queue's delivery limit); at shutdown it is handed back with `requeue=true`.
 
@@ -241,12 +243,19 @@ impl Amqp {
                     None => break Err("the broker cancelled the consumer".to_owned()),
                 },
                 Some(_) = settling.join_next() => {}
-                // Bounded: an answer lost with its connection must not stall the loop.
-                _ = lag.tick() => match tokio::time::timeout(LAG_EVERY * 2, self.waiting(&channel)).await {
-                    Ok(Ok(waiting)) => self.status.set_lag(waiting + settling.len() as u64),
-                    Ok(Err(e)) => self.status.note(format!("reading the lag: {e}")),
-                    Err(_) => break Err("the broker did not answer in time".to_owned()),
-                },
+                _ = lag.tick() => {
+                    // The broker closes a channel on a failed publish (an exchange deleted
+                    // meanwhile): refused messages could never be dead-lettered on it again.
+                    if !settle_with.dead_letters.status().connected() {
+                        break Err("the broker closed the dead-letter channel".to_owned());
+                    }
+                    // Bounded: an answer lost with its connection must not stall the loop.
+                    match tokio::time::timeout(LAG_EVERY * 2, self.waiting(&channel)).await {
+                        Ok(Ok(waiting)) => self.status.set_lag(waiting + settling.len() as u64),
+                        Ok(Err(e)) => self.status.note(format!("reading the lag: {e}")),
+                        Err(_) => break Err("the broker did not answer in time".to_owned()),
+                    }
+                }
                 _ = stopping.changed() => break Ok(()),
             }
         };

@@ -79,6 +79,13 @@ impl Nats {
                 "the dead-letter subject {dlq} is one of the stream's own: refused messages would loop"
             ));
         }
+        // Without one, a refused message could be kept nowhere: it would be offered again
+        // for ever, or dropped by JetStream at `max_deliver`.
+        if context.stream_by_subject(dlq.clone()).await.is_err() {
+            return Err(format!(
+                "no stream captures the dead-letter subject {dlq}: add one (refused messages go there)"
+            ));
+        }
         let created = info.created.unix_timestamp_nanos();
         let config = pull::Config {
             durable_name: Some(self.config.durable.clone()),
