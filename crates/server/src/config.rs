@@ -492,6 +492,13 @@ impl Config {
             (self.database.pool_max >= 2, "database.pool_max must be at least 2"),
             (self.database.timeout_ms >= 100, "database.timeout_ms must be at least 100"),
             (self.retention.batch_max >= 1, "retention.batch_max must be at least 1"),
+            // A reconciliation matches the events it lists with the dedupe keys kept: an
+            // event older than them would be taken again.
+            (
+                self.inbound.reconcile_window_ms <= self.inbound.dedupe_window_ms,
+                "inbound.reconcile_window_ms must be at most inbound.dedupe_window_ms",
+            ),
+            (self.inbound.reconcile_pages_max >= 1, "inbound.reconcile_pages_max must be at least 1"),
             (self.retention.interval_ms >= 1_000, "retention.interval_ms must be at least 1000"),
             (self.alerts.timeout_ms >= 100, "alerts.timeout_ms must be at least 100"),
         ];
@@ -602,5 +609,18 @@ mod tests {
         assert_eq!(config.threads(8), (3, 0));
         config.server.threads = Some(0);
         assert!(config.validate().unwrap_err().contains("server.threads"));
+    }
+
+    /// Reconciliation lists no further back than the dedupe keys reach (an older event would
+    /// be taken again), and reads at least a page.
+    #[test]
+    fn reconciliation_stays_within_the_dedupe_window() {
+        let mut config = Config::default();
+        assert_eq!(config.validate(), Ok(()));
+        config.inbound.reconcile_window_ms = config.inbound.dedupe_window_ms + 1;
+        assert!(config.validate().unwrap_err().contains("inbound.reconcile_window_ms"));
+        config.inbound.reconcile_window_ms = config.inbound.dedupe_window_ms;
+        config.inbound.reconcile_pages_max = 0;
+        assert!(config.validate().unwrap_err().contains("inbound.reconcile_pages_max"));
     }
 }
