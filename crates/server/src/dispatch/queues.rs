@@ -79,9 +79,9 @@ impl QueuePublisher {
     ) -> Sent {
         let started = tokio::time::Instant::now();
         let ids = (msg_id, endpoint_id);
-        let result = tokio::time::timeout(self.timeout, self.try_publish(url, ids, headers, body)).await;
+        let result = self.try_publish(url, ids, headers, body, started + self.timeout).await;
         let duration_ms = started.elapsed().as_millis() as u64;
-        let (outcome, response_excerpt) = match result.unwrap_or(Err(Problem::Timeout)) {
+        let (outcome, response_excerpt) = match result {
             Ok(receipt) => (Outcome::Published, receipt),
             Err(Problem::Blocked(why)) => (Outcome::BlockedAddress, format!("address refused: {why}")),
             Err(Problem::Connect(why)) => (Outcome::Connect, why),
@@ -97,6 +97,7 @@ impl QueuePublisher {
         ids: (&str, &str),
         headers: &[(String, String)],
         body: Bytes,
+        deadline: tokio::time::Instant,
     ) -> Result<String, Problem> {
         let parsed = url::Url::parse(url).map_err(|_| Problem::Refused("invalid URL".into()))?;
         let queue = match QueueUrl::parse(&parsed) {
@@ -109,16 +110,22 @@ impl QueuePublisher {
         let link = match cached {
             Some(link) => link,
             None => {
-                let link = Arc::new(self.connect(&queue).await?);
+                let connected = tokio::time::timeout_at(deadline, self.connect(&queue)).await;
+                let link = Arc::new(connected.unwrap_or(Err(Problem::Timeout))?);
                 self.links.lock().expect("links lock").insert(key.clone(), link.clone());
                 link
             }
         };
-        let sent = tokio::time::timeout(self.timeout, send(&link, &queue, ids, headers, body)).await;
+        // One deadline for the connect and the send, so that a send that hangs always
+        // reaches the check below (a timeout around both dropped it first).
+        let sent = tokio::time::timeout_at(deadline, send(&link, &queue, ids, headers, body)).await;
         let result = sent.unwrap_or(Err(Problem::Timeout));
         // A link that failed or hung is not used again (Redis has no heartbeat: a
-        // half-open connection would time out every publish).
-        if matches!(result, Err(Problem::Connect(_) | Problem::Timeout)) {
+        // half-open connection would time out every publish). Nor is a Redis link the
+        // server refused a write on: a replica after a failover answers `READONLY` on that
+        // connection for ever, and a new one finds the new primary.
+        let redis_refused = queue.broker == Broker::Redis && matches!(result, Err(Problem::Refused(_)));
+        if redis_refused || matches!(result, Err(Problem::Connect(_) | Problem::Timeout)) {
             let mut links = self.links.lock().expect("links lock");
             if links.get(&key).is_some_and(|l| Arc::ptr_eq(l, &link)) {
                 links.remove(&key);

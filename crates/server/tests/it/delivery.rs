@@ -503,3 +503,77 @@ async fn a_claim_this_node_lost_track_of_is_freed_and_sent() {
     assert!(!slow_rx.gets_within(500).await, "sent once");
     engine.shutdown().await;
 }
+
+/// A stand-in for a Redis replica after a failover: it answers every `XADD` with
+/// `READONLY` (anything else with `OK`), counting connections and `XADD`s.
+async fn read_only_redis() -> (u16, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (accepted, xadds) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (counted_accepts, counted_xadds) = (accepted.clone(), xadds.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted_accepts.fetch_add(1, Ordering::SeqCst);
+            let xadds = counted_xadds.clone();
+            tokio::spawn(async move {
+                let (reader, mut writer) = stream.into_split();
+                let mut reader = BufReader::new(reader);
+                let mut line = String::new();
+                // Each command is an array of bulk strings: `*<n>`, then `$<len>` and the bytes.
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let count: usize = line.trim().trim_start_matches('*').parse().unwrap();
+                    let mut name = Vec::new();
+                    for n in 0..count {
+                        line.clear();
+                        reader.read_line(&mut line).await.unwrap();
+                        let len: usize = line.trim().trim_start_matches('$').parse().unwrap();
+                        let mut arg = vec![0; len + 2];
+                        reader.read_exact(&mut arg).await.unwrap();
+                        if n == 0 {
+                            name = arg[..len].to_ascii_uppercase();
+                        }
+                    }
+                    let answer: &[u8] = if name == b"XADD" {
+                        xadds.fetch_add(1, Ordering::SeqCst);
+                        b"-READONLY You can't write against a read only replica.\r\n"
+                    } else {
+                        b"+OK\r\n"
+                    };
+                    if writer.write_all(answer).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, accepted, xadds)
+}
+
+/// A Redis link the server refused a write on is not used again: after a failover the old
+/// primary, now a replica, answers `READONLY` on that connection for ever, and only a new
+/// connection finds the new primary (the first version kept the link: one connection for
+/// every attempt, each refused, until a restart).
+#[tokio::test]
+async fn a_redis_link_refused_a_write_is_not_used_again() {
+    use std::sync::atomic::Ordering;
+    let gw = start_gateway(dev_config()).await;
+    let (port, accepted, xadds) = read_only_redis().await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": format!("redis://127.0.0.1:{port}/payments")})).await;
+    for n in 1..=3 {
+        gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {"n": n}})).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+        while xadds.load(Ordering::SeqCst) < n {
+            assert!(tokio::time::Instant::now() < deadline, "attempt {n} never reached the broker");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 3, "a connection for each attempt after a refused write");
+    gw.stop().await;
+}
