@@ -47,6 +47,9 @@ pub struct QueuePublisher {
     timeout: Duration,
     connect_timeout: Duration,
     links: Mutex<HashMap<String, Arc<Link>>>,
+    /// One connect at a time per broker: the deliveries that find no link wait for the
+    /// one connecting, rather than each opening its own (a lapin connection is a thread).
+    connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl QueuePublisher {
@@ -57,6 +60,7 @@ impl QueuePublisher {
             timeout: Duration::from_millis(config.request_timeout_ms),
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             links: Mutex::default(),
+            connecting: Mutex::default(),
         }
     }
 
@@ -106,14 +110,22 @@ impl QueuePublisher {
             None => return Err(Problem::Refused("not a queue URL".into())),
         };
         let key = format!("{:?}://{}:{}/{}", queue.broker, queue.host, queue.port, queue.vhost);
-        let cached = self.links.lock().expect("links lock").get(&key).cloned();
-        let link = match cached {
+        let cached = || self.links.lock().expect("links lock").get(&key).cloned();
+        let link = match cached() {
             Some(link) => link,
             None => {
-                let connected = tokio::time::timeout_at(deadline, self.connect(&queue)).await;
-                let link = Arc::new(connected.unwrap_or(Err(Problem::Timeout))?);
-                self.links.lock().expect("links lock").insert(key.clone(), link.clone());
-                link
+                let gate = self.connecting.lock().expect("connecting lock").entry(key.clone()).or_default().clone();
+                let _turn = tokio::time::timeout_at(deadline, gate.lock()).await.map_err(|_| Problem::Timeout)?;
+                match cached() {
+                    // Made by the delivery that connected while this one waited.
+                    Some(link) => link,
+                    None => {
+                        let connected = tokio::time::timeout_at(deadline, self.connect(&queue)).await;
+                        let link = Arc::new(connected.unwrap_or(Err(Problem::Timeout))?);
+                        self.links.lock().expect("links lock").insert(key.clone(), link.clone());
+                        link
+                    }
+                }
             }
         };
         // One deadline for the connect and the send, so that a send that hangs always

@@ -504,9 +504,13 @@ async fn a_claim_this_node_lost_track_of_is_freed_and_sent() {
     engine.shutdown().await;
 }
 
-/// A stand-in for a Redis replica after a failover: it answers every `XADD` with
-/// `READONLY` (anything else with `OK`), counting connections and `XADD`s.
-async fn read_only_redis() -> (u16, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) {
+/// A stand-in for Redis, counting connections and `XADD`s: it answers every `XADD` with an
+/// entry id, or with `READONLY` as a replica after a failover does (anything else with
+/// `OK`), each connection's first answer after `first_answer_after`.
+async fn fake_redis(
+    read_only: bool,
+    first_answer_after: std::time::Duration,
+) -> (u16, Arc<std::sync::atomic::AtomicUsize>, Arc<std::sync::atomic::AtomicUsize>) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -521,6 +525,7 @@ async fn read_only_redis() -> (u16, Arc<std::sync::atomic::AtomicUsize>, Arc<std
                 let (reader, mut writer) = stream.into_split();
                 let mut reader = BufReader::new(reader);
                 let mut line = String::new();
+                let mut first = true;
                 // Each command is an array of bulk strings: `*<n>`, then `$<len>` and the bytes.
                 loop {
                     line.clear();
@@ -539,12 +544,17 @@ async fn read_only_redis() -> (u16, Arc<std::sync::atomic::AtomicUsize>, Arc<std
                             name = arg[..len].to_ascii_uppercase();
                         }
                     }
-                    let answer: &[u8] = if name == b"XADD" {
-                        xadds.fetch_add(1, Ordering::SeqCst);
-                        b"-READONLY You can't write against a read only replica.\r\n"
-                    } else {
-                        b"+OK\r\n"
+                    if std::mem::take(&mut first) {
+                        tokio::time::sleep(first_answer_after).await;
+                    }
+                    let answer: &[u8] = match (name == b"XADD", read_only) {
+                        (true, true) => b"-READONLY You can't write against a read only replica.\r\n",
+                        (true, false) => b"$3\r\n1-0\r\n",
+                        (false, _) => b"+OK\r\n",
                     };
+                    if name == b"XADD" {
+                        xadds.fetch_add(1, Ordering::SeqCst);
+                    }
                     if writer.write_all(answer).await.is_err() {
                         return;
                     }
@@ -563,7 +573,7 @@ async fn read_only_redis() -> (u16, Arc<std::sync::atomic::AtomicUsize>, Arc<std
 async fn a_redis_link_refused_a_write_is_not_used_again() {
     use std::sync::atomic::Ordering;
     let gw = start_gateway(dev_config()).await;
-    let (port, accepted, xadds) = read_only_redis().await;
+    let (port, accepted, xadds) = fake_redis(true, std::time::Duration::ZERO).await;
     let app = gw.app("merchant").await;
     gw.endpoint(&app, json!({"url": format!("redis://127.0.0.1:{port}/payments")})).await;
     for n in 1..=3 {
@@ -575,5 +585,27 @@ async fn a_redis_link_refused_a_write_is_not_used_again() {
         }
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "a connection for each attempt after a refused write");
+    gw.stop().await;
+}
+
+/// Deliveries that find no link to a broker wait for the one connecting: ten at once to a
+/// new Redis open one connection (the first version opened one each, and a RabbitMQ
+/// connection is a thread of its own).
+#[tokio::test]
+async fn deliveries_to_a_new_broker_share_one_connect() {
+    use std::sync::atomic::Ordering;
+    let gw = start_gateway(dev_config()).await;
+    let (port, accepted, xadds) = fake_redis(false, std::time::Duration::from_millis(500)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": format!("redis://127.0.0.1:{port}/payments")})).await;
+    for n in 0..10 {
+        gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {"n": n}})).await;
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    while xadds.load(Ordering::SeqCst) < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "{} of 10 reached the broker", xadds.load(Ordering::SeqCst));
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for the ten");
     gw.stop().await;
 }
