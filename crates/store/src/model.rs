@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 pub type Metadata = BTreeMap<String, String>;
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct App {
     pub id: String,
     pub uid: Option<String>,
@@ -39,13 +39,13 @@ pub struct EventType {
 }
 
 /// A signing secret and, after a rotation, when it stops signing.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct StoredSecret {
     pub text: String,
     pub expires_at: Option<UnixMs>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Endpoint {
     pub id: String,
     pub app_id: String,
@@ -357,14 +357,14 @@ pub struct DeliveryKey {
 }
 
 /// A signing secret of an inbound source; several may be active during a rotation.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SourceSecret {
     pub value: String,
     pub expires_at: Option<UnixMs>,
 }
 
 /// An inbound source: where a provider sends its webhooks, and how they are verified.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct Source {
     pub id: String,
     pub uid: Option<String>,
@@ -596,4 +596,124 @@ pub struct OrderingLane {
     pub key: String,
     pub head: Option<Delivery>,
     pub waiting: u64,
+}
+
+/// What `Debug` shows in place of a secret: records are printed in test failures and may be
+/// in a log line some day; their secrets (signing secrets, API keys, custom header values,
+/// often credentials) never are.
+struct Redacted;
+
+impl std::fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("id", &self.id)
+            .field("uid", &self.uid)
+            .field("name", &self.name)
+            .field("throttle_rate", &self.throttle_rate)
+            .field("metadata", &self.metadata)
+            .field("retry_policy", &self.retry_policy)
+            .field("secret", &Redacted)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("alert_email", &self.alert_email)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for StoredSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredSecret").field("text", &Redacted).field("expires_at", &self.expires_at).finish()
+    }
+}
+
+impl std::fmt::Debug for SourceSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SourceSecret").field("value", &Redacted).field("expires_at", &self.expires_at).finish()
+    }
+}
+
+impl std::fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: BTreeMap<&String, Redacted> = self.headers.keys().map(|name| (name, Redacted)).collect();
+        f.debug_struct("Endpoint")
+            .field("id", &self.id)
+            .field("app_id", &self.app_id)
+            .field("uid", &self.uid)
+            .field("url", &self.url)
+            .field("description", &self.description)
+            .field("disabled", &self.disabled)
+            .field("event_types", &self.event_types)
+            .field("channels", &self.channels)
+            .field("throttle_rate", &self.throttle_rate)
+            .field("metadata", &self.metadata)
+            .field("headers", &headers)
+            .field("secrets", &self.secrets)
+            .field("signature_scheme", &self.signature_scheme)
+            .field("retry_policy", &self.retry_policy)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("fail_since", &self.fail_since)
+            .field("fifo", &self.fifo)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Source")
+            .field("id", &self.id)
+            .field("uid", &self.uid)
+            .field("name", &self.name)
+            .field("app_id", &self.app_id)
+            .field("preset", &self.preset)
+            .field("secrets", &self.secrets)
+            .field("event_types", &self.event_types)
+            .field("config", &self.config)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("api_key", &self.api_key.as_ref().map(|_| Redacted))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let secret = |text: &str| StoredSecret { text: text.into(), expires_at: None };
+        let endpoint = Endpoint {
+            headers: BTreeMap::from([("Authorization".to_owned(), "Bearer endpoint-header-value".to_owned())]),
+            secrets: vec![secret("whsec_endpoint-secret")],
+            ..crate::conformance::endpoint("app_1", 1)
+        };
+        let app = App { secret: "whsec_app-secret".into(), ..crate::conformance::app(1, None) };
+        let source = Source {
+            id: "src_1".into(),
+            uid: None,
+            name: "Stripe".into(),
+            app_id: app.id.clone(),
+            preset: hookline_core::inbound::Preset::Stripe,
+            secrets: vec![SourceSecret { value: "whsec_source-secret".into(), expires_at: Some(5) }],
+            event_types: None,
+            config: Default::default(),
+            created_at: 1,
+            updated_at: 1,
+            api_key: Some("rk_live_api-key".into()),
+        };
+        let printed = format!("{app:?} {endpoint:?} {source:?}");
+        for secret in ["app-secret", "endpoint-secret", "endpoint-header-value", "source-secret", "api-key"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        for shown in ["Authorization", "<redacted>", "expires_at: Some(5)", &app.id] {
+            assert!(printed.contains(shown), "{shown} not in {printed}");
+        }
+    }
 }
