@@ -549,4 +549,10 @@ async fn a_generic_source_signs_the_timestamp_it_checks() {
     let (status, _) = gw.call("PATCH", &path, Some(json!({"config": {"timestampHeader": "X-Ts"}}))).await;
     assert_eq!(status, 422, "an update is held to it too");
     gw.ok("PATCH", &path, Some(json!({"config": {}}))).await;
+    // The other options' bounds, as the OpenAPI document states them (schemathesis found
+    // an empty publicKey taken).
+    for config in [json!({"publicKey": ""}), json!({"notificationUrl": ""}), json!({"publicKey": "k".repeat(257)})] {
+        let (status, error) = gw.call("PATCH", &path, Some(json!({"config": config.clone()}))).await;
+        assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{config}: {error}");
+    }
 }
