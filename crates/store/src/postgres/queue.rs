@@ -26,13 +26,17 @@ pub async fn earlier_message(c: &impl GenericClient, publish: &Publish) -> Store
     let m = &publish.message;
     let found = match (&publish.dedupe, &m.event_id) {
         (Some((source_id, key)), _) => {
-            let sql = "SELECT msg_id FROM inbound_keys WHERE source_id = $1 AND event_key = $2";
-            let msg_id = one(c, sql, &[source_id, key], |r| Ok(r.get::<_, String>(0))).await?;
-            return match message_by_id(c, &msg_id).await {
-                Ok(earlier) => Ok(PublishOutcome::Duplicate(Box::new(earlier))),
-                Err(StoreError::NotFound) => Ok(PublishOutcome::DuplicateOfPurged(msg_id)),
-                Err(e) => Err(e),
+            // One read: the key, and its message unless retention has deleted it.
+            let sql = format!(
+                "SELECT {}, k.msg_id FROM inbound_keys k LEFT JOIN messages m ON m.id = k.msg_id \
+                 WHERE k.source_id = $1 AND k.event_key = $2",
+                prefixed("m", rows::MESSAGE_COLUMNS)
+            );
+            let earlier = |row: &tokio_postgres::Row| match row.get::<_, Option<String>>(0) {
+                Some(_) => rows::message(row).map(|m| PublishOutcome::Duplicate(Box::new(m))),
+                None => Ok(PublishOutcome::DuplicateOfPurged(row.get(rows::MESSAGE_COLUMNS.split(',').count()))),
             };
+            return one(c, &sql, &[source_id, key], earlier).await;
         }
         (None, Some(event_id)) => get_message(c, &m.app_id, event_id).await,
         (None, None) => message_by_id(c, &m.id).await.map_err(|e| match e {
