@@ -178,18 +178,16 @@ fn check(source: &Source) -> ApiResult<()> {
             "timestampHeader and a template that signs {timestamp} go together (e.g. {timestamp}.{body})",
         ));
     }
-    // As the document has them (`SourceConfig`'s schema): an empty value was taken.
-    let sized =
-        |value: &Option<String>, max: usize| value.as_ref().is_none_or(|v| (1..=max).contains(&v.chars().count()));
-    if !sized(&config.notification_url, 2048) {
+    // The bounds `SourceConfig`'s schema states.
+    let sized = |value: &str, max: usize| (1..=max).contains(&value.chars().count());
+    if !config.notification_url.as_deref().is_none_or(|url| sized(url, 2048)) {
         return Err(ApiError::field("config", "notificationUrl must be 1 to 2048 characters"));
     }
-    if !sized(&config.public_key, 256) {
+    if !config.public_key.as_deref().is_none_or(|key| sized(key, 256)) {
         return Err(ApiError::field("config", "publicKey must be 1 to 256 characters"));
     }
-    if let Some(templates) = &source.config.event_id_templates {
-        let sized = |t: &String| (1..=512).contains(&t.chars().count());
-        if !(1..=8).contains(&templates.len()) || !templates.iter().all(sized) {
+    if let Some(templates) = &config.event_id_templates {
+        if !(1..=8).contains(&templates.len()) || !templates.iter().all(|t| sized(t, 512)) {
             return Err(ApiError::field(
                 "config",
                 "eventIdTemplates must hold 1 to 8 templates of 1 to 512 characters",

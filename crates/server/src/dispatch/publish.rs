@@ -145,13 +145,13 @@ where
     }
 }
 
-/// A delivery's ordering lane, `(endpoint_id, key)`.
 /// Whether an endpoint takes a message: its event types and channels, if it names any.
 pub fn takes(endpoint: &Endpoint, message: &Message) -> bool {
     let (types, channels) = (endpoint.event_types.as_deref(), endpoint.channels.as_deref());
     endpoint_accepts(types, channels, &message.event_type, message.channels.as_deref())
 }
 
+/// A delivery's ordering lane, `(endpoint_id, key)`.
 pub fn lane(d: &Delivery) -> Option<(String, String)> {
     Some((d.endpoint_id.clone()?, d.order_key.clone()?))
 }
