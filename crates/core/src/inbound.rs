@@ -292,6 +292,13 @@ fn verify_generic(
     now_s: i64,
     tolerance: i64,
 ) -> Result<(), Rejection> {
+    // A timestamp checked but not signed is no defence against replays (a captured request
+    // passes again with a fresh timestamp), and one signed but not read signs nothing: the
+    // two go together, as Square's and Braintree's needed options are checked here too.
+    let signs_timestamp = config.template.as_deref().is_some_and(|t| t.contains("{timestamp}"));
+    if config.timestamp_header.is_some() != signs_timestamp {
+        return Err(Rejection::Misconfigured);
+    }
     let header = config.signature_header.as_deref().unwrap_or("x-signature").to_ascii_lowercase();
     let raw = headers(&header).ok_or(Rejection::MissingSignature)?.trim();
     let sig = match &config.signature_prefix {

@@ -112,6 +112,18 @@ fn presets_that_need_an_option_say_so() {
     let form = b"bt_signature=pk%7Cabc&bt_payload=YQ%3D%3D";
     let braintree = verify(Preset::Braintree, &SourceConfig::default(), &none, form, &["private"], 0);
     assert_eq!(braintree.map_err(Rejection::code), Err("source_misconfigured"));
+    // A generic HMAC source signs the timestamp it checks, and checks the one it signs.
+    let stamped = |name: &str| -> Option<&str> { Some(if name == "x-ts" { "1700000000" } else { "00" }) };
+    for (header, template) in [(Some("X-Ts"), None), (Some("X-Ts"), Some("{body}")), (None, Some("{timestamp}.{body}"))]
+    {
+        let config = SourceConfig {
+            timestamp_header: header.map(str::to_owned),
+            template: template.map(str::to_owned),
+            ..Default::default()
+        };
+        let generic = verify(Preset::Hmac, &config, &stamped, b"{}", &["s"], 1_700_000_000);
+        assert_eq!(generic.map_err(Rejection::code), Err("source_misconfigured"), "{header:?} {template:?}");
+    }
 }
 
 /// The first valid vector of a preset.

@@ -15,7 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Json;
 use hookline_core::id::prefix;
-use hookline_core::inbound::{verify, Preset, Rejection};
+use hookline_core::inbound::{verify, Rejection};
 use hookline_store::{Bytes, Message, PublishOutcome, Source, SourceSecret};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -168,16 +168,7 @@ fn check(source: &Source) -> ApiResult<()> {
     if tolerance.is_some_and(|t| !(1..=86_400).contains(&t)) {
         return Err(ApiError::field("config", "toleranceSeconds must be 1 to 86400"));
     }
-    // A timestamp header checked but not signed is no defence against replays: a captured
-    // request passes again with a fresh timestamp.
     let config = &source.config;
-    let signs_timestamp = config.template.as_deref().is_some_and(|t| t.contains("{timestamp}"));
-    if source.preset == Preset::Hmac && config.timestamp_header.is_some() != signs_timestamp {
-        return Err(ApiError::field(
-            "config",
-            "timestampHeader and a template that signs {timestamp} go together (e.g. {timestamp}.{body})",
-        ));
-    }
     // The bounds `SourceConfig`'s schema states.
     let sized = |value: &str, max: usize| (1..=max).contains(&value.chars().count());
     if !config.notification_url.as_deref().is_none_or(|url| sized(url, 2048)) {
