@@ -25,7 +25,7 @@ pub async fn backlog(options: &Options) -> anyhow::Result<Report> {
         headers: vec![("authorization".into(), format!("Bearer {TOKEN}"))],
     });
     let target = Target::one(format!("{}/api/v1/app/{dead}/msg", gw.url), 202, "id");
-    let loaded = closed_loop(&http, target, request, count, 64).await?;
+    let loaded = closed_loop(target, request, count, 64).await?;
     eprintln!("backlog: {count} pending in {:.1} s", loaded.elapsed.as_secs_f64());
     gw.restart().await?;
     let mut report = Report {
@@ -37,7 +37,7 @@ pub async fn backlog(options: &Options) -> anyhow::Result<Report> {
     let wait = (due_at - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(2);
     tokio::time::sleep(wait).await;
     let failed_before = failed_attempts(&http, &gw).await?;
-    let published = publish(&http, &gw, &live, options.count(5_000), 16).await?;
+    let published = publish(&gw, &live, options.count(5_000), 16).await?;
     wait_answered(&sink, published.sent_at.len(), Duration::from_secs(120)).await;
     let dead_attempts = failed_attempts(&http, &gw).await? - failed_before;
     deliveries(&mut report, &sink, &published, 1);

@@ -39,7 +39,7 @@ async fn run_nodes(options: &Options, server: &str, kill_one: bool) -> anyhow::R
         }
         Instant::now()
     };
-    let (published, killed_at) = tokio::join!(closed_loop(&http, target, request, count, 16), killer);
+    let (published, killed_at) = tokio::join!(closed_loop(target, request, count, 16), killer);
     let published = published?;
     // Every acknowledged message, not a count of arrivals (a duplicate would make up for a
     // missing one).

@@ -8,6 +8,7 @@ mod backlog;
 mod cluster;
 pub mod gateway;
 mod ingest;
+mod load;
 pub mod sink;
 
 use gateway::{Gateway, TOKEN};
@@ -125,20 +126,13 @@ struct Published {
 
 /// Publishes `count` messages with `concurrency` workers, each waiting for its answer
 /// before sending the next (closed loop).
-async fn publish(
-    http: &reqwest::Client,
-    gw: &Gateway,
-    app_id: &str,
-    count: usize,
-    concurrency: usize,
-) -> anyhow::Result<Published> {
-    publish_keyed(http, gw, app_id, count, concurrency, None).await
+async fn publish(gw: &Gateway, app_id: &str, count: usize, concurrency: usize) -> anyhow::Result<Published> {
+    publish_keyed(gw, app_id, count, concurrency, None).await
 }
 
 /// Publishes as `publish` does; with `keys`, message `n` carries the ordering key
 /// `pay_{n % keys}`, so each key's messages wait for each other at the endpoint.
 async fn publish_keyed(
-    http: &reqwest::Client,
     gw: &Gateway,
     app_id: &str,
     count: usize,
@@ -158,7 +152,7 @@ async fn publish_keyed(
         headers: vec![("authorization".into(), format!("Bearer {TOKEN}"))],
     });
     let target = Target::one(format!("{}/api/v1/app/{app_id}/msg", gw.url), 202, "id");
-    closed_loop(http, target, request, count, concurrency).await
+    closed_loop(target, request, count, concurrency).await
 }
 
 /// One request of a closed loop.
@@ -189,7 +183,6 @@ type MakeRequest = Arc<dyn Fn(usize) -> Request + Send + Sync>;
 /// Sends `count` requests made by `request(n)` with `concurrency` workers, each waiting
 /// for its answer before sending the next.
 async fn closed_loop(
-    http: &reqwest::Client,
     target: Target,
     request: MakeRequest,
     count: usize,
@@ -198,12 +191,14 @@ async fn closed_loop(
     let next = Arc::new(AtomicUsize::new(0));
     let sent_at = Arc::new(Mutex::new(HashMap::with_capacity(count)));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(count)));
+    let urls = target.urls.iter().map(|url| load::Url::parse(url)).collect::<anyhow::Result<Vec<_>>>()?;
     let target = Arc::new(target);
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (http, next, sent_at, latencies) = (http.clone(), next.clone(), sent_at.clone(), latencies.clone());
+        let (next, sent_at, latencies) = (next.clone(), sent_at.clone(), latencies.clone());
         let (target, request) = (target.clone(), request.clone());
+        let mut conns: Vec<load::Conn> = urls.iter().cloned().map(load::Conn::new).collect();
         workers.push(tokio::spawn(async move {
             loop {
                 let n = next.fetch_add(1, Ordering::SeqCst);
@@ -212,15 +207,13 @@ async fn closed_loop(
                 }
                 let Request { body, headers } = request(n);
                 let start = Instant::now();
-                let url = &target.urls[n % target.urls.len()];
-                let mut builder = http.post(url).header("content-type", "application/json").body(body);
-                for (k, v) in headers {
-                    builder = builder.header(k, v);
-                }
-                let answer = match builder.send().await {
-                    Ok(r) if r.status().as_u16() == target.status => r.json::<Value>().await.map_err(Into::into),
-                    Ok(r) => Err(anyhow::anyhow!("{url} answered {}", r.status())),
-                    Err(e) => Err(e.into()),
+                let url = n % conns.len();
+                let answer = match conns[url].post(&headers, body.into()).await {
+                    Ok((status, body)) if status == target.status => {
+                        serde_json::from_slice::<Value>(&body).map_err(Into::into)
+                    }
+                    Ok((status, _)) => Err(anyhow::anyhow!("{} answered {status}", target.urls[url])),
+                    Err(e) => Err(e),
                 };
                 let out = match answer {
                     Ok(out) => out,
@@ -281,17 +274,18 @@ fn deliveries(report: &mut Report, sink: &Sink, published: &Published, per_messa
 }
 
 /// The load generator straight against the sink: the loopback ceiling of this machine.
-async fn ceiling(http: &reqwest::Client, sink: &Sink, count: usize, concurrency: usize) -> anyhow::Result<f64> {
+async fn ceiling(sink: &Sink, count: usize, concurrency: usize) -> anyhow::Result<f64> {
     let next = Arc::new(AtomicUsize::new(0));
-    let url = sink.path(0, 200);
+    let url = load::Url::parse(&sink.path(0, 200))?;
+    let headers = vec![("webhook-id".to_owned(), "ceiling".to_owned())];
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (http, next, url) = (http.clone(), next.clone(), url.clone());
+        let (next, mut conn, headers) = (next.clone(), load::Conn::new(url.clone()), headers.clone());
         workers.push(tokio::spawn(async move {
             while next.fetch_add(1, Ordering::SeqCst) < count {
-                let body = r#"{"id":"pay_0","amount":1000,"currency":"EUR"}"#;
-                http.post(&url).header("webhook-id", "ceiling").body(body).send().await?.bytes().await?;
+                let body = bytes::Bytes::from_static(br#"{"id":"pay_0","amount":1000,"currency":"EUR"}"#);
+                conn.post(&headers, body).await?;
             }
             Ok::<(), anyhow::Error>(())
         }));
@@ -320,11 +314,11 @@ pub async fn e2e(options: &Options, concurrency: usize, keys: Option<usize>) -> 
         Some(keys) => format!("c{concurrency}, {keys} ordering keys"),
     };
     let mut report = Report { scenario: "e2e".into(), variant, ..Default::default() };
-    report.ceiling_per_s = ceiling(&http, &sink, count, concurrency).await?;
+    report.ceiling_per_s = ceiling(&sink, count, concurrency).await?;
     let gw = options.gateway(&[]).await?;
     report.idle_rss_mb = gw.rss_mb();
     let app = app_with_endpoints(&http, &gw, &[sink.path(0, 200)]).await?;
-    let published = publish_keyed(&http, &gw, &app, count, concurrency, keys).await?;
+    let published = publish_keyed(&gw, &app, count, concurrency, keys).await?;
     wait_answered(&sink, count, Duration::from_secs(120)).await;
     deliveries(&mut report, &sink, &published, 1);
     report.total_s = published.started.elapsed().as_secs_f64();
@@ -337,12 +331,12 @@ pub async fn fanout(options: &Options) -> anyhow::Result<Report> {
     let (count, endpoints) = (options.count(200), 100);
     let (http, sink) = (client(), Sink::start().await?);
     let mut report = Report { scenario: "fanout".into(), variant: "100 endpoints, c16".into(), ..Default::default() };
-    report.ceiling_per_s = ceiling(&http, &sink, count * endpoints, 16).await?;
+    report.ceiling_per_s = ceiling(&sink, count * endpoints, 16).await?;
     let gw = options.gateway(&[]).await?;
     report.idle_rss_mb = gw.rss_mb();
     let urls: Vec<String> = (0..endpoints).map(|_| sink.path(0, 200)).collect();
     let app = app_with_endpoints(&http, &gw, &urls).await?;
-    let published = publish(&http, &gw, &app, count, 16).await?;
+    let published = publish(&gw, &app, count, 16).await?;
     wait_answered(&sink, count * endpoints, Duration::from_secs(120)).await;
     deliveries(&mut report, &sink, &published, endpoints);
     report.total_s = published.started.elapsed().as_secs_f64();
@@ -368,7 +362,7 @@ pub async fn slow(options: &Options, messages: usize, delay_ms: u64, endpoints: 
     for n in 0..endpoints {
         let app = app_with_endpoints(&http, &gw, &[sink.path(delay, 200)]).await?;
         let batch = per_endpoint.min(count - n * per_endpoint);
-        let published = publish(&http, &gw, &app, batch, 64).await?;
+        let published = publish(&gw, &app, batch, 64).await?;
         published_all.sent_at.extend(published.sent_at);
         published_all.latencies_ms.extend(published.latencies_ms);
     }
@@ -393,12 +387,12 @@ pub async fn isolation(options: &Options) -> anyhow::Result<(Report, Report)> {
     let slow_app = app_with_endpoints(&http, &gw, &[sink.path(delay, 200)]).await?;
     let mut alone =
         Report { scenario: "isolation".into(), variant: "fast endpoint alone".into(), ..Default::default() };
-    let published = publish(&http, &gw, &fast_app, count, 16).await?;
+    let published = publish(&gw, &fast_app, count, 16).await?;
     wait_answered(&sink, count, Duration::from_secs(120)).await;
     deliveries(&mut alone, &sink, &published, 1);
     finish(&mut alone, &gw);
     sink.arrivals.clear();
-    publish(&http, &gw, &slow_app, stuck, 64).await?;
+    publish(&gw, &slow_app, stuck, 64).await?;
     // Stuck means in flight: the fast endpoint is measured once the sink holds them all, not
     // while their connections are still being opened (a burst of 1,000 connects takes tens
     // of milliseconds of both cores here, which every delivery then waits behind).
@@ -411,7 +405,7 @@ pub async fn isolation(options: &Options) -> anyhow::Result<(Report, Report)> {
         variant: format!("beside {stuck} stuck {delay} ms deliveries"),
         ..Default::default()
     };
-    let published = publish(&http, &gw, &fast_app, count, 16).await?;
+    let published = publish(&gw, &fast_app, count, 16).await?;
     let fast_ids: Vec<String> = published.sent_at.keys().cloned().collect();
     let deadline = Instant::now() + Duration::from_secs(120);
     while Instant::now() < deadline {
@@ -439,7 +433,7 @@ pub async fn inbound(options: &Options, concurrency: usize) -> anyhow::Result<Re
     let (http, sink) = (client(), Sink::start().await?);
     let variant = format!("stripe, c{concurrency}");
     let mut report = Report { scenario: "inbound".into(), variant, ..Default::default() };
-    report.ceiling_per_s = ceiling(&http, &sink, count, concurrency).await?;
+    report.ceiling_per_s = ceiling(&sink, count, concurrency).await?;
     let gw = options.gateway(&[]).await?;
     report.idle_rss_mb = gw.rss_mb();
     let app = app_with_endpoints(&http, &gw, &[sink.path(0, 200)]).await?;
@@ -454,7 +448,7 @@ pub async fn inbound(options: &Options, concurrency: usize) -> anyhow::Result<Re
         Request { body, headers: vec![("stripe-signature".into(), signature)] }
     });
     let target = Target::one(url, 200, "messageId");
-    let published = closed_loop(&http, target, request, count, concurrency).await?;
+    let published = closed_loop(target, request, count, concurrency).await?;
     wait_answered(&sink, count, Duration::from_secs(120)).await;
     deliveries(&mut report, &sink, &published, 1);
     report.total_s = published.started.elapsed().as_secs_f64();
