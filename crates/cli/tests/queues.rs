@@ -498,6 +498,9 @@ async fn consumes_each_message_once(kind: Kind) {
         // Half without `Nats-Msg-Id`: their dedupe key is the stream sequence.
         valid.iter_mut().skip(1).step_by(2).for_each(|(_, id)| id.clear());
     }
+    // One with an eventId: its key is that, not the broker's id.
+    let keyed = json!({"app": APP, "eventType": "payment.succeeded", "eventId": "evt-10", "payload": {"n": 10}});
+    valid[10].0 = keyed.to_string().into_bytes();
     let mut items = valid.clone();
     items.insert(500, (b"not json".to_vec(), "bad-1".into()));
     let stranger = json!({"app": "no-such-app", "eventType": "payment.succeeded", "payload": {"n": 5000}});
@@ -513,20 +516,18 @@ async fn consumes_each_message_once(kind: Kind) {
     broker.put_all(&items).await;
 
     until_all_arrived(&arrivals, 1_000).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let mut codes: Vec<String> = Vec::new();
-    while codes.len() < 4 {
-        assert!(tokio::time::Instant::now() < deadline, "dead letters: {codes:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        // RabbitMQ's are taken off the queue as they are read.
-        let read = broker.dead_letters().await.into_iter().map(|(code, _)| code);
-        codes = if kind == Kind::Amqp { codes.into_iter().chain(read).collect() } else { read.collect() };
-    }
+    let mut codes = dead_letter_codes(&broker, Vec::new(), 4).await;
     codes.sort();
     assert_eq!(codes, ["invalid_json", "invalid_message", "unknown_application", "unknown_application"]);
 
     broker.redeliver(&valid).await;
     gateway.until_counted(&http, "duplicates", 1_000).await;
+    // Another message under a key taken (the eventId of message 10): dead-lettered, not
+    // dropped as a redelivery.
+    let reused = json!({"app": APP, "eventType": "payment.refunded", "eventId": "evt-10", "payload": {"n": 10}});
+    broker.put_all(&[(reused.to_string().into_bytes(), "bad-5".into())]).await;
+    let codes = dead_letter_codes(&broker, codes, 5).await;
+    assert!(codes.iter().any(|c| c == "conflicting_duplicate"), "{codes:?}");
     // A duplicate is counted once its commit found the earlier message: nothing more to send.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (lost, duplicated) = lost_and_duplicated(&arrivals, 1_000);
@@ -538,6 +539,20 @@ async fn consumes_each_message_once(kind: Kind) {
     assert_eq!(consumer["connected"], true, "{consumer}");
     drop(gateway);
     broker.remove().await;
+}
+
+/// The codes of the broker's dead letters once there are `count`, `seen` being those read
+/// before (RabbitMQ's are taken off the queue as they are read).
+async fn dead_letter_codes(broker: &Broker, seen: Vec<String>, count: usize) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let mut codes = seen;
+    while codes.len() < count {
+        assert!(tokio::time::Instant::now() < deadline, "dead letters: {codes:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let read = broker.dead_letters().await.into_iter().map(|(code, _)| code);
+        codes = if broker.kind == Kind::Amqp { codes.into_iter().chain(read).collect() } else { read.collect() };
+    }
+    codes
 }
 
 on_every_broker!(

@@ -10,8 +10,11 @@
 //! shutdown what is unstored is left unacknowledged, and the broker redelivers it later.
 //! Redeliveries are harmless: the message's `eventId`, or else the broker's message id, is
 //! its dedupe key (scoped to the broker, the stream or queue and the application), so a
-//! merchant never gets one message twice. Messages with one `orderingKey` are stored in
-//! the broker's order: each waits for the one before it ([`Lanes`]).
+//! merchant never gets one message twice (an AMQP message with neither has no key: one
+//! redelivered after a crash is stored again). A different message under a key already
+//! taken is dead-lettered (`conflicting_duplicate`), not taken for a redelivery and dropped.
+//! Messages with one `orderingKey` are stored in the broker's order: each waits for the
+//! one before it ([`Lanes`]).
 //!
 //! A broker module implements [`Consumer`]; [`supervise`] reconnects it with backoff. A
 //! Kafka consumer would be one more implementation.
@@ -27,7 +30,7 @@ use crate::dispatch::Engine;
 use crate::error::ApiError;
 use crate::wire::MessageIn;
 use hookline_core::ssrf::AddressPolicy;
-use hookline_store::PublishOutcome;
+use hookline_store::{Message, PublishOutcome};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
@@ -143,8 +146,15 @@ impl Ingestor {
             Err(refused) => return refused.clone(),
         };
         match self.commit(scope, input, prepared.broker_id.as_deref()).await {
-            Ok(PublishOutcome::Created) => Handled::Stored { duplicate: false },
-            Ok(PublishOutcome::Duplicate(_) | PublishOutcome::DuplicateOfPurged(_)) => {
+            Ok((_, PublishOutcome::Created)) => Handled::Stored { duplicate: false },
+            // The key reused for another message (a publisher's bug, or one id per payment
+            // for several events): taking it as a redelivery would drop it unseen.
+            Ok((message, PublishOutcome::Duplicate(earlier))) if !same_message(&message, &earlier) => {
+                let key = if message.event_id.is_some() { "eventId" } else { "broker message id" };
+                let reason = format!("{} stored a different message under this {key}; not stored again", earlier.id);
+                Handled::refused("conflicting_duplicate", reason)
+            }
+            Ok((_, PublishOutcome::Duplicate(_) | PublishOutcome::DuplicateOfPurged(_))) => {
                 Handled::Stored { duplicate: true }
             }
             Err(e) => refusal(&e),
@@ -182,7 +192,13 @@ impl Ingestor {
         }
     }
 
-    async fn commit(&self, scope: &str, input: MessageIn, broker_id: Option<&str>) -> Result<PublishOutcome, ApiError> {
+    /// Commits `input`; the message made of it, and what became of it.
+    async fn commit(
+        &self,
+        scope: &str,
+        input: MessageIn,
+        broker_id: Option<&str>,
+    ) -> Result<(Arc<Message>, PublishOutcome), ApiError> {
         let app_key = input.app.clone().unwrap_or_default();
         let app = self.engine.catalog.app(&app_key).await.map_err(ApiError::from_store("application"))?;
         // The internal application of the operational webhooks is not one (as in the API).
@@ -196,8 +212,23 @@ impl Ingestor {
             (None, Some(id)) => Some((format!("queue:{scope}:{}", app.id), id.to_owned())),
             _ => None,
         };
-        submit(&self.engine, Arc::new(message), None, dedupe).await
+        let message = Arc::new(message);
+        let outcome = submit(&self.engine, message.clone(), None, dedupe).await?;
+        Ok((message, outcome))
     }
+}
+
+/// Whether a message found under a dedupe key is the one offered again: what its
+/// endpoints receive and how it is routed, byte for byte (a redelivery is the same bytes;
+/// the id, creation and retention times are the node's own).
+fn same_message(offered: &Message, stored: &Message) -> bool {
+    offered.event_type == stored.event_type
+        && offered.payload == stored.payload
+        && offered.channels == stored.channels
+        && offered.tags == stored.tags
+        && offered.callback_url == stored.callback_url
+        && offered.deliver_at == stored.deliver_at
+        && offered.ordering_key == stored.ordering_key
 }
 
 /// What an error storing a message means: a refusal (the message's fault: it would fail
