@@ -3,13 +3,16 @@
 //! reason) and acknowledged by one script, which stops before the `XACK` if the `XADD`
 //! fails (a `MULTI` would run the `XACK` anyway). Entries left unacknowledged (a node that
 //! died, or stopped while the store was down) are taken over with `XAUTOCLAIM` once idle
-//! for `claim_idle_ms`; after a restart, a consumer first reads its own pending entries.
+//! for `claim_idle_ms`; entries a consumer is still storing are claimed again by it every
+//! third of that time, so they never look idle. After a restart, a consumer first reads
+//! its own pending entries.
 
 use super::{Consumer, ConsumerStatus, Handled, Ingestor, Lanes};
 use crate::config::RedisIngest;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use redis::{AsyncConnectionConfig, Value};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -103,12 +106,13 @@ impl Redis {
         let prepared: Vec<_> =
             entries.iter().map(|entry| ingestor.prepare(Some(&entry.id), body(entry, field))).collect();
         let turns: Vec<_> = prepared.iter().map(|p| self.lanes.turn(p.lane())).collect();
-        let handled =
+        let storing =
             futures_util::future::join_all(prepared.iter().zip(turns).map(|(prepared, mut turn)| async move {
                 turn.wait().await;
                 ingestor.store_patiently(&self.status, prepared, stopping, || async {}).await
-            }))
-            .await;
+            }));
+        let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
+        let handled = self.keeping(conn.clone(), &ids, storing).await;
         let mut stored = Vec::new();
         for (entry, handled) in entries.iter().zip(handled) {
             match handled {
@@ -143,6 +147,46 @@ impl Redis {
                 .map_err(text)?;
         }
         Ok(())
+    }
+
+    /// Runs `work` on entries `ids` while keeping them this consumer's: the group sees an
+    /// entry read and not acknowledged as idle, and once idle `claim_idle_ms` another node's
+    /// `XAUTOCLAIM` takes it over (and stores it too, out of its ordering lane's order),
+    /// however busy this consumer is with it (the store down: it tries again and again). So
+    /// every third of that time, `XCLAIM … JUSTID` claims them again, which makes them not
+    /// idle. Its minimum idle time keeps it from taking back an entry another node did
+    /// take over (while this node could not reach Redis): that node's claim is at least
+    /// `claim_idle_ms` after this consumer's last, so the entry is idle for less than the
+    /// time since then minus `claim_idle_ms`; this consumer's own for about that time.
+    async fn keeping<T>(&self, mut conn: MultiplexedConnection, ids: &[&str], work: impl Future<Output = T>) -> T {
+        let claim_idle = Duration::from_millis(self.config.claim_idle_ms);
+        let every = (claim_idle / 3).max(Duration::from_millis(10));
+        // Polled beside `work`, never in its way: a claim waiting on Redis delays no store.
+        let keep = async {
+            let mut kept_at = Instant::now();
+            loop {
+                tokio::time::sleep(every).await;
+                let sent_at = Instant::now();
+                let min_idle = sent_at.duration_since(kept_at).saturating_sub(claim_idle / 2);
+                let claimed: Result<Value, _> = redis::cmd("XCLAIM")
+                    .arg(&self.config.stream)
+                    .arg(&self.config.group)
+                    .arg(&self.consumer)
+                    .arg(min_idle.as_millis() as u64)
+                    .arg(ids)
+                    .arg("JUSTID")
+                    .query_async(&mut conn)
+                    .await;
+                match claimed {
+                    Ok(_) => kept_at = sent_at,
+                    Err(e) => self.status.note(format!("keeping entries being stored: {e}")),
+                }
+            }
+        };
+        tokio::select! {
+            out = work => out,
+            never = keep => never,
+        }
     }
 
     /// Waiting entries plus entries read and not acknowledged (`XINFO GROUPS`).
