@@ -441,6 +441,20 @@ impl Gateway {
         list["data"][0].clone()
     }
 
+    /// Waits until the consumer says it did not start, its `lastError` holding `why`.
+    async fn until_refused_to_start(&self, http: &reqwest::Client, why: &str) {
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let consumer = self.consumer(http).await;
+            if consumer["lastError"].as_str().is_some_and(|e| e.contains(why)) {
+                assert_eq!(consumer["connected"], false, "{consumer}");
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no word of {why:?}: {consumer}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until the consumer's `field` count reaches `at_least`.
     async fn until_counted(&self, http: &reqwest::Client, field: &str, at_least: u64) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -1132,18 +1146,34 @@ async fn a_nats_consumer_without_a_dead_letter_stream_says_so() {
     let dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start_with(dir.path(), &broker.consumer_config(), free_port(), &[]);
     gateway.process.wait_healthy(&http).await;
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    let consumer = loop {
-        let consumer = gateway.consumer(&http).await;
-        if consumer["lastError"].as_str().is_some_and(|e| e.contains("no stream captures")) {
-            break consumer;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "no word of the missing dead-letter stream: {consumer}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(consumer["connected"], false, "{consumer}");
+    gateway.until_refused_to_start(&http, "no stream captures").await;
     drop(gateway);
     js.delete_stream(&broker.name).await.unwrap();
+}
+
+/// A NATS consumer does not start on a durable made before with a delivery limit, and
+/// says why: JetStream would stop offering a message after that many deliveries, stored
+/// or not (each stop or crash of a node during a store outage is one).
+#[tokio::test]
+async fn a_nats_durable_with_a_delivery_limit_is_refused() {
+    let http = reqwest::Client::new();
+    let broker = Broker::shared(Kind::Nats);
+    broker.prepare().await;
+    let js = async_nats::jetstream::new(async_nats::connect(&broker.url).await.unwrap());
+    let stream = js.get_stream(&broker.name).await.unwrap();
+    let limited = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some("hookline".into()),
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+        max_deliver: 3,
+        ..Default::default()
+    };
+    stream.create_consumer(limited).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start_with(dir.path(), &broker.consumer_config(), free_port(), &[]);
+    gateway.process.wait_healthy(&http).await;
+    gateway.until_refused_to_start(&http, "has max_deliver 3").await;
+    drop(gateway);
+    broker.remove().await;
 }
 
 /// A consumer for RabbitMQ refuses to start without a dead-letter exchange: `requeue=false`

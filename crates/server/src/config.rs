@@ -90,8 +90,9 @@ pub struct NatsIngest {
     /// How long a message may go unacknowledged before JetStream redelivers it.
     #[serde(default = "default_ack_wait_ms")]
     pub ack_wait_ms: u64,
-    /// Deliveries of one message at most; -1 (the default) is unlimited, so a long store
-    /// outage never makes JetStream give up on a message.
+    /// Deliveries of one message at most: -1 (unlimited), the default and the only value
+    /// taken, so JetStream never gives up on a message Hookline has not stored (refused
+    /// ones go to the dead letter instead).
     #[serde(default = "default_max_deliver")]
     pub max_deliver: i64,
     /// Where refused messages are published (it must be captured by a stream); default
@@ -563,8 +564,13 @@ impl IngestConfig {
             if n.ack_wait_ms < 1_000 {
                 return Err("ingest.nats.ack_wait_ms must be at least 1000".into());
             }
-            if n.max_deliver == 0 || n.max_deliver < -1 {
-                return Err("ingest.nats.max_deliver must be -1 (unlimited) or at least 1".into());
+            if n.max_deliver != -1 {
+                // JetStream stops offering a message after that many deliveries, stored or
+                // not (a node stopped or killed mid-outage each time): a silent loss.
+                // Refused messages go to `dlq_subject`, so no limit is needed against loops.
+                return Err("ingest.nats.max_deliver must be -1 (unlimited): JetStream would stop offering a \
+                            message after that many deliveries, stored or not"
+                    .into());
             }
         }
         Ok(())
@@ -622,5 +628,18 @@ mod tests {
         config.inbound.reconcile_window_ms = config.inbound.dedupe_window_ms;
         config.inbound.reconcile_pages_max = 0;
         assert!(config.validate().unwrap_err().contains("inbound.reconcile_pages_max"));
+    }
+
+    /// A JetStream consumer never gives up on a message: a limit would drop one unstored.
+    #[test]
+    fn a_nats_consumer_has_no_delivery_limit() {
+        let nats = r#"{"url": "nats://127.0.0.1:4222", "stream": "PAYMENTS", "durable": "hookline"}"#;
+        let mut config: Config = serde_json::from_str(&format!(r#"{{"ingest": {{"nats": [{nats}]}}}}"#)).unwrap();
+        assert_eq!(config.ingest.nats[0].max_deliver, -1);
+        assert_eq!(config.validate(), Ok(()));
+        for limit in [5, 1, 0, -2] {
+            config.ingest.nats[0].max_deliver = limit;
+            assert!(config.validate().unwrap_err().contains("ingest.nats.max_deliver must be -1"), "{limit}");
+        }
     }
 }

@@ -95,10 +95,20 @@ impl Nats {
             filter_subject: self.config.filter_subject.clone().unwrap_or_default(),
             ..Default::default()
         };
-        let consumer = stream
+        let consumer: PullConsumer = stream
             .get_or_create_consumer(&self.config.durable, config)
             .await
             .map_err(|e| format!("the durable consumer: {e}"))?;
+        // A durable made before (by hand, say) keeps its own settings: with a delivery
+        // limit, JetStream would stop offering a message Hookline has not stored.
+        let limit = consumer.cached_info().config.max_deliver;
+        if limit > 0 {
+            return Err(format!(
+                "the durable consumer {} has max_deliver {limit}: JetStream would stop offering a message after \
+                 {limit} deliveries, stored or not; delete it (Hookline makes it again without a limit)",
+                self.config.durable
+            ));
+        }
         Ok((consumer, created))
     }
 }
