@@ -441,6 +441,15 @@ impl Gateway {
         list["data"][0].clone()
     }
 
+    /// The gateway's connection threads of lapin's (one per RabbitMQ connection).
+    fn lapin_threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.process.child.id()))
+            .unwrap()
+            .filter_map(|task| std::fs::read_to_string(task.unwrap().path().join("comm")).ok())
+            .filter(|name| name.trim() == "lapin-io-loop")
+            .count()
+    }
+
     /// Waits until the consumer says it did not start, its `lastError` holding `why`.
     async fn until_refused_to_start(&self, http: &reqwest::Client, why: &str) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -1174,6 +1183,70 @@ async fn a_nats_durable_with_a_delivery_limit_is_refused() {
     gateway.until_refused_to_start(&http, "has max_deliver 3").await;
     drop(gateway);
     broker.remove().await;
+}
+
+/// A port whose listener never accepts and whose accept queue is full: the kernel drops
+/// every further SYN, as a host behind a firewall that drops packets does. The streams
+/// returned fill the queue and must be kept.
+fn black_hole() -> (std::net::SocketAddr, tokio::net::TcpListener, Vec<std::net::TcpStream>) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut held = Vec::new();
+    while let Ok(stream) = std::net::TcpStream::connect_timeout(&address, Duration::from_millis(300)) {
+        held.push(stream);
+        assert!(held.len() < 16, "the accept queue never filled");
+    }
+    (address, listener, held)
+}
+
+/// A RabbitMQ host that drops packets: the consumer's connect gives up within its 10 s
+/// (the kernel's SYN retries alone took about two minutes), says so in `lastError`, and
+/// no connection thread of lapin's outlives its try.
+#[tokio::test]
+async fn an_amqp_consumer_gives_up_on_a_host_that_drops_packets() {
+    let http = reqwest::Client::new();
+    let (address, _listener, _held) = black_hole();
+    let config = format!(
+        "[[ingest.amqp]]\nurl = \"amqp://guest:guest@{address}/%2f\"\nqueue = \"payments\"\n\
+         dead_letter_exchange = \"payments.dlx\"\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start_with(dir.path(), &config, free_port(), &[]);
+    gateway.process.wait_healthy(&http).await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let consumer = gateway.consumer(&http).await;
+        let error = consumer["lastError"].as_str().unwrap_or_default();
+        if error.contains("timed out") || error.contains("no connection within") {
+            assert_eq!(consumer["connected"], false, "{consumer}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the connect never gave up: {consumer}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The try that gave up took its thread with it; the next try (after a backoff) has one.
+    let threads = gateway.lapin_threads();
+    assert!(threads <= 1, "{threads} lapin connection threads");
+}
+
+/// Deliveries to a RabbitMQ host that drops packets fail at `delivery.connect_timeout_ms`,
+/// and each try's connection thread ends with it (it stayed about two minutes, one more
+/// with every retry).
+#[tokio::test]
+async fn deliveries_to_an_amqp_host_that_drops_packets_leave_no_threads() {
+    let http = reqwest::Client::new();
+    let (address, _listener, _held) = black_hole();
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("HOOKLINE_DELIVERY_CONNECT_TIMEOUT_MS".to_owned(), "300".to_owned())];
+    let gateway = Gateway::start_with(dir.path(), "", free_port(), &env);
+    gateway.setup(&http, &format!("amqp://{address}/?routingKey=payments")).await;
+    publish(&http, &gateway, 1).await;
+    // Retries every 200 ms to 1 s (the test's policy): several tries meanwhile.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let threads = gateway.lapin_threads();
+    assert!(threads <= 1, "{threads} lapin connection threads");
 }
 
 /// A consumer for RabbitMQ refuses to start without a dead-letter exchange: `requeue=false`

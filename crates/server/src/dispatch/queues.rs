@@ -193,9 +193,7 @@ impl QueuePublisher {
                     vhost: queue.vhost.clone(),
                     query: Default::default(),
                 };
-                let connection = lapin::Connection::connect_uri(uri, lapin::ConnectionProperties::default())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let connection = crate::ingest::queue::amqp::connect_within(uri, self.connect_timeout).await?;
                 let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
                 channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| e.to_string())?;
                 Ok(Link::Amqp { _connection: connection, channel })

@@ -176,6 +176,32 @@ fn text(e: lapin::Error) -> String {
     e.to_string()
 }
 
+/// How long the consumer's connect and handshake may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connects to the broker at `uri`, handshake included, within `limit`. lapin's own TCP
+/// connect has no timeout and runs on the connection's thread: against a host that drops
+/// packets, that thread stayed about two minutes (the kernel's SYN retries) after the
+/// caller gave up, and the consumer's connect waited as long. Here the TCP connect ends at
+/// `limit` too, so the thread ends with it.
+pub async fn connect_within(uri: lapin::uri::AMQPUri, limit: Duration) -> Result<Connection, String> {
+    use lapin::tcp::{AMQPUriTcpExt, OwnedTLSConfig};
+    let runtime = lapin::runtime::default_runtime().map_err(text)?;
+    let tcp = async move |uri: lapin::uri::AMQPUri, runtime| {
+        let config = OwnedTLSConfig::default();
+        let stream = uri.connect_with_config_async(config.as_ref(), &runtime);
+        match tokio::time::timeout(limit, stream).await {
+            Ok(stream) => stream.map_err(lapin::Error::from),
+            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out").into()),
+        }
+    };
+    let connecting = Connection::connector(uri, runtime, tcp, ConnectionProperties::default());
+    match tokio::time::timeout(limit, connecting).await {
+        Ok(connected) => connected.map_err(text),
+        Err(_) => Err(format!("no connection within {} ms", limit.as_millis())),
+    }
+}
+
 #[async_trait::async_trait]
 impl Consumer for Amqp {
     fn status(&self) -> &Arc<ConsumerStatus> {
@@ -186,7 +212,7 @@ impl Consumer for Amqp {
         let mut uri: lapin::uri::AMQPUri = self.config.url.parse().map_err(|e| format!("the URL: {e}"))?;
         // Heartbeats find a broker gone without a word (a machine lost) in seconds, not minutes.
         uri.query.heartbeat = uri.query.heartbeat.or(Some(HEARTBEAT_S));
-        let connection = Connection::connect_uri(uri, ConnectionProperties::default()).await.map_err(text)?;
+        let connection = connect_within(uri, CONNECT_TIMEOUT).await?;
         let outcome = self.consume(&connection, ingestor, stopping).await;
         // Closed whatever happened: a connection left open would hold its unacknowledged
         // messages from every other consumer.
