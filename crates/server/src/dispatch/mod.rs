@@ -255,6 +255,7 @@ impl Engine {
         tokio::spawn(engine.clone().heartbeat(lease));
         tokio::spawn(engine.clone().claim_loop());
         tokio::spawn(engine.clone().sweep_stray_claims());
+        tokio::spawn(engine.clone().close_idle_links());
         tokio::spawn(engine.stats.clone().flush_loop(engine.store.clone()));
         Ok(engine)
     }

@@ -10,7 +10,8 @@
 //!
 //! The broker's host meets the same address rules as an HTTP endpoint's, on every
 //! resolved address at connect time; the connection is made to the checked address.
-//! Connections are kept per broker and dropped after a failure.
+//! Connections are kept per broker, dropped after a failure, and closed once unused for
+//! [`LINK_IDLE`] (a broker no endpoint names any more would keep one for ever).
 
 use super::client::{connect_allowed, Sent, Unreached};
 use hookline_core::classify::Outcome;
@@ -23,7 +24,10 @@ use lapin::{BasicProperties, Confirmation};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a broker connection is kept without a delivery on it.
+pub const LINK_IDLE: Duration = Duration::from_secs(300);
 
 /// One open connection to a broker.
 enum Link {
@@ -46,7 +50,8 @@ pub struct QueuePublisher {
     credentials: std::collections::BTreeMap<String, String>,
     timeout: Duration,
     connect_timeout: Duration,
-    links: Mutex<HashMap<String, Arc<Link>>>,
+    /// Open links by broker, each with when it was last taken for a delivery.
+    links: Mutex<HashMap<String, (Arc<Link>, Instant)>>,
     /// One connect at a time per broker: the deliveries that find no link wait for the
     /// one connecting, rather than each opening its own (a lapin connection is a thread).
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -110,7 +115,12 @@ impl QueuePublisher {
             None => return Err(Problem::Refused("not a queue URL".into())),
         };
         let key = format!("{:?}://{}:{}/{}", queue.broker, queue.host, queue.port, queue.vhost);
-        let cached = || self.links.lock().expect("links lock").get(&key).cloned();
+        let cached = || {
+            let mut links = self.links.lock().expect("links lock");
+            let (link, used) = links.get_mut(&key)?;
+            *used = Instant::now();
+            Some(link.clone())
+        };
         let link = match cached() {
             Some(link) => link,
             None => {
@@ -122,7 +132,7 @@ impl QueuePublisher {
                     None => {
                         let connected = tokio::time::timeout_at(deadline, self.connect(&queue)).await;
                         let link = Arc::new(connected.unwrap_or(Err(Problem::Timeout))?);
-                        self.links.lock().expect("links lock").insert(key.clone(), link.clone());
+                        self.links.lock().expect("links lock").insert(key.clone(), (link.clone(), Instant::now()));
                         link
                     }
                 }
@@ -139,11 +149,20 @@ impl QueuePublisher {
         let redis_refused = queue.broker == Broker::Redis && matches!(result, Err(Problem::Refused(_)));
         if redis_refused || matches!(result, Err(Problem::Connect(_) | Problem::Timeout)) {
             let mut links = self.links.lock().expect("links lock");
-            if links.get(&key).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+            if links.get(&key).is_some_and(|(l, _)| Arc::ptr_eq(l, &link)) {
                 links.remove(&key);
             }
         }
         result
+    }
+
+    /// Closes the links no delivery took for [`LINK_IDLE`] (one in use by a delivery now
+    /// closes when it is done); how many.
+    pub fn close_idle(&self, now: Instant) -> usize {
+        let mut links = self.links.lock().expect("links lock");
+        let before = links.len();
+        links.retain(|_, (_, used)| now.saturating_duration_since(*used) < LINK_IDLE);
+        before - links.len()
     }
 
     /// Connects to the first resolved address the rules allow.
@@ -283,5 +302,61 @@ async fn send(
             let repeat = if ack.duplicate { " (a repeat the stream already had)" } else { "" };
             Ok(format!("stored in stream {} at {}{repeat}", ack.stream, ack.sequence))
         }
+    }
+}
+
+impl super::Engine {
+    /// Closes idle broker links every half [`LINK_IDLE`] until the node stops.
+    pub(super) async fn close_idle_links(self: Arc<Self>) {
+        let mut stopping = self.stopping.subscribe();
+        loop {
+            tokio::select! {
+                _ = stopping.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(LINK_IDLE / 2) => {}
+            }
+            let closed = self.queues.close_idle(Instant::now());
+            if closed > 0 {
+                tracing::debug!(closed, "closed broker connections no delivery used");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link no delivery took for [`LINK_IDLE`] is closed, and the broker sees its
+    /// connection go (the machine's Redis, or `HOOKLINE_TEST_REDIS_URL`).
+    #[tokio::test]
+    async fn a_link_no_delivery_uses_is_closed() {
+        let url = std::env::var("HOOKLINE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let address = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+        let policy = AddressPolicy { allow_all_private: true, allow_plain_http: true, ..Default::default() };
+        let publisher = QueuePublisher::new(policy, &crate::config::DeliveryConfig::default());
+        let stream = format!("hookline-test-links-{}", std::process::id());
+        let body = Bytes::from_static(b"{}");
+        let sent = publisher.publish(&format!("redis://{address}/{stream}"), "msg_1", "ep_1", &[], body).await;
+        assert_eq!(sent.outcome, Outcome::Published, "{}", sent.response_excerpt);
+        let link = publisher.links.lock().unwrap().values().next().map(|(link, _)| link.clone()).unwrap();
+        let Link::Redis(connection) = &*link else { panic!("a Redis link") };
+        let id: i64 = redis::cmd("CLIENT").arg("ID").query_async(&mut connection.clone()).await.unwrap();
+        drop(link);
+
+        assert_eq!(publisher.close_idle(Instant::now()), 0, "a link just used is kept");
+        assert_eq!(publisher.close_idle(Instant::now() + LINK_IDLE), 1);
+        assert!(publisher.links.lock().unwrap().is_empty());
+        let mut other = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let listed: String =
+                redis::cmd("CLIENT").arg("LIST").arg("ID").arg(id).query_async(&mut other).await.unwrap();
+            if listed.trim().is_empty() {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the connection stayed open: {listed}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut other).await.unwrap();
     }
 }
