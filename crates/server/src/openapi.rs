@@ -46,7 +46,7 @@ fn error_statuses(route: &Route) -> Vec<(u16, &'static str)> {
         ));
     }
     if !route.public && writes {
-        out.push((409, "The resource's state does not allow it (a uid taken, a delivery already done, a disabled endpoint, a source without an apiKey), or a request with this Idempotency-Key is still running (`conflict`, `idempotency_key_in_use`)."));
+        out.push((409, "The resource's state does not allow it (a uid taken, a delivery already done, an ordered delivery still open in its lane, a disabled endpoint, a source without an apiKey), or a request with this Idempotency-Key is still running (`conflict`, `idempotency_key_in_use`)."));
     }
     if route.body.is_some() || route.method == Method::POST {
         out.push((413, "The body is larger than `api.body_bytes_max` (`payload_too_large`)."));

@@ -11,6 +11,17 @@ pub fn opt_json<T: Serialize>(value: &Option<T>) -> Option<String> {
     value.as_ref().map(to_json)
 }
 
+/// An ordered delivery still open in its lane (pending, sending or waiting its turn).
+pub const OPEN_ORDERED: &str = "(order_key IS NOT NULL AND state IN (1, 3, 6))";
+
+/// A resend of an ordered delivery still open in its lane: it would be sent beside the
+/// copy under way (and the lane's next after the first to finish), or out of its turn.
+pub fn open_in_lane() -> crate::StoreError {
+    crate::StoreError::Conflict(
+        "the delivery is still open in its ordering lane and is sent in its turn; skip it to move the lane on".into(),
+    )
+}
+
 pub const APP_COLUMNS: &str =
     "id, uid, name, throttle_rate, metadata, retry_policy, secret, created_at, updated_at, alert_email";
 

@@ -41,7 +41,7 @@ pub fn routes() -> Vec<Route> {
                 .doc("getEndpoint", "Get an endpoint by id or uid.")
                 .answers::<EndpointOut>(200, "The endpoint."),
             Route::put(ep, replace)
-                .doc("upsertEndpoint", "Replace an endpoint, or create it with this uid.")
+                .doc("upsertEndpoint", "Replace an endpoint, or create it with this uid. Hookline's own settings left out (`headers`, `signatureScheme`, `retryPolicy`, `ordering`) are kept; PATCH changes or clears them.")
                 .body::<EndpointIn>()
                 .answers::<EndpointOut>(200, "Replaced.")
                 .answers::<EndpointOut>(201, "Created with the path's key as uid."),
@@ -362,9 +362,17 @@ pub async fn upsert(
     if let Some(headers) = input.headers {
         e.headers = headers;
     }
-    e.signature_scheme = input.signature_scheme.unwrap_or_default();
-    e.retry_policy = input.retry_policy;
-    e.fifo = input.ordering == Some(EndpointOrdering::Fifo);
+    // Hookline's own settings, which Svix's SDKs cannot send, are kept when left out (as
+    // the headers are): an SDK's update of the URL must not turn FIFO or a retry policy off.
+    if let Some(scheme) = input.signature_scheme {
+        e.signature_scheme = scheme;
+    }
+    if let Some(policy) = input.retry_policy {
+        e.retry_policy = Some(policy);
+    }
+    if let Some(ordering) = input.ordering {
+        e.fifo = ordering == EndpointOrdering::Fifo;
+    }
     Ok((StatusCode::OK, save(state, app, e, Change { url_changed, was_disabled, announce: true }).await?))
 }
 

@@ -49,7 +49,11 @@ pub fn routes() -> Vec<Route> {
             .query(&query::PAGE)
             .answers::<ListResponse<MessageEndpointOut>>(200, "A page of destinations."),
         Route::post("/api/v1/app/{app_id}/msg/{msg_id}/endpoint/{endpoint_id}/resend", resend)
-            .doc("resendMessage", "Send a message to an endpoint again now.")
+            .doc(
+                "resendMessage",
+                "Send a message to an endpoint again now; an ordered delivery waits its turn in its lane. \
+                 409 for an ordered delivery still open in its lane (it is sent in its turn; skip it instead).",
+            )
             .answers::<EmptyOut>(202, "Due again at once."),
         Route::get("/api/v1/app/{app_id}/attempt/msg/{msg_id}", attempts_of_message)
             .doc("listAttemptsByMessage", "A message's attempts.")
@@ -269,6 +273,7 @@ async fn resend(
         .await
         .map_err(|e| match e {
             StoreError::NotFound => ApiError::NotFound("message or endpoint"),
+            StoreError::Conflict(why) => ApiError::Conflict(why),
             other => ApiError::from_store("message")(other),
         })?;
     match delivery.order_key {

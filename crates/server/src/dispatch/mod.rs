@@ -585,8 +585,17 @@ impl Engine {
                 Err(_) => return self.retry_later(due),
             };
         }
+        let _global_slot = match target.disabled {
+            true => None,
+            false => match self.slot(self.global_slots.clone()).await {
+                Some(slot) => Some(slot),
+                None => return,
+            },
+        };
         // An ordered delivery is sent only while it is its lane's open one: an operator may
-        // have skipped it (and the next has gone ahead) while this node held it.
+        // have skipped it (and the next has gone ahead) while this node held it. Read after
+        // the wait for a slot, which can be long under load: read before it, a skip during
+        // the wait sent this one after the next.
         if due.delivery.order_key.is_some() {
             match self.store.get_delivery(&due.delivery.msg_id, &due.delivery.id).await {
                 Ok(d) if matches!(d.state, DeliveryState::Pending | DeliveryState::Sending) => {}
@@ -597,9 +606,6 @@ impl Engine {
         if target.disabled {
             return self.finish(due, &turn.key, &target, &message, None).await;
         }
-        let Some(_global_slot) = self.slot(self.global_slots.clone()).await else {
-            return;
-        };
         // Held still, right before sending? The waits above can be long (the store, a rate
         // limit, a slot), and a parked delivery's turn may have come after the lease was
         // lost (a node paused past its lease): another node may be sending it.

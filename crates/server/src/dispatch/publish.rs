@@ -18,22 +18,26 @@ use std::task::{ready, Context, Poll};
 impl Engine {
     /// One delivery for each endpoint that takes the message: pending at `due_at` to an
     /// enabled endpoint; skipped to a disabled one, kept so that a recover sends it later.
-    /// A delivery in an ordering lane (the message's key, or a FIFO endpoint) waits: the
-    /// store makes each lane's head due once the delivery before it is done.
+    /// A delivery in an ordering lane (the message's key, or a FIFO endpoint) waits, its
+    /// `due_at` kept as the earliest it may go: the store makes each lane's head due once
+    /// the delivery before it is done, and not before that time.
     pub fn route(&self, endpoints: &[Arc<Endpoint>], message: &Message, due_at: UnixMs) -> Vec<Delivery> {
         let now = self.clock.now_ms();
         endpoints.iter().filter(|e| takes(e, message)).map(|e| self.delivery_to(e, message, due_at, now)).collect()
     }
 
     /// The delivery of `message` to `endpoint`: pending at `due_at`, skipped if the endpoint
-    /// is disabled, waiting if it goes in an ordering lane.
+    /// is disabled, waiting (not before `due_at`) if it goes in an ordering lane. An ordered
+    /// one waits even to a disabled endpoint: skipped now, it would leave a hole in its lane
+    /// (the lane's open delivery sent after a re-enable, then the next; this one only by a
+    /// recover, after both). It is skipped when its turn comes, if the endpoint still is.
     pub fn delivery_to(&self, endpoint: &Endpoint, message: &Message, due_at: UnixMs, now: UnixMs) -> Delivery {
         let delivery =
             Delivery::pending(crate::new_id(prefix::DELIVERY, now), message, Some(endpoint.id.clone()), due_at, now);
         let delivery = Delivery { order_key: endpoint.lane_for(message), ..delivery };
         match (endpoint.disabled, &delivery.order_key) {
-            (true, _) => Delivery { state: DeliveryState::Skipped, next_at: None, ..delivery },
-            (false, Some(_)) => Delivery { state: DeliveryState::Waiting, next_at: None, ..delivery },
+            (_, Some(_)) => Delivery { state: DeliveryState::Waiting, ..delivery },
+            (true, None) => Delivery { state: DeliveryState::Skipped, next_at: None, ..delivery },
             (false, None) => delivery,
         }
     }
@@ -55,7 +59,8 @@ impl Engine {
         idempotency: Option<IdempotentResponse>,
         dedupe: Option<(String, String)>,
     ) -> StoreResult<PublishOutcome> {
-        let due_at = deliveries.iter().filter_map(|d| d.next_at).min();
+        // Only deliveries sent from here count: a waiting one is made due by the store.
+        let due_at = deliveries.iter().filter(|d| d.state == DeliveryState::Pending).filter_map(|d| d.next_at).min();
         let claim = due_at.filter(|at| self.holds_at(*at)).map(|_| self.token());
         let unclaimed = if claim.is_some() { self.lanes_behind(&deliveries) } else { Vec::new() };
         let publish =

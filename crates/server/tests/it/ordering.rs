@@ -224,3 +224,95 @@ async fn a_lane_keeps_its_order_across_a_restart() {
     }
     gw.stop().await;
 }
+
+/// A message published with `deliverAt` is not sent before then, ordered or not, and the
+/// later messages of its key wait behind it (it was sent at once: promotion made any lane
+/// head due now).
+#[tokio::test]
+async fn a_scheduled_message_holds_its_lane_until_its_time() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(204)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let later = hookline_server::wire::timestamp(T0 + 60_000);
+    let scheduled =
+        json!({"eventType": "payment.updated", "orderingKey": "pay_1", "deliverAt": later, "payload": {"n": 0}});
+    gw.publish(&app, scheduled).await;
+    gw.publish(&app, json!({"eventType": "payment.updated", "orderingKey": "pay_1", "payload": {"n": 1}})).await;
+    assert!(!rx.gets_within(500).await, "nothing before deliverAt");
+    gw.advance(60_000);
+    for n in 0..2 {
+        let got: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
+        assert_eq!(got["n"], n);
+    }
+    gw.stop().await;
+}
+
+/// A message published while its endpoint is disabled keeps its place in its lane: after
+/// a re-enable the lane goes on in publish order (it was skipped at once, leaving a hole:
+/// the head, then the next message, and this one only by a recover, after both).
+#[tokio::test]
+async fn a_message_published_to_a_disabled_endpoint_keeps_its_place() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(500)).await;
+    let app = gw.app("merchant").await;
+    let policy: Value = serde_json::from_str(RETRIES).unwrap();
+    gw.endpoint(&app, json!({"url": rx.url, "uid": "main", "retryPolicy": policy})).await;
+    let publish = |n: u64| {
+        let body = json!({"eventType": "payment.updated", "orderingKey": "pay_1", "payload": {"n": n}});
+        gw.publish(&app, body)
+    };
+    let first = publish(0).await;
+    rx.next().await;
+    gw.wait_attempts(&app, &first, 1).await;
+    let endpoint = format!("/api/v1/app/{app}/endpoint/main");
+    gw.ok("PATCH", &endpoint, Some(json!({"disabled": true}))).await;
+    let second = publish(1).await;
+    assert_eq!(gw.destination(&app, &second).await.0, 6, "waiting behind the head, not skipped");
+    gw.ok("PATCH", &endpoint, Some(json!({"disabled": false}))).await;
+    rx.set_fallback(Answer::status(204));
+    publish(2).await;
+    gw.advance(1_000);
+    for n in 0..3 {
+        let got: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
+        assert_eq!(got["n"], n);
+    }
+    gw.stop().await;
+}
+
+/// A resend of an ordered delivery still open in its lane is refused (409): it would be
+/// sent beside the copy under way, and the lane's next after whichever finished first. Once
+/// it is done it can be resent, and waits its turn. A PUT that leaves `ordering` out (as
+/// Svix's SDKs do) keeps the endpoint FIFO.
+#[tokio::test]
+async fn an_open_ordered_delivery_is_not_resent() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(500)).await;
+    let app = gw.app("merchant").await;
+    let policy: Value = serde_json::from_str(RETRIES).unwrap();
+    let ep = gw.endpoint(&app, json!({"url": rx.url, "uid": "main", "retryPolicy": policy, "ordering": "fifo"})).await;
+    let replaced =
+        gw.ok("PUT", "/api/v1/app/merchant/endpoint/main", Some(json!({"url": rx.url, "uid": "main"}))).await;
+    assert_eq!((replaced["ordering"].as_str(), &replaced["retryPolicy"]), (Some("fifo"), &ep["retryPolicy"]));
+    let first = gw.publish(&app, json!({"eventType": "payment.updated", "payload": {"n": 0}})).await;
+    let second = gw.publish(&app, json!({"eventType": "payment.updated", "payload": {"n": 1}})).await;
+    rx.next().await;
+    gw.wait_attempts(&app, &first, 1).await;
+    for msg in [&first, &second] {
+        let path = format!("/api/v1/app/{app}/msg/{msg}/endpoint/main/resend");
+        let (status, error) = gw.call("POST", &path, None).await;
+        assert_eq!((status, error["code"].as_str()), (409, Some("conflict")), "{error}");
+    }
+    rx.set_fallback(Answer::status(204));
+    gw.advance(1_000);
+    for n in 0..2 {
+        let got: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
+        assert_eq!(got["n"], n);
+    }
+    gw.wait_attempts(&app, &second, 1).await;
+    let (status, _) = gw.call("POST", &format!("/api/v1/app/{app}/msg/{first}/endpoint/main/resend"), None).await;
+    assert_eq!(status, 202, "done: it can be resent");
+    let got: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
+    assert_eq!(got["n"], 0);
+    gw.stop().await;
+}

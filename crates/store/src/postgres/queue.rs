@@ -5,6 +5,7 @@
 use super::pg_error;
 use super::resources::{get_endpoint, one, run};
 use super::rows;
+use crate::columns::{open_in_lane, OPEN_ORDERED};
 use crate::query::Query;
 use crate::*;
 use deadpool_postgres::GenericClient;
@@ -327,6 +328,15 @@ const RESTART: &str = "state = CASE WHEN order_key IS NULL THEN 1 ELSE 6 END, \
      next_at = CASE WHEN order_key IS NULL THEN $1::int8 END, attempts = 0, first_attempt_at = NULL, trigger = 1, \
      updated_at = $1, claimed_by = CASE WHEN order_key IS NULL THEN $2::int8 END";
 
+/// Whether `msg_id` has a delivery to `endpoint_id`.
+async fn has_delivery(c: &impl GenericClient, msg_id: &str, endpoint_id: &str) -> StoreResult<bool> {
+    let found = c
+        .query_opt("SELECT 1 FROM deliveries WHERE msg_id = $1 AND endpoint_id = $2", &[&msg_id, &endpoint_id])
+        .await
+        .map_err(pg_error)?;
+    Ok(found.is_some())
+}
+
 pub async fn resend(
     c: &impl GenericClient,
     app_id: &str,
@@ -339,11 +349,12 @@ pub async fn resend(
     let message = get_message(c, app_id, msg_id).await?;
     let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
     let sql = format!(
-        "UPDATE deliveries SET {RESTART} WHERE msg_id = $3 AND endpoint_id = $4 RETURNING {}",
+        "UPDATE deliveries SET {RESTART} WHERE msg_id = $3 AND endpoint_id = $4 AND NOT {OPEN_ORDERED} RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
     let delivery = match absent(one(c, &sql, &[&now, &claim, &message.id, &endpoint.id], rows::delivery).await)? {
         Some(delivery) => delivery,
+        None if has_delivery(c, &message.id, &endpoint.id).await? => return Err(open_in_lane()),
         None => {
             let delivery = Delivery::resent(new_id.to_owned(), &message, &endpoint, now);
             insert_deliveries(c, std::slice::from_ref(&delivery), Some(claim)).await?;
@@ -382,12 +393,14 @@ pub async fn recover(
     Ok(recovered)
 }
 
-/// Makes the first waiting delivery of a lane due at `now`, if the lane has no open one.
-/// Two nodes promoting one lane at once pick the same row (the first waiting one, seen
-/// from either snapshot); `state = 6` is checked again on the row's newest version, so
-/// only one of them changes it.
+/// Makes the first waiting delivery of a lane due, if the lane has no open one: at `now`,
+/// or at its own time if later (a message published with `deliverAt`). Two nodes
+/// promoting one lane at once pick the same row (the first waiting one, seen from either
+/// snapshot); `state = 6` is checked again on the row's newest version, so only one of
+/// them changes it.
 pub async fn promote_lane(c: &impl GenericClient, endpoint_id: &str, key: &str, now: i64) -> StoreResult<bool> {
-    let sql = "UPDATE deliveries SET state = 1, next_at = $3, updated_at = $3, claimed_by = NULL \
+    let sql = "UPDATE deliveries SET state = 1, next_at = GREATEST(COALESCE(next_at, $3), $3), updated_at = $3, \
+               claimed_by = NULL \
                WHERE state = 6 AND (msg_id, id) IN ( \
                    SELECT w.msg_id, w.id FROM deliveries w \
                    WHERE w.endpoint_id = $1 AND w.order_key = $2 AND w.state = 6 \

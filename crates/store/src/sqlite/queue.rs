@@ -4,6 +4,7 @@ use super::fanout;
 use super::resources::get_endpoint;
 use super::rows;
 use super::sql_error;
+use crate::columns::{open_in_lane, OPEN_ORDERED};
 use crate::query::Query;
 use crate::*;
 use hookline_core::delivery::DeliveryState;
@@ -461,6 +462,13 @@ const RESTART: &str = "state = CASE WHEN order_key IS NULL THEN 1 ELSE 6 END, \
      next_at = CASE WHEN order_key IS NULL THEN ?1 END, attempts = 0, first_attempt_at = NULL, trigger = 1, \
      updated_at = ?1, claimed_by = CASE WHEN order_key IS NULL THEN ?2 END";
 
+/// Whether `msg_id` has a delivery to `endpoint_id`.
+fn has_delivery(conn: &Connection, msg_id: &str, endpoint_id: &str) -> StoreResult<bool> {
+    conn.prepare_cached("SELECT 1 FROM deliveries WHERE msg_id = ?1 AND endpoint_id = ?2")
+        .and_then(|mut s| s.exists([msg_id, endpoint_id]))
+        .map_err(sql_error)
+}
+
 pub fn resend(
     conn: &Connection,
     app_id: &str,
@@ -474,7 +482,7 @@ pub fn resend(
     let endpoint = get_endpoint(conn, app_id, endpoint_id)?;
     fanout::write_out(conn, fanout::Which::Message(&message.id))?;
     let sql = format!(
-        "UPDATE deliveries SET {RESTART} WHERE msg_id = ?3 AND endpoint_id = ?4 RETURNING {}",
+        "UPDATE deliveries SET {RESTART} WHERE msg_id = ?3 AND endpoint_id = ?4 AND NOT {OPEN_ORDERED} RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
     let updated = conn
@@ -483,6 +491,7 @@ pub fn resend(
         .map_err(sql_error)?;
     let delivery = match updated {
         Some(delivery) => delivery,
+        None if has_delivery(conn, &message.id, &endpoint.id)? => return Err(open_in_lane()),
         None => {
             let delivery = Delivery::resent(new_id.to_owned(), &message, &endpoint, now);
             insert_delivery(conn, &delivery, Some(claim), delivery.state.code(), false)?;
@@ -524,12 +533,14 @@ pub fn recover(
     Ok(recovered)
 }
 
-/// Makes the first waiting delivery of a lane due at `now`, if the lane has no open one.
-/// Returns whether it did.
+/// Makes the first waiting delivery of a lane due, if the lane has no open one: at `now`,
+/// or at its own time if later (a message published with `deliverAt`). Returns whether it
+/// did.
 pub fn promote_lane(conn: &Connection, endpoint_id: &str, key: &str, now: i64) -> StoreResult<bool> {
     let promoted = conn
         .prepare_cached(
-            "UPDATE deliveries SET state = 1, next_at = ?3, updated_at = ?3, claimed_by = NULL WHERE (msg_id, id) IN ( \
+            "UPDATE deliveries SET state = 1, next_at = max(coalesce(next_at, ?3), ?3), updated_at = ?3, \
+             claimed_by = NULL WHERE (msg_id, id) IN ( \
                  SELECT w.msg_id, w.id FROM deliveries w \
                  WHERE w.endpoint_id = ?1 AND w.order_key = ?2 AND w.state = 6 \
                  AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.endpoint_id = ?1 AND o.order_key = ?2 \
