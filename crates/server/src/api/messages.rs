@@ -17,7 +17,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use hookline_core::id::{has_prefix, prefix};
-use hookline_store::{App, AttemptScope, Bytes, Message, PublishOutcome, StoreError};
+use hookline_store::{App, AttemptScope, Bytes, Message, PublishOutcome, StoreError, OPERATIONAL_APP_ID};
 use std::sync::Arc;
 
 pub fn routes() -> Vec<Route> {
@@ -76,6 +76,9 @@ pub fn routes() -> Vec<Route> {
 async fn target_app(state: &AppState, app_key: &str, inline: Option<ApplicationIn>) -> ApiResult<Arc<App>> {
     let cached = state.engine.catalog.app(app_key).await.map_err(ApiError::from_store("application"));
     match (cached, inline) {
+        // The internal operational application is not one (as for every app-scoped route):
+        // a message published there would reach the operators' endpoints as a forged alert.
+        (Ok(app), _) if app.id == OPERATIONAL_APP_ID => Err(ApiError::NotFound("application")),
         (Ok(app), _) => Ok(app),
         // A key in the form of an application id names the application Hookline gave it to,
         // as for PUT: none has it, and none is created with it as uid.

@@ -59,6 +59,11 @@ async fn operational_endpoints_hear_endpoint_changes_and_failing_messages() {
         "message.attempt.recovered",
     ];
     let (_, ops_secret) = operational_endpoint(&gw, &ops_rx, Some(&all_but_failed)).await;
+    // The internal application takes no message, not even with the admin token: it would
+    // reach the operators' endpoints as a forged alert.
+    let forged = json!({"eventType": "endpoint.disabled", "payload": {"data": {"endpointId": "ep_x"}}});
+    let (status, refused) = gw.call("POST", "/api/v1/app/app_00000000000operational/msg", Some(forged)).await;
+    assert_eq!((status, refused["code"].as_str()), (404, Some("not_found")), "{refused}");
     let (_, failed_secret) = operational_endpoint(&gw, &failed_rx, Some(&["message.attempt.failed"])).await;
     let (status, refused) =
         gw.call("POST", OPS, Some(json!({"url": ops_rx.url, "eventTypes": ["payment.done"]}))).await;
