@@ -27,6 +27,10 @@ pub const OPERATIONAL_EVENTS: &str = "hookline_operational_events_total";
 /// Operational events that could not be stored (the store refused them for good, or
 /// shutdown came while it was down).
 pub const OPERATIONAL_EVENTS_LOST: &str = "hookline_operational_events_lost_total";
+/// Operational endpoints Hookline disabled after failing (`disable_after_ms`, or a `410`):
+/// they make no events about themselves, so this count (and an error in the log) is how
+/// their owners hear that their alert channel stopped.
+pub const OPERATIONAL_ENDPOINTS_DISABLED: &str = "hookline_operational_endpoints_disabled_total";
 /// Alert emails by outcome: `sent`, `failed` (a try that failed; it is tried again),
 /// `dropped` (an unusable address, or the outbox full).
 pub const ALERT_EMAILS: &str = "hookline_alert_emails_total";

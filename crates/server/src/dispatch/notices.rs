@@ -117,9 +117,18 @@ impl Engine {
     /// and commits it for every operational endpoint that takes its type (nothing is
     /// stored when none does), retrying while the store refuses writes, then hands the
     /// deliveries to the scheduler. Events about the operational application itself are
-    /// dropped here, so its endpoints' failures never make events.
+    /// dropped here, so its endpoints' failures never make events; one of them disabled
+    /// by Hookline is logged as an error and counted instead (the operators' alert
+    /// channel stopped, and nothing else would say so).
     pub async fn notify(self: &Arc<Self>, app: &App, notice: Notice) {
         if app.id == OPERATIONAL_APP_ID {
+            if notice.event_type == "endpoint.disabled" && notice.data["trigger"] == "automatic" {
+                tracing::error!(
+                    endpoint = %notice.data["endpointId"].as_str().unwrap_or_default(),
+                    "an operational endpoint failed until it was disabled: operational events to it are skipped until it is enabled again"
+                );
+                metrics::counter!(m::OPERATIONAL_ENDPOINTS_DISABLED).increment(1);
+            }
             return;
         }
         if let Some(mailer) = &self.mailer {

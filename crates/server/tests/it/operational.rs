@@ -190,6 +190,35 @@ async fn operational_endpoints_failing_make_no_events() {
     gw.stop().await;
 }
 
+/// An operational endpoint Hookline disables after failing makes no event, but is counted
+/// (`hookline_operational_endpoints_disabled_total`): its owners' alert channel stopped.
+#[tokio::test]
+async fn an_operational_endpoint_disabled_for_failing_is_counted() {
+    let mut config = dev_config();
+    config.delivery.disable_after_ms = DAY as u64;
+    let gw = start_gateway(config).await;
+    let broken_rx = Receiver::start(Answer::status(500)).await;
+    let (id, _) = operational_endpoint(&gw, &broken_rx, None).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": "http://127.0.0.1:9/never"})).await;
+    broken_rx.next().await;
+    // Its retries (Svix's schedule, hours apart by the third) until it has failed a day.
+    eventually("the operational endpoint was never disabled", async || {
+        gw.advance(3_600_000);
+        let _ = broken_rx.gets_within(50).await;
+        let endpoint = gw.ok("GET", &format!("{OPS}/{id}"), None).await;
+        done_or(endpoint["disabled"] == true, endpoint.to_string())
+    })
+    .await;
+    eventually("the disabled operational endpoint was not counted", async || {
+        let metrics = gw.metrics().await;
+        let counted = metrics.lines().any(|l| l == "hookline_operational_endpoints_disabled_total 1");
+        done_or(counted, metrics.lines().filter(|l| l.contains("operational")).collect::<Vec<_>>().join("\n"))
+    })
+    .await;
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn an_endpoint_failing_for_days_is_disabled_and_what_it_missed_is_kept() {
     let mut config = dev_config();
