@@ -4,7 +4,8 @@
 //! `alerts.digest_ms` (the first one after `alerts.gather_ms`, so a flood of failures
 //! makes one email that counts them). Events are noted in memory without waiting on
 //! anything; a task of its own sends, retries failed sends with backoff, logs and counts
-//! them. Deliveries never wait for email.
+//! them. Deliveries never wait for email. The outbox keeps one email per endpoint state
+//! (the newest) and a bounded share per application.
 
 use crate::clock::Clock;
 use crate::config::AlertsConfig;
@@ -21,6 +22,9 @@ use tokio::sync::Notify;
 
 /// Emails waiting to be sent at most; beyond it the oldest is dropped (and counted).
 const OUTBOX_MAX: usize = 10_000;
+/// Emails of one application waiting at most; beyond it that application's oldest is
+/// dropped, so that one tenant's burst never pushes out another's alerts.
+const APP_QUEUED_MAX: usize = 100;
 /// The longest wait between two tries of one email.
 const RETRY_MAX_MS: i64 = 300_000;
 
@@ -32,12 +36,18 @@ pub struct Email {
     pub body: String,
     tries: u32,
     not_before: UnixMs,
+    /// The application it is about.
+    app_id: String,
+    /// For an email about an endpoint's state (disabled, enabled): the endpoint. A newer
+    /// one replaces it while it waits.
+    about: Option<String>,
 }
 
 /// What one endpoint's failures add up to since its last summary.
 #[derive(Debug, Default)]
 struct Digest {
     to: String,
+    app_id: String,
     app: String,
     endpoint: String,
     url: String,
@@ -102,12 +112,15 @@ impl Mailer {
         match notice.event_type {
             notices::ENDPOINT_DISABLED | notices::ENDPOINT_ENABLED => {
                 let email = change_email(to, &app_name, endpoint, url, notice);
-                push(&mut state.outbox, Email { tries: 0, not_before: now, ..email });
+                let about = notice.data["endpointId"].as_str().map(str::to_owned);
+                let email = Email { tries: 0, not_before: now, app_id: app.id.clone(), about, ..email };
+                push(&mut state.outbox, email, Queued::Newest);
             }
             notices::ATTEMPT_FAILING | notices::ATTEMPT_EXHAUSTED => {
                 let key = notice.data["endpointId"].as_str().unwrap_or("").to_owned();
                 let digest = state.digests.entry(key).or_default();
                 digest.to = to.to_owned();
+                digest.app_id = app.id.clone();
                 digest.app = app_name;
                 digest.endpoint = endpoint.to_owned();
                 digest.url = url.to_owned();
@@ -136,7 +149,8 @@ impl Mailer {
                 next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
             }
-            push(outbox, Email { tries: 0, not_before: now, ..digest_email(digest, since) });
+            let email = Email { tries: 0, not_before: now, ..digest_email(digest, since) };
+            push(outbox, email, Queued::Newest);
             (digest.failing, digest.exhausted, digest.since, digest.sent_at) = (0, 0, None, Some(now));
         }
         // Forget endpoints that have been quiet for a whole window.
@@ -205,16 +219,47 @@ impl Mailer {
                 tracing::warn!(error = %e, tries = email.tries, retry_in_ms = wait, "could not send an alert email");
                 metrics::counter!(m::ALERT_EMAILS, "outcome" => "failed").increment(1);
                 email.not_before = self.clock.now_ms() + wait;
-                push(&mut self.state.lock().expect("mailer lock").outbox, email);
+                push(&mut self.state.lock().expect("mailer lock").outbox, email, Queued::Older);
             }
         }
     }
 }
 
-fn push(outbox: &mut VecDeque<Email>, email: Email) {
+/// Whether an email put in the outbox is newer than the ones waiting (a new one) or not
+/// (a failed one put back).
+#[derive(Clone, Copy, PartialEq)]
+enum Queued {
+    Newest,
+    Older,
+}
+
+/// Puts `email` in the outbox. An email about an endpoint's state takes the place of one
+/// waiting about the same endpoint, or gives way to it if that one is newer: its owner
+/// needs the latest state, and an endpoint disabled and enabled a hundred times a second
+/// (a script, or the dashboard's button) makes one email at a time, not a queue of them.
+/// Past [`APP_QUEUED_MAX`] an application's own oldest email goes, past [`OUTBOX_MAX`]
+/// the oldest of all.
+fn push(outbox: &mut VecDeque<Email>, email: Email, queued: Queued) {
+    let dropped = || metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(1);
+    if let Some(same) =
+        email.about.as_ref().and_then(|about| outbox.iter_mut().find(|e| e.about.as_ref() == Some(about)))
+    {
+        if queued == Queued::Newest {
+            *same = email;
+        }
+        dropped();
+        return;
+    }
+    let mut own = outbox.iter().enumerate().filter(|(_, e)| e.app_id == email.app_id);
+    if let Some((oldest, _)) = own.next() {
+        if own.count() + 1 >= APP_QUEUED_MAX {
+            outbox.remove(oldest);
+            dropped();
+        }
+    }
     if outbox.len() >= OUTBOX_MAX {
         outbox.pop_front();
-        metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(1);
+        dropped();
     }
     outbox.push_back(email);
 }
@@ -243,7 +288,7 @@ fn change_email(to: &str, app: &str, endpoint: &str, url: &str, notice: &Notice)
             format!("The endpoint {endpoint} ({url}) of {app} is enabled again; deliveries to it resume.\n"),
         )
     };
-    Email { to: to.to_owned(), subject, body, tries: 0, not_before: 0 }
+    Email { to: to.to_owned(), subject, body, tries: 0, not_before: 0, app_id: String::new(), about: None }
 }
 
 fn digest_email(d: &Digest, since: UnixMs) -> Email {
@@ -274,5 +319,48 @@ fn digest_email(d: &Digest, since: UnixMs) -> Email {
         ),
         tries: 0,
         not_before: 0,
+        app_id: d.app_id.clone(),
+        about: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn email(app: &str, about: Option<&str>, subject: &str) -> Email {
+        Email {
+            to: "ops@example.com".into(),
+            subject: subject.into(),
+            body: String::new(),
+            tries: 0,
+            not_before: 0,
+            app_id: app.into(),
+            about: about.map(str::to_owned),
+        }
+    }
+
+    /// An endpoint flapping fills no queue: its newest state waits alone. One application's
+    /// burst of emails about many endpoints never pushes out another's.
+    #[test]
+    fn one_tenant_cannot_flood_the_outbox() {
+        let mut outbox = VecDeque::new();
+        push(&mut outbox, email("app_b", Some("ep_b"), "b disabled"), Queued::Newest);
+        for n in 0..1_000 {
+            let state = if n % 2 == 0 { "disabled" } else { "enabled" };
+            push(&mut outbox, email("app_a", Some("ep_a"), &format!("a {state} {n}")), Queued::Newest);
+        }
+        assert_eq!(outbox.len(), 2);
+        assert_eq!(outbox[1].subject, "a enabled 999", "the newest state");
+        // A failed send put back gives way to a newer one waiting.
+        push(&mut outbox, email("app_a", Some("ep_a"), "a disabled (retried)"), Queued::Older);
+        assert_eq!(outbox[1].subject, "a enabled 999");
+
+        for n in 0..OUTBOX_MAX * 2 {
+            push(&mut outbox, email("app_a", Some(&format!("ep_{n}")), "a's many"), Queued::Newest);
+        }
+        let own = outbox.iter().filter(|e| e.app_id == "app_a").count();
+        assert_eq!(own, APP_QUEUED_MAX, "one application holds at most its share");
+        assert!(outbox.iter().any(|e| e.subject == "b disabled"), "another application's alert is kept");
     }
 }
