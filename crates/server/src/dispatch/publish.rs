@@ -36,7 +36,12 @@ impl Engine {
             Delivery::pending(crate::new_id(prefix::DELIVERY, now), message, Some(endpoint.id.clone()), due_at, now);
         let delivery = Delivery { order_key: endpoint.lane_for(message), ..delivery };
         match (endpoint.disabled, &delivery.order_key) {
-            (_, Some(_)) => Delivery { state: DeliveryState::Waiting, ..delivery },
+            // Its time kept only if later than now (a `deliverAt`): it reads as its
+            // `nextAttempt`, which a publish time would misstate.
+            (_, Some(_)) => {
+                let next_at = delivery.next_at.filter(|at| *at > now);
+                Delivery { state: DeliveryState::Waiting, next_at, ..delivery }
+            }
             (true, None) => Delivery { state: DeliveryState::Skipped, next_at: None, ..delivery },
             (false, None) => delivery,
         }

@@ -237,8 +237,11 @@ async fn a_scheduled_message_holds_its_lane_until_its_time() {
     let later = hookline_server::wire::timestamp(T0 + 60_000);
     let scheduled =
         json!({"eventType": "payment.updated", "orderingKey": "pay_1", "deliverAt": later, "payload": {"n": 0}});
-    gw.publish(&app, scheduled).await;
-    gw.publish(&app, json!({"eventType": "payment.updated", "orderingKey": "pay_1", "payload": {"n": 1}})).await;
+    let first = gw.publish(&app, scheduled).await;
+    let second =
+        gw.publish(&app, json!({"eventType": "payment.updated", "orderingKey": "pay_1", "payload": {"n": 1}})).await;
+    assert_eq!(gw.destination(&app, &first).await, (1, Some(later.clone())), "due at its deliverAt");
+    assert_eq!(gw.destination(&app, &second).await, (6, None), "waiting, with no time of its own");
     assert!(!rx.gets_within(500).await, "nothing before deliverAt");
     gw.advance(60_000);
     for n in 0..2 {
