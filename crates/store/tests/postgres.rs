@@ -223,6 +223,31 @@ async fn an_attempt_written_again_is_written_once() {
     }
 }
 
+/// An attempt batch that disabled an endpoint, written again because its answer was lost,
+/// says so again: that answer, and the `endpoint.disabled` notice its caller would have
+/// sent, never came (the first version answered the second run with no endpoint disabled,
+/// so no node ever told the owner). A record written again after a later change of the
+/// endpoint (enabled again, say) does not.
+#[tokio::test]
+async fn an_attempt_written_again_still_says_it_disabled_its_endpoint() {
+    let (store, app, ep, token) = one_node_one_endpoint().await;
+    let mut publish = conformance::publish(&app.id, &[&ep.id], None, 10);
+    publish.claim = Some(token);
+    store.publish(publish.clone()).await.unwrap();
+    let retry = conformance::Retry { claim: token, keep_claim: false, at: 20, next_at: 1_020 };
+    let mut gone = conformance::failed_attempt(&publish, &ep.url, retry);
+    gone.disable_endpoint = true;
+    for try_number in 1..=2 {
+        let recorded = store.record_attempt(gone.clone()).await.unwrap();
+        assert_eq!((recorded.applied, recorded.disabled), (true, Some(20)), "try {try_number}");
+    }
+    let mut enabled = store.get_endpoint(&app.id, &ep.id).await.unwrap();
+    (enabled.disabled, enabled.updated_at) = (false, 30);
+    store.update_endpoint(enabled).await.unwrap();
+    let recorded = store.record_attempt(gone).await.unwrap();
+    assert_eq!((recorded.applied, recorded.disabled), (true, None), "the endpoint changed since");
+}
+
 /// Two publishes of one provider event at once (a node's two writers, two nodes, a
 /// reconciliation beside the provider's retry): the statement that meets the other's key
 /// not yet committed waits, and is a duplicate of it once it commits, never a second

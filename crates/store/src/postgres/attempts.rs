@@ -74,8 +74,10 @@ async fn write(pool: &Pool, records: &[&AttemptRecord]) -> StoreResult<HashMap<(
 /// statement. It may run twice for one batch (a commit whose answer was lost to the
 /// timeout is sent again): an attempt already written (its id is random, so by that run) is
 /// not written, counted or applied again, and counts as applied when its delivery is as
-/// that write left it (`again`; the statement sees the tables as they were before it). What
-/// the first run's answer said of a disabled endpoint is not said again.
+/// that write left it (`again`; the statement sees the tables as they were before it). If
+/// that run disabled an endpoint (the endpoint is disabled, last changed at the time of the
+/// endpoint's latest record here), it is said again: the first run's answer, which said so,
+/// was lost, and the `endpoint.disabled` notice with it.
 ///
 /// An endpoint's health follows the latest applied attempt of the batch that made a request
 /// (a success clears `fail_since`, a failure sets it if unset); it is disabled by a 410 or
@@ -141,13 +143,22 @@ changed AS (
     WHERE e.id = j.endpoint_id AND ((j.disabling AND NOT e.disabled)
         OR (NOT j.disabling AND ((j.ok AND e.fail_since IS NOT NULL) OR (NOT j.ok AND e.fail_since IS NULL))))
     RETURNING e.id, j.disabling
+),
+again_latest AS (
+    SELECT DISTINCT ON (i.endpoint_id) i.endpoint_id, i.msg_id, i.delivery_id, i.created_at
+    FROM input i JOIN again a ON a.msg_id = i.msg_id AND a.delivery_id = i.delivery_id
+    WHERE i.endpoint_id IS NOT NULL AND i.next_state <> 5
+    ORDER BY i.endpoint_id, i.created_at DESC, i.id DESC
 )
 SELECT u.msg_id, u.id, j.app_id, j.since
 FROM updated u
 LEFT JOIN judged j ON j.msg_id = u.msg_id AND j.delivery_id = u.id
     AND EXISTS (SELECT 1 FROM changed c WHERE c.id = j.endpoint_id AND c.disabling)
 UNION ALL
-SELECT msg_id, delivery_id, NULL, NULL FROM again";
+SELECT a.msg_id, a.delivery_id, e.app_id, e.fail_since
+FROM again a
+LEFT JOIN again_latest l ON l.msg_id = a.msg_id AND l.delivery_id = a.delivery_id
+LEFT JOIN endpoints e ON e.id = l.endpoint_id AND e.disabled AND e.updated_at = l.created_at";
 
 /// One array per column of a batch.
 struct Columns<'a> {
