@@ -109,11 +109,7 @@ async fn every_key_arrives_in_order_through_random_failures() {
 
 #[tokio::test]
 async fn a_blocked_key_is_visible_and_skipping_its_head_lets_the_rest_go() {
-    let gw = start_gateway(dev_config()).await;
-    let rx = Receiver::start(Answer::status(500)).await;
-    let app = gw.app("merchant").await;
-    let policy: Value = serde_json::from_str(RETRIES).unwrap();
-    let ep = gw.endpoint(&app, json!({"url": rx.url, "uid": "main", "retryPolicy": policy})).await;
+    let (gw, rx, app, ep) = failing_endpoint(json!({})).await;
     assert_eq!(ep["ordering"], "none");
     let publish = |n: u64| {
         let body = json!({"eventType": "payment.updated", "orderingKey": "pay_7", "payload": {"key": "pay_7", "n": n}});
@@ -147,10 +143,7 @@ async fn a_blocked_key_is_visible_and_skipping_its_head_lets_the_rest_go() {
     rx.set_fallback(Answer::status(204));
     let skipped = gw.ok("POST", &format!("/api/v1/app/{app}/msg/{first}/endpoint/main/skip"), None).await;
     assert_eq!(skipped, json!({"status": 5, "statusText": "skipped"}));
-    for n in 1..=2 {
-        let got: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
-        assert_eq!(got["n"], n);
-    }
+    arrive_in_order(&rx, 1..=2).await;
     gw.wait_attempts(&app, &third, 1).await;
     let (status, error) = gw.call("POST", &format!("/api/v1/app/{app}/msg/{second}/endpoint/main/skip"), None).await;
     assert_eq!((status, error["code"].as_str()), (409, Some("conflict")), "{error}");
@@ -218,11 +211,30 @@ async fn a_lane_keeps_its_order_across_a_restart() {
     rx.set_fallback(Answer::status(204));
     let gw = start_gateway_in(dev_config(), dir, clock).await;
     gw.advance(1_000);
-    for n in 0..3 {
+    arrive_in_order(&rx, 0..3).await;
+    gw.stop().await;
+}
+
+/// Checks that the receiver's next requests carry `n` = each of `ns`, in order.
+async fn arrive_in_order(rx: &Receiver, ns: impl Iterator<Item = u64>) {
+    for n in ns {
         let got: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
         assert_eq!(got["n"], n);
     }
-    gw.stop().await;
+}
+
+/// A gateway with an application and its endpoint `main` (with `settings` added), whose
+/// receiver answers 500 and which retries every second: the gateway, the receiver, the
+/// application's id and the endpoint.
+async fn failing_endpoint(settings: Value) -> (Gateway, Receiver, String, Value) {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(500)).await;
+    let app = gw.app("merchant").await;
+    let mut body =
+        json!({"url": rx.url, "uid": "main", "retryPolicy": serde_json::from_str::<Value>(RETRIES).unwrap()});
+    body.as_object_mut().unwrap().extend(settings.as_object().unwrap().clone());
+    let ep = gw.endpoint(&app, body).await;
+    (gw, rx, app, ep)
 }
 
 /// A message published with `deliverAt` is not sent before then, ordered or not, and the
@@ -244,10 +256,7 @@ async fn a_scheduled_message_holds_its_lane_until_its_time() {
     assert_eq!(gw.destination(&app, &second).await, (6, None), "waiting, with no time of its own");
     assert!(!rx.gets_within(500).await, "nothing before deliverAt");
     gw.advance(60_000);
-    for n in 0..2 {
-        let got: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
-        assert_eq!(got["n"], n);
-    }
+    arrive_in_order(&rx, 0..2).await;
     gw.stop().await;
 }
 
@@ -256,11 +265,7 @@ async fn a_scheduled_message_holds_its_lane_until_its_time() {
 /// the head, then the next message, and this one only by a recover, after both).
 #[tokio::test]
 async fn a_message_published_to_a_disabled_endpoint_keeps_its_place() {
-    let gw = start_gateway(dev_config()).await;
-    let rx = Receiver::start(Answer::status(500)).await;
-    let app = gw.app("merchant").await;
-    let policy: Value = serde_json::from_str(RETRIES).unwrap();
-    gw.endpoint(&app, json!({"url": rx.url, "uid": "main", "retryPolicy": policy})).await;
+    let (gw, rx, app, _) = failing_endpoint(json!({})).await;
     let publish = |n: u64| {
         let body = json!({"eventType": "payment.updated", "orderingKey": "pay_1", "payload": {"n": n}});
         gw.publish(&app, body)
@@ -276,10 +281,7 @@ async fn a_message_published_to_a_disabled_endpoint_keeps_its_place() {
     rx.set_fallback(Answer::status(204));
     publish(2).await;
     gw.advance(1_000);
-    for n in 0..3 {
-        let got: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
-        assert_eq!(got["n"], n);
-    }
+    arrive_in_order(&rx, 0..3).await;
     gw.stop().await;
 }
 
@@ -289,11 +291,7 @@ async fn a_message_published_to_a_disabled_endpoint_keeps_its_place() {
 /// Svix's SDKs do) keeps the endpoint FIFO.
 #[tokio::test]
 async fn an_open_ordered_delivery_is_not_resent() {
-    let gw = start_gateway(dev_config()).await;
-    let rx = Receiver::start(Answer::status(500)).await;
-    let app = gw.app("merchant").await;
-    let policy: Value = serde_json::from_str(RETRIES).unwrap();
-    let ep = gw.endpoint(&app, json!({"url": rx.url, "uid": "main", "retryPolicy": policy, "ordering": "fifo"})).await;
+    let (gw, rx, app, ep) = failing_endpoint(json!({"ordering": "fifo"})).await;
     let replaced =
         gw.ok("PUT", "/api/v1/app/merchant/endpoint/main", Some(json!({"url": rx.url, "uid": "main"}))).await;
     assert_eq!((replaced["ordering"].as_str(), &replaced["retryPolicy"]), (Some("fifo"), &ep["retryPolicy"]));
@@ -308,10 +306,7 @@ async fn an_open_ordered_delivery_is_not_resent() {
     }
     rx.set_fallback(Answer::status(204));
     gw.advance(1_000);
-    for n in 0..2 {
-        let got: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
-        assert_eq!(got["n"], n);
-    }
+    arrive_in_order(&rx, 0..2).await;
     gw.wait_attempts(&app, &second, 1).await;
     let (status, _) = gw.call("POST", &format!("/api/v1/app/{app}/msg/{first}/endpoint/main/resend"), None).await;
     assert_eq!(status, 202, "done: it can be resent");
