@@ -22,6 +22,15 @@ class Inbox:
 
     def __init__(self):
         self.messages: "queue.Queue[email.message.EmailMessage]" = queue.Queue()
+        self.refused: list[str] = []
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        # Addresses at refused.example have no mailbox: a permanent refusal, as real servers answer.
+        if address.endswith("@refused.example"):
+            self.refused.append(address)
+            return "550 5.1.1 No such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
         self.messages.put(email.message_from_bytes(envelope.content, policy=email.policy.default))
@@ -153,3 +162,19 @@ def test_disabling_and_enabling_email_at_once_and_a_down_smtp_server_is_retried(
 def test_alert_addresses_are_checked(hookline):
     refused = httpx.post(f"{hookline}/api/v1/app", headers=AUTH, json={"name": "x", "alertEmail": "not an address"})
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "alertEmail"]
+
+
+def test_an_address_refused_for_good_is_not_tried_again(hookline, smtp):
+    """A 5xx to an alert address is final: the email is dropped (and counted), not tried
+    every few minutes until the outbox pushes it out."""
+    app = api(hookline, "POST", "/app", {"name": "Initech", "alertEmail": "gone@refused.example"})
+    ep = api(hookline, "POST", f"/app/{app['id']}/endpoint", {"url": "https://initech.example/hooks"})
+    api(hookline, "PATCH", f"/app/{app['id']}/endpoint/{ep['id']}", {"disabled": True})
+    deadline = time.time() + 30
+    while "gone@refused.example" not in smtp.inbox.refused:
+        assert time.time() < deadline, "the email was never tried"
+        time.sleep(0.1)
+    time.sleep(4)  # a retry would come after 1 s, then 2 s
+    assert smtp.inbox.refused.count("gone@refused.example") == 1, smtp.inbox.refused
+    metrics = httpx.get(f"{hookline}/metrics", headers=AUTH).text
+    assert re.search(r'hookline_alert_emails_total\{outcome="dropped"\} [1-9]', metrics), metrics

@@ -190,7 +190,8 @@ impl Mailer {
         }
     }
 
-    /// Sends one email; a failure puts it back with a backoff (1 s, 2 s, … 5 min).
+    /// Sends one email; a failure puts it back with a backoff (1 s, 2 s, … 5 min), unless
+    /// the server refused it for good.
     async fn send(&self, mut email: Email) {
         let message = lettre::Message::builder()
             .from(self.from.clone())
@@ -206,14 +207,23 @@ impl Mailer {
             .header(lettre::message::header::ContentType::TEXT_PLAIN)
             .body(email.body.clone());
         let sent = match message {
-            Ok(message) => self.transport.send(message).await.map(|_| ()).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
+            Ok(message) => {
+                self.transport.send(message).await.map(|_| ()).map_err(|e| (refuses_address(&e), e.to_string()))
+            }
+            Err(e) => Err((true, e.to_string())),
         };
         match sent {
             Ok(()) => {
                 metrics::counter!(m::ALERT_EMAILS, "outcome" => "sent").increment(1);
             }
-            Err(e) => {
+            // The address refused for good (no such mailbox): it would be refused at every
+            // try, every 5 minutes, until pushed out of the outbox. A message that cannot be
+            // built never can be.
+            Err((true, e)) => {
+                tracing::warn!(error = %e, "the SMTP server refused an alert email for good; email dropped");
+                metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(1);
+            }
+            Err((false, e)) => {
                 email.tries += 1;
                 let wait = (1_000i64 << (email.tries - 1).min(9)).min(RETRY_MAX_MS);
                 tracing::warn!(error = %e, tries = email.tries, retry_in_ms = wait, "could not send an alert email");
@@ -239,6 +249,14 @@ enum Queued {
 /// (a script, or the dashboard's button) makes one email at a time, not a queue of them.
 /// Past [`APP_QUEUED_MAX`] an application's own oldest email goes, past [`OUTBOX_MAX`]
 /// the oldest of all.
+/// Whether the server refused the address for good: `550` (no such mailbox), `551`
+/// (not local), `553` (mailbox name not allowed). Other permanent answers (a `535` refused
+/// login, a `554` from a misconfigured relay) are the operator's to fix, and are retried
+/// until they are.
+fn refuses_address(e: &lettre::transport::smtp::Error) -> bool {
+    e.is_permanent() && e.status().map(u16::from).is_some_and(|code| matches!(code, 550 | 551 | 553))
+}
+
 fn push(outbox: &mut VecDeque<Email>, email: Email, queued: Queued) {
     let dropped = || metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(1);
     if let Some(same) =
