@@ -105,6 +105,7 @@ impl Mailer {
     /// Notes an event about an endpoint of `app` (at once: no IO).
     pub fn observe(&self, app: &App, url: &str, notice: &Notice) {
         let Some(to) = address(app) else { return };
+        let url = &shown_url(url);
         let now = self.clock.now_ms();
         let endpoint = notice.data["endpointUid"].as_str().or(notice.data["endpointId"].as_str()).unwrap_or("");
         let app_name = format!("{} ({})", app.name, app.uid.as_deref().unwrap_or(&app.id));
@@ -249,6 +250,15 @@ enum Queued {
 /// (a script, or the dashboard's button) makes one email at a time, not a queue of them.
 /// Past [`APP_QUEUED_MAX`] an application's own oldest email goes, past [`OUTBOX_MAX`]
 /// the oldest of all.
+/// An endpoint's URL as an email shows it: without its query string and fragment, where
+/// receivers often put a token (emails may travel in plain text), which stand as `?…`.
+fn shown_url(url: &str) -> String {
+    match url.find(['?', '#']) {
+        Some(at) => format!("{}?…", &url[..at]),
+        None => url.to_owned(),
+    }
+}
+
 /// Whether the server refused the address for good: `550` (no such mailbox), `551`
 /// (not local), `553` (mailbox name not allowed). Other permanent answers (a `535` refused
 /// login, a `554` from a misconfigured relay) are the operator's to fix, and are retried
@@ -356,6 +366,14 @@ mod tests {
             app_id: app.into(),
             about: about.map(str::to_owned),
         }
+    }
+
+    /// A token in an endpoint's query string never reaches an email.
+    #[test]
+    fn emails_show_urls_without_their_query() {
+        assert_eq!(shown_url("https://shop.example/hooks?token=s3cret#x"), "https://shop.example/hooks?…");
+        assert_eq!(shown_url("https://shop.example/hooks#s3cret"), "https://shop.example/hooks?…");
+        assert_eq!(shown_url("https://shop.example/hooks"), "https://shop.example/hooks");
     }
 
     /// An endpoint flapping fills no queue: its newest state waits alone. One application's
