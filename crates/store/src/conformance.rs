@@ -1099,6 +1099,22 @@ async fn ordering_lanes_hold_later_deliveries_back(store: &dyn Store, node: i64)
     // A resend of a delivered message waits in its lane too.
     let resent = store.resend(&a.id, &p1.message.id, &ep.id, id(prefix::DELIVERY, t), t + 44, node).await.unwrap();
     assert_eq!((resent.state, resent.order_key.as_deref()), (Waiting, Some("pay_1")));
+    // One still open in its lane (the head, or one waiting) is not restarted: it would be
+    // sent beside the copy under way, or out of its turn.
+    for open in [&p2, &p3] {
+        let again = store.resend(&a.id, &open.message.id, &ep.id, id(prefix::DELIVERY, t), t + 45, node).await;
+        assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
+    }
+    assert_eq!([state_of(store, &p2).await, state_of(store, &p3).await], [Pending, Waiting]);
+
+    // A head scheduled for later (`deliverAt`) is made due then, not at its promotion.
+    let mut scheduled = ordered(&a.id, &ep.id, "pay_3", t + 46);
+    scheduled.deliveries[0].next_at = Some(t + 5_000);
+    store.publish(scheduled.clone()).await.unwrap();
+    let head = store.get_delivery(&scheduled.message.id, &scheduled.deliveries[0].id).await.unwrap();
+    assert_eq!((head.state, head.next_at), (Pending, Some(t + 5_000)));
+    let soon = claim(store, node, t + 100, t + 47, 100).await;
+    assert!(!soon.iter().any(|d| d.msg_id == scheduled.message.id), "not due before its time");
 
     // A FIFO endpoint orders every message, keyed or not, in one lane.
     let f1 = publish(&a.id, &[&fifo.id], None, t + 50);
