@@ -244,12 +244,6 @@ enum Queued {
     Older,
 }
 
-/// Puts `email` in the outbox. An email about an endpoint's state takes the place of one
-/// waiting about the same endpoint, or gives way to it if that one is newer: its owner
-/// needs the latest state, and an endpoint disabled and enabled a hundred times a second
-/// (a script, or the dashboard's button) makes one email at a time, not a queue of them.
-/// Past [`APP_QUEUED_MAX`] an application's own oldest email goes, past [`OUTBOX_MAX`]
-/// the oldest of all.
 /// An endpoint's URL as an email shows it: without its query string and fragment, where
 /// receivers often put a token (emails may travel in plain text), which stand as `?…`.
 fn shown_url(url: &str) -> String {
@@ -267,6 +261,12 @@ fn refuses_address(e: &lettre::transport::smtp::Error) -> bool {
     e.is_permanent() && e.status().map(u16::from).is_some_and(|code| matches!(code, 550 | 551 | 553))
 }
 
+/// Puts `email` in the outbox. An email about an endpoint's state takes the place of one
+/// waiting about the same endpoint, or gives way to it if that one is newer: its owner
+/// needs the latest state, and an endpoint disabled and enabled a hundred times a second
+/// (a script, or the dashboard's button) makes one email at a time, not a queue of them.
+/// Past [`APP_QUEUED_MAX`] an application's own oldest email goes, past [`OUTBOX_MAX`]
+/// the oldest of all.
 fn push(outbox: &mut VecDeque<Email>, email: Email, queued: Queued) {
     let dropped = || metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(1);
     if let Some(same) =

@@ -32,7 +32,9 @@ pub const OPERATIONAL_EVENTS_LOST: &str = "hookline_operational_events_lost_tota
 /// their owners hear that their alert channel stopped.
 pub const OPERATIONAL_ENDPOINTS_DISABLED: &str = "hookline_operational_endpoints_disabled_total";
 /// Alert emails by outcome: `sent`, `failed` (a try that failed; it is tried again),
-/// `dropped` (an unusable address, or the outbox full).
+/// `dropped` (an unusable address or one the server refuses for good, an email about an
+/// endpoint's state replaced by a newer one, an application over its share of the outbox,
+/// or the outbox full).
 pub const ALERT_EMAILS: &str = "hookline_alert_emails_total";
 
 const BUCKETS_SECONDS: &[f64] = &[0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];

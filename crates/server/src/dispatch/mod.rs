@@ -585,11 +585,12 @@ impl Engine {
                 Err(_) => return self.retry_later(due),
             };
         }
+        // A disabled endpoint's delivery sends nothing: it takes no slot.
         let _global_slot = match target.disabled {
             true => None,
             false => match self.slot(self.global_slots.clone()).await {
-                Some(slot) => Some(slot),
                 None => return,
+                slot => slot,
             },
         };
         // An ordered delivery is sent only while it is its lane's open one: an operator may

@@ -122,7 +122,7 @@ impl Engine {
     /// channel stopped, and nothing else would say so).
     pub async fn notify(self: &Arc<Self>, app: &App, notice: Notice) {
         if app.id == OPERATIONAL_APP_ID {
-            if notice.event_type == "endpoint.disabled" && notice.data["trigger"] == "automatic" {
+            if notice.event_type == ENDPOINT_DISABLED && notice.data["trigger"] == "automatic" {
                 tracing::error!(
                     endpoint = %notice.data["endpointId"].as_str().unwrap_or_default(),
                     "an operational endpoint failed until it was disabled: operational events to it are skipped until it is enabled again"
