@@ -80,6 +80,18 @@ pub const NO_OPEN_DELIVERY: &str = concat!(
     "))"
 );
 
+/// A delivery with nowhere to go any more: its message or its application is gone. On
+/// PostgreSQL a write that opens a delivery (a resend, a publish) can commit beside a
+/// retention pass or a deletion that did not see it; such a delivery is deleted when the
+/// engine finds it (`Store::close_stranded`).
+pub const MESSAGE_OR_APP_GONE: &str = "(NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = deliveries.msg_id) \
+     OR NOT EXISTS (SELECT 1 FROM apps a WHERE a.id = deliveries.app_id))";
+
+/// A delivery whose endpoint is gone (a publish racing the endpoint's deletion): closed as
+/// the deletion closes its open deliveries.
+pub const ENDPOINT_GONE: &str = "deliveries.endpoint_id IS NOT NULL \
+     AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.id = deliveries.endpoint_id)";
+
 /// A migration of both backends: deliveries left open to endpoints deleted before a
 /// deletion closed ordered deliveries waiting behind the open one. Never sendable, they
 /// would keep their messages from retention for ever.

@@ -963,6 +963,54 @@ async fn statistics_add_up_roll_up_and_expire(store: &dyn Store) {
 }
 
 /// A publish to `ep` in the lane `key` (as the engine routes it: waiting).
+/// A delivery left with nowhere to go is closed and frees its ordering lane. A backend's
+/// own test passes `forget`, which deletes a row (`table`, `id`) behind the store's back,
+/// as a retention pass or deletion on another node that raced the write opening the
+/// delivery leaves it (only PostgreSQL can; SQLite's single writer cannot).
+pub async fn stranded_deliveries_are_closed<F: AsyncFn(&'static str, &str)>(store: &dyn Store, forget: F) {
+    use DeliveryState::{Canceled, Pending, Waiting};
+    let t = 80_000_000;
+    let node = store.register_node("stranded", t, LONG_LEASE_MS).await.unwrap().token;
+    let a = store.create_app(app(t, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, t)).await.unwrap();
+    let (head, next) = (ordered(&a.id, &ep.id, "pay_1", t + 1), ordered(&a.id, &ep.id, "pay_1", t + 2));
+    for p in [&head, &next] {
+        store.publish(p.clone()).await.unwrap();
+    }
+    assert!(claim_all(store, node, t + 3).await.iter().any(|d| d.msg_id == head.message.id));
+    let close = async |p: &Publish, now| store.close_stranded(&p.message.id, &p.deliveries[0].id, now).await.unwrap();
+    assert!(!close(&head, t + 4).await, "a delivery with its message, app and endpoint is not stranded");
+    assert!(!store.close_stranded(&head.message.id, "dlv_unknown", t + 4).await.unwrap());
+    assert_eq!([state_of(store, &head).await, state_of(store, &next).await], [Pending, Waiting]);
+
+    // The head's message is gone: the head goes, and the next in the lane is due.
+    forget("messages", &head.message.id).await;
+    assert!(close(&head, t + 5).await);
+    let gone = store.get_delivery(&head.message.id, &head.deliveries[0].id).await;
+    assert!(matches!(gone, Err(StoreError::NotFound)), "{gone:?}");
+    let next_now = store.get_delivery(&next.message.id, &next.deliveries[0].id).await.unwrap();
+    assert_eq!((next_now.state, next_now.next_at), (Pending, Some(t + 5)));
+    assert!(!close(&head, t + 6).await, "closed once");
+
+    // An endpoint deleted while a publish to it committed: its delivery is canceled, as
+    // the deletion would have made it.
+    let doomed = store.create_endpoint(endpoint(&a.id, t)).await.unwrap();
+    let to_doomed = publish(&a.id, &[&doomed.id], None, t + 7);
+    store.publish(to_doomed.clone()).await.unwrap();
+    forget("endpoints", &doomed.id).await;
+    assert!(close(&to_doomed, t + 8).await);
+    assert_eq!(state_of(store, &to_doomed).await, Canceled);
+
+    // An application deleted the same way: its delivery goes.
+    let other = store.create_app(app(t, None)).await.unwrap();
+    let other_ep = store.create_endpoint(endpoint(&other.id, t)).await.unwrap();
+    let orphan = publish(&other.id, &[&other_ep.id], None, t + 9);
+    store.publish(orphan.clone()).await.unwrap();
+    forget("apps", &other.id).await;
+    assert!(close(&orphan, t + 10).await);
+    assert!(store.get_delivery(&orphan.message.id, &orphan.deliveries[0].id).await.is_err());
+}
+
 fn ordered(app_id: &str, ep: &str, key: &str, now: UnixMs) -> Publish {
     let mut p = publish(app_id, &[ep], None, now);
     std::sync::Arc::get_mut(&mut p.message).unwrap().ordering_key = Some(key.into());

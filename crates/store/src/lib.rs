@@ -162,6 +162,11 @@ pub trait Store: Send + Sync + 'static {
     /// due. One already done is returned unchanged. Takes ids (the caller resolved uids);
     /// another application's delivery is `NotFound`.
     async fn skip_delivery(&self, app_id: &str, msg_id: &str, endpoint_id: &str, now: UnixMs) -> StoreResult<Delivery>;
+    /// Closes a delivery that has nowhere to go, as the engine finds it: one whose message
+    /// or application is gone is deleted (with its attempts), one whose endpoint is gone is
+    /// canceled (as the endpoint's deletion cancels its open ones); either way the next in its
+    /// ordering lane is made due. False when the delivery is not stranded (or not stored).
+    async fn close_stranded(&self, msg_id: &str, id: &str, now: UnixMs) -> StoreResult<bool>;
     /// An endpoint's ordering lanes with waiting deliveries, most first (at most `limit`),
     /// or the one lane `key`; each with its open head.
     async fn ordering_lanes(

@@ -26,6 +26,17 @@ async fn postgres_passes_the_conformance_suite() {
 }
 
 #[tokio::test]
+async fn stranded_deliveries_are_closed() {
+    let (url, store) = fresh().await;
+    let (raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let forget = async |table: &'static str, id: &str| {
+        raw.execute(&format!("DELETE FROM {table} WHERE id = $1"), &[&id]).await.unwrap();
+    };
+    conformance::stranded_deliveries_are_closed(&store, forget).await;
+}
+
+#[tokio::test]
 async fn nodes_migrating_at_once_do_not_race() {
     let url = scratch::fresh_database().await.unwrap();
     let starts: Vec<_> = (0..4).map(|_| PgStore::migrate(&url, 10_000)).collect();

@@ -13,6 +13,18 @@ async fn sqlite_passes_the_conformance_suite() {
 }
 
 #[tokio::test]
+async fn stranded_deliveries_are_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path(), &KEY).unwrap();
+    let raw = rusqlite::Connection::open(dir.path().join("hookline.db")).unwrap();
+    raw.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    let forget = async |table: &'static str, id: &str| {
+        raw.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id]).unwrap();
+    };
+    conformance::stranded_deliveries_are_closed(&store, forget).await;
+}
+
+#[tokio::test]
 async fn acknowledged_writes_survive_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let app = conformance::app(1, Some("kept"));

@@ -563,13 +563,13 @@ impl Engine {
             Some(message) => message,
             None => match self.store.message_by_id(&due.delivery.msg_id).await {
                 Ok(message) => Arc::new(message),
-                Err(StoreError::NotFound) => return,
+                Err(StoreError::NotFound) => return self.close_stranded(due).await,
                 Err(_) => return self.retry_later(due),
             },
         };
         let mut target = match self.resolve_target(&due.delivery, &message).await {
             Ok(Some(target)) => target,
-            Ok(None) => return,
+            Ok(None) => return self.close_stranded(due).await,
             Err(_) => return self.retry_later(due),
         };
         // Waits holding the lane's turn, not a global slot: a throttled endpoint's backlog
@@ -581,7 +581,7 @@ impl Engine {
             }
             target = match self.resolve_target(&due.delivery, &message).await {
                 Ok(Some(target)) => target,
-                Ok(None) => return,
+                Ok(None) => return self.close_stranded(due).await,
                 Err(_) => return self.retry_later(due),
             };
         }
@@ -762,6 +762,24 @@ impl Engine {
                     tokio::time::sleep(Duration::from_millis(RECORD_RETRY_MS)).await;
                 }
             }
+        }
+    }
+
+    /// Closes a delivery with nowhere to go: its message, application or endpoint is gone
+    /// (on PostgreSQL, a resend or publish can commit beside the retention pass or deletion
+    /// that did not see it). Dropped unrecorded, it would be freed by the sweep of stray
+    /// claims, claimed and dropped again for ever, and hold its ordering lane.
+    async fn close_stranded(&self, due: Due) {
+        let d = &due.delivery;
+        match self.store.close_stranded(&d.msg_id, &d.id, self.clock.now_ms()).await {
+            Ok(true) => {
+                tracing::warn!(delivery = %d.id, message = %d.msg_id, "closed a delivery whose message, application or endpoint is gone");
+                self.wake();
+            }
+            // Still deliverable: a stale cached copy said otherwise; the delivery's claim
+            // lapses and it is sent on a later claim.
+            Ok(false) => {}
+            Err(_) => self.retry_later(due),
         }
     }
 

@@ -49,7 +49,7 @@ pub struct Gateway {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     /// Kept so the data dir lives as long as the gateway.
-    _dir: Arc<tempfile::TempDir>,
+    dir: Arc<tempfile::TempDir>,
 }
 
 pub fn dev_config() -> Config {
@@ -100,7 +100,7 @@ pub async fn start_gateway_in(config: Config, dir: Arc<tempfile::TempDir>, clock
         };
         hookline_server::run(config, store, clock_dyn, listener, shutdown, options).await.unwrap();
     });
-    let gateway = Gateway { url, http: reqwest::Client::new(), clock, stop: Some(stop), task: Some(task), _dir: dir };
+    let gateway = Gateway { url, http: reqwest::Client::new(), clock, stop: Some(stop), task: Some(task), dir };
     gateway.wait_healthy().await;
     gateway
 }
@@ -201,6 +201,25 @@ impl Gateway {
 
     pub fn advance(&self, ms: i64) {
         self.clock.advance(ms);
+    }
+
+    /// Deletes the row `id` of `table` behind the gateway's back, as a write on another
+    /// node that raced this one's can leave the database.
+    pub async fn forget(&self, table: &str, id: &str) {
+        let dir = self.dir.path();
+        let deleted = match std::fs::read_to_string(dir.join("postgres-url")) {
+            Ok(url) => {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(connection);
+                client.execute(&format!("DELETE FROM {table} WHERE id = $1"), &[&id]).await.unwrap()
+            }
+            Err(_) => {
+                let connection = rusqlite::Connection::open(dir.join("hookline.db")).unwrap();
+                connection.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                connection.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id]).unwrap() as u64
+            }
+        };
+        assert_eq!(deleted, 1, "{table} {id}");
     }
 }
 

@@ -314,3 +314,23 @@ async fn an_open_ordered_delivery_is_not_resent() {
     assert_eq!(got["n"], 0);
     gw.stop().await;
 }
+
+/// A lane whose head's message is gone (on PostgreSQL, a resend committed beside the
+/// retention pass that deleted the message) moves on: the head is closed when the engine
+/// finds it (it was dropped unrecorded, claimed again for ever, and held the lane).
+#[tokio::test]
+async fn a_lane_whose_head_lost_its_message_moves_on() {
+    let (gw, rx, app, _) = failing_endpoint(json!({"ordering": "fifo"})).await;
+    let first = gw.publish(&app, json!({"eventType": "payment.updated", "payload": {"n": 0}})).await;
+    let second = gw.publish(&app, json!({"eventType": "payment.updated", "payload": {"n": 1}})).await;
+    rx.next().await;
+    gw.wait_attempts(&app, &first, 1).await;
+    gw.forget("messages", &first).await;
+    rx.set_fallback(Answer::status(204));
+    gw.advance(1_000);
+    arrive_in_order(&rx, 1..2).await;
+    gw.wait_attempts(&app, &second, 1).await;
+    let (status, _) = gw.call("GET", &format!("/api/v1/app/{app}/msg/{first}/endpoint"), None).await;
+    assert_eq!(status, 404);
+    gw.stop().await;
+}

@@ -444,6 +444,9 @@ impl Store for PgStore {
     async fn skip_delivery(&self, app_id: &str, msg_id: &str, endpoint_id: &str, now: UnixMs) -> StoreResult<Delivery> {
         in_tx!(self, |tx| queue::skip(&tx, app_id, msg_id, endpoint_id, now))
     }
+    async fn close_stranded(&self, msg_id: &str, id: &str, now: UnixMs) -> StoreResult<bool> {
+        in_tx!(self, |tx| queue::close_stranded(&tx, msg_id, id, now))
+    }
     async fn ordering_lanes(
         &self,
         endpoint_id: &str,

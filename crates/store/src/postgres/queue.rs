@@ -470,6 +470,40 @@ pub async fn skip(
     }
 }
 
+/// Closes a delivery that has nowhere to go (see `Store::close_stranded`).
+pub async fn close_stranded(c: &impl GenericClient, msg_id: &str, id: &str, now: i64) -> StoreResult<bool> {
+    let deleted = format!(
+        "DELETE FROM deliveries WHERE msg_id = $1 AND id = $2 AND {} RETURNING endpoint_id, order_key",
+        crate::columns::MESSAGE_OR_APP_GONE
+    );
+    let closed = format!(
+        concat!(
+            "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL, updated_at = $3 \
+             WHERE msg_id = $1 AND id = $2 AND state IN (",
+            crate::columns::open_states!(),
+            ") AND {} RETURNING endpoint_id, order_key"
+        ),
+        crate::columns::ENDPOINT_GONE
+    );
+    let lane = |row: &tokio_postgres::Row| -> StoreResult<(Option<String>, Option<String>)> {
+        Ok((row.try_get(0).map_err(pg_error)?, row.try_get(1).map_err(pg_error)?))
+    };
+    let (endpoint_id, key) = match absent(one(c, &deleted, &[&msg_id, &id], lane).await)? {
+        Some(gone) => {
+            run(c, "DELETE FROM attempts WHERE msg_id = $1 AND delivery_id = $2", &[&msg_id, &id]).await?;
+            gone
+        }
+        None => match absent(one(c, &closed, &[&msg_id, &id, &now], lane).await)? {
+            Some(closed) => closed,
+            None => return Ok(false),
+        },
+    };
+    if let (Some(endpoint_id), Some(key)) = (endpoint_id, key) {
+        promote_lane(c, &endpoint_id, &key, now).await?;
+    }
+    Ok(true)
+}
+
 /// An endpoint's lanes with waiting deliveries, or the one lane `key`, with their heads.
 pub async fn ordering_lanes(
     c: &impl GenericClient,

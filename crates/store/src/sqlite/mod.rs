@@ -588,6 +588,10 @@ impl Store for SqliteStore {
         let (app_id, msg_id, endpoint_id) = (app_id.to_owned(), msg_id.to_owned(), endpoint_id.to_owned());
         self.write(move |c| queue::skip(c, &app_id, &msg_id, &endpoint_id, now)).await
     }
+    async fn close_stranded(&self, msg_id: &str, id: &str, now: UnixMs) -> StoreResult<bool> {
+        let (msg_id, id) = (msg_id.to_owned(), id.to_owned());
+        self.write_in(Lane::Background, move |c| queue::close_stranded(c, &msg_id, &id, now)).await
+    }
     async fn ordering_lanes(
         &self,
         endpoint_id: &str,

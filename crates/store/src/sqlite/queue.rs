@@ -608,6 +608,40 @@ pub fn skip(conn: &Connection, app_id: &str, msg_id: &str, endpoint_id: &str, no
     }
 }
 
+/// Closes a delivery that has nowhere to go (see `Store::close_stranded`). The single
+/// writer keeps SQLite from making one; the engine's call is answered all the same.
+pub fn close_stranded(conn: &Connection, msg_id: &str, id: &str, now: i64) -> StoreResult<bool> {
+    fanout::write_out(conn, fanout::Which::Message(msg_id))?;
+    let deleted = format!(
+        "DELETE FROM deliveries WHERE msg_id = ?1 AND id = ?2 AND {} RETURNING endpoint_id, order_key",
+        crate::columns::MESSAGE_OR_APP_GONE
+    );
+    let closed = format!(
+        concat!(
+            "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL, updated_at = ?3 \
+             WHERE msg_id = ?1 AND id = ?2 AND state IN (",
+            crate::columns::open_states!(),
+            ") AND {} RETURNING endpoint_id, order_key"
+        ),
+        crate::columns::ENDPOINT_GONE
+    );
+    let lane = |row: &rusqlite::Row| Ok((row.get::<_, Option<String>>(0)?, row.get::<_, Option<String>>(1)?));
+    let gone = conn.query_row(&deleted, params![msg_id, id], lane).optional().map_err(sql_error)?;
+    if gone.is_some() {
+        conn.execute("DELETE FROM attempts WHERE msg_id = ?1 AND delivery_id = ?2", params![msg_id, id])
+            .map_err(sql_error)?;
+    }
+    let stranded = match gone {
+        Some(gone) => Some(gone),
+        None => conn.query_row(&closed, params![msg_id, id, now], lane).optional().map_err(sql_error)?,
+    };
+    let Some((endpoint_id, key)) = stranded else { return Ok(false) };
+    if let (Some(endpoint_id), Some(key)) = (endpoint_id, key) {
+        promote_lane(conn, &endpoint_id, &key, now)?;
+    }
+    Ok(true)
+}
+
 /// The lanes of an endpoint with deliveries waiting (most waiting first), or the one lane
 /// `key`, each with its open head.
 pub fn ordering_lanes(
