@@ -1011,7 +1011,8 @@ pub async fn stranded_deliveries_are_closed<F: AsyncFn(&'static str, &str)>(stor
     assert!(store.get_delivery(&orphan.message.id, &orphan.deliveries[0].id).await.is_err());
 }
 
-fn ordered(app_id: &str, ep: &str, key: &str, now: UnixMs) -> Publish {
+/// A publish of one message to `ep` under the ordering key `key`.
+pub fn ordered(app_id: &str, ep: &str, key: &str, now: UnixMs) -> Publish {
     let mut p = publish(app_id, &[ep], None, now);
     std::sync::Arc::get_mut(&mut p.message).unwrap().ordering_key = Some(key.into());
     for d in &mut p.deliveries {
@@ -1028,7 +1029,7 @@ async fn state_of(store: &dyn Store, p: &Publish) -> DeliveryState {
 
 /// The record of an attempt of a publish's first delivery, claimed by `node`, ending in
 /// `state` (a retry a second later when `Pending`).
-fn attempt_record(p: &Publish, state: DeliveryState, at: UnixMs, node: i64) -> AttemptRecord {
+pub fn attempt_record(p: &Publish, state: DeliveryState, at: UnixMs, node: i64) -> AttemptRecord {
     let d = &p.deliveries[0];
     let delivered = state == DeliveryState::Delivered;
     AttemptRecord {

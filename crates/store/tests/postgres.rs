@@ -36,6 +36,62 @@ async fn stranded_deliveries_are_closed() {
     conformance::stranded_deliveries_are_closed(&store, forget).await;
 }
 
+/// Two nodes moving one ordering lane at once never leave it two open deliveries: a
+/// resend of a finished delivery (which keeps its place, ahead of those waiting) racing
+/// the promotion another node makes after the head's success. Each round starts the
+/// promotion a little later, to land it between the resend's promotion and its commit.
+#[tokio::test]
+async fn a_lane_moved_by_two_nodes_at_once_has_one_open_delivery() {
+    use DeliveryState::{Delivered, Pending, Sending};
+    let (url, a) = fresh().await;
+    let b = PgStore::open(&url, &KEY, options()).await.unwrap();
+    let app = a.create_app(conformance::app(1, None)).await.unwrap();
+    let ep = a.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
+    let node = a.register_node("a", 1_000, 1_000_000_000).await.unwrap().token;
+    let deliver = async |p: &hookline_store::Publish, at: i64| {
+        let claim = ClaimDue { token: node, horizon: at, now: at, window: 10, limit: 10, behind: Vec::new() };
+        let claimed = a.claim_due(claim).await.unwrap().deliveries;
+        assert!(claimed.iter().any(|d| d.msg_id == p.message.id), "its lane's head, due");
+        a.record_attempt(conformance::attempt_record(p, Delivered, at, node)).await.unwrap();
+    };
+    let mut doubled = Vec::new();
+    for round in 0..150i64 {
+        let (key, t) = (format!("pay_{round}"), 10_000 + round * 100);
+        let [done, head, next] = [1, 2, 3].map(|n| conformance::ordered(&app.id, &ep.id, &key, t + n));
+        a.publish(done.clone()).await.unwrap();
+        deliver(&done, t + 1).await;
+        for p in [&head, &next] {
+            a.publish(p.clone()).await.unwrap();
+        }
+        deliver(&head, t + 4).await;
+        // The head's success is recorded; its node now moves the lane on, while an
+        // operator resends the first message.
+        let resend = a.resend(&app.id, &done.message.id, &ep.id, "dlv_resent".into(), t + 50, node);
+        let lane = vec![(ep.id.clone(), key.clone())];
+        let promote = async {
+            let until = std::time::Instant::now() + Duration::from_micros(round as u64 * 25);
+            while std::time::Instant::now() < until {
+                tokio::task::yield_now().await;
+            }
+            b.promote_lanes(Some(lane), t + 50).await
+        };
+        let (resent, promoted) = tokio::join!(resend, promote);
+        resent.unwrap();
+        promoted.unwrap();
+        let mut open = Vec::new();
+        for p in [&done, &next] {
+            let d = a.get_delivery(&p.message.id, &p.deliveries[0].id).await.unwrap();
+            if matches!(d.state, Pending | Sending) {
+                open.push(d.msg_id);
+            }
+        }
+        if open.len() > 1 {
+            doubled.push(round);
+        }
+    }
+    assert!(doubled.is_empty(), "rounds leaving a lane two open deliveries: {doubled:?}");
+}
+
 #[tokio::test]
 async fn nodes_migrating_at_once_do_not_race() {
     let url = scratch::fresh_database().await.unwrap();

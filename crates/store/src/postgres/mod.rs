@@ -218,6 +218,18 @@ pub(crate) async fn notify(tx: &impl deadpool_postgres::GenericClient, change: &
     Ok(())
 }
 
+impl PgStore {
+    /// Promotes the head of each lane given, each in a transaction of its own (see
+    /// `queue::promote_lane`). Returns how many it made due.
+    async fn promote_each(&self, lanes: Vec<(String, String)>, now: UnixMs) -> StoreResult<usize> {
+        let mut promoted = 0;
+        for (endpoint_id, key) in &lanes {
+            promoted += usize::from(in_tx!(self, |tx| queue::promote_lane(&tx, endpoint_id, key, now))?);
+        }
+        Ok(promoted)
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for PgStore {
     async fn create_app(&self, app: App) -> StoreResult<App> {
@@ -315,7 +327,7 @@ impl Store for PgStore {
         // Each lane this publish added to gets a due head, if it had no open delivery. The
         // message is committed already: if this fails, the leader's sweep does it later.
         if matches!(outcome, PublishOutcome::Created) && !lanes.is_empty() {
-            if let Err(e) = on_conn!(self, |c| queue::promote_lanes(&c, Some(lanes), now)) {
+            if let Err(e) = self.promote_each(lanes, now).await {
                 tracing::warn!(error = %e, "could not make an ordering lane's head due; the sweep will");
             }
         }
@@ -432,14 +444,27 @@ impl Store for PgStore {
         until: UnixMs,
         now: UnixMs,
     ) -> StoreResult<Vec<Delivery>> {
-        in_tx!(self, |tx| async {
+        let recovered = in_tx!(self, |tx| async {
             let recovered = queue::recover(&tx, app_id, endpoint_id, since, until, now).await?;
             notify(&tx, &Change::Due).await?;
             Ok(recovered)
-        })
+        })?;
+        // Each lane after the commit, in a transaction of its own (one lane lock each): an
+        // endpoint's recover can reopen thousands of lanes. If this fails, the leader's
+        // sweep makes the heads due.
+        let lanes: std::collections::BTreeSet<(String, String)> =
+            recovered.iter().filter_map(|d| Some((d.endpoint_id.clone()?, d.order_key.clone()?))).collect();
+        if let Err(e) = self.promote_each(lanes.into_iter().collect(), now).await {
+            tracing::warn!(error = %e, "could not make an ordering lane's head due; the sweep will");
+        }
+        Ok(recovered)
     }
     async fn promote_lanes(&self, lanes: Option<Vec<(String, String)>>, now: UnixMs) -> StoreResult<usize> {
-        on_conn!(self, |c| queue::promote_lanes(&c, lanes, now))
+        let lanes = match lanes {
+            Some(lanes) => lanes,
+            None => on_conn!(self, |c| queue::waiting_lanes(&c))?,
+        };
+        self.promote_each(lanes, now).await
     }
     async fn skip_delivery(&self, app_id: &str, msg_id: &str, endpoint_id: &str, now: UnixMs) -> StoreResult<Delivery> {
         in_tx!(self, |tx| queue::skip(&tx, app_id, msg_id, endpoint_id, now))

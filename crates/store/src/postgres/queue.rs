@@ -385,20 +385,19 @@ pub async fn recover(
         rows::DELIVERY_COLUMNS
     );
     let found = c.query(&sql, &[&now, &None::<i64>, &endpoint.id, &app_id, &since, &until]).await.map_err(pg_error)?;
-    let recovered = rows::all(&found, rows::delivery)?;
-    let lanes: std::collections::BTreeSet<&str> = recovered.iter().filter_map(|d| d.order_key.as_deref()).collect();
-    for key in lanes {
-        promote_lane(c, &endpoint.id, key, now).await?;
-    }
-    Ok(recovered)
+    rows::all(&found, rows::delivery)
 }
 
 /// Makes the first waiting delivery of a lane due, if the lane has no open one: at `now`,
-/// or at its own time if later (a message published with `deliverAt`). Two nodes
-/// promoting one lane at once pick the same row (the first waiting one, seen from either
-/// snapshot); `state = 6` is checked again on the row's newest version, so only one of
-/// them changes it.
+/// or at its own time if later (a message published with `deliverAt`). Runs in a
+/// transaction (`c`), under the lane's lock until it ends: a promotion reads the lane after
+/// every earlier holder committed. Without it, a resend or recover (whose delivery waits
+/// ahead of the rest: it keeps its place) promoting its delivery, and another node's
+/// promotion from a snapshot without it, each made a different delivery due: two open in
+/// one lane (`a_lane_moved_by_two_nodes_at_once_has_one_open_delivery`). A transaction
+/// holds at most one lane's lock, so lane locks never wait on each other in a cycle.
 pub async fn promote_lane(c: &impl GenericClient, endpoint_id: &str, key: &str, now: i64) -> StoreResult<bool> {
+    run(c, "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))", &[&endpoint_id, &key]).await?;
     let sql = "UPDATE deliveries SET state = 1, next_at = GREATEST(COALESCE(next_at, $3), $3), updated_at = $3, \
                claimed_by = NULL \
                WHERE state = 6 AND (msg_id, id) IN ( \
@@ -410,30 +409,13 @@ pub async fn promote_lane(c: &impl GenericClient, endpoint_id: &str, key: &str, 
     Ok(run(c, sql, &[&endpoint_id, &key, &now]).await? == 1)
 }
 
-/// Promotes the head of each lane given, or of every lane with waiting deliveries.
-pub async fn promote_lanes(
-    c: &impl GenericClient,
-    lanes: Option<Vec<(String, String)>>,
-    now: i64,
-) -> StoreResult<usize> {
-    let lanes = match lanes {
-        Some(lanes) => lanes,
-        None => {
-            let found = c
-                .query("SELECT DISTINCT endpoint_id, order_key FROM deliveries WHERE state = 6", &[])
-                .await
-                .map_err(pg_error)?;
-            found
-                .iter()
-                .map(|r| Ok((r.try_get(0).map_err(pg_error)?, r.try_get(1).map_err(pg_error)?)))
-                .collect::<StoreResult<Vec<(String, String)>>>()?
-        }
-    };
-    let mut promoted = 0;
-    for (endpoint_id, key) in &lanes {
-        promoted += usize::from(promote_lane(c, endpoint_id, key, now).await?);
-    }
-    Ok(promoted)
+/// Every lane with waiting deliveries, as `(endpoint_id, key)`.
+pub async fn waiting_lanes(c: &impl GenericClient) -> StoreResult<Vec<(String, String)>> {
+    let found = c
+        .query("SELECT DISTINCT endpoint_id, order_key FROM deliveries WHERE state = 6", &[])
+        .await
+        .map_err(pg_error)?;
+    found.iter().map(|r| Ok((r.try_get(0).map_err(pg_error)?, r.try_get(1).map_err(pg_error)?))).collect()
 }
 
 /// Skips the delivery of a message to an endpoint (see `sqlite::queue::skip`).
