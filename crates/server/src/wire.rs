@@ -134,7 +134,7 @@ pub struct ApplicationOut {
     pub alert_email: Option<String>,
 }
 
-#[derive(Deserialize, JsonSchema)]
+#[derive(Clone, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointIn {
     /// Where deliveries go: an `https://` URL (`http://` in dev mode or with
@@ -186,7 +186,7 @@ pub enum EndpointOrdering {
     Fifo,
 }
 
-#[derive(Deserialize, Default, JsonSchema)]
+#[derive(Clone, Deserialize, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointPatch {
     #[schemars(length(min = 1, max = URL_BYTES_MAX), regex(pattern = URL_PATTERN), extend("format" = "uri"))]

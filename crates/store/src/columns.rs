@@ -32,6 +32,41 @@ pub const ENDPOINT_COLUMNS: &str =
     "id, app_id, uid, url, description, disabled, event_types, channels, throttle_rate, \
      metadata, headers, secrets, signature_scheme, retry_policy, created_at, updated_at, fail_since, fifo";
 
+/// The columns an endpoint's update writes (`ENDPOINT_COLUMNS` less the key, `created_at`
+/// and `fail_since`), in the order of their parameters after `id` and `app_id`.
+pub const ENDPOINT_UPDATED_COLUMNS: [&str; 14] = [
+    "uid",
+    "url",
+    "description",
+    "disabled",
+    "event_types",
+    "channels",
+    "throttle_rate",
+    "metadata",
+    "headers",
+    "secrets",
+    "signature_scheme",
+    "retry_policy",
+    "updated_at",
+    "fifo",
+];
+
+/// An endpoint's conditional update (see `Store::update_endpoint`): `$1` id, `$2` app,
+/// `$3`… the updated columns, then the `updated_at` and `disabled` it was read with. `p`
+/// writes a parameter (`$n` or `?n`).
+pub fn update_endpoint_sql(p: fn(usize) -> String) -> String {
+    let set: Vec<String> =
+        ENDPOINT_UPDATED_COLUMNS.iter().enumerate().map(|(i, col)| format!("{col} = {}", p(i + 3))).collect();
+    let (disabled, read_at, was_disabled) = (p(6), p(17), p(18));
+    format!(
+        "UPDATE endpoints SET {}, fail_since = CASE WHEN disabled AND NOT {disabled} THEN NULL ELSE fail_since END \
+         WHERE id = {} AND app_id = {} AND updated_at = {read_at} AND disabled = {was_disabled} RETURNING fail_since",
+        set.join(", "),
+        p(1),
+        p(2)
+    )
+}
+
 pub const MESSAGE_COLUMNS: &str = "id, app_id, event_id, event_type, payload, channels, tags, callback_url, \
      deliver_at, source_id, headers, retain_until, created_at, ordering_key";
 

@@ -625,11 +625,21 @@ async fn endpoints_belong_to_their_app(store: &dyn Store) {
     let first = store.create_endpoint(named("first", 3_003)).await.unwrap();
     let second = store.create_endpoint(named("second", 3_004)).await.unwrap();
     let taking = Endpoint { uid: Some("second".into()), url: "https://taking.example/".into(), ..first.clone() };
-    let clash = store.update_endpoint(taking).await;
+    let clash = store.update_endpoint(taking, &first).await;
     assert!(matches!(clash, Err(StoreError::Conflict(_))), "{clash:?}");
     assert_eq!(store.get_endpoint(&a.id, &second.id).await.unwrap(), second, "the sibling is still there");
     assert_eq!(store.get_endpoint(&a.id, &first.id).await.unwrap(), first, "the update was not applied");
     assert_eq!(store.app_endpoints(&a.id).await.unwrap().len(), 3);
+
+    // An update is written only over the endpoint as it was read: one made from an older
+    // read (another request saved in between) writes nothing.
+    let renamed = Endpoint { description: "renamed".into(), updated_at: 3_005, ..first.clone() };
+    assert_eq!(store.update_endpoint(renamed.clone(), &first).await.unwrap(), Some(renamed.clone()));
+    let stale = Endpoint { url: "https://stale.example/".into(), updated_at: 3_006, ..first.clone() };
+    assert_eq!(store.update_endpoint(stale, &first).await.unwrap(), None, "read before the rename");
+    assert_eq!(store.get_endpoint(&a.id, &first.id).await.unwrap(), renamed);
+    let missing = Endpoint { id: "ep_missing".into(), ..first.clone() };
+    assert_eq!(store.update_endpoint(missing.clone(), &missing).await, Err(StoreError::NotFound));
 
     // Deleting an endpoint closes its ordered deliveries, those waiting behind the open one
     // included (left waiting, one would become its lane's head and be claimed for nothing).
@@ -835,6 +845,19 @@ async fn endpoint_health_and_automatic_disabling(store: &dyn Store, node: i64) {
     assert_eq!(e.updated_at, 4 * DAY + 1);
     let again = store.record_attempt(record(&r, DeliveryState::Exhausted, 4 * DAY + 2)).await.unwrap();
     assert_eq!(again.disabled, None, "disabling is reported once");
+    // A request that read the endpoint before the automatic disable does not undo it, and
+    // an update never writes the endpoint's health back from its copy.
+    let before = Endpoint { disabled: false, updated_at: e.updated_at, ..e.clone() };
+    let undo = Endpoint { description: "stale".into(), updated_at: 4 * DAY + 3, ..before.clone() };
+    assert_eq!(store.update_endpoint(undo, &before).await.unwrap(), None, "read before the disable");
+    let described =
+        Endpoint { description: "still off".into(), fail_since: None, updated_at: 4 * DAY + 3, ..e.clone() };
+    let written = store.update_endpoint(described, &e).await.unwrap().unwrap();
+    assert_eq!((written.disabled, written.fail_since), (true, Some(2 * DAY)), "the failure clock is kept");
+    let enabled = Endpoint { disabled: false, updated_at: 4 * DAY + 4, ..written.clone() };
+    let written = store.update_endpoint(enabled, &written).await.unwrap().unwrap();
+    assert_eq!((written.disabled, written.fail_since), (false, None), "enabling restarts it");
+    assert_eq!(store.get_endpoint(&a.id, &ep.id).await.unwrap(), written);
 
     // Published while disabled: recorded as skipped, never claimed, sent by a recover.
     let mut s = publish(&a.id, &[&ep.id], None, 5 * DAY);

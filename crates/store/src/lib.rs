@@ -65,7 +65,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_endpoints(&self, app_id: &str, page: Page) -> StoreResult<Listed<Endpoint>>;
     /// Every endpoint of an application, for routing.
     async fn app_endpoints(&self, app_id: &str) -> StoreResult<Vec<Endpoint>>;
-    async fn update_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint>;
+    /// Writes `endpoint`'s configuration over the stored one if that is still as `read` (its
+    /// `updated_at` and `disabled`): `None` when it changed since (an automatic disable,
+    /// another request), and nothing is written. Its health (`fail_since`) is the store's
+    /// own: kept, or cleared when this write enables it; the endpoint returned holds it.
+    async fn update_endpoint(&self, endpoint: Endpoint, read: &Endpoint) -> StoreResult<Option<Endpoint>>;
     async fn delete_endpoint(&self, app_id: &str, id: &str) -> StoreResult<()>;
 
     // Messages.

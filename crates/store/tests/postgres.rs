@@ -308,9 +308,9 @@ async fn an_attempt_written_again_still_says_it_disabled_its_endpoint() {
         let recorded = store.record_attempt(gone.clone()).await.unwrap();
         assert_eq!((recorded.applied, recorded.disabled), (true, Some(20)), "try {try_number}");
     }
-    let mut enabled = store.get_endpoint(&app.id, &ep.id).await.unwrap();
-    (enabled.disabled, enabled.updated_at) = (false, 30);
-    store.update_endpoint(enabled).await.unwrap();
+    let disabled = store.get_endpoint(&app.id, &ep.id).await.unwrap();
+    let enabled = hookline_store::Endpoint { disabled: false, updated_at: 30, ..disabled.clone() };
+    store.update_endpoint(enabled, &disabled).await.unwrap().unwrap();
     let recorded = store.record_attempt(gone).await.unwrap();
     assert_eq!((recorded.applied, recorded.disabled), (true, None), "the endpoint changed since");
 }

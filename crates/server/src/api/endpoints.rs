@@ -276,40 +276,49 @@ async fn read(
     Ok(Json(views::endpoint(find(&state, &app_id, &endpoint_id).await?)))
 }
 
-/// What a save changes, for its checks and announcements.
-pub struct Change {
-    /// The change set a new URL: it is checked again. One stored under older rules stays as
-    /// it is through other changes (disabling it, say).
-    pub url_changed: bool,
-    /// Whether the endpoint was disabled before the change.
-    pub was_disabled: bool,
-    /// Announce `endpoint.updated` (a change of its configuration, not of its secret).
-    pub announce: bool,
-}
+/// How many times an edit reads and applies its change again when the endpoint changed
+/// between its read and its write.
+const EDIT_TRIES: usize = 5;
 
-/// Saves a changed endpoint of `app`. Enabling it restarts its failure clock. Announces
-/// `endpoint.updated` when asked, and `endpoint.disabled` (manual) or `endpoint.enabled`
-/// when the change flipped it.
-pub async fn save(state: &AppState, app: &App, mut endpoint: Endpoint, change: Change) -> ApiResult<Endpoint> {
-    check(state, &endpoint, change.url_changed)?;
-    endpoint.updated_at = state.now();
-    if change.was_disabled && !endpoint.disabled {
-        endpoint.fail_since = None;
-    }
-    let saved = state.store.update_endpoint(endpoint).await.map_err(ApiError::from_store("endpoint"))?;
-    state.engine.catalog.invalidate(&saved.app_id);
-    if change.announce {
-        state.engine.notify(app, Notice::endpoint(notices::ENDPOINT_UPDATED, app, &saved)).await;
-    }
-    match (change.was_disabled, saved.disabled) {
-        (false, true) => {
-            let notice = Notice::disabled(app, &saved, saved.fail_since, notices::Trigger::Manual);
-            state.engine.notify(app, notice).await;
+/// Reads the endpoint of `app` under `key`, applies `change` and saves it. The write
+/// applies only over the endpoint as read: when something changed it meanwhile (an
+/// automatic disable, another request) the edit reads it again and applies `change` to the
+/// newer one, so no edit undoes another (a request that read the endpoint before it was
+/// disabled wrote `disabled: false` back, re-enabling it without a word). A new URL is
+/// checked again (one stored under older rules stays as it is through other changes);
+/// enabling restarts the failure clock. Announces `endpoint.updated` when `announce`, and
+/// `endpoint.disabled` (manual) or `endpoint.enabled` when the edit flipped it.
+pub async fn edit(
+    state: &AppState,
+    app: &App,
+    key: &str,
+    announce: bool,
+    mut change: impl FnMut(&mut Endpoint) -> ApiResult<()>,
+) -> ApiResult<Endpoint> {
+    for _ in 0..EDIT_TRIES {
+        let read = find_in(state, app, key).await?;
+        let mut endpoint = read.clone();
+        change(&mut endpoint)?;
+        check(state, &endpoint, endpoint.url != read.url)?;
+        // Later than the read even within its millisecond (a manual clock's tests too).
+        endpoint.updated_at = state.now().max(read.updated_at + 1);
+        let written = state.store.update_endpoint(endpoint, &read).await.map_err(ApiError::from_store("endpoint"))?;
+        let Some(saved) = written else { continue };
+        state.engine.catalog.invalidate(&saved.app_id);
+        if announce {
+            state.engine.notify(app, Notice::endpoint(notices::ENDPOINT_UPDATED, app, &saved)).await;
         }
-        (true, false) => state.engine.notify(app, Notice::endpoint(notices::ENDPOINT_ENABLED, app, &saved)).await,
-        _ => {}
+        match (read.disabled, saved.disabled) {
+            (false, true) => {
+                let notice = Notice::disabled(app, &saved, saved.fail_since, notices::Trigger::Manual);
+                state.engine.notify(app, notice).await;
+            }
+            (true, false) => state.engine.notify(app, Notice::endpoint(notices::ENDPOINT_ENABLED, app, &saved)).await,
+            _ => {}
+        }
+        return Ok(saved);
     }
-    Ok(saved)
+    Err(ApiError::Conflict("the endpoint kept changing while this request applied; try again".into()))
 }
 
 /// PUT is Svix's upsert: an unknown key that is not an endpoint id creates the endpoint
@@ -334,7 +343,7 @@ pub async fn upsert(
     key: &str,
     mut input: EndpointIn,
 ) -> ApiResult<(StatusCode, Endpoint)> {
-    let mut e = match find_in(state, app, key).await {
+    match find_in(state, app, key).await {
         Err(ApiError::NotFound("endpoint")) if !has_prefix(key, prefix::ENDPOINT) => {
             // The body's uid is checked even though the path's key takes its place.
             super::check_uid(&input.uid, prefix::ENDPOINT)?;
@@ -343,14 +352,19 @@ pub async fn upsert(
         }
         other => other?,
     };
-    let was_disabled = e.disabled;
+    let replaced = edit(state, app, key, true, |e| replace_with(state, e, input.clone())).await?;
+    Ok((StatusCode::OK, replaced))
+}
+
+/// A PUT's body applied to the endpoint it replaces.
+fn replace_with(state: &AppState, e: &mut Endpoint, input: EndpointIn) -> ApiResult<()> {
     // A secret the endpoint already holds (current, or still signing after a rotation)
     // changes nothing: re-applying an old configuration must not roll a rotation back.
     if let Some(text) = input.secret.filter(|text| e.secrets.iter().all(|held| held.text != *text)) {
         let fresh = parse_secret(Some(text))?;
-        e.secrets = rotated(e.secrets, &fresh, state.now(), state.config.delivery.rotation_grace_ms);
+        e.secrets =
+            rotated(std::mem::take(&mut e.secrets), &fresh, state.now(), state.config.delivery.rotation_grace_ms);
     }
-    let url_changed = e.url != input.url;
     e.url = input.url;
     e.description = input.description;
     e.disabled = input.disabled.unwrap_or(false);
@@ -373,7 +387,7 @@ pub async fn upsert(
     if let Some(ordering) = input.ordering {
         e.fifo = ordering == EndpointOrdering::Fifo;
     }
-    Ok((StatusCode::OK, save(state, app, e, Change { url_changed, was_disabled, announce: true }).await?))
+    Ok(())
 }
 
 async fn patch(
@@ -384,43 +398,30 @@ async fn patch(
 ) -> ApiResult<Json<EndpointOut>> {
     queue_needs_admin(&principal, input.url.as_deref())?;
     let app = find_app(&state, &app_id).await?;
-    let mut e = find_in(&state, &app, &endpoint_id).await?;
-    let was_disabled = e.disabled;
-    let url_changed = input.url.as_ref().is_some_and(|url| *url != e.url);
-    if let Some(url) = input.url {
-        e.url = url;
+    let patched = edit(&state, &app, &endpoint_id, true, |e| {
+        let input = input.clone();
+        set(&mut e.url, input.url);
+        set(&mut e.description, input.description);
+        set(&mut e.disabled, input.disabled);
+        set(&mut e.event_types, input.event_types);
+        set(&mut e.channels, input.channels);
+        set(&mut e.throttle_rate, input.throttle_rate);
+        set(&mut e.uid, input.uid);
+        set(&mut e.metadata, input.metadata);
+        set(&mut e.signature_scheme, input.signature_scheme);
+        set(&mut e.fifo, input.ordering.map(|ordering| ordering == EndpointOrdering::Fifo));
+        set(&mut e.retry_policy, input.retry_policy);
+        Ok(())
+    })
+    .await?;
+    Ok(Json(views::endpoint(patched)))
+}
+
+/// Sets `field` to `value` when the request gave one.
+fn set<T>(field: &mut T, value: Option<T>) {
+    if let Some(value) = value {
+        *field = value;
     }
-    if let Some(description) = input.description {
-        e.description = description;
-    }
-    if let Some(disabled) = input.disabled {
-        e.disabled = disabled;
-    }
-    if let Some(types) = input.event_types {
-        e.event_types = types;
-    }
-    if let Some(channels) = input.channels {
-        e.channels = channels;
-    }
-    if let Some(rate) = input.throttle_rate {
-        e.throttle_rate = rate;
-    }
-    if let Some(uid) = input.uid {
-        e.uid = uid;
-    }
-    if let Some(metadata) = input.metadata {
-        e.metadata = metadata;
-    }
-    if let Some(scheme) = input.signature_scheme {
-        e.signature_scheme = scheme;
-    }
-    if let Some(ordering) = input.ordering {
-        e.fifo = ordering == EndpointOrdering::Fifo;
-    }
-    if let Some(policy) = input.retry_policy {
-        e.retry_policy = policy;
-    }
-    Ok(Json(views::endpoint(save(&state, &app, e, Change { url_changed, was_disabled, announce: true }).await?)))
 }
 
 async fn remove(
@@ -479,17 +480,17 @@ pub async fn rotate_input(
 
 /// Rotates the secret of the endpoint of `app` under `key`; returns the new secret.
 pub async fn rotate_secret(state: &AppState, app: &App, key: &str, input: EndpointSecretRotateIn) -> ApiResult<String> {
-    let mut e = find_in(state, app, key).await?;
-    let now = state.now();
     if input.grace_period_seconds.is_some_and(|s| s > GRACE_PERIOD_SECONDS_MAX) {
         let detail = format!("gracePeriodSeconds must be at most {GRACE_PERIOD_SECONDS_MAX}");
         return Err(ApiError::field("gracePeriodSeconds", detail));
     }
     let grace_ms = input.grace_period_seconds.map_or(state.config.delivery.rotation_grace_ms, |s| s * 1000);
     let fresh = parse_secret(input.key)?;
-    e.secrets = rotated(e.secrets, &fresh, now, grace_ms);
-    let was_disabled = e.disabled;
-    save(state, app, e, Change { url_changed: false, was_disabled, announce: false }).await?;
+    edit(state, app, key, false, |e| {
+        e.secrets = rotated(std::mem::take(&mut e.secrets), &fresh, state.now(), grace_ms);
+        Ok(())
+    })
+    .await?;
     Ok(fresh.as_str().to_owned())
 }
 
@@ -531,10 +532,11 @@ async fn replace_headers(
 
 /// Replaces the custom headers of the endpoint of `app` under `key`.
 pub async fn set_headers(state: &AppState, app: &App, key: &str, headers: BTreeMap<String, String>) -> ApiResult<()> {
-    let mut e = find_in(state, app, key).await?;
-    e.headers = headers;
-    let was_disabled = e.disabled;
-    save(state, app, e, Change { url_changed: false, was_disabled, announce: true }).await.map(|_| ())
+    let replace = |e: &mut Endpoint| {
+        e.headers = headers.clone();
+        Ok(())
+    };
+    edit(state, app, key, true, replace).await.map(|_| ())
 }
 
 async fn patch_headers(
@@ -543,13 +545,15 @@ async fn patch_headers(
     JsonBody(input): JsonBody<EndpointHeadersPatchIn>,
 ) -> ApiResult<StatusCode> {
     let app = find_app(&state, &app_id).await?;
-    let mut e = find_in(&state, &app, &endpoint_id).await?;
-    e.headers.extend(input.headers);
-    for name in input.delete_headers.unwrap_or_default() {
-        e.headers.remove(&name);
-    }
-    let was_disabled = e.disabled;
-    save(&state, &app, e, Change { url_changed: false, was_disabled, announce: true }).await?;
+    let deleted = input.delete_headers.unwrap_or_default();
+    edit(&state, &app, &endpoint_id, true, |e| {
+        e.headers.extend(input.headers.clone());
+        for name in &deleted {
+            e.headers.remove(name);
+        }
+        Ok(())
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

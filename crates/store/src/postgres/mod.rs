@@ -301,13 +301,16 @@ impl Store for PgStore {
         let found = on_conn!(self, |c| resources::app_endpoints(&c, app_id))?;
         found.into_iter().map(|e| self.sealer.open_endpoint(e)).collect()
     }
-    async fn update_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint> {
+    async fn update_endpoint(&self, endpoint: Endpoint, read: &Endpoint) -> StoreResult<Option<Endpoint>> {
         let sealed = self.sealer.seal_endpoint(endpoint.clone());
-        in_tx!(self, |tx| async {
-            resources::update_endpoint(&tx, &sealed).await?;
-            notify(&tx, &Change::App(sealed.app_id.clone())).await
-        })
-        .map(|_| endpoint)
+        let written = in_tx!(self, |tx| async {
+            let written = resources::update_endpoint(&tx, &sealed, read).await?;
+            if written.is_some() {
+                notify(&tx, &Change::App(sealed.app_id.clone())).await?;
+            }
+            Ok(written)
+        })?;
+        Ok(written.map(|fail_since| Endpoint { fail_since, ..endpoint }))
     }
     async fn delete_endpoint(&self, app_id: &str, id: &str) -> StoreResult<()> {
         in_tx!(self, |tx| async {

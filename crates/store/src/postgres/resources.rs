@@ -152,17 +152,18 @@ pub async fn delete_event_type(c: &impl GenericClient, name: &str) -> StoreResul
     delete_by(c, "DELETE FROM event_types WHERE name = $1", &[&name]).await
 }
 
-/// Writes a whole endpoint row; `upsert` replaces an existing one.
-async fn put_endpoint(c: &impl GenericClient, e: &Endpoint, upsert: bool) -> StoreResult<()> {
+/// Writes a new endpoint row, or (with the endpoint as `read`) updates the stored one if
+/// it is still as read: `Some(fail_since)` as written, `None` when it changed since.
+async fn put_endpoint(
+    c: &impl GenericClient,
+    e: &Endpoint,
+    read: Option<&Endpoint>,
+) -> StoreResult<Option<Option<i64>>> {
     let throttle = e.throttle_rate.map(i64::from);
     let (event_types, channels) = (rows::opt_json(&e.event_types), rows::opt_json(&e.channels));
     let (metadata, headers, secrets) =
         (rows::to_json(&e.metadata), rows::to_json(&e.headers), rows::to_json(&e.secrets));
     let (scheme, policy) = (rows::to_json(&e.signature_scheme), rows::opt_json(&e.retry_policy));
-    let mut sql = insert_sql("endpoints", rows::ENDPOINT_COLUMNS);
-    if upsert {
-        sql.push_str(&format!(" ON CONFLICT (id) DO UPDATE SET {}", excluded(rows::ENDPOINT_COLUMNS)));
-    }
     let params: [&(dyn ToSql + Sync); 18] = [
         &e.id,
         &e.app_id,
@@ -183,7 +184,19 @@ async fn put_endpoint(c: &impl GenericClient, e: &Endpoint, upsert: bool) -> Sto
         &e.fail_since,
         &e.fifo,
     ];
-    run(c, &sql, &params).await.map(|_| ())
+    let Some(read) = read else {
+        run(c, &insert_sql("endpoints", rows::ENDPOINT_COLUMNS), &params).await?;
+        return Ok(Some(e.fail_since));
+    };
+    // The columns an update writes: all but `created_at` (14) and `fail_since` (16).
+    let mut update: Vec<&(dyn ToSql + Sync)> = params[..14].to_vec();
+    update.extend([params[15], params[17], &read.updated_at, &read.disabled]);
+    let sql = crate::columns::update_endpoint_sql(|n| format!("${n}"));
+    match one(c, &sql, &update, |row| row.try_get::<_, Option<i64>>(0).map_err(pg_error)).await {
+        Ok(fail_since) => Ok(Some(fail_since)),
+        Err(StoreError::NotFound) => get_endpoint(c, &e.app_id, &e.id).await.map(|_| None),
+        Err(e) => Err(e),
+    }
 }
 
 /// `a = excluded.a, b = excluded.b, …` for every column but the first (the key).
@@ -199,12 +212,17 @@ fn excluded(columns: &str) -> String {
 
 pub async fn insert_endpoint(c: &impl GenericClient, e: &Endpoint) -> StoreResult<()> {
     get_app(c, &e.app_id).await?;
-    put_endpoint(c, e, false).await
+    put_endpoint(c, e, None).await.map(|_| ())
 }
 
-pub async fn update_endpoint(c: &impl GenericClient, e: &Endpoint) -> StoreResult<()> {
-    get_endpoint(c, &e.app_id, &e.id).await?;
-    put_endpoint(c, e, true).await
+/// Updates the endpoint if it is still as `read` (see `Store::update_endpoint`): its
+/// `fail_since` as written, `None` when it changed since.
+pub async fn update_endpoint(
+    c: &impl GenericClient,
+    e: &Endpoint,
+    read: &Endpoint,
+) -> StoreResult<Option<Option<i64>>> {
+    put_endpoint(c, e, Some(read)).await
 }
 
 pub async fn get_endpoint(c: &impl GenericClient, app_id: &str, key: &str) -> StoreResult<Endpoint> {

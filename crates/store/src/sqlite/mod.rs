@@ -474,9 +474,10 @@ impl Store for SqliteStore {
         let endpoints = self.read(move |c| resources::app_endpoints(c, &app_id)).await?;
         endpoints.into_iter().map(|e| self.sealer.open_endpoint(e)).collect()
     }
-    async fn update_endpoint(&self, endpoint: Endpoint) -> StoreResult<Endpoint> {
-        let sealed = self.sealer.seal_endpoint(endpoint.clone());
-        self.write(move |c| resources::update_endpoint(c, &sealed)).await.map(|_| endpoint)
+    async fn update_endpoint(&self, endpoint: Endpoint, read: &Endpoint) -> StoreResult<Option<Endpoint>> {
+        let (sealed, read) = (self.sealer.seal_endpoint(endpoint.clone()), read.clone());
+        let written = self.write(move |c| resources::update_endpoint(c, &sealed, &read)).await?;
+        Ok(written.map(|fail_since| Endpoint { fail_since, ..endpoint }))
     }
     async fn delete_endpoint(&self, app_id: &str, id: &str) -> StoreResult<()> {
         let (app_id, id) = (app_id.to_owned(), id.to_owned());

@@ -189,9 +189,24 @@ pub fn insert_endpoint(conn: &Connection, e: &Endpoint) -> StoreResult<()> {
     put_row(conn, Put::Insert, "endpoints", rows::ENDPOINT_COLUMNS, &endpoint_values(e))
 }
 
-pub fn update_endpoint(conn: &Connection, e: &Endpoint) -> StoreResult<()> {
-    get_endpoint(conn, &e.app_id, &e.id)?;
-    put_row(conn, Put::Update, "endpoints", rows::ENDPOINT_COLUMNS, &endpoint_values(e))
+/// Updates the endpoint if it is still as `read` (see `Store::update_endpoint`): its
+/// `fail_since` as written, `None` when it changed since.
+pub fn update_endpoint(conn: &Connection, e: &Endpoint, read: &Endpoint) -> StoreResult<Option<Option<i64>>> {
+    use rusqlite::types::Value;
+    let values = endpoint_values(e);
+    // The columns an update writes: all but `created_at` (14) and `fail_since` (16).
+    let mut update: Vec<Value> = values[..14].to_vec();
+    update.extend([values[15].clone(), values[17].clone(), Value::Integer(read.updated_at)]);
+    update.push(Value::Integer(read.disabled as i64));
+    let sql = crate::columns::update_endpoint_sql(|n| format!("?{n}"));
+    let written = conn
+        .prepare_cached(&sql)
+        .and_then(|mut s| s.query_row(rusqlite::params_from_iter(update), |r| r.get::<_, Option<i64>>(0)).optional())
+        .map_err(sql_error)?;
+    match written {
+        Some(fail_since) => Ok(Some(fail_since)),
+        None => get_endpoint(conn, &e.app_id, &e.id).map(|_| None),
+    }
 }
 
 pub fn get_endpoint(conn: &Connection, app_id: &str, key: &str) -> StoreResult<Endpoint> {
