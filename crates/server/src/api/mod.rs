@@ -122,7 +122,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         }
     }
     let api = api
-        .layer(axum::middleware::from_fn_with_state(state.clone(), idempotency))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), writes_run_to_end))
         .layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     let api = public
         .merge(api)
@@ -324,6 +324,19 @@ impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.keys.lock().expect("idempotency lock").remove(&self.key);
     }
+}
+
+/// A request that changes something runs to its end even if the client goes (hyper drops
+/// a connection's request when it closes): dropped after its commit, a handler lost what
+/// follows it, an endpoint change's notices (`endpoint.updated`, `.disabled`, `.enabled`)
+/// and this node's cache invalidation (on SQLite the engine went on sending with the old
+/// configuration, to a disabled endpoint say), or the answer an `Idempotency-Key` keeps (a
+/// retry with the key ran the request again). Reads are dropped with their client.
+async fn writes_run_to_end(state: Shared, request: Request, next: Next) -> Response {
+    if matches!(*request.method(), Method::GET | Method::HEAD) {
+        return next.run(request).await;
+    }
+    crate::dispatch::run_to_end(idempotency(state, request, next)).await
 }
 
 /// `Idempotency-Key` as the IETF draft and Stripe define it: the same key with the same

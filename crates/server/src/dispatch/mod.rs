@@ -13,7 +13,7 @@ mod queues;
 
 pub use catalog::{AppEndpoints, Catalog};
 pub use client::DeliveryClient;
-pub use publish::takes;
+pub use publish::{run_to_end, takes};
 
 use crate::clock::Clock;
 use crate::config::{ClusterConfig, DeliveryConfig};

@@ -83,7 +83,7 @@ impl Engine {
         if !claimed {
             return work.await;
         }
-        Finished(Some(Box::pin(work))).await
+        run_to_end(work).await
     }
 
     /// Commits `publish`, then hands its claimed deliveries to this node's scheduler and
@@ -120,10 +120,18 @@ impl Engine {
     }
 }
 
+/// Runs `work` to its end even if the caller stops waiting (see [`Finished`]).
+pub fn run_to_end<F: Future + Send + 'static>(work: F) -> Finished<F>
+where
+    F::Output: Send,
+{
+    Finished(Some(Box::pin(work)))
+}
+
 /// Work that finishes even if its caller stops waiting: dropped before it is done, what is
 /// left of it runs as a task of its own. A task only then: spawning every commit as a task
 /// (the first version) cost `e2e` at 64 connections about 4% of its deliveries/s.
-struct Finished<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
+pub struct Finished<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
 where
     F::Output: Send;
 

@@ -985,3 +985,38 @@ async fn a_moved_uid_never_lets_a_token_reach_another_application() {
     assert_eq!(status, 200, "its own, by id");
     gw.stop().await;
 }
+
+/// A change whose client goes before the answer still runs to its end. Each round caches
+/// an endpoint (a publish routes through it), then PATCHes it disabled from a client that
+/// gives up sooner or later, often while the write is being committed. Once
+/// the endpoint reads as disabled, publishing must skip it: the handler, dropped mid-way,
+/// left this node's cache with the endpoint enabled, and every later message went to it.
+#[tokio::test]
+async fn a_change_whose_client_went_away_still_finishes() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(204)).await;
+    let mut committed = 0;
+    for round in 0..20u64 {
+        let app = gw.app(&format!("merchant-{round}")).await;
+        gw.endpoint(&app, json!({"url": rx.url, "uid": "main"})).await;
+        gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
+        // From 0.3 ms on, longer each round (to 0.1 s): some land mid-commit on any machine.
+        let patience = std::time::Duration::from_micros((300.0 * 1.35f64.powi(round as i32)) as u64);
+        let impatient = reqwest::Client::builder().timeout(patience).build().unwrap();
+        let path = format!("{}/api/v1/app/{app}/endpoint/main", gw.url);
+        let _ = impatient.patch(path).bearer_auth(TOKEN).json(&json!({"disabled": true})).send().await;
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let endpoint = gw.ok("GET", &format!("/api/v1/app/{app}/endpoint/main"), None).await;
+        if endpoint["disabled"] != true {
+            continue; // Dropped before it wrote anything: nothing to finish.
+        }
+        committed += 1;
+        eventually("a message published after the endpoint was disabled is skipped", async || {
+            let msg = gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
+            let (status, _) = gw.destination(&app, &msg).await;
+            done_or(status == 5, status)
+        })
+        .await;
+    }
+    assert!(committed > 0, "no round's PATCH was committed");
+}
