@@ -18,12 +18,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_hookline(token: str, log_level: str = "warn", env: dict | None = None) -> tuple[subprocess.Popen, str, str]:
-    """`hookline serve --dev` with `token` as the admin token; its process, URL and data dir.
+def start_hookline(
+    token: str, log_level: str = "warn", env: dict | None = None, data_dir: str | None = None
+) -> tuple[subprocess.Popen, str, str]:
+    """`hookline serve --dev` with `token` as the admin token; its process, URL and data dir
+    (a fresh one, or `data_dir` to start again on what a process before left).
     Inherits the environment (so `HOOKLINE_DATABASE_URL` puts it on PostgreSQL), plus `env`."""
     binary = os.environ.get("HOOKLINE_BIN", str(ROOT / "target/debug/hookline"))
     port = free_port()
-    data_dir = tempfile.mkdtemp(prefix="hookline-py-")
+    data_dir = data_dir or tempfile.mkdtemp(prefix="hookline-py-")
     env = dict(os.environ, HOOKLINE_ADMIN_TOKEN=token, HOOKLINE_LOG_LEVEL=log_level, **(env or {}))
     process = subprocess.Popen(
         [binary, "serve", "--dev", "--listen", f"127.0.0.1:{port}", "--data-dir", data_dir],

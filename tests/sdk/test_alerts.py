@@ -80,14 +80,18 @@ def smtp():
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def hookline(smtp):
-    process, url, _ = start_hookline(TOKEN, env={
+def alerts_env(smtp) -> dict:
+    return {
         "HOOKLINE_ALERTS_SMTP_URL": f"smtp://127.0.0.1:{smtp.port}",
         "HOOKLINE_ALERTS_FROM": "Hookline <alerts@hookline.example>",
         "HOOKLINE_ALERTS_GATHER_MS": str(GATHER_MS),
         "HOOKLINE_ALERTS_DIGEST_MS": str(DIGEST_MS),
-    })
+    }
+
+
+@pytest.fixture(scope="module")
+def hookline(smtp):
+    process, url, _ = start_hookline(TOKEN, env=alerts_env(smtp))
     yield url
     process.terminate()
     process.wait(timeout=30)
@@ -180,3 +184,38 @@ def test_an_address_refused_for_good_is_not_tried_again(hookline, smtp):
     assert smtp.inbox.refused.count("gone@refused.example") == 1, smtp.inbox.refused
     metrics = httpx.get(f"{hookline}/metrics", headers=AUTH).text
     assert re.search(r'hookline_alert_emails_total\{outcome="dropped"\} [1-9]', metrics), metrics
+
+
+def failed_sends(url) -> int:
+    metrics = httpx.get(f"{url}/metrics", headers=AUTH).text
+    found = re.search(r'hookline_alert_emails_total\{outcome="failed"\} (\d+)', metrics)
+    return int(found.group(1)) if found else 0
+
+
+def test_an_email_waiting_for_the_smtp_server_survives_a_crash(smtp):
+    """The outbox is in the store: an alert email not sent yet (the SMTP server down) is
+    sent after Hookline is killed and started again (it was kept in memory, and lost)."""
+    process, url, data_dir = start_hookline(TOKEN, env=alerts_env(smtp))
+    try:
+        app = api(url, "POST", "/app", {"name": "Umbrella", "alertEmail": "ops@umbrella.example"})
+        ep = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://umbrella.example/hooks"})
+        smtp.stop()
+        try:
+            api(url, "PATCH", f"/app/{app['id']}/endpoint/{ep['id']}", {"disabled": True})
+            deadline = time.time() + 30
+            while failed_sends(url) == 0:  # tried, failed and put back for a retry
+                assert time.time() < deadline, "the email was never tried"
+                time.sleep(0.05)
+            process.kill()
+            process.wait(timeout=30)
+        finally:
+            smtp.start()
+        process, url, _ = start_hookline(TOKEN, env=alerts_env(smtp), data_dir=data_dir)
+        subject = f"[Hookline] Endpoint {ep['id']} of Umbrella ({app['id']}) is disabled"
+        deadline = time.time() + 30
+        while (message := smtp.inbox.next(timeout=max(deadline - time.time(), 0.1)))["Subject"] != subject:
+            pass  # another test's email
+        assert message["To"] == "ops@umbrella.example"
+    finally:
+        process.kill()
+        process.wait(timeout=30)

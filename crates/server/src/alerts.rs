@@ -3,9 +3,12 @@
 //! `exhausted` messages are summed per endpoint into at most one email per
 //! `alerts.digest_ms` (the first one after `alerts.gather_ms`, so a flood of failures
 //! makes one email that counts them). Events are noted in memory without waiting on
-//! anything; a task of its own sends, retries failed sends with backoff, logs and counts
-//! them. Deliveries never wait for email. The outbox keeps one email per endpoint state
-//! (the newest) and a bounded share per application.
+//! anything; a task of its own puts each email in the store's outbox (durable, shared by
+//! every node: a restart or a node's death loses none, and one node sends each), sends
+//! what is due, retries failed sends with backoff, logs and counts them. Deliveries never
+//! wait for email. The outbox keeps one email per endpoint state (the newest) and a
+//! bounded share per application. The failure counts a summary adds up stay in memory
+//! until it goes.
 
 use crate::clock::Clock;
 use crate::config::AlertsConfig;
@@ -13,7 +16,7 @@ use crate::dispatch::notices::{self, Notice};
 use crate::metrics as m;
 use crate::wire::timestamp;
 use hookline_core::UnixMs;
-use hookline_store::App;
+use hookline_store::{AlertEmail, App, Store};
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use std::collections::{HashMap, VecDeque};
@@ -25,23 +28,14 @@ const OUTBOX_MAX: usize = 10_000;
 /// Emails of one application waiting at most; beyond it that application's oldest is
 /// dropped, so that one tenant's burst never pushes out another's alerts.
 const APP_QUEUED_MAX: usize = 100;
+/// Emails noted but not yet in the store (it is down) at most: the oldest go first.
+const PENDING_MAX: usize = 1_000;
 /// The longest wait between two tries of one email.
 const RETRY_MAX_MS: i64 = 300_000;
-
-/// One email to send, and when it may be tried next.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Email {
-    pub to: String,
-    pub subject: String,
-    pub body: String,
-    tries: u32,
-    not_before: UnixMs,
-    /// The application it is about.
-    app_id: String,
-    /// For an email about an endpoint's state (disabled, enabled): the endpoint. A newer
-    /// one replaces it while it waits.
-    about: Option<String>,
-}
+/// How often the outbox is looked at for emails another node queued or left.
+const POLL_MS: i64 = 5_000;
+/// Emails taken from the outbox at once.
+const TAKE_MAX: usize = 50;
 
 /// What one endpoint's failures add up to since its last summary.
 #[derive(Debug, Default)]
@@ -61,7 +55,8 @@ struct Digest {
 
 #[derive(Default)]
 struct State {
-    outbox: VecDeque<Email>,
+    /// Emails noted, on their way to the store's outbox.
+    pending: VecDeque<AlertEmail>,
     digests: HashMap<String, Digest>,
 }
 
@@ -69,6 +64,7 @@ pub struct Mailer {
     config: AlertsConfig,
     from: Mailbox,
     transport: AsyncSmtpTransport<Tokio1Executor>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     wake: Notify,
@@ -83,7 +79,11 @@ pub fn address(app: &App) -> Option<&str> {
 impl Mailer {
     /// A mailer for `config`, or `None` when no SMTP server is configured. Errors name a
     /// setting that cannot be used.
-    pub fn new(config: &AlertsConfig, clock: Arc<dyn Clock>) -> Result<Option<Arc<Mailer>>, String> {
+    pub fn new(
+        config: &AlertsConfig,
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Option<Arc<Mailer>>, String> {
         let Some(url) = &config.smtp_url else { return Ok(None) };
         let from: Mailbox = config.from.parse().map_err(|e| format!("alerts.from: {e}"))?;
         let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
@@ -94,6 +94,7 @@ impl Mailer {
             config: config.clone(),
             from,
             transport,
+            store,
             clock,
             state: Mutex::default(),
             wake: Notify::new(),
@@ -112,10 +113,9 @@ impl Mailer {
         let mut state = self.state.lock().expect("mailer lock");
         match notice.event_type {
             notices::ENDPOINT_DISABLED | notices::ENDPOINT_ENABLED => {
-                let email = change_email(to, &app_name, endpoint, url, notice);
+                let (subject, body) = change_email(&app_name, endpoint, url, notice);
                 let about = notice.data["endpointId"].as_str().map(str::to_owned);
-                let email = Email { tries: 0, not_before: now, app_id: app.id.clone(), about, ..email };
-                push(&mut state.outbox, email, Queued::Newest);
+                pend(&mut state.pending, new_email(&app.id, about, to, subject, body, now));
             }
             notices::ATTEMPT_FAILING | notices::ATTEMPT_EXHAUSTED => {
                 let key = notice.data["endpointId"].as_str().unwrap_or("").to_owned();
@@ -140,7 +140,7 @@ impl Mailer {
     /// Moves the summaries that are due into the outbox; returns when the next one is due.
     fn summarize(&self, now: UnixMs) -> Option<UnixMs> {
         let mut state = self.state.lock().expect("mailer lock");
-        let State { outbox, digests } = &mut *state;
+        let State { pending, digests } = &mut *state;
         let mut next = None::<UnixMs>;
         for digest in digests.values_mut() {
             let Some(since) = digest.since else { continue };
@@ -150,8 +150,8 @@ impl Mailer {
                 next = Some(next.map_or(due, |n| n.min(due)));
                 continue;
             }
-            let email = Email { tries: 0, not_before: now, ..digest_email(digest, since) };
-            push(outbox, email, Queued::Newest);
+            let (subject, body) = digest_email(digest, since);
+            pend(pending, new_email(&digest.app_id, None, &digest.to, subject, body, now));
             (digest.failing, digest.exhausted, digest.since, digest.sent_at) = (0, 0, None, Some(now));
         }
         // Forget endpoints that have been quiet for a whole window.
@@ -163,85 +163,126 @@ impl Mailer {
         loop {
             let now = self.clock.now_ms();
             let mut next = self.summarize(now);
-            let ready = {
-                let mut state = self.state.lock().expect("mailer lock");
-                let (ready, waiting): (VecDeque<Email>, VecDeque<Email>) =
-                    state.outbox.drain(..).partition(|e| e.not_before <= now);
-                state.outbox = waiting;
-                if let Some(soonest) = state.outbox.iter().map(|e| e.not_before).min() {
-                    next = Some(next.map_or(soonest, |n| n.min(soonest)));
+            // Noted emails go to the outbox first; the store down, they wait here.
+            let stored = self.store_pending().await;
+            let mut more = false;
+            if stored {
+                let hold_ms = self.config.timeout_ms * 2 + 60_000;
+                match self.store.take_alert_emails(now, hold_ms, TAKE_MAX).await {
+                    Ok(due) => {
+                        more = due.len() == TAKE_MAX;
+                        for email in due {
+                            if let Some(retry_at) = self.send(email).await {
+                                next = Some(next.map_or(retry_at, |n| n.min(retry_at)));
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "could not read the alert outbox; trying again"),
                 }
-                ready
-            };
-            for email in ready {
-                self.send(email).await;
-                next = Some(next.map_or(now, |n| n.min(now)));
             }
+            if more {
+                continue;
+            }
+            let poll = self.clock.now_ms() + if stored { POLL_MS } else { 1_000 };
+            let at = next.map_or(poll, |n| n.min(poll));
             let notified = self.wake.notified();
-            match next {
-                Some(at) if at <= self.clock.now_ms() => {}
-                Some(at) => {
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = self.clock.sleep_until(at) => {}
+            if at > self.clock.now_ms() {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = self.clock.sleep_until(at) => {}
+                }
+            }
+        }
+    }
+
+    /// Puts the noted emails in the store's outbox; false if the store could not take them
+    /// all (they wait in memory for the next turn).
+    async fn store_pending(&self) -> bool {
+        loop {
+            let Some(email) = self.state.lock().expect("mailer lock").pending.front().cloned() else { return true };
+            match self.store.queue_alert_email(email, APP_QUEUED_MAX, OUTBOX_MAX).await {
+                Ok(pushed_out) => {
+                    self.state.lock().expect("mailer lock").pending.pop_front();
+                    if pushed_out > 0 {
+                        metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(pushed_out);
                     }
                 }
-                None => notified.await,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not put an alert email in the outbox; trying again");
+                    return false;
+                }
             }
         }
     }
 
     /// Sends one email; a failure puts it back with a backoff (1 s, 2 s, … 5 min), unless
-    /// the server refused it for good.
-    async fn send(&self, mut email: Email) {
-        let message = lettre::Message::builder()
-            .from(self.from.clone())
-            .to(match email.to.parse() {
-                Ok(to) => to,
-                Err(e) => {
-                    tracing::warn!(error = %e, "an alert address cannot be used; email dropped");
-                    metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(1);
-                    return;
-                }
-            })
-            .subject(email.subject.clone())
-            .header(lettre::message::header::ContentType::TEXT_PLAIN)
-            .body(email.body.clone());
-        let sent = match message {
+    /// the server refused it for good. Returns when it is to be tried again.
+    async fn send(&self, email: AlertEmail) -> Option<UnixMs> {
+        let built = email.to.parse().map_err(|e: lettre::address::AddressError| e.to_string()).and_then(|to| {
+            lettre::Message::builder()
+                .from(self.from.clone())
+                .to(to)
+                .subject(email.subject.clone())
+                .header(lettre::message::header::ContentType::TEXT_PLAIN)
+                .body(email.body.clone())
+                .map_err(|e| e.to_string())
+        });
+        let sent = match built {
             Ok(message) => {
                 self.transport.send(message).await.map(|_| ()).map_err(|e| (refuses_address(&e), e.to_string()))
             }
-            Err(e) => Err((true, e.to_string())),
+            Err(e) => Err((true, e)),
         };
-        match sent {
+        let retry = match sent {
             Ok(()) => {
                 metrics::counter!(m::ALERT_EMAILS, "outcome" => "sent").increment(1);
+                None
             }
             // The address refused for good (no such mailbox): it would be refused at every
             // try, every 5 minutes, until pushed out of the outbox. A message that cannot be
-            // built never can be.
+            // built (an address that is not one) never can be.
             Err((true, e)) => {
                 tracing::warn!(error = %e, "the SMTP server refused an alert email for good; email dropped");
                 metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(1);
+                None
             }
             Err((false, e)) => {
-                email.tries += 1;
-                let wait = (1_000i64 << (email.tries - 1).min(9)).min(RETRY_MAX_MS);
-                tracing::warn!(error = %e, tries = email.tries, retry_in_ms = wait, "could not send an alert email");
+                let tries = email.tries + 1;
+                let wait = (1_000i64 << (tries - 1).min(9)).min(RETRY_MAX_MS);
+                tracing::warn!(error = %e, tries, retry_in_ms = wait, "could not send an alert email");
                 metrics::counter!(m::ALERT_EMAILS, "outcome" => "failed").increment(1);
-                email.not_before = self.clock.now_ms() + wait;
-                push(&mut self.state.lock().expect("mailer lock").outbox, email, Queued::Older);
+                Some((tries, self.clock.now_ms() + wait))
             }
+        };
+        // Not written (the store down): its hold ends, and it is tried again then.
+        if let Err(e) = self.store.alert_email_tried(&email.id, retry).await {
+            tracing::warn!(error = %e, "could not note an alert email's try; it is tried again later");
         }
+        retry.map(|(_, at)| at)
     }
 }
 
-/// Whether an email put in the outbox is newer than the ones waiting (a new one) or not
-/// (a failed one put back).
-#[derive(Clone, Copy, PartialEq)]
-enum Queued {
-    Newest,
-    Older,
+/// An email to queue now.
+fn new_email(app_id: &str, about: Option<String>, to: &str, subject: String, body: String, now: UnixMs) -> AlertEmail {
+    AlertEmail {
+        id: crate::new_id("eml", now),
+        app_id: app_id.to_owned(),
+        about,
+        to: to.to_owned(),
+        subject,
+        body,
+        tries: 0,
+        not_before: now,
+    }
+}
+
+/// Notes an email for the outbox; with the store down long, the oldest noted go (counted).
+fn pend(pending: &mut VecDeque<AlertEmail>, email: AlertEmail) {
+    if pending.len() >= PENDING_MAX {
+        pending.pop_front();
+        metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(1);
+    }
+    pending.push_back(email);
 }
 
 /// An endpoint's URL as an email shows it: without its query string and fragment, where
@@ -261,39 +302,9 @@ fn refuses_address(e: &lettre::transport::smtp::Error) -> bool {
     e.is_permanent() && e.status().map(u16::from).is_some_and(|code| matches!(code, 550 | 551 | 553))
 }
 
-/// Puts `email` in the outbox. An email about an endpoint's state takes the place of one
-/// waiting about the same endpoint, or gives way to it if that one is newer: its owner
-/// needs the latest state, and an endpoint disabled and enabled a hundred times a second
-/// (a script, or the dashboard's button) makes one email at a time, not a queue of them.
-/// Past [`APP_QUEUED_MAX`] an application's own oldest email goes, past [`OUTBOX_MAX`]
-/// the oldest of all.
-fn push(outbox: &mut VecDeque<Email>, email: Email, queued: Queued) {
-    let dropped = || metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(1);
-    if let Some(same) =
-        email.about.as_ref().and_then(|about| outbox.iter_mut().find(|e| e.about.as_ref() == Some(about)))
-    {
-        if queued == Queued::Newest {
-            *same = email;
-        }
-        dropped();
-        return;
-    }
-    let mut own = outbox.iter().enumerate().filter(|(_, e)| e.app_id == email.app_id);
-    if let Some((oldest, _)) = own.next() {
-        if own.count() + 1 >= APP_QUEUED_MAX {
-            outbox.remove(oldest);
-            dropped();
-        }
-    }
-    if outbox.len() >= OUTBOX_MAX {
-        outbox.pop_front();
-        dropped();
-    }
-    outbox.push_back(email);
-}
-
-fn change_email(to: &str, app: &str, endpoint: &str, url: &str, notice: &Notice) -> Email {
-    let (subject, body) = if notice.event_type == notices::ENDPOINT_DISABLED {
+/// The subject and body of an email about an endpoint's state.
+fn change_email(app: &str, endpoint: &str, url: &str, notice: &Notice) -> (String, String) {
+    if notice.event_type == notices::ENDPOINT_DISABLED {
         let how = match notice.data["trigger"].as_str() {
             Some("automatic") => "Hookline disabled it",
             _ => "It was disabled through the API",
@@ -315,11 +326,11 @@ fn change_email(to: &str, app: &str, endpoint: &str, url: &str, notice: &Notice)
             format!("[Hookline] Endpoint {endpoint} of {app} is enabled"),
             format!("The endpoint {endpoint} ({url}) of {app} is enabled again; deliveries to it resume.\n"),
         )
-    };
-    Email { to: to.to_owned(), subject, body, tries: 0, not_before: 0, app_id: String::new(), about: None }
+    }
 }
 
-fn digest_email(d: &Digest, since: UnixMs) -> Email {
+/// The subject and body of an endpoint's failure summary.
+fn digest_email(d: &Digest, since: UnixMs) -> (String, String) {
     let plural = |n: u64| if n == 1 { "message" } else { "messages" };
     let mut lines = Vec::new();
     if d.failing > 0 {
@@ -332,10 +343,9 @@ fn digest_email(d: &Digest, since: UnixMs) -> Email {
             plural(d.exhausted)
         ));
     }
-    Email {
-        to: d.to.clone(),
-        subject: format!("[Hookline] Deliveries to endpoint {} of {} are failing", d.endpoint, d.app),
-        body: format!(
+    (
+        format!("[Hookline] Deliveries to endpoint {} of {} are failing", d.endpoint, d.app),
+        format!(
             "Deliveries to the endpoint {} ({}) of {} are failing. Since {}:\n{}\n\n\
              The attempts log shows each response: GET /api/v1/app/{{app}}/attempt/endpoint/{{endpoint}}.\n\
              This is at most one summary per endpoint per window; the next one counts what happens from now on.\n",
@@ -345,28 +355,12 @@ fn digest_email(d: &Digest, since: UnixMs) -> Email {
             timestamp(since),
             lines.join("\n")
         ),
-        tries: 0,
-        not_before: 0,
-        app_id: d.app_id.clone(),
-        about: None,
-    }
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn email(app: &str, about: Option<&str>, subject: &str) -> Email {
-        Email {
-            to: "ops@example.com".into(),
-            subject: subject.into(),
-            body: String::new(),
-            tries: 0,
-            not_before: 0,
-            app_id: app.into(),
-            about: about.map(str::to_owned),
-        }
-    }
 
     /// A token in an endpoint's query string never reaches an email.
     #[test]
@@ -374,29 +368,5 @@ mod tests {
         assert_eq!(shown_url("https://shop.example/hooks?token=s3cret#x"), "https://shop.example/hooks?…");
         assert_eq!(shown_url("https://shop.example/hooks#s3cret"), "https://shop.example/hooks?…");
         assert_eq!(shown_url("https://shop.example/hooks"), "https://shop.example/hooks");
-    }
-
-    /// An endpoint flapping fills no queue: its newest state waits alone. One application's
-    /// burst of emails about many endpoints never pushes out another's.
-    #[test]
-    fn one_tenant_cannot_flood_the_outbox() {
-        let mut outbox = VecDeque::new();
-        push(&mut outbox, email("app_b", Some("ep_b"), "b disabled"), Queued::Newest);
-        for n in 0..1_000 {
-            let state = if n % 2 == 0 { "disabled" } else { "enabled" };
-            push(&mut outbox, email("app_a", Some("ep_a"), &format!("a {state} {n}")), Queued::Newest);
-        }
-        assert_eq!(outbox.len(), 2);
-        assert_eq!(outbox[1].subject, "a enabled 999", "the newest state");
-        // A failed send put back gives way to a newer one waiting.
-        push(&mut outbox, email("app_a", Some("ep_a"), "a disabled (retried)"), Queued::Older);
-        assert_eq!(outbox[1].subject, "a enabled 999");
-
-        for n in 0..OUTBOX_MAX * 2 {
-            push(&mut outbox, email("app_a", Some(&format!("ep_{n}")), "a's many"), Queued::Newest);
-        }
-        let own = outbox.iter().filter(|e| e.app_id == "app_a").count();
-        assert_eq!(own, APP_QUEUED_MAX, "one application holds at most its share");
-        assert!(outbox.iter().any(|e| e.subject == "b disabled"), "another application's alert is kept");
     }
 }

@@ -139,7 +139,7 @@ pub async fn run(
         config.cluster.clone(),
         addresses.clone(),
         options.jitter_seed,
-        alerts::Mailer::new(&config.alerts, clock.clone()).map_err(ServerError::Config)?,
+        alerts::Mailer::new(&config.alerts, store.clone(), clock.clone()).map_err(ServerError::Config)?,
     );
     let engine = match options.delivery_runtime {
         // Started there, the engine's tasks (its scheduler, every delivery) live there.

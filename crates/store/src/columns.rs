@@ -67,6 +67,33 @@ pub fn update_endpoint_sql(p: fn(usize) -> String) -> String {
     )
 }
 
+/// The alert emails' outbox (both backends).
+pub const ALERT_EMAILS_TABLE: &str = "
+-- Alert emails waiting to be sent (see Store::queue_alert_email): durable, so that a
+-- restart loses none, and shared, so that one node sends each.
+CREATE TABLE alert_emails (
+    id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    about TEXT,
+    to_addr TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    body TEXT NOT NULL,
+    tries INTEGER NOT NULL,
+    not_before BIGINT NOT NULL
+);
+CREATE INDEX alert_emails_due ON alert_emails (not_before, id);
+CREATE INDEX alert_emails_about ON alert_emails (about) WHERE about IS NOT NULL;
+CREATE INDEX alert_emails_of_app ON alert_emails (app_id, id);
+";
+
+/// Pushes an application's oldest alert emails out past `$2` waiting.
+pub const ALERT_EMAILS_OF_APP_OVER: &str = "DELETE FROM alert_emails WHERE app_id = $1 AND id NOT IN \
+     (SELECT id FROM alert_emails WHERE app_id = $1 ORDER BY id DESC LIMIT $2)";
+
+/// Pushes the oldest alert emails out past `$1` waiting.
+pub const ALERT_EMAILS_OVER: &str =
+    "DELETE FROM alert_emails WHERE id NOT IN (SELECT id FROM alert_emails ORDER BY id DESC LIMIT $1)";
+
 pub const MESSAGE_COLUMNS: &str = "id, app_id, event_id, event_type, payload, channels, tags, callback_url, \
      deliver_at, source_id, headers, retain_until, created_at, ordering_key";
 

@@ -149,6 +149,7 @@ pub async fn run_all(store: &dyn Store) {
     a_fan_out_is_read_attempted_and_taken_over_delivery_by_delivery(store).await;
     a_lane_behind_defers_its_due_work(store).await;
     stray_claims_are_listed_and_freed(store).await;
+    alert_emails_wait_durably_one_per_endpoint_state(store).await;
 }
 
 /// Every open delivery claimable now (claims them for `node`).
@@ -1370,4 +1371,69 @@ async fn a_lane_behind_defers_its_due_work(store: &dyn Store) {
     let canceled = store.get_delivery(&last.message.id, &id_of(&last)).await.unwrap();
     assert_eq!(canceled.state, DeliveryState::Canceled, "a deleted endpoint's deferred delivery is canceled");
     assert!(store.claim_deferred(node, lane, now + 50, 10).await.unwrap().is_empty());
+}
+
+/// The alert outbox: an endpoint flapping fills no queue (its newest state waits alone);
+/// one application's burst never pushes out another's; a taken email is held from other
+/// takers, and comes back when its try fails or its taker is gone.
+async fn alert_emails_wait_durably_one_per_endpoint_state(store: &dyn Store) {
+    let t = 90_000_000;
+    let email = |app: &str, about: Option<&str>, subject: &str, now: UnixMs| AlertEmail {
+        id: id("eml", now),
+        app_id: app.into(),
+        about: about.map(str::to_owned),
+        to: "ops@merchant.example".into(),
+        subject: subject.into(),
+        body: "body".into(),
+        tries: 0,
+        not_before: now,
+    };
+    let subjects = |emails: &[AlertEmail]| emails.iter().map(|e| e.subject.clone()).collect::<Vec<_>>();
+    assert_eq!(store.queue_alert_email(email("app_b", Some("ep_b"), "b disabled", t), 3, 10).await.unwrap(), 0);
+    for n in 0..5 {
+        let state = if n % 2 == 0 { "disabled" } else { "enabled" };
+        let queued = email("app_a", Some("ep_a"), &format!("a {state} {n}"), t + 1 + n);
+        assert_eq!(store.queue_alert_email(queued, 3, 10).await.unwrap(), 0, "a replaced one is not pushed out");
+    }
+    // Taken, oldest first, and held from the next take.
+    let taken = store.take_alert_emails(t + 10, 60_000, 10).await.unwrap();
+    assert_eq!(subjects(&taken), ["b disabled", "a disabled 4"], "the newest state of each endpoint");
+    assert!(store.take_alert_emails(t + 11, 60_000, 10).await.unwrap().is_empty(), "held while being sent");
+    // Sent: gone. Failed: back at its time, with its tries.
+    store.alert_email_tried(&taken[0].id, None).await.unwrap();
+    store.alert_email_tried(&taken[1].id, Some((1, t + 1_000))).await.unwrap();
+    assert!(store.take_alert_emails(t + 999, 60_000, 10).await.unwrap().is_empty());
+    let again = store.take_alert_emails(t + 1_000, 60_000, 10).await.unwrap();
+    assert_eq!((subjects(&again), again[0].tries), (vec!["a disabled 4".to_owned()], 1));
+    // A newer state queued while one is being sent replaces it: the try that failed puts
+    // nothing back.
+    store.queue_alert_email(email("app_a", Some("ep_a"), "a enabled 5", t + 1_001), 3, 10).await.unwrap();
+    store.alert_email_tried(&again[0].id, Some((2, t + 3_000))).await.unwrap();
+    let newest = store.take_alert_emails(t + 1_002, 60_000, 10).await.unwrap();
+    assert_eq!(subjects(&newest), ["a enabled 5"]);
+    // Its taker gone without a word, it is due again when the hold ends.
+    assert_eq!(subjects(&store.take_alert_emails(t + 61_002, 60_000, 10).await.unwrap()), ["a enabled 5"]);
+    store.alert_email_tried(&newest[0].id, None).await.unwrap();
+
+    // Past its share an application's oldest go; past the whole outbox's, the oldest of all.
+    store.queue_alert_email(email("app_b", None, "b digest", t + 2_000), 3, 10).await.unwrap();
+    let mut pushed = 0;
+    for n in 0..5 {
+        pushed += store
+            .queue_alert_email(email("app_a", None, &format!("a digest {n}"), t + 2_001 + n), 3, 10)
+            .await
+            .unwrap();
+    }
+    assert_eq!(pushed, 2);
+    let waiting = store.take_alert_emails(t + 200_000, 60_000, 100).await.unwrap();
+    assert_eq!(subjects(&waiting), ["b digest", "a digest 2", "a digest 3", "a digest 4"]);
+    for n in 0..10 {
+        store.queue_alert_email(email(&format!("app_{n}"), None, "many", t + 3_000 + n), 3, 10).await.unwrap();
+    }
+    let waiting = store.take_alert_emails(t + 300_000, 60_000, 100).await.unwrap();
+    assert_eq!(waiting.len(), 10, "the whole outbox holds at most its size");
+    assert!(waiting.iter().all(|e| e.subject == "many"), "the oldest went first");
+    for e in waiting {
+        store.alert_email_tried(&e.id, None).await.unwrap();
+    }
 }

@@ -254,6 +254,18 @@ pub trait Store: Send + Sync + 'static {
     /// Uses a sign-in link up: deletes it and returns it, in one statement, so a link signs
     /// in once whichever node is asked; `None` when it is unknown, used or expired.
     async fn take_link(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>>;
+    /// Puts an alert email in the outbox, durable: one about an endpoint's state replaces
+    /// any still waiting about that endpoint (its owner needs the latest state; an endpoint
+    /// toggled a hundred times makes one email). Past `app_max` waiting, the application's
+    /// oldest go; past `all_max`, the oldest of all. Returns how many were pushed out.
+    async fn queue_alert_email(&self, email: AlertEmail, app_max: usize, all_max: usize) -> StoreResult<u64>;
+    /// Takes up to `limit` alert emails due at `now` to send, oldest first, each held (not
+    /// due) for `hold_ms`: another node, or this one after a restart, tries it again only
+    /// after that. Two nodes never take the same email at once.
+    async fn take_alert_emails(&self, now: UnixMs, hold_ms: u64, limit: usize) -> StoreResult<Vec<AlertEmail>>;
+    /// Ends a try of an alert email: `None` (sent, or dropped for good) removes it,
+    /// `Some((tries, at))` puts it back for `at`. One replaced meanwhile is gone already.
+    async fn alert_email_tried(&self, id: &str, retry: Option<(u32, UnixMs)>) -> StoreResult<()>;
     /// Ends a session (sign-out); unknown ids are not an error.
     async fn delete_session(&self, id: [u8; 32]) -> StoreResult<()>;
     /// Forgets sessions and links that expired before `now`; returns how many.

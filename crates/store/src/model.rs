@@ -393,6 +393,25 @@ pub enum PublishOutcome {
     DuplicateOfPurged(String),
 }
 
+/// An alert email waiting in the outbox (see `Store::queue_alert_email`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertEmail {
+    /// Time-ordered, as every id.
+    pub id: String,
+    /// The application it is about.
+    pub app_id: String,
+    /// For an email about an endpoint's state (disabled, enabled): the endpoint. A newer
+    /// one replaces it while it waits.
+    pub about: Option<String>,
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+    /// Sends tried and failed so far.
+    pub tries: u32,
+    /// When it may be tried (again).
+    pub not_before: UnixMs,
+}
+
 /// Cursor pagination by id (ids sort by creation time).
 #[derive(Clone, Debug, Default)]
 pub struct Page {

@@ -4,6 +4,7 @@
 //! advisory lock, and a dedicated `LISTEN` connection that turns other nodes'
 //! notifications into [`Change`]s.
 
+mod alerts;
 mod attempts;
 mod listen;
 mod publishes;
@@ -619,6 +620,15 @@ impl Store for PgStore {
         on_conn!(self, |c| async {
             resources::run(&c, "DELETE FROM dashboard_sessions WHERE id = $1", &[&&id[..]]).await.map(|_| ())
         })
+    }
+    async fn queue_alert_email(&self, email: AlertEmail, app_max: usize, all_max: usize) -> StoreResult<u64> {
+        in_tx!(self, |tx| alerts::queue(&tx, &email, app_max, all_max))
+    }
+    async fn take_alert_emails(&self, now: UnixMs, hold_ms: u64, limit: usize) -> StoreResult<Vec<AlertEmail>> {
+        on_conn!(self, |c| alerts::take(&c, now, hold_ms, limit))
+    }
+    async fn alert_email_tried(&self, id: &str, retry: Option<(u32, UnixMs)>) -> StoreResult<()> {
+        on_conn!(self, |c| alerts::tried(&c, id, retry))
     }
     async fn purge_sessions(&self, now: UnixMs) -> StoreResult<usize> {
         on_conn!(self, |c| async {

@@ -222,6 +222,7 @@ CREATE INDEX endpoints_failing ON endpoints (fail_since) WHERE fail_since IS NOT
 CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''), next_at) WHERE state = 7;
 "#,
     crate::columns::CLOSE_ORPHANED_DELIVERIES,
+    crate::columns::ALERT_EMAILS_TABLE,
 ];
 
 /// Applies every migration the database lacks, one node at a time; returns the version

@@ -2,6 +2,7 @@
 //! every write it finds waiting into one transaction (group commit), and a small pool of
 //! read connections.
 
+mod alerts;
 mod fanout;
 mod queue;
 mod resources;
@@ -754,6 +755,16 @@ impl Store for SqliteStore {
             c.execute("DELETE FROM dashboard_sessions WHERE id = ?1", [&id[..]]).map_err(sql_error).map(|_| ())
         })
         .await
+    }
+    async fn queue_alert_email(&self, email: AlertEmail, app_max: usize, all_max: usize) -> StoreResult<u64> {
+        self.write(move |c| alerts::queue(c, &email, app_max, all_max)).await
+    }
+    async fn take_alert_emails(&self, now: UnixMs, hold_ms: u64, limit: usize) -> StoreResult<Vec<AlertEmail>> {
+        self.write_in(Lane::Background, move |c| alerts::take(c, now, hold_ms, limit)).await
+    }
+    async fn alert_email_tried(&self, id: &str, retry: Option<(u32, UnixMs)>) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write_in(Lane::Background, move |c| alerts::tried(c, &id, retry)).await
     }
     async fn purge_sessions(&self, now: UnixMs) -> StoreResult<usize> {
         self.write(move |c| {

@@ -283,6 +283,7 @@ CREATE TABLE fanouts (
 CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''), next_at) WHERE state = 7;
 "#,
     crate::columns::CLOSE_ORPHANED_DELIVERIES,
+    crate::columns::ALERT_EMAILS_TABLE,
 ];
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
