@@ -2,7 +2,7 @@
 
 use super::hash_token;
 use super::route::{tagged, Route};
-use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
+use super::{listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{
     timestamp, AppPortalAccessIn, AppPortalAccessOut, AppTokenExpireIn, ApplicationIn, ApplicationOut,
@@ -130,10 +130,11 @@ pub fn new_secret() -> Secret {
     Secret::from_key(rand::random::<[u8; SECRET_BYTES_GENERATED]>())
 }
 
-pub fn check(input: &ApplicationIn) -> ApiResult<()> {
+/// Checks an application as it would be saved, over the uid `stored` (if it replaces one).
+pub fn check(input: &ApplicationIn, stored: Option<&Option<String>>) -> ApiResult<()> {
     super::check_rate(input.throttle_rate)?;
     super::check_text("name", &input.name, Text::Prose, 1, NAME_CHARS_MAX)?;
-    check_uid(&input.uid, prefix::APP)?;
+    super::check_uid_kept(&input.uid, stored, prefix::APP)?;
     if input.uid.as_deref() == Some(OPERATIONAL_APP_ID) {
         return Err(ApiError::field("uid", "this uid is reserved"));
     }
@@ -148,7 +149,7 @@ pub fn check(input: &ApplicationIn) -> ApiResult<()> {
 
 /// Creates an application from `input`; shared with message creation's inline `application`.
 pub async fn create_app(state: &AppState, input: ApplicationIn) -> ApiResult<App> {
-    check(&input)?;
+    check(&input, None)?;
     let now = state.now();
     let app = App {
         id: state.new_id(prefix::APP),
@@ -170,7 +171,7 @@ async fn create(
     QueryParams(query): QueryParams<ListQuery>,
     JsonBody(input): JsonBody<ApplicationIn>,
 ) -> ApiResult<(StatusCode, Json<ApplicationOut>)> {
-    check(&input)?;
+    check(&input, None)?;
     if query.get_if_exists == Some(true) {
         if let Some(uid) = &input.uid {
             match state.store.get_app(uid).await {
@@ -217,14 +218,15 @@ async fn replace(
     PathParams(app_id): PathParams<String>,
     JsonBody(mut input): JsonBody<ApplicationIn>,
 ) -> ApiResult<(StatusCode, Json<ApplicationOut>)> {
-    check(&input)?;
     let mut app = match find(&state, &app_id).await {
         Err(ApiError::NotFound(_)) if !has_prefix(&app_id, prefix::APP) => {
+            check(&input, None)?;
             input.uid = Some(app_id);
             return Ok((StatusCode::CREATED, Json(views::app(create_app(&state, input).await?))));
         }
         other => other?,
     };
+    check(&input, Some(&app.uid))?;
     app.name = input.name;
     app.uid = input.uid;
     app.throttle_rate = input.throttle_rate;
@@ -241,6 +243,7 @@ async fn patch(
     JsonBody(input): JsonBody<ApplicationPatch>,
 ) -> ApiResult<Json<ApplicationOut>> {
     let mut app = find(&state, &app_id).await?;
+    let stored_uid = app.uid.clone();
     if let Some(name) = input.name {
         app.name = name;
     }
@@ -267,7 +270,7 @@ async fn patch(
         retry_policy: app.retry_policy.clone(),
         alert_email: app.alert_email.clone(),
     };
-    check(&as_input)?;
+    check(&as_input, Some(&stored_uid))?;
     app.updated_at = state.now();
     save(&state, app).await
 }

@@ -2,9 +2,7 @@
 
 use super::apps::{find as find_app, new_secret};
 use super::route::{tagged, Route};
-use super::{
-    check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, Principal, QueryParams, Shared, Text,
-};
+use super::{listed, query, views, AppState, JsonBody, ListQuery, PathParams, Principal, QueryParams, Shared, Text};
 use crate::dispatch::notices::{self, Notice};
 use crate::error::{ApiError, ApiResult};
 use crate::wire::*;
@@ -161,13 +159,15 @@ fn check_headers(headers: &BTreeMap<String, String>) -> ApiResult<()> {
     Ok(())
 }
 
-/// Checks an endpoint as it would be saved.
-fn check(state: &AppState, e: &Endpoint, url_changed: bool) -> ApiResult<()> {
-    if url_changed {
+/// Checks an endpoint as it would be saved over `stored` (if it replaces one). Its URL and
+/// uid are checked when new: one stored under older rules stays as it is through other
+/// changes (disabling it, say).
+fn check(state: &AppState, e: &Endpoint, stored: Option<&Endpoint>) -> ApiResult<()> {
+    if stored.is_none_or(|s| s.url != e.url) {
         check_url(&e.url, &state.addresses).map_err(|err| ApiError::field("url", err.to_string()))?;
     }
     super::check_rate(e.throttle_rate)?;
-    check_uid(&e.uid, prefix::ENDPOINT)?;
+    super::check_uid_kept(&e.uid, stored.map(|s| &s.uid), prefix::ENDPOINT)?;
     check_list("eventTypes", &e.event_types)?;
     check_list("channels", &e.channels)?;
     check_headers(&e.headers)?;
@@ -240,7 +240,7 @@ pub async fn create_endpoint(state: &AppState, app: &App, input: EndpointIn) -> 
         updated_at: now,
         fail_since: None,
     };
-    check(state, &endpoint, true)?;
+    check(state, &endpoint, None)?;
     let created = state.store.create_endpoint(endpoint).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&app.id);
     state.engine.notify(app, Notice::endpoint(notices::ENDPOINT_CREATED, app, &created)).await;
@@ -299,7 +299,7 @@ pub async fn edit(
         let read = find_in(state, app, key).await?;
         let mut endpoint = read.clone();
         change(&mut endpoint)?;
-        check(state, &endpoint, endpoint.url != read.url)?;
+        check(state, &endpoint, Some(&read))?;
         // Later than the read even within its millisecond (a manual clock's tests too).
         endpoint.updated_at = state.now().max(read.updated_at + 1);
         let written = state.store.update_endpoint(endpoint, &read).await.map_err(ApiError::from_store("endpoint"))?;

@@ -5,7 +5,7 @@
 
 use super::apps::find as find_app;
 use super::route::{tagged, Route};
-use super::{check_uid, listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
+use super::{listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
 use crate::error::{ApiError, ApiResult};
 use crate::ingest;
 use crate::metrics as m;
@@ -156,9 +156,10 @@ fn view(state: &AppState, s: Source) -> SourceOut {
     }
 }
 
-fn check(source: &Source) -> ApiResult<()> {
+/// Checks a source as it would be saved, over the uid `stored` (if it replaces one).
+fn check(source: &Source, stored: Option<&Option<String>>) -> ApiResult<()> {
     super::check_text("name", &source.name, Text::Prose, 1, NAME_CHARS_MAX)?;
-    check_uid(&source.uid, prefix::SOURCE)?;
+    super::check_uid_kept(&source.uid, stored, prefix::SOURCE)?;
     if let Some(types) = &source.event_types {
         if types.is_empty() || types.iter().any(|t| t.is_empty() || t.chars().count() > NAME_CHARS_MAX) {
             return Err(ApiError::field("eventTypes", "eventTypes must hold 1 or more names of 1 to 256 bytes"));
@@ -204,7 +205,7 @@ async fn create(state: Shared, JsonBody(input): JsonBody<SourceIn>) -> ApiResult
         updated_at: now,
         api_key: input.api_key,
     };
-    check(&source)?;
+    check(&source, None)?;
     let created = state.store.create_source(source).await.map_err(ApiError::from_store("source"))?;
     state.engine.catalog.invalidate_sources();
     Ok((StatusCode::CREATED, Json(view(&state, created))))
@@ -223,8 +224,9 @@ async fn read(state: Shared, PathParams(key): PathParams<String>) -> ApiResult<J
     Ok(Json(view(&state, find(&state, &key).await?)))
 }
 
-async fn save(state: &AppState, mut source: Source) -> ApiResult<Json<SourceOut>> {
-    check(&source)?;
+/// Saves a changed source; `stored_uid` is its uid before the change.
+async fn save(state: &AppState, mut source: Source, stored_uid: Option<String>) -> ApiResult<Json<SourceOut>> {
+    check(&source, Some(&stored_uid))?;
     source.updated_at = state.now();
     let saved = state.store.update_source(source).await.map_err(ApiError::from_store("source"))?;
     state.engine.catalog.invalidate_sources();
@@ -237,6 +239,7 @@ async fn replace(
     JsonBody(input): JsonBody<SourceIn>,
 ) -> ApiResult<Json<SourceOut>> {
     let mut source = find(&state, &key).await?;
+    let stored_uid = source.uid.clone();
     source.app_id = find_app(&state, &input.app_id).await?.id;
     source.name = input.name;
     source.uid = input.uid;
@@ -245,7 +248,7 @@ async fn replace(
     source.event_types = input.event_types;
     source.config = input.config.unwrap_or_default();
     source.api_key = input.api_key;
-    save(&state, source).await
+    save(&state, source, stored_uid).await
 }
 
 async fn patch(
@@ -254,6 +257,7 @@ async fn patch(
     JsonBody(input): JsonBody<SourcePatch>,
 ) -> ApiResult<Json<SourceOut>> {
     let mut source = find(&state, &key).await?;
+    let stored_uid = source.uid.clone();
     if let Some(app_id) = input.app_id {
         source.app_id = find_app(&state, &app_id).await?.id;
     }
@@ -278,7 +282,7 @@ async fn patch(
     if let Some(config) = input.config {
         source.config = config;
     }
-    save(&state, source).await
+    save(&state, source, stored_uid).await
 }
 
 async fn remove(state: Shared, PathParams(key): PathParams<String>) -> ApiResult<StatusCode> {

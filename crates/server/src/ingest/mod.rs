@@ -33,7 +33,7 @@ pub fn check(input: &MessageIn) -> ApiResult<()> {
     }
     // Checked whether or not it is needed: an inline application that exists is not used.
     if let Some(app) = &input.application {
-        crate::api::apps::check(app)?;
+        crate::api::apps::check(app, None)?;
     }
     if !input.payload.get().trim_start().starts_with('{') {
         return Err(ApiError::field("payload", "payload must be a JSON object"));

@@ -928,6 +928,45 @@ async fn a_uid_never_takes_the_form_of_an_id() {
     gw.stop().await;
 }
 
+/// A uid stored before uids could not take an id's form stays valid through every later
+/// change that keeps it (any edit of such an endpoint, its secret's rotation included, was
+/// a 422); a change to another uid in an id's form is still refused.
+#[tokio::test]
+async fn a_uid_stored_in_the_form_of_an_id_is_kept_through_edits() {
+    let gw = start_gateway(dev_config()).await;
+    let app = gw.app("legacy").await;
+    let endpoint = gw.endpoint(&app, json!({"url": "https://a.example/"})).await["id"].as_str().unwrap().to_owned();
+    let (_, source) = gw
+        .call(
+            "POST",
+            "/api/v1/source",
+            Some(json!({"name": "s", "preset": "stripe", "secrets": ["whsec_x"], "appId": app})),
+        )
+        .await;
+    let source = source["id"].as_str().unwrap().to_owned();
+    let legacy = |kind: &str| format!("{kind}_{}", "L".repeat(22));
+    gw.behind_its_back(&format!("UPDATE apps SET uid = '{}' WHERE id = $1", legacy("app")), &app).await;
+    gw.behind_its_back(&format!("UPDATE endpoints SET uid = '{}' WHERE id = $1", legacy("ep")), &endpoint).await;
+    gw.behind_its_back(&format!("UPDATE sources SET uid = '{}' WHERE id = $1", legacy("src")), &source).await;
+    let ep = format!("/api/v1/app/{app}/endpoint/{endpoint}");
+    let kept = [
+        ("PATCH", format!("/api/v1/app/{app}"), json!({"name": "renamed"})),
+        ("PUT", format!("/api/v1/app/{app}"), json!({"name": "renamed", "uid": legacy("app")})),
+        ("PATCH", ep.clone(), json!({"description": "kept"})),
+        ("PUT", ep.clone(), json!({"url": "https://a.example/", "uid": legacy("ep")})),
+        ("POST", format!("{ep}/secret/rotate"), json!({})),
+        ("PATCH", format!("/api/v1/source/{source}"), json!({"name": "renamed"})),
+    ];
+    for (method, path, body) in kept {
+        let (status, answer) = gw.call(method, &path, Some(body.clone())).await;
+        assert!(status < 300, "{method} {path} {body}: {status} {answer}");
+    }
+    assert_eq!(gw.ok("GET", &ep, None).await["uid"], legacy("ep"));
+    let (status, _) = gw.call("PATCH", &ep, Some(json!({"uid": format!("ep_{}", "M".repeat(22))}))).await;
+    assert_eq!(status, 422, "a new uid in an id's form is refused");
+    gw.stop().await;
+}
+
 /// A source's secrets are never shown: only the last 4 characters of one long enough that
 /// they give little away (a short secret shows nothing).
 #[tokio::test]

@@ -206,20 +206,26 @@ impl Gateway {
     /// Deletes the row `id` of `table` behind the gateway's back, as a write on another
     /// node that raced this one's can leave the database.
     pub async fn forget(&self, table: &str, id: &str) {
+        self.behind_its_back(&format!("DELETE FROM {table} WHERE id = $1"), id).await;
+    }
+
+    /// Runs `sql` (one text parameter, `$1`: `id`) on the gateway's database behind its
+    /// back; it must change one row.
+    pub async fn behind_its_back(&self, sql: &str, id: &str) {
         let dir = self.dir.path();
-        let deleted = match std::fs::read_to_string(dir.join("postgres-url")) {
+        let changed = match std::fs::read_to_string(dir.join("postgres-url")) {
             Ok(url) => {
                 let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
                 tokio::spawn(connection);
-                client.execute(&format!("DELETE FROM {table} WHERE id = $1"), &[&id]).await.unwrap()
+                client.execute(sql, &[&id]).await.unwrap()
             }
             Err(_) => {
                 let connection = rusqlite::Connection::open(dir.join("hookline.db")).unwrap();
                 connection.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
-                connection.execute(&format!("DELETE FROM {table} WHERE id = ?1"), [id]).unwrap() as u64
+                connection.execute(&sql.replace("$1", "?1"), [id]).unwrap() as u64
             }
         };
-        assert_eq!(deleted, 1, "{table} {id}");
+        assert_eq!(changed, 1, "{sql} {id}");
     }
 }
 
