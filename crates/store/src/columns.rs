@@ -67,6 +67,12 @@ pub fn update_endpoint_sql(p: fn(usize) -> String) -> String {
     )
 }
 
+/// The lanes with deliveries waiting and none open, as `(endpoint_id, order_key)`: the
+/// ones a sweep of every lane can move on (the others move when their open one closes).
+pub const STALLED_LANES: &str = "SELECT DISTINCT w.endpoint_id, w.order_key FROM deliveries w WHERE w.state = 6 \
+     AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.endpoint_id = w.endpoint_id \
+         AND o.order_key = w.order_key AND o.order_key IS NOT NULL AND o.state IN (1, 3))";
+
 /// The alert emails' outbox (both backends).
 pub const ALERT_EMAILS_TABLE: &str = "
 -- Alert emails waiting to be sent (see Store::queue_alert_email): durable, so that a

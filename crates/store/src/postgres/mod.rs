@@ -466,7 +466,7 @@ impl Store for PgStore {
     async fn promote_lanes(&self, lanes: Option<Vec<(String, String)>>, now: UnixMs) -> StoreResult<usize> {
         let lanes = match lanes {
             Some(lanes) => lanes,
-            None => on_conn!(self, |c| queue::waiting_lanes(&c))?,
+            None => on_conn!(self, |c| queue::stalled_lanes(&c))?,
         };
         self.promote_each(lanes, now).await
     }

@@ -409,12 +409,10 @@ pub async fn promote_lane(c: &impl GenericClient, endpoint_id: &str, key: &str, 
     Ok(run(c, sql, &[&endpoint_id, &key, &now]).await? == 1)
 }
 
-/// Every lane with waiting deliveries, as `(endpoint_id, key)`.
-pub async fn waiting_lanes(c: &impl GenericClient) -> StoreResult<Vec<(String, String)>> {
-    let found = c
-        .query("SELECT DISTINCT endpoint_id, order_key FROM deliveries WHERE state = 6", &[])
-        .await
-        .map_err(pg_error)?;
+/// Every lane with deliveries waiting and none open (`columns::STALLED_LANES`): a sweep
+/// promotes those alone, each in a transaction of its own.
+pub async fn stalled_lanes(c: &impl GenericClient) -> StoreResult<Vec<(String, String)>> {
+    let found = c.query(crate::columns::STALLED_LANES, &[]).await.map_err(pg_error)?;
     found.iter().map(|r| Ok((r.try_get(0).map_err(pg_error)?, r.try_get(1).map_err(pg_error)?))).collect()
 }
 

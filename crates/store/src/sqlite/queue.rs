@@ -552,15 +552,13 @@ pub fn promote_lane(conn: &Connection, endpoint_id: &str, key: &str, now: i64) -
     Ok(promoted == 1)
 }
 
-/// Promotes the head of each lane given, or of every lane with waiting deliveries.
+/// Promotes the head of each lane given, or of every stalled lane (`columns::STALLED_LANES`).
 pub fn promote_lanes(conn: &Connection, lanes: Option<&[(String, String)]>, now: i64) -> StoreResult<usize> {
     let all;
     let lanes = match lanes {
         Some(lanes) => lanes,
         None => {
-            let mut statement = conn
-                .prepare_cached("SELECT DISTINCT endpoint_id, order_key FROM deliveries WHERE state = 6")
-                .map_err(sql_error)?;
+            let mut statement = conn.prepare_cached(crate::columns::STALLED_LANES).map_err(sql_error)?;
             let found = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(sql_error)?;
             all = found.collect::<rusqlite::Result<Vec<(String, String)>>>().map_err(sql_error)?;
             &all[..]
