@@ -92,6 +92,44 @@ async fn a_lane_moved_by_two_nodes_at_once_has_one_open_delivery() {
     assert!(doubled.is_empty(), "rounds leaving a lane two open deliveries: {doubled:?}");
 }
 
+/// An operator's skip of a lane's first waiting delivery, racing the promotion another
+/// node makes after the head's success, neither deadlocks (the skip locked the row, then
+/// waited for the lane, while the promotion held the lane and waited for the row: one of
+/// them was aborted) nor leaves the lane two open deliveries or none.
+#[tokio::test]
+async fn a_skip_racing_a_promotion_of_its_lane_does_not_deadlock() {
+    use DeliveryState::{Delivered, Pending, Sending};
+    let (url, a) = fresh().await;
+    let b = PgStore::open(&url, &KEY, options()).await.unwrap();
+    let app = a.create_app(conformance::app(1, None)).await.unwrap();
+    let ep = a.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
+    let node = a.register_node("a", 1_000, 1_000_000_000).await.unwrap().token;
+    for round in 0..100i64 {
+        let (key, t) = (format!("pay_{round}"), 10_000 + round * 100);
+        let [head, first, second] = [1, 2, 3].map(|n| conformance::ordered(&app.id, &ep.id, &key, t + n));
+        for p in [&head, &first, &second] {
+            a.publish(p.clone()).await.unwrap();
+        }
+        let claim = ClaimDue { token: node, horizon: t + 4, now: t + 4, window: 10, limit: 10, behind: Vec::new() };
+        assert!(a.claim_due(claim).await.unwrap().deliveries.iter().any(|d| d.msg_id == head.message.id));
+        a.record_attempt(conformance::attempt_record(&head, Delivered, t + 4, node)).await.unwrap();
+        let skip = a.skip_delivery(&app.id, &first.message.id, &ep.id, t + 5);
+        let lane = vec![(ep.id.clone(), key.clone())];
+        let promote = async {
+            let until = std::time::Instant::now() + Duration::from_micros(round as u64 * 20);
+            while std::time::Instant::now() < until {
+                tokio::task::yield_now().await;
+            }
+            b.promote_lanes(Some(lane), t + 5).await
+        };
+        let (skipped, promoted) = tokio::join!(skip, promote);
+        skipped.unwrap_or_else(|e| panic!("round {round}: the skip failed: {e}"));
+        promoted.unwrap_or_else(|e| panic!("round {round}: the promotion failed: {e}"));
+        let second_now = a.get_delivery(&second.message.id, &second.deliveries[0].id).await.unwrap();
+        assert!(matches!(second_now.state, Pending | Sending), "round {round}: {:?}", second_now.state);
+    }
+}
+
 #[tokio::test]
 async fn nodes_migrating_at_once_do_not_race() {
     let url = scratch::fresh_database().await.unwrap();

@@ -395,9 +395,10 @@ pub async fn recover(
 /// ahead of the rest: it keeps its place) promoting its delivery, and another node's
 /// promotion from a snapshot without it, each made a different delivery due: two open in
 /// one lane (`a_lane_moved_by_two_nodes_at_once_has_one_open_delivery`). A transaction
-/// holds at most one lane's lock, so lane locks never wait on each other in a cycle.
+/// holds at most one lane's lock, and takes it before it changes any of the lane's
+/// waiting rows (the rows a promotion updates): no cycle of lane and row locks.
 pub async fn promote_lane(c: &impl GenericClient, endpoint_id: &str, key: &str, now: i64) -> StoreResult<bool> {
-    run(c, "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))", &[&endpoint_id, &key]).await?;
+    lock_lane(c, endpoint_id, key).await?;
     let sql = "UPDATE deliveries SET state = 1, next_at = GREATEST(COALESCE(next_at, $3), $3), updated_at = $3, \
                claimed_by = NULL \
                WHERE state = 6 AND (msg_id, id) IN ( \
@@ -407,6 +408,12 @@ pub async fn promote_lane(c: &impl GenericClient, endpoint_id: &str, key: &str, 
                        AND o.order_key IS NOT NULL AND o.state IN (1, 3)) \
                    ORDER BY w.order_seq LIMIT 1)";
     Ok(run(c, sql, &[&endpoint_id, &key, &now]).await? == 1)
+}
+
+/// Takes the lane's lock until the transaction ends (taken again, it is held once more).
+async fn lock_lane(c: &impl GenericClient, endpoint_id: &str, key: &str) -> StoreResult<()> {
+    run(c, "SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))", &[&endpoint_id, &key]).await?;
+    Ok(())
 }
 
 /// Every lane with deliveries waiting and none open (`columns::STALLED_LANES`): a sweep
@@ -424,6 +431,15 @@ pub async fn skip(
     endpoint_id: &str,
     now: i64,
 ) -> StoreResult<Delivery> {
+    // The lane's lock before the row's: a promotion holding the lane's lock may be about to
+    // update this row if it waits (updated first, the skip waited for the lane's lock while
+    // the promotion waited for the row: a deadlock, one of them aborted).
+    let lane = "SELECT order_key FROM deliveries WHERE msg_id = $1 AND endpoint_id = $2 AND app_id = $3";
+    let order_key = |row: &tokio_postgres::Row| row.try_get::<_, Option<String>>(0).map_err(pg_error);
+    let key = absent(one(c, lane, &[&msg_id, &endpoint_id, &app_id], order_key).await)?.flatten();
+    if let Some(key) = &key {
+        lock_lane(c, endpoint_id, key).await?;
+    }
     let sql = format!(
         concat!(
             "UPDATE deliveries SET state = 5, next_at = NULL, claimed_by = NULL, updated_at = $4 \
