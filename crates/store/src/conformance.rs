@@ -986,7 +986,6 @@ async fn statistics_add_up_roll_up_and_expire(store: &dyn Store) {
     assert!(store.stats_of(StatScope::One(source), 0, UnixMs::MAX).await.unwrap().is_empty());
 }
 
-/// A publish to `ep` in the lane `key` (as the engine routes it: waiting).
 /// A delivery left with nowhere to go is closed and frees its ordering lane. A backend's
 /// own test passes `forget`, which deletes a row (`table`, `id`) behind the store's back,
 /// as a retention pass or deletion on another node that raced the write opening the
@@ -1035,7 +1034,7 @@ pub async fn stranded_deliveries_are_closed<F: AsyncFn(&'static str, &str)>(stor
     assert!(store.get_delivery(&orphan.message.id, &orphan.deliveries[0].id).await.is_err());
 }
 
-/// A publish of one message to `ep` under the ordering key `key`.
+/// A publish to `ep` in the lane `key` (as the engine routes it: waiting).
 pub fn ordered(app_id: &str, ep: &str, key: &str, now: UnixMs) -> Publish {
     let mut p = publish(app_id, &[ep], None, now);
     std::sync::Arc::get_mut(&mut p.message).unwrap().ordering_key = Some(key.into());
@@ -1416,7 +1415,9 @@ async fn alert_emails_wait_durably_one_per_endpoint_state(store: &dyn Store) {
     store.alert_email_tried(&newest[0].id, None).await.unwrap();
 
     // Past its share an application's oldest go; past the whole outbox's, the oldest of all.
-    store.queue_alert_email(email("app_b", None, "b digest", t + 2_000), 3, 10).await.unwrap();
+    let digest = email("app_b", None, "b digest", t + 2_000);
+    store.queue_alert_email(digest.clone(), 3, 10).await.unwrap();
+    store.queue_alert_email(digest, 3, 10).await.unwrap(); // put again: its answer was lost
     let mut pushed = 0;
     for n in 0..5 {
         pushed += store

@@ -257,7 +257,8 @@ pub trait Store: Send + Sync + 'static {
     /// Puts an alert email in the outbox, durable: one about an endpoint's state replaces
     /// any still waiting about that endpoint (its owner needs the latest state; an endpoint
     /// toggled a hundred times makes one email). Past `app_max` waiting, the application's
-    /// oldest go; past `all_max`, the oldest of all. Returns how many were pushed out.
+    /// oldest go; past `all_max`, the oldest of all. Returns how many were pushed out. Put
+    /// again (its first commit's answer lost), an email is stored once.
     async fn queue_alert_email(&self, email: AlertEmail, app_max: usize, all_max: usize) -> StoreResult<u64>;
     /// Takes up to `limit` alert emails due at `now` to send, oldest first, each held (not
     /// due) for `hold_ms`: another node, or this one after a restart, tries it again only

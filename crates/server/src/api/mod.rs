@@ -694,9 +694,6 @@ pub fn check_rate(rate: Option<u32>) -> ApiResult<()> {
     Ok(())
 }
 
-/// Checks a user-given `uid` of a resource whose ids start with `kind`: Svix allows letters,
-/// digits, `-`, `_` and `.`, up to 256; Hookline also refuses the form of an id of that kind
-/// (`wire::APP_UID_PATTERN` and its siblings), since a path's key names a resource by either.
 /// Checks a uid a change sets, unless it is the one stored: a uid stored before the rules
 /// of [`check_uid`] stays valid through later changes (one in an id's form could not be
 /// kept through any edit, a secret's rotation included).
@@ -707,6 +704,9 @@ pub fn check_uid_kept(uid: &Option<String>, stored: Option<&Option<String>>, kin
     }
 }
 
+/// Checks a user-given `uid` of a resource whose ids start with `kind`: Svix allows letters,
+/// digits, `-`, `_` and `.`, up to 256; Hookline also refuses the form of an id of that kind
+/// (`wire::APP_UID_PATTERN` and its siblings), since a path's key names a resource by either.
 pub fn check_uid(uid: &Option<String>, kind: &str) -> ApiResult<()> {
     let Some(uid) = uid else { return Ok(()) };
     check_name("uid", uid)?;

@@ -28,7 +28,9 @@ pub async fn queue(c: &impl GenericClient, e: &AlertEmail, app_max: usize, all_m
     let tries = e.tries as i32;
     run(
         c,
-        &format!("INSERT INTO alert_emails ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
+        &format!(
+            "INSERT INTO alert_emails ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (id) DO NOTHING"
+        ),
         &[&e.id, &e.app_id, &e.about, &e.to, &e.subject, &e.body, &tries, &e.not_before],
     )
     .await?;

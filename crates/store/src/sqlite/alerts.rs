@@ -24,7 +24,9 @@ pub fn queue(conn: &Connection, e: &AlertEmail, app_max: usize, all_max: usize) 
         conn.execute("DELETE FROM alert_emails WHERE about = ?1", [about]).map_err(sql_error)?;
     }
     conn.execute(
-        &format!("INSERT INTO alert_emails ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        &format!(
+            "INSERT INTO alert_emails ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT (id) DO NOTHING"
+        ),
         params![e.id, e.app_id, e.about, e.to, e.subject, e.body, e.tries, e.not_before],
     )
     .map_err(sql_error)?;
