@@ -36,45 +36,67 @@ async fn stranded_deliveries_are_closed() {
     conformance::stranded_deliveries_are_closed(&store, forget).await;
 }
 
+/// Two nodes on one database (`a` and `b`), an application's endpoint, and a lease of
+/// `a`'s; `deliver` claims a lane's head on `a` and records its success.
+struct TwoNodes {
+    a: PgStore,
+    b: PgStore,
+    app: hookline_store::App,
+    ep: hookline_store::Endpoint,
+    node: i64,
+}
+
+impl TwoNodes {
+    async fn start() -> TwoNodes {
+        let (url, a) = fresh().await;
+        let b = PgStore::open(&url, &KEY, options()).await.unwrap();
+        let app = a.create_app(conformance::app(1, None)).await.unwrap();
+        let ep = a.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
+        let node = a.register_node("a", 1_000, 1_000_000_000).await.unwrap().token;
+        TwoNodes { a, b, app, ep, node }
+    }
+
+    async fn deliver(&self, p: &hookline_store::Publish, at: i64) {
+        let claim = ClaimDue { token: self.node, horizon: at, now: at, window: 10, limit: 10, behind: Vec::new() };
+        let claimed = self.a.claim_due(claim).await.unwrap().deliveries;
+        assert!(claimed.iter().any(|d| d.msg_id == p.message.id), "its lane's head, due");
+        let record = conformance::attempt_record(p, DeliveryState::Delivered, at, self.node);
+        self.a.record_attempt(record).await.unwrap();
+    }
+
+    /// Node `b` promotes the lane `key` after `delay` (spent yielding, finer than a timer).
+    async fn promote_after(&self, delay: Duration, key: &str, now: i64) -> hookline_store::StoreResult<usize> {
+        let until = std::time::Instant::now() + delay;
+        while std::time::Instant::now() < until {
+            tokio::task::yield_now().await;
+        }
+        self.b.promote_lanes(Some(vec![(self.ep.id.clone(), key.to_owned())]), now).await
+    }
+}
+
 /// Two nodes moving one ordering lane at once never leave it two open deliveries: a
 /// resend of a finished delivery (which keeps its place, ahead of those waiting) racing
 /// the promotion another node makes after the head's success. Each round starts the
 /// promotion a little later, to land it between the resend's promotion and its commit.
 #[tokio::test]
 async fn a_lane_moved_by_two_nodes_at_once_has_one_open_delivery() {
-    use DeliveryState::{Delivered, Pending, Sending};
-    let (url, a) = fresh().await;
-    let b = PgStore::open(&url, &KEY, options()).await.unwrap();
-    let app = a.create_app(conformance::app(1, None)).await.unwrap();
-    let ep = a.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
-    let node = a.register_node("a", 1_000, 1_000_000_000).await.unwrap().token;
-    let deliver = async |p: &hookline_store::Publish, at: i64| {
-        let claim = ClaimDue { token: node, horizon: at, now: at, window: 10, limit: 10, behind: Vec::new() };
-        let claimed = a.claim_due(claim).await.unwrap().deliveries;
-        assert!(claimed.iter().any(|d| d.msg_id == p.message.id), "its lane's head, due");
-        a.record_attempt(conformance::attempt_record(p, Delivered, at, node)).await.unwrap();
-    };
+    use DeliveryState::{Pending, Sending};
+    let nodes = TwoNodes::start().await;
+    let (a, app, ep) = (&nodes.a, &nodes.app, &nodes.ep);
     let mut doubled = Vec::new();
     for round in 0..150i64 {
         let (key, t) = (format!("pay_{round}"), 10_000 + round * 100);
         let [done, head, next] = [1, 2, 3].map(|n| conformance::ordered(&app.id, &ep.id, &key, t + n));
         a.publish(done.clone()).await.unwrap();
-        deliver(&done, t + 1).await;
+        nodes.deliver(&done, t + 1).await;
         for p in [&head, &next] {
             a.publish(p.clone()).await.unwrap();
         }
-        deliver(&head, t + 4).await;
+        nodes.deliver(&head, t + 4).await;
         // The head's success is recorded; its node now moves the lane on, while an
         // operator resends the first message.
-        let resend = a.resend(&app.id, &done.message.id, &ep.id, "dlv_resent".into(), t + 50, node);
-        let lane = vec![(ep.id.clone(), key.clone())];
-        let promote = async {
-            let until = std::time::Instant::now() + Duration::from_micros(round as u64 * 25);
-            while std::time::Instant::now() < until {
-                tokio::task::yield_now().await;
-            }
-            b.promote_lanes(Some(lane), t + 50).await
-        };
+        let resend = a.resend(&app.id, &done.message.id, &ep.id, "dlv_resent".into(), t + 50, nodes.node);
+        let promote = nodes.promote_after(Duration::from_micros(round as u64 * 25), &key, t + 50);
         let (resent, promoted) = tokio::join!(resend, promote);
         resent.unwrap();
         promoted.unwrap();
@@ -98,30 +120,18 @@ async fn a_lane_moved_by_two_nodes_at_once_has_one_open_delivery() {
 /// them was aborted) nor leaves the lane two open deliveries or none.
 #[tokio::test]
 async fn a_skip_racing_a_promotion_of_its_lane_does_not_deadlock() {
-    use DeliveryState::{Delivered, Pending, Sending};
-    let (url, a) = fresh().await;
-    let b = PgStore::open(&url, &KEY, options()).await.unwrap();
-    let app = a.create_app(conformance::app(1, None)).await.unwrap();
-    let ep = a.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
-    let node = a.register_node("a", 1_000, 1_000_000_000).await.unwrap().token;
+    use DeliveryState::{Pending, Sending};
+    let nodes = TwoNodes::start().await;
+    let (a, app, ep) = (&nodes.a, &nodes.app, &nodes.ep);
     for round in 0..100i64 {
         let (key, t) = (format!("pay_{round}"), 10_000 + round * 100);
         let [head, first, second] = [1, 2, 3].map(|n| conformance::ordered(&app.id, &ep.id, &key, t + n));
         for p in [&head, &first, &second] {
             a.publish(p.clone()).await.unwrap();
         }
-        let claim = ClaimDue { token: node, horizon: t + 4, now: t + 4, window: 10, limit: 10, behind: Vec::new() };
-        assert!(a.claim_due(claim).await.unwrap().deliveries.iter().any(|d| d.msg_id == head.message.id));
-        a.record_attempt(conformance::attempt_record(&head, Delivered, t + 4, node)).await.unwrap();
+        nodes.deliver(&head, t + 4).await;
         let skip = a.skip_delivery(&app.id, &first.message.id, &ep.id, t + 5);
-        let lane = vec![(ep.id.clone(), key.clone())];
-        let promote = async {
-            let until = std::time::Instant::now() + Duration::from_micros(round as u64 * 20);
-            while std::time::Instant::now() < until {
-                tokio::task::yield_now().await;
-            }
-            b.promote_lanes(Some(lane), t + 5).await
-        };
+        let promote = nodes.promote_after(Duration::from_micros(round as u64 * 20), &key, t + 5);
         let (skipped, promoted) = tokio::join!(skip, promote);
         skipped.unwrap_or_else(|e| panic!("round {round}: the skip failed: {e}"));
         promoted.unwrap_or_else(|e| panic!("round {round}: the promotion failed: {e}"));
