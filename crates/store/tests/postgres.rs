@@ -140,6 +140,44 @@ async fn a_skip_racing_a_promotion_of_its_lane_does_not_deadlock() {
     }
 }
 
+/// A resend of a message past its retention, racing the retention pass that deletes it,
+/// is either refused (the message is gone: 404) or kept with its message: the pass never
+/// deletes a delivery the resend restarted and answered for (it did, when its statement
+/// met the resend's uncommitted row: the resend said 202 and nothing was ever sent).
+#[tokio::test]
+async fn a_resend_racing_retention_is_kept_or_refused() {
+    let nodes = TwoNodes::start().await;
+    let (a, app, ep) = (&nodes.a, &nodes.app, &nodes.ep);
+    let mut lost = Vec::new();
+    for round in 0..150i64 {
+        let t = 10_000 + round * 100;
+        let mut p = conformance::publish(&app.id, &[&ep.id], None, t);
+        std::sync::Arc::make_mut(&mut p.message).retain_until = Some(t + 1);
+        a.publish(p.clone()).await.unwrap();
+        nodes.deliver(&p, t + 2).await;
+        let resend = a.resend(&app.id, &p.message.id, &ep.id, "dlv_resent".into(), t + 50, nodes.node);
+        let purge = async {
+            let until = std::time::Instant::now() + Duration::from_micros(round as u64 * 15);
+            while std::time::Instant::now() < until {
+                tokio::task::yield_now().await;
+            }
+            nodes.b.purge_messages(0, t + 50, 100).await
+        };
+        let (resent, purged) = tokio::join!(resend, purge);
+        purged.unwrap();
+        match resent {
+            Ok(_) => {
+                if a.get_delivery(&p.message.id, &p.deliveries[0].id).await.is_err() {
+                    lost.push(round);
+                }
+            }
+            Err(hookline_store::StoreError::NotFound) => {}
+            Err(e) => panic!("round {round}: {e}"),
+        }
+    }
+    assert!(lost.is_empty(), "rounds whose resend was answered and then deleted: {lost:?}");
+}
+
 #[tokio::test]
 async fn nodes_migrating_at_once_do_not_race() {
     let url = scratch::fresh_database().await.unwrap();

@@ -346,7 +346,12 @@ pub async fn resend(
     now: i64,
     claim: i64,
 ) -> StoreResult<Delivery> {
-    let message = get_message(c, app_id, msg_id).await?;
+    // Locked until the commit: a retention pass skips it meanwhile (`purge_messages`).
+    let sql = format!(
+        "SELECT {} FROM messages WHERE app_id = $1 AND (id = $2 OR event_id = $2) FOR SHARE",
+        rows::MESSAGE_COLUMNS
+    );
+    let message = one(c, &sql, &[&app_id, &msg_id], rows::message).await?;
     let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
     let sql = format!(
         "UPDATE deliveries SET {RESTART} WHERE msg_id = $3 AND endpoint_id = $4 AND NOT {OPEN_ORDERED} RETURNING {}",
@@ -612,18 +617,38 @@ pub async fn list_source_messages(
     rows::page(c, query, rows::MESSAGE_COLUMNS, "messages", page, rows::message).await
 }
 
-/// One batch of retention in one statement: the messages, then what hangs off them; a
-/// message with an open delivery stays until it closes.
+/// One batch of retention (in the caller's transaction): the messages, then what hangs
+/// off them; a message with an open delivery stays until it closes. The messages are
+/// locked first (skipping those a resend holds: `resend` locks its message), then deleted
+/// by a second statement, whose fresh snapshot sees whatever a resend committed before the
+/// lock. In one statement, one that met a resend's uncommitted restart of a delivery
+/// waited for it and deleted it anyway: the resend was answered 202 and nothing was sent
+/// (`a_resend_racing_retention_is_kept_or_refused`, 38 of 150 rounds).
 pub async fn purge_messages(c: &impl GenericClient, created_before: i64, now: i64, limit: usize) -> StoreResult<usize> {
     let cutoff = crate::retention_cutoff_id(created_before);
     let closed = crate::columns::NO_OPEN_DELIVERY;
-    let sql = format!(
-        "WITH doomed AS ( \
-             (SELECT id FROM messages WHERE id < $1 AND retain_until IS NULL AND {closed} ORDER BY id LIMIT $3) \
-             UNION (SELECT id FROM messages WHERE retain_until < $2 AND {closed} LIMIT $3) LIMIT $3), \
-         gone_attempts AS (DELETE FROM attempts WHERE msg_id IN (SELECT id FROM doomed)), \
-         gone_deliveries AS (DELETE FROM deliveries WHERE msg_id IN (SELECT id FROM doomed)) \
-         DELETE FROM messages WHERE id IN (SELECT id FROM doomed)"
+    let limit = limit as i64;
+    let expired = format!(
+        "SELECT id FROM messages WHERE id < $1 AND retain_until IS NULL AND {closed} \
+         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
     );
-    Ok(run(c, &sql, &[&cutoff, &now, &(limit as i64)]).await? as usize)
+    let mut doomed: Vec<String> =
+        c.query(&expired, &[&cutoff, &limit]).await.map_err(pg_error)?.iter().map(|r| r.get(0)).collect();
+    if (doomed.len() as i64) < limit {
+        let kept_until =
+            format!("SELECT id FROM messages WHERE retain_until < $1 AND {closed} LIMIT $2 FOR UPDATE SKIP LOCKED");
+        let more = c.query(&kept_until, &[&now, &(limit - doomed.len() as i64)]).await.map_err(pg_error)?;
+        doomed.extend(more.iter().map(|r| r.get::<_, String>(0)));
+    }
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    let sql = format!(
+        "WITH gone AS (DELETE FROM messages WHERE id = ANY($1) AND {closed} RETURNING id), \
+         gone_attempts AS (DELETE FROM attempts WHERE msg_id IN (SELECT id FROM gone)), \
+         gone_deliveries AS (DELETE FROM deliveries WHERE msg_id IN (SELECT id FROM gone)) \
+         SELECT count(*) FROM gone"
+    );
+    let gone: i64 = c.query_one(&sql, &[&doomed]).await.map_err(pg_error)?.get(0);
+    Ok(gone as usize)
 }
