@@ -57,11 +57,15 @@ impl TwoNodes {
     }
 
     async fn deliver(&self, p: &hookline_store::Publish, at: i64) {
+        self.finish(p, DeliveryState::Delivered, at).await;
+    }
+
+    /// Claims `p`'s delivery on `a` and ends its attempt in `state`.
+    async fn finish(&self, p: &hookline_store::Publish, state: DeliveryState, at: i64) {
         let claim = ClaimDue { token: self.node, horizon: at, now: at, window: 10, limit: 10, behind: Vec::new() };
         let claimed = self.a.claim_due(claim).await.unwrap().deliveries;
         assert!(claimed.iter().any(|d| d.msg_id == p.message.id), "its lane's head, due");
-        let record = conformance::attempt_record(p, DeliveryState::Delivered, at, self.node);
-        self.a.record_attempt(record).await.unwrap();
+        self.a.record_attempt(conformance::attempt_record(p, state, at, self.node)).await.unwrap();
     }
 
     /// Node `b` promotes the lane `key` after `delay` (spent yielding, finer than a timer).
@@ -140,10 +144,11 @@ async fn a_skip_racing_a_promotion_of_its_lane_does_not_deadlock() {
     }
 }
 
-/// A resend of a message past its retention, racing the retention pass that deletes it,
-/// is either refused (the message is gone: 404) or kept with its message: the pass never
-/// deletes a delivery the resend restarted and answered for (it did, when its statement
-/// met the resend's uncommitted row: the resend said 202 and nothing was ever sent).
+/// A resend (even rounds) or a recover (odd rounds) of a message past its retention,
+/// racing the retention pass that deletes it, is either refused or finds nothing (the
+/// message is gone), or is kept with its message: the pass never deletes a delivery the
+/// resend or recover restarted and answered for (it did, when its statement met the
+/// uncommitted restart: the resend said 202 and nothing was ever sent).
 #[tokio::test]
 async fn a_resend_racing_retention_is_kept_or_refused() {
     let nodes = TwoNodes::start().await;
@@ -154,8 +159,15 @@ async fn a_resend_racing_retention_is_kept_or_refused() {
         let mut p = conformance::publish(&app.id, &[&ep.id], None, t);
         std::sync::Arc::make_mut(&mut p.message).retain_until = Some(t + 1);
         a.publish(p.clone()).await.unwrap();
-        nodes.deliver(&p, t + 2).await;
-        let resend = a.resend(&app.id, &p.message.id, &ep.id, "dlv_resent".into(), t + 50, nodes.node);
+        // Delivered (a resend restarts it) or exhausted (a recover does).
+        let done = if round % 2 == 0 { DeliveryState::Delivered } else { DeliveryState::Exhausted };
+        nodes.finish(&p, done, t + 2).await;
+        let restart = async {
+            match round % 2 {
+                0 => a.resend(&app.id, &p.message.id, &ep.id, "dlv_resent".into(), t + 50, nodes.node).await.map(|_| 1),
+                _ => a.recover(&app.id, &ep.id, t, t + 1, t + 50).await.map(|recovered| recovered.len()),
+            }
+        };
         let purge = async {
             let until = std::time::Instant::now() + Duration::from_micros(round as u64 * 15);
             while std::time::Instant::now() < until {
@@ -163,9 +175,10 @@ async fn a_resend_racing_retention_is_kept_or_refused() {
             }
             nodes.b.purge_messages(0, t + 50, 100).await
         };
-        let (resent, purged) = tokio::join!(resend, purge);
+        let (restarted, purged) = tokio::join!(restart, purge);
         purged.unwrap();
-        match resent {
+        match restarted {
+            Ok(0) => {}
             Ok(_) => {
                 if a.get_delivery(&p.message.id, &p.deliveries[0].id).await.is_err() {
                     lost.push(round);
@@ -175,7 +188,7 @@ async fn a_resend_racing_retention_is_kept_or_refused() {
             Err(e) => panic!("round {round}: {e}"),
         }
     }
-    assert!(lost.is_empty(), "rounds whose resend was answered and then deleted: {lost:?}");
+    assert!(lost.is_empty(), "rounds whose restart was answered and then deleted: {lost:?}");
 }
 
 #[tokio::test]

@@ -384,9 +384,12 @@ pub async fn recover(
     now: i64,
 ) -> StoreResult<Vec<Delivery>> {
     let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
+    // Their messages locked until the commit, as a resend's: a retention pass skips them.
     let sql = format!(
         "UPDATE deliveries SET {RESTART} WHERE endpoint_id = $3 AND state IN (2, 5) AND msg_id IN \
-         (SELECT id FROM messages WHERE app_id = $4 AND created_at >= $5 AND created_at < $6) RETURNING {}",
+         (SELECT m.id FROM messages m WHERE m.app_id = $4 AND m.created_at >= $5 AND m.created_at < $6 \
+          AND EXISTS (SELECT 1 FROM deliveries r WHERE r.msg_id = m.id AND r.endpoint_id = $3 AND r.state IN (2, 5)) \
+          FOR SHARE OF m) RETURNING {}",
         rows::DELIVERY_COLUMNS
     );
     let found = c.query(&sql, &[&now, &None::<i64>, &endpoint.id, &app_id, &since, &until]).await.map_err(pg_error)?;
