@@ -32,38 +32,31 @@ pub const ENDPOINT_COLUMNS: &str =
     "id, app_id, uid, url, description, disabled, event_types, channels, throttle_rate, \
      metadata, headers, secrets, signature_scheme, retry_policy, created_at, updated_at, fail_since, fifo";
 
-/// The columns an endpoint's update writes (`ENDPOINT_COLUMNS` less the key, `created_at`
-/// and `fail_since`), in the order of their parameters after `id` and `app_id`.
-pub const ENDPOINT_UPDATED_COLUMNS: [&str; 14] = [
-    "uid",
-    "url",
-    "description",
-    "disabled",
-    "event_types",
-    "channels",
-    "throttle_rate",
-    "metadata",
-    "headers",
-    "secrets",
-    "signature_scheme",
-    "retry_policy",
-    "updated_at",
-    "fifo",
-];
+/// The positions in `ENDPOINT_COLUMNS` of an endpoint update's parameters, in order: its
+/// key (`id`, `app_id`), then every column it writes; `created_at` and `fail_since` (the
+/// store's own) it keeps. The read's `updated_at` and `disabled` follow them.
+pub fn endpoint_update_params() -> Vec<usize> {
+    let kept = ["created_at", "fail_since"];
+    ENDPOINT_COLUMNS.split(',').map(str::trim).enumerate().filter(|(_, c)| !kept.contains(c)).map(|(i, _)| i).collect()
+}
 
-/// An endpoint's conditional update (see `Store::update_endpoint`): `$1` id, `$2` app,
-/// `$3`… the updated columns, then the `updated_at` and `disabled` it was read with. `p`
+/// An endpoint's conditional update (see `Store::update_endpoint`) over the parameters of
+/// `endpoint_update_params`, then the `updated_at` and `disabled` it was read with. `p`
 /// writes a parameter (`$n` or `?n`).
 pub fn update_endpoint_sql(p: fn(usize) -> String) -> String {
+    let columns: Vec<&str> = ENDPOINT_COLUMNS.split(',').map(str::trim).collect();
+    let params = endpoint_update_params();
+    let param_of = |column: &str| p(1 + params.iter().position(|&i| columns[i] == column).expect("a written column"));
     let set: Vec<String> =
-        ENDPOINT_UPDATED_COLUMNS.iter().enumerate().map(|(i, col)| format!("{col} = {}", p(i + 3))).collect();
-    let (disabled, read_at, was_disabled) = (p(6), p(17), p(18));
+        params.iter().enumerate().skip(2).map(|(n, &i)| format!("{} = {}", columns[i], p(n + 1))).collect();
+    let (read_at, was_disabled) = (p(params.len() + 1), p(params.len() + 2));
     format!(
-        "UPDATE endpoints SET {}, fail_since = CASE WHEN disabled AND NOT {disabled} THEN NULL ELSE fail_since END \
+        "UPDATE endpoints SET {}, fail_since = CASE WHEN disabled AND NOT {} THEN NULL ELSE fail_since END \
          WHERE id = {} AND app_id = {} AND updated_at = {read_at} AND disabled = {was_disabled} RETURNING fail_since",
         set.join(", "),
-        p(1),
-        p(2)
+        param_of("disabled"),
+        param_of("id"),
+        param_of("app_id"),
     )
 }
 

@@ -188,9 +188,9 @@ async fn put_endpoint(
         run(c, &insert_sql("endpoints", rows::ENDPOINT_COLUMNS), &params).await?;
         return Ok(Some(e.fail_since));
     };
-    // The columns an update writes: all but `created_at` (14) and `fail_since` (16).
-    let mut update: Vec<&(dyn ToSql + Sync)> = params[..14].to_vec();
-    update.extend([params[15], params[17], &read.updated_at, &read.disabled]);
+    let mut update: Vec<&(dyn ToSql + Sync)> =
+        crate::columns::endpoint_update_params().into_iter().map(|i| params[i]).collect();
+    update.extend([&read.updated_at as &(dyn ToSql + Sync), &read.disabled]);
     let sql = crate::columns::update_endpoint_sql(|n| format!("${n}"));
     match one(c, &sql, &update, |row| row.try_get::<_, Option<i64>>(0).map_err(pg_error)).await {
         Ok(fail_since) => Ok(Some(fail_since)),

@@ -196,10 +196,9 @@ pub fn insert_endpoint(conn: &Connection, e: &Endpoint) -> StoreResult<()> {
 pub fn update_endpoint(conn: &Connection, e: &Endpoint, read: &Endpoint) -> StoreResult<Option<Option<i64>>> {
     use rusqlite::types::Value;
     let values = endpoint_values(e);
-    // The columns an update writes: all but `created_at` (14) and `fail_since` (16).
-    let mut update: Vec<Value> = values[..14].to_vec();
-    update.extend([values[15].clone(), values[17].clone(), Value::Integer(read.updated_at)]);
-    update.push(Value::Integer(read.disabled as i64));
+    let mut update: Vec<Value> =
+        crate::columns::endpoint_update_params().into_iter().map(|i| values[i].clone()).collect();
+    update.extend([Value::Integer(read.updated_at), Value::Integer(read.disabled as i64)]);
     let sql = crate::columns::update_endpoint_sql(|n| format!("?{n}"));
     let written = conn
         .prepare_cached(&sql)
