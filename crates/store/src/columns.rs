@@ -141,17 +141,37 @@ pub const NO_OPEN_DELIVERY: &str = concat!(
     "))"
 );
 
-/// A delivery with nowhere to go any more: its message or its application is gone. On
-/// PostgreSQL a write that opens a delivery (a resend, a publish) can commit beside a
-/// retention pass or a deletion that did not see it; such a delivery is deleted when the
-/// engine finds it (`Store::close_stranded`).
-pub const MESSAGE_OR_APP_GONE: &str = "(NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = deliveries.msg_id) \
-     OR NOT EXISTS (SELECT 1 FROM apps a WHERE a.id = deliveries.app_id))";
-
-/// A delivery whose endpoint is gone (a publish racing the endpoint's deletion): closed as
-/// the deletion closes its open deliveries.
-pub const ENDPOINT_GONE: &str = "deliveries.endpoint_id IS NOT NULL \
-     AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.id = deliveries.endpoint_id)";
+/// `Store::close_stranded`'s two statements, over the delivery's `msg_id` and `id` (and
+/// the time, for the second); `p` writes a parameter (`$n` or `?n`). Each answers the
+/// closed delivery's lane (`endpoint_id`, `order_key`). The first deletes it if its message
+/// or application is gone (on PostgreSQL a write that opens a delivery, a resend or a
+/// publish, can commit beside a retention pass or a deletion that did not see it); the
+/// second cancels it if its endpoint is gone (a publish racing the endpoint's deletion),
+/// as the deletion cancels its open deliveries.
+pub fn close_stranded_sql(p: fn(usize) -> String) -> [String; 2] {
+    let (msg_id, id, now) = (p(1), p(2), p(3));
+    [
+        format!(
+            "DELETE FROM deliveries WHERE msg_id = {msg_id} AND id = {id} \
+             AND (NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = deliveries.msg_id) \
+                  OR NOT EXISTS (SELECT 1 FROM apps a WHERE a.id = deliveries.app_id)) \
+             RETURNING endpoint_id, order_key"
+        ),
+        format!(
+            concat!(
+                "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL, updated_at = {now} \
+                 WHERE msg_id = {msg_id} AND id = {id} AND state IN (",
+                open_states!(),
+                ") AND deliveries.endpoint_id IS NOT NULL \
+                 AND NOT EXISTS (SELECT 1 FROM endpoints e WHERE e.id = deliveries.endpoint_id) \
+                 RETURNING endpoint_id, order_key"
+            ),
+            now = now,
+            msg_id = msg_id,
+            id = id
+        ),
+    ]
+}
 
 /// A migration of both backends: deliveries left open to endpoints deleted before a
 /// deletion closed ordered deliveries waiting behind the open one. Never sendable, they

@@ -129,8 +129,15 @@ async fn insert_deliveries(c: &impl GenericClient, deliveries: &[Delivery], clai
 }
 
 pub async fn get_message(c: &impl GenericClient, app_id: &str, key: &str) -> StoreResult<Message> {
-    let sql =
-        format!("SELECT {} FROM messages WHERE app_id = $1 AND (id = $2 OR event_id = $2)", rows::MESSAGE_COLUMNS);
+    message_by_key(c, app_id, key, "").await
+}
+
+/// An application's message by id or event id; `lock` is a locking clause (or nothing).
+async fn message_by_key(c: &impl GenericClient, app_id: &str, key: &str, lock: &str) -> StoreResult<Message> {
+    let sql = format!(
+        "SELECT {} FROM messages WHERE app_id = $1 AND (id = $2 OR event_id = $2) {lock}",
+        rows::MESSAGE_COLUMNS
+    );
     one(c, &sql, &[&app_id, &key], rows::message).await
 }
 
@@ -347,11 +354,7 @@ pub async fn resend(
     claim: i64,
 ) -> StoreResult<Delivery> {
     // Locked until the commit: a retention pass skips it meanwhile (`purge_messages`).
-    let sql = format!(
-        "SELECT {} FROM messages WHERE app_id = $1 AND (id = $2 OR event_id = $2) FOR SHARE",
-        rows::MESSAGE_COLUMNS
-    );
-    let message = one(c, &sql, &[&app_id, &msg_id], rows::message).await?;
+    let message = message_by_key(c, app_id, msg_id, "FOR SHARE").await?;
     let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
     let sql = format!(
         "UPDATE deliveries SET {RESTART} WHERE msg_id = $3 AND endpoint_id = $4 AND NOT {OPEN_ORDERED} RETURNING {}",
@@ -476,19 +479,7 @@ pub async fn skip(
 
 /// Closes a delivery that has nowhere to go (see `Store::close_stranded`).
 pub async fn close_stranded(c: &impl GenericClient, msg_id: &str, id: &str, now: i64) -> StoreResult<bool> {
-    let deleted = format!(
-        "DELETE FROM deliveries WHERE msg_id = $1 AND id = $2 AND {} RETURNING endpoint_id, order_key",
-        crate::columns::MESSAGE_OR_APP_GONE
-    );
-    let closed = format!(
-        concat!(
-            "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL, updated_at = $3 \
-             WHERE msg_id = $1 AND id = $2 AND state IN (",
-            crate::columns::open_states!(),
-            ") AND {} RETURNING endpoint_id, order_key"
-        ),
-        crate::columns::ENDPOINT_GONE
-    );
+    let [deleted, closed] = crate::columns::close_stranded_sql(|n| format!("${n}"));
     let lane = |row: &tokio_postgres::Row| -> StoreResult<(Option<String>, Option<String>)> {
         Ok((row.try_get(0).map_err(pg_error)?, row.try_get(1).map_err(pg_error)?))
     };

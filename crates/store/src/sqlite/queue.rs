@@ -610,19 +610,7 @@ pub fn skip(conn: &Connection, app_id: &str, msg_id: &str, endpoint_id: &str, no
 /// writer keeps SQLite from making one; the engine's call is answered all the same.
 pub fn close_stranded(conn: &Connection, msg_id: &str, id: &str, now: i64) -> StoreResult<bool> {
     fanout::write_out(conn, fanout::Which::Message(msg_id))?;
-    let deleted = format!(
-        "DELETE FROM deliveries WHERE msg_id = ?1 AND id = ?2 AND {} RETURNING endpoint_id, order_key",
-        crate::columns::MESSAGE_OR_APP_GONE
-    );
-    let closed = format!(
-        concat!(
-            "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL, updated_at = ?3 \
-             WHERE msg_id = ?1 AND id = ?2 AND state IN (",
-            crate::columns::open_states!(),
-            ") AND {} RETURNING endpoint_id, order_key"
-        ),
-        crate::columns::ENDPOINT_GONE
-    );
+    let [deleted, closed] = crate::columns::close_stranded_sql(|n| format!("?{n}"));
     let lane = |row: &rusqlite::Row| Ok((row.get::<_, Option<String>>(0)?, row.get::<_, Option<String>>(1)?));
     let gone = conn.query_row(&deleted, params![msg_id, id], lane).optional().map_err(sql_error)?;
     if gone.is_some() {
