@@ -343,17 +343,15 @@ pub async fn upsert(
     key: &str,
     mut input: EndpointIn,
 ) -> ApiResult<(StatusCode, Endpoint)> {
-    match find_in(state, app, key).await {
+    match edit(state, app, key, true, |e| replace_with(state, e, input.clone())).await {
         Err(ApiError::NotFound("endpoint")) if !has_prefix(key, prefix::ENDPOINT) => {
             // The body's uid is checked even though the path's key takes its place.
             super::check_uid(&input.uid, prefix::ENDPOINT)?;
             input.uid = Some(key.to_owned());
-            return Ok((StatusCode::CREATED, create_endpoint(state, app, input).await?));
+            Ok((StatusCode::CREATED, create_endpoint(state, app, input).await?))
         }
-        other => other?,
-    };
-    let replaced = edit(state, app, key, true, |e| replace_with(state, e, input.clone())).await?;
-    Ok((StatusCode::OK, replaced))
+        replaced => Ok((StatusCode::OK, replaced?)),
+    }
 }
 
 /// A PUT's body applied to the endpoint it replaces.
