@@ -158,29 +158,27 @@ impl Mailer {
     }
 
     async fn send_loop(self: Arc<Self>) {
+        // The soonest retry of an email this node failed to send: the wait ends then.
+        let mut retry_at = None::<UnixMs>;
         loop {
             let now = self.clock.now_ms();
-            let mut next = self.summarize(now);
+            retry_at = retry_at.filter(|at| *at > now);
+            let next = [self.summarize(now), retry_at].into_iter().flatten().min();
             // Noted emails go to the outbox first; the store down, they wait here.
             let stored = self.store_pending().await;
             // One email at a time, held for as long as its own send may take (an SMTP
             // exchange is a few steps, each within the timeout): held for a batch, the last
             // of a slow batch came due again, and another node sent it too.
             let hold_ms = self.config.timeout_ms * 6 + 60_000;
-            let mut more = false;
-            match self.store.take_alert_emails(now, hold_ms, 1).await {
-                Ok(due) => {
-                    for email in due {
-                        more = true;
-                        if let Some(retry_at) = self.send(email).await {
-                            next = Some(next.map_or(retry_at, |n| n.min(retry_at)));
-                        }
+            match self.store.take_alert_emails(now, hold_ms, 1).await.map(|mut due| due.pop()) {
+                Ok(Some(email)) => {
+                    if let Some(at) = self.send(email).await {
+                        retry_at = Some(retry_at.map_or(at, |soonest| soonest.min(at)));
                     }
+                    continue; // More may be due.
                 }
+                Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "could not read the alert outbox; trying again"),
-            }
-            if more {
-                continue;
             }
             let poll = self.clock.now_ms() + if stored { POLL_MS } else { 1_000 };
             let at = next.map_or(poll, |n| n.min(poll));
@@ -200,36 +198,24 @@ impl Mailer {
         loop {
             let Some(email) = self.state.lock().expect("mailer lock").pending.front().cloned() else { return true };
             let id = email.id.clone();
-            let stored = self.store.queue_alert_email(email, APP_QUEUED_MAX, OUTBOX_MAX).await;
-            let gone = match &stored {
-                Ok(_) => true,
+            match self.store.queue_alert_email(email, APP_QUEUED_MAX, OUTBOX_MAX).await {
+                Ok(pushed_out) => dropped(pushed_out),
                 // The database refuses it for good (it is corrupt, say): kept, it would
                 // stop every email after it.
                 Err(e @ (StoreError::Corrupt(_) | StoreError::Invalid(_))) => {
                     tracing::error!(error = %e, "an alert email cannot be stored; email dropped");
-                    metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(1);
-                    true
+                    dropped(1);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "could not put an alert email in the outbox; trying again");
-                    false
-                }
-            };
-            if gone {
-                // Only if still first: while the store was written, a full `pending` may
-                // have pushed it out (and counted it).
-                let mut state = self.state.lock().expect("mailer lock");
-                if state.pending.front().is_some_and(|first| first.id == id) {
-                    state.pending.pop_front();
+                    return false;
                 }
             }
-            match stored {
-                Ok(pushed_out) if pushed_out > 0 => {
-                    metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(pushed_out);
-                }
-                Ok(_) => {}
-                Err(_) if gone => {}
-                Err(_) => return false,
+            // Only if still first: while the store was written, a full `pending` may have
+            // pushed it out (and counted it).
+            let mut state = self.state.lock().expect("mailer lock");
+            if state.pending.front().is_some_and(|first| first.id == id) {
+                state.pending.pop_front();
             }
         }
     }
@@ -262,7 +248,7 @@ impl Mailer {
             // built (an address that is not one) never can be.
             Err((true, e)) => {
                 tracing::warn!(error = %e, "the SMTP server refused an alert email for good; email dropped");
-                metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(1);
+                dropped(1);
                 None
             }
             Err((false, e)) => {
@@ -302,9 +288,16 @@ fn new_email(app_id: &str, about: Option<String>, to: &str, subject: String, bod
 fn pend(pending: &mut VecDeque<AlertEmail>, email: AlertEmail) {
     if pending.len() >= PENDING_MAX {
         pending.pop_front();
-        metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(1);
+        dropped(1);
     }
     pending.push_back(email);
+}
+
+/// Counts `n` emails dropped (see `metrics::ALERT_EMAILS`).
+fn dropped(n: u64) {
+    if n > 0 {
+        metrics::counter!(m::ALERT_EMAILS, "outcome" => "dropped").increment(n);
+    }
 }
 
 /// An endpoint's URL as an email shows it: without its query string and fragment, where
