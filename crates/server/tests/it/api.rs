@@ -855,6 +855,14 @@ async fn a_publish_creates_its_application_under_the_key_in_the_path() {
     assert_eq!(named_shop, 1, "one application, made once: {apps}");
 }
 
+/// An endpoint of `app` and a Stripe source for it: their ids.
+async fn endpoint_and_source(gw: &Gateway, app: &str) -> (String, String) {
+    let endpoint = gw.endpoint(app, json!({"url": "https://a.example/"})).await["id"].as_str().unwrap().to_owned();
+    let body = json!({"name": "s", "preset": "stripe", "secrets": ["whsec_x"], "appId": app});
+    let source = gw.ok("POST", "/api/v1/source", Some(body)).await["id"].as_str().unwrap().to_owned();
+    (endpoint, source)
+}
+
 /// A path's key names a resource by its id or its uid, so a uid in the form of an id of its
 /// kind is refused: one that took another's id would answer for it once that one is deleted
 /// (schemathesis's use-after-free check found an application's secret served that way). A
@@ -865,15 +873,7 @@ async fn a_uid_never_takes_the_form_of_an_id() {
     let first = gw.app("first").await;
     let second = gw.app("second").await;
     let eps = format!("/api/v1/app/{second}/endpoint");
-    let endpoint = gw.endpoint(&second, json!({"url": "https://a.example/"})).await["id"].as_str().unwrap().to_owned();
-    let (_, source) = gw
-        .call(
-            "POST",
-            "/api/v1/source",
-            Some(json!({"name": "s", "preset": "stripe", "secrets": ["whsec_x"], "appId": second})),
-        )
-        .await;
-    let source = source["id"].as_str().unwrap().to_owned();
+    let (endpoint, source) = endpoint_and_source(&gw, &second).await;
     let app_form = |n: u8| format!("app_{}", ((b'A' + n) as char).to_string().repeat(22));
     let refused = [
         ("POST", "/api/v1/app".to_owned(), json!({"name": "b", "uid": first})),
@@ -935,15 +935,7 @@ async fn a_uid_never_takes_the_form_of_an_id() {
 async fn a_uid_stored_in_the_form_of_an_id_is_kept_through_edits() {
     let gw = start_gateway(dev_config()).await;
     let app = gw.app("legacy").await;
-    let endpoint = gw.endpoint(&app, json!({"url": "https://a.example/"})).await["id"].as_str().unwrap().to_owned();
-    let (_, source) = gw
-        .call(
-            "POST",
-            "/api/v1/source",
-            Some(json!({"name": "s", "preset": "stripe", "secrets": ["whsec_x"], "appId": app})),
-        )
-        .await;
-    let source = source["id"].as_str().unwrap().to_owned();
+    let (endpoint, source) = endpoint_and_source(&gw, &app).await;
     let legacy = |kind: &str| format!("{kind}_{}", "L".repeat(22));
     gw.behind_its_back(&format!("UPDATE apps SET uid = '{}' WHERE id = $1", legacy("app")), &app).await;
     gw.behind_its_back(&format!("UPDATE endpoints SET uid = '{}' WHERE id = $1", legacy("ep")), &endpoint).await;

@@ -227,8 +227,13 @@ async fn arrive_in_order(rx: &Receiver, ns: impl Iterator<Item = u64>) {
 /// receiver answers 500 and which retries every second: the gateway, the receiver, the
 /// application's id and the endpoint.
 async fn failing_endpoint(settings: Value) -> (Gateway, Receiver, String, Value) {
+    endpoint_answering(500, settings).await
+}
+
+/// As [`failing_endpoint`], with a receiver answering `status`.
+async fn endpoint_answering(status: u16, settings: Value) -> (Gateway, Receiver, String, Value) {
     let gw = start_gateway(dev_config()).await;
-    let rx = Receiver::start(Answer::status(500)).await;
+    let rx = Receiver::start(Answer::status(status)).await;
     let app = gw.app("merchant").await;
     let mut body =
         json!({"url": rx.url, "uid": "main", "retryPolicy": serde_json::from_str::<Value>(RETRIES).unwrap()});
@@ -242,10 +247,7 @@ async fn failing_endpoint(settings: Value) -> (Gateway, Receiver, String, Value)
 /// head due now).
 #[tokio::test]
 async fn a_scheduled_message_holds_its_lane_until_its_time() {
-    let gw = start_gateway(dev_config()).await;
-    let rx = Receiver::start(Answer::status(204)).await;
-    let app = gw.app("merchant").await;
-    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let (gw, rx, app, _) = endpoint_answering(204, json!({})).await;
     let later = hookline_server::wire::timestamp(T0 + 60_000);
     let scheduled =
         json!({"eventType": "payment.updated", "orderingKey": "pay_1", "deliverAt": later, "payload": {"n": 0}});
