@@ -191,6 +191,49 @@ async fn a_resend_racing_retention_is_kept_or_refused() {
     assert!(lost.is_empty(), "rounds whose restart was answered and then deleted: {lost:?}");
 }
 
+/// Two nodes taking alert emails from one outbox at once never take the same email, and
+/// together they take all of it: one node sends each.
+#[tokio::test]
+async fn two_nodes_never_take_the_same_alert_email() {
+    let (url, a) = fresh().await;
+    let b = PgStore::open(&url, &KEY, options()).await.unwrap();
+    for n in 0..200 {
+        let email = hookline_store::AlertEmail {
+            id: format!("eml_{n:04}"),
+            app_id: format!("app_{}", n % 7),
+            about: None,
+            to: "ops@merchant.example".into(),
+            subject: format!("email {n}"),
+            body: String::new(),
+            tries: 0,
+            not_before: 1_000,
+        };
+        a.queue_alert_email(email, 1_000, 10_000).await.unwrap();
+    }
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let mut takers = Vec::new();
+    for store in [a.clone(), b.clone(), a.clone(), b.clone()] {
+        takers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let taken = store.take_alert_emails(2_000, 600_000, 3).await.unwrap();
+                if taken.is_empty() {
+                    return mine;
+                }
+                mine.extend(taken.into_iter().map(|e| e.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for taker in takers {
+        all.extend(taker.await.unwrap());
+    }
+    let taken = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!((taken, all.len()), (200, 200), "each email taken once, all of them");
+}
+
 #[tokio::test]
 async fn nodes_migrating_at_once_do_not_race() {
     let url = scratch::fresh_database().await.unwrap();
