@@ -85,6 +85,68 @@ CREATE INDEX alert_emails_about ON alert_emails (about) WHERE about IS NOT NULL;
 CREATE INDEX alert_emails_of_app ON alert_emails (app_id, id);
 ";
 
+pub const ALERT_DIGESTS_TABLE: &str = "
+-- Failures of an endpoint not yet told in a summary email (see Store::count_alert_failures):
+-- one row per endpoint, shared, so that every node's counts add up to one summary a window.
+CREATE TABLE alert_digests (
+    endpoint_id TEXT PRIMARY KEY,
+    app_id TEXT NOT NULL,
+    to_addr TEXT NOT NULL,
+    app TEXT NOT NULL,
+    endpoint TEXT NOT NULL,
+    url TEXT NOT NULL,
+    failing BIGINT NOT NULL,
+    exhausted BIGINT NOT NULL,
+    since BIGINT,
+    sent_at BIGINT
+);
+";
+
+pub const ALERT_DIGEST_COLUMNS: &str =
+    "endpoint_id, app_id, to_addr, app, endpoint, url, failing, exhausted, since, sent_at";
+
+/// Adds a node's counts to an endpoint's digest (`$1`–`$9`: its columns but `sent_at`).
+pub const COUNT_ALERT_FAILURES: &str = "INSERT INTO alert_digests \
+     (endpoint_id, app_id, to_addr, app, endpoint, url, failing, exhausted, since) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+     ON CONFLICT (endpoint_id) DO UPDATE SET app_id = excluded.app_id, to_addr = excluded.to_addr, \
+     app = excluded.app, endpoint = excluded.endpoint, url = excluded.url, \
+     failing = alert_digests.failing + excluded.failing, \
+     exhausted = alert_digests.exhausted + excluded.exhausted, \
+     since = CASE WHEN alert_digests.since IS NULL OR excluded.since < alert_digests.since \
+     THEN excluded.since ELSE alert_digests.since END";
+
+/// A digest told (`$1` now, `$2` the endpoint): it starts over.
+pub const RESET_ALERT_DIGEST: &str =
+    "UPDATE alert_digests SET failing = 0, exhausted = 0, since = NULL, sent_at = $1 WHERE endpoint_id = $2";
+
+/// Forgets digests with nothing to tell whose last summary is a window old (`$1` now, `$2`
+/// the window).
+pub const FORGET_QUIET_DIGESTS: &str = "DELETE FROM alert_digests WHERE since IS NULL AND $1 >= sent_at + $2";
+
+/// When a digest with failures to tell is due: `greatest` is the backend's two-argument
+/// maximum (`max` in SQLite, `GREATEST` in PostgreSQL), `gather` and `window` the
+/// parameters of the gathering pause and the window.
+fn digest_due(greatest: &str, gather: &str, window: &str) -> String {
+    format!("{greatest}(since + {gather}, coalesce(sent_at + {window}, 0))")
+}
+
+/// The digests due (`$1` now, `$2` the gathering pause, `$3` the window, `$4` how many:
+/// SQLite numbers them in the order they first appear), earliest failure first; `lock` is what the backend adds to keep other takers off.
+pub fn due_digests_sql(greatest: &str, lock: &str) -> String {
+    let due = digest_due(greatest, "$2", "$3");
+    format!(
+        "SELECT {ALERT_DIGEST_COLUMNS} FROM alert_digests WHERE since IS NOT NULL AND $1 >= {due} \
+         ORDER BY since, endpoint_id LIMIT $4 {lock}"
+    )
+}
+
+/// When the next digest is due (`$1` the gathering pause, `$2` the window).
+pub fn next_digest_sql(greatest: &str) -> String {
+    let due = digest_due(greatest, "$1", "$2");
+    format!("SELECT min({due}) FROM alert_digests WHERE since IS NOT NULL")
+}
+
 /// Pushes an application's oldest alert emails out past `$2` waiting.
 pub const ALERT_EMAILS_OF_APP_OVER: &str = "DELETE FROM alert_emails WHERE app_id = $1 AND id NOT IN \
      (SELECT id FROM alert_emails WHERE app_id = $1 ORDER BY id DESC LIMIT $2)";

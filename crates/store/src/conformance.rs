@@ -150,6 +150,7 @@ pub async fn run_all(store: &dyn Store) {
     a_lane_behind_defers_its_due_work(store).await;
     stray_claims_are_listed_and_freed(store).await;
     alert_emails_wait_durably_one_per_endpoint_state(store).await;
+    alert_digests_add_up_to_one_summary_per_window(store).await;
 }
 
 /// Every open delivery claimable now (claims them for `node`).
@@ -1437,4 +1438,66 @@ async fn alert_emails_wait_durably_one_per_endpoint_state(store: &dyn Store) {
     for e in waiting {
         store.alert_email_tried(&e.id, None).await.unwrap();
     }
+}
+
+/// Failure digests: every node's counts of an endpoint add up in one digest, which becomes
+/// one summary email when due (its gathering pause after the first failure, and a whole
+/// window after the last summary), then starts over; a digest quiet for a window is
+/// forgotten.
+async fn alert_digests_add_up_to_one_summary_per_window(store: &dyn Store) {
+    let t = 95_000_000;
+    let counts = |failing: u64, exhausted: u64, since: UnixMs| AlertDigest {
+        endpoint_id: "ep_digest".into(),
+        app_id: "app_digest".into(),
+        to: "ops@merchant.example".into(),
+        app: "Acme".into(),
+        endpoint: "main".into(),
+        url: format!("https://merchant.example/{since}"),
+        failing,
+        exhausted,
+        since: Some(since),
+        sent_at: Some(1), // not read
+    };
+    let take = |now: UnixMs| {
+        let render = std::sync::Arc::new(move |d: &AlertDigest| AlertEmail {
+            id: id("eml", now),
+            app_id: d.app_id.clone(),
+            about: None,
+            to: d.to.clone(),
+            subject: format!("{} failing {} exhausted {}", d.endpoint, d.failing, d.exhausted),
+            body: format!("since {} at {}", d.since.unwrap_or(0) - t, d.url),
+            tries: 0,
+            not_before: now,
+        });
+        let rules = DigestRules { now, gather_ms: 1_000, digest_ms: 10_000, app_max: 100, all_max: 1_000, render };
+        async move { store.take_alert_digests(rules).await.unwrap() }
+    };
+    let sent = |now: UnixMs| async move {
+        let emails = store.take_alert_emails(now, 60_000, 10).await.unwrap();
+        for e in &emails {
+            store.alert_email_tried(&e.id, None).await.unwrap();
+        }
+        emails.into_iter().map(|e| (e.subject, e.body)).collect::<Vec<_>>()
+    };
+    assert_eq!(take(t).await, DigestsTaken::default(), "nothing counted, nothing due");
+    // Two nodes' counts add up; the earliest failure stays, the newest names.
+    store.count_alert_failures(vec![counts(3, 0, t + 5)]).await.unwrap();
+    store.count_alert_failures(vec![counts(2, 1, t + 2)]).await.unwrap();
+    let waiting = take(t + 1_001).await;
+    assert_eq!((waiting.queued, waiting.next_due), (0, Some(t + 1_002)), "due a gathering pause after the first");
+    assert_eq!(take(t + 1_002).await.queued, 1);
+    let summary = ("main failing 5 exhausted 1".to_owned(), format!("since 2 at https://merchant.example/{}", t + 2));
+    assert_eq!(sent(t + 1_002).await, [summary]);
+    // Counted after a summary: the next one waits for the window to end.
+    store.count_alert_failures(vec![counts(1, 0, t + 1_500)]).await.unwrap();
+    let waiting = take(t + 2_600).await;
+    assert_eq!((waiting.queued, waiting.next_due), (0, Some(t + 11_002)), "one summary a window");
+    assert_eq!(take(t + 11_002).await.queued, 1);
+    assert_eq!(sent(t + 11_002).await.len(), 1);
+    assert_eq!(take(t + 11_003).await, DigestsTaken::default(), "started over: nothing to tell");
+    // Quiet for a whole window: forgotten, so the next failure is told after the pause.
+    assert_eq!(take(t + 21_002).await.next_due, None);
+    store.count_alert_failures(vec![counts(0, 4, t + 21_100)]).await.unwrap();
+    assert_eq!(take(t + 22_100).await.queued, 1);
+    assert_eq!(sent(t + 22_100).await[0].0, "main failing 0 exhausted 4");
 }

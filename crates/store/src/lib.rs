@@ -267,6 +267,14 @@ pub trait Store: Send + Sync + 'static {
     /// Ends a try of an alert email: `None` (sent, or dropped for good) removes it,
     /// `Some((tries, at))` puts it back for `at`. One replaced meanwhile is gone already.
     async fn alert_email_tried(&self, id: &str, retry: Option<(u32, UnixMs)>) -> StoreResult<()>;
+    /// Adds a node's failure counts to their endpoints' digests: the counts add up, the
+    /// earliest `since` stays, the addresses and names are the newest; `sent_at` is not
+    /// read.
+    async fn count_alert_failures(&self, counts: Vec<AlertDigest>) -> StoreResult<()>;
+    /// In one transaction: each digest due at `rules.now` becomes `rules.render`'s email in
+    /// the outbox and starts over (no failures, sent now), and digests quiet for a whole
+    /// `digest_ms` are forgotten. Two nodes never take the same digest.
+    async fn take_alert_digests(&self, rules: DigestRules) -> StoreResult<DigestsTaken>;
     /// Ends a session (sign-out); unknown ids are not an error.
     async fn delete_session(&self, id: [u8; 32]) -> StoreResult<()>;
     /// Forgets sessions and links that expired before `now`; returns how many.

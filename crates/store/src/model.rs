@@ -412,6 +412,53 @@ pub struct AlertEmail {
     pub not_before: UnixMs,
 }
 
+/// An endpoint's failures not yet told in a summary email: one per endpoint, shared by
+/// every node, so that each node's counts add up to one summary per window (see
+/// `Store::count_alert_failures`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AlertDigest {
+    pub endpoint_id: String,
+    pub app_id: String,
+    /// Where the summary goes, and the application, endpoint and URL as it shows them.
+    pub to: String,
+    pub app: String,
+    pub endpoint: String,
+    pub url: String,
+    /// Messages that failed 4 attempts in a row, and messages out of retries, since `since`.
+    pub failing: u64,
+    pub exhausted: u64,
+    /// When the first failure not yet told came; `None` when all are told.
+    pub since: Option<UnixMs>,
+    /// When the last summary was queued.
+    pub sent_at: Option<UnixMs>,
+}
+
+/// How `Store::take_alert_digests` turns the digests due into emails.
+#[derive(Clone)]
+pub struct DigestRules {
+    pub now: UnixMs,
+    /// A digest is due `gather_ms` after its first failure not yet told (so that a flood
+    /// makes one email), and no sooner than `digest_ms` after its last summary.
+    pub gather_ms: u64,
+    pub digest_ms: u64,
+    /// The outbox's shares (see `Store::queue_alert_email`).
+    pub app_max: usize,
+    pub all_max: usize,
+    /// The summary email of a digest due.
+    pub render: std::sync::Arc<dyn Fn(&AlertDigest) -> AlertEmail + Send + Sync>,
+}
+
+/// What a `Store::take_alert_digests` did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DigestsTaken {
+    /// Summary emails put in the outbox.
+    pub queued: usize,
+    /// Emails the outbox's shares pushed out to make room for them.
+    pub pushed_out: u64,
+    /// When the next digest is due, if one has failures not yet told.
+    pub next_due: Option<UnixMs>,
+}
+
 /// Cursor pagination by id (ids sort by creation time).
 #[derive(Clone, Debug, Default)]
 pub struct Page {

@@ -1,7 +1,9 @@
-//! The alert emails' outbox (see `Store::queue_alert_email`).
+//! The alert emails' outbox (see `Store::queue_alert_email`), and the failure digests its
+//! summaries come from (see `Store::count_alert_failures`).
 
 use super::pg_error;
 use super::resources::run;
+use crate::columns;
 use crate::*;
 use deadpool_postgres::GenericClient;
 
@@ -34,8 +36,8 @@ pub async fn queue(c: &impl GenericClient, e: &AlertEmail, app_max: usize, all_m
         &[&e.id, &e.app_id, &e.about, &e.to, &e.subject, &e.body, &tries, &e.not_before],
     )
     .await?;
-    let dropped = run(c, crate::columns::ALERT_EMAILS_OF_APP_OVER, &[&e.app_id, &(app_max as i64)]).await?;
-    Ok(dropped + run(c, crate::columns::ALERT_EMAILS_OVER, &[&(all_max as i64)]).await?)
+    let dropped = run(c, columns::ALERT_EMAILS_OF_APP_OVER, &[&e.app_id, &(app_max as i64)]).await?;
+    Ok(dropped + run(c, columns::ALERT_EMAILS_OVER, &[&(all_max as i64)]).await?)
 }
 
 /// Takes due emails; another node's take skips those this one holds locked.
@@ -60,4 +62,59 @@ pub async fn tried(c: &impl GenericClient, id: &str, retry: Option<(u32, UnixMs)
         }
     }
     .map(|_| ())
+}
+
+fn digest(row: &tokio_postgres::Row) -> StoreResult<AlertDigest> {
+    let (failing, exhausted): (i64, i64) = (row.try_get(6).map_err(pg_error)?, row.try_get(7).map_err(pg_error)?);
+    Ok(AlertDigest {
+        endpoint_id: row.try_get(0).map_err(pg_error)?,
+        app_id: row.try_get(1).map_err(pg_error)?,
+        to: row.try_get(2).map_err(pg_error)?,
+        app: row.try_get(3).map_err(pg_error)?,
+        endpoint: row.try_get(4).map_err(pg_error)?,
+        url: row.try_get(5).map_err(pg_error)?,
+        failing: failing as u64,
+        exhausted: exhausted as u64,
+        since: row.try_get(8).map_err(pg_error)?,
+        sent_at: row.try_get(9).map_err(pg_error)?,
+    })
+}
+
+/// Adds the counts in endpoint order, so that two nodes' transactions lock rows in one
+/// order and never deadlock.
+pub async fn count(c: &impl GenericClient, counts: &[AlertDigest]) -> StoreResult<()> {
+    let mut ordered: Vec<&AlertDigest> = counts.iter().collect();
+    ordered.sort_by(|a, b| a.endpoint_id.cmp(&b.endpoint_id));
+    for d in ordered {
+        let (failing, exhausted) = (d.failing as i64, d.exhausted as i64);
+        run(
+            c,
+            columns::COUNT_ALERT_FAILURES,
+            &[&d.endpoint_id, &d.app_id, &d.to, &d.app, &d.endpoint, &d.url, &failing, &exhausted, &d.since],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Digests due taken at most per call; the next call takes the rest.
+const DIGESTS_TAKEN_MAX: i64 = 100;
+
+/// Takes the digests due; another node's take skips those this one holds locked, and a
+/// node's counts added meanwhile wait for the lock, then count towards the next summary.
+pub async fn take_digests(c: &impl GenericClient, rules: &DigestRules) -> StoreResult<DigestsTaken> {
+    let (now, gather, window) = (rules.now, rules.gather_ms as i64, rules.digest_ms as i64);
+    let sql = columns::due_digests_sql("GREATEST", "FOR UPDATE SKIP LOCKED");
+    let due = c.query(&sql, &[&now, &gather, &window, &DIGESTS_TAKEN_MAX]).await.map_err(pg_error)?;
+    let mut taken = DigestsTaken::default();
+    for d in due.iter().map(digest) {
+        let d = d?;
+        taken.pushed_out += queue(c, &(rules.render)(&d), rules.app_max, rules.all_max).await?;
+        run(c, columns::RESET_ALERT_DIGEST, &[&now, &d.endpoint_id]).await?;
+        taken.queued += 1;
+    }
+    run(c, columns::FORGET_QUIET_DIGESTS, &[&now, &window]).await?;
+    let next = c.query_one(&columns::next_digest_sql("GREATEST"), &[&gather, &window]).await.map_err(pg_error)?;
+    taken.next_due = next.try_get(0).map_err(pg_error)?;
+    Ok(taken)
 }

@@ -630,6 +630,12 @@ impl Store for PgStore {
     async fn alert_email_tried(&self, id: &str, retry: Option<(u32, UnixMs)>) -> StoreResult<()> {
         on_conn!(self, |c| alerts::tried(&c, id, retry))
     }
+    async fn count_alert_failures(&self, counts: Vec<AlertDigest>) -> StoreResult<()> {
+        in_tx!(self, |tx| alerts::count(&tx, &counts))
+    }
+    async fn take_alert_digests(&self, rules: DigestRules) -> StoreResult<DigestsTaken> {
+        in_tx!(self, |tx| alerts::take_digests(&tx, &rules))
+    }
     async fn purge_sessions(&self, now: UnixMs) -> StoreResult<usize> {
         on_conn!(self, |c| async {
             let n = resources::run(&c, "DELETE FROM dashboard_sessions WHERE expires_at <= $1", &[&now]).await?;

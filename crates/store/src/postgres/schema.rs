@@ -223,6 +223,7 @@ CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''
 "#,
     crate::columns::CLOSE_ORPHANED_DELIVERIES,
     crate::columns::ALERT_EMAILS_TABLE,
+    crate::columns::ALERT_DIGESTS_TABLE,
 ];
 
 /// Applies every migration the database lacks, one node at a time; returns the version

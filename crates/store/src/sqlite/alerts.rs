@@ -1,6 +1,8 @@
-//! The alert emails' outbox (see `Store::queue_alert_email`).
+//! The alert emails' outbox (see `Store::queue_alert_email`), and the failure digests its
+//! summaries come from (see `Store::count_alert_failures`).
 
 use super::sql_error;
+use crate::columns;
 use crate::*;
 use rusqlite::{params, Connection};
 
@@ -31,8 +33,8 @@ pub fn queue(conn: &Connection, e: &AlertEmail, app_max: usize, all_max: usize) 
     )
     .map_err(sql_error)?;
     let mut dropped =
-        conn.execute(crate::columns::ALERT_EMAILS_OF_APP_OVER, params![e.app_id, app_max as i64]).map_err(sql_error)?;
-    dropped += conn.execute(crate::columns::ALERT_EMAILS_OVER, [all_max as i64]).map_err(sql_error)?;
+        conn.execute(columns::ALERT_EMAILS_OF_APP_OVER, params![e.app_id, app_max as i64]).map_err(sql_error)?;
+    dropped += conn.execute(columns::ALERT_EMAILS_OVER, [all_max as i64]).map_err(sql_error)?;
     Ok(dropped as u64)
 }
 
@@ -57,4 +59,52 @@ pub fn tried(conn: &Connection, id: &str, retry: Option<(u32, UnixMs)>) -> Store
     }
     .map(|_| ())
     .map_err(sql_error)
+}
+
+fn digest(row: &rusqlite::Row) -> rusqlite::Result<AlertDigest> {
+    Ok(AlertDigest {
+        endpoint_id: row.get(0)?,
+        app_id: row.get(1)?,
+        to: row.get(2)?,
+        app: row.get(3)?,
+        endpoint: row.get(4)?,
+        url: row.get(5)?,
+        failing: row.get::<_, i64>(6)? as u64,
+        exhausted: row.get::<_, i64>(7)? as u64,
+        since: row.get(8)?,
+        sent_at: row.get(9)?,
+    })
+}
+
+pub fn count(conn: &Connection, counts: &[AlertDigest]) -> StoreResult<()> {
+    let mut statement = conn.prepare_cached(columns::COUNT_ALERT_FAILURES).map_err(sql_error)?;
+    for d in counts {
+        let (failing, exhausted) = (d.failing as i64, d.exhausted as i64);
+        statement
+            .execute(params![d.endpoint_id, d.app_id, d.to, d.app, d.endpoint, d.url, failing, exhausted, d.since])
+            .map_err(sql_error)?;
+    }
+    Ok(())
+}
+
+/// Digests due taken at most per call; the next call takes the rest.
+const DIGESTS_TAKEN_MAX: i64 = 100;
+
+pub fn take_digests(conn: &Connection, rules: &DigestRules) -> StoreResult<DigestsTaken> {
+    let (now, gather, window) = (rules.now, rules.gather_ms as i64, rules.digest_ms as i64);
+    let due = {
+        let mut statement = conn.prepare_cached(&columns::due_digests_sql("max", "")).map_err(sql_error)?;
+        let rows = statement.query_map(params![now, gather, window, DIGESTS_TAKEN_MAX], digest).map_err(sql_error)?;
+        rows.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)?
+    };
+    let mut taken = DigestsTaken::default();
+    for d in &due {
+        taken.pushed_out += queue(conn, &(rules.render)(d), rules.app_max, rules.all_max)?;
+        conn.execute(columns::RESET_ALERT_DIGEST, params![now, d.endpoint_id]).map_err(sql_error)?;
+        taken.queued += 1;
+    }
+    conn.execute(columns::FORGET_QUIET_DIGESTS, params![now, window]).map_err(sql_error)?;
+    taken.next_due =
+        conn.query_row(&columns::next_digest_sql("max"), params![gather, window], |r| r.get(0)).map_err(sql_error)?;
+    Ok(taken)
 }

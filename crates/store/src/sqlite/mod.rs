@@ -766,6 +766,12 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.write_in(Lane::Background, move |c| alerts::tried(c, &id, retry)).await
     }
+    async fn count_alert_failures(&self, counts: Vec<AlertDigest>) -> StoreResult<()> {
+        self.write_in(Lane::Background, move |c| alerts::count(c, &counts)).await
+    }
+    async fn take_alert_digests(&self, rules: DigestRules) -> StoreResult<DigestsTaken> {
+        self.write_in(Lane::Background, move |c| alerts::take_digests(c, &rules)).await
+    }
     async fn purge_sessions(&self, now: UnixMs) -> StoreResult<usize> {
         self.write(move |c| {
             c.execute("DELETE FROM dashboard_sessions WHERE expires_at <= ?1", [now]).map_err(sql_error)
