@@ -2,8 +2,10 @@
 import email
 import email.policy
 import http.server
+import os
 import queue
 import re
+import sqlite3
 import threading
 import time
 
@@ -112,31 +114,100 @@ def test_ten_messages_failing_at_once_make_one_summary(hookline, smtp):
     started = time.time()
     for n in range(10):
         api(hookline, "POST", f"/app/{app['id']}/msg", {"eventType": "charge.failed", "payload": {"n": n}})
-    failing_count = exhausted_count = 0
-    summaries = []
-    while exhausted_count < 10:
-        message = inbox.next()
-        assert message["To"] == "ops@acme.example" and message["From"] == "Hookline <alerts@hookline.example>"
-        assert message["Subject"] == "[Hookline] Deliveries to endpoint main of Acme (acme-digest) are failing"
-        body = message.get_content()
-        assert failing.url in body
-        summaries.append(time.time() - started)
-        found = re.search(r"(\d+) messages? failed 4 attempts in a row", body)
-        failing_count += int(found.group(1)) if found else 0
-        found = re.search(r"(\d+) messages? ran out of retries", body)
-        exhausted_count += int(found.group(1)) if found else 0
-    assert (failing_count, exhausted_count) == (10, 10)
-    # One summary per window: the first after the gathering pause, a second (if some
-    # failures came after it) only a whole window later; never one per message.
-    assert len(summaries) <= 2, summaries
+    subject = "[Hookline] Deliveries to endpoint main of Acme (acme-digest) are failing"
+    summaries = one_summary_a_window(inbox, "ops@acme.example", subject, failing.url, started)
     assert summaries[0] >= GATHER_MS / 1000
-    if len(summaries) == 2:
-        assert summaries[1] - summaries[0] >= DIGEST_MS / 1000 - 0.5, summaries
     with pytest.raises(queue.Empty):
         inbox.next(timeout=2)
     metrics = httpx.get(f"{hookline}/metrics", headers=AUTH).text
     assert re.search(r'hookline_alert_emails_total\{outcome="sent"\} [1-9]', metrics), metrics
     api(hookline, "DELETE", f"/app/{app['id']}/endpoint/{ep['id']}")
+
+
+def one_summary_a_window(inbox, to, subject, url, started, messages=10) -> list[float]:
+    """Reads the summaries sent to `to` (skipping other tests' emails) until they have told
+    that `messages` failed and ran out of retries, each once; returns when each came, in
+    seconds after `started`. One summary per window: the first after the gathering pause, a
+    second (if some failures came after it) only a whole window later; never one per message
+    or per node."""
+    failing_count = exhausted_count = 0
+    summaries = []
+    while exhausted_count < messages:
+        message = inbox.next()
+        if message["To"] != to:
+            continue  # another test's email
+        assert message["From"] == "Hookline <alerts@hookline.example>" and message["Subject"] == subject
+        body = message.get_content()
+        assert url in body
+        summaries.append(time.time() - started)
+        found = re.search(r"(\d+) messages? failed 4 attempts in a row", body)
+        failing_count += int(found.group(1)) if found else 0
+        found = re.search(r"(\d+) messages? ran out of retries", body)
+        exhausted_count += int(found.group(1)) if found else 0
+    assert (failing_count, exhausted_count) == (messages, messages)
+    assert len(summaries) <= 2, summaries
+    if len(summaries) == 2:
+        assert summaries[1] - summaries[0] >= DIGEST_MS / 1000 - 0.5, summaries
+    return summaries
+
+
+@pytest.mark.skipif(not os.environ.get("HOOKLINE_DATABASE_URL"), reason="nodes share a database on PostgreSQL")
+def test_two_nodes_failing_one_endpoint_send_one_summary_a_window(hookline, smtp):
+    """Each node counts the failures of the deliveries it sends; the counts add up in the
+    store, so the owner gets one summary a window with all of them, not one per node."""
+    second, second_url, _ = start_hookline(TOKEN, env=alerts_env(smtp))
+    try:
+        failing = Failing()
+        app = api(hookline, "POST", "/app", {"name": "Hooli", "uid": "hooli", "alertEmail": "ops@hooli.example"})
+        policy = {"delaysMs": [100, 100, 100, 100]}
+        api(hookline, "POST", f"/app/{app['id']}/endpoint", {"url": failing.url, "uid": "main", "retryPolicy": policy})
+        started = time.time()
+        for n in range(10):  # each node sends what it takes
+            node = hookline if n % 2 == 0 else second_url
+            api(node, "POST", f"/app/{app['id']}/msg", {"eventType": "charge.failed", "payload": {"n": n}})
+        subject = "[Hookline] Deliveries to endpoint main of Hooli (hooli) are failing"
+        one_summary_a_window(smtp.inbox, "ops@hooli.example", subject, failing.url, started)
+    finally:
+        second.kill()
+        second.wait(timeout=30)
+
+
+def counted_in_store(data_dir) -> tuple[int, int]:
+    """The failures an SQLite data dir's digests hold (failing, exhausted)."""
+    try:
+        with sqlite3.connect(f"file:{data_dir}/hookline.db?mode=ro", uri=True) as db:
+            row = db.execute("SELECT sum(failing), sum(exhausted) FROM alert_digests").fetchone()
+    except sqlite3.OperationalError:
+        return (0, 0)  # no such table (yet)
+    return (row[0] or 0, row[1] or 0)
+
+
+@pytest.mark.skipif(bool(os.environ.get("HOOKLINE_DATABASE_URL")), reason="reads the SQLite data dir")
+def test_failures_counted_before_a_crash_are_summed_after_it(smtp):
+    """Failure counts are in the store once noted: a summary not yet due when Hookline is
+    killed is sent, with every failure, by the process started again on the same data."""
+    waiting = dict(alerts_env(smtp), HOOKLINE_ALERTS_GATHER_MS="600000")  # not due before the crash
+    process, url, data_dir = start_hookline(TOKEN, env=waiting)
+    try:
+        failing = Failing()
+        app = api(url, "POST", "/app", {"name": "Vandelay", "uid": "vandelay", "alertEmail": "ops@vandelay.example"})
+        policy = {"delaysMs": [100, 100, 100, 100]}
+        api(url, "POST", f"/app/{app['id']}/endpoint", {"url": failing.url, "uid": "main", "retryPolicy": policy})
+        started = time.time()
+        for n in range(10):
+            api(url, "POST", f"/app/{app['id']}/msg", {"eventType": "charge.failed", "payload": {"n": n}})
+        deadline = time.time() + 60
+        while counted_in_store(data_dir) != (10, 10):
+            assert time.time() < deadline, counted_in_store(data_dir)
+            time.sleep(0.05)
+        process.kill()
+        process.wait(timeout=30)
+        process, url, _ = start_hookline(TOKEN, env=alerts_env(smtp), data_dir=data_dir)
+        subject = "[Hookline] Deliveries to endpoint main of Vandelay (vandelay) are failing"
+        assert len(one_summary_a_window(smtp.inbox, "ops@vandelay.example", subject, failing.url, started)) == 1
+    finally:
+        process.kill()
+        process.wait(timeout=30)
 
 
 def test_disabling_and_enabling_email_at_once_and_a_down_smtp_server_is_retried(hookline, smtp):

@@ -7,8 +7,9 @@
 //! every node: a restart or a node's death loses none, and one node sends each), sends
 //! what is due, retries failed sends with backoff, logs and counts them. Deliveries never
 //! wait for email. The outbox keeps one email per endpoint state (the newest) and a
-//! bounded share per application. The failure counts a summary adds up stay in memory
-//! until it goes.
+//! bounded share per application. Failure counts go from memory to the store's digests
+//! (one per endpoint, shared by every node) at most every `FLUSH_MS`, so that the nodes'
+//! counts add up to one summary per window and a restart loses at most that moment's.
 
 use crate::clock::Clock;
 use crate::config::AlertsConfig;
@@ -16,9 +17,10 @@ use crate::dispatch::notices::{self, Notice};
 use crate::metrics as m;
 use crate::wire::timestamp;
 use hookline_core::UnixMs;
-use hookline_store::{AlertEmail, App, Store, StoreError};
+use hookline_store::{AlertDigest, AlertEmail, App, DigestRules, Store, StoreError};
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
@@ -32,30 +34,21 @@ const APP_QUEUED_MAX: usize = 100;
 const PENDING_MAX: usize = 1_000;
 /// The longest wait between two tries of one email.
 const RETRY_MAX_MS: i64 = 300_000;
-/// How often the outbox is looked at for emails another node queued or left.
+/// How often the outbox and the digests are looked at for work another node queued or left.
 const POLL_MS: i64 = 5_000;
-
-/// What one endpoint's failures add up to since its last summary.
-#[derive(Debug, Default)]
-struct Digest {
-    to: String,
-    app_id: String,
-    app: String,
-    endpoint: String,
-    url: String,
-    failing: u64,
-    exhausted: u64,
-    /// When the first event not yet summed up came.
-    since: Option<UnixMs>,
-    /// When the last summary went out.
-    sent_at: Option<UnixMs>,
-}
+/// Failure counts go to the store at most this often: a flood of failures costs a write
+/// per turn, not one per failure.
+const FLUSH_MS: i64 = 250;
+/// The soonest the next look at the digests comes after one that left a digest due (more
+/// than one look takes, or another node is taking it).
+const DUE_AGAIN_MS: i64 = 100;
 
 #[derive(Default)]
 struct State {
     /// Emails noted, on their way to the store's outbox.
     pending: VecDeque<AlertEmail>,
-    digests: HashMap<String, Digest>,
+    /// Failure counts noted since the last flush to the store, by endpoint id.
+    counts: HashMap<String, AlertDigest>,
 }
 
 pub struct Mailer {
@@ -116,18 +109,26 @@ impl Mailer {
                 pend(&mut state.pending, new_email(&app.id, about, to, subject, body, now));
             }
             notices::ATTEMPT_FAILING | notices::ATTEMPT_EXHAUSTED => {
-                let key = notice.data["endpointId"].as_str().unwrap_or("").to_owned();
-                let digest = state.digests.entry(key).or_default();
-                digest.to = to.to_owned();
-                digest.app_id = app.id.clone();
-                digest.app = app_name;
-                digest.endpoint = endpoint.to_owned();
-                digest.url = url.to_owned();
+                let first = state.counts.is_empty();
+                let endpoint_id = notice.data["endpointId"].as_str().unwrap_or("").to_owned();
+                let counts = state.counts.entry(endpoint_id.clone()).or_insert_with(|| AlertDigest {
+                    endpoint_id,
+                    since: Some(now),
+                    ..AlertDigest::default()
+                });
+                counts.to = to.to_owned();
+                counts.app_id = app.id.clone();
+                counts.app = app_name;
+                counts.endpoint = endpoint.to_owned();
+                counts.url = url.to_owned();
                 match notice.event_type {
-                    notices::ATTEMPT_FAILING => digest.failing += 1,
-                    _ => digest.exhausted += 1,
+                    notices::ATTEMPT_FAILING => counts.failing += 1,
+                    _ => counts.exhausted += 1,
                 }
-                digest.since.get_or_insert(now);
+                // Later counts go with the flush the first one starts.
+                if !first {
+                    return;
+                }
             }
             _ => return,
         }
@@ -135,35 +136,80 @@ impl Mailer {
         self.wake.notify_one();
     }
 
-    /// Moves the summaries that are due into the outbox; returns when the next one is due.
-    fn summarize(&self, now: UnixMs) -> Option<UnixMs> {
-        let mut state = self.state.lock().expect("mailer lock");
-        let State { pending, digests } = &mut *state;
-        let mut next = None::<UnixMs>;
-        for digest in digests.values_mut() {
-            let Some(since) = digest.since else { continue };
-            let due = (since + self.config.gather_ms as i64)
-                .max(digest.sent_at.map_or(i64::MIN, |at| at + self.config.digest_ms as i64));
-            if due > now {
-                next = Some(next.map_or(due, |n| n.min(due)));
-                continue;
-            }
-            let (subject, body) = digest_email(digest, since);
-            pend(pending, new_email(&digest.app_id, None, &digest.to, subject, body, now));
-            (digest.failing, digest.exhausted, digest.since, digest.sent_at) = (0, 0, None, Some(now));
+    /// Adds the counts noted to the store's digests; if the store cannot take them, they
+    /// wait here, added to what comes meanwhile.
+    async fn flush_counts(&self) {
+        let counts: Vec<AlertDigest> =
+            std::mem::take(&mut self.state.lock().expect("mailer lock").counts).into_values().collect();
+        if counts.is_empty() {
+            return;
         }
-        // Forget endpoints that have been quiet for a whole window.
-        digests.retain(|_, d| d.since.is_some() || d.sent_at.is_some_and(|at| now < at + self.config.digest_ms as i64));
-        next
+        match self.store.count_alert_failures(counts.clone()).await {
+            Ok(()) => {}
+            Err(e @ (StoreError::Corrupt(_) | StoreError::Invalid(_))) => {
+                tracing::error!(error = %e, "failure counts for alert summaries cannot be stored; counts dropped");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not store failure counts for alert summaries; trying again");
+                let mut state = self.state.lock().expect("mailer lock");
+                for old in counts {
+                    match state.counts.entry(old.endpoint_id.clone()) {
+                        Entry::Vacant(vacant) => {
+                            vacant.insert(old);
+                        }
+                        // Noted since: the names are newer, the first failure is the old one.
+                        Entry::Occupied(mut noted) => {
+                            let noted = noted.get_mut();
+                            (noted.failing, noted.exhausted) =
+                                (noted.failing + old.failing, noted.exhausted + old.exhausted);
+                            noted.since = old.since;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The summaries due at `now` go to the outbox; returns when the next one is due.
+    async fn summarize(&self, now: UnixMs) -> Option<UnixMs> {
+        let to_email = move |d: &AlertDigest| {
+            let (subject, body) = digest_email(d);
+            new_email(&d.app_id, None, &d.to, subject, body, now)
+        };
+        let rules = DigestRules {
+            now,
+            gather_ms: self.config.gather_ms,
+            digest_ms: self.config.digest_ms,
+            app_max: APP_QUEUED_MAX,
+            all_max: OUTBOX_MAX,
+            render: Arc::new(to_email),
+        };
+        match self.store.take_alert_digests(rules).await {
+            Ok(taken) => {
+                dropped(taken.pushed_out);
+                taken.next_due.map(|at| at.max(now + DUE_AGAIN_MS))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not look for alert summaries due; trying again");
+                Some(now + 1_000)
+            }
+        }
     }
 
     async fn send_loop(self: Arc<Self>) {
         // The soonest retry of an email this node failed to send: the wait ends then.
         let mut retry_at = None::<UnixMs>;
+        let mut flushed_at = UnixMs::MIN / 2;
         loop {
             let now = self.clock.now_ms();
             retry_at = retry_at.filter(|at| *at > now);
-            let next = [self.summarize(now), retry_at].into_iter().flatten().min();
+            let counting = || !self.state.lock().expect("mailer lock").counts.is_empty();
+            if counting() && now >= flushed_at + FLUSH_MS {
+                self.flush_counts().await;
+                flushed_at = now;
+            }
+            let flush_at = counting().then_some(flushed_at + FLUSH_MS);
+            let next = [self.summarize(now).await, retry_at, flush_at].into_iter().flatten().min();
             // Noted emails go to the outbox first; the store down, they wait here.
             let stored = self.store_pending().await;
             // One email at a time, held for as long as its own send may take (an SMTP
@@ -345,7 +391,7 @@ fn change_email(app: &str, endpoint: &str, url: &str, notice: &Notice) -> (Strin
 }
 
 /// The subject and body of an endpoint's failure summary.
-fn digest_email(d: &Digest, since: UnixMs) -> (String, String) {
+fn digest_email(d: &AlertDigest) -> (String, String) {
     let plural = |n: u64| if n == 1 { "message" } else { "messages" };
     let mut lines = Vec::new();
     if d.failing > 0 {
@@ -367,7 +413,7 @@ fn digest_email(d: &Digest, since: UnixMs) -> (String, String) {
             d.endpoint,
             d.url,
             d.app,
-            timestamp(since),
+            timestamp(d.since.unwrap_or_default()),
             lines.join("\n")
         ),
     )
