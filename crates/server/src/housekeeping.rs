@@ -56,7 +56,11 @@ pub async fn follow_changes(state: Arc<AppState>) {
 async fn apply(state: &AppState, change: Change) {
     let catalog = &state.engine.catalog;
     match change {
-        Change::App(app_id) => catalog.invalidate(&app_id),
+        Change::App(app_id) => {
+            catalog.invalidate(&app_id);
+            // Another node may have deleted an endpoint or the application.
+            state.engine.forget_deleted_endpoints(&app_id).await;
+        }
         Change::Sources => catalog.invalidate_sources(),
         Change::Tokens => reload_tokens(state).await,
         Change::Due => state.engine.wake(),
@@ -67,6 +71,22 @@ async fn apply(state: &AppState, change: Change) {
         }
     }
 }
+
+/// Every `SERIES_SWEEP_MS`: drops the metric series of endpoints deleted without this node
+/// hearing of it (SQLite tells no changes; a notification missed) or recorded into by an
+/// attempt that ended after the deletion. Only applications with a lane idle since the
+/// last sweep are looked up: a deleted endpoint's lane gets no more attempts.
+pub async fn sweep_endpoint_series(state: Arc<AppState>) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(SERIES_SWEEP_MS)).await;
+        for app_id in state.engine.series.idle_apps() {
+            state.engine.forget_deleted_endpoints(&app_id).await;
+        }
+    }
+}
+
+/// How often idle metric series are checked against the store.
+const SERIES_SWEEP_MS: u64 = 600_000;
 
 async fn reload_tokens(state: &AppState) {
     match load_tokens(state.store.as_ref(), &state.config).await {

@@ -280,6 +280,7 @@ async fn remove(state: Shared, PathParams(app_id): PathParams<String>) -> ApiRes
     state.store.delete_app(&app.id).await.map_err(ApiError::from_store("application"))?;
     state.engine.catalog.invalidate(&app.id);
     state.engine.catalog.invalidate_sources();
+    state.engine.series.keep_of_app(&app.id, |_| false);
     state.tokens.write().expect("tokens lock").retain(|t| t.app_id.as_deref() != Some(app.id.as_str()));
     Ok(StatusCode::NO_CONTENT)
 }

@@ -436,6 +436,7 @@ pub async fn delete_endpoint(state: &AppState, app: &App, key: &str) -> ApiResul
     let e = find_in(state, app, key).await?;
     state.store.delete_endpoint(&e.app_id, &e.id).await.map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&e.app_id);
+    state.engine.series.keep_of_app(&e.app_id, |lane| lane != e.id);
     state.engine.notify(app, Notice::endpoint(notices::ENDPOINT_DELETED, app, &e)).await;
     Ok(())
 }

@@ -44,5 +44,7 @@ async fn render_metrics(State(state): Shared, headers: HeaderMap) -> Result<Stri
     if !(scraper || admin) {
         return Err(ApiError::Unauthorized);
     }
-    Ok(crate::metrics::handle().render())
+    let mut text = crate::metrics::handle().render();
+    state.engine.series.render(&mut text);
+    Ok(text)
 }

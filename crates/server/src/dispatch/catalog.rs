@@ -23,6 +23,11 @@ impl AppEndpoints {
         let by_id = list.iter().map(|e| (e.id.clone(), e.clone())).collect();
         AppEndpoints { list, by_id }
     }
+
+    /// Whether the endpoint of this id is one of them.
+    pub fn has(&self, endpoint_id: &str) -> bool {
+        self.by_id.contains_key(endpoint_id)
+    }
 }
 
 impl std::ops::Deref for AppEndpoints {

@@ -18,6 +18,7 @@ pub use publish::{run_to_end, takes};
 use crate::clock::Clock;
 use crate::config::{ClusterConfig, DeliveryConfig};
 use crate::metrics as m;
+use crate::metrics::endpoints::{EndpointSeries, Settled};
 use hookline_core::classify::{classify, error_class, unreachable, Verdict, PACE_AFTER_UNREACHABLE};
 use hookline_core::delivery::{DeliveryState, Trigger};
 use hookline_core::id::prefix;
@@ -104,10 +105,11 @@ pub struct Engine {
     /// Counts attempts per endpoint and source per minute, written in the background.
     pub stats: Arc<crate::stats::Recorder>,
     in_flight: AtomicUsize,
-    /// The in-flight gauge and the end-to-end histogram, and each lane's metrics.
+    /// The in-flight gauge and the end-to-end histogram, and each lane's series (kept here,
+    /// so that a deleted endpoint's go: see `metrics::endpoints`).
     in_flight_gauge: metrics::Gauge,
     end_to_end_seconds: metrics::Histogram,
-    lane_metrics: Mutex<HashMap<String, Arc<LaneMetrics>>>,
+    pub series: EndpointSeries,
     idle: Notify,
     jitter: Mutex<rand::rngs::StdRng>,
 }
@@ -247,7 +249,7 @@ impl Engine {
             in_flight: AtomicUsize::new(0),
             in_flight_gauge: metrics::gauge!(m::IN_FLIGHT),
             end_to_end_seconds: metrics::histogram!(m::END_TO_END_SECONDS),
-            lane_metrics: Mutex::default(),
+            series: EndpointSeries::default(),
             idle: Notify::new(),
             jitter: Mutex::new(jitter),
         });
@@ -711,7 +713,7 @@ impl Engine {
         if let Some(lane) = state.is_final().then(|| publish::lane(d)).flatten() {
             Box::pin(self.next_in_lane(lane, now)).await;
         }
-        self.observe(lane, state, class, sent.as_ref(), message.created_at, now);
+        self.observe(lane, &d.app_id, state, class, sent.as_ref(), message.created_at, now);
         if let (Some(sent), Some(endpoint_id)) = (&sent, &target.endpoint_id) {
             let ok = state == DeliveryState::Delivered;
             let source = message.source_id.as_deref();
@@ -902,70 +904,48 @@ fn attempt_notices(
     made
 }
 
-/// A lane's metric handles, made at its first attempt and kept (as the recorder keeps every
-/// series it has seen): recording through a handle skips building a labelled key and
-/// looking it up in the registry, which cost several allocations on every attempt.
-struct LaneMetrics {
-    attempt_seconds: metrics::Histogram,
-    succeeded: metrics::Counter,
-    failed: metrics::Counter,
-    exhausted: metrics::Counter,
-    /// Attempts by outcome (`success` or an error class), each made when first seen.
-    attempts: Mutex<Vec<(&'static str, metrics::Counter)>>,
-}
-
-impl LaneMetrics {
-    fn new(lane: &str) -> LaneMetrics {
-        let endpoint = || ("endpoint", lane.to_owned());
-        LaneMetrics {
-            attempt_seconds: metrics::histogram!(m::ATTEMPT_SECONDS, &[endpoint()]),
-            succeeded: metrics::counter!(m::SUCCEEDED, &[endpoint()]),
-            failed: metrics::counter!(m::FAILED, &[endpoint()]),
-            exhausted: metrics::counter!(m::EXHAUSTED, &[endpoint()]),
-            attempts: Mutex::default(),
-        }
-    }
-
-    fn attempts(&self, lane: &str, outcome: &'static str) -> metrics::Counter {
-        let mut attempts = self.attempts.lock().expect("lane metrics lock");
-        if let Some((_, counter)) = attempts.iter().find(|(o, _)| *o == outcome) {
-            return counter.clone();
-        }
-        let counter = metrics::counter!(m::ATTEMPTS, "endpoint" => lane.to_owned(), "outcome" => outcome);
-        attempts.push((outcome, counter.clone()));
-        counter
-    }
-}
-
 impl Engine {
+    #[allow(clippy::too_many_arguments)]
     fn observe(
         &self,
         lane: &str,
+        app_id: &str,
         state: DeliveryState,
         class: Option<&'static str>,
         sent: Option<&client::Sent>,
         created_at: UnixMs,
         now: UnixMs,
     ) {
-        let handles = {
-            let mut lanes = self.lane_metrics.lock().expect("lane metrics lock");
-            match lanes.get(lane) {
-                Some(handles) => handles.clone(),
-                None => lanes.entry(lane.to_owned()).or_insert_with(|| Arc::new(LaneMetrics::new(lane))).clone(),
-            }
-        };
-        handles.attempts(lane, class.unwrap_or("success")).increment(1);
-        if let Some(sent) = sent {
-            handles.attempt_seconds.record(sent.duration_ms as f64 / 1000.0);
-        }
-        match state {
+        let settled = match state {
             DeliveryState::Delivered => {
-                handles.succeeded.increment(1);
                 self.end_to_end_seconds.record((now - created_at).max(0) as f64 / 1000.0);
+                Settled::Succeeded
             }
-            DeliveryState::Exhausted => handles.exhausted.increment(1),
-            DeliveryState::Skipped => {}
-            _ => handles.failed.increment(1),
+            DeliveryState::Exhausted => Settled::Exhausted,
+            DeliveryState::Skipped => Settled::Neither,
+            _ => Settled::Failed,
+        };
+        let duration_ms = sent.map(|s| s.duration_ms);
+        self.series.lane(lane, app_id).attempt(class.unwrap_or("success"), duration_ms, settled);
+    }
+
+    /// Drops the series of `app_id`'s deleted endpoints (all of them if the application is
+    /// gone), as the store has them now; nothing if this node has none of its series.
+    pub async fn forget_deleted_endpoints(&self, app_id: &str) {
+        if !self.series.has_app(app_id) {
+            return;
+        }
+        let endpoints = match self.catalog.app(app_id).await {
+            Ok(_) => self.catalog.endpoints(app_id).await,
+            Err(e) => Err(e),
+        };
+        match endpoints {
+            Ok(endpoints) => {
+                let callbacks = lane_key(app_id, None);
+                self.series.keep_of_app(app_id, |lane| lane == callbacks || endpoints.has(lane));
+            }
+            Err(StoreError::NotFound) => self.series.keep_of_app(app_id, |_| false),
+            Err(e) => tracing::debug!(error = %e, "could not read an application's endpoints; its series stay"),
         }
     }
 }

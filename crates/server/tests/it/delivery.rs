@@ -52,6 +52,64 @@ async fn explicit_schedule_retries_exactly_on_time() {
     gw.stop().await;
 }
 
+/// A deleted endpoint's metric series leave `/metrics` (they stayed for the life of the
+/// process: about twenty lines per endpoint ever delivered to), and a deleted
+/// application's with it; other endpoints' stay.
+#[tokio::test]
+async fn a_deleted_endpoints_series_leave_the_metrics() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    let first = gw.endpoint(&app, json!({"url": rx.url})).await["id"].as_str().unwrap().to_owned();
+    let second = gw.endpoint(&app, json!({"url": rx.url})).await["id"].as_str().unwrap().to_owned();
+    let msg = gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
+    gw.wait_attempts(&app, &msg, 2).await;
+    let series = |endpoint: &str| format!("hookline_deliveries_succeeded_total{{endpoint=\"{endpoint}\"}} 1");
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains(&series(&first)) && metrics.contains(&series(&second)), "{metrics}");
+    gw.ok("DELETE", &format!("/api/v1/app/{app}/endpoint/{first}"), None).await;
+    let metrics = gw.metrics().await;
+    assert!(!metrics.contains(&format!("\"{first}\"")), "a deleted endpoint's series stay:\n{metrics}");
+    assert!(metrics.contains(&series(&second)), "{metrics}");
+    gw.ok("DELETE", &format!("/api/v1/app/{app}"), None).await;
+    let metrics = gw.metrics().await;
+    assert!(!metrics.contains(&format!("\"{second}\"")), "a deleted application's series stay:\n{metrics}");
+    gw.stop().await;
+}
+
+/// On PostgreSQL, an endpoint deleted through one node leaves the metrics of another node
+/// that delivered to it (told by the store's change notifications). SQLite runs one node.
+#[tokio::test]
+async fn an_endpoint_deleted_through_another_node_leaves_this_nodes_metrics() {
+    if std::env::var("HOOKLINE_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return;
+    }
+    let (dir, clock) = (Arc::new(tempfile::tempdir().unwrap()), Arc::new(hookline_server::clock::ManualClock::new(T0)));
+    let a = start_gateway_in(dev_config(), dir.clone(), clock.clone()).await;
+    let b = start_gateway_in(dev_config(), dir, clock).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = a.app("merchant").await;
+    let endpoint = a.endpoint(&app, json!({"url": rx.url})).await["id"].as_str().unwrap().to_owned();
+    let label = format!("endpoint=\"{endpoint}\"");
+    // Published through b, so b claims and sends it (and b's cache may not know the endpoint yet).
+    let msg = eventually("b takes the publish", async || {
+        let (status, body) =
+            b.call("POST", &format!("/api/v1/app/{app}/msg"), Some(json!({"eventType": "x", "payload": {}}))).await;
+        done_or(status == 202, status).map(|_| body["id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    b.wait_attempts(&app, &msg, 1).await;
+    assert!(b.metrics().await.contains(&label), "b delivered it");
+    a.ok("DELETE", &format!("/api/v1/app/{app}/endpoint/{endpoint}"), None).await;
+    eventually("b drops the deleted endpoint's series", async || {
+        let metrics = b.metrics().await;
+        done_or(!metrics.contains(&label), "still in b's metrics")
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
 #[tokio::test]
 async fn default_policy_backs_off_exponentially_and_gives_up_after_three_days() {
     let gw = start_gateway(dev_config()).await;

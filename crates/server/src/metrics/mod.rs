@@ -1,6 +1,8 @@
 //! Metric names (`hookline_<thing>_<unit>[_total]`) and the Prometheus recorder. Labels
 //! are endpoint ids and outcome classes, never URLs.
 
+pub mod endpoints;
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
