@@ -8,8 +8,9 @@
 //! what is due, retries failed sends with backoff, logs and counts them. Deliveries never
 //! wait for email. The outbox keeps one email per endpoint state (the newest) and a
 //! bounded share per application. Failure counts go from memory to the store's digests
-//! (one per endpoint, shared by every node) at most every `FLUSH_MS`, so that the nodes'
-//! counts add up to one summary per window and a restart loses at most that moment's.
+//! (one per endpoint, shared by every node) from a task of their own at most every
+//! `FLUSH_MS` and at shutdown, so that the nodes' counts add up to one summary per window
+//! and a crash loses at most that moment's.
 
 use crate::clock::Clock;
 use crate::config::AlertsConfig;
@@ -37,7 +38,7 @@ const RETRY_MAX_MS: i64 = 300_000;
 /// How often the outbox and the digests are looked at for work another node queued or left.
 const POLL_MS: i64 = 5_000;
 /// Failure counts go to the store at most this often: a flood of failures costs a write
-/// per turn, not one per failure.
+/// each time, not one per failure.
 const FLUSH_MS: i64 = 250;
 /// The soonest the next look at the digests comes after one that left a digest due (more
 /// than one look takes, or another node is taking it).
@@ -59,6 +60,8 @@ pub struct Mailer {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     wake: Notify,
+    /// Rung by the first failure counted since the last flush.
+    counted: Notify,
 }
 
 /// The address alerts about `app` go to: its `alertEmail`, else its metadata's
@@ -89,8 +92,10 @@ impl Mailer {
             clock,
             state: Mutex::default(),
             wake: Notify::new(),
+            counted: Notify::new(),
         });
         tokio::spawn(mailer.clone().send_loop());
+        tokio::spawn(mailer.clone().flush_loop());
         Ok(Some(mailer))
     }
 
@@ -125,10 +130,12 @@ impl Mailer {
                     notices::ATTEMPT_FAILING => counts.failing += 1,
                     _ => counts.exhausted += 1,
                 }
+                drop(state);
                 // Later counts go with the flush the first one starts.
-                if !first {
-                    return;
+                if first {
+                    self.counted.notify_one();
                 }
+                return;
             }
             _ => return,
         }
@@ -136,18 +143,33 @@ impl Mailer {
         self.wake.notify_one();
     }
 
+    /// Flushes the counts noted to the store at most every `FLUSH_MS`, from a task of its
+    /// own: the send loop may spend a minute on one slow SMTP exchange.
+    async fn flush_loop(self: Arc<Self>) {
+        loop {
+            self.counted.notified().await;
+            while !self.flush_counts().await {
+                self.clock.sleep_until(self.clock.now_ms() + 1_000).await;
+            }
+            // The send loop learns when the digests it counted into are due.
+            self.wake.notify_one();
+            self.clock.sleep_until(self.clock.now_ms() + FLUSH_MS).await;
+        }
+    }
+
     /// Adds the counts noted to the store's digests; if the store cannot take them, they
-    /// wait here, added to what comes meanwhile.
-    async fn flush_counts(&self) {
+    /// wait here, added to what comes meanwhile, and this returns false.
+    pub async fn flush_counts(&self) -> bool {
         let counts: Vec<AlertDigest> =
             std::mem::take(&mut self.state.lock().expect("mailer lock").counts).into_values().collect();
         if counts.is_empty() {
-            return;
+            return true;
         }
         match self.store.count_alert_failures(counts.clone()).await {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(e @ (StoreError::Corrupt(_) | StoreError::Invalid(_))) => {
                 tracing::error!(error = %e, "failure counts for alert summaries cannot be stored; counts dropped");
+                true
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not store failure counts for alert summaries; trying again");
@@ -166,6 +188,7 @@ impl Mailer {
                         }
                     }
                 }
+                false
             }
         }
     }
@@ -199,17 +222,10 @@ impl Mailer {
     async fn send_loop(self: Arc<Self>) {
         // The soonest retry of an email this node failed to send: the wait ends then.
         let mut retry_at = None::<UnixMs>;
-        let mut flushed_at = UnixMs::MIN / 2;
         loop {
             let now = self.clock.now_ms();
             retry_at = retry_at.filter(|at| *at > now);
-            let counting = || !self.state.lock().expect("mailer lock").counts.is_empty();
-            if counting() && now >= flushed_at + FLUSH_MS {
-                self.flush_counts().await;
-                flushed_at = now;
-            }
-            let flush_at = counting().then_some(flushed_at + FLUSH_MS);
-            let next = [self.summarize(now).await, retry_at, flush_at].into_iter().flatten().min();
+            let next = [self.summarize(now).await, retry_at].into_iter().flatten().min();
             // Noted emails go to the outbox first; the store down, they wait here.
             let stored = self.store_pending().await;
             // One email at a time, held for as long as its own send may take (an SMTP

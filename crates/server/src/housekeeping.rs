@@ -58,8 +58,10 @@ async fn apply(state: &AppState, change: Change) {
     match change {
         Change::App(app_id) => {
             catalog.invalidate(&app_id);
-            // Another node may have deleted an endpoint or the application.
-            state.engine.forget_deleted_endpoints(&app_id).await;
+            // Another node may have deleted an endpoint or the application: looked up
+            // aside, so that the changes after this one wait for no store read.
+            let engine = state.engine.clone();
+            tokio::spawn(async move { engine.forget_deleted_endpoints(&app_id).await });
         }
         Change::Sources => catalog.invalidate_sources(),
         Change::Tokens => reload_tokens(state).await,

@@ -121,8 +121,14 @@ pub const RESET_ALERT_DIGEST: &str =
     "UPDATE alert_digests SET failing = 0, exhausted = 0, since = NULL, sent_at = $1 WHERE endpoint_id = $2";
 
 /// Forgets digests with nothing to tell whose last summary is a window old (`$1` now, `$2`
-/// the window).
-pub const FORGET_QUIET_DIGESTS: &str = "DELETE FROM alert_digests WHERE since IS NULL AND $1 >= sent_at + $2";
+/// the window); `lock` as in [`due_digests_sql`] (on PostgreSQL, rows a node's counts hold
+/// are skipped: waiting for them while holding due rows those counts wait for deadlocks).
+pub fn forget_quiet_digests_sql(lock: &str) -> String {
+    format!(
+        "DELETE FROM alert_digests WHERE endpoint_id IN \
+         (SELECT endpoint_id FROM alert_digests WHERE since IS NULL AND $1 >= sent_at + $2 {lock})"
+    )
+}
 
 /// When a digest with failures to tell is due: `greatest` is the backend's two-argument
 /// maximum (`max` in SQLite, `GREATEST` in PostgreSQL), `gather` and `window` the

@@ -274,22 +274,25 @@ async fn two_nodes_counting_failures_tell_each_once() {
         tries: 0,
         not_before: 0,
     });
-    let rules = DigestRules { now: 2_000, gather_ms: 0, digest_ms: 0, app_max: 100_000, all_max: 100_000, render };
+    // A window of 1 ms and time moving on: digests told become quiet and are forgotten
+    // while counts come in.
+    let rules = DigestRules { now: 2_000, gather_ms: 0, digest_ms: 1, app_max: 100_000, all_max: 100_000, render };
     let mut takers = Vec::new();
     for store in [a.clone(), b.clone()] {
         let rules = rules.clone();
         takers.push(tokio::spawn(async move {
-            for _ in 0..50 {
-                store.take_alert_digests(rules.clone()).await.unwrap();
+            for now in 2_000..2_050 {
+                store.take_alert_digests(DigestRules { now, ..rules.clone() }).await.unwrap();
             }
         }));
     }
     for task in counters.into_iter().chain(takers) {
         task.await.unwrap();
     }
-    a.take_alert_digests(rules).await.unwrap(); // what came after the takers' last look
+    // What came after the takers' last look.
+    a.take_alert_digests(DigestRules { now: 100_000, ..rules }).await.unwrap();
     let told: u64 = a
-        .take_alert_emails(3_000, 60_000, 100_000)
+        .take_alert_emails(200_000, 60_000, 100_000)
         .await
         .unwrap()
         .iter()

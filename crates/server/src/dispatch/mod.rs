@@ -347,6 +347,9 @@ impl Engine {
             );
         }
         self.stats.flush(self.store.as_ref()).await;
+        if let Some(mailer) = &self.mailer {
+            mailer.flush_counts().await;
+        }
         // Everything this node still holds is free for the other nodes at once.
         if let Err(e) = self.store.retire_node(self.token()).await {
             tracing::warn!(error = %e, "could not retire this node's lease; its claims free up when it expires");

@@ -80,8 +80,8 @@ fn digest(row: &tokio_postgres::Row) -> StoreResult<AlertDigest> {
     })
 }
 
-/// Adds the counts in endpoint order, so that two nodes' transactions lock rows in one
-/// order and never deadlock.
+/// Adds the counts in endpoint order, so that two nodes' counts lock rows in one order and
+/// never deadlock (a take never waits for them: see `take_digests`).
 pub async fn count(c: &impl GenericClient, counts: &[AlertDigest]) -> StoreResult<()> {
     let mut ordered: Vec<&AlertDigest> = counts.iter().collect();
     ordered.sort_by(|a, b| a.endpoint_id.cmp(&b.endpoint_id));
@@ -100,10 +100,26 @@ pub async fn count(c: &impl GenericClient, counts: &[AlertDigest]) -> StoreResul
 /// Digests due taken at most per call; the next call takes the rest.
 const DIGESTS_TAKEN_MAX: i64 = 100;
 
-/// Takes the digests due; another node's take skips those this one holds locked, and a
-/// node's counts added meanwhile wait for the lock, then count towards the next summary.
+/// One node takes digests at a time (two takers' emails could push out each other's
+/// application's oldest in opposite orders, and deadlock); the others find nothing due now
+/// and look again soon.
+const DIGESTS_TAKER_LOCK: i64 = 0x686c_6469_6765_7374;
+
+/// Takes the digests due. Nothing here waits for a row a node's counts hold: due rows and
+/// quiet ones are locked `SKIP LOCKED` (those are taken next time), so counts (which lock
+/// rows in endpoint order) wait for a take and never the other way round. Counts added to a
+/// row this take holds wait for it, then count towards the next summary.
 pub async fn take_digests(c: &impl GenericClient, rules: &DigestRules) -> StoreResult<DigestsTaken> {
     let (now, gather, window) = (rules.now, rules.gather_ms as i64, rules.digest_ms as i64);
+    let alone: bool = c
+        .query_one("SELECT pg_try_advisory_xact_lock($1)", &[&DIGESTS_TAKER_LOCK])
+        .await
+        .map_err(pg_error)?
+        .try_get(0)
+        .map_err(pg_error)?;
+    if !alone {
+        return Ok(DigestsTaken { next_due: Some(now), ..DigestsTaken::default() });
+    }
     let sql = columns::due_digests_sql("GREATEST", "FOR UPDATE SKIP LOCKED");
     let due = c.query(&sql, &[&now, &gather, &window, &DIGESTS_TAKEN_MAX]).await.map_err(pg_error)?;
     let mut taken = DigestsTaken::default();
@@ -113,7 +129,7 @@ pub async fn take_digests(c: &impl GenericClient, rules: &DigestRules) -> StoreR
         run(c, columns::RESET_ALERT_DIGEST, &[&now, &d.endpoint_id]).await?;
         taken.queued += 1;
     }
-    run(c, columns::FORGET_QUIET_DIGESTS, &[&now, &window]).await?;
+    run(c, &columns::forget_quiet_digests_sql("FOR UPDATE SKIP LOCKED"), &[&now, &window]).await?;
     let next = c.query_one(&columns::next_digest_sql("GREATEST"), &[&gather, &window]).await.map_err(pg_error)?;
     taken.next_due = next.try_get(0).map_err(pg_error)?;
     Ok(taken)

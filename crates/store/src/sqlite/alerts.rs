@@ -103,7 +103,7 @@ pub fn take_digests(conn: &Connection, rules: &DigestRules) -> StoreResult<Diges
         conn.execute(columns::RESET_ALERT_DIGEST, params![now, d.endpoint_id]).map_err(sql_error)?;
         taken.queued += 1;
     }
-    conn.execute(columns::FORGET_QUIET_DIGESTS, params![now, window]).map_err(sql_error)?;
+    conn.execute(&columns::forget_quiet_digests_sql(""), params![now, window]).map_err(sql_error)?;
     taken.next_due =
         conn.query_row(&columns::next_digest_sql("max"), params![gather, window], |r| r.get(0)).map_err(sql_error)?;
     Ok(taken)
