@@ -105,15 +105,26 @@ def api(url, method, path, body=None):
     return response.json() if response.content else None
 
 
-def test_ten_messages_failing_at_once_make_one_summary(hookline, smtp):
-    inbox = smtp.inbox
+def ten_failing_messages(nodes, name, uid, address):
+    """An application alerting `address`, whose endpoint `main` answers 500 (4 retries 100 ms
+    apart), and ten messages published to it, in turn through each of `nodes` (each node
+    sends what it takes). Returns the endpoint's server, the application, the endpoint, and
+    when the first message was published."""
     failing = Failing()
-    app = api(hookline, "POST", "/app", {"name": "Acme", "uid": "acme-digest", "alertEmail": "ops@acme.example"})
+    app = api(nodes[0], "POST", "/app", {"name": name, "uid": uid, "alertEmail": address})
     policy = {"delaysMs": [100, 100, 100, 100]}
-    ep = api(hookline, "POST", f"/app/{app['id']}/endpoint", {"url": failing.url, "uid": "main", "retryPolicy": policy})
+    body = {"url": failing.url, "uid": "main", "retryPolicy": policy}
+    ep = api(nodes[0], "POST", f"/app/{app['id']}/endpoint", body)
     started = time.time()
     for n in range(10):
-        api(hookline, "POST", f"/app/{app['id']}/msg", {"eventType": "charge.failed", "payload": {"n": n}})
+        node = nodes[n % len(nodes)]
+        api(node, "POST", f"/app/{app['id']}/msg", {"eventType": "charge.failed", "payload": {"n": n}})
+    return failing, app, ep, started
+
+
+def test_ten_messages_failing_at_once_make_one_summary(hookline, smtp):
+    inbox = smtp.inbox
+    failing, app, ep, started = ten_failing_messages([hookline], "Acme", "acme-digest", "ops@acme.example")
     subject = "[Hookline] Deliveries to endpoint main of Acme (acme-digest) are failing"
     summaries = one_summary_a_window(inbox, "ops@acme.example", subject, failing.url, started)
     assert summaries[0] >= GATHER_MS / 1000
@@ -157,14 +168,7 @@ def test_two_nodes_failing_one_endpoint_send_one_summary_a_window(hookline, smtp
     store, so the owner gets one summary a window with all of them, not one per node."""
     second, second_url, _ = start_hookline(TOKEN, env=alerts_env(smtp))
     try:
-        failing = Failing()
-        app = api(hookline, "POST", "/app", {"name": "Hooli", "uid": "hooli", "alertEmail": "ops@hooli.example"})
-        policy = {"delaysMs": [100, 100, 100, 100]}
-        api(hookline, "POST", f"/app/{app['id']}/endpoint", {"url": failing.url, "uid": "main", "retryPolicy": policy})
-        started = time.time()
-        for n in range(10):  # each node sends what it takes
-            node = hookline if n % 2 == 0 else second_url
-            api(node, "POST", f"/app/{app['id']}/msg", {"eventType": "charge.failed", "payload": {"n": n}})
+        failing, _, _, started = ten_failing_messages([hookline, second_url], "Hooli", "hooli", "ops@hooli.example")
         subject = "[Hookline] Deliveries to endpoint main of Hooli (hooli) are failing"
         one_summary_a_window(smtp.inbox, "ops@hooli.example", subject, failing.url, started)
     finally:
@@ -189,13 +193,7 @@ def test_failures_counted_before_a_crash_are_summed_after_it(smtp):
     waiting = dict(alerts_env(smtp), HOOKLINE_ALERTS_GATHER_MS="600000")  # not due before the crash
     process, url, data_dir = start_hookline(TOKEN, env=waiting)
     try:
-        failing = Failing()
-        app = api(url, "POST", "/app", {"name": "Vandelay", "uid": "vandelay", "alertEmail": "ops@vandelay.example"})
-        policy = {"delaysMs": [100, 100, 100, 100]}
-        api(url, "POST", f"/app/{app['id']}/endpoint", {"url": failing.url, "uid": "main", "retryPolicy": policy})
-        started = time.time()
-        for n in range(10):
-            api(url, "POST", f"/app/{app['id']}/msg", {"eventType": "charge.failed", "payload": {"n": n}})
+        failing, _, _, started = ten_failing_messages([url], "Vandelay", "vandelay", "ops@vandelay.example")
         deadline = time.time() + 60
         while counted_in_store(data_dir) != (10, 10):
             assert time.time() < deadline, counted_in_store(data_dir)

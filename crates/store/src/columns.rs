@@ -85,6 +85,11 @@ CREATE INDEX alert_emails_about ON alert_emails (about) WHERE about IS NOT NULL;
 CREATE INDEX alert_emails_of_app ON alert_emails (app_id, id);
 ";
 
+/// The tables whose rows belong to an application (by `app_id`), deleted with it (on SQLite,
+/// `fanouts` too).
+pub const APP_TABLES: [&str; 9] =
+    ["endpoints", "messages", "deliveries", "attempts", "sources", "tokens", "stats", "alert_emails", "alert_digests"];
+
 pub const ALERT_DIGESTS_TABLE: &str = "
 -- Failures of an endpoint not yet told in a summary email (see Store::count_alert_failures):
 -- one row per endpoint, shared, so that every node's counts add up to one summary a window.
