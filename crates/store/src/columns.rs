@@ -125,13 +125,19 @@ pub const COUNT_ALERT_FAILURES: &str = "INSERT INTO alert_digests \
 pub const RESET_ALERT_DIGEST: &str =
     "UPDATE alert_digests SET failing = 0, exhausted = 0, since = NULL, sent_at = $1 WHERE endpoint_id = $2";
 
+/// An alert digest's application still exists (counts a node flushed after the application
+/// was deleted made its digest again).
+const DIGEST_APP_EXISTS: &str = "EXISTS (SELECT 1 FROM apps WHERE apps.id = alert_digests.app_id)";
+
 /// Forgets digests with nothing to tell whose last summary is a window old (`$1` now, `$2`
-/// the window); `lock` as in [`due_digests_sql`] (on PostgreSQL, rows a node's counts hold
-/// are skipped: waiting for them while holding due rows those counts wait for deadlocks).
+/// the window), and those of deleted applications; `lock` as in [`due_digests_sql`] (on
+/// PostgreSQL, rows a node's counts hold are skipped: waiting for them while holding due
+/// rows those counts wait for deadlocks).
 pub fn forget_quiet_digests_sql(lock: &str) -> String {
     format!(
         "DELETE FROM alert_digests WHERE endpoint_id IN \
-         (SELECT endpoint_id FROM alert_digests WHERE since IS NULL AND $1 >= sent_at + $2 {lock})"
+         (SELECT endpoint_id FROM alert_digests \
+         WHERE (since IS NULL AND $1 >= sent_at + $2) OR NOT {DIGEST_APP_EXISTS} {lock})"
     )
 }
 
@@ -143,11 +149,14 @@ fn digest_due(greatest: &str, gather: &str, window: &str) -> String {
 }
 
 /// The digests due (`$1` now, `$2` the gathering pause, `$3` the window, `$4` how many:
-/// SQLite numbers them in the order they first appear), earliest failure first; `lock` is what the backend adds to keep other takers off.
+/// SQLite numbers them in the order they first appear), earliest failure first, of
+/// applications that exist; `lock` is what the backend adds to keep other takers off (of
+/// `alert_digests` rows only).
 pub fn due_digests_sql(greatest: &str, lock: &str) -> String {
     let due = digest_due(greatest, "$2", "$3");
     format!(
-        "SELECT {ALERT_DIGEST_COLUMNS} FROM alert_digests WHERE since IS NOT NULL AND $1 >= {due} \
+        "SELECT {ALERT_DIGEST_COLUMNS} FROM alert_digests \
+         WHERE since IS NOT NULL AND $1 >= {due} AND {DIGEST_APP_EXISTS} \
          ORDER BY since, endpoint_id LIMIT $4 {lock}"
     )
 }

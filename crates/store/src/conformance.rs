@@ -1446,9 +1446,10 @@ async fn alert_emails_wait_durably_one_per_endpoint_state(store: &dyn Store) {
 /// forgotten.
 async fn alert_digests_add_up_to_one_summary_per_window(store: &dyn Store) {
     let t = 95_000_000;
+    let app_id = store.create_app(app(t, None)).await.unwrap().id;
     let counts = |failing: u64, exhausted: u64, since: UnixMs| AlertDigest {
         endpoint_id: "ep_digest".into(),
-        app_id: "app_digest".into(),
+        app_id: app_id.clone(),
         to: "ops@merchant.example".into(),
         app: "Acme".into(),
         endpoint: "main".into(),
@@ -1500,4 +1501,11 @@ async fn alert_digests_add_up_to_one_summary_per_window(store: &dyn Store) {
     store.count_alert_failures(vec![counts(0, 4, t + 21_100)]).await.unwrap();
     assert_eq!(take(t + 22_100).await.queued, 1);
     assert_eq!(sent(t + 22_100).await[0].0, "main failing 0 exhausted 4");
+    // Counts that came after their application was deleted: never told, forgotten.
+    store.delete_app(&app_id).await.unwrap();
+    store.count_alert_failures(vec![counts(2, 0, t + 23_000)]).await.unwrap();
+    assert_eq!(take(t + 40_000).await, DigestsTaken::default(), "nothing told about a deleted application");
+    store.create_app(App { id: app_id.clone(), ..app(t, None) }).await.unwrap();
+    assert_eq!(take(t + 40_001).await, DigestsTaken::default(), "and forgotten");
+    store.delete_app(&app_id).await.unwrap();
 }

@@ -241,11 +241,12 @@ async fn two_nodes_counting_failures_tell_each_once() {
     use hookline_store::{AlertDigest, AlertEmail, DigestRules};
     let (url, a) = fresh().await;
     let b = PgStore::open(&url, &KEY, options()).await.unwrap();
+    let app_id = a.create_app(conformance::app(1_000, None)).await.unwrap().id;
     let (a, b) = (Arc::new(a), Arc::new(b));
     let endpoints: Vec<String> = (0..8).map(|n| format!("ep_{n}")).collect();
     let mut counters = Vec::new();
     for (n, store) in [a.clone(), b.clone(), a.clone(), b.clone()].into_iter().enumerate() {
-        let mut endpoints = endpoints.clone();
+        let (mut endpoints, app_id) = (endpoints.clone(), app_id.clone());
         counters.push(tokio::spawn(async move {
             for round in 0..50 {
                 endpoints.rotate_left(n + round % 3); // each counter in its own order
@@ -253,7 +254,7 @@ async fn two_nodes_counting_failures_tell_each_once() {
                     .iter()
                     .map(|e| AlertDigest {
                         endpoint_id: e.clone(),
-                        app_id: "app_1".into(),
+                        app_id: app_id.clone(),
                         to: "ops@merchant.example".into(),
                         failing: 1,
                         since: Some(1_000),

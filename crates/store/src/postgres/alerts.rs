@@ -100,6 +100,9 @@ pub async fn count(c: &impl GenericClient, counts: &[AlertDigest]) -> StoreResul
 /// Digests due taken at most per call; the next call takes the rest.
 const DIGESTS_TAKEN_MAX: i64 = 100;
 
+/// How a take locks the digest rows it reads (not the applications it checks).
+const LOCK: &str = "FOR UPDATE OF alert_digests SKIP LOCKED";
+
 /// One node takes digests at a time (two takers' emails could push out each other's
 /// application's oldest in opposite orders, and deadlock); the others find nothing due now
 /// and look again soon.
@@ -120,7 +123,7 @@ pub async fn take_digests(c: &impl GenericClient, rules: &DigestRules) -> StoreR
     if !alone {
         return Ok(DigestsTaken { next_due: Some(now), ..DigestsTaken::default() });
     }
-    let sql = columns::due_digests_sql("GREATEST", "FOR UPDATE SKIP LOCKED");
+    let sql = columns::due_digests_sql("GREATEST", LOCK);
     let due = c.query(&sql, &[&now, &gather, &window, &DIGESTS_TAKEN_MAX]).await.map_err(pg_error)?;
     let mut taken = DigestsTaken::default();
     for d in due.iter().map(digest) {
@@ -129,7 +132,7 @@ pub async fn take_digests(c: &impl GenericClient, rules: &DigestRules) -> StoreR
         run(c, columns::RESET_ALERT_DIGEST, &[&now, &d.endpoint_id]).await?;
         taken.queued += 1;
     }
-    run(c, &columns::forget_quiet_digests_sql("FOR UPDATE SKIP LOCKED"), &[&now, &window]).await?;
+    run(c, &columns::forget_quiet_digests_sql(LOCK), &[&now, &window]).await?;
     let next = c.query_one(&columns::next_digest_sql("GREATEST"), &[&gather, &window]).await.map_err(pg_error)?;
     taken.next_due = next.try_get(0).map_err(pg_error)?;
     Ok(taken)
