@@ -31,6 +31,30 @@ pub struct Dash {
 
 pub type DashState = axum::extract::State<Arc<Dash>>;
 
+/// A form's body, read as the API reads bodies (`api::read_body`): a body that does not
+/// arrive within `server.body_read_timeout_ms` is a 408 page and one over
+/// `api.body_bytes_max` a 413 (axum's `Form` answered 400 to both); a form that does not
+/// fit its fields is a 422 page, one not sent as a form a 415.
+pub struct DashForm<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<Dash>> for DashForm<T> {
+    type Rejection = Response;
+
+    async fn from_request(request: Request<Body>, dash: &Arc<Dash>) -> Result<Self, Response> {
+        let declared = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let essence = declared.split(';').next().unwrap_or("").trim();
+        if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            let detail = "A form is sent as application/x-www-form-urlencoded.";
+            return Err(render::refused(StatusCode::UNSUPPORTED_MEDIA_TYPE, detail));
+        }
+        let body = crate::api::read_body(request.into_body(), &dash.state.config).await;
+        let bytes = body.map_err(|e| render::refused(e.code_and_status().1, &e.to_string()))?;
+        serde_urlencoded::from_bytes(&bytes)
+            .map(DashForm)
+            .map_err(|e| render::refused(StatusCode::UNPROCESSABLE_ENTITY, &format!("The form could not be read: {e}")))
+    }
+}
+
 /// The dashboard's routes, served beside the API (`api`, the finished API router).
 pub fn router(state: Arc<AppState>, api: Router) -> Router {
     let dash = Arc::new(Dash { state, api });

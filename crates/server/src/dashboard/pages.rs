@@ -2,11 +2,10 @@
 //! person (`visitor.api`), so its authorization is the API's.
 
 use super::render::{self, action, health_badge, items, number, status_badge, text, when};
-use super::{query_value as q, segment, DashState, Failure, Visitor};
+use super::{query_value as q, segment, DashForm, DashState, Failure, Visitor};
 use axum::extract::{Path, Query};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use maud::{html, Markup};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -383,7 +382,7 @@ pub async fn app_action(
     dash: DashState,
     visitor: Visitor,
     Path((app_key, act)): Path<(String, String)>,
-    Form(form): Form<ActionForm>,
+    DashForm(form): DashForm<ActionForm>,
 ) -> Response {
     if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
         return refused;
@@ -527,7 +526,7 @@ pub async fn endpoint_action(
     dash: DashState,
     visitor: Visitor,
     Path((app_key, endpoint_key, act)): Path<(String, String, String)>,
-    Form(form): Form<ActionForm>,
+    DashForm(form): DashForm<ActionForm>,
 ) -> Response {
     if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
         return refused;
@@ -814,7 +813,7 @@ pub async fn resend(
     dash: DashState,
     visitor: Visitor,
     Path((app_key, msg_key)): Path<(String, String)>,
-    Form(form): Form<ActionForm>,
+    DashForm(form): DashForm<ActionForm>,
 ) -> Response {
     if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
         return refused;
@@ -933,7 +932,7 @@ pub async fn replay(
     dash: DashState,
     visitor: Visitor,
     Path((source_key, msg_key)): Path<(String, String)>,
-    Form(form): Form<ActionForm>,
+    DashForm(form): DashForm<ActionForm>,
 ) -> Response {
     if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
         return refused;

@@ -1,13 +1,12 @@
 //! Signing in (with an API token, or once with a portal link), signing out, and the
 //! session behind every page.
 
-use super::{render, Api, Dash, DashState};
+use super::{render, Api, Dash, DashForm, DashState};
 use crate::api::{principal_of, principal_of_token, Principal};
 use axum::extract::{FromRequestParts, Query};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::Form;
 use hookline_store::DashboardSession;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -177,7 +176,7 @@ pub struct SignIn {
     token: String,
 }
 
-pub async fn sign_in(dash: DashState, headers: HeaderMap, Form(form): Form<SignIn>) -> Response {
+pub async fn sign_in(dash: DashState, headers: HeaderMap, DashForm(form): DashForm<SignIn>) -> Response {
     if cross_site(&headers) {
         return cross_site_refusal();
     }
@@ -200,7 +199,7 @@ pub struct CsrfForm {
     csrf: String,
 }
 
-pub async fn sign_out(dash: DashState, visitor: Visitor, Form(form): Form<CsrfForm>) -> Response {
+pub async fn sign_out(dash: DashState, visitor: Visitor, DashForm(form): DashForm<CsrfForm>) -> Response {
     if let Some(refused) = visitor.refuse_without_csrf(&form.csrf) {
         return refused;
     }
@@ -226,7 +225,7 @@ pub async fn portal_form(Query(query): Query<PortalCode>) -> Response {
     render::portal(&query.code)
 }
 
-pub async fn portal_sign_in(dash: DashState, headers: HeaderMap, Form(form): Form<PortalCode>) -> Response {
+pub async fn portal_sign_in(dash: DashState, headers: HeaderMap, DashForm(form): DashForm<PortalCode>) -> Response {
     if cross_site(&headers) {
         return cross_site_refusal();
     }

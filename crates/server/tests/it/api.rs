@@ -682,7 +682,8 @@ async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
 
 /// A body that has not arrived `server.body_read_timeout_ms` after its head gets a JSON 408
 /// and its connection is closed, on an authenticated route and on a provider's
-/// (unauthenticated) inbound route alike; a body sent in pieces within the time is served.
+/// (unauthenticated) inbound route alike (and a dashboard form a 408 page); a body sent in
+/// pieces within the time is served.
 #[tokio::test]
 async fn a_body_sent_too_slowly_is_refused_with_408() {
     use tokio::io::AsyncWriteExt;
@@ -704,6 +705,11 @@ async fn a_body_sent_too_slowly_is_refused_with_408() {
         let body: Value = serde_json::from_str(answered.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(body["code"], "request_timeout", "{path}: {answered}");
     }
+    // A dashboard form too, answered with a page (axum's form reader answered 400).
+    let head = "POST /dashboard/sign-in HTTP/1.1\r\nHost: x\r\n\
+                Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntoken=";
+    let answered = read_to_close(&mut raw_request(&addr, head.as_bytes()).await).await;
+    assert!(answered.starts_with("HTTP/1.1 408") && answered.contains("text/html"), "dashboard: {answered}");
     // Counted for the source, as its other refusals are.
     let metrics = gw.metrics().await;
     let counted = [("source", source_id.as_str()), ("outcome", "body_timeout")];
