@@ -63,7 +63,11 @@ async fn apply(state: &AppState, change: Change) {
             let engine = state.engine.clone();
             tokio::spawn(async move { engine.forget_deleted_endpoints(&app_id).await });
         }
-        Change::Sources => catalog.invalidate_sources(),
+        Change::Sources => {
+            catalog.invalidate_sources();
+            let engine = state.engine.clone();
+            tokio::spawn(async move { engine.forget_deleted_sources().await });
+        }
         Change::Tokens => reload_tokens(state).await,
         Change::Due => state.engine.wake(),
         Change::Flush => {
@@ -74,16 +78,17 @@ async fn apply(state: &AppState, change: Change) {
     }
 }
 
-/// Every `SERIES_SWEEP_MS`: drops the metric series of endpoints deleted without this node
-/// hearing of it (SQLite tells no changes; a notification missed) or recorded into by an
-/// attempt that ended after the deletion. Only applications with a lane idle since the
-/// last sweep are looked up: a deleted endpoint's lane gets no more attempts.
+/// Every `SERIES_SWEEP_MS`: drops the metric series of endpoints and sources deleted
+/// without this node hearing of it (SQLite tells no changes; a notification missed) or
+/// recorded into by an attempt that ended after the deletion. Only applications with a lane
+/// idle since the last sweep are looked up: a deleted endpoint's lane gets no more attempts.
 pub async fn sweep_endpoint_series(state: Arc<AppState>) {
     loop {
         tokio::time::sleep(Duration::from_millis(SERIES_SWEEP_MS)).await;
         for app_id in state.engine.series.idle_apps() {
             state.engine.forget_deleted_endpoints(&app_id).await;
         }
+        state.engine.forget_deleted_sources().await;
     }
 }
 

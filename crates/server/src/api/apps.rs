@@ -281,6 +281,9 @@ async fn remove(state: Shared, PathParams(app_id): PathParams<String>) -> ApiRes
     state.engine.catalog.invalidate(&app.id);
     state.engine.catalog.invalidate_sources();
     state.engine.series.keep_of_app(&app.id, |_| false);
+    // Its sources went with it.
+    let engine = state.engine.clone();
+    tokio::spawn(async move { engine.forget_deleted_sources().await });
     state.tokens.write().expect("tokens lock").retain(|t| t.app_id.as_deref() != Some(app.id.as_str()));
     Ok(StatusCode::NO_CONTENT)
 }

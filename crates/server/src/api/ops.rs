@@ -46,5 +46,6 @@ async fn render_metrics(State(state): Shared, headers: HeaderMap) -> Result<Stri
     }
     let mut text = crate::metrics::handle().render();
     state.engine.series.render(&mut text);
+    state.engine.source_series.render(&mut text);
     Ok(text)
 }

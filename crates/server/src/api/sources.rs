@@ -8,7 +8,6 @@ use super::route::{tagged, Route};
 use super::{listed, query, views, AppState, JsonBody, ListQuery, PathParams, QueryParams, Shared, Text};
 use crate::error::{ApiError, ApiResult};
 use crate::ingest;
-use crate::metrics as m;
 use crate::stats::Inbound;
 use crate::wire::*;
 use axum::extract::State;
@@ -291,6 +290,7 @@ async fn remove(state: Shared, PathParams(key): PathParams<String>) -> ApiResult
     state.engine.catalog.invalidate_sources();
     // Its refused requests can never be listed again (ids are not reused).
     state.rejections.lock().expect("rejections lock").remove(&source.id);
+    state.engine.source_series.keep(|id| id != source.id);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -346,7 +346,7 @@ async fn rejections(state: Shared, PathParams(key): PathParams<String>) -> ApiRe
 /// Counts an answered request in the metrics and in the source's statistics (`filtered`
 /// counts as accepted there: the request was good, its event type unwanted).
 fn count(state: &AppState, source: &Source, outcome: &'static str) {
-    metrics::counter!(m::INBOUND, "source" => source.id.clone(), "outcome" => outcome).increment(1);
+    state.engine.source_series.count(&source.id, outcome);
     let kind = match outcome {
         "accepted" | "filtered" => Inbound::Accepted,
         "duplicate" => Inbound::Duplicate,

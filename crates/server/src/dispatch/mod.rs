@@ -19,6 +19,7 @@ use crate::clock::Clock;
 use crate::config::{ClusterConfig, DeliveryConfig};
 use crate::metrics as m;
 use crate::metrics::endpoints::{EndpointSeries, Settled};
+use crate::metrics::sources::SourceSeries;
 use hookline_core::classify::{classify, error_class, unreachable, Verdict, PACE_AFTER_UNREACHABLE};
 use hookline_core::delivery::{DeliveryState, Trigger};
 use hookline_core::id::prefix;
@@ -110,6 +111,8 @@ pub struct Engine {
     in_flight_gauge: metrics::Gauge,
     end_to_end_seconds: metrics::Histogram,
     pub series: EndpointSeries,
+    /// Each inbound source's request counts (kept here for the same reason).
+    pub source_series: SourceSeries,
     idle: Notify,
     jitter: Mutex<rand::rngs::StdRng>,
 }
@@ -250,6 +253,7 @@ impl Engine {
             in_flight_gauge: metrics::gauge!(m::IN_FLIGHT),
             end_to_end_seconds: metrics::histogram!(m::END_TO_END_SECONDS),
             series: EndpointSeries::default(),
+            source_series: SourceSeries::default(),
             idle: Notify::new(),
             jitter: Mutex::new(jitter),
         });
@@ -949,6 +953,15 @@ impl Engine {
             }
             Err(StoreError::NotFound) => self.series.keep_of_app(app_id, |_| false),
             Err(e) => tracing::debug!(error = %e, "could not read an application's endpoints; its series stay"),
+        }
+    }
+
+    /// Drops the series of deleted sources, as the store has them now.
+    pub async fn forget_deleted_sources(&self) {
+        for id in self.source_series.ids() {
+            if let Err(StoreError::NotFound) = self.catalog.source(&id).await {
+                self.source_series.keep(|kept| kept != id);
+            }
         }
     }
 }

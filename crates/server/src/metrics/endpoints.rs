@@ -5,7 +5,7 @@
 //! ([`EndpointSeries::keep_of_app`]); they are rendered after the recorder's, in the same
 //! text format, with the same names, labels and buckets.
 
-use super::{ATTEMPTS, ATTEMPT_SECONDS, BUCKETS_SECONDS, EXHAUSTED, FAILED, SUCCEEDED};
+use super::{escape, ATTEMPTS, ATTEMPT_SECONDS, BUCKETS_SECONDS, EXHAUSTED, FAILED, SUCCEEDED};
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -187,11 +187,6 @@ impl EndpointSeries {
             let _ = writeln!(out, "{ATTEMPT_SECONDS}_count{{endpoint=\"{lane}\"}} {count}");
         }
     }
-}
-
-/// A label value as the text format writes it.
-fn escape(value: &str) -> String {
-    value.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
 }
 
 #[cfg(test)]

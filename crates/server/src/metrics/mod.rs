@@ -2,6 +2,7 @@
 //! are endpoint ids and outcome classes, never URLs.
 
 pub mod endpoints;
+pub mod sources;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +49,11 @@ const UPKEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Upkeep passes run so far (tests wait on it).
 static UPKEEPS: AtomicU64 = AtomicU64::new(0);
+
+/// A label value as the text format writes it.
+fn escape(value: &str) -> String {
+    value.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+}
 
 /// The process-wide recorder, installed on first use (a process has one recorder).
 pub fn handle() -> PrometheusHandle {

@@ -541,3 +541,30 @@ async fn a_sources_options_keep_their_bounds() {
         assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{config}: {error}");
     }
 }
+
+/// A deleted source's request counts leave `/metrics`, and so do the counts of a deleted
+/// application's sources; another source's stay.
+#[tokio::test]
+async fn a_deleted_sources_series_leave_the_metrics() {
+    let gw = start_gateway(dev_config()).await;
+    let (kept_app, gone_app) = (gw.app("kept").await, gw.app("gone").await);
+    let mut ids = Vec::new();
+    for app in [&kept_app, &kept_app, &gone_app] {
+        let id = source(&gw, app, "stripe", json!(["whsec_x"]), json!({})).await["id"].as_str().unwrap().to_owned();
+        let (status, _) = post_in(&gw, &format!("/in/{id}"), &[], "{}").await;
+        assert_eq!(status, 401, "unsigned: refused, and counted");
+        ids.push(id);
+    }
+    let label = |id: &str| format!("source=\"{id}\"");
+    let metrics = gw.metrics().await;
+    assert!(ids.iter().all(|id| metrics.contains(&label(id))), "{metrics}");
+    gw.ok("DELETE", &format!("/api/v1/source/{}", ids[0]), None).await;
+    gw.ok("DELETE", &format!("/api/v1/app/{gone_app}"), None).await;
+    eventually("the deleted sources' series leave", async || {
+        let metrics = gw.metrics().await;
+        let gone = !metrics.contains(&label(&ids[0])) && !metrics.contains(&label(&ids[2]));
+        done_or(gone && metrics.contains(&label(&ids[1])), metrics)
+    })
+    .await;
+    gw.stop().await;
+}
