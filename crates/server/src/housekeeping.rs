@@ -82,7 +82,7 @@ async fn apply(state: &AppState, change: Change) {
 /// without this node hearing of it (SQLite tells no changes; a notification missed) or
 /// recorded into by an attempt that ended after the deletion. Only applications with a lane
 /// idle since the last sweep are looked up: a deleted endpoint's lane gets no more attempts.
-pub async fn sweep_endpoint_series(state: Arc<AppState>) {
+pub async fn sweep_deleted_series(state: Arc<AppState>) {
     loop {
         tokio::time::sleep(Duration::from_millis(SERIES_SWEEP_MS)).await;
         for app_id in state.engine.series.idle_apps() {

@@ -167,7 +167,7 @@ pub async fn run(
     let background = [
         tokio::spawn(housekeeping::follow_changes(state.clone())),
         tokio::spawn(housekeeping::lead_and_retain(state.clone())),
-        tokio::spawn(housekeeping::sweep_endpoint_series(state.clone())),
+        tokio::spawn(housekeeping::sweep_deleted_series(state.clone())),
     ];
     let app = api::router(state);
     tracing::info!(listen = %listener.local_addr()?, "hookline is ready");

@@ -273,7 +273,8 @@ pub trait Store: Send + Sync + 'static {
     async fn count_alert_failures(&self, counts: Vec<AlertDigest>) -> StoreResult<()>;
     /// In one transaction: each digest due at `rules.now` becomes `rules.render`'s email in
     /// the outbox and starts over (no failures, sent now), and digests quiet for a whole
-    /// `digest_ms` are forgotten. Two nodes never take the same digest.
+    /// `digest_ms` are forgotten, as are those of deleted applications (never told). Two
+    /// nodes never take the same digest.
     async fn take_alert_digests(&self, rules: DigestRules) -> StoreResult<DigestsTaken>;
     /// Ends a session (sign-out); unknown ids are not an error.
     async fn delete_session(&self, id: [u8; 32]) -> StoreResult<()>;

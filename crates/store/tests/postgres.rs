@@ -211,27 +211,42 @@ async fn two_nodes_never_take_the_same_alert_email() {
         a.queue_alert_email(email, 1_000, 10_000).await.unwrap();
     }
     let (a, b) = (Arc::new(a), Arc::new(b));
-    let mut takers = Vec::new();
-    for store in [a.clone(), b.clone(), a.clone(), b.clone()] {
-        takers.push(tokio::spawn(async move {
+    let takes = [a.clone(), b.clone(), a, b].map(|store| {
+        move || {
+            let store = store.clone();
+            async move { store.take_alert_emails(2_000, 600_000, 3).await.unwrap().into_iter().map(|e| e.id).collect() }
+        }
+    });
+    assert_eq!(taken_at_once(takes).await, (200, 200), "each email taken once, all of them");
+}
+
+/// Runs each of `takes` at once, each again until it takes nothing: how many ids were taken
+/// in all, and how many distinct ones.
+async fn taken_at_once<F, T>(takes: [F; 4]) -> (usize, usize)
+where
+    F: Fn() -> T + Send + 'static,
+    T: std::future::Future<Output = Vec<String>> + Send,
+{
+    let tasks = takes.map(|take| {
+        tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
-                let taken = store.take_alert_emails(2_000, 600_000, 3).await.unwrap();
+                let taken = take().await;
                 if taken.is_empty() {
                     return mine;
                 }
-                mine.extend(taken.into_iter().map(|e| e.id));
+                mine.extend(taken);
             }
-        }));
-    }
+        })
+    });
     let mut all = Vec::new();
-    for taker in takers {
-        all.extend(taker.await.unwrap());
+    for task in tasks {
+        all.extend(task.await.unwrap());
     }
     let taken = all.len();
     all.sort();
     all.dedup();
-    assert_eq!((taken, all.len()), (200, 200), "each email taken once, all of them");
+    (taken, all.len())
 }
 
 /// Two nodes adding failure counts and taking digests at once: every failure is told once
@@ -334,29 +349,15 @@ async fn concurrent_claims_split_the_work() {
         b.register_node("b", 1_000, 60_000).await.unwrap().token,
     );
     let (a, b) = (Arc::new(a), Arc::new(b));
-    let mut tasks = Vec::new();
-    for (store, node) in [(a.clone(), node_a), (b.clone(), node_b), (a.clone(), node_a), (b.clone(), node_b)] {
-        tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                let claim =
-                    ClaimDue { token: node, horizon: 1_000, now: 1_000, window: 37, limit: 37, behind: Vec::new() };
-                let claimed = store.claim_due(claim).await.unwrap().deliveries;
-                if claimed.is_empty() {
-                    return mine;
-                }
-                mine.extend(claimed.into_iter().map(|d| d.id));
-            }
-        }));
-    }
-    let mut all = Vec::new();
-    for task in tasks {
-        all.extend(task.await.unwrap());
-    }
-    let count = all.len();
-    all.sort();
-    all.dedup();
-    assert_eq!((count, all.len()), (400, 400), "every delivery claimed exactly once");
+    let nodes = [(a.clone(), node_a), (b.clone(), node_b), (a.clone(), node_a), (b, node_b)];
+    let takes = nodes.map(|(store, node)| {
+        move || {
+            let store = store.clone();
+            let claim = ClaimDue { token: node, horizon: 1_000, now: 1_000, window: 37, limit: 37, behind: Vec::new() };
+            async move { store.claim_due(claim).await.unwrap().deliveries.into_iter().map(|d| d.id).collect() }
+        }
+    });
+    assert_eq!(taken_at_once(takes).await, (400, 400), "every delivery claimed exactly once");
     assert_eq!(a.count_open_deliveries().await.unwrap(), 400);
 }
 

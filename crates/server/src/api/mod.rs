@@ -462,17 +462,18 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 
 /// A body declared as something other than JSON is refused; an undeclared one is read as JSON.
 pub fn check_content_type(headers: &axum::http::HeaderMap) -> ApiResult<()> {
-    match headers.get("content-type").map(|v| v.to_str().unwrap_or("")) {
+    match media_type(headers) {
         None => Ok(()),
-        Some(value) => {
-            let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-            if essence == "application/json" || essence.ends_with("+json") {
-                Ok(())
-            } else {
-                Err(ApiError::UnsupportedMediaType)
-            }
-        }
+        Some(essence) if essence == "application/json" || essence.ends_with("+json") => Ok(()),
+        Some(_) => Err(ApiError::UnsupportedMediaType),
     }
+}
+
+/// The media type a request declares for its body (its `content-type` without parameters,
+/// in lower case), if it declares one.
+pub fn media_type(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get("content-type")?.to_str().unwrap_or("");
+    Some(value.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
 }
 
 /// Which control characters a text may hold.

@@ -41,9 +41,7 @@ impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<Arc<Dash>> for D
     type Rejection = Response;
 
     async fn from_request(request: Request<Body>, dash: &Arc<Dash>) -> Result<Self, Response> {
-        let declared = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-        let essence = declared.split(';').next().unwrap_or("").trim();
-        if !essence.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        if crate::api::media_type(request.headers()).as_deref() != Some("application/x-www-form-urlencoded") {
             let detail = "A form is sent as application/x-www-form-urlencoded.";
             return Err(render::refused(StatusCode::UNSUPPORTED_MEDIA_TYPE, detail));
         }

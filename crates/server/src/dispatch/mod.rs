@@ -720,7 +720,7 @@ impl Engine {
         if let Some(lane) = state.is_final().then(|| publish::lane(d)).flatten() {
             Box::pin(self.next_in_lane(lane, now)).await;
         }
-        self.observe(lane, &d.app_id, state, class, sent.as_ref(), message.created_at, now);
+        self.observe(d, state, class, sent.as_ref(), message.created_at, now);
         if let (Some(sent), Some(endpoint_id)) = (&sent, &target.endpoint_id) {
             let ok = state == DeliveryState::Delivered;
             let source = message.source_id.as_deref();
@@ -912,11 +912,9 @@ fn attempt_notices(
 }
 
 impl Engine {
-    #[allow(clippy::too_many_arguments)]
     fn observe(
         &self,
-        lane: &str,
-        app_id: &str,
+        d: &Delivery,
         state: DeliveryState,
         class: Option<&'static str>,
         sent: Option<&client::Sent>,
@@ -933,7 +931,7 @@ impl Engine {
             _ => Settled::Failed,
         };
         let duration_ms = sent.map(|s| s.duration_ms);
-        self.series.lane(lane, app_id).attempt(class.unwrap_or("success"), duration_ms, settled);
+        self.series.lane(&delivery_lane(d), &d.app_id).attempt(class.unwrap_or("success"), duration_ms, settled);
     }
 
     /// Drops the series of `app_id`'s deleted endpoints (all of them if the application is

@@ -133,12 +133,10 @@ impl EndpointSeries {
     /// more by an attempt that ended after the deletion).
     pub fn idle_apps(&self) -> Vec<String> {
         let lanes = self.inner.lock().expect("endpoint series lock");
+        // Every lane is looked at (and marked unused for the next call), not only up to an
+        // application's first idle one.
         let idle = |lanes_of_app: &HashSet<String>| {
-            // Every lane looked at (each is marked unused for the next call), not only
-            // up to the first idle one.
-            let used: Vec<bool> =
-                lanes_of_app.iter().map(|l| lanes.series[l].used.swap(false, Ordering::Relaxed)).collect();
-            used.contains(&false)
+            lanes_of_app.iter().filter(|l| !lanes.series[*l].used.swap(false, Ordering::Relaxed)).count() > 0
         };
         let mut apps: Vec<String> =
             lanes.of_app.iter().filter(|(_, lanes_of_app)| idle(lanes_of_app)).map(|(app, _)| app.clone()).collect();
