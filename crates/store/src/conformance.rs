@@ -1501,11 +1501,17 @@ async fn alert_digests_add_up_to_one_summary_per_window(store: &dyn Store) {
     store.count_alert_failures(vec![counts(0, 4, t + 21_100)]).await.unwrap();
     assert_eq!(take(t + 22_100).await.queued, 1);
     assert_eq!(sent(t + 22_100).await[0].0, "main failing 0 exhausted 4");
+    // Deleting the application deletes its digest (an application made again under its id
+    // has nothing to tell).
+    store.count_alert_failures(vec![counts(3, 0, t + 22_500)]).await.unwrap();
+    store.delete_app(&app_id).await.unwrap();
+    store.create_app(App { id: app_id.clone(), ..app(t, None) }).await.unwrap();
+    assert_eq!(take(t + 40_000).await, DigestsTaken::default(), "deleted with its application");
     // Counts that came after their application was deleted: never told, forgotten.
     store.delete_app(&app_id).await.unwrap();
-    store.count_alert_failures(vec![counts(2, 0, t + 23_000)]).await.unwrap();
-    assert_eq!(take(t + 40_000).await, DigestsTaken::default(), "nothing told about a deleted application");
+    store.count_alert_failures(vec![counts(2, 0, t + 41_000)]).await.unwrap();
+    assert_eq!(take(t + 60_000).await, DigestsTaken::default(), "nothing told about a deleted application");
     store.create_app(App { id: app_id.clone(), ..app(t, None) }).await.unwrap();
-    assert_eq!(take(t + 40_001).await, DigestsTaken::default(), "and forgotten");
+    assert_eq!(take(t + 60_001).await, DigestsTaken::default(), "and forgotten");
     store.delete_app(&app_id).await.unwrap();
 }
