@@ -163,6 +163,21 @@ impl From<VerifyError> for Rejection {
 
 type Headers<'a> = &'a dyn Fn(&str) -> Option<&'a str>;
 
+/// Why `secret` could never verify a request for `preset`, if so: checked when a source is
+/// saved, so that such a secret is refused then and not, unseen, by every request after.
+/// Standard Webhooks keys are base64 (see [`Secret::parse_sent`]); Adyen's are hex.
+pub fn secret_problem(preset: Preset, secret: &str) -> Option<&'static str> {
+    match preset {
+        Preset::StandardWebhooks if Secret::parse_sent(secret).is_none() => {
+            Some("a standard-webhooks secret is a base64 key, whsec_ before it or not")
+        }
+        Preset::Adyen if hex::decode(secret.trim()).map_or(true, |key| key.is_empty()) => {
+            Some("an adyen secret is the HMAC key in hex, as Adyen shows it")
+        }
+        _ => None,
+    }
+}
+
 /// Verifies a request for `preset` and finds its event id and type.
 /// `secrets` are the source's active secrets as given (`whsec_…` for Stripe and Standard
 /// Webhooks, the shared secret for the others).
@@ -185,7 +200,7 @@ pub fn verify(
         Preset::StandardWebhooks => {
             let prefix = if headers("webhook-signature").is_some() { "webhook" } else { "svix" };
             let id = need(&format!("{prefix}-id"))?;
-            let keys: Vec<Secret> = secrets.iter().filter_map(|s| Secret::parse(s).ok()).collect();
+            let keys: Vec<Secret> = secrets.iter().filter_map(|s| Secret::parse_sent(s)).collect();
             let (ts, sig) = (need(&format!("{prefix}-timestamp"))?, need(&format!("{prefix}-signature"))?);
             verify_standard(id, ts, sig, body, &keys, now_s, tolerance)?;
             (Locator::Header(if prefix == "webhook" { "webhook-id" } else { "svix-id" }), Locator::Pointer("/type"))
@@ -194,14 +209,12 @@ pub fn verify(
             let sig = need("x-hub-signature-256")?.strip_prefix("sha256=").ok_or(Rejection::MalformedSignature)?;
             let given = hex::decode(sig).map_err(|_| Rejection::MalformedSignature)?;
             any_hmac::<Hmac<Sha256>>(secrets, &[body], &given)?;
-            (Locator::Header("x-github-delivery"), Locator::Header("x-github-event"))
+            (Locator::BodyHash, Locator::Header("x-github-event"))
         }
         Preset::Shopify => {
             let given = B64.decode(need("x-shopify-hmac-sha256")?.trim()).map_err(|_| Rejection::MalformedSignature)?;
             any_hmac::<Hmac<Sha256>>(secrets, &[body], &given)?;
-            let id =
-                if headers("x-shopify-event-id").is_some() { "x-shopify-event-id" } else { "x-shopify-webhook-id" };
-            (Locator::Header(id), Locator::Header("x-shopify-topic"))
+            (Locator::BodyHash, Locator::Header("x-shopify-topic"))
         }
         Preset::Recharge => {
             // Recharge signs with a plain SHA-256 of the client secret followed by the body.
@@ -214,7 +227,7 @@ pub fn verify(
             if !matched {
                 return Err(Rejection::BadSignature);
             }
-            (Locator::None, Locator::Header("x-recharge-topic"))
+            (Locator::BodyHash, Locator::Header("x-recharge-topic"))
         }
         Preset::Hmac => {
             verify_generic(config, headers, body, secrets, now_s, tolerance)?;
@@ -238,7 +251,7 @@ pub fn verify(
         }
         Preset::Razorpay => {
             hex_hmac_of_body(need("x-razorpay-signature")?, body, secrets)?;
-            (Locator::Header("x-razorpay-event-id"), Locator::Pointer("/event"))
+            (Locator::BodyHash, Locator::Pointer("/event"))
         }
         Preset::Gocardless => {
             hex_hmac_of_body(need("webhook-signature")?, body, secrets)?;
@@ -246,7 +259,7 @@ pub fn verify(
         }
         Preset::Braintree => {
             let kind = verify_braintree(config.public_key.as_deref(), body, secrets)?;
-            (Locator::None, Locator::Found(kind))
+            (Locator::BodyHash, Locator::Found(kind))
         }
         Preset::Checkout => {
             hex_hmac_of_body(need("cko-signature")?, body, secrets)?;
@@ -277,10 +290,12 @@ fn identify(config: &SourceConfig, defaults: (Locator, Locator), headers: Header
         Some(templates) => from_templates(templates, headers, json),
         None => {
             locate(config.event_id_header.as_deref(), config.event_id_pointer.as_deref(), default_id, headers, json)
+                .and_then(bounded_key)
         }
     };
     let kind =
-        locate(config.event_type_header.as_deref(), config.event_type_pointer.as_deref(), default_type, headers, json);
+        locate(config.event_type_header.as_deref(), config.event_type_pointer.as_deref(), default_type, headers, json)
+            .filter(|kind| kind.len() <= KEY_BYTES_MAX);
     Verified { event_id: id, event_type: kind }
 }
 
@@ -353,6 +368,12 @@ enum Locator {
     Templates(&'static [&'static str]),
     /// Found while verifying.
     Found(Option<String>),
+    /// `sha256:<hex>` of the raw body: the default of presets whose signature covers no id
+    /// (GitHub's, Shopify's and Razorpay's come in headers nobody signs; Recharge and
+    /// Braintree send none). A header id would let anyone holding one captured request
+    /// pass its signed body again as a new event under a fresh id; a provider's own retry
+    /// sends the same body, so the hash finds it as the header would.
+    BodyHash,
     None,
 }
 
@@ -553,9 +574,27 @@ fn locate(
             from_templates(&templates, headers, json)
         }
         (None, None, Locator::Found(value)) => value,
+        (None, None, Locator::BodyHash) => Some(body_hash(json.body)),
         (None, None, Locator::None) => None,
     };
-    found.filter(|s| !s.is_empty() && s.len() <= 256)
+    found.filter(|s| !s.is_empty())
+}
+
+/// The longest event id kept as it is, and the longest event type kept at all.
+const KEY_BYTES_MAX: usize = 256;
+
+/// An event id as a dedupe key: a longer one becomes `sha256:<hex of it>` (dropped, every
+/// retry of its event would pass as new), an empty one none.
+fn bounded_key(key: String) -> Option<String> {
+    match key.len() {
+        0 => None,
+        1..=KEY_BYTES_MAX => Some(key),
+        _ => Some(body_hash(key.as_bytes())),
+    }
+}
+
+fn body_hash(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 /// One part of an event-id template: text kept as written, a JSON pointer into the body,
@@ -620,11 +659,7 @@ fn from_templates(templates: &[String], headers: Headers<'_>, json: &Json<'_>) -
             Some(key)
         })
     })?;
-    match key.len() {
-        0 => None,
-        1..=256 => Some(key),
-        _ => Some(format!("sha256:{}", hex::encode(Sha256::digest(key.as_bytes())))),
-    }
+    bounded_key(key)
 }
 
 #[cfg(test)]

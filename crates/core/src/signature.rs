@@ -5,7 +5,8 @@
 //! hex HMAC of the body in a named header. All comparisons are constant time.
 
 use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
+use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
+use base64::{alphabet, Engine};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -30,6 +31,12 @@ pub enum SecretError {
     BadLength,
 }
 
+/// Standard base64 whether padded or not.
+const B64_ANY_PADDING: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
 /// An endpoint signing secret: the string as given (`whsec_…`) and its decoded key.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret {
@@ -52,6 +59,16 @@ impl Secret {
             return Err(SecretError::BadLength);
         }
         Ok(Secret { text: text.to_owned(), key })
+    }
+
+    /// A secret as another sender of Standard Webhooks may give it, read as the reference
+    /// libraries read it: `whsec_` before the base64 optional, padding optional, a key of
+    /// any length but none. `None` for one no signature could be made with.
+    pub fn parse_sent(text: &str) -> Option<Secret> {
+        let trimmed = text.trim();
+        let encoded = trimmed.strip_prefix(SECRET_PREFIX).unwrap_or(trimmed);
+        let key = B64_ANY_PADDING.decode(encoded).ok().filter(|key| !key.is_empty())?;
+        Some(Secret { text: text.to_owned(), key })
     }
 
     /// A secret from fresh random bytes (the caller supplies the randomness).

@@ -98,6 +98,50 @@ fn templates_win_over_the_presets_event_id() {
     assert_eq!(verified.event_id.as_deref(), Some("paid-cs_1"));
 }
 
+/// An id over 256 bytes, from a header or a pointer, is a hashed key: dropped, it left its
+/// event without dedupe, so every retry of it passed as new.
+#[test]
+fn a_long_event_id_is_hashed_not_dropped() {
+    let long = "e".repeat(300);
+    let body = format!(r#"{{"id":"{long}"}}"#);
+    let signature = hmac_hex("s", body.as_bytes());
+    let headers = |name: &str| match name {
+        "x-signature" => Some(signature.as_str()),
+        "x-id" => Some(long.as_str()),
+        _ => None,
+    };
+    let hashed = format!("sha256:{}", hex::encode(Sha256::digest(long.as_bytes())));
+    for config in [
+        SourceConfig { event_id_pointer: Some("/id".into()), ..Default::default() },
+        SourceConfig { event_id_header: Some("X-Id".into()), ..Default::default() },
+    ] {
+        let verified = verify(Preset::Hmac, &config, &headers, body.as_bytes(), &["s"], 0).unwrap();
+        assert_eq!(verified.event_id.as_deref(), Some(hashed.as_str()), "{config:?}");
+    }
+    // An event type that long is not kept: the preset's default names it.
+    let config = SourceConfig { event_type_pointer: Some("/id".into()), ..Default::default() };
+    let verified = verify(Preset::Hmac, &config, &headers, body.as_bytes(), &["s"], 0).unwrap();
+    assert_eq!(verified.event_type, None);
+}
+
+#[test]
+fn secrets_no_request_could_match_are_named_when_saved() {
+    for fine in ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "c2l4dGVlbi1ieXRlLWtleQ"]
+    {
+        assert_eq!(secret_problem(Preset::StandardWebhooks, fine), None, "{fine}");
+    }
+    for bad in ["whsec_", "whsec_not base64!", "%%%"] {
+        assert!(secret_problem(Preset::StandardWebhooks, bad).is_some(), "{bad}");
+    }
+    assert_eq!(secret_problem(Preset::Adyen, "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"), None);
+    for bad in ["not hex", "ABC", ""] {
+        assert!(secret_problem(Preset::Adyen, bad).is_some(), "{bad}");
+    }
+    // Every other preset keys its HMAC with the text as given: any text will do.
+    assert_eq!(secret_problem(Preset::Stripe, "anything at all"), None);
+    assert_eq!(secret_problem(Preset::Github, "%%%"), None);
+}
+
 fn hmac_hex(secret: &str, body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);

@@ -239,6 +239,42 @@ async fn received_events_can_be_replayed() {
     gw.stop().await;
 }
 
+/// GitHub signs the body only: its `X-GitHub-Delivery` header is no one's to trust. A
+/// captured request sent again under a fresh delivery id is the same event (the key is the
+/// body's hash), refused as a duplicate and not forwarded; so is GitHub's own redelivery.
+#[tokio::test]
+async fn a_signed_body_sent_again_under_a_fresh_delivery_id_is_a_duplicate() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let src = source(&gw, &app, "github", json!(["It's a Secret to Everybody"]), json!({})).await;
+    let path = format!("/in/{}", src["id"].as_str().unwrap());
+    let delivered_as = |delivery: &str| {
+        vec![
+            (
+                "x-hub-signature-256".to_owned(),
+                "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17".to_owned(),
+            ),
+            ("x-github-delivery".to_owned(), delivery.to_owned()),
+            ("x-github-event".to_owned(), "push".to_owned()),
+        ]
+    };
+    let (status, first) = post_in(&gw, &path, &delivered_as("d-1"), "Hello, World!").await;
+    assert_eq!((status, first["status"].as_str()), (200, Some("accepted")), "{first}");
+    rx.next().await;
+    for delivery in ["d-1", "d-2", ""] {
+        let (status, again) = post_in(&gw, &path, &delivered_as(delivery), "Hello, World!").await;
+        assert_eq!(
+            (status, again["status"].as_str(), again["messageId"].as_str()),
+            (200, Some("duplicate"), first["messageId"].as_str()),
+            "delivery id {delivery:?}: {again}"
+        );
+    }
+    assert!(!rx.gets_within(200).await, "a replayed body was forwarded");
+    gw.stop().await;
+}
+
 /// The generic HMAC preset's headers for `body`: hex HMAC-SHA256 in `X-Signature`.
 fn hmac_request(secret: &str, body: &str) -> Vec<(String, String)> {
     use hmac::Mac;
@@ -540,6 +576,19 @@ async fn a_sources_options_keep_their_bounds() {
         let (status, error) = gw.call("PATCH", &path, Some(json!({"config": config.clone()}))).await;
         assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{config}: {error}");
     }
+    // A secret its preset could never sign with is refused when saved, not by every request
+    // after it (a Standard Webhooks key is base64, an Adyen key hex).
+    for (preset, secret) in [("standard-webhooks", "whsec_not base64!"), ("adyen", "not hex")] {
+        let body = json!({"name": "p", "preset": preset, "secrets": [secret], "appId": app});
+        let (status, error) = gw.call("POST", "/api/v1/source", Some(body)).await;
+        assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{preset}: {error}");
+        assert!(error.to_string().contains(preset), "{preset}: {error}");
+        let (status, error) = gw.call("PATCH", &path, Some(json!({"preset": preset, "secrets": [secret]}))).await;
+        assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{preset} by PATCH: {error}");
+    }
+    let sent = json!({"preset": "standard-webhooks", "secrets": ["c2l4dGVlbi1ieXRlLWtleQ"]});
+    let (status, saved) = gw.call("PATCH", &path, Some(sent)).await;
+    assert_eq!(status, 200, "a sender's key without whsec_ or padding: {saved}");
 }
 
 /// A deleted source's request counts leave `/metrics`, and so do the counts of a deleted
