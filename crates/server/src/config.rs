@@ -506,6 +506,11 @@ impl Config {
         if let Some((_, message)) = checks.iter().find(|(ok, _)| !ok) {
             return Err((*message).to_owned());
         }
+        if self.api.admin_token.as_deref().is_some_and(|token| token.trim().is_empty()) {
+            // Its hash would match a request with no token at all (`/metrics`, the sign-in
+            // form): everyone would be the operator.
+            return Err("api.admin_token must not be empty (unset it to have a token made at the first start)".into());
+        }
         self.server.listen.parse::<std::net::SocketAddr>().map_err(|e| format!("server.listen: {e}"))?;
         let url = &self.database.url;
         if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
@@ -615,6 +620,19 @@ mod tests {
         assert_eq!(config.threads(8), (3, 0));
         config.server.threads = Some(0);
         assert!(config.validate().unwrap_err().contains("server.threads"));
+    }
+
+    /// An empty admin token (`HOOKLINE_ADMIN_TOKEN=` from an unset variable, say) is refused:
+    /// its hash is the hash of no token, so every caller without one would be the operator.
+    #[test]
+    fn an_empty_admin_token_is_refused() {
+        let mut config = Config::default();
+        for empty in ["", "  "] {
+            config.api.admin_token = Some(empty.into());
+            assert!(config.validate().unwrap_err().contains("api.admin_token"), "{empty:?}");
+        }
+        config.api.admin_token = Some("s3cret".into());
+        assert_eq!(config.validate(), Ok(()));
     }
 
     /// Reconciliation lists no further back than the dedupe keys reach (an older event would

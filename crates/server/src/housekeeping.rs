@@ -16,12 +16,11 @@ const DAY_MS: i64 = 24 * 3_600_000;
 pub async fn load_tokens(store: &dyn Store, config: &Config) -> Result<Vec<Token>, StoreError> {
     let mut tokens = store.tokens().await?;
     if let Some(token) = &config.api.admin_token {
-        tokens.push(Token {
-            id: "tok_config".into(),
-            hash: crate::api::hash_token(token),
-            app_id: None,
-            created_at: 0,
-        });
+        let hash = crate::api::hash_token(token);
+        // The id names this value of the token, not the setting: a dashboard session keeps
+        // only its token's id, so when the operator changes a leaked token, the sessions
+        // opened with the old one end with it.
+        tokens.push(Token { id: format!("tok_config_{}", hex::encode(&hash[..8])), hash, app_id: None, created_at: 0 });
     }
     Ok(tokens)
 }

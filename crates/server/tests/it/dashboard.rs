@@ -4,7 +4,9 @@
 //! tested in Chromium (`tests/dashboard`).
 
 use crate::harness::*;
+use hookline_server::clock::ManualClock;
 use serde_json::{json, Value};
+use std::sync::Arc;
 
 const MINUTE: i64 = 60_000;
 
@@ -222,6 +224,37 @@ async fn a_session_lasts_while_its_token_does_and_until_it_expires() {
     // Sessions expire after `dashboard.session_ttl_ms` (12 hours).
     gw.advance(12 * 60 * MINUTE);
     assert_eq!(visit(&admin).await.unwrap().status(), 303);
+    gw.stop().await;
+}
+
+/// The configured admin token is revoked by changing it: the operator's sessions opened
+/// with the old value end at the restart with the new one (they lasted their 12 hours,
+/// kept in the store under the setting's one id).
+#[tokio::test]
+async fn changing_the_configured_admin_token_ends_the_sessions_of_the_old_one() {
+    let (dir, clock) = (Arc::new(tempfile::tempdir().unwrap()), Arc::new(ManualClock::new(T0)));
+    let gw = start_gateway_in(dev_config(), dir.clone(), clock.clone()).await;
+    let sign_in = |gw: &Gateway, token: &str| {
+        browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token.to_owned())]).send()
+    };
+    let visit = |gw: &Gateway, cookie: &str| {
+        browser().get(format!("{}/dashboard", gw.url)).header("cookie", cookie.to_owned()).send()
+    };
+    let old = session_cookie(&sign_in(&gw, TOKEN).await.unwrap());
+    assert_eq!(visit(&gw, &old).await.unwrap().status(), 200);
+    gw.stop().await;
+    // The same token again: the session stays.
+    let gw = start_gateway_in(dev_config(), dir.clone(), clock.clone()).await;
+    assert_eq!(visit(&gw, &old).await.unwrap().status(), 200, "a restart alone ends nothing");
+    gw.stop().await;
+    let mut changed = dev_config();
+    changed.api.admin_token = Some("a-new-admin-token".into());
+    let gw = start_gateway_in(changed, dir, clock).await;
+    let after = visit(&gw, &old).await.unwrap();
+    assert_eq!((after.status().as_u16(), after.headers()["location"].to_str().unwrap()), (303, "/dashboard/sign-in"));
+    let new = session_cookie(&sign_in(&gw, "a-new-admin-token").await.unwrap());
+    assert_eq!(visit(&gw, &new).await.unwrap().status(), 200);
+    assert_eq!(sign_in(&gw, TOKEN).await.unwrap().status(), 401, "the old token signs no one in");
     gw.stop().await;
 }
 
