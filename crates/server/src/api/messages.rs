@@ -269,20 +269,32 @@ async fn resend(
 ) -> ApiResult<(StatusCode, Json<EmptyOut>)> {
     let (app, message) = find_message(&state, &app_key, &msg_id).await?;
     let endpoint = find_endpoint(&state, &app.id, &endpoint_id).await?;
+    send_again(&state, &app.id, Arc::new(message), &endpoint.id).await.map_err(|e| match e {
+        StoreError::NotFound => ApiError::NotFound("message or endpoint"),
+        StoreError::Conflict(why) => ApiError::Conflict(why),
+        other => ApiError::from_store("message")(other),
+    })?;
+    Ok((StatusCode::ACCEPTED, Json(EmptyOut {})))
+}
+
+/// Makes the message's delivery to the endpoint due now, with a fresh retry cycle
+/// ([`hookline_store::Store::resend`]). An unordered one this node sends at once, claimed
+/// by it; an ordered one waits its turn in its lane, whose head the store made due for
+/// whichever node claims it (put in memory here too, it went out twice).
+pub(super) async fn send_again(
+    state: &AppState,
+    app_id: &str,
+    message: Arc<Message>,
+    endpoint_id: &str,
+) -> hookline_store::StoreResult<()> {
     let claim = state.engine.token();
     let delivery = state
         .store
-        .resend(&app.id, &message.id, &endpoint.id, state.new_id(prefix::DELIVERY), state.now(), claim)
-        .await
-        .map_err(|e| match e {
-            StoreError::NotFound => ApiError::NotFound("message or endpoint"),
-            StoreError::Conflict(why) => ApiError::Conflict(why),
-            other => ApiError::from_store("message")(other),
-        })?;
+        .resend(app_id, &message.id, endpoint_id, state.new_id(prefix::DELIVERY), state.now(), claim)
+        .await?;
     match delivery.order_key {
-        // An ordered delivery waits its turn in its lane; the store made the lane's head due.
         Some(_) => state.engine.wake(),
-        None => state.engine.enqueue(delivery, Some(Arc::new(message)), claim),
+        None => state.engine.enqueue(delivery, Some(message), claim),
     }
-    Ok((StatusCode::ACCEPTED, Json(EmptyOut {})))
+    Ok(())
 }

@@ -15,7 +15,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Json;
 use hookline_core::id::prefix;
 use hookline_core::inbound::{secret_problem, verify, Rejection};
-use hookline_store::{Bytes, Message, PublishOutcome, Source, SourceSecret};
+use hookline_store::{Bytes, Message, PublishOutcome, Source, SourceSecret, StoreError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -313,7 +313,8 @@ async fn events(
 }
 
 /// Delivers a received event again to every enabled endpoint of the source's application
-/// that takes it (its event types and channels, as when it was received).
+/// that takes it (its event types and channels, as when it was received). An endpoint whose
+/// delivery of it is still waiting in its ordering lane gets it there, and is not counted.
 async fn replay(
     state: Shared,
     PathParams((key, msg_id)): PathParams<(String, String)>,
@@ -327,14 +328,11 @@ async fn replay(
     let message = Arc::new(message);
     let mut replayed = 0;
     for endpoint in endpoints.iter().filter(|e| !e.disabled && crate::dispatch::takes(e, &message)) {
-        let claim = state.engine.token();
-        let delivery = state
-            .store
-            .resend(&source.app_id, &message.id, &endpoint.id, state.new_id(prefix::DELIVERY), state.now(), claim)
-            .await
-            .map_err(ApiError::from_store("message"))?;
-        state.engine.enqueue(delivery, Some(message.clone()), claim);
-        replayed += 1;
+        match super::messages::send_again(&state, &source.app_id, message.clone(), &endpoint.id).await {
+            Ok(()) => replayed += 1,
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => return Err(ApiError::from_store("message")(e)),
+        }
     }
     Ok((StatusCode::ACCEPTED, Json(ReplayOut { replayed })))
 }

@@ -239,6 +239,31 @@ async fn received_events_can_be_replayed() {
     gw.stop().await;
 }
 
+/// A replayed event goes to an endpoint that orders what it gets (`fifo`) once, in its
+/// lane's turn: the replay made the lane's head due in the store for whichever node claims
+/// it, and once also put it in this node's memory as claimed, so it was sent twice.
+#[tokio::test]
+async fn a_replay_to_an_ordering_endpoint_is_sent_once() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url, "ordering": "fifo"})).await;
+    let src = source(&gw, &app, "hmac", json!(["s"]), json!({})).await;
+    let src_id = src["id"].as_str().unwrap();
+    let body = r#"{"paid":1}"#;
+    let (status, accepted) = post_in(&gw, &format!("/in/{src_id}"), &hmac_request("s", body), body).await;
+    assert_eq!(status, 200, "{accepted}");
+    assert_eq!(&rx.next().await.body[..], body.as_bytes());
+    let msg = accepted["messageId"].as_str().unwrap();
+    for round in 1..=5 {
+        let out = gw.ok("POST", &format!("/api/v1/source/{src_id}/event/{msg}/replay"), None).await;
+        assert_eq!(out["replayed"], 1, "round {round}");
+        assert_eq!(&rx.next().await.body[..], body.as_bytes(), "round {round}");
+        assert!(!rx.gets_within(300).await, "round {round}: the replay arrived twice");
+    }
+    gw.stop().await;
+}
+
 /// GitHub signs the body only: its `X-GitHub-Delivery` header is no one's to trust. A
 /// captured request sent again under a fresh delivery id is the same event (the key is the
 /// body's hash), refused as a duplicate and not forwarded; so is GitHub's own redelivery.
