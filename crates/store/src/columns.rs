@@ -184,6 +184,10 @@ pub const SOURCE_COLUMNS: &str =
 pub const DELIVERY_COLUMNS: &str =
     "id, msg_id, app_id, endpoint_id, state, attempts, next_at, first_attempt_at, trigger, updated_at, order_key";
 
+/// A delivery open (due or being sent) under claim `$3` (`Store::still_claimed`).
+pub const STILL_CLAIMED: &str =
+    "SELECT 1 FROM deliveries WHERE msg_id = $1 AND id = $2 AND state IN (1, 3) AND claimed_by = $3";
+
 /// How many columns `DELIVERY_COLUMNS` names (a statement may return more after them).
 pub const DELIVERY_COLUMN_COUNT: usize = 11;
 

@@ -1138,8 +1138,14 @@ async fn ordering_lanes_hold_later_deliveries_back(store: &dyn Store, node: i64)
     assert_eq!(store.promote_lanes(None, t + 15).await.unwrap(), 0);
 
     // An exhausted head lets the next go, too.
+    let still_claimed =
+        async |p: &Publish, claim: i64| store.still_claimed(&p.message.id, &p.deliveries[0].id, claim).await.unwrap();
+    assert!(!still_claimed(&p2, node).await, "promoted, not yet claimed");
     assert!(claim_all(store, node, t + 20).await.iter().any(|d| d.msg_id == p2.message.id));
+    assert!(still_claimed(&p2, node).await);
+    assert!(!still_claimed(&p2, node + 1).await, "under another claim");
     finish(store, node, &p2, Exhausted, t + 21).await;
+    assert!(!still_claimed(&p2, node).await, "closed");
     assert_eq!(store.promote_lanes(None, t + 22).await.unwrap(), 1, "the sweep finds the lane");
     assert_eq!(state_of(store, &p3).await, Pending);
 

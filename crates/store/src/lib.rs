@@ -131,6 +131,10 @@ pub trait Store: Send + Sync + 'static {
 
     // Deliveries and attempts.
     async fn get_delivery(&self, msg_id: &str, id: &str) -> StoreResult<Delivery>;
+    /// Whether the delivery is open (due or being sent) and claimed under `claim`: what a
+    /// node checks before sending an ordered delivery it holds, which an operator may have
+    /// skipped meanwhile, or skipped, sent again and left to another node's claim.
+    async fn still_claimed(&self, msg_id: &str, id: &str, claim: i64) -> StoreResult<bool>;
     /// Writes the attempt, the delivery's next state and its endpoint's health (disabling
     /// it when the record says so). Not applied when the delivery was no longer claimed
     /// under `record.claim` (another node took it over): the attempt is logged, the

@@ -30,16 +30,30 @@ const STRAY_WINDOW: usize = 10_000;
 
 /// The deliveries this node holds in memory: a count, its gauge's handle (made once, not
 /// looked up in the registry twice per delivery), and the ids held (as hashes, each with
-/// its number of holds) for the sweep of stray claims.
+/// its number of holds and the newest hold's number) for the sweep of stray claims and
+/// [`Hold::is_newest`].
 pub struct Held {
     pub count: AtomicUsize,
     gauge: metrics::Gauge,
-    ids: Mutex<HashMap<u64, u32>>,
+    ids: Mutex<HashMap<u64, HeldId>>,
+    /// The number the next hold takes.
+    next: AtomicU64,
+}
+
+#[derive(Default)]
+struct HeldId {
+    holds: u32,
+    newest: u64,
 }
 
 impl Held {
     pub fn new() -> Held {
-        Held { count: AtomicUsize::new(0), gauge: metrics::gauge!(m::HELD), ids: Mutex::new(HashMap::new()) }
+        Held {
+            count: AtomicUsize::new(0),
+            gauge: metrics::gauge!(m::HELD),
+            ids: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+        }
     }
 
     /// Whether a delivery of this id is held (or, rarely, one whose id hashes alike: a
@@ -60,24 +74,38 @@ fn id_hash(delivery_id: &str) -> u64 {
 pub struct Hold {
     held: Arc<Held>,
     id: u64,
+    number: u64,
 }
 
 impl Hold {
     pub fn new(held: &Arc<Held>, delivery_id: &str) -> Hold {
         let id = id_hash(delivery_id);
-        *held.ids.lock().expect("held lock").entry(id).or_default() += 1;
+        let number = held.next.fetch_add(1, Ordering::Relaxed);
+        let mut ids = held.ids.lock().expect("held lock");
+        let entry = ids.entry(id).or_default();
+        (entry.holds, entry.newest) = (entry.holds + 1, number);
+        drop(ids);
         held.count.fetch_add(1, Ordering::SeqCst);
         held.gauge.increment(1.0);
-        Hold { held: held.clone(), id }
+        Hold { held: held.clone(), id, number }
+    }
+
+    /// Whether no later hold of this delivery was taken: a delivery held twice (a copy
+    /// kept for its retry or parked, when an operator skipped it, sent it again and this
+    /// node claimed it once more) is the later claim's to send; the earlier copy is stale.
+    /// (Two ids hashing alike would leave the earlier unsent, and claimed until the sweep
+    /// of stray claims frees it: a delay, never a loss.)
+    pub fn is_newest(&self) -> bool {
+        self.held.ids.lock().expect("held lock").get(&self.id).is_some_and(|held| held.newest == self.number)
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
         let mut ids = self.held.ids.lock().expect("held lock");
-        if let Some(holds) = ids.get_mut(&self.id) {
-            *holds -= 1;
-            if *holds == 0 {
+        if let Some(held) = ids.get_mut(&self.id) {
+            held.holds -= 1;
+            if held.holds == 0 {
                 ids.remove(&self.id);
             }
         }
@@ -367,7 +395,7 @@ impl Engine {
         }
         for delivery in deliveries {
             let hold = Hold::new(&self.held, &delivery.id);
-            self.requeue(Due { at: 0, delivery, message: None, claim: token, incoming: true, _hold: hold });
+            self.requeue(Due { at: 0, delivery, message: None, claim: token, incoming: true, hold });
         }
     }
 

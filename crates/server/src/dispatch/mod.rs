@@ -51,7 +51,7 @@ pub struct Due {
     claim: i64,
     /// Claimed from the store and counted in its lane's `incoming` until dispatched.
     incoming: bool,
-    _hold: claims::Hold,
+    hold: claims::Hold,
 }
 
 struct Queued(Due, u64);
@@ -311,7 +311,7 @@ impl Engine {
     /// Hands a committed delivery claimed under `claim` to the scheduler.
     pub fn enqueue(&self, delivery: Delivery, message: Option<Arc<Message>>, claim: i64) {
         let hold = claims::Hold::new(&self.held, &delivery.id);
-        self.requeue(Due { at: 0, delivery, message, claim, incoming: false, _hold: hold });
+        self.requeue(Due { at: 0, delivery, message, claim, incoming: false, hold });
     }
 
     fn requeue(&self, mut due: Due) {
@@ -602,14 +602,19 @@ impl Engine {
                 slot => slot,
             },
         };
-        // An ordered delivery is sent only while it is its lane's open one: an operator may
-        // have skipped it (and the next has gone ahead) while this node held it. Read after
-        // the wait for a slot, which can be long under load: read before it, a skip during
-        // the wait sent this one after the next.
+        // An ordered delivery is sent only while it is its lane's open one, under this
+        // node's claim, and by its newest copy here: an operator may have skipped it (and
+        // the next has gone ahead) while this node held it, or skipped it and sent it
+        // again, and another node, or this one, claimed it in its turn. Read after the
+        // wait for a slot, which can be long under load: read before it, a skip during the
+        // wait sent this one after the next.
         if due.delivery.order_key.is_some() {
-            match self.store.get_delivery(&due.delivery.msg_id, &due.delivery.id).await {
-                Ok(d) if matches!(d.state, DeliveryState::Pending | DeliveryState::Sending) => {}
-                Ok(_) | Err(StoreError::NotFound) => return,
+            if !due.hold.is_newest() {
+                return;
+            }
+            match self.store.still_claimed(&due.delivery.msg_id, &due.delivery.id, due.claim).await {
+                Ok(true) => {}
+                Ok(false) => return,
                 Err(_) => return self.retry_later(due),
             }
         }
@@ -975,8 +980,8 @@ mod tests {
         let mut lane = EndpointLane::default();
         for n in 0..count {
             let delivery = publish.deliveries[0].clone();
-            let _hold = claims::Hold::new(&held, &delivery.id);
-            let due = Due { at: first_at + n as i64, delivery, message: None, claim: 1, incoming: false, _hold };
+            let hold = claims::Hold::new(&held, &delivery.id);
+            let due = Due { at: first_at + n as i64, delivery, message: None, claim: 1, incoming: false, hold };
             lane.parked.push_back(due);
         }
         lane

@@ -317,6 +317,42 @@ async fn an_open_ordered_delivery_is_not_resent() {
     gw.stop().await;
 }
 
+/// A head skipped while this node kept it for a retry, then sent again and kept again for
+/// its next retry, goes out once at that retry: the node held two copies of it, both
+/// claimed under its token, and both were sent beside each other.
+#[tokio::test]
+async fn a_head_skipped_and_sent_again_while_held_goes_out_once() {
+    // Claims reach two seconds ahead, so a retry a second on is kept in memory.
+    let mut config = dev_config();
+    config.cluster.poll_ms = 1_000;
+    let gw = start_gateway(config).await;
+    let rx = Receiver::start(Answer::status(500)).await;
+    let app = gw.app("merchant").await;
+    let policy: Value = serde_json::from_str(RETRIES).unwrap();
+    gw.endpoint(&app, json!({"url": rx.url, "uid": "main", "retryPolicy": policy, "ordering": "fifo"})).await;
+    let first = gw.publish(&app, json!({"eventType": "payment.updated", "payload": {"n": 0}})).await;
+    rx.next().await;
+    gw.wait_attempts(&app, &first, 1).await;
+    // Kept in memory for its retry a second on; the next waits behind it.
+    let second = gw.publish(&app, json!({"eventType": "payment.updated", "payload": {"n": 1}})).await;
+    rx.then(Answer::status(204));
+    gw.ok("POST", &format!("/api/v1/app/{app}/msg/{first}/endpoint/main/skip"), None).await;
+    arrive_in_order(&rx, 1..2).await;
+    gw.wait_attempts(&app, &second, 1).await;
+    // Sent again: its lane is free, so it goes at once, fails, and is kept for a retry.
+    let (status, _) = gw.call("POST", &format!("/api/v1/app/{app}/msg/{first}/endpoint/main/resend"), None).await;
+    assert_eq!(status, 202);
+    arrive_in_order(&rx, 0..1).await;
+    gw.wait_attempts(&app, &first, 2).await;
+    rx.set_fallback(Answer::status(204));
+    gw.advance(1_000);
+    arrive_in_order(&rx, 0..1).await;
+    assert!(!rx.gets_within(500).await, "the head went out twice");
+    gw.wait_attempts(&app, &first, 3).await;
+    assert_eq!(gw.destination(&app, &first).await.0, 0, "delivered");
+    gw.stop().await;
+}
+
 /// A lane whose head's message is gone (on PostgreSQL, a resend committed beside the
 /// retention pass that deleted the message) moves on: the head is closed when the engine
 /// finds it (it was dropped unrecorded, claimed again for ever, and held the lane).

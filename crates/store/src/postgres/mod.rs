@@ -423,6 +423,12 @@ impl Store for PgStore {
     async fn get_delivery(&self, msg_id: &str, id: &str) -> StoreResult<Delivery> {
         on_conn!(self, |c| queue::get_delivery(&c, msg_id, id))
     }
+    async fn still_claimed(&self, msg_id: &str, id: &str, claim: i64) -> StoreResult<bool> {
+        on_conn!(self, |c| async move {
+            let found = c.query_opt(crate::columns::STILL_CLAIMED, &[&msg_id, &id, &claim]).await.map_err(pg_error)?;
+            Ok(found.is_some())
+        })
+    }
     async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<Recorded> {
         let (reply, answer) = tokio::sync::oneshot::channel();
         let lost = || StoreError::Unavailable("the attempt writer stopped".into());

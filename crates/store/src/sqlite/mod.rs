@@ -557,6 +557,16 @@ impl Store for SqliteStore {
             found => found,
         }
     }
+    async fn still_claimed(&self, msg_id: &str, id: &str, claim: i64) -> StoreResult<bool> {
+        // Never a fan-out's: ordered deliveries have rows of their own.
+        let (msg_id, id) = (msg_id.to_owned(), id.to_owned());
+        self.read(move |c| {
+            c.prepare_cached(crate::columns::STILL_CLAIMED)
+                .and_then(|mut s| s.exists(rusqlite::params![msg_id, id, claim]))
+                .map_err(sql_error)
+        })
+        .await
+    }
     async fn record_attempt(&self, record: AttemptRecord) -> StoreResult<Recorded> {
         self.write_in(Lane::Background, move |c| queue::record_attempt(c, &record)).await
     }
