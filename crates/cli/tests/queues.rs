@@ -703,6 +703,19 @@ async fn a_full_disk_leaves_messages_with_the_broker(kind: Kind) {
         let idlest = pending.iter().map(|(_, _, idle, _)| *idle).max().unwrap();
         assert!(idlest < 2_000, "an entry being stored was idle {idlest} ms of {} pending", pending.len());
     }
+    if kind == Kind::Nats {
+        // Messages being stored, or waiting behind an earlier one of their ordering key,
+        // are reported in progress within `ack_wait` (2 s here), however long the store is
+        // down: JetStream would hand them to another node. (Reported only at each retry of
+        // the store, up to 5 s apart, they were handed out again.)
+        tokio::time::sleep(Duration::from_millis(5_000)).await;
+        let js = async_nats::jetstream::new(async_nats::connect(&broker.url).await.unwrap());
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            js.get_stream(&broker.name).await.unwrap().get_consumer("hookline").await.unwrap();
+        let info = consumer.info().await.unwrap();
+        assert!(info.num_ack_pending > 0, "messages wait while the disk is full: {info:?}");
+        assert_eq!(info.num_redelivered, 0, "messages being stored were handed out again: {info:?}");
+    }
     disk.free();
     until_all_arrived(&arrivals, 320).await;
     let (lost, duplicated) = lost_and_duplicated(&arrivals, 320);
@@ -1160,29 +1173,38 @@ async fn a_nats_consumer_without_a_dead_letter_stream_says_so() {
     js.delete_stream(&broker.name).await.unwrap();
 }
 
-/// A NATS consumer does not start on a durable made before with a delivery limit, and
-/// says why: JetStream would stop offering a message after that many deliveries, stored
-/// or not (each stop or crash of a node during a store outage is one).
+/// A NATS consumer does not start on a durable made before with a delivery limit, or with
+/// acks other than explicit, and says why: JetStream would stop offering a message after
+/// that many deliveries, stored or not (each stop or crash of a node during a store outage
+/// is one), or count it acknowledged before it is stored (when handed out, with `none`; with
+/// a later message's ack, with `all`).
 #[tokio::test]
-async fn a_nats_durable_with_a_delivery_limit_is_refused() {
+async fn a_nats_durable_with_a_delivery_limit_or_implicit_acks_is_refused() {
+    use async_nats::jetstream::consumer::AckPolicy;
     let http = reqwest::Client::new();
-    let broker = Broker::shared(Kind::Nats);
-    broker.prepare().await;
-    let js = async_nats::jetstream::new(async_nats::connect(&broker.url).await.unwrap());
-    let stream = js.get_stream(&broker.name).await.unwrap();
-    let limited = async_nats::jetstream::consumer::pull::Config {
-        durable_name: Some("hookline".into()),
-        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-        max_deliver: 3,
-        ..Default::default()
-    };
-    stream.create_consumer(limited).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start_with(dir.path(), &broker.consumer_config(), free_port(), &[]);
-    gateway.process.wait_healthy(&http).await;
-    gateway.until_refused_to_start(&http, "has max_deliver 3").await;
-    drop(gateway);
-    broker.remove().await;
+    for (policy, max_deliver, said) in [
+        (AckPolicy::Explicit, 3, "has max_deliver 3"),
+        (AckPolicy::None, -1, "has ack_policy None"),
+        (AckPolicy::All, -1, "has ack_policy All"),
+    ] {
+        let broker = Broker::shared(Kind::Nats);
+        broker.prepare().await;
+        let js = async_nats::jetstream::new(async_nats::connect(&broker.url).await.unwrap());
+        let stream = js.get_stream(&broker.name).await.unwrap();
+        let made_before = async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("hookline".into()),
+            ack_policy: policy,
+            max_deliver,
+            ..Default::default()
+        };
+        stream.create_consumer(made_before).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let gateway = Gateway::start_with(dir.path(), &broker.consumer_config(), free_port(), &[]);
+        gateway.process.wait_healthy(&http).await;
+        gateway.until_refused_to_start(&http, said).await;
+        drop(gateway);
+        broker.remove().await;
+    }
 }
 
 /// A port whose listener never accepts and whose accept queue is full: the kernel drops

@@ -119,7 +119,7 @@ struct Settle {
 /// Stores one delivery, in its lane's turn, and answers the broker.
 async fn settle(settle: Arc<Settle>, prepared: Prepared, mut turn: Turn, delivery: Delivery) {
     turn.wait().await;
-    let handled = settle.ingestor.store_patiently(&settle.status, &prepared, &settle.stopping, || async {}).await;
+    let handled = settle.ingestor.store_patiently(&settle.status, &prepared, &settle.stopping).await;
     drop(turn);
     // A failed ack or nack means the channel is gone: the broker redelivers the message,
     // and its dedupe key makes that harmless.

@@ -33,7 +33,6 @@ use hookline_core::ssrf::AddressPolicy;
 use hookline_store::{Message, PublishOutcome};
 use serde::Serialize;
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -161,20 +160,16 @@ impl Ingestor {
         }
     }
 
-    /// Stores a prepared message, trying again while the store is unavailable (calling
-    /// `still_working` before each wait), until it is stored or refused; `None` if the
-    /// node is stopping first (the message is left to the broker).
-    pub async fn store_patiently<F, Fut>(
+    /// Stores a prepared message, trying again while the store is unavailable, until it
+    /// is stored or refused; `None` if the node is stopping first (the message is left to
+    /// the broker). A consumer keeps the message its own meanwhile (Redis `XCLAIM`,
+    /// JetStream progress; RabbitMQ never redelivers a message a live consumer holds).
+    pub async fn store_patiently(
         &self,
         status: &ConsumerStatus,
         prepared: &Prepared,
         stopping: &watch::Receiver<bool>,
-        mut still_working: F,
-    ) -> Option<Handled>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = ()>,
-    {
+    ) -> Option<Handled> {
         let mut backoff = STORE_BACKOFF;
         loop {
             let handled = self.store(&status.scope, prepared).await;
@@ -182,7 +177,6 @@ impl Ingestor {
             if handled != Handled::Unavailable {
                 return Some(handled);
             }
-            still_working().await;
             let mut stop = stopping.clone();
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}

@@ -3,7 +3,10 @@
 //! the dead-letter subject with its reason in headers (`Hookline-Code`,
 //! `Hookline-Reason`), the publish acknowledged by JetStream, then terminated (`Term`):
 //! never redelivered. While the store is down a message is kept and stored again with
-//! backoff, its ack deadline extended (`Progress`) at each try; at shutdown it is `Nak`ed.
+//! backoff; until it is settled (stored, or waiting behind an earlier message of its
+//! ordering key) its ack deadline is extended (`Progress`) every third of `ack_wait`, and
+//! messages are pulled only as there is room to settle them, so none waits unreported in
+//! a buffer; at shutdown it is `Nak`ed.
 
 use super::{Consumer, ConsumerStatus, Handled, Ingestor, Lanes, Prepared, Turn, STORE_BACKOFF};
 use crate::config::NatsIngest;
@@ -15,6 +18,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 const LAG_EVERY: Duration = Duration::from_secs(2);
+/// How long one pull waits for messages.
+const PULL_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Nats {
     config: NatsIngest,
@@ -100,7 +105,17 @@ impl Nats {
             .await
             .map_err(|e| format!("the durable consumer: {e}"))?;
         // A durable made before (by hand, say) keeps its own settings: with a delivery
-        // limit, JetStream would stop offering a message Hookline has not stored.
+        // limit, JetStream would stop offering a message Hookline has not stored; with an
+        // ack policy other than explicit, a message would count as acknowledged when handed
+        // out (`none`), or with any later one's ack (`all`), before it is stored.
+        let policy = consumer.cached_info().config.ack_policy;
+        if policy != AckPolicy::Explicit {
+            return Err(format!(
+                "the durable consumer {} has ack_policy {policy:?}: JetStream would count a message as acknowledged \
+                 before Hookline stored it; delete it (Hookline makes it again with explicit acks)",
+                self.config.durable
+            ));
+        }
         let limit = consumer.cached_info().config.max_deliver;
         if limit > 0 {
             return Err(format!(
@@ -120,18 +135,33 @@ struct Settle {
     context: jetstream::Context,
     dlq: String,
     stopping: watch::Receiver<bool>,
+    /// How often a message being settled is reported in progress: a third of `ack_wait`.
+    keep_every: Duration,
 }
 
 /// Stores one message, in its lane's turn, and answers JetStream.
 async fn settle(settle: Arc<Settle>, prepared: Prepared, mut turn: Turn, message: jetstream::Message) {
-    turn.wait().await;
-    // Each try while the store is down tells JetStream the message is still being worked
-    // on, so it is not handed to another consumer meanwhile.
-    let progress = || async {
-        let _ = message.ack_with(AckKind::Progress).await;
+    let work = async {
+        turn.wait().await;
+        settle.ingestor.store_patiently(&settle.status, &prepared, &settle.stopping).await
+        // The turn ends here, before the answer: the lane's next may be stored.
     };
-    let handled = settle.ingestor.store_patiently(&settle.status, &prepared, &settle.stopping, progress).await;
-    drop(turn);
+    // Until it is stored, JetStream is told every third of `ack_wait` that the message is
+    // being worked on, whether it retries while the store is down or waits behind an
+    // earlier message of its lane: past `ack_wait` JetStream would hand it to another node,
+    // which could store it meanwhile, ahead of that earlier one. (Told only at each retry
+    // of the store, one waiting its turn went unheard, and a retry 5 s apart outlasted an
+    // `ack_wait` of 1 s.)
+    let keep = async {
+        loop {
+            tokio::time::sleep(settle.keep_every).await;
+            let _ = message.ack_with(AckKind::Progress).await;
+        }
+    };
+    let handled = tokio::select! {
+        handled = work => handled,
+        never = keep => never,
+    };
     // A failed ack means the connection is gone: JetStream redelivers after ack_wait, and
     // the dedupe key makes that harmless.
     match handled {
@@ -196,8 +226,6 @@ impl Consumer for Nats {
         let client = options.connect(url.as_str()).await.map_err(|e| e.to_string())?;
         let context = jetstream::new(client);
         let (consumer, created) = self.consumer(&context).await?;
-        let mut messages =
-            consumer.stream().max_messages_per_batch(self.config.batch).messages().await.map_err(|e| e.to_string())?;
         self.status.connected();
         let settle_with = Arc::new(Settle {
             ingestor: ingestor.clone(),
@@ -205,13 +233,37 @@ impl Consumer for Nats {
             context,
             dlq: self.dlq_subject(),
             stopping: stopping.clone(),
+            keep_every: Duration::from_millis(self.config.ack_wait_ms / 3),
         });
         let mut settling = tokio::task::JoinSet::new();
         let mut lag = tokio::time::interval(LAG_EVERY);
         let outcome = loop {
+            // Pulled only as many as there is room to settle at once: a message JetStream
+            // handed out and this node left in a buffer (as the prefetching pull stream
+            // did while the store was down) was reported in progress by no one, and handed
+            // out again past `ack_wait`.
+            let room = self.config.batch.saturating_sub(settling.len());
+            let pull = async {
+                match room {
+                    0 => std::future::pending().await,
+                    room => consumer.batch().max_messages(room).expires(PULL_WAIT).messages().await,
+                }
+            };
             tokio::select! {
-                next = messages.next(), if settling.len() < self.config.batch => match next {
-                    Some(Ok(message)) => {
+                pulled = pull => {
+                    let mut batch = match pulled {
+                        Ok(batch) => batch,
+                        Err(e) => break Err(e.to_string()),
+                    };
+                    let mut failed = None;
+                    while let Some(next) = batch.next().await {
+                        let message = match next {
+                            Ok(message) => message,
+                            Err(e) => {
+                                failed = Some(e.to_string());
+                                break;
+                            }
+                        };
                         // The publisher's `Nats-Msg-Id`, else the stream sequence (with the
                         // stream's creation time): the same on every redelivery.
                         let id = match message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
@@ -224,9 +276,10 @@ impl Consumer for Nats {
                         let turn = self.lanes.turn(prepared.lane());
                         settling.spawn(settle(settle_with.clone(), prepared, turn, message));
                     }
-                    Some(Err(e)) => break Err(e.to_string()),
-                    None => break Err("the consumer's message stream ended".to_owned()),
-                },
+                    if let Some(e) = failed {
+                        break Err(e);
+                    }
+                }
                 Some(_) = settling.join_next() => {}
                 _ = lag.tick() => match tokio::time::timeout(LAG_EVERY * 2, consumer.get_info()).await {
                     Ok(Ok(info)) => self.status.set_lag(info.num_pending + info.num_ack_pending as u64),

@@ -109,7 +109,7 @@ impl Redis {
         let storing =
             futures_util::future::join_all(prepared.iter().zip(turns).map(|(prepared, mut turn)| async move {
                 turn.wait().await;
-                ingestor.store_patiently(&self.status, prepared, stopping, || async {}).await
+                ingestor.store_patiently(&self.status, prepared, stopping).await
             }));
         let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
         let handled = self.keeping(conn.clone(), &ids, storing).await;
