@@ -1207,6 +1207,31 @@ async fn a_nats_durable_with_a_delivery_limit_or_implicit_acks_is_refused() {
     }
 }
 
+/// A refused RabbitMQ message with a time to live is dead-lettered without it: RabbitMQ
+/// drops `expiration` when it dead-letters a message itself, and the copy kept it, so it
+/// expired from the dead-letter queue (a refused message, acknowledged, then gone).
+#[tokio::test]
+async fn an_amqp_dead_letter_outlives_the_messages_time_to_live() {
+    let http = reqwest::Client::new();
+    let (sink, _arrivals) = payload_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, gateway) = consuming(&http, Kind::Amqp, dir.path(), &sink).await;
+    let (connection, channel) = amqp_channel(&broker.url).await;
+    let properties = lapin::BasicProperties::default().with_message_id("bad-ttl".into()).with_expiration("1500".into());
+    let options = lapin::options::BasicPublishOptions { mandatory: true, ..Default::default() };
+    let confirm =
+        channel.basic_publish("".into(), broker.name.as_str().into(), options, b"not json", properties).await.unwrap();
+    assert!(matches!(confirm.await.unwrap(), lapin::Confirmation::Ack(None)));
+    connection.close(200, "".into()).await.unwrap();
+    gateway.until_counted(&http, "deadLettered", 1).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let kept = broker.dead_letters().await;
+    assert_eq!(kept.len(), 1, "the dead letter expired with the message's time to live");
+    assert_eq!((kept[0].0.as_str(), &kept[0].1[..]), ("invalid_json", &b"not json"[..]));
+    drop(gateway);
+    broker.remove().await;
+}
+
 /// A port whose listener never accepts and whose accept queue is full: the kernel drops
 /// every further SYN, as a host behind a firewall that drops packets does. The streams
 /// returned fill the queue and must be kept.

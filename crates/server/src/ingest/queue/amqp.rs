@@ -19,7 +19,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Confirmation;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -159,7 +159,7 @@ async fn dead_letter(
     let mut headers = delivery.properties.headers().clone().unwrap_or_default();
     headers.insert("x-hookline-code".into(), AMQPValue::LongString(code.into()));
     headers.insert("x-hookline-reason".into(), AMQPValue::LongString(reason.into()));
-    let properties = delivery.properties.clone().with_headers(headers).with_delivery_mode(2);
+    let properties = dead_letter_properties(&delivery.properties, headers);
     let options = BasicPublishOptions { mandatory: true, ..Default::default() };
     let confirm = channel
         .basic_publish(dlx.into(), delivery.routing_key.clone(), options, &delivery.data, properties)
@@ -170,6 +170,46 @@ async fn dead_letter(
         Confirmation::Ack(Some(_)) => Err(format!("the dead-letter exchange {dlx} routes it to no queue")),
         Confirmation::Nack(_) | Confirmation::NotRequested => Err("the broker did not confirm it".to_owned()),
     }
+}
+
+/// The refused message's properties on its dead-letter copy, persistent, with `headers`,
+/// and without two: `expiration` (RabbitMQ drops it when it dead-letters a message itself;
+/// kept, the copy expired from the dead-letter queue) and `user_id` (the broker refuses a
+/// publish whose user id is not its connection's user, so a producer's other user id made
+/// every try to dead-letter fail).
+fn dead_letter_properties(original: &BasicProperties, headers: FieldTable) -> BasicProperties {
+    let mut kept = BasicProperties::default().with_headers(headers).with_delivery_mode(2);
+    if let Some(v) = original.content_type() {
+        kept = kept.with_content_type(v.clone());
+    }
+    if let Some(v) = original.content_encoding() {
+        kept = kept.with_content_encoding(v.clone());
+    }
+    if let Some(v) = original.priority() {
+        kept = kept.with_priority(*v);
+    }
+    if let Some(v) = original.correlation_id() {
+        kept = kept.with_correlation_id(v.clone());
+    }
+    if let Some(v) = original.reply_to() {
+        kept = kept.with_reply_to(v.clone());
+    }
+    if let Some(v) = original.message_id() {
+        kept = kept.with_message_id(v.clone());
+    }
+    if let Some(v) = original.timestamp() {
+        kept = kept.with_timestamp(*v);
+    }
+    if let Some(v) = original.kind() {
+        kept = kept.with_type(v.clone());
+    }
+    if let Some(v) = original.app_id() {
+        kept = kept.with_app_id(v.clone());
+    }
+    if let Some(v) = original.cluster_id() {
+        kept = kept.with_cluster_id(v.clone());
+    }
+    kept
 }
 
 fn text(e: lapin::Error) -> String {
