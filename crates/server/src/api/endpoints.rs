@@ -18,8 +18,9 @@ use std::collections::BTreeMap;
 
 /// Secrets an endpoint may hold at once (the current one and those still in their grace).
 const SECRETS_MAX: usize = 5;
-/// Headers whose values the API never shows back.
-const SENSITIVE_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "x-api-key"];
+/// Headers that carry credentials: the API never shows their values back, and an inbound
+/// request's are never forwarded.
+pub(super) const SENSITIVE_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie", "x-api-key"];
 
 pub fn routes() -> Vec<Route> {
     let (eps, ep) = ("/api/v1/app/{app_id}/endpoint", "/api/v1/app/{app_id}/endpoint/{endpoint_id}");

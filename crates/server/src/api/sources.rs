@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 /// Provider headers forwarded with an inbound event, at most.
 const FORWARDED_HEADERS_MAX: usize = 64;
-/// Headers never forwarded: transport details and credentials meant for Hookline only.
-const NOT_FORWARDED: &[&str] =
-    &["host", "content-length", "connection", "transfer-encoding", "authorization", "cookie"];
+/// Headers never forwarded: transport details, and credentials meant for Hookline or a
+/// proxy before it ([`super::endpoints::SENSITIVE_HEADERS`]).
+const NOT_FORWARDED: &[&str] = &["host", "content-length", "connection", "transfer-encoding"];
 /// The prefix of forwarded provider headers on deliveries.
 pub const FORWARDED_PREFIX: &str = "x-hookline-forwarded-";
 
@@ -384,7 +384,12 @@ fn forwarded_headers(source: &Source, method: &Method, uri: &Uri, headers: &Head
     }
     let provider = headers
         .iter()
-        .filter(|(name, _)| !NOT_FORWARDED.contains(&name.as_str()) && name.as_str() != "content-type")
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            !NOT_FORWARDED.contains(&name)
+                && !super::endpoints::SENSITIVE_HEADERS.contains(&name)
+                && name != "content-type"
+        })
         .filter_map(|(name, value)| Some((format!("{FORWARDED_PREFIX}{name}"), value.to_str().ok()?.to_owned())))
         .take(FORWARDED_HEADERS_MAX);
     out.extend(provider);

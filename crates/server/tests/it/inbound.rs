@@ -267,6 +267,37 @@ async fn a_replay_to_an_ordering_endpoint_is_sent_once() {
     gw.stop().await;
 }
 
+/// A provider's headers are forwarded, credentials never: an API gateway before `/in` may
+/// add its own key, which no endpoint of the application (the merchant's) may see.
+#[tokio::test]
+async fn credentials_sent_to_a_source_are_not_forwarded() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let src = source(&gw, &app, "hmac", json!(["s"]), json!({})).await;
+    let body = r#"{"paid":1}"#;
+    let mut headers = hmac_request("s", body);
+    for (name, value) in [
+        ("authorization", "Bearer gw"),
+        ("proxy-authorization", "Basic gw"),
+        ("cookie", "session=gw"),
+        ("x-api-key", "GW_KEY"),
+        ("x-provider-trace", "t-1"),
+    ] {
+        headers.push((name.to_owned(), value.to_owned()));
+    }
+    let (status, answer) = post_in(&gw, &format!("/in/{}", src["id"].as_str().unwrap()), &headers, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let got = rx.next().await;
+    assert_eq!(got.header("x-hookline-forwarded-x-provider-trace"), "t-1");
+    for credential in ["authorization", "proxy-authorization", "cookie", "x-api-key"] {
+        let forwarded = format!("x-hookline-forwarded-{credential}");
+        assert!(got.headers.get(forwarded.as_str()).is_none(), "{credential} was forwarded");
+    }
+    gw.stop().await;
+}
+
 /// GitHub signs the body only: its `X-GitHub-Delivery` header is no one's to trust. A
 /// captured request sent again under a fresh delivery id is the same event (the key is the
 /// body's hash), refused as a duplicate and not forwarded; so is GitHub's own redelivery.
