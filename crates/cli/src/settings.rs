@@ -56,15 +56,24 @@ pub fn load(
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .map_err(|source| SettingsError::Read { path: path.display().to_string(), source })?;
-            text.parse::<toml::Table>()
-                .map_err(|e| SettingsError::Parse { path: path.display().to_string(), message: e.to_string() })?
+            text.parse::<toml::Table>().map_err(|e| SettingsError::Parse {
+                path: path.display().to_string(),
+                message: hidden(&e.to_string()),
+            })?
         }
         None => toml::Table::new(),
     };
     for (section, key) in known_keys() {
         let name = format!("HOOKLINE_{}_{}", section.to_uppercase(), key.to_uppercase());
         if let Some(raw) = env(&name) {
-            set(&mut table, &section, &key, env_value(&raw));
+            let value = match env_value(&raw) {
+                // A token of digits is still a token.
+                value if !value.is_str() && TEXT_ONLY.contains(&(section.as_str(), key.as_str())) => {
+                    toml::Value::String(raw)
+                }
+                value => value,
+            };
+            set(&mut table, &section, &key, value);
         }
     }
     for (name, section, key) in SHORTCUTS {
@@ -97,8 +106,41 @@ pub fn load(
     Ok(config)
 }
 
-/// A TOML error as one line: the offending `key = value` and the reason. Line numbers
-/// are dropped: they count lines of the merged settings, not of the user's file.
+/// Keys whose value is text only: an environment value for them is never read as TOML.
+const TEXT_ONLY: &[(&str, &str)] = &[
+    ("api", "admin_token"),
+    ("api", "public_url"),
+    ("security", "secret_key"),
+    ("cluster", "node_name"),
+    ("metrics", "token"),
+    ("alerts", "smtp_url"),
+    ("database", "url"),
+];
+
+/// Keys whose values an error never repeats: tokens, keys and URLs (which may hold a
+/// password). Errors go to stderr, and so to the journal.
+const SECRET_KEYS: &[&str] = &["admin_token", "secret_key", "token", "smtp_url", "url", "api_key"];
+
+/// `text` with the value of every `key = value` of a [`SECRET_KEYS`] key hidden.
+fn hidden(text: &str) -> String {
+    let hide = |line: &str| {
+        for key in SECRET_KEYS {
+            let pattern = format!("{key} = ");
+            let found = line.match_indices(&pattern).find(|(at, _)| {
+                line[..*at].chars().next_back().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
+            });
+            if let Some((at, _)) = found {
+                return format!("{}{pattern}(hidden)", &line[..at]);
+            }
+        }
+        line.to_owned()
+    };
+    text.lines().map(hide).collect::<Vec<_>>().join("\n")
+}
+
+/// A TOML error as one line: the offending `key = value` (the value hidden for a secret)
+/// and the reason. Line numbers are dropped: they count lines of the merged settings, not
+/// of the user's file.
 fn one_line(text: &str) -> String {
     let mut parts = Vec::new();
     for line in text.lines().map(str::trim) {
@@ -109,9 +151,14 @@ fn one_line(text: &str) -> String {
             Some((number, rest)) if number.trim().chars().all(|c| c.is_ascii_digit()) => rest,
             _ => line,
         };
-        parts.push(content.trim_start_matches('|').trim().to_owned());
+        parts.push(hidden(content.trim_start_matches('|').trim()));
     }
-    parts.join(": ")
+    let joined = parts.join(": ");
+    match joined.contains("(hidden)") {
+        // The reason quotes the value too (serde's "invalid type: integer `…`").
+        true => joined.split('`').enumerate().map(|(n, piece)| if n % 2 == 1 { "(hidden)" } else { piece }).collect(),
+        false => joined,
+    }
 }
 
 /// Every `(section, key)` of the config, read off the defaults (plus optional keys).
@@ -203,6 +250,12 @@ mod tests {
         assert_eq!(c.network.allow.len(), 1);
         let token = load_with(None, &[("HOOKLINE_ADMIN_TOKEN", "s3cret")], Overrides::default()).unwrap();
         assert_eq!(token.api.admin_token.as_deref(), Some("s3cret"));
+        // A token of digits is text, not a number the string setting refuses.
+        for name in ["HOOKLINE_API_ADMIN_TOKEN", "HOOKLINE_METRICS_TOKEN"] {
+            let digits = load_with(None, &[(name, "8675309123")], Overrides::default()).unwrap();
+            let set = [digits.api.admin_token.as_deref(), digits.metrics.token.as_deref()];
+            assert!(set.contains(&Some("8675309123")), "{name}");
+        }
         let policy = load_with(None, &[("HOOKLINE_DELIVERY_RETRY_POLICY", "stripe")], Overrides::default()).unwrap();
         assert_eq!(
             policy.delivery.retry_policy,
@@ -251,6 +304,23 @@ mod tests {
         for (file, vars, expected) in cases {
             let error = load_with(file, vars, Overrides::default()).unwrap_err().to_string();
             assert!(error.contains(expected), "{error:?} should mention {expected:?}");
+        }
+    }
+
+    /// An error about a secret's setting names the setting, never its value (stderr goes
+    /// to the journal).
+    #[test]
+    fn errors_never_repeat_a_secrets_value() {
+        let cases = [
+            "[api]\nadmin_token = 8675309123\n",
+            "[metrics]\ntoken = [\"scrape-8675309123\"]\n",
+            "[database]\nurl = 42_8675309123\n",
+            "[api]\nadmin_token = \"8675309123\n",
+        ];
+        for file in cases {
+            let error = load_with(Some(file), &[], Overrides::default()).unwrap_err().to_string();
+            assert!(!error.contains("8675309123"), "{error}");
+            assert!(error.contains("(hidden)"), "{error}");
         }
     }
 }
