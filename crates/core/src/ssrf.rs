@@ -117,8 +117,16 @@ fn special_v6(ip: Ipv6Addr) -> Option<Forbidden> {
         return special_v4(v4);
     }
     let embedded = |hi: u16, lo: u16| Ipv4Addr::new((hi >> 8) as u8, hi as u8, (lo >> 8) as u8, lo as u8);
+    // ::ffff:0:a.b.c.d (IPv4-translated, SIIT), which `to_ipv4` does not map back.
+    if seg[..4] == [0; 4] && seg[4] == 0xffff && seg[5] == 0 {
+        return special_v4(embedded(seg[6], seg[7]));
+    }
     match seg[0] {
-        // NAT64 well-known prefix 64:ff9b::/96 and local-use 64:ff9b:1::/48.
+        // NAT64: the well-known prefix 64:ff9b::/96 carries the IPv4 address last. The
+        // local-use 64:ff9b:1::/48 is a network's own (never routed between networks), and
+        // where it embeds the address depends on the prefix length its translator uses, so
+        // none of it is public.
+        0x0064 if seg[1] == 0xff9b && seg[2] == 1 => Some(Forbidden::Reserved),
         0x0064 if seg[1] == 0xff9b => special_v4(embedded(seg[6], seg[7])),
         // 6to4: 2002:AABB:CCDD::/48 carries the IPv4 address AA.BB.CC.DD.
         0x2002 => special_v4(embedded(seg[1], seg[2])),
@@ -246,6 +254,12 @@ mod tests {
         check("https://[::ffff:169.254.169.254]/", no(LinkLocal));
         check("https://[::127.0.0.1]/", no(Loopback));
         check("https://[64:ff9b::10.0.0.1]/", no(Private));
+        check("https://[64:ff9b::8.8.8.8]/", Ok(()));
+        // The local-use NAT64 prefix, with 169.254.169.254 where a /48 translator puts it
+        // (it read 8.8.8.8 at the /96 place), and the IPv4-translated form.
+        check("https://[64:ff9b:1:a9fe:a9:fe00:808:808]/", no(Reserved));
+        check("https://[::ffff:0:127.0.0.1]/", no(Loopback));
+        check("https://[::ffff:0:8.8.8.8]/", Ok(()));
         check("https://[2002:7f00:1::]/", no(Loopback));
         check("https://[2002:a9fe:a9fe::]/", no(LinkLocal));
         check("https://[2606:4700::1111]/", Ok(()));
