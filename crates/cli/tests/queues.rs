@@ -1207,6 +1207,48 @@ async fn a_nats_durable_with_a_delivery_limit_or_implicit_acks_is_refused() {
     }
 }
 
+/// A RabbitMQ endpoint pointed at an exchange that does not exist fails alone: beside it,
+/// another endpoint on the same broker gets every delivery at its first attempt. (They
+/// shared one channel, which RabbitMQ closes on such a publish: the other's publishes on
+/// it failed, were retried, and some arrived twice.)
+#[tokio::test]
+async fn a_missing_exchange_fails_no_other_rabbitmq_destination() {
+    let http = reqwest::Client::new();
+    let broker = Broker::shared(Kind::Amqp);
+    let destination = Destination::prepare(Kind::Amqp, broker.url.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(dir.path(), "");
+    let good = gateway.setup(&http, &destination.endpoint_url()).await;
+    let missing =
+        destination.endpoint_url().replace("/?routingKey=", &format!("/{}-missing?routingKey=", destination.name));
+    let (status, bad) =
+        support::post(&http, format!("{}/api/v1/app/{APP}/endpoint", gateway.url()), TOKEN, &json!({"url": missing}))
+            .await;
+    assert_eq!(status, 201, "{bad}");
+    let mut ids = Vec::new();
+    for n in 0..100 {
+        ids.push(publish(&http, &gateway, n).await);
+    }
+    let mut arrived = Vec::new();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while arrived.len() < 100 {
+        assert!(tokio::time::Instant::now() < deadline, "{} of 100 arrived", arrived.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        arrived.extend(destination.received().await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    arrived.extend(destination.received().await);
+    assert_eq!(arrived.len(), 100, "deliveries arrived twice");
+    for id in &ids {
+        let url = format!("{}/api/v1/app/{APP}/attempt/msg/{id}", gateway.url());
+        let attempts: Value = http.get(&url).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+        let to_good: Vec<&Value> =
+            attempts["data"].as_array().unwrap().iter().filter(|a| a["endpointId"] == good.as_str()).collect();
+        assert_eq!(to_good.len(), 1, "message {id}: attempts {attempts}");
+        assert_eq!(to_good[0]["status"], 0, "message {id}: attempts {attempts}");
+    }
+}
+
 /// A refused RabbitMQ message with a time to live is dead-lettered without it: RabbitMQ
 /// drops `expiration` when it dead-letters a message itself, and the copy kept it, so it
 /// expired from the dead-letter queue (a refused message, acknowledged, then gone).

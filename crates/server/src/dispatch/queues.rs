@@ -114,7 +114,16 @@ impl QueuePublisher {
             Some(Err(why)) => return Err(Problem::Refused(why)),
             None => return Err(Problem::Refused("not a queue URL".into())),
         };
-        let key = format!("{:?}://{}:{}/{}", queue.broker, queue.host, queue.port, queue.vhost);
+        let mut key = format!("{:?}://{}:{}/{}", queue.broker, queue.host, queue.port, queue.vhost);
+        if queue.broker == Broker::Amqp {
+            // A link (a connection and its one confirm channel) per destination: RabbitMQ
+            // closes a channel on a publish to an exchange that does not exist, which
+            // failed every other destination's publishes on it; and lapin pairs a channel's
+            // returned (unroutable) messages with its confirms in arrival order, so one
+            // destination's return could mark another's publish unroutable and its own
+            // delivered.
+            key = format!("{key}#{}#{}", queue.target, queue.routing_key);
+        }
         let cached = || {
             let mut links = self.links.lock().expect("links lock");
             let (link, used) = links.get_mut(&key)?;
