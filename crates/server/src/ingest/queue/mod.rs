@@ -336,11 +336,9 @@ pub struct ConsumerOut {
 
 impl ConsumerStatus {
     pub fn new(kind: &'static str, name: String, url: &str, source: String) -> Arc<ConsumerStatus> {
-        let address =
-            url::Url::parse(url).ok().map(|u| format!("{}:{}", u.host_str().unwrap_or(""), u.port().unwrap_or(0)));
         Arc::new(ConsumerStatus {
             kind,
-            scope: format!("{name}@{}", address.unwrap_or_default()),
+            scope: scope(&name, url),
             name,
             url: masked(url),
             source,
@@ -401,6 +399,22 @@ impl ConsumerStatus {
             last_error: self.last_error.lock().expect("status lock").clone(),
         }
     }
+}
+
+/// What a consumer's dedupe keys are scoped by: what it reads, and the broker's host and
+/// port, the scheme's default port when the URL names none (so that nodes which write the
+/// URL with and without it key a redelivered message alike; the port read as 0 before).
+fn scope(name: &str, url: &str) -> String {
+    let address = url::Url::parse(url).ok().map(|u| {
+        let default = match u.scheme() {
+            "redis" | "rediss" => 6379,
+            "amqp" => 5672,
+            "amqps" => 5671,
+            _ => 4222,
+        };
+        format!("{}:{}", u.host_str().unwrap_or(""), u.port().unwrap_or(default))
+    });
+    format!("{name}@{}", address.unwrap_or_default())
 }
 
 /// A URL with its user and password (or token) replaced by `***`.
@@ -499,5 +513,24 @@ impl Drop for Consumers {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Nodes that write a broker's URL with and without its default port key a message
+    /// alike, whatever the credentials; another port or host is another broker.
+    #[test]
+    fn a_consumers_scope_names_the_default_port() {
+        for (with, without) in [
+            ("redis://10.0.0.5:6379", "redis://user:pw@10.0.0.5"),
+            ("amqp://guest:guest@mq:5672/%2f", "amqp://mq/%2f"),
+            ("amqps://mq:5671/%2f", "amqps://mq"),
+            ("nats://js:4222", "nats://js"),
+        ] {
+            assert_eq!(super::scope("q", with), super::scope("q", without), "{with} / {without}");
+        }
+        assert_eq!(super::scope("q", "redis://10.0.0.5:6379"), "q@10.0.0.5:6379");
+        assert_ne!(super::scope("q", "redis://10.0.0.5:6380"), super::scope("q", "redis://10.0.0.5"));
     }
 }
