@@ -1207,6 +1207,44 @@ async fn a_nats_durable_with_a_delivery_limit_or_implicit_acks_is_refused() {
     }
 }
 
+/// Redis entries whose field names are not UTF-8 stop nothing: one beside its message
+/// field is stored, one without it is dead-lettered, and the entries after them are
+/// consumed. (The typed reply failed whole on such a name, the entry stayed pending, and
+/// the consumer read it again and failed, for good.)
+#[tokio::test]
+async fn a_redis_field_name_not_utf8_stops_nothing() {
+    let http = reqwest::Client::new();
+    let (sink, arrivals) = payload_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (broker, gateway) = consuming(&http, Kind::Redis, dir.path(), &sink).await;
+    let mut conn = redis_connection(&broker.url).await;
+    let odd: &[u8] = b"\xff\xfe";
+    let _: String = redis::cmd("XADD")
+        .arg(&broker.name)
+        .arg("*")
+        .arg("message")
+        .arg(message(0))
+        .arg(odd)
+        .arg("x")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: String =
+        redis::cmd("XADD").arg(&broker.name).arg("*").arg(odd).arg(message(1)).query_async(&mut conn).await.unwrap();
+    broker.put_all(&messages(2, 5)).await;
+    until_none_missing(PATIENCE, "messages not delivered", || {
+        let seen = arrivals.lock().unwrap();
+        [0, 2, 3, 4, 5, 6].iter().filter(|n| !seen.contains_key(n)).count()
+    })
+    .await;
+    let codes = dead_letter_codes(&broker, Vec::new(), 1).await;
+    assert_eq!(codes, ["invalid_json"]);
+    let (lost, duplicated) = lost_and_duplicated(&arrivals, 7);
+    assert_eq!((lost, duplicated), (1, 0), "message 1 had no message field: dead-lettered, not delivered");
+    drop(gateway);
+    broker.remove().await;
+}
+
 /// A RabbitMQ endpoint pointed at an exchange that does not exist fails alone: beside it,
 /// another endpoint on the same broker gets every delivery at its first attempt. (They
 /// shared one channel, which RabbitMQ closes on such a publish: the other's publishes on

@@ -10,7 +10,7 @@
 use super::{Consumer, ConsumerStatus, Handled, Ingestor, Lanes};
 use crate::config::RedisIngest;
 use redis::aio::MultiplexedConnection;
-use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use redis::streams::StreamId;
 use redis::{AsyncConnectionConfig, Value};
 use std::future::Future;
 use std::sync::Arc;
@@ -70,13 +70,19 @@ impl Redis {
             cmd.arg("BLOCK").arg(BLOCK_MS);
         }
         cmd.arg("STREAMS").arg(&self.config.stream).arg(start);
-        let reply: Option<StreamReadReply> = cmd.query_async(conn).await.map_err(text)?;
-        Ok(reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default())
+        let reply: Value = cmd.query_async(conn).await.map_err(text)?;
+        // `[[stream, entries]]` (a map of stream to entries in RESP3), or nil.
+        let streams = match reply {
+            Value::Array(streams) => streams.into_iter().filter_map(|s| array(s)?.into_iter().nth(1)).collect(),
+            Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
+            _ => Vec::new(),
+        };
+        Ok(streams.into_iter().flat_map(entries_of).collect())
     }
 
     /// Takes over entries idle past `claim_idle_ms` from any consumer of the group.
     async fn autoclaim(&self, conn: &mut MultiplexedConnection, cursor: &mut String) -> Result<Vec<StreamId>, String> {
-        let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        let reply: Value = redis::cmd("XAUTOCLAIM")
             .arg(&self.config.stream)
             .arg(&self.config.group)
             .arg(&self.consumer)
@@ -87,8 +93,10 @@ impl Redis {
             .query_async(conn)
             .await
             .map_err(text)?;
-        *cursor = reply.next_stream_id;
-        Ok(reply.claimed)
+        // `[next cursor, entries, deleted ids]`.
+        let mut items = array(reply).ok_or("XAUTOCLAIM: not an array")?.into_iter();
+        *cursor = items.next().and_then(text_of).ok_or("XAUTOCLAIM: no cursor")?;
+        Ok(items.next().map(entries_of).unwrap_or_default())
     }
 
     /// Stores a batch concurrently (so the store commits it together, each message after
@@ -205,6 +213,44 @@ impl Redis {
 }
 
 /// An entry's message: the bytes of its `field` (none if it has no such field).
+/// Stream entries (`[[id, [name, value, ...]], ...]`) read from the reply's bytes, not
+/// with redis-rs's typed replies: those take field names as UTF-8 and fail the whole reply
+/// on one that is not, an entry Redis keeps pending, so it stopped the group for good
+/// (and every node whose `XAUTOCLAIM` took it over). A name that is not UTF-8 is read
+/// lossily: an entry whose message field is missing so is dead-lettered as empty.
+fn entries_of(list: Value) -> Vec<StreamId> {
+    let entry = |entry: Value| {
+        let mut parts = array(entry)?.into_iter();
+        let id = text_of(parts.next()?)?;
+        let fields = parts.next().and_then(array).unwrap_or_default();
+        let mut map = std::collections::HashMap::new();
+        let mut flat = fields.into_iter();
+        while let (Some(name), Some(value)) = (flat.next(), flat.next()) {
+            if let Value::BulkString(name) = name {
+                map.insert(String::from_utf8_lossy(&name).into_owned(), value);
+            }
+        }
+        Some(StreamId { id, map, ..Default::default() })
+    };
+    array(list).unwrap_or_default().into_iter().filter_map(entry).collect()
+}
+
+fn array(value: Value) -> Option<Vec<Value>> {
+    match value {
+        Value::Array(items) => Some(items),
+        _ => None,
+    }
+}
+
+/// A bulk or simple string's text (entry ids and cursors are ASCII).
+fn text_of(value: Value) -> Option<String> {
+    match value {
+        Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+        Value::SimpleString(text) => Some(text),
+        _ => None,
+    }
+}
+
 fn body<'a>(entry: &'a StreamId, field: &str) -> &'a [u8] {
     match entry.map.get(field) {
         Some(Value::BulkString(body)) => body,
