@@ -48,7 +48,9 @@ HOOKLINE_BIN=target/debug/hookline .venv/bin/python -m pytest -q tests/sdk tests
 
 echo "== Svix SDK acceptance test, the README's walkthroughs and the dashboard, on PostgreSQL"
 sdk_db="hookline_sdk_$$"
-psql -q "$HOOKLINE_TEST_PG_URL" -c "CREATE DATABASE $sdk_db"
+# Text ordered by language (ICU English), as most servers order it, where the server can.
+psql -q "$HOOKLINE_TEST_PG_URL" -c "CREATE DATABASE $sdk_db TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'" 2>/dev/null \
+  || psql -q "$HOOKLINE_TEST_PG_URL" -c "CREATE DATABASE $sdk_db"
 trap 'psql -q "$HOOKLINE_TEST_PG_URL" -c "DROP DATABASE IF EXISTS $sdk_db WITH (FORCE)" >/dev/null 2>&1 || true' EXIT
 HOOKLINE_DATABASE_URL="${HOOKLINE_TEST_PG_URL%/*}/$sdk_db" \
 HOOKLINE_SECURITY_SECRET_KEY="$(head -c 32 /dev/urandom | base64)" \

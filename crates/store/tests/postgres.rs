@@ -328,7 +328,7 @@ async fn nodes_migrating_at_once_do_not_race() {
     let url = scratch::fresh_database().await.unwrap();
     let starts: Vec<_> = (0..4).map(|_| PgStore::migrate(&url, 10_000)).collect();
     for version in futures_util::future::join_all(starts).await {
-        assert_eq!(version.unwrap(), 12, "the latest schema version");
+        assert_eq!(version.unwrap(), 13, "the latest schema version");
     }
     PgStore::open(&url, &KEY, options()).await.unwrap();
 }
@@ -573,4 +573,41 @@ async fn a_provider_event_published_twice_at_once_is_stored_once() {
         other => panic!("the second publish of the event must be its duplicate, got {other:?}"),
     }
     assert_eq!(store.count_open_deliveries().await.unwrap(), 0, "nothing of the second publish is stored");
+}
+
+/// Ids sort by creation time in byte order only (`msg_2Z…` after `msg_2a…` is not earlier):
+/// on a database whose text order is a language's (the scratch databases' is English),
+/// the schema's columns still compare ids byte by byte, as SQLite does. Ordered by the
+/// language, retention took recent messages for old ones, and lists came out of order.
+#[tokio::test]
+async fn ids_compare_byte_by_byte_whatever_the_databases_collation() {
+    let (url, store) = fresh().await;
+    let (raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let language: bool = raw.query_one("SELECT 'a' < 'Z'", &[]).await.unwrap().get(0);
+    assert!(language, "the scratch database orders text by language (ICU en-US), as most servers do");
+    // What the order decides: an application list, oldest first, in id order.
+    for id in ["app_a", "app_Z", "app_B"] {
+        let mut app = conformance::app(1_000, None);
+        app.id = id.into();
+        store.create_app(app).await.unwrap();
+    }
+    let page = hookline_store::Page { limit: 10, ..Default::default() };
+    let listed: Vec<String> = store.list_apps(page).await.unwrap().items.into_iter().map(|a| a.id).collect();
+    let ours: Vec<&str> =
+        listed.iter().map(String::as_str).filter(|id| ["app_a", "app_Z", "app_B"].contains(id)).collect();
+    assert_eq!(ours, ["app_B", "app_Z", "app_a"], "byte order");
+    let loose: Vec<(String, String)> = raw
+        .query(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND data_type = 'text' \
+             AND coalesce(collation_name, '') <> 'C'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(loose.is_empty(), "text columns not in byte order: {loose:?}");
 }

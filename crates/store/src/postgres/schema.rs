@@ -224,7 +224,30 @@ CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''
     crate::columns::CLOSE_ORPHANED_DELIVERIES,
     crate::columns::ALERT_EMAILS_TABLE,
     crate::columns::ALERT_DIGESTS_TABLE,
+    BYTE_ORDER,
 ];
+
+/// Every text column compares byte by byte (`COLLATE "C"`), whatever the database's own
+/// order: ids sort by creation time only so (SQLite compares bytes), and retention, the
+/// statistics' id ranges, sweeps and every list go by `id <` and `ORDER BY id`. Under a
+/// language's order (most servers' default, `en_US.UTF-8` or ICU English) `msg_2a…` sorts
+/// before `msg_2Z…`: retention took recent messages for old ones and kept old ones, and
+/// lists came out of time order. One `ALTER TABLE` per table, so its indexes are built
+/// again once. A text column added later must say `COLLATE "C"` (a test checks them all).
+const BYTE_ORDER: &str = r#"
+DO $$
+DECLARE t record;
+BEGIN
+    FOR t IN
+        SELECT table_name, string_agg(format('ALTER COLUMN %I TYPE text COLLATE "C"', column_name), ', ') AS alters
+        FROM information_schema.columns
+        WHERE table_schema = current_schema() AND data_type = 'text' AND coalesce(collation_name, '') <> 'C'
+        GROUP BY table_name
+    LOOP
+        EXECUTE format('ALTER TABLE %I %s', t.table_name, t.alters);
+    END LOOP;
+END $$;
+"#;
 
 /// Applies every migration the database lacks, one node at a time; returns the version
 /// the schema is at.

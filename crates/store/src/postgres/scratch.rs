@@ -29,7 +29,13 @@ pub async fn fresh_database_on(server: &str) -> StoreResult<String> {
     drop_orphans(&client).await?;
     let name =
         format!("{PREFIX}{}_{}_{}", std::process::id(), COUNT.fetch_add(1, Ordering::SeqCst), rand::random::<u32>());
-    client.batch_execute(&format!("CREATE DATABASE {name}")).await.map_err(pg_error)?;
+    // Ordered as most servers order text (an ICU English collation, the default of many
+    // hosted and packaged servers), not byte by byte: Hookline's ids sort by time only in
+    // byte order, which its schema asks for, and the tests must see it does.
+    let icu = format!("CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu ICU_LOCALE 'en-US'");
+    if client.batch_execute(&icu).await.is_err() {
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.map_err(pg_error)?;
+    }
     let base = server.rsplit_once('/').map_or(server, |(base, _)| base);
     Ok(format!("{base}/{name}"))
 }
