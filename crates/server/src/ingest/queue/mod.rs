@@ -145,17 +145,7 @@ impl Ingestor {
             Err(refused) => return refused.clone(),
         };
         match self.commit(scope, input, prepared.broker_id.as_deref()).await {
-            Ok((_, PublishOutcome::Created)) => Handled::Stored { duplicate: false },
-            // The key reused for another message (a publisher's bug, or one id per payment
-            // for several events): taking it as a redelivery would drop it unseen.
-            Ok((message, PublishOutcome::Duplicate(earlier))) if !same_message(&message, &earlier) => {
-                let key = if message.event_id.is_some() { "eventId" } else { "broker message id" };
-                let reason = format!("{} stored a different message under this {key}; not stored again", earlier.id);
-                Handled::refused("conflicting_duplicate", reason)
-            }
-            Ok((_, PublishOutcome::Duplicate(_) | PublishOutcome::DuplicateOfPurged(_))) => {
-                Handled::Stored { duplicate: true }
-            }
+            Ok((message, outcome)) => handled(&message, outcome),
             Err(e) => refusal(&e),
         }
     }
@@ -215,6 +205,32 @@ impl Ingestor {
 /// Whether a message found under a dedupe key is the one offered again: what its
 /// endpoints receive and how it is routed, byte for byte (a redelivery is the same bytes;
 /// the id, creation and retention times are the node's own).
+/// What a committed (or found) message means to the broker.
+fn handled(offered: &Message, outcome: PublishOutcome) -> Handled {
+    let key = if offered.event_id.is_some() { "eventId" } else { "broker message id" };
+    match outcome {
+        PublishOutcome::Created => Handled::Stored { duplicate: false },
+        PublishOutcome::Duplicate(earlier) if same_message(offered, &earlier) => Handled::Stored { duplicate: true },
+        // The key reused for another message (a publisher's bug, or one id per payment for
+        // several events): taking it as a redelivery would drop it unseen.
+        PublishOutcome::Duplicate(earlier) => Handled::refused(
+            "conflicting_duplicate",
+            format!("{} stored a different message under this {key}; not stored again", earlier.id),
+        ),
+        // Retention deleted the message stored under this key (its key lives the dedupe
+        // window), so whether this is a redelivery of it or another message cannot be
+        // told: dead-lettered, where a redelivery costs a look, rather than acknowledged,
+        // which dropped another message unseen.
+        PublishOutcome::DuplicateOfPurged(earlier) => Handled::refused(
+            "duplicate_of_purged",
+            format!(
+                "{earlier} was stored under this {key} and retention has deleted it since: whether this is \
+                 the same message cannot be told; not stored again"
+            ),
+        ),
+    }
+}
+
 fn same_message(offered: &Message, stored: &Message) -> bool {
     offered.event_type == stored.event_type
         && offered.payload == stored.payload
@@ -518,6 +534,48 @@ impl Drop for Consumers {
 
 #[cfg(test)]
 mod tests {
+    use hookline_store::{Bytes, Message, PublishOutcome};
+
+    fn message(payload: &str) -> Message {
+        Message {
+            id: "msg_1".into(),
+            app_id: "app_1".into(),
+            event_id: Some("evt_1".into()),
+            event_type: "payment.succeeded".into(),
+            payload: Bytes::from(payload.to_owned()),
+            channels: None,
+            tags: None,
+            callback_url: None,
+            deliver_at: None,
+            source_id: None,
+            headers: None,
+            retain_until: None,
+            ordering_key: None,
+            created_at: 0,
+        }
+    }
+
+    /// A redelivery is a duplicate, another message under its key a conflict, and one whose
+    /// earlier message retention deleted is dead-lettered: it was acknowledged as a
+    /// redelivery, and another message under a reused key was dropped unseen.
+    #[test]
+    fn a_message_meeting_a_taken_key_is_a_duplicate_or_dead_lettered() {
+        use super::{handled, Handled};
+        let offered = message(r#"{"n":1}"#);
+        let code = |h: Handled| match h {
+            Handled::Stored { duplicate } => format!("stored, duplicate {duplicate}"),
+            Handled::Refused { code, .. } => code.to_owned(),
+            Handled::Unavailable => "unavailable".to_owned(),
+        };
+        assert_eq!(code(handled(&offered, PublishOutcome::Created)), "stored, duplicate false");
+        let same = PublishOutcome::Duplicate(Box::new(message(r#"{"n":1}"#)));
+        assert_eq!(code(handled(&offered, same)), "stored, duplicate true");
+        let other = PublishOutcome::Duplicate(Box::new(message(r#"{"n":2}"#)));
+        assert_eq!(code(handled(&offered, other)), "conflicting_duplicate");
+        let purged = PublishOutcome::DuplicateOfPurged("msg_0".into());
+        assert_eq!(code(handled(&offered, purged)), "duplicate_of_purged");
+    }
+
     /// Nodes that write a broker's URL with and without its default port key a message
     /// alike, whatever the credentials; another port or host is another broker.
     #[test]
