@@ -685,6 +685,16 @@ async fn publish_commits_message_and_deliveries(store: &dyn Store, node: i64) {
     let pending = claim_all(store, node, 4_002).await;
     let ours: Vec<_> = pending.iter().filter(|d| d.msg_id == p.message.id).collect();
     assert_eq!(ours.len(), 2);
+    // An `eventId` that is another message's id: a lookup by that key is the message of
+    // that id, and a publish under that `eventId` again finds the one that holds it (on
+    // PostgreSQL both matched, and the publish failed for good).
+    let named = publish(&a.id, &[&e1.id], Some(&p.message.id), 4_003);
+    assert!(matches!(store.publish(named.clone()).await.unwrap(), PublishOutcome::Created));
+    assert_eq!(store.get_message(&a.id, &p.message.id).await.unwrap().id, p.message.id, "by id first");
+    match store.publish(publish(&a.id, &[&e1.id], Some(&p.message.id), 4_004)).await.unwrap() {
+        PublishOutcome::Duplicate(existing) => assert_eq!(existing.id, named.message.id),
+        other => panic!("expected a duplicate of the message holding the eventId, got {other:?}"),
+    }
 }
 
 async fn attempts_move_deliveries_through_states(store: &dyn Store, node: i64) {

@@ -39,7 +39,7 @@ pub async fn earlier_message(c: &impl GenericClient, publish: &Publish) -> Store
             };
             return one(c, &sql, &[source_id, key], earlier).await;
         }
-        (None, Some(event_id)) => get_message(c, &m.app_id, event_id).await,
+        (None, Some(event_id)) => message_by_event_id(c, &m.app_id, event_id).await,
         (None, None) => message_by_id(c, &m.id).await.map_err(|e| match e {
             StoreError::NotFound => StoreError::Unavailable("a new message was not written".into()),
             other => other,
@@ -132,13 +132,20 @@ pub async fn get_message(c: &impl GenericClient, app_id: &str, key: &str) -> Sto
     message_by_key(c, app_id, key, "").await
 }
 
-/// An application's message by id or event id; `lock` is a locking clause (or nothing).
+/// An application's message by id or event id (by id first: a message's `eventId` may be
+/// another message's id); `lock` is a locking clause (or nothing).
 async fn message_by_key(c: &impl GenericClient, app_id: &str, key: &str, lock: &str) -> StoreResult<Message> {
     let sql = format!(
-        "SELECT {} FROM messages WHERE app_id = $1 AND (id = $2 OR event_id = $2) {lock}",
+        "SELECT {} FROM messages WHERE app_id = $1 AND (id = $2 OR event_id = $2) ORDER BY id = $2 DESC LIMIT 1 {lock}",
         rows::MESSAGE_COLUMNS
     );
     one(c, &sql, &[&app_id, &key], rows::message).await
+}
+
+/// An application's message by its `eventId` alone.
+async fn message_by_event_id(c: &impl GenericClient, app_id: &str, event_id: &str) -> StoreResult<Message> {
+    let sql = format!("SELECT {} FROM messages WHERE app_id = $1 AND event_id = $2", rows::MESSAGE_COLUMNS);
+    one(c, &sql, &[&app_id, &event_id], rows::message).await
 }
 
 pub async fn message_by_id(c: &impl GenericClient, id: &str) -> StoreResult<Message> {

@@ -139,9 +139,13 @@ pub fn publish(conn: &Connection, publish: &Publish) -> StoreResult<PublishOutco
     Ok(PublishOutcome::Created)
 }
 
+/// An application's message by id or event id (by id first: a message's `eventId` may be
+/// another message's id).
 pub fn get_message(conn: &Connection, app_id: &str, key: &str) -> StoreResult<Message> {
-    let sql =
-        format!("SELECT {} FROM messages WHERE app_id = ?1 AND (id = ?2 OR event_id = ?2)", rows::MESSAGE_COLUMNS);
+    let sql = format!(
+        "SELECT {} FROM messages WHERE app_id = ?1 AND (id = ?2 OR event_id = ?2) ORDER BY id = ?2 DESC LIMIT 1",
+        rows::MESSAGE_COLUMNS
+    );
     conn.prepare_cached(&sql).and_then(|mut s| s.query_row([app_id, key], rows::message)).map_err(sql_error)
 }
 
