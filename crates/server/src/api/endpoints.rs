@@ -147,6 +147,11 @@ fn check_headers(headers: &BTreeMap<String, String>) -> ApiResult<()> {
     if headers.len() > ENDPOINT_HEADERS_MAX {
         return Err(ApiError::field("headers", format!("at most {ENDPOINT_HEADERS_MAX} headers")));
     }
+    // Header names ignore case: two spellings of one would both be sent.
+    let mut seen = std::collections::HashSet::new();
+    if let Some(name) = headers.keys().find(|name| !seen.insert(name.to_ascii_lowercase())) {
+        return Err(ApiError::field("headers", format!("`{name}` is given twice (header names ignore case)")));
+    }
     for (name, value) in headers {
         if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err()
             || axum::http::HeaderValue::from_str(value).is_err()
@@ -546,11 +551,12 @@ async fn patch_headers(
 ) -> ApiResult<StatusCode> {
     let app = find_app(&state, &app_id).await?;
     let deleted = input.delete_headers.unwrap_or_default();
+    // Header names ignore case: a header patched or deleted in another spelling is the
+    // same header (kept beside it, both were sent).
     edit(&state, &app, &endpoint_id, true, |e| {
+        e.headers.retain(|name, _| !input.headers.keys().any(|given| given.eq_ignore_ascii_case(name)));
         e.headers.extend(input.headers.clone());
-        for name in &deleted {
-            e.headers.remove(name);
-        }
+        e.headers.retain(|name, _| !deleted.iter().any(|gone| gone.eq_ignore_ascii_case(name)));
         Ok(())
     })
     .await?;

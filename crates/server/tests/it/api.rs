@@ -424,6 +424,36 @@ async fn the_openapi_document_and_the_router_agree() {
     gw.stop().await;
 }
 
+/// Header names ignore case: a PATCH in another spelling replaces the header, a delete in
+/// another spelling removes it, and one body naming a header twice is refused (both
+/// spellings were kept, and every delivery carried both: the old credential first).
+#[tokio::test]
+async fn an_endpoints_headers_are_one_per_name_whatever_the_case() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    let ep = gw.endpoint(&app, json!({"url": rx.url})).await["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/app/{app}/endpoint/{ep}/headers");
+    gw.ok("PUT", &path, Some(json!({"headers": {"Authorization": "Bearer old", "X-Shop": "a"}}))).await;
+    gw.ok("PATCH", &path, Some(json!({"headers": {"authorization": "Bearer new"}, "deleteHeaders": ["x-shop"]}))).await;
+    let shown = gw.ok("GET", &path, None).await;
+    assert_eq!((&shown["headers"], &shown["sensitive"]), (&json!({}), &json!(["authorization"])), "{shown}");
+    gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
+    let got = rx.next().await;
+    let sent: Vec<&str> = got.headers.get_all("authorization").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(sent, ["Bearer new"]);
+    assert!(got.headers.get("x-shop").is_none());
+    for twice in [json!({"X-A": "1", "x-a": "2"})] {
+        let (status, error) = gw.call("PUT", &path, Some(json!({"headers": twice}))).await;
+        assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{error}");
+        let (status, error) = gw
+            .call("POST", &format!("/api/v1/app/{app}/endpoint"), Some(json!({"url": rx.url, "headers": twice})))
+            .await;
+        assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{error}");
+    }
+    gw.stop().await;
+}
+
 /// Application B's data as the admin sees it, to show that A's token changed nothing.
 async fn snapshot(gw: &Gateway, app: &str, ep: &str) -> Vec<Value> {
     let mut out = Vec::new();
