@@ -5,6 +5,7 @@ import http.server
 import os
 import queue
 import re
+import socket
 import sqlite3
 import threading
 import time
@@ -285,6 +286,60 @@ def test_an_email_waiting_for_the_smtp_server_survives_a_crash(smtp):
         while (message := smtp.inbox.next(timeout=max(deadline - time.time(), 0.1)))["Subject"] != subject:
             pass  # another test's email
         assert message["To"] == "ops@umbrella.example"
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+class Stalling:
+    """An SMTP server that takes connections and never says a word: a send waits on it."""
+
+    def __init__(self):
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(16)
+        self.port = self.listener.getsockname()[1]
+        self.held = []
+        threading.Thread(target=self.hold, daemon=True).start()
+
+    def hold(self):
+        while True:
+            connection, _ = self.listener.accept()
+            self.held.append(connection)
+
+
+def outbox_subjects(data_dir) -> list[str]:
+    with sqlite3.connect(f"file:{data_dir}/hookline.db?mode=ro", uri=True) as db:
+        return [row[0] for row in db.execute("SELECT subject FROM alert_emails")]
+
+
+@pytest.mark.skipif(bool(os.environ.get("HOOKLINE_DATABASE_URL")), reason="reads the SQLite data dir")
+def test_an_email_noted_during_a_slow_smtp_exchange_is_kept_at_shutdown():
+    """The send loop moves noted emails to the outbox between SMTP exchanges: an endpoint
+    disabled while it waits on a slow server, then a stop, left its email in memory, and the
+    owner was never told. The stop puts it in the outbox."""
+    stalling = Stalling()
+    env = {
+        "HOOKLINE_ALERTS_SMTP_URL": f"smtp://127.0.0.1:{stalling.port}",
+        "HOOKLINE_ALERTS_FROM": "Hookline <alerts@hookline.example>",
+        "HOOKLINE_ALERTS_TIMEOUT_MS": "60000",
+    }
+    process, url, data_dir = start_hookline(TOKEN, env=env)
+    try:
+        app = api(url, "POST", "/app", {"name": "Hooli", "alertEmail": "ops@hooli.example"})
+        first = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://hooli.example/a"})
+        second = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://hooli.example/b"})
+        api(url, "PATCH", f"/app/{app['id']}/endpoint/{first['id']}", {"disabled": True})
+        deadline = time.time() + 30
+        while not stalling.held:  # the send loop is in its exchange with the stalling server
+            assert time.time() < deadline, "the first email was never tried"
+            time.sleep(0.05)
+        api(url, "PATCH", f"/app/{app['id']}/endpoint/{second['id']}", {"disabled": True})
+        time.sleep(0.5)
+        process.terminate()
+        process.wait(timeout=30)
+        subject = f"[Hookline] Endpoint {second['id']} of Hooli ({app['id']}) is disabled"
+        assert subject in outbox_subjects(data_dir), outbox_subjects(data_dir)
     finally:
         process.kill()
         process.wait(timeout=30)

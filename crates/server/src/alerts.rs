@@ -157,6 +157,14 @@ impl Mailer {
         }
     }
 
+    /// At shutdown: the emails noted and the counts not yet in the store go there (the send
+    /// loop moves noted emails to the outbox between SMTP exchanges, and may be in a slow
+    /// one: an endpoint disabled during the shutdown grace was never told).
+    pub async fn flush(&self) {
+        self.store_pending().await;
+        self.flush_counts().await;
+    }
+
     /// Adds the counts noted to the store's digests; if the store cannot take them, they
     /// wait here, added to what comes meanwhile, and this returns false.
     pub async fn flush_counts(&self) -> bool {

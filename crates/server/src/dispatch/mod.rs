@@ -352,7 +352,7 @@ impl Engine {
         }
         self.stats.flush(self.store.as_ref()).await;
         if let Some(mailer) = &self.mailer {
-            mailer.flush_counts().await;
+            mailer.flush().await;
         }
         // Everything this node still holds is free for the other nodes at once.
         if let Err(e) = self.store.retire_node(self.token()).await {
