@@ -216,6 +216,10 @@ pub struct EndpointPatch {
     #[serde(default, deserialize_with = "exact::object_present")]
     pub retry_policy: Option<Option<RetryPolicy>>,
     pub ordering: Option<EndpointOrdering>,
+    /// A signing secret (`whsec_` and base64): one the endpoint does not hold yet is rotated
+    /// to, as `/secret/rotate` would; the previous one keeps signing for the grace period.
+    #[schemars(regex(pattern = SECRET_PATTERN))]
+    pub secret: Option<String>,
 }
 
 #[derive(Serialize, JsonSchema)]

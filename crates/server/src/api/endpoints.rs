@@ -362,13 +362,7 @@ pub async fn upsert(
 
 /// A PUT's body applied to the endpoint it replaces.
 fn replace_with(state: &AppState, e: &mut Endpoint, input: EndpointIn) -> ApiResult<()> {
-    // A secret the endpoint already holds (current, or still signing after a rotation)
-    // changes nothing: re-applying an old configuration must not roll a rotation back.
-    if let Some(text) = input.secret.filter(|text| e.secrets.iter().all(|held| held.text != *text)) {
-        let fresh = parse_secret(Some(text))?;
-        e.secrets =
-            rotated(std::mem::take(&mut e.secrets), &fresh, state.now(), state.config.delivery.rotation_grace_ms);
-    }
+    take_secret(state, e, input.secret)?;
     e.url = input.url;
     e.description = input.description;
     e.disabled = input.disabled.unwrap_or(false);
@@ -394,6 +388,18 @@ fn replace_with(state: &AppState, e: &mut Endpoint, input: EndpointIn) -> ApiRes
     Ok(())
 }
 
+/// A secret given with a PUT or a PATCH (Svix's SDKs send it in both): rotated to unless
+/// the endpoint already holds it (current, or still signing after a rotation), so that
+/// re-applying an old configuration never rolls a rotation back.
+fn take_secret(state: &AppState, e: &mut Endpoint, given: Option<String>) -> ApiResult<()> {
+    if let Some(text) = given.filter(|text| e.secrets.iter().all(|held| held.text != *text)) {
+        let fresh = parse_secret(Some(text))?;
+        e.secrets =
+            rotated(std::mem::take(&mut e.secrets), &fresh, state.now(), state.config.delivery.rotation_grace_ms);
+    }
+    Ok(())
+}
+
 async fn patch(
     state: Shared,
     PathParams((app_id, endpoint_id)): PathParams<(String, String)>,
@@ -415,7 +421,7 @@ async fn patch(
         set(&mut e.signature_scheme, input.signature_scheme);
         set(&mut e.fifo, input.ordering.map(|ordering| ordering == EndpointOrdering::Fifo));
         set(&mut e.retry_policy, input.retry_policy);
-        Ok(())
+        take_secret(&state, e, input.secret)
     })
     .await?;
     Ok(Json(views::endpoint(patched)))

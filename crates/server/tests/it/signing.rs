@@ -55,6 +55,31 @@ async fn standard_webhooks_signature_and_rotation() {
     gw.stop().await;
 }
 
+/// A PATCH with a `secret` (Svix's `EndpointPatch` has one) rotates to it, as a PUT's does;
+/// one the endpoint holds already changes nothing; a malformed one is refused (the PATCH
+/// refused the field, so an SDK's patch of the secret failed with 422).
+#[tokio::test]
+async fn a_patch_with_a_secret_rotates_to_it() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(204)).await;
+    let app = gw.app("merchant").await;
+    let ep = gw.endpoint(&app, json!({"url": rx.url})).await;
+    let path = format!("/api/v1/app/{app}/endpoint/{}", ep["id"].as_str().unwrap());
+    let old = secret_of(&gw.ok("GET", &format!("{path}/secret"), None).await);
+    let given = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    gw.ok("PATCH", &path, Some(json!({"secret": given, "description": "rotated"}))).await;
+    assert_eq!(secret_of(&gw.ok("GET", &format!("{path}/secret"), None).await), given);
+    gw.ok("PATCH", &path, Some(json!({"secret": old}))).await;
+    assert_eq!(secret_of(&gw.ok("GET", &format!("{path}/secret"), None).await), given, "an old one rolls nothing back");
+    let (status, error) = gw.call("PATCH", &path, Some(json!({"secret": "not-a-secret"}))).await;
+    assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{error}");
+    gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
+    let got = rx.next().await;
+    verify(&got, &[given], T0 / 1000).unwrap();
+    verify(&got, &[&old], T0 / 1000).unwrap();
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn stripe_and_hex_schemes_sign_what_merchants_verify() {
     let gw = start_gateway(dev_config()).await;
