@@ -479,6 +479,7 @@ pub struct ListFilter {
     pub status: Option<DeliveryState>,
     pub event_types: Option<Vec<String>>,
     pub channel: Option<String>,
+    pub tag: Option<String>,
     pub before: Option<UnixMs>,
     pub after: Option<UnixMs>,
 }

@@ -46,6 +46,8 @@ pub struct Dialect {
     pub channel_contains: &'static str,
     /// True when `event_type` is one of the list `?`.
     pub event_type_in: &'static str,
+    /// True when the JSON list column `tags` holds the one value `?`.
+    pub tag_contains: &'static str,
     /// The placeholder of the n-th value, from 1.
     pub placeholder: fn(usize) -> String,
 }
@@ -104,7 +106,38 @@ impl Query {
         if let Some(types) = &filter.event_types {
             query = query.and(dialect.event_type_in, types.clone());
         }
+        if let Some(tag) = &filter.tag {
+            query = query.and(dialect.tag_contains, tag.clone());
+        }
         query
+    }
+
+    /// The message-side filters of a listing of deliveries or attempts (rows with a
+    /// `msg_id`): the message's channel, event types and tag.
+    pub fn of_messages(mut self, filter: &ListFilter, dialect: &Dialect) -> Query {
+        let conditions = [
+            (dialect.channel_contains, filter.channel.clone().map(Value::from)),
+            (dialect.event_type_in, filter.event_types.clone().map(Value::from)),
+            (dialect.tag_contains, filter.tag.clone().map(Value::from)),
+        ];
+        for (condition, value) in conditions {
+            if let Some(value) = value {
+                self = self.and(&format!("msg_id IN (SELECT id FROM messages WHERE {condition})"), value);
+            }
+        }
+        self
+    }
+
+    /// The time window of a listing of what messages became (their deliveries), on when the
+    /// messages were created: by their ids, which sort by it (as retention's cutoff).
+    pub fn messages_created(mut self, filter: &ListFilter) -> Query {
+        if let Some(before) = filter.before {
+            self = self.and("msg_id < ?", crate::retention_cutoff_id(before));
+        }
+        if let Some(after) = filter.after {
+            self = self.and("msg_id >= ?", crate::retention_cutoff_id(after.saturating_add(1)));
+        }
+        self
     }
 
     /// `SELECT columns FROM table WHERE … ORDER BY order_column LIMIT page.limit + 1` (one row
@@ -147,8 +180,12 @@ pub fn listed<T>(mut items: Vec<T>, page: &Page) -> Listed<T> {
 mod tests {
     use super::*;
 
-    const NUMBERED: Dialect =
-        Dialect { channel_contains: "ch(?)", event_type_in: "et(?)", placeholder: |n| format!("${n}") };
+    const NUMBERED: Dialect = Dialect {
+        channel_contains: "ch(?)",
+        event_type_in: "et(?)",
+        tag_contains: "tg(?)",
+        placeholder: |n| format!("${n}"),
+    };
 
     #[test]
     fn page_statements_table() {

@@ -581,6 +581,7 @@ pub struct ListQuery {
     pub after: Option<String>,
     pub channel: Option<String>,
     pub event_types: Option<String>,
+    pub tag: Option<String>,
     pub include_archived: Option<bool>,
     pub with_content: Option<bool>,
     pub get_if_exists: Option<bool>,
@@ -626,6 +627,7 @@ impl ListQuery {
                 .as_ref()
                 .map(|t| t.split(',').map(str::to_owned).filter(|s| !s.is_empty()).collect()),
             channel: self.channel.clone(),
+            tag: self.tag.clone(),
             before: query_time("before", &self.before)?,
             after: query_time("after", &self.after)?,
         })
@@ -659,6 +661,7 @@ pub mod query {
     pub const AFTER: QueryParam = QueryParam::date_time("after", "Only what was created after this time (RFC 3339).");
     pub const CHANNEL: QueryParam = QueryParam::string("channel", "Only messages on this channel.");
     pub const EVENT_TYPES: QueryParam = QueryParam::string("event_types", "Only these event types, comma-separated.");
+    pub const TAG: QueryParam = QueryParam::string("tag", "Only messages with this tag.");
     pub const WITH_CONTENT: QueryParam = QueryParam::boolean("with_content", "Include payloads (default true).");
     pub const INCLUDE_ARCHIVED: QueryParam =
         QueryParam::boolean("include_archived", "Include archived event types (default false).");
@@ -668,7 +671,7 @@ pub mod query {
     );
     pub const EXPUNGE: QueryParam = QueryParam::boolean("expunge", "Delete for good instead of archiving.");
     pub const PAGE: [QueryParam; 3] = [LIMIT, ITERATOR, ORDER];
-    pub const FILTER: [QueryParam; 5] = [STATUS, BEFORE, AFTER, CHANNEL, EVENT_TYPES];
+    pub const FILTER: [QueryParam; 6] = [STATUS, BEFORE, AFTER, CHANNEL, EVENT_TYPES, TAG];
 }
 
 /// Builds a Svix list answer; the iterator is the id of the last item.

@@ -454,6 +454,50 @@ async fn an_endpoints_headers_are_one_per_name_whatever_the_case() {
     gw.stop().await;
 }
 
+/// The listings' filters do what the document says: attempts and attempted messages by
+/// the message's event type, channel and tag, messages by tag, and attempted messages by
+/// when the message was created. (Attempts' and attempted messages' channel, event types
+/// and tag were taken and ignored, `tag` everywhere; attempted messages went by when the
+/// delivery last changed.)
+#[tokio::test]
+async fn listings_filter_by_the_messages_type_channel_tag_and_creation() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    rx.then(Answer::status(500));
+    let app = gw.app("merchant").await;
+    let policy = json!({"delaysMs": [1000]});
+    let ep = gw.endpoint(&app, json!({"url": rx.url, "retryPolicy": policy})).await["id"].as_str().unwrap().to_owned();
+    let first = gw.publish(&app, json!({"eventType": "a.x", "channels": ["eu"], "tags": ["t1"], "payload": {}})).await;
+    gw.wait_attempts(&app, &first, 1).await;
+    // The first fails, and succeeds on its retry after the second is published.
+    gw.advance(5_000);
+    let second = gw.publish(&app, json!({"eventType": "b.y", "channels": ["us"], "tags": ["t2"], "payload": {}})).await;
+    gw.wait_attempts(&app, &first, 2).await;
+    gw.wait_attempts(&app, &second, 1).await;
+    let ids = |listed: Value, field: &str| -> Vec<String> {
+        let mut ids: Vec<String> =
+            listed["data"].as_array().unwrap().iter().map(|v| v[field].as_str().unwrap().to_owned()).collect();
+        ids.dedup();
+        ids
+    };
+    for (filter, expected) in
+        [("event_types=a.x", &first), ("channel=us", &second), ("tag=t1", &first), ("tag=t2&event_types=b.y", &second)]
+    {
+        let attempts = gw.ok("GET", &format!("/api/v1/app/{app}/attempt/endpoint/{ep}?{filter}"), None).await;
+        assert_eq!(ids(attempts, "msgId"), [expected.clone()], "attempts, {filter}");
+        let sent = gw.ok("GET", &format!("/api/v1/app/{app}/endpoint/{ep}/msg?{filter}"), None).await;
+        assert_eq!(ids(sent, "id"), [expected.clone()], "attempted messages, {filter}");
+    }
+    let tagged = gw.ok("GET", &format!("/api/v1/app/{app}/msg?tag=t2"), None).await;
+    assert_eq!(ids(tagged, "id"), [second.clone()]);
+    let between = hookline_server::wire::timestamp(T0 + 2_000).replace('+', "%2B");
+    let after = gw.ok("GET", &format!("/api/v1/app/{app}/endpoint/{ep}/msg?after={between}"), None).await;
+    assert_eq!(ids(after, "id"), [second.clone()], "created after, though the first's delivery ended later");
+    let before = gw.ok("GET", &format!("/api/v1/app/{app}/endpoint/{ep}/msg?before={between}"), None).await;
+    assert_eq!(ids(before, "id"), [first.clone()], "created before");
+    gw.stop().await;
+}
+
 /// Application B's data as the admin sees it, to show that A's token changed nothing.
 async fn snapshot(gw: &Gateway, app: &str, ep: &str) -> Vec<Value> {
     let mut out = Vec::new();

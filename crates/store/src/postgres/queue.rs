@@ -585,7 +585,12 @@ pub async fn deliveries_of_endpoint(
 ) -> StoreResult<Listed<DeliveryView>> {
     let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
     let query = Query::new().and("app_id = ?", app_id.to_owned()).and("endpoint_id = ?", endpoint.id);
-    views_page(c, query.filtered(filter, "updated_at"), page, false).await
+    // Its state, and when its message was created (not when the delivery last changed).
+    let query = query
+        .filtered(&ListFilter { before: None, after: None, ..filter.clone() }, "updated_at")
+        .messages_created(filter)
+        .of_messages(filter, &rows::DIALECT);
+    views_page(c, query, page, false).await
 }
 
 pub async fn list_attempts(
@@ -600,7 +605,15 @@ pub async fn list_attempts(
         AttemptScope::Endpoint(key) => query.and("endpoint_id = ?", get_endpoint(c, app_id, key).await?.id),
         AttemptScope::Message(key) => query.and("msg_id = ?", get_message(c, app_id, key).await?.id),
     };
-    rows::page(c, query.filtered(filter, "created_at"), rows::ATTEMPT_COLUMNS, "attempts", page, rows::attempt).await
+    rows::page(
+        c,
+        query.filtered(filter, "created_at").of_messages(filter, &rows::DIALECT),
+        rows::ATTEMPT_COLUMNS,
+        "attempts",
+        page,
+        rows::attempt,
+    )
+    .await
 }
 
 pub async fn get_attempt(c: &impl GenericClient, app_id: &str, msg_id: &str, attempt_id: &str) -> StoreResult<Attempt> {

@@ -162,6 +162,7 @@ pub fn all<T>(rows: &[Row], map: fn(&Row) -> StoreResult<T>) -> StoreResult<Vec<
 pub const DIALECT: Dialect = Dialect {
     channel_contains: "jsonb_exists(channels::jsonb, ?)",
     event_type_in: "event_type = ANY(?)",
+    tag_contains: "jsonb_exists(tags::jsonb, ?)",
     placeholder: numbered,
 };
 

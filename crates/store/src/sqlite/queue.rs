@@ -722,7 +722,12 @@ pub fn deliveries_of_endpoint(
 ) -> StoreResult<Listed<DeliveryView>> {
     let endpoint = get_endpoint(conn, app_id, endpoint_id)?;
     let query = Query::new().and("app_id = ?", app_id.to_owned()).and("endpoint_id = ?", endpoint.id);
-    views_page(conn, query.filtered(filter, "updated_at"), page, false)
+    // Its state, and when its message was created (not when the delivery last changed).
+    let query = query
+        .filtered(&ListFilter { before: None, after: None, ..filter.clone() }, "updated_at")
+        .messages_created(filter)
+        .of_messages(filter, &rows::DIALECT);
+    views_page(conn, query, page, false)
 }
 
 pub fn list_attempts(
@@ -737,7 +742,14 @@ pub fn list_attempts(
         AttemptScope::Endpoint(key) => query.and("endpoint_id = ?", get_endpoint(conn, app_id, key)?.id),
         AttemptScope::Message(key) => query.and("msg_id = ?", get_message(conn, app_id, key)?.id),
     };
-    rows::page(conn, query.filtered(filter, "created_at"), rows::ATTEMPT_COLUMNS, "attempts", page, rows::attempt)
+    rows::page(
+        conn,
+        query.filtered(filter, "created_at").of_messages(filter, &rows::DIALECT),
+        rows::ATTEMPT_COLUMNS,
+        "attempts",
+        page,
+        rows::attempt,
+    )
 }
 
 pub fn get_attempt(conn: &Connection, app_id: &str, msg_id: &str, attempt_id: &str) -> StoreResult<Attempt> {

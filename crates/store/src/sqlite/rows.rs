@@ -148,6 +148,7 @@ pub fn attempt(row: &Row) -> rusqlite::Result<Attempt> {
 pub const DIALECT: Dialect = Dialect {
     channel_contains: "EXISTS (SELECT 1 FROM json_each(messages.channels) WHERE value = ?)",
     event_type_in: "event_type IN (SELECT value FROM json_each(?))",
+    tag_contains: "EXISTS (SELECT 1 FROM json_each(messages.tags) WHERE value = ?)",
     placeholder: numbered,
 };
 
