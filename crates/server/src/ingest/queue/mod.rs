@@ -537,22 +537,8 @@ mod tests {
     use hookline_store::{Bytes, Message, PublishOutcome};
 
     fn message(payload: &str) -> Message {
-        Message {
-            id: "msg_1".into(),
-            app_id: "app_1".into(),
-            event_id: Some("evt_1".into()),
-            event_type: "payment.succeeded".into(),
-            payload: Bytes::from(payload.to_owned()),
-            channels: None,
-            tags: None,
-            callback_url: None,
-            deliver_at: None,
-            source_id: None,
-            headers: None,
-            retain_until: None,
-            ordering_key: None,
-            created_at: 0,
-        }
+        let publish = hookline_store::conformance::publish("app_1", &[], Some("evt_1"), 0);
+        Message { payload: Bytes::from(payload.to_owned()), ..(*publish.message).clone() }
     }
 
     /// A redelivery is a duplicate, another message under its key a conflict, and one whose
