@@ -163,7 +163,7 @@ async fn fetch(client: &reqwest::Client, url: &str, key: &str, query: &[(&str, S
 
 /// Reconciles every source that can be, one after another (the leader's duty).
 pub async fn all(state: &AppState) {
-    let mut page = hookline_store::Page { limit: 250, iterator: None, descending: false };
+    let mut page = hookline_store::Page { limit: 250, ..Default::default() };
     loop {
         let listed = match state.store.list_sources(page.clone()).await {
             Ok(listed) => listed,

@@ -120,7 +120,7 @@ pub fn publish(app_id: &str, endpoint_ids: &[&str], event_id: Option<&str>, now:
 }
 
 pub fn first_page(limit: usize) -> Page {
-    Page { limit, iterator: None, descending: false }
+    Page { limit, ..Default::default() }
 }
 
 /// A lease long enough for every check but the lease checks themselves.
@@ -754,7 +754,7 @@ async fn attempts_move_deliveries_through_states(store: &dyn Store, node: i64) {
             &a.id,
             AttemptScope::Message(&delivery.msg_id),
             ListFilter::default(),
-            Page { limit: 10, iterator: None, descending: true },
+            Page { limit: 10, descending: true, ..Default::default() },
         )
         .await
         .unwrap();

@@ -465,6 +465,8 @@ pub struct Page {
     pub limit: usize,
     pub iterator: Option<String>,
     pub descending: bool,
+    /// The page before `iterator` (a `prevIterator` followed), in the same order.
+    pub backwards: bool,
 }
 
 #[derive(Clone, Debug)]

@@ -151,8 +151,11 @@ impl Query {
         page: &Page,
     ) -> (String, Vec<Value>) {
         let mut query = self;
+        // A page backwards is read the other way from its iterator, then turned round
+        // (`listed`).
+        let descending = page.descending != page.backwards;
         if let Some(iterator) = &page.iterator {
-            let op = if page.descending { "<" } else { ">" };
+            let op = if descending { "<" } else { ">" };
             query = query.and(&format!("{order_column} {op} ?"), iterator.clone());
         }
         let mut filter = String::new();
@@ -160,7 +163,7 @@ impl Query {
             filter.push_str(if n == 0 { "WHERE " } else { " AND " });
             filter.push_str(&condition.replacen('?', &(dialect.placeholder)(n + 1), 1));
         }
-        let direction = if page.descending { "DESC" } else { "ASC" };
+        let direction = if descending { "DESC" } else { "ASC" };
         let sql = format!(
             "SELECT {columns} FROM {table} {filter} ORDER BY {order_column} {direction} LIMIT {}",
             page.limit + 1
@@ -169,10 +172,14 @@ impl Query {
     }
 }
 
-/// A page of at most `page.limit` of `items` (fetched one beyond it), and whether it ends.
+/// A page of at most `page.limit` of `items` (fetched one beyond it), and whether it ends
+/// (for a page backwards: whether nothing comes before it).
 pub fn listed<T>(mut items: Vec<T>, page: &Page) -> Listed<T> {
     let done = items.len() <= page.limit;
     items.truncate(page.limit);
+    if page.backwards {
+        items.reverse();
+    }
     Listed { items, done }
 }
 
@@ -189,8 +196,12 @@ mod tests {
 
     #[test]
     fn page_statements_table() {
-        let page =
-            |iterator: Option<&str>, descending| Page { limit: 2, iterator: iterator.map(str::to_owned), descending };
+        let page = |iterator: Option<&str>, descending| Page {
+            limit: 2,
+            iterator: iterator.map(str::to_owned),
+            descending,
+            backwards: false,
+        };
         let filter = ListFilter { channel: Some("eu".into()), after: Some(5), ..Default::default() };
         let cases = [
             (Query::new(), page(None, false), "SELECT a FROM t  ORDER BY id ASC LIMIT 3", vec![]),

@@ -609,7 +609,13 @@ impl ListQuery {
             }
         };
         let limit = self.limit.unwrap_or(LIST_LIMIT_DEFAULT).clamp(1, LIST_LIMIT_MAX);
-        Ok(Page { limit, iterator: self.iterator.clone().filter(|i| !i.is_empty()), descending })
+        // A `prevIterator` is the first item's id after a `-`: the page before it.
+        let iterator = self.iterator.clone().filter(|i| !i.is_empty());
+        let (iterator, backwards) = match iterator.as_deref().and_then(|i| i.strip_prefix('-')) {
+            Some(before) => (Some(before.to_owned()), true),
+            None => (iterator, false),
+        };
+        Ok(Page { limit, iterator, descending, backwards })
     }
 
     pub fn filter(&self) -> ApiResult<hookline_store::ListFilter> {
@@ -645,7 +651,7 @@ pub mod query {
         schema: || json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}),
     };
     pub const ITERATOR: QueryParam =
-        QueryParam::string("iterator", "Where to continue: the `iterator` (or `prevIterator`) of the previous page.");
+        QueryParam::string("iterator", "Where to continue: a page's `iterator` for the page after it, its `prevIterator` (`-` and an id) for the page before it.");
     pub const ORDER: QueryParam = QueryParam {
         name: "order",
         description: "`descending` (newest first) or `ascending`.",
@@ -681,7 +687,7 @@ pub fn listed<T, O>(
     out: impl Fn(T) -> O,
 ) -> crate::wire::ListResponse<O> {
     let iterator = listed.items.last().map(&key);
-    let prev_iterator = listed.items.first().map(&key);
+    let prev_iterator = listed.items.first().map(|first| format!("-{}", key(first)));
     crate::wire::ListResponse {
         data: listed.items.into_iter().map(out).collect(),
         iterator,

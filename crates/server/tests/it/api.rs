@@ -454,6 +454,44 @@ async fn an_endpoints_headers_are_one_per_name_whatever_the_case() {
     gw.stop().await;
 }
 
+/// A page's `prevIterator` leads to the page before it, in the same order (it was the
+/// first item's id, which led to the same page less its first item).
+#[tokio::test]
+async fn a_prev_iterator_leads_to_the_page_before() {
+    let gw = start_gateway(dev_config()).await;
+    let app = gw.app("merchant").await;
+    let mut published = Vec::new();
+    for n in 0..5 {
+        published.push(gw.publish(&app, json!({"eventType": "x", "payload": {"n": n}})).await);
+        gw.advance(1);
+    }
+    let newest_first: Vec<String> = published.iter().rev().cloned().collect();
+    for (order, all) in [("descending", newest_first), ("ascending", published.clone())] {
+        let page = |iterator: Option<String>| {
+            let gw = &gw;
+            let path = match iterator {
+                Some(it) => format!("/api/v1/app/{app}/msg?limit=2&order={order}&iterator={it}"),
+                None => format!("/api/v1/app/{app}/msg?limit=2&order={order}"),
+            };
+            async move { gw.ok("GET", &path, None).await }
+        };
+        let ids = |page: &Value| -> Vec<String> {
+            page["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+        };
+        let first = page(None).await;
+        let second = page(first["iterator"].as_str().map(str::to_owned)).await;
+        let third = page(second["iterator"].as_str().map(str::to_owned)).await;
+        assert_eq!([ids(&first), ids(&second), ids(&third)].concat(), all, "{order}: forwards");
+        let back = page(third["prevIterator"].as_str().map(str::to_owned)).await;
+        assert_eq!(ids(&back), ids(&second), "{order}: back from the third page");
+        let front = page(back["prevIterator"].as_str().map(str::to_owned)).await;
+        assert_eq!((ids(&front), &front["done"]), (ids(&first), &json!(true)), "{order}: back to the first page");
+        let before_first = page(first["prevIterator"].as_str().map(str::to_owned)).await;
+        assert_eq!((ids(&before_first), &before_first["done"]), (vec![], &json!(true)), "{order}: nothing before");
+    }
+    gw.stop().await;
+}
+
 /// The listings' filters do what the document says: attempts and attempted messages by
 /// the message's event type, channel and tag, messages by tag, and attempted messages by
 /// when the message was created. (Attempts' and attempted messages' channel, event types
