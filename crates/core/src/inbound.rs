@@ -133,7 +133,8 @@ pub enum Rejection {
     #[error("the timestamp is outside the replay window")]
     StaleTimestamp,
     #[error(
-        "the source lacks an option its preset needs (square: config.notificationUrl; braintree: config.publicKey)"
+        "the source lacks an option its preset needs (square: config.notificationUrl; braintree: config.publicKey; \
+         standard-webhooks: a base64 secret; adyen: a hex HMAC key)"
     )]
     Misconfigured,
 }
@@ -163,21 +164,6 @@ impl From<VerifyError> for Rejection {
 
 type Headers<'a> = &'a dyn Fn(&str) -> Option<&'a str>;
 
-/// Why `secret` could never verify a request for `preset`, if so: checked when a source is
-/// saved, so that such a secret is refused then and not, unseen, by every request after.
-/// Standard Webhooks keys are base64 (see [`Secret::parse_sent`]); Adyen's are hex.
-pub fn secret_problem(preset: Preset, secret: &str) -> Option<&'static str> {
-    match preset {
-        Preset::StandardWebhooks if Secret::parse_sent(secret).is_none() => {
-            Some("a standard-webhooks secret is a base64 key, whsec_ before it or not")
-        }
-        Preset::Adyen if hex::decode(secret.trim()).map_or(true, |key| key.is_empty()) => {
-            Some("an adyen secret is the HMAC key in hex, as Adyen shows it")
-        }
-        _ => None,
-    }
-}
-
 /// Verifies a request for `preset` and finds its event id and type.
 /// `secrets` are the source's active secrets as given (`whsec_…` for Stripe and Standard
 /// Webhooks, the shared secret for the others).
@@ -201,6 +187,10 @@ pub fn verify(
             let prefix = if headers("webhook-signature").is_some() { "webhook" } else { "svix" };
             let id = need(&format!("{prefix}-id"))?;
             let keys: Vec<Secret> = secrets.iter().filter_map(|s| Secret::parse_sent(s)).collect();
+            // No secret a key can be read from: the source's setup, not the request, is wrong.
+            if keys.is_empty() {
+                return Err(Rejection::Misconfigured);
+            }
             let (ts, sig) = (need(&format!("{prefix}-timestamp"))?, need(&format!("{prefix}-signature"))?);
             verify_standard(id, ts, sig, body, &keys, now_s, tolerance)?;
             (Locator::Header(if prefix == "webhook" { "webhook-id" } else { "svix-id" }), Locator::Pointer("/type"))
@@ -431,7 +421,12 @@ fn verify_adyen(body: &[u8], secrets: &[&str]) -> Result<(), Rejection> {
     if items.is_empty() {
         return Err(Rejection::MissingSignature);
     }
-    let keys: Vec<Vec<u8>> = secrets.iter().filter_map(|s| hex::decode(s.trim()).ok()).collect();
+    let keys: Vec<Vec<u8>> =
+        secrets.iter().filter_map(|s| hex::decode(s.trim()).ok()).filter(|key| !key.is_empty()).collect();
+    // No secret is a hex key: the source's setup, not the request, is wrong.
+    if keys.is_empty() {
+        return Err(Rejection::Misconfigured);
+    }
     for item in items {
         let item = item.get("NotificationRequestItem").ok_or(Rejection::MissingSignature)?;
         verify_adyen_item(item, &keys)?;

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::Json;
 use hookline_core::id::prefix;
-use hookline_core::inbound::{secret_problem, verify, Rejection};
+use hookline_core::inbound::{verify, Rejection};
 use hookline_store::{Bytes, Message, PublishOutcome, Source, SourceSecret, StoreError};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -163,9 +163,6 @@ fn check(source: &Source, stored: Option<&Option<String>>) -> ApiResult<()> {
         if types.is_empty() || types.iter().any(|t| t.is_empty() || t.chars().count() > NAME_CHARS_MAX) {
             return Err(ApiError::field("eventTypes", "eventTypes must hold 1 or more names of 1 to 256 bytes"));
         }
-    }
-    if let Some(problem) = source.secrets.iter().find_map(|s| secret_problem(source.preset, &s.value)) {
-        return Err(ApiError::field("secrets", problem));
     }
     let tolerance = source.config.tolerance_seconds;
     if tolerance.is_some_and(|t| !(1..=86_400).contains(&t)) {
