@@ -569,7 +569,7 @@ fn locate(
             from_templates(&templates, headers, json)
         }
         (None, None, Locator::Found(value)) => value,
-        (None, None, Locator::BodyHash) => Some(body_hash(json.body)),
+        (None, None, Locator::BodyHash) => Some(sha256_key(json.body)),
         (None, None, Locator::None) => None,
     };
     found.filter(|s| !s.is_empty())
@@ -584,11 +584,12 @@ fn bounded_key(key: String) -> Option<String> {
     match key.len() {
         0 => None,
         1..=KEY_BYTES_MAX => Some(key),
-        _ => Some(body_hash(key.as_bytes())),
+        _ => Some(sha256_key(key.as_bytes())),
     }
 }
 
-fn body_hash(bytes: &[u8]) -> String {
+/// `sha256:<hex>` of `bytes`: a body's key, or a key too long to keep as it is.
+fn sha256_key(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 

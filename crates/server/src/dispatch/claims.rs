@@ -80,8 +80,9 @@ pub struct Hold {
 impl Hold {
     pub fn new(held: &Arc<Held>, delivery_id: &str) -> Hold {
         let id = id_hash(delivery_id);
-        let number = held.next.fetch_add(1, Ordering::Relaxed);
         let mut ids = held.ids.lock().expect("held lock");
+        // Numbered under the lock, so that of two holds of one id the later is the newest.
+        let number = held.next.fetch_add(1, Ordering::Relaxed);
         let entry = ids.entry(id).or_default();
         (entry.holds, entry.newest) = (entry.holds + 1, number);
         drop(ids);

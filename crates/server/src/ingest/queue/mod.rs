@@ -202,9 +202,6 @@ impl Ingestor {
     }
 }
 
-/// Whether a message found under a dedupe key is the one offered again: what its
-/// endpoints receive and how it is routed, byte for byte (a redelivery is the same bytes;
-/// the id, creation and retention times are the node's own).
 /// What a committed (or found) message means to the broker.
 fn handled(offered: &Message, outcome: PublishOutcome) -> Handled {
     let key = if offered.event_id.is_some() { "eventId" } else { "broker message id" };
@@ -231,6 +228,9 @@ fn handled(offered: &Message, outcome: PublishOutcome) -> Handled {
     }
 }
 
+/// Whether a message found under a dedupe key is the one offered again: what its
+/// endpoints receive and how it is routed, byte for byte (a redelivery is the same bytes;
+/// the id, creation and retention times are the node's own).
 fn same_message(offered: &Message, stored: &Message) -> bool {
     offered.event_type == stored.event_type
         && offered.payload == stored.payload
