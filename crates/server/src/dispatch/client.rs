@@ -380,7 +380,6 @@ impl Drop for Waiting<'_> {
 enum Problem {
     Blocked(String),
     Connect(String),
-    ConnectTimeout,
     Other(String),
 }
 
@@ -465,7 +464,6 @@ impl DeliveryClient {
             }
             Ok(Err(Problem::Blocked(why))) => (Outcome::BlockedAddress, 0, format!("address refused: {why}")),
             Ok(Err(Problem::Connect(why))) => (Outcome::Connect, 0, why),
-            Ok(Err(Problem::ConnectTimeout)) => (Outcome::Timeout, 0, "connect timed out".into()),
             Ok(Err(Problem::Other(why))) => (Outcome::Other, 0, why),
             Err(_) => (Outcome::Timeout, 0, String::new()),
         };
@@ -608,7 +606,9 @@ impl DeliveryClient {
         .map_err(|unreached| match unreached {
             Unreached::Blocked(reason) => Problem::Blocked(reason),
             Unreached::Connect(why) => Problem::Connect(why),
-            Unreached::Timeout => Problem::ConnectTimeout,
+            // Nothing took the connection (a dropped SYN, a full backlog, a dead address):
+            // unreachable, as a refusal is, so such an endpoint is paced.
+            Unreached::Timeout => Problem::Connect("connect timed out".into()),
         })?;
         let _ = tcp.set_nodelay(true);
         if https {

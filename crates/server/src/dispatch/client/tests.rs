@@ -72,6 +72,30 @@ async fn a_refused_connection_and_a_silent_server_are_classified() {
     drop(silent);
 }
 
+#[tokio::test]
+async fn a_connection_nobody_takes_is_unreachable_not_a_timeout() {
+    // A listener whose backlog is full drops further connection attempts unanswered, as a
+    // firewalled host or a dead address does.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let address = listener.local_addr().unwrap();
+    let mut queued = Vec::new();
+    let full = (0..16).any(|_| match std::net::TcpStream::connect_timeout(&address, Duration::from_millis(200)) {
+        Ok(stream) => {
+            queued.push(stream);
+            false
+        }
+        Err(_) => true,
+    });
+    assert!(full, "the listener's backlog filled");
+    let quick = DeliveryClient::new(dev(), 5_000, 300, 64, 1_000);
+    let sent = quick.post(&format!("http://{address}/"), &[], Bytes::new(), 0).await;
+    assert_eq!(sent.outcome, Outcome::Connect, "{}", sent.response_excerpt);
+    assert_eq!(sent.response_excerpt, "connect timed out");
+    assert!(hookline_core::classify::unreachable(&sent.outcome), "counted toward pacing the endpoint");
+}
+
 /// A keep-alive server's port, the connections it accepted, and the paths it was asked for
 /// in the order the requests came.
 struct KeptAlive {
