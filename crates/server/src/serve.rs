@@ -1,10 +1,15 @@
 //! The HTTP server loop. Hookline runs its own accept loop on hyper-util so the transport
 //! limits are its own to set: connections at once, header count and bytes, and how long a
 //! client may take to send its request head and its body (a slowloris defence).
+//!
+//! HTTP/1.1 only. hyper's header-read timeout is an HTTP/1 setting: with hyper-util's
+//! automatic version detection, its first read (to tell HTTP/1 from HTTP/2) had no timer,
+//! so a connection that sent nothing held its slot for ever, and one that opened HTTP/2
+//! escaped the head limits altogether.
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1::Builder;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
@@ -79,9 +84,8 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
         .max_headers((limits.headers_max + 1).max(HYPER_INLINE_HEADERS))
@@ -123,8 +127,7 @@ pub async fn serve(
                 }
             }
         });
-        let connection =
-            graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             let _ = connection.await;
             drop(slot);

@@ -859,6 +859,13 @@ async fn transport_limits_slow_heads_too_many_headers_and_connections() {
     let mut slow = raw_request(&addr, b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Slow: ").await;
     let answered = read_to_close(&mut slow).await;
     assert!(!answered.contains("200 OK"), "a half-sent request is never served: {answered}");
+    // So is one that sends nothing at all, or opens HTTP/2 (which has no head timeout):
+    // each held a connection slot until shutdown.
+    for opening in [&b""[..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0"] {
+        let mut silent = raw_request(&addr, opening).await;
+        let answered = read_to_close(&mut silent).await;
+        assert!(!answered.contains("200 OK"), "{answered}");
+    }
     // More headers than allowed, or a head larger than header_bytes_max (default 16 KiB):
     // a JSON 431, on public and authenticated routes alike.
     let many: String = (0..40).map(|n| format!("X-H{n}: v\r\n")).collect();
