@@ -7,6 +7,7 @@ mod verify;
 use clap::{Parser, Subcommand};
 use hookline_server::clock::SystemClock;
 use hookline_server::config::Config;
+use hookline_server::AdminToken;
 use hookline_store::postgres::{PgOptions, PgStore};
 use hookline_store::sqlite::{decode_key, load_or_create_key, SqliteStore};
 use hookline_store::Store;
@@ -215,11 +216,14 @@ fn serve(config: Config, raised: std::io::Result<u64>) -> ExitCode {
         };
         let clock = Arc::new(SystemClock);
         match hookline_server::ensure_admin_token(store.as_ref(), &config, clock.as_ref()).await {
-            Ok(Some(token)) => println!(
+            Ok(AdminToken::Generated(token)) => println!(
                 "Admin token (shown once, stored hashed):\n  {token}\nUse it as: Authorization: Bearer {token}"
             ),
-            Ok(None) if config.api.admin_token.is_some() => println!("Using the admin token from the configuration."),
-            Ok(None) => println!("Using the admin token created at first start (stored hashed)."),
+            Ok(AdminToken::Configured { retired: 0 }) => println!("Using the admin token from the configuration."),
+            Ok(AdminToken::Configured { .. }) => {
+                println!("Using the admin token from the configuration; the one generated at first start is revoked.")
+            }
+            Ok(AdminToken::Stored) => println!("Using the admin token created at first start (stored hashed)."),
             Err(e) => {
                 eprintln!("hookline: cannot set up the admin token: {e}");
                 return ExitCode::from(EXIT_UNAVAILABLE);

@@ -265,6 +265,43 @@ async fn first_start_prints_an_admin_token_that_works_and_is_not_reissued() {
     assert!(!stdout.contains("hk_admin_"), "a token is shown only once: {stdout}");
 }
 
+/// Setting `HOOKLINE_ADMIN_TOKEN` replaces a generated token that leaked: the generated one
+/// stops working (the API cannot delete an admin token), also once the setting is gone.
+#[tokio::test]
+async fn a_configured_admin_token_revokes_the_generated_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let mut first = Hookline::start(dir.path(), port, &[]);
+    first.wait_healthy(&http).await;
+    first.kill9();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(first.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let generated =
+        stdout.lines().map(str::trim).find(|l| l.starts_with("hk_admin_")).expect("token printed").to_owned();
+    let status = |url: String, token: String| {
+        let http = http.clone();
+        async move { http.get(format!("{url}/api/v1/app")).bearer_auth(token).send().await.unwrap().status() }
+    };
+    let mut second = Hookline::start(dir.path(), port, &[("HOOKLINE_ADMIN_TOKEN", "chosen-admin-token")]);
+    second.wait_healthy(&http).await;
+    assert_eq!(status(second.url.clone(), "chosen-admin-token".into()).await, 200);
+    assert_eq!(status(second.url.clone(), generated.clone()).await, 401, "the generated token is revoked");
+    second.kill9();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(second.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(stdout.contains("the one generated at first start is revoked"), "{stdout}");
+    // Without the setting again, a new token is generated; the old one stays revoked.
+    let mut third = Hookline::start(dir.path(), port, &[]);
+    third.wait_healthy(&http).await;
+    assert_eq!(status(third.url.clone(), generated).await, 401);
+    third.kill9();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(third.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let fresh = stdout.lines().map(str::trim).find(|l| l.starts_with("hk_admin_")).expect("a new token printed");
+    assert_ne!(fresh, "");
+}
+
 #[test]
 fn invalid_configuration_exits_78_with_a_clear_message() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,10 +12,13 @@ use tokio::sync::broadcast::error::RecvError;
 
 const DAY_MS: i64 = 24 * 3_600_000;
 
-/// Every API token: the stored ones (hashes) and the one the configuration names.
+/// Every API token: the stored ones (hashes) and the one the configuration names, which
+/// stands in for any generated admin token (deleted at start, see `ensure_admin_token`; a
+/// node configured so never takes one another node may still hold).
 pub async fn load_tokens(store: &dyn Store, config: &Config) -> Result<Vec<Token>, StoreError> {
     let mut tokens = store.tokens().await?;
     if let Some(token) = &config.api.admin_token {
+        tokens.retain(|t| t.app_id.is_some());
         let hash = crate::api::hash_token(token);
         // The id names this value of the token, not the setting: a dashboard session keeps
         // only its token's id, so when the operator changes a leaked token, the sessions

@@ -47,16 +47,34 @@ pub fn new_id(prefix: &str, now: hookline_core::UnixMs) -> String {
     hookline_core::id::new_id(prefix, now, random)
 }
 
-/// Makes sure an admin token exists. Returns a newly generated token (to show once), or
-/// `None` when the store already has one or the config supplies one.
+/// Where this node's admin token comes from, as settled at start.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AdminToken {
+    /// Made now (first start, nothing configured): shown once, stored hashed.
+    Generated(String),
+    /// The one made at an earlier start.
+    Stored,
+    /// `api.admin_token`; `retired` generated tokens were deleted in its favour.
+    Configured { retired: usize },
+}
+
+/// Makes sure an admin token exists. With `api.admin_token` set, a token generated at an
+/// earlier start is deleted: setting one is how an operator replaces a generated token that
+/// leaked, and the API cannot delete an admin token.
 pub async fn ensure_admin_token(
     store: &dyn Store,
     config: &Config,
     clock: &dyn Clock,
-) -> Result<Option<String>, StoreError> {
-    let has_admin = store.tokens().await?.iter().any(|t| t.app_id.is_none());
-    if config.api.admin_token.is_some() || has_admin {
-        return Ok(None);
+) -> Result<AdminToken, StoreError> {
+    let stored: Vec<_> = store.tokens().await?.into_iter().filter(|t| t.app_id.is_none()).collect();
+    if config.api.admin_token.is_some() {
+        for token in &stored {
+            store.delete_token(&token.id).await?;
+        }
+        return Ok(AdminToken::Configured { retired: stored.len() });
+    }
+    if !stored.is_empty() {
+        return Ok(AdminToken::Stored);
     }
     let token = format!("hk_admin_{}", hex::encode(rand::random::<[u8; 24]>()));
     let now = clock.now_ms();
@@ -67,7 +85,7 @@ pub async fn ensure_admin_token(
         created_at: now,
     };
     store.add_token(record).await?;
-    Ok(Some(token))
+    Ok(AdminToken::Generated(token))
 }
 
 /// Makes sure the internal application that holds the operational webhook endpoints
