@@ -58,7 +58,7 @@ pub fn load(
                 .map_err(|source| SettingsError::Read { path: path.display().to_string(), source })?;
             text.parse::<toml::Table>().map_err(|e| SettingsError::Parse {
                 path: path.display().to_string(),
-                message: hidden(&e.to_string()),
+                message: describe(&e, &text, true),
             })?
         }
         None => toml::Table::new(),
@@ -100,9 +100,14 @@ pub fn load(
     }
     // Deserializing from text, not from the table, makes errors point at the key and value.
     let merged = toml::to_string(&table).map_err(|e| SettingsError::Invalid(e.to_string()))?;
+    // Line numbers are left out: they count lines of the merged settings, not of the file.
     let config: Config =
-        toml::from_str(&merged).map_err(|e: toml::de::Error| SettingsError::Invalid(one_line(&e.to_string())))?;
+        toml::from_str(&merged).map_err(|e: toml::de::Error| SettingsError::Invalid(describe(&e, &merged, false)))?;
     config.validate().map_err(SettingsError::Invalid)?;
+    // Checked here, where the filter is built: an unreadable one was replaced by `info`.
+    tracing_subscriber::EnvFilter::try_new(&config.log.level).map_err(|e| {
+        SettingsError::Invalid(format!("log.level must be a tracing filter such as `info` or `hookline=debug`: {e}"))
+    })?;
     Ok(config)
 }
 
@@ -121,44 +126,64 @@ const TEXT_ONLY: &[(&str, &str)] = &[
 /// password). Errors go to stderr, and so to the journal.
 const SECRET_KEYS: &[&str] = &["admin_token", "secret_key", "token", "smtp_url", "url", "api_key"];
 
-/// `text` with the value of every `key = value` of a [`SECRET_KEYS`] key hidden.
-fn hidden(text: &str) -> String {
-    let hide = |line: &str| {
-        for key in SECRET_KEYS {
-            let pattern = format!("{key} = ");
-            let found = line.match_indices(&pattern).find(|(at, _)| {
-                line[..*at].chars().next_back().is_none_or(|c| !(c.is_ascii_alphanumeric() || c == '_'))
-            });
-            if let Some((at, _)) = found {
-                return format!("{}{pattern}(hidden)", &line[..at]);
-            }
-        }
-        line.to_owned()
+/// Sections all of whose values are secrets (`"host:port" = "user:password"`).
+const SECRET_SECTIONS: &[&str] = &["delivery.broker_credentials"];
+
+/// A TOML error in `text` as one line: where (the line, for a syntax error in the user's
+/// own file) and which `section.key`, then the reason. The offending line itself is never
+/// quoted, since it may hold a secret under any name (a misspelt key, a password in a
+/// URL), and a value the reason quotes (serde's "invalid type: integer `…`") is hidden for
+/// a secret's key; a syntax error's reason names only the tokens expected.
+fn describe(error: &toml::de::Error, text: &str, syntax: bool) -> String {
+    let reason = error.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join("; ");
+    let Some(at) = error.span().map(|span| span.start.min(text.len())) else {
+        return reason;
     };
-    text.lines().map(hide).collect::<Vec<_>>().join("\n")
+    let before = &text[..at];
+    let number = before.matches('\n').count() + 1;
+    let line = text.lines().nth(number - 1).unwrap_or_default();
+    let section = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('[') && l.ends_with(']'))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
+    let key = line.split_once('=').map(|(key, _)| key.trim().trim_matches('"').to_owned()).filter(|k| !k.is_empty());
+    let secret = key.as_deref().is_some_and(|k| SECRET_KEYS.contains(&k))
+        || section.as_deref().is_some_and(|s| SECRET_SECTIONS.contains(&s));
+    let reason = if secret && !syntax { without_quoted(&reason) } else { reason };
+    let place = match (section, key) {
+        (Some(section), Some(key)) if !SECRET_SECTIONS.contains(&section.as_str()) => format!("{section}.{key}"),
+        (Some(section), _) => section,
+        (None, Some(key)) => key,
+        (None, None) => String::new(),
+    };
+    let mut out = String::new();
+    if syntax {
+        out.push_str(&format!("line {number}: "));
+    }
+    if !place.is_empty() {
+        out.push_str(&format!("{place}: "));
+    }
+    out + &reason
 }
 
-/// A TOML error as one line: the offending `key = value` (the value hidden for a secret)
-/// and the reason. Line numbers are dropped: they count lines of the merged settings, not
-/// of the user's file.
-fn one_line(text: &str) -> String {
-    let mut parts = Vec::new();
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with("TOML parse error") || line.chars().all(|c| "|^-~ ".contains(c)) {
-            continue;
+/// `text` with every piece in backticks or double quotes (how serde quotes a value) hidden.
+fn without_quoted(text: &str) -> String {
+    let mut out = String::new();
+    let mut open: Option<char> = None;
+    for c in text.chars() {
+        match open {
+            Some(q) if c == q => open = None,
+            Some(_) => {}
+            None if c == '`' || c == '"' => {
+                open = Some(c);
+                out.push_str("(hidden)");
+            }
+            None => out.push(c),
         }
-        let content = match line.split_once(" | ") {
-            Some((number, rest)) if number.trim().chars().all(|c| c.is_ascii_digit()) => rest,
-            _ => line,
-        };
-        parts.push(hidden(content.trim_start_matches('|').trim()));
     }
-    let joined = parts.join(": ");
-    match joined.contains("(hidden)") {
-        // The reason quotes the value too (serde's "invalid type: integer `…`").
-        true => joined.split('`').enumerate().map(|(n, piece)| if n % 2 == 1 { "(hidden)" } else { piece }).collect(),
-        false => joined,
-    }
+    out
 }
 
 /// Every `(section, key)` of the config, read off the defaults (plus optional keys).
@@ -169,6 +194,9 @@ fn known_keys() -> Vec<(String, String)> {
         .filter_map(|(section, value)| value.as_table().map(|t| (section, t)))
         .flat_map(|(section, t)| t.keys().map(move |k| (section.clone(), k.clone())))
         .collect();
+    // Optional keys: the defaults leave them out.
+    keys.push(("server".into(), "threads".into()));
+    keys.push(("delivery".into(), "threads".into()));
     keys.push(("api".into(), "admin_token".into()));
     keys.push(("api".into(), "public_url".into()));
     keys.push(("security".into(), "secret_key".into()));
@@ -263,6 +291,31 @@ mod tests {
         );
     }
 
+    /// Every key the README's configuration table lists can be set from the environment,
+    /// as the README says; an optional key (no default) was read only if listed by hand.
+    #[test]
+    fn every_documented_key_has_an_environment_variable() {
+        let readme = include_str!("../../../README.md");
+        let known = known_keys();
+        let documented: Vec<(&str, &str)> = readme
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `")?.split_once('`'))
+            .filter_map(|(key, _)| key.split_once('.'))
+            .filter(|(section, _)| known.iter().any(|(s, _)| s == section))
+            .collect();
+        assert!(documented.len() > 40, "the table was found: {documented:?}");
+        for (section, key) in documented {
+            assert!(known.iter().any(|(s, k)| s == section && k == key), "{section}.{key}");
+        }
+        let c = load_with(
+            None,
+            &[("HOOKLINE_SERVER_THREADS", "3"), ("HOOKLINE_DELIVERY_THREADS", "0")],
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!((c.server.threads, c.delivery.threads), (Some(3), Some(0)));
+    }
+
     #[test]
     fn unset_connection_and_delivery_caps_fit_the_open_file_limit() {
         // (open files, expected (max_connections, max_in_flight))
@@ -294,12 +347,20 @@ mod tests {
     #[test]
     fn bad_config_is_an_error_naming_the_problem() {
         type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
-        let cases: [Case; 5] = [
+        let cases: [Case; 11] = [
             (Some("[server]\nlisten = 5\n"), &[], "invalid type"),
             (Some("[server]\nlisen = \"x\"\n"), &[], "unknown field `lisen`"),
             (Some("not toml ="), &[], "not valid TOML"),
             (None, &[("HOOKLINE_LISTEN", "nowhere")], "server.listen"),
             (None, &[("HOOKLINE_LOG_FORMAT", "xml")], "log.format"),
+            (None, &[("HOOKLINE_LOG_LEVEL", "hookline=verbose")], "log.level"),
+            (None, &[("HOOKLINE_SERVER_THREADS", "0")], "server.threads"),
+            // Values that overflow where they are used, or that a semaphore or a pool
+            // refuses with a panic once started.
+            (None, &[("HOOKLINE_DASHBOARD_SESSION_TTL_MS", "9223372036854775807")], "dashboard.session_ttl_ms"),
+            (None, &[("HOOKLINE_RETENTION_INTERVAL_MS", "9223372036854775807")], "retention.interval_ms"),
+            (None, &[("HOOKLINE_SERVER_MAX_CONNECTIONS", "3000000000000000000")], "server.max_connections"),
+            (None, &[("HOOKLINE_DATABASE_POOL_MAX", "100000000")], "database.pool_max"),
         ];
         for (file, vars, expected) in cases {
             let error = load_with(file, vars, Overrides::default()).unwrap_err().to_string();
@@ -311,16 +372,25 @@ mod tests {
     /// to the journal).
     #[test]
     fn errors_never_repeat_a_secrets_value() {
+        // (file, what the error names)
         let cases = [
-            "[api]\nadmin_token = 8675309123\n",
-            "[metrics]\ntoken = [\"scrape-8675309123\"]\n",
-            "[database]\nurl = 42_8675309123\n",
-            "[api]\nadmin_token = \"8675309123\n",
+            ("[api]\nadmin_token = 8675309123\n", "api.admin_token"),
+            ("[metrics]\ntoken = [\"scrape-8675309123\"]\n", "metrics.token"),
+            ("[database]\nurl = 42_8675309123\n", "database.url"),
+            ("[api]\nadmin_token = \"8675309123\n", "line 2"),
+            // A misspelt or unknown key may hold a secret too, and so may a line that does
+            // not parse, however it is spaced.
+            ("[metrics]\nbearer_token = \"scrape-8675309123\"\n", "unknown field `bearer_token`"),
+            ("[database]\npassword = \"8675309123\"\n", "unknown field `password`"),
+            ("[api]\nadmin_token=\"8675309123\\q\"\n", "line 2"),
+            ("[database]\nurl      = \"postgres://u:p\\ss8675309123@db/h\"\n", "line 2"),
+            ("[delivery.broker_credentials]\n\"mq:5672\" = \"u:8675309123\\q\"\n", "line 2"),
+            ("[delivery.broker_credentials]\n\"mq:5672\" = 8675309123\n", "delivery.broker_credentials"),
         ];
-        for file in cases {
+        for (file, named) in cases {
             let error = load_with(Some(file), &[], Overrides::default()).unwrap_err().to_string();
             assert!(!error.contains("8675309123"), "{error}");
-            assert!(error.contains("(hidden)"), "{error}");
+            assert!(error.contains(named), "{error} should name {named:?}");
         }
     }
 }

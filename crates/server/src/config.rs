@@ -459,6 +459,7 @@ impl Config {
 
     /// Checks what types cannot; the binary exits non-zero with this message.
     pub fn validate(&self) -> Result<(), String> {
+        bounded("", &serde_json::to_value(self).map_err(|e| e.to_string())?)?;
         let d = &self.delivery;
         let checks = [
             (self.api.body_bytes_max >= 1024, "api.body_bytes_max must be at least 1024"),
@@ -491,6 +492,7 @@ impl Config {
             ),
             (self.cluster.cache_ttl_ms >= 100, "cluster.cache_ttl_ms must be at least 100"),
             (self.database.pool_max >= 2, "database.pool_max must be at least 2"),
+            (self.database.pool_max <= 10_000, "database.pool_max must be at most 10000"),
             (self.database.timeout_ms >= 100, "database.timeout_ms must be at least 100"),
             (self.retention.batch_max >= 1, "retention.batch_max must be at least 1"),
             // A reconciliation matches the events it lists with the dedupe keys kept: an
@@ -536,6 +538,35 @@ impl Config {
             url_bytes_max: self.network.url_bytes_max,
         }
     }
+}
+
+/// The most a duration (a `…_ms` setting) may be: a hundred years, far from where adding
+/// it to a clock reading or multiplying it overflows.
+const DURATION_MS_MAX: u64 = 100 * 365 * 24 * 3_600_000;
+
+/// The most any other number may be (a count, a size): more than any machine holds, and
+/// far from where a semaphore or a pool refuses its size at start.
+const NUMBER_MAX: u64 = u32::MAX as u64;
+
+/// Checks every number of the settings (`path` names where `value` sits) against its ceiling.
+fn bounded(path: &str, value: &serde_json::Value) -> Result<(), String> {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (key, field) in fields {
+                let path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                bounded(&path, field)?;
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().try_for_each(|item| bounded(path, item))?,
+        serde_json::Value::Number(number) => {
+            let max = if path.ends_with("_ms") { DURATION_MS_MAX } else { NUMBER_MAX };
+            if number.as_u64().is_some_and(|n| n > max) {
+                return Err(format!("{path} must be at most {max}"));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 impl IngestConfig {
