@@ -540,7 +540,7 @@ impl Config {
     }
 }
 
-/// The most a duration (a `…_ms` setting) may be: a hundred years, far from where adding
+/// The most a duration (a `…_ms` or `…Ms` setting) may be: a hundred years, far from where adding
 /// it to a clock reading or multiplying it overflows.
 const DURATION_MS_MAX: u64 = 100 * 365 * 24 * 3_600_000;
 
@@ -559,7 +559,7 @@ fn bounded(path: &str, value: &serde_json::Value) -> Result<(), String> {
         }
         serde_json::Value::Array(items) => items.iter().try_for_each(|item| bounded(path, item))?,
         serde_json::Value::Number(number) => {
-            let max = if path.ends_with("_ms") { DURATION_MS_MAX } else { NUMBER_MAX };
+            let max = if path.ends_with("_ms") || path.ends_with("Ms") { DURATION_MS_MAX } else { NUMBER_MAX };
             if number.as_u64().is_some_and(|n| n > max) {
                 return Err(format!("{path} must be at most {max}"));
             }
