@@ -611,3 +611,23 @@ async fn ids_compare_byte_by_byte_whatever_the_databases_collation() {
         .collect();
     assert!(loose.is_empty(), "text columns not in byte order: {loose:?}");
 }
+
+/// A call given up on at the timeout leaves no statement running on its connection: the
+/// next call on the same (only) connection is served, while what blocked the first holds.
+#[tokio::test]
+async fn a_statement_given_up_on_does_not_keep_its_connection_busy() {
+    let url = scratch::fresh_database().await.expect("a PostgreSQL server for the tests (see scripts/test.sh)");
+    let store = PgStore::open(&url, &KEY, PgOptions { pool_max: 1, timeout_ms: 1_000 }).await.unwrap();
+    let app = store.create_app(conformance::app(1, None)).await.unwrap();
+    let (mut raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let holder = raw.transaction().await.unwrap();
+    holder.execute("SELECT 1 FROM apps WHERE id = $1 FOR UPDATE", &[&app.id]).await.unwrap();
+    let blocked = store.delete_app(&app.id).await;
+    assert!(matches!(blocked, Err(hookline_store::StoreError::Unavailable(_))), "{blocked:?}");
+    // The lock is still held: only a statement that no longer runs frees the connection.
+    let served = store.get_app(&app.id).await;
+    assert_eq!(served.map(|a| a.id), Ok(app.id.clone()));
+    holder.rollback().await.unwrap();
+    store.delete_app(&app.id).await.unwrap();
+}

@@ -76,11 +76,16 @@ impl PgStore {
         let config = parse_url(url, options.timeout_ms)?;
         schema::migrate(&config).await?;
         let timeout = Duration::from_millis(options.timeout_ms);
+        // A call given up on at the timeout has its statement ended by the server as well:
+        // dropping the future only queues a ROLLBACK, the connection went back to the pool
+        // still running the statement (holding its locks), and the next caller's statements
+        // waited behind it and timed out in turn.
+        let bounded = with_setting(&config, &format!("statement_timeout={}", options.timeout_ms));
         // Acknowledged writes wait for the WAL flush whatever the server's or role's default.
-        let pool = make_pool(with_setting(&config, "synchronous_commit=on"), options.pool_max, timeout)?;
+        let pool = make_pool(with_setting(&bounded, "synchronous_commit=on"), options.pool_max, timeout)?;
         // Writes whose loss in a database crash costs at most a repeated delivery (attempt
         // records, claims, lease renewals) do not.
-        let relaxed = make_pool(with_setting(&config, "synchronous_commit=off"), RELAXED_POOL_MAX, timeout)?;
+        let relaxed = make_pool(with_setting(&bounded, "synchronous_commit=off"), RELAXED_POOL_MAX, timeout)?;
         let (changes, _) = broadcast::channel(1_024);
         let (attempts, inbox) = tokio::sync::mpsc::channel(ATTEMPTS_QUEUED_MAX);
         let (publishes, waiting) = tokio::sync::mpsc::channel(PUBLISHES_QUEUED_MAX);
