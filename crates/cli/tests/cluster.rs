@@ -343,9 +343,24 @@ async fn a_postgres_restart_under_load_answers_503_and_loses_nothing() {
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     postgres.pg_ctl("stop");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A node cut off from its database says so to a load balancer's health check.
+    let health = |url: String| {
+        let http = http.clone();
+        async move { http.get(format!("{url}/api/v1/health")).send().await.map(|r| r.status().as_u16()).ok() }
+    };
+    let down_at = Instant::now();
+    while health(urls[0].clone()).await != Some(503) {
+        assert!(down_at.elapsed() < support::PATIENCE, "health stayed 200 with the database down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(down_at.elapsed())).await;
     postgres.pg_ctl("start");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let up_at = Instant::now();
+    while health(urls[0].clone()).await != Some(200) {
+        assert!(up_at.elapsed() < support::PATIENCE, "health stayed 503 with the database back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(up_at.elapsed())).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut acknowledged = Vec::new();
     let mut refused: HashMap<String, usize> = HashMap::new();

@@ -181,6 +181,7 @@ pub async fn run(
         rate_buckets: Default::default(),
         idempotency_in_flight: Default::default(),
         queues: consumers.statuses.clone(),
+        health: Default::default(),
     });
     let background = [
         tokio::spawn(housekeeping::follow_changes(state.clone())),

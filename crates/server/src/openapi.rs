@@ -64,7 +64,7 @@ fn error_statuses(route: &Route) -> Vec<(u16, &'static str)> {
         431,
         "The request head is over `server.headers_max` or `server.header_bytes_max` (`headers_too_large`).",
     ));
-    if !route.public || route.path.starts_with("/in/") {
+    if !route.public || route.path.starts_with("/in/") || route.path == "/api/v1/health" {
         out.push((503, "Storage is unavailable; nothing was done (`storage_unavailable`, with Retry-After)."));
     }
     out

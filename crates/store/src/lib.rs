@@ -245,6 +245,9 @@ pub trait Store: Send + Sync + 'static {
     async fn purge_idempotent_responses(&self, before: UnixMs) -> StoreResult<usize>;
     /// Every API token (hashes only).
     async fn tokens(&self) -> StoreResult<Vec<Token>>;
+    /// A round trip to where writes go (SQLite's writer thread, a PostgreSQL connection of
+    /// the publishes' pool): `Unavailable` when it cannot be made within the timeout.
+    async fn ping(&self) -> StoreResult<()>;
     async fn add_token(&self, token: Token) -> StoreResult<()>;
     async fn delete_token(&self, id: &str) -> StoreResult<()>;
 

@@ -62,6 +62,8 @@ pub struct AppState {
         std::sync::Mutex<std::collections::HashMap<String, std::collections::VecDeque<crate::wire::RejectionOut>>>,
     /// The queue consumers this node runs (`[ingest]`), for `GET /api/v1/ingest-queue`.
     pub queues: Vec<Arc<crate::ingest::queue::ConsumerStatus>>,
+    /// The store's last answer to a health check, and when it came.
+    pub health: tokio::sync::Mutex<Option<(tokio::time::Instant, bool)>>,
 }
 
 pub type Shared = State<Arc<AppState>>;

@@ -8,14 +8,20 @@ use crate::wire::HealthOut;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
+use std::time::Duration;
 use subtle::ConstantTimeEq;
 
 pub fn routes() -> Vec<Route> {
     tagged(
         "Health",
         vec![
-            Route::get("/api/v1/health", || async { Json(HealthOut { status: "ok" }) })
-                .doc("health", "Answers 200 once the server is ready.")
+            Route::get("/api/v1/health", health)
+                .doc(
+                    "health",
+                    "Answers 200 once the server is ready and while its store answers (a round trip to where \
+                     writes go, at most once a second), 503 while it does not: a node cut off from its \
+                     database leaves the load balancer's pool.",
+                )
                 .public()
                 .answers::<HealthOut>(200, "Ready."),
             Route::get("/api/v1/openapi.json", || async { Json(crate::openapi::document().clone()) })
@@ -24,6 +30,35 @@ pub fn routes() -> Vec<Route> {
                 .answers::<serde_json::Value>(200, "The OpenAPI document."),
         ],
     )
+}
+
+/// How long a health check's answer from the store is reused: a flood of unauthenticated
+/// checks costs the store one round trip a second.
+const HEALTH_KEPT: Duration = Duration::from_secs(1);
+
+/// How long a health check waits for the store.
+const HEALTH_WAIT: Duration = Duration::from_secs(2);
+
+async fn health(State(state): Shared) -> Result<Json<HealthOut>, ApiError> {
+    // Held across the round trip: checks arriving meanwhile take its answer.
+    let mut last = state.health.lock().await;
+    let fresh = last.filter(|(at, _)| at.elapsed() < HEALTH_KEPT);
+    let up = match fresh {
+        Some((_, up)) => up,
+        None => {
+            let answered = tokio::time::timeout(HEALTH_WAIT, state.store.ping()).await;
+            let up = matches!(answered, Ok(Ok(())));
+            if !up {
+                tracing::warn!(answer = ?answered.map_err(|_| "timed out"), "health check: the store does not answer");
+            }
+            *last = Some((tokio::time::Instant::now(), up));
+            up
+        }
+    };
+    match up {
+        true => Ok(Json(HealthOut { status: "ok" })),
+        false => Err(ApiError::Unavailable),
+    }
 }
 
 /// Prometheus metrics: text, not part of the JSON API or its document. Their labels name

@@ -602,6 +602,9 @@ impl Store for PgStore {
     async fn tokens(&self) -> StoreResult<Vec<Token>> {
         on_conn!(self, |c| resources::tokens(&c))
     }
+    async fn ping(&self) -> StoreResult<()> {
+        on_conn!(self, |c| async move { c.simple_query("SELECT 1").await.map(drop).map_err(pg_error) })
+    }
     async fn add_token(&self, token: Token) -> StoreResult<()> {
         in_tx!(self, |tx| async {
             resources::add_token(&tx, &token).await?;
