@@ -83,6 +83,9 @@ impl QueueUrl {
                     .into());
             }
             Broker::Amqp if !valid_name(&target) => return Err("the exchange name is not valid".into()),
+            // AMQP carries both as short strings, at most 255 bytes.
+            Broker::Amqp if routing_key.len() > 255 => return Err("the routing key is longer than 255 bytes".into()),
+            Broker::Amqp if vhost.len() > 255 => return Err("the vhost is longer than 255 bytes".into()),
             _ => {}
         }
         let port = url.port().unwrap_or(broker.default_port());
@@ -136,7 +139,7 @@ mod tests {
         let nats = parse("nats://nats.internal/payments.in").unwrap().unwrap();
         assert_eq!((nats.port, nats.target.as_str()), (4222, "payments.in"));
         assert_eq!(parse("nats://n/a%2Eb").unwrap().unwrap().target, "a.b");
-        let invalid = [
+        let invalid: [&str; 11] = [
             "redis://r/",
             "nats://n/",
             "nats://n/a.*",
@@ -146,6 +149,8 @@ mod tests {
             "nats://n/a..b",
             "amqp://m/",
             "redis://r/s?x=1",
+            &format!("amqp://m/x?routingKey={}", "k".repeat(256)),
+            &format!("amqp://m/x?routingKey=k&vhost={}", "v".repeat(256)),
         ];
         for invalid in invalid {
             assert!(parse(invalid).unwrap().is_err(), "{invalid}");

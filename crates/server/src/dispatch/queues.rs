@@ -19,7 +19,7 @@ use hookline_core::queue_url::{Broker, QueueUrl};
 use hookline_core::ssrf::AddressPolicy;
 use hookline_store::Bytes;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Confirmation};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -271,18 +271,18 @@ async fn send(
                 match name.as_str() {
                     "content-type" => content_type = value,
                     _ => {
-                        table.insert(name.as_str().into(), AMQPValue::LongString(value.as_str().into()));
+                        table.insert(short(name, "a header name")?, AMQPValue::LongString(value.as_str().into()));
                     }
                 }
             }
             let properties = BasicProperties::default()
-                .with_message_id(msg_id.into())
-                .with_content_type(content_type.into())
+                .with_message_id(short(msg_id, "the message id")?)
+                .with_content_type(short(content_type, "the content type")?)
                 .with_delivery_mode(2)
                 .with_headers(table);
             let options = BasicPublishOptions { mandatory: true, ..Default::default() };
-            let exchange = queue.target.as_str().into();
-            let routing_key = queue.routing_key.as_str().into();
+            let exchange = short(&queue.target, "the exchange")?;
+            let routing_key = short(&queue.routing_key, "the routing key")?;
             let confirm = channel
                 .basic_publish(exchange, routing_key, options, &body, properties)
                 .await
@@ -331,6 +331,15 @@ impl super::Engine {
     }
 }
 
+/// `value` as an AMQP short string, or the attempt's failure: lapin panics on one over 255
+/// bytes, and a delivery whose task panics records no attempt and is claimed again, for ever.
+fn short(value: &str, what: &str) -> Result<ShortString, Problem> {
+    match value.len() <= 255 {
+        true => Ok(value.into()),
+        false => Err(Problem::Refused(format!("{what} is longer than AMQP's 255 bytes"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -367,5 +376,21 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut other).await.unwrap();
+    }
+
+    /// A name AMQP cannot carry (over 255 bytes: a header's, as a provider's forwarded
+    /// header may be) fails the attempt with the reason; lapin panicked on it, in the
+    /// delivery's task (the machine's RabbitMQ, or `HOOKLINE_TEST_AMQP_URL`).
+    #[tokio::test]
+    async fn a_name_too_long_for_amqp_fails_the_attempt() {
+        let url = std::env::var("HOOKLINE_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672".into());
+        let authority = url.trim_start_matches("amqp://").split('/').next().unwrap().rsplit('@').next().unwrap();
+        let policy = AddressPolicy { allow_all_private: true, allow_plain_http: true, ..Default::default() };
+        let publisher = QueuePublisher::new(policy, &crate::config::DeliveryConfig::default());
+        let destination = format!("amqp://{authority}/amq.direct?routingKey=hookline-test-{}", std::process::id());
+        let headers = [("x-hookline-forwarded-".to_owned() + &"h".repeat(240), "v".to_owned())];
+        let sent = publisher.publish(&destination, "msg_1", "ep_1", &headers, Bytes::from_static(b"{}")).await;
+        assert_eq!(sent.outcome, Outcome::Other, "{}", sent.response_excerpt);
+        assert_eq!(sent.response_excerpt, "a header name is longer than AMQP's 255 bytes");
     }
 }
