@@ -536,12 +536,17 @@ async fn consumes_each_message_once(kind: Kind) {
     // (it would reach the operators' endpoints as a forged alert).
     let internal = json!({"app": "app_00000000000operational", "eventType": "endpoint.disabled", "payload": {}});
     items.insert(950, (internal.to_string().into_bytes(), "bad-4".into()));
+    // A queue as callbackUrl takes the admin token (the operator's brokers and
+    // credentials), which a producer on the stream does not have.
+    let queued = json!({"app": APP, "eventType": "payment.succeeded", "payload": {}, "callbackUrl": "redis://127.0.0.1:6379/elsewhere"});
+    items.insert(975, (queued.to_string().into_bytes(), "bad-6".into()));
     broker.put_all(&items).await;
 
     until_all_arrived(&arrivals, 1_000).await;
-    let mut codes = dead_letter_codes(&broker, Vec::new(), 4).await;
+    let mut codes = dead_letter_codes(&broker, Vec::new(), 5).await;
     codes.sort();
-    assert_eq!(codes, ["invalid_json", "invalid_message", "unknown_application", "unknown_application"]);
+    let expected = ["invalid_json", "invalid_message", "invalid_message", "unknown_application", "unknown_application"];
+    assert_eq!(codes, expected);
 
     broker.redeliver(&valid).await;
     gateway.until_counted(&http, "duplicates", 1_000).await;
@@ -549,7 +554,7 @@ async fn consumes_each_message_once(kind: Kind) {
     // dropped as a redelivery.
     let reused = json!({"app": APP, "eventType": "payment.refunded", "eventId": "evt-10", "payload": {"n": 10}});
     broker.put_all(&[(reused.to_string().into_bytes(), "bad-5".into())]).await;
-    let codes = dead_letter_codes(&broker, codes, 5).await;
+    let codes = dead_letter_codes(&broker, codes, 6).await;
     assert!(codes.iter().any(|c| c == "conflicting_duplicate"), "{codes:?}");
     // A duplicate is counted once its commit found the earlier message: nothing more to send.
     tokio::time::sleep(Duration::from_millis(300)).await;

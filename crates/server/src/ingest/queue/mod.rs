@@ -135,6 +135,12 @@ impl Ingestor {
         if input.app.is_none() {
             return Err(ApiError::field("app", "app (the application's id or uid) is required"));
         }
+        // As for the publish API's application tokens: a queue destination publishes with
+        // the operator's brokers and credentials, which a producer on a stream is not given.
+        if input.callback_url.as_deref().is_some_and(hookline_core::queue_url::is_queue_url) {
+            let detail = "a queue URL as callbackUrl needs the admin token: publish it through the API";
+            return Err(ApiError::field("callbackUrl", detail));
+        }
         Ok(input)
     }
 
