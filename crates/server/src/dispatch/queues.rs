@@ -152,11 +152,9 @@ impl QueuePublisher {
         let sent = tokio::time::timeout_at(deadline, send(&link, &queue, ids, headers, body)).await;
         let result = sent.unwrap_or(Err(Problem::Timeout));
         // A link that failed or hung is not used again (Redis has no heartbeat: a
-        // half-open connection would time out every publish). Nor is a Redis link the
-        // server refused a write on: a replica after a failover answers `READONLY` on that
-        // connection for ever, and a new one finds the new primary.
-        let redis_refused = queue.broker == Broker::Redis && matches!(result, Err(Problem::Refused(_)));
-        if redis_refused || matches!(result, Err(Problem::Connect(_) | Problem::Timeout)) {
+        // half-open connection would time out every publish). A refusal of one message
+        // keeps it: the link serves every destination on that broker.
+        if matches!(result, Err(Problem::Connect(_) | Problem::Timeout)) {
             let mut links = self.links.lock().expect("links lock");
             if links.get(&key).is_some_and(|(l, _)| Arc::ptr_eq(l, &link)) {
                 links.remove(&key);
@@ -258,10 +256,16 @@ async fn send(
             for (name, value) in headers {
                 cmd.arg(name).arg(value);
             }
-            let id: String = cmd.query_async(&mut connection.clone()).await.map_err(|e| match e.is_io_error() {
-                true => Problem::Connect(e.to_string()),
-                false => Problem::Refused(e.to_string()),
-            })?;
+            // A replica after a failover answers `READONLY` on this connection for ever: a
+            // connection problem (the link is dropped, a new one finds the new primary).
+            // Other refusals (`WRONGTYPE`, `OOM`, `NOPERM`) are the destination's.
+            let read_only =
+                |e: &redis::RedisError| matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly));
+            let id: String =
+                cmd.query_async(&mut connection.clone()).await.map_err(|e| match e.is_io_error() || read_only(&e) {
+                    true => Problem::Connect(e.to_string()),
+                    false => Problem::Refused(e.to_string()),
+                })?;
             Ok(format!("XADD {}: {id}", queue.target))
         }
         Link::Amqp { channel, .. } => {
@@ -376,6 +380,60 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut other).await.unwrap();
+    }
+
+    /// A write the server refuses for its destination (`WRONGTYPE`: a key of another type
+    /// under the stream's name) fails that attempt and keeps the link the broker's other
+    /// destinations share; it was dropped, a new connection for every such attempt.
+    #[tokio::test]
+    async fn a_destination_the_server_refuses_keeps_the_shared_link() {
+        let url = std::env::var("HOOKLINE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+        let address = url.trim_start_matches("redis://").trim_end_matches('/').to_owned();
+        let policy = AddressPolicy { allow_all_private: true, allow_plain_http: true, ..Default::default() };
+        let publisher = QueuePublisher::new(policy, &crate::config::DeliveryConfig::default());
+        let stream = format!("hookline-test-wrongtype-{}", std::process::id());
+        let mut other = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("SET").arg(&stream).arg("a string").query_async(&mut other).await.unwrap();
+        let destination = format!("redis://{address}/{stream}");
+        let mut links = Vec::new();
+        for _ in 0..3 {
+            let sent = publisher.publish(&destination, "msg_1", "ep_1", &[], Bytes::from_static(b"{}")).await;
+            assert_eq!(sent.outcome, Outcome::Other, "{}", sent.response_excerpt);
+            assert!(sent.response_excerpt.contains("WRONGTYPE"), "{}", sent.response_excerpt);
+            links.push(publisher.links.lock().unwrap().values().next().map(|(link, _)| link.clone()).expect("kept"));
+        }
+        assert!(links.windows(2).all(|pair| Arc::ptr_eq(&pair[0], &pair[1])), "one link throughout");
+        let _: i64 = redis::cmd("DEL").arg(&stream).query_async(&mut other).await.unwrap();
+    }
+
+    /// A replica (as a primary becomes after a failover) answers `READONLY` on that
+    /// connection for ever: the attempt is a connection failure and the link is dropped,
+    /// so the next one connects anew (a server of the test's own, `redis-server`).
+    #[tokio::test]
+    async fn a_read_only_replica_drops_the_link() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut replica = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", "1"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (scripts/test.sh installs it)");
+        let policy = AddressPolicy { allow_all_private: true, allow_plain_http: true, ..Default::default() };
+        let publisher = QueuePublisher::new(policy, &crate::config::DeliveryConfig::default());
+        let destination = format!("redis://127.0.0.1:{port}/payments");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let sent = loop {
+            let sent = publisher.publish(&destination, "msg_1", "ep_1", &[], Bytes::from_static(b"{}")).await;
+            // Refused connections until the server listens.
+            if sent.response_excerpt.contains("read only replica") || tokio::time::Instant::now() > deadline {
+                break sent;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let _ = replica.kill();
+        let _ = replica.wait();
+        assert!(sent.response_excerpt.contains("read only replica"), "{}", sent.response_excerpt);
+        assert_eq!(sent.outcome, Outcome::Connect);
+        assert!(publisher.links.lock().unwrap().is_empty(), "the link is dropped");
     }
 
     /// A name AMQP cannot carry (over 255 bytes: a header's, as a provider's forwarded
