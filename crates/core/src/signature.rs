@@ -84,6 +84,50 @@ impl Secret {
 /// A header name: an RFC 9110 token, what `http::HeaderName` accepts.
 pub const HEADER_NAME_PATTERN: &str = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$";
 
+/// Headers Hookline sets on every delivery (or that the HTTP layer frames it with): an
+/// endpoint's own headers, and its signature header, cannot be one of them.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "user-agent",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "stripe-signature",
+];
+
+/// True for a [`RESERVED_HEADERS`] name, in any case.
+pub fn is_reserved_header(name: &str) -> bool {
+    RESERVED_HEADERS.iter().any(|reserved| reserved.eq_ignore_ascii_case(name))
+}
+
+/// A JSON Schema pattern matching exactly the [`RESERVED_HEADERS`] names, in any case.
+pub fn reserved_headers_pattern() -> String {
+    let any_case = |name: &str| -> String {
+        name.chars()
+            .map(|c| match c {
+                c if c.is_ascii_alphabetic() => format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase()),
+                c => c.to_string(),
+            })
+            .collect()
+    };
+    let names: Vec<String> = RESERVED_HEADERS.iter().map(|name| any_case(name)).collect();
+    format!("^(?:{})$", names.join("|"))
+}
+
+fn hmac_header_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "description": "A header name (an RFC 9110 token), not one Hookline sets.",
+        "type": "string",
+        "default": default_hmac_header(),
+        "pattern": HEADER_NAME_PATTERN,
+        "not": {"pattern": reserved_headers_pattern()},
+    })
+}
+
 /// How an endpoint wants its deliveries signed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "type", rename_all = "kebab-case")]
@@ -96,9 +140,9 @@ pub enum SignatureScheme {
     /// Hex HMAC-SHA256 of the body, keyed with the secret string as given.
     #[serde(rename = "hmac-sha256-hex")]
     HmacSha256Hex {
-        /// A header name (an RFC 9110 token).
+        /// A header name (an RFC 9110 token), not one Hookline sets.
         #[serde(default = "default_hmac_header")]
-        #[schemars(regex(pattern = HEADER_NAME_PATTERN))]
+        #[schemars(schema_with = "hmac_header_schema")]
         header: String,
     },
 }

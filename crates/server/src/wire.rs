@@ -744,18 +744,6 @@ pub use hookline_core::signature::HEADER_NAME_PATTERN;
 pub const HEADER_VALUE_PATTERN: &str = r"^[^\u0000-\u0008\u000A-\u001F\u007F]*$";
 /// Custom headers an endpoint may send.
 pub const ENDPOINT_HEADERS_MAX: usize = 32;
-/// Headers Hookline sets on every delivery; an endpoint cannot override them.
-pub const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "webhook-id",
-    "webhook-timestamp",
-    "webhook-signature",
-    "stripe-signature",
-];
 
 /// An endpoint's custom headers: at most 32, valid names other than the reserved ones (in any
 /// case), valid values.
@@ -768,20 +756,11 @@ fn optional_headers_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
 }
 
 fn headers_json_schema(kind: impl serde::Serialize) -> schemars::Schema {
-    let any_case = |name: &str| -> String {
-        name.chars()
-            .map(|c| match c {
-                c if c.is_ascii_alphabetic() => format!("[{}{}]", c.to_ascii_lowercase(), c.to_ascii_uppercase()),
-                '-' => "-".to_owned(),
-                c => c.to_string(),
-            })
-            .collect()
-    };
-    let reserved: Vec<String> = RESERVED_HEADERS.iter().map(|name| any_case(name)).collect();
+    let reserved = hookline_core::signature::reserved_headers_pattern();
     schemars::json_schema!({
         "type": kind,
         "maxProperties": ENDPOINT_HEADERS_MAX,
-        "propertyNames": {"pattern": HEADER_NAME_PATTERN, "not": {"pattern": format!("^(?:{})$", reserved.join("|"))}},
+        "propertyNames": {"pattern": HEADER_NAME_PATTERN, "not": {"pattern": reserved}},
         "additionalProperties": {"type": "string", "pattern": HEADER_VALUE_PATTERN},
     })
 }

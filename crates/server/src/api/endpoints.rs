@@ -158,7 +158,7 @@ fn check_headers(headers: &BTreeMap<String, String>) -> ApiResult<()> {
         {
             return Err(ApiError::field("headers", format!("`{name}` is not a valid header")));
         }
-        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+        if hookline_core::signature::is_reserved_header(name) {
             return Err(ApiError::field("headers", format!("`{name}` is set by Hookline and cannot be overridden")));
         }
     }
@@ -181,6 +181,10 @@ fn check(state: &AppState, e: &Endpoint, stored: Option<&Endpoint>) -> ApiResult
     if let SignatureScheme::HmacSha256Hex { header } = &e.signature_scheme {
         if axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
             return Err(ApiError::field("signatureScheme", "header must be a valid header name"));
+        }
+        // Dropped by the HTTP layer (the deliveries went unsigned) or sent twice.
+        if hookline_core::signature::is_reserved_header(header) {
+            return Err(ApiError::field("signatureScheme", format!("`{header}` is set by Hookline")));
         }
     }
     if let Some(policy) = &e.retry_policy {

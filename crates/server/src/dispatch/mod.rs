@@ -634,7 +634,11 @@ impl Engine {
         let content_type = forwarded.clone().find(|(k, _)| *k == "content-type").map(|(_, v)| v.as_str());
         headers.push(("content-type".into(), content_type.unwrap_or("application/json").into()));
         headers.extend(forwarded.filter(|(k, _)| *k != "content-type").map(|(k, v)| (k.clone(), v.clone())));
-        headers.extend(target.headers.iter().cloned());
+        // The signature is Hookline's: an endpoint header of the signature header's name
+        // (saved before that header was chosen, say) is not sent beside it.
+        let own = target.headers.iter().filter(|(name, _)| !headers.iter().any(|(h, _)| h.eq_ignore_ascii_case(name)));
+        let own: Vec<_> = own.cloned().collect();
+        headers.extend(own);
         let sent = match hookline_core::queue_url::is_queue_url(&target.url) {
             true => {
                 let endpoint = due.delivery.endpoint_id.as_deref().unwrap_or("callback");

@@ -108,6 +108,37 @@ async fn stripe_and_hex_schemes_sign_what_merchants_verify() {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(hex_secret.as_bytes()).unwrap();
     mac.update(&got.body);
     assert_eq!(got.header("x-signature"), hex::encode(mac.finalize().into_bytes()));
+    // An own header of the signature header's name is not sent beside the signature.
+    let path = format!("/api/v1/app/{app}/endpoint/{}/headers", hex_ep["id"].as_str().unwrap());
+    gw.ok("PUT", &path, Some(json!({"headers": {"x-SIGNATURE": "forged", "X-Other": "kept"}}))).await;
+    gw.publish(&app, json!({"eventType": "h", "payload": {"id": "evt_3"}})).await;
+    let got = rx.next().await;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(hex_secret.as_bytes()).unwrap();
+    mac.update(&got.body);
+    let signatures: Vec<_> = got.headers.get_all("x-signature").iter().map(|v| v.to_str().unwrap()).collect();
+    assert_eq!(signatures, [hex::encode(mac.finalize().into_bytes())]);
+    assert_eq!(got.header("x-other"), "kept");
+    // A signature header the HTTP layer sets (the deliveries went unsigned) or that Hookline
+    // sends already (twice) is refused, as is such a header of the endpoint's own.
+    for header in ["Content-Length", "host", "webhook-id", "Content-Type", "User-Agent"] {
+        let scheme = json!({"type": "hmac-sha256-hex", "header": header});
+        let (status, body) = gw
+            .call(
+                "POST",
+                &format!("/api/v1/app/{app}/endpoint"),
+                Some(json!({"url": rx.url, "signatureScheme": scheme})),
+            )
+            .await;
+        assert_eq!(status, 422, "{header}: {body}");
+        let (status, body) = gw
+            .call(
+                "POST",
+                &format!("/api/v1/app/{app}/endpoint"),
+                Some(json!({"url": rx.url, "headers": {header: "x"}})),
+            )
+            .await;
+        assert_eq!(status, 422, "{header}: {body}");
+    }
     gw.stop().await;
 }
 
