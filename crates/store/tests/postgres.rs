@@ -39,6 +39,7 @@ async fn stranded_deliveries_are_closed() {
 /// Two nodes on one database (`a` and `b`), an application's endpoint, and a lease of
 /// `a`'s; `deliver` claims a lane's head on `a` and records its success.
 struct TwoNodes {
+    url: String,
     a: PgStore,
     b: PgStore,
     app: hookline_store::App,
@@ -53,7 +54,7 @@ impl TwoNodes {
         let app = a.create_app(conformance::app(1, None)).await.unwrap();
         let ep = a.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
         let node = a.register_node("a", 1_000, 1_000_000_000).await.unwrap().token;
-        TwoNodes { a, b, app, ep, node }
+        TwoNodes { url, a, b, app, ep, node }
     }
 
     async fn deliver(&self, p: &hookline_store::Publish, at: i64) {
@@ -630,4 +631,35 @@ async fn a_statement_given_up_on_does_not_keep_its_connection_busy() {
     assert_eq!(served.map(|a| a.id), Ok(app.id.clone()));
     holder.rollback().await.unwrap();
     store.delete_app(&app.id).await.unwrap();
+}
+
+/// Two nodes resending one message to an endpoint it has no delivery to, at once, make one
+/// delivery: both found none and each made one, and every later resend or skip of the pair
+/// failed on finding two.
+#[tokio::test]
+async fn two_resends_at_once_make_one_delivery() {
+    let nodes = TwoNodes::start().await;
+    let (a, b, app, ep) = (&nodes.a, &nodes.b, &nodes.app, &nodes.ep);
+    let late = a.create_endpoint(conformance::endpoint(&app.id, 2)).await.unwrap();
+    let (raw, connection) = tokio_postgres::connect(&nodes.url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    for round in 0..30i64 {
+        let t = 10_000 + round * 100;
+        let p = conformance::publish(&app.id, &[&ep.id], None, t);
+        a.publish(p.clone()).await.unwrap();
+        let id = &p.message.id;
+        let (first, second) = tokio::join!(
+            a.resend(&app.id, id, &late.id, format!("dlv_a{round}"), t + 1, nodes.node),
+            b.resend(&app.id, id, &late.id, format!("dlv_b{round}"), t + 1, nodes.node),
+        );
+        first.unwrap();
+        second.unwrap();
+        let count: i64 = raw
+            .query_one("SELECT count(*) FROM deliveries WHERE msg_id = $1 AND endpoint_id = $2", &[id, &late.id])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(count, 1, "round {round}");
+        a.resend(&app.id, id, &late.id, format!("dlv_c{round}"), t + 2, nodes.node).await.unwrap();
+    }
 }

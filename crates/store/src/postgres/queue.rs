@@ -360,8 +360,11 @@ pub async fn resend(
     now: i64,
     claim: i64,
 ) -> StoreResult<Delivery> {
-    // Locked until the commit: a retention pass skips it meanwhile (`purge_messages`).
-    let message = message_by_key(c, app_id, msg_id, "FOR SHARE").await?;
+    // Locked until the commit: a retention pass skips it meanwhile (`purge_messages`), and
+    // another resend of it waits, then finds the delivery this one made (two at once, both
+    // finding none, made two; then every later resend or skip of the pair failed on them).
+    // Not `FOR UPDATE`: a delivery's insert takes `FOR KEY SHARE` on its message.
+    let message = message_by_key(c, app_id, msg_id, "FOR NO KEY UPDATE").await?;
     let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
     let sql = format!(
         "UPDATE deliveries SET {RESTART} WHERE msg_id = $3 AND endpoint_id = $4 AND NOT {OPEN_ORDERED} RETURNING {}",
