@@ -136,6 +136,7 @@ pub async fn run_all(store: &dyn Store) {
     attempts_move_deliveries_through_states(store, node).await;
     resend_and_recover_restart_deliveries(store, node).await;
     endpoint_health_and_automatic_disabling(store, node).await;
+    attempts_recorded_together_keep_the_failure_clock(store, node).await;
     statistics_add_up_roll_up_and_expire(store).await;
     ordering_lanes_hold_later_deliveries_back(store, node).await;
     idempotent_answers_expire(store).await;
@@ -814,6 +815,45 @@ async fn resend_and_recover_restart_deliveries(store: &dyn Store, node: i64) {
 /// A failure starts `fail_since`, a success clears it; failing too long disables the endpoint
 /// once (reported by the write that did it); skipped deliveries leave health alone and are
 /// sent again by a recover.
+/// Attempts recorded at once (one batch on PostgreSQL) move an endpoint's failure clock as
+/// one after the other would: a success then a failure restarts it at the failure (it was
+/// kept from before the success, and the endpoint disabled as it recovered), and of two
+/// failures the first starts it.
+async fn attempts_recorded_together_keep_the_failure_clock(store: &dyn Store, node: i64) {
+    const DAY: i64 = 86_400_000;
+    let a = store.create_app(app(DAY, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, DAY)).await.unwrap();
+    let record = |p: &Publish, state: DeliveryState, at: i64| AttemptRecord {
+        disable_after_ms: 2 * DAY as u64,
+        keep_claim: true,
+        ..attempt_record(p, state, at, node)
+    };
+    let mut published = Vec::new();
+    for n in 0..5 {
+        let mut p = publish(&a.id, &[&ep.id], None, DAY + n);
+        p.claim = Some(node);
+        store.publish(p.clone()).await.unwrap();
+        published.push(p);
+    }
+    store.record_attempt(record(&published[0], DeliveryState::Pending, DAY)).await.unwrap();
+    let (ok, failed) = tokio::join!(
+        store.record_attempt(record(&published[1], DeliveryState::Delivered, 4 * DAY + 10)),
+        store.record_attempt(record(&published[2], DeliveryState::Pending, 4 * DAY + 20)),
+    );
+    assert_eq!((ok.unwrap().disabled, failed.unwrap().disabled), (None, None), "it recovered: not disabled");
+    let e = store.get_endpoint(&a.id, &ep.id).await.unwrap();
+    assert_eq!((e.disabled, e.fail_since), (false, Some(4 * DAY + 20)), "the clock restarts at the failure");
+
+    store.record_attempt(record(&published[2], DeliveryState::Delivered, 5 * DAY)).await.unwrap();
+    let (first, second) = tokio::join!(
+        store.record_attempt(record(&published[3], DeliveryState::Pending, 5 * DAY + 10)),
+        store.record_attempt(record(&published[4], DeliveryState::Pending, 5 * DAY + 20)),
+    );
+    (first.unwrap(), second.unwrap());
+    assert_eq!(store.get_endpoint(&a.id, &ep.id).await.unwrap().fail_since, Some(5 * DAY + 10), "the first failure");
+    store.delete_app(&a.id).await.unwrap();
+}
+
 async fn endpoint_health_and_automatic_disabling(store: &dyn Store, node: i64) {
     const DAY: i64 = 86_400_000;
     let a = store.create_app(app(DAY, None)).await.unwrap();

@@ -79,8 +79,11 @@ async fn write(pool: &Pool, records: &[&AttemptRecord]) -> StoreResult<HashMap<(
 /// endpoint's latest record here), it is said again: the first run's answer, which said so,
 /// was lost, and the `endpoint.disabled` notice with it.
 ///
-/// An endpoint's health follows the latest applied attempt of the batch that made a request
-/// (a success clears `fail_since`, a failure sets it if unset); it is disabled by a 410 or
+/// An endpoint's health follows the batch's applied attempts that made a request, as if
+/// written one after the other in time order: the latest a success clears `fail_since`;
+/// the latest a failure leaves it at the first failure after the batch's last success, or,
+/// without a success in the batch, as it was or else at the batch's first failure (`run_from`,
+/// `since`). It is disabled by a 410 or
 /// by failing too long (the rule of `hookline_core::delivery::failing_too_long`, written
 /// again in SQL), only if it is still enabled when the row is locked, so two nodes never
 /// both report disabling it. Returns each applied delivery, with its app and `fail_since`
@@ -124,24 +127,29 @@ made AS (
 latest AS (
     SELECT DISTINCT ON (m.endpoint_id) m.endpoint_id, m.msg_id, m.delivery_id, m.next_state = 0 AS ok,
         m.created_at, m.disable_after,
-        (SELECT bool_or(x.disable) FROM made x WHERE x.endpoint_id = m.endpoint_id) AS gone
+        (SELECT bool_or(x.disable) FROM made x WHERE x.endpoint_id = m.endpoint_id) AS gone,
+        EXISTS (SELECT 1 FROM made x WHERE x.endpoint_id = m.endpoint_id AND x.next_state = 0) AS any_ok,
+        (SELECT min(x.created_at) FROM made x WHERE x.endpoint_id = m.endpoint_id AND x.next_state <> 0
+            AND NOT EXISTS (SELECT 1 FROM made y WHERE y.endpoint_id = x.endpoint_id AND y.next_state = 0
+                AND (y.created_at, y.id) > (x.created_at, x.id))) AS run_from
     FROM made m ORDER BY m.endpoint_id, m.created_at DESC, m.id DESC
 ),
 judged AS (
-    SELECT l.*, o.app_id, COALESCE(o.fail_since, l.created_at) AS since,
+    SELECT l.*, o.app_id, s.since,
         NOT o.disabled AND (l.gone OR (NOT l.ok AND l.disable_after > 0
-            AND l.created_at - COALESCE(o.fail_since, l.created_at) >= l.disable_after
-            AND floor(COALESCE(o.fail_since, l.created_at) / 86400000.0)
-                <> floor(l.created_at / 86400000.0))) AS disabling
-    FROM latest l JOIN endpoints o ON o.id = l.endpoint_id
+            AND l.created_at - s.since >= l.disable_after
+            AND floor(s.since / 86400000.0) <> floor(l.created_at / 86400000.0))) AS disabling
+    FROM latest l JOIN endpoints o ON o.id = l.endpoint_id,
+    LATERAL (SELECT CASE WHEN l.ok THEN NULL WHEN l.any_ok THEN l.run_from
+        ELSE COALESCE(o.fail_since, l.run_from) END AS since) s
 ),
 changed AS (
-    UPDATE endpoints e SET fail_since = CASE WHEN j.ok THEN NULL ELSE j.since END,
+    UPDATE endpoints e SET fail_since = j.since,
         disabled = e.disabled OR j.disabling,
         updated_at = CASE WHEN j.disabling THEN j.created_at ELSE e.updated_at END
     FROM judged j
     WHERE e.id = j.endpoint_id AND ((j.disabling AND NOT e.disabled)
-        OR (NOT j.disabling AND ((j.ok AND e.fail_since IS NOT NULL) OR (NOT j.ok AND e.fail_since IS NULL))))
+        OR (NOT j.disabling AND e.fail_since IS DISTINCT FROM j.since))
     RETURNING e.id, j.disabling
 ),
 again_latest AS (
