@@ -12,6 +12,10 @@ use tokio::sync::broadcast::error::RecvError;
 
 const DAY_MS: i64 = 24 * 3_600_000;
 
+/// Keys of idempotent answers and provider event ids a retention statement looks at: a
+/// few milliseconds of the writer's time each.
+const PURGE_CHUNK: usize = 2_000;
+
 /// Every API token: the stored ones (hashes) and the one the configuration names, which
 /// stands in for any generated admin token (deleted at start, see `ensure_admin_token`; a
 /// node configured so never takes one another node may still hold).
@@ -137,10 +141,11 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
 
 async fn retain(state: &AppState, now: i64) {
     let (store, config) = (state.store.as_ref(), &state.config);
-    if let Err(e) = store.purge_idempotent_responses(now - config.api.idempotency_ttl_ms as i64).await {
+    let chunk = PURGE_CHUNK;
+    if let Err(e) = store.purge_idempotent_responses(now - config.api.idempotency_ttl_ms as i64, chunk).await {
         tracing::warn!(error = %e, "could not purge idempotency keys");
     }
-    if let Err(e) = store.purge_inbound_keys(now - config.inbound.dedupe_window_ms as i64).await {
+    if let Err(e) = store.purge_inbound_keys(now - config.inbound.dedupe_window_ms as i64, chunk).await {
         tracing::warn!(error = %e, "could not purge inbound event ids");
     }
     if let Err(e) = store.purge_sessions(now).await {

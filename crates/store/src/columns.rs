@@ -296,3 +296,55 @@ mod tests {
         assert_eq!(super::DELIVERY_COLUMNS.split(',').count(), super::DELIVERY_COLUMN_COUNT);
     }
 }
+
+/// A table whose rows expire by `created_at`, keyed by `keys` (its primary key, text).
+/// Retention walks it in key order, a chunk of keys a statement: one `DELETE … WHERE
+/// created_at < ?` scanned the whole table (there is no index on the time, which would cost
+/// every insert a B-tree more), holding SQLite's writer, and every publish behind it, for as
+/// long as the table is large, and running past PostgreSQL's statement timeout.
+pub struct Expiring {
+    pub table: &'static str,
+    pub keys: &'static [&'static str],
+}
+
+/// Provider event ids kept for the dedupe window.
+pub const INBOUND_KEYS: Expiring = Expiring { table: "inbound_keys", keys: &["source_id", "event_key"] };
+
+/// Answers kept for `Idempotency-Key` replays.
+pub const IDEMPOTENCY: Expiring = Expiring { table: "idempotency", keys: &["key"] };
+
+impl Expiring {
+    fn key_tuple(&self) -> String {
+        format!("({})", self.keys.join(", "))
+    }
+
+    /// `(p(first), …)`, one placeholder a key column.
+    fn placeholders(&self, first: usize, p: fn(usize) -> String) -> String {
+        let all: Vec<String> = (first..first + self.keys.len()).map(p).collect();
+        format!("({})", all.join(", "))
+    }
+
+    /// The keys of the next chunk, in order: after the cursor (parameters `1..=n`, `n` key
+    /// columns) unless `from_start`; the chunk's size is the last parameter.
+    pub fn chunk_sql(&self, from_start: bool, p: fn(usize) -> String) -> String {
+        let (keys, n) = (self.keys.join(", "), self.keys.len());
+        let (after, limit) = match from_start {
+            true => (String::new(), 1),
+            false => (format!("WHERE {} > {}", self.key_tuple(), self.placeholders(1, p)), n + 1),
+        };
+        format!("SELECT {keys} FROM {} {after} ORDER BY {keys} LIMIT {}", self.table, p(limit))
+    }
+
+    /// Deletes the chunk's rows created before the last parameter: after the cursor
+    /// (parameters `1..=n`) unless `from_start`, up to and with the chunk's last key (the
+    /// next `n`).
+    pub fn delete_sql(&self, from_start: bool, p: fn(usize) -> String) -> String {
+        let (tuple, n) = (self.key_tuple(), self.keys.len());
+        let (after, last_from) = match from_start {
+            true => (String::new(), 1),
+            false => (format!("{tuple} > {} AND ", self.placeholders(1, p)), n + 1),
+        };
+        let upto = self.placeholders(last_from, p);
+        format!("DELETE FROM {} WHERE {after}{tuple} <= {upto} AND created_at < {}", self.table, p(last_from + n))
+    }
+}

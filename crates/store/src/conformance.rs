@@ -565,7 +565,7 @@ async fn sources_and_inbound_dedupe(store: &dyn Store) {
         other => panic!("a retry of an event whose message is purged is a duplicate, got {other:?}"),
     }
     assert_eq!(store.get_message(&a.id, &retry.message.id).await, Err(StoreError::NotFound), "nothing written");
-    assert_eq!(store.purge_inbound_keys(8_002).await.unwrap(), 1);
+    assert_eq!(store.purge_inbound_keys(8_002, 1).await.unwrap(), 1);
     assert!(matches!(store.publish(retry).await.unwrap(), PublishOutcome::Created), "outside the window it is new");
     store.delete_source(&source.id).await.unwrap();
     assert!(store.reconcile_runs(&source.id, 10).await.unwrap().is_empty());
@@ -936,8 +936,19 @@ async fn idempotent_answers_expire(store: &dyn Store) {
     store.save_idempotent_response(answer("k1", 7, 100)).await.unwrap();
     assert_eq!(store.idempotent_response("k1", 50).await.unwrap(), Some(answer("k1", 7, 100)));
     assert_eq!(store.idempotent_response("k1", 150).await.unwrap(), None);
-    assert_eq!(store.purge_idempotent_responses(101).await.unwrap(), 1);
+    assert_eq!(store.purge_idempotent_responses(101, 1_000).await.unwrap(), 1);
     assert_eq!(store.idempotent_response("k1", 0).await.unwrap(), None);
+    // Walked a chunk of keys at a time: the expired ones go in every chunk, the rest stay.
+    for (n, key) in ["ka", "kb", "kc", "kd", "ke", "kf", "kg"].into_iter().enumerate() {
+        let created_at = if n % 2 == 0 { 110 } else { 130 };
+        store.save_idempotent_response(answer(key, 1, created_at)).await.unwrap();
+    }
+    assert_eq!(store.purge_idempotent_responses(120, 2).await.unwrap(), 4);
+    for (n, key) in ["ka", "kb", "kc", "kd", "ke", "kf", "kg"].into_iter().enumerate() {
+        let kept = store.idempotent_response(key, 0).await.unwrap().is_some();
+        assert_eq!(kept, n % 2 == 1, "{key}");
+    }
+    assert_eq!(store.purge_idempotent_responses(140, 3).await.unwrap(), 3);
 
     // An answer stored by a publish, in the publish's commit, keeps its fingerprint too.
     let a = store.create_app(app(200, None)).await.unwrap();

@@ -217,8 +217,9 @@ pub trait Store: Send + Sync + 'static {
     async fn save_reconcile_run(&self, source_id: &str, started_at: UnixMs, run: String) -> StoreResult<()>;
     /// A source's reconciliation runs, newest first.
     async fn reconcile_runs(&self, source_id: &str, limit: usize) -> StoreResult<Vec<String>>;
-    /// Forgets provider event ids first seen before `before` (the dedupe window).
-    async fn purge_inbound_keys(&self, before: UnixMs) -> StoreResult<usize>;
+    /// Forgets provider event ids first seen before `before` (the dedupe window), looking
+    /// at `chunk` of them a statement; how many.
+    async fn purge_inbound_keys(&self, before: UnixMs, chunk: usize) -> StoreResult<usize>;
 
     // Statistics.
     /// Adds each row's counters to its bucket (creating it). At most one row per
@@ -241,8 +242,9 @@ pub trait Store: Send + Sync + 'static {
     // Idempotency and tokens.
     async fn idempotent_response(&self, key: &str, since: UnixMs) -> StoreResult<Option<IdempotentResponse>>;
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()>;
-    /// Forgets idempotent answers older than `before`; returns how many.
-    async fn purge_idempotent_responses(&self, before: UnixMs) -> StoreResult<usize>;
+    /// Forgets idempotent answers older than `before`, looking at `chunk` of them a
+    /// statement; how many.
+    async fn purge_idempotent_responses(&self, before: UnixMs, chunk: usize) -> StoreResult<usize>;
     /// Every API token (hashes only).
     async fn tokens(&self) -> StoreResult<Vec<Token>>;
     /// A round trip to where writes go (SQLite's writer thread, a PostgreSQL connection of

@@ -116,6 +116,28 @@ impl PgStore {
         schema::migrate(&parse_url(url, timeout_ms)?).await
     }
 
+    /// Deletes `table`'s rows created before `before`, a statement of `chunk` keys at a time
+    /// (each within the statement timeout, whatever the table's size).
+    async fn purge_expired(
+        &self,
+        table: &'static crate::columns::Expiring,
+        before: UnixMs,
+        chunk: usize,
+    ) -> StoreResult<usize> {
+        let (mut deleted, mut after) = (0, None::<Vec<String>>);
+        loop {
+            let from = after.clone();
+            let walked = self
+                .with(|c| async move { queue::purge_expired(&c, table, from.as_deref(), before, chunk.max(1)).await });
+            let (n, next) = walked.await?;
+            deleted += n;
+            match next {
+                Some(key) => after = Some(key),
+                None => return Ok(deleted),
+            }
+        }
+    }
+
     /// Runs `f` with a pooled connection, bounded by the timeout.
     async fn with<T, F, Fut>(&self, f: F) -> StoreResult<T>
     where
@@ -580,11 +602,8 @@ impl Store for PgStore {
     ) -> StoreResult<Vec<(hookline_core::delivery::DeliveryState, u64)>> {
         on_conn!(self, |c| stats::delivery_counts(&c, endpoint_id, since, until))
     }
-    async fn purge_inbound_keys(&self, before: UnixMs) -> StoreResult<usize> {
-        on_conn!(self, |c| async {
-            let n = c.execute("DELETE FROM inbound_keys WHERE created_at < $1", &[&before]).await.map_err(pg_error)?;
-            Ok(n as usize)
-        })
+    async fn purge_inbound_keys(&self, before: UnixMs, chunk: usize) -> StoreResult<usize> {
+        self.purge_expired(&crate::columns::INBOUND_KEYS, before, chunk).await
     }
 
     async fn idempotent_response(&self, key: &str, since: UnixMs) -> StoreResult<Option<IdempotentResponse>> {
@@ -593,11 +612,8 @@ impl Store for PgStore {
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()> {
         on_conn!(self, |c| resources::save_idempotent_response(&c, &response))
     }
-    async fn purge_idempotent_responses(&self, before: UnixMs) -> StoreResult<usize> {
-        on_conn!(self, |c| async {
-            let n = c.execute("DELETE FROM idempotency WHERE created_at < $1", &[&before]).await.map_err(pg_error)?;
-            Ok(n as usize)
-        })
+    async fn purge_idempotent_responses(&self, before: UnixMs, chunk: usize) -> StoreResult<usize> {
+        self.purge_expired(&crate::columns::IDEMPOTENCY, before, chunk).await
     }
     async fn tokens(&self) -> StoreResult<Vec<Token>> {
         on_conn!(self, |c| resources::tokens(&c))

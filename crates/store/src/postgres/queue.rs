@@ -669,3 +669,32 @@ pub async fn purge_messages(c: &impl GenericClient, created_before: i64, now: i6
     let gone: i64 = c.query_one(&sql, &[&doomed]).await.map_err(pg_error)?.get(0);
     Ok(gone as usize)
 }
+
+/// Deletes the rows of `table` created before `before` among the `chunk` keys after
+/// `after` (from the start without it); how many, and the cursor for the next chunk (none
+/// at the end).
+pub async fn purge_expired(
+    c: &impl GenericClient,
+    table: &crate::columns::Expiring,
+    after: Option<&[String]>,
+    before: i64,
+    chunk: usize,
+) -> StoreResult<(usize, Option<Vec<String>>)> {
+    let p: fn(usize) -> String = |i| format!("${i}");
+    let limit = chunk as i64;
+    let mut args: Vec<&(dyn ToSql + Sync)> =
+        after.unwrap_or_default().iter().map(|k| k as &(dyn ToSql + Sync)).collect();
+    args.push(&limit);
+    let rows = c.query(&table.chunk_sql(after.is_none(), p), &args).await.map_err(pg_error)?;
+    let keys: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| (0..table.keys.len()).map(|i| row.try_get(i)).collect::<Result<_, _>>())
+        .collect::<Result<_, _>>()
+        .map_err(pg_error)?;
+    let Some(last) = keys.last() else { return Ok((0, None)) };
+    args.pop();
+    args.extend(last.iter().map(|k| k as &(dyn ToSql + Sync)));
+    args.push(&before);
+    let deleted = c.execute(&table.delete_sql(after.is_none(), p), &args).await.map_err(pg_error)?;
+    Ok((deleted as usize, (keys.len() == chunk).then(|| last.clone())))
+}

@@ -4,7 +4,7 @@ use super::fanout;
 use super::resources::get_endpoint;
 use super::rows;
 use super::sql_error;
-use crate::columns::{open_in_lane, OPEN_ORDERED};
+use crate::columns::{open_in_lane, Expiring, OPEN_ORDERED};
 use crate::query::Query;
 use crate::*;
 use hookline_core::delivery::DeliveryState;
@@ -825,6 +825,30 @@ pub fn list_source_messages(conn: &Connection, source_id: &str, page: &Page) -> 
     rows::page(conn, query, rows::MESSAGE_COLUMNS, "messages", page, rows::message)
 }
 
-pub fn purge_inbound_keys(conn: &Connection, before: i64) -> StoreResult<usize> {
-    conn.execute("DELETE FROM inbound_keys WHERE created_at < ?1", [before]).map_err(sql_error)
+/// Deletes the rows of `table` created before `before` among the `chunk` keys after
+/// `after` (from the start without it); how many, and the cursor for the next chunk (none
+/// at the end).
+pub fn purge_expired(
+    conn: &Connection,
+    table: &Expiring,
+    after: Option<&[String]>,
+    before: i64,
+    chunk: usize,
+) -> StoreResult<(usize, Option<Vec<String>>)> {
+    let p: fn(usize) -> String = |i| format!("?{i}");
+    let mut args: Vec<rusqlite::types::Value> = after.unwrap_or_default().iter().cloned().map(Into::into).collect();
+    args.push((chunk as i64).into());
+    let mut statement = conn.prepare_cached(&table.chunk_sql(after.is_none(), p)).map_err(sql_error)?;
+    let keys: Vec<Vec<String>> = statement
+        .query_map(rusqlite::params_from_iter(&args), |row| (0..table.keys.len()).map(|i| row.get(i)).collect())
+        .map_err(sql_error)?
+        .collect::<Result<_, _>>()
+        .map_err(sql_error)?;
+    let Some(last) = keys.last() else { return Ok((0, None)) };
+    args.pop();
+    args.extend(last.iter().cloned().map(Into::into));
+    args.push(before.into());
+    let deleted =
+        conn.execute(&table.delete_sql(after.is_none(), p), rusqlite::params_from_iter(&args)).map_err(sql_error)?;
+    Ok((deleted, (keys.len() == chunk).then(|| last.clone())))
 }
