@@ -1131,6 +1131,66 @@ on_every_broker!(
     deliveries_reach_a_nats_stream
 );
 
+/// A NATS destination whose server went away: the attempt made meanwhile fails, and what
+/// it gave the client is not sent later, when the server is back (async-nats keeps it and
+/// sends it on reconnecting, after the attempt was recorded as failed: the stream stored
+/// it then, and the retry, outside the stream's duplicate window, again). The next attempt
+/// (a resend here) connects anew and is stored once.
+#[tokio::test]
+async fn a_failed_nats_attempt_is_not_sent_when_the_server_returns() {
+    let http = reqwest::Client::new();
+    let mut private = PrivateBroker::start(Kind::Nats).await;
+    let destination = Destination::prepare(Kind::Nats, private.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(dir.path(), "");
+    let endpoint = gateway.setup(&http, &destination.endpoint_url()).await;
+    let patch = json!({"retryPolicy": {"delaysMs": [600_000]}});
+    let patched = http
+        .patch(format!("{}/api/v1/app/{APP}/endpoint/{endpoint}", gateway.url()))
+        .bearer_auth(TOKEN)
+        .json(&patch)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(patched.status(), 200);
+    // The link is up, then the server goes.
+    let first = publish(&http, &gateway, 0).await;
+    let stored = |id: String| {
+        let destination = &destination;
+        async move { destination.received().await.iter().filter(|p| p.headers["webhook-id"] == id).count() }
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while stored(first.clone()).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the first message never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    private.stop();
+    let late = publish(&http, &gateway, 1).await;
+    let attempts = format!("{}/api/v1/app/{APP}/attempt/msg/{late}", gateway.url());
+    let attempted = || async {
+        let list: Value = http.get(&attempts).bearer_auth(TOKEN).send().await.unwrap().json().await.unwrap();
+        list["data"].as_array().map_or(0, Vec::len)
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while attempted().await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no attempt while the server was down");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    private.run().await;
+    // Longer than async-nats waits between reconnects (4 s at most).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(stored(late.clone()).await, 0, "the failed attempt's message was sent when the server returned");
+    let resend = format!("{}/api/v1/app/{APP}/msg/{late}/endpoint/{endpoint}/resend", gateway.url());
+    let (status, answer) = support::post(&http, resend, TOKEN, &json!({})).await;
+    assert_eq!(status, 202, "{answer}");
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while stored(late.clone()).await == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the resend never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(stored(late).await, 1);
+}
+
 /// RabbitMQ closes a channel whose publish names a missing exchange: a consumer whose
 /// dead-letter exchange was deleted under it connects again (declaring the exchange anew)
 /// and dead-letters what it refused. The first version kept the closed channel, and the

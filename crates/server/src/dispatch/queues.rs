@@ -229,8 +229,11 @@ impl QueuePublisher {
                     Some((user, password)) => async_nats::ConnectOptions::with_user_and_password(user, password),
                     None => async_nats::ConnectOptions::new(),
                 };
+                // One attempt to reconnect, at once; then the client ends, and the publishes
+                // it kept meanwhile with it (the link is dropped and made anew).
                 let client = options
                     .connection_timeout(self.connect_timeout)
+                    .max_reconnects(1)
                     .ignore_discovered_servers()
                     .connect(format!("nats://{address}"))
                     .await
@@ -302,6 +305,12 @@ async fn send(
             }
         }
         Link::Nats(context) => {
+            // A client whose connection dropped keeps what it is given and sends it when it
+            // is back, after this attempt was recorded as failed: the stream would store it
+            // then, and the retry (outside the stream's duplicate window) again.
+            if context.client().connection_state() != async_nats::connection::State::Connected {
+                return Err(Problem::Connect("not connected to the NATS server".into()));
+            }
             let mut map = async_nats::HeaderMap::new();
             for (name, value) in headers {
                 map.insert(name.as_str(), value.as_str());
@@ -311,7 +320,16 @@ async fn send(
                 .publish_with_headers(queue.target.clone(), map, body)
                 .await
                 .map_err(|e| Problem::Connect(e.to_string()))?;
-            let ack = ack.await.map_err(|e| Problem::Refused(format!("JetStream did not store it: {e}")))?;
+            let ack = ack.await.map_err(|e| {
+                use async_nats::jetstream::context::PublishErrorKind;
+                let why = format!("JetStream did not store it: {e}");
+                match e.kind() {
+                    // The link's fault, not the destination's: dropped, and made anew.
+                    PublishErrorKind::TimedOut => Problem::Timeout,
+                    PublishErrorKind::BrokenPipe => Problem::Connect(why),
+                    _ => Problem::Refused(why),
+                }
+            })?;
             let repeat = if ack.duplicate { " (a repeat the stream already had)" } else { "" };
             Ok(format!("stored in stream {} at {}{repeat}", ack.stream, ack.sequence))
         }
