@@ -545,13 +545,21 @@ pub async fn ordering_lanes(
     Ok(out)
 }
 
-async fn view(c: &impl GenericClient, delivery: Delivery, with_endpoint: bool) -> StoreResult<DeliveryView> {
+/// `delivery` with its endpoint or its message; `None` when its message is gone (deleted
+/// by retention since the page was read: a read's statements do not share a snapshot).
+async fn view(c: &impl GenericClient, delivery: Delivery, with_endpoint: bool) -> StoreResult<Option<DeliveryView>> {
     let endpoint = match (&delivery.endpoint_id, with_endpoint) {
         (Some(id), true) => absent(get_endpoint(c, &delivery.app_id, id).await)?,
         _ => None,
     };
-    let message = if with_endpoint { None } else { Some(message_by_id(c, &delivery.msg_id).await?) };
-    Ok(DeliveryView { delivery, endpoint, message })
+    let message = match with_endpoint {
+        true => None,
+        false => match absent(message_by_id(c, &delivery.msg_id).await)? {
+            Some(message) => Some(message),
+            None => return Ok(None),
+        },
+    };
+    Ok(Some(DeliveryView { delivery, endpoint, message }))
 }
 
 async fn views_page(
@@ -563,7 +571,7 @@ async fn views_page(
     let listed = rows::page(c, query, rows::DELIVERY_COLUMNS, "deliveries", page, rows::delivery).await?;
     let mut items = Vec::with_capacity(listed.items.len());
     for delivery in listed.items {
-        items.push(view(c, delivery, with_endpoint).await?);
+        items.extend(view(c, delivery, with_endpoint).await?);
     }
     Ok(Listed { items, done: listed.done })
 }
