@@ -238,18 +238,32 @@ pub fn load_or_create_key(data_dir: &Path) -> StoreResult<[u8; KEY_BYTES]> {
     match std::fs::read_to_string(&path) {
         Ok(text) => decode_key(text.trim()).map_err(StoreError::Corrupt),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Written whole to a file of this process's own, synced, then linked into place:
+            // `secret.key` never exists half-written (a crash there left it empty, and every
+            // later start refused it), and of two starts at once one key wins, read by both.
             let key: [u8; KEY_BYTES] = rand::random();
+            let temporary =
+                data_dir.join(format!(".secret.key.{}.{:x}.tmp", std::process::id(), rand::random::<u64>()));
             let mut file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(&path)
+                .open(&temporary)
                 .map_err(|e| unavailable("create secret.key in", e))?;
             let text = base64::engine::general_purpose::STANDARD.encode(key);
             file.write_all(text.as_bytes())
                 .and_then(|_| file.sync_all())
                 .map_err(|e| unavailable("write secret.key in", e))?;
-            Ok(key)
+            let linked = std::fs::hard_link(&temporary, &path);
+            let _ = std::fs::remove_file(&temporary);
+            match linked {
+                Ok(()) => {
+                    std::fs::File::open(data_dir).and_then(|dir| dir.sync_all()).map_err(|e| unavailable("sync", e))?;
+                    Ok(key)
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => load_or_create_key(data_dir),
+                Err(e) => Err(unavailable("create secret.key in", e)),
+            }
         }
         Err(e) => Err(unavailable("read secret.key in", e)),
     }
@@ -882,6 +896,31 @@ mod tests {
             .unwrap();
         for (sql, plan) in plans {
             assert!(plan.contains("USING PRIMARY KEY") && !plan.contains("TEMP B-TREE"), "{sql}: {plan}");
+        }
+    }
+
+    /// Starts at once on a new data directory agree on one key, each finding it whole, and
+    /// leave nothing beside it; with `create_new` on `secret.key` itself, a start could read
+    /// the file another had created and not yet written (empty: refused as corrupt).
+    #[test]
+    fn starts_at_once_agree_on_one_whole_key() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let starts: Vec<_> = (0..8)
+                .map(|_| {
+                    let path = dir.path().to_owned();
+                    std::thread::spawn(move || load_or_create_key(&path))
+                })
+                .collect();
+            let keys: Vec<_> = starts.into_iter().map(|s| s.join().unwrap().unwrap()).collect();
+            assert!(keys.windows(2).all(|pair| pair[0] == pair[1]), "one key");
+            let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+            assert_eq!(names, ["secret.key"]);
+            let mode = std::os::unix::fs::PermissionsExt::mode(
+                &dir.path().join("secret.key").metadata().unwrap().permissions(),
+            );
+            assert_eq!(mode & 0o777, 0o600);
+            assert_eq!(load_or_create_key(dir.path()).unwrap(), keys[0]);
         }
     }
 
