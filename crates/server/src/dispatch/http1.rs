@@ -100,9 +100,17 @@ where
         stream.write_all_buf(&mut request).await?;
         stream.flush().await
     };
-    sent.await.map_err(Failure::ClosedBeforeResponse)?;
+    let written = sent.await;
     let mut reader = Reader { stream, buf: Vec::new(), start: 0 };
-    let head = reader.head().await?;
+    let head = match written {
+        Ok(()) => reader.head().await?,
+        // A server may answer before it has read the whole request (a 413, 401 or 410 for
+        // a large body) and close: the write fails, and the answer is there to be read.
+        Err(e) => match reader.head().await {
+            Ok(head) => Head { keep_alive: false, ..head },
+            Err(_) => return Err(Failure::ClosedBeforeResponse(e)),
+        },
+    };
     let mut body = Excerpt { kept: Vec::new(), max: excerpt_max, seen: 0 };
     let complete = match head.framing {
         Framing::Empty => true,

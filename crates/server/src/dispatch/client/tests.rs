@@ -96,6 +96,16 @@ async fn a_connection_nobody_takes_is_unreachable_not_a_timeout() {
     assert!(hookline_core::classify::unreachable(&sent.outcome), "counted toward pacing the endpoint");
 }
 
+/// An endpoint that answers a large request after reading its start, and closes (unread
+/// bytes make the kernel reset the connection): the answer counts, a 410 as a 410.
+#[tokio::test]
+async fn an_answer_before_the_whole_request_counts() {
+    let port = serve("HTTP/1.1 410 Gone\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+    let body = Bytes::from(vec![b'x'; 4 << 20]);
+    let sent = client(dev()).post(&format!("http://127.0.0.1:{port}/"), &[], body, 0).await;
+    assert_eq!(sent.outcome, Outcome::Response { status: 410, retry_after_ms: None }, "{}", sent.response_excerpt);
+}
+
 /// A keep-alive server's port, the connections it accepted, and the paths it was asked for
 /// in the order the requests came.
 struct KeptAlive {

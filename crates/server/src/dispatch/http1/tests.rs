@@ -123,3 +123,23 @@ fn header_checks_agree_with_the_http_crate() {
     assert!(!super::valid_header_name(""));
     assert!(super::valid_header_value(""));
 }
+
+/// A server that answers before reading the whole request and closes (a 413 for a body
+/// too large, as Go's server does past 256 KiB unread): the write fails, and the answer is
+/// read all the same; it was an error without a status (so a 410 never disabled anything).
+#[tokio::test]
+async fn an_answer_sent_before_the_request_was_read_is_kept() {
+    let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+    let server_task = tokio::spawn(async move {
+        let mut request = vec![0u8; 4096];
+        let _ = server.read(&mut request).await.unwrap();
+        let answer = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+        server.write_all(answer).await.unwrap();
+        drop(server);
+    });
+    let body = Bytes::from(vec![b'x'; 1 << 20]);
+    let head = request_head("/hook", "example.com", "Hookline/test", &[], body.len()).unwrap();
+    let response = exchange(&mut client, &head, &body, 64).await.unwrap();
+    assert_eq!((response.status, response.reusable), (413, false));
+    server_task.await.unwrap();
+}
