@@ -19,6 +19,8 @@ const HEADERS_MAX: usize = 100;
 const DRAIN_BYTES_MAX: u64 = 64 * 1024;
 /// The read buffer's first size and growth step.
 const READ_CHUNK: usize = 1024;
+/// The read buffer kept through a body's wait: a larger one (a large head) is let go.
+const HELD_AFTER_HEAD_MAX: usize = 16 * 1024;
 
 /// What went wrong, in the terms the caller acts on.
 #[derive(Debug)]
@@ -192,7 +194,8 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
             self.start = 0;
         }
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-            self.buf.reserve(READ_CHUNK);
+            // A chunk at a time, not doubling: a head of 64 KiB holds 65 KiB, not 128.
+            self.buf.reserve_exact(READ_CHUNK);
         }
         self.stream.read_buf(&mut self.buf).await
     }
@@ -205,15 +208,30 @@ impl<S: AsyncRead + Unpin> Reader<'_, S> {
         }
     }
 
-    /// Reads the final response head, skipping interim (1xx) responses.
+    /// Reads the final response head, skipping interim (1xx) responses. A head is parsed
+    /// only once its end may have come (an empty line): parsed after every read, a head
+    /// trickled a byte at a time cost time growing with the square of its size. The buffer
+    /// is made small again after it, for the body's wait.
     async fn head(&mut self) -> Result<Head, Failure> {
         let mut received_any = false;
+        // Bytes of `available()` already looked at for an empty line.
+        let mut looked: usize = 0;
         loop {
-            match parse_head(self.available())? {
+            let available = self.available();
+            let fresh = &available[looked.saturating_sub(3)..];
+            let may_end = fresh.windows(2).any(|w| w == b"\n\n") || fresh.windows(3).any(|w| w == b"\n\r\n");
+            looked = available.len();
+            let parsed = if may_end { parse_head(available)? } else { None };
+            match parsed {
                 Some((length, head)) => {
                     self.consume(length);
+                    looked = 0;
                     if (100..200).contains(&head.status) && head.status != 101 {
                         continue;
+                    }
+                    if self.buf.capacity() > HELD_AFTER_HEAD_MAX {
+                        let rest = self.available().to_vec();
+                        (self.buf, self.start) = (rest, 0);
                     }
                     return Ok(head);
                 }

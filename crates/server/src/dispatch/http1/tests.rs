@@ -143,3 +143,25 @@ async fn an_answer_sent_before_the_request_was_read_is_kept() {
     assert_eq!((response.status, response.reusable), (413, false));
     server_task.await.unwrap();
 }
+
+/// A response head near the 64 KiB limit, then a body that is slow to come: the read
+/// buffer grew a chunk at a time (doubling made it 128 KiB), and is small again for the
+/// body's wait (it was kept at its largest for the whole attempt, per delivery).
+#[tokio::test]
+async fn a_large_head_does_not_keep_a_large_buffer() {
+    let (mut client, mut server) = tokio::io::duplex(8 * 1024);
+    let head = format!("HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 5\r\n\r\nhe", "b".repeat(65_000));
+    tokio::spawn(async move {
+        // A piece at a time, as a slow server sends it.
+        for piece in head.as_bytes().chunks(700) {
+            server.write_all(piece).await.unwrap();
+            tokio::task::yield_now().await;
+        }
+        std::future::pending::<()>().await;
+    });
+    let mut reader = Reader { stream: &mut client, buf: Vec::new(), start: 0 };
+    let parsed = reader.head().await.unwrap();
+    assert_eq!(parsed.status, 200);
+    assert!(reader.buf.capacity() <= HELD_AFTER_HEAD_MAX, "{}", reader.buf.capacity());
+    assert_eq!(reader.available(), b"he");
+}
