@@ -71,7 +71,8 @@ enum Command {
     /// Check a provider's webhook signature the way an inbound source would, and say why
     /// it fails: `hookline verify --preset stripe --secret whsec_... --body event.json -H 'Stripe-Signature: t=...'`.
     Verify {
-        /// stripe, standard-webhooks, github, shopify, recharge or hmac.
+        /// An inbound source's preset (stripe, standard-webhooks, github, shopify, adyen, paddle, …;
+        /// a wrong one lists them all).
         #[arg(long)]
         preset: String,
         /// A signing secret; repeat for several (a rotation).

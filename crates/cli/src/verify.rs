@@ -13,7 +13,7 @@ pub struct Verdict {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
-    #[error("unknown preset `{0}`: use stripe, standard-webhooks, github, shopify, recharge or hmac")]
+    #[error("unknown preset `{0}`: use one of {names}", names = preset_names())]
     Preset(String),
     #[error("header `{0}` is not `Name: value`")]
     Header(String),
@@ -21,6 +21,12 @@ pub enum UsageError {
     Config(String),
     #[error("cannot read the body: {0}")]
     Body(std::io::Error),
+}
+
+/// Every preset's name, as a source's `preset` takes it.
+fn preset_names() -> String {
+    let names: Vec<String> = Preset::ALL.iter().map(|p| serde_json::to_value(p).expect("a name").to_string()).collect();
+    names.join(", ").replace('"', "")
 }
 
 pub fn run(

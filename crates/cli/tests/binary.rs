@@ -434,7 +434,9 @@ fn verify_explains_why_a_signature_fails() {
         .output()
         .unwrap();
     assert_eq!(usage.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&usage.stderr).contains("unknown preset `paypal`"));
+    let stderr = String::from_utf8_lossy(&usage.stderr);
+    assert!(stderr.contains("unknown preset `paypal`"), "{stderr}");
+    assert!(stderr.contains("coinbase-commerce") && stderr.contains("gocardless"), "every preset is named: {stderr}");
 }
 
 #[tokio::test]
