@@ -663,3 +663,25 @@ async fn two_resends_at_once_make_one_delivery() {
         a.resend(&app.id, id, &late.id, format!("dlv_c{round}"), t + 2, nodes.node).await.unwrap();
     }
 }
+
+/// While the database does not answer (here a lock no publish can pass), publishes that
+/// shared a failed batch are told so within a few timeouts: each ran again alone with its
+/// own timeout, so the last of a batch of n waited n timeouts.
+#[tokio::test]
+async fn publishes_of_a_batch_the_database_does_not_answer_are_told_at_once() {
+    let url = scratch::fresh_database().await.expect("a PostgreSQL server for the tests (see scripts/test.sh)");
+    let store = PgStore::open(&url, &KEY, PgOptions { pool_max: 8, timeout_ms: 300 }).await.unwrap();
+    let app = store.create_app(conformance::app(1, None)).await.unwrap();
+    let (mut raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let holder = raw.transaction().await.unwrap();
+    holder.batch_execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let started = std::time::Instant::now();
+    let publishes = (0..64).map(|n| store.publish(conformance::publish(&app.id, &[], None, 10 + n)));
+    let outcomes = futures_util::future::join_all(publishes).await;
+    let took = started.elapsed();
+    holder.rollback().await.unwrap();
+    assert!(outcomes.iter().all(|o| matches!(o, Err(hookline_store::StoreError::Unavailable(_)))), "{outcomes:?}");
+    // About two timeouts a batch; one timeout a publish (19 s here) without the fix.
+    assert!(took < Duration::from_secs(10), "the last answer took {took:?}");
+}

@@ -56,12 +56,23 @@ async fn commit_batch(pool: &Pool, batch: Vec<Job>, timeout: Duration) {
         // (a timeout, a connection lost) may have committed, and runs again to find out.
         Err(e) if publishes.len() == 1 && !matches!(e, StoreError::Unavailable(_)) => vec![Err(e)],
         // One failed (or the transaction did, or its answer was lost): each runs again
-        // alone and hears its own fate.
+        // alone and hears its own fate, until the database does not answer one: the rest
+        // hear that at once. Each waiting its own timeout, a batch of 256 kept its last
+        // publisher waiting 256 timeouts while the database hung.
         Err(_) => {
             let mut outcomes = Vec::with_capacity(publishes.len());
+            let mut unanswered: Option<StoreError> = None;
             for publish in &publishes {
+                if let Some(e) = &unanswered {
+                    outcomes.push(Err(e.clone()));
+                    continue;
+                }
                 let alone = within(timeout, write(pool, std::slice::from_ref(publish))).await;
-                outcomes.push(alone.and_then(|mut one| one.pop().expect("one outcome per publish")));
+                let outcome = alone.and_then(|mut one| one.pop().expect("one outcome per publish"));
+                if let Err(e @ StoreError::Unavailable(_)) = &outcome {
+                    unanswered = Some(e.clone());
+                }
+                outcomes.push(outcome);
             }
             outcomes
         }
