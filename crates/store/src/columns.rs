@@ -86,9 +86,22 @@ CREATE INDEX alert_emails_of_app ON alert_emails (app_id, id);
 ";
 
 /// The tables whose rows belong to an application (by `app_id`), deleted with it (on SQLite,
-/// `fanouts` too).
+/// `fanouts` too), in the order [`delete_of_app_sql`] needs: a message's rows before it.
 pub const APP_TABLES: [&str; 9] =
-    ["endpoints", "messages", "deliveries", "attempts", "sources", "tokens", "stats", "alert_emails", "alert_digests"];
+    ["deliveries", "attempts", "endpoints", "messages", "sources", "tokens", "stats", "alert_emails", "alert_digests"];
+
+/// Deletes `table`'s rows of the application `p(1)`. Deliveries and attempts are found
+/// through their messages (their keys begin with the message's id): they have no index on
+/// `app_id`, and a scan of every application's rows held SQLite's writer, and ran past
+/// PostgreSQL's statement timeout, for as long as the database is large.
+pub fn delete_of_app_sql(table: &str, p: fn(usize) -> String) -> String {
+    match table {
+        "deliveries" | "attempts" => {
+            format!("DELETE FROM {table} WHERE msg_id IN (SELECT id FROM messages WHERE app_id = {})", p(1))
+        }
+        _ => format!("DELETE FROM {table} WHERE app_id = {}", p(1)),
+    }
+}
 
 pub const ALERT_DIGESTS_TABLE: &str = "
 -- Failures of an endpoint not yet told in a summary email (see Store::count_alert_failures):

@@ -103,7 +103,7 @@ pub async fn update_app(c: &impl GenericClient, app: &App) -> StoreResult<()> {
 pub async fn delete_app(c: &impl GenericClient, id: &str) -> StoreResult<()> {
     delete_by(c, "DELETE FROM apps WHERE id = $1", &[&id]).await?;
     for table in crate::columns::APP_TABLES {
-        run(c, &format!("DELETE FROM {table} WHERE app_id = $1"), &[&id]).await?;
+        run(c, &crate::columns::delete_of_app_sql(table, |i| format!("${i}")), &[&id]).await?;
     }
     Ok(())
 }

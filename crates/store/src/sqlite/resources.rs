@@ -73,7 +73,7 @@ pub fn update_app(conn: &Connection, app: &App) -> StoreResult<()> {
 pub fn delete_app(conn: &Connection, id: &str) -> StoreResult<()> {
     changed(conn.execute("DELETE FROM apps WHERE id = ?1", [id]).map_err(sql_error)?)?;
     for table in crate::columns::APP_TABLES.into_iter().chain(["fanouts"]) {
-        conn.execute(&format!("DELETE FROM {table} WHERE app_id = ?1"), [id]).map_err(sql_error)?;
+        conn.execute(&crate::columns::delete_of_app_sql(table, |i| format!("?{i}")), [id]).map_err(sql_error)?;
     }
     Ok(())
 }
