@@ -302,14 +302,6 @@ pub fn stat_counter_sums(table: &str) -> String {
         .join(", ")
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_delivery_column_count_is_the_columns_named() {
-        assert_eq!(super::DELIVERY_COLUMNS.split(',').count(), super::DELIVERY_COLUMN_COUNT);
-    }
-}
-
 /// A table whose rows expire by `created_at`, keyed by `keys` (its primary key, text).
 /// Retention walks it in key order, a chunk of keys a statement: one `DELETE … WHERE
 /// created_at < ?` scanned the whole table (there is no index on the time, which would cost
@@ -359,5 +351,13 @@ impl Expiring {
         };
         let upto = self.placeholders(last_from, p);
         format!("DELETE FROM {} WHERE {after}{tuple} <= {upto} AND created_at < {}", self.table, p(last_from + n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_delivery_column_count_is_the_columns_named() {
+        assert_eq!(super::DELIVERY_COLUMNS.split(',').count(), super::DELIVERY_COLUMN_COUNT);
     }
 }

@@ -849,7 +849,8 @@ async fn attempts_recorded_together_keep_the_failure_clock(store: &dyn Store, no
         store.record_attempt(record(&published[3], DeliveryState::Pending, 5 * DAY + 10)),
         store.record_attempt(record(&published[4], DeliveryState::Pending, 5 * DAY + 20)),
     );
-    (first.unwrap(), second.unwrap());
+    first.unwrap();
+    second.unwrap();
     assert_eq!(store.get_endpoint(&a.id, &ep.id).await.unwrap().fail_since, Some(5 * DAY + 10), "the first failure");
     store.delete_app(&a.id).await.unwrap();
 }
@@ -1074,7 +1075,7 @@ pub async fn stranded_deliveries_are_closed<F: AsyncFn(&'static str, &str)>(stor
     forget("messages", &head.message.id).await;
     let listed = store.deliveries_of_endpoint(&a.id, &ep.id, ListFilter::default(), first_page(10)).await.unwrap();
     let ids: Vec<_> = listed.items.iter().map(|v| v.delivery.msg_id.clone()).collect();
-    assert_eq!(ids, [next.message.id.clone()]);
+    assert_eq!(ids, std::slice::from_ref(&next.message.id));
     assert!(close(&head, t + 5).await);
     let gone = store.get_delivery(&head.message.id, &head.deliveries[0].id).await;
     assert!(matches!(gone, Err(StoreError::NotFound)), "{gone:?}");
