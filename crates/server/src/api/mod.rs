@@ -42,8 +42,6 @@ pub(crate) const LIST_LIMIT_DEFAULT: usize = 50;
 pub(crate) const LIST_LIMIT_MAX: usize = 250;
 /// The longest `Idempotency-Key` (Stripe's limit).
 const IDEMPOTENCY_KEY_BYTES_MAX: usize = 255;
-/// Bytes of a response we keep for an `Idempotency-Key` replay.
-const IDEMPOTENT_BODY_BYTES_MAX: usize = 256 * 1024;
 
 pub struct AppState {
     pub store: Arc<dyn Store>,
@@ -198,9 +196,12 @@ pub(crate) fn principal_of_token(token: &hookline_store::Token) -> Principal {
 }
 
 async fn authenticate(State(state): Shared, mut request: Request, next: Next) -> Response {
-    // The dashboard's calls were charged once, for the page that makes them.
+    // The dashboard's reads were charged once, for the page that makes them; each change
+    // it makes is charged as a request of its own (one form could resend to 250 endpoints
+    // for one request of the token's budget).
+    let write = !matches!(*request.method(), Method::GET | Method::HEAD);
     let (principal, charged) = match request.extensions().get::<OnBehalfOf>() {
-        Some(OnBehalfOf(principal)) => (Some(principal.clone()), true),
+        Some(OnBehalfOf(principal)) => (Some(principal.clone()), !write),
         None => (bearer(request.headers()).and_then(|token| principal_of(&state, token)), false),
     };
     let Some(principal) = principal else {
@@ -393,8 +394,11 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
     if !response.status().is_success() || kept_elsewhere_or_secret {
         return response;
     }
+    // Kept whatever its size (an answer is our own, and echoes at most a request's body,
+    // `api.body_bytes_max`): one over a cap was a 500 after the work was done, and the
+    // retry that a 500 calls for did it again.
     let (parts, body) = response.into_parts();
-    let Ok(bytes) = axum::body::to_bytes(body, IDEMPOTENT_BODY_BYTES_MAX).await else {
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
         return ApiError::Internal.into_response();
     };
     let answer = idempotency.answer(parts.status, bytes.clone(), state.now());

@@ -112,7 +112,7 @@ impl FromRequestParts<Arc<Dash>> for Visitor {
             }
         };
         // A merchant's page costs one request of its token's budget, however many API
-        // calls make it.
+        // reads make it; each change it makes costs one more (`api::authenticate`).
         if let Principal::App { token_id, .. } = &principal {
             if crate::api::take_from_budget(&dash.state, token_id).is_err() {
                 let detail = "Too many requests for this token just now; wait a moment and reload.";

@@ -153,6 +153,15 @@ async fn idempotency_keys_and_event_ids_publish_once() {
     assert_eq!((status, dup["id"].as_str()), (200, Some(with_event.as_str())));
     let listed = gw.ok("GET", &format!("/api/v1/app/{app}/msg"), None).await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 2);
+    // An answer of any size is kept and replayed: one over 256 KiB (an endpoint whose
+    // metadata is large) was a 500 after the endpoint was made, and the retry a 500 calls
+    // for (the SDKs make it with the same key) made it again.
+    let endpoints = format!("/api/v1/app/{app}/endpoint");
+    let big = json!({"url": "https://a.example/", "metadata": {"k": "x".repeat(300_000)}});
+    let first = keyed(&gw, "POST", endpoints.clone(), "k-big", big.clone()).await;
+    assert_eq!(first.0, 201);
+    assert_eq!(keyed(&gw, "POST", endpoints.clone(), "k-big", big).await, first, "replayed");
+    assert_eq!(gw.ok("GET", &endpoints, None).await["data"].as_array().unwrap().len(), 1);
     gw.stop().await;
 }
 

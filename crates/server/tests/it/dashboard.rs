@@ -297,3 +297,40 @@ async fn the_dashboard_can_be_turned_off() {
     assert_eq!(gw.call("POST", "/api/v1/auth/app-portal-access/shop", None).await.0, 409);
     gw.stop().await;
 }
+
+/// A merchant's dashboard page costs one request of its token's budget, and each change it
+/// makes one more: a resend to every endpoint was one request however many endpoints (250
+/// writes and deliveries for one unit of a budget of 100 a second).
+#[tokio::test]
+async fn each_change_a_dashboard_page_makes_is_charged() {
+    let mut config = dev_config();
+    config.api.token_rate_limit_per_s = 1; // a burst of 2, never refilled on the manual clock
+    let gw = start_gateway(config).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let shop = gw.app("shop").await;
+    for _ in 0..5 {
+        gw.endpoint(&shop, json!({"url": rx.url})).await;
+    }
+    let msg = gw.publish(&shop, json!({"eventType": "a", "payload": {}})).await;
+    let token = app_token(&gw, &shop).await;
+    let signed_in =
+        browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token)]).send().await.unwrap();
+    let cookie = session_cookie(&signed_in);
+    let page = browser()
+        .get(format!("{}/dashboard/app/{shop}/msg/{msg}", gw.url))
+        .header("cookie", cookie.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let page = page.text().await.unwrap();
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let resend = browser()
+        .post(format!("{}/dashboard/app/{shop}/msg/{msg}/resend", gw.url))
+        .header("cookie", cookie)
+        .form(&[("csrf", csrf.as_str()), ("endpoint", "all")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resend.status(), 429, "the page's unit was the budget's last: no resend is free");
+}
