@@ -370,21 +370,36 @@ fn dropped(n: u64) {
     }
 }
 
-/// An endpoint's URL as an email shows it: without its query string and fragment, where
-/// receivers often put a token (emails may travel in plain text), which stand as `?…`.
+/// An endpoint's URL as an email shows it: its scheme, host and port, the rest as `/…`.
+/// Receivers put tokens in the query and in the path too (Slack's and Discord's webhook
+/// URLs end with theirs), and emails may travel in plain text.
 fn shown_url(url: &str) -> String {
-    match url.find(['?', '#']) {
-        Some(at) => format!("{}?…", &url[..at]),
-        None => url.to_owned(),
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let origin = &url[..url.len() - rest.len() + host_end];
+    match (scheme.is_empty(), host_end == rest.len() || &rest[host_end..] == "/") {
+        (false, true) => url.to_owned(),
+        (false, false) => format!("{origin}/…"),
+        (true, _) => "…".to_owned(),
     }
 }
 
-/// Whether the server refused the address for good: `550` (no such mailbox), `551`
-/// (not local), `553` (mailbox name not allowed). Other permanent answers (a `535` refused
-/// login, a `554` from a misconfigured relay) are the operator's to fix, and are retried
-/// until they are.
+/// Whether the server refused the address for good: a permanent answer whose enhanced
+/// status (RFC 3463) names a bad destination (`5.1.1` no such mailbox, `5.1.2` no such
+/// system, `5.1.3` a malformed address, `5.1.6` moved, `5.1.10` no mail taken there).
+/// Every other permanent answer is the operator's to fix, and is retried until it is: the
+/// same `550` or `553` also says `5.7.1` relaying denied or sender not owned (a relay that
+/// wants a login, an `alerts.from` it does not take), and those emails were dropped for
+/// good at their first try; so is a bare `550`, as often a policy as a missing mailbox.
 fn refuses_address(e: &lettre::transport::smtp::Error) -> bool {
-    e.is_permanent() && e.status().map(u16::from).is_some_and(|code| matches!(code, 550 | 551 | 553))
+    let said = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default();
+    e.is_permanent() && bad_destination(&said)
+}
+
+/// Whether an SMTP answer's text begins with an enhanced status of a bad destination.
+fn bad_destination(said: &str) -> bool {
+    let status = said.split_whitespace().next().unwrap_or_default();
+    matches!(status, "5.1.1" | "5.1.2" | "5.1.3" | "5.1.6" | "5.1.10")
 }
 
 /// The subject and body of an email about an endpoint's state.
@@ -447,11 +462,27 @@ fn digest_email(d: &AlertDigest) -> (String, String) {
 mod tests {
     use super::*;
 
-    /// A token in an endpoint's query string never reaches an email.
+    /// A token in an endpoint's URL, in its query or its path, never reaches an email.
     #[test]
-    fn emails_show_urls_without_their_query() {
-        assert_eq!(shown_url("https://shop.example/hooks?token=s3cret#x"), "https://shop.example/hooks?…");
-        assert_eq!(shown_url("https://shop.example/hooks#s3cret"), "https://shop.example/hooks?…");
-        assert_eq!(shown_url("https://shop.example/hooks"), "https://shop.example/hooks");
+    fn emails_show_urls_without_their_path_or_query() {
+        assert_eq!(shown_url("https://shop.example/hooks?token=s3cret#x"), "https://shop.example/…");
+        assert_eq!(shown_url("https://shop.example:8443/hooks#s3cret"), "https://shop.example:8443/…");
+        assert_eq!(shown_url("https://hooks.slack.com/services/T0/B0/s3cret"), "https://hooks.slack.com/…");
+        assert_eq!(shown_url("https://shop.example/"), "https://shop.example/");
+        assert_eq!(shown_url("https://shop.example"), "https://shop.example");
+        assert_eq!(shown_url("https://shop.example?s3cret"), "https://shop.example/…");
+        assert_eq!(shown_url("not a url s3cret"), "…");
+    }
+
+    /// Only an enhanced status naming a bad destination drops an alert email; relaying
+    /// denied, a sender the relay does not take, or a bare `550` are retried.
+    #[test]
+    fn only_a_bad_destination_is_refused_for_good() {
+        for said in ["5.1.1 No such user here", "5.1.10 Null MX", "5.1.2 Bad destination system"] {
+            assert!(bad_destination(said), "{said}");
+        }
+        for said in ["5.7.1 Relaying denied", "5.7.1 Sender address rejected: not owned by user", "No such user", ""] {
+            assert!(!bad_destination(said), "{said}");
+        }
     }
 }
