@@ -511,7 +511,9 @@ pub struct MessageIn {
     /// URL only with the admin token.
     #[schemars(length(min = 1, max = URL_BYTES_MAX), regex(pattern = URL_PATTERN), extend("format" = "uri"))]
     pub callback_url: Option<String>,
-    pub transformations_params: Option<serde_json::Value>,
+    /// Svix's raw payloads (its SDKs' `message_in_raw`): Hookline runs no transformations,
+    /// and takes only these two.
+    pub transformations_params: Option<TransformationsParams>,
     /// Days to keep this message instead of `retention.days`.
     #[serde(default, deserialize_with = "exact::integer_option")]
     #[schemars(range(min = 1, max = RETENTION_DAYS_MAX))]
@@ -525,6 +527,24 @@ pub struct MessageIn {
     /// exhausted or was skipped. Visible ASCII, at most 256.
     #[schemars(length(min = 1, max = ORDERING_KEY_BYTES_MAX), regex(pattern = ORDERING_KEY_PATTERN))]
     pub ordering_key: Option<String>,
+}
+
+/// A message's body sent as given rather than as JSON (`payload` is then `{}`).
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransformationsParams {
+    /// Sent as the body, byte for byte (UTF-8 text), in place of `payload`.
+    pub raw_payload: Option<String>,
+    pub headers: Option<RawPayloadHeaders>,
+}
+
+#[derive(Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawPayloadHeaders {
+    /// The body's content type (default `application/json`).
+    #[serde(rename = "content-type")]
+    #[schemars(length(min = 1), regex(pattern = HEADER_VALUE_PATTERN))]
+    pub content_type: Option<String>,
 }
 
 /// Ordering keys: visible ASCII (so characters are bytes), 1 to 256.

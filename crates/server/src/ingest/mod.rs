@@ -11,12 +11,14 @@ use crate::api::Text;
 use crate::dispatch::Engine;
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{
-    parse_timestamp, MessageIn, CHANNELS_MAX, NAME_CHARS_MAX, ORDERING_KEY_BYTES_MAX, RETENTION_DAYS_MAX,
+    parse_timestamp, MessageIn, TransformationsParams, CHANNELS_MAX, NAME_CHARS_MAX, ORDERING_KEY_BYTES_MAX,
+    RETENTION_DAYS_MAX,
 };
 use hookline_core::id::prefix;
 use hookline_core::ssrf::{check_url, AddressPolicy};
 use hookline_core::UnixMs;
 use hookline_store::{Bytes, Delivery, IdempotentResponse, Message, PublishOutcome};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Checks a publish body: the API's, and a queue message's (the same shape).
@@ -37,6 +39,10 @@ pub fn check(input: &MessageIn) -> ApiResult<()> {
     }
     if !input.payload.get().trim_start().starts_with('{') {
         return Err(ApiError::field("payload", "payload must be a JSON object"));
+    }
+    let content_type = input.transformations_params.as_ref().and_then(|t| t.headers.as_ref()?.content_type.as_ref());
+    if content_type.is_some_and(|v| v.is_empty() || axum::http::HeaderValue::from_str(v).is_err()) {
+        return Err(ApiError::field("transformationsParams", "headers.content-type must be a header value"));
     }
     if input.channels.as_ref().is_some_and(|c| c.len() > CHANNELS_MAX || c.iter().any(|c| c.is_empty())) {
         return Err(ApiError::field("channels", format!("at most {CHANNELS_MAX} non-empty channels")));
@@ -64,19 +70,27 @@ pub fn message(input: MessageIn, app_id: String, addresses: &AddressPolicy, now:
     if let Some(url) = &input.callback_url {
         check_url(url, addresses).map_err(|e| ApiError::field("callbackUrl", e.to_string()))?;
     }
+    // A raw payload is the body as given, its content type sent as a provider's is.
+    let retain_until = retain_until(&input, now);
+    let raw = input.transformations_params.unwrap_or(TransformationsParams { raw_payload: None, headers: None });
+    let payload = match raw.raw_payload {
+        Some(text) => Bytes::from(text.into_bytes()),
+        None => Bytes::copy_from_slice(input.payload.get().as_bytes()),
+    };
+    let headers = raw.headers.and_then(|h| h.content_type).map(|v| BTreeMap::from([("content-type".to_owned(), v)]));
     Ok(Message {
         id: crate::new_id(prefix::MESSAGE, now),
         app_id,
-        retain_until: retain_until(&input, now),
+        retain_until,
         event_id: input.event_id,
         event_type: input.event_type,
-        payload: Bytes::copy_from_slice(input.payload.get().as_bytes()),
+        payload,
         channels: input.channels,
         tags: input.tags,
         callback_url: input.callback_url,
         deliver_at,
         source_id: None,
-        headers: None,
+        headers,
         ordering_key: input.ordering_key,
         created_at: now,
     })

@@ -1189,3 +1189,35 @@ async fn a_change_whose_client_went_away_still_finishes() {
     }
     assert!(committed > 0, "no round's PATCH was committed");
 }
+
+/// Svix's raw payloads (its SDKs' `message_in_raw`): `transformationsParams.rawPayload` is
+/// the body delivered, byte for byte, with its `content-type`; it was accepted and
+/// dropped, and every endpoint got `{}`. Other transformation parameters are refused (none
+/// run here).
+#[tokio::test]
+async fn a_raw_payload_is_delivered_as_given() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("raw").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let raw = "id=pay_1&amount=100 {not json}";
+    let body = json!({"eventType": "x", "payload": {},
+        "transformationsParams": {"rawPayload": raw, "headers": {"content-type": "application/x-www-form-urlencoded"}}});
+    let (status, answer) = gw.call("POST", &format!("/api/v1/app/{app}/msg"), Some(body)).await;
+    assert_eq!(status, 202, "{answer}");
+    let got = rx.next().await;
+    assert_eq!(&got.body[..], raw.as_bytes());
+    assert_eq!(got.header("content-type"), "application/x-www-form-urlencoded");
+    let json_raw =
+        json!({"eventType": "x", "payload": {}, "transformationsParams": {"rawPayload": "{\"id\":  \"pay_2\"}"}});
+    gw.call("POST", &format!("/api/v1/app/{app}/msg"), Some(json_raw)).await;
+    let got = rx.next().await;
+    assert_eq!(&got.body[..], b"{\"id\":  \"pay_2\"}");
+    assert_eq!(got.header("content-type"), "application/json");
+    for params in [json!({"transform": "x"}), json!({"headers": {"x-other": "1"}}), json!({"rawPayload": 5})] {
+        let body = json!({"eventType": "x", "payload": {}, "transformationsParams": params});
+        let (status, answer) = gw.call("POST", &format!("/api/v1/app/{app}/msg"), Some(body)).await;
+        assert_eq!(status, 422, "{params}: {answer}");
+    }
+    gw.stop().await;
+}
