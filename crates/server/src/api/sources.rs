@@ -168,6 +168,12 @@ fn check(source: &Source, stored: Option<&Option<String>>) -> ApiResult<()> {
     if tolerance.is_some_and(|t| !(1..=86_400).contains(&t)) {
         return Err(ApiError::field("config", "toleranceSeconds must be 1 to 86400"));
     }
+    // As the schema states: it goes into an Authorization header of the provider's API.
+    if let Some(key) = &source.api_key {
+        if key.is_empty() || key.len() > 1024 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ApiError::field("apiKey", "apiKey must be 1 to 1024 visible ASCII characters"));
+        }
+    }
     let config = &source.config;
     // The bounds `SourceConfig`'s schema states.
     let sized = |value: &str, max: usize| (1..=max).contains(&value.chars().count());
@@ -334,11 +340,12 @@ async fn replay(
     Ok((StatusCode::ACCEPTED, Json(ReplayOut { replayed })))
 }
 
-/// The source's most recent refused requests (in memory, newest last).
+/// The source's most recent refused requests (kept in memory, oldest first), newest first
+/// as the document says.
 async fn rejections(state: Shared, PathParams(key): PathParams<String>) -> ApiResult<Json<Vec<RejectionOut>>> {
     let source = find(&state, &key).await?;
     let log = state.rejections.lock().expect("rejections lock");
-    Ok(Json(log.get(&source.id).map(|l| l.iter().cloned().collect()).unwrap_or_default()))
+    Ok(Json(log.get(&source.id).map(|l| l.iter().rev().cloned().collect()).unwrap_or_default()))
 }
 
 /// Counts an answered request in the metrics and in the source's statistics (`filtered`

@@ -201,6 +201,19 @@ async fn the_api_accepts_exactly_what_its_document_says() {
             201,
         ),
         ("POST", format!("/api/v1/app/{app}/msg"), json!({"eventType": "x", "payload": {}, "application": ["x"]}), 422),
+        // A source's apiKey as its schema says: 1 to 1024 visible ASCII characters.
+        (
+            "POST",
+            "/api/v1/source".to_owned(),
+            json!({"name": "k", "preset": "stripe", "secrets": ["whsec_k"], "appId": app, "apiKey": "rk a\n"}),
+            422,
+        ),
+        (
+            "POST",
+            "/api/v1/source".to_owned(),
+            json!({"name": "k", "preset": "stripe", "secrets": ["whsec_k"], "appId": app, "apiKey": ""}),
+            422,
+        ),
         ("PUT", "/api/v1/event-type/a.b".to_owned(), json!({"name": "a.b", "description": "d"}), 422),
         ("PUT", "/api/v1/event-type/a.b".to_owned(), json!({"description": "d"}), 201),
         ("PUT", "/api/v1/event-type/a.b".to_owned(), json!({"description": "e"}), 200),

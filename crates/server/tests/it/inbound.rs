@@ -198,7 +198,7 @@ async fn filters_limits_rotation_and_the_rejection_log() {
     assert_eq!((status, unknown["code"].as_str()), (404, Some("not_found")));
     let log = gw.ok("GET", "/api/v1/source/stripe-live/rejection", None).await;
     let codes: Vec<&str> = log.as_array().unwrap().iter().map(|r| r["code"].as_str().unwrap()).collect();
-    assert_eq!(codes, vec!["bad_signature", "stale_timestamp", "missing_signature"]);
+    assert_eq!(codes, vec!["missing_signature", "stale_timestamp", "bad_signature"], "newest first");
     let metrics = gw.metrics().await;
     let source_id = src["id"].as_str().unwrap();
     for outcome in ["accepted", "filtered", "bad_signature", "stale_timestamp", "oversized"] {
