@@ -76,6 +76,13 @@ async fn list_and_ingest(
     out: &mut ReconcileRunOut,
 ) -> Result<(), String> {
     let key = source.api_key.as_deref().ok_or("the source has no API key")?;
+    // `{body}` keys an event by the hash of its webhook's bytes, which an event listed by
+    // the API (laid out otherwise) never has: every event would be taken again.
+    if source.config.event_id_templates.iter().flatten().any(|t| t.contains("{body}")) {
+        return Err("the source's eventIdTemplates use {body}: an event listed by the events API is not the bytes \
+             its webhook was, so it cannot be matched with the webhooks' events"
+            .into());
+    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())

@@ -663,3 +663,31 @@ async fn a_deleted_sources_series_leave_the_metrics() {
     .await;
     gw.stop().await;
 }
+
+/// A source keying events by `{body}` (the hash of the webhook's bytes) is not reconciled,
+/// and the run says why: an event listed by the events API is laid out otherwise, so every
+/// event delivered by webhook was taken again.
+#[tokio::test]
+async fn a_source_keyed_by_its_bodies_is_not_reconciled() {
+    let event = json!({"id": "evt_1", "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 60});
+    let mut config = dev_config();
+    config.inbound.stripe_api_base = paged_events_api(vec![event.clone()]).await;
+    config.inbound.reconcile_interval_ms = 0;
+    let gw = start_gateway(config).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let body = json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app,
+        "apiKey": "rk_test_reads_events", "config": {"eventIdTemplates": ["{body}"]}});
+    let id = gw.ok("POST", "/api/v1/source", Some(body)).await["id"].as_str().unwrap().to_owned();
+    let webhook = serde_json::to_string_pretty(&event).unwrap();
+    let (status, _) =
+        post_in(&gw, &format!("/in/{id}"), &stripe_request("whsec_live", &webhook, T0 / 1000), &webhook).await;
+    assert_eq!(status, 200);
+    rx.next().await;
+    let run = gw.ok("POST", &format!("/api/v1/source/{id}/reconcile"), None).await;
+    assert_eq!(run["ingested"], 0, "{run}");
+    assert!(run["errors"][0].as_str().unwrap().contains("{body}"), "{run}");
+    assert!(!rx.gets_within(200).await, "the event is not delivered again");
+    gw.stop().await;
+}
