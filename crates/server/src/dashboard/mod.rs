@@ -155,7 +155,15 @@ impl Api<'_> {
         }
         let value = json(&bytes).unwrap_or(Value::Null);
         let text = |key: &str| value.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
-        Err(Failure { status, code: text("code"), detail: text("detail") })
+        // A validation error's detail is Svix's list of `{loc, msg}`: each said in turn.
+        let detail = match value.get("detail").and_then(Value::as_array) {
+            Some(fields) => {
+                let said = fields.iter().filter_map(|f| f.get("msg").and_then(Value::as_str));
+                said.collect::<Vec<_>>().join("; ")
+            }
+            None => text("detail"),
+        };
+        Err(Failure { status, code: text("code"), detail })
     }
 }
 

@@ -281,6 +281,23 @@ async fn a_test_message_goes_to_one_endpoint_only() {
 
     let (status, error) = gw.call("POST", &path, Some(json!({"eventType": ""}))).await;
     assert_eq!((status, error["code"].as_str()), (422, Some("validation")));
+    // The dashboard's form says what was wrong (a validation's detail is a list, and the
+    // page said only "Unprocessable Entity").
+    let signed_in = browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", TOKEN)]).send().await;
+    let cookie = session_cookie(&signed_in.unwrap());
+    let page_url = format!("{}/dashboard/app/{shop}/endpoint/{one}", gw.url);
+    let page = browser().get(&page_url).header("cookie", cookie.clone()).send().await.unwrap().text().await.unwrap();
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let refused = browser()
+        .post(format!("{page_url}/test"))
+        .header("cookie", cookie)
+        .form(&[("csrf", csrf.as_str()), ("eventType", "")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    let said = refused.text().await.unwrap();
+    assert!(said.contains(error["detail"][0]["msg"].as_str().unwrap()), "{said}");
     gw.ok("PATCH", &format!("/api/v1/app/{shop}/endpoint/{one}"), Some(json!({"disabled": true}))).await;
     assert_eq!(gw.call("POST", &path, Some(json!({"eventType": "hookline.test"}))).await.0, 409);
     gw.stop().await;
