@@ -665,6 +665,19 @@ async fn survives_kill_9(kind: Kind) {
     assert_eq!(lost, 0);
     // Only deliveries sent and not yet recorded at the kill can arrive twice.
     assert!(duplicated <= IN_FLIGHT, "{duplicated} copies, more than could be in flight ({IN_FLIGHT})");
+    if kind == Kind::Redis {
+        // The process started again is the same consumer of the group (named after the
+        // host, not the process), so it read its own pending entries first.
+        let mut conn = redis_connection(&broker.url).await;
+        let consumers: Vec<Vec<redis::Value>> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&broker.name)
+            .arg("hookline")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(consumers.len(), 1, "one consumer across the restart");
+    }
     drop(gateway);
     broker.remove().await;
 }
@@ -1270,6 +1283,63 @@ async fn a_nats_durable_with_a_delivery_limit_or_implicit_acks_is_refused() {
         drop(gateway);
         broker.remove().await;
     }
+}
+
+/// A RabbitMQ queue that exists with arguments of its own (a length limit here; a quorum
+/// queue, or a dead-letter exchange set by a policy, alike) is consumed as it is: the
+/// consumer declared it again with only `x-dead-letter-exchange`, RabbitMQ refused the
+/// different arguments, and the consumer never started.
+#[tokio::test]
+async fn an_existing_amqp_queue_with_arguments_of_its_own_is_consumed() {
+    let http = reqwest::Client::new();
+    let (sink, arrivals) = payload_sink().await;
+    let broker = Broker::shared(Kind::Amqp);
+    broker.prepare().await;
+    let (connection, channel) = amqp_channel(&broker.url).await;
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert("x-max-length".into(), lapin::types::AMQPValue::LongLongInt(100_000));
+    let durable = lapin::options::QueueDeclareOptions::durable();
+    channel.queue_declare(broker.name.as_str().into(), durable, arguments).await.unwrap();
+    connection.close(200, "".into()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start_with(dir.path(), &broker.consumer_config(), free_port(), &[]);
+    gateway.setup(&http, &sink).await;
+    gateway.until_consuming(&http).await;
+    broker.put_all(&messages(0, 20)).await;
+    until_all_arrived(&arrivals, 20).await;
+    assert_eq!(lost_and_duplicated(&arrivals, 20), (0, 0));
+    drop(gateway);
+    broker.remove().await;
+}
+
+/// A NATS durable made before with a cap on a pull (`max_batch`, which a server's
+/// `max_request_batch` puts on every new durable) is pulled within it: a pull of the
+/// configured batch (256) was refused every time, and nothing was consumed.
+#[tokio::test]
+async fn a_nats_durable_capping_its_pulls_is_consumed() {
+    let http = reqwest::Client::new();
+    let (sink, arrivals) = payload_sink().await;
+    let broker = Broker::shared(Kind::Nats);
+    broker.prepare().await;
+    let js = async_nats::jetstream::new(async_nats::connect(&broker.url).await.unwrap());
+    let made_before = async_nats::jetstream::consumer::pull::Config {
+        durable_name: Some("hookline".into()),
+        ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+        max_deliver: -1,
+        max_batch: 10,
+        ack_wait: Duration::from_secs(2),
+        ..Default::default()
+    };
+    js.get_stream(&broker.name).await.unwrap().create_consumer(made_before).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start_with(dir.path(), &broker.consumer_config(), free_port(), &[]);
+    gateway.setup(&http, &sink).await;
+    gateway.until_consuming(&http).await;
+    broker.put_all(&messages(0, 50)).await;
+    until_all_arrived(&arrivals, 50).await;
+    assert_eq!(lost_and_duplicated(&arrivals, 50), (0, 0));
+    drop(gateway);
+    broker.remove().await;
 }
 
 /// Redis entries whose field names are not UTF-8 stop nothing: one beside its message

@@ -164,10 +164,17 @@ impl Deferred {
 
 /// The configured node name, or `<host>-<pid>`.
 pub fn node_name(cluster: &ClusterConfig) -> String {
-    cluster.node_name.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
-        format!("{}-{}", if host.is_empty() { "hookline" } else { &host }, std::process::id())
-    })
+    cluster.node_name.clone().unwrap_or_else(|| format!("{}-{}", host_name(), std::process::id()))
+}
+
+/// This machine's host name (`hookline` when it has none).
+pub fn host_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    if host.is_empty() {
+        "hookline".to_owned()
+    } else {
+        host
+    }
 }
 
 impl Engine {

@@ -81,18 +81,22 @@ impl Amqp {
         } else {
             let _ = probe.close(200, "".into()).await;
         }
+        // A queue that exists is taken as it is: a declare whose arguments differ from its
+        // own (a quorum queue, a length limit, a dead-letter exchange set by a policy) is
+        // refused, and the consumer never started. Hookline dead-letters refused messages
+        // itself, so it needs nothing of the queue's own.
+        let probe = connection.create_channel().await.map_err(text)?;
+        let passive = QueueDeclareOptions { passive: true, ..Default::default() };
+        if probe.queue_declare(self.config.queue.as_str().into(), passive, FieldTable::default()).await.is_ok() {
+            let _ = probe.close(200, "".into()).await;
+            return Ok(());
+        }
         let mut arguments = FieldTable::default();
         arguments.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.into()));
         channel
             .queue_declare(self.config.queue.as_str().into(), QueueDeclareOptions::durable(), arguments)
             .await
-            .map_err(|e| {
-                format!(
-                    "declaring queue {} with x-dead-letter-exchange {dlx} (an existing queue must have been \
-                     declared durable with the same dead-letter exchange): {e}",
-                    self.config.queue
-                )
-            })?;
+            .map_err(|e| format!("declaring queue {} with x-dead-letter-exchange {dlx}: {e}", self.config.queue))?;
         Ok(())
     }
 

@@ -501,7 +501,11 @@ pub struct Consumers {
 impl Consumers {
     /// Starts one task per configured consumer.
     pub fn start(config: &Config, ingestor: Ingestor) -> Consumers {
-        let node = crate::dispatch::claims::node_name(&config.cluster);
+        // A Redis consumer's default name outlives the process (the node's name, else the
+        // host's): a restart reads its own pending entries first. With the process id in
+        // it, a restarted node was a new consumer, its pending entries waited to be claimed
+        // as another's (a key's later message went first), and each restart left one more.
+        let node = config.cluster.node_name.clone().unwrap_or_else(crate::dispatch::claims::host_name);
         let mut consumers: Vec<Arc<dyn Consumer>> = Vec::new();
         consumers
             .extend(config.ingest.redis.iter().map(|c| Arc::new(redis::Redis::new(c, &node)) as Arc<dyn Consumer>));

@@ -233,8 +233,20 @@ impl Consumer for Nats {
             context,
             dlq: self.dlq_subject(),
             stopping: stopping.clone(),
-            keep_every: Duration::from_millis(self.config.ack_wait_ms / 3),
+            // The durable's own `ack_wait`, not the setting's: a durable made before keeps
+            // its own, and reports timed from a longer one came after JetStream had handed
+            // the message out again.
+            keep_every: match consumer.cached_info().config.ack_wait {
+                Duration::ZERO => Duration::from_millis(self.config.ack_wait_ms),
+                ack_wait => ack_wait,
+            } / 3,
         });
+        // A durable may cap a pull (`max_batch`, which a server's `max_request_batch` sets
+        // on every new one): a pull over it was refused every time, and nothing consumed.
+        let pull_max = match consumer.cached_info().config.max_batch {
+            cap if cap > 0 => cap as usize,
+            _ => usize::MAX,
+        };
         let mut settling = tokio::task::JoinSet::new();
         let mut lag = tokio::time::interval(LAG_EVERY);
         let outcome = loop {
@@ -242,7 +254,7 @@ impl Consumer for Nats {
             // handed out and this node left in a buffer (as the prefetching pull stream
             // did while the store was down) was reported in progress by no one, and handed
             // out again past `ack_wait`.
-            let room = self.config.batch.saturating_sub(settling.len());
+            let room = self.config.batch.saturating_sub(settling.len()).min(pull_max);
             let pull = async {
                 match room {
                     0 => std::future::pending().await,
