@@ -779,6 +779,7 @@ fn headers_json_schema(kind: impl serde::Serialize) -> schemars::Schema {
     let reserved = hookline_core::signature::reserved_headers_pattern();
     schemars::json_schema!({
         "type": kind,
+        "description": "Header names ignore case: two spellings of one name (`X-A` and `x-a`) are refused (422).",
         "maxProperties": ENDPOINT_HEADERS_MAX,
         "propertyNames": {"pattern": HEADER_NAME_PATTERN, "not": {"pattern": reserved}},
         "additionalProperties": {"type": "string", "pattern": HEADER_VALUE_PATTERN},
