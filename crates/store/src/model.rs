@@ -484,6 +484,11 @@ pub struct ListFilter {
     pub tag: Option<String>,
     pub before: Option<UnixMs>,
     pub after: Option<UnixMs>,
+    /// Attempts only: to this endpoint (its id).
+    pub endpoint_id: Option<String>,
+    /// Attempts only: answered with a status of this class (`200` for 200 to 299), or
+    /// with none (`0`: no answer).
+    pub status_code_class: Option<u16>,
 }
 
 /// A delivery joined with what the API shows beside it.

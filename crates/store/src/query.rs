@@ -95,6 +95,21 @@ impl Query {
         self
     }
 
+    /// Attempts to one endpoint, or answered with a status of one class (Svix's
+    /// `endpoint_id` and `status_code_class`).
+    pub fn of_attempts(mut self, filter: &ListFilter) -> Query {
+        if let Some(endpoint_id) = &filter.endpoint_id {
+            self = self.and("endpoint_id = ?", endpoint_id.clone());
+        }
+        match filter.status_code_class {
+            Some(0) => self.and("status_code = ?", 0),
+            Some(class) => {
+                self.and("status_code >= ?", i64::from(class)).and("status_code < ?", i64::from(class) + 100)
+            }
+            None => self,
+        }
+    }
+
     /// An application's messages as the message listing filters them.
     pub fn messages(app_id: &str, filter: &ListFilter, dialect: &Dialect) -> Query {
         let mut query = Query::new()

@@ -58,10 +58,12 @@ pub fn routes() -> Vec<Route> {
         Route::get("/api/v1/app/{app_id}/attempt/msg/{msg_id}", attempts_of_message)
             .doc("listAttemptsByMessage", "A message's attempts.")
             .query(&listing)
+            .query(&[query::ENDPOINT_ID, query::STATUS_CODE_CLASS])
             .answers::<ListResponse<MessageAttemptOut>>(200, "A page of attempts."),
         Route::get("/api/v1/app/{app_id}/attempt/endpoint/{endpoint_id}", attempts_of_endpoint)
             .doc("listAttemptsByEndpoint", "An endpoint's attempts.")
             .query(&listing)
+            .query(&[query::STATUS_CODE_CLASS])
             .answers::<ListResponse<MessageAttemptOut>>(200, "A page of attempts."),
         Route::get("/api/v1/app/{app_id}/endpoint/{endpoint_id}/msg", messages_of_endpoint)
             .doc("listAttemptedMessages", "What an endpoint was sent, with each delivery's status.")
@@ -182,9 +184,13 @@ async fn attempts_of_message(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<ListResponse<MessageAttemptOut>>> {
     let (app, message) = find_message(&state, &app_key, &msg_id).await?;
+    let mut filter = query.filter()?;
+    if let Some(key) = &filter.endpoint_id {
+        filter.endpoint_id = Some(find_endpoint(&state, &app.id, key).await?.id);
+    }
     let attempts = state
         .store
-        .list_attempts(&app.id, AttemptScope::Message(&message.id), query.filter()?, query.page(true)?)
+        .list_attempts(&app.id, AttemptScope::Message(&message.id), filter, query.page(true)?)
         .await
         .map_err(ApiError::from_store("message"))?;
     Ok(Json(listed(attempts, |a| a.id.clone(), views::attempt)))
@@ -196,9 +202,11 @@ async fn attempts_of_endpoint(
     QueryParams(query): QueryParams<ListQuery>,
 ) -> ApiResult<Json<ListResponse<MessageAttemptOut>>> {
     let endpoint = find_endpoint(&state, &app_key, &endpoint_id).await?;
+    // The endpoint is the path's: one named in the query too is not looked at.
+    let filter = hookline_store::ListFilter { endpoint_id: None, ..query.filter()? };
     let attempts = state
         .store
-        .list_attempts(&endpoint.app_id, AttemptScope::Endpoint(&endpoint.id), query.filter()?, query.page(true)?)
+        .list_attempts(&endpoint.app_id, AttemptScope::Endpoint(&endpoint.id), filter, query.page(true)?)
         .await
         .map_err(ApiError::from_store("endpoint"))?;
     Ok(Json(listed(attempts, |a| a.id.clone(), views::attempt)))

@@ -591,6 +591,8 @@ pub struct ListQuery {
     pub include_archived: Option<bool>,
     pub with_content: Option<bool>,
     pub get_if_exists: Option<bool>,
+    pub endpoint_id: Option<String>,
+    pub status_code_class: Option<u16>,
 }
 
 /// An optional RFC 3339 time from a query parameter.
@@ -642,6 +644,14 @@ impl ListQuery {
             tag: self.tag.clone(),
             before: query_time("before", &self.before)?,
             after: query_time("after", &self.after)?,
+            endpoint_id: self.endpoint_id.clone(),
+            status_code_class: match self.status_code_class {
+                None => None,
+                Some(class @ (0 | 100 | 200 | 300 | 400 | 500)) => Some(class),
+                Some(_) => {
+                    return Err(ApiError::BadRequest("status_code_class must be 0, 100, 200, 300, 400 or 500".into()))
+                }
+            },
         })
     }
 }
@@ -682,6 +692,13 @@ pub mod query {
         "If an application with the body's uid exists, answer it (200) instead of a 409.",
     );
     pub const EXPUNGE: QueryParam = QueryParam::boolean("expunge", "Delete for good instead of archiving.");
+    pub const ENDPOINT_ID: QueryParam =
+        QueryParam::string("endpoint_id", "Only attempts to this endpoint (its id or uid).");
+    pub const STATUS_CODE_CLASS: QueryParam = QueryParam {
+        name: "status_code_class",
+        description: "Only attempts answered with a status of this class (200: 200 to 299), or with none (0).",
+        schema: || json!({"type": "integer", "enum": [0, 100, 200, 300, 400, 500]}),
+    };
     pub const PAGE: [QueryParam; 3] = [LIMIT, ITERATOR, ORDER];
     pub const FILTER: [QueryParam; 6] = [STATUS, BEFORE, AFTER, CHANNEL, EVENT_TYPES, TAG];
 }

@@ -1234,3 +1234,45 @@ async fn a_raw_payload_is_delivered_as_given() {
     }
     gw.stop().await;
 }
+
+/// Svix's attempt filters: `endpoint_id` (by id or uid) and `status_code_class` on a
+/// message's attempts, `status_code_class` on an endpoint's. They were not read, and the
+/// listing answered every attempt as if filtered.
+#[tokio::test]
+async fn attempt_listings_take_svix_filters() {
+    let gw = start_gateway(dev_config()).await;
+    let (ok_rx, bad_rx) = (Receiver::start(Answer::status(200)).await, Receiver::start(Answer::status(500)).await);
+    let app = gw.app("filters").await;
+    let policy = json!({"delaysMs": [3_600_000]});
+    let ok = gw.endpoint(&app, json!({"url": ok_rx.url, "uid": "ok-one"})).await["id"].as_str().unwrap().to_owned();
+    let bad =
+        gw.endpoint(&app, json!({"url": bad_rx.url, "retryPolicy": policy})).await["id"].as_str().unwrap().to_owned();
+    let msg = gw.publish(&app, json!({"eventType": "x", "payload": {}})).await;
+    ok_rx.next().await;
+    bad_rx.next().await;
+    let list = |query: String| {
+        let path = format!("/api/v1/app/{app}/attempt/msg/{msg}{query}");
+        let gw = &gw;
+        async move { gw.ok("GET", &path, None).await["data"].as_array().unwrap().clone() }
+    };
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while list(String::new()).await.len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "both attempts recorded");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let endpoints =
+        |items: Vec<Value>| items.iter().map(|a| a["endpointId"].as_str().unwrap().to_owned()).collect::<Vec<_>>();
+    assert_eq!(endpoints(list(format!("?endpoint_id={bad}")).await), [bad.clone()]);
+    assert_eq!(endpoints(list("?endpoint_id=ok-one".into()).await), [ok.clone()]);
+    assert_eq!(endpoints(list("?status_code_class=500".into()).await), [bad.clone()]);
+    assert_eq!(endpoints(list("?status_code_class=200".into()).await), [ok.clone()]);
+    assert!(list("?status_code_class=400".into()).await.is_empty());
+    let by_endpoint =
+        gw.ok("GET", &format!("/api/v1/app/{app}/attempt/endpoint/{ok}?status_code_class=500"), None).await;
+    assert_eq!(by_endpoint["data"], json!([]));
+    let (status, _) = gw.call("GET", &format!("/api/v1/app/{app}/attempt/msg/{msg}?status_code_class=250"), None).await;
+    assert_eq!(status, 400);
+    let (status, _) = gw.call("GET", &format!("/api/v1/app/{app}/attempt/msg/{msg}?endpoint_id=ep_nope"), None).await;
+    assert_eq!(status, 404);
+    gw.stop().await;
+}

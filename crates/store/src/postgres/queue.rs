@@ -618,7 +618,7 @@ pub async fn list_attempts(
     };
     rows::page(
         c,
-        query.filtered(filter, "created_at").of_messages(filter, &rows::DIALECT),
+        query.filtered(filter, "created_at").of_attempts(filter).of_messages(filter, &rows::DIALECT),
         rows::ATTEMPT_COLUMNS,
         "attempts",
         page,

@@ -752,7 +752,7 @@ pub fn list_attempts(
     };
     rows::page(
         conn,
-        query.filtered(filter, "created_at").of_messages(filter, &rows::DIALECT),
+        query.filtered(filter, "created_at").of_attempts(filter).of_messages(filter, &rows::DIALECT),
         rows::ATTEMPT_COLUMNS,
         "attempts",
         page,
