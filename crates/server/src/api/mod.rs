@@ -606,8 +606,18 @@ pub fn query_time(name: &str, value: &Option<String>) -> ApiResult<Option<UnixMs
         .transpose()
 }
 
+/// A query parameter holding NUL is refused (400): no id, key or name holds one, and
+/// PostgreSQL's text cannot, so it answered an error where SQLite answered a page.
+fn without_nul(name: &str, value: &Option<String>) -> ApiResult<()> {
+    match value.as_deref().is_some_and(|v| v.contains('\0')) {
+        true => Err(ApiError::BadRequest(format!("{name} must not hold a NUL character"))),
+        false => Ok(()),
+    }
+}
+
 impl ListQuery {
     pub fn page(&self, newest_first_by_default: bool) -> ApiResult<Page> {
+        without_nul("iterator", &self.iterator)?;
         let descending = match self.order.as_deref() {
             None => newest_first_by_default,
             Some("descending") => true,
@@ -627,6 +637,14 @@ impl ListQuery {
     }
 
     pub fn filter(&self) -> ApiResult<hookline_store::ListFilter> {
+        for (name, value) in [
+            ("channel", &self.channel),
+            ("tag", &self.tag),
+            ("event_types", &self.event_types),
+            ("endpoint_id", &self.endpoint_id),
+        ] {
+            without_nul(name, value)?;
+        }
         let status = self
             .status
             .map(|code| {

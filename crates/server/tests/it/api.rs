@@ -1274,5 +1274,13 @@ async fn attempt_listings_take_svix_filters() {
     assert_eq!(status, 400);
     let (status, _) = gw.call("GET", &format!("/api/v1/app/{app}/attempt/msg/{msg}?endpoint_id=ep_nope"), None).await;
     assert_eq!(status, 404);
+    // NUL in a listing's parameter is a 400 on both stores (PostgreSQL's text cannot hold
+    // it: it answered an undocumented 422 where SQLite answered a page).
+    for query in
+        ["/api/v1/app?iterator=%00", "/api/v1/app/filters/msg?channel=a%00b", "/api/v1/app/filters/msg?tag=%00"]
+    {
+        let (status, body) = gw.call("GET", query, None).await;
+        assert_eq!((status, body["code"].as_str()), (400, Some("bad_request")), "{query}");
+    }
     gw.stop().await;
 }
