@@ -58,12 +58,12 @@ pub fn routes() -> Vec<Route> {
         Route::get("/api/v1/app/{app_id}/attempt/msg/{msg_id}", attempts_of_message)
             .doc("listAttemptsByMessage", "A message's attempts.")
             .query(&listing)
-            .query(&[query::ENDPOINT_ID, query::STATUS_CODE_CLASS])
+            .query(&[query::ENDPOINT_ID, query::STATUS_CODE_CLASS, query::ATTEMPT_CONTENT])
             .answers::<ListResponse<MessageAttemptOut>>(200, "A page of attempts."),
         Route::get("/api/v1/app/{app_id}/attempt/endpoint/{endpoint_id}", attempts_of_endpoint)
             .doc("listAttemptsByEndpoint", "An endpoint's attempts.")
             .query(&listing)
-            .query(&[query::STATUS_CODE_CLASS])
+            .query(&[query::STATUS_CODE_CLASS, query::ATTEMPT_CONTENT])
             .answers::<ListResponse<MessageAttemptOut>>(200, "A page of attempts."),
         Route::get("/api/v1/app/{app_id}/endpoint/{endpoint_id}/msg", messages_of_endpoint)
             .doc("listAttemptedMessages", "What an endpoint was sent, with each delivery's status.")
@@ -193,7 +193,7 @@ async fn attempts_of_message(
         .list_attempts(&app.id, AttemptScope::Message(&message.id), filter, query.page(true)?)
         .await
         .map_err(ApiError::from_store("message"))?;
-    Ok(Json(listed(attempts, |a| a.id.clone(), views::attempt)))
+    Ok(Json(listed(attempts, |a| a.id.clone(), |a| attempt_view(a, &query))))
 }
 
 async fn attempts_of_endpoint(
@@ -209,7 +209,17 @@ async fn attempts_of_endpoint(
         .list_attempts(&endpoint.app_id, AttemptScope::Endpoint(&endpoint.id), filter, query.page(true)?)
         .await
         .map_err(ApiError::from_store("endpoint"))?;
-    Ok(Json(listed(attempts, |a| a.id.clone(), views::attempt)))
+    Ok(Json(listed(attempts, |a| a.id.clone(), |a| attempt_view(a, &query))))
+}
+
+/// An attempt as a listing shows it: without the endpoint's answer when asked
+/// `with_content=false`, as Svix's listings are.
+fn attempt_view(attempt: hookline_store::Attempt, query: &ListQuery) -> MessageAttemptOut {
+    let mut out = views::attempt(attempt);
+    if query.with_content == Some(false) {
+        out.response = String::new();
+    }
+    out
 }
 
 /// Where a message went: each endpoint with the delivery's status and next attempt.

@@ -710,6 +710,8 @@ pub mod query {
         "If an application with the body's uid exists, answer it (200) instead of a 409.",
     );
     pub const EXPUNGE: QueryParam = QueryParam::boolean("expunge", "Delete for good instead of archiving.");
+    pub const ATTEMPT_CONTENT: QueryParam =
+        QueryParam::boolean("with_content", "Include each endpoint's answer (`response`; default true).");
     pub const ENDPOINT_ID: QueryParam =
         QueryParam::string("endpoint_id", "Only attempts to this endpoint (its id or uid).");
     pub const STATUS_CODE_CLASS: QueryParam = QueryParam {

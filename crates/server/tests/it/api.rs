@@ -1267,6 +1267,10 @@ async fn attempt_listings_take_svix_filters() {
     assert_eq!(endpoints(list("?status_code_class=500".into()).await), [bad.clone()]);
     assert_eq!(endpoints(list("?status_code_class=200".into()).await), [ok.clone()]);
     assert!(list("?status_code_class=400".into()).await.is_empty());
+    let full = list("?status_code_class=500".into()).await;
+    assert_eq!(full[0]["response"], "receiver says hi");
+    let bare = list("?with_content=false&status_code_class=500".into()).await;
+    assert_eq!(bare[0]["response"], "", "without content: {bare:?}");
     let by_endpoint =
         gw.ok("GET", &format!("/api/v1/app/{app}/attempt/endpoint/{ok}?status_code_class=500"), None).await;
     assert_eq!(by_endpoint["data"], json!([]));
