@@ -242,6 +242,14 @@ async fn due_backlog_is_claimed_as_its_lane_takes_it(backend: Vec<(String, Strin
     all_arrive_once(&slow_arrivals, MESSAGES, "slow").await;
 }
 
+/// What a process killed after its start printed on stdout, and the admin token in it.
+fn printed(process: &mut Hookline) -> (String, Option<String>) {
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(process.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let token = stdout.lines().map(str::trim).find(|l| l.starts_with("hk_admin_")).map(str::to_owned);
+    (stdout, token)
+}
+
 #[tokio::test]
 async fn first_start_prints_an_admin_token_that_works_and_is_not_reissued() {
     let dir = tempfile::tempdir().unwrap();
@@ -250,9 +258,7 @@ async fn first_start_prints_an_admin_token_that_works_and_is_not_reissued() {
     let mut first = Hookline::start(dir.path(), port, &[]);
     first.wait_healthy(&http).await;
     first.kill9();
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(first.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    let token = stdout.lines().map(str::trim).find(|l| l.starts_with("hk_admin_")).expect("token printed").to_owned();
+    let token = printed(&mut first).1.expect("token printed");
     let mut second = Hookline::start(dir.path(), port, &[]);
     second.wait_healthy(&http).await;
     let ok = http.get(format!("{}/api/v1/app", second.url)).bearer_auth(&token).send().await.unwrap();
@@ -260,9 +266,8 @@ async fn first_start_prints_an_admin_token_that_works_and_is_not_reissued() {
     let bad = http.get(format!("{}/api/v1/app", second.url)).bearer_auth("hk_admin_guess").send().await.unwrap();
     assert_eq!(bad.status(), 401);
     second.kill9();
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(second.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    assert!(!stdout.contains("hk_admin_"), "a token is shown only once: {stdout}");
+    let (stdout, again) = printed(&mut second);
+    assert_eq!(again, None, "a token is shown only once: {stdout}");
 }
 
 /// Setting `HOOKLINE_ADMIN_TOKEN` replaces a generated token that leaked: the generated one
@@ -275,10 +280,7 @@ async fn a_configured_admin_token_revokes_the_generated_one() {
     let mut first = Hookline::start(dir.path(), port, &[]);
     first.wait_healthy(&http).await;
     first.kill9();
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(first.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    let generated =
-        stdout.lines().map(str::trim).find(|l| l.starts_with("hk_admin_")).expect("token printed").to_owned();
+    let generated = printed(&mut first).1.expect("token printed");
     let status = |url: String, token: String| {
         let http = http.clone();
         async move { http.get(format!("{url}/api/v1/app")).bearer_auth(token).send().await.unwrap().status() }
@@ -288,18 +290,15 @@ async fn a_configured_admin_token_revokes_the_generated_one() {
     assert_eq!(status(second.url.clone(), "chosen-admin-token".into()).await, 200);
     assert_eq!(status(second.url.clone(), generated.clone()).await, 401, "the generated token is revoked");
     second.kill9();
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(second.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    let (stdout, _) = printed(&mut second);
     assert!(stdout.contains("the one generated at first start is revoked"), "{stdout}");
     // Without the setting again, a new token is generated; the old one stays revoked.
     let mut third = Hookline::start(dir.path(), port, &[]);
     third.wait_healthy(&http).await;
-    assert_eq!(status(third.url.clone(), generated).await, 401);
+    assert_eq!(status(third.url.clone(), generated.clone()).await, 401);
     third.kill9();
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(third.child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
-    let fresh = stdout.lines().map(str::trim).find(|l| l.starts_with("hk_admin_")).expect("a new token printed");
-    assert_ne!(fresh, "");
+    let fresh = printed(&mut third).1.expect("a new token printed");
+    assert_ne!(fresh, generated);
 }
 
 #[test]

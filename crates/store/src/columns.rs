@@ -318,6 +318,25 @@ pub const INBOUND_KEYS: Expiring = Expiring { table: "inbound_keys", keys: &["so
 /// Answers kept for `Idempotency-Key` replays.
 pub const IDEMPOTENCY: Expiring = Expiring { table: "idempotency", keys: &["key"] };
 
+/// Walks an expiring table a chunk at a time: `chunk_after(cursor)` deletes what expired in
+/// the chunk after `cursor` (from the start without one) and answers how many, and the
+/// cursor of the next chunk (none at the end). How many went in all.
+pub async fn walk_chunks<F, Fut>(mut chunk_after: F) -> crate::StoreResult<usize>
+where
+    F: FnMut(Option<Vec<String>>) -> Fut,
+    Fut: std::future::Future<Output = crate::StoreResult<(usize, Option<Vec<String>>)>>,
+{
+    let (mut deleted, mut after) = (0, None);
+    loop {
+        let (n, next) = chunk_after(after.take()).await?;
+        deleted += n;
+        match next {
+            Some(key) => after = Some(key),
+            None => return Ok(deleted),
+        }
+    }
+}
+
 impl Expiring {
     fn key_tuple(&self) -> String {
         format!("({})", self.keys.join(", "))

@@ -820,14 +820,8 @@ async fn resend_and_recover_restart_deliveries(store: &dyn Store, node: i64) {
 /// kept from before the success, and the endpoint disabled as it recovered), and of two
 /// failures the first starts it.
 async fn attempts_recorded_together_keep_the_failure_clock(store: &dyn Store, node: i64) {
-    const DAY: i64 = 86_400_000;
-    let a = store.create_app(app(DAY, None)).await.unwrap();
-    let ep = store.create_endpoint(endpoint(&a.id, DAY)).await.unwrap();
-    let record = |p: &Publish, state: DeliveryState, at: i64| AttemptRecord {
-        disable_after_ms: 2 * DAY as u64,
-        keep_claim: true,
-        ..attempt_record(p, state, at, node)
-    };
+    let (a, ep) = health_app(store).await;
+    let record = |p: &Publish, state: DeliveryState, at: i64| health_record(p, state, at, node);
     let mut published = Vec::new();
     for n in 0..5 {
         let mut p = publish(&a.id, &[&ep.id], None, DAY + n);
@@ -855,15 +849,23 @@ async fn attempts_recorded_together_keep_the_failure_clock(store: &dyn Store, no
     store.delete_app(&a.id).await.unwrap();
 }
 
-async fn endpoint_health_and_automatic_disabling(store: &dyn Store, node: i64) {
-    const DAY: i64 = 86_400_000;
+const DAY: i64 = 86_400_000;
+
+/// An application with one endpoint, for the endpoint health tests.
+async fn health_app(store: &dyn Store) -> (App, Endpoint) {
     let a = store.create_app(app(DAY, None)).await.unwrap();
     let ep = store.create_endpoint(endpoint(&a.id, DAY)).await.unwrap();
-    let record = |p: &Publish, state: DeliveryState, at: i64| AttemptRecord {
-        disable_after_ms: 2 * DAY as u64,
-        keep_claim: true,
-        ..attempt_record(p, state, at, node)
-    };
+    (a, ep)
+}
+
+/// An attempt of `p` on `node` ending in `state` at `at`, disabling after two days failing.
+fn health_record(p: &Publish, state: DeliveryState, at: i64, node: i64) -> AttemptRecord {
+    AttemptRecord { disable_after_ms: 2 * DAY as u64, keep_claim: true, ..attempt_record(p, state, at, node) }
+}
+
+async fn endpoint_health_and_automatic_disabling(store: &dyn Store, node: i64) {
+    let (a, ep) = health_app(store).await;
+    let record = |p: &Publish, state: DeliveryState, at: i64| health_record(p, state, at, node);
     let mut p = publish(&a.id, &[&ep.id], None, DAY);
     p.claim = Some(node);
     store.publish(p.clone()).await.unwrap();

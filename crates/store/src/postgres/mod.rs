@@ -124,18 +124,10 @@ impl PgStore {
         before: UnixMs,
         chunk: usize,
     ) -> StoreResult<usize> {
-        let (mut deleted, mut after) = (0, None::<Vec<String>>);
-        loop {
-            let from = after.clone();
-            let walked = self
-                .with(|c| async move { queue::purge_expired(&c, table, from.as_deref(), before, chunk.max(1)).await });
-            let (n, next) = walked.await?;
-            deleted += n;
-            match next {
-                Some(key) => after = Some(key),
-                None => return Ok(deleted),
-            }
-        }
+        crate::columns::walk_chunks(|after| {
+            self.with(|c| async move { queue::purge_expired(&c, table, after.as_deref(), before, chunk.max(1)).await })
+        })
+        .await
     }
 
     /// Runs `f` with a pooled connection, bounded by the timeout.

@@ -172,20 +172,12 @@ impl SqliteStore {
         before: UnixMs,
         chunk: usize,
     ) -> StoreResult<usize> {
-        let (mut deleted, mut after) = (0, None::<Vec<String>>);
-        loop {
-            let from = after.clone();
-            let (n, next) = self
-                .write_in(Lane::Background, move |c| {
-                    queue::purge_expired(c, table, from.as_deref(), before, chunk.max(1))
-                })
-                .await?;
-            deleted += n;
-            match next {
-                Some(key) => after = Some(key),
-                None => return Ok(deleted),
-            }
-        }
+        crate::columns::walk_chunks(|after| {
+            self.write_in(Lane::Background, move |c| {
+                queue::purge_expired(c, table, after.as_deref(), before, chunk.max(1))
+            })
+        })
+        .await
     }
 
     /// Writes out unwritten fan-outs before a read of deliveries, so the read sees every
