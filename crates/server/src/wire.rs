@@ -513,6 +513,7 @@ pub struct MessageIn {
     pub callback_url: Option<String>,
     /// Svix's raw payloads (its SDKs' `message_in_raw`): Hookline runs no transformations,
     /// and takes only these two.
+    #[serde(default, deserialize_with = "exact::object_option")]
     pub transformations_params: Option<TransformationsParams>,
     /// Days to keep this message instead of `retention.days`.
     #[serde(default, deserialize_with = "exact::integer_option")]
@@ -535,6 +536,7 @@ pub struct MessageIn {
 pub struct TransformationsParams {
     /// Sent as the body, byte for byte (UTF-8 text), in place of `payload`.
     pub raw_payload: Option<String>,
+    #[serde(default, deserialize_with = "exact::object_option")]
     pub headers: Option<RawPayloadHeaders>,
 }
 

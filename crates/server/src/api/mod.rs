@@ -685,7 +685,7 @@ pub mod query {
         schema: || json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}),
     };
     pub const ITERATOR: QueryParam =
-        QueryParam::string("iterator", "Where to continue: a page's `iterator` for the page after it, its `prevIterator` (`-` and an id) for the page before it.");
+        QueryParam::text("iterator", "Where to continue: a page's `iterator` for the page after it, its `prevIterator` (`-` and an id) for the page before it.");
     pub const ORDER: QueryParam = QueryParam {
         name: "order",
         description: "`descending` (newest first) or `ascending`.",
@@ -699,9 +699,9 @@ pub mod query {
     pub const BEFORE: QueryParam =
         QueryParam::date_time("before", "Only what was created before this time (RFC 3339).");
     pub const AFTER: QueryParam = QueryParam::date_time("after", "Only what was created after this time (RFC 3339).");
-    pub const CHANNEL: QueryParam = QueryParam::string("channel", "Only messages on this channel.");
-    pub const EVENT_TYPES: QueryParam = QueryParam::string("event_types", "Only these event types, comma-separated.");
-    pub const TAG: QueryParam = QueryParam::string("tag", "Only messages with this tag.");
+    pub const CHANNEL: QueryParam = QueryParam::text("channel", "Only messages on this channel.");
+    pub const EVENT_TYPES: QueryParam = QueryParam::text("event_types", "Only these event types, comma-separated.");
+    pub const TAG: QueryParam = QueryParam::text("tag", "Only messages with this tag.");
     pub const WITH_CONTENT: QueryParam = QueryParam::boolean("with_content", "Include payloads (default true).");
     pub const INCLUDE_ARCHIVED: QueryParam =
         QueryParam::boolean("include_archived", "Include archived event types (default false).");
@@ -713,7 +713,7 @@ pub mod query {
     pub const ATTEMPT_CONTENT: QueryParam =
         QueryParam::boolean("with_content", "Include each endpoint's answer (`response`; default true).");
     pub const ENDPOINT_ID: QueryParam =
-        QueryParam::string("endpoint_id", "Only attempts to this endpoint (its id or uid).");
+        QueryParam::text("endpoint_id", "Only attempts to this endpoint (its id or uid).");
     pub const STATUS_CODE_CLASS: QueryParam = QueryParam {
         name: "status_code_class",
         description: "Only attempts answered with a status of this class (200: 200 to 299), or with none (0).",

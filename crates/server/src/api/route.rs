@@ -33,6 +33,12 @@ impl QueryParam {
         QueryParam { name, description, schema: || serde_json::json!({"type": "string"}) }
     }
 
+    /// Text without NUL, which no id, key or name holds (400 otherwise; PostgreSQL's text
+    /// cannot hold it).
+    pub const fn text(name: &'static str, description: &'static str) -> QueryParam {
+        QueryParam { name, description, schema: || serde_json::json!({"type": "string", "pattern": r"^[^\u0000]*$"}) }
+    }
+
     /// An RFC 3339 time.
     pub const fn date_time(name: &'static str, description: &'static str) -> QueryParam {
         QueryParam { name, description, schema: || serde_json::json!({"type": "string", "format": "date-time"}) }

@@ -1227,7 +1227,15 @@ async fn a_raw_payload_is_delivered_as_given() {
     let got = rx.next().await;
     assert_eq!(&got.body[..], b"{\"id\":  \"pay_2\"}");
     assert_eq!(got.header("content-type"), "application/json");
-    for params in [json!({"transform": "x"}), json!({"headers": {"x-other": "1"}}), json!({"rawPayload": 5})] {
+    let refused = [
+        json!({"transform": "x"}),
+        json!({"headers": {"x-other": "1"}}),
+        json!({"rawPayload": 5}),
+        // Never read from arrays (serde would take a struct's fields in order).
+        json!([null, null]),
+        json!({"headers": ["text/plain"]}),
+    ];
+    for params in refused {
         let body = json!({"eventType": "x", "payload": {}, "transformationsParams": params});
         let (status, answer) = gw.call("POST", &format!("/api/v1/app/{app}/msg"), Some(body)).await;
         assert_eq!(status, 422, "{params}: {answer}");
