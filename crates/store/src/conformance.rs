@@ -128,6 +128,7 @@ const LONG_LEASE_MS: u64 = 1_000_000_000_000;
 
 /// Runs every check against `store`, which must start empty.
 pub async fn run_all(store: &dyn Store) {
+    store.ping().await.unwrap();
     apps_crud_and_uid_lookup(store).await;
     pagination_walks_every_item_once(store).await;
     endpoints_belong_to_their_app(store).await;
@@ -760,6 +761,18 @@ async fn attempts_move_deliveries_through_states(store: &dyn Store, node: i64) {
         .await
         .unwrap();
     assert_eq!(listed.items.iter().map(|a| a.status_code).collect::<Vec<_>>(), vec![410, 500], "newest first");
+    // Svix's attempt filters: by status class (`0` for no answer) and by endpoint.
+    let (app_id, msg_id) = (&a.id, &delivery.msg_id);
+    let codes = async |filter: ListFilter| {
+        let page = Page { limit: 10, descending: true, ..Default::default() };
+        let listed = store.list_attempts(app_id, AttemptScope::Message(msg_id), filter, page).await.unwrap();
+        listed.items.iter().map(|a| a.status_code).collect::<Vec<_>>()
+    };
+    assert_eq!(codes(ListFilter { status_code_class: Some(400), ..Default::default() }).await, vec![410]);
+    assert_eq!(codes(ListFilter { status_code_class: Some(500), ..Default::default() }).await, vec![500]);
+    assert!(codes(ListFilter { status_code_class: Some(0), ..Default::default() }).await.is_empty());
+    assert_eq!(codes(ListFilter { endpoint_id: Some(ep.id.clone()), ..Default::default() }).await, vec![410, 500]);
+    assert!(codes(ListFilter { endpoint_id: Some("ep_other".into()), ..Default::default() }).await.is_empty());
     assert!(!claim_all(store, node, 10_002).await.iter().any(|p| p.id == delivery.id), "exhausted is not open");
 }
 
