@@ -374,13 +374,10 @@ fn dropped(n: u64) {
 /// Receivers put tokens in the query and in the path too (Slack's and Discord's webhook
 /// URLs end with theirs), and emails may travel in plain text.
 fn shown_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let host_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let origin = &url[..url.len() - rest.len() + host_end];
-    match (scheme.is_empty(), host_end == rest.len() || &rest[host_end..] == "/") {
-        (false, true) => url.to_owned(),
-        (false, false) => format!("{origin}/…"),
-        (true, _) => "…".to_owned(),
+    match url::Url::parse(url) {
+        Ok(parsed) if parsed.path() == "/" && parsed.query().is_none() && parsed.fragment().is_none() => url.to_owned(),
+        Ok(parsed) => format!("{}/…", parsed.origin().ascii_serialization()),
+        Err(_) => "…".to_owned(),
     }
 }
 

@@ -141,11 +141,10 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
 
 async fn retain(state: &AppState, now: i64) {
     let (store, config) = (state.store.as_ref(), &state.config);
-    let chunk = PURGE_CHUNK;
-    if let Err(e) = store.purge_idempotent_responses(now - config.api.idempotency_ttl_ms as i64, chunk).await {
+    if let Err(e) = store.purge_idempotent_responses(now - config.api.idempotency_ttl_ms as i64, PURGE_CHUNK).await {
         tracing::warn!(error = %e, "could not purge idempotency keys");
     }
-    if let Err(e) = store.purge_inbound_keys(now - config.inbound.dedupe_window_ms as i64, chunk).await {
+    if let Err(e) = store.purge_inbound_keys(now - config.inbound.dedupe_window_ms as i64, PURGE_CHUNK).await {
         tracing::warn!(error = %e, "could not purge inbound event ids");
     }
     if let Err(e) = store.purge_sessions(now).await {

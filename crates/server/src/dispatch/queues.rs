@@ -186,8 +186,10 @@ impl QueuePublisher {
     /// A link to `queue` on `broker` (its address and vhost): on AMQP, a channel on the
     /// broker's open connection, or on a new one; elsewhere, a connection.
     async fn connect(&self, queue: &QueueUrl, broker: &str) -> Result<Link, Problem> {
-        if queue.broker != Broker::Amqp {
-            return self.connect_allowed(queue, |address| self.open(queue, address)).await;
+        match queue.broker {
+            Broker::Redis => return self.connect_allowed(queue, |address| self.open_redis(queue, address)).await,
+            Broker::Nats => return self.connect_allowed(queue, |address| self.open_nats(queue, address)).await,
+            Broker::Amqp => {}
         }
         let open = || self.amqp.lock().expect("amqp lock").get(broker).and_then(std::sync::Weak::upgrade);
         let connection = match open().filter(|c| c.status().connected()) {
@@ -244,48 +246,44 @@ impl QueuePublisher {
         crate::ingest::queue::amqp::connect_within(uri, self.connect_timeout).await
     }
 
-    /// Connects to `address`, the checked one, never to a name the broker library would
-    /// resolve (or, for NATS, to servers the broker advertises) on its own.
-    async fn open(&self, queue: &QueueUrl, address: SocketAddr) -> Result<Link, String> {
-        let credentials = self.credentials(queue);
-        match queue.broker {
-            Broker::Redis => {
-                let mut info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(
-                    redis::ConnectionAddr::Tcp(address.ip().to_string(), address.port()),
-                )
-                .map_err(|e| e.to_string())?;
-                if let Some((user, password)) = credentials {
-                    let settings = info.redis_settings().clone();
-                    let settings = if user.is_empty() { settings } else { settings.set_username(user) };
-                    info = info.set_redis_settings(settings.set_password(password));
-                }
-                let client = redis::Client::open(info).map_err(|e| e.to_string())?;
-                let options = redis::AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(self.connect_timeout))
-                    .set_response_timeout(Some(self.timeout));
-                let connection =
-                    client.get_multiplexed_async_connection_with_config(&options).await.map_err(|e| e.to_string())?;
-                Ok(Link::Redis(connection))
-            }
-            // Never asked: an AMQP link is a channel, made by `connect`.
-            Broker::Amqp => Err("an AMQP link is a channel on the broker's connection".into()),
-            Broker::Nats => {
-                let options = match credentials {
-                    Some((user, password)) => async_nats::ConnectOptions::with_user_and_password(user, password),
-                    None => async_nats::ConnectOptions::new(),
-                };
-                // One attempt to reconnect, at once; then the client ends, and the publishes
-                // it kept meanwhile with it (the link is dropped and made anew).
-                let client = options
-                    .connection_timeout(self.connect_timeout)
-                    .max_reconnects(1)
-                    .ignore_discovered_servers()
-                    .connect(format!("nats://{address}"))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(Link::Nats(async_nats::jetstream::new(client)))
-            }
+    /// A Redis connection to `address`, the checked one, never to a name redis-rs would
+    /// resolve on its own.
+    async fn open_redis(&self, queue: &QueueUrl, address: SocketAddr) -> Result<Link, String> {
+        let mut info: redis::ConnectionInfo = redis::IntoConnectionInfo::into_connection_info(
+            redis::ConnectionAddr::Tcp(address.ip().to_string(), address.port()),
+        )
+        .map_err(|e| e.to_string())?;
+        if let Some((user, password)) = self.credentials(queue) {
+            let settings = info.redis_settings().clone();
+            let settings = if user.is_empty() { settings } else { settings.set_username(user) };
+            info = info.set_redis_settings(settings.set_password(password));
         }
+        let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+        let options = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.connect_timeout))
+            .set_response_timeout(Some(self.timeout));
+        let connection =
+            client.get_multiplexed_async_connection_with_config(&options).await.map_err(|e| e.to_string())?;
+        Ok(Link::Redis(connection))
+    }
+
+    /// A NATS connection to `address`, the checked one, never to servers the broker
+    /// advertises.
+    async fn open_nats(&self, queue: &QueueUrl, address: SocketAddr) -> Result<Link, String> {
+        let options = match self.credentials(queue) {
+            Some((user, password)) => async_nats::ConnectOptions::with_user_and_password(user, password),
+            None => async_nats::ConnectOptions::new(),
+        };
+        // One attempt to reconnect, at once; then the client ends, and the publishes it kept
+        // meanwhile with it (the link is dropped and made anew).
+        let client = options
+            .connection_timeout(self.connect_timeout)
+            .max_reconnects(1)
+            .ignore_discovered_servers()
+            .connect(format!("nats://{address}"))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Link::Nats(async_nats::jetstream::new(client)))
     }
 }
 
