@@ -32,12 +32,7 @@ pub const LINK_IDLE: Duration = Duration::from_secs(300);
 /// One open connection to a broker.
 enum Link {
     Redis(redis::aio::MultiplexedConnection),
-    /// A channel of its own on the broker's shared connection (lapin closes the channel
-    /// when the link goes, and the connection when its last link does).
-    Amqp {
-        _connection: Arc<lapin::Connection>,
-        channel: lapin::Channel,
-    },
+    Amqp { _connection: lapin::Connection, channel: lapin::Channel },
     Nats(async_nats::jetstream::Context),
 }
 
@@ -60,10 +55,6 @@ pub struct QueuePublisher {
     /// One connect at a time per broker: the deliveries that find no link wait for the
     /// one connecting, rather than each opening its own (a lapin connection is a thread).
     connecting: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// The AMQP connection of each broker (address and vhost), while a link uses it: every
-    /// destination there (an exchange and routing key) has a channel of its own on it, not
-    /// a connection and a thread of its own.
-    amqp: Mutex<HashMap<String, std::sync::Weak<lapin::Connection>>>,
 }
 
 impl QueuePublisher {
@@ -75,7 +66,6 @@ impl QueuePublisher {
             connect_timeout: Duration::from_millis(config.connect_timeout_ms),
             links: Mutex::default(),
             connecting: Mutex::default(),
-            amqp: Mutex::default(),
         }
     }
 
@@ -124,15 +114,15 @@ impl QueuePublisher {
             Some(Err(why)) => return Err(Problem::Refused(why)),
             None => return Err(Problem::Refused("not a queue URL".into())),
         };
-        let broker = format!("{:?}://{}:{}/{}", queue.broker, queue.host, queue.port, queue.vhost);
-        let mut key = broker.clone();
+        let mut key = format!("{:?}://{}:{}/{}", queue.broker, queue.host, queue.port, queue.vhost);
         if queue.broker == Broker::Amqp {
-            // A link (a confirm channel on the broker's connection) per destination:
-            // RabbitMQ closes a channel on a publish to an exchange that does not exist,
-            // which failed every other destination's publishes on it; and lapin pairs a
-            // channel's returned (unroutable) messages with its confirms in arrival order,
-            // so one destination's return could mark another's publish unroutable and its
-            // own delivered.
+            // A link (a connection and its one confirm channel) per destination: RabbitMQ
+            // closes a channel on a publish to an exchange that does not exist, which
+            // failed every other destination's publishes on it; and lapin pairs a channel's
+            // returned (unroutable) messages with its confirms in arrival order, so one
+            // destination's return could mark another's publish unroutable and its own
+            // delivered. (Channels of their own on one shared connection were tried: a
+            // destination beside a missing exchange then got a delivery twice, now and then.)
             key = format!("{key}#{}#{}", queue.target, queue.routing_key);
         }
         let cached = || {
@@ -150,7 +140,7 @@ impl QueuePublisher {
                     // Made by the delivery that connected while this one waited.
                     Some(link) => link,
                     None => {
-                        let connected = tokio::time::timeout_at(deadline, self.connect(&queue, &broker)).await;
+                        let connected = tokio::time::timeout_at(deadline, self.connect(&queue)).await;
                         let link = Arc::new(connected.unwrap_or(Err(Problem::Timeout))?);
                         self.links.lock().expect("links lock").insert(key.clone(), (link.clone(), Instant::now()));
                         link
@@ -183,36 +173,20 @@ impl QueuePublisher {
         before - links.len()
     }
 
-    /// A link to `queue` on `broker` (its address and vhost): on AMQP, a channel on the
-    /// broker's open connection, or on a new one; elsewhere, a connection.
-    async fn connect(&self, queue: &QueueUrl, broker: &str) -> Result<Link, Problem> {
+    /// A link to `queue`: a connection to the first resolved address the rules allow (on
+    /// AMQP with its one confirm channel).
+    async fn connect(&self, queue: &QueueUrl) -> Result<Link, Problem> {
         match queue.broker {
-            Broker::Redis => return self.connect_allowed(queue, |address| self.open_redis(queue, address)).await,
-            Broker::Nats => return self.connect_allowed(queue, |address| self.open_nats(queue, address)).await,
-            Broker::Amqp => {}
-        }
-        let open = || self.amqp.lock().expect("amqp lock").get(broker).and_then(std::sync::Weak::upgrade);
-        let connection = match open().filter(|c| c.status().connected()) {
-            Some(connection) => connection,
-            None => {
-                // Destinations on one broker connecting at once make one connection.
-                let gate =
-                    self.connecting.lock().expect("connecting lock").entry(broker.to_owned()).or_default().clone();
-                let _turn = gate.lock().await;
-                match open().filter(|c| c.status().connected()) {
-                    Some(connection) => connection,
-                    None => {
-                        let connection =
-                            Arc::new(self.connect_allowed(queue, |address| self.open_amqp(queue, address)).await?);
-                        self.amqp.lock().expect("amqp lock").insert(broker.to_owned(), Arc::downgrade(&connection));
-                        connection
-                    }
-                }
+            Broker::Redis => self.connect_allowed(queue, |address| self.open_redis(queue, address)).await,
+            Broker::Nats => self.connect_allowed(queue, |address| self.open_nats(queue, address)).await,
+            Broker::Amqp => {
+                let connection = self.connect_allowed(queue, |address| self.open_amqp(queue, address)).await?;
+                let channel = connection.create_channel().await.map_err(|e| Problem::Connect(e.to_string()))?;
+                let confirms = ConfirmSelectOptions::default();
+                channel.confirm_select(confirms).await.map_err(|e| Problem::Connect(e.to_string()))?;
+                Ok(Link::Amqp { _connection: connection, channel })
             }
-        };
-        let channel = connection.create_channel().await.map_err(|e| Problem::Connect(e.to_string()))?;
-        channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(|e| Problem::Connect(e.to_string()))?;
-        Ok(Link::Amqp { _connection: connection, channel })
+        }
     }
 
     /// Connects with `open` to the first resolved address the rules allow.
@@ -495,40 +469,6 @@ mod tests {
         assert!(sent.response_excerpt.contains("read only replica"), "{}", sent.response_excerpt);
         assert_eq!(sent.outcome, Outcome::Connect);
         assert!(publisher.links.lock().unwrap().is_empty(), "the link is dropped");
-    }
-
-    /// Destinations on one AMQP broker (exchanges and routing keys) each have a channel of
-    /// their own on one connection: it was a connection (and a lapin thread) each. A channel
-    /// RabbitMQ closes (a publish to a missing exchange) fails its own destination only.
-    #[tokio::test]
-    async fn destinations_on_one_amqp_broker_share_its_connection() {
-        let url = std::env::var("HOOKLINE_TEST_AMQP_URL").unwrap_or_else(|_| "amqp://127.0.0.1:5672".into());
-        let authority = url.trim_start_matches("amqp://").split('/').next().unwrap().rsplit('@').next().unwrap();
-        let policy = AddressPolicy { allow_all_private: true, allow_plain_http: true, ..Default::default() };
-        let publisher = QueuePublisher::new(policy, &crate::config::DeliveryConfig::default());
-        let body = Bytes::from_static(b"{}");
-        for n in 0..3 {
-            let destination =
-                format!("amqp://{authority}/amq.direct?routingKey=hookline-test-{}-{n}", std::process::id());
-            let sent = publisher.publish(&destination, "msg_1", "ep_1", &[], body.clone()).await;
-            assert!(sent.response_excerpt.contains("unroutable"), "{}", sent.response_excerpt);
-        }
-        let missing = format!("amqp://{authority}/hookline-missing-{}", std::process::id());
-        let sent = publisher.publish(&missing, "msg_1", "ep_1", &[], body.clone()).await;
-        assert_ne!(sent.outcome, Outcome::Published, "{}", sent.response_excerpt);
-        let again = format!("amqp://{authority}/amq.direct?routingKey=hookline-test-{}-0", std::process::id());
-        let sent = publisher.publish(&again, "msg_1", "ep_1", &[], body).await;
-        assert!(sent.response_excerpt.contains("unroutable"), "the others' channels work: {}", sent.response_excerpt);
-        let links: Vec<Arc<Link>> = publisher.links.lock().unwrap().values().map(|(link, _)| link.clone()).collect();
-        let connections: Vec<Arc<lapin::Connection>> = links
-            .iter()
-            .filter_map(|link| match &**link {
-                Link::Amqp { _connection: connection, .. } => Some(connection.clone()),
-                _ => None,
-            })
-            .collect();
-        assert!(connections.len() >= 3, "{} links", connections.len());
-        assert!(connections.windows(2).all(|pair| Arc::ptr_eq(&pair[0], &pair[1])), "one connection");
     }
 
     /// A name AMQP cannot carry (over 255 bytes: a header's, as a provider's forwarded
