@@ -862,9 +862,26 @@ impl PrivateBroker {
         };
         self.child = Some(command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
         let deadline = tokio::time::Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+        while !self.ready().await {
             assert!(tokio::time::Instant::now() < deadline, "{:?} never started", self.kind);
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Whether the server takes clients. RabbitMQ listens before it has booted: a client
+    /// that only connects may be answered with bytes that are not AMQP, so it must open a
+    /// whole connection.
+    async fn ready(&self) -> bool {
+        match self.kind {
+            Kind::Amqp => {
+                let url = self.url();
+                let connect = lapin::Connection::connect(&url, Default::default());
+                match tokio::time::timeout(Duration::from_secs(5), connect).await {
+                    Ok(Ok(connection)) => connection.close(200, "".into()).await.is_ok(),
+                    _ => false,
+                }
+            }
+            Kind::Redis | Kind::Nats => tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok(),
         }
     }
 
