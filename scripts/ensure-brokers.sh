@@ -41,4 +41,7 @@ if ! listening 5672; then
     # The service, or the server itself where there is no service manager (containers).
     service rabbitmq-server start >/dev/null 2>&1 || (nohup rabbitmq-server >/dev/null 2>&1 &)
     wait_for RabbitMQ 5672
+    # It listens before it has booted; a client may meanwhile be answered with bytes that
+    # are not AMQP. The tests' own waits catch a boot this one cannot see (no cookie).
+    timeout 120 rabbitmqctl await_startup >/dev/null 2>&1 || true
 fi
