@@ -272,6 +272,52 @@ pub fn close_stranded_sql(p: fn(usize) -> String) -> [String; 2] {
     ]
 }
 
+/// A recover step's span: the last message id among the endpoint's next deliveries in
+/// message-id order, and how many there are (at most the chunk). Parameters: the endpoint,
+/// the first id the recovery covers (inclusive), the cursor (exclusive), the first id it
+/// does not (exclusive), the chunk. Message ids sort by creation time, so the recovery's
+/// window bounds the walk.
+pub fn recover_span_sql(p: fn(usize) -> String) -> String {
+    format!(
+        "SELECT max(msg_id), count(*) FROM (SELECT msg_id FROM deliveries WHERE endpoint_id = {} \
+         AND msg_id >= {} AND msg_id > {} AND msg_id < {} ORDER BY msg_id LIMIT {}) s",
+        p(1),
+        p(2),
+        p(3),
+        p(4),
+        p(5)
+    )
+}
+
+/// The message ids a recovery's walk spans: those made a minute either side of its window.
+/// An id is made from the clock read when the message is, its `created_at` from a reading
+/// of its own; the window itself is checked on `created_at`.
+pub fn recover_id_bounds(r: &crate::Recovery) -> (String, String) {
+    const SLACK_MS: i64 = 60_000;
+    (
+        crate::retention_cutoff_id(r.since.saturating_sub(SLACK_MS)),
+        crate::retention_cutoff_id(r.until.saturating_add(SLACK_MS)),
+    )
+}
+
+/// A recover step: the endpoint's exhausted or skipped deliveries of the span (after `p(7)`,
+/// up to `p(8)`) whose messages are the application's and created in the window, set as
+/// `restart` says (it uses `p(1)`, now, and `p(2)`). `lock` ends the messages' subquery (a
+/// row lock where the backend has them). Parameters: 3 the endpoint, 4 the application, 5
+/// and 6 the window.
+pub fn recover_sql(p: fn(usize) -> String, restart: &str, lock: &str) -> String {
+    let (endpoint, app, since, until, after, last) = (p(3), p(4), p(5), p(6), p(7), p(8));
+    format!(
+        "UPDATE deliveries SET {restart} WHERE endpoint_id = {endpoint} AND state IN (2, 5) \
+         AND msg_id > {after} AND msg_id <= {last} AND msg_id IN \
+         (SELECT m.id FROM messages m WHERE m.id > {after} AND m.id <= {last} AND m.app_id = {app} \
+          AND m.created_at >= {since} AND m.created_at < {until} \
+          AND EXISTS (SELECT 1 FROM deliveries r WHERE r.msg_id = m.id AND r.endpoint_id = {endpoint} \
+              AND r.state IN (2, 5)){lock}) \
+         RETURNING {DELIVERY_COLUMNS}"
+    )
+}
+
 /// A migration of both backends: deliveries left open to endpoints deleted before a
 /// deletion closed ordered deliveries waiting behind the open one. Never sendable, they
 /// would keep their messages from retention for ever.

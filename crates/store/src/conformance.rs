@@ -136,6 +136,7 @@ pub async fn run_all(store: &dyn Store) {
     publish_commits_message_and_deliveries(store, node).await;
     attempts_move_deliveries_through_states(store, node).await;
     resend_and_recover_restart_deliveries(store, node).await;
+    a_recover_walks_the_endpoint_in_steps(store).await;
     endpoint_health_and_automatic_disabling(store, node).await;
     attempts_recorded_together_keep_the_failure_clock(store, node).await;
     statistics_add_up_roll_up_and_expire(store).await;
@@ -808,13 +809,13 @@ async fn resend_and_recover_restart_deliveries(store: &dyn Store, node: i64) {
         keep_claim: false,
     };
     assert!(store.record_attempt(exhausted).await.unwrap().applied);
-    let recovered = store.recover(&a.id, &ep.id, 6_000, 7_000, 8_000).await.unwrap();
-    assert_eq!(recovered.len(), 1);
+    assert_eq!(recover(store, &a.id, &ep.id, 6_000, 7_000, 8_000).await, 1);
+    let recovered = store.get_delivery(&p.message.id, &p.deliveries[0].id).await.unwrap();
     assert_eq!(
-        (recovered[0].state, recovered[0].next_at, recovered[0].trigger),
+        (recovered.state, recovered.next_at, recovered.trigger),
         (DeliveryState::Pending, Some(8_000), Trigger::Manual)
     );
-    assert!(store.recover(&a.id, &ep.id, 7_000, 9_000, 9_000).await.unwrap().is_empty(), "window excludes the message");
+    assert_eq!(recover(store, &a.id, &ep.id, 7_000, 9_000, 9_000).await, 0, "window excludes the message");
     let claimable = claim_all(store, node, 8_000).await;
     assert!(claimable.iter().any(|d| d.id == p.deliveries[0].id), "recovered deliveries are left for any node");
     let fresh = store.resend(&a.id, &p.message.id, &other.id, id(prefix::DELIVERY, 9_000), 9_000, node).await.unwrap();
@@ -823,6 +824,68 @@ async fn resend_and_recover_restart_deliveries(store: &dyn Store, node: i64) {
     let b = store.create_app(app(6_000, None)).await.unwrap();
     let cross = store.resend(&b.id, &p.message.id, &ep.id, id(prefix::DELIVERY, 9_000), 9_000, node).await;
     assert_eq!(cross, Err(StoreError::NotFound), "no resend across applications");
+}
+
+/// A recover walks the endpoint's deliveries a step at a time: what is in the window and
+/// exhausted or skipped restarts whatever step it falls in (a message whose id was made a
+/// moment before its `created_at` too); what is outside the window, delivered, or another
+/// endpoint's stays. A lane reopened across steps goes in publish order, not id order.
+async fn a_recover_walks_the_endpoint_in_steps(store: &dyn Store) {
+    use DeliveryState::{Delivered, Exhausted, Pending, Skipped, Waiting};
+    let t = 70_000_000;
+    let a = store.create_app(app(t, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, t)).await.unwrap();
+    let other = store.create_endpoint(endpoint(&a.id, t)).await.unwrap();
+    let closed = |p: Publish, state: DeliveryState| {
+        let mut p = p;
+        p.deliveries[0].state = state;
+        p.deliveries[0].next_at = None;
+        p
+    };
+    // The message created at `created_at` with id `msg_id`.
+    let made = |mut p: Publish, msg_id: String, created_at: UnixMs| {
+        let message = std::sync::Arc::make_mut(&mut p.message);
+        (message.id, message.created_at) = (msg_id.clone(), created_at);
+        p.deliveries[0].msg_id = msg_id;
+        p
+    };
+    let mut restarts = Vec::new();
+    for i in 0..9 {
+        let state = if i % 3 == 0 { Skipped } else { Exhausted };
+        restarts.push(closed(publish(&a.id, &[&ep.id], None, t + 10 + i), state));
+    }
+    let early_id = made(closed(publish(&a.id, &[&ep.id], None, t), Exhausted), id(prefix::MESSAGE, t - 30_000), t + 20);
+    restarts.push(early_id);
+    let stays = [
+        closed(publish(&a.id, &[&ep.id], None, t + 11), Delivered),
+        closed(publish(&a.id, &[&ep.id], None, t + 9), Exhausted),
+        closed(publish(&a.id, &[&ep.id], None, t + 100), Exhausted),
+        closed(publish(&a.id, &[&other.id], None, t + 12), Exhausted),
+        made(closed(publish(&a.id, &[&ep.id], None, t), Exhausted), id(prefix::MESSAGE, t + 30), t + 100),
+    ];
+    for p in restarts.iter().chain(&stays) {
+        store.publish(p.clone()).await.unwrap();
+    }
+    // A lane of two, the first published with the larger id.
+    let lane = |byte: u8| {
+        let p = closed(ordered(&a.id, &ep.id, "pay_9", t + 50), Exhausted);
+        made(p, new_id(prefix::MESSAGE, t + 50, [byte; 10]), t + 50)
+    };
+    let (first, second) = (lane(200), lane(100));
+    store.publish(first.clone()).await.unwrap();
+    store.publish(second.clone()).await.unwrap();
+
+    let recovery =
+        Recovery { app_id: a.id.clone(), endpoint_id: ep.id.clone(), since: t + 10, until: t + 60, now: t + 70 };
+    assert_eq!(crate::recover_endpoint(store, &recovery, 1).await.unwrap(), restarts.len() + 2);
+    for p in &restarts {
+        let d = store.get_delivery(&p.message.id, &p.deliveries[0].id).await.unwrap();
+        assert_eq!((d.state, d.next_at, d.trigger), (Pending, Some(t + 70), Trigger::Manual));
+    }
+    let states = futures_util::future::join_all(stays.iter().map(|p| state_of(store, p))).await;
+    assert_eq!(states, [Delivered, Exhausted, Exhausted, Exhausted, Exhausted]);
+    assert_eq!([state_of(store, &first).await, state_of(store, &second).await], [Pending, Waiting]);
+    assert_eq!(crate::recover_endpoint(store, &recovery, 3).await.unwrap(), 0, "nothing is left to restart");
 }
 
 /// A failure starts `fail_since`, a success clears it; failing too long disables the endpoint
@@ -935,9 +998,8 @@ async fn endpoint_health_and_automatic_disabling(store: &dyn Store, node: i64) {
     assert!(!claim_all(store, node, 5 * DAY).await.iter().any(|d| d.id == s.deliveries[0].id), "skipped is not due");
     let d = store.get_delivery(&s.message.id, &s.deliveries[0].id).await.unwrap();
     assert_eq!((d.state, d.next_at), (DeliveryState::Skipped, None));
-    let recovered = store.recover(&a.id, &ep.id, 5 * DAY, 5 * DAY + 1, 6 * DAY).await.unwrap();
-    assert_eq!(recovered.iter().map(|d| d.id.clone()).collect::<Vec<_>>(), vec![s.deliveries[0].id.clone()]);
-    assert_eq!(recovered[0].state, DeliveryState::Pending);
+    assert_eq!(recover(store, &a.id, &ep.id, 5 * DAY, 5 * DAY + 1, 6 * DAY).await, 1);
+    assert_eq!(state_of(store, &s).await, DeliveryState::Pending);
     store.delete_app(&a.id).await.unwrap();
 }
 
@@ -1129,6 +1191,19 @@ pub fn ordered(app_id: &str, ep: &str, key: &str, now: UnixMs) -> Publish {
     p
 }
 
+/// A recover of the window, walked two deliveries a step (so that tests cross steps).
+async fn recover(
+    store: &dyn Store,
+    app_id: &str,
+    endpoint_id: &str,
+    since: UnixMs,
+    until: UnixMs,
+    now: UnixMs,
+) -> usize {
+    let recovery = Recovery { app_id: app_id.into(), endpoint_id: endpoint_id.into(), since, until, now };
+    crate::recover_endpoint(store, &recovery, 2).await.unwrap()
+}
+
 async fn state_of(store: &dyn Store, p: &Publish) -> DeliveryState {
     store.get_delivery(&p.message.id, &p.deliveries[0].id).await.unwrap().state
 }
@@ -1246,8 +1321,7 @@ async fn ordering_lanes_hold_later_deliveries_back(store: &dyn Store, node: i64)
 
     // Recovering the exhausted and the skipped ones puts them back in the lane at their
     // places: they wait behind the open head, then go before the later ones.
-    let recovered = store.recover(&a.id, &ep.id, t, t + 100, t + 40).await.unwrap();
-    assert_eq!(recovered.len(), 2, "{recovered:?}");
+    assert_eq!(recover(store, &a.id, &ep.id, t, t + 100, t + 40).await, 2);
     assert_eq!([state_of(store, &p2).await, state_of(store, &p3).await], [Waiting, Waiting]);
     let lane = store.ordering_lanes(&ep.id, Some("pay_1"), 10).await.unwrap();
     assert_eq!(lane[0].waiting, 2);

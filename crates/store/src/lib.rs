@@ -151,16 +151,19 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMs,
         claim: i64,
     ) -> StoreResult<Delivery>;
-    /// Makes every exhausted or skipped delivery of the endpoint for messages created in
-    /// `[since, until)` due at `now`, unclaimed: whichever node claims next sends them.
+    /// One step of a recover (`recover_endpoint` walks them all): among the endpoint's next
+    /// `chunk` deliveries in message-id order, after the message `after` (from the first
+    /// without), makes each exhausted or skipped one the recovery covers due at its `now`,
+    /// unclaimed, so whichever node claims next sends it; an ordered one waits in its lane
+    /// (its place kept) for `promote_lanes`. Answers those deliveries and the cursor of the
+    /// next step, none after the last. Each step is a transaction of its own, bounded by
+    /// `chunk` whatever the endpoint's size.
     async fn recover(
         &self,
-        app_id: &str,
-        endpoint_id: &str,
-        since: UnixMs,
-        until: UnixMs,
-        now: UnixMs,
-    ) -> StoreResult<Vec<Delivery>>;
+        recovery: &Recovery,
+        after: Option<String>,
+        chunk: usize,
+    ) -> StoreResult<(Vec<Delivery>, Option<String>)>;
     /// Makes the first waiting delivery of each lane `(endpoint_id, key)` due at `now` when
     /// the lane has no open delivery (`None`: every lane with waiting deliveries). Returns
     /// how many it made due.
@@ -303,6 +306,38 @@ pub const OPERATIONAL_APP_ID: &str = "app_00000000000operational";
 /// message created earlier has a smaller id and retention walks the primary key.
 pub fn retention_cutoff_id(created_before: UnixMs) -> String {
     hookline_core::id::new_id(hookline_core::id::prefix::MESSAGE, created_before, [0; 10])
+}
+
+/// Deliveries a recover step reads: each step is a statement of its own, short beside a
+/// publish on SQLite's writer and within PostgreSQL's statement timeout.
+pub const RECOVER_CHUNK: usize = 2_000;
+
+/// Recovers what `recovery` covers, a step of `chunk` deliveries at a time
+/// (`Store::recover`), then makes the head of each ordering lane it reopened due. Answers
+/// how many deliveries it restarted. A failure ends the walk with what was done kept: a
+/// recover again restarts the rest (those restarted are no longer exhausted or skipped).
+/// A lane left unpromoted is moved on by the housekeeping sweep.
+pub async fn recover_endpoint(store: &dyn Store, recovery: &Recovery, chunk: usize) -> StoreResult<usize> {
+    let (mut restarted, mut lanes, mut after) = (0, std::collections::BTreeSet::new(), None);
+    loop {
+        let (recovered, next) = store.recover(recovery, after.take(), chunk).await?;
+        restarted += recovered.len();
+        lanes.extend(recovered.into_iter().filter_map(|d| Some((d.endpoint_id?, d.order_key?))));
+        match next {
+            Some(cursor) => after = Some(cursor),
+            None => break,
+        }
+    }
+    // After the walk, not after each step: a lane's earlier delivery may be in a later step
+    // (ids within a millisecond are random, lanes go by publish order).
+    let lanes: Vec<(String, String)> = lanes.into_iter().collect();
+    for batch in lanes.chunks(chunk.max(1)) {
+        if let Err(e) = store.promote_lanes(Some(batch.to_vec()), recovery.now).await {
+            tracing::warn!(error = %e, "could not make an ordering lane's head due; the sweep will");
+            break;
+        }
+    }
+    Ok(restarted)
 }
 
 /// Which attempts a listing covers.

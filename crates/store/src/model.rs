@@ -459,6 +459,17 @@ pub struct DigestsTaken {
     pub next_due: Option<UnixMs>,
 }
 
+/// What a recover restarts: the endpoint's exhausted or skipped deliveries of messages
+/// created in `[since, until)`, made due at `now`.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    pub app_id: String,
+    pub endpoint_id: String,
+    pub since: UnixMs,
+    pub until: UnixMs,
+    pub now: UnixMs,
+}
+
 /// Cursor pagination by id (ids sort by creation time).
 #[derive(Clone, Debug, Default)]
 pub struct Page {

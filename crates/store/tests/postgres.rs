@@ -3,7 +3,7 @@
 
 use hookline_core::delivery::DeliveryState;
 use hookline_store::postgres::{scratch, PgOptions, PgStore};
-use hookline_store::{conformance, Change, ClaimDue, Store};
+use hookline_store::{conformance, Change, ClaimDue, Recovery, Store, RECOVER_CHUNK};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -166,7 +166,16 @@ async fn a_resend_racing_retention_is_kept_or_refused() {
         let restart = async {
             match round % 2 {
                 0 => a.resend(&app.id, &p.message.id, &ep.id, "dlv_resent".into(), t + 50, nodes.node).await.map(|_| 1),
-                _ => a.recover(&app.id, &ep.id, t, t + 1, t + 50).await.map(|recovered| recovered.len()),
+                _ => {
+                    let recovery = Recovery {
+                        app_id: app.id.clone(),
+                        endpoint_id: ep.id.clone(),
+                        since: t,
+                        until: t + 1,
+                        now: t + 50,
+                    };
+                    hookline_store::recover_endpoint(a, &recovery, RECOVER_CHUNK).await
+                }
             }
         };
         let purge = async {
@@ -388,7 +397,8 @@ async fn changes_reach_other_nodes() {
     let mut p = conformance::publish(&app.id, &[&ep.id], None, 3);
     p.deliveries[0].state = DeliveryState::Exhausted;
     a.publish(p).await.unwrap();
-    a.recover(&app.id, &ep.id, 0, 10, 10).await.unwrap();
+    let recovery = Recovery { app_id: app.id.clone(), endpoint_id: ep.id.clone(), since: 0, until: 10, now: 10 };
+    a.recover(&recovery, None, RECOVER_CHUNK).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await.unwrap().unwrap();
     assert_eq!(next, Change::Due, "recovered work wakes the claimers");
 }

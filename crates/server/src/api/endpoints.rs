@@ -13,7 +13,7 @@ use hookline_core::id::{has_prefix, prefix};
 use hookline_core::queue_url::is_queue_url;
 use hookline_core::signature::{Secret, SignatureScheme};
 use hookline_core::ssrf::check_url;
-use hookline_store::{App, Endpoint, StoredSecret};
+use hookline_store::{App, Endpoint, Recovery, StoredSecret};
 use std::collections::BTreeMap;
 
 /// Secrets an endpoint may hold at once (the current one and those still in their grace).
@@ -77,7 +77,9 @@ pub fn routes() -> Vec<Route> {
                 .doc(
                     "recoverEndpoint",
                     "Resend every exhausted delivery, and every delivery skipped while the endpoint was \
-                     disabled, for messages created since a time.",
+                     disabled, for messages created since a time. The endpoint's deliveries are walked a \
+                     few thousand at a time, each step committed: if the store fails during the walk, \
+                     the answer is 503 with the steps done kept, and a recover again restarts the rest.",
                 )
                 .body::<RecoverIn>()
                 .answers::<RecoverOut>(202, "Done: the deliveries are due again."),
@@ -588,9 +590,10 @@ async fn recover(
         Some(t) => parse_timestamp(t).ok_or_else(|| ApiError::field("until", "until must be an RFC 3339 time"))?,
         None => now + 1,
     };
-    let restarted =
-        state.store.recover(&e.app_id, &e.id, since, until, now).await.map_err(ApiError::from_store("endpoint"))?;
-    let count = restarted.len();
+    let recovery = Recovery { app_id: e.app_id.clone(), endpoint_id: e.id.clone(), since, until, now };
+    let count = hookline_store::recover_endpoint(&*state.store, &recovery, hookline_store::RECOVER_CHUNK)
+        .await
+        .map_err(ApiError::from_store("endpoint"))?;
     // Left unclaimed in the store: the next claim (on any node) takes them in batches.
     state.engine.wake();
     let out = RecoverOut {

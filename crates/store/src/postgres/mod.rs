@@ -467,26 +467,17 @@ impl Store for PgStore {
     }
     async fn recover(
         &self,
-        app_id: &str,
-        endpoint_id: &str,
-        since: UnixMs,
-        until: UnixMs,
-        now: UnixMs,
-    ) -> StoreResult<Vec<Delivery>> {
-        let recovered = in_tx!(self, |tx| async {
-            let recovered = queue::recover(&tx, app_id, endpoint_id, since, until, now).await?;
-            notify(&tx, &Change::Due).await?;
-            Ok(recovered)
-        })?;
-        // Each lane after the commit, in a transaction of its own (one lane lock each): an
-        // endpoint's recover can reopen thousands of lanes. If this fails, the leader's
-        // sweep makes the heads due.
-        let lanes: std::collections::BTreeSet<(String, String)> =
-            recovered.iter().filter_map(|d| Some((d.endpoint_id.clone()?, d.order_key.clone()?))).collect();
-        if let Err(e) = self.promote_each(lanes.into_iter().collect(), now).await {
-            tracing::warn!(error = %e, "could not make an ordering lane's head due; the sweep will");
-        }
-        Ok(recovered)
+        recovery: &Recovery,
+        after: Option<String>,
+        chunk: usize,
+    ) -> StoreResult<(Vec<Delivery>, Option<String>)> {
+        in_tx!(self, |tx| async {
+            let step = queue::recover(&tx, recovery, after.as_deref(), chunk.max(1)).await?;
+            if !step.0.is_empty() {
+                notify(&tx, &Change::Due).await?;
+            }
+            Ok(step)
+        })
     }
     async fn promote_lanes(&self, lanes: Option<Vec<(String, String)>>, now: UnixMs) -> StoreResult<usize> {
         let lanes = match lanes {

@@ -388,25 +388,27 @@ pub async fn resend(
     }
 }
 
+/// One step of a recover (`Store::recover`). The messages are locked until the commit, as
+/// a resend's: a retention pass skips them.
 pub async fn recover(
     c: &impl GenericClient,
-    app_id: &str,
-    endpoint_id: &str,
-    since: i64,
-    until: i64,
-    now: i64,
-) -> StoreResult<Vec<Delivery>> {
-    let endpoint = get_endpoint(c, app_id, endpoint_id).await?;
-    // Their messages locked until the commit, as a resend's: a retention pass skips them.
-    let sql = format!(
-        "UPDATE deliveries SET {RESTART} WHERE endpoint_id = $3 AND state IN (2, 5) AND msg_id IN \
-         (SELECT m.id FROM messages m WHERE m.app_id = $4 AND m.created_at >= $5 AND m.created_at < $6 \
-          AND EXISTS (SELECT 1 FROM deliveries r WHERE r.msg_id = m.id AND r.endpoint_id = $3 AND r.state IN (2, 5)) \
-          FOR SHARE OF m) RETURNING {}",
-        rows::DELIVERY_COLUMNS
-    );
-    let found = c.query(&sql, &[&now, &None::<i64>, &endpoint.id, &app_id, &since, &until]).await.map_err(pg_error)?;
-    rows::all(&found, rows::delivery)
+    r: &Recovery,
+    after: Option<&str>,
+    chunk: usize,
+) -> StoreResult<(Vec<Delivery>, Option<String>)> {
+    let endpoint = get_endpoint(c, &r.app_id, &r.endpoint_id).await?;
+    let p: fn(usize) -> String = |i| format!("${i}");
+    let ((first, end), after) = (crate::columns::recover_id_bounds(r), after.unwrap_or(""));
+    let span = crate::columns::recover_span_sql(p);
+    let row = c.query_one(&span, &[&endpoint.id, &first, &after, &end, &(chunk as i64)]).await.map_err(pg_error)?;
+    let (last, scanned): (Option<String>, i64) = (row.try_get(0).map_err(pg_error)?, row.try_get(1).map_err(pg_error)?);
+    let Some(last) = last else { return Ok((Vec::new(), None)) };
+    let sql = crate::columns::recover_sql(p, RESTART, " FOR SHARE OF m");
+    let values: [&(dyn ToSql + Sync); 8] =
+        [&r.now, &None::<i64>, &endpoint.id, &r.app_id, &r.since, &r.until, &after, &last];
+    let found = c.query(&sql, &values).await.map_err(pg_error)?;
+    let recovered = rows::all(&found, rows::delivery)?;
+    Ok((recovered, (scanned as usize == chunk).then_some(last)))
 }
 
 /// Makes the first waiting delivery of a lane due, if the lane has no open one: at `now`,

@@ -615,14 +615,12 @@ impl Store for SqliteStore {
     }
     async fn recover(
         &self,
-        app_id: &str,
-        endpoint_id: &str,
-        since: UnixMs,
-        until: UnixMs,
-        now: UnixMs,
-    ) -> StoreResult<Vec<Delivery>> {
-        let (app_id, endpoint_id) = (app_id.to_owned(), endpoint_id.to_owned());
-        self.write(move |c| queue::recover(c, &app_id, &endpoint_id, since, until, now)).await
+        recovery: &Recovery,
+        after: Option<String>,
+        chunk: usize,
+    ) -> StoreResult<(Vec<Delivery>, Option<String>)> {
+        let recovery = recovery.clone();
+        self.write(move |c| queue::recover(c, &recovery, after.as_deref(), chunk.max(1))).await
     }
     async fn promote_lanes(&self, lanes: Option<Vec<(String, String)>>, now: UnixMs) -> StoreResult<usize> {
         self.write_in(Lane::Background, move |c| queue::promote_lanes(c, lanes.as_deref(), now)).await

@@ -511,30 +511,30 @@ pub fn resend(
     }
 }
 
+/// One step of a recover (`Store::recover`).
 pub fn recover(
     conn: &Connection,
-    app_id: &str,
-    endpoint_id: &str,
-    since: i64,
-    until: i64,
-    now: i64,
-) -> StoreResult<Vec<Delivery>> {
-    let endpoint = get_endpoint(conn, app_id, endpoint_id)?;
-    let sql = format!(
-        "UPDATE deliveries SET {RESTART} WHERE endpoint_id = ?3 AND state IN (2, 5) AND msg_id IN \
-         (SELECT id FROM messages WHERE app_id = ?4 AND created_at >= ?5 AND created_at < ?6) RETURNING {}",
-        rows::DELIVERY_COLUMNS
-    );
-    let mut statement = conn.prepare(&sql).map_err(sql_error)?;
-    let found = statement
-        .query_map(params![now, None::<i64>, endpoint.id, app_id, since, until], rows::delivery)
+    r: &Recovery,
+    after: Option<&str>,
+    chunk: usize,
+) -> StoreResult<(Vec<Delivery>, Option<String>)> {
+    let endpoint = get_endpoint(conn, &r.app_id, &r.endpoint_id)?;
+    let p: fn(usize) -> String = |i| format!("?{i}");
+    let (first, end) = crate::columns::recover_id_bounds(r);
+    let span = conn
+        .prepare_cached(&crate::columns::recover_span_sql(p))
+        .and_then(|mut s| {
+            s.query_row(params![endpoint.id, first, after.unwrap_or(""), end, chunk as i64], |row| {
+                Ok((row.get::<_, Option<String>>(0)?, row.get::<_, i64>(1)?))
+            })
+        })
         .map_err(sql_error)?;
+    let (Some(last), scanned) = span else { return Ok((Vec::new(), None)) };
+    let mut statement = conn.prepare_cached(&crate::columns::recover_sql(p, RESTART, "")).map_err(sql_error)?;
+    let values = params![r.now, None::<i64>, endpoint.id, r.app_id, r.since, r.until, after.unwrap_or(""), last];
+    let found = statement.query_map(values, rows::delivery).map_err(sql_error)?;
     let recovered = found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)?;
-    let lanes: std::collections::BTreeSet<&str> = recovered.iter().filter_map(|d| d.order_key.as_deref()).collect();
-    for key in lanes {
-        promote_lane(conn, &endpoint.id, key, now)?;
-    }
-    Ok(recovered)
+    Ok((recovered, (scanned as usize == chunk).then_some(last)))
 }
 
 /// Makes the first waiting delivery of a lane due, if the lane has no open one: at `now`,
