@@ -6,6 +6,7 @@
 use crate::api::AppState;
 use crate::config::Config;
 use hookline_store::{Change, Store, StoreError, Token};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -120,11 +121,12 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
     let reconcile_every = config.inbound.reconcile_interval_ms as i64;
     let mut reconciled_at = i64::MIN;
     let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
+    let mut deletions_seen = BTreeSet::new();
     loop {
         let now = state.clock.now_ms();
         match state.store.lead(state.engine.token(), now, 3 * every as u64).await {
             Ok(true) => {
-                retain(&state, now).await;
+                retain(&state, now, &mut deletions_seen).await;
                 let due = reconcile_every > 0 && now.saturating_sub(reconciled_at) >= reconcile_every;
                 if due && reconciling.as_ref().is_none_or(|run| run.is_finished()) {
                     reconciled_at = now;
@@ -139,7 +141,8 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
     }
 }
 
-async fn retain(state: &AppState, now: i64) {
+/// `deletions_seen`: the applications whose deletion was under way at the last pass.
+async fn retain(state: &AppState, now: i64, deletions_seen: &mut BTreeSet<String>) {
     let (store, config) = (state.store.as_ref(), &state.config);
     if let Err(e) = store.purge_idempotent_responses(now - config.api.idempotency_ttl_ms as i64, PURGE_CHUNK).await {
         tracing::warn!(error = %e, "could not purge idempotency keys");
@@ -175,6 +178,7 @@ async fn retain(state: &AppState, now: i64) {
     if deleted > 0 {
         tracing::info!(deleted, "deleted messages past retention");
     }
+    finish_app_deletions(store, deletions_seen).await;
     roll_up_stats(store, now, batch).await;
     // Lanes whose head was made due by nobody (a node died between a commit and the
     // promotion after it, or the head's message was deleted) move on here.
@@ -186,6 +190,23 @@ async fn retain(state: &AppState, now: i64) {
         }
         Err(e) => tracing::warn!(error = %e, "could not sweep the ordering lanes"),
     }
+}
+
+/// Walks away what is left of applications whose deletion was under way at the last pass
+/// too: a walk a crash or an outage cut short. One begun since is left to the node that
+/// answered the deletion (two walks at once only contend for the same rows).
+async fn finish_app_deletions(store: &dyn Store, seen: &mut BTreeSet<String>) {
+    let under_way: BTreeSet<String> = match store.deleted_apps().await {
+        Ok(found) => found.into_iter().collect(),
+        Err(e) => return tracing::warn!(error = %e, "could not read the application deletions under way"),
+    };
+    for app_id in under_way.intersection(seen) {
+        match hookline_store::purge_deleted_app(store, app_id).await {
+            Ok(()) => tracing::info!(app_id, "finished deleting an application deleted earlier"),
+            Err(e) => return tracing::warn!(error = %e, app_id, "could not finish deleting an application"),
+        }
+    }
+    *seen = under_way;
 }
 
 /// Minute statistics are kept for a day, then summed into hours.

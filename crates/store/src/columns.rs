@@ -85,22 +85,42 @@ CREATE INDEX alert_emails_about ON alert_emails (about) WHERE about IS NOT NULL;
 CREATE INDEX alert_emails_of_app ON alert_emails (app_id, id);
 ";
 
-/// The tables whose rows belong to an application (by `app_id`), deleted with it (on SQLite,
-/// `fanouts` too), in the order [`delete_of_app_sql`] needs: a message's rows before it.
-pub const APP_TABLES: [&str; 9] =
-    ["deliveries", "attempts", "endpoints", "messages", "sources", "tokens", "stats", "alert_emails", "alert_digests"];
+/// The tables of an application's configuration (a few rows each, by `app_id`), emptied in
+/// the commit that deletes it. Its messages, with their deliveries and attempts, and its
+/// statistics grow with traffic: a walk deletes them afterwards, a step at a time
+/// (`Store::purge_deleted_app`).
+pub const APP_CONFIG_TABLES: [&str; 5] = ["endpoints", "sources", "tokens", "alert_emails", "alert_digests"];
 
-/// Deletes `table`'s rows of the application `p(1)`. Deliveries and attempts are found
-/// through their messages (their keys begin with the message's id): they have no index on
-/// `app_id`, and a scan of every application's rows held SQLite's writer, and ran past
-/// PostgreSQL's statement timeout, for as long as the database is large.
-pub fn delete_of_app_sql(table: &str, p: fn(usize) -> String) -> String {
-    match table {
-        "deliveries" | "attempts" => {
-            format!("DELETE FROM {table} WHERE msg_id IN (SELECT id FROM messages WHERE app_id = {})", p(1))
-        }
-        _ => format!("DELETE FROM {table} WHERE app_id = {}", p(1)),
-    }
+/// `DELETE FROM {table}` of the rows of a deleted application's next `p(2)` messages, in
+/// message-id order (`table` keyed by `msg_id`; `messages` itself by `id`). Each statement
+/// of a step finds the same messages: run the messages' own last.
+pub fn delete_app_messages_sql(table: &str, p: fn(usize) -> String) -> String {
+    let column = if table == "messages" { "id" } else { "msg_id" };
+    format!(
+        "DELETE FROM {table} WHERE {column} IN (SELECT id FROM messages WHERE app_id = {} ORDER BY id LIMIT {})",
+        p(1),
+        p(2)
+    )
+}
+
+/// Whether the deleted application `p(1)` has messages or statistics left: its mark goes
+/// only once it has none (two walks at once, one of them the retention pass's, may each
+/// find the other's step empty).
+pub fn app_rows_left_sql(p: fn(usize) -> String) -> String {
+    let app = p(1);
+    format!(
+        "SELECT EXISTS (SELECT 1 FROM messages WHERE app_id = {app}) OR EXISTS (SELECT 1 FROM stats WHERE app_id = {app})"
+    )
+}
+
+/// Deletes the next `p(2)` statistics rows of a deleted application `p(1)`.
+pub fn delete_app_stats_sql(p: fn(usize) -> String) -> String {
+    format!(
+        "DELETE FROM stats WHERE (scope, width_ms, bucket) IN \
+         (SELECT scope, width_ms, bucket FROM stats WHERE app_id = {} LIMIT {})",
+        p(1),
+        p(2)
+    )
 }
 
 pub const ALERT_DIGESTS_TABLE: &str = "

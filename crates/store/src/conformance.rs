@@ -271,7 +271,7 @@ async fn claims_are_leased_fenced_and_taken_over(store: &dyn Store) {
     store.retire_node(rival.token).await.unwrap();
     assert_eq!(store.live_nodes(85_001).await.unwrap(), live - 1, "a retired node is not live");
     assert_eq!(store.live_nodes(UnixMs::MAX / 2).await.unwrap(), 0, "leases expire");
-    store.delete_app(&a.id).await.unwrap();
+    delete_app(store, &a.id).await.unwrap();
 }
 
 /// A node's claims on deliveries it no longer holds in memory can be listed (its open
@@ -322,7 +322,7 @@ async fn stray_claims_are_listed_and_freed(store: &dyn Store) {
     freed.extend([&unclaimed, &others].iter().map(|p| p.deliveries[0].id.as_str()));
     freed.sort();
     assert_eq!(taken, freed, "freed claims are due work again (and an unknown token's claim is free)");
-    store.delete_app(&a.id).await.unwrap();
+    delete_app(store, &a.id).await.unwrap();
 }
 
 /// Writes are committed in shared batches on both backends; one that fails halfway (here
@@ -359,7 +359,7 @@ async fn a_write_failing_halfway_leaves_nothing_and_spares_its_batch(store: &dyn
     assert_eq!(kept, 294);
     let listed = store.deliveries_of_endpoint(&app.id, &ep.id, ListFilter::default(), first_page(1_000)).await.unwrap();
     assert_eq!(listed.items.len(), 294, "no stray delivery of a failed publish");
-    store.delete_app(&app.id).await.unwrap();
+    delete_app(store, &app.id).await.unwrap();
 }
 
 async fn retention_deletes_old_messages_in_batches(store: &dyn Store) {
@@ -413,7 +413,7 @@ async fn retention_deletes_old_messages_in_batches(store: &dyn Store) {
     }
     store.message_by_id(&recent.message.id).await.unwrap();
     store.get_delivery(&recent.message.id, &recent.deliveries[0].id).await.unwrap();
-    store.delete_app(&a.id).await.unwrap();
+    delete_app(store, &a.id).await.unwrap();
 }
 
 async fn tokens_belong_to_an_app_or_to_the_admin(store: &dyn Store) {
@@ -428,7 +428,7 @@ async fn tokens_belong_to_an_app_or_to_the_admin(store: &dyn Store) {
         store.add_token(Token { id: id(prefix::TOKEN, 9_002), ..scoped.clone() }).await,
         Err(StoreError::Conflict(_))
     ));
-    store.delete_app(&a.id).await.unwrap();
+    delete_app(store, &a.id).await.unwrap();
     assert!(!store.tokens().await.unwrap().contains(&scoped), "an app's tokens go with it");
     store.delete_token(&admin.id).await.unwrap();
     assert_eq!(store.delete_token(&admin.id).await, Err(StoreError::NotFound));
@@ -494,7 +494,7 @@ async fn dashboard_sessions_links_and_failing_endpoints(store: &dyn Store) {
     assert_eq!(ids, [early.id.as_str(), late.id.as_str()]);
     assert_eq!(failing.iter().find(|e| e.id == late.id).unwrap().secrets, late.secrets, "secrets come back open");
     assert_eq!(store.failing_endpoints(1).await.unwrap().len(), 1);
-    store.delete_app(&a.id).await.unwrap();
+    delete_app(store, &a.id).await.unwrap();
 }
 
 async fn sources_and_inbound_dedupe(store: &dyn Store) {
@@ -922,7 +922,7 @@ async fn attempts_recorded_together_keep_the_failure_clock(store: &dyn Store, no
     first.unwrap();
     second.unwrap();
     assert_eq!(store.get_endpoint(&a.id, &ep.id).await.unwrap().fail_since, Some(5 * DAY + 10), "the first failure");
-    store.delete_app(&a.id).await.unwrap();
+    delete_app(store, &a.id).await.unwrap();
 }
 
 const DAY: i64 = 86_400_000;
@@ -1000,7 +1000,7 @@ async fn endpoint_health_and_automatic_disabling(store: &dyn Store, node: i64) {
     assert_eq!((d.state, d.next_at), (DeliveryState::Skipped, None));
     assert_eq!(recover(store, &a.id, &ep.id, 5 * DAY, 5 * DAY + 1, 6 * DAY).await, 1);
     assert_eq!(state_of(store, &s).await, DeliveryState::Pending);
-    store.delete_app(&a.id).await.unwrap();
+    delete_app(store, &a.id).await.unwrap();
 }
 
 async fn idempotent_answers_expire(store: &dyn Store) {
@@ -1034,17 +1034,47 @@ async fn idempotent_answers_expire(store: &dyn Store) {
     keyed.idempotency = Some(answer("k2", 9, 200));
     store.publish(keyed).await.unwrap();
     assert_eq!(store.idempotent_response("k2", 150).await.unwrap(), Some(answer("k2", 9, 200)));
-    store.delete_app(&a.id).await.unwrap();
+    delete_app(store, &a.id).await.unwrap();
 }
 
+/// The application and its configuration go in one commit; its messages, deliveries,
+/// attempts and statistics in steps after it, whoever takes the walk up (here a step of one
+/// row at a time); another application's stay.
 async fn deleting_an_app_removes_everything(store: &dyn Store, node: i64) {
     let a = store.create_app(app(7_000, None)).await.unwrap();
+    let kept = store.create_app(app(7_000, None)).await.unwrap();
     let ep = store.create_endpoint(endpoint(&a.id, 7_000)).await.unwrap();
-    let p = publish(&a.id, &[&ep.id], None, 7_001);
-    store.publish(p.clone()).await.unwrap();
+    let kept_ep = store.create_endpoint(endpoint(&kept.id, 7_000)).await.unwrap();
+    let published: Vec<Publish> = (0..3).map(|i| publish(&a.id, &[&ep.id], None, 7_001 + i)).collect();
+    for p in &published {
+        store.publish(p.clone()).await.unwrap();
+    }
+    finish(store, node, &published[0], DeliveryState::Pending, 7_005).await;
+    let other = publish(&kept.id, &[&kept_ep.id], None, 7_001);
+    store.publish(other.clone()).await.unwrap();
+    let rows = [stat(&ep.id, &a.id, 0, 1, 0, 10), stat(&ep.id, &a.id, 60_000, 1, 0, 10)];
+    store.add_stats(rows.to_vec()).await.unwrap();
+
     store.delete_app(&a.id).await.unwrap();
-    assert_eq!(store.get_message(&a.id, &p.message.id).await, Err(StoreError::NotFound));
-    assert!(!claim_all(store, node, 7_002).await.iter().any(|d| d.app_id == a.id));
+    assert_eq!(store.get_app(&a.id).await, Err(StoreError::NotFound));
+    assert_eq!(store.get_endpoint(&a.id, &ep.id).await, Err(StoreError::NotFound));
+    assert_eq!(store.deleted_apps().await.unwrap(), vec![a.id.clone()], "marked for its walk");
+    assert_eq!(store.delete_app(&a.id).await, Err(StoreError::NotFound));
+    let mut steps = 0;
+    while store.purge_deleted_app(&a.id, 1).await.unwrap() {
+        steps += 1;
+    }
+    assert_eq!(steps, 5, "three messages and two statistics rows, one a step");
+    assert!(store.deleted_apps().await.unwrap().is_empty());
+    for p in &published {
+        assert_eq!(store.get_message(&a.id, &p.message.id).await, Err(StoreError::NotFound));
+        assert_eq!(store.get_delivery(&p.message.id, &p.deliveries[0].id).await, Err(StoreError::NotFound));
+    }
+    assert!(!claim_all(store, node, 10_000_000).await.iter().any(|d| d.app_id == a.id));
+    assert!(store.stats_of(StatScope::EndpointsOf(&a.id), 0, 120_000).await.unwrap().is_empty());
+    assert_eq!(store.get_message(&kept.id, &other.message.id).await.unwrap().id, other.message.id);
+    delete_app(store, &kept.id).await.unwrap();
+    assert!(store.deleted_apps().await.unwrap().is_empty(), "nothing left to walk");
 }
 
 fn stat(scope: &str, app_id: &str, bucket: UnixMs, succeeded: u64, failed: u64, slow_ms: u64) -> StatRow {
@@ -1121,7 +1151,7 @@ async fn statistics_add_up_roll_up_and_expire(store: &dyn Store) {
     assert!(store.delivery_counts(&e2.id, t0, t0 + 10).await.unwrap().is_empty());
 
     // An application's statistics go with it.
-    store.delete_app(&a.id).await.unwrap();
+    delete_app(store, &a.id).await.unwrap();
     assert!(store.stats_of(StatScope::EndpointsOf(&a.id), 0, UnixMs::MAX).await.unwrap().is_empty());
     assert!(store.stats_of(StatScope::One(source), 0, UnixMs::MAX).await.unwrap().is_empty());
 }
@@ -1189,6 +1219,12 @@ pub fn ordered(app_id: &str, ep: &str, key: &str, now: UnixMs) -> Publish {
         d.next_at = None;
     }
     p
+}
+
+/// Deletes the application and walks its rows away.
+async fn delete_app(store: &dyn Store, app_id: &str) -> StoreResult<()> {
+    store.delete_app(app_id).await?;
+    crate::purge_deleted_app(store, app_id).await
 }
 
 /// A recover of the window, walked two deliveries a step (so that tests cross steps).
@@ -1460,7 +1496,7 @@ async fn a_fan_out_is_read_attempted_and_taken_over_delivery_by_delivery(store: 
     // An application deleted with a fan-out nothing has touched leaves nothing behind.
     let t = Publish { claim: Some(next), ..fan_out(&all, 130_100) };
     store.publish(t.clone()).await.unwrap();
-    store.delete_app(&a.id).await.unwrap();
+    delete_app(store, &a.id).await.unwrap();
     assert_eq!(store.get_delivery(&t.message.id, &t.deliveries[0].id).await, Err(StoreError::NotFound));
     assert!(!claim_all(store, next, 130_200).await.iter().any(|d| d.app_id == a.id));
 }
@@ -1666,14 +1702,14 @@ async fn alert_digests_add_up_to_one_summary_per_window(store: &dyn Store) {
     // Deleting the application deletes its digest (an application made again under its id
     // has nothing to tell).
     store.count_alert_failures(vec![counts(3, 0, t + 22_500)]).await.unwrap();
-    store.delete_app(&app_id).await.unwrap();
+    delete_app(store, &app_id).await.unwrap();
     store.create_app(App { id: app_id.clone(), ..app(t, None) }).await.unwrap();
     assert_eq!(take(t + 40_000).await, DigestsTaken::default(), "deleted with its application");
     // Counts that came after their application was deleted: never told, forgotten.
-    store.delete_app(&app_id).await.unwrap();
+    delete_app(store, &app_id).await.unwrap();
     store.count_alert_failures(vec![counts(2, 0, t + 41_000)]).await.unwrap();
     assert_eq!(take(t + 60_000).await, DigestsTaken::default(), "nothing told about a deleted application");
     store.create_app(App { id: app_id.clone(), ..app(t, None) }).await.unwrap();
     assert_eq!(take(t + 60_001).await, DigestsTaken::default(), "and forgotten");
-    store.delete_app(&app_id).await.unwrap();
+    delete_app(store, &app_id).await.unwrap();
 }

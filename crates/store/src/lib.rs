@@ -49,8 +49,19 @@ pub trait Store: Send + Sync + 'static {
     async fn get_app(&self, key: Key<'_>) -> StoreResult<App>;
     async fn list_apps(&self, page: Page) -> StoreResult<Listed<App>>;
     async fn update_app(&self, app: App) -> StoreResult<App>;
-    /// Deletes the application with its endpoints, messages, deliveries and attempts.
+    /// Deletes the application with its configuration (endpoints, sources, tokens, alerts)
+    /// in one commit, marking it for the walk that deletes its messages, deliveries,
+    /// attempts and statistics a step at a time (`crate::purge_deleted_app`, run next by
+    /// the caller; the retention pass takes up a walk cut short): an application of any
+    /// size goes without one long statement.
     async fn delete_app(&self, id: &str) -> StoreResult<()>;
+    /// One step of deleting what is left of the deleted application `app_id`: its next
+    /// `chunk` messages with their deliveries and attempts, else its next `chunk`
+    /// statistics rows, else its mark in the deletions still under way. Answers whether
+    /// there is more.
+    async fn purge_deleted_app(&self, app_id: &str, chunk: usize) -> StoreResult<bool>;
+    /// The applications deleted whose walk has not ended.
+    async fn deleted_apps(&self) -> StoreResult<Vec<String>>;
 
     // Event types.
     async fn create_event_type(&self, event_type: EventType) -> StoreResult<EventType>;
@@ -308,9 +319,16 @@ pub fn retention_cutoff_id(created_before: UnixMs) -> String {
     hookline_core::id::new_id(hookline_core::id::prefix::MESSAGE, created_before, [0; 10])
 }
 
-/// Deliveries a recover step reads: each step is a statement of its own, short beside a
-/// publish on SQLite's writer and within PostgreSQL's statement timeout.
-pub const RECOVER_CHUNK: usize = 2_000;
+/// Rows a step of a long walk (a recover, an application's deletion) touches: each step is
+/// a commit of its own, short beside a publish on SQLite's writer and well within
+/// PostgreSQL's statement timeout.
+pub const WALK_CHUNK: usize = 2_000;
+
+/// Deletes what is left of the deleted application `app_id`, a step at a time.
+pub async fn purge_deleted_app(store: &dyn Store, app_id: &str) -> StoreResult<()> {
+    while store.purge_deleted_app(app_id, WALK_CHUNK).await? {}
+    Ok(())
+}
 
 /// Recovers what `recovery` covers, a step of `chunk` deliveries at a time
 /// (`Store::recover`), then makes the head of each ordering lane it reopened due. Answers

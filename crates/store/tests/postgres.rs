@@ -3,7 +3,7 @@
 
 use hookline_core::delivery::DeliveryState;
 use hookline_store::postgres::{scratch, PgOptions, PgStore};
-use hookline_store::{conformance, Change, ClaimDue, Recovery, Store, RECOVER_CHUNK};
+use hookline_store::{conformance, Change, ClaimDue, Recovery, Store, WALK_CHUNK};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -174,7 +174,7 @@ async fn a_resend_racing_retention_is_kept_or_refused() {
                         until: t + 1,
                         now: t + 50,
                     };
-                    hookline_store::recover_endpoint(a, &recovery, RECOVER_CHUNK).await
+                    hookline_store::recover_endpoint(a, &recovery, WALK_CHUNK).await
                 }
             }
         };
@@ -338,7 +338,7 @@ async fn nodes_migrating_at_once_do_not_race() {
     let url = scratch::fresh_database().await.unwrap();
     let starts: Vec<_> = (0..4).map(|_| PgStore::migrate(&url, 10_000)).collect();
     for version in futures_util::future::join_all(starts).await {
-        assert_eq!(version.unwrap(), 13, "the latest schema version");
+        assert_eq!(version.unwrap(), 14, "the latest schema version");
     }
     PgStore::open(&url, &KEY, options()).await.unwrap();
 }
@@ -398,7 +398,7 @@ async fn changes_reach_other_nodes() {
     p.deliveries[0].state = DeliveryState::Exhausted;
     a.publish(p).await.unwrap();
     let recovery = Recovery { app_id: app.id.clone(), endpoint_id: ep.id.clone(), since: 0, until: 10, now: 10 };
-    a.recover(&recovery, None, RECOVER_CHUNK).await.unwrap();
+    a.recover(&recovery, None, WALK_CHUNK).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await.unwrap().unwrap();
     assert_eq!(next, Change::Due, "recovered work wakes the claimers");
 }

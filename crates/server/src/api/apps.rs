@@ -43,7 +43,13 @@ pub fn routes() -> Vec<Route> {
                 .body::<ApplicationPatch>()
                 .answers::<ApplicationOut>(200, "The changed application."),
             Route::delete(app, remove)
-                .doc("deleteApplication", "Delete an application and everything in it.")
+                .doc(
+                    "deleteApplication",
+                    "Delete an application and everything in it. The application, its endpoints, sources \
+                     and tokens go at once; its messages, deliveries, attempts and statistics right after \
+                     the answer, a few thousand at a time (finished by the next retention pass if the node \
+                     stops first).",
+                )
                 .empty(204, "Deleted."),
             Route::get("/api/v1/app/{app_id}/secret", secret)
                 .doc("getApplicationSecret", "Hookline: the secret that signs per-message callback URLs.")
@@ -278,6 +284,14 @@ async fn patch(
 async fn remove(state: Shared, PathParams(app_id): PathParams<String>) -> ApiResult<StatusCode> {
     let app = find(&state, &app_id).await?;
     state.store.delete_app(&app.id).await.map_err(ApiError::from_store("application"))?;
+    // Its messages, deliveries, attempts and statistics after the answer, a step at a time:
+    // the application is gone for every route already.
+    let (store, app_id) = (state.store.clone(), app.id.clone());
+    tokio::spawn(async move {
+        if let Err(e) = hookline_store::purge_deleted_app(&*store, &app_id).await {
+            tracing::warn!(error = %e, app_id, "could not delete all of a deleted application's messages yet; the retention pass will");
+        }
+    });
     state.engine.catalog.invalidate(&app.id);
     state.engine.catalog.invalidate_sources();
     state.engine.series.keep_of_app(&app.id, |_| false);

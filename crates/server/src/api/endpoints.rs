@@ -591,7 +591,7 @@ async fn recover(
         None => now + 1,
     };
     let recovery = Recovery { app_id: e.app_id.clone(), endpoint_id: e.id.clone(), since, until, now };
-    let count = hookline_store::recover_endpoint(&*state.store, &recovery, hookline_store::RECOVER_CHUNK)
+    let count = hookline_store::recover_endpoint(&*state.store, &recovery, hookline_store::WALK_CHUNK)
         .await
         .map_err(ApiError::from_store("endpoint"))?;
     // Left unclaimed in the store: the next claim (on any node) takes them in batches.

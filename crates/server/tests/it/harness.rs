@@ -209,6 +209,24 @@ impl Gateway {
         self.behind_its_back(&format!("DELETE FROM {table} WHERE id = $1"), id).await;
     }
 
+    /// The count `sql` (`SELECT count(*) …`, one text parameter, `$1`: `id`) finds in the
+    /// gateway's database.
+    pub async fn count(&self, sql: &str, id: &str) -> i64 {
+        let dir = self.dir.path();
+        match std::fs::read_to_string(dir.join("postgres-url")) {
+            Ok(url) => {
+                let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+                tokio::spawn(connection);
+                client.query_one(sql, &[&id]).await.unwrap().get(0)
+            }
+            Err(_) => {
+                let connection = rusqlite::Connection::open(dir.join("hookline.db")).unwrap();
+                connection.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                connection.query_row(&sql.replace("$1", "?1"), [id], |r| r.get(0)).unwrap()
+            }
+        }
+    }
+
     /// Runs `sql` (one text parameter, `$1`: `id`) on the gateway's database behind its
     /// back; it must change one row.
     pub async fn behind_its_back(&self, sql: &str, id: &str) {

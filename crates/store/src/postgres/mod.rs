@@ -280,6 +280,15 @@ impl Store for PgStore {
             notify(&tx, &Change::Tokens).await
         })
     }
+    async fn purge_deleted_app(&self, app_id: &str, chunk: usize) -> StoreResult<bool> {
+        in_tx!(self, |tx| resources::purge_deleted_app(&tx, app_id, chunk.max(1)))
+    }
+    async fn deleted_apps(&self) -> StoreResult<Vec<String>> {
+        let found = on_conn!(self, |c| async move {
+            c.query("SELECT app_id FROM app_deletions ORDER BY app_id", &[]).await.map_err(pg_error)
+        })?;
+        found.iter().map(|r| r.try_get(0).map_err(pg_error)).collect()
+    }
 
     async fn create_event_type(&self, event_type: EventType) -> StoreResult<EventType> {
         let kept = &event_type;

@@ -100,12 +100,37 @@ pub async fn update_app(c: &impl GenericClient, app: &App) -> StoreResult<()> {
     changed(run(c, sql, params).await?)
 }
 
+/// Deletes the application and its configuration, and marks it for the walk that deletes
+/// the rest (`purge_deleted_app`).
 pub async fn delete_app(c: &impl GenericClient, id: &str) -> StoreResult<()> {
     delete_by(c, "DELETE FROM apps WHERE id = $1", &[&id]).await?;
-    for table in crate::columns::APP_TABLES {
-        run(c, &crate::columns::delete_of_app_sql(table, |i| format!("${i}")), &[&id]).await?;
+    for table in crate::columns::APP_CONFIG_TABLES {
+        run(c, &format!("DELETE FROM {table} WHERE app_id = $1"), &[&id]).await?;
     }
+    run(c, "INSERT INTO app_deletions (app_id) VALUES ($1) ON CONFLICT DO NOTHING", &[&id]).await?;
     Ok(())
+}
+
+/// One step of the walk (`Store::purge_deleted_app`): the messages go with their deliveries
+/// and attempts in one statement (its parts share one snapshot).
+pub async fn purge_deleted_app(c: &impl GenericClient, app_id: &str, chunk: usize) -> StoreResult<bool> {
+    let p: fn(usize) -> String = |i| format!("${i}");
+    let chunk = chunk as i64;
+    let messages = "WITH gone AS (DELETE FROM messages WHERE id IN \
+                    (SELECT id FROM messages WHERE app_id = $1 ORDER BY id LIMIT $2) RETURNING id), \
+                    d AS (DELETE FROM deliveries WHERE msg_id IN (SELECT id FROM gone)), \
+                    a AS (DELETE FROM attempts WHERE msg_id IN (SELECT id FROM gone)) \
+                    SELECT count(*) FROM gone";
+    let gone: i64 = one(c, messages, &[&app_id, &chunk], |r| r.try_get(0).map_err(super::pg_error)).await?;
+    if gone == chunk || run(c, &crate::columns::delete_app_stats_sql(p), &[&app_id, &chunk]).await? == chunk as u64 {
+        return Ok(true);
+    }
+    let sql = crate::columns::app_rows_left_sql(p);
+    let left: bool = one(c, &sql, &[&app_id], |r| r.try_get(0).map_err(super::pg_error)).await?;
+    if !left {
+        run(c, "DELETE FROM app_deletions WHERE app_id = $1", &[&app_id]).await?;
+    }
+    Ok(left)
 }
 
 pub async fn insert_event_type(c: &impl GenericClient, t: &EventType) -> StoreResult<()> {

@@ -225,7 +225,15 @@ CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''
     crate::columns::ALERT_EMAILS_TABLE,
     crate::columns::ALERT_DIGESTS_TABLE,
     BYTE_ORDER,
+    APP_DELETIONS,
 ];
+
+/// Applications whose messages and statistics are still being deleted (see SQLite's).
+const APP_DELETIONS: &str = r#"
+CREATE TABLE app_deletions (
+    app_id TEXT COLLATE "C" PRIMARY KEY
+);
+"#;
 
 /// Every text column compares byte by byte (`COLLATE "C"`), whatever the database's own
 /// order: ids sort by creation time only so (SQLite compares bytes), and retention, the

@@ -462,7 +462,7 @@ fn endpoint_health(conn: &Connection, endpoint_id: &str, record: &AttemptRecord)
 /// Restarting a delivery: due now, a fresh retry cycle, marked manual, claimed by `?2`
 /// (the node that sends it) or by nobody. An ordered one goes back to waiting in its lane
 /// (at its old place), and the lane's head is made due after.
-const RESTART: &str = "state = CASE WHEN order_key IS NULL THEN 1 ELSE 6 END, \
+pub(crate) const RESTART: &str = "state = CASE WHEN order_key IS NULL THEN 1 ELSE 6 END, \
      next_at = CASE WHEN order_key IS NULL THEN ?1 END, attempts = 0, first_attempt_at = NULL, trigger = 1, \
      updated_at = ?1, claimed_by = CASE WHEN order_key IS NULL THEN ?2 END";
 

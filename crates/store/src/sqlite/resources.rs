@@ -70,12 +70,34 @@ pub fn update_app(conn: &Connection, app: &App) -> StoreResult<()> {
     )
 }
 
+/// Deletes the application and its configuration, and marks it for the walk that deletes
+/// the rest (`purge_deleted_app`).
 pub fn delete_app(conn: &Connection, id: &str) -> StoreResult<()> {
     changed(conn.execute("DELETE FROM apps WHERE id = ?1", [id]).map_err(sql_error)?)?;
-    for table in crate::columns::APP_TABLES.into_iter().chain(["fanouts"]) {
-        conn.execute(&crate::columns::delete_of_app_sql(table, |i| format!("?{i}")), [id]).map_err(sql_error)?;
+    for table in crate::columns::APP_CONFIG_TABLES {
+        conn.execute(&format!("DELETE FROM {table} WHERE app_id = ?1"), [id]).map_err(sql_error)?;
     }
+    conn.execute("INSERT OR IGNORE INTO app_deletions (app_id) VALUES (?1)", [id]).map_err(sql_error)?;
     Ok(())
+}
+
+/// One step of the walk (`Store::purge_deleted_app`).
+pub fn purge_deleted_app(conn: &Connection, app_id: &str, chunk: usize) -> StoreResult<bool> {
+    let p: fn(usize) -> String = |i| format!("?{i}");
+    let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute(params![app_id, chunk as i64]));
+    let mut messages = 0;
+    for table in ["deliveries", "attempts", "fanouts", "messages"] {
+        messages = run(&crate::columns::delete_app_messages_sql(table, p)).map_err(sql_error)?;
+    }
+    if messages == chunk || run(&crate::columns::delete_app_stats_sql(p)).map_err(sql_error)? == chunk {
+        return Ok(true);
+    }
+    let left: bool =
+        conn.query_row(&crate::columns::app_rows_left_sql(p), [app_id], |r| r.get(0)).map_err(sql_error)?;
+    if !left {
+        conn.execute("DELETE FROM app_deletions WHERE app_id = ?1", [app_id]).map_err(sql_error)?;
+    }
+    Ok(left)
 }
 
 pub fn insert_event_type(conn: &Connection, t: &EventType) -> StoreResult<()> {

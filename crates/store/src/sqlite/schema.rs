@@ -285,7 +285,17 @@ CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''
     crate::columns::CLOSE_ORPHANED_DELIVERIES,
     crate::columns::ALERT_EMAILS_TABLE,
     crate::columns::ALERT_DIGESTS_TABLE,
+    APP_DELETIONS,
 ];
+
+/// Applications deleted whose messages and statistics a walk is still deleting: written in
+/// the commit that deletes the application, gone once the walk ends. A walk a crash or an
+/// outage cut short is taken up again by the retention pass.
+const APP_DELETIONS: &str = r#"
+CREATE TABLE app_deletions (
+    app_id TEXT PRIMARY KEY
+) WITHOUT ROWID;
+"#;
 
 pub fn migrate(conn: &Connection) -> StoreResult<()> {
     let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(sql_error)?;
