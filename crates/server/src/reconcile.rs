@@ -108,16 +108,25 @@ async fn list_and_ingest(
             // Keyed as its webhook was (the source's event id settings, if any), or every
             // event the webhooks brought would be taken again.
             let identity = stripe_event_identity(&source.config, event.get().as_bytes());
-            let Some(event_id) = identity.event_id else {
-                return Err("the source's event id settings find no id in an event of the events API (they read a \
-                     header, which it has not), so its events cannot be matched with the webhooks'"
-                    .into());
-            };
             let kind = identity.event_type.unwrap_or(head.kind);
             if source.event_types.as_ref().is_some_and(|accepted| !accepted.contains(&kind)) {
                 out.filtered += 1;
                 continue;
             }
+            let Some(event_id) = identity.event_id else {
+                // Skipped, not the run's end: a run stopped here would stop here every time,
+                // and never reach the events after it.
+                out.without_id += 1;
+                if out.without_id == 1 {
+                    out.errors.push(format!(
+                        "the source's event id settings find no id in event {} of the events API (a setting \
+                         that reads a header never does), so it cannot be matched with the webhooks' events \
+                         and was not taken; withoutId counts every such event",
+                        head.id
+                    ));
+                }
+                continue;
+            };
             let headers = BTreeMap::from([
                 ("content-type".to_owned(), "application/json".to_owned()),
                 ("x-hookline-reconciled".to_owned(), "true".to_owned()),

@@ -976,7 +976,13 @@ pub struct ReconcileRunOut {
     pub ingested: u64,
     /// Events the source's `eventTypes` does not take.
     pub filtered: u64,
-    /// What went wrong (the run stops at the first failed page; the next run starts over).
+    /// Events in which the source's event id settings find no id: not taken, as they could
+    /// not be matched with the webhooks' events (each run would take them again); `errors`
+    /// names the first.
+    #[serde(default)]
+    pub without_id: u64,
+    /// What went wrong: a failed page ends the run (the next run starts over); the first
+    /// event without an id is named, and the run goes on.
     pub errors: Vec<String>,
     /// The event this run went on after: where the run before stopped at its page limit
     /// (older events than those it read).

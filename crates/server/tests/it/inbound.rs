@@ -507,6 +507,46 @@ async fn reconciliation_ingests_what_the_provider_gave_up_on() {
     gw.stop().await;
 }
 
+/// An event in which the source's event id settings find no id is skipped, counted and
+/// named, and the run goes on to the events after it (it stopped there, every run).
+#[tokio::test]
+async fn reconciliation_skips_an_event_without_an_id_and_goes_on() {
+    let event = |n: u32, order: Option<&str>| {
+        let metadata = order.map_or(json!({}), |order| json!({"order_id": order}));
+        json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 60 + n as i64, "data": {"object": {"id": format!("ch_{n}"), "metadata": metadata}}})
+    };
+    let (api, _) = stripe_events_api(vec![event(3, Some("o3")), event(2, None), event(1, Some("o1"))]).await;
+    let mut config = dev_config();
+    config.inbound.stripe_api_base = api;
+    config.inbound.reconcile_interval_ms = 0;
+    let gw = start_gateway(config).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let body = json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app, "apiKey": "rk_test",
+        "config": {"eventIdTemplates": ["order-{/data/object/metadata/order_id}"]}});
+    let id = gw.ok("POST", "/api/v1/source", Some(body)).await["id"].as_str().unwrap().to_owned();
+    let counts = |run: &Value| {
+        let n = |key: &str| run[key].as_u64().unwrap();
+        (n("found"), n("withoutId"), n("ingested"), n("alreadyHad"))
+    };
+    let run = gw.ok("POST", &format!("/api/v1/source/{id}/reconcile"), None).await;
+    assert_eq!(counts(&run), (3, 1, 2, 0), "{run}");
+    let errors = run["errors"].as_array().unwrap();
+    assert!(errors.len() == 1 && errors[0].as_str().unwrap().contains("evt_2"), "{run}");
+    let mut got: Vec<String> = Vec::new();
+    for _ in 0..2 {
+        let payload: Value = serde_json::from_slice(&rx.next().await.body).unwrap();
+        got.push(payload["id"].as_str().unwrap().into());
+    }
+    got.sort();
+    assert_eq!(got, ["evt_1", "evt_3"], "the one after the event without an id too");
+    let again = gw.ok("POST", &format!("/api/v1/source/{id}/reconcile"), None).await;
+    assert_eq!(counts(&again), (3, 1, 0, 2), "{again}");
+    assert!(!rx.gets_within(200).await, "nothing is taken twice");
+    gw.stop().await;
+}
+
 /// A stand-in for Stripe's `GET /v1/events` over `events` (newest first), two a page,
 /// going on after `starting_after`.
 async fn paged_events_api(events: Vec<Value>) -> String {
