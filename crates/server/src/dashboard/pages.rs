@@ -821,20 +821,55 @@ pub async fn resend(
     let api = visitor.api(&dash);
     let (app_seg, msg_seg) = (segment(&app_key), segment(&msg_key));
     let back = form.back_or(format!("{}/msg/{msg_seg}", app_base(&app_key)));
-    let endpoints: Vec<String> = match form.endpoint.as_str() {
-        "all" => match api.get(&format!("/api/v1/app/{app_seg}/msg/{msg_seg}/endpoint?limit=250")).await {
-            Ok(list) => items(&list).iter().map(|d| text(d, "id").to_owned()).collect(),
-            Err(failure) => return failure.into_response(),
-        },
-        one => vec![one.to_owned()],
+    if form.endpoint != "all" {
+        let path = format!("/api/v1/app/{app_seg}/msg/{msg_seg}/endpoint/{}/resend", segment(&form.endpoint));
+        return match api.post(&path, None).await {
+            Ok(_) => done(&back, Done::Resent),
+            Err(failure) => failure.into_response(),
+        };
+    }
+    // To every endpoint: one refused (disabled, deleted meanwhile) does not keep the others
+    // from theirs; the rate limit, a failing store or a lost session end the round. Either
+    // way the page says which were resent and which not.
+    let endpoints: Vec<String> = match api.get(&format!("/api/v1/app/{app_seg}/msg/{msg_seg}/endpoint?limit=250")).await
+    {
+        Ok(list) => items(&list).iter().map(|d| text(d, "id").to_owned()).collect(),
+        Err(failure) => return failure.into_response(),
     };
+    let (mut resent, mut refused, mut stopped) = (0, Vec::new(), None);
     for endpoint in &endpoints {
         let path = format!("/api/v1/app/{app_seg}/msg/{msg_seg}/endpoint/{}/resend", segment(endpoint));
-        if let Err(failure) = api.post(&path, None).await {
-            return failure.into_response();
+        match api.post(&path, None).await {
+            Ok(_) => resent += 1,
+            Err(failure) if ends_a_round(failure.status) => {
+                stopped = Some((endpoint, failure));
+                break;
+            }
+            Err(failure) => refused.push((endpoint, failure)),
         }
     }
-    done(&back, if form.endpoint == "all" { Done::ResentAll } else { Done::Resent })
+    if refused.is_empty() && stopped.is_none() {
+        return done(&back, Done::ResentAll);
+    }
+    let mut detail = format!("Resent to {resent} of {} endpoints.", endpoints.len());
+    for (endpoint, failure) in &refused {
+        detail.push_str(&format!(" Not to {endpoint}: {}", failure.detail));
+    }
+    let last = match stopped {
+        Some((endpoint, failure)) => {
+            let untried = endpoints.len() - resent - refused.len() - 1;
+            detail.push_str(&format!(" Stopped at {endpoint}: {} ({untried} not tried).", failure.detail));
+            failure
+        }
+        None => refused.pop().map(|(_, failure)| failure).expect("a refusal"),
+    };
+    Failure { detail, ..last }.into_response()
+}
+
+/// Whether an action's refusal ends a round of them: what the next would meet too.
+fn ends_a_round(status: StatusCode) -> bool {
+    matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN | StatusCode::TOO_MANY_REQUESTS)
+        || status.is_server_error()
 }
 
 pub async fn sources(dash: DashState, visitor: Visitor) -> Response {

@@ -315,6 +315,43 @@ async fn the_dashboard_can_be_turned_off() {
     gw.stop().await;
 }
 
+/// "Resend to every endpoint" goes on past an endpoint that refuses (an ordered delivery
+/// still open in its lane) and says which were resent and which not: it stopped at the
+/// first refusal, with nothing said of the ones before it or after it.
+#[tokio::test]
+async fn resending_to_every_endpoint_says_which_were_refused() {
+    let gw = start_gateway(dev_config()).await;
+    let (good_rx, failing_rx) =
+        (Receiver::start(Answer::status(200)).await, Receiver::start(Answer::status(500)).await);
+    let shop = gw.app("shop").await;
+    let failing = gw.endpoint(&shop, json!({"url": failing_rx.url, "ordering": "fifo"})).await;
+    gw.endpoint(&shop, json!({"url": good_rx.url})).await;
+    let msg = gw.publish(&shop, json!({"eventType": "a", "payload": {}})).await;
+    gw.wait_attempts(&shop, &msg, 2).await;
+    good_rx.next().await;
+    let token = app_token(&gw, &shop).await;
+    let signed_in =
+        browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token)]).send().await.unwrap();
+    let cookie = session_cookie(&signed_in);
+    let page = browser().get(format!("{}/dashboard/app/{shop}/msg/{msg}", gw.url)).header("cookie", cookie.clone());
+    let page = page.send().await.unwrap().text().await.unwrap();
+    let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let resend = browser()
+        .post(format!("{}/dashboard/app/{shop}/msg/{msg}/resend", gw.url))
+        .header("cookie", cookie)
+        .form(&[("csrf", csrf.as_str()), ("endpoint", "all")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resend.status(), 409);
+    let said = resend.text().await.unwrap();
+    let failing_id = failing["id"].as_str().unwrap();
+    assert!(said.contains("Resent to 1 of 2 endpoints.") && said.contains(&format!("Not to {failing_id}:")), "{said}");
+    let again = good_rx.next().await;
+    assert_eq!(again.body.as_ref(), b"{}", "the other endpoint has it again");
+    gw.stop().await;
+}
+
 /// A merchant's dashboard page costs one request of its token's budget, and each change it
 /// makes one more: a resend to every endpoint was one request however many endpoints (250
 /// writes and deliveries for one unit of a budget of 100 a second).
