@@ -267,6 +267,9 @@ pub async fn apps(dash: DashState, visitor: Visitor, Query(query): Query<PageQue
     show(apps_page(&dash, &visitor, &query).await)
 }
 
+/// Pages of 100 applications a name search reads at most for one page of results.
+const SEARCH_PAGES: usize = 20;
+
 async fn apps_page(dash: &super::Dash, visitor: &Visitor, query: &PageQuery) -> Result<Response, Failure> {
     let api = visitor.api(dash);
     let wanted = query.q.as_deref().map(str::trim).filter(|s| !s.is_empty());
@@ -276,16 +279,29 @@ async fn apps_page(dash: &super::Dash, visitor: &Visitor, query: &PageQuery) -> 
             return Ok(Redirect::to(&app_base(text(&app, "id"))).into_response());
         }
     }
-    let mut path = "/api/v1/app?limit=100".to_owned();
-    if let Some(iterator) = &query.iterator {
-        path.push_str(&format!("&iterator={}", q(iterator)));
-    }
-    let list = api.get(&path).await?;
+    // The API lists applications but does not search their names: a search reads pages of
+    // them until it has a page of matches or has read `SEARCH_PAGES`, and its next page
+    // goes on from there with the same words.
     let needle = wanted.map(str::to_lowercase);
-    let shown: Vec<&Value> = items(&list)
-        .iter()
-        .filter(|a| needle.as_ref().is_none_or(|n| text(a, "name").to_lowercase().contains(n.as_str())))
-        .collect();
+    let (mut shown, mut searched, mut next) = (Vec::new(), 0, query.iterator.clone());
+    for _ in 0..if needle.is_some() { SEARCH_PAGES } else { 1 } {
+        let mut path = "/api/v1/app?limit=100".to_owned();
+        if let Some(iterator) = &next {
+            path.push_str(&format!("&iterator={}", q(iterator)));
+        }
+        let list = api.get(&path).await?;
+        searched += items(&list).len();
+        let matching = |a: &&Value| needle.as_ref().is_none_or(|n| text(a, "name").to_lowercase().contains(n.as_str()));
+        shown.extend(items(&list).iter().filter(matching).cloned());
+        next = (list["done"].as_bool() == Some(false)).then(|| text(&list, "iterator").to_owned());
+        if next.is_none() || shown.len() >= 100 {
+            break;
+        }
+    }
+    let next_page = next.map(|iterator| match wanted {
+        Some(words) => format!("/dashboard/app?iterator={}&q={}", q(&iterator), q(words)),
+        None => format!("/dashboard/app?iterator={}", q(&iterator)),
+    });
     let body = html! {
         h1 { "Applications" }
         form.search method="get" action="/dashboard/app" {
@@ -307,9 +323,12 @@ async fn apps_page(dash: &super::Dash, visitor: &Visitor, query: &PageQuery) -> 
                 }
             }
         }
-        @if shown.is_empty() { p { "No application matches on this page." } }
-        @if list["done"].as_bool() == Some(false) {
-            p { a href={ "/dashboard/app?iterator=" (q(text(&list, "iterator"))) } { "Next page" } }
+        @if needle.is_some() {
+            p { (shown.len()) " of " (searched) " applications searched match"
+                @if next_page.is_some() { "; more to search" } "." }
+        } @else if shown.is_empty() { p { "No applications yet." } }
+        @if let Some(next_page) = &next_page {
+            p { a href=(next_page) { "Next page" } }
         }
     };
     Ok(page(dash, "Applications", visitor, body))

@@ -315,6 +315,33 @@ async fn the_dashboard_can_be_turned_off() {
     gw.stop().await;
 }
 
+/// A search by name reads past the first page of applications (it searched only the 100
+/// shown, and its next page forgot the words).
+#[tokio::test]
+async fn searching_applications_by_name_reads_past_the_first_page() {
+    let gw = start_gateway(dev_config()).await;
+    for n in 0..150 {
+        gw.ok("POST", "/api/v1/app", Some(json!({"name": format!("shop {n}")}))).await;
+    }
+    let acme = gw.ok("POST", "/api/v1/app", Some(json!({"name": "ACME payments"}))).await;
+    let signed_in =
+        browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", TOKEN)]).send().await.unwrap();
+    let cookie = session_cookie(&signed_in);
+    let search = async |words: &str| {
+        let url = format!("{}/dashboard/app?q={words}", gw.url);
+        let page = browser().get(url).header("cookie", cookie.clone()).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        page.text().await.unwrap()
+    };
+    let found = search("acme").await;
+    assert!(found.contains(acme["id"].as_str().unwrap()), "{found}");
+    assert!(found.contains("1 of 151 applications searched match."), "{found}");
+    let many = search("shop%201").await;
+    // shop 1, shop 10 to 19, shop 100 to 149.
+    assert!(many.contains("61 of 151 applications searched match."), "{many}");
+    gw.stop().await;
+}
+
 /// "Resend to every endpoint" goes on past an endpoint that refuses (an ordered delivery
 /// still open in its lane) and says which were resent and which not: it stopped at the
 /// first refusal, with nothing said of the ones before it or after it.
