@@ -6,7 +6,7 @@
 use crate::api::AppState;
 use crate::config::Config;
 use hookline_store::{Change, Store, StoreError, Token};
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -121,7 +121,7 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
     let reconcile_every = config.inbound.reconcile_interval_ms as i64;
     let mut reconciled_at = i64::MIN;
     let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
-    let mut deletions_seen = BTreeSet::new();
+    let mut deletions_seen = BTreeMap::new();
     loop {
         let now = state.clock.now_ms();
         match state.store.lead(state.engine.token(), now, 3 * every as u64).await {
@@ -141,8 +141,8 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
     }
 }
 
-/// `deletions_seen`: the applications whose deletion was under way at the last pass.
-async fn retain(state: &AppState, now: i64, deletions_seen: &mut BTreeSet<String>) {
+/// `deletions_seen`: the deletions under way at the last pass, with their steps then.
+async fn retain(state: &AppState, now: i64, deletions_seen: &mut BTreeMap<String, i64>) {
     let (store, config) = (state.store.as_ref(), &state.config);
     if let Err(e) = store.purge_idempotent_responses(now - config.api.idempotency_ttl_ms as i64, PURGE_CHUNK).await {
         tracing::warn!(error = %e, "could not purge idempotency keys");
@@ -178,7 +178,7 @@ async fn retain(state: &AppState, now: i64, deletions_seen: &mut BTreeSet<String
     if deleted > 0 {
         tracing::info!(deleted, "deleted messages past retention");
     }
-    finish_app_deletions(store, deletions_seen).await;
+    finish_app_deletions(&state.store, deletions_seen).await;
     roll_up_stats(store, now, batch).await;
     // Lanes whose head was made due by nobody (a node died between a commit and the
     // promotion after it, or the head's message was deleted) move on here.
@@ -192,19 +192,26 @@ async fn retain(state: &AppState, now: i64, deletions_seen: &mut BTreeSet<String
     }
 }
 
-/// Walks away what is left of applications whose deletion was under way at the last pass
-/// too: a walk a crash or an outage cut short. One begun since is left to the node that
-/// answered the deletion (two walks at once only contend for the same rows).
-async fn finish_app_deletions(store: &dyn Store, seen: &mut BTreeSet<String>) {
-    let under_way: BTreeSet<String> = match store.deleted_apps().await {
+/// Takes up the deletions whose walk took no step since the last pass: cut short by a crash
+/// or an outage. A walk under way (on any node) counts its steps on its mark, and is left
+/// to finish. Each taken up walks on a task of its own, so the pass goes on meanwhile; it
+/// counts its steps too, so the next pass leaves it be.
+async fn finish_app_deletions(store: &Arc<dyn Store>, seen: &mut BTreeMap<String, i64>) {
+    let under_way: BTreeMap<String, i64> = match store.deleted_apps().await {
         Ok(found) => found.into_iter().collect(),
         Err(e) => return tracing::warn!(error = %e, "could not read the application deletions under way"),
     };
-    for app_id in under_way.intersection(seen) {
-        match hookline_store::purge_deleted_app(store, app_id).await {
-            Ok(()) => tracing::info!(app_id, "finished deleting an application deleted earlier"),
-            Err(e) => return tracing::warn!(error = %e, app_id, "could not finish deleting an application"),
+    for (app_id, steps) in &under_way {
+        if seen.get(app_id) != Some(steps) {
+            continue;
         }
+        let (store, app_id) = (store.clone(), app_id.clone());
+        tokio::spawn(async move {
+            match hookline_store::purge_deleted_app(&*store, &app_id).await {
+                Ok(()) => tracing::info!(app_id, "finished deleting an application whose deletion was cut short"),
+                Err(e) => tracing::warn!(error = %e, app_id, "could not finish deleting an application"),
+            }
+        });
     }
     *seen = under_way;
 }

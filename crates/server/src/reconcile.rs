@@ -83,6 +83,18 @@ async fn list_and_ingest(
              its webhook was, so it cannot be matched with the webhooks' events"
             .into());
     }
+    // Nor does an event of the API have headers: settings that read one in every form
+    // find no id in any event, and the run would read every page to take nothing.
+    let config = &source.config;
+    let header_only = match &config.event_id_templates {
+        Some(templates) => templates.iter().all(|t| t.contains("{header:")),
+        None => config.event_id_header.is_some(),
+    };
+    if header_only {
+        return Err("the source's event id settings read a header, which an event listed by the events API has \
+             not, so its events cannot be matched with the webhooks' events"
+            .into());
+    }
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .redirect(reqwest::redirect::Policy::none())

@@ -113,6 +113,16 @@ pub fn app_rows_left_sql(p: fn(usize) -> String) -> String {
     )
 }
 
+/// A delivery's application is not being deleted: claims leave a deleted application's
+/// deliveries to its walk (they were claimed, and closed one at a time, while it went on).
+pub const NOT_DELETED: &str = "app_id NOT IN (SELECT app_id FROM app_deletions)";
+
+/// The deletions under way, with their steps so far.
+pub const DELETED_APPS: &str = "SELECT app_id, steps FROM app_deletions ORDER BY app_id";
+
+/// Counts a step of a deleted application's walk on its mark (`?1`: the application).
+pub const APP_DELETION_STEP: &str = "UPDATE app_deletions SET steps = steps + 1 WHERE app_id = ?1";
+
 /// Deletes the next `p(2)` statistics rows of a deleted application `p(1)`.
 pub fn delete_app_stats_sql(p: fn(usize) -> String) -> String {
     format!(
@@ -320,21 +330,27 @@ pub fn recover_id_bounds(r: &crate::Recovery) -> (String, String) {
     )
 }
 
-/// A recover step: the endpoint's exhausted or skipped deliveries of the span (after `p(7)`,
-/// up to `p(8)`) whose messages are the application's and created in the window, set as
-/// `restart` says (it uses `p(1)`, now, and `p(2)`). `lock` ends the messages' subquery (a
-/// row lock where the backend has them). Parameters: 3 the endpoint, 4 the application, 5
-/// and 6 the window.
-pub fn recover_sql(p: fn(usize) -> String, restart: &str, lock: &str) -> String {
-    let (endpoint, app, since, until, after, last) = (p(3), p(4), p(5), p(6), p(7), p(8));
+/// A recover step: the endpoint's exhausted or skipped deliveries of the span (from `p(9)`,
+/// the recovery's first id, after the cursor `p(7)`, up to `p(8)`) whose messages are the
+/// application's and created in the window, set as `restart` says (it uses `p(1)`, now,
+/// and `p(2)`). Parameters: 3 the endpoint, 4 the application, 5 and 6 the window. Driven
+/// by the endpoint's deliveries in the span, each message found by its key; with
+/// `lock_messages` (PostgreSQL) the messages are share-locked until the commit.
+pub fn recover_sql(p: fn(usize) -> String, restart: &str, lock_messages: bool) -> String {
+    let (endpoint, app, since, until, after, last, first) = (p(3), p(4), p(5), p(6), p(7), p(8), p(9));
+    let span = format!("msg_id >= {first} AND msg_id > {after} AND msg_id <= {last}");
+    let message = format!("m.app_id = {app} AND m.created_at >= {since} AND m.created_at < {until}");
+    let of_message = match lock_messages {
+        true => format!(
+            "msg_id IN (SELECT m.id FROM messages m WHERE m.id >= {first} AND m.id > {after} AND m.id <= {last} \
+             AND {message} AND EXISTS (SELECT 1 FROM deliveries r WHERE r.msg_id = m.id \
+             AND r.endpoint_id = {endpoint} AND r.state IN (2, 5)) FOR SHARE OF m)"
+        ),
+        false => format!("EXISTS (SELECT 1 FROM messages m WHERE m.id = deliveries.msg_id AND {message})"),
+    };
     format!(
-        "UPDATE deliveries SET {restart} WHERE endpoint_id = {endpoint} AND state IN (2, 5) \
-         AND msg_id > {after} AND msg_id <= {last} AND msg_id IN \
-         (SELECT m.id FROM messages m WHERE m.id > {after} AND m.id <= {last} AND m.app_id = {app} \
-          AND m.created_at >= {since} AND m.created_at < {until} \
-          AND EXISTS (SELECT 1 FROM deliveries r WHERE r.msg_id = m.id AND r.endpoint_id = {endpoint} \
-              AND r.state IN (2, 5)){lock}) \
-         RETURNING {DELIVERY_COLUMNS}"
+        "UPDATE deliveries SET {restart} WHERE endpoint_id = {endpoint} AND state IN (2, 5) AND {span} \
+         AND {of_message} RETURNING {DELIVERY_COLUMNS}"
     )
 }
 

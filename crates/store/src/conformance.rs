@@ -1058,11 +1058,13 @@ async fn deleting_an_app_removes_everything(store: &dyn Store, node: i64) {
     store.delete_app(&a.id).await.unwrap();
     assert_eq!(store.get_app(&a.id).await, Err(StoreError::NotFound));
     assert_eq!(store.get_endpoint(&a.id, &ep.id).await, Err(StoreError::NotFound));
-    assert_eq!(store.deleted_apps().await.unwrap(), vec![a.id.clone()], "marked for its walk");
+    assert_eq!(store.deleted_apps().await.unwrap(), vec![(a.id.clone(), 0)], "marked for its walk");
     assert_eq!(store.delete_app(&a.id).await, Err(StoreError::NotFound));
+    assert!(!claim_all(store, node, 10_000_000).await.iter().any(|d| d.app_id == a.id), "left to the walk");
     let mut steps = 0;
     while store.purge_deleted_app(&a.id, 1).await.unwrap() {
         steps += 1;
+        assert_eq!(store.deleted_apps().await.unwrap(), vec![(a.id.clone(), steps)], "each step counts itself");
     }
     assert_eq!(steps, 5, "three messages and two statistics rows, one a step");
     assert!(store.deleted_apps().await.unwrap().is_empty());

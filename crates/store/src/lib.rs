@@ -57,11 +57,11 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_app(&self, id: &str) -> StoreResult<()>;
     /// One step of deleting what is left of the deleted application `app_id`: its next
     /// `chunk` messages with their deliveries and attempts, else its next `chunk`
-    /// statistics rows, else its mark in the deletions still under way. Answers whether
-    /// there is more.
+    /// statistics rows, else its mark in the deletions still under way (each step counts
+    /// itself on the mark). Answers whether there is more.
     async fn purge_deleted_app(&self, app_id: &str, chunk: usize) -> StoreResult<bool>;
-    /// The applications deleted whose walk has not ended.
-    async fn deleted_apps(&self) -> StoreResult<Vec<String>>;
+    /// The applications deleted whose walk has not ended, each with the steps walked so far.
+    async fn deleted_apps(&self) -> StoreResult<Vec<(String, i64)>>;
 
     // Event types.
     async fn create_event_type(&self, event_type: EventType) -> StoreResult<EventType>;

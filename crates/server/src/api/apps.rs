@@ -46,9 +46,9 @@ pub fn routes() -> Vec<Route> {
                 .doc(
                     "deleteApplication",
                     "Delete an application and everything in it. The application, its endpoints, sources \
-                     and tokens go at once; its messages, deliveries, attempts and statistics right after \
-                     the answer, a few thousand at a time (finished by the next retention pass if the node \
-                     stops first).",
+                     and tokens go at once, and no node claims its deliveries afterwards; its messages, \
+                     deliveries, attempts and statistics are deleted right after the answer, a few thousand \
+                     at a time (taken up by a later retention pass if the node stops first).",
                 )
                 .empty(204, "Deleted."),
             Route::get("/api/v1/app/{app_id}/secret", secret)

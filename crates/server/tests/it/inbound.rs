@@ -544,6 +544,13 @@ async fn reconciliation_skips_an_event_without_an_id_and_goes_on() {
     let again = gw.ok("POST", &format!("/api/v1/source/{id}/reconcile"), None).await;
     assert_eq!(counts(&again), (3, 1, 0, 2), "{again}");
     assert!(!rx.gets_within(200).await, "nothing is taken twice");
+
+    // Settings that read a header find no id in any event: refused before any page is read.
+    let config = json!({"eventIdTemplates": ["{header:x-event-id}"]});
+    gw.ok("PATCH", &format!("/api/v1/source/{id}"), Some(json!({"config": config}))).await;
+    let refused = gw.ok("POST", &format!("/api/v1/source/{id}/reconcile"), None).await;
+    assert_eq!(counts(&refused), (0, 0, 0, 0), "{refused}");
+    assert!(refused["errors"][0].as_str().unwrap().contains("read a header"), "{refused}");
     gw.stop().await;
 }
 

@@ -283,11 +283,10 @@ impl Store for PgStore {
     async fn purge_deleted_app(&self, app_id: &str, chunk: usize) -> StoreResult<bool> {
         in_tx!(self, |tx| resources::purge_deleted_app(&tx, app_id, chunk.max(1)))
     }
-    async fn deleted_apps(&self) -> StoreResult<Vec<String>> {
-        let found = on_conn!(self, |c| async move {
-            c.query("SELECT app_id FROM app_deletions ORDER BY app_id", &[]).await.map_err(pg_error)
-        })?;
-        found.iter().map(|r| r.try_get(0).map_err(pg_error)).collect()
+    async fn deleted_apps(&self) -> StoreResult<Vec<(String, i64)>> {
+        let found =
+            on_conn!(self, |c| async move { c.query(crate::columns::DELETED_APPS, &[]).await.map_err(pg_error) })?;
+        found.iter().map(|r| Ok((r.try_get(0).map_err(pg_error)?, r.try_get(1).map_err(pg_error)?))).collect()
     }
 
     async fn create_event_type(&self, event_type: EventType) -> StoreResult<EventType> {

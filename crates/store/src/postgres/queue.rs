@@ -5,7 +5,7 @@
 use super::pg_error;
 use super::resources::{get_endpoint, one, run};
 use super::rows;
-use crate::columns::{open_in_lane, OPEN_ORDERED};
+use crate::columns::{open_in_lane, NOT_DELETED, OPEN_ORDERED};
 use crate::query::Query;
 use crate::*;
 use deadpool_postgres::GenericClient;
@@ -234,6 +234,7 @@ pub async fn claim_due(c: &impl GenericClient, claim: &ClaimDue) -> StoreResult<
              FROM deliveries \
              WHERE state IN (1, 3) AND next_at <= $2 \
                AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= $3)) \
+               AND {NOT_DELETED} \
                AND EXISTS (SELECT 1 FROM nodes WHERE token = $1 AND lease_until >= $3) \
              ORDER BY next_at LIMIT $4 \
              FOR UPDATE OF deliveries SKIP LOCKED), \
@@ -269,7 +270,7 @@ pub async fn claim_deferred(
     let sql = format!(
         "WITH picked AS ( \
              SELECT msg_id, id FROM deliveries WHERE state = 7 AND app_id = $2 AND {lane_endpoint} = $3 \
-               AND EXISTS (SELECT 1 FROM nodes WHERE token = $1 AND lease_until >= $5) \
+               AND {NOT_DELETED} AND EXISTS (SELECT 1 FROM nodes WHERE token = $1 AND lease_until >= $5) \
              ORDER BY next_at LIMIT $4 \
              FOR UPDATE OF deliveries SKIP LOCKED) \
          UPDATE deliveries d SET state = 1, claimed_by = $1 FROM picked \
@@ -403,9 +404,9 @@ pub async fn recover(
     let row = c.query_one(&span, &[&endpoint.id, &first, &after, &end, &(chunk as i64)]).await.map_err(pg_error)?;
     let (last, scanned): (Option<String>, i64) = (row.try_get(0).map_err(pg_error)?, row.try_get(1).map_err(pg_error)?);
     let Some(last) = last else { return Ok((Vec::new(), None)) };
-    let sql = crate::columns::recover_sql(p, RESTART, " FOR SHARE OF m");
-    let values: [&(dyn ToSql + Sync); 8] =
-        [&r.now, &None::<i64>, &endpoint.id, &r.app_id, &r.since, &r.until, &after, &last];
+    let sql = crate::columns::recover_sql(p, RESTART, true);
+    let values: [&(dyn ToSql + Sync); 9] =
+        [&r.now, &None::<i64>, &endpoint.id, &r.app_id, &r.since, &r.until, &after, &last, &first];
     let found = c.query(&sql, &values).await.map_err(pg_error)?;
     let recovered = rows::all(&found, rows::delivery)?;
     Ok((recovered, (scanned as usize == chunk).then_some(last)))

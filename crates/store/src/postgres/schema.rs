@@ -231,7 +231,8 @@ CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''
 /// Applications whose messages and statistics are still being deleted (see SQLite's).
 const APP_DELETIONS: &str = r#"
 CREATE TABLE app_deletions (
-    app_id TEXT COLLATE "C" PRIMARY KEY
+    app_id TEXT COLLATE "C" PRIMARY KEY,
+    steps BIGINT NOT NULL DEFAULT 0
 );
 "#;
 

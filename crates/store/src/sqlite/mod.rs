@@ -471,12 +471,11 @@ impl Store for SqliteStore {
         let app_id = app_id.to_owned();
         self.write_in(Lane::Background, move |c| resources::purge_deleted_app(c, &app_id, chunk.max(1))).await
     }
-    async fn deleted_apps(&self) -> StoreResult<Vec<String>> {
+    async fn deleted_apps(&self) -> StoreResult<Vec<(String, i64)>> {
         self.read(|c| {
-            let mut statement =
-                c.prepare_cached("SELECT app_id FROM app_deletions ORDER BY app_id").map_err(sql_error)?;
-            let found = statement.query_map([], |r| r.get(0)).map_err(sql_error)?;
-            found.collect::<rusqlite::Result<Vec<String>>>().map_err(sql_error)
+            let mut statement = c.prepare_cached(crate::columns::DELETED_APPS).map_err(sql_error)?;
+            let found = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(sql_error)?;
+            found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
         })
         .await
     }
@@ -890,7 +889,10 @@ mod tests {
                     .into_iter()
                     .chain([crate::columns::delete_app_stats_sql(p), crate::columns::app_rows_left_sql(p)])
                     .chain(["DELETE FROM endpoints WHERE app_id = ?1".into()])
-                    .chain([crate::columns::recover_span_sql(p), crate::columns::recover_sql(p, queue::RESTART, "")]);
+                    .chain([
+                        crate::columns::recover_span_sql(p),
+                        crate::columns::recover_sql(p, queue::RESTART, false),
+                    ]);
                 let walks = [&crate::columns::INBOUND_KEYS, &crate::columns::IDEMPOTENCY]
                     .map(|table| [table.chunk_sql(false, p), table.delete_sql(false, p), table.delete_sql(true, p)]);
                 {

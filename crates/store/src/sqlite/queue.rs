@@ -4,7 +4,7 @@ use super::fanout;
 use super::resources::get_endpoint;
 use super::rows;
 use super::sql_error;
-use crate::columns::{open_in_lane, Expiring, OPEN_ORDERED};
+use crate::columns::{open_in_lane, Expiring, NOT_DELETED, OPEN_ORDERED};
 use crate::query::Query;
 use crate::*;
 use hookline_core::delivery::DeliveryState;
@@ -238,6 +238,7 @@ pub fn claim_due(conn: &Connection, claim: &ClaimDue) -> StoreResult<Claimed> {
                      SELECT msg_id, id, next_at, {defer} AS deferred FROM deliveries \
                      WHERE state IN (1, 3) AND next_at <= ?2 \
                      AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= ?3)) \
+                     AND {NOT_DELETED} \
                      ORDER BY next_at LIMIT ?4)) \
              WHERE deferred OR n <= ?6) \
          AND EXISTS (SELECT 1 FROM nodes WHERE token = ?1 AND lease_until >= ?3) \
@@ -266,7 +267,7 @@ pub fn claim_deferred(
     let sql = format!(
         "UPDATE deliveries SET state = 1, claimed_by = ?1 WHERE (msg_id, id) IN ( \
              SELECT msg_id, id FROM deliveries WHERE state = 7 AND app_id = ?2 AND {lane_endpoint} = ?3 \
-             ORDER BY next_at LIMIT ?4) \
+             AND {NOT_DELETED} ORDER BY next_at LIMIT ?4) \
          AND EXISTS (SELECT 1 FROM nodes WHERE token = ?1 AND lease_until >= ?5) \
          RETURNING {}",
         rows::DELIVERY_COLUMNS
@@ -530,8 +531,9 @@ pub fn recover(
         })
         .map_err(sql_error)?;
     let (Some(last), scanned) = span else { return Ok((Vec::new(), None)) };
-    let mut statement = conn.prepare_cached(&crate::columns::recover_sql(p, RESTART, "")).map_err(sql_error)?;
-    let values = params![r.now, None::<i64>, endpoint.id, r.app_id, r.since, r.until, after.unwrap_or(""), last];
+    let mut statement = conn.prepare_cached(&crate::columns::recover_sql(p, RESTART, false)).map_err(sql_error)?;
+    let after = after.unwrap_or("");
+    let values = params![r.now, None::<i64>, endpoint.id, r.app_id, r.since, r.until, after, last, first];
     let found = statement.query_map(values, rows::delivery).map_err(sql_error)?;
     let recovered = found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)?;
     Ok((recovered, (scanned as usize == chunk).then_some(last)))

@@ -289,11 +289,13 @@ CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''
 ];
 
 /// Applications deleted whose messages and statistics a walk is still deleting: written in
-/// the commit that deletes the application, gone once the walk ends. A walk a crash or an
-/// outage cut short is taken up again by the retention pass.
+/// the commit that deletes the application, gone once the walk ends; `steps` counts the
+/// walk's steps, so that the retention pass tells a walk under way from one a crash or an
+/// outage cut short (which it takes up).
 const APP_DELETIONS: &str = r#"
 CREATE TABLE app_deletions (
-    app_id TEXT PRIMARY KEY
+    app_id TEXT PRIMARY KEY,
+    steps INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 "#;
 
