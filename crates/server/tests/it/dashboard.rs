@@ -356,20 +356,7 @@ async fn resending_to_every_endpoint_says_which_were_refused() {
     let msg = gw.publish(&shop, json!({"eventType": "a", "payload": {}})).await;
     gw.wait_attempts(&shop, &msg, 2).await;
     good_rx.next().await;
-    let token = app_token(&gw, &shop).await;
-    let signed_in =
-        browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token)]).send().await.unwrap();
-    let cookie = session_cookie(&signed_in);
-    let page = browser().get(format!("{}/dashboard/app/{shop}/msg/{msg}", gw.url)).header("cookie", cookie.clone());
-    let page = page.send().await.unwrap().text().await.unwrap();
-    let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
-    let resend = browser()
-        .post(format!("{}/dashboard/app/{shop}/msg/{msg}/resend", gw.url))
-        .header("cookie", cookie)
-        .form(&[("csrf", csrf.as_str()), ("endpoint", "all")])
-        .send()
-        .await
-        .unwrap();
+    let resend = resend_to_every_endpoint(&gw, &shop, &msg).await;
     assert_eq!(resend.status(), 409);
     let said = resend.text().await.unwrap();
     let failing_id = failing["id"].as_str().unwrap();
@@ -393,25 +380,27 @@ async fn each_change_a_dashboard_page_makes_is_charged() {
         gw.endpoint(&shop, json!({"url": rx.url})).await;
     }
     let msg = gw.publish(&shop, json!({"eventType": "a", "payload": {}})).await;
-    let token = app_token(&gw, &shop).await;
+    let resend = resend_to_every_endpoint(&gw, &shop, &msg).await;
+    assert_eq!(resend.status(), 429, "the page's unit was the budget's last: no resend is free");
+}
+
+/// Signs in with a token of `app`, opens the message's page and presses "Resend to every
+/// endpoint" on it.
+async fn resend_to_every_endpoint(gw: &Gateway, app: &str, msg: &str) -> reqwest::Response {
+    let token = app_token(gw, app).await;
     let signed_in =
         browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token)]).send().await.unwrap();
     let cookie = session_cookie(&signed_in);
-    let page = browser()
-        .get(format!("{}/dashboard/app/{shop}/msg/{msg}", gw.url))
-        .header("cookie", cookie.clone())
-        .send()
-        .await
-        .unwrap();
+    let page = browser().get(format!("{}/dashboard/app/{app}/msg/{msg}", gw.url)).header("cookie", cookie.clone());
+    let page = page.send().await.unwrap();
     assert_eq!(page.status(), 200);
     let page = page.text().await.unwrap();
     let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
-    let resend = browser()
-        .post(format!("{}/dashboard/app/{shop}/msg/{msg}/resend", gw.url))
+    browser()
+        .post(format!("{}/dashboard/app/{app}/msg/{msg}/resend", gw.url))
         .header("cookie", cookie)
         .form(&[("csrf", csrf.as_str()), ("endpoint", "all")])
         .send()
         .await
-        .unwrap();
-    assert_eq!(resend.status(), 429, "the page's unit was the budget's last: no resend is free");
+        .unwrap()
 }

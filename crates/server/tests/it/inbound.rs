@@ -436,10 +436,9 @@ async fn stripe_events_api(events: Vec<Value>) -> (String, Arc<std::sync::Mutex<
     (url, seen)
 }
 
-#[tokio::test]
-async fn reconciliation_ingests_what_the_provider_gave_up_on() {
-    let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 60 + n as i64, "data": {"object": {"id": format!("ch_{n}")}}});
-    let (api, requests) = stripe_events_api(vec![event(3), event(2), event(1)]).await;
+/// A gateway reading Stripe's events API at `api` (reconciling on demand only), with an
+/// application whose one endpoint is the receiver.
+async fn reconciling_gateway(api: String) -> (Gateway, Receiver, String) {
     let mut config = dev_config();
     config.inbound.stripe_api_base = api;
     config.inbound.reconcile_interval_ms = 0;
@@ -447,6 +446,14 @@ async fn reconciliation_ingests_what_the_provider_gave_up_on() {
     let rx = Receiver::start(Answer::status(200)).await;
     let app = gw.app("merchant").await;
     gw.endpoint(&app, json!({"url": rx.url})).await;
+    (gw, rx, app)
+}
+
+#[tokio::test]
+async fn reconciliation_ingests_what_the_provider_gave_up_on() {
+    let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 60 + n as i64, "data": {"object": {"id": format!("ch_{n}")}}});
+    let (api, requests) = stripe_events_api(vec![event(3), event(2), event(1)]).await;
+    let (gw, rx, app) = reconciling_gateway(api).await;
     let body = json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app, "apiKey": "rk_test_reads_events"});
     let src = gw.ok("POST", "/api/v1/source", Some(body)).await;
     assert_eq!(src["reconciles"], true);
@@ -516,13 +523,7 @@ async fn reconciliation_skips_an_event_without_an_id_and_goes_on() {
         json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 60 + n as i64, "data": {"object": {"id": format!("ch_{n}"), "metadata": metadata}}})
     };
     let (api, _) = stripe_events_api(vec![event(3, Some("o3")), event(2, None), event(1, Some("o1"))]).await;
-    let mut config = dev_config();
-    config.inbound.stripe_api_base = api;
-    config.inbound.reconcile_interval_ms = 0;
-    let gw = start_gateway(config).await;
-    let rx = Receiver::start(Answer::status(200)).await;
-    let app = gw.app("merchant").await;
-    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let (gw, rx, app) = reconciling_gateway(api).await;
     let body = json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app, "apiKey": "rk_test",
         "config": {"eventIdTemplates": ["order-{/data/object/metadata/order_id}"]}});
     let id = gw.ok("POST", "/api/v1/source", Some(body)).await["id"].as_str().unwrap().to_owned();
