@@ -217,6 +217,13 @@ pub fn verify(
             if !matched {
                 return Err(Rejection::BadSignature);
             }
+            // SHA-256(secret ‖ body) can be extended: from one captured request, anyone who
+            // guesses the secret's length can sign the body followed by SHA-256's padding and
+            // bytes of their own, each a new event to the dedupe. Recharge sends JSON, which
+            // that padding (a 0x80 byte) never is.
+            if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_err() {
+                return Err(Rejection::BadSignature);
+            }
             (Locator::BodyHash, Locator::Header("x-recharge-topic"))
         }
         Preset::Hmac => {
@@ -248,8 +255,10 @@ pub fn verify(
             (Locator::Pointer("/meta/webhook_id"), Locator::None)
         }
         Preset::Braintree => {
-            let kind = verify_braintree(config.public_key.as_deref(), body, secrets)?;
-            (Locator::BodyHash, Locator::Found(kind))
+            let (payload, kind) = verify_braintree(config.public_key.as_deref(), body, secrets)?;
+            // Keyed by what is signed: the form around it may carry other fields or encode
+            // the payload otherwise, each a different body for the same event.
+            (Locator::Found(Some(sha256_key(&payload))), Locator::Found(kind))
         }
         Preset::Checkout => {
             hex_hmac_of_body(need("cko-signature")?, body, secrets)?;
@@ -506,8 +515,13 @@ fn verify_paddle(
 
 /// Braintree posts a form with `bt_signature` (`public_key|hex` pairs joined by `&`) and
 /// `bt_payload` (base64 XML): hex HMAC-SHA1 of the payload (or the payload and a newline),
-/// keyed with the SHA-1 of the private key (the source's secret). Returns the `<kind>`.
-fn verify_braintree(public_key: Option<&str>, body: &[u8], secrets: &[&str]) -> Result<Option<String>, Rejection> {
+/// keyed with the SHA-1 of the private key (the source's secret). Returns the payload's
+/// XML and its `<kind>`.
+fn verify_braintree(
+    public_key: Option<&str>,
+    body: &[u8],
+    secrets: &[&str],
+) -> Result<(Vec<u8>, Option<String>), Rejection> {
     let public_key = public_key.ok_or(Rejection::Misconfigured)?;
     let form: Vec<(String, String)> = url::form_urlencoded::parse(body).into_owned().collect();
     // A field given twice is refused: the raw body is forwarded, and a receiver's form
@@ -544,12 +558,11 @@ fn verify_braintree(public_key: Option<&str>, body: &[u8], secrets: &[&str]) -> 
         return Err(Rejection::BadSignature);
     }
     let xml = B64.decode(payload.replace('\n', "")).map_err(|_| Rejection::MalformedSignature)?;
-    let xml = String::from_utf8_lossy(&xml);
-    let kind = xml
+    let kind = String::from_utf8_lossy(&xml)
         .split_once("<kind>")
         .and_then(|(_, rest)| rest.split_once("</kind>"))
         .map(|(kind, _)| kind.trim().to_owned());
-    Ok(kind)
+    Ok((xml, kind))
 }
 
 fn locate(

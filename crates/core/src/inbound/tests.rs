@@ -220,6 +220,40 @@ fn a_braintree_field_given_twice_is_refused() {
     assert_eq!(verify_vector(&v).map_err(Rejection::code), Err("malformed_signature"), "bt_signature twice");
 }
 
+/// A Braintree notification is keyed by its signed payload: the same one in a form with
+/// another field, or with its payload encoded otherwise, is the same event (each was a new
+/// body, so a new event to the dedupe, replayable at will).
+#[test]
+fn a_braintree_event_is_keyed_by_its_payload_not_its_form() {
+    let mut v = valid(Preset::Braintree);
+    let key = verify_vector(&v).unwrap().event_id.unwrap();
+    let signed = v.body.clone();
+    v.body = format!("{signed}&replay=1");
+    assert_eq!(verify_vector(&v).unwrap().event_id.unwrap(), key, "another field");
+    v.body = signed.replacen("bt_payload=C", "bt_payload=%43", 1);
+    assert_ne!(v.body, signed, "the payload starts with C");
+    assert_eq!(verify_vector(&v).unwrap().event_id.unwrap(), key, "re-encoded");
+}
+
+/// Recharge's SHA-256(secret ‖ body) extends: a body followed by SHA-256's padding and bytes
+/// of one's own gets a valid signature from a captured one without the secret. Such a body
+/// is not JSON, and is refused.
+#[test]
+fn a_recharge_signature_extended_past_the_body_is_refused() {
+    let mut v = valid(Preset::Recharge);
+    assert!(verify_vector(&v).is_ok());
+    // What an extension signs: the body, 0x80, zeros, the length, more. Signed here with the
+    // secret (as the attack's result would be), to show only the body's form refuses it.
+    let secret = v.secrets[0].clone();
+    let mut body = v.body.clone().into_bytes();
+    body.extend_from_slice(b"\x80\0\0{\"id\": 1}");
+    let digest = Sha256::new().chain_update(secret.as_bytes()).chain_update(&body).finalize();
+    v.headers.insert("x-recharge-hmac-sha256".into(), hex::encode(digest));
+    let headers = |name: &str| v.headers.get(name).map(String::as_str);
+    let got = verify(v.preset, &v.config, &headers, &body, &[secret.as_str()], v.now);
+    assert_eq!(got.map_err(Rejection::code), Err("bad_signature"));
+}
+
 /// A timestamp at either end of `i64` is out of the window, never an overflow (a panic in
 /// a debug build).
 #[test]

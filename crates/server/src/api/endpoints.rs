@@ -57,8 +57,9 @@ pub fn routes() -> Vec<Route> {
             Route::post("/api/v1/app/{app_id}/endpoint/{endpoint_id}/secret/rotate", rotate)
                 .doc(
                     "rotateEndpointSecret",
-                    "Rotate the secret; the old one keeps signing for the grace period (24 h). \
-                     Without a body, Hookline generates the new secret.",
+                    "Rotate the secret; the old one keeps signing for the grace period (24 h), beside \
+                     the new one (an `hmac-sha256-hex` endpoint's header has room for one signature: the \
+                     new secret signs at once). Without a body, Hookline generates the new secret.",
                 )
                 .optional_body::<EndpointSecretRotateIn>()
                 .answers::<EndpointSecretOut>(200, "The new secret."),
