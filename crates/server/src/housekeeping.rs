@@ -121,12 +121,12 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
     let reconcile_every = config.inbound.reconcile_interval_ms as i64;
     let mut reconciled_at = i64::MIN;
     let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
-    let mut deletions_seen = BTreeMap::new();
+    let mut deletions = Deletions::default();
     loop {
         let now = state.clock.now_ms();
         match state.store.lead(state.engine.token(), now, 3 * every as u64).await {
             Ok(true) => {
-                retain(&state, now, &mut deletions_seen).await;
+                retain(&state, now, &mut deletions).await;
                 let due = reconcile_every > 0 && now.saturating_sub(reconciled_at) >= reconcile_every;
                 if due && reconciling.as_ref().is_none_or(|run| run.is_finished()) {
                     reconciled_at = now;
@@ -141,8 +141,7 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
     }
 }
 
-/// `deletions_seen`: the deletions under way at the last pass, with their steps then.
-async fn retain(state: &AppState, now: i64, deletions_seen: &mut BTreeMap<String, i64>) {
+async fn retain(state: &AppState, now: i64, deletions: &mut Deletions) {
     let (store, config) = (state.store.as_ref(), &state.config);
     if let Err(e) = store.purge_idempotent_responses(now - config.api.idempotency_ttl_ms as i64, PURGE_CHUNK).await {
         tracing::warn!(error = %e, "could not purge idempotency keys");
@@ -178,7 +177,7 @@ async fn retain(state: &AppState, now: i64, deletions_seen: &mut BTreeMap<String
     if deleted > 0 {
         tracing::info!(deleted, "deleted messages past retention");
     }
-    finish_app_deletions(&state.store, deletions_seen).await;
+    finish_app_deletions(&state.store, deletions).await;
     roll_up_stats(store, now, batch).await;
     // Lanes whose head was made due by nobody (a node died between a commit and the
     // promotion after it, or the head's message was deleted) move on here.
@@ -192,28 +191,39 @@ async fn retain(state: &AppState, now: i64, deletions_seen: &mut BTreeMap<String
     }
 }
 
+/// The application deletions the retention passes watch.
+#[derive(Default)]
+struct Deletions {
+    /// Each deletion under way at the last pass, with its steps then.
+    seen: BTreeMap<String, i64>,
+    /// The walks this node took up, until they end.
+    walking: BTreeMap<String, tokio::task::JoinHandle<()>>,
+}
+
 /// Takes up the deletions whose walk took no step since the last pass: cut short by a crash
 /// or an outage. A walk under way (on any node) counts its steps on its mark, and is left
-/// to finish. Each taken up walks on a task of its own, so the pass goes on meanwhile; it
-/// counts its steps too, so the next pass leaves it be.
-async fn finish_app_deletions(store: &Arc<dyn Store>, seen: &mut BTreeMap<String, i64>) {
+/// to finish; so is one this node took up and still runs (a step slower than a pass).
+/// Each taken up walks on a task of its own, so the pass goes on meanwhile.
+async fn finish_app_deletions(store: &Arc<dyn Store>, deletions: &mut Deletions) {
+    deletions.walking.retain(|_, walk| !walk.is_finished());
     let under_way: BTreeMap<String, i64> = match store.deleted_apps().await {
         Ok(found) => found.into_iter().collect(),
         Err(e) => return tracing::warn!(error = %e, "could not read the application deletions under way"),
     };
     for (app_id, steps) in &under_way {
-        if seen.get(app_id) != Some(steps) {
+        if deletions.seen.get(app_id) != Some(steps) || deletions.walking.contains_key(app_id) {
             continue;
         }
-        let (store, app_id) = (store.clone(), app_id.clone());
-        tokio::spawn(async move {
-            match hookline_store::purge_deleted_app(&*store, &app_id).await {
-                Ok(()) => tracing::info!(app_id, "finished deleting an application whose deletion was cut short"),
-                Err(e) => tracing::warn!(error = %e, app_id, "could not finish deleting an application"),
+        let (store, id) = (store.clone(), app_id.clone());
+        let walk = tokio::spawn(async move {
+            match hookline_store::purge_deleted_app(&*store, &id).await {
+                Ok(()) => tracing::info!(app_id = id, "finished deleting an application whose deletion was cut short"),
+                Err(e) => tracing::warn!(error = %e, app_id = id, "could not finish deleting an application"),
             }
         });
+        deletions.walking.insert(app_id.clone(), walk);
     }
-    *seen = under_way;
+    deletions.seen = under_way;
 }
 
 /// Minute statistics are kept for a day, then summed into hours.

@@ -113,8 +113,13 @@ pub fn app_rows_left_sql(p: fn(usize) -> String) -> String {
     )
 }
 
-/// A delivery's application is not being deleted: claims leave a deleted application's
-/// deliveries to its walk (they were claimed, and closed one at a time, while it went on).
+/// A delivery's application is being deleted. A claim closes such due rows of its window
+/// (canceled, out of the due index) instead of claiming them: claimed, each was closed one
+/// at a time by the node; skipped, each claim read through all of them again.
+pub const IN_DELETION: &str = "app_id IN (SELECT app_id FROM app_deletions)";
+
+/// A delivery's application is not being deleted: a deferred lane's claim leaves its rows
+/// to the walk.
 pub const NOT_DELETED: &str = "app_id NOT IN (SELECT app_id FROM app_deletions)";
 
 /// The deletions under way, with their steps so far.

@@ -270,6 +270,8 @@ impl Publish {
 /// It reads as `Pending` everywhere ([`state_of_code`]): deferring is how the store queues,
 /// not a state of the delivery.
 pub const DEFERRED: i64 = 7;
+/// The state code of a canceled delivery (`DeliveryState::Canceled`).
+pub const CANCELED: i64 = DeliveryState::Canceled as i64;
 
 /// The delivery state a stored code stands for (a deferred delivery is pending).
 pub fn state_of_code(code: i64) -> Option<DeliveryState> {
@@ -301,6 +303,9 @@ pub struct Claimed {
     pub deliveries: Vec<Delivery>,
     pub deferred: usize,
     pub deferred_lanes: Vec<DeferredLane>,
+    /// Rows of the window whose application is being deleted, closed (canceled) by the
+    /// claim rather than claimed: they leave the due work at once, in bulk.
+    pub closed: usize,
 }
 
 impl Claimed {
@@ -308,6 +313,10 @@ impl Claimed {
     pub fn sort(rows: impl IntoIterator<Item = (Delivery, i64)>) -> Claimed {
         let mut claimed = Claimed::default();
         for (delivery, state) in rows {
+            if state == CANCELED {
+                claimed.closed += 1;
+                continue;
+            }
             if state != DEFERRED {
                 claimed.deliveries.push(delivery);
                 continue;
@@ -321,9 +330,9 @@ impl Claimed {
         claimed
     }
 
-    /// How many rows of the window the claim used (claimed or deferred).
+    /// How many rows of the window the claim used (claimed, deferred or closed).
     pub fn taken(&self) -> usize {
-        self.deliveries.len() + self.deferred
+        self.deliveries.len() + self.deferred + self.closed
     }
 }
 

@@ -5,7 +5,7 @@
 use super::pg_error;
 use super::resources::{get_endpoint, one, run};
 use super::rows;
-use crate::columns::{open_in_lane, NOT_DELETED, OPEN_ORDERED};
+use crate::columns::{open_in_lane, IN_DELETION, NOT_DELETED, OPEN_ORDERED};
 use crate::query::Query;
 use crate::*;
 use deadpool_postgres::GenericClient;
@@ -225,26 +225,27 @@ pub async fn free_claims(c: &impl GenericClient, token: i64, deliveries: &[Deliv
 }
 
 pub async fn claim_due(c: &impl GenericClient, claim: &ClaimDue) -> StoreResult<Claimed> {
-    // The window's rows to lanes behind are deferred; of the others, the `$6` earliest are
-    // claimed (numbered apart from the deferred ones).
+    // The window's rows of an application being deleted are closed, and those to lanes
+    // behind deferred; of the others, the `$6` earliest are claimed (numbered apart).
     let sql = format!(
         "WITH due AS ( \
-             SELECT msg_id, id, next_at, \
+             SELECT msg_id, id, next_at, {IN_DELETION} AS gone, \
                  (order_key IS NULL AND endpoint_id IS NOT NULL AND endpoint_id = ANY($5)) AS deferred \
              FROM deliveries \
              WHERE state IN (1, 3) AND next_at <= $2 \
                AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= $3)) \
-               AND {NOT_DELETED} \
                AND EXISTS (SELECT 1 FROM nodes WHERE token = $1 AND lease_until >= $3) \
              ORDER BY next_at LIMIT $4 \
              FOR UPDATE OF deliveries SKIP LOCKED), \
          picked AS ( \
-             SELECT msg_id, id, deferred FROM ( \
-                 SELECT msg_id, id, deferred, row_number() OVER (PARTITION BY deferred ORDER BY next_at) AS n \
+             SELECT msg_id, id, gone, deferred FROM ( \
+                 SELECT msg_id, id, gone, deferred, \
+                     row_number() OVER (PARTITION BY gone OR deferred ORDER BY next_at) AS n \
                  FROM due) numbered \
-             WHERE deferred OR n <= $6) \
-         UPDATE deliveries d SET claimed_by = CASE WHEN picked.deferred THEN NULL ELSE $1 END, \
-             state = CASE WHEN picked.deferred THEN {DEFERRED} ELSE d.state END \
+             WHERE gone OR deferred OR n <= $6) \
+         UPDATE deliveries d SET claimed_by = CASE WHEN picked.gone OR picked.deferred THEN NULL ELSE $1 END, \
+             next_at = CASE WHEN picked.gone THEN NULL ELSE d.next_at END, \
+             state = CASE WHEN picked.gone THEN {CANCELED} WHEN picked.deferred THEN {DEFERRED} ELSE d.state END \
          FROM picked WHERE d.msg_id = picked.msg_id AND d.id = picked.id RETURNING {}, d.state",
         prefixed("d", rows::DELIVERY_COLUMNS)
     );

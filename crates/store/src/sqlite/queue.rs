@@ -4,7 +4,7 @@ use super::fanout;
 use super::resources::get_endpoint;
 use super::rows;
 use super::sql_error;
-use crate::columns::{open_in_lane, Expiring, NOT_DELETED, OPEN_ORDERED};
+use crate::columns::{open_in_lane, Expiring, IN_DELETION, NOT_DELETED, OPEN_ORDERED};
 use crate::query::Query;
 use crate::*;
 use hookline_core::delivery::DeliveryState;
@@ -226,21 +226,21 @@ pub fn claim_due(conn: &Connection, claim: &ClaimDue) -> StoreResult<Claimed> {
     let now = claim.now;
     fanout::write_out(conn, fanout::Which::Stale { before: now - fanout::WRITE_OUT_AFTER_MS, now })?;
     let defer = "order_key IS NULL AND endpoint_id IS NOT NULL AND endpoint_id IN (SELECT value FROM json_each(?5))";
-    // The window's rows to lanes behind are deferred; of the others, the `?6` earliest are
-    // claimed (numbered apart from the deferred ones).
+    // The window's rows of an application being deleted are closed, and those to lanes
+    // behind deferred; of the others, the `?6` earliest are claimed (numbered apart).
     let sql = format!(
-        "UPDATE deliveries SET claimed_by = CASE WHEN {defer} THEN NULL ELSE ?1 END, \
-             state = CASE WHEN {defer} THEN {DEFERRED} ELSE state END \
+        "UPDATE deliveries SET claimed_by = CASE WHEN {IN_DELETION} OR {defer} THEN NULL ELSE ?1 END, \
+             next_at = CASE WHEN {IN_DELETION} THEN NULL ELSE next_at END, \
+             state = CASE WHEN {IN_DELETION} THEN {CANCELED} WHEN {defer} THEN {DEFERRED} ELSE state END \
          WHERE (msg_id, id) IN ( \
              SELECT msg_id, id FROM ( \
-                 SELECT msg_id, id, deferred, row_number() OVER (PARTITION BY deferred ORDER BY next_at) AS n \
+                 SELECT msg_id, id, set_apart, row_number() OVER (PARTITION BY set_apart ORDER BY next_at) AS n \
                  FROM ( \
-                     SELECT msg_id, id, next_at, {defer} AS deferred FROM deliveries \
+                     SELECT msg_id, id, next_at, ({IN_DELETION} OR {defer}) AS set_apart FROM deliveries \
                      WHERE state IN (1, 3) AND next_at <= ?2 \
                      AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= ?3)) \
-                     AND {NOT_DELETED} \
                      ORDER BY next_at LIMIT ?4)) \
-             WHERE deferred OR n <= ?6) \
+             WHERE set_apart OR n <= ?6) \
          AND EXISTS (SELECT 1 FROM nodes WHERE token = ?1 AND lease_until >= ?3) \
          RETURNING {}, state",
         rows::DELIVERY_COLUMNS
