@@ -165,7 +165,7 @@ pub struct EndpointIn {
     #[schemars(regex(pattern = SECRET_PATTERN))]
     pub secret: Option<String>,
     pub metadata: Option<Metadata>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "case_folded_option")]
     #[schemars(schema_with = "optional_headers_schema")]
     pub headers: Option<BTreeMap<String, String>>,
     pub signature_scheme: Option<SignatureScheme>,
@@ -291,7 +291,7 @@ pub struct OperationalEndpointIn {
     #[schemars(regex(pattern = SECRET_PATTERN))]
     pub secret: Option<String>,
     pub metadata: Option<Metadata>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "case_folded_option")]
     #[schemars(schema_with = "optional_headers_schema")]
     pub headers: Option<BTreeMap<String, String>>,
 }
@@ -378,6 +378,7 @@ pub const SECRET_PATTERN: &str =
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointHeadersIn {
+    #[serde(deserialize_with = "case_folded")]
     #[schemars(schema_with = "headers_schema")]
     pub headers: BTreeMap<String, String>,
 }
@@ -385,6 +386,7 @@ pub struct EndpointHeadersIn {
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EndpointHeadersPatchIn {
+    #[serde(deserialize_with = "case_folded")]
     #[schemars(schema_with = "headers_schema")]
     pub headers: BTreeMap<String, String>,
     pub delete_headers: Option<Vec<String>>,
@@ -777,11 +779,31 @@ fn optional_headers_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
     headers_json_schema(["object", "null"])
 }
 
+/// Custom headers with one spelling of each name (names ignore case): of several, the last
+/// in byte order is kept, with its value. Refused, two spellings were a 422 the document
+/// could not say (a JSON Schema cannot compare names ignoring case).
+fn case_folded<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let given = BTreeMap::<String, String>::deserialize(d)?;
+    let mut kept = BTreeMap::new();
+    for (name, value) in given {
+        kept.retain(|other: &String, _| !other.eq_ignore_ascii_case(&name));
+        kept.insert(name, value);
+    }
+    Ok(kept)
+}
+
+fn case_folded_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    #[derive(Deserialize)]
+    struct Folded(#[serde(deserialize_with = "case_folded")] BTreeMap<String, String>);
+    Ok(Option::<Folded>::deserialize(d)?.map(|Folded(headers)| headers))
+}
+
 fn headers_json_schema(kind: impl serde::Serialize) -> schemars::Schema {
     let reserved = hookline_core::signature::reserved_headers_pattern();
     schemars::json_schema!({
         "type": kind,
-        "description": "Header names ignore case: two spellings of one name (`X-A` and `x-a`) are refused (422).",
+        "description": "Header names ignore case: of several spellings of one name (`X-A` and `x-a`), one is kept, \
+            the last in byte order (`x-a`), with its value.",
         "maxProperties": ENDPOINT_HEADERS_MAX,
         "propertyNames": {"pattern": HEADER_NAME_PATTERN, "not": {"pattern": reserved}},
         "additionalProperties": {"type": "string", "pattern": HEADER_VALUE_PATTERN},

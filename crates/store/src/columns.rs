@@ -62,7 +62,10 @@ pub fn update_endpoint_sql(p: fn(usize) -> String) -> String {
 
 /// The lanes with deliveries waiting and none open, as `(endpoint_id, order_key)`: the
 /// ones a sweep of every lane can move on (the others move when their open one closes).
+/// An application being deleted has none (`NOT_DELETED`): a claim closed its heads, and
+/// each sweep made the next one due for the claim to close again.
 pub const STALLED_LANES: &str = "SELECT DISTINCT w.endpoint_id, w.order_key FROM deliveries w WHERE w.state = 6 \
+     AND w.app_id NOT IN (SELECT app_id FROM app_deletions) \
      AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.endpoint_id = w.endpoint_id \
          AND o.order_key = w.order_key AND o.order_key IS NOT NULL AND o.state IN (1, 3))";
 

@@ -1050,6 +1050,15 @@ async fn deleting_an_app_removes_everything(store: &dyn Store, node: i64) {
         store.publish(p.clone()).await.unwrap();
     }
     finish(store, node, &published[0], DeliveryState::Pending, 7_005).await;
+    // A lane: its head due, one waiting behind it.
+    let lane = [ordered(&a.id, &ep.id, "pay_gone", 7_006), ordered(&a.id, &ep.id, "pay_gone", 7_007)];
+    for p in &lane {
+        store.publish(p.clone()).await.unwrap();
+    }
+    assert_eq!(
+        [state_of(store, &lane[0]).await, state_of(store, &lane[1]).await],
+        [DeliveryState::Pending, DeliveryState::Waiting]
+    );
     let other = publish(&kept.id, &[&kept_ep.id], None, 7_001);
     store.publish(other.clone()).await.unwrap();
     let rows = [stat(&ep.id, &a.id, 0, 1, 0, 10), stat(&ep.id, &a.id, 60_000, 1, 0, 10)];
@@ -1071,17 +1080,22 @@ async fn deleting_an_app_removes_everything(store: &dyn Store, node: i64) {
     };
     let claimed = store.claim_due(claim()).await.unwrap();
     assert!(!claimed.deliveries.iter().any(|d| d.app_id == a.id), "not claimed");
-    assert_eq!((claimed.closed, claimed.taken()), (3, 3 + claimed.deliveries.len()), "closed, and counted as taken");
+    assert_eq!((claimed.closed, claimed.taken()), (4, 4 + claimed.deliveries.len()), "closed, and counted as taken");
     assert_eq!(state_of(store, &published[1]).await, DeliveryState::Canceled);
     assert_eq!(store.claim_due(claim()).await.unwrap().closed, 0, "closed once");
+    assert_eq!(
+        store.promote_lanes(None, 10_000_001).await.unwrap(),
+        0,
+        "its lanes are not moved on to be closed again"
+    );
     let mut steps = 0;
     while store.purge_deleted_app(&a.id, 1).await.unwrap() {
         steps += 1;
         assert_eq!(store.deleted_apps().await.unwrap(), vec![(a.id.clone(), steps)], "each step counts itself");
     }
-    assert_eq!(steps, 5, "three messages and two statistics rows, one a step");
+    assert_eq!(steps, 7, "five messages and two statistics rows, one a step");
     assert!(store.deleted_apps().await.unwrap().is_empty());
-    for p in &published {
+    for p in published.iter().chain(&lane) {
         assert_eq!(store.get_message(&a.id, &p.message.id).await, Err(StoreError::NotFound));
         assert_eq!(store.get_delivery(&p.message.id, &p.deliveries[0].id).await, Err(StoreError::NotFound));
     }

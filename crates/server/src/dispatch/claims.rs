@@ -372,7 +372,8 @@ impl Engine {
             };
             let full = claimed.taken() == window;
             if claimed.taken() > 0 {
-                tracing::debug!(claimed = claimed.deliveries.len(), deferred = claimed.deferred, "claimed due work");
+                let (claimed_n, deferred_n, closed) = (claimed.deliveries.len(), claimed.deferred, claimed.closed);
+                tracing::debug!(claimed = claimed_n, deferred = deferred_n, closed, "claimed due work");
             }
             deferred += claimed.deferred;
             self.deferred.note(claimed.deferred_lanes);
