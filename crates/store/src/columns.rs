@@ -338,6 +338,26 @@ pub fn recover_id_bounds(r: &crate::Recovery) -> (String, String) {
     )
 }
 
+/// Closes (cancels) the deleted endpoint `p(1)`'s open deliveries of a span, after `p(2)` up
+/// to `p(3)` (a span of [`recover_span_sql`] from `""` to [`PAST_EVERY_ID`]): a step of a
+/// deletion, bounded whatever the endpoint's backlog.
+pub fn close_span_sql(p: fn(usize) -> String) -> String {
+    format!(
+        concat!(
+            "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL \
+             WHERE endpoint_id = {} AND msg_id > {} AND msg_id <= {} AND state IN (",
+            open_states!(),
+            ")"
+        ),
+        p(1),
+        p(2),
+        p(3)
+    )
+}
+
+/// Sorts after every id (ids are ASCII letters, digits and `_`).
+pub const PAST_EVERY_ID: &str = "~";
+
 /// A recover step: the endpoint's exhausted or skipped deliveries of the span (from `p(9)`,
 /// the recovery's first id, after the cursor `p(7)`, up to `p(8)`) whose messages are the
 /// application's and created in the window, set as `restart` says (it uses `p(1)`, now,
@@ -423,6 +443,26 @@ where
         match next {
             Some(key) => after = Some(key),
             None => return Ok(deleted),
+        }
+    }
+}
+
+/// Runs the steps of closing a deleted endpoint's deliveries (`step(after)` answers where the
+/// next starts) until the last. One that fails ends the walk: the endpoint is deleted
+/// already, and the deliveries left open are closed as strays when a node claims them.
+pub async fn walk_steps<F, Fut>(mut step: F)
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = crate::StoreResult<Option<String>>>,
+{
+    let mut after = String::new();
+    loop {
+        match step(after).await {
+            Ok(Some(next)) => after = next,
+            Ok(None) => return,
+            Err(e) => {
+                return tracing::warn!(error = %e, "could not close all of a deleted endpoint's deliveries; claims will")
+            }
         }
     }
 }

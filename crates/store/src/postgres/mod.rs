@@ -344,7 +344,12 @@ impl Store for PgStore {
         in_tx!(self, |tx| async {
             resources::delete_endpoint(&tx, app_id, id).await?;
             notify(&tx, &Change::App(app_id.to_owned())).await
+        })?;
+        crate::columns::walk_steps(|after| async move {
+            in_tx!(self, |tx| resources::close_deliveries_step(&tx, id, &after, crate::WALK_CHUNK))
         })
+        .await;
+        Ok(())
     }
 
     async fn publish(&self, publish: Publish) -> StoreResult<PublishOutcome> {

@@ -313,14 +313,24 @@ pub async fn take_link(c: &impl GenericClient, id: &[u8; 32], now: UnixMs) -> St
 }
 
 pub async fn delete_endpoint(c: &impl GenericClient, app_id: &str, id: &str) -> StoreResult<()> {
-    delete_by(c, "DELETE FROM endpoints WHERE app_id = $1 AND id = $2", &[&app_id, &id]).await?;
-    // Open deliveries to a deleted endpoint can never be made: close them.
-    let sql = concat!(
-        "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL WHERE endpoint_id = $1 AND state IN (",
-        crate::columns::open_states!(),
-        ")"
-    );
-    run(c, sql, &[&id]).await.map(|_| ())
+    delete_by(c, "DELETE FROM endpoints WHERE app_id = $1 AND id = $2", &[&app_id, &id]).await
+}
+
+/// One step of closing a deleted endpoint's open deliveries (see SQLite's).
+pub async fn close_deliveries_step(
+    c: &impl GenericClient,
+    endpoint_id: &str,
+    after: &str,
+    chunk: usize,
+) -> StoreResult<Option<String>> {
+    let p: fn(usize) -> String = |i| format!("${i}");
+    let (span, end, chunk) = (crate::columns::recover_span_sql(p), crate::columns::PAST_EVERY_ID, chunk as i64);
+    let row = c.query_one(&span, &[&endpoint_id, &"", &after, &end, &chunk]).await.map_err(super::pg_error)?;
+    let last: Option<String> = row.try_get(0).map_err(super::pg_error)?;
+    let scanned: i64 = row.try_get(1).map_err(super::pg_error)?;
+    let Some(last) = last else { return Ok(None) };
+    run(c, &crate::columns::close_span_sql(p), &[&endpoint_id, &after, &last]).await?;
+    Ok((scanned == chunk).then_some(last))
 }
 
 async fn put_source(c: &impl GenericClient, s: &Source, upsert: bool) -> StoreResult<()> {

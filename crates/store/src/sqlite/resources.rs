@@ -301,18 +301,34 @@ pub fn take_link(conn: &Connection, id: &[u8; 32], now: UnixMs) -> StoreResult<O
 
 pub fn delete_endpoint(conn: &Connection, app_id: &str, id: &str) -> StoreResult<()> {
     changed(conn.execute("DELETE FROM endpoints WHERE app_id = ?1 AND id = ?2", [app_id, id]).map_err(sql_error)?)?;
-    // Open deliveries to a deleted endpoint can never be made: close them.
+    // Its deliveries held in fan-outs become rows, which the steps after close.
     super::fanout::write_out(conn, super::fanout::Which::All)?;
-    conn.execute(
-        concat!(
-            "UPDATE deliveries SET state = 4, next_at = NULL, claimed_by = NULL WHERE endpoint_id = ?1 AND state IN (",
-            crate::columns::open_states!(),
-            ")"
-        ),
-        [id],
-    )
-    .map_err(sql_error)?;
     Ok(())
+}
+
+/// One step of closing a deleted endpoint's open deliveries (they can never be made): those
+/// of its next `chunk` deliveries after `after`. Returns where the next step starts, if any.
+pub fn close_deliveries_step(
+    conn: &Connection,
+    endpoint_id: &str,
+    after: &str,
+    chunk: usize,
+) -> StoreResult<Option<String>> {
+    let p: fn(usize) -> String = |i| format!("?{i}");
+    let end = crate::columns::PAST_EVERY_ID;
+    let span = conn
+        .prepare_cached(&crate::columns::recover_span_sql(p))
+        .and_then(|mut s| {
+            s.query_row(params![endpoint_id, "", after, end, chunk as i64], |row| {
+                Ok((row.get::<_, Option<String>>(0)?, row.get::<_, i64>(1)?))
+            })
+        })
+        .map_err(sql_error)?;
+    let (Some(last), scanned) = span else { return Ok(None) };
+    conn.prepare_cached(&crate::columns::close_span_sql(p))
+        .and_then(|mut s| s.execute(params![endpoint_id, after, last]))
+        .map_err(sql_error)?;
+    Ok((scanned as usize == chunk).then_some(last))
 }
 
 fn source_values(s: &Source) -> [rusqlite::types::Value; 11] {
