@@ -128,8 +128,10 @@ pub const NOT_DELETED: &str = "app_id NOT IN (SELECT app_id FROM app_deletions)"
 /// The deletions under way, with their steps so far.
 pub const DELETED_APPS: &str = "SELECT app_id, steps FROM app_deletions ORDER BY app_id";
 
-/// Counts a step of a deleted application's walk on its mark (`?1`: the application).
-pub const APP_DELETION_STEP: &str = "UPDATE app_deletions SET steps = steps + 1 WHERE app_id = ?1";
+/// Counts a step of a deleted application `p(1)`'s walk on its mark.
+pub fn app_deletion_step_sql(p: fn(usize) -> String) -> String {
+    format!("UPDATE app_deletions SET steps = steps + 1 WHERE app_id = {}", p(1))
+}
 
 /// Deletes the next `p(2)` statistics rows of a deleted application `p(1)`.
 pub fn delete_app_stats_sql(p: fn(usize) -> String) -> String {
@@ -443,26 +445,6 @@ where
         match next {
             Some(key) => after = Some(key),
             None => return Ok(deleted),
-        }
-    }
-}
-
-/// Runs the steps of closing a deleted endpoint's deliveries (`step(after)` answers where the
-/// next starts) until the last. One that fails ends the walk: the endpoint is deleted
-/// already, and the deliveries left open are closed as strays when a node claims them.
-pub async fn walk_steps<F, Fut>(mut step: F)
-where
-    F: FnMut(String) -> Fut,
-    Fut: std::future::Future<Output = crate::StoreResult<Option<String>>>,
-{
-    let mut after = String::new();
-    loop {
-        match step(after).await {
-            Ok(Some(next)) => after = next,
-            Ok(None) => return,
-            Err(e) => {
-                return tracing::warn!(error = %e, "could not close all of a deleted endpoint's deliveries; claims will")
-            }
         }
     }
 }

@@ -667,8 +667,29 @@ async fn endpoints_belong_to_their_app(store: &dyn Store) {
         states
     };
     assert_eq!(states().await, [DeliveryState::Pending, DeliveryState::Waiting]);
+    // And its other open deliveries, a step at a time (one a step here); a delivered one,
+    // and another endpoint's, stay as they are.
+    let mut plain = Vec::new();
+    for n in 0..3 {
+        let mut p = publish(&a.id, &[&first.id, &second.id], None, 3_020 + n);
+        if n == 1 {
+            p.deliveries[0].state = DeliveryState::Delivered;
+        }
+        store.publish(p.clone()).await.unwrap();
+        plain.push(p);
+    }
     store.delete_endpoint(&a.id, &first.id).await.unwrap();
+    let (mut after, mut steps) = (String::new(), 0);
+    while let Some(next) = store.close_deleted_endpoint_step(&first.id, &after, 1).await.unwrap() {
+        (after, steps) = (next, steps + 1);
+    }
+    assert_eq!(steps, 5, "one of its five deliveries a step, then a step that finds none after the last");
     assert_eq!(states().await, [DeliveryState::Canceled, DeliveryState::Canceled]);
+    for (n, p) in plain.iter().enumerate() {
+        let state = async |d: usize| store.get_delivery(&p.message.id, &p.deliveries[d].id).await.unwrap().state;
+        let closed = if n == 1 { DeliveryState::Delivered } else { DeliveryState::Canceled };
+        assert_eq!((state(0).await, state(1).await), (closed, DeliveryState::Pending), "message {n}");
+    }
 }
 
 async fn publish_commits_message_and_deliveries(store: &dyn Store, node: i64) {
@@ -1487,7 +1508,7 @@ async fn a_fan_out_is_read_attempted_and_taken_over_delivery_by_delivery(store: 
     // A later fan-out: its endpoint's deletion closes its delivery; a resend restarts one.
     let q = fan_out(&all, 90_100);
     store.publish(q.clone()).await.unwrap();
-    store.delete_endpoint(&a.id, &eps[3].id).await.unwrap();
+    crate::delete_endpoint(store, &a.id, &eps[3].id, crate::WALK_CHUNK).await.unwrap();
     let closed = store.get_delivery(&q.message.id, &q.deliveries[3].id).await.unwrap();
     assert_eq!(closed.state, Canceled, "open deliveries to a deleted endpoint are closed");
     let r = fan_out(&all, 90_200);
@@ -1594,7 +1615,7 @@ async fn a_lane_behind_defers_its_due_work(store: &dyn Store) {
     store.publish(last.clone()).await.unwrap();
     let taken = store.claim_due(ClaimDue { now: now + 40, ..behind(10, 10) }).await.unwrap();
     assert_eq!((taken.deliveries.len(), taken.deferred), (0, 1));
-    store.delete_endpoint(&a.id, &slow.id).await.unwrap();
+    crate::delete_endpoint(store, &a.id, &slow.id, crate::WALK_CHUNK).await.unwrap();
     let canceled = store.get_delivery(&last.message.id, &id_of(&last)).await.unwrap();
     assert_eq!(canceled.state, DeliveryState::Canceled, "a deleted endpoint's deferred delivery is canceled");
     assert!(store.claim_deferred(node, lane, now + 50, 10).await.unwrap().is_empty());

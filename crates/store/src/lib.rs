@@ -81,7 +81,18 @@ pub trait Store: Send + Sync + 'static {
     /// another request), and nothing is written. Its health (`fail_since`) is the store's
     /// own: kept, or cleared when this write enables it; the endpoint returned holds it.
     async fn update_endpoint(&self, endpoint: Endpoint, read: &Endpoint) -> StoreResult<Option<Endpoint>>;
+    /// Deletes the endpoint in one commit; its open deliveries are closed after it a step at
+    /// a time (`crate::delete_endpoint` does both).
     async fn delete_endpoint(&self, app_id: &str, id: &str) -> StoreResult<()>;
+    /// One step of closing (canceling) a deleted endpoint's open deliveries, which can never
+    /// be made: those among its next `chunk` deliveries in message-id order after `after`
+    /// (`""` for the first). Answers where the next step starts, none after the last.
+    async fn close_deleted_endpoint_step(
+        &self,
+        endpoint_id: &str,
+        after: &str,
+        chunk: usize,
+    ) -> StoreResult<Option<String>>;
 
     // Messages.
     /// Commits the message and all its deliveries (and the idempotent answer) together.
@@ -323,6 +334,24 @@ pub fn retention_cutoff_id(created_before: UnixMs) -> String {
 /// a commit of its own, short beside a publish on SQLite's writer and well within
 /// PostgreSQL's statement timeout.
 pub const WALK_CHUNK: usize = 2_000;
+
+/// Deletes the endpoint (`Store::delete_endpoint`), then closes its open deliveries a step at
+/// a time. A step that fails ends the walk with the endpoint deleted: the deliveries left
+/// open are closed as strays when a node claims them.
+pub async fn delete_endpoint(store: &dyn Store, app_id: &str, endpoint_id: &str, chunk: usize) -> StoreResult<()> {
+    store.delete_endpoint(app_id, endpoint_id).await?;
+    let mut after = String::new();
+    loop {
+        match store.close_deleted_endpoint_step(endpoint_id, &after, chunk).await {
+            Ok(Some(next)) => after = next,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, endpoint_id, "could not close all of a deleted endpoint's deliveries; claims will");
+                return Ok(());
+            }
+        }
+    }
+}
 
 /// Deletes what is left of the deleted application `app_id`, a step at a time.
 pub async fn purge_deleted_app(store: &dyn Store, app_id: &str) -> StoreResult<()> {

@@ -453,7 +453,9 @@ async fn remove(
 /// Deletes the endpoint of `app` under `key` and announces it (`endpoint.deleted`).
 pub async fn delete_endpoint(state: &AppState, app: &App, key: &str) -> ApiResult<()> {
     let e = find_in(state, app, key).await?;
-    state.store.delete_endpoint(&e.app_id, &e.id).await.map_err(ApiError::from_store("endpoint"))?;
+    hookline_store::delete_endpoint(&*state.store, &e.app_id, &e.id, hookline_store::WALK_CHUNK)
+        .await
+        .map_err(ApiError::from_store("endpoint"))?;
     state.engine.catalog.invalidate(&e.app_id);
     state.engine.series.keep_of_app(&e.app_id, |lane| lane != e.id);
     state.engine.notify(app, Notice::endpoint(notices::ENDPOINT_DELETED, app, &e)).await;

@@ -344,12 +344,15 @@ impl Store for PgStore {
         in_tx!(self, |tx| async {
             resources::delete_endpoint(&tx, app_id, id).await?;
             notify(&tx, &Change::App(app_id.to_owned())).await
-        })?;
-        crate::columns::walk_steps(|after| async move {
-            in_tx!(self, |tx| resources::close_deliveries_step(&tx, id, &after, crate::WALK_CHUNK))
         })
-        .await;
-        Ok(())
+    }
+    async fn close_deleted_endpoint_step(
+        &self,
+        endpoint_id: &str,
+        after: &str,
+        chunk: usize,
+    ) -> StoreResult<Option<String>> {
+        on_conn!(self, |c| resources::close_deliveries_step(&c, endpoint_id, after, chunk.max(1)))
     }
 
     async fn publish(&self, publish: Publish) -> StoreResult<PublishOutcome> {

@@ -116,7 +116,7 @@ pub async fn delete_app(c: &impl GenericClient, id: &str) -> StoreResult<()> {
 pub async fn purge_deleted_app(c: &impl GenericClient, app_id: &str, chunk: usize) -> StoreResult<bool> {
     let p: fn(usize) -> String = |i| format!("${i}");
     let chunk = chunk as i64;
-    run(c, &crate::columns::APP_DELETION_STEP.replace("?1", "$1"), &[&app_id]).await?;
+    run(c, &crate::columns::app_deletion_step_sql(p), &[&app_id]).await?;
     let messages = "WITH gone AS (DELETE FROM messages WHERE id IN \
                     (SELECT id FROM messages WHERE app_id = $1 ORDER BY id LIMIT $2) RETURNING id), \
                     d AS (DELETE FROM deliveries WHERE msg_id IN (SELECT id FROM gone)), \

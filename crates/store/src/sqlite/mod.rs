@@ -524,14 +524,17 @@ impl Store for SqliteStore {
         Ok(written.map(|fail_since| Endpoint { fail_since, ..endpoint }))
     }
     async fn delete_endpoint(&self, app_id: &str, id: &str) -> StoreResult<()> {
-        let (app_id, endpoint_id) = (app_id.to_owned(), id.to_owned());
-        self.write(move |c| resources::delete_endpoint(c, &app_id, &endpoint_id)).await?;
-        crate::columns::walk_steps(|after| {
-            let endpoint_id = id.to_owned();
-            self.write(move |c| resources::close_deliveries_step(c, &endpoint_id, &after, crate::WALK_CHUNK))
-        })
-        .await;
-        Ok(())
+        let (app_id, id) = (app_id.to_owned(), id.to_owned());
+        self.write(move |c| resources::delete_endpoint(c, &app_id, &id)).await
+    }
+    async fn close_deleted_endpoint_step(
+        &self,
+        endpoint_id: &str,
+        after: &str,
+        chunk: usize,
+    ) -> StoreResult<Option<String>> {
+        let (endpoint_id, after) = (endpoint_id.to_owned(), after.to_owned());
+        self.write(move |c| resources::close_deliveries_step(c, &endpoint_id, &after, chunk.max(1))).await
     }
 
     async fn publish(&self, publish: Publish) -> StoreResult<PublishOutcome> {
@@ -873,48 +876,6 @@ mod tests {
             tokio::join!(store.write(synchronous), store.write_in(Lane::Background, synchronous));
         assert_eq!(acknowledged.unwrap(), 2);
         assert!(matches!(background.unwrap(), 1 | 2), "in the acknowledged write's batch, or in one after it");
-    }
-
-    /// A deleted endpoint's open deliveries are closed a step at a time, each step its span
-    /// of the endpoint's deliveries after the last (one a step here): open ones closed,
-    /// closed ones and another endpoint's left as they are, and the walk ends.
-    #[tokio::test]
-    async fn a_deleted_endpoints_deliveries_close_a_step_at_a_time() {
-        use crate::conformance::{app, endpoint, publish};
-        use hookline_core::delivery::DeliveryState;
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(dir.path(), &[7; KEY_BYTES]).unwrap();
-        let a = store.create_app(app(1, None)).await.unwrap();
-        let (ep, other) = (endpoint(&a.id, 1), endpoint(&a.id, 1));
-        let (ep, other) = (store.create_endpoint(ep).await.unwrap(), store.create_endpoint(other).await.unwrap());
-        let mut published = Vec::new();
-        for n in 0..4 {
-            let mut p = publish(&a.id, &[&ep.id, &other.id], None, 10 + n);
-            if n == 1 {
-                p.deliveries[0].state = DeliveryState::Delivered;
-            }
-            store.publish(p.clone()).await.unwrap();
-            published.push(p);
-        }
-        let (id, mut after, mut steps) = (ep.id.clone(), String::new(), 0);
-        loop {
-            let (id, from) = (id.clone(), after.clone());
-            steps += 1;
-            match store.write(move |c| resources::close_deliveries_step(c, &id, &from, 1)).await.unwrap() {
-                Some(next) => after = next,
-                None => break,
-            }
-        }
-        assert_eq!(steps, 5, "one delivery a step, and the step that finds none after the last");
-        for (n, p) in published.iter().enumerate() {
-            let state = |d: usize| {
-                let (msg_id, id) = (p.message.id.clone(), p.deliveries[d].id.clone());
-                store.read(move |c| queue::get_delivery(c, &msg_id, &id))
-            };
-            let closed = if n == 1 { DeliveryState::Delivered } else { DeliveryState::Canceled };
-            assert_eq!(state(0).await.unwrap().state, closed);
-            assert_eq!(state(1).await.unwrap().state, DeliveryState::Pending, "another endpoint's");
-        }
     }
 
     /// Retention walks the expiring tables along their primary key, and deleting an

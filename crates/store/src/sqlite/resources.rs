@@ -85,7 +85,7 @@ pub fn delete_app(conn: &Connection, id: &str) -> StoreResult<()> {
 pub fn purge_deleted_app(conn: &Connection, app_id: &str, chunk: usize) -> StoreResult<bool> {
     let p: fn(usize) -> String = |i| format!("?{i}");
     let run = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute(params![app_id, chunk as i64]));
-    conn.execute(crate::columns::APP_DELETION_STEP, [app_id]).map_err(sql_error)?;
+    conn.execute(&crate::columns::app_deletion_step_sql(p), [app_id]).map_err(sql_error)?;
     let mut messages = 0;
     for table in ["deliveries", "attempts", "fanouts", "messages"] {
         messages = run(&crate::columns::delete_app_messages_sql(table, p)).map_err(sql_error)?;
