@@ -334,7 +334,7 @@ async fn migrate_creates_the_postgres_schema_and_exits() {
         let out = migrate(&url);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains("schema is at version 14"), "{stdout}");
+        assert!(stdout.contains("schema is at version 15"), "{stdout}");
     }
     let out = migrate("postgres://postgres@127.0.0.1:1/nowhere");
     assert_eq!(out.status.code(), Some(69), "an unreachable database is EX_UNAVAILABLE");

@@ -104,6 +104,7 @@ pub async fn ensure_operational_app(store: &dyn Store, clock: &dyn Clock) -> Res
         metadata: Default::default(),
         retry_policy: None,
         secret: api::new_secret().as_str().to_owned(),
+        previous_secrets: Vec::new(),
         created_at: now,
         updated_at: now,
         alert_email: None,

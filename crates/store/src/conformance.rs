@@ -24,6 +24,7 @@ pub fn app(now: UnixMs, uid: Option<&str>) -> App {
         created_at: now,
         updated_at: now,
         alert_email: None,
+        previous_secrets: Vec::new(),
     }
 }
 
@@ -585,6 +586,20 @@ async fn apps_crud_and_uid_lookup(store: &dyn Store) {
     renamed.alert_email = Some("ops@merchant.example".into());
     store.update_app(renamed.clone()).await.unwrap();
     assert_eq!(store.get_app(&created.id).await.unwrap(), renamed);
+    // A rotation writes the secrets only over the application as it was read.
+    let mut rotated = renamed.clone();
+    rotated.secret = "whsec_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB".into();
+    rotated.previous_secrets = vec![StoredSecret { text: renamed.secret.clone(), expires_at: Some(90_000) }];
+    rotated.updated_at = 2_000;
+    assert!(store.set_app_secrets(rotated.clone(), &renamed).await.unwrap());
+    assert_eq!(store.get_app(&created.id).await.unwrap(), rotated, "secrets come back open");
+    let mut stale = rotated.clone();
+    stale.secret = "whsec_CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC".into();
+    assert!(!store.set_app_secrets(stale, &renamed).await.unwrap(), "read before the rotation: not written");
+    assert_eq!(store.get_app(&created.id).await.unwrap(), rotated);
+    let mut gone = rotated.clone();
+    gone.id = "app_missing".into();
+    assert_eq!(store.set_app_secrets(gone, &rotated).await, Err(StoreError::NotFound));
     assert_eq!(store.get_app("app_missing").await, Err(StoreError::NotFound));
     assert_eq!(store.get_app("app_\0").await, Err(StoreError::NotFound), "a key no backend can hold names nothing");
     assert_eq!(store.delete_app("app_\0").await, Err(StoreError::NotFound));

@@ -19,6 +19,8 @@ pub struct App {
     pub retry_policy: Option<RetryPolicy>,
     /// Signs deliveries to per-message callback URLs (`whsec_…`).
     pub secret: String,
+    /// Secrets rotated out that still sign beside `secret` until their expiry.
+    pub previous_secrets: Vec<StoredSecret>,
     pub created_at: UnixMs,
     pub updated_at: UnixMs,
     /// Where alert emails about its endpoints go (else its metadata's `svix.email`).
@@ -713,6 +715,7 @@ impl std::fmt::Debug for App {
             .field("metadata", &self.metadata)
             .field("retry_policy", &self.retry_policy)
             .field("secret", &Redacted)
+            .field("previous_secrets", &self.previous_secrets)
             .field("created_at", &self.created_at)
             .field("updated_at", &self.updated_at)
             .field("alert_email", &self.alert_email)
@@ -788,7 +791,11 @@ mod tests {
             secrets: vec![secret("whsec_endpoint-secret")],
             ..crate::conformance::endpoint("app_1", 1)
         };
-        let app = App { secret: "whsec_app-secret".into(), ..crate::conformance::app(1, None) };
+        let app = App {
+            secret: "whsec_app-secret".into(),
+            previous_secrets: vec![secret("whsec_app-previous-secret")],
+            ..crate::conformance::app(1, None)
+        };
         let source = Source {
             id: "src_1".into(),
             uid: None,
@@ -803,7 +810,9 @@ mod tests {
             api_key: Some("rk_live_api-key".into()),
         };
         let printed = format!("{app:?} {endpoint:?} {source:?}");
-        for secret in ["app-secret", "endpoint-secret", "endpoint-header-value", "source-secret", "api-key"] {
+        let secrets =
+            ["app-secret", "app-previous-secret", "endpoint-secret", "endpoint-header-value", "source-secret"];
+        for secret in secrets.into_iter().chain(["api-key"]) {
             assert!(!printed.contains(secret), "{secret} in {printed}");
         }
         for shown in ["Authorization", "<redacted>", "expires_at: Some(5)", &app.id] {

@@ -62,11 +62,17 @@ impl Sealer {
 impl Sealer {
     pub fn seal_app(&self, mut app: App) -> App {
         app.secret = self.seal(&app.id, &app.secret);
+        for previous in &mut app.previous_secrets {
+            previous.text = self.seal(&app.id, &previous.text);
+        }
         app
     }
 
     pub fn open_app(&self, mut app: App) -> StoreResult<App> {
         app.secret = self.open(&app.id, &app.secret)?;
+        for previous in &mut app.previous_secrets {
+            previous.text = self.open(&app.id, &previous.text)?;
+        }
         Ok(app)
     }
 

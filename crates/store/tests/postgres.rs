@@ -338,7 +338,7 @@ async fn nodes_migrating_at_once_do_not_race() {
     let url = scratch::fresh_database().await.unwrap();
     let starts: Vec<_> = (0..4).map(|_| PgStore::migrate(&url, 10_000)).collect();
     for version in futures_util::future::join_all(starts).await {
-        assert_eq!(version.unwrap(), 14, "the latest schema version");
+        assert_eq!(version.unwrap(), 15, "the latest schema version");
     }
     PgStore::open(&url, &KEY, options()).await.unwrap();
 }
@@ -424,6 +424,12 @@ async fn secrets_are_sealed_at_rest() {
     assert!(raw.contains("Authorization") && !raw.contains("merchant-credential"), "{raw}");
     let raw: String = client.query_one("SELECT secret FROM apps", &[]).await.unwrap().get(0);
     assert!(raw.starts_with("sealed:v1:"), "{raw}");
+    let mut rotated = app.clone();
+    rotated.secret = "whsec_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB".into();
+    rotated.previous_secrets = vec![hookline_store::StoredSecret { text: app.secret.clone(), expires_at: Some(9) }];
+    assert!(store.set_app_secrets(rotated, &app).await.unwrap());
+    let raw: String = client.query_one("SELECT previous_secrets FROM apps", &[]).await.unwrap().get(0);
+    assert!(raw.contains("sealed:v1:") && !raw.contains(&app.secret), "a previous app secret is readable: {raw}");
     let source = hookline_store::Source {
         id: "src_0000000000000000000001".into(),
         uid: None,

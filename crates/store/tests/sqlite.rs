@@ -69,10 +69,15 @@ async fn secrets_are_sealed_at_rest_and_need_the_key() {
         store.create_app(app.clone()).await.unwrap();
         store.create_endpoint(endpoint.clone()).await.unwrap();
         assert_eq!(store.get_endpoint(&app.id, &endpoint.id).await.unwrap(), endpoint);
+        let mut rotated = app.clone();
+        rotated.secret = "whsec_BBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB".into();
+        rotated.previous_secrets = vec![hookline_store::StoredSecret { text: app.secret.clone(), expires_at: None }];
+        assert!(store.set_app_secrets(rotated, &app).await.unwrap());
     }
     let raw = std::fs::read(dir.path().join("hookline.db")).unwrap();
     let wal = std::fs::read(dir.path().join("hookline.db-wal")).unwrap_or_default();
-    for needle in [endpoint.secrets[0].text.as_bytes(), b"merchant-credential"] {
+    let secrets = [endpoint.secrets[0].text.as_bytes(), b"merchant-credential", app.secret.as_bytes(), b"whsec_BBBB"];
+    for needle in secrets {
         for bytes in [&raw, &wal] {
             assert!(!bytes.windows(needle.len()).any(|w| w == needle), "a secret is readable in the database files");
         }

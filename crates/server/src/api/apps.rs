@@ -6,13 +6,14 @@ use super::{listed, query, views, AppState, JsonBody, ListQuery, PathParams, Que
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{
     timestamp, AppPortalAccessIn, AppPortalAccessOut, AppTokenExpireIn, ApplicationIn, ApplicationOut,
-    ApplicationPatch, EndpointSecretOut, ListResponse, TokenOut, EXPIRE_SECONDS_MAX, NAME_CHARS_MAX,
+    ApplicationPatch, EndpointSecretOut, EndpointSecretRotateIn, ListResponse, TokenOut, EXPIRE_SECONDS_MAX,
+    NAME_CHARS_MAX,
 };
 use axum::http::StatusCode;
 use axum::Json;
 use hookline_core::id::{has_prefix, prefix};
 use hookline_core::signature::{Secret, SECRET_BYTES_GENERATED};
-use hookline_store::{App, StoreError, Token, OPERATIONAL_APP_ID};
+use hookline_store::{App, StoreError, StoredSecret, Token, OPERATIONAL_APP_ID};
 
 pub fn routes() -> Vec<Route> {
     let (apps, app) = ("/api/v1/app", "/api/v1/app/{app_id}");
@@ -54,6 +55,16 @@ pub fn routes() -> Vec<Route> {
             Route::get("/api/v1/app/{app_id}/secret", secret)
                 .doc("getApplicationSecret", "Hookline: the secret that signs per-message callback URLs.")
                 .answers::<EndpointSecretOut>(200, "The secret."),
+            Route::post("/api/v1/app/{app_id}/secret/rotate", rotate_secret)
+                .doc(
+                    "rotateApplicationSecret",
+                    "Hookline: rotate the secret that signs per-message callback URLs, as an endpoint's is \
+                     rotated: the new secret (the body's `key`, or a generated one) signs at once, and the \
+                     current one keeps signing beside it for the grace period (`gracePeriodSeconds`, else \
+                     `delivery.rotation_grace_ms`, 24 h by default). The body may be absent.",
+                )
+                .optional_body::<EndpointSecretRotateIn>()
+                .answers::<EndpointSecretOut>(200, "The new secret."),
             Route::get(tokens, list_tokens)
                 .doc("listApplicationTokens", "Hookline: the application's scoped tokens (never their values).")
                 .answers::<ListResponse<TokenOut>>(200, "The tokens."),
@@ -165,6 +176,7 @@ pub async fn create_app(state: &AppState, input: ApplicationIn) -> ApiResult<App
         metadata: input.metadata.unwrap_or_default(),
         retry_policy: input.retry_policy,
         secret: new_secret().as_str().to_owned(),
+        previous_secrets: Vec::new(),
         created_at: now,
         updated_at: now,
         alert_email: input.alert_email,
@@ -305,6 +317,35 @@ async fn remove(state: Shared, PathParams(app_id): PathParams<String>) -> ApiRes
 /// Hookline: the secret that signs deliveries to per-message callback URLs.
 async fn secret(state: Shared, PathParams(app_id): PathParams<String>) -> ApiResult<Json<EndpointSecretOut>> {
     Ok(Json(EndpointSecretOut { key: find(&state, &app_id).await?.secret }))
+}
+
+/// Rotates the callback secret; see the route's description. Retried on a concurrent
+/// change of the application, as an endpoint's edit is.
+async fn rotate_secret(
+    state: Shared,
+    PathParams(app_id): PathParams<String>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<(axum::Extension<super::AnswerNotKept>, Json<EndpointSecretOut>)> {
+    let input = super::endpoints::rotate_input(&state, &headers, body).await?;
+    let (fresh, grace_ms) = super::endpoints::rotation(&state, input)?;
+    for _ in 0..3 {
+        let read = find(&state, &app_id).await?;
+        let mut app = read.clone();
+        let current = StoredSecret { text: std::mem::take(&mut app.secret), expires_at: None };
+        let old = std::iter::once(current).chain(std::mem::take(&mut app.previous_secrets)).collect();
+        let mut secrets = super::endpoints::rotated(old, &fresh, state.now(), grace_ms).into_iter();
+        app.secret = secrets.next().ok_or(ApiError::Internal)?.text;
+        app.previous_secrets = secrets.collect();
+        app.updated_at = state.now();
+        let id = app.id.clone();
+        if state.store.set_app_secrets(app, &read).await.map_err(ApiError::from_store("application"))? {
+            state.engine.catalog.invalidate(&id);
+            let key = fresh.as_str().to_owned();
+            return Ok((axum::Extension(super::AnswerNotKept), Json(EndpointSecretOut { key })));
+        }
+    }
+    Err(ApiError::Conflict("the application kept changing while its secret was rotated; try again".into()))
 }
 
 fn token_view(token: &hookline_store::Token, value: Option<String>) -> TokenOut {

@@ -500,12 +500,7 @@ pub async fn rotate_input(
 
 /// Rotates the secret of the endpoint of `app` under `key`; returns the new secret.
 pub async fn rotate_secret(state: &AppState, app: &App, key: &str, input: EndpointSecretRotateIn) -> ApiResult<String> {
-    if input.grace_period_seconds.is_some_and(|s| s > GRACE_PERIOD_SECONDS_MAX) {
-        let detail = format!("gracePeriodSeconds must be at most {GRACE_PERIOD_SECONDS_MAX}");
-        return Err(ApiError::field("gracePeriodSeconds", detail));
-    }
-    let grace_ms = input.grace_period_seconds.map_or(state.config.delivery.rotation_grace_ms, |s| s * 1000);
-    let fresh = parse_secret(input.key)?;
+    let (fresh, grace_ms) = rotation(state, input)?;
     edit(state, app, key, false, |e| {
         e.secrets = rotated(std::mem::take(&mut e.secrets), &fresh, state.now(), grace_ms);
         Ok(())
@@ -514,9 +509,20 @@ pub async fn rotate_secret(state: &AppState, app: &App, key: &str, input: Endpoi
     Ok(fresh.as_str().to_owned())
 }
 
+/// What a rotation's body asks for: the new secret (given or generated) and how long the
+/// current one keeps signing beside it.
+pub fn rotation(state: &AppState, input: EndpointSecretRotateIn) -> ApiResult<(Secret, u64)> {
+    if input.grace_period_seconds.is_some_and(|s| s > GRACE_PERIOD_SECONDS_MAX) {
+        let detail = format!("gracePeriodSeconds must be at most {GRACE_PERIOD_SECONDS_MAX}");
+        return Err(ApiError::field("gracePeriodSeconds", detail));
+    }
+    let grace_ms = input.grace_period_seconds.map_or(state.config.delivery.rotation_grace_ms, |s| s * 1000);
+    Ok((parse_secret(input.key)?, grace_ms))
+}
+
 /// `fresh` signs from now on; the current secret keeps signing for `grace_ms`, older ones
 /// until their own expiry; at most `SECRETS_MAX` are kept.
-fn rotated(old: Vec<StoredSecret>, fresh: &Secret, now: i64, grace_ms: u64) -> Vec<StoredSecret> {
+pub fn rotated(old: Vec<StoredSecret>, fresh: &Secret, now: i64, grace_ms: u64) -> Vec<StoredSecret> {
     let mut secrets = vec![StoredSecret { text: fresh.as_str().to_owned(), expires_at: None }];
     for (index, old) in old.into_iter().enumerate() {
         let expires_at = if index == 0 { Some(now + grace_ms as i64) } else { old.expires_at };

@@ -249,8 +249,9 @@ pub(crate) fn take_from_budget(state: &AppState, token_id: &str) -> ApiResult<()
 }
 
 /// What an application-scoped token may do: read the global event-type catalog, and act
-/// within its own application's subtree, except managing the application itself and its
-/// tokens. Another application's ids answer 404, as if they did not exist.
+/// within its own application's subtree, except managing the application itself (its
+/// callback secret's rotation included) and its tokens. Another application's ids answer
+/// 404, as if they did not exist.
 async fn confine(state: &AppState, own_app: &str, method: &Method, path: &str) -> ApiResult<()> {
     let path = path.trim_end_matches('/');
     if path.starts_with("/api/v1/event-type") {
@@ -273,7 +274,7 @@ async fn confine(state: &AppState, own_app: &str, method: &Method, path: &str) -
             return Err(ApiError::NotFound("application"));
         }
     }
-    let manages_app = below.is_empty() && method != Method::GET;
+    let manages_app = (below.is_empty() && method != Method::GET) || below == "secret/rotate";
     if manages_app || below == "token" || below.starts_with("token/") {
         return Err(ApiError::Forbidden);
     }

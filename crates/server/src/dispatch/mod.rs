@@ -27,7 +27,9 @@ use hookline_core::retry::{next_attempt, RetryPolicy};
 use hookline_core::signature::{sign_headers, Secret, SignatureScheme};
 use hookline_core::ssrf::AddressPolicy;
 use hookline_core::UnixMs;
-use hookline_store::{App, Attempt, AttemptRecord, Delivery, Endpoint, Message, Recorded, Store, StoreError};
+use hookline_store::{
+    App, Attempt, AttemptRecord, Delivery, Endpoint, Message, Recorded, Store, StoreError, StoredSecret,
+};
 use notices::Notice;
 use rand::{Rng, SeedableRng};
 use std::cmp::Reverse;
@@ -835,13 +837,7 @@ impl Engine {
                         Err(e) => return Err(e),
                     },
                 };
-                let now = self.clock.now_ms();
-                let secrets = endpoint
-                    .secrets
-                    .iter()
-                    .filter(|s| s.expires_at.is_none_or(|at| at > now))
-                    .filter_map(|s| Secret::parse(&s.text).ok())
-                    .collect();
+                let secrets = live_secrets(&endpoint.secrets, self.clock.now_ms()).collect();
                 Ok(Some(Target {
                     app: app.clone(),
                     endpoint: Some(endpoint.clone()),
@@ -861,7 +857,10 @@ impl Engine {
                 endpoint_id: None,
                 url,
                 scheme: SignatureScheme::StandardWebhooks,
-                secrets: Secret::parse(&app.secret).into_iter().collect(),
+                secrets: Secret::parse(&app.secret)
+                    .into_iter()
+                    .chain(live_secrets(&app.previous_secrets, self.clock.now_ms()))
+                    .collect(),
                 headers: Vec::new(),
                 policy: app_policy,
                 disabled: false,
@@ -869,6 +868,11 @@ impl Engine {
             })),
         }
     }
+}
+
+/// The secrets of `stored` that still sign at `now`.
+fn live_secrets(stored: &[StoredSecret], now: UnixMs) -> impl Iterator<Item = Secret> + '_ {
+    stored.iter().filter(move |s| s.expires_at.is_none_or(|at| at > now)).filter_map(|s| Secret::parse(&s.text).ok())
 }
 
 struct Target {

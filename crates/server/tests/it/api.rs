@@ -618,6 +618,8 @@ async fn an_application_token_reaches_only_its_own_application_on_every_route() 
     assert_eq!(as_a("GET", "/api/v1/event-type", None).await.0, 200);
     assert_eq!(as_a("DELETE", &format!("/api/v1/app/{a}"), None).await.0, 403, "an app token cannot delete its app");
     assert_eq!(as_a("POST", &format!("/api/v1/app/{a}/token"), None).await.0, 403, "nor mint tokens");
+    let rotate = format!("/api/v1/app/{a}/secret/rotate");
+    assert_eq!(as_a("POST", &rotate, None).await.0, 403, "nor rotate the application's callback secret");
 
     let before = snapshot(&gw, &b, &ep_b).await;
     let mut tried = 0;

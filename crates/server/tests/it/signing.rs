@@ -159,3 +159,51 @@ async fn callback_urls_are_signed_with_the_application_secret() {
     assert_eq!(attempts[0]["url"], callback.as_str());
     gw.stop().await;
 }
+
+/// The application's callback secret rotates as an endpoint's does: the new one signs at
+/// once, the old one beside it for the grace period, then no more.
+#[tokio::test]
+async fn the_application_secret_rotates_with_a_grace_period() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("checkout").await;
+    let secret_path = format!("/api/v1/app/{app}/secret");
+    let rotate = format!("{secret_path}/rotate");
+    let old = secret_of(&gw.ok("GET", &secret_path, None).await);
+    let given = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    assert_eq!(secret_of(&gw.ok("POST", &rotate, Some(json!({"key": given}))).await), given);
+    assert_eq!(secret_of(&gw.ok("GET", &secret_path, None).await), given);
+    let callback = format!("{}/checkout/cs_123", rx.url);
+    let publish = json!({"eventType": "payment.expired", "payload": {"id": "cs_123"}, "callbackUrl": callback});
+    gw.publish(&app, publish.clone()).await;
+    let during = rx.next().await;
+    assert_eq!(during.header("webhook-signature").split(' ').count(), 2, "both secrets sign during the grace period");
+    verify(&during, &[&old], T0 / 1000).unwrap();
+    verify(&during, &[given], T0 / 1000).unwrap();
+
+    gw.advance(24 * 3_600_000 + 1);
+    gw.publish(&app, publish.clone()).await;
+    let after = rx.next().await;
+    let now_s = (T0 + 24 * 3_600_000) / 1000;
+    assert_eq!(after.header("webhook-signature").split(' ').count(), 1);
+    assert!(verify(&after, &[&old], now_s).is_err(), "the old secret stops signing after 24 h");
+    verify(&after, &[given], now_s).unwrap();
+
+    // Without a body a secret is generated; a grace of 0 retires the previous one at once.
+    let generated = secret_of(&gw.ok("POST", &rotate, Some(json!({"gracePeriodSeconds": 0}))).await);
+    assert!(generated.starts_with("whsec_") && generated != given, "{generated}");
+    gw.publish(&app, publish).await;
+    let next = rx.next().await;
+    assert_eq!(next.header("webhook-signature").split(' ').count(), 1, "a grace of 0: the new secret alone");
+    verify(&next, &[&generated], now_s).unwrap();
+    let fresh = secret_of(&gw.ok("POST", &rotate, None).await);
+    assert_ne!(fresh, generated, "an absent body generates one");
+
+    for bad in [json!({"key": "not-a-secret"}), json!({"gracePeriodSeconds": 10_000_000_000u64})] {
+        let (status, body) = gw.call("POST", &rotate, Some(bad.clone())).await;
+        assert_eq!(status, 422, "{bad}: {body}");
+    }
+    assert_eq!(secret_of(&gw.ok("GET", &secret_path, None).await), fresh, "a refused rotation changes nothing");
+    assert_eq!(gw.call("POST", "/api/v1/app/app_missing/secret/rotate", None).await.0, 404);
+    gw.stop().await;
+}

@@ -272,6 +272,16 @@ impl Store for PgStore {
         })
         .map(|_| app)
     }
+    async fn set_app_secrets(&self, app: App, read: &App) -> StoreResult<bool> {
+        let sealed = self.sealer.seal_app(app);
+        in_tx!(self, |tx| async {
+            let written = resources::set_app_secrets(&tx, &sealed, read).await?;
+            if written {
+                notify(&tx, &Change::App(sealed.id.clone())).await?;
+            }
+            Ok(written)
+        })
+    }
     async fn delete_app(&self, id: &str) -> StoreResult<()> {
         in_tx!(self, |tx| async {
             resources::delete_app(&tx, id).await?;

@@ -75,10 +75,22 @@ pub async fn insert_app(c: &impl GenericClient, app: &App) -> StoreResult<()> {
             &app.created_at,
             &app.updated_at,
             &app.alert_email,
+            &rows::to_json(&app.previous_secrets),
         ],
     )
     .await
     .map(|_| ())
+}
+
+/// Writes `app`'s secrets if it is unchanged since `read`; false if it changed.
+pub async fn set_app_secrets(c: &impl GenericClient, app: &App, read: &App) -> StoreResult<bool> {
+    let sql = crate::columns::set_app_secrets_sql(|n| format!("${n}"));
+    let previous = rows::to_json(&app.previous_secrets);
+    let params: &Params = &[&app.id, &app.secret, &previous, &app.updated_at, &read.updated_at];
+    match run(c, &sql, params).await? {
+        0 => get_app(c, &app.id).await.map(|_| false),
+        _ => Ok(true),
+    }
 }
 
 pub async fn get_app(c: &impl GenericClient, key: &str) -> StoreResult<App> {

@@ -45,6 +45,7 @@ pub fn app(row: &Row) -> StoreResult<App> {
         created_at: get(row, 7)?,
         updated_at: get(row, 8)?,
         alert_email: get(row, 9)?,
+        previous_secrets: from_json(&get::<String>(row, 10)?)?,
     })
 }
 

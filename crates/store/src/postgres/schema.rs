@@ -226,6 +226,8 @@ CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''
     crate::columns::ALERT_DIGESTS_TABLE,
     BYTE_ORDER,
     APP_DELETIONS,
+    // See SQLite's.
+    r#"ALTER TABLE apps ADD COLUMN previous_secrets TEXT COLLATE "C" NOT NULL DEFAULT '[]';"#,
 ];
 
 /// Applications whose messages and statistics are still being deleted (see SQLite's).

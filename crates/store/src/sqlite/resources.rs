@@ -20,7 +20,7 @@ fn changed(rows: usize) -> StoreResult<()> {
 
 pub fn insert_app(conn: &Connection, app: &App) -> StoreResult<()> {
     conn.prepare_cached(&format!(
-        "INSERT INTO apps ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO apps ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         rows::APP_COLUMNS
     ))
     .and_then(|mut s| {
@@ -34,11 +34,27 @@ pub fn insert_app(conn: &Connection, app: &App) -> StoreResult<()> {
             app.secret,
             app.created_at,
             app.updated_at,
-            app.alert_email
+            app.alert_email,
+            rows::to_json(&app.previous_secrets)
         ])
     })
     .map_err(sql_error)?;
     Ok(())
+}
+
+/// Writes `app`'s secrets if it is unchanged since `read`; false if it changed.
+pub fn set_app_secrets(conn: &Connection, app: &App, read: &App) -> StoreResult<bool> {
+    let sql = crate::columns::set_app_secrets_sql(|n| format!("?{n}"));
+    let written = conn
+        .execute(
+            &sql,
+            params![app.id, app.secret, rows::to_json(&app.previous_secrets), app.updated_at, read.updated_at],
+        )
+        .map_err(sql_error)?;
+    match written {
+        0 => get_app(conn, &app.id).map(|_| false),
+        _ => Ok(true),
+    }
 }
 
 pub fn get_app(conn: &Connection, key: &str) -> StoreResult<App> {

@@ -35,6 +35,7 @@ pub fn app(row: &Row) -> rusqlite::Result<App> {
         created_at: row.get(7)?,
         updated_at: row.get(8)?,
         alert_email: row.get(9)?,
+        previous_secrets: from_json(&row.get::<_, String>(10)?)?,
     })
 }
 

@@ -286,6 +286,9 @@ CREATE INDEX deliveries_deferred ON deliveries (app_id, coalesce(endpoint_id, ''
     crate::columns::ALERT_EMAILS_TABLE,
     crate::columns::ALERT_DIGESTS_TABLE,
     APP_DELETIONS,
+    // An application's secrets that still sign callback deliveries beside its current one
+    // after a rotation, each until its expiry (a JSON list of `StoredSecret`, sealed texts).
+    "ALTER TABLE apps ADD COLUMN previous_secrets TEXT NOT NULL DEFAULT '[]';",
 ];
 
 /// Applications deleted whose messages and statistics a walk is still deleting: written in
