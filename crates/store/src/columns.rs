@@ -25,17 +25,9 @@ pub fn open_in_lane() -> crate::StoreError {
 pub const APP_COLUMNS: &str = "id, uid, name, throttle_rate, metadata, retry_policy, secret, created_at, updated_at, \
      alert_email, previous_secrets";
 
-/// Writes an application's secrets if it is unchanged since it was read (its
-/// `updated_at`); parameters: id, secret, previous secrets, updated_at, the read's updated_at.
+/// Writes an application's secrets; parameters: id, secret, previous secrets, updated_at.
 pub fn set_app_secrets_sql(p: impl Fn(usize) -> String) -> String {
-    format!(
-        "UPDATE apps SET secret = {}, previous_secrets = {}, updated_at = {} WHERE id = {} AND updated_at = {}",
-        p(2),
-        p(3),
-        p(4),
-        p(1),
-        p(5)
-    )
+    format!("UPDATE apps SET secret = {}, previous_secrets = {}, updated_at = {} WHERE id = {}", p(2), p(3), p(4), p(1))
 }
 
 pub const EVENT_TYPE_COLUMNS: &str =

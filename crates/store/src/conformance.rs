@@ -595,6 +595,7 @@ async fn apps_crud_and_uid_lookup(store: &dyn Store) {
     assert_eq!(store.get_app(&created.id).await.unwrap(), rotated, "secrets come back open");
     let mut stale = rotated.clone();
     stale.secret = "whsec_CCCCCCCCCCCCCCCCCCCCCCCCCCCCCCCC".into();
+    stale.updated_at = renamed.updated_at;
     assert!(!store.set_app_secrets(stale, &renamed).await.unwrap(), "read before the rotation: not written");
     assert_eq!(store.get_app(&created.id).await.unwrap(), rotated);
     let mut gone = rotated.clone();

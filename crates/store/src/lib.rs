@@ -49,9 +49,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_app(&self, key: Key<'_>) -> StoreResult<App>;
     async fn list_apps(&self, page: Page) -> StoreResult<Listed<App>>;
     async fn update_app(&self, app: App) -> StoreResult<App>;
-    /// Writes `app`'s secret, previous secrets and `updated_at` if the stored application
-    /// is still as `read` (its `updated_at`): false when it changed since (another rotation,
-    /// an update), and nothing is written.
+    /// Writes `app`'s secret, previous secrets and `updated_at` if the stored secrets are
+    /// still `read`'s: false when another rotation came between, and nothing is written.
     async fn set_app_secrets(&self, app: App, read: &App) -> StoreResult<bool>;
     /// Deletes the application with its configuration (endpoints, sources, tokens, alerts)
     /// in one commit, marking it for the walk that deletes its messages, deliveries,

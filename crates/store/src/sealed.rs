@@ -13,6 +13,7 @@ const PREFIX: &str = "sealed:v1:";
 const NONCE_BYTES: usize = 24;
 pub const KEY_BYTES: usize = 32;
 
+#[derive(Clone)]
 pub struct Sealer {
     cipher: XChaCha20Poly1305,
 }
@@ -66,6 +67,13 @@ impl Sealer {
             previous.text = self.seal(&app.id, &previous.text);
         }
         app
+    }
+
+    /// Whether the stored (sealed) `stored` holds the same secrets as the opened `read`:
+    /// sealing draws a nonce each time, so the sealed texts of two writes never match.
+    pub fn same_app_secrets(&self, stored: App, read: &App) -> StoreResult<bool> {
+        let stored = self.open_app(stored)?;
+        Ok(stored.secret == read.secret && stored.previous_secrets == read.previous_secrets)
     }
 
     pub fn open_app(&self, mut app: App) -> StoreResult<App> {

@@ -58,10 +58,11 @@ pub fn routes() -> Vec<Route> {
             Route::post("/api/v1/app/{app_id}/secret/rotate", rotate_secret)
                 .doc(
                     "rotateApplicationSecret",
-                    "Hookline: rotate the secret that signs per-message callback URLs, as an endpoint's is \
-                     rotated: the new secret (the body's `key`, or a generated one) signs at once, and the \
-                     current one keeps signing beside it for the grace period (`gracePeriodSeconds`, else \
-                     `delivery.rotation_grace_ms`, 24 h by default). The body may be absent.",
+                    "Hookline, admin token only: rotate the secret that signs per-message callback URLs, as \
+                     an endpoint's is rotated: the new secret (the body's `key`, or a generated one) signs at \
+                     once, and the current one keeps signing beside it for the grace period \
+                     (`gracePeriodSeconds`, else `delivery.rotation_grace_ms`, 24 h by default); secrets \
+                     rotated out earlier keep their own end; at most 5 are kept. The body may be absent.",
                 )
                 .optional_body::<EndpointSecretRotateIn>()
                 .answers::<EndpointSecretOut>(200, "The new secret."),
@@ -319,14 +320,16 @@ async fn secret(state: Shared, PathParams(app_id): PathParams<String>) -> ApiRes
     Ok(Json(EndpointSecretOut { key: find(&state, &app_id).await?.secret }))
 }
 
-/// Rotates the callback secret; see the route's description. Retried on a concurrent
-/// change of the application, as an endpoint's edit is.
+/// Rotates the callback secret; see the route's description. Admin only. Retried when
+/// another rotation came between the read and the write.
 async fn rotate_secret(
     state: Shared,
     PathParams(app_id): PathParams<String>,
+    axum::Extension(principal): axum::Extension<super::Principal>,
     headers: axum::http::HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<(axum::Extension<super::AnswerNotKept>, Json<EndpointSecretOut>)> {
+    principal.admin_token_id()?;
     let input = super::endpoints::rotate_input(&state, &headers, body).await?;
     let (fresh, grace_ms) = super::endpoints::rotation(&state, input)?;
     for _ in 0..3 {
@@ -337,7 +340,8 @@ async fn rotate_secret(
         let mut secrets = super::endpoints::rotated(old, &fresh, state.now(), grace_ms).into_iter();
         app.secret = secrets.next().ok_or(ApiError::Internal)?.text;
         app.previous_secrets = secrets.collect();
-        app.updated_at = state.now();
+        // Later than the read even within its millisecond, as an endpoint's edit.
+        app.updated_at = state.now().max(read.updated_at + 1);
         let id = app.id.clone();
         if state.store.set_app_secrets(app, &read).await.map_err(ApiError::from_store("application"))? {
             state.engine.catalog.invalidate(&id);

@@ -192,12 +192,25 @@ async fn the_application_secret_rotates_with_a_grace_period() {
     // Without a body a secret is generated; a grace of 0 retires the previous one at once.
     let generated = secret_of(&gw.ok("POST", &rotate, Some(json!({"gracePeriodSeconds": 0}))).await);
     assert!(generated.starts_with("whsec_") && generated != given, "{generated}");
-    gw.publish(&app, publish).await;
+    gw.publish(&app, publish.clone()).await;
     let next = rx.next().await;
     assert_eq!(next.header("webhook-signature").split(' ').count(), 1, "a grace of 0: the new secret alone");
     verify(&next, &[&generated], now_s).unwrap();
     let fresh = secret_of(&gw.ok("POST", &rotate, None).await);
     assert_ne!(fresh, generated, "an absent body generates one");
+
+    // Two rotations at once (one millisecond of the manual clock): neither is lost.
+    let (first, second) = ("whsec_QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFB", "whsec_QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJC");
+    let (a, b) = tokio::join!(
+        gw.call("POST", &rotate, Some(json!({"key": first}))),
+        gw.call("POST", &rotate, Some(json!({"key": second})))
+    );
+    assert_eq!((a.0, b.0), (200, 200), "{a:?} {b:?}");
+    gw.publish(&app, publish).await;
+    let both = rx.next().await;
+    verify(&both, &[first], now_s).unwrap();
+    verify(&both, &[second], now_s).unwrap();
+    let fresh = secret_of(&gw.ok("GET", &secret_path, None).await);
 
     for bad in [json!({"key": "not-a-secret"}), json!({"gracePeriodSeconds": 10_000_000_000u64})] {
         let (status, body) = gw.call("POST", &rotate, Some(bad.clone())).await;

@@ -275,7 +275,7 @@ impl Store for PgStore {
     async fn set_app_secrets(&self, app: App, read: &App) -> StoreResult<bool> {
         let sealed = self.sealer.seal_app(app);
         in_tx!(self, |tx| async {
-            let written = resources::set_app_secrets(&tx, &sealed, read).await?;
+            let written = resources::set_app_secrets(&tx, &self.sealer, &sealed, read).await?;
             if written {
                 notify(&tx, &Change::App(sealed.id.clone())).await?;
             }

@@ -4,6 +4,7 @@
 use super::pg_error;
 use super::rows;
 use crate::query::Query;
+use crate::sealed::Sealer;
 use crate::*;
 use deadpool_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
@@ -82,15 +83,17 @@ pub async fn insert_app(c: &impl GenericClient, app: &App) -> StoreResult<()> {
     .map(|_| ())
 }
 
-/// Writes `app`'s secrets if it is unchanged since `read`; false if it changed.
-pub async fn set_app_secrets(c: &impl GenericClient, app: &App, read: &App) -> StoreResult<bool> {
+/// Writes the sealed `app`'s secrets if the stored ones are still `read`'s (the row locked
+/// meanwhile, inside the caller's transaction); false if not.
+pub async fn set_app_secrets(c: &impl GenericClient, sealer: &Sealer, app: &App, read: &App) -> StoreResult<bool> {
+    let locked = format!("SELECT {} FROM apps WHERE id = $1 FOR UPDATE", rows::APP_COLUMNS);
+    if !sealer.same_app_secrets(one(c, &locked, &[&app.id], rows::app).await?, read)? {
+        return Ok(false);
+    }
     let sql = crate::columns::set_app_secrets_sql(|n| format!("${n}"));
     let previous = rows::to_json(&app.previous_secrets);
-    let params: &Params = &[&app.id, &app.secret, &previous, &app.updated_at, &read.updated_at];
-    match run(c, &sql, params).await? {
-        0 => get_app(c, &app.id).await.map(|_| false),
-        _ => Ok(true),
-    }
+    run(c, &sql, &[&app.id, &app.secret, &previous, &app.updated_at]).await?;
+    Ok(true)
 }
 
 pub async fn get_app(c: &impl GenericClient, key: &str) -> StoreResult<App> {

@@ -464,8 +464,8 @@ impl Store for SqliteStore {
         self.write(move |c| resources::update_app(c, &sealed)).await.map(|_| app)
     }
     async fn set_app_secrets(&self, app: App, read: &App) -> StoreResult<bool> {
-        let (sealed, read) = (self.sealer.seal_app(app), read.clone());
-        self.write(move |c| resources::set_app_secrets(c, &sealed, &read)).await
+        let (sealed, read, sealer) = (self.sealer.seal_app(app), read.clone(), self.sealer.clone());
+        self.write(move |c| resources::set_app_secrets(c, &sealer, &sealed, &read)).await
     }
     async fn delete_app(&self, id: &str) -> StoreResult<()> {
         let app_id = id.to_owned();

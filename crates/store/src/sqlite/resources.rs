@@ -3,6 +3,7 @@
 use super::rows;
 use super::sql_error;
 use crate::query::Query;
+use crate::sealed::Sealer;
 use crate::*;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -42,19 +43,15 @@ pub fn insert_app(conn: &Connection, app: &App) -> StoreResult<()> {
     Ok(())
 }
 
-/// Writes `app`'s secrets if it is unchanged since `read`; false if it changed.
-pub fn set_app_secrets(conn: &Connection, app: &App, read: &App) -> StoreResult<bool> {
-    let sql = crate::columns::set_app_secrets_sql(|n| format!("?{n}"));
-    let written = conn
-        .execute(
-            &sql,
-            params![app.id, app.secret, rows::to_json(&app.previous_secrets), app.updated_at, read.updated_at],
-        )
-        .map_err(sql_error)?;
-    match written {
-        0 => get_app(conn, &app.id).map(|_| false),
-        _ => Ok(true),
+/// Writes the sealed `app`'s secrets if the stored ones are still `read`'s; false if not.
+pub fn set_app_secrets(conn: &Connection, sealer: &Sealer, app: &App, read: &App) -> StoreResult<bool> {
+    if !sealer.same_app_secrets(get_app(conn, &app.id)?, read)? {
+        return Ok(false);
     }
+    let sql = crate::columns::set_app_secrets_sql(|n| format!("?{n}"));
+    let previous = rows::to_json(&app.previous_secrets);
+    conn.execute(&sql, params![app.id, app.secret, previous, app.updated_at]).map_err(sql_error)?;
+    Ok(true)
 }
 
 pub fn get_app(conn: &Connection, key: &str) -> StoreResult<App> {
