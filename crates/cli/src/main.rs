@@ -10,7 +10,7 @@ use hookline_server::config::Config;
 use hookline_server::AdminToken;
 use hookline_store::postgres::{PgOptions, PgStore};
 use hookline_store::sqlite::{decode_key, load_or_create_key, SqliteStore};
-use hookline_store::Store;
+use hookline_store::{Store, StoreError};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -280,19 +280,38 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, (u8, String)> {
                     .into(),
             ))
         }
-        None => load_or_create_key(&config.server.data_dir).map_err(|e| (EXIT_CONFIG, e.to_string()))?,
+        // A key that cannot be read or written is the machine's problem; a bad or missing
+        // one beside an existing database is the configuration's.
+        None => load_or_create_key(&config.server.data_dir).map_err(|e| match e {
+            StoreError::Corrupt(_) => (EXIT_CONFIG, e.to_string()),
+            _ => (EXIT_UNAVAILABLE, e.to_string()),
+        })?,
     };
-    if url.is_empty() {
+    let store: Arc<dyn Store> = if url.is_empty() {
         let store = SqliteStore::open(&config.server.data_dir, &key).map_err(|e| {
             (EXIT_UNAVAILABLE, format!("cannot open the data directory {}: {e}", config.server.data_dir.display()))
         })?;
-        return Ok(Arc::new(store));
+        Arc::new(store)
+    } else {
+        let options = PgOptions { pool_max: config.database.pool_max, timeout_ms: config.database.timeout_ms };
+        let store = PgStore::open(url, &key, options)
+            .await
+            .map_err(|e| (EXIT_UNAVAILABLE, format!("cannot open the PostgreSQL database: {e}")))?;
+        Arc::new(store)
+    };
+    // A key other than the one the database's secrets were sealed with opens none of them:
+    // said now, before the node listens, rather than at the first delivery. The operational
+    // application exists in every database a node has started on.
+    match store.get_app(hookline_store::OPERATIONAL_APP_ID).await {
+        Err(StoreError::Corrupt(e)) => Err((
+            EXIT_CONFIG,
+            format!(
+                "the secret key does not open this database's secrets ({e}): start with the key it was \
+                 made with (security.secret_key, or secret.key in the data directory)"
+            ),
+        )),
+        _ => Ok(store),
     }
-    let options = PgOptions { pool_max: config.database.pool_max, timeout_ms: config.database.timeout_ms };
-    let store = PgStore::open(url, &key, options)
-        .await
-        .map_err(|e| (EXIT_UNAVAILABLE, format!("cannot open the PostgreSQL database: {e}")))?;
-    Ok(Arc::new(store))
 }
 
 fn migrate(config: &Config) -> ExitCode {

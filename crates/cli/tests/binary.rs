@@ -270,6 +270,42 @@ async fn first_start_prints_an_admin_token_that_works_and_is_not_reissued() {
     assert_eq!(again, None, "a token is shown only once: {stdout}");
 }
 
+/// A data directory whose `secret.key` went missing, or was replaced, is refused before the
+/// node listens (exit 78, the file named), and no new key is written over the loss.
+#[tokio::test]
+async fn a_lost_or_wrong_secret_key_is_refused_before_listening() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let port = free_port();
+    let mut first = Hookline::start(dir.path(), port, &[]);
+    first.wait_healthy(&http).await;
+    first.kill9();
+    let key_file = dir.path().join("secret.key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    let serve = || {
+        Command::new(env!("CARGO_BIN_EXE_hookline"))
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+            .arg(dir.path())
+            .output()
+            .unwrap()
+    };
+    std::fs::remove_file(&key_file).unwrap();
+    let out = serve();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("secret.key is missing") && !stdout.contains("listening"), "{stdout} {stderr}");
+    assert!(!key_file.exists(), "no new key replaces the lost one");
+    std::fs::write(&key_file, "BAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ=").unwrap();
+    let out = serve();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("does not open this database") && !stdout.contains("listening"), "{stdout} {stderr}");
+    std::fs::write(&key_file, key).unwrap();
+    let mut again = Hookline::start(dir.path(), port, &[]);
+    again.wait_healthy(&http).await;
+    again.kill9();
+}
+
 /// Setting `HOOKLINE_ADMIN_TOKEN` replaces a generated token that leaked: the generated one
 /// stops working (the API cannot delete an admin token), also once the setting is gone.
 #[tokio::test]

@@ -219,6 +219,8 @@ impl SqliteStore {
 
 /// The key that seals secrets: read from `secret.key` in `data_dir`, or created there (mode
 /// 0600) on first start. Operators who keep the key elsewhere pass it in config instead.
+/// A missing key beside an existing `hookline.db` is refused, not replaced: the database's
+/// secrets were sealed with the lost key, and a new one would open none of them.
 pub fn load_or_create_key(data_dir: &Path) -> StoreResult<[u8; KEY_BYTES]> {
     use base64::Engine;
     use std::io::Write;
@@ -228,7 +230,15 @@ pub fn load_or_create_key(data_dir: &Path) -> StoreResult<[u8; KEY_BYTES]> {
     std::fs::create_dir_all(data_dir).map_err(|e| unavailable("create", e))?;
     let path = data_dir.join("secret.key");
     match std::fs::read_to_string(&path) {
-        Ok(text) => decode_key(text.trim()).map_err(StoreError::Corrupt),
+        Ok(text) => decode_key(text.trim()).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && data_dir.join("hookline.db").exists() => {
+            Err(StoreError::Corrupt(format!(
+                "{} is missing, but {} exists: its secrets were sealed with that key; restore the file \
+                 (or give the key as security.secret_key)",
+                path.display(),
+                data_dir.join("hookline.db").display()
+            )))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             // Written whole to a file of this process's own, synced, then linked into place:
             // `secret.key` never exists half-written (a crash there left it empty, and every
