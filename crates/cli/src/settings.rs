@@ -124,10 +124,18 @@ const TEXT_ONLY: &[(&str, &str)] = &[
 
 /// Keys whose values an error never repeats: tokens, keys and URLs (which may hold a
 /// password). Errors go to stderr, and so to the journal.
-const SECRET_KEYS: &[&str] = &["admin_token", "secret_key", "token", "smtp_url", "url", "api_key"];
+const SECRET_KEYS: &[&str] =
+    &["admin_token", "secret_key", "token", "smtp_url", "url", "api_key", "broker_credentials"];
 
-/// Sections all of whose values are secrets (`"host:port" = "user:password"`).
-const SECRET_SECTIONS: &[&str] = &["delivery.broker_credentials"];
+/// Sections (and the sections below them) all of whose values may be secrets: broker
+/// credentials (`"host:port" = "user:password"`), and the queue consumers' settings, whose
+/// URLs hold passwords (an environment value that is not TOML, taken as one string, carries
+/// them under the consumer's key).
+const SECRET_SECTIONS: &[&str] = &["delivery.broker_credentials", "ingest"];
+
+fn secret_section(section: &str) -> bool {
+    SECRET_SECTIONS.iter().any(|s| section == *s || section.strip_prefix(s).is_some_and(|rest| rest.starts_with('.')))
+}
 
 /// A TOML error in `text` as one line: where (the line, for a syntax error in the user's
 /// own file) and which `section.key`, then the reason. The offending line itself is never
@@ -149,11 +157,11 @@ fn describe(error: &toml::de::Error, text: &str, syntax: bool) -> String {
         .find(|l| l.starts_with('[') && l.ends_with(']'))
         .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned());
     let key = line.split_once('=').map(|(key, _)| key.trim().trim_matches('"').to_owned()).filter(|k| !k.is_empty());
-    let secret = key.as_deref().is_some_and(|k| SECRET_KEYS.contains(&k))
-        || section.as_deref().is_some_and(|s| SECRET_SECTIONS.contains(&s));
+    let secret =
+        key.as_deref().is_some_and(|k| SECRET_KEYS.contains(&k)) || section.as_deref().is_some_and(secret_section);
     let reason = if secret && !syntax { without_quoted(&reason) } else { reason };
     let place = match (section, key) {
-        (Some(section), Some(key)) if !SECRET_SECTIONS.contains(&section.as_str()) => format!("{section}.{key}"),
+        (Some(section), Some(key)) if !secret_section(&section) => format!("{section}.{key}"),
         (Some(section), _) => section,
         (None, Some(key)) => key,
         (None, None) => String::new(),
@@ -168,12 +176,16 @@ fn describe(error: &toml::de::Error, text: &str, syntax: bool) -> String {
     out + &reason
 }
 
-/// `text` with every piece in backticks or double quotes (how serde quotes a value) hidden.
+/// `text` with every piece in backticks or double quotes (how serde quotes a value) hidden;
+/// a double-quoted piece is Rust's debug form of a string, whose `\"` does not close it.
 fn without_quoted(text: &str) -> String {
     let mut out = String::new();
     let mut open: Option<char> = None;
+    let mut escaped = false;
     for c in text.chars() {
         match open {
+            Some('"') if escaped => escaped = false,
+            Some('"') if c == '\\' => escaped = true,
             Some(q) if c == q => open = None,
             Some(_) => {}
             None if c == '`' || c == '"' => {
@@ -390,6 +402,17 @@ mod tests {
         for (file, named) in cases {
             let error = load_with(Some(file), &[], Overrides::default()).unwrap_err().to_string();
             assert!(!error.contains("8675309123"), "{error}");
+            assert!(error.contains(named), "{error} should name {named:?}");
+        }
+        // Environment values that are not TOML are taken as one string, which the error
+        // quoted whole: credentials and consumer URLs in it.
+        let vars = [
+            ("HOOKLINE_DELIVERY_BROKER_CREDENTIALS", "{mq:5672 = \"hookline:8675309123\"}", "delivery"),
+            ("HOOKLINE_INGEST_REDIS", "[{url = \"redis://:8675309123@h:6379\", stream = x}]", "ingest"),
+        ];
+        for (name, value, named) in vars {
+            let error = load_with(None, &[(name, value)], Overrides::default()).unwrap_err().to_string();
+            assert!(!error.contains("8675309123"), "{name}: {error}");
             assert!(error.contains(named), "{error} should name {named:?}");
         }
     }
