@@ -32,11 +32,13 @@ pub const FILES_RESERVED: u64 = 256;
 
 /// `(server.max_connections, delivery.max_in_flight)` that fit `open_files` descriptors: at
 /// most the defaults (10,000 and 20,000), a third of what is left to connections, the
-/// rest to deliveries.
-pub fn sized_for(open_files: u64) -> (usize, usize) {
+/// rest to deliveries. A value someone set (`connections`, `in_flight`) is kept, and the
+/// other gets what it leaves.
+pub fn sized_for(open_files: u64, connections: Option<u64>, in_flight: Option<u64>) -> (usize, usize) {
     let budget = open_files.saturating_sub(FILES_RESERVED);
-    let connections = (budget / 3).clamp(1, 10_000);
-    let in_flight = budget.saturating_sub(connections).clamp(1, 20_000);
+    let connections =
+        connections.unwrap_or_else(|| (budget / 3).min(budget.saturating_sub(in_flight.unwrap_or(0))).clamp(1, 10_000));
+    let in_flight = in_flight.unwrap_or_else(|| budget.saturating_sub(connections).clamp(1, 20_000));
     (connections as usize, in_flight as usize)
 }
 
@@ -94,7 +96,12 @@ pub fn load(
         set(&mut table, "server", "dev", toml::Value::Boolean(true));
     }
     if let Some(open_files) = overrides.open_files {
-        let (connections, in_flight) = sized_for(open_files);
+        let given = |section: &str, key: &str| {
+            let value = table.get(section).and_then(|s| s.get(key)).and_then(toml::Value::as_integer);
+            value.and_then(|v| u64::try_from(v).ok())
+        };
+        let (connections, in_flight) =
+            sized_for(open_files, given("server", "max_connections"), given("delivery", "max_in_flight"));
         set_default(&mut table, "server", "max_connections", toml::Value::Integer(connections as i64));
         set_default(&mut table, "delivery", "max_in_flight", toml::Value::Integer(in_flight as i64));
     }
@@ -340,7 +347,7 @@ mod tests {
             (100, (1, 1)),
         ];
         for (open_files, expected) in cases {
-            let (connections, in_flight) = sized_for(open_files);
+            let (connections, in_flight) = sized_for(open_files, None, None);
             assert_eq!((connections, in_flight), expected, "{open_files}");
             assert!(open_files < 258 || (connections + in_flight) as u64 + FILES_RESERVED <= open_files);
             let sized = Overrides { open_files: Some(open_files), ..Default::default() };
@@ -352,6 +359,13 @@ mod tests {
         let vars = [("HOOKLINE_DELIVERY_MAX_IN_FLIGHT", "30000")];
         let c = load_with(Some(file), &vars, Overrides { open_files: Some(4_096), ..Default::default() }).unwrap();
         assert_eq!((c.server.max_connections, c.delivery.max_in_flight), (50, 30_000));
+        // One set: the other gets what it leaves, so the two still fit.
+        let limit = Overrides { open_files: Some(20_000), ..Default::default() };
+        let c = load_with(None, &[("HOOKLINE_SERVER_MAX_CONNECTIONS", "10000")], limit).unwrap();
+        assert_eq!((c.server.max_connections, c.delivery.max_in_flight), (10_000, 9_744));
+        let limit = Overrides { open_files: Some(20_000), ..Default::default() };
+        let c = load_with(None, &[("HOOKLINE_DELIVERY_MAX_IN_FLIGHT", "18000")], limit).unwrap();
+        assert_eq!((c.server.max_connections, c.delivery.max_in_flight), (1_744, 18_000));
         let defaults = load_with(None, &[], Overrides::default()).unwrap();
         assert_eq!((defaults.server.max_connections, defaults.delivery.max_in_flight), (10_000, 20_000));
     }
