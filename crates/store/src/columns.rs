@@ -25,6 +25,36 @@ pub fn open_in_lane() -> crate::StoreError {
 pub const APP_COLUMNS: &str = "id, uid, name, throttle_rate, metadata, retry_policy, secret, created_at, updated_at, \
      alert_email, previous_secrets";
 
+/// Takes an `Idempotency-Key` for a request: a row of status 0 (no answer yet), written
+/// unless the key holds an answer kept since `since` or a reservation made since
+/// `stale_before`. Parameters: key, fingerprint, now, since, stale_before, an empty body.
+/// Returns the key when taken.
+pub fn reserve_idempotency_sql(p: impl Fn(usize) -> String) -> String {
+    format!(
+        "INSERT INTO idempotency (key, status, body, created_at, fingerprint) VALUES ({}, 0, {}, {}, {}) \
+         ON CONFLICT (key) DO UPDATE SET status = 0, body = excluded.body, created_at = excluded.created_at, \
+         fingerprint = excluded.fingerprint \
+         WHERE (idempotency.status <> 0 AND idempotency.created_at < {}) \
+         OR (idempotency.status = 0 AND idempotency.created_at < {}) RETURNING key",
+        p(1),
+        p(6),
+        p(3),
+        p(2),
+        p(4),
+        p(5)
+    )
+}
+
+/// What a key not taken holds; parameter: key.
+pub fn held_idempotency_sql(p: impl Fn(usize) -> String) -> String {
+    format!("SELECT key, status, body, created_at, fingerprint FROM idempotency WHERE key = {}", p(1))
+}
+
+/// Gives a reservation up; parameters: key, fingerprint.
+pub fn release_idempotency_sql(p: impl Fn(usize) -> String) -> String {
+    format!("DELETE FROM idempotency WHERE key = {} AND status = 0 AND fingerprint = {}", p(1), p(2))
+}
+
 /// Writes an application's secrets; parameters: id, secret, previous secrets, updated_at.
 pub fn set_app_secrets_sql(p: impl Fn(usize) -> String) -> String {
     format!("UPDATE apps SET secret = {}, previous_secrets = {}, updated_at = {} WHERE id = {}", p(2), p(3), p(4), p(1))

@@ -1072,6 +1072,38 @@ async fn idempotent_answers_expire(store: &dyn Store) {
     store.publish(keyed).await.unwrap();
     assert_eq!(store.idempotent_response("k2", 150).await.unwrap(), Some(answer("k2", 9, 200)));
     delete_app(store, &a.id).await.unwrap();
+
+    // Reservations: one request holds a key until it answers, gives it up, or is abandoned.
+    let (one, two) = ([1; 32], [2; 32]);
+    let reserve = |fingerprint, now, since, stale_before| {
+        store.reserve_idempotency_key("k3", fingerprint, now, since, stale_before)
+    };
+    assert_eq!(reserve(one, 1_000, 0, 0).await.unwrap(), Reservation::Taken);
+    assert_eq!(reserve(one, 1_001, 0, 0).await.unwrap(), Reservation::Running { fingerprint: one });
+    assert_eq!(reserve(two, 1_001, 0, 0).await.unwrap(), Reservation::Running { fingerprint: one });
+    assert_eq!(store.idempotent_response("k3", 0).await.unwrap(), None, "a reservation is no answer");
+    store.release_idempotency_key("k3", two).await.unwrap();
+    assert_eq!(reserve(two, 1_002, 0, 0).await.unwrap(), Reservation::Running { fingerprint: one }, "not its own");
+    store.release_idempotency_key("k3", one).await.unwrap();
+    assert_eq!(reserve(two, 1_003, 0, 0).await.unwrap(), Reservation::Taken, "given up: free");
+    assert_eq!(reserve(one, 2_000, 0, 1_003).await.unwrap(), Reservation::Running { fingerprint: two });
+    assert_eq!(reserve(one, 2_000, 0, 1_004).await.unwrap(), Reservation::Taken, "abandoned: taken over");
+    store.save_idempotent_response(answer("k3", 1, 3_000)).await.unwrap();
+    assert_eq!(reserve(two, 3_001, 2_500, 2_000).await.unwrap(), Reservation::Answered(answer("k3", 1, 3_000)));
+    store.release_idempotency_key("k3", one).await.unwrap();
+    assert_eq!(store.idempotent_response("k3", 0).await.unwrap(), Some(answer("k3", 1, 3_000)), "an answer stays");
+    assert_eq!(reserve(two, 4_000, 3_500, 2_000).await.unwrap(), Reservation::Taken, "an expired answer: free");
+    // A publish's answer replaces its own reservation in the publish's commit.
+    assert_eq!(store.reserve_idempotency_key("k4", [9; 32], 200, 0, 0).await.unwrap(), Reservation::Taken);
+    let a = store.create_app(app(200, None)).await.unwrap();
+    let mut keyed = publish(&a.id, &[], None, 200);
+    keyed.idempotency = Some(answer("k4", 9, 200));
+    store.publish(keyed).await.unwrap();
+    assert_eq!(
+        store.reserve_idempotency_key("k4", [9; 32], 201, 0, 0).await.unwrap(),
+        Reservation::Answered(answer("k4", 9, 200))
+    );
+    delete_app(store, &a.id).await.unwrap();
 }
 
 /// The application and its configuration go in one commit; its messages, deliveries,

@@ -268,7 +268,24 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<(hookline_core::delivery::DeliveryState, u64)>>;
 
     // Idempotency and tokens.
+    /// The answer kept for `key` since `since` (a reservation is none).
     async fn idempotent_response(&self, key: &str, since: UnixMs) -> StoreResult<Option<IdempotentResponse>>;
+    /// Takes `key` for a request with `fingerprint` before it runs, so that of requests with
+    /// one key on several nodes at once one runs and the others hear so. Taken unless the key
+    /// holds an answer kept since `since`, or a reservation made since `stale_before` (older
+    /// ones were abandoned: their node stopped mid-request). The answer, saved by
+    /// `save_idempotent_response` or a publish, replaces the reservation.
+    async fn reserve_idempotency_key(
+        &self,
+        key: &str,
+        fingerprint: [u8; 32],
+        now: UnixMs,
+        since: UnixMs,
+        stale_before: UnixMs,
+    ) -> StoreResult<Reservation>;
+    /// Gives up the reservation of `key` by the request with `fingerprint` (it failed, or its
+    /// answer is not kept); an answer saved meanwhile stays.
+    async fn release_idempotency_key(&self, key: &str, fingerprint: [u8; 32]) -> StoreResult<()>;
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()>;
     /// Forgets idempotent answers older than `before`, looking at `chunk` of them a
     /// statement; how many.

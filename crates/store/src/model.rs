@@ -224,6 +224,18 @@ pub struct IdempotentResponse {
     pub created_at: UnixMs,
 }
 
+/// What an `Idempotency-Key` held when a request came to take it
+/// (`Store::reserve_idempotency_key`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Reservation {
+    /// The request may run: the key is its own until it answers or gives it up.
+    Taken,
+    /// An earlier request's kept answer.
+    Answered(IdempotentResponse),
+    /// Another request holds the key and has not answered yet (on this node or another).
+    Running { fingerprint: [u8; 32] },
+}
+
 /// A message with the deliveries it fans out to, committed together.
 #[derive(Clone, Debug)]
 pub struct Publish {

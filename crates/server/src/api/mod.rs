@@ -30,7 +30,7 @@ use axum::Router;
 use bytes::Bytes;
 use hookline_core::ssrf::AddressPolicy;
 use hookline_core::UnixMs;
-use hookline_store::{Page, Store};
+use hookline_store::{Page, Reservation, Store};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -281,6 +281,11 @@ async fn confine(state: &AppState, own_app: &str, method: &Method, path: &str) -
     Ok(())
 }
 
+/// How long a reservation of an `Idempotency-Key` without an answer holds the key: longer
+/// than any request runs (their reads and store calls have timeouts of seconds), so only a
+/// node that stopped mid-request leaves one this old.
+const IDEMPOTENCY_ABANDONED_MS: i64 = 120_000;
+
 /// A POST's `Idempotency-Key`, scoped by caller, with the fingerprint of its request.
 #[derive(Clone)]
 pub struct IdempotencyKey {
@@ -379,20 +384,35 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
         .chain_update(&body)
         .finalize()
         .into();
-    let since = state.now() - state.config.api.idempotency_ttl_ms as i64;
-    match state.store.idempotent_response(&key, since).await {
-        Ok(Some(stored)) if stored.fingerprint == fingerprint => return replay(stored.status, stored.body),
-        Ok(Some(_)) => return ApiError::IdempotencyKeyReused.into_response(),
-        Ok(None) => {}
+    // Taken in the store too, so that on several nodes one request with the key runs.
+    let now = state.now();
+    let since = now - state.config.api.idempotency_ttl_ms as i64;
+    match state.store.reserve_idempotency_key(&key, fingerprint, now, since, now - IDEMPOTENCY_ABANDONED_MS).await {
+        Ok(Reservation::Taken) => {}
+        Ok(Reservation::Answered(stored)) if stored.fingerprint == fingerprint => {
+            return replay(stored.status, stored.body)
+        }
+        Ok(Reservation::Running { fingerprint: theirs }) if theirs == fingerprint => {
+            return ApiError::IdempotencyInProgress.into_response()
+        }
+        Ok(Reservation::Answered(_) | Reservation::Running { .. }) => {
+            return ApiError::IdempotencyKeyReused.into_response()
+        }
         Err(e) => return ApiError::from_store("idempotency key")(e).into_response(),
     }
     let idempotency = IdempotencyKey { key, fingerprint };
     let mut request = Request::from_parts(parts, Body::from(body));
     request.extensions_mut().insert(idempotency.clone());
     let response = next.run(request).await;
-    let kept_elsewhere_or_secret =
-        response.extensions().get::<AnswerStored>().is_some() || response.extensions().get::<AnswerNotKept>().is_some();
-    if !response.status().is_success() || kept_elsewhere_or_secret {
+    if response.extensions().get::<AnswerStored>().is_some() {
+        return response;
+    }
+    if !response.status().is_success() || response.extensions().get::<AnswerNotKept>().is_some() {
+        // Nothing to replay: the key is free for the next request (a failed one may be sent
+        // again as it was; an answer holding a secret is not kept).
+        if let Err(e) = state.store.release_idempotency_key(&idempotency.key, fingerprint).await {
+            tracing::warn!(error = %e, "could not release an Idempotency-Key; it frees itself once abandoned");
+        }
         return response;
     }
     // Kept whatever its size (an answer is our own, and echoes at most a request's body,

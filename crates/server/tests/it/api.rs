@@ -254,6 +254,39 @@ async fn the_api_accepts_exactly_what_its_document_says() {
     gw.stop().await;
 }
 
+/// On PostgreSQL, nodes share what a key holds: requests with one key sent to two nodes at
+/// once (a client's retry that a load balancer sends elsewhere) publish one message, and
+/// every answer is that message's or a 409 while it runs. SQLite runs one node.
+#[tokio::test]
+async fn an_idempotency_key_runs_once_across_nodes() {
+    if std::env::var("HOOKLINE_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return;
+    }
+    use std::sync::Arc;
+    let (dir, clock) = (Arc::new(tempfile::tempdir().unwrap()), Arc::new(hookline_server::clock::ManualClock::new(T0)));
+    let a = start_gateway_in(dev_config(), dir.clone(), clock.clone()).await;
+    let b = start_gateway_in(dev_config(), dir, clock).await;
+    let app = a.app("merchant").await;
+    let msgs = format!("/api/v1/app/{app}/msg");
+    let paid = json!({"eventType": "payment.succeeded", "payload": {"amount": 100}});
+    let first = keyed(&a, "POST", msgs.clone(), "k-1", paid.clone()).await;
+    assert_eq!(first.0, 202);
+    assert_eq!(keyed(&b, "POST", msgs.clone(), "k-1", paid.clone()).await, first, "the other node replays it");
+    for round in 0..5 {
+        let key = format!("k-burst-{round}");
+        let sends = (0..12).map(|n| keyed(if n % 2 == 0 { &a } else { &b }, "POST", msgs.clone(), &key, paid.clone()));
+        let answers = futures_util::future::join_all(sends).await;
+        let created: Vec<&Value> = answers.iter().filter(|(status, _)| *status == 202).map(|(_, body)| body).collect();
+        assert!(!created.is_empty(), "{answers:?}");
+        assert!(created.iter().all(|body| body["id"] == created[0]["id"]), "one message: {answers:?}");
+        assert!(answers.iter().all(|(status, _)| [202, 409].contains(status)), "{answers:?}");
+    }
+    let listed = a.ok("GET", &format!("{msgs}?limit=100"), None).await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 6, "one message a key");
+    a.stop().await;
+    b.stop().await;
+}
+
 /// The IETF Idempotency-Key draft, as Stripe applies it: one key names one request. The same
 /// request replays the answer; another body or route is a 422 and executes nothing; while the
 /// first request runs, the key answers 409.

@@ -618,6 +618,19 @@ impl Store for PgStore {
     async fn idempotent_response(&self, key: &str, since: UnixMs) -> StoreResult<Option<IdempotentResponse>> {
         on_conn!(self, |c| resources::idempotent_response(&c, key, since))
     }
+    async fn reserve_idempotency_key(
+        &self,
+        key: &str,
+        fingerprint: [u8; 32],
+        now: UnixMs,
+        since: UnixMs,
+        stale_before: UnixMs,
+    ) -> StoreResult<Reservation> {
+        on_conn!(self, |c| resources::reserve_idempotency_key(&c, key, &fingerprint, now, since, stale_before))
+    }
+    async fn release_idempotency_key(&self, key: &str, fingerprint: [u8; 32]) -> StoreResult<()> {
+        on_conn!(self, |c| resources::release_idempotency_key(&c, key, &fingerprint))
+    }
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()> {
         on_conn!(self, |c| resources::save_idempotent_response(&c, &response))
     }

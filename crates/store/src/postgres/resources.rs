@@ -423,23 +423,56 @@ pub async fn idempotent_response(
     key: &str,
     since: i64,
 ) -> StoreResult<Option<IdempotentResponse>> {
-    let sql = "SELECT key, status, body, created_at, fingerprint FROM idempotency WHERE key = $1 AND created_at >= $2";
-    let found = one(c, sql, &[&key, &since], |r| {
-        Ok(IdempotentResponse {
-            key: r.try_get(0).map_err(pg_error)?,
-            status: u16::try_from(r.try_get::<_, i64>(1).map_err(pg_error)?)
-                .map_err(|_| StoreError::Corrupt("an idempotent status is out of range".into()))?,
-            body: Bytes::from(r.try_get::<_, Vec<u8>>(2).map_err(pg_error)?),
-            created_at: r.try_get(3).map_err(pg_error)?,
-            fingerprint: r.try_get::<_, Vec<u8>>(4).map_err(pg_error)?.try_into().unwrap_or_default(),
-        })
-    })
-    .await;
-    match found {
+    let sql = "SELECT key, status, body, created_at, fingerprint FROM idempotency \
+               WHERE key = $1 AND created_at >= $2 AND status <> 0";
+    match one(c, sql, &[&key, &since], idempotency_row).await {
         Ok(answer) => Ok(Some(answer)),
         Err(StoreError::NotFound) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+fn idempotency_row(r: &tokio_postgres::Row) -> StoreResult<IdempotentResponse> {
+    Ok(IdempotentResponse {
+        key: r.try_get(0).map_err(pg_error)?,
+        status: u16::try_from(r.try_get::<_, i64>(1).map_err(pg_error)?)
+            .map_err(|_| StoreError::Corrupt("an idempotent status is out of range".into()))?,
+        body: Bytes::from(r.try_get::<_, Vec<u8>>(2).map_err(pg_error)?),
+        created_at: r.try_get(3).map_err(pg_error)?,
+        fingerprint: r.try_get::<_, Vec<u8>>(4).map_err(pg_error)?.try_into().unwrap_or_default(),
+    })
+}
+
+pub async fn reserve_idempotency_key(
+    c: &impl GenericClient,
+    key: &str,
+    fingerprint: &[u8; 32],
+    now: UnixMs,
+    since: UnixMs,
+    stale_before: UnixMs,
+) -> StoreResult<Reservation> {
+    let (fingerprint, empty): (&[u8], &[u8]) = (&fingerprint[..], &[]);
+    let sql = crate::columns::reserve_idempotency_sql(|n| format!("${n}"));
+    let taken =
+        c.query_opt(&sql, &[&key, &fingerprint, &now, &since, &stale_before, &empty]).await.map_err(pg_error)?;
+    if taken.is_some() {
+        return Ok(Reservation::Taken);
+    }
+    // Gone between the two statements (expired and purged): the request may run.
+    let held = match one(c, &crate::columns::held_idempotency_sql(|n| format!("${n}")), &[&key], idempotency_row).await
+    {
+        Err(StoreError::NotFound) => return Ok(Reservation::Taken),
+        held => held?,
+    };
+    Ok(match held.status {
+        0 => Reservation::Running { fingerprint: held.fingerprint },
+        _ => Reservation::Answered(held),
+    })
+}
+
+pub async fn release_idempotency_key(c: &impl GenericClient, key: &str, fingerprint: &[u8; 32]) -> StoreResult<()> {
+    let sql = crate::columns::release_idempotency_sql(|n| format!("${n}"));
+    run(c, &sql, &[&key, &&fingerprint[..]]).await.map(|_| ())
 }
 
 pub async fn save_idempotent_response(c: &impl GenericClient, answer: &IdempotentResponse) -> StoreResult<()> {

@@ -794,6 +794,26 @@ impl Store for SqliteStore {
         let key = key.to_owned();
         self.read(move |c| queue::idempotent_response(c, &key, since)).await
     }
+    async fn reserve_idempotency_key(
+        &self,
+        key: &str,
+        fingerprint: [u8; 32],
+        now: UnixMs,
+        since: UnixMs,
+        stale_before: UnixMs,
+    ) -> StoreResult<Reservation> {
+        // Unsynced: a reservation lost with the power only lets a retry run again, which
+        // the request it reserved for, gone with the power too, did not finish.
+        let key = key.to_owned();
+        self.write_in(Lane::Background, move |c| {
+            queue::reserve_idempotency_key(c, &key, &fingerprint, now, since, stale_before)
+        })
+        .await
+    }
+    async fn release_idempotency_key(&self, key: &str, fingerprint: [u8; 32]) -> StoreResult<()> {
+        let key = key.to_owned();
+        self.write_in(Lane::Background, move |c| queue::release_idempotency_key(c, &key, &fingerprint)).await
+    }
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()> {
         self.write(move |c| queue::save_idempotent_response(c, &response)).await
     }

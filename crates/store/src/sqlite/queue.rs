@@ -770,20 +770,58 @@ pub fn get_attempt(conn: &Connection, app_id: &str, msg_id: &str, attempt_id: &s
 
 pub fn idempotent_response(conn: &Connection, key: &str, since: i64) -> StoreResult<Option<IdempotentResponse>> {
     conn.query_row(
-        "SELECT key, status, body, created_at, fingerprint FROM idempotency WHERE key = ?1 AND created_at >= ?2",
+        "SELECT key, status, body, created_at, fingerprint FROM idempotency \
+         WHERE key = ?1 AND created_at >= ?2 AND status <> 0",
         params![key, since],
-        |r| {
-            Ok(IdempotentResponse {
-                key: r.get(0)?,
-                status: r.get(1)?,
-                body: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-                created_at: r.get(3)?,
-                fingerprint: r.get::<_, Vec<u8>>(4)?.try_into().unwrap_or_default(),
-            })
-        },
+        idempotency_row,
     )
     .optional()
     .map_err(sql_error)
+}
+
+fn idempotency_row(r: &rusqlite::Row) -> rusqlite::Result<IdempotentResponse> {
+    Ok(IdempotentResponse {
+        key: r.get(0)?,
+        status: r.get(1)?,
+        body: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+        created_at: r.get(3)?,
+        fingerprint: r.get::<_, Vec<u8>>(4)?.try_into().unwrap_or_default(),
+    })
+}
+
+pub fn reserve_idempotency_key(
+    conn: &Connection,
+    key: &str,
+    fingerprint: &[u8; 32],
+    now: UnixMs,
+    since: UnixMs,
+    stale_before: UnixMs,
+) -> StoreResult<Reservation> {
+    let taken = conn
+        .prepare_cached(&crate::columns::reserve_idempotency_sql(|n| format!("?{n}")))
+        .and_then(|mut s| {
+            let empty: &[u8] = &[];
+            s.query_row(params![key, &fingerprint[..], now, since, stale_before, empty], |_| Ok(())).optional()
+        })
+        .map_err(sql_error)?;
+    if taken.is_some() {
+        return Ok(Reservation::Taken);
+    }
+    let held = conn
+        .prepare_cached(&crate::columns::held_idempotency_sql(|n| format!("?{n}")))
+        .and_then(|mut s| s.query_row([key], idempotency_row))
+        .map_err(sql_error)?;
+    Ok(match held.status {
+        0 => Reservation::Running { fingerprint: held.fingerprint },
+        _ => Reservation::Answered(held),
+    })
+}
+
+pub fn release_idempotency_key(conn: &Connection, key: &str, fingerprint: &[u8; 32]) -> StoreResult<()> {
+    conn.prepare_cached(&crate::columns::release_idempotency_sql(|n| format!("?{n}")))
+        .and_then(|mut s| s.execute(params![key, &fingerprint[..]]))
+        .map_err(sql_error)?;
+    Ok(())
 }
 
 pub fn save_idempotent_response(conn: &Connection, answer: &IdempotentResponse) -> StoreResult<()> {
