@@ -200,6 +200,10 @@ pub struct ServerConfig {
     /// How long a client may take to send its request body, from when the server first
     /// waits for it (the same defence for bodies; over it: 408).
     pub body_read_timeout_ms: u64,
+    /// How long an answer's bytes may wait for the client to take them (a client that
+    /// stops reading, its pipelined requests' answers piling up, held its connection and
+    /// slot for good); over it the connection is closed.
+    pub write_timeout_ms: u64,
     /// Threads that serve the API, inbound sources and queue consumers. Unset: half the
     /// cores, at least one (every core when deliveries share them: `delivery.threads = 0`).
     pub threads: Option<usize>,
@@ -216,6 +220,7 @@ impl Default for ServerConfig {
             header_bytes_max: 16_384,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
+            write_timeout_ms: 30_000,
             threads: None,
         }
     }
@@ -475,6 +480,7 @@ impl Config {
             (self.server.header_bytes_max >= 8_192, "server.header_bytes_max must be at least 8192"),
             (self.server.header_read_timeout_ms >= 100, "server.header_read_timeout_ms must be at least 100"),
             (self.server.body_read_timeout_ms >= 100, "server.body_read_timeout_ms must be at least 100"),
+            (self.server.write_timeout_ms >= 100, "server.write_timeout_ms must be at least 100"),
             (matches!(self.log.format.as_str(), "text" | "json"), "log.format must be `text` or `json`"),
             (self.cluster.lease_ms >= 1_000, "cluster.lease_ms must be at least 1000"),
             (self.dashboard.session_ttl_ms >= 60_000, "dashboard.session_ttl_ms must be at least 60000"),

@@ -149,6 +149,7 @@ pub async fn run(
         header_bytes_max: config.server.header_bytes_max,
         header_read_timeout_ms: config.server.header_read_timeout_ms,
         body_read_timeout_ms: config.server.body_read_timeout_ms,
+        write_timeout_ms: config.server.write_timeout_ms,
         drain_ms: config.delivery.shutdown_grace_ms,
     };
     let start = Engine::start(

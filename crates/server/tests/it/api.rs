@@ -854,6 +854,33 @@ async fn read_to_close(stream: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A client that sends pipelined requests and never reads their answers loses its
+/// connection `server.write_timeout_ms` after the answers stop fitting in the socket's
+/// buffers: it held its slot for good, and with every slot so held nobody was answered.
+#[tokio::test]
+async fn a_client_that_stops_reading_its_answers_frees_its_slot() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = dev_config();
+    // One slot for the harness's own pooled connection, one for the client that stalls.
+    // (An idle connection is closed at the head timeout: far off here.)
+    config.server.max_connections = 2;
+    config.server.header_read_timeout_ms = 60_000;
+    config.server.write_timeout_ms = 300;
+    let gw = start_gateway(config).await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4_096).unwrap();
+    let mut stalled = socket.connect(gw.url.trim_start_matches("http://").parse().unwrap()).await.unwrap();
+    // Each answer is the whole OpenAPI document (about 250 KB): 64 of them fill any buffers.
+    let request = "GET /api/v1/openapi.json HTTP/1.1\r\nHost: x\r\n\r\n".repeat(64);
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let fresh = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let health = fresh.get(format!("{}/api/v1/health", gw.url)).timeout(std::time::Duration::from_secs(8));
+    let answered = health.send().await.map(|r| r.status().as_u16());
+    assert_eq!(answered.ok(), Some(200), "the stalled client's slot was freed for another");
+    drop(stalled);
+    gw.stop().await;
+}
+
 /// A body that has not arrived `server.body_read_timeout_ms` after its head gets a JSON 408
 /// and its connection is closed, on an authenticated route and on a provider's
 /// (unauthenticated) inbound route alike (and a dashboard form a 408 page); a body sent in
