@@ -181,7 +181,7 @@ async fn retain(state: &AppState, now: i64, deletions: &mut Deletions) {
     roll_up_stats(store, now, batch).await;
     // Lanes whose head was made due by nobody (a node died between a commit and the
     // promotion after it, or the head's message was deleted) move on here.
-    match store.promote_lanes(None, now).await {
+    match hookline_store::sweep_stalled_lanes(store, now, hookline_store::WALK_CHUNK).await {
         Ok(0) => {}
         Ok(moved) => {
             tracing::info!(moved, "made the heads of stalled ordering lanes due");

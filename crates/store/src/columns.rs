@@ -95,14 +95,49 @@ pub fn update_endpoint_sql(p: fn(usize) -> String) -> String {
     )
 }
 
-/// The lanes with deliveries waiting and none open, as `(endpoint_id, order_key)`: the
-/// ones a sweep of every lane can move on (the others move when their open one closes).
-/// An application being deleted has none (`NOT_DELETED`): a claim closed its heads, and
-/// each sweep made the next one due for the claim to close again.
-pub const STALLED_LANES: &str = "SELECT DISTINCT w.endpoint_id, w.order_key FROM deliveries w WHERE w.state = 6 \
-     AND w.app_id NOT IN (SELECT app_id FROM app_deletions) \
-     AND NOT EXISTS (SELECT 1 FROM deliveries o WHERE o.endpoint_id = w.endpoint_id \
-         AND o.order_key = w.order_key AND o.order_key IS NOT NULL AND o.state IN (1, 3))";
+/// The next lane with deliveries waiting after the lane `(after_endpoint, after_key)`: one
+/// seek along `deliveries_waiting`, however many deliveries wait in either lane.
+macro_rules! next_waiting_lane {
+    ($column:literal, $after_endpoint:expr, $after_key:expr) => {
+        format!(
+            concat!(
+                "(SELECT d.",
+                $column,
+                " FROM deliveries d WHERE d.state = 6 AND d.endpoint_id IS NOT NULL AND d.order_key IS NOT NULL \
+                 AND (d.endpoint_id, d.order_key) > ({}, {}) ORDER BY d.endpoint_id, d.order_key LIMIT 1)"
+            ),
+            $after_endpoint, $after_key
+        )
+    };
+}
+
+/// The next (at most `p(3)`) lanes with deliveries waiting after the lane `(p(1), p(2))`,
+/// in `(endpoint_id, order_key)` order, found a lane a seek (a skip scan of
+/// `deliveries_waiting`: a `DISTINCT` over the waiting deliveries read every one of them,
+/// millions behind an endpoint down for hours); each with 1 when it is stalled, else 0:
+/// none open (the others move when their open one closes), and its application not being
+/// deleted (a claim closed the heads of those, and each sweep made the next one due for the
+/// claim to close again).
+pub fn waiting_lanes_sql(p: impl Fn(usize) -> String) -> String {
+    format!(
+        "WITH RECURSIVE walk(endpoint_id, order_key, n) AS ( \
+             SELECT {}, {}, CAST(1 AS BIGINT) \
+             UNION ALL \
+             SELECT {}, {}, w.n + 1 FROM walk w WHERE w.endpoint_id IS NOT NULL AND w.n < {} \
+         ) \
+         SELECT w.endpoint_id, w.order_key, CASE WHEN NOT EXISTS (SELECT 1 FROM deliveries o \
+                 WHERE o.endpoint_id = w.endpoint_id AND o.order_key = w.order_key AND o.state IN (1, 3)) \
+             AND NOT EXISTS (SELECT 1 FROM app_deletions z WHERE z.app_id = (SELECT x.app_id FROM deliveries x \
+                 WHERE x.state = 6 AND x.endpoint_id = w.endpoint_id AND x.order_key = w.order_key LIMIT 1)) \
+             THEN 1 ELSE 0 END \
+         FROM walk w WHERE w.endpoint_id IS NOT NULL",
+        next_waiting_lane!("endpoint_id", p(1), p(2)),
+        next_waiting_lane!("order_key", p(1), p(2)),
+        next_waiting_lane!("endpoint_id", "w.endpoint_id", "w.order_key"),
+        next_waiting_lane!("order_key", "w.endpoint_id", "w.order_key"),
+        p(3)
+    )
+}
 
 /// The alert emails' outbox (both backends).
 pub const ALERT_EMAILS_TABLE: &str = "

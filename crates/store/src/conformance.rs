@@ -142,6 +142,7 @@ pub async fn run_all(store: &dyn Store) {
     attempts_recorded_together_keep_the_failure_clock(store, node).await;
     statistics_add_up_roll_up_and_expire(store).await;
     ordering_lanes_hold_later_deliveries_back(store, node).await;
+    the_lane_sweep_walks_the_lanes_in_steps(store, node).await;
     idempotent_answers_expire(store).await;
     deleting_an_app_removes_everything(store, node).await;
     sources_and_inbound_dedupe(store).await;
@@ -1153,7 +1154,7 @@ async fn deleting_an_app_removes_everything(store: &dyn Store, node: i64) {
     assert_eq!(state_of(store, &published[1]).await, DeliveryState::Canceled);
     assert_eq!(store.claim_due(claim()).await.unwrap().closed, 0, "closed once");
     assert_eq!(
-        store.promote_lanes(None, 10_000_001).await.unwrap(),
+        crate::sweep_stalled_lanes(store, 10_000_001, 2).await.unwrap(),
         0,
         "its lanes are not moved on to be closed again"
     );
@@ -1378,6 +1379,44 @@ async fn finish(store: &dyn Store, node: i64, p: &Publish, state: DeliveryState,
     store.record_attempt(attempt_record(p, state, now, node)).await.unwrap()
 }
 
+/// The sweep of stalled lanes reads `chunk` lanes a statement, each lane one seek however
+/// many deliveries wait in it, and makes the heads of the stalled ones due.
+async fn the_lane_sweep_walks_the_lanes_in_steps(store: &dyn Store, node: i64) {
+    use DeliveryState::{Delivered, Pending, Waiting};
+    let t = 60_000_000;
+    let a = store.create_app(app(t, None)).await.unwrap();
+    let ep = store.create_endpoint(endpoint(&a.id, t)).await.unwrap();
+    let mut lanes = Vec::new();
+    for (n, key) in ["k0", "k1", "k2", "k3", "k4"].into_iter().enumerate() {
+        let lane: Vec<Publish> = (0..3).map(|i| ordered(&a.id, &ep.id, key, t + 10 * n as i64 + i)).collect();
+        for p in &lane {
+            store.publish(p.clone()).await.unwrap();
+        }
+        lanes.push(lane);
+    }
+    let heads: Vec<String> = lanes.iter().map(|lane| lane[0].message.id.clone()).collect();
+    let claimed = claim_all(store, node, t + 100).await;
+    assert_eq!(claimed.iter().filter(|d| heads.contains(&d.msg_id)).count(), 5, "each lane's head is due");
+    // Three heads done with nobody moving their lanes on (a node died in between).
+    for n in [1, 3, 4] {
+        finish(store, node, &lanes[n][0], Delivered, t + 101).await;
+    }
+    let first = store.waiting_lanes((String::new(), String::new()), 2).await.unwrap();
+    let mine = |lanes: &[(String, String, bool)]| -> Vec<(String, bool)> {
+        lanes.iter().filter(|(e, _, _)| *e == ep.id).map(|(_, k, stalled)| (k.clone(), *stalled)).collect()
+    };
+    let rest = store.waiting_lanes((ep.id.clone(), "k1".into()), 10).await.unwrap();
+    assert_eq!(mine(&rest), [("k2".into(), false), ("k3".into(), true), ("k4".into(), true)]);
+    assert!(first.len() == 2 && first.iter().all(|(e, _, _)| e.as_str() <= ep.id.as_str()), "{first:?}");
+    assert_eq!(crate::sweep_stalled_lanes(store, t + 102, 1).await.unwrap(), 3, "a lane a step");
+    for (n, lane) in lanes.iter().enumerate() {
+        let expected = if [1, 3, 4].contains(&n) { [Pending, Waiting] } else { [Waiting, Waiting] };
+        assert_eq!([state_of(store, &lane[1]).await, state_of(store, &lane[2]).await], expected, "lane {n}");
+    }
+    assert_eq!(crate::sweep_stalled_lanes(store, t + 103, 2).await.unwrap(), 0, "none stalled now");
+    delete_app(store, &a.id).await.unwrap();
+}
+
 async fn ordering_lanes_hold_later_deliveries_back(store: &dyn Store, node: i64) {
     use DeliveryState::{Delivered, Exhausted, Pending, Skipped, Waiting};
     let t = 50_000_000;
@@ -1416,17 +1455,17 @@ async fn ordering_lanes_hold_later_deliveries_back(store: &dyn Store, node: i64)
 
     // A failed attempt with a retry to come keeps the lane; a success moves it on.
     finish(store, node, &p1, Pending, t + 11).await;
-    assert_eq!(store.promote_lanes(Some(vec![(ep.id.clone(), "pay_1".into())]), t + 12).await.unwrap(), 0);
+    assert_eq!(store.promote_lanes(vec![(ep.id.clone(), "pay_1".into())], t + 12).await.unwrap(), 0);
     assert_eq!(state_of(store, &p2).await, Waiting);
     let retry = claim_all(store, node, t + 2_000_000).await;
     assert!(retry.iter().any(|d| d.msg_id == p1.message.id), "the head is retried");
     finish(store, node, &p1, Delivered, t + 13).await;
-    assert_eq!(store.promote_lanes(Some(vec![(ep.id.clone(), "pay_1".into())]), t + 14).await.unwrap(), 1);
+    assert_eq!(store.promote_lanes(vec![(ep.id.clone(), "pay_1".into())], t + 14).await.unwrap(), 1);
     let p2_now = store.get_delivery(&p2.message.id, &p2.deliveries[0].id).await.unwrap();
     assert_eq!((p2_now.state, p2_now.next_at), (Pending, Some(t + 14)));
     assert_eq!(state_of(store, &p3).await, Waiting);
     // Promoting again does nothing: the lane has its open delivery.
-    assert_eq!(store.promote_lanes(None, t + 15).await.unwrap(), 0);
+    assert_eq!(crate::sweep_stalled_lanes(store, t + 15, 2).await.unwrap(), 0);
 
     // An exhausted head lets the next go, too.
     let still_claimed =
@@ -1437,7 +1476,7 @@ async fn ordering_lanes_hold_later_deliveries_back(store: &dyn Store, node: i64)
     assert!(!still_claimed(&p2, node + 1).await, "under another claim");
     finish(store, node, &p2, Exhausted, t + 21).await;
     assert!(!still_claimed(&p2, node).await, "closed");
-    assert_eq!(store.promote_lanes(None, t + 22).await.unwrap(), 1, "the sweep finds the lane");
+    assert_eq!(crate::sweep_stalled_lanes(store, t + 22, 2).await.unwrap(), 1, "the sweep finds the lane");
     assert_eq!(state_of(store, &p3).await, Pending);
 
     // An operator skips the head: the one behind it goes ahead.
@@ -1462,7 +1501,7 @@ async fn ordering_lanes_hold_later_deliveries_back(store: &dyn Store, node: i64)
     assert_eq!(lane[0].head.as_ref().map(|d| d.msg_id.as_str()), Some(p4.message.id.as_str()));
     assert!(claim_all(store, node, t + 41).await.iter().any(|d| d.msg_id == p4.message.id));
     finish(store, node, &p4, Delivered, t + 42).await;
-    store.promote_lanes(None, t + 43).await.unwrap();
+    crate::sweep_stalled_lanes(store, t + 43, 2).await.unwrap();
     assert_eq!([state_of(store, &p2).await, state_of(store, &p3).await], [Pending, Waiting], "p2 was published first");
 
     // A resend of a delivered message waits in its lane too.

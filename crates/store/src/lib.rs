@@ -190,9 +190,12 @@ pub trait Store: Send + Sync + 'static {
         chunk: usize,
     ) -> StoreResult<(Vec<Delivery>, Option<String>)>;
     /// Makes the first waiting delivery of each lane `(endpoint_id, key)` due at `now` when
-    /// the lane has no open delivery (`None`: every lane with waiting deliveries). Returns
-    /// how many it made due.
-    async fn promote_lanes(&self, lanes: Option<Vec<(String, String)>>, now: UnixMs) -> StoreResult<usize>;
+    /// the lane has no open delivery. Returns how many it made due.
+    async fn promote_lanes(&self, lanes: Vec<(String, String)>, now: UnixMs) -> StoreResult<usize>;
+    /// The next `limit` lanes with waiting deliveries after the lane `after` (`("", "")` for
+    /// the first), in order, each with whether it is stalled (none open, its application
+    /// not being deleted); `sweep_stalled_lanes` walks them all.
+    async fn waiting_lanes(&self, after: (String, String), limit: usize) -> StoreResult<Vec<(String, String, bool)>>;
     /// Skips the delivery of a message to an endpoint: an open or waiting one becomes
     /// `Skipped` (never attempted again unless recovered) and the next in its lane is made
     /// due. One already done is returned unchanged. Takes ids (the caller resolved uids);
@@ -399,12 +402,34 @@ pub async fn recover_endpoint(store: &dyn Store, recovery: &Recovery, chunk: usi
     // (ids within a millisecond are random, lanes go by publish order).
     let lanes: Vec<(String, String)> = lanes.into_iter().collect();
     for batch in lanes.chunks(chunk.max(1)) {
-        if let Err(e) = store.promote_lanes(Some(batch.to_vec()), recovery.now).await {
+        if let Err(e) = store.promote_lanes(batch.to_vec(), recovery.now).await {
             tracing::warn!(error = %e, "could not make an ordering lane's head due; the sweep will");
             break;
         }
     }
     Ok(restarted)
+}
+
+/// Makes the head of every stalled lane due (one with waiting deliveries and none open: a
+/// node died between a commit and the promotion after it), walking the lanes `chunk` a
+/// statement, so that no statement reads more than `chunk` lanes however many deliveries
+/// wait. Returns how many it made due.
+pub async fn sweep_stalled_lanes(store: &dyn Store, now: UnixMs, chunk: usize) -> StoreResult<usize> {
+    let (mut promoted, mut after) = (0, (String::new(), String::new()));
+    loop {
+        let lanes = store.waiting_lanes(after.clone(), chunk.max(1)).await?;
+        let Some((endpoint_id, key, _)) = lanes.last() else { break };
+        after = (endpoint_id.clone(), key.clone());
+        let stalled: Vec<(String, String)> =
+            lanes.iter().filter(|l| l.2).map(|(e, k, _)| (e.clone(), k.clone())).collect();
+        if !stalled.is_empty() {
+            promoted += store.promote_lanes(stalled, now).await?;
+        }
+        if lanes.len() < chunk.max(1) {
+            break;
+        }
+    }
+    Ok(promoted)
 }
 
 /// Which attempts a listing covers.

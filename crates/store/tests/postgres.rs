@@ -75,7 +75,7 @@ impl TwoNodes {
         while std::time::Instant::now() < until {
             tokio::task::yield_now().await;
         }
-        self.b.promote_lanes(Some(vec![(self.ep.id.clone(), key.to_owned())]), now).await
+        self.b.promote_lanes(vec![(self.ep.id.clone(), key.to_owned())], now).await
     }
 }
 

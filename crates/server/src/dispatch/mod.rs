@@ -760,7 +760,7 @@ impl Engine {
     /// Makes the next delivery of an ordering lane due after its head is done. If the store
     /// cannot be written now, the leader's sweep of every lane does it later.
     async fn next_in_lane(&self, lane: (String, String), now: UnixMs) {
-        match self.store.promote_lanes(Some(vec![lane]), now).await {
+        match self.store.promote_lanes(vec![lane], now).await {
             Ok(0) => {}
             Ok(_) => self.wake(),
             Err(e) => tracing::warn!(error = %e, "could not move an ordering lane on; the leader's sweep will"),

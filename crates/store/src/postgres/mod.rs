@@ -505,12 +505,11 @@ impl Store for PgStore {
             Ok(step)
         })
     }
-    async fn promote_lanes(&self, lanes: Option<Vec<(String, String)>>, now: UnixMs) -> StoreResult<usize> {
-        let lanes = match lanes {
-            Some(lanes) => lanes,
-            None => on_conn!(self, |c| queue::stalled_lanes(&c))?,
-        };
+    async fn promote_lanes(&self, lanes: Vec<(String, String)>, now: UnixMs) -> StoreResult<usize> {
         self.promote_each(lanes, now).await
+    }
+    async fn waiting_lanes(&self, after: (String, String), limit: usize) -> StoreResult<Vec<(String, String, bool)>> {
+        on_conn!(self, |c| queue::waiting_lanes(&c, &after, limit))
     }
     async fn skip_delivery(&self, app_id: &str, msg_id: &str, endpoint_id: &str, now: UnixMs) -> StoreResult<Delivery> {
         in_tx!(self, |tx| queue::skip(&tx, app_id, msg_id, endpoint_id, now))

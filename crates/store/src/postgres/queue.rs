@@ -441,11 +441,21 @@ async fn lock_lane(c: &impl GenericClient, endpoint_id: &str, key: &str) -> Stor
     Ok(())
 }
 
-/// Every lane with deliveries waiting and none open (`columns::STALLED_LANES`): a sweep
-/// promotes those alone, each in a transaction of its own.
-pub async fn stalled_lanes(c: &impl GenericClient) -> StoreResult<Vec<(String, String)>> {
-    let found = c.query(crate::columns::STALLED_LANES, &[]).await.map_err(pg_error)?;
-    found.iter().map(|r| Ok((r.try_get(0).map_err(pg_error)?, r.try_get(1).map_err(pg_error)?))).collect()
+/// The next lanes with waiting deliveries (`columns::waiting_lanes_sql`).
+pub async fn waiting_lanes(
+    c: &impl GenericClient,
+    after: &(String, String),
+    limit: usize,
+) -> StoreResult<Vec<(String, String, bool)>> {
+    let sql = crate::columns::waiting_lanes_sql(|n| format!("${n}"));
+    let found = c.query(&sql, &[&after.0, &after.1, &(limit as i64)]).await.map_err(pg_error)?;
+    found
+        .iter()
+        .map(|r| {
+            let stalled: i32 = r.try_get(2).map_err(pg_error)?;
+            Ok((r.try_get(0).map_err(pg_error)?, r.try_get(1).map_err(pg_error)?, stalled == 1))
+        })
+        .collect()
 }
 
 /// Skips the delivery of a message to an endpoint (see `sqlite::queue::skip`).

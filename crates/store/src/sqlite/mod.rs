@@ -657,8 +657,11 @@ impl Store for SqliteStore {
         let recovery = recovery.clone();
         self.write(move |c| queue::recover(c, &recovery, after.as_deref(), chunk.max(1))).await
     }
-    async fn promote_lanes(&self, lanes: Option<Vec<(String, String)>>, now: UnixMs) -> StoreResult<usize> {
-        self.write_in(Lane::Background, move |c| queue::promote_lanes(c, lanes.as_deref(), now)).await
+    async fn promote_lanes(&self, lanes: Vec<(String, String)>, now: UnixMs) -> StoreResult<usize> {
+        self.write_in(Lane::Background, move |c| queue::promote_lanes(c, &lanes, now)).await
+    }
+    async fn waiting_lanes(&self, after: (String, String), limit: usize) -> StoreResult<Vec<(String, String, bool)>> {
+        self.read(move |c| queue::waiting_lanes(c, &after, limit)).await
     }
     async fn skip_delivery(&self, app_id: &str, msg_id: &str, endpoint_id: &str, now: UnixMs) -> StoreResult<Delivery> {
         let (app_id, msg_id, endpoint_id) = (app_id.to_owned(), msg_id.to_owned(), endpoint_id.to_owned());

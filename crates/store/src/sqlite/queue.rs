@@ -558,18 +558,22 @@ pub fn promote_lane(conn: &Connection, endpoint_id: &str, key: &str, now: i64) -
     Ok(promoted == 1)
 }
 
-/// Promotes the head of each lane given, or of every stalled lane (`columns::STALLED_LANES`).
-pub fn promote_lanes(conn: &Connection, lanes: Option<&[(String, String)]>, now: i64) -> StoreResult<usize> {
-    let all;
-    let lanes = match lanes {
-        Some(lanes) => lanes,
-        None => {
-            let mut statement = conn.prepare_cached(crate::columns::STALLED_LANES).map_err(sql_error)?;
-            let found = statement.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).map_err(sql_error)?;
-            all = found.collect::<rusqlite::Result<Vec<(String, String)>>>().map_err(sql_error)?;
-            &all[..]
-        }
-    };
+/// The next lanes with waiting deliveries (`columns::waiting_lanes_sql`).
+pub fn waiting_lanes(
+    conn: &Connection,
+    after: &(String, String),
+    limit: usize,
+) -> StoreResult<Vec<(String, String, bool)>> {
+    let mut statement =
+        conn.prepare_cached(&crate::columns::waiting_lanes_sql(|n| format!("?{n}"))).map_err(sql_error)?;
+    let found = statement
+        .query_map(params![after.0, after.1, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)? == 1)))
+        .map_err(sql_error)?;
+    found.collect::<rusqlite::Result<Vec<_>>>().map_err(sql_error)
+}
+
+/// Promotes the head of each lane given.
+pub fn promote_lanes(conn: &Connection, lanes: &[(String, String)], now: i64) -> StoreResult<usize> {
     let mut promoted = 0;
     for (endpoint_id, key) in lanes {
         promoted += usize::from(promote_lane(conn, endpoint_id, key, now)?);
