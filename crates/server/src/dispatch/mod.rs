@@ -596,13 +596,26 @@ impl Engine {
                 Err(_) => return self.retry_later(due),
             };
         }
-        // A disabled endpoint's delivery sends nothing: it takes no slot.
+        // A disabled endpoint's delivery sends nothing: it takes no slot. A wait for one can
+        // be long under load: after it the endpoint is read again (disabled, re-pointed,
+        // its secret rotated meanwhile), as after a rate limit's wait.
         let _global_slot = match target.disabled {
             true => None,
-            false => match self.slot(self.global_slots.clone()).await {
-                None => return,
-                slot => slot,
-            },
+            false => {
+                let waits = self.global_slots.available_permits() == 0;
+                let slot = match self.slot(self.global_slots.clone()).await {
+                    None => return,
+                    slot => slot,
+                };
+                if waits {
+                    target = match self.resolve_target(&due.delivery, &message).await {
+                        Ok(Some(target)) => target,
+                        Ok(None) => return self.close_stranded(due).await,
+                        Err(_) => return self.retry_later(due),
+                    };
+                }
+                slot
+            }
         };
         // An ordered delivery is sent only while it is its lane's open one, under this
         // node's claim, and by its newest copy here: an operator may have skipped it (and

@@ -10,6 +10,33 @@ fn iso_ms(text: &str) -> i64 {
     hookline_server::wire::parse_timestamp(text).unwrap()
 }
 
+/// A delivery that waited for a slot (every one taken) goes where its endpoint points when
+/// it gets one: re-pointed during the wait, it went to the old URL.
+#[tokio::test]
+async fn a_delivery_waiting_for_a_slot_goes_where_its_endpoint_points_then() {
+    let mut config = dev_config();
+    config.delivery.max_in_flight = 1;
+    let gw = start_gateway(config).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let slow = Receiver::start(Answer { status: 200, headers: vec![], gate: Some(gate.clone()) }).await;
+    let (old, new) = (Receiver::start(Answer::status(200)).await, Receiver::start(Answer::status(200)).await);
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": slow.url, "filterTypes": ["payment.slow"]})).await;
+    let ep = gw.endpoint(&app, json!({"url": old.url, "filterTypes": ["payment.succeeded"]})).await;
+    let ep = ep["id"].as_str().unwrap().to_owned();
+    gw.publish(&app, json!({"eventType": "payment.slow", "payload": {}})).await;
+    slow.next().await;
+    // The only slot is taken: this delivery reads its endpoint, then waits.
+    let msg = gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    gw.ok("PATCH", &format!("/api/v1/app/{app}/endpoint/{ep}"), Some(json!({"url": new.url}))).await;
+    gate.add_permits(1);
+    let got = new.next().await;
+    assert_eq!(got.header("webhook-id"), msg.as_str(), "sent where the endpoint points now");
+    assert!(!old.gets_within(200).await, "nothing went to the old URL");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn explicit_schedule_retries_exactly_on_time() {
     let gw = start_gateway(dev_config()).await;
