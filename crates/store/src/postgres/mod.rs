@@ -97,6 +97,7 @@ impl PgStore {
         for _ in 0..publishes::WRITERS {
             background.push(tokio::spawn(publishes::run(pool.clone(), waiting.clone(), timeout)));
         }
+        warn_of_clock_skew(&pool).await;
         Ok(PgStore {
             sealer: Sealer::new(secret_key),
             pool,
@@ -248,6 +249,37 @@ impl PgStore {
         }
         Ok(promoted)
     }
+}
+
+/// How far this machine's clock may be from the database server's before a start warns.
+const CLOCK_SKEW_WARN_MS: i64 = 2_000;
+
+/// Warns at start when this machine's clock is off the database server's: the nodes write
+/// their leases in their own clocks and read the others' against theirs, so a node whose
+/// clock is a third of a lease (10 s by default) behind the others' has its live lease
+/// taken for expired, and its deliveries sent twice.
+async fn warn_of_clock_skew(pool: &Pool) {
+    let Ok(client) = pool.get().await else { return };
+    let sql = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::int8";
+    let Ok(row) = client.query_one(sql, &[]).await else { return };
+    let Ok(server_ms) = row.try_get::<_, i64>(0) else { return };
+    let local_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_millis() as i64);
+    if let Some(warning) = clock_skew(local_ms, server_ms) {
+        tracing::warn!("{warning}");
+    }
+}
+
+fn clock_skew(local_ms: i64, server_ms: i64) -> Option<String> {
+    let skew = local_ms - server_ms;
+    (skew.abs() > CLOCK_SKEW_WARN_MS).then(|| {
+        format!(
+            "this machine's clock is {} ms {} the database server's: nodes compare leases in their own \
+             clocks, so keep every node's clock synced (NTP)",
+            skew.abs(),
+            if skew > 0 { "ahead of" } else { "behind" }
+        )
+    })
 }
 
 #[async_trait::async_trait]
@@ -704,6 +736,14 @@ impl Store for PgStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_clock_off_the_servers_by_more_than_two_seconds_is_named() {
+        assert_eq!(super::clock_skew(10_000, 8_000), None);
+        assert_eq!(super::clock_skew(8_000, 10_000), None);
+        assert!(super::clock_skew(15_000, 10_000).unwrap().contains("5000 ms ahead of"));
+        assert!(super::clock_skew(10_000, 12_001).unwrap().contains("2001 ms behind"));
+    }
+
     #[test]
     fn a_setting_goes_after_the_urls_options() {
         let plain: tokio_postgres::Config = "postgres://u@h/db".parse().unwrap();
