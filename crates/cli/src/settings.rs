@@ -273,6 +273,24 @@ mod tests {
         assert_eq!(c.delivery.request_timeout_ms, 30_000);
     }
 
+    /// The template names every setting (those without a default commented out).
+    #[test]
+    fn the_example_file_names_every_setting() {
+        let example = include_str!("../hookline.example.toml");
+        let mut named = std::collections::HashSet::new();
+        let mut section = String::new();
+        for line in example.lines().map(|l| l.trim_start_matches('#').trim()) {
+            if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                section = header.trim_matches(|c| c == '[' || c == ']').to_owned();
+            } else if let Some((key, _)) = line.split_once('=') {
+                named.insert((section.clone(), key.trim().to_owned()));
+            }
+        }
+        let ingest = ["redis", "amqp", "nats"].map(|kind| ("ingest".to_owned(), kind.to_owned()));
+        let missing: Vec<_> = known_keys().into_iter().filter(|k| !named.contains(k) && !ingest.contains(k)).collect();
+        assert!(missing.is_empty(), "not in hookline.example.toml: {missing:?}");
+    }
+
     #[test]
     fn the_example_file_is_the_defaults() {
         let example = include_str!("../hookline.example.toml");
@@ -373,7 +391,7 @@ mod tests {
     #[test]
     fn bad_config_is_an_error_naming_the_problem() {
         type Case<'a> = (Option<&'a str>, &'a [(&'a str, &'a str)], &'a str);
-        let cases: [Case; 11] = [
+        let cases: [Case; 14] = [
             (Some("[server]\nlisten = 5\n"), &[], "invalid type"),
             (Some("[server]\nlisen = \"x\"\n"), &[], "unknown field `lisen`"),
             (Some("not toml ="), &[], "not valid TOML"),
@@ -387,6 +405,10 @@ mod tests {
             (None, &[("HOOKLINE_RETENTION_INTERVAL_MS", "9223372036854775807")], "retention.interval_ms"),
             (None, &[("HOOKLINE_SERVER_MAX_CONNECTIONS", "3000000000000000000")], "server.max_connections"),
             (None, &[("HOOKLINE_DATABASE_POOL_MAX", "100000000")], "database.pool_max"),
+            // Allocated per request (hyper's header slots), or threads started at once.
+            (None, &[("HOOKLINE_SERVER_HEADERS_MAX", "100000000")], "server.headers_max"),
+            (None, &[("HOOKLINE_SERVER_THREADS", "100000")], "server.threads"),
+            (None, &[("HOOKLINE_DELIVERY_THREADS", "100000")], "delivery.threads"),
         ];
         for (file, vars, expected) in cases {
             let error = load_with(file, vars, Overrides::default()).unwrap_err().to_string();

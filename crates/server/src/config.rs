@@ -477,6 +477,9 @@ impl Config {
             (self.api.json_depth_max >= 2, "api.json_depth_max must be at least 2"),
             (self.network.url_bytes_max >= 64, "network.url_bytes_max must be at least 64"),
             (self.server.headers_max >= 8, "server.headers_max must be at least 8"),
+            (self.server.headers_max <= 1_024, "server.headers_max must be at most 1024"),
+            (self.server.threads.is_none_or(|n| n <= THREADS_MAX), "server.threads must be at most 1024"),
+            (d.threads.is_none_or(|n| n <= THREADS_MAX), "delivery.threads must be at most 1024"),
             (self.server.header_bytes_max >= 8_192, "server.header_bytes_max must be at least 8192"),
             (self.server.header_read_timeout_ms >= 100, "server.header_read_timeout_ms must be at least 100"),
             (self.server.body_read_timeout_ms >= 100, "server.body_read_timeout_ms must be at least 100"),
@@ -553,6 +556,9 @@ const DURATION_MS_MAX: u64 = 100 * 365 * 24 * 3_600_000;
 /// The most any other number may be (a count, a size): more than any machine holds, and
 /// far from where a semaphore or a pool refuses its size at start.
 const NUMBER_MAX: u64 = u32::MAX as u64;
+
+/// The most threads either runtime may be given (each is started at once).
+const THREADS_MAX: usize = 1_024;
 
 /// Checks every number of the settings (`path` names where `value` sits) against its ceiling.
 fn bounded(path: &str, value: &serde_json::Value) -> Result<(), String> {
