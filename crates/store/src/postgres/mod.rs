@@ -221,8 +221,23 @@ pub(crate) fn pg_error(e: tokio_postgres::Error) -> StoreError {
         _ if e.as_db_error().is_none() && e.to_string().contains("error deserializing") => {
             StoreError::Corrupt(e.to_string())
         }
-        _ => StoreError::Unavailable(e.to_string()),
+        _ => StoreError::Unavailable(with_causes(&e)),
     }
+}
+
+/// An error with its causes (`error connecting to server: Connection refused (os error
+/// 111)`): tokio-postgres names only the step that failed, and an operator needs the why.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Tells every node (this one included) about a change, inside the writing transaction:
@@ -736,6 +751,14 @@ impl Store for PgStore {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn an_unreachable_database_is_named_with_its_cause() {
+        let config: tokio_postgres::Config = "postgres://u@127.0.0.1:1/db".parse().unwrap();
+        let e = config.connect(tokio_postgres::NoTls).await.err().unwrap();
+        let said = super::pg_error(e).to_string();
+        assert!(said.contains("error connecting to server") && said.contains("refused"), "{said}");
+    }
+
     #[test]
     fn a_clock_off_the_servers_by_more_than_two_seconds_is_named() {
         assert_eq!(super::clock_skew(10_000, 8_000), None);
