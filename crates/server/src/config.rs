@@ -468,6 +468,9 @@ impl Config {
         let d = &self.delivery;
         let checks = [
             (self.api.body_bytes_max >= 1024, "api.body_bytes_max must be at least 1024"),
+            // Reservations expire with the answers: a shorter time to live freed a key under
+            // a request still running (reservations are abandoned after two minutes).
+            (self.api.idempotency_ttl_ms >= 120_000, "api.idempotency_ttl_ms must be at least 120000"),
             (d.request_timeout_ms >= 100, "delivery.request_timeout_ms must be at least 100"),
             (d.connect_timeout_ms >= 100, "delivery.connect_timeout_ms must be at least 100"),
             (d.max_in_flight >= 1, "delivery.max_in_flight must be at least 1"),

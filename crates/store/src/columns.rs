@@ -27,8 +27,8 @@ pub const APP_COLUMNS: &str = "id, uid, name, throttle_rate, metadata, retry_pol
 
 /// Takes an `Idempotency-Key` for a request: a row of status 0 (no answer yet), written
 /// unless the key holds an answer kept since `since` or a reservation made since
-/// `stale_before`. Parameters: key, fingerprint, now, since, stale_before, an empty body.
-/// Returns the key when taken.
+/// `stale_before`. Parameters: key, fingerprint, now, since, stale_before, the reservation's
+/// token (kept as its body). Returns the key when taken.
 pub fn reserve_idempotency_sql(p: impl Fn(usize) -> String) -> String {
     format!(
         "INSERT INTO idempotency (key, status, body, created_at, fingerprint) VALUES ({}, 0, {}, {}, {}) \
@@ -50,9 +50,9 @@ pub fn held_idempotency_sql(p: impl Fn(usize) -> String) -> String {
     format!("SELECT key, status, body, created_at, fingerprint FROM idempotency WHERE key = {}", p(1))
 }
 
-/// Gives a reservation up; parameters: key, fingerprint.
+/// Gives a reservation up; parameters: key, its token.
 pub fn release_idempotency_sql(p: impl Fn(usize) -> String) -> String {
-    format!("DELETE FROM idempotency WHERE key = {} AND status = 0 AND fingerprint = {}", p(1), p(2))
+    format!("DELETE FROM idempotency WHERE key = {} AND status = 0 AND body = {}", p(1), p(2))
 }
 
 /// Writes an application's secrets; parameters: id, secret, previous secrets, updated_at.

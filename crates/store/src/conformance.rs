@@ -1074,34 +1074,46 @@ async fn idempotent_answers_expire(store: &dyn Store) {
     assert_eq!(store.idempotent_response("k2", 150).await.unwrap(), Some(answer("k2", 9, 200)));
     delete_app(store, &a.id).await.unwrap();
 
-    // Reservations: one request holds a key until it answers, gives it up, or is abandoned.
+    // Reservations: one request holds a key until it answers, gives it up, or is abandoned;
+    // each is named by its token, and only that token releases it.
     let (one, two) = ([1; 32], [2; 32]);
-    let reserve = |fingerprint, now, since, stale_before| {
-        store.reserve_idempotency_key("k3", fingerprint, now, since, stale_before)
+    let (first, other, retry, late) = ([1; 16], [2; 16], [3; 16], [4; 16]);
+    let reserve = |fingerprint, token, now, since, stale_before| {
+        store.reserve_idempotency_key("k3", fingerprint, token, now, since, stale_before)
     };
-    assert_eq!(reserve(one, 1_000, 0, 0).await.unwrap(), Reservation::Taken);
-    assert_eq!(reserve(one, 1_001, 0, 0).await.unwrap(), Reservation::Running { fingerprint: one });
-    assert_eq!(reserve(two, 1_001, 0, 0).await.unwrap(), Reservation::Running { fingerprint: one });
+    assert_eq!(reserve(one, first, 1_000, 0, 0).await.unwrap(), Reservation::Taken);
+    assert_eq!(reserve(one, retry, 1_001, 0, 0).await.unwrap(), Reservation::Running { fingerprint: one });
+    assert_eq!(reserve(two, other, 1_001, 0, 0).await.unwrap(), Reservation::Running { fingerprint: one });
     assert_eq!(store.idempotent_response("k3", 0).await.unwrap(), None, "a reservation is no answer");
-    store.release_idempotency_key("k3", two).await.unwrap();
-    assert_eq!(reserve(two, 1_002, 0, 0).await.unwrap(), Reservation::Running { fingerprint: one }, "not its own");
-    store.release_idempotency_key("k3", one).await.unwrap();
-    assert_eq!(reserve(two, 1_003, 0, 0).await.unwrap(), Reservation::Taken, "given up: free");
-    assert_eq!(reserve(one, 2_000, 0, 1_003).await.unwrap(), Reservation::Running { fingerprint: two });
-    assert_eq!(reserve(one, 2_000, 0, 1_004).await.unwrap(), Reservation::Taken, "abandoned: taken over");
+    for not_holding in [other, retry] {
+        store.release_idempotency_key("k3", not_holding).await.unwrap();
+    }
+    let still = reserve(two, other, 1_002, 0, 0).await.unwrap();
+    assert_eq!(still, Reservation::Running { fingerprint: one }, "released by its own token only");
+    store.release_idempotency_key("k3", first).await.unwrap();
+    assert_eq!(reserve(two, other, 1_003, 0, 0).await.unwrap(), Reservation::Taken, "given up: free");
+    assert_eq!(reserve(one, late, 2_000, 0, 1_003).await.unwrap(), Reservation::Running { fingerprint: two });
+    assert_eq!(reserve(one, late, 2_000, 0, 1_004).await.unwrap(), Reservation::Taken, "abandoned: taken over");
+    // Late releases by the abandoned holder, or by an earlier holder of the same request,
+    // free nothing now.
+    store.release_idempotency_key("k3", other).await.unwrap();
+    store.release_idempotency_key("k3", first).await.unwrap();
+    let kept = reserve(two, other, 2_001, 0, 1_004).await.unwrap();
+    assert_eq!(kept, Reservation::Running { fingerprint: one }, "the abandoned one's release frees nothing now");
     store.save_idempotent_response(answer("k3", 1, 3_000)).await.unwrap();
-    assert_eq!(reserve(two, 3_001, 2_500, 2_000).await.unwrap(), Reservation::Answered(answer("k3", 1, 3_000)));
-    store.release_idempotency_key("k3", one).await.unwrap();
+    let answered = reserve(two, other, 3_001, 2_500, 2_000).await.unwrap();
+    assert_eq!(answered, Reservation::Answered(answer("k3", 1, 3_000)));
+    store.release_idempotency_key("k3", late).await.unwrap();
     assert_eq!(store.idempotent_response("k3", 0).await.unwrap(), Some(answer("k3", 1, 3_000)), "an answer stays");
-    assert_eq!(reserve(two, 4_000, 3_500, 2_000).await.unwrap(), Reservation::Taken, "an expired answer: free");
+    assert_eq!(reserve(two, other, 4_000, 3_500, 2_000).await.unwrap(), Reservation::Taken, "an expired answer: free");
     // A publish's answer replaces its own reservation in the publish's commit.
-    assert_eq!(store.reserve_idempotency_key("k4", [9; 32], 200, 0, 0).await.unwrap(), Reservation::Taken);
+    assert_eq!(store.reserve_idempotency_key("k4", [9; 32], [9; 16], 200, 0, 0).await.unwrap(), Reservation::Taken);
     let a = store.create_app(app(200, None)).await.unwrap();
     let mut keyed = publish(&a.id, &[], None, 200);
     keyed.idempotency = Some(answer("k4", 9, 200));
     store.publish(keyed).await.unwrap();
     assert_eq!(
-        store.reserve_idempotency_key("k4", [9; 32], 201, 0, 0).await.unwrap(),
+        store.reserve_idempotency_key("k4", [9; 32], [8; 16], 201, 0, 0).await.unwrap(),
         Reservation::Answered(answer("k4", 9, 200))
     );
     delete_app(store, &a.id).await.unwrap();

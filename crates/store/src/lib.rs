@@ -278,17 +278,19 @@ pub trait Store: Send + Sync + 'static {
     /// holds an answer kept since `since`, or a reservation made since `stale_before` (older
     /// ones were abandoned: their node stopped mid-request). The answer, saved by
     /// `save_idempotent_response` or a publish, replaces the reservation.
+    /// `token` names this reservation (random): only it releases it.
     async fn reserve_idempotency_key(
         &self,
         key: &str,
         fingerprint: [u8; 32],
+        token: [u8; 16],
         now: UnixMs,
         since: UnixMs,
         stale_before: UnixMs,
     ) -> StoreResult<Reservation>;
-    /// Gives up the reservation of `key` by the request with `fingerprint` (it failed, or its
-    /// answer is not kept); an answer saved meanwhile stays.
-    async fn release_idempotency_key(&self, key: &str, fingerprint: [u8; 32]) -> StoreResult<()>;
+    /// Gives up the reservation `token` of `key` (its request failed, or its answer is not
+    /// kept); another request's reservation, or an answer saved meanwhile, stays.
+    async fn release_idempotency_key(&self, key: &str, token: [u8; 16]) -> StoreResult<()>;
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()>;
     /// Forgets idempotent answers older than `before`, looking at `chunk` of them a
     /// statement; how many.

@@ -387,17 +387,31 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
     // Taken in the store too, so that on several nodes one request with the key runs.
     let now = state.now();
     let since = now - state.config.api.idempotency_ttl_ms as i64;
-    match state.store.reserve_idempotency_key(&key, fingerprint, now, since, now - IDEMPOTENCY_ABANDONED_MS).await {
+    let reserved = Reserved { store: state.store.clone(), key: key.clone(), token: rand::random(), held: true };
+    let taken = state.store.reserve_idempotency_key(
+        &key,
+        fingerprint,
+        reserved.token,
+        now,
+        since,
+        now - IDEMPOTENCY_ABANDONED_MS,
+    );
+    match taken.await {
         Ok(Reservation::Taken) => {}
-        Ok(Reservation::Answered(stored)) if stored.fingerprint == fingerprint => {
-            return replay(stored.status, stored.body)
+        Ok(other) => {
+            reserved.not_taken();
+            return match other {
+                Reservation::Answered(stored) if stored.fingerprint == fingerprint => {
+                    replay(stored.status, stored.body)
+                }
+                Reservation::Running { fingerprint: theirs } if theirs == fingerprint => {
+                    ApiError::IdempotencyInProgress.into_response()
+                }
+                _ => ApiError::IdempotencyKeyReused.into_response(),
+            };
         }
-        Ok(Reservation::Running { fingerprint: theirs }) if theirs == fingerprint => {
-            return ApiError::IdempotencyInProgress.into_response()
-        }
-        Ok(Reservation::Answered(_) | Reservation::Running { .. }) => {
-            return ApiError::IdempotencyKeyReused.into_response()
-        }
+        // It may have been taken all the same (a timeout after the commit): the guard gives
+        // it up as it drops.
         Err(e) => return ApiError::from_store("idempotency key")(e).into_response(),
     }
     let idempotency = IdempotencyKey { key, fingerprint };
@@ -405,14 +419,13 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
     request.extensions_mut().insert(idempotency.clone());
     let response = next.run(request).await;
     if response.extensions().get::<AnswerStored>().is_some() {
+        reserved.answered();
         return response;
     }
     if !response.status().is_success() || response.extensions().get::<AnswerNotKept>().is_some() {
         // Nothing to replay: the key is free for the next request (a failed one may be sent
         // again as it was; an answer holding a secret is not kept).
-        if let Err(e) = state.store.release_idempotency_key(&idempotency.key, fingerprint).await {
-            tracing::warn!(error = %e, "could not release an Idempotency-Key; it frees itself once abandoned");
-        }
+        reserved.release().await;
         return response;
     }
     // Kept whatever its size (an answer is our own, and echoes at most a request's body,
@@ -425,9 +438,57 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
     let answer = idempotency.answer(parts.status, bytes.clone(), state.now());
     if let Err(e) = state.store.save_idempotent_response(answer).await {
         // The work is done and durable; only the replay record is missing. Say so in the log.
+        // The reservation stays until abandoned: a retry meanwhile hears 409, not a second run.
         tracing::warn!(error = %e, "could not store idempotent answer");
     }
+    reserved.answered();
     Response::from_parts(parts, Body::from(bytes))
+}
+
+/// This request's reservation of an `Idempotency-Key` (its random `token` in the store's
+/// row tells it from another request's): given up if dropped still held, as when the
+/// request's future panics or its store call failed, so the key is not left answering 409
+/// until abandoned for a request that never ran or never will answer.
+struct Reserved {
+    store: Arc<dyn Store>,
+    key: String,
+    token: [u8; 16],
+    held: bool,
+}
+
+impl Reserved {
+    /// The key held something else: nothing of this request's to give up.
+    fn not_taken(mut self) {
+        self.held = false;
+    }
+
+    /// The answer replaced the reservation (or, its save failed, the reservation stays).
+    fn answered(mut self) {
+        self.held = false;
+    }
+
+    async fn release(mut self) {
+        self.held = false;
+        if let Err(e) = self.store.release_idempotency_key(&self.key, self.token).await {
+            tracing::warn!(error = %e, "could not release an Idempotency-Key; it frees itself once abandoned");
+        }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let (store, key, token) = (self.store.clone(), std::mem::take(&mut self.key), self.token);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.release_idempotency_key(&key, token).await {
+                    tracing::warn!(error = %e, "could not release an Idempotency-Key; it frees itself once abandoned");
+                }
+            });
+        }
+    }
 }
 
 /// A JSON body that may be left out altogether (read as `T::default()`).

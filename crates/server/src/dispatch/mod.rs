@@ -601,21 +601,21 @@ impl Engine {
         // its secret rotated meanwhile), as after a rate limit's wait.
         let _global_slot = match target.disabled {
             true => None,
-            false => {
-                let waits = self.global_slots.available_permits() == 0;
-                let slot = match self.slot(self.global_slots.clone()).await {
-                    None => return,
-                    slot => slot,
-                };
-                if waits {
+            false => match self.global_slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    let slot = match self.slot(self.global_slots.clone()).await {
+                        None => return,
+                        slot => slot,
+                    };
                     target = match self.resolve_target(&due.delivery, &message).await {
                         Ok(Some(target)) => target,
                         Ok(None) => return self.close_stranded(due).await,
                         Err(_) => return self.retry_later(due),
                     };
+                    slot
                 }
-                slot
-            }
+            },
         };
         // An ordered delivery is sent only while it is its lane's open one, under this
         // node's claim, and by its newest copy here: an operator may have skipped it (and

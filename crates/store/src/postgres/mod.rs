@@ -668,14 +668,15 @@ impl Store for PgStore {
         &self,
         key: &str,
         fingerprint: [u8; 32],
+        token: [u8; 16],
         now: UnixMs,
         since: UnixMs,
         stale_before: UnixMs,
     ) -> StoreResult<Reservation> {
-        on_conn!(self, |c| resources::reserve_idempotency_key(&c, key, &fingerprint, now, since, stale_before))
+        on_conn!(self, |c| resources::reserve_idempotency_key(&c, key, &fingerprint, &token, now, since, stale_before))
     }
-    async fn release_idempotency_key(&self, key: &str, fingerprint: [u8; 32]) -> StoreResult<()> {
-        on_conn!(self, |c| resources::release_idempotency_key(&c, key, &fingerprint))
+    async fn release_idempotency_key(&self, key: &str, token: [u8; 16]) -> StoreResult<()> {
+        on_conn!(self, |c| resources::release_idempotency_key(&c, key, &token))
     }
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()> {
         on_conn!(self, |c| resources::save_idempotent_response(&c, &response))

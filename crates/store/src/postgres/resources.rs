@@ -447,32 +447,39 @@ pub async fn reserve_idempotency_key(
     c: &impl GenericClient,
     key: &str,
     fingerprint: &[u8; 32],
+    token: &[u8; 16],
     now: UnixMs,
     since: UnixMs,
     stale_before: UnixMs,
 ) -> StoreResult<Reservation> {
-    let (fingerprint, empty): (&[u8], &[u8]) = (&fingerprint[..], &[]);
+    let (fingerprint, token): (&[u8], &[u8]) = (&fingerprint[..], &token[..]);
     let sql = crate::columns::reserve_idempotency_sql(|n| format!("${n}"));
-    let taken =
-        c.query_opt(&sql, &[&key, &fingerprint, &now, &since, &stale_before, &empty]).await.map_err(pg_error)?;
-    if taken.is_some() {
-        return Ok(Reservation::Taken);
+    let held_sql = crate::columns::held_idempotency_sql(|n| format!("${n}"));
+    // What held the key may be gone before the second statement reads it (released,
+    // purged): then the key is taken again, not assumed free (another request may be
+    // taking it meanwhile).
+    for _ in 0..3 {
+        let taken = c.query_opt(&sql, &[&key, &fingerprint, &now, &since, &stale_before, &token]).await;
+        if taken.map_err(pg_error)?.is_some() {
+            return Ok(Reservation::Taken);
+        }
+        match one(c, &held_sql, &[&key], idempotency_row).await {
+            Err(StoreError::NotFound) => continue,
+            held => {
+                let held = held?;
+                return Ok(match held.status {
+                    0 => Reservation::Running { fingerprint: held.fingerprint },
+                    _ => Reservation::Answered(held),
+                });
+            }
+        }
     }
-    // Gone between the two statements (expired and purged): the request may run.
-    let held = match one(c, &crate::columns::held_idempotency_sql(|n| format!("${n}")), &[&key], idempotency_row).await
-    {
-        Err(StoreError::NotFound) => return Ok(Reservation::Taken),
-        held => held?,
-    };
-    Ok(match held.status {
-        0 => Reservation::Running { fingerprint: held.fingerprint },
-        _ => Reservation::Answered(held),
-    })
+    Err(StoreError::Unavailable("an Idempotency-Key kept changing hands; try again".into()))
 }
 
-pub async fn release_idempotency_key(c: &impl GenericClient, key: &str, fingerprint: &[u8; 32]) -> StoreResult<()> {
+pub async fn release_idempotency_key(c: &impl GenericClient, key: &str, token: &[u8; 16]) -> StoreResult<()> {
     let sql = crate::columns::release_idempotency_sql(|n| format!("${n}"));
-    run(c, &sql, &[&key, &&fingerprint[..]]).await.map(|_| ())
+    run(c, &sql, &[&key, &&token[..]]).await.map(|_| ())
 }
 
 pub async fn save_idempotent_response(c: &impl GenericClient, answer: &IdempotentResponse) -> StoreResult<()> {

@@ -801,21 +801,20 @@ impl Store for SqliteStore {
         &self,
         key: &str,
         fingerprint: [u8; 32],
+        token: [u8; 16],
         now: UnixMs,
         since: UnixMs,
         stale_before: UnixMs,
     ) -> StoreResult<Reservation> {
-        // Unsynced: a reservation lost with the power only lets a retry run again, which
-        // the request it reserved for, gone with the power too, did not finish.
+        // The acknowledged lane: the background one may hold a backlog of attempt records,
+        // which a publish's reservation must not wait behind.
         let key = key.to_owned();
-        self.write_in(Lane::Background, move |c| {
-            queue::reserve_idempotency_key(c, &key, &fingerprint, now, since, stale_before)
-        })
-        .await
+        self.write(move |c| queue::reserve_idempotency_key(c, &key, &fingerprint, &token, now, since, stale_before))
+            .await
     }
-    async fn release_idempotency_key(&self, key: &str, fingerprint: [u8; 32]) -> StoreResult<()> {
+    async fn release_idempotency_key(&self, key: &str, token: [u8; 16]) -> StoreResult<()> {
         let key = key.to_owned();
-        self.write_in(Lane::Background, move |c| queue::release_idempotency_key(c, &key, &fingerprint)).await
+        self.write(move |c| queue::release_idempotency_key(c, &key, &token)).await
     }
     async fn save_idempotent_response(&self, response: IdempotentResponse) -> StoreResult<()> {
         self.write(move |c| queue::save_idempotent_response(c, &response)).await

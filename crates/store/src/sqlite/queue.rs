@@ -797,6 +797,7 @@ pub fn reserve_idempotency_key(
     conn: &Connection,
     key: &str,
     fingerprint: &[u8; 32],
+    token: &[u8; 16],
     now: UnixMs,
     since: UnixMs,
     stale_before: UnixMs,
@@ -804,8 +805,7 @@ pub fn reserve_idempotency_key(
     let taken = conn
         .prepare_cached(&crate::columns::reserve_idempotency_sql(|n| format!("?{n}")))
         .and_then(|mut s| {
-            let empty: &[u8] = &[];
-            s.query_row(params![key, &fingerprint[..], now, since, stale_before, empty], |_| Ok(())).optional()
+            s.query_row(params![key, &fingerprint[..], now, since, stale_before, &token[..]], |_| Ok(())).optional()
         })
         .map_err(sql_error)?;
     if taken.is_some() {
@@ -821,9 +821,9 @@ pub fn reserve_idempotency_key(
     })
 }
 
-pub fn release_idempotency_key(conn: &Connection, key: &str, fingerprint: &[u8; 32]) -> StoreResult<()> {
+pub fn release_idempotency_key(conn: &Connection, key: &str, token: &[u8; 16]) -> StoreResult<()> {
     conn.prepare_cached(&crate::columns::release_idempotency_sql(|n| format!("?{n}")))
-        .and_then(|mut s| s.execute(params![key, &fingerprint[..]]))
+        .and_then(|mut s| s.execute(params![key, &token[..]]))
         .map_err(sql_error)?;
     Ok(())
 }
