@@ -294,9 +294,11 @@ async fn open_store(config: &Config) -> Result<Arc<dyn Store>, (u8, String)> {
         Arc::new(store)
     } else {
         let options = PgOptions { pool_max: config.database.pool_max, timeout_ms: config.database.timeout_ms };
-        let store = PgStore::open(url, &key, options)
-            .await
-            .map_err(|e| (EXIT_UNAVAILABLE, format!("cannot open the PostgreSQL database: {e}")))?;
+        let store = PgStore::open(url, &key, options).await.map_err(|e| match e {
+            // The URL itself, not the database: the configuration's to mend.
+            StoreError::Invalid(_) => (EXIT_CONFIG, e.to_string()),
+            _ => (EXIT_UNAVAILABLE, format!("cannot open the PostgreSQL database: {e}")),
+        })?;
         Arc::new(store)
     };
     // A key other than the one the database's secrets were sealed with opens none of them:
@@ -328,7 +330,7 @@ fn migrate(config: &Config) -> ExitCode {
         }
         Err(e) => {
             eprintln!("hookline migrate: {e}");
-            ExitCode::from(EXIT_UNAVAILABLE)
+            ExitCode::from(if matches!(e, StoreError::Invalid(_)) { EXIT_CONFIG } else { EXIT_UNAVAILABLE })
         }
     }
 }

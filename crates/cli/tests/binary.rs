@@ -346,6 +346,14 @@ fn invalid_configuration_exits_78_with_a_clear_message() {
         (vec![("HOOKLINE_DATABASE_URL", "mysql://db/hookline")], "database.url"),
         // A shared database needs the one key every node seals with.
         (vec![("HOOKLINE_DATABASE_URL", "postgres://127.0.0.1:1/hookline")], "security.secret_key"),
+        // A URL of the right scheme that is no PostgreSQL URL is the configuration's fault.
+        (
+            vec![
+                ("HOOKLINE_DATABASE_URL", "postgres://127.0.0.1:99999/hookline"),
+                ("HOOKLINE_SECURITY_SECRET_KEY", "BAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ="),
+            ],
+            "database.url",
+        ),
     ];
     for (env, expected) in cases {
         let mut command = Command::new(env!("CARGO_BIN_EXE_hookline"));

@@ -202,7 +202,7 @@ fn make_pool(config: tokio_postgres::Config, max_size: usize, timeout: Duration)
 
 fn parse_url(url: &str, timeout_ms: u64) -> StoreResult<tokio_postgres::Config> {
     let mut config: tokio_postgres::Config =
-        url.parse().map_err(|e| StoreError::Unavailable(format!("database.url is not a PostgreSQL URL: {e}")))?;
+        url.parse().map_err(|e| StoreError::Invalid(format!("database.url is not a PostgreSQL URL: {e}")))?;
     config.application_name("hookline");
     config.connect_timeout(Duration::from_millis(timeout_ms));
     config.keepalives_idle(Duration::from_secs(30));
