@@ -783,13 +783,13 @@ fn optional_headers_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schem
 /// in byte order is kept, with its value. Refused, two spellings were a 422 the document
 /// could not say (a JSON Schema cannot compare names ignoring case).
 fn case_folded<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    // In byte order, so a later spelling replaces an earlier one under their common key.
     let given = BTreeMap::<String, String>::deserialize(d)?;
-    let mut kept = BTreeMap::new();
+    let mut by_folded = BTreeMap::new();
     for (name, value) in given {
-        kept.retain(|other: &String, _| !other.eq_ignore_ascii_case(&name));
-        kept.insert(name, value);
+        by_folded.insert(name.to_ascii_lowercase(), (name, value));
     }
-    Ok(kept)
+    Ok(by_folded.into_values().collect())
 }
 
 fn case_folded_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, String>>, D::Error> {
