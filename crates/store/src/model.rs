@@ -236,6 +236,16 @@ pub enum Reservation {
     Running { fingerprint: [u8; 32] },
 }
 
+impl Reservation {
+    /// What the row a key holds says: a reservation (status 0) or a kept answer.
+    pub fn of_held(held: IdempotentResponse) -> Reservation {
+        match held.status {
+            0 => Reservation::Running { fingerprint: held.fingerprint },
+            _ => Reservation::Answered(held),
+        }
+    }
+}
+
 /// A message with the deliveries it fans out to, committed together.
 #[derive(Clone, Debug)]
 pub struct Publish {

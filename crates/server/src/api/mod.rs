@@ -399,7 +399,7 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
     match taken.await {
         Ok(Reservation::Taken) => {}
         Ok(other) => {
-            reserved.not_taken();
+            reserved.settled();
             return match other {
                 Reservation::Answered(stored) if stored.fingerprint == fingerprint => {
                     replay(stored.status, stored.body)
@@ -419,7 +419,7 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
     request.extensions_mut().insert(idempotency.clone());
     let response = next.run(request).await;
     if response.extensions().get::<AnswerStored>().is_some() {
-        reserved.answered();
+        reserved.settled();
         return response;
     }
     if !response.status().is_success() || response.extensions().get::<AnswerNotKept>().is_some() {
@@ -441,7 +441,7 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
         // The reservation stays until abandoned: a retry meanwhile hears 409, not a second run.
         tracing::warn!(error = %e, "could not store idempotent answer");
     }
-    reserved.answered();
+    reserved.settled();
     Response::from_parts(parts, Body::from(bytes))
 }
 
@@ -457,21 +457,15 @@ struct Reserved {
 }
 
 impl Reserved {
-    /// The key held something else: nothing of this request's to give up.
-    fn not_taken(mut self) {
-        self.held = false;
-    }
-
-    /// The answer replaced the reservation (or, its save failed, the reservation stays).
-    fn answered(mut self) {
+    /// Nothing to give up: the key held something else, or the answer replaced the
+    /// reservation (or, its save failed, the reservation stays until abandoned).
+    fn settled(mut self) {
         self.held = false;
     }
 
     async fn release(mut self) {
         self.held = false;
-        if let Err(e) = self.store.release_idempotency_key(&self.key, self.token).await {
-            tracing::warn!(error = %e, "could not release an Idempotency-Key; it frees itself once abandoned");
-        }
+        give_up(&*self.store, &self.key, self.token).await;
     }
 }
 
@@ -482,12 +476,14 @@ impl Drop for Reserved {
         }
         let (store, key, token) = (self.store.clone(), std::mem::take(&mut self.key), self.token);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(e) = store.release_idempotency_key(&key, token).await {
-                    tracing::warn!(error = %e, "could not release an Idempotency-Key; it frees itself once abandoned");
-                }
-            });
+            runtime.spawn(async move { give_up(&*store, &key, token).await });
         }
+    }
+}
+
+async fn give_up(store: &dyn Store, key: &str, token: [u8; 16]) {
+    if let Err(e) = store.release_idempotency_key(key, token).await {
+        tracing::warn!(error = %e, "could not release an Idempotency-Key; it frees itself once abandoned");
     }
 }
 

@@ -578,11 +578,17 @@ impl Engine {
                 Err(_) => return self.retry_later(due),
             },
         };
-        let mut target = match self.resolve_target(&due.delivery, &message).await {
-            Ok(Some(target)) => target,
-            Ok(None) => return self.close_stranded(due).await,
-            Err(_) => return self.retry_later(due),
-        };
+        // Where the delivery goes, read now and again after each wait that can be long.
+        macro_rules! resolved_or_return {
+            () => {
+                match self.resolve_target(&due.delivery, &message).await {
+                    Ok(Some(target)) => target,
+                    Ok(None) => return self.close_stranded(due).await,
+                    Err(_) => return self.retry_later(due),
+                }
+            };
+        }
+        let mut target = resolved_or_return!();
         // Waits holding the lane's turn, not a global slot: a throttled endpoint's backlog
         // never slows another endpoint. The wait can be long, so afterwards the claim is
         // checked and the endpoint read again (deleted, disabled, re-pointed meanwhile).
@@ -590,11 +596,7 @@ impl Engine {
             if !self.rate_turn(&turn.key, rate).await || !self.holds(&due) {
                 return;
             }
-            target = match self.resolve_target(&due.delivery, &message).await {
-                Ok(Some(target)) => target,
-                Ok(None) => return self.close_stranded(due).await,
-                Err(_) => return self.retry_later(due),
-            };
+            target = resolved_or_return!();
         }
         // A disabled endpoint's delivery sends nothing: it takes no slot. A wait for one can
         // be long under load: after it the endpoint is read again (disabled, re-pointed,
@@ -608,11 +610,7 @@ impl Engine {
                         None => return,
                         slot => slot,
                     };
-                    target = match self.resolve_target(&due.delivery, &message).await {
-                        Ok(Some(target)) => target,
-                        Ok(None) => return self.close_stranded(due).await,
-                        Err(_) => return self.retry_later(due),
-                    };
+                    target = resolved_or_return!();
                     slot
                 }
             },

@@ -137,12 +137,12 @@ pub async fn purge_deleted_app(c: &impl GenericClient, app_id: &str, chunk: usiz
                     d AS (DELETE FROM deliveries WHERE msg_id IN (SELECT id FROM gone)), \
                     a AS (DELETE FROM attempts WHERE msg_id IN (SELECT id FROM gone)) \
                     SELECT count(*) FROM gone";
-    let gone: i64 = one(c, messages, &[&app_id, &chunk], |r| r.try_get(0).map_err(super::pg_error)).await?;
+    let gone: i64 = one(c, messages, &[&app_id, &chunk], |r| r.try_get(0).map_err(pg_error)).await?;
     if gone == chunk || run(c, &crate::columns::delete_app_stats_sql(p), &[&app_id, &chunk]).await? == chunk as u64 {
         return Ok(true);
     }
     let sql = crate::columns::app_rows_left_sql(p);
-    let left: bool = one(c, &sql, &[&app_id], |r| r.try_get(0).map_err(super::pg_error)).await?;
+    let left: bool = one(c, &sql, &[&app_id], |r| r.try_get(0).map_err(pg_error)).await?;
     if !left {
         run(c, "DELETE FROM app_deletions WHERE app_id = $1", &[&app_id]).await?;
     }
@@ -340,9 +340,9 @@ pub async fn close_deliveries_step(
 ) -> StoreResult<Option<String>> {
     let p: fn(usize) -> String = |i| format!("${i}");
     let (span, end, chunk) = (crate::columns::recover_span_sql(p), crate::columns::PAST_EVERY_ID, chunk as i64);
-    let row = c.query_one(&span, &[&endpoint_id, &"", &after, &end, &chunk]).await.map_err(super::pg_error)?;
-    let last: Option<String> = row.try_get(0).map_err(super::pg_error)?;
-    let scanned: i64 = row.try_get(1).map_err(super::pg_error)?;
+    let row = c.query_one(&span, &[&endpoint_id, &"", &after, &end, &chunk]).await.map_err(pg_error)?;
+    let last: Option<String> = row.try_get(0).map_err(pg_error)?;
+    let scanned: i64 = row.try_get(1).map_err(pg_error)?;
     let Some(last) = last else { return Ok(None) };
     run(c, &crate::columns::close_span_sql(p), &[&endpoint_id, &after, &last]).await?;
     Ok((scanned == chunk).then_some(last))
@@ -465,13 +465,7 @@ pub async fn reserve_idempotency_key(
         }
         match one(c, &held_sql, &[&key], idempotency_row).await {
             Err(StoreError::NotFound) => continue,
-            held => {
-                let held = held?;
-                return Ok(match held.status {
-                    0 => Reservation::Running { fingerprint: held.fingerprint },
-                    _ => Reservation::Answered(held),
-                });
-            }
+            held => return held.map(Reservation::of_held),
         }
     }
     Err(StoreError::Unavailable("an Idempotency-Key kept changing hands; try again".into()))

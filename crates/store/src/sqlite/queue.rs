@@ -811,14 +811,10 @@ pub fn reserve_idempotency_key(
     if taken.is_some() {
         return Ok(Reservation::Taken);
     }
-    let held = conn
-        .prepare_cached(&crate::columns::held_idempotency_sql(|n| format!("?{n}")))
+    conn.prepare_cached(&crate::columns::held_idempotency_sql(|n| format!("?{n}")))
         .and_then(|mut s| s.query_row([key], idempotency_row))
-        .map_err(sql_error)?;
-    Ok(match held.status {
-        0 => Reservation::Running { fingerprint: held.fingerprint },
-        _ => Reservation::Answered(held),
-    })
+        .map(Reservation::of_held)
+        .map_err(sql_error)
 }
 
 pub fn release_idempotency_key(conn: &Connection, key: &str, token: &[u8; 16]) -> StoreResult<()> {
