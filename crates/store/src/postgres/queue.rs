@@ -227,13 +227,19 @@ pub async fn free_claims(c: &impl GenericClient, token: i64, deliveries: &[Deliv
 pub async fn claim_due(c: &impl GenericClient, claim: &ClaimDue) -> StoreResult<Claimed> {
     // The window's rows of an application being deleted are closed, and those to lanes
     // behind deferred; of the others, the `$6` earliest are claimed (numbered apart).
+    // A claim is taken over when its node's lease ran out. The live nodes are read from the
+    // statement's snapshot, but a row another node claimed meanwhile is checked again at
+    // its newest version (`FOR UPDATE`): a node registered after the snapshot would count
+    // as dead there, and its fresh claim be taken. Node tokens come from a sequence, so a
+    // token past the sequence's value when the statement began belongs to such a node.
     let sql = format!(
         "WITH due AS ( \
              SELECT msg_id, id, next_at, {IN_DELETION} AS gone, \
                  (order_key IS NULL AND endpoint_id IS NOT NULL AND endpoint_id = ANY($5)) AS deferred \
              FROM deliveries \
              WHERE state IN (1, 3) AND next_at <= $2 \
-               AND (claimed_by IS NULL OR claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= $3)) \
+               AND (claimed_by IS NULL OR (claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= $3) \
+                    AND claimed_by <= (SELECT last_value FROM nodes_token_seq))) \
                AND EXISTS (SELECT 1 FROM nodes WHERE token = $1 AND lease_until >= $3) \
              ORDER BY next_at LIMIT $4 \
              FOR UPDATE OF deliveries SKIP LOCKED), \
