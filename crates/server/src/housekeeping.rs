@@ -124,27 +124,88 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
     let mut deletions = Deletions::default();
     loop {
         let now = state.clock.now_ms();
-        match state.store.lead(state.engine.token(), now, 3 * every as u64).await {
+        let mut lease = Lease::new(state.store.as_ref(), state.clock.as_ref(), state.engine.token(), every);
+        match lease.take(now).await {
             Ok(true) => {
-                retain(&state, now, &mut deletions).await;
+                retain(&state, &mut lease, &mut deletions).await;
                 let due = reconcile_every > 0 && now.saturating_sub(reconciled_at) >= reconcile_every;
-                if due && reconciling.as_ref().is_none_or(|run| run.is_finished()) {
+                if due && lease.held().await && reconciling.as_ref().is_none_or(|run| run.is_finished()) {
                     reconciled_at = now;
                     let state = state.clone();
                     reconciling = Some(tokio::spawn(async move { crate::reconcile::all(&state).await }));
                 }
             }
-            Ok(false) => {}
+            Ok(false) => {
+                // Another node leads: a reconciliation this node began while it led stops,
+                // so that two never run at once.
+                if let Some(run) = reconciling.take().filter(|run| !run.is_finished()) {
+                    tracing::warn!("the leader lease went to another node: stopping this node's reconciliation");
+                    run.abort();
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "could not take or keep the leader lease"),
         }
         state.clock.sleep_until(now + every).await;
     }
 }
 
-async fn retain(state: &AppState, now: i64, deletions: &mut Deletions) {
+/// The leader lease as a retention pass holds it. A lease lasts three intervals and is
+/// taken again at each pass; a pass longer than that (a first pass over millions of
+/// messages past a shortened retention) renews it whenever a step finds it an interval
+/// old, and stops at the first step that finds it lost, so two nodes never purge,
+/// reconcile or sweep lanes at once.
+struct Lease<'a> {
+    store: &'a dyn Store,
+    clock: &'a dyn crate::clock::Clock,
+    token: i64,
+    every: i64,
+    renewed_at: Option<i64>,
+}
+
+impl<'a> Lease<'a> {
+    fn new(store: &'a dyn Store, clock: &'a dyn crate::clock::Clock, token: i64, every: i64) -> Lease<'a> {
+        Lease { store, clock, token, every, renewed_at: None }
+    }
+
+    /// Takes or keeps the lease at `now`: true while this node leads.
+    async fn take(&mut self, now: i64) -> Result<bool, StoreError> {
+        let led = self.store.lead(self.token, now, 3 * self.every as u64).await?;
+        self.renewed_at = led.then_some(now);
+        Ok(led)
+    }
+
+    /// Whether this node still leads; renews the lease when an interval has passed since it
+    /// was last taken. When the store cannot be asked, the lease counts as held until two
+    /// intervals after it was taken (a third of the lease kept for clocks that differ).
+    async fn held(&mut self) -> bool {
+        let Some(renewed_at) = self.renewed_at else { return false };
+        let now = self.clock.now_ms();
+        if now - renewed_at < self.every {
+            return true;
+        }
+        match self.take(now).await {
+            Ok(true) => true,
+            Ok(false) => {
+                tracing::warn!("the leader lease went to another node during a retention pass: stopping it");
+                false
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not renew the leader lease during a retention pass");
+                now - renewed_at < 2 * self.every
+            }
+        }
+    }
+}
+
+/// One retention pass; each step and each batch of messages first checks the lease.
+async fn retain(state: &AppState, lease: &mut Lease<'_>, deletions: &mut Deletions) {
     let (store, config) = (state.store.as_ref(), &state.config);
+    let now = state.clock.now_ms();
     if let Err(e) = store.purge_idempotent_responses(now - config.api.idempotency_ttl_ms as i64, PURGE_CHUNK).await {
         tracing::warn!(error = %e, "could not purge idempotency keys");
+    }
+    if !lease.held().await {
+        return;
     }
     if let Err(e) = store.purge_inbound_keys(now - config.inbound.dedupe_window_ms as i64, PURGE_CHUNK).await {
         tracing::warn!(error = %e, "could not purge inbound event ids");
@@ -158,7 +219,7 @@ async fn retain(state: &AppState, now: i64, deletions: &mut Deletions) {
         days => now - days as i64 * DAY_MS,
     };
     let mut deleted = 0;
-    loop {
+    while lease.held().await {
         match store.purge_messages(created_before, now, batch).await {
             Ok(n) => {
                 deleted += n;
@@ -177,8 +238,14 @@ async fn retain(state: &AppState, now: i64, deletions: &mut Deletions) {
     if deleted > 0 {
         tracing::info!(deleted, "deleted messages past retention");
     }
+    if !lease.held().await {
+        return;
+    }
     finish_app_deletions(&state.store, deletions).await;
-    roll_up_stats(store, now, batch).await;
+    roll_up_stats(store, lease, now, batch).await;
+    if !lease.held().await {
+        return;
+    }
     // Lanes whose head was made due by nobody (a node died between a commit and the
     // promotion after it, or the head's message was deleted) move on here.
     match hookline_store::sweep_stalled_lanes(store, now, hookline_store::WALK_CHUNK).await {
@@ -233,8 +300,8 @@ pub const STATS_KEPT_MS: i64 = 90 * DAY_MS;
 
 /// Rolls statistics a day old up into hours and deletes those past 90 days, a batch at a
 /// time with pauses between, as the message retention does.
-async fn roll_up_stats(store: &dyn Store, now: i64, batch: usize) {
-    loop {
+async fn roll_up_stats(store: &dyn Store, lease: &mut Lease<'_>, now: i64, batch: usize) {
+    while lease.held().await {
         match store.roll_up_stats(now - STATS_MINUTES_KEPT_MS, now - STATS_KEPT_MS, batch).await {
             Ok(0) => break,
             Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
@@ -243,5 +310,37 @@ async fn roll_up_stats(store: &dyn Store, now: i64, batch: usize) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+
+    /// A retention pass longer than the lease keeps it (renewed once an interval old, not
+    /// at every step), and stops at the first step after another node took it.
+    #[tokio::test]
+    async fn a_long_pass_renews_the_lease_and_stops_once_it_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = hookline_store::sqlite::SqliteStore::open(dir.path(), &[9; 32]).unwrap();
+        let clock = ManualClock::new(1_000_000);
+        let (ours, theirs, every) = (1, 2, 1_000);
+        let mut lease = Lease::new(&store, &clock, ours, every);
+        assert!(lease.take(clock.now_ms()).await.unwrap());
+        clock.advance(900);
+        assert!(lease.held().await);
+        assert_eq!(lease.renewed_at, Some(1_000_000), "younger than an interval: not renewed");
+        clock.advance(600);
+        assert!(lease.held().await);
+        assert_eq!(lease.renewed_at, Some(1_001_500));
+        // Past the lease as first taken (three intervals), inside the renewed one.
+        clock.advance(2_000);
+        assert!(!store.lead(theirs, clock.now_ms(), 3 * every as u64).await.unwrap(), "the renewed lease holds");
+        clock.advance(1_001);
+        assert!(store.lead(theirs, clock.now_ms(), 3 * every as u64).await.unwrap(), "expired, another node leads");
+        assert!(!lease.held().await, "the pass stops");
+        assert!(!lease.held().await, "and stays stopped");
+        assert!(!store.lead(ours, clock.now_ms(), 3 * every as u64).await.unwrap());
     }
 }
