@@ -282,8 +282,10 @@ async fn stray_claims_are_listed_and_freed(store: &dyn Store) {
     const AT: UnixMs = 90_000_000;
     let a = store.create_app(app(AT, None)).await.unwrap();
     let ep = store.create_endpoint(endpoint(&a.id, AT)).await.unwrap();
+    // Another node, gone since (its lease retired): its claims are anybody's.
+    let someone_else = store.register_node("gone", AT, LONG_LEASE_MS).await.unwrap().token;
     let node = store.register_node("strays", AT, LONG_LEASE_MS).await.unwrap().token;
-    let someone_else = node + 1_000;
+    store.retire_node(someone_else).await.unwrap();
     // One delivery each (a fan-out row on SQLite is no delivery row yet), claimed under
     // `claim` and due at `next_at`.
     let publish_at = |next_at: UnixMs, claim: Option<i64>| {
@@ -323,7 +325,7 @@ async fn stray_claims_are_listed_and_freed(store: &dyn Store) {
     let mut freed = vec![earliest.deliveries[0].id.as_str(), second.deliveries[0].id.as_str()];
     freed.extend([&unclaimed, &others].iter().map(|p| p.deliveries[0].id.as_str()));
     freed.sort();
-    assert_eq!(taken, freed, "freed claims are due work again (and an unknown token's claim is free)");
+    assert_eq!(taken, freed, "freed claims are due work again (and a retired node's claim is free)");
     delete_app(store, &a.id).await.unwrap();
 }
 

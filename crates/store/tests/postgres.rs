@@ -732,3 +732,51 @@ async fn publishes_of_a_batch_the_database_does_not_answer_are_told_at_once() {
     // About two timeouts a batch; one timeout a publish (19 s here) without the fix.
     assert!(took < Duration::from_secs(10), "the last answer took {took:?}");
 }
+
+/// A claim the database answers late is not given up on while it can still commit: the
+/// caller hears an error only once the server has ended the statement, so no delivery is
+/// left claimed by a node that never held it. Given up on at the timeout, which began with
+/// the wait for a connection, a claim that waited for one (here behind four others held by
+/// a lock) reached the server with most of its time spent, ran on after its caller heard an
+/// error, and committed once the lock was freed.
+#[tokio::test]
+async fn a_claim_given_up_on_commits_nothing() {
+    let url = scratch::fresh_database().await.expect("a PostgreSQL server for the tests (see scripts/test.sh)");
+    let store = Arc::new(PgStore::open(&url, &KEY, PgOptions { pool_max: 2, timeout_ms: 1_000 }).await.unwrap());
+    let app = store.create_app(conformance::app(1, None)).await.unwrap();
+    let ep = store.create_endpoint(conformance::endpoint(&app.id, 1)).await.unwrap();
+    store.publish(conformance::publish(&app.id, &[&ep.id], None, 10)).await.unwrap();
+    let node = store.register_node("a", 1_000, 60_000).await.unwrap().token;
+    let (mut raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let claim = ClaimDue { token: node, horizon: 1_000, now: 1_000, window: 10, limit: 10, behind: Vec::new() };
+    // Claims of nothing, at once: each of the claim pool's four connections prepares the
+    // statement, so that a claim later executes at once and waits for the lock inside it.
+    let nothing = (0..4).map(|_| store.claim_due(ClaimDue { horizon: 0, ..claim.clone() }));
+    assert!(futures_util::future::join_all(nothing).await.into_iter().all(|c| c.unwrap().deliveries.is_empty()));
+    let holder = raw.transaction().await.unwrap();
+    holder.batch_execute("LOCK TABLE nodes IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let claim_at = |after: u64| {
+        let (store, claim) = (store.clone(), claim.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(after)).await;
+            store.claim_due(claim).await
+        })
+    };
+    // Four claims take the claim pool's connections; a fifth waits for one.
+    let first: Vec<_> = (0..4).map(|_| claim_at(0)).collect();
+    let late = claim_at(500);
+    for claimed in futures_util::future::join_all(first).await {
+        assert!(matches!(claimed.unwrap(), Err(hookline_store::StoreError::Unavailable(_))));
+    }
+    let claimed = late.await.unwrap();
+    // Freed the moment the last caller heard back.
+    holder.rollback().await.unwrap();
+    assert!(matches!(claimed, Err(hookline_store::StoreError::Unavailable(_))), "{claimed:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held: i64 =
+        raw.query_one("SELECT count(*) FROM deliveries WHERE claimed_by IS NOT NULL", &[]).await.unwrap().get(0);
+    assert_eq!(held, 0, "a claim committed after its caller heard an error");
+    let claimed = store.claim_due(claim).await.unwrap().deliveries;
+    assert_eq!(claimed.len(), 1, "claimed once nothing stands in the way");
+}

@@ -156,18 +156,50 @@ impl PgStore {
     }
 }
 
+/// How many timeouts [`PgStore::on_until_answered`] waits for an answer once it has a
+/// connection: past what the server lets a statement run, so only a dead connection ends
+/// the wait first.
+const ANSWER_WAIT_TIMEOUTS: u32 = 3;
+
+impl PgStore {
+    /// Runs `f` with a connection of `pool` and waits for the server's answer, not only for
+    /// the timeout: the server ends each statement at `statement_timeout`, so the caller
+    /// learns whether it committed. For writes that hand deliveries to this node (claims,
+    /// resends): given up on by the caller at the timeout (which also counted the wait for
+    /// the connection), such a statement could still commit, and its deliveries stayed
+    /// claimed by a node that never held them until the stray-claim sweep freed them, two
+    /// to three leases late. The wait for a connection is bounded by the pool's own timeout.
+    async fn on_until_answered<T, F, Fut>(&self, pool: &Pool, f: F) -> StoreResult<T>
+    where
+        F: FnOnce(deadpool_postgres::Object) -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
+        let client = pool.get().await.map_err(|e| StoreError::Unavailable(format!("database: {e}")))?;
+        tokio::time::timeout(self.timeout * ANSWER_WAIT_TIMEOUTS, f(client))
+            .await
+            .map_err(|_| StoreError::Unavailable("the database did not answer".into()))?
+    }
+}
+
 /// Runs `$body` (an async block using `$tx`) in one transaction on a pooled connection,
 /// committing when it succeeds.
 macro_rules! in_tx {
-    ($store:expr, |$tx:ident| $body:expr) => {
+    (@run $store:expr, $run:ident, ($($pool:expr)?), |$tx:ident| $body:expr) => {
         $store
-            .with(|mut client| async move {
+            .$run($($pool,)? |mut client| async move {
                 let $tx = client.transaction().await.map_err($crate::postgres::pg_error)?;
                 let value = { $body }.await?;
                 $tx.commit().await.map_err($crate::postgres::pg_error)?;
                 Ok(value)
             })
             .await
+    };
+    ($store:expr, |$tx:ident| $body:expr) => {
+        in_tx!(@run $store, with, (), |$tx| $body)
+    };
+    // Run by another of the store's methods taking a pool and a connection's work.
+    ($store:expr, $run:ident($pool:expr), |$tx:ident| $body:expr) => {
+        in_tx!(@run $store, $run, ($pool), |$tx| $body)
     };
 }
 
@@ -475,7 +507,7 @@ impl Store for PgStore {
     }
     async fn claim_due(&self, claim: ClaimDue) -> StoreResult<Claimed> {
         let claim = &claim;
-        self.on(&self.relaxed, |c| async move { queue::claim_due(&c, claim).await }).await
+        self.on_until_answered(&self.relaxed, |c| async move { queue::claim_due(&c, claim).await }).await
     }
     async fn claim_deferred(
         &self,
@@ -485,7 +517,11 @@ impl Store for PgStore {
         limit: usize,
     ) -> StoreResult<Vec<Delivery>> {
         let lane = &lane;
-        self.on(&self.relaxed, |c| async move { queue::claim_deferred(&c, token, lane, now, limit).await }).await
+        self.on_until_answered(
+            &self.relaxed,
+            |c| async move { queue::claim_deferred(&c, token, lane, now, limit).await },
+        )
+        .await
     }
     async fn deferred_lanes(&self, after: Option<DeferredLane>, limit: usize) -> StoreResult<Vec<DeferredLane>> {
         let after = after.as_ref();
@@ -536,7 +572,9 @@ impl Store for PgStore {
         now: UnixMs,
         claim: i64,
     ) -> StoreResult<Delivery> {
-        in_tx!(self, |tx| queue::resend(&tx, app_id, msg_id, endpoint_id, &new_id, now, claim))
+        in_tx!(self, on_until_answered(&self.pool), |tx| {
+            queue::resend(&tx, app_id, msg_id, endpoint_id, &new_id, now, claim)
+        })
     }
     async fn recover(
         &self,
