@@ -122,10 +122,27 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
     let mut reconciled_at = i64::MIN;
     let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
     let mut deletions = Deletions::default();
+    let mut led_at = None;
     loop {
         let now = state.clock.now_ms();
         let mut lease = Lease::new(state.store.as_ref(), state.clock.as_ref(), state.engine.token(), every);
-        match lease.take(now).await {
+        let taken = lease.take(now).await;
+        led_at = match &taken {
+            Ok(true) => Some(now),
+            Ok(false) => None,
+            // Unknown: held two intervals after it was last taken, as during a pass.
+            Err(_) => led_at.filter(|at| now - at < 2 * every),
+        };
+        // Not leading, or not known to lead for two intervals (the lease may have gone to
+        // another node meanwhile): a reconciliation this node began stops, so that two
+        // never run at once.
+        if led_at.is_none() {
+            if let Some(run) = reconciling.take().filter(|run| !run.is_finished()) {
+                tracing::warn!("this node no longer leads (or cannot tell): stopping its reconciliation");
+                run.abort();
+            }
+        }
+        match taken {
             Ok(true) => {
                 retain(&state, &mut lease, &mut deletions).await;
                 let due = reconcile_every > 0 && now.saturating_sub(reconciled_at) >= reconcile_every;
@@ -135,14 +152,7 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
                     reconciling = Some(tokio::spawn(async move { crate::reconcile::all(&state).await }));
                 }
             }
-            Ok(false) => {
-                // Another node leads: a reconciliation this node began while it led stops,
-                // so that two never run at once.
-                if let Some(run) = reconciling.take().filter(|run| !run.is_finished()) {
-                    tracing::warn!("the leader lease went to another node: stopping this node's reconciliation");
-                    run.abort();
-                }
-            }
+            Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "could not take or keep the leader lease"),
         }
         state.clock.sleep_until(now + every).await;
@@ -152,8 +162,9 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
 /// The leader lease as a retention pass holds it. A lease lasts three intervals and is
 /// taken again at each pass; a pass longer than that (a first pass over millions of
 /// messages past a shortened retention) renews it whenever a step finds it an interval
-/// old, and stops at the first step that finds it lost, so two nodes never purge,
-/// reconcile or sweep lanes at once.
+/// old, and stops at the first step that finds it lost, so two nodes do not purge or roll
+/// up at once (a step may still outlast the margin when `database.timeout_ms` is above
+/// `retention.interval_ms`). The lane sweep and the deletion walks are safe to run twice.
 struct Lease<'a> {
     store: &'a dyn Store,
     clock: &'a dyn crate::clock::Clock,

@@ -162,13 +162,13 @@ impl PgStore {
 const ANSWER_WAIT_TIMEOUTS: u32 = 3;
 
 impl PgStore {
-    /// Runs `f` with a connection of `pool` and waits for the server's answer, not only for
-    /// the timeout: the server ends each statement at `statement_timeout`, so the caller
-    /// learns whether it committed. For writes that hand deliveries to this node (claims,
-    /// resends): given up on by the caller at the timeout (which also counted the wait for
-    /// the connection), such a statement could still commit, and its deliveries stayed
-    /// claimed by a node that never held them until the stray-claim sweep freed them, two
-    /// to three leases late. The wait for a connection is bounded by the pool's own timeout.
+    /// Runs `f`, one statement, with a connection of `pool` and waits for the server's
+    /// answer, not only for the timeout: the server ends the statement at
+    /// `statement_timeout`, so the caller learns whether it committed. For the claims:
+    /// given up on by the caller at the timeout (which also counted the wait for the
+    /// connection), a claim could still commit, and its deliveries stayed claimed by a node
+    /// that never held them until the stray-claim sweep freed them, two to three leases
+    /// late. The wait for a connection is bounded by the pool's own timeout.
     async fn on_until_answered<T, F, Fut>(&self, pool: &Pool, f: F) -> StoreResult<T>
     where
         F: FnOnce(deadpool_postgres::Object) -> Fut,
@@ -184,22 +184,15 @@ impl PgStore {
 /// Runs `$body` (an async block using `$tx`) in one transaction on a pooled connection,
 /// committing when it succeeds.
 macro_rules! in_tx {
-    (@run $store:expr, $run:ident, ($($pool:expr)?), |$tx:ident| $body:expr) => {
+    ($store:expr, |$tx:ident| $body:expr) => {
         $store
-            .$run($($pool,)? |mut client| async move {
+            .with(|mut client| async move {
                 let $tx = client.transaction().await.map_err($crate::postgres::pg_error)?;
                 let value = { $body }.await?;
                 $tx.commit().await.map_err($crate::postgres::pg_error)?;
                 Ok(value)
             })
             .await
-    };
-    ($store:expr, |$tx:ident| $body:expr) => {
-        in_tx!(@run $store, with, (), |$tx| $body)
-    };
-    // Run by another of the store's methods taking a pool and a connection's work.
-    ($store:expr, $run:ident($pool:expr), |$tx:ident| $body:expr) => {
-        in_tx!(@run $store, $run, ($pool), |$tx| $body)
     };
 }
 
@@ -572,9 +565,7 @@ impl Store for PgStore {
         now: UnixMs,
         claim: i64,
     ) -> StoreResult<Delivery> {
-        in_tx!(self, on_until_answered(&self.pool), |tx| {
-            queue::resend(&tx, app_id, msg_id, endpoint_id, &new_id, now, claim)
-        })
+        in_tx!(self, |tx| queue::resend(&tx, app_id, msg_id, endpoint_id, &new_id, now, claim))
     }
     async fn recover(
         &self,

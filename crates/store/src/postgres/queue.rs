@@ -182,7 +182,9 @@ pub async fn register_node(
         Ok((r.try_get(0).map_err(pg_error)?, r.try_get(1).map_err(pg_error)?))
     })
     .await?;
-    // Nodes gone for a day are forgotten; their claims were void long before.
+    // Nodes gone for a day are forgotten; their claims were void long before. Only here,
+    // after the newest node's row is in: the largest token ever given out stays, which
+    // `claim_due` needs.
     run(c, "DELETE FROM nodes WHERE lease_until < $1", &[&(now - 86_400_000)]).await?;
     Ok((NodeLease { token, lease_until }, started))
 }
@@ -230,8 +232,10 @@ pub async fn claim_due(c: &impl GenericClient, claim: &ClaimDue) -> StoreResult<
     // A claim is taken over when its node's lease ran out. The live nodes are read from the
     // statement's snapshot, but a row another node claimed meanwhile is checked again at
     // its newest version (`FOR UPDATE`): a node registered after the snapshot would count
-    // as dead there, and its fresh claim be taken. Node tokens come from a sequence, so a
-    // token past the sequence's value when the statement began belongs to such a node.
+    // as dead there, and its fresh claim be taken. Node tokens come from a sequence and the
+    // newest node's row is never deleted (`register_node`), so a token past the largest in
+    // the snapshot (read from the snapshot even when first needed at such a recheck)
+    // belongs to such a node.
     let sql = format!(
         "WITH due AS ( \
              SELECT msg_id, id, next_at, {IN_DELETION} AS gone, \
@@ -239,7 +243,7 @@ pub async fn claim_due(c: &impl GenericClient, claim: &ClaimDue) -> StoreResult<
              FROM deliveries \
              WHERE state IN (1, 3) AND next_at <= $2 \
                AND (claimed_by IS NULL OR (claimed_by NOT IN (SELECT token FROM nodes WHERE lease_until >= $3) \
-                    AND claimed_by <= (SELECT last_value FROM nodes_token_seq))) \
+                    AND claimed_by <= (SELECT max(token) FROM nodes))) \
                AND EXISTS (SELECT 1 FROM nodes WHERE token = $1 AND lease_until >= $3) \
              ORDER BY next_at LIMIT $4 \
              FOR UPDATE OF deliveries SKIP LOCKED), \
