@@ -592,6 +592,11 @@ impl IngestConfig {
             required("ingest.redis.stream", &r.stream)?;
             required("ingest.redis.group", &r.group)?;
             batch("ingest.redis.batch", r.batch)?;
+            if r.claim_idle_ms < 1_000 {
+                // Less, and other nodes' `XAUTOCLAIM` took over entries still being stored
+                // (each stored twice, out of its ordering lane's order).
+                return Err("ingest.redis.claim_idle_ms must be at least 1000".into());
+            }
             if !names.insert(format!("redis:{}:{}", r.stream, r.group)) {
                 return Err(format!("ingest.redis: stream {} and group {} are listed twice", r.stream, r.group));
             }
@@ -705,5 +710,20 @@ mod tests {
             config.ingest.nats[0].max_deliver = limit;
             assert!(config.validate().unwrap_err().contains("ingest.nats.max_deliver must be -1"), "{limit}");
         }
+    }
+
+    /// A Redis entry idle for less than a second may be one another node is storing: taken
+    /// over that early, it was stored twice, out of its ordering lane's order.
+    #[test]
+    fn a_redis_consumer_takes_over_entries_idle_a_second_at_least() {
+        let redis = r#"{"url": "redis://127.0.0.1:6379", "stream": "payments", "group": "hookline"}"#;
+        let mut config: Config = serde_json::from_str(&format!(r#"{{"ingest": {{"redis": [{redis}]}}}}"#)).unwrap();
+        assert_eq!(config.validate(), Ok(()));
+        for idle in [0, 10, 999] {
+            config.ingest.redis[0].claim_idle_ms = idle;
+            assert!(config.validate().unwrap_err().contains("claim_idle_ms must be at least 1000"), "{idle}");
+        }
+        config.ingest.redis[0].claim_idle_ms = 1_000;
+        assert_eq!(config.validate(), Ok(()));
     }
 }

@@ -121,10 +121,8 @@ struct Settle {
 }
 
 /// Stores one delivery, in its lane's turn, and answers the broker.
-async fn settle(settle: Arc<Settle>, prepared: Prepared, mut turn: Turn, delivery: Delivery) {
-    turn.wait().await;
-    let handled = settle.ingestor.store_patiently(&settle.status, &prepared, &settle.stopping).await;
-    drop(turn);
+async fn settle(settle: Arc<Settle>, prepared: Prepared, turn: Turn, delivery: Delivery) {
+    let handled = settle.ingestor.store_in_turn(&settle.status, &prepared, turn, &settle.stopping).await;
     // A failed ack or nack means the channel is gone: the broker redelivers the message,
     // and its dedupe key makes that harmless.
     match handled {
@@ -304,7 +302,9 @@ impl Amqp {
                         // Prepared and given its lane's turn here, in the queue's order; stored
                         // concurrently (the prefetch bounds how many), so the store commits
                         // them together.
+                        // An empty id is no id (all such messages would share one key).
                         let id = delivery.properties.message_id().as_ref().map(|id| id.as_str().to_owned());
+                        let id = id.filter(|id| !id.is_empty());
                         let prepared = ingestor.prepare(id.as_deref(), &delivery.data);
                         let turn = self.lanes.turn(prepared.lane());
                         settling.spawn(settle(settle_with.clone(), prepared, turn, delivery));

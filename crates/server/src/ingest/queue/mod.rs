@@ -182,6 +182,26 @@ impl Ingestor {
         }
     }
 
+    /// [`Ingestor::store_patiently`] in the message's lane's turn: once every earlier
+    /// message of its lane is settled; `None` (left to the broker) if one of them was left
+    /// to the broker, or the node is stopping first.
+    pub async fn store_in_turn(
+        &self,
+        status: &ConsumerStatus,
+        prepared: &Prepared,
+        mut turn: Turn,
+        stopping: &watch::Receiver<bool>,
+    ) -> Option<Handled> {
+        if !turn.wait().await {
+            return None;
+        }
+        let handled = self.store_patiently(status, prepared, stopping).await;
+        if handled.is_some() {
+            turn.settled();
+        }
+        handled
+    }
+
     /// Commits `input`; the message made of it, and what became of it.
     async fn commit(
         &self,
@@ -273,33 +293,40 @@ pub struct Lanes {
     taken: AtomicU64,
 }
 
-/// One message's place in its lane; dropping it lets the next one go.
+/// One message's place in its lane. Settled (stored or refused), it lets the next one be
+/// stored; dropped unsettled (the message left to the broker: a shutdown, a lost session),
+/// it makes the next one wait for the broker too, or that one would be stored (and
+/// acknowledged) ahead of it.
 pub struct Turn {
     after: Option<oneshot::Receiver<()>>,
-    _done: Option<oneshot::Sender<()>>,
+    done: Option<oneshot::Sender<()>>,
     release: Option<(Arc<Lanes>, String, u64)>,
 }
 
 impl Lanes {
     pub fn turn(self: &Arc<Self>, lane: Option<&str>) -> Turn {
-        let Some(lane) = lane else { return Turn { after: None, _done: None, release: None } };
+        let Some(lane) = lane else { return Turn { after: None, done: None, release: None } };
         let (done, next) = oneshot::channel();
         let number = self.taken.fetch_add(1, Ordering::Relaxed);
         let before = self.tails.lock().expect("lanes lock").insert(lane.to_owned(), (number, next));
-        Turn {
-            after: before.map(|(_, r)| r),
-            _done: Some(done),
-            release: Some((self.clone(), lane.to_owned(), number)),
-        }
+        Turn { after: before.map(|(_, r)| r), done: Some(done), release: Some((self.clone(), lane.to_owned(), number)) }
     }
 }
 
 impl Turn {
-    /// Waits until the earlier messages of the lane are done.
-    pub async fn wait(&mut self) {
-        if let Some(after) = self.after.take() {
-            // The sender is dropped, not sent on: an error is the signal.
-            let _ = after.await;
+    /// Waits until the earlier messages of the lane are done; false if one of them was
+    /// left to the broker unsettled.
+    async fn wait(&mut self) -> bool {
+        match self.after.take() {
+            Some(after) => after.await.is_ok(),
+            None => true,
+        }
+    }
+
+    /// The message is stored or refused: the lane's next may go.
+    fn settled(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(());
         }
     }
 }
@@ -425,7 +452,9 @@ impl ConsumerStatus {
 
 /// What a consumer's dedupe keys are scoped by: what it reads, and the broker's host and
 /// port, the scheme's default port when the URL names none (so that nodes which write the
-/// URL with and without it key a redelivered message alike; the port read as 0 before).
+/// URL with and without it key a redelivered message alike; the port read as 0 before),
+/// and a RabbitMQ virtual host or Redis database other than the default (queues of one
+/// name in two of them shared their keys; the default's keys are as they were).
 fn scope(name: &str, url: &str) -> String {
     let address = url::Url::parse(url).ok().map(|u| {
         let default = match u.scheme() {
@@ -434,7 +463,12 @@ fn scope(name: &str, url: &str) -> String {
             "amqps" => 5671,
             _ => 4222,
         };
-        format!("{}:{}", u.host_str().unwrap_or(""), u.port().unwrap_or(default))
+        let within = match (u.scheme(), u.path().trim_start_matches('/')) {
+            (_, "") | ("amqp" | "amqps", "%2f" | "%2F") | ("redis" | "rediss", "0") => String::new(),
+            ("amqp" | "amqps" | "redis" | "rediss", path) => format!("/{path}"),
+            _ => String::new(),
+        };
+        format!("{}:{}{within}", u.host_str().unwrap_or(""), u.port().unwrap_or(default))
     });
     format!("{name}@{}", address.unwrap_or_default())
 }
@@ -544,6 +578,7 @@ impl Drop for Consumers {
 
 #[cfg(test)]
 mod tests {
+    use super::{Arc, Lanes};
     use hookline_store::{Bytes, Message, PublishOutcome};
 
     fn message(payload: &str) -> Message {
@@ -586,5 +621,40 @@ mod tests {
         }
         assert_eq!(super::scope("q", "redis://10.0.0.5:6379"), "q@10.0.0.5:6379");
         assert_ne!(super::scope("q", "redis://10.0.0.5:6380"), super::scope("q", "redis://10.0.0.5"));
+    }
+
+    /// A lane's message goes once every earlier one is settled; one left to the broker
+    /// unsettled (a shutdown while the store was down) holds back every later one of its
+    /// lane, which would otherwise be stored and acknowledged ahead of it.
+    #[tokio::test]
+    async fn a_message_left_to_the_broker_holds_back_the_rest_of_its_lane() {
+        let lanes = Arc::new(Lanes::default());
+        let [mut first, mut second, mut third] = [(); 3].map(|_| lanes.turn(Some("pay_1")));
+        let mut other = lanes.turn(Some("pay_2"));
+        assert!(first.wait().await, "the head of its lane");
+        assert!(other.wait().await, "another lane");
+        first.settled();
+        assert!(second.wait().await, "its predecessor was stored");
+        drop(second);
+        assert!(!third.wait().await, "its predecessor was left to the broker");
+        drop(third);
+        let mut later = lanes.turn(Some("pay_1"));
+        assert!(later.wait().await, "a lane whose last turn ended starts afresh");
+        assert!(lanes.turn(None).wait().await, "no lane, no wait");
+    }
+
+    /// A RabbitMQ virtual host or a Redis database is part of the scope, but for the
+    /// default one, whose keys stay as they were.
+    #[test]
+    fn a_consumers_scope_names_a_virtual_host_or_database_other_than_the_default() {
+        let scope = |url| super::scope("q", url);
+        for default in ["amqp://mq", "amqp://mq/", "amqp://mq/%2f", "amqp://mq/%2F"] {
+            assert_eq!(scope(default), "q@mq:5672", "{default}");
+        }
+        assert_eq!(scope("amqp://mq/shop-a"), "q@mq:5672/shop-a");
+        assert_ne!(scope("amqp://mq/shop-a"), scope("amqp://mq/shop-b"));
+        assert_eq!(scope("redis://cache/0"), scope("redis://cache"));
+        assert_eq!(scope("redis://cache/2"), "q@cache:6379/2");
+        assert_eq!(scope("nats://js/whatever"), "q@js:4222");
     }
 }

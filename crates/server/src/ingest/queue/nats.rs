@@ -20,6 +20,8 @@ use tokio::sync::watch;
 const LAG_EVERY: Duration = Duration::from_secs(2);
 /// How long one pull waits for messages.
 const PULL_WAIT: Duration = Duration::from_secs(1);
+/// How long a session's end waits for the client to send what it holds (the last answers).
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 pub struct Nats {
     config: NatsIngest,
@@ -140,12 +142,9 @@ struct Settle {
 }
 
 /// Stores one message, in its lane's turn, and answers JetStream.
-async fn settle(settle: Arc<Settle>, prepared: Prepared, mut turn: Turn, message: jetstream::Message) {
-    let work = async {
-        turn.wait().await;
-        settle.ingestor.store_patiently(&settle.status, &prepared, &settle.stopping).await
-        // The turn ends here, before the answer: the lane's next may be stored.
-    };
+async fn settle(settle: Arc<Settle>, prepared: Prepared, turn: Turn, message: jetstream::Message) {
+    // The turn ends with the store, before the answer: the lane's next may be stored.
+    let work = settle.ingestor.store_in_turn(&settle.status, &prepared, turn, &settle.stopping);
     // Until it is stored, JetStream is told every third of `ack_wait` that the message is
     // being worked on, whether it retries while the store is down or waits behind an
     // earlier message of its lane: past `ack_wait` JetStream would hand it to another node,
@@ -172,7 +171,9 @@ async fn settle(settle: Arc<Settle>, prepared: Prepared, mut turn: Turn, message
             tracing::warn!(consumer = %settle.status.name, code, %reason, "queue message refused; dead-lettered");
             match dead_letter(&settle.context, &settle.dlq, &message, code, &reason).await {
                 Ok(()) => {
-                    let _ = message.ack_with(AckKind::Term).await;
+                    // Confirmed by the server: a `Term` lost on the way had the message
+                    // offered again, and dead-lettered twice.
+                    let _ = message.double_ack_with(AckKind::Term).await;
                 }
                 Err(why) => {
                     // Not in the dead letter: offered again later rather than lost.
@@ -182,7 +183,9 @@ async fn settle(settle: Arc<Settle>, prepared: Prepared, mut turn: Turn, message
             }
         }
         Some(Handled::Unavailable) | None => {
-            let _ = message.ack_with(AckKind::Nak(None)).await;
+            // Confirmed, so that it is out before the client closes at shutdown (a `Nak`
+            // left in its buffer was never sent, and the message waited out `ack_wait`).
+            let _ = message.double_ack_with(AckKind::Nak(None)).await;
         }
     }
 }
@@ -224,7 +227,7 @@ impl Consumer for Nats {
     async fn run(&self, ingestor: &Arc<Ingestor>, mut stopping: watch::Receiver<bool>) -> Result<(), String> {
         let (options, url) = connect_options(&self.config.url)?;
         let client = options.connect(url.as_str()).await.map_err(|e| e.to_string())?;
-        let context = jetstream::new(client);
+        let context = jetstream::new(client.clone());
         let (consumer, created) = self.consumer(&context).await?;
         self.status.connected();
         let settle_with = Arc::new(Settle {
@@ -301,10 +304,12 @@ impl Consumer for Nats {
                 _ = stopping.changed() => break Ok(()),
             }
         };
-        if outcome.is_ok() {
-            // Stopping: what is being stored finishes and is answered.
-            while settling.join_next().await.is_some() {}
-        }
+        // What is being stored finishes and is answered, at a stop and after an error
+        // alike: dropped, a message being stored was neither acknowledged nor handed back,
+        // and JetStream offered it again only past `ack_wait`, after the next session had
+        // stored newer messages of its ordering lane.
+        while settling.join_next().await.is_some() {}
+        let _ = tokio::time::timeout(FLUSH_WAIT, client.flush()).await;
         outcome
     }
 }

@@ -114,11 +114,12 @@ impl Redis {
         let prepared: Vec<_> =
             entries.iter().map(|entry| ingestor.prepare(Some(&entry.id), body(entry, field))).collect();
         let turns: Vec<_> = prepared.iter().map(|p| self.lanes.turn(p.lane())).collect();
-        let storing =
-            futures_util::future::join_all(prepared.iter().zip(turns).map(|(prepared, mut turn)| async move {
-                turn.wait().await;
-                ingestor.store_patiently(&self.status, prepared, stopping).await
-            }));
+        let storing = futures_util::future::join_all(
+            prepared
+                .iter()
+                .zip(turns)
+                .map(|(prepared, turn)| ingestor.store_in_turn(&self.status, prepared, turn, stopping)),
+        );
         let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
         let handled = self.keeping(conn.clone(), &ids, storing).await;
         let mut stored = Vec::new();
