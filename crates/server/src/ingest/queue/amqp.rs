@@ -254,11 +254,22 @@ impl Consumer for Amqp {
         let mut uri: lapin::uri::AMQPUri = self.config.url.parse().map_err(|e| format!("the URL: {e}"))?;
         // Heartbeats find a broker gone without a word (a machine lost) in seconds, not minutes.
         uri.query.heartbeat = uri.query.heartbeat.or(Some(HEARTBEAT_S));
-        let connection = connect_within(uri, CONNECT_TIMEOUT).await?;
-        let outcome = self.consume(&connection, ingestor, stopping).await;
+        let connection = connect_within(uri.clone(), CONNECT_TIMEOUT).await?;
+        // Dead letters are published on a connection of their own: during a memory or disk
+        // alarm RabbitMQ stops reading from a connection that publishes, and the consumer's
+        // acknowledgements on it went unread until the session timed out and every message
+        // it held was handed out again.
+        let outcome = match connect_within(uri, CONNECT_TIMEOUT).await {
+            Ok(publishing) => {
+                let outcome = self.consume(&connection, &publishing, ingestor, stopping).await;
+                let _ = tokio::time::timeout(CONNECT_TIMEOUT, publishing.close(200, "".into())).await;
+                outcome
+            }
+            Err(e) => Err(e),
+        };
         // Closed whatever happened: a connection left open would hold its unacknowledged
-        // messages from every other consumer.
-        let _ = connection.close(200, "".into()).await;
+        // messages from every other consumer. Bounded: a broker that stopped answering.
+        let _ = tokio::time::timeout(CONNECT_TIMEOUT, connection.close(200, "".into())).await;
         outcome
     }
 }
@@ -267,6 +278,7 @@ impl Amqp {
     async fn consume(
         &self,
         connection: &Connection,
+        publishing: &Connection,
         ingestor: &Arc<Ingestor>,
         mut stopping: watch::Receiver<bool>,
     ) -> Result<(), String> {
@@ -274,7 +286,7 @@ impl Amqp {
         self.declare(connection, &channel).await?;
         let prefetch = u16::try_from(self.config.prefetch).unwrap_or(u16::MAX);
         channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(text)?;
-        let dead_letters = connection.create_channel().await.map_err(text)?;
+        let dead_letters = publishing.create_channel().await.map_err(text)?;
         dead_letters.confirm_select(ConfirmSelectOptions::default()).await.map_err(text)?;
         let mut consumer = channel
             .basic_consume(
