@@ -454,14 +454,27 @@ async fn dashboard_sessions_links_and_failing_endpoints(store: &dyn Store) {
     assert_eq!(store.session([7; 32], 39_999).await.unwrap(), Some(session.clone()));
     assert_eq!(store.session([7; 32], 40_000).await.unwrap(), None, "expired");
     assert_eq!(store.session([8; 32], 30_000).await.unwrap(), None, "a link is not a session");
-    assert_eq!(store.take_link([7; 32], 30_000).await.unwrap(), None, "a session is not a link");
-    assert_eq!(store.take_link([8; 32], 30_500).await.unwrap(), Some(link.clone()));
-    assert_eq!(store.take_link([8; 32], 30_500).await.unwrap(), None, "a link signs in once");
+    // What a link becomes: a session of its application, with the id, token and times given.
+    let from_link = |id: [u8; 32], at: UnixMs| DashboardSession {
+        id,
+        link: false,
+        token_id: "portal_x".into(),
+        app_id: None,
+        created_at: at,
+        expires_at: at + 10_000,
+    };
+    assert_eq!(store.use_link([7; 32], from_link([20; 32], 30_000)).await.unwrap(), None, "a session is not a link");
+    let used = DashboardSession { app_id: Some(a.id.clone()), ..from_link([21; 32], 30_500) };
+    assert_eq!(store.use_link([8; 32], from_link([21; 32], 30_500)).await.unwrap(), Some(used.clone()));
+    assert_eq!(store.session([21; 32], 40_499).await.unwrap(), Some(used), "signed in");
+    assert_eq!(store.use_link([8; 32], from_link([22; 32], 30_500)).await.unwrap(), None, "a link signs in once");
+    assert_eq!(store.session([8; 32], 30_500).await.unwrap(), None, "the link's id opens nothing");
     let expired = DashboardSession { id: [9; 32], ..link.clone() };
     store.add_session(expired).await.unwrap();
-    assert_eq!(store.take_link([9; 32], 31_000).await.unwrap(), None, "an expired link signs no one in");
+    let late = from_link([23; 32], 31_000);
+    assert_eq!(store.use_link([9; 32], late).await.unwrap(), None, "an expired link signs no one in");
     store.add_session(DashboardSession { id: [10; 32], expires_at: 35_000, ..session.clone() }).await.unwrap();
-    assert_eq!(store.purge_sessions(35_000).await.unwrap(), 1);
+    assert_eq!(store.purge_sessions(35_000).await.unwrap(), 2, "that one and the expired link");
     assert!(store.session([7; 32], 30_000).await.unwrap().is_some(), "a live session stays");
     store.delete_session([7; 32]).await.unwrap();
     store.delete_session([7; 32]).await.unwrap();
@@ -476,11 +489,15 @@ async fn dashboard_sessions_links_and_failing_endpoints(store: &dyn Store) {
     store.add_session(DashboardSession { id: link, link: true, expires_at: 90_000, ..session.clone() }).await.unwrap();
     let theirs = DashboardSession { id: other, app_id: Some(b.id.clone()), expires_at: 90_000, ..session.clone() };
     store.add_session(theirs).await.unwrap();
-    assert_eq!(store.expire_sessions(&a.id, 31_500, 33_000).await.unwrap(), 2, "the late session and the link");
+    let ended = store.expire_sessions(&a.id, 31_500, 33_000).await.unwrap();
+    assert_eq!(ended, 3, "the late session, the one a link became, and the link");
     assert_eq!(store.session(late, 32_999).await.unwrap().map(|s| s.expires_at), Some(33_000));
     assert_eq!(store.session(late, 33_000).await.unwrap(), None, "ended at the time given");
     assert_eq!(store.session(soon, 31_999).await.unwrap().map(|s| s.expires_at), Some(32_000), "sooner kept");
-    assert_eq!(store.take_link(link, 31_500).await.unwrap(), None, "the link ended at once");
+    assert_eq!(store.use_link(link, from_link([24; 32], 31_500)).await.unwrap(), None, "the link ended at once");
+    let earlier_clock = from_link([24; 32], 31_000);
+    assert_eq!(store.use_link(link, earlier_clock).await.unwrap(), None, "whatever the clock of its sign-in");
+    assert_eq!(store.session([21; 32], 31_500).await.unwrap().map(|s| s.expires_at), Some(33_000), "ended too");
     assert!(store.session(other, 80_000).await.unwrap().is_some(), "another application's session stays");
 
     // Failing endpoints, longest failing first; healthy ones and operational ones are not listed.

@@ -310,9 +310,13 @@ pub trait Store: Send + Sync + 'static {
     async fn add_session(&self, session: DashboardSession) -> StoreResult<()>;
     /// The session (not a link) with this id, unless it expired by `now`.
     async fn session(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>>;
-    /// Uses a sign-in link up: deletes it and returns it, in one statement, so a link signs
-    /// in once whichever node is asked; `None` when it is unknown, used or expired.
-    async fn take_link(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>>;
+    /// Signs in with a link: turns the link `link_id`, unless expired at `session.created_at`,
+    /// into `session` (its id, token and times; the link's application), in one statement
+    /// on the one row, so a link signs in once whichever node is asked, and an
+    /// [`Store::expire_sessions`] at the same moment either ends the link first or ends the
+    /// session it became. The session as stored; `None` when the link is unknown, used or
+    /// expired.
+    async fn use_link(&self, link_id: [u8; 32], session: DashboardSession) -> StoreResult<Option<DashboardSession>>;
     /// Puts an alert email in the outbox, durable: one about an endpoint's state replaces
     /// any still waiting about that endpoint (its owner needs the latest state; an endpoint
     /// toggled a hundred times makes one email). Past `app_max` waiting, the application's
@@ -339,9 +343,10 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_session(&self, id: [u8; 32]) -> StoreResult<()>;
     /// Forgets sessions and links that expired before `now`; returns how many.
     async fn purge_sessions(&self, now: UnixMs) -> StoreResult<usize>;
-    /// Ends application `app_id`'s sessions at `at` and its unused links at `now` (a link
-    /// used later would open a session that outlives `at`); those ending sooner keep their
-    /// time. Returns how many were shortened.
+    /// Ends application `app_id`'s sessions at `at` and its links unexpired at `now` at once
+    /// (a link used later would open a session that outlives `at`; ended at 0, not at `now`,
+    /// so that a sign-in that read an earlier clock does not find it still valid); those
+    /// ending sooner keep their time. Returns how many were shortened.
     async fn expire_sessions(&self, app_id: &str, now: UnixMs, at: UnixMs) -> StoreResult<usize>;
 }
 

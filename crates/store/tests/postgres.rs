@@ -784,3 +784,65 @@ async fn a_claim_given_up_on_commits_nothing() {
     let claimed = store.claim_due(claim).await.unwrap().deliveries;
     assert_eq!(claimed.len(), 1, "claimed once nothing stands in the way");
 }
+
+/// A portal link used while its application's sessions are being ended ends up ended
+/// too, whichever of the two waits for the other: the link becomes its session on its own
+/// row, so ending them checks that row again as the session (a link deleted and a session
+/// inserted beside it was invisible to the ending, and kept its whole time).
+#[tokio::test]
+async fn a_link_used_while_sessions_are_ended_is_ended_too() {
+    let (url, store) = fresh().await;
+    let store = Arc::new(store);
+    let app = store.create_app(conformance::app(1, None)).await.unwrap();
+    let (mut raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let (watcher, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let waiting = async |n: i64| {
+        let sql =
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
+        for _ in 0..500 {
+            if watcher.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("{n} statements never waited for the lock");
+    };
+    let link = hookline_store::DashboardSession {
+        id: [8; 32],
+        link: true,
+        token_id: "tok_admin".into(),
+        app_id: Some(app.id.clone()),
+        created_at: 1_000,
+        expires_at: 100_000,
+    };
+    store.add_session(link).await.unwrap();
+    let session = hookline_store::DashboardSession {
+        id: [9; 32],
+        link: false,
+        token_id: "portal_0808".into(),
+        app_id: None,
+        created_at: 2_000,
+        expires_at: 50_000,
+    };
+    // The sign-in queues behind a lock on the link first, the ending after it.
+    let holder = raw.transaction().await.unwrap();
+    holder.execute("SELECT 1 FROM dashboard_sessions WHERE id = $1 FOR UPDATE", &[&&[8u8; 32][..]]).await.unwrap();
+    let used = tokio::spawn({
+        let store = store.clone();
+        async move { store.use_link([8; 32], session).await }
+    });
+    waiting(1).await;
+    let ended = tokio::spawn({
+        let (store, app_id) = (store.clone(), app.id.clone());
+        async move { store.expire_sessions(&app_id, 2_000, 3_000).await }
+    });
+    waiting(2).await;
+    holder.rollback().await.unwrap();
+    let used = used.await.unwrap().unwrap();
+    assert_eq!(used.map(|s| s.app_id), Some(Some(app.id.clone())), "signed in first");
+    assert_eq!(ended.await.unwrap().unwrap(), 1, "then ended");
+    assert_eq!(store.session([9; 32], 2_999).await.unwrap().map(|s| s.expires_at), Some(3_000));
+    assert_eq!(store.session([9; 32], 3_000).await.unwrap(), None);
+}

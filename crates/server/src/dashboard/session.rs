@@ -94,10 +94,7 @@ impl FromRequestParts<Arc<Dash>> for Visitor {
             Ok(None) => return Err(to_sign_in()),
             Err(e) => {
                 tracing::warn!(error = %e, "dashboard: cannot read the session");
-                return Err(render::refused(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The database is unavailable; try again shortly.",
-                ));
+                return Err(unavailable());
             }
         };
         let principal = match (&session.app_id, session.token_id.starts_with(PORTAL_PREFIX)) {
@@ -142,10 +139,9 @@ fn cross_site_refusal() -> Response {
     render::refused(StatusCode::FORBIDDEN, "This form was posted from another site.")
 }
 
-/// Opens a session for `principal` and sends the browser on to `next`.
-async fn open_session(dash: &Dash, token_id: String, app_id: Option<String>, next: &str) -> Response {
+/// A new session's secret (for the cookie) and its row.
+fn new_session(dash: &Dash, token_id: String, app_id: Option<String>) -> (String, DashboardSession) {
     let now = dash.state.now();
-    let config = &dash.state.config;
     let secret = new_secret();
     let session = DashboardSession {
         id: secret_id(&secret),
@@ -153,12 +149,41 @@ async fn open_session(dash: &Dash, token_id: String, app_id: Option<String>, nex
         token_id,
         app_id,
         created_at: now,
-        expires_at: now + config.dashboard.session_ttl_ms as i64,
+        expires_at: now + dash.state.config.dashboard.session_ttl_ms as i64,
     };
+    (secret, session)
+}
+
+/// Opens a session for `principal` and sends the browser on to `next`.
+async fn open_session(
+    dash: &Dash,
+    headers: &HeaderMap,
+    token_id: String,
+    app_id: Option<String>,
+    next: &str,
+) -> Response {
+    let (secret, session) = new_session(dash, token_id, app_id);
     if let Err(e) = dash.state.store.add_session(session).await {
         tracing::warn!(error = %e, "dashboard: cannot store a session");
-        return render::refused(StatusCode::SERVICE_UNAVAILABLE, "The database is unavailable; try again shortly.");
+        return unavailable();
     }
+    send_with_session(dash, headers, &secret, next).await
+}
+
+fn unavailable() -> Response {
+    render::refused(StatusCode::SERVICE_UNAVAILABLE, "The database is unavailable; try again shortly.")
+}
+
+/// Sends the browser on to `next` with the session `secret`'s cookie. The session its
+/// cookie named before, if any, ends: signing in again (an operator opening a merchant's
+/// portal link, say) left it valid for its whole time, with no way to end it.
+async fn send_with_session(dash: &Dash, headers: &HeaderMap, secret: &str, next: &str) -> Response {
+    if let Some(before) = cookie(headers, COOKIE).filter(|before| *before != secret) {
+        if let Err(e) = dash.state.store.delete_session(secret_id(before)).await {
+            tracing::warn!(error = %e, "dashboard: cannot end the session signed in before");
+        }
+    }
+    let config = &dash.state.config;
     let secure = if config.server.dev { "" } else { "; Secure" };
     let max_age = config.dashboard.session_ttl_ms / 1000;
     let cookie = format!("{COOKIE}={secret}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
@@ -185,10 +210,10 @@ pub async fn sign_in(dash: DashState, headers: HeaderMap, DashForm(form): DashFo
         return (StatusCode::UNAUTHORIZED, page).into_response();
     };
     match principal {
-        Principal::Admin { token_id } => open_session(&dash, token_id, None, "/dashboard").await,
+        Principal::Admin { token_id } => open_session(&dash, &headers, token_id, None, "/dashboard").await,
         Principal::App { token_id, app_id } => {
             let next = format!("/dashboard/app/{}", super::segment(&app_id));
-            open_session(&dash, token_id, Some(app_id), &next).await
+            open_session(&dash, &headers, token_id, Some(app_id), &next).await
         }
     }
 }
@@ -205,7 +230,7 @@ pub async fn sign_out(dash: DashState, visitor: Visitor, DashForm(form): DashFor
     }
     if let Err(e) = dash.state.store.delete_session(visitor.session_id).await {
         tracing::warn!(error = %e, "dashboard: cannot end a session");
-        return render::refused(StatusCode::SERVICE_UNAVAILABLE, "The database is unavailable; try again shortly.");
+        return unavailable();
     }
     let mut response = Redirect::to("/dashboard/sign-in").into_response();
     let cleared = format!("{COOKIE}=; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age=0");
@@ -229,22 +254,23 @@ pub async fn portal_sign_in(dash: DashState, headers: HeaderMap, DashForm(form):
     if cross_site(&headers) {
         return cross_site_refusal();
     }
-    let taken = dash.state.store.take_link(secret_id(&form.code), dash.state.now()).await;
-    let link = match taken {
-        Ok(Some(DashboardSession { app_id: Some(app_id), id, .. })) => (app_id, id),
+    // The link's row becomes the session (one statement: see `Store::use_link`).
+    let link_id = secret_id(&form.code);
+    let token_id = format!("{PORTAL_PREFIX}{}", hex::encode(&link_id[..8]));
+    let (secret, session) = new_session(&dash, token_id, None);
+    let app_id = match dash.state.store.use_link(link_id, session).await {
+        Ok(Some(DashboardSession { app_id: Some(app_id), .. })) => app_id,
         Ok(_) => {
             let detail = "This portal link was already used, has expired, or is not one. Ask for a new link.";
             return render::refused(StatusCode::GONE, detail);
         }
         Err(e) => {
             tracing::warn!(error = %e, "dashboard: cannot use a portal link");
-            return render::refused(StatusCode::SERVICE_UNAVAILABLE, "The database is unavailable; try again shortly.");
+            return unavailable();
         }
     };
-    let (app_id, id) = link;
-    let token_id = format!("{PORTAL_PREFIX}{}", hex::encode(&id[..8]));
     let next = format!("/dashboard/app/{}", super::segment(&app_id));
-    open_session(&dash, token_id, Some(app_id), &next).await
+    send_with_session(&dash, &headers, &secret, &next).await
 }
 
 /// Mints a single-use portal link for an application: its secret, stored hashed.

@@ -227,6 +227,43 @@ async fn a_session_lasts_while_its_token_does_and_until_it_expires() {
     gw.stop().await;
 }
 
+/// Signing in again, with a token or a portal link, ends the session the browser held:
+/// an operator who opened a merchant's portal to see what it sees left the operator's
+/// session valid for its whole time, with nothing in the dashboard to end it.
+#[tokio::test]
+async fn signing_in_again_ends_the_session_the_browser_held() {
+    let gw = start_gateway(dev_config()).await;
+    let shop = gw.app("shop").await;
+    let sign_in = |token: &str, held: Option<&str>| {
+        let request = browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token)]);
+        match held {
+            Some(cookie) => request.header("cookie", cookie),
+            None => request,
+        }
+        .send()
+    };
+    let visit = |cookie: &str| browser().get(format!("{}/dashboard", gw.url)).header("cookie", cookie).send();
+    let admin = session_cookie(&sign_in(TOKEN, None).await.unwrap());
+    assert_eq!(visit(&admin).await.unwrap().status(), 200);
+    let link = gw.ok("POST", &format!("/api/v1/auth/app-portal-access/{shop}"), None).await;
+    let code = link["url"].as_str().unwrap().rsplit_once("code=").unwrap().1.to_owned();
+    let portal = browser()
+        .post(format!("{}/dashboard/portal", gw.url))
+        .header("cookie", admin.as_str())
+        .form(&[("code", code)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(portal.status(), 303);
+    let merchant = session_cookie(&portal);
+    assert_eq!(visit(&admin).await.unwrap().status(), 303, "the operator's session ended");
+    let again = session_cookie(&sign_in(TOKEN, Some(merchant.as_str())).await.unwrap());
+    let merchant_page = browser().get(format!("{}/dashboard/app/{shop}", gw.url)).header("cookie", merchant.as_str());
+    assert_eq!(merchant_page.send().await.unwrap().status(), 303, "the portal session ended");
+    assert_eq!(visit(&again).await.unwrap().status(), 200);
+    gw.stop().await;
+}
+
 /// The configured admin token is revoked by changing it: the operator's sessions opened
 /// with the old value end at the restart with the new one (they lasted their 12 hours,
 /// kept in the store under the setting's one id).

@@ -741,8 +741,8 @@ impl Store for PgStore {
     async fn session(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
         on_conn!(self, |c| resources::session(&c, &id, now))
     }
-    async fn take_link(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
-        on_conn!(self, |c| resources::take_link(&c, &id, now))
+    async fn use_link(&self, link_id: [u8; 32], session: DashboardSession) -> StoreResult<Option<DashboardSession>> {
+        on_conn!(self, |c| resources::use_link(&c, &link_id, &session))
     }
     async fn delete_session(&self, id: [u8; 32]) -> StoreResult<()> {
         on_conn!(self, |c| async {
@@ -772,7 +772,7 @@ impl Store for PgStore {
     }
     async fn expire_sessions(&self, app_id: &str, now: UnixMs, at: UnixMs) -> StoreResult<usize> {
         on_conn!(self, |c| async {
-            let sql = "UPDATE dashboard_sessions SET expires_at = CASE WHEN link THEN $2::BIGINT ELSE $3::BIGINT END \
+            let sql = "UPDATE dashboard_sessions SET expires_at = CASE WHEN link THEN 0 ELSE $3::BIGINT END \
                        WHERE app_id = $1 AND expires_at > CASE WHEN link THEN $2::BIGINT ELSE $3::BIGINT END";
             Ok(resources::run(&c, sql, &[&app_id, &now, &at]).await? as usize)
         })

@@ -319,12 +319,22 @@ pub async fn session(c: &impl GenericClient, id: &[u8; 32], now: UnixMs) -> Stor
     found.as_ref().map(session_row).transpose()
 }
 
-pub async fn take_link(c: &impl GenericClient, id: &[u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
-    // Deleted whether or not it expired: an expired link is of no further use either.
-    let sql = format!("DELETE FROM dashboard_sessions WHERE id = $1 AND link RETURNING {SESSION_COLUMNS}");
+/// Turns a link into a session in place (see `Store::use_link`): an `expire_sessions`
+/// waiting on the row checks it again as the session it became.
+pub async fn use_link(
+    c: &impl GenericClient,
+    link_id: &[u8; 32],
+    s: &DashboardSession,
+) -> StoreResult<Option<DashboardSession>> {
+    let sql = format!(
+        "UPDATE dashboard_sessions SET id = $2, link = false, token_id = $3, created_at = $4, expires_at = $5 \
+         WHERE id = $1 AND link AND expires_at > $4 RETURNING {SESSION_COLUMNS}"
+    );
     let statement = c.prepare_cached(&sql).await.map_err(pg_error)?;
-    let taken = c.query_opt(&statement, &[&&id[..]]).await.map_err(pg_error)?;
-    Ok(taken.as_ref().map(session_row).transpose()?.filter(|link| link.expires_at > now))
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 5] =
+        [&&link_id[..], &&s.id[..], &s.token_id, &s.created_at, &s.expires_at];
+    let used = c.query_opt(&statement, &params).await.map_err(pg_error)?;
+    used.as_ref().map(session_row).transpose()
 }
 
 pub async fn delete_endpoint(c: &impl GenericClient, app_id: &str, id: &str) -> StoreResult<()> {

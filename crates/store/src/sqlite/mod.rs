@@ -846,8 +846,8 @@ impl Store for SqliteStore {
     async fn session(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
         self.read(move |c| resources::session(c, &id, now)).await
     }
-    async fn take_link(&self, id: [u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
-        self.write(move |c| resources::take_link(c, &id, now)).await
+    async fn use_link(&self, link_id: [u8; 32], session: DashboardSession) -> StoreResult<Option<DashboardSession>> {
+        self.write(move |c| resources::use_link(c, &link_id, &session)).await
     }
     async fn delete_session(&self, id: [u8; 32]) -> StoreResult<()> {
         self.write(move |c| {
@@ -881,7 +881,7 @@ impl Store for SqliteStore {
         let app_id = app_id.to_owned();
         self.write(move |c| {
             c.execute(
-                "UPDATE dashboard_sessions SET expires_at = CASE WHEN link THEN ?2 ELSE ?3 END \
+                "UPDATE dashboard_sessions SET expires_at = CASE WHEN link THEN 0 ELSE ?3 END \
                  WHERE app_id = ?1 AND expires_at > CASE WHEN link THEN ?2 ELSE ?3 END",
                 rusqlite::params![app_id, now, at],
             )

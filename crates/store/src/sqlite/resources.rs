@@ -305,11 +305,13 @@ pub fn session(conn: &Connection, id: &[u8; 32], now: UnixMs) -> StoreResult<Opt
     statement.query_row(rusqlite::params![&id[..], now], session_row).optional().map_err(sql_error)
 }
 
-pub fn take_link(conn: &Connection, id: &[u8; 32], now: UnixMs) -> StoreResult<Option<DashboardSession>> {
-    // Deleted whether or not it expired: an expired link is of no further use either.
-    let sql = format!("DELETE FROM dashboard_sessions WHERE id = ?1 AND link RETURNING {SESSION_COLUMNS}");
-    let taken = conn.query_row(&sql, [&id[..]], session_row).optional().map_err(sql_error)?;
-    Ok(taken.filter(|link| link.expires_at > now))
+pub fn use_link(conn: &Connection, link_id: &[u8; 32], s: &DashboardSession) -> StoreResult<Option<DashboardSession>> {
+    let sql = format!(
+        "UPDATE dashboard_sessions SET id = ?2, link = 0, token_id = ?3, created_at = ?4, expires_at = ?5 \
+         WHERE id = ?1 AND link AND expires_at > ?4 RETURNING {SESSION_COLUMNS}"
+    );
+    let params = rusqlite::params![&link_id[..], &s.id[..], s.token_id, s.created_at, s.expires_at];
+    conn.query_row(&sql, params, session_row).optional().map_err(sql_error)
 }
 
 pub fn delete_endpoint(conn: &Connection, app_id: &str, id: &str) -> StoreResult<()> {
