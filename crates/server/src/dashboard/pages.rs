@@ -721,9 +721,15 @@ async fn message_page(
     let id = text(&m, "id");
     let deliveries = api.get(&format!("/api/v1/app/{app_seg}/msg/{}/endpoint?limit=250", segment(id))).await?;
     let attempts = api.get(&format!("/api/v1/app/{app_seg}/attempt/msg/{}?limit=250", segment(id))).await?;
-    let mut custom = Vec::new();
-    for e in items(&deliveries) {
-        let endpoint_id = text(e, "id");
+    // The custom headers of the endpoints the attempts shown went to, the first
+    // `HEADERS_READ_MAX` of them: a page costs its merchant one request of its token's
+    // budget, and one read per destination made it 250 reads for a message to 250 endpoints.
+    let mut custom: Vec<(String, Value)> = Vec::new();
+    for a in items(&attempts) {
+        let endpoint_id = text(a, "endpointId");
+        if custom.len() == HEADERS_READ_MAX || custom.iter().any(|(id, _)| id == endpoint_id) {
+            continue;
+        }
         let headers = api.get(&format!("/api/v1/app/{app_seg}/endpoint/{}/headers", segment(endpoint_id))).await?;
         custom.push((endpoint_id.to_owned(), headers));
     }
@@ -791,10 +797,13 @@ async fn message_page(
     Ok(page(dash, "Message", visitor, body))
 }
 
+/// Endpoints whose custom headers one message page reads.
+const HEADERS_READ_MAX: usize = 25;
+
 /// The headers an attempt was sent with: the signing headers of the endpoint's scheme (the
 /// timestamp is the attempt's start; signatures masked), the content type, and the
 /// endpoint's custom headers (`custom`: per endpoint id, the API's headers answer, where
-/// sensitive values are never shown).
+/// sensitive values are never shown); `None` for an endpoint whose headers were not read.
 fn request_headers(
     attempt: &Value,
     msg_id: &str,
@@ -805,6 +814,7 @@ fn request_headers(
     const MASKED: &str = "•••••• (masked)";
     let endpoint_id = text(attempt, "endpointId");
     let endpoint = items(deliveries).iter().find(|e| text(e, "id") == endpoint_id)?;
+    let (_, set) = custom.iter().find(|(id, _)| id == endpoint_id)?;
     let scheme: SignatureScheme = serde_json::from_value(endpoint["signatureScheme"].clone()).unwrap_or_default();
     let sent_at =
         crate::wire::parse_timestamp(text(attempt, "timestamp"))? - number(attempt, "responseDurationMs") as i64;
@@ -817,13 +827,11 @@ fn request_headers(
         })
         .collect();
     headers.push(("content-type".into(), "application/json".into()));
-    if let Some((_, set)) = custom.iter().find(|(id, _)| id == endpoint_id) {
-        if let Some(shown) = set["headers"].as_object() {
-            headers.extend(shown.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())));
-        }
-        for name in set["sensitive"].as_array().into_iter().flatten().filter_map(Value::as_str) {
-            headers.push((name.to_owned(), MASKED.to_owned()));
-        }
+    if let Some(shown) = set["headers"].as_object() {
+        headers.extend(shown.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())));
+    }
+    for name in set["sensitive"].as_array().into_iter().flatten().filter_map(Value::as_str) {
+        headers.push((name.to_owned(), MASKED.to_owned()));
     }
     Some(headers)
 }
