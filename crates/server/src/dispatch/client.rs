@@ -47,6 +47,18 @@ const STALL: Duration = Duration::from_millis(100);
 const WAIT_LOOKS: u32 = 10;
 /// The quickest exchange is kept per window of this length, this one and the one before.
 const QUICKEST_WINDOW: Duration = Duration::from_secs(1);
+/// How soon after a request went out on a reused connection a close without an answer is
+/// taken for the server closing the idle connection (about a round trip), and the request
+/// sent again on a fresh one. A close later than this came after the server read the
+/// request, maybe acted on it: it is a failed attempt, retried on the schedule, not sent
+/// again at once.
+const STALE_CLOSE_WINDOW: Duration = Duration::from_millis(300);
+/// Name lookups running at once. Each holds a blocking thread (the system resolver) for as
+/// long as the resolver tries, and the delivery runtime shares its blocking threads with
+/// the SQLite store's reads: a domain whose name servers never answer, given many
+/// endpoints, took them all.
+const LOOKUPS_MAX: usize = 64;
+static LOOKUPS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(LOOKUPS_MAX);
 
 const USER_AGENT: &str = concat!("Hookline/", env!("CARGO_PKG_VERSION"));
 
@@ -61,6 +73,19 @@ impl Stream {
         match self {
             Stream::Plain(tcp) => tcp,
             Stream::Tls(tls) => tls.get_ref().0,
+        }
+    }
+
+    /// Whether TLS holds bytes decrypted and not read, after a complete response: something
+    /// the server sent unasked, which the next request on this connection would read as
+    /// its answer (the idle check looks at the socket only).
+    fn holds_unread(&mut self) -> bool {
+        match self {
+            Stream::Plain(_) => false,
+            Stream::Tls(tls) => match tls.get_mut().1.process_new_packets() {
+                Ok(state) => state.plaintext_bytes_to_read() > 0 || state.peer_has_closed(),
+                Err(_) => true,
+            },
         }
     }
 
@@ -474,7 +499,14 @@ impl DeliveryClient {
         let parsed = url::Url::parse(url).map_err(|_| Problem::Other("invalid URL".into()))?;
         let https = match parsed.scheme() {
             "https" => true,
-            "http" => false,
+            // Checked at each send, not only when the endpoint was saved: one saved in dev
+            // mode, or while `network.allow_http` was on, went on receiving payloads,
+            // signatures and credentials in the clear after either was turned off.
+            "http" if self.policy.allow_plain_http => false,
+            "http" => {
+                let why = "plain http is not allowed (https only, unless network.allow_http is set)";
+                return Err(Problem::Blocked(why.into()));
+            }
             _ => return Err(Problem::Other("the URL is neither http nor https".into())),
         };
         let (Some(host), Some(port)) = (parsed.host(), parsed.port_or_known_default()) else {
@@ -544,7 +576,8 @@ impl DeliveryClient {
         };
         let mut sent_at = Instant::now();
         let mut answer = http1::exchange(&mut stream, &head, &body, self.response_bytes_max).await;
-        if reused && matches!(answer, Err(Failure::ClosedBeforeResponse(_))) {
+        let closed_at_once = sent_at.elapsed() < STALE_CLOSE_WINDOW;
+        if reused && closed_at_once && matches!(answer, Err(Failure::ClosedBeforeResponse(_))) {
             // The server closed the idle connection as the request went out: once more on a
             // fresh one (delivery is at least once; this is what every HTTP client does).
             stream = Box::pin(self.connect(&host, port, https)).await?;
@@ -553,7 +586,7 @@ impl DeliveryClient {
         }
         match answer {
             Ok(response) => {
-                if response.reusable {
+                if response.reusable && !stream.holds_unread() {
                     // Idle from here on: counted once, in the pool, not also as running.
                     drop(running);
                     on_origin.counted = false;
@@ -611,10 +644,14 @@ impl DeliveryClient {
             Unreached::Timeout => Problem::Connect("connect timed out".into()),
         })?;
         let _ = tcp.set_nodelay(true);
-        if https {
-            self.tls_handshake(host, tcp).await
-        } else {
-            Ok(Stream::Plain(tcp))
+        if !https {
+            return Ok(Stream::Plain(tcp));
+        }
+        // Within the connect timeout too: a front end that takes the connection and never
+        // answers the handshake held the attempt for the whole request timeout.
+        match tokio::time::timeout(self.connect_timeout, self.tls_handshake(host, tcp)).await {
+            Ok(handshaken) => handshaken,
+            Err(_) => Err(Problem::Connect("TLS: the handshake timed out".into())),
         }
     }
 
@@ -648,6 +685,27 @@ async fn watch_stalls(pool: Arc<Mutex<Pool>>, origin: String, stall: Duration) {
     }
 }
 
+/// Resolves `name` with the system resolver on a blocking thread, at most `LOOKUPS_MAX` at
+/// once (a lookup holds its place until the resolver returns, even past `timeout`), and
+/// waits `timeout` at most, the wait for a place included.
+async fn lookup(name: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAddr>, Unreached> {
+    let name = name.to_owned();
+    let resolved = async move {
+        let place = LOOKUPS.acquire().await.expect("the lookup semaphore is never closed");
+        tokio::task::spawn_blocking(move || {
+            let _place = place;
+            std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port)).map(Vec::from_iter)
+        })
+        .await
+    };
+    match tokio::time::timeout(timeout, resolved).await {
+        Ok(Ok(Ok(addresses))) => Ok(addresses),
+        Ok(Ok(Err(e))) => Err(Unreached::Connect(format!("resolving the host: {e}"))),
+        Ok(Err(e)) => Err(Unreached::Connect(format!("resolving the host: {e}"))),
+        Err(_) => Err(Unreached::Connect("resolving the host timed out".into())),
+    }
+}
+
 /// Why no address the rules allow took a connection.
 pub enum Unreached {
     /// Every resolved address is refused by the rules (the first reason).
@@ -676,10 +734,7 @@ where
     let addresses: Vec<SocketAddr> = match host {
         url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(*ip), port)],
         url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(*ip), port)],
-        url::Host::Domain(name) => tokio::net::lookup_host((name.as_ref(), port))
-            .await
-            .map_err(|e| Unreached::Connect(format!("resolving the host: {e}")))?
-            .collect(),
+        url::Host::Domain(name) => lookup(name.as_ref(), port, timeout).await?,
     };
     let mut refusal = None;
     let mut last_error = None;

@@ -27,7 +27,7 @@ const OK: &str = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\
 #[tokio::test]
 async fn names_and_literals_resolving_to_loopback_are_refused_at_connect_time() {
     let port = serve(OK).await;
-    let strict = client(AddressPolicy::default());
+    let strict = client(AddressPolicy { allow_plain_http: true, ..Default::default() });
     for url in [
         format!("http://localhost:{port}/"),
         format!("http://127.0.0.1:{port}/"),
@@ -36,7 +36,11 @@ async fn names_and_literals_resolving_to_loopback_are_refused_at_connect_time() 
         let sent = strict.post(&url, &[], Bytes::from_static(b"{}"), 0).await;
         assert_eq!(sent.outcome, Outcome::BlockedAddress, "{url}");
     }
-    let allowed = client(AddressPolicy { allow: vec!["127.0.0.0/8".parse().unwrap()], ..Default::default() });
+    let allowed = client(AddressPolicy {
+        allow: vec!["127.0.0.0/8".parse().unwrap()],
+        allow_plain_http: true,
+        ..Default::default()
+    });
     let sent = allowed.post(&format!("http://localhost:{port}/"), &[], Bytes::from_static(b"{}"), 0).await;
     assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
     assert_eq!(sent.response_excerpt, "ok");
@@ -216,6 +220,67 @@ async fn a_request_lost_on_a_reused_connection_goes_again_on_a_fresh_one() {
         assert_eq!(sent.outcome, Outcome::Response { status: 200, retry_after_ms: None });
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 3, "each retry went on a fresh connection");
+}
+
+/// A request that a server read and then closed on without an answer, a while later, is a
+/// failed attempt, not sent again at once on a fresh connection: the server may have acted
+/// on it (a handler that crashed after its work, a proxy's reset).
+#[tokio::test]
+async fn a_request_closed_on_after_a_while_is_not_sent_again_at_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let counted = counted.clone();
+            tokio::spawn(async move {
+                let mut buffer = [0u8; 4096];
+                while socket.read(&mut buffer).await.unwrap_or(0) > 0 {
+                    // The first request of the test is answered; the second is closed on
+                    // after 500 ms; a third (sent again) would be answered.
+                    if counted.fetch_add(1, Ordering::SeqCst) == 1 {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        return;
+                    }
+                    let _ = socket.write_all(OK_KEPT.as_bytes()).await;
+                }
+            });
+        }
+    });
+    let client = client(dev());
+    let url = format!("http://127.0.0.1:{port}/");
+    let first = client.post(&url, &[], Bytes::new(), 0).await;
+    assert_eq!(first.outcome, Outcome::Response { status: 200, retry_after_ms: None });
+    let second = client.post(&url, &[], Bytes::new(), 0).await;
+    assert_eq!(second.outcome, Outcome::Other, "{}", second.response_excerpt);
+    assert_eq!(requests.load(Ordering::SeqCst), 2, "not sent again");
+}
+
+/// Plain http is refused at each send unless the rules allow it, whatever the endpoint was
+/// saved under (dev mode, or `network.allow_http` since turned off).
+#[tokio::test]
+async fn plain_http_is_refused_when_the_rules_no_longer_allow_it() {
+    let port = serve(OK).await;
+    let https_only = client(AddressPolicy { allow_all_private: true, ..Default::default() });
+    let sent = https_only.post(&format!("http://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+    assert_eq!(sent.outcome, Outcome::BlockedAddress);
+    assert!(sent.response_excerpt.contains("plain http"), "{}", sent.response_excerpt);
+}
+
+/// A TLS front end that takes the connection and never answers the handshake is a connect
+/// failure within the connect timeout, not a request held for the whole request timeout.
+#[tokio::test]
+async fn a_handshake_nobody_answers_fails_within_the_connect_timeout() {
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let quick_connect = DeliveryClient::new(dev(), 30_000, 300, 64, 1_000);
+    let started = Instant::now();
+    let sent = quick_connect.post(&format!("https://127.0.0.1:{port}/"), &[], Bytes::new(), 0).await;
+    assert_eq!(sent.outcome, Outcome::Connect, "{}", sent.response_excerpt);
+    assert!(sent.response_excerpt.contains("handshake timed out"), "{}", sent.response_excerpt);
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    drop(silent);
 }
 
 #[tokio::test]
