@@ -362,3 +362,63 @@ def test_an_email_noted_during_a_slow_smtp_exchange_is_kept_at_shutdown():
     finally:
         process.kill()
         process.wait(timeout=30)
+
+
+@pytest.mark.skipif(bool(os.environ.get("HOOKLINE_DATABASE_URL")), reason="reads the SQLite data dir")
+def test_an_email_noted_during_a_slow_smtp_exchange_survives_a_crash():
+    """Noted emails reach the outbox while the send loop waits on a slow server, not only
+    between its exchanges: killed meanwhile, Hookline lost them, and the owner was never
+    told."""
+    stalling = Stalling()
+    env = {
+        "HOOKLINE_ALERTS_SMTP_URL": f"smtp://127.0.0.1:{stalling.port}",
+        "HOOKLINE_ALERTS_FROM": "Hookline <alerts@hookline.example>",
+        "HOOKLINE_ALERTS_TIMEOUT_MS": "60000",
+    }
+    process, url, data_dir = start_hookline(TOKEN, env=env)
+    try:
+        app = api(url, "POST", "/app", {"name": "Initech", "alertEmail": "ops@initech.example"})
+        first = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://initech.example/a"})
+        second = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://initech.example/b"})
+        api(url, "PATCH", f"/app/{app['id']}/endpoint/{first['id']}", {"disabled": True})
+        deadline = time.time() + 30
+        while not stalling.held:  # the send loop is in its exchange with the stalling server
+            assert time.time() < deadline, "the first email was never tried"
+            time.sleep(0.05)
+        api(url, "PATCH", f"/app/{app['id']}/endpoint/{second['id']}", {"disabled": True})
+        subject = f"[Hookline] Endpoint {second['id']} of Initech ({app['id']}) is disabled"
+        deadline = time.time() + 30
+        while subject not in outbox_subjects(data_dir):
+            assert time.time() < deadline, f"never in the outbox: {outbox_subjects(data_dir)}"
+            time.sleep(0.05)
+        process.kill()
+        process.wait(timeout=30)
+        assert subject in outbox_subjects(data_dir)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def test_a_server_that_never_answers_is_given_up_on_and_tried_again():
+    """One SMTP exchange is bounded as a whole (`alerts.timeout_ms` a step, five steps):
+    lettre's own timeout covers the connect only, and a server that took the connection
+    and said nothing held every email after it for ever."""
+    stalling = Stalling()
+    env = {
+        "HOOKLINE_ALERTS_SMTP_URL": f"smtp://127.0.0.1:{stalling.port}",
+        "HOOKLINE_ALERTS_FROM": "Hookline <alerts@hookline.example>",
+        "HOOKLINE_ALERTS_TIMEOUT_MS": "200",
+    }
+    process, url, _ = start_hookline(TOKEN, env=env)
+    try:
+        app = api(url, "POST", "/app", {"name": "Vandelay", "alertEmail": "ops@vandelay.example"})
+        ep = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://vandelay.example/hooks"})
+        api(url, "PATCH", f"/app/{app['id']}/endpoint/{ep['id']}", {"disabled": True})
+        deadline = time.time() + 30
+        while failed_sends(url) < 2:  # given up on, then tried again and given up on again
+            assert time.time() < deadline, f"{failed_sends(url)} sends given up on: the exchange has no bound"
+            time.sleep(0.1)
+        assert len(stalling.held) >= 2, "each try is a new connection"
+    finally:
+        process.kill()
+        process.wait(timeout=30)

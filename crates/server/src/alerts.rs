@@ -40,6 +40,9 @@ const POLL_MS: i64 = 5_000;
 /// Failure counts go to the store at most this often: a flood of failures costs a write
 /// each time, not one per failure.
 const FLUSH_MS: i64 = 250;
+/// An SMTP exchange is a few steps (greeting, EHLO, STARTTLS, AUTH, MAIL, RCPT, DATA), and
+/// may take this many `alerts.timeout_ms` in all.
+const EXCHANGE_STEPS: u64 = 5;
 /// The soonest the next look at the digests comes after one that left a digest due (more
 /// than one look takes, or another node is taking it).
 const DUE_AGAIN_MS: i64 = 100;
@@ -140,6 +143,7 @@ impl Mailer {
             _ => return,
         }
         drop(state);
+        self.counted.notify_one();
         self.wake.notify_one();
     }
 
@@ -148,7 +152,13 @@ impl Mailer {
     async fn flush_loop(self: Arc<Self>) {
         loop {
             self.counted.notified().await;
-            while !self.flush_counts().await {
+            // Noted emails too: the send loop moves them only between SMTP exchanges, and
+            // one in memory meanwhile was lost with a crash.
+            loop {
+                let stored = self.store_pending().await;
+                if self.flush_counts().await && stored {
+                    break;
+                }
                 self.clock.sleep_until(self.clock.now_ms() + 1_000).await;
             }
             // The send loop learns when the digests it counted into are due.
@@ -239,7 +249,7 @@ impl Mailer {
             // One email at a time, held for as long as its own send may take (an SMTP
             // exchange is a few steps, each within the timeout): held for a batch, the last
             // of a slow batch came due again, and another node sent it too.
-            let hold_ms = self.config.timeout_ms * 6 + 60_000;
+            let hold_ms = self.config.timeout_ms * (EXCHANGE_STEPS + 1) + 60_000;
             match self.store.take_alert_emails(now, hold_ms, 1).await.map(|mut due| due.pop()) {
                 Ok(Some(email)) => {
                     if let Some(at) = self.send(email).await {
@@ -302,10 +312,15 @@ impl Mailer {
                 .body(email.body.clone())
                 .map_err(|e| e.to_string())
         });
+        // The whole exchange within its bound: lettre's timeout covers the connect only, and
+        // a server that took the connection and never answered held every email after this
+        // one for ever (on every node in turn, as each took it once its hold ran out).
+        let exchange = std::time::Duration::from_millis(self.config.timeout_ms * EXCHANGE_STEPS);
         let sent = match built {
-            Ok(message) => {
-                self.transport.send(message).await.map(|_| ()).map_err(|e| (refuses_address(&e), e.to_string()))
-            }
+            Ok(message) => match tokio::time::timeout(exchange, self.transport.send(message)).await {
+                Ok(sent) => sent.map(|_| ()).map_err(|e| (refuses_address(&e), e.to_string())),
+                Err(_) => Err((false, format!("the SMTP exchange took longer than {} ms", exchange.as_millis()))),
+            },
             Err(e) => Err((true, e)),
         };
         let retry = match sent {

@@ -537,6 +537,15 @@ impl Config {
             lettre::AsyncSmtpTransport::<lettre::Tokio1Executor>::from_url(url).map_err(|_| {
                 "alerts.smtp_url must be smtp://host[:port] or smtps://[user:pass@]host[:port]".to_owned()
             })?;
+            // A password over `smtp://` without `tls=required` goes in the clear, or can be
+            // made to by anyone between who strips STARTTLS.
+            let parsed = url::Url::parse(url).map_err(|_| "alerts.smtp_url is not a URL".to_owned())?;
+            let required = parsed.query_pairs().any(|(k, v)| k == "tls" && v == "required");
+            if parsed.scheme() == "smtp" && !parsed.username().is_empty() && !required {
+                return Err("alerts.smtp_url: a user and password need smtps:// or smtp://…?tls=required \
+                            (they would go in the clear)"
+                    .into());
+            }
             self.alerts.from.parse::<lettre::message::Mailbox>().map_err(|e| format!("alerts.from: {e}"))?;
         }
         Ok(())
@@ -709,6 +718,27 @@ mod tests {
         for limit in [5, 1, 0, -2] {
             config.ingest.nats[0].max_deliver = limit;
             assert!(config.validate().unwrap_err().contains("ingest.nats.max_deliver must be -1"), "{limit}");
+        }
+    }
+
+    /// SMTP credentials never go in the clear: with a user and password, `smtps://` or
+    /// STARTTLS required.
+    #[test]
+    fn smtp_credentials_need_tls() {
+        let mut config = Config::default();
+        for (url, ok) in [
+            ("smtp://127.0.0.1:25", true),
+            ("smtps://alerts:secret@mail.example:465", true),
+            ("smtp://alerts:secret@mail.example:587?tls=required", true),
+            ("smtp://alerts:secret@mail.example:587", false),
+            ("smtp://alerts:secret@mail.example:587?tls=opportunistic", false),
+        ] {
+            config.alerts.smtp_url = Some(url.into());
+            let checked = config.validate();
+            assert_eq!(checked.is_ok(), ok, "{url}: {checked:?}");
+            if let Err(e) = checked {
+                assert!(!e.contains("secret"), "the password is never repeated: {e}");
+            }
         }
     }
 

@@ -134,27 +134,8 @@ impl Engine {
         if let Some(mailer) = &self.mailer {
             mailer.observe(app, &notice.url, &notice);
         }
-        loop {
-            match self.try_notify(&notice).await {
-                Ok(()) => {
-                    metrics::counter!(m::OPERATIONAL_EVENTS, "type" => notice.event_type).increment(1);
-                    return;
-                }
-                Err(StoreError::Unavailable(e)) if !*self.stopping.borrow() => {
-                    tracing::warn!(error = %e, event_type = notice.event_type, "could not store an operational event; retrying");
-                    tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, event_type = notice.event_type, "operational event not stored");
-                    metrics::counter!(m::OPERATIONAL_EVENTS_LOST).increment(1);
-                    return;
-                }
-            }
-        }
-    }
-
-    async fn try_notify(self: &Arc<Self>, notice: &Notice) -> Result<(), StoreError> {
-        let endpoints = self.catalog.endpoints(OPERATIONAL_APP_ID).await?;
+        // Made once: tried again after a commit whose answer was lost, it is found by its
+        // id as committed (a new id each try made a second event).
         let now = self.clock.now_ms();
         let message = Arc::new(Message {
             id: crate::new_id(prefix::MESSAGE, now),
@@ -172,10 +153,31 @@ impl Engine {
             ordering_key: None,
             created_at: now,
         });
-        let deliveries = self.route(&endpoints, &message, now);
+        loop {
+            match self.try_notify(&message).await {
+                Ok(()) => {
+                    metrics::counter!(m::OPERATIONAL_EVENTS, "type" => notice.event_type).increment(1);
+                    return;
+                }
+                Err(StoreError::Unavailable(e)) if !*self.stopping.borrow() => {
+                    tracing::warn!(error = %e, event_type = notice.event_type, "could not store an operational event; retrying");
+                    tokio::time::sleep(Duration::from_millis(RETRY_MS)).await;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, event_type = notice.event_type, "operational event not stored");
+                    metrics::counter!(m::OPERATIONAL_EVENTS_LOST).increment(1);
+                    return;
+                }
+            }
+        }
+    }
+
+    async fn try_notify(self: &Arc<Self>, message: &Arc<Message>) -> Result<(), StoreError> {
+        let endpoints = self.catalog.endpoints(OPERATIONAL_APP_ID).await?;
+        let deliveries = self.route(&endpoints, message, self.clock.now_ms());
         if deliveries.is_empty() {
             return Ok(());
         }
-        self.commit(&message, deliveries, None, None).await.map(|_| ())
+        self.commit(message, deliveries, None, None).await.map(|_| ())
     }
 }
