@@ -422,3 +422,33 @@ def test_a_server_that_never_answers_is_given_up_on_and_tried_again():
     finally:
         process.kill()
         process.wait(timeout=30)
+
+
+@pytest.mark.skipif(bool(os.environ.get("HOOKLINE_DATABASE_URL")), reason="writes the SQLite data dir")
+def test_a_state_email_the_endpoint_no_longer_has_is_not_sent(smtp):
+    """A "disabled" email queued late (its notice retried while the store was down, or
+    noted on another node), after the "enabled" that followed it, is the owner's last word
+    about an enabled endpoint: checked against the endpoint when it is sent, and dropped.
+    Queued here by hand, as the late notice would queue it."""
+    process, url, data_dir = start_hookline(TOKEN, env=alerts_env(smtp))
+    try:
+        app = api(url, "POST", "/app", {"name": "Soylent", "alertEmail": "ops@soylent.example"})
+        stale = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://soylent.example/a"})
+        other = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://soylent.example/b"})
+        stale_subject = f"[Hookline] Endpoint {stale['id']} of Soylent ({app['id']}) is disabled"
+        with sqlite3.connect(f"{data_dir}/hookline.db", timeout=10) as db:
+            db.execute(
+                "INSERT INTO alert_emails (id, app_id, about, to_addr, subject, body, tries, not_before) "
+                "VALUES ('aem_000000000stale', ?, ?, 'ops@soylent.example', ?, 'late', 0, 0)",
+                (app["id"], stale["id"], stale_subject),
+            )
+        api(url, "PATCH", f"/app/{app['id']}/endpoint/{other['id']}", {"disabled": True})
+        wanted = f"[Hookline] Endpoint {other['id']} of Soylent ({app['id']}) is disabled"
+        seen = []
+        deadline = time.time() + 30
+        while not seen or seen[-1] != wanted:
+            seen.append(smtp.inbox.next(timeout=max(deadline - time.time(), 0.1))["Subject"])
+        assert stale_subject not in seen, seen
+    finally:
+        process.kill()
+        process.wait(timeout=30)

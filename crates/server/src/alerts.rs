@@ -303,6 +303,11 @@ impl Mailer {
     /// Sends one email; a failure puts it back with a backoff (1 s, 2 s, … 5 min), unless
     /// the server refused it for good. Returns when it is to be tried again.
     async fn send(&self, email: AlertEmail) -> Option<UnixMs> {
+        if self.superseded(&email).await {
+            tracing::info!(email = %email.id, "an endpoint's state email no longer says its state; dropped");
+            dropped(1);
+            return None;
+        }
         let built = email.to.parse().map_err(|e: lettre::address::AddressError| e.to_string()).and_then(|to| {
             lettre::Message::builder()
                 .from(self.from.clone())
@@ -366,6 +371,34 @@ fn new_email(app_id: &str, about: Option<String>, to: &str, subject: String, bod
         body,
         tries: 0,
         not_before: now,
+    }
+}
+
+impl Mailer {
+    /// Whether a state email says the opposite of the endpoint's state now. A newer email
+    /// replaces an older one while it waits, but a notice can be noted late (its commit
+    /// retried while the store was down, or on another node): a "disabled" queued after the
+    /// "enabled" that followed it was the owner's last word about an enabled endpoint.
+    async fn superseded(&self, email: &AlertEmail) -> bool {
+        let (Some(endpoint_id), Some(told_disabled)) = (&email.about, told_disabled(&email.subject)) else {
+            return false;
+        };
+        match self.store.get_endpoint(&email.app_id, endpoint_id).await {
+            Ok(endpoint) => endpoint.disabled != told_disabled,
+            // Deleted since, or the store unreadable: sent as it is.
+            Err(_) => false,
+        }
+    }
+}
+
+/// The state a state email tells of (see `change_email`): disabled or enabled.
+fn told_disabled(subject: &str) -> Option<bool> {
+    if subject.ends_with(" is disabled") {
+        Some(true)
+    } else if subject.ends_with(" is enabled") {
+        Some(false)
+    } else {
+        None
     }
 }
 
