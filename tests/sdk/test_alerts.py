@@ -449,6 +449,8 @@ def test_a_state_email_the_endpoint_no_longer_has_is_not_sent(smtp):
         while not seen or seen[-1] != wanted:
             seen.append(smtp.inbox.next(timeout=max(deadline - time.time(), 0.1))["Subject"])
         assert stale_subject not in seen, seen
+        # And out of the outbox (left there, it was taken again after every hold).
+        assert stale_subject not in outbox_subjects(data_dir)
     finally:
         process.kill()
         process.wait(timeout=30)

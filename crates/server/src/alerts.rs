@@ -65,6 +65,8 @@ pub struct Mailer {
     wake: Notify,
     /// Rung by the first failure counted since the last flush.
     counted: Notify,
+    /// Held by the one `store_pending` running.
+    storing: tokio::sync::Mutex<()>,
 }
 
 /// The address alerts about `app` go to: its `alertEmail`, else its metadata's
@@ -96,6 +98,7 @@ impl Mailer {
             state: Mutex::default(),
             wake: Notify::new(),
             counted: Notify::new(),
+            storing: tokio::sync::Mutex::new(()),
         });
         tokio::spawn(mailer.clone().send_loop());
         tokio::spawn(mailer.clone().flush_loop());
@@ -275,6 +278,10 @@ impl Mailer {
     /// Puts the noted emails in the store's outbox; false if the store could not take them
     /// all (they wait in memory for the next turn).
     async fn store_pending(&self) -> bool {
+        // One at a time (the send loop, the flush task, a shutdown): two both queued the
+        // first noted email, and a late second queue of an older state email replaced a newer
+        // one, or put back one already taken.
+        let _one = self.storing.lock().await;
         loop {
             let Some(email) = self.state.lock().expect("mailer lock").pending.front().cloned() else { return true };
             let id = email.id.clone();
@@ -305,7 +312,12 @@ impl Mailer {
     async fn send(&self, email: AlertEmail) -> Option<UnixMs> {
         if self.superseded(&email).await {
             tracing::info!(email = %email.id, "an endpoint's state email no longer says its state; dropped");
-            dropped(1);
+            // Out of the outbox, as a sent one: left there, it was taken again after every
+            // hold, and kept one of its application's places.
+            match self.store.alert_email_tried(&email.id, None).await {
+                Ok(()) => dropped(1),
+                Err(e) => tracing::warn!(error = %e, "could not drop an alert email; it is looked at again later"),
+            }
             return None;
         }
         let built = email.to.parse().map_err(|e: lettre::address::AddressError| e.to_string()).and_then(|to| {

@@ -539,9 +539,16 @@ impl Config {
             })?;
             // A password over `smtp://` without `tls=required` goes in the clear, or can be
             // made to by anyone between who strips STARTTLS.
+            // (lettre sends them whenever a password is given, and reads the first `tls`;
+            // a relay on this machine is not reached over a network.)
             let parsed = url::Url::parse(url).map_err(|_| "alerts.smtp_url is not a URL".to_owned())?;
-            let required = parsed.query_pairs().any(|(k, v)| k == "tls" && v == "required");
-            if parsed.scheme() == "smtp" && !parsed.username().is_empty() && !required {
+            let required = parsed.query_pairs().find(|(k, _)| k == "tls").is_some_and(|(_, v)| v == "required");
+            // (`smtp` is no special scheme to the URL parser: an address comes as a name.)
+            let local = parsed.host_str().is_some_and(|host| {
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+            });
+            if parsed.scheme() == "smtp" && parsed.password().is_some() && !required && !local {
                 return Err("alerts.smtp_url: a user and password need smtps:// or smtp://…?tls=required \
                             (they would go in the clear)"
                     .into());
@@ -732,6 +739,13 @@ mod tests {
             ("smtp://alerts:secret@mail.example:587?tls=required", true),
             ("smtp://alerts:secret@mail.example:587", false),
             ("smtp://alerts:secret@mail.example:587?tls=opportunistic", false),
+            ("smtp://alerts:secret@mail.example:587?tls=opportunistic&tls=required", false),
+            ("smtp://:secret@mail.example:587", false),
+            ("smtp://alerts@mail.example:587", true),
+            ("smtp://alerts:secret@127.0.0.1:1025", true),
+            ("smtp://alerts:secret@[::1]:1025", true),
+            ("smtp://alerts:secret@localhost:1025", true),
+            ("smtp://alerts:secret@127.example:1025", false),
         ] {
             config.alerts.smtp_url = Some(url.into());
             let checked = config.validate();

@@ -724,14 +724,20 @@ async fn message_page(
     // The custom headers of the endpoints the attempts shown went to, the first
     // `HEADERS_READ_MAX` of them: a page costs its merchant one request of its token's
     // budget, and one read per destination made it 250 reads for a message to 250 endpoints.
+    // Only endpoints among the destinations (an attempt to a callback URL names its
+    // delivery; one to a deleted endpoint, an endpoint gone), and a read that fails shows
+    // no headers rather than failing the page.
     let mut custom: Vec<(String, Value)> = Vec::new();
     for a in items(&attempts) {
         let endpoint_id = text(a, "endpointId");
-        if custom.len() == HEADERS_READ_MAX || custom.iter().any(|(id, _)| id == endpoint_id) {
+        let destination = items(&deliveries).iter().any(|e| text(e, "id") == endpoint_id);
+        if !destination || custom.len() == HEADERS_READ_MAX || custom.iter().any(|(id, _)| id == endpoint_id) {
             continue;
         }
-        let headers = api.get(&format!("/api/v1/app/{app_seg}/endpoint/{}/headers", segment(endpoint_id))).await?;
-        custom.push((endpoint_id.to_owned(), headers));
+        let path = format!("/api/v1/app/{app_seg}/endpoint/{}/headers", segment(endpoint_id));
+        if let Ok(headers) = api.get(&path).await {
+            custom.push((endpoint_id.to_owned(), headers));
+        }
     }
     let base = app_base(app_key);
     let resend = format!("{base}/msg/{}/resend", segment(id));

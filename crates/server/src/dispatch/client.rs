@@ -47,12 +47,13 @@ const STALL: Duration = Duration::from_millis(100);
 const WAIT_LOOKS: u32 = 10;
 /// The quickest exchange is kept per window of this length, this one and the one before.
 const QUICKEST_WINDOW: Duration = Duration::from_secs(1);
-/// How soon after a request went out on a reused connection a close without an answer is
-/// taken for the server closing the idle connection (about a round trip), and the request
+/// How soon after a request began to go out on a reused connection a close without an
+/// answer is taken for the server closing the idle connection (a round trip and the
+/// request's own sending), and the request
 /// sent again on a fresh one. A close later than this came after the server read the
 /// request, maybe acted on it: it is a failed attempt, retried on the schedule, not sent
 /// again at once.
-const STALE_CLOSE_WINDOW: Duration = Duration::from_millis(300);
+const STALE_CLOSE_WINDOW: Duration = Duration::from_secs(1);
 /// Name lookups running at once. Each holds a blocking thread (the system resolver) for as
 /// long as the resolver tries, and the delivery runtime shares its blocking threads with
 /// the SQLite store's reads: a domain whose name servers never answer, given many

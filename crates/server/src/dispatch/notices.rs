@@ -153,8 +153,11 @@ impl Engine {
             ordering_key: None,
             created_at: now,
         });
+        // Routed once too: a retry that finds its message committed hands the scheduler the
+        // deliveries committed with it, not new ones.
+        let mut deliveries = None;
         loop {
-            match self.try_notify(&message).await {
+            match self.try_notify(&message, &mut deliveries).await {
                 Ok(()) => {
                     metrics::counter!(m::OPERATIONAL_EVENTS, "type" => notice.event_type).increment(1);
                     return;
@@ -172,12 +175,19 @@ impl Engine {
         }
     }
 
-    async fn try_notify(self: &Arc<Self>, message: &Arc<Message>) -> Result<(), StoreError> {
-        let endpoints = self.catalog.endpoints(OPERATIONAL_APP_ID).await?;
-        let deliveries = self.route(&endpoints, message, self.clock.now_ms());
-        if deliveries.is_empty() {
+    async fn try_notify(
+        self: &Arc<Self>,
+        message: &Arc<Message>,
+        deliveries: &mut Option<Vec<hookline_store::Delivery>>,
+    ) -> Result<(), StoreError> {
+        if deliveries.is_none() {
+            let endpoints = self.catalog.endpoints(OPERATIONAL_APP_ID).await?;
+            *deliveries = Some(self.route(&endpoints, message, self.clock.now_ms()));
+        }
+        let routed = deliveries.clone().unwrap_or_default();
+        if routed.is_empty() {
             return Ok(());
         }
-        self.commit(message, deliveries, None, None).await.map(|_| ())
+        self.commit(message, routed, None, None).await.map(|_| ())
     }
 }

@@ -264,6 +264,35 @@ async fn signing_in_again_ends_the_session_the_browser_held() {
     gw.stop().await;
 }
 
+/// A message page shows every attempt, whatever it went to: an attempt to a callback URL
+/// names its delivery where an endpoint would be, and one to a deleted endpoint names an
+/// endpoint gone; reading their headers failed, and the whole page with it.
+#[tokio::test]
+async fn a_message_page_shows_attempts_to_a_callback_url_and_a_deleted_endpoint() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let shop = gw.app("shop").await;
+    let kept = gw.endpoint(&shop, json!({"url": rx.url})).await["id"].as_str().unwrap().to_owned();
+    let gone = gw.endpoint(&shop, json!({"url": rx.url})).await["id"].as_str().unwrap().to_owned();
+    let callback = format!("{}/checkout/cs_1", rx.url);
+    let msg = gw.publish(&shop, json!({"eventType": "payment.expired", "payload": {}, "callbackUrl": callback})).await;
+    gw.wait_attempts(&shop, &msg, 3).await;
+    gw.ok("DELETE", &format!("/api/v1/app/{shop}/endpoint/{gone}"), None).await;
+    let signed_in = browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", TOKEN)]).send().await;
+    let cookie = session_cookie(&signed_in.unwrap());
+    let page = browser()
+        .get(format!("{}/dashboard/app/{shop}/msg/{msg}", gw.url))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert_eq!(html.matches("data-attempt=").count(), 3, "every attempt is listed");
+    assert!(html.contains("Request headers") && html.contains(&kept), "the kept endpoint's headers are shown");
+    gw.stop().await;
+}
+
 /// The configured admin token is revoked by changing it: the operator's sessions opened
 /// with the old value end at the restart with the new one (they lasted their 12 hours,
 /// kept in the store under the setting's one id).

@@ -238,9 +238,9 @@ async fn a_request_closed_on_after_a_while_is_not_sent_again_at_once() {
                 let mut buffer = [0u8; 4096];
                 while socket.read(&mut buffer).await.unwrap_or(0) > 0 {
                     // The first request of the test is answered; the second is closed on
-                    // after 500 ms; a third (sent again) would be answered.
+                    // after 1.5 s; a third (sent again) would be answered.
                     if counted.fetch_add(1, Ordering::SeqCst) == 1 {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        tokio::time::sleep(Duration::from_millis(1_500)).await;
                         return;
                     }
                     let _ = socket.write_all(OK_KEPT.as_bytes()).await;

@@ -259,17 +259,18 @@ impl Consumer for Amqp {
         // alarm RabbitMQ stops reading from a connection that publishes, and the consumer's
         // acknowledgements on it went unread until the session timed out and every message
         // it held was handed out again.
-        let outcome = match connect_within(uri, CONNECT_TIMEOUT).await {
-            Ok(publishing) => {
-                let outcome = self.consume(&connection, &publishing, ingestor, stopping).await;
-                let _ = tokio::time::timeout(CONNECT_TIMEOUT, publishing.close(200, "".into())).await;
-                outcome
-            }
-            Err(e) => Err(e),
+        let publishing = connect_within(uri, CONNECT_TIMEOUT).await;
+        let outcome = match &publishing {
+            Ok(publishing) => self.consume(&connection, publishing, ingestor, stopping).await,
+            Err(e) => Err(e.clone()),
         };
-        // Closed whatever happened: a connection left open would hold its unacknowledged
-        // messages from every other consumer. Bounded: a broker that stopped answering.
+        // Closed whatever happened, the consumer's first: a connection left open would hold
+        // its unacknowledged messages from every other consumer. Bounded: a broker that
+        // stopped answering (or, in an alarm, reading from the publishing one).
         let _ = tokio::time::timeout(CONNECT_TIMEOUT, connection.close(200, "".into())).await;
+        if let Ok(publishing) = publishing {
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, publishing.close(200, "".into())).await;
+        }
         outcome
     }
 }

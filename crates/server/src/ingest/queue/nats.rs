@@ -308,6 +308,10 @@ impl Consumer for Nats {
         // alike: dropped, a message being stored was neither acknowledged nor handed back,
         // and JetStream offered it again only past `ack_wait`, after the next session had
         // stored newer messages of its ordering lane.
+        if let Err(e) = &outcome {
+            // Said now: the drain lasts as long as the store needs (it may be down).
+            self.status.note(format!("the session ended ({e}); finishing the messages being stored"));
+        }
         while settling.join_next().await.is_some() {}
         let _ = tokio::time::timeout(FLUSH_WAIT, client.flush()).await;
         outcome
