@@ -332,32 +332,42 @@ def outbox_subjects(data_dir) -> list[str]:
         return [row[0] for row in db.execute("SELECT subject FROM alert_emails")]
 
 
+def stalling_env(stalling, timeout_ms) -> dict:
+    return {
+        "HOOKLINE_ALERTS_SMTP_URL": f"smtp://127.0.0.1:{stalling.port}",
+        "HOOKLINE_ALERTS_FROM": "Hookline <alerts@hookline.example>",
+        "HOOKLINE_ALERTS_TIMEOUT_MS": str(timeout_ms),
+    }
+
+
+def disabled_during_a_stalled_exchange(url, stalling, name) -> str:
+    """An application `name` with two endpoints: the first disabled (its email's exchange
+    with the stalling server under way), then the second. Returns the second's subject."""
+    domain = f"{name.lower()}.example"
+    app = api(url, "POST", "/app", {"name": name, "alertEmail": f"ops@{domain}"})
+    first = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": f"https://{domain}/a"})
+    second = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": f"https://{domain}/b"})
+    api(url, "PATCH", f"/app/{app['id']}/endpoint/{first['id']}", {"disabled": True})
+    deadline = time.time() + 30
+    while not stalling.held:  # the send loop is in its exchange with the stalling server
+        assert time.time() < deadline, "the first email was never tried"
+        time.sleep(0.05)
+    api(url, "PATCH", f"/app/{app['id']}/endpoint/{second['id']}", {"disabled": True})
+    return f"[Hookline] Endpoint {second['id']} of {name} ({app['id']}) is disabled"
+
+
 @pytest.mark.skipif(bool(os.environ.get("HOOKLINE_DATABASE_URL")), reason="reads the SQLite data dir")
 def test_an_email_noted_during_a_slow_smtp_exchange_is_kept_at_shutdown():
     """The send loop moves noted emails to the outbox between SMTP exchanges: an endpoint
     disabled while it waits on a slow server, then a stop, left its email in memory, and the
     owner was never told. The stop puts it in the outbox."""
     stalling = Stalling()
-    env = {
-        "HOOKLINE_ALERTS_SMTP_URL": f"smtp://127.0.0.1:{stalling.port}",
-        "HOOKLINE_ALERTS_FROM": "Hookline <alerts@hookline.example>",
-        "HOOKLINE_ALERTS_TIMEOUT_MS": "60000",
-    }
-    process, url, data_dir = start_hookline(TOKEN, env=env)
+    process, url, data_dir = start_hookline(TOKEN, env=stalling_env(stalling, 60000))
     try:
-        app = api(url, "POST", "/app", {"name": "Hooli", "alertEmail": "ops@hooli.example"})
-        first = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://hooli.example/a"})
-        second = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://hooli.example/b"})
-        api(url, "PATCH", f"/app/{app['id']}/endpoint/{first['id']}", {"disabled": True})
-        deadline = time.time() + 30
-        while not stalling.held:  # the send loop is in its exchange with the stalling server
-            assert time.time() < deadline, "the first email was never tried"
-            time.sleep(0.05)
-        api(url, "PATCH", f"/app/{app['id']}/endpoint/{second['id']}", {"disabled": True})
+        subject = disabled_during_a_stalled_exchange(url, stalling, "Hooli")
         time.sleep(0.5)
         process.terminate()
         process.wait(timeout=30)
-        subject = f"[Hookline] Endpoint {second['id']} of Hooli ({app['id']}) is disabled"
         assert subject in outbox_subjects(data_dir), outbox_subjects(data_dir)
     finally:
         process.kill()
@@ -370,23 +380,9 @@ def test_an_email_noted_during_a_slow_smtp_exchange_survives_a_crash():
     between its exchanges: killed meanwhile, Hookline lost them, and the owner was never
     told."""
     stalling = Stalling()
-    env = {
-        "HOOKLINE_ALERTS_SMTP_URL": f"smtp://127.0.0.1:{stalling.port}",
-        "HOOKLINE_ALERTS_FROM": "Hookline <alerts@hookline.example>",
-        "HOOKLINE_ALERTS_TIMEOUT_MS": "60000",
-    }
-    process, url, data_dir = start_hookline(TOKEN, env=env)
+    process, url, data_dir = start_hookline(TOKEN, env=stalling_env(stalling, 60000))
     try:
-        app = api(url, "POST", "/app", {"name": "Initech", "alertEmail": "ops@initech.example"})
-        first = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://initech.example/a"})
-        second = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://initech.example/b"})
-        api(url, "PATCH", f"/app/{app['id']}/endpoint/{first['id']}", {"disabled": True})
-        deadline = time.time() + 30
-        while not stalling.held:  # the send loop is in its exchange with the stalling server
-            assert time.time() < deadline, "the first email was never tried"
-            time.sleep(0.05)
-        api(url, "PATCH", f"/app/{app['id']}/endpoint/{second['id']}", {"disabled": True})
-        subject = f"[Hookline] Endpoint {second['id']} of Initech ({app['id']}) is disabled"
+        subject = disabled_during_a_stalled_exchange(url, stalling, "Initech")
         deadline = time.time() + 30
         while subject not in outbox_subjects(data_dir):
             assert time.time() < deadline, f"never in the outbox: {outbox_subjects(data_dir)}"
@@ -404,12 +400,7 @@ def test_a_server_that_never_answers_is_given_up_on_and_tried_again():
     lettre's own timeout covers the connect only, and a server that took the connection
     and said nothing held every email after it for ever."""
     stalling = Stalling()
-    env = {
-        "HOOKLINE_ALERTS_SMTP_URL": f"smtp://127.0.0.1:{stalling.port}",
-        "HOOKLINE_ALERTS_FROM": "Hookline <alerts@hookline.example>",
-        "HOOKLINE_ALERTS_TIMEOUT_MS": "200",
-    }
-    process, url, _ = start_hookline(TOKEN, env=env)
+    process, url, _ = start_hookline(TOKEN, env=stalling_env(stalling, 200))
     try:
         app = api(url, "POST", "/app", {"name": "Vandelay", "alertEmail": "ops@vandelay.example"})
         ep = api(url, "POST", f"/app/{app['id']}/endpoint", {"url": "https://vandelay.example/hooks"})
