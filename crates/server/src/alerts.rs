@@ -63,7 +63,7 @@ pub struct Mailer {
     clock: Arc<dyn Clock>,
     state: Mutex<State>,
     wake: Notify,
-    /// Rung by the first failure counted since the last flush.
+    /// Rung by an email noted, and by the first failure counted since the last flush.
     counted: Notify,
     /// Held by the one `store_pending` running.
     storing: tokio::sync::Mutex<()>,
@@ -170,9 +170,9 @@ impl Mailer {
         }
     }
 
-    /// At shutdown: the emails noted and the counts not yet in the store go there (the send
-    /// loop moves noted emails to the outbox between SMTP exchanges, and may be in a slow
-    /// one: an endpoint disabled during the shutdown grace was never told).
+    /// At shutdown: the emails noted and the counts not yet in the store go there (the flush
+    /// task, which moves them otherwise, may be waiting out its pause: an endpoint disabled
+    /// during the shutdown grace was never told).
     pub async fn flush(&self) {
         self.store_pending().await;
         self.flush_counts().await;
@@ -307,6 +307,21 @@ impl Mailer {
         }
     }
 
+    /// Whether a state email says the opposite of the endpoint's state now. A newer email
+    /// replaces an older one while it waits, but a notice can be noted late (its commit
+    /// retried while the store was down, or on another node): a "disabled" queued after the
+    /// "enabled" that followed it was the owner's last word about an enabled endpoint.
+    async fn superseded(&self, email: &AlertEmail) -> bool {
+        let (Some(endpoint_id), Some(told_disabled)) = (&email.about, told_disabled(&email.subject)) else {
+            return false;
+        };
+        match self.store.get_endpoint(&email.app_id, endpoint_id).await {
+            Ok(endpoint) => endpoint.disabled != told_disabled,
+            // Deleted since, or the store unreadable: sent as it is.
+            Err(_) => false,
+        }
+    }
+
     /// Sends one email; a failure puts it back with a backoff (1 s, 2 s, … 5 min), unless
     /// the server refused it for good. Returns when it is to be tried again.
     async fn send(&self, email: AlertEmail) -> Option<UnixMs> {
@@ -386,28 +401,15 @@ fn new_email(app_id: &str, about: Option<String>, to: &str, subject: String, bod
     }
 }
 
-impl Mailer {
-    /// Whether a state email says the opposite of the endpoint's state now. A newer email
-    /// replaces an older one while it waits, but a notice can be noted late (its commit
-    /// retried while the store was down, or on another node): a "disabled" queued after the
-    /// "enabled" that followed it was the owner's last word about an enabled endpoint.
-    async fn superseded(&self, email: &AlertEmail) -> bool {
-        let (Some(endpoint_id), Some(told_disabled)) = (&email.about, told_disabled(&email.subject)) else {
-            return false;
-        };
-        match self.store.get_endpoint(&email.app_id, endpoint_id).await {
-            Ok(endpoint) => endpoint.disabled != told_disabled,
-            // Deleted since, or the store unreadable: sent as it is.
-            Err(_) => false,
-        }
-    }
-}
+/// How a state email's subject ends (`change_email`), and so which state it tells of.
+const DISABLED_ENDING: &str = " is disabled";
+const ENABLED_ENDING: &str = " is enabled";
 
-/// The state a state email tells of (see `change_email`): disabled or enabled.
+/// The state a state email tells of: disabled or enabled.
 fn told_disabled(subject: &str) -> Option<bool> {
-    if subject.ends_with(" is disabled") {
+    if subject.ends_with(DISABLED_ENDING) {
         Some(true)
-    } else if subject.ends_with(" is enabled") {
+    } else if subject.ends_with(ENABLED_ENDING) {
         Some(false)
     } else {
         None
@@ -471,7 +473,7 @@ fn change_email(app: &str, endpoint: &str, url: &str, notice: &Notice) -> (Strin
             None => String::new(),
         };
         (
-            format!("[Hookline] Endpoint {endpoint} of {app} is disabled"),
+            format!("[Hookline] Endpoint {endpoint} of {app}{DISABLED_ENDING}"),
             format!(
                 "The endpoint {endpoint} ({url}) of {app} is disabled. {how}.{since}\n\n\
                  Messages published for it are kept as skipped deliveries. Once it works again, \
@@ -480,7 +482,7 @@ fn change_email(app: &str, endpoint: &str, url: &str, notice: &Notice) -> (Strin
         )
     } else {
         (
-            format!("[Hookline] Endpoint {endpoint} of {app} is enabled"),
+            format!("[Hookline] Endpoint {endpoint} of {app}{ENABLED_ENDING}"),
             format!("The endpoint {endpoint} ({url}) of {app} is enabled again; deliveries to it resume.\n"),
         )
     }

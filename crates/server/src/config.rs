@@ -469,8 +469,8 @@ impl Config {
         let checks = [
             (self.api.body_bytes_max >= 1024, "api.body_bytes_max must be at least 1024"),
             // Reservations expire with the answers: a shorter time to live freed a key under
-            // a request still running (reservations are abandoned after two minutes).
-            (self.api.idempotency_ttl_ms >= 120_000, "api.idempotency_ttl_ms must be at least 120000"),
+            // a request still running.
+            (self.api.idempotency_ttl_ms >= IDEMPOTENCY_ABANDONED_MS, "api.idempotency_ttl_ms must be at least 120000"),
             (d.request_timeout_ms >= 100, "delivery.request_timeout_ms must be at least 100"),
             (d.connect_timeout_ms >= 100, "delivery.connect_timeout_ms must be at least 100"),
             (d.max_in_flight >= 1, "delivery.max_in_flight must be at least 1"),
@@ -538,19 +538,18 @@ impl Config {
                 "alerts.smtp_url must be smtp://host[:port] or smtps://[user:pass@]host[:port]".to_owned()
             })?;
             // A password over `smtp://` without `tls=required` goes in the clear, or can be
-            // made to by anyone between who strips STARTTLS.
-            // (lettre sends them whenever a password is given, and reads the first `tls`;
-            // a relay on this machine is not reached over a network.)
+            // made to by anyone between who strips STARTTLS (lettre sends it whenever one is
+            // given, and reads the first `tls`), unless the relay is on this machine. (`smtp`
+            // is no special scheme to the URL parser: an address comes as a name.)
             let parsed = url::Url::parse(url).map_err(|_| "alerts.smtp_url is not a URL".to_owned())?;
             let required = parsed.query_pairs().find(|(k, _)| k == "tls").is_some_and(|(_, v)| v == "required");
-            // (`smtp` is no special scheme to the URL parser: an address comes as a name.)
             let local = parsed.host_str().is_some_and(|host| {
                 let host = host.trim_start_matches('[').trim_end_matches(']');
                 host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
             });
             if parsed.scheme() == "smtp" && parsed.password().is_some() && !required && !local {
-                return Err("alerts.smtp_url: a user and password need smtps:// or smtp://…?tls=required \
-                            (they would go in the clear)"
+                return Err("alerts.smtp_url: a password needs smtps:// or smtp://…?tls=required \
+                            (it would go in the clear)"
                     .into());
             }
             self.alerts.from.parse::<lettre::message::Mailbox>().map_err(|e| format!("alerts.from: {e}"))?;
@@ -575,6 +574,11 @@ const DURATION_MS_MAX: u64 = 100 * 365 * 24 * 3_600_000;
 /// The most any other number may be (a count, a size): more than any machine holds, and
 /// far from where a semaphore or a pool refuses its size at start.
 const NUMBER_MAX: u64 = u32::MAX as u64;
+
+/// How long a reservation of an `Idempotency-Key` without an answer holds the key: longer
+/// than any request runs (their reads and store calls have timeouts of seconds), so only a
+/// node that stopped mid-request leaves one this old.
+pub const IDEMPOTENCY_ABANDONED_MS: u64 = 120_000;
 
 /// The most threads either runtime may be given (each is started at once).
 const THREADS_MAX: usize = 1_024;

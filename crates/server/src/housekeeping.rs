@@ -122,21 +122,16 @@ pub async fn lead_and_retain(state: Arc<AppState>) {
     let mut reconciled_at = i64::MIN;
     let mut reconciling: Option<tokio::task::JoinHandle<()>> = None;
     let mut deletions = Deletions::default();
-    let mut led_at = None;
+    let mut lease = Lease::new(state.store.as_ref(), state.clock.as_ref(), every);
     loop {
         let now = state.clock.now_ms();
-        let mut lease = Lease::new(state.store.as_ref(), state.clock.as_ref(), state.engine.token(), every);
+        // The node's token of now (a node that lost its own lease registers again).
+        lease.token = state.engine.token();
         let taken = lease.take(now).await;
-        led_at = match &taken {
-            Ok(true) => Some(now),
-            Ok(false) => None,
-            // Unknown: held two intervals after it was last taken, as during a pass.
-            Err(_) => led_at.filter(|at| now - at < 2 * every),
-        };
         // Not leading, or not known to lead for two intervals (the lease may have gone to
         // another node meanwhile): a reconciliation this node began stops, so that two
         // never run at once.
-        if led_at.is_none() {
+        if !lease.within_margin(now) {
             if let Some(run) = reconciling.take().filter(|run| !run.is_finished()) {
                 tracing::warn!("this node no longer leads (or cannot tell): stopping its reconciliation");
                 run.abort();
@@ -174,20 +169,26 @@ struct Lease<'a> {
 }
 
 impl<'a> Lease<'a> {
-    fn new(store: &'a dyn Store, clock: &'a dyn crate::clock::Clock, token: i64, every: i64) -> Lease<'a> {
-        Lease { store, clock, token, every, renewed_at: None }
+    fn new(store: &'a dyn Store, clock: &'a dyn crate::clock::Clock, every: i64) -> Lease<'a> {
+        Lease { store, clock, token: 0, every, renewed_at: None }
     }
 
-    /// Takes or keeps the lease at `now`: true while this node leads.
+    /// Takes or keeps the lease at `now`: true while this node leads. When the store cannot
+    /// be asked, when it was last taken stays as it was.
     async fn take(&mut self, now: i64) -> Result<bool, StoreError> {
         let led = self.store.lead(self.token, now, 3 * self.every as u64).await?;
         self.renewed_at = led.then_some(now);
         Ok(led)
     }
 
+    /// Whether the lease counts as held at `now` without asking the store: taken less than
+    /// two intervals ago (a third of the lease kept for clocks that differ).
+    fn within_margin(&self, now: i64) -> bool {
+        self.renewed_at.is_some_and(|at| now - at < 2 * self.every)
+    }
+
     /// Whether this node still leads; renews the lease when an interval has passed since it
-    /// was last taken. When the store cannot be asked, the lease counts as held until two
-    /// intervals after it was taken (a third of the lease kept for clocks that differ).
+    /// was last taken. When the store cannot be asked, as far as `within_margin` says.
     async fn held(&mut self) -> bool {
         let Some(renewed_at) = self.renewed_at else { return false };
         let now = self.clock.now_ms();
@@ -202,7 +203,7 @@ impl<'a> Lease<'a> {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not renew the leader lease during a retention pass");
-                now - renewed_at < 2 * self.every
+                self.within_margin(now)
             }
         }
     }
@@ -337,7 +338,8 @@ mod tests {
         let store = hookline_store::sqlite::SqliteStore::open(dir.path(), &[9; 32]).unwrap();
         let clock = ManualClock::new(1_000_000);
         let (ours, theirs, every) = (1, 2, 1_000);
-        let mut lease = Lease::new(&store, &clock, ours, every);
+        let mut lease = Lease::new(&store, &clock, every);
+        lease.token = ours;
         assert!(lease.take(clock.now_ms()).await.unwrap());
         clock.advance(900);
         assert!(lease.held().await);

@@ -45,9 +45,21 @@ pub fn reserve_idempotency_sql(p: impl Fn(usize) -> String) -> String {
     )
 }
 
+/// What an `Idempotency-Key` row reads as (an `IdempotentResponse`).
+const IDEMPOTENCY_COLUMNS: &str = "key, status, body, created_at, fingerprint";
+
 /// What a key not taken holds; parameter: key.
 pub fn held_idempotency_sql(p: impl Fn(usize) -> String) -> String {
-    format!("SELECT key, status, body, created_at, fingerprint FROM idempotency WHERE key = {}", p(1))
+    format!("SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency WHERE key = {}", p(1))
+}
+
+/// The answer a key holds, kept since a time (a reservation is none); parameters: key, since.
+pub fn idempotent_answer_sql(p: impl Fn(usize) -> String) -> String {
+    format!(
+        "SELECT {IDEMPOTENCY_COLUMNS} FROM idempotency WHERE key = {} AND created_at >= {} AND status <> 0",
+        p(1),
+        p(2)
+    )
 }
 
 /// Gives a reservation up; parameters: key, its token.

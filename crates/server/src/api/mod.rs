@@ -281,11 +281,6 @@ async fn confine(state: &AppState, own_app: &str, method: &Method, path: &str) -
     Ok(())
 }
 
-/// How long a reservation of an `Idempotency-Key` without an answer holds the key: longer
-/// than any request runs (their reads and store calls have timeouts of seconds), so only a
-/// node that stopped mid-request leaves one this old.
-const IDEMPOTENCY_ABANDONED_MS: i64 = 120_000;
-
 /// A POST's `Idempotency-Key`, scoped by caller, with the fingerprint of its request.
 #[derive(Clone)]
 pub struct IdempotencyKey {
@@ -394,7 +389,7 @@ async fn idempotency(State(state): Shared, request: Request, next: Next) -> Resp
         reserved.token,
         now,
         since,
-        now - IDEMPOTENCY_ABANDONED_MS,
+        now - crate::config::IDEMPOTENCY_ABANDONED_MS as i64,
     );
     match taken.await {
         Ok(Reservation::Taken) => {}

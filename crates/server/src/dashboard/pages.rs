@@ -721,12 +721,11 @@ async fn message_page(
     let id = text(&m, "id");
     let deliveries = api.get(&format!("/api/v1/app/{app_seg}/msg/{}/endpoint?limit=250", segment(id))).await?;
     let attempts = api.get(&format!("/api/v1/app/{app_seg}/attempt/msg/{}?limit=250", segment(id))).await?;
-    // The custom headers of the endpoints the attempts shown went to, the first
+    // The custom headers of the destinations the attempts shown went to, the first
     // `HEADERS_READ_MAX` of them: a page costs its merchant one request of its token's
     // budget, and one read per destination made it 250 reads for a message to 250 endpoints.
-    // Only endpoints among the destinations (an attempt to a callback URL names its
-    // delivery; one to a deleted endpoint, an endpoint gone), and a read that fails shows
-    // no headers rather than failing the page.
+    // (An attempt to a callback URL names its delivery, one to a deleted endpoint an
+    // endpoint gone: neither is a destination.) A read that fails shows no headers.
     let mut custom: Vec<(String, Value)> = Vec::new();
     for a in items(&attempts) {
         let endpoint_id = text(a, "endpointId");

@@ -49,10 +49,9 @@ const WAIT_LOOKS: u32 = 10;
 const QUICKEST_WINDOW: Duration = Duration::from_secs(1);
 /// How soon after a request began to go out on a reused connection a close without an
 /// answer is taken for the server closing the idle connection (a round trip and the
-/// request's own sending), and the request
-/// sent again on a fresh one. A close later than this came after the server read the
-/// request, maybe acted on it: it is a failed attempt, retried on the schedule, not sent
-/// again at once.
+/// request's own sending), and the request sent again on a fresh one. A close later than
+/// this came after the server read the request, maybe acted on it: it is a failed attempt,
+/// retried on the schedule, not sent again at once.
 const STALE_CLOSE_WINDOW: Duration = Duration::from_secs(1);
 /// Name lookups running at once. Each holds a blocking thread (the system resolver) for as
 /// long as the resolver tries, and the delivery runtime shares its blocking threads with
@@ -698,10 +697,10 @@ async fn lookup(name: &str, port: u16, timeout: Duration) -> Result<Vec<SocketAd
             std::net::ToSocketAddrs::to_socket_addrs(&(name.as_str(), port)).map(Vec::from_iter)
         })
         .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     };
     match tokio::time::timeout(timeout, resolved).await {
-        Ok(Ok(Ok(addresses))) => Ok(addresses),
-        Ok(Ok(Err(e))) => Err(Unreached::Connect(format!("resolving the host: {e}"))),
+        Ok(Ok(addresses)) => Ok(addresses),
         Ok(Err(e)) => Err(Unreached::Connect(format!("resolving the host: {e}"))),
         Err(_) => Err(Unreached::Connect("resolving the host timed out".into())),
     }

@@ -155,9 +155,9 @@ impl Engine {
         });
         // Routed once too: a retry that finds its message committed hands the scheduler the
         // deliveries committed with it, not new ones.
-        let mut deliveries = None;
+        let mut routed = None;
         loop {
-            match self.try_notify(&message, &mut deliveries).await {
+            match self.try_notify(&message, &mut routed).await {
                 Ok(()) => {
                     metrics::counter!(m::OPERATIONAL_EVENTS, "type" => notice.event_type).increment(1);
                     return;
@@ -175,19 +175,23 @@ impl Engine {
         }
     }
 
+    /// Commits `message` with its deliveries, routed at the first try that reads the
+    /// operational endpoints and kept in `routed` for the tries after.
     async fn try_notify(
         self: &Arc<Self>,
         message: &Arc<Message>,
-        deliveries: &mut Option<Vec<hookline_store::Delivery>>,
+        routed: &mut Option<Vec<hookline_store::Delivery>>,
     ) -> Result<(), StoreError> {
-        if deliveries.is_none() {
-            let endpoints = self.catalog.endpoints(OPERATIONAL_APP_ID).await?;
-            *deliveries = Some(self.route(&endpoints, message, self.clock.now_ms()));
-        }
-        let routed = deliveries.clone().unwrap_or_default();
-        if routed.is_empty() {
+        let deliveries = match routed {
+            Some(deliveries) => deliveries,
+            None => {
+                let endpoints = self.catalog.endpoints(OPERATIONAL_APP_ID).await?;
+                routed.insert(self.route(&endpoints, message, self.clock.now_ms()))
+            }
+        };
+        if deliveries.is_empty() {
             return Ok(());
         }
-        self.commit(message, routed, None, None).await.map(|_| ())
+        self.commit(message, deliveries.clone(), None, None).await.map(|_| ())
     }
 }

@@ -61,6 +61,16 @@ impl Drop for PgStore {
     }
 }
 
+/// How many timeouts [`PgStore::on_until_answered`] waits for an answer once it has a
+/// connection: past what the server lets a statement run, so only a dead connection ends
+/// the wait first.
+const ANSWER_WAIT_TIMEOUTS: u32 = 3;
+
+/// A connection of `pool`, within the pool's own timeouts.
+async fn pooled(pool: &Pool) -> StoreResult<deadpool_postgres::Object> {
+    pool.get().await.map_err(|e| StoreError::Unavailable(format!("database: {e}")))
+}
+
 /// Options beyond the URL.
 #[derive(Clone, Debug)]
 pub struct PgOptions {
@@ -146,22 +156,12 @@ impl PgStore {
         F: FnOnce(deadpool_postgres::Object) -> Fut,
         Fut: Future<Output = StoreResult<T>>,
     {
-        let work = async {
-            let client = pool.get().await.map_err(|e| StoreError::Unavailable(format!("database: {e}")))?;
-            f(client).await
-        };
+        let work = async { f(pooled(pool).await?).await };
         tokio::time::timeout(self.timeout, work)
             .await
             .map_err(|_| StoreError::Unavailable("the database did not answer in time".into()))?
     }
-}
 
-/// How many timeouts [`PgStore::on_until_answered`] waits for an answer once it has a
-/// connection: past what the server lets a statement run, so only a dead connection ends
-/// the wait first.
-const ANSWER_WAIT_TIMEOUTS: u32 = 3;
-
-impl PgStore {
     /// Runs `f`, one statement, with a connection of `pool` and waits for the server's
     /// answer, not only for the timeout: the server ends the statement at
     /// `statement_timeout`, so the caller learns whether it committed. For the claims:
@@ -174,8 +174,7 @@ impl PgStore {
         F: FnOnce(deadpool_postgres::Object) -> Fut,
         Fut: Future<Output = StoreResult<T>>,
     {
-        let client = pool.get().await.map_err(|e| StoreError::Unavailable(format!("database: {e}")))?;
-        tokio::time::timeout(self.timeout * ANSWER_WAIT_TIMEOUTS, f(client))
+        tokio::time::timeout(self.timeout * ANSWER_WAIT_TIMEOUTS, f(pooled(pool).await?))
             .await
             .map_err(|_| StoreError::Unavailable("the database did not answer".into()))?
     }

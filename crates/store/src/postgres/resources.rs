@@ -433,9 +433,8 @@ pub async fn idempotent_response(
     key: &str,
     since: i64,
 ) -> StoreResult<Option<IdempotentResponse>> {
-    let sql = "SELECT key, status, body, created_at, fingerprint FROM idempotency \
-               WHERE key = $1 AND created_at >= $2 AND status <> 0";
-    match one(c, sql, &[&key, &since], idempotency_row).await {
+    let sql = crate::columns::idempotent_answer_sql(|n| format!("${n}"));
+    match one(c, &sql, &[&key, &since], idempotency_row).await {
         Ok(answer) => Ok(Some(answer)),
         Err(StoreError::NotFound) => Ok(None),
         Err(e) => Err(e),

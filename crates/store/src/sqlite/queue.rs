@@ -773,14 +773,9 @@ pub fn get_attempt(conn: &Connection, app_id: &str, msg_id: &str, attempt_id: &s
 }
 
 pub fn idempotent_response(conn: &Connection, key: &str, since: i64) -> StoreResult<Option<IdempotentResponse>> {
-    conn.query_row(
-        "SELECT key, status, body, created_at, fingerprint FROM idempotency \
-         WHERE key = ?1 AND created_at >= ?2 AND status <> 0",
-        params![key, since],
-        idempotency_row,
-    )
-    .optional()
-    .map_err(sql_error)
+    conn.prepare_cached(&crate::columns::idempotent_answer_sql(|n| format!("?{n}")))
+        .and_then(|mut s| s.query_row(params![key, since], idempotency_row).optional())
+        .map_err(sql_error)
 }
 
 fn idempotency_row(r: &rusqlite::Row) -> rusqlite::Result<IdempotentResponse> {
