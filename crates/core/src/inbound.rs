@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
-use crate::signature::{verify_standard, verify_stripe, within_tolerance, Secret, VerifyError};
+use crate::signature::{mac_of, matches_any, verify_standard, verify_stripe, within_tolerance, Secret, VerifyError};
 
 /// Default replay window of presets that sign a timestamp.
 pub const TOLERANCE_S_DEFAULT: i64 = 300;
@@ -198,12 +198,12 @@ pub fn verify(
         Preset::Github => {
             let sig = need("x-hub-signature-256")?.strip_prefix("sha256=").ok_or(Rejection::MalformedSignature)?;
             let given = hex::decode(sig).map_err(|_| Rejection::MalformedSignature)?;
-            any_hmac::<Hmac<Sha256>>(secrets, &[body], &given)?;
+            any_hmac::<Hmac<Sha256>>(secrets, &[body], &[given])?;
             (Locator::BodyHash, Locator::Header("x-github-event"))
         }
         Preset::Shopify => {
             let given = B64.decode(need("x-shopify-hmac-sha256")?.trim()).map_err(|_| Rejection::MalformedSignature)?;
-            any_hmac::<Hmac<Sha256>>(secrets, &[body], &given)?;
+            any_hmac::<Hmac<Sha256>>(secrets, &[body], &[given])?;
             (Locator::BodyHash, Locator::Header("x-shopify-topic"))
         }
         Preset::Recharge => {
@@ -228,7 +228,9 @@ pub fn verify(
         }
         Preset::Hmac => {
             verify_generic(config, headers, body, secrets, now_s, tolerance)?;
-            (Locator::None, Locator::None)
+            // Unless configured, keyed by the body (see `BodyHash`): with no id, one captured
+            // request could be sent again as a new event for ever.
+            (Locator::BodyHash, Locator::None)
         }
         Preset::Adyen => {
             verify_adyen(body, secrets)?;
@@ -239,7 +241,7 @@ pub fn verify(
             let given =
                 B64.decode(need("x-square-hmacsha256-signature")?.trim()).map_err(|_| Rejection::MalformedSignature)?;
             let url = config.notification_url.as_deref().ok_or(Rejection::Misconfigured)?;
-            any_hmac::<Hmac<Sha256>>(secrets, &[url.as_bytes(), body], &given)?;
+            any_hmac::<Hmac<Sha256>>(secrets, &[url.as_bytes(), body], &[given])?;
             (Locator::Pointer("/event_id"), Locator::Pointer("/type"))
         }
         Preset::Paddle => {
@@ -339,24 +341,19 @@ fn verify_generic(
     let (before, after) = (before.replace("{timestamp}", &timestamp), after.replace("{timestamp}", &timestamp));
     let parts: [&[u8]; 3] = [before.as_bytes(), body, after.as_bytes()];
     match config.algorithm.unwrap_or_default() {
-        Algorithm::Sha256 => any_hmac::<Hmac<Sha256>>(secrets, &parts, &given),
-        Algorithm::Sha512 => any_hmac::<Hmac<Sha512>>(secrets, &parts, &given),
+        Algorithm::Sha256 => any_hmac::<Hmac<Sha256>>(secrets, &parts, &[given]),
+        Algorithm::Sha512 => any_hmac::<Hmac<Sha512>>(secrets, &parts, &[given]),
     }
 }
 
-/// Does any secret's HMAC of `parts` equal `given`? Each comparison is constant time.
-fn any_hmac<M: Mac + KeyInit>(secrets: &[&str], parts: &[&[u8]], given: &[u8]) -> Result<(), Rejection> {
-    let matches = |secret: &&str| {
-        let mut mac = <M as KeyInit>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
-        for part in parts {
-            mac.update(part);
-        }
-        mac.verify_slice(given).is_ok()
-    };
-    if secrets.iter().any(matches) {
-        Ok(())
-    } else {
-        Err(Rejection::BadSignature)
+/// Does any secret's HMAC of `parts` equal one of `given`? Each secret's HMAC is computed
+/// once, however many signatures the request carries (`matches_any`).
+fn any_hmac<M: Mac + KeyInit>(secrets: &[&str], parts: &[&[u8]], given: &[impl AsRef<[u8]>]) -> Result<(), Rejection> {
+    let expected: Vec<_> =
+        secrets.iter().map(|secret| mac_of::<M>(secret.as_bytes(), parts).finalize().into_bytes()).collect();
+    match matches_any(&expected, given) {
+        true => Ok(()),
+        false => Err(Rejection::BadSignature),
     }
 }
 
@@ -369,7 +366,7 @@ enum Locator {
     Found(Option<String>),
     /// `sha256:<hex>` of the raw body: the default of presets whose signature covers no id
     /// (GitHub's, Shopify's and Razorpay's come in headers nobody signs; Recharge and
-    /// Braintree send none). A header id would let anyone holding one captured request
+    /// Braintree send none; a generic `hmac` source's is wherever it is configured). A header id would let anyone holding one captured request
     /// pass its signed body again as a new event under a fresh id; a provider's own retry
     /// sends the same body, so the hash finds it as the header would.
     BodyHash,
@@ -415,7 +412,7 @@ fn hex_hmac_of_body(header: &str, body: &[u8], secrets: &[&str]) -> Result<(), R
     if header.bytes().any(|b| b.is_ascii_uppercase()) {
         return Err(Rejection::BadSignature);
     }
-    any_hmac::<Hmac<Sha256>>(secrets, &[body], &given)
+    any_hmac::<Hmac<Sha256>>(secrets, &[body], &[given])
 }
 
 /// Adyen signs fields of each notification item, not the bytes: HMAC-SHA256 (hex key) of
@@ -465,11 +462,7 @@ fn verify_adyen_item(item: &serde_json::Value, keys: &[Vec<u8>]) -> Result<(), R
         text(item.get("success")),
     ];
     let signed = fields.join(":");
-    let matches = |key: &Vec<u8>| {
-        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes any key length");
-        mac.update(signed.as_bytes());
-        mac.verify_slice(&given).is_ok()
-    };
+    let matches = |key: &Vec<u8>| mac_of::<Hmac<Sha256>>(key, &[signed.as_bytes()]).verify_slice(&given).is_ok();
     if keys.iter().any(matches) {
         Ok(())
     } else {
@@ -505,12 +498,7 @@ fn verify_paddle(
         return Err(Rejection::StaleTimestamp);
     }
     let prefix = format!("{ts_text}:");
-    let parts: [&[u8]; 2] = [prefix.as_bytes(), body];
-    if signatures.iter().any(|given| any_hmac::<Hmac<Sha256>>(secrets, &parts, given).is_ok()) {
-        Ok(())
-    } else {
-        Err(Rejection::BadSignature)
-    }
+    any_hmac::<Hmac<Sha256>>(secrets, &[prefix.as_bytes(), body], &signatures)
 }
 
 /// Braintree posts a form with `bt_signature` (`public_key|hex` pairs joined by `&`) and
@@ -548,11 +536,9 @@ fn verify_braintree(
     let with_newline = format!("{payload}\n");
     let matched = secrets.iter().any(|secret| {
         let key = sha1::Sha1::digest(secret.as_bytes());
-        [payload, with_newline.as_str()].iter().any(|signed| {
-            let mut mac = <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(&key).expect("HMAC takes any key length");
-            mac.update(signed.as_bytes());
-            mac.verify_slice(&given).is_ok()
-        })
+        [payload, with_newline.as_str()]
+            .iter()
+            .any(|signed| mac_of::<Hmac<sha1::Sha1>>(&key, &[signed.as_bytes()]).verify_slice(&given).is_ok())
     });
     if !matched {
         return Err(Rejection::BadSignature);

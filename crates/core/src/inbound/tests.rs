@@ -280,3 +280,35 @@ fn extreme_timestamps_are_stale() {
         }
     }
 }
+
+/// A header of thousands of signatures costs one MAC per secret, not one per signature: a
+/// header of empty `v1=` made one HMAC of the whole body each, seconds of a core for one
+/// unsigned request of a megabyte, on the thread that answers every request.
+#[test]
+fn many_signatures_cost_one_mac_per_secret() {
+    // Each preset's signature header, where its signatures begin, and an empty signature.
+    let forms = [
+        (Preset::Stripe, "stripe-signature", ",v1=", ",v1="),
+        (Preset::StandardWebhooks, "webhook-signature", "v1,", "v1, "),
+        (Preset::Paddle, "paddle-signature", ";h1=", ";h1="),
+    ];
+    let macs_during = |v: &Vector| {
+        let before = crate::signature::MACS_COMPUTED.with(|n| n.get());
+        let got = verify_vector(v).map(|_| ()).map_err(Rejection::code);
+        (got, crate::signature::MACS_COMPUTED.with(|n| n.get()) - before)
+    };
+    for (preset, header, marker, empty) in forms {
+        let mut v = valid(preset);
+        let secrets = v.secrets.len();
+        let signed = v.headers[header].clone();
+        let at = signed.find(marker).expect("the vector's signature");
+        let crowded = format!("{}{}{}", &signed[..at], empty.repeat(3_000), &signed[at..]);
+        v.headers.insert(header.into(), crowded);
+        assert_eq!(macs_during(&v), (Ok(()), secrets), "{preset:?}: the valid signature after 3,000 others");
+        // The crowd alone: refused, for the same work.
+        v.headers.insert(header.into(), format!("{}{}", &signed[..at], empty.repeat(3_000)));
+        let (got, macs) = macs_during(&v);
+        assert!(got.is_err(), "{preset:?}: no valid signature");
+        assert_eq!(macs, secrets, "{preset:?}: refused for one MAC per secret");
+    }
+}

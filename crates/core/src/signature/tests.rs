@@ -100,7 +100,7 @@ fn hmac_hex_scheme_signs_body_with_secret_text() {
     let scheme = SignatureScheme::HmacSha256Hex { header: "X-Sig".into() };
     let headers = sign_headers(&scheme, "msg_1", 5, b"body", std::slice::from_ref(&s));
     let value = &headers.iter().find(|(k, _)| k == "X-Sig").unwrap().1;
-    let mut mac = HmacSha256::new_from_slice(s.as_str().as_bytes()).unwrap();
+    let mut mac = <HmacSha256 as Mac>::new_from_slice(s.as_str().as_bytes()).unwrap();
     mac.update(b"body");
     assert_eq!(value, &hex::encode(mac.finalize().into_bytes()));
 }

@@ -267,6 +267,32 @@ async fn a_replay_to_an_ordering_endpoint_is_sent_once() {
     gw.stop().await;
 }
 
+/// A generic `hmac` source with no event id setting keys its events by their body: with no
+/// key at all, one captured request could be sent again as a new event for ever.
+#[tokio::test]
+async fn a_generic_hmac_source_drops_a_resent_body() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let src = source(&gw, &app, "hmac", json!(["s"]), json!({})).await;
+    let path = format!("/in/{}", src["id"].as_str().unwrap());
+    let body = r#"{"paid":1}"#;
+    let (status, first) = post_in(&gw, &path, &hmac_request("s", body), body).await;
+    assert_eq!((status, first["status"].as_str()), (200, Some("accepted")), "{first}");
+    assert_eq!(&rx.next().await.body[..], body.as_bytes());
+    let (status, again) = post_in(&gw, &path, &hmac_request("s", body), body).await;
+    assert_eq!(
+        (status, again["status"].as_str(), again["messageId"].as_str()),
+        (200, Some("duplicate"), first["messageId"].as_str())
+    );
+    assert!(!rx.gets_within(200).await, "a duplicate is not forwarded");
+    let other = r#"{"paid":2}"#;
+    let (_, answer) = post_in(&gw, &path, &hmac_request("s", other), other).await;
+    assert_eq!(answer["status"], "accepted", "another body is another event");
+    gw.stop().await;
+}
+
 /// A provider's headers are forwarded, credentials never: an API gateway before `/in` may
 /// add its own key, which no endpoint of the application (the merchant's) may see.
 #[tokio::test]
