@@ -498,8 +498,12 @@ pub struct MessageIn {
     pub payload: Box<RawValue>,
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = PRINTABLE_PATTERN))]
     pub event_id: Option<String>,
-    #[schemars(length(max = CHANNELS_MAX), inner(length(min = 1)))]
+    #[schemars(
+        length(max = CHANNELS_MAX),
+        inner(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = PRINTABLE_PATTERN))
+    )]
     pub channels: Option<Vec<String>>,
+    #[schemars(length(max = TAGS_MAX), inner(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = PRINTABLE_PATTERN)))]
     pub tags: Option<Vec<String>>,
     /// Creates the application when the path names none, under the key in the path as its
     /// `uid`; a `uid` here is therefore not documented, and one that differs from the path's
@@ -559,6 +563,8 @@ pub const ORDERING_KEY_BYTES_MAX: usize = 256;
 pub const PRINTABLE_PATTERN: &str = r"^[^\u0000-\u001F\u007F-\u009F]*$";
 /// Channels a message may name.
 pub const CHANNELS_MAX: usize = 10;
+/// Tags a message may carry.
+pub const TAGS_MAX: usize = 10;
 /// The longest a message may ask to be kept: 100 years.
 pub const RETENTION_DAYS_MAX: i64 = 36_500;
 

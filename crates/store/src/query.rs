@@ -127,9 +127,11 @@ impl Query {
         query
     }
 
-    /// The message-side filters of a listing of deliveries or attempts (rows with a
-    /// `msg_id`): the message's channel, event types and tag.
-    pub fn of_messages(mut self, filter: &ListFilter, dialect: &Dialect) -> Query {
+    /// The message-side filters of a listing of deliveries or attempts (rows of `table`,
+    /// with a `msg_id`): the message's channel, event types and tag, read from each listed
+    /// row's own message. (`msg_id IN (SELECT id FROM messages WHERE …)` read every
+    /// message of every application, payloads included, for each filtered page.)
+    pub fn of_messages(mut self, table: &str, filter: &ListFilter, dialect: &Dialect) -> Query {
         let conditions = [
             (dialect.channel_contains, filter.channel.clone().map(Value::from)),
             (dialect.event_type_in, filter.event_types.clone().map(Value::from)),
@@ -137,7 +139,8 @@ impl Query {
         ];
         for (condition, value) in conditions {
             if let Some(value) = value {
-                self = self.and(&format!("msg_id IN (SELECT id FROM messages WHERE {condition})"), value);
+                let own = format!("messages.id = {table}.msg_id AND messages.app_id = {table}.app_id");
+                self = self.and(&format!("EXISTS (SELECT 1 FROM messages WHERE {own} AND {condition})"), value);
             }
         }
         self

@@ -12,7 +12,7 @@ use crate::dispatch::Engine;
 use crate::error::{ApiError, ApiResult};
 use crate::wire::{
     parse_timestamp, MessageIn, TransformationsParams, CHANNELS_MAX, NAME_CHARS_MAX, ORDERING_KEY_BYTES_MAX,
-    RETENTION_DAYS_MAX,
+    RETENTION_DAYS_MAX, TAGS_MAX,
 };
 use hookline_core::id::prefix;
 use hookline_core::ssrf::{check_url, AddressPolicy};
@@ -44,8 +44,14 @@ pub fn check(input: &MessageIn) -> ApiResult<()> {
     if content_type.is_some_and(|v| v.is_empty() || axum::http::HeaderValue::from_str(v).is_err()) {
         return Err(ApiError::field("transformationsParams", "headers.content-type must be a header value"));
     }
-    if input.channels.as_ref().is_some_and(|c| c.len() > CHANNELS_MAX || c.iter().any(|c| c.is_empty())) {
-        return Err(ApiError::field("channels", format!("at most {CHANNELS_MAX} non-empty channels")));
+    // Printable, as event types: a NUL stored in one made the PostgreSQL listings filtered
+    // by channel or tag fail for its application (a JSON text with it is no `jsonb`).
+    for (field, items, max) in [("channels", &input.channels, CHANNELS_MAX), ("tags", &input.tags, TAGS_MAX)] {
+        let bad = |item: &String| crate::api::check_text(field, item, Text::Printable, 1, NAME_CHARS_MAX).is_err();
+        if items.as_ref().is_some_and(|items| items.len() > max || items.iter().any(bad)) {
+            let rule = format!("of 1 to {NAME_CHARS_MAX} characters, none a control character");
+            return Err(ApiError::field(field, format!("{field}: at most {max}, each {rule}")));
+        }
     }
     let retention = [
         ("payloadRetentionPeriod", input.payload_retention_period, RETENTION_DAYS_MAX),

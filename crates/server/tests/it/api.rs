@@ -42,6 +42,40 @@ async fn bad_input_gets_a_json_error_with_a_stable_code() {
             "validation",
         ),
         ("POST", msg_path.clone(), Some(TOKEN), br#"{"eventType":"","payload":{}}"#.to_vec(), 422, "validation"),
+        // A NUL in a channel or tag made PostgreSQL's listings filtered by either fail.
+        (
+            "POST",
+            msg_path.clone(),
+            Some(TOKEN),
+            br#"{"eventType":"x","payload":{},"channels":["\u0000"]}"#.to_vec(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            msg_path.clone(),
+            Some(TOKEN),
+            br#"{"eventType":"x","payload":{},"tags":["a\u0007"]}"#.to_vec(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            msg_path.clone(),
+            Some(TOKEN),
+            br#"{"eventType":"x","payload":{},"tags":[""]}"#.to_vec(),
+            422,
+            "validation",
+        ),
+        (
+            "POST",
+            msg_path.clone(),
+            Some(TOKEN),
+            format!(r#"{{"eventType":"x","payload":{{}},"tags":{}}}"#, serde_json::to_string(&vec!["t"; 11]).unwrap())
+                .into_bytes(),
+            422,
+            "validation",
+        ),
         (
             "POST",
             msg_path.clone(),

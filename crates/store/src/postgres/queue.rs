@@ -624,7 +624,7 @@ pub async fn deliveries_of_endpoint(
     let query = query
         .filtered(&ListFilter { before: None, after: None, ..filter.clone() }, "updated_at")
         .messages_created(filter)
-        .of_messages(filter, &rows::DIALECT);
+        .of_messages("deliveries", filter, &rows::DIALECT);
     views_page(c, query, page, false).await
 }
 
@@ -642,7 +642,7 @@ pub async fn list_attempts(
     };
     rows::page(
         c,
-        query.filtered(filter, "created_at").of_attempts(filter).of_messages(filter, &rows::DIALECT),
+        query.filtered(filter, "created_at").of_attempts(filter).of_messages("attempts", filter, &rows::DIALECT),
         rows::ATTEMPT_COLUMNS,
         "attempts",
         page,

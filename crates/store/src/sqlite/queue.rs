@@ -740,7 +740,7 @@ pub fn deliveries_of_endpoint(
     let query = query
         .filtered(&ListFilter { before: None, after: None, ..filter.clone() }, "updated_at")
         .messages_created(filter)
-        .of_messages(filter, &rows::DIALECT);
+        .of_messages("deliveries", filter, &rows::DIALECT);
     views_page(conn, query, page, false)
 }
 
@@ -758,7 +758,7 @@ pub fn list_attempts(
     };
     rows::page(
         conn,
-        query.filtered(filter, "created_at").of_attempts(filter).of_messages(filter, &rows::DIALECT),
+        query.filtered(filter, "created_at").of_attempts(filter).of_messages("attempts", filter, &rows::DIALECT),
         rows::ATTEMPT_COLUMNS,
         "attempts",
         page,
