@@ -700,11 +700,14 @@ impl ListQuery {
             }
         };
         let limit = self.limit.unwrap_or(LIST_LIMIT_DEFAULT).clamp(1, LIST_LIMIT_MAX);
-        // A `prevIterator` is the first item's id after a `-`: the page before it.
-        let iterator = self.iterator.clone().filter(|i| !i.is_empty());
-        let (iterator, backwards) = match iterator.as_deref().and_then(|i| i.strip_prefix('-')) {
-            Some(before) => (Some(before.to_owned()), true),
-            None => (iterator, false),
+        // A `prevIterator` is the first item's key after a `-`: the page before it; an
+        // `iterator` is the last item's key, after a `+` when the key begins with either.
+        let (iterator, backwards) = match self.iterator.as_deref().filter(|i| !i.is_empty()) {
+            Some(i) => match i.strip_prefix('-') {
+                Some(before) => (Some(before.to_owned()), true),
+                None => (Some(i.strip_prefix('+').unwrap_or(i).to_owned()), false),
+            },
+            None => (None, false),
         };
         Ok(Page { limit, iterator, descending, backwards })
     }
@@ -796,13 +799,19 @@ pub mod query {
     pub const FILTER: [QueryParam; 6] = [STATUS, BEFORE, AFTER, CHANNEL, EVENT_TYPES, TAG];
 }
 
-/// Builds a Svix list answer; the iterator is the id of the last item.
+/// Builds a Svix list answer; the iterator is the key (id or name) of the last item, after
+/// a `+` when it begins with `-` or `+` (an event type's name may begin with `-`, which as
+/// an iterator read as a `prevIterator`: a listing went back, or round for ever). No key
+/// begins with `+`.
 pub fn listed<T, O>(
     listed: hookline_store::Listed<T>,
     key: impl Fn(&T) -> String,
     out: impl Fn(T) -> O,
 ) -> crate::wire::ListResponse<O> {
-    let iterator = listed.items.last().map(&key);
+    let iterator = listed.items.last().map(&key).map(|last| match last.starts_with(['-', '+']) {
+        true => format!("+{last}"),
+        false => last,
+    });
     let prev_iterator = listed.items.first().map(|first| format!("-{}", key(first)));
     crate::wire::ListResponse {
         data: listed.items.into_iter().map(out).collect(),

@@ -582,6 +582,41 @@ async fn a_prev_iterator_leads_to_the_page_before() {
     gw.stop().await;
 }
 
+/// Event types are listed by name, and a name may begin with `-`, the mark of a
+/// `prevIterator`: a page's `iterator` still leads to the page after it (it led back, or to
+/// the same page for ever).
+#[tokio::test]
+async fn event_types_whose_names_begin_with_a_dash_are_listed_page_by_page() {
+    let gw = start_gateway(dev_config()).await;
+    let names = ["-a", "-b", "-c", "a0", "a1"];
+    for name in names {
+        gw.ok("POST", "/api/v1/event-type", Some(json!({"name": name, "description": "d"}))).await;
+    }
+    let mut seen = Vec::new();
+    let mut pages = Vec::new();
+    let mut iterator: Option<String> = None;
+    loop {
+        let path = match &iterator {
+            Some(it) => format!("/api/v1/event-type?limit=1&iterator={}", it.replace('+', "%2B")),
+            None => "/api/v1/event-type?limit=1".to_owned(),
+        };
+        let page = gw.ok("GET", &path, None).await;
+        seen.extend(page["data"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap().to_owned()));
+        pages.push(page.clone());
+        if page["done"] == json!(true) || pages.len() > names.len() {
+            break;
+        }
+        iterator = page["iterator"].as_str().map(str::to_owned);
+    }
+    assert_eq!(seen, names, "each once, in order");
+    let back = pages[3]["prevIterator"].as_str().unwrap().replace('+', "%2B");
+    let before = gw.ok("GET", &format!("/api/v1/event-type?limit=2&iterator={back}"), None).await;
+    let names_before: Vec<&str> =
+        before["data"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
+    assert_eq!(names_before, ["-b", "-c"], "the page before `a0`");
+    gw.stop().await;
+}
+
 /// The listings' filters do what the document says: attempts and attempted messages by
 /// the message's event type, channel and tag, messages by tag, and attempted messages by
 /// when the message was created. (Attempts' and attempted messages' channel, event types
