@@ -265,10 +265,45 @@ fn serve(config: Config, raised: std::io::Result<u64>) -> ExitCode {
     code
 }
 
+/// Holds `hookline.lock` in the data directory for as long as this process lives: a second
+/// process on one SQLite database (another port, a second container on a shared volume)
+/// took over the first's claims as a dead node's while it was sending them, and each then
+/// voided the other's registration by turns: duplicates, and ordered lanes sent twice. The
+/// kernel lets go of the lock when the process ends, `kill -9` included.
+fn hold_data_dir(data_dir: &std::path::Path) -> Result<(), (u8, String)> {
+    let unavailable = |e: std::io::Error| (EXIT_UNAVAILABLE, format!("cannot lock {}: {e}", data_dir.display()));
+    std::fs::create_dir_all(data_dir).map_err(unavailable)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(data_dir.join("hookline.lock"))
+        .map_err(unavailable)?;
+    match lock.try_lock() {
+        Ok(()) => {
+            // Kept until the process ends.
+            std::mem::forget(lock);
+            Ok(())
+        }
+        Err(std::fs::TryLockError::WouldBlock) => Err((
+            EXIT_UNAVAILABLE,
+            format!(
+                "another Hookline process is using the data directory {}: one process per data directory \
+                 (several nodes share a PostgreSQL database, database.url)",
+                data_dir.display()
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(unavailable(e)),
+    }
+}
+
 /// Opens the configured store: PostgreSQL when `database.url` is set, else SQLite in the
 /// data directory. Errors carry the exit code.
 async fn open_store(config: &Config) -> Result<Arc<dyn Store>, (u8, String)> {
     let url = &config.database.url;
+    if url.is_empty() {
+        hold_data_dir(&config.server.data_dir)?;
+    }
     let key = match &config.security.secret_key {
         Some(text) => decode_key(text).map_err(|e| (EXIT_CONFIG, format!("security.secret_key: {e}")))?,
         // Every node must seal with the same key, so a shared database needs it given.

@@ -306,6 +306,30 @@ async fn a_lost_or_wrong_secret_key_is_refused_before_listening() {
     again.kill9();
 }
 
+/// A second process on a data directory in use is refused before it listens (exit 69, said
+/// why), and the first goes on; once the first is gone, the directory is free again.
+#[tokio::test]
+async fn a_second_process_on_one_data_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    let mut first = Hookline::start(dir.path(), free_port(), &[]);
+    first.wait_healthy(&http).await;
+    let out = Command::new(env!("CARGO_BIN_EXE_hookline"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port()), "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(69), "{stdout} {stderr}");
+    assert!(stderr.contains("another Hookline process") && !stdout.contains("listening"), "{stdout} {stderr}");
+    let health = http.get(format!("{}/api/v1/health", first.url)).send().await.unwrap();
+    assert_eq!(health.status(), 200, "the first goes on");
+    first.kill9();
+    let mut again = Hookline::start(dir.path(), free_port(), &[]);
+    again.wait_healthy(&http).await;
+    again.kill9();
+}
+
 /// Setting `HOOKLINE_ADMIN_TOKEN` replaces a generated token that leaked: the generated one
 /// stops working (the API cannot delete an admin token), also once the setting is gone.
 #[tokio::test]
