@@ -2,8 +2,12 @@
 //! keeps, the embedded SQLite backend and the PostgreSQL backend for several nodes. Only
 //! this crate knows SQL.
 //!
-//! Every write is durable (committed and synced) when its future resolves; writes are
-//! batched into group commits by each backend.
+//! Every write is committed when its future resolves, and every write a client's answer
+//! waits for (a publish, an inbound event, an API change) is also synced; writes are
+//! batched into group commits by each backend. On SQLite, the bookkeeping of deliveries
+//! (attempt records, claims, leases, statistics, retention, alert state) commits without
+//! waiting for the disk: a power loss in between can lose it, and a delivery is sent again;
+//! no caller may answer a client on it.
 
 mod columns;
 mod model;

@@ -322,7 +322,25 @@ fn in_savepoint<T>(conn: &Connection, f: impl Fn(&Connection) -> StoreResult<T>)
     result
 }
 
+/// Closes the inbox if the writer ends by a panic: the jobs queued are dropped (their
+/// callers hear the write was not committed) and later writes are refused, where they
+/// waited for ever for a writer that was gone. The transaction open, if any, rolls back
+/// with the connection.
+struct ClosedOnPanic<'a>(&'a Inbox);
+
+impl Drop for ClosedOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!("the SQLite writer stopped on a panic; every write is refused until a restart");
+            let mut queues = self.0.queues.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            queues.closed = true;
+            queues.lanes.iter_mut().for_each(VecDeque::clear);
+        }
+    }
+}
+
 fn run_writer(conn: Connection, inbox: &Inbox) {
+    let _closed_on_panic = ClosedOnPanic(inbox);
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(BATCH_JOBS_MAX);
     // `open_connection` opens every connection with FULL.
     let mut synced = Synced(true);
@@ -912,6 +930,38 @@ mod tests {
             tokio::join!(store.write(synchronous), store.write_in(Lane::Background, synchronous));
         assert_eq!(acknowledged.unwrap(), 2);
         assert!(matches!(background.unwrap(), 1 | 2), "in the acknowledged write's batch, or in one after it");
+    }
+
+    /// A job that panics ends the writer: its batch and every write queued or made after
+    /// are answered with an error (they waited for ever).
+    #[tokio::test]
+    async fn a_panic_on_the_writer_fails_every_write_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path(), &[7; KEY_BYTES]).unwrap());
+        assert_eq!(store.write(synchronous).await.unwrap(), 2);
+        let held = std::sync::Arc::new(std::sync::Barrier::new(2));
+        let holding = held.clone();
+        let panicking = store.write(move |_| -> StoreResult<()> {
+            holding.wait();
+            panic!("a job's bug");
+        });
+        let queued = {
+            let store = store.clone();
+            tokio::spawn(async move { store.write(synchronous).await })
+        };
+        let released = tokio::task::spawn_blocking(move || {
+            // The queued write is in the inbox behind the panicking job before it panics.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            held.wait();
+        });
+        let answers = async {
+            let panicked = panicking.await;
+            released.await.unwrap();
+            (panicked, queued.await.unwrap(), store.write(synchronous).await)
+        };
+        let (panicked, queued, later) =
+            tokio::time::timeout(std::time::Duration::from_secs(60), answers).await.expect("every write is answered");
+        assert!(panicked.is_err() && queued.is_err() && later.is_err(), "{panicked:?} {queued:?} {later:?}");
     }
 
     /// Retention walks the expiring tables along their primary key, and deleting an
