@@ -91,8 +91,15 @@ impl Recorder {
         });
     }
 
-    /// Writes what was counted. On failure the counts are kept for the next flush.
-    pub async fn flush(&self, store: &dyn Store) {
+    /// Writes what was counted. On failure the counts are kept for the next flush. The
+    /// write runs as a task of its own, so a caller that goes away (a statistics request
+    /// whose client left) neither loses what was taken nor leaves it half done.
+    pub async fn flush(self: &Arc<Self>, store: &Arc<dyn Store>) {
+        let (recorder, store) = (self.clone(), store.clone());
+        let _ = tokio::spawn(async move { recorder.write(store.as_ref()).await }).await;
+    }
+
+    async fn write(&self, store: &dyn Store) {
         let taken = std::mem::take(&mut *self.pending.lock().expect("stats lock"));
         let rows: Vec<StatRow> = taken.into_values().flatten().collect();
         if rows.is_empty() {
@@ -131,7 +138,7 @@ impl Recorder {
     pub async fn flush_loop(self: Arc<Self>, store: Arc<dyn Store>) {
         loop {
             tokio::time::sleep(Duration::from_millis(FLUSH_MS)).await;
-            self.flush(store.as_ref()).await;
+            self.flush(&store).await;
         }
     }
 }

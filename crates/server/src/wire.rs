@@ -822,7 +822,8 @@ fn headers_json_schema(kind: impl serde::Serialize) -> schemars::Schema {
 pub struct EndpointStatsOut {
     /// Delivered.
     pub success: u64,
-    /// Waiting for their first attempt or a retry.
+    /// Waiting for their first attempt or a retry (those behind an earlier message of
+    /// their ordering key included).
     pub pending: u64,
     /// Being attempted now.
     pub sending: u64,

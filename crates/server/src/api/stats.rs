@@ -180,7 +180,8 @@ async fn endpoint_stats(
     let of = |wanted: DeliveryState| counts.iter().filter(|(s, _)| *s == wanted).map(|(_, n)| n).sum();
     Ok(Json(EndpointStatsOut {
         success: of(DeliveryState::Delivered),
-        pending: of(DeliveryState::Pending),
+        // Behind an earlier message of their ordering key, they wait for their first attempt.
+        pending: of(DeliveryState::Pending) + of(DeliveryState::Waiting),
         sending: of(DeliveryState::Sending),
         fail: of(DeliveryState::Exhausted),
         canceled: of(DeliveryState::Canceled),
@@ -196,7 +197,7 @@ async fn attempt_stats(
     let app = find_app(&state, &app_key).await?;
     let endpoint = find_endpoint(&state, &app, &endpoint_key).await?;
     let (since, until) = range(&state, &query)?;
-    state.engine.stats.flush(state.store.as_ref()).await;
+    state.engine.stats.flush(&state.store).await;
     let rows = state
         .store
         .stats_of(StatScope::One(&endpoint.id), since, until)
@@ -238,7 +239,7 @@ async fn all_attempts(state: Shared, QueryParams(query): QueryParams<StatsQuery>
 async fn attempt_series_of(state: &AppState, scope: StatScope<'_>, query: &StatsQuery) -> ApiResult<AttemptSeriesOut> {
     let (period, period_ms, start, count) = buckets(state, query)?;
     let end = start + period_ms * count as i64;
-    state.engine.stats.flush(state.store.as_ref()).await;
+    state.engine.stats.flush(&state.store).await;
     let rows = state.store.stats_of(scope, start, end).await.map_err(ApiError::from_store("statistics"))?;
     let points = series(&rows, start, period_ms, count);
     Ok(AttemptSeriesOut {
@@ -275,7 +276,7 @@ async fn source_series(
     let source = find_source(&state, &source_key).await?;
     let (period, period_ms, start, count) = buckets(&state, &query)?;
     let end = start + period_ms * count as i64;
-    state.engine.stats.flush(state.store.as_ref()).await;
+    state.engine.stats.flush(&state.store).await;
     let rows =
         state.store.stats_of(StatScope::One(&source.id), start, end).await.map_err(ApiError::from_store("source"))?;
     let points = series(&rows, start, period_ms, count);

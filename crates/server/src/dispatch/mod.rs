@@ -352,7 +352,7 @@ impl Engine {
                 "shutdown grace elapsed; unfinished deliveries resume at next start"
             );
         }
-        self.stats.flush(self.store.as_ref()).await;
+        self.stats.flush(&self.store).await;
         if let Some(mailer) = &self.mailer {
             mailer.flush().await;
         }

@@ -164,3 +164,27 @@ async fn a_source_counts_requests_accepted_refused_and_duplicate() {
     assert_eq!((sum(&forwarded, "successCount"), sum(&forwarded, "failureCount")), (1, 0), "{series}");
     gw.stop().await;
 }
+
+/// Deliveries behind an earlier message of their ordering key count as pending in the
+/// endpoint's stats (they were in no field: a failing ordered endpoint with a queue showed
+/// one pending delivery).
+#[tokio::test]
+async fn deliveries_waiting_behind_their_ordering_key_count_as_pending() {
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(500)).await;
+    let app = gw.app("merchant").await;
+    let policy = json!({"delaysMs": [3_600_000]});
+    let ep = gw.endpoint(&app, json!({"url": rx.url, "ordering": "fifo", "retryPolicy": policy})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = gw.publish(&app, json!({"eventType": "charge.succeeded", "orderingKey": "pay_1", "payload": {}})).await;
+    rx.next().await;
+    gw.wait_attempts(&app, &first, 1).await;
+    for n in 0..2 {
+        gw.publish(&app, json!({"eventType": "charge.succeeded", "orderingKey": "pay_1", "payload": {"n": n}})).await;
+    }
+    let counts = gw.ok("GET", &format!("/api/v1/app/{app}/endpoint/{ep}/stats"), None).await;
+    assert_eq!(counts, json!({"success": 0, "pending": 3, "sending": 0, "fail": 0, "canceled": 0, "skipped": 0}));
+    gw.stop().await;
+}

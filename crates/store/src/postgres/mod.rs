@@ -669,7 +669,9 @@ impl Store for PgStore {
         on_conn!(self, |c| resources::reconcile_runs(&c, source_id, limit))
     }
     async fn add_stats(&self, rows: Vec<StatRow>) -> StoreResult<()> {
-        self.on(&self.relaxed, |c| async move { stats::add(&c, &rows).await }).await
+        // Until answered: rows given up on at the timeout are kept for the next flush, and
+        // were counted twice when the statement committed after it.
+        self.on_until_answered(&self.relaxed, |c| async move { stats::add(&c, &rows).await }).await
     }
     async fn stats_of(&self, scope: StatScope<'_>, since: UnixMs, until: UnixMs) -> StoreResult<Vec<StatRow>> {
         on_conn!(self, |c| stats::of(&c, scope, since, until))
