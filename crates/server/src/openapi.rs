@@ -22,10 +22,11 @@ fn doc_path(path: &str) -> String {
 fn error_statuses(route: &Route) -> Vec<(u16, &'static str)> {
     let mut out = Vec::new();
     let writes = route.method != Method::GET && route.method != Method::DELETE;
-    if !route.query.is_empty() || route.body.is_some() || (route.method == Method::POST && !route.public) {
+    let parsed = !route.query.is_empty() || route.body.is_some() || route.path.contains('{');
+    if parsed || (route.method == Method::POST && !route.public) {
         out.push((
             400,
-            "A query parameter, the Idempotency-Key or the body does not parse (`bad_request`, `invalid_json`).",
+            "A path or query parameter (not UTF-8 once percent-decoded, say), the Idempotency-Key or the body does not parse (`bad_request`, `invalid_json`).",
         ));
     }
     if !route.public {

@@ -114,6 +114,8 @@ async fn bad_input_gets_a_json_error_with_a_stable_code() {
         ("GET", "/api/v1/app/app_missing".into(), Some(TOKEN), vec![], 404, "not_found"),
         ("GET", format!("{msg_path}/msg_missing"), Some(TOKEN), vec![], 404, "not_found"),
         ("GET", "/api/v1/app?limit=abc".into(), Some(TOKEN), vec![], 400, "bad_request"),
+        // Documented: a path parameter that is not UTF-8.
+        ("GET", "/api/v1/app/%FF".into(), Some(TOKEN), vec![], 400, "bad_request"),
         ("GET", "/api/v1/app?order=sideways".into(), Some(TOKEN), vec![], 400, "bad_request"),
         ("DELETE", "/api/v1/health".into(), None, vec![], 405, "method_not_allowed"),
         ("GET", "/api/v1/nowhere".into(), Some(TOKEN), vec![], 404, "not_found"),
