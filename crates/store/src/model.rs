@@ -535,7 +535,10 @@ pub struct ListFilter {
     pub status_code_class: Option<u16>,
 }
 
-/// A delivery joined with what the API shows beside it.
+/// A delivery joined with what the API shows beside it: its endpoint in a message's
+/// listing, its message in an endpoint's. Either is `None` when it is gone (deleted since
+/// the delivery was read): the delivery stays in its page, so the page's cursor still moves
+/// past it (a page of such deliveries left out had no cursor, and said more followed).
 #[derive(Clone, Debug)]
 pub struct DeliveryView {
     pub delivery: Delivery,

@@ -571,19 +571,16 @@ pub async fn ordering_lanes(
 
 /// `delivery` with its endpoint or its message; `None` when its message is gone (deleted
 /// by retention since the page was read: a read's statements do not share a snapshot).
-async fn view(c: &impl GenericClient, delivery: Delivery, with_endpoint: bool) -> StoreResult<Option<DeliveryView>> {
+async fn view(c: &impl GenericClient, delivery: Delivery, with_endpoint: bool) -> StoreResult<DeliveryView> {
     let endpoint = match (&delivery.endpoint_id, with_endpoint) {
         (Some(id), true) => absent(get_endpoint(c, &delivery.app_id, id).await)?,
         _ => None,
     };
     let message = match with_endpoint {
         true => None,
-        false => match absent(message_by_id(c, &delivery.msg_id).await)? {
-            Some(message) => Some(message),
-            None => return Ok(None),
-        },
+        false => absent(message_by_id(c, &delivery.msg_id).await)?,
     };
-    Ok(Some(DeliveryView { delivery, endpoint, message }))
+    Ok(DeliveryView { delivery, endpoint, message })
 }
 
 async fn views_page(
@@ -595,7 +592,7 @@ async fn views_page(
     let listed = rows::page(c, query, rows::DELIVERY_COLUMNS, "deliveries", page, rows::delivery).await?;
     let mut items = Vec::with_capacity(listed.items.len());
     for delivery in listed.items {
-        items.extend(view(c, delivery, with_endpoint).await?);
+        items.push(view(c, delivery, with_endpoint).await?);
     }
     Ok(Listed { items, done: listed.done })
 }

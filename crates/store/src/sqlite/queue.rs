@@ -686,19 +686,16 @@ pub fn ordering_lanes(
 
 /// `delivery` with its endpoint or its message; `None` when its message is gone (deleted
 /// by retention since the page was read: a read's statements do not share a snapshot).
-fn view(conn: &Connection, delivery: Delivery, with_endpoint: bool) -> StoreResult<Option<DeliveryView>> {
+fn view(conn: &Connection, delivery: Delivery, with_endpoint: bool) -> StoreResult<DeliveryView> {
     let endpoint = match (&delivery.endpoint_id, with_endpoint) {
         (Some(id), true) => get_endpoint(conn, &delivery.app_id, id).map(Some).or_else(absent)?,
         _ => None,
     };
     let message = match with_endpoint {
         true => None,
-        false => match message_by_id(conn, &delivery.msg_id).map(Some).or_else(absent)? {
-            Some(message) => Some(message),
-            None => return Ok(None),
-        },
+        false => message_by_id(conn, &delivery.msg_id).map(Some).or_else(absent)?,
     };
-    Ok(Some(DeliveryView { delivery, endpoint, message }))
+    Ok(DeliveryView { delivery, endpoint, message })
 }
 
 fn absent<T>(e: StoreError) -> StoreResult<Option<T>> {
@@ -713,7 +710,7 @@ fn absent<T>(e: StoreError) -> StoreResult<Option<T>> {
 fn views_page(conn: &Connection, query: Query, page: &Page, with_endpoint: bool) -> StoreResult<Listed<DeliveryView>> {
     let listed = rows::page(conn, query, rows::DELIVERY_COLUMNS, "deliveries", page, rows::delivery)?;
     let items = listed.items.into_iter().map(|d| view(conn, d, with_endpoint)).collect::<StoreResult<Vec<_>>>()?;
-    Ok(Listed { items: items.into_iter().flatten().collect(), done: listed.done })
+    Ok(Listed { items, done: listed.done })
 }
 
 pub fn deliveries_of_message(
