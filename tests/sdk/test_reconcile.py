@@ -63,7 +63,8 @@ def hookline(events_api):
 def test_reconciliation_asks_what_the_stripe_library_asks(hookline, events_api):
     since_s = int(time.time()) - WINDOW_MS // 1000
     client = stripe.StripeClient(KEY, base_addresses={"api": events_api.url})
-    client.v1.events.list(params={"created": {"gte": since_s}, "limit": 100})
+    until_s = int(time.time()) - 300
+    client.v1.events.list(params={"created": {"gte": since_s, "lte": until_s}, "delivery_success": False, "limit": 100})
     library_path, library_query, library_auth = events_api.requests[-1]
 
     app = httpx.post(f"{hookline}/api/v1/app", headers=AUTH, json={"name": "shop", "uid": "shop"}).json()
@@ -76,7 +77,9 @@ def test_reconciliation_asks_what_the_stripe_library_asks(hookline, events_api):
 
     assert path == library_path == "/v1/events"
     assert auth == library_auth == f"Bearer {KEY}"
-    assert set(query) == set(library_query) == {"created[gte]", "limit"}
+    assert set(query) == set(library_query) == {"created[gte]", "created[lte]", "delivery_success", "limit"}
     assert query["limit"] == library_query["limit"] == ["100"]
+    assert query["delivery_success"] == library_query["delivery_success"] == ["false"]
+    assert abs(int(query["created[lte]"][0]) - int(library_query["created[lte]"][0])) <= 5
     # The window is measured from each one's own clock: a few seconds apart at most.
     assert abs(int(query["created[gte]"][0]) - int(library_query["created[gte]"][0])) <= 5

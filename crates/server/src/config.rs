@@ -508,10 +508,12 @@ impl Config {
             (self.database.timeout_ms >= 100, "database.timeout_ms must be at least 100"),
             (self.retention.batch_max >= 1, "retention.batch_max must be at least 1"),
             // A reconciliation matches the events it lists with the dedupe keys kept: an
-            // event older than them would be taken again.
+            // event older than them would be taken again. A run lists newest first and may
+            // take hours (pages rate limited), while retention goes on deleting keys: the
+            // oldest of its window must still have theirs when it gets there.
             (
-                self.inbound.reconcile_window_ms <= self.inbound.dedupe_window_ms,
-                "inbound.reconcile_window_ms must be at most inbound.dedupe_window_ms",
+                self.inbound.reconcile_window_ms.saturating_add(RECONCILE_MARGIN_MS) <= self.inbound.dedupe_window_ms,
+                "inbound.reconcile_window_ms must be at least a day shorter than inbound.dedupe_window_ms",
             ),
             (self.inbound.reconcile_pages_max >= 1, "inbound.reconcile_pages_max must be at least 1"),
             (self.retention.interval_ms >= 1_000, "retention.interval_ms must be at least 1000"),
@@ -574,6 +576,10 @@ const DURATION_MS_MAX: u64 = 100 * 365 * 24 * 3_600_000;
 /// The most any other number may be (a count, a size): more than any machine holds, and
 /// far from where a semaphore or a pool refuses its size at start.
 const NUMBER_MAX: u64 = u32::MAX as u64;
+
+/// How much longer the inbound dedupe keys are kept than a reconciliation's window: a run
+/// may take hours, and must find the keys of the oldest events it lists.
+pub const RECONCILE_MARGIN_MS: u64 = 24 * 3600 * 1000;
 
 /// How long a reservation of an `Idempotency-Key` without an answer holds the key: longer
 /// than any request runs (their reads and store calls have timeouts of seconds), so only a
@@ -706,15 +712,17 @@ mod tests {
         assert_eq!(config.validate(), Ok(()));
     }
 
-    /// Reconciliation lists no further back than the dedupe keys reach (an older event would
-    /// be taken again), and reads at least a page.
+    /// Reconciliation lists no further back than a day short of where the dedupe keys reach
+    /// (an older event would be taken again, and so would the oldest of an equal window,
+    /// whose keys retention deleted while a run made its way to them), and reads at least a
+    /// page.
     #[test]
     fn reconciliation_stays_within_the_dedupe_window() {
         let mut config = Config::default();
         assert_eq!(config.validate(), Ok(()));
-        config.inbound.reconcile_window_ms = config.inbound.dedupe_window_ms + 1;
-        assert!(config.validate().unwrap_err().contains("inbound.reconcile_window_ms"));
         config.inbound.reconcile_window_ms = config.inbound.dedupe_window_ms;
+        assert!(config.validate().unwrap_err().contains("inbound.reconcile_window_ms"));
+        config.inbound.reconcile_window_ms = config.inbound.dedupe_window_ms - RECONCILE_MARGIN_MS;
         config.inbound.reconcile_pages_max = 0;
         assert!(config.validate().unwrap_err().contains("inbound.reconcile_pages_max"));
     }

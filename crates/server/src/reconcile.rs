@@ -1,6 +1,7 @@
 //! Reconciliation: catching up on events a provider gave up sending. For a Stripe source
-//! with an API key, Hookline lists the provider's events (`GET /v1/events?created[gte]=…`,
-//! page by page, as the `stripe` library's `Event.list` asks) and stores every event it
+//! with an API key, Hookline lists the provider's events not delivered to every endpoint
+//! (`GET /v1/events?created[gte]=…&delivery_success=false`, page by page, as the `stripe`
+//! library's `Event.list` asks) and stores every event it
 //! never received, deduplicated against what it has by the same key its webhooks use (the
 //! source's event id settings, else the event id). A run reads at most
 //! `inbound.reconcile_pages_max` pages; one stopped there is gone on with by the next run.
@@ -24,6 +25,10 @@ const PAGE_LIMIT: u32 = 100;
 const PAGE_PAUSE_MS: u64 = 100;
 /// A page refused with `429` is asked again after `Retry-After` (or a second), this often.
 const RATE_LIMITED_RETRIES: u32 = 5;
+/// Events newer than this are left to their webhooks, which are on their way: taken from
+/// the API, an event is the API's copy (rendered in the API version it was created with,
+/// not the webhook endpoint's), and its webhook a duplicate.
+const IN_FLIGHT_MS: i64 = 5 * 60 * 1000;
 
 #[derive(Deserialize)]
 struct Page<'a> {
@@ -56,7 +61,7 @@ pub async fn run(state: &AppState, source: &Source) -> ReconcileRunOut {
     let since = started - state.config.inbound.reconcile_window_ms as i64;
     let mut out = ReconcileRunOut { started_at: timestamp(started), since: timestamp(since), ..Default::default() };
     out.resumed_after = resume_point(state, source).await;
-    if let Err(e) = list_and_ingest(state, source, since, &mut out).await {
+    if let Err(e) = list_and_ingest(state, source, (since, started), &mut out).await {
         tracing::warn!(source = %source.id, error = %e, "reconciliation stopped");
         out.errors.push(e);
     }
@@ -72,7 +77,7 @@ pub async fn run(state: &AppState, source: &Source) -> ReconcileRunOut {
 async fn list_and_ingest(
     state: &AppState,
     source: &Source,
-    since: i64,
+    (since, started): (i64, i64),
     out: &mut ReconcileRunOut,
 ) -> Result<(), String> {
     let key = source.api_key.as_deref().ok_or("the source has no API key")?;
@@ -106,7 +111,17 @@ async fn list_and_ingest(
         if page > 0 {
             tokio::time::sleep(Duration::from_millis(PAGE_PAUSE_MS)).await;
         }
-        let mut query = vec![("created[gte]", (since / 1000).to_string()), ("limit", PAGE_LIMIT.to_string())];
+        // Only events some webhook endpoint of the account has not had (still pending, or
+        // given up on): every other event was delivered, to Hookline too, and reading them
+        // all took the account's every event type, including those the endpoint never asked
+        // for (forwarded when the source has no `eventTypes`).
+        let query_until = (started - IN_FLIGHT_MS).div_euclid(1000);
+        let mut query = vec![
+            ("created[gte]", since.div_euclid(1000).to_string()),
+            ("created[lte]", query_until.to_string()),
+            ("delivery_success", "false".to_owned()),
+            ("limit", PAGE_LIMIT.to_string()),
+        ];
         if let Some(last) = &after {
             query.push(("starting_after", last.clone()));
         }

@@ -477,7 +477,7 @@ async fn reconciling_gateway(api: String) -> (Gateway, Receiver, String) {
 
 #[tokio::test]
 async fn reconciliation_ingests_what_the_provider_gave_up_on() {
-    let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 60 + n as i64, "data": {"object": {"id": format!("ch_{n}")}}});
+    let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 600 + n as i64, "data": {"object": {"id": format!("ch_{n}")}}});
     let (api, requests) = stripe_events_api(vec![event(3), event(2), event(1)]).await;
     let (gw, rx, app) = reconciling_gateway(api).await;
     let body = json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app, "apiKey": "rk_test_reads_events"});
@@ -523,9 +523,10 @@ async fn reconciliation_ingests_what_the_provider_gave_up_on() {
     // next page after the last event listed; the first, rate limited, was asked again.
     let requests = requests.lock().unwrap().clone();
     assert_eq!(requests.len(), 1 + 2 + 2, "{requests:?}");
-    let since = (T0 - 3 * 86_400_000) / 1000;
-    assert_eq!(requests[1].0, format!("created%5Bgte%5D={since}&limit=100"));
-    assert_eq!(requests[2].0, format!("created%5Bgte%5D={since}&limit=100&starting_after=evt_2"));
+    let (since, until) = ((T0 - 3 * 86_400_000) / 1000, (T0 - 300_000) / 1000);
+    let window = format!("created%5Bgte%5D={since}&created%5Blte%5D={until}&delivery_success=false&limit=100");
+    assert_eq!(requests[1].0, window);
+    assert_eq!(requests[2].0, format!("{window}&starting_after=evt_2"));
     assert!(requests.iter().all(|(_, auth)| auth == "Bearer rk_test_reads_events"));
 
     // A source without a key is refused, and a key can be taken away.
@@ -546,7 +547,7 @@ async fn reconciliation_ingests_what_the_provider_gave_up_on() {
 async fn reconciliation_skips_an_event_without_an_id_and_goes_on() {
     let event = |n: u32, order: Option<&str>| {
         let metadata = order.map_or(json!({}), |order| json!({"order_id": order}));
-        json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 60 + n as i64, "data": {"object": {"id": format!("ch_{n}"), "metadata": metadata}}})
+        json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 600 + n as i64, "data": {"object": {"id": format!("ch_{n}"), "metadata": metadata}}})
     };
     let (api, _) = stripe_events_api(vec![event(3, Some("o3")), event(2, None), event(1, Some("o1"))]).await;
     let (gw, rx, app) = reconciling_gateway(api).await;
@@ -610,7 +611,7 @@ async fn paged_events_api(events: Vec<Value>) -> String {
 /// the newest, so events past the newest 10,000 were never reconciled).
 #[tokio::test]
 async fn reconciliation_keys_events_as_the_webhooks_and_goes_on_where_it_stopped() {
-    let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 60 + n as i64});
+    let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 600 + n as i64});
     let mut config = dev_config();
     config.inbound.stripe_api_base = paged_events_api((1..=5).rev().map(event).collect()).await;
     config.inbound.reconcile_interval_ms = 0;
@@ -743,7 +744,7 @@ async fn a_deleted_sources_series_leave_the_metrics() {
 /// event delivered by webhook was taken again.
 #[tokio::test]
 async fn a_source_keyed_by_its_bodies_is_not_reconciled() {
-    let event = json!({"id": "evt_1", "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 60});
+    let event = json!({"id": "evt_1", "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 600});
     let mut config = dev_config();
     config.inbound.stripe_api_base = paged_events_api(vec![event.clone()]).await;
     config.inbound.reconcile_interval_ms = 0;
