@@ -615,16 +615,19 @@ impl Engine {
                 }
             },
         };
-        // An ordered delivery is sent only while it is its lane's open one, under this
-        // node's claim, and by its newest copy here: an operator may have skipped it (and
-        // the next has gone ahead) while this node held it, or skipped it and sent it
-        // again, and another node, or this one, claimed it in its turn. Read after the
-        // wait for a slot, which can be long under load: read before it, a skip during the
-        // wait sent this one after the next.
+        // A delivery is sent by its newest copy here: an operator may have sent it again
+        // (a resend, a recover) while this node held it, and the copy made then is the one
+        // the store's state is about. An older one went out beside it, and its outcome
+        // (given up on, its attempts counted from before) could be recorded over the new.
+        // An ordered one is also sent only while it is its lane's open one, under this
+        // node's claim: an operator may have skipped it (and the next has gone ahead) while
+        // this node held it, and another node claimed it in its turn. Read after the wait
+        // for a slot, which can be long under load: read before it, a skip during the wait
+        // sent this one after the next.
+        if !due.hold.is_newest() {
+            return;
+        }
         if due.delivery.order_key.is_some() {
-            if !due.hold.is_newest() {
-                return;
-            }
             match self.store.still_claimed(&due.delivery.msg_id, &due.delivery.id, due.claim).await {
                 Ok(true) => {}
                 Ok(false) => return,
@@ -731,6 +734,10 @@ impl Engine {
             keep_claim: next_at.is_some_and(|at| self.holds_at(at)) && self.holds(&due),
         };
         let keep = record.keep_claim;
+        // Sent again while this copy was in flight: the newer copy records its own attempt.
+        if !due.hold.is_newest() {
+            return;
+        }
         let recorded = match self.record(&record).await {
             // Shutdown came first, or another node took the delivery over.
             None | Some(Recorded { applied: false, .. }) => return,

@@ -694,3 +694,33 @@ async fn deliveries_to_a_new_broker_share_one_connect() {
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for the ten");
     gw.stop().await;
 }
+
+/// A delivery sent again while its copy is in flight is the resend's: the older copy's
+/// outcome is not recorded over it, nor is the older copy sent again at its retry (it was
+/// recorded as a retry an hour on, kept by this node, and sent again then, after the resend
+/// had delivered it).
+#[tokio::test]
+async fn a_copy_overtaken_by_a_resend_neither_records_nor_retries() {
+    let mut config = dev_config();
+    config.delivery.endpoint_max_in_flight = 1;
+    let gw = start_gateway(config).await;
+    let gate = Arc::new(Semaphore::new(0));
+    let rx = Receiver::start(Answer::status(200)).await;
+    rx.then(Answer { status: 500, headers: vec![], gate: Some(gate.clone()) });
+    let app = gw.app("merchant").await;
+    let policy = json!({"delaysMs": [3_600_000]});
+    let ep = gw.endpoint(&app, json!({"url": rx.url, "retryPolicy": policy})).await["id"].as_str().unwrap().to_owned();
+    let msg = gw.publish(&app, json!({"eventType": "payment.succeeded", "payload": {}})).await;
+    rx.next().await;
+    // In flight, and held there: the operator sends it again, which waits for the turn.
+    gw.ok("POST", &format!("/api/v1/app/{app}/msg/{msg}/endpoint/{ep}/resend"), None).await;
+    gate.add_permits(1);
+    rx.next().await;
+    let attempts = gw.wait_attempts(&app, &msg, 1).await;
+    assert_eq!(attempts.iter().map(|a| a["responseStatusCode"].as_u64()).collect::<Vec<_>>(), [Some(200)]);
+    let counts = gw.ok("GET", &format!("/api/v1/app/{app}/endpoint/{ep}/stats"), None).await;
+    assert_eq!((counts["success"].as_u64(), counts["pending"].as_u64()), (Some(1), Some(0)), "{counts}");
+    gw.advance(2 * 3_600_000);
+    assert!(!rx.gets_within(500).await, "the older copy was not sent again");
+    gw.stop().await;
+}
