@@ -455,15 +455,26 @@ impl Engine {
     /// a pause, and only as the lane's one delivery, while the endpoint cannot be reached).
     /// During shutdown nothing new starts; parked deliveries stay open in the store.
     fn release(self: &Arc<Self>, key: &str) {
-        let next = {
+        let (next, widened) = {
             let mut lanes = self.endpoint_lanes.lock().expect("lanes lock");
             let Some(lane) = lanes.get_mut(key) else { return };
             let paced = lane.paced(self.config.unreachable_pause_ms);
+            let (half, parked_before) = (self.config.endpoint_max_in_flight / 2, lane.parked.len());
             let next = if paced && lane.running > 1 { None } else { lane.parked.pop_front() };
-            match next.filter(|_| !*self.stopping.borrow()) {
+            let stopping = *self.stopping.borrow();
+            // A lane no longer paced (its endpoint answered again) takes as many turns as it
+            // has room for: it ran one delivery at a time while paced, and each delivery
+            // that ends hands on only its own turn, so its backlog went on one at a time.
+            let mut widened = Vec::new();
+            while next.is_some() && !paced && !stopping && lane.running < self.config.endpoint_max_in_flight {
+                let Some(due) = lane.parked.pop_front() else { break };
+                lane.running += 1;
+                widened.push((due, lane.take_start(self.clock.now_ms(), self.config.unreachable_pause_ms)));
+            }
+            let next = match next.filter(|_| !stopping) {
                 Some(due) => {
                     let at = lane.take_start(self.clock.now_ms(), self.config.unreachable_pause_ms);
-                    Some((due, at, lane.parked.len() == self.config.endpoint_max_in_flight / 2))
+                    Some((due, at, parked_before > half && lane.parked.len() <= half))
                 }
                 None => {
                     lane.running -= 1;
@@ -474,8 +485,12 @@ impl Engine {
                     }
                     None
                 }
-            }
+            };
+            (next, widened)
         };
+        for (due, at) in widened {
+            self.start_turn(key.to_owned(), due, at);
+        }
         if let Some((due, at, half_gone)) = next {
             self.start_turn(key.to_owned(), due, at);
             // Half its parked deliveries gone: a lane with more deferred in the store takes

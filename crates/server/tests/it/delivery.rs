@@ -387,11 +387,15 @@ async fn futures_publish(gw: &Gateway, app: &str, n: usize) -> Vec<String> {
 
 /// An endpoint nobody listens on: after a few attempts that cannot reach it, its deliveries
 /// are paced (one at a time, a pause between, on the engine's clock) instead of hammering
-/// it and the store; when it listens again, what waited goes through at once, and the
+/// it and the store; when it listens again, what waited goes through at once, side by side
+/// (it went on one at a time, each delivery handing on only its own turn), and the
 /// attempts that failed follow on their schedule.
 #[tokio::test]
 async fn an_unreachable_endpoint_is_paced_and_drains_when_it_returns() {
-    let gw = start_gateway(dev_config()).await;
+    let mut config = dev_config();
+    // A request held is held until the test lets it go, not ended by its timeout.
+    config.delivery.request_timeout_ms = 600_000;
+    let gw = start_gateway(config).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let app = gw.app("merchant").await;
     let url = format!("http://127.0.0.1:{port}/hook");
@@ -415,12 +419,17 @@ async fn an_unreachable_endpoint_is_paced_and_drains_when_it_returns() {
     gw.advance(999);
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(attempted().await, failed, "none before the pause is over");
-    let rx = Receiver::start_at(Answer::status(200), &format!("127.0.0.1:{port}")).await;
+    // Answered at once for the probe, then held: what waited is in flight together.
+    let gate = Arc::new(Semaphore::new(0));
+    let held = Answer { status: 200, headers: vec![], gate: Some(gate.clone()) };
+    let rx = Receiver::start_at(held, &format!("127.0.0.1:{port}")).await;
+    rx.then(Answer::status(200));
     gw.advance(1);
     // The probe gets through; everything that waited follows at once.
     for _ in failed..40 {
         rx.next().await;
     }
+    gate.add_permits(1_000);
     gw.advance(3_600_000);
     for _ in 0..failed {
         rx.next().await;
