@@ -63,7 +63,7 @@ fn error_statuses(route: &Route) -> Vec<(u16, &'static str)> {
     }
     out.push((
         431,
-        "The request head is over `server.headers_max` or `server.header_bytes_max` (`headers_too_large`).",
+        "The request head is over `server.headers_max` or `server.header_bytes_max` (`headers_too_large`); over four times `server.header_bytes_max`, or over both 100 headers and `server.headers_max`, the HTTP layer answers a 431 without a body.",
     ));
     if !route.public || route.path.starts_with("/in/") || route.path == "/api/v1/health" {
         out.push((503, "Storage is unavailable; nothing was done (`storage_unavailable`, with Retry-After)."));

@@ -56,7 +56,13 @@ const LISTEN_BACKLOG: u32 = 4_096;
 /// counted as sent: request line, each `name: value` line, the blank line.
 fn head_too_large<B>(request: &hyper::Request<B>, limits: &Limits) -> Option<axum::response::Response> {
     let headers = request.headers();
-    let target = request.uri().path_and_query().map_or(1, |target| target.as_str().len());
+    // The whole target, its scheme and host too when sent in absolute form
+    // (`GET http://host/path`): counting its path alone let a head of any size under the
+    // backstop through.
+    let uri = request.uri();
+    let origin =
+        uri.scheme_str().map_or(0, |s| s.len() + "://".len()) + uri.authority().map_or(0, |a| a.as_str().len());
+    let target = origin + uri.path_and_query().map_or(1, |target| target.as_str().len());
     let line = request.method().as_str().len() + target + "  HTTP/1.1\r\n".len();
     let bytes = line + headers.iter().map(|(name, value)| name.as_str().len() + value.len() + 4).sum::<usize>() + 2;
     let over = headers.len() > limits.headers_max || bytes > limits.header_bytes_max;

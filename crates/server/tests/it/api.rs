@@ -1035,6 +1035,11 @@ async fn transport_limits_slow_heads_too_many_headers_and_connections() {
         let body: Value = serde_json::from_str(answered.split("\r\n\r\n").nth(1).unwrap()).unwrap();
         assert_eq!(body["code"], "headers_too_large", "{answered}");
     }
+    // A target in absolute form counts whole: its host was not counted.
+    let host = "a".repeat(40_000);
+    let head = format!("GET http://{host}.example/api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let answered = read_to_close(&mut raw_request(&addr, head.as_bytes()).await).await;
+    assert!(answered.starts_with("HTTP/1.1 431") && answered.contains("headers_too_large"), "{}", &answered[..200]);
     // Beyond four times the limit the HTTP layer itself refuses the head, before any of it
     // is kept: still a 431, without a body.
     let head = format!("GET /api/v1/health HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "b".repeat(70_000));
