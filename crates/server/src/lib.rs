@@ -194,6 +194,8 @@ pub async fn run(
     tracing::info!(listen = %listener.local_addr()?, "hookline is ready");
     serve::serve(listener, app, limits, shutdown).await?;
     tracing::info!(in_flight = engine.in_flight(), "stopped accepting; finishing in-flight deliveries");
+    // Writes whose client went away finish while the engine still runs.
+    engine.detached.wait(std::time::Duration::from_millis(state_grace_ms)).await;
     // Consumers stop first: what they are storing is committed and acknowledged while
     // the engine still runs.
     consumers.shutdown(std::time::Duration::from_millis(state_grace_ms)).await;

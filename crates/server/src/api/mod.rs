@@ -340,7 +340,8 @@ async fn writes_run_to_end(state: Shared, request: Request, next: Next) -> Respo
     if matches!(*request.method(), Method::GET | Method::HEAD) {
         return next.run(request).await;
     }
-    crate::dispatch::run_to_end(idempotency(state, request, next)).await
+    let detached = state.engine.detached.clone();
+    crate::dispatch::run_to_end(idempotency(state, request, next), &detached).await
 }
 
 /// `Idempotency-Key` as the IETF draft and Stripe define it: the same key with the same

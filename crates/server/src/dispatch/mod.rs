@@ -88,6 +88,8 @@ pub struct Engine {
     live_nodes: AtomicUsize,
     /// Deliveries held in memory: the claimer stops claiming at `cluster.held_max`.
     held: Arc<claims::Held>,
+    /// Writes running on after their client went away; shutdown waits for them.
+    pub detached: Arc<publish::Detached>,
     /// Lanes with deliveries deferred in the store, which the claimer takes as they have room.
     deferred: claims::Deferred,
     /// Wakes the claimer before its next poll (work was freed or made due).
@@ -242,6 +244,7 @@ impl Engine {
             lease_until: AtomicI64::new(lease.lease_until),
             live_nodes: AtomicUsize::new(1),
             held: Arc::new(claims::Held::new()),
+            detached: Default::default(),
             deferred: claims::Deferred::default(),
             claim_now: Notify::new(),
             client,

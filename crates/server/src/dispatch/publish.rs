@@ -12,8 +12,10 @@ use hookline_store::{
 };
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 impl Engine {
     /// One delivery for each endpoint that takes the message: pending at `due_at` to an
@@ -83,7 +85,7 @@ impl Engine {
         if !claimed {
             return work.await;
         }
-        run_to_end(work).await
+        run_to_end(work, &self.detached).await
     }
 
     /// Commits `publish`, then hands its claimed deliveries to this node's scheduler and
@@ -120,20 +122,48 @@ impl Engine {
     }
 }
 
-/// Runs `work` to its end even if the caller stops waiting (see [`Finished`]).
-pub fn run_to_end<F: Future + Send + 'static>(work: F) -> Finished<F>
+/// Runs `work` to its end even if the caller stops waiting (see [`Finished`]), counted in
+/// `detached` once it runs on its own.
+pub fn run_to_end<F: Future + Send + 'static>(work: F, detached: &Arc<Detached>) -> Finished<F>
 where
     F::Output: Send,
 {
-    Finished(Some(Box::pin(work)))
+    Finished(Some(Box::pin(work)), detached.clone())
 }
 
 /// Work that finishes even if its caller stops waiting: dropped before it is done, what is
 /// left of it runs as a task of its own. A task only then: spawning every commit as a task
 /// (the first version) cost `e2e` at 64 connections about 4% of its deliveries/s.
-pub struct Finished<F: Future + Send + 'static>(Option<Pin<Box<F>>>)
+pub struct Finished<F: Future + Send + 'static>(Option<Pin<Box<F>>>, Arc<Detached>)
 where
     F::Output: Send;
+
+/// Work running on after its caller went away ([`Finished`]), counted so that shutdown
+/// waits for it: dropped with the runtime, a write whose client left lost what follows its
+/// commit (its idempotent answer kept, its deliveries handed over, a change's notices).
+#[derive(Default)]
+pub struct Detached {
+    running: AtomicUsize,
+    none_left: tokio::sync::Notify,
+}
+
+impl Detached {
+    /// Waits until no detached work is running, for at most `within`.
+    pub async fn wait(&self, within: Duration) {
+        let none_left = async {
+            loop {
+                let notified = self.none_left.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.running.load(Ordering::SeqCst) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(within, none_left).await;
+    }
+}
 
 impl<F: Future + Send + 'static> Future for Finished<F>
 where
@@ -156,7 +186,16 @@ where
     fn drop(&mut self) {
         if let Some(work) = self.0.take() {
             match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn(work)),
+                Ok(runtime) => {
+                    let detached = self.1.clone();
+                    detached.running.fetch_add(1, Ordering::SeqCst);
+                    drop(runtime.spawn(async move {
+                        work.await;
+                        if detached.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+                            detached.none_left.notify_waiters();
+                        }
+                    }));
+                }
                 Err(_) => tracing::error!("a commit was dropped outside a runtime; its deliveries wait for a restart"),
             }
         }
