@@ -232,7 +232,9 @@ pub(crate) fn take_from_budget(state: &AppState, token_id: &str) -> ApiResult<()
     }
     let (burst, now) = (2.0 * rate, state.now());
     let mut buckets = state.rate_buckets.lock().expect("rate buckets lock");
-    if buckets.len() >= RATE_BUCKETS_KEPT {
+    // Swept when a bucket is added, not at every request of a known one: with more buckets
+    // all in use, each request walked them all under this lock.
+    if buckets.len() >= RATE_BUCKETS_KEPT && !buckets.contains_key(token_id) {
         // A bucket idle long enough to be full again is the same as no bucket.
         let refilled_ms = (burst / rate * 1000.0) as i64;
         buckets.retain(|_, (_, last)| now - *last < refilled_ms);
