@@ -112,7 +112,17 @@ pub fn refused(status: StatusCode, detail: &str) -> Response {
             p { a href="/dashboard" { "Back to the dashboard" } }
         }
     };
-    respond(status, page("Error", None, 0, body))
+    let mut response = respond(status, page("Error", None, 0, body));
+    // As the API says when to come back: a second for a token's budget, five for storage.
+    let retry_after = match status {
+        StatusCode::TOO_MANY_REQUESTS => Some("1"),
+        StatusCode::SERVICE_UNAVAILABLE => Some("5"),
+        _ => None,
+    };
+    if let Some(seconds) = retry_after {
+        response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static(seconds));
+    }
+    response
 }
 
 pub fn not_found() -> Response {

@@ -448,6 +448,7 @@ async fn each_change_a_dashboard_page_makes_is_charged() {
     let msg = gw.publish(&shop, json!({"eventType": "a", "payload": {}})).await;
     let resend = resend_to_every_endpoint(&gw, &shop, &msg).await;
     assert_eq!(resend.status(), 429, "the page's unit was the budget's last: no resend is free");
+    assert_eq!(resend.headers()["retry-after"], "1", "as the API says when to come back");
 }
 
 /// Signs in with a token of `app`, opens the message's page and presses "Resend to every
