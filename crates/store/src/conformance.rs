@@ -536,6 +536,12 @@ async fn sources_and_inbound_dedupe(store: &dyn Store) {
     };
     store.create_source(source.clone()).await.unwrap();
     assert_eq!(store.get_source("stripe-live").await.unwrap(), source, "the API key is opened again on reading");
+    // A uid that is another source's id names the source whose id it is first.
+    let shadow = Source { id: id(prefix::SOURCE, 8_001), uid: Some(source.id.clone()), ..source.clone() };
+    store.create_source(shadow.clone()).await.unwrap();
+    assert_eq!(store.get_source(&source.id).await.unwrap().id, source.id);
+    assert_eq!(store.get_source(&shadow.id).await.unwrap().id, shadow.id);
+    store.delete_source(&shadow.id).await.unwrap();
     // Reconciliation runs: newest first, gone with their source.
     for (at, run) in [(8_010, r#"{"n":1}"#), (8_020, r#"{"n":2}"#)] {
         store.save_reconcile_run(&source.id, at, run.into()).await.unwrap();
@@ -624,6 +630,11 @@ async fn apps_crud_and_uid_lookup(store: &dyn Store) {
     assert_eq!(store.get_app("app_missing").await, Err(StoreError::NotFound));
     assert_eq!(store.get_app("app_\0").await, Err(StoreError::NotFound), "a key no backend can hold names nothing");
     assert_eq!(store.delete_app("app_\0").await, Err(StoreError::NotFound));
+    // A uid that is another application's id (kept from before the API refused that form)
+    // does not take the id over: a key names the application whose id it is first.
+    let shadow = store.create_app(app(1_002, Some(&created.id))).await.unwrap();
+    assert_eq!(store.get_app(&created.id).await.unwrap().id, created.id);
+    assert_eq!(store.get_app(&shadow.id).await.unwrap().id, shadow.id);
 }
 
 async fn pagination_walks_every_item_once(store: &dyn Store) {

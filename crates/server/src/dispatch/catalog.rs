@@ -10,6 +10,13 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
+use hookline_core::id::{has_prefix, prefix};
+
+/// A resource's uid as a key of the cache, unless it has the form of an id of its kind.
+fn uid_alias<'a>(uid: &'a Option<String>, kind: &str) -> Option<&'a str> {
+    uid.as_deref().filter(|uid| !has_prefix(uid, kind))
+}
+
 /// An application's endpoints as cached: in the store's order (by id), and found by id
 /// without a scan (a delivery looks its endpoint up; a fan-out's application may have
 /// hundreds).
@@ -126,10 +133,13 @@ impl Catalog {
         }
     }
 
-    /// The application by id or uid.
+    /// The application by id or uid. A uid in an id's form (kept from before uids were
+    /// refused that form) is no alias: cached under it, the application answered for the
+    /// one whose id it is, whose deliveries went out with its secret and its policies.
     pub async fn app(&self, key: &str) -> StoreResult<Arc<App>> {
         let load = |store: Arc<dyn Store>, key: String| async move { store.get_app(&key).await };
-        self.cached(&self.apps, &self.app_loads, key, load, |a| [Some(&a.id), a.uid.as_deref()]).await
+        self.cached(&self.apps, &self.app_loads, key, load, |a| [Some(a.id.as_str()), uid_alias(&a.uid, prefix::APP)])
+            .await
     }
 
     pub async fn endpoints(&self, app_id: &str) -> StoreResult<Arc<AppEndpoints>> {
@@ -144,10 +154,13 @@ impl Catalog {
         Ok(self.endpoints(app_id).await?.by_id.get(endpoint_id).cloned())
     }
 
-    /// An inbound source by id or uid.
+    /// An inbound source by id or uid (a uid in an id's form no alias, as an application's).
     pub async fn source(&self, key: &str) -> StoreResult<Arc<Source>> {
         let load = |store: Arc<dyn Store>, key: String| async move { store.get_source(&key).await };
-        self.cached(&self.sources, &self.source_loads, key, load, |s| [Some(&s.id), s.uid.as_deref()]).await
+        self.cached(&self.sources, &self.source_loads, key, load, |s| {
+            [Some(s.id.as_str()), uid_alias(&s.uid, prefix::SOURCE)]
+        })
+        .await
     }
 
     /// Looks `key` up in `cache`, or loads it (sharing a load running for it) and caches it
@@ -325,6 +338,20 @@ mod tests {
         gated.gate.add_permits(1);
         assert_eq!(*again.await.unwrap().unwrap(), 2, "the next miss did not join the dropped load");
         assert!(flights.lock().is_empty());
+    }
+
+    /// An application whose uid is another's id (kept from before uids were refused that
+    /// form) is not cached under it: the other's deliveries went out with its secret.
+    #[tokio::test]
+    async fn a_uid_in_the_form_of_an_id_is_no_alias() {
+        use hookline_store::conformance;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(hookline_store::sqlite::SqliteStore::open(dir.path(), &[9; 32]).unwrap());
+        let first = store.create_app(conformance::app(1, None)).await.unwrap();
+        let shadow = store.create_app(conformance::app(2, Some(&first.id))).await.unwrap();
+        let catalog = Catalog::new(store);
+        assert_eq!(catalog.app(&shadow.id).await.unwrap().id, shadow.id);
+        assert_eq!(catalog.app(&first.id).await.unwrap().id, first.id);
     }
 
     /// The catalog over a real store: misses at once get the one list a shared load made

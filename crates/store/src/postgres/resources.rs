@@ -97,7 +97,7 @@ pub async fn set_app_secrets(c: &impl GenericClient, sealer: &Sealer, app: &App,
 }
 
 pub async fn get_app(c: &impl GenericClient, key: &str) -> StoreResult<App> {
-    let sql = format!("SELECT {} FROM apps WHERE id = $1 OR uid = $1", rows::APP_COLUMNS);
+    let sql = format!("SELECT {} FROM apps WHERE id = $1 OR uid = $1 ORDER BY id = $1 DESC LIMIT 1", rows::APP_COLUMNS);
     one(c, &sql, &[&key], rows::app).await
 }
 
@@ -267,7 +267,10 @@ pub async fn update_endpoint(
 }
 
 pub async fn get_endpoint(c: &impl GenericClient, app_id: &str, key: &str) -> StoreResult<Endpoint> {
-    let sql = format!("SELECT {} FROM endpoints WHERE app_id = $1 AND (id = $2 OR uid = $2)", rows::ENDPOINT_COLUMNS);
+    let sql = format!(
+        "SELECT {} FROM endpoints WHERE app_id = $1 AND (id = $2 OR uid = $2) ORDER BY id = $2 DESC LIMIT 1",
+        rows::ENDPOINT_COLUMNS
+    );
     one(c, &sql, &[&app_id, &key], rows::endpoint).await
 }
 
@@ -393,7 +396,8 @@ pub async fn update_source(c: &impl GenericClient, source: &Source) -> StoreResu
 }
 
 pub async fn get_source(c: &impl GenericClient, key: &str) -> StoreResult<Source> {
-    let sql = format!("SELECT {} FROM sources WHERE id = $1 OR uid = $1", rows::SOURCE_COLUMNS);
+    let sql =
+        format!("SELECT {} FROM sources WHERE id = $1 OR uid = $1 ORDER BY id = $1 DESC LIMIT 1", rows::SOURCE_COLUMNS);
     one(c, &sql, &[&key], rows::source).await
 }
 

@@ -55,7 +55,7 @@ pub fn set_app_secrets(conn: &Connection, sealer: &Sealer, app: &App, read: &App
 }
 
 pub fn get_app(conn: &Connection, key: &str) -> StoreResult<App> {
-    let sql = format!("SELECT {} FROM apps WHERE id = ?1 OR uid = ?1", rows::APP_COLUMNS);
+    let sql = format!("SELECT {} FROM apps WHERE id = ?1 OR uid = ?1 ORDER BY id = ?1 DESC LIMIT 1", rows::APP_COLUMNS);
     one(conn.query_row(&sql, [key], rows::app).optional())
 }
 
@@ -245,7 +245,10 @@ pub fn update_endpoint(conn: &Connection, e: &Endpoint, read: &Endpoint) -> Stor
 }
 
 pub fn get_endpoint(conn: &Connection, app_id: &str, key: &str) -> StoreResult<Endpoint> {
-    let sql = format!("SELECT {} FROM endpoints WHERE app_id = ?1 AND (id = ?2 OR uid = ?2)", rows::ENDPOINT_COLUMNS);
+    let sql = format!(
+        "SELECT {} FROM endpoints WHERE app_id = ?1 AND (id = ?2 OR uid = ?2) ORDER BY id = ?2 DESC LIMIT 1",
+        rows::ENDPOINT_COLUMNS
+    );
     one(conn.query_row(&sql, [app_id, key], rows::endpoint).optional())
 }
 
@@ -375,7 +378,8 @@ pub fn update_source(conn: &Connection, source: &Source) -> StoreResult<()> {
 }
 
 pub fn get_source(conn: &Connection, key: &str) -> StoreResult<Source> {
-    let sql = format!("SELECT {} FROM sources WHERE id = ?1 OR uid = ?1", rows::SOURCE_COLUMNS);
+    let sql =
+        format!("SELECT {} FROM sources WHERE id = ?1 OR uid = ?1 ORDER BY id = ?1 DESC LIMIT 1", rows::SOURCE_COLUMNS);
     one(conn.query_row(&sql, [key], rows::source).optional())
 }
 
