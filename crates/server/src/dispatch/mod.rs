@@ -610,7 +610,8 @@ impl Engine {
         // Waits holding the lane's turn, not a global slot: a throttled endpoint's backlog
         // never slows another endpoint. The wait can be long, so afterwards the claim is
         // checked and the endpoint read again (deleted, disabled, re-pointed meanwhile).
-        if let Some(rate) = target.rate_per_s {
+        // A disabled endpoint's delivery is skipped without waiting for a start.
+        if let Some(rate) = target.rate_per_s.filter(|_| !target.disabled) {
             if !self.rate_turn(&turn.key, rate).await || !self.holds(&due) {
                 return;
             }
@@ -832,9 +833,12 @@ impl Engine {
                 tracing::warn!(delivery = %d.id, message = %d.msg_id, "closed a delivery whose message, application or endpoint is gone");
                 self.wake();
             }
-            // Still deliverable: a stale cached copy said otherwise; the delivery's claim
-            // lapses and it is sent on a later claim.
-            Ok(false) => {}
+            // Still deliverable: a stale cached copy said otherwise. Read afresh shortly
+            // (dropped, it stayed claimed by this node until the stray-claim sweep).
+            Ok(false) => {
+                self.catalog.invalidate(&d.app_id);
+                self.retry_later(due);
+            }
             Err(_) => self.retry_later(due),
         }
     }
