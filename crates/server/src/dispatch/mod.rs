@@ -164,6 +164,10 @@ impl EndpointLane {
     }
 }
 
+/// A claim no node holds (node tokens count up from 1): an attempt recorded under it is kept
+/// and changes no delivery.
+const NO_CLAIM: i64 = i64::MIN;
+
 /// The key of the lane a delivery to `endpoint_id` of `app_id` waits in: its endpoint, or
 /// one per application for per-message callback URLs. Borrowed for an endpoint, so a
 /// lookup makes no string.
@@ -728,6 +732,10 @@ impl Engine {
             }
         };
         let attempt_state = if state == DeliveryState::Delivered { state } else { DeliveryState::Exhausted };
+        // Sent again while this copy was in flight (a resend, a recover): the newer copy is
+        // the delivery's now. This one's request is recorded as an attempt, under a claim no
+        // node holds, so the delivery's state, schedule and claim stay the newer copy's.
+        let overtaken = !due.hold.is_newest();
         let record = AttemptRecord {
             attempt: Attempt {
                 id: crate::new_id(prefix::ATTEMPT, now),
@@ -749,17 +757,14 @@ impl Engine {
             first_attempt_at,
             disable_endpoint: disable,
             disable_after_ms: self.config.disable_after_ms,
-            claim: due.claim,
-            keep_claim: next_at.is_some_and(|at| self.holds_at(at)) && self.holds(&due),
+            claim: if overtaken { NO_CLAIM } else { due.claim },
+            keep_claim: !overtaken && next_at.is_some_and(|at| self.holds_at(at)) && self.holds(&due),
         };
         let keep = record.keep_claim;
-        // Sent again while this copy was in flight: the newer copy records its own attempt.
-        if !due.hold.is_newest() {
-            return;
-        }
         let recorded = match self.record(&record).await {
             // Shutdown came first, or another node took the delivery over.
             None | Some(Recorded { applied: false, .. }) => return,
+            Some(_) if overtaken => return,
             Some(recorded) => recorded,
         };
         if recorded.disabled.is_some() {
@@ -833,12 +838,12 @@ impl Engine {
                 tracing::warn!(delivery = %d.id, message = %d.msg_id, "closed a delivery whose message, application or endpoint is gone");
                 self.wake();
             }
-            // Still deliverable: a stale cached copy said otherwise. Read afresh shortly
-            // (dropped, it stayed claimed by this node until the stray-claim sweep).
-            Ok(false) => {
-                self.catalog.invalidate(&d.app_id);
-                self.retry_later(due);
-            }
+            // Closed already (its endpoint or application deleted meanwhile, and this copy
+            // left over), or still deliverable, a stale cached copy saying otherwise: this
+            // copy goes, and an open delivery's claim is freed by the stray-claim sweep and
+            // claimed again. (Tried again here, a copy of a closed delivery came back every
+            // second for as long as the node ran.)
+            Ok(false) => {}
             Err(_) => self.retry_later(due),
         }
     }
