@@ -14,6 +14,8 @@ TOKEN = "reconcile-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 KEY = "rk_test_reads_events_only"
 WINDOW_MS = 3 * 86_400_000
+# The source's event types, which Stripe filters the list by.
+TYPES = ["charge.succeeded", "charge.refunded"]
 
 
 class EventsApi:
@@ -64,12 +66,13 @@ def test_reconciliation_asks_what_the_stripe_library_asks(hookline, events_api):
     since_s = int(time.time()) - WINDOW_MS // 1000
     client = stripe.StripeClient(KEY, base_addresses={"api": events_api.url})
     until_s = int(time.time()) - 300
-    client.v1.events.list(params={"created": {"gte": since_s, "lte": until_s}, "delivery_success": False, "limit": 100})
+    client.v1.events.list(params={"created": {"gte": since_s, "lte": until_s}, "limit": 100, "types": TYPES})
     library_path, library_query, library_auth = events_api.requests[-1]
 
     app = httpx.post(f"{hookline}/api/v1/app", headers=AUTH, json={"name": "shop", "uid": "shop"}).json()
     source = httpx.post(f"{hookline}/api/v1/source", headers=AUTH, json={
         "name": "stripe", "preset": "stripe", "secrets": ["whsec_x"], "appId": app["id"], "apiKey": KEY,
+        "eventTypes": TYPES,
     }).json()
     run = httpx.post(f"{hookline}/api/v1/source/{source['id']}/reconcile", headers=AUTH, timeout=30).json()
     assert (run["found"], run["errors"]) == (0, []), run
@@ -77,9 +80,9 @@ def test_reconciliation_asks_what_the_stripe_library_asks(hookline, events_api):
 
     assert path == library_path == "/v1/events"
     assert auth == library_auth == f"Bearer {KEY}"
-    assert set(query) == set(library_query) == {"created[gte]", "created[lte]", "delivery_success", "limit"}
+    assert set(query) == set(library_query) == {"created[gte]", "created[lte]", "limit", "types[0]", "types[1]"}
     assert query["limit"] == library_query["limit"] == ["100"]
-    assert query["delivery_success"] == library_query["delivery_success"] == ["false"]
+    assert [query["types[0]"], query["types[1]"]] == [library_query["types[0]"], library_query["types[1]"]] == [[t] for t in TYPES]
     assert abs(int(query["created[lte]"][0]) - int(library_query["created[lte]"][0])) <= 5
     # The window is measured from each one's own clock: a few seconds apart at most.
     assert abs(int(query["created[gte]"][0]) - int(library_query["created[gte]"][0])) <= 5

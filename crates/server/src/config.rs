@@ -512,8 +512,10 @@ impl Config {
             // take hours (pages rate limited), while retention goes on deleting keys: the
             // oldest of its window must still have theirs when it gets there.
             (
-                self.inbound.reconcile_window_ms.saturating_add(RECONCILE_MARGIN_MS) <= self.inbound.dedupe_window_ms,
-                "inbound.reconcile_window_ms must be at least a day shorter than inbound.dedupe_window_ms",
+                self.inbound.reconcile_window_ms.saturating_add(reconcile_margin_ms(self.inbound.dedupe_window_ms))
+                    <= self.inbound.dedupe_window_ms,
+                "inbound.reconcile_window_ms must be shorter than inbound.dedupe_window_ms by a day (by half of it, \
+                 if it is under two days)",
             ),
             (self.inbound.reconcile_pages_max >= 1, "inbound.reconcile_pages_max must be at least 1"),
             (self.retention.interval_ms >= 1_000, "retention.interval_ms must be at least 1000"),
@@ -580,6 +582,12 @@ const NUMBER_MAX: u64 = u32::MAX as u64;
 /// How much longer the inbound dedupe keys are kept than a reconciliation's window: a run
 /// may take hours, and must find the keys of the oldest events it lists.
 pub const RECONCILE_MARGIN_MS: u64 = 24 * 3600 * 1000;
+
+/// The margin kept with dedupe keys of `dedupe_window_ms`: a day, or half of a shorter time
+/// (a fixed day refused every reconciliation window beside keys kept under a day).
+pub fn reconcile_margin_ms(dedupe_window_ms: u64) -> u64 {
+    RECONCILE_MARGIN_MS.min(dedupe_window_ms / 2)
+}
 
 /// How long a reservation of an `Idempotency-Key` without an answer holds the key: longer
 /// than any request runs (their reads and store calls have timeouts of seconds), so only a
@@ -723,6 +731,12 @@ mod tests {
         config.inbound.reconcile_window_ms = config.inbound.dedupe_window_ms;
         assert!(config.validate().unwrap_err().contains("inbound.reconcile_window_ms"));
         config.inbound.reconcile_window_ms = config.inbound.dedupe_window_ms - RECONCILE_MARGIN_MS;
+        assert_eq!(config.validate(), Ok(()));
+        // Keys kept twelve hours: a window of six.
+        config.inbound.dedupe_window_ms = 12 * 3600 * 1000;
+        config.inbound.reconcile_window_ms = 6 * 3600 * 1000 + 1;
+        assert!(config.validate().unwrap_err().contains("inbound.reconcile_window_ms"));
+        config.inbound.reconcile_window_ms = 6 * 3600 * 1000;
         config.inbound.reconcile_pages_max = 0;
         assert!(config.validate().unwrap_err().contains("inbound.reconcile_pages_max"));
     }

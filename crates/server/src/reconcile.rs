@@ -1,7 +1,7 @@
 //! Reconciliation: catching up on events a provider gave up sending. For a Stripe source
-//! with an API key, Hookline lists the provider's events not delivered to every endpoint
-//! (`GET /v1/events?created[gte]=…&delivery_success=false`, page by page, as the `stripe`
-//! library's `Event.list` asks) and stores every event it
+//! with an API key, Hookline lists the provider's events (`GET /v1/events?created[gte]=…`,
+//! of the source's event types, page by page, as the `stripe` library's `Event.list`
+//! asks) and stores every event it
 //! never received, deduplicated against what it has by the same key its webhooks use (the
 //! source's event id settings, else the event id). A run reads at most
 //! `inbound.reconcile_pages_max` pages; one stopped there is gone on with by the next run.
@@ -25,6 +25,8 @@ const PAGE_LIMIT: u32 = 100;
 const PAGE_PAUSE_MS: u64 = 100;
 /// A page refused with `429` is asked again after `Retry-After` (or a second), this often.
 const RATE_LIMITED_RETRIES: u32 = 5;
+/// Event types Stripe's events list filters by at most (`types[]`).
+const STRIPE_TYPES_MAX: usize = 20;
 /// Events newer than this are left to their webhooks, which are on their way: taken from
 /// the API, an event is the API's copy (rendered in the API version it was created with,
 /// not the webhook endpoint's), and its webhook a duplicate.
@@ -111,19 +113,20 @@ async fn list_and_ingest(
         if page > 0 {
             tokio::time::sleep(Duration::from_millis(PAGE_PAUSE_MS)).await;
         }
-        // Only events some webhook endpoint of the account has not had (still pending, or
-        // given up on): every other event was delivered, to Hookline too, and reading them
-        // all took the account's every event type, including those the endpoint never asked
-        // for (forwarded when the source has no `eventTypes`).
         let query_until = (started - IN_FLIGHT_MS).div_euclid(1000);
-        let mut query = vec![
-            ("created[gte]", since.div_euclid(1000).to_string()),
-            ("created[lte]", query_until.to_string()),
-            ("delivery_success", "false".to_owned()),
-            ("limit", PAGE_LIMIT.to_string()),
+        let mut query: Vec<(String, String)> = vec![
+            ("created[gte]".into(), since.div_euclid(1000).to_string()),
+            ("created[lte]".into(), query_until.to_string()),
+            ("limit".into(), PAGE_LIMIT.to_string()),
         ];
+        // Only the types the source takes, when Stripe can filter by them: the account's
+        // every event type was read, and forwarded when the source takes any. (Not
+        // `delivery_success=false`: an event created after Stripe disabled a failing
+        // endpoint is attempted to no endpoint, and an outage is what this is for.)
+        // Numbered, as the `stripe` library writes a list.
+        query.extend(stripe_types(source).into_iter().enumerate().map(|(n, kind)| (format!("types[{n}]"), kind)));
         if let Some(last) = &after {
-            query.push(("starting_after", last.clone()));
+            query.push(("starting_after".into(), last.clone()));
         }
         let body = fetch(&client, &url, key, &query).await?;
         let page: Page = serde_json::from_slice(&body).map_err(|e| format!("the events list does not parse: {e}"))?;
@@ -173,8 +176,19 @@ async fn list_and_ingest(
     Ok(())
 }
 
+/// The event types to ask Stripe for: the source's `eventTypes`, at most the 20 Stripe
+/// takes, when the type is Stripe's own (no setting reads it from elsewhere); else none,
+/// and every type is listed and filtered here.
+fn stripe_types(source: &Source) -> Vec<String> {
+    let own_type = source.config.event_type_pointer.is_none() && source.config.event_type_header.is_none();
+    match &source.event_types {
+        Some(types) if own_type && (1..=STRIPE_TYPES_MAX).contains(&types.len()) => types.clone(),
+        _ => Vec::new(),
+    }
+}
+
 /// One page, asked again after `Retry-After` when rate limited.
-async fn fetch(client: &reqwest::Client, url: &str, key: &str, query: &[(&str, String)]) -> Result<Bytes, String> {
+async fn fetch(client: &reqwest::Client, url: &str, key: &str, query: &[(String, String)]) -> Result<Bytes, String> {
     for _ in 0..=RATE_LIMITED_RETRIES {
         let response = client
             .get(url)
