@@ -227,10 +227,12 @@ pub fn verify(
             (Locator::BodyHash, Locator::Header("x-recharge-topic"))
         }
         Preset::Hmac => {
-            verify_generic(config, headers, body, secrets, now_s, tolerance)?;
-            // Unless configured, keyed by the body (see `BodyHash`): with no id, one captured
-            // request could be sent again as a new event for ever.
-            (Locator::BodyHash, Locator::None)
+            // Unless configured, keyed by what is signed (see `BodyHash`): with no id, one
+            // captured request could be sent again as a new event for ever, or within the
+            // replay window when a timestamp is signed. With the timestamp in the key, a body
+            // sent again later under a new one (a heartbeat) is a new event.
+            let signed = verify_generic(config, headers, body, secrets, now_s, tolerance)?;
+            (Locator::Found(Some(signed)), Locator::None)
         }
         Preset::Adyen => {
             verify_adyen(body, secrets)?;
@@ -300,6 +302,7 @@ fn identify(config: &SourceConfig, defaults: (Locator, Locator), headers: Header
     Verified { event_id: id, event_type: kind }
 }
 
+/// Verifies a generic `hmac` request; answers the SHA-256 key of what was signed.
 fn verify_generic(
     config: &SourceConfig,
     headers: Headers<'_>,
@@ -307,7 +310,7 @@ fn verify_generic(
     secrets: &[&str],
     now_s: i64,
     tolerance: i64,
-) -> Result<(), Rejection> {
+) -> Result<String, Rejection> {
     // A timestamp checked but not signed is no defence against replays (a captured request
     // passes again with a fresh timestamp), and one signed but not read signs nothing: the
     // two go together, as Square's and Braintree's needed options are checked here too.
@@ -341,9 +344,11 @@ fn verify_generic(
     let (before, after) = (before.replace("{timestamp}", &timestamp), after.replace("{timestamp}", &timestamp));
     let parts: [&[u8]; 3] = [before.as_bytes(), body, after.as_bytes()];
     match config.algorithm.unwrap_or_default() {
-        Algorithm::Sha256 => any_hmac::<Hmac<Sha256>>(secrets, &parts, &[given]),
-        Algorithm::Sha512 => any_hmac::<Hmac<Sha512>>(secrets, &parts, &[given]),
+        Algorithm::Sha256 => any_hmac::<Hmac<Sha256>>(secrets, &parts, &[given])?,
+        Algorithm::Sha512 => any_hmac::<Hmac<Sha512>>(secrets, &parts, &[given])?,
     }
+    let signed = parts.iter().fold(Sha256::new(), |digest, part| digest.chain_update(part)).finalize();
+    Ok(format!("sha256:{}", hex::encode(signed)))
 }
 
 /// Does any secret's HMAC of `parts` equal one of `given`? Each secret's HMAC is computed
@@ -366,7 +371,8 @@ enum Locator {
     Found(Option<String>),
     /// `sha256:<hex>` of the raw body: the default of presets whose signature covers no id
     /// (GitHub's, Shopify's and Razorpay's come in headers nobody signs; Recharge and
-    /// Braintree send none; a generic `hmac` source's is wherever it is configured). A header id would let anyone holding one captured request
+    /// Braintree send none; a generic `hmac` source keys by what it signs, its timestamp
+    /// included). A header id would let anyone holding one captured request
     /// pass its signed body again as a new event under a fresh id; a provider's own retry
     /// sends the same body, so the hash finds it as the header would.
     BodyHash,

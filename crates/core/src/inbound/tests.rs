@@ -312,3 +312,31 @@ fn many_signatures_cost_one_mac_per_secret() {
         assert_eq!(macs, secrets, "{preset:?}: refused for one MAC per secret");
     }
 }
+
+/// A generic `hmac` source with no event id setting keys an event by what is signed: its
+/// body, with its timestamp when one is signed, so a captured request sent again within the
+/// replay window is a duplicate, and the same body under a later timestamp (a heartbeat)
+/// another event.
+#[test]
+fn a_generic_source_keys_by_what_is_signed() {
+    let config = SourceConfig {
+        timestamp_header: Some("X-Ts".into()),
+        template: Some("{timestamp}.{body}".into()),
+        ..Default::default()
+    };
+    let body = br#"{"status":"alive"}"#;
+    let id_at = |ts: i64| {
+        let signed = [ts.to_string().as_bytes(), b".", body].concat();
+        let (signature, ts) = (hmac_hex("s", &signed), ts.to_string());
+        let headers = |name: &str| match name {
+            "x-signature" => Some(signature.as_str()),
+            "x-ts" => Some(ts.as_str()),
+            _ => None,
+        };
+        verify(Preset::Hmac, &config, &headers, body, &["s"], 1_700_000_000).unwrap().event_id.unwrap()
+    };
+    let signed = [b"1700000000.".as_slice(), body].concat();
+    assert_eq!(id_at(1_700_000_000), format!("sha256:{}", hex::encode(Sha256::digest(&signed))));
+    assert_eq!(id_at(1_700_000_000), id_at(1_700_000_000), "sent again: a duplicate");
+    assert_ne!(id_at(1_700_000_000), id_at(1_700_000_060), "a later heartbeat: another event");
+}
