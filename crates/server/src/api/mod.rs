@@ -704,11 +704,13 @@ impl ListQuery {
         };
         let limit = self.limit.unwrap_or(LIST_LIMIT_DEFAULT).clamp(1, LIST_LIMIT_MAX);
         // A `prevIterator` is the first item's key after a `-`: the page before it; an
-        // `iterator` is the last item's key, after a `+` when the key begins with either.
+        // `iterator` is the last item's key, after a `+` when the key begins with either
+        // (a space too: a `+` not percent-encoded in a query reads as one, and no key holds
+        // a space).
         let (iterator, backwards) = match self.iterator.as_deref().filter(|i| !i.is_empty()) {
             Some(i) => match i.strip_prefix('-') {
                 Some(before) => (Some(before.to_owned()), true),
-                None => (Some(i.strip_prefix('+').unwrap_or(i).to_owned()), false),
+                None => (Some(i.strip_prefix(['+', ' ']).unwrap_or(i).to_owned()), false),
             },
             None => (None, false),
         };
@@ -764,7 +766,7 @@ pub mod query {
         schema: || json!({"type": "integer", "minimum": 0, "maximum": u64::MAX}),
     };
     pub const ITERATOR: QueryParam =
-        QueryParam::text("iterator", "Where to continue: a page's `iterator` for the page after it, its `prevIterator` (`-` and an id) for the page before it.");
+        QueryParam::text("iterator", "Where to continue: a page's `iterator` for the page after it (an id or name, after a `+` when it begins with `-` or `+`), its `prevIterator` (`-` and an id or name) for the page before it.");
     pub const ORDER: QueryParam = QueryParam {
         name: "order",
         description: "`descending` (newest first) or `ascending`.",

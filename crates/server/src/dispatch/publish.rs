@@ -147,6 +147,17 @@ pub struct Detached {
     none_left: tokio::sync::Notify,
 }
 
+/// One detached task, counted until it ends, a panic included.
+struct Running(Arc<Detached>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.0.running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.none_left.notify_waiters();
+        }
+    }
+}
+
 impl Detached {
     /// Waits until no detached work is running, for at most `within`.
     pub async fn wait(&self, within: Duration) {
@@ -187,13 +198,11 @@ where
         if let Some(work) = self.0.take() {
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    let detached = self.1.clone();
-                    detached.running.fetch_add(1, Ordering::SeqCst);
+                    self.1.running.fetch_add(1, Ordering::SeqCst);
+                    let running = Running(self.1.clone());
                     drop(runtime.spawn(async move {
                         work.await;
-                        if detached.running.fetch_sub(1, Ordering::SeqCst) == 1 {
-                            detached.none_left.notify_waiters();
-                        }
+                        drop(running);
                     }));
                 }
                 Err(_) => tracing::error!("a commit was dropped outside a runtime; its deliveries wait for a restart"),

@@ -616,6 +616,9 @@ async fn event_types_whose_names_begin_with_a_dash_are_listed_page_by_page() {
     let names_before: Vec<&str> =
         before["data"].as_array().unwrap().iter().map(|t| t["name"].as_str().unwrap()).collect();
     assert_eq!(names_before, ["-b", "-c"], "the page before `a0`");
+    // A `+` not percent-encoded reads as a space, and still as the mark of an iterator.
+    let after_b = gw.ok("GET", "/api/v1/event-type?limit=1&iterator=+-b", None).await;
+    assert_eq!(after_b["data"][0]["name"], "-c", "{after_b}");
     gw.stop().await;
 }
 
