@@ -66,6 +66,11 @@ pub async fn run(state: &AppState, source: &Source) -> ReconcileRunOut {
     if let Err(e) = list_and_ingest(state, source, (since, started), &mut out).await {
         tracing::warn!(source = %source.id, error = %e, "reconciliation stopped");
         out.errors.push(e);
+        // The next run goes on after the last event this one handled; one that handled
+        // none starts over, so a point that fails every time holds no run up for good.
+        if out.resume_after == out.resumed_after {
+            out.resume_after = None;
+        }
     }
     out.finished_at = timestamp(state.now());
     let text = serde_json::to_string(&out).expect("runs serialize");
@@ -93,13 +98,25 @@ async fn list_and_ingest(
     // Nor does an event of the API have headers: settings that read one in every form
     // find no id in any event, and the run would read every page to take nothing.
     let config = &source.config;
+    // Nor may a template reading a header come before one that reads none: a webhook is
+    // keyed by the first, an API event by the later one, and the two never match.
     let header_only = match &config.event_id_templates {
-        Some(templates) => templates.iter().all(|t| t.contains("{header:")),
+        Some(templates) => {
+            let reads_header = |t: &String| t.contains("{header:");
+            let first_header = templates.iter().position(reads_header);
+            let last_without = templates.iter().rposition(|t| !reads_header(t));
+            match (first_header, last_without) {
+                (Some(_), None) => true,
+                (Some(header), Some(without)) => header < without,
+                (None, _) => false,
+            }
+        }
         None => config.event_id_header.is_some(),
     };
     if header_only {
-        return Err("the source's event id settings read a header, which an event listed by the events API has \
-             not, so its events cannot be matched with the webhooks' events"
+        return Err("the source's event id settings read a header (in every template, or in one before a template \
+             that reads none), which an event listed by the events API has not, so its events cannot be matched \
+             with the webhooks' events"
             .into());
     }
     let client = reqwest::Client::builder()
@@ -109,6 +126,9 @@ async fn list_and_ingest(
         .map_err(|e| format!("HTTP client: {e}"))?;
     let url = format!("{}/v1/events", state.config.inbound.stripe_api_base.trim_end_matches('/'));
     let mut after = out.resumed_after.clone();
+    // Where the next run goes on if this one stops: after the last event handled (a failed
+    // page cost every page before it, the next run starting over).
+    out.resume_after = after.clone();
     for page in 0..state.config.inbound.reconcile_pages_max {
         if page > 0 {
             tokio::time::sleep(Duration::from_millis(PAGE_PAUSE_MS)).await;
@@ -131,6 +151,8 @@ async fn list_and_ingest(
         let body = fetch(&client, &url, key, &query).await?;
         let page: Page = serde_json::from_slice(&body).map_err(|e| format!("the events list does not parse: {e}"))?;
         for event in &page.data {
+            // Every event before this one is handled.
+            out.resume_after = after.clone();
             let head: EventHead =
                 serde_json::from_str(event.get()).map_err(|e| format!("an event does not parse: {e}"))?;
             out.found += 1;
@@ -168,11 +190,12 @@ async fn list_and_ingest(
                 Err(e) => return Err(format!("could not store an event: {e:?}")),
             }
         }
+        out.resume_after = after.clone();
         if !page.has_more || page.data.is_empty() {
+            out.resume_after = None;
             return Ok(());
         }
     }
-    out.resume_after = after;
     Ok(())
 }
 

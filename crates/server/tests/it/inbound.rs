@@ -574,27 +574,37 @@ async fn reconciliation_skips_an_event_without_an_id_and_goes_on() {
     assert!(!rx.gets_within(200).await, "nothing is taken twice");
 
     // Settings that read a header find no id in any event: refused before any page is read.
-    let config = json!({"eventIdTemplates": ["{header:x-event-id}"]});
-    gw.ok("PATCH", &format!("/api/v1/source/{id}"), Some(json!({"config": config}))).await;
-    let refused = gw.ok("POST", &format!("/api/v1/source/{id}/reconcile"), None).await;
-    assert_eq!(counts(&refused), (0, 0, 0, 0), "{refused}");
-    assert!(refused["errors"][0].as_str().unwrap().contains("read a header"), "{refused}");
+    // So are templates reading one before a template that reads none: a webhook is keyed by
+    // the first, an API event by the later one.
+    for templates in [json!(["{header:x-event-id}"]), json!(["{header:x-event-id}", "{/id}"])] {
+        let config = json!({"eventIdTemplates": templates});
+        gw.ok("PATCH", &format!("/api/v1/source/{id}"), Some(json!({"config": config}))).await;
+        let refused = gw.ok("POST", &format!("/api/v1/source/{id}/reconcile"), None).await;
+        assert_eq!(counts(&refused), (0, 0, 0, 0), "{refused}");
+        assert!(refused["errors"][0].as_str().unwrap().contains("read a header"), "{refused}");
+    }
     gw.stop().await;
 }
 
 /// A stand-in for Stripe's `GET /v1/events` over `events` (newest first), two a page,
-/// going on after `starting_after`.
-async fn paged_events_api(events: Vec<Value>) -> String {
+/// going on after `starting_after`; the first page asked after `failing_after`, if given,
+/// answers 500.
+async fn paged_events_api(events: Vec<Value>, failing_after: Option<&'static str>) -> String {
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let app = axum::Router::new().route(
         "/v1/events",
         axum::routing::get(move |uri: axum::http::Uri| {
-            let events = events.clone();
+            let (events, failed) = (events.clone(), failed.clone());
             async move {
                 let query = uri.query().unwrap_or_default().to_owned();
                 let after = query.split('&').find_map(|pair| pair.strip_prefix("starting_after="));
+                if after.is_some() && after == failing_after && !failed.swap(true, std::sync::atomic::Ordering::SeqCst)
+                {
+                    return Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+                }
                 let from = after.map_or(0, |id| events.iter().position(|e| e["id"] == id).unwrap() + 1);
                 let page = &events[from..(from + 2).min(events.len())];
-                json!({"object": "list", "has_more": from + 2 < events.len(), "data": page}).to_string()
+                Ok(json!({"object": "list", "has_more": from + 2 < events.len(), "data": page}).to_string())
             }
         }),
     );
@@ -613,7 +623,7 @@ async fn paged_events_api(events: Vec<Value>) -> String {
 async fn reconciliation_keys_events_as_the_webhooks_and_goes_on_where_it_stopped() {
     let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 600 + n as i64});
     let mut config = dev_config();
-    config.inbound.stripe_api_base = paged_events_api((1..=5).rev().map(event).collect()).await;
+    config.inbound.stripe_api_base = paged_events_api((1..=5).rev().map(event).collect(), None).await;
     config.inbound.reconcile_interval_ms = 0;
     config.inbound.reconcile_pages_max = 2;
     let gw = start_gateway(config).await;
@@ -650,6 +660,36 @@ async fn reconciliation_keys_events_as_the_webhooks_and_goes_on_where_it_stopped
     got.sort();
     assert_eq!(got, ["evt_1", "evt_2", "evt_3", "evt_4"]);
     assert!(!rx.gets_within(200).await, "evt_5, which came as a webhook, is not delivered again");
+    gw.stop().await;
+}
+
+/// A run whose page fails leaves where it got to: the next goes on after the last event it
+/// handled (it started over, and a page that failed often kept the older events out of
+/// reach).
+#[tokio::test]
+async fn a_reconciliation_that_fails_goes_on_where_it_got_to() {
+    let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 600 + n as i64});
+    let mut config = dev_config();
+    config.inbound.stripe_api_base = paged_events_api((1..=6).rev().map(event).collect(), Some("evt_3")).await;
+    config.inbound.reconcile_interval_ms = 0;
+    let gw = start_gateway(config).await;
+    let rx = Receiver::start(Answer::status(200)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let body = json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app,
+        "apiKey": "rk_test_reads_events"});
+    let id = gw.ok("POST", "/api/v1/source", Some(body)).await["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/source/{id}/reconcile");
+    let first = gw.ok("POST", &path, None).await;
+    assert_eq!((first["ingested"].as_u64(), &first["resumeAfter"]), (Some(4), &json!("evt_3")), "{first}");
+    assert_eq!(first["errors"].as_array().unwrap().len(), 1, "{first}");
+    let second = gw.ok("POST", &path, None).await;
+    assert_eq!((second["ingested"].as_u64(), &second["resumedAfter"]), (Some(2), &json!("evt_3")), "{second}");
+    assert_eq!((&second["resumeAfter"], &second["errors"]), (&Value::Null, &json!([])), "{second}");
+    for _ in 0..6 {
+        rx.next().await;
+    }
+    assert!(!rx.gets_within(200).await, "each event once");
     gw.stop().await;
 }
 
@@ -746,7 +786,7 @@ async fn a_deleted_sources_series_leave_the_metrics() {
 async fn a_source_keyed_by_its_bodies_is_not_reconciled() {
     let event = json!({"id": "evt_1", "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 600});
     let mut config = dev_config();
-    config.inbound.stripe_api_base = paged_events_api(vec![event.clone()]).await;
+    config.inbound.stripe_api_base = paged_events_api(vec![event.clone()], None).await;
     config.inbound.reconcile_interval_ms = 0;
     let gw = start_gateway(config).await;
     let rx = Receiver::start(Answer::status(200)).await;
