@@ -1127,6 +1127,24 @@ async fn delivers_to_a_queue(kind: Kind) {
         assert!(payload["n"].as_u64().unwrap() < 20);
     }
 
+    // An operator's resend arrives again: on a JetStream stream too, within its duplicate
+    // window (the stream dropped it as a repeat, and it was recorded as delivered).
+    let resend = format!("{}/api/v1/app/{APP}/msg/{}/endpoint/{endpoint}/resend", gateway.url(), ids[0]);
+    let (status, answer) = support::post(&http, resend, TOKEN, &json!({})).await;
+    assert!((200..300).contains(&status), "{answer}");
+    let copies_in = |received: &[Published]| received.iter().filter(|p| p.headers["webhook-id"] == ids[0]).count();
+    let mut copies = copies_in(&arrived);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while copies < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "{kind:?}: the resend never arrived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let received = destination.received().await;
+        copies = match kind {
+            Kind::Amqp => copies + copies_in(&received),
+            _ => copies_in(&received),
+        };
+    }
+
     // The broker goes away: attempts fail and are retried, then delivered once it is back.
     private.stop();
     let late = publish(&http, &gateway, 20).await;

@@ -681,9 +681,16 @@ impl Engine {
         let sent = match hookline_core::queue_url::is_queue_url(&target.url) {
             true => {
                 let endpoint = due.delivery.endpoint_id.as_deref().unwrap_or("callback");
+                // An operator's resend is a new message to the broker: under the same
+                // JetStream id within the stream's duplicate window, it was dropped as a
+                // repeat and recorded as delivered.
+                let endpoint = match due.delivery.trigger {
+                    Trigger::Manual => format!("{endpoint}.{now}"),
+                    Trigger::Scheduled => endpoint.to_owned(),
+                };
                 // Boxed: a broker's connect is kilobytes of state that every HTTP delivery
                 // task would carry otherwise.
-                Box::pin(self.queues.publish(&target.url, &message.id, endpoint, &headers, message.payload.clone()))
+                Box::pin(self.queues.publish(&target.url, &message.id, &endpoint, &headers, message.payload.clone()))
                     .await
             }
             false => self.client.post(&target.url, &headers, message.payload.clone(), now).await,

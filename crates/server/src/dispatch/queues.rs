@@ -77,7 +77,8 @@ impl QueuePublisher {
     }
 
     /// `msg_id` is the message's id (AMQP `message_id`); JetStream's `Nats-Msg-Id` is it with
-    /// `endpoint_id`, so two endpoints of one message on one stream are not taken as repeats.
+    /// `endpoint_id`, so two endpoints of one message on one stream are not taken as repeats
+    /// (the engine adds the time to an operator's resend, which is not one either).
     pub async fn publish(
         &self,
         url: &str,
