@@ -267,16 +267,23 @@ async fn a_replay_to_an_ordering_endpoint_is_sent_once() {
     gw.stop().await;
 }
 
-/// A generic `hmac` source with no event id setting keys its events by their body: with no
-/// key at all, one captured request could be sent again as a new event for ever.
-#[tokio::test]
-async fn a_generic_hmac_source_drops_a_resent_body() {
+/// A gateway with an application forwarding to a receiver, and a `preset` source of it with
+/// `secrets`; answers the source's path.
+async fn merchant_source(preset: &str, secrets: Value) -> (Gateway, Receiver, String) {
     let gw = start_gateway(dev_config()).await;
     let rx = Receiver::start(Answer::status(200)).await;
     let app = gw.app("merchant").await;
     gw.endpoint(&app, json!({"url": rx.url})).await;
-    let src = source(&gw, &app, "hmac", json!(["s"]), json!({})).await;
+    let src = source(&gw, &app, preset, secrets, json!({})).await;
     let path = format!("/in/{}", src["id"].as_str().unwrap());
+    (gw, rx, path)
+}
+
+/// A generic `hmac` source with no event id setting keys its events by what it signs: with no
+/// key at all, one captured request could be sent again as a new event for ever.
+#[tokio::test]
+async fn a_generic_hmac_source_drops_a_resent_body() {
+    let (gw, rx, path) = merchant_source("hmac", json!(["s"])).await;
     let body = r#"{"paid":1}"#;
     let (status, first) = post_in(&gw, &path, &hmac_request("s", body), body).await;
     assert_eq!((status, first["status"].as_str()), (200, Some("accepted")), "{first}");
@@ -329,12 +336,7 @@ async fn credentials_sent_to_a_source_are_not_forwarded() {
 /// body's hash), refused as a duplicate and not forwarded; so is GitHub's own redelivery.
 #[tokio::test]
 async fn a_signed_body_sent_again_under_a_fresh_delivery_id_is_a_duplicate() {
-    let gw = start_gateway(dev_config()).await;
-    let rx = Receiver::start(Answer::status(200)).await;
-    let app = gw.app("merchant").await;
-    gw.endpoint(&app, json!({"url": rx.url})).await;
-    let src = source(&gw, &app, "github", json!(["It's a Secret to Everybody"]), json!({})).await;
-    let path = format!("/in/{}", src["id"].as_str().unwrap());
+    let (gw, rx, path) = merchant_source("github", json!(["It's a Secret to Everybody"])).await;
     let delivered_as = |delivery: &str| {
         vec![
             (
@@ -464,10 +466,11 @@ async fn stripe_events_api(events: Vec<Value>) -> (String, Arc<std::sync::Mutex<
 
 /// A gateway reading Stripe's events API at `api` (reconciling on demand only), with an
 /// application whose one endpoint is the receiver.
-async fn reconciling_gateway(api: String) -> (Gateway, Receiver, String) {
+async fn reconciling_gateway(api: String, pages_max: usize) -> (Gateway, Receiver, String) {
     let mut config = dev_config();
     config.inbound.stripe_api_base = api;
     config.inbound.reconcile_interval_ms = 0;
+    config.inbound.reconcile_pages_max = pages_max;
     let gw = start_gateway(config).await;
     let rx = Receiver::start(Answer::status(200)).await;
     let app = gw.app("merchant").await;
@@ -479,7 +482,7 @@ async fn reconciling_gateway(api: String) -> (Gateway, Receiver, String) {
 async fn reconciliation_ingests_what_the_provider_gave_up_on() {
     let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 600 + n as i64, "data": {"object": {"id": format!("ch_{n}")}}});
     let (api, requests) = stripe_events_api(vec![event(3), event(2), event(1)]).await;
-    let (gw, rx, app) = reconciling_gateway(api).await;
+    let (gw, rx, app) = reconciling_gateway(api, 100).await;
     let body = json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app, "apiKey": "rk_test_reads_events"});
     let src = gw.ok("POST", "/api/v1/source", Some(body)).await;
     assert_eq!(src["reconciles"], true);
@@ -550,7 +553,7 @@ async fn reconciliation_skips_an_event_without_an_id_and_goes_on() {
         json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 600 + n as i64, "data": {"object": {"id": format!("ch_{n}"), "metadata": metadata}}})
     };
     let (api, _) = stripe_events_api(vec![event(3, Some("o3")), event(2, None), event(1, Some("o1"))]).await;
-    let (gw, rx, app) = reconciling_gateway(api).await;
+    let (gw, rx, app) = reconciling_gateway(api, 100).await;
     let body = json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app, "apiKey": "rk_test",
         "config": {"eventIdTemplates": ["order-{/data/object/metadata/order_id}"]}});
     let id = gw.ok("POST", "/api/v1/source", Some(body)).await["id"].as_str().unwrap().to_owned();
@@ -622,14 +625,8 @@ async fn paged_events_api(events: Vec<Value>, failing_after: Option<&'static str
 #[tokio::test]
 async fn reconciliation_keys_events_as_the_webhooks_and_goes_on_where_it_stopped() {
     let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 600 + n as i64});
-    let mut config = dev_config();
-    config.inbound.stripe_api_base = paged_events_api((1..=5).rev().map(event).collect(), None).await;
-    config.inbound.reconcile_interval_ms = 0;
-    config.inbound.reconcile_pages_max = 2;
-    let gw = start_gateway(config).await;
-    let rx = Receiver::start(Answer::status(200)).await;
-    let app = gw.app("merchant").await;
-    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let api = paged_events_api((1..=5).rev().map(event).collect(), None).await;
+    let (gw, rx, app) = reconciling_gateway(api, 2).await;
     let body = json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app,
         "apiKey": "rk_test_reads_events", "config": {"eventIdTemplates": ["stripe:{/id}"]}});
     let id = gw.ok("POST", "/api/v1/source", Some(body)).await["id"].as_str().unwrap().to_owned();
@@ -669,13 +666,8 @@ async fn reconciliation_keys_events_as_the_webhooks_and_goes_on_where_it_stopped
 #[tokio::test]
 async fn a_reconciliation_that_fails_goes_on_where_it_got_to() {
     let event = |n: u32| json!({"id": format!("evt_{n}"), "object": "event", "type": "charge.succeeded", "created": T0 / 1000 - 600 + n as i64});
-    let mut config = dev_config();
-    config.inbound.stripe_api_base = paged_events_api((1..=6).rev().map(event).collect(), Some("evt_3")).await;
-    config.inbound.reconcile_interval_ms = 0;
-    let gw = start_gateway(config).await;
-    let rx = Receiver::start(Answer::status(200)).await;
-    let app = gw.app("merchant").await;
-    gw.endpoint(&app, json!({"url": rx.url})).await;
+    let api = paged_events_api((1..=6).rev().map(event).collect(), Some("evt_3")).await;
+    let (gw, rx, app) = reconciling_gateway(api, 100).await;
     let body = json!({"name": "stripe", "preset": "stripe", "secrets": ["whsec_live"], "appId": app,
         "apiKey": "rk_test_reads_events"});
     let id = gw.ok("POST", "/api/v1/source", Some(body)).await["id"].as_str().unwrap().to_owned();
