@@ -373,6 +373,10 @@ fn migrate(config: &Config) -> ExitCode {
 /// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
 /// the future is first polled: a signal that came between the first request served and
 /// the accept loop's first look at the future would otherwise kill the process outright.
+/// The first SIGTERM or SIGINT; a second one during the shutdown that follows ends the
+/// process at once (it was ignored, and a shutdown may take several grace periods): as
+/// after `kill -9`, what is acknowledged is in the store, and what was in flight stays open
+/// there for the next start.
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
@@ -383,5 +387,13 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             _ = term.recv() => {}
         }
         tracing::info!("shutdown signal received");
+        tokio::spawn(async move {
+            let code = tokio::select! {
+                _ = interrupt.recv() => 128 + 2,
+                _ = term.recv() => 128 + 15,
+            };
+            eprintln!("hookline: a second signal: stopping now; deliveries in flight stay open for the next start");
+            std::process::exit(code);
+        });
     }
 }

@@ -424,6 +424,37 @@ async fn sigterm_shuts_down_cleanly() {
     assert!(status.success(), "{status:?}");
 }
 
+/// A second SIGTERM during a shutdown that waits for an attempt in flight ends the process
+/// at once (143), where it was ignored for the whole grace; the attempt stays open.
+#[tokio::test]
+async fn a_second_sigterm_ends_the_shutdown_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = reqwest::Client::new();
+    // An endpoint that takes the request and never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint_url = format!("http://{}/hook", silent.local_addr().unwrap());
+    let env = [("HOOKLINE_ADMIN_TOKEN", TOKEN), ("HOOKLINE_DELIVERY_SHUTDOWN_GRACE_MS", "600000")];
+    let mut hookline = Hookline::start(dir.path(), free_port(), &env);
+    hookline.wait_healthy(&http).await;
+    let api = |path: &str| format!("{}/api/v1/{path}", hookline.url);
+    let (status, app) = support::post(&http, api("app"), TOKEN, &json!({"name": "shop"})).await;
+    assert_eq!(status, 201, "{app}");
+    let app = app["id"].as_str().unwrap().to_owned();
+    let (status, answer) =
+        support::post(&http, api(&format!("app/{app}/endpoint")), TOKEN, &json!({"url": endpoint_url})).await;
+    assert_eq!(status, 201, "{answer}");
+    let body = json!({"eventType": "payment.succeeded", "payload": {}});
+    let (status, answer) = support::post(&http, api(&format!("app/{app}/msg")), TOKEN, &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let (_held, _) = tokio::time::timeout(support::PATIENCE, silent.accept()).await.unwrap().unwrap();
+    let pid = hookline.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(hookline.child.try_wait().unwrap().is_none(), "the first waits for the attempt in flight");
+    let status = hookline.terminate();
+    assert_eq!(status.code(), Some(143), "{status:?}");
+}
+
 /// Started with a soft open-file limit of 256 under a hard limit of 4,096, the server raises
 /// the soft limit to the hard one, sizes the connection and delivery caps nobody set to fit
 /// it, and starts without a warning; caps someone set beyond the limit are warned about.
