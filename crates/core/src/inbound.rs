@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
-use crate::signature::{mac_of, matches_any, verify_standard, verify_stripe, within_tolerance, Secret, VerifyError};
+use crate::signature::{any_key_signed, mac_of, verify_standard, verify_stripe, within_tolerance, Secret, VerifyError};
 
 /// Default replay window of presets that sign a timestamp.
 pub const TOLERANCE_S_DEFAULT: i64 = 300;
@@ -351,12 +351,9 @@ fn verify_generic(
     Ok(format!("sha256:{}", hex::encode(signed)))
 }
 
-/// Does any secret's HMAC of `parts` equal one of `given`? Each secret's HMAC is computed
-/// once, however many signatures the request carries (`matches_any`).
+/// Does any secret's HMAC of `parts` equal one of `given` (`any_key_signed`)?
 fn any_hmac<M: Mac + KeyInit>(secrets: &[&str], parts: &[&[u8]], given: &[impl AsRef<[u8]>]) -> Result<(), Rejection> {
-    let expected: Vec<_> =
-        secrets.iter().map(|secret| mac_of::<M>(secret.as_bytes(), parts).finalize().into_bytes()).collect();
-    match matches_any(&expected, given) {
+    match any_key_signed::<M>(secrets.iter().map(|secret| secret.as_bytes()), parts, given) {
         true => Ok(()),
         false => Err(Rejection::BadSignature),
     }

@@ -125,10 +125,9 @@ async fn list_and_ingest(
         .build()
         .map_err(|e| format!("HTTP client: {e}"))?;
     let url = format!("{}/v1/events", state.config.inbound.stripe_api_base.trim_end_matches('/'));
+    // `out.resume_after` follows the last event handled: where the next run goes on if this
+    // one stops (a failed page cost every page before it, the next run starting over).
     let mut after = out.resumed_after.clone();
-    // Where the next run goes on if this one stops: after the last event handled (a failed
-    // page cost every page before it, the next run starting over).
-    out.resume_after = after.clone();
     for page in 0..state.config.inbound.reconcile_pages_max {
         if page > 0 {
             tokio::time::sleep(Duration::from_millis(PAGE_PAUSE_MS)).await;
