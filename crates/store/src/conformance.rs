@@ -682,6 +682,12 @@ async fn endpoints_belong_to_their_app(store: &dyn Store) {
     assert_eq!(store.get_endpoint(&a.id, &second.id).await.unwrap(), second, "the sibling is still there");
     assert_eq!(store.get_endpoint(&a.id, &first.id).await.unwrap(), first, "the update was not applied");
     assert_eq!(store.app_endpoints(&a.id).await.unwrap().len(), 3);
+    // A uid that is a sibling's id (kept from before the API refused that form) does not take
+    // the id over: a key names the endpoint whose id it is first.
+    let shadow = store.create_endpoint(named(&second.id, 3_004)).await.unwrap();
+    assert_eq!(store.get_endpoint(&a.id, &second.id).await.unwrap(), second);
+    assert_eq!(store.get_endpoint(&a.id, &shadow.id).await.unwrap(), shadow);
+    store.delete_endpoint(&a.id, &shadow.id).await.unwrap();
 
     // An update is written only over the endpoint as it was read: one made from an older
     // read (another request saved in between) writes nothing.
