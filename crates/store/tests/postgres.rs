@@ -481,6 +481,43 @@ async fn secrets_are_sealed_at_rest() {
     assert!(matches!(wrong.get_endpoint(&app.id, &ep.id).await, Err(hookline_store::StoreError::Corrupt(_))));
 }
 
+/// Connections are encrypted as libpq's `sslmode` asks, and `verify-ca` and `verify-full`
+/// check the server's certificate (the tests' server has TLS on: `scripts/ensure-postgres.sh`).
+#[tokio::test]
+async fn connections_are_encrypted_as_sslmode_asks() {
+    let url = scratch::fresh_database().await.unwrap();
+    let (raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let database = url.rsplit_once('/').unwrap().1.to_owned();
+    let encrypted = async || -> Vec<bool> {
+        let sql = "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+                   WHERE a.application_name = 'hookline' AND a.datname = $1";
+        raw.query(sql, &[&database]).await.unwrap().iter().map(|row| row.get(0)).collect()
+    };
+    let plain = PgStore::open(&format!("{url}?sslmode=disable"), &KEY, options()).await.unwrap();
+    let seen = encrypted().await;
+    assert!(!seen.is_empty() && seen.iter().all(|ssl| !ssl), "sslmode=disable: {seen:?}");
+    drop(plain);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for mode in ["", "?sslmode=prefer", "?sslmode=require"] {
+        let store = PgStore::open(&format!("{url}{mode}"), &KEY, options()).await.unwrap();
+        store.create_app(conformance::app(1, None)).await.unwrap();
+        let seen = encrypted().await;
+        assert!(!seen.is_empty() && seen.iter().all(|ssl| *ssl), "{mode:?}: {seen:?}");
+        drop(store);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The server's own certificate is the root its chain ends at; it names the machine, not
+    // the address connected to, so verify-full refuses what verify-ca takes.
+    let cert: String = raw.query_one("SHOW ssl_cert_file", &[]).await.unwrap().get(0);
+    let migrate = async |query: String| PgStore::migrate(&format!("{url}?{query}"), 10_000).await;
+    migrate(format!("sslmode=verify-ca&sslrootcert={cert}")).await.unwrap();
+    let refused = migrate(format!("sslmode=verify-full&sslrootcert={cert}")).await.unwrap_err().to_string();
+    assert!(refused.contains("certificate"), "{refused}");
+    let refused = migrate("sslmode=verify-ca".into()).await.unwrap_err().to_string();
+    assert!(refused.contains("certificate"), "not signed by a public root: {refused}");
+}
+
 /// A fresh store with an application, an endpoint of it, and a registered node's token.
 async fn one_node_one_endpoint() -> (PgStore, hookline_store::App, hookline_store::Endpoint, i64) {
     let (_url, store) = fresh().await;

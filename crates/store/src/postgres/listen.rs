@@ -2,21 +2,21 @@
 //! [`CHANNEL`] into [`Change`]s. After a lost connection it reconnects with backoff and
 //! tells [`Change::Flush`], since notifications sent meanwhile are gone.
 
-use super::CHANNEL;
+use super::{Server, CHANNEL};
 use crate::Change;
 use futures_util::{stream, StreamExt};
 use std::time::Duration;
 use tokio::sync::broadcast;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 const BACKOFF_MIN_MS: u64 = 100;
 const BACKOFF_MAX_MS: u64 = 5_000;
 
-pub async fn run(config: tokio_postgres::Config, changes: broadcast::Sender<Change>) {
+pub async fn run(server: Server, changes: broadcast::Sender<Change>) {
     let mut backoff_ms = BACKOFF_MIN_MS;
     let mut connected_before = false;
     loop {
-        match listen_once(&config, &changes, &mut connected_before).await {
+        match listen_once(&server, &changes, &mut connected_before).await {
             Ok(()) => backoff_ms = BACKOFF_MIN_MS,
             Err(e) => {
                 tracing::warn!(error = %e, retry_ms = backoff_ms, "change notifications: connection lost");
@@ -29,11 +29,11 @@ pub async fn run(config: tokio_postgres::Config, changes: broadcast::Sender<Chan
 
 /// Listens until the connection ends.
 async fn listen_once(
-    config: &tokio_postgres::Config,
+    server: &Server,
     changes: &broadcast::Sender<Change>,
     connected_before: &mut bool,
 ) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
+    let (client, mut connection) = server.connect().await?;
     let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
     let statement = format!("LISTEN {CHANNEL}");
     let listen = client.batch_execute(&statement);

@@ -14,14 +14,15 @@ mod rows;
 mod schema;
 pub mod scratch;
 mod stats;
+mod tls;
 
 use crate::sealed::{Sealer, KEY_BYTES};
 use crate::*;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use std::future::Future;
 use std::time::Duration;
+use tls::Server;
 use tokio::sync::broadcast;
-use tokio_postgres::NoTls;
 
 /// The channel every node listens on; payloads are `app:<id>`, `sources`, `tokens`, `due`.
 pub(crate) const CHANNEL: &str = "hookline_changes";
@@ -83,14 +84,14 @@ impl PgStore {
     /// Connects, migrates (one node at a time, under an advisory lock) and starts
     /// listening for changes.
     pub async fn open(url: &str, secret_key: &[u8; KEY_BYTES], options: PgOptions) -> StoreResult<PgStore> {
-        let config = parse_url(url, options.timeout_ms)?;
-        schema::migrate(&config).await?;
+        let server = parse_url(url, options.timeout_ms)?;
+        schema::migrate(&server).await?;
         let timeout = Duration::from_millis(options.timeout_ms);
         // A call given up on at the timeout has its statement ended by the server as well:
         // dropping the future only queues a ROLLBACK, the connection went back to the pool
         // still running the statement (holding its locks), and the next caller's statements
         // waited behind it and timed out in turn.
-        let bounded = with_setting(&config, &format!("statement_timeout={}", options.timeout_ms));
+        let bounded = with_setting(&server, &format!("statement_timeout={}", options.timeout_ms));
         // Acknowledged writes wait for the WAL flush whatever the server's or role's default.
         let pool = make_pool(with_setting(&bounded, "synchronous_commit=on"), options.pool_max, timeout)?;
         // Writes whose loss in a database crash costs at most a repeated delivery (attempt
@@ -101,7 +102,7 @@ impl PgStore {
         let (publishes, waiting) = tokio::sync::mpsc::channel(PUBLISHES_QUEUED_MAX);
         let waiting: publishes::Inbox = std::sync::Arc::new(tokio::sync::Mutex::new(waiting));
         let mut background = vec![
-            tokio::spawn(listen::run(config, changes.clone())),
+            tokio::spawn(listen::run(server, changes.clone())),
             tokio::spawn(attempts::run(relaxed.clone(), inbox, timeout)),
         ];
         for _ in 0..publishes::WRITERS {
@@ -202,18 +203,19 @@ macro_rules! on_conn {
     };
 }
 
-/// `config` with `-c <setting>` after the options it has (a URL's `options` are kept).
-fn with_setting(config: &tokio_postgres::Config, setting: &str) -> tokio_postgres::Config {
-    let mut with = config.clone();
-    match config.get_options().filter(|o| !o.trim().is_empty()) {
-        Some(options) => with.options(format!("{options} -c {setting}")),
-        None => with.options(format!("-c {setting}")),
+/// `server` with `-c <setting>` after the options it has (a URL's `options` are kept).
+fn with_setting(server: &Server, setting: &str) -> Server {
+    let mut with = server.clone();
+    match server.config.get_options().filter(|o| !o.trim().is_empty()) {
+        Some(options) => with.config.options(format!("{options} -c {setting}")),
+        None => with.config.options(format!("-c {setting}")),
     };
     with
 }
 
-fn make_pool(config: tokio_postgres::Config, max_size: usize, timeout: Duration) -> StoreResult<Pool> {
-    let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+fn make_pool(server: Server, max_size: usize, timeout: Duration) -> StoreResult<Pool> {
+    let manager_config = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    let manager = Manager::from_config(server.config, server.tls, manager_config);
     Pool::builder(manager)
         .max_size(max_size)
         .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -224,13 +226,12 @@ fn make_pool(config: tokio_postgres::Config, max_size: usize, timeout: Duration)
         .map_err(|e| StoreError::Unavailable(format!("database pool: {e}")))
 }
 
-fn parse_url(url: &str, timeout_ms: u64) -> StoreResult<tokio_postgres::Config> {
-    let mut config: tokio_postgres::Config =
-        url.parse().map_err(|e| StoreError::Invalid(format!("database.url is not a PostgreSQL URL: {e}")))?;
-    config.application_name("hookline");
-    config.connect_timeout(Duration::from_millis(timeout_ms));
-    config.keepalives_idle(Duration::from_secs(30));
-    Ok(config)
+fn parse_url(url: &str, timeout_ms: u64) -> StoreResult<Server> {
+    let mut server = Server::parse(url)?;
+    server.config.application_name("hookline");
+    server.config.connect_timeout(Duration::from_millis(timeout_ms));
+    server.config.keepalives_idle(Duration::from_secs(30));
+    Ok(server)
 }
 
 /// Maps PostgreSQL errors to what callers act on.
@@ -800,13 +801,14 @@ mod tests {
 
     #[test]
     fn a_setting_goes_after_the_urls_options() {
-        let plain: tokio_postgres::Config = "postgres://u@h/db".parse().unwrap();
+        let plain = super::Server::parse("postgres://u@h/db").unwrap();
         let with = super::with_setting(&plain, "synchronous_commit=on");
-        assert_eq!(with.get_options(), Some("-c synchronous_commit=on"));
-        let optioned: tokio_postgres::Config =
-            "postgres://u@h/db?options=-c%20search_path%3Dhl%20-c%20synchronous_commit%3Doff".parse().unwrap();
+        assert_eq!(with.config.get_options(), Some("-c synchronous_commit=on"));
+        let optioned =
+            super::Server::parse("postgres://u@h/db?options=-c%20search_path%3Dhl%20-c%20synchronous_commit%3Doff")
+                .unwrap();
         let with = super::with_setting(&optioned, "synchronous_commit=on");
-        let options = with.get_options().unwrap();
+        let options = with.config.get_options().unwrap();
         assert_eq!(
             options, "-c search_path=hl -c synchronous_commit=off -c synchronous_commit=on",
             "the last one wins"

@@ -4,7 +4,6 @@
 
 use super::pg_error;
 use crate::{StoreError, StoreResult};
-use tokio_postgres::NoTls;
 
 /// Any fixed number; all Hookline nodes take the same lock ("hookline" in ASCII).
 const MIGRATION_LOCK: i64 = 0x686f_6f6b_6c69_6e65;
@@ -262,8 +261,8 @@ END $$;
 
 /// Applies every migration the database lacks, one node at a time; returns the version
 /// the schema is at.
-pub async fn migrate(config: &tokio_postgres::Config) -> StoreResult<i64> {
-    let (mut client, connection) = config.connect(NoTls).await.map_err(pg_error)?;
+pub async fn migrate(server: &super::Server) -> StoreResult<i64> {
+    let (mut client, connection) = server.connect().await.map_err(pg_error)?;
     let connection = tokio::spawn(connection);
     let result = migrate_locked(&mut client).await;
     drop(client);

@@ -1,0 +1,320 @@
+//! How Hookline reaches PostgreSQL: tokio-postgres's settings, and TLS as libpq's `sslmode`
+//! and `sslrootcert` ask for it (rustls with ring, as the delivery client uses).
+//!
+//! tokio-postgres knows `disable`, `prefer` and `require` only, and with `NoTls` it never
+//! asks for TLS at all, so a database that requires it (a managed one, say) could not be
+//! used. The two settings are taken out of the URL here and given the meanings libpq gives
+//! them:
+//! - `disable`: no TLS.
+//! - `prefer` (the default): TLS when the server offers it, else plain.
+//! - `require`: TLS or no connection.
+//! - `verify-ca`: TLS, with the server's certificate chained to a trusted root.
+//! - `verify-full`: that, and the certificate names the host connected to.
+//!
+//! Under `prefer` and `require` the certificate is not checked, unless `sslrootcert` names
+//! the roots to check it against (then as `verify-ca`), as libpq does when it finds a root
+//! certificate file. `sslrootcert` is a PEM file, or `system` for the public roots (Mozilla's
+//! list, from webpki-roots), which is also what `verify-ca` and `verify-full` trust without it.
+
+use std::sync::Arc;
+
+use percent_encoding::percent_decode_str;
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::Socket;
+use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_rustls::rustls::{
+    self,
+    client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
+    client::WebPkiServerVerifier,
+    crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
+    pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime},
+    CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+
+use crate::{StoreError, StoreResult};
+
+/// A server to connect to: tokio-postgres's settings and the TLS they go with.
+#[derive(Clone)]
+pub(crate) struct Server {
+    pub config: tokio_postgres::Config,
+    pub tls: MakeRustlsConnect,
+}
+
+/// What a connection to a [`Server`] is.
+pub(crate) type Connection = tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+
+impl Server {
+    /// The server a `database.url` names, libpq's form (`postgres://…`) or key=value form.
+    pub fn parse(url: &str) -> StoreResult<Server> {
+        let invalid = |e: String| StoreError::Invalid(format!("database.url is not a PostgreSQL URL: {e}"));
+        let (rest, mode, root) = take_tls_settings(url).map_err(invalid)?;
+        let mut config: tokio_postgres::Config = rest.parse().map_err(|e| invalid(format!("{e}")))?;
+        let check = match mode.as_deref() {
+            None | Some("prefer") => {
+                config.ssl_mode(SslMode::Prefer);
+                if root.is_some() {
+                    Check::Chain
+                } else {
+                    Check::Nothing
+                }
+            }
+            Some("disable") => {
+                config.ssl_mode(SslMode::Disable);
+                Check::Nothing
+            }
+            Some("require") => {
+                config.ssl_mode(SslMode::Require);
+                if root.is_some() {
+                    Check::Chain
+                } else {
+                    Check::Nothing
+                }
+            }
+            Some("verify-ca") => {
+                config.ssl_mode(SslMode::Require);
+                Check::Chain
+            }
+            Some("verify-full") => {
+                config.ssl_mode(SslMode::Require);
+                Check::ChainAndName
+            }
+            Some(other) => {
+                return Err(invalid(format!(
+                    "sslmode={other} is none of disable, prefer, require, verify-ca, verify-full"
+                )))
+            }
+        };
+        let tls = client_config(check, root.as_deref())?;
+        Ok(Server { config, tls: MakeRustlsConnect::new(tls) })
+    }
+
+    pub async fn connect(&self) -> Result<(tokio_postgres::Client, Connection), tokio_postgres::Error> {
+        self.config.connect(self.tls.clone()).await
+    }
+}
+
+/// How much of the server's certificate is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Check {
+    Nothing,
+    Chain,
+    ChainAndName,
+}
+
+fn client_config(check: Check, root: Option<&str>) -> StoreResult<rustls::ClientConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("ring supports the default TLS versions");
+    let verifier: Arc<dyn ServerCertVerifier> = match check {
+        Check::Nothing => Arc::new(Unchecked(provider)),
+        Check::Chain | Check::ChainAndName => {
+            let roots = roots(root)?;
+            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|e| StoreError::Invalid(format!("database.url: sslrootcert: {e}")))?;
+            match check {
+                Check::ChainAndName => webpki,
+                _ => Arc::new(ChainOnly(webpki)),
+            }
+        }
+    };
+    Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth())
+}
+
+/// The roots `sslrootcert` names: a PEM file's certificates, or the public roots.
+fn roots(root: Option<&str>) -> StoreResult<RootCertStore> {
+    let path = match root {
+        None | Some("system") => return Ok(RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() }),
+        Some(path) => path,
+    };
+    let refused = |why: String| StoreError::Invalid(format!("database.url: sslrootcert={path}: {why}"));
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path).map_err(|e| refused(e.to_string()))? {
+        let cert = cert.map_err(|e| refused(e.to_string()))?;
+        roots.add(cert).map_err(|e| refused(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(refused("the file holds no PEM certificate".into()));
+    }
+    Ok(roots)
+}
+
+/// `prefer` and `require` without roots: encrypted, the certificate taken as it comes (what
+/// libpq does); the handshake's signatures are still checked.
+#[derive(Debug)]
+struct Unchecked(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain is checked, the name is not. WebPKI checks the name after the
+/// chain, so a certificate whose only fault is its name has a trusted chain.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            checked => checked,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `url` without its `sslmode` and `sslrootcert`, and their values (the last of each).
+fn take_tls_settings(url: &str) -> Result<(String, Option<String>, Option<String>), String> {
+    let (mut mode, mut root) = (None, None);
+    // True if `key` is one of the two (then taken), false if it is kept.
+    let mut take = |key: &str, value: String| {
+        let slot = match key {
+            "sslmode" => &mut mode,
+            "sslrootcert" => &mut root,
+            _ => return false,
+        };
+        *slot = Some(value);
+        true
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let Some((base, query)) = url.split_once('?') else { return Ok((url.to_owned(), None, None)) };
+        let mut kept = Vec::new();
+        for pair in query.split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode_str(value).decode_utf8().map_err(|e| format!("{key}: {e}"))?;
+            if !take(key, value.into_owned()) {
+                kept.push(pair);
+            }
+        }
+        let rest = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
+        return Ok((rest, mode, root));
+    }
+    // key=value form: values bare or in single quotes, a backslash escaping the next character.
+    let mut kept = String::new();
+    let mut chars = url.trim_start().chars().peekable();
+    while chars.peek().is_some() {
+        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(format!("{key} has no value"));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let quoted = chars.next_if_eq(&'\'').is_some();
+        let mut value = String::new();
+        loop {
+            match chars.next() {
+                Some('\\') => value.extend(chars.next()),
+                Some('\'') if quoted => break,
+                Some(c) if quoted || !c.is_whitespace() => value.push(c),
+                None if quoted => return Err(format!("{key}'s value has no closing quote")),
+                _ => break,
+            }
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if !take(&key, value.clone()) {
+            let escaped = value.replace('\\', "\\\\").replace('\'', "\\'");
+            kept.push_str(&format!("{key}='{escaped}' "));
+        }
+    }
+    Ok((kept.trim_end().to_owned(), mode, root))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_settings_are_taken_out_of_either_form() {
+        let url = "postgres://u:p%40@db:5432/h?sslmode=verify-full&application_name=x&sslrootcert=%2Fetc%2Fca.pem";
+        let (rest, mode, root) = take_tls_settings(url).unwrap();
+        assert_eq!(rest, "postgres://u:p%40@db:5432/h?application_name=x");
+        assert_eq!((mode.as_deref(), root.as_deref()), (Some("verify-full"), Some("/etc/ca.pem")));
+        let (rest, mode, root) = take_tls_settings("postgresql://db/h?sslmode=require").unwrap();
+        assert_eq!((rest.as_str(), mode.as_deref(), root), ("postgresql://db/h", Some("require"), None));
+
+        let kv = r"host=db  password='it\'s a secret' sslmode = verify-ca sslrootcert='/a b/ca.pem' dbname=h";
+        let (rest, mode, root) = take_tls_settings(kv).unwrap();
+        assert_eq!(rest, r"host='db' password='it\'s a secret' dbname='h'");
+        assert_eq!((mode.as_deref(), root.as_deref()), (Some("verify-ca"), Some("/a b/ca.pem")));
+        let config: tokio_postgres::Config = rest.parse().unwrap();
+        assert_eq!(config.get_password(), Some(&b"it's a secret"[..]));
+        assert!(take_tls_settings("host=db sslmode").is_err());
+        assert!(take_tls_settings("host='db").is_err());
+    }
+
+    #[test]
+    fn modes_map_to_libpq_meanings() {
+        let mode = |url: &str| Server::parse(url).map(|s| s.config.get_ssl_mode());
+        assert_eq!(mode("postgres://db/h").unwrap(), SslMode::Prefer);
+        assert_eq!(mode("postgres://db/h?sslmode=disable").unwrap(), SslMode::Disable);
+        assert_eq!(mode("postgres://db/h?sslmode=verify-full").unwrap(), SslMode::Require);
+        assert_eq!(mode("host=db sslmode=verify-ca sslrootcert=system").unwrap(), SslMode::Require);
+        let bad = mode("postgres://db/h?sslmode=allow").err().unwrap().to_string();
+        assert!(bad.contains("sslmode=allow is none of"), "{bad}");
+        let missing = mode("postgres://db/h?sslmode=verify-ca&sslrootcert=/nonexistent.pem").err().unwrap().to_string();
+        assert!(missing.contains("sslrootcert=/nonexistent.pem"), "{missing}");
+    }
+}
