@@ -45,46 +45,28 @@ pub(crate) struct Server {
 pub(crate) type Connection = tokio_postgres::Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
 
 impl Server {
-    /// The server a `database.url` names, libpq's form (`postgres://…`) or key=value form.
+    /// The server a `database.url` names (`postgres://…`).
     pub fn parse(url: &str) -> StoreResult<Server> {
         let invalid = |e: String| StoreError::Invalid(format!("database.url is not a PostgreSQL URL: {e}"));
         let (rest, mode, root) = take_tls_settings(url).map_err(invalid)?;
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| invalid(format!("{e}")))?;
-        let check = match mode.as_deref() {
-            None | Some("prefer") => {
-                config.ssl_mode(SslMode::Prefer);
-                if root.is_some() {
-                    Check::Chain
-                } else {
-                    Check::Nothing
-                }
-            }
-            Some("disable") => {
-                config.ssl_mode(SslMode::Disable);
-                Check::Nothing
-            }
-            Some("require") => {
-                config.ssl_mode(SslMode::Require);
-                if root.is_some() {
-                    Check::Chain
-                } else {
-                    Check::Nothing
-                }
-            }
-            Some("verify-ca") => {
-                config.ssl_mode(SslMode::Require);
-                Check::Chain
-            }
-            Some("verify-full") => {
-                config.ssl_mode(SslMode::Require);
-                Check::ChainAndName
-            }
+        // With roots named, `prefer` and `require` check the chain too (libpq with a root
+        // certificate file). No `sslmode` leaves tokio-postgres's own: `prefer`.
+        let rooted = if root.is_some() { Check::Chain } else { Check::Nothing };
+        let (ssl_mode, check) = match mode.as_deref() {
+            None => (config.get_ssl_mode(), rooted),
+            Some("disable") => (SslMode::Disable, Check::Nothing),
+            Some("prefer") => (SslMode::Prefer, rooted),
+            Some("require") => (SslMode::Require, rooted),
+            Some("verify-ca") => (SslMode::Require, Check::Chain),
+            Some("verify-full") => (SslMode::Require, Check::ChainAndName),
             Some(other) => {
                 return Err(invalid(format!(
                     "sslmode={other} is none of disable, prefer, require, verify-ca, verify-full"
                 )))
             }
         };
+        config.ssl_mode(ssl_mode);
         let tls = client_config(check, root.as_deref())?;
         Ok(Server { config, tls: MakeRustlsConnect::new(tls) })
     }
@@ -239,8 +221,8 @@ fn take_tls_settings(url: &str) -> Result<(String, Option<String>, Option<String
         *slot = Some(value);
         true
     };
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let Some((base, query)) = url.split_once('?') else { return Ok((url.to_owned(), None, None)) };
+    let uri = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    if let (true, Some((base, query))) = (uri, url.split_once('?')) {
         let mut kept = Vec::new();
         for pair in query.split('&') {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -252,34 +234,9 @@ fn take_tls_settings(url: &str) -> Result<(String, Option<String>, Option<String
         let rest = if kept.is_empty() { base.to_owned() } else { format!("{base}?{}", kept.join("&")) };
         return Ok((rest, mode, root));
     }
-    // key=value form: values bare or in single quotes, a backslash escaping the next character.
-    let mut kept = String::new();
-    let mut chars = url.trim_start().chars().peekable();
-    while chars.peek().is_some() {
-        let key: String = std::iter::from_fn(|| chars.next_if(|c| *c != '=' && !c.is_whitespace())).collect();
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if chars.next() != Some('=') {
-            return Err(format!("{key} has no value"));
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        let quoted = chars.next_if_eq(&'\'').is_some();
-        let mut value = String::new();
-        loop {
-            match chars.next() {
-                Some('\\') => value.extend(chars.next()),
-                Some('\'') if quoted => break,
-                Some(c) if quoted || !c.is_whitespace() => value.push(c),
-                None if quoted => return Err(format!("{key}'s value has no closing quote")),
-                _ => break,
-            }
-        }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
-        if !take(&key, value.clone()) {
-            let escaped = value.replace('\\', "\\\\").replace('\'', "\\'");
-            kept.push_str(&format!("{key}='{escaped}' "));
-        }
-    }
-    Ok((kept.trim_end().to_owned(), mode, root))
+    // The key=value form (`host=… sslmode=…`) goes to tokio-postgres as it is (`database.url`
+    // is refused in that form before it comes here).
+    Ok((url.to_owned(), None, None))
 }
 
 #[cfg(test)]
@@ -294,15 +251,6 @@ mod tests {
         assert_eq!((mode.as_deref(), root.as_deref()), (Some("verify-full"), Some("/etc/ca.pem")));
         let (rest, mode, root) = take_tls_settings("postgresql://db/h?sslmode=require").unwrap();
         assert_eq!((rest.as_str(), mode.as_deref(), root), ("postgresql://db/h", Some("require"), None));
-
-        let kv = r"host=db  password='it\'s a secret' sslmode = verify-ca sslrootcert='/a b/ca.pem' dbname=h";
-        let (rest, mode, root) = take_tls_settings(kv).unwrap();
-        assert_eq!(rest, r"host='db' password='it\'s a secret' dbname='h'");
-        assert_eq!((mode.as_deref(), root.as_deref()), (Some("verify-ca"), Some("/a b/ca.pem")));
-        let config: tokio_postgres::Config = rest.parse().unwrap();
-        assert_eq!(config.get_password(), Some(&b"it's a secret"[..]));
-        assert!(take_tls_settings("host=db sslmode").is_err());
-        assert!(take_tls_settings("host='db").is_err());
     }
 
     #[test]
@@ -311,7 +259,7 @@ mod tests {
         assert_eq!(mode("postgres://db/h").unwrap(), SslMode::Prefer);
         assert_eq!(mode("postgres://db/h?sslmode=disable").unwrap(), SslMode::Disable);
         assert_eq!(mode("postgres://db/h?sslmode=verify-full").unwrap(), SslMode::Require);
-        assert_eq!(mode("host=db sslmode=verify-ca sslrootcert=system").unwrap(), SslMode::Require);
+        assert_eq!(mode("postgres://db/h?sslmode=verify-ca&sslrootcert=system").unwrap(), SslMode::Require);
         let bad = mode("postgres://db/h?sslmode=allow").err().unwrap().to_string();
         assert!(bad.contains("sslmode=allow is none of"), "{bad}");
         let missing = mode("postgres://db/h?sslmode=verify-ca&sslrootcert=/nonexistent.pem").err().unwrap().to_string();
