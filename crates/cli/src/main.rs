@@ -168,12 +168,21 @@ fn report_file_limit(config: &Config, raised: std::io::Result<u64>) {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log.level).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(log_filter(&config.log.level)).with_writer(std::io::stderr);
     if config.log.format == "json" {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+/// `log.level` as a filter. tokio-postgres logs every statement's parameters at `debug`
+/// (payloads, URLs, email addresses), so it stays at `info` unless the filter names it.
+fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
+    let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
+    match level.contains("tokio_postgres") {
+        true => filter,
+        false => filter.add_directive("tokio_postgres=info".parse().expect("a valid directive")),
     }
 }
 
@@ -272,7 +281,7 @@ fn serve(config: Config, raised: std::io::Result<u64>) -> ExitCode {
 /// kernel lets go of the lock when the process ends, `kill -9` included.
 fn hold_data_dir(data_dir: &std::path::Path) -> Result<(), (u8, String)> {
     let unavailable = |e: std::io::Error| (EXIT_UNAVAILABLE, format!("cannot lock {}: {e}", data_dir.display()));
-    std::fs::create_dir_all(data_dir).map_err(unavailable)?;
+    hookline_store::sqlite::create_data_dir(data_dir).map_err(unavailable)?;
     let lock = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)

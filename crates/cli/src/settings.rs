@@ -315,6 +315,13 @@ mod tests {
         assert_eq!(c.network.allow.len(), 1);
         let token = load_with(None, &[("HOOKLINE_ADMIN_TOKEN", "s3cret")], Overrides::default()).unwrap();
         assert_eq!(token.api.admin_token.as_deref(), Some("s3cret"));
+        // A secret file's newline is not part of the token: no request could carry it.
+        let vars = [("HOOKLINE_ADMIN_TOKEN", " s3cret\n"), ("HOOKLINE_METRICS_TOKEN", "scrape\r\n")];
+        let token = load_with(None, &vars, Overrides::default()).unwrap();
+        assert_eq!(
+            (token.api.admin_token.as_deref(), token.metrics.token.as_deref()),
+            (Some("s3cret"), Some("scrape"))
+        );
         // A token of digits is text, not a number the string setting refuses.
         for name in ["HOOKLINE_API_ADMIN_TOKEN", "HOOKLINE_METRICS_TOKEN"] {
             let digits = load_with(None, &[(name, "8675309123")], Overrides::default()).unwrap();

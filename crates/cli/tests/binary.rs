@@ -539,14 +539,24 @@ fn verify_explains_why_a_signature_fails() {
 
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
+    logs_hold_no_secret(Vec::new()).await;
+}
+
+/// On PostgreSQL too, where tokio-postgres logs each statement's parameters at `debug`:
+/// payloads, URLs and addresses would reach the log with every write.
+#[tokio::test]
+async fn secrets_never_reach_the_logs_on_postgres() {
+    let database = hookline_store::postgres::scratch::fresh_database().await.unwrap();
+    logs_hold_no_secret(cluster_env(&database, "logs")).await;
+}
+
+async fn logs_hold_no_secret(backend: Vec<(String, String)>) {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("hookline.log");
     let port = free_port();
-    let mut command = serve_command(
-        &dir.path().join("data"),
-        port,
-        &[("HOOKLINE_ADMIN_TOKEN", TOKEN), ("HOOKLINE_LOG_LEVEL", "debug")],
-    );
+    let mut env = vec![("HOOKLINE_ADMIN_TOKEN", TOKEN), ("HOOKLINE_LOG_LEVEL", "debug")];
+    env.extend(backend.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    let mut command = serve_command(&dir.path().join("data"), port, &env);
     command.stderr(std::fs::File::create(&log).unwrap());
     let mut hookline = Hookline::spawn(command, port);
     let http = reqwest::Client::new();
@@ -562,7 +572,7 @@ async fn secrets_never_reach_the_logs() {
         ("/api/v1/source", source),
     ];
     create_all(&http, &url, TOKEN, &resources).await;
-    let message = json!({"eventType": "x", "payload": {}});
+    let message = json!({"eventType": "x", "payload": {"card": "payload-never-logged"}});
     assert_eq!(post(&http, format!("{url}/api/v1/app/m/msg"), TOKEN, &message).await.0, 202);
     let refused =
         http.post(format!("{url}/in/s")).header("x-hub-signature-256", "sha256=00").body("{}").send().await.unwrap();
@@ -573,9 +583,11 @@ async fn secrets_never_reach_the_logs() {
     hookline.kill9();
     let written = std::fs::read_to_string(&log).unwrap();
     assert!(written.contains("DEBUG") || written.contains("INFO"), "the log was written at debug level");
-    for secret in [endpoint_secret, source_secret, TOKEN, "not-the-token"] {
+    for secret in [endpoint_secret, source_secret, TOKEN, "not-the-token", "payload-never-logged"] {
         assert!(!written.contains(secret), "a secret reached the log: {secret}");
     }
+    // A statement's parameters hold payloads (as bytes), URLs and email addresses.
+    assert!(!written.contains("with parameters"), "a statement's parameters reached the log");
 }
 
 /// The allocator's arenas are committed on demand (`.cargo/config.toml`): mimalloc's own

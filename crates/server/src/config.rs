@@ -170,7 +170,9 @@ impl Default for DashboardConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// A token for scrapers (their `bearer_token`): `GET /metrics` answers it, or an admin
-    /// token, and nothing else (the metrics name every application's endpoints).
+    /// token, and nothing else (the metrics name every application's endpoints). Trimmed as
+    /// `api.admin_token` is.
+    #[serde(deserialize_with = "trimmed")]
     pub token: Option<String>,
 }
 
@@ -226,10 +228,18 @@ impl Default for ServerConfig {
     }
 }
 
+/// A token as given, without white space around it.
+fn trimmed<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.map(|token| token.trim().to_owned()))
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Use this admin token instead of generating one (never logged).
+    /// Use this admin token instead of generating one (never logged). Read without the
+    /// white space around it, which no `Authorization` header carries (a secret file's
+    /// newline made a token no request could give).
+    #[serde(deserialize_with = "trimmed")]
     pub admin_token: Option<String>,
     pub body_bytes_max: usize,
     pub idempotency_ttl_ms: u64,

@@ -95,4 +95,11 @@ fn the_key_file_is_created_once_and_private() {
     assert_eq!(first, again);
     let mode = std::fs::metadata(dir.path().join("secret.key")).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
+    // A data directory Hookline makes is its user's alone (the database is readable by all
+    // under the common umask).
+    let data = dir.path().join("new").join("data");
+    let key = hookline_store::sqlite::load_or_create_key(&data).unwrap();
+    SqliteStore::open(&data, &key).unwrap();
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700);
 }

@@ -115,7 +115,7 @@ impl SqliteStore {
     /// Opens (creating if needed) `hookline.db` in `data_dir` and migrates it. Secrets are
     /// sealed with `secret_key` (see [`load_or_create_key`]).
     pub fn open(data_dir: &Path, secret_key: &[u8; KEY_BYTES]) -> StoreResult<SqliteStore> {
-        std::fs::create_dir_all(data_dir)
+        create_data_dir(data_dir)
             .map_err(|e| StoreError::Unavailable(format!("create {}: {e}", data_dir.display())))?;
         let path = data_dir.join("hookline.db");
         let writer = open_connection(&path, true)?;
@@ -217,6 +217,14 @@ impl SqliteStore {
     }
 }
 
+/// Creates the data directory (and its parents) if missing, readable by this user alone: the
+/// database beside the key holds payloads, URLs and responses, and SQLite makes its files
+/// readable by all under the common umask. A directory that exists is left as it is.
+pub fn create_data_dir(data_dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(data_dir)
+}
+
 /// The key that seals secrets: read from `secret.key` in `data_dir`, or created there (mode
 /// 0600) on first start. Operators who keep the key elsewhere pass it in config instead.
 /// A missing key beside an existing `hookline.db` is refused, not replaced: the database's
@@ -227,7 +235,7 @@ pub fn load_or_create_key(data_dir: &Path) -> StoreResult<[u8; KEY_BYTES]> {
     use std::os::unix::fs::OpenOptionsExt;
     let unavailable =
         |what: &str, e: std::io::Error| StoreError::Unavailable(format!("{what} {}: {e}", data_dir.display()));
-    std::fs::create_dir_all(data_dir).map_err(|e| unavailable("create", e))?;
+    create_data_dir(data_dir).map_err(|e| unavailable("create", e))?;
     let path = data_dir.join("secret.key");
     match std::fs::read_to_string(&path) {
         Ok(text) => decode_key(text.trim()).map_err(|e| StoreError::Corrupt(format!("{}: {e}", path.display()))),
