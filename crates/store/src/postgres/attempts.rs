@@ -22,10 +22,13 @@ pub async fn run(pool: Pool, mut inbox: mpsc::Receiver<(AttemptRecord, Reply)>, 
     let mut batch = Vec::with_capacity(BATCH_MAX);
     while inbox.recv_many(&mut batch, BATCH_MAX).await > 0 {
         let records: Vec<&AttemptRecord> = batch.iter().map(|(record, _)| record).collect();
-        let written = tokio::time::timeout(timeout, write(&pool, &records)).await;
-        let outcome =
-            written.unwrap_or_else(|_| Err(StoreError::Unavailable("the database did not answer in time".into())));
-        match outcome {
+        // Waited on until the server answers: given up on at the timeout (which counted the
+        // wait for a connection too), a batch could commit after its callers were told it
+        // failed, and their records, tried again, ran beside it. A second run whose
+        // statement began before the first committed sees none of its rows, so `again`
+        // missed them: applied records said not applied, as if another node had taken
+        // their deliveries (dropped while still claimed here, an ordered lane not moved on).
+        match super::until_answered(&pool, timeout, |client| write(client, &records)).await {
             Ok(applied) => {
                 for (record, reply) in batch.drain(..) {
                     let key = (record.attempt.msg_id.clone(), record.attempt.delivery_id.clone());
@@ -48,8 +51,10 @@ pub async fn run(pool: Pool, mut inbox: mpsc::Receiver<(AttemptRecord, Reply)>, 
 /// Writes a batch; returns the `(msg_id, delivery_id)` of the deliveries the writes applied
 /// to (still claimed under the record's token), each with when its endpoint started
 /// failing if that write disabled the endpoint.
-async fn write(pool: &Pool, records: &[&AttemptRecord]) -> StoreResult<HashMap<(String, String), Option<UnixMs>>> {
-    let client = pool.get().await.map_err(|e| StoreError::Unavailable(format!("database: {e}")))?;
+async fn write(
+    client: deadpool_postgres::Object,
+    records: &[&AttemptRecord],
+) -> StoreResult<HashMap<(String, String), Option<UnixMs>>> {
     let columns = Columns::of(records);
     let statement = client.prepare_cached(BATCH_SQL).await.map_err(pg_error)?;
     let found = client.query(&statement, &columns.params()).await.map_err(pg_error)?;
@@ -71,8 +76,8 @@ async fn write(pool: &Pool, records: &[&AttemptRecord]) -> StoreResult<HashMap<(
 }
 
 /// The attempt rows, the fenced delivery updates and the endpoints' health in one
-/// statement. It may run twice for one batch (a commit whose answer was lost to the
-/// timeout is sent again): an attempt already written (its id is random, so by that run) is
+/// statement. It may run twice for one batch (a commit whose answer was lost with its
+/// connection is sent again): an attempt already written (its id is random, so by that run) is
 /// not written, counted or applied again, and counts as applied when its delivery is as
 /// that write left it (`again`; the statement sees the tables as they were before it). If
 /// that run disabled an endpoint (the endpoint is disabled, last changed at the time of the

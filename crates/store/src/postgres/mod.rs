@@ -175,10 +175,19 @@ impl PgStore {
         F: FnOnce(deadpool_postgres::Object) -> Fut,
         Fut: Future<Output = StoreResult<T>>,
     {
-        tokio::time::timeout(self.timeout * ANSWER_WAIT_TIMEOUTS, f(pooled(pool).await?))
-            .await
-            .map_err(|_| StoreError::Unavailable("the database did not answer".into()))?
+        until_answered(pool, self.timeout, f).await
     }
+}
+
+/// [`PgStore::on_until_answered`], for the background writers, which hold no store.
+pub(crate) async fn until_answered<T, F, Fut>(pool: &Pool, timeout: Duration, f: F) -> StoreResult<T>
+where
+    F: FnOnce(deadpool_postgres::Object) -> Fut,
+    Fut: Future<Output = StoreResult<T>>,
+{
+    tokio::time::timeout(timeout * ANSWER_WAIT_TIMEOUTS, f(pooled(pool).await?))
+        .await
+        .map_err(|_| StoreError::Unavailable("the database did not answer".into()))?
 }
 
 /// Runs `$body` (an async block using `$tx`) in one transaction on a pooled connection,
