@@ -196,9 +196,12 @@ impl Broker {
                 let mut acks = Vec::new();
                 for (body, id) in items {
                     let mut headers = async_nats::HeaderMap::new();
-                    // No id: Hookline's dedupe key is the stream sequence.
-                    if !id.is_empty() {
-                        headers.insert("Nats-Msg-Id", id.as_str());
+                    // No id: Hookline's dedupe key is the stream sequence; `-`: an empty id,
+                    // which is none.
+                    match id.as_str() {
+                        "" => {}
+                        "-" => headers.insert("Nats-Msg-Id", ""),
+                        id => headers.insert("Nats-Msg-Id", id),
                     }
                     acks.push(js.publish_with_headers(self.subject(), headers, body.clone().into()).await.unwrap());
                 }
@@ -518,8 +521,10 @@ async fn consumes_each_message_once(kind: Kind) {
 
     let mut valid = messages(0, 1_000);
     if kind == Kind::Nats {
-        // Half without `Nats-Msg-Id`: their dedupe key is the stream sequence.
+        // Half without `Nats-Msg-Id`: their dedupe key is the stream sequence. A quarter of
+        // those with an empty one, which is no key either (not one key they all share).
         valid.iter_mut().skip(1).step_by(2).for_each(|(_, id)| id.clear());
+        valid.iter_mut().skip(3).step_by(4).for_each(|(_, id)| *id = "-".into());
     }
     // One with an eventId: its key is that, not the broker's id.
     let keyed = json!({"app": APP, "eventType": "payment.succeeded", "eventId": "evt-10", "payload": {"n": 10}});

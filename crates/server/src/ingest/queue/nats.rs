@@ -280,8 +280,11 @@ impl Consumer for Nats {
                             }
                         };
                         // The publisher's `Nats-Msg-Id`, else the stream sequence (with the
-                        // stream's creation time): the same on every redelivery.
-                        let id = match message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
+                        // stream's creation time): the same on every redelivery. An empty one
+                        // is none (as AMQP's): shared by every such message, it made each after
+                        // the first a duplicate.
+                        let given = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id"));
+                        let id = match given.filter(|id| !id.as_str().trim().is_empty()) {
                             Some(id) => Some(id.to_string()),
                             None => message.info().ok().map(|info| format!("seq:{created}:{}", info.stream_sequence)),
                         };
