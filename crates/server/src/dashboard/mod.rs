@@ -124,6 +124,25 @@ impl Api<'_> {
         json(&bytes)
     }
 
+    /// Every item of a listing, page after page: `path` has a query (its `limit` among it).
+    /// For lists an action or a choice needs whole (an application's endpoints, a message's
+    /// destinations), which the API gives in pages of 250 at most.
+    pub async fn get_all(&self, path: &str) -> Result<Vec<Value>, Failure> {
+        let (mut all, mut iterator) = (Vec::new(), None::<String>);
+        loop {
+            let page = match &iterator {
+                Some(it) => format!("{path}&iterator={}", query_value(it)),
+                None => path.to_owned(),
+            };
+            let list = self.get(&page).await?;
+            all.extend(render::items(&list).iter().cloned());
+            match (list["done"].as_bool(), list["iterator"].as_str()) {
+                (Some(false), Some(next)) if iterator.as_deref() != Some(next) => iterator = Some(next.to_owned()),
+                _ => return Ok(all),
+            }
+        }
+    }
+
     /// The answer's bytes as sent (a payload is shown exactly as it was published).
     pub async fn get_raw(&self, path: &str) -> Result<bytes::Bytes, Failure> {
         self.call(Method::GET, path, None).await

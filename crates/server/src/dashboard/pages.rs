@@ -349,7 +349,7 @@ async fn app_page(dash: &super::Dash, visitor: &Visitor, key: &str, query: &Page
     let id = text(&app, "id");
     let base = app_base(id);
     let range = range(query);
-    let endpoints = api.get(&format!("/api/v1/app/{}/endpoint?limit=250", segment(id))).await?;
+    let endpoints = api.get_all(&format!("/api/v1/app/{}/endpoint?limit=250", segment(id))).await?;
     let series = api.get(&format!("/api/v1/stats/app/{}/attempt?{}", segment(id), series_query(dash, range))).await?;
     let body = html! {
         (render::notice(Done::line(query.done.as_deref())))
@@ -372,7 +372,7 @@ async fn app_page(dash: &super::Dash, visitor: &Visitor, key: &str, query: &Page
             table {
                 thead { tr { th { "URL" } th { "Health" } th.hide-small { "Event types" } th.hide-small { "Description" } } }
                 tbody {
-                    @for e in items(&endpoints) {
+                    @for e in &endpoints {
                         tr {
                             td.wrap { a href={ (base) "/endpoint/" (segment(text(e, "id"))) } { (text(e, "url")) } }
                             td { (health_badge(e)) }
@@ -382,7 +382,7 @@ async fn app_page(dash: &super::Dash, visitor: &Visitor, key: &str, query: &Page
                     }
                 }
             }
-            @if items(&endpoints).is_empty() { p { "No endpoints yet." } }
+            @if endpoints.is_empty() { p { "No endpoints yet." } }
         }
     };
     Ok(page(dash, text(&app, "name"), visitor, body))
@@ -608,7 +608,7 @@ async fn messages_page(
         let found = api.get(&format!("/api/v1/app/{app_seg}/msg/{}", segment(event_id))).await?;
         return Ok(Redirect::to(&format!("{base}/msg/{}", segment(text(&found, "id")))).into_response());
     }
-    let endpoints = api.get(&format!("/api/v1/app/{app_seg}/endpoint?limit=250")).await?;
+    let endpoints = api.get_all(&format!("/api/v1/app/{app_seg}/endpoint?limit=250")).await?;
     let mut params = vec!["limit=50".to_owned()];
     if let Some(t) = filled(&query.event_type) {
         params.push(format!("event_types={}", q(t)));
@@ -620,7 +620,23 @@ async fn messages_page(
     }
     let endpoint = filled(&query.endpoint);
     let status = filled(&query.status).and_then(|s| s.parse::<i64>().ok());
-    let rows: Vec<(Value, Option<String>)> = match endpoint {
+    // The next page is the same search from where this one ends.
+    let mut next_page = format!("{base}/msg?");
+    for (name, value) in [
+        ("eventType", &query.event_type),
+        ("endpoint", &query.endpoint),
+        ("status", &query.status),
+        ("after", &query.after),
+        ("before", &query.before),
+    ] {
+        if let Some(v) = filled(value) {
+            next_page.push_str(&format!("{name}={}&", q(v)));
+        }
+    }
+    if let Some(iterator) = filled(&query.iterator) {
+        params.push(format!("iterator={}", q(iterator)));
+    }
+    let (rows, list): (Vec<(Value, Option<String>)>, Value) = match endpoint {
         Some(ep) => {
             if let Some(s) = status {
                 params.push(format!("status={s}"));
@@ -628,13 +644,15 @@ async fn messages_page(
             let path = format!("/api/v1/app/{app_seg}/endpoint/{}/msg?{}", segment(ep), params.join("&"));
             let list = api.get(&path).await?;
             // Each item is the message with its delivery's status beside its fields.
-            items(&list).iter().map(|m| (m.clone(), Some(text(m, "statusText").to_owned()))).collect()
+            (items(&list).iter().map(|m| (m.clone(), Some(text(m, "statusText").to_owned()))).collect(), list)
         }
         None => {
             let list = api.get(&format!("/api/v1/app/{app_seg}/msg?{}", params.join("&"))).await?;
-            items(&list).iter().map(|m| (m.clone(), None)).collect()
+            (items(&list).iter().map(|m| (m.clone(), None)).collect(), list)
         }
     };
+    let next_page =
+        (list["done"].as_bool() == Some(false)).then(|| format!("{next_page}iterator={}", q(text(&list, "iterator"))));
     let statuses = [
         ("", "any"),
         ("0", "delivered"),
@@ -653,7 +671,7 @@ async fn messages_page(
             label { "Endpoint "
                 select name="endpoint" {
                     option value="" { "all" }
-                    @for e in items(&endpoints) {
+                    @for e in &endpoints {
                         option value=(text(e, "id")) selected[endpoint == Some(text(e, "id"))] { (text(e, "url")) }
                     }
                 }
@@ -685,6 +703,9 @@ async fn messages_page(
                 }
             }
             @if rows.is_empty() { p { "No message matches." } }
+        }
+        @if let Some(next_page) = &next_page {
+            p { a href=(next_page) { "Older messages" } }
         }
     };
     Ok(page(dash, "Messages", visitor, body))
@@ -863,11 +884,11 @@ pub async fn resend(
     // To every endpoint: one refused (disabled, deleted meanwhile) does not keep the others
     // from theirs; the rate limit, a failing store or a lost session end the round. Either
     // way the page says which were resent and which not.
-    let endpoints: Vec<String> = match api.get(&format!("/api/v1/app/{app_seg}/msg/{msg_seg}/endpoint?limit=250")).await
-    {
-        Ok(list) => items(&list).iter().map(|d| text(d, "id").to_owned()).collect(),
-        Err(failure) => return failure.into_response(),
-    };
+    let endpoints: Vec<String> =
+        match api.get_all(&format!("/api/v1/app/{app_seg}/msg/{msg_seg}/endpoint?limit=250")).await {
+            Ok(list) => list.iter().map(|d| text(d, "id").to_owned()).collect(),
+            Err(failure) => return failure.into_response(),
+        };
     let (mut resent, mut refused, mut stopped) = (0, Vec::new(), None);
     for endpoint in &endpoints {
         let path = format!("/api/v1/app/{app_seg}/msg/{msg_seg}/endpoint/{}/resend", segment(endpoint));

@@ -432,6 +432,76 @@ async fn resending_to_every_endpoint_says_which_were_refused() {
     gw.stop().await;
 }
 
+/// "Resend to every endpoint" reaches every one, past the API's pages of 250 (it resent the
+/// first page's and said it had resent to every endpoint), and the message page's endpoint
+/// list and the messages page's choice of endpoint show them all.
+#[tokio::test]
+async fn resending_to_every_endpoint_goes_past_one_page() {
+    let mut config = dev_config();
+    config.api.token_rate_limit_per_s = 0; // 252 resends on a clock that never refills
+    let gw = start_gateway(config).await;
+    let mut rx = Receiver::start(Answer::status(200)).await;
+    let shop = gw.app("shop").await;
+    let mut last = Value::Null;
+    for _ in 0..252 {
+        last = gw.endpoint(&shop, json!({"url": rx.url})).await;
+    }
+    let msg = gw.publish(&shop, json!({"eventType": "a", "payload": {}})).await;
+    for _ in 0..252 {
+        rx.next().await;
+    }
+    let resend = resend_to_every_endpoint(&gw, &shop, &msg).await;
+    assert_eq!(resend.status(), 303, "{:?}", resend.text().await);
+    assert!(resend.headers()["location"].to_str().unwrap().ends_with("done=resent-all"));
+    for _ in 0..252 {
+        rx.next().await;
+    }
+    let token = app_token(&gw, &shop).await;
+    let signed_in =
+        browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token)]).send().await.unwrap();
+    let cookie = session_cookie(&signed_in);
+    let last_id = last["id"].as_str().unwrap();
+    for page in [format!("/dashboard/app/{shop}"), format!("/dashboard/app/{shop}/msg")] {
+        let page = browser().get(format!("{}{page}", gw.url)).header("cookie", cookie.clone()).send().await.unwrap();
+        assert!(page.text().await.unwrap().contains(last_id), "the 252nd endpoint is listed");
+    }
+    gw.stop().await;
+}
+
+/// The messages page goes back past its newest 50, its search kept (older messages were
+/// out of reach but by their event id).
+#[tokio::test]
+async fn the_messages_page_goes_back_page_by_page() {
+    let gw = start_gateway(dev_config()).await;
+    let shop = gw.app("shop").await;
+    let mut first = String::new();
+    for n in 0..52 {
+        let msg = gw.publish(&shop, json!({"eventType": "payment.failed", "payload": {"n": n}})).await;
+        if n == 0 {
+            first = msg;
+        }
+        gw.publish(&shop, json!({"eventType": "payment.other", "payload": {"n": n}})).await;
+    }
+    let token = app_token(&gw, &shop).await;
+    let signed_in =
+        browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token)]).send().await.unwrap();
+    let cookie = session_cookie(&signed_in);
+    let open = async |path: &str| {
+        let page = browser().get(format!("{}{path}", gw.url)).header("cookie", cookie.clone()).send().await.unwrap();
+        assert_eq!(page.status(), 200);
+        page.text().await.unwrap()
+    };
+    let newest = open(&format!("/dashboard/app/{shop}/msg?eventType=payment.failed")).await;
+    assert!(!newest.contains(&first), "the oldest is not among the newest 50");
+    let link = newest.split("href=\"").find(|h| h.contains("iterator=")).expect("a link to older messages");
+    let link = link.split('"').next().unwrap().replace("&amp;", "&");
+    assert!(link.contains("eventType=payment.failed"), "{link}");
+    let older = open(&link).await;
+    assert!(older.contains(&first) && !older.contains("payment.other"), "the search is kept");
+    assert!(!older.contains("Older messages"), "two messages were left, and nothing after them");
+    gw.stop().await;
+}
+
 /// A merchant's dashboard page costs one request of its token's budget, and each change it
 /// makes one more: a resend to every endpoint was one request however many endpoints (250
 /// writes and deliveries for one unit of a budget of 100 a second).
