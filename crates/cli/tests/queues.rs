@@ -595,6 +595,39 @@ on_every_broker!(
     nats_consumer_stores_each_message_once
 );
 
+/// A refused Redis entry whose dead letter cannot be written (the dead-letter key holds a
+/// string here; an ACL or a full Redis do the same) stays pending, and the consumer goes
+/// on with the entries after it: it ended its session, read that entry first on the next,
+/// and never got past it. Once the dead-letter stream can be written, it is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_dead_letter_that_cannot_be_written_holds_nothing_up() {
+    let http = reqwest::Client::new();
+    let (sink, arrivals) = payload_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::shared(Kind::Redis);
+    let dlq = format!("{}:dlq", broker.name);
+    let mut conn = redis_connection(&broker.url).await;
+    let _: () = redis::cmd("SET").arg(&dlq).arg("not a stream").query_async(&mut conn).await.unwrap();
+    let gateway = Gateway::start_with(dir.path(), &broker.consumer_config(), free_port(), &[]);
+    gateway.setup(&http, &sink).await;
+    gateway.until_consuming(&http).await;
+    let mut first = vec![(b"not json".to_vec(), String::new())];
+    first.extend(messages(0, 10));
+    broker.put_all(&first).await;
+    until_all_arrived(&arrivals, 10).await;
+    broker.put_all(&messages(10, 10)).await;
+    until_all_arrived(&arrivals, 20).await;
+    let pending: Vec<redis::Value> =
+        redis::cmd("XPENDING").arg(&broker.name).arg("hookline").query_async(&mut conn).await.unwrap();
+    assert_eq!(pending[0], redis::Value::Int(1), "the refused entry is left with the broker");
+    let _: () = redis::cmd("DEL").arg(&dlq).query_async(&mut conn).await.unwrap();
+    assert_eq!(dead_letter_codes(&broker, Vec::new(), 1).await, ["invalid_json"]);
+    let (lost, duplicated) = lost_and_duplicated(&arrivals, 20);
+    assert_eq!((lost, duplicated), (0, 0));
+    drop(gateway);
+    broker.remove().await;
+}
+
 /// Messages of one `orderingKey` reach the endpoint in the order they were put on the
 /// queue, although the consumer stores a batch concurrently.
 async fn keeps_the_order_of_each_key(kind: Kind) {

@@ -5,7 +5,8 @@
 //! died, or stopped while the store was down) are taken over with `XAUTOCLAIM` once idle
 //! for `claim_idle_ms`; entries a consumer is still storing are claimed again by it every
 //! third of that time, so they never look idle. After a restart, a consumer first reads
-//! its own pending entries.
+//! its own pending entries. A refused entry whose dead letter cannot be written stays
+//! pending, taken again once idle.
 
 use super::{Consumer, ConsumerStatus, Handled, Ingestor, Lanes};
 use crate::config::RedisIngest;
@@ -123,26 +124,11 @@ impl Redis {
         let ids: Vec<&str> = entries.iter().map(|entry| entry.id.as_str()).collect();
         let handled = self.keeping(conn.clone(), &ids, storing).await;
         let mut stored = Vec::new();
+        let mut refused = Vec::new();
         for (entry, handled) in entries.iter().zip(handled) {
             match handled {
                 Some(Handled::Stored { .. }) => stored.push(entry.id.as_str()),
-                Some(Handled::Refused { code, reason }) => {
-                    tracing::warn!(consumer = %self.status.name, entry = %entry.id, code, %reason, "queue message refused; dead-lettered");
-                    let _: i64 = redis::cmd("EVAL")
-                        .arg(DEAD_LETTER)
-                        .arg(2)
-                        .arg(&self.config.stream)
-                        .arg(format!("{}:dlq", self.config.stream))
-                        .arg(&self.config.group)
-                        .arg(&entry.id)
-                        .arg(code)
-                        .arg(reason)
-                        .arg(field)
-                        .arg(body(entry, field))
-                        .query_async(conn)
-                        .await
-                        .map_err(text)?;
-                }
+                Some(Handled::Refused { code, reason }) => refused.push((entry, code, reason)),
                 Some(Handled::Unavailable) | None => {}
             }
         }
@@ -154,6 +140,34 @@ impl Redis {
                 .query_async(conn)
                 .await
                 .map_err(text)?;
+        }
+        // A dead letter that cannot be written (the dead-letter stream out of the ACL's
+        // keys, of another type, Redis out of memory) leaves its entry pending, to be taken
+        // again by `XAUTOCLAIM` once idle, and the consumer goes on: ending the session
+        // here, it read the same entry first on every new one and never got past it.
+        for (entry, code, reason) in refused {
+            let dead_lettered: Result<i64, _> = redis::cmd("EVAL")
+                .arg(DEAD_LETTER)
+                .arg(2)
+                .arg(&self.config.stream)
+                .arg(format!("{}:dlq", self.config.stream))
+                .arg(&self.config.group)
+                .arg(&entry.id)
+                .arg(code)
+                .arg(&reason)
+                .arg(field)
+                .arg(body(entry, field))
+                .query_async(conn)
+                .await;
+            match dead_lettered {
+                Ok(_) => {
+                    tracing::warn!(consumer = %self.status.name, entry = %entry.id, code, %reason, "queue message refused; dead-lettered")
+                }
+                Err(e) => {
+                    tracing::warn!(consumer = %self.status.name, entry = %entry.id, code, %reason, error = %e, "queue message refused; could not dead-letter it, it stays pending");
+                    self.status.note(format!("dead-lettering {}: {e}", entry.id));
+                }
+            }
         }
         Ok(())
     }
@@ -294,8 +308,10 @@ impl Consumer for Redis {
             }
         }
         self.status.connected();
-        // This consumer's own pending entries first (it may have died holding some).
-        let mut own_pending = true;
+        // This consumer's own pending entries first (it may have died holding some), each
+        // once: the read goes on after the last one read, so one left pending again (its
+        // dead letter refused) does not come back first for ever.
+        let mut own_pending = Some("0".to_owned());
         let mut cursor = "0-0".to_owned();
         let claim_every = Duration::from_millis(self.config.claim_idle_ms / 2).max(Duration::from_millis(100));
         let mut next_claim = Instant::now() + claim_every;
@@ -315,9 +331,9 @@ impl Consumer for Redis {
                     next_claim = now + claim_every;
                 }
                 entries
-            } else if own_pending {
-                let entries = self.read(&mut writer, "0", false).await?;
-                own_pending = !entries.is_empty();
+            } else if let Some(after) = &own_pending {
+                let entries = self.read(&mut writer, after, false).await?;
+                own_pending = entries.last().map(|entry| entry.id.clone());
                 entries
             } else {
                 tokio::select! {
