@@ -1277,6 +1277,43 @@ async fn a_failed_nats_attempt_is_not_sent_when_the_server_returns() {
     assert_eq!(stored(late).await, 1);
 }
 
+/// A refused message whose dead letter cannot be published (its exchange routes nowhere
+/// yet) is held until it can be, not handed back to the queue: a quorum queue counts each
+/// hand-back as a delivery and, past its `x-delivery-limit`, dropped the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amqp_dead_letter_routed_nowhere_is_held_not_handed_back() {
+    let http = reqwest::Client::new();
+    let (sink, arrivals) = payload_sink().await;
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::shared(Kind::Amqp);
+    let (connection, channel) = amqp_channel(&broker.url).await;
+    let (dlx, dlq) = (format!("{}.dlx", broker.name), format!("{}.dlq", broker.name));
+    let durable = lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() };
+    let fanout = lapin::ExchangeKind::Fanout;
+    channel.exchange_declare(dlx.as_str().into(), fanout, durable, Default::default()).await.unwrap();
+    let mut quorum = lapin::types::FieldTable::default();
+    quorum.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+    quorum.insert("x-delivery-limit".into(), lapin::types::AMQPValue::LongInt(2));
+    let options = lapin::options::QueueDeclareOptions::durable();
+    channel.queue_declare(broker.name.as_str().into(), options, quorum).await.unwrap();
+    let gateway = Gateway::start_with(dir.path(), &broker.consumer_config(), free_port(), &[]);
+    gateway.setup(&http, &sink).await;
+    gateway.until_consuming(&http).await;
+    let mut items = vec![(b"not json".to_vec(), "bad-1".to_owned())];
+    items.extend(messages(0, 5));
+    broker.put_all(&items).await;
+    until_all_arrived(&arrivals, 5).await;
+    // Long enough for many hand-backs 200 ms apart, had it been handed back.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    channel.queue_declare(dlq.as_str().into(), options, Default::default()).await.unwrap();
+    let bind = lapin::options::QueueBindOptions::default();
+    channel.queue_bind(dlq.as_str().into(), dlx.as_str().into(), "".into(), bind, Default::default()).await.unwrap();
+    connection.close(200, "".into()).await.unwrap();
+    assert_eq!(dead_letter_codes(&broker, Vec::new(), 1).await, ["invalid_json"]);
+    drop(gateway);
+    broker.remove().await;
+}
+
 /// RabbitMQ closes a channel whose publish names a missing exchange: a consumer whose
 /// dead-letter exchange was deleted under it connects again (declaring the exchange anew)
 /// and dead-letters what it refused. The first version kept the closed channel, and the

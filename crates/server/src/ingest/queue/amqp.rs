@@ -9,7 +9,7 @@
 //! down a message is kept and stored again with backoff (a requeue would count towards a
 //! quorum queue's delivery limit); at shutdown it is handed back with `requeue=true`.
 
-use super::{Consumer, ConsumerStatus, Handled, Ingestor, Lanes, Prepared, Turn, STORE_BACKOFF};
+use super::{patiently, Consumer, ConsumerStatus, Handled, Ingestor, Lanes, Prepared, Turn};
 use crate::config::AmqpIngest;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -130,15 +130,26 @@ async fn settle(settle: Arc<Settle>, prepared: Prepared, turn: Turn, delivery: D
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
         Some(Handled::Refused { code, reason }) => {
-            tracing::warn!(consumer = %settle.status.name, code, %reason, "queue message refused; dead-lettered");
-            match dead_letter(&settle.dead_letters, &settle.dlx, &delivery, code, &reason).await {
-                Ok(()) => {
+            // Never acknowledged without its dead letter, and held meanwhile, not handed
+            // back: a quorum queue counts each hand-back as a delivery, and past its limit
+            // (20 by default) dropped the message, or dead-lettered it without the reason.
+            // The session ends when the dead-letter channel is gone, and the broker offers
+            // the message again then.
+            let dead_lettered = patiently(&settle.stopping, || async {
+                match dead_letter(&settle.dead_letters, &settle.dlx, &delivery, code, &reason).await {
+                    Ok(()) => Some(()),
+                    Err(why) => {
+                        settle.status.note(format!("dead-lettering a refused message: {why}"));
+                        None
+                    }
+                }
+            });
+            match dead_lettered.await {
+                Some(()) => {
+                    tracing::warn!(consumer = %settle.status.name, code, %reason, "queue message refused; dead-lettered");
                     let _ = delivery.ack(BasicAckOptions::default()).await;
                 }
-                Err(why) => {
-                    // Never acknowledged without its dead letter: offered again later.
-                    settle.status.note(format!("dead-lettering a refused message: {why}"));
-                    tokio::time::sleep(STORE_BACKOFF).await;
+                None => {
                     let _ = delivery.nack(BasicNackOptions { requeue: true, multiple: false }).await;
                 }
             }

@@ -95,6 +95,27 @@ pub struct Ingestor {
 pub const STORE_BACKOFF: Duration = Duration::from_millis(200);
 const STORE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// Runs `attempt` until it gives an answer, [`STORE_BACKOFF`] apart at first, doubling up to
+/// [`STORE_BACKOFF_MAX`]; `None` if the node is stopping first.
+pub async fn patiently<T, F, Fut>(stopping: &watch::Receiver<bool>, mut attempt: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let mut backoff = STORE_BACKOFF;
+    let mut stop = stopping.clone();
+    loop {
+        if let Some(answer) = attempt().await {
+            return Some(answer);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.wait_for(|s| *s) => return None,
+        }
+        backoff = (backoff * 2).min(STORE_BACKOFF_MAX);
+    }
+}
+
 impl Ingestor {
     pub fn new(config: &Config, engine: Arc<Engine>, clock: Arc<dyn Clock>) -> Ingestor {
         Ingestor {
@@ -166,20 +187,12 @@ impl Ingestor {
         prepared: &Prepared,
         stopping: &watch::Receiver<bool>,
     ) -> Option<Handled> {
-        let mut backoff = STORE_BACKOFF;
-        loop {
+        patiently(stopping, || async {
             let handled = self.store(&status.scope, prepared).await;
             status.count(&handled);
-            if handled != Handled::Unavailable {
-                return Some(handled);
-            }
-            let mut stop = stopping.clone();
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop.wait_for(|s| *s) => return None,
-            }
-            backoff = (backoff * 2).min(STORE_BACKOFF_MAX);
-        }
+            (handled != Handled::Unavailable).then_some(handled)
+        })
+        .await
     }
 
     /// [`Ingestor::store_patiently`] in the message's lane's turn: once every earlier
