@@ -440,7 +440,7 @@ async fn resending_to_every_endpoint_goes_past_one_page() {
     let mut config = dev_config();
     config.api.token_rate_limit_per_s = 0; // 252 resends on a clock that never refills
     let gw = start_gateway(config).await;
-    let mut rx = Receiver::start(Answer::status(200)).await;
+    let rx = Receiver::start(Answer::status(200)).await;
     let shop = gw.app("shop").await;
     let mut last = Value::Null;
     for _ in 0..252 {
