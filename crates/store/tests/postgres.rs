@@ -402,6 +402,30 @@ async fn a_claim_by_a_node_newer_than_the_claim_statement_is_not_taken_over() {
     assert_eq!(taken, vec![gone.message.id.clone()], "only the dead node's claim is taken over");
 }
 
+/// Registrations commit in token order: one waits for another in progress (here a
+/// transaction holding the registration lock, 0x686f6f6b6e6f6465, and a token), so a claim
+/// whose snapshot sees a token sees every smaller one. Committed out of order, a claim
+/// that saw the later node took the earlier one's fresh claims as a dead node's.
+#[tokio::test]
+async fn registrations_commit_in_token_order() {
+    let (url, store) = fresh().await;
+    let (mut raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let tx = raw.transaction().await.unwrap();
+    tx.execute("SELECT pg_advisory_xact_lock(x'686f6f6b6e6f6465'::int8)", &[]).await.unwrap();
+    let row = tx.query_one("INSERT INTO nodes (name, lease_until, started_at) VALUES ('x', 9, 0) RETURNING token", &[]);
+    let first: i64 = row.await.unwrap().get(0);
+    let store = Arc::new(store);
+    let second = tokio::spawn({
+        let store = store.clone();
+        async move { store.register_node("y", 1_000, 60_000).await.unwrap().token }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "a registration waits for the one in progress");
+    tx.commit().await.unwrap();
+    assert!(second.await.unwrap() > first);
+}
+
 /// A change committed through one store reaches the listeners of another.
 #[tokio::test]
 async fn changes_reach_other_nodes() {

@@ -474,7 +474,7 @@ impl Store for PgStore {
     }
 
     async fn register_node(&self, name: &str, now: UnixMs, lease_ms: u64) -> StoreResult<NodeLease> {
-        let (lease, started) = on_conn!(self, |c| queue::register_node(&c, name, now, lease_ms))?;
+        let (lease, started) = in_tx!(self, |tx| queue::register_node(&tx, name, now, lease_ms))?;
         self.server_started.lock().expect("server start lock").insert(lease.token, started);
         Ok(lease)
     }

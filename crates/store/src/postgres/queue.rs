@@ -167,13 +167,21 @@ pub async fn list_messages(
 /// replica takes over), which may have lost commits made with `synchronous_commit = off`.
 const SERVER_STARTED: &str = "pg_postmaster_start_time()::text";
 
-/// Registers a node; returns its lease and the database server's start time.
+/// The transaction lock registrations take, one at a time ("hooknode").
+pub(crate) const NODE_REGISTRATION_LOCK: i64 = 0x686f_6f6b_6e6f_6465;
+
+/// Registers a node; returns its lease and the database server's start time. Run in a
+/// transaction: registrations take [`NODE_REGISTRATION_LOCK`] before their token, so they
+/// commit in token order, which `claim_due` counts on (a snapshot that sees a token sees
+/// every smaller one). Two nodes starting together could commit out of order, and a claim
+/// whose snapshot saw the later one took the earlier one's fresh claims as a dead node's.
 pub async fn register_node(
     c: &impl GenericClient,
     name: &str,
     now: i64,
     lease_ms: u64,
 ) -> StoreResult<(NodeLease, String)> {
+    run(c, "SELECT pg_advisory_xact_lock($1)", &[&NODE_REGISTRATION_LOCK]).await?;
     let lease_until = now + lease_ms as i64;
     let sql = format!(
         "INSERT INTO nodes (name, lease_until, started_at) VALUES ($1, $2, $3) RETURNING token, {SERVER_STARTED}"
