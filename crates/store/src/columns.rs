@@ -302,13 +302,22 @@ pub fn next_digest_sql(greatest: &str) -> String {
     format!("SELECT min({due}) FROM alert_digests WHERE since IS NOT NULL")
 }
 
-/// Pushes an application's oldest alert emails out past `$2` waiting.
+/// Pushes an application's alert emails out past `$2` waiting: summaries before emails about
+/// an endpoint's state (at most one an endpoint: `about` replaces), oldest first. During an
+/// SMTP outage summaries pile up, one an endpoint a window, and pushed out the email saying
+/// an endpoint was disabled.
 pub const ALERT_EMAILS_OF_APP_OVER: &str = "DELETE FROM alert_emails WHERE app_id = $1 AND id NOT IN \
-     (SELECT id FROM alert_emails WHERE app_id = $1 ORDER BY id DESC LIMIT $2)";
+     (SELECT id FROM alert_emails WHERE app_id = $1 ORDER BY about IS NULL, id DESC LIMIT $2)";
 
-/// Pushes the oldest alert emails out past `$1` waiting.
-pub const ALERT_EMAILS_OVER: &str =
-    "DELETE FROM alert_emails WHERE id NOT IN (SELECT id FROM alert_emails ORDER BY id DESC LIMIT $1)";
+/// Pushes alert emails out past `$1` waiting in all: the deepest of the applications with
+/// the most waiting first (each application's ranked as [`ALERT_EMAILS_OF_APP_OVER`] ranks
+/// them), summaries before states, so no tenant's burst pushes out another's few; among
+/// equals, the oldest.
+pub const ALERT_EMAILS_OVER: &str = "DELETE FROM alert_emails WHERE id IN (SELECT id FROM \
+     (SELECT id, row_number() OVER (ORDER BY about IS NULL, depth, id DESC) AS kept FROM \
+         (SELECT id, about, row_number() OVER (PARTITION BY app_id ORDER BY about IS NULL, id DESC) AS depth \
+          FROM alert_emails) ranked) ordered \
+     WHERE kept > $1)";
 
 pub const MESSAGE_COLUMNS: &str = "id, app_id, event_id, event_type, payload, channels, tags, callback_url, \
      deliver_at, source_id, headers, retain_until, created_at, ordering_key";

@@ -1803,7 +1803,10 @@ async fn alert_emails_wait_durably_one_per_endpoint_state(store: &dyn Store) {
     assert_eq!(subjects(&store.take_alert_emails(t + 61_002, 60_000, 10).await.unwrap()), ["a enabled 5"]);
     store.alert_email_tried(&newest[0].id, None).await.unwrap();
 
-    // Past its share an application's oldest go; past the whole outbox's, the oldest of all.
+    // Past its share an application's summaries go before its email about an endpoint's
+    // state (summaries piled up while SMTP was down, and pushed out the email saying an
+    // endpoint was disabled), oldest first.
+    store.queue_alert_email(email("app_a", Some("ep_x"), "a x disabled", t + 1_999), 3, 10).await.unwrap();
     let digest = email("app_b", None, "b digest", t + 2_000);
     store.queue_alert_email(digest.clone(), 3, 10).await.unwrap();
     store.queue_alert_email(digest, 3, 10).await.unwrap(); // put again: its answer was lost
@@ -1814,15 +1817,25 @@ async fn alert_emails_wait_durably_one_per_endpoint_state(store: &dyn Store) {
             .await
             .unwrap();
     }
-    assert_eq!(pushed, 2);
+    assert_eq!(pushed, 3);
     let waiting = store.take_alert_emails(t + 200_000, 60_000, 100).await.unwrap();
-    assert_eq!(subjects(&waiting), ["b digest", "a digest 2", "a digest 3", "a digest 4"]);
-    for n in 0..10 {
-        store.queue_alert_email(email(&format!("app_{n}"), None, "many", t + 3_000 + n), 3, 10).await.unwrap();
+    assert_eq!(subjects(&waiting), ["a x disabled", "b digest", "a digest 3", "a digest 4"]);
+    // Past the whole outbox's, the deepest of the applications with most waiting go: three
+    // more tenants at their share push out the third of each of theirs and of app_a's, not
+    // app_b's one summary or the state email.
+    pushed = 0;
+    for (n, app) in ["app_c", "app_d", "app_e"].iter().enumerate() {
+        for k in 0..3 {
+            let queued = email(app, None, &format!("{app} {k}"), t + 3_000 + 10 * n as i64 + k);
+            pushed += store.queue_alert_email(queued, 3, 10).await.unwrap();
+        }
     }
+    assert_eq!(pushed, 3);
     let waiting = store.take_alert_emails(t + 300_000, 60_000, 100).await.unwrap();
-    assert_eq!(waiting.len(), 10, "the whole outbox holds at most its size");
-    assert!(waiting.iter().all(|e| e.subject == "many"), "the oldest went first");
+    let mut kept = subjects(&waiting);
+    kept.sort();
+    let expected = ["a digest 4", "a x disabled", "app_c 1", "app_c 2", "app_d 1", "app_d 2", "app_e 0", "app_e 1"];
+    assert_eq!(kept, [&expected[..], &["app_e 2", "b digest"]].concat(), "the whole outbox holds at most its size");
     for e in waiting {
         store.alert_email_tried(&e.id, None).await.unwrap();
     }
