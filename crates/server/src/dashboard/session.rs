@@ -111,14 +111,24 @@ impl FromRequestParts<Arc<Dash>> for Visitor {
         // A merchant's page costs one request of its token's budget, however many API
         // reads make it; each change it makes costs one more (`api::authenticate`).
         if let Principal::App { token_id, .. } = &principal {
-            if crate::api::take_from_budget(&dash.state, token_id).is_err() {
-                let detail = "Too many requests for this token just now; wait a moment and reload.";
-                return Err(render::refused(StatusCode::TOO_MANY_REQUESTS, detail));
-            }
+            charge(dash, token_id)?;
         }
         Ok(Visitor { principal, csrf: csrf_of(secret), session_id })
     }
 }
+
+/// Takes one request from the budget `key` names (a token's, or the portal's), or answers
+/// 429 with when to come back.
+fn charge(dash: &Dash, key: &str) -> Result<(), Response> {
+    crate::api::take_from_budget(&dash.state, key).map_err(|_| {
+        let detail = "Too many requests for this token just now; wait a moment and reload.";
+        render::refused(StatusCode::TOO_MANY_REQUESTS, detail)
+    })
+}
+
+/// The budget every portal sign-in takes from: it writes to the store whether the code is
+/// a link or not, and no token stands behind it.
+const PORTAL_BUDGET: &str = "dashboard portal sign-in";
 
 /// A form posted from another site is refused before anything else (the CSRF token is the
 /// main defence; this also covers the sign-in forms, which have no session yet). Browsers
@@ -212,6 +222,10 @@ pub async fn sign_in(dash: DashState, headers: HeaderMap, DashForm(form): DashFo
     match principal {
         Principal::Admin { token_id } => open_session(&dash, &headers, token_id, None, "/dashboard").await,
         Principal::App { token_id, app_id } => {
+            // A session is a write: signing in again and again cost the token nothing.
+            if let Err(refused) = charge(&dash, &token_id) {
+                return refused;
+            }
             let next = format!("/dashboard/app/{}", super::segment(&app_id));
             open_session(&dash, &headers, token_id, Some(app_id), &next).await
         }
@@ -253,6 +267,9 @@ pub async fn portal_form(Query(query): Query<PortalCode>) -> Response {
 pub async fn portal_sign_in(dash: DashState, headers: HeaderMap, DashForm(form): DashForm<PortalCode>) -> Response {
     if cross_site(&headers) {
         return cross_site_refusal();
+    }
+    if let Err(refused) = charge(&dash, PORTAL_BUDGET) {
+        return refused;
     }
     // The link's row becomes the session (one statement: see `Store::use_link`).
     let link_id = secret_id(&form.code);

@@ -508,17 +508,42 @@ async fn the_messages_page_goes_back_page_by_page() {
 #[tokio::test]
 async fn each_change_a_dashboard_page_makes_is_charged() {
     let mut config = dev_config();
-    config.api.token_rate_limit_per_s = 1; // a burst of 2, never refilled on the manual clock
+    config.api.token_rate_limit_per_s = 2; // a burst of 4, never refilled on the manual clock
     let gw = start_gateway(config).await;
-    let rx = Receiver::start(Answer::status(200)).await;
+    let mut rx = Receiver::start(Answer::status(200)).await;
     let shop = gw.app("shop").await;
     for _ in 0..5 {
         gw.endpoint(&shop, json!({"url": rx.url})).await;
     }
     let msg = gw.publish(&shop, json!({"eventType": "a", "payload": {}})).await;
+    for _ in 0..5 {
+        rx.next().await;
+    }
+    // Signing in, the page and the form take three; one resend is left.
     let resend = resend_to_every_endpoint(&gw, &shop, &msg).await;
-    assert_eq!(resend.status(), 429, "the page's unit was the budget's last: no resend is free");
+    assert_eq!(resend.status(), 429, "no resend is free");
     assert_eq!(resend.headers()["retry-after"], "1", "as the API says when to come back");
+    assert!(resend.text().await.unwrap().contains("Resent to 1 of 5 endpoints."));
+}
+
+/// Each sign-in writes a session: one with a merchant's token costs a request of its
+/// budget (signing in again and again cost nothing), and portal sign-ins, which write
+/// whether their code is a link or not, share a budget of their own.
+#[tokio::test]
+async fn signing_in_is_charged() {
+    let mut config = dev_config();
+    config.api.token_rate_limit_per_s = 1; // a burst of 2, never refilled on the manual clock
+    let gw = start_gateway(config).await;
+    let shop = gw.app("shop").await;
+    let token = app_token(&gw, &shop).await;
+    let sign_in = || browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token.clone())]).send();
+    for expected in [303, 303, 429] {
+        assert_eq!(sign_in().await.unwrap().status(), expected);
+    }
+    for expected in [410, 410, 429] {
+        assert_eq!(use_link(&gw, "not-a-link").await.status(), expected);
+    }
+    gw.stop().await;
 }
 
 /// Signs in with a token of `app`, opens the message's page and presses "Resend to every
