@@ -282,7 +282,8 @@ pub struct OperationalEndpointIn {
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = ENDPOINT_UID_PATTERN))]
     pub uid: Option<String>,
     pub disabled: Option<bool>,
-    /// The operational events it receives (all when absent).
+    /// The operational events it receives (when absent, all but `message.attempt.failed`,
+    /// which goes only to endpoints that name it).
     // `default` says what serde does for a missing `Option` anyway; it is spelled out so
     // the schema, which `schema_with` writes, does not list the field as required.
     #[serde(alias = "filterTypes", default)]
@@ -313,7 +314,8 @@ pub struct OperationalEndpointUpsertIn {
     #[schemars(length(min = 1, max = NAME_CHARS_MAX), regex(pattern = ENDPOINT_UID_PATTERN))]
     pub uid: Option<String>,
     pub disabled: Option<bool>,
-    /// The operational events it receives (all when absent).
+    /// The operational events it receives (when absent, all but `message.attempt.failed`,
+    /// which goes only to endpoints that name it).
     // `default` says what serde does for a missing `Option` anyway; it is spelled out so
     // the schema, which `schema_with` writes, does not list the field as required.
     #[serde(alias = "filterTypes", default)]

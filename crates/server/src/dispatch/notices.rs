@@ -185,7 +185,13 @@ impl Engine {
         let deliveries = match routed {
             Some(deliveries) => deliveries,
             None => {
-                let endpoints = self.catalog.endpoints(OPERATIONAL_APP_ID).await?;
+                let mut endpoints = self.catalog.endpoints(OPERATIONAL_APP_ID).await?.to_vec();
+                // One event a failed attempt, each a commit the attempt waits on holding its
+                // slot: it goes to the endpoints that name it, not to those that take every
+                // type (as Svix's SDKs make them, expecting Svix's types).
+                if message.event_type == ATTEMPT_FAILED {
+                    endpoints.retain(|e| e.event_types.is_some());
+                }
                 routed.insert(self.route(&endpoints, message, self.clock.now_ms()))
             }
         };
