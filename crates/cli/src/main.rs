@@ -177,10 +177,15 @@ fn init_logging(config: &Config) {
 }
 
 /// `log.level` as a filter. tokio-postgres logs every statement's parameters at `debug`
-/// (payloads, URLs, email addresses), so it stays at `info` unless the filter names it.
+/// (payloads, URLs, email addresses), so it stays at `info` unless a directive names it
+/// (`tokio_postgres` or a module of it; `tokio_postgres_rustls` is another crate).
 fn log_filter(level: &str) -> tracing_subscriber::EnvFilter {
     let filter = tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "info".into());
-    match level.contains("tokio_postgres") {
+    let named = level.split(',').any(|directive| {
+        let target = directive.split(['=', '[']).next().unwrap_or_default().trim();
+        target == "tokio_postgres" || target.starts_with("tokio_postgres::")
+    });
+    match named {
         true => filter,
         false => filter.add_directive("tokio_postgres=info".parse().expect("a valid directive")),
     }
@@ -404,5 +409,19 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             eprintln!("hookline: a second signal: stopping now; deliveries in flight stay open for the next start");
             std::process::exit(code);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// tokio-postgres stays at `info` (its `debug` logs statements' parameters) unless a
+    /// directive names it; another crate whose name begins the same does not.
+    #[test]
+    fn tokio_postgres_is_kept_at_info_unless_named() {
+        let kept = |level: &str| super::log_filter(level).to_string().contains("tokio_postgres=info");
+        assert!(kept("debug"));
+        assert!(kept("debug,tokio_postgres_rustls=info"));
+        assert!(!kept("debug,tokio_postgres=debug"));
+        assert!(!kept("info,tokio_postgres::query=trace"));
     }
 }
