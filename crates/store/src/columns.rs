@@ -309,12 +309,12 @@ pub fn next_digest_sql(greatest: &str) -> String {
 pub const ALERT_EMAILS_OF_APP_OVER: &str = "DELETE FROM alert_emails WHERE app_id = $1 AND id NOT IN \
      (SELECT id FROM alert_emails WHERE app_id = $1 ORDER BY about IS NULL, id DESC LIMIT $2)";
 
-/// Pushes alert emails out past `$1` waiting in all: the deepest of the applications with
-/// the most waiting first (each application's ranked as [`ALERT_EMAILS_OF_APP_OVER`] ranks
-/// them), summaries before states, so no tenant's burst pushes out another's few; among
-/// equals, the oldest.
+/// Pushes alert emails out past `$1` waiting in all: the last of the applications with the
+/// most waiting first (each application's ranked as [`ALERT_EMAILS_OF_APP_OVER`] ranks them:
+/// its summaries last), so no tenant's burst pushes out another's few; among equals,
+/// summaries before states, then the oldest.
 pub const ALERT_EMAILS_OVER: &str = "DELETE FROM alert_emails WHERE id IN (SELECT id FROM \
-     (SELECT id, row_number() OVER (ORDER BY about IS NULL, depth, id DESC) AS kept FROM \
+     (SELECT id, row_number() OVER (ORDER BY depth, about IS NULL, id DESC) AS kept FROM \
          (SELECT id, about, row_number() OVER (PARTITION BY app_id ORDER BY about IS NULL, id DESC) AS depth \
           FROM alert_emails) ranked) ordered \
      WHERE kept > $1)";

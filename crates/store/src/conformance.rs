@@ -1836,6 +1836,19 @@ async fn alert_emails_wait_durably_one_per_endpoint_state(store: &dyn Store) {
     kept.sort();
     let expected = ["a digest 4", "a x disabled", "app_c 1", "app_c 2", "app_d 1", "app_d 2", "app_e 0", "app_e 1"];
     assert_eq!(kept, [&expected[..], &["app_e 2", "b digest"]].concat(), "the whole outbox holds at most its size");
+    for e in &waiting {
+        store.alert_email_tried(&e.id, None).await.unwrap();
+    }
+    // An application's emails about endpoints' states go before another's only summary
+    // when the first has more waiting.
+    for n in 0..3 {
+        store.queue_alert_email(email("app_a", Some(&format!("ep_{n}")), "state", t + 4_000 + n), 3, 4).await.unwrap();
+    }
+    store.queue_alert_email(email("app_b", None, "b alone", t + 4_010), 3, 4).await.unwrap();
+    pushed = store.queue_alert_email(email("app_c", None, "c alone", t + 4_011), 3, 4).await.unwrap();
+    assert_eq!(pushed, 1);
+    let waiting = store.take_alert_emails(t + 400_000, 60_000, 100).await.unwrap();
+    assert_eq!(subjects(&waiting), ["state", "state", "b alone", "c alone"], "app_a's oldest state went");
     for e in waiting {
         store.alert_email_tried(&e.id, None).await.unwrap();
     }
