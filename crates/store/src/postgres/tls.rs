@@ -6,7 +6,7 @@
 //! used. The two settings are taken out of the URL here and given the meanings libpq gives
 //! them:
 //! - `disable`: no TLS.
-//! - `prefer` (the default): TLS when the server offers it, else plain.
+//! - `prefer` (the default; `allow` is taken as it): TLS when the server offers it, else plain.
 //! - `require`: TLS or no connection.
 //! - `verify-ca`: TLS, with the server's certificate chained to a trusted root.
 //! - `verify-full`: that, and the certificate names the host connected to.
@@ -14,7 +14,11 @@
 //! Under `prefer` and `require` the certificate is not checked, unless `sslrootcert` names
 //! the roots to check it against (then as `verify-ca`), as libpq does when it finds a root
 //! certificate file. `sslrootcert` is a PEM file, or `system` for the public roots (Mozilla's
-//! list, from webpki-roots), which is also what `verify-ca` and `verify-full` trust without it.
+//! list, from webpki-roots), which is also what `verify-ca` and `verify-full` trust without
+//! it; `system` takes `verify-full` only, and is `verify-full` without a mode (libpq 16).
+//! Certificates are checked by WebPKI's rules, stricter than OpenSSL's: a server's own
+//! certificate must not be a CA (`CA:FALSE`, even self-signed), and its name is read from
+//! its subjectAltName only, not its CN.
 
 use std::sync::Arc;
 
@@ -26,10 +30,11 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use tokio_rustls::rustls::{
     self,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    client::WebPkiServerVerifier,
+    client::{verify_server_cert_signed_by_trust_anchor, WebPkiServerVerifier},
     crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider},
     pki_types::{pem::PemObject, CertificateDer, ServerName, UnixTime},
-    CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme,
+    server::ParsedCertificate,
+    DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 
 use crate::{StoreError, StoreResult};
@@ -51,18 +56,27 @@ impl Server {
         let (rest, mode, root) = take_tls_settings(url).map_err(invalid)?;
         let mut config: tokio_postgres::Config = rest.parse().map_err(|e| invalid(format!("{e}")))?;
         // With roots named, `prefer` and `require` check the chain too (libpq with a root
-        // certificate file). No `sslmode` leaves tokio-postgres's own: `prefer`.
+        // certificate file). No `sslmode` leaves tokio-postgres's own: `prefer`; but with
+        // `sslrootcert=system` it is `verify-full`, the only mode libpq takes with it (the
+        // public roots vouch for anyone's certificate: without its name checked, or with
+        // a plain connection allowed, they vouch for nothing).
+        let system = root.as_deref() == Some("system");
         let rooted = if root.is_some() { Check::Chain } else { Check::Nothing };
         let (ssl_mode, check) = match mode.as_deref() {
+            None if system => (SslMode::Require, Check::ChainAndName),
+            Some("verify-full") => (SslMode::Require, Check::ChainAndName),
+            Some(mode) if system => {
+                return Err(invalid(format!("sslrootcert=system needs sslmode=verify-full, not {mode}")))
+            }
             None => (config.get_ssl_mode(), rooted),
             Some("disable") => (SslMode::Disable, Check::Nothing),
-            Some("prefer") => (SslMode::Prefer, rooted),
+            // `allow` (plain first, TLS if the server insists): TLS when offered is no less.
+            Some("allow" | "prefer") => (SslMode::Prefer, rooted),
             Some("require") => (SslMode::Require, rooted),
             Some("verify-ca") => (SslMode::Require, Check::Chain),
-            Some("verify-full") => (SslMode::Require, Check::ChainAndName),
             Some(other) => {
                 return Err(invalid(format!(
-                    "sslmode={other} is none of disable, prefer, require, verify-ca, verify-full"
+                    "sslmode={other} is none of disable, allow, prefer, require, verify-ca, verify-full"
                 )))
             }
         };
@@ -90,19 +104,16 @@ fn client_config(check: Check, root: Option<&str>) -> StoreResult<rustls::Client
         .with_safe_default_protocol_versions()
         .expect("ring supports the default TLS versions");
     let verifier: Arc<dyn ServerCertVerifier> = match check {
-        Check::Nothing => Arc::new(Unchecked(provider)),
-        Check::Chain | Check::ChainAndName => {
-            let roots = roots(root)?;
-            let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|e| StoreError::Invalid(format!("database.url: sslrootcert: {e}")))?;
-            match check {
-                Check::ChainAndName => webpki,
-                _ => Arc::new(ChainOnly(webpki)),
-            }
-        }
+        Check::Nothing => Arc::new(Verifier { provider, roots: None }),
+        Check::Chain => Arc::new(Verifier { provider, roots: Some(Arc::new(roots(root)?)) }),
+        Check::ChainAndName => WebPkiServerVerifier::builder_with_provider(Arc::new(roots(root)?), provider)
+            .build()
+            .map_err(|e| StoreError::Invalid(format!("database.url: sslrootcert: {e}")))?,
     };
-    Ok(builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth())
+    let mut config = builder.dangerous().with_custom_certificate_verifier(verifier).with_no_client_auth();
+    // PostgreSQL 17's direct TLS (`sslnegotiation=direct`) asks for it; older servers ignore it.
+    config.alpn_protocols = vec![b"postgresql".to_vec()];
+    Ok(config)
 }
 
 /// The roots `sslrootcert` names: a PEM file's certificates, or the public roots.
@@ -123,20 +134,29 @@ fn roots(root: Option<&str>) -> StoreResult<RootCertStore> {
     Ok(roots)
 }
 
-/// `prefer` and `require` without roots: encrypted, the certificate taken as it comes (what
-/// libpq does); the handshake's signatures are still checked.
+/// `prefer` and `require` (no roots: the certificate taken as it comes, as libpq does
+/// without a root certificate file), and `verify-ca` (the chain to `roots` checked, the
+/// name not). The handshake's signatures are checked either way.
 #[derive(Debug)]
-struct Unchecked(Arc<CryptoProvider>);
+struct Verifier {
+    provider: Arc<CryptoProvider>,
+    roots: Option<Arc<RootCertStore>>,
+}
 
-impl ServerCertVerifier for Unchecked {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
-        _now: UnixTime,
+        now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let algorithms = self.provider.signature_verification_algorithms.all;
+            let parsed = ParsedCertificate::try_from(end_entity)?;
+            verify_server_cert_signed_by_trust_anchor(&parsed, roots, intermediates, now, algorithms)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -146,7 +166,7 @@ impl ServerCertVerifier for Unchecked {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -155,56 +175,11 @@ impl ServerCertVerifier for Unchecked {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain is checked, the name is not. WebPKI checks the name after the
-/// chain, so a certificate whose only fault is its name has a trusted chain.
-#[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            checked => checked,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -244,7 +219,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tls_settings_are_taken_out_of_either_form() {
+    fn tls_settings_are_taken_out_of_the_url() {
         let url = "postgres://u:p%40@db:5432/h?sslmode=verify-full&application_name=x&sslrootcert=%2Fetc%2Fca.pem";
         let (rest, mode, root) = take_tls_settings(url).unwrap();
         assert_eq!(rest, "postgres://u:p%40@db:5432/h?application_name=x");
@@ -259,9 +234,12 @@ mod tests {
         assert_eq!(mode("postgres://db/h").unwrap(), SslMode::Prefer);
         assert_eq!(mode("postgres://db/h?sslmode=disable").unwrap(), SslMode::Disable);
         assert_eq!(mode("postgres://db/h?sslmode=verify-full").unwrap(), SslMode::Require);
-        assert_eq!(mode("postgres://db/h?sslmode=verify-ca&sslrootcert=system").unwrap(), SslMode::Require);
-        let bad = mode("postgres://db/h?sslmode=allow").err().unwrap().to_string();
-        assert!(bad.contains("sslmode=allow is none of"), "{bad}");
+        assert_eq!(mode("postgres://db/h?sslmode=allow").unwrap(), SslMode::Prefer);
+        assert_eq!(mode("postgres://db/h?sslrootcert=system").unwrap(), SslMode::Require, "verify-full");
+        let weaker = mode("postgres://db/h?sslmode=verify-ca&sslrootcert=system").err().unwrap().to_string();
+        assert!(weaker.contains("sslrootcert=system needs sslmode=verify-full"), "{weaker}");
+        let bad = mode("postgres://db/h?sslmode=strict").err().unwrap().to_string();
+        assert!(bad.contains("sslmode=strict is none of"), "{bad}");
         let missing = mode("postgres://db/h?sslmode=verify-ca&sslrootcert=/nonexistent.pem").err().unwrap().to_string();
         assert!(missing.contains("sslrootcert=/nonexistent.pem"), "{missing}");
     }
