@@ -117,18 +117,13 @@ impl FromRequestParts<Arc<Dash>> for Visitor {
     }
 }
 
-/// Takes one request from the budget `key` names (a token's, or the portal's), or answers
-/// 429 with when to come back.
-fn charge(dash: &Dash, key: &str) -> Result<(), Response> {
-    crate::api::take_from_budget(&dash.state, key).map_err(|_| {
+/// Takes one request from the token's budget, or answers 429 with when to come back.
+fn charge(dash: &Dash, token_id: &str) -> Result<(), Response> {
+    crate::api::take_from_budget(&dash.state, token_id).map_err(|_| {
         let detail = "Too many requests for this token just now; wait a moment and reload.";
         render::refused(StatusCode::TOO_MANY_REQUESTS, detail)
     })
 }
-
-/// The budget every portal sign-in takes from: it writes to the store whether the code is
-/// a link or not, and no token stands behind it.
-const PORTAL_BUDGET: &str = "dashboard portal sign-in";
 
 /// A form posted from another site is refused before anything else (the CSRF token is the
 /// main defence; this also covers the sign-in forms, which have no session yet). Browsers
@@ -268,10 +263,9 @@ pub async fn portal_sign_in(dash: DashState, headers: HeaderMap, DashForm(form):
     if cross_site(&headers) {
         return cross_site_refusal();
     }
-    if let Err(refused) = charge(&dash, PORTAL_BUDGET) {
-        return refused;
-    }
-    // The link's row becomes the session (one statement: see `Store::use_link`).
+    // The link's row becomes the session (one statement: see `Store::use_link`). A code that
+    // is no link costs one update by key that changes nothing (no sync); no budget is taken,
+    // as one shared by every visitor would let anyone lock the merchants out.
     let link_id = secret_id(&form.code);
     let token_id = format!("{PORTAL_PREFIX}{}", hex::encode(&link_id[..8]));
     let (secret, session) = new_session(&dash, token_id, None);

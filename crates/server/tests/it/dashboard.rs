@@ -527,8 +527,8 @@ async fn each_change_a_dashboard_page_makes_is_charged() {
 }
 
 /// Each sign-in writes a session: one with a merchant's token costs a request of its
-/// budget (signing in again and again cost nothing), and portal sign-ins, which write
-/// whether their code is a link or not, share a budget of their own.
+/// budget (signing in again and again cost nothing). Portal sign-ins take no budget (one
+/// shared by every visitor would let anyone lock the merchants out).
 #[tokio::test]
 async fn signing_in_is_charged() {
     let mut config = dev_config();
@@ -540,8 +540,8 @@ async fn signing_in_is_charged() {
     for expected in [303, 303, 429] {
         assert_eq!(sign_in().await.unwrap().status(), expected);
     }
-    for expected in [410, 410, 429] {
-        assert_eq!(use_link(&gw, "not-a-link").await.status(), expected);
+    for _ in 0..3 {
+        assert_eq!(use_link(&gw, "not-a-link").await.status(), 410);
     }
     gw.stop().await;
 }
