@@ -245,9 +245,14 @@ fn serve(config: Config, raised: std::io::Result<u64>) -> ExitCode {
             }
         }
         if config.server.dev {
-            eprintln!(
-                "WARNING: dev mode: plain-http and loopback/private endpoints are allowed. Never use it in production."
-            );
+            let warning = "dev mode: plain-http endpoints and every address are allowed (loopback, private, \
+                           link-local and a cloud's metadata service at 169.254.169.254 included), and dashboard \
+                           cookies are not Secure. Never use it in production.";
+            // In the log's own form when it is JSON: a pipeline reading it drops other lines.
+            match config.log.format.as_str() {
+                "json" => tracing::warn!("{warning}"),
+                _ => eprintln!("WARNING: {warning}"),
+            }
         }
         let data = match config.database.url.is_empty() {
             true => config.server.data_dir.display().to_string(),
