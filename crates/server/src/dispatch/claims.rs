@@ -278,10 +278,24 @@ impl Engine {
     }
 
     /// Counts the live nodes, which share each endpoint's rate limit (kept as it was when the
-    /// store cannot say).
+    /// store cannot say). Fewer than before: a node is gone (its lease ran out, or it
+    /// stopped), perhaps between a commit and making its ordering lane's next delivery due,
+    /// so the lanes are swept now, a lease after its death, not at the leader's next
+    /// retention pass (minutes when the leader is the one gone). Safe beside the leader's
+    /// sweep and another node's.
     async fn count_nodes(&self, now: i64) {
-        if let Ok(nodes) = self.store.live_nodes(now).await {
-            self.live_nodes.store(nodes.max(1), Ordering::Relaxed);
+        let Ok(nodes) = self.store.live_nodes(now).await else { return };
+        let before = self.live_nodes.swap(nodes.max(1), Ordering::Relaxed);
+        if nodes >= before {
+            return;
+        }
+        match hookline_store::sweep_stalled_lanes(self.store.as_ref(), now, hookline_store::WALK_CHUNK).await {
+            Ok(0) => {}
+            Ok(moved) => {
+                tracing::info!(moved, "a node is gone: made the heads of its stalled ordering lanes due");
+                self.wake();
+            }
+            Err(e) => tracing::warn!(error = %e, "a node is gone: could not sweep the ordering lanes"),
         }
     }
 

@@ -510,7 +510,7 @@ async fn each_change_a_dashboard_page_makes_is_charged() {
     let mut config = dev_config();
     config.api.token_rate_limit_per_s = 2; // a burst of 4, never refilled on the manual clock
     let gw = start_gateway(config).await;
-    let mut rx = Receiver::start(Answer::status(200)).await;
+    let rx = Receiver::start(Answer::status(200)).await;
     let shop = gw.app("shop").await;
     for _ in 0..5 {
         gw.endpoint(&shop, json!({"url": rx.url})).await;

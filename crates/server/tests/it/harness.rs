@@ -203,6 +203,11 @@ impl Gateway {
         self.clock.advance(ms);
     }
 
+    /// The gateway's database as another node would open it.
+    pub async fn another_node(&self) -> Arc<dyn Store> {
+        open_store(self.dir.path()).await
+    }
+
     /// Deletes the row `id` of `table` behind the gateway's back, as a write on another
     /// node that raced this one's can leave the database.
     pub async fn forget(&self, table: &str, id: &str) {

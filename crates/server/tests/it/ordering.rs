@@ -372,3 +372,41 @@ async fn a_lane_whose_head_lost_its_message_moves_on() {
     assert_eq!(status, 404);
     gw.stop().await;
 }
+
+/// On PostgreSQL, a lane whose head was never made due (its node died between the commit
+/// that ended the head before and that step) moves on as soon as another node sees a node
+/// gone, not at the leader's next retention pass (minutes away when the leader is the one
+/// gone). SQLite runs one node.
+#[tokio::test]
+async fn a_lane_a_gone_node_left_stalled_moves_on_when_it_is_seen_gone() {
+    if std::env::var("HOOKLINE_TEST_BACKEND").as_deref() != Ok("postgres") {
+        return;
+    }
+    let gw = start_gateway(dev_config()).await;
+    let rx = Receiver::start(Answer::status(500)).await;
+    let app = gw.app("merchant").await;
+    let hour = json!({"delaysMs": [3_600_000]});
+    gw.endpoint(&app, json!({"url": rx.url, "retryPolicy": hour})).await;
+    let first = gw.publish(&app, json!({"eventType": "a", "orderingKey": "pay_1", "payload": {"n": 1}})).await;
+    rx.next().await;
+    gw.wait_attempts(&app, &first, 1).await;
+    let second = gw.publish(&app, json!({"eventType": "a", "orderingKey": "pay_1", "payload": {"n": 2}})).await;
+    assert_eq!(gw.destination(&app, &second).await.0, 6, "waiting behind the first");
+    // The first ends (delivered, say) on a node that dies before making the second due.
+    gw.behind_its_back("UPDATE deliveries SET state = 0, next_at = NULL WHERE msg_id = $1", &first).await;
+    rx.set_fallback(Answer::status(200));
+    let other = gw.another_node().await;
+    let gone = other
+        .register_node("gone", hookline_server::clock::Clock::now_ms(gw.clock.as_ref()), 1_000_000)
+        .await
+        .unwrap()
+        .token;
+    // Counted alive at this node's next renewal (a third of a lease on), then gone.
+    gw.advance(11_000);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    other.retire_node(gone).await.unwrap();
+    gw.advance(11_000);
+    let got = rx.next().await;
+    assert_eq!(serde_json::from_slice::<Value>(&got.body).unwrap()["n"], 2);
+    gw.stop().await;
+}
