@@ -111,15 +111,18 @@ impl FromRequestParts<Arc<Dash>> for Visitor {
         // A merchant's page costs one request of its token's budget, however many API
         // reads make it; each change it makes costs one more (`api::authenticate`).
         if let Principal::App { token_id, .. } = &principal {
-            charge(dash, token_id)?;
+            if let Some(refused) = refused_over_budget(dash, token_id) {
+                return Err(refused);
+            }
         }
         Ok(Visitor { principal, csrf: csrf_of(secret), session_id })
     }
 }
 
-/// Takes one request from the token's budget, or answers 429 with when to come back.
-fn charge(dash: &Dash, token_id: &str) -> Result<(), Response> {
-    crate::api::take_from_budget(&dash.state, token_id).map_err(|_| {
+/// Takes one request from the token's budget; the 429 page (with when to come back) when
+/// it is spent.
+fn refused_over_budget(dash: &Dash, token_id: &str) -> Option<Response> {
+    crate::api::take_from_budget(&dash.state, token_id).err().map(|_| {
         let detail = "Too many requests for this token just now; wait a moment and reload.";
         render::refused(StatusCode::TOO_MANY_REQUESTS, detail)
     })
@@ -218,7 +221,7 @@ pub async fn sign_in(dash: DashState, headers: HeaderMap, DashForm(form): DashFo
         Principal::Admin { token_id } => open_session(&dash, &headers, token_id, None, "/dashboard").await,
         Principal::App { token_id, app_id } => {
             // A session is a write: signing in again and again cost the token nothing.
-            if let Err(refused) = charge(&dash, &token_id) {
+            if let Some(refused) = refused_over_budget(&dash, &token_id) {
                 return refused;
             }
             let next = format!("/dashboard/app/{}", super::segment(&app_id));
