@@ -302,6 +302,12 @@ pub fn next_digest_sql(greatest: &str) -> String {
     format!("SELECT min({due}) FROM alert_digests WHERE since IS NOT NULL")
 }
 
+/// Drops the email waiting about the endpoint `$1` (an older state of it) that a new one
+/// (`$2`) replaces. Not the new one itself: put again because the answer to its queueing
+/// was lost, it was deleted and written anew with no tries, due at once while a node may
+/// have been sending it.
+pub const ALERT_EMAIL_REPLACED: &str = "DELETE FROM alert_emails WHERE about = $1 AND id <> $2";
+
 /// Pushes an application's alert emails out past `$2` waiting: summaries before emails about
 /// an endpoint's state (at most one an endpoint: `about` replaces), oldest first. During an
 /// SMTP outage summaries pile up, one an endpoint a window, and pushed out the email saying

@@ -1787,6 +1787,10 @@ async fn alert_emails_wait_durably_one_per_endpoint_state(store: &dyn Store) {
     let taken = store.take_alert_emails(t + 10, 60_000, 10).await.unwrap();
     assert_eq!(subjects(&taken), ["b disabled", "a disabled 4"], "the newest state of each endpoint");
     assert!(store.take_alert_emails(t + 11, 60_000, 10).await.unwrap().is_empty(), "held while being sent");
+    // Put again (the answer to its queueing was lost): still held, not due again at once.
+    let again = AlertEmail { tries: 0, not_before: t + 5, ..taken[1].clone() };
+    store.queue_alert_email(again, 3, 10).await.unwrap();
+    assert!(store.take_alert_emails(t + 12, 60_000, 10).await.unwrap().is_empty(), "still held");
     // Sent: gone. Failed: back at its time, with its tries.
     store.alert_email_tried(&taken[0].id, None).await.unwrap();
     store.alert_email_tried(&taken[1].id, Some((1, t + 1_000))).await.unwrap();

@@ -25,7 +25,7 @@ fn email(row: &tokio_postgres::Row) -> StoreResult<AlertEmail> {
 
 pub async fn queue(c: &impl GenericClient, e: &AlertEmail, app_max: usize, all_max: usize) -> StoreResult<u64> {
     if let Some(about) = &e.about {
-        run(c, "DELETE FROM alert_emails WHERE about = $1", &[about]).await?;
+        run(c, columns::ALERT_EMAIL_REPLACED, &[about, &e.id]).await?;
     }
     let tries = e.tries as i32;
     run(

@@ -23,7 +23,7 @@ fn email(row: &rusqlite::Row) -> rusqlite::Result<AlertEmail> {
 
 pub fn queue(conn: &Connection, e: &AlertEmail, app_max: usize, all_max: usize) -> StoreResult<u64> {
     if let Some(about) = &e.about {
-        conn.execute("DELETE FROM alert_emails WHERE about = ?1", [about]).map_err(sql_error)?;
+        conn.execute(columns::ALERT_EMAIL_REPLACED, params![about, e.id]).map_err(sql_error)?;
     }
     conn.execute(
         &format!(
