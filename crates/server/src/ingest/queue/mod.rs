@@ -229,24 +229,15 @@ impl Ingestor {
             return Err(ApiError::NotFound("application"));
         }
         let message = message(input, app.id.clone(), &self.addresses, self.clock.now_ms())?;
-        let dedupe = dedupe_key(scope, &app.id, message.event_id.as_deref(), broker_id);
+        // With an eventId the store dedupes on it; without, on the broker's id, which the
+        // publisher may choose: scoped to the application, so apps never collide.
+        let dedupe = match (&message.event_id, broker_id) {
+            (None, Some(id)) => Some((format!("queue:{scope}:{}", app.id), id.to_owned())),
+            _ => None,
+        };
         let message = Arc::new(message);
         let outcome = submit(&self.engine, message.clone(), None, dedupe).await?;
         Ok((message, outcome))
-    }
-}
-
-/// The key a message is deduplicated on, kept for the dedupe window whatever becomes of
-/// the message: its `eventId` (the application's own: an event offered again through any
-/// broker is the same event), else the broker's id for it, which the publisher may choose,
-/// scoped to the broker, stream and application, so apps never collide. An `eventId` was
-/// looked for among the messages only, so once retention had deleted its message, a late
-/// redelivery was stored as new (not dead-lettered as `duplicate_of_purged`).
-fn dedupe_key(scope: &str, app_id: &str, event_id: Option<&str>, broker_id: Option<&str>) -> Option<(String, String)> {
-    match (event_id, broker_id) {
-        (Some(event_id), _) => Some((format!("queue-event:{app_id}"), event_id.to_owned())),
-        (None, Some(id)) => Some((format!("queue:{scope}:{app_id}"), id.to_owned())),
-        (None, None) => None,
     }
 }
 
@@ -627,18 +618,6 @@ mod tests {
         assert_eq!(code(handled(&offered, other)), "conflicting_duplicate");
         let purged = PublishOutcome::DuplicateOfPurged("msg_0".into());
         assert_eq!(code(handled(&offered, purged)), "duplicate_of_purged");
-    }
-
-    /// An `eventId` is the key wherever the message came from (and outlives the message, as
-    /// a broker's id does); a broker's id is scoped to its broker and application.
-    #[test]
-    fn a_message_is_keyed_by_its_event_id_else_by_the_brokers_id() {
-        let key = |event_id, broker_id| super::dedupe_key("q@mq:5672", "app_1", event_id, broker_id);
-        let by_event = Some(("queue-event:app_1".to_owned(), "evt_1".to_owned()));
-        assert_eq!(key(Some("evt_1"), Some("m-1")), by_event);
-        assert_eq!(key(Some("evt_1"), None), by_event);
-        assert_eq!(key(None, Some("m-1")), Some(("queue:q@mq:5672:app_1".to_owned(), "m-1".to_owned())));
-        assert_eq!(key(None, None), None);
     }
 
     /// Nodes that write a broker's URL with and without its default port key a message
