@@ -3,8 +3,8 @@
 //! to start: `requeue=false` would discard). A refused message is published to that
 //! exchange with its reason in the headers (`x-hookline-code`, `x-hookline-reason`),
 //! confirmed by the broker, then acknowledged; if that publish fails, it is held and
-//! published again with backoff for up to a minute, then handed back (`requeue=true`) and
-//! offered again, never acknowledged without its dead letter; a dead-letter channel the broker closed (the exchange deleted, say) ends the
+//! published again with backoff until it goes through, never acknowledged without its dead
+//! letter (nor handed back: a quorum queue counts that as a delivery); a dead-letter channel the broker closed (the exchange deleted, say) ends the
 //! session, and the next one declares the exchange again. While the store is
 //! down a message is kept and stored again with backoff (a requeue would count towards a
 //! quorum queue's delivery limit); at shutdown it is handed back with `requeue=true`.
@@ -25,9 +25,6 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 const LAG_EVERY: Duration = Duration::from_secs(2);
-/// How long a refused message whose dead letter cannot be published is held, tried again,
-/// before it is handed back to the queue.
-const DEAD_LETTER_HOLD: Duration = Duration::from_secs(60);
 /// The heartbeat asked for when the URL sets none.
 const HEARTBEAT_S: u16 = 10;
 
@@ -133,14 +130,15 @@ async fn settle(settle: Arc<Settle>, prepared: Prepared, turn: Turn, delivery: D
             let _ = delivery.ack(BasicAckOptions::default()).await;
         }
         Some(Handled::Refused { code, reason }) => {
-            // Never acknowledged without its dead letter, and held a while, not handed back
-            // at once: a quorum queue counts each hand-back as a delivery, and past its limit
+            // Never acknowledged without its dead letter, and held meanwhile, not handed
+            // back: a quorum queue counts each hand-back as a delivery, and past its limit
             // (20 by default) dropped the message, or dead-lettered it without the reason.
-            // Held for good, refused messages would take the whole prefetch and stop the
-            // stored ones behind them: after `DEAD_LETTER_HOLD` it is handed back (a limit
-            // of 20 then lasts 20 minutes of a dead-letter exchange routing nowhere). The
-            // session ends when the dead-letter channel is gone, and the broker offers the
-            // message again then.
+            // Handing it back after a while would not free its prefetch slot either: a
+            // requeued message goes back to its place, and comes straight back. So refused
+            // messages whose dead letters cannot be published take prefetch slots until
+            // they can (the consumer's `lastError` says why; past the whole prefetch, the
+            // messages behind them wait: nothing is lost). The session ends when the
+            // dead-letter channel is gone, and the broker offers the message again then.
             let dead_lettered = patiently(&settle.stopping, || async {
                 match dead_letter(&settle.dead_letters, &settle.dlx, &delivery, code, &reason).await {
                     Ok(()) => Some(()),
@@ -150,7 +148,7 @@ async fn settle(settle: Arc<Settle>, prepared: Prepared, turn: Turn, delivery: D
                     }
                 }
             });
-            match tokio::time::timeout(DEAD_LETTER_HOLD, dead_lettered).await.ok().flatten() {
+            match dead_lettered.await {
                 Some(()) => {
                     tracing::warn!(consumer = %settle.status.name, code, %reason, "queue message refused; dead-lettered");
                     let _ = delivery.ack(BasicAckOptions::default()).await;
