@@ -248,10 +248,11 @@ fn serve(config: Config, raised: std::io::Result<u64>) -> ExitCode {
             let warning = "dev mode: plain-http endpoints and every address are allowed (loopback, private, \
                            link-local and a cloud's metadata service at 169.254.169.254 included), and dashboard \
                            cookies are not Secure. Never use it in production.";
-            // In the log's own form when it is JSON: a pipeline reading it drops other lines.
-            match config.log.format.as_str() {
-                "json" => tracing::warn!("{warning}"),
-                _ => eprintln!("WARNING: {warning}"),
+            eprintln!("WARNING: {warning}");
+            // In the log's own form too when it is JSON: a pipeline reading it may drop the
+            // line above.
+            if config.log.format == "json" {
+                tracing::warn!("{warning}");
             }
         }
         let data = match config.database.url.is_empty() {

@@ -280,9 +280,10 @@ impl Engine {
     /// Counts the live nodes, which share each endpoint's rate limit (kept as it was when the
     /// store cannot say). Fewer than before: a node is gone (its lease ran out, or it
     /// stopped), perhaps between a commit and making its ordering lane's next delivery due,
-    /// so the lanes are swept now, a lease after its death, not at the leader's next
-    /// retention pass (minutes when the leader is the one gone). Safe beside the leader's
-    /// sweep and another node's.
+    /// so the lanes are swept now, within about a lease and a third of its death, not at the
+    /// leader's next retention pass (minutes when the leader is the one gone). Safe beside
+    /// the leader's sweep and another node's. A node replaced between two counts leaves the
+    /// count as it was: its lanes wait for the leader's pass.
     async fn count_nodes(&self, now: i64) {
         let Ok(nodes) = self.store.live_nodes(now).await else { return };
         let before = self.live_nodes.swap(nodes.max(1), Ordering::Relaxed);
@@ -295,7 +296,11 @@ impl Engine {
                 tracing::info!(moved, "a node is gone: made the heads of its stalled ordering lanes due");
                 self.wake();
             }
-            Err(e) => tracing::warn!(error = %e, "a node is gone: could not sweep the ordering lanes"),
+            Err(e) => {
+                // The count as it was, so that the next count sees the drop and sweeps again.
+                let _ = self.live_nodes.compare_exchange(nodes.max(1), before, Ordering::Relaxed, Ordering::Relaxed);
+                tracing::warn!(error = %e, "a node is gone: could not sweep the ordering lanes; trying at the next count")
+            }
         }
     }
 
