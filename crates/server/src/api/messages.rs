@@ -117,10 +117,15 @@ async fn publish(
     queue_needs_admin(&principal, input.callback_url.as_deref())?;
     ingest::check(&input)?;
     let now = state.now();
-    let app = target_app(&state, &app_key, input.application.take()).await?;
-    let message = Arc::new(ingest::message(input, app.id.clone(), &state.addresses, now)?);
-    let body = serde_json::to_vec(&views::message((*message).clone(), query.with_content.unwrap_or(true)))
-        .map_err(|_| ApiError::Internal)?;
+    // The whole body is checked before an application is created on the fly: a publish
+    // refused for its `deliverAt` or `callbackUrl` left the application it named behind.
+    let inline = input.application.take();
+    let mut message = ingest::message(input, String::new(), &state.addresses, now)?;
+    let app = target_app(&state, &app_key, inline).await?;
+    message.app_id = app.id.clone();
+    let message = Arc::new(message);
+    let with_content = query.with_content.unwrap_or(true);
+    let body = serde_json::to_vec(&views::message((*message).clone(), with_content)).map_err(|_| ApiError::Internal)?;
     let answer = idempotency.map(|Extension(key)| key.answer(StatusCode::ACCEPTED, Bytes::from(body.clone()), now));
     match ingest::submit(&state.engine, message, answer, None).await? {
         PublishOutcome::Created => {
@@ -131,7 +136,7 @@ async fn publish(
         }
         // The same eventId was published before: answer with the stored message, deliver nothing new.
         PublishOutcome::Duplicate(existing) => {
-            Ok((StatusCode::OK, Json(views::message(*existing, true))).into_response())
+            Ok((StatusCode::OK, Json(views::message(*existing, with_content))).into_response())
         }
         // Only a dedupe key finds a message retention deleted; the API's publishes have none.
         PublishOutcome::DuplicateOfPurged(_) => Err(ApiError::Internal),

@@ -81,10 +81,15 @@ pub fn event_type(t: EventType) -> EventTypeOut {
     }
 }
 
-/// The payload as stored; `{}` when content is not requested.
+/// The payload as stored; `{}` when content is not requested, or when it is no JSON object
+/// (a raw payload may be any text, and the document, like Svix's SDKs, says an object: an
+/// array or a number here failed the SDK's parsing of an answer to a stored publish).
 pub fn message(m: Message, with_content: bool) -> MessageOut {
     let payload = if with_content {
-        String::from_utf8(m.payload.to_vec()).ok().and_then(|text| RawValue::from_string(text).ok())
+        String::from_utf8(m.payload.to_vec())
+            .ok()
+            .filter(|text| text.trim_start().starts_with('{'))
+            .and_then(|text| RawValue::from_string(text).ok())
     } else {
         None
     };

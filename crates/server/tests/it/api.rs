@@ -1204,6 +1204,15 @@ async fn a_uid_never_takes_the_form_of_an_id() {
     let inline = json!({"eventType": "e", "payload": {}, "application": {"name": "d"}});
     let (status, error) = gw.call("POST", &format!("/api/v1/app/{absent}/msg"), Some(inline)).await;
     assert_eq!((status, error["code"].as_str()), (404, Some("not_found")), "{error}");
+    // A publish refused for another field creates no application either (the body is
+    // checked whole first).
+    for refused in [json!({"deliverAt": "tomorrow"}), json!({"callbackUrl": "not a url"})] {
+        let mut body = json!({"eventType": "e", "payload": {}, "application": {"name": "d"}});
+        body.as_object_mut().unwrap().extend(refused.as_object().unwrap().clone());
+        let (status, error) = gw.call("POST", "/api/v1/app/never-made/msg", Some(body)).await;
+        assert_eq!((status, error["code"].as_str()), (422, Some("validation")), "{error}");
+    }
+    assert_eq!(gw.call("GET", "/api/v1/app/never-made", None).await.0, 404);
     let absent_endpoint = endpoint.replacen("ep_", "ep_0", 1)[..endpoint.len()].to_owned();
     let (status, _) =
         gw.call("PUT", &format!("{eps}/{absent_endpoint}"), Some(json!({"url": "https://b.example/"}))).await;
@@ -1369,6 +1378,12 @@ async fn a_raw_payload_is_delivered_as_given() {
     let got = rx.next().await;
     assert_eq!(&got.body[..], b"{\"id\":  \"pay_2\"}");
     assert_eq!(got.header("content-type"), "application/json");
+    // A raw payload that is JSON but no object is delivered as given; the answer's
+    // `payload` stays an object, as the document and the SDKs have it.
+    let array = json!({"eventType": "x", "payload": {}, "transformationsParams": {"rawPayload": "[1,2]"}});
+    let (status, answer) = gw.call("POST", &format!("/api/v1/app/{app}/msg"), Some(array)).await;
+    assert_eq!((status, &answer["payload"]), (202, &json!({})), "{answer}");
+    assert_eq!(&rx.next().await.body[..], b"[1,2]");
     let refused = [
         json!({"transform": "x"}),
         json!({"headers": {"x-other": "1"}}),
