@@ -28,7 +28,7 @@ from svix.api import (
     Svix,
     SvixOptions,
 )
-from svix.api.message import MessageListOptions
+from svix.api.message import MessageCreateOptions, MessageListOptions
 from svix.api.message_attempt import MessageAttemptListByMsgOptions
 from svix.api.application import ApplicationListOptions
 from svix.api.endpoint import EndpointGetAttemptStatsOptions
@@ -151,6 +151,14 @@ def test_publish_deliver_verify_and_inspect(svix, receiver):
     assert (attempt_stats.success, attempt_stats.fail) == (2, 0)
     recovered = svix.endpoint.recover(app.id, ep.id, RecoverIn(since=since))
     assert recovered.status == "finished"
+    # An idempotency key reused for another message: the SDK's own 422 error, in Svix's
+    # list form (a text `detail` made the SDK raise an AttributeError of its own).
+    key = MessageCreateOptions(idempotency_key=unique("key"))
+    svix.message.create(app.id, MessageIn(event_type="payment.refunded", payload={"n": 1}), key)
+    receiver.next()
+    with pytest.raises(HTTPValidationError) as reused:
+        svix.message.create(app.id, MessageIn(event_type="payment.refunded", payload={"n": 2}), key)
+    assert reused.value.status_code == 422 and "idempotency" in reused.value.detail[0].loc[1]
 
 
 def test_rotation_signs_with_both_secrets(svix, receiver):

@@ -123,6 +123,16 @@ impl IntoResponse for ApiError {
         let (code, status) = self.code_and_status();
         let mut response = match &self {
             ApiError::Validation(fields) => (status, axum::Json(Body { code, detail: fields })).into_response(),
+            // A 422 in Svix's list form as every other 422: its SDKs read any 422's `detail`
+            // as that list, and a text raised an error of their own in place of the API's.
+            ApiError::IdempotencyKeyReused => {
+                let field = FieldError {
+                    loc: vec!["header".into(), "idempotency-key".into()],
+                    msg: self.to_string(),
+                    kind: "value_error",
+                };
+                (status, axum::Json(Body { code, detail: [field] })).into_response()
+            }
             other => (status, axum::Json(Body { code, detail: other.to_string() })).into_response(),
         };
         let retry_after = match self {

@@ -56,7 +56,7 @@ fn error_statuses(route: &Route) -> Vec<(u16, &'static str)> {
         out.push((415, "The body is declared as something other than JSON (`unsupported_media_type`)."));
     }
     if route.body.is_some() || (route.method == Method::POST && !route.public) {
-        out.push((422, "A field is invalid (`validation`, with Svix's list of {loc, msg, type}), or the Idempotency-Key was used for another request (`idempotency_key_reused`)."));
+        out.push((422, "A field is invalid (`validation`), or the Idempotency-Key was used for another request (`idempotency_key_reused`); either with Svix's list of {loc, msg, type}."));
     }
     if !route.public {
         out.push((429, "An application token over `api.token_rate_limit_per_s` (`rate_limited`, with Retry-After)."));
@@ -159,7 +159,7 @@ fn build() -> Value {
         "Error".into(),
         json!({"type": "object", "required": ["code", "detail"], "properties": {
             "code": {"type": "string", "description": "Stable error code, e.g. `not_found`, `validation`, `payload_too_large`."},
-            "detail": {"description": "A human message, or for `validation` Svix's list of {loc, msg, type}."}
+            "detail": {"description": "A human message, or for a 422 Svix's list of {loc, msg, type}."}
         }}),
     );
     json!({
