@@ -204,6 +204,12 @@ impl Engine {
         let poll = Duration::from_millis(self.cluster.poll_ms);
         let mut renewed_at = self.clock.now_ms();
         self.count_nodes(renewed_at).await;
+        // A node that crashed between a commit and making its lane's next delivery due may
+        // be this one, restarted: on PostgreSQL the leader lease of its old token keeps the
+        // leader's sweep away for up to three retention intervals, and the count of live
+        // nodes need not drop (its old lease may have run out before this start).
+        let engine = self.clone();
+        tokio::spawn(async move { engine.sweep_lanes(renewed_at, "this node started").await });
         let mut counting: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let now = self.clock.now_ms();
@@ -287,19 +293,25 @@ impl Engine {
     async fn count_nodes(&self, now: i64) {
         let Ok(nodes) = self.store.live_nodes(now).await else { return };
         let before = self.live_nodes.swap(nodes.max(1), Ordering::Relaxed);
-        if nodes >= before {
-            return;
+        if nodes < before && !self.sweep_lanes(now, "a node is gone").await {
+            // The count as it was, so that the next count sees the drop and sweeps again.
+            let _ = self.live_nodes.compare_exchange(nodes.max(1), before, Ordering::Relaxed, Ordering::Relaxed);
         }
+    }
+
+    /// Makes the heads of stalled ordering lanes due (`why` says what made a lane stall
+    /// likely); false if the store could not be walked.
+    pub(super) async fn sweep_lanes(&self, now: i64, why: &str) -> bool {
         match hookline_store::sweep_stalled_lanes(self.store.as_ref(), now, hookline_store::WALK_CHUNK).await {
-            Ok(0) => {}
+            Ok(0) => true,
             Ok(moved) => {
-                tracing::info!(moved, "a node is gone: made the heads of its stalled ordering lanes due");
+                tracing::info!(moved, "{why}: made the heads of stalled ordering lanes due");
                 self.wake();
+                true
             }
             Err(e) => {
-                // The count as it was, so that the next count sees the drop and sweeps again.
-                let _ = self.live_nodes.compare_exchange(nodes.max(1), before, Ordering::Relaxed, Ordering::Relaxed);
-                tracing::warn!(error = %e, "a node is gone: could not sweep the ordering lanes; trying at the next count")
+                tracing::warn!(error = %e, "{why}: could not sweep the ordering lanes; trying again later");
+                false
             }
         }
     }

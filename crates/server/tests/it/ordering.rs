@@ -410,3 +410,33 @@ async fn a_lane_a_gone_node_left_stalled_moves_on_when_it_is_seen_gone() {
     assert_eq!(serde_json::from_slice::<Value>(&got.body).unwrap()["n"], 2);
     gw.stop().await;
 }
+
+/// A lane a crash left stalled (between the commit that ended its head and making the next
+/// due) moves on when a node starts, not only once the crashed node's leader lease has run
+/// out for the leader's sweep (up to three retention intervals on).
+#[tokio::test]
+async fn a_lane_a_crash_left_stalled_moves_on_at_the_next_start() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let clock = Arc::new(hookline_server::clock::ManualClock::new(T0));
+    let gw = start_gateway_in(dev_config(), dir.clone(), clock.clone()).await;
+    let rx = Receiver::start(Answer::status(500)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url, "retryPolicy": {"delaysMs": [3_600_000]}})).await;
+    let first = gw.publish(&app, json!({"eventType": "a", "orderingKey": "pay_1", "payload": {"n": 1}})).await;
+    rx.next().await;
+    gw.wait_attempts(&app, &first, 1).await;
+    let second = gw.publish(&app, json!({"eventType": "a", "orderingKey": "pay_1", "payload": {"n": 2}})).await;
+    assert_eq!(gw.destination(&app, &second).await.0, 6, "waiting behind the first");
+    gw.behind_its_back("UPDATE deliveries SET state = 0, next_at = NULL WHERE msg_id = $1", &first).await;
+    let other = gw.another_node().await;
+    gw.stop().await;
+    // The node that crashed holds the leader lease still.
+    let now = hookline_server::clock::Clock::now_ms(clock.as_ref());
+    let crashed = other.register_node("crashed", now, 30_000).await.unwrap().token;
+    assert!(other.lead(crashed, now, 180_000).await.unwrap());
+    rx.set_fallback(Answer::status(200));
+    let gw = start_gateway_in(dev_config(), dir, clock).await;
+    let got = rx.next().await;
+    assert_eq!(serde_json::from_slice::<Value>(&got.body).unwrap()["n"], 2);
+    gw.stop().await;
+}
