@@ -576,7 +576,10 @@ pub struct MessageOut {
     pub id: String,
     pub event_id: Option<String>,
     pub event_type: String,
-    #[schemars(with = "serde_json::Map<String, serde_json::Value>")]
+    /// The payload as published: an object, or for a raw payload or an inbound provider's
+    /// body the JSON as given (an array, say); `{}` when content is not asked for or the body
+    /// is no JSON. The answer to a publish always holds an object (`{}` for any other).
+    #[schemars(with = "serde_json::Value")]
     pub payload: Box<RawValue>,
     pub channels: Option<Vec<String>>,
     pub tags: Option<Vec<String>>,

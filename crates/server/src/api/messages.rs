@@ -125,7 +125,8 @@ async fn publish(
     message.app_id = app.id.clone();
     let message = Arc::new(message);
     let with_content = query.with_content.unwrap_or(true);
-    let body = serde_json::to_vec(&views::message((*message).clone(), with_content)).map_err(|_| ApiError::Internal)?;
+    let body =
+        serde_json::to_vec(&views::published((*message).clone(), with_content)).map_err(|_| ApiError::Internal)?;
     let answer = idempotency.map(|Extension(key)| key.answer(StatusCode::ACCEPTED, Bytes::from(body.clone()), now));
     match ingest::submit(&state.engine, message, answer, None).await? {
         PublishOutcome::Created => {
@@ -136,7 +137,7 @@ async fn publish(
         }
         // The same eventId was published before: answer with the stored message, deliver nothing new.
         PublishOutcome::Duplicate(existing) => {
-            Ok((StatusCode::OK, Json(views::message(*existing, with_content))).into_response())
+            Ok((StatusCode::OK, Json(views::published(*existing, with_content))).into_response())
         }
         // Only a dedupe key finds a message retention deleted; the API's publishes have none.
         PublishOutcome::DuplicateOfPurged(_) => Err(ApiError::Internal),

@@ -81,15 +81,23 @@ pub fn event_type(t: EventType) -> EventTypeOut {
     }
 }
 
-/// The payload as stored; `{}` when content is not requested, or when it is no JSON object
-/// (a raw payload may be any text, and the document, like Svix's SDKs, says an object: an
-/// array or a number here failed the SDK's parsing of an answer to a stored publish).
+/// The answer to a publish: [`message`], its payload `{}` unless it is a JSON object. A raw
+/// payload may be any JSON (or none), and Svix's SDKs read an object: an array or a number
+/// failed their parsing of the answer to a publish that was stored, and a caller that tried
+/// again under a new key published twice.
+pub fn published(m: Message, with_content: bool) -> MessageOut {
+    let mut out = message(m, with_content);
+    if !out.payload.get().starts_with('{') {
+        out.payload = RawValue::from_string("{}".into()).expect("valid JSON");
+    }
+    out
+}
+
+/// The payload as stored; `{}` when content is not requested, or when it is no JSON (a raw
+/// payload may be any text).
 pub fn message(m: Message, with_content: bool) -> MessageOut {
     let payload = if with_content {
-        String::from_utf8(m.payload.to_vec())
-            .ok()
-            .filter(|text| text.trim_start().starts_with('{'))
-            .and_then(|text| RawValue::from_string(text).ok())
+        String::from_utf8(m.payload.to_vec()).ok().and_then(|text| RawValue::from_string(text).ok())
     } else {
         None
     };

@@ -209,7 +209,15 @@ impl Engine {
         // leader's sweep away for up to three retention intervals, and the count of live
         // nodes need not drop (its old lease may have run out before this start).
         let engine = self.clone();
-        tokio::spawn(async move { engine.sweep_lanes(renewed_at, "this node started").await });
+        tokio::spawn(async move {
+            let every = Duration::from_millis(engine.cluster.lease_ms / 3);
+            while !engine.sweep_lanes(engine.clock.now_ms(), "this node started").await {
+                if *engine.stopping.borrow() {
+                    return;
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
         let mut counting: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             let now = self.clock.now_ms();

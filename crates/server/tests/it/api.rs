@@ -178,15 +178,25 @@ async fn idempotency_keys_and_event_ids_publish_once() {
     assert_eq!(first, again, "same key, same answer");
     assert_eq!(first.0, 202);
     let with_event =
-        gw.publish(&app, json!({"eventType": "payment.succeeded", "eventId": "evt_9", "payload": {}})).await;
+        gw.publish(&app, json!({"eventType": "payment.succeeded", "eventId": "evt_9", "payload": {"b": 2}})).await;
     let (status, dup) = gw
         .call(
             "POST",
             &format!("/api/v1/app/{app}/msg"),
-            Some(json!({"eventType": "payment.succeeded", "eventId": "evt_9", "payload": {}})),
+            Some(json!({"eventType": "payment.succeeded", "eventId": "evt_9", "payload": {"b": 2}})),
         )
         .await;
     assert_eq!((status, dup["id"].as_str()), (200, Some(with_event.as_str())));
+    assert_eq!(dup["payload"], json!({"b": 2}));
+    // The stored message's answer follows `with_content` as a new one's does.
+    let (status, dup) = gw
+        .call(
+            "POST",
+            &format!("/api/v1/app/{app}/msg?with_content=false"),
+            Some(json!({"eventType": "payment.succeeded", "eventId": "evt_9", "payload": {"b": 2}})),
+        )
+        .await;
+    assert_eq!((status, &dup["payload"]), (200, &json!({})), "{dup}");
     let listed = gw.ok("GET", &format!("/api/v1/app/{app}/msg"), None).await;
     assert_eq!(listed["data"].as_array().unwrap().len(), 2);
     // An answer of any size is kept and replayed: one over 256 KiB (an endpoint whose
@@ -1382,12 +1392,14 @@ async fn a_raw_payload_is_delivered_as_given() {
     let got = rx.next().await;
     assert_eq!(&got.body[..], b"{\"id\":  \"pay_2\"}");
     assert_eq!(got.header("content-type"), "application/json");
-    // A raw payload that is JSON but no object is delivered as given; the answer's
-    // `payload` stays an object, as the document and the SDKs have it.
+    // A raw payload that is JSON but no object is delivered as given; the answer to the
+    // publish holds an object, as Svix's SDKs read it, and reading the message shows it.
     let array = json!({"eventType": "x", "payload": {}, "transformationsParams": {"rawPayload": "[1,2]"}});
     let (status, answer) = gw.call("POST", &format!("/api/v1/app/{app}/msg"), Some(array)).await;
     assert_eq!((status, &answer["payload"]), (202, &json!({})), "{answer}");
     assert_eq!(&rx.next().await.body[..], b"[1,2]");
+    let read = gw.ok("GET", &format!("/api/v1/app/{app}/msg/{}", answer["id"].as_str().unwrap()), None).await;
+    assert_eq!(read["payload"], json!([1, 2]));
     let refused = [
         json!({"transform": "x"}),
         json!({"headers": {"x-other": "1"}}),

@@ -9,9 +9,11 @@
 //! the broker it is still working where the broker would otherwise hand it out again); at
 //! shutdown what is unstored is left unacknowledged, and the broker redelivers it later.
 //! Redeliveries are harmless: the message's `eventId`, or else the broker's message id, is
-//! its dedupe key (scoped to the broker, the stream or queue and the application), so a
-//! merchant never gets one message twice (an AMQP message with neither has no key: one
-//! redelivered after a crash is stored again). A different message under a key already
+//! its dedupe key (a broker's id scoped to the broker, the stream or queue and the
+//! application), so a merchant never gets one message twice (an AMQP message with neither
+//! has no key: one redelivered after a crash is stored again; an `eventId` is looked for
+//! among the messages, so one redelivered after retention deleted its message is stored
+//! again). A different message under a key already
 //! taken is dead-lettered (`conflicting_duplicate`), not taken for a redelivery and dropped.
 //! Messages with one `orderingKey` are stored in the broker's order: each waits for the
 //! one before it ([`Lanes`]).
