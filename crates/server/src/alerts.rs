@@ -435,10 +435,25 @@ fn dropped(n: u64) {
 /// An endpoint's URL as an email shows it: its scheme, host and port, the rest as `/…`.
 /// Receivers put tokens in the query and in the path too (Slack's and Discord's webhook
 /// URLs end with theirs), and emails may travel in plain text.
+/// A queue's URL (`redis://`, `amqp://`, `nats://`) has no web origin: its scheme, host and
+/// port are shown alike (it showed as `null/…`), never its credentials.
 fn shown_url(url: &str) -> String {
     match url::Url::parse(url) {
-        Ok(parsed) if parsed.path() == "/" && parsed.query().is_none() && parsed.fragment().is_none() => url.to_owned(),
-        Ok(parsed) => format!("{}/…", parsed.origin().ascii_serialization()),
+        Ok(parsed)
+            if parsed.path() == "/"
+                && parsed.query().is_none()
+                && parsed.fragment().is_none()
+                && parsed.username().is_empty()
+                && parsed.password().is_none() =>
+        {
+            url.to_owned()
+        }
+        Ok(parsed) if parsed.origin().is_tuple() => format!("{}/…", parsed.origin().ascii_serialization()),
+        Ok(parsed) => match (parsed.host_str(), parsed.port()) {
+            (Some(host), Some(port)) => format!("{}://{host}:{port}/…", parsed.scheme()),
+            (Some(host), None) => format!("{}://{host}/…", parsed.scheme()),
+            (None, _) => "…".to_owned(),
+        },
         Err(_) => "…".to_owned(),
     }
 }
@@ -531,6 +546,11 @@ mod tests {
         assert_eq!(shown_url("https://shop.example"), "https://shop.example");
         assert_eq!(shown_url("https://shop.example?s3cret"), "https://shop.example/…");
         assert_eq!(shown_url("not a url s3cret"), "…");
+        // A queue shows its broker, not `null/…`, and never its credentials.
+        assert_eq!(shown_url("redis://:s3cret@cache.internal:6379/stream"), "redis://cache.internal:6379/…");
+        assert_eq!(shown_url("amqp://guest:s3cret@mq/%2f"), "amqp://mq/…");
+        assert_eq!(shown_url("nats://js.internal:4222/payments.out"), "nats://js.internal:4222/…");
+        assert_eq!(shown_url("https://user:s3cret@shop.example/"), "https://shop.example/…");
     }
 
     /// Only an enhanced status naming a bad destination drops an alert email; relaying
