@@ -383,17 +383,7 @@ async fn a_lane_a_gone_node_left_stalled_moves_on_when_it_is_seen_gone() {
         return;
     }
     let gw = start_gateway(dev_config()).await;
-    let rx = Receiver::start(Answer::status(500)).await;
-    let app = gw.app("merchant").await;
-    let hour = json!({"delaysMs": [3_600_000]});
-    gw.endpoint(&app, json!({"url": rx.url, "retryPolicy": hour})).await;
-    let first = gw.publish(&app, json!({"eventType": "a", "orderingKey": "pay_1", "payload": {"n": 1}})).await;
-    rx.next().await;
-    gw.wait_attempts(&app, &first, 1).await;
-    let second = gw.publish(&app, json!({"eventType": "a", "orderingKey": "pay_1", "payload": {"n": 2}})).await;
-    assert_eq!(gw.destination(&app, &second).await.0, 6, "waiting behind the first");
-    // The first ends (delivered, say) on a node that dies before making the second due.
-    gw.behind_its_back("UPDATE deliveries SET state = 0, next_at = NULL WHERE msg_id = $1", &first).await;
+    let rx = stall_a_lane(&gw).await;
     rx.set_fallback(Answer::status(200));
     let other = gw.another_node().await;
     let gone = other
@@ -419,15 +409,7 @@ async fn a_lane_a_crash_left_stalled_moves_on_at_the_next_start() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let clock = Arc::new(hookline_server::clock::ManualClock::new(T0));
     let gw = start_gateway_in(dev_config(), dir.clone(), clock.clone()).await;
-    let rx = Receiver::start(Answer::status(500)).await;
-    let app = gw.app("merchant").await;
-    gw.endpoint(&app, json!({"url": rx.url, "retryPolicy": {"delaysMs": [3_600_000]}})).await;
-    let first = gw.publish(&app, json!({"eventType": "a", "orderingKey": "pay_1", "payload": {"n": 1}})).await;
-    rx.next().await;
-    gw.wait_attempts(&app, &first, 1).await;
-    let second = gw.publish(&app, json!({"eventType": "a", "orderingKey": "pay_1", "payload": {"n": 2}})).await;
-    assert_eq!(gw.destination(&app, &second).await.0, 6, "waiting behind the first");
-    gw.behind_its_back("UPDATE deliveries SET state = 0, next_at = NULL WHERE msg_id = $1", &first).await;
+    let rx = stall_a_lane(&gw).await;
     let other = gw.another_node().await;
     gw.stop().await;
     // The node that crashed holds the leader lease still.
@@ -439,4 +421,20 @@ async fn a_lane_a_crash_left_stalled_moves_on_at_the_next_start() {
     let got = rx.next().await;
     assert_eq!(serde_json::from_slice::<Value>(&got.body).unwrap()["n"], 2);
     gw.stop().await;
+}
+
+/// A lane as a node that died between two steps leaves it: its first message ended (here
+/// behind the gateway's back, as delivered) and the second still waiting, none due. The
+/// receiver answers 500 until told otherwise; the second's payload is `{"n": 2}`.
+async fn stall_a_lane(gw: &Gateway) -> Receiver {
+    let rx = Receiver::start(Answer::status(500)).await;
+    let app = gw.app("merchant").await;
+    gw.endpoint(&app, json!({"url": rx.url, "retryPolicy": {"delaysMs": [3_600_000]}})).await;
+    let first = gw.publish(&app, json!({"eventType": "a", "orderingKey": "pay_1", "payload": {"n": 1}})).await;
+    rx.next().await;
+    gw.wait_attempts(&app, &first, 1).await;
+    let second = gw.publish(&app, json!({"eventType": "a", "orderingKey": "pay_1", "payload": {"n": 2}})).await;
+    assert_eq!(gw.destination(&app, &second).await.0, 6, "waiting behind the first");
+    gw.behind_its_back("UPDATE deliveries SET state = 0, next_at = NULL WHERE msg_id = $1", &first).await;
+    rx
 }
