@@ -113,8 +113,25 @@ pub async fn counter(http: &reqwest::Client, url: &str, token: &str, name: &str)
         .sum()
 }
 
+/// A port free now, for a gateway to listen on, below the kernel's ephemeral range (32768
+/// up on Linux). A port the kernel gave out and took back could be given again at once to a
+/// sink or a client another test binds to port 0 before the gateway binds it: the gateway
+/// then failed to start, and the test talked to the sink (a 200 with no body for a POST).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::AtomicU32;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    let seed = std::process::id().wrapping_mul(2_654_435_761)
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    for _ in 0..SPAN {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + seed.wrapping_add(n.wrapping_mul(7_919)) % SPAN) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN)
 }
 
 pub async fn wait_healthy(http: &reqwest::Client, url: &str) {
