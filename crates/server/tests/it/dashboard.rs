@@ -30,6 +30,21 @@ async fn app_token(gw: &Gateway, app: &str) -> String {
     gw.ok("POST", &format!("/api/v1/app/{app}/token"), None).await["token"].as_str().unwrap().to_owned()
 }
 
+/// Signs in with a new token of `app`: the session cookie.
+async fn merchant_session(gw: &Gateway, app: &str) -> String {
+    let token = app_token(gw, app).await;
+    let signed_in =
+        browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token)]).send().await.unwrap();
+    session_cookie(&signed_in)
+}
+
+/// The page at `path` as the session `cookie` sees it (a 200).
+async fn page_text(gw: &Gateway, cookie: &str, path: &str) -> String {
+    let page = browser().get(format!("{}{path}", gw.url)).header("cookie", cookie).send().await.unwrap();
+    assert_eq!(page.status(), 200, "{path}");
+    page.text().await.unwrap()
+}
+
 #[tokio::test]
 async fn the_operator_sees_every_application_and_merchants_do_not() {
     let gw = start_gateway(dev_config()).await;
@@ -456,14 +471,10 @@ async fn resending_to_every_endpoint_goes_past_one_page() {
     for _ in 0..252 {
         rx.next().await;
     }
-    let token = app_token(&gw, &shop).await;
-    let signed_in =
-        browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token)]).send().await.unwrap();
-    let cookie = session_cookie(&signed_in);
+    let cookie = merchant_session(&gw, &shop).await;
     let last_id = last["id"].as_str().unwrap();
     for page in [format!("/dashboard/app/{shop}"), format!("/dashboard/app/{shop}/msg")] {
-        let page = browser().get(format!("{}{page}", gw.url)).header("cookie", cookie.clone()).send().await.unwrap();
-        assert!(page.text().await.unwrap().contains(last_id), "the 252nd endpoint is listed");
+        assert!(page_text(&gw, &cookie, &page).await.contains(last_id), "the 252nd endpoint is listed");
     }
     gw.stop().await;
 }
@@ -482,21 +493,13 @@ async fn the_messages_page_goes_back_page_by_page() {
         }
         gw.publish(&shop, json!({"eventType": "payment.other", "payload": {"n": n}})).await;
     }
-    let token = app_token(&gw, &shop).await;
-    let signed_in =
-        browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token)]).send().await.unwrap();
-    let cookie = session_cookie(&signed_in);
-    let open = async |path: &str| {
-        let page = browser().get(format!("{}{path}", gw.url)).header("cookie", cookie.clone()).send().await.unwrap();
-        assert_eq!(page.status(), 200);
-        page.text().await.unwrap()
-    };
-    let newest = open(&format!("/dashboard/app/{shop}/msg?eventType=payment.failed")).await;
+    let cookie = merchant_session(&gw, &shop).await;
+    let newest = page_text(&gw, &cookie, &format!("/dashboard/app/{shop}/msg?eventType=payment.failed")).await;
     assert!(!newest.contains(&first), "the oldest is not among the newest 50");
     let link = newest.split("href=\"").find(|h| h.contains("iterator=")).expect("a link to older messages");
     let link = link.split('"').next().unwrap().replace("&amp;", "&");
     assert!(link.contains("eventType=payment.failed"), "{link}");
-    let older = open(&link).await;
+    let older = page_text(&gw, &cookie, &link).await;
     assert!(older.contains(&first) && !older.contains("payment.other"), "the search is kept");
     assert!(!older.contains("Older messages"), "two messages were left, and nothing after them");
     gw.stop().await;
@@ -549,14 +552,8 @@ async fn signing_in_is_charged() {
 /// Signs in with a token of `app`, opens the message's page and presses "Resend to every
 /// endpoint" on it.
 async fn resend_to_every_endpoint(gw: &Gateway, app: &str, msg: &str) -> reqwest::Response {
-    let token = app_token(gw, app).await;
-    let signed_in =
-        browser().post(format!("{}/dashboard/sign-in", gw.url)).form(&[("token", token)]).send().await.unwrap();
-    let cookie = session_cookie(&signed_in);
-    let page = browser().get(format!("{}/dashboard/app/{app}/msg/{msg}", gw.url)).header("cookie", cookie.clone());
-    let page = page.send().await.unwrap();
-    assert_eq!(page.status(), 200);
-    let page = page.text().await.unwrap();
+    let cookie = merchant_session(gw, app).await;
+    let page = page_text(gw, &cookie, &format!("/dashboard/app/{app}/msg/{msg}")).await;
     let csrf = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
     browser()
         .post(format!("{}/dashboard/app/{app}/msg/{msg}/resend", gw.url))
