@@ -103,13 +103,8 @@ async fn list_and_ingest(
     let header_only = match &config.event_id_templates {
         Some(templates) => {
             let reads_header = |t: &String| t.contains("{header:");
-            let first_header = templates.iter().position(reads_header);
             let last_without = templates.iter().rposition(|t| !reads_header(t));
-            match (first_header, last_without) {
-                (Some(_), None) => true,
-                (Some(header), Some(without)) => header < without,
-                (None, _) => false,
-            }
+            templates.iter().position(reads_header).is_some_and(|header| last_without.is_none_or(|w| header < w))
         }
         None => config.event_id_header.is_some(),
     };

@@ -267,8 +267,8 @@ pub async fn portal_sign_in(dash: DashState, headers: HeaderMap, DashForm(form):
         return cross_site_refusal();
     }
     // The link's row becomes the session (one statement: see `Store::use_link`). A code that
-    // is no link costs one update by key that changes nothing (no sync); no budget is taken,
-    // as one shared by every visitor would let anyone lock the merchants out.
+    // is no link costs one update by key that changes nothing; no budget is taken, as one
+    // shared by every visitor would let anyone lock the merchants out.
     let link_id = secret_id(&form.code);
     let token_id = format!("{PORTAL_PREFIX}{}", hex::encode(&link_id[..8]));
     let (secret, session) = new_session(&dash, token_id, None);
