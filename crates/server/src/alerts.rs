@@ -434,7 +434,9 @@ fn dropped(n: u64) {
 
 /// An endpoint's URL as an email shows it: its scheme, host and port, the rest as `/…`.
 /// Receivers put tokens in the query and in the path too (Slack's and Discord's webhook
-/// URLs end with theirs), and emails may travel in plain text.
+/// URLs end with theirs), and emails may travel in plain text, so a URL's credentials are
+/// never shown either.
+///
 /// A queue's URL (`redis://`, `amqp://`, `nats://`) has no web origin: its scheme, host and
 /// port are shown alike (it showed as `null/…`), never its credentials.
 fn shown_url(url: &str) -> String {

@@ -205,9 +205,9 @@ impl Engine {
         let mut renewed_at = self.clock.now_ms();
         self.count_nodes(renewed_at).await;
         // A node that crashed between a commit and making its lane's next delivery due may
-        // be this one, restarted: on PostgreSQL the leader lease of its old token keeps the
-        // leader's sweep away for up to three retention intervals, and the count of live
-        // nodes need not drop (its old lease may have run out before this start).
+        // be this one, restarted: the leader lease of its old token keeps the leader's
+        // sweep away for up to three retention intervals, and the count of live nodes need
+        // not drop (its old lease may have run out before this start).
         let engine = self.clone();
         tokio::spawn(async move {
             let every = Duration::from_millis(engine.cluster.lease_ms / 3);

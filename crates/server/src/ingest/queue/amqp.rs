@@ -4,8 +4,9 @@
 //! exchange with its reason in the headers (`x-hookline-code`, `x-hookline-reason`),
 //! confirmed by the broker, then acknowledged; if that publish fails, it is held and
 //! published again with backoff until it goes through, never acknowledged without its dead
-//! letter (nor handed back: a quorum queue counts that as a delivery); a dead-letter channel the broker closed (the exchange deleted, say) ends the
-//! session, and the next one declares the exchange again. While the store is
+//! letter (nor handed back: a quorum queue counts that as a delivery); a dead-letter channel
+//! the broker closed (the exchange deleted, say) ends the session, and the next one
+//! declares the exchange again. While the store is
 //! down a message is kept and stored again with backoff (a requeue would count towards a
 //! quorum queue's delivery limit); at shutdown it is handed back with `requeue=true`.
 
