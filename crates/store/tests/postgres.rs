@@ -511,40 +511,34 @@ async fn secrets_are_sealed_at_rest() {
 /// `require` is refused).
 #[tokio::test]
 async fn connections_are_encrypted_as_sslmode_asks() {
-    let url = scratch::fresh_database().await.unwrap();
-    let (raw, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+    let server = scratch::fresh_database().await.unwrap();
+    let (raw, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls).await.unwrap();
     tokio::spawn(connection);
-    let database = url.rsplit_once('/').unwrap().1.to_owned();
-    let encrypted = async || -> Vec<bool> {
+    let setting = async |name: &str| -> String { raw.query_one(&format!("SHOW {name}"), &[]).await.unwrap().get(0) };
+    // Whether Hookline's connections to a database of its own, opened with `query`, are
+    // encrypted (a database each: connections of a store dropped before linger a while).
+    let encrypted = async |query: &str| -> Vec<bool> {
+        let url = scratch::fresh_database().await.unwrap();
+        let store = PgStore::open(&format!("{url}{query}"), &KEY, options()).await.unwrap();
+        store.create_app(conformance::app(1, None)).await.unwrap();
+        let database = url.rsplit_once('/').unwrap().1.to_owned();
         let sql = "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
                    WHERE a.application_name = 'hookline' AND a.datname = $1";
-        raw.query(sql, &[&database]).await.unwrap().iter().map(|row| row.get(0)).collect()
+        let seen: Vec<bool> = raw.query(sql, &[&database]).await.unwrap().iter().map(|row| row.get(0)).collect();
+        assert!(!seen.is_empty(), "{query:?}: no connection seen");
+        seen
     };
-    let setting = async |name: &str| -> String { raw.query_one(&format!("SHOW {name}"), &[]).await.unwrap().get(0) };
-    let offers_tls = setting("ssl").await == "on";
-    let plain = PgStore::open(&format!("{url}?sslmode=disable"), &KEY, options()).await.unwrap();
-    let seen = encrypted().await;
-    assert!(!seen.is_empty() && seen.iter().all(|ssl| !ssl), "sslmode=disable: {seen:?}");
-    drop(plain);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let migrate = async |query: String| PgStore::migrate(&format!("{url}?{query}"), 10_000).await;
-    if !offers_tls {
+    let migrate = async |query: String| PgStore::migrate(&format!("{server}?{query}"), 10_000).await;
+    assert!(encrypted("?sslmode=disable").await.iter().all(|ssl| !ssl), "sslmode=disable");
+    if setting("ssl").await != "on" {
         eprintln!("this PostgreSQL server offers no TLS: checking prefer and require against it only");
-        let store = PgStore::open(&url, &KEY, options()).await.unwrap();
-        let seen = encrypted().await;
-        assert!(!seen.is_empty() && seen.iter().all(|ssl| !ssl), "prefer, without TLS offered: {seen:?}");
-        drop(store);
+        assert!(encrypted("").await.iter().all(|ssl| !ssl), "prefer, without TLS offered");
         let refused = migrate("sslmode=require".into()).await.unwrap_err().to_string();
         assert!(refused.contains("TLS"), "{refused}");
         return;
     }
     for mode in ["", "?sslmode=prefer", "?sslmode=require"] {
-        let store = PgStore::open(&format!("{url}{mode}"), &KEY, options()).await.unwrap();
-        store.create_app(conformance::app(1, None)).await.unwrap();
-        let seen = encrypted().await;
-        assert!(!seen.is_empty() && seen.iter().all(|ssl| *ssl), "{mode:?}: {seen:?}");
-        drop(store);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(encrypted(mode).await.iter().all(|ssl| *ssl), "{mode:?}");
     }
     let refused = migrate("sslmode=verify-ca".into()).await.unwrap_err().to_string();
     assert!(refused.contains("certificate"), "not signed by a public root: {refused}");
